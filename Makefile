@@ -1,0 +1,79 @@
+# zinc - ZeRO in C.  `make` builds, `make test` tests, `make run` trains the demo.
+# `make ASAN=1 ...` / `make UBSAN=1 ...` build sanitized into build-asan/ build-ubsan/.
+
+CC      := mpicc
+OPT     ?= -O2 -march=native
+CFLAGS  := -std=c11 $(OPT) -g -Wall -Wextra -Wshadow -Wstrict-prototypes \
+           -Wmissing-prototypes -Wpointer-arith -Wvla -fopenmp -D_GNU_SOURCE \
+           -Iinclude -I/usr/include/x86_64-linux-gnu/openblas-pthread -MMD -MP
+LDLIBS  := -ljansson -luring -lopenblas -lm -fopenmp
+BUILD   := build
+
+ifeq ($(ASAN),1)
+BUILD   := build-asan
+CFLAGS  += -fsanitize=address -fno-omit-frame-pointer
+LDLIBS  += -fsanitize=address
+endif
+ifeq ($(UBSAN),1)
+BUILD   := build-ubsan
+CFLAGS  += -fsanitize=undefined -fno-sanitize-recover=undefined
+LDLIBS  += -fsanitize=undefined
+endif
+ifeq ($(WERROR),1)
+CFLAGS  += -Werror
+endif
+
+LIB_SRC := $(wildcard core/*.c kernels/cpu/*.c comm/*.c data/*.c engine/*.c models/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB     := $(BUILD)/libzinc.a
+
+PROGS   := $(BUILD)/zinc-train $(BUILD)/zinc-data $(BUILD)/zinc-run
+TEST_SRC := $(wildcard tests/*/test_*.c)
+TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+BENCH_SRC := $(wildcard bench/*.c)
+BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+
+DEPS_STAMP := .deps-installed
+
+.PHONY: all deps test run bench clean
+all: $(DEPS_STAMP) $(PROGS) $(TESTS) $(BENCHES)
+
+# Installs missing system packages once per checkout (scripts/install-deps.sh).
+$(DEPS_STAMP): scripts/install-deps.sh
+	@./scripts/install-deps.sh
+	@touch $@
+deps: $(DEPS_STAMP)
+
+$(BUILD)/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/zinc-train: $(BUILD)/tools/zinc_train.o $(LIB)
+	$(CC) $^ -o $@ $(LDLIBS)
+$(BUILD)/zinc-data: $(BUILD)/tools/zinc_data.o $(LIB)
+	$(CC) $^ -o $@ $(LDLIBS)
+$(BUILD)/zinc-run: $(BUILD)/launcher/zinc_run.o $(LIB)
+	$(CC) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
+	$(CC) $^ -o $@ $(LDLIBS) -lcunit
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
+	$(CC) $^ -o $@ $(LDLIBS)
+
+test: all
+	BUILD=$(BUILD) ./scripts/run-tests.sh
+
+run: all
+	BUILD=$(BUILD) ./scripts/run-demo.sh
+
+bench: all
+	BUILD=$(BUILD) ./bench/bench-train.sh
+
+clean:
+	rm -rf build build-asan build-ubsan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,176 @@
+/* zinc/config.h - the training configuration: DeepSpeed's ds_config keys
+ * (same names, defaults and batch rule) plus zinc's model/data/train/device/
+ * comm_backend sections.
+ *
+ * Parsing is strict: malformed JSON reports line and column; an unknown key
+ * inside a section, a wrong type, an out-of-range value or an inconsistent
+ * batch triple is ZINC_ERR_CONFIG with a one-line detail naming the key path,
+ * what was expected and what was found (with a did-you-mean for misspellings).
+ * Unknown top-level keys are warned about (DeepSpeed ignores them silently).
+ * Deprecated DeepSpeed names are accepted with a warning naming the new one.
+ * Numbers such as 1e9 are accepted where an integer is expected if integral.
+ */
+#ifndef ZINC_CONFIG_H
+#define ZINC_CONFIG_H
+
+#include <stdint.h>
+
+#include "zinc/status.h"
+
+#define ZINC_MAX_PATHS 16
+
+typedef enum { ZINC_OPT_ADAM = 0, ZINC_OPT_ADAMW } zinc_opt_type;
+typedef enum {
+    ZINC_SCHED_NONE = 0,   /* constant lr */
+    ZINC_SCHED_WARMUP_LR,
+    ZINC_SCHED_WARMUP_DECAY_LR,
+    ZINC_SCHED_WARMUP_COSINE_LR,
+} zinc_sched_type;
+typedef enum { ZINC_WARMUP_LOG = 0, ZINC_WARMUP_LINEAR } zinc_warmup_type;
+typedef enum { ZINC_DEVICE_AUTO = 0, ZINC_DEVICE_CPU, ZINC_DEVICE_CUDA } zinc_device_kind;
+typedef enum { ZINC_COMM_AUTO = 0, ZINC_COMM_MPI, ZINC_COMM_NCCL } zinc_comm_kind;
+typedef enum { ZINC_OFFLOAD_NONE = 0, ZINC_OFFLOAD_CPU, ZINC_OFFLOAD_NVME } zinc_offload_device;
+
+typedef struct zinc_config {
+    /* batch triple; resolved by zinc_config_resolve (0 = not given before it) */
+    int64_t train_batch_size;
+    int64_t train_micro_batch_size_per_gpu;
+    int64_t gradient_accumulation_steps;
+    double gradient_clipping;          /* 1.0; 0 disables */
+    int64_t steps_per_print;           /* 10 */
+    int wall_clock_breakdown;          /* false */
+
+    struct {
+        zinc_opt_type type;            /* Adam */
+        double lr;                     /* 1e-3 */
+        double betas[2];               /* 0.9, 0.999 */
+        double eps;                    /* 1e-8 */
+        double weight_decay;           /* 0 */
+        int adam_w_mode;               /* true */
+    } optimizer;
+
+    struct {
+        zinc_sched_type type;          /* NONE when absent */
+        double warmup_min_lr;          /* 0 */
+        double warmup_max_lr;          /* 0.001 */
+        int64_t warmup_num_steps;      /* 1000 */
+        zinc_warmup_type warmup_type;  /* log */
+        int64_t total_num_steps;       /* required for Decay/Cosine */
+        double warmup_min_ratio;       /* 0 (cosine) */
+        double cos_min_ratio;          /* 1e-4 (cosine) */
+    } scheduler;
+
+    struct {
+        int enabled;                   /* false */
+        double loss_scale;             /* 0 = dynamic */
+        int64_t initial_scale_power;   /* 16 */
+        int64_t loss_scale_window;     /* 1000 */
+        int64_t hysteresis;            /* 2 */
+        double min_loss_scale;         /* 1 */
+    } fp16;
+    struct {
+        int enabled;                   /* false */
+    } bf16;
+
+    struct {
+        int stage;                                   /* 0 */
+        int contiguous_gradients;                    /* true */
+        int overlap_comm;                            /* true for stage 3, else false */
+        int reduce_scatter;                          /* true */
+        int64_t reduce_bucket_size;                  /* 5e8 */
+        int64_t allgather_bucket_size;               /* 5e8 */
+        int64_t stage3_prefetch_bucket_size;         /* 5e7 */
+        int64_t stage3_param_persistence_threshold;  /* 1e5 */
+        int64_t stage3_max_live_parameters;          /* 1e9 */
+        int64_t stage3_max_reuse_distance;           /* 1e9 */
+        int64_t sub_group_size;                      /* 1e9 */
+        int stage3_gather_16bit_weights_on_model_save; /* false */
+        struct {
+            zinc_offload_device device;  /* none */
+            char nvme_path[512];
+            int pin_memory;              /* true */
+            int64_t buffer_count;        /* 4 */
+            int pipeline_read;           /* false */
+            int pipeline_write;          /* false */
+        } offload_optimizer;
+        struct {
+            zinc_offload_device device;  /* none */
+            char nvme_path[512];
+            int pin_memory;              /* true */
+            int64_t buffer_count;        /* 5 */
+            int64_t buffer_size;         /* 1e8 */
+            int64_t max_in_cpu;          /* 1e9 */
+        } offload_param;
+    } zero;
+
+    struct {
+        int64_t block_size;            /* 1048576 */
+        int64_t queue_depth;           /* 8 */
+        int64_t intra_op_parallelism;  /* 1 (old name thread_count) */
+        int single_submit;             /* false */
+        int overlap_events;            /* true */
+    } aio;
+
+    /* zinc sections */
+    struct {
+        char type[32];                 /* "gpt2" */
+        int64_t n_layer;               /* 4 */
+        int64_t n_embd;                /* 128 */
+        int64_t n_head;                /* 4 */
+        int64_t vocab_size;            /* 50304; must be >= 256 for tokenizer bytes */
+        int64_t block_size;            /* 64 (max sequence length T) */
+        int64_t seed;                  /* 1337: parameter init seed */
+        char init_from[512];           /* "" */
+    } model;
+
+    struct {
+        char train[ZINC_MAX_PATHS][512]; /* token shard paths (glob patterns allowed) */
+        int n_train;
+        char text[ZINC_MAX_PATHS][512];  /* text files/dirs tokenized at start (alternative to train) */
+        int n_text;
+        char tokenizer[32];              /* "bytes" */
+        int64_t seq_len;                 /* 0 = model.block_size */
+        int64_t seed;                    /* 1234: sample order seed */
+    } data;
+
+    struct {
+        int64_t max_steps;             /* 100 */
+        int64_t log_every;             /* 0 = steps_per_print */
+        char save_dir[512];            /* "" */
+        char metrics_file[512];        /* "" = none */
+        int64_t save_every;            /* 0 */
+        int64_t keep_last;             /* 0 = all */
+        char resume[512];              /* "" | "auto" | path */
+        int64_t threads;               /* 0 = cores / local ranks */
+    } train;
+
+    zinc_device_kind device;           /* auto */
+    zinc_comm_kind comm_backend;       /* auto */
+    double comm_timeout_s;             /* 300 */
+} zinc_config;
+
+/* Fills c with every default. Cannot fail. */
+void zinc_config_defaults(zinc_config *c);
+
+/* Parses a JSON file (path) into c (defaults first), then applies overrides
+ * ("a.b.c=value", value parsed as JSON, or as a string if it is not valid
+ * JSON), then validates. dp_size is the data-parallel size used by the batch
+ * rule (pass 1 when unknown; zinc_config_resolve re-checks it).
+ * Returns ZINC_ERR_CONFIG (or ZINC_ERR_IO for an unreadable file) with a detail. */
+zinc_status zinc_config_load(const char *path, const char *const *overrides, int n_overrides,
+                             zinc_config *c);
+
+/* Same as zinc_config_load but from a JSON string; origin names it in errors. */
+zinc_status zinc_config_load_string(const char *json, const char *origin,
+                                    const char *const *overrides, int n_overrides,
+                                    zinc_config *c);
+
+/* Resolves the batch triple and "auto" values for a given DP size:
+ * train_batch_size == micro * grad_accum * dp_size. */
+zinc_status zinc_config_resolve(zinc_config *c, int dp_size);
+
+/* Writes the resolved config as pretty JSON (DeepSpeed names) to a malloc'd
+ * string; caller frees. NULL on allocation failure. */
+char *zinc_config_dump(const zinc_config *c);
+
+#endif

@@ -1,0 +1,57 @@
+/* zinc/data.h - token shards and the deterministic sample order.
+ *
+ * Shard format (llm.c style): 256 x int32 header (magic 20240520, version 1,
+ * token count), then token count uint16 tokens.
+ *
+ * A loader sees the concatenation of its shards as one token stream, cut into
+ * samples of seq_len+1 tokens (inputs and shifted targets) at stride seq_len.
+ * Sample k of the global order (k = 0, 1, 2, ...) is a pure function of
+ * (k, seed, shards): epoch e = k / n_samples walks a seeded permutation of the
+ * samples. So a step's global batch is the same set of sequences whatever the
+ * DP size (each rank asks for its slice of global indices), and resuming is
+ * just continuing from a global sample index.
+ */
+#ifndef ZINC_DATA_H
+#define ZINC_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "zinc/status.h"
+
+#define ZINC_SHARD_MAGIC 20240520
+#define ZINC_SHARD_VERSION 1
+#define ZINC_SHARD_HEADER_INTS 256
+
+typedef struct zinc_data zinc_data;
+
+/* Opens shards (paths may be glob patterns; matches are sorted) for samples
+ * of seq_len tokens. Checks headers and sizes: a missing file, bad magic or
+ * truncated shard is an error naming the file. Tokens >= vocab_size are an
+ * error naming the file and position. */
+zinc_status zinc_data_open(const char *const *paths, int n_paths, int seq_len, int vocab_size,
+                           uint64_t seed, zinc_data **out);
+void zinc_data_close(zinc_data *d); /* NULL-safe */
+
+/* Samples per epoch and total tokens. */
+uint64_t zinc_data_n_samples(const zinc_data *d);
+uint64_t zinc_data_n_tokens(const zinc_data *d);
+
+/* Fills inputs(n, seq_len) and targets(n, seq_len) with global samples
+ * first .. first+n-1. Thread-compatible; no state changes. */
+zinc_status zinc_data_get(const zinc_data *d, uint64_t first, int n, int32_t *inputs,
+                          int32_t *targets);
+
+/* Byte-level tokenizer: token = byte value (0..255). Tokenizes the given text
+ * files (directories are walked recursively in sorted order, files whose
+ * name ends in one of exts — a comma separated list like ".c,.h,.md" or NULL
+ * for all — are included) and writes one shard to out_path. Reports tokens
+ * written in *n_tokens (may be NULL). */
+zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inputs,
+                                            const char *exts, const char *out_path,
+                                            uint64_t *n_tokens);
+
+/* Writes a shard from an array of tokens (each < 65536). */
+zinc_status zinc_data_write_shard(const char *out_path, const uint16_t *tokens, uint64_t n);
+
+#endif

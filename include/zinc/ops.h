@@ -1,0 +1,95 @@
+/* zinc/ops.h - the op table: every compute op zinc's models use, with one
+ * contract shared by all devices. The CPU table (kernels/cpu) is the
+ * reference every other device's table is tested against.
+ *
+ * Conventions (llm.c style):
+ *  - All tensors are dense, row-major fp32; pointers are borrowed and live in
+ *    the memory of the device the table belongs to.
+ *  - Shapes are given in the comment of each op: B batch, T time, C channels,
+ *    NH heads, V vocab, N rows.
+ *  - Backward ops ACCUMULATE (+=) into every gradient they write (dinp, dweight,
+ *    dbias, ...), so gradient accumulation and residual branches need no copies.
+ *    Callers zero gradients when a fresh value is wanted.
+ *  - Ops never fail: argument errors are programmer errors (assert).
+ */
+#ifndef ZINC_OPS_H
+#define ZINC_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct zinc_ops {
+    const char *name; /* "cpu", "cuda" */
+
+    /* c(m,n) = alpha * op(a) @ op(b) + beta * c, op(x) = x or x^T.
+     * a is (m,k) or, if trans_a, stored (k,m); b is (k,n) or, if trans_b, stored (n,k). */
+    void (*matmul)(float *c, const float *a, const float *b, int m, int n, int k,
+                   int trans_a, int trans_b, float alpha, float beta);
+
+    /* out(N,OC) = inp(N,C) @ weight(C,OC) + bias(OC); bias may be NULL.
+     * weight is stored (in, out), as Hugging Face's Conv1D. */
+    void (*linear_forward)(float *out, const float *inp, const float *weight,
+                           const float *bias, int N, int C, int OC);
+    /* dinp(N,C) += dout @ weight^T; dweight(C,OC) += inp^T @ dout;
+     * dbias(OC) += sum_rows dout. dinp and dbias may be NULL (skipped). */
+    void (*linear_backward)(float *dinp, float *dweight, float *dbias,
+                            const float *dout, const float *inp, const float *weight,
+                            int N, int C, int OC);
+
+    /* out(B,T,C) = wte[tokens[b,t]] + wpe[t]; wte (V,C), wpe (maxT,C). */
+    void (*embedding_forward)(float *out, const int32_t *tokens, const float *wte,
+                              const float *wpe, int B, int T, int C);
+    /* dwte += scatter of dout by token; dwpe[t] += sum_b dout[b,t]. */
+    void (*embedding_backward)(float *dwte, float *dwpe, const float *dout,
+                               const int32_t *tokens, int B, int T, int C);
+
+    /* out(N,C) = (inp - mean) * rstd * weight + bias, eps 1e-5; saves
+     * mean(N), rstd(N) for backward. */
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
+                              const float *weight, const float *bias, int N, int C);
+    /* dinp(N,C), dweight(C), dbias(C) accumulate. */
+    void (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
+                               const float *inp, const float *weight, const float *mean,
+                               const float *rstd, int N, int C);
+
+    /* tanh-approximation GELU, elementwise over n. */
+    void (*gelu_forward)(float *out, const float *inp, size_t n);
+    /* dinp += gelu'(inp) * dout. */
+    void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
+
+    /* Causal multi-head self-attention.
+     * qkv (B,T,3C) holds q | k | v, each (NH, HS) with HS = C/NH.
+     * out (B,T,C); att (B,NH,T,T) receives the softmax probabilities (saved
+     * for backward; entries above the diagonal are 0). */
+    void (*attention_forward)(float *out, float *att, const float *qkv,
+                              int B, int T, int C, int NH);
+    /* dqkv (B,T,3C) accumulates; scratch must hold B*NH*T*T floats. */
+    void (*attention_backward)(float *dqkv, float *scratch, const float *dout,
+                               const float *qkv, const float *att, int B, int T, int C, int NH);
+
+    /* out = a + b, elementwise over n (out may alias a or b). */
+    void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
+
+    /* Fused softmax + cross-entropy over N rows of V logits.
+     * losses(N) = -log softmax(logits)[target]; then logits is overwritten
+     * with d(dloss * sum losses)/d logits = dloss * (softmax - onehot).
+     * A target < 0 ignores the row (loss 0, gradient 0). */
+    void (*softmax_xent)(float *losses, float *logits, const int32_t *targets,
+                         float dloss, int N, int V);
+
+    /* AdamW (decoupled weight decay, bias-corrected) over n elements:
+     * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+     * p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p); t is the 1-based step. */
+    void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n,
+                  float lr, float beta1, float beta2, float eps, float wd, int t);
+
+    /* Returns sum x^2 over n in double precision. */
+    double (*sumsq)(const float *x, size_t n);
+    /* x *= s over n. */
+    void (*scale)(float *x, float s, size_t n);
+} zinc_ops;
+
+/* The CPU op table (C + OpenMP + OpenBLAS). Static storage, never NULL. */
+const zinc_ops *zinc_ops_cpu(void);
+
+#endif
