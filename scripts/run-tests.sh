@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test program under $BUILD/tests. A test folder may hold a file
+# `mpi_ranks` listing rank counts ("1 2 4"): its programs then also run under
+# mpirun with each count. Shell tests tests/*/test_*.sh run with BUILD set.
+# Prints one line per run and a summary; exits non-zero if any failed.
+set -u
+BUILD=${BUILD:-build}
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+pass=0; fail=0; failed=()
+logdir=$BUILD/test-logs; mkdir -p "$logdir"
+
+run_one() { # name cmd...
+    local name=$1; shift
+    local log="$logdir/$(echo "$name" | tr ' /' '__').log"
+    local t0=$(date +%s.%N)
+    if timeout 600 "$@" >"$log" 2>&1; then
+        pass=$((pass+1)); printf 'PASS  %-50s %6.1fs\n' "$name" "$(echo "$(date +%s.%N) - $t0" | bc)"
+    else
+        fail=$((fail+1)); failed+=("$name")
+        printf 'FAIL  %-50s (log: %s)\n' "$name" "$log"; tail -20 "$log" | sed 's/^/      /'
+    fi
+}
+
+for t in $(ls "$BUILD"/tests/*/test_* 2>/dev/null | grep -v '\.[od]$' | sort); do
+    mod=$(basename "$(dirname "$t")")
+    if [ -f "tests/$mod/mpi_ranks" ]; then
+        for n in $(cat "tests/$mod/mpi_ranks"); do
+            run_one "$mod x$n" ./scripts/mpirun.sh "$n" "$t"
+        done
+    else
+        run_one "$mod" "$t"
+    fi
+done
+for s in $(ls tests/*/test_*.sh 2>/dev/null | sort); do
+    run_one "$(basename "$(dirname "$s")")/$(basename "$s" .sh)" env BUILD="$BUILD" bash "$s"
+done
+
+echo "== $pass passed, $fail failed =="
+[ $fail -eq 0 ] || { printf '   failed: %s\n' "${failed[@]}"; exit 1; }
