@@ -1,0 +1,83 @@
+/* comm_int.h - private to comm/: the zinc_comm struct, handles and the
+ * backend vtable. comm.c owns everything backend-independent (argument checks,
+ * byte counters, handles, the timeout-bounded wait, stale requests, the mesh);
+ * a backend (comm_mpi.c now, comm_nccl.c later) only starts operations and
+ * tests them for completion. Nothing outside comm/ includes this file. */
+#ifndef ZINC_COMM_INT_H
+#define ZINC_COMM_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "zinc/comm.h"
+
+#define COMM_NAME_MAX 32
+
+typedef struct comm_backend comm_backend;
+
+struct zinc_comm {
+    const comm_backend *be;
+    void *impl;                 /* backend state (owned by the backend) */
+    char name[COMM_NAME_MAX];   /* "world", "dp", ... */
+    int rank, size;
+    int local_rank, local_size;
+    int is_world;
+    double timeout_s;           /* <= 0: waits are unbounded */
+    uint64_t bytes;             /* algorithmic bytes since creation/reset */
+    zinc_comm_handle *stale;    /* timed-out requests, reaped later */
+    int n_stale;
+};
+
+/* One in-flight operation. The backend's request state lives in impl[]
+ * (be->handle_bytes of it), so one allocation serves each op. */
+struct zinc_comm_handle {
+    zinc_comm *comm;            /* borrowed; must outlive the handle */
+    const char *op;             /* static: "all_reduce", ... */
+    int p2p;                    /* send/recv: may be cancelled */
+    uint64_t n_bytes;           /* algorithmic bytes: sizes the wait's poll phase */
+    int track_arrival;          /* backend reports when every rank has entered */
+    zinc_comm_handle *next;     /* link in comm->stale */
+    _Alignas(16) unsigned char impl[];
+};
+
+/* The backend vtable. Start functions begin a nonblocking operation on
+ * pre-validated arguments and fill h->impl; they never wait. When
+ * h->track_arrival is set (collectives only, same on every rank) they also
+ * start whatever lets test() tell that every rank has entered the op (the
+ * mpi backend: an MPI_Ibarrier issued right after the op). test() reports
+ * completion and, once done (or failed), releases the request. */
+struct comm_backend {
+    const char *name;
+    size_t handle_bytes;
+    /* Initializes the backend and fills world (rank, size, local_*, impl). */
+    zinc_status (*init_world)(int *argc, char ***argv, zinc_comm *world);
+    /* Collective over parent; fills child (rank, size, local_*, impl). */
+    zinc_status (*split)(zinc_comm *parent, int color, int key, zinc_comm *child);
+    /* Frees c->impl; for the world also finalizes the backend. */
+    void (*destroy)(zinc_comm *c);
+    zinc_status (*all_reduce)(zinc_comm *c, const void *send, void *recv, size_t n,
+                              zinc_dtype dt, zinc_redop op, zinc_comm_handle *h);
+    zinc_status (*reduce_scatter)(zinc_comm *c, const void *send, void *recv, size_t n,
+                                  zinc_dtype dt, zinc_redop op, zinc_comm_handle *h);
+    zinc_status (*all_gather)(zinc_comm *c, const void *send, void *recv, size_t n,
+                              zinc_dtype dt, zinc_comm_handle *h);
+    zinc_status (*broadcast)(zinc_comm *c, void *buf, size_t n, zinc_dtype dt, int root,
+                             zinc_comm_handle *h);
+    zinc_status (*send)(zinc_comm *c, const void *buf, size_t n, zinc_dtype dt, int peer,
+                        int tag, zinc_comm_handle *h);
+    zinc_status (*recv)(zinc_comm *c, void *buf, size_t n, zinc_dtype dt, int peer, int tag,
+                        zinc_comm_handle *h);
+    zinc_status (*barrier)(zinc_comm *c, zinc_comm_handle *h);
+    /* Sets *done, and *arrived once every rank has entered the op (always 1
+     * without track_arrival); on done or on error the request is released. */
+    zinc_status (*test)(zinc_comm_handle *h, int *done, int *arrived);
+    /* Last chance for a stale request at destroy: cancel it if the backend
+     * can (p2p), test it once more; returns 1 when it is released, 0 when it
+     * must be leaked (an unfinished collective cannot be freed in MPI). */
+    int (*release_stale)(zinc_comm_handle *h);
+    void (*abort)(zinc_comm *c, int code);
+};
+
+extern const comm_backend comm_backend_mpi;
+
+#endif

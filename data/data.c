@@ -1,0 +1,767 @@
+/* data.c - token shards, the deterministic global sample order, and the
+ * byte-level shard writer.
+ *
+ * Open: every path is expanded with glob(3) (matches sorted), each shard's
+ * 1024-byte header is checked (magic, version, and file size exactly
+ * 1024 + 2 * count), the file is memory-mapped read-only and its tokens are
+ * scanned once against vocab_size. The loader then sees the shards as one
+ * token stream; sample s covers tokens [s*T, s*T + T] (T = seq_len, T+1
+ * tokens: inputs are the first T, targets the last T), so samples overlap by
+ * one token and n_samples = (n_tokens - 1) / T.
+ *
+ * Order: global sample k is in epoch e = k / n_samples at position
+ * i = k % n_samples and is sample perm_e[i], perm_e a Fisher-Yates shuffle
+ * driven by splitmix64 seeded from (seed, e). It depends on nothing else, so
+ * every DP layout and every resume sees the same sequence. The permutation of
+ * the last epoch asked for is cached in the loader behind a mutex: gets from
+ * several threads are safe (they serialise on the cache), and the observable
+ * result never depends on the cache.
+ *
+ * Shards are little-endian on disk; tokens are read in place, so this file
+ * assumes a little-endian host (checked at compile time).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "zinc/data.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "zinc data shards are read in place and need a little-endian host"
+#endif
+
+#define HEADER_BYTES ((uint64_t)ZINC_SHARD_HEADER_INTS * sizeof(int32_t))
+
+typedef struct data_shard {
+    char *path;
+    void *map;            /* whole file, read-only (NULL when map_bytes is 0) */
+    size_t map_bytes;
+    const uint16_t *tokens; /* (n_tokens,) inside map */
+    uint64_t n_tokens;
+    uint64_t first;       /* index of tokens[0] in the concatenated stream */
+} data_shard;
+
+struct zinc_data {
+    data_shard *shards;
+    int n_shards;
+    int seq_len;
+    uint64_t seed;
+    uint64_t n_tokens;
+    uint64_t n_samples;
+    /* Permutation cache: perm holds perm_e for e = perm_epoch. */
+    pthread_mutex_t lock;
+    uint64_t *perm; /* (n_samples,) */
+    uint64_t perm_epoch;
+    bool perm_valid;
+};
+
+/* ---------------------------------------------------------------- PRNG --- */
+
+/* splitmix64 (Steele, Lea, Flood 2014): a tiny generator with a full 2^64
+ * period whose output function is also a good 64-bit mixer. */
+static uint64_t data_splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform integer in [0, n), n >= 1, without modulo bias (rejects the
+ * 2^64 mod n lowest outputs). */
+static uint64_t data_uniform(uint64_t *state, uint64_t n)
+{
+    uint64_t threshold = (0 - n) % n;
+    for (;;) {
+        uint64_t r = data_splitmix64(state);
+        if (r >= threshold) return r % n;
+    }
+}
+
+/* Fills perm (n,) with the permutation of epoch e for seed. */
+static void data_perm_fill(uint64_t *perm, uint64_t n, uint64_t seed, uint64_t epoch)
+{
+    uint64_t s = seed;
+    uint64_t mixed_seed = data_splitmix64(&s);
+    uint64_t e = epoch ^ 0xD1B54A32D192ED03ull;
+    uint64_t state = mixed_seed ^ data_splitmix64(&e);
+    for (uint64_t i = 0; i < n; i++) perm[i] = i;
+    for (uint64_t i = n - 1; i > 0; i--) {
+        uint64_t j = data_uniform(&state, i + 1);
+        uint64_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+/* ---------------------------------------------------------------- open --- */
+
+static void data_shard_release(data_shard *sh)
+{
+    if (sh->map) munmap(sh->map, sh->map_bytes);
+    free(sh->path);
+    memset(sh, 0, sizeof *sh);
+}
+
+/* Index of the first token >= vocab in toks (n,), or n if none. Scans in
+ * blocks with a branch-free max so the common (clean) case vectorises. */
+static uint64_t data_find_bad_token(const uint16_t *toks, uint64_t n, int vocab)
+{
+    const uint64_t block = 4096;
+    for (uint64_t b = 0; b < n; b += block) {
+        uint64_t e = b + block < n ? b + block : n;
+        uint16_t mx = 0;
+        for (uint64_t i = b; i < e; i++) mx = toks[i] > mx ? toks[i] : mx;
+        if ((int)mx < vocab) continue;
+        for (uint64_t i = b; i < e; i++)
+            if ((int)toks[i] >= vocab) return i;
+    }
+    return n;
+}
+
+/* Opens, checks and maps one shard file into *sh (path is copied). */
+static zinc_status data_shard_open(const char *path, int vocab_size, data_shard *sh)
+{
+    zinc_status st = ZINC_OK;
+    memset(sh, 0, sizeof *sh);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return zinc_error(ZINC_ERR_IO, "data: cannot open %s: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        st = zinc_error(ZINC_ERR_IO, "data: cannot stat %s: %s", path, strerror(errno));
+        goto cleanup;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        st = zinc_error(ZINC_ERR_IO, "data: %s is not a regular file", path);
+        goto cleanup;
+    }
+    uint64_t size = (uint64_t)sb.st_size;
+    if (size < HEADER_BYTES) {
+        st = zinc_error(ZINC_ERR_CORRUPT,
+                        "data: %s is %llu bytes, shorter than the %llu-byte shard header "
+                        "(truncated or not a token shard)",
+                        path, (unsigned long long)size, (unsigned long long)HEADER_BYTES);
+        goto cleanup;
+    }
+    if (size > (uint64_t)SIZE_MAX) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "data: %s is too large to map", path);
+        goto cleanup;
+    }
+    sh->map_bytes = (size_t)size;
+    sh->map = mmap(NULL, sh->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (sh->map == MAP_FAILED) {
+        sh->map = NULL;
+        st = zinc_error(ZINC_ERR_IO, "data: cannot mmap %s: %s", path, strerror(errno));
+        goto cleanup;
+    }
+    const int32_t *hdr = (const int32_t *)sh->map;
+    if (hdr[0] != ZINC_SHARD_MAGIC) {
+        st = zinc_error(ZINC_ERR_CORRUPT,
+                        "data: %s: bad magic %d (expected %d); not a token shard", path,
+                        hdr[0], ZINC_SHARD_MAGIC);
+        goto cleanup;
+    }
+    if (hdr[1] != ZINC_SHARD_VERSION) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "data: %s: shard version %d (only %d is supported)",
+                        path, hdr[1], ZINC_SHARD_VERSION);
+        goto cleanup;
+    }
+    if (hdr[2] < 0) {
+        st = zinc_error(ZINC_ERR_CORRUPT, "data: %s: negative token count %d in header", path,
+                        hdr[2]);
+        goto cleanup;
+    }
+    sh->n_tokens = (uint64_t)hdr[2];
+    uint64_t want = HEADER_BYTES + 2 * sh->n_tokens;
+    if (size != want) {
+        st = zinc_error(ZINC_ERR_CORRUPT,
+                        "data: %s is %llu bytes but its header says %llu tokens (%llu bytes); "
+                        "the shard is %s",
+                        path, (unsigned long long)size, (unsigned long long)sh->n_tokens,
+                        (unsigned long long)want, size < want ? "truncated" : "padded");
+        goto cleanup;
+    }
+    sh->tokens = (const uint16_t *)((const char *)sh->map + HEADER_BYTES);
+    uint64_t bad = data_find_bad_token(sh->tokens, sh->n_tokens, vocab_size);
+    if (bad < sh->n_tokens) {
+        st = zinc_error(ZINC_ERR_CORRUPT,
+                        "data: %s: token %u at index %llu is >= vocab_size %d "
+                        "(shard made with another tokenizer?)",
+                        path, (unsigned)sh->tokens[bad], (unsigned long long)bad, vocab_size);
+        goto cleanup;
+    }
+    sh->path = strdup(path);
+    if (!sh->path) st = zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+cleanup:
+    close(fd);
+    if (st != ZINC_OK) data_shard_release(sh);
+    return st;
+}
+
+static bool data_has_glob_chars(const char *s)
+{
+    return strpbrk(s, "*?[") != NULL;
+}
+
+/* Writes "a.bin, b.bin" (at most 3 names, then "and N more") into buf. */
+static void data_name_shards(const zinc_data *d, char *buf, size_t cap)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < d->n_shards && off < cap; i++) {
+        int w;
+        if (i == 3) {
+            w = snprintf(buf + off, cap - off, " and %d more", d->n_shards - 3);
+            break;
+        }
+        w = snprintf(buf + off, cap - off, "%s%s", i ? ", " : "", d->shards[i].path);
+        if (w < 0) break;
+        off += (size_t)w;
+    }
+}
+
+zinc_status zinc_data_open(const char *const *paths, int n_paths, int seq_len, int vocab_size,
+                           uint64_t seed, zinc_data **out)
+{
+    zinc_status st = ZINC_OK;
+    if (!out) return zinc_error(ZINC_ERR_INVALID_ARG, "data: out is NULL");
+    *out = NULL;
+    if (!paths || n_paths <= 0)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "data: no shard paths given");
+    if (seq_len <= 0)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "data: seq_len %d must be >= 1", seq_len);
+    if (vocab_size <= 0)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "data: vocab_size %d must be >= 1", vocab_size);
+
+    zinc_data *d = calloc(1, sizeof *d);
+    if (!d) return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+    pthread_mutex_init(&d->lock, NULL);
+    d->seq_len = seq_len;
+    d->seed = seed;
+    int cap = 0;
+    for (int p = 0; p < n_paths; p++) {
+        if (!paths[p]) {
+            st = zinc_error(ZINC_ERR_INVALID_ARG, "data: shard path %d is NULL", p);
+            goto cleanup;
+        }
+        glob_t g;
+        int rc = glob(paths[p], 0, NULL, &g);
+        if (rc == GLOB_NOMATCH && access(paths[p], F_OK) == 0) {
+            /* A literal name that merely looks like a pattern ("x[1].bin"). */
+            rc = glob(paths[p], GLOB_NOCHECK | GLOB_NOESCAPE, NULL, &g);
+        }
+        if (rc == GLOB_NOMATCH) {
+            if (data_has_glob_chars(paths[p]))
+                st = zinc_error(ZINC_ERR_IO, "data: no file matches %s", paths[p]);
+            else
+                st = zinc_error(ZINC_ERR_IO, "data: cannot open %s: %s", paths[p],
+                                strerror(ENOENT));
+            goto cleanup;
+        }
+        if (rc != 0) {
+            st = zinc_error(ZINC_ERR_IO, "data: cannot expand %s (%s)", paths[p],
+                            rc == GLOB_NOSPACE ? "out of memory" : "read error");
+            goto cleanup;
+        }
+        for (size_t m = 0; m < g.gl_pathc; m++) {
+            if (d->n_shards == cap) {
+                int ncap = cap ? 2 * cap : 8;
+                data_shard *ns = realloc(d->shards, (size_t)ncap * sizeof *ns);
+                if (!ns) {
+                    globfree(&g);
+                    st = zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+                    goto cleanup;
+                }
+                d->shards = ns;
+                cap = ncap;
+            }
+            st = data_shard_open(g.gl_pathv[m], vocab_size, &d->shards[d->n_shards]);
+            if (st != ZINC_OK) {
+                globfree(&g);
+                goto cleanup;
+            }
+            d->shards[d->n_shards].first = d->n_tokens;
+            d->n_tokens += d->shards[d->n_shards].n_tokens;
+            d->n_shards++;
+        }
+        globfree(&g);
+    }
+    if (d->n_tokens < (uint64_t)seq_len + 1) {
+        char names[512];
+        data_name_shards(d, names, sizeof names);
+        st = zinc_error(ZINC_ERR_INVALID_ARG,
+                        "data: %s hold%s %llu tokens; seq_len %d needs at least %llu for one sample",
+                        names, d->n_shards == 1 ? "s" : "", (unsigned long long)d->n_tokens,
+                        seq_len, (unsigned long long)seq_len + 1);
+        goto cleanup;
+    }
+    d->n_samples = (d->n_tokens - 1) / (uint64_t)seq_len;
+    if (d->n_samples > SIZE_MAX / sizeof(uint64_t)) {
+        st = zinc_error(ZINC_ERR_NOMEM, "data: %llu samples are too many to shuffle",
+                        (unsigned long long)d->n_samples);
+        goto cleanup;
+    }
+    d->perm = malloc((size_t)d->n_samples * sizeof *d->perm);
+    if (!d->perm) {
+        st = zinc_error(ZINC_ERR_NOMEM, "data: out of memory for a %llu-sample permutation",
+                        (unsigned long long)d->n_samples);
+        goto cleanup;
+    }
+    data_perm_fill(d->perm, d->n_samples, d->seed, 0);
+    d->perm_epoch = 0;
+    d->perm_valid = true;
+    *out = d;
+    return ZINC_OK;
+cleanup:
+    zinc_data_close(d);
+    return st;
+}
+
+void zinc_data_close(zinc_data *d)
+{
+    if (!d) return;
+    for (int i = 0; i < d->n_shards; i++) data_shard_release(&d->shards[i]);
+    free(d->shards);
+    free(d->perm);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+}
+
+uint64_t zinc_data_n_samples(const zinc_data *d) { return d ? d->n_samples : 0; }
+uint64_t zinc_data_n_tokens(const zinc_data *d) { return d ? d->n_tokens : 0; }
+
+/* ----------------------------------------------------------------- get --- */
+
+/* Copies n tokens of the stream starting at global token index pos into dst
+ * (n,), crossing shard boundaries. Caller guarantees pos + n <= n_tokens. */
+static void data_copy_tokens(const zinc_data *d, uint64_t pos, uint64_t n, int32_t *dst)
+{
+    /* Binary search for the last shard whose first token is <= pos. */
+    int lo = 0, hi = d->n_shards - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (d->shards[mid].first <= pos)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    int s = lo;
+    while (n > 0) {
+        const data_shard *sh = &d->shards[s];
+        uint64_t off = pos - sh->first;
+        if (off >= sh->n_tokens) { /* empty shard or pos past it */
+            s++;
+            continue;
+        }
+        uint64_t take = sh->n_tokens - off < n ? sh->n_tokens - off : n;
+        for (uint64_t i = 0; i < take; i++) dst[i] = (int32_t)sh->tokens[off + i];
+        dst += take;
+        pos += take;
+        n -= take;
+        s++;
+    }
+}
+
+zinc_status zinc_data_get(const zinc_data *d, uint64_t first, int n, int32_t *inputs,
+                          int32_t *targets)
+{
+    if (!d) return zinc_error(ZINC_ERR_INVALID_ARG, "data: loader is NULL");
+    if (n < 0) return zinc_error(ZINC_ERR_INVALID_ARG, "data: negative sample count %d", n);
+    if (n == 0) return ZINC_OK;
+    if (!inputs || !targets)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "data: inputs/targets buffer is NULL");
+    if (first > UINT64_MAX - (uint64_t)n)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "data: sample index %llu overflows",
+                          (unsigned long long)first);
+    const size_t T = (size_t)d->seq_len;
+    int32_t *buf = malloc((T + 1) * sizeof *buf); /* (T+1,) one sample */
+    if (!buf) return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+
+    /* The cache is the loader's only mutable part; it never changes results. */
+    zinc_data *m = (zinc_data *)d;
+    pthread_mutex_lock(&m->lock);
+    for (int b = 0; b < n; b++) {
+        uint64_t k = first + (uint64_t)b;
+        uint64_t e = k / d->n_samples, i = k % d->n_samples;
+        if (!m->perm_valid || m->perm_epoch != e) {
+            data_perm_fill(m->perm, d->n_samples, d->seed, e);
+            m->perm_epoch = e;
+            m->perm_valid = true;
+        }
+        uint64_t s = m->perm[i];
+        data_copy_tokens(d, s * T, T + 1, buf);
+        memcpy(inputs + (size_t)b * T, buf, T * sizeof *buf);      // (n, T)
+        memcpy(targets + (size_t)b * T, buf + 1, T * sizeof *buf); // (n, T)
+    }
+    pthread_mutex_unlock(&m->lock);
+    free(buf);
+    return ZINC_OK;
+}
+
+/* -------------------------------------------------------------- writing --- */
+
+/* Writes all of buf to fd. */
+static int data_write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* An open "OUT.tmp" that becomes OUT on commit. */
+typedef struct data_out {
+    const char *path;
+    char *tmp;
+    int fd;
+} data_out;
+
+static zinc_status data_out_begin(data_out *o, const char *path)
+{
+    o->path = path;
+    o->fd = -1;
+    size_t len = strlen(path);
+    o->tmp = malloc(len + 5);
+    if (!o->tmp) return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+    memcpy(o->tmp, path, len);
+    memcpy(o->tmp + len, ".tmp", 5);
+    o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (o->fd < 0) {
+        zinc_status st = zinc_error(ZINC_ERR_IO, "data: cannot create %s: %s", o->tmp,
+                                    strerror(errno));
+        free(o->tmp);
+        o->tmp = NULL;
+        return st;
+    }
+    return ZINC_OK;
+}
+
+/* Discards the temporary file (after a failure). */
+static void data_out_abort(data_out *o)
+{
+    if (o->fd >= 0) close(o->fd);
+    if (o->tmp) unlink(o->tmp);
+    free(o->tmp);
+    o->tmp = NULL;
+    o->fd = -1;
+}
+
+/* Writes the header for n tokens at offset 0, fsyncs, renames into place and
+ * fsyncs the directory so the rename itself is durable. */
+static zinc_status data_out_commit(data_out *o, uint64_t n)
+{
+    zinc_status st = ZINC_OK;
+    int32_t hdr[ZINC_SHARD_HEADER_INTS] = {0};
+    hdr[0] = ZINC_SHARD_MAGIC;
+    hdr[1] = ZINC_SHARD_VERSION;
+    hdr[2] = (int32_t)n;
+    if (pwrite(o->fd, hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
+        st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o->tmp, strerror(errno));
+        goto cleanup;
+    }
+    if (fsync(o->fd) != 0) {
+        st = zinc_error(ZINC_ERR_IO, "data: cannot fsync %s: %s", o->tmp, strerror(errno));
+        goto cleanup;
+    }
+    if (close(o->fd) != 0) {
+        o->fd = -1;
+        st = zinc_error(ZINC_ERR_IO, "data: cannot close %s: %s", o->tmp, strerror(errno));
+        goto cleanup;
+    }
+    o->fd = -1;
+    if (rename(o->tmp, o->path) != 0) {
+        st = zinc_error(ZINC_ERR_IO, "data: cannot rename %s to %s: %s", o->tmp, o->path,
+                        strerror(errno));
+        goto cleanup;
+    }
+    /* Best effort: some filesystems refuse fsync on directories. */
+    char *dir = strdup(o->path);
+    if (dir) {
+        char *slash = strrchr(dir, '/');
+        const char *dname = ".";
+        if (slash == dir)
+            dname = "/";
+        else if (slash) {
+            *slash = '\0';
+            dname = dir;
+        }
+        int dfd = open(dname, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            (void)fsync(dfd);
+            close(dfd);
+        }
+        free(dir);
+    }
+    free(o->tmp);
+    o->tmp = NULL;
+    return ZINC_OK;
+cleanup:
+    data_out_abort(o);
+    return st;
+}
+
+zinc_status zinc_data_write_shard(const char *out_path, const uint16_t *tokens, uint64_t n)
+{
+    if (!out_path || !*out_path) return zinc_error(ZINC_ERR_INVALID_ARG, "data: no output path");
+    if (n > 0 && !tokens) return zinc_error(ZINC_ERR_INVALID_ARG, "data: tokens is NULL");
+    if (n > (uint64_t)INT32_MAX)
+        return zinc_error(ZINC_ERR_INVALID_ARG,
+                          "data: %s: %llu tokens exceed the shard limit of %d; split the data",
+                          out_path, (unsigned long long)n, INT32_MAX);
+    data_out o;
+    zinc_status st = data_out_begin(&o, out_path);
+    if (st != ZINC_OK) return st;
+    int32_t zero_hdr[ZINC_SHARD_HEADER_INTS] = {0};
+    if (data_write_all(o.fd, zero_hdr, sizeof zero_hdr) != 0 ||
+        data_write_all(o.fd, tokens, (size_t)n * sizeof *tokens) != 0) {
+        st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o.tmp, strerror(errno));
+        data_out_abort(&o);
+        return st;
+    }
+    return data_out_commit(&o, n);
+}
+
+/* ------------------------------------------------------ text tokenizer --- */
+
+typedef struct data_list {
+    char **items;
+    size_t n, cap;
+} data_list;
+
+static void data_list_free(data_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) free(l->items[i]);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+/* Appends s (taking ownership); frees s on failure. */
+static zinc_status data_list_push_take(data_list *l, char *s)
+{
+    if (!s) return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? 2 * l->cap : 16;
+        char **ni = realloc(l->items, ncap * sizeof *ni);
+        if (!ni) {
+            free(s);
+            return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+        }
+        l->items = ni;
+        l->cap = ncap;
+    }
+    l->items[l->n++] = s;
+    return ZINC_OK;
+}
+
+/* True if name ends in one of the comma-separated suffixes of exts (NULL or
+ * empty: everything matches). */
+static bool data_ext_match(const char *name, const char *exts)
+{
+    if (!exts || !*exts) return true;
+    size_t nlen = strlen(name);
+    const char *p = exts;
+    bool any = false;
+    while (*p) {
+        while (*p == ',' || *p == ' ') p++;
+        const char *e = p;
+        while (*e && *e != ',') e++;
+        size_t len = (size_t)(e - p);
+        while (len > 0 && p[len - 1] == ' ') len--;
+        if (len > 0) {
+            any = true;
+            if (len <= nlen && memcmp(name + nlen - len, p, len) == 0) return true;
+        }
+        p = e;
+    }
+    return !any; /* a list of only commas filters nothing */
+}
+
+static int data_cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static char *data_join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    bool slash = a > 0 && dir[a - 1] == '/';
+    char *s = malloc(a + b + 2);
+    if (!s) return NULL;
+    memcpy(s, dir, a);
+    if (!slash) s[a++] = '/';
+    memcpy(s + a, name, b + 1);
+    return s;
+}
+
+/* The file being written, so a walk never tokenizes its own output. */
+typedef struct data_skip {
+    dev_t dev;
+    ino_t ino;
+    bool valid;
+} data_skip;
+
+/* Appends the matching regular files under dir to files, in sorted order,
+ * skipping hidden entries, build* directories and symlinked directories. */
+static zinc_status data_walk(const char *dir, const char *exts, const data_skip *skip,
+                             data_list *files)
+{
+    zinc_status st = ZINC_OK;
+    data_list names = {0};
+    DIR *dp = opendir(dir);
+    if (!dp) return zinc_error(ZINC_ERR_IO, "data: cannot read directory %s: %s", dir,
+                               strerror(errno));
+    struct dirent *de;
+    errno = 0;
+    while ((de = readdir(dp)) != NULL) {
+        if (de->d_name[0] == '.') continue;
+        ZINC_TRY(data_list_push_take(&names, strdup(de->d_name)));
+    }
+    closedir(dp);
+    dp = NULL;
+    qsort(names.items, names.n, sizeof *names.items, data_cmp_str);
+    for (size_t i = 0; i < names.n; i++) {
+        char *path = data_join(dir, names.items[i]);
+        if (!path) {
+            st = zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+            goto cleanup;
+        }
+        struct stat sb, lsb;
+        if (stat(path, &sb) != 0 || lstat(path, &lsb) != 0) {
+            st = zinc_error(ZINC_ERR_IO, "data: cannot stat %s: %s", path, strerror(errno));
+            free(path);
+            goto cleanup;
+        }
+        if (S_ISDIR(sb.st_mode)) {
+            bool is_build = strncmp(names.items[i], "build", 5) == 0;
+            if (!is_build && !S_ISLNK(lsb.st_mode)) st = data_walk(path, exts, skip, files);
+            free(path);
+            if (st != ZINC_OK) goto cleanup;
+        } else if (S_ISREG(sb.st_mode) && data_ext_match(names.items[i], exts) &&
+                   !(skip->valid && sb.st_dev == skip->dev && sb.st_ino == skip->ino)) {
+            ZINC_TRY(data_list_push_take(files, path));
+        } else {
+            free(path);
+        }
+    }
+cleanup:
+    if (dp) closedir(dp);
+    data_list_free(&names);
+    return st;
+}
+
+zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inputs,
+                                            const char *exts, const char *out_path,
+                                            uint64_t *n_tokens)
+{
+    zinc_status st = ZINC_OK;
+    data_list files = {0};
+    data_out o = {.fd = -1};
+    unsigned char *in = NULL;
+    uint16_t *toks = NULL;
+    int fd = -1;
+    uint64_t total = 0;
+    if (n_tokens) *n_tokens = 0;
+    if (!out_path || !*out_path) return zinc_error(ZINC_ERR_INVALID_ARG, "data: no output path");
+    if (!inputs || n_inputs <= 0) return zinc_error(ZINC_ERR_INVALID_ARG, "data: no inputs given");
+
+    data_skip skip = {0};
+    struct stat sb;
+    if (stat(out_path, &sb) == 0) skip = (data_skip){sb.st_dev, sb.st_ino, true};
+
+    /* Named files are always taken; the exts filter applies inside directories. */
+    for (int i = 0; i < n_inputs; i++) {
+        if (!inputs[i]) {
+            st = zinc_error(ZINC_ERR_INVALID_ARG, "data: input %d is NULL", i);
+            goto cleanup;
+        }
+        if (stat(inputs[i], &sb) != 0) {
+            st = zinc_error(ZINC_ERR_IO, "data: cannot open %s: %s", inputs[i], strerror(errno));
+            goto cleanup;
+        }
+        if (S_ISDIR(sb.st_mode)) {
+            ZINC_TRY(data_walk(inputs[i], exts, &skip, &files));
+        } else {
+            ZINC_TRY(data_list_push_take(&files, strdup(inputs[i])));
+        }
+    }
+    if (files.n == 0) {
+        st = zinc_error(ZINC_ERR_IO, "data: no input files%s%s found under %s%s",
+                        exts ? " matching " : "", exts ? exts : "", inputs[0],
+                        n_inputs > 1 ? " and the other inputs" : "");
+        goto cleanup;
+    }
+
+    const size_t chunk = 1 << 20;
+    in = malloc(chunk);
+    toks = malloc(chunk * sizeof *toks);
+    if (!in || !toks) {
+        st = zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+        goto cleanup;
+    }
+    ZINC_TRY(data_out_begin(&o, out_path));
+    int32_t zero_hdr[ZINC_SHARD_HEADER_INTS] = {0};
+    if (data_write_all(o.fd, zero_hdr, sizeof zero_hdr) != 0) {
+        st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o.tmp, strerror(errno));
+        goto cleanup;
+    }
+    for (size_t f = 0; f < files.n; f++) {
+        fd = open(files.items[f], O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            st = zinc_error(ZINC_ERR_IO, "data: cannot open %s: %s", files.items[f],
+                            strerror(errno));
+            goto cleanup;
+        }
+        for (;;) {
+            ssize_t r = read(fd, in, chunk);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) {
+                st = zinc_error(ZINC_ERR_IO, "data: cannot read %s: %s", files.items[f],
+                                strerror(errno));
+                goto cleanup;
+            }
+            if (r == 0) break;
+            if (total + (uint64_t)r > (uint64_t)INT32_MAX) {
+                st = zinc_error(ZINC_ERR_INVALID_ARG,
+                                "data: %s: inputs exceed the shard limit of %d tokens; "
+                                "split them over several shards",
+                                out_path, INT32_MAX);
+                goto cleanup;
+            }
+            for (ssize_t i = 0; i < r; i++) toks[i] = in[i]; /* byte tokenizer */
+            if (data_write_all(o.fd, toks, (size_t)r * sizeof *toks) != 0) {
+                st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o.tmp,
+                                strerror(errno));
+                goto cleanup;
+            }
+            total += (uint64_t)r;
+        }
+        close(fd);
+        fd = -1;
+    }
+    st = data_out_commit(&o, total);
+    if (st == ZINC_OK && n_tokens) *n_tokens = total;
+cleanup:
+    if (fd >= 0) close(fd);
+    if (st != ZINC_OK && o.tmp) data_out_abort(&o);
+    free(in);
+    free(toks);
+    data_list_free(&files);
+    return st;
+}

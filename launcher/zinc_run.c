@@ -1,0 +1,827 @@
+/* zinc_run.c - `zinc-run`: starts N ranks of a program through OpenMPI's
+ * mpirun (or Slurm's srun) and returns the job's exit status.
+ *
+ *   zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]
+ *            [--launcher openmpi|slurm] [--dry-run] [--] PROGRAM ARGS...
+ *
+ * It only builds an argv: no host name, path, variable or argument is ever
+ * seen by a shell. The argv is run in a child (fork + execvp + waitpid); the
+ * child's exit status is returned (128 + signal if it was killed). Signals
+ * sent to zinc-run by another process (kill, a scheduler) are passed on to
+ * the child; terminal signals (^C) already reach it through the process group.
+ *
+ * What goes into the mpirun argv, and why:
+ *   -n N                  ranks
+ *   --bind-to none        OpenMPI binds each rank to one core by default, which
+ *                         would starve ranks that run K OpenMP threads
+ *   --oversubscribe       when N exceeds this node's cores (no hostfile) or the
+ *                         slots of a one-host hostfile
+ *   --allow-run-as-root   when euid is 0 (containers, CI)
+ *   --mca btl_vader_single_copy_mechanism none
+ *                         CMA/XPMEM single copy is blocked in most containers
+ *   --host h1:N1,h2:N2    from the hostfile after --include/--exclude
+ *   -x OMP_NUM_THREADS=K -x ZINC_THREADS=K
+ *                         K = max(1, cores of a node / ranks on that node),
+ *                         unless OMP_NUM_THREADS is already set (then it is
+ *                         forwarded as is). Remote nodes are assumed to have
+ *                         as many cores as this one.
+ *   -x NAME               every variable named ZINC_*, NCCL_*, OMP_*
+ *   -x KEY=VALUE          every line of $HOME/.zinc_env, then ./.zinc_env (a
+ *                         later file overrides an earlier one; a variable
+ *                         already set in the environment wins over both and
+ *                         is forwarded by name). Values are taken literally.
+ *
+ * Hostfile: DeepSpeed's format, `host slots=N` lines with # comments. The
+ * --include/--exclude SPEC is DeepSpeed's "host1:0,2@host2" (slot indices per
+ * host; a bare host means all its slots). Ranks fill a host's slots in order
+ * (GPU = local rank), so a selection such as host1:1,3 yields 2 ranks there
+ * using local ranks 0 and 1; zinc-run warns when that differs.
+ *
+ * Exit status: the job's; 2 for bad flags, a bad hostfile, .zinc_env or
+ * selection; 127 when mpirun/srun is not on PATH; 1 if fork fails.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static const char *usage_text =
+    "usage: zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]\n"
+    "                [--launcher openmpi|slurm] [--dry-run] [--] PROGRAM ARGS...\n"
+    "  -n N              ranks (default: all hostfile slots, else 1)\n"
+    "  --hostfile F      lines `host slots=N`; # starts a comment\n"
+    "  --include SPEC    use only these hosts/slots, e.g. \"host1:0,2@host2\"\n"
+    "  --exclude SPEC    use all but these hosts/slots\n"
+    "  --launcher L      openmpi (mpirun, the default) or slurm (srun)\n"
+    "  --dry-run         print the command instead of running it\n"
+    "  Exports ZINC_*, NCCL_*, OMP_* variables and the KEY=VALUE lines of\n"
+    "  ./.zinc_env and ~/.zinc_env to every rank.\n";
+
+/* ------------------------------------------------------------ helpers --- */
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("zinc-run: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    fputs(usage_text, stderr);
+    return 2;
+}
+
+/* Prints "zinc-run: <detail>" to stderr; returns 2 for the caller to exit with. */
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("zinc-run: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 2;
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n);
+    if (!q) {
+        fputs("zinc-run: out of memory\n", stderr);
+        exit(1);
+    }
+    return q;
+}
+
+static char *xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    return memcpy(xrealloc(NULL, n), s, n);
+}
+
+static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0) {
+        fputs("zinc-run: out of memory\n", stderr);
+        exit(1);
+    }
+    va_end(ap);
+    return s;
+}
+
+/* A growable NULL-terminated string vector; it owns its strings. */
+typedef struct run_vec {
+    char **v;
+    int n, cap;
+} run_vec;
+
+static void vec_push_take(run_vec *a, char *s)
+{
+    if (a->n + 2 > a->cap) {
+        a->cap = a->cap ? 2 * a->cap : 32;
+        a->v = xrealloc(a->v, (size_t)a->cap * sizeof *a->v);
+    }
+    a->v[a->n++] = s;
+    a->v[a->n] = NULL;
+}
+
+static void vec_push(run_vec *a, const char *s) { vec_push_take(a, xstrdup(s)); }
+
+static void vec_free(run_vec *a)
+{
+    for (int i = 0; i < a->n; i++) free(a->v[i]);
+    free(a->v);
+    memset(a, 0, sizeof *a);
+}
+
+/* Parses a whole decimal int in [lo, hi]; false otherwise. */
+static bool parse_int(const char *s, long lo, long hi, int *out)
+{
+    if (!s || !*s || isspace((unsigned char)*s)) return false;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return false;
+    *out = (int)v;
+    return true;
+}
+
+static bool valid_env_name(const char *s, size_t n)
+{
+    if (n == 0 || !(isalpha((unsigned char)s[0]) || s[0] == '_')) return false;
+    for (size_t i = 1; i < n; i++)
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '_')) return false;
+    return true;
+}
+
+/* Writes s to f, single-quoted if it holds anything a shell would interpret. */
+static void shell_quote(FILE *f, const char *s)
+{
+    bool plain = *s != '\0';
+    for (const char *p = s; *p; p++)
+        if (!(isalnum((unsigned char)*p) || strchr("_@%+=:,./-", *p))) plain = false;
+    if (plain) {
+        fputs(s, f);
+        return;
+    }
+    fputc('\'', f);
+    for (const char *p = s; *p; p++) {
+        if (*p == '\'') fputs("'\\''", f);
+        else fputc(*p, f);
+    }
+    fputc('\'', f);
+}
+
+/* Full path of an executable name as execvp would find it, or NULL. */
+static char *find_in_path(const char *name)
+{
+    if (strchr(name, '/')) return access(name, X_OK) == 0 ? xstrdup(name) : NULL;
+    const char *path = getenv("PATH");
+    if (!path) path = "/usr/local/bin:/usr/bin:/bin";
+    for (const char *p = path;;) {
+        const char *e = strchr(p, ':');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        char *cand = len ? xprintf("%.*s/%s", (int)len, p, name) : xprintf("./%s", name);
+        struct stat sb;
+        if (stat(cand, &sb) == 0 && S_ISREG(sb.st_mode) && access(cand, X_OK) == 0) return cand;
+        free(cand);
+        if (!e) return NULL;
+        p = e + 1;
+    }
+}
+
+/* ----------------------------------------------------------- CPU counts --- */
+
+/* CPUs this process may run on (what nproc prints). */
+static int logical_cpus(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static bool read_int_file(const char *path, int *out)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    bool ok = fscanf(f, "%d", out) == 1;
+    fclose(f);
+    return ok;
+}
+
+/* Physical cores among this process's CPUs: OpenMPI's default slot count on
+ * a node without a hostfile. Falls back to the logical count. */
+static int physical_cores(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return logical_cpus();
+    int n_ids = 0, cap = CPU_COUNT(&set);
+    long *ids = xrealloc(NULL, (size_t)(cap > 0 ? cap : 1) * sizeof *ids);
+    for (int c = 0; c < CPU_SETSIZE && n_ids < cap; c++) {
+        if (!CPU_ISSET(c, &set)) continue;
+        char p1[96], p2[96];
+        int pkg, core;
+        snprintf(p1, sizeof p1, "/sys/devices/system/cpu/cpu%d/topology/physical_package_id", c);
+        snprintf(p2, sizeof p2, "/sys/devices/system/cpu/cpu%d/topology/core_id", c);
+        if (!read_int_file(p1, &pkg) || !read_int_file(p2, &core)) {
+            free(ids);
+            return logical_cpus();
+        }
+        long id = (long)pkg * 1000000L + core;
+        bool seen = false;
+        for (int i = 0; i < n_ids; i++) seen |= ids[i] == id;
+        if (!seen) ids[n_ids++] = id;
+    }
+    free(ids);
+    return n_ids > 0 ? n_ids : logical_cpus();
+}
+
+/* ------------------------------------------------------------ hostfile --- */
+
+typedef struct run_host {
+    char *name;
+    int slots;     /* from the hostfile */
+    bool *use;     /* (slots,) selected by --include/--exclude */
+    int n_use;     /* how many are selected */
+} run_host;
+
+typedef struct run_hosts {
+    run_host *h;
+    int n;
+} run_hosts;
+
+static void hosts_free(run_hosts *hs)
+{
+    for (int i = 0; i < hs->n; i++) {
+        free(hs->h[i].name);
+        free(hs->h[i].use);
+    }
+    free(hs->h);
+    memset(hs, 0, sizeof *hs);
+}
+
+static int host_find(const run_hosts *hs, const char *name, size_t len)
+{
+    for (int i = 0; i < hs->n; i++)
+        if (strlen(hs->h[i].name) == len && !memcmp(hs->h[i].name, name, len)) return i;
+    return -1;
+}
+
+static bool valid_host_name(const char *s, size_t n)
+{
+    if (n == 0 || s[0] == '-') return false;
+    for (size_t i = 0; i < n; i++)
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '.' || s[i] == '-' || s[i] == '_'))
+            return false;
+    return true;
+}
+
+/* Reads a DeepSpeed hostfile. Returns 0, or 2 after printing the error. */
+static int hostfile_read(const char *path, run_hosts *hs)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return fail("hostfile %s: cannot open: %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, rc = 0;
+    while (getline(&line, &cap, f) >= 0) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash) *hash = '\0';
+        char *tok[3];
+        int nt = 0;
+        for (char *save = NULL, *t = strtok_r(line, " \t\r\n", &save); t;
+             t = strtok_r(NULL, " \t\r\n", &save)) {
+            if (nt < 3) tok[nt] = t;
+            nt++;
+        }
+        if (nt == 0) continue;
+        if (nt != 2 || strncmp(tok[1], "slots=", 6) != 0) {
+            rc = fail("hostfile %s:%d: expected `hostname slots=N`", path, lineno);
+            break;
+        }
+        if (!valid_host_name(tok[0], strlen(tok[0]))) {
+            rc = fail("hostfile %s:%d: bad host name '%s'", path, lineno, tok[0]);
+            break;
+        }
+        int slots;
+        if (!parse_int(tok[1] + 6, 1, 1 << 20, &slots)) {
+            rc = fail("hostfile %s:%d: slots must be an integer >= 1, got '%s'", path, lineno,
+                      tok[1] + 6);
+            break;
+        }
+        if (host_find(hs, tok[0], strlen(tok[0])) >= 0) {
+            rc = fail("hostfile %s:%d: duplicate host %s", path, lineno, tok[0]);
+            break;
+        }
+        hs->h = xrealloc(hs->h, (size_t)(hs->n + 1) * sizeof *hs->h);
+        run_host *h = &hs->h[hs->n++];
+        h->name = xstrdup(tok[0]);
+        h->slots = slots;
+        h->use = xrealloc(NULL, (size_t)slots * sizeof *h->use);
+        for (int s = 0; s < slots; s++) h->use[s] = true;
+        h->n_use = slots;
+    }
+    free(line);
+    fclose(f);
+    if (rc == 0 && hs->n == 0) rc = fail("hostfile %s: no hosts in it", path);
+    return rc;
+}
+
+/* Applies an --include (include=true) or --exclude SPEC "h1:0,2@h2". Returns
+ * 0, or 2 after printing the error. */
+static int hosts_select(run_hosts *hs, const char *spec, bool include, const char *hostfile)
+{
+    const char *flag = include ? "--include" : "--exclude";
+    if (include)
+        for (int i = 0; i < hs->n; i++) {
+            for (int s = 0; s < hs->h[i].slots; s++) hs->h[i].use[s] = false;
+        }
+    const char *p = spec;
+    if (!*p) return fail("%s: empty SPEC", flag);
+    for (;;) {
+        const char *end = strchr(p, '@');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *colon = memchr(p, ':', len);
+        size_t hlen = colon ? (size_t)(colon - p) : len;
+        if (hlen == 0) return fail("%s '%s': empty host name", flag, spec);
+        int hi = host_find(hs, p, hlen);
+        if (hi < 0)
+            return fail("%s: host %.*s is not in hostfile %s", flag, (int)hlen, p, hostfile);
+        run_host *h = &hs->h[hi];
+        if (!colon) {
+            for (int s = 0; s < h->slots; s++) h->use[s] = include;
+        } else {
+            const char *q = colon + 1, *stop = p + len;
+            if (q == stop) return fail("%s '%s': no slots after %s:", flag, spec, h->name);
+            while (q < stop) {
+                const char *comma = memchr(q, ',', (size_t)(stop - q));
+                size_t ilen = comma ? (size_t)(comma - q) : (size_t)(stop - q);
+                char num[32];
+                int slot;
+                if (ilen == 0 || ilen >= sizeof num)
+                    return fail("%s '%s': bad slot list for %s", flag, spec, h->name);
+                memcpy(num, q, ilen);
+                num[ilen] = '\0';
+                if (!parse_int(num, 0, INT_MAX, &slot))
+                    return fail("%s '%s': bad slot '%s' for %s", flag, spec, num, h->name);
+                if (slot >= h->slots)
+                    return fail("%s: slot %d of %s is out of range (hostfile %s gives it %d slots)",
+                                flag, slot, h->name, hostfile, h->slots);
+                h->use[slot] = include;
+                q += ilen + (comma ? 1 : 0);
+                if (comma && q == stop)
+                    return fail("%s '%s': bad slot list for %s", flag, spec, h->name);
+            }
+        }
+        if (!end) break;
+        p = end + 1;
+    }
+    /* Drop hosts left without slots; warn where slots are not a prefix. */
+    int kept = 0;
+    for (int i = 0; i < hs->n; i++) {
+        run_host *h = &hs->h[i];
+        h->n_use = 0;
+        bool prefix = true;
+        for (int s = 0; s < h->slots; s++) {
+            if (h->use[s]) h->n_use++;
+            if (h->use[s] && (s > 0 && !h->use[s - 1])) prefix = false;
+        }
+        if (h->n_use == 0) {
+            free(h->name);
+            free(h->use);
+            continue;
+        }
+        if (!prefix)
+            fprintf(stderr,
+                    "zinc-run: warning: %s: %d slots selected, but ranks use local slots "
+                    "0..%d in order (GPU = local rank)\n",
+                    h->name, h->n_use, h->n_use - 1);
+        hs->h[kept++] = *h;
+    }
+    hs->n = kept;
+    if (kept == 0) return fail("%s '%s' leaves no slots to run on", flag, spec);
+    return 0;
+}
+
+/* ------------------------------------------------------------ env file --- */
+
+typedef struct run_env {
+    run_vec keys, vals;
+} run_env;
+
+static int env_find(const run_env *e, const char *key)
+{
+    for (int i = 0; i < e->keys.n; i++)
+        if (!strcmp(e->keys.v[i], key)) return i;
+    return -1;
+}
+
+/* Adds the KEY=VALUE lines of path (if it exists) to e; later keys override.
+ * Returns 0, or 2 after printing the error. */
+static int env_file_read(const char *path, run_env *e)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return errno == ENOENT ? 0 : fail("%s: cannot open: %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, rc = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+        char *p = line;
+        while (*p == ' ' || *p == '\t') p++;
+        if (*p == '\0' || *p == '#') continue;
+        if (!strncmp(p, "export", 6) && (p[6] == ' ' || p[6] == '\t')) {
+            p += 6;
+            while (*p == ' ' || *p == '\t') p++;
+        }
+        char *eq = strchr(p, '=');
+        if (!eq || !valid_env_name(p, (size_t)(eq - p))) {
+            rc = fail("%s:%d: expected KEY=VALUE", path, lineno);
+            break;
+        }
+        *eq = '\0';
+        int i = env_find(e, p);
+        if (i >= 0) {
+            free(e->vals.v[i]);
+            e->vals.v[i] = xstrdup(eq + 1);
+        } else {
+            vec_push(&e->keys, p);
+            vec_push(&e->vals, eq + 1);
+        }
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+/* Reads ~/.zinc_env then ./.zinc_env (once if they are the same file). */
+static int env_files_read(run_env *e)
+{
+    const char *home = getenv("HOME");
+    struct stat hs, cs;
+    bool have_home = false;
+    if (home && *home) {
+        char *hp = xprintf("%s/.zinc_env", home);
+        have_home = stat(hp, &hs) == 0;
+        int rc = env_file_read(hp, e);
+        free(hp);
+        if (rc) return rc;
+    }
+    if (have_home && stat(".zinc_env", &cs) == 0 && cs.st_dev == hs.st_dev &&
+        cs.st_ino == hs.st_ino)
+        return 0;
+    return env_file_read(".zinc_env", e);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Names of the environment variables forwarded by prefix, sorted. */
+static void env_forwarded_names(run_vec *names)
+{
+    static const char *prefixes[] = {"ZINC_", "NCCL_", "OMP_"};
+    for (char **ep = environ; *ep; ep++) {
+        const char *eq = strchr(*ep, '=');
+        if (!eq) continue;
+        size_t n = (size_t)(eq - *ep);
+        if (!valid_env_name(*ep, n)) continue;
+        for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++)
+            if (n > strlen(prefixes[i]) && !strncmp(*ep, prefixes[i], strlen(prefixes[i]))) {
+                vec_push_take(names, xprintf("%.*s", (int)n, *ep));
+                break;
+            }
+    }
+    if (names->n > 1) qsort(names->v, (size_t)names->n, sizeof *names->v, cmp_str);
+}
+
+/* --------------------------------------------------------------- run --- */
+
+static volatile sig_atomic_t g_child = 0;
+
+/* Passes signals sent by other processes on to the job. Signals from the
+ * terminal (si_code SI_KERNEL) reach the job through the process group
+ * already; forwarding those too would make mpirun abort hard on the second. */
+static void forward_signal(int sig, siginfo_t *info, void *uctx)
+{
+    (void)uctx;
+    pid_t c = (pid_t)g_child;
+    if (c > 0 && (!info || info->si_code <= 0)) kill(c, sig);
+}
+
+/* Runs argv in a child and returns its exit status (128+sig if killed). */
+static int run_child(char **argv)
+{
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = forward_signal;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "zinc-run: fork failed: %s\n", strerror(errno));
+        return 1;
+    }
+    if (pid == 0) {
+        execvp(argv[0], argv);
+        fprintf(stderr, "zinc-run: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    g_child = pid;
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &sa, NULL);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            fprintf(stderr, "zinc-run: waitpid: %s\n", strerror(errno));
+            return 1;
+        }
+    }
+    g_child = 0;
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- main --- */
+
+typedef struct run_opts {
+    int n;        /* 0: not given */
+    const char *hostfile, *include, *exclude, *launcher;
+    bool dry_run;
+    int prog;     /* argv index of PROGRAM */
+} run_opts;
+
+/* Value of option argv[*i] ("--opt V" or "--opt=V"); NULL if missing. */
+static const char *opt_value(int argc, char **argv, int *i, const char *name)
+{
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (a[n] == '=') return a + n + 1;
+    if (*i + 1 >= argc) return NULL;
+    return argv[++*i];
+}
+
+static bool opt_is(const char *a, const char *name)
+{
+    size_t n = strlen(name);
+    return !strncmp(a, name, n) && (a[n] == '\0' || a[n] == '=');
+}
+
+/* Parses flags; returns -1 to go on, else an exit status. */
+static int parse_args(int argc, char **argv, run_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->launcher = "openmpi";
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--")) {
+            i++;
+            break;
+        }
+        if (a[0] != '-' || a[1] == '\0') break;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--dry-run")) {
+            o->dry_run = true;
+        } else if (!strcmp(a, "-n") || opt_is(a, "--np") || !strcmp(a, "-np") ||
+                   (a[1] == 'n' && isdigit((unsigned char)a[2]))) {
+            if (a[1] == 'n' && isdigit((unsigned char)a[2])) v = a + 2;
+            else v = opt_value(argc, argv, &i, a[1] == '-' ? "--np" : a);
+            if (!v) return usage_error("%s needs a value", a);
+            if (!parse_int(v, 1, 1 << 20, &o->n))
+                return usage_error("-n: expected a rank count >= 1, got '%s'", v);
+        } else if (opt_is(a, "--hostfile") || !strcmp(a, "-H")) {
+            if (!(o->hostfile = opt_value(argc, argv, &i, a[1] == 'H' ? "-H" : "--hostfile")))
+                return usage_error("--hostfile needs a file");
+        } else if (opt_is(a, "--include") || opt_is(a, "-i")) {
+            if (!(o->include = opt_value(argc, argv, &i, a[1] == 'i' ? "-i" : "--include")))
+                return usage_error("--include needs a SPEC");
+        } else if (opt_is(a, "--exclude") || opt_is(a, "-e")) {
+            if (!(o->exclude = opt_value(argc, argv, &i, a[1] == 'e' ? "-e" : "--exclude")))
+                return usage_error("--exclude needs a SPEC");
+        } else if (opt_is(a, "--launcher")) {
+            if (!(o->launcher = opt_value(argc, argv, &i, "--launcher")))
+                return usage_error("--launcher needs openmpi or slurm");
+            if (strcmp(o->launcher, "openmpi") && strcmp(o->launcher, "slurm"))
+                return usage_error("--launcher: expected openmpi or slurm, got '%s'", o->launcher);
+        } else {
+            return usage_error("unknown option %s", a);
+        }
+    }
+    if (i >= argc) return usage_error("no PROGRAM given");
+    if (argv[i][0] == '-') return usage_error("PROGRAM may not start with '-' (%s)", argv[i]);
+    if (o->include && o->exclude) return usage_error("--include and --exclude are exclusive");
+    if ((o->include || o->exclude) && !o->hostfile)
+        return usage_error("--include/--exclude select from a --hostfile; give one");
+    o->prog = i;
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    run_opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc >= 0) return rc;
+    bool slurm = !strcmp(o.launcher, "slurm");
+
+    run_hosts hs = {0};
+    run_env ef = {0};
+    run_vec names = {0}, cmd = {0};
+    rc = 0;
+    if (o.hostfile) {
+        if ((rc = hostfile_read(o.hostfile, &hs))) goto done;
+        if (o.include && (rc = hosts_select(&hs, o.include, true, o.hostfile))) goto done;
+        if (o.exclude && (rc = hosts_select(&hs, o.exclude, false, o.hostfile))) goto done;
+    }
+    if ((rc = env_files_read(&ef))) goto done;
+
+    /* Ranks, oversubscription and the most ranks any node runs. */
+    int total = 0;
+    for (int i = 0; i < hs.n; i++) total += hs.h[i].n_use;
+    int n = o.n ? o.n : (hs.n ? total : 1);
+    bool oversub = false;
+    int per_node = n;
+    int cores = logical_cpus();
+    if (hs.n) {
+        if (n > total) {
+            if (hs.n > 1) {
+                rc = fail("-n %d exceeds the %d slots of hostfile %s (%d hosts); lower -n or add "
+                          "slots",
+                          n, total, o.hostfile, hs.n);
+                goto done;
+            }
+            oversub = true; /* one node: run more ranks than slots */
+        } else {
+            per_node = 0;
+            for (int i = 0, left = n; i < hs.n && left > 0; i++) {
+                int here = hs.h[i].n_use < left ? hs.h[i].n_use : left;
+                per_node = here > per_node ? here : per_node;
+                left -= here;
+            }
+        }
+    } else {
+        oversub = n > physical_cores();
+    }
+    if (slurm) {
+        int sc, nodes;
+        if (parse_int(getenv("SLURM_CPUS_ON_NODE"), 1, 1 << 20, &sc)) cores = sc;
+        if (!hs.n && parse_int(getenv("SLURM_JOB_NUM_NODES"), 1, 1 << 20, &nodes))
+            per_node = (n + nodes - 1) / nodes;
+    }
+    int threads = cores / (per_node > 0 ? per_node : 1);
+    if (threads < 1) threads = 1;
+
+    /* Thread counts unless the user chose them (environment or env file). */
+    bool user_omp = getenv("OMP_NUM_THREADS") || env_find(&ef, "OMP_NUM_THREADS") >= 0;
+    bool user_zt = getenv("ZINC_THREADS") || env_find(&ef, "ZINC_THREADS") >= 0;
+    env_forwarded_names(&names);
+
+    if (!slurm) {
+        vec_push(&cmd, "mpirun");
+        vec_push(&cmd, "-n");
+        vec_push_take(&cmd, xprintf("%d", n));
+        vec_push(&cmd, "--bind-to");
+        vec_push(&cmd, "none");
+        if (oversub) vec_push(&cmd, "--oversubscribe");
+        if (geteuid() == 0) vec_push(&cmd, "--allow-run-as-root");
+        vec_push(&cmd, "--mca");
+        vec_push(&cmd, "btl_vader_single_copy_mechanism");
+        vec_push(&cmd, "none");
+        if (hs.n) {
+            size_t len = 1;
+            for (int i = 0; i < hs.n; i++) len += strlen(hs.h[i].name) + 16;
+            char *hl = xrealloc(NULL, len), *p = hl;
+            for (int i = 0; i < hs.n; i++)
+                p += sprintf(p, "%s%s:%d", i ? "," : "", hs.h[i].name, hs.h[i].n_use);
+            vec_push(&cmd, "--host");
+            vec_push_take(&cmd, hl);
+        }
+        if (!user_omp) {
+            vec_push(&cmd, "-x");
+            vec_push_take(&cmd, xprintf("OMP_NUM_THREADS=%d", threads));
+            if (!user_zt) {
+                vec_push(&cmd, "-x");
+                vec_push_take(&cmd, xprintf("ZINC_THREADS=%d", threads));
+            }
+        }
+        for (int i = 0; i < names.n; i++) {
+            vec_push(&cmd, "-x");
+            vec_push(&cmd, names.v[i]);
+        }
+        for (int i = 0; i < ef.keys.n; i++) {
+            const char *k = ef.keys.v[i];
+            if (getenv(k)) { /* the environment wins: forward it by name, once */
+                bool listed = false;
+                for (int j = 0; j < names.n; j++) listed |= !strcmp(names.v[j], k);
+                if (listed) continue;
+                vec_push(&cmd, "-x");
+                vec_push(&cmd, k);
+            } else {
+                vec_push(&cmd, "-x");
+                vec_push_take(&cmd, xprintf("%s=%s", k, ef.vals.v[i]));
+            }
+        }
+    } else {
+        /* srun passes the whole environment (--export=ALL); what zinc-run adds
+         * rides in the same flag, which splits on commas. */
+        vec_push(&cmd, "srun");
+        vec_push(&cmd, "-n");
+        vec_push_take(&cmd, xprintf("%d", n));
+        vec_push_take(&cmd, xprintf("--cpus-per-task=%d", threads));
+        if (hs.n) {
+            size_t len = 16;
+            for (int i = 0; i < hs.n; i++) len += strlen(hs.h[i].name) + 1;
+            char *nl = xrealloc(NULL, len), *p = nl;
+            p += sprintf(p, "--nodelist=");
+            for (int i = 0; i < hs.n; i++) p += sprintf(p, "%s%s", i ? "," : "", hs.h[i].name);
+            vec_push_take(&cmd, nl);
+        }
+        char *exp = xstrdup("--export=ALL");
+        if (!user_omp) {
+            char *t = xprintf("%s,OMP_NUM_THREADS=%d", exp, threads);
+            free(exp);
+            exp = t;
+            if (!user_zt) {
+                t = xprintf("%s,ZINC_THREADS=%d", exp, threads);
+                free(exp);
+                exp = t;
+            }
+        }
+        for (int i = 0; i < ef.keys.n; i++) {
+            if (getenv(ef.keys.v[i])) continue; /* already in ALL */
+            if (strchr(ef.vals.v[i], ',')) {
+                free(exp);
+                rc = fail(".zinc_env: %s's value holds a comma, which srun --export cannot pass; "
+                          "set it in the environment instead",
+                          ef.keys.v[i]);
+                goto done;
+            }
+            char *t = xprintf("%s,%s=%s", exp, ef.keys.v[i], ef.vals.v[i]);
+            free(exp);
+            exp = t;
+        }
+        vec_push_take(&cmd, exp);
+    }
+    for (int i = o.prog; i < argc; i++) vec_push(&cmd, argv[i]);
+
+    if (o.dry_run) {
+        for (int i = 0; i < cmd.n; i++) {
+            if (i) putchar(' ');
+            shell_quote(stdout, cmd.v[i]);
+        }
+        putchar('\n');
+        rc = fflush(stdout) == 0 ? 0 : 1;
+        goto done;
+    }
+    char *found = find_in_path(cmd.v[0]);
+    if (!found) {
+        if (slurm)
+            fprintf(stderr, "zinc-run: srun not found on PATH; --launcher slurm needs Slurm "
+                            "(or use --launcher openmpi)\n");
+        else
+            fprintf(stderr, "zinc-run: mpirun not found on PATH; install openmpi-bin "
+                            "(or run `make deps`)\n");
+        rc = 127;
+        goto done;
+    }
+    free(found);
+    rc = run_child(cmd.v);
+done:
+    hosts_free(&hs);
+    vec_free(&ef.keys);
+    vec_free(&ef.vals);
+    vec_free(&names);
+    vec_free(&cmd);
+    return rc;
+}

@@ -1,0 +1,432 @@
+/* test_data.c - the token-shard loader: sample contents, the seeded order,
+ * DP slicing, resume, every open error, and the byte tokenizer. Shards are
+ * written into a fresh temporary directory that is removed at the end. */
+#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "zinc/data.h"
+
+static char g_dir[256];
+
+/* Returns g_dir/name in a static rotating buffer. */
+static const char *tpath(const char *name)
+{
+    static char bufs[8][512];
+    static int i;
+    char *b = bufs[i++ % 8];
+    snprintf(b, sizeof bufs[0], "%s/%s", g_dir, name);
+    return b;
+}
+
+static void write_raw(const char *path, const void *buf, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    CU_ASSERT_FATAL(f != NULL);
+    CU_ASSERT_FATAL(fwrite(buf, 1, n, f) == n);
+    fclose(f);
+}
+
+static void mkdir_p(const char *path) { CU_ASSERT_FATAL(mkdir(path, 0755) == 0 || errno == EEXIST); }
+
+/* A 1000-token stream, token i == i, over shards of 300, 0, 400 and 300. */
+#define N_STREAM 1000
+static const char *g_stream_glob;
+
+static void make_stream_shards(void)
+{
+    static uint16_t toks[N_STREAM];
+    for (int i = 0; i < N_STREAM; i++) toks[i] = (uint16_t)i;
+    /* Names sort in stream order only through glob's sorting. */
+    CU_ASSERT_FATAL(zinc_data_write_shard(tpath("s_2.bin"), toks + 300, 400) == ZINC_OK);
+    CU_ASSERT_FATAL(zinc_data_write_shard(tpath("s_0.bin"), toks, 300) == ZINC_OK);
+    CU_ASSERT_FATAL(zinc_data_write_shard(tpath("s_3.bin"), toks + 700, 300) == ZINC_OK);
+    CU_ASSERT_FATAL(zinc_data_write_shard(tpath("s_1.bin"), toks, 0) == ZINC_OK);
+    g_stream_glob = strdup(tpath("s_*.bin"));
+}
+
+static zinc_data *open_stream(int seq_len, uint64_t seed)
+{
+    zinc_data *d = NULL;
+    const char *p[] = {g_stream_glob};
+    zinc_status st = zinc_data_open(p, 1, seq_len, 50257, seed, &d);
+    if (st != ZINC_OK) fprintf(stderr, "open: %s\n", zinc_last_error());
+    CU_ASSERT_FATAL(st == ZINC_OK);
+    return d;
+}
+
+/* Sample ids of global samples first..first+n-1 (token i == i, so the
+ * sample id is inputs[0] / T), checking every token of each sample. */
+static void get_ids(const zinc_data *d, int T, uint64_t first, int n, uint64_t *ids)
+{
+    int32_t *in = malloc(sizeof *in * (size_t)n * (size_t)T);
+    int32_t *tg = malloc(sizeof *tg * (size_t)n * (size_t)T);
+    CU_ASSERT_FATAL(zinc_data_get(d, first, n, in, tg) == ZINC_OK);
+    for (int b = 0; b < n; b++) {
+        int32_t s0 = in[(size_t)b * T];
+        CU_ASSERT(s0 % T == 0);
+        bool ok = true;
+        for (int j = 0; j < T; j++) {
+            ok &= in[(size_t)b * T + j] == s0 + j;
+            ok &= tg[(size_t)b * T + j] == s0 + j + 1;
+        }
+        CU_ASSERT(ok);
+        ids[b] = (uint64_t)(s0 / T);
+    }
+    free(in);
+    free(tg);
+}
+
+static void test_counts_and_contents(void)
+{
+    const int T = 16;
+    zinc_data *d = open_stream(T, 1);
+    CU_ASSERT_EQUAL(zinc_data_n_tokens(d), N_STREAM);
+    CU_ASSERT_EQUAL(zinc_data_n_samples(d), (N_STREAM - 1) / T); /* 62 */
+    uint64_t n = zinc_data_n_samples(d);
+    uint64_t *ids = malloc(n * sizeof *ids);
+    get_ids(d, T, 0, (int)n, ids); /* crosses every shard boundary somewhere */
+    free(ids);
+    /* seq_len that uses every token: 999 / 999 = 1 sample = the whole stream. */
+    zinc_data_close(d);
+    d = open_stream(N_STREAM - 1, 7);
+    CU_ASSERT_EQUAL(zinc_data_n_samples(d), 1);
+    uint64_t id;
+    get_ids(d, N_STREAM - 1, 5, 1, &id);
+    CU_ASSERT_EQUAL(id, 0);
+    zinc_data_close(d);
+    CU_ASSERT(zinc_data_get(NULL, 0, 1, NULL, NULL) == ZINC_ERR_INVALID_ARG);
+    zinc_data_close(NULL);
+}
+
+static bool is_perm(const uint64_t *ids, uint64_t n)
+{
+    char *seen = calloc(n, 1);
+    bool ok = true;
+    for (uint64_t i = 0; i < n; i++) {
+        if (ids[i] >= n || seen[ids[i]]) ok = false;
+        else seen[ids[i]] = 1;
+    }
+    free(seen);
+    return ok;
+}
+
+static void test_permutation_per_epoch(void)
+{
+    const int T = 8;
+    zinc_data *d = open_stream(T, 42);
+    uint64_t n = zinc_data_n_samples(d); /* 124 */
+    uint64_t *e0 = malloc(n * sizeof *e0), *e1 = malloc(n * sizeof *e1),
+             *e2 = malloc(n * sizeof *e2);
+    get_ids(d, T, 0, (int)n, e0);
+    get_ids(d, T, n, (int)n, e1);
+    get_ids(d, T, 2 * n, (int)n, e2);
+    CU_ASSERT(is_perm(e0, n));
+    CU_ASSERT(is_perm(e1, n));
+    CU_ASSERT(is_perm(e2, n));
+    CU_ASSERT(memcmp(e0, e1, n * sizeof *e0) != 0);
+    CU_ASSERT(memcmp(e1, e2, n * sizeof *e0) != 0);
+    /* Shuffled, not the identity. */
+    uint64_t fixed = 0;
+    for (uint64_t i = 0; i < n; i++) fixed += e0[i] == i;
+    CU_ASSERT(fixed < n / 4);
+    /* Going back to epoch 0 after the cache moved on gives the same order,
+     * and one get spanning the epoch boundary agrees with the parts. */
+    uint64_t again[10];
+    get_ids(d, T, n - 5, 10, again);
+    CU_ASSERT(memcmp(again, e0 + n - 5, 5 * sizeof *again) == 0);
+    CU_ASSERT(memcmp(again + 5, e1, 5 * sizeof *again) == 0);
+    zinc_data_close(d);
+    free(e0);
+    free(e1);
+    free(e2);
+}
+
+static void test_determinism(void)
+{
+    const int T = 8;
+    zinc_data *a = open_stream(T, 1234), *b = open_stream(T, 1234), *c = open_stream(T, 1235);
+    uint64_t n = 3 * zinc_data_n_samples(a);
+    uint64_t *ia = malloc(n * sizeof *ia), *ib = malloc(n * sizeof *ib),
+             *ic = malloc(n * sizeof *ic);
+    get_ids(a, T, 0, (int)n, ia);
+    /* b reads the same range in odd-sized pieces, out of order. */
+    for (uint64_t k = n; k > 0;) {
+        uint64_t len = k >= 7 ? 7 : k;
+        k -= len;
+        get_ids(b, T, k, (int)len, ib + k);
+    }
+    get_ids(c, T, 0, (int)n, ic);
+    CU_ASSERT(memcmp(ia, ib, n * sizeof *ia) == 0);
+    CU_ASSERT(memcmp(ia, ic, n * sizeof *ia) != 0);
+    zinc_data_close(a);
+    zinc_data_close(b);
+    zinc_data_close(c);
+    free(ia);
+    free(ib);
+    free(ic);
+}
+
+/* A global batch of B samples at step s is samples s*B .. s*B+B-1; DP rank r
+ * of dp takes its contiguous B/dp slice. The concatenated slices must equal
+ * the single-rank batch, token for token. */
+static void test_dp_slices(void)
+{
+    const int T = 8, B = 12;
+    zinc_data *d = open_stream(T, 99);
+    size_t batch = (size_t)B * T;
+    int32_t *ref_in = malloc(batch * sizeof *ref_in), *ref_tg = malloc(batch * sizeof *ref_tg);
+    int32_t *in = malloc(batch * sizeof *in), *tg = malloc(batch * sizeof *tg);
+    for (uint64_t step = 0; step < 25; step += 4) { /* 25 * 12 > 2 epochs of 124 */
+        CU_ASSERT_FATAL(zinc_data_get(d, step * B, B, ref_in, ref_tg) == ZINC_OK);
+        for (int dp = 1; dp <= 4; dp++) {
+            int micro = B / dp;
+            memset(in, 0xff, batch * sizeof *in);
+            memset(tg, 0xff, batch * sizeof *tg);
+            for (int r = 0; r < dp; r++) {
+                size_t off = (size_t)r * micro * T;
+                CU_ASSERT(zinc_data_get(d, step * B + (uint64_t)r * micro, micro, in + off,
+                                        tg + off) == ZINC_OK);
+            }
+            CU_ASSERT(memcmp(in, ref_in, batch * sizeof *in) == 0);
+            CU_ASSERT(memcmp(tg, ref_tg, batch * sizeof *tg) == 0);
+        }
+    }
+    zinc_data_close(d);
+    free(ref_in);
+    free(ref_tg);
+    free(in);
+    free(tg);
+}
+
+static void test_resume(void)
+{
+    const int T = 16;
+    zinc_data *d = open_stream(T, 5);
+    uint64_t n = zinc_data_n_samples(d);
+    uint64_t k = 3 * n - 4; /* resume point just before an epoch boundary */
+    uint64_t before[10], after[10];
+    uint64_t warm[3];
+    get_ids(d, T, 0, 3, warm); /* the loader has been used before saving */
+    get_ids(d, T, k, 10, before);
+    zinc_data_close(d);
+    d = open_stream(T, 5);
+    get_ids(d, T, k, 10, after);
+    CU_ASSERT(memcmp(before, after, sizeof before) == 0);
+    zinc_data_close(d);
+}
+
+static void test_glob_and_list_order(void)
+{
+    /* Explicit list order is kept; a glob's matches are sorted. */
+    uint16_t a[5] = {1, 2, 3, 4, 5}, b[5] = {6, 7, 8, 9, 10};
+    CU_ASSERT_FATAL(zinc_data_write_shard(tpath("ord_a.bin"), a, 5) == ZINC_OK);
+    CU_ASSERT_FATAL(zinc_data_write_shard(tpath("ord_b.bin"), b, 5) == ZINC_OK);
+    const char *p1[] = {tpath("ord_b.bin"), tpath("ord_a.bin")};
+    zinc_data *d = NULL;
+    CU_ASSERT_FATAL(zinc_data_open(p1, 2, 9, 11, 0, &d) == ZINC_OK);
+    int32_t in[9], tg[9];
+    CU_ASSERT(zinc_data_get(d, 0, 1, in, tg) == ZINC_OK);
+    CU_ASSERT(in[0] == 6 && in[4] == 10 && in[5] == 1 && tg[8] == 5);
+    zinc_data_close(d);
+    const char *p2[] = {tpath("ord_?.bin")};
+    CU_ASSERT_FATAL(zinc_data_open(p2, 1, 9, 11, 0, &d) == ZINC_OK);
+    CU_ASSERT(zinc_data_get(d, 0, 1, in, tg) == ZINC_OK);
+    CU_ASSERT(in[0] == 1 && in[5] == 6 && tg[8] == 10);
+    zinc_data_close(d);
+    /* A file whose name merely looks like a pattern opens by that name. */
+    CU_ASSERT_FATAL(zinc_data_write_shard(tpath("lit[1].bin"), b, 5) == ZINC_OK);
+    const char *p3[] = {tpath("lit[1].bin")};
+    d = NULL;
+    CU_ASSERT(zinc_data_open(p3, 1, 4, 11, 0, &d) == ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_data_n_tokens(d), 5);
+    zinc_data_close(d);
+}
+
+/* Opens path and expects status want with every needle in the detail. */
+static void expect_open_error(const char *path, int seq_len, int vocab, zinc_status want,
+                              const char *n1, const char *n2)
+{
+    zinc_data *d = (zinc_data *)&d; /* must come back NULL */
+    const char *p[] = {path};
+    zinc_status st = zinc_data_open(p, 1, seq_len, vocab, 0, &d);
+    const char *msg = zinc_last_error();
+    CU_ASSERT_EQUAL(st, want);
+    CU_ASSERT_PTR_NULL(d);
+    CU_ASSERT_PTR_NOT_NULL(strstr(msg, n1));
+    if (n2) CU_ASSERT_PTR_NOT_NULL(strstr(msg, n2));
+    if (st != want || !strstr(msg, n1) || (n2 && !strstr(msg, n2)))
+        fprintf(stderr, "\n  %s -> %s: %s\n", path, zinc_status_str(st), msg);
+}
+
+static void test_errors(void)
+{
+    uint16_t toks[64];
+    for (int i = 0; i < 64; i++) toks[i] = (uint16_t)i;
+    /* Missing file and a glob without matches. */
+    expect_open_error(tpath("nope.bin"), 4, 100, ZINC_ERR_IO, "nope.bin", NULL);
+    expect_open_error(tpath("nope_*.bin"), 4, 100, ZINC_ERR_IO, "nope_*.bin", NULL);
+    /* Header shorter than 1024 bytes. */
+    write_raw(tpath("tiny.bin"), toks, 100);
+    expect_open_error(tpath("tiny.bin"), 4, 100, ZINC_ERR_CORRUPT, "tiny.bin", "100 bytes");
+    /* Bad magic. */
+    int32_t hdr[256] = {0};
+    hdr[0] = 12345;
+    hdr[1] = 1;
+    hdr[2] = 0;
+    write_raw(tpath("magic.bin"), hdr, sizeof hdr);
+    expect_open_error(tpath("magic.bin"), 4, 100, ZINC_ERR_CORRUPT, "magic.bin", "12345");
+    /* Unknown version. */
+    hdr[0] = ZINC_SHARD_MAGIC;
+    hdr[1] = 7;
+    write_raw(tpath("version.bin"), hdr, sizeof hdr);
+    expect_open_error(tpath("version.bin"), 4, 100, ZINC_ERR_UNSUPPORTED, "version.bin", "7");
+    /* Truncated and padded: header says 64 tokens. */
+    CU_ASSERT_FATAL(zinc_data_write_shard(tpath("good.bin"), toks, 64) == ZINC_OK);
+    CU_ASSERT_FATAL(truncate(tpath("good.bin"), 1024 + 100) == 0);
+    expect_open_error(tpath("good.bin"), 4, 100, ZINC_ERR_CORRUPT, "good.bin", "truncated");
+    CU_ASSERT_FATAL(truncate(tpath("good.bin"), 1024 + 130) == 0);
+    expect_open_error(tpath("good.bin"), 4, 100, ZINC_ERR_CORRUPT, "1154 bytes", "padded");
+    /* Token >= vocab: tokens 0..63 with vocab 50 fail at index 50. */
+    CU_ASSERT_FATAL(zinc_data_write_shard(tpath("vocab.bin"), toks, 64) == ZINC_OK);
+    expect_open_error(tpath("vocab.bin"), 4, 50, ZINC_ERR_CORRUPT, "vocab.bin", "index 50");
+    /* ... and vocab 64 is fine. */
+    zinc_data *d = NULL;
+    const char *p[] = {tpath("vocab.bin")};
+    CU_ASSERT(zinc_data_open(p, 1, 4, 64, 0, &d) == ZINC_OK);
+    zinc_data_close(d);
+    /* Too few tokens for one sample: 64 tokens, seq_len 64 needs 65. */
+    expect_open_error(tpath("vocab.bin"), 64, 100, ZINC_ERR_INVALID_ARG, "vocab.bin", "64 tokens");
+    /* Error in the second of two shards names the second. */
+    const char *two[] = {tpath("vocab.bin"), tpath("magic.bin")};
+    d = NULL;
+    CU_ASSERT(zinc_data_open(two, 2, 4, 100, 0, &d) == ZINC_ERR_CORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "magic.bin"));
+    CU_ASSERT_PTR_NULL(d);
+    /* Bad arguments. */
+    CU_ASSERT(zinc_data_open(p, 1, 0, 100, 0, &d) == ZINC_ERR_INVALID_ARG);
+    CU_ASSERT(zinc_data_open(p, 1, 4, 0, 0, &d) == ZINC_ERR_INVALID_ARG);
+    CU_ASSERT(zinc_data_open(p, 0, 4, 100, 0, &d) == ZINC_ERR_INVALID_ARG);
+    /* Writing into a missing directory names the file. */
+    CU_ASSERT(zinc_data_write_shard(tpath("no/such/dir.bin"), toks, 4) == ZINC_ERR_IO);
+    CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "no/such/dir.bin"));
+}
+
+/* Reads a whole file; *n gets its size. */
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc((size_t)sz + 1);
+    *n = fread(b, 1, (size_t)sz, f);
+    fclose(f);
+    return b;
+}
+
+static void test_text_tokenizer(void)
+{
+    char *root = strdup(tpath("txt")); /* tpath's buffers rotate */
+    mkdir_p(root);
+    mkdir_p(tpath("txt/sub"));
+    mkdir_p(tpath("txt/.git"));
+    mkdir_p(tpath("txt/build-asan"));
+    unsigned char hi[3] = {0x00, 0x80, 0xff}; /* every byte value maps to itself */
+    write_raw(tpath("txt/b.h"), "int b;\n", 7);
+    write_raw(tpath("txt/a.c"), "int a;\n", 7);
+    write_raw(tpath("txt/sub/c.c"), hi, 3);
+    write_raw(tpath("txt/z.txt"), "zzz", 3);
+    write_raw(tpath("txt/.hidden.c"), "hidden", 6);
+    write_raw(tpath("txt/.git/x.c"), "git", 3);
+    write_raw(tpath("txt/build-asan/y.c"), "build", 5);
+    write_raw(tpath("extra.md"), "# md", 4);
+
+    /* Filtered walk + an explicitly named file (always taken). */
+    const char *in[] = {root, tpath("extra.md")};
+    uint64_t n = 0;
+    zinc_status st = zinc_data_write_shard_from_text(in, 2, ".c, .h", tpath("text.bin"), &n);
+    CU_ASSERT_FATAL(st == ZINC_OK);
+    const unsigned char want[] = "int a;\nint b;\n\x00\x80\xff# md";
+    size_t want_n = sizeof want - 1;
+    CU_ASSERT_EQUAL(n, want_n);
+    size_t sz = 0;
+    unsigned char *raw = slurp(tpath("text.bin"), &sz);
+    CU_ASSERT_FATAL(raw != NULL);
+    CU_ASSERT_EQUAL(sz, 1024 + 2 * want_n);
+    const int32_t *h = (const int32_t *)raw;
+    CU_ASSERT(h[0] == ZINC_SHARD_MAGIC && h[1] == ZINC_SHARD_VERSION && h[2] == (int32_t)want_n);
+    const uint16_t *t = (const uint16_t *)(raw + 1024);
+    bool ok = sz == 1024 + 2 * want_n;
+    for (size_t i = 0; ok && i < want_n; i++) ok = t[i] == want[i];
+    CU_ASSERT(ok);
+    free(raw);
+    CU_ASSERT(access(tpath("text.bin.tmp"), F_OK) != 0); /* renamed, not left behind */
+
+    /* The shard opens with vocab 256. */
+    zinc_data *d = NULL;
+    const char *p[] = {tpath("text.bin")};
+    CU_ASSERT(zinc_data_open(p, 1, 4, 256, 0, &d) == ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_data_n_tokens(d), want_n);
+    zinc_data_close(d);
+
+    /* No filter: z.txt joins, hidden and build* entries still do not. Writing
+     * the output inside the walked tree never tokenizes the output itself. */
+    const char *in2[] = {root};
+    CU_ASSERT_FATAL(zinc_data_write_shard_from_text(in2, 1, NULL, tpath("txt/all.bin"), &n) ==
+                    ZINC_OK);
+    CU_ASSERT_EQUAL(n, 7 + 7 + 3 + 3);
+    CU_ASSERT_FATAL(zinc_data_write_shard_from_text(in2, 1, NULL, tpath("txt/all.bin"), &n) ==
+                    ZINC_OK);
+    CU_ASSERT_EQUAL(n, 7 + 7 + 3 + 3);
+
+    /* Errors: a missing input, and nothing matching the filter. */
+    const char *bad[] = {tpath("txt/missing.c")};
+    CU_ASSERT(zinc_data_write_shard_from_text(bad, 1, NULL, tpath("x.bin"), NULL) == ZINC_ERR_IO);
+    CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "missing.c"));
+    CU_ASSERT(zinc_data_write_shard_from_text(in2, 1, ".rs", tpath("x.bin"), NULL) == ZINC_ERR_IO);
+    CU_ASSERT(access(tpath("x.bin"), F_OK) != 0);
+    free(root);
+}
+
+static void remove_tree(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+int main(void)
+{
+    const char *tmp = getenv("TMPDIR");
+    snprintf(g_dir, sizeof g_dir, "%s/zinc-test-data-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(g_dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    if (CU_initialize_registry() != CUE_SUCCESS) return 1;
+    CU_pSuite s = CU_add_suite("data", NULL, NULL);
+    CU_add_test(s, "make shards", make_stream_shards);
+    CU_add_test(s, "counts and sample contents", test_counts_and_contents);
+    CU_add_test(s, "permutation per epoch", test_permutation_per_epoch);
+    CU_add_test(s, "determinism", test_determinism);
+    CU_add_test(s, "dp slices equal the global batch", test_dp_slices);
+    CU_add_test(s, "resume", test_resume);
+    CU_add_test(s, "glob and list order", test_glob_and_list_order);
+    CU_add_test(s, "open errors", test_errors);
+    CU_add_test(s, "text tokenizer", test_text_tokenizer);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned failures = CU_get_number_of_failures();
+    CU_cleanup_registry();
+    remove_tree(g_dir);
+    return failures ? 1 : 0;
+}

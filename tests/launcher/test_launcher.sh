@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# test_launcher.sh - zinc-run's argv (through --dry-run), its errors and exit
+# statuses with real mpirun jobs, and the zinc-data command line.
+# Usage: BUILD=build bash tests/launcher/test_launcher.sh
+set -u
+BUILD=${BUILD:-build}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
+RUN=$BUILD/zinc-run
+DATA=$BUILD/zinc-data
+for b in "$RUN" "$DATA"; do
+    [ -x "$b" ] || { echo "FAIL: $b not built"; exit 1; }
+done
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/zinc-test-launcher.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+cd "$TMP"
+# A private HOME and cwd: no ~/.zinc_env of the user leaks in.
+export HOME=$TMP/home
+mkdir -p "$HOME"
+unset OMP_NUM_THREADS ZINC_THREADS
+
+fails=0
+checks=0
+OUT=$TMP/out
+ERR=$TMP/err
+
+# run WANT_RC CMD...: runs CMD, keeps stdout/stderr in $OUT/$ERR, checks rc.
+run() {
+    local want=$1; shift
+    checks=$((checks + 1))
+    "$@" >"$OUT" 2>"$ERR"
+    local rc=$?
+    if [ "$rc" != "$want" ]; then
+        fails=$((fails + 1))
+        echo "FAIL: exit $rc, expected $want: $*"
+        sed 's/^/    out: /' "$OUT" | head -5
+        sed 's/^/    err: /' "$ERR" | head -5
+    fi
+}
+# has FILE TEXT / lacks FILE TEXT: fixed-string checks on the last run.
+has() {
+    checks=$((checks + 1))
+    if ! grep -qF -- "$2" "$1"; then
+        fails=$((fails + 1))
+        echo "FAIL: '$2' not in $(basename "$1"):"
+        sed 's/^/    /' "$1" | head -5
+    fi
+}
+lacks() {
+    checks=$((checks + 1))
+    if grep -qF -- "$2" "$1"; then
+        fails=$((fails + 1))
+        echo "FAIL: '$2' unexpectedly in $(basename "$1"):"
+        sed 's/^/    /' "$1" | head -5
+    fi
+}
+
+NPROC=$(nproc)
+
+# --- the mpirun argv --------------------------------------------------------
+run 0 "$RUN" --dry-run -n 1 ./prog --flag 'two words' "it's"
+has "$OUT" "mpirun -n 1 --bind-to none "
+has "$OUT" "--mca btl_vader_single_copy_mechanism none"
+has "$OUT" "-x OMP_NUM_THREADS=$NPROC -x ZINC_THREADS=$NPROC"
+has "$OUT" "./prog --flag 'two words' 'it'\\''s'"
+lacks "$OUT" "--oversubscribe"
+[ "$(wc -l <"$OUT")" -eq 1 ] || { fails=$((fails + 1)); echo "FAIL: dry run is not one line"; }
+if [ "$(id -u)" = 0 ]; then has "$OUT" "--allow-run-as-root"; else lacks "$OUT" "--allow-run-as-root"; fi
+
+# More ranks than cores: oversubscribe, one thread each.
+run 0 "$RUN" --dry-run -n $((NPROC + 1)) prog
+has "$OUT" "-n $((NPROC + 1)) --bind-to none --oversubscribe"
+has "$OUT" "-x OMP_NUM_THREADS=1 "
+
+# Forwarded variables; a user's OMP_NUM_THREADS is kept, not overridden.
+run 0 env ZINC_FOO=1 NCCL_DEBUG=INFO OMP_NUM_THREADS=3 "$RUN" --dry-run -n 1 prog
+has "$OUT" "-x ZINC_FOO"
+has "$OUT" "-x NCCL_DEBUG"
+has "$OUT" "-x OMP_NUM_THREADS "
+lacks "$OUT" "OMP_NUM_THREADS="
+lacks "$OUT" "ZINC_THREADS="
+
+# .zinc_env: pairs exported literally; the environment wins over the file.
+printf '# comment\n\nMY_KEY=hello world\nexport OTHER=1\nZINC_BAR=file\n' >.zinc_env
+printf 'HOME_KEY=h\nMY_KEY=from-home\n' >"$HOME/.zinc_env"
+run 0 env ZINC_BAR=env "$RUN" --dry-run prog
+has "$OUT" "-x 'MY_KEY=hello world' -x OTHER=1"
+has "$OUT" "-x HOME_KEY=h"
+has "$OUT" "-x ZINC_BAR"
+lacks "$OUT" "ZINC_BAR=file"
+lacks "$OUT" "from-home"
+printf 'GOOD=1\nthis is not a pair\n' >.zinc_env
+run 2 "$RUN" --dry-run prog
+has "$ERR" ".zinc_env:2: expected KEY=VALUE"
+rm -f .zinc_env "$HOME/.zinc_env"
+
+# --- hostfile, --include, --exclude ------------------------------------------
+printf '# cluster\nnode1 slots=4\n\nnode2 slots=2   # two GPUs\n' >hosts
+run 0 "$RUN" --dry-run --hostfile hosts prog
+has "$OUT" "mpirun -n 6 "
+has "$OUT" "--host node1:4,node2:2"
+lacks "$OUT" "--oversubscribe"
+run 0 "$RUN" --dry-run --hostfile hosts --include 'node1:0,1@node2' prog
+has "$OUT" "-n 4 "
+has "$OUT" "--host node1:2,node2:2"
+run 0 "$RUN" --dry-run --hostfile hosts --exclude node1 prog
+has "$OUT" "--host node2:2"
+lacks "$OUT" "node1"
+run 0 "$RUN" --dry-run --hostfile hosts --exclude 'node1:3' -n 2 prog
+has "$OUT" "-n 2 "
+has "$OUT" "--host node1:3,node2:2"
+run 2 "$RUN" --dry-run --hostfile hosts --include 'node9' prog
+has "$ERR" "host node9 is not in hostfile hosts"
+run 2 "$RUN" --dry-run --hostfile hosts --include 'node2:2' prog
+has "$ERR" "slot 2 of node2 is out of range"
+run 2 "$RUN" --dry-run --hostfile hosts --include 'node1:x' prog
+has "$ERR" "bad slot 'x'"
+run 2 "$RUN" --dry-run --hostfile hosts --exclude 'node1@node2' prog
+has "$ERR" "leaves no slots"
+run 2 "$RUN" --dry-run --hostfile hosts -n 7 prog
+has "$ERR" "-n 7 exceeds the 6 slots"
+# One host: more ranks than slots oversubscribes it.
+printf 'localhost slots=1\n' >one
+run 0 "$RUN" --dry-run --hostfile one -n 3 prog
+has "$OUT" "--oversubscribe"
+has "$OUT" "--host localhost:1"
+
+printf 'node1 slots=4\nnode2 4\n' >bad1
+run 2 "$RUN" --dry-run --hostfile bad1 prog
+has "$ERR" "hostfile bad1:2:"
+printf 'node1 slots=4\n# x\nnode1 slots=2\n' >bad2
+run 2 "$RUN" --dry-run --hostfile bad2 prog
+has "$ERR" "hostfile bad2:3: duplicate host node1"
+printf 'node1 slots=0\n' >bad3
+run 2 "$RUN" --dry-run --hostfile bad3 prog
+has "$ERR" "hostfile bad3:1: slots must be an integer >= 1"
+run 2 "$RUN" --dry-run --hostfile missing prog
+has "$ERR" "hostfile missing: cannot open"
+
+# --- slurm -------------------------------------------------------------------
+run 0 "$RUN" --dry-run --launcher slurm -n 2 prog a
+has "$OUT" "srun -n 2 --cpus-per-task="
+has "$OUT" "--export=ALL"
+has "$OUT" " prog a"
+lacks "$OUT" "mpirun"
+
+# --- bad usage and a missing mpirun -------------------------------------------
+run 2 "$RUN" --dry-run -n 2
+has "$ERR" "no PROGRAM given"
+has "$ERR" "usage: zinc-run"
+run 2 "$RUN" --bogus prog
+has "$ERR" "unknown option --bogus"
+run 2 "$RUN" -n 0 prog
+run 2 "$RUN" --launcher pdsh prog
+run 2 "$RUN" --include node1 prog
+run 127 env PATH="$TMP/empty" "$RUN" -n 2 true
+has "$ERR" "zinc-run: mpirun not found on PATH; install openmpi-bin (or run \`make deps\`)"
+
+# --- real jobs: the job's exit status comes back -------------------------------
+run 0 "$RUN" -n 2 true
+run 3 "$RUN" -n 2 sh -c 'exit 3'
+printf 'MY_KEY=from file\n' >.zinc_env
+run 0 env ZINC_FOO=bar "$RUN" -n 2 sh -c \
+    'test "$ZINC_FOO" = bar && test "$MY_KEY" = "from file" && test -n "$OMP_NUM_THREADS"'
+rm -f .zinc_env
+
+# --- zinc-data -----------------------------------------------------------------
+mkdir -p src/sub src/.hidden src/build
+printf 'int a;\n' >src/a.c
+printf 'x' >src/sub/b.h
+printf 'skip' >src/notes.txt
+printf 'skip' >src/.hidden/c.c
+printf 'skip' >src/build/d.c
+run 0 "$DATA" --ext .c,.h -o tok.bin src
+has "$OUT" "wrote 8 tokens to tok.bin"
+[ "$(stat -c %s tok.bin)" -eq $((1024 + 16)) ] || { fails=$((fails + 1)); echo "FAIL: tok.bin size"; }
+run 0 "$DATA" info tok.bin
+has "$OUT" "tok.bin: 8 tokens"
+has "$OUT" "header ok"
+run 0 "$DATA" -o all.bin src
+has "$OUT" "wrote 12 tokens to all.bin"
+head -c 1030 all.bin >cut.bin
+run 1 "$DATA" info cut.bin
+has "$ERR" "zinc-data: cut.bin is 1030 bytes"
+has "$ERR" "truncated"
+run 1 "$DATA" -o x.bin missing-dir
+has "$ERR" "zinc-data: cannot open missing-dir"
+run 2 "$DATA" -o x.bin
+has "$ERR" "usage: zinc-data"
+run 2 "$DATA" src
+run 2 "$DATA" --frobnicate -o x.bin src
+run 2 "$DATA" info
+
+echo "$checks checks, $fails failed"
+[ "$fails" -eq 0 ]
