@@ -131,6 +131,8 @@ typedef struct zinc_config {
         char tokenizer[32];              /* "bytes" */
         int64_t seq_len;                 /* 0 = model.block_size */
         int64_t seed;                    /* 1234: sample order seed */
+        char text_exts[128];             /* ".c,.h,.md,.sh,.json,.txt": endings of files taken
+                                            from text directories */
     } data;
 
     struct {
@@ -147,6 +149,16 @@ typedef struct zinc_config {
     zinc_device_kind device;           /* auto */
     zinc_comm_kind comm_backend;       /* auto */
     double comm_timeout_s;             /* 300 */
+
+    /* Private to engine/config.c: the batch keys as given (0 absent, -1
+     * "auto"), the triple last resolved and the origin, so that
+     * zinc_config_resolve can be re-run for another DP size. */
+    struct {
+        int valid;
+        int64_t batch[3];
+        int64_t resolved[3];
+        char origin[256];
+    } given;
 } zinc_config;
 
 /* Fills c with every default. Cannot fail. */
@@ -154,9 +166,12 @@ void zinc_config_defaults(zinc_config *c);
 
 /* Parses a JSON file (path) into c (defaults first), then applies overrides
  * ("a.b.c=value", value parsed as JSON, or as a string if it is not valid
- * JSON), then validates. dp_size is the data-parallel size used by the batch
- * rule (pass 1 when unknown; zinc_config_resolve re-checks it).
- * Returns ZINC_ERR_CONFIG (or ZINC_ERR_IO for an unreadable file) with a detail. */
+ * JSON), then validates and resolves every "auto" except the batch triple,
+ * which stays as given (0 for absent or "auto") until zinc_config_resolve
+ * fills it for a DP size; checks that hold for every DP size run here.
+ * Returns ZINC_ERR_CONFIG (or ZINC_ERR_IO for an unreadable file) with a
+ * detail; c is left unchanged on failure. Warnings (deprecated names,
+ * unknown top-level keys) go to the log. */
 zinc_status zinc_config_load(const char *path, const char *const *overrides, int n_overrides,
                              zinc_config *c);
 
@@ -165,8 +180,12 @@ zinc_status zinc_config_load_string(const char *json, const char *origin,
                                     const char *const *overrides, int n_overrides,
                                     zinc_config *c);
 
-/* Resolves the batch triple and "auto" values for a given DP size:
- * train_batch_size == micro * grad_accum * dp_size. */
+/* Resolves the batch triple for a given DP size:
+ * train_batch_size == micro * grad_accum * dp_size (DeepSpeed's rule: two
+ * given derive the third; train_batch_size alone means grad_accum 1; micro
+ * alone means grad_accum 1; "auto" counts as absent). May be called again
+ * with another DP size; it works from the values as given. c is unchanged
+ * on failure (ZINC_ERR_CONFIG; ZINC_ERR_INVALID_ARG for dp_size < 1). */
 zinc_status zinc_config_resolve(zinc_config *c, int dp_size);
 
 /* Writes the resolved config as pretty JSON (DeepSpeed names) to a malloc'd

@@ -1,0 +1,1450 @@
+/* config.c - the training configuration: DeepSpeed's ds_config keys (same
+ * names, defaults and batch rule) plus zinc's model/data/train sections,
+ * parsed strictly with jansson.
+ *
+ * One mechanism does the work: a tree of key descriptors (name, type, field
+ * offset, range, default, flags). zinc_config_defaults walks it to fill the
+ * defaults, the validator walks it against the JSON tree (unknown keys get a
+ * did-you-mean from the same table), and zinc_config_dump walks it again to
+ * write the resolved config back with DeepSpeed's names. Rules that tie keys
+ * together (the batch triple, "auto" values, fp16 vs bf16, offload vs stage)
+ * run after the walk, in finish().
+ *
+ * Load order: read the file -> json_loadb(JSON_REJECT_DUPLICATES) -> apply
+ * overrides to the tree -> normalise ("zero_optimization": bool) -> walk the
+ * tables -> resolve "auto" -> cross-key checks -> copy into the caller's
+ * struct (untouched on failure).
+ *
+ * "auto" (Hugging Face Trainer's placeholder) resolves as follows; the
+ * Trainer would fill these from its own arguments, which zinc does not have:
+ *   train_batch_size, train_micro_batch_size_per_gpu,
+ *   gradient_accumulation_steps  -> treated as absent by the batch rule; if
+ *                                   neither tbs nor micro is a number,
+ *                                   micro 1 and grad_accum 1 (or as given)
+ *   gradient_clipping            -> 1.0 (default)
+ *   optimizer lr                 -> scheduler warmup_max_lr when the scheduler
+ *                                   (WarmupLR/WarmupDecayLR) gives a number,
+ *                                   else 1e-3
+ *   betas, eps, weight_decay     -> defaults (0.9/0.999, 1e-8, 0)
+ *   warmup_min_lr                -> 0
+ *   warmup_max_lr                -> optimizer lr (after the rule above)
+ *   total_num_steps              -> train.max_steps
+ *   warmup_num_steps             -> 1000 capped at total_num_steps (at
+ *                                   train.max_steps for WarmupLR)
+ *   fp16.enabled, bf16.enabled   -> false
+ *   reduce_bucket_size           -> n_embd * n_embd
+ *   stage3_prefetch_bucket_size  -> 0.9 * n_embd * n_embd
+ *   stage3_param_persistence_threshold -> 10 * n_embd
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "zinc/config.h"
+#include "zinc/log.h"
+
+/* ---------------------------------------------------------------- descriptors */
+
+typedef enum key_type {
+    T_BOOL,    /* int field: true/false */
+    T_INT,     /* int64_t field; integral reals (1e9) accepted */
+    T_INT32,   /* int field */
+    T_NUM,     /* double field */
+    T_PAIR,    /* double[2] field (betas) */
+    T_STR,     /* char[cap] field; optional list of allowed values */
+    T_ENUM,    /* int-sized enum field, values named by ->enums */
+    T_PATHS,   /* string or array of strings: char[ZINC_MAX_PATHS][512] + int count */
+    T_SECTION, /* object, keys in ->sub */
+    T_ANY,     /* any JSON value, accepted and ignored */
+    T_ALIAS,   /* another name of ->text in the same table */
+    T_REJECT,  /* always an error, ->text says what to use */
+    T_HOOK,    /* custom handler */
+} key_type;
+
+enum {
+    F_AUTO = 1u << 0,       /* "auto" accepted (recorded in ctx->autos[auto_id]) */
+    F_LO_OPEN = 1u << 1,    /* value > lo rather than >= lo */
+    F_HI_OPEN = 1u << 2,    /* value < hi rather than <= hi */
+    F_NULL_OK = 1u << 3,    /* null means "keep the default" */
+    F_DEPRECATED = 1u << 4, /* warn when given */
+    F_NOCASE = 1u << 5,     /* enum/allowed strings match case-insensitively */
+    F_REQUIRED = 1u << 6,   /* must be present when its section is */
+    F_STAGE3 = 1u << 7,     /* only meaningful at ZeRO stage 3 */
+    F_BATCH = 1u << 8,      /* one of the batch triple */
+    F_ONLY_FALSE = 1u << 9, /* bool that zinc supports only as false (->text says why) */
+    F_ONLY_TRUE = 1u << 10, /* bool that zinc supports only as true */
+};
+
+/* slots of ctx->autos: which keys were given as "auto" */
+enum {
+    A_NONE = 0, A_TBS, A_MICRO, A_GAS, A_CLIP, A_LR, A_BETAS, A_EPS, A_WD, A_WMIN, A_WMAX,
+    A_WNUM, A_TOTAL, A_FP16, A_BF16, A_RBS, A_PREFETCH, A_PERSIST,
+};
+
+typedef struct enum_name {
+    const char *name;
+    int value;
+} enum_name;
+
+typedef struct cfg_ctx cfg_ctx;
+typedef struct keydesc keydesc;
+typedef zinc_status (*key_hook)(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
+                                const char *path);
+
+struct keydesc {
+    const char *name;
+    key_type type;
+    size_t off;                  /* offsetof(zinc_config, field); NOF: validated, not stored */
+    double lo, hi;               /* range of numbers */
+    double def, def2;            /* defaults of numbers, bools and enums (def2: pair) */
+    const char *sdef;            /* default of strings */
+    unsigned flags;
+    int auto_id;                 /* A_* slot when F_AUTO */
+    unsigned sched_mask;         /* scheduler.params: the types (1 << type) taking the key */
+    size_t aux;                  /* T_STR: capacity; T_PATHS: offset of the count */
+    const keydesc *sub;          /* T_SECTION: its keys, ended by a NULL name */
+    const enum_name *enums;      /* T_ENUM: names */
+    const char *const *allowed;  /* T_STR: allowed values (NULL: any) */
+    const char *text;            /* T_ALIAS: target; T_REJECT/F_ONLY_*: why; T_HOOK: section */
+    key_hook hook;               /* T_HOOK */
+    int (*skip)(const zinc_config *c); /* T_SECTION: left out of the dump when true */
+};
+
+struct cfg_ctx {
+    const char *origin;
+    zinc_config *c;
+    const char *const *ovr; /* "a.b=v" strings, for naming --set as the origin */
+    int n_ovr;
+    unsigned autos;         /* 1 << A_* */
+};
+
+#define NOF ((size_t)-1)
+#define OFF(f) offsetof(zinc_config, f)
+#define FSZ(f) sizeof(((zinc_config *)0)->f)
+#define INF HUGE_VAL
+#define PATH_CAP 256
+
+/* stored keys */
+#define KB(n, f, d) {.name = n, .type = T_BOOL, .off = OFF(f), .def = d}
+#define KBA(n, f, d, fl, a) {.name = n, .type = T_BOOL, .off = OFF(f), .def = d, .flags = fl, .auto_id = a}
+#define KI(n, f, l, h, d) {.name = n, .type = T_INT, .off = OFF(f), .lo = l, .hi = h, .def = d}
+#define KIA(n, f, l, h, d, fl, a) \
+    {.name = n, .type = T_INT, .off = OFF(f), .lo = l, .hi = h, .def = d, .flags = fl, .auto_id = a}
+#define KN(n, f, l, h, d, fl) {.name = n, .type = T_NUM, .off = OFF(f), .lo = l, .hi = h, .def = d, .flags = fl}
+#define KNA(n, f, l, h, d, fl, a) \
+    {.name = n, .type = T_NUM, .off = OFF(f), .lo = l, .hi = h, .def = d, .flags = (fl) | F_AUTO, .auto_id = a}
+#define KS(n, f, d, al) \
+    {.name = n, .type = T_STR, .off = OFF(f), .sdef = d, .aux = FSZ(f), .allowed = al, .flags = F_NULL_OK}
+#define KE(n, f, d, names, fl) {.name = n, .type = T_ENUM, .off = OFF(f), .def = d, .enums = names, .flags = fl}
+#define KP(n, f, cnt) {.name = n, .type = T_PATHS, .off = OFF(f), .aux = OFF(cnt)}
+#define KSEC(n, t) {.name = n, .type = T_SECTION, .off = NOF, .sub = t, .flags = F_NULL_OK}
+/* DeepSpeed keys zinc accepts but does not use (yet): validated, not stored */
+#define XB(n) {.name = n, .type = T_BOOL, .off = NOF, .flags = F_NULL_OK}
+#define XI(n, l, h) {.name = n, .type = T_INT, .off = NOF, .lo = l, .hi = h, .flags = F_NULL_OK}
+#define XN(n, l, h, fl) {.name = n, .type = T_NUM, .off = NOF, .lo = l, .hi = h, .flags = (fl) | F_NULL_OK}
+#define XS(n, al, fl) {.name = n, .type = T_STR, .off = NOF, .allowed = al, .flags = (fl) | F_NULL_OK}
+#define XANY(n) {.name = n, .type = T_ANY, .off = NOF}
+#define ALIAS(n, to, fl) {.name = n, .type = T_ALIAS, .off = NOF, .text = to, .flags = fl}
+#define REJECT(n, why) {.name = n, .type = T_REJECT, .off = NOF, .text = why}
+#define END {.name = NULL}
+
+#define SM_LR (1u << ZINC_SCHED_WARMUP_LR)
+#define SM_DECAY (1u << ZINC_SCHED_WARMUP_DECAY_LR)
+#define SM_COS (1u << ZINC_SCHED_WARMUP_COSINE_LR)
+#define SM_ALL (SM_LR | SM_DECAY | SM_COS)
+
+static const enum_name opt_types[] = {{"Adam", ZINC_OPT_ADAM}, {"AdamW", ZINC_OPT_ADAMW}, {NULL, 0}};
+static const enum_name sched_types[] = {{"WarmupLR", ZINC_SCHED_WARMUP_LR},
+                                        {"WarmupDecayLR", ZINC_SCHED_WARMUP_DECAY_LR},
+                                        {"WarmupCosineLR", ZINC_SCHED_WARMUP_COSINE_LR},
+                                        {NULL, 0}};
+static const enum_name warmup_types[] = {{"log", ZINC_WARMUP_LOG}, {"linear", ZINC_WARMUP_LINEAR}, {NULL, 0}};
+static const enum_name offload_devices[] = {
+    {"none", ZINC_OFFLOAD_NONE}, {"cpu", ZINC_OFFLOAD_CPU}, {"nvme", ZINC_OFFLOAD_NVME}, {NULL, 0}};
+static const enum_name device_kinds[] = {
+    {"auto", ZINC_DEVICE_AUTO}, {"cpu", ZINC_DEVICE_CPU}, {"cuda", ZINC_DEVICE_CUDA}, {NULL, 0}};
+static const enum_name comm_kinds[] = {
+    {"auto", ZINC_COMM_AUTO}, {"mpi", ZINC_COMM_MPI}, {"nccl", ZINC_COMM_NCCL}, {NULL, 0}};
+static const char *const model_types[] = {"gpt2", NULL};
+static const char *const tokenizers[] = {"bytes", NULL};
+static const char *const tag_validations[] = {"Ignore", "Warn", "Fail", NULL};
+
+_Static_assert(sizeof(zinc_opt_type) == sizeof(int), "enum fields are stored as int");
+_Static_assert(sizeof(zinc_offload_device) == sizeof(int), "enum fields are stored as int");
+
+static zinc_status hook_cpu_offload(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
+                                    const char *path);
+static int skip_scheduler(const zinc_config *c);
+static int skip_data(const zinc_config *c);
+
+static const keydesc optimizer_params_keys[] = {
+    KNA("lr", optimizer.lr, 0, INF, 1e-3, 0, A_LR),
+    {.name = "betas", .type = T_PAIR, .off = OFF(optimizer.betas), .lo = 0, .hi = 1, .def = 0.9,
+     .def2 = 0.999, .flags = F_AUTO | F_HI_OPEN, .auto_id = A_BETAS},
+    KNA("eps", optimizer.eps, 0, INF, 1e-8, F_LO_OPEN, A_EPS),
+    KNA("weight_decay", optimizer.weight_decay, 0, INF, 0, 0, A_WD),
+    KB("adam_w_mode", optimizer.adam_w_mode, 1),
+    {.name = "bias_correction", .type = T_BOOL, .off = NOF, .flags = F_ONLY_TRUE,
+     .text = "zinc's Adam always applies bias correction"},
+    {.name = "amsgrad", .type = T_BOOL, .off = NOF, .flags = F_ONLY_FALSE,
+     .text = "zinc's Adam has no AMSGrad variant"},
+    XB("torch_adam"),
+    REJECT("max_grad_norm", "not supported in optimizer params, use gradient_clipping (top level)"),
+    END};
+
+static const keydesc optimizer_keys[] = {
+    KE("type", optimizer.type, ZINC_OPT_ADAM, opt_types, F_NOCASE | F_REQUIRED),
+    KSEC("params", optimizer_params_keys),
+    END};
+
+static const keydesc scheduler_params_keys[] = {
+    {.name = "warmup_min_lr", .type = T_NUM, .off = OFF(scheduler.warmup_min_lr), .lo = 0, .hi = INF,
+     .def = 0, .flags = F_AUTO, .auto_id = A_WMIN, .sched_mask = SM_LR | SM_DECAY},
+    {.name = "warmup_max_lr", .type = T_NUM, .off = OFF(scheduler.warmup_max_lr), .lo = 0, .hi = INF,
+     .def = 1e-3, .flags = F_AUTO, .auto_id = A_WMAX, .sched_mask = SM_LR | SM_DECAY},
+    {.name = "warmup_num_steps", .type = T_INT, .off = OFF(scheduler.warmup_num_steps), .lo = 0,
+     .hi = INF, .def = 1000, .flags = F_AUTO, .auto_id = A_WNUM, .sched_mask = SM_ALL},
+    {.name = "warmup_type", .type = T_ENUM, .off = OFF(scheduler.warmup_type), .def = ZINC_WARMUP_LOG,
+     .enums = warmup_types, .sched_mask = SM_ALL},
+    {.name = "total_num_steps", .type = T_INT, .off = OFF(scheduler.total_num_steps), .lo = 1,
+     .hi = INF, .def = 0, .flags = F_AUTO, .auto_id = A_TOTAL, .sched_mask = SM_DECAY | SM_COS},
+    {.name = "warmup_min_ratio", .type = T_NUM, .off = OFF(scheduler.warmup_min_ratio), .lo = 0,
+     .hi = 1, .def = 0, .sched_mask = SM_COS},
+    {.name = "cos_min_ratio", .type = T_NUM, .off = OFF(scheduler.cos_min_ratio), .lo = 0, .hi = 1,
+     .def = 1e-4, .sched_mask = SM_COS},
+    {.name = "last_batch_iteration", .type = T_INT, .off = NOF, .lo = -1, .hi = INF,
+     .sched_mask = SM_ALL},
+    END};
+
+static const keydesc scheduler_keys[] = {
+    KE("type", scheduler.type, ZINC_SCHED_NONE, sched_types, F_REQUIRED),
+    KSEC("params", scheduler_params_keys),
+    END};
+
+static const keydesc fp16_keys[] = {
+    KBA("enabled", fp16.enabled, 0, F_AUTO, A_FP16),
+    KN("loss_scale", fp16.loss_scale, 0, INF, 0, 0),
+    KI("initial_scale_power", fp16.initial_scale_power, 0, 100, 16),
+    KI("loss_scale_window", fp16.loss_scale_window, 1, INF, 1000),
+    KI("hysteresis", fp16.hysteresis, 1, INF, 2),
+    KN("min_loss_scale", fp16.min_loss_scale, 0, INF, 1, F_LO_OPEN),
+    XB("auto_cast"),
+    XB("consecutive_hysteresis"),
+    XB("fp16_master_weights_and_grads"),
+    END};
+
+static const keydesc bf16_keys[] = {
+    KBA("enabled", bf16.enabled, 0, F_AUTO, A_BF16),
+    XB("immediate_grad_update"),
+    END};
+
+static const keydesc offload_optimizer_keys[] = {
+    KE("device", zero.offload_optimizer.device, ZINC_OFFLOAD_NONE, offload_devices, F_NULL_OK),
+    KS("nvme_path", zero.offload_optimizer.nvme_path, "", NULL),
+    KB("pin_memory", zero.offload_optimizer.pin_memory, 1),
+    KI("buffer_count", zero.offload_optimizer.buffer_count, 1, INF, 4),
+    KB("pipeline_read", zero.offload_optimizer.pipeline_read, 0),
+    KB("pipeline_write", zero.offload_optimizer.pipeline_write, 0),
+    XB("fast_init"),
+    XN("ratio", 0, 1, 0),
+    XB("pipeline"),
+    END};
+
+static const keydesc offload_param_keys[] = {
+    KE("device", zero.offload_param.device, ZINC_OFFLOAD_NONE, offload_devices, F_NULL_OK),
+    KS("nvme_path", zero.offload_param.nvme_path, "", NULL),
+    KB("pin_memory", zero.offload_param.pin_memory, 1),
+    KI("buffer_count", zero.offload_param.buffer_count, 1, INF, 5),
+    KI("buffer_size", zero.offload_param.buffer_size, 1, INF, 1e8),
+    KI("max_in_cpu", zero.offload_param.max_in_cpu, 0, INF, 1e9),
+    END};
+
+static const keydesc zero_keys[] = {
+    {.name = "stage", .type = T_INT32, .off = OFF(zero.stage), .lo = 0, .hi = 3, .def = 0},
+    KB("contiguous_gradients", zero.contiguous_gradients, 1),
+    KB("overlap_comm", zero.overlap_comm, 0), /* true at stage 3 unless given: finish() */
+    KB("reduce_scatter", zero.reduce_scatter, 1),
+    KIA("reduce_bucket_size", zero.reduce_bucket_size, 1, INF, 5e8, F_AUTO, A_RBS),
+    KI("allgather_bucket_size", zero.allgather_bucket_size, 1, INF, 5e8),
+    KIA("stage3_prefetch_bucket_size", zero.stage3_prefetch_bucket_size, 0, INF, 5e7,
+        F_AUTO | F_STAGE3, A_PREFETCH),
+    KIA("stage3_param_persistence_threshold", zero.stage3_param_persistence_threshold, 0, INF, 1e5,
+        F_AUTO | F_STAGE3, A_PERSIST),
+    KIA("stage3_max_live_parameters", zero.stage3_max_live_parameters, 0, INF, 1e9, F_STAGE3, A_NONE),
+    KIA("stage3_max_reuse_distance", zero.stage3_max_reuse_distance, 0, INF, 1e9, F_STAGE3, A_NONE),
+    KI("sub_group_size", zero.sub_group_size, 1, INF, 1e9),
+    {.name = "stage3_gather_16bit_weights_on_model_save", .type = T_BOOL,
+     .off = OFF(zero.stage3_gather_16bit_weights_on_model_save), .def = 0, .flags = F_STAGE3},
+    KSEC("offload_optimizer", offload_optimizer_keys),
+    KSEC("offload_param", offload_param_keys),
+    /* DeepSpeed's pydantic field names of the stage3_* keys */
+    ALIAS("prefetch_bucket_size", "stage3_prefetch_bucket_size", 0),
+    ALIAS("param_persistence_threshold", "stage3_param_persistence_threshold", 0),
+    ALIAS("max_live_parameters", "stage3_max_live_parameters", 0),
+    ALIAS("max_reuse_distance", "stage3_max_reuse_distance", 0),
+    ALIAS("gather_16bit_weights_on_model_save", "stage3_gather_16bit_weights_on_model_save", 0),
+    /* deprecated names */
+    ALIAS("stage3_gather_fp16_weights_on_model_save", "stage3_gather_16bit_weights_on_model_save",
+          F_DEPRECATED),
+    {.name = "cpu_offload", .type = T_HOOK, .off = OFF(zero.offload_optimizer.device),
+     .hook = hook_cpu_offload, .text = "offload_optimizer"},
+    {.name = "cpu_offload_params", .type = T_HOOK, .off = OFF(zero.offload_param.device),
+     .hook = hook_cpu_offload, .text = "offload_param"},
+    {.name = "cpu_offload_use_pin_memory", .type = T_BOOL, .off = NOF, .flags = F_DEPRECATED,
+     .text = "no effect; use offload_optimizer.pin_memory / offload_param.pin_memory"},
+    /* DeepSpeed keys zinc accepts but does not use */
+    XB("allgather_partitions"),
+    XB("round_robin_gradients"),
+    XB("load_from_fp32_weights"),
+    XB("ignore_unused_parameters"),
+    XB("elastic_checkpoint"),
+    XB("legacy_stage1"),
+    XI("zero_hpz_partition_size", 1, INF),
+    XB("zero_quantized_weights"),
+    XB("zero_quantized_nontrainable_weights"),
+    XB("zero_quantized_gradients"),
+    XI("mics_shard_size", -1, INF),
+    XB("mics_hierarchical_params_gather"),
+    XB("memory_efficient_linear"),
+    XB("pipeline_loading_checkpoint"),
+    XB("override_module_apply"),
+    XB("use_multi_rank_bucket_allreduce"),
+    XI("model_persistence_threshold", 0, INF),
+    XI("stage3_model_persistence_threshold", 0, INF),
+    XI("module_granularity_threshold", 0, INF),
+    XB("use_all_reduce_for_fetch_params"),
+    XB("stage3_use_all_reduce_for_fetch_params"),
+    XB("log_trace_cache_warnings"),
+    XANY("zeropp_loco_param"),
+    END};
+
+static const keydesc aio_keys[] = {
+    KI("block_size", aio.block_size, 1, INF, 1048576),
+    KI("queue_depth", aio.queue_depth, 1, INF, 8),
+    KI("intra_op_parallelism", aio.intra_op_parallelism, 1, INF, 1),
+    KB("single_submit", aio.single_submit, 0),
+    KB("overlap_events", aio.overlap_events, 1),
+    ALIAS("thread_count", "intra_op_parallelism", F_DEPRECATED),
+    XB("use_gds"),
+    END};
+
+static const keydesc model_keys[] = {
+    KS("type", model.type, "gpt2", model_types),
+    KI("n_layer", model.n_layer, 1, INF, 4),
+    KI("n_embd", model.n_embd, 1, INF, 128),
+    KI("n_head", model.n_head, 1, INF, 4),
+    KI("vocab_size", model.vocab_size, 256, 65536, 50304),
+    KI("block_size", model.block_size, 1, INF, 64),
+    KI("seed", model.seed, 0, INF, 1337),
+    KS("init_from", model.init_from, "", NULL),
+    END};
+
+static const keydesc data_keys[] = {
+    KP("train", data.train, data.n_train),
+    KP("text", data.text, data.n_text),
+    KS("text_exts", data.text_exts, ".c,.h,.md,.sh,.json,.txt", NULL),
+    KS("tokenizer", data.tokenizer, "bytes", tokenizers),
+    KI("seq_len", data.seq_len, 0, INF, 0),
+    KI("seed", data.seed, 0, INF, 1234),
+    END};
+
+static const keydesc train_keys[] = {
+    KI("max_steps", train.max_steps, 1, INF, 100),
+    KI("log_every", train.log_every, 0, INF, 0),
+    KS("save_dir", train.save_dir, "", NULL),
+    KS("metrics_file", train.metrics_file, "", NULL),
+    KI("save_every", train.save_every, 0, INF, 0),
+    KI("keep_last", train.keep_last, 0, INF, 0),
+    KS("resume", train.resume, "", NULL),
+    KI("threads", train.threads, 0, INF, 0),
+    END};
+
+static const keydesc activation_checkpointing_keys[] = {
+    XB("partition_activations"),
+    XB("cpu_checkpointing"),
+    XB("contiguous_memory_optimization"),
+    XI("number_checkpoints", 1, INF),
+    XB("synchronize_checkpoint_boundary"),
+    XB("profile"),
+    END};
+
+static const keydesc pipeline_keys[] = {
+    {.name = "stages", .type = T_INT, .off = NOF, .lo = 1, .hi = INF, .flags = F_AUTO | F_NULL_OK},
+    XS("partition", NULL, 0),
+    XB("seed_layers"),
+    XI("activation_checkpoint_interval", 0, INF),
+    XB("pipe_partitioned"),
+    XB("grad_partitioned"),
+    XB("use_reentrant"),
+    END};
+
+static const keydesc checkpoint_keys[] = {
+    XS("tag_validation", tag_validations, F_NOCASE),
+    XB("load_universal"),
+    XB("use_node_local_storage"),
+    XANY("parallel_write"),
+    END};
+
+static const keydesc root_keys[] = {
+    KIA("train_batch_size", train_batch_size, 1, INF, 0, F_AUTO | F_BATCH, A_TBS),
+    KIA("train_micro_batch_size_per_gpu", train_micro_batch_size_per_gpu, 1, INF, 0, F_AUTO | F_BATCH,
+        A_MICRO),
+    KIA("gradient_accumulation_steps", gradient_accumulation_steps, 1, INF, 0, F_AUTO | F_BATCH, A_GAS),
+    KNA("gradient_clipping", gradient_clipping, 0, INF, 1.0, 0, A_CLIP),
+    KI("steps_per_print", steps_per_print, 1, INF, 10),
+    KB("wall_clock_breakdown", wall_clock_breakdown, 0),
+    KSEC("optimizer", optimizer_keys),
+    {.name = "scheduler", .type = T_SECTION, .off = NOF, .sub = scheduler_keys, .flags = F_NULL_OK,
+     .skip = skip_scheduler},
+    KSEC("fp16", fp16_keys),
+    KSEC("bf16", bf16_keys),
+    ALIAS("bfloat16", "bf16", F_DEPRECATED),
+    KSEC("zero_optimization", zero_keys),
+    KSEC("aio", aio_keys),
+    KSEC("model", model_keys),
+    {.name = "data", .type = T_SECTION, .off = NOF, .sub = data_keys, .skip = skip_data},
+    KSEC("train", train_keys),
+    KE("device", device, ZINC_DEVICE_AUTO, device_kinds, 0),
+    KE("comm_backend", comm_backend, ZINC_COMM_AUTO, comm_kinds, 0),
+    KN("comm_timeout_s", comm_timeout_s, 0, INF, 300, F_LO_OPEN),
+    /* DeepSpeed sections and keys zinc accepts but does not use yet */
+    KSEC("activation_checkpointing", activation_checkpointing_keys),
+    KSEC("pipeline", pipeline_keys),
+    KSEC("checkpoint", checkpoint_keys),
+    XB("prescale_gradients"),
+    XN("gradient_predivide_factor", 0, INF, F_LO_OPEN),
+    XB("zero_allow_untested_optimizer"),
+    XB("zero_force_ds_cpu_optimizer"),
+    XS("communication_data_type", NULL, 0),
+    XS("seq_parallel_communication_data_type", NULL, 0),
+    XB("memory_breakdown"),
+    XB("sparse_gradients"),
+    XB("dump_state"),
+    XI("seed", 0, INF),
+    XB("disable_allgather"),
+    XB("fp32_allreduce"),
+    XI("sequence_parallel_size", 1, INF),
+    XB("dataloader_drop_last"),
+    XB("use_data_before_expert_parallelism"),
+    XB("graph_harvesting"),
+    XANY("amp"),
+    XANY("elasticity"),
+    XANY("autotuning"),
+    XANY("data_types"),
+    XANY("tensorboard"),
+    XANY("wandb"),
+    XANY("csv_monitor"),
+    XANY("comet"),
+    XANY("flops_profiler"),
+    XANY("comms_logger"),
+    XANY("compression_training"),
+    XANY("data_efficiency"),
+    XANY("curriculum_learning"),
+    XANY("nebula"),
+    XANY("quantize_training"),
+    XANY("sparse_attention"),
+    XANY("hybrid_engine"),
+    XANY("weight_quantization"),
+    XANY("compile"),
+    XANY("timers"),
+    XANY("eigenvalue"),
+    XANY("progressive_layer_drop"),
+    XANY("tensor_parallel"),
+    XANY("torch_autocast"),
+    END};
+
+static int skip_scheduler(const zinc_config *c) { return c->scheduler.type == ZINC_SCHED_NONE; }
+static int skip_data(const zinc_config *c) { return c->data.n_train == 0 && c->data.n_text == 0; }
+
+/* ---------------------------------------------------------------- helpers */
+
+static const keydesc *find_key(const keydesc *tab, const char *name)
+{
+    for (; tab->name; tab++)
+        if (!strcmp(tab->name, name)) return tab;
+    return NULL;
+}
+
+static const char *enum_to_name(const enum_name *e, int value)
+{
+    for (; e->name; e++)
+        if (e->value == value) return e->name;
+    return NULL;
+}
+
+static int is_auto(const json_t *v)
+{
+    return json_is_string(v) && !strcmp(json_string_value(v), "auto");
+}
+
+static int tolower_ascii(int ch) { return ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch; }
+
+/* Optimal-string-alignment distance (Levenshtein + adjacent transposition),
+ * case-insensitive; names longer than 63 bytes are compared by their prefix. */
+static int edit_distance(const char *a, const char *b)
+{
+    enum { N = 64 };
+    int la = (int)strnlen(a, N - 1), lb = (int)strnlen(b, N - 1);
+    int d[N][N];
+    for (int i = 0; i <= la; i++) d[i][0] = i;
+    for (int j = 0; j <= lb; j++) d[0][j] = j;
+    for (int i = 1; i <= la; i++) {
+        for (int j = 1; j <= lb; j++) {
+            int ca = tolower_ascii(a[i - 1]), cb = tolower_ascii(b[j - 1]);
+            int best = d[i - 1][j - 1] + (ca != cb);
+            if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && ca == tolower_ascii(b[j - 2]) && tolower_ascii(a[i - 2]) == cb &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    }
+    return d[la][lb];
+}
+
+/* The closest name in tab to a misspelled key, or NULL when none is close. */
+static const char *suggest(const keydesc *tab, const char *name)
+{
+    const char *best = NULL;
+    int best_d = 1 << 30, len = (int)strlen(name);
+    for (; tab->name; tab++) {
+        int d = edit_distance(name, tab->name);
+        int lc = (int)strlen(tab->name);
+        int limit = len <= 4 ? 1 : 2 + len / 4;
+        if (d <= limit && d < len && d < lc && d < best_d) {
+            best = tab->name;
+            best_d = d;
+        }
+    }
+    return best;
+}
+
+/* Counts the sections (below tab) holding a key called name; the path of
+ * the last one found goes to out. */
+static int find_elsewhere(const keydesc *tab, const char *prefix, const char *name, char *out, size_t cap)
+{
+    int found = 0;
+    for (const keydesc *k = tab; k->name; k++) {
+        if (k->type != T_SECTION) continue;
+        char p[PATH_CAP];
+        snprintf(p, sizeof p, "%s%s%s", prefix, prefix[0] ? "." : "", k->name);
+        if (find_key(k->sub, name)) {
+            snprintf(out, cap, "%s", p);
+            found++;
+        }
+        found += find_elsewhere(k->sub, p, name, out, cap);
+    }
+    return found;
+}
+
+/* " (did you mean "x"?)", " (it belongs in "section")", or the list of known
+ * keys when it is short. */
+static void unknown_hint(const keydesc *tab, const char *name, char *buf, size_t cap)
+{
+    const char *s = suggest(tab, name);
+    char where_else[PATH_CAP];
+    buf[0] = '\0';
+    if (s) {
+        snprintf(buf, cap, " (did you mean \"%s\"?)", s);
+        return;
+    }
+    if (find_elsewhere(root_keys, "", name, where_else, sizeof where_else) == 1) {
+        snprintf(buf, cap, " (it belongs in \"%s\")", where_else);
+        return;
+    }
+    size_t n = (size_t)snprintf(buf, cap, " (known keys:");
+    int listed = 0;
+    for (const keydesc *k = tab; k->name && n < cap; k++) {
+        if (k->type == T_ALIAS || k->type == T_REJECT || (k->flags & F_DEPRECATED)) continue;
+        n += (size_t)snprintf(buf + n, cap - n, "%s %s", listed++ ? "," : "", k->name);
+    }
+    if (n + 2 < cap && n < 300)
+        snprintf(buf + n, cap - n, ")");
+    else
+        buf[0] = '\0'; /* too long for one readable line */
+}
+
+/* Shortest decimal form of d that reads back exactly. */
+static void fmt_double(double d, char *buf, size_t cap)
+{
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, cap, "%.*g", p, d);
+        if (strtod(buf, NULL) == d) return;
+    }
+}
+
+/* What a JSON value is, for "found ...": 5, 2.5, string "x", true, an array. */
+static void describe(const json_t *v, char *buf, size_t cap)
+{
+    switch (json_typeof(v)) {
+    case JSON_INTEGER: snprintf(buf, cap, "%lld", (long long)json_integer_value(v)); break;
+    case JSON_REAL: fmt_double(json_real_value(v), buf, cap); break;
+    case JSON_TRUE: snprintf(buf, cap, "true"); break;
+    case JSON_FALSE: snprintf(buf, cap, "false"); break;
+    case JSON_NULL: snprintf(buf, cap, "null"); break;
+    case JSON_OBJECT: snprintf(buf, cap, "an object"); break;
+    case JSON_ARRAY: snprintf(buf, cap, "an array"); break;
+    case JSON_STRING: {
+        const char *s = json_string_value(v);
+        size_t n = strlen(s), show = n > 60 ? 57 : n;
+        size_t o = (size_t)snprintf(buf, cap, "string \"");
+        for (size_t i = 0; i < show && o + 1 < cap; i++) /* keep the detail on one line */
+            buf[o++] = (unsigned char)s[i] < 0x20 ? '?' : s[i];
+        snprintf(buf + o, cap - o, "%s\"", n > show ? "..." : "");
+        break;
+    }
+    }
+}
+
+static void fmt_bound(double b, int is_int, char *buf, size_t cap)
+{
+    if (!isfinite(b))
+        snprintf(buf, cap, "%s", b < 0 ? "-inf" : "inf"); /* never printed: ranges omit it */
+    else if (is_int)
+        snprintf(buf, cap, "%lld", (long long)b);
+    else
+        fmt_double(b, buf, cap);
+}
+
+/* What a key accepts: "an integer in 0..3", "a number >= 0", "one of ...". */
+static void expected_text(const keydesc *k, char *buf, size_t cap)
+{
+    char lo[32], hi[32];
+    switch (k->type) {
+    case T_BOOL:
+        if (k->flags & (F_ONLY_FALSE | F_ONLY_TRUE))
+            snprintf(buf, cap, "%s (%s)", k->flags & F_ONLY_FALSE ? "false" : "true", k->text);
+        else
+            snprintf(buf, cap, "true or false");
+        break;
+    case T_INT:
+    case T_INT32:
+    case T_NUM:
+    case T_PAIR: {
+        int is_int = k->type == T_INT || k->type == T_INT32;
+        const char *what = is_int ? "an integer" : "a number";
+        fmt_bound(k->lo, is_int, lo, sizeof lo);
+        fmt_bound(k->hi, is_int, hi, sizeof hi);
+        char range[96];
+        if (k->lo == -INF && k->hi == INF)
+            range[0] = '\0';
+        else if (k->hi == INF)
+            snprintf(range, sizeof range, " %s %s", k->flags & F_LO_OPEN ? ">" : ">=", lo);
+        else if (k->lo == -INF)
+            snprintf(range, sizeof range, " %s %s", k->flags & F_HI_OPEN ? "<" : "<=", hi);
+        else if (is_int)
+            snprintf(range, sizeof range, " in %s..%s", lo, hi);
+        else
+            snprintf(range, sizeof range, " in %c%s, %s%c", k->flags & F_LO_OPEN ? '(' : '[', lo, hi,
+                     k->flags & F_HI_OPEN ? ')' : ']');
+        snprintf(buf, cap, "%s%s", what, range);
+        break;
+    }
+    case T_STR:
+    case T_ENUM: {
+        if (k->type == T_STR && !k->allowed) {
+            snprintf(buf, cap, "a string");
+            break;
+        }
+        size_t n = (size_t)snprintf(buf, cap, "one of");
+        for (int i = 0; n < cap; i++) {
+            const char *name = k->type == T_STR ? k->allowed[i] : k->enums[i].name;
+            if (!name) break;
+            n += (size_t)snprintf(buf + n, cap - n, "%s \"%s\"", i ? "," : "", name);
+        }
+        break;
+    }
+    case T_PATHS: snprintf(buf, cap, "a string or an array of at most %d strings", ZINC_MAX_PATHS); break;
+    case T_SECTION: snprintf(buf, cap, "an object"); break;
+    default: snprintf(buf, cap, "a valid value"); break;
+    }
+}
+
+/* Was path set (or created) by an override? Then the override is named as
+ * the origin of an error rather than the file. */
+static const char *override_of(const cfg_ctx *x, const char *path)
+{
+    for (int i = 0; i < x->n_ovr; i++) {
+        const char *o = x->ovr[i], *eq = strchr(o, '=');
+        if (!eq) continue;
+        size_t n = (size_t)(eq - o);
+        if (!strncmp(path, o, n) && (path[n] == '\0' || path[n] == '.' || path[n] == '[')) return o;
+    }
+    return NULL;
+}
+
+/* "ORIGIN: PATH" or "--set PATH" */
+static void where(const cfg_ctx *x, const char *path, char *buf, size_t cap)
+{
+    if (override_of(x, path))
+        snprintf(buf, cap, "--set %s", path);
+    else
+        snprintf(buf, cap, "%s: %s", x->origin, path);
+}
+
+static zinc_status cfg_err(const cfg_ctx *x, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static zinc_status cfg_err(const cfg_ctx *x, const char *path, const char *fmt, ...)
+{
+    char w[PATH_CAP + 300], msg[700];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    where(x, path, w, sizeof w);
+    return zinc_error(ZINC_ERR_CONFIG, "%s: %s", w, msg);
+}
+
+static void cfg_warn(const cfg_ctx *x, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void cfg_warn(const cfg_ctx *x, const char *path, const char *fmt, ...)
+{
+    char w[PATH_CAP + 300], msg[700];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    where(x, path, w, sizeof w);
+    ZINC_WARN("%s: %s", w, msg);
+}
+
+static zinc_status type_err(const cfg_ctx *x, const keydesc *k, const char *path, const json_t *v)
+{
+    char exp[400], found[128];
+    expected_text(k, exp, sizeof exp);
+    describe(v, found, sizeof found);
+    return cfg_err(x, path, "expected %s, found %s", exp, found);
+}
+
+/* Appends ".name" (or "name" at the root) to path; returns the new length. */
+static size_t path_push(char *path, size_t len, const char *name)
+{
+    int n = snprintf(path + len, PATH_CAP - len, "%s%s", len ? "." : "", name);
+    if (n < 0) return len;
+    return len + (size_t)n >= PATH_CAP ? PATH_CAP - 1 : len + (size_t)n;
+}
+
+/* An integral JSON number (integer, or a real such as 1e9 with no fraction). */
+static int json_to_int(const json_t *v, int64_t *out)
+{
+    if (json_is_integer(v)) {
+        *out = (int64_t)json_integer_value(v);
+        return 1;
+    }
+    if (json_is_real(v)) {
+        double d = json_real_value(v);
+        if (d != floor(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0) return 0;
+        *out = (int64_t)d;
+        return 1;
+    }
+    return 0;
+}
+
+static int in_range(const keydesc *k, double d)
+{
+    int lo_ok = k->flags & F_LO_OPEN ? d > k->lo : d >= k->lo;
+    int hi_ok = k->flags & F_HI_OPEN ? d < k->hi : d <= k->hi;
+    return lo_ok && hi_ok;
+}
+
+/* Matches s against enum names / allowed strings; -1 when none. */
+static int match_name(const keydesc *k, const char *s)
+{
+    for (int i = 0;; i++) {
+        const char *name = k->type == T_STR ? k->allowed[i] : k->enums[i].name;
+        if (!name) return -1;
+        if (k->flags & F_NOCASE ? !strcasecmp(name, s) : !strcmp(name, s))
+            return k->type == T_STR ? i : k->enums[i].value;
+    }
+}
+
+static zinc_status store_string(const cfg_ctx *x, const char *path, const json_t *v, char *dst,
+                                size_t cap)
+{
+    size_t n = json_string_length(v);
+    if (cap && n >= cap)
+        return cfg_err(x, path, "expected a string of at most %zu bytes, found %zu bytes", cap - 1, n);
+    if (strlen(json_string_value(v)) != n) return cfg_err(x, path, "string contains a NUL byte");
+    if (dst) memcpy(dst, json_string_value(v), n + 1);
+    return ZINC_OK;
+}
+
+/* ---------------------------------------------------------------- the walk */
+
+static zinc_status walk_object(cfg_ctx *x, const keydesc *tab, json_t *obj, char *path, size_t plen,
+                               int top);
+
+/* Validates v against k and stores it into the config. */
+static zinc_status walk_value(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v, char *path,
+                              size_t plen)
+{
+    zinc_config *c = x->c;
+    char *f = k->off == NOF ? NULL : (char *)c + k->off;
+
+    if (k->sched_mask && !(k->sched_mask & (1u << c->scheduler.type))) {
+        char users[128] = "";
+        size_t n = 0;
+        for (const enum_name *e = sched_types; e->name; e++)
+            if (k->sched_mask & (1u << e->value))
+                n += (size_t)snprintf(users + n, sizeof users - n, "%s%s", n ? ", " : "", e->name);
+        return cfg_err(x, path, "not a parameter of %s (it is one of %s)",
+                       enum_to_name(sched_types, (int)c->scheduler.type), users);
+    }
+    if (json_is_null(v) && (k->flags & F_NULL_OK)) return ZINC_OK;
+    if ((k->flags & F_AUTO) && is_auto(v)) {
+        x->autos |= 1u << k->auto_id;
+        return ZINC_OK;
+    }
+    if ((k->flags & F_DEPRECATED) && k->type != T_ALIAS)
+        cfg_warn(x, path, "deprecated, %s", k->text ? k->text : "ignored");
+
+    switch (k->type) {
+    case T_BOOL: {
+        if (!json_is_boolean(v)) return type_err(x, k, path, v);
+        int b = json_is_true(v);
+        if (((k->flags & F_ONLY_FALSE) && b) || ((k->flags & F_ONLY_TRUE) && !b))
+            return type_err(x, k, path, v);
+        if (f) *(int *)f = b;
+        return ZINC_OK;
+    }
+    case T_INT:
+    case T_INT32: {
+        int64_t n;
+        if (!json_to_int(v, &n) || !in_range(k, (double)n)) return type_err(x, k, path, v);
+        if (f && k->type == T_INT) *(int64_t *)f = n;
+        if (f && k->type == T_INT32) *(int *)f = (int)n;
+        return ZINC_OK;
+    }
+    case T_NUM:
+        if (!json_is_number(v) || !in_range(k, json_number_value(v))) return type_err(x, k, path, v);
+        if (f) *(double *)f = json_number_value(v);
+        return ZINC_OK;
+    case T_PAIR: {
+        if (!json_is_array(v) || json_array_size(v) != 2) {
+            char found[128];
+            describe(v, found, sizeof found);
+            if (json_is_array(v)) snprintf(found, sizeof found, "an array of %zu", json_array_size(v));
+            return cfg_err(x, path, "expected an array of 2 numbers, found %s", found);
+        }
+        for (size_t i = 0; i < 2; i++) {
+            json_t *e = json_array_get(v, i);
+            if (!json_is_number(e) || !in_range(k, json_number_value(e))) {
+                char p[PATH_CAP + 8];
+                snprintf(p, sizeof p, "%s[%zu]", path, i);
+                return type_err(x, k, p, e);
+            }
+            if (f) ((double *)f)[i] = json_number_value(e);
+        }
+        return ZINC_OK;
+    }
+    case T_STR:
+        if (!json_is_string(v) || (k->allowed && match_name(k, json_string_value(v)) < 0))
+            return type_err(x, k, path, v);
+        return store_string(x, path, v, f, k->aux);
+    case T_ENUM: {
+        int val = json_is_string(v) ? match_name(k, json_string_value(v)) : -1;
+        if (val < 0) return type_err(x, k, path, v);
+        if (f) *(int *)f = val;
+        return ZINC_OK;
+    }
+    case T_PATHS: {
+        char(*dst)[512] = (char(*)[512])f;
+        int *count = (int *)((char *)c + k->aux);
+        size_t n = json_is_array(v) ? json_array_size(v) : 1;
+        if (!(json_is_string(v) || json_is_array(v)) || n > ZINC_MAX_PATHS) {
+            char found[128];
+            describe(v, found, sizeof found);
+            if (json_is_array(v)) snprintf(found, sizeof found, "%zu strings", n);
+            return cfg_err(x, path, "expected a string or an array of at most %d strings, found %s",
+                           ZINC_MAX_PATHS, found);
+        }
+        for (size_t i = 0; i < n; i++) {
+            json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+            char p[PATH_CAP + 8];
+            snprintf(p, sizeof p, "%s[%zu]", path, i);
+            if (!json_is_string(e)) {
+                char found[128];
+                describe(e, found, sizeof found);
+                return cfg_err(x, p, "expected a string, found %s", found);
+            }
+            zinc_status st = store_string(x, p, e, dst[i], sizeof dst[i]);
+            if (st != ZINC_OK) return st;
+        }
+        *count = (int)n;
+        return ZINC_OK;
+    }
+    case T_SECTION:
+        if (!json_is_object(v)) return type_err(x, k, path, v);
+        return walk_object(x, k->sub, v, path, plen, 0);
+    case T_ANY: return ZINC_OK;
+    case T_REJECT: return cfg_err(x, path, "%s", k->text);
+    case T_HOOK: return k->hook(x, k, obj, v, path);
+    case T_ALIAS: break;
+    }
+    return cfg_err(x, path, "internal error: bad key descriptor");
+}
+
+/* Checks the keys of obj against tab (unknown keys: error, or a warning at
+ * the top level), then validates and stores every known key in table order,
+ * so that a key may depend on one listed before it (scheduler.type before
+ * scheduler.params). */
+static zinc_status walk_object(cfg_ctx *x, const keydesc *tab, json_t *obj, char *path, size_t plen,
+                               int top)
+{
+    const char *key;
+    json_t *v;
+    zinc_status st = ZINC_OK;
+    json_object_foreach(obj, key, v) {
+        if (find_key(tab, key)) continue;
+        char hint[512];
+        unknown_hint(tab, key, hint, sizeof hint);
+        path_push(path, plen, key);
+        if (top) {
+            cfg_warn(x, path, "unknown top-level key, ignored%s", hint);
+        } else {
+            st = cfg_err(x, path, "unknown key%s", hint);
+        }
+        path[plen] = '\0';
+        if (st != ZINC_OK) return st;
+    }
+    for (const keydesc *k = tab; k->name; k++) {
+        if ((k->flags & F_REQUIRED) && !json_object_get(obj, k->name)) {
+            char exp[400];
+            expected_text(k, exp, sizeof exp);
+            path_push(path, plen, k->name);
+            st = cfg_err(x, path, "required, %s", exp);
+            path[plen] = '\0';
+            return st;
+        }
+    }
+    for (const keydesc *k = tab; k->name; k++) {
+        v = json_object_get(obj, k->name);
+        if (!v) continue;
+        size_t n = path_push(path, plen, k->name);
+        const keydesc *t = k;
+        if (k->type == T_ALIAS) {
+            t = find_key(tab, k->text);
+            if (json_object_get(obj, k->text)) {
+                st = cfg_err(x, path, "\"%s\" is also given and names the same setting; keep one",
+                             k->text);
+            } else if (k->flags & F_DEPRECATED) {
+                cfg_warn(x, path, "deprecated name, use \"%s\"", k->text);
+            }
+        }
+        if (st == ZINC_OK) st = walk_value(x, t, obj, v, path, n);
+        path[plen] = '\0';
+        if (st != ZINC_OK) return st;
+    }
+    return ZINC_OK;
+}
+
+/* "cpu_offload": true / "cpu_offload_params": true (old DeepSpeed) mean
+ * offload_optimizer / offload_param {"device": "cpu"}. */
+static zinc_status hook_cpu_offload(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
+                                    const char *path)
+{
+    if (!json_is_boolean(v)) {
+        char found[128];
+        describe(v, found, sizeof found);
+        return cfg_err(x, path, "expected true or false, found %s", found);
+    }
+    if (json_object_get(obj, k->text))
+        return cfg_err(x, path, "deprecated form of \"%s\", which is also given; keep only \"%s\"",
+                       k->text, k->text);
+    cfg_warn(x, path, "deprecated, use \"%s\": {\"device\": \"cpu\"}", k->text);
+    if (json_is_true(v)) *(int *)((char *)x->c + k->off) = ZINC_OFFLOAD_CPU;
+    return ZINC_OK;
+}
+
+/* ---------------------------------------------------------------- defaults */
+
+static void defaults_walk(zinc_config *c, const keydesc *tab)
+{
+    for (const keydesc *k = tab; k->name; k++) {
+        if (k->type == T_SECTION) {
+            defaults_walk(c, k->sub);
+            continue;
+        }
+        if (k->off == NOF) continue;
+        char *f = (char *)c + k->off;
+        switch (k->type) {
+        case T_BOOL:
+        case T_INT32:
+        case T_ENUM: *(int *)f = (int)k->def; break;
+        case T_INT: *(int64_t *)f = (int64_t)k->def; break;
+        case T_NUM: *(double *)f = k->def; break;
+        case T_PAIR:
+            ((double *)f)[0] = k->def;
+            ((double *)f)[1] = k->def2;
+            break;
+        case T_STR: snprintf(f, k->aux, "%s", k->sdef ? k->sdef : ""); break;
+        case T_PATHS: *(int *)((char *)c + k->aux) = 0; break;
+        default: break;
+        }
+    }
+}
+
+void zinc_config_defaults(zinc_config *c)
+{
+    memset(c, 0, sizeof *c);
+    defaults_walk(c, root_keys);
+}
+
+/* ---------------------------------------------------------------- overrides */
+
+/* Applies one "a.b.c=value" to the tree: value parsed as JSON, else taken as
+ * a string; missing intermediate objects are created. */
+static zinc_status apply_override(json_t *root, const char *ov)
+{
+    const char *eq = strchr(ov, '=');
+    size_t klen = eq ? (size_t)(eq - ov) : 0;
+    int bad = !eq || klen == 0 || ov[0] == '.' || ov[klen - 1] == '.';
+    for (size_t i = 1; !bad && i < klen; i++)
+        if (ov[i] == '.' && ov[i - 1] == '.') bad = 1;
+    if (bad) return zinc_error(ZINC_ERR_CONFIG, "--set %s: expected key.path=value", ov);
+    if (klen >= PATH_CAP)
+        return zinc_error(ZINC_ERR_CONFIG, "--set %.*s...: key path too long", 40, ov);
+
+    json_error_t jerr;
+    json_t *val = json_loads(eq + 1, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+    if (!val) val = json_string(eq + 1);
+    if (!val) return zinc_error(ZINC_ERR_CONFIG, "--set %.*s: value is not valid UTF-8", (int)klen, ov);
+
+    char key[PATH_CAP];
+    memcpy(key, ov, klen);
+    key[klen] = '\0';
+    json_t *obj = root;
+    char *seg = key;
+    for (char *dot; (dot = strchr(seg, '.')); seg = dot + 1) {
+        *dot = '\0';
+        json_t *child = json_object_get(obj, seg);
+        if (!child) {
+            child = json_object();
+            if (!child || json_object_set_new(obj, seg, child)) {
+                json_decref(val);
+                return zinc_error(ZINC_ERR_NOMEM, "--set %s: out of memory", key);
+            }
+        } else if (!json_is_object(child)) {
+            char found[128];
+            describe(child, found, sizeof found);
+            json_decref(val);
+            return zinc_error(ZINC_ERR_CONFIG, "--set %.*s: %s is not an object (found %s)", (int)klen,
+                              ov, key, found);
+        }
+        obj = child;
+        *dot = '.';
+    }
+    if (json_object_set_new(obj, seg, val))
+        return zinc_error(ZINC_ERR_NOMEM, "--set %.*s: out of memory", (int)klen, ov);
+    return ZINC_OK;
+}
+
+/* "zero_optimization": true/false is DeepSpeed shorthand for stage 1/0. */
+static zinc_status normalize(json_t *root)
+{
+    json_t *z = json_object_get(root, "zero_optimization");
+    if (json_is_boolean(z)) {
+        json_t *o = json_pack("{s:i}", "stage", json_is_true(z) ? 1 : 0);
+        if (!o || json_object_set_new(root, "zero_optimization", o))
+            return zinc_error(ZINC_ERR_NOMEM, "config: out of memory");
+    }
+    return ZINC_OK;
+}
+
+/* ---------------------------------------------------------------- after the walk */
+
+static const char *const batch_names[3] = {"train_batch_size", "train_micro_batch_size_per_gpu",
+                                           "gradient_accumulation_steps"};
+
+static int has_key(const json_t *obj, const char *key)
+{
+    return json_is_object(obj) && json_object_get(obj, key) != NULL;
+}
+
+/* One warning listing the stage3_* knobs set (to non-default values) at a
+ * stage where they do nothing. */
+static void warn_stage3_knobs(cfg_ctx *x, json_t *zero)
+{
+    if (!json_is_object(zero) || x->c->zero.stage >= 3) return;
+    char list[512] = "";
+    size_t n = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(zero, key, v) {
+        const keydesc *k = find_key(zero_keys, key);
+        if (k && k->type == T_ALIAS) k = find_key(zero_keys, k->text);
+        if (!k || !(k->flags & F_STAGE3) || is_auto(v) || json_is_null(v)) continue;
+        const char *f = (const char *)x->c + k->off;
+        int differs = k->type == T_BOOL ? *(const int *)f != (int)k->def
+                                        : *(const int64_t *)f != (int64_t)k->def;
+        if (differs && n < sizeof list)
+            n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", n ? ", " : "", key);
+    }
+    if (n)
+        cfg_warn(x, "zero_optimization", "%s %s no effect at stage %d (stage 3 only)", list,
+                 strchr(list, ',') ? "have" : "has", x->c->zero.stage);
+}
+
+/* Records the batch keys as given and runs the checks that hold for every
+ * DP size; zinc_config_resolve does the rest. */
+static zinc_status finish_batch(cfg_ctx *x, json_t *root)
+{
+    zinc_config *c = x->c;
+    int64_t *fields[3] = {&c->train_batch_size, &c->train_micro_batch_size_per_gpu,
+                          &c->gradient_accumulation_steps};
+    for (int i = 0; i < 3; i++) {
+        json_t *v = json_object_get(root, batch_names[i]);
+        c->given.batch[i] = !v ? 0 : is_auto(v) ? -1 : *fields[i];
+        c->given.resolved[i] = *fields[i];
+    }
+    c->given.valid = 1;
+    if (!c->given.batch[0] && !c->given.batch[1])
+        return zinc_error(ZINC_ERR_CONFIG, "%s: neither train_batch_size nor "
+                          "train_micro_batch_size_per_gpu is set", x->origin);
+    int64_t t = c->given.batch[0] > 0 ? c->given.batch[0] : 0;
+    int64_t m = c->given.batch[1] > 0 ? c->given.batch[1] : 0;
+    int64_t a = c->given.batch[2] > 0 ? c->given.batch[2] : 0;
+    int64_t ma;
+    if (t && m && a) {
+        if (__builtin_mul_overflow(m, a, &ma) || t % ma)
+            return cfg_err(x, "train_batch_size",
+                           "%lld is not divisible by train_micro_batch_size_per_gpu %lld * "
+                           "gradient_accumulation_steps %lld",
+                           (long long)t, (long long)m, (long long)a);
+    } else if (t && (m || a) && t % (m ? m : a)) {
+        return cfg_err(x, "train_batch_size", "%lld is not divisible by %s %lld", (long long)t,
+                       m ? batch_names[1] : batch_names[2], (long long)(m ? m : a));
+    }
+    return ZINC_OK;
+}
+
+#define AUTO(a) (x->autos & (1u << (a)))
+
+static zinc_status finish(cfg_ctx *x, json_t *root)
+{
+    zinc_config *c = x->c;
+    json_t *zero = json_object_get(root, "zero_optimization");
+    json_t *sched = json_object_get(root, "scheduler");
+    json_t *sparams = json_is_object(sched) ? json_object_get(sched, "params") : NULL;
+
+    /* DeepSpeed's overlap_comm default depends on the stage */
+    if (!has_key(zero, "overlap_comm")) c->zero.overlap_comm = c->zero.stage == 3;
+    /* AdamW is Adam with decoupled weight decay, whatever adam_w_mode says */
+    if (c->optimizer.type == ZINC_OPT_ADAMW) {
+        if (!c->optimizer.adam_w_mode)
+            cfg_warn(x, "optimizer.params.adam_w_mode", "false has no effect with AdamW");
+        c->optimizer.adam_w_mode = 1;
+    }
+
+    /* "auto" (rules at the top of this file) */
+    zinc_sched_type sty = c->scheduler.type;
+    int takes_max_lr = sty == ZINC_SCHED_WARMUP_LR || sty == ZINC_SCHED_WARMUP_DECAY_LR;
+    if (AUTO(A_TOTAL)) c->scheduler.total_num_steps = c->train.max_steps;
+    if (AUTO(A_LR)) c->optimizer.lr = takes_max_lr && !AUTO(A_WMAX) ? c->scheduler.warmup_max_lr : 1e-3;
+    if (AUTO(A_WMAX)) c->scheduler.warmup_max_lr = c->optimizer.lr;
+    if (AUTO(A_WNUM)) {
+        int64_t cap = c->scheduler.total_num_steps > 0 ? c->scheduler.total_num_steps : c->train.max_steps;
+        c->scheduler.warmup_num_steps = cap < 1000 ? cap : 1000;
+    }
+    int64_t emb = c->model.n_embd;
+    if (AUTO(A_RBS)) c->zero.reduce_bucket_size = emb * emb;
+    if (AUTO(A_PREFETCH)) c->zero.stage3_prefetch_bucket_size = (int64_t)(0.9 * (double)emb * (double)emb);
+    if (AUTO(A_PERSIST)) c->zero.stage3_param_persistence_threshold = 10 * emb;
+
+    /* scheduler */
+    if (sty == ZINC_SCHED_WARMUP_DECAY_LR || sty == ZINC_SCHED_WARMUP_COSINE_LR) {
+        if (!has_key(sparams, "total_num_steps"))
+            return cfg_err(x, "scheduler.params.total_num_steps", "required by %s",
+                           enum_to_name(sched_types, (int)sty));
+        if (c->scheduler.total_num_steps < c->scheduler.warmup_num_steps)
+            return cfg_err(x, "scheduler.params.total_num_steps",
+                           "%lld is less than scheduler.params.warmup_num_steps %lld",
+                           (long long)c->scheduler.total_num_steps,
+                           (long long)c->scheduler.warmup_num_steps);
+    }
+
+    /* precision */
+    if (c->fp16.enabled && c->bf16.enabled)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: fp16.enabled and bf16.enabled are both true; enable at most one",
+                          x->origin);
+
+    /* model and data */
+    if (c->model.n_embd % c->model.n_head)
+        return cfg_err(x, "model.n_embd", "%lld is not divisible by model.n_head %lld",
+                       (long long)c->model.n_embd, (long long)c->model.n_head);
+    if (c->data.n_train && c->data.n_text)
+        return cfg_err(x, "data", "both data.train (token shards) and data.text (files to tokenize) "
+                       "are given; use one");
+    if (has_key(root, "data") && !c->data.n_train && !c->data.n_text)
+        return cfg_err(x, "data", "needs data.train (token shards) or data.text (files to tokenize)");
+    if (c->data.seq_len > c->model.block_size)
+        return cfg_err(x, "data.seq_len", "%lld exceeds model.block_size %lld",
+                       (long long)c->data.seq_len, (long long)c->model.block_size);
+
+    /* ZeRO and offload */
+    if (c->zero.offload_optimizer.device == ZINC_OFFLOAD_NVME && !c->zero.offload_optimizer.nvme_path[0])
+        return cfg_err(x, "zero_optimization.offload_optimizer.nvme_path",
+                       "required when offload_optimizer.device is \"nvme\"");
+    if (c->zero.offload_param.device == ZINC_OFFLOAD_NVME && !c->zero.offload_param.nvme_path[0])
+        return cfg_err(x, "zero_optimization.offload_param.nvme_path",
+                       "required when offload_param.device is \"nvme\"");
+    if (c->zero.offload_param.device != ZINC_OFFLOAD_NONE && c->zero.stage < 3)
+        return cfg_err(x, "zero_optimization.offload_param.device",
+                       "\"%s\" requires zero_optimization.stage 3, found stage %d",
+                       enum_to_name(offload_devices, (int)c->zero.offload_param.device), c->zero.stage);
+    if (c->zero.offload_optimizer.device != ZINC_OFFLOAD_NONE && c->zero.stage < 1)
+        return cfg_err(x, "zero_optimization.offload_optimizer.device",
+                       "\"%s\" requires zero_optimization.stage >= 1, found stage 0",
+                       enum_to_name(offload_devices, (int)c->zero.offload_optimizer.device));
+    warn_stage3_knobs(x, zero);
+
+    return finish_batch(x, root);
+}
+
+/* ---------------------------------------------------------------- load */
+
+static zinc_status load_tree(json_t *root, const char *origin, const char *const *ovr, int n_ovr,
+                             zinc_config *out)
+{
+    zinc_status st = ZINC_OK;
+    char path[PATH_CAP] = "";
+    zinc_config *c = malloc(sizeof *c);
+    if (!c) return zinc_error(ZINC_ERR_NOMEM, "%s: out of memory", origin);
+    zinc_config_defaults(c);
+    cfg_ctx x = {.origin = origin, .c = c, .ovr = ovr, .n_ovr = n_ovr};
+
+    if (!json_is_object(root)) {
+        char found[128];
+        describe(root, found, sizeof found);
+        st = zinc_error(ZINC_ERR_CONFIG, "%s: expected a JSON object at the top level, found %s",
+                        origin, found);
+        goto cleanup;
+    }
+    ZINC_TRY(normalize(root));
+    for (int i = 0; i < n_ovr; i++) {
+        if (!ovr[i]) {
+            st = zinc_error(ZINC_ERR_INVALID_ARG, "--set: override %d is NULL", i);
+            goto cleanup;
+        }
+        ZINC_TRY(apply_override(root, ovr[i]));
+    }
+    ZINC_TRY(normalize(root));
+    ZINC_TRY(walk_object(&x, root_keys, root, path, 0, 1));
+    ZINC_TRY(finish(&x, root));
+    snprintf(c->given.origin, sizeof c->given.origin, "%s", origin);
+    *out = *c;
+cleanup:
+    free(c);
+    return st;
+}
+
+static zinc_status load_buffer(const char *text, size_t len, const char *origin,
+                               const char *const *ovr, int n_ovr, zinc_config *c)
+{
+    json_error_t e;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &e);
+    if (!root)
+        return zinc_error(ZINC_ERR_CONFIG, "%s:%d:%d: malformed JSON: %s", origin, e.line, e.column,
+                          e.text);
+    zinc_status st = load_tree(root, origin, ovr, n_ovr, c);
+    json_decref(root);
+    return st;
+}
+
+zinc_status zinc_config_load_string(const char *json, const char *origin,
+                                    const char *const *overrides, int n_overrides, zinc_config *c)
+{
+    if (!origin) origin = "<string>";
+    if (!json || !c || n_overrides < 0 || (n_overrides && !overrides))
+        return zinc_error(ZINC_ERR_INVALID_ARG, "%s: zinc_config_load_string: bad arguments", origin);
+    return load_buffer(json, strlen(json), origin, overrides, n_overrides, c);
+}
+
+zinc_status zinc_config_load(const char *path, const char *const *overrides, int n_overrides,
+                             zinc_config *c)
+{
+    if (!path || !c || n_overrides < 0 || (n_overrides && !overrides))
+        return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_config_load: bad arguments");
+    FILE *f = fopen(path, "rb");
+    if (!f) return zinc_error(ZINC_ERR_IO, "%s: cannot open config: %s", path, strerror(errno));
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    while (buf) {
+        len += fread(buf + len, 1, cap - len, f);
+        if (len < cap) break;
+        char *nb = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    int err = ferror(f) ? errno : 0;
+    fclose(f);
+    if (!buf) return zinc_error(ZINC_ERR_NOMEM, "%s: out of memory reading config", path);
+    if (err) {
+        free(buf);
+        return zinc_error(ZINC_ERR_IO, "%s: cannot open config: %s", path, strerror(err));
+    }
+    zinc_status st = load_buffer(buf, len, path, overrides, n_overrides, c);
+    free(buf);
+    return st;
+}
+
+/* ---------------------------------------------------------------- batch rule */
+
+zinc_status zinc_config_resolve(zinc_config *c, int dp)
+{
+    if (!c) return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_config_resolve: no config");
+    const char *origin = c->given.origin[0] ? c->given.origin : "config";
+    if (dp < 1)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "%s: data-parallel size %d must be >= 1", origin, dp);
+    int64_t cur[3] = {c->train_batch_size, c->train_micro_batch_size_per_gpu,
+                      c->gradient_accumulation_steps};
+    int64_t g[3];
+    if (c->given.valid && !memcmp(cur, c->given.resolved, sizeof cur)) {
+        memcpy(g, c->given.batch, sizeof g);
+    } else {
+        /* set through the C API, or edited since the last resolve: the fields are what is given */
+        for (int i = 0; i < 3; i++) {
+            if (cur[i] < 0)
+                return zinc_error(ZINC_ERR_CONFIG, "%s: %s: expected an integer >= 1, found %lld",
+                                  origin, batch_names[i], (long long)cur[i]);
+            g[i] = cur[i];
+        }
+    }
+    if (!g[0] && !g[1])
+        return zinc_error(ZINC_ERR_CONFIG, "%s: neither train_batch_size nor "
+                          "train_micro_batch_size_per_gpu is set", origin);
+    /* "auto" (-1) counts as absent */
+    int64_t t = g[0] > 0 ? g[0] : 0, m = g[1] > 0 ? g[1] : 0, a = g[2] > 0 ? g[2] : 0;
+    int64_t prod;
+    if (!t && !m) m = 1; /* only "auto": one sample per micro-batch */
+    if (t && m && a) {
+        if (__builtin_mul_overflow(m, a, &prod) || __builtin_mul_overflow(prod, (int64_t)dp, &prod) ||
+            prod != t)
+            return zinc_error(ZINC_ERR_CONFIG,
+                              "%s: train_batch_size %lld != train_micro_batch_size_per_gpu %lld * "
+                              "gradient_accumulation_steps %lld * data-parallel size %d",
+                              origin, (long long)t, (long long)m, (long long)a, dp);
+    } else if (t && (m || a)) {
+        int64_t known = m ? m : a;
+        if (__builtin_mul_overflow(known, (int64_t)dp, &prod) || t % prod)
+            return zinc_error(ZINC_ERR_CONFIG,
+                              "%s: train_batch_size %lld is not divisible by %s %lld * "
+                              "data-parallel size %d",
+                              origin, (long long)t, m ? batch_names[1] : batch_names[2],
+                              (long long)known, dp);
+        if (m)
+            a = t / prod;
+        else
+            m = t / prod;
+    } else if (t) {
+        a = 1;
+        if (t % dp)
+            return zinc_error(ZINC_ERR_CONFIG,
+                              "%s: train_batch_size %lld is not divisible by data-parallel size %d",
+                              origin, (long long)t, dp);
+        m = t / dp;
+    } else {
+        if (!a) a = 1;
+        if (__builtin_mul_overflow(m, a, &t) || __builtin_mul_overflow(t, (int64_t)dp, &t))
+            return zinc_error(ZINC_ERR_CONFIG,
+                              "%s: train_micro_batch_size_per_gpu %lld * gradient_accumulation_steps "
+                              "%lld * data-parallel size %d overflows",
+                              origin, (long long)m, (long long)a, dp);
+    }
+    c->train_batch_size = t;
+    c->train_micro_batch_size_per_gpu = m;
+    c->gradient_accumulation_steps = a;
+    memcpy(c->given.batch, g, sizeof g);
+    c->given.resolved[0] = t;
+    c->given.resolved[1] = m;
+    c->given.resolved[2] = a;
+    c->given.valid = 1;
+    return ZINC_OK;
+}
+
+/* ---------------------------------------------------------------- dump */
+
+static json_t *dump_object(const zinc_config *c, const keydesc *tab)
+{
+    json_t *o = json_object();
+    if (!o) return NULL;
+    for (const keydesc *k = tab; k->name; k++) {
+        json_t *v = NULL;
+        const char *f = (const char *)c + (k->off == NOF ? 0 : k->off);
+        if (k->type == T_SECTION) {
+            if (k->skip && k->skip(c)) continue;
+            v = dump_object(c, k->sub);
+            if (v && json_object_size(v) == 0) {
+                json_decref(v);
+                continue;
+            }
+        } else if (k->off == NOF || (k->sched_mask && !(k->sched_mask & (1u << c->scheduler.type)))) {
+            continue;
+        } else {
+            switch (k->type) {
+            case T_BOOL: v = json_boolean(*(const int *)f); break;
+            case T_INT32: v = json_integer(*(const int *)f); break;
+            case T_INT: {
+                int64_t n = *(const int64_t *)f;
+                if ((k->flags & F_BATCH) && n == 0) { /* before resolve: as given */
+                    if (!(c->given.valid && c->given.batch[k->auto_id - A_TBS] < 0)) continue;
+                    v = json_string("auto");
+                } else {
+                    v = json_integer(n);
+                }
+                break;
+            }
+            case T_NUM: v = json_real(*(const double *)f); break;
+            case T_PAIR: v = json_pack("[ff]", ((const double *)f)[0], ((const double *)f)[1]); break;
+            case T_STR: v = json_string(f); break;
+            case T_ENUM: {
+                const char *name = enum_to_name(k->enums, *(const int *)f);
+                if (!name) continue;
+                v = json_string(name);
+                break;
+            }
+            case T_PATHS: {
+                int n = *(const int *)((const char *)c + k->aux);
+                if (n == 0) continue;
+                v = json_array();
+                for (int i = 0; v && i < n && i < ZINC_MAX_PATHS; i++)
+                    if (json_array_append_new(v, json_string(f + (size_t)i * 512))) {
+                        json_decref(v);
+                        v = NULL;
+                    }
+                break;
+            }
+            default: continue;
+            }
+        }
+        if (!v || json_object_set_new(o, k->name, v)) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+char *zinc_config_dump(const zinc_config *c)
+{
+    if (!c) return NULL;
+    json_t *root = dump_object(c, root_keys);
+    if (!root) return NULL;
+    char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
+    json_decref(root);
+    return s;
+}

@@ -1,0 +1,731 @@
+/* test_config.c - the config module: data-driven valid/invalid cases under
+ * tests/config/cases (run from the repository root), then unit tests of
+ * defaults, overrides, integral reals, "auto", the batch rule for DP 1..4 and
+ * the dump round trip.
+ *
+ * cases/invalid/NAME.json must fail (load, then resolve for DP 1) with
+ * ZINC_ERR_CONFIG or ZINC_ERR_IO and a one-line detail containing the first
+ * line of NAME.expect; NAME.set, when present, holds overrides one per line.
+ * cases/valid/NAME.json must load, resolve for DP 1 (and 2 where the batch
+ * divides), and survive dump -> load -> resolve unchanged. */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+
+#include "zinc/config.h"
+#include "zinc/log.h"
+
+#define CASES "tests/config/cases"
+#define MAX_CASES 256
+
+/* ---------------------------------------------------------------- helpers */
+
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
+        free(s);
+        s = NULL;
+    }
+    if (s) s[n] = '\0';
+    fclose(f);
+    return s;
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(a, b); }
+
+/* Sorted base names (without .json) of dir's *.json files. */
+static int list_cases(const char *dir, char (*names)[128], int max)
+{
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < max) {
+        size_t len = strlen(e->d_name);
+        if (len > 5 && len < 120 && !strcmp(e->d_name + len - 5, ".json")) {
+            memcpy(names[n], e->d_name, len - 5);
+            names[n][len - 5] = '\0';
+            n++;
+        }
+    }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof names[0], cmp_names);
+    return n;
+}
+
+/* stderr capture, to check warnings */
+static int g_saved_fd = -1;
+static FILE *g_capture;
+
+static void capture_begin(void)
+{
+    fflush(stderr);
+    g_capture = tmpfile();
+    g_saved_fd = dup(2);
+    dup2(fileno(g_capture), 2);
+}
+
+/* Returns what was written to stderr since capture_begin (caller frees). */
+static char *capture_end(void)
+{
+    fflush(stderr);
+    dup2(g_saved_fd, 2);
+    close(g_saved_fd);
+    long n = ftell(g_capture);
+    char *s = calloc(1, (size_t)n + 1);
+    rewind(g_capture);
+    if (s && n > 0 && fread(s, 1, (size_t)n, g_capture) != (size_t)n) s[0] = '\0';
+    fclose(g_capture);
+    return s;
+}
+
+/* Two configs equal in every field except the private "given" record. */
+static int same_config(const zinc_config *a, const zinc_config *b)
+{
+    zinc_config x = *a, y = *b;
+    memset(&x.given, 0, sizeof x.given);
+    memset(&y.given, 0, sizeof y.given);
+    return !memcmp(&x, &y, sizeof x);
+}
+
+static zinc_status load_str(const char *json, zinc_config *c)
+{
+    return zinc_config_load_string(json, "t.json", NULL, 0, c);
+}
+
+/* Loads and resolves for dp; prints the detail on failure. */
+static int load_ok(const char *json, const char *const *ovr, int n, int dp, zinc_config *c)
+{
+    zinc_status st = zinc_config_load_string(json, "t.json", ovr, n, c);
+    if (st == ZINC_OK) st = zinc_config_resolve(c, dp);
+    if (st != ZINC_OK) printf("\n  unexpected failure: %s\n", zinc_last_error());
+    return st == ZINC_OK;
+}
+
+/* Loads (and resolves for DP 1); true when it fails with a detail containing frag. */
+static int fails_with(const char *json, const char *const *ovr, int n, const char *frag)
+{
+    zinc_config c;
+    zinc_status st = zinc_config_load_string(json, "t.json", ovr, n, &c);
+    if (st == ZINC_OK) st = zinc_config_resolve(&c, 1);
+    int ok = st == ZINC_ERR_CONFIG && strstr(zinc_last_error(), frag) != NULL;
+    if (!ok) printf("\n  want error containing '%s', got %d '%s'\n", frag, (int)st, zinc_last_error());
+    return ok;
+}
+
+/* ---------------------------------------------------------------- data-driven */
+
+static void test_invalid_cases(void)
+{
+    static char names[MAX_CASES][128];
+    int n = list_cases(CASES "/invalid", names, MAX_CASES);
+    CU_ASSERT_FATAL(n >= 30);
+    zinc_log_level lvl = zinc_log_get_level();
+    zinc_log_set_level(ZINC_LOG_ERROR);
+    for (int i = 0; i < n; i++) {
+        char path[512], exp_path[512], set_path[512];
+        snprintf(path, sizeof path, CASES "/invalid/%.127s.json", names[i]);
+        snprintf(exp_path, sizeof exp_path, CASES "/invalid/%.127s.expect", names[i]);
+        snprintf(set_path, sizeof set_path, CASES "/invalid/%.127s.set", names[i]);
+        char *expect = read_text(exp_path);
+        CU_ASSERT_PTR_NOT_NULL(expect);
+        if (!expect) {
+            printf("\n  %s: missing .expect\n", names[i]);
+            continue;
+        }
+        expect[strcspn(expect, "\n")] = '\0';
+        CU_ASSERT(expect[0] != '\0');
+
+        const char *ovr[16];
+        int n_ovr = 0;
+        char *sets = read_text(set_path);
+        for (char *line = sets ? strtok(sets, "\n") : NULL; line && n_ovr < 16; line = strtok(NULL, "\n"))
+            ovr[n_ovr++] = line;
+
+        zinc_config c;
+        zinc_status st = zinc_config_load(path, ovr, n_ovr, &c);
+        if (st == ZINC_OK) st = zinc_config_resolve(&c, 1);
+        const char *d = zinc_last_error();
+        int ok = (st == ZINC_ERR_CONFIG || st == ZINC_ERR_IO) && strstr(d, expect) &&
+                 !strchr(d, '\n') && (!strncmp(d, path, strlen(path)) || !strncmp(d, "--set ", 6));
+        if (!ok) printf("\n  %s: status %d, detail '%s'\n  want '%s'\n", names[i], (int)st, d, expect);
+        CU_ASSERT(ok);
+        free(sets);
+        free(expect);
+    }
+    zinc_log_set_level(lvl);
+}
+
+static void test_valid_cases(void)
+{
+    static char names[MAX_CASES][128];
+    int n = list_cases(CASES "/valid", names, MAX_CASES);
+    CU_ASSERT_FATAL(n >= 6);
+    zinc_log_level lvl = zinc_log_get_level();
+    zinc_log_set_level(ZINC_LOG_ERROR);
+    for (int i = 0; i < n; i++) {
+        char path[512];
+        snprintf(path, sizeof path, CASES "/valid/%.127s.json", names[i]);
+        zinc_config c;
+        zinc_status st = zinc_config_load(path, NULL, 0, &c);
+        if (st != ZINC_OK) printf("\n  %s: %s\n", names[i], zinc_last_error());
+        CU_ASSERT_FATAL(st == ZINC_OK);
+        for (int dp = 1; dp <= 2; dp++) {
+            st = zinc_config_resolve(&c, dp);
+            if (st != ZINC_OK) {
+                /* DP 2 may legitimately not divide the batch the file fixes */
+                int fine = dp == 2 && strstr(zinc_last_error(), "data-parallel size 2");
+                if (!fine) printf("\n  %s dp %d: %s\n", names[i], dp, zinc_last_error());
+                CU_ASSERT(fine);
+                continue;
+            }
+            CU_ASSERT(c.train_batch_size ==
+                      c.train_micro_batch_size_per_gpu * c.gradient_accumulation_steps * dp);
+            CU_ASSERT(c.train_micro_batch_size_per_gpu >= 1 && c.gradient_accumulation_steps >= 1);
+
+            /* dump -> load -> resolve gives the same config */
+            char *s = zinc_config_dump(&c);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+            zinc_config r;
+            st = zinc_config_load_string(s, "dump", NULL, 0, &r);
+            if (st == ZINC_OK) st = zinc_config_resolve(&r, dp);
+            if (st != ZINC_OK) printf("\n  %s dump reload: %s\n%s\n", names[i], zinc_last_error(), s);
+            CU_ASSERT(st == ZINC_OK);
+            int same = st == ZINC_OK && same_config(&c, &r);
+            if (!same) printf("\n  %s dp %d: dump round trip differs\n%s\n", names[i], dp, s);
+            CU_ASSERT(same);
+            free(s);
+        }
+    }
+    zinc_log_set_level(lvl);
+}
+
+/* ---------------------------------------------------------------- unit tests */
+
+static void test_defaults(void)
+{
+    zinc_config c;
+    zinc_config_defaults(&c);
+    CU_ASSERT_EQUAL(c.train_batch_size, 0);
+    CU_ASSERT_EQUAL(c.train_micro_batch_size_per_gpu, 0);
+    CU_ASSERT_EQUAL(c.gradient_accumulation_steps, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.gradient_clipping, 1.0, 0);
+    CU_ASSERT_EQUAL(c.steps_per_print, 10);
+    CU_ASSERT_EQUAL(c.wall_clock_breakdown, 0);
+    CU_ASSERT_EQUAL(c.optimizer.type, ZINC_OPT_ADAM);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.lr, 1e-3, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.betas[0], 0.9, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.betas[1], 0.999, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.eps, 1e-8, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.weight_decay, 0, 0);
+    CU_ASSERT_EQUAL(c.optimizer.adam_w_mode, 1);
+    CU_ASSERT_EQUAL(c.scheduler.type, ZINC_SCHED_NONE);
+    CU_ASSERT_DOUBLE_EQUAL(c.scheduler.warmup_min_lr, 0, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.scheduler.warmup_max_lr, 1e-3, 0);
+    CU_ASSERT_EQUAL(c.scheduler.warmup_num_steps, 1000);
+    CU_ASSERT_EQUAL(c.scheduler.warmup_type, ZINC_WARMUP_LOG);
+    CU_ASSERT_DOUBLE_EQUAL(c.scheduler.warmup_min_ratio, 0, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.scheduler.cos_min_ratio, 1e-4, 0);
+    CU_ASSERT_EQUAL(c.fp16.enabled, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.fp16.loss_scale, 0, 0);
+    CU_ASSERT_EQUAL(c.fp16.initial_scale_power, 16);
+    CU_ASSERT_EQUAL(c.fp16.loss_scale_window, 1000);
+    CU_ASSERT_EQUAL(c.fp16.hysteresis, 2);
+    CU_ASSERT_DOUBLE_EQUAL(c.fp16.min_loss_scale, 1, 0);
+    CU_ASSERT_EQUAL(c.bf16.enabled, 0);
+    CU_ASSERT_EQUAL(c.zero.stage, 0);
+    CU_ASSERT_EQUAL(c.zero.contiguous_gradients, 1);
+    CU_ASSERT_EQUAL(c.zero.overlap_comm, 0);
+    CU_ASSERT_EQUAL(c.zero.reduce_scatter, 1);
+    CU_ASSERT_EQUAL(c.zero.reduce_bucket_size, 500000000);
+    CU_ASSERT_EQUAL(c.zero.allgather_bucket_size, 500000000);
+    CU_ASSERT_EQUAL(c.zero.stage3_prefetch_bucket_size, 50000000);
+    CU_ASSERT_EQUAL(c.zero.stage3_param_persistence_threshold, 100000);
+    CU_ASSERT_EQUAL(c.zero.stage3_max_live_parameters, 1000000000);
+    CU_ASSERT_EQUAL(c.zero.stage3_max_reuse_distance, 1000000000);
+    CU_ASSERT_EQUAL(c.zero.sub_group_size, 1000000000);
+    CU_ASSERT_EQUAL(c.zero.stage3_gather_16bit_weights_on_model_save, 0);
+    CU_ASSERT_EQUAL(c.zero.offload_optimizer.device, ZINC_OFFLOAD_NONE);
+    CU_ASSERT_STRING_EQUAL(c.zero.offload_optimizer.nvme_path, "");
+    CU_ASSERT_EQUAL(c.zero.offload_optimizer.pin_memory, 1);
+    CU_ASSERT_EQUAL(c.zero.offload_optimizer.buffer_count, 4);
+    CU_ASSERT_EQUAL(c.zero.offload_optimizer.pipeline_read, 0);
+    CU_ASSERT_EQUAL(c.zero.offload_optimizer.pipeline_write, 0);
+    CU_ASSERT_EQUAL(c.zero.offload_param.device, ZINC_OFFLOAD_NONE);
+    CU_ASSERT_EQUAL(c.zero.offload_param.pin_memory, 1);
+    CU_ASSERT_EQUAL(c.zero.offload_param.buffer_count, 5);
+    CU_ASSERT_EQUAL(c.zero.offload_param.buffer_size, 100000000);
+    CU_ASSERT_EQUAL(c.zero.offload_param.max_in_cpu, 1000000000);
+    CU_ASSERT_EQUAL(c.aio.block_size, 1048576);
+    CU_ASSERT_EQUAL(c.aio.queue_depth, 8);
+    CU_ASSERT_EQUAL(c.aio.intra_op_parallelism, 1);
+    CU_ASSERT_EQUAL(c.aio.single_submit, 0);
+    CU_ASSERT_EQUAL(c.aio.overlap_events, 1);
+    CU_ASSERT_STRING_EQUAL(c.model.type, "gpt2");
+    CU_ASSERT_EQUAL(c.model.n_layer, 4);
+    CU_ASSERT_EQUAL(c.model.n_embd, 128);
+    CU_ASSERT_EQUAL(c.model.n_head, 4);
+    CU_ASSERT_EQUAL(c.model.vocab_size, 50304);
+    CU_ASSERT_EQUAL(c.model.block_size, 64);
+    CU_ASSERT_EQUAL(c.model.seed, 1337);
+    CU_ASSERT_STRING_EQUAL(c.model.init_from, "");
+    CU_ASSERT_EQUAL(c.data.n_train, 0);
+    CU_ASSERT_EQUAL(c.data.n_text, 0);
+    CU_ASSERT_STRING_EQUAL(c.data.tokenizer, "bytes");
+    CU_ASSERT_STRING_EQUAL(c.data.text_exts, ".c,.h,.md,.sh,.json,.txt");
+    CU_ASSERT_EQUAL(c.data.seq_len, 0);
+    CU_ASSERT_EQUAL(c.data.seed, 1234);
+    CU_ASSERT_EQUAL(c.train.max_steps, 100);
+    CU_ASSERT_EQUAL(c.train.log_every, 0);
+    CU_ASSERT_STRING_EQUAL(c.train.save_dir, "");
+    CU_ASSERT_STRING_EQUAL(c.train.metrics_file, "");
+    CU_ASSERT_EQUAL(c.train.save_every, 0);
+    CU_ASSERT_EQUAL(c.train.keep_last, 0);
+    CU_ASSERT_STRING_EQUAL(c.train.resume, "");
+    CU_ASSERT_EQUAL(c.train.threads, 0);
+    CU_ASSERT_EQUAL(c.device, ZINC_DEVICE_AUTO);
+    CU_ASSERT_EQUAL(c.comm_backend, ZINC_COMM_AUTO);
+    CU_ASSERT_DOUBLE_EQUAL(c.comm_timeout_s, 300, 0);
+
+    /* a minimal file gives exactly the defaults plus its batch key */
+    zinc_config l;
+    CU_ASSERT_FATAL(load_str("{\"train_micro_batch_size_per_gpu\": 2}", &l) == ZINC_OK);
+    CU_ASSERT_EQUAL(l.train_micro_batch_size_per_gpu, 2);
+    CU_ASSERT_EQUAL(l.train_batch_size, 0); /* not given: filled by resolve */
+    l.train_micro_batch_size_per_gpu = 0;
+    CU_ASSERT(same_config(&l, &c));
+}
+
+static void test_zero_shorthand_and_overlap(void)
+{
+    zinc_config c;
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 4, \"zero_optimization\": true}", NULL, 0, 1, &c));
+    CU_ASSERT_EQUAL(c.zero.stage, 1);
+    CU_ASSERT_EQUAL(c.zero.overlap_comm, 0);
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 4, \"zero_optimization\": false}", NULL, 0, 1, &c));
+    CU_ASSERT_EQUAL(c.zero.stage, 0);
+    /* overlap_comm defaults to true at stage 3 only */
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 4, \"zero_optimization\": {\"stage\": 3}}", NULL, 0,
+                            1, &c));
+    CU_ASSERT_EQUAL(c.zero.overlap_comm, 1);
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 4, \"zero_optimization\": {\"stage\": 3, "
+                            "\"overlap_comm\": false}}", NULL, 0, 1, &c));
+    CU_ASSERT_EQUAL(c.zero.overlap_comm, 0);
+    /* a --set can refine the shorthand */
+    const char *ov[] = {"zero_optimization.stage=2"};
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 4, \"zero_optimization\": true}", ov, 1, 1, &c));
+    CU_ASSERT_EQUAL(c.zero.stage, 2);
+    /* pydantic field names are the same settings */
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 4, \"zero_optimization\": {\"stage\": 3, "
+                            "\"prefetch_bucket_size\": 1234, \"max_live_parameters\": 5e6}}",
+                            NULL, 0, 1, &c));
+    CU_ASSERT_EQUAL(c.zero.stage3_prefetch_bucket_size, 1234);
+    CU_ASSERT_EQUAL(c.zero.stage3_max_live_parameters, 5000000);
+    CU_ASSERT(fails_with("{\"train_batch_size\": 4, \"zero_optimization\": {\"stage\": 3, "
+                         "\"prefetch_bucket_size\": 1, \"stage3_prefetch_bucket_size\": 2}}",
+                         NULL, 0, "names the same setting"));
+}
+
+static void test_overrides(void)
+{
+    const char *base = "{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 1},"
+                       " \"optimizer\": {\"type\": \"Adam\", \"params\": {\"lr\": 1e-3}}}";
+    const char *ov[] = {
+        "zero_optimization.stage=3",
+        "optimizer.params.lr=3e-4",
+        "optimizer.params.betas=[0.8, 0.9]",
+        "model.type=gpt2",                    /* not JSON: taken as a string */
+        "train.save_dir=/tmp/run one",        /* likewise, spaces kept */
+        "data.train=[\"a.bin\", \"b_*.bin\"]",  /* created section, array value */
+        "scheduler.type=WarmupLR",            /* nested objects created */
+        "scheduler.params.warmup_num_steps=10",
+        "zero_optimization.offload_optimizer.device=cpu",
+        "fp16.enabled=true",
+        "train.max_steps=1e3",
+        "train.max_steps=50",                 /* the last one wins */
+        "device=\"cpu\"",
+        "model.init_from=",                   /* empty value: empty string */
+    };
+    zinc_config c;
+    CU_ASSERT_FATAL(load_ok(base, ov, (int)(sizeof ov / sizeof ov[0]), 1, &c));
+    CU_ASSERT_EQUAL(c.zero.stage, 3);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.lr, 3e-4, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.betas[0], 0.8, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.betas[1], 0.9, 0);
+    CU_ASSERT_STRING_EQUAL(c.model.type, "gpt2");
+    CU_ASSERT_STRING_EQUAL(c.train.save_dir, "/tmp/run one");
+    CU_ASSERT_EQUAL(c.data.n_train, 2);
+    CU_ASSERT_STRING_EQUAL(c.data.train[0], "a.bin");
+    CU_ASSERT_STRING_EQUAL(c.data.train[1], "b_*.bin");
+    CU_ASSERT_EQUAL(c.scheduler.type, ZINC_SCHED_WARMUP_LR);
+    CU_ASSERT_EQUAL(c.scheduler.warmup_num_steps, 10);
+    CU_ASSERT_EQUAL(c.zero.offload_optimizer.device, ZINC_OFFLOAD_CPU);
+    CU_ASSERT_EQUAL(c.fp16.enabled, 1);
+    CU_ASSERT_EQUAL(c.train.max_steps, 50);
+    CU_ASSERT_EQUAL(c.device, ZINC_DEVICE_CPU);
+    CU_ASSERT_STRING_EQUAL(c.model.init_from, "");
+
+    /* a bad override names itself */
+    const char *bad1[] = {"foo"};
+    CU_ASSERT(fails_with(base, bad1, 1, "--set foo: expected key.path=value"));
+    const char *bad2[] = {"=3"};
+    CU_ASSERT(fails_with(base, bad2, 1, "--set =3: expected key.path=value"));
+    const char *bad3[] = {"zero_optimization.=3"};
+    CU_ASSERT(fails_with(base, bad3, 1, "expected key.path=value"));
+    const char *bad4[] = {"zero_optimization.stage=\"two\""};
+    CU_ASSERT(fails_with(base, bad4, 1,
+                         "--set zero_optimization.stage: expected an integer in 0..3, found string \"two\""));
+    const char *bad5[] = {"optimizer.params.lr.x=1"};
+    CU_ASSERT(fails_with(base, bad5, 1, "--set optimizer.params.lr.x: optimizer.params.lr is not an object"));
+    const char *bad6[] = {"zero_optimisation.stage=2"}; /* unknown top-level: a warning, then fine */
+    zinc_log_level lvl = zinc_log_get_level();
+    zinc_log_set_level(ZINC_LOG_ERROR);
+    CU_ASSERT(load_ok(base, bad6, 1, 1, &c));
+    zinc_log_set_level(lvl);
+    /* an error in a key the file gave names the file, not --set */
+    const char *unrelated[] = {"train.max_steps=5"};
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 9}}", unrelated, 1,
+                         "t.json: zero_optimization.stage: expected an integer in 0..3, found 9"));
+}
+
+static void test_integral_reals(void)
+{
+    zinc_config c;
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 3.2e1, \"train_micro_batch_size_per_gpu\": 4.0,"
+                            " \"zero_optimization\": {\"stage\": 3.0, \"reduce_bucket_size\": 5e8,"
+                            " \"stage3_max_live_parameters\": 1e9, \"sub_group_size\": 1e12},"
+                            " \"train\": {\"max_steps\": 1e4}}", NULL, 0, 1, &c));
+    CU_ASSERT_EQUAL(c.train_batch_size, 32);
+    CU_ASSERT_EQUAL(c.train_micro_batch_size_per_gpu, 4);
+    CU_ASSERT_EQUAL(c.gradient_accumulation_steps, 8);
+    CU_ASSERT_EQUAL(c.zero.stage, 3);
+    CU_ASSERT_EQUAL(c.zero.reduce_bucket_size, 500000000);
+    CU_ASSERT_EQUAL(c.zero.stage3_max_live_parameters, 1000000000);
+    CU_ASSERT_EQUAL(c.zero.sub_group_size, 1000000000000LL);
+    CU_ASSERT_EQUAL(c.train.max_steps, 10000);
+    CU_ASSERT(fails_with("{\"train_batch_size\": 2.5}", NULL, 0,
+                         "train_batch_size: expected an integer >= 1, found 2.5"));
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 1.5}}", NULL, 0,
+                         "zero_optimization.stage: expected an integer in 0..3, found 1.5"));
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"zero_optimization\": {\"reduce_bucket_size\": 5e8.5}}",
+                         NULL, 0, "malformed JSON"));
+    CU_ASSERT(fails_with("{\"train_batch_size\": 1e19}", NULL, 0, "found 1e+19"));
+    /* numbers in number fields may be integers */
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 8, \"gradient_clipping\": 2,"
+                            " \"optimizer\": {\"type\": \"adamw\", \"params\": {\"lr\": 1}}}", NULL, 0, 1, &c));
+    CU_ASSERT_DOUBLE_EQUAL(c.gradient_clipping, 2.0, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.lr, 1.0, 0);
+    CU_ASSERT_EQUAL(c.optimizer.type, ZINC_OPT_ADAMW); /* case-insensitive type */
+}
+
+static void test_auto(void)
+{
+    zinc_config c;
+    /* lr auto takes the scheduler's warmup_max_lr */
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": \"auto\", \"optimizer\": {\"type\": \"AdamW\","
+                            " \"params\": {\"lr\": \"auto\", \"betas\": \"auto\", \"eps\": \"auto\","
+                            " \"weight_decay\": \"auto\"}}, \"scheduler\": {\"type\": \"WarmupLR\","
+                            " \"params\": {\"warmup_max_lr\": 3e-4, \"warmup_num_steps\": \"auto\"}},"
+                            " \"gradient_clipping\": \"auto\", \"fp16\": {\"enabled\": \"auto\"},"
+                            " \"bf16\": {\"enabled\": \"auto\"}, \"train\": {\"max_steps\": 300}}",
+                            NULL, 0, 1, &c));
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.lr, 3e-4, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.betas[0], 0.9, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.betas[1], 0.999, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.eps, 1e-8, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.weight_decay, 0, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.gradient_clipping, 1.0, 0);
+    CU_ASSERT_EQUAL(c.fp16.enabled, 0);
+    CU_ASSERT_EQUAL(c.bf16.enabled, 0);
+    CU_ASSERT_EQUAL(c.scheduler.warmup_num_steps, 300); /* 1000 capped at max_steps (WarmupLR) */
+    CU_ASSERT_EQUAL(c.train_micro_batch_size_per_gpu, 1);
+    CU_ASSERT_EQUAL(c.gradient_accumulation_steps, 1);
+    CU_ASSERT_EQUAL(c.train_batch_size, 1);
+
+    /* both auto: 1e-3; warmup_max_lr follows the optimizer */
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 8, \"optimizer\": {\"type\": \"Adam\","
+                            " \"params\": {\"lr\": \"auto\"}}, \"scheduler\": {\"type\": \"WarmupLR\","
+                            " \"params\": {\"warmup_max_lr\": \"auto\", \"warmup_min_lr\": \"auto\"}}}",
+                            NULL, 0, 1, &c));
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.lr, 1e-3, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.scheduler.warmup_max_lr, 1e-3, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.scheduler.warmup_min_lr, 0, 0);
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 8, \"optimizer\": {\"type\": \"Adam\","
+                            " \"params\": {\"lr\": 5e-4}}, \"scheduler\": {\"type\": \"WarmupDecayLR\","
+                            " \"params\": {\"warmup_max_lr\": \"auto\", \"total_num_steps\": \"auto\","
+                            " \"warmup_num_steps\": \"auto\"}}, \"train\": {\"max_steps\": 5000}}",
+                            NULL, 0, 1, &c));
+    CU_ASSERT_DOUBLE_EQUAL(c.scheduler.warmup_max_lr, 5e-4, 0);
+    CU_ASSERT_EQUAL(c.scheduler.total_num_steps, 5000);
+    CU_ASSERT_EQUAL(c.scheduler.warmup_num_steps, 1000);
+    /* warmup capped at total_num_steps */
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 8, \"scheduler\": {\"type\": \"WarmupCosineLR\","
+                            " \"params\": {\"total_num_steps\": 40, \"warmup_num_steps\": \"auto\"}}}",
+                            NULL, 0, 1, &c));
+    CU_ASSERT_EQUAL(c.scheduler.warmup_num_steps, 40);
+    /* ZeRO bucket sizes from the model width */
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 8, \"model\": {\"n_embd\": 256, \"n_head\": 8},"
+                            " \"zero_optimization\": {\"stage\": 3, \"reduce_bucket_size\": \"auto\","
+                            " \"stage3_prefetch_bucket_size\": \"auto\","
+                            " \"stage3_param_persistence_threshold\": \"auto\"}}", NULL, 0, 1, &c));
+    CU_ASSERT_EQUAL(c.zero.reduce_bucket_size, 256 * 256);
+    CU_ASSERT_EQUAL(c.zero.stage3_prefetch_bucket_size, (int64_t)(0.9 * 256 * 256));
+    CU_ASSERT_EQUAL(c.zero.stage3_param_persistence_threshold, 2560);
+    /* "auto" where HF never puts it is an error */
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": \"auto\"}}", NULL, 0,
+                         "zero_optimization.stage: expected an integer in 0..3, found string \"auto\""));
+}
+
+typedef struct batch_case {
+    int64_t t, m, a; /* given: 0 absent, -1 "auto" */
+    int dp;
+    int64_t et, em, ea; /* expected; et 0: error */
+    const char *err;
+} batch_case;
+
+static void test_batch_rule(void)
+{
+    static const batch_case cases[] = {
+        {32, 4, 0, 1, 32, 4, 8, NULL},
+        {32, 4, 0, 2, 32, 4, 4, NULL},
+        {32, 4, 0, 3, 0, 0, 0, "train_batch_size 32 is not divisible by train_micro_batch_size_per_gpu 4 * data-parallel size 3"},
+        {32, 4, 0, 4, 32, 4, 2, NULL},
+        {32, 0, 2, 1, 32, 16, 2, NULL},
+        {32, 0, 2, 2, 32, 8, 2, NULL},
+        {32, 0, 2, 3, 0, 0, 0, "not divisible by gradient_accumulation_steps 2 * data-parallel size 3"},
+        {32, 0, 2, 4, 32, 4, 2, NULL},
+        {0, 4, 2, 1, 8, 4, 2, NULL},
+        {0, 4, 2, 3, 24, 4, 2, NULL},
+        {0, 4, 0, 4, 16, 4, 1, NULL},
+        {12, 0, 0, 1, 12, 12, 1, NULL},
+        {12, 0, 0, 2, 12, 6, 1, NULL},
+        {12, 0, 0, 3, 12, 4, 1, NULL},
+        {12, 0, 0, 4, 12, 3, 1, NULL},
+        {24, 3, 2, 4, 24, 3, 2, NULL},
+        {24, 3, 2, 2, 0, 0, 0, "train_batch_size 24 != train_micro_batch_size_per_gpu 3 * gradient_accumulation_steps 2 * data-parallel size 2"},
+        {-1, -1, -1, 1, 1, 1, 1, NULL},
+        {-1, -1, -1, 4, 4, 1, 1, NULL},
+        {-1, 2, -1, 3, 6, 2, 1, NULL},
+        {16, -1, -1, 2, 16, 8, 1, NULL},
+        {0, -1, 4, 2, 8, 1, 4, NULL},
+        {0, 0, 4, 1, 0, 0, 0, "neither train_batch_size nor train_micro_batch_size_per_gpu is set"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const batch_case *b = &cases[i];
+        char json[256], part[96];
+        size_t n = (size_t)snprintf(json, sizeof json, "{\"steps_per_print\": 1");
+        const int64_t g[3] = {b->t, b->m, b->a};
+        static const char *names[3] = {"train_batch_size", "train_micro_batch_size_per_gpu",
+                                       "gradient_accumulation_steps"};
+        for (int k = 0; k < 3; k++) {
+            if (!g[k]) continue;
+            if (g[k] < 0)
+                snprintf(part, sizeof part, ", \"%s\": \"auto\"", names[k]);
+            else
+                snprintf(part, sizeof part, ", \"%s\": %lld", names[k], (long long)g[k]);
+            n += (size_t)snprintf(json + n, sizeof json - n, "%s", part);
+        }
+        snprintf(json + n, sizeof json - n, "}");
+        zinc_config c;
+        zinc_status st = load_str(json, &c);
+        if (st == ZINC_OK) st = zinc_config_resolve(&c, b->dp);
+        if (b->et) {
+            int ok = st == ZINC_OK && c.train_batch_size == b->et &&
+                     c.train_micro_batch_size_per_gpu == b->em && c.gradient_accumulation_steps == b->ea;
+            if (!ok)
+                printf("\n  case %zu (%s, dp %d): st %d '%s' got %lld %lld %lld\n", i, json, b->dp, (int)st,
+                       zinc_last_error(), (long long)c.train_batch_size,
+                       (long long)c.train_micro_batch_size_per_gpu, (long long)c.gradient_accumulation_steps);
+            CU_ASSERT(ok);
+        } else {
+            int ok = st == ZINC_ERR_CONFIG && strstr(zinc_last_error(), b->err);
+            if (!ok) printf("\n  case %zu (%s, dp %d): st %d '%s'\n", i, json, b->dp, (int)st, zinc_last_error());
+            CU_ASSERT(ok);
+        }
+    }
+}
+
+static void test_resolve_rerun(void)
+{
+    zinc_config c;
+    CU_ASSERT_FATAL(load_str("{\"train_batch_size\": 32, \"train_micro_batch_size_per_gpu\": 4}", &c) ==
+                    ZINC_OK);
+    static const int64_t want_gas[] = {0, 8, 4, 0, 2};
+    for (int dp = 1; dp <= 4; dp++) {
+        zinc_config before = c;
+        zinc_status st = zinc_config_resolve(&c, dp);
+        if (dp == 3) {
+            CU_ASSERT_EQUAL(st, ZINC_ERR_CONFIG);
+            CU_ASSERT_NSTRING_EQUAL(zinc_last_error(), "t.json: ", 8);
+            CU_ASSERT(!memcmp(&before, &c, sizeof c)); /* unchanged on failure */
+            continue;
+        }
+        CU_ASSERT_EQUAL_FATAL(st, ZINC_OK);
+        CU_ASSERT_EQUAL(c.train_batch_size, 32);
+        CU_ASSERT_EQUAL(c.train_micro_batch_size_per_gpu, 4);
+        CU_ASSERT_EQUAL(c.gradient_accumulation_steps, want_gas[dp]);
+    }
+    CU_ASSERT_EQUAL(zinc_config_resolve(&c, 0), ZINC_ERR_INVALID_ARG);
+
+    /* through the C API: fields set by hand are what is given */
+    zinc_config d;
+    zinc_config_defaults(&d);
+    CU_ASSERT_EQUAL(zinc_config_resolve(&d, 1), ZINC_ERR_CONFIG);
+    CU_ASSERT(strstr(zinc_last_error(), "neither train_batch_size") != NULL);
+    d.train_micro_batch_size_per_gpu = 4;
+    CU_ASSERT_EQUAL_FATAL(zinc_config_resolve(&d, 2), ZINC_OK);
+    CU_ASSERT_EQUAL(d.train_batch_size, 8);
+    CU_ASSERT_EQUAL(d.gradient_accumulation_steps, 1);
+    CU_ASSERT_EQUAL_FATAL(zinc_config_resolve(&d, 4), ZINC_OK);
+    CU_ASSERT_EQUAL(d.train_batch_size, 16);
+    d.gradient_accumulation_steps = 3; /* edited after a resolve: the three are now given */
+    CU_ASSERT_EQUAL(zinc_config_resolve(&d, 4), ZINC_ERR_CONFIG);
+    CU_ASSERT(strstr(zinc_last_error(), "train_batch_size 16 != train_micro_batch_size_per_gpu 4 * "
+                     "gradient_accumulation_steps 3 * data-parallel size 4") != NULL);
+}
+
+static void test_dump(void)
+{
+    zinc_config c, r;
+    /* before resolve, the batch keys are dumped as given */
+    CU_ASSERT_FATAL(load_str("{\"train_batch_size\": \"auto\", \"train_micro_batch_size_per_gpu\": 2,"
+                             " \"scheduler\": {\"type\": \"WarmupCosineLR\", \"params\": {\"total_num_steps\": 5000}},"
+                             " \"zero_optimization\": {\"stage\": 3, \"offload_param\": {\"device\": \"cpu\"}},"
+                             " \"data\": {\"train\": [\"a.bin\", \"b.bin\"]}, \"optimizer\": {\"type\": \"AdamW\","
+                             " \"params\": {\"lr\": 6e-4, \"betas\": [0.9, 0.95]}}}", &c) == ZINC_OK);
+    char *s = zinc_config_dump(&c);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT(strstr(s, "\"train_batch_size\": \"auto\"") != NULL);
+    CU_ASSERT(strstr(s, "\"train_micro_batch_size_per_gpu\": 2") != NULL);
+    CU_ASSERT(strstr(s, "\"gradient_accumulation_steps\"") == NULL);
+    CU_ASSERT(strstr(s, "\"type\": \"WarmupCosineLR\"") != NULL);
+    CU_ASSERT(strstr(s, "\"cos_min_ratio\"") != NULL);
+    CU_ASSERT(strstr(s, "\"warmup_max_lr\"") == NULL); /* not a WarmupCosineLR parameter */
+    CU_ASSERT(strstr(s, "\"stage3_prefetch_bucket_size\": 50000000") != NULL);
+    CU_ASSERT(strstr(s, "\"lr\": 0.0006") != NULL);
+    CU_ASSERT(strstr(s, "\"overlap_comm\": true") != NULL);
+    CU_ASSERT(strstr(s, "\"text_exts\"") != NULL);
+    CU_ASSERT(strstr(s, "\"device\": \"cpu\"") != NULL);
+    CU_ASSERT(strstr(s, "\"comm_backend\": \"auto\"") != NULL);
+    CU_ASSERT_FATAL(zinc_config_load_string(s, "dump", NULL, 0, &r) == ZINC_OK);
+    CU_ASSERT(same_config(&c, &r));
+    CU_ASSERT_EQUAL(zinc_config_resolve(&c, 2), ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_config_resolve(&r, 2), ZINC_OK);
+    CU_ASSERT(same_config(&c, &r));
+    CU_ASSERT_EQUAL(r.train_batch_size, 4);
+    free(s);
+
+    /* no scheduler: no scheduler section; no data: no data section */
+    CU_ASSERT_FATAL(load_str("{\"train_batch_size\": 8}", &c) == ZINC_OK);
+    s = zinc_config_dump(&c);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT(strstr(s, "\"scheduler\"") == NULL);
+    CU_ASSERT(strstr(s, "\"data\"") == NULL);
+    CU_ASSERT(strstr(s, "\"model\"") != NULL);
+    CU_ASSERT(strstr(s, "\"gradient_clipping\": 1.0") != NULL);
+    free(s);
+}
+
+static void test_errors_and_warnings(void)
+{
+    zinc_config c, before;
+    zinc_config_defaults(&c);
+    c.model.n_layer = 99;
+    before = c;
+    zinc_status st = zinc_config_load("tests/config/cases/no_such_file.json", NULL, 0, &c);
+    CU_ASSERT_EQUAL(st, ZINC_ERR_IO);
+    CU_ASSERT_STRING_EQUAL(zinc_last_error(),
+                           "tests/config/cases/no_such_file.json: cannot open config: No such file or directory");
+    CU_ASSERT_EQUAL(zinc_config_load("tests/config/cases", NULL, 0, &c), ZINC_ERR_IO);
+    CU_ASSERT(strstr(zinc_last_error(), "cannot open config: Is a directory") != NULL);
+    CU_ASSERT(!memcmp(&c, &before, sizeof c)); /* untouched on failure */
+    st = zinc_config_load_string("{\"train_batch_size\": 8, \"fp16\": {\"enabled\": tru}}", "inline", NULL, 0, &c);
+    CU_ASSERT_EQUAL(st, ZINC_ERR_CONFIG);
+    CU_ASSERT_NSTRING_EQUAL(zinc_last_error(), "inline:1:", 9);
+    CU_ASSERT(strstr(zinc_last_error(), "malformed JSON") != NULL);
+    CU_ASSERT(!memcmp(&c, &before, sizeof c));
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"bf16\": {\"enable\": true}}", NULL, 0,
+                         "t.json: bf16.enable: unknown key (did you mean \"enabled\"?)"));
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"bf16\": {\"zzz\": true}}", NULL, 0,
+                         "bf16.zzz: unknown key (known keys: enabled, immediate_grad_update)"));
+
+    /* unknown top-level keys warn (with a did-you-mean) but load */
+    capture_begin();
+    st = load_str("{\"train_batch_size\": 8, \"gradient_clip\": 1.0, \"my_custom_field\": 3}", &c);
+    char *err = capture_end();
+    CU_ASSERT_EQUAL(st, ZINC_OK);
+    CU_ASSERT(err && strstr(err, "t.json: gradient_clip: unknown top-level key, ignored "
+                                 "(did you mean \"gradient_clipping\"?)"));
+    CU_ASSERT(err && strstr(err, "t.json: my_custom_field: unknown top-level key, ignored"));
+    free(err);
+    capture_begin(); /* a key put in the wrong place is pointed to its section */
+    st = load_str("{\"train_batch_size\": 8, \"offload_param\": {\"device\": \"cpu\"}, \"foo\": 1}", &c);
+    err = capture_end();
+    CU_ASSERT_EQUAL(st, ZINC_OK);
+    CU_ASSERT(err && strstr(err, "offload_param: unknown top-level key, ignored (it belongs in "
+                                 "\"zero_optimization\")"));
+    CU_ASSERT(err && strstr(err, "foo: unknown top-level key, ignored\n")); /* no far-fetched guess */
+    free(err);
+
+    /* legacy names load with warnings naming the new ones */
+    capture_begin();
+    st = zinc_config_load(CASES "/valid/legacy_names.json", NULL, 0, &c);
+    err = capture_end();
+    CU_ASSERT_EQUAL_FATAL(st, ZINC_OK);
+    CU_ASSERT_EQUAL(c.bf16.enabled, 1);
+    CU_ASSERT_EQUAL(c.zero.offload_optimizer.device, ZINC_OFFLOAD_CPU);
+    CU_ASSERT_EQUAL(c.aio.intra_op_parallelism, 2);
+    CU_ASSERT_EQUAL(c.optimizer.type, ZINC_OPT_ADAM);
+    CU_ASSERT(err && strstr(err, "bfloat16: deprecated name, use \"bf16\""));
+    CU_ASSERT(err && strstr(err, "zero_optimization.cpu_offload: deprecated, use \"offload_optimizer\""));
+    CU_ASSERT(err && strstr(err, "aio.thread_count: deprecated name, use \"intra_op_parallelism\""));
+    CU_ASSERT(err && strstr(err, "stage3_gather_fp16_weights_on_model_save: deprecated name"));
+    free(err);
+
+    /* stage3 knobs below stage 3: one warning */
+    capture_begin();
+    st = load_str("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 2,"
+                  " \"stage3_max_live_parameters\": 1e6, \"stage3_prefetch_bucket_size\": 1e6}}", &c);
+    err = capture_end();
+    CU_ASSERT_EQUAL(st, ZINC_OK);
+    CU_ASSERT(err && strstr(err, "stage3_max_live_parameters, stage3_prefetch_bucket_size have no effect at stage 2"));
+    free(err);
+    capture_begin(); /* defaults written out (a dump) do not warn */
+    st = load_str("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 2,"
+                  " \"stage3_max_live_parameters\": 1e9}}", &c);
+    err = capture_end();
+    CU_ASSERT_EQUAL(st, ZINC_OK);
+    CU_ASSERT(err && !strstr(err, "no effect"));
+    free(err);
+}
+
+int main(void)
+{
+    if (CU_initialize_registry() != CUE_SUCCESS) return 1;
+    CU_pSuite s = CU_add_suite("config", NULL, NULL);
+    if (!s || !CU_add_test(s, "invalid cases", test_invalid_cases) ||
+        !CU_add_test(s, "valid cases", test_valid_cases) || !CU_add_test(s, "defaults", test_defaults) ||
+        !CU_add_test(s, "zero shorthand and overlap_comm", test_zero_shorthand_and_overlap) ||
+        !CU_add_test(s, "overrides", test_overrides) || !CU_add_test(s, "integral reals", test_integral_reals) ||
+        !CU_add_test(s, "auto", test_auto) || !CU_add_test(s, "batch rule dp 1..4", test_batch_rule) ||
+        !CU_add_test(s, "resolve re-run", test_resolve_rerun) || !CU_add_test(s, "dump", test_dump) ||
+        !CU_add_test(s, "errors and warnings", test_errors_and_warnings)) {
+        CU_cleanup_registry();
+        return 1;
+    }
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned fails = CU_get_number_of_failures();
+    CU_cleanup_registry();
+    return fails ? 1 : 0;
+}
