@@ -3,7 +3,7 @@
 # Debian 12 (apt-get). Uses sudo when not root. Idempotent and quiet when
 # everything is present.
 set -euo pipefail
-pkgs=(gcc make libopenmpi-dev openmpi-bin libjansson-dev liburing-dev libcunit1-dev libopenblas-dev)
+pkgs=(gcc make libopenmpi-dev openmpi-bin libjansson-dev liburing-dev libcunit1-dev libopenblas-dev libopenblas0-openmp)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -16,7 +16,7 @@ run_one() { # name cmd...
     local log="$logdir/$(echo "$name" | tr ' /' '__').log"
     local t0=$(date +%s.%N)
     if timeout 600 "$@" >"$log" 2>&1; then
-        pass=$((pass+1)); printf 'PASS  %-50s %6.1fs\n' "$name" "$(echo "$(date +%s.%N) - $t0" | bc)"
+        pass=$((pass+1)); printf 'PASS  %-50s %6.1fs\n' "$name" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')"
     else
         fail=$((fail+1)); failed+=("$name")
         printf 'FAIL  %-50s (log: %s)\n' "$name" "$log"; tail -20 "$log" | sed 's/^/      /'

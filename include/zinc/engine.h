@@ -1,0 +1,150 @@
+/* zinc/engine.h - the engine: owns parameter, gradient, optimizer and
+ * activation memory, runs the training step, and is the API a model is
+ * written against.
+ *
+ * A model is an ordered list of layers (like DeepSpeed's PipelineModule).
+ * Layer 0 receives the token ids; every other layer receives the previous
+ * layer's output (B, T, n_out) floats; the last layer is the loss layer: it
+ * reads ctx->targets, adds the summed token loss to ctx->loss_sum and has no
+ * output. Each layer declares its parameters once (zinc_layer_param_add) and
+ * reads parameters / writes gradients only through zinc_layer_param and
+ * zinc_layer_grad, which are valid inside forward and backward.
+ *
+ * Parameters of each layer live in one flat unit (params, grads, fp32 master
+ * and Adam moments share its layout), padded to a multiple of the DP size
+ * times 16 elements, so later ZeRO stages can give each DP rank a contiguous
+ * 1/DP slice of every unit.
+ */
+#ifndef ZINC_ENGINE_H
+#define ZINC_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "zinc/comm.h"
+#include "zinc/config.h"
+#include "zinc/data.h"
+#include "zinc/ops.h"
+#include "zinc/status.h"
+
+typedef struct zinc_engine zinc_engine;
+typedef struct zinc_layer zinc_layer;
+
+typedef enum zinc_init_kind {
+    ZINC_INIT_ZEROS = 0,
+    ZINC_INIT_ONES,
+    ZINC_INIT_NORMAL, /* N(0, std^2), from a stream seeded by (model seed, param name) */
+} zinc_init_kind;
+
+/* What a layer sees while it runs. Engine-owned; valid during forward/backward. */
+typedef struct zinc_ctx {
+    const zinc_ops *ops;      /* the device's op table */
+    int B, T;                 /* micro-batch size and sequence length */
+    const int32_t *tokens;    /* (B, T) input ids */
+    const int32_t *targets;   /* (B, T) next-token ids */
+    float dloss;              /* d(total objective)/d(each token's loss) */
+    double loss_sum;          /* the loss layer adds sum of token losses here */
+    float *scratch;           /* shared scratch, >= every layer's scratch_floats */
+} zinc_ctx;
+
+typedef struct zinc_layer_ops {
+    const char *type;
+    /* Declares parameters with zinc_layer_param_add/_tie and the output width. */
+    zinc_status (*declare)(zinc_layer *l);
+    /* Floats of saved activations this layer needs for a (B, T) micro-batch. */
+    size_t (*act_floats)(const zinc_layer *l, int B, int T);
+    /* Floats of shared scratch it needs during forward or backward. */
+    size_t (*scratch_floats)(const zinc_layer *l, int B, int T);
+    /* x: (B,T) int32 tokens for layer 0, else (B,T,n_in) floats; y: (B,T,n_out), NULL for the loss layer. */
+    zinc_status (*forward)(zinc_layer *l, zinc_ctx *c, const void *x, float *y);
+    /* dy: NULL for the loss layer; dx: zeroed by the engine, accumulate into it; NULL for layer 0. */
+    zinc_status (*backward)(zinc_layer *l, zinc_ctx *c, const void *x, const float *dy, float *dx);
+} zinc_layer_ops;
+
+/* One layer of a model definition. state is model-owned (hyperparameters). */
+typedef struct zinc_layer_def {
+    const zinc_layer_ops *ops;
+    char name[64];  /* parameter name prefix, e.g. "h.3" ("" for none) */
+    void *state;
+} zinc_layer_def;
+
+typedef struct zinc_model_def {
+    zinc_layer_def *layers; /* borrowed; must outlive the engine */
+    int n_layers;
+    double flops_per_token; /* training FLOPs per token (6N + attention), for MFU; 0 = unknown */
+} zinc_model_def;
+
+/* --- layer-side API (valid in declare / forward / backward) --- */
+
+/* Declares a parameter named "<layer name>.<name>" of the given shape;
+ * tp_dim is its partition spec (-1 replicated). Returns its index in the
+ * layer (>= 0) or -1 with the error recorded. Only inside declare. */
+int zinc_layer_param_add(zinc_layer *l, const char *name, int ndim, const int64_t *shape,
+                         int tp_dim, zinc_init_kind init, float std);
+/* Uses the parameter of an earlier layer with the full name given (tied
+ * weights, e.g. the GPT-2 head and "wte.weight"). Gradients from both uses
+ * accumulate into the one gradient. Returns its index in this layer or -1. */
+int zinc_layer_param_tie(zinc_layer *l, const char *full_name);
+/* Sets the output width per token (floats); default: same as the input. */
+void zinc_layer_set_out(zinc_layer *l, int n_out);
+int zinc_layer_n_in(const zinc_layer *l);
+
+void *zinc_layer_state(const zinc_layer *l);
+float *zinc_layer_param(zinc_layer *l, int idx); /* (shape) fp32 */
+float *zinc_layer_grad(zinc_layer *l, int idx);  /* same shape, accumulate into it */
+float *zinc_layer_acts(zinc_layer *l);           /* act_floats floats saved from forward */
+
+/* --- engine --- */
+
+typedef struct zinc_engine_opts {
+    const zinc_config *config;  /* borrowed, resolved for the DP size */
+    zinc_comm *world;           /* borrowed */
+    const zinc_model_def *model;/* borrowed */
+} zinc_engine_opts;
+
+typedef struct zinc_step_stats {
+    int64_t step;              /* 1-based step just completed */
+    double loss;               /* mean token loss over the global batch */
+    double lr;
+    double grad_norm;          /* global, before clipping */
+    double step_ms;
+    double tokens_per_s;       /* global tokens / step time */
+    uint64_t model_state_bytes;/* params + grads + optimizer state held by this rank */
+    uint64_t model_state_bytes_max; /* largest over ranks */
+    uint64_t comm_bytes;       /* bytes this rank communicated during the step */
+    int64_t samples_seen;      /* global sample index after this step */
+} zinc_step_stats;
+
+/* Collective over world. Builds the mesh (pp=1, tp=1, dp=world), declares
+ * the model, allocates and initializes all memory. */
+zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out);
+void zinc_engine_destroy(zinc_engine *e); /* NULL-safe */
+
+/* Collective. One optimizer step: gradient_accumulation_steps micro-batches
+ * of this DP rank's slice of the next global batch from data, DP gradient
+ * reduction, global norm, clipping, AdamW, lr schedule. */
+zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_step_stats *st);
+
+/* Collective only in that it uses no communication: forward and backward of
+ * one micro-batch (tokens/targets (B, T) with the engine's B and T) on this
+ * rank alone; stores the gradients (of the mean token loss) in the gradient
+ * buffers, replacing what was there, and the mean loss in *loss. For tests,
+ * evaluation and tools; does not step the optimizer. */
+zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
+                                      const int32_t *targets, double *loss);
+
+/* Looks up a parameter's gradient by full name, or NULL. */
+float *zinc_engine_grad_by_name(zinc_engine *e, const char *name, int64_t *numel);
+
+/* Learning rate the scheduler gives for a 0-based step (pure). */
+double zinc_sched_lr(const zinc_config *c, int64_t step);
+
+/* Number of model parameters (unpadded, tied counted once). */
+int64_t zinc_engine_n_params(const zinc_engine *e);
+int zinc_engine_dp_rank(const zinc_engine *e);
+int zinc_engine_dp_size(const zinc_engine *e);
+
+/* Looks up a parameter by full name; returns its fp32 data and numel, or NULL. */
+float *zinc_engine_param_by_name(zinc_engine *e, const char *name, int64_t *numel);
+
+#endif

@@ -1,0 +1,19 @@
+/* zinc/gpt2.h - the GPT-2 model as a list of engine layers: embedding
+ * (wte, wpe), n_layer pre-LN transformer blocks with Hugging Face GPT-2
+ * parameter names (Conv1D (in, out) weights), and a head (ln_f + tied wte +
+ * fused softmax cross-entropy). */
+#ifndef ZINC_GPT2_H
+#define ZINC_GPT2_H
+
+#include "zinc/config.h"
+#include "zinc/engine.h"
+
+typedef struct zinc_gpt2 zinc_gpt2;
+
+/* Builds the model definition from config->model. The definition inside
+ * stays valid until zinc_gpt2_destroy. */
+zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out);
+const zinc_model_def *zinc_gpt2_model(const zinc_gpt2 *g);
+void zinc_gpt2_destroy(zinc_gpt2 *g); /* NULL-safe */
+
+#endif

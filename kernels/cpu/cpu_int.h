@@ -1,0 +1,82 @@
+/* cpu_int.h - private to kernels/cpu: the CPU op functions behind
+ * zinc_ops_cpu(), and the small vectorizable math helpers they share.
+ * Nothing outside kernels/cpu includes this file. */
+#ifndef ZINC_CPU_INT_H
+#define ZINC_CPU_INT_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Below this many elements an op runs on the calling thread: a parallel
+ * region costs a few microseconds, more than the work it would split. */
+#define CPU_PAR_MIN 32768
+
+/* expf for vector loops (Cephes expf: Cody-Waite range reduction, degree-6
+ * polynomial, 2^n built in the exponent bits); max error about 2 ulp. It
+ * has no branches or calls, so loops over it vectorize. Domain: results
+ * below exp(-87) (1.6e-38) are flushed to 0, inputs above 88 are clamped
+ * to exp(88) (no inf); callers only use it where that is harmless. */
+static inline float cpu_expf(float x)
+{
+    const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    /* round(xc * log2 e) by the 1.5 * 2^23 trick (exact for |v| < 2^22). */
+    const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = fmaf(n, -0.693359375f, xc);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    const float y = fmaf(p, r * r, r) + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x < -87.0f ? 0.0f : y * scale;
+}
+
+/* tanh through exp: 1 - 2 / (exp(2u) + 1). Absolute error ~1e-7, which is
+ * what GELU needs (it only uses 1 + tanh and 1 - tanh^2). */
+static inline float cpu_tanhf(float u)
+{
+    return 1.0f - 2.0f / (cpu_expf(2.0f * u) + 1.0f);
+}
+
+/* ops_cpu.c: dense algebra, elementwise ops, optimizer. */
+void cpu_matmul(float *c, const float *a, const float *b, int m, int n, int k,
+                int trans_a, int trans_b, float alpha, float beta);
+void cpu_linear_forward(float *out, const float *inp, const float *weight,
+                        const float *bias, int N, int C, int OC);
+void cpu_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                         const float *inp, const float *weight, int N, int C, int OC);
+void cpu_gelu_forward(float *out, const float *inp, size_t n);
+void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+void cpu_residual_forward(float *out, const float *a, const float *b, size_t n);
+void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr,
+               float beta1, float beta2, float eps, float wd, int t);
+double cpu_sumsq(const float *x, size_t n);
+void cpu_scale(float *x, float s, size_t n);
+/* dst(C) += sum over rows of src(N,C); deterministic for any thread count. */
+void cpu_colsum_acc(float *dst, const float *src, int N, int C);
+
+/* nn_cpu.c: the transformer layers and the loss. */
+void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte,
+                           const float *wpe, int B, int T, int C);
+void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
+                            const int32_t *tokens, int B, int T, int C);
+void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                           const float *weight, const float *bias, int N, int C);
+void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const float *mean,
+                            const float *rstd, int N, int C);
+void cpu_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
+                           int NH);
+void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                            const float *att, int B, int T, int C, int NH);
+void cpu_softmax_xent(float *losses, float *logits, const int32_t *targets, float dloss,
+                      int N, int V);
+
+#endif

@@ -1,0 +1,319 @@
+/* nn_cpu.c - transformer layer ops for the CPU table: embedding, layernorm,
+ * causal self-attention and the fused softmax + cross-entropy loss.
+ *
+ * The math follows llm.c's CPU reference; the loops are arranged so that
+ * their inner dimension is contiguous and vectorizes. Parallel loops are
+ * split so that no two threads ever write the same element: gradients that
+ * several rows contribute to (embedding tables, layernorm weight and bias)
+ * are reduced per column block, rows in order, which keeps every result
+ * bitwise identical for any thread count. Attention keeps a (T, T) score
+ * matrix per head; T is small on CPU, and scores go through C loops, which
+ * beat per-head sgemm calls at T = HS = 64. */
+#include <assert.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "zinc/ops.h"
+#include "cpu_int.h"
+
+#define LN_EPS 1e-5f
+
+/* out(B,T,C) = wte[tokens[b,t]] + wpe[t]. */
+void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte,
+                           const float *wpe, int B, int T, int C)
+{
+    assert(out && tokens && wte && wpe && B >= 0 && T >= 0 && C > 0);
+    const int BT = B * T;
+    #pragma omp parallel for schedule(static) if ((size_t)BT * C >= CPU_PAR_MIN)
+    for (int bt = 0; bt < BT; bt++) {
+        const int t = bt % T;
+        assert(tokens[bt] >= 0);
+        const float *restrict e = wte + (size_t)tokens[bt] * C;
+        const float *restrict p = wpe + (size_t)t * C;
+        float *restrict o = out + (size_t)bt * C;
+        for (int c = 0; c < C; c++)
+            o[c] = e[c] + p[c];
+    }
+}
+
+/* dwte(V,C) += scatter of dout(B,T,C) by token; dwpe(T,C) += sum_b dout[b].
+ * dwte is split by column blocks (each block walks all rows in order, so
+ * repeated tokens never race), dwpe by time step. */
+void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
+                            const int32_t *tokens, int B, int T, int C)
+{
+    enum { BLK = 64 };
+    assert(dwte && dwpe && dout && tokens && B >= 0 && T >= 0 && C > 0);
+    const int BT = B * T;
+    const int nblk = (C + BLK - 1) / BLK;
+    #pragma omp parallel if ((size_t)BT * C >= CPU_PAR_MIN)
+    {
+        #pragma omp for schedule(static) nowait
+        for (int bi = 0; bi < nblk; bi++) {
+            const int c0 = bi * BLK;
+            const int cw = C - c0 < BLK ? C - c0 : BLK;
+            for (int bt = 0; bt < BT; bt++) {
+                float *restrict dst = dwte + (size_t)tokens[bt] * C + c0;
+                const float *restrict src = dout + (size_t)bt * C + c0;
+                #pragma omp simd
+                for (int c = 0; c < cw; c++)
+                    dst[c] += src[c];
+            }
+        }
+        #pragma omp for schedule(static)
+        for (int t = 0; t < T; t++) {
+            float *restrict dst = dwpe + (size_t)t * C;
+            for (int b = 0; b < B; b++) {
+                const float *restrict src = dout + ((size_t)b * T + t) * C;
+                #pragma omp simd
+                for (int c = 0; c < C; c++)
+                    dst[c] += src[c];
+            }
+        }
+    }
+}
+
+/* out(N,C) = (inp - mean) * rstd * weight + bias; mean(N), rstd(N) saved.
+ * Two-pass variance (mean first), as the one-pass form loses digits. */
+void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                           const float *weight, const float *bias, int N, int C)
+{
+    assert(out && mean && rstd && inp && weight && bias && N >= 0 && C > 0);
+    const float inv_c = 1.0f / (float)C;
+    #pragma omp parallel for schedule(static) if ((size_t)N * C >= CPU_PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        const float *restrict x = inp + (size_t)i * C;
+        float *restrict o = out + (size_t)i * C;
+        float s = 0.0f;
+        #pragma omp simd reduction(+ : s)
+        for (int c = 0; c < C; c++)
+            s += x[c];
+        const float m = s * inv_c;
+        float v = 0.0f;
+        #pragma omp simd reduction(+ : v)
+        for (int c = 0; c < C; c++) {
+            const float d = x[c] - m;
+            v += d * d;
+        }
+        const float rs = 1.0f / sqrtf(v * inv_c + LN_EPS);
+        #pragma omp simd
+        for (int c = 0; c < C; c++)
+            o[c] = (x[c] - m) * rs * weight[c] + bias[c];
+        mean[i] = m;
+        rstd[i] = rs;
+    }
+}
+
+/* dinp(N,C), dweight(C), dbias(C) accumulate. With norm = (x - mean) rstd
+ * and dnorm = weight * dout:
+ *   dinp += rstd (dnorm - mean_c(dnorm) - norm mean_c(dnorm norm))
+ *   dweight += sum_rows norm dout;  dbias += sum_rows dout
+ * Rows are split across threads for dinp, column blocks for the weight and
+ * bias gradients (which recompute norm: cheaper than storing it). */
+void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const float *mean,
+                            const float *rstd, int N, int C)
+{
+    enum { BLK = 64 };
+    assert(dinp && dweight && dbias && dout && inp && weight && mean && rstd);
+    assert(N >= 0 && C > 0);
+    const float inv_c = 1.0f / (float)C;
+    const int nblk = (C + BLK - 1) / BLK;
+    #pragma omp parallel if ((size_t)N * C >= CPU_PAR_MIN)
+    {
+        #pragma omp for schedule(static) nowait
+        for (int i = 0; i < N; i++) {
+            const float *restrict x = inp + (size_t)i * C;
+            const float *restrict dy = dout + (size_t)i * C;
+            float *restrict dx = dinp + (size_t)i * C;
+            const float m = mean[i], rs = rstd[i];
+            float s1 = 0.0f, s2 = 0.0f;
+            #pragma omp simd reduction(+ : s1, s2)
+            for (int c = 0; c < C; c++) {
+                const float dn = weight[c] * dy[c];
+                s1 += dn;
+                s2 += dn * (x[c] - m) * rs;
+            }
+            const float dn_mean = s1 * inv_c, dnn_mean = s2 * inv_c;
+            #pragma omp simd
+            for (int c = 0; c < C; c++) {
+                const float norm = (x[c] - m) * rs;
+                dx[c] += (weight[c] * dy[c] - dn_mean - norm * dnn_mean) * rs;
+            }
+        }
+        #pragma omp for schedule(static)
+        for (int bi = 0; bi < nblk; bi++) {
+            const int c0 = bi * BLK;
+            const int cw = C - c0 < BLK ? C - c0 : BLK;
+            float accw[BLK] = {0}, accb[BLK] = {0};
+            for (int i = 0; i < N; i++) {
+                const float *restrict x = inp + (size_t)i * C + c0;
+                const float *restrict dy = dout + (size_t)i * C + c0;
+                const float m = mean[i], rs = rstd[i];
+                #pragma omp simd
+                for (int c = 0; c < cw; c++) {
+                    accw[c] += (x[c] - m) * rs * dy[c];
+                    accb[c] += dy[c];
+                }
+            }
+            for (int c = 0; c < cw; c++) {
+                dweight[c0 + c] += accw[c];
+                dbias[c0 + c] += accb[c];
+            }
+        }
+    }
+}
+
+/* Causal attention. For each (b, h, t): scores q_t . k_t2 / sqrt(HS) over
+ * t2 <= t, softmax into att (zeros above the diagonal), out_t = att v.
+ * Work per t grows with t, so (b, h, t) is dealt round-robin to threads. */
+void cpu_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
+                           int NH)
+{
+    assert(out && att && qkv && B >= 0 && T >= 0 && NH > 0 && C % NH == 0);
+    const int HS = C / NH;
+    const size_t C3 = (size_t)C * 3;
+    const float scale = 1.0f / sqrtf((float)HS);
+    const int n_rows = B * NH * T;
+    #pragma omp parallel for schedule(static, 1) if ((size_t)n_rows * T * HS >= CPU_PAR_MIN)
+    for (int r = 0; r < n_rows; r++) {
+        const int t = r % T, h = (r / T) % NH, b = r / (T * NH);
+        const float *restrict q = qkv + ((size_t)b * T + t) * C3 + (size_t)h * HS;
+        const float *restrict kbase = qkv + (size_t)b * T * C3 + C + (size_t)h * HS;
+        const float *restrict vbase = kbase + C;
+        float *restrict a = att + (size_t)r * T; /* rows of (b, h) are contiguous */
+        float mx = -INFINITY;
+        for (int t2 = 0; t2 <= t; t2++) {
+            const float *restrict k = kbase + (size_t)t2 * C3;
+            float d = 0.0f;
+            #pragma omp simd reduction(+ : d)
+            for (int i = 0; i < HS; i++)
+                d += q[i] * k[i];
+            d *= scale;
+            a[t2] = d;
+            mx = d > mx ? d : mx;
+        }
+        float sum = 0.0f;
+        #pragma omp simd reduction(+ : sum)
+        for (int t2 = 0; t2 <= t; t2++) {
+            const float e = cpu_expf(a[t2] - mx);
+            a[t2] = e;
+            sum += e;
+        }
+        const float inv = 1.0f / sum;
+        #pragma omp simd
+        for (int t2 = 0; t2 <= t; t2++)
+            a[t2] *= inv;
+        for (int t2 = t + 1; t2 < T; t2++)
+            a[t2] = 0.0f;
+        float *restrict o = out + ((size_t)b * T + t) * C + (size_t)h * HS;
+        for (int i = 0; i < HS; i++)
+            o[i] = 0.0f;
+        for (int t2 = 0; t2 <= t; t2++) {
+            const float *restrict v = vbase + (size_t)t2 * C3;
+            const float w = a[t2];
+            #pragma omp simd
+            for (int i = 0; i < HS; i++)
+                o[i] += w * v[i];
+        }
+    }
+}
+
+/* Backward of cpu_attention_forward; dqkv accumulates. k_t2 and v_t2 get
+ * gradient from every t >= t2 of the same (b, h), so threads own whole
+ * (b, h) pairs and walk t in order (race-free, deterministic). Per row,
+ * scratch holds datt and then, in place, the score gradient
+ *   dpre = att * (datt - sum(att * datt)) * scale. */
+void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                            const float *att, int B, int T, int C, int NH)
+{
+    assert(dqkv && scratch && dout && qkv && att && B >= 0 && T >= 0);
+    assert(NH > 0 && C % NH == 0);
+    const int HS = C / NH;
+    const size_t C3 = (size_t)C * 3;
+    const float scale = 1.0f / sqrtf((float)HS);
+    const int n_heads = B * NH;
+    #pragma omp parallel for schedule(static, 1) if ((size_t)n_heads * T * T * HS >= CPU_PAR_MIN)
+    for (int bh = 0; bh < n_heads; bh++) {
+        const int b = bh / NH, h = bh % NH;
+        const size_t qoff = (size_t)b * T * C3 + (size_t)h * HS;
+        for (int t = 0; t < T; t++) {
+            const float *restrict a = att + ((size_t)bh * T + t) * T;
+            float *restrict da = scratch + ((size_t)bh * T + t) * T;
+            const float *restrict dy = dout + ((size_t)b * T + t) * C + (size_t)h * HS;
+            const float *restrict q = qkv + qoff + (size_t)t * C3;
+            float *restrict dq = dqkv + qoff + (size_t)t * C3;
+            /* out = att v */
+            float s = 0.0f;
+            for (int t2 = 0; t2 <= t; t2++) {
+                const float *restrict v = qkv + qoff + (size_t)t2 * C3 + 2 * (size_t)C;
+                float *restrict dv = dqkv + qoff + (size_t)t2 * C3 + 2 * (size_t)C;
+                const float w = a[t2];
+                float d = 0.0f;
+                #pragma omp simd reduction(+ : d)
+                for (int i = 0; i < HS; i++) {
+                    d += v[i] * dy[i];
+                    dv[i] += w * dy[i];
+                }
+                da[t2] = d;
+                s += w * d;
+            }
+            /* softmax and the 1/sqrt(HS) scale */
+            #pragma omp simd
+            for (int t2 = 0; t2 <= t; t2++)
+                da[t2] = a[t2] * (da[t2] - s) * scale;
+            /* scores = q k^T */
+            for (int t2 = 0; t2 <= t; t2++) {
+                const float *restrict k = qkv + qoff + (size_t)t2 * C3 + C;
+                float *restrict dk = dqkv + qoff + (size_t)t2 * C3 + C;
+                const float g = da[t2];
+                #pragma omp simd
+                for (int i = 0; i < HS; i++) {
+                    dq[i] += g * k[i];
+                    dk[i] += g * q[i];
+                }
+            }
+        }
+    }
+}
+
+/* Fused softmax + cross-entropy over rows of logits(N,V), rows in
+ * parallel. Per row: max; exp(x - max) stored in place and summed in
+ * double (the sum sets every probability's error); loss = log(sum) - (x_t -
+ * max); then the row becomes dloss * (p - onehot) with p = e * (1/sum). */
+void cpu_softmax_xent(float *losses, float *logits, const int32_t *targets, float dloss,
+                      int N, int V)
+{
+    assert(losses && logits && targets && N >= 0 && V > 0);
+    #pragma omp parallel for schedule(static) if ((size_t)N * V >= CPU_PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        float *restrict x = logits + (size_t)i * V;
+        const int tgt = targets[i];
+        if (tgt < 0) {
+            losses[i] = 0.0f;
+            memset(x, 0, (size_t)V * sizeof *x);
+            continue;
+        }
+        assert(tgt < V);
+        const float xt = x[tgt];
+        float mx = -INFINITY;
+        #pragma omp simd reduction(max : mx)
+        for (int j = 0; j < V; j++)
+            mx = x[j] > mx ? x[j] : mx;
+        #pragma omp simd
+        for (int j = 0; j < V; j++)
+            x[j] = cpu_expf(x[j] - mx);
+        double sum = 0.0;
+        #pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < V; j++)
+            sum += (double)x[j];
+        losses[i] = (float)(log(sum) - ((double)xt - (double)mx));
+        const float f = (float)((double)dloss / sum);
+        #pragma omp simd
+        for (int j = 0; j < V; j++)
+            x[j] *= f;
+        x[tgt] -= dloss;
+    }
+}

@@ -1,0 +1,287 @@
+/* ops_cpu.c - the CPU op table: dense algebra through OpenBLAS, elementwise
+ * ops and the optimizer in C + OpenMP.
+ *
+ * Matrix products go straight to cblas_sgemm with the transposes expressed
+ * as flags and leading dimensions (no copies); bias add and bias-gradient
+ * reductions are plain C. Elementwise loops are written so that gcc
+ * vectorizes them at -O2 -march=native (contiguous, no calls but inlined
+ * helpers), and split over OpenMP threads only above CPU_PAR_MIN elements.
+ * Every reduction has a fixed order that does not depend on the thread
+ * count, so results are bitwise reproducible run to run and across thread
+ * counts (OpenBLAS itself is reproducible for a fixed thread count). */
+#include <assert.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cblas.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+#include "zinc/ops.h"
+#include "cpu_int.h"
+
+/* c(m,n) = alpha op(a) op(b) + beta c, all row-major. */
+void cpu_matmul(float *c, const float *a, const float *b, int m, int n, int k,
+                int trans_a, int trans_b, float alpha, float beta)
+{
+    assert(c && a && b && m >= 0 && n >= 0 && k >= 0);
+    if (m == 0 || n == 0)
+        return;
+    /* Stored shapes: a (m,k) or (k,m); b (k,n) or (n,k). */
+    const int lda = trans_a ? m : k;
+    const int ldb = trans_b ? k : n;
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda > 0 ? lda : 1,
+                b, ldb > 0 ? ldb : 1, beta, c, n);
+}
+
+/* out(N,OC) = inp(N,C) @ weight(C,OC) + bias(OC). With a bias the rows of
+ * out are first filled with it and sgemm accumulates (beta = 1): one pass
+ * over out instead of sgemm's store plus a read-modify-write. */
+void cpu_linear_forward(float *out, const float *inp, const float *weight,
+                        const float *bias, int N, int C, int OC)
+{
+    assert(out && inp && weight && N >= 0 && C > 0 && OC > 0);
+    if (N == 0)
+        return;
+    if (bias) {
+        #pragma omp parallel for schedule(static) if ((size_t)N * OC >= CPU_PAR_MIN)
+        for (int i = 0; i < N; i++) {
+            float *restrict o = out + (size_t)i * OC;
+            for (int j = 0; j < OC; j++)
+                o[j] = bias[j];
+        }
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, C, 1.0f, inp, C, weight,
+                OC, bias ? 1.0f : 0.0f, out, OC);
+}
+
+/* dst(C) += column sums of src(N,C). Columns are split in blocks of 64;
+ * each block sums its rows in order into a local accumulator, so the
+ * result is the same for any thread count. */
+void cpu_colsum_acc(float *dst, const float *src, int N, int C)
+{
+    enum { BLK = 64 };
+    const int nblk = (C + BLK - 1) / BLK;
+    #pragma omp parallel for schedule(static) if ((size_t)N * C >= CPU_PAR_MIN)
+    for (int bi = 0; bi < nblk; bi++) {
+        const int c0 = bi * BLK;
+        const int cw = C - c0 < BLK ? C - c0 : BLK;
+        float acc[BLK] = {0};
+        for (int i = 0; i < N; i++) {
+            const float *restrict row = src + (size_t)i * C + c0;
+            #pragma omp simd
+            for (int j = 0; j < cw; j++)
+                acc[j] += row[j];
+        }
+        for (int j = 0; j < cw; j++)
+            dst[c0 + j] += acc[j];
+    }
+}
+
+/* dinp(N,C) += dout(N,OC) @ weight(C,OC)^T; dweight(C,OC) += inp^T @ dout;
+ * dbias(OC) += column sums of dout. */
+void cpu_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                         const float *inp, const float *weight, int N, int C, int OC)
+{
+    assert(dweight && dout && inp && weight && N >= 0 && C > 0 && OC > 0);
+    if (N == 0)
+        return;
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, C, OC, 1.0f, dout, OC,
+                    weight, OC, 1.0f, dinp, C);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, C, dout, OC,
+                1.0f, dweight, OC);
+    if (dbias)
+        cpu_colsum_acc(dbias, dout, N, OC);
+}
+
+#define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
+#define GELU_CUBE 0.044715f
+
+/* out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as GPT-2. */
+void cpu_gelu_forward(float *out, const float *inp, size_t n)
+{
+    assert(out && inp);
+    #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        const float u = GELU_SCALE * (x + GELU_CUBE * x * x * x);
+        out[i] = 0.5f * x * (1.0f + cpu_tanhf(u));
+    }
+}
+
+/* dinp += gelu'(inp) * dout, gelu' from the same tanh form. */
+void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    assert(dinp && inp && dout);
+    #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        const float x2 = x * x;
+        const float u = GELU_SCALE * (x + GELU_CUBE * x2 * x);
+        const float th = cpu_tanhf(u);
+        const float sech2 = 1.0f - th * th;
+        const float g = 0.5f * (1.0f + th) +
+                        0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * GELU_CUBE * x2);
+        dinp[i] += g * dout[i];
+    }
+}
+
+/* out = a + b; out may alias a or b (same index only, so no restrict). */
+void cpu_residual_forward(float *out, const float *a, const float *b, size_t n)
+{
+    assert(out && a && b);
+    #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
+}
+
+/* AdamW over elements [lo, hi). gcc will not vectorize sqrtf without
+ * -fno-math-errno (not ours to set, and the optimize attribute does not
+ * reach the errno lowering), and a scalar sqrt + divide makes this loop
+ * compute-bound, so the body is written with x86 vector intrinsics where
+ * the target has them. Vector and scalar code do the same IEEE operations
+ * in the same order (no FMA), so results do not depend on which lanes an
+ * element falls in. */
+static void adamw_range(float *restrict p_, const float *restrict g_, float *restrict m_,
+                        float *restrict v_, size_t lo, size_t hi, float lr, float beta1,
+                        float beta2, float eps, float wd, float ibc1, float ibc2)
+{
+    const float omb1 = 1.0f - beta1, omb2 = 1.0f - beta2;
+    size_t i = lo;
+#if defined(__AVX512F__)
+    const __m512 vb1 = _mm512_set1_ps(beta1), vb2 = _mm512_set1_ps(beta2);
+    const __m512 vo1 = _mm512_set1_ps(omb1), vo2 = _mm512_set1_ps(omb2);
+    const __m512 vlr = _mm512_set1_ps(lr), veps = _mm512_set1_ps(eps);
+    const __m512 vwd = _mm512_set1_ps(wd), vi1 = _mm512_set1_ps(ibc1);
+    const __m512 vi2 = _mm512_set1_ps(ibc2);
+    for (; i + 16 <= hi; i += 16) {
+        const __m512 g = _mm512_loadu_ps(g_ + i);
+        const __m512 mi = _mm512_add_ps(_mm512_mul_ps(vb1, _mm512_loadu_ps(m_ + i)),
+                                        _mm512_mul_ps(vo1, g));
+        const __m512 vi = _mm512_add_ps(_mm512_mul_ps(vb2, _mm512_loadu_ps(v_ + i)),
+                                        _mm512_mul_ps(_mm512_mul_ps(vo2, g), g));
+        _mm512_storeu_ps(m_ + i, mi);
+        _mm512_storeu_ps(v_ + i, vi);
+        const __m512 p = _mm512_loadu_ps(p_ + i);
+        const __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_mul_ps(vi, vi2)), veps);
+        const __m512 upd = _mm512_add_ps(_mm512_div_ps(_mm512_mul_ps(mi, vi1), den),
+                                         _mm512_mul_ps(vwd, p));
+        _mm512_storeu_ps(p_ + i, _mm512_sub_ps(p, _mm512_mul_ps(vlr, upd)));
+    }
+#elif defined(__AVX__)
+    const __m256 vb1 = _mm256_set1_ps(beta1), vb2 = _mm256_set1_ps(beta2);
+    const __m256 vo1 = _mm256_set1_ps(omb1), vo2 = _mm256_set1_ps(omb2);
+    const __m256 vlr = _mm256_set1_ps(lr), veps = _mm256_set1_ps(eps);
+    const __m256 vwd = _mm256_set1_ps(wd), vi1 = _mm256_set1_ps(ibc1);
+    const __m256 vi2 = _mm256_set1_ps(ibc2);
+    for (; i + 8 <= hi; i += 8) {
+        const __m256 g = _mm256_loadu_ps(g_ + i);
+        const __m256 mi = _mm256_add_ps(_mm256_mul_ps(vb1, _mm256_loadu_ps(m_ + i)),
+                                        _mm256_mul_ps(vo1, g));
+        const __m256 vi = _mm256_add_ps(_mm256_mul_ps(vb2, _mm256_loadu_ps(v_ + i)),
+                                        _mm256_mul_ps(_mm256_mul_ps(vo2, g), g));
+        _mm256_storeu_ps(m_ + i, mi);
+        _mm256_storeu_ps(v_ + i, vi);
+        const __m256 p = _mm256_loadu_ps(p_ + i);
+        const __m256 den = _mm256_add_ps(_mm256_sqrt_ps(_mm256_mul_ps(vi, vi2)), veps);
+        const __m256 upd = _mm256_add_ps(_mm256_div_ps(_mm256_mul_ps(mi, vi1), den),
+                                         _mm256_mul_ps(vwd, p));
+        _mm256_storeu_ps(p_ + i, _mm256_sub_ps(p, _mm256_mul_ps(vlr, upd)));
+    }
+#endif
+    for (; i < hi; i++) {
+        const float g = g_[i];
+        const float mi = beta1 * m_[i] + omb1 * g;
+        const float vi = beta2 * v_[i] + omb2 * g * g;
+        m_[i] = mi;
+        v_[i] = vi;
+        const float p = p_[i];
+        p_[i] = p - lr * (mi * ibc1 / (sqrtf(vi * ibc2) + eps) + wd * p);
+    }
+}
+
+/* One fused, memory-bound pass over param, grad, m, v (28 bytes/element),
+ * in blocks dealt statically to threads. Bias corrections are folded into
+ * two scalars, leaving one sqrt and one division per element. */
+void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr,
+               float beta1, float beta2, float eps, float wd, int t)
+{
+    enum { ADAM_BLK = 16384 };
+    assert(param && grad && m && v && t >= 1);
+    const float ibc1 = (float)(1.0 / (1.0 - pow((double)beta1, t)));
+    const float ibc2 = (float)(1.0 / (1.0 - pow((double)beta2, t)));
+    const size_t nblk = (n + ADAM_BLK - 1) / ADAM_BLK;
+    #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
+    for (size_t bi = 0; bi < nblk; bi++) {
+        const size_t lo = bi * ADAM_BLK;
+        const size_t hi = lo + ADAM_BLK < n ? lo + ADAM_BLK : n;
+        adamw_range(param, grad, m, v, lo, hi, lr, beta1, beta2, eps, wd, ibc1, ibc2);
+    }
+}
+
+/* Sum of squares in double. The range is cut into at most SUMSQ_CHUNKS
+ * chunks whose bounds depend only on n; chunk sums are added in order, so
+ * the result does not depend on the thread count. */
+double cpu_sumsq(const float *x, size_t n)
+{
+    enum { SUMSQ_CHUNKS = 256, SUMSQ_MIN_CHUNK = 8192 };
+    assert(x || n == 0);
+    size_t chunk = (n + SUMSQ_CHUNKS - 1) / SUMSQ_CHUNKS;
+    if (chunk < SUMSQ_MIN_CHUNK)
+        chunk = SUMSQ_MIN_CHUNK;
+    const int nchunks = (int)((n + chunk - 1) / chunk);
+    double part[SUMSQ_CHUNKS];
+    #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
+    for (int ci = 0; ci < nchunks; ci++) {
+        const size_t lo = (size_t)ci * chunk;
+        const size_t hi = lo + chunk < n ? lo + chunk : n;
+        double s = 0.0;
+        #pragma omp simd reduction(+ : s)
+        for (size_t i = lo; i < hi; i++)
+            s += (double)x[i] * (double)x[i];
+        part[ci] = s;
+    }
+    double total = 0.0;
+    for (int ci = 0; ci < nchunks; ci++)
+        total += part[ci];
+    return total;
+}
+
+/* x *= s. */
+void cpu_scale(float *x, float s, size_t n)
+{
+    assert(x || n == 0);
+    #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        x[i] *= s;
+}
+
+static const zinc_ops cpu_ops = {
+    .name = "cpu",
+    .matmul = cpu_matmul,
+    .linear_forward = cpu_linear_forward,
+    .linear_backward = cpu_linear_backward,
+    .embedding_forward = cpu_embedding_forward,
+    .embedding_backward = cpu_embedding_backward,
+    .layernorm_forward = cpu_layernorm_forward,
+    .layernorm_backward = cpu_layernorm_backward,
+    .gelu_forward = cpu_gelu_forward,
+    .gelu_backward = cpu_gelu_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .residual_forward = cpu_residual_forward,
+    .softmax_xent = cpu_softmax_xent,
+    .adamw = cpu_adamw,
+    .sumsq = cpu_sumsq,
+    .scale = cpu_scale,
+};
+
+/* The CPU op table; static storage. */
+const zinc_ops *zinc_ops_cpu(void)
+{
+    return &cpu_ops;
+}

@@ -1,0 +1,344 @@
+/* gpt2.c - GPT-2 as engine layers.
+ *
+ *   layer 0        embed:  tokens (B,T) -> wte[tok] + wpe[t]           (B,T,C)
+ *   layer 1..L     h.i:    x + attn(ln_1(x)) = r;  r + mlp(ln_2(r))      (B,T,C)
+ *   layer L+1      head:   ln_f, logits = x @ wte^T (tied), fused softmax
+ *                          cross-entropy; logits become dlogits in place.
+ * Parameter names and layouts are Hugging Face GPT-2's (Conv1D weights
+ * stored (in, out)), so checkpoints map one to one. Init as GPT-2: N(0, 0.02),
+ * residual projections N(0, 0.02/sqrt(2L)), LayerNorm 1/0, biases 0.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "zinc/gpt2.h"
+
+typedef struct gpt2_dims {
+    int C, NH, V, maxT, L;
+} gpt2_dims;
+
+struct zinc_gpt2 {
+    gpt2_dims d;
+    zinc_layer_def *layers;
+    zinc_model_def model;
+};
+
+#define ADD(l, name, nd, init, std, ...)                                                     \
+    (zinc_layer_param_add((l), (name), (nd), (const int64_t[]){__VA_ARGS__}, -1, (init), (std)))
+
+/* ------------------------------------------------------------------ embed */
+
+enum { E_WTE, E_WPE };
+
+static zinc_status embed_declare(zinc_layer *l)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    if (ADD(l, "wte.weight", 2, ZINC_INIT_NORMAL, 0.02f, d->V, d->C) != E_WTE ||
+        ADD(l, "wpe.weight", 2, ZINC_INIT_NORMAL, 0.01f, d->maxT, d->C) != E_WPE)
+        return ZINC_ERR_INVALID_ARG;
+    zinc_layer_set_out(l, d->C);
+    return ZINC_OK;
+}
+
+static zinc_status embed_forward(zinc_layer *l, zinc_ctx *c, const void *x, float *y)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    c->ops->embedding_forward(y, x, zinc_layer_param(l, E_WTE), zinc_layer_param(l, E_WPE),
+                              c->B, c->T, d->C);
+    return ZINC_OK;
+}
+
+static zinc_status embed_backward(zinc_layer *l, zinc_ctx *c, const void *x, const float *dy,
+                                  float *dx)
+{
+    (void)dx;
+    const gpt2_dims *d = zinc_layer_state(l);
+    c->ops->embedding_backward(zinc_layer_grad(l, E_WTE), zinc_layer_grad(l, E_WPE), dy, x, c->B,
+                               c->T, d->C);
+    return ZINC_OK;
+}
+
+static const zinc_layer_ops embed_ops = {
+    .type = "gpt2.embed",
+    .declare = embed_declare,
+    .forward = embed_forward,
+    .backward = embed_backward,
+};
+
+/* ------------------------------------------------------------------ block */
+
+enum { B_LN1W, B_LN1B, B_QKVW, B_QKVB, B_PRJW, B_PRJB, B_LN2W, B_LN2B, B_FCW, B_FCB, B_FPW, B_FPB };
+
+/* Saved activations of a block, per token unless noted. */
+typedef struct block_acts {
+    float *ln1, *ln1_mean, *ln1_rstd; /* (BT,C) (BT) (BT) */
+    float *qkv;                       /* (BT,3C) */
+    float *atty;                      /* (BT,C) */
+    float *att;                       /* (B,NH,T,T) */
+    float *res2;                      /* (BT,C) x + attention branch */
+    float *ln2, *ln2_mean, *ln2_rstd; /* (BT,C) (BT) (BT) */
+    float *fch, *fch_gelu;            /* (BT,4C) (BT,4C) */
+} block_acts;
+
+static size_t block_carve(block_acts *a, float *base, const gpt2_dims *d, int B, int T)
+{
+    size_t BT = (size_t)B * T, C = (size_t)d->C, off = 0;
+#define CARVE(field, n)                                                                      \
+    do {                                                                                     \
+        if (a) a->field = base + off;                                                        \
+        off += (n);                                                                          \
+    } while (0)
+    CARVE(ln1, BT * C);
+    CARVE(ln1_mean, BT);
+    CARVE(ln1_rstd, BT);
+    CARVE(qkv, BT * 3 * C);
+    CARVE(atty, BT * C);
+    CARVE(att, (size_t)B * d->NH * T * T);
+    CARVE(res2, BT * C);
+    CARVE(ln2, BT * C);
+    CARVE(ln2_mean, BT);
+    CARVE(ln2_rstd, BT);
+    CARVE(fch, BT * 4 * C);
+    CARVE(fch_gelu, BT * 4 * C);
+#undef CARVE
+    return off;
+}
+
+static zinc_status block_declare(zinc_layer *l)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    int64_t C = d->C;
+    float std = 0.02f, pstd = 0.02f / sqrtf(2.0f * (float)d->L);
+    int ok = ADD(l, "ln_1.weight", 1, ZINC_INIT_ONES, 0, C) == B_LN1W &&
+             ADD(l, "ln_1.bias", 1, ZINC_INIT_ZEROS, 0, C) == B_LN1B &&
+             ADD(l, "attn.c_attn.weight", 2, ZINC_INIT_NORMAL, std, C, 3 * C) == B_QKVW &&
+             ADD(l, "attn.c_attn.bias", 1, ZINC_INIT_ZEROS, 0, 3 * C) == B_QKVB &&
+             ADD(l, "attn.c_proj.weight", 2, ZINC_INIT_NORMAL, pstd, C, C) == B_PRJW &&
+             ADD(l, "attn.c_proj.bias", 1, ZINC_INIT_ZEROS, 0, C) == B_PRJB &&
+             ADD(l, "ln_2.weight", 1, ZINC_INIT_ONES, 0, C) == B_LN2W &&
+             ADD(l, "ln_2.bias", 1, ZINC_INIT_ZEROS, 0, C) == B_LN2B &&
+             ADD(l, "mlp.c_fc.weight", 2, ZINC_INIT_NORMAL, std, C, 4 * C) == B_FCW &&
+             ADD(l, "mlp.c_fc.bias", 1, ZINC_INIT_ZEROS, 0, 4 * C) == B_FCB &&
+             ADD(l, "mlp.c_proj.weight", 2, ZINC_INIT_NORMAL, pstd, 4 * C, C) == B_FPW &&
+             ADD(l, "mlp.c_proj.bias", 1, ZINC_INIT_ZEROS, 0, C) == B_FPB;
+    return ok ? ZINC_OK : ZINC_ERR_INVALID_ARG;
+}
+
+static size_t block_act_floats(const zinc_layer *l, int B, int T)
+{
+    return block_carve(NULL, NULL, zinc_layer_state(l), B, T);
+}
+
+static size_t block_scratch_floats(const zinc_layer *l, int B, int T)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    size_t BT = (size_t)B * T, C = (size_t)d->C;
+    /* dfch_gelu, dfch (4C each), dsmall (3C: dln2 / datty / dqkv / dln1), att scratch */
+    return BT * (4 * C + 4 * C + 3 * C + C) + (size_t)B * d->NH * T * T;
+}
+
+static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *xv, float *y)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    const zinc_ops *o = c->ops;
+    const float *x = xv;
+    int BT = c->B * c->T, C = d->C;
+    block_acts a;
+    block_carve(&a, zinc_layer_acts(l), d, c->B, c->T);
+    float *p[12];
+    for (int i = 0; i < 12; i++) p[i] = zinc_layer_param(l, i);
+
+    o->layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
+    o->linear_forward(a.qkv, a.ln1, p[B_QKVW], p[B_QKVB], BT, C, 3 * C);
+    o->attention_forward(a.atty, a.att, a.qkv, c->B, c->T, C, d->NH);
+    o->linear_forward(a.res2, a.atty, p[B_PRJW], p[B_PRJB], BT, C, C);
+    o->residual_forward(a.res2, a.res2, x, (size_t)BT * C);
+    o->layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
+    o->linear_forward(a.fch, a.ln2, p[B_FCW], p[B_FCB], BT, C, 4 * C);
+    o->gelu_forward(a.fch_gelu, a.fch, (size_t)BT * 4 * C);
+    o->linear_forward(y, a.fch_gelu, p[B_FPW], p[B_FPB], BT, 4 * C, C);
+    o->residual_forward(y, y, a.res2, (size_t)BT * C);
+    return ZINC_OK;
+}
+
+static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *xv, const float *dy,
+                                  float *dx)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    const zinc_ops *o = c->ops;
+    const float *x = xv;
+    int BT = c->B * c->T, C = d->C;
+    size_t n = (size_t)BT * C;
+    block_acts a;
+    block_carve(&a, zinc_layer_acts(l), d, c->B, c->T);
+    float *p[12], *g[12];
+    for (int i = 0; i < 12; i++) {
+        p[i] = zinc_layer_param(l, i);
+        g[i] = zinc_layer_grad(l, i);
+    }
+    float *dfchg = c->scratch;             /* (BT,4C) */
+    float *dfch = dfchg + (size_t)BT * 4 * C; /* (BT,4C) */
+    float *dsmall = dfch + (size_t)BT * 4 * C; /* (BT,3C) */
+    float *dres2 = dsmall + (size_t)BT * 3 * C; /* (BT,C) */
+    float *att_scratch = dres2 + n;
+
+    /* MLP branch: y = res2 + fc_proj(gelu(fc(ln2(res2)))) */
+    memcpy(dres2, dy, n * sizeof(float));
+    memset(dfchg, 0, (size_t)BT * 4 * C * sizeof(float));
+    o->linear_backward(dfchg, g[B_FPW], g[B_FPB], dy, a.fch_gelu, p[B_FPW], BT, 4 * C, C);
+    memset(dfch, 0, (size_t)BT * 4 * C * sizeof(float));
+    o->gelu_backward(dfch, a.fch, dfchg, (size_t)BT * 4 * C);
+    float *dln2 = dsmall;
+    memset(dln2, 0, n * sizeof(float));
+    o->linear_backward(dln2, g[B_FCW], g[B_FCB], dfch, a.ln2, p[B_FCW], BT, C, 4 * C);
+    o->layernorm_backward(dres2, g[B_LN2W], g[B_LN2B], dln2, a.res2, p[B_LN2W], a.ln2_mean,
+                          a.ln2_rstd, BT, C);
+    /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))) */
+    o->residual_forward(dx, dx, dres2, n);
+    float *datty = dsmall;
+    memset(datty, 0, n * sizeof(float));
+    o->linear_backward(datty, g[B_PRJW], g[B_PRJB], dres2, a.atty, p[B_PRJW], BT, C, C);
+    float *dqkv = dfch; /* reuse: dfch is dead */
+    memset(dqkv, 0, (size_t)BT * 3 * C * sizeof(float));
+    o->attention_backward(dqkv, att_scratch, datty, a.qkv, a.att, c->B, c->T, C, d->NH);
+    float *dln1 = dsmall;
+    memset(dln1, 0, n * sizeof(float));
+    o->linear_backward(dln1, g[B_QKVW], g[B_QKVB], dqkv, a.ln1, p[B_QKVW], BT, C, 3 * C);
+    o->layernorm_backward(dx, g[B_LN1W], g[B_LN1B], dln1, x, p[B_LN1W], a.ln1_mean, a.ln1_rstd,
+                          BT, C);
+    return ZINC_OK;
+}
+
+static const zinc_layer_ops block_ops = {
+    .type = "gpt2.block",
+    .declare = block_declare,
+    .act_floats = block_act_floats,
+    .scratch_floats = block_scratch_floats,
+    .forward = block_forward,
+    .backward = block_backward,
+};
+
+/* ------------------------------------------------------------------- head */
+
+enum { H_LNFW, H_LNFB, H_WTE };
+
+static zinc_status head_declare(zinc_layer *l)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    int ok = ADD(l, "ln_f.weight", 1, ZINC_INIT_ONES, 0, d->C) == H_LNFW &&
+             ADD(l, "ln_f.bias", 1, ZINC_INIT_ZEROS, 0, d->C) == H_LNFB &&
+             zinc_layer_param_tie(l, "wte.weight") == H_WTE;
+    zinc_layer_set_out(l, 0);
+    return ok ? ZINC_OK : ZINC_ERR_INVALID_ARG;
+}
+
+/* acts: lnf (BT,C), mean (BT), rstd (BT), logits/dlogits (BT,V), losses (BT) */
+static size_t head_act_floats(const zinc_layer *l, int B, int T)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    size_t BT = (size_t)B * T;
+    return BT * d->C + 2 * BT + BT * d->V + BT;
+}
+
+static size_t head_scratch_floats(const zinc_layer *l, int B, int T)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    return (size_t)B * T * d->C; /* dlnf */
+}
+
+static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *xv, float *y)
+{
+    (void)y;
+    const gpt2_dims *d = zinc_layer_state(l);
+    const zinc_ops *o = c->ops;
+    int BT = c->B * c->T, C = d->C, V = d->V;
+    float *lnf = zinc_layer_acts(l), *mean = lnf + (size_t)BT * C, *rstd = mean + BT;
+    float *logits = rstd + BT, *losses = logits + (size_t)BT * V;
+    o->layernorm_forward(lnf, mean, rstd, xv, zinc_layer_param(l, H_LNFW),
+                         zinc_layer_param(l, H_LNFB), BT, C);
+    o->matmul(logits, lnf, zinc_layer_param(l, H_WTE), BT, V, C, 0, 1, 1.0f, 0.0f);
+    o->softmax_xent(losses, logits, c->targets, c->dloss, BT, V);
+    double sum = 0.0;
+    for (int i = 0; i < BT; i++) sum += losses[i];
+    c->loss_sum += sum;
+    return ZINC_OK;
+}
+
+static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *xv, const float *dy,
+                                 float *dx)
+{
+    (void)dy;
+    const gpt2_dims *d = zinc_layer_state(l);
+    const zinc_ops *o = c->ops;
+    int BT = c->B * c->T, C = d->C, V = d->V;
+    float *lnf = zinc_layer_acts(l), *mean = lnf + (size_t)BT * C, *rstd = mean + BT;
+    float *dlogits = rstd + BT;
+    float *dlnf = c->scratch;
+    /* dlnf(BT,C) = dlogits(BT,V) @ wte(V,C); dwte(V,C) += dlogits^T @ lnf */
+    o->matmul(dlnf, dlogits, zinc_layer_param(l, H_WTE), BT, C, V, 0, 0, 1.0f, 0.0f);
+    o->matmul(zinc_layer_grad(l, H_WTE), dlogits, lnf, V, C, BT, 1, 0, 1.0f, 1.0f);
+    o->layernorm_backward(dx, zinc_layer_grad(l, H_LNFW), zinc_layer_grad(l, H_LNFB), dlnf, xv,
+                          zinc_layer_param(l, H_LNFW), mean, rstd, BT, C);
+    return ZINC_OK;
+}
+
+static const zinc_layer_ops head_ops = {
+    .type = "gpt2.head",
+    .declare = head_declare,
+    .act_floats = head_act_floats,
+    .scratch_floats = head_scratch_floats,
+    .forward = head_forward,
+    .backward = head_backward,
+};
+
+/* ------------------------------------------------------------------ model */
+
+zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
+{
+    *out = NULL;
+    if (strcmp(c->model.type, "gpt2") != 0)
+        return zinc_error(ZINC_ERR_CONFIG, "model.type: expected \"gpt2\", found \"%s\"",
+                          c->model.type);
+    if (c->model.n_embd % c->model.n_head != 0)
+        return zinc_error(ZINC_ERR_CONFIG, "model.n_embd %lld is not divisible by model.n_head %lld",
+                          (long long)c->model.n_embd, (long long)c->model.n_head);
+    zinc_gpt2 *g = calloc(1, sizeof *g);
+    if (!g) return zinc_error(ZINC_ERR_NOMEM, "gpt2");
+    g->d.C = (int)c->model.n_embd;
+    g->d.NH = (int)c->model.n_head;
+    g->d.V = (int)c->model.vocab_size;
+    g->d.maxT = (int)c->model.block_size;
+    g->d.L = (int)c->model.n_layer;
+    int n = g->d.L + 2;
+    g->layers = calloc((size_t)n, sizeof *g->layers);
+    if (!g->layers) {
+        free(g);
+        return zinc_error(ZINC_ERR_NOMEM, "gpt2 layers");
+    }
+    g->layers[0] = (zinc_layer_def){.ops = &embed_ops, .name = "", .state = &g->d};
+    for (int i = 0; i < g->d.L; i++) {
+        g->layers[i + 1] = (zinc_layer_def){.ops = &block_ops, .state = &g->d};
+        snprintf(g->layers[i + 1].name, sizeof g->layers[i + 1].name, "h.%d", i);
+    }
+    g->layers[n - 1] = (zinc_layer_def){.ops = &head_ops, .name = "", .state = &g->d};
+    g->model.layers = g->layers;
+    g->model.n_layers = n;
+    /* 6 FLOPs per matmul weight per token (forward + backward) plus the
+     * attention products, 12 L T C (PaLM's formula, the usual MFU basis) */
+    double C = g->d.C, V = g->d.V, L = g->d.L;
+    double T = (double)(c->data.seq_len > 0 ? c->data.seq_len : c->model.block_size);
+    g->model.flops_per_token = 6.0 * (L * 12.0 * C * C + V * C) + 12.0 * L * T * C;
+    *out = g;
+    return ZINC_OK;
+}
+
+const zinc_model_def *zinc_gpt2_model(const zinc_gpt2 *g) { return &g->model; }
+
+void zinc_gpt2_destroy(zinc_gpt2 *g)
+{
+    if (!g) return;
+    free(g->layers);
+    free(g);
+}

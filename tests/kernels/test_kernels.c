@@ -1,0 +1,797 @@
+/* test_kernels.c - the CPU op table against float64 references.
+ *
+ * Forward ops are compared with naive double-precision implementations
+ * written here. Backward ops are compared with central finite differences
+ * of a double scalar loss L = sum(out * R) (R random, fixed) evaluated on
+ * those references, with gradients pre-filled with non-zero values to check
+ * that they accumulate (+=). Sizes are small, odd and non-square. A last
+ * group checks that ops are bitwise reproducible, run to run and between 1
+ * and 2 OpenMP threads. */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/Basic.h>
+
+#include "zinc/ops.h"
+
+static const zinc_ops *ops;
+
+/* ---------- helpers ---------- */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static uint64_t rng_next(void)
+{ /* splitmix64 */
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [-1, 1). */
+static float rng_unif(void)
+{
+    return (float)((double)(rng_next() >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+}
+
+static float *frand(size_t n, float scale)
+{
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = scale * rng_unif();
+    return x;
+}
+
+static double *to_double(const float *x, size_t n)
+{
+    double *d = malloc((n ? n : 1) * sizeof *d);
+    for (size_t i = 0; i < n; i++)
+        d[i] = x[i];
+    return d;
+}
+
+static float *fcopy(const float *x, size_t n)
+{
+    float *y = malloc((n ? n : 1) * sizeof *y);
+    memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+/* True if |got - ref| <= atol + rtol |ref| everywhere, atol = atol_rel *
+ * max|ref| (so that elements near zero are judged on the tensor's scale).
+ * Prints the worst element on failure. */
+static int close_to(const char *what, const float *got, const double *ref, size_t n,
+                    double rtol, double atol_rel)
+{
+    double mx = 0.0;
+    for (size_t i = 0; i < n; i++)
+        mx = fmax(mx, fabs(ref[i]));
+    const double atol = atol_rel * (mx > 0.0 ? mx : 1.0);
+    size_t bad = 0, worst = 0;
+    double worst_excess = -1.0;
+    for (size_t i = 0; i < n; i++) {
+        const double err = fabs((double)got[i] - ref[i]);
+        const double lim = atol + rtol * fabs(ref[i]);
+        if (!(err <= lim))
+            bad++;
+        if (!(err - lim <= worst_excess)) {
+            worst_excess = err - lim;
+            worst = i;
+        }
+    }
+    if (bad)
+        printf("\n  %s: %zu/%zu out of tolerance, worst [%zu] got %.9g ref %.9g\n", what, bad,
+               n, worst, (double)got[worst], ref[worst]);
+    return bad == 0;
+}
+
+/* Central differences of f at x (n doubles, perturbed in place and restored). */
+static void fd_grad(double *grad, double *x, size_t n, double (*f)(void *), void *ctx)
+{
+    const double h = 1e-5;
+    for (size_t i = 0; i < n; i++) {
+        const double x0 = x[i];
+        x[i] = x0 + h;
+        const double fp = f(ctx);
+        x[i] = x0 - h;
+        const double fm = f(ctx);
+        x[i] = x0;
+        grad[i] = (fp - fm) / (2.0 * h);
+    }
+}
+
+/* ref[i] = g0[i] + fd[i]: what an accumulating backward must produce. */
+static double *plus(const float *g0, const double *fd, size_t n)
+{
+    double *r = malloc(n * sizeof *r);
+    for (size_t i = 0; i < n; i++)
+        r[i] = (double)g0[i] + fd[i];
+    return r;
+}
+
+static double dot_d(const double *a, const double *b, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* ---------- float64 references ---------- */
+
+static void ref_linear(double *out, const double *inp, const double *w, const double *b,
+                       int N, int C, int OC)
+{
+    for (int i = 0; i < N; i++)
+        for (int o = 0; o < OC; o++) {
+            double s = b ? b[o] : 0.0;
+            for (int c = 0; c < C; c++)
+                s += inp[i * C + c] * w[c * OC + o];
+            out[i * OC + o] = s;
+        }
+}
+
+static void ref_layernorm(double *out, const double *inp, const double *w, const double *b,
+                          int N, int C, double *mean, double *rstd)
+{
+    for (int i = 0; i < N; i++) {
+        const double *x = inp + i * C;
+        double m = 0.0, v = 0.0;
+        for (int c = 0; c < C; c++)
+            m += x[c];
+        m /= C;
+        for (int c = 0; c < C; c++)
+            v += (x[c] - m) * (x[c] - m);
+        v /= C;
+        const double rs = 1.0 / sqrt(v + 1e-5);
+        for (int c = 0; c < C; c++)
+            out[i * C + c] = (x[c] - m) * rs * w[c] + b[c];
+        if (mean)
+            mean[i] = m;
+        if (rstd)
+            rstd[i] = rs;
+    }
+}
+
+static double ref_gelu1(double x)
+{
+    return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+static void ref_attention(double *out, double *att, const double *qkv, int B, int T, int C,
+                          int NH)
+{
+    const int HS = C / NH, C3 = 3 * C;
+    const double scale = 1.0 / sqrt((double)HS);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const double *q = qkv + (b * T + t) * C3 + h * HS;
+                double *a = att + ((b * NH + h) * T + t) * T;
+                double mx = -INFINITY, sum = 0.0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const double *k = qkv + (b * T + t2) * C3 + C + h * HS;
+                    a[t2] = dot_d(q, k, HS) * scale;
+                    mx = fmax(mx, a[t2]);
+                }
+                for (int t2 = 0; t2 <= t; t2++) {
+                    a[t2] = exp(a[t2] - mx);
+                    sum += a[t2];
+                }
+                for (int t2 = 0; t2 < T; t2++)
+                    a[t2] = t2 <= t ? a[t2] / sum : 0.0;
+                double *o = out + (b * T + t) * C + h * HS;
+                for (int i = 0; i < HS; i++) {
+                    double s = 0.0;
+                    for (int t2 = 0; t2 <= t; t2++)
+                        s += a[t2] * qkv[(b * T + t2) * C3 + 2 * C + h * HS + i];
+                    o[i] = s;
+                }
+            }
+}
+
+/* losses[i] = -log softmax(logits[i])[target]; 0 for ignored rows. */
+static double ref_xent(double *losses, const double *logits, const int32_t *tg, int N, int V)
+{
+    double total = 0.0;
+    for (int i = 0; i < N; i++) {
+        const double *x = logits + (size_t)i * V;
+        double l = 0.0;
+        if (tg[i] >= 0) {
+            double mx = -INFINITY, s = 0.0;
+            for (int j = 0; j < V; j++)
+                mx = fmax(mx, x[j]);
+            for (int j = 0; j < V; j++)
+                s += exp(x[j] - mx);
+            l = log(s) + mx - x[tg[i]];
+        }
+        if (losses)
+            losses[i] = l;
+        total += l;
+    }
+    return total;
+}
+
+/* ---------- matmul and linear ---------- */
+
+static void test_matmul(void)
+{
+    const int m = 7, n = 5, k = 9;
+    const float alpha = 0.7f, beta = 0.3f;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            float *a = frand((size_t)m * k, 1.0f), *b = frand((size_t)k * n, 1.0f);
+            float *c = frand((size_t)m * n, 1.0f);
+            double ref[7 * 5];
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++) {
+                    double s = 0.0;
+                    for (int p = 0; p < k; p++) {
+                        const double av = ta ? a[p * m + i] : a[i * k + p];
+                        const double bv = tb ? b[j * k + p] : b[p * n + j];
+                        s += av * bv;
+                    }
+                    ref[i * n + j] = alpha * s + beta * (double)c[i * n + j];
+                }
+            ops->matmul(c, a, b, m, n, k, ta, tb, alpha, beta);
+            char what[32];
+            snprintf(what, sizeof what, "matmul ta=%d tb=%d", ta, tb);
+            CU_ASSERT(close_to(what, c, ref, (size_t)m * n, 1e-5, 1e-6));
+            free(a);
+            free(b);
+            free(c);
+        }
+}
+
+static void test_linear_forward(void)
+{
+    const int N = 10, C = 12, OC = 9;
+    float *inp = frand((size_t)N * C, 1.0f), *w = frand((size_t)C * OC, 0.5f);
+    float *bias = frand(OC, 1.0f), *out = frand((size_t)N * OC, 9.0f);
+    double *di = to_double(inp, (size_t)N * C), *dw = to_double(w, (size_t)C * OC);
+    double *db = to_double(bias, OC), ref[10 * 9];
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        ref_linear(ref, di, dw, with_bias ? db : NULL, N, C, OC);
+        ops->linear_forward(out, inp, w, with_bias ? bias : NULL, N, C, OC);
+        CU_ASSERT(close_to(with_bias ? "linear bias" : "linear", out, ref, (size_t)N * OC,
+                           1e-5, 1e-6));
+    }
+    free(inp), free(w), free(bias), free(out), free(di), free(dw), free(db);
+}
+
+struct lin_ctx {
+    double *inp, *w, *b, *R, *out;
+    int N, C, OC;
+};
+
+static double lin_loss(void *p)
+{
+    struct lin_ctx *c = p;
+    ref_linear(c->out, c->inp, c->w, c->b, c->N, c->C, c->OC);
+    return dot_d(c->out, c->R, (size_t)c->N * c->OC);
+}
+
+static void test_linear_backward(void)
+{
+    const int N = 10, C = 12, OC = 9;
+    const size_t nI = (size_t)N * C, nW = (size_t)C * OC, nO = (size_t)N * OC;
+    float *inp = frand(nI, 1.0f), *w = frand(nW, 0.5f), *bias = frand(OC, 1.0f);
+    float *R = frand(nO, 1.0f);
+    struct lin_ctx c = {to_double(inp, nI), to_double(w, nW), to_double(bias, OC),
+                        to_double(R, nO), malloc(nO * sizeof(double)), N, C, OC};
+    double *gi = malloc(nI * sizeof *gi), *gw = malloc(nW * sizeof *gw);
+    double *gb = malloc(OC * sizeof *gb);
+    fd_grad(gi, c.inp, nI, lin_loss, &c);
+    fd_grad(gw, c.w, nW, lin_loss, &c);
+    fd_grad(gb, c.b, OC, lin_loss, &c);
+    float *di0 = frand(nI, 1.0f), *dw0 = frand(nW, 1.0f), *db0 = frand(OC, 1.0f);
+    float *di = fcopy(di0, nI), *dw = fcopy(dw0, nW), *db = fcopy(db0, OC);
+    ops->linear_backward(di, dw, db, R, inp, w, N, C, OC);
+    double *ri = plus(di0, gi, nI), *rw = plus(dw0, gw, nW), *rb = plus(db0, gb, OC);
+    CU_ASSERT(close_to("linear dinp", di, ri, nI, 1e-5, 1e-5));
+    CU_ASSERT(close_to("linear dweight", dw, rw, nW, 1e-5, 1e-5));
+    CU_ASSERT(close_to("linear dbias", db, rb, OC, 1e-5, 1e-5));
+    /* NULL dinp / dbias are skipped; dweight accumulates again. */
+    memcpy(dw, dw0, nW * sizeof *dw);
+    ops->linear_backward(NULL, dw, NULL, R, inp, w, N, C, OC);
+    CU_ASSERT(close_to("linear dweight (no dinp/dbias)", dw, rw, nW, 1e-5, 1e-5));
+    free(inp), free(w), free(bias), free(R), free(c.inp), free(c.w), free(c.b), free(c.R);
+    free(c.out), free(gi), free(gw), free(gb), free(di0), free(dw0), free(db0), free(di);
+    free(dw), free(db), free(ri), free(rw), free(rb);
+}
+
+/* ---------- embedding ---------- */
+
+enum { EB = 2, ET = 5, EC = 12, EV = 37, EMAXT = 7 };
+static const int32_t etok[EB * ET] = {3, 36, 3, 0, 17, 3, 5, 36, 0, 3}; /* repeats on purpose */
+
+struct emb_ctx {
+    double *wte, *wpe, *R;
+};
+
+static double emb_loss(void *p)
+{
+    struct emb_ctx *c = p;
+    double s = 0.0;
+    for (int bt = 0; bt < EB * ET; bt++)
+        for (int i = 0; i < EC; i++)
+            s += (c->wte[etok[bt] * EC + i] + c->wpe[(bt % ET) * EC + i]) * c->R[bt * EC + i];
+    return s;
+}
+
+static void test_embedding(void)
+{
+    const size_t nTE = EV * EC, nPE = EMAXT * EC, nO = EB * ET * EC;
+    float *wte = frand(nTE, 1.0f), *wpe = frand(nPE, 1.0f), *out = frand(nO, 1.0f);
+    float *R = frand(nO, 1.0f);
+    double ref[EB * ET * EC];
+    for (int bt = 0; bt < EB * ET; bt++)
+        for (int i = 0; i < EC; i++)
+            ref[bt * EC + i] = (double)wte[etok[bt] * EC + i] + wpe[(bt % ET) * EC + i];
+    ops->embedding_forward(out, etok, wte, wpe, EB, ET, EC);
+    CU_ASSERT(close_to("embedding fwd", out, ref, nO, 1e-6, 1e-7));
+
+    struct emb_ctx c = {to_double(wte, nTE), to_double(wpe, nPE), to_double(R, nO)};
+    double *gte = malloc(nTE * sizeof *gte), *gpe = malloc(nPE * sizeof *gpe);
+    fd_grad(gte, c.wte, nTE, emb_loss, &c);
+    fd_grad(gpe, c.wpe, nPE, emb_loss, &c);
+    float *dte0 = frand(nTE, 1.0f), *dpe0 = frand(nPE, 1.0f);
+    float *dte = fcopy(dte0, nTE), *dpe = fcopy(dpe0, nPE);
+    ops->embedding_backward(dte, dpe, R, etok, EB, ET, EC);
+    double *rte = plus(dte0, gte, nTE), *rpe = plus(dpe0, gpe, nPE);
+    CU_ASSERT(close_to("embedding dwte", dte, rte, nTE, 1e-5, 1e-5));
+    CU_ASSERT(close_to("embedding dwpe", dpe, rpe, nPE, 1e-5, 1e-5));
+    free(wte), free(wpe), free(out), free(R), free(c.wte), free(c.wpe), free(c.R);
+    free(gte), free(gpe), free(dte0), free(dpe0), free(dte), free(dpe), free(rte), free(rpe);
+}
+
+/* ---------- layernorm ---------- */
+
+struct ln_ctx {
+    double *inp, *w, *b, *R, *out;
+    int N, C;
+};
+
+static double ln_loss(void *p)
+{
+    struct ln_ctx *c = p;
+    ref_layernorm(c->out, c->inp, c->w, c->b, c->N, c->C, NULL, NULL);
+    return dot_d(c->out, c->R, (size_t)c->N * c->C);
+}
+
+static void test_layernorm(void)
+{
+    const int N = 10, C = 12;
+    const size_t nI = (size_t)N * C;
+    float *inp = frand(nI, 2.0f), *w = frand(C, 1.0f), *b = frand(C, 1.0f), *R = frand(nI, 1.0f);
+    for (size_t i = 0; i < nI; i++)
+        inp[i] += 3.0f; /* non-zero mean */
+    struct ln_ctx c = {to_double(inp, nI), to_double(w, C), to_double(b, C), to_double(R, nI),
+                       malloc(nI * sizeof(double)), N, C};
+    double *ref = malloc(nI * sizeof *ref), rmean[10], rrstd[10];
+    ref_layernorm(ref, c.inp, c.w, c.b, N, C, rmean, rrstd);
+    float *out = frand(nI, 1.0f), mean[10], rstd[10];
+    ops->layernorm_forward(out, mean, rstd, inp, w, b, N, C);
+    CU_ASSERT(close_to("layernorm out", out, ref, nI, 1e-5, 1e-6));
+    CU_ASSERT(close_to("layernorm mean", mean, rmean, N, 1e-6, 1e-7));
+    CU_ASSERT(close_to("layernorm rstd", rstd, rrstd, N, 1e-5, 1e-7));
+
+    double *gi = malloc(nI * sizeof *gi), gw[12], gb[12];
+    fd_grad(gi, c.inp, nI, ln_loss, &c);
+    fd_grad(gw, c.w, C, ln_loss, &c);
+    fd_grad(gb, c.b, C, ln_loss, &c);
+    float *di0 = frand(nI, 1.0f), *dw0 = frand(C, 1.0f), *db0 = frand(C, 1.0f);
+    float *di = fcopy(di0, nI), *dw = fcopy(dw0, C), *db = fcopy(db0, C);
+    ops->layernorm_backward(di, dw, db, R, inp, w, mean, rstd, N, C);
+    double *ri = plus(di0, gi, nI), *rw = plus(dw0, gw, C), *rb = plus(db0, gb, C);
+    CU_ASSERT(close_to("layernorm dinp", di, ri, nI, 1e-4, 1e-5));
+    CU_ASSERT(close_to("layernorm dweight", dw, rw, C, 1e-4, 1e-5));
+    CU_ASSERT(close_to("layernorm dbias", db, rb, C, 1e-4, 1e-5));
+    free(inp), free(w), free(b), free(R), free(c.inp), free(c.w), free(c.b), free(c.R);
+    free(c.out), free(ref), free(out), free(gi), free(di0), free(dw0), free(db0), free(di);
+    free(dw), free(db), free(ri), free(rw), free(rb);
+}
+
+/* ---------- gelu, residual, scale ---------- */
+
+struct gelu_ctx {
+    double *x, *R;
+    size_t n;
+};
+
+static double gelu_loss(void *p)
+{
+    struct gelu_ctx *c = p;
+    double s = 0.0;
+    for (size_t i = 0; i < c->n; i++)
+        s += ref_gelu1(c->x[i]) * c->R[i];
+    return s;
+}
+
+static void test_gelu(void)
+{
+    /* 40001 elements: takes the parallel path; inputs span the range where
+     * tanh saturates (and a few far beyond it). */
+    const size_t n = 40001;
+    float *x = frand(n, 7.0f), *R = frand(n, 1.0f);
+    x[0] = 0.0f, x[1] = 60.0f, x[2] = -60.0f, x[3] = 1e-6f, x[4] = -1e-6f;
+    float *out = malloc(n * sizeof *out);
+    double *ref = malloc(n * sizeof *ref);
+    for (size_t i = 0; i < n; i++)
+        ref[i] = ref_gelu1(x[i]);
+    ops->gelu_forward(out, x, n);
+    CU_ASSERT(close_to("gelu fwd", out, ref, n, 1e-5, 1e-7));
+
+    struct gelu_ctx c = {to_double(x, n), to_double(R, n), n};
+    double *g = malloc(n * sizeof *g);
+    /* Per-element derivative by central differences of gelu itself (the
+     * loss is separable, so this is fd of L at O(n) cost). */
+    for (size_t i = 0; i < n; i++) {
+        const double h = 1e-5, xi = c.x[i];
+        g[i] = (ref_gelu1(xi + h) - ref_gelu1(xi - h)) / (2 * h) * c.R[i];
+    }
+    float *d0 = frand(n, 1.0f), *d = fcopy(d0, n);
+    ops->gelu_backward(d, x, R, n);
+    double *rd = plus(d0, g, n);
+    CU_ASSERT(close_to("gelu dinp", d, rd, n, 1e-5, 1e-6));
+    /* The full-loss fd on a few elements agrees with the separable one. */
+    double g5[5];
+    fd_grad(g5, c.x + 1000, 5, gelu_loss, &c);
+    for (int i = 0; i < 5; i++)
+        CU_ASSERT(fabs(g5[i] - g[1000 + i]) < 1e-4 * (1.0 + fabs(g[1000 + i])));
+    free(x), free(R), free(out), free(ref), free(c.x), free(c.R), free(g), free(d0), free(d);
+    free(rd);
+}
+
+static void test_residual_scale(void)
+{
+    const size_t n = 70001;
+    float *a = frand(n, 1.0f), *b = frand(n, 1.0f), *out = malloc(n * sizeof *out);
+    double *ref = malloc(n * sizeof *ref);
+    for (size_t i = 0; i < n; i++)
+        ref[i] = (double)a[i] + b[i];
+    ops->residual_forward(out, a, b, n);
+    CU_ASSERT(close_to("residual", out, ref, n, 1e-7, 0.0));
+    ops->residual_forward(a, a, b, n); /* in place */
+    CU_ASSERT(close_to("residual in place", a, ref, n, 1e-7, 0.0));
+    for (size_t i = 0; i < n; i++)
+        ref[i] = (double)a[i] * 0.37;
+    ops->scale(a, 0.37f, n);
+    CU_ASSERT(close_to("scale", a, ref, n, 1e-7, 0.0));
+    ops->scale(a, 1.0f, 0); /* empty is fine */
+    free(a), free(b), free(out), free(ref);
+}
+
+/* ---------- attention ---------- */
+
+enum { AB = 2, AT = 5, AC = 12, ANH = 3 };
+
+struct att_ctx {
+    double *qkv, *R, *out, *att;
+};
+
+static double att_loss(void *p)
+{
+    struct att_ctx *c = p;
+    ref_attention(c->out, c->att, c->qkv, AB, AT, AC, ANH);
+    return dot_d(c->out, c->R, AB * AT * AC);
+}
+
+static void test_attention(void)
+{
+    const size_t nQ = AB * AT * 3 * AC, nO = AB * AT * AC, nA = AB * ANH * AT * AT;
+    float *qkv = frand(nQ, 2.0f), *R = frand(nO, 1.0f);
+    float *out = frand(nO, 1.0f), *att = frand(nA, 1.0f), *scratch = frand(nA, 1.0f);
+    struct att_ctx c = {to_double(qkv, nQ), to_double(R, nO), malloc(nO * sizeof(double)),
+                        malloc(nA * sizeof(double))};
+    att_loss(&c);
+    ops->attention_forward(out, att, qkv, AB, AT, AC, ANH);
+    CU_ASSERT(close_to("attention out", out, c.out, nO, 1e-5, 1e-6));
+    CU_ASSERT(close_to("attention att", att, c.att, nA, 1e-5, 1e-7));
+    for (int r = 0; r < AB * ANH * AT; r++) { /* causal rows: zero above the diagonal */
+        const int t = r % AT;
+        for (int t2 = t + 1; t2 < AT; t2++)
+            CU_ASSERT(att[r * AT + t2] == 0.0f);
+    }
+    double *g = malloc(nQ * sizeof *g);
+    fd_grad(g, c.qkv, nQ, att_loss, &c);
+    float *d0 = frand(nQ, 1.0f), *d = fcopy(d0, nQ);
+    ops->attention_backward(d, scratch, R, qkv, att, AB, AT, AC, ANH);
+    double *rd = plus(d0, g, nQ);
+    CU_ASSERT(close_to("attention dqkv", d, rd, nQ, 1e-4, 1e-5));
+    free(qkv), free(R), free(out), free(att), free(scratch), free(c.qkv), free(c.R);
+    free(c.out), free(c.att), free(g), free(d0), free(d), free(rd);
+}
+
+/* ---------- softmax + cross-entropy ---------- */
+
+enum { XN = 6, XV = 37 };
+static const int32_t xtg[XN] = {4, 36, -1, 0, 17, 17};
+
+struct xent_ctx {
+    double *logits;
+    double dloss;
+};
+
+static double xent_loss(void *p)
+{
+    struct xent_ctx *c = p;
+    return c->dloss * ref_xent(NULL, c->logits, xtg, XN, XV);
+}
+
+static void test_softmax_xent(void)
+{
+    const size_t n = XN * XV;
+    float *logits = frand(n, 8.0f);
+    for (int j = 0; j < XV; j++)
+        logits[1 * XV + j] += 1000.0f; /* stability: would overflow expf without the max */
+    logits[3 * XV + 0] = 60.0f;        /* a confidently right row */
+    logits[4 * XV + 5] = 70.0f;        /* a confidently wrong row (p[target] ~ 1e-30) */
+    const float dloss = 1.0f / 5.0f;   /* mean over the 5 non-ignored rows */
+    struct xent_ctx c = {to_double(logits, n), dloss};
+    double rl[XN];
+    ref_xent(rl, c.logits, xtg, XN, XV);
+    double *g = malloc(n * sizeof *g);
+    fd_grad(g, c.logits, n, xent_loss, &c);
+    float losses[XN];
+    ops->softmax_xent(losses, logits, xtg, dloss, XN, XV);
+    CU_ASSERT(close_to("xent losses", losses, rl, XN, 1e-5, 1e-6));
+    CU_ASSERT(losses[2] == 0.0f);
+    for (int j = 0; j < XV; j++)
+        CU_ASSERT(logits[2 * XV + j] == 0.0f);
+    CU_ASSERT(close_to("xent dlogits", logits, g, n, 1e-4, 1e-6));
+
+    /* A wide row, at the benchmark's vocab: exact softmax, sum of gradient 0. */
+    const int V = 50304;
+    float *wide = frand(V, 10.0f), wl;
+    double *dw = to_double(wide, V);
+    const int32_t tg = 12345;
+    double l, mx = -INFINITY, s = 0.0;
+    l = ref_xent(NULL, dw, &tg, 1, V);
+    for (int j = 0; j < V; j++)
+        mx = fmax(mx, dw[j]);
+    for (int j = 0; j < V; j++)
+        s += exp(dw[j] - mx);
+    for (int j = 0; j < V; j++)
+        dw[j] = exp(dw[j] - mx) / s - (j == tg);
+    ops->softmax_xent(&wl, wide, &tg, 1.0f, 1, V);
+    CU_ASSERT(fabs(wl - l) <= 1e-5 * fabs(l));
+    CU_ASSERT(close_to("xent wide dlogits", wide, dw, V, 1e-5, 1e-6));
+    free(logits), free(c.logits), free(g), free(wide), free(dw);
+}
+
+/* The exp inside softmax_xent over its whole useful range: with logits
+ * spanning [-80, 0] (max exactly 0) the probabilities run from 1e-36 to ~0.02 (all normal floats), and each must
+ * be within a few float ulps of exp(x - max) / sum. */
+static void test_softmax_exp_accuracy(void)
+{
+    const int V = 4099;
+    float *x = malloc(V * sizeof *x), loss;
+    double *ref = malloc(V * sizeof *ref), s = 0.0;
+    for (int j = 0; j < V; j++)
+        x[j] = -80.0f + 80.0f * (float)j / (float)(V - 1) + 1e-3f * rng_unif();
+    x[V - 1] = 0.0f; /* max exactly 0, so x - max is exact and only exp errs */
+    for (int j = 0; j < V; j++)
+        s += exp((double)x[j] - x[V - 1]);
+    for (int j = 0; j < V; j++)
+        ref[j] = exp((double)x[j] - x[V - 1]) / s;
+    const int32_t tg = -1 + V; /* the largest logit: its gradient is p - 1 */
+    ref[tg] -= 1.0;
+    ops->softmax_xent(&loss, x, &tg, 1.0f, 1, V);
+    double worst = 0.0;
+    for (int j = 0; j < V; j++)
+        worst = fmax(worst, fabs(x[j] - ref[j]) / fabs(ref[j]));
+    printf("\n  softmax exp: max relative error %.3g ... ", worst);
+    CU_ASSERT(worst < 3e-7); /* ~5 float ulp: exp (<= 1.5 ulp), 1/sum and the product */
+    free(x), free(ref);
+}
+
+/* ---------- optimizer and reductions ---------- */
+
+static void test_adamw(void)
+{
+    const size_t sizes[2] = {37, 100003}; /* serial path; parallel path with a tail */
+    const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
+    for (int si = 0; si < 2; si++) {
+        const size_t n = sizes[si];
+        float *p = frand(n, 1.0f), *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
+        double *rp = to_double(p, n), *rm = calloc(n, sizeof *rm), *rv = calloc(n, sizeof *rv);
+        int ok = 1;
+        for (int t = 1; t <= 5; t++) {
+            float *g = frand(n, t == 3 ? 1e-3f : 1.0f);
+            ops->adamw(p, g, m, v, n, lr, b1, b2, eps, wd, t);
+            const double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+            for (size_t i = 0; i < n; i++) {
+                rm[i] = (double)b1 * rm[i] + (1.0 - (double)b1) * g[i];
+                rv[i] = (double)b2 * rv[i] + (1.0 - (double)b2) * (double)g[i] * g[i];
+                const double mh = rm[i] / bc1, vh = rv[i] / bc2;
+                rp[i] -= (double)lr * (mh / (sqrt(vh) + (double)eps) + (double)wd * rp[i]);
+            }
+            ok &= close_to("adamw param", p, rp, n, 1e-5, 1e-6);
+            ok &= close_to("adamw m", m, rm, n, 1e-5, 1e-6);
+            ok &= close_to("adamw v", v, rv, n, 1e-5, 1e-6);
+            free(g);
+        }
+        CU_ASSERT(ok);
+        free(p), free(m), free(v), free(rp), free(rm), free(rv);
+    }
+}
+
+/* Elements give the same bits whichever code path (vector lanes or scalar
+ * tail) handles them: the same update on a copy shifted by one element. */
+static void test_adamw_lanes(void)
+{
+    const size_t n = 1001;
+    float *p = frand(n, 1.0f), *g = frand(n, 1.0f), *m = frand(n, 0.1f), *v = frand(n, 0.1f);
+    for (size_t i = 0; i < n; i++)
+        v[i] = fabsf(v[i]);
+    float *p2 = fcopy(p, n), *m2 = fcopy(m, n), *v2 = fcopy(v, n);
+    ops->adamw(p, g, m, v, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+    ops->adamw(p2 + 1, g + 1, m2 + 1, v2 + 1, n - 1, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+    CU_ASSERT(!memcmp(p + 1, p2 + 1, (n - 1) * sizeof *p));
+    CU_ASSERT(!memcmp(m + 1, m2 + 1, (n - 1) * sizeof *p));
+    CU_ASSERT(!memcmp(v + 1, v2 + 1, (n - 1) * sizeof *p));
+    free(p), free(g), free(m), free(v), free(p2), free(m2), free(v2);
+}
+
+static void test_sumsq(void)
+{
+    const size_t sizes[3] = {0, 1001, 3000017};
+    for (int si = 0; si < 3; si++) {
+        const size_t n = sizes[si];
+        float *x = frand(n, 3.0f);
+        double ref = 0.0;
+        for (size_t i = 0; i < n; i++)
+            ref += (double)x[i] * x[i];
+        const double got = ops->sumsq(x, n);
+        CU_ASSERT(fabs(got - ref) <= 1e-12 * ref);
+        free(x);
+    }
+}
+
+/* ---------- determinism ---------- */
+
+/* Runs the non-BLAS ops on sizes that take their parallel paths with the
+ * given thread count and returns a checksum-free copy of every output. */
+enum { DB = 4, DT = 32, DC = 256, DNH = 4, DV = 1000 };
+
+struct det_out {
+    float *dwte, *dwpe, *ln_dx, *ln_dw, *ln_db, *att_out, *att, *dqkv, *logits, *losses;
+    float *dbias, *p;
+    double ss;
+};
+
+static void det_run(struct det_out *o, int threads)
+{
+    const size_t BT = DB * DT, nO = BT * DC, nQ = BT * 3 * DC, nA = (size_t)DB * DNH * DT * DT;
+    omp_set_num_threads(threads);
+    rng_state = 12345;
+    int32_t tok[DB * DT];
+    for (size_t i = 0; i < BT; i++)
+        tok[i] = (int32_t)(rng_next() % 7); /* many repeats: scatter collisions */
+    float *dout = frand(nO, 1.0f), *inp = frand(nO, 1.0f), *w = frand(DC, 1.0f);
+    float *b = frand(DC, 1.0f), *qkv = frand(nQ, 2.0f), *dy = frand(nO, 1.0f);
+    float *logits = frand(BT * DV, 5.0f), *g = frand(nO, 1.0f);
+    int32_t tg[DB * DT];
+    for (size_t i = 0; i < BT; i++)
+        tg[i] = i % 9 == 4 ? -1 : (int32_t)(rng_next() % DV);
+    float mean[DB * DT], rstd[DB * DT], *lnout = malloc(nO * sizeof(float));
+    float *scratch = malloc(nA * sizeof(float));
+
+    o->dwte = calloc(7 * DC, sizeof(float));
+    o->dwpe = calloc(DT * DC, sizeof(float));
+    ops->embedding_backward(o->dwte, o->dwpe, dout, tok, DB, DT, DC);
+    ops->layernorm_forward(lnout, mean, rstd, inp, w, b, (int)BT, DC);
+    o->ln_dx = calloc(nO, sizeof(float));
+    o->ln_dw = calloc(DC, sizeof(float));
+    o->ln_db = calloc(DC, sizeof(float));
+    ops->layernorm_backward(o->ln_dx, o->ln_dw, o->ln_db, dout, inp, w, mean, rstd, (int)BT, DC);
+    o->att_out = malloc(nO * sizeof(float));
+    o->att = malloc(nA * sizeof(float));
+    ops->attention_forward(o->att_out, o->att, qkv, DB, DT, DC, DNH);
+    o->dqkv = calloc(nQ, sizeof(float));
+    ops->attention_backward(o->dqkv, scratch, dy, qkv, o->att, DB, DT, DC, DNH);
+    o->losses = malloc(BT * sizeof(float));
+    ops->softmax_xent(o->losses, logits, tg, 0.01f, (int)BT, DV);
+    o->logits = logits;
+    o->dbias = calloc(DC, sizeof(float));
+    float *dw = calloc((size_t)DC * DC, sizeof(float));
+    ops->linear_backward(NULL, dw, o->dbias, dout, inp, w, (int)BT, DC, DC);
+    o->p = fcopy(inp, nO);
+    float *m = calloc(nO, sizeof(float)), *v = calloc(nO, sizeof(float));
+    ops->adamw(o->p, g, m, v, nO, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1);
+    o->ss = ops->sumsq(dout, nO);
+    free(dout), free(inp), free(w), free(b), free(qkv), free(dy), free(g), free(lnout);
+    free(scratch), free(dw), free(m), free(v);
+}
+
+static void det_free(struct det_out *o)
+{
+    free(o->dwte), free(o->dwpe), free(o->ln_dx), free(o->ln_dw), free(o->ln_db);
+    free(o->att_out), free(o->att), free(o->dqkv), free(o->logits), free(o->losses);
+    free(o->dbias), free(o->p);
+}
+
+static int det_same(const struct det_out *a, const struct det_out *b)
+{
+    const size_t BT = DB * DT, nO = BT * DC;
+    const size_t nA = (size_t)DB * DNH * DT * DT;
+    return !memcmp(a->dwte, b->dwte, 7 * DC * sizeof(float)) &&
+           !memcmp(a->dwpe, b->dwpe, DT * DC * sizeof(float)) &&
+           !memcmp(a->ln_dx, b->ln_dx, nO * sizeof(float)) &&
+           !memcmp(a->ln_dw, b->ln_dw, DC * sizeof(float)) &&
+           !memcmp(a->ln_db, b->ln_db, DC * sizeof(float)) &&
+           !memcmp(a->att_out, b->att_out, nO * sizeof(float)) &&
+           !memcmp(a->att, b->att, nA * sizeof(float)) &&
+           !memcmp(a->dqkv, b->dqkv, 3 * nO * sizeof(float)) &&
+           !memcmp(a->logits, b->logits, BT * DV * sizeof(float)) &&
+           !memcmp(a->losses, b->losses, BT * sizeof(float)) &&
+           !memcmp(a->dbias, b->dbias, DC * sizeof(float)) &&
+           !memcmp(a->p, b->p, nO * sizeof(float)) && a->ss == b->ss;
+}
+
+static void test_determinism(void)
+{
+    const int saved = omp_get_max_threads();
+    struct det_out r1, r2, r3;
+    det_run(&r1, 2);
+    det_run(&r2, 2);
+    det_run(&r3, 1);
+    CU_ASSERT(det_same(&r1, &r2)); /* run to run */
+    CU_ASSERT(det_same(&r1, &r3)); /* 2 threads vs 1 */
+    det_free(&r1), det_free(&r2), det_free(&r3);
+    omp_set_num_threads(saved);
+}
+
+static void test_table(void)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ops);
+    CU_ASSERT_STRING_EQUAL(ops->name, "cpu");
+    CU_ASSERT(ops->matmul && ops->linear_forward && ops->linear_backward &&
+              ops->embedding_forward && ops->embedding_backward && ops->layernorm_forward &&
+              ops->layernorm_backward && ops->gelu_forward && ops->gelu_backward &&
+              ops->attention_forward && ops->attention_backward && ops->residual_forward &&
+              ops->softmax_xent && ops->adamw && ops->sumsq && ops->scale);
+}
+
+int main(void)
+{
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {
+        {"table", test_table},
+        {"matmul", test_matmul},
+        {"linear_forward", test_linear_forward},
+        {"linear_backward", test_linear_backward},
+        {"embedding", test_embedding},
+        {"layernorm", test_layernorm},
+        {"gelu", test_gelu},
+        {"residual_scale", test_residual_scale},
+        {"attention", test_attention},
+        {"softmax_xent", test_softmax_xent},
+        {"softmax_exp_accuracy", test_softmax_exp_accuracy},
+        {"adamw", test_adamw},
+        {"adamw_lanes", test_adamw_lanes},
+        {"sumsq", test_sumsq},
+        {"determinism", test_determinism},
+    };
+    ops = zinc_ops_cpu();
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    CU_pSuite s = CU_add_suite("kernels_cpu", NULL, NULL);
+    if (!s)
+        return 1;
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
+        if (!CU_add_test(s, tests[i].name, tests[i].fn))
+            return 1;
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    const unsigned failed = CU_get_number_of_failures();
+    CU_cleanup_registry();
+    return failed ? 1 : 0;
+}

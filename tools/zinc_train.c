@@ -1,0 +1,280 @@
+/* zinc-train - the main job: builds a GPT from a JSON config, trains it with
+ * data parallelism over the ranks mpirun started, logs one line per
+ * steps_per_print steps and JSON lines to train.metrics_file.
+ *
+ *   zinc-train CONFIG [--set key.path=value]... [--check]
+ *
+ * Exit status: 0 done, 1 runtime failure, 2 bad input (usage, config, data).
+ * Errors that every rank sees alike (config, data) are agreed on with one
+ * all-reduce so the job ends cleanly with one message; errors during a step
+ * abort the whole job (MPI_Abort) so no rank is left waiting.
+ */
+#include <limits.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "zinc/comm.h"
+#include "zinc/config.h"
+#include "zinc/data.h"
+#include "zinc/engine.h"
+#include "zinc/gpt2.h"
+#include "zinc/log.h"
+
+#define MAX_OVERRIDES 64
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: zinc-train CONFIG.json [--set key.path=value]... [--check]\n"
+               "  --set k=v   override any config key (value parsed as JSON, else a string)\n"
+               "  --check     validate and print the resolved config, do not train\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int exit_code(zinc_status st)
+{
+    return (st == ZINC_ERR_CONFIG || st == ZINC_ERR_IO || st == ZINC_ERR_CORRUPT ||
+            st == ZINC_ERR_UNSUPPORTED || st == ZINC_ERR_INVALID_ARG) ? 2 : 1;
+}
+
+/* Collective: combines every rank's status. If any failed, the lowest failing
+ * rank prints its detail and every rank returns that rank's status. */
+static zinc_status agree(zinc_comm *w, zinc_status st)
+{
+    if (zinc_comm_size(w) == 1) {
+        if (st != ZINC_OK) fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+        return st;
+    }
+    int64_t mine[2] = {st != ZINC_OK ? zinc_comm_rank(w) : INT_MAX, st}, lo[2];
+    if (zinc_comm_all_reduce(w, mine, lo, 1, ZINC_DTYPE_I64, ZINC_REDOP_MIN, NULL) != ZINC_OK) {
+        fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+        zinc_comm_abort(w, 1);
+    }
+    if (lo[0] == INT_MAX) return ZINC_OK;
+    int64_t code = lo[0] == zinc_comm_rank(w) ? st : 0;
+    zinc_comm_all_reduce(w, &code, &lo[1], 1, ZINC_DTYPE_I64, ZINC_REDOP_MAX, NULL);
+    if (lo[0] == zinc_comm_rank(w)) fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+    return (zinc_status)lo[1];
+}
+
+/* A step failed on this rank: say so and take the whole job down. */
+static void die(zinc_comm *w, const char *what)
+{
+    fprintf(stderr, "zinc-train: rank %d: %s: %s\n", zinc_comm_rank(w), what, zinc_last_error());
+    fflush(stderr);
+    if (zinc_comm_size(w) > 1) zinc_comm_abort(w, 1);
+    exit(1);
+}
+
+/* Fault injection for tests: ZINC_FAULT_KILL="RANK:STEP" kills that rank with
+ * SIGKILL when it starts that (1-based) step; ZINC_FAULT_HANG="RANK:STEP"
+ * makes it stop responding there (sleeps forever). */
+static int fault_at(const char *var, int rank, int64_t step)
+{
+    const char *f = getenv(var);
+    int r;
+    long long s;
+    return f && sscanf(f, "%d:%lld", &r, &s) == 2 && r == rank && s == step;
+}
+
+static void maybe_fault(int rank, int64_t step)
+{
+    if (fault_at("ZINC_FAULT_KILL", rank, step)) raise(SIGKILL);
+    if (fault_at("ZINC_FAULT_HANG", rank, step))
+        for (;;) pause();
+}
+
+static int threads_per_rank(const zinc_config *c, zinc_comm *w)
+{
+    if (c->train.threads > 0) return (int)c->train.threads;
+    const char *e = getenv("OMP_NUM_THREADS");
+    if (e && atoi(e) > 0) return atoi(e);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = (int)(cores / zinc_comm_local_size(w));
+    return n > 0 ? n : 1;
+}
+
+/* Rank 0 tokenizes data.text into a temporary shard; returns its path in buf. */
+static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, char *buf, size_t cap)
+{
+    zinc_status st = ZINC_OK;
+    int64_t id = (int64_t)getpid();
+    st = zinc_comm_broadcast(w, &id, 1, ZINC_DTYPE_I64, 0, NULL);
+    if (st != ZINC_OK) return st;
+    const char *tmp = getenv("TMPDIR");
+    snprintf(buf, cap, "%s/zinc-text-%lld.bin", tmp && *tmp ? tmp : "/tmp", (long long)id);
+    if (zinc_comm_rank(w) == 0) {
+        const char *in[ZINC_MAX_PATHS];
+        for (int i = 0; i < c->data.n_text; i++) in[i] = c->data.text[i];
+        uint64_t n = 0;
+        st = zinc_data_write_shard_from_text(in, c->data.n_text, c->data.text_exts, buf, &n);
+        if (st == ZINC_OK) ZINC_INFO("data: tokenized %llu bytes of text into %s", (unsigned long long)n, buf);
+    }
+    return st;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cfg_path = NULL, *overrides[MAX_OVERRIDES];
+    int n_over = 0, check = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--set") && i + 1 < argc) {
+            if (n_over == MAX_OVERRIDES) { fprintf(stderr, "zinc-train: too many --set\n"); return 2; }
+            overrides[n_over++] = argv[++i];
+        } else if (!strncmp(argv[i], "--set=", 6)) {
+            if (n_over == MAX_OVERRIDES) { fprintf(stderr, "zinc-train: too many --set\n"); return 2; }
+            overrides[n_over++] = argv[i] + 6;
+        } else if (!strcmp(argv[i], "--check")) {
+            check = 1;
+        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (argv[i][0] == '-' || cfg_path) {
+            fprintf(stderr, "zinc-train: unexpected argument '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        } else {
+            cfg_path = argv[i];
+        }
+    }
+    if (!cfg_path) {
+        usage(stderr);
+        return 2;
+    }
+
+    zinc_config cfg;
+    zinc_status st = zinc_config_load(cfg_path, overrides, n_over, &cfg);
+    if (st != ZINC_OK) {
+        fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+        return 2;
+    }
+    if (check) {
+        const char *ws = getenv("OMPI_COMM_WORLD_SIZE");
+        int dp = ws && atoi(ws) > 0 ? atoi(ws) : 1;
+        if (zinc_config_resolve(&cfg, dp) != ZINC_OK) {
+            fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+            return 2;
+        }
+        char *s = zinc_config_dump(&cfg);
+        if (!s) return 1;
+        printf("%s\n", s);
+        free(s);
+        return 0;
+    }
+
+    zinc_comm *world = NULL;
+    if (zinc_comm_init_world("mpi", &argc, &argv, &world) != ZINC_OK) {
+        fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+        return 1;
+    }
+    int rank = zinc_comm_rank(world), size = zinc_comm_size(world);
+    if (size > 1) zinc_log_set_rank(rank);
+    zinc_comm_set_timeout(world, cfg.comm_timeout_s);
+
+    zinc_gpt2 *gpt = NULL;
+    zinc_engine *eng = NULL;
+    zinc_data *data = NULL;
+    FILE *metrics = NULL;
+    char text_shard[600] = "";
+    int rc = 0;
+
+    st = agree(world, zinc_config_resolve(&cfg, size));
+    if (st != ZINC_OK) { rc = 2; goto done; }
+    int nt = threads_per_rank(&cfg, world);
+    omp_set_num_threads(nt);
+    openblas_set_num_threads(nt);
+
+    if (cfg.data.n_text > 0) {
+        st = agree(world, prepare_text(&cfg, world, text_shard, sizeof text_shard));
+        if (st != ZINC_OK) { rc = 2; goto done; }
+    }
+    {
+        const char *paths[ZINC_MAX_PATHS];
+        int n = 0;
+        if (text_shard[0]) paths[n++] = text_shard;
+        else for (; n < cfg.data.n_train; n++) paths[n] = cfg.data.train[n];
+        int T = (int)(cfg.data.seq_len > 0 ? cfg.data.seq_len : cfg.model.block_size);
+        st = agree(world, zinc_data_open(paths, n, T, (int)cfg.model.vocab_size,
+                                         (uint64_t)cfg.data.seed, &data));
+        if (text_shard[0] && rank == 0) unlink(text_shard); /* open files stay readable */
+        if (st != ZINC_OK) { rc = exit_code(st); goto done; }
+    }
+    st = agree(world, zinc_gpt2_create(&cfg, &gpt));
+    if (st != ZINC_OK) { rc = exit_code(st); goto done; }
+    zinc_engine_opts eo = {.config = &cfg, .world = world, .model = zinc_gpt2_model(gpt)};
+    st = agree(world, zinc_engine_create(&eo, &eng));
+    if (st != ZINC_OK) { rc = exit_code(st); goto done; }
+    if (rank == 0 && cfg.train.metrics_file[0]) {
+        metrics = fopen(cfg.train.metrics_file, "w");
+        if (!metrics) zinc_error(ZINC_ERR_IO, "train.metrics_file: cannot open %s for writing",
+                                 cfg.train.metrics_file);
+    }
+    st = agree(world, rank == 0 && cfg.train.metrics_file[0] && !metrics ? ZINC_ERR_IO : ZINC_OK);
+    if (st != ZINC_OK) { rc = 2; goto done; }
+
+    int64_t every = cfg.train.log_every > 0 ? cfg.train.log_every : cfg.steps_per_print;
+    if (every < 1) every = 1;
+    if (rank == 0)
+        ZINC_INFO("gpt2 L=%lld C=%lld heads=%lld vocab=%lld T=%lld: %.2fM params | %d ranks x %d threads | "
+                  "batch %lld = micro %lld x accum %lld x dp %d | %llu samples of data",
+                  (long long)cfg.model.n_layer, (long long)cfg.model.n_embd, (long long)cfg.model.n_head,
+                  (long long)cfg.model.vocab_size, (long long)(cfg.data.seq_len > 0 ? cfg.data.seq_len : cfg.model.block_size),
+                  zinc_engine_n_params(eng) / 1e6, size, nt, (long long)cfg.train_batch_size,
+                  (long long)cfg.train_micro_batch_size_per_gpu, (long long)cfg.gradient_accumulation_steps,
+                  size, (unsigned long long)zinc_data_n_samples(data));
+
+    double t_start = now_s(), tok_s_sum = 0.0, first_loss = 0.0, last_loss = 0.0;
+    int64_t n_tok_s = 0;
+    for (int64_t step = 1; step <= cfg.train.max_steps; step++) {
+        maybe_fault(rank, step);
+        zinc_step_stats s;
+        if (zinc_engine_train_batch(eng, data, &s) != ZINC_OK) die(world, "training step failed");
+        if (step == 1) first_loss = s.loss;
+        last_loss = s.loss;
+        if (step > 1 || cfg.train.max_steps == 1) { tok_s_sum += s.tokens_per_s; n_tok_s++; }
+        if (rank != 0) continue;
+        if (step % every == 0 || step == 1 || step == cfg.train.max_steps)
+            printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
+                   "state %.1f MiB/rank\n",
+                   (long long)step, (long long)cfg.train.max_steps, s.loss, s.lr, s.grad_norm,
+                   s.tokens_per_s, s.step_ms, s.model_state_bytes_max / 1048576.0);
+        fflush(stdout);
+        if (metrics) {
+            fprintf(metrics,
+                    "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+                    "\"tokens_per_s\": %.3f, \"step_ms\": %.3f, \"model_state_bytes\": %llu, "
+                    "\"comm_bytes\": %llu, \"samples\": %lld}\n",
+                    (long long)s.step, s.loss, s.lr, s.grad_norm, s.tokens_per_s, s.step_ms,
+                    (unsigned long long)s.model_state_bytes_max, (unsigned long long)s.comm_bytes,
+                    (long long)s.samples_seen);
+            if (fflush(metrics) != 0) {
+                zinc_error(ZINC_ERR_IO, "train.metrics_file %s: write failed", cfg.train.metrics_file);
+                die(world, "metrics");
+            }
+        }
+    }
+    if (rank == 0 && cfg.train.max_steps > 0)
+        printf("done: %lld steps in %.1f s | loss %.4f -> %.4f | mean %.0f tok/s\n",
+               (long long)cfg.train.max_steps, now_s() - t_start, first_loss, last_loss,
+               n_tok_s ? tok_s_sum / n_tok_s : 0.0);
+
+done:
+    if (metrics) fclose(metrics);
+    zinc_engine_destroy(eng);
+    zinc_gpt2_destroy(gpt);
+    zinc_data_close(data);
+    zinc_comm_destroy(world);
+    return rc;
+}
