@@ -8,6 +8,10 @@ BUILD=${BUILD:-build}
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+# Sanitized builds: leak checking stays on for the suites that do not start
+# MPI; Open MPI unloads components whose allocations it never frees, which
+# LeakSanitizer reports from unknown modules, so MPI programs run without it.
+NOLEAK=(env "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0")
 pass=0; fail=0; failed=()
 logdir=$BUILD/test-logs; mkdir -p "$logdir"
 
@@ -27,14 +31,14 @@ for t in $(ls "$BUILD"/tests/*/test_* 2>/dev/null | grep -v '\.[od]$' | sort); d
     mod=$(basename "$(dirname "$t")")
     if [ -f "tests/$mod/mpi_ranks" ]; then
         for n in $(cat "tests/$mod/mpi_ranks"); do
-            run_one "$mod x$n" ./scripts/mpirun.sh "$n" "$t"
+            run_one "$mod x$n" "${NOLEAK[@]}" ./scripts/mpirun.sh "$n" "$t"
         done
     else
         run_one "$mod" "$t"
     fi
 done
 for s in $(ls tests/*/test_*.sh 2>/dev/null | sort); do
-    run_one "$(basename "$(dirname "$s")")/$(basename "$s" .sh)" env BUILD="$BUILD" bash "$s"
+    run_one "$(basename "$(dirname "$s")")/$(basename "$s" .sh)" "${NOLEAK[@]}" BUILD="$BUILD" bash "$s"
 done
 
 echo "== $pass passed, $fail failed =="
