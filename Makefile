@@ -27,12 +27,16 @@ ifeq ($(WERROR),1)
 CFLAGS  += -Werror
 endif
 
-LIB_SRC := $(wildcard core/*.c kernels/cpu/*.c comm/*.c data/*.c engine/*.c models/*.c)
+LIB_SRC := $(wildcard core/*.c kernels/cpu/*.c comm/*.c data/*.c io/*.c checkpoint/*.c zero/*.c \
+                      offload/*.c engine/*.c models/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libzinc.a
 
-PROGS   := $(BUILD)/zinc-train $(BUILD)/zinc-data $(BUILD)/zinc-run
-TEST_SRC := $(wildcard tests/*/test_*.c)
+TOOL_SRC := $(wildcard tools/zinc_*.c)
+PROGS   := $(patsubst tools/zinc_%.c,$(BUILD)/zinc-%,$(TOOL_SRC)) $(BUILD)/zinc-run
+# tests/<module>/test_*.c are test programs the runner runs; prog_*.c are
+# helper programs that shell tests drive (built, not run directly).
+TEST_SRC := $(wildcard tests/*/test_*.c tests/*/prog_*.c)
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_SRC := $(wildcard bench/*.c)
 BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
@@ -56,9 +60,7 @@ $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/zinc-train: $(BUILD)/tools/zinc_train.o $(LIB)
-	$(CC) $^ -o $@ $(LDLIBS)
-$(BUILD)/zinc-data: $(BUILD)/tools/zinc_data.o $(LIB)
+$(BUILD)/zinc-%: $(BUILD)/tools/zinc_%.o $(LIB)
 	$(CC) $^ -o $@ $(LDLIBS)
 $(BUILD)/zinc-run: $(BUILD)/launcher/zinc_run.o $(LIB)
 	$(CC) $^ -o $@ $(LDLIBS)

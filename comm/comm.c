@@ -170,9 +170,25 @@ void zinc_comm_set_timeout(zinc_comm *c, double seconds)
 
 uint64_t zinc_comm_bytes(const zinc_comm *c) { return c ? c->bytes : 0; }
 
+static const char *const op_names[ZINC_COMM_N_OPS] = {
+    "all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv", "barrier",
+};
+
+const char *zinc_comm_op_name(zinc_comm_op op)
+{
+    return (unsigned)op < ZINC_COMM_N_OPS ? op_names[op] : "?";
+}
+
+uint64_t zinc_comm_bytes_op(const zinc_comm *c, zinc_comm_op op)
+{
+    return c && (unsigned)op < ZINC_COMM_N_OPS ? c->op_bytes[op] : 0;
+}
+
 void zinc_comm_reset_bytes(zinc_comm *c)
 {
-    if (c) c->bytes = 0;
+    if (!c) return;
+    c->bytes = 0;
+    memset(c->op_bytes, 0, sizeof c->op_bytes);
 }
 
 /* ---- argument checks -------------------------------------------------- */
@@ -322,6 +338,8 @@ static zinc_status comm_finish(zinc_comm *c, zinc_status st, zinc_comm_handle *h
         return st;
     }
     c->bytes += hh->n_bytes;
+    for (int i = 0; i < ZINC_COMM_N_OPS; i++)
+        if (!strcmp(hh->op, op_names[i])) c->op_bytes[i] += hh->n_bytes;
     if (h) {
         *h = hh;
         return ZINC_OK;

@@ -24,6 +24,7 @@ struct zinc_comm {
     int is_world;
     double timeout_s;           /* <= 0: waits are unbounded */
     uint64_t bytes;             /* algorithmic bytes since creation/reset */
+    uint64_t op_bytes[ZINC_COMM_N_OPS]; /* the same, by kind of op */
     zinc_comm_handle *stale;    /* timed-out requests, reaped later */
     int n_stale;
 };

@@ -1,19 +1,22 @@
-/* engine.c - engine lifecycle and the training step (ZeRO stage 0: plain
- * data parallelism).
+/* engine.c - engine lifecycle and the training step.
  *
- * Memory: parameters of layer l form flat unit l; all units sit back to back
- * in four slabs (fp32 params, grads, Adam m, Adam v) with the same layout.
- * Each unit is padded to a multiple of DP x ENGINE_UNIT_ALIGN elements so a
- * DP rank's 1/DP slice of it is contiguous and aligned (used by ZeRO).
- * Activations: every layer's saved activations and its output live in one
- * slab sized for a micro-batch; gradients of activations ping-pong between
- * two buffers as backward walks the layers in reverse.
+ * Memory: parameters of layer l form flat unit l (zero.c holds them under
+ * the configured ZeRO stage). Activations: every layer's saved activations
+ * and its output live in one slab sized for a micro-batch; gradients of
+ * activations ping-pong between two buffers as backward walks the layers in
+ * reverse. With 16-bit storage, layer outputs and input gradients are rounded
+ * to 16 bits at layer boundaries (the numerics of 16-bit activations; the CPU
+ * kernels themselves compute in fp32).
  *
- * Step: for each micro-batch, forward all layers, backward all layers
- * (gradients accumulate in the grad slab); then one all-reduce (sum) of the
- * grad slab across DP, global norm, clipping, AdamW, lr schedule. The loss
- * gradient is scaled by 1/(B*T*ga*dp) per token so the summed gradient is the
- * mean over the global batch, whatever the layout.
+ * Step: for each micro-batch, forward all layers, backward all layers; before
+ * a layer runs its units are made whole (ZeRO-3 gathers them, prefetching the
+ * next layer's), after it they are released unless reused soon; after a
+ * unit's last backward use its grads are folded in or reduce-scattered. At
+ * the accumulation boundary: reduction (stage 0/1), global norm from the
+ * shards (one all-reduce), fp16 overflow check and loss-scale update,
+ * clipping, AdamW on this rank's shards, params gathered back. The loss
+ * gradient is scaled by loss_scale/(B*T*ga*dp) per token so the summed
+ * gradient is the mean over the global batch, whatever the layout.
  */
 #include <math.h>
 #include <stdio.h>
@@ -85,7 +88,7 @@ int zinc_layer_param_add(zinc_layer *l, const char *name, int ndim, const int64_
     p->tp_dim = tp_dim;
     p->init = init;
     p->std = std;
-    p->layer = l->index;
+    p->unit = l->index;
     p->decay = ndim >= 2;
     l->params[l->n_params] = e->n_params++;
     return l->n_params++;
@@ -99,7 +102,7 @@ int zinc_layer_param_tie(zinc_layer *l, const char *full_name)
         return -1;
     }
     for (int i = 0; i < e->n_params; i++) {
-        if (!strcmp(e->params[i].name, full_name) && e->params[i].layer < l->index) {
+        if (!strcmp(e->params[i].name, full_name) && e->params[i].unit < l->index) {
             l->params[l->n_params] = i;
             return l->n_params++;
         }
@@ -115,12 +118,14 @@ float *zinc_layer_acts(zinc_layer *l) { return l->acts; }
 
 float *zinc_layer_param(zinc_layer *l, int idx)
 {
-    return l->e->param_slab + l->e->params[l->params[idx]].offset;
+    const engine_param *p = &l->e->params[l->params[idx]];
+    return l->e->units[p->unit].wp + p->uoff;
 }
 
 float *zinc_layer_grad(zinc_layer *l, int idx)
 {
-    return l->e->grad_slab + l->e->params[l->params[idx]].offset;
+    const engine_param *p = &l->e->params[l->params[idx]];
+    return l->e->units[p->unit].wg + p->uoff;
 }
 
 /* ---------------------------------------------------------------- scheduler */
@@ -162,26 +167,82 @@ double zinc_sched_lr(const zinc_config *c, int64_t step)
 
 /* ---------------------------------------------------------------- lifecycle */
 
-static void init_params(zinc_engine *e)
+static zinc_dtype param_dtype(const zinc_config *c)
 {
-    for (int i = 0; i < e->n_params; i++) {
-        engine_param *p = &e->params[i];
-        float *d = e->param_slab + p->offset;
-        switch (p->init) {
-        case ZINC_INIT_ZEROS:
-            memset(d, 0, (size_t)p->numel * sizeof(float));
-            break;
-        case ZINC_INIT_ONES:
-            for (int64_t k = 0; k < p->numel; k++) d[k] = 1.0f;
-            break;
-        case ZINC_INIT_NORMAL: {
-            zinc_rng r;
-            zinc_rng_seed(&r, (uint64_t)e->cfg.model.seed, zinc_hash_str(p->name));
-            zinc_rng_normal(&r, d, p->numel, p->std);
-            break;
-        }
+    return c->bf16.enabled ? ZINC_DTYPE_BF16 : c->fp16.enabled ? ZINC_DTYPE_F16 : ZINC_DTYPE_F32;
+}
+
+/* Runs every layer's declare, records which units each layer touches, and
+ * lays the units out for (dp, dp_rank, stage). Needs e->model, cfg, dp,
+ * dp_rank, stage, pdt. */
+static zinc_status engine_declare(zinc_engine *e)
+{
+    zinc_status st = ZINC_OK;
+    e->n_layers = e->model->n_layers;
+    e->layers = calloc((size_t)e->n_layers, sizeof *e->layers);
+    e->units = calloc((size_t)e->n_layers, sizeof *e->units);
+    if (!e->layers || !e->units) return zinc_error(ZINC_ERR_NOMEM, "layer table");
+    int width = 0;
+    for (int i = 0; i < e->n_layers; i++) {
+        zinc_layer *l = &e->layers[i];
+        l->e = e;
+        l->def = &e->model->layers[i];
+        l->index = i;
+        l->n_in = width;
+        l->n_out = width;
+        l->declaring = 1;
+        e->units[i].n_params_first = e->n_params;
+        ZINC_TRY(l->def->ops->declare(l));
+        l->declaring = 0;
+        e->units[i].n_params_end = e->n_params;
+        e->units[i].first_user = -1;
+        width = l->n_out;
+        for (int k = 0; k < l->n_params; k++) {
+            int u = e->params[l->params[k]].unit, seen = 0;
+            for (int j = 0; j < l->n_units; j++) seen |= l->units[j] == u;
+            if (seen) continue;
+            if (l->n_units == ENGINE_MAX_LAYER_UNITS)
+                return zinc_error(ZINC_ERR_INVALID_ARG, "layer %d ties too many layers", i);
+            l->units[l->n_units++] = u;
         }
     }
+    for (int i = 0; i < e->n_layers; i++)
+        for (int j = 0; j < e->layers[i].n_units; j++) {
+            engine_unit *u = &e->units[e->layers[i].units[j]];
+            if (u->first_user < 0) u->first_user = i;
+        }
+    zero_units_layout(e);
+cleanup:
+    return st;
+}
+
+static void engine_free_tables(zinc_engine *e)
+{
+    free(e->layers);
+    free(e->units);
+    free(e->params);
+    e->layers = NULL;
+    e->units = NULL;
+    e->params = NULL;
+}
+
+zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_def *m, int dp,
+                                        int stage, zinc_mem_stats *out)
+{
+    if (dp < 1 || stage < 0 || stage > 3)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "estimate: dp %d, stage %d", dp, stage);
+    zinc_engine e;
+    memset(&e, 0, sizeof e);
+    e.cfg = *c;
+    e.model = m;
+    e.dp = dp;
+    e.stage = stage;
+    e.pdt = param_dtype(c);
+    e.psz = zinc_dtype_size(e.pdt);
+    zinc_status st = engine_declare(&e);
+    if (st == ZINC_OK) zero_mem_stats(&e, out);
+    engine_free_tables(&e);
+    return st;
 }
 
 zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
@@ -194,21 +255,25 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     e->world = o->world;
     e->model = o->model;
     e->ops = zinc_ops_cpu();
+    e->stage = e->cfg.zero.stage;
+    e->pdt = param_dtype(&e->cfg);
+    e->psz = zinc_dtype_size(e->pdt);
 
-    if (e->cfg.zero.stage != 0) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED,
-                        "zero_optimization.stage %d: this build implements stage 0 only",
-                        e->cfg.zero.stage);
-        goto cleanup;
-    }
     if (e->cfg.device == ZINC_DEVICE_CUDA) {
         st = zinc_error(ZINC_ERR_UNSUPPORTED, "device cuda: this build has no CUDA support; "
                                               "use \"device\": \"cpu\" or \"auto\"");
         goto cleanup;
     }
-    if (e->cfg.fp16.enabled || e->cfg.bf16.enabled) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "%s.enabled: mixed precision is not implemented yet; "
-                        "set it to false", e->cfg.fp16.enabled ? "fp16" : "bf16");
+    if (e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE ||
+        e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "zero_optimization.%s.device: offload is not "
+                        "implemented yet; set it to \"none\"",
+                        e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE
+                            ? "offload_optimizer" : "offload_param");
+        goto cleanup;
+    }
+    if (e->stage < 0 || e->stage > 3) {
+        st = zinc_error(ZINC_ERR_CONFIG, "zero_optimization.stage: expected 0..3, found %d", e->stage);
         goto cleanup;
     }
     int world = zinc_comm_size(e->world);
@@ -224,50 +289,14 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
         goto cleanup;
     }
 
-    /* declare */
-    e->n_layers = o->model->n_layers;
-    e->layers = calloc((size_t)e->n_layers, sizeof *e->layers);
+    ZINC_TRY(engine_declare(e));
     e->out = calloc((size_t)e->n_layers, sizeof *e->out);
-    if (!e->layers || !e->out) {
+    if (!e->out) {
         st = zinc_error(ZINC_ERR_NOMEM, "layer table");
         goto cleanup;
     }
-    size_t unit_pad = (size_t)e->dp * ENGINE_UNIT_ALIGN;
-    int width = 0;
-    for (int i = 0; i < e->n_layers; i++) {
-        zinc_layer *l = &e->layers[i];
-        l->e = e;
-        l->def = &o->model->layers[i];
-        l->index = i;
-        l->n_in = width;
-        l->n_out = width;
-        l->declaring = 1;
-        int first = e->n_params;
-        ZINC_TRY(l->def->ops->declare(l));
-        l->declaring = 0;
-        width = l->n_out;
-        /* lay out this layer's own params as its flat unit */
-        l->unit_offset = e->slab_numel;
-        size_t off = 0;
-        for (int p = first; p < e->n_params; p++) {
-            e->params[p].offset = l->unit_offset + off;
-            off += ((size_t)e->params[p].numel + ENGINE_UNIT_ALIGN - 1) / ENGINE_UNIT_ALIGN *
-                   ENGINE_UNIT_ALIGN;
-        }
-        l->unit_numel = (off + unit_pad - 1) / unit_pad * unit_pad;
-        e->slab_numel += l->unit_numel;
-    }
-
-    e->param_slab = alloc_floats(e->slab_numel);
-    e->grad_slab = alloc_floats(e->slab_numel);
-    e->m_slab = alloc_floats(e->slab_numel);
-    e->v_slab = alloc_floats(e->slab_numel);
-    if (!e->param_slab || !e->grad_slab || !e->m_slab || !e->v_slab) {
-        st = zinc_error(ZINC_ERR_NOMEM, "model state: %zu parameters x 16 bytes", e->slab_numel);
-        goto cleanup;
-    }
-    init_params(e);
-    e->state_bytes = (uint64_t)e->slab_numel * 4 * sizeof(float);
+    ZINC_TRY(zero_units_alloc(e));
+    zero_mem_stats(e, &e->mem);
 
     /* activations: saved acts + outputs per layer, grads ping-pong, scratch */
     size_t BT = (size_t)e->B * e->T, act_total = 0, max_width = 0, scratch = 0;
@@ -301,8 +330,25 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
             a += BT * (size_t)l->n_out;
         }
     }
-    ZINC_TRY(zinc_comm_all_reduce(e->mesh->dp_group, &e->state_bytes, &e->state_bytes_max, 1,
-                                  ZINC_DTYPE_I64, ZINC_REDOP_MAX, NULL));
+
+    /* fp16 loss scaler, DeepSpeed's DynamicLossScaler semantics */
+    e->scaler.scale = 1.0;
+    if (e->cfg.fp16.enabled) {
+        e->scaler.dynamic = e->cfg.fp16.loss_scale == 0;
+        e->scaler.scale = e->scaler.dynamic ? ldexp(1.0, (int)e->cfg.fp16.initial_scale_power)
+                                            : e->cfg.fp16.loss_scale;
+        e->scaler.cur_hysteresis = (int)e->cfg.fp16.hysteresis;
+        e->scaler.last_overflow_iter = -1;
+    }
+
+    /* the largest model state over ranks, kind by kind */
+    int64_t mine[6] = {(int64_t)e->mem.params, (int64_t)e->mem.grads, (int64_t)e->mem.master,
+                       (int64_t)e->mem.optimizer, (int64_t)e->mem.total, (int64_t)e->mem.buffers};
+    int64_t mx[6];
+    ZINC_TRY(zinc_comm_all_reduce(e->mesh->dp_group, mine, mx, 6, ZINC_DTYPE_I64, ZINC_REDOP_MAX,
+                                  NULL));
+    e->mem_max = (zinc_mem_stats){(uint64_t)mx[0], (uint64_t)mx[1], (uint64_t)mx[2],
+                                  (uint64_t)mx[3], (uint64_t)mx[4], (uint64_t)mx[5]};
     *out = e;
     return ZINC_OK;
 cleanup:
@@ -313,14 +359,10 @@ cleanup:
 void zinc_engine_destroy(zinc_engine *e)
 {
     if (!e) return;
+    zero_units_free(e);
     zinc_mesh_destroy(e->mesh);
-    free(e->layers);
+    engine_free_tables(e);
     free(e->out);
-    free(e->params);
-    free(e->param_slab);
-    free(e->grad_slab);
-    free(e->m_slab);
-    free(e->v_slab);
     free(e->act_slab);
     free(e->dbuf[0]);
     free(e->dbuf[1]);
@@ -340,61 +382,134 @@ int64_t zinc_engine_n_params(const zinc_engine *e)
 int zinc_engine_dp_rank(const zinc_engine *e) { return e->dp_rank; }
 int zinc_engine_dp_size(const zinc_engine *e) { return e->dp; }
 
-static float *slab_by_name(zinc_engine *e, float *slab, const char *name, int64_t *numel)
+static const engine_param *param_named(const zinc_engine *e, const char *name)
 {
     for (int i = 0; i < e->n_params; i++)
-        if (!strcmp(e->params[i].name, name)) {
-            if (numel) *numel = e->params[i].numel;
-            return slab + e->params[i].offset;
-        }
+        if (!strcmp(e->params[i].name, name)) return &e->params[i];
     return NULL;
 }
 
 float *zinc_engine_param_by_name(zinc_engine *e, const char *name, int64_t *numel)
 {
-    return slab_by_name(e, e->param_slab, name, numel);
+    const engine_param *p = param_named(e, name);
+    if (!p || e->pdt != ZINC_DTYPE_F32 || e->units[p->unit].sharded) return NULL;
+    if (numel) *numel = p->numel;
+    return (float *)e->units[p->unit].p + p->uoff;
 }
 
 float *zinc_engine_grad_by_name(zinc_engine *e, const char *name, int64_t *numel)
 {
-    return slab_by_name(e, e->grad_slab, name, numel);
+    const engine_param *p = param_named(e, name);
+    if (!p || e->pdt != ZINC_DTYPE_F32 || e->stage >= 2) return NULL;
+    if (numel) *numel = p->numel;
+    return (float *)e->units[p->unit].g + p->uoff;
 }
 
 /* ---------------------------------------------------------------- the step */
+
+/* Rounds x to the storage precision (16-bit activations' numerics). */
+static void round_storage(const zinc_engine *e, float *x, size_t n)
+{
+    if (e->pdt == ZINC_DTYPE_BF16) {
+#pragma omp parallel for simd if (n > 65536) schedule(static)
+        for (size_t i = 0; i < n; i++) x[i] = zinc_bf16_to_f32(zinc_f32_to_bf16(x[i]));
+    } else if (e->pdt == ZINC_DTYPE_F16) {
+#pragma omp parallel for if (n > 65536) schedule(static)
+        for (size_t i = 0; i < n; i++) x[i] = zinc_f16_to_f32(zinc_f32_to_f16(x[i]));
+    }
+}
+
+/* Layer run at position pos of the step's touch sequence: forward 0..L-1,
+ * then backward L..2L-1 (layer 2L-1-pos). */
+static int layer_at(const zinc_engine *e, int pos)
+{
+    return pos < e->n_layers ? pos : 2 * e->n_layers - 1 - pos;
+}
+
+/* After position pos, keeps unit u's working params if its next use comes
+ * before stage3_max_reuse_distance elements of other layers' params have
+ * been used in between (DeepSpeed's rule: 0 releases after every use). */
+static void maybe_release(zinc_engine *e, int u, int pos)
+{
+    if (!zero_unit_releasable(e, u)) return;
+    uint64_t dist = 0, max = (uint64_t)e->cfg.zero.stage3_max_reuse_distance;
+    for (int q = pos + 1; q < 2 * e->n_layers && dist < max; q++) {
+        const zinc_layer *l = &e->layers[layer_at(e, q)];
+        for (int j = 0; j < l->n_units; j++)
+            if (l->units[j] == u) return;
+        for (int j = 0; j < l->n_units; j++) dist += e->units[l->units[j]].numel;
+    }
+    zero_unit_release(e, u);
+}
+
+/* Starts gathering the units of the layer at position pos (ZeRO-3 prefetch). */
+static zinc_status prefetch(zinc_engine *e, int pos)
+{
+    if (e->stage != 3 || pos >= 2 * e->n_layers || e->cfg.zero.stage3_prefetch_bucket_size <= 0)
+        return ZINC_OK;
+    const zinc_layer *l = &e->layers[layer_at(e, pos)];
+    for (int j = 0; j < l->n_units; j++) {
+        const engine_unit *u = &e->units[l->units[j]];
+        if (!u->sharded || u->wp || u->h_gather) continue;
+        if (e->live_elems + u->numel > (uint64_t)e->cfg.zero.stage3_max_live_parameters) continue;
+        zinc_status st = zero_unit_prefetch(e, l->units[j]);
+        if (st != ZINC_OK) return st;
+    }
+    return ZINC_OK;
+}
 
 /* Forward and backward of one micro-batch; adds its loss sum to *loss_sum. */
 static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum)
 {
     zinc_status st = ZINC_OK;
     size_t BT = (size_t)e->B * e->T;
+    int L = e->n_layers;
     c->loss_sum = 0.0;
     const void *x = e->tokens;
-    for (int i = 0; i < e->n_layers; i++) {
+    for (int i = 0; i < L; i++) {
         zinc_layer *l = &e->layers[i];
+        for (int j = 0; j < l->n_units; j++) ZINC_TRY(zero_unit_materialize(e, l->units[j]));
+        ZINC_TRY(prefetch(e, i + 1));
         ZINC_TRY(l->def->ops->forward(l, c, x, e->out[i]));
+        if (e->out[i]) round_storage(e, e->out[i], BT * (size_t)l->n_out);
+        for (int j = 0; j < l->n_units; j++) maybe_release(e, l->units[j], i);
         x = e->out[i];
     }
     const float *dy = NULL;
-    for (int i = e->n_layers - 1; i >= 0; i--) {
+    for (int i = L - 1; i >= 0; i--) {
         zinc_layer *l = &e->layers[i];
+        int pos = 2 * L - 1 - i;
+        for (int j = 0; j < l->n_units; j++) {
+            ZINC_TRY(zero_unit_materialize(e, l->units[j]));
+            ZINC_TRY(zero_grad_open(e, l->units[j]));
+        }
+        ZINC_TRY(prefetch(e, pos + 1));
         float *dx = i > 0 ? e->dbuf[i & 1] : NULL;
         if (dx) memset(dx, 0, BT * (size_t)l->n_in * sizeof(float));
         const void *xi = i > 0 ? (const void *)e->out[i - 1] : (const void *)e->tokens;
         ZINC_TRY(l->def->ops->backward(l, c, xi, dy, dx));
+        if (dx) round_storage(e, dx, BT * (size_t)l->n_in);
+        for (int j = 0; j < l->n_units; j++)
+            if (e->units[l->units[j]].first_user == i) ZINC_TRY(zero_grad_close(e, l->units[j]));
+        for (int j = 0; j < l->n_units; j++) maybe_release(e, l->units[j], pos);
         dy = dx;
     }
+    ZINC_TRY(zero_wait_pending(e, 1));
     *loss_sum += c->loss_sum;
 cleanup:
+    for (int u = 0; u < L; u++) zero_unit_release(e, u);
     return st;
 }
 
 zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
                                       const int32_t *targets, double *loss)
 {
+    if (e->stage != 0 || e->pdt != ZINC_DTYPE_F32)
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "loss_and_grad: fp32 at ZeRO stage 0 only");
     size_t BT = (size_t)e->B * e->T;
     memcpy(e->tokens, tokens, BT * sizeof(int32_t));
     memcpy(e->targets, targets, BT * sizeof(int32_t));
-    memset(e->grad_slab, 0, e->slab_numel * sizeof(float));
+    zero_grads_zero(e);
     zinc_ctx c = {
         .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
         .dloss = 1.0f / (float)BT, .scratch = e->scratch,
@@ -405,6 +520,23 @@ zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
     return st;
 }
 
+/* DeepSpeed's DynamicLossScaler.update_scale. */
+static void scaler_update(engine_scaler *s, const zinc_config *c, int overflow)
+{
+    if (!s->dynamic) return;
+    if (overflow) {
+        if (c->fp16.hysteresis == 1 || s->cur_hysteresis == 1)
+            s->scale = fmax(s->scale / 2.0, c->fp16.min_loss_scale);
+        else
+            s->cur_hysteresis--;
+        s->last_overflow_iter = s->cur_iter;
+    } else if ((s->cur_iter - s->last_overflow_iter) % c->fp16.loss_scale_window == 0) {
+        s->cur_hysteresis = (int)c->fp16.hysteresis;
+        s->scale *= 2.0;
+    }
+    s->cur_iter++;
+}
+
 zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_step_stats *s)
 {
     zinc_status st = ZINC_OK;
@@ -413,10 +545,11 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     double t0 = now_ms();
     zinc_comm_reset_bytes(dpg);
 
-    memset(e->grad_slab, 0, e->slab_numel * sizeof(float));
+    zero_grads_zero(e);
+    double scale = e->scaler.scale;
     zinc_ctx c = {
         .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
-        .dloss = 1.0f / ((float)e->B * e->T * e->ga * e->dp), .scratch = e->scratch,
+        .dloss = (float)(scale / ((double)e->B * e->T * e->ga * e->dp)), .scratch = e->scratch,
     };
     double loss_sum = 0.0;
     for (int m = 0; m < e->ga; m++) {
@@ -425,47 +558,57 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         ZINC_TRY(zinc_data_get(data, first, e->B, e->tokens, e->targets));
         ZINC_TRY(micro_step(e, &c, &loss_sum));
     }
+    ZINC_TRY(zero_reduce_boundary(e));
 
+    /* loss and global grad norm: one all-reduce of (loss, sum of squares) */
+    double red[2] = {loss_sum, zero_grad_sumsq(e)};
     if (e->dp > 1) {
-        ZINC_TRY(zinc_comm_all_reduce(dpg, e->grad_slab, e->grad_slab, e->slab_numel,
-                                      ZINC_DTYPE_F32, ZINC_REDOP_SUM, NULL));
-        ZINC_TRY(zinc_comm_all_reduce(dpg, &loss_sum, &loss_sum, 1, ZINC_DTYPE_F64,
-                                      ZINC_REDOP_SUM, NULL));
+        if (e->stage == 0) /* whole grads everywhere: only the loss needs summing */
+            ZINC_TRY(zinc_comm_all_reduce(dpg, red, red, 1, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
+        else
+            ZINC_TRY(zinc_comm_all_reduce(dpg, red, red, 2, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
     }
-    double norm = sqrt(e->ops->sumsq(e->grad_slab, e->slab_numel));
-    if (!isfinite(norm)) {
+    double loss = red[0] / ((double)cfg->train_batch_size * e->T);
+    double norm = sqrt(red[1]) / scale;
+    int overflow = !isfinite(norm);
+    if (overflow && !cfg->fp16.enabled) {
         st = zinc_error(ZINC_ERR_INTERNAL, "step %lld: gradient norm is %g (loss %g); lower the "
-                        "learning rate or check the data", (long long)e->step + 1, norm,
-                        loss_sum / ((double)cfg->train_batch_size * e->T));
+                        "learning rate or check the data", (long long)e->step + 1, norm, loss);
         goto cleanup;
     }
-    if (cfg->gradient_clipping > 0 && norm > cfg->gradient_clipping)
-        e->ops->scale(e->grad_slab, (float)(cfg->gradient_clipping / (norm + 1e-6)), e->slab_numel);
-
-    double lr = zinc_sched_lr(cfg, e->step);
-    int t = (int)(e->step + 1);
-    for (int i = 0; i < e->n_params; i++) {
-        engine_param *p = &e->params[i];
-        float wd = p->decay ? (float)cfg->optimizer.weight_decay : 0.0f;
-        e->ops->adamw(e->param_slab + p->offset, e->grad_slab + p->offset, e->m_slab + p->offset,
-                      e->v_slab + p->offset, (size_t)p->numel, (float)lr,
-                      (float)cfg->optimizer.betas[0], (float)cfg->optimizer.betas[1],
-                      (float)cfg->optimizer.eps, wd, t);
+    scaler_update(&e->scaler, cfg, overflow);
+    double lr = zinc_sched_lr(cfg, e->opt_step);
+    if (overflow) {
+        if (e->dp_rank == 0)
+            ZINC_INFO("step %lld: fp16 gradient overflow, skipping the update; loss scale %g -> %g",
+                      (long long)e->step + 1, scale, e->scaler.scale);
+    } else {
+        double coef = 1.0 / scale;
+        if (cfg->gradient_clipping > 0 && norm > cfg->gradient_clipping)
+            coef *= cfg->gradient_clipping / (norm + 1e-6);
+        e->opt_step++;
+        ZINC_TRY(zero_optimizer_step(e, lr, coef, (int)e->opt_step));
     }
     e->step++;
     e->samples += cfg->train_batch_size;
 
     double ms = now_ms() - t0;
+    memset(s, 0, sizeof *s);
     s->step = e->step;
-    s->loss = loss_sum / ((double)cfg->train_batch_size * e->T);
+    s->loss = loss;
     s->lr = lr;
     s->grad_norm = norm;
     s->step_ms = ms;
     s->tokens_per_s = (double)cfg->train_batch_size * e->T / (ms / 1e3);
-    s->model_state_bytes = e->state_bytes;
-    s->model_state_bytes_max = e->state_bytes_max;
+    s->model_state_bytes = e->mem.total;
+    s->model_state_bytes_max = e->mem_max.total;
+    s->mem = e->mem;
+    s->mem_max = e->mem_max;
     s->comm_bytes = zinc_comm_bytes(dpg);
+    for (int k = 0; k < ZINC_COMM_N_OPS; k++) s->comm_bytes_op[k] = zinc_comm_bytes_op(dpg, k);
     s->samples_seen = e->samples;
+    s->loss_scale = scale;
+    s->skipped = overflow;
 cleanup:
     return st;
 }

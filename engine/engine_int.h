@@ -1,10 +1,32 @@
-/* engine_int.h - private engine structures (engine/ only). */
+/* engine_int.h - private engine structures (engine/ only).
+ *
+ * Flat units and ZeRO. Layer l's own parameters form unit l, padded to a
+ * multiple of dp x ENGINE_UNIT_ALIGN elements; DP rank r owns the slice
+ * [r*shard, (r+1)*shard) of every unit. The "opt range" of a unit is what
+ * this rank's optimizer updates: the whole unit at stage 0, the owned slice
+ * at stages 1-3. P is the parameter/gradient storage dtype (f32, bf16, f16);
+ * master weights and Adam moments are always fp32.
+ *
+ *   stage | params (P)       | grads (P)        | master, m, v (fp32)
+ *   0     | whole            | whole            | whole
+ *   1     | whole            | whole            | shard
+ *   2     | whole            | shard            | shard
+ *   3     | shard (*)        | shard            | shard
+ *   (*) units under stage3_param_persistence_threshold stay whole.
+ * With P = f32 the master weights are the parameters themselves (no copy).
+ *
+ * Layers compute in fp32 on "working" copies: wp (full fp32 params while the
+ * unit is live) and wg (full fp32 grads while the unit's backward is open).
+ * Where storage already is full fp32 they alias it; otherwise they are
+ * gathered / converted on demand and released after use.
+ */
 #ifndef ZINC_ENGINE_INT_H
 #define ZINC_ENGINE_INT_H
 
 #include "zinc/engine.h"
 
 #define ENGINE_MAX_LAYER_PARAMS 32
+#define ENGINE_MAX_LAYER_UNITS 4
 #define ENGINE_UNIT_ALIGN 16 /* elements: 64-byte alignment of every param */
 
 typedef struct engine_param {
@@ -15,10 +37,28 @@ typedef struct engine_param {
     int tp_dim;
     zinc_init_kind init;
     float std;
-    int layer;      /* the layer (unit) that owns it */
-    size_t offset;  /* element offset into the slabs */
+    int unit;       /* the unit (= declaring layer) that stores it */
+    size_t uoff;    /* element offset inside the unit */
     int decay;      /* weight decay applies (ndim >= 2) */
 } engine_param;
+
+typedef struct engine_unit {
+    size_t numel, shard;      /* padded elements; numel / dp */
+    size_t opt_lo, opt_n;     /* this rank's optimizer range inside the unit */
+    int sharded;              /* params stored as a shard only (stage 3) */
+    int first_user;           /* lowest layer index using the unit: its grads are final after it */
+    int n_params_first, n_params_end; /* engine param ids [first, end) stored here */
+    void *p;                  /* P: whole, or the shard when sharded */
+    void *g;                  /* P: whole (stage 0/1) or the shard (stage >= 2) */
+    float *master;            /* fp32 over the opt range; aliases p when P is f32 */
+    float *m, *v;             /* fp32 over the opt range */
+    float *wp;                /* fp32 whole params while live */
+    int wp_owned;
+    void *gathered;           /* P: whole params being / been gathered (sharded) */
+    zinc_comm_handle *h_gather;
+    float *wg;                /* fp32 whole grads while open */
+    int wg_owned;
+} engine_unit;
 
 struct zinc_layer {
     zinc_engine *e;
@@ -27,11 +67,27 @@ struct zinc_layer {
     int n_in, n_out;
     int params[ENGINE_MAX_LAYER_PARAMS]; /* engine param ids */
     int n_params;
-    size_t unit_offset, unit_numel; /* flat unit: [unit_offset, +unit_numel) of the slabs */
+    int units[ENGINE_MAX_LAYER_UNITS];   /* units this layer touches (own + tied) */
+    int n_units;
     float *acts;
     size_t act_floats;
     int declaring;
 };
+
+/* A gradient reduce-scatter in flight (stage >= 2). */
+typedef struct engine_pending {
+    int unit;
+    void *send;       /* P, whole unit; owned unless it is the unit's wg */
+    void *recv;       /* P, shard; owned */
+    zinc_comm_handle *h;
+} engine_pending;
+
+typedef struct engine_scaler {
+    double scale;
+    int dynamic;
+    int cur_hysteresis;
+    int64_t last_overflow_iter, cur_iter;
+} engine_scaler;
 
 struct zinc_engine {
     zinc_config cfg;
@@ -39,15 +95,20 @@ struct zinc_engine {
     zinc_mesh *mesh;
     const zinc_ops *ops;
     const zinc_model_def *model;
+    zinc_dtype pdt;      /* param / grad storage dtype */
+    size_t psz;          /* its size in bytes */
+    int stage;
 
     zinc_layer *layers;
     int n_layers;
     engine_param *params;
     int n_params, cap_params;
+    engine_unit *units;  /* one per layer (possibly empty) */
 
-    /* flat units of all layers back to back; same layout in every slab */
-    size_t slab_numel;
-    float *param_slab, *grad_slab, *m_slab, *v_slab;
+    engine_pending *pending;
+    int n_pending;
+    uint64_t pending_bytes;
+    uint64_t live_elems; /* elements of owned working params */
 
     float *act_slab;     /* every layer's saved activations and outputs */
     float **out;         /* out[l]: (B, T, n_out) of layer l; NULL for the loss layer */
@@ -56,9 +117,54 @@ struct zinc_engine {
     int32_t *tokens, *targets;
 
     int B, T, ga, dp, dp_rank;
-    int64_t step;        /* optimizer steps done */
+    int64_t step;        /* steps taken, skipped ones included */
+    int64_t opt_step;    /* optimizer steps applied (Adam t, scheduler position) */
     int64_t samples;     /* global sample index of the next batch */
-    uint64_t state_bytes, state_bytes_max;
+    engine_scaler scaler;
+    zinc_mem_stats mem, mem_max;
 };
 
 #endif
+
+/* ---- zero.c: flat units under ZeRO stages 0-3 (engine/ only) ---- */
+
+/* Lays out units from the declared params and fills unit sizes and ranges
+ * for (dp, dp_rank, stage); allocates nothing. */
+void zero_units_layout(zinc_engine *e);
+/* Model-state bytes of the laid-out units. */
+void zero_mem_stats(const zinc_engine *e, zinc_mem_stats *m);
+/* Allocates and initializes every unit's model states. */
+zinc_status zero_units_alloc(zinc_engine *e);
+void zero_units_free(zinc_engine *e);
+
+/* fp32 working params of unit u (gathers / converts as needed). */
+zinc_status zero_unit_materialize(zinc_engine *e, int u);
+/* Starts gathering unit u's params ahead of use (sharded units only). */
+zinc_status zero_unit_prefetch(zinc_engine *e, int u);
+/* Drops unit u's working params if they are a copy. */
+void zero_unit_release(zinc_engine *e, int u);
+/* 1 if releasing u would free memory (its working params are a copy). */
+int zero_unit_releasable(const zinc_engine *e, int u);
+
+/* Opens unit u's fp32 working grads for this micro-batch. */
+zinc_status zero_grad_open(zinc_engine *e, int u);
+/* Folds the finished working grads of u into its gradient storage (stage
+ * 0/1) or starts their reduce-scatter into the owner's shard (stage >= 2). */
+zinc_status zero_grad_close(zinc_engine *e, int u);
+/* Completes reduce-scatters in flight (all, or until under the bucket). */
+zinc_status zero_wait_pending(zinc_engine *e, int all);
+
+/* Zeroes all gradient storage (start of a step). */
+void zero_grads_zero(zinc_engine *e);
+/* Accumulation boundary: all-reduce (stage 0) or reduce-scatter (stage 1). */
+zinc_status zero_reduce_boundary(zinc_engine *e);
+/* Sum of squares of this rank's gradient range (opt ranges), double. */
+double zero_grad_sumsq(zinc_engine *e);
+/* AdamW over this rank's opt ranges with grads multiplied by coef, then
+ * writes the working-precision params back (and all-gathers them at
+ * stages 1/2 and for whole units at stage 3). */
+zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t);
+
+/* dtype helpers */
+void zero_to_f32(float *dst, const void *src, zinc_dtype dt, size_t n);
+void zero_from_f32(void *dst, const float *src, zinc_dtype dt, size_t n);

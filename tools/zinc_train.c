@@ -10,6 +10,7 @@
  * abort the whole job (MPI_Abort) so no rank is left waiting.
  */
 #include <limits.h>
+#include <math.h>
 #include <omp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -31,9 +32,38 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: zinc-train CONFIG.json [--set key.path=value]... [--check]\n"
-               "  --set k=v   override any config key (value parsed as JSON, else a string)\n"
-               "  --check     validate and print the resolved config, do not train\n");
+    fprintf(f, "usage: zinc-train CONFIG.json [--set key.path=value]... [--check | --estimate-memory -n N]\n"
+               "  --set k=v             override any config key (value parsed as JSON, else a string)\n"
+               "  --check               validate and print the resolved config, do not train\n"
+               "  --estimate-memory -n N  per-rank model-state bytes for ZeRO stages 0-3 at N ranks\n");
+}
+
+/* Prints the per-rank model-state estimate of stages 0-3 for n ranks. */
+static int estimate_memory(const zinc_config *cfg, int n)
+{
+    zinc_gpt2 *g = NULL;
+    if (zinc_gpt2_create(cfg, &g) != ZINC_OK) {
+        fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+        return 2;
+    }
+    const char *prec = cfg->bf16.enabled ? "bf16" : cfg->fp16.enabled ? "fp16" : "fp32";
+    int rc = 0;
+    for (int stage = 0; stage <= 3 && rc == 0; stage++) {
+        zinc_mem_stats m;
+        if (zinc_engine_estimate_memory(cfg, zinc_gpt2_model(g), n, stage, &m) != ZINC_OK) {
+            fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+            rc = 1;
+            break;
+        }
+        if (stage == 0)
+            printf("model-state memory per rank, %d ranks, %s (MiB):\n"
+                   "stage    params     grads    master optimizer     total   +buckets\n", n, prec);
+        printf("%5d %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f\n", stage, m.params / 1048576.0,
+               m.grads / 1048576.0, m.master / 1048576.0, m.optimizer / 1048576.0,
+               m.total / 1048576.0, (m.total + m.buffers) / 1048576.0);
+    }
+    zinc_gpt2_destroy(g);
+    return rc;
 }
 
 static double now_s(void)
@@ -128,7 +158,7 @@ static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, char *buf, s
 int main(int argc, char **argv)
 {
     const char *cfg_path = NULL, *overrides[MAX_OVERRIDES];
-    int n_over = 0, check = 0;
+    int n_over = 0, check = 0, estimate = 0, est_n = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--set") && i + 1 < argc) {
             if (n_over == MAX_OVERRIDES) { fprintf(stderr, "zinc-train: too many --set\n"); return 2; }
@@ -138,6 +168,16 @@ int main(int argc, char **argv)
             overrides[n_over++] = argv[i] + 6;
         } else if (!strcmp(argv[i], "--check")) {
             check = 1;
+        } else if (!strcmp(argv[i], "--estimate-memory")) {
+            estimate = 1;
+        } else if (!strcmp(argv[i], "-n") && i + 1 < argc) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 1000000) {
+                fprintf(stderr, "zinc-train: -n: expected a rank count >= 1, found '%s'\n", argv[i]);
+                return 2;
+            }
+            est_n = (int)v;
         } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
             return 0;
@@ -154,12 +194,18 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    /* every rank loads the config; only the first one shows its warnings */
+    const char *wr = getenv("OMPI_COMM_WORLD_RANK");
+    zinc_log_level lvl = zinc_log_get_level();
+    if (wr && atoi(wr) > 0) zinc_log_set_level(ZINC_LOG_ERROR);
     zinc_config cfg;
     zinc_status st = zinc_config_load(cfg_path, overrides, n_over, &cfg);
+    zinc_log_set_level(lvl);
     if (st != ZINC_OK) {
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
         return 2;
     }
+    if (estimate) return estimate_memory(&cfg, est_n);
     if (check) {
         const char *ws = getenv("OMPI_COMM_WORLD_SIZE");
         int dp = ws && atoi(ws) > 0 ? atoi(ws) : 1;
@@ -247,18 +293,31 @@ int main(int argc, char **argv)
         if (rank != 0) continue;
         if (step % every == 0 || step == 1 || step == cfg.train.max_steps)
             printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
-                   "state %.1f MiB/rank\n",
+                   "state %.1f MiB/rank | comm %.2f MiB%s\n",
                    (long long)step, (long long)cfg.train.max_steps, s.loss, s.lr, s.grad_norm,
-                   s.tokens_per_s, s.step_ms, s.model_state_bytes_max / 1048576.0);
+                   s.tokens_per_s, s.step_ms, s.model_state_bytes_max / 1048576.0,
+                   s.comm_bytes / 1048576.0, s.skipped ? " | skipped (fp16 overflow)" : "");
         fflush(stdout);
         if (metrics) {
+            const zinc_mem_stats *m = &s.mem_max;
+            char norm_json[32] = "null"; /* JSON has no NaN/inf: an fp16 overflow logs null */
+            if (isfinite(s.grad_norm)) snprintf(norm_json, sizeof norm_json, "%.9g", s.grad_norm);
             fprintf(metrics,
-                    "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+                    "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %s, "
                     "\"tokens_per_s\": %.3f, \"step_ms\": %.3f, \"model_state_bytes\": %llu, "
-                    "\"comm_bytes\": %llu, \"samples\": %lld}\n",
-                    (long long)s.step, s.loss, s.lr, s.grad_norm, s.tokens_per_s, s.step_ms,
+                    "\"comm_bytes\": %llu, \"samples\": %lld, \"loss_scale\": %.9g, \"skipped\": %d, "
+                    "\"mem\": {\"params\": %llu, \"grads\": %llu, \"master\": %llu, "
+                    "\"optimizer\": %llu, \"buffers\": %llu}, \"comm\": {",
+                    (long long)s.step, s.loss, s.lr, norm_json, s.tokens_per_s, s.step_ms,
                     (unsigned long long)s.model_state_bytes_max, (unsigned long long)s.comm_bytes,
-                    (long long)s.samples_seen);
+                    (long long)s.samples_seen, s.loss_scale, s.skipped,
+                    (unsigned long long)m->params, (unsigned long long)m->grads,
+                    (unsigned long long)m->master, (unsigned long long)m->optimizer,
+                    (unsigned long long)m->buffers);
+            for (int k = 0; k < ZINC_COMM_N_OPS; k++)
+                fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
+                        (unsigned long long)s.comm_bytes_op[k]);
+            fprintf(metrics, "}}\n");
             if (fflush(metrics) != 0) {
                 zinc_error(ZINC_ERR_IO, "train.metrics_file %s: write failed", cfg.train.metrics_file);
                 die(world, "metrics");

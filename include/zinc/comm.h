@@ -80,8 +80,25 @@ zinc_status zinc_comm_barrier(zinc_comm *c);
  * completes the op and frees *h (sets it NULL); NULL-safe. */
 zinc_status zinc_comm_wait(zinc_comm_handle **h);
 
-/* Algorithmic bytes this rank has moved in this group since creation/reset. */
+/* Collective kinds, for per-kind byte counters. */
+typedef enum zinc_comm_op {
+    ZINC_COMM_OP_ALL_REDUCE = 0,
+    ZINC_COMM_OP_REDUCE_SCATTER,
+    ZINC_COMM_OP_ALL_GATHER,
+    ZINC_COMM_OP_BROADCAST,
+    ZINC_COMM_OP_SEND,
+    ZINC_COMM_OP_RECV,
+    ZINC_COMM_OP_BARRIER,
+    ZINC_COMM_N_OPS,
+} zinc_comm_op;
+
+/* Name of an op kind ("all_reduce", ...). */
+const char *zinc_comm_op_name(zinc_comm_op op);
+
+/* Algorithmic bytes this rank has moved in this group since creation/reset:
+ * in total, and for one kind of op. */
 uint64_t zinc_comm_bytes(const zinc_comm *c);
+uint64_t zinc_comm_bytes_op(const zinc_comm *c, zinc_comm_op op);
 void zinc_comm_reset_bytes(zinc_comm *c);
 
 /* Ends every rank of the job at once (MPI_Abort); for tools, never the library. */

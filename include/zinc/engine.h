@@ -102,6 +102,16 @@ typedef struct zinc_engine_opts {
     const zinc_model_def *model;/* borrowed */
 } zinc_engine_opts;
 
+/* Bytes of model state a rank holds, by kind. */
+typedef struct zinc_mem_stats {
+    uint64_t params;     /* working-precision parameters */
+    uint64_t grads;      /* working-precision gradients */
+    uint64_t master;     /* fp32 master weights (0 when params are fp32) */
+    uint64_t optimizer;  /* Adam moments */
+    uint64_t total;      /* the sum of the four */
+    uint64_t buffers;    /* declared communication buckets (reduce + allgather) */
+} zinc_mem_stats;
+
 typedef struct zinc_step_stats {
     int64_t step;              /* 1-based step just completed */
     double loss;               /* mean token loss over the global batch */
@@ -112,11 +122,23 @@ typedef struct zinc_step_stats {
     uint64_t model_state_bytes;/* params + grads + optimizer state held by this rank */
     uint64_t model_state_bytes_max; /* largest over ranks */
     uint64_t comm_bytes;       /* bytes this rank communicated during the step */
+    uint64_t comm_bytes_op[ZINC_COMM_N_OPS]; /* the same by kind of collective */
     int64_t samples_seen;      /* global sample index after this step */
+    double loss_scale;         /* fp16 loss scale used (1 otherwise) */
+    int skipped;               /* 1 if an fp16 overflow skipped the update */
+    zinc_mem_stats mem;        /* this rank's model state */
+    zinc_mem_stats mem_max;    /* largest over ranks, kind by kind */
 } zinc_step_stats;
 
+/* Model-state bytes per rank that zinc_engine_create would allocate for this
+ * model at DP size dp and the given ZeRO stage and precision in c (pure; no
+ * communication, no allocation of model memory). */
+zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_def *m, int dp,
+                                        int stage, zinc_mem_stats *out);
+
 /* Collective over world. Builds the mesh (pp=1, tp=1, dp=world), declares
- * the model, allocates and initializes all memory. */
+ * the model, allocates and initializes all memory for the configured ZeRO
+ * stage (zero_optimization.stage 0-3) and precision (fp32, bf16, fp16). */
 zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out);
 void zinc_engine_destroy(zinc_engine *e); /* NULL-safe */
 
@@ -125,11 +147,11 @@ void zinc_engine_destroy(zinc_engine *e); /* NULL-safe */
  * reduction, global norm, clipping, AdamW, lr schedule. */
 zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_step_stats *st);
 
-/* Collective only in that it uses no communication: forward and backward of
- * one micro-batch (tokens/targets (B, T) with the engine's B and T) on this
- * rank alone; stores the gradients (of the mean token loss) in the gradient
- * buffers, replacing what was there, and the mean loss in *loss. For tests,
- * evaluation and tools; does not step the optimizer. */
+/* Forward and backward of one micro-batch (tokens/targets (B, T) with the
+ * engine's B and T) on this rank alone, without communication: stores the
+ * gradients of the mean token loss in the gradient buffers (replacing what
+ * was there) and the mean loss in *loss. Does not step the optimizer. Only
+ * for fp32 at ZeRO stage 0 (tests, tools): otherwise ZINC_ERR_UNSUPPORTED. */
 zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
                                       const int32_t *targets, double *loss);
 
@@ -144,7 +166,8 @@ int64_t zinc_engine_n_params(const zinc_engine *e);
 int zinc_engine_dp_rank(const zinc_engine *e);
 int zinc_engine_dp_size(const zinc_engine *e);
 
-/* Looks up a parameter by full name; returns its fp32 data and numel, or NULL. */
+/* Looks up a parameter by full name; returns its fp32 data and numel, or
+ * NULL (also when parameters are not held whole in fp32: ZeRO-3, 16-bit). */
 float *zinc_engine_param_by_name(zinc_engine *e, const char *name, int64_t *numel);
 
 #endif

@@ -1,0 +1,152 @@
+/* zinc/ckpt.h - sharded checkpoints that speak only in logical tensors.
+ *
+ * On disk:
+ *   save_dir/latest               tag of the newest complete checkpoint (written by rename)
+ *   save_dir/index                tags of complete checkpoints, oldest first (for keep_last)
+ *   save_dir/<tag>/manifest.json  format version, the tensor table, every chunk (file, byte
+ *                                 offset, length, element range, crc32c per 1 MiB block) and
+ *                                 the caller's meta JSON verbatim under "meta"
+ *   save_dir/<tag>/rank-00003.bin raw chunk bytes; every chunk starts 4 KiB aligned
+ *
+ * A logical tensor is identified by (name, kind): "h.3.attn.c_attn.weight" of kind "param"
+ * and of kind "exp_avg" are two tensors. A rank describes what it holds with pieces:
+ * flattened element ranges of logical tensors in its memory. Save and load only need the
+ * pieces to be consistent within one call, so a checkpoint saved by 4 ranks with one
+ * sharding loads into 3 ranks with another, or into one rank holding everything.
+ *
+ * Commit is atomic: ranks write <tag>.partial/, fsync, rank 0 writes the manifest, renames
+ * the directory to <tag> and only then points latest at it. A save killed at any point
+ * leaves the previous checkpoint (and latest) intact.
+ */
+#ifndef ZINC_CKPT_H
+#define ZINC_CKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "zinc/aio.h"
+#include "zinc/comm.h"
+#include "zinc/status.h"
+#include "zinc/tensor.h"
+
+#define ZINC_CKPT_FORMAT_VERSION 1
+#define ZINC_CKPT_BLOCK_BYTES (1u << 20) /* crc32c granularity within a chunk */
+#define ZINC_CKPT_TAG_MAX 200            /* longest tag, [A-Za-z0-9._-], not starting with '.' */
+
+/* A logical tensor. */
+typedef struct zinc_ckpt_tensor {
+    char name[96];           /* "h.3.attn.c_attn.weight" (Hugging Face GPT-2 names) */
+    char kind[16];           /* "param" | "master" | "exp_avg" | "exp_avg_sq" (any short string) */
+    zinc_dtype dtype;        /* stored dtype (save); wanted dtype (load: converted among f32/bf16/f16) */
+    int ndim;
+    int64_t shape[ZINC_MAX_DIMS];
+    int tp_dim;              /* partition spec, recorded for later TP work (-1: replicated) */
+} zinc_ckpt_tensor;
+
+/* Part of a tensor held in this rank's memory. */
+typedef struct zinc_ckpt_piece {
+    int tensor;              /* index into the layout's tensor table */
+    int64_t offset, n;       /* flattened elements [offset, offset+n) */
+    void *data;              /* n elements of the tensor's dtype (save: read; load: written) */
+} zinc_ckpt_piece;
+
+/* What one rank holds. Every array is borrowed for the duration of the call. Ranks may have
+ * different tensor tables (a pipeline stage lists only its own tensors); tensors are matched
+ * across ranks by (name, kind). */
+typedef struct zinc_ckpt_layout {
+    const zinc_ckpt_tensor *tensors;
+    int n_tensors;
+    const zinc_ckpt_piece *pieces;
+    int n_pieces;
+} zinc_ckpt_layout;
+
+/* Collective over world. Saves checkpoint <save_dir>/<tag> (save_dir is created if needed):
+ * every rank writes its pieces (one chunk each, 4 KiB aligned, crc32c per 1 MiB block) to
+ * <tag>.partial/rank-%05d.bin in parallel and fsyncs it; rank 0 gathers the chunk tables,
+ * checks that the pieces of all ranks cover every tensor exactly once, writes and fsyncs
+ * manifest.json, renames <tag>.partial -> <tag>, fsyncs save_dir, appends tag to save_dir/index
+ * and points save_dir/latest at it (latest.tmp + rename + fsync). A complete checkpoint with
+ * the same tag is replaced. Stale *.partial directories of killed saves are removed.
+ *
+ * meta_json (may be NULL: "{}") must be valid JSON (integers within int64); it is stored
+ * verbatim under "meta" and handed back by zinc_ckpt_load. keep_last > 0 then deletes the
+ * oldest complete checkpoints listed in the index beyond the newest keep_last (never the one
+ * just written); 0 keeps everything.
+ *
+ * Every rank returns the same status (errors are agreed with one all-reduce; the detail is
+ * the lowest failing rank's): ZINC_ERR_INVALID_ARG for a bad tag, layout or meta (a gap or
+ * overlap between pieces names the tensor and the element range), ZINC_ERR_IO for a failed
+ * write (naming the file), comm errors as returned. On failure the previous checkpoint and
+ * latest are intact. */
+zinc_status zinc_ckpt_save(zinc_comm *world, zinc_aio *aio, const char *save_dir, const char *tag,
+                           const zinc_ckpt_layout *mine, const char *meta_json, int keep_last);
+
+/* Collective over world. Loads <save_dir>/<tag> (tag NULL: the tag named by save_dir/latest)
+ * into the wanted pieces: each rank reads only the 1 MiB crc blocks that overlap its pieces,
+ * checks their crc32c and converts when the stored dtype differs from the wanted tensor's
+ * dtype (among f32, bf16, f16; other dtypes must match). Pieces may be any layout (other rank
+ * count, other sharding than at save); a piece need not cover a whole tensor.
+ *
+ * If meta_json_out is not NULL, *meta_json_out receives the meta JSON text exactly as saved
+ * (malloc'd, the caller frees it; NULL on failure).
+ *
+ * Every rank returns the same status: ZINC_ERR_IO (missing latest/checkpoint/rank file, read
+ * failure) or ZINC_ERR_CORRUPT (unparsable manifest, wanted tensor missing from the
+ * checkpoint, shape mismatch, crc mismatch, truncated rank file), each naming the file and,
+ * where one is involved, the tensor; ZINC_ERR_INVALID_ARG for a piece outside its tensor;
+ * ZINC_ERR_UNSUPPORTED for an impossible dtype conversion or a newer format version. */
+zinc_status zinc_ckpt_load(zinc_comm *world, zinc_aio *aio, const char *save_dir, const char *tag,
+                           const zinc_ckpt_layout *want, char **meta_json_out);
+
+/* ---- non-collective helpers (tools, tests) -------------------------------------------- */
+
+/* Copies the tag named by save_dir/latest into tag (capacity cap). ZINC_ERR_IO if latest is
+ * missing or unreadable, ZINC_ERR_CORRUPT if it does not hold a valid tag. */
+zinc_status zinc_ckpt_resolve_latest(const char *save_dir, char *tag, size_t cap);
+
+/* Progress callback: done and total bytes of the current operation. */
+typedef void (*zinc_ckpt_progress_fn)(uint64_t done, uint64_t total, void *u);
+
+/* Checks one checkpoint directory completely: manifest, every file's size, every crc.
+ * ckpt_dir is a checkpoint (holding manifest.json) or a save_dir (its latest is used).
+ * progress (may be NULL) is called as bytes are verified. ZINC_ERR_CORRUPT / ZINC_ERR_IO name
+ * the file, the tensor and the byte offset of the first problem. */
+zinc_status zinc_ckpt_verify(zinc_aio *aio, const char *ckpt_dir, zinc_ckpt_progress_fn progress,
+                             void *u);
+
+/* A checkpoint opened for inspection: the parsed manifest plus open rank files. */
+typedef struct zinc_ckpt_reader zinc_ckpt_reader;
+
+/* Opens dir: a checkpoint directory, or a save_dir whose latest is followed. aio is borrowed
+ * and must outlive the reader. Fails like zinc_ckpt_load on a missing/unparsable manifest. */
+zinc_status zinc_ckpt_reader_open(zinc_aio *aio, const char *dir, zinc_ckpt_reader **out);
+/* NULL-safe; closes the rank files. */
+void zinc_ckpt_reader_close(zinc_ckpt_reader *r);
+
+/* Checkpoint directory actually opened and its tag (last path component). Owned by r. */
+const char *zinc_ckpt_reader_dir(const zinc_ckpt_reader *r);
+const char *zinc_ckpt_reader_tag(const zinc_ckpt_reader *r);
+/* The meta JSON text as saved. Owned by r. */
+const char *zinc_ckpt_reader_meta(const zinc_ckpt_reader *r);
+
+/* Tensor table in manifest order; entries are owned by r (dtype = stored dtype). */
+int zinc_ckpt_reader_n_tensors(const zinc_ckpt_reader *r);
+const zinc_ckpt_tensor *zinc_ckpt_reader_tensor(const zinc_ckpt_reader *r, int i);
+/* Index of tensor (name, kind), or -1. kind NULL matches the first tensor of that name. */
+int zinc_ckpt_reader_find(const zinc_ckpt_reader *r, const char *name, const char *kind);
+/* Totals over the checkpoint: rank files, chunks, stored bytes (sum of file sizes). */
+void zinc_ckpt_reader_stats(const zinc_ckpt_reader *r, int *n_files, int *n_chunks,
+                            uint64_t *file_bytes);
+
+/* Reads elements [offset, offset+n) of tensor i into dst as dtype (conversion as for load),
+ * checking the crc of every block read. */
+zinc_status zinc_ckpt_reader_read(zinc_ckpt_reader *r, int i, int64_t offset, int64_t n,
+                                  zinc_dtype dtype, void *dst);
+/* zinc_ckpt_verify on an open reader. */
+zinc_status zinc_ckpt_reader_verify(zinc_ckpt_reader *r, zinc_ckpt_progress_fn progress, void *u);
+
+/* crc32c (Castagnoli) of n bytes, continuing from crc (0 to start): crc32c("123456789") is
+ * 0xE3069283. Uses SSE4.2 when the CPU has it. */
+uint32_t zinc_crc32c(uint32_t crc, const void *data, size_t n);
+
+#endif
