@@ -31,10 +31,13 @@
  * Fallbacks, each warned once per engine: no O_DIRECT -> buffered; rings
  * unavailable (seccomp, old kernel, memlock) -> workers use pread/pwrite.
  *
- * Thread safety: any number of threads may start, wait for and close
- * transfers on one engine concurrently; one mutex guards the queue and
- * request bookkeeping, taken once per chunk. A request must be waited by one
- * thread only. Fault injection for tests: env ZINC_AIO_FAULT, read by
+ * Thread safety: any number of threads may open files, start and wait for
+ * transfers and close files on one engine concurrently; one mutex guards the
+ * queue and request bookkeeping, taken once per chunk. A request is waited by
+ * one thread, once. zinc_aio_close waits for the file's unfinished transfers.
+ * zinc_aio_destroy waits for every queued and in-flight transfer, then frees
+ * requests never waited and closes files left open (warning about each), so
+ * those handles must not be used afterwards. Fault injection for tests: env ZINC_AIO_FAULT, read by
  * zinc_aio_create, a comma list of enospc:BYTES (writes beyond BYTES in total
  * fail with ENOSPC), eio:BYTES (transfers beyond BYTES in total fail with
  * EIO), nodirect (O_DIRECT refused as by tmpfs on old kernels), nouring

@@ -374,13 +374,13 @@ static void *thr_main(void *p)
     thr_arg *t = p;
     const size_t n = 3 * MIB + 123;
     unsigned char *w = zinc_aio_buf_alloc(n), *r = zinc_aio_buf_alloc(n);
-    char name[32];
-    snprintf(name, sizeof name, "thr%d.bin", t->id);
+    char path[1024]; /* not tpath: its static buffers are not thread-safe */
+    snprintf(path, sizeof path, "%s/thr%d.bin", g_dir, t->id);
     t->ok = 1;
     for (int rep = 0; rep < 3; rep++) {
         fill_random(w, n, (uint64_t)(t->id * 10 + rep));
         zinc_aio_file *f = NULL;
-        t->ok &= zinc_aio_open(t->a, tpath(g_dir, name), ZINC_AIO_READ | ZINC_AIO_WRITE | ZINC_AIO_CREATE, &f) ==
+        t->ok &= zinc_aio_open(t->a, path, ZINC_AIO_READ | ZINC_AIO_WRITE | ZINC_AIO_CREATE, &f) ==
                  ZINC_OK;
         if (!f) break;
         t->ok &= zinc_aio_pwrite(f, w, n, 0) == ZINC_OK;
@@ -481,6 +481,7 @@ static void test_err_short_read(void)
     zinc_aio_file *f = NULL;
     CU_ASSERT_FATAL(zinc_aio_open(a, p, ZINC_AIO_READ, &f) == ZINC_OK);
     unsigned char *b = zinc_aio_buf_alloc(8 * MIB);
+    int direct = zinc_aio_is_direct(f);
     CU_ASSERT(zinc_aio_pread(f, b, 8 * MIB, 0) == ZINC_ERR_IO); /* ends inside */
     ASSERT_DETAIL("short read");
     ASSERT_DETAIL(p);
@@ -491,6 +492,7 @@ static void test_err_short_read(void)
     ASSERT_DETAIL("short read");
     CU_ASSERT(zinc_aio_pread(f, b, 3 * MIB + 100, 0) == ZINC_OK); /* exactly all */
     CU_ASSERT(zinc_aio_pread(f, b, 0, 10 * MIB) == ZINC_OK);      /* nothing */
+    CU_ASSERT(zinc_aio_is_direct(f) == direct); /* EOF is not "O_DIRECT refused" */
     zinc_aio_buf_free(b);
     CU_ASSERT(zinc_aio_close(f) == ZINC_OK);
     zinc_aio_destroy(a);
