@@ -2,7 +2,7 @@
  *
  * Save: every rank writes its pieces as chunks of rank-%05d.bin, each chunk starting at a
  * 4 KiB boundary and padded to one, so every transfer of the file is O_DIRECT friendly.
- * Pieces go through two aligned 8 MiB staging buffers: while one is being written
+ * Pieces go through four aligned 8 MiB staging buffers: while three are being written
  * asynchronously the next is filled, one 1 MiB block at a time with its crc32c computed
  * right after the copy (the block is still in cache). After an fsync every rank sends its
  * chunk table (JSON) to rank 0, which checks that the chunks of all ranks tile every tensor
@@ -12,7 +12,7 @@
  *
  * Load: rank 0 resolves the tag and reads the manifest, which it broadcasts; every rank
  * parses it, maps each wanted piece onto the stored chunks that overlap it, and reads just
- * the 1 MiB crc blocks involved (in up to 8 MiB segments, two in flight), checking every
+ * the 1 MiB crc blocks involved (in up to 8 MiB segments, four in flight), checking every
  * block's crc before converting the wanted elements into the piece.
  *
  * Errors are agreed: each collective step ends with one all-reduce (MIN of the failing rank
@@ -50,6 +50,12 @@ static uint64_t align_up(uint64_t x, uint64_t a)
 static void last_error_copy(char *buf, size_t cap)
 {
     snprintf(buf, cap, "%s", zinc_last_error());
+}
+
+/* Completes *r if a request is in flight (zinc_aio_wait wants a live request). */
+static zinc_status wait_opt(zinc_aio_req **r)
+{
+    return *r ? zinc_aio_wait(r) : ZINC_OK;
 }
 
 /* ---- string builder --------------------------------------------------------------------- */
@@ -198,6 +204,15 @@ static zinc_status remove_flat_dir(const char *dir)
     if (st == ZINC_OK && rmdir(dir) != 0)
         st = zinc_error(ZINC_ERR_IO, "%s: cannot remove directory: %s", dir, strerror(errno));
     return st;
+}
+
+/* Removes a failed save's directory, keeping the detail of failure st. */
+static void remove_partial(const char *part, zinc_status st)
+{
+    char keep[1024];
+    last_error_copy(keep, sizeof keep);
+    if (remove_flat_dir(part) != ZINC_OK) ZINC_WARN("checkpoint: %s", zinc_last_error());
+    zinc_error(st, "%s", keep);
 }
 
 /* Writes dir/name atomically: name.tmp, fsync, rename, fsync dir. */
@@ -532,8 +547,8 @@ static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_c
 {
     zinc_status st = ZINC_OK;
     zinc_aio_file *f = NULL;
-    uint8_t *buf[2] = {NULL, NULL};
-    zinc_aio_req *req[2] = {NULL, NULL};
+    uint8_t *buf[CKPT_INFLIGHT] = {NULL};
+    zinc_aio_req *req[CKPT_INFLIGHT] = {NULL};
     uint64_t off = 0;
     int k = 0;
     for (int i = 0; i < L->n_pieces; i++) {
@@ -555,12 +570,11 @@ static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_c
     *file_bytes = off;
 
     ZINC_TRY(zinc_aio_open(aio, path, ZINC_AIO_WRITE | ZINC_AIO_CREATE | ZINC_AIO_TRUNC, &f));
-    buf[0] = zinc_aio_buf_alloc(CKPT_SEG);
-    buf[1] = zinc_aio_buf_alloc(CKPT_SEG);
-    if (!buf[0] || !buf[1]) {
-        st = zinc_error(ZINC_ERR_NOMEM, "%s: no memory for staging buffers", path);
-        goto cleanup;
-    }
+    for (int b = 0; b < CKPT_INFLIGHT; b++)
+        if (!(buf[b] = zinc_aio_buf_alloc(CKPT_SEG))) {
+            st = zinc_error(ZINC_ERR_NOMEM, "%s: no memory for staging buffers", path);
+            goto cleanup;
+        }
     int slot = 0;
     for (int j = 0, i = 0; j < k; i++) {
         const zinc_ckpt_piece *p = &L->pieces[i];
@@ -569,7 +583,7 @@ static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_c
         const uint8_t *src = p->data;
         for (uint64_t s = 0; s < c->bytes; s += CKPT_SEG) {
             size_t len = (size_t)(c->bytes - s < CKPT_SEG ? c->bytes - s : CKPT_SEG);
-            ZINC_TRY(zinc_aio_wait(&req[slot]));
+            ZINC_TRY(wait_opt(&req[slot]));
             uint8_t *b = buf[slot];
             for (size_t q = 0; q < len; q += CKPT_BLOCK) {
                 size_t bl = len - q < CKPT_BLOCK ? len - q : CKPT_BLOCK;
@@ -579,20 +593,23 @@ static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_c
             size_t wl = (size_t)align_up(len, CKPT_ALIGN);
             memset(b + len, 0, wl - len);
             ZINC_TRY(zinc_aio_pwrite_async(f, b, wl, c->off + s, &req[slot]));
-            slot ^= 1;
+            slot = (slot + 1) % CKPT_INFLIGHT;
         }
     }
-    ZINC_TRY(zinc_aio_wait(&req[0]));
-    ZINC_TRY(zinc_aio_wait(&req[1]));
+    for (int b = 0; b < CKPT_INFLIGHT; b++) ZINC_TRY(wait_opt(&req[b]));
     ZINC_TRY(zinc_aio_fsync(f));
     st = zinc_aio_close(f);
     f = NULL;
 cleanup:
-    zinc_aio_wait(&req[0]);
-    zinc_aio_wait(&req[1]);
-    if (f) zinc_aio_close(f);
-    zinc_aio_buf_free(buf[0]);
-    zinc_aio_buf_free(buf[1]);
+    if (st != ZINC_OK) {
+        /* drain and close without losing the first failure's detail */
+        char keep[1024];
+        last_error_copy(keep, sizeof keep);
+        for (int b = 0; b < CKPT_INFLIGHT; b++) wait_opt(&req[b]);
+        zinc_aio_close(f);
+        zinc_error(st, "%s", keep);
+    }
+    for (int b = 0; b < CKPT_INFLIGHT; b++) zinc_aio_buf_free(buf[b]);
     return st;
 }
 
@@ -974,7 +991,7 @@ zinc_status zinc_ckpt_save(zinc_comm *world, zinc_aio *aio, const char *save_dir
     }
     st = agree(world, st);
     if (st != ZINC_OK) {
-        if (rank == 0) remove_flat_dir(part);
+        if (rank == 0) remove_partial(part, st);
         goto cleanup;
     }
 
@@ -1026,7 +1043,7 @@ zinc_status zinc_ckpt_save(zinc_comm *world, zinc_aio *aio, const char *save_dir
         }
         if (st == ZINC_OK) st = write_file_atomic(aio, part, "manifest.json", man, mlen);
         if (st == ZINC_OK) st = save_commit(aio, save_dir, tag, keep_last);
-        if (st != ZINC_OK) remove_flat_dir(part);
+        if (st != ZINC_OK) remove_partial(part, st);
     }
     st = agree(world, st);
 
@@ -1252,7 +1269,7 @@ struct zinc_ckpt_reader {
     ckpt_manifest m;
     zinc_aio_file **fh;   /* per file, opened on first use */
     uint64_t *fsize;      /* actual sizes */
-    uint8_t *buf[2];      /* CKPT_SEG each, allocated on first read */
+    uint8_t *buf[CKPT_INFLIGHT]; /* CKPT_SEG each, allocated on first read */
 };
 
 static zinc_status reader_from_text(zinc_aio *aio, const char *dir, const char *text, size_t len,
@@ -1310,8 +1327,7 @@ void zinc_ckpt_reader_close(zinc_ckpt_reader *r)
     for (int i = 0; r->fh && i < r->m.n_files; i++) zinc_aio_close(r->fh[i]);
     free(r->fh);
     free(r->fsize);
-    zinc_aio_buf_free(r->buf[0]);
-    zinc_aio_buf_free(r->buf[1]);
+    for (int b = 0; b < CKPT_INFLIGHT; b++) zinc_aio_buf_free(r->buf[b]);
     ckpt_manifest_free(&r->m);
     free(r);
 }
@@ -1455,21 +1471,22 @@ static zinc_status seg_finish(zinc_ckpt_reader *r, const ck_seg *s, const uint8_
     return ZINC_OK;
 }
 
-/* Runs segments with two transfers in flight. */
+/* Runs segments with CKPT_INFLIGHT transfers in flight, checking each in order. */
 static zinc_status run_segs(zinc_ckpt_reader *r, const ck_seg *segs, size_t n, const ck_dst *d,
                             zinc_ckpt_progress_fn progress, void *u, uint64_t *done, uint64_t total)
 {
     zinc_status st = ZINC_OK;
-    zinc_aio_req *req[2] = {NULL, NULL};
+    zinc_aio_req *req[CKPT_INFLIGHT] = {NULL};
+    const size_t K = CKPT_INFLIGHT;
     if (n == 0) return ZINC_OK;
-    for (int b = 0; b < 2; b++)
+    for (size_t b = 0; b < K; b++)
         if (!r->buf[b] && !(r->buf[b] = zinc_aio_buf_alloc(CKPT_SEG)))
             return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: no memory for read buffers");
-    ZINC_TRY(seg_submit(r, &segs[0], r->buf[0], &req[0]));
+    size_t next = 0;
+    for (; next < n && next < K; next++) ZINC_TRY(seg_submit(r, &segs[next], r->buf[next], &req[next]));
     for (size_t i = 0; i < n; i++) {
-        int b = (int)(i & 1);
-        if (i + 1 < n) ZINC_TRY(seg_submit(r, &segs[i + 1], r->buf[b ^ 1], &req[b ^ 1]));
-        st = zinc_aio_wait(&req[b]);
+        size_t b = i % K;
+        st = wait_opt(&req[b]);
         if (st != ZINC_OK) {
             char err[1024];
             last_error_copy(err, sizeof err);
@@ -1484,10 +1501,18 @@ static zinc_status run_segs(zinc_ckpt_reader *r, const ck_seg *segs, size_t n, c
             *done += len;
             progress(*done, total, u);
         }
+        if (next < n) { /* next % K == b: reuse the buffer just consumed */
+            ZINC_TRY(seg_submit(r, &segs[next], r->buf[b], &req[b]));
+            next++;
+        }
     }
 cleanup:
-    zinc_aio_wait(&req[0]);
-    zinc_aio_wait(&req[1]);
+    if (st != ZINC_OK) {
+        char keep[1024];
+        last_error_copy(keep, sizeof keep);
+        for (size_t b = 0; b < K; b++) wait_opt(&req[b]);
+        zinc_error(st, "%s", keep);
+    }
     return st;
 }
 

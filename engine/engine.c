@@ -458,8 +458,9 @@ static zinc_status prefetch(zinc_engine *e, int pos)
     return ZINC_OK;
 }
 
-/* Forward and backward of one micro-batch; adds its loss sum to *loss_sum. */
-static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum)
+/* Forward and (if backward) backward of one micro-batch; adds its loss sum
+ * to *loss_sum. */
+static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int backward)
 {
     zinc_status st = ZINC_OK;
     size_t BT = (size_t)e->B * e->T;
@@ -476,7 +477,7 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum)
         x = e->out[i];
     }
     const float *dy = NULL;
-    for (int i = L - 1; i >= 0; i--) {
+    for (int i = backward ? L - 1 : -1; i >= 0; i--) {
         zinc_layer *l = &e->layers[i];
         int pos = 2 * L - 1 - i;
         for (int j = 0; j < l->n_units; j++) {
@@ -515,8 +516,32 @@ zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
         .dloss = 1.0f / (float)BT, .scratch = e->scratch,
     };
     double sum = 0.0;
-    zinc_status st = micro_step(e, &c, &sum);
+    zinc_status st = micro_step(e, &c, &sum, 1);
     *loss = sum / (double)BT;
+    return st;
+}
+
+zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t first_sample,
+                             int n_batches, double *loss)
+{
+    zinc_status st = ZINC_OK;
+    zinc_ctx c = {
+        .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
+        .dloss = 0.0f, .scratch = e->scratch,
+    };
+    double sum = 0.0;
+    for (int b = 0; b < n_batches; b++)
+        for (int m = 0; m < e->ga; m++) {
+            uint64_t first = (uint64_t)first_sample + (uint64_t)b * e->cfg.train_batch_size +
+                             (uint64_t)m * e->B * e->dp + (uint64_t)e->dp_rank * e->B;
+            ZINC_TRY(zinc_data_get(data, first, e->B, e->tokens, e->targets));
+            ZINC_TRY(micro_step(e, &c, &sum, 0));
+        }
+    if (e->dp > 1)
+        ZINC_TRY(zinc_comm_all_reduce(e->mesh->dp_group, &sum, &sum, 1, ZINC_DTYPE_F64,
+                                      ZINC_REDOP_SUM, NULL));
+    *loss = sum / ((double)n_batches * e->cfg.train_batch_size * e->T);
+cleanup:
     return st;
 }
 
@@ -556,7 +581,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         uint64_t first = (uint64_t)e->samples + (uint64_t)m * e->B * e->dp +
                          (uint64_t)e->dp_rank * e->B;
         ZINC_TRY(zinc_data_get(data, first, e->B, e->tokens, e->targets));
-        ZINC_TRY(micro_step(e, &c, &loss_sum));
+        ZINC_TRY(micro_step(e, &c, &loss_sum, 1));
     }
     ZINC_TRY(zero_reduce_boundary(e));
 

@@ -165,6 +165,12 @@ double zero_grad_sumsq(zinc_engine *e);
  * stages 1/2 and for whole units at stage 3). */
 zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t);
 
+/* All-gathers whole params at stages 1/2 (and whole units at stage 3). */
+zinc_status zero_gather_whole_params(zinc_engine *e);
+/* Rewrites working-precision params from the master weights of this rank's
+ * opt ranges, then all-gathers them (after loading a checkpoint). */
+zinc_status zero_params_from_master(zinc_engine *e);
+
 /* dtype helpers */
 void zero_to_f32(float *dst, const void *src, zinc_dtype dt, size_t n);
 void zero_from_f32(void *dst, const float *src, zinc_dtype dt, size_t n);

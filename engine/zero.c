@@ -435,7 +435,6 @@ double zero_grad_sumsq(zinc_engine *e)
 
 zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t)
 {
-    zinc_status st = ZINC_OK;
     const zinc_config *c = &e->cfg;
     float *gtmp = NULL;
     size_t gcap = 0;
@@ -472,7 +471,13 @@ zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t)
     }
     free(gtmp);
 
-    /* whole params everywhere again: all-gather the updated slices */
+    return zero_gather_whole_params(e);
+}
+
+zinc_status zero_gather_whole_params(zinc_engine *e)
+{
+    zinc_status st = ZINC_OK;
+    const zinc_config *c = &e->cfg;
     if (e->stage == 0 || e->dp == 1) return ZINC_OK;
     zinc_comm_handle **hs = calloc((size_t)e->n_layers, sizeof *hs);
     if (!hs) return zinc_error(ZINC_ERR_NOMEM, "all-gather handles");
@@ -493,9 +498,21 @@ zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t)
         }
     }
     for (int l = 0; l < e->n_layers; l++) {
-        zinc_status s = zinc_comm_wait(&hs[l]);
-        if (st == ZINC_OK) st = s;
+        zinc_status s2 = zinc_comm_wait(&hs[l]);
+        if (st == ZINC_OK) st = s2;
     }
     free(hs);
     return st;
+}
+
+zinc_status zero_params_from_master(zinc_engine *e)
+{
+    if (e->pdt != ZINC_DTYPE_F32)
+        for (int l = 0; l < e->n_layers; l++) {
+            engine_unit *u = &e->units[l];
+            if (u->opt_n)
+                zero_from_f32(u->sharded ? u->p : at(u->p, u->opt_lo, e->psz), u->master, e->pdt,
+                              u->opt_n);
+        }
+    return zero_gather_whole_params(e);
 }

@@ -13,6 +13,7 @@
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 
 #include <cblas.h>
 
+#include "zinc/aio.h"
 #include "zinc/comm.h"
 #include "zinc/config.h"
 #include "zinc/data.h"
@@ -35,7 +37,9 @@ static void usage(FILE *f)
     fprintf(f, "usage: zinc-train CONFIG.json [--set key.path=value]... [--check | --estimate-memory -n N]\n"
                "  --set k=v             override any config key (value parsed as JSON, else a string)\n"
                "  --check               validate and print the resolved config, do not train\n"
-               "  --estimate-memory -n N  per-rank model-state bytes for ZeRO stages 0-3 at N ranks\n");
+               "  --estimate-memory -n N  per-rank model-state bytes for ZeRO stages 0-3 at N ranks\n"
+               "  --eval-loss           print the loss on the first global batch (after init_from /\n"
+               "                        resume) and exit without training\n");
 }
 
 /* Prints the per-rank model-state estimate of stages 0-3 for n ranks. */
@@ -155,10 +159,46 @@ static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, char *buf, s
     return st;
 }
 
+/* train.resume: "" none; "auto" the latest checkpoint of train.save_dir if
+ * there is one; a tag in save_dir; or a checkpoint directory path. */
+static zinc_status resume(const zinc_config *c, zinc_engine *eng, zinc_aio *aio)
+{
+    const char *r = c->train.resume;
+    if (!r[0]) return ZINC_OK;
+    char path[1100];
+    struct stat sb;
+    if (!strcmp(r, "auto")) {
+        if (!c->train.save_dir[0])
+            return zinc_error(ZINC_ERR_CONFIG, "train.resume \"auto\" needs train.save_dir");
+        snprintf(path, sizeof path, "%s/latest", c->train.save_dir);
+        if (stat(path, &sb) != 0) {
+            if (zinc_engine_dp_rank(eng) == 0)
+                ZINC_INFO("train.resume auto: no checkpoint in %s yet, starting fresh",
+                          c->train.save_dir);
+            return ZINC_OK;
+        }
+        return zinc_engine_load_checkpoint(eng, aio, c->train.save_dir, NULL);
+    }
+    snprintf(path, sizeof path, "%s/manifest.json", r);
+    if (stat(path, &sb) == 0) { /* a checkpoint directory: save_dir/tag */
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s", r);
+        size_t n = strlen(dir);
+        while (n > 1 && dir[n - 1] == '/') dir[--n] = '\0';
+        char *slash = strrchr(dir, '/');
+        if (!slash) return zinc_engine_load_checkpoint(eng, aio, ".", dir);
+        *slash = '\0';
+        return zinc_engine_load_checkpoint(eng, aio, dir[0] ? dir : "/", slash + 1);
+    }
+    if (!c->train.save_dir[0])
+        return zinc_error(ZINC_ERR_CONFIG, "train.resume: %s is not a checkpoint directory", r);
+    return zinc_engine_load_checkpoint(eng, aio, c->train.save_dir, r);
+}
+
 int main(int argc, char **argv)
 {
     const char *cfg_path = NULL, *overrides[MAX_OVERRIDES];
-    int n_over = 0, check = 0, estimate = 0, est_n = 1;
+    int n_over = 0, check = 0, estimate = 0, est_n = 1, eval_loss = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--set") && i + 1 < argc) {
             if (n_over == MAX_OVERRIDES) { fprintf(stderr, "zinc-train: too many --set\n"); return 2; }
@@ -168,6 +208,8 @@ int main(int argc, char **argv)
             overrides[n_over++] = argv[i] + 6;
         } else if (!strcmp(argv[i], "--check")) {
             check = 1;
+        } else if (!strcmp(argv[i], "--eval-loss")) {
+            eval_loss = 1;
         } else if (!strcmp(argv[i], "--estimate-memory")) {
             estimate = 1;
         } else if (!strcmp(argv[i], "-n") && i + 1 < argc) {
@@ -233,6 +275,7 @@ int main(int argc, char **argv)
     zinc_engine *eng = NULL;
     zinc_data *data = NULL;
     FILE *metrics = NULL;
+    zinc_aio *aio = NULL;
     char text_shard[600] = "";
     int rc = 0;
 
@@ -262,8 +305,32 @@ int main(int argc, char **argv)
     zinc_engine_opts eo = {.config = &cfg, .world = world, .model = zinc_gpt2_model(gpt)};
     st = agree(world, zinc_engine_create(&eo, &eng));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
+    if (cfg.model.init_from[0]) {
+        st = agree(world, zinc_engine_init_from(eng, cfg.model.init_from));
+        if (st != ZINC_OK) { rc = exit_code(st); goto done; }
+    }
+    if (cfg.train.save_dir[0] || cfg.train.resume[0]) {
+        zinc_aio_opts ao;
+        zinc_aio_opts_default(&ao);
+        ao.block_size = (size_t)cfg.aio.block_size;
+        ao.queue_depth = (int)cfg.aio.queue_depth;
+        ao.intra_op_parallelism = (int)cfg.aio.intra_op_parallelism;
+        ao.single_submit = cfg.aio.single_submit;
+        ao.overlap_events = cfg.aio.overlap_events;
+        st = agree(world, zinc_aio_create(&ao, &aio));
+        if (st != ZINC_OK) { rc = 1; goto done; }
+    }
+    st = agree(world, resume(&cfg, eng, aio));
+    if (st != ZINC_OK) { rc = exit_code(st); goto done; }
+    if (eval_loss) {
+        double l;
+        if (zinc_engine_eval(eng, data, 0, 1, &l) != ZINC_OK) die(world, "evaluation failed");
+        if (rank == 0) printf("eval loss %.9g\n", l);
+        goto done;
+    }
+    int appending = zinc_engine_step(eng) > 0;
     if (rank == 0 && cfg.train.metrics_file[0]) {
-        metrics = fopen(cfg.train.metrics_file, "w");
+        metrics = fopen(cfg.train.metrics_file, appending ? "a" : "w");
         if (!metrics) zinc_error(ZINC_ERR_IO, "train.metrics_file: cannot open %s for writing",
                                  cfg.train.metrics_file);
     }
@@ -283,13 +350,25 @@ int main(int argc, char **argv)
 
     double t_start = now_s(), tok_s_sum = 0.0, first_loss = 0.0, last_loss = 0.0;
     int64_t n_tok_s = 0;
-    for (int64_t step = 1; step <= cfg.train.max_steps; step++) {
+    int64_t first_step = zinc_engine_step(eng) + 1;
+    for (int64_t step = first_step; step <= cfg.train.max_steps; step++) {
         maybe_fault(rank, step);
         zinc_step_stats s;
         if (zinc_engine_train_batch(eng, data, &s) != ZINC_OK) die(world, "training step failed");
-        if (step == 1) first_loss = s.loss;
+        if (step == first_step) first_loss = s.loss;
         last_loss = s.loss;
-        if (step > 1 || cfg.train.max_steps == 1) { tok_s_sum += s.tokens_per_s; n_tok_s++; }
+        if (step > first_step || cfg.train.max_steps == first_step) { tok_s_sum += s.tokens_per_s; n_tok_s++; }
+        if (cfg.train.save_dir[0] && cfg.train.save_every > 0 &&
+            (step % cfg.train.save_every == 0 || step == cfg.train.max_steps)) {
+            char tag[64];
+            snprintf(tag, sizeof tag, "global_step%lld", (long long)step);
+            double t = now_s();
+            if (zinc_engine_save_checkpoint(eng, aio, cfg.train.save_dir, tag,
+                                            (int)cfg.train.keep_last) != ZINC_OK)
+                die(world, "checkpoint save failed");
+            if (rank == 0)
+                ZINC_INFO("saved checkpoint %s/%s in %.2f s", cfg.train.save_dir, tag, now_s() - t);
+        }
         if (rank != 0) continue;
         if (step % every == 0 || step == 1 || step == cfg.train.max_steps)
             printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
@@ -324,13 +403,14 @@ int main(int argc, char **argv)
             }
         }
     }
-    if (rank == 0 && cfg.train.max_steps > 0)
+    if (rank == 0 && cfg.train.max_steps >= first_step)
         printf("done: %lld steps in %.1f s | loss %.4f -> %.4f | mean %.0f tok/s\n",
-               (long long)cfg.train.max_steps, now_s() - t_start, first_loss, last_loss,
-               n_tok_s ? tok_s_sum / n_tok_s : 0.0);
+               (long long)(cfg.train.max_steps - first_step + 1), now_s() - t_start, first_loss,
+               last_loss, n_tok_s ? tok_s_sum / n_tok_s : 0.0);
 
 done:
     if (metrics) fclose(metrics);
+    zinc_aio_destroy(aio);
     zinc_engine_destroy(eng);
     zinc_gpt2_destroy(gpt);
     zinc_data_close(data);

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "zinc/aio.h"
 #include "zinc/comm.h"
 #include "zinc/config.h"
 #include "zinc/data.h"
@@ -157,6 +158,34 @@ zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
 
 /* Looks up a parameter's gradient by full name, or NULL. */
 float *zinc_engine_grad_by_name(zinc_engine *e, const char *name, int64_t *numel);
+
+/* --- checkpoints (see zinc/ckpt.h for the format) --- */
+
+/* Collective over world. Saves <save_dir>/<tag>: every rank writes its 1/DP
+ * slice of every unit (params in the storage dtype; fp32 master weights when
+ * they differ; Adam exp_avg, exp_avg_sq) as logical tensors, plus meta: step,
+ * optimizer step, data position (global sample index), loss scaler, topology,
+ * the resolved config. keep_last > 0 prunes older checkpoints. aio borrowed. */
+zinc_status zinc_engine_save_checkpoint(zinc_engine *e, zinc_aio *aio, const char *save_dir,
+                                        const char *tag, int keep_last);
+/* Collective over world. Loads <save_dir>/<tag> (NULL: latest) saved at any
+ * DP size and ZeRO stage: each rank reads only the ranges its shards need.
+ * Restores weights, Adam state, counters, data position and loss scaler. */
+zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const char *save_dir,
+                                        const char *tag);
+/* Sets every parameter (weights and fp32 master) from a Hugging Face GPT-2
+ * safetensors file: names with or without the "transformer." prefix; wte may
+ * have fewer rows than vocab_size (the rest stay zero), wpe at least
+ * block_size rows; "attn.bias" buffers and a tied lm_head.weight are ignored.
+ * Not collective (every rank reads the file). */
+zinc_status zinc_engine_init_from(zinc_engine *e, const char *path);
+/* Steps taken so far (restored by a load). */
+int64_t zinc_engine_step(const zinc_engine *e);
+
+/* Collective. Mean token loss over n_batches global batches starting at
+ * global sample first_sample, forward only (no gradients, no update). */
+zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t first_sample,
+                             int n_batches, double *loss);
 
 /* Learning rate the scheduler gives for a 0-based step (pure). */
 double zinc_sched_lr(const zinc_config *c, int64_t step);

@@ -41,3 +41,10 @@ max_rel_diff() {
           r = d / a; if (r > m) m = r }
         END { if (n == 0) { print "nan"; exit } printf "%.3g\n", m }'
 }
+
+# run NAME RANKS EXTRA...: zinc-train on $cfg with metrics in $TMP/NAME.jsonl, log in $TMP/NAME.log.
+run() {
+    local name=$1 n=$2; shift 2
+    $MPIRUN "$n" "$BUILD/zinc-train" "$cfg" --set train.metrics_file="$TMP/$name.jsonl" "$@" \
+        > "$TMP/$name.log" 2>&1 || { cat "$TMP/$name.log" >&2; fail "run $name failed"; }
+}

@@ -9,31 +9,29 @@ cd "$(dirname "$0")/../.."
 shard=$(make_shard)
 cfg=$(tiny_config "$shard")
 
-run() { # name ranks ga extra...
+run_ga() { # name ranks ga extra...
     local name=$1 n=$2 ga=$3; shift 3
-    $MPIRUN "$n" "$BUILD/zinc-train" "$cfg" --set gradient_accumulation_steps="$ga" \
-        --set train.metrics_file="$TMP/$name.jsonl" "$@" > "$TMP/$name.log" 2>&1 \
-        || { cat "$TMP/$name.log" >&2; fail "run $name (dp $n, ga $ga) failed"; }
+    run "$name" "$n" --set gradient_accumulation_steps="$ga" "$@"
     [ "$(losses "$TMP/$name.jsonl" | wc -l)" -eq 10 ] || fail "run $name: expected 10 metrics lines"
 }
 
-run ref 1 1
+run_ga ref 1 1
 for ga in 1 2; do
     for n in 1 2 3 4; do
         [ "$n" = 1 ] && [ "$ga" = 1 ] && continue
         # 24 sequences per step: micro = 24 / (n * ga) must be whole
         [ $((24 % (n * ga))) -eq 0 ] || continue
-        run "dp${n}_ga${ga}" "$n" "$ga"
+        run_ga "dp${n}_ga${ga}" "$n" "$ga"
         d=$(max_rel_diff "$TMP/ref.jsonl" "$TMP/dp${n}_ga${ga}.jsonl")
         echo "dp=$n ga=$ga max rel diff vs 1 rank: $d"
         awk -v d="$d" 'BEGIN { exit !(d != "nan" && d <= 1e-5) }' || fail "dp=$n ga=$ga differs: $d"
     done
 done
 
-run again 1 1
+run_ga again 1 1
 cmp -s <(losses "$TMP/ref.jsonl") <(losses "$TMP/again.jsonl") || fail "two identical runs differ"
-run again4 4 1
-run again4b 4 1
+run_ga again4 4 1
+run_ga again4b 4 1
 cmp -s <(losses "$TMP/again4.jsonl") <(losses "$TMP/again4b.jsonl") || fail "two identical 4-rank runs differ"
 
 first=$(losses "$TMP/ref.jsonl" | head -1); last=$(losses "$TMP/ref.jsonl" | tail -1)

@@ -14,11 +14,6 @@ shard=$(make_shard)
 cfg=$(tiny_config "$shard")
 S3="--set zero_optimization.stage3_param_persistence_threshold=0 --set zero_optimization.stage3_max_reuse_distance=0"
 
-run() { # name ranks extra...
-    local name=$1 n=$2; shift 2
-    $MPIRUN "$n" "$BUILD/zinc-train" "$cfg" --set train.metrics_file="$TMP/$name.jsonl" "$@" \
-        > "$TMP/$name.log" 2>&1 || { cat "$TMP/$name.log" >&2; fail "run $name failed"; }
-}
 check_close() { # name ref tol
     local d; d=$(max_rel_diff "$TMP/$2.jsonl" "$TMP/$1.jsonl")
     awk -v d="$d" -v t="$3" 'BEGIN { exit !(d != "nan" && d <= t) }' || fail "$1 differs from $2: $d"

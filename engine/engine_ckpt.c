@@ -1,0 +1,336 @@
+/* engine_ckpt.c - the engine's state as logical tensors: checkpoint save and
+ * load at any layout, and initialization from Hugging Face safetensors.
+ *
+ * Every parameter becomes up to four logical tensors of its global shape:
+ * "param" (storage dtype), "master" (fp32, only when the storage dtype is 16
+ * bits), "exp_avg" and "exp_avg_sq" (fp32). On save each rank contributes its
+ * slice [r*shard, (r+1)*shard) of every unit, so the ranks write disjoint
+ * pieces in parallel at every stage. On load each rank asks for its opt range
+ * (the whole unit at stage 0) of the fp32 master weights ("master" when the
+ * checkpoint has it, else "param") and the moments, then rebuilds the
+ * storage-dtype params from them and gathers them where they are whole.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "engine_int.h"
+#include "zinc/ckpt.h"
+#include "zinc/log.h"
+#include "zinc/safetensors.h"
+
+enum { K_PARAM, K_MASTER, K_EXP_AVG, K_EXP_AVG_SQ, N_KINDS };
+static const char *const kind_names[N_KINDS] = {"param", "master", "exp_avg", "exp_avg_sq"};
+
+typedef struct layout_buf {
+    zinc_ckpt_tensor *t;
+    zinc_ckpt_piece *p;
+    int n_t, n_p, cap_p;
+} layout_buf;
+
+static void layout_free(layout_buf *b)
+{
+    free(b->t);
+    free(b->p);
+}
+
+static int add_piece(layout_buf *b, int tensor, int64_t off, int64_t n, void *data)
+{
+    if (b->n_p == b->cap_p) {
+        int cap = b->cap_p ? 2 * b->cap_p : 256;
+        zinc_ckpt_piece *np = realloc(b->p, (size_t)cap * sizeof *np);
+        if (!np) return -1;
+        b->p = np;
+        b->cap_p = cap;
+    }
+    b->p[b->n_p++] = (zinc_ckpt_piece){.tensor = tensor, .offset = off, .n = n, .data = data};
+    return 0;
+}
+
+/* Tensor table: tensor index = param * N_KINDS + kind. */
+static zinc_status make_tensors(const zinc_engine *e, layout_buf *b, int master_as_param)
+{
+    b->n_t = e->n_params * N_KINDS;
+    b->t = calloc((size_t)b->n_t, sizeof *b->t);
+    if (!b->t) return zinc_error(ZINC_ERR_NOMEM, "checkpoint tensor table");
+    for (int i = 0; i < e->n_params; i++)
+        for (int k = 0; k < N_KINDS; k++) {
+            zinc_ckpt_tensor *t = &b->t[i * N_KINDS + k];
+            const engine_param *p = &e->params[i];
+            snprintf(t->name, sizeof t->name, "%s", p->name);
+            snprintf(t->kind, sizeof t->kind, "%s",
+                     k == K_MASTER && master_as_param ? "param" : kind_names[k]);
+            t->dtype = k == K_PARAM ? e->pdt : ZINC_DTYPE_F32;
+            t->ndim = p->ndim;
+            memcpy(t->shape, p->shape, sizeof t->shape);
+            t->tp_dim = p->tp_dim;
+        }
+    return ZINC_OK;
+}
+
+/* Pieces for elements [lo, hi) of every unit; ptr(kind, unit, elem) gives
+ * where element elem of the unit lives for that kind (NULL: skip kind). */
+typedef void *(*elem_ptr_fn)(const zinc_engine *e, int kind, const engine_unit *u, size_t elem);
+
+static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_shard,
+                               const int *kinds, int n_kinds, elem_ptr_fn ptr)
+{
+    for (int l = 0; l < e->n_layers; l++) {
+        const engine_unit *u = &e->units[l];
+        size_t lo = use_lo_shard ? (size_t)e->dp_rank * u->shard : u->opt_lo;
+        size_t hi = use_lo_shard ? lo + u->shard : u->opt_lo + u->opt_n;
+        for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
+            const engine_param *p = &e->params[pi];
+            size_t a = p->uoff > lo ? p->uoff : lo;
+            size_t z = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
+            if (a >= z) continue;
+            for (int k = 0; k < n_kinds; k++)
+                if (add_piece(b, pi * N_KINDS + kinds[k], (int64_t)(a - p->uoff),
+                              (int64_t)(z - a), ptr(e, kinds[k], u, a)) != 0)
+                    return zinc_error(ZINC_ERR_NOMEM, "checkpoint pieces");
+        }
+    }
+    return ZINC_OK;
+}
+
+/* Save: element elem of slice [r*shard, (r+1)*shard). */
+static void *save_ptr(const zinc_engine *e, int kind, const engine_unit *u, size_t elem)
+{
+    size_t rel = elem - u->opt_lo; /* stage >= 1: opt range is the slice */
+    if (kind == K_PARAM) {
+        size_t at = u->sharded ? elem - (size_t)e->dp_rank * u->shard : elem;
+        return (char *)u->p + at * e->psz;
+    }
+    const float *base = kind == K_MASTER ? u->master : kind == K_EXP_AVG ? u->m : u->v;
+    return (void *)(base + (e->stage == 0 ? elem : rel));
+}
+
+/* Load: element elem of the opt range; the fp32 master (or params) go to master. */
+static void *load_ptr(const zinc_engine *e, int kind, const engine_unit *u, size_t elem)
+{
+    (void)e;
+    size_t rel = elem - u->opt_lo;
+    const float *base = kind == K_EXP_AVG ? u->m : kind == K_EXP_AVG_SQ ? u->v : u->master;
+    return (void *)(base + rel);
+}
+
+static char *make_meta(const zinc_engine *e)
+{
+    json_t *m = json_object();
+    json_object_set_new(m, "step", json_integer(e->step));
+    json_object_set_new(m, "optimizer_step", json_integer(e->opt_step));
+    json_object_set_new(m, "samples", json_integer(e->samples));
+    json_object_set_new(m, "precision", json_string(zinc_dtype_name(e->pdt)));
+    json_t *topo = json_object();
+    json_object_set_new(topo, "pp", json_integer(1));
+    json_object_set_new(topo, "dp", json_integer(e->dp));
+    json_object_set_new(topo, "tp", json_integer(1));
+    json_object_set_new(topo, "zero_stage", json_integer(e->stage));
+    json_object_set_new(m, "topology", topo);
+    json_t *sc = json_object();
+    json_object_set_new(sc, "scale", json_real(e->scaler.scale));
+    json_object_set_new(sc, "cur_hysteresis", json_integer(e->scaler.cur_hysteresis));
+    json_object_set_new(sc, "last_overflow_iter", json_integer(e->scaler.last_overflow_iter));
+    json_object_set_new(sc, "cur_iter", json_integer(e->scaler.cur_iter));
+    json_object_set_new(m, "loss_scaler", sc);
+    json_t *sched = json_object();
+    json_object_set_new(sched, "last_batch_iteration", json_integer(e->opt_step));
+    json_object_set_new(m, "lr_scheduler", sched);
+    /* the data order is a pure function of (seed, sample index): no RNG state to keep */
+    json_t *data = json_object();
+    json_object_set_new(data, "seed", json_integer(e->cfg.data.seed));
+    json_object_set_new(data, "sample_index", json_integer(e->samples));
+    json_object_set_new(m, "data", data);
+    char *cfg = zinc_config_dump(&e->cfg);
+    if (cfg) {
+        json_t *cj = json_loads(cfg, 0, NULL);
+        if (cj) json_object_set_new(m, "config", cj);
+        free(cfg);
+    }
+    char *s = json_dumps(m, JSON_COMPACT);
+    json_decref(m);
+    return s;
+}
+
+zinc_status zinc_engine_save_checkpoint(zinc_engine *e, zinc_aio *aio, const char *save_dir,
+                                        const char *tag, int keep_last)
+{
+    zinc_status st = ZINC_OK;
+    layout_buf b = {0};
+    char *meta = NULL;
+    int mixed = e->pdt != ZINC_DTYPE_F32;
+    int kinds[N_KINDS], nk = 0;
+    kinds[nk++] = K_PARAM;
+    if (mixed) kinds[nk++] = K_MASTER;
+    kinds[nk++] = K_EXP_AVG;
+    kinds[nk++] = K_EXP_AVG_SQ;
+    ZINC_TRY(make_tensors(e, &b, 0));
+    ZINC_TRY(make_pieces(e, &b, 1, kinds, nk, save_ptr));
+    /* drop the master tensors from the table when they are the params */
+    if (!mixed)
+        for (int i = 0; i < b.n_t; i++)
+            if (i % N_KINDS == K_MASTER) b.t[i].name[0] = '\0';
+    /* compact the table: only tensors that have pieces anywhere are listed */
+    int *remap = malloc((size_t)b.n_t * sizeof *remap), n = 0;
+    if (!remap) {
+        st = zinc_error(ZINC_ERR_NOMEM, "checkpoint tensor table");
+        goto cleanup;
+    }
+    for (int i = 0; i < b.n_t; i++) {
+        remap[i] = b.t[i].name[0] ? n : -1;
+        if (b.t[i].name[0]) b.t[n++] = b.t[i];
+    }
+    for (int i = 0; i < b.n_p; i++) b.p[i].tensor = remap[b.p[i].tensor];
+    free(remap);
+    b.n_t = n;
+    meta = make_meta(e);
+    if (!meta) {
+        st = zinc_error(ZINC_ERR_NOMEM, "checkpoint meta");
+        goto cleanup;
+    }
+    zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p};
+    st = zinc_ckpt_save(e->world, aio, save_dir, tag, &lay, meta, keep_last);
+cleanup:
+    free(meta);
+    layout_free(&b);
+    return st;
+}
+
+static int64_t meta_int(json_t *o, const char *key, int64_t dflt)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_integer(v) ? json_integer_value(v) : dflt;
+}
+
+zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const char *save_dir,
+                                        const char *tag)
+{
+    zinc_status st = ZINC_OK;
+    layout_buf b = {0};
+    char *meta = NULL, tagbuf[ZINC_CKPT_TAG_MAX + 1], dir[1024];
+    json_t *m = NULL;
+    zinc_ckpt_reader *r = NULL;
+    if (!tag) {
+        ZINC_TRY(zinc_ckpt_resolve_latest(save_dir, tagbuf, sizeof tagbuf));
+        tag = tagbuf;
+    }
+    /* fp32 master weights come from "master" when saved in 16 bits, else "param" */
+    snprintf(dir, sizeof dir, "%s/%s", save_dir, tag);
+    ZINC_TRY(zinc_ckpt_reader_open(aio, dir, &r));
+    int has_master = e->n_params > 0 && zinc_ckpt_reader_find(r, e->params[0].name, "master") >= 0;
+    zinc_ckpt_reader_close(r);
+    r = NULL;
+
+    int kinds[] = {K_MASTER, K_EXP_AVG, K_EXP_AVG_SQ};
+    ZINC_TRY(make_tensors(e, &b, !has_master));
+    ZINC_TRY(make_pieces(e, &b, 0, kinds, 3, load_ptr));
+    zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p};
+    ZINC_TRY(zinc_ckpt_load(e->world, aio, save_dir, tag, &lay, &meta));
+    ZINC_TRY(zero_params_from_master(e));
+
+    json_error_t jerr;
+    m = meta ? json_loads(meta, 0, &jerr) : NULL;
+    if (!m) {
+        st = zinc_error(ZINC_ERR_CORRUPT, "%s/%s/manifest.json: meta does not parse", save_dir, tag);
+        goto cleanup;
+    }
+    e->step = meta_int(m, "step", 0);
+    e->opt_step = meta_int(m, "optimizer_step", e->step);
+    e->samples = meta_int(m, "samples", 0);
+    json_t *sc = json_object_get(m, "loss_scaler");
+    if (sc && e->cfg.fp16.enabled) {
+        json_t *s = json_object_get(sc, "scale");
+        if (json_is_number(s)) e->scaler.scale = json_number_value(s);
+        e->scaler.cur_hysteresis = (int)meta_int(sc, "cur_hysteresis", e->scaler.cur_hysteresis);
+        e->scaler.last_overflow_iter = meta_int(sc, "last_overflow_iter", -1);
+        e->scaler.cur_iter = meta_int(sc, "cur_iter", 0);
+    }
+    json_t *topo = json_object_get(m, "topology");
+    json_t *data = json_object_get(m, "data");
+    if (data && meta_int(data, "seed", e->cfg.data.seed) != e->cfg.data.seed && e->dp_rank == 0)
+        ZINC_WARN("checkpoint %s was trained with data.seed %lld, this run uses %lld: the sample "
+                  "order changes", tag, (long long)meta_int(data, "seed", 0),
+                  (long long)e->cfg.data.seed);
+    if (e->dp_rank == 0)
+        ZINC_INFO("loaded checkpoint %s/%s (step %lld, saved at dp %lld stage %lld) into dp %d stage %d",
+                  save_dir, tag, (long long)e->step, (long long)meta_int(topo, "dp", 0),
+                  (long long)meta_int(topo, "zero_stage", 0), e->dp, e->stage);
+cleanup:
+    zinc_ckpt_reader_close(r);
+    json_decref(m);
+    free(meta);
+    layout_free(&b);
+    return st;
+}
+
+int64_t zinc_engine_step(const zinc_engine *e) { return e->step; }
+
+/* ------------------------------------------------------------ safetensors */
+
+zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
+{
+    zinc_status st = ZINC_OK;
+    zinc_st_file *f = NULL;
+    float *buf = NULL, *full = NULL;
+    ZINC_TRY(zinc_st_open(path, &f));
+    for (int l = 0; l < e->n_layers; l++) {
+        engine_unit *u = &e->units[l];
+        if (u->numel == 0) continue;
+        free(full);
+        full = calloc(u->numel, sizeof(float));
+        if (!full) {
+            st = zinc_error(ZINC_ERR_NOMEM, "init_from: layer %d", l);
+            goto cleanup;
+        }
+        for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
+            const engine_param *p = &e->params[pi];
+            char alt[128];
+            snprintf(alt, sizeof alt, "transformer.%s", p->name);
+            long ti = zinc_st_find(f, p->name);
+            if (ti < 0) ti = zinc_st_find(f, alt);
+            if (ti < 0) {
+                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s is missing", path, p->name);
+                goto cleanup;
+            }
+            const zinc_st_entry *t = zinc_st_entry_at(f, (size_t)ti);
+            /* same rank; dim 0 may differ for the embeddings (vocab padding, positions) */
+            int ok = t->ndim == p->ndim;
+            for (int d = 0; ok && d < p->ndim; d++)
+                ok = t->shape[d] == p->shape[d] ||
+                     (d == 0 && !strcmp(p->name, "wte.weight") && t->shape[0] <= p->shape[0]) ||
+                     (d == 0 && !strcmp(p->name, "wpe.weight") && t->shape[0] >= p->shape[0]);
+            if (!ok) {
+                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s has shape [%lld, %lld], the model "
+                                "needs [%lld, %lld]", path, t->name, (long long)t->shape[0],
+                                (long long)(t->ndim > 1 ? t->shape[1] : 1), (long long)p->shape[0],
+                                (long long)(p->ndim > 1 ? p->shape[1] : 1));
+                goto cleanup;
+            }
+            int64_t tn = 1;
+            for (int d = 0; d < t->ndim; d++) tn *= t->shape[d];
+            free(buf);
+            buf = malloc((size_t)tn * sizeof(float));
+            if (!buf) {
+                st = zinc_error(ZINC_ERR_NOMEM, "init_from: %s", t->name);
+                goto cleanup;
+            }
+            ZINC_TRY(zinc_st_read_f32(f, (size_t)ti, buf));
+            int64_t n = tn < p->numel ? tn : p->numel;
+            memcpy(full + p->uoff, buf, (size_t)n * sizeof(float));
+        }
+        /* this rank's storage: params (whole or shard), master over the opt range */
+        if (e->pdt != ZINC_DTYPE_F32)
+            memcpy(u->master, full + u->opt_lo, u->opt_n * sizeof(float));
+        size_t lo = u->sharded ? u->opt_lo : 0, n = u->sharded ? u->shard : u->numel;
+        zero_from_f32(u->p, full + lo, e->pdt, n);
+    }
+    if (e->dp_rank == 0) ZINC_INFO("initialized %d parameters from %s", e->n_params, path);
+cleanup:
+    free(buf);
+    free(full);
+    zinc_st_close(f);
+    return st;
+}

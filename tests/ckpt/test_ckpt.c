@@ -1,0 +1,735 @@
+/* test_ckpt.c - checkpoints under 1..4 real ranks (tests/ckpt/mpi_ranks).
+ *
+ * Every test is collective: all ranks run the same tests in the same order. Element i of
+ * tensor t at step s is a function val(t, i, s) exactly representable in f32, bf16 and
+ * f16, so any rank can check any piece it loads, whoever saved it. Saves split tensors one
+ * way (contiguous blocks, two pieces per rank, one tensor wholly on the last rank); loads
+ * split them another (interleaved odd-sized ranges, or everything on rank 0). Corruption
+ * cases damage a file on rank 0 between a save and a load and check that every rank gets
+ * the same clear error, never a crash. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+
+#include "../../checkpoint/ckpt_int.h"
+#include "zinc/ckpt.h"
+#include "zinc/comm.h"
+#include "zinc/log.h"
+#include "zinc/safetensors.h"
+
+static zinc_comm *g_world;
+static zinc_aio *g_aio;
+static int g_rank, g_size;
+static char g_dir[256]; /* shared temp dir (same path on every rank) */
+
+/* ---- tensors and values ---------------------------------------------------------------- */
+
+#define NT 6
+static const zinc_ckpt_tensor g_tensors[NT] = {
+    {"wte.weight", "master", ZINC_DTYPE_F32, 1, {1000003}, -1},
+    {"wte.weight", "param", ZINC_DTYPE_BF16, 1, {1000003}, -1},
+    {"h.0.attn.c_attn.weight", "exp_avg", ZINC_DTYPE_F32, 2, {321, 963}, 1},
+    {"h.0.ln_1.bias", "param", ZINC_DTYPE_F16, 1, {37}, -1},
+    {"scalar", "param", ZINC_DTYPE_F32, 0, {0}, -1},
+    {"empty", "param", ZINC_DTYPE_F32, 2, {0, 5}, -1},
+};
+
+static int64_t numel(const zinc_ckpt_tensor *t)
+{
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    return n;
+}
+
+/* k/8 with |k| <= 125: exact in f32, bf16 (8 significant bits) and f16. */
+static float val(int t, int64_t i, int step)
+{
+    return (float)((int)((i * 7 + t * 13 + step * 31) % 251) - 125) / 8.0f;
+}
+
+static void fill(void *buf, zinc_dtype dt, int t, int64_t off, int64_t n, int step)
+{
+    for (int64_t k = 0; k < n; k++) {
+        float v = val(t, off + k, step);
+        switch (dt) {
+        case ZINC_DTYPE_BF16: ((uint16_t *)buf)[k] = zinc_f32_to_bf16(v); break;
+        case ZINC_DTYPE_F16: ((uint16_t *)buf)[k] = zinc_f32_to_f16(v); break;
+        default: ((float *)buf)[k] = v; break;
+        }
+    }
+}
+
+/* ---- layouts ----------------------------------------------------------------------------- */
+
+typedef struct lay {
+    zinc_ckpt_tensor t[NT];
+    zinc_ckpt_piece p[4096];
+    int np;
+    zinc_ckpt_layout L;
+} lay;
+
+static void lay_add(lay *l, int t, int64_t off, int64_t n)
+{
+    zinc_ckpt_piece *p = &l->p[l->np++];
+    p->tensor = t;
+    p->offset = off;
+    p->n = n;
+    p->data = calloc((size_t)(n ? n : 1), zinc_dtype_size(l->t[t].dtype));
+}
+
+static void lay_done(lay *l)
+{
+    l->L = (zinc_ckpt_layout){l->t, NT, l->p, l->np};
+}
+
+static void lay_free(lay *l)
+{
+    for (int i = 0; i < l->np; i++) free(l->p[i].data);
+    l->np = 0;
+}
+
+/* Save layout: each rank holds a contiguous block of every tensor as two pieces; tensor 2
+ * lives wholly on the last rank. Data filled for step. */
+static void lay_save(lay *l, int step)
+{
+    memcpy(l->t, g_tensors, sizeof l->t);
+    l->np = 0;
+    for (int t = 0; t < NT; t++) {
+        int64_t N = numel(&l->t[t]);
+        if (t == 2) {
+            if (g_rank == g_size - 1) lay_add(l, t, 0, N);
+            continue;
+        }
+        int64_t a = N * g_rank / g_size, b = N * (g_rank + 1) / g_size, m = a + (b - a) / 3;
+        lay_add(l, t, a, m - a);
+        lay_add(l, t, m, b - m);
+    }
+    for (int i = 0; i < l->np; i++) fill(l->p[i].data, l->t[l->p[i].tensor].dtype, l->p[i].tensor, l->p[i].offset, l->p[i].n, step);
+    lay_done(l);
+}
+
+/* Load layout: ranges of B elements dealt round robin over the ranks; only ranges that
+ * start below limit (all when limit < 0). */
+static void lay_interleaved_upto(lay *l, int64_t B, int64_t limit)
+{
+    memcpy(l->t, g_tensors, sizeof l->t);
+    l->np = 0;
+    for (int t = 0; t < NT; t++) {
+        int64_t N = numel(&l->t[t]);
+        for (int64_t k = 0; k * B < N && (limit < 0 || k * B < limit); k++)
+            if (k % g_size == g_rank) lay_add(l, t, k * B, (k + 1) * B < N ? B : N - k * B);
+    }
+    lay_done(l);
+}
+
+static void lay_interleaved(lay *l, int64_t B)
+{
+    lay_interleaved_upto(l, B, -1);
+}
+
+/* Load layout: rank 0 wants every tensor whole, the others nothing. */
+static void lay_all_on_0(lay *l)
+{
+    memcpy(l->t, g_tensors, sizeof l->t);
+    l->np = 0;
+    if (g_rank == 0)
+        for (int t = 0; t < NT; t++) lay_add(l, t, 0, numel(&l->t[t]));
+    lay_done(l);
+}
+
+/* Number of pieces whose data differs bitwise from step's values (in the layout's dtypes). */
+static int lay_mismatches(const lay *l, int step)
+{
+    int bad = 0;
+    for (int i = 0; i < l->np; i++) {
+        const zinc_ckpt_piece *p = &l->p[i];
+        size_t bytes = (size_t)p->n * zinc_dtype_size(l->t[p->tensor].dtype);
+        void *want = malloc(bytes + 1);
+        fill(want, l->t[p->tensor].dtype, p->tensor, p->offset, p->n, step);
+        if (memcmp(want, p->data, bytes) != 0) bad++;
+        free(want);
+    }
+    return bad;
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static int all_true(int ok)
+{
+    int32_t v = ok ? 1 : 0;
+    zinc_comm_all_reduce(g_world, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_MIN, NULL);
+    return v == 1;
+}
+
+static void subdir(char *out, size_t cap, const char *name)
+{
+    snprintf(out, cap, "%s/%s", g_dir, name);
+}
+
+static int err_has(const char *s)
+{
+    if (strstr(zinc_last_error(), s)) return 1;
+    fprintf(stderr, "rank %d: error '%s' lacks '%s'\n", g_rank, zinc_last_error(), s);
+    return 0;
+}
+
+static int save_step(const char *save_dir, const char *tag, int step, const char *meta, int keep)
+{
+    lay l;
+    lay_save(&l, step);
+    zinc_status st = zinc_ckpt_save(g_world, g_aio, save_dir, tag, &l.L, meta, keep);
+    lay_free(&l);
+    return st == ZINC_OK;
+}
+
+static int file_exists(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+/* ---- tests -------------------------------------------------------------------------------- */
+
+static void test_crc32c(void)
+{
+    CU_ASSERT_EQUAL(zinc_crc32c(0, "123456789", 9), 0xE3069283u);
+    CU_ASSERT_EQUAL(ckpt_crc32c_sw(0, "123456789", 9), 0xE3069283u);
+    CU_ASSERT_EQUAL(zinc_crc32c(0, "", 0), 0u);
+    uint8_t buf[5000];
+    for (size_t i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)(i * 131 + (i >> 5));
+    for (size_t off = 0; off < 9; off++)
+        for (size_t n = 0; n < 300; n += 7) CU_ASSERT_EQUAL(zinc_crc32c(0, buf + off, n), ckpt_crc32c_sw(0, buf + off, n));
+    uint32_t whole = zinc_crc32c(0, buf, sizeof buf);
+    CU_ASSERT_EQUAL(zinc_crc32c(zinc_crc32c(0, buf, 1234), buf + 1234, sizeof buf - 1234), whole);
+    CU_ASSERT_EQUAL(ckpt_crc32c_sw(0, buf, sizeof buf), whole);
+}
+
+/* Saved one way, loaded two other ways, bitwise equal; verify passes; latest updated. */
+static void test_roundtrip_resharded(void)
+{
+    char sd[512], p[600], tag[64];
+    subdir(sd, sizeof sd, "rt");
+    CU_ASSERT_FATAL(all_true(save_step(sd, "step-7", 7, NULL, 0)));
+    if (g_rank == 0) {
+        CU_ASSERT_EQUAL(zinc_ckpt_resolve_latest(sd, tag, sizeof tag), ZINC_OK);
+        CU_ASSERT_STRING_EQUAL(tag, "step-7");
+        snprintf(p, sizeof p, "%s/step-7/rank-%05d.bin", sd, g_size - 1);
+        CU_ASSERT(file_exists(p));
+        snprintf(p, sizeof p, "%s/step-7.partial", sd);
+        CU_ASSERT(!file_exists(p));
+        CU_ASSERT_EQUAL(zinc_ckpt_verify(g_aio, sd, NULL, NULL), ZINC_OK);
+    }
+    lay l;
+    lay_interleaved(&l, 300007);
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, "step-7", &l.L, NULL) == ZINC_OK));
+    CU_ASSERT(all_true(lay_mismatches(&l, 7) == 0));
+    lay_free(&l);
+    lay_interleaved_upto(&l, 3, 2000); /* tiny ranges: many pieces, blocks read repeatedly */
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, NULL, &l.L, NULL) == ZINC_OK));
+    CU_ASSERT(all_true(lay_mismatches(&l, 7) == 0));
+    lay_free(&l);
+    lay_all_on_0(&l);
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, NULL, &l.L, NULL) == ZINC_OK));
+    CU_ASSERT(all_true(lay_mismatches(&l, 7) == 0));
+    lay_free(&l);
+}
+
+/* Stored bf16/f16/f32, wanted in other float dtypes: converted exactly (values are exact). */
+static void test_dtype_conversion(void)
+{
+    char sd[512];
+    subdir(sd, sizeof sd, "rt");
+    lay l;
+    lay_interleaved(&l, 500009);
+    l.t[0].dtype = ZINC_DTYPE_BF16; /* stored f32 */
+    l.t[1].dtype = ZINC_DTYPE_F32;  /* stored bf16 */
+    l.t[3].dtype = ZINC_DTYPE_F32;  /* stored f16 */
+    l.t[2].dtype = ZINC_DTYPE_F16;  /* stored f32 */
+    for (int i = 0; i < l.np; i++) {
+        free(l.p[i].data);
+        l.p[i].data = calloc((size_t)l.p[i].n + 1, 4);
+    }
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, "step-7", &l.L, NULL) == ZINC_OK));
+    CU_ASSERT(all_true(lay_mismatches(&l, 7) == 0));
+    lay_free(&l);
+    /* a float tensor cannot become an integer one */
+    lay_interleaved(&l, 500009);
+    l.t[3].dtype = ZINC_DTYPE_I32;
+    for (int i = 0; i < l.np; i++) {
+        free(l.p[i].data);
+        l.p[i].data = calloc((size_t)l.p[i].n + 1, 4);
+    }
+    zinc_status st = zinc_ckpt_load(g_world, g_aio, sd, "step-7", &l.L, NULL);
+    CU_ASSERT_EQUAL(st, ZINC_ERR_UNSUPPORTED);
+    CU_ASSERT(all_true(err_has("h.0.ln_1.bias")));
+    lay_free(&l);
+}
+
+/* meta comes back byte for byte; latest follows the newest save; replacing a tag works. */
+static void test_meta_and_latest(void)
+{
+    char sd[512], tag[64];
+    subdir(sd, sizeof sd, "meta");
+    const char *meta = "{\"step\": 12,  \"topology\": {\"pp\": 1, \"dp\": 2, \"tp\": 1, \"zero_stage\": 1},\n"
+                       "   \"rng\": [1, 2, 3], \"lr\": 0.1, \"note\": \"x\\ny \\\"q\\\"\", \"meta\": {\"meta\": 1}}";
+    CU_ASSERT_FATAL(all_true(save_step(sd, "a", 1, meta, 0)));
+    CU_ASSERT_FATAL(all_true(save_step(sd, "b", 2, "[1,2]", 0)));
+    char *out = NULL;
+    lay l;
+    lay_interleaved(&l, 400000);
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, "a", &l.L, &out) == ZINC_OK));
+    CU_ASSERT(all_true(out && !strcmp(out, meta)));
+    CU_ASSERT(all_true(lay_mismatches(&l, 1) == 0));
+    free(out);
+    out = NULL;
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, NULL, &l.L, &out) == ZINC_OK));
+    CU_ASSERT(all_true(out && !strcmp(out, "[1,2]")));
+    CU_ASSERT(all_true(lay_mismatches(&l, 2) == 0));
+    free(out);
+    out = NULL;
+    /* replace "a" with step 3's data: latest -> a, content is the new one */
+    CU_ASSERT_FATAL(all_true(save_step(sd, "a", 3, NULL, 0)));
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, NULL, &l.L, &out) == ZINC_OK));
+    CU_ASSERT(all_true(out && !strcmp(out, "{}")));
+    CU_ASSERT(all_true(lay_mismatches(&l, 3) == 0));
+    free(out);
+    lay_free(&l);
+    if (g_rank == 0) {
+        CU_ASSERT_EQUAL(zinc_ckpt_resolve_latest(sd, tag, sizeof tag), ZINC_OK);
+        CU_ASSERT_STRING_EQUAL(tag, "a");
+    }
+    /* invalid meta, invalid tags: rejected on every rank, nothing written */
+    CU_ASSERT(all_true(!save_step(sd, "c", 4, "{\"a\": ", 0) && err_has("meta_json")));
+    CU_ASSERT(all_true(!save_step(sd, "../x", 4, NULL, 0) && err_has("tag")));
+    CU_ASSERT(all_true(!save_step(sd, "latest", 4, NULL, 0)));
+    if (g_rank == 0) {
+        char p[600];
+        snprintf(p, sizeof p, "%s/c", sd);
+        CU_ASSERT(!file_exists(p));
+    }
+}
+
+static void test_keep_last(void)
+{
+    char sd[512], p[600];
+    subdir(sd, sizeof sd, "keep");
+    for (int s = 1; s <= 5; s++) {
+        char tag[32];
+        snprintf(tag, sizeof tag, "step-%d", s);
+        CU_ASSERT_FATAL(all_true(save_step(sd, tag, s, NULL, 2)));
+    }
+    if (g_rank == 0) {
+        for (int s = 1; s <= 5; s++) {
+            snprintf(p, sizeof p, "%s/step-%d", sd, s);
+            CU_ASSERT_EQUAL(file_exists(p), s >= 4);
+        }
+        FILE *f = fopen((snprintf(p, sizeof p, "%s/index", sd), p), "r");
+        char buf[256] = "";
+        CU_ASSERT_FATAL(f != NULL);
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = '\0';
+        fclose(f);
+        CU_ASSERT_STRING_EQUAL(buf, "step-4\nstep-5\n");
+    }
+    lay l;
+    lay_all_on_0(&l);
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, NULL, &l.L, NULL) == ZINC_OK));
+    CU_ASSERT(all_true(lay_mismatches(&l, 5) == 0));
+    lay_free(&l);
+}
+
+/* Pieces that leave a gap or overlap: INVALID_ARG naming the tensor and range on every
+ * rank; the previous checkpoint and latest stay. */
+static void test_coverage_errors(void)
+{
+    char sd[512], p[600], tag[64];
+    subdir(sd, sizeof sd, "cov");
+    CU_ASSERT_FATAL(all_true(save_step(sd, "good", 1, NULL, 0)));
+    lay l;
+    lay_save(&l, 2);
+    if (g_rank == 0) l.p[0].n -= 5; /* gap at the end of rank 0's first piece of tensor 0 */
+    lay_done(&l);
+    zinc_status st = zinc_ckpt_save(g_world, g_aio, sd, "bad", &l.L, NULL, 0);
+    CU_ASSERT_EQUAL(st, ZINC_ERR_INVALID_ARG);
+    CU_ASSERT(all_true(err_has("wte.weight (master)") && err_has("saved by no rank")));
+    lay_free(&l);
+    lay_save(&l, 2);
+    if (g_rank == g_size - 1) lay_add(&l, 3, 0, 1); /* element 0 of tensor 3 is rank 0's too */
+    lay_done(&l);
+    st = zinc_ckpt_save(g_world, g_aio, sd, "bad", &l.L, NULL, 0);
+    CU_ASSERT_EQUAL(st, ZINC_ERR_INVALID_ARG);
+    CU_ASSERT(all_true(err_has("h.0.ln_1.bias (param)") && err_has("elements [0, 1) are saved twice")));
+    lay_free(&l);
+    /* a piece outside its tensor is caught locally */
+    lay_save(&l, 2);
+    if (g_rank == 0) l.p[0].offset = 1000003;
+    lay_done(&l);
+    st = zinc_ckpt_save(g_world, g_aio, sd, "bad", &l.L, NULL, 0);
+    CU_ASSERT_EQUAL(st, ZINC_ERR_INVALID_ARG);
+    CU_ASSERT(all_true(err_has("outside tensor wte.weight")));
+    lay_free(&l);
+    if (g_rank == 0) {
+        CU_ASSERT_EQUAL(zinc_ckpt_resolve_latest(sd, tag, sizeof tag), ZINC_OK);
+        CU_ASSERT_STRING_EQUAL(tag, "good");
+        snprintf(p, sizeof p, "%s/bad.partial", sd);
+        CU_ASSERT(!file_exists(p));
+        snprintf(p, sizeof p, "%s/bad", sd);
+        CU_ASSERT(!file_exists(p));
+        CU_ASSERT_EQUAL(zinc_ckpt_verify(g_aio, sd, NULL, NULL), ZINC_OK);
+    }
+}
+
+/* Damage helpers, run by rank 0 between a save and a load. */
+static void flip_byte(const char *path, off_t off)
+{
+    int fd = open(path, O_RDWR);
+    unsigned char c = 0;
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT(pread(fd, &c, 1, off) == 1);
+    c ^= 0x5a;
+    CU_ASSERT(pwrite(fd, &c, 1, off) == 1);
+    close(fd);
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Saves tag in sd, lets rank 0 damage it with fn, then loads (everything, interleaved) and
+ * expects status want with every substring of must[] in the detail on every rank. */
+static void corrupt_case(const char *tag, void (*fn)(const char *ckdir), zinc_status want, const char *const *must,
+                         int wte_missing)
+{
+    char sd[512], ck[600];
+    subdir(sd, sizeof sd, "bad");
+    CU_ASSERT_FATAL(all_true(save_step(sd, tag, 5, NULL, 0)));
+    snprintf(ck, sizeof ck, "%s/%s", sd, tag);
+    if (g_rank == 0) fn(ck);
+    zinc_comm_barrier(g_world);
+    lay l;
+    lay_interleaved(&l, 250007);
+    if (wte_missing) snprintf(l.t[1].name, sizeof l.t[1].name, "nope.weight");
+    zinc_status st = zinc_ckpt_load(g_world, g_aio, sd, tag, &l.L, NULL);
+    CU_ASSERT_EQUAL(st, want);
+    int ok = 1;
+    for (int i = 0; must[i]; i++) ok &= err_has(must[i]);
+    CU_ASSERT(all_true(ok));
+    lay_free(&l);
+    if (g_rank == 0 && !wte_missing) {
+        st = zinc_ckpt_verify(g_aio, ck, NULL, NULL);
+        CU_ASSERT(st == ZINC_ERR_CORRUPT || st == ZINC_ERR_IO);
+    }
+}
+
+static char g_lastfile[32];
+
+static void dmg_flip(const char *ck)
+{
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", ck, g_lastfile);
+    flip_byte(p, 4096 + 1000); /* inside the second chunk: tensor 0's later piece */
+}
+
+static void dmg_truncate(const char *ck)
+{
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", ck, g_lastfile);
+    CU_ASSERT(truncate(p, 5000) == 0);
+}
+
+static void dmg_delete(const char *ck)
+{
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", ck, g_lastfile);
+    CU_ASSERT(unlink(p) == 0);
+}
+
+static void dmg_manifest(const char *ck)
+{
+    char p[700];
+    snprintf(p, sizeof p, "%s/manifest.json", ck);
+    write_text(p, "{\"format\": \"zinc-ckpt\", \"version\": 1, \"tensors\": [garbage");
+}
+
+static void dmg_manifest_crc(const char *ck)
+{
+    /* a manifest that parses but lies about a crc must not pass either */
+    char p[700];
+    snprintf(p, sizeof p, "%s/manifest.json", ck);
+    FILE *f = fopen(p, "r+");
+    CU_ASSERT_FATAL(f != NULL);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    char *c = strstr(buf, "\"crc32c\": [");
+    CU_ASSERT_FATAL(c != NULL);
+    c += strlen("\"crc32c\": [");
+    *c = *c == '1' ? '2' : '1'; /* change the first digit of the first crc */
+    fseek(f, 0, SEEK_SET);
+    fwrite(buf, 1, n, f);
+    fclose(f);
+}
+
+static void dmg_none(const char *ck)
+{
+    (void)ck;
+}
+
+static void test_corruption(void)
+{
+    /* the last rank's file holds a late piece of wte.weight (master) as its second chunk */
+    snprintf(g_lastfile, sizeof g_lastfile, "rank-%05d.bin", g_size - 1);
+    {
+        const char *must[] = {g_lastfile, "crc32c mismatch", "wte.weight (master)", NULL};
+        corrupt_case("flip", dmg_flip, ZINC_ERR_CORRUPT, must, 0);
+    }
+    {
+        const char *must[] = {g_lastfile, "truncated", NULL};
+        corrupt_case("trunc", dmg_truncate, ZINC_ERR_CORRUPT, must, 0);
+    }
+    {
+        const char *must[] = {g_lastfile, "missing", "tensor", NULL};
+        corrupt_case("deleted", dmg_delete, ZINC_ERR_IO, must, 0);
+    }
+    {
+        const char *must[] = {"manifest.json", "line 1", NULL};
+        corrupt_case("garbage", dmg_manifest, ZINC_ERR_CORRUPT, must, 0);
+    }
+    {
+        const char *must[] = {"crc32c mismatch", "wte.weight (master)", NULL};
+        corrupt_case("liar", dmg_manifest_crc, ZINC_ERR_CORRUPT, must, 0);
+    }
+    {
+        const char *must[] = {"manifest.json", "no tensor nope.weight (param)", NULL};
+        corrupt_case("missing", dmg_none, ZINC_ERR_CORRUPT, must, 1);
+    }
+    /* shape mismatch, unknown tag, no latest */
+    char sd[512], none[512];
+    subdir(sd, sizeof sd, "bad");
+    lay l;
+    lay_interleaved(&l, 250007);
+    l.t[2].shape[0] = 963;
+    l.t[2].shape[1] = 321;
+    CU_ASSERT_EQUAL(zinc_ckpt_load(g_world, g_aio, sd, "missing", &l.L, NULL), ZINC_ERR_CORRUPT);
+    CU_ASSERT(all_true(err_has("h.0.attn.c_attn.weight (exp_avg) has shape (321, 963) in the checkpoint, (963, 321) wanted")));
+    l.t[2].shape[0] = 321;
+    l.t[2].shape[1] = 963;
+    CU_ASSERT_EQUAL(zinc_ckpt_load(g_world, g_aio, sd, "never-saved", &l.L, NULL), ZINC_ERR_IO);
+    CU_ASSERT(all_true(err_has("never-saved")));
+    subdir(none, sizeof none, "empty-dir");
+    CU_ASSERT_EQUAL(zinc_ckpt_load(g_world, g_aio, none, NULL, &l.L, NULL), ZINC_ERR_IO);
+    CU_ASSERT(all_true(err_has("latest")));
+    lay_free(&l);
+}
+
+
+/* ---- safetensors (non-collective: rank 0 only) --------------------------------------------- */
+
+#define ST_BIG 4500001 /* > 16 MiB of f32: the writer pulls it in several pieces */
+
+static zinc_status st_src(void *u, size_t i, uint64_t off, void *dst, size_t n)
+{
+    const zinc_st_entry *e = u;
+    size_t esz = zinc_dtype_size(e[i].dtype);
+    fill(dst, e[i].dtype, (int)i, (int64_t)(off / esz), (int64_t)(n / esz), 9);
+    return ZINC_OK;
+}
+
+static void test_safetensors_roundtrip(void)
+{
+    if (g_rank != 0) return;
+    char p[600];
+    subdir(p, sizeof p, "rt.safetensors");
+    zinc_st_entry e[4] = {
+        {"h.0.attn.c_attn.weight", ZINC_DTYPE_F32, 2, {7, 21}, 0, 0},
+        {"wte.weight", ZINC_DTYPE_BF16, 2, {11, 3}, 0, 0},
+        {"big", ZINC_DTYPE_F32, 1, {ST_BIG}, 0, 0},
+        {"h.0.ln_1.bias", ZINC_DTYPE_F16, 0, {0}, 0, 0},
+    };
+    const char *meta[] = {"format", "pt", "who", "zinc \"test\""};
+    CU_ASSERT_FATAL(zinc_st_write(p, e, 4, st_src, e, meta, 2) == ZINC_OK);
+    zinc_st_file *f = NULL;
+    CU_ASSERT_FATAL(zinc_st_open(p, &f) == ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_st_count(f), 4);
+    CU_ASSERT_STRING_EQUAL(zinc_st_metadata(f, "who"), "zinc \"test\"");
+    CU_ASSERT_PTR_NULL(zinc_st_metadata(f, "nope"));
+    CU_ASSERT_EQUAL(zinc_st_find(f, "nope"), -1);
+    uint64_t off = 0;
+    for (size_t i = 0; i < 4; i++) {
+        const zinc_st_entry *g = zinc_st_entry_at(f, i);
+        CU_ASSERT_STRING_EQUAL(g->name, e[i].name);
+        CU_ASSERT_EQUAL(zinc_st_find(f, e[i].name), (long)i);
+        CU_ASSERT_EQUAL(g->dtype, e[i].dtype);
+        CU_ASSERT_EQUAL(g->ndim, e[i].ndim);
+        int64_t n = 1;
+        for (int d = 0; d < g->ndim; d++) {
+            CU_ASSERT_EQUAL(g->shape[d], e[i].shape[d]);
+            n *= g->shape[d];
+        }
+        CU_ASSERT_EQUAL(g->begin, off);
+        off += (uint64_t)n * zinc_dtype_size(e[i].dtype);
+        CU_ASSERT_EQUAL(g->end, off);
+        float *got = malloc((size_t)n * 4), *want = malloc((size_t)n * 4);
+        CU_ASSERT_FATAL(zinc_st_read_f32(f, i, got) == ZINC_OK);
+        fill(want, ZINC_DTYPE_F32, (int)i, 0, n, 9);
+        CU_ASSERT(memcmp(got, want, (size_t)n * 4) == 0);
+        free(got);
+        free(want);
+    }
+    zinc_st_close(f);
+    /* the header is padded with spaces so the data starts 8-byte aligned */
+    FILE *fp = fopen(p, "rb");
+    uint64_t hl = 0;
+    CU_ASSERT_FATAL(fp && fread(&hl, 8, 1, fp) == 1);
+    CU_ASSERT_EQUAL(hl % 8, 0);
+    fclose(fp);
+    subdir(p, sizeof p, "dup.safetensors");
+    zinc_st_entry d2[2] = {e[1], e[1]};
+    CU_ASSERT_EQUAL(zinc_st_write(p, d2, 2, st_src, d2, NULL, 0), ZINC_ERR_INVALID_ARG);
+    CU_ASSERT(!file_exists(p));
+}
+
+/* A safetensors file with this header (unpadded) and data_bytes zero bytes; hl overrides
+ * the length field when non-zero. */
+static void write_st_raw(const char *path, const char *hdr, size_t data_bytes, uint64_t hl)
+{
+    FILE *f = fopen(path, "wb");
+    CU_ASSERT_FATAL(f != NULL);
+    uint64_t n = hl ? hl : strlen(hdr);
+    fwrite(&n, 8, 1, f);
+    fputs(hdr, f);
+    for (size_t i = 0; i < data_bytes; i++) fputc(0, f);
+    fclose(f);
+}
+
+static void st_bad(const char *name, const char *hdr, size_t data_bytes, uint64_t hl, zinc_status want,
+                   const char *must1, const char *must2)
+{
+    char p[600];
+    subdir(p, sizeof p, name);
+    write_st_raw(p, hdr, data_bytes, hl);
+    zinc_st_file *f = NULL;
+    zinc_status st = zinc_st_open(p, &f);
+    CU_ASSERT_EQUAL(st, want);
+    if (want == ZINC_OK) {
+        CU_ASSERT_PTR_NOT_NULL(f);
+        zinc_st_close(f);
+        return;
+    }
+    CU_ASSERT_PTR_NULL(f);
+    CU_ASSERT(err_has(name));
+    if (must1) CU_ASSERT(err_has(must1));
+    if (must2) CU_ASSERT(err_has(must2));
+    zinc_st_close(f);
+}
+
+static void test_safetensors_malformed(void)
+{
+    if (g_rank != 0) return;
+    const char *ok = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    st_bad("ok.st", ok, 8, 0, ZINC_OK, NULL, NULL); /* the control case opens */
+    st_bad("hdrlen.st", ok, 8, 1000, ZINC_ERR_CORRUPT, "header length 1000", NULL);
+    /* truncated header: the JSON is cut short by the end of the file */
+    st_bad("trunchdr.st", "{\"a\":{\"dty", 0, 60, ZINC_ERR_CORRUPT, "header length 60 goes beyond", NULL);
+    st_bad("json.st", "{\"a\":{\"dtype\":\"F32\",", 8, 0, ZINC_ERR_CORRUPT, "header JSON", NULL);
+    st_bad("dupkey.st", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+           8, 0, ZINC_ERR_CORRUPT, "duplicate", NULL);
+    st_bad("dtype.st", "{\"w.weight\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 0, ZINC_ERR_CORRUPT,
+           "w.weight", "unknown dtype 'Q4'");
+    st_bad("size.st", "{\"w.weight\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, 0, ZINC_ERR_CORRUPT,
+           "w.weight", "need 12");
+    st_bad("range.st", "{\"w.weight\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8, 0, ZINC_ERR_CORRUPT,
+           "w.weight", "outside the 8 data bytes");
+    st_bad("neg.st", "{\"w.weight\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,4]}}", 8, 0, ZINC_ERR_CORRUPT,
+           "w.weight", "data_offsets");
+    st_bad("overlap.st",
+           "{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]},\"y\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[0,8]},"
+           "\"z\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+           16, 0, ZINC_ERR_CORRUPT, "overlap", "tensor z");
+    st_bad("fields.st", "{\"w\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, 0, ZINC_ERR_CORRUPT, "tensor w", NULL);
+    st_bad("meta.st", "{\"__metadata__\":{\"k\":1}}", 0, 0, ZINC_ERR_CORRUPT, "__metadata__", NULL);
+    char p[600];
+    subdir(p, sizeof p, "tiny.st"); /* not even the 8-byte length */
+    FILE *fp = fopen(p, "wb");
+    CU_ASSERT_FATAL(fp != NULL);
+    fwrite("\x10\0\0", 1, 3, fp);
+    fclose(fp);
+    zinc_st_file *f0 = NULL;
+    CU_ASSERT_EQUAL(zinc_st_open(p, &f0), ZINC_ERR_CORRUPT);
+    CU_ASSERT(err_has("tiny.st") && err_has("too short"));
+    subdir(p, sizeof p, "nonexistent.st");
+    zinc_st_file *f = NULL;
+    CU_ASSERT_EQUAL(zinc_st_open(p, &f), ZINC_ERR_IO);
+    CU_ASSERT(err_has("nonexistent.st"));
+}
+
+/* ---- main --------------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    if (zinc_comm_init_world("mpi", &argc, &argv, &g_world) != ZINC_OK) {
+        fprintf(stderr, "comm init failed: %s\n", zinc_last_error());
+        return 1;
+    }
+    zinc_comm_set_timeout(g_world, 60);
+    g_rank = zinc_comm_rank(g_world);
+    g_size = zinc_comm_size(g_world);
+    zinc_log_set_rank(g_size > 1 ? g_rank : -1);
+    zinc_aio_opts o;
+    zinc_aio_opts_default(&o);
+    if (zinc_aio_create(&o, &g_aio) != ZINC_OK) {
+        fprintf(stderr, "aio: %s\n", zinc_last_error());
+        return 1;
+    }
+    if (g_rank == 0) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(g_dir, sizeof g_dir, "%s/zinc-ckpt-test.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        if (!mkdtemp(g_dir)) g_dir[0] = '\0';
+    }
+    zinc_comm_broadcast(g_world, g_dir, sizeof g_dir, ZINC_DTYPE_U8, 0, NULL);
+    if (!g_dir[0]) {
+        fprintf(stderr, "cannot create a temp dir\n");
+        return 1;
+    }
+
+    CU_initialize_registry();
+    CU_pSuite s = CU_add_suite("ckpt", NULL, NULL);
+    CU_add_test(s, "crc32c", test_crc32c);
+    CU_add_test(s, "roundtrip_resharded", test_roundtrip_resharded);
+    CU_add_test(s, "dtype_conversion", test_dtype_conversion);
+    CU_add_test(s, "meta_and_latest", test_meta_and_latest);
+    CU_add_test(s, "keep_last", test_keep_last);
+    CU_add_test(s, "coverage_errors", test_coverage_errors);
+    CU_add_test(s, "corruption", test_corruption);
+    CU_add_test(s, "safetensors_roundtrip", test_safetensors_roundtrip);
+    CU_add_test(s, "safetensors_malformed", test_safetensors_malformed);
+    CU_basic_set_mode(g_rank == 0 ? CU_BRM_VERBOSE : CU_BRM_SILENT);
+    CU_basic_run_tests();
+    int failures = (int)CU_get_number_of_failures();
+    CU_cleanup_registry();
+
+    int32_t any = failures;
+    zinc_comm_all_reduce(g_world, &any, &any, 1, ZINC_DTYPE_I32, ZINC_REDOP_MAX, NULL);
+    if (g_rank == 0) {
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+        if (failures) fprintf(stderr, "%d failures on rank 0\n", failures);
+    } else if (failures) {
+        fprintf(stderr, "rank %d: %d failures\n", g_rank, failures);
+    }
+    zinc_aio_destroy(g_aio);
+    zinc_comm_destroy(g_world);
+    return any ? 1 : 0;
+}

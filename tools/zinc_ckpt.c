@@ -1,0 +1,330 @@
+/* zinc_ckpt.c - `zinc-ckpt`: inspects, verifies and exports zinc checkpoints.
+ *
+ *   zinc-ckpt info DIR
+ *   zinc-ckpt verify DIR
+ *   zinc-ckpt export DIR [--format safetensors] OUT [--dtype f32|bf16|f16] [--kind KIND]
+ *
+ * DIR is a checkpoint directory or a save_dir (its latest is used). Exit status: 0 ok,
+ * 1 an error (one line "zinc-ckpt: <detail>"), 2 bad arguments. verify and export draw a
+ * progress bar on stderr when it is a terminal and the checkpoint is large.
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "zinc/aio.h"
+#include "zinc/ckpt.h"
+#include "zinc/safetensors.h"
+
+#define PROGRESS_MIN_BYTES (64ull << 20)
+
+static const char *usage_text =
+    "usage: zinc-ckpt info DIR\n"
+    "       zinc-ckpt verify DIR\n"
+    "       zinc-ckpt export DIR [--format safetensors] OUT [--dtype f32|bf16|f16] [--kind KIND]\n"
+    "  DIR is one checkpoint (holding manifest.json) or a save directory (its latest is used).\n"
+    "  info    tag, step, topology and every tensor with kind, dtype, shape and bytes.\n"
+    "  verify  checks every file size and every crc32c block; exit 1 on corruption.\n"
+    "  export  writes the tensors of one kind (default: master if present, else param) into\n"
+    "          one safetensors file under their stored (Hugging Face) names; --dtype\n"
+    "          converts floating-point tensors (default: as stored).\n";
+
+static int usage(const char *why)
+{
+    if (why) fprintf(stderr, "zinc-ckpt: %s\n", why);
+    fputs(usage_text, stderr);
+    return 2;
+}
+
+static int fail(void)
+{
+    fprintf(stderr, "zinc-ckpt: %s\n", zinc_last_error());
+    return 1;
+}
+
+static double mib(uint64_t b)
+{
+    return (double)b / (1024.0 * 1024.0);
+}
+
+/* ---- progress bar ------------------------------------------------------------------------ */
+
+typedef struct progress {
+    const char *what;
+    int on;
+    double last;
+    int drawn;
+} progress;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void progress_cb(uint64_t done, uint64_t total, void *u)
+{
+    progress *p = u;
+    if (!p->on || total < PROGRESS_MIN_BYTES) return;
+    double t = now_s();
+    if (done < total && t - p->last < 0.1) return;
+    p->last = t;
+    int w = 30, k = (int)((double)w * (double)done / (double)total);
+    char bar[40];
+    for (int i = 0; i < w; i++) bar[i] = i < k ? '#' : '.';
+    bar[w] = '\0';
+    fprintf(stderr, "\r%s [%s] %3d%% %.0f/%.0f MiB", p->what, bar, (int)(100.0 * (double)done / (double)total),
+            mib(done), mib(total));
+    p->drawn = 1;
+}
+
+static void progress_end(progress *p)
+{
+    if (p->drawn) fputc('\n', stderr);
+    p->drawn = 0;
+}
+
+/* ---- info -------------------------------------------------------------------------------- */
+
+static void shape_str(const zinc_ckpt_tensor *t, char *buf, size_t cap)
+{
+    int k = snprintf(buf, cap, "(");
+    for (int d = 0; d < t->ndim && (size_t)k < cap; d++)
+        k += snprintf(buf + k, cap - (size_t)k, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    if ((size_t)k < cap) snprintf(buf + k, cap - (size_t)k, "%s)", t->ndim == 1 ? "," : "");
+}
+
+static int64_t numel(const zinc_ckpt_tensor *t)
+{
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    return n;
+}
+
+static void print_meta(const char *meta)
+{
+    json_t *m = json_loads(meta, JSON_DECODE_ANY, NULL);
+    if (!json_is_object(m)) {
+        json_decref(m);
+        return;
+    }
+    json_t *step = json_object_get(m, "step"), *topo = json_object_get(m, "topology");
+    if (json_is_integer(step)) printf("step        %lld\n", (long long)json_integer_value(step));
+    if (json_is_object(topo)) {
+        printf("topology   ");
+        const char *k;
+        json_t *v;
+        json_object_foreach(topo, k, v) {
+            char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+            printf(" %s=%s", k, s ? s : "?");
+            free(s);
+        }
+        printf("\n");
+    }
+    json_decref(m);
+}
+
+static int cmd_info(zinc_aio *aio, const char *dir)
+{
+    zinc_ckpt_reader *r = NULL;
+    if (zinc_ckpt_reader_open(aio, dir, &r) != ZINC_OK) return fail();
+    int nf, nc;
+    uint64_t fb;
+    zinc_ckpt_reader_stats(r, &nf, &nc, &fb);
+    printf("checkpoint  %s\n", zinc_ckpt_reader_dir(r));
+    printf("tag         %s\n", zinc_ckpt_reader_tag(r));
+    print_meta(zinc_ckpt_reader_meta(r));
+    printf("files       %d rank files, %d chunks, %.1f MiB\n", nf, nc, mib(fb));
+    printf("  %-10s %-5s %-20s %12s  %s\n", "kind", "dtype", "shape", "bytes", "name");
+    int n = zinc_ckpt_reader_n_tensors(r);
+    /* totals per kind, in order of first appearance */
+    char kinds[64][16];
+    int nk = 0, kt[64] = {0};
+    uint64_t kb[64] = {0}, tot_b = 0, tot_e = 0;
+    for (int i = 0; i < n; i++) {
+        const zinc_ckpt_tensor *t = zinc_ckpt_reader_tensor(r, i);
+        char sh[96];
+        shape_str(t, sh, sizeof sh);
+        uint64_t b = (uint64_t)numel(t) * zinc_dtype_size(t->dtype);
+        printf("  %-10s %-5s %-20s %12llu  %s\n", t->kind, zinc_dtype_name(t->dtype), sh, (unsigned long long)b, t->name);
+        int k = 0;
+        while (k < nk && strcmp(kinds[k], t->kind)) k++;
+        if (k == nk && nk < 64) snprintf(kinds[nk++], sizeof kinds[0], "%s", t->kind);
+        if (k < 64) {
+            kt[k]++;
+            kb[k] += b;
+        }
+        tot_b += b;
+        tot_e += (uint64_t)numel(t);
+    }
+    for (int k = 0; k < nk; k++)
+        printf("kind        %-10s %5d tensors %14llu bytes (%.1f MiB)\n", kinds[k], kt[k], (unsigned long long)kb[k], mib(kb[k]));
+    printf("total       %d tensors, %llu elements, %llu bytes (%.1f MiB)\n", n, (unsigned long long)tot_e,
+           (unsigned long long)tot_b, mib(tot_b));
+    zinc_ckpt_reader_close(r);
+    return 0;
+}
+
+/* ---- verify ------------------------------------------------------------------------------ */
+
+static int cmd_verify(zinc_aio *aio, const char *dir)
+{
+    zinc_ckpt_reader *r = NULL;
+    progress p = {"verify", isatty(2), 0, 0};
+    if (zinc_ckpt_reader_open(aio, dir, &r) != ZINC_OK) return fail();
+    zinc_status st = zinc_ckpt_reader_verify(r, progress_cb, &p);
+    progress_end(&p);
+    if (st != ZINC_OK) {
+        zinc_ckpt_reader_close(r);
+        return fail();
+    }
+    int nf, nc;
+    uint64_t fb;
+    zinc_ckpt_reader_stats(r, &nf, &nc, &fb);
+    uint64_t data = 0;
+    for (int i = 0; i < zinc_ckpt_reader_n_tensors(r); i++) {
+        const zinc_ckpt_tensor *t = zinc_ckpt_reader_tensor(r, i);
+        data += (uint64_t)numel(t) * zinc_dtype_size(t->dtype);
+    }
+    printf("ok: %s, %d chunks in %d files, %.1f MiB verified\n", zinc_ckpt_reader_dir(r), nc, nf, mib(data));
+    zinc_ckpt_reader_close(r);
+    return 0;
+}
+
+/* ---- export ------------------------------------------------------------------------------ */
+
+typedef struct export_ctx {
+    zinc_ckpt_reader *r;
+    const int *idx;            /* reader tensor of each entry */
+    const zinc_st_entry *e;
+    progress *p;
+    uint64_t done, total;
+} export_ctx;
+
+static zinc_status export_src(void *u, size_t i, uint64_t off, void *dst, size_t n)
+{
+    export_ctx *x = u;
+    size_t esz = zinc_dtype_size(x->e[i].dtype);
+    zinc_status st = zinc_ckpt_reader_read(x->r, x->idx[i], (int64_t)(off / esz), (int64_t)(n / esz), x->e[i].dtype, dst);
+    x->done += n;
+    progress_cb(x->done, x->total, x->p);
+    return st;
+}
+
+static int is_float(zinc_dtype d)
+{
+    return d == ZINC_DTYPE_F32 || d == ZINC_DTYPE_BF16 || d == ZINC_DTYPE_F16;
+}
+
+static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const char *dtype, const char *kind)
+{
+    zinc_ckpt_reader *r = NULL;
+    int rc = 1;
+    zinc_dtype want = ZINC_DTYPE_F32;
+    if (dtype) {
+        if (!strcmp(dtype, "f32")) want = ZINC_DTYPE_F32;
+        else if (!strcmp(dtype, "bf16")) want = ZINC_DTYPE_BF16;
+        else if (!strcmp(dtype, "f16")) want = ZINC_DTYPE_F16;
+        else return usage("--dtype must be f32, bf16 or f16");
+    }
+    if (zinc_ckpt_reader_open(aio, dir, &r) != ZINC_OK) return fail();
+    int n = zinc_ckpt_reader_n_tensors(r);
+    if (!kind) {
+        kind = "param";
+        for (int i = 0; i < n; i++)
+            if (!strcmp(zinc_ckpt_reader_tensor(r, i)->kind, "master")) kind = "master";
+    }
+    zinc_st_entry *e = calloc((size_t)n + 1, sizeof *e);
+    int *idx = calloc((size_t)n + 1, sizeof *idx);
+    size_t ne = 0;
+    uint64_t total = 0;
+    if (!e || !idx) {
+        fprintf(stderr, "zinc-ckpt: out of memory\n");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        const zinc_ckpt_tensor *t = zinc_ckpt_reader_tensor(r, i);
+        if (strcmp(t->kind, kind) != 0) continue;
+        snprintf(e[ne].name, sizeof e[ne].name, "%s", t->name);
+        e[ne].dtype = dtype && is_float(t->dtype) ? want : t->dtype;
+        e[ne].ndim = t->ndim;
+        memcpy(e[ne].shape, t->shape, sizeof t->shape);
+        total += (uint64_t)numel(t) * zinc_dtype_size(e[ne].dtype);
+        idx[ne++] = i;
+    }
+    if (ne == 0) {
+        fprintf(stderr, "zinc-ckpt: %s has no tensors of kind %s\n", zinc_ckpt_reader_dir(r), kind);
+        goto done;
+    }
+    progress p = {"export", isatty(2), 0, 0};
+    export_ctx x = {r, idx, e, &p, 0, total};
+    const char *meta[] = {"format", "pt", "zinc_tag", zinc_ckpt_reader_tag(r), "zinc_kind", kind};
+    zinc_status st = zinc_st_write(out, e, ne, export_src, &x, meta, 3);
+    progress_end(&p);
+    if (st != ZINC_OK) {
+        fail();
+        goto done;
+    }
+    printf("wrote %s: %zu tensors of kind %s, %.1f MiB\n", out, ne, kind, mib(total));
+    rc = 0;
+done:
+    free(e);
+    free(idx);
+    zinc_ckpt_reader_close(r);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) return usage(NULL);
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help")) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    const char *pos[3] = {NULL, NULL, NULL}, *format = NULL, *dtype = NULL, *kind = NULL;
+    int np = 0;
+    for (int i = 2; i < argc; i++) {
+        const char **opt = !strcmp(argv[i], "--format") ? &format
+                           : !strcmp(argv[i], "--dtype") ? &dtype
+                           : !strcmp(argv[i], "--kind")  ? &kind
+                                                         : NULL;
+        if (opt) {
+            if (i + 1 >= argc) return usage("option needs a value");
+            *opt = argv[++i];
+        } else if (argv[i][0] == '-' && argv[i][1] == '-') {
+            char msg[300];
+            snprintf(msg, sizeof msg, "unknown option %.200s", argv[i]);
+            return usage(msg);
+        } else if (np < 3) {
+            pos[np++] = argv[i];
+        } else {
+            return usage("too many arguments");
+        }
+    }
+    int is_export = !strcmp(cmd, "export");
+    if (!is_export && strcmp(cmd, "info") != 0 && strcmp(cmd, "verify") != 0) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "unknown command %.200s", cmd);
+        return usage(msg);
+    }
+    if (!is_export && (np != 1 || format || dtype || kind)) return usage("info and verify take one DIR");
+    if (is_export) {
+        if (np != 2) return usage("export needs DIR and OUT");
+        if (format && strcmp(format, "safetensors") != 0) return usage("--format must be safetensors");
+    }
+    zinc_aio_opts o;
+    zinc_aio_opts_default(&o);
+    zinc_aio *aio = NULL;
+    if (zinc_aio_create(&o, &aio) != ZINC_OK) return fail();
+    int rc = !strcmp(cmd, "info") ? cmd_info(aio, pos[0])
+             : !strcmp(cmd, "verify") ? cmd_verify(aio, pos[0])
+                                      : cmd_export(aio, pos[0], pos[1], dtype, kind);
+    fflush(stdout);
+    zinc_aio_destroy(aio);
+    return rc;
+}
