@@ -540,15 +540,159 @@ typedef struct rank_chunk {
     size_t n_crcs;
 } rank_chunk;
 
+/* A progress reporter: calls fn(done, total) when done has advanced by step bytes since the
+ * last call, and always at 0 and at total. */
+typedef struct ck_progress {
+    zinc_ckpt_progress_fn fn;
+    void *u;
+    uint64_t done, total, step, next;
+} ck_progress;
+
+static zinc_ckpt_progress_fn g_progress_fn;
+static void *g_progress_u;
+
+void zinc_ckpt_set_progress(zinc_ckpt_progress_fn fn, void *u)
+{
+    g_progress_fn = fn;
+    g_progress_u = u;
+}
+
+static void progress_start(ck_progress *p, zinc_ckpt_progress_fn fn, void *u, uint64_t total)
+{
+    uint64_t step = total / 100;
+    if (step > CKPT_PROGRESS_STEP) step = CKPT_PROGRESS_STEP;
+    *p = (ck_progress){fn, u, 0, total, step ? step : 1, step ? step : 1};
+    if (fn) fn(0, total, u);
+}
+
+static void progress_add(ck_progress *p, uint64_t n)
+{
+    if (!p || !p->fn || n == 0) return;
+    p->done += n;
+    if (p->done > p->total) p->done = p->total;
+    if (p->done >= p->next || p->done == p->total) {
+        p->fn(p->done, p->total, p->u);
+        p->next = p->done + p->step;
+    }
+}
+
+/* The rank file's writer. The file is one sequential stream: chunk bytes, zero padding to
+ * the next 4 KiB boundary, the next chunk. Staged bytes are packed into aligned CKPT_SEG
+ * buffers, so many small chunks cost a few large writes. A chunk whose data is 4 KiB
+ * aligned (its file offset always is) and at least one block long goes direct from the
+ * caller's memory instead, its crcs computed while the write is in flight; only its last
+ * partial page is staged. Up to CKPT_INFLIGHT writes are in flight; slot k owns buf[k]. */
+typedef struct ck_writer {
+    zinc_aio_file *f;
+    uint8_t *buf[CKPT_INFLIGHT];
+    zinc_aio_req *req[CKPT_INFLIGHT];
+    uint64_t len[CKPT_INFLIGHT]; /* bytes of the slot's request (progress) */
+    int slot;                    /* current slot; buf[slot] is free */
+    size_t fill;                 /* staged bytes in buf[slot] */
+    uint64_t pos;                /* file offset of the next byte of the stream */
+    ck_progress *prog;
+} ck_writer;
+
+/* Moves to the next slot, waiting for the write that last used it. */
+static zinc_status writer_next_slot(ck_writer *w)
+{
+    w->slot = (w->slot + 1) % CKPT_INFLIGHT;
+    w->fill = 0;
+    if (!w->req[w->slot]) return ZINC_OK;
+    zinc_status st = zinc_aio_wait(&w->req[w->slot]);
+    if (st == ZINC_OK) progress_add(w->prog, w->len[w->slot]);
+    return st;
+}
+
+/* Submits p (n bytes at file offset off) through the current slot and moves on. */
+static zinc_status writer_submit(ck_writer *w, const void *p, size_t n, uint64_t off)
+{
+    zinc_status st = zinc_aio_pwrite_async(w->f, p, n, off, &w->req[w->slot]);
+    if (st != ZINC_OK) return st;
+    w->len[w->slot] = n;
+    return writer_next_slot(w);
+}
+
+/* Writes the staged bytes (always ending 4 KiB aligned: callers pad first). */
+static zinc_status writer_flush(ck_writer *w)
+{
+    if (w->fill == 0) return ZINC_OK;
+    return writer_submit(w, w->buf[w->slot], w->fill, w->pos - w->fill);
+}
+
+/* Appends n bytes of src to the stream through the staging buffers; with crc != NULL,
+ * continues *crc over them, storing a finished block's crc at crcs[(*blk_at) / block]. */
+static zinc_status writer_stage(ck_writer *w, const uint8_t *src, size_t n, uint32_t *crcs, uint64_t *blk_at,
+                                uint32_t *crc)
+{
+    zinc_status st = ZINC_OK;
+    while (n > 0) {
+        size_t k = CKPT_SEG - w->fill;
+        if (k > n) k = n;
+        if (crcs) { /* stop at the block boundary */
+            size_t left = CKPT_BLOCK - (size_t)(*blk_at % CKPT_BLOCK);
+            if (k > left) k = left;
+        }
+        uint8_t *d = w->buf[w->slot] + w->fill;
+        if (src) memcpy(d, src, k);
+        else memset(d, 0, k);
+        if (crcs) {
+            *crc = zinc_crc32c(*crc, d, k);
+            *blk_at += k;
+            if (*blk_at % CKPT_BLOCK == 0) {
+                crcs[*blk_at / CKPT_BLOCK - 1] = *crc;
+                *crc = 0;
+            }
+        }
+        w->fill += k;
+        w->pos += k;
+        if (src) src += k;
+        n -= k;
+        if (w->fill == CKPT_SEG) ZINC_TRY(writer_flush(w));
+    }
+cleanup:
+    return st;
+}
+
+/* Writes chunk c (data p) at c->off, which is >= the stream position. */
+static zinc_status writer_chunk(ck_writer *w, rank_chunk *c, const uint8_t *p)
+{
+    zinc_status st = ZINC_OK;
+    ZINC_TRY(writer_stage(w, NULL, (size_t)(c->off - w->pos), NULL, NULL, NULL)); /* padding */
+    uint64_t direct = ((uintptr_t)p % CKPT_ALIGN) == 0 && c->bytes >= CKPT_BLOCK ? c->bytes / CKPT_ALIGN * CKPT_ALIGN : 0;
+    if (direct == 0) {
+        uint64_t at = 0;
+        uint32_t crc = 0;
+        ZINC_TRY(writer_stage(w, p, (size_t)c->bytes, c->crcs, &at, &crc));
+        if (at % CKPT_BLOCK) c->crcs[at / CKPT_BLOCK] = crc; /* the chunk's last, short block */
+        return ZINC_OK;
+    }
+    ZINC_TRY(writer_flush(w)); /* the stream is at c->off: the staged bytes end aligned */
+    for (uint64_t s = 0; s < direct; s += CKPT_SEG) {
+        size_t len = (size_t)(direct - s < CKPT_SEG ? direct - s : CKPT_SEG);
+        ZINC_TRY(writer_submit(w, p + s, len, c->off + s));
+        /* the blocks wholly inside this write, checksummed while it is in flight */
+        for (uint64_t b = s; b < s + len && b + CKPT_BLOCK <= direct; b += CKPT_BLOCK)
+            c->crcs[b / CKPT_BLOCK] = zinc_crc32c(0, p + b, CKPT_BLOCK);
+    }
+    /* the block that the direct part ends in, if any, and the tail */
+    uint64_t b0 = direct / CKPT_BLOCK * CKPT_BLOCK;
+    if (b0 < c->bytes) c->crcs[b0 / CKPT_BLOCK] = zinc_crc32c(0, p + b0, (size_t)(c->bytes - b0));
+    w->pos = c->off + direct;
+    return writer_stage(w, p + direct, (size_t)(c->bytes - direct), NULL, NULL, NULL);
+cleanup:
+    return st;
+}
+
 /* Writes this rank's pieces to path; fills ch (one per non-empty piece, *n_ch of them)
  * with offsets and crcs, and *file_bytes with the file's size. */
 static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_ckpt_layout *L,
                                    rank_chunk *ch, int *n_ch, uint64_t *file_bytes)
 {
     zinc_status st = ZINC_OK;
-    zinc_aio_file *f = NULL;
-    uint8_t *buf[CKPT_INFLIGHT] = {NULL};
-    zinc_aio_req *req[CKPT_INFLIGHT] = {NULL};
+    ck_writer w;
+    ck_progress prog;
+    memset(&w, 0, sizeof w);
     uint64_t off = 0;
     int k = 0;
     for (int i = 0; i < L->n_pieces; i++) {
@@ -568,48 +712,36 @@ static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_c
     }
     *n_ch = k;
     *file_bytes = off;
+    progress_start(&prog, g_progress_fn, g_progress_u, off);
+    w.prog = &prog;
 
-    ZINC_TRY(zinc_aio_open(aio, path, ZINC_AIO_WRITE | ZINC_AIO_CREATE | ZINC_AIO_TRUNC, &f));
+    ZINC_TRY(zinc_aio_open(aio, path, ZINC_AIO_WRITE | ZINC_AIO_CREATE | ZINC_AIO_TRUNC, &w.f));
     for (int b = 0; b < CKPT_INFLIGHT; b++)
-        if (!(buf[b] = zinc_aio_buf_alloc(CKPT_SEG))) {
+        if (!(w.buf[b] = zinc_aio_buf_alloc(CKPT_SEG))) {
             st = zinc_error(ZINC_ERR_NOMEM, "%s: no memory for staging buffers", path);
             goto cleanup;
         }
-    int slot = 0;
     for (int j = 0, i = 0; j < k; i++) {
         const zinc_ckpt_piece *p = &L->pieces[i];
         if (p->n == 0) continue;
-        rank_chunk *c = &ch[j++];
-        const uint8_t *src = p->data;
-        for (uint64_t s = 0; s < c->bytes; s += CKPT_SEG) {
-            size_t len = (size_t)(c->bytes - s < CKPT_SEG ? c->bytes - s : CKPT_SEG);
-            ZINC_TRY(wait_opt(&req[slot]));
-            uint8_t *b = buf[slot];
-            for (size_t q = 0; q < len; q += CKPT_BLOCK) {
-                size_t bl = len - q < CKPT_BLOCK ? len - q : CKPT_BLOCK;
-                memcpy(b + q, src + s + q, bl);
-                c->crcs[(s + q) / CKPT_BLOCK] = zinc_crc32c(0, b + q, bl);
-            }
-            size_t wl = (size_t)align_up(len, CKPT_ALIGN);
-            memset(b + len, 0, wl - len);
-            ZINC_TRY(zinc_aio_pwrite_async(f, b, wl, c->off + s, &req[slot]));
-            slot = (slot + 1) % CKPT_INFLIGHT;
-        }
+        ZINC_TRY(writer_chunk(&w, &ch[j++], p->data));
     }
-    for (int b = 0; b < CKPT_INFLIGHT; b++) ZINC_TRY(wait_opt(&req[b]));
-    ZINC_TRY(zinc_aio_fsync(f));
-    st = zinc_aio_close(f);
-    f = NULL;
+    ZINC_TRY(writer_stage(&w, NULL, (size_t)(off - w.pos), NULL, NULL, NULL)); /* last padding */
+    ZINC_TRY(writer_flush(&w));
+    for (int b = 0; b < CKPT_INFLIGHT; b++) ZINC_TRY(writer_next_slot(&w));
+    ZINC_TRY(zinc_aio_fsync(w.f));
+    st = zinc_aio_close(w.f);
+    w.f = NULL;
 cleanup:
     if (st != ZINC_OK) {
         /* drain and close without losing the first failure's detail */
         char keep[1024];
         last_error_copy(keep, sizeof keep);
-        for (int b = 0; b < CKPT_INFLIGHT; b++) wait_opt(&req[b]);
-        zinc_aio_close(f);
+        for (int b = 0; b < CKPT_INFLIGHT; b++) wait_opt(&w.req[b]);
+        zinc_aio_close(w.f);
         zinc_error(st, "%s", keep);
     }
-    for (int b = 0; b < CKPT_INFLIGHT; b++) zinc_aio_buf_free(buf[b]);
+    for (int b = 0; b < CKPT_INFLIGHT; b++) zinc_aio_buf_free(w.buf[b]);
     return st;
 }
 

@@ -39,3 +39,27 @@ void zinc_rng_normal(zinc_rng *r, float *out, int64_t n, float std)
         if (i + 1 < n) out[i + 1] = (float)(rad * sin(th)) * std;
     }
 }
+
+void zinc_rng_normal_range(uint64_t seed, uint64_t stream, float *out, int64_t first, int64_t n,
+                           float std)
+{
+    zinc_rng r;
+    zinc_rng_seed(&r, seed, stream);
+    /* element i comes from the pair of draws 2*(i/2), 2*(i/2)+1; each draw
+     * advances the state by one constant, so the stream can be entered anywhere */
+    int64_t pair = first / 2;
+    r.s += (uint64_t)(2 * pair) * 0x9e3779b97f4a7c15ull;
+    int64_t i = 0;
+    if (first & 1) {
+        float two[2];
+        zinc_rng_normal(&r, two, 2, std);
+        if (n > 0) out[i++] = two[1];
+    }
+    int64_t rest = n - i;
+    zinc_rng_normal(&r, out + i, rest & ~(int64_t)1, std);
+    if (rest & 1) {
+        float two[2];
+        zinc_rng_normal(&r, two, 2, std);
+        out[n - 1] = two[0];
+    }
+}

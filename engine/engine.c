@@ -239,6 +239,9 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     e.stage = stage;
     e.pdt = param_dtype(c);
     e.psz = zinc_dtype_size(e.pdt);
+    e.opt_nvme = c->zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;
+    e.param_nvme = stage == 3 && c->zero.offload_param.device == ZINC_OFFLOAD_NVME;
+    e.master_sep = e.pdt != ZINC_DTYPE_F32 || e.opt_nvme || e.param_nvme;
     zinc_status st = engine_declare(&e);
     if (st == ZINC_OK) zero_mem_stats(&e, out);
     engine_free_tables(&e);
@@ -264,14 +267,16 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
                                               "use \"device\": \"cpu\" or \"auto\"");
         goto cleanup;
     }
-    if (e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE ||
-        e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "zero_optimization.%s.device: offload is not "
-                        "implemented yet; set it to \"none\"",
-                        e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE
-                            ? "offload_optimizer" : "offload_param");
+    /* offload: "cpu" keeps the state in host memory, where the cpu device
+     * already holds it; "nvme" streams it through swap files */
+    e->opt_nvme = e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;
+    e->param_nvme = e->cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME;
+    if (e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE && e->stage != 3) {
+        st = zinc_error(ZINC_ERR_CONFIG, "zero_optimization.offload_param needs "
+                        "zero_optimization.stage 3, found %d", e->stage);
         goto cleanup;
     }
+    e->master_sep = e->pdt != ZINC_DTYPE_F32 || e->opt_nvme || e->param_nvme;
     if (e->stage < 0 || e->stage > 3) {
         st = zinc_error(ZINC_ERR_CONFIG, "zero_optimization.stage: expected 0..3, found %d", e->stage);
         goto cleanup;
@@ -290,6 +295,7 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     }
 
     ZINC_TRY(engine_declare(e));
+    if (e->opt_nvme || e->param_nvme) ZINC_TRY(offload_open(e));
     e->out = calloc((size_t)e->n_layers, sizeof *e->out);
     if (!e->out) {
         st = zinc_error(ZINC_ERR_NOMEM, "layer table");
@@ -342,13 +348,15 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     }
 
     /* the largest model state over ranks, kind by kind */
-    int64_t mine[6] = {(int64_t)e->mem.params, (int64_t)e->mem.grads, (int64_t)e->mem.master,
-                       (int64_t)e->mem.optimizer, (int64_t)e->mem.total, (int64_t)e->mem.buffers};
-    int64_t mx[6];
-    ZINC_TRY(zinc_comm_all_reduce(e->mesh->dp_group, mine, mx, 6, ZINC_DTYPE_I64, ZINC_REDOP_MAX,
+    int64_t mine[7] = {(int64_t)e->mem.params, (int64_t)e->mem.grads, (int64_t)e->mem.master,
+                       (int64_t)e->mem.optimizer, (int64_t)e->mem.total, (int64_t)e->mem.buffers,
+                       (int64_t)e->mem.nvme};
+    int64_t mx[7];
+    ZINC_TRY(zinc_comm_all_reduce(e->mesh->dp_group, mine, mx, 7, ZINC_DTYPE_I64, ZINC_REDOP_MAX,
                                   NULL));
     e->mem_max = (zinc_mem_stats){(uint64_t)mx[0], (uint64_t)mx[1], (uint64_t)mx[2],
-                                  (uint64_t)mx[3], (uint64_t)mx[4], (uint64_t)mx[5]};
+                                  (uint64_t)mx[3], (uint64_t)mx[4], (uint64_t)mx[5],
+                                  (uint64_t)mx[6]};
     *out = e;
     return ZINC_OK;
 cleanup:
@@ -360,6 +368,7 @@ void zinc_engine_destroy(zinc_engine *e)
 {
     if (!e) return;
     zero_units_free(e);
+    offload_close(e);
     zinc_mesh_destroy(e->mesh);
     engine_free_tables(e);
     free(e->out);
@@ -392,7 +401,8 @@ static const engine_param *param_named(const zinc_engine *e, const char *name)
 float *zinc_engine_param_by_name(zinc_engine *e, const char *name, int64_t *numel)
 {
     const engine_param *p = param_named(e, name);
-    if (!p || e->pdt != ZINC_DTYPE_F32 || e->units[p->unit].sharded) return NULL;
+    if (!p || e->pdt != ZINC_DTYPE_F32 || e->units[p->unit].sharded || !e->units[p->unit].p)
+        return NULL;
     if (numel) *numel = p->numel;
     return (float *)e->units[p->unit].p + p->uoff;
 }

@@ -167,6 +167,8 @@ zinc_status zinc_engine_save_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
     if (mixed) kinds[nk++] = K_MASTER;
     kinds[nk++] = K_EXP_AVG;
     kinds[nk++] = K_EXP_AVG_SQ;
+    /* offloaded state comes into memory for the save (this rank's shard) */
+    ZINC_TRY(offload_fetch(e, 1));
     ZINC_TRY(make_tensors(e, &b, 0));
     ZINC_TRY(make_pieces(e, &b, 1, kinds, nk, save_ptr));
     /* drop the master tensors from the table when they are the params */
@@ -194,6 +196,7 @@ zinc_status zinc_engine_save_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
     zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p};
     st = zinc_ckpt_save(e->world, aio, save_dir, tag, &lay, meta, keep_last);
 cleanup:
+    offload_drop(e);
     free(meta);
     layout_free(&b);
     return st;
@@ -225,11 +228,13 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
     r = NULL;
 
     int kinds[] = {K_MASTER, K_EXP_AVG, K_EXP_AVG_SQ};
+    ZINC_TRY(offload_fetch(e, 0));
     ZINC_TRY(make_tensors(e, &b, !has_master));
     ZINC_TRY(make_pieces(e, &b, 0, kinds, 3, load_ptr));
     zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p};
     ZINC_TRY(zinc_ckpt_load(e->world, aio, save_dir, tag, &lay, &meta));
     ZINC_TRY(zero_params_from_master(e));
+    ZINC_TRY(offload_store(e));
 
     json_error_t jerr;
     m = meta ? json_loads(meta, 0, &jerr) : NULL;
@@ -259,6 +264,7 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
                   save_dir, tag, (long long)e->step, (long long)meta_int(topo, "dp", 0),
                   (long long)meta_int(topo, "zero_stage", 0), e->dp, e->stage);
 cleanup:
+    offload_drop(e);
     zinc_ckpt_reader_close(r);
     json_decref(m);
     free(meta);
@@ -276,6 +282,7 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
     zinc_st_file *f = NULL;
     float *buf = NULL, *full = NULL;
     ZINC_TRY(zinc_st_open(path, &f));
+    ZINC_TRY(offload_fetch(e, 1));
     for (int l = 0; l < e->n_layers; l++) {
         engine_unit *u = &e->units[l];
         if (u->numel == 0) continue;
@@ -322,13 +329,14 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
             memcpy(full + p->uoff, buf, (size_t)n * sizeof(float));
         }
         /* this rank's storage: params (whole or shard), master over the opt range */
-        if (e->pdt != ZINC_DTYPE_F32)
-            memcpy(u->master, full + u->opt_lo, u->opt_n * sizeof(float));
+        if (e->master_sep) memcpy(u->master, full + u->opt_lo, u->opt_n * sizeof(float));
         size_t lo = u->sharded ? u->opt_lo : 0, n = u->sharded ? u->shard : u->numel;
         zero_from_f32(u->p, full + lo, e->pdt, n);
     }
+    ZINC_TRY(offload_store(e));
     if (e->dp_rank == 0) ZINC_INFO("initialized %d parameters from %s", e->n_params, path);
 cleanup:
+    offload_drop(e);
     free(buf);
     free(full);
     zinc_st_close(f);

@@ -23,6 +23,7 @@
 #ifndef ZINC_ENGINE_INT_H
 #define ZINC_ENGINE_INT_H
 
+#include "zinc/aio.h"
 #include "zinc/engine.h"
 
 #define ENGINE_MAX_LAYER_PARAMS 32
@@ -58,6 +59,11 @@ typedef struct engine_unit {
     zinc_comm_handle *h_gather;
     float *wg;                /* fp32 whole grads while open */
     int wg_owned;
+    /* NVMe offload (offload.c) */
+    uint64_t swap_off;        /* this unit's optimizer state in the optimizer swap file */
+    uint64_t pswap_off;       /* this unit's param shard in the param swap file */
+    void *pstage;             /* P shard being read from the param swap (prefetch) */
+    zinc_aio_req *pread;
 } engine_unit;
 
 struct zinc_layer {
@@ -122,6 +128,15 @@ struct zinc_engine {
     int64_t samples;     /* global sample index of the next batch */
     engine_scaler scaler;
     zinc_mem_stats mem, mem_max;
+
+    /* offload: optimizer state (master, m, v) and/or ZeRO-3 param shards on NVMe */
+    int opt_nvme, param_nvme;
+    int master_sep;      /* master weights are their own array (16-bit params, or NVMe) */
+    int in_memory;       /* offloaded state temporarily held in memory (checkpoint I/O) */
+    zinc_aio *aio;
+    zinc_aio_file *opt_swap, *param_swap;
+    char opt_swap_path[600], param_swap_path[600];
+    uint64_t opt_ino, param_ino;
 };
 
 #endif
@@ -170,6 +185,29 @@ zinc_status zero_gather_whole_params(zinc_engine *e);
 /* Rewrites working-precision params from the master weights of this rank's
  * opt ranges, then all-gathers them (after loading a checkpoint). */
 zinc_status zero_params_from_master(zinc_engine *e);
+
+/* ---- offload.c: swap files on NVMe (engine/ only) ---- */
+
+/* 1 if unit u's params live on NVMe (sharded units under offload_param nvme). */
+int offload_param_on_nvme(const zinc_engine *e, const engine_unit *u);
+/* Creates the swap files under nvme_path/rank<r>/ and lays units out in them. */
+zinc_status offload_open(zinc_engine *e);
+void offload_close(zinc_engine *e);
+/* Checks that the swap files are still the ones this job created. */
+zinc_status offload_check(zinc_engine *e);
+/* Bytes per unit-element region in the optimizer swap, and its parts. */
+uint64_t offload_part_bytes(const engine_unit *u);
+/* Brings all offloaded state into memory (master, m, v, param shards) so that
+ * checkpoint and init code can use the plain pointers; read = 0 allocates
+ * zeroed arrays without reading. offload_store writes it back and frees it;
+ * offload_drop frees it without writing. */
+zinc_status offload_fetch(zinc_engine *e, int read);
+zinc_status offload_store(zinc_engine *e);
+void offload_drop(zinc_engine *e);
+/* Reads / writes elements [a, a+n) of unit u's opt range of the optimizer
+ * state into / from buf = [master n | m n | v n] (async; requests appended to reqs). */
+zinc_status offload_opt_io(zinc_engine *e, const engine_unit *u, size_t a, size_t n, float *buf,
+                           int write, zinc_aio_req **reqs, int *n_reqs);
 
 /* dtype helpers */
 void zero_to_f32(float *dst, const void *src, zinc_dtype dt, size_t n);

@@ -130,10 +130,15 @@ void zero_mem_stats(const zinc_engine *e, zinc_mem_stats *m)
     memset(m, 0, sizeof *m);
     for (int l = 0; l < e->n_layers; l++) {
         const engine_unit *u = &e->units[l];
-        m->params += (u->sharded ? u->shard : u->numel) * e->psz;
+        uint64_t pb = (u->sharded ? u->shard : u->numel) * e->psz;
+        uint64_t mb = e->master_sep ? u->opt_n * sizeof(float) : 0;
+        uint64_t ob = 2 * u->opt_n * sizeof(float);
+        m->params += pb;
         m->grads += (e->stage >= 2 ? u->shard : u->numel) * e->psz;
-        m->master += e->pdt == ZINC_DTYPE_F32 ? 0 : u->opt_n * sizeof(float);
-        m->optimizer += 2 * u->opt_n * sizeof(float);
+        m->master += mb;
+        m->optimizer += ob;
+        if (e->opt_nvme) m->nvme += mb + ob;
+        if (offload_param_on_nvme(e, u)) m->nvme += pb;
     }
     m->total = m->params + m->grads + m->master + m->optimizer;
     /* buckets: gradient reductions in flight (at most reduce_bucket_size
@@ -151,70 +156,103 @@ void zero_mem_stats(const zinc_engine *e, zinc_mem_stats *m)
 
 /* ------------------------------------------------------------ alloc / init */
 
-static void init_param(const zinc_engine *e, const engine_param *p, float *d)
+/* Elements [first, first+n) of parameter p's initial value: a function of
+ * (seed, name) alone, so every layout starts from the same model. */
+static void init_param_range(const zinc_engine *e, const engine_param *p, float *d, int64_t first,
+                             int64_t n)
 {
     switch (p->init) {
     case ZINC_INIT_ZEROS:
-        memset(d, 0, (size_t)p->numel * sizeof(float));
+        memset(d, 0, (size_t)n * sizeof(float));
         break;
     case ZINC_INIT_ONES:
-        for (int64_t k = 0; k < p->numel; k++) d[k] = 1.0f;
+        for (int64_t k = 0; k < n; k++) d[k] = 1.0f;
         break;
-    case ZINC_INIT_NORMAL: {
-        zinc_rng r;
-        zinc_rng_seed(&r, (uint64_t)e->cfg.model.seed, zinc_hash_str(p->name));
-        zinc_rng_normal(&r, d, p->numel, p->std);
+    case ZINC_INIT_NORMAL:
+        zinc_rng_normal_range((uint64_t)e->cfg.model.seed, zinc_hash_str(p->name), d, first, n,
+                              p->std);
         break;
-    }
     }
 }
 
 zinc_status zero_units_alloc(zinc_engine *e)
 {
+    zinc_status st = ZINC_OK;
     size_t psz = e->psz;
+    float *vals = NULL;
+    void *pio = NULL;
     for (int l = 0; l < e->n_layers; l++) {
         engine_unit *u = &e->units[l];
         if (u->numel == 0) continue;
-        size_t pn = u->sharded ? u->shard : u->numel;
+        int p_nvme = offload_param_on_nvme(e, u);
+        /* the params this rank stores: whole unit, or its shard (which holds the opt range) */
+        size_t plo = u->sharded ? u->opt_lo : 0, pn = u->sharded ? u->shard : u->numel;
         size_t gn = e->stage >= 2 ? u->shard : u->numel;
-        u->p = xalloc(pn * psz);
         u->g = xalloc(gn * psz);
-        u->m = xalloc(u->opt_n * sizeof(float));
-        u->v = xalloc(u->opt_n * sizeof(float));
-        float *full = xalloc(u->numel * sizeof(float));
-        if (!u->p || !u->g || !u->m || !u->v || !full) {
-            free(full);
-            return zinc_error(ZINC_ERR_NOMEM, "model state of layer %d: %zu elements", l, u->numel);
+        if (!p_nvme) u->p = xalloc(pn * psz);
+        if (!e->opt_nvme) {
+            u->m = xalloc(u->opt_n * sizeof(float));
+            u->v = xalloc(u->opt_n * sizeof(float));
         }
-        /* every value is a function of (seed, name): the same at any layout */
-        for (int p = u->n_params_first; p < u->n_params_end; p++)
-            init_param(e, &e->params[p], full + e->params[p].uoff);
-        zero_from_f32(u->p, full + (u->sharded ? u->opt_lo : 0), e->pdt, pn);
-        if (e->pdt == ZINC_DTYPE_F32) {
-            u->master = (float *)at(u->p, u->sharded ? 0 : u->opt_lo, psz);
+        free(vals);
+        vals = xalloc(pn * sizeof(float));
+        if (!u->g || (!p_nvme && !u->p) || (!e->opt_nvme && (!u->m || !u->v)) || !vals) {
+            st = zinc_error(ZINC_ERR_NOMEM, "model state of layer %d: %zu elements", l, u->numel);
+            goto cleanup;
+        }
+        for (int p = u->n_params_first; p < u->n_params_end; p++) {
+            const engine_param *ep = &e->params[p];
+            size_t a = ep->uoff > plo ? ep->uoff : plo;
+            size_t z = ep->uoff + (size_t)ep->numel < plo + pn ? ep->uoff + (size_t)ep->numel : plo + pn;
+            if (a < z) init_param_range(e, ep, vals + (a - plo), (int64_t)(a - ep->uoff),
+                                        (int64_t)(z - a));
+        }
+        if (p_nvme) {
+            zinc_aio_buf_free(pio);
+            pio = zinc_aio_buf_alloc(pn * psz);
+            if (!pio) {
+                st = zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", l);
+                goto cleanup;
+            }
+            zero_from_f32(pio, vals, e->pdt, pn);
+            ZINC_TRY(zinc_aio_pwrite(e->param_swap, pio, pn * psz, u->pswap_off));
         } else {
+            zero_from_f32(u->p, vals, e->pdt, pn);
+        }
+        float *mv = vals + (u->opt_lo - plo); /* initial master values of the opt range */
+        if (e->opt_nvme) {
+            /* the moments start as the swap file's zeros (sparse); write the master part */
+            if (u->opt_n) ZINC_TRY(zinc_aio_pwrite(e->opt_swap, mv, u->opt_n * sizeof(float), u->swap_off));
+        } else if (e->master_sep) {
             u->master = xalloc(u->opt_n * sizeof(float));
             if (!u->master) {
-                free(full);
-                return zinc_error(ZINC_ERR_NOMEM, "master weights of layer %d", l);
+                st = zinc_error(ZINC_ERR_NOMEM, "master weights of layer %d", l);
+                goto cleanup;
             }
-            memcpy(u->master, full + u->opt_lo, u->opt_n * sizeof(float));
+            memcpy(u->master, mv, u->opt_n * sizeof(float));
+        } else {
+            u->master = (float *)at(u->p, u->sharded ? 0 : u->opt_lo, psz);
         }
-        free(full);
     }
-    return ZINC_OK;
+cleanup:
+    free(vals);
+    zinc_aio_buf_free(pio);
+    return st;
 }
 
 void zero_units_free(zinc_engine *e)
 {
     if (!e->units) return;
+    offload_drop(e); /* fetched copies of offloaded state */
     for (int l = 0; l < e->n_layers; l++) {
         engine_unit *u = &e->units[l];
         zero_unit_release(e, l);
         if (u->h_gather) zinc_comm_wait(&u->h_gather);
         free(u->gathered);
         if (u->wg_owned) free(u->wg);
-        if (e->pdt != ZINC_DTYPE_F32) free(u->master);
+        if (u->pread) zinc_aio_wait(&u->pread);
+        zinc_aio_buf_free(u->pstage);
+        if (e->master_sep && !e->opt_nvme) free(u->master);
         free(u->p);
         free(u->g);
         free(u->m);
@@ -230,15 +268,31 @@ void zero_units_free(zinc_engine *e)
 
 /* ------------------------------------------------------------ params */
 
+static zinc_status gather_start(zinc_engine *e, int ui, const void *src);
+
 zinc_status zero_unit_prefetch(zinc_engine *e, int ui)
 {
     engine_unit *u = &e->units[ui];
-    if (!u->sharded || u->wp || u->h_gather) return ZINC_OK;
+    if (!u->sharded || u->wp || u->h_gather || u->pread) return ZINC_OK;
+    if (offload_param_on_nvme(e, u)) {
+        /* the shard comes off NVMe first; the all-gather follows in materialize */
+        u->pstage = zinc_aio_buf_alloc(u->shard * e->psz);
+        if (!u->pstage) return zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", ui);
+        return zinc_aio_pread_async(e->param_swap, u->pstage, u->shard * e->psz, u->pswap_off,
+                                    &u->pread);
+    }
+    return gather_start(e, ui, u->p);
+}
+
+/* Starts the all-gather of unit ui's shard (at src) into its gathered buffer. */
+static zinc_status gather_start(zinc_engine *e, int ui, const void *src)
+{
+    engine_unit *u = &e->units[ui];
     if (!u->gathered) {
         u->gathered = xalloc(u->numel * e->psz);
         if (!u->gathered) return zinc_error(ZINC_ERR_NOMEM, "gather buffer of layer %d", ui);
     }
-    return zinc_comm_all_gather(e->mesh->dp_group, u->p, u->gathered, u->shard, e->pdt,
+    return zinc_comm_all_gather(e->mesh->dp_group, src, u->gathered, u->shard, e->pdt,
                                 &u->h_gather);
 }
 
@@ -250,6 +304,13 @@ zinc_status zero_unit_materialize(zinc_engine *e, int ui)
     const void *whole = u->p;
     if (u->sharded) {
         if (!u->h_gather && (st = zero_unit_prefetch(e, ui)) != ZINC_OK) return st;
+        if (u->pread || u->pstage) { /* NVMe shard: finish the read, then gather */
+            if ((st = zinc_aio_wait(&u->pread)) == ZINC_OK) st = gather_start(e, ui, u->pstage);
+            if (st == ZINC_OK) st = zinc_comm_wait(&u->h_gather);
+            zinc_aio_buf_free(u->pstage);
+            u->pstage = NULL;
+            if (st != ZINC_OK) return st;
+        }
         if ((st = zinc_comm_wait(&u->h_gather)) != ZINC_OK) return st;
         whole = u->gathered;
     }
@@ -433,45 +494,165 @@ double zero_grad_sumsq(zinc_engine *e)
 
 /* ------------------------------------------------------------ optimizer */
 
-zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t)
+/* Elements per optimizer sub-group: sub_group_size, in whole 4 KiB pages of
+ * fp32 so NVMe transfers stay aligned. */
+static size_t group_elems(const zinc_engine *e)
+{
+    int64_t g = e->cfg.zero.sub_group_size;
+    if (g < 1024) g = 1024;
+    return (size_t)g / 1024 * 1024;
+}
+
+/* AdamW over elements [a, a+n) of unit u's opt range with fp32 master, m, v
+ * at the given pointers, then the working-precision params of the range. */
+static zinc_status group_update(zinc_engine *e, engine_unit *u, size_t a, size_t n, float *master,
+                                float *m, float *v, double lr, double coef, int t, float *gtmp,
+                                void *pbuf)
 {
     const zinc_config *c = &e->cfg;
-    float *gtmp = NULL;
-    size_t gcap = 0;
-    for (int l = 0; l < e->n_layers; l++) {
-        engine_unit *u = &e->units[l];
-        if (u->opt_n == 0) continue;
-        void *g = grad_opt(e, u);
-        float *g32 = g;
-        if (e->pdt != ZINC_DTYPE_F32) {
-            if (gcap < u->opt_n) {
-                free(gtmp);
-                gtmp = xalloc(u->opt_n * sizeof(float));
-                gcap = gtmp ? u->opt_n : 0;
-                if (!gtmp) return zinc_error(ZINC_ERR_NOMEM, "optimizer buffer");
-            }
-            zero_to_f32(gtmp, g, e->pdt, u->opt_n);
-            g32 = gtmp;
-        }
-        if (coef != 1.0) e->ops->scale(g32, (float)coef, u->opt_n);
-        /* AdamW per parameter piece inside the opt range (weight decay per param) */
-        size_t lo = u->opt_lo, hi = u->opt_lo + u->opt_n;
-        for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
-            const engine_param *p = &e->params[pi];
-            size_t a = p->uoff > lo ? p->uoff : lo;
-            size_t b = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
-            if (a >= b) continue;
-            float wd = p->decay ? (float)c->optimizer.weight_decay : 0.0f;
-            e->ops->adamw(u->master + (a - lo), g32 + (a - lo), u->m + (a - lo), u->v + (a - lo),
-                          b - a, (float)lr, (float)c->optimizer.betas[0],
-                          (float)c->optimizer.betas[1], (float)c->optimizer.eps, wd, t);
-        }
-        if (e->pdt != ZINC_DTYPE_F32)
-            zero_from_f32(u->sharded ? u->p : at(u->p, lo, e->psz), u->master, e->pdt, u->opt_n);
+    void *g = at(grad_opt(e, u), a, e->psz);
+    float *g32 = g;
+    if (e->pdt != ZINC_DTYPE_F32) {
+        zero_to_f32(gtmp, g, e->pdt, n);
+        g32 = gtmp;
     }
-    free(gtmp);
+    if (coef != 1.0) e->ops->scale(g32, (float)coef, n);
+    /* one AdamW call per parameter piece: weight decay is per parameter */
+    size_t lo = u->opt_lo + a, hi = lo + n;
+    for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
+        const engine_param *p = &e->params[pi];
+        size_t x = p->uoff > lo ? p->uoff : lo;
+        size_t z = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
+        if (x >= z) continue;
+        float wd = p->decay ? (float)c->optimizer.weight_decay : 0.0f;
+        e->ops->adamw(master + (x - lo), g32 + (x - lo), m + (x - lo), v + (x - lo), z - x,
+                      (float)lr, (float)c->optimizer.betas[0], (float)c->optimizer.betas[1],
+                      (float)c->optimizer.eps, wd, t);
+    }
+    if (!e->master_sep) return ZINC_OK; /* the master weights are the params */
+    if (offload_param_on_nvme(e, u) && !e->in_memory) {
+        zero_from_f32(pbuf, master, e->pdt, n);
+        return zinc_aio_pwrite(e->param_swap, pbuf, n * e->psz, u->pswap_off + a * e->psz);
+    }
+    zero_from_f32(at(u->p, (u->sharded ? 0 : u->opt_lo) + a, e->psz), master, e->pdt, n);
+    return ZINC_OK;
+}
 
-    return zero_gather_whole_params(e);
+/* Optimizer state streamed from NVMe: sub-groups in rotating buffers, the
+ * read of group i+1 ahead of the update of i (pipeline_read), the write of
+ * i behind (pipeline_write). */
+static zinc_status step_nvme(zinc_engine *e, double lr, double coef, int t, float *gtmp,
+                             void *pbuf, size_t G)
+{
+    zinc_status st = ZINC_OK;
+    const zinc_config *c = &e->cfg;
+    int pr = c->zero.offload_optimizer.pipeline_read, pw = c->zero.offload_optimizer.pipeline_write;
+    int nb = (int)c->zero.offload_optimizer.buffer_count;
+    if (nb < 1 + pr + pw) nb = 1 + pr + pw;
+    /* the sub-groups: (unit, first element, count) */
+    size_t cap = 0, K = 0;
+    for (int l = 0; l < e->n_layers; l++) cap += (e->units[l].opt_n + G - 1) / G;
+    size_t (*grp)[3] = calloc(cap ? cap : 1, sizeof *grp);
+    float **buf = calloc((size_t)nb, sizeof *buf);
+    zinc_aio_req *(*reqs)[3] = calloc((size_t)nb, sizeof *reqs);
+    int *nreq = calloc((size_t)nb, sizeof *nreq);
+    ssize_t *loaded = calloc((size_t)nb, sizeof *loaded); /* group read into each buffer */
+    if (!grp || !buf || !reqs || !nreq || !loaded) {
+        st = zinc_error(ZINC_ERR_NOMEM, "optimizer swap buffers");
+        goto cleanup;
+    }
+    for (int l = 0; l < e->n_layers; l++)
+        for (size_t a = 0; a < e->units[l].opt_n; a += G) {
+            size_t n = e->units[l].opt_n - a < G ? e->units[l].opt_n - a : G;
+            grp[K][0] = (size_t)l, grp[K][1] = a, grp[K][2] = n;
+            K++;
+        }
+    for (int b = 0; b < nb; b++) {
+        loaded[b] = -1;
+        buf[b] = zinc_aio_buf_alloc(3 * G * sizeof(float));
+        if (!buf[b]) {
+            st = zinc_error(ZINC_ERR_NOMEM, "optimizer swap buffers: %d x %zu bytes", nb,
+                            3 * G * sizeof(float));
+            goto cleanup;
+        }
+    }
+#define WAIT_BUF(b)                                                                          \
+    for (int q = 0; q < nreq[b]; q++) {                                                      \
+        zinc_status s2 = zinc_aio_wait(&reqs[b][q]);                                         \
+        if (st == ZINC_OK) st = s2;                                                          \
+    }                                                                                        \
+    nreq[b] = 0
+    for (size_t i = 0; i < K && st == ZINC_OK; i++) {
+        for (size_t j = i; j <= i + (size_t)pr && j < K && st == ZINC_OK; j++) {
+            int b = (int)(j % (size_t)nb);
+            if (loaded[b] == (ssize_t)j) continue;
+            WAIT_BUF(b); /* its earlier write must land before it is reused */
+            if (st != ZINC_OK) break;
+            engine_unit *u = &e->units[grp[j][0]];
+            st = offload_opt_io(e, u, grp[j][1], grp[j][2], buf[b], 0, reqs[b], &nreq[b]);
+            loaded[b] = (ssize_t)j;
+        }
+        if (st != ZINC_OK) break;
+        int b = (int)(i % (size_t)nb);
+        WAIT_BUF(b);
+        if (st != ZINC_OK) break;
+        engine_unit *u = &e->units[grp[i][0]];
+        size_t a = grp[i][1], n = grp[i][2];
+        st = group_update(e, u, a, n, buf[b], buf[b] + n, buf[b] + 2 * n, lr, coef, t, gtmp, pbuf);
+        if (st == ZINC_OK) {
+            /* offload_opt_io lays parts out at buf + k*n, as read */
+            st = offload_opt_io(e, u, a, n, buf[b], 1, reqs[b], &nreq[b]);
+            loaded[b] = -1;
+        }
+        if (!pw) { WAIT_BUF(b); }
+    }
+cleanup:
+    for (int b = 0; reqs && nreq && b < nb; b++) {
+        WAIT_BUF(b);
+    }
+#undef WAIT_BUF
+    for (int b = 0; buf && b < nb; b++) zinc_aio_buf_free(buf[b]);
+    free(grp);
+    free(buf);
+    free(reqs);
+    free(nreq);
+    free(loaded);
+    return st;
+}
+
+zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t)
+{
+    zinc_status st = ZINC_OK;
+    size_t G = group_elems(e), maxn = 0;
+    for (int l = 0; l < e->n_layers; l++)
+        if (e->units[l].opt_n > maxn) maxn = e->units[l].opt_n;
+    if (G > maxn) G = (maxn + 1023) / 1024 * 1024;
+    if (G == 0) return ZINC_OK;
+    float *gtmp = e->pdt != ZINC_DTYPE_F32 ? xalloc(G * sizeof(float)) : NULL;
+    void *pbuf = e->param_nvme ? zinc_aio_buf_alloc(G * e->psz) : NULL;
+    if ((e->pdt != ZINC_DTYPE_F32 && !gtmp) || (e->param_nvme && !pbuf)) {
+        st = zinc_error(ZINC_ERR_NOMEM, "optimizer buffers");
+        goto cleanup;
+    }
+    if (e->opt_nvme && !e->in_memory) {
+        ZINC_TRY(offload_check(e));
+        ZINC_TRY(step_nvme(e, lr, coef, t, gtmp, pbuf, G));
+    } else {
+        for (int l = 0; l < e->n_layers; l++) {
+            engine_unit *u = &e->units[l];
+            for (size_t a = 0; a < u->opt_n; a += G) {
+                size_t n = u->opt_n - a < G ? u->opt_n - a : G;
+                ZINC_TRY(group_update(e, u, a, n, u->master + a, u->m + a, u->v + a, lr, coef, t,
+                                      gtmp, pbuf));
+            }
+        }
+    }
+    /* whole params everywhere again: all-gather the updated slices */
+    st = zero_gather_whole_params(e);
+cleanup:
+    free(gtmp);
+    zinc_aio_buf_free(pbuf);
+    return st;
 }
 
 zinc_status zero_gather_whole_params(zinc_engine *e)
@@ -507,7 +688,7 @@ zinc_status zero_gather_whole_params(zinc_engine *e)
 
 zinc_status zero_params_from_master(zinc_engine *e)
 {
-    if (e->pdt != ZINC_DTYPE_F32)
+    if (e->master_sep)
         for (int l = 0; l < e->n_layers; l++) {
             engine_unit *u = &e->units[l];
             if (u->opt_n)

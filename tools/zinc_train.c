@@ -370,11 +370,14 @@ int main(int argc, char **argv)
                 ZINC_INFO("saved checkpoint %s/%s in %.2f s", cfg.train.save_dir, tag, now_s() - t);
         }
         if (rank != 0) continue;
+        char nvme_note[48] = "";
+        if (s.mem_max.nvme)
+            snprintf(nvme_note, sizeof nvme_note, " (%.1f MiB on nvme)", s.mem_max.nvme / 1048576.0);
         if (step % every == 0 || step == 1 || step == cfg.train.max_steps)
             printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
-                   "state %.1f MiB/rank | comm %.2f MiB%s\n",
+                   "state %.1f MiB/rank%s | comm %.2f MiB%s\n",
                    (long long)step, (long long)cfg.train.max_steps, s.loss, s.lr, s.grad_norm,
-                   s.tokens_per_s, s.step_ms, s.model_state_bytes_max / 1048576.0,
+                   s.tokens_per_s, s.step_ms, s.model_state_bytes_max / 1048576.0, nvme_note,
                    s.comm_bytes / 1048576.0, s.skipped ? " | skipped (fp16 overflow)" : "");
         fflush(stdout);
         if (metrics) {
@@ -386,13 +389,13 @@ int main(int argc, char **argv)
                     "\"tokens_per_s\": %.3f, \"step_ms\": %.3f, \"model_state_bytes\": %llu, "
                     "\"comm_bytes\": %llu, \"samples\": %lld, \"loss_scale\": %.9g, \"skipped\": %d, "
                     "\"mem\": {\"params\": %llu, \"grads\": %llu, \"master\": %llu, "
-                    "\"optimizer\": %llu, \"buffers\": %llu}, \"comm\": {",
+                    "\"optimizer\": %llu, \"buffers\": %llu, \"nvme\": %llu}, \"comm\": {",
                     (long long)s.step, s.loss, s.lr, norm_json, s.tokens_per_s, s.step_ms,
                     (unsigned long long)s.model_state_bytes_max, (unsigned long long)s.comm_bytes,
                     (long long)s.samples_seen, s.loss_scale, s.skipped,
                     (unsigned long long)m->params, (unsigned long long)m->grads,
                     (unsigned long long)m->master, (unsigned long long)m->optimizer,
-                    (unsigned long long)m->buffers);
+                    (unsigned long long)m->buffers, (unsigned long long)m->nvme);
             for (int k = 0; k < ZINC_COMM_N_OPS; k++)
                 fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
                         (unsigned long long)s.comm_bytes_op[k]);

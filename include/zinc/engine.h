@@ -111,6 +111,7 @@ typedef struct zinc_mem_stats {
     uint64_t optimizer;  /* Adam moments */
     uint64_t total;      /* the sum of the four */
     uint64_t buffers;    /* declared communication buckets (reduce + allgather) */
+    uint64_t nvme;       /* the part of total that sits in swap files on NVMe */
 } zinc_mem_stats;
 
 typedef struct zinc_step_stats {

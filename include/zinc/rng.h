@@ -20,4 +20,10 @@ double zinc_rng_uniform(zinc_rng *r);
 /* Fills out[n] with N(0, std^2) (Box-Muller, pairs). */
 void zinc_rng_normal(zinc_rng *r, float *out, int64_t n, float std);
 
+/* Elements [first, first+n) of the N(0, std^2) stream that zinc_rng_seed(seed,
+ * stream) + zinc_rng_normal would produce, without generating the ones before:
+ * a rank initializes just its shard of a parameter. */
+void zinc_rng_normal_range(uint64_t seed, uint64_t stream, float *out, int64_t first, int64_t n,
+                           float std);
+
 #endif
