@@ -2,18 +2,26 @@
  *
  * Save: every rank writes its pieces as chunks of rank-%05d.bin, each chunk starting at a
  * 4 KiB boundary and padded to one, so every transfer of the file is O_DIRECT friendly.
- * Pieces go through four aligned 8 MiB staging buffers: while three are being written
- * asynchronously the next is filled, one 1 MiB block at a time with its crc32c computed
- * right after the copy (the block is still in cache). After an fsync every rank sends its
+ * The file is written as one stream: staged bytes are packed into aligned 8 MiB buffers
+ * (many small chunks make few large writes), one 1 MiB crc block at a time with its crc32c
+ * computed right after the copy (the block is still in cache); a chunk whose memory is
+ * 4 KiB aligned goes direct from the caller's memory, its crcs computed while the write is
+ * in flight (no copy). Up to 16 writes are in flight, at most 4 of them staged. After an
+ * fsync every rank sends its
  * chunk table (JSON) to rank 0, which checks that the chunks of all ranks tile every tensor
  * exactly, writes manifest.json, and commits: rename <tag>.partial -> <tag>, fsync save_dir,
  * update index and latest by write-tmp + fsync + rename + fsync dir. Any kill before the
  * rename of latest leaves the previous latest pointing at a complete checkpoint.
  *
  * Load: rank 0 resolves the tag and reads the manifest, which it broadcasts; every rank
- * parses it, maps each wanted piece onto the stored chunks that overlap it, and reads just
- * the 1 MiB crc blocks involved (in up to 8 MiB segments, four in flight), checking every
- * block's crc before converting the wanted elements into the piece.
+ * parses it, maps all its wanted pieces onto the stored chunks that overlap them, and reads
+ * just the 1 MiB crc blocks involved, in up to 8 MiB segments through one pipeline (16 in
+ * flight, at most 4 staged). A segment that is wholly wanted, in the stored dtype, with
+ * memory aligned like the file is read straight into the piece and checked there; others
+ * are staged and each block is checked, then converted into the piece while in cache.
+ *
+ * Measured (bench/bench-ckpt.sh): staging through a few small reused buffers and draining
+ * the pipeline per piece cost 25-45% of the raw bandwidth; see the bench for numbers.
  *
  * Errors are agreed: each collective step ends with one all-reduce (MIN of the failing rank
  * numbers); if some rank failed, the lowest failing rank broadcasts its status and detail
@@ -581,43 +589,59 @@ static void progress_add(ck_progress *p, uint64_t n)
  * buffers, so many small chunks cost a few large writes. A chunk whose data is 4 KiB
  * aligned (its file offset always is) and at least one block long goes direct from the
  * caller's memory instead, its crcs computed while the write is in flight; only its last
- * partial page is staged. Up to CKPT_INFLIGHT writes are in flight; slot k owns buf[k]. */
+ * partial page is staged. Up to CKPT_READ_WINDOW writes are in flight (a FIFO), of which
+ * at most CKPT_INFLIGHT staged ones, each owning one staging buffer. */
 typedef struct ck_writer {
     zinc_aio_file *f;
-    uint8_t *buf[CKPT_INFLIGHT];
-    zinc_aio_req *req[CKPT_INFLIGHT];
-    uint64_t len[CKPT_INFLIGHT]; /* bytes of the slot's request (progress) */
-    int slot;                    /* current slot; buf[slot] is free */
-    size_t fill;                 /* staged bytes in buf[slot] */
-    uint64_t pos;                /* file offset of the next byte of the stream */
+    uint8_t *bufs[CKPT_INFLIGHT];      /* all staging buffers (freed at the end) */
+    uint8_t *pool[CKPT_INFLIGHT];      /* the free ones */
+    int n_pool;
+    zinc_aio_req *req[CKPT_READ_WINDOW];
+    uint8_t *rbuf[CKPT_READ_WINDOW];   /* staging buffer of each request, or NULL */
+    uint64_t len[CKPT_READ_WINDOW];    /* bytes of each request (progress) */
+    size_t head, count;
+    uint8_t *cur;                      /* buffer being filled, or NULL */
+    size_t fill;                       /* staged bytes in cur */
+    uint64_t pos;                      /* file offset of the next byte of the stream */
     ck_progress *prog;
 } ck_writer;
 
-/* Moves to the next slot, waiting for the write that last used it. */
-static zinc_status writer_next_slot(ck_writer *w)
+/* Completes the oldest write in flight. */
+static zinc_status writer_retire(ck_writer *w)
 {
-    w->slot = (w->slot + 1) % CKPT_INFLIGHT;
-    w->fill = 0;
-    if (!w->req[w->slot]) return ZINC_OK;
-    zinc_status st = zinc_aio_wait(&w->req[w->slot]);
-    if (st == ZINC_OK) progress_add(w->prog, w->len[w->slot]);
+    zinc_status st = zinc_aio_wait(&w->req[w->head]);
+    if (w->rbuf[w->head]) w->pool[w->n_pool++] = w->rbuf[w->head];
+    if (st == ZINC_OK) progress_add(w->prog, w->len[w->head]);
+    w->head = (w->head + 1) % CKPT_READ_WINDOW;
+    w->count--;
     return st;
 }
 
-/* Submits p (n bytes at file offset off) through the current slot and moves on. */
-static zinc_status writer_submit(ck_writer *w, const void *p, size_t n, uint64_t off)
+/* Starts writing p (n bytes at file offset off; staging buffer buf or NULL). */
+static zinc_status writer_submit(ck_writer *w, const void *p, size_t n, uint64_t off, uint8_t *buf)
 {
-    zinc_status st = zinc_aio_pwrite_async(w->f, p, n, off, &w->req[w->slot]);
-    if (st != ZINC_OK) return st;
-    w->len[w->slot] = n;
-    return writer_next_slot(w);
+    zinc_status st = ZINC_OK;
+    if (w->count == CKPT_READ_WINDOW) ZINC_TRY(writer_retire(w));
+    size_t k = (w->head + w->count) % CKPT_READ_WINDOW;
+    ZINC_TRY(zinc_aio_pwrite_async(w->f, p, n, off, &w->req[k]));
+    w->rbuf[k] = buf;
+    w->len[k] = n;
+    w->count++;
+cleanup:
+    return st;
 }
 
 /* Writes the staged bytes (always ending 4 KiB aligned: callers pad first). */
 static zinc_status writer_flush(ck_writer *w)
 {
     if (w->fill == 0) return ZINC_OK;
-    return writer_submit(w, w->buf[w->slot], w->fill, w->pos - w->fill);
+    uint8_t *b = w->cur;
+    size_t n = w->fill;
+    w->cur = NULL;
+    w->fill = 0;
+    zinc_status st = writer_submit(w, b, n, w->pos - n, b);
+    if (st != ZINC_OK) w->pool[w->n_pool++] = b;
+    return st;
 }
 
 /* Appends n bytes of src to the stream through the staging buffers; with crc != NULL,
@@ -633,7 +657,11 @@ static zinc_status writer_stage(ck_writer *w, const uint8_t *src, size_t n, uint
             size_t left = CKPT_BLOCK - (size_t)(*blk_at % CKPT_BLOCK);
             if (k > left) k = left;
         }
-        uint8_t *d = w->buf[w->slot] + w->fill;
+        if (!w->cur) {
+            while (w->n_pool == 0) ZINC_TRY(writer_retire(w));
+            w->cur = w->pool[--w->n_pool];
+        }
+        uint8_t *d = w->cur + w->fill;
         if (src) memcpy(d, src, k);
         else memset(d, 0, k);
         if (crcs) {
@@ -670,7 +698,7 @@ static zinc_status writer_chunk(ck_writer *w, rank_chunk *c, const uint8_t *p)
     ZINC_TRY(writer_flush(w)); /* the stream is at c->off: the staged bytes end aligned */
     for (uint64_t s = 0; s < direct; s += CKPT_SEG) {
         size_t len = (size_t)(direct - s < CKPT_SEG ? direct - s : CKPT_SEG);
-        ZINC_TRY(writer_submit(w, p + s, len, c->off + s));
+        ZINC_TRY(writer_submit(w, p + s, len, c->off + s, NULL));
         /* the blocks wholly inside this write, checksummed while it is in flight */
         for (uint64_t b = s; b < s + len && b + CKPT_BLOCK <= direct; b += CKPT_BLOCK)
             c->crcs[b / CKPT_BLOCK] = zinc_crc32c(0, p + b, CKPT_BLOCK);
@@ -716,11 +744,13 @@ static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_c
     w.prog = &prog;
 
     ZINC_TRY(zinc_aio_open(aio, path, ZINC_AIO_WRITE | ZINC_AIO_CREATE | ZINC_AIO_TRUNC, &w.f));
-    for (int b = 0; b < CKPT_INFLIGHT; b++)
-        if (!(w.buf[b] = zinc_aio_buf_alloc(CKPT_SEG))) {
+    for (int b = 0; b < CKPT_INFLIGHT; b++) {
+        if (!(w.bufs[b] = zinc_aio_buf_alloc(CKPT_SEG))) {
             st = zinc_error(ZINC_ERR_NOMEM, "%s: no memory for staging buffers", path);
             goto cleanup;
         }
+        w.pool[w.n_pool++] = w.bufs[b];
+    }
     for (int j = 0, i = 0; j < k; i++) {
         const zinc_ckpt_piece *p = &L->pieces[i];
         if (p->n == 0) continue;
@@ -728,7 +758,7 @@ static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_c
     }
     ZINC_TRY(writer_stage(&w, NULL, (size_t)(off - w.pos), NULL, NULL, NULL)); /* last padding */
     ZINC_TRY(writer_flush(&w));
-    for (int b = 0; b < CKPT_INFLIGHT; b++) ZINC_TRY(writer_next_slot(&w));
+    while (w.count > 0) ZINC_TRY(writer_retire(&w));
     ZINC_TRY(zinc_aio_fsync(w.f));
     st = zinc_aio_close(w.f);
     w.f = NULL;
@@ -737,11 +767,11 @@ cleanup:
         /* drain and close without losing the first failure's detail */
         char keep[1024];
         last_error_copy(keep, sizeof keep);
-        for (int b = 0; b < CKPT_INFLIGHT; b++) wait_opt(&w.req[b]);
+        for (int q = 0; q < CKPT_READ_WINDOW; q++) wait_opt(&w.req[q]);
         zinc_aio_close(w.f);
         zinc_error(st, "%s", keep);
     }
-    for (int b = 0; b < CKPT_INFLIGHT; b++) zinc_aio_buf_free(w.buf[b]);
+    for (int b = 0; b < CKPT_INFLIGHT; b++) zinc_aio_buf_free(w.bufs[b]);
     return st;
 }
 
@@ -1522,19 +1552,26 @@ static zinc_status reader_file(zinc_ckpt_reader *r, int fi, const ckpt_mtensor *
 }
 
 /* One transfer: blocks [blk0, blk0+nblk) of chunk c of tensor t; elements [e_lo, e_hi)
- * of it go to dst (element e at dst + (e - dst_e0) * dst size). */
+ * of it go to dst as dtype ddt (element e at dst + (e - de0) * size of ddt; dst NULL:
+ * verify only). A direct segment is read straight into dst and checked there: its
+ * elements are all of the segment, the dtype is the stored one, and dst is aligned like
+ * the file offset, so the aio engine can go O_DIRECT. */
 typedef struct ck_seg {
     const ckpt_mtensor *t;
     const ckpt_chunk *c;
     uint64_t blk0, nblk;
     int64_t e_lo, e_hi;
+    uint8_t *dst;
+    zinc_dtype ddt;
+    int64_t de0;
+    int direct;
 } ck_seg;
 
-typedef struct ck_dst {
-    void *dst;
-    zinc_dtype dtype;
-    int64_t e0;
-} ck_dst;
+/* A growing list of segments. */
+typedef struct ck_segs {
+    ck_seg *s;
+    size_t n, cap;
+} ck_segs;
 
 static void convert(const void *src, zinc_dtype sdt, void *dst, zinc_dtype ddt, size_t n)
 {
@@ -1565,6 +1602,12 @@ static void seg_range(const ck_seg *s, uint64_t *foff, size_t *len)
     *len = (size_t)(b1 - b0);
 }
 
+/* Where element e of segment s's chunk goes. */
+static uint8_t *seg_dst(const ck_seg *s, int64_t e)
+{
+    return s->dst + (size_t)(e - s->de0) * zinc_dtype_size(s->ddt);
+}
+
 static zinc_status seg_submit(zinc_ckpt_reader *r, const ck_seg *s, uint8_t *buf, zinc_aio_req **req)
 {
     uint64_t foff;
@@ -1572,6 +1615,7 @@ static zinc_status seg_submit(zinc_ckpt_reader *r, const ck_seg *s, uint8_t *buf
     zinc_status st = reader_file(r, s->c->file, s->t, s->c);
     if (st != ZINC_OK) return st;
     seg_range(s, &foff, &len);
+    if (s->direct) return zinc_aio_pread_async(r->fh[s->c->file], seg_dst(s, s->e_lo), len, foff, req);
     size_t rl = len;
     /* read whole 4 KiB pages when the file has them: O_DIRECT friendly */
     if (foff % CKPT_ALIGN == 0 && foff + align_up(len, CKPT_ALIGN) <= r->fsize[s->c->file])
@@ -1579,9 +1623,13 @@ static zinc_status seg_submit(zinc_ckpt_reader *r, const ck_seg *s, uint8_t *buf
     return zinc_aio_pread_async(r->fh[s->c->file], buf, rl, foff, req);
 }
 
-static zinc_status seg_finish(zinc_ckpt_reader *r, const ck_seg *s, const uint8_t *buf, const ck_dst *d)
+/* Checks the crc of every block of s (read into buf, or into dst if direct) and converts
+ * the wanted elements of each block into dst right after its check, while it is in cache. */
+static zinc_status seg_finish(zinc_ckpt_reader *r, const ck_seg *s, const uint8_t *buf)
 {
     const ckpt_chunk *c = s->c;
+    size_t esz = zinc_dtype_size(s->t->t.dtype);
+    if (s->direct) buf = seg_dst(s, s->e_lo);
     for (uint64_t k = 0; k < s->nblk; k++) {
         uint64_t blk = s->blk0 + k, b0 = blk * CKPT_BLOCK;
         size_t bl = (size_t)(c->bytes - b0 < CKPT_BLOCK ? c->bytes - b0 : CKPT_BLOCK);
@@ -1592,121 +1640,162 @@ static zinc_status seg_finish(zinc_ckpt_reader *r, const ck_seg *s, const uint8_
                               r->m.dir, r->m.files[c->file].name, s->t->t.name, s->t->t.kind,
                               (unsigned long long)(c->off + b0), (unsigned long long)blk, (long long)c->eo,
                               (long long)(c->eo + c->n));
-    }
-    if (d && s->e_hi > s->e_lo) {
-        size_t esz = zinc_dtype_size(s->t->t.dtype);
-        int64_t seg_e0 = c->eo + (int64_t)(s->blk0 * CKPT_BLOCK / esz);
-        convert(buf + (size_t)(s->e_lo - seg_e0) * esz, s->t->t.dtype,
-                (uint8_t *)d->dst + (size_t)(s->e_lo - d->e0) * zinc_dtype_size(d->dtype), d->dtype,
-                (size_t)(s->e_hi - s->e_lo));
+        if (!s->dst || s->direct) continue;
+        /* elements of this block (an element may straddle blocks only if esz does not
+         * divide the block size, which no dtype allows) */
+        int64_t be0 = c->eo + (int64_t)(b0 / esz), be1 = c->eo + (int64_t)((b0 + bl) / esz);
+        int64_t lo = s->e_lo > be0 ? s->e_lo : be0, hi = s->e_hi < be1 ? s->e_hi : be1;
+        if (lo < hi)
+            convert(buf + k * CKPT_BLOCK + (size_t)(lo - be0) * esz, s->t->t.dtype, seg_dst(s, lo), s->ddt,
+                    (size_t)(hi - lo));
     }
     return ZINC_OK;
 }
 
-/* Runs segments with CKPT_INFLIGHT transfers in flight, checking each in order. */
-static zinc_status run_segs(zinc_ckpt_reader *r, const ck_seg *segs, size_t n, const ck_dst *d,
-                            zinc_ckpt_progress_fn progress, void *u, uint64_t *done, uint64_t total)
+/* Runs segments in order, checking each as it completes: up to CKPT_READ_WINDOW transfers
+ * in flight, of which at most CKPT_INFLIGHT staged (each owning one of the reader's
+ * CKPT_SEG buffers; direct segments need none). prog (may be NULL) advances by each
+ * segment's bytes. */
+static zinc_status run_segs(zinc_ckpt_reader *r, const ck_seg *segs, size_t n, ck_progress *prog)
 {
     zinc_status st = ZINC_OK;
-    zinc_aio_req *req[CKPT_INFLIGHT] = {NULL};
-    const size_t K = CKPT_INFLIGHT;
+    zinc_aio_req *req[CKPT_READ_WINDOW] = {NULL};
+    uint8_t *bufs[CKPT_READ_WINDOW] = {NULL}; /* staging buffer of each in-flight slot */
+    uint8_t *pool[CKPT_INFLIGHT];
+    int n_pool = 0;
+    size_t head = 0, count = 0, next = 0;
     if (n == 0) return ZINC_OK;
-    for (size_t b = 0; b < K; b++)
-        if (!r->buf[b] && !(r->buf[b] = zinc_aio_buf_alloc(CKPT_SEG)))
-            return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: no memory for read buffers");
-    size_t next = 0;
-    for (; next < n && next < K; next++) ZINC_TRY(seg_submit(r, &segs[next], r->buf[next], &req[next]));
-    for (size_t i = 0; i < n; i++) {
-        size_t b = i % K;
-        st = wait_opt(&req[b]);
+    for (size_t i = 0; i < n && n_pool == 0; i++)
+        if (!segs[i].direct) { /* some segment is staged: make sure the buffers exist */
+            for (int b = 0; b < CKPT_INFLIGHT; b++) {
+                if (!r->buf[b] && !(r->buf[b] = zinc_aio_buf_alloc(CKPT_SEG)))
+                    return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: no memory for read buffers");
+                pool[n_pool++] = r->buf[b];
+            }
+        }
+    while (next < n || count > 0) {
+        /* fill the window in order: a staged segment waits for a free buffer */
+        while (next < n && count < CKPT_READ_WINDOW && (segs[next].direct || n_pool > 0)) {
+            size_t k = (head + count) % CKPT_READ_WINDOW;
+            bufs[k] = segs[next].direct ? NULL : pool[--n_pool];
+            st = seg_submit(r, &segs[next], bufs[k], &req[k]);
+            if (st != ZINC_OK) {
+                if (bufs[k]) pool[n_pool++] = bufs[k];
+                goto cleanup;
+            }
+            next++;
+            count++;
+        }
+        const ck_seg *s = &segs[next - count];
+        st = wait_opt(&req[head]);
         if (st != ZINC_OK) {
             char err[1024];
             last_error_copy(err, sizeof err);
-            st = zinc_error(st, "%s (tensor %s (%s))", err, segs[i].t->t.name, segs[i].t->t.kind);
+            st = zinc_error(st, "%s (tensor %s (%s))", err, s->t->t.name, s->t->t.kind);
             goto cleanup;
         }
-        ZINC_TRY(seg_finish(r, &segs[i], r->buf[b], d));
-        if (progress) {
+        ZINC_TRY(seg_finish(r, s, bufs[head]));
+        if (bufs[head]) pool[n_pool++] = bufs[head];
+        head = (head + 1) % CKPT_READ_WINDOW;
+        count--;
+        if (prog) {
             uint64_t foff;
             size_t len;
-            seg_range(&segs[i], &foff, &len);
-            *done += len;
-            progress(*done, total, u);
-        }
-        if (next < n) { /* next % K == b: reuse the buffer just consumed */
-            ZINC_TRY(seg_submit(r, &segs[next], r->buf[b], &req[b]));
-            next++;
+            seg_range(s, &foff, &len);
+            progress_add(prog, len);
         }
     }
 cleanup:
     if (st != ZINC_OK) {
         char keep[1024];
         last_error_copy(keep, sizeof keep);
-        for (size_t b = 0; b < K; b++) wait_opt(&req[b]);
+        for (size_t k = 0; k < CKPT_READ_WINDOW; k++) wait_opt(&req[k]);
         zinc_error(st, "%s", keep);
     }
     return st;
 }
 
-/* Appends to *segs the segments reading elements [lo, hi) of chunk c (all of it when
- * lo == hi == -1: verify). */
-static zinc_status add_segs(ck_seg **segs, size_t *n, size_t *cap, const ckpt_mtensor *t, const ckpt_chunk *c,
-                            int64_t lo, int64_t hi)
+static uint64_t segs_bytes(const ck_segs *l)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        uint64_t foff;
+        size_t len;
+        seg_range(&l->s[i], &foff, &len);
+        total += len;
+    }
+    return total;
+}
+
+/* Appends the segments reading elements [lo, hi) of chunk c into dst (element e at
+ * dst + (e - de0) * size of ddt); all of it, unconverted, when dst is NULL (verify). */
+static zinc_status add_segs(ck_segs *l, const ckpt_mtensor *t, const ckpt_chunk *c, int64_t lo, int64_t hi,
+                            void *dst, zinc_dtype ddt, int64_t de0)
 {
     size_t esz = zinc_dtype_size(t->t.dtype);
     uint64_t blo = 0, bhi = c->bytes;
-    if (lo >= 0) {
+    if (dst) {
         blo = (uint64_t)(lo - c->eo) * esz;
         bhi = (uint64_t)(hi - c->eo) * esz;
     }
     uint64_t k0 = blo / CKPT_BLOCK, k1 = (bhi + CKPT_BLOCK - 1) / CKPT_BLOCK;
     const uint64_t per = CKPT_SEG / CKPT_BLOCK;
     for (uint64_t k = k0; k < k1; k += per) {
-        if (*n == *cap) {
-            size_t nc = *cap ? 2 * *cap : 16;
-            ck_seg *s = realloc(*segs, nc * sizeof *s);
+        if (l->n == l->cap) {
+            size_t nc = l->cap ? 2 * l->cap : 16;
+            ck_seg *s = realloc(l->s, nc * sizeof *s);
             if (!s) return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: out of memory");
-            *segs = s;
-            *cap = nc;
+            l->s = s;
+            l->cap = nc;
         }
-        ck_seg *s = &(*segs)[(*n)++];
+        ck_seg *s = &l->s[l->n++];
+        memset(s, 0, sizeof *s);
         s->t = t;
         s->c = c;
         s->blk0 = k;
         s->nblk = k1 - k < per ? k1 - k : per;
-        if (lo >= 0) {
-            int64_t s_e0 = c->eo + (int64_t)(k * CKPT_BLOCK / esz);
-            int64_t s_e1 = c->eo + (int64_t)((k + s->nblk) * CKPT_BLOCK / esz);
-            s->e_lo = lo > s_e0 ? lo : s_e0;
-            s->e_hi = hi < s_e1 ? hi : s_e1;
-        } else {
-            s->e_lo = s->e_hi = 0;
-        }
+        if (!dst) continue;
+        int64_t s_e0 = c->eo + (int64_t)(k * CKPT_BLOCK / esz);
+        uint64_t b1 = (k + s->nblk) * CKPT_BLOCK < c->bytes ? (k + s->nblk) * CKPT_BLOCK : c->bytes;
+        int64_t s_e1 = c->eo + (int64_t)(b1 / esz);
+        s->e_lo = lo > s_e0 ? lo : s_e0;
+        s->e_hi = hi < s_e1 ? hi : s_e1;
+        s->dst = dst;
+        s->ddt = ddt;
+        s->de0 = de0;
+        s->direct = ddt == t->t.dtype && s->e_lo == s_e0 && s->e_hi == s_e1 &&
+                    ((uintptr_t)seg_dst(s, s_e0) - (c->off + k * CKPT_BLOCK)) % CKPT_ALIGN == 0;
     }
     return ZINC_OK;
 }
 
-/* Reads elements [off, off+n) of manifest tensor ti into dst as dtype. */
-static zinc_status reader_read(zinc_ckpt_reader *r, int ti, int64_t off, int64_t n, zinc_dtype dtype, void *dst)
+/* Appends the segments reading elements [off, off+n) of manifest tensor ti into dst as dtype. */
+static zinc_status add_read_segs(zinc_ckpt_reader *r, ck_segs *l, int ti, int64_t off, int64_t n, zinc_dtype dtype,
+                                 void *dst)
 {
     const ckpt_mtensor *t = &r->m.tensors[ti];
+    zinc_status st = ZINC_OK;
     if (off < 0 || n < 0 || off > t->numel || n > t->numel - off)
         return zinc_error(ZINC_ERR_INVALID_ARG, "tensor %s (%s): elements [%lld, %lld) outside its %lld", t->t.name,
                           t->t.kind, (long long)off, (long long)(off + n), (long long)t->numel);
     if (t->t.dtype != dtype && !(is_float16_or_32(t->t.dtype) && is_float16_or_32(dtype)))
         return zinc_error(ZINC_ERR_UNSUPPORTED, "tensor %s (%s): cannot convert stored %s to %s", t->t.name, t->t.kind,
                           zinc_dtype_name(t->t.dtype), zinc_dtype_name(dtype));
-    ck_seg *segs = NULL;
-    size_t ns = 0, cap = 0;
-    zinc_status st = ZINC_OK;
     for (int j = 0; j < t->n_chunks && st == ZINC_OK; j++) {
         const ckpt_chunk *c = &t->chunks[j];
         int64_t lo = off > c->eo ? off : c->eo, hi = off + n < c->eo + c->n ? off + n : c->eo + c->n;
-        if (lo < hi) st = add_segs(&segs, &ns, &cap, t, c, lo, hi);
+        if (lo < hi) st = add_segs(l, t, c, lo, hi, dst, dtype, off);
     }
-    ck_dst d = {dst, dtype, off};
-    if (st == ZINC_OK) st = run_segs(r, segs, ns, &d, NULL, NULL, NULL, 0);
-    free(segs);
+    return st;
+}
+
+/* Reads elements [off, off+n) of manifest tensor ti into dst as dtype. */
+static zinc_status reader_read(zinc_ckpt_reader *r, int ti, int64_t off, int64_t n, zinc_dtype dtype, void *dst)
+{
+    ck_segs l = {0};
+    zinc_status st = add_read_segs(r, &l, ti, off, n, dtype, dst);
+    if (st == ZINC_OK) st = run_segs(r, l.s, l.n, NULL);
+    free(l.s);
     return st;
 }
 
@@ -1733,9 +1822,8 @@ zinc_status zinc_ckpt_reader_verify(zinc_ckpt_reader *r, zinc_ckpt_progress_fn p
 {
     zinc_status st = ZINC_OK;
     file_chunk *fc = NULL;
-    ck_seg *segs = NULL;
-    size_t ns = 0, cap = 0;
-    uint64_t total = 0, done = 0;
+    ck_segs l = {0};
+    ck_progress prog;
     char p[CK_PATH];
     for (int f = 0; f < r->m.n_files; f++) {
         ZINC_TRY(reader_file(r, f, NULL, NULL));
@@ -1757,14 +1845,13 @@ zinc_status zinc_ckpt_reader_verify(zinc_ckpt_reader *r, zinc_ckpt_progress_fn p
                             fc[i - 1].t->t.name, fc[i].t->t.name, r->m.files[fc[i].c->file].name);
             goto cleanup;
         }
-        ZINC_TRY(add_segs(&segs, &ns, &cap, fc[i].t, fc[i].c, -1, -1));
-        total += fc[i].c->bytes;
+        ZINC_TRY(add_segs(&l, fc[i].t, fc[i].c, 0, 0, NULL, fc[i].t->t.dtype, 0));
     }
-    if (progress) progress(0, total, u);
-    st = run_segs(r, segs, ns, NULL, progress, u, &done, total);
+    progress_start(&prog, progress, u, segs_bytes(&l));
+    st = run_segs(r, l.s, l.n, &prog);
 cleanup:
     free(fc);
-    free(segs);
+    free(l.s);
     return st;
 }
 
@@ -1788,6 +1875,7 @@ zinc_status zinc_ckpt_load(zinc_comm *world, zinc_aio *aio, const char *save_dir
     int64_t len = 0;
     zinc_ckpt_reader *r = NULL;
     int *map = NULL;
+    ck_segs segs = {0};
     if (meta_json_out) *meta_json_out = NULL;
 
     ckdir = calloc(1, CK_PATH);
@@ -1839,10 +1927,16 @@ zinc_status zinc_ckpt_load(zinc_comm *world, zinc_aio *aio, const char *save_dir
                             ckdir, w->name, w->kind, s1, s2);
         }
     }
+    /* all pieces through one pipeline: no drain between small pieces */
     for (int i = 0; st == ZINC_OK && i < want->n_pieces; i++) {
         const zinc_ckpt_piece *p = &want->pieces[i];
         if (p->n == 0) continue;
-        st = reader_read(r, map[p->tensor], p->offset, p->n, want->tensors[p->tensor].dtype, p->data);
+        st = add_read_segs(r, &segs, map[p->tensor], p->offset, p->n, want->tensors[p->tensor].dtype, p->data);
+    }
+    if (st == ZINC_OK) {
+        ck_progress prog;
+        progress_start(&prog, g_progress_fn, g_progress_u, segs_bytes(&segs));
+        st = run_segs(r, segs.s, segs.n, &prog);
     }
     if (st == ZINC_OK && meta_json_out) {
         *meta_json_out = strdup(r->m.meta);
@@ -1854,6 +1948,7 @@ zinc_status zinc_ckpt_load(zinc_comm *world, zinc_aio *aio, const char *save_dir
         *meta_json_out = NULL;
     }
 cleanup:
+    free(segs.s);
     zinc_ckpt_reader_close(r);
     free(map);
     free(text);

@@ -11,6 +11,7 @@
 #define CKPT_BLOCK ZINC_CKPT_BLOCK_BYTES  /* crc32c block */
 #define CKPT_SEG (8u << 20)               /* staging/transfer segment, a multiple of CKPT_BLOCK */
 #define CKPT_INFLIGHT 4                   /* segments in flight per reader/writer */
+#define CKPT_READ_WINDOW 16               /* transfers in flight (direct ones need no buffer) */
 #define CKPT_PROGRESS_STEP (64ull << 20)  /* progress calls at least this far apart (or 1%) */
 
 /* crc32c through the portable slice-by-8 path whatever the CPU (tests compare both). */

@@ -12,11 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "zinc/aio.h"
 #include "zinc/ckpt.h"
+#include "zinc/progress.h"
 #include "zinc/safetensors.h"
 
 #define PROGRESS_MIN_BYTES (64ull << 20)
@@ -48,44 +48,6 @@ static int fail(void)
 static double mib(uint64_t b)
 {
     return (double)b / (1024.0 * 1024.0);
-}
-
-/* ---- progress bar ------------------------------------------------------------------------ */
-
-typedef struct progress {
-    const char *what;
-    int on;
-    double last;
-    int drawn;
-} progress;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void progress_cb(uint64_t done, uint64_t total, void *u)
-{
-    progress *p = u;
-    if (!p->on || total < PROGRESS_MIN_BYTES) return;
-    double t = now_s();
-    if (done < total && t - p->last < 0.1) return;
-    p->last = t;
-    int w = 30, k = (int)((double)w * (double)done / (double)total);
-    char bar[40];
-    for (int i = 0; i < w; i++) bar[i] = i < k ? '#' : '.';
-    bar[w] = '\0';
-    fprintf(stderr, "\r%s [%s] %3d%% %.0f/%.0f MiB", p->what, bar, (int)(100.0 * (double)done / (double)total),
-            mib(done), mib(total));
-    p->drawn = 1;
-}
-
-static void progress_end(progress *p)
-{
-    if (p->drawn) fputc('\n', stderr);
-    p->drawn = 0;
 }
 
 /* ---- info -------------------------------------------------------------------------------- */
@@ -174,10 +136,11 @@ static int cmd_info(zinc_aio *aio, const char *dir)
 static int cmd_verify(zinc_aio *aio, const char *dir)
 {
     zinc_ckpt_reader *r = NULL;
-    progress p = {"verify", isatty(2), 0, 0};
+    zinc_progress p;
+    zinc_progress_init(&p, "verify", isatty(STDERR_FILENO), 30, PROGRESS_MIN_BYTES);
     if (zinc_ckpt_reader_open(aio, dir, &r) != ZINC_OK) return fail();
-    zinc_status st = zinc_ckpt_reader_verify(r, progress_cb, &p);
-    progress_end(&p);
+    zinc_status st = zinc_ckpt_reader_verify(r, zinc_progress_cb, &p);
+    zinc_progress_end(&p);
     if (st != ZINC_OK) {
         zinc_ckpt_reader_close(r);
         return fail();
@@ -201,7 +164,7 @@ typedef struct export_ctx {
     zinc_ckpt_reader *r;
     const int *idx;            /* reader tensor of each entry */
     const zinc_st_entry *e;
-    progress *p;
+    zinc_progress *p;
     uint64_t done, total;
 } export_ctx;
 
@@ -211,7 +174,7 @@ static zinc_status export_src(void *u, size_t i, uint64_t off, void *dst, size_t
     size_t esz = zinc_dtype_size(x->e[i].dtype);
     zinc_status st = zinc_ckpt_reader_read(x->r, x->idx[i], (int64_t)(off / esz), (int64_t)(n / esz), x->e[i].dtype, dst);
     x->done += n;
-    progress_cb(x->done, x->total, x->p);
+    zinc_progress_update(x->p, x->done, x->total);
     return st;
 }
 
@@ -260,11 +223,12 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
         fprintf(stderr, "zinc-ckpt: %s has no tensors of kind %s\n", zinc_ckpt_reader_dir(r), kind);
         goto done;
     }
-    progress p = {"export", isatty(2), 0, 0};
+    zinc_progress p;
+    zinc_progress_init(&p, "export", isatty(STDERR_FILENO), 30, PROGRESS_MIN_BYTES);
     export_ctx x = {r, idx, e, &p, 0, total};
     const char *meta[] = {"format", "pt", "zinc_tag", zinc_ckpt_reader_tag(r), "zinc_kind", kind};
     zinc_status st = zinc_st_write(out, e, ne, export_src, &x, meta, 3);
-    progress_end(&p);
+    zinc_progress_end(&p);
     if (st != ZINC_OK) {
         fail();
         goto done;

@@ -13,6 +13,7 @@
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,14 +24,19 @@
 #include <cblas.h>
 
 #include "zinc/aio.h"
+#include "zinc/ckpt.h"
 #include "zinc/comm.h"
 #include "zinc/config.h"
 #include "zinc/data.h"
 #include "zinc/engine.h"
 #include "zinc/gpt2.h"
 #include "zinc/log.h"
+#include "zinc/progress.h"
 
 #define MAX_OVERRIDES 64
+#define CKPT_BAR_MIN_BYTES (64ull << 20) /* smaller checkpoints go by without a bar */
+
+static zinc_progress ckpt_bar; /* rank 0's checkpoint progress line (off unless a terminal) */
 
 static void usage(FILE *f)
 {
@@ -61,10 +67,10 @@ static int estimate_memory(const zinc_config *cfg, int n)
         }
         if (stage == 0)
             printf("model-state memory per rank, %d ranks, %s (MiB):\n"
-                   "stage    params     grads    master optimizer     total   +buckets\n", n, prec);
-        printf("%5d %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f\n", stage, m.params / 1048576.0,
+                   "stage    params     grads    master optimizer     total   +buckets   on nvme\n", n, prec);
+        printf("%5d %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f %9.1f\n", stage, m.params / 1048576.0,
                m.grads / 1048576.0, m.master / 1048576.0, m.optimizer / 1048576.0,
-               m.total / 1048576.0, (m.total + m.buffers) / 1048576.0);
+               m.total / 1048576.0, (m.total + m.buffers) / 1048576.0, m.nvme / 1048576.0);
     }
     zinc_gpt2_destroy(g);
     return rc;
@@ -99,6 +105,7 @@ static zinc_status agree(zinc_comm *w, zinc_status st)
     if (lo[0] == INT_MAX) return ZINC_OK;
     int64_t code = lo[0] == zinc_comm_rank(w) ? st : 0;
     zinc_comm_all_reduce(w, &code, &lo[1], 1, ZINC_DTYPE_I64, ZINC_REDOP_MAX, NULL);
+    zinc_progress_end(&ckpt_bar); /* a failed load's bar must not swallow the message */
     if (lo[0] == zinc_comm_rank(w)) fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
     return (zinc_status)lo[1];
 }
@@ -106,6 +113,7 @@ static zinc_status agree(zinc_comm *w, zinc_status st)
 /* A step failed on this rank: say so and take the whole job down. */
 static void die(zinc_comm *w, const char *what)
 {
+    zinc_progress_end(&ckpt_bar);
     fprintf(stderr, "zinc-train: rank %d: %s: %s\n", zinc_comm_rank(w), what, zinc_last_error());
     fflush(stderr);
     if (zinc_comm_size(w) > 1) zinc_comm_abort(w, 1);
@@ -309,6 +317,12 @@ int main(int argc, char **argv)
         st = agree(world, zinc_engine_init_from(eng, cfg.model.init_from));
         if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     }
+    /* rank 0 on a terminal: "[checkpoint] 45% 1.2/2.7 GiB 1.3 GB/s" while big checkpoints
+     * load or save (its own bytes; the ranks move theirs in parallel) */
+    if (rank == 0 && isatty(STDERR_FILENO)) {
+        zinc_progress_init(&ckpt_bar, "[checkpoint]", 1, 0, CKPT_BAR_MIN_BYTES);
+        zinc_ckpt_set_progress(zinc_progress_cb, &ckpt_bar);
+    }
     if (cfg.train.save_dir[0] || cfg.train.resume[0]) {
         zinc_aio_opts ao;
         zinc_aio_opts_default(&ao);
@@ -406,12 +420,33 @@ int main(int argc, char **argv)
             }
         }
     }
+    /* peak resident memory (largest rank) and storage I/O (all ranks) */
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    int64_t mx = (int64_t)ru.ru_maxrss * 1024, io[2] = {0, 0};
+    FILE *pio = fopen("/proc/self/io", "r");
+    if (pio) {
+        char k[64];
+        long long v;
+        while (fscanf(pio, "%63[^:]: %lld\n", k, &v) == 2) {
+            if (!strcmp(k, "read_bytes")) io[0] = v;
+            if (!strcmp(k, "write_bytes")) io[1] = v;
+        }
+        fclose(pio);
+    }
+    if (size > 1) {
+        zinc_comm_all_reduce(world, &mx, &mx, 1, ZINC_DTYPE_I64, ZINC_REDOP_MAX, NULL);
+        zinc_comm_all_reduce(world, io, io, 2, ZINC_DTYPE_I64, ZINC_REDOP_SUM, NULL);
+    }
     if (rank == 0 && cfg.train.max_steps >= first_step)
-        printf("done: %lld steps in %.1f s | loss %.4f -> %.4f | mean %.0f tok/s\n",
+        printf("done: %lld steps in %.1f s | loss %.4f -> %.4f | mean %.0f tok/s | peak RSS %.0f "
+               "MiB/rank | storage I/O %.2f GiB read, %.2f GiB written\n",
                (long long)(cfg.train.max_steps - first_step + 1), now_s() - t_start, first_loss,
-               last_loss, n_tok_s ? tok_s_sum / n_tok_s : 0.0);
+               last_loss, n_tok_s ? tok_s_sum / n_tok_s : 0.0, mx / 1048576.0,
+               io[0] / 1073741824.0, io[1] / 1073741824.0);
 
 done:
+    zinc_ckpt_set_progress(NULL, NULL);
     if (metrics) fclose(metrics);
     zinc_aio_destroy(aio);
     zinc_engine_destroy(eng);

@@ -60,6 +60,18 @@ typedef struct zinc_ckpt_layout {
     int n_pieces;
 } zinc_ckpt_layout;
 
+/* Progress callback: done and total bytes of the current operation. */
+typedef void (*zinc_ckpt_progress_fn)(uint64_t done, uint64_t total, void *u);
+
+/* Installs a process-wide progress hook (fn NULL: none, the default) that zinc_ckpt_save
+ * and zinc_ckpt_load call on every rank with this rank's bytes done and total: the rank
+ * file's bytes written (save) or the stored bytes read (load). Called once with done 0,
+ * then as bytes complete, at least min(total / 100, 64 MiB) bytes apart, and once with
+ * done == total when the rank's data is through (a save's commit and a load's agreement
+ * follow). fn runs on the calling thread and must not call zinc_ckpt_*. Not thread-safe:
+ * set it while no save or load runs. */
+void zinc_ckpt_set_progress(zinc_ckpt_progress_fn fn, void *u);
+
 /* Collective over world. Saves checkpoint <save_dir>/<tag> (save_dir is created if needed):
  * every rank writes its pieces (one chunk each, 4 KiB aligned, crc32c per 1 MiB block) to
  * <tag>.partial/rank-%05d.bin in parallel and fsyncs it; rank 0 gathers the chunk tables,
@@ -104,8 +116,6 @@ zinc_status zinc_ckpt_load(zinc_comm *world, zinc_aio *aio, const char *save_dir
  * missing or unreadable, ZINC_ERR_CORRUPT if it does not hold a valid tag. */
 zinc_status zinc_ckpt_resolve_latest(const char *save_dir, char *tag, size_t cap);
 
-/* Progress callback: done and total bytes of the current operation. */
-typedef void (*zinc_ckpt_progress_fn)(uint64_t done, uint64_t total, void *u);
 
 /* Checks one checkpoint directory completely: manifest, every file's size, every crc.
  * ckpt_dir is a checkpoint (holding manifest.json) or a save_dir (its latest is used).
