@@ -18,6 +18,7 @@ cat > "$dir/cap.json" <<JSON
   "train_micro_batch_size_per_gpu": 1,
   "gradient_clipping": 1.0,
   "steps_per_print": 1,
+  "wall_clock_breakdown": true,
   "bf16": {"enabled": true},
   "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.1}},
   "zero_optimization": {

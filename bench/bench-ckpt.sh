@@ -4,7 +4,8 @@
 # (bench/bench_ckpt.c says what each number measures). Target: save/raw_write and
 # load/raw_read >= 0.8. Medians of RUNS runs; GB/s = 1e9 B/s per rank.
 # Usage: bench/bench-ckpt.sh [-s SIZE=1G per rank] [-r RUNS=3] [-k "RANKS"="1 2"]
-#                            [-x "bench_ckpt options"] [DIR=a mktemp dir under /tmp]
+#                            [-x "bench_ckpt options", e.g. -x -U: unaligned memory, staged path]
+#                            [DIR=a mktemp dir under /tmp]
 # BUILD=build by default. A DIR given must exist; what the bench writes there is removed.
 set -euo pipefail
 BUILD=${BUILD:-build}
@@ -13,7 +14,7 @@ size=1G runs=3 ranks="1 2" extra=""
 while getopts "s:r:k:x:" opt; do
     case $opt in
     s) size=$OPTARG ;; r) runs=$OPTARG ;; k) ranks=$OPTARG ;; x) extra=$OPTARG ;;
-    *) sed -n '2,8p' "$0"; exit 2 ;;
+    *) sed -n "2,9p" "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))

@@ -2,11 +2,13 @@
  * write and read bandwidth of the same file system through the same I/O path (zinc_aio).
  * An MPI program: run it under scripts/mpirun.sh N.
  *
- * Usage: bench_ckpt [-s SIZE] [-T TENSORS] [-n RUNS] [-b BLOCK] [-q QD] [-t THREADS] DIR
+ * Usage: bench_ckpt [-s SIZE] [-T TENSORS] [-n RUNS] [-b BLOCK] [-q QD] [-t THREADS] [-U] DIR
  *   SIZE      bytes per rank (K/M/G suffixes, binary; default 1G), split over TENSORS (4)
  *             f32 tensors of which every rank holds one disjoint slice each
  *   BLOCK/QD/THREADS  aio block_size, queue_depth, intra_op_parallelism (DeepSpeed
  *             defaults: 1M, 8, 1); the one engine serves both raw and checkpoint I/O
+ *   -U        tensor memory 64 bytes off 4 KiB alignment (as the engine's slabs): the
+ *             checkpoint then stages every byte instead of going direct (raw stays aligned)
  *   DIR       an existing directory; everything the bench writes there is removed again
  *
  * Every run, interleaved so that disk noise hits all four alike:
@@ -122,7 +124,7 @@ static double phase_time(zinc_comm *w, double t, zinc_status st, int *ok)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: bench_ckpt [-s SIZE] [-T TENSORS] [-n RUNS] [-b BLOCK] [-q QD] [-t THREADS] DIR\n");
+    fprintf(stderr, "usage: bench_ckpt [-s SIZE] [-T TENSORS] [-n RUNS] [-b BLOCK] [-q QD] [-t THREADS] [-U] DIR\n");
     return 2;
 }
 
@@ -137,8 +139,8 @@ int main(int argc, char **argv)
     zinc_aio_opts o;
     zinc_aio_opts_default(&o);
     size_t bytes = (size_t)1 << 30;
-    int n_t = 4, runs = 3, c;
-    while ((c = getopt(argc, argv, "s:T:n:b:q:t:")) != -1) {
+    int n_t = 4, runs = 3, c, unaligned = 0;
+    while ((c = getopt(argc, argv, "s:T:n:b:q:t:U")) != -1) {
         switch (c) {
         case 's': bytes = parse_size(optarg); break;
         case 'T': n_t = atoi(optarg); break;
@@ -146,6 +148,7 @@ int main(int argc, char **argv)
         case 'b': o.block_size = parse_size(optarg); break;
         case 'q': o.queue_depth = atoi(optarg); break;
         case 't': o.intra_op_parallelism = atoi(optarg); break;
+        case 'U': unaligned = 1; break;
         default: zinc_comm_destroy(w); return usage();
         }
     }
@@ -163,7 +166,10 @@ int main(int argc, char **argv)
     zinc_ckpt_tensor tensors[MAX_TENSORS];
     zinc_ckpt_piece save_p[MAX_TENSORS], load_p[MAX_TENSORS];
     memset(tensors, 0, sizeof tensors);
-    float *src = zinc_aio_buf_alloc(bytes), *dst = zinc_aio_buf_alloc(bytes);
+    /* 64 bytes of slack: -U shifts the checkpoint's view of both buffers off alignment */
+    uint8_t *src_mem = zinc_aio_buf_alloc(bytes + 64), *dst_mem = zinc_aio_buf_alloc(bytes + 64);
+    float *src = (float *)src_mem, *dst = (float *)dst_mem;
+    float *csrc = (float *)(src_mem + (unaligned ? 64 : 0)), *cdst = (float *)(dst_mem + (unaligned ? 64 : 0));
     zinc_aio *aio = NULL;
     int ok = src && dst;
     if (!ok) fprintf(stderr, "bench_ckpt: rank %d: cannot allocate 2 x %zu bytes\n", rank, bytes);
@@ -181,11 +187,11 @@ int main(int argc, char **argv)
         t->ndim = 1;
         t->shape[0] = per * size;
         t->tp_dim = -1;
-        save_p[i] = (zinc_ckpt_piece){i, per * rank, per, src + at};
-        load_p[i] = (zinc_ckpt_piece){i, per * rank, per, dst + at};
+        save_p[i] = (zinc_ckpt_piece){i, per * rank, per, csrc + at};
+        load_p[i] = (zinc_ckpt_piece){i, per * rank, per, cdst + at};
         /* a pattern that differs per rank, tensor and element */
         for (int64_t e = 0; e < per; e++)
-            src[at + e] = (float)((uint32_t)((per * rank + e) * 2654435761u + (uint32_t)i * 40503u) >> 8);
+            csrc[at + e] = (float)((uint32_t)((per * rank + e) * 2654435761u + (uint32_t)i * 40503u) >> 8);
         at += per;
     }
     zinc_ckpt_layout save_l = {tensors, n_t, save_p, n_t}, load_l = {tensors, n_t, load_p, n_t};
@@ -198,8 +204,9 @@ int main(int argc, char **argv)
     zinc_comm_all_reduce(w, &all_ok, &all_ok, 1, ZINC_DTYPE_I32, ZINC_REDOP_MIN, NULL);
     ok = all_ok;
     if (ok && rank == 0) {
-        printf("bench_ckpt: %d ranks, %zu bytes per rank in %d f32 tensors, aio bs=%zu qd=%d threads=%d, %d runs, %s\n",
-               size, bytes, n_t, o.block_size, o.queue_depth, o.intra_op_parallelism, runs, dir);
+        printf("bench_ckpt: %d ranks, %zu bytes per rank in %d f32 tensors (%s), aio bs=%zu qd=%d threads=%d, %d runs, %s\n",
+               size, bytes, n_t, unaligned ? "unaligned: staged" : "4 KiB aligned: direct", o.block_size,
+               o.queue_depth, o.intra_op_parallelism, runs, dir);
         fflush(stdout);
     }
     for (int r = 0; ok && r < runs; r++) {
@@ -236,13 +243,13 @@ int main(int argc, char **argv)
 
         snprintf(rankfile, sizeof rankfile, "%s/%s/rank-%05d.bin", save_dir, tag, rank);
         drop_cache(rankfile);
-        memset(dst, 0xff, bytes);
+        memset(dst_mem, 0xff, bytes + 64);
         zinc_comm_barrier(w);
         t0 = now_s();
         st = zinc_ckpt_load(w, aio, save_dir, tag, &load_l, NULL);
         secs[PH_LOAD][r] = phase_time(w, now_s() - t0, st, &ok);
         if (!ok) break;
-        if (memcmp(src, dst, bytes) != 0) {
+        if (memcmp(csrc, cdst, bytes) != 0) {
             zinc_error(ZINC_ERR_CORRUPT, "checkpoint %s/%s: loaded content differs from what was saved", save_dir, tag);
             phase_time(w, 0.0, ZINC_ERR_CORRUPT, &ok);
             break;
@@ -278,8 +285,8 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     zinc_aio_destroy(aio);
-    zinc_aio_buf_free(src);
-    zinc_aio_buf_free(dst);
+    zinc_aio_buf_free(src_mem);
+    zinc_aio_buf_free(dst_mem);
     zinc_comm_destroy(w);
     return ok ? 0 : 1;
 }

@@ -477,6 +477,7 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
     int L = e->n_layers;
     c->loss_sum = 0.0;
     const void *x = e->tokens;
+    double t0 = now_ms();
     for (int i = 0; i < L; i++) {
         zinc_layer *l = &e->layers[i];
         for (int j = 0; j < l->n_units; j++) ZINC_TRY(zero_unit_materialize(e, l->units[j]));
@@ -486,6 +487,8 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
         for (int j = 0; j < l->n_units; j++) maybe_release(e, l->units[j], i);
         x = e->out[i];
     }
+    double t1 = now_ms();
+    e->t_fwd += t1 - t0;
     const float *dy = NULL;
     for (int i = backward ? L - 1 : -1; i >= 0; i--) {
         zinc_layer *l = &e->layers[i];
@@ -506,6 +509,7 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
         dy = dx;
     }
     ZINC_TRY(zero_wait_pending(e, 1));
+    e->t_bwd += now_ms() - t1;
     *loss_sum += c->loss_sum;
 cleanup:
     for (int u = 0; u < L; u++) zero_unit_release(e, u);
@@ -581,6 +585,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     zinc_comm_reset_bytes(dpg);
 
     zero_grads_zero(e);
+    e->t_fwd = e->t_bwd = e->t_reduce = e->t_opt = e->t_opt_io = 0.0;
     double scale = e->scaler.scale;
     zinc_ctx c = {
         .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
@@ -593,6 +598,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         ZINC_TRY(zinc_data_get(data, first, e->B, e->tokens, e->targets));
         ZINC_TRY(micro_step(e, &c, &loss_sum, 1));
     }
+    double tr = now_ms();
     ZINC_TRY(zero_reduce_boundary(e));
 
     /* loss and global grad norm: one all-reduce of (loss, sum of squares) */
@@ -603,6 +609,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         else
             ZINC_TRY(zinc_comm_all_reduce(dpg, red, red, 2, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
     }
+    e->t_reduce = now_ms() - tr;
     double loss = red[0] / ((double)cfg->train_batch_size * e->T);
     double norm = sqrt(red[1]) / scale;
     int overflow = !isfinite(norm);
@@ -622,8 +629,14 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         if (cfg->gradient_clipping > 0 && norm > cfg->gradient_clipping)
             coef *= cfg->gradient_clipping / (norm + 1e-6);
         e->opt_step++;
+        double to = now_ms();
         ZINC_TRY(zero_optimizer_step(e, lr, coef, (int)e->opt_step));
+        e->t_opt = now_ms() - to;
     }
+    if (cfg->wall_clock_breakdown && e->dp_rank == 0)
+        ZINC_INFO("step %lld time (ms): forward %.1f | backward %.1f | reduce+norm %.1f | "
+                  "optimizer %.1f (waiting on NVMe %.1f)", (long long)e->step + 1, e->t_fwd,
+                  e->t_bwd, e->t_reduce, e->t_opt, e->t_opt_io);
     e->step++;
     e->samples += cfg->train_batch_size;
 

@@ -129,6 +129,9 @@ struct zinc_engine {
     engine_scaler scaler;
     zinc_mem_stats mem, mem_max;
 
+    /* wall_clock_breakdown: ms spent this step */
+    double t_fwd, t_bwd, t_reduce, t_opt, t_opt_io;
+
     /* offload: optimizer state (master, m, v) and/or ZeRO-3 param shards on NVMe */
     int opt_nvme, param_nvme;
     int master_sep;      /* master weights are their own array (16-bit params, or NVMe) */
