@@ -82,4 +82,7 @@ bench: all
 clean:
 	rm -rf build build-asan build-ubsan
 
+# CUDA backend: only with `make CUDA=1` (nvcc needed then, never otherwise); `make test-gpu`.
+-include cuda.mk
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -30,12 +30,16 @@
 #ifndef ZINC_OPS_CUDA_H
 #define ZINC_OPS_CUDA_H
 
-#include "zinc/ops.h"
 #include "zinc/status.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* zinc/ops.h has no C++ guards of its own; included here, inside them, so
+ * that C++ (CUDA) code that includes this header first links against the
+ * C symbols it declares (zinc_ops_cpu). */
+#include "zinc/ops.h"
 
 /* The CUDA op table (name "cuda"). Static storage, never NULL; calling it
  * touches no CUDA API, so it is safe on a machine without a GPU. */
@@ -50,8 +54,9 @@ const zinc_ops *zinc_ops_cuda(void);
  * This function first synchronizes the current device (cudaDeviceSynchronize),
  * so that faults of kernels still in flight are caught; then it returns the
  * recorded status (ZINC_OK if none), sets zinc_last_error() on the calling
- * thread to its one-line detail ("cudaMemcpy(...): kernels/cuda/ops_cuda.cu:123:
- * an illegal memory access was encountered"), and clears the record.
+ * thread to its one-line detail, "call: file:line: message" (e.g.
+ * "cudaMemcpy: kernels/cuda/ops_cuda.cu:123: an illegal memory access was
+ * encountered"), and clears the record.
  *
  * Call it once per step (or after a group of ops) and treat a non-OK
  * result as fatal for the device: a CUDA fault leaves the context unusable.

@@ -1,0 +1,73 @@
+/* cuda_int.h - private to kernels/cuda: the check macros every CUDA, cuBLAS
+ * and cuBLASLt call goes through, and the process-wide lazy state (cuBLASLt
+ * handle, workspace, scratch) that the kernels/cuda sources share.
+ * Nothing outside kernels/cuda includes this file. */
+#ifndef ZINC_CUDA_INT_H
+#define ZINC_CUDA_INT_H
+
+#include <stddef.h>
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include "zinc/status.h"
+
+/* Records a failed foreign call: sets this thread's zinc_last_error() to
+ * "call: file:line: message" (call cut at its first '(') and keeps it as the
+ * process-wide first error that zinc_cuda_last_status() reports, unless an
+ * earlier one is still pending. */
+void cuda_fail(zinc_status s, const char *call, const char *file, int line, const char *msg);
+
+/* Check macros: on failure they record through cuda_fail and jump to the
+ * function's `cleanup` label (one per function). In C++ a goto may not
+ * cross an initialized declaration, so functions declare their locals
+ * before the first *_TRY. */
+#define CUDA_TRY(call)                                                                  \
+    do {                                                                                \
+        const cudaError_t e_ = (call);                                                  \
+        if (e_ != cudaSuccess) {                                                        \
+            cuda_fail(e_ == cudaErrorMemoryAllocation ? ZINC_ERR_NOMEM : ZINC_ERR_CUDA, \
+                      #call, __FILE__, __LINE__, cudaGetErrorString(e_));               \
+            goto cleanup;                                                               \
+        }                                                                               \
+    } while (0)
+
+#define CUBLAS_TRY(call)                                                                  \
+    do {                                                                                  \
+        const cublasStatus_t s_ = (call);                                                 \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                \
+            cuda_fail(s_ == CUBLAS_STATUS_ALLOC_FAILED ? ZINC_ERR_NOMEM : ZINC_ERR_CUDA,  \
+                      #call, __FILE__, __LINE__, cublasGetStatusString(s_));              \
+            goto cleanup;                                                                 \
+        }                                                                                 \
+    } while (0)
+
+/* After a <<<...>>> launch: a bad configuration (or an earlier asynchronous
+ * fault) shows up here; `kernel` names it in the message. */
+#define LAUNCH_TRY(kernel)                                                              \
+    do {                                                                                \
+        const cudaError_t e_ = cudaGetLastError();                                      \
+        if (e_ != cudaSuccess) {                                                        \
+            cuda_fail(ZINC_ERR_CUDA, "launch " #kernel, __FILE__, __LINE__,             \
+                      cudaGetErrorString(e_));                                          \
+            goto cleanup;                                                               \
+        }                                                                               \
+    } while (0)
+
+/* Bytes of the cuBLASLt workspace (32 MiB: what cuBLAS asks for on Hopper). */
+#define CUDA_LT_WS_BYTES ((size_t)32 << 20)
+
+/* The lazy process-wide state, bound to the device current when it is
+ * first created. Returns 1 when it is ready for the current device, 0 after
+ * recording an error (creation failed, or another device is current). */
+int cuda_state_get(void);
+/* The cuBLASLt handle and its workspace; valid after cuda_state_get() == 1. */
+cublasLtHandle_t cuda_lt_handle(void);
+void *cuda_lt_workspace(void);
+/* A device scratch buffer of at least n_bytes, reused by every op (they all
+ * run in order on stream 0, so one op's use ends before the next starts).
+ * Growing it frees the old buffer (cudaFree synchronizes the device).
+ * Returns NULL after recording an error. Requires cuda_state_get() == 1. */
+void *cuda_scratch(size_t n_bytes);
+
+#endif
