@@ -435,30 +435,12 @@ static zinc_status index_write(zinc_aio *aio, const char *save_dir, char **tags,
 
 /* ---- error agreement -------------------------------------------------------------------- */
 
-typedef struct agree_msg {
-    int32_t status;
-    char detail[1020];
-} agree_msg;
 
 /* Collective: every rank returns the status of the lowest failing rank (with its detail),
  * or ZINC_OK if none failed. One all-reduce when all succeed. */
 static zinc_status agree(zinc_comm *w, zinc_status st)
 {
-    int rank = zinc_comm_rank(w);
-    int32_t v = st != ZINC_OK ? rank : INT32_MAX;
-    zinc_status cs = zinc_comm_all_reduce(w, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_MIN, NULL);
-    if (cs != ZINC_OK) return cs;
-    if (v == INT32_MAX) return ZINC_OK;
-    agree_msg m;
-    memset(&m, 0, sizeof m);
-    if (rank == v) {
-        m.status = (int32_t)st;
-        last_error_copy(m.detail, sizeof m.detail);
-    }
-    cs = zinc_comm_broadcast(w, &m, sizeof m, ZINC_DTYPE_U8, v, NULL);
-    if (cs != ZINC_OK) return cs;
-    m.detail[sizeof m.detail - 1] = '\0';
-    return zinc_error((zinc_status)m.status, "%s", m.detail);
+    return zinc_comm_agree(w, st);
 }
 
 /* ---- layout checks ---------------------------------------------------------------------- */
@@ -935,7 +917,7 @@ static zinc_status check_coverage(m_table *mt)
 {
     for (int i = 0; i < mt->n; i++) {
         m_tensor *m = &mt->t[i];
-        qsort(m->c, (size_t)m->nc, sizeof *m->c, mchunk_cmp);
+        if (m->nc > 1) qsort(m->c, (size_t)m->nc, sizeof *m->c, mchunk_cmp);
         int64_t numel = tensor_numel(&m->t), next = 0;
         int prev_rank = -1;
         for (int j = 0; j < m->nc; j++) {

@@ -615,3 +615,27 @@ void zinc_mesh_destroy(zinc_mesh *m)
     zinc_comm_destroy(m->dp_group);
     free(m);
 }
+
+/* ---- agreement -------------------------------------------------------- */
+
+zinc_status zinc_comm_agree(zinc_comm *c, zinc_status st)
+{
+    struct {
+        int32_t status;
+        char detail[1020];
+    } m;
+    int rank = zinc_comm_rank(c);
+    int32_t v = st != ZINC_OK ? rank : INT32_MAX;
+    zinc_status cs = zinc_comm_all_reduce(c, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_MIN, NULL);
+    if (cs != ZINC_OK) return cs;
+    if (v == INT32_MAX) return ZINC_OK;
+    memset(&m, 0, sizeof m);
+    if (rank == v) {
+        m.status = (int32_t)st;
+        snprintf(m.detail, sizeof m.detail, "%s", zinc_last_error());
+    }
+    cs = zinc_comm_broadcast(c, &m, sizeof m, ZINC_DTYPE_U8, v, NULL);
+    if (cs != ZINC_OK) return cs;
+    m.detail[sizeof m.detail - 1] = '\0';
+    return zinc_error((zinc_status)m.status, "%s", m.detail);
+}

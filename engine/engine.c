@@ -248,53 +248,19 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     return st;
 }
 
-zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
+/* The rank-local part of engine creation: declare, swap files, model
+ * state, activations. */
+static zinc_status engine_alloc_local(zinc_engine *e)
 {
     zinc_status st = ZINC_OK;
-    *out = NULL;
-    zinc_engine *e = calloc(1, sizeof *e);
-    if (!e) return zinc_error(ZINC_ERR_NOMEM, "engine");
-    e->cfg = *o->config;
-    e->world = o->world;
-    e->model = o->model;
-    e->ops = zinc_ops_cpu();
-    e->stage = e->cfg.zero.stage;
-    e->pdt = param_dtype(&e->cfg);
-    e->psz = zinc_dtype_size(e->pdt);
-
-    if (e->cfg.device == ZINC_DEVICE_CUDA) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "device cuda: this build has no CUDA support; "
-                                              "use \"device\": \"cpu\" or \"auto\"");
-        goto cleanup;
-    }
-    /* offload: "cpu" keeps the state in host memory, where the cpu device
-     * already holds it; "nvme" streams it through swap files */
-    e->opt_nvme = e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;
-    e->param_nvme = e->cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME;
-    if (e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE && e->stage != 3) {
-        st = zinc_error(ZINC_ERR_CONFIG, "zero_optimization.offload_param needs "
-                        "zero_optimization.stage 3, found %d", e->stage);
-        goto cleanup;
-    }
-    e->master_sep = e->pdt != ZINC_DTYPE_F32 || e->opt_nvme || e->param_nvme;
-    if (e->stage < 0 || e->stage > 3) {
-        st = zinc_error(ZINC_ERR_CONFIG, "zero_optimization.stage: expected 0..3, found %d", e->stage);
-        goto cleanup;
-    }
-    int world = zinc_comm_size(e->world);
-    ZINC_TRY(zinc_mesh_create(e->world, 1, world, 1, &e->mesh));
-    e->dp = e->mesh->dp;
-    e->dp_rank = e->mesh->dp_rank;
-    e->B = (int)e->cfg.train_micro_batch_size_per_gpu;
-    e->ga = (int)e->cfg.gradient_accumulation_steps;
-    e->T = (int)(e->cfg.data.seq_len > 0 ? e->cfg.data.seq_len : e->cfg.model.block_size);
-    if (e->cfg.train_batch_size != (int64_t)e->B * e->ga * e->dp) {
-        st = zinc_error(ZINC_ERR_CONFIG, "train_batch_size %lld != micro %d * grad_accum %d * dp %d",
-                        (long long)e->cfg.train_batch_size, e->B, e->ga, e->dp);
-        goto cleanup;
-    }
-
     ZINC_TRY(engine_declare(e));
+    for (int l = 0; l < e->n_layers; l++) /* MPI counts are int */
+        if (e->units[l].numel > (size_t)INT32_MAX) {
+            st = zinc_error(ZINC_ERR_UNSUPPORTED, "layer %d has %zu parameters; zinc handles at "
+                            "most %d per layer (one collective each)", l, e->units[l].numel,
+                            INT32_MAX);
+            goto cleanup;
+        }
     if (e->opt_nvme || e->param_nvme) ZINC_TRY(offload_open(e));
     e->out = calloc((size_t)e->n_layers, sizeof *e->out);
     if (!e->out) {
@@ -346,6 +312,60 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
         e->scaler.cur_hysteresis = (int)e->cfg.fp16.hysteresis;
         e->scaler.last_overflow_iter = -1;
     }
+
+cleanup:
+    return st;
+}
+
+zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
+{
+    zinc_status st = ZINC_OK;
+    *out = NULL;
+    zinc_engine *e = calloc(1, sizeof *e);
+    if (!e) return zinc_error(ZINC_ERR_NOMEM, "engine");
+    e->cfg = *o->config;
+    e->world = o->world;
+    e->model = o->model;
+    e->ops = zinc_ops_cpu();
+    e->stage = e->cfg.zero.stage;
+    e->pdt = param_dtype(&e->cfg);
+    e->psz = zinc_dtype_size(e->pdt);
+
+    if (e->cfg.device == ZINC_DEVICE_CUDA) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "device cuda: this build has no CUDA support; "
+                                              "use \"device\": \"cpu\" or \"auto\"");
+        goto cleanup;
+    }
+    /* offload: "cpu" keeps the state in host memory, where the cpu device
+     * already holds it; "nvme" streams it through swap files */
+    e->opt_nvme = e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;
+    e->param_nvme = e->cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME;
+    if (e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE && e->stage != 3) {
+        st = zinc_error(ZINC_ERR_CONFIG, "zero_optimization.offload_param needs "
+                        "zero_optimization.stage 3, found %d", e->stage);
+        goto cleanup;
+    }
+    e->master_sep = e->pdt != ZINC_DTYPE_F32 || e->opt_nvme || e->param_nvme;
+    if (e->stage < 0 || e->stage > 3) {
+        st = zinc_error(ZINC_ERR_CONFIG, "zero_optimization.stage: expected 0..3, found %d", e->stage);
+        goto cleanup;
+    }
+    int world = zinc_comm_size(e->world);
+    ZINC_TRY(zinc_mesh_create(e->world, 1, world, 1, &e->mesh));
+    e->dp = e->mesh->dp;
+    e->dp_rank = e->mesh->dp_rank;
+    e->B = (int)e->cfg.train_micro_batch_size_per_gpu;
+    e->ga = (int)e->cfg.gradient_accumulation_steps;
+    e->T = (int)(e->cfg.data.seq_len > 0 ? e->cfg.data.seq_len : e->cfg.model.block_size);
+    if (e->cfg.train_batch_size != (int64_t)e->B * e->ga * e->dp) {
+        st = zinc_error(ZINC_ERR_CONFIG, "train_batch_size %lld != micro %d * grad_accum %d * dp %d",
+                        (long long)e->cfg.train_batch_size, e->B, e->ga, e->dp);
+        goto cleanup;
+    }
+
+    /* local work that can fail on one rank alone (a swap file, memory):
+     * every rank reaches the agreement, so none is left waiting */
+    ZINC_TRY(zinc_comm_agree(e->world, engine_alloc_local(e)));
 
     /* the largest model state over ranks, kind by kind */
     int64_t mine[7] = {(int64_t)e->mem.params, (int64_t)e->mem.grads, (int64_t)e->mem.master,
@@ -539,6 +559,9 @@ zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t firs
                              int n_batches, double *loss)
 {
     zinc_status st = ZINC_OK;
+    if (n_batches < 1 || first_sample < 0)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "eval: %d batches from sample %lld", n_batches,
+                          (long long)first_sample);
     zinc_ctx c = {
         .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
         .dloss = 0.0f, .scratch = e->scratch,
@@ -602,7 +625,8 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     ZINC_TRY(zero_reduce_boundary(e));
 
     /* loss and global grad norm: one all-reduce of (loss, sum of squares) */
-    double red[2] = {loss_sum, zero_grad_sumsq(e)};
+    double red[2] = {loss_sum, 0.0};
+    ZINC_TRY(zero_grad_sumsq(e, &red[1]));
     if (e->dp > 1) {
         if (e->stage == 0) /* whole grads everywhere: only the loss needs summing */
             ZINC_TRY(zinc_comm_all_reduce(dpg, red, red, 1, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));

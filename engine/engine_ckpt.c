@@ -155,6 +155,42 @@ static char *make_meta(const zinc_engine *e)
     return s;
 }
 
+/* The rank-local part of a save: offloaded state into memory, the layout
+ * of this rank's pieces, the meta (rank 0's is stored). */
+static zinc_status save_prepare(zinc_engine *e, layout_buf *b, const int *kinds, int nk, int mixed,
+                                char **meta)
+{
+    zinc_status st = ZINC_OK;
+    /* offloaded state comes into memory for the save (this rank's shard) */
+    ZINC_TRY(offload_fetch(e, 1));
+    ZINC_TRY(make_tensors(e, b, 0));
+    ZINC_TRY(make_pieces(e, b, 1, kinds, nk, save_ptr));
+    /* drop the master tensors from the table when they are the params */
+    if (!mixed)
+        for (int i = 0; i < b->n_t; i++)
+            if (i % N_KINDS == K_MASTER) b->t[i].name[0] = '\0';
+    /* compact the table: only tensors that have pieces anywhere are listed */
+    int *remap = malloc((size_t)b->n_t * sizeof *remap), n = 0;
+    if (!remap) {
+        st = zinc_error(ZINC_ERR_NOMEM, "checkpoint tensor table");
+        goto cleanup;
+    }
+    for (int i = 0; i < b->n_t; i++) {
+        remap[i] = b->t[i].name[0] ? n : -1;
+        if (b->t[i].name[0]) b->t[n++] = b->t[i];
+    }
+    for (int i = 0; i < b->n_p; i++) b->p[i].tensor = remap[b->p[i].tensor];
+    free(remap);
+    b->n_t = n;
+    *meta = make_meta(e);
+    if (!*meta) {
+        st = zinc_error(ZINC_ERR_NOMEM, "checkpoint meta");
+        goto cleanup;
+    }
+cleanup:
+    return st;
+}
+
 zinc_status zinc_engine_save_checkpoint(zinc_engine *e, zinc_aio *aio, const char *save_dir,
                                         const char *tag, int keep_last)
 {
@@ -167,32 +203,8 @@ zinc_status zinc_engine_save_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
     if (mixed) kinds[nk++] = K_MASTER;
     kinds[nk++] = K_EXP_AVG;
     kinds[nk++] = K_EXP_AVG_SQ;
-    /* offloaded state comes into memory for the save (this rank's shard) */
-    ZINC_TRY(offload_fetch(e, 1));
-    ZINC_TRY(make_tensors(e, &b, 0));
-    ZINC_TRY(make_pieces(e, &b, 1, kinds, nk, save_ptr));
-    /* drop the master tensors from the table when they are the params */
-    if (!mixed)
-        for (int i = 0; i < b.n_t; i++)
-            if (i % N_KINDS == K_MASTER) b.t[i].name[0] = '\0';
-    /* compact the table: only tensors that have pieces anywhere are listed */
-    int *remap = malloc((size_t)b.n_t * sizeof *remap), n = 0;
-    if (!remap) {
-        st = zinc_error(ZINC_ERR_NOMEM, "checkpoint tensor table");
-        goto cleanup;
-    }
-    for (int i = 0; i < b.n_t; i++) {
-        remap[i] = b.t[i].name[0] ? n : -1;
-        if (b.t[i].name[0]) b.t[n++] = b.t[i];
-    }
-    for (int i = 0; i < b.n_p; i++) b.p[i].tensor = remap[b.p[i].tensor];
-    free(remap);
-    b.n_t = n;
-    meta = make_meta(e);
-    if (!meta) {
-        st = zinc_error(ZINC_ERR_NOMEM, "checkpoint meta");
-        goto cleanup;
-    }
+    /* local preparation; every rank agrees on it before the collective save */
+    ZINC_TRY(zinc_comm_agree(e->world, save_prepare(e, &b, kinds, nk, mixed, &meta)));
     zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p};
     st = zinc_ckpt_save(e->world, aio, save_dir, tag, &lay, meta, keep_last);
 cleanup:
@@ -208,29 +220,40 @@ static int64_t meta_int(json_t *o, const char *key, int64_t dflt)
     return json_is_integer(v) ? json_integer_value(v) : dflt;
 }
 
+/* The rank-local part of a load: which tag, whether the checkpoint has fp32
+ * master weights, offloaded state into memory, the wanted pieces. */
+static zinc_status load_prepare(zinc_engine *e, zinc_aio *aio, const char *save_dir,
+                                const char **tag, char *tagbuf, layout_buf *b)
+{
+    zinc_status st = ZINC_OK;
+    char dir[1024];
+    zinc_ckpt_reader *r = NULL;
+    if (!*tag) {
+        ZINC_TRY(zinc_ckpt_resolve_latest(save_dir, tagbuf, ZINC_CKPT_TAG_MAX + 1));
+        *tag = tagbuf;
+    }
+    /* fp32 master weights come from "master" when saved in 16 bits, else "param" */
+    snprintf(dir, sizeof dir, "%s/%s", save_dir, *tag);
+    ZINC_TRY(zinc_ckpt_reader_open(aio, dir, &r));
+    int has_master = e->n_params > 0 && zinc_ckpt_reader_find(r, e->params[0].name, "master") >= 0;
+    int kinds[] = {K_MASTER, K_EXP_AVG, K_EXP_AVG_SQ};
+    ZINC_TRY(offload_fetch(e, 0));
+    ZINC_TRY(make_tensors(e, b, !has_master));
+    ZINC_TRY(make_pieces(e, b, 0, kinds, 3, load_ptr));
+cleanup:
+    zinc_ckpt_reader_close(r);
+    return st;
+}
+
 zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const char *save_dir,
                                         const char *tag)
 {
     zinc_status st = ZINC_OK;
     layout_buf b = {0};
-    char *meta = NULL, tagbuf[ZINC_CKPT_TAG_MAX + 1], dir[1024];
+    char *meta = NULL, tagbuf[ZINC_CKPT_TAG_MAX + 1];
     json_t *m = NULL;
-    zinc_ckpt_reader *r = NULL;
-    if (!tag) {
-        ZINC_TRY(zinc_ckpt_resolve_latest(save_dir, tagbuf, sizeof tagbuf));
-        tag = tagbuf;
-    }
-    /* fp32 master weights come from "master" when saved in 16 bits, else "param" */
-    snprintf(dir, sizeof dir, "%s/%s", save_dir, tag);
-    ZINC_TRY(zinc_ckpt_reader_open(aio, dir, &r));
-    int has_master = e->n_params > 0 && zinc_ckpt_reader_find(r, e->params[0].name, "master") >= 0;
-    zinc_ckpt_reader_close(r);
-    r = NULL;
-
-    int kinds[] = {K_MASTER, K_EXP_AVG, K_EXP_AVG_SQ};
-    ZINC_TRY(offload_fetch(e, 0));
-    ZINC_TRY(make_tensors(e, &b, !has_master));
-    ZINC_TRY(make_pieces(e, &b, 0, kinds, 3, load_ptr));
+    /* local preparation; every rank agrees on it before the collective load */
+    ZINC_TRY(zinc_comm_agree(e->world, load_prepare(e, aio, save_dir, &tag, tagbuf, &b)));
     zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p};
     ZINC_TRY(zinc_ckpt_load(e->world, aio, save_dir, tag, &lay, &meta));
     ZINC_TRY(zero_params_from_master(e));
@@ -265,7 +288,6 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
                   (long long)meta_int(topo, "zero_stage", 0), e->dp, e->stage);
 cleanup:
     offload_drop(e);
-    zinc_ckpt_reader_close(r);
     json_decref(m);
     free(meta);
     layout_free(&b);

@@ -140,9 +140,9 @@ struct zinc_engine {
     zinc_aio_file *opt_swap, *param_swap;
     char opt_swap_path[600], param_swap_path[600];
     uint64_t opt_ino, param_ino;
+    int opt_lock_fd, param_lock_fd; /* flock held on each swap file: one job per file */
 };
 
-#endif
 
 /* ---- zero.c: flat units under ZeRO stages 0-3 (engine/ only) ---- */
 
@@ -177,7 +177,7 @@ void zero_grads_zero(zinc_engine *e);
 /* Accumulation boundary: all-reduce (stage 0) or reduce-scatter (stage 1). */
 zinc_status zero_reduce_boundary(zinc_engine *e);
 /* Sum of squares of this rank's gradient range (opt ranges), double. */
-double zero_grad_sumsq(zinc_engine *e);
+zinc_status zero_grad_sumsq(zinc_engine *e, double *out);
 /* AdamW over this rank's opt ranges with grads multiplied by coef, then
  * writes the working-precision params back (and all-gathers them at
  * stages 1/2 and for whole units at stage 3). */
@@ -208,10 +208,14 @@ zinc_status offload_fetch(zinc_engine *e, int read);
 zinc_status offload_store(zinc_engine *e);
 void offload_drop(zinc_engine *e);
 /* Reads / writes elements [a, a+n) of unit u's opt range of the optimizer
- * state into / from buf = [master n | m n | v n] (async; requests appended to reqs). */
+ * state into / from buf: master at buf, m at buf + stride, v at buf + 2 stride
+ * (stride a multiple of 1024 keeps every part page aligned for O_DIRECT);
+ * async, requests appended to reqs. */
 zinc_status offload_opt_io(zinc_engine *e, const engine_unit *u, size_t a, size_t n, float *buf,
-                           int write, zinc_aio_req **reqs, int *n_reqs);
+                           size_t stride, int write, zinc_aio_req **reqs, int *n_reqs);
 
 /* dtype helpers */
 void zero_to_f32(float *dst, const void *src, zinc_dtype dt, size_t n);
 void zero_from_f32(void *dst, const float *src, zinc_dtype dt, size_t n);
+
+#endif

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,7 +36,7 @@ uint64_t offload_part_bytes(const engine_unit *u)
 /* Makes <dir>/rank<r>, creates path inside it with the given size (sparse). */
 static zinc_status make_swap(const zinc_engine *e, const char *key, const char *dir,
                              const char *name, uint64_t bytes, char *path, size_t cap,
-                             uint64_t *ino)
+                             uint64_t *ino, int *lock_fd)
 {
     struct stat sb;
     if (!dir[0])
@@ -52,17 +53,26 @@ static zinc_status make_swap(const zinc_engine *e, const char *key, const char *
         return zinc_error(ZINC_ERR_IO, "zero_optimization.%s.nvme_path: cannot create %s: %s",
                           key, rdir, strerror(errno));
     snprintf(path, cap, "%s/%s", rdir, name);
-    int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
     if (fd < 0)
         return zinc_error(ZINC_ERR_IO, "zero_optimization.%s.nvme_path: cannot create %s: %s",
                           key, path, strerror(errno));
-    int rc = ftruncate(fd, (off_t)bytes);
+    /* a second job on the same nvme_path would truncate this one's live state */
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        close(fd);
+        return zinc_error(ZINC_ERR_IO, "zero_optimization.%s.nvme_path: %s is in use by another "
+                          "job; give each job its own nvme_path", key, path);
+    }
+    int rc = ftruncate(fd, 0) == 0 ? ftruncate(fd, (off_t)bytes) : -1;
     int err = errno;
     if (rc == 0 && fstat(fd, &sb) == 0) *ino = (uint64_t)sb.st_ino;
-    close(fd);
-    if (rc != 0)
+    if (rc != 0) {
+        close(fd);
+        unlink(path);
         return zinc_error(ZINC_ERR_IO, "%s: cannot size the swap file to %llu bytes: %s", path,
                           (unsigned long long)bytes, strerror(err));
+    }
+    *lock_fd = fd;
     return ZINC_OK;
 }
 
@@ -86,7 +96,7 @@ zinc_status offload_open(zinc_engine *e)
         }
         ZINC_TRY(make_swap(e, "offload_optimizer", c->zero.offload_optimizer.nvme_path,
                            "optimizer.swp", off, e->opt_swap_path, sizeof e->opt_swap_path,
-                           &e->opt_ino));
+                           &e->opt_ino, &e->opt_lock_fd));
         ZINC_TRY(zinc_aio_open(e->aio, e->opt_swap_path, ZINC_AIO_READ | ZINC_AIO_WRITE,
                                &e->opt_swap));
     }
@@ -99,7 +109,8 @@ zinc_status offload_open(zinc_engine *e)
                 off += round_up((uint64_t)u->shard * e->psz, ZINC_AIO_ALIGN);
         }
         ZINC_TRY(make_swap(e, "offload_param", c->zero.offload_param.nvme_path, "params.swp", off,
-                           e->param_swap_path, sizeof e->param_swap_path, &e->param_ino));
+                           e->param_swap_path, sizeof e->param_swap_path, &e->param_ino,
+                           &e->param_lock_fd));
         ZINC_TRY(zinc_aio_open(e->aio, e->param_swap_path, ZINC_AIO_READ | ZINC_AIO_WRITE,
                                &e->param_swap));
     }
@@ -109,14 +120,18 @@ cleanup:
 
 void offload_close(zinc_engine *e)
 {
-    if (e->opt_swap) {
-        zinc_aio_close(e->opt_swap);
+    zinc_aio_close(e->opt_swap);
+    zinc_aio_close(e->param_swap);
+    /* remove only files this job created and locked */
+    if (e->opt_lock_fd > 0) {
         unlink(e->opt_swap_path);
+        close(e->opt_lock_fd);
     }
-    if (e->param_swap) {
-        zinc_aio_close(e->param_swap);
+    if (e->param_lock_fd > 0) {
         unlink(e->param_swap_path);
+        close(e->param_lock_fd);
     }
+    e->opt_lock_fd = e->param_lock_fd = 0;
     e->opt_swap = e->param_swap = NULL;
     zinc_aio_destroy(e->aio);
     e->aio = NULL;
@@ -142,12 +157,12 @@ zinc_status offload_check(zinc_engine *e)
 }
 
 zinc_status offload_opt_io(zinc_engine *e, const engine_unit *u, size_t a, size_t n, float *buf,
-                           int write, zinc_aio_req **reqs, int *n_reqs)
+                           size_t stride, int write, zinc_aio_req **reqs, int *n_reqs)
 {
     uint64_t part = offload_part_bytes(u);
     for (int k = 0; k < 3; k++) {
         uint64_t off = u->swap_off + (uint64_t)k * part + (uint64_t)a * sizeof(float);
-        float *b = buf + (size_t)k * n;
+        float *b = buf + (size_t)k * stride;
         zinc_status st = write ? zinc_aio_pwrite_async(e->opt_swap, b, n * sizeof(float), off,
                                                        &reqs[*n_reqs])
                                : zinc_aio_pread_async(e->opt_swap, b, n * sizeof(float), off,
@@ -163,19 +178,21 @@ zinc_status offload_fetch(zinc_engine *e, int read)
 {
     zinc_status st = ZINC_OK;
     if (e->in_memory) return ZINC_OK;
+    e->in_memory = 1; /* from here offload_drop frees whatever was fetched */
     for (int l = 0; l < e->n_layers; l++) {
         engine_unit *u = &e->units[l];
         if (u->numel == 0) continue;
         if (e->opt_nvme) {
-            float *buf = zinc_aio_buf_alloc(3 * u->opt_n * sizeof(float) + 64);
+            size_t stride = (u->opt_n + 1023) / 1024 * 1024;
+            float *buf = zinc_aio_buf_alloc(3 * stride * sizeof(float) + 64);
             if (!buf) return zinc_error(ZINC_ERR_NOMEM, "offloaded state of layer %d", l);
             u->master = buf;
-            u->m = buf + u->opt_n;
-            u->v = buf + 2 * u->opt_n;
+            u->m = buf + stride;
+            u->v = buf + 2 * stride;
             if (read && u->opt_n) {
                 zinc_aio_req *r[3];
                 int nr = 0;
-                st = offload_opt_io(e, u, 0, u->opt_n, buf, 0, r, &nr);
+                st = offload_opt_io(e, u, 0, u->opt_n, buf, stride, 0, r, &nr);
                 for (int i = 0; i < nr; i++) {
                     zinc_status s2 = zinc_aio_wait(&r[i]);
                     if (st == ZINC_OK) st = s2;
@@ -190,7 +207,6 @@ zinc_status offload_fetch(zinc_engine *e, int read)
                 ZINC_TRY(zinc_aio_pread(e->param_swap, u->p, u->shard * e->psz, u->pswap_off));
         }
     }
-    e->in_memory = 1;
 cleanup:
     return st;
 }
@@ -223,7 +239,7 @@ zinc_status offload_store(zinc_engine *e)
         if (e->opt_nvme && u->opt_n) {
             zinc_aio_req *r[3];
             int nr = 0;
-            st = offload_opt_io(e, u, 0, u->opt_n, u->master, 1, r, &nr);
+            st = offload_opt_io(e, u, 0, u->opt_n, u->master, (size_t)(u->m - u->master), 1, r, &nr);
             for (int i = 0; i < nr; i++) {
                 zinc_status s2 = zinc_aio_wait(&r[i]);
                 if (st == ZINC_OK) st = s2;

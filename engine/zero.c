@@ -136,6 +136,8 @@ void zero_units_layout(zinc_engine *e)
     }
 }
 
+static size_t group_elems(const zinc_engine *e);
+
 void zero_mem_stats(const zinc_engine *e, zinc_mem_stats *m)
 {
     memset(m, 0, sizeof *m);
@@ -162,6 +164,14 @@ void zero_mem_stats(const zinc_engine *e, zinc_mem_stats *m)
         }
         uint64_t rb = (uint64_t)e->cfg.zero.reduce_bucket_size + big;
         m->buffers = (rb < all ? rb : all) * e->psz + big / (uint64_t)e->dp * e->psz;
+    }
+    if (e->opt_nvme) { /* sub-group buffers of the NVMe optimizer pipeline */
+        uint64_t g = group_elems(e), most = 0;
+        for (int l = 0; l < e->n_layers; l++)
+            if (e->units[l].opt_n > most) most = e->units[l].opt_n;
+        if (g > most) g = (most + 1023) / 1024 * 1024;
+        int nb = 1 + e->cfg.zero.offload_optimizer.pipeline_read + e->cfg.zero.offload_optimizer.pipeline_write;
+        m->buffers += (uint64_t)nb * 3 * g * sizeof(float);
     }
 }
 
@@ -255,6 +265,15 @@ void zero_units_free(zinc_engine *e)
 {
     if (!e->units) return;
     offload_drop(e); /* fetched copies of offloaded state */
+    /* reductions in flight still use their buffers: finish them first */
+    for (int i = 0; i < e->n_pending; i++) {
+        zinc_comm_wait(&e->pending[i].h);
+        if (e->pending[i].send != e->units[e->pending[i].unit].wg) free(e->pending[i].send);
+        free(e->pending[i].recv);
+    }
+    free(e->pending);
+    e->pending = NULL;
+    e->n_pending = 0;
     for (int l = 0; l < e->n_layers; l++) {
         engine_unit *u = &e->units[l];
         zero_unit_release(e, l);
@@ -269,12 +288,6 @@ void zero_units_free(zinc_engine *e)
         free(u->m);
         free(u->v);
     }
-    for (int i = 0; i < e->n_pending; i++) {
-        zinc_comm_wait(&e->pending[i].h);
-        if (e->pending[i].send != e->units[e->pending[i].unit].wg) free(e->pending[i].send);
-        free(e->pending[i].recv);
-    }
-    free(e->pending);
 }
 
 /* ------------------------------------------------------------ params */
@@ -289,8 +302,13 @@ zinc_status zero_unit_prefetch(zinc_engine *e, int ui)
         /* the shard comes off NVMe first; the all-gather follows in materialize */
         u->pstage = zinc_aio_buf_alloc(u->shard * e->psz);
         if (!u->pstage) return zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", ui);
-        return zinc_aio_pread_async(e->param_swap, u->pstage, u->shard * e->psz, u->pswap_off,
-                                    &u->pread);
+        zinc_status st = zinc_aio_pread_async(e->param_swap, u->pstage, u->shard * e->psz,
+                                              u->pswap_off, &u->pread);
+        if (st != ZINC_OK) {
+            zinc_aio_buf_free(u->pstage);
+            u->pstage = NULL;
+        }
+        return st;
     }
     return gather_start(e, ui, u->p);
 }
@@ -315,7 +333,7 @@ zinc_status zero_unit_materialize(zinc_engine *e, int ui)
     const void *whole = u->p;
     if (u->sharded) {
         if (!u->h_gather && (st = zero_unit_prefetch(e, ui)) != ZINC_OK) return st;
-        if (u->pread || u->pstage) { /* NVMe shard: finish the read, then gather */
+        if (u->pread) { /* NVMe shard: finish the read, then gather */
             if ((st = zinc_aio_wait(&u->pread)) == ZINC_OK) st = gather_start(e, ui, u->pstage);
             if (st == ZINC_OK) st = zinc_comm_wait(&u->h_gather);
             zinc_aio_buf_free(u->pstage);
@@ -409,8 +427,10 @@ zinc_status zero_wait_pending(zinc_engine *e, int all)
         zinc_status s = pending_finish(e, &e->pending[done++]);
         if (st == ZINC_OK) st = s;
     }
-    memmove(e->pending, e->pending + done, (size_t)(e->n_pending - done) * sizeof *e->pending);
-    e->n_pending -= done;
+    if (done > 0) {
+        memmove(e->pending, e->pending + done, (size_t)(e->n_pending - done) * sizeof *e->pending);
+        e->n_pending -= done;
+    }
     return st;
 }
 
@@ -439,11 +459,12 @@ zinc_status zero_grad_close(zinc_engine *e, int ui)
     }
     void *recv = xalloc(u->shard * e->psz);
     engine_pending *np = realloc(e->pending, (size_t)(e->n_pending + 1) * sizeof *np);
+    if (np) e->pending = np;
     if (!recv || !np) {
         free(recv);
+        if (send != (void *)u->wg) free(send);
         return zinc_error(ZINC_ERR_NOMEM, "gradient bucket of layer %d", ui);
     }
-    e->pending = np;
     engine_pending *pd = &e->pending[e->n_pending++];
     *pd = (engine_pending){.unit = ui, .send = send, .recv = recv};
     e->pending_bytes += u->numel;
@@ -481,26 +502,31 @@ static void *grad_opt(const zinc_engine *e, const engine_unit *u)
     return e->stage >= 2 ? u->g : at(u->g, u->opt_lo, e->psz);
 }
 
-double zero_grad_sumsq(zinc_engine *e)
+zinc_status zero_grad_sumsq(zinc_engine *e, double *out)
 {
-    double s = 0.0;
+    double sum = 0.0;
     float *tmp = NULL;
+    size_t cap = 0;
     for (int l = 0; l < e->n_layers; l++) {
         engine_unit *u = &e->units[l];
         if (u->opt_n == 0) continue;
         const void *g = grad_opt(e, u);
         if (e->pdt == ZINC_DTYPE_F32) {
-            s += e->ops->sumsq(g, u->opt_n);
-        } else {
-            float *t = realloc(tmp, u->opt_n * sizeof(float));
-            if (!t) { free(tmp); return NAN; }
-            tmp = t;
-            zero_to_f32(tmp, g, e->pdt, u->opt_n);
-            s += e->ops->sumsq(tmp, u->opt_n);
+            sum += e->ops->sumsq(g, u->opt_n);
+            continue;
         }
+        if (cap < u->opt_n) {
+            free(tmp);
+            tmp = xalloc(u->opt_n * sizeof(float));
+            cap = tmp ? u->opt_n : 0;
+            if (!tmp) return zinc_error(ZINC_ERR_NOMEM, "gradient norm buffer");
+        }
+        zero_to_f32(tmp, g, e->pdt, u->opt_n);
+        sum += e->ops->sumsq(tmp, u->opt_n);
     }
     free(tmp);
-    return s;
+    *out = sum;
+    return ZINC_OK;
 }
 
 /* ------------------------------------------------------------ optimizer */
@@ -558,8 +584,7 @@ static zinc_status step_nvme(zinc_engine *e, double lr, double coef, int t, floa
     zinc_status st = ZINC_OK;
     const zinc_config *c = &e->cfg;
     int pr = c->zero.offload_optimizer.pipeline_read, pw = c->zero.offload_optimizer.pipeline_write;
-    int nb = (int)c->zero.offload_optimizer.buffer_count;
-    if (nb < 1 + pr + pw) nb = 1 + pr + pw;
+    int nb = 1 + pr + pw; /* the group in work, the one read ahead, the one written behind */
     /* the sub-groups: (unit, first element, count) */
     size_t cap = 0, K = 0;
     for (int l = 0; l < e->n_layers; l++) cap += (e->units[l].opt_n + G - 1) / G;
@@ -604,7 +629,7 @@ static zinc_status step_nvme(zinc_engine *e, double lr, double coef, int t, floa
             WAIT_BUF(b); /* its earlier write must land before it is reused */
             if (st != ZINC_OK) break;
             engine_unit *u = &e->units[grp[j][0]];
-            st = offload_opt_io(e, u, grp[j][1], grp[j][2], buf[b], 0, reqs[b], &nreq[b]);
+            st = offload_opt_io(e, u, grp[j][1], grp[j][2], buf[b], G, 0, reqs[b], &nreq[b]);
             loaded[b] = (ssize_t)j;
         }
         if (st != ZINC_OK) break;
@@ -613,10 +638,9 @@ static zinc_status step_nvme(zinc_engine *e, double lr, double coef, int t, floa
         if (st != ZINC_OK) break;
         engine_unit *u = &e->units[grp[i][0]];
         size_t a = grp[i][1], n = grp[i][2];
-        st = group_update(e, u, a, n, buf[b], buf[b] + n, buf[b] + 2 * n, lr, coef, t, gtmp, pbuf);
+        st = group_update(e, u, a, n, buf[b], buf[b] + G, buf[b] + 2 * G, lr, coef, t, gtmp, pbuf);
         if (st == ZINC_OK) {
-            /* offload_opt_io lays parts out at buf + k*n, as read */
-            st = offload_opt_io(e, u, a, n, buf[b], 1, reqs[b], &nreq[b]);
+            st = offload_opt_io(e, u, a, n, buf[b], G, 1, reqs[b], &nreq[b]);
             loaded[b] = -1;
         }
         if (!pw) { WAIT_BUF(b); }

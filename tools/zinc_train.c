@@ -89,25 +89,13 @@ static int exit_code(zinc_status st)
             st == ZINC_ERR_UNSUPPORTED || st == ZINC_ERR_INVALID_ARG) ? 2 : 1;
 }
 
-/* Collective: combines every rank's status. If any failed, the lowest failing
- * rank prints its detail and every rank returns that rank's status. */
+/* Collective: every rank's status combined (zinc_comm_agree); rank 0 prints
+ * the failing rank's detail once. */
 static zinc_status agree(zinc_comm *w, zinc_status st)
 {
-    if (zinc_comm_size(w) == 1) {
-        if (st != ZINC_OK) fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
-        return st;
-    }
-    int64_t mine[2] = {st != ZINC_OK ? zinc_comm_rank(w) : INT_MAX, st}, lo[2];
-    if (zinc_comm_all_reduce(w, mine, lo, 1, ZINC_DTYPE_I64, ZINC_REDOP_MIN, NULL) != ZINC_OK) {
-        fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
-        zinc_comm_abort(w, 1);
-    }
-    if (lo[0] == INT_MAX) return ZINC_OK;
-    int64_t code = lo[0] == zinc_comm_rank(w) ? st : 0;
-    zinc_comm_all_reduce(w, &code, &lo[1], 1, ZINC_DTYPE_I64, ZINC_REDOP_MAX, NULL);
-    zinc_progress_end(&ckpt_bar); /* a failed load's bar must not swallow the message */
-    if (lo[0] == zinc_comm_rank(w)) fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
-    return (zinc_status)lo[1];
+    zinc_status all = zinc_comm_agree(w, st);
+    if (all != ZINC_OK && zinc_comm_rank(w) == 0) fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+    return all;
 }
 
 /* A step failed on this rank: say so and take the whole job down. */
@@ -169,7 +157,7 @@ static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, char *buf, s
 
 /* train.resume: "" none; "auto" the latest checkpoint of train.save_dir if
  * there is one; a tag in save_dir; or a checkpoint directory path. */
-static zinc_status resume(const zinc_config *c, zinc_engine *eng, zinc_aio *aio)
+static zinc_status resume(const zinc_config *c, zinc_engine *eng, zinc_aio *aio, zinc_comm *w)
 {
     const char *r = c->train.resume;
     if (!r[0]) return ZINC_OK;
@@ -178,8 +166,12 @@ static zinc_status resume(const zinc_config *c, zinc_engine *eng, zinc_aio *aio)
     if (!strcmp(r, "auto")) {
         if (!c->train.save_dir[0])
             return zinc_error(ZINC_ERR_CONFIG, "train.resume \"auto\" needs train.save_dir");
+        /* rank 0 decides, so every rank takes the same path */
         snprintf(path, sizeof path, "%s/latest", c->train.save_dir);
-        if (stat(path, &sb) != 0) {
+        int32_t have = zinc_comm_rank(w) == 0 ? stat(path, &sb) == 0 : 0;
+        zinc_status st = zinc_comm_broadcast(w, &have, 1, ZINC_DTYPE_I32, 0, NULL);
+        if (st != ZINC_OK) return st;
+        if (!have) {
             if (zinc_engine_dp_rank(eng) == 0)
                 ZINC_INFO("train.resume auto: no checkpoint in %s yet, starting fresh",
                           c->train.save_dir);
@@ -199,7 +191,13 @@ static zinc_status resume(const zinc_config *c, zinc_engine *eng, zinc_aio *aio)
         return zinc_engine_load_checkpoint(eng, aio, dir[0] ? dir : "/", slash + 1);
     }
     if (!c->train.save_dir[0])
-        return zinc_error(ZINC_ERR_CONFIG, "train.resume: %s is not a checkpoint directory", r);
+        return zinc_error(ZINC_ERR_CONFIG, "train.resume: %s is not a checkpoint directory (no "
+                          "manifest.json) and train.save_dir is not set", r);
+    snprintf(path, sizeof path, "%s/%s/manifest.json", c->train.save_dir, r);
+    if (stat(path, &sb) != 0)
+        return zinc_error(ZINC_ERR_CONFIG, "train.resume: no checkpoint \"%s\" (neither a "
+                          "checkpoint directory nor a tag in train.save_dir %s)", r,
+                          c->train.save_dir);
     return zinc_engine_load_checkpoint(eng, aio, c->train.save_dir, r);
 }
 
@@ -271,13 +269,15 @@ int main(int argc, char **argv)
     }
 
     zinc_comm *world = NULL;
-    if (zinc_comm_init_world("mpi", &argc, &argv, &world) != ZINC_OK) {
+    const char *backend = cfg.comm_backend == ZINC_COMM_NCCL ? "nccl" : "mpi";
+    if (zinc_comm_init_world(backend, &argc, &argv, &world) != ZINC_OK) {
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
         return 1;
     }
     int rank = zinc_comm_rank(world), size = zinc_comm_size(world);
     if (size > 1) zinc_log_set_rank(rank);
-    zinc_comm_set_timeout(world, cfg.comm_timeout_s);
+    /* ZINC_COMM_TIMEOUT_S (read by the comm layer) wins over comm_timeout_s */
+    if (!getenv("ZINC_COMM_TIMEOUT_S")) zinc_comm_set_timeout(world, cfg.comm_timeout_s);
 
     zinc_gpt2 *gpt = NULL;
     zinc_engine *eng = NULL;
@@ -334,7 +334,7 @@ int main(int argc, char **argv)
         st = agree(world, zinc_aio_create(&ao, &aio));
         if (st != ZINC_OK) { rc = 1; goto done; }
     }
-    st = agree(world, resume(&cfg, eng, aio));
+    st = agree(world, resume(&cfg, eng, aio, world));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     if (eval_loss) {
         double l;
@@ -372,8 +372,10 @@ int main(int argc, char **argv)
         if (step == first_step) first_loss = s.loss;
         last_loss = s.loss;
         if (step > first_step || cfg.train.max_steps == first_step) { tok_s_sum += s.tokens_per_s; n_tok_s++; }
-        if (cfg.train.save_dir[0] && cfg.train.save_every > 0 &&
-            (step % cfg.train.save_every == 0 || step == cfg.train.max_steps)) {
+        /* save every save_every steps and at the end (only at the end when save_every is 0) */
+        if (cfg.train.save_dir[0] &&
+            ((cfg.train.save_every > 0 && step % cfg.train.save_every == 0) ||
+             step == cfg.train.max_steps)) {
             char tag[64];
             snprintf(tag, sizeof tag, "global_step%lld", (long long)step);
             double t = now_s();

@@ -101,6 +101,12 @@ uint64_t zinc_comm_bytes(const zinc_comm *c);
 uint64_t zinc_comm_bytes_op(const zinc_comm *c, zinc_comm_op op);
 void zinc_comm_reset_bytes(zinc_comm *c);
 
+/* Collective over c: combines every rank's status. If any rank failed, every
+ * rank returns the status of the lowest failing rank, with that rank's detail
+ * as its own zinc_last_error(); otherwise ZINC_OK. The point every rank
+ * reaches after local work that may fail, so no rank is left waiting. */
+zinc_status zinc_comm_agree(zinc_comm *c, zinc_status st);
+
 /* Ends every rank of the job at once (MPI_Abort); for tools, never the library. */
 void zinc_comm_abort(zinc_comm *world, int code);
 

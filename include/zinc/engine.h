@@ -146,7 +146,9 @@ void zinc_engine_destroy(zinc_engine *e); /* NULL-safe */
 
 /* Collective. One optimizer step: gradient_accumulation_steps micro-batches
  * of this DP rank's slice of the next global batch from data, DP gradient
- * reduction, global norm, clipping, AdamW, lr schedule. */
+ * reduction, global norm, clipping, AdamW, lr schedule. An fp16 overflow is
+ * not an error (st->skipped). After a failed step the engine's gradient and
+ * communication state is undefined: destroy it (and resume from a checkpoint). */
 zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_step_stats *st);
 
 /* Forward and backward of one micro-batch (tokens/targets (B, T) with the
@@ -178,7 +180,8 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
  * safetensors file: names with or without the "transformer." prefix; wte may
  * have fewer rows than vocab_size (the rest stay zero), wpe at least
  * block_size rows; "attn.bias" buffers and a tied lm_head.weight are ignored.
- * Not collective (every rank reads the file). */
+ * Every rank calls it and reads the file itself (no communication); agree on
+ * the status afterwards (zinc_comm_agree). */
 zinc_status zinc_engine_init_from(zinc_engine *e, const char *path);
 /* Steps taken so far (restored by a load). */
 int64_t zinc_engine_step(const zinc_engine *e);

@@ -65,6 +65,18 @@ ckpt_ok() { "$BUILD/zinc-ckpt" verify "$TMP/ck" >/dev/null || fail "last checkpo
 expect_fail "$TMP/absent" $MPIRUN 2 "$T" "$cfg" --set zero_optimization.stage=1 $(opt nvme "$TMP/absent")
 touch "$TMP/afile"
 expect_fail "not a directory" $MPIRUN 2 "$T" "$cfg" --set zero_optimization.stage=1 $(opt nvme "$TMP/afile")
+# one rank alone cannot create its swap file: the job ends at once, naming it (no rank waits)
+mkdir -p "$TMP/half"; touch "$TMP/half/rank1"
+expect_fail "rank1/optimizer.swp: Not a directory" env ZINC_COMM_TIMEOUT_S=60 $MPIRUN 2 "$T" "$cfg" \
+    --set zero_optimization.stage=1 $(opt nvme "$TMP/half")
+# two jobs on one nvme_path: the second is refused instead of truncating the first one's state
+mkdir -p "$TMP/shared"
+$MPIRUN 1 "$T" "$cfg" --set train.max_steps=100000 --set zero_optimization.stage=1 $(opt nvme "$TMP/shared") \
+    > "$TMP/first.log" 2>&1 &
+first=$!
+for _ in $(seq 100); do [ -f "$TMP/shared/rank0/optimizer.swp" ] && break; sleep 0.1; done
+expect_fail "in use by another job" $MPIRUN 1 "$T" "$cfg" --set zero_optimization.stage=1 $(opt nvme "$TMP/shared")
+kill $first 2>/dev/null; wait $first 2>/dev/null
 mkdir -p "$TMP/ro"
 if mount -t tmpfs -o ro,size=1m zinc-ro "$TMP/ro" 2>/dev/null; then
     expect_fail "$TMP/ro" $MPIRUN 2 "$T" "$cfg" --set zero_optimization.stage=1 $(opt nvme "$TMP/ro")
