@@ -356,7 +356,7 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     e->dp_rank = e->mesh->dp_rank;
     e->B = (int)e->cfg.train_micro_batch_size_per_gpu;
     e->ga = (int)e->cfg.gradient_accumulation_steps;
-    e->T = (int)(e->cfg.data.seq_len > 0 ? e->cfg.data.seq_len : e->cfg.model.block_size);
+    e->T = (int)zinc_config_seq_len(&e->cfg);
     if (e->cfg.train_batch_size != (int64_t)e->B * e->ga * e->dp) {
         st = zinc_error(ZINC_ERR_CONFIG, "train_batch_size %lld != micro %d * grad_accum %d * dp %d",
                         (long long)e->cfg.train_batch_size, e->B, e->ga, e->dp);

@@ -328,7 +328,7 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
     /* 6 FLOPs per matmul weight per token (forward + backward) plus the
      * attention products, 12 L T C (PaLM's formula, the usual MFU basis) */
     double C = g->d.C, V = g->d.V, L = g->d.L;
-    double T = (double)(c->data.seq_len > 0 ? c->data.seq_len : c->model.block_size);
+    double T = (double)zinc_config_seq_len(c);
     g->model.flops_per_token = 6.0 * (L * 12.0 * C * C + V * C) + 12.0 * L * T * C;
     *out = g;
     return ZINC_OK;

@@ -302,7 +302,7 @@ int main(int argc, char **argv)
         int n = 0;
         if (text_shard[0]) paths[n++] = text_shard;
         else for (; n < cfg.data.n_train; n++) paths[n] = cfg.data.train[n];
-        int T = (int)(cfg.data.seq_len > 0 ? cfg.data.seq_len : cfg.model.block_size);
+        int T = (int)zinc_config_seq_len(&cfg);
         st = agree(world, zinc_data_open(paths, n, T, (int)cfg.model.vocab_size,
                                          (uint64_t)cfg.data.seed, &data));
         if (text_shard[0] && rank == 0) unlink(text_shard); /* open files stay readable */
@@ -357,7 +357,7 @@ int main(int argc, char **argv)
         ZINC_INFO("gpt2 L=%lld C=%lld heads=%lld vocab=%lld T=%lld: %.2fM params | %d ranks x %d threads | "
                   "batch %lld = micro %lld x accum %lld x dp %d | %llu samples of data",
                   (long long)cfg.model.n_layer, (long long)cfg.model.n_embd, (long long)cfg.model.n_head,
-                  (long long)cfg.model.vocab_size, (long long)(cfg.data.seq_len > 0 ? cfg.data.seq_len : cfg.model.block_size),
+                  (long long)cfg.model.vocab_size, (long long)zinc_config_seq_len(&cfg),
                   zinc_engine_n_params(eng) / 1e6, size, nt, (long long)cfg.train_batch_size,
                   (long long)cfg.train_micro_batch_size_per_gpu, (long long)cfg.gradient_accumulation_steps,
                   size, (unsigned long long)zinc_data_n_samples(data));

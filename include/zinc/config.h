@@ -161,6 +161,12 @@ typedef struct zinc_config {
     } given;
 } zinc_config;
 
+/* Sequence length used for training: data.seq_len, or model.block_size when 0. */
+static inline int64_t zinc_config_seq_len(const zinc_config *c)
+{
+    return c->data.seq_len > 0 ? c->data.seq_len : c->model.block_size;
+}
+
 /* Fills c with every default. Cannot fail. */
 void zinc_config_defaults(zinc_config *c);
 
