@@ -304,7 +304,6 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
     zinc_st_file *f = NULL;
     float *buf = NULL, *full = NULL;
     ZINC_TRY(zinc_st_open(path, &f));
-    ZINC_TRY(offload_fetch(e, 1));
     for (int l = 0; l < e->n_layers; l++) {
         engine_unit *u = &e->units[l];
         if (u->numel == 0) continue;
@@ -351,14 +350,10 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
             memcpy(full + p->uoff, buf, (size_t)n * sizeof(float));
         }
         /* this rank's storage: params (whole or shard), master over the opt range */
-        if (e->master_sep) memcpy(u->master, full + u->opt_lo, u->opt_n * sizeof(float));
-        size_t lo = u->sharded ? u->opt_lo : 0, n = u->sharded ? u->shard : u->numel;
-        zero_from_f32(u->p, full + lo, e->pdt, n);
+        ZINC_TRY(zero_unit_store(e, l, full + (u->sharded ? u->opt_lo : 0)));
     }
-    ZINC_TRY(offload_store(e));
     if (e->dp_rank == 0) ZINC_INFO("initialized %d parameters from %s", e->n_params, path);
 cleanup:
-    offload_drop(e);
     free(buf);
     free(full);
     zinc_st_close(f);

@@ -183,6 +183,10 @@ zinc_status zero_grad_sumsq(zinc_engine *e, double *out);
  * stages 1/2 and for whole units at stage 3). */
 zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t);
 
+/* Stores initial / loaded values of unit l: vals holds the elements this
+ * rank keeps as params (the whole unit, or its shard when sharded); writes
+ * the params and the master weights of the opt range (memory or swap). */
+zinc_status zero_unit_store(zinc_engine *e, int l, const float *vals);
 /* All-gathers whole params at stages 1/2 (and whole units at stage 3). */
 zinc_status zero_gather_whole_params(zinc_engine *e);
 /* Rewrites working-precision params from the master weights of this rank's

@@ -201,7 +201,6 @@ zinc_status zero_units_alloc(zinc_engine *e)
     zinc_status st = ZINC_OK;
     size_t psz = e->psz;
     float *vals = NULL;
-    void *pio = NULL;
     for (int l = 0; l < e->n_layers; l++) {
         engine_unit *u = &e->units[l];
         if (u->numel == 0) continue;
@@ -228,36 +227,44 @@ zinc_status zero_units_alloc(zinc_engine *e)
             if (a < z) init_param_range(e, ep, vals + (a - plo), (int64_t)(a - ep->uoff),
                                         (int64_t)(z - a));
         }
-        if (p_nvme) {
-            zinc_aio_buf_free(pio);
-            pio = zinc_aio_buf_alloc(pn * psz);
-            if (!pio) {
-                st = zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", l);
-                goto cleanup;
-            }
-            zero_from_f32(pio, vals, e->pdt, pn);
-            ZINC_TRY(zinc_aio_pwrite(e->param_swap, pio, pn * psz, u->pswap_off));
-        } else {
-            zero_from_f32(u->p, vals, e->pdt, pn);
-        }
-        float *mv = vals + (u->opt_lo - plo); /* initial master values of the opt range */
-        if (e->opt_nvme) {
-            /* the moments start as the swap file's zeros (sparse); write the master part */
-            if (u->opt_n) ZINC_TRY(zinc_aio_pwrite(e->opt_swap, mv, u->opt_n * sizeof(float), u->swap_off));
-        } else if (e->master_sep) {
+        if (e->master_sep && !e->opt_nvme) {
             u->master = xalloc(u->opt_n * sizeof(float));
             if (!u->master) {
                 st = zinc_error(ZINC_ERR_NOMEM, "master weights of layer %d", l);
                 goto cleanup;
             }
-            memcpy(u->master, mv, u->opt_n * sizeof(float));
-        } else {
+        } else if (!e->master_sep) {
             u->master = (float *)at(u->p, u->sharded ? 0 : u->opt_lo, psz);
         }
+        /* the moments start as zeros (memory, or the sparse swap file) */
+        ZINC_TRY(zero_unit_store(e, l, vals));
     }
 cleanup:
     free(vals);
-    zinc_aio_buf_free(pio);
+    return st;
+}
+
+zinc_status zero_unit_store(zinc_engine *e, int l, const float *vals)
+{
+    zinc_status st = ZINC_OK;
+    engine_unit *u = &e->units[l];
+    size_t plo = u->sharded ? u->opt_lo : 0, pn = u->sharded ? u->shard : u->numel;
+    if (offload_param_on_nvme(e, u) && !e->in_memory) {
+        void *pio = zinc_aio_buf_alloc(pn * e->psz);
+        if (!pio) return zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", l);
+        zero_from_f32(pio, vals, e->pdt, pn);
+        st = zinc_aio_pwrite(e->param_swap, pio, pn * e->psz, u->pswap_off);
+        zinc_aio_buf_free(pio);
+        if (st != ZINC_OK) return st;
+    } else {
+        zero_from_f32(u->p, vals, e->pdt, pn);
+    }
+    const float *mv = vals + (u->opt_lo - plo); /* master values of the opt range */
+    if (e->opt_nvme && !e->in_memory) {
+        if (u->opt_n) st = zinc_aio_pwrite(e->opt_swap, mv, u->opt_n * sizeof(float), u->swap_off);
+    } else if (e->master_sep) {
+        memcpy(u->master, mv, u->opt_n * sizeof(float));
+    }
     return st;
 }
 
@@ -727,12 +734,35 @@ zinc_status zero_gather_whole_params(zinc_engine *e)
 
 zinc_status zero_params_from_master(zinc_engine *e)
 {
-    if (e->master_sep)
-        for (int l = 0; l < e->n_layers; l++) {
-            engine_unit *u = &e->units[l];
-            if (u->opt_n)
-                zero_from_f32(u->sharded ? u->p : at(u->p, u->opt_lo, e->psz), u->master, e->pdt,
-                              u->opt_n);
+    zinc_status st = ZINC_OK;
+    if (!e->master_sep) return zero_gather_whole_params(e); /* the master weights are the params */
+    const size_t G = (size_t)1 << 20; /* elements per chunk when streaming swap files */
+    int m_swap = e->opt_nvme && !e->in_memory;
+    float *mbuf = m_swap ? zinc_aio_buf_alloc(G * sizeof(float)) : NULL;
+    void *pbuf = e->param_nvme ? zinc_aio_buf_alloc(G * e->psz) : NULL;
+    if ((m_swap && !mbuf) || (e->param_nvme && !pbuf)) {
+        st = zinc_error(ZINC_ERR_NOMEM, "parameter rebuild buffers");
+        goto cleanup;
+    }
+    for (int l = 0; l < e->n_layers; l++) {
+        engine_unit *u = &e->units[l];
+        for (size_t a = 0; a < u->opt_n; a += G) {
+            size_t n = u->opt_n - a < G ? u->opt_n - a : G;
+            const float *m = u->master ? u->master + a : mbuf;
+            if (m_swap)
+                ZINC_TRY(zinc_aio_pread(e->opt_swap, mbuf, n * sizeof(float),
+                                        u->swap_off + a * sizeof(float)));
+            if (offload_param_on_nvme(e, u) && !e->in_memory) {
+                zero_from_f32(pbuf, m, e->pdt, n);
+                ZINC_TRY(zinc_aio_pwrite(e->param_swap, pbuf, n * e->psz, u->pswap_off + a * e->psz));
+            } else {
+                zero_from_f32(at(u->p, (u->sharded ? 0 : u->opt_lo) + a, e->psz), m, e->pdt, n);
+            }
         }
-    return zero_gather_whole_params(e);
+    }
+    st = zero_gather_whole_params(e);
+cleanup:
+    zinc_aio_buf_free(mbuf);
+    zinc_aio_buf_free(pbuf);
+    return st;
 }

@@ -49,6 +49,14 @@ run off_b 2 --set train.max_steps=12 $OFF --set train.save_dir="$TMP/ck" --set t
 cmp -s <(losses "$TMP/off_full.jsonl") <(cat <(losses "$TMP/off_a.jsonl") <(losses "$TMP/off_b.jsonl")) \
     || fail "resume under NVMe offload is not exact"
 echo "resume under NVMe offload: bitwise identical"
+# model.init_from straight into NVMe-offloaded state gives the same model
+"$BUILD/zinc-ckpt" export "$TMP/ck/global_step6" --format safetensors "$TMP/w.safetensors" >/dev/null \
+    || fail "export failed"
+ev() { local n=$1; shift; $MPIRUN "$n" "$BUILD/zinc-train" "$cfg" --eval-loss --set model.init_from="$TMP/w.safetensors" "$@" 2>"$TMP/ev.err" | sed -n 's/^eval loss //p'; }
+l1=$(ev 1); l2=$(ev 2 $OFF)
+awk -v a="$l1" -v b="$l2" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d; exit !(a != "" && d < 1e-6) }' \
+    || { cat "$TMP/ev.err"; fail "init_from under NVMe offload: loss $l2 vs $l1"; }
+echo "init_from under NVMe offload: loss $l2 (no offload $l1)"
 
 # --- faults ---
 T="$BUILD/zinc-train"
