@@ -194,7 +194,7 @@ int main(int argc, char **argv)
             csrc[at + e] = (float)((uint32_t)((per * rank + e) * 2654435761u + (uint32_t)i * 40503u) >> 8);
         at += per;
     }
-    zinc_ckpt_layout save_l = {tensors, n_t, save_p, n_t}, load_l = {tensors, n_t, load_p, n_t};
+    zinc_ckpt_layout save_l = {tensors, n_t, save_p, n_t, NULL, NULL}, load_l = {tensors, n_t, load_p, n_t, NULL, NULL};
 
     char raw[4200], save_dir[4200], rankfile[4300], tag[32];
     snprintf(raw, sizeof raw, "%s/raw-rank-%05d.bin", dir, rank);

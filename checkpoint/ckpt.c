@@ -20,6 +20,13 @@
  * memory aligned like the file is read straight into the piece and checked there; others
  * are staged and each block is checked, then converted into the piece while in cache.
  *
+ * Pieces without memory (data NULL: optimizer state swapped out to NVMe) go through the
+ * layout's io callback and the same staging buffers: on save io fills a staging buffer in
+ * place (up to its end, 4 KiB aligned) and the crcs follow; on load each staged segment is
+ * checked, converted if needed through one more CKPT_SEG buffer, and handed to io. Memory
+ * stays bounded by those buffers whatever the piece size; io calls run on the caller's
+ * thread while the pipeline's other transfers are in flight.
+ *
  * Measured (bench/bench-ckpt.sh): staging through a few small reused buffers and draining
  * the pipeline per piece cost 25-45% of the raw bandwidth; see the bench for numbers.
  *
@@ -30,6 +37,7 @@
  * The manifest is written by hand (one chunk per line, meta last, verbatim) and parsed
  * with jansson; the meta text is recovered verbatim from its known position.
  */
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -498,8 +506,9 @@ static zinc_status check_layout(const zinc_ckpt_layout *L, const char *what)
             return zinc_error(ZINC_ERR_INVALID_ARG, "%s piece %d: elements [%lld, %lld) outside tensor %s (%s) of %lld elements",
                               what, i, (long long)p->offset, (long long)(p->offset + p->n), t->name, t->kind,
                               (long long)numel);
-        if (p->n > 0 && !p->data)
-            return zinc_error(ZINC_ERR_INVALID_ARG, "%s piece %d of tensor %s: data is NULL", what, i, t->name);
+        if (p->n > 0 && !p->data && !L->io)
+            return zinc_error(ZINC_ERR_INVALID_ARG, "%s piece %d of tensor %s: data is NULL and the layout has no io",
+                              what, i, t->name);
     }
 cleanup:
     return st;
@@ -694,6 +703,65 @@ cleanup:
     return st;
 }
 
+/* Records the failure st of io on piece pi (elements [first, first+n) of it), keeping
+ * io's own detail first. */
+static zinc_status io_failed(zinc_status st, const char *op, int pi, const zinc_ckpt_tensor *t, int64_t first,
+                             int64_t n)
+{
+    char err[1024];
+    last_error_copy(err, sizeof err);
+    return zinc_error(st, "%s (checkpoint %s: io of piece %d, tensor %s (%s), elements [%lld, %lld) of the piece)", err,
+                      op, pi, t->name, t->kind, (long long)first, (long long)(first + n));
+}
+
+/* Writes chunk c of piece pi, which has no memory, at c->off (>= the stream position):
+ * L->io fills the staging buffers directly, each call up to the end of the current one,
+ * and the crcs of what it filled are computed right after. Every call's buffer is 4 KiB
+ * aligned (staging buffers start at 4 KiB aligned stream positions, chunks too) and all
+ * but a chunk's last call end on a buffer's end, so lengths are whole elements. */
+static zinc_status writer_chunk_io(ck_writer *w, rank_chunk *c, const zinc_ckpt_layout *L, int pi)
+{
+    zinc_status st = ZINC_OK;
+    const zinc_ckpt_tensor *t = &L->tensors[L->pieces[pi].tensor];
+    size_t esz = zinc_dtype_size(t->dtype);
+    uint64_t at = 0;
+    uint32_t crc = 0;
+    ZINC_TRY(writer_stage(w, NULL, (size_t)(c->off - w->pos), NULL, NULL, NULL)); /* padding */
+    while (at < c->bytes) {
+        if (!w->cur) {
+            while (w->n_pool == 0) ZINC_TRY(writer_retire(w));
+            w->cur = w->pool[--w->n_pool];
+        }
+        size_t k = CKPT_SEG - w->fill;
+        if (k > c->bytes - at) k = (size_t)(c->bytes - at);
+        assert(k % esz == 0 && w->fill % CKPT_ALIGN == 0);
+        uint8_t *d = w->cur + w->fill;
+        int64_t first = (int64_t)(at / esz), n = (int64_t)(k / esz);
+        st = L->io(L->io_u, pi, 0, d, first, n);
+        if (st != ZINC_OK) {
+            st = io_failed(st, "save", pi, t, first, n);
+            goto cleanup;
+        }
+        for (size_t q = 0; q < k;) {
+            size_t m = CKPT_BLOCK - (size_t)(at % CKPT_BLOCK);
+            if (m > k - q) m = k - q;
+            crc = zinc_crc32c(crc, d + q, m);
+            at += m;
+            q += m;
+            if (at % CKPT_BLOCK == 0) {
+                c->crcs[at / CKPT_BLOCK - 1] = crc;
+                crc = 0;
+            }
+        }
+        w->fill += k;
+        w->pos += k;
+        if (w->fill == CKPT_SEG) ZINC_TRY(writer_flush(w));
+    }
+    if (at % CKPT_BLOCK) c->crcs[at / CKPT_BLOCK] = crc; /* the chunk's last, short block */
+cleanup:
+    return st;
+}
+
 /* Writes this rank's pieces to path; fills ch (one per non-empty piece, *n_ch of them)
  * with offsets and crcs, and *file_bytes with the file's size. */
 static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_ckpt_layout *L,
@@ -736,7 +804,8 @@ static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_c
     for (int j = 0, i = 0; j < k; i++) {
         const zinc_ckpt_piece *p = &L->pieces[i];
         if (p->n == 0) continue;
-        ZINC_TRY(writer_chunk(&w, &ch[j++], p->data));
+        if (p->data) ZINC_TRY(writer_chunk(&w, &ch[j++], p->data));
+        else ZINC_TRY(writer_chunk_io(&w, &ch[j++], L, i));
     }
     ZINC_TRY(writer_stage(&w, NULL, (size_t)(off - w.pos), NULL, NULL, NULL)); /* last padding */
     ZINC_TRY(writer_flush(&w));
@@ -1414,6 +1483,7 @@ struct zinc_ckpt_reader {
     zinc_aio_file **fh;   /* per file, opened on first use */
     uint64_t *fsize;      /* actual sizes */
     uint8_t *buf[CKPT_INFLIGHT]; /* CKPT_SEG each, allocated on first read */
+    uint8_t *conv;        /* CKPT_SEG: converted elements on their way to a load's io */
 };
 
 static zinc_status reader_from_text(zinc_aio *aio, const char *dir, const char *text, size_t len,
@@ -1472,6 +1542,7 @@ void zinc_ckpt_reader_close(zinc_ckpt_reader *r)
     free(r->fh);
     free(r->fsize);
     for (int b = 0; b < CKPT_INFLIGHT; b++) zinc_aio_buf_free(r->buf[b]);
+    zinc_aio_buf_free(r->conv);
     ckpt_manifest_free(&r->m);
     free(r);
 }
@@ -1533,11 +1604,20 @@ static zinc_status reader_file(zinc_ckpt_reader *r, int fi, const ckpt_mtensor *
     return ZINC_OK;
 }
 
+/* Where a load's piece without memory goes: io(u, piece, 1, ...). */
+typedef struct ck_io {
+    zinc_ckpt_io_fn fn;
+    void *u;
+    int piece;
+    const zinc_ckpt_tensor *want; /* the piece's wanted tensor (messages) */
+} ck_io;
+
 /* One transfer: blocks [blk0, blk0+nblk) of chunk c of tensor t; elements [e_lo, e_hi)
- * of it go to dst as dtype ddt (element e at dst + (e - de0) * size of ddt; dst NULL:
- * verify only). A direct segment is read straight into dst and checked there: its
- * elements are all of the segment, the dtype is the stored one, and dst is aligned like
- * the file offset, so the aio engine can go O_DIRECT. */
+ * of it go to dst as dtype ddt (element e at dst + (e - de0) * size of ddt), or, with
+ * io.fn set, to io.fn as elements [e - de0, ...) of piece io.piece; neither: verify only.
+ * A direct segment is read straight into dst and checked there: its elements are all of
+ * the segment, the dtype is the stored one, and dst is aligned like the file offset, so
+ * the aio engine can go O_DIRECT. */
 typedef struct ck_seg {
     const ckpt_mtensor *t;
     const ckpt_chunk *c;
@@ -1547,6 +1627,7 @@ typedef struct ck_seg {
     zinc_dtype ddt;
     int64_t de0;
     int direct;
+    ck_io io;
 } ck_seg;
 
 /* A growing list of segments. */
@@ -1605,12 +1686,23 @@ static zinc_status seg_submit(zinc_ckpt_reader *r, const ck_seg *s, uint8_t *buf
     return zinc_aio_pread_async(r->fh[s->c->file], buf, rl, foff, req);
 }
 
+/* Hands elements [lo, lo+n) of s's tensor, n of them in buf as s->ddt, to s's io. */
+static zinc_status seg_io(const ck_seg *s, void *buf, int64_t lo, int64_t n)
+{
+    zinc_status st = s->io.fn(s->io.u, s->io.piece, 1, buf, lo - s->de0, n);
+    return st == ZINC_OK ? st : io_failed(st, "load", s->io.piece, s->io.want, lo - s->de0, n);
+}
+
 /* Checks the crc of every block of s (read into buf, or into dst if direct) and converts
- * the wanted elements of each block into dst right after its check, while it is in cache. */
+ * the wanted elements of each block into dst right after its check, while it is in cache.
+ * A segment for io goes out in one call after all its blocks are checked when no
+ * conversion is needed; otherwise each block is converted into r->conv right after its
+ * check, and r->conv goes out whenever the next block would not fit, and at the end. */
 static zinc_status seg_finish(zinc_ckpt_reader *r, const ck_seg *s, const uint8_t *buf)
 {
     const ckpt_chunk *c = s->c;
-    size_t esz = zinc_dtype_size(s->t->t.dtype);
+    size_t esz = zinc_dtype_size(s->t->t.dtype), dsz = zinc_dtype_size(s->ddt);
+    int64_t conv_lo = s->e_lo, conv_n = 0; /* converted elements waiting in r->conv */
     if (s->direct) buf = seg_dst(s, s->e_lo);
     for (uint64_t k = 0; k < s->nblk; k++) {
         uint64_t blk = s->blk0 + k, b0 = blk * CKPT_BLOCK;
@@ -1622,16 +1714,30 @@ static zinc_status seg_finish(zinc_ckpt_reader *r, const ck_seg *s, const uint8_
                               r->m.dir, r->m.files[c->file].name, s->t->t.name, s->t->t.kind,
                               (unsigned long long)(c->off + b0), (unsigned long long)blk, (long long)c->eo,
                               (long long)(c->eo + c->n));
-        if (!s->dst || s->direct) continue;
+        if (s->io.fn ? s->ddt == s->t->t.dtype : !s->dst || s->direct) continue;
         /* elements of this block (an element may straddle blocks only if esz does not
          * divide the block size, which no dtype allows) */
         int64_t be0 = c->eo + (int64_t)(b0 / esz), be1 = c->eo + (int64_t)((b0 + bl) / esz);
         int64_t lo = s->e_lo > be0 ? s->e_lo : be0, hi = s->e_hi < be1 ? s->e_hi : be1;
-        if (lo < hi)
-            convert(buf + k * CKPT_BLOCK + (size_t)(lo - be0) * esz, s->t->t.dtype, seg_dst(s, lo), s->ddt,
-                    (size_t)(hi - lo));
+        if (lo >= hi) continue;
+        const uint8_t *src = buf + k * CKPT_BLOCK + (size_t)(lo - be0) * esz;
+        if (!s->io.fn) {
+            convert(src, s->t->t.dtype, seg_dst(s, lo), s->ddt, (size_t)(hi - lo));
+            continue;
+        }
+        if ((size_t)(conv_n + hi - lo) * dsz > CKPT_SEG) { /* a block converts to <= 2 MiB */
+            zinc_status st = seg_io(s, r->conv, conv_lo, conv_n);
+            if (st != ZINC_OK) return st;
+            conv_lo += conv_n;
+            conv_n = 0;
+        }
+        convert(src, s->t->t.dtype, r->conv + (size_t)conv_n * dsz, s->ddt, (size_t)(hi - lo));
+        conv_n += hi - lo;
     }
-    return ZINC_OK;
+    if (!s->io.fn || s->e_lo >= s->e_hi) return ZINC_OK;
+    if (s->ddt != s->t->t.dtype) return conv_n ? seg_io(s, r->conv, conv_lo, conv_n) : ZINC_OK;
+    int64_t s_e0 = c->eo + (int64_t)(s->blk0 * CKPT_BLOCK / esz);
+    return seg_io(s, (void *)(buf + (size_t)(s->e_lo - s_e0) * esz), s->e_lo, s->e_hi - s->e_lo);
 }
 
 /* Runs segments in order, checking each as it completes: up to CKPT_READ_WINDOW transfers
@@ -1647,6 +1753,9 @@ static zinc_status run_segs(zinc_ckpt_reader *r, const ck_seg *segs, size_t n, c
     int n_pool = 0;
     size_t head = 0, count = 0, next = 0;
     if (n == 0) return ZINC_OK;
+    for (size_t i = 0; i < n && !r->conv; i++)
+        if (segs[i].io.fn && segs[i].ddt != segs[i].t->t.dtype && !(r->conv = zinc_aio_buf_alloc(CKPT_SEG)))
+            return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: no memory for the conversion buffer");
     for (size_t i = 0; i < n && n_pool == 0; i++)
         if (!segs[i].direct) { /* some segment is staged: make sure the buffers exist */
             for (int b = 0; b < CKPT_INFLIGHT; b++) {
@@ -1710,13 +1819,15 @@ static uint64_t segs_bytes(const ck_segs *l)
 }
 
 /* Appends the segments reading elements [lo, hi) of chunk c into dst (element e at
- * dst + (e - de0) * size of ddt); all of it, unconverted, when dst is NULL (verify). */
+ * dst + (e - de0) * size of ddt) or, when io is not NULL, to io; all of it, unconverted,
+ * when dst and io are NULL (verify). */
 static zinc_status add_segs(ck_segs *l, const ckpt_mtensor *t, const ckpt_chunk *c, int64_t lo, int64_t hi,
-                            void *dst, zinc_dtype ddt, int64_t de0)
+                            void *dst, zinc_dtype ddt, int64_t de0, const ck_io *io)
 {
+    int verify = !dst && !io;
     size_t esz = zinc_dtype_size(t->t.dtype);
     uint64_t blo = 0, bhi = c->bytes;
-    if (dst) {
+    if (!verify) {
         blo = (uint64_t)(lo - c->eo) * esz;
         bhi = (uint64_t)(hi - c->eo) * esz;
     }
@@ -1736,7 +1847,7 @@ static zinc_status add_segs(ck_segs *l, const ckpt_mtensor *t, const ckpt_chunk 
         s->c = c;
         s->blk0 = k;
         s->nblk = k1 - k < per ? k1 - k : per;
-        if (!dst) continue;
+        if (verify) continue;
         int64_t s_e0 = c->eo + (int64_t)(k * CKPT_BLOCK / esz);
         uint64_t b1 = (k + s->nblk) * CKPT_BLOCK < c->bytes ? (k + s->nblk) * CKPT_BLOCK : c->bytes;
         int64_t s_e1 = c->eo + (int64_t)(b1 / esz);
@@ -1745,15 +1856,20 @@ static zinc_status add_segs(ck_segs *l, const ckpt_mtensor *t, const ckpt_chunk 
         s->dst = dst;
         s->ddt = ddt;
         s->de0 = de0;
+        if (io) {
+            s->io = *io;
+            continue;
+        }
         s->direct = ddt == t->t.dtype && s->e_lo == s_e0 && s->e_hi == s_e1 &&
                     ((uintptr_t)seg_dst(s, s_e0) - (c->off + k * CKPT_BLOCK)) % CKPT_ALIGN == 0;
     }
     return ZINC_OK;
 }
 
-/* Appends the segments reading elements [off, off+n) of manifest tensor ti into dst as dtype. */
+/* Appends the segments reading elements [off, off+n) of manifest tensor ti into dst as
+ * dtype, or to io when dst is NULL. */
 static zinc_status add_read_segs(zinc_ckpt_reader *r, ck_segs *l, int ti, int64_t off, int64_t n, zinc_dtype dtype,
-                                 void *dst)
+                                 void *dst, const ck_io *io)
 {
     const ckpt_mtensor *t = &r->m.tensors[ti];
     zinc_status st = ZINC_OK;
@@ -1766,7 +1882,7 @@ static zinc_status add_read_segs(zinc_ckpt_reader *r, ck_segs *l, int ti, int64_
     for (int j = 0; j < t->n_chunks && st == ZINC_OK; j++) {
         const ckpt_chunk *c = &t->chunks[j];
         int64_t lo = off > c->eo ? off : c->eo, hi = off + n < c->eo + c->n ? off + n : c->eo + c->n;
-        if (lo < hi) st = add_segs(l, t, c, lo, hi, dst, dtype, off);
+        if (lo < hi) st = add_segs(l, t, c, lo, hi, dst, dtype, off, dst ? NULL : io);
     }
     return st;
 }
@@ -1775,7 +1891,7 @@ static zinc_status add_read_segs(zinc_ckpt_reader *r, ck_segs *l, int ti, int64_
 static zinc_status reader_read(zinc_ckpt_reader *r, int ti, int64_t off, int64_t n, zinc_dtype dtype, void *dst)
 {
     ck_segs l = {0};
-    zinc_status st = add_read_segs(r, &l, ti, off, n, dtype, dst);
+    zinc_status st = add_read_segs(r, &l, ti, off, n, dtype, dst, NULL);
     if (st == ZINC_OK) st = run_segs(r, l.s, l.n, NULL);
     free(l.s);
     return st;
@@ -1827,7 +1943,7 @@ zinc_status zinc_ckpt_reader_verify(zinc_ckpt_reader *r, zinc_ckpt_progress_fn p
                             fc[i - 1].t->t.name, fc[i].t->t.name, r->m.files[fc[i].c->file].name);
             goto cleanup;
         }
-        ZINC_TRY(add_segs(&l, fc[i].t, fc[i].c, 0, 0, NULL, fc[i].t->t.dtype, 0));
+        ZINC_TRY(add_segs(&l, fc[i].t, fc[i].c, 0, 0, NULL, fc[i].t->t.dtype, 0, NULL));
     }
     progress_start(&prog, progress, u, segs_bytes(&l));
     st = run_segs(r, l.s, l.n, &prog);
@@ -1913,7 +2029,8 @@ zinc_status zinc_ckpt_load(zinc_comm *world, zinc_aio *aio, const char *save_dir
     for (int i = 0; st == ZINC_OK && i < want->n_pieces; i++) {
         const zinc_ckpt_piece *p = &want->pieces[i];
         if (p->n == 0) continue;
-        st = add_read_segs(r, &segs, map[p->tensor], p->offset, p->n, want->tensors[p->tensor].dtype, p->data);
+        ck_io io = {want->io, want->io_u, i, &want->tensors[p->tensor]};
+        st = add_read_segs(r, &segs, map[p->tensor], p->offset, p->n, want->tensors[p->tensor].dtype, p->data, &io);
     }
     if (st == ZINC_OK) {
         ck_progress prog;

@@ -9,6 +9,8 @@
  * (the whole unit at stage 0) of the fp32 master weights ("master" when the
  * checkpoint has it, else "param") and the moments, then rebuilds the
  * storage-dtype params from them and gathers them where they are whole.
+ * State offloaded to NVMe streams between checkpoint and swap files through
+ * the layout's io callback, a few MiB at a time, never whole in memory.
  */
 #include <math.h>
 #include <stdio.h>
@@ -25,9 +27,18 @@
 enum { K_PARAM, K_MASTER, K_EXP_AVG, K_EXP_AVG_SQ, N_KINDS };
 static const char *const kind_names[N_KINDS] = {"param", "master", "exp_avg", "exp_avg_sq"};
 
+/* Where a piece without memory lives: a range of a swap file. */
+typedef struct piece_src {
+    zinc_aio_file *file;  /* NULL: the piece is in memory */
+    uint64_t off;         /* byte offset of the piece's first element */
+    size_t elem_bytes;
+} piece_src;
+
 typedef struct layout_buf {
+    zinc_engine *e;
     zinc_ckpt_tensor *t;
     zinc_ckpt_piece *p;
+    piece_src *src;       /* parallel to p */
     int n_t, n_p, cap_p;
 } layout_buf;
 
@@ -35,20 +46,36 @@ static void layout_free(layout_buf *b)
 {
     free(b->t);
     free(b->p);
+    free(b->src);
 }
 
-static int add_piece(layout_buf *b, int tensor, int64_t off, int64_t n, void *data)
+static int add_piece(layout_buf *b, int tensor, int64_t off, int64_t n, void *data, piece_src src)
 {
     if (b->n_p == b->cap_p) {
         int cap = b->cap_p ? 2 * b->cap_p : 256;
         zinc_ckpt_piece *np = realloc(b->p, (size_t)cap * sizeof *np);
-        if (!np) return -1;
-        b->p = np;
+        if (np) b->p = np;
+        piece_src *ns = np ? realloc(b->src, (size_t)cap * sizeof *ns) : NULL;
+        if (ns) b->src = ns;
+        if (!np || !ns) return -1;
         b->cap_p = cap;
     }
+    b->src[b->n_p] = src;
     b->p[b->n_p++] = (zinc_ckpt_piece){.tensor = tensor, .offset = off, .n = n, .data = data};
     return 0;
 }
+
+/* The layout's io: offloaded pieces stream between checkpoint and swap file. */
+static zinc_status swap_io(void *u, int piece, int write, void *buf, int64_t first, int64_t n)
+{
+    const piece_src *s = &((layout_buf *)u)->src[piece];
+    uint64_t off = s->off + (uint64_t)first * s->elem_bytes;
+    size_t bytes = (size_t)n * s->elem_bytes;
+    return write ? zinc_aio_pwrite(s->file, buf, bytes, off) : zinc_aio_pread(s->file, buf, bytes, off);
+}
+
+/* Swap-file location of element elem of unit u for kind, when it is offloaded. */
+static piece_src swap_src(const zinc_engine *e, int kind, const engine_unit *u, size_t elem);
 
 /* Tensor table: tensor index = param * N_KINDS + kind. */
 static zinc_status make_tensors(const zinc_engine *e, layout_buf *b, int master_as_param)
@@ -87,31 +114,48 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
             size_t a = p->uoff > lo ? p->uoff : lo;
             size_t z = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
             if (a >= z) continue;
-            for (int k = 0; k < n_kinds; k++)
+            for (int k = 0; k < n_kinds; k++) {
+                void *data = ptr(e, kinds[k], u, a);
+                piece_src src = data ? (piece_src){0} : swap_src(e, kinds[k], u, a);
                 if (add_piece(b, pi * N_KINDS + kinds[k], (int64_t)(a - p->uoff),
-                              (int64_t)(z - a), ptr(e, kinds[k], u, a)) != 0)
+                              (int64_t)(z - a), data, src) != 0)
                     return zinc_error(ZINC_ERR_NOMEM, "checkpoint pieces");
+            }
         }
     }
     return ZINC_OK;
 }
 
-/* Save: element elem of slice [r*shard, (r+1)*shard). */
+static piece_src swap_src(const zinc_engine *e, int kind, const engine_unit *u, size_t elem)
+{
+    size_t rel = elem - u->opt_lo; /* offload needs stage >= 1: the opt range is the slice */
+    if (kind == K_PARAM)
+        return (piece_src){e->param_swap, u->pswap_off + rel * e->psz, e->psz};
+    int part = kind == K_MASTER ? 0 : kind == K_EXP_AVG ? 1 : 2;
+    return (piece_src){e->opt_swap,
+                       u->swap_off + (uint64_t)part * offload_part_bytes(u) + rel * sizeof(float),
+                       sizeof(float)};
+}
+
+/* Save: element elem of slice [r*shard, (r+1)*shard); NULL when offloaded. */
 static void *save_ptr(const zinc_engine *e, int kind, const engine_unit *u, size_t elem)
 {
     size_t rel = elem - u->opt_lo; /* stage >= 1: opt range is the slice */
     if (kind == K_PARAM) {
+        if (offload_param_on_nvme(e, u)) return NULL;
         size_t at = u->sharded ? elem - (size_t)e->dp_rank * u->shard : elem;
         return (char *)u->p + at * e->psz;
     }
+    if (e->opt_nvme) return NULL;
     const float *base = kind == K_MASTER ? u->master : kind == K_EXP_AVG ? u->m : u->v;
     return (void *)(base + (e->stage == 0 ? elem : rel));
 }
 
-/* Load: element elem of the opt range; the fp32 master (or params) go to master. */
+/* Load: element elem of the opt range; the fp32 master (or params) go to
+ * master; NULL when offloaded. */
 static void *load_ptr(const zinc_engine *e, int kind, const engine_unit *u, size_t elem)
 {
-    (void)e;
+    if (e->opt_nvme) return NULL;
     size_t rel = elem - u->opt_lo;
     const float *base = kind == K_EXP_AVG ? u->m : kind == K_EXP_AVG_SQ ? u->v : u->master;
     return (void *)(base + rel);
@@ -161,8 +205,6 @@ static zinc_status save_prepare(zinc_engine *e, layout_buf *b, const int *kinds,
                                 char **meta)
 {
     zinc_status st = ZINC_OK;
-    /* offloaded state comes into memory for the save (this rank's shard) */
-    ZINC_TRY(offload_fetch(e, 1));
     ZINC_TRY(make_tensors(e, b, 0));
     ZINC_TRY(make_pieces(e, b, 1, kinds, nk, save_ptr));
     /* drop the master tensors from the table when they are the params */
@@ -195,7 +237,7 @@ zinc_status zinc_engine_save_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
                                         const char *tag, int keep_last)
 {
     zinc_status st = ZINC_OK;
-    layout_buf b = {0};
+    layout_buf b = {.e = e};
     char *meta = NULL;
     int mixed = e->pdt != ZINC_DTYPE_F32;
     int kinds[N_KINDS], nk = 0;
@@ -205,10 +247,9 @@ zinc_status zinc_engine_save_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
     kinds[nk++] = K_EXP_AVG_SQ;
     /* local preparation; every rank agrees on it before the collective save */
     ZINC_TRY(zinc_comm_agree(e->world, save_prepare(e, &b, kinds, nk, mixed, &meta)));
-    zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p};
+    zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p, swap_io, &b};
     st = zinc_ckpt_save(e->world, aio, save_dir, tag, &lay, meta, keep_last);
 cleanup:
-    offload_drop(e);
     free(meta);
     layout_free(&b);
     return st;
@@ -237,7 +278,6 @@ static zinc_status load_prepare(zinc_engine *e, zinc_aio *aio, const char *save_
     ZINC_TRY(zinc_ckpt_reader_open(aio, dir, &r));
     int has_master = e->n_params > 0 && zinc_ckpt_reader_find(r, e->params[0].name, "master") >= 0;
     int kinds[] = {K_MASTER, K_EXP_AVG, K_EXP_AVG_SQ};
-    ZINC_TRY(offload_fetch(e, 0));
     ZINC_TRY(make_tensors(e, b, !has_master));
     ZINC_TRY(make_pieces(e, b, 0, kinds, 3, load_ptr));
 cleanup:
@@ -249,15 +289,14 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
                                         const char *tag)
 {
     zinc_status st = ZINC_OK;
-    layout_buf b = {0};
+    layout_buf b = {.e = e};
     char *meta = NULL, tagbuf[ZINC_CKPT_TAG_MAX + 1];
     json_t *m = NULL;
     /* local preparation; every rank agrees on it before the collective load */
     ZINC_TRY(zinc_comm_agree(e->world, load_prepare(e, aio, save_dir, &tag, tagbuf, &b)));
-    zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p};
+    zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p, swap_io, &b};
     ZINC_TRY(zinc_ckpt_load(e->world, aio, save_dir, tag, &lay, &meta));
     ZINC_TRY(zero_params_from_master(e));
-    ZINC_TRY(offload_store(e));
 
     json_error_t jerr;
     m = meta ? json_loads(meta, 0, &jerr) : NULL;
@@ -287,7 +326,6 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
                   save_dir, tag, (long long)e->step, (long long)meta_int(topo, "dp", 0),
                   (long long)meta_int(topo, "zero_stage", 0), e->dp, e->stage);
 cleanup:
-    offload_drop(e);
     json_decref(m);
     free(meta);
     layout_free(&b);

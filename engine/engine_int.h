@@ -135,7 +135,6 @@ struct zinc_engine {
     /* offload: optimizer state (master, m, v) and/or ZeRO-3 param shards on NVMe */
     int opt_nvme, param_nvme;
     int master_sep;      /* master weights are their own array (16-bit params, or NVMe) */
-    int in_memory;       /* offloaded state temporarily held in memory (checkpoint I/O) */
     zinc_aio *aio;
     zinc_aio_file *opt_swap, *param_swap;
     char opt_swap_path[600], param_swap_path[600];
@@ -204,13 +203,6 @@ void offload_close(zinc_engine *e);
 zinc_status offload_check(zinc_engine *e);
 /* Bytes per unit-element region in the optimizer swap, and its parts. */
 uint64_t offload_part_bytes(const engine_unit *u);
-/* Brings all offloaded state into memory (master, m, v, param shards) so that
- * checkpoint and init code can use the plain pointers; read = 0 allocates
- * zeroed arrays without reading. offload_store writes it back and frees it;
- * offload_drop frees it without writing. */
-zinc_status offload_fetch(zinc_engine *e, int read);
-zinc_status offload_store(zinc_engine *e);
-void offload_drop(zinc_engine *e);
 /* Reads / writes elements [a, a+n) of unit u's opt range of the optimizer
  * state into / from buf: master at buf, m at buf + stride, v at buf + 2 stride
  * (stride a multiple of 1024 keeps every part page aligned for O_DIRECT);

@@ -249,7 +249,7 @@ zinc_status zero_unit_store(zinc_engine *e, int l, const float *vals)
     zinc_status st = ZINC_OK;
     engine_unit *u = &e->units[l];
     size_t plo = u->sharded ? u->opt_lo : 0, pn = u->sharded ? u->shard : u->numel;
-    if (offload_param_on_nvme(e, u) && !e->in_memory) {
+    if (offload_param_on_nvme(e, u)) {
         void *pio = zinc_aio_buf_alloc(pn * e->psz);
         if (!pio) return zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", l);
         zero_from_f32(pio, vals, e->pdt, pn);
@@ -260,7 +260,7 @@ zinc_status zero_unit_store(zinc_engine *e, int l, const float *vals)
         zero_from_f32(u->p, vals, e->pdt, pn);
     }
     const float *mv = vals + (u->opt_lo - plo); /* master values of the opt range */
-    if (e->opt_nvme && !e->in_memory) {
+    if (e->opt_nvme) {
         if (u->opt_n) st = zinc_aio_pwrite(e->opt_swap, mv, u->opt_n * sizeof(float), u->swap_off);
     } else if (e->master_sep) {
         memcpy(u->master, mv, u->opt_n * sizeof(float));
@@ -271,7 +271,6 @@ zinc_status zero_unit_store(zinc_engine *e, int l, const float *vals)
 void zero_units_free(zinc_engine *e)
 {
     if (!e->units) return;
-    offload_drop(e); /* fetched copies of offloaded state */
     /* reductions in flight still use their buffers: finish them first */
     for (int i = 0; i < e->n_pending; i++) {
         zinc_comm_wait(&e->pending[i].h);
@@ -574,7 +573,7 @@ static zinc_status group_update(zinc_engine *e, engine_unit *u, size_t a, size_t
                       (float)c->optimizer.eps, wd, t);
     }
     if (!e->master_sep) return ZINC_OK; /* the master weights are the params */
-    if (offload_param_on_nvme(e, u) && !e->in_memory) {
+    if (offload_param_on_nvme(e, u)) {
         zero_from_f32(pbuf, master, e->pdt, n);
         return zinc_aio_pwrite(e->param_swap, pbuf, n * e->psz, u->pswap_off + a * e->psz);
     }
@@ -680,7 +679,7 @@ zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t)
         st = zinc_error(ZINC_ERR_NOMEM, "optimizer buffers");
         goto cleanup;
     }
-    if (e->opt_nvme && !e->in_memory) {
+    if (e->opt_nvme) {
         ZINC_TRY(offload_check(e));
         ZINC_TRY(step_nvme(e, lr, coef, t, gtmp, pbuf, G));
     } else {
@@ -737,7 +736,7 @@ zinc_status zero_params_from_master(zinc_engine *e)
     zinc_status st = ZINC_OK;
     if (!e->master_sep) return zero_gather_whole_params(e); /* the master weights are the params */
     const size_t G = (size_t)1 << 20; /* elements per chunk when streaming swap files */
-    int m_swap = e->opt_nvme && !e->in_memory;
+    int m_swap = e->opt_nvme;
     float *mbuf = m_swap ? zinc_aio_buf_alloc(G * sizeof(float)) : NULL;
     void *pbuf = e->param_nvme ? zinc_aio_buf_alloc(G * e->psz) : NULL;
     if ((m_swap && !mbuf) || (e->param_nvme && !pbuf)) {
@@ -752,7 +751,7 @@ zinc_status zero_params_from_master(zinc_engine *e)
             if (m_swap)
                 ZINC_TRY(zinc_aio_pread(e->opt_swap, mbuf, n * sizeof(float),
                                         u->swap_off + a * sizeof(float)));
-            if (offload_param_on_nvme(e, u) && !e->in_memory) {
+            if (offload_param_on_nvme(e, u)) {
                 zero_from_f32(pbuf, m, e->pdt, n);
                 ZINC_TRY(zinc_aio_pwrite(e->param_swap, pbuf, n * e->psz, u->pswap_off + a * e->psz));
             } else {

@@ -43,12 +43,19 @@ typedef struct zinc_ckpt_tensor {
     int tp_dim;              /* partition spec, recorded for later TP work (-1: replicated) */
 } zinc_ckpt_tensor;
 
-/* Part of a tensor held in this rank's memory. */
+/* Part of a tensor held by this rank: in memory, or (data NULL) behind the layout's io. */
 typedef struct zinc_ckpt_piece {
     int tensor;              /* index into the layout's tensor table */
     int64_t offset, n;       /* flattened elements [offset, offset+n) */
-    void *data;              /* n elements of the tensor's dtype (save: read; load: written) */
+    void *data;              /* n elements of the tensor's dtype (save: read; load: written);
+                              * NULL: the piece moves through the layout's io */
 } zinc_ckpt_piece;
+
+/* Moves elements [first, first+n) of piece (its index in the layout; first relative to the
+ * piece's own start) between buf and wherever the piece lives (an NVMe swap file): write 0
+ * (save) fills buf, write 1 (load) takes buf. buf holds elements of the tensor's dtype (the
+ * stored one on save, the wanted one on load) and is valid only during the call. */
+typedef zinc_status (*zinc_ckpt_io_fn)(void *u, int piece, int write, void *buf, int64_t first, int64_t n);
 
 /* What one rank holds. Every array is borrowed for the duration of the call. Ranks may have
  * different tensor tables (a pipeline stage lists only its own tensors); tensors are matched
@@ -58,6 +65,21 @@ typedef struct zinc_ckpt_layout {
     int n_tensors;
     const zinc_ckpt_piece *pieces;
     int n_pieces;
+    /* Pieces with data == NULL move through io instead of memory: on save,
+     * io(u, piece, 0, buf, first, n) must fill buf with elements [first, first+n)
+     * of that piece (relative to the piece's own start, in the tensor's dtype);
+     * on load, io(u, piece, 1, buf, first, n) receives them (already converted to
+     * the wanted dtype and crc-checked). Called from the calling thread only, with
+     * n at most a few MiB worth; a non-OK status aborts the save/load (agreed
+     * across ranks like any other error).
+     * Exactly: each such piece's elements are passed once, in ascending first, pieces
+     * in layout order; n * (size of buf's dtype) <= 8 MiB. Save: buf is 4 KiB aligned
+     * and n * size a multiple of 4 KiB except on a piece's last call. Load: buf is
+     * aligned to its dtype's size only. io should set the detail with zinc_error();
+     * the save/load returns it with the piece and elements appended. NULL (the
+     * default of a {t, n_t, p, n_p} initializer): every piece must have data. */
+    zinc_ckpt_io_fn io;
+    void *io_u;
 } zinc_ckpt_layout;
 
 /* Progress callback: done and total bytes of the current operation. */

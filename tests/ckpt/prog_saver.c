@@ -102,7 +102,7 @@ int main(int argc, char **argv)
                 }
         }
     }
-    zinc_ckpt_layout L = {T, NT, P, np};
+    zinc_ckpt_layout L = {T, NT, P, np, NULL, NULL};
     int rc = 0;
     char tag[ZINC_CKPT_TAG_MAX + 1];
     if (check) {

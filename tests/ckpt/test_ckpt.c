@@ -86,7 +86,7 @@ static void lay_add(lay *l, int t, int64_t off, int64_t n)
 
 static void lay_done(lay *l)
 {
-    l->L = (zinc_ckpt_layout){l->t, NT, l->p, l->np};
+    l->L = (zinc_ckpt_layout){l->t, NT, l->p, l->np, NULL, NULL};
 }
 
 static void lay_free(lay *l)
@@ -713,7 +713,7 @@ static void test_direct_and_progress(void)
     fill(a1 + 2, ZINC_DTYPE_BF16, 1, per1 * g_rank, per1, 5);
     zinc_ckpt_piece sp[2] = {{0, per0 * g_rank, per0, a0}, {1, per1 * g_rank, per1, a1 + 2}};
     zinc_ckpt_piece lp[2] = {{0, per0 * g_rank, per0, b0}, {1, per1 * g_rank, per1, b1 + 6}};
-    zinc_ckpt_layout sl = {t, 2, sp, 2}, ll = {t, 2, lp, 2};
+    zinc_ckpt_layout sl = {t, 2, sp, 2, NULL, NULL}, ll = {t, 2, lp, 2, NULL, NULL};
 
     prog_log ps = {0}, pl = {0};
     zinc_ckpt_set_progress(prog_cb, &ps);
@@ -730,7 +730,7 @@ static void test_direct_and_progress(void)
     CU_ASSERT(!pl.bad && pl.last == pl.total && pl.total >= (uint64_t)(per0 * 4 + per1 * 2) && pl.calls >= 3);
 
     zinc_ckpt_piece wp = {0, 0, per0 * g_size, all};
-    zinc_ckpt_layout wl = {t, 1, &wp, 1};
+    zinc_ckpt_layout wl = {t, 1, &wp, 1, NULL, NULL};
     int ok = zinc_ckpt_load(g_world, g_aio, dir, "d1", &wl, NULL) == ZINC_OK;
     for (int64_t i = 0; ok && i < per0 * g_size; i++) ok = all[i] == val(0, i, 5);
     CU_ASSERT(all_true(ok));
@@ -747,6 +747,274 @@ static void test_direct_and_progress(void)
     zinc_aio_buf_free(all);
     free(a1);
     free(b1);
+}
+
+/* ---- pieces behind a callback (optimizer state offloaded to NVMe) ------------------------ */
+
+#define IO_NT 3
+#define IO_MAXP 64
+#define IO_P0 3300001 /* f32 elements of tensor 0 per rank: a piece spans two staging buffers */
+
+/* The "swap space": one malloc'd array per callback piece that io_cb copies from (save) or
+ * into (load), or, with swap set, a per-rank file holding the callback pieces at 4 KiB
+ * aligned offsets that io_cb reads and writes through g_aio while the checkpoint's own
+ * transfers are in flight on it (as the engine's NVMe offload does). io_cb checks that every call is in bounds and in order (each element once,
+ * ascending), records the largest request and (on save) whether buf was 4 KiB aligned, and
+ * fails with a clear detail on call fail_call when fail is set. */
+typedef struct io_back {
+    uint8_t *base[IO_MAXP]; /* NULL: a memory piece */
+    int64_t n[IO_MAXP], next[IO_MAXP];
+    size_t esz[IO_MAXP];
+    uint64_t max_bytes;
+    int calls, bad, misaligned, fail, fail_call;
+    zinc_aio_file *swap;
+    uint64_t soff[IO_MAXP];
+} io_back;
+
+static zinc_status io_cb(void *u, int piece, int write, void *buf, int64_t first, int64_t n)
+{
+    io_back *b = u;
+    if (piece < 0 || piece >= IO_MAXP || !b->base[piece] || first != b->next[piece] || n <= 0 ||
+        first + n > b->n[piece] || !buf) {
+        b->bad = 1;
+        return zinc_error(ZINC_ERR_INTERNAL, "io_cb: unexpected call piece %d [%lld, +%lld)", piece, (long long)first,
+                          (long long)n);
+    }
+    uint64_t bytes = (uint64_t)n * b->esz[piece];
+    if (bytes > b->max_bytes) b->max_bytes = bytes;
+    if (!write && (uintptr_t)buf % 4096) b->misaligned++;
+    if (b->fail && b->calls == b->fail_call)
+        return zinc_error(ZINC_ERR_IO, "/nvme/opt.swap: read failed on rank %d (test)", g_rank);
+    b->calls++;
+    b->next[piece] += n;
+    if (b->swap) {
+        uint64_t off = b->soff[piece] + (uint64_t)first * b->esz[piece];
+        return write ? zinc_aio_pwrite(b->swap, buf, (size_t)bytes, off) : zinc_aio_pread(b->swap, buf, (size_t)bytes, off);
+    }
+    uint8_t *at = b->base[piece] + (size_t)first * b->esz[piece];
+    if (write) memcpy(at, buf, (size_t)bytes);
+    else memcpy(buf, at, (size_t)bytes);
+    return ZINC_OK;
+}
+
+typedef struct io_lay {
+    zinc_ckpt_tensor t[IO_NT];
+    zinc_ckpt_piece p[IO_MAXP];
+    int np;
+    uint8_t *mem[IO_MAXP]; /* every piece's elements, wherever they live */
+    io_back b;
+    zinc_ckpt_layout L;
+} io_lay;
+
+static void io_init(io_lay *l)
+{
+    const zinc_ckpt_tensor t[IO_NT] = {
+        {"opt.m", "exp_avg", ZINC_DTYPE_F32, 1, {IO_P0 * g_size}, -1},
+        {"opt.w", "param", ZINC_DTYPE_BF16, 2, {7 * g_size, 300007}, 0},
+        {"ln.bias", "param", ZINC_DTYPE_F16, 1, {37}, -1},
+    };
+    memset(l, 0, sizeof *l);
+    memcpy(l->t, t, sizeof t);
+}
+
+/* Adds a piece whose elements live behind io_cb (cb) or in memory. */
+static void io_add(io_lay *l, int t, int64_t off, int64_t n, int cb)
+{
+    int i = l->np++;
+    size_t esz = zinc_dtype_size(l->t[t].dtype);
+    l->mem[i] = calloc((size_t)n + 1, esz);
+    l->p[i] = (zinc_ckpt_piece){t, off, n, cb ? NULL : l->mem[i]};
+    l->b.base[i] = cb ? l->mem[i] : NULL;
+    l->b.n[i] = n;
+    l->b.esz[i] = esz;
+}
+
+/* Ends a layout (dtypes final): io_cb on it, counters cleared. */
+static void io_done(io_lay *l)
+{
+    for (int i = 0; i < l->np; i++) {
+        l->b.next[i] = 0;
+        l->b.esz[i] = zinc_dtype_size(l->t[l->p[i].tensor].dtype);
+    }
+    l->b.max_bytes = 0;
+    l->b.calls = l->b.bad = l->b.misaligned = 0;
+    l->L = (zinc_ckpt_layout){l->t, IO_NT, l->p, l->np, io_cb, &l->b};
+}
+
+/* Moves the callback pieces into this rank's swap file (call after io_done). */
+static void io_swap_open(io_lay *l)
+{
+    char p[600];
+    uint64_t off = 0;
+    snprintf(p, sizeof p, "%s/swap-%d", g_dir, g_rank);
+    CU_ASSERT_FATAL(zinc_aio_open(g_aio, p, ZINC_AIO_READ | ZINC_AIO_WRITE | ZINC_AIO_CREATE | ZINC_AIO_TRUNC,
+                                  &l->b.swap) == ZINC_OK);
+    for (int i = 0; i < l->np; i++) {
+        if (!l->b.base[i]) continue;
+        size_t bytes = (size_t)l->p[i].n * l->b.esz[i];
+        l->b.soff[i] = off;
+        CU_ASSERT(zinc_aio_pwrite(l->b.swap, l->mem[i], bytes, off) == ZINC_OK);
+        off = (off + bytes + 4095) / 4096 * 4096;
+    }
+}
+
+/* Copies the callback pieces back from the swap file into mem (to compare) and closes it. */
+static void io_swap_close(io_lay *l)
+{
+    for (int i = 0; i < l->np; i++)
+        if (l->b.base[i])
+            CU_ASSERT(zinc_aio_pread(l->b.swap, l->mem[i], (size_t)l->p[i].n * l->b.esz[i], l->b.soff[i]) == ZINC_OK);
+    zinc_aio_close(l->b.swap);
+    l->b.swap = NULL;
+}
+
+static void io_free(io_lay *l)
+{
+    if (l->b.swap) zinc_aio_close(l->b.swap);
+    l->b.swap = NULL;
+    for (int i = 0; i < l->np; i++) free(l->mem[i]);
+    l->np = 0;
+}
+
+/* Every callback piece passed whole, each element once, within bounds. */
+static int io_complete(const io_lay *l)
+{
+    for (int i = 0; i < l->np; i++)
+        if (l->b.base[i] && l->b.next[i] != l->b.n[i]) return 0;
+    return !l->b.bad;
+}
+
+static int io_mismatches(const io_lay *l, int step)
+{
+    int bad = 0;
+    for (int i = 0; i < l->np; i++) {
+        const zinc_ckpt_piece *p = &l->p[i];
+        size_t bytes = (size_t)p->n * zinc_dtype_size(l->t[p->tensor].dtype);
+        void *want = malloc(bytes + 1);
+        fill(want, l->t[p->tensor].dtype, p->tensor, p->offset, p->n, step);
+        if (memcmp(want, l->mem[i], bytes) != 0) bad++;
+        free(want);
+    }
+    return bad;
+}
+
+/* Save layout: rank r holds tensor 0's block r as a memory piece (its first third) and a
+ * callback piece, tensor 1's block r as one callback piece, and the last rank tensor 2 in
+ * memory. */
+static void io_save_layout(io_lay *l, int step)
+{
+    io_init(l);
+    int64_t a = (int64_t)IO_P0 * g_rank, m = a + IO_P0 / 3, per1 = 7 * 300007;
+    io_add(l, 0, a, m - a, 0);
+    io_add(l, 0, m, a + IO_P0 - m, 1);
+    io_add(l, 1, per1 * g_rank, per1, 1);
+    if (g_rank == g_size - 1) io_add(l, 2, 0, 37, 0);
+    for (int i = 0; i < l->np; i++) fill(l->mem[i], l->t[l->p[i].tensor].dtype, l->p[i].tensor, l->p[i].offset, l->p[i].n, step);
+    io_done(l);
+}
+
+/* Load layout: ranges of B elements dealt round robin, every piece behind io_cb (cb) or in
+ * memory; or (B 0) every tensor whole on rank 0. */
+static void io_load_layout(io_lay *l, int64_t B, int cb)
+{
+    io_init(l);
+    for (int t = 0; t < IO_NT; t++) {
+        int64_t N = numel(&l->t[t]);
+        if (B == 0) {
+            if (g_rank == 0) io_add(l, t, 0, N, cb);
+            continue;
+        }
+        for (int64_t k = 0; k * B < N; k++)
+            if (k % g_size == g_rank) io_add(l, t, k * B, (k + 1) * B < N ? B : N - k * B, cb);
+    }
+    io_done(l);
+}
+
+/* Saved partly through a callback, loaded into memory pieces and into callback pieces of
+ * other splits (with dtype conversion both ways): bitwise equal, each element passed once
+ * and in order, no request above one staging buffer, save buffers 4 KiB aligned. A failing
+ * callback on one rank fails the save (or load) on every rank with its detail, and leaves
+ * latest and the checkpoint it names intact. */
+static void test_io_pieces(void)
+{
+    char sd[512], tag[64], p[600];
+    subdir(sd, sizeof sd, "io");
+    io_lay s, l;
+    io_save_layout(&s, 11);
+    io_swap_open(&s);
+    for (int i = 0; i < s.np; i++) /* what is in the swap file is what must be saved */
+        if (s.b.base[i]) memset(s.mem[i], 0, (size_t)s.p[i].n * s.b.esz[i]);
+    CU_ASSERT_FATAL(all_true(zinc_ckpt_save(g_world, g_aio, sd, "io1", &s.L, NULL, 0) == ZINC_OK));
+    CU_ASSERT(all_true(io_complete(&s) && s.b.misaligned == 0 && s.b.calls >= 3));
+    CU_ASSERT(all_true(s.b.max_bytes > 0 && s.b.max_bytes <= CKPT_SEG));
+    io_swap_close(&s);
+    if (g_rank == 0) CU_ASSERT_EQUAL(zinc_ckpt_verify(g_aio, sd, NULL, NULL), ZINC_OK);
+
+    /* into memory, another split */
+    io_load_layout(&l, 1000003, 0);
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, "io1", &l.L, NULL) == ZINC_OK));
+    CU_ASSERT(all_true(io_mismatches(&l, 11) == 0 && l.b.calls == 0));
+    io_free(&l);
+
+    /* into callback pieces, another split; tensor 1 stored bf16, wanted f32 */
+    io_load_layout(&l, 2500009, 1);
+    l.t[1].dtype = ZINC_DTYPE_F32;
+    for (int i = 0; i < l.np; i++)
+        if (l.p[i].tensor == 1) {
+            free(l.mem[i]);
+            l.mem[i] = l.b.base[i] = calloc((size_t)l.p[i].n + 1, 4);
+        }
+    io_done(&l);
+    io_swap_open(&l);
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, "io1", &l.L, NULL) == ZINC_OK));
+    io_swap_close(&l);
+    CU_ASSERT(all_true(io_complete(&l) && io_mismatches(&l, 11) == 0));
+    CU_ASSERT(all_true(l.b.max_bytes <= CKPT_SEG));
+    io_free(&l);
+
+    /* everything on rank 0 behind the callback; tensor 0 stored f32, wanted bf16 */
+    io_load_layout(&l, 0, 1);
+    l.t[0].dtype = ZINC_DTYPE_BF16;
+    io_done(&l);
+    CU_ASSERT(all_true(zinc_ckpt_load(g_world, g_aio, sd, NULL, &l.L, NULL) == ZINC_OK));
+    CU_ASSERT(all_true(io_complete(&l) && io_mismatches(&l, 11) == 0));
+    CU_ASSERT(all_true(l.b.max_bytes <= CKPT_SEG && (g_rank != 0 || l.b.calls > 3)));
+    io_free(&l);
+
+    /* a NULL data without io is still refused */
+    io_save_layout(&l, 12);
+    l.L.io = NULL;
+    CU_ASSERT(all_true(zinc_ckpt_save(g_world, g_aio, sd, "bad", &l.L, NULL, 0) == ZINC_ERR_INVALID_ARG &&
+                       err_has("data is NULL")));
+    io_free(&l);
+
+    /* the last rank's callback fails on its second call (inside tensor 0's callback piece) */
+    io_save_layout(&l, 12);
+    if (g_rank == g_size - 1) {
+        l.b.fail = 1;
+        l.b.fail_call = 1;
+    }
+    zinc_status st = zinc_ckpt_save(g_world, g_aio, sd, "bad", &l.L, NULL, 0);
+    CU_ASSERT_EQUAL(st, ZINC_ERR_IO);
+    CU_ASSERT(all_true(err_has("/nvme/opt.swap: read failed on rank") && err_has("opt.m (exp_avg)")));
+    io_free(&l);
+    if (g_rank == 0) {
+        CU_ASSERT_EQUAL(zinc_ckpt_resolve_latest(sd, tag, sizeof tag), ZINC_OK);
+        CU_ASSERT_STRING_EQUAL(tag, "io1");
+        snprintf(p, sizeof p, "%s/bad.partial", sd);
+        CU_ASSERT(!file_exists(p));
+        snprintf(p, sizeof p, "%s/bad", sd);
+        CU_ASSERT(!file_exists(p));
+        CU_ASSERT_EQUAL(zinc_ckpt_verify(g_aio, sd, NULL, NULL), ZINC_OK);
+    }
+
+    /* rank 0's callback fails on its first call of a load */
+    io_load_layout(&l, 2500009, 1);
+    if (g_rank == 0) l.b.fail = 1;
+    CU_ASSERT_EQUAL(zinc_ckpt_load(g_world, g_aio, sd, NULL, &l.L, NULL), ZINC_ERR_IO);
+    CU_ASSERT(all_true(err_has("/nvme/opt.swap: read failed on rank 0") && err_has("checkpoint load")));
+    io_free(&l);
+    io_free(&s);
 }
 
 /* ---- main --------------------------------------------------------------------------------- */
@@ -788,6 +1056,7 @@ int main(int argc, char **argv)
     CU_add_test(s, "coverage_errors", test_coverage_errors);
     CU_add_test(s, "corruption", test_corruption);
     CU_add_test(s, "direct_and_progress", test_direct_and_progress);
+    CU_add_test(s, "io_pieces", test_io_pieces);
     CU_add_test(s, "safetensors_roundtrip", test_safetensors_roundtrip);
     CU_add_test(s, "safetensors_malformed", test_safetensors_malformed);
     CU_basic_set_mode(g_rank == 0 ? CU_BRM_VERBOSE : CU_BRM_SILENT);
