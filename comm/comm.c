@@ -454,56 +454,45 @@ cleanup:
     return st;
 }
 
-zinc_status zinc_comm_send(zinc_comm *c, const void *buf, size_t n, zinc_dtype dt, int peer,
-                           int tag, zinc_comm_handle **h)
+/* send and recv: the same checks, then the backend's op. */
+static zinc_status comm_p2p(zinc_comm *c, const char *op, int is_send, void *buf, size_t n,
+                            zinc_dtype dt, int peer, int tag, zinc_comm_handle **h)
 {
-    static const char OP[] = "send";
     zinc_status st;
     zinc_comm_handle *hh = NULL;
     if (h) *h = NULL;
-    ZINC_TRY(comm_check(c, OP));
-    ZINC_TRY(comm_check_dtype(c, OP, dt));
+    ZINC_TRY(comm_check(c, op));
+    ZINC_TRY(comm_check_dtype(c, op, dt));
     size_t sz = zinc_dtype_size(dt);
-    ZINC_TRY(comm_check_count(c, OP, n, 1, sz));
-    ZINC_TRY(comm_check_buf(c, OP, "buf", buf, n));
-    ZINC_TRY(comm_check_rank(c, OP, "peer", peer));
+    ZINC_TRY(comm_check_count(c, op, n, 1, sz));
+    ZINC_TRY(comm_check_buf(c, op, "buf", buf, n));
+    ZINC_TRY(comm_check_rank(c, op, "peer", peer));
     if (tag < 0) {
-        st = zinc_error(ZINC_ERR_INVALID_ARG, "%s on group %s: tag %d is negative", OP,
+        st = zinc_error(ZINC_ERR_INVALID_ARG, "%s on group %s: tag %d is negative", op,
                         c->name, tag);
         goto cleanup;
     }
-    ZINC_TRY(comm_handle_new(c, OP, 1, (uint64_t)n * sz, &hh));
-    st = c->be->send(c, buf, n, dt, peer, tag, hh);
+    ZINC_TRY(comm_handle_new(c, op, 1, (uint64_t)n * sz, &hh));
+    st = is_send ? c->be->send(c, buf, n, dt, peer, tag, hh)
+                 : c->be->recv(c, buf, n, dt, peer, tag, hh);
     return comm_finish(c, st, hh, h);
 cleanup:
     free(hh);
     return st;
 }
 
+zinc_status zinc_comm_send(zinc_comm *c, const void *buf, size_t n, zinc_dtype dt, int peer,
+                           int tag, zinc_comm_handle **h)
+{
+    static const char OP[] = "send";
+    return comm_p2p(c, OP, 1, (void *)buf, n, dt, peer, tag, h);
+}
+
 zinc_status zinc_comm_recv(zinc_comm *c, void *buf, size_t n, zinc_dtype dt, int peer, int tag,
                            zinc_comm_handle **h)
 {
     static const char OP[] = "recv";
-    zinc_status st;
-    zinc_comm_handle *hh = NULL;
-    if (h) *h = NULL;
-    ZINC_TRY(comm_check(c, OP));
-    ZINC_TRY(comm_check_dtype(c, OP, dt));
-    size_t sz = zinc_dtype_size(dt);
-    ZINC_TRY(comm_check_count(c, OP, n, 1, sz));
-    ZINC_TRY(comm_check_buf(c, OP, "buf", buf, n));
-    ZINC_TRY(comm_check_rank(c, OP, "peer", peer));
-    if (tag < 0) {
-        st = zinc_error(ZINC_ERR_INVALID_ARG, "%s on group %s: tag %d is negative", OP,
-                        c->name, tag);
-        goto cleanup;
-    }
-    ZINC_TRY(comm_handle_new(c, OP, 1, (uint64_t)n * sz, &hh));
-    st = c->be->recv(c, buf, n, dt, peer, tag, hh);
-    return comm_finish(c, st, hh, h);
-cleanup:
-    free(hh);
-    return st;
+    return comm_p2p(c, OP, 0, buf, n, dt, peer, tag, h);
 }
 
 zinc_status zinc_comm_barrier(zinc_comm *c)
