@@ -100,6 +100,16 @@ cleanup:
 
 static void half_reduce(const uint16_t *in, uint16_t *io, int n, int is_bf16, zinc_redop op)
 {
+    /* sums, the hot case (gradient reductions), as plain loops that vectorize */
+    if (op == ZINC_REDOP_SUM && is_bf16) {
+#pragma omp simd
+        for (int i = 0; i < n; i++) io[i] = zinc_f32_to_bf16(zinc_bf16_to_f32(in[i]) + zinc_bf16_to_f32(io[i]));
+        return;
+    }
+    if (op == ZINC_REDOP_SUM) {
+        for (int i = 0; i < n; i++) io[i] = zinc_f32_to_f16(zinc_f16_to_f32(in[i]) + zinc_f16_to_f32(io[i]));
+        return;
+    }
     float (*to)(uint16_t) = is_bf16 ? zinc_bf16_to_f32 : zinc_f16_to_f32;
     uint16_t (*from)(float) = is_bf16 ? zinc_f32_to_bf16 : zinc_f32_to_f16;
     for (int i = 0; i < n; i++) {

@@ -22,14 +22,21 @@
 #include "zinc/log.h"
 #include "zinc/rng.h"
 
-/* Zeroed model-state memory. Large blocks are page aligned so checkpoint and
- * offload I/O can go straight to and from them with O_DIRECT. */
-static void *xalloc(size_t bytes)
+/* Model-state memory. Large blocks are page aligned so checkpoint and
+ * offload I/O can go straight to and from them with O_DIRECT. xalloc_raw
+ * leaves the contents undefined (for buffers that are fully overwritten);
+ * xalloc zeroes them. */
+static void *xalloc_raw(size_t bytes)
 {
     size_t align = bytes >= ((size_t)1 << 20) ? 4096 : 64;
     bytes = (bytes + align - 1) / align * align;
-    void *p = aligned_alloc(align, bytes ? bytes : align);
-    if (p) memset(p, 0, bytes ? bytes : align);
+    return aligned_alloc(align, bytes ? bytes : align);
+}
+
+static void *xalloc(size_t bytes)
+{
+    void *p = xalloc_raw(bytes);
+    if (p) memset(p, 0, bytes ? bytes : 1);
     return p;
 }
 
@@ -324,7 +331,7 @@ static zinc_status gather_start(zinc_engine *e, int ui, const void *src)
 {
     engine_unit *u = &e->units[ui];
     if (!u->gathered) {
-        u->gathered = xalloc(u->numel * e->psz);
+        u->gathered = xalloc_raw(u->numel * e->psz);
         if (!u->gathered) return zinc_error(ZINC_ERR_NOMEM, "gather buffer of layer %d", ui);
     }
     return zinc_comm_all_gather(e->mesh->dp_group, src, u->gathered, u->shard, e->pdt,
@@ -354,7 +361,7 @@ zinc_status zero_unit_materialize(zinc_engine *e, int ui)
         u->wp_owned = u->sharded; /* the gathered buffer */
         if (u->sharded) u->gathered = NULL;
     } else {
-        u->wp = xalloc(u->numel * sizeof(float));
+        u->wp = xalloc_raw(u->numel * sizeof(float));
         if (!u->wp) return zinc_error(ZINC_ERR_NOMEM, "working params of layer %d", ui);
         u->wp_owned = 1;
         zero_to_f32(u->wp, whole, e->pdt, u->numel);
@@ -456,14 +463,14 @@ zinc_status zero_grad_close(zinc_engine *e, int ui)
     /* stage >= 2: reduce-scatter the unit's grads (storage dtype) into the owner's shard */
     void *send = u->wg;
     if (e->pdt != ZINC_DTYPE_F32) {
-        send = xalloc(u->numel * e->psz);
+        send = xalloc_raw(u->numel * e->psz);
         if (!send) return zinc_error(ZINC_ERR_NOMEM, "gradient bucket of layer %d", ui);
         zero_from_f32(send, u->wg, e->pdt, u->numel);
         free(u->wg);
         u->wg = NULL;
         u->wg_owned = 0;
     }
-    void *recv = xalloc(u->shard * e->psz);
+    void *recv = xalloc_raw(u->shard * e->psz);
     engine_pending *np = realloc(e->pending, (size_t)(e->n_pending + 1) * sizeof *np);
     if (np) e->pending = np;
     if (!recv || !np) {
