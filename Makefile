@@ -26,6 +26,11 @@ endif
 ifeq ($(WERROR),1)
 CFLAGS  += -Werror
 endif
+.DEFAULT_GOAL := all
+
+# CUDA backend: only with `make CUDA=1` (nvcc needed then, never otherwise),
+# built into build-cuda/; `make test-gpu` runs the GPU checks.
+include cuda.mk
 
 LIB_SRC := $(wildcard core/*.c kernels/cpu/*.c comm/*.c data/*.c io/*.c checkpoint/*.c zero/*.c \
                       offload/*.c engine/*.c models/*.c)
@@ -36,7 +41,7 @@ TOOL_SRC := $(wildcard tools/zinc_*.c)
 PROGS   := $(patsubst tools/zinc_%.c,$(BUILD)/zinc-%,$(TOOL_SRC)) $(BUILD)/zinc-run
 # tests/<module>/test_*.c are test programs the runner runs; prog_*.c are
 # helper programs that shell tests drive (built, not run directly).
-TEST_SRC := $(wildcard tests/*/test_*.c tests/*/prog_*.c)
+TEST_SRC := $(filter-out tests/gpu/%,$(wildcard tests/*/test_*.c tests/*/prog_*.c))
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_SRC := $(wildcard bench/*.c)
 BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
@@ -56,7 +61,7 @@ $(BUILD)/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(LIB): $(LIB_OBJ)
+$(LIB): $(LIB_OBJ) $(CUDA_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
@@ -80,9 +85,6 @@ bench: all
 	BUILD=$(BUILD) ./bench/bench-train.sh
 
 clean:
-	rm -rf build build-asan build-ubsan
-
-# CUDA backend: only with `make CUDA=1` (nvcc needed then, never otherwise); `make test-gpu`.
--include cuda.mk
+	rm -rf build build-asan build-ubsan build-cuda
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -90,7 +90,7 @@ static void op_qkv_b(void)
 static void op_att_f(void) { ops->attention_forward(x_atty, x_att, x_qkv, B, T, C, NH); }
 static void op_att_b(void)
 {
-    ops->attention_backward(d_c, scratch, d_a, x_qkv, x_att, B, T, C, NH);
+    ops->attention_backward(d_c, scratch, d_a, x_qkv, x_atty, x_att, B, T, C, NH);
 }
 static void op_proj_f(void) { ops->linear_forward(x_out, x_atty, w_proj, b_proj, N, C, C); }
 static void op_proj_b(void)
@@ -172,9 +172,9 @@ int main(int argc, char **argv)
 
     const size_t nC = (size_t)N * C;
     x_in = buf(nC, 1), x_ln = buf(nC, 1), x_qkv = buf(3 * nC, 1), x_atty = buf(nC, 1);
-    x_att = buf((size_t)B * NH * T * T, 1), x_fc = buf(4 * nC, 2), x_fcg = buf(4 * nC, 1);
+    x_att = buf((size_t)B * NH * T, 1), x_fc = buf(4 * nC, 2), x_fcg = buf(4 * nC, 1);
     x_out = buf(nC, 1), d_a = buf(nC, 0.01f), d_b = buf(4 * nC, 0.01f), d_c = buf(4 * nC, 0.01f);
-    scratch = buf((size_t)B * NH * T * T, 1);
+    scratch = buf(ops->attention_scratch_floats(B, T, C, NH), 1);
     w_qkv = buf((size_t)C * 3 * C, 0.02f), w_proj = buf((size_t)C * C, 0.02f);
     w_fc = buf((size_t)C * 4 * C, 0.02f), w_fcp = buf((size_t)4 * C * C, 0.02f);
     b_qkv = buf(3 * C, 0.01f), b_proj = buf(C, 0.01f), b_fc = buf(4 * C, 0.01f);

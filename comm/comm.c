@@ -41,6 +41,24 @@
  * Destroy order: destroy every split group (and mesh) before the world; the
  * world's destroy finalizes the backend, after which other groups are
  * invalid (programmer error, not detected).
+ *
+ * Device buffers (zinc_comm_set_device): an op whose buffers the group's
+ * device reports as device memory goes to the backend untouched when the
+ * backend takes device buffers of that group (c->dev_native: nccl) and all of
+ * the op's buffers are device memory. Otherwise it is staged: the device
+ * inputs are copied into a pinned host buffer (dev->copy to host memory is
+ * synchronous and ordered after earlier device work), the backend runs on
+ * host buffers, and the wait that completes the op copies the result back to
+ * the device buffer (again synchronous, so the data is in place when the
+ * wait returns). Each op uses at most one staging buffer and one copy back:
+ * all_reduce and all_gather run in place on the staging buffer (or on the
+ * host recv buffer when only send is device memory); reduce_scatter stages
+ * send and recv side by side; broadcast copies in on the root and back on the
+ * others. Staging buffers come from a pool per world (shared by its splits):
+ * pinned allocations are slow, so up to COMM_POOL_MAX free buffers are kept
+ * (best fit on reuse, sizes rounded up to 64 KiB) and freed at the world's
+ * destroy. An op's buffer returns to the pool when its wait completes (or
+ * fails); a stale op keeps it until it is released.
  */
 #include <math.h>
 #include <sched.h>
@@ -60,6 +78,17 @@
 #define COMM_SLEEP_MIN_NS 1000L
 #define COMM_SLEEP_MAX_NS 1000000L /* 1 ms */
 #define COMM_ARRIVAL_MIN_BYTES (256u << 10) /* collectives this big track arrival */
+#define COMM_POOL_MAX 8                     /* free staging buffers kept per world */
+#define COMM_STAGE_ROUND ((size_t)64 << 10)  /* staging sizes round up to this */
+
+struct comm_stage_pool {
+    struct {
+        void *p;
+        size_t bytes;
+        const zinc_device *dev; /* frees it */
+    } free_bufs[COMM_POOL_MAX];
+    int n_free;
+};
 
 static double comm_now(void)
 {
@@ -87,6 +116,9 @@ static double comm_default_timeout(void)
 static const comm_backend *comm_find_backend(const char *name)
 {
     if (!name || !strcmp(name, "auto") || !strcmp(name, "mpi")) return &comm_backend_mpi;
+#ifdef ZINC_HAVE_CUDA
+    if (!strcmp(name, "nccl")) return &comm_backend_nccl;
+#endif
     return NULL;
 }
 
@@ -104,18 +136,110 @@ zinc_status zinc_comm_init_world(const char *backend, int *argc, char ***argv, z
                           backend);
     }
     zinc_comm *c = calloc(1, sizeof *c);
-    if (!c) return zinc_error(ZINC_ERR_NOMEM, "comm init: out of memory");
+    comm_stage_pool *pool = calloc(1, sizeof *pool);
+    if (!c || !pool) {
+        free(c);
+        free(pool);
+        return zinc_error(ZINC_ERR_NOMEM, "comm init: out of memory");
+    }
+    c->pool = pool;
     c->be = be;
     c->is_world = 1;
     snprintf(c->name, sizeof c->name, "world");
     c->timeout_s = comm_default_timeout();
     zinc_status st = be->init_world(argc, argv, c);
     if (st != ZINC_OK) {
+        free(pool);
         free(c);
         return st;
     }
     *world = c;
     return ZINC_OK;
+}
+
+/* ---- staging pool --------------------------------------------------------- */
+
+/* A staging buffer of at least bytes for dev: the smallest free one that
+ * fits, else a new one. */
+static zinc_status comm_stage_get(zinc_comm *c, const char *op, const zinc_device *dev,
+                                  size_t bytes, void **p, size_t *cap)
+{
+    comm_stage_pool *pool = c->pool;
+    int best = -1;
+    for (int i = 0; i < pool->n_free; i++)
+        if (pool->free_bufs[i].dev == dev && pool->free_bufs[i].bytes >= bytes &&
+            (best < 0 || pool->free_bufs[i].bytes < pool->free_bufs[best].bytes))
+            best = i;
+    if (best >= 0) {
+        *p = pool->free_bufs[best].p;
+        *cap = pool->free_bufs[best].bytes;
+        pool->free_bufs[best] = pool->free_bufs[--pool->n_free];
+        return ZINC_OK;
+    }
+    size_t want = bytes;
+    if (want <= SIZE_MAX - COMM_STAGE_ROUND)
+        want = (want + COMM_STAGE_ROUND - 1) / COMM_STAGE_ROUND * COMM_STAGE_ROUND;
+    void *q = dev->host_alloc(want);
+    if (!q && pool->n_free) { /* give the cached buffers back and try once more */
+        for (int i = 0; i < pool->n_free; i++)
+            pool->free_bufs[i].dev->host_free(pool->free_bufs[i].p);
+        pool->n_free = 0;
+        q = dev->host_alloc(want);
+    }
+    if (!q) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", zinc_last_error());
+        return zinc_error(ZINC_ERR_NOMEM,
+                          "%s on group %s: no pinned host memory for a %zu-byte staging buffer "
+                          "of device data (%s)", op, c->name, want, why);
+    }
+    *p = q;
+    *cap = want;
+    return ZINC_OK;
+}
+
+/* Returns h's staging buffer to the pool; the smallest buffer goes when the
+ * pool is full. */
+static void comm_stage_put(zinc_comm_handle *h)
+{
+    if (!h->stage) return;
+    comm_stage_pool *pool = h->comm->pool;
+    void *p = h->stage;
+    size_t bytes = h->stage_bytes;
+    const zinc_device *dev = h->stage_dev;
+    h->stage = NULL;
+    if (pool->n_free == COMM_POOL_MAX) {
+        int small = 0;
+        for (int i = 1; i < COMM_POOL_MAX; i++)
+            if (pool->free_bufs[i].bytes < pool->free_bufs[small].bytes) small = i;
+        if (pool->free_bufs[small].bytes >= bytes) { /* the returned one is the smallest */
+            dev->host_free(p);
+            return;
+        }
+        pool->free_bufs[small].dev->host_free(pool->free_bufs[small].p);
+        pool->free_bufs[small] = pool->free_bufs[--pool->n_free];
+    }
+    pool->free_bufs[pool->n_free].p = p;
+    pool->free_bufs[pool->n_free].bytes = bytes;
+    pool->free_bufs[pool->n_free].dev = dev;
+    pool->n_free++;
+}
+
+static void comm_pool_destroy(comm_stage_pool *pool)
+{
+    if (!pool) return;
+    for (int i = 0; i < pool->n_free; i++)
+        pool->free_bufs[i].dev->host_free(pool->free_bufs[i].p);
+    free(pool);
+}
+
+/* Frees a handle that is done (or never started), returning its staging
+ * buffer. */
+static void comm_handle_free(zinc_comm_handle *h)
+{
+    if (!h) return;
+    comm_stage_put(h);
+    free(h);
 }
 
 /* Tests every stale request of c once and frees the finished ones. Errors of
@@ -131,7 +255,7 @@ static void comm_reap_stale(zinc_comm *c)
         if (st != ZINC_OK || done) {
             *pp = h->next;
             c->n_stale--;
-            free(h);
+            comm_handle_free(h);
         } else {
             pp = &h->next;
         }
@@ -146,13 +270,15 @@ void zinc_comm_destroy(zinc_comm *c)
         zinc_comm_handle *h = c->stale;
         c->stale = h->next;
         if (c->be->release_stale(h))
-            free(h);
+            comm_handle_free(h);
         else
-            n_leaked++; /* the backend may still write h->impl: never free it */
+            n_leaked++; /* the backend may still write h->impl and h->stage: never free them */
     }
     if (n_leaked)
         ZINC_WARN("comm group %s: %d timed-out operation(s) never completed; leaking them",
                   c->name, n_leaked);
+    if (c->is_world) comm_pool_destroy(c->pool);
+    c->pool = NULL;
     c->be->destroy(c);
     free(c);
 }
@@ -166,6 +292,27 @@ const char *zinc_comm_name(const zinc_comm *c) { return c ? c->name : "(null)"; 
 void zinc_comm_set_timeout(zinc_comm *c, double seconds)
 {
     if (c) c->timeout_s = seconds;
+}
+
+zinc_status zinc_comm_set_device(zinc_comm *c, const zinc_device *dev)
+{
+    if (!c) return zinc_error(ZINC_ERR_INVALID_ARG, "comm set_device: group is NULL");
+    if (dev && (!dev->is_device_ptr || !dev->copy || !dev->host_alloc || !dev->host_free))
+        return zinc_error(ZINC_ERR_INVALID_ARG,
+                          "comm set_device on group %s: device %s lacks is_device_ptr, copy or "
+                          "host memory", c->name, dev->name ? dev->name : "(unnamed)");
+    const zinc_device *old = c->dev;
+    c->dev = dev;
+    if (!c->be->set_device) {
+        c->dev_native = 0;
+        return ZINC_OK;
+    }
+    zinc_status st = c->be->set_device(c, dev);
+    if (st != ZINC_OK) {
+        c->dev = old;
+        return st;
+    }
+    return ZINC_OK;
 }
 
 uint64_t zinc_comm_bytes(const zinc_comm *c) { return c ? c->bytes : 0; }
@@ -267,6 +414,38 @@ static zinc_status comm_handle_new(zinc_comm *c, const char *op, int p2p, uint64
     return ZINC_OK;
 }
 
+/* Nonzero when the n-byte buffer p is device memory of c's device. */
+static int comm_is_dev(const zinc_comm *c, const void *p, size_t bytes)
+{
+    return c->dev && bytes && p && c->dev->is_device_ptr(p);
+}
+
+/* Hands h the op's device buffers untouched (the backend takes them). */
+static void comm_go_native(zinc_comm_handle *h)
+{
+    h->device = 1;
+    h->track_arrival = 0;
+}
+
+/* Gives h a staging buffer of at least bytes. */
+static zinc_status comm_stage(zinc_comm *c, zinc_comm_handle *h, size_t bytes, void **p)
+{
+    zinc_status st = comm_stage_get(c, h->op, c->dev, bytes, &h->stage, &h->stage_bytes);
+    if (st != ZINC_OK) return st;
+    h->stage_dev = c->dev;
+    *p = h->stage;
+    return ZINC_OK;
+}
+
+/* The op completes by copying bytes from src (in the staging buffer) to the
+ * device buffer dst. */
+static void comm_copy_back(zinc_comm_handle *h, void *dst, const void *src, size_t bytes)
+{
+    h->copy_dst = dst;
+    h->copy_src = src;
+    h->copy_bytes = bytes;
+}
+
 static void comm_sleep_ns(long ns)
 {
     struct timespec ts = {0, ns};
@@ -295,7 +474,9 @@ zinc_status zinc_comm_wait(zinc_comm_handle **hp)
         int done = 0, arrived = 0;
         zinc_status st = c->be->test(h, &done, &arrived);
         if (st != ZINC_OK || done) {
-            free(h);
+            if (st == ZINC_OK && h->copy_bytes)
+                h->stage_dev->copy(h->copy_dst, h->copy_src, h->copy_bytes);
+            comm_handle_free(h);
             return st;
         }
         if (!all_in && arrived) { /* the data starts moving now */
@@ -308,13 +489,14 @@ zinc_status zinc_comm_wait(zinc_comm_handle **hp)
         if (++n_tests <= COMM_SPIN_TESTS) continue;
         double t = comm_now(), el = t - t0;
         if (bounded && el >= timeout) {
+            const char *note = c->be->timed_out ? c->be->timed_out(h) : NULL;
             h->next = c->stale;
             c->stale = h;
             c->n_stale++;
             return zinc_error(ZINC_ERR_TIMEOUT,
                               "%s on group %s (%d ranks) did not complete within %g s; a rank "
-                              "may be stuck or dead",
-                              h->op, c->name, c->size, timeout);
+                              "may be stuck or dead%s",
+                              h->op, c->name, c->size, timeout, note ? note : "");
         }
         if (t - t_active < active_s) {
             sched_yield();
@@ -334,7 +516,7 @@ static zinc_status comm_finish(zinc_comm *c, zinc_status st, zinc_comm_handle *h
                                zinc_comm_handle **h)
 {
     if (st != ZINC_OK) {
-        free(hh);
+        comm_handle_free(hh);
         return st;
     }
     c->bytes += hh->n_bytes;
@@ -371,10 +553,20 @@ zinc_status zinc_comm_all_reduce(zinc_comm *c, const void *send, void *recv, siz
     }
     uint64_t p = (uint64_t)c->size;
     ZINC_TRY(comm_handle_new(c, OP, 0, 2 * (p - 1) * (uint64_t)n * sz / p, &hh));
+    int ds = comm_is_dev(c, send, n * sz), dr = comm_is_dev(c, recv, n * sz);
+    if (ds && dr && c->dev_native) {
+        comm_go_native(hh);
+    } else if (ds || dr) { /* in place on the staging buffer, or on host recv */
+        void *t = recv;
+        if (dr) ZINC_TRY(comm_stage(c, hh, n * sz, &t));
+        c->dev->copy(t, send, n * sz);
+        if (dr) comm_copy_back(hh, recv, t, n * sz);
+        send = recv = t;
+    }
     st = c->be->all_reduce(c, send, recv, n, dt, op, hh);
     return comm_finish(c, st, hh, h);
 cleanup:
-    free(hh);
+    comm_handle_free(hh);
     return st;
 }
 
@@ -398,10 +590,28 @@ zinc_status zinc_comm_reduce_scatter(zinc_comm *c, const void *send, void *recv,
         goto cleanup;
     }
     ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)(c->size - 1) * (uint64_t)n * sz, &hh));
+    size_t all = n * (size_t)c->size * sz;
+    int ds = comm_is_dev(c, send, all), dr = comm_is_dev(c, recv, n * sz);
+    if (ds && dr && c->dev_native) {
+        comm_go_native(hh);
+    } else if (ds || dr) { /* [staged send][staged recv] */
+        void *tv = NULL;
+        ZINC_TRY(comm_stage(c, hh, (ds ? all : 0) + (dr ? n * sz : 0), &tv));
+        char *t = tv;
+        if (ds) {
+            c->dev->copy(t, send, all);
+            send = t;
+            t += all;
+        }
+        if (dr) {
+            comm_copy_back(hh, recv, t, n * sz);
+            recv = t;
+        }
+    }
     st = c->be->reduce_scatter(c, send, recv, n, dt, op, hh);
     return comm_finish(c, st, hh, h);
 cleanup:
-    free(hh);
+    comm_handle_free(hh);
     return st;
 }
 
@@ -426,10 +636,26 @@ zinc_status zinc_comm_all_gather(zinc_comm *c, const void *send, void *recv, siz
         goto cleanup;
     }
     ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)(c->size - 1) * (uint64_t)n * sz, &hh));
+    size_t all = n * (size_t)c->size * sz, off = (size_t)c->rank * n * sz;
+    int ds = comm_is_dev(c, send, n * sz), dr = comm_is_dev(c, recv, all);
+    if (ds && dr && c->dev_native) {
+        comm_go_native(hh);
+    } else if (dr) { /* in place on the staging buffer */
+        void *tv = NULL;
+        ZINC_TRY(comm_stage(c, hh, all, &tv));
+        char *t = tv;
+        c->dev->copy(t + off, send, n * sz);
+        comm_copy_back(hh, recv, t, all);
+        send = t + off;
+        recv = t;
+    } else if (ds) { /* in place on the host recv buffer */
+        c->dev->copy((char *)recv + off, send, n * sz);
+        send = (char *)recv + off;
+    }
     st = c->be->all_gather(c, send, recv, n, dt, hh);
     return comm_finish(c, st, hh, h);
 cleanup:
-    free(hh);
+    comm_handle_free(hh);
     return st;
 }
 
@@ -447,10 +673,23 @@ zinc_status zinc_comm_broadcast(zinc_comm *c, void *buf, size_t n, zinc_dtype dt
     ZINC_TRY(comm_check_buf(c, OP, "buf", buf, n));
     ZINC_TRY(comm_check_rank(c, OP, "root", root));
     ZINC_TRY(comm_handle_new(c, OP, 0, c->size > 1 ? (uint64_t)n * sz : 0, &hh));
+    if (comm_is_dev(c, buf, n * sz)) {
+        if (c->dev_native) {
+            comm_go_native(hh);
+        } else {
+            void *t = NULL;
+            ZINC_TRY(comm_stage(c, hh, n * sz, &t));
+            if (c->rank == root)
+                c->dev->copy(t, buf, n * sz);
+            else
+                comm_copy_back(hh, buf, t, n * sz);
+            buf = t;
+        }
+    }
     st = c->be->broadcast(c, buf, n, dt, root, hh);
     return comm_finish(c, st, hh, h);
 cleanup:
-    free(hh);
+    comm_handle_free(hh);
     return st;
 }
 
@@ -473,11 +712,24 @@ static zinc_status comm_p2p(zinc_comm *c, const char *op, int is_send, void *buf
         goto cleanup;
     }
     ZINC_TRY(comm_handle_new(c, op, 1, (uint64_t)n * sz, &hh));
+    if (comm_is_dev(c, buf, n * sz)) {
+        if (c->dev_native) {
+            comm_go_native(hh);
+        } else {
+            void *t = NULL;
+            ZINC_TRY(comm_stage(c, hh, n * sz, &t));
+            if (is_send)
+                c->dev->copy(t, buf, n * sz);
+            else
+                comm_copy_back(hh, buf, t, n * sz);
+            buf = t;
+        }
+    }
     st = is_send ? c->be->send(c, buf, n, dt, peer, tag, hh)
                  : c->be->recv(c, buf, n, dt, peer, tag, hh);
     return comm_finish(c, st, hh, h);
 cleanup:
-    free(hh);
+    comm_handle_free(hh);
     return st;
 }
 
@@ -505,7 +757,7 @@ zinc_status zinc_comm_barrier(zinc_comm *c)
     st = c->be->barrier(c, hh);
     return comm_finish(c, st, hh, NULL);
 cleanup:
-    free(hh);
+    comm_handle_free(hh);
     return st;
 }
 
@@ -536,6 +788,8 @@ zinc_status zinc_comm_split(zinc_comm *parent, int color, int key, const char *n
     c->be = parent->be;
     snprintf(c->name, sizeof c->name, "%s", name);
     c->timeout_s = parent->timeout_s;
+    c->dev = parent->dev; /* the backend's split makes c dev_native if it can */
+    c->pool = parent->pool;
     /* The backend's split blocks without a bound; a bounded barrier first
      * turns a missing rank into a timeout instead of a hang. */
     ZINC_TRY(zinc_comm_barrier(parent));

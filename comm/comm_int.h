@@ -1,19 +1,26 @@
 /* comm_int.h - private to comm/: the zinc_comm struct, handles and the
  * backend vtable. comm.c owns everything backend-independent (argument checks,
- * byte counters, handles, the timeout-bounded wait, stale requests, the mesh);
- * a backend (comm_mpi.c now, comm_nccl.c later) only starts operations and
- * tests them for completion. Nothing outside comm/ includes this file. */
+ * byte counters, handles, the timeout-bounded wait, stale requests, staging
+ * of device buffers through pinned host memory, the mesh); a backend
+ * (comm_mpi.c, comm_nccl.c) only starts operations and tests them for
+ * completion. Nothing outside comm/ includes this file. */
 #ifndef ZINC_COMM_INT_H
 #define ZINC_COMM_INT_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include <mpi.h>
+
 #include "zinc/comm.h"
+#include "zinc/device.h"
 
 #define COMM_NAME_MAX 32
 
 typedef struct comm_backend comm_backend;
+/* Reusable pinned host buffers for staging device buffers (comm.c). One per
+ * world, shared by the groups split from it. */
+typedef struct comm_stage_pool comm_stage_pool;
 
 struct zinc_comm {
     const comm_backend *be;
@@ -27,6 +34,10 @@ struct zinc_comm {
     uint64_t op_bytes[ZINC_COMM_N_OPS]; /* the same, by kind of op */
     zinc_comm_handle *stale;    /* timed-out requests, reaped later */
     int n_stale;
+    const zinc_device *dev;     /* zinc_comm_set_device; NULL: host buffers only */
+    int dev_native;             /* the backend takes this group's device buffers itself */
+    void *dev_impl;             /* the backend's device state (nccl), owned by it */
+    comm_stage_pool *pool;      /* the world's; owned by the world */
 };
 
 /* One in-flight operation. The backend's request state lives in impl[]
@@ -37,7 +48,16 @@ struct zinc_comm_handle {
     int p2p;                    /* send/recv: may be cancelled */
     uint64_t n_bytes;           /* algorithmic bytes: sizes the wait's poll phase */
     int track_arrival;          /* backend reports when every rank has entered */
+    int device;                 /* the buffers are device memory (dev_native groups only) */
     zinc_comm_handle *next;     /* link in comm->stale */
+    /* Staging (comm.c): a pool buffer the op runs on instead of device
+     * memory, and the copy to the device that completes the op. */
+    const zinc_device *stage_dev;
+    void *stage;
+    size_t stage_bytes;         /* its capacity */
+    void *copy_dst;             /* device recv buffer, or NULL */
+    const void *copy_src;       /* in stage */
+    size_t copy_bytes;
     _Alignas(16) unsigned char impl[];
 };
 
@@ -46,7 +66,11 @@ struct zinc_comm_handle {
  * h->track_arrival is set (collectives only, same on every rank) they also
  * start whatever lets test() tell that every rank has entered the op (the
  * mpi backend: an MPI_Ibarrier issued right after the op). test() reports
- * completion and, once done (or failed), releases the request. */
+ * completion and, once done (or failed), releases the request.
+ *
+ * Buffers handed to the start functions are host memory unless h->device is
+ * set, which comm.c does only on groups whose c->dev_native the backend has
+ * set (all of the op's buffers are then device memory). */
 struct comm_backend {
     const char *name;
     size_t handle_bytes;
@@ -77,8 +101,28 @@ struct comm_backend {
      * must be leaked (an unfinished collective cannot be freed in MPI). */
     int (*release_stale)(zinc_comm_handle *h);
     void (*abort)(zinc_comm *c, int code);
+    /* Optional. Collective over c: c->dev changed to dev (NULL: unbound).
+     * Sets up what the backend needs to take device buffers itself and sets
+     * c->dev_native accordingly. Without it device buffers are staged. */
+    zinc_status (*set_device)(zinc_comm *c, const zinc_device *dev);
+    /* Optional. The wait gave up on h, which is about to go stale; returns a
+     * note appended to the timeout error (" (...)") or NULL. */
+    const char *(*timed_out)(zinc_comm_handle *h);
 };
 
+/* The mpi backend's request in h->impl; a backend that hands host buffers
+ * to the mpi backend (nccl) sizes its handles to hold it. */
+typedef struct mpi_req {
+    MPI_Request req;
+    MPI_Request arrival; /* Ibarrier after the op when tracking arrival */
+    MPI_Datatype type;   /* recv: to check the received count */
+    int n, peer, tag, is_recv;
+} mpi_req;
+
 extern const comm_backend comm_backend_mpi;
+#ifdef ZINC_HAVE_CUDA
+/* NCCL for device buffers, the mpi backend for everything else (comm_nccl.c). */
+extern const comm_backend comm_backend_nccl;
+#endif
 
 #endif

@@ -31,13 +31,6 @@ typedef struct mpi_group {
     MPI_Comm comm;
 } mpi_group;
 
-typedef struct mpi_req {
-    MPI_Request req;
-    MPI_Request arrival; /* Ibarrier after the op when tracking arrival */
-    MPI_Datatype type; /* recv: to check the received count */
-    int n, peer, tag, is_recv;
-} mpi_req;
-
 /* Process-wide MPI state: MPI itself is process-global. */
 static struct {
     int n_worlds;       /* live world groups */

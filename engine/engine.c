@@ -35,13 +35,9 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static void *alloc_floats(size_t n)
+static void *alloc_floats(const zinc_engine *e, size_t n)
 {
-    size_t bytes = (n ? n : 1) * sizeof(float);
-    bytes = (bytes + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, bytes);
-    if (p) memset(p, 0, bytes);
-    return p;
+    return e->dev->alloc((n ? n : 1) * sizeof(float));
 }
 
 /* ---------------------------------------------------------------- layer API */
@@ -282,14 +278,20 @@ static zinc_status engine_alloc_local(zinc_engine *e)
         size_t s = lo->scratch_floats ? lo->scratch_floats(l, e->B, e->T) : 0;
         if (s > scratch) scratch = s;
     }
-    e->act_slab = alloc_floats(act_total);
-    e->dbuf[0] = alloc_floats(BT * max_width);
-    e->dbuf[1] = alloc_floats(BT * max_width);
-    e->scratch = alloc_floats(scratch);
-    e->tokens = malloc(BT * sizeof(int32_t));
-    e->targets = malloc(BT * sizeof(int32_t));
-    if (!e->act_slab || !e->dbuf[0] || !e->dbuf[1] || !e->scratch || !e->tokens || !e->targets) {
-        st = zinc_error(ZINC_ERR_NOMEM, "activations: %zu floats", act_total);
+    e->act_slab = alloc_floats(e, act_total);
+    e->dbuf[0] = alloc_floats(e, BT * max_width);
+    e->dbuf[1] = alloc_floats(e, BT * max_width);
+    e->scratch = alloc_floats(e, scratch);
+    e->tokens = e->dev->alloc(BT * sizeof(int32_t));
+    e->targets = e->dev->alloc(BT * sizeof(int32_t));
+    if (!e->dev->is_host) {
+        e->htokens = e->dev->host_alloc(BT * sizeof(int32_t));
+        e->htargets = e->dev->host_alloc(BT * sizeof(int32_t));
+    }
+    if (!e->act_slab || !e->dbuf[0] || !e->dbuf[1] || !e->scratch || !e->tokens || !e->targets ||
+        (!e->dev->is_host && (!e->htokens || !e->htargets))) {
+        st = zinc_error(ZINC_ERR_NOMEM, "activations on %s: %zu floats (%s)", e->dev->name,
+                        act_total, zinc_last_error());
         goto cleanup;
     }
     float *a = e->act_slab;
@@ -317,6 +319,15 @@ cleanup:
     return st;
 }
 
+zinc_status zinc_engine_open_device(const zinc_config *c, zinc_comm *world,
+                                    const zinc_device **out)
+{
+    *out = zinc_device_cpu();
+    if (c->device == ZINC_DEVICE_CPU || (c->device == ZINC_DEVICE_AUTO && !zinc_device_cuda_count()))
+        return ZINC_OK;
+    return zinc_device_cuda_open(zinc_comm_local_rank(world), out);
+}
+
 zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
 {
     zinc_status st = ZINC_OK;
@@ -326,14 +337,25 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     e->cfg = *o->config;
     e->world = o->world;
     e->model = o->model;
-    e->ops = zinc_ops_cpu();
     e->stage = e->cfg.zero.stage;
     e->pdt = param_dtype(&e->cfg);
     e->psz = zinc_dtype_size(e->pdt);
 
-    if (e->cfg.device == ZINC_DEVICE_CUDA) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "device cuda: this build has no CUDA support; "
-                                              "use \"device\": \"cpu\" or \"auto\"");
+    /* the device: every rank opens its own, then all agree (one GPU may be
+     * missing on one node) */
+    ZINC_TRY(zinc_comm_agree(e->world, zinc_engine_open_device(&e->cfg, e->world, &e->dev)));
+    e->ops = e->pdt == ZINC_DTYPE_BF16 ? e->dev->ops_bf16 : e->dev->ops;
+    /* collectives take device buffers from here on (groups split later inherit) */
+    if (!e->dev->is_host) ZINC_TRY(zinc_comm_set_device(e->world, e->dev));
+    if (!e->dev->is_host && (e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE ||
+                             e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE)) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "zero_optimization.offload_%s.device %s: offload "
+                        "with device cuda is not supported yet; set it to \"none\" or use "
+                        "\"device\": \"cpu\"",
+                        e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE ? "optimizer"
+                                                                                  : "param",
+                        (e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME ||
+                         e->cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME) ? "nvme" : "cpu");
         goto cleanup;
     }
     /* offload: "cpu" keeps the state in host memory, where the cpu device
@@ -392,12 +414,16 @@ void zinc_engine_destroy(zinc_engine *e)
     zinc_mesh_destroy(e->mesh);
     engine_free_tables(e);
     free(e->out);
-    free(e->act_slab);
-    free(e->dbuf[0]);
-    free(e->dbuf[1]);
-    free(e->scratch);
-    free(e->tokens);
-    free(e->targets);
+    if (e->dev) {
+        e->dev->free(e->act_slab);
+        e->dev->free(e->dbuf[0]);
+        e->dev->free(e->dbuf[1]);
+        e->dev->free(e->scratch);
+        e->dev->free(e->tokens);
+        e->dev->free(e->targets);
+        e->dev->host_free(e->htokens);
+        e->dev->host_free(e->htargets);
+    }
     free(e);
 }
 
@@ -409,6 +435,7 @@ int64_t zinc_engine_n_params(const zinc_engine *e)
 }
 
 int zinc_engine_dp_rank(const zinc_engine *e) { return e->dp_rank; }
+const zinc_device *zinc_engine_device(const zinc_engine *e) { return e->dev; }
 int zinc_engine_dp_size(const zinc_engine *e) { return e->dp; }
 
 static const engine_param *param_named(const zinc_engine *e, const char *name)
@@ -440,13 +467,25 @@ float *zinc_engine_grad_by_name(zinc_engine *e, const char *name, int64_t *numel
 /* Rounds x to the storage precision (16-bit activations' numerics). */
 static void round_storage(const zinc_engine *e, float *x, size_t n)
 {
-    if (e->pdt == ZINC_DTYPE_BF16) {
-#pragma omp parallel for simd if (n > 65536) schedule(static)
-        for (size_t i = 0; i < n; i++) x[i] = zinc_bf16_to_f32(zinc_f32_to_bf16(x[i]));
-    } else if (e->pdt == ZINC_DTYPE_F16) {
-#pragma omp parallel for if (n > 65536) schedule(static)
-        for (size_t i = 0; i < n; i++) x[i] = zinc_f16_to_f32(zinc_f32_to_f16(x[i]));
-    }
+    if (e->pdt != ZINC_DTYPE_F32) e->ops->round_to(x, e->pdt, n);
+}
+
+/* Copies a micro-batch the data loader wrote to host memory onto the device. */
+static void batch_to_device(zinc_engine *e, const int32_t *tok, const int32_t *tgt)
+{
+    size_t bytes = (size_t)e->B * e->T * sizeof(int32_t);
+    e->dev->copy(e->tokens, tok, bytes);
+    e->dev->copy(e->targets, tgt, bytes);
+}
+
+/* The next micro-batch of this rank, from global sample first. */
+static zinc_status batch_load(zinc_engine *e, const zinc_data *data, uint64_t first)
+{
+    int32_t *tok = e->htokens ? e->htokens : e->tokens;
+    int32_t *tgt = e->htargets ? e->htargets : e->targets;
+    zinc_status st = zinc_data_get(data, first, e->B, tok, tgt);
+    if (st == ZINC_OK && e->htokens) batch_to_device(e, tok, tgt);
+    return st;
 }
 
 /* Layer run at position pos of the step's touch sequence: forward 0..L-1,
@@ -519,7 +558,7 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
         }
         ZINC_TRY(prefetch(e, pos + 1));
         float *dx = i > 0 ? e->dbuf[i & 1] : NULL;
-        if (dx) memset(dx, 0, BT * (size_t)l->n_in * sizeof(float));
+        if (dx) e->ops->zero(dx, BT * (size_t)l->n_in * sizeof(float));
         const void *xi = i > 0 ? (const void *)e->out[i - 1] : (const void *)e->tokens;
         ZINC_TRY(l->def->ops->backward(l, c, xi, dy, dx));
         if (dx) round_storage(e, dx, BT * (size_t)l->n_in);
@@ -542,8 +581,7 @@ zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
     if (e->stage != 0 || e->pdt != ZINC_DTYPE_F32)
         return zinc_error(ZINC_ERR_UNSUPPORTED, "loss_and_grad: fp32 at ZeRO stage 0 only");
     size_t BT = (size_t)e->B * e->T;
-    memcpy(e->tokens, tokens, BT * sizeof(int32_t));
-    memcpy(e->targets, targets, BT * sizeof(int32_t));
+    batch_to_device(e, tokens, targets);
     zero_grads_zero(e);
     zinc_ctx c = {
         .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
@@ -551,6 +589,7 @@ zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
     };
     double sum = 0.0;
     zinc_status st = micro_step(e, &c, &sum, 1);
+    if (st == ZINC_OK) st = e->dev->sync();
     *loss = sum / (double)BT;
     return st;
 }
@@ -571,7 +610,7 @@ zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t firs
         for (int m = 0; m < e->ga; m++) {
             uint64_t first = (uint64_t)first_sample + (uint64_t)b * e->cfg.train_batch_size +
                              (uint64_t)m * e->B * e->dp + (uint64_t)e->dp_rank * e->B;
-            ZINC_TRY(zinc_data_get(data, first, e->B, e->tokens, e->targets));
+            ZINC_TRY(batch_load(e, data, first));
             ZINC_TRY(micro_step(e, &c, &sum, 0));
         }
     if (e->dp > 1)
@@ -606,6 +645,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     zinc_comm *dpg = e->mesh->dp_group;
     double t0 = now_ms();
     zinc_comm_reset_bytes(dpg);
+    e->dev->mem_reset_peak();
 
     zero_grads_zero(e);
     e->t_fwd = e->t_bwd = e->t_reduce = e->t_opt = e->t_opt_io = 0.0;
@@ -618,7 +658,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     for (int m = 0; m < e->ga; m++) {
         uint64_t first = (uint64_t)e->samples + (uint64_t)m * e->B * e->dp +
                          (uint64_t)e->dp_rank * e->B;
-        ZINC_TRY(zinc_data_get(data, first, e->B, e->tokens, e->targets));
+        ZINC_TRY(batch_load(e, data, first));
         ZINC_TRY(micro_step(e, &c, &loss_sum, 1));
     }
     double tr = now_ms();
@@ -655,6 +695,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         e->opt_step++;
         double to = now_ms();
         ZINC_TRY(zero_optimizer_step(e, lr, coef, (int)e->opt_step));
+        ZINC_TRY(e->dev->sync()); /* device time belongs to the step; faults surface here */
         e->t_opt = now_ms() - to;
     }
     if (cfg->wall_clock_breakdown && e->dp_rank == 0)
@@ -672,6 +713,8 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     s->grad_norm = norm;
     s->step_ms = ms;
     s->tokens_per_s = (double)cfg->train_batch_size * e->T / (ms / 1e3);
+    s->model_tflops = e->model->flops_per_token * s->tokens_per_s / 1e12;
+    e->dev->mem(NULL, &s->dev_mem_peak, NULL);
     s->model_state_bytes = e->mem.total;
     s->model_state_bytes_max = e->mem_max.total;
     s->mem = e->mem;

@@ -27,10 +27,12 @@
 enum { K_PARAM, K_MASTER, K_EXP_AVG, K_EXP_AVG_SQ, N_KINDS };
 static const char *const kind_names[N_KINDS] = {"param", "master", "exp_avg", "exp_avg_sq"};
 
-/* Where a piece without memory lives: a range of a swap file. */
+/* Where a piece without host memory lives: a range of a swap file, or
+ * device memory the host cannot read (copied through the staging buffer). */
 typedef struct piece_src {
-    zinc_aio_file *file;  /* NULL: the piece is in memory */
-    uint64_t off;         /* byte offset of the piece's first element */
+    zinc_aio_file *file;  /* swap file, or NULL */
+    void *dev;            /* device memory of the piece's first element, or NULL */
+    uint64_t off;         /* byte offset of the piece's first element in file */
     size_t elem_bytes;
 } piece_src;
 
@@ -65,12 +67,22 @@ static int add_piece(layout_buf *b, int tensor, int64_t off, int64_t n, void *da
     return 0;
 }
 
-/* The layout's io: offloaded pieces stream between checkpoint and swap file. */
+/* The layout's io: offloaded pieces stream between checkpoint and swap
+ * file, device pieces between checkpoint and device memory. */
 static zinc_status swap_io(void *u, int piece, int write, void *buf, int64_t first, int64_t n)
 {
-    const piece_src *s = &((layout_buf *)u)->src[piece];
-    uint64_t off = s->off + (uint64_t)first * s->elem_bytes;
+    const layout_buf *b = u;
+    const piece_src *s = &b->src[piece];
     size_t bytes = (size_t)n * s->elem_bytes;
+    if (s->dev) {
+        char *d = (char *)s->dev + (size_t)first * s->elem_bytes;
+        if (write)
+            b->e->dev->copy(d, buf, bytes);
+        else
+            b->e->dev->copy(buf, d, bytes);
+        return b->e->dev->sync();
+    }
+    uint64_t off = s->off + (uint64_t)first * s->elem_bytes;
     return write ? zinc_aio_pwrite(s->file, buf, bytes, off) : zinc_aio_pread(s->file, buf, bytes, off);
 }
 
@@ -117,6 +129,11 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
             for (int k = 0; k < n_kinds; k++) {
                 void *data = ptr(e, kinds[k], u, a);
                 piece_src src = data ? (piece_src){0} : swap_src(e, kinds[k], u, a);
+                if (data && !e->dev->is_host) { /* device memory: through the io callback */
+                    src = (piece_src){.dev = data,
+                                      .elem_bytes = kinds[k] == K_PARAM ? e->psz : sizeof(float)};
+                    data = NULL;
+                }
                 if (add_piece(b, pi * N_KINDS + kinds[k], (int64_t)(a - p->uoff),
                               (int64_t)(z - a), data, src) != 0)
                     return zinc_error(ZINC_ERR_NOMEM, "checkpoint pieces");
@@ -130,11 +147,13 @@ static piece_src swap_src(const zinc_engine *e, int kind, const engine_unit *u, 
 {
     size_t rel = elem - u->opt_lo; /* offload needs stage >= 1: the opt range is the slice */
     if (kind == K_PARAM)
-        return (piece_src){e->param_swap, u->pswap_off + rel * e->psz, e->psz};
+        return (piece_src){.file = e->param_swap, .off = u->pswap_off + rel * e->psz,
+                           .elem_bytes = e->psz};
     int part = kind == K_MASTER ? 0 : kind == K_EXP_AVG ? 1 : 2;
-    return (piece_src){e->opt_swap,
-                       u->swap_off + (uint64_t)part * offload_part_bytes(u) + rel * sizeof(float),
-                       sizeof(float)};
+    return (piece_src){.file = e->opt_swap,
+                       .off = u->swap_off + (uint64_t)part * offload_part_bytes(u) +
+                              rel * sizeof(float),
+                       .elem_bytes = sizeof(float)};
 }
 
 /* Save: element elem of slice [r*shard, (r+1)*shard); NULL when offloaded. */

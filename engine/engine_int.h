@@ -24,6 +24,7 @@
 #define ZINC_ENGINE_INT_H
 
 #include "zinc/aio.h"
+#include "zinc/device.h"
 #include "zinc/engine.h"
 
 #define ENGINE_MAX_LAYER_PARAMS 32
@@ -99,7 +100,8 @@ struct zinc_engine {
     zinc_config cfg;
     zinc_comm *world;
     zinc_mesh *mesh;
-    const zinc_ops *ops;
+    const zinc_device *dev; /* where every buffer below lives (cpu or cuda) */
+    const zinc_ops *ops;    /* dev's op table for the storage precision */
     const zinc_model_def *model;
     zinc_dtype pdt;      /* param / grad storage dtype */
     size_t psz;          /* its size in bytes */
@@ -120,7 +122,8 @@ struct zinc_engine {
     float **out;         /* out[l]: (B, T, n_out) of layer l; NULL for the loss layer */
     float *dbuf[2];      /* ping-pong activation gradients */
     float *scratch;
-    int32_t *tokens, *targets;
+    int32_t *tokens, *targets;   /* device copies of the micro-batch */
+    int32_t *htokens, *htargets; /* host staging (pinned), NULL on a host device */
 
     int B, T, ga, dp, dp_rank;
     int64_t step;        /* steps taken, skipped ones included */
@@ -211,7 +214,8 @@ zinc_status offload_opt_io(zinc_engine *e, const engine_unit *u, size_t a, size_
                            size_t stride, int write, zinc_aio_req **reqs, int *n_reqs);
 
 /* dtype helpers */
-void zero_to_f32(float *dst, const void *src, zinc_dtype dt, size_t n);
-void zero_from_f32(void *dst, const float *src, zinc_dtype dt, size_t n);
+/* dtype helpers: device-memory conversions through the engine's op table */
+void zero_to_f32(const zinc_engine *e, float *dst, const void *src, zinc_dtype dt, size_t n);
+void zero_from_f32(const zinc_engine *e, void *dst, const float *src, zinc_dtype dt, size_t n);
 
 #endif

@@ -22,88 +22,48 @@
 #include "zinc/log.h"
 #include "zinc/rng.h"
 
-/* Model-state memory. Large blocks are page aligned so checkpoint and
- * offload I/O can go straight to and from them with O_DIRECT. xalloc_raw
- * leaves the contents undefined (for buffers that are fully overwritten);
- * xalloc zeroes them. */
-static void *xalloc_raw(size_t bytes)
+/* Model-state memory lives on the rank's device (e->dev). On the cpu
+ * device large blocks are page aligned so checkpoint and offload I/O can go
+ * straight to and from them with O_DIRECT. xalloc_raw leaves the contents
+ * undefined (for buffers that are fully overwritten); xalloc zeroes them. */
+static void *xalloc_raw(const zinc_engine *e, size_t bytes)
 {
-    size_t align = bytes >= ((size_t)1 << 20) ? 4096 : 64;
-    bytes = (bytes + align - 1) / align * align;
-    return aligned_alloc(align, bytes ? bytes : align);
+    return e->dev->alloc_raw ? e->dev->alloc_raw(bytes) : e->dev->alloc(bytes);
 }
 
-static void *xalloc(size_t bytes)
-{
-    void *p = xalloc_raw(bytes);
-    if (p) memset(p, 0, bytes ? bytes : 1);
-    return p;
-}
+static void *xalloc(const zinc_engine *e, size_t bytes) { return e->dev->alloc(bytes); }
+static void xfree(const zinc_engine *e, void *p) { e->dev->free(p); }
 
 /* ------------------------------------------------------------ conversions */
 
-void zero_to_f32(float *dst, const void *src, zinc_dtype dt, size_t n)
+void zero_to_f32(const zinc_engine *e, float *dst, const void *src, zinc_dtype dt, size_t n)
 {
-    if (dt == ZINC_DTYPE_F32) {
-        if (dst != src) memcpy(dst, src, n * sizeof(float));
-    } else if (dt == ZINC_DTYPE_BF16) {
-        const uint16_t *s = src;
-#pragma omp parallel for simd if (n > 65536) schedule(static)
-        for (size_t i = 0; i < n; i++) dst[i] = zinc_bf16_to_f32(s[i]);
-    } else {
-        const uint16_t *s = src;
-#pragma omp parallel for if (n > 65536) schedule(static)
-        for (size_t i = 0; i < n; i++) dst[i] = zinc_f16_to_f32(s[i]);
-    }
+    e->ops->convert(dst, ZINC_DTYPE_F32, src, dt, n);
 }
 
-void zero_from_f32(void *dst, const float *src, zinc_dtype dt, size_t n)
+void zero_from_f32(const zinc_engine *e, void *dst, const float *src, zinc_dtype dt, size_t n)
 {
-    if (dt == ZINC_DTYPE_F32) {
-        if (dst != src) memcpy(dst, src, n * sizeof(float));
-    } else if (dt == ZINC_DTYPE_BF16) {
-        uint16_t *d = dst;
-#pragma omp parallel for simd if (n > 65536) schedule(static)
-        for (size_t i = 0; i < n; i++) d[i] = zinc_f32_to_bf16(src[i]);
-    } else {
-        uint16_t *d = dst;
-#pragma omp parallel for if (n > 65536) schedule(static)
-        for (size_t i = 0; i < n; i++) d[i] = zinc_f32_to_f16(src[i]);
-    }
+    e->ops->convert(dst, dt, src, ZINC_DTYPE_F32, n);
 }
 
-/* dst (P) += src (P), in fp32 arithmetic. */
-static void add_into(void *dst, const void *src, zinc_dtype dt, size_t n)
+/* dst (P, device) = host fp32 values: converted in place on a host device,
+ * else staged through a device fp32 buffer. */
+static zinc_status store_host_f32(zinc_engine *e, void *dst, const float *src, size_t n)
 {
-    if (dt == ZINC_DTYPE_F32) {
-        float *d = dst;
-        const float *s = src;
-#pragma omp parallel for simd if (n > 65536) schedule(static)
-        for (size_t i = 0; i < n; i++) d[i] += s[i];
-    } else {
-        uint16_t *d = dst;
-        const uint16_t *s = src;
-        int bf = dt == ZINC_DTYPE_BF16;
-#pragma omp parallel for if (n > 65536) schedule(static)
-        for (size_t i = 0; i < n; i++)
-            d[i] = bf ? zinc_f32_to_bf16(zinc_bf16_to_f32(d[i]) + zinc_bf16_to_f32(s[i]))
-                      : zinc_f32_to_f16(zinc_f16_to_f32(d[i]) + zinc_f16_to_f32(s[i]));
+    if (e->dev->is_host) {
+        zero_from_f32(e, dst, src, e->pdt, n);
+        return ZINC_OK;
     }
-}
-
-/* dst (P) += src (fp32). */
-static void add_f32_into(void *dst, const float *src, zinc_dtype dt, size_t n)
-{
-    if (dt == ZINC_DTYPE_F32) {
-        add_into(dst, src, dt, n);
-        return;
+    if (e->pdt == ZINC_DTYPE_F32) {
+        e->dev->copy(dst, src, n * sizeof(float));
+        return ZINC_OK;
     }
-    uint16_t *d = dst;
-    int bf = dt == ZINC_DTYPE_BF16;
-#pragma omp parallel for if (n > 65536) schedule(static)
-    for (size_t i = 0; i < n; i++)
-        d[i] = bf ? zinc_f32_to_bf16(zinc_bf16_to_f32(d[i]) + src[i])
-                  : zinc_f32_to_f16(zinc_f16_to_f32(d[i]) + src[i]);
+    float *tmp = xalloc_raw(e, n * sizeof(float));
+    if (!tmp) return zinc_error(ZINC_ERR_NOMEM, "parameter staging: %zu elements", n);
+    e->dev->copy(tmp, src, n * sizeof(float));
+    zero_from_f32(e, dst, tmp, e->pdt, n);
+    xfree(e, tmp);
+    return ZINC_OK;
 }
 
 static char *at(void *base, size_t elem, size_t psz) { return (char *)base + elem * psz; }
@@ -215,14 +175,14 @@ zinc_status zero_units_alloc(zinc_engine *e)
         /* the params this rank stores: whole unit, or its shard (which holds the opt range) */
         size_t plo = u->sharded ? u->opt_lo : 0, pn = u->sharded ? u->shard : u->numel;
         size_t gn = e->stage >= 2 ? u->shard : u->numel;
-        u->g = xalloc(gn * psz);
-        if (!p_nvme) u->p = xalloc(pn * psz);
+        u->g = xalloc(e, gn * psz);
+        if (!p_nvme) u->p = xalloc(e, pn * psz);
         if (!e->opt_nvme) {
-            u->m = xalloc(u->opt_n * sizeof(float));
-            u->v = xalloc(u->opt_n * sizeof(float));
+            u->m = xalloc(e, u->opt_n * sizeof(float));
+            u->v = xalloc(e, u->opt_n * sizeof(float));
         }
-        free(vals);
-        vals = xalloc(pn * sizeof(float));
+        free(vals); /* initial values are computed on the host */
+        vals = calloc(pn ? pn : 1, sizeof(float));
         if (!u->g || (!p_nvme && !u->p) || (!e->opt_nvme && (!u->m || !u->v)) || !vals) {
             st = zinc_error(ZINC_ERR_NOMEM, "model state of layer %d: %zu elements", l, u->numel);
             goto cleanup;
@@ -235,7 +195,7 @@ zinc_status zero_units_alloc(zinc_engine *e)
                                         (int64_t)(z - a));
         }
         if (e->master_sep && !e->opt_nvme) {
-            u->master = xalloc(u->opt_n * sizeof(float));
+            u->master = xalloc(e, u->opt_n * sizeof(float));
             if (!u->master) {
                 st = zinc_error(ZINC_ERR_NOMEM, "master weights of layer %d", l);
                 goto cleanup;
@@ -259,18 +219,18 @@ zinc_status zero_unit_store(zinc_engine *e, int l, const float *vals)
     if (offload_param_on_nvme(e, u)) {
         void *pio = zinc_aio_buf_alloc(pn * e->psz);
         if (!pio) return zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", l);
-        zero_from_f32(pio, vals, e->pdt, pn);
+        zero_from_f32(e, pio, vals, e->pdt, pn); /* nvme: host device only */
         st = zinc_aio_pwrite(e->param_swap, pio, pn * e->psz, u->pswap_off);
         zinc_aio_buf_free(pio);
         if (st != ZINC_OK) return st;
-    } else {
-        zero_from_f32(u->p, vals, e->pdt, pn);
+    } else if ((st = store_host_f32(e, u->p, vals, pn)) != ZINC_OK) {
+        return st;
     }
     const float *mv = vals + (u->opt_lo - plo); /* master values of the opt range */
     if (e->opt_nvme) {
         if (u->opt_n) st = zinc_aio_pwrite(e->opt_swap, mv, u->opt_n * sizeof(float), u->swap_off);
     } else if (e->master_sep) {
-        memcpy(u->master, mv, u->opt_n * sizeof(float));
+        e->dev->copy(u->master, mv, u->opt_n * sizeof(float));
     }
     return st;
 }
@@ -281,8 +241,8 @@ void zero_units_free(zinc_engine *e)
     /* reductions in flight still use their buffers: finish them first */
     for (int i = 0; i < e->n_pending; i++) {
         zinc_comm_wait(&e->pending[i].h);
-        if (e->pending[i].send != e->units[e->pending[i].unit].wg) free(e->pending[i].send);
-        free(e->pending[i].recv);
+        if (e->pending[i].send != e->units[e->pending[i].unit].wg) xfree(e, e->pending[i].send);
+        xfree(e, e->pending[i].recv);
     }
     free(e->pending);
     e->pending = NULL;
@@ -291,15 +251,15 @@ void zero_units_free(zinc_engine *e)
         engine_unit *u = &e->units[l];
         zero_unit_release(e, l);
         if (u->h_gather) zinc_comm_wait(&u->h_gather);
-        free(u->gathered);
-        if (u->wg_owned) free(u->wg);
+        xfree(e, u->gathered);
+        if (u->wg_owned) xfree(e, u->wg);
         if (u->pread) zinc_aio_wait(&u->pread);
         zinc_aio_buf_free(u->pstage);
-        if (e->master_sep && !e->opt_nvme) free(u->master);
-        free(u->p);
-        free(u->g);
-        free(u->m);
-        free(u->v);
+        if (e->master_sep && !e->opt_nvme) xfree(e, u->master);
+        xfree(e, u->p);
+        xfree(e, u->g);
+        xfree(e, u->m);
+        xfree(e, u->v);
     }
 }
 
@@ -331,7 +291,7 @@ static zinc_status gather_start(zinc_engine *e, int ui, const void *src)
 {
     engine_unit *u = &e->units[ui];
     if (!u->gathered) {
-        u->gathered = xalloc_raw(u->numel * e->psz);
+        u->gathered = xalloc_raw(e, u->numel * e->psz);
         if (!u->gathered) return zinc_error(ZINC_ERR_NOMEM, "gather buffer of layer %d", ui);
     }
     return zinc_comm_all_gather(e->mesh->dp_group, src, u->gathered, u->shard, e->pdt,
@@ -361,12 +321,12 @@ zinc_status zero_unit_materialize(zinc_engine *e, int ui)
         u->wp_owned = u->sharded; /* the gathered buffer */
         if (u->sharded) u->gathered = NULL;
     } else {
-        u->wp = xalloc_raw(u->numel * sizeof(float));
+        u->wp = xalloc_raw(e, u->numel * sizeof(float));
         if (!u->wp) return zinc_error(ZINC_ERR_NOMEM, "working params of layer %d", ui);
         u->wp_owned = 1;
-        zero_to_f32(u->wp, whole, e->pdt, u->numel);
+        zero_to_f32(e, u->wp, whole, e->pdt, u->numel);
         if (u->sharded) {
-            free(u->gathered);
+            xfree(e, u->gathered);
             u->gathered = NULL;
         }
     }
@@ -384,7 +344,7 @@ void zero_unit_release(zinc_engine *e, int ui)
 {
     engine_unit *u = &e->units[ui];
     if (u->wp_owned) {
-        free(u->wp);
+        xfree(e, u->wp);
         e->live_elems -= u->numel;
     }
     u->wp = NULL;
@@ -397,7 +357,7 @@ void zero_grads_zero(zinc_engine *e)
 {
     for (int l = 0; l < e->n_layers; l++) {
         engine_unit *u = &e->units[l];
-        if (u->g) memset(u->g, 0, (e->stage >= 2 ? u->shard : u->numel) * e->psz);
+        if (u->g) e->ops->zero(u->g, (e->stage >= 2 ? u->shard : u->numel) * e->psz);
     }
 }
 
@@ -410,7 +370,7 @@ zinc_status zero_grad_open(zinc_engine *e, int ui)
         u->wg_owned = 0;
         return ZINC_OK;
     }
-    u->wg = xalloc(u->numel * sizeof(float));
+    u->wg = xalloc(e, u->numel * sizeof(float));
     if (!u->wg) return zinc_error(ZINC_ERR_NOMEM, "working grads of layer %d", ui);
     u->wg_owned = 1;
     return ZINC_OK;
@@ -420,13 +380,13 @@ static zinc_status pending_finish(zinc_engine *e, engine_pending *pd)
 {
     zinc_status st = zinc_comm_wait(&pd->h);
     engine_unit *u = &e->units[pd->unit];
-    if (st == ZINC_OK) add_into(u->g, pd->recv, e->pdt, u->shard);
+    if (st == ZINC_OK) e->ops->add_into(u->g, e->pdt, pd->recv, e->pdt, u->shard);
     if (pd->send == (void *)u->wg) {
         u->wg = NULL;
         u->wg_owned = 0;
     }
-    free(pd->send);
-    free(pd->recv);
+    xfree(e, pd->send);
+    xfree(e, pd->recv);
     e->pending_bytes -= u->numel;
     return st;
 }
@@ -453,8 +413,8 @@ zinc_status zero_grad_close(zinc_engine *e, int ui)
     if (!u->wg) return ZINC_OK;
     if (e->stage < 2) {
         if (u->wg_owned) {
-            add_f32_into(u->g, u->wg, e->pdt, u->numel);
-            free(u->wg);
+            e->ops->add_into(u->g, e->pdt, u->wg, ZINC_DTYPE_F32, u->numel);
+            xfree(e, u->wg);
         }
         u->wg = NULL;
         u->wg_owned = 0;
@@ -463,19 +423,19 @@ zinc_status zero_grad_close(zinc_engine *e, int ui)
     /* stage >= 2: reduce-scatter the unit's grads (storage dtype) into the owner's shard */
     void *send = u->wg;
     if (e->pdt != ZINC_DTYPE_F32) {
-        send = xalloc_raw(u->numel * e->psz);
+        send = xalloc_raw(e, u->numel * e->psz);
         if (!send) return zinc_error(ZINC_ERR_NOMEM, "gradient bucket of layer %d", ui);
-        zero_from_f32(send, u->wg, e->pdt, u->numel);
-        free(u->wg);
+        zero_from_f32(e, send, u->wg, e->pdt, u->numel);
+        xfree(e, u->wg);
         u->wg = NULL;
         u->wg_owned = 0;
     }
-    void *recv = xalloc_raw(u->shard * e->psz);
+    void *recv = xalloc_raw(e, u->shard * e->psz);
     engine_pending *np = realloc(e->pending, (size_t)(e->n_pending + 1) * sizeof *np);
     if (np) e->pending = np;
     if (!recv || !np) {
-        free(recv);
-        if (send != (void *)u->wg) free(send);
+        xfree(e, recv);
+        if (send != (void *)u->wg) xfree(e, send);
         return zinc_error(ZINC_ERR_NOMEM, "gradient bucket of layer %d", ui);
     }
     engine_pending *pd = &e->pending[e->n_pending++];
@@ -498,11 +458,11 @@ zinc_status zero_reduce_boundary(zinc_engine *e)
         if (e->stage == 0) {
             st = zinc_comm_all_reduce(g, u->g, u->g, u->numel, e->pdt, ZINC_REDOP_SUM, NULL);
         } else {
-            void *tmp = xalloc(u->shard * e->psz);
+            void *tmp = xalloc_raw(e, u->shard * e->psz);
             if (!tmp) return zinc_error(ZINC_ERR_NOMEM, "reduce-scatter buffer of layer %d", l);
             st = zinc_comm_reduce_scatter(g, u->g, tmp, u->shard, e->pdt, ZINC_REDOP_SUM, NULL);
-            if (st == ZINC_OK) memcpy(at(u->g, u->opt_lo, e->psz), tmp, u->shard * e->psz);
-            free(tmp);
+            if (st == ZINC_OK) e->ops->copy(at(u->g, u->opt_lo, e->psz), tmp, u->shard * e->psz);
+            xfree(e, tmp);
         }
         if (st != ZINC_OK) return st;
     }
@@ -529,15 +489,15 @@ zinc_status zero_grad_sumsq(zinc_engine *e, double *out)
             continue;
         }
         if (cap < u->opt_n) {
-            free(tmp);
-            tmp = xalloc(u->opt_n * sizeof(float));
+            xfree(e, tmp);
+            tmp = xalloc_raw(e, u->opt_n * sizeof(float));
             cap = tmp ? u->opt_n : 0;
             if (!tmp) return zinc_error(ZINC_ERR_NOMEM, "gradient norm buffer");
         }
-        zero_to_f32(tmp, g, e->pdt, u->opt_n);
+        zero_to_f32(e, tmp, g, e->pdt, u->opt_n);
         sum += e->ops->sumsq(tmp, u->opt_n);
     }
-    free(tmp);
+    xfree(e, tmp);
     *out = sum;
     return ZINC_OK;
 }
@@ -563,7 +523,7 @@ static zinc_status group_update(zinc_engine *e, engine_unit *u, size_t a, size_t
     void *g = at(grad_opt(e, u), a, e->psz);
     float *g32 = g;
     if (e->pdt != ZINC_DTYPE_F32) {
-        zero_to_f32(gtmp, g, e->pdt, n);
+        zero_to_f32(e, gtmp, g, e->pdt, n);
         g32 = gtmp;
     }
     if (coef != 1.0) e->ops->scale(g32, (float)coef, n);
@@ -581,10 +541,10 @@ static zinc_status group_update(zinc_engine *e, engine_unit *u, size_t a, size_t
     }
     if (!e->master_sep) return ZINC_OK; /* the master weights are the params */
     if (offload_param_on_nvme(e, u)) {
-        zero_from_f32(pbuf, master, e->pdt, n);
+        zero_from_f32(e, pbuf, master, e->pdt, n);
         return zinc_aio_pwrite(e->param_swap, pbuf, n * e->psz, u->pswap_off + a * e->psz);
     }
-    zero_from_f32(at(u->p, (u->sharded ? 0 : u->opt_lo) + a, e->psz), master, e->pdt, n);
+    zero_from_f32(e, at(u->p, (u->sharded ? 0 : u->opt_lo) + a, e->psz), master, e->pdt, n);
     return ZINC_OK;
 }
 
@@ -680,7 +640,7 @@ zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t)
         if (e->units[l].opt_n > maxn) maxn = e->units[l].opt_n;
     if (G > maxn) G = (maxn + 1023) / 1024 * 1024;
     if (G == 0) return ZINC_OK;
-    float *gtmp = e->pdt != ZINC_DTYPE_F32 ? xalloc(G * sizeof(float)) : NULL;
+    float *gtmp = e->pdt != ZINC_DTYPE_F32 ? xalloc_raw(e, G * sizeof(float)) : NULL;
     void *pbuf = e->param_nvme ? zinc_aio_buf_alloc(G * e->psz) : NULL;
     if ((e->pdt != ZINC_DTYPE_F32 && !gtmp) || (e->param_nvme && !pbuf)) {
         st = zinc_error(ZINC_ERR_NOMEM, "optimizer buffers");
@@ -702,7 +662,7 @@ zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t)
     /* whole params everywhere again: all-gather the updated slices */
     st = zero_gather_whole_params(e);
 cleanup:
-    free(gtmp);
+    xfree(e, gtmp);
     zinc_aio_buf_free(pbuf);
     return st;
 }
@@ -759,10 +719,10 @@ zinc_status zero_params_from_master(zinc_engine *e)
                 ZINC_TRY(zinc_aio_pread(e->opt_swap, mbuf, n * sizeof(float),
                                         u->swap_off + a * sizeof(float)));
             if (offload_param_on_nvme(e, u)) {
-                zero_from_f32(pbuf, m, e->pdt, n);
+                zero_from_f32(e, pbuf, m, e->pdt, n);
                 ZINC_TRY(zinc_aio_pwrite(e->param_swap, pbuf, n * e->psz, u->pswap_off + a * e->psz));
             } else {
-                zero_from_f32(at(u->p, (u->sharded ? 0 : u->opt_lo) + a, e->psz), m, e->pdt, n);
+                zero_from_f32(e, at(u->p, (u->sharded ? 0 : u->opt_lo) + a, e->psz), m, e->pdt, n);
             }
         }
     }

@@ -76,7 +76,7 @@ typedef struct block_acts {
     float *ln1, *ln1_mean, *ln1_rstd; /* (BT,C) (BT) (BT) */
     float *qkv;                       /* (BT,3C) */
     float *atty;                      /* (BT,C) */
-    float *att;                       /* (B,NH,T,T) */
+    float *lse;                       /* (B,NH,T) attention log-sum-exp */
     float *res2;                      /* (BT,C) x + attention branch */
     float *ln2, *ln2_mean, *ln2_rstd; /* (BT,C) (BT) (BT) */
     float *fch, *fch_gelu;            /* (BT,4C) (BT,4C) */
@@ -95,7 +95,7 @@ static size_t block_carve(block_acts *a, float *base, const gpt2_dims *d, int B,
     CARVE(ln1_rstd, BT);
     CARVE(qkv, BT * 3 * C);
     CARVE(atty, BT * C);
-    CARVE(att, (size_t)B * d->NH * T * T);
+    CARVE(lse, (size_t)B * d->NH * T);
     CARVE(res2, BT * C);
     CARVE(ln2, BT * C);
     CARVE(ln2_mean, BT);
@@ -135,8 +135,9 @@ static size_t block_scratch_floats(const zinc_layer *l, int B, int T)
 {
     const gpt2_dims *d = zinc_layer_state(l);
     size_t BT = (size_t)B * T, C = (size_t)d->C;
-    /* dfch_gelu, dfch (4C each), dsmall (3C: dln2 / datty / dqkv / dln1), att scratch */
-    return BT * (4 * C + 4 * C + 3 * C + C) + (size_t)B * d->NH * T * T;
+    /* dfch_gelu, dfch (4C each), dsmall (3C: dln2 / datty / dqkv / dln1), attention
+     * scratch: B NH T floats on every device (zinc/ops.h, attention_scratch_floats) */
+    return BT * (4 * C + 4 * C + 3 * C + C) + (size_t)B * d->NH * T;
 }
 
 static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *xv, float *y)
@@ -152,7 +153,7 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *xv, flo
 
     o->layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
     o->linear_forward(a.qkv, a.ln1, p[B_QKVW], p[B_QKVB], BT, C, 3 * C);
-    o->attention_forward(a.atty, a.att, a.qkv, c->B, c->T, C, d->NH);
+    o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, C, d->NH);
     o->linear_forward(a.res2, a.atty, p[B_PRJW], p[B_PRJB], BT, C, C);
     o->residual_forward(a.res2, a.res2, x, (size_t)BT * C);
     o->layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
@@ -185,26 +186,27 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *xv, co
     float *att_scratch = dres2 + n;
 
     /* MLP branch: y = res2 + fc_proj(gelu(fc(ln2(res2)))) */
-    memcpy(dres2, dy, n * sizeof(float));
-    memset(dfchg, 0, (size_t)BT * 4 * C * sizeof(float));
+    o->copy(dres2, dy, n * sizeof(float));
+    o->zero(dfchg, (size_t)BT * 4 * C * sizeof(float));
     o->linear_backward(dfchg, g[B_FPW], g[B_FPB], dy, a.fch_gelu, p[B_FPW], BT, 4 * C, C);
-    memset(dfch, 0, (size_t)BT * 4 * C * sizeof(float));
+    o->zero(dfch, (size_t)BT * 4 * C * sizeof(float));
     o->gelu_backward(dfch, a.fch, dfchg, (size_t)BT * 4 * C);
     float *dln2 = dsmall;
-    memset(dln2, 0, n * sizeof(float));
+    o->zero(dln2, n * sizeof(float));
     o->linear_backward(dln2, g[B_FCW], g[B_FCB], dfch, a.ln2, p[B_FCW], BT, C, 4 * C);
     o->layernorm_backward(dres2, g[B_LN2W], g[B_LN2B], dln2, a.res2, p[B_LN2W], a.ln2_mean,
                           a.ln2_rstd, BT, C);
     /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))) */
     o->residual_forward(dx, dx, dres2, n);
     float *datty = dsmall;
-    memset(datty, 0, n * sizeof(float));
+    o->zero(datty, n * sizeof(float));
     o->linear_backward(datty, g[B_PRJW], g[B_PRJB], dres2, a.atty, p[B_PRJW], BT, C, C);
     float *dqkv = dfch; /* reuse: dfch is dead */
-    memset(dqkv, 0, (size_t)BT * 3 * C * sizeof(float));
-    o->attention_backward(dqkv, att_scratch, datty, a.qkv, a.att, c->B, c->T, C, d->NH);
+    o->zero(dqkv, (size_t)BT * 3 * C * sizeof(float));
+    o->attention_backward(dqkv, att_scratch, datty, a.qkv, a.atty, a.lse, c->B, c->T, C,
+                          d->NH);
     float *dln1 = dsmall;
-    memset(dln1, 0, n * sizeof(float));
+    o->zero(dln1, n * sizeof(float));
     o->linear_backward(dln1, g[B_QKVW], g[B_QKVB], dqkv, a.ln1, p[B_QKVW], BT, C, 3 * C);
     o->layernorm_backward(dx, g[B_LN1W], g[B_LN1B], dln1, x, p[B_LN1W], a.ln1_mean, a.ln1_rstd,
                           BT, C);
@@ -260,9 +262,7 @@ static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *xv, floa
                          zinc_layer_param(l, H_LNFB), BT, C);
     o->matmul(logits, lnf, zinc_layer_param(l, H_WTE), BT, V, C, 0, 1, 1.0f, 0.0f);
     o->softmax_xent(losses, logits, c->targets, c->dloss, BT, V);
-    double sum = 0.0;
-    for (int i = 0; i < BT; i++) sum += losses[i];
-    c->loss_sum += sum;
+    c->loss_sum += o->sum(losses, (size_t)BT); /* device memory: summed there */
     return ZINC_OK;
 }
 
@@ -304,6 +304,10 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
     if (c->model.n_embd % c->model.n_head != 0)
         return zinc_error(ZINC_ERR_CONFIG, "model.n_embd %lld is not divisible by model.n_head %lld",
                           (long long)c->model.n_embd, (long long)c->model.n_head);
+    if (c->model.n_embd / c->model.n_head > 128) /* zinc/ops.h attention: HS <= 128 */
+        return zinc_error(ZINC_ERR_CONFIG,
+                          "model.n_embd / model.n_head = %lld: attention head size above 128",
+                          (long long)(c->model.n_embd / c->model.n_head));
     zinc_gpt2 *g = calloc(1, sizeof *g);
     if (!g) return zinc_error(ZINC_ERR_NOMEM, "gpt2");
     g->d.C = (int)c->model.n_embd;

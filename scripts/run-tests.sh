@@ -27,7 +27,8 @@ run_one() { # name cmd...
     fi
 }
 
-for t in $(ls "$BUILD"/tests/*/test_* 2>/dev/null | grep -v '\.[od]$' | sort); do
+# tests/gpu/ belongs to the GPU checks (make test-gpu, scripts/test-gpu.sh)
+for t in $(ls "$BUILD"/tests/*/test_* 2>/dev/null | grep -v '\.[od]$' | grep -v '/tests/gpu/' | sort); do
     mod=$(basename "$(dirname "$t")")
     if [ -f "tests/$mod/mpi_ranks" ]; then
         for n in $(cat "tests/$mod/mpi_ranks"); do
@@ -37,9 +38,14 @@ for t in $(ls "$BUILD"/tests/*/test_* 2>/dev/null | grep -v '\.[od]$' | sort); d
         run_one "$mod" "$t"
     fi
 done
-for s in $(ls tests/*/test_*.sh 2>/dev/null | sort); do
+for s in $(ls tests/*/test_*.sh 2>/dev/null | grep -v '^tests/gpu/' | sort); do
     run_one "$(basename "$(dirname "$s")")/$(basename "$s" .sh)" "${NOLEAK[@]}" BUILD="$BUILD" bash "$s"
 done
 
+if nvidia-smi -L >/dev/null 2>&1; then
+    echo "NOTE  a GPU is visible: run \`make test-gpu\` for the GPU checks (not part of make test)"
+else
+    echo "SKIP  gpu checks (tests/gpu): no GPU visible here; they run with \`make test-gpu\` on a GPU machine"
+fi
 echo "== $pass passed, $fail failed =="
 [ $fail -eq 0 ] || { printf '   failed: %s\n' "${failed[@]}"; exit 1; }

@@ -28,6 +28,7 @@
 #include "zinc/comm.h"
 #include "zinc/config.h"
 #include "zinc/data.h"
+#include "zinc/device.h"
 #include "zinc/engine.h"
 #include "zinc/gpt2.h"
 #include "zinc/log.h"
@@ -124,6 +125,19 @@ static void maybe_fault(int rank, int64_t step)
     if (fault_at("ZINC_FAULT_KILL", rank, step)) raise(SIGKILL);
     if (fault_at("ZINC_FAULT_HANG", rank, step))
         for (;;) pause();
+}
+
+/* comm_backend "auto": nccl when this rank will train on a GPU and every
+ * local rank has a GPU of its own (NCCL refuses two ranks on one device);
+ * else mpi, which stages device buffers through pinned host memory. */
+static const char *comm_backend_for(const zinc_config *c)
+{
+    if (c->comm_backend == ZINC_COMM_NCCL) return "nccl";
+    if (c->comm_backend == ZINC_COMM_MPI || c->device == ZINC_DEVICE_CPU) return "mpi";
+    int gpus = zinc_device_cuda_count();
+    const char *ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    int local = ls && atoi(ls) > 0 ? atoi(ls) : 1;
+    return gpus > 0 && local <= gpus ? "nccl" : "mpi";
 }
 
 static int threads_per_rank(const zinc_config *c, zinc_comm *w)
@@ -269,7 +283,7 @@ int main(int argc, char **argv)
     }
 
     zinc_comm *world = NULL;
-    const char *backend = cfg.comm_backend == ZINC_COMM_NCCL ? "nccl" : "mpi";
+    const char *backend = comm_backend_for(&cfg);
     if (zinc_comm_init_world(backend, &argc, &argv, &world) != ZINC_OK) {
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
         return 1;
@@ -354,11 +368,12 @@ int main(int argc, char **argv)
     int64_t every = cfg.train.log_every > 0 ? cfg.train.log_every : cfg.steps_per_print;
     if (every < 1) every = 1;
     if (rank == 0)
-        ZINC_INFO("gpt2 L=%lld C=%lld heads=%lld vocab=%lld T=%lld: %.2fM params | %d ranks x %d threads | "
+        ZINC_INFO("gpt2 L=%lld C=%lld heads=%lld vocab=%lld T=%lld: %.2fM params | %d ranks x %d threads on %s | "
                   "batch %lld = micro %lld x accum %lld x dp %d | %llu samples of data",
                   (long long)cfg.model.n_layer, (long long)cfg.model.n_embd, (long long)cfg.model.n_head,
                   (long long)cfg.model.vocab_size, (long long)zinc_config_seq_len(&cfg),
-                  zinc_engine_n_params(eng) / 1e6, size, nt, (long long)cfg.train_batch_size,
+                  zinc_engine_n_params(eng) / 1e6, size, nt, zinc_engine_device(eng)->name,
+                  (long long)cfg.train_batch_size,
                   (long long)cfg.train_micro_batch_size_per_gpu, (long long)cfg.gradient_accumulation_steps,
                   size, (unsigned long long)zinc_data_n_samples(data));
 
@@ -391,9 +406,10 @@ int main(int argc, char **argv)
             snprintf(nvme_note, sizeof nvme_note, " (%.1f MiB on nvme)", s.mem_max.nvme / 1048576.0);
         if (step % every == 0 || step == 1 || step == cfg.train.max_steps)
             printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
-                   "state %.1f MiB/rank%s | comm %.2f MiB%s\n",
+                   "%.1f TFLOP/s | state %.1f MiB/rank%s | %s mem %.2f GiB | comm %.2f MiB%s\n",
                    (long long)step, (long long)cfg.train.max_steps, s.loss, s.lr, s.grad_norm,
-                   s.tokens_per_s, s.step_ms, s.model_state_bytes_max / 1048576.0, nvme_note,
+                   s.tokens_per_s, s.step_ms, s.model_tflops, s.model_state_bytes_max / 1048576.0,
+                   nvme_note, zinc_engine_device(eng)->name, s.dev_mem_peak / 1073741824.0,
                    s.comm_bytes / 1048576.0, s.skipped ? " | skipped (fp16 overflow)" : "");
         fflush(stdout);
         if (metrics) {
@@ -404,11 +420,13 @@ int main(int argc, char **argv)
                     "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %s, "
                     "\"tokens_per_s\": %.3f, \"step_ms\": %.3f, \"model_state_bytes\": %llu, "
                     "\"comm_bytes\": %llu, \"samples\": %lld, \"loss_scale\": %.9g, \"skipped\": %d, "
+                    "\"device\": \"%s\", \"device_mem_peak\": %llu, \"model_tflops\": %.3f, "
                     "\"mem\": {\"params\": %llu, \"grads\": %llu, \"master\": %llu, "
                     "\"optimizer\": %llu, \"buffers\": %llu, \"nvme\": %llu}, \"comm\": {",
                     (long long)s.step, s.loss, s.lr, norm_json, s.tokens_per_s, s.step_ms,
                     (unsigned long long)s.model_state_bytes_max, (unsigned long long)s.comm_bytes,
-                    (long long)s.samples_seen, s.loss_scale, s.skipped,
+                    (long long)s.samples_seen, s.loss_scale, s.skipped, zinc_engine_device(eng)->name,
+                    (unsigned long long)s.dev_mem_peak, s.model_tflops,
                     (unsigned long long)m->params, (unsigned long long)m->grads,
                     (unsigned long long)m->master, (unsigned long long)m->optimizer,
                     (unsigned long long)m->buffers, (unsigned long long)m->nvme);

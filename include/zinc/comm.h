@@ -1,8 +1,9 @@
 /* zinc/comm.h - process groups and collectives.
  *
  * A zinc_comm is one group of ranks (the world, or one DP/TP/PP group of the
- * mesh) bound to a backend (mpi now, nccl later) behind one vtable. Buffers
- * are host memory for the mpi backend.
+ * mesh) bound to a backend (mpi, or nccl in CUDA builds) behind one vtable.
+ * Buffers are host memory, or device memory of the device set with
+ * zinc_comm_set_device().
  *
  * Every collective is *collective*: all ranks of the group call it, in the same
  * order, with the same count and dtype. Each op adds its algorithmic bytes per
@@ -34,9 +35,10 @@ typedef enum zinc_redop {
     ZINC_REDOP_MIN,
 } zinc_redop;
 
-/* Initializes the backend ("mpi") and returns the world group. Calls MPI_Init
- * (argc/argv may be NULL). Destroy the world last with zinc_comm_destroy(),
- * which finalizes MPI. */
+/* Initializes the backend ("mpi" or "auto"; "nccl" in CUDA builds, which
+ * also uses MPI) and returns the world group. Calls MPI_Init (argc/argv may
+ * be NULL). Destroy the world last with zinc_comm_destroy(), which finalizes
+ * MPI. nccl: ZINC_ERR_CONFIG when a node runs more ranks than it has GPUs. */
 zinc_status zinc_comm_init_world(const char *backend, int *argc, char ***argv, zinc_comm **world);
 
 /* NULL-safe. Destroying the world group finalizes the backend. */
@@ -51,6 +53,18 @@ const char *zinc_comm_name(const zinc_comm *c); /* "world", "dp", "tp", "pp" */
 
 /* Seconds a wait may take before ZINC_ERR_TIMEOUT. */
 void zinc_comm_set_timeout(zinc_comm *c, double seconds);
+
+typedef struct zinc_device zinc_device; /* zinc/device.h */
+
+/* Binds the group (and groups split from it afterwards) to the rank's device:
+ * buffers that dev->is_device_ptr() reports as device memory are then
+ * accepted by every op. The mpi backend stages them through pinned host
+ * buffers (dev->host_alloc); the nccl backend hands them to NCCL. NULL
+ * (default): buffers are host memory. dev is borrowed and must outlive the
+ * group. *Collective* over c (the nccl backend creates the group's NCCL
+ * communicator here; ZINC_ERR_NCCL/ZINC_ERR_CUDA on every rank if that fails,
+ * and the group keeps its previous device). Returns ZINC_OK otherwise. */
+zinc_status zinc_comm_set_device(zinc_comm *c, const zinc_device *dev);
 
 /* Collective over parent: splits it into groups of ranks with the same color;
  * order within a group follows key. name labels the group in errors. */

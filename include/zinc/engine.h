@@ -25,6 +25,7 @@
 #include "zinc/comm.h"
 #include "zinc/config.h"
 #include "zinc/data.h"
+#include "zinc/device.h"
 #include "zinc/ops.h"
 #include "zinc/status.h"
 
@@ -128,6 +129,8 @@ typedef struct zinc_step_stats {
     int64_t samples_seen;      /* global sample index after this step */
     double loss_scale;         /* fp16 loss scale used (1 otherwise) */
     int skipped;               /* 1 if an fp16 overflow skipped the update */
+    uint64_t dev_mem_peak;     /* most device memory this rank's engine held during the step */
+    double model_tflops;       /* model FLOPs per second over all ranks (flops_per_token * tokens/s); 0 = unknown */
     zinc_mem_stats mem;        /* this rank's model state */
     zinc_mem_stats mem_max;    /* largest over ranks, kind by kind */
 } zinc_step_stats;
@@ -137,6 +140,14 @@ typedef struct zinc_step_stats {
  * communication, no allocation of model memory). */
 zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_def *m, int dp,
                                         int stage, zinc_mem_stats *out);
+
+/* The device this rank computes on for config c: "cpu", "cuda" (the GPU
+ * of this rank's local rank), or "auto" (cuda when a GPU is visible and the
+ * build has CUDA, else cpu). Rank-local; agree on the status. */
+zinc_status zinc_engine_open_device(const zinc_config *c, zinc_comm *world,
+                                    const zinc_device **out);
+/* The engine's device (valid for the engine's lifetime). */
+const zinc_device *zinc_engine_device(const zinc_engine *e);
 
 /* Collective over world. Builds the mesh (pp=1, tp=1, dp=world), declares
  * the model, allocates and initializes all memory for the configured ZeRO

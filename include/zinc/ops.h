@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "zinc/tensor.h"
+
 typedef struct zinc_ops {
     const char *name; /* "cpu", "cuda" */
 
@@ -57,15 +59,20 @@ typedef struct zinc_ops {
     /* dinp += gelu'(inp) * dout. */
     void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
 
-    /* Causal multi-head self-attention.
-     * qkv (B,T,3C) holds q | k | v, each (NH, HS) with HS = C/NH.
-     * out (B,T,C); att (B,NH,T,T) receives the softmax probabilities (saved
-     * for backward; entries above the diagonal are 0). */
-    void (*attention_forward)(float *out, float *att, const float *qkv,
+    /* Causal multi-head self-attention, flash style (no T x T matrix in memory).
+     * qkv (B,T,3C) holds q | k | v, each (NH, HS) with HS = C/NH, HS <= 128.
+     * out (B,T,C); lse (B,NH,T) receives, per query row, the log-sum-exp of its
+     * scaled scores (q.k/sqrt(HS)) over keys t2 <= t; saved for backward. */
+    void (*attention_forward)(float *out, float *lse, const float *qkv,
                               int B, int T, int C, int NH);
-    /* dqkv (B,T,3C) accumulates; scratch must hold B*NH*T*T floats. */
-    void (*attention_backward)(float *dqkv, float *scratch, const float *dout,
-                               const float *qkv, const float *att, int B, int T, int C, int NH);
+    /* dqkv (B,T,3C) accumulates; out and lse as saved by forward; scratch holds
+     * attention_scratch_floats(B,T,C,NH) floats. */
+    void (*attention_backward)(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                               const float *out, const float *lse, int B, int T, int C, int NH);
+    /* Floats of scratch attention_backward needs: B*NH*T on every device (one
+     * float per query row, D = rowsum(dout * out)), so callers without a
+     * table at hand may size it by that formula. */
+    size_t (*attention_scratch_floats)(int B, int T, int C, int NH);
 
     /* out = a + b, elementwise over n (out may alias a or b). */
     void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
@@ -87,6 +94,23 @@ typedef struct zinc_ops {
     double (*sumsq)(const float *x, size_t n);
     /* x *= s over n. */
     void (*scale)(float *x, float s, size_t n);
+
+    /* --- memory and precision (the engine's plumbing; every pointer device
+     * memory; f16/bf16 rounding is round-to-nearest-even, NaN stays NaN) --- */
+
+    /* Sets bytes of p to zero. */
+    void (*zero)(void *p, size_t bytes);
+    /* dst = src, bytes (no overlap). */
+    void (*copy)(void *dst, const void *src, size_t bytes);
+    /* dst (ddt) = src (sdt) over n elements; dtypes f32, bf16, f16 (any pair;
+     * equal dtypes copy). */
+    void (*convert)(void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, size_t n);
+    /* dst (ddt) += src (sdt) over n, in fp32 arithmetic rounded once to ddt. */
+    void (*add_into)(void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, size_t n);
+    /* x = fp32(dt(x)): rounds fp32 values to what dt can hold (f32: no-op). */
+    void (*round_to)(float *x, zinc_dtype dt, size_t n);
+    /* Returns sum x over n in double precision (fixed order: deterministic). */
+    double (*sum)(const float *x, size_t n);
 } zinc_ops;
 
 /* The CPU op table (C + OpenMP + OpenBLAS). Static storage, never NULL. */

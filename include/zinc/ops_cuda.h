@@ -44,6 +44,11 @@ extern "C" {
 /* The CUDA op table (name "cuda"). Static storage, never NULL; calling it
  * touches no CUDA API, so it is safe on a machine without a GPU. */
 const zinc_ops *zinc_ops_cuda(void);
+/* The same ops with bf16 tensor-core matmuls (name "cuda-bf16"): fp32
+ * operands are rounded to bf16 inside cuBLASLt (CUBLAS_COMPUTE_32F_FAST_16BF),
+ * accumulation stays fp32. The table for bf16 training; agrees with the CPU
+ * within bf16 tolerance. */
+const zinc_ops *zinc_ops_cuda_bf16(void);
 
 /* The ops return void, so a failing CUDA, cuBLAS or cuBLASLt call inside
  * one (bad launch, out of memory, a fault of an earlier kernel surfacing)

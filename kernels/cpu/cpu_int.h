@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "zinc/tensor.h"
+
 /* Below this many elements an op runs on the calling thread: a parallel
  * region costs a few microseconds, more than the work it would split. */
 #define CPU_PAR_MIN 32768
@@ -59,6 +61,14 @@ void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, fl
                float beta1, float beta2, float eps, float wd, int t);
 double cpu_sumsq(const float *x, size_t n);
 void cpu_scale(float *x, float s, size_t n);
+
+/* mem_cpu.c */
+void cpu_zero(void *p, size_t bytes);
+void cpu_copy(void *dst, const void *src, size_t bytes);
+void cpu_convert(void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, size_t n);
+void cpu_add_into(void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, size_t n);
+void cpu_round_to(float *x, zinc_dtype dt, size_t n);
+double cpu_sum(const float *x, size_t n);
 /* dst(C) += sum over rows of src(N,C); deterministic for any thread count. */
 void cpu_colsum_acc(float *dst, const float *src, int N, int C);
 
@@ -72,10 +82,13 @@ void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *in
 void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, const float *mean,
                             const float *rstd, int N, int C);
-void cpu_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
+/* Largest head size the attention ops take (zinc/ops.h: HS <= 128). */
+#define ATT_MAX_HS 128
+void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C,
                            int NH);
 void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                            const float *att, int B, int T, int C, int NH);
+                            const float *out, const float *lse, int B, int T, int C, int NH);
+size_t cpu_attention_scratch_floats(int B, int T, int C, int NH);
 void cpu_softmax_xent(float *losses, float *logits, const int32_t *targets, float dloss,
                       int N, int V);
 

@@ -6,9 +6,10 @@
  * split so that no two threads ever write the same element: gradients that
  * several rows contribute to (embedding tables, layernorm weight and bias)
  * are reduced per column block, rows in order, which keeps every result
- * bitwise identical for any thread count. Attention keeps a (T, T) score
- * matrix per head; T is small on CPU, and scores go through C loops, which
- * beat per-head sgemm calls at T = HS = 64. */
+ * bitwise identical for any thread count. Attention is flash style: it
+ * never holds a (T, T) matrix (forward saves one log-sum-exp per query row,
+ * backward recomputes the probabilities from it); scores go through C
+ * loops, which beat per-head sgemm calls at T = HS = 64. */
 #include <assert.h>
 #include <math.h>
 #include <stddef.h>
@@ -166,14 +167,21 @@ void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const flo
     }
 }
 
-/* Causal attention. For each (b, h, t): scores q_t . k_t2 / sqrt(HS) over
- * t2 <= t, softmax into att (zeros above the diagonal), out_t = att v.
- * Work per t grows with t, so (b, h, t) is dealt round-robin to threads. */
-void cpu_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
+/* Keys scored at a time by the attention ops (a stack buffer per row). */
+#define ATT_KB 64
+
+/* Causal attention, flash style: no (T, T) matrix. For each query row
+ * (b, h, t) the keys t2 <= t are taken ATT_KB at a time: scores
+ * q_t . k_t2 / sqrt(HS), then an online softmax (running max mx, running
+ * sum l; the output accumulator is rescaled by exp(old mx - new mx) when the
+ * max grows), out_t = acc / l and lse_t = mx + log l. Rows are independent,
+ * and work per row grows with t, so rows are dealt round-robin to threads. */
+void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C,
                            int NH)
 {
-    assert(out && att && qkv && B >= 0 && T >= 0 && NH > 0 && C % NH == 0);
+    assert(out && lse && qkv && B >= 0 && T >= 0 && NH > 0 && C % NH == 0);
     const int HS = C / NH;
+    assert(HS <= ATT_MAX_HS);
     const size_t C3 = (size_t)C * 3;
     const float scale = 1.0f / sqrtf((float)HS);
     const int n_rows = B * NH * T;
@@ -183,53 +191,71 @@ void cpu_attention_forward(float *out, float *att, const float *qkv, int B, int 
         const float *restrict q = qkv + ((size_t)b * T + t) * C3 + (size_t)h * HS;
         const float *restrict kbase = qkv + (size_t)b * T * C3 + C + (size_t)h * HS;
         const float *restrict vbase = kbase + C;
-        float *restrict a = att + (size_t)r * T; /* rows of (b, h) are contiguous */
-        float mx = -INFINITY;
-        for (int t2 = 0; t2 <= t; t2++) {
-            const float *restrict k = kbase + (size_t)t2 * C3;
-            float d = 0.0f;
-            #pragma omp simd reduction(+ : d)
-            for (int i = 0; i < HS; i++)
-                d += q[i] * k[i];
-            d *= scale;
-            a[t2] = d;
-            mx = d > mx ? d : mx;
+        float acc[ATT_MAX_HS], s[ATT_KB];
+        float mx = -INFINITY, l = 0.0f;
+        for (int i = 0; i < HS; i++)
+            acc[i] = 0.0f;
+        for (int k0 = 0; k0 <= t; k0 += ATT_KB) {
+            const int kn = t + 1 - k0 < ATT_KB ? t + 1 - k0 : ATT_KB;
+            float bm = -INFINITY;
+            for (int j = 0; j < kn; j++) {
+                const float *restrict k = kbase + (size_t)(k0 + j) * C3;
+                float d = 0.0f;
+                #pragma omp simd reduction(+ : d)
+                for (int i = 0; i < HS; i++)
+                    d += q[i] * k[i];
+                s[j] = d * scale;
+                bm = s[j] > bm ? s[j] : bm;
+            }
+            if (bm > mx) { /* rescale what the earlier blocks summed */
+                const float f = cpu_expf(mx - bm); /* 0 on the first block */
+                l *= f;
+                #pragma omp simd
+                for (int i = 0; i < HS; i++)
+                    acc[i] *= f;
+                mx = bm;
+            }
+            float bs = 0.0f;
+            #pragma omp simd reduction(+ : bs)
+            for (int j = 0; j < kn; j++) {
+                s[j] = cpu_expf(s[j] - mx);
+                bs += s[j];
+            }
+            l += bs;
+            for (int j = 0; j < kn; j++) {
+                const float *restrict v = vbase + (size_t)(k0 + j) * C3;
+                const float p = s[j];
+                #pragma omp simd
+                for (int i = 0; i < HS; i++)
+                    acc[i] += p * v[i];
+            }
         }
-        float sum = 0.0f;
-        #pragma omp simd reduction(+ : sum)
-        for (int t2 = 0; t2 <= t; t2++) {
-            const float e = cpu_expf(a[t2] - mx);
-            a[t2] = e;
-            sum += e;
-        }
-        const float inv = 1.0f / sum;
-        #pragma omp simd
-        for (int t2 = 0; t2 <= t; t2++)
-            a[t2] *= inv;
-        for (int t2 = t + 1; t2 < T; t2++)
-            a[t2] = 0.0f;
+        const float inv = 1.0f / l;
         float *restrict o = out + ((size_t)b * T + t) * C + (size_t)h * HS;
         for (int i = 0; i < HS; i++)
-            o[i] = 0.0f;
-        for (int t2 = 0; t2 <= t; t2++) {
-            const float *restrict v = vbase + (size_t)t2 * C3;
-            const float w = a[t2];
-            #pragma omp simd
-            for (int i = 0; i < HS; i++)
-                o[i] += w * v[i];
-        }
+            o[i] = acc[i] * inv;
+        lse[r] = mx + logf(l); /* r = (b NH + h) T + t: lse is (B,NH,T) */
     }
 }
 
-/* Backward of cpu_attention_forward; dqkv accumulates. k_t2 and v_t2 get
- * gradient from every t >= t2 of the same (b, h), so threads own whole
- * (b, h) pairs and walk t in order (race-free, deterministic). Per row,
- * scratch holds datt and then, in place, the score gradient
- *   dpre = att * (datt - sum(att * datt)) * scale. */
-void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                            const float *att, int B, int T, int C, int NH)
+/* Floats of scratch cpu_attention_backward needs: D, one per query row. */
+size_t cpu_attention_scratch_floats(int B, int T, int C, int NH)
 {
-    assert(dqkv && scratch && dout && qkv && att && B >= 0 && T >= 0);
+    (void)C;
+    return (size_t)B * NH * T;
+}
+
+/* Backward of cpu_attention_forward; dqkv accumulates. Probabilities are
+ * recomputed from lse, p = exp(s - lse_t), and with D_t = dout_t . out_t
+ * (= sum_t2 p dp, kept in scratch (B,NH,T)) the score gradient is
+ *   ds = p (dp - D_t) scale,  dp = dout_t . v_t2.
+ * k_t2 and v_t2 get gradient from every t >= t2 of the same (b, h), so
+ * threads own whole (b, h) pairs and walk t in order (race-free, and
+ * bitwise the same for any thread count). */
+void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                            const float *out, const float *lse, int B, int T, int C, int NH)
+{
+    assert(dqkv && scratch && dout && qkv && out && lse && B >= 0 && T >= 0);
     assert(NH > 0 && C % NH == 0);
     const int HS = C / NH;
     const size_t C3 = (size_t)C * 3;
@@ -239,40 +265,43 @@ void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, cons
     for (int bh = 0; bh < n_heads; bh++) {
         const int b = bh / NH, h = bh % NH;
         const size_t qoff = (size_t)b * T * C3 + (size_t)h * HS;
+        const size_t ooff = (size_t)b * T * C + (size_t)h * HS;
+        float *restrict D = scratch + (size_t)bh * T;
         for (int t = 0; t < T; t++) {
-            const float *restrict a = att + ((size_t)bh * T + t) * T;
-            float *restrict da = scratch + ((size_t)bh * T + t) * T;
-            const float *restrict dy = dout + ((size_t)b * T + t) * C + (size_t)h * HS;
+            const float *restrict dy = dout + ooff + (size_t)t * C;
+            const float *restrict o = out + ooff + (size_t)t * C;
+            float d = 0.0f;
+            #pragma omp simd reduction(+ : d)
+            for (int i = 0; i < HS; i++)
+                d += dy[i] * o[i];
+            D[t] = d;
+        }
+        for (int t = 0; t < T; t++) {
+            const float *restrict dy = dout + ooff + (size_t)t * C;
             const float *restrict q = qkv + qoff + (size_t)t * C3;
             float *restrict dq = dqkv + qoff + (size_t)t * C3;
-            /* out = att v */
-            float s = 0.0f;
-            for (int t2 = 0; t2 <= t; t2++) {
-                const float *restrict v = qkv + qoff + (size_t)t2 * C3 + 2 * (size_t)C;
-                float *restrict dv = dqkv + qoff + (size_t)t2 * C3 + 2 * (size_t)C;
-                const float w = a[t2];
-                float d = 0.0f;
-                #pragma omp simd reduction(+ : d)
-                for (int i = 0; i < HS; i++) {
-                    d += v[i] * dy[i];
-                    dv[i] += w * dy[i];
-                }
-                da[t2] = d;
-                s += w * d;
-            }
-            /* softmax and the 1/sqrt(HS) scale */
-            #pragma omp simd
-            for (int t2 = 0; t2 <= t; t2++)
-                da[t2] = a[t2] * (da[t2] - s) * scale;
-            /* scores = q k^T */
+            const float lse_t = lse[(size_t)bh * T + t], D_t = D[t];
             for (int t2 = 0; t2 <= t; t2++) {
                 const float *restrict k = qkv + qoff + (size_t)t2 * C3 + C;
+                const float *restrict v = k + C;
                 float *restrict dk = dqkv + qoff + (size_t)t2 * C3 + C;
-                const float g = da[t2];
+                float *restrict dv = dk + C;
+                float sc = 0.0f;
+                #pragma omp simd reduction(+ : sc)
+                for (int i = 0; i < HS; i++)
+                    sc += q[i] * k[i];
+                const float p = cpu_expf(sc * scale - lse_t);
+                float dp = 0.0f;
+                #pragma omp simd reduction(+ : dp)
+                for (int i = 0; i < HS; i++) {
+                    dp += dy[i] * v[i];
+                    dv[i] += p * dy[i];
+                }
+                const float ds = p * (dp - D_t) * scale;
                 #pragma omp simd
                 for (int i = 0; i < HS; i++) {
-                    dq[i] += g * k[i];
-                    dk[i] += g * q[i];
+                    dq[i] += ds * k[i];
+                    dk[i] += ds * q[i];
                 }
             }
         }

@@ -273,11 +273,18 @@ static const zinc_ops cpu_ops = {
     .gelu_backward = cpu_gelu_backward,
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
+    .attention_scratch_floats = cpu_attention_scratch_floats,
     .residual_forward = cpu_residual_forward,
     .softmax_xent = cpu_softmax_xent,
     .adamw = cpu_adamw,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .convert = cpu_convert,
+    .add_into = cpu_add_into,
+    .round_to = cpu_round_to,
+    .sum = cpu_sum,
 };
 
 /* The CPU op table; static storage. */

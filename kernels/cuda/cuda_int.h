@@ -70,4 +70,12 @@ void *cuda_lt_workspace(void);
  * Returns NULL after recording an error. Requires cuda_state_get() == 1. */
 void *cuda_scratch(size_t n_bytes);
 
+/* attention_cuda.cu: the attention entries of the table (zinc/ops.h
+ * contract, flash style; stream 0; errors through cuda_fail). */
+void cuda_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C,
+                            int NH);
+void cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                             const float *out, const float *lse, int B, int T, int C, int NH);
+size_t cuda_attention_scratch_floats(int B, int T, int C, int NH);
+
 #endif

@@ -14,7 +14,7 @@
  * Every other op is a hand-written kernel on stream 0, written for clarity
  * first (llm.c style) and with a fixed reduction order everywhere: no float
  * atomics, so every result is bitwise reproducible run to run.
- *  - Row ops (layernorm, attention softmax) use one warp per row and xor
+ *  - Row ops (layernorm) use one warp per row and xor
  *    butterflies, whose result is the same in every lane.
  *  - Column sums (bias, layernorm weight/bias gradients) are two-pass: row
  *    chunks whose bounds depend only on N write partials to the scratch
@@ -23,12 +23,8 @@
  *    thread for column c and bucket j walks the tokens in order and adds
  *    only rows v with v % buckets == j, so repeated tokens never race and
  *    each row receives its contributions in token order, as on the CPU.
- *  - Attention follows the contract: att (B,NH,T,T) holds the probabilities.
- *    Its five products are one batched tiled SIMT GEMM over (b, h) with
- *    strided views into qkv (no permute copies), which skips the tiles and
- *    k ranges the causal mask makes zero; softmax and its backward are warp
- *    row kernels. A flash-style kernel that never writes T x T belongs
- *    behind a new op.
+ *  - Attention is flash style (attention_cuda.cu): tiled fp32 kernels that
+ *    never write a T x T matrix; forward saves one log-sum-exp per row.
  *  - softmax_xent: one block per row, an online (max, sum) pass with the sum
  *    in double (as the CPU), then one pass writing the gradient.
  *  - sumsq: a fixed grid (size from n only) of double partials, then one
@@ -48,6 +44,7 @@
 #include <mutex>
 
 #include <cublasLt.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "zinc/ops_cuda.h"
@@ -108,7 +105,7 @@ extern "C" zinc_status zinc_cuda_last_status(void)
 
 /* What a cuBLASLt algorithm was chosen for. */
 struct algo_key {
-    int m, n, k, ta, tb, bias;
+    int m, n, k, ta, tb, bias, fast;
     unsigned al_a, al_b, al_c, al_bias;
 };
 
@@ -413,7 +410,7 @@ static unsigned ptr_align(const void *p)
 static int algo_key_eq(const algo_key *x, const algo_key *y)
 {
     return x->m == y->m && x->n == y->n && x->k == y->k && x->ta == y->ta && x->tb == y->tb &&
-           x->bias == y->bias && x->al_a == y->al_a && x->al_b == y->al_b &&
+           x->bias == y->bias && x->fast == y->fast && x->al_a == y->al_a && x->al_b == y->al_b &&
            x->al_c == y->al_c && x->al_bias == y->al_bias;
 }
 
@@ -445,7 +442,7 @@ static void algo_cache_put(const algo_key *key, const cublasLtMatmulAlgo_t *algo
  * Returns 1 when done, 0 when cuBLASLt has no algorithm for these arguments
  * (nothing recorded: the caller may fall back), -1 after recording an error. */
 static int lt_matmul(float *c, const float *a, const float *b, int m, int n, int k, int ta,
-                     int tb, float alpha, float beta, const float *bias)
+                     int tb, float alpha, float beta, const float *bias, int fast)
 {
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
@@ -457,8 +454,10 @@ static int lt_matmul(float *c, const float *a, const float *b, int m, int n, int
     const cublasOperation_t opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     const uint64_t ws_bytes = CUDA_LT_WS_BYTES;
-    const algo_key key = {m, n, k, ta, tb, bias != NULL, ptr_align(a), ptr_align(b),
+    const algo_key key = {m, n, k, ta, tb, bias != NULL, fast, ptr_align(a), ptr_align(b),
                           ptr_align(c), bias ? ptr_align(bias) : 0u};
+    /* fast: fp32 operands rounded to bf16 inside the tensor cores, fp32 accumulation */
+    const cublasComputeType_t ctype = fast ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
     /* cuBLASLt's A = our b: stored (k,n) row-major = (n,k) column-major, or
      * (n,k) row-major = (k,n) column-major when tb. Its B = our a likewise. */
     const uint64_t a_rows = tb ? k : n, a_cols = tb ? n : k;
@@ -466,7 +465,7 @@ static int lt_matmul(float *c, const float *a, const float *b, int m, int n, int
     int nres = 0, rc = -1;
     memset(&res, 0, sizeof res);
 
-    CUBLAS_TRY(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_TRY(cublasLtMatmulDescCreate(&op, ctype, CUDA_R_32F));
     CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
     if (bias) {
@@ -526,9 +525,9 @@ cleanup:
 /* lt_matmul without a bias; "no algorithm" becomes a recorded error.
  * Returns 1 when done, 0 after recording an error. */
 static int gemm(float *c, const float *a, const float *b, int m, int n, int k, int ta, int tb,
-                float alpha, float beta)
+                float alpha, float beta, int fast)
 {
-    const int rc = lt_matmul(c, a, b, m, n, k, ta, tb, alpha, beta, NULL);
+    const int rc = lt_matmul(c, a, b, m, n, k, ta, tb, alpha, beta, NULL, fast);
     if (rc == 0) {
         char msg[160];
         snprintf(msg, sizeof msg, "no cuBLASLt fp32 algorithm for m=%d n=%d k=%d ta=%d tb=%d",
@@ -538,8 +537,8 @@ static int gemm(float *c, const float *a, const float *b, int m, int n, int k, i
     return rc == 1;
 }
 
-static void cuda_matmul(float *c, const float *a, const float *b, int m, int n, int k,
-                        int trans_a, int trans_b, float alpha, float beta)
+static void matmul_impl(float *c, const float *a, const float *b, int m, int n, int k,
+                        int trans_a, int trans_b, float alpha, float beta, int fast)
 {
     assert(c && a && b && m >= 0 && n >= 0 && k >= 0);
     if (m == 0 || n == 0)
@@ -551,7 +550,7 @@ static void cuda_matmul(float *c, const float *a, const float *b, int m, int n, 
     }
     if (!cuda_state_get())
         goto cleanup;
-    gemm(c, a, b, m, n, k, trans_a, trans_b, alpha, beta);
+    gemm(c, a, b, m, n, k, trans_a, trans_b, alpha, beta, fast);
 cleanup:
     return;
 }
@@ -560,8 +559,8 @@ cleanup:
  * the BIAS epilogue when its pointer is 16-byte aligned and cuBLASLt has an
  * algorithm for it; otherwise out is filled with bias rows and the product
  * accumulates (beta = 1), as the CPU does. */
-static void cuda_linear_forward(float *out, const float *inp, const float *weight,
-                                const float *bias, int N, int C, int OC)
+static void linear_forward_impl(float *out, const float *inp, const float *weight,
+                                const float *bias, int N, int C, int OC, int fast)
 {
     assert(out && inp && weight && N >= 0 && C > 0 && OC > 0);
     int rc = 0;
@@ -570,7 +569,7 @@ static void cuda_linear_forward(float *out, const float *inp, const float *weigh
     if (!cuda_state_get())
         goto cleanup;
     if (bias && ptr_align(bias) >= 16) {
-        rc = lt_matmul(out, inp, weight, N, OC, C, 0, 0, 1.0f, 0.0f, bias);
+        rc = lt_matmul(out, inp, weight, N, OC, C, 0, 0, 1.0f, 0.0f, bias, fast);
         if (rc != 0)
             goto cleanup; /* done, or an error was recorded */
     }
@@ -578,27 +577,61 @@ static void cuda_linear_forward(float *out, const float *inp, const float *weigh
         fill_rows_kernel<<<ew_grid((size_t)N * OC), EW_BLOCK>>>(out, bias, OC, (size_t)N * OC);
         LAUNCH_TRY(fill_rows_kernel);
     }
-    gemm(out, inp, weight, N, OC, C, 0, 0, 1.0f, bias ? 1.0f : 0.0f);
+    gemm(out, inp, weight, N, OC, C, 0, 0, 1.0f, bias ? 1.0f : 0.0f, fast);
 cleanup:
     return;
 }
 
 /* dinp(N,C) += dout(N,OC) @ weight(C,OC)^T; dweight(C,OC) += inp^T @ dout;
  * dbias(OC) += column sums of dout (two-pass, deterministic). */
-static void cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                                 const float *inp, const float *weight, int N, int C, int OC)
+static void linear_backward_impl(float *dinp, float *dweight, float *dbias, const float *dout,
+                                 const float *inp, const float *weight, int N, int C, int OC,
+                                 int fast)
 {
     assert(dweight && dout && inp && weight && N >= 0 && C > 0 && OC > 0);
     if (N == 0)
         return;
     if (!cuda_state_get())
         return;
-    if (dinp && !gemm(dinp, dout, weight, N, C, OC, 0, 1, 1.0f, 1.0f))
+    if (dinp && !gemm(dinp, dout, weight, N, C, OC, 0, 1, 1.0f, 1.0f, fast))
         return;
-    if (!gemm(dweight, inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f))
+    if (!gemm(dweight, inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f, fast))
         return;
     if (dbias)
         colsum_acc(dbias, dout, N, OC);
+}
+
+/* The two tables' dense products: exact fp32, or bf16 tensor-core operands. */
+static void cuda_matmul(float *c, const float *a, const float *b, int m, int n, int k, int ta,
+                        int tb, float alpha, float beta)
+{
+    matmul_impl(c, a, b, m, n, k, ta, tb, alpha, beta, 0);
+}
+static void cuda_matmul_bf16(float *c, const float *a, const float *b, int m, int n, int k,
+                             int ta, int tb, float alpha, float beta)
+{
+    matmul_impl(c, a, b, m, n, k, ta, tb, alpha, beta, 1);
+}
+static void cuda_linear_forward(float *out, const float *inp, const float *weight,
+                                const float *bias, int N, int C, int OC)
+{
+    linear_forward_impl(out, inp, weight, bias, N, C, OC, 0);
+}
+static void cuda_linear_forward_bf16(float *out, const float *inp, const float *weight,
+                                     const float *bias, int N, int C, int OC)
+{
+    linear_forward_impl(out, inp, weight, bias, N, C, OC, 1);
+}
+static void cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                                 const float *inp, const float *weight, int N, int C, int OC)
+{
+    linear_backward_impl(dinp, dweight, dbias, dout, inp, weight, N, C, OC, 0);
+}
+static void cuda_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
+                                      const float *dout, const float *inp, const float *weight,
+                                      int N, int C, int OC)
+{
+    linear_backward_impl(dinp, dweight, dbias, dout, inp, weight, N, C, OC, 1);
 }
 
 /* ------------------------------------------------------------------ */
@@ -829,280 +862,6 @@ cleanup:
 }
 
 /* ------------------------------------------------------------------ */
-/* attention                                                           */
-/* ------------------------------------------------------------------ */
-
-enum { BG_M = 64, BG_N = 64, BG_K = 16, BG_THREADS = 256 };
-enum {
-    BG_CAUSAL_TILES = 1, /* C is (T,T) causal: skip tiles wholly above the diagonal */
-    BG_K_UPTO_ROW = 2,   /* A(i,k) = 0 for k > i: stop k at the tile's last row */
-    BG_K_FROM_ROW = 4,   /* A(i,k) = 0 for k < i: start k at the tile's first row */
-};
-
-/* One batched product C = alpha A B + beta C over matrices (zb, zh),
- * zb < B, zh < nh, given by element strides:
- *   A(i,k) = a[zb a_bs + zh a_hs + i a_rs + k a_cs]      (M,K)
- *   B(k,j) = b[zb b_bs + zh b_hs + k b_rs + j b_cs]      (K,N)
- *   C(i,j) = c[zb c_bs + zh c_hs + i c_rs + j]           (M,N)
- * beta 0 does not read C. */
-struct bgemm_args {
-    float *c;
-    const float *a, *b;
-    long long a_rs, a_cs, a_bs, a_hs;
-    long long b_rs, b_cs, b_bs, b_hs;
-    long long c_rs, c_bs, c_hs;
-    int nh, M, N, K, flags;
-    float alpha, beta;
-};
-
-/* 64 x 64 tile of C per block of 256 threads, 4 x 4 outputs per thread
- * (rows ty + 16r, columns tx + 16c: stores coalesce along j); k in steps of
- * 16 through shared memory, each operand loaded with threads walking its
- * contiguous dimension. grid (tiles_m * tiles_n, B * nh). Each output is one
- * thread's fmaf chain in k order: deterministic. */
-static __global__ void __launch_bounds__(BG_THREADS) bgemm_kernel(const bgemm_args p)
-{
-    __shared__ float As[BG_K][BG_M + 4];
-    __shared__ float Bs[BG_K][BG_N + 4];
-    const int tiles_n = (p.N + BG_N - 1) / BG_N;
-    const int m0 = (int)(blockIdx.x / tiles_n) * BG_M;
-    const int n0 = (int)(blockIdx.x % tiles_n) * BG_N;
-    if ((p.flags & BG_CAUSAL_TILES) && n0 > m0 + BG_M - 1)
-        return; /* every j > every i: stays as the row kernels leave it */
-    const int zb = (int)blockIdx.y / p.nh, zh = (int)blockIdx.y % p.nh;
-    const float *A = p.a + zb * p.a_bs + zh * p.a_hs;
-    const float *Bm = p.b + zb * p.b_bs + zh * p.b_hs;
-    float *Cm = p.c + zb * p.c_bs + zh * p.c_hs;
-    const int kbeg = (p.flags & BG_K_FROM_ROW) ? min(m0, p.K) : 0;
-    const int kend = (p.flags & BG_K_UPTO_ROW) ? min(p.K, m0 + BG_M) : p.K;
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const bool a_kfast = p.a_cs == 1, b_jfast = p.b_cs == 1;
-    float acc[4][4];
-    for (int r = 0; r < 4; r++)
-        for (int q = 0; q < 4; q++)
-            acc[r][q] = 0.0f;
-    for (int k0 = kbeg; k0 < kend; k0 += BG_K) {
-        for (int l = 0; l < (BG_K * BG_M) / BG_THREADS; l++) {
-            const int e = tid + BG_THREADS * l;
-            const int kk = a_kfast ? e % BG_K : e / BG_M;
-            const int ii = a_kfast ? e / BG_K : e % BG_M;
-            const int gi = m0 + ii, gk = k0 + kk;
-            As[kk][ii] = (gi < p.M && gk < kend) ? A[gi * p.a_rs + gk * p.a_cs] : 0.0f;
-        }
-        for (int l = 0; l < (BG_K * BG_N) / BG_THREADS; l++) {
-            const int e = tid + BG_THREADS * l;
-            const int kk = b_jfast ? e / BG_N : e % BG_K;
-            const int jj = b_jfast ? e % BG_N : e / BG_K;
-            const int gj = n0 + jj, gk = k0 + kk;
-            Bs[kk][jj] = (gj < p.N && gk < kend) ? Bm[gk * p.b_rs + gj * p.b_cs] : 0.0f;
-        }
-        __syncthreads();
-        for (int kk = 0; kk < BG_K; kk++) {
-            float av[4], bv[4];
-            for (int r = 0; r < 4; r++)
-                av[r] = As[kk][ty + 16 * r];
-            for (int q = 0; q < 4; q++)
-                bv[q] = Bs[kk][tx + 16 * q];
-            for (int r = 0; r < 4; r++)
-                for (int q = 0; q < 4; q++)
-                    acc[r][q] = fmaf(av[r], bv[q], acc[r][q]);
-        }
-        __syncthreads();
-    }
-    for (int r = 0; r < 4; r++) {
-        const int i = m0 + ty + 16 * r;
-        if (i >= p.M)
-            continue;
-        for (int q = 0; q < 4; q++) {
-            const int j = n0 + tx + 16 * q;
-            if (j >= p.N)
-                continue;
-            float *cp = Cm + i * p.c_rs + j;
-            *cp = p.beta == 0.0f ? p.alpha * acc[r][q] : p.alpha * acc[r][q] + p.beta * *cp;
-        }
-    }
-}
-
-/* Launches bgemm_kernel over n_mats = B * nh matrices. Returns 0 after
- * recording an error. */
-static int bgemm(const bgemm_args *p, int n_mats)
-{
-    const unsigned tiles = (unsigned)(((p->M + BG_M - 1) / BG_M) * ((p->N + BG_N - 1) / BG_N));
-    int ok = 0;
-    assert(n_mats > 0 && n_mats <= 65535);
-    bgemm_kernel<<<dim3(tiles, (unsigned)n_mats), BG_THREADS>>>(*p);
-    LAUNCH_TRY(bgemm_kernel);
-    ok = 1;
-cleanup:
-    return ok;
-}
-
-/* Rows r of att (n_rows = B NH T rows of T): row r is query t = r % T.
- * Scores in att[0..t] become softmax probabilities, att[t+1..T) zeros. */
-static __global__ void attention_softmax_kernel(float *att, int T, size_t n_rows)
-{
-    const int lane = threadIdx.x % 32;
-    const size_t row = (size_t)blockIdx.x * ROW_WARPS + threadIdx.x / 32;
-    if (row >= n_rows)
-        return;
-    const int t = (int)(row % (size_t)T);
-    float *a = att + row * T;
-    float mx = -INFINITY;
-    for (int t2 = lane; t2 <= t; t2 += 32)
-        mx = fmaxf(mx, a[t2]);
-    mx = warp_max(mx);
-    float sum = 0.0f;
-    for (int t2 = lane; t2 <= t; t2 += 32) {
-        const float e = expf(a[t2] - mx);
-        a[t2] = e;
-        sum += e;
-    }
-    const float inv = 1.0f / warp_sum(sum);
-    for (int t2 = lane; t2 <= t; t2 += 32)
-        a[t2] *= inv;
-    for (int t2 = t + 1 + lane; t2 < T; t2 += 32)
-        a[t2] = 0.0f;
-}
-
-/* Softmax backward per row: datt (in da) becomes the score gradient
- * dpre = att (datt - sum(att datt)) scale over t2 <= t, 0 above. */
-static __global__ void attention_softmax_backward_kernel(float *da, const float *att, int T,
-                                                  size_t n_rows, float scale)
-{
-    const int lane = threadIdx.x % 32;
-    const size_t row = (size_t)blockIdx.x * ROW_WARPS + threadIdx.x / 32;
-    if (row >= n_rows)
-        return;
-    const int t = (int)(row % (size_t)T);
-    const float *a = att + row * T;
-    float *d = da + row * T;
-    float s = 0.0f;
-    for (int t2 = lane; t2 <= t; t2 += 32)
-        s += a[t2] * d[t2];
-    s = warp_sum(s);
-    for (int t2 = lane; t2 <= t; t2 += 32)
-        d[t2] = a[t2] * (d[t2] - s) * scale;
-    for (int t2 = t + 1 + lane; t2 < T; t2 += 32)
-        d[t2] = 0.0f;
-}
-
-/* out(B,T,C) and att(B,NH,T,T) from qkv(B,T,3C):
- * att = softmax(scale q k^T) (causal), out = att v. */
-static void cuda_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
-                                   int NH)
-{
-    assert(out && att && qkv && B >= 0 && T >= 0 && NH > 0 && C % NH == 0);
-    const int HS = C / NH;
-    const float scale = 1.0f / sqrtf((float)HS);
-    const size_t n_rows = (size_t)B * NH * T;
-    const long long TT = (long long)T * T;
-    bgemm_args p;
-    const float *q, *k, *v;
-    long long rs, bs, hs;
-    if (n_rows == 0)
-        return;
-    /* views into qkv (B,T,3C) for head (b, h): q | k | v at columns 0, C,
-     * 2C, each (T,HS) with row stride 3C; matrix strides T 3C (b), HS (h) */
-    q = qkv, k = qkv + C, v = qkv + 2 * C;
-    rs = 3LL * C, bs = (long long)T * 3 * C, hs = HS;
-
-    /* att (T,T) = scale q (T,HS) k^T (HS,T), tiles on or below the diagonal */
-    memset(&p, 0, sizeof p);
-    p.c = att, p.c_rs = T, p.c_bs = NH * TT, p.c_hs = TT;
-    p.a = q, p.a_rs = rs, p.a_cs = 1, p.a_bs = bs, p.a_hs = hs;
-    p.b = k, p.b_rs = 1, p.b_cs = rs, p.b_bs = bs, p.b_hs = hs; /* B(k,j) = key j, dim k */
-    p.nh = NH, p.M = T, p.N = T, p.K = HS, p.flags = BG_CAUSAL_TILES;
-    p.alpha = scale, p.beta = 0.0f;
-    if (!bgemm(&p, B * NH))
-        goto cleanup;
-
-    attention_softmax_kernel<<<row_grid(n_rows), ROW_WARPS * 32>>>(att, T, n_rows);
-    LAUNCH_TRY(attention_softmax_kernel);
-
-    /* out (T,HS) = att (T,T) v (T,HS); att(t, t2) = 0 for t2 > t */
-    memset(&p, 0, sizeof p);
-    p.c = out, p.c_rs = C, p.c_bs = (long long)T * C, p.c_hs = HS;
-    p.a = att, p.a_rs = T, p.a_cs = 1, p.a_bs = NH * TT, p.a_hs = TT;
-    p.b = v, p.b_rs = rs, p.b_cs = 1, p.b_bs = bs, p.b_hs = hs;
-    p.nh = NH, p.M = T, p.N = HS, p.K = T, p.flags = BG_K_UPTO_ROW;
-    p.alpha = 1.0f, p.beta = 0.0f;
-    bgemm(&p, B * NH);
-cleanup:
-    return;
-}
-
-/* Backward of cuda_attention_forward; dqkv accumulates. scratch (B,NH,T,T)
- * holds datt = dout v^T, then in place dpre (the score gradient, scale
- * included, zero above the diagonal); then dv += att^T dout,
- * dq += dpre k, dk += dpre^T q. */
-static void cuda_attention_backward(float *dqkv, float *scratch, const float *dout,
-                                    const float *qkv, const float *att, int B, int T, int C,
-                                    int NH)
-{
-    assert(dqkv && scratch && dout && qkv && att && B >= 0 && T >= 0);
-    assert(NH > 0 && C % NH == 0);
-    const int HS = C / NH;
-    const float scale = 1.0f / sqrtf((float)HS);
-    const size_t n_rows = (size_t)B * NH * T;
-    const long long TT = (long long)T * T;
-    bgemm_args p;
-    const float *q, *k, *v;
-    float *dq = dqkv, *dk = dqkv + C, *dv = dqkv + 2 * C;
-    long long rs, bs, hs;
-    if (n_rows == 0)
-        return;
-    /* views into qkv (B,T,3C) for head (b, h): q | k | v at columns 0, C,
-     * 2C, each (T,HS) with row stride 3C; matrix strides T 3C (b), HS (h) */
-    q = qkv, k = qkv + C, v = qkv + 2 * C;
-    rs = 3LL * C, bs = (long long)T * 3 * C, hs = HS;
-
-    /* datt (T,T) = dout (T,HS) v^T (HS,T), tiles on or below the diagonal */
-    memset(&p, 0, sizeof p);
-    p.c = scratch, p.c_rs = T, p.c_bs = NH * TT, p.c_hs = TT;
-    p.a = dout, p.a_rs = C, p.a_cs = 1, p.a_bs = (long long)T * C, p.a_hs = HS;
-    p.b = v, p.b_rs = 1, p.b_cs = rs, p.b_bs = bs, p.b_hs = hs;
-    p.nh = NH, p.M = T, p.N = T, p.K = HS, p.flags = BG_CAUSAL_TILES;
-    p.alpha = 1.0f, p.beta = 0.0f;
-    if (!bgemm(&p, B * NH))
-        goto cleanup;
-
-    attention_softmax_backward_kernel<<<row_grid(n_rows), ROW_WARPS * 32>>>(scratch, att, T,
-                                                                            n_rows, scale);
-    LAUNCH_TRY(attention_softmax_backward_kernel);
-
-    /* dv (T,HS) += att^T (T,T) dout (T,HS): A(t2, t) = att(t, t2), 0 for t < t2 */
-    memset(&p, 0, sizeof p);
-    p.c = dv, p.c_rs = rs, p.c_bs = bs, p.c_hs = hs;
-    p.a = att, p.a_rs = 1, p.a_cs = T, p.a_bs = NH * TT, p.a_hs = TT;
-    p.b = dout, p.b_rs = C, p.b_cs = 1, p.b_bs = (long long)T * C, p.b_hs = HS;
-    p.nh = NH, p.M = T, p.N = HS, p.K = T, p.flags = BG_K_FROM_ROW;
-    p.alpha = 1.0f, p.beta = 1.0f;
-    if (!bgemm(&p, B * NH))
-        goto cleanup;
-
-    /* dq (T,HS) += dpre (T,T) k (T,HS): dpre(t, t2) = 0 for t2 > t */
-    memset(&p, 0, sizeof p);
-    p.c = dq, p.c_rs = rs, p.c_bs = bs, p.c_hs = hs;
-    p.a = scratch, p.a_rs = T, p.a_cs = 1, p.a_bs = NH * TT, p.a_hs = TT;
-    p.b = k, p.b_rs = rs, p.b_cs = 1, p.b_bs = bs, p.b_hs = hs;
-    p.nh = NH, p.M = T, p.N = HS, p.K = T, p.flags = BG_K_UPTO_ROW;
-    p.alpha = 1.0f, p.beta = 1.0f;
-    if (!bgemm(&p, B * NH))
-        goto cleanup;
-
-    /* dk (T,HS) += dpre^T (T,T) q (T,HS): A(t2, t) = dpre(t, t2), 0 for t < t2 */
-    memset(&p, 0, sizeof p);
-    p.c = dk, p.c_rs = rs, p.c_bs = bs, p.c_hs = hs;
-    p.a = scratch, p.a_rs = 1, p.a_cs = T, p.a_bs = NH * TT, p.a_hs = TT;
-    p.b = q, p.b_rs = rs, p.b_cs = 1, p.b_bs = bs, p.b_hs = hs;
-    p.nh = NH, p.M = T, p.N = HS, p.K = T, p.flags = BG_K_FROM_ROW;
-    p.alpha = 1.0f, p.beta = 1.0f;
-    bgemm(&p, B * NH);
-cleanup:
-    return;
-}
-
-/* ------------------------------------------------------------------ */
 /* softmax + cross-entropy                                             */
 /* ------------------------------------------------------------------ */
 
@@ -1224,6 +983,7 @@ static __device__ void block_sum_double(double *sh)
 }
 
 /* Pass 1: block b sums x^2 over [b chunk, (b+1) chunk) into part[b]. */
+template <bool SQUARE>
 static __global__ void __launch_bounds__(SUMSQ_BLOCK)
     sumsq_partial_kernel(double *part, const float *x, size_t n, size_t chunk)
 {
@@ -1232,7 +992,7 @@ static __global__ void __launch_bounds__(SUMSQ_BLOCK)
     const size_t hi = lo + chunk < n ? lo + chunk : n;
     double s = 0.0;
     for (size_t i = lo + threadIdx.x; i < hi; i += SUMSQ_BLOCK)
-        s += (double)x[i] * (double)x[i];
+        s += SQUARE ? (double)x[i] * (double)x[i] : (double)x[i];
     sh[threadIdx.x] = s;
     __syncthreads();
     block_sum_double(sh);
@@ -1257,7 +1017,8 @@ static __global__ void __launch_bounds__(SUMSQ_BLOCK)
 
 /* sum x^2 in double; synchronizes (returns a host value). The grid depends
  * on n only, so the bits do too. Returns 0 after recording an error. */
-static double cuda_sumsq(const float *x, size_t n)
+template <bool SQUARE>
+static double sum_impl(const float *x, size_t n)
 {
     assert(x || n == 0);
     size_t nblk = (n + SUMSQ_MIN_PER_BLOCK - 1) / SUMSQ_MIN_PER_BLOCK;
@@ -1275,7 +1036,7 @@ static double cuda_sumsq(const float *x, size_t n)
     buf = (double *)cuda_scratch((nblk + 1) * sizeof(double));
     if (!buf)
         goto cleanup;
-    sumsq_partial_kernel<<<(unsigned)nblk, SUMSQ_BLOCK>>>(buf + 1, x, n, chunk);
+    sumsq_partial_kernel<SQUARE><<<(unsigned)nblk, SUMSQ_BLOCK>>>(buf + 1, x, n, chunk);
     LAUNCH_TRY(sumsq_partial_kernel);
     sumsq_finish_kernel<<<1, SUMSQ_BLOCK>>>(buf, buf + 1, (int)nblk);
     LAUNCH_TRY(sumsq_finish_kernel);
@@ -1283,6 +1044,9 @@ static double cuda_sumsq(const float *x, size_t n)
 cleanup:
     return result;
 }
+
+static double cuda_sumsq(const float *x, size_t n) { return sum_impl<true>(x, n); }
+static double cuda_sum(const float *x, size_t n) { return sum_impl<false>(x, n); }
 
 static void cuda_scale(float *x, float s, size_t n)
 {
@@ -1295,28 +1059,163 @@ cleanup:
     return;
 }
 
-static const zinc_ops cuda_ops = {
-    /* .name = */ "cuda",
-    /* .matmul = */ cuda_matmul,
-    /* .linear_forward = */ cuda_linear_forward,
-    /* .linear_backward = */ cuda_linear_backward,
-    /* .embedding_forward = */ cuda_embedding_forward,
-    /* .embedding_backward = */ cuda_embedding_backward,
-    /* .layernorm_forward = */ cuda_layernorm_forward,
-    /* .layernorm_backward = */ cuda_layernorm_backward,
-    /* .gelu_forward = */ cuda_gelu_forward,
-    /* .gelu_backward = */ cuda_gelu_backward,
-    /* .attention_forward = */ cuda_attention_forward,
-    /* .attention_backward = */ cuda_attention_backward,
-    /* .residual_forward = */ cuda_residual_forward,
-    /* .softmax_xent = */ cuda_softmax_xent,
-    /* .adamw = */ cuda_adamw,
-    /* .sumsq = */ cuda_sumsq,
-    /* .scale = */ cuda_scale,
-};
+/* ------------------------------------------------------------------ */
+/* memory and precision                                                */
+/* ------------------------------------------------------------------ */
 
-/* The CUDA op table; static storage, touches no CUDA API. */
+static __device__ __forceinline__ float load_as_f32(const void *p, int dt, size_t i)
+{
+    if (dt == ZINC_DTYPE_F32)
+        return ((const float *)p)[i];
+    const uint16_t h = ((const uint16_t *)p)[i];
+    if (dt == ZINC_DTYPE_BF16)
+        return __uint_as_float((uint32_t)h << 16);
+    return __half2float(__ushort_as_half(h));
+}
+
+/* Round to nearest even, NaN kept quiet: the CPU's zinc_f32_to_bf16. */
+static __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static __device__ __forceinline__ void store_from_f32(void *p, int dt, size_t i, float x)
+{
+    if (dt == ZINC_DTYPE_F32)
+        ((float *)p)[i] = x;
+    else if (dt == ZINC_DTYPE_BF16)
+        ((uint16_t *)p)[i] = f32_to_bf16_bits(x);
+    else
+        ((uint16_t *)p)[i] = __half_as_ushort(__float2half_rn(x));
+}
+
+static __global__ void convert_kernel(void *dst, int ddt, const void *src, int sdt, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        store_from_f32(dst, ddt, i, load_as_f32(src, sdt, i));
+}
+
+static __global__ void add_into_kernel(void *dst, int ddt, const void *src, int sdt, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        store_from_f32(dst, ddt, i, __fadd_rn(load_as_f32(dst, ddt, i), load_as_f32(src, sdt, i)));
+}
+
+static __global__ void round_to_kernel(float *x, int dt, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        if (dt == ZINC_DTYPE_BF16)
+            x[i] = __uint_as_float((uint32_t)f32_to_bf16_bits(x[i]) << 16);
+        else
+            x[i] = __half2float(__float2half_rn(x[i]));
+    }
+}
+
+static void cuda_zero(void *p, size_t bytes)
+{
+    assert(p || bytes == 0);
+    if (bytes)
+        CUDA_TRY(cudaMemsetAsync(p, 0, bytes, 0));
+cleanup:
+    return;
+}
+
+static void cuda_copy(void *dst, const void *src, size_t bytes)
+{
+    assert((dst && src) || bytes == 0);
+    if (bytes && dst != src)
+        CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0));
+cleanup:
+    return;
+}
+
+static void cuda_convert(void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, size_t n)
+{
+    assert((dst && src) || n == 0);
+    if (n == 0)
+        return;
+    if (ddt == sdt) {
+        cuda_copy(dst, src, n * (ddt == ZINC_DTYPE_F32 ? 4 : 2));
+        return;
+    }
+    convert_kernel<<<ew_grid(n), EW_BLOCK>>>(dst, (int)ddt, src, (int)sdt, n);
+    LAUNCH_TRY(convert_kernel);
+cleanup:
+    return;
+}
+
+static void cuda_add_into(void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, size_t n)
+{
+    assert((dst && src) || n == 0);
+    if (n == 0)
+        return;
+    add_into_kernel<<<ew_grid(n), EW_BLOCK>>>(dst, (int)ddt, src, (int)sdt, n);
+    LAUNCH_TRY(add_into_kernel);
+cleanup:
+    return;
+}
+
+static void cuda_round_to(float *x, zinc_dtype dt, size_t n)
+{
+    assert(x || n == 0);
+    if (n == 0 || dt == ZINC_DTYPE_F32)
+        return;
+    round_to_kernel<<<ew_grid(n), EW_BLOCK>>>(x, (int)dt, n);
+    LAUNCH_TRY(round_to_kernel);
+cleanup:
+    return;
+}
+
+/* The tables, filled by member name (the struct grows; C++17 has no
+ * designated initializers). fast: the bf16 table's tensor-core products. */
+static zinc_ops make_table(int fast)
+{
+    zinc_ops t;
+    memset(&t, 0, sizeof t);
+    t.name = fast ? "cuda-bf16" : "cuda";
+    t.matmul = fast ? cuda_matmul_bf16 : cuda_matmul;
+    t.linear_forward = fast ? cuda_linear_forward_bf16 : cuda_linear_forward;
+    t.linear_backward = fast ? cuda_linear_backward_bf16 : cuda_linear_backward;
+    t.embedding_forward = cuda_embedding_forward;
+    t.embedding_backward = cuda_embedding_backward;
+    t.layernorm_forward = cuda_layernorm_forward;
+    t.layernorm_backward = cuda_layernorm_backward;
+    t.gelu_forward = cuda_gelu_forward;
+    t.gelu_backward = cuda_gelu_backward;
+    t.attention_forward = cuda_attention_forward;
+    t.attention_backward = cuda_attention_backward;
+    t.attention_scratch_floats = cuda_attention_scratch_floats;
+    t.residual_forward = cuda_residual_forward;
+    t.softmax_xent = cuda_softmax_xent;
+    t.adamw = cuda_adamw;
+    t.sumsq = cuda_sumsq;
+    t.scale = cuda_scale;
+    t.zero = cuda_zero;
+    t.copy = cuda_copy;
+    t.convert = cuda_convert;
+    t.add_into = cuda_add_into;
+    t.round_to = cuda_round_to;
+    t.sum = cuda_sum;
+    return t;
+}
+
+static const zinc_ops cuda_ops = make_table(0);
+static const zinc_ops cuda_ops_bf16 = make_table(1);
+
+/* The CUDA op tables; static storage, touch no CUDA API. */
 extern "C" const zinc_ops *zinc_ops_cuda(void)
 {
     return &cuda_ops;
+}
+
+extern "C" const zinc_ops *zinc_ops_cuda_bf16(void)
+{
+    return &cuda_ops_bf16;
 }

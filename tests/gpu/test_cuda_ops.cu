@@ -12,7 +12,9 @@
  *    Each output is a short formula of its inputs, a few ulps (6e-8 each)
  *    apart at most; atol 1e-6 x max|cpu| covers GELU's 1 + tanh(u), which
  *    cancels for negative inputs (both sides are exact to ~1e-7 absolute).
- *  - Reductions and products (matmul, linear, layernorm, attention,
+ *  - Attention (flash style, exact fp32 on both sides): rtol 1e-5 and atol
+ *    1e-5 x max|cpu|.
+ *  - Reductions and products (matmul, linear, layernorm,
  *    softmax_xent): rtol 1e-4 and atol 1e-4 x max|cpu|. Sums of k terms
  *    summed in another order differ by up to ~k eps sum|terms|; an output
  *    that cancels to near zero has no relative accuracy on either side, so
@@ -188,6 +190,7 @@ static void check_same_bits(const char *what, const float *d1, const float *d2, 
 
 #define TOL_EW 1e-5, 1e-6
 #define TOL_RED 1e-4, 1e-4
+#define TOL_ATT 1e-5, 1e-5
 
 /* ---------- ops ---------- */
 
@@ -437,57 +440,101 @@ static void test_elementwise(void)
     free(dinp);
 }
 
+/* A device buffer of n floats filled with NaN (all bits set): an op that
+ * leaves any element of its output unwritten fails the comparisons. */
+static float *dpoison(size_t n)
+{
+    float *d = NULL;
+    cudaError_t e = cudaMalloc(&d, (n ? n : 1) * sizeof *d);
+    if (e != cudaSuccess)
+        die_cuda(e, "cudaMalloc");
+    if ((e = cudaMemset(d, 0xff, (n ? n : 1) * sizeof *d)) != cudaSuccess)
+        die_cuda(e, "cudaMemset");
+    return d;
+}
+
+static void dpoison_again(float *d, size_t n)
+{
+    const cudaError_t e = cudaMemset(d, 0xff, (n ? n : 1) * sizeof *d);
+    if (e != cudaSuccess)
+        die_cuda(e, "cudaMemset");
+}
+
+/* Flash attention, CUDA vs CPU, both fp32 with exact arithmetic: out, lse
+ * and dqkv within 1e-5 (relative, plus 1e-5 x max|cpu| for elements that
+ * cancel). Outputs and scratch are NaN-poisoned before every run; forward
+ * and backward each run twice and must agree bitwise. The GPU backward
+ * starts from the GPU forward's own out and lse (as in training); dqkv
+ * starts non-zero (accumulation). */
 static void test_attention_case(int B, int T, int C, int NH)
 {
     char name[96];
     const size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
-    const size_t natt = (size_t)B * NH * T * T;
-    float *qkv = hrand(nqkv, -1, 1), *out = hrand(nout, -1, 1), *att = hrand(natt, -1, 1);
-    float *dout = hrand(nout, -1, 1), *dqkv = hrand(nqkv, -1, 1), *scratch = hrand(natt, -1, 1);
-    float *d_qkv = dcopy(qkv, nqkv), *d_out = dcopy(out, nout), *d_att = dcopy(att, natt);
-    float *d_dout = dcopy(dout, nout), *d_dqkv = dcopy(dqkv, nqkv);
-    float *d_dqkv2 = dcopy(dqkv, nqkv), *d_scratch = dcopy(scratch, natt);
+    const size_t nlse = (size_t)B * NH * T;
+    const size_t nscr = gpu->attention_scratch_floats(B, T, C, NH);
+    float *qkv = hrand(nqkv, -1, 1), *dout = hrand(nout, -1, 1), *dqkv = hrand(nqkv, -1, 1);
+    float *out = (float *)malloc((nout ? nout : 1) * sizeof(float));
+    float *lse = (float *)malloc((nlse ? nlse : 1) * sizeof(float));
+    float *scratch = (float *)malloc((nlse ? nlse : 1) * sizeof(float));
+    float *d_qkv = dcopy(qkv, nqkv), *d_dout = dcopy(dout, nout);
+    float *d_dqkv = dcopy(dqkv, nqkv), *d_dqkv2 = dcopy(dqkv, nqkv);
+    float *d_out = dpoison(nout), *d_lse = dpoison(nlse), *d_out2 = dpoison(nout);
+    float *d_lse2 = dpoison(nlse), *d_scratch = dpoison(nscr);
 
-    cpu->attention_forward(out, att, qkv, B, T, C, NH);
-    gpu->attention_forward(d_out, d_att, d_qkv, B, T, C, NH);
+    n_checks++;
+    if (nscr != nlse || cpu->attention_scratch_floats(B, T, C, NH) != nlse) {
+        n_fail++;
+        printf("FAIL  attention_scratch_floats: %zu, want B*NH*T = %zu\n", nscr, nlse);
+    }
+    cpu->attention_forward(out, lse, qkv, B, T, C, NH);
+    gpu->attention_forward(d_out, d_lse, d_qkv, B, T, C, NH);
+    gpu->attention_forward(d_out2, d_lse2, d_qkv, B, T, C, NH);
     snprintf(name, sizeof name, "attention_forward B%d T%d C%d NH%d", B, T, C, NH);
     check_status(name);
-    snprintf(name, sizeof name, "attention_forward out T%d", T);
-    check_close(name, d_out, out, nout, TOL_RED);
-    snprintf(name, sizeof name, "attention_forward att T%d", T);
-    check_close(name, d_att, att, natt, TOL_RED); /* includes the zeros above the diagonal */
+    snprintf(name, sizeof name, "attention_forward out T%d HS%d", T, C / NH);
+    check_close(name, d_out, out, nout, TOL_ATT);
+    check_same_bits(name, d_out, d_out2, nout);
+    snprintf(name, sizeof name, "attention_forward lse T%d HS%d", T, C / NH);
+    check_close(name, d_lse, lse, nlse, TOL_ATT);
+    check_same_bits(name, d_lse, d_lse2, nlse);
 
-    /* backward from the CPU's probabilities, so both sides see the same */
-    cudaMemcpy(d_att, att, natt * sizeof(float), cudaMemcpyHostToDevice);
-    cpu->attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH);
-    gpu->attention_backward(d_dqkv, d_scratch, d_dout, d_qkv, d_att, B, T, C, NH);
-    gpu->attention_backward(d_dqkv2, d_scratch, d_dout, d_qkv, d_att, B, T, C, NH);
-    snprintf(name, sizeof name, "attention_backward T%d", T);
+    cpu->attention_backward(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
+    gpu->attention_backward(d_dqkv, d_scratch, d_dout, d_qkv, d_out, d_lse, B, T, C, NH);
+    dpoison_again(d_scratch, nscr);
+    gpu->attention_backward(d_dqkv2, d_scratch, d_dout, d_qkv, d_out, d_lse, B, T, C, NH);
+    snprintf(name, sizeof name, "attention_backward B%d T%d C%d NH%d", B, T, C, NH);
     check_status(name);
-    snprintf(name, sizeof name, "attention_backward dqkv T%d", T);
-    check_close(name, d_dqkv, dqkv, nqkv, TOL_RED);
+    snprintf(name, sizeof name, "attention_backward dqkv T%d HS%d", T, C / NH);
+    check_close(name, d_dqkv, dqkv, nqkv, TOL_ATT);
     check_same_bits(name, d_dqkv, d_dqkv2, nqkv);
 
     cudaFree(d_qkv);
-    cudaFree(d_out);
-    cudaFree(d_att);
     cudaFree(d_dout);
     cudaFree(d_dqkv);
     cudaFree(d_dqkv2);
+    cudaFree(d_out);
+    cudaFree(d_lse);
+    cudaFree(d_out2);
+    cudaFree(d_lse2);
     cudaFree(d_scratch);
     free(qkv);
-    free(out);
-    free(att);
     free(dout);
     free(dqkv);
+    free(out);
+    free(lse);
     free(scratch);
 }
 
 static void test_attention(void)
 {
-    test_attention_case(2, 67, 96, 3);  /* HS 32; 2 x 2 tiles, the upper one skipped */
-    test_attention_case(1, 130, 64, 2); /* 3 x 3 tiles: k ranges start at row 128 */
-    test_attention_case(2, 5, 12, 4);   /* HS 3, T below one warp */
+    test_attention_case(2, 1024, 768, 12); /* GPT-2 124M: HS 64, 16 x 16 tiles */
+    test_attention_case(1, 130, 128, 2);   /* HS 64, 3 x 3 tiles, ragged last (2 rows) */
+    test_attention_case(2, 67, 96, 3);     /* HS 32 (zero-padded to 64) */
+    test_attention_case(2, 5, 12, 4);      /* HS 3, T below one tile */
+    test_attention_case(1, 1, 16, 2);      /* T 1, HS 8 */
+    test_attention_case(3, 70, 40, 5);     /* HS 8, B 3 */
+    test_attention_case(2, 200, 256, 2);   /* HS 128, the largest */
+    test_attention_case(1, 77, 200, 2);    /* HS 100: the 128 kernels, ragged columns */
 }
 
 static void test_softmax_xent_case(int N, int V)
@@ -601,6 +648,7 @@ int main(void)
         !gpu->linear_backward || !gpu->embedding_forward || !gpu->embedding_backward ||
         !gpu->layernorm_forward || !gpu->layernorm_backward || !gpu->gelu_forward ||
         !gpu->gelu_backward || !gpu->attention_forward || !gpu->attention_backward ||
+        !gpu->attention_scratch_floats ||
         !gpu->residual_forward || !gpu->softmax_xent || !gpu->adamw || !gpu->sumsq ||
         !gpu->scale) {
         printf("FAIL  the CUDA op table is incomplete or misnamed\n");

@@ -162,8 +162,10 @@ static double ref_gelu1(double x)
     return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
 }
 
-static void ref_attention(double *out, double *att, const double *qkv, int B, int T, int C,
-                          int NH)
+/* Causal attention in double: att (B,NH,T,T) the probabilities (0 above
+ * the diagonal), lse (B,NH,T) the log-sum-exp of each row's scores. */
+static void ref_attention(double *out, double *att, double *lse, const double *qkv, int B, int T,
+                          int C, int NH)
 {
     const int HS = C / NH, C3 = 3 * C;
     const double scale = 1.0 / sqrt((double)HS);
@@ -171,7 +173,7 @@ static void ref_attention(double *out, double *att, const double *qkv, int B, in
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
                 const double *q = qkv + (b * T + t) * C3 + h * HS;
-                double *a = att + ((b * NH + h) * T + t) * T;
+                double *a = att + ((size_t)(b * NH + h) * T + t) * T;
                 double mx = -INFINITY, sum = 0.0;
                 for (int t2 = 0; t2 <= t; t2++) {
                     const double *k = qkv + (b * T + t2) * C3 + C + h * HS;
@@ -184,6 +186,7 @@ static void ref_attention(double *out, double *att, const double *qkv, int B, in
                 }
                 for (int t2 = 0; t2 < T; t2++)
                     a[t2] = t2 <= t ? a[t2] / sum : 0.0;
+                lse[(b * NH + h) * T + t] = mx + log(sum);
                 double *o = out + (b * T + t) * C + h * HS;
                 for (int i = 0; i < HS; i++) {
                     double s = 0.0;
@@ -192,6 +195,45 @@ static void ref_attention(double *out, double *att, const double *qkv, int B, in
                     o[i] = s;
                 }
             }
+}
+
+/* dqkv (B,T,3C) += the gradient of sum(out * dout) through ref_attention,
+ * analytically in double (checked against finite differences on small
+ * shapes; the reference for shapes too large for them). att as given by
+ * ref_attention. */
+static void ref_attention_backward(double *dqkv, const double *dout, const double *qkv,
+                                   const double *att, int B, int T, int C, int NH)
+{
+    const int HS = C / NH, C3 = 3 * C;
+    const double scale = 1.0 / sqrt((double)HS);
+    double *da = malloc((T ? T : 1) * sizeof *da);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const double *a = att + ((size_t)(b * NH + h) * T + t) * T;
+                const double *dy = dout + (b * T + t) * C + h * HS;
+                const double *q = qkv + (b * T + t) * C3 + h * HS;
+                double *dq = dqkv + (b * T + t) * C3 + h * HS;
+                double s = 0.0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const double *v = qkv + (b * T + t2) * C3 + 2 * C + h * HS;
+                    double *dv = dqkv + (b * T + t2) * C3 + 2 * C + h * HS;
+                    da[t2] = dot_d(dy, v, HS);
+                    s += a[t2] * da[t2];
+                    for (int i = 0; i < HS; i++)
+                        dv[i] += a[t2] * dy[i];
+                }
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const double g = a[t2] * (da[t2] - s) * scale;
+                    const double *k = qkv + (b * T + t2) * C3 + C + h * HS;
+                    double *dk = dqkv + (b * T + t2) * C3 + C + h * HS;
+                    for (int i = 0; i < HS; i++) {
+                        dq[i] += g * k[i];
+                        dk[i] += g * q[i];
+                    }
+                }
+            }
+    free(da);
 }
 
 /* losses[i] = -log softmax(logits[i])[target]; 0 for ignored rows. */
@@ -468,43 +510,90 @@ static void test_residual_scale(void)
 
 /* ---------- attention ---------- */
 
-enum { AB = 2, AT = 5, AC = 12, ANH = 3 };
+/* Shape of the attention case under finite differences (att_loss). */
+static int fB, fT, fC, fNH;
 
 struct att_ctx {
-    double *qkv, *R, *out, *att;
+    double *qkv, *R, *out, *att, *lse;
 };
 
 static double att_loss(void *p)
 {
     struct att_ctx *c = p;
-    ref_attention(c->out, c->att, c->qkv, AB, AT, AC, ANH);
-    return dot_d(c->out, c->R, AB * AT * AC);
+    ref_attention(c->out, c->att, c->lse, c->qkv, fB, fT, fC, fNH);
+    return dot_d(c->out, c->R, (size_t)fB * fT * fC);
+}
+
+/* One attention shape: forward (out, lse) against the double reference;
+ * backward from the op's own saved out and lse, into a pre-filled dqkv
+ * (accumulation), against finite differences (fd: small shapes) or the
+ * analytic double backward. scratch is exactly attention_scratch_floats
+ * long, so an overrun shows under ASan. */
+static void attention_case(int B, int T, int C, int NH, int fd)
+{
+    const size_t nQ = (size_t)B * T * 3 * C, nO = (size_t)B * T * C;
+    const size_t nL = (size_t)B * NH * T, nA = nL * T;
+    char what[96];
+    float *qkv = frand(nQ, 2.0f), *R = frand(nO, 1.0f);
+    float *out = frand(nO, 1.0f), *lse = frand(nL, 1.0f);
+    const size_t n_scratch = ops->attention_scratch_floats(B, T, C, NH);
+    CU_ASSERT(n_scratch == nL);
+    float *scratch = frand(n_scratch, 1.0f);
+    struct att_ctx c = {to_double(qkv, nQ), to_double(R, nO), malloc((nO ? nO : 1) * sizeof(double)),
+                        malloc((nA ? nA : 1) * sizeof(double)), malloc((nL ? nL : 1) * sizeof(double))};
+    fB = B, fT = T, fC = C, fNH = NH;
+    att_loss(&c);
+    ops->attention_forward(out, lse, qkv, B, T, C, NH);
+    snprintf(what, sizeof what, "attention out B%d T%d C%d NH%d", B, T, C, NH);
+    CU_ASSERT(close_to(what, out, c.out, nO, 1e-5, 1e-6));
+    snprintf(what, sizeof what, "attention lse B%d T%d C%d NH%d", B, T, C, NH);
+    CU_ASSERT(close_to(what, lse, c.lse, nL, 1e-5, 1e-6));
+
+    double *g = calloc(nQ ? nQ : 1, sizeof *g);
+    if (fd) {
+        fd_grad(g, c.qkv, nQ, att_loss, &c);
+    } else {
+        ref_attention_backward(g, c.R, c.qkv, c.att, B, T, C, NH);
+    }
+    float *d0 = frand(nQ, 1.0f), *d = fcopy(d0, nQ);
+    ops->attention_backward(d, scratch, R, qkv, out, lse, B, T, C, NH);
+    double *rd = plus(d0, g, nQ);
+    snprintf(what, sizeof what, "attention dqkv B%d T%d C%d NH%d", B, T, C, NH);
+    CU_ASSERT(close_to(what, d, rd, nQ, fd ? 1e-4 : 1e-5, 1e-5));
+    free(qkv), free(R), free(out), free(lse), free(scratch), free(c.qkv), free(c.R);
+    free(c.out), free(c.att), free(c.lse), free(g), free(d0), free(d), free(rd);
 }
 
 static void test_attention(void)
 {
-    const size_t nQ = AB * AT * 3 * AC, nO = AB * AT * AC, nA = AB * ANH * AT * AT;
-    float *qkv = frand(nQ, 2.0f), *R = frand(nO, 1.0f);
-    float *out = frand(nO, 1.0f), *att = frand(nA, 1.0f), *scratch = frand(nA, 1.0f);
-    struct att_ctx c = {to_double(qkv, nQ), to_double(R, nO), malloc(nO * sizeof(double)),
-                        malloc(nA * sizeof(double))};
-    att_loss(&c);
-    ops->attention_forward(out, att, qkv, AB, AT, AC, ANH);
-    CU_ASSERT(close_to("attention out", out, c.out, nO, 1e-5, 1e-6));
-    CU_ASSERT(close_to("attention att", att, c.att, nA, 1e-5, 1e-7));
-    for (int r = 0; r < AB * ANH * AT; r++) { /* causal rows: zero above the diagonal */
-        const int t = r % AT;
-        for (int t2 = t + 1; t2 < AT; t2++)
-            CU_ASSERT(att[r * AT + t2] == 0.0f);
-    }
-    double *g = malloc(nQ * sizeof *g);
-    fd_grad(g, c.qkv, nQ, att_loss, &c);
-    float *d0 = frand(nQ, 1.0f), *d = fcopy(d0, nQ);
-    ops->attention_backward(d, scratch, R, qkv, att, AB, AT, AC, ANH);
-    double *rd = plus(d0, g, nQ);
-    CU_ASSERT(close_to("attention dqkv", d, rd, nQ, 1e-4, 1e-5));
-    free(qkv), free(R), free(out), free(att), free(scratch), free(c.qkv), free(c.R);
-    free(c.out), free(c.att), free(g), free(d0), free(d), free(rd);
+    attention_case(2, 5, 12, 3, 1);   /* HS 4 */
+    attention_case(1, 1, 16, 2, 1);   /* T 1: one key per row, HS 8 */
+    attention_case(2, 7, 16, 2, 1);   /* HS 8 */
+    /* the analytic backward against finite differences on a 2-block row
+     * (keys go in blocks of 64): the reference the larger cases use */
+    attention_case(1, 67, 8, 1, 1);
+    attention_case(2, 5, 16, 2, 0);   /* HS 8 */
+    attention_case(1, 67, 128, 2, 0); /* HS 64, a partial second key block */
+    attention_case(1, 130, 64, 1, 0); /* HS 64, three key blocks */
+    attention_case(1, 40, 256, 2, 0); /* HS 128, the largest */
+}
+
+/* Large scores (hundreds): the online softmax must not overflow, as exp of
+ * unshifted scores would. A score s rounded to fp32 is off by |s| eps, and so
+ * is its probability, so the tolerance grows with the scores (not the
+ * algorithm's error: the same bound holds for any fp32 implementation). */
+static void test_attention_large_scores(void)
+{
+    enum { B = 1, T = 70, C = 16, NH = 2 };
+    const size_t nQ = (size_t)B * T * 3 * C, nO = (size_t)B * T * C, nL = (size_t)B * NH * T;
+    float *qkv = frand(nQ, 30.0f), *out = malloc(nO * sizeof *out), *lse = malloc(nL * sizeof *lse);
+    double *dq = to_double(qkv, nQ), *ro = malloc(nO * sizeof *ro), *rl = malloc(nL * sizeof *rl);
+    double *ra = malloc(nL * T * sizeof *ra);
+    ref_attention(ro, ra, rl, dq, B, T, C, NH);
+    ops->attention_forward(out, lse, qkv, B, T, C, NH);
+    CU_ASSERT(close_to("attention out, large scores", out, ro, nO, 2e-4, 1e-5));
+    CU_ASSERT(close_to("attention lse, large scores", lse, rl, nL, 1e-5, 1e-6));
+    free(qkv), free(out), free(lse), free(dq), free(ro), free(rl), free(ra);
 }
 
 /* ---------- softmax + cross-entropy ---------- */
@@ -660,14 +749,14 @@ static void test_sumsq(void)
 enum { DB = 4, DT = 32, DC = 256, DNH = 4, DV = 1000 };
 
 struct det_out {
-    float *dwte, *dwpe, *ln_dx, *ln_dw, *ln_db, *att_out, *att, *dqkv, *logits, *losses;
+    float *dwte, *dwpe, *ln_dx, *ln_dw, *ln_db, *att_out, *lse, *dqkv, *logits, *losses;
     float *dbias, *p;
     double ss;
 };
 
 static void det_run(struct det_out *o, int threads)
 {
-    const size_t BT = DB * DT, nO = BT * DC, nQ = BT * 3 * DC, nA = (size_t)DB * DNH * DT * DT;
+    const size_t BT = DB * DT, nO = BT * DC, nQ = BT * 3 * DC, nL = (size_t)DB * DNH * DT;
     omp_set_num_threads(threads);
     rng_state = 12345;
     int32_t tok[DB * DT];
@@ -680,7 +769,7 @@ static void det_run(struct det_out *o, int threads)
     for (size_t i = 0; i < BT; i++)
         tg[i] = i % 9 == 4 ? -1 : (int32_t)(rng_next() % DV);
     float mean[DB * DT], rstd[DB * DT], *lnout = malloc(nO * sizeof(float));
-    float *scratch = malloc(nA * sizeof(float));
+    float *scratch = malloc(ops->attention_scratch_floats(DB, DT, DC, DNH) * sizeof(float));
 
     o->dwte = calloc(7 * DC, sizeof(float));
     o->dwpe = calloc(DT * DC, sizeof(float));
@@ -691,10 +780,10 @@ static void det_run(struct det_out *o, int threads)
     o->ln_db = calloc(DC, sizeof(float));
     ops->layernorm_backward(o->ln_dx, o->ln_dw, o->ln_db, dout, inp, w, mean, rstd, (int)BT, DC);
     o->att_out = malloc(nO * sizeof(float));
-    o->att = malloc(nA * sizeof(float));
-    ops->attention_forward(o->att_out, o->att, qkv, DB, DT, DC, DNH);
+    o->lse = malloc(nL * sizeof(float));
+    ops->attention_forward(o->att_out, o->lse, qkv, DB, DT, DC, DNH);
     o->dqkv = calloc(nQ, sizeof(float));
-    ops->attention_backward(o->dqkv, scratch, dy, qkv, o->att, DB, DT, DC, DNH);
+    ops->attention_backward(o->dqkv, scratch, dy, qkv, o->att_out, o->lse, DB, DT, DC, DNH);
     o->losses = malloc(BT * sizeof(float));
     ops->softmax_xent(o->losses, logits, tg, 0.01f, (int)BT, DV);
     o->logits = logits;
@@ -712,21 +801,21 @@ static void det_run(struct det_out *o, int threads)
 static void det_free(struct det_out *o)
 {
     free(o->dwte), free(o->dwpe), free(o->ln_dx), free(o->ln_dw), free(o->ln_db);
-    free(o->att_out), free(o->att), free(o->dqkv), free(o->logits), free(o->losses);
+    free(o->att_out), free(o->lse), free(o->dqkv), free(o->logits), free(o->losses);
     free(o->dbias), free(o->p);
 }
 
 static int det_same(const struct det_out *a, const struct det_out *b)
 {
     const size_t BT = DB * DT, nO = BT * DC;
-    const size_t nA = (size_t)DB * DNH * DT * DT;
+    const size_t nL = (size_t)DB * DNH * DT;
     return !memcmp(a->dwte, b->dwte, 7 * DC * sizeof(float)) &&
            !memcmp(a->dwpe, b->dwpe, DT * DC * sizeof(float)) &&
            !memcmp(a->ln_dx, b->ln_dx, nO * sizeof(float)) &&
            !memcmp(a->ln_dw, b->ln_dw, DC * sizeof(float)) &&
            !memcmp(a->ln_db, b->ln_db, DC * sizeof(float)) &&
            !memcmp(a->att_out, b->att_out, nO * sizeof(float)) &&
-           !memcmp(a->att, b->att, nA * sizeof(float)) &&
+           !memcmp(a->lse, b->lse, nL * sizeof(float)) &&
            !memcmp(a->dqkv, b->dqkv, 3 * nO * sizeof(float)) &&
            !memcmp(a->logits, b->logits, BT * DV * sizeof(float)) &&
            !memcmp(a->losses, b->losses, BT * sizeof(float)) &&
@@ -754,7 +843,8 @@ static void test_table(void)
     CU_ASSERT(ops->matmul && ops->linear_forward && ops->linear_backward &&
               ops->embedding_forward && ops->embedding_backward && ops->layernorm_forward &&
               ops->layernorm_backward && ops->gelu_forward && ops->gelu_backward &&
-              ops->attention_forward && ops->attention_backward && ops->residual_forward &&
+              ops->attention_forward && ops->attention_backward &&
+              ops->attention_scratch_floats && ops->residual_forward &&
               ops->softmax_xent && ops->adamw && ops->sumsq && ops->scale);
 }
 
@@ -773,6 +863,7 @@ int main(void)
         {"gelu", test_gelu},
         {"residual_scale", test_residual_scale},
         {"attention", test_attention},
+        {"attention_large_scores", test_attention_large_scores},
         {"softmax_xent", test_softmax_xent},
         {"softmax_exp_accuracy", test_softmax_exp_accuracy},
         {"adamw", test_adamw},
