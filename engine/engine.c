@@ -345,6 +345,10 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
      * missing on one node) */
     ZINC_TRY(zinc_comm_agree(e->world, zinc_engine_open_device(&e->cfg, e->world, &e->dev)));
     e->ops = e->pdt == ZINC_DTYPE_BF16 ? e->dev->ops_bf16 : e->dev->ops;
+    if (getenv("ZINC_PROFILE_OPS") && atoi(getenv("ZINC_PROFILE_OPS")) > 0) {
+        e->ops = engine_ops_profiled(e->ops, e->dev->sync);
+        e->profiling = 1;
+    }
     /* collectives take device buffers from here on (groups split later inherit) */
     if (!e->dev->is_host) ZINC_TRY(zinc_comm_set_device(e->world, e->dev));
     if (!e->dev->is_host && (e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE ||
@@ -409,6 +413,7 @@ cleanup:
 void zinc_engine_destroy(zinc_engine *e)
 {
     if (!e) return;
+    if (e->profiling && e->dp_rank == 0) engine_ops_profile_report();
     zero_units_free(e);
     offload_close(e);
     zinc_mesh_destroy(e->mesh);

@@ -102,6 +102,7 @@ struct zinc_engine {
     zinc_mesh *mesh;
     const zinc_device *dev; /* where every buffer below lives (cpu or cuda) */
     const zinc_ops *ops;    /* dev's op table for the storage precision */
+    int profiling;          /* ops is the timing wrapper (ZINC_PROFILE_OPS) */
     const zinc_model_def *model;
     zinc_dtype pdt;      /* param / grad storage dtype */
     size_t psz;          /* its size in bytes */
@@ -214,6 +215,10 @@ zinc_status offload_opt_io(zinc_engine *e, const engine_unit *u, size_t a, size_
                            size_t stride, int write, zinc_aio_req **reqs, int *n_reqs);
 
 /* dtype helpers */
+/* ---- ops_profile.c: per-op device times (ZINC_PROFILE_OPS=1) ---- */
+const zinc_ops *engine_ops_profiled(const zinc_ops *in, zinc_status (*sync)(void));
+void engine_ops_profile_report(void);
+
 /* dtype helpers: device-memory conversions through the engine's op table */
 void zero_to_f32(const zinc_engine *e, float *dst, const void *src, zinc_dtype dt, size_t n);
 void zero_from_f32(const zinc_engine *e, void *dst, const float *src, zinc_dtype dt, size_t n);

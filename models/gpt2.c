@@ -71,15 +71,18 @@ static const zinc_layer_ops embed_ops = {
 
 enum { B_LN1W, B_LN1B, B_QKVW, B_QKVB, B_PRJW, B_PRJB, B_LN2W, B_LN2B, B_FCW, B_FCB, B_FPW, B_FPB };
 
-/* Saved activations of a block, per token unless noted. */
+/* Saved activations of a block, per token unless noted. The LayerNorm
+ * outputs and GELU(fch) are not kept: backward recomputes them from what is
+ * (two LayerNorms and a GELU per layer, a few percent of the step) into the
+ * scratch, which keeps 6C of 15C floats per token out of activation memory. */
 typedef struct block_acts {
-    float *ln1, *ln1_mean, *ln1_rstd; /* (BT,C) (BT) (BT) */
+    float *ln1_mean, *ln1_rstd;       /* (BT) (BT) */
     float *qkv;                       /* (BT,3C) */
     float *atty;                      /* (BT,C) */
     float *lse;                       /* (B,NH,T) attention log-sum-exp */
     float *res2;                      /* (BT,C) x + attention branch */
-    float *ln2, *ln2_mean, *ln2_rstd; /* (BT,C) (BT) (BT) */
-    float *fch, *fch_gelu;            /* (BT,4C) (BT,4C) */
+    float *ln2_mean, *ln2_rstd;       /* (BT) (BT) */
+    float *fch;                       /* (BT,4C) before GELU */
 } block_acts;
 
 static size_t block_carve(block_acts *a, float *base, const gpt2_dims *d, int B, int T)
@@ -90,18 +93,15 @@ static size_t block_carve(block_acts *a, float *base, const gpt2_dims *d, int B,
         if (a) a->field = base + off;                                                        \
         off += (n);                                                                          \
     } while (0)
-    CARVE(ln1, BT * C);
     CARVE(ln1_mean, BT);
     CARVE(ln1_rstd, BT);
     CARVE(qkv, BT * 3 * C);
     CARVE(atty, BT * C);
     CARVE(lse, (size_t)B * d->NH * T);
     CARVE(res2, BT * C);
-    CARVE(ln2, BT * C);
     CARVE(ln2_mean, BT);
     CARVE(ln2_rstd, BT);
     CARVE(fch, BT * 4 * C);
-    CARVE(fch_gelu, BT * 4 * C);
 #undef CARVE
     return off;
 }
@@ -135,7 +135,8 @@ static size_t block_scratch_floats(const zinc_layer *l, int B, int T)
 {
     const gpt2_dims *d = zinc_layer_state(l);
     size_t BT = (size_t)B * T, C = (size_t)d->C;
-    /* dfch_gelu, dfch (4C each), dsmall (3C: dln2 / datty / dqkv / dln1), attention
+    /* backward: dfch_gelu, dfch (4C each; they also hold the recomputed ln and
+     * GELU(fch)), dsmall (3C: dln2 / datty / dqkv / dln1), dres2 (C), attention
      * scratch: B NH T floats on every device (zinc/ops.h, attention_scratch_floats) */
     return BT * (4 * C + 4 * C + 3 * C + C) + (size_t)B * d->NH * T;
 }
@@ -151,15 +152,17 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *xv, flo
     float *p[12];
     for (int i = 0; i < 12; i++) p[i] = zinc_layer_param(l, i);
 
-    o->layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
-    o->linear_forward(a.qkv, a.ln1, p[B_QKVW], p[B_QKVB], BT, C, 3 * C);
+    float *ln = c->scratch;                   /* (BT,C): ln1, then ln2 */
+    float *fch_gelu = ln + (size_t)BT * C;    /* (BT,4C) */
+    o->layernorm_forward(ln, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
+    o->linear_forward(a.qkv, ln, p[B_QKVW], p[B_QKVB], BT, C, 3 * C);
     o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, C, d->NH);
     o->linear_forward(a.res2, a.atty, p[B_PRJW], p[B_PRJB], BT, C, C);
     o->residual_forward(a.res2, a.res2, x, (size_t)BT * C);
-    o->layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
-    o->linear_forward(a.fch, a.ln2, p[B_FCW], p[B_FCB], BT, C, 4 * C);
-    o->gelu_forward(a.fch_gelu, a.fch, (size_t)BT * 4 * C);
-    o->linear_forward(y, a.fch_gelu, p[B_FPW], p[B_FPB], BT, 4 * C, C);
+    o->layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
+    o->linear_forward(a.fch, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
+    o->gelu_forward(fch_gelu, a.fch, (size_t)BT * 4 * C);
+    o->linear_forward(y, fch_gelu, p[B_FPW], p[B_FPB], BT, 4 * C, C);
     o->residual_forward(y, y, a.res2, (size_t)BT * C);
     return ZINC_OK;
 }
@@ -187,13 +190,16 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *xv, co
 
     /* MLP branch: y = res2 + fc_proj(gelu(fc(ln2(res2)))) */
     o->copy(dres2, dy, n * sizeof(float));
+    float *fch_gelu = dfch; /* recomputed; dfch is free until gelu_backward */
+    o->gelu_forward(fch_gelu, a.fch, (size_t)BT * 4 * C);
     o->zero(dfchg, (size_t)BT * 4 * C * sizeof(float));
-    o->linear_backward(dfchg, g[B_FPW], g[B_FPB], dy, a.fch_gelu, p[B_FPW], BT, 4 * C, C);
+    o->linear_backward(dfchg, g[B_FPW], g[B_FPB], dy, fch_gelu, p[B_FPW], BT, 4 * C, C);
     o->zero(dfch, (size_t)BT * 4 * C * sizeof(float));
     o->gelu_backward(dfch, a.fch, dfchg, (size_t)BT * 4 * C);
-    float *dln2 = dsmall;
+    float *dln2 = dsmall, *ln = dfchg; /* ln2 and later ln1 recomputed; dfchg is dead */
+    o->layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
     o->zero(dln2, n * sizeof(float));
-    o->linear_backward(dln2, g[B_FCW], g[B_FCB], dfch, a.ln2, p[B_FCW], BT, C, 4 * C);
+    o->linear_backward(dln2, g[B_FCW], g[B_FCB], dfch, ln, p[B_FCW], BT, C, 4 * C);
     o->layernorm_backward(dres2, g[B_LN2W], g[B_LN2B], dln2, a.res2, p[B_LN2W], a.ln2_mean,
                           a.ln2_rstd, BT, C);
     /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))) */
@@ -206,8 +212,9 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *xv, co
     o->attention_backward(dqkv, att_scratch, datty, a.qkv, a.atty, a.lse, c->B, c->T, C,
                           d->NH);
     float *dln1 = dsmall;
+    o->layernorm_forward(ln, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
     o->zero(dln1, n * sizeof(float));
-    o->linear_backward(dln1, g[B_QKVW], g[B_QKVB], dqkv, a.ln1, p[B_QKVW], BT, C, 3 * C);
+    o->linear_backward(dln1, g[B_QKVW], g[B_QKVB], dqkv, ln, p[B_QKVW], BT, C, 3 * C);
     o->layernorm_backward(dx, g[B_LN1W], g[B_LN1B], dln1, x, p[B_LN1W], a.ln1_mean, a.ln1_rstd,
                           BT, C);
     return ZINC_OK;

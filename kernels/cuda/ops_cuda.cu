@@ -39,6 +39,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <mutex>
@@ -441,7 +442,7 @@ static void algo_cache_put(const algo_key *key, const cublasLtMatmulAlgo_t *algo
  * our a. m, n, k > 0; requires cuda_state_get() == 1.
  * Returns 1 when done, 0 when cuBLASLt has no algorithm for these arguments
  * (nothing recorded: the caller may fall back), -1 after recording an error. */
-static int lt_matmul(float *c, const float *a, const float *b, int m, int n, int k, int ta,
+static int lt_matmul(float *c, const void *a, const void *b, int m, int n, int k, int ta,
                      int tb, float alpha, float beta, const float *bias, int fast)
 {
     cublasLtMatmulDesc_t op = NULL;
@@ -456,8 +457,10 @@ static int lt_matmul(float *c, const float *a, const float *b, int m, int n, int
     const uint64_t ws_bytes = CUDA_LT_WS_BYTES;
     const algo_key key = {m, n, k, ta, tb, bias != NULL, fast, ptr_align(a), ptr_align(b),
                           ptr_align(c), bias ? ptr_align(bias) : 0u};
-    /* fast: fp32 operands rounded to bf16 inside the tensor cores, fp32 accumulation */
-    const cublasComputeType_t ctype = fast ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    /* fast 1: fp32 operands rounded to bf16 inside cuBLASLt; fast 2: the operands
+     * already are bf16 (converted by the caller); fp32 accumulation and output */
+    const cublasComputeType_t ctype = fast == 1 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    const cudaDataType_t abtype = fast == 2 ? CUDA_R_16BF : CUDA_R_32F;
     /* cuBLASLt's A = our b: stored (k,n) row-major = (n,k) column-major, or
      * (n,k) row-major = (k,n) column-major when tb. Its B = our a likewise. */
     const uint64_t a_rows = tb ? k : n, a_cols = tb ? n : k;
@@ -474,8 +477,8 @@ static int lt_matmul(float *c, const float *a, const float *b, int m, int n, int
         CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                   sizeof bias));
     }
-    CUBLAS_TRY(cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, a_rows, a_cols, (int64_t)a_rows));
-    CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, b_rows, b_cols, (int64_t)b_rows));
+    CUBLAS_TRY(cublasLtMatrixLayoutCreate(&la, abtype, a_rows, a_cols, (int64_t)a_rows));
+    CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lb, abtype, b_rows, b_cols, (int64_t)b_rows));
     CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, (uint64_t)n, (uint64_t)m, n));
 
     if (!algo_cache_find(&key, &algo)) {
@@ -524,7 +527,7 @@ cleanup:
 
 /* lt_matmul without a bias; "no algorithm" becomes a recorded error.
  * Returns 1 when done, 0 after recording an error. */
-static int gemm(float *c, const float *a, const float *b, int m, int n, int k, int ta, int tb,
+static int gemm(float *c, const void *a, const void *b, int m, int n, int k, int ta, int tb,
                 float alpha, float beta, int fast)
 {
     const int rc = lt_matmul(c, a, b, m, n, k, ta, tb, alpha, beta, NULL, fast);
@@ -535,6 +538,81 @@ static int gemm(float *c, const float *a, const float *b, int m, int n, int k, i
         cuda_fail(ZINC_ERR_CUDA, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, msg);
     }
     return rc == 1;
+}
+
+/* Round to nearest even, NaN kept quiet: the CPU's zinc_f32_to_bf16. */
+static __device__ __forceinline__ uint16_t f32_to_bf16_rne(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* fp32 -> bf16, round to nearest even, 4 elements per thread where aligned. */
+static __global__ void to_bf16_kernel(uint16_t *dst, const float *src, size_t n)
+{
+    const size_t n4 = n / 4;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += stride) {
+        const float4 v = reinterpret_cast<const float4 *>(src)[i];
+        uint2 o;
+        o.x = (uint32_t)f32_to_bf16_rne(v.x) | ((uint32_t)f32_to_bf16_rne(v.y) << 16);
+        o.y = (uint32_t)f32_to_bf16_rne(v.z) | ((uint32_t)f32_to_bf16_rne(v.w) << 16);
+        reinterpret_cast<uint2 *>(dst)[i] = o;
+    }
+    for (size_t i = n4 * 4 + blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += stride)
+        dst[i] = f32_to_bf16_rne(src[i]);
+}
+
+/* Operands up to this many bytes of bf16 (all of one product together) are
+ * converted and multiplied as bf16 (full tensor-core rate); larger ones (the
+ * logits of a big vocabulary) use cuBLASLt's FAST_16BF on the fp32 data and
+ * take no extra memory. */
+#define BF16_STAGE_MAX ((size_t)512 << 20)
+
+/* Converts up to three fp32 operands (NULL skipped) to bf16 in the shared
+ * scratch; out[i] receives each copy. Returns 1, 0 when too large (nothing
+ * done), -1 after recording an error. */
+static int stage_bf16(const float *const *src, const size_t *n, int count, const void **out)
+{
+    size_t total = 0, off[3];
+    for (int i = 0; i < count; i++) {
+        off[i] = total;
+        total += src[i] ? (n[i] * 2 + 255) / 256 * 256 : 0;
+    }
+    if (total > BF16_STAGE_MAX || ((uintptr_t)src[0] & 15))
+        return 0;
+    for (int i = 1; i < count; i++)
+        if (src[i] && ((uintptr_t)src[i] & 15))
+            return 0;
+    char *base = (char *)cuda_scratch(total);
+    if (!base)
+        return -1;
+    for (int i = 0; i < count; i++) {
+        out[i] = NULL;
+        if (!src[i] || !n[i])
+            continue;
+        to_bf16_kernel<<<ew_grid(n[i] / 4 + 1), EW_BLOCK>>>((uint16_t *)(base + off[i]), src[i], n[i]);
+        LAUNCH_TRY(to_bf16_kernel);
+        out[i] = base + off[i];
+    }
+    return 1;
+cleanup:
+    return -1;
+}
+
+/* The bf16 table's mode: 2 (explicit bf16 operands) unless ZINC_CUDA_GEMM=fast16bf
+ * asks for cuBLASLt's FAST_16BF on fp32 operands everywhere (for comparison). */
+static int bf16_mode(void)
+{
+    static int mode = 0;
+    if (!mode) {
+        const char *v = getenv("ZINC_CUDA_GEMM");
+        mode = v && !strcmp(v, "fast16bf") ? 1 : 2;
+    }
+    return mode;
 }
 
 static void matmul_impl(float *c, const float *a, const float *b, int m, int n, int k,
@@ -550,7 +628,19 @@ static void matmul_impl(float *c, const float *a, const float *b, int m, int n, 
     }
     if (!cuda_state_get())
         goto cleanup;
-    gemm(c, a, b, m, n, k, trans_a, trans_b, alpha, beta, fast);
+    if (fast && bf16_mode() == 2) {
+        const float *src[2] = {a, b};
+        const size_t cnt[2] = {(size_t)m * k, (size_t)k * n};
+        const void *h[2];
+        const int r = stage_bf16(src, cnt, 2, h);
+        if (r < 0)
+            goto cleanup;
+        if (r == 1) {
+            gemm(c, h[0], h[1], m, n, k, trans_a, trans_b, alpha, beta, 2);
+            goto cleanup;
+        }
+    }
+    gemm(c, a, b, m, n, k, trans_a, trans_b, alpha, beta, fast ? 1 : 0);
 cleanup:
     return;
 }
@@ -568,16 +658,33 @@ static void linear_forward_impl(float *out, const float *inp, const float *weigh
         return;
     if (!cuda_state_get())
         goto cleanup;
-    if (bias && ptr_align(bias) >= 16) {
-        rc = lt_matmul(out, inp, weight, N, OC, C, 0, 0, 1.0f, 0.0f, bias, fast);
-        if (rc != 0)
-            goto cleanup; /* done, or an error was recorded */
+    {
+        const void *a = inp, *b = weight;
+        int mode = fast ? 1 : 0;
+        if (fast && bf16_mode() == 2) {
+            const float *src[2] = {inp, weight};
+            const size_t cnt[2] = {(size_t)N * C, (size_t)C * OC};
+            const void *h[2];
+            const int r = stage_bf16(src, cnt, 2, h);
+            if (r < 0)
+                goto cleanup;
+            if (r == 1) {
+                a = h[0];
+                b = h[1];
+                mode = 2;
+            }
+        }
+        if (bias && ptr_align(bias) >= 16) {
+            rc = lt_matmul(out, a, b, N, OC, C, 0, 0, 1.0f, 0.0f, bias, mode);
+            if (rc != 0)
+                goto cleanup; /* done, or an error was recorded */
+        }
+        if (bias) {
+            fill_rows_kernel<<<ew_grid((size_t)N * OC), EW_BLOCK>>>(out, bias, OC, (size_t)N * OC);
+            LAUNCH_TRY(fill_rows_kernel);
+        }
+        gemm(out, a, b, N, OC, C, 0, 0, 1.0f, bias ? 1.0f : 0.0f, mode);
     }
-    if (bias) {
-        fill_rows_kernel<<<ew_grid((size_t)N * OC), EW_BLOCK>>>(out, bias, OC, (size_t)N * OC);
-        LAUNCH_TRY(fill_rows_kernel);
-    }
-    gemm(out, inp, weight, N, OC, C, 0, 0, 1.0f, bias ? 1.0f : 0.0f, fast);
 cleanup:
     return;
 }
@@ -593,10 +700,31 @@ static void linear_backward_impl(float *dinp, float *dweight, float *dbias, cons
         return;
     if (!cuda_state_get())
         return;
-    if (dinp && !gemm(dinp, dout, weight, N, C, OC, 0, 1, 1.0f, 1.0f, fast))
-        return;
-    if (!gemm(dweight, inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f, fast))
-        return;
+    {
+        /* dout converted once for both products */
+        const void *d = dout, *w = weight, *x = inp;
+        int mode = fast ? 1 : 0;
+        if (fast && bf16_mode() == 2) {
+            const float *src[3] = {dout, dinp ? weight : NULL, inp};
+            const size_t cnt[3] = {(size_t)N * OC, (size_t)C * OC, (size_t)N * C};
+            const void *h[3];
+            const int r = stage_bf16(src, cnt, 3, h);
+            if (r < 0)
+                return;
+            if (r == 1) {
+                d = h[0];
+                w = h[1];
+                x = h[2];
+                mode = 2;
+            }
+        }
+        if (dinp && !gemm(dinp, d, w, N, C, OC, 0, 1, 1.0f, 1.0f, mode))
+            return;
+        if (!gemm(dweight, x, d, C, OC, N, 1, 0, 1.0f, 1.0f, mode))
+            return;
+    }
+    /* the bias sums read fp32 dout; stream order keeps the scratch copies
+     * alive until the products above are done */
     if (dbias)
         colsum_acc(dbias, dout, N, OC);
 }
@@ -1073,22 +1201,13 @@ static __device__ __forceinline__ float load_as_f32(const void *p, int dt, size_
     return __half2float(__ushort_as_half(h));
 }
 
-/* Round to nearest even, NaN kept quiet: the CPU's zinc_f32_to_bf16. */
-static __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f)
-{
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 static __device__ __forceinline__ void store_from_f32(void *p, int dt, size_t i, float x)
 {
     if (dt == ZINC_DTYPE_F32)
         ((float *)p)[i] = x;
     else if (dt == ZINC_DTYPE_BF16)
-        ((uint16_t *)p)[i] = f32_to_bf16_bits(x);
+        ((uint16_t *)p)[i] = f32_to_bf16_rne(x);
     else
         ((uint16_t *)p)[i] = __half_as_ushort(__float2half_rn(x));
 }
@@ -1112,7 +1231,7 @@ static __global__ void round_to_kernel(float *x, int dt, size_t n)
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         if (dt == ZINC_DTYPE_BF16)
-            x[i] = __uint_as_float((uint32_t)f32_to_bf16_bits(x[i]) << 16);
+            x[i] = __uint_as_float((uint32_t)f32_to_bf16_rne(x[i]) << 16);
         else
             x[i] = __half2float(__float2half_rn(x[i]));
     }

@@ -429,8 +429,14 @@ static void check_watchdog(void)
     double t0 = now_s();
     zinc_status st = zinc_comm_recv(probe, d, 64, ZINC_DTYPE_F32, 0, 9, NULL);
     double el = now_s() - t0;
-    /* (NCCL may also refuse a lone self-receive outright: an NCCL error) */
-    int refused = st == ZINC_ERR_NCCL && !strcmp(g_backend, "nccl");
+    /* NCCL refuses a lone self-receive outright ("invalid usage", seen on
+     * NCCL 2.28): then the check is that the refusal is a clean error naming
+     * the op and group; the hang path of the watchdog needs two GPUs */
+    int refused = st != ZINC_OK && st != ZINC_ERR_TIMEOUT && !strcmp(g_backend, "nccl") &&
+                  strstr(zinc_last_error(), "nccl") != NULL;
+    if (refused && g_rank == 0)
+        printf("# NCCL refused the unmatched receive (%s, status %s): the timeout path is not "
+               "exercised with one GPU\n", zinc_last_error(), zinc_status_str(st));
     check((st == ZINC_ERR_TIMEOUT || refused) && strstr(zinc_last_error(), "recv on group probe"),
           "unmatched recv fails after %.2f s: %s", el, zinc_last_error());
     if (st == ZINC_ERR_TIMEOUT && !strcmp(g_backend, "nccl")) {

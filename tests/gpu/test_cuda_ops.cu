@@ -173,6 +173,25 @@ static void check_close(const char *what, const float *d, const float *ref, size
     free(got);
 }
 
+/* A device buffer must hold the same bytes as a host one. */
+static void check_same_bytes(const char *what, const void *d, const void *h, size_t bytes)
+{
+    unsigned char *got = (unsigned char *)malloc(bytes);
+    if (cudaMemcpy(got, d, bytes, cudaMemcpyDeviceToHost) != cudaSuccess)
+        die_cuda(cudaGetLastError(), "cudaMemcpy");
+    n_checks++;
+    size_t i = 0;
+    while (i < bytes && got[i] == ((const unsigned char *)h)[i])
+        i++;
+    if (i < bytes) {
+        n_fail++;
+        printf("FAIL  %-40s differs from the cpu at byte %zu\n", what, i);
+    } else {
+        printf("ok    %-40s bitwise equal to the cpu (%zu bytes)\n", what, bytes);
+    }
+    free(got);
+}
+
 /* Two device buffers must hold the same bits. */
 static void check_same_bits(const char *what, const float *d1, const float *d2, size_t n)
 {
@@ -189,7 +208,9 @@ static void check_same_bits(const char *what, const float *d1, const float *d2, 
 }
 
 #define TOL_EW 1e-5, 1e-6
-#define TOL_RED 1e-4, 1e-4
+/* products: fp32 table 1e-4; the bf16 table (bf16 operands) 2e-2 of max|cpu| */
+static double tol_red_r = 1e-4, tol_red_a = 1e-4;
+#define TOL_RED tol_red_r, tol_red_a
 #define TOL_ATT 1e-5, 1e-5
 
 /* ---------- ops ---------- */
@@ -628,6 +649,66 @@ static void test_sumsq_case(size_t n)
     free(x);
 }
 
+/* The memory and precision ops against the CPU's, bitwise (same rounding). */
+static void test_memory_ops(void)
+{
+    const size_t n = 100003;
+    const zinc_dtype dts[3] = {ZINC_DTYPE_F32, ZINC_DTYPE_BF16, ZINC_DTYPE_F16};
+    float *x = hrand(n, -3, 3), *y = hrand(n, -3, 3);
+    x[5] = NAN;
+    x[6] = 1e30f; /* overflows f16 */
+    float *d_x = dcopy(x, n), *d_y = dcopy(y, n);
+    void *h1 = malloc(n * 4), *h2 = malloc(n * 4), *d1 = NULL, *d2 = NULL;
+    if (cudaMalloc(&d1, n * 4) != cudaSuccess || cudaMalloc(&d2, n * 4) != cudaSuccess)
+        die_cuda(cudaGetLastError(), "cudaMalloc");
+    char name[96];
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++) {
+            /* convert f32 -> a, then a -> b; then b += a */
+            cpu->convert(h1, dts[a], x, ZINC_DTYPE_F32, n);
+            gpu->convert(d1, dts[a], d_x, ZINC_DTYPE_F32, n);
+            cpu->convert(h2, dts[b], h1, dts[a], n);
+            gpu->convert(d2, dts[b], d1, dts[a], n);
+            cpu->add_into(h2, dts[b], h1, dts[a], n);
+            gpu->add_into(d2, dts[b], d1, dts[a], n);
+            snprintf(name, sizeof name, "convert/add_into %s -> %s", zinc_dtype_name(dts[a]),
+                     zinc_dtype_name(dts[b]));
+            check_status(name);
+            check_same_bytes(name, d2, h2, n * zinc_dtype_size(dts[b]));
+        }
+    for (int a = 1; a < 3; a++) {
+        memcpy(h1, y, n * 4);
+        cudaMemcpy(d1, d_y, n * 4, cudaMemcpyDeviceToDevice);
+        cpu->round_to((float *)h1, dts[a], n);
+        gpu->round_to((float *)d1, dts[a], n);
+        snprintf(name, sizeof name, "round_to %s", zinc_dtype_name(dts[a]));
+        check_status(name);
+        check_same_bytes(name, d1, h1, n * 4);
+    }
+    gpu->copy(d1, d_y, n * 4);
+    gpu->zero((float *)d1 + 10, 40);
+    memcpy(h1, y, n * 4);
+    memset((float *)h1 + 10, 0, 40);
+    check_status("copy, zero");
+    check_same_bytes("copy, zero", d1, h1, n * 4);
+    const double want = cpu->sum(y, n), got = gpu->sum(d_y, n);
+    n_checks++;
+    if (!(fabs(got - want) <= 1e-9 * (fabs(want) + 1))) {
+        n_fail++;
+        printf("FAIL  %-40s gpu %.17g cpu %.17g\n", "sum", got, want);
+    } else {
+        printf("ok    %-40s gpu %.17g cpu %.17g\n", "sum", got, want);
+    }
+    cudaFree(d1);
+    cudaFree(d2);
+    cudaFree(d_x);
+    cudaFree(d_y);
+    free(h1);
+    free(h2);
+    free(x);
+    free(y);
+}
+
 static void test_sumsq(void)
 {
     test_sumsq_case(0);
@@ -676,6 +757,16 @@ int main(void)
     test_softmax_xent();
     test_adamw();
     test_sumsq();
+    test_memory_ops();
+
+    /* the bf16 table: products with bf16 operands, within bf16 tolerance */
+    gpu = zinc_ops_cuda_bf16();
+    tol_red_r = 0.0;
+    tol_red_a = 2e-2;
+    printf("-- table %s\n", gpu->name);
+    test_matmul();
+    test_linear();
+    gpu = zinc_ops_cuda();
 
     printf("== %d checks, %d failed ==\n", n_checks, n_fail);
     return n_fail ? 1 : 0;
