@@ -22,6 +22,7 @@ cat > "$tmp/gpt2.json" <<JSON
   "train_micro_batch_size_per_gpu": 16,
   "gradient_clipping": 1.0,
   "optimizer": {"type": "AdamW", "params": {"lr": 6e-4, "betas": [0.9, 0.95], "weight_decay": 0.1}},
+  "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10, "warmup_max_lr": 6e-4, "warmup_type": "linear"}},
   "steps_per_print": 5,
   "bf16": {"enabled": $bf},
   "model": {"type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50304, "block_size": 1024},
@@ -33,7 +34,8 @@ cat > "$tmp/gpt2.json" <<JSON
 JSON
 ./scripts/mpirun.sh 1 "$BUILD/zinc-train" "$tmp/gpt2.json" > "$tmp/train.log" 2>&1 \
     || { cat "$tmp/train.log"; exit 1; }
-[ -n "${OUT:-}" ] && cp "$tmp/train.log" "$OUT/bench-gpu-train-$prec.log" && cp "$tmp/peak.log" "$OUT/bench-gpu-peak.log"
+tag=${BENCH_TAG:-$prec}
+[ -n "${OUT:-}" ] && cp "$tmp/train.log" "$OUT/bench-gpu-train-$tag.log" && cp "$tmp/peak.log" "$OUT/bench-gpu-peak.log"
 med() { sed -n "s/.*\"$1\": \\([^,}]*\\)[,}].*/\\1/p" "$tmp/m.jsonl" | tail -n +6 | sort -g |
         awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 tok=$(med tokens_per_s); ms=$(med step_ms); tf=$(med model_tflops)

@@ -17,6 +17,7 @@ mkdir -p "$LOGDIR"
 [ -d /usr/local/cuda/lib64 ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/usr/local/cuda/lib64"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$LOGDIR/nvidia-smi.log"
 what=${GPU_CHECK:-tests,bench}
+export ZINC_ATT_TIME=${ZINC_ATT_TIME:-1}
 rc=0
 if [[ $what == *tests* ]]; then
     ./scripts/test-gpu.sh > "$LOGDIR/test-gpu.log" 2>&1; rc=$?
@@ -24,7 +25,14 @@ fi
 if [[ $what == *bench* ]]; then
     OUT=$LOGDIR timeout 300 ./bench/bench-gpu.sh "${BENCH_STEPS:-30}" > "$LOGDIR/bench-gpu.log" 2>&1 || rc=1
 fi
+if [[ $what == *profile* ]]; then # per-op device times, and the products on FAST_16BF for comparison
+    OUT=$LOGDIR ZINC_PROFILE_OPS=1 BENCH_TAG=profile timeout 120 ./bench/bench-gpu.sh 10 > "$LOGDIR/bench-profile.log" 2>&1 || rc=1
+    OUT=$LOGDIR ZINC_CUDA_GEMM=fast16bf BENCH_TAG=fast16bf timeout 120 ./bench/bench-gpu.sh 15 > "$LOGDIR/bench-fast16bf.log" 2>&1 || rc=1
+fi
 echo "== summary (rc $rc)"
 [ -f "$LOGDIR/test-gpu.log" ] && grep -E "^(FAIL|ok |SKIP|==)|PASS|FAIL|max rel" "$LOGDIR"/*.log | grep -v "^.*:ok " | tail -40
 [ -f "$LOGDIR/bench-gpu.log" ] && tail -8 "$LOGDIR/bench-gpu.log"
+[ -f "$LOGDIR/bench-gpu-train-profile.log" ] && grep -A24 "op profile" "$LOGDIR/bench-gpu-train-profile.log" | cut -c1-110
+[ -f "$LOGDIR/bench-fast16bf.log" ] && tail -1 "$LOGDIR/bench-fast16bf.log"
+grep -h "ms\b.*attention\|attention.*ms" "$LOGDIR/ops.log" 2>/dev/null | head -6
 exit $rc

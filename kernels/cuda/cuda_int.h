@@ -78,4 +78,13 @@ void cuda_attention_backward(float *dqkv, float *scratch, const float *dout, con
                              const float *out, const float *lse, int B, int T, int C, int NH);
 size_t cuda_attention_scratch_floats(int B, int T, int C, int NH);
 
+/* attention_tc_cuda.cu: the same contract (and scratch size) for the bf16
+ * table, on tensor cores (bf16 operands, fp32 softmax and accumulation)
+ * when the head size is 64; other shapes run the fp32 entries above. */
+void cuda_attention_forward_bf16(float *out, float *lse, const float *qkv, int B, int T, int C,
+                                 int NH);
+void cuda_attention_backward_bf16(float *dqkv, float *scratch, const float *dout,
+                                  const float *qkv, const float *out, const float *lse, int B,
+                                  int T, int C, int NH);
+
 #endif

@@ -1308,8 +1308,8 @@ static zinc_ops make_table(int fast)
     t.layernorm_backward = cuda_layernorm_backward;
     t.gelu_forward = cuda_gelu_forward;
     t.gelu_backward = cuda_gelu_backward;
-    t.attention_forward = cuda_attention_forward;
-    t.attention_backward = cuda_attention_backward;
+    t.attention_forward = fast ? cuda_attention_forward_bf16 : cuda_attention_forward;
+    t.attention_backward = fast ? cuda_attention_backward_bf16 : cuda_attention_backward;
     t.attention_scratch_floats = cuda_attention_scratch_floats;
     t.residual_forward = cuda_residual_forward;
     t.softmax_xent = cuda_softmax_xent;

@@ -14,6 +14,8 @@
  *    cancels for negative inputs (both sides are exact to ~1e-7 absolute).
  *  - Attention (flash style, exact fp32 on both sides): rtol 1e-5 and atol
  *    1e-5 x max|cpu|.
+ *  - The bf16 table's attention (tensor cores, bf16 operands): atol
+ *    2e-2 x max|cpu| for out and dqkv, 2e-2 absolute for lse.
  *  - Reductions and products (matmul, linear, layernorm,
  *    softmax_xent): rtol 1e-4 and atol 1e-4 x max|cpu|. Sums of k terms
  *    summed in another order differ by up to ~k eps sum|terms|; an output
@@ -34,7 +36,7 @@
 
 #include "zinc/ops_cuda.h"
 
-static const zinc_ops *cpu, *gpu;
+static const zinc_ops *cpu, *gpu, *gpu_bf16;
 static int n_checks, n_fail;
 
 /* ---------- helpers ---------- */
@@ -141,12 +143,11 @@ static void check_status(const char *what)
 }
 
 /* Compares the device result d against the host reference ref:
- * |gpu - cpu| <= rtol |cpu| + atol_rel max|cpu| for every element. */
-static void check_close(const char *what, const float *d, const float *ref, size_t n, double rtol,
-                        double atol_rel)
+ * |gpu - cpu| <= rtol |cpu| + atol for every element. */
+static void check_close_atol(const char *what, const float *d, const float *ref, size_t n,
+                             double rtol, double atol)
 {
     float *got = fetch(d, n);
-    const double atol = atol_rel * maxabs(ref, n);
     double worst = 0.0, worst_ratio = 0.0;
     size_t bad = 0, first_bad = 0;
     for (size_t i = 0; i < n; i++) {
@@ -171,6 +172,13 @@ static void check_close(const char *what, const float *d, const float *ref, size
                worst_ratio);
     }
     free(got);
+}
+
+/* The same with atol = atol_rel max|cpu| (normwise). */
+static void check_close(const char *what, const float *d, const float *ref, size_t n, double rtol,
+                        double atol_rel)
+{
+    check_close_atol(what, d, ref, n, rtol, atol_rel * maxabs(ref, n));
 }
 
 /* A device buffer must hold the same bytes as a host one. */
@@ -558,6 +566,132 @@ static void test_attention(void)
     test_attention_case(1, 77, 200, 2);    /* HS 100: the 128 kernels, ragged columns */
 }
 
+/* The bf16 table's attention (tensor cores, bf16 operands; the exact fp32
+ * kernels when HS != 64) vs the CPU op: out and dqkv within 2e-2 x max|cpu|,
+ * lse within 2e-2 absolute (bf16 rounds operands, P and dS to 2^-9
+ * relative). Outputs and scratch NaN-poisoned; both passes run twice and
+ * must agree bitwise. dqkv starts small and non-zero (accumulation is
+ * checked without the start values hiding the gradient). pad: qkv and dout
+ * one float off 16-byte alignment (the scalar tile loads). */
+static void test_attention_bf16_case(int B, int T, int C, int NH, size_t pad)
+{
+    char name[96];
+    const size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
+    const size_t nlse = (size_t)B * NH * T;
+    const size_t nscr = gpu_bf16->attention_scratch_floats(B, T, C, NH);
+    const char *tag = pad ? " unaligned" : "";
+    float *qkv = hrand(nqkv, -1, 1), *dout = hrand(nout, -1, 1);
+    float *dqkv = hrand(nqkv, -0.1f, 0.1f);
+    float *out = (float *)malloc((nout ? nout : 1) * sizeof(float));
+    float *lse = (float *)malloc((nlse ? nlse : 1) * sizeof(float));
+    float *scratch = (float *)malloc((nlse ? nlse : 1) * sizeof(float));
+    float *d_qkv = dcopy_pad(qkv, nqkv, pad), *d_dout = dcopy_pad(dout, nout, pad);
+    float *d_dqkv = dcopy(dqkv, nqkv), *d_dqkv2 = dcopy(dqkv, nqkv);
+    float *d_out = dpoison(nout), *d_lse = dpoison(nlse), *d_out2 = dpoison(nout);
+    float *d_lse2 = dpoison(nlse), *d_scratch = dpoison(nscr);
+
+    n_checks++;
+    if (nscr != nlse) {
+        n_fail++;
+        printf("FAIL  bf16 attention_scratch_floats: %zu, want B*NH*T = %zu\n", nscr, nlse);
+    }
+    cpu->attention_forward(out, lse, qkv, B, T, C, NH);
+    gpu_bf16->attention_forward(d_out, d_lse, d_qkv, B, T, C, NH);
+    gpu_bf16->attention_forward(d_out2, d_lse2, d_qkv, B, T, C, NH);
+    snprintf(name, sizeof name, "bf16 attention_forward B%d T%d C%d NH%d%s", B, T, C, NH, tag);
+    check_status(name);
+    snprintf(name, sizeof name, "bf16 attention out T%d HS%d%s", T, C / NH, tag);
+    check_close(name, d_out, out, nout, 0.0, 2e-2);
+    check_same_bits(name, d_out, d_out2, nout);
+    snprintf(name, sizeof name, "bf16 attention lse T%d HS%d%s", T, C / NH, tag);
+    check_close_atol(name, d_lse, lse, nlse, 0.0, 2e-2);
+    check_same_bits(name, d_lse, d_lse2, nlse);
+
+    cpu->attention_backward(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
+    gpu_bf16->attention_backward(d_dqkv, d_scratch, d_dout, d_qkv, d_out, d_lse, B, T, C, NH);
+    dpoison_again(d_scratch, nscr);
+    gpu_bf16->attention_backward(d_dqkv2, d_scratch, d_dout, d_qkv, d_out, d_lse, B, T, C, NH);
+    snprintf(name, sizeof name, "bf16 attention_backward B%d T%d C%d NH%d%s", B, T, C, NH, tag);
+    check_status(name);
+    snprintf(name, sizeof name, "bf16 attention dqkv T%d HS%d%s", T, C / NH, tag);
+    check_close(name, d_dqkv, dqkv, nqkv, 0.0, 2e-2);
+    check_same_bits(name, d_dqkv, d_dqkv2, nqkv);
+
+    dfree_pad(d_qkv, pad);
+    dfree_pad(d_dout, pad);
+    cudaFree(d_dqkv);
+    cudaFree(d_dqkv2);
+    cudaFree(d_out);
+    cudaFree(d_lse);
+    cudaFree(d_out2);
+    cudaFree(d_lse2);
+    cudaFree(d_scratch);
+    free(qkv);
+    free(dout);
+    free(dqkv);
+    free(out);
+    free(lse);
+    free(scratch);
+}
+
+static void test_attention_bf16(void)
+{
+    test_attention_bf16_case(2, 1024, 768, 12, 0); /* GPT-2 124M: HS 64, 16 x 16 tiles */
+    test_attention_bf16_case(1, 130, 128, 2, 0);   /* 3 x 3 tiles, ragged last (2 rows) */
+    test_attention_bf16_case(2, 67, 192, 3, 0);    /* ragged, 3 heads */
+    test_attention_bf16_case(2, 67, 192, 3, 1);    /* scalar (unaligned) tile loads */
+    test_attention_bf16_case(2, 5, 128, 2, 0);     /* T below one tile */
+    test_attention_bf16_case(1, 1, 64, 1, 0);      /* T 1 */
+    test_attention_bf16_case(1, 77, 200, 2, 0);    /* HS 100: the fp32 fallback */
+}
+
+/* Milliseconds per call of one table's attention forward and backward at
+ * the GPT-2 124M layer shape (B16 T1024 C768 NH12); only with ZINC_ATT_TIME
+ * set in the environment. */
+static void time_attention(const zinc_ops *t)
+{
+    enum { B = 16, T = 1024, C = 768, NH = 12, REPS = 20 };
+    const size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
+    const size_t nlse = (size_t)B * NH * T;
+    float *qkv = hrand(nqkv, -1, 1), *dout = hrand(nout, -1, 1);
+    float *d_qkv = dcopy(qkv, nqkv), *d_dout = dcopy(dout, nout), *d_dqkv = dpoison(nqkv);
+    float *d_out = dpoison(nout), *d_lse = dpoison(nlse), *d_scr = dpoison(nlse);
+    cudaEvent_t e0, e1, e2;
+    float ms_f = 0, ms_b = 0;
+    cudaMemset(d_dqkv, 0, nqkv * sizeof(float));
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    cudaEventCreate(&e2);
+    for (int i = 0; i < 2; i++) { /* warm-up */
+        t->attention_forward(d_out, d_lse, d_qkv, B, T, C, NH);
+        t->attention_backward(d_dqkv, d_scr, d_dout, d_qkv, d_out, d_lse, B, T, C, NH);
+    }
+    cudaEventRecord(e0, 0);
+    for (int i = 0; i < REPS; i++)
+        t->attention_forward(d_out, d_lse, d_qkv, B, T, C, NH);
+    cudaEventRecord(e1, 0);
+    for (int i = 0; i < REPS; i++)
+        t->attention_backward(d_dqkv, d_scr, d_dout, d_qkv, d_out, d_lse, B, T, C, NH);
+    cudaEventRecord(e2, 0);
+    cudaEventSynchronize(e2);
+    cudaEventElapsedTime(&ms_f, e0, e1);
+    cudaEventElapsedTime(&ms_b, e1, e2);
+    check_status("attention timing");
+    printf("time  %-10s attention B%d T%d C%d NH%d: forward %.3f ms, backward %.3f ms\n",
+           t->name, B, T, C, NH, ms_f / REPS, ms_b / REPS);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaEventDestroy(e2);
+    cudaFree(d_qkv);
+    cudaFree(d_dout);
+    cudaFree(d_dqkv);
+    cudaFree(d_out);
+    cudaFree(d_lse);
+    cudaFree(d_scr);
+    free(qkv);
+    free(dout);
+}
+
 static void test_softmax_xent_case(int N, int V)
 {
     char name[96];
@@ -722,6 +856,7 @@ int main(void)
     cudaError_t e;
     cpu = zinc_ops_cpu();
     gpu = zinc_ops_cuda();
+    gpu_bf16 = zinc_ops_cuda_bf16();
     printf("test_cuda_ops: CUDA op table vs CPU op table\n");
 
     /* the table itself needs no device */
@@ -733,6 +868,12 @@ int main(void)
         !gpu->residual_forward || !gpu->softmax_xent || !gpu->adamw || !gpu->sumsq ||
         !gpu->scale) {
         printf("FAIL  the CUDA op table is incomplete or misnamed\n");
+        return 1;
+    }
+    if (!gpu_bf16->name || strcmp(gpu_bf16->name, "cuda-bf16") != 0 ||
+        !gpu_bf16->attention_forward || !gpu_bf16->attention_backward ||
+        !gpu_bf16->attention_scratch_floats) {
+        printf("FAIL  the CUDA bf16 op table is misnamed or lacks attention\n");
         return 1;
     }
 
@@ -766,7 +907,12 @@ int main(void)
     printf("-- table %s\n", gpu->name);
     test_matmul();
     test_linear();
+    test_attention_bf16();
     gpu = zinc_ops_cuda();
+    if (getenv("ZINC_ATT_TIME")) {
+        time_attention(gpu);
+        time_attention(gpu_bf16);
+    }
 
     printf("== %d checks, %d failed ==\n", n_checks, n_fail);
     return n_fail ? 1 : 0;
