@@ -34,5 +34,5 @@ echo "== summary (rc $rc)"
 [ -f "$LOGDIR/bench-gpu.log" ] && tail -8 "$LOGDIR/bench-gpu.log"
 [ -f "$LOGDIR/bench-gpu-train-profile.log" ] && grep -A24 "op profile" "$LOGDIR/bench-gpu-train-profile.log" | cut -c1-110
 [ -f "$LOGDIR/bench-fast16bf.log" ] && tail -1 "$LOGDIR/bench-fast16bf.log"
-grep -h "ms\b.*attention\|attention.*ms" "$LOGDIR/ops.log" 2>/dev/null | head -6
+grep -h "^time" "$LOGDIR/ops.log" 2>/dev/null | head -6
 exit $rc
