@@ -71,10 +71,11 @@ static const zinc_layer_ops embed_ops = {
 
 enum { B_LN1W, B_LN1B, B_QKVW, B_QKVB, B_PRJW, B_PRJB, B_LN2W, B_LN2B, B_FCW, B_FCB, B_FPW, B_FPB };
 
-/* Saved activations of a block, per token unless noted. The LayerNorm
- * outputs and GELU(fch) are not kept: backward recomputes them from what is
- * (two LayerNorms and a GELU per layer, a few percent of the step) into the
- * scratch, which keeps 6C of 15C floats per token out of activation memory. */
+/* Saved activations of a block, per token unless noted. The MLP's inner
+ * activations and the LayerNorm outputs are not kept: backward recomputes
+ * them into the scratch from what is (two LayerNorms, the c_fc product and a
+ * GELU per layer, about 5% of a step), which keeps 10C of 15C floats per
+ * token out of activation memory (GPT-2 124M, B=16, T=1024: 6 GB). */
 typedef struct block_acts {
     float *ln1_mean, *ln1_rstd;       /* (BT) (BT) */
     float *qkv;                       /* (BT,3C) */
@@ -82,7 +83,6 @@ typedef struct block_acts {
     float *lse;                       /* (B,NH,T) attention log-sum-exp */
     float *res2;                      /* (BT,C) x + attention branch */
     float *ln2_mean, *ln2_rstd;       /* (BT) (BT) */
-    float *fch;                       /* (BT,4C) before GELU */
 } block_acts;
 
 static size_t block_carve(block_acts *a, float *base, const gpt2_dims *d, int B, int T)
@@ -101,7 +101,6 @@ static size_t block_carve(block_acts *a, float *base, const gpt2_dims *d, int B,
     CARVE(res2, BT * C);
     CARVE(ln2_mean, BT);
     CARVE(ln2_rstd, BT);
-    CARVE(fch, BT * 4 * C);
 #undef CARVE
     return off;
 }
@@ -135,10 +134,10 @@ static size_t block_scratch_floats(const zinc_layer *l, int B, int T)
 {
     const gpt2_dims *d = zinc_layer_state(l);
     size_t BT = (size_t)B * T, C = (size_t)d->C;
-    /* backward: dfch_gelu, dfch (4C each; they also hold the recomputed ln and
-     * GELU(fch)), dsmall (3C: dln2 / datty / dqkv / dln1), dres2 (C), attention
-     * scratch: B NH T floats on every device (zinc/ops.h, attention_scratch_floats) */
-    return BT * (4 * C + 4 * C + 3 * C + C) + (size_t)B * d->NH * T;
+    /* backward: dfch_gelu, dfch, fch (4C each; they also hold the recomputed ln
+     * and GELU(fch)), dsmall (3C: ln2 + dln2 / datty / dqkv / dln1), dres2 (C),
+     * attention scratch: B NH T floats on every device (zinc/ops.h) */
+    return BT * (4 * C + 4 * C + 4 * C + 3 * C + C) + (size_t)B * d->NH * T;
 }
 
 static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *xv, float *y)
@@ -153,15 +152,16 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *xv, flo
     for (int i = 0; i < 12; i++) p[i] = zinc_layer_param(l, i);
 
     float *ln = c->scratch;                   /* (BT,C): ln1, then ln2 */
-    float *fch_gelu = ln + (size_t)BT * C;    /* (BT,4C) */
+    float *fch = ln + (size_t)BT * C;         /* (BT,4C) */
+    float *fch_gelu = fch + (size_t)BT * 4 * C; /* (BT,4C) */
     o->layernorm_forward(ln, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
     o->linear_forward(a.qkv, ln, p[B_QKVW], p[B_QKVB], BT, C, 3 * C);
     o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, C, d->NH);
     o->linear_forward(a.res2, a.atty, p[B_PRJW], p[B_PRJB], BT, C, C);
     o->residual_forward(a.res2, a.res2, x, (size_t)BT * C);
     o->layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
-    o->linear_forward(a.fch, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
-    o->gelu_forward(fch_gelu, a.fch, (size_t)BT * 4 * C);
+    o->linear_forward(fch, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
+    o->gelu_forward(fch_gelu, fch, (size_t)BT * 4 * C);
     o->linear_forward(y, fch_gelu, p[B_FPW], p[B_FPB], BT, 4 * C, C);
     o->residual_forward(y, y, a.res2, (size_t)BT * C);
     return ZINC_OK;
@@ -186,22 +186,27 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *xv, co
     float *dfch = dfchg + (size_t)BT * 4 * C; /* (BT,4C) */
     float *dsmall = dfch + (size_t)BT * 4 * C; /* (BT,3C) */
     float *dres2 = dsmall + (size_t)BT * 3 * C; /* (BT,C) */
-    float *att_scratch = dres2 + n;
+    float *fch = dres2 + n;                    /* (BT,4C) */
+    float *att_scratch = fch + (size_t)BT * 4 * C;
 
     /* MLP branch: y = res2 + fc_proj(gelu(fc(ln2(res2)))) */
     o->copy(dres2, dy, n * sizeof(float));
-    float *fch_gelu = dfch; /* recomputed; dfch is free until gelu_backward */
-    o->gelu_forward(fch_gelu, a.fch, (size_t)BT * 4 * C);
+    /* recompute ln2 (kept in dsmall until c_fc's backward), fch and GELU(fch)
+     * (in dfch, free until gelu_backward) */
+    float *ln = dsmall, *fch_gelu = dfch;
+    o->layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
+    o->linear_forward(fch, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
+    o->gelu_forward(fch_gelu, fch, (size_t)BT * 4 * C);
     o->zero(dfchg, (size_t)BT * 4 * C * sizeof(float));
     o->linear_backward(dfchg, g[B_FPW], g[B_FPB], dy, fch_gelu, p[B_FPW], BT, 4 * C, C);
     o->zero(dfch, (size_t)BT * 4 * C * sizeof(float));
-    o->gelu_backward(dfch, a.fch, dfchg, (size_t)BT * 4 * C);
-    float *dln2 = dsmall, *ln = dfchg; /* ln2 and later ln1 recomputed; dfchg is dead */
-    o->layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
+    o->gelu_backward(dfch, fch, dfchg, (size_t)BT * 4 * C);
+    float *dln2 = dsmall + n;
     o->zero(dln2, n * sizeof(float));
     o->linear_backward(dln2, g[B_FCW], g[B_FCB], dfch, ln, p[B_FCW], BT, C, 4 * C);
     o->layernorm_backward(dres2, g[B_LN2W], g[B_LN2B], dln2, a.res2, p[B_LN2W], a.ln2_mean,
                           a.ln2_rstd, BT, C);
+    ln = dfchg; /* ln1 is recomputed there below: dfchg is dead */
     /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))) */
     o->residual_forward(dx, dx, dres2, n);
     float *datty = dsmall;

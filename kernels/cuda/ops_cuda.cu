@@ -570,7 +570,12 @@ static __global__ void to_bf16_kernel(uint16_t *dst, const float *src, size_t n)
  * converted and multiplied as bf16 (full tensor-core rate); larger ones (the
  * logits of a big vocabulary) use cuBLASLt's FAST_16BF on the fp32 data and
  * take no extra memory. */
-#define BF16_STAGE_MAX ((size_t)512 << 20)
+static size_t bf16_stage_max(void)
+{
+    const char *v = getenv("ZINC_CUDA_STAGE_MAX"); /* bytes; tests lower it */
+    return v && atoll(v) > 0 ? (size_t)atoll(v) : (size_t)512 << 20;
+}
+#define BF16_STAGE_MAX bf16_stage_max()
 
 /* Converts up to three fp32 operands (NULL skipped) to bf16 in the shared
  * scratch; out[i] receives each copy. Returns 1, 0 when too large (nothing
@@ -615,6 +620,21 @@ static int bf16_mode(void)
     return mode;
 }
 
+/* One product on bf16 operands (staged), or FAST_16BF when they cannot be
+ * staged (too large, or not 16-byte aligned). */
+static void matmul_piece(float *c, const float *a, const float *b, int m, int n, int k, int ta,
+                         int tb, float alpha, float beta)
+{
+    const float *src[2] = {a, b};
+    const size_t cnt[2] = {(size_t)m * k, (size_t)k * n};
+    const void *h[2];
+    const int r = stage_bf16(src, cnt, 2, h);
+    if (r == 1)
+        gemm(c, h[0], h[1], m, n, k, ta, tb, alpha, beta, 2);
+    else if (r == 0)
+        gemm(c, a, b, m, n, k, ta, tb, alpha, beta, 1);
+}
+
 static void matmul_impl(float *c, const float *a, const float *b, int m, int n, int k,
                         int trans_a, int trans_b, float alpha, float beta, int fast)
 {
@@ -629,16 +649,32 @@ static void matmul_impl(float *c, const float *a, const float *b, int m, int n, 
     if (!cuda_state_get())
         goto cleanup;
     if (fast && bf16_mode() == 2) {
-        const float *src[2] = {a, b};
-        const size_t cnt[2] = {(size_t)m * k, (size_t)k * n};
-        const void *h[2];
-        const int r = stage_bf16(src, cnt, 2, h);
-        if (r < 0)
-            goto cleanup;
-        if (r == 1) {
-            gemm(c, h[0], h[1], m, n, k, trans_a, trans_b, alpha, beta, 2);
-            goto cleanup;
+        /* operands too large to stage at once (the logits' gradient of a big
+         * vocabulary): split the product into pieces that fit, along the rows
+         * of c (a not transposed) or along k (a transposed, b not: the pieces
+         * accumulate with beta = 1) */
+        const size_t bytes = ((size_t)m * k + (size_t)k * n) * 2;
+        if (bytes > BF16_STAGE_MAX) {
+            const size_t other = trans_a ? (size_t)m : (size_t)k; /* elements per split row of a */
+            const size_t fixed = trans_a ? (size_t)n : (size_t)k * n; /* b's share */
+            size_t rows = BF16_STAGE_MAX / 2 > fixed ? (BF16_STAGE_MAX / 2 - fixed) / (other + (trans_a ? fixed : 0)) : 0;
+            rows = rows / 16 * 16;
+            if (rows > 0 && (!trans_a || !trans_b)) {
+                const int total = trans_a ? k : m;
+                for (int r0 = 0; r0 < total; r0 += (int)rows) {
+                    const int nr = total - r0 < (int)rows ? total - r0 : (int)rows;
+                    if (!trans_a)
+                        matmul_piece(c + (size_t)r0 * n, a + (size_t)r0 * k, b, nr, n, k, 0,
+                                     trans_b, alpha, beta);
+                    else
+                        matmul_piece(c, a + (size_t)r0 * m, b + (size_t)r0 * n, m, n, nr, 1, 0,
+                                     alpha, r0 ? 1.0f : beta);
+                }
+                goto cleanup;
+            }
         }
+        matmul_piece(c, a, b, m, n, k, trans_a, trans_b, alpha, beta);
+        goto cleanup;
     }
     gemm(c, a, b, m, n, k, trans_a, trans_b, alpha, beta, fast ? 1 : 0);
 cleanup:
