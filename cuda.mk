@@ -37,7 +37,19 @@ ifeq ($(WERROR),1)
 NVCCFLAGS += -Werror all-warnings -Xcompiler -Werror
 endif
 CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart \
-               -lnccl -lstdc++
+               -lstdc++
+# NCCL (the nccl comm backend) when its header is found; without it the
+# build has the mpi backend only, which stages device buffers (NCCL=0 forces that).
+NCCL_INC := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h \
+                                   /usr/local/include/nccl.h))
+ifneq ($(NCCL),0)
+ifneq ($(NCCL_INC),)
+CFLAGS      += -DZINC_HAVE_NCCL
+CUDA_LDLIBS += -lnccl
+else
+$(info cuda.mk: nccl.h not found: building without the nccl comm backend)
+endif
+endif
 LDLIBS    += $(CUDA_LDLIBS)
 
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)

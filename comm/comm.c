@@ -116,7 +116,7 @@ static double comm_default_timeout(void)
 static const comm_backend *comm_find_backend(const char *name)
 {
     if (!name || !strcmp(name, "auto") || !strcmp(name, "mpi")) return &comm_backend_mpi;
-#ifdef ZINC_HAVE_CUDA
+#ifdef ZINC_HAVE_NCCL
     if (!strcmp(name, "nccl")) return &comm_backend_nccl;
 #endif
     return NULL;

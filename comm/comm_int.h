@@ -120,7 +120,7 @@ typedef struct mpi_req {
 } mpi_req;
 
 extern const comm_backend comm_backend_mpi;
-#ifdef ZINC_HAVE_CUDA
+#ifdef ZINC_HAVE_NCCL
 /* NCCL for device buffers, the mpi backend for everything else (comm_nccl.c). */
 extern const comm_backend comm_backend_nccl;
 #endif

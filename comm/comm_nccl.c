@@ -36,7 +36,7 @@
  * fails when a node runs more ranks than it has visible GPUs (use the mpi
  * backend, which stages device buffers through host memory, to share GPUs).
  */
-#ifdef ZINC_HAVE_CUDA
+#ifdef ZINC_HAVE_NCCL
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -472,4 +472,4 @@ const comm_backend comm_backend_nccl = {
     .timed_out = nccl_timed_out,
 };
 
-#endif /* ZINC_HAVE_CUDA */
+#endif /* ZINC_HAVE_NCCL */

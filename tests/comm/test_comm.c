@@ -132,7 +132,7 @@ static void test_basics(void)
     CU_ASSERT_EQUAL(zinc_comm_local_rank(g_world), g_rank);
 
     zinc_comm *w = (zinc_comm *)1;
-#ifndef ZINC_HAVE_CUDA /* a CUDA build has nccl (tests/gpu/test_comm_gpu tests it) */
+#ifndef ZINC_HAVE_NCCL /* a build with NCCL has it (tests/gpu/test_comm_gpu tests it) */
     CU_ASSERT_EQUAL(zinc_comm_init_world("nccl", NULL, NULL, &w), ZINC_ERR_UNSUPPORTED);
     CU_ASSERT_PTR_NULL(w);
     CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "nccl"));
