@@ -27,6 +27,7 @@ ifeq ($(WERROR),1)
 CFLAGS  += -Werror
 endif
 .DEFAULT_GOAL := all
+.SECONDARY:     # keep intermediate objects (no rebuilds from pattern chains)
 
 # CUDA backend: only with `make CUDA=1` (nvcc needed then, never otherwise),
 # built into build-cuda/; `make test-gpu` runs the GPU checks.
