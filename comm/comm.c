@@ -115,10 +115,13 @@ static double comm_default_timeout(void)
 
 static const comm_backend *comm_find_backend(const char *name)
 {
-    if (!name || !strcmp(name, "auto") || !strcmp(name, "mpi")) return &comm_backend_mpi;
 #ifdef ZINC_HAVE_NCCL
-    if (!strcmp(name, "nccl")) return &comm_backend_nccl;
+    /* auto: the nccl backend, which falls back to staging through MPI on
+     * every rank when any node has fewer GPUs than ranks (comm_nccl.c) */
+    comm_nccl_auto = name && !strcmp(name, "auto");
+    if (name && (!strcmp(name, "nccl") || !strcmp(name, "auto"))) return &comm_backend_nccl;
 #endif
+    if (!name || !strcmp(name, "auto") || !strcmp(name, "mpi")) return &comm_backend_mpi;
     return NULL;
 }
 

@@ -123,6 +123,10 @@ extern const comm_backend comm_backend_mpi;
 #ifdef ZINC_HAVE_NCCL
 /* NCCL for device buffers, the mpi backend for everything else (comm_nccl.c). */
 extern const comm_backend comm_backend_nccl;
+/* Set by comm_find_backend: the world was asked for "auto". Then NCCL is
+ * used only if every node has a GPU per local rank (agreed by all ranks);
+ * otherwise device buffers are staged through MPI, as the mpi backend does. */
+extern int comm_nccl_auto;
 #endif
 
 #endif

@@ -149,6 +149,9 @@ static void nccl_group_abort(nccl_group *g, const char *what, const char *op, co
              what, op, name);
 }
 
+int comm_nccl_auto;
+static int nccl_off; /* auto found a node without a GPU per rank: stage through MPI */
+
 /* A group state on the current CUDA device (set to device): stream and event,
  * no communicator yet. */
 static zinc_status nccl_group_new(const zinc_comm *c, int device, nccl_group **out)
@@ -196,7 +199,7 @@ cleanup:
 static zinc_status nccl_set_device(zinc_comm *c, const zinc_device *dev)
 {
     /* only the cuda device's pointers are NCCL's; any other device stages */
-    if (!dev || dev->is_host || !dev->name || strcmp(dev->name, "cuda") != 0) {
+    if (nccl_off || !dev || dev->is_host || !dev->name || strcmp(dev->name, "cuda") != 0) {
         c->dev_native = 0;
         return ZINC_OK;
     }
@@ -221,6 +224,18 @@ static zinc_status nccl_init_world(int *argc, char ***argv, zinc_comm *world)
     if (st != ZINC_OK) return st;
     int n_gpu = 0;
     cudaError_t e = cudaGetDeviceCount(&n_gpu);
+    if (e != cudaSuccess) cudaGetLastError();
+    nccl_off = 0;
+    if (comm_nccl_auto) { /* every rank decides the same: NCCL only if all can */
+        int ok = e == cudaSuccess && n_gpu > 0 && world->local_size <= n_gpu, all = 0;
+        st = zinc_comm_all_reduce(world, &ok, &all, 1, ZINC_DTYPE_I32, ZINC_REDOP_MIN, NULL);
+        if (st != ZINC_OK) {
+            comm_backend_mpi.destroy(world);
+            return st;
+        }
+        nccl_off = !all;
+        return ZINC_OK;
+    }
     if (e != cudaSuccess || n_gpu == 0)
         st = zinc_error(ZINC_ERR_CUDA, "comm_backend nccl: no GPU visible (cudaGetDeviceCount: "
                         "%s); use comm_backend mpi",

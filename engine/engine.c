@@ -344,6 +344,16 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     /* the device: every rank opens its own, then all agree (one GPU may be
      * missing on one node) */
     ZINC_TRY(zinc_comm_agree(e->world, zinc_engine_open_device(&e->cfg, e->world, &e->dev)));
+    { /* "auto" may find GPUs on some nodes only: one kind of device per job */
+        int mine[2] = {e->dev->is_host, -e->dev->is_host}, all[2];
+        ZINC_TRY(zinc_comm_all_reduce(e->world, mine, all, 2, ZINC_DTYPE_I32, ZINC_REDOP_MAX, NULL));
+        if (all[0] != -all[1]) {
+            st = zinc_error(ZINC_ERR_CONFIG, "device auto: some ranks see a GPU and others do "
+                            "not (this rank: %s); set \"device\" to \"cpu\" or \"cuda\"",
+                            e->dev->name);
+            goto cleanup;
+        }
+    }
     e->ops = e->pdt == ZINC_DTYPE_BF16 ? e->dev->ops_bf16 : e->dev->ops;
     if (getenv("ZINC_PROFILE_OPS") && atoi(getenv("ZINC_PROFILE_OPS")) > 0) {
         e->ops = engine_ops_profiled(e->ops, e->dev->sync);
@@ -437,6 +447,13 @@ int64_t zinc_engine_n_params(const zinc_engine *e)
     int64_t n = 0;
     for (int i = 0; i < e->n_params; i++) n += e->params[i].numel;
     return n;
+}
+
+zinc_status engine_sync(zinc_engine *e)
+{
+    zinc_status st = e->dev->sync();
+    if (e->profiling && st == ZINC_OK) st = engine_ops_profile_error();
+    return st;
 }
 
 int zinc_engine_dp_rank(const zinc_engine *e) { return e->dp_rank; }
@@ -594,7 +611,7 @@ zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
     };
     double sum = 0.0;
     zinc_status st = micro_step(e, &c, &sum, 1);
-    if (st == ZINC_OK) st = e->dev->sync();
+    if (st == ZINC_OK) st = engine_sync(e);
     *loss = sum / (double)BT;
     return st;
 }
@@ -618,6 +635,7 @@ zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t firs
             ZINC_TRY(batch_load(e, data, first));
             ZINC_TRY(micro_step(e, &c, &sum, 0));
         }
+    ZINC_TRY(engine_sync(e));
     if (e->dp > 1)
         ZINC_TRY(zinc_comm_all_reduce(e->mesh->dp_group, &sum, &sum, 1, ZINC_DTYPE_F64,
                                       ZINC_REDOP_SUM, NULL));
@@ -700,9 +718,9 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         e->opt_step++;
         double to = now_ms();
         ZINC_TRY(zero_optimizer_step(e, lr, coef, (int)e->opt_step));
-        ZINC_TRY(e->dev->sync()); /* device time belongs to the step; faults surface here */
         e->t_opt = now_ms() - to;
     }
+    ZINC_TRY(engine_sync(e)); /* device time belongs to the step; faults surface here */
     if (cfg->wall_clock_breakdown && e->dp_rank == 0)
         ZINC_INFO("step %lld time (ms): forward %.1f | backward %.1f | reduce+norm %.1f | "
                   "optimizer %.1f (waiting on NVMe %.1f)", (long long)e->step + 1, e->t_fwd,

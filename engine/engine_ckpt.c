@@ -80,7 +80,7 @@ static zinc_status swap_io(void *u, int piece, int write, void *buf, int64_t fir
             b->e->dev->copy(d, buf, bytes);
         else
             b->e->dev->copy(buf, d, bytes);
-        return b->e->dev->sync();
+        return engine_sync(b->e);
     }
     uint64_t off = s->off + (uint64_t)first * s->elem_bytes;
     return write ? zinc_aio_pwrite(s->file, buf, bytes, off) : zinc_aio_pread(s->file, buf, bytes, off);

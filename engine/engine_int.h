@@ -218,6 +218,11 @@ zinc_status offload_opt_io(zinc_engine *e, const engine_unit *u, size_t a, size_
 /* ---- ops_profile.c: per-op device times (ZINC_PROFILE_OPS=1) ---- */
 const zinc_ops *engine_ops_profiled(const zinc_ops *in, zinc_status (*sync)(void));
 void engine_ops_profile_report(void);
+/* The first device error a profiling sync consumed since the last call
+ * (ZINC_OK if none), with its detail as zinc_last_error(). */
+zinc_status engine_ops_profile_error(void);
+/* The device's sync, plus errors the profiler consumed. */
+zinc_status engine_sync(zinc_engine *e);
 
 /* dtype helpers: device-memory conversions through the engine's op table */
 void zero_to_f32(const zinc_engine *e, float *dst, const void *src, zinc_dtype dt, size_t n);

@@ -27,6 +27,8 @@ static struct {
     double ms[P_N];
     long calls[P_N];
     double t0;
+    zinc_status err;     /* the first error a sync reported (consumed there) */
+    char err_msg[512];
 } P;
 
 static double p_now(void)
@@ -36,17 +38,37 @@ static double p_now(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* A device sync that keeps the first error for engine_ops_profile_error:
+ * the device reports (and clears) errors at its sync, and the engine must
+ * still see them. */
+static void p_sync(void)
+{
+    zinc_status st = P.sync();
+    if (st != ZINC_OK && P.err == ZINC_OK) {
+        P.err = st;
+        snprintf(P.err_msg, sizeof P.err_msg, "%s", zinc_last_error());
+    }
+}
+
 static void p_begin(void)
 {
-    P.sync();
+    p_sync();
     P.t0 = p_now();
 }
 
 static void p_end(int op)
 {
-    P.sync();
+    p_sync();
     P.ms[op] += p_now() - P.t0;
     P.calls[op]++;
+}
+
+zinc_status engine_ops_profile_error(void)
+{
+    zinc_status st = P.err;
+    if (st != ZINC_OK) zinc_error(st, "%s", P.err_msg);
+    P.err = ZINC_OK;
+    return st;
 }
 
 #define WRAP(op, name, params, args)                                                          \

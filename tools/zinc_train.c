@@ -127,17 +127,15 @@ static void maybe_fault(int rank, int64_t step)
         for (;;) pause();
 }
 
-/* comm_backend "auto": nccl when this rank will train on a GPU and every
- * local rank has a GPU of its own (NCCL refuses two ranks on one device);
- * else mpi, which stages device buffers through pinned host memory. */
+/* comm_backend: "auto" lets the comm layer choose NCCL when every local rank
+ * of every node has a GPU of its own (NCCL refuses two ranks on one GPU) and
+ * MPI, which stages device buffers through pinned host memory, otherwise;
+ * all ranks agree on it. CPU training always uses MPI. */
 static const char *comm_backend_for(const zinc_config *c)
 {
     if (c->comm_backend == ZINC_COMM_NCCL) return "nccl";
     if (c->comm_backend == ZINC_COMM_MPI || c->device == ZINC_DEVICE_CPU) return "mpi";
-    int gpus = zinc_device_cuda_count();
-    const char *ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-    int local = ls && atoi(ls) > 0 ? atoi(ls) : 1;
-    return gpus > 0 && local <= gpus ? "nccl" : "mpi";
+    return "auto";
 }
 
 static int threads_per_rank(const zinc_config *c, zinc_comm *w)

@@ -34,7 +34,7 @@ typedef struct zinc_device {
      * within bf16 tolerance. Equals ops on cpu. */
     const zinc_ops *ops_bf16;
 
-    /* Device memory, zeroed, at least 256-byte aligned (cpu: 4 KiB aligned
+    /* Device memory, zeroed, at least 64-byte aligned (cuda: 256; cpu: 4 KiB
      * from 1 MiB, so O_DIRECT I/O can use it). NULL with the error recorded
      * (ZINC_ERR_NOMEM naming the size). */
     void *(*alloc)(size_t bytes);
@@ -60,8 +60,10 @@ typedef struct zinc_device {
     /* 1 if p points into device memory that the host cannot read directly
      * (always 0 on cpu). */
     int (*is_device_ptr)(const void *p);
-    /* Bytes of device memory allocated through alloc now and at most since
-     * the last reset (peak), and of host_alloc memory now. */
+    /* Bytes of device memory allocated through alloc (cuda: and the op
+     * table's scratch) now and at most since the last reset (peak), and of
+     * host_alloc memory now. Free blocks the cuda device keeps cached for
+     * reuse are not counted. */
     void (*mem)(uint64_t *live, uint64_t *peak, uint64_t *host_live);
     void (*mem_reset_peak)(void);
     /* alloc without the zeroing, for buffers that are fully written before

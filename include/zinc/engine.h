@@ -170,7 +170,8 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
 zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
                                       const int32_t *targets, double *loss);
 
-/* Looks up a parameter's gradient by full name, or NULL. */
+/* Looks up a parameter's gradient by full name, or NULL (device memory, as
+ * zinc_engine_param_by_name). */
 float *zinc_engine_grad_by_name(zinc_engine *e, const char *name, int64_t *numel);
 
 /* --- checkpoints (see zinc/ckpt.h for the format) --- */
@@ -211,7 +212,9 @@ int zinc_engine_dp_rank(const zinc_engine *e);
 int zinc_engine_dp_size(const zinc_engine *e);
 
 /* Looks up a parameter by full name; returns its fp32 data and numel, or
- * NULL (also when parameters are not held whole in fp32: ZeRO-3, 16-bit). */
+ * NULL (also when parameters are not held whole in fp32: ZeRO-3, 16-bit).
+ * The data is in the engine's device memory (not readable by the host on
+ * cuda: copy it with zinc_engine_device(e)->copy). */
 float *zinc_engine_param_by_name(zinc_engine *e, const char *name, int64_t *numel);
 
 #endif

@@ -1,263 +1,381 @@
 /* attention_tc_cuda.cu - causal multi-head self-attention for the bf16 op
- * table ("cuda-bf16"), flash style on tensor cores (zinc/ops.h contract:
- * fp32 in memory, lse = natural-log LSE of the scaled scores, dqkv
+ * table ("cuda-bf16"), FlashAttention-2 style on tensor cores (zinc/ops.h
+ * contract: fp32 in memory, lse = natural-log LSE of the scaled scores, dqkv
  * accumulates, deterministic: no atomics, fixed-order sums).
  *
  * Head size 64 only (GPT-2); any other head size, and empty shapes, go to
- * the exact fp32 kernels of attention_cuda.cu. Operand tiles are read from
- * fp32 global memory (q, k, v through the strided views of qkv (B,T,3C),
- * as attention_cuda.cu does), rounded to bf16 into shared memory, and
- * multiplied with nvcuda::wmma 16x16x16 bf16 fragments, fp32 accumulation.
- * P and dS are rounded to bf16 before their products; softmax statistics
- * (row max m, row sum l, lse), the 1/sqrt(HS) scale, D = rowsum(dO * O) and
- * dS = P (dP - D) are fp32.
+ * the exact fp32 kernels of attention_cuda.cu. Operand tiles (q, k, v read
+ * through the strided views of qkv (B,T,3C); dout) are loaded from fp32
+ * global memory with float4 (scalar loads when a view is not 16-byte
+ * aligned), rounded to bf16 and stored to shared tiles whose rows are
+ * padded to 72 elements (144 bytes: the eight 16-byte rows of an ldmatrix
+ * 8x8 fall in distinct banks). Products are mma.sync m16n8k16 bf16 with
+ * fp32 accumulation (inline PTX); operands come from shared memory with
+ * ldmatrix (x4; .trans when the matrix is a B operand read as stored,
+ * plain when read transposed), and the score-like tiles S, P, dP, dS never
+ * leave registers: an m16n8 accumulator pair is packed to bf16x2 and is the
+ * A fragment of the next product (FA2 register reuse). Row statistics are
+ * reduced over the four lanes of a quad (xor shuffles 1, 2). P and dS are
+ * rounded to bf16 before their products; softmax statistics, the scale,
+ * D = rowsum(dO * O) and dS = P (dP - D) are fp32. Exponentials are exp2f
+ * of scores pre-multiplied by scale * log2(e); lse is stored in natural log.
  *
- * Tiles: 64 queries x 64 keys, one block of 4 warps (128 threads); warp w
- * owns 16 rows of the block's tile (16 queries, or 16 keys in the dK/dV
- * kernel). Per key tile a warp stores its (16, 64) score tile from the
- * accumulators to its own fp32 shared slice; then lane pair (2r, 2r+1) owns
- * row r of it, the pair splitting the columns by parity (c = 2 i + half)
- * and combining its max and sum with one xor shuffle. Fragments are only
- * ever loaded, multiplied and stored whole (never indexed), so no
- * accumulator layout is assumed. Rows are padded (bf16 rows 72 elements,
- * fp32 rows 68) so the 16-byte row segments of a fragment load fall in
- * distinct banks; every fragment pointer is 32-byte aligned.
+ * Every block has 8 warps (256 threads); a warp owns 16 rows of the block's
+ * tile (queries, or keys in the dK/dV kernel) and walks 64-row tiles of the
+ * other side, double buffered in shared memory: the next tile is read from
+ * global memory into registers before the current one is multiplied and
+ * stored (converted) into the other buffer after it, one barrier per step.
+ * Warps skip (without leaving the barriers) steps that are fully masked for
+ * their 16 rows; masks are applied only on diagonal or ragged steps.
+ * Blocks run in groups of 16 (b, h) pairs, heaviest tiles first within a
+ * group (at_block): a group's walked tiles stay in L2.
  *
- * forward (grid: query tiles heaviest first, NH, B): Q fragments stay in
- * registers; per key tile <= the query tile: S = Q K^T (K^T is K read as a
- * col_major matrix_b), scale and causal mask in fp32, online softmax (the
- * lane's 32 output columns rescaled by exp(m_old - m_new)), P (bf16) V with
- * V as a row_major matrix_b, the product added through the warp's slice.
- * out = O / l, lse = m + log l.
+ * forward (query tiles of 128, heaviest first): per key tile <= the query
+ * tile: S = Q K^T, masked, online softmax in the log2 domain (the row's
+ * partial sum kept per lane, reduced over the quad at the end), O += P V.
+ * out = O / l, lse = (m + log2 l) ln 2.
  *
- * backward, P = exp(scale S - lse) recomputed from the same bf16 operands:
+ * backward, P = exp2(S scale log2e - lse log2e) recomputed:
  *  1. attn_tc_rowdot_kernel: D (B,NH,T) into scratch, one warp per row;
- *  2. attn_tc_dkv_kernel: per key tile (its K, V fragments in registers),
- *     walking query tiles >= it: S^T = K Q^T, dP^T = V dO^T, then
- *     dV += P^T dO, dK += dS^T Q in accumulators held across the walk;
- *  3. attn_tc_dq_kernel: per query tile, walking key tiles <= it:
- *     S = Q K^T, dP = dO V^T, dQ += dS K.
+ *  2. attn_tc_dkv_kernel (key tiles of 128): per query tile of 64 at or
+ *     after it: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q,
+ *     accumulators held across the walk (dK scaled once at the end);
+ *  3. attn_tc_dq_kernel (query tiles of 128): per key tile of 64 at or
+ *     before it: S = Q K^T, dP = dO V^T, dQ += dS K.
  * The two kernels write disjoint parts of dqkv (rows' k, v columns; q
- * columns), each element by one thread: no atomics. */
+ * columns), each element read-modified-written by one thread: no atomics. */
 #include <assert.h>
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include "cuda_int.h"
 
-namespace wmma = nvcuda::wmma;
 typedef __nv_bfloat16 bf16;
 typedef __nv_bfloat162 bf16x2;
 
+/* Warp-level primitives (the CPU emulator in .scratch/attn_tc_emu defines
+ * its own versions of these four with the PTX ISA's fragment layouts). */
+
+/* bf16x2 of (lo, hi): lo in the low 16 bits (the lower column index). */
+__device__ __forceinline__ uint32_t at_pack(float lo, float hi)
+{
+    bf16x2 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* ldmatrix x4: lanes 8i..8i+7 give the 16-byte rows of 8x8 matrix i; r[i]
+ * receives its row lane/4, columns 2 (lane%4), +1. */
+__device__ __forceinline__ void at_ldsm4(uint32_t r[4], const bf16 *p)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+/* The same, each matrix transposed: r[i] holds its rows 2 (lane%4), +1 of
+ * column lane/4. */
+__device__ __forceinline__ void at_ldsm4t(uint32_t r[4], const bf16 *p)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+/* d (16x8 fp32) += a (16x16 bf16, row) b (16x8 bf16, col). */
+__device__ __forceinline__ void at_mma(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 /* ---- kernels (begin) ---- */
 enum {
-    TC_T = 64,         /* queries per query tile = keys per key tile */
-    TC_D = 64,         /* the one head size these kernels take */
-    TC_WARPS = 4,      /* each owns 16 rows of a tile */
-    TC_THREADS = 128,
-    TC_LH = TC_D + 8,  /* bf16 row stride of the Q, K, V, dO tiles (64, 64) */
-    TC_LP = TC_T + 8,  /* bf16 row stride of a warp's P / dS slice (16, 64) */
-    TC_LS = TC_T + 4,  /* fp32 row stride of a warp's S / dP slice (16, 64) */
-    TC_TILE_BYTES = TC_T * TC_LH * 2,       /* one bf16 operand tile: 9216 */
-    TC_SLICE_BYTES = TC_WARPS * 16 * TC_LS * 4, /* fp32 slices of 4 warps: 17408 */
-    TC_PSLICE_BYTES = TC_WARPS * 16 * TC_LP * 2, /* bf16 slices of 4 warps: 9216 */
-    /* dynamic shared memory of each kernel */
-    TC_FWD_SMEM = 3 * TC_TILE_BYTES + TC_SLICE_BYTES + TC_PSLICE_BYTES,          /* 54272 */
-    TC_DKV_SMEM = 4 * TC_TILE_BYTES + 2 * TC_SLICE_BYTES + 2 * TC_PSLICE_BYTES +
-                  2 * TC_T * 4,                                                  /* 90624 */
-    TC_DQ_SMEM = 4 * TC_TILE_BYTES + 2 * TC_SLICE_BYTES + TC_PSLICE_BYTES,       /* 80896 */
+    AT_D = 64,        /* the one head size these kernels take */
+    AT_WARPS = 8,     /* each owns 16 rows of the block's tile */
+    AT_THREADS = 256,
+    AT_BM = 128,      /* rows of a block's own tile (queries; keys in dK/dV) */
+    AT_BN = 64,       /* rows of a walked tile (keys; queries in dK/dV) */
+    AT_LD = AT_D + 8, /* bf16 row stride of every shared tile */
+    AT_TILE = AT_BN * AT_LD, /* elements of one walked tile */
+    AT_GROUP = 16,           /* (b, h) pairs per block group (at_block) */
+    /* dynamic shared memory: own tiles (Q | Q, dO | K, V) of 128 rows, two
+     * buffers of the walked tiles (K, V | K, V | Q, dO), the dK/dV kernel's
+     * two buffers of lse * log2e and D for 64 queries */
+    AT_FWD_SMEM = (AT_BM + 4 * AT_BN) * AT_LD * 2,                   /* 55296 */
+    AT_DQ_SMEM = (2 * AT_BM + 4 * AT_BN) * AT_LD * 2,                /* 73728 */
+    AT_DKV_SMEM = (2 * AT_BM + 4 * AT_BN) * AT_LD * 2 + 4 * AT_BN * 4, /* 74752 */
 };
 
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> tc_frag_a;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> tc_frag_b_row;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> tc_frag_b_col;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> tc_frag_acc;
+/* Fragments (PTX ISA, mma.m16n8k16 .bf16; g = lane / 4, c = lane % 4):
+ * A (16x16) a[0]: row g, cols 2c, 2c+1; a[1]: row g+8, same cols; a[2], a[3]:
+ * the same rows at cols 2c+8, +9. B (16x8) b0: rows (k) 2c, 2c+1 of col g;
+ * b1: rows 2c+8, +9. C (16x8 fp32) d[0], d[1]: row g, cols 2c, 2c+1; d[2],
+ * d[3]: row g+8. A warp's 16 x 64 score-like tile is s[8][4]: s[n] is the
+ * m16n8 tile of columns 8n..8n+7. */
 
-/* dst (64, TC_LH) bf16 = rows row0.. of a (T, 64) fp32 view with row
- * stride `stride`; rows >= T become 0 (they add nothing to any product).
- * vec: src and stride are multiples of 4 floats, so rows move as float4. */
-__device__ __forceinline__ void tc_load_tile(bf16 *dst, const float *src, int row0, int T,
-                                             size_t stride, int vec)
-{
-    if (vec) {
-        for (int e = (int)threadIdx.x; e < TC_T * TC_D / 4; e += TC_THREADS) {
-            const int r = e / (TC_D / 4), d = e % (TC_D / 4) * 4, t = row0 + r;
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (t < T)
-                v = *reinterpret_cast<const float4 *>(src + (size_t)t * stride + d);
-            bf16x2 *p = reinterpret_cast<bf16x2 *>(dst + r * TC_LH + d);
-            p[0] = __floats2bfloat162_rn(v.x, v.y);
-            p[1] = __floats2bfloat162_rn(v.z, v.w);
-        }
-        return;
-    }
-    for (int e = (int)threadIdx.x; e < TC_T * TC_D; e += TC_THREADS) {
-        const int r = e / TC_D, d = e % TC_D, t = row0 + r;
-        dst[r * TC_LH + d] = __float2bfloat16(t < T ? src[(size_t)t * stride + d] : 0.0f);
-    }
-}
-
-/* acc[n] (16, 16) = A (16, 64) B_n: a[kk] holds A's columns 16 kk..; B_n
- * (64, 16) is read from the bf16 tile M (row stride TC_LH) as M^T, i.e.
- * B_n[k][j] = M[16 n + j][k] (col_major), and the four products go to the
- * fp32 slice S (16, TC_LS) as columns 16 n... */
-__device__ __forceinline__ void tc_a_mt_to_slice(float *S, const tc_frag_a a[4], const bf16 *M)
+/* This thread's share (4 float4) of rows row0..row0+63 of a (T, 64) fp32
+ * view with row stride `stride`; rows >= T read as 0. vec: 16-byte loads. */
+__device__ __forceinline__ void at_fetch(float4 f[4], const float *src, int row0, int T,
+                                         size_t stride, int vec)
 {
 #pragma unroll
-    for (int n = 0; n < 4; n++) {
-        tc_frag_acc acc;
-        wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            tc_frag_b_col bt;
-            wmma::load_matrix_sync(bt, M + n * 16 * TC_LH + kk * 16, TC_LH);
-            wmma::mma_sync(acc, a[kk], bt, acc);
-        }
-        wmma::store_matrix_sync(S + n * 16, acc, TC_LS, wmma::mem_row_major);
-    }
-}
-
-/* acc[n] += A (16, 64) M[:, 16 n..16 n + 16]: M a bf16 (64, 64) tile read
- * row_major (row stride TC_LH); a[kk] holds A's columns 16 kk... */
-__device__ __forceinline__ void tc_a_m_acc(tc_frag_acc acc[4], const tc_frag_a a[4], const bf16 *M)
-{
-#pragma unroll
-    for (int n = 0; n < 4; n++) {
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            tc_frag_b_row bm;
-            wmma::load_matrix_sync(bm, M + kk * 16 * TC_LH + n * 16, TC_LH);
-            wmma::mma_sync(acc[n], a[kk], bm, acc[n]);
+    for (int i = 0; i < 4; i++) {
+        const int e = (int)threadIdx.x + i * AT_THREADS, t = row0 + e / 16;
+        const float *p = src + (size_t)t * stride + e % 16 * 4;
+        f[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (t < T) {
+            if (vec)
+                f[i] = *reinterpret_cast<const float4 *>(p);
+            else
+                f[i] = make_float4(p[0], p[1], p[2], p[3]);
         }
     }
 }
 
-/* a[kk] = the (16, 16) blocks of a (16, 64) bf16 matrix at M, row stride ld. */
-__device__ __forceinline__ void tc_load_a4(tc_frag_a a[4], const bf16 *M, int ld)
+/* at_fetch's registers, rounded to bf16, into the (64, AT_LD) tile dst. */
+__device__ __forceinline__ void at_put(bf16 *dst, const float4 f[4])
 {
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++)
-        wmma::load_matrix_sync(a[kk], M + kk * 16, ld);
-}
-
-/* The warp's (16, 64) result held in acc[4], added (+=) to rows row0 + r
- * (r < 16, those < T) of a view with row stride `stride`, through the
- * warp's fp32 slice S; lanes walk columns (coalesced). */
-__device__ __forceinline__ void tc_acc_add_rows(float *dst, size_t stride, int row0, int T,
-                                                float *S, const tc_frag_acc acc[4], int lane)
-{
-#pragma unroll
-    for (int n = 0; n < 4; n++)
-        wmma::store_matrix_sync(S + n * 16, acc[n], TC_LS, wmma::mem_row_major);
-    __syncwarp();
-    for (int e = lane; e < 16 * TC_D; e += 32) {
-        const int r = e / TC_D, d = e % TC_D, t = row0 + r;
-        if (t < T)
-            dst[(size_t)t * stride + d] += S[r * TC_LS + d];
+    for (int i = 0; i < 4; i++) {
+        const int e = (int)threadIdx.x + i * AT_THREADS;
+        *reinterpret_cast<uint2 *>(dst + e / 16 * AT_LD + e % 16 * 4) =
+            make_uint2(at_pack(f[i].x, f[i].y), at_pack(f[i].z, f[i].w));
     }
 }
 
-/* out (B,T,C), lse (B,NH,T) from qkv (B,T,3C); grid (query tiles, NH, B). */
-static __global__ void __launch_bounds__(TC_THREADS, 3)
-    attn_tc_fwd_kernel(float *out, float *lse, const float *qkv, int T, int C, int NH,
-                       float scale, int vec)
+/* a[j] = A fragments of columns 16j.. of the 16 x 64 bf16 rows at M. */
+__device__ __forceinline__ void at_load_a(uint32_t a[4][4], const bf16 *M, int lane)
+{
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        at_ldsm4(a[j], M + (lane % 16) * AT_LD + 16 * j + lane / 16 * 8);
+}
+
+/* s (16 x 64) = A X^T: a holds A (16 x 64); X is a (64, 64) shared tile, so
+ * B[k][n] = X[n][k] is X's rows read as columns (plain ldmatrix). */
+__device__ __forceinline__ void at_mul_xt(float s[8][4], const uint32_t a[4][4], const bf16 *X,
+                                          int lane)
+{
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+        s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            uint32_t b[4];
+            at_ldsm4(b, X + (16 * np + lane / 16 * 8 + lane % 8) * AT_LD + 16 * j +
+                            lane / 8 % 2 * 8);
+            at_mma(s[2 * np], a[j], b[0], b[1]);
+            at_mma(s[2 * np + 1], a[j], b[2], b[3]);
+        }
+    }
+}
+
+/* o (16 x 64) += A X: a holds A (16 x 64, e.g. P packed from registers); X
+ * is a (64, 64) shared tile read as stored (ldmatrix .trans). */
+__device__ __forceinline__ void at_mul_x(float o[8][4], const uint32_t a[4][4], const bf16 *X,
+                                         int lane)
+{
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            uint32_t b[4];
+            at_ldsm4t(b, X + (16 * j + lane / 8 % 2 * 8 + lane % 8) * AT_LD + 16 * np +
+                             lane / 16 * 8);
+            at_mma(o[2 * np], a[j], b[0], b[1]);
+            at_mma(o[2 * np + 1], a[j], b[2], b[3]);
+        }
+    }
+}
+
+/* a = the A fragments of the 16 x 64 accumulator tile s rounded to bf16. */
+__device__ __forceinline__ void at_to_a(uint32_t a[4][4], const float s[8][4])
+{
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        a[j][0] = at_pack(s[2 * j][0], s[2 * j][1]);
+        a[j][1] = at_pack(s[2 * j][2], s[2 * j][3]);
+        a[j][2] = at_pack(s[2 * j + 1][0], s[2 * j + 1][1]);
+        a[j][3] = at_pack(s[2 * j + 1][2], s[2 * j + 1][3]);
+    }
+}
+
+/* Rows r0 = row0 + g and r0 + 8 (those < T) of a view with row stride
+ * `stride`: dst[., 8n + 2c + {0,1}] (+)= f * acc; vec: 8-byte accesses. */
+__device__ __forceinline__ void at_store_rows(float *dst, size_t stride, int row0, int T,
+                                              const float acc[8][4], float f, int add, int vec,
+                                              int lane)
+{
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int t = row0 + lane / 4 + 8 * hf;
+        if (t >= T)
+            continue;
+        float *p = dst + (size_t)t * stride + lane % 4 * 2;
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            float x = acc[n][2 * hf] * f, y = acc[n][2 * hf + 1] * f;
+            if (vec) {
+                float2 *q = reinterpret_cast<float2 *>(p + 8 * n);
+                if (add) {
+                    const float2 old = *q;
+                    x += old.x;
+                    y += old.y;
+                }
+                *q = make_float2(x, y);
+            } else {
+                if (add) {
+                    x += p[8 * n];
+                    y += p[8 * n + 1];
+                }
+                p[8 * n] = x;
+                p[8 * n + 1] = y;
+            }
+        }
+    }
+}
+
+/* Block order (1-D grid of n_bh (b, h) pairs x n_tiles own tiles): groups
+ * of AT_GROUP pairs, one after the other, so that the tiles a group walks
+ * (a head's K, V or Q, dO: 512 KiB at T 1024) stay in L2 while its blocks
+ * run; within a group the heaviest tiles (rank 0) of all its pairs first,
+ * so that the light ones fill in at the end. */
+__device__ __forceinline__ void at_block(int n_tiles, int n_bh, int *rank, int *bh)
+{
+    const int per = AT_GROUP * n_tiles, grp = (int)blockIdx.x / per;
+    const int idx = (int)blockIdx.x % per, gsize = min((int)AT_GROUP, n_bh - grp * AT_GROUP);
+    *rank = idx / gsize;
+    *bh = grp * AT_GROUP + idx % gsize;
+}
+
+/* out (B,T,C), lse (B,NH,T) from qkv (B,T,3C); 1-D grid in at_block order.
+ * sl2 = scale * log2(e). */
+static __global__ void __launch_bounds__(AT_THREADS)
+    attn_tc_fwd_kernel(float *out, float *lse, const float *qkv, int B, int T, int C, int NH,
+                       float sl2, int vec)
 {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    bf16 *Qs = reinterpret_cast<bf16 *>(tc_smem);             /* (64, LH) */
-    bf16 *Ks = Qs + TC_T * TC_LH;                              /* (64, LH) */
-    bf16 *Vs = Ks + TC_T * TC_LH;                              /* (64, LH) */
-    float *Ss = reinterpret_cast<float *>(Vs + TC_T * TC_LH); /* 4 x (16, LS) */
-    bf16 *Ps = reinterpret_cast<bf16 *>(Ss + TC_WARPS * 16 * TC_LS); /* 4 x (16, LP) */
-    const int qt = (int)(gridDim.x - 1 - blockIdx.x), h = (int)blockIdx.y, b = (int)blockIdx.z;
-    const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int row = lane / 2, half = lane % 2; /* this lane's row of the warp's 16 */
+    bf16 *Qs = reinterpret_cast<bf16 *>(tc_smem); /* (128, LD) */
+    bf16 *KV = Qs + AT_BM * AT_LD;                 /* buffer i: K at 2i, V at 2i+1 tiles */
+    const int n_tiles = (T + AT_BM - 1) / AT_BM;
+    int rank, bh;
+    at_block(n_tiles, B * NH, &rank, &bh);
+    const int h = bh % NH, b = bh / NH, q0 = (n_tiles - 1 - rank) * AT_BM; /* last first */
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    const int g = lane / 4, c2 = lane % 4 * 2;
     const size_t C3 = (size_t)C * 3;
-    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * TC_D;
-    const int q0 = qt * TC_T, q_last = min(q0 + TC_T, T) - 1;
-    const int qg = q0 + warp * 16 + row;
-    float *Sw = Ss + warp * 16 * TC_LS;
-    bf16 *Pw = Ps + warp * 16 * TC_LP;
-    float m = -INFINITY, l = 0.0f, o[32];
-    tc_frag_a qa[4];
+    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * AT_D;
+    const int wq0 = q0 + 16 * warp;            /* the warp's first query */
+    const int w_last = min(wq0 + 15, T - 1);   /* its last (< wq0 if none) */
+    const int n_kt = (min(q0 + AT_BM, T) - 1) / AT_BN + 1;
+    float4 kf[4], vf[4];
+    uint32_t qa[4][4];
+    float o[8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
 #pragma unroll
-    for (int i = 0; i < 32; i++)
-        o[i] = 0.0f;
-    tc_load_tile(Qs, base, q0, T, C3, vec);
-    for (int k0 = 0; k0 <= q_last; k0 += TC_T) {
-        tc_load_tile(Ks, base + C, k0, T, C3, vec);
-        tc_load_tile(Vs, base + 2 * (size_t)C, k0, T, C3, vec);
-        __syncthreads();
-        if (k0 == 0)
-            tc_load_a4(qa, Qs + warp * 16 * TC_LH, TC_LH);
-        tc_a_mt_to_slice(Sw, qa, Ks); /* S = Q K^T (unscaled) */
-        __syncwarp();
-
-        /* the scaled, masked score of column c (read twice: no register copy) */
-        auto score = [&](int c) {
-            return (k0 + c <= qg && k0 + c < T) ? Sw[row * TC_LS + c] * scale : -INFINITY;
-        };
-        float mt = -INFINITY;
-#pragma unroll
-        for (int i = 0; i < 32; i++)
-            mt = fmaxf(mt, score(2 * i + half));
-        mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
-        const float mn = fmaxf(m, mt);
-        /* a row that has seen no key (none here: key k0 <= every row) keeps 0s */
-        const float mref = mn == -INFINITY ? 0.0f : mn;
-        const float alpha = expf(m - mref);
-        float ps = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 32; i++) {
-            const float p = expf(score(2 * i + half) - mref);
-            Pw[row * TC_LP + 2 * i + half] = __float2bfloat16(p);
-            ps += p;
+    for (int n = 0; n < 8; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    at_fetch(kf, base, q0, T, C3, vec);
+    at_fetch(vf, base, q0 + AT_BN, T, C3, vec);
+    at_put(Qs, kf);
+    at_put(Qs + AT_TILE, vf);
+    at_fetch(kf, base + C, 0, T, C3, vec);
+    at_fetch(vf, base + 2 * (size_t)C, 0, T, C3, vec);
+    at_put(KV, kf);
+    at_put(KV + AT_TILE, vf);
+    __syncthreads();
+    at_load_a(qa, Qs + 16 * warp * AT_LD, lane);
+    for (int kt = 0; kt < n_kt; kt++) {
+        const int k0 = kt * AT_BN;
+        const bf16 *Ks = KV + (kt % 2) * 2 * AT_TILE, *Vs = Ks + AT_TILE;
+        if (kt + 1 < n_kt) {
+            at_fetch(kf, base + C, k0 + AT_BN, T, C3, vec);
+            at_fetch(vf, base + 2 * (size_t)C, k0 + AT_BN, T, C3, vec);
         }
-        ps += __shfl_xor_sync(0xffffffffu, ps, 1);
-        l = l * alpha + ps;
-        m = mn;
-        __syncwarp(); /* P written; every lane is done reading S */
-
-        tc_frag_a pa[4];
-        tc_frag_acc pv[4];
-        tc_load_a4(pa, Pw, TC_LP);
+        if (k0 <= w_last) { /* warp-uniform; then k0 <= wq0 (both tile-aligned) */
+            float s[8][4];
+            uint32_t pa[4][4];
+            at_mul_xt(s, qa, Ks, lane); /* S = Q K^T (unscaled) */
+            if (k0 + AT_BN > wq0 || k0 + AT_BN > T) {
 #pragma unroll
-        for (int n = 0; n < 4; n++)
-            wmma::fill_fragment(pv[n], 0.0f);
-        tc_a_m_acc(pv, pa, Vs); /* P V */
+                for (int n = 0; n < 8; n++)
 #pragma unroll
-        for (int n = 0; n < 4; n++)
-            wmma::store_matrix_sync(Sw + n * 16, pv[n], TC_LS, wmma::mem_row_major);
-        __syncwarp();
+                    for (int e = 0; e < 4; e++) {
+                        const int col = k0 + 8 * n + c2 + e % 2, row = wq0 + g + e / 2 * 8;
+                        if (col > row || col >= T)
+                            s[n][e] = -INFINITY;
+                    }
+            }
 #pragma unroll
-        for (int i = 0; i < 32; i++)
-            o[i] = o[i] * alpha + Sw[row * TC_LS + 2 * i + half];
-        __syncthreads(); /* Ks, Vs and the slices are free for the next tile */
+            for (int hf = 0; hf < 2; hf++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < 8; n++)
+                    mx = fmaxf(mx, fmaxf(s[n][2 * hf], s[n][2 * hf + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mn = fmaxf(m[hf], mx * sl2);
+                /* a row with no key yet keeps zeros (none here: key k0 <= row) */
+                const float mref = mn == -INFINITY ? 0.0f : mn;
+                const float alpha = exp2f(m[hf] - mref);
+                float ps = 0.0f;
+#pragma unroll
+                for (int n = 0; n < 8; n++) {
+                    s[n][2 * hf] = exp2f(fmaf(s[n][2 * hf], sl2, -mref));
+                    s[n][2 * hf + 1] = exp2f(fmaf(s[n][2 * hf + 1], sl2, -mref));
+                    ps += s[n][2 * hf] + s[n][2 * hf + 1];
+                    o[n][2 * hf] *= alpha;
+                    o[n][2 * hf + 1] *= alpha;
+                }
+                l[hf] = l[hf] * alpha + ps; /* this lane's part of the row sum */
+                m[hf] = mn;
+            }
+            at_to_a(pa, s);
+            at_mul_x(o, pa, Vs, lane); /* O += P V */
+        }
+        if (kt + 1 < n_kt) {
+            bf16 *nb = KV + ((kt + 1) % 2) * 2 * AT_TILE;
+            at_put(nb, kf);
+            at_put(nb + AT_TILE, vf);
+        }
+        __syncthreads(); /* the next buffer written; this one free */
     }
-    const float inv = 1.0f / l;
+    float inv[2];
 #pragma unroll
-    for (int i = 0; i < 32; i++)
-        Sw[row * TC_LS + 2 * i + half] = o[i] * inv;
-    if (half == 0 && qg < T)
-        lse[((size_t)b * NH + h) * T + qg] = m + logf(l);
-    __syncwarp();
-    for (int e = lane; e < 16 * TC_D; e += 32) {
-        const int r = e / TC_D, d = e % TC_D, t = q0 + warp * 16 + r;
-        if (t < T)
-            out[((size_t)b * T + t) * C + (size_t)h * TC_D + d] = Sw[r * TC_LS + d];
+    for (int hf = 0; hf < 2; hf++) {
+        l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 1);
+        l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 2);
+        inv[hf] = 1.0f / l[hf];
+        const int t = wq0 + g + 8 * hf;
+        if (lane % 4 == 0 && t < T)
+            lse[((size_t)b * NH + h) * T + t] = m[hf] * 0.69314718f + logf(l[hf]);
     }
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            o[n][e] *= inv[e / 2];
+    at_store_rows(out + (size_t)b * T * C + (size_t)h * AT_D, (size_t)C, wq0, T, o, 1.0f,
+                  0, vec, lane);
 }
 
 /* D (B,NH,T) = rowsum(dout * out) per head row; one warp per row. */
-static __global__ void attn_tc_rowdot_kernel(float *Dr, const float *dout, const float *out,
-                                             int T, int C, int NH, size_t n_rows)
+static __global__ void __launch_bounds__(AT_THREADS)
+    attn_tc_rowdot_kernel(float *Dr, const float *dout, const float *out, int T, int C, int NH,
+                          size_t n_rows)
 {
-    const size_t r = ((size_t)blockIdx.x * TC_THREADS + threadIdx.x) / 32;
+    const size_t r = ((size_t)blockIdx.x * AT_THREADS + threadIdx.x) / 32;
     const int lane = (int)threadIdx.x % 32;
     if (r >= n_rows)
         return;
@@ -275,159 +393,219 @@ static __global__ void attn_tc_rowdot_kernel(float *Dr, const float *dout, const
         Dr[r] = s;
 }
 
-/* dK, dV for one key tile; grid (key tiles, NH, B). dqkv accumulates. */
-static __global__ void __launch_bounds__(TC_THREADS)
-    attn_tc_dkv_kernel(float *dqkv, const float *qkv, const float *dout, const float *lse,
-                       const float *Dr, int T, int C, int NH, float scale, int vec)
+/* dQ for one query tile of 128; 1-D grid in at_block order. dqkv accumulates.
+ * sl2 = scale * log2(e). */
+static __global__ void __launch_bounds__(AT_THREADS)
+    attn_tc_dq_kernel(float *dqkv, const float *qkv, const float *dout, const float *lse,
+                      const float *Dr, int B, int T, int C, int NH, float scale, float sl2, int vec)
 {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    bf16 *Ks = reinterpret_cast<bf16 *>(tc_smem);              /* (64, LH) */
-    bf16 *Vs = Ks + TC_T * TC_LH;                               /* (64, LH) */
-    bf16 *Qs = Vs + TC_T * TC_LH;                               /* (64, LH) */
-    bf16 *dOs = Qs + TC_T * TC_LH;                              /* (64, LH) */
-    float *Ss = reinterpret_cast<float *>(dOs + TC_T * TC_LH); /* 4 x (16, LS): S^T */
-    float *dPs = Ss + TC_WARPS * 16 * TC_LS;                    /* 4 x (16, LS): dP^T */
-    bf16 *Ps = reinterpret_cast<bf16 *>(dPs + TC_WARPS * 16 * TC_LS); /* 4 x (16, LP): P^T */
-    bf16 *dSs = Ps + TC_WARPS * 16 * TC_LP;                     /* 4 x (16, LP): dS^T */
-    float *lse_s = reinterpret_cast<float *>(dSs + TC_WARPS * 16 * TC_LP); /* (64) */
-    float *Dr_s = lse_s + TC_T;                                             /* (64) */
-    const int kt = (int)(gridDim.x - 1 - blockIdx.x), h = (int)blockIdx.y, b = (int)blockIdx.z;
-    const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int row = lane / 2, half = lane % 2;
+    bf16 *Qs = reinterpret_cast<bf16 *>(tc_smem); /* (128, LD) */
+    bf16 *dOs = Qs + AT_BM * AT_LD;                /* (128, LD) */
+    bf16 *KV = dOs + AT_BM * AT_LD;                /* buffer i: K at 2i, V at 2i+1 tiles */
+    const int n_tiles = (T + AT_BM - 1) / AT_BM;
+    int rank, bh;
+    at_block(n_tiles, B * NH, &rank, &bh);
+    const int h = bh % NH, b = bh / NH, q0 = (n_tiles - 1 - rank) * AT_BM; /* last first */
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    const int g = lane / 4, c2 = lane % 4 * 2;
     const size_t C3 = (size_t)C * 3;
-    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * TC_D;
-    const float *dobase = dout + (size_t)b * T * C + (size_t)h * TC_D;
+    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * AT_D;
+    const float *dobase = dout + (size_t)b * T * C + (size_t)h * AT_D;
     const float *lse_h = lse + ((size_t)b * NH + h) * T, *Dr_h = Dr + ((size_t)b * NH + h) * T;
-    const int k0 = kt * TC_T, kg = k0 + warp * 16 + row;
-    float *Sw = Ss + warp * 16 * TC_LS, *dPw = dPs + warp * 16 * TC_LS;
-    bf16 *Pw = Ps + warp * 16 * TC_LP, *dSw = dSs + warp * 16 * TC_LP;
-    tc_frag_a ka[4], va[4];
-    tc_frag_acc dk[4], dv[4];
+    const int wq0 = q0 + 16 * warp, w_last = min(wq0 + 15, T - 1);
+    const int n_kt = (min(q0 + AT_BM, T) - 1) / AT_BN + 1;
+    float4 kf[4], vf[4];
+    uint32_t qa[4][4], da[4][4];
+    float dq[8][4], lse2[2], Dv[2];
 
 #pragma unroll
-    for (int n = 0; n < 4; n++) {
-        wmma::fill_fragment(dk[n], 0.0f);
-        wmma::fill_fragment(dv[n], 0.0f);
+    for (int hf = 0; hf < 2; hf++) {
+        const int t = wq0 + g + 8 * hf;
+        lse2[hf] = t < T ? lse_h[t] * 1.44269504f : 0.0f;
+        Dv[hf] = t < T ? Dr_h[t] : 0.0f;
     }
-    tc_load_tile(Ks, base + C, k0, T, C3, vec);
-    tc_load_tile(Vs, base + 2 * (size_t)C, k0, T, C3, vec);
-    /* query tile k0 is the first whose queries reach keys here (same tiling) */
-    for (int q0 = k0; q0 < T; q0 += TC_T) {
-        tc_load_tile(Qs, base, q0, T, C3, vec);
-        tc_load_tile(dOs, dobase, q0, T, (size_t)C, vec);
-        if (tid < TC_T) {
-            const int t = q0 + tid;
-            lse_s[tid] = t < T ? lse_h[t] : 0.0f;
-            Dr_s[tid] = t < T ? Dr_h[t] : 0.0f;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+        dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+    at_fetch(kf, base, q0, T, C3, vec);
+    at_fetch(vf, base, q0 + AT_BN, T, C3, vec);
+    at_put(Qs, kf);
+    at_put(Qs + AT_TILE, vf);
+    at_fetch(kf, dobase, q0, T, (size_t)C, vec);
+    at_fetch(vf, dobase, q0 + AT_BN, T, (size_t)C, vec);
+    at_put(dOs, kf);
+    at_put(dOs + AT_TILE, vf);
+    at_fetch(kf, base + C, 0, T, C3, vec);
+    at_fetch(vf, base + 2 * (size_t)C, 0, T, C3, vec);
+    at_put(KV, kf);
+    at_put(KV + AT_TILE, vf);
+    __syncthreads();
+    at_load_a(qa, Qs + 16 * warp * AT_LD, lane);
+    at_load_a(da, dOs + 16 * warp * AT_LD, lane);
+    for (int kt = 0; kt < n_kt; kt++) {
+        const int k0 = kt * AT_BN;
+        const bf16 *Ks = KV + (kt % 2) * 2 * AT_TILE, *Vs = Ks + AT_TILE;
+        if (kt + 1 < n_kt) {
+            at_fetch(kf, base + C, k0 + AT_BN, T, C3, vec);
+            at_fetch(vf, base + 2 * (size_t)C, k0 + AT_BN, T, C3, vec);
+        }
+        if (k0 <= w_last) {
+            float s[8][4], dp[8][4];
+            uint32_t dsa[4][4];
+            at_mul_xt(s, qa, Ks, lane);  /* S = Q K^T */
+            at_mul_xt(dp, da, Vs, lane); /* dP = dO V^T */
+            const int masked = k0 + AT_BN > wq0 || k0 + AT_BN > T;
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int col = k0 + 8 * n + c2 + e % 2, row = wq0 + g + e / 2 * 8;
+                    float p = exp2f(fmaf(s[n][e], sl2, -lse2[e / 2]));
+                    if (masked && (col > row || col >= T))
+                        p = 0.0f;
+                    s[n][e] = p * (dp[n][e] - Dv[e / 2]); /* dS / scale */
+                }
+            at_to_a(dsa, s);
+            at_mul_x(dq, dsa, Ks, lane); /* dQ += dS K */
+        }
+        if (kt + 1 < n_kt) {
+            bf16 *nb = KV + ((kt + 1) % 2) * 2 * AT_TILE;
+            at_put(nb, kf);
+            at_put(nb + AT_TILE, vf);
         }
         __syncthreads();
-        if (q0 == k0) {
-            tc_load_a4(ka, Ks + warp * 16 * TC_LH, TC_LH);
-            tc_load_a4(va, Vs + warp * 16 * TC_LH, TC_LH);
-        }
-        tc_a_mt_to_slice(Sw, ka, Qs);   /* S^T = K Q^T (key rows) */
-        tc_a_mt_to_slice(dPw, va, dOs); /* dP^T = V dO^T */
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < 32; i++) {
-            const int c = 2 * i + half, qg = q0 + c;
-            const float p =
-                (qg >= kg && qg < T) ? expf(Sw[row * TC_LS + c] * scale - lse_s[c]) : 0.0f;
-            const float ds = p * (dPw[row * TC_LS + c] - Dr_s[c]) * scale;
-            Pw[row * TC_LP + c] = __float2bfloat16(p);
-            dSw[row * TC_LP + c] = __float2bfloat16(ds);
-        }
-        __syncwarp();
-        {
-            tc_frag_a pa[4];
-            tc_load_a4(pa, Pw, TC_LP);
-            tc_a_m_acc(dv, pa, dOs); /* dV += P^T dO */
-            tc_load_a4(pa, dSw, TC_LP);
-            tc_a_m_acc(dk, pa, Qs); /* dK += dS^T Q */
-        }
-        __syncthreads(); /* Qs, dOs, lse_s, Dr_s and the slices free for the next tile */
     }
-    float *dkbase = dqkv + (size_t)b * T * C3 + C + (size_t)h * TC_D;
-    tc_acc_add_rows(dkbase, C3, k0 + warp * 16, T, Sw, dk, lane);
-    tc_acc_add_rows(dkbase + C, C3, k0 + warp * 16, T, dPw, dv, lane);
+    at_store_rows(dqkv + (size_t)b * T * C3 + (size_t)h * AT_D, C3, wq0, T, dq, scale, 1, vec,
+                  lane);
 }
 
-/* dQ for one query tile; grid (query tiles, NH, B). dqkv accumulates. */
-static __global__ void __launch_bounds__(TC_THREADS)
-    attn_tc_dq_kernel(float *dqkv, const float *qkv, const float *dout, const float *lse,
-                      const float *Dr, int T, int C, int NH, float scale, int vec)
+/* dK, dV for one key tile of 128; 1-D grid in at_block order. dqkv accumulates. */
+static __global__ void __launch_bounds__(AT_THREADS)
+    attn_tc_dkv_kernel(float *dqkv, const float *qkv, const float *dout, const float *lse,
+                       const float *Dr, int B, int T, int C, int NH, float scale, float sl2, int vec)
 {
     extern __shared__ __align__(128) unsigned char tc_smem[];
-    bf16 *Qs = reinterpret_cast<bf16 *>(tc_smem);              /* (64, LH) */
-    bf16 *dOs = Qs + TC_T * TC_LH;                              /* (64, LH) */
-    bf16 *Ks = dOs + TC_T * TC_LH;                              /* (64, LH) */
-    bf16 *Vs = Ks + TC_T * TC_LH;                               /* (64, LH) */
-    float *Ss = reinterpret_cast<float *>(Vs + TC_T * TC_LH);  /* 4 x (16, LS): S */
-    float *dPs = Ss + TC_WARPS * 16 * TC_LS;                    /* 4 x (16, LS): dP */
-    bf16 *dSs = reinterpret_cast<bf16 *>(dPs + TC_WARPS * 16 * TC_LS); /* 4 x (16, LP): dS */
-    const int qt = (int)(gridDim.x - 1 - blockIdx.x), h = (int)blockIdx.y, b = (int)blockIdx.z;
+    bf16 *Ks = reinterpret_cast<bf16 *>(tc_smem); /* (128, LD) */
+    bf16 *Vs = Ks + AT_BM * AT_LD;                 /* (128, LD) */
+    bf16 *QD = Vs + AT_BM * AT_LD;                 /* buffer i: Q at 2i, dO at 2i+1 tiles */
+    float *LD_s = reinterpret_cast<float *>(QD + 4 * AT_TILE); /* buffer i: lse2 | D (2 x 64) */
+    int rank, bh;
+    at_block((T + AT_BM - 1) / AT_BM, B * NH, &rank, &bh);
+    const int h = bh % NH, b = bh / NH, k0 = rank * AT_BM; /* first keys first */
     const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int row = lane / 2, half = lane % 2;
+    const int g = lane / 4, c2 = lane % 4 * 2;
     const size_t C3 = (size_t)C * 3;
-    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * TC_D;
-    const float *dobase = dout + (size_t)b * T * C + (size_t)h * TC_D;
+    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * AT_D;
+    const float *dobase = dout + (size_t)b * T * C + (size_t)h * AT_D;
     const float *lse_h = lse + ((size_t)b * NH + h) * T, *Dr_h = Dr + ((size_t)b * NH + h) * T;
-    const int q0 = qt * TC_T, q_last = min(q0 + TC_T, T) - 1;
-    const int qg = q0 + warp * 16 + row;
-    const float lse_r = qg < T ? lse_h[qg] : 0.0f, Dr_r = qg < T ? Dr_h[qg] : 0.0f;
-    float *Sw = Ss + warp * 16 * TC_LS, *dPw = dPs + warp * 16 * TC_LS;
-    bf16 *dSw = dSs + warp * 16 * TC_LP;
-    tc_frag_a qa[4], doa[4];
-    tc_frag_acc dq[4];
+    const int wk0 = k0 + 16 * warp; /* the warp's first key */
+    /* query tiles k0, k0 + 64, ... (the first that reach these keys) */
+    const int n_qt = (T - k0 + AT_BN - 1) / AT_BN;
+    float4 qf[4], of[4];
+    float lf = 0.0f;
+    uint32_t ka[4][4], va[4][4];
+    float dk[8][4], dv[8][4];
 
 #pragma unroll
-    for (int n = 0; n < 4; n++)
-        wmma::fill_fragment(dq[n], 0.0f);
-    tc_load_tile(Qs, base, q0, T, C3, vec);
-    tc_load_tile(dOs, dobase, q0, T, (size_t)C, vec);
-    for (int k0 = 0; k0 <= q_last; k0 += TC_T) {
-        tc_load_tile(Ks, base + C, k0, T, C3, vec);
-        tc_load_tile(Vs, base + 2 * (size_t)C, k0, T, C3, vec);
-        __syncthreads();
-        if (k0 == 0) {
-            tc_load_a4(qa, Qs + warp * 16 * TC_LH, TC_LH);
-            tc_load_a4(doa, dOs + warp * 16 * TC_LH, TC_LH);
-        }
-        tc_a_mt_to_slice(Sw, qa, Ks);   /* S = Q K^T */
-        tc_a_mt_to_slice(dPw, doa, Vs); /* dP = dO V^T */
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < 32; i++) {
-            const int c = 2 * i + half, kg = k0 + c;
-            const float p =
-                (kg <= qg && qg < T) ? expf(Sw[row * TC_LS + c] * scale - lse_r) : 0.0f;
-            dSw[row * TC_LP + c] = __float2bfloat16(p * (dPw[row * TC_LS + c] - Dr_r) * scale);
-        }
-        __syncwarp();
-        {
-            tc_frag_a dsa[4];
-            tc_load_a4(dsa, dSw, TC_LP);
-            tc_a_m_acc(dq, dsa, Ks); /* dQ += dS K */
-        }
-        __syncthreads(); /* Ks, Vs and the slices free for the next tile */
+    for (int n = 0; n < 8; n++) {
+        dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
+        dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
     }
-    tc_acc_add_rows(dqkv + (size_t)b * T * C3 + (size_t)h * TC_D, C3, q0 + warp * 16, T, Sw, dq,
-                    lane);
+    /* this thread's lse2 (tid < 64) or D (64 <= tid < 128) of query tile q */
+    auto fetch_ld = [&](int q) {
+        const int t = q + tid % AT_BN;
+        lf = 0.0f;
+        if (tid < 2 * AT_BN && t < T)
+            lf = tid < AT_BN ? lse_h[t] * 1.44269504f : Dr_h[t];
+    };
+    at_fetch(qf, base + C, k0, T, C3, vec);
+    at_fetch(of, base + C, k0 + AT_BN, T, C3, vec);
+    at_put(Ks, qf);
+    at_put(Ks + AT_TILE, of);
+    at_fetch(qf, base + 2 * (size_t)C, k0, T, C3, vec);
+    at_fetch(of, base + 2 * (size_t)C, k0 + AT_BN, T, C3, vec);
+    at_put(Vs, qf);
+    at_put(Vs + AT_TILE, of);
+    at_fetch(qf, base, k0, T, C3, vec);
+    at_fetch(of, dobase, k0, T, (size_t)C, vec);
+    fetch_ld(k0);
+    at_put(QD, qf);
+    at_put(QD + AT_TILE, of);
+    if (tid < 2 * AT_BN)
+        LD_s[tid] = lf;
+    __syncthreads();
+    at_load_a(ka, Ks + 16 * warp * AT_LD, lane);
+    at_load_a(va, Vs + 16 * warp * AT_LD, lane);
+    for (int qt = 0; qt < n_qt; qt++) {
+        const int q0 = k0 + qt * AT_BN;
+        const bf16 *Qs = QD + (qt % 2) * 2 * AT_TILE, *dOs = Qs + AT_TILE;
+        const float *lse2 = LD_s + (qt % 2) * 2 * AT_BN, *Dq = lse2 + AT_BN;
+        const int active = wk0 < T && q0 + AT_BN - 1 >= wk0; /* warp-uniform */
+        float s[8][4], dp[8][4];
+        if (active) {
+            at_mul_xt(s, ka, Qs, lane);   /* S^T = K Q^T */
+            at_mul_xt(dp, va, dOs, lane); /* dP^T = V dO^T */
+        }
+        /* the next tiles are read during the rest (fewer live registers) */
+        if (qt + 1 < n_qt) {
+            at_fetch(qf, base, q0 + AT_BN, T, C3, vec);
+            at_fetch(of, dobase, q0 + AT_BN, T, (size_t)C, vec);
+            fetch_ld(q0 + AT_BN);
+        }
+        if (active) {
+            uint32_t pa[4][4];
+            const int masked = q0 < wk0 + 16 || q0 + AT_BN > T;
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                const float2 l2 = *reinterpret_cast<const float2 *>(lse2 + 8 * n + c2);
+                const float2 d2 = *reinterpret_cast<const float2 *>(Dq + 8 * n + c2);
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int q = q0 + 8 * n + c2 + e % 2, key = wk0 + g + e / 2 * 8;
+                    float p = exp2f(fmaf(s[n][e], sl2, -(e % 2 ? l2.y : l2.x)));
+                    if (masked && (q < key || q >= T))
+                        p = 0.0f;
+                    s[n][e] = p;
+                    dp[n][e] = p * (dp[n][e] - (e % 2 ? d2.y : d2.x)); /* dS^T / scale */
+                }
+            }
+            at_to_a(pa, s);
+            at_mul_x(dv, pa, dOs, lane); /* dV += P^T dO */
+            at_to_a(pa, dp);
+            at_mul_x(dk, pa, Qs, lane); /* dK += dS^T Q */
+        }
+        if (qt + 1 < n_qt) {
+            bf16 *nb = QD + ((qt + 1) % 2) * 2 * AT_TILE;
+            at_put(nb, qf);
+            at_put(nb + AT_TILE, of);
+            if (tid < 2 * AT_BN)
+                LD_s[((qt + 1) % 2) * 2 * AT_BN + tid] = lf;
+        }
+        __syncthreads();
+    }
+    float *dkbase = dqkv + (size_t)b * T * C3 + C + (size_t)h * AT_D;
+    at_store_rows(dkbase, C3, wk0, T, dk, scale, 1, vec, lane);
+    at_store_rows(dkbase + C, C3, wk0, T, dv, 1.0f, 1, vec, lane);
 }
 /* ---- kernels (end) ---- */
 
 /* 1 when the tensor-core kernels take the shape (else the fp32 ones do). */
 static int tc_shape_ok(int B, int T, int C, int NH)
 {
-    return B > 0 && T > 0 && NH > 0 && C % NH == 0 && C / NH == TC_D && NH <= 65535 &&
-           B <= 65535;
+    return B > 0 && T > 0 && NH > 0 && C % NH == 0 && C / NH == AT_D &&
+           (size_t)B * NH * (size_t)((T + AT_BM - 1) / AT_BM + AT_GROUP) <= INT_MAX;
 }
 
-/* 1 if every tile row of qkv and dout starts 16-byte aligned (float4 loads). */
-static int tc_vec_ok(const float *qkv, const float *dout, int C)
+/* 1 if every tile row of the inputs starts 16-byte aligned (float4 loads)
+ * and of the outputs 8-byte aligned (float2 stores); a null pointer passes. */
+static int tc_vec_ok(const float *in1, const float *in2, const float *out1, int C)
 {
-    return C % 4 == 0 && (uintptr_t)qkv % 16 == 0 && (uintptr_t)dout % 16 == 0;
+    return C % 4 == 0 && (uintptr_t)in1 % 16 == 0 && (uintptr_t)in2 % 16 == 0 &&
+           (uintptr_t)out1 % 8 == 0;
 }
+
+static const float tc_log2e = 1.44269504f;
 
 void cuda_attention_forward_bf16(float *out, float *lse, const float *qkv, int B, int T, int C,
                                  int NH)
@@ -437,12 +615,13 @@ void cuda_attention_forward_bf16(float *out, float *lse, const float *qkv, int B
         cuda_attention_forward(out, lse, qkv, B, T, C, NH);
         return;
     }
-    const dim3 grid((unsigned)((T + TC_T - 1) / TC_T), (unsigned)NH, (unsigned)B);
-    const float scale = 1.0f / sqrtf((float)TC_D);
+    const unsigned grid = (unsigned)((size_t)B * NH * (size_t)((T + AT_BM - 1) / AT_BM));
+    const float scale = 1.0f / sqrtf((float)AT_D);
     CUDA_TRY(cudaFuncSetAttribute(attn_tc_fwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  TC_FWD_SMEM));
-    attn_tc_fwd_kernel<<<grid, TC_THREADS, TC_FWD_SMEM>>>(out, lse, qkv, T, C, NH, scale,
-                                                          tc_vec_ok(qkv, qkv, C));
+                                  AT_FWD_SMEM));
+    attn_tc_fwd_kernel<<<grid, AT_THREADS, AT_FWD_SMEM>>>(out, lse, qkv, B, T, C, NH,
+                                                          scale * tc_log2e,
+                                                          tc_vec_ok(qkv, qkv, out, C));
     LAUNCH_TRY(attn_tc_fwd_kernel);
 cleanup:
     return;
@@ -458,22 +637,22 @@ void cuda_attention_backward_bf16(float *dqkv, float *scratch, const float *dout
         return;
     }
     const size_t n_rows = (size_t)B * NH * T;
-    const unsigned rows_per_block = TC_THREADS / 32;
-    const dim3 grid((unsigned)((T + TC_T - 1) / TC_T), (unsigned)NH, (unsigned)B);
-    const float scale = 1.0f / sqrtf((float)TC_D);
-    const int vec = tc_vec_ok(qkv, dout, C);
+    const unsigned rows_per_block = AT_THREADS / 32;
+    const unsigned grid = (unsigned)((size_t)B * NH * (size_t)((T + AT_BM - 1) / AT_BM));
+    const float scale = 1.0f / sqrtf((float)AT_D);
+    const int vec = tc_vec_ok(qkv, dout, dqkv, C);
     CUDA_TRY(cudaFuncSetAttribute(attn_tc_dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  TC_DKV_SMEM));
+                                  AT_DKV_SMEM));
     CUDA_TRY(cudaFuncSetAttribute(attn_tc_dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  TC_DQ_SMEM));
+                                  AT_DQ_SMEM));
     attn_tc_rowdot_kernel<<<(unsigned)((n_rows + rows_per_block - 1) / rows_per_block),
-                            TC_THREADS>>>(scratch, dout, out, T, C, NH, n_rows);
+                            AT_THREADS>>>(scratch, dout, out, T, C, NH, n_rows);
     LAUNCH_TRY(attn_tc_rowdot_kernel);
-    attn_tc_dkv_kernel<<<grid, TC_THREADS, TC_DKV_SMEM>>>(dqkv, qkv, dout, lse, scratch, T, C, NH,
-                                                          scale, vec);
+    attn_tc_dkv_kernel<<<grid, AT_THREADS, AT_DKV_SMEM>>>(dqkv, qkv, dout, lse, scratch, B, T, C, NH,
+                                                          scale, scale * tc_log2e, vec);
     LAUNCH_TRY(attn_tc_dkv_kernel);
-    attn_tc_dq_kernel<<<grid, TC_THREADS, TC_DQ_SMEM>>>(dqkv, qkv, dout, lse, scratch, T, C, NH,
-                                                        scale, vec);
+    attn_tc_dq_kernel<<<grid, AT_THREADS, AT_DQ_SMEM>>>(dqkv, qkv, dout, lse, scratch, B, T, C, NH,
+                                                        scale, scale * tc_log2e, vec);
     LAUNCH_TRY(attn_tc_dq_kernel);
 cleanup:
     return;

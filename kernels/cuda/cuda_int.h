@@ -70,6 +70,12 @@ void *cuda_lt_workspace(void);
  * Returns NULL after recording an error. Requires cuda_state_get() == 1. */
 void *cuda_scratch(size_t n_bytes);
 
+/* device_cuda.cu: frees the device memory cache's free blocks (after a
+ * failed cudaMalloc elsewhere), and counts memory allocated outside the
+ * device's alloc (the scratch) in its live/peak bytes. */
+void cuda_cache_release(void);
+void cuda_mem_note(long long delta_bytes);
+
 /* attention_cuda.cu: the attention entries of the table (zinc/ops.h
  * contract, flash style; stream 0; errors through cuda_fail). */
 void cuda_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C,

@@ -79,12 +79,24 @@ static void *cache_take(size_t bytes)
 
 static void cache_release_all(void)
 {
-    std::lock_guard<std::mutex> lk(g_dev.mu);
-    cudaDeviceSynchronize();
-    for (auto &kv : g_dev.cache)
+    std::unordered_multimap<size_t, void *> blocks;
+    {
+        std::lock_guard<std::mutex> lk(g_dev.mu);
+        blocks.swap(g_dev.cache);
+        g_dev.cached = 0;
+    }
+    for (auto &kv : blocks) /* cudaFree waits for work still using them */
         cudaFree(kv.second);
-    g_dev.cache.clear();
-    g_dev.cached = 0;
+}
+
+void cuda_cache_release(void) { cache_release_all(); }
+
+void cuda_mem_note(long long delta)
+{
+    std::lock_guard<std::mutex> lk(g_dev.mu);
+    g_dev.live = (uint64_t)((long long)g_dev.live + delta);
+    if (g_dev.live > g_dev.peak)
+        g_dev.peak = g_dev.live;
 }
 
 static void *dev_alloc_impl(size_t bytes, int zero)

@@ -181,13 +181,19 @@ void *cuda_scratch(size_t n_bytes)
     if (n_bytes <= g.scratch_bytes && g.scratch)
         return g.scratch;
     if (g.scratch) {
+        cuda_mem_note(-(long long)g.scratch_bytes);
         g.scratch_bytes = 0;
         CUDA_TRY(cudaFree(g.scratch));
         g.scratch = NULL;
     }
-    CUDA_TRY(cudaMalloc(&p, want));
+    if (cudaMalloc(&p, want) != cudaSuccess) { /* free the device cache's blocks, retry */
+        cudaGetLastError();
+        cuda_cache_release();
+        CUDA_TRY(cudaMalloc(&p, want));
+    }
     g.scratch = p;
     g.scratch_bytes = want;
+    cuda_mem_note((long long)want);
 cleanup:
     return g.scratch_bytes >= n_bytes ? g.scratch : NULL;
 }
@@ -243,6 +249,14 @@ static __global__ void fill_rows_kernel(float *out, const float *bias, int OC, s
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         out[i] = bias[i % (size_t)OC];
+}
+
+/* out(n/OC, OC) += bias on every row. */
+static __global__ void add_rows_kernel(float *out, const float *bias, int OC, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] += bias[i % OC];
 }
 
 /* tanh(u) = 1 - 2 / (exp(2u) + 1), the CPU reference's form. */
@@ -620,6 +634,33 @@ static int bf16_mode(void)
     return mode;
 }
 
+/* The product on the staged bf16 copies (ha, hb) when there are any and
+ * cuBLASLt has an algorithm for them, else FAST_16BF on the fp32 operands
+ * (a, b). Returns 1 when done, 0 after recording an error. */
+static int gemm_bf16(float *c, const void *ha, const void *hb, const float *a, const float *b,
+                     int m, int n, int k, int ta, int tb, float alpha, float beta,
+                     const float *bias)
+{
+    int rc = 0;
+    if (ha && hb) {
+        rc = lt_matmul(c, ha, hb, m, n, k, ta, tb, alpha, beta, bias, 2);
+        if (rc != 0)
+            return rc == 1;
+    }
+    if (bias) {
+        rc = lt_matmul(c, a, b, m, n, k, ta, tb, alpha, beta, bias, 1);
+        if (rc != 0)
+            return rc == 1;
+        /* no epilogue algorithm: c = bias rows, then the product accumulates */
+        fill_rows_kernel<<<ew_grid((size_t)m * n), EW_BLOCK>>>(c, bias, n, (size_t)m * n);
+        LAUNCH_TRY(fill_rows_kernel);
+        beta = 1.0f;
+    }
+    return gemm(c, a, b, m, n, k, ta, tb, alpha, beta, 1);
+cleanup:
+    return 0;
+}
+
 /* One product on bf16 operands (staged), or FAST_16BF when they cannot be
  * staged (too large, or not 16-byte aligned). */
 static void matmul_piece(float *c, const float *a, const float *b, int m, int n, int k, int ta,
@@ -627,12 +668,10 @@ static void matmul_piece(float *c, const float *a, const float *b, int m, int n,
 {
     const float *src[2] = {a, b};
     const size_t cnt[2] = {(size_t)m * k, (size_t)k * n};
-    const void *h[2];
-    const int r = stage_bf16(src, cnt, 2, h);
-    if (r == 1)
-        gemm(c, h[0], h[1], m, n, k, ta, tb, alpha, beta, 2);
-    else if (r == 0)
-        gemm(c, a, b, m, n, k, ta, tb, alpha, beta, 1);
+    const void *h[2] = {NULL, NULL};
+    if (stage_bf16(src, cnt, 2, h) < 0)
+        return;
+    gemm_bf16(c, h[0], h[1], a, b, m, n, k, ta, tb, alpha, beta, NULL);
 }
 
 static void matmul_impl(float *c, const float *a, const float *b, int m, int n, int k,
@@ -694,33 +733,30 @@ static void linear_forward_impl(float *out, const float *inp, const float *weigh
         return;
     if (!cuda_state_get())
         goto cleanup;
-    {
-        const void *a = inp, *b = weight;
-        int mode = fast ? 1 : 0;
-        if (fast && bf16_mode() == 2) {
-            const float *src[2] = {inp, weight};
-            const size_t cnt[2] = {(size_t)N * C, (size_t)C * OC};
-            const void *h[2];
-            const int r = stage_bf16(src, cnt, 2, h);
-            if (r < 0)
-                goto cleanup;
-            if (r == 1) {
-                a = h[0];
-                b = h[1];
-                mode = 2;
-            }
+    if (fast) { /* bf16 operands (or FAST_16BF) */
+        const float *src[2] = {inp, weight};
+        const size_t cnt[2] = {(size_t)N * C, (size_t)C * OC};
+        const void *h[2] = {NULL, NULL};
+        if (bf16_mode() == 2 && stage_bf16(src, cnt, 2, h) < 0)
+            goto cleanup;
+        gemm_bf16(out, h[0], h[1], inp, weight, N, OC, C, 0, 0, 1.0f, 0.0f,
+                  bias && ptr_align(bias) >= 16 ? bias : NULL);
+        if (bias && ptr_align(bias) < 16) { /* unaligned bias: added by a kernel */
+            add_rows_kernel<<<ew_grid((size_t)N * OC), EW_BLOCK>>>(out, bias, OC, (size_t)N * OC);
+            LAUNCH_TRY(add_rows_kernel);
         }
-        if (bias && ptr_align(bias) >= 16) {
-            rc = lt_matmul(out, a, b, N, OC, C, 0, 0, 1.0f, 0.0f, bias, mode);
-            if (rc != 0)
-                goto cleanup; /* done, or an error was recorded */
-        }
-        if (bias) {
-            fill_rows_kernel<<<ew_grid((size_t)N * OC), EW_BLOCK>>>(out, bias, OC, (size_t)N * OC);
-            LAUNCH_TRY(fill_rows_kernel);
-        }
-        gemm(out, a, b, N, OC, C, 0, 0, 1.0f, bias ? 1.0f : 0.0f, mode);
+        goto cleanup;
     }
+    if (bias && ptr_align(bias) >= 16) {
+        rc = lt_matmul(out, inp, weight, N, OC, C, 0, 0, 1.0f, 0.0f, bias, 0);
+        if (rc != 0)
+            goto cleanup; /* done, or an error was recorded */
+    }
+    if (bias) {
+        fill_rows_kernel<<<ew_grid((size_t)N * OC), EW_BLOCK>>>(out, bias, OC, (size_t)N * OC);
+        LAUNCH_TRY(fill_rows_kernel);
+    }
+    gemm(out, inp, weight, N, OC, C, 0, 0, 1.0f, bias ? 1.0f : 0.0f, 0);
 cleanup:
     return;
 }
@@ -736,27 +772,20 @@ static void linear_backward_impl(float *dinp, float *dweight, float *dbias, cons
         return;
     if (!cuda_state_get())
         return;
-    {
-        /* dout converted once for both products */
-        const void *d = dout, *w = weight, *x = inp;
-        int mode = fast ? 1 : 0;
-        if (fast && bf16_mode() == 2) {
-            const float *src[3] = {dout, dinp ? weight : NULL, inp};
-            const size_t cnt[3] = {(size_t)N * OC, (size_t)C * OC, (size_t)N * C};
-            const void *h[3];
-            const int r = stage_bf16(src, cnt, 3, h);
-            if (r < 0)
-                return;
-            if (r == 1) {
-                d = h[0];
-                w = h[1];
-                x = h[2];
-                mode = 2;
-            }
-        }
-        if (dinp && !gemm(dinp, d, w, N, C, OC, 0, 1, 1.0f, 1.0f, mode))
+    if (fast) { /* dout converted once for both products */
+        const float *src[3] = {dout, dinp ? weight : NULL, inp};
+        const size_t cnt[3] = {(size_t)N * OC, (size_t)C * OC, (size_t)N * C};
+        const void *h[3] = {NULL, NULL, NULL};
+        if (bf16_mode() == 2 && stage_bf16(src, cnt, 3, h) < 0)
             return;
-        if (!gemm(dweight, x, d, C, OC, N, 1, 0, 1.0f, 1.0f, mode))
+        if (dinp && !gemm_bf16(dinp, h[0], h[1], dout, weight, N, C, OC, 0, 1, 1.0f, 1.0f, NULL))
+            return;
+        if (!gemm_bf16(dweight, h[2], h[0], inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f, NULL))
+            return;
+    } else {
+        if (dinp && !gemm(dinp, dout, weight, N, C, OC, 0, 1, 1.0f, 1.0f, 0))
+            return;
+        if (!gemm(dweight, inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f, 0))
             return;
     }
     /* the bias sums read fp32 dout; stream order keeps the scratch copies

@@ -664,6 +664,14 @@ static void test_attention_bf16(void)
     test_attention_bf16_case(2, 5, 128, 2, 0);     /* T below one tile */
     test_attention_bf16_case(1, 1, 64, 1, 0);      /* T 1 */
     test_attention_bf16_case(1, 77, 200, 2, 0);    /* HS 100: the fp32 fallback */
+    /* the tensor-core tiling: 128-row own tiles, 64-row walked tiles */
+    test_attention_bf16_case(1, 1024, 128, 2, 0); /* 8 query / key tiles of 128 */
+    test_attention_bf16_case(1, 2048, 128, 2, 0); /* 16 tiles, 32 walked steps */
+    test_attention_bf16_case(1, 129, 128, 2, 0);  /* one row into the second tile */
+    test_attention_bf16_case(1, 193, 128, 2, 0);  /* 65 rows into the second tile */
+    test_attention_bf16_case(1, 193, 128, 2, 1);  /* the same, scalar loads */
+    test_attention_bf16_case(1, 64, 128, 2, 0);   /* one walked tile, half a block */
+    test_attention_bf16_case(1, 16, 128, 2, 0);   /* one warp's rows */
 }
 
 /* Milliseconds per call of one table's attention forward and backward at
