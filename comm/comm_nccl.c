@@ -309,11 +309,11 @@ cleanup:
 static zinc_status nccl_end(zinc_comm *c, zinc_comm_handle *h, nccl_group *g, zinc_status st)
 {
     nccl_req *r = nccl_req_of(h);
-    if (st == ZINC_OK) ZINC_TRY(CUDA_CHECK(h->op, c->name, cudaEventRecord, (r->done, g->stream)));
-    return ZINC_OK;
-cleanup:
-    if (r->done) cudaEventDestroy(r->done);
-    r->done = NULL;
+    if (st == ZINC_OK) st = CUDA_CHECK(h->op, c->name, cudaEventRecord, (r->done, g->stream));
+    if (st != ZINC_OK && r->done) { /* the NCCL call or the record failed: no completion */
+        cudaEventDestroy(r->done);
+        r->done = NULL;
+    }
     return st;
 }
 
