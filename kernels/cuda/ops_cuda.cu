@@ -451,6 +451,75 @@ static void algo_cache_put(const algo_key *key, const cublasLtMatmulAlgo_t *algo
     e->used = 1;
 }
 
+/* ZINC_CUDA_AUTOTUNE=1: the first product of each shape times cuBLASLt's
+ * best few candidate algorithms and keeps the fastest, instead of taking
+ * the heuristic's first. Off by default: the choice depends on timing, so
+ * two runs may pick different algorithms and differ in the last bits. */
+static int lt_autotune(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("ZINC_CUDA_AUTOTUNE");
+        on = v && atoi(v) > 0;
+    }
+    return on;
+}
+
+/* Times up to 8 heuristic candidates (median of 3 after a warm-up) on a
+ * scratch copy of c and sets *algo to the fastest. Best effort: any failure
+ * keeps the heuristic's choice; nothing is recorded. */
+static void lt_tune(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                    cublasLtMatrixLayout_t lc, cublasLtMatmulPreference_t pref, const void *a,
+                    const void *b, const float *c, size_t nc, const float *alpha,
+                    const float *beta, cublasLtMatmulAlgo_t *algo)
+{
+    enum { N_CAND = 8, REPS = 3 };
+    cublasLtMatmulHeuristicResult_t cand[N_CAND];
+    int n = 0;
+    float *tmp = NULL, best_ms = 1e30f;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    if (cublasLtMatmulAlgoGetHeuristic(cuda_lt_handle(), op, la, lb, lc, lc, pref, N_CAND, cand,
+                                       &n) != CUBLAS_STATUS_SUCCESS || n < 2)
+        return;
+    if (cudaMalloc(&tmp, nc * sizeof(float)) != cudaSuccess ||
+        cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess)
+        goto done;
+    if (cudaMemcpyAsync(tmp, c, nc * sizeof(float), cudaMemcpyDeviceToDevice, 0) != cudaSuccess)
+        goto done;
+    for (int i = 0; i < n; i++) {
+        float t[REPS];
+        int ok = cand[i].state == CUBLAS_STATUS_SUCCESS;
+        for (int r = -1; ok && r < REPS; r++) {
+            cudaEventRecord(e0, 0);
+            ok = cublasLtMatmul(cuda_lt_handle(), op, alpha, b, la, a, lb, beta, tmp, lc, tmp, lc,
+                                &cand[i].algo, cuda_lt_workspace(), CUDA_LT_WS_BYTES, 0) ==
+                 CUBLAS_STATUS_SUCCESS;
+            cudaEventRecord(e1, 0);
+            if (ok && cudaEventSynchronize(e1) == cudaSuccess && r >= 0)
+                cudaEventElapsedTime(&t[r], e0, e1);
+        }
+        if (!ok)
+            continue;
+        for (int x = 1; x < REPS; x++) /* median of REPS */
+            for (int y = x; y > 0 && t[y] < t[y - 1]; y--) {
+                const float s = t[y];
+                t[y] = t[y - 1];
+                t[y - 1] = s;
+            }
+        if (t[REPS / 2] < best_ms) {
+            best_ms = t[REPS / 2];
+            *algo = cand[i].algo;
+        }
+    }
+done:
+    cudaGetLastError(); /* tuning is best effort: leave no error behind */
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    cudaFree(tmp);
+}
+
 /* Row-major c(m,n) = alpha op(a) op(b) + beta c [+ bias(n) on every row],
  * as column-major c^T(n,m) = op(b)^T op(a)^T: cuBLASLt's A is our b, its B
  * our a. m, n, k > 0; requires cuda_state_get() == 1.
@@ -520,6 +589,8 @@ static int lt_matmul(float *c, const void *a, const void *b, int m, int n, int k
             goto cleanup;
         }
         algo = res.algo;
+        if (lt_autotune())
+            lt_tune(op, la, lb, lc, pref, a, b, c, (size_t)m * n, &alpha, &beta, &algo);
         algo_cache_put(&key, &algo);
     }
     CUBLAS_TRY(cublasLtMatmul(cuda_lt_handle(), op, &alpha, b, la, a, lb, &beta, c, lc, c, lc,
