@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU training checks (run by scripts/test-gpu.sh on a machine with a GPU,
 # with BUILD=build-cuda): the same 20-step GPT run on the GPU and on the CPU
-# agree (fp32 within 1e-4 relative; bf16 within 2e-2, where the GPU's
-# matmuls take bf16 operands); ranks sharing one GPU through the mpi backend
+# agree (fp32 within 1e-4 relative; bf16 and fp16 within 2e-2, where the GPU's
+# bf16 matmuls take bf16 operands); ranks sharing one GPU through the mpi backend
 # (DP 2 and 4, ZeRO 0 and 3) match one GPU rank; the nccl backend with one
 # rank matches mpi; a checkpoint saved on the GPU resumes exactly; a CUDA
 # device request without a GPU is refused. Prints SKIP and exits 77 with no GPU.
@@ -42,6 +42,9 @@ run gpubf 1 --set device=cuda --set bf16.enabled=true
 check "bf16 gpu vs cpu" cpubf gpubf 2e-2
 first=$(losses "$TMP/gpubf.jsonl" | head -1); last=$(losses "$TMP/gpubf.jsonl" | tail -1)
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 0.5) }' || fail "gpu bf16 loss did not fall: $first -> $last"
+run cpu16 1 --set fp16.enabled=true --set fp16.initial_scale_power=12
+run gpu16 1 --set device=cuda --set fp16.enabled=true --set fp16.initial_scale_power=12
+check "fp16 (dynamic loss scale) gpu vs cpu" cpu16 gpu16 2e-2
 run gpu32b 1 --set device=cuda
 cmp -s <(losses "$TMP/gpu32.jsonl") <(losses "$TMP/gpu32b.jsonl") || fail "two identical GPU runs differ"
 echo "two identical GPU runs: bitwise equal losses"
@@ -52,6 +55,9 @@ for st in 0 3; do
         check "dp=$n stage=$st on one GPU (mpi) vs 1 GPU rank" gpu32 "dp${n}s${st}" 1e-5
     done
 done
+run bfdp2s2 2 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=2 \
+    --set zero_optimization.overlap_comm=true
+check "bf16 dp=2 stage=2 overlap_comm on one GPU vs 1 GPU rank" gpubf bfdp2s2 2e-3
 run bfdp4 4 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=3
 check "bf16 dp=4 stage=3 on one GPU vs 1 GPU rank" gpubf bfdp4 2e-3
 
