@@ -31,6 +31,9 @@
  *    block adds them in a fixed tree.
  * Elementwise ops that the CPU writes without FMA (adamw, residual, scale)
  * use explicitly rounded intrinsics, so they match the CPU bitwise.
+ * Elementwise ops move four elements per 16-byte (or 8-byte, 16-bit types)
+ * access wherever their operands line up, on a grid as large as the device
+ * holds at once (ew_kernel); the arithmetic per element is unchanged.
  *
  * Errors: every foreign call goes through CUDA_TRY / CUBLAS_TRY / LAUNCH_TRY
  * (cuda_int.h); ops return void, so the first failure is kept for
@@ -216,6 +219,90 @@ static unsigned row_grid(size_t n_rows)
     return (unsigned)((n_rows + ROW_WARPS - 1) / ROW_WARPS);
 }
 
+/* Vectorized elementwise ops. An op over n elements runs elements
+ * [head, head + 4 n4) four at a time, every operand moved with one 16-byte
+ * (fp32) or 8-byte (16-bit) access, and the head [0, head) and the tail
+ * [head + 4 n4, n) one at a time. Only the memory access differs: each
+ * element gets the same arithmetic (op.one and op.four share it) whichever
+ * way it goes, so results do not depend on alignment. */
+struct ew_split {
+    size_t head, n4, n;
+};
+
+/* head brings operand 0 (element size esz[0]) to a 4-element boundary;
+ * unless every other operand is then on one of its own, all go one at a
+ * time (n4 = 0). */
+static ew_split ew_plan(size_t n, const void *const *p, const unsigned *esz, int np)
+{
+    ew_split s = {0, 0, n};
+    const uintptr_t a0 = (uintptr_t)p[0], w0 = 4u * esz[0];
+    if (a0 % esz[0])
+        return s;
+    const size_t head = (size_t)((w0 - a0 % w0) % w0) / esz[0];
+    if (head >= n)
+        return s;
+    for (int k = 1; k < np; k++)
+        if (((uintptr_t)p[k] + head * esz[k]) % (4u * esz[k]))
+            return s;
+    s.head = head;
+    s.n4 = (n - head) / 4;
+    return s;
+}
+
+/* One grid-stride loop over the 4-wide groups, then one over the 0..6
+ * single elements (head and tail). */
+template <class Op>
+static __global__ void __launch_bounds__(EW_BLOCK) ew_kernel(Op op, ew_split s)
+{
+    const size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = t; i < s.n4; i += stride)
+        op.four(s.head + 4 * i);
+    const size_t n1 = s.n - 4 * s.n4;
+    for (size_t k = t; k < n1; k += stride)
+        op.one(k < s.head ? k : k + 4 * s.n4);
+}
+
+/* Streaming multiprocessors of the current device (the op table is bound
+ * to one device), 1 if the query fails. */
+static int ew_sms(void)
+{
+    static const int sms = [] {
+        int dev = 0, n = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+            n < 1) {
+            (void)cudaGetLastError();
+            n = 1;
+        }
+        return n;
+    }();
+    return sms;
+}
+
+/* Launches op over s: as many blocks as fit on the device at once (SMs x
+ * resident blocks per SM of this kernel), fewer for small n. The caller
+ * checks the launch with LAUNCH_TRY. */
+template <class Op>
+static void ew_launch(const Op &op, ew_split s)
+{
+    static const int per_sm = [] {
+        int b = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, ew_kernel<Op>, EW_BLOCK, 0) !=
+                cudaSuccess ||
+            b < 1) {
+            (void)cudaGetLastError();
+            b = 4;
+        }
+        return b;
+    }();
+    const size_t n1 = s.n - 4 * s.n4;
+    const size_t items = s.n4 > n1 ? s.n4 : n1;
+    const size_t want = (items + EW_BLOCK - 1) / EW_BLOCK;
+    const size_t cap = (size_t)ew_sms() * (size_t)per_sm;
+    ew_kernel<Op><<<(unsigned)(want < cap ? want : cap), EW_BLOCK>>>(op, s);
+}
+
 /* Sum over the 32 lanes of a warp; every lane gets the same bits. */
 __device__ __forceinline__ float warp_sum(float v)
 {
@@ -265,44 +352,82 @@ __device__ __forceinline__ float gelu_tanh(float u)
     return 1.0f - 2.0f / (expf(2.0f * u) + 1.0f);
 }
 
-static __global__ void gelu_forward_kernel(float *out, const float *inp, size_t n)
+/* gelu(x), the CPU reference's expression. */
+__device__ __forceinline__ float gelu_fwd1(float x)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const float x = inp[i];
-        const float u = GELU_SCALE * (x + GELU_CUBE * x * x * x);
-        out[i] = 0.5f * x * (1.0f + gelu_tanh(u));
+    const float u = GELU_SCALE * (x + GELU_CUBE * x * x * x);
+    return 0.5f * x * (1.0f + gelu_tanh(u));
+}
+
+/* acc + gelu'(x) d, the expression of dinp[i] += gr * dout[i]. */
+__device__ __forceinline__ float gelu_bwd1(float x, float d, float acc)
+{
+    const float x2 = x * x;
+    const float u = GELU_SCALE * (x + GELU_CUBE * x2 * x);
+    const float th = gelu_tanh(u);
+    const float sech2 = 1.0f - th * th;
+    const float gr = 0.5f * (1.0f + th) +
+                     0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * GELU_CUBE * x2);
+    return acc + gr * d;
+}
+
+__device__ __forceinline__ float4 ld_f4(const float *p)
+{
+    return *reinterpret_cast<const float4 *>(p);
+}
+
+__device__ __forceinline__ void st_f4(float *p, float4 v)
+{
+    *reinterpret_cast<float4 *>(p) = v;
+}
+
+struct gelu_fwd_op {
+    float *out;
+    const float *inp;
+    __device__ void one(size_t i) const { out[i] = gelu_fwd1(inp[i]); }
+    __device__ void four(size_t i) const
+    {
+        const float4 x = ld_f4(inp + i);
+        st_f4(out + i, make_float4(gelu_fwd1(x.x), gelu_fwd1(x.y), gelu_fwd1(x.z), gelu_fwd1(x.w)));
     }
-}
+};
 
-static __global__ void gelu_backward_kernel(float *dinp, const float *inp, const float *dout, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const float x = inp[i];
-        const float x2 = x * x;
-        const float u = GELU_SCALE * (x + GELU_CUBE * x2 * x);
-        const float th = gelu_tanh(u);
-        const float sech2 = 1.0f - th * th;
-        const float gr = 0.5f * (1.0f + th) +
-                         0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * GELU_CUBE * x2);
-        dinp[i] += gr * dout[i];
+struct gelu_bwd_op {
+    float *dinp;
+    const float *inp, *dout;
+    __device__ void one(size_t i) const { dinp[i] = gelu_bwd1(inp[i], dout[i], dinp[i]); }
+    __device__ void four(size_t i) const
+    {
+        const float4 x = ld_f4(inp + i), d = ld_f4(dout + i), a = ld_f4(dinp + i);
+        st_f4(dinp + i, make_float4(gelu_bwd1(x.x, d.x, a.x), gelu_bwd1(x.y, d.y, a.y),
+                                    gelu_bwd1(x.z, d.z, a.z), gelu_bwd1(x.w, d.w, a.w)));
     }
-}
+};
 
-static __global__ void residual_kernel(float *out, const float *a, const float *b, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        out[i] = __fadd_rn(a[i], b[i]);
-}
+/* out may alias a or b: each element is read before it is written. */
+struct residual_op {
+    float *out;
+    const float *a, *b;
+    __device__ void one(size_t i) const { out[i] = __fadd_rn(a[i], b[i]); }
+    __device__ void four(size_t i) const
+    {
+        const float4 x = ld_f4(a + i), y = ld_f4(b + i);
+        st_f4(out + i, make_float4(__fadd_rn(x.x, y.x), __fadd_rn(x.y, y.y), __fadd_rn(x.z, y.z),
+                                   __fadd_rn(x.w, y.w)));
+    }
+};
 
-static __global__ void scale_kernel(float *x, float s, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        x[i] = __fmul_rn(x[i], s);
-}
+struct scale_op {
+    float *x;
+    float s;
+    __device__ void one(size_t i) const { x[i] = __fmul_rn(x[i], s); }
+    __device__ void four(size_t i) const
+    {
+        const float4 v = ld_f4(x + i);
+        st_f4(x + i, make_float4(__fmul_rn(v.x, s), __fmul_rn(v.y, s), __fmul_rn(v.z, s),
+                                 __fmul_rn(v.w, s)));
+    }
+};
 
 /* The CPU's AdamW, operation for operation (rounded intrinsics keep nvcc
  * from fusing multiply-adds the CPU does not fuse). */
@@ -1097,8 +1222,12 @@ static void cuda_gelu_forward(float *out, const float *inp, size_t n)
     assert(out && inp);
     if (n == 0)
         return;
-    gelu_forward_kernel<<<ew_grid(n), EW_BLOCK>>>(out, inp, n);
-    LAUNCH_TRY(gelu_forward_kernel);
+    {
+        const void *p[2] = {out, inp};
+        const unsigned esz[2] = {4, 4};
+        ew_launch(gelu_fwd_op{out, inp}, ew_plan(n, p, esz, 2));
+    }
+    LAUNCH_TRY(gelu_forward);
 cleanup:
     return;
 }
@@ -1108,8 +1237,12 @@ static void cuda_gelu_backward(float *dinp, const float *inp, const float *dout,
     assert(dinp && inp && dout);
     if (n == 0)
         return;
-    gelu_backward_kernel<<<ew_grid(n), EW_BLOCK>>>(dinp, inp, dout, n);
-    LAUNCH_TRY(gelu_backward_kernel);
+    {
+        const void *p[3] = {dinp, inp, dout};
+        const unsigned esz[3] = {4, 4, 4};
+        ew_launch(gelu_bwd_op{dinp, inp, dout}, ew_plan(n, p, esz, 3));
+    }
+    LAUNCH_TRY(gelu_backward);
 cleanup:
     return;
 }
@@ -1119,8 +1252,12 @@ static void cuda_residual_forward(float *out, const float *a, const float *b, si
     assert(out && a && b);
     if (n == 0)
         return;
-    residual_kernel<<<ew_grid(n), EW_BLOCK>>>(out, a, b, n);
-    LAUNCH_TRY(residual_kernel);
+    {
+        const void *p[3] = {out, a, b};
+        const unsigned esz[3] = {4, 4, 4};
+        ew_launch(residual_op{out, a, b}, ew_plan(n, p, esz, 3));
+    }
+    LAUNCH_TRY(residual_forward);
 cleanup:
     return;
 }
@@ -1141,12 +1278,40 @@ __device__ __forceinline__ void ms_merge(float &m, double &s, float m2, double s
     m = mx;
 }
 
+/* Logits loaded together by each thread in pass 1 of softmax_xent. */
+static constexpr int XENT_BATCH = 8;
+
+/* One element xj into a thread's online (max m, sum s of exp(x - m)). */
+__device__ __forceinline__ void ms_step(float &m, double &s, float xj)
+{
+    if (xj > m) {
+        s = (m == -INFINITY ? 0.0 : s * (double)expf(m - xj)) + 1.0;
+        m = xj;
+    } else if (m != -INFINITY) { /* xj = m = -inf adds exp(-inf) = 0 */
+        s += (double)expf(xj - m);
+    }
+}
+
+/* The gradient of logit j whose value is xj. */
+__device__ __forceinline__ float xent_grad(float xj, int j, int tgt, float mx, float f, float dloss)
+{
+    float gj = expf(xj - mx) * f;
+    if (j == tgt)
+        gj -= dloss;
+    return gj;
+}
+
 /* One block of XENT_BLOCK threads per row of logits(N,V). Pass 1: each
- * thread an online (max, sum exp) over its strided elements, merged by
- * warp butterflies (a merge is symmetric, so every lane agrees) and then
- * across warps in order. Pass 2 overwrites the row with the gradient. */
+ * thread an online (max, sum exp) over its strided elements j = t, t +
+ * XENT_BLOCK, ... in that order (XENT_BATCH loads issued together, then
+ * taken in order), merged by warp butterflies (a merge is symmetric, so
+ * every lane agrees) and then across warps in order. Pass 2 overwrites the
+ * row with the gradient, four elements per access when vec4 (V % 4 == 0
+ * and logits 16-byte aligned, so every row is); it is elementwise, so the
+ * access pattern does not change the result. */
 static __global__ void __launch_bounds__(XENT_BLOCK)
-    softmax_xent_kernel(float *losses, float *logits, const int32_t *targets, float dloss, int V)
+    softmax_xent_kernel(float *losses, float *logits, const int32_t *targets, float dloss, int V,
+                        int vec4)
 {
     __shared__ float wm[XENT_BLOCK / 32];
     __shared__ double ws[XENT_BLOCK / 32];
@@ -1155,8 +1320,12 @@ static __global__ void __launch_bounds__(XENT_BLOCK)
     float *x = logits + (size_t)blockIdx.x * V;
     const int tgt = targets[blockIdx.x];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int V4 = vec4 ? V / 4 : 0;
+    float4 *x4 = reinterpret_cast<float4 *>(x);
     if (tgt < 0) { /* ignored row: uniform across the block */
-        for (int j = threadIdx.x; j < V; j += blockDim.x)
+        for (int q = threadIdx.x; q < V4; q += XENT_BLOCK)
+            x4[q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int j = 4 * V4 + threadIdx.x; j < V; j += XENT_BLOCK)
             x[j] = 0.0f;
         if (threadIdx.x == 0)
             losses[blockIdx.x] = 0.0f;
@@ -1165,15 +1334,18 @@ static __global__ void __launch_bounds__(XENT_BLOCK)
     assert(tgt < V);
     float m = -INFINITY;
     double s = 0.0;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const float xj = x[j];
-        if (xj > m) {
-            s = (m == -INFINITY ? 0.0 : s * (double)expf(m - xj)) + 1.0;
-            m = xj;
-        } else if (m != -INFINITY) { /* xj = m = -inf adds exp(-inf) = 0 */
-            s += (double)expf(xj - m);
-        }
+    int j = threadIdx.x;
+    for (; j + (XENT_BATCH - 1) * XENT_BLOCK < V; j += XENT_BATCH * XENT_BLOCK) {
+        float xb[XENT_BATCH];
+#pragma unroll
+        for (int u = 0; u < XENT_BATCH; u++)
+            xb[u] = x[j + u * XENT_BLOCK];
+#pragma unroll
+        for (int u = 0; u < XENT_BATCH; u++)
+            ms_step(m, s, xb[u]);
     }
+    for (; j < V; j += XENT_BLOCK)
+        ms_step(m, s, x[j]);
     for (int o = 16; o > 0; o >>= 1) {
         const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
         const double s2 = __shfl_xor_sync(0xffffffffu, s, o);
@@ -1196,12 +1368,16 @@ static __global__ void __launch_bounds__(XENT_BLOCK)
     __syncthreads();
     const float mx = row_max;
     const float f = (float)((double)dloss / row_sum);
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float gj = expf(x[j] - mx) * f;
-        if (j == tgt)
-            gj -= dloss;
-        x[j] = gj;
+    for (int q = threadIdx.x; q < V4; q += XENT_BLOCK) {
+        float4 v = x4[q];
+        v.x = xent_grad(v.x, 4 * q, tgt, mx, f, dloss);
+        v.y = xent_grad(v.y, 4 * q + 1, tgt, mx, f, dloss);
+        v.z = xent_grad(v.z, 4 * q + 2, tgt, mx, f, dloss);
+        v.w = xent_grad(v.w, 4 * q + 3, tgt, mx, f, dloss);
+        x4[q] = v;
     }
+    for (int k = 4 * V4 + threadIdx.x; k < V; k += XENT_BLOCK)
+        x[k] = xent_grad(x[k], k, tgt, mx, f, dloss);
 }
 
 static void cuda_softmax_xent(float *losses, float *logits, const int32_t *targets, float dloss,
@@ -1210,7 +1386,8 @@ static void cuda_softmax_xent(float *losses, float *logits, const int32_t *targe
     assert(losses && logits && targets && N >= 0 && V > 0);
     if (N == 0)
         return;
-    softmax_xent_kernel<<<(unsigned)N, XENT_BLOCK>>>(losses, logits, targets, dloss, V);
+    softmax_xent_kernel<<<(unsigned)N, XENT_BLOCK>>>(losses, logits, targets, dloss, V,
+                                                     V % 4 == 0 && (uintptr_t)logits % 16 == 0);
     LAUNCH_TRY(softmax_xent_kernel);
 cleanup:
     return;
@@ -1317,8 +1494,12 @@ static void cuda_scale(float *x, float s, size_t n)
     assert(x || n == 0);
     if (n == 0)
         return;
-    scale_kernel<<<ew_grid(n), EW_BLOCK>>>(x, s, n);
-    LAUNCH_TRY(scale_kernel);
+    {
+        const void *p[1] = {x};
+        const unsigned esz[1] = {4};
+        ew_launch(scale_op{x, s}, ew_plan(n, p, esz, 1));
+    }
+    LAUNCH_TRY(scale);
 cleanup:
     return;
 }
@@ -1327,50 +1508,143 @@ cleanup:
 /* memory and precision                                                */
 /* ------------------------------------------------------------------ */
 
-static __device__ __forceinline__ float load_as_f32(const void *p, int dt, size_t i)
+/* The dtypes of the precision ops as template arguments: F32, BF16, and
+ * anything else is F16 (as the per-element switch always treated it). */
+static int dt_kind(zinc_dtype dt)
 {
-    if (dt == ZINC_DTYPE_F32)
-        return ((const float *)p)[i];
-    const uint16_t h = ((const uint16_t *)p)[i];
+    return dt == ZINC_DTYPE_F32 ? ZINC_DTYPE_F32
+                                : dt == ZINC_DTYPE_BF16 ? ZINC_DTYPE_BF16 : ZINC_DTYPE_F16;
+}
+
+static __device__ __forceinline__ float from_16(int dt, uint32_t h)
+{
     if (dt == ZINC_DTYPE_BF16)
-        return __uint_as_float((uint32_t)h << 16);
-    return __half2float(__ushort_as_half(h));
+        return __uint_as_float(h << 16);
+    return __half2float(__ushort_as_half((unsigned short)h));
 }
 
-
-static __device__ __forceinline__ void store_from_f32(void *p, int dt, size_t i, float x)
+static __device__ __forceinline__ uint32_t to_16(int dt, float x)
 {
-    if (dt == ZINC_DTYPE_F32)
+    if (dt == ZINC_DTYPE_BF16)
+        return f32_to_bf16_rne(x);
+    return __half_as_ushort(__float2half_rn(x));
+}
+
+/* Element i of a DT array as fp32, and back (round to nearest even). */
+template <int DT>
+static __device__ __forceinline__ float ld1(const void *p, size_t i)
+{
+    if (DT == ZINC_DTYPE_F32)
+        return ((const float *)p)[i];
+    return from_16(DT, ((const uint16_t *)p)[i]);
+}
+
+template <int DT>
+static __device__ __forceinline__ void st1(void *p, size_t i, float x)
+{
+    if (DT == ZINC_DTYPE_F32)
         ((float *)p)[i] = x;
-    else if (dt == ZINC_DTYPE_BF16)
-        ((uint16_t *)p)[i] = f32_to_bf16_rne(x);
     else
-        ((uint16_t *)p)[i] = __half_as_ushort(__float2half_rn(x));
+        ((uint16_t *)p)[i] = (uint16_t)to_16(DT, x);
 }
 
-static __global__ void convert_kernel(void *dst, int ddt, const void *src, int sdt, size_t n)
+/* Elements i..i+3 (i on a 4-element boundary of an aligned array) in one
+ * access: float4, or uint2 of four 16-bit values (element i in the low
+ * half of .x, little endian). */
+template <int DT>
+static __device__ __forceinline__ float4 ld4(const void *p, size_t i)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        store_from_f32(dst, ddt, i, load_as_f32(src, sdt, i));
+    if (DT == ZINC_DTYPE_F32)
+        return ld_f4((const float *)p + i);
+    const uint2 u = *reinterpret_cast<const uint2 *>((const uint16_t *)p + i);
+    return make_float4(from_16(DT, u.x & 0xffffu), from_16(DT, u.x >> 16),
+                       from_16(DT, u.y & 0xffffu), from_16(DT, u.y >> 16));
 }
 
-static __global__ void add_into_kernel(void *dst, int ddt, const void *src, int sdt, size_t n)
+template <int DT>
+static __device__ __forceinline__ void st4(void *p, size_t i, float4 v)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        store_from_f32(dst, ddt, i, __fadd_rn(load_as_f32(dst, ddt, i), load_as_f32(src, sdt, i)));
-}
-
-static __global__ void round_to_kernel(float *x, int dt, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        if (dt == ZINC_DTYPE_BF16)
-            x[i] = __uint_as_float((uint32_t)f32_to_bf16_rne(x[i]) << 16);
-        else
-            x[i] = __half2float(__float2half_rn(x[i]));
+    if (DT == ZINC_DTYPE_F32) {
+        st_f4((float *)p + i, v);
+        return;
     }
+    uint2 u;
+    u.x = to_16(DT, v.x) | (to_16(DT, v.y) << 16);
+    u.y = to_16(DT, v.z) | (to_16(DT, v.w) << 16);
+    *reinterpret_cast<uint2 *>((uint16_t *)p + i) = u;
+}
+
+template <int DDT, int SDT>
+struct convert_op {
+    void *dst;
+    const void *src;
+    __device__ void one(size_t i) const { st1<DDT>(dst, i, ld1<SDT>(src, i)); }
+    __device__ void four(size_t i) const { st4<DDT>(dst, i, ld4<SDT>(src, i)); }
+};
+
+template <int DDT, int SDT>
+struct add_into_op {
+    void *dst;
+    const void *src;
+    __device__ void one(size_t i) const
+    {
+        st1<DDT>(dst, i, __fadd_rn(ld1<DDT>(dst, i), ld1<SDT>(src, i)));
+    }
+    __device__ void four(size_t i) const
+    {
+        const float4 d = ld4<DDT>(dst, i), x = ld4<SDT>(src, i);
+        st4<DDT>(dst, i, make_float4(__fadd_rn(d.x, x.x), __fadd_rn(d.y, x.y),
+                                     __fadd_rn(d.z, x.z), __fadd_rn(d.w, x.w)));
+    }
+};
+
+/* x = fp32(DT(x)) in place. */
+template <int DT>
+struct round_to_op {
+    float *x;
+    __device__ static float r(float v)
+    {
+        if (DT == ZINC_DTYPE_BF16)
+            return __uint_as_float((uint32_t)f32_to_bf16_rne(v) << 16);
+        return __half2float(__float2half_rn(v));
+    }
+    __device__ void one(size_t i) const { x[i] = r(x[i]); }
+    __device__ void four(size_t i) const
+    {
+        const float4 v = ld_f4(x + i);
+        st_f4(x + i, make_float4(r(v.x), r(v.y), r(v.z), r(v.w)));
+    }
+};
+
+/* Op<D, S> over n elements of dst (dtype D) and src (dtype S). */
+template <template <int, int> class Op, int D, int S>
+static void precision_launch(void *dst, const void *src, size_t n)
+{
+    const void *p[2] = {dst, src};
+    const unsigned esz[2] = {D == ZINC_DTYPE_F32 ? 4u : 2u, S == ZINC_DTYPE_F32 ? 4u : 2u};
+    ew_launch(Op<D, S>{dst, src}, ew_plan(n, p, esz, 2));
+}
+
+template <template <int, int> class Op, int D>
+static void precision_launch_s(void *dst, int sdt, const void *src, size_t n)
+{
+    if (sdt == ZINC_DTYPE_F32)
+        precision_launch<Op, D, ZINC_DTYPE_F32>(dst, src, n);
+    else if (sdt == ZINC_DTYPE_BF16)
+        precision_launch<Op, D, ZINC_DTYPE_BF16>(dst, src, n);
+    else
+        precision_launch<Op, D, ZINC_DTYPE_F16>(dst, src, n);
+}
+
+template <template <int, int> class Op>
+static void precision_launch_ds(void *dst, int ddt, const void *src, int sdt, size_t n)
+{
+    if (ddt == ZINC_DTYPE_F32)
+        precision_launch_s<Op, ZINC_DTYPE_F32>(dst, sdt, src, n);
+    else if (ddt == ZINC_DTYPE_BF16)
+        precision_launch_s<Op, ZINC_DTYPE_BF16>(dst, sdt, src, n);
+    else
+        precision_launch_s<Op, ZINC_DTYPE_F16>(dst, sdt, src, n);
 }
 
 static void cuda_zero(void *p, size_t bytes)
@@ -1400,8 +1674,8 @@ static void cuda_convert(void *dst, zinc_dtype ddt, const void *src, zinc_dtype 
         cuda_copy(dst, src, n * (ddt == ZINC_DTYPE_F32 ? 4 : 2));
         return;
     }
-    convert_kernel<<<ew_grid(n), EW_BLOCK>>>(dst, (int)ddt, src, (int)sdt, n);
-    LAUNCH_TRY(convert_kernel);
+    precision_launch_ds<convert_op>(dst, dt_kind(ddt), src, dt_kind(sdt), n);
+    LAUNCH_TRY(convert);
 cleanup:
     return;
 }
@@ -1411,8 +1685,8 @@ static void cuda_add_into(void *dst, zinc_dtype ddt, const void *src, zinc_dtype
     assert((dst && src) || n == 0);
     if (n == 0)
         return;
-    add_into_kernel<<<ew_grid(n), EW_BLOCK>>>(dst, (int)ddt, src, (int)sdt, n);
-    LAUNCH_TRY(add_into_kernel);
+    precision_launch_ds<add_into_op>(dst, dt_kind(ddt), src, dt_kind(sdt), n);
+    LAUNCH_TRY(add_into);
 cleanup:
     return;
 }
@@ -1422,8 +1696,16 @@ static void cuda_round_to(float *x, zinc_dtype dt, size_t n)
     assert(x || n == 0);
     if (n == 0 || dt == ZINC_DTYPE_F32)
         return;
-    round_to_kernel<<<ew_grid(n), EW_BLOCK>>>(x, (int)dt, n);
-    LAUNCH_TRY(round_to_kernel);
+    {
+        const void *p[1] = {x};
+        const unsigned esz[1] = {4};
+        const ew_split sp = ew_plan(n, p, esz, 1);
+        if (dt == ZINC_DTYPE_BF16)
+            ew_launch(round_to_op<ZINC_DTYPE_BF16>{x}, sp);
+        else
+            ew_launch(round_to_op<ZINC_DTYPE_F16>{x}, sp);
+    }
+    LAUNCH_TRY(round_to);
 cleanup:
     return;
 }

@@ -761,6 +761,7 @@ static void test_softmax_xent(void)
     test_softmax_xent_case(9, 1000);
     test_softmax_xent_case(3, 50257); /* GPT-2's vocabulary */
     test_softmax_xent_case(4, 7);     /* fewer columns than threads */
+    test_softmax_xent_case(3, 50304); /* padded vocabulary: 4-wide gradient */
 }
 
 static void test_adamw(void)
@@ -872,6 +873,167 @@ static void test_memory_ops(void)
     free(y);
 }
 
+/* ------------------------------------------------------------------ */
+/* vectorized elementwise paths                                        */
+/* ------------------------------------------------------------------ */
+
+/* Two device buffers must hold the same bits (two access paths). */
+static void check_same_dev(const char *what, const float *d1, const float *d2, size_t n)
+{
+    float *a = fetch(d1, n), *b = fetch(d2, n);
+    n_checks++;
+    if (memcmp(a, b, n * sizeof *a) != 0) {
+        n_fail++;
+        printf("FAIL  %-40s vector and scalar paths differ\n", what);
+    } else {
+        printf("ok    %-40s vector path = scalar path bitwise\n", what);
+    }
+    free(a);
+    free(b);
+}
+
+static void h2d(void *d, const void *h, size_t bytes)
+{
+    const cudaError_t e = cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess)
+        die_cuda(e, "cudaMemcpy to device");
+}
+
+/* The elementwise ops take 16-byte accesses on groups of four elements and
+ * single elements before and after. n elements; operand k sits off[k]
+ * elements past a 256-byte boundary: equal offsets give a scalar head
+ * before the groups, unequal ones make the whole op scalar. Residual, scale
+ * and the precision ops must equal the CPU bitwise; GELU (not bitwise
+ * against the CPU) within tolerance, and bitwise equal to the GPU's
+ * all-scalar result (an operand one element off). */
+static void test_vector_paths_case(size_t n, const size_t off[3])
+{
+    const zinc_dtype dts[3] = {ZINC_DTYPE_F32, ZINC_DTYPE_BF16, ZINC_DTYPE_F16};
+    const size_t slot = ((n + 8) * 4 + 255) / 256 * 256;
+    char name[96], tag[48], *arena = NULL;
+    cudaError_t e = cudaMalloc(&arena, 4 * slot);
+    if (e != cudaSuccess)
+        die_cuda(e, "cudaMalloc");
+    snprintf(tag, sizeof tag, "n=%zu off %zu,%zu,%zu", n, off[0], off[1], off[2]);
+    float *x = hrand(n, -4, 4), *y = hrand(n, -1, 1), *z = hrand(n, -1, 1);
+    float *ref = (float *)malloc(n * 4), *xp = hcopy(x, n);
+    void *h1 = malloc(n * 4), *h2 = malloc(n * 4);
+    xp[0] = NAN;
+    if (n > 2)
+        xp[n - 2] = 1e30f; /* overflows f16 */
+    float *d0 = (float *)(arena + 0 * slot) + off[0], *d1 = (float *)(arena + slot) + off[1];
+    float *d2 = (float *)(arena + 2 * slot) + off[2];
+    float *ds = (float *)(arena + 3 * slot) + off[1] + 1; /* never aligned with d1 */
+
+    h2d(d1, x, n * 4);
+    h2d(d2, y, n * 4);
+    cpu->residual_forward(ref, x, y, n);
+    gpu->residual_forward(d0, d1, d2, n);
+    snprintf(name, sizeof name, "residual %s", tag);
+    check_status(name);
+    check_same_values(name, d0, ref, n, ZINC_DTYPE_F32);
+    cpu->scale(ref, 0.37f, n);
+    gpu->scale(d0, 0.37f, n);
+    snprintf(name, sizeof name, "scale %s", tag);
+    check_status(name);
+    check_same_values(name, d0, ref, n, ZINC_DTYPE_F32);
+
+    cpu->gelu_forward(ref, x, n);
+    gpu->gelu_forward(d0, d1, n);
+    gpu->gelu_forward(ds, d1, n);
+    snprintf(name, sizeof name, "gelu_forward %s", tag);
+    check_status(name);
+    check_close(name, d0, ref, n, TOL_EW);
+    check_same_dev(name, d0, ds, n);
+    memcpy(ref, z, n * 4);
+    h2d(d0, z, n * 4);
+    h2d(ds, z, n * 4);
+    cpu->gelu_backward(ref, x, y, n);
+    gpu->gelu_backward(d0, d1, d2, n);
+    gpu->gelu_backward(ds, d1, d2, n);
+    snprintf(name, sizeof name, "gelu_backward %s", tag);
+    check_status(name);
+    check_close(name, d0, ref, n, TOL_EW);
+    check_same_dev(name, d0, ds, n);
+
+    /* precision ops: f32 -> a at d0, a -> b at d1, then b += a */
+    h2d(d2, xp, n * 4);
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++) {
+            void *pa = arena + off[0] * zinc_dtype_size(dts[a]);
+            void *pb = arena + slot + off[1] * zinc_dtype_size(dts[b]);
+            cpu->convert(h1, dts[a], xp, ZINC_DTYPE_F32, n);
+            gpu->convert(pa, dts[a], d2, ZINC_DTYPE_F32, n);
+            cpu->convert(h2, dts[b], h1, dts[a], n);
+            gpu->convert(pb, dts[b], pa, dts[a], n);
+            cpu->add_into(h2, dts[b], h1, dts[a], n);
+            gpu->add_into(pb, dts[b], pa, dts[a], n);
+            snprintf(name, sizeof name, "convert/add_into %s->%s %s", zinc_dtype_name(dts[a]),
+                     zinc_dtype_name(dts[b]), tag);
+            check_status(name);
+            check_same_values(name, pb, h2, n, dts[b]);
+        }
+    for (int a = 1; a < 3; a++) {
+        memcpy(h1, xp, n * 4);
+        cpu->round_to((float *)h1, dts[a], n);
+        gpu->round_to(d2, dts[a], n);
+        snprintf(name, sizeof name, "round_to %s %s", zinc_dtype_name(dts[a]), tag);
+        check_status(name);
+        check_same_values(name, d2, h1, n, ZINC_DTYPE_F32);
+        h2d(d2, xp, n * 4);
+    }
+
+    cudaFree(arena);
+    free(x);
+    free(y);
+    free(z);
+    free(ref);
+    free(xp);
+    free(h1);
+    free(h2);
+}
+
+static void test_vector_paths(void)
+{
+    static const size_t offs[][3] = {{0, 0, 0}, {1, 1, 1}, {3, 3, 3}, {1, 0, 2}, {0, 1, 1}, {2, 2, 0}};
+    for (size_t k = 0; k < sizeof offs / sizeof offs[0]; k++)
+        test_vector_paths_case(4099, offs[k]);
+    test_vector_paths_case(1, offs[0]);
+    test_vector_paths_case(3, offs[1]);
+    test_vector_paths_case(6, offs[1]); /* a head of 3, no group, a tail of 3 */
+    test_vector_paths_case(8, offs[2]);
+}
+
+/* softmax_xent writes the gradient four at a time when V % 4 == 0 and the
+ * logits are 16-byte aligned: the same logits one float off (one at a time)
+ * must give the same bits. */
+static void test_softmax_xent_unaligned(int N, int V)
+{
+    char name[96];
+    const size_t n = (size_t)N * V;
+    int32_t *tgt = (int32_t *)malloc(N * sizeof *tgt);
+    for (int i = 0; i < N; i++)
+        tgt[i] = (int32_t)(rng_next() % V);
+    tgt[N - 1] = -1; /* ignored row */
+    float *logits = hrand(n, -4, 4);
+    float *d_a = dcopy(logits, n), *d_b = dcopy_pad(logits, n, 1);
+    float *l_a = dcopy(logits, N), *l_b = dcopy(logits, N);
+    int32_t *d_tgt = dcopy_i32(tgt, N);
+    gpu->softmax_xent(l_a, d_a, d_tgt, 0.5f, N, V);
+    gpu->softmax_xent(l_b, d_b, d_tgt, 0.5f, N, V);
+    snprintf(name, sizeof name, "softmax_xent aligned/not N%d V%d", N, V);
+    check_status(name);
+    check_same_dev(name, d_a, d_b, n);
+    check_same_dev(name, l_a, l_b, N);
+    cudaFree(d_a);
+    dfree_pad(d_b, 1);
+    cudaFree(l_a);
+    cudaFree(l_b);
+    cudaFree(d_tgt);
+    free(tgt);
+    free(logits);
+}
+
 static void test_sumsq(void)
 {
     test_sumsq_case(0);
@@ -928,6 +1090,9 @@ int main(void)
     test_adamw();
     test_sumsq();
     test_memory_ops();
+    test_vector_paths();
+    test_softmax_xent_unaligned(5, 1000);
+    test_softmax_xent_unaligned(3, 50304);
 
     /* the bf16 table: products with bf16 operands, within bf16 tolerance */
     gpu = zinc_ops_cuda_bf16();
