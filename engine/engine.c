@@ -361,17 +361,20 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     }
     /* collectives take device buffers from here on (groups split later inherit) */
     if (!e->dev->is_host) ZINC_TRY(zinc_comm_set_device(e->world, e->dev));
-    if (!e->dev->is_host && (e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE ||
+    /* on a GPU: offload_optimizer cpu keeps the optimizer state in pinned host
+     * memory and runs AdamW on the CPU; NVMe and parameter offload are not
+     * there yet */
+    if (!e->dev->is_host && (e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME ||
                              e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE)) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "zero_optimization.offload_%s.device %s: offload "
-                        "with device cuda is not supported yet; set it to \"none\" or use "
-                        "\"device\": \"cpu\"",
-                        e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE ? "optimizer"
-                                                                                  : "param",
-                        (e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME ||
-                         e->cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME) ? "nvme" : "cpu");
+        int opt = e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "zero_optimization.offload_%s.device %s: not "
+                        "supported with device cuda yet (offload_optimizer \"cpu\" is); use "
+                        "\"none\" or \"device\": \"cpu\"", opt ? "optimizer" : "param",
+                        opt ? "nvme" : e->cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME
+                                           ? "nvme" : "cpu");
         goto cleanup;
     }
+    e->opt_host = !e->dev->is_host && e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_CPU;
     /* offload: "cpu" keeps the state in host memory, where the cpu device
      * already holds it; "nvme" streams it through swap files */
     e->opt_nvme = e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;
@@ -381,7 +384,7 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
                         "zero_optimization.stage 3, found %d", e->stage);
         goto cleanup;
     }
-    e->master_sep = e->pdt != ZINC_DTYPE_F32 || e->opt_nvme || e->param_nvme;
+    e->master_sep = e->pdt != ZINC_DTYPE_F32 || e->opt_nvme || e->param_nvme || e->opt_host;
     if (e->stage < 0 || e->stage > 3) {
         st = zinc_error(ZINC_ERR_CONFIG, "zero_optimization.stage: expected 0..3, found %d", e->stage);
         goto cleanup;

@@ -129,7 +129,7 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
             for (int k = 0; k < n_kinds; k++) {
                 void *data = ptr(e, kinds[k], u, a);
                 piece_src src = data ? (piece_src){0} : swap_src(e, kinds[k], u, a);
-                if (data && !e->dev->is_host) { /* device memory: through the io callback */
+                if (data && e->dev->is_device_ptr(data)) { /* device memory: io callback */
                     src = (piece_src){.dev = data,
                                       .elem_bytes = kinds[k] == K_PARAM ? e->psz : sizeof(float)};
                     data = NULL;

@@ -34,6 +34,20 @@ static void *xalloc_raw(const zinc_engine *e, size_t bytes)
 static void *xalloc(const zinc_engine *e, size_t bytes) { return e->dev->alloc(bytes); }
 static void xfree(const zinc_engine *e, void *p) { e->dev->free(p); }
 
+/* Optimizer state (master, m, v): device memory, or pinned host memory when
+ * the optimizer is offloaded to the CPU on a GPU (opt_host). */
+static void *opt_alloc(const zinc_engine *e, size_t bytes)
+{
+    return e->opt_host ? e->dev->host_alloc(bytes) : e->dev->alloc(bytes);
+}
+static void opt_free(const zinc_engine *e, void *p)
+{
+    if (e->opt_host)
+        e->dev->host_free(p);
+    else
+        e->dev->free(p);
+}
+
 /* ------------------------------------------------------------ conversions */
 
 void zero_to_f32(const zinc_engine *e, float *dst, const void *src, zinc_dtype dt, size_t n)
@@ -178,8 +192,8 @@ zinc_status zero_units_alloc(zinc_engine *e)
         u->g = xalloc(e, gn * psz);
         if (!p_nvme) u->p = xalloc(e, pn * psz);
         if (!e->opt_nvme) {
-            u->m = xalloc(e, u->opt_n * sizeof(float));
-            u->v = xalloc(e, u->opt_n * sizeof(float));
+            u->m = opt_alloc(e, u->opt_n * sizeof(float));
+            u->v = opt_alloc(e, u->opt_n * sizeof(float));
         }
         free(vals); /* initial values are computed on the host */
         vals = calloc(pn ? pn : 1, sizeof(float));
@@ -195,7 +209,7 @@ zinc_status zero_units_alloc(zinc_engine *e)
                                         (int64_t)(z - a));
         }
         if (e->master_sep && !e->opt_nvme) {
-            u->master = xalloc(e, u->opt_n * sizeof(float));
+            u->master = opt_alloc(e, u->opt_n * sizeof(float));
             if (!u->master) {
                 st = zinc_error(ZINC_ERR_NOMEM, "master weights of layer %d", l);
                 goto cleanup;
@@ -255,11 +269,11 @@ void zero_units_free(zinc_engine *e)
         if (u->wg_owned) xfree(e, u->wg);
         if (u->pread) zinc_aio_wait(&u->pread);
         zinc_aio_buf_free(u->pstage);
-        if (e->master_sep && !e->opt_nvme) xfree(e, u->master);
+        if (e->master_sep && !e->opt_nvme) opt_free(e, u->master);
         xfree(e, u->p);
         xfree(e, u->g);
-        xfree(e, u->m);
-        xfree(e, u->v);
+        opt_free(e, u->m);
+        opt_free(e, u->v);
     }
 }
 
@@ -520,13 +534,20 @@ static zinc_status group_update(zinc_engine *e, engine_unit *u, size_t a, size_t
                                 void *pbuf)
 {
     const zinc_config *c = &e->cfg;
+    /* opt_host: the sub-group's grads come down to pbuf (pinned), AdamW runs
+     * on the CPU's ops, the new params go up from pbuf */
+    const zinc_ops *oo = e->opt_host ? zinc_ops_cpu() : e->ops;
     void *g = at(grad_opt(e, u), a, e->psz);
+    if (e->opt_host) {
+        e->dev->copy(pbuf, g, n * e->psz);
+        g = pbuf;
+    }
     float *g32 = g;
     if (e->pdt != ZINC_DTYPE_F32) {
-        zero_to_f32(e, gtmp, g, e->pdt, n);
+        oo->convert(gtmp, ZINC_DTYPE_F32, g, e->pdt, n);
         g32 = gtmp;
     }
-    if (coef != 1.0) e->ops->scale(g32, (float)coef, n);
+    if (coef != 1.0) oo->scale(g32, (float)coef, n);
     /* one AdamW call per parameter piece: weight decay is per parameter */
     size_t lo = u->opt_lo + a, hi = lo + n;
     for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
@@ -535,16 +556,22 @@ static zinc_status group_update(zinc_engine *e, engine_unit *u, size_t a, size_t
         size_t z = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
         if (x >= z) continue;
         float wd = p->decay ? (float)c->optimizer.weight_decay : 0.0f;
-        e->ops->adamw(master + (x - lo), g32 + (x - lo), m + (x - lo), v + (x - lo), z - x,
-                      (float)lr, (float)c->optimizer.betas[0], (float)c->optimizer.betas[1],
-                      (float)c->optimizer.eps, wd, t);
+        oo->adamw(master + (x - lo), g32 + (x - lo), m + (x - lo), v + (x - lo), z - x,
+                  (float)lr, (float)c->optimizer.betas[0], (float)c->optimizer.betas[1],
+                  (float)c->optimizer.eps, wd, t);
     }
     if (!e->master_sep) return ZINC_OK; /* the master weights are the params */
     if (offload_param_on_nvme(e, u)) {
         zero_from_f32(e, pbuf, master, e->pdt, n);
         return zinc_aio_pwrite(e->param_swap, pbuf, n * e->psz, u->pswap_off + a * e->psz);
     }
-    zero_from_f32(e, at(u->p, (u->sharded ? 0 : u->opt_lo) + a, e->psz), master, e->pdt, n);
+    void *pdst = at(u->p, (u->sharded ? 0 : u->opt_lo) + a, e->psz);
+    if (e->opt_host) {
+        oo->convert(pbuf, e->pdt, master, ZINC_DTYPE_F32, n);
+        e->dev->copy(pdst, pbuf, n * e->psz);
+        return ZINC_OK;
+    }
+    zero_from_f32(e, pdst, master, e->pdt, n);
     return ZINC_OK;
 }
 
@@ -640,9 +667,14 @@ zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t)
         if (e->units[l].opt_n > maxn) maxn = e->units[l].opt_n;
     if (G > maxn) G = (maxn + 1023) / 1024 * 1024;
     if (G == 0) return ZINC_OK;
-    float *gtmp = e->pdt != ZINC_DTYPE_F32 ? xalloc_raw(e, G * sizeof(float)) : NULL;
-    void *pbuf = e->param_nvme ? zinc_aio_buf_alloc(G * e->psz) : NULL;
-    if ((e->pdt != ZINC_DTYPE_F32 && !gtmp) || (e->param_nvme && !pbuf)) {
+    /* gtmp: fp32 grads of a sub-group (host memory for opt_host); pbuf: the
+     * param swap staging (param_nvme) or the host staging (opt_host) */
+    float *gtmp = e->pdt == ZINC_DTYPE_F32 ? NULL
+                  : e->opt_host           ? e->dev->host_alloc(G * sizeof(float))
+                                          : xalloc_raw(e, G * sizeof(float));
+    void *pbuf = e->param_nvme ? zinc_aio_buf_alloc(G * e->psz)
+                 : e->opt_host ? e->dev->host_alloc(G * e->psz) : NULL;
+    if ((e->pdt != ZINC_DTYPE_F32 && !gtmp) || ((e->param_nvme || e->opt_host) && !pbuf)) {
         st = zinc_error(ZINC_ERR_NOMEM, "optimizer buffers");
         goto cleanup;
     }
@@ -662,8 +694,13 @@ zinc_status zero_optimizer_step(zinc_engine *e, double lr, double coef, int t)
     /* whole params everywhere again: all-gather the updated slices */
     st = zero_gather_whole_params(e);
 cleanup:
-    xfree(e, gtmp);
-    zinc_aio_buf_free(pbuf);
+    if (e->opt_host) {
+        e->dev->host_free(gtmp);
+        e->dev->host_free(pbuf);
+    } else {
+        xfree(e, gtmp);
+        zinc_aio_buf_free(pbuf);
+    }
     return st;
 }
 
@@ -705,8 +742,9 @@ zinc_status zero_params_from_master(zinc_engine *e)
     const size_t G = (size_t)1 << 20; /* elements per chunk when streaming swap files */
     int m_swap = e->opt_nvme;
     float *mbuf = m_swap ? zinc_aio_buf_alloc(G * sizeof(float)) : NULL;
-    void *pbuf = e->param_nvme ? zinc_aio_buf_alloc(G * e->psz) : NULL;
-    if ((m_swap && !mbuf) || (e->param_nvme && !pbuf)) {
+    void *pbuf = e->param_nvme ? zinc_aio_buf_alloc(G * e->psz)
+                 : e->opt_host ? e->dev->host_alloc(G * e->psz) : NULL;
+    if ((m_swap && !mbuf) || ((e->param_nvme || e->opt_host) && !pbuf)) {
         st = zinc_error(ZINC_ERR_NOMEM, "parameter rebuild buffers");
         goto cleanup;
     }
@@ -721,6 +759,9 @@ zinc_status zero_params_from_master(zinc_engine *e)
             if (offload_param_on_nvme(e, u)) {
                 zero_from_f32(e, pbuf, m, e->pdt, n);
                 ZINC_TRY(zinc_aio_pwrite(e->param_swap, pbuf, n * e->psz, u->pswap_off + a * e->psz));
+            } else if (e->opt_host) { /* master in host memory: convert there, copy up */
+                zinc_ops_cpu()->convert(pbuf, e->pdt, m, ZINC_DTYPE_F32, n);
+                e->dev->copy(at(u->p, (u->sharded ? 0 : u->opt_lo) + a, e->psz), pbuf, n * e->psz);
             } else {
                 zero_from_f32(e, at(u->p, (u->sharded ? 0 : u->opt_lo) + a, e->psz), m, e->pdt, n);
             }
@@ -729,6 +770,9 @@ zinc_status zero_params_from_master(zinc_engine *e)
     st = zero_gather_whole_params(e);
 cleanup:
     zinc_aio_buf_free(mbuf);
-    zinc_aio_buf_free(pbuf);
+    if (e->opt_host)
+        e->dev->host_free(pbuf);
+    else
+        zinc_aio_buf_free(pbuf);
     return st;
 }

@@ -61,6 +61,24 @@ check "bf16 dp=2 stage=2 overlap_comm on one GPU vs 1 GPU rank" gpubf bfdp2s2 2e
 run bfdp4 4 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=3
 check "bf16 dp=4 stage=3 on one GPU vs 1 GPU rank" gpubf bfdp4 2e-3
 
+# ZeRO-Offload: optimizer state in pinned host memory, AdamW on the CPU
+OFF="--set zero_optimization.offload_optimizer.device=cpu"
+run bfoff 1 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=1 $OFF
+check "bf16 offload_optimizer cpu on the GPU vs on the device" gpubf bfoff 1e-6
+run bfoff2 2 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=2 $OFF
+check "bf16 dp=2 stage=2 offload_optimizer cpu vs 1 GPU rank" gpubf bfoff2 2e-3
+run ckC 1 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=1 $OFF \
+    --set train.save_dir="$TMP/ckoff" --set train.save_every=10 --set train.max_steps=10
+run ckD 2 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=2 $OFF \
+    --set train.save_dir="$TMP/ckoff" --set train.resume=auto
+cat "$TMP/ckC.jsonl" "$TMP/ckD.jsonl" > "$TMP/ckCD.jsonl"
+check "offload resume at step 10 on 2 ranks vs uninterrupted 1 rank" bfoff ckCD 2e-3
+$MPIRUN 1 "$BUILD/zinc-train" "$cfg" --set device=cuda --set zero_optimization.stage=3 \
+    --set zero_optimization.offload_param.device=nvme --set zero_optimization.offload_param.nvme_path="$TMP" \
+    > "$TMP/pnvme.log" 2>&1 && fail "offload_param nvme on cuda was accepted"
+grep -q "not supported with device cuda" "$TMP/pnvme.log" || fail "unclear refusal: $(tail -2 "$TMP/pnvme.log")"
+echo "offload_param nvme on cuda: refused in one line"
+
 run nccl1 1 --set device=cuda --set comm_backend=nccl
 check "nccl 1 rank vs mpi 1 rank" gpu32 nccl1 0
 
