@@ -60,6 +60,8 @@ void cpu_residual_forward(float *out, const float *a, const float *b, size_t n);
 void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr,
                float beta1, float beta2, float eps, float wd, int t);
 double cpu_sumsq(const float *x, size_t n);
+/* Sum (square 0) or sum of squares (square 1) in double, fixed order. */
+double cpu_sum_impl(const float *x, size_t n, int square);
 void cpu_scale(float *x, float s, size_t n);
 
 /* mem_cpu.c */

@@ -91,26 +91,7 @@ void cpu_round_to(float *x, zinc_dtype dt, size_t n)
     }
 }
 
-/* Sum in double over fixed chunks (bounds depend on n only), chunk sums
- * added in order: the same result for any thread count. */
 double cpu_sum(const float *x, size_t n)
 {
-    enum { SUM_CHUNKS = 256, SUM_MIN_CHUNK = 8192 };
-    assert(x || n == 0);
-    size_t chunk = (n + SUM_CHUNKS - 1) / SUM_CHUNKS;
-    if (chunk < SUM_MIN_CHUNK) chunk = SUM_MIN_CHUNK;
-    const int nchunks = (int)((n + chunk - 1) / chunk);
-    double part[SUM_CHUNKS];
-    #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
-    for (int ci = 0; ci < nchunks; ci++) {
-        const size_t lo = (size_t)ci * chunk;
-        const size_t hi = lo + chunk < n ? lo + chunk : n;
-        double s = 0.0;
-        #pragma omp simd reduction(+ : s)
-        for (size_t i = lo; i < hi; i++) s += (double)x[i];
-        part[ci] = s;
-    }
-    double total = 0.0;
-    for (int ci = 0; ci < nchunks; ci++) total += part[ci];
-    return total;
+    return cpu_sum_impl(x, n, 0);
 }

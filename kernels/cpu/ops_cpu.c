@@ -223,32 +223,43 @@ void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, fl
     }
 }
 
-/* Sum of squares in double. The range is cut into at most SUMSQ_CHUNKS
- * chunks whose bounds depend only on n; chunk sums are added in order, so
- * the result does not depend on the thread count. */
-double cpu_sumsq(const float *x, size_t n)
+/* Sum (or sum of squares) in double. The range is cut into at most
+ * SUM_CHUNKS chunks whose bounds depend only on n; chunk sums are added in
+ * order, so the result does not depend on the thread count. */
+double cpu_sum_impl(const float *x, size_t n, int square)
 {
-    enum { SUMSQ_CHUNKS = 256, SUMSQ_MIN_CHUNK = 8192 };
+    enum { SUM_CHUNKS = 256, SUM_MIN_CHUNK = 8192 };
     assert(x || n == 0);
-    size_t chunk = (n + SUMSQ_CHUNKS - 1) / SUMSQ_CHUNKS;
-    if (chunk < SUMSQ_MIN_CHUNK)
-        chunk = SUMSQ_MIN_CHUNK;
+    size_t chunk = (n + SUM_CHUNKS - 1) / SUM_CHUNKS;
+    if (chunk < SUM_MIN_CHUNK)
+        chunk = SUM_MIN_CHUNK;
     const int nchunks = (int)((n + chunk - 1) / chunk);
-    double part[SUMSQ_CHUNKS];
+    double part[SUM_CHUNKS];
     #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
     for (int ci = 0; ci < nchunks; ci++) {
         const size_t lo = (size_t)ci * chunk;
         const size_t hi = lo + chunk < n ? lo + chunk : n;
         double s = 0.0;
-        #pragma omp simd reduction(+ : s)
-        for (size_t i = lo; i < hi; i++)
-            s += (double)x[i] * (double)x[i];
+        if (square) {
+            #pragma omp simd reduction(+ : s)
+            for (size_t i = lo; i < hi; i++)
+                s += (double)x[i] * (double)x[i];
+        } else {
+            #pragma omp simd reduction(+ : s)
+            for (size_t i = lo; i < hi; i++)
+                s += (double)x[i];
+        }
         part[ci] = s;
     }
     double total = 0.0;
     for (int ci = 0; ci < nchunks; ci++)
         total += part[ci];
     return total;
+}
+
+double cpu_sumsq(const float *x, size_t n)
+{
+    return cpu_sum_impl(x, n, 1);
 }
 
 /* x *= s. */

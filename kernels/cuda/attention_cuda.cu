@@ -254,6 +254,21 @@ static __global__ void attn_rowdot_kernel(float *Dr, const float *dout, const fl
         Dr[row] = s;
 }
 
+int cuda_attention_rowdot(float *Dr, const float *dout, const float *out, int B, int T, int C,
+                          int NH)
+{
+    const size_t n_rows = (size_t)B * NH * T;
+    const unsigned rows_per_block = ATT_THREADS / 32;
+    if (n_rows == 0)
+        return 1;
+    attn_rowdot_kernel<<<(unsigned)((n_rows + rows_per_block - 1) / rows_per_block),
+                         ATT_THREADS>>>(Dr, dout, out, T, C, NH, n_rows);
+    LAUNCH_TRY(attn_rowdot_kernel);
+    return 1;
+cleanup:
+    return 0;
+}
+
 /* dK, dV for one key tile; grid (key tiles, NH, B). dqkv accumulates. */
 template <int D>
 static __global__ void __launch_bounds__(ATT_THREADS)
@@ -473,17 +488,13 @@ void cuda_attention_backward(float *dqkv, float *scratch, const float *dout, con
     if (!att_shape_ok(B, T, C, NH) || n_rows == 0)
         return;
     const float scale = 1.0f / sqrtf((float)(C / NH));
-    const unsigned rows_per_block = ATT_THREADS / 32;
     const int vec = att_vec_ok(qkv, dout, C, NH);
-    attn_rowdot_kernel<<<(unsigned)((n_rows + rows_per_block - 1) / rows_per_block),
-                         ATT_THREADS>>>(scratch, dout, out, T, C, NH, n_rows);
-    LAUNCH_TRY(attn_rowdot_kernel);
+    if (!cuda_attention_rowdot(scratch, dout, out, B, T, C, NH))
+        return;
     if (C / NH <= 64)
         att_backward_launch<64>(dqkv, scratch, dout, qkv, lse, B, T, C, NH, scale, vec);
     else
         att_backward_launch<128>(dqkv, scratch, dout, qkv, lse, B, T, C, NH, scale, vec);
-cleanup:
-    return;
 }
 
 size_t cuda_attention_scratch_floats(int B, int T, int C, int NH)

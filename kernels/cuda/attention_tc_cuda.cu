@@ -36,7 +36,7 @@
  * out = O / l, lse = (m + log2 l) ln 2.
  *
  * backward, P = exp2(S scale log2e - lse log2e) recomputed:
- *  1. attn_tc_rowdot_kernel: D (B,NH,T) into scratch, one warp per row;
+ *  1. cuda_attention_rowdot (attention_cuda.cu): D (B,NH,T) into scratch;
  *  2. attn_tc_dkv_kernel (key tiles of 128): per query tile of 64 at or
  *     after it: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q,
  *     accumulators held across the walk (dK scaled once at the end);
@@ -370,29 +370,6 @@ static __global__ void __launch_bounds__(AT_THREADS)
                   0, vec, lane);
 }
 
-/* D (B,NH,T) = rowsum(dout * out) per head row; one warp per row. */
-static __global__ void __launch_bounds__(AT_THREADS)
-    attn_tc_rowdot_kernel(float *Dr, const float *dout, const float *out, int T, int C, int NH,
-                          size_t n_rows)
-{
-    const size_t r = ((size_t)blockIdx.x * AT_THREADS + threadIdx.x) / 32;
-    const int lane = (int)threadIdx.x % 32;
-    if (r >= n_rows)
-        return;
-    const int HS = C / NH, t = (int)(r % (size_t)T);
-    const size_t bh = r / (size_t)T;
-    const int h = (int)(bh % (size_t)NH);
-    const size_t b = bh / (size_t)NH;
-    const size_t off = (b * T + t) * (size_t)C + (size_t)h * HS;
-    float s = 0.0f;
-    for (int i = lane; i < HS; i += 32)
-        s = fmaf(dout[off + i], out[off + i], s);
-    for (int o = 16; o > 0; o >>= 1)
-        s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0)
-        Dr[r] = s;
-}
-
 /* dQ for one query tile of 128; 1-D grid in at_block order. dqkv accumulates.
  * sl2 = scale * log2(e). */
 static __global__ void __launch_bounds__(AT_THREADS)
@@ -636,8 +613,6 @@ void cuda_attention_backward_bf16(float *dqkv, float *scratch, const float *dout
         cuda_attention_backward(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
         return;
     }
-    const size_t n_rows = (size_t)B * NH * T;
-    const unsigned rows_per_block = AT_THREADS / 32;
     const unsigned grid = (unsigned)((size_t)B * NH * (size_t)((T + AT_BM - 1) / AT_BM));
     const float scale = 1.0f / sqrtf((float)AT_D);
     const int vec = tc_vec_ok(qkv, dout, dqkv, C);
@@ -645,9 +620,8 @@ void cuda_attention_backward_bf16(float *dqkv, float *scratch, const float *dout
                                   AT_DKV_SMEM));
     CUDA_TRY(cudaFuncSetAttribute(attn_tc_dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   AT_DQ_SMEM));
-    attn_tc_rowdot_kernel<<<(unsigned)((n_rows + rows_per_block - 1) / rows_per_block),
-                            AT_THREADS>>>(scratch, dout, out, T, C, NH, n_rows);
-    LAUNCH_TRY(attn_tc_rowdot_kernel);
+    if (!cuda_attention_rowdot(scratch, dout, out, B, T, C, NH))
+        goto cleanup;
     attn_tc_dkv_kernel<<<grid, AT_THREADS, AT_DKV_SMEM>>>(dqkv, qkv, dout, lse, scratch, B, T, C, NH,
                                                           scale, scale * tc_log2e, vec);
     LAUNCH_TRY(attn_tc_dkv_kernel);

@@ -83,6 +83,10 @@ void cuda_attention_forward(float *out, float *lse, const float *qkv, int B, int
 void cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                              const float *out, const float *lse, int B, int T, int C, int NH);
 size_t cuda_attention_scratch_floats(int B, int T, int C, int NH);
+/* Dr (B,NH,T) = rowsum(dout * out) per head row (the backward's D, shared by
+ * both attention implementations). Returns 1, or 0 after recording an error. */
+int cuda_attention_rowdot(float *Dr, const float *dout, const float *out, int B, int T, int C,
+                          int NH);
 
 /* attention_tc_cuda.cu: the same contract (and scratch size) for the bf16
  * table, on tensor cores (bf16 operands, fp32 softmax and accumulation)
