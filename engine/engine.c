@@ -513,6 +513,16 @@ static zinc_status batch_load(zinc_engine *e, const zinc_data *data, uint64_t fi
     return st;
 }
 
+/* A phase boundary for wall_clock_breakdown: the device's queued work is
+ * waited for first (as DeepSpeed's timers synchronize), so each phase gets
+ * its own device time; without the breakdown nothing waits. */
+static zinc_status phase_ms(zinc_engine *e, double *t)
+{
+    zinc_status st = e->cfg.wall_clock_breakdown ? engine_sync(e) : ZINC_OK;
+    *t = now_ms();
+    return st;
+}
+
 /* Layer run at position pos of the step's touch sequence: forward 0..L-1,
  * then backward L..2L-1 (layer 2L-1-pos). */
 static int layer_at(const zinc_engine *e, int pos)
@@ -571,7 +581,8 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
         for (int j = 0; j < l->n_units; j++) maybe_release(e, l->units[j], i);
         x = e->out[i];
     }
-    double t1 = now_ms();
+    double t1;
+    ZINC_TRY(phase_ms(e, &t1));
     e->t_fwd += t1 - t0;
     const float *dy = NULL;
     for (int i = backward ? L - 1 : -1; i >= 0; i--) {
@@ -593,7 +604,9 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
         dy = dx;
     }
     ZINC_TRY(zero_wait_pending(e, 1));
-    e->t_bwd += now_ms() - t1;
+    double t2;
+    ZINC_TRY(phase_ms(e, &t2));
+    e->t_bwd += t2 - t1;
     *loss_sum += c->loss_sum;
 cleanup:
     for (int u = 0; u < L; u++) zero_unit_release(e, u);
@@ -699,7 +712,9 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         else
             ZINC_TRY(zinc_comm_all_reduce(dpg, red, red, 2, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
     }
-    e->t_reduce = now_ms() - tr;
+    double tr_end;
+    ZINC_TRY(phase_ms(e, &tr_end));
+    e->t_reduce = tr_end - tr;
     double loss = red[0] / ((double)cfg->train_batch_size * e->T);
     double norm = sqrt(red[1]) / scale;
     int overflow = !isfinite(norm);
@@ -721,7 +736,9 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         e->opt_step++;
         double to = now_ms();
         ZINC_TRY(zero_optimizer_step(e, lr, coef, (int)e->opt_step));
-        e->t_opt = now_ms() - to;
+        double to_end;
+        ZINC_TRY(phase_ms(e, &to_end));
+        e->t_opt = to_end - to;
     }
     ZINC_TRY(engine_sync(e)); /* device time belongs to the step; faults surface here */
     if (cfg->wall_clock_breakdown && e->dp_rank == 0)
