@@ -222,6 +222,26 @@ static void engine_free_tables(zinc_engine *e)
     e->params = NULL;
 }
 
+/* Floats of activation memory for one (B, T) micro-batch: every layer's
+ * saved activations and outputs (act_total), the widest layer input (for
+ * the two gradient buffers), and the largest scratch. Sets each layer's
+ * act_floats. */
+static void act_sizes(zinc_engine *e, size_t *act_total, size_t *max_width, size_t *scratch)
+{
+    size_t BT = (size_t)e->B * e->T;
+    *act_total = *max_width = *scratch = 0;
+    for (int i = 0; i < e->n_layers; i++) {
+        zinc_layer *l = &e->layers[i];
+        const zinc_layer_ops *lo = l->def->ops;
+        l->act_floats = lo->act_floats ? lo->act_floats(l, e->B, e->T) : 0;
+        *act_total += (l->act_floats + 15) / 16 * 16;
+        if (i + 1 < e->n_layers) *act_total += BT * (size_t)l->n_out;
+        if ((size_t)l->n_in > *max_width) *max_width = (size_t)l->n_in;
+        size_t sc = lo->scratch_floats ? lo->scratch_floats(l, e->B, e->T) : 0;
+        if (sc > *scratch) *scratch = sc;
+    }
+}
+
 zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_def *m, int dp,
                                         int stage, zinc_mem_stats *out)
 {
@@ -238,8 +258,17 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     e.opt_nvme = c->zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;
     e.param_nvme = stage == 3 && c->zero.offload_param.device == ZINC_OFFLOAD_NVME;
     e.master_sep = e.pdt != ZINC_DTYPE_F32 || e.opt_nvme || e.param_nvme;
+    e.B = (int)c->train_micro_batch_size_per_gpu;
+    e.T = (int)zinc_config_seq_len(c);
     zinc_status st = engine_declare(&e);
-    if (st == ZINC_OK) zero_mem_stats(&e, out);
+    if (st == ZINC_OK) {
+        zero_mem_stats(&e, out);
+        if (e.B > 0 && e.T > 0) {
+            size_t act, width, scratch;
+            act_sizes(&e, &act, &width, &scratch);
+            out->activations = (act + 2 * (size_t)e.B * e.T * width + scratch) * sizeof(float);
+        }
+    }
     engine_free_tables(&e);
     return st;
 }
@@ -267,17 +296,8 @@ static zinc_status engine_alloc_local(zinc_engine *e)
     zero_mem_stats(e, &e->mem);
 
     /* activations: saved acts + outputs per layer, grads ping-pong, scratch */
-    size_t BT = (size_t)e->B * e->T, act_total = 0, max_width = 0, scratch = 0;
-    for (int i = 0; i < e->n_layers; i++) {
-        zinc_layer *l = &e->layers[i];
-        const zinc_layer_ops *lo = l->def->ops;
-        l->act_floats = lo->act_floats ? lo->act_floats(l, e->B, e->T) : 0;
-        act_total += (l->act_floats + 15) / 16 * 16;
-        if (i + 1 < e->n_layers) act_total += BT * (size_t)l->n_out;
-        if ((size_t)l->n_in > max_width) max_width = (size_t)l->n_in;
-        size_t s = lo->scratch_floats ? lo->scratch_floats(l, e->B, e->T) : 0;
-        if (s > scratch) scratch = s;
-    }
+    size_t BT = (size_t)e->B * e->T, act_total, max_width, scratch;
+    act_sizes(e, &act_total, &max_width, &scratch);
     e->act_slab = alloc_floats(e, act_total);
     e->dbuf[0] = alloc_floats(e, BT * max_width);
     e->dbuf[1] = alloc_floats(e, BT * max_width);
@@ -415,7 +435,7 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
                                   NULL));
     e->mem_max = (zinc_mem_stats){(uint64_t)mx[0], (uint64_t)mx[1], (uint64_t)mx[2],
                                   (uint64_t)mx[3], (uint64_t)mx[4], (uint64_t)mx[5],
-                                  (uint64_t)mx[6]};
+                                  (uint64_t)mx[6], 0};
     *out = e;
     return ZINC_OK;
 cleanup:

@@ -50,9 +50,12 @@ static void usage(FILE *f)
 }
 
 /* Prints the per-rank model-state estimate of stages 0-3 for n ranks. */
-static int estimate_memory(const zinc_config *cfg, int n)
+static int estimate_memory(const zinc_config *cfg_in, int n)
 {
     zinc_gpt2 *g = NULL;
+    zinc_config resolved = *cfg_in, *cfg = &resolved;
+    if (zinc_config_resolve(cfg, n) != ZINC_OK) /* the batch triple for n ranks */
+        cfg->train_micro_batch_size_per_gpu = 0;  /* activations unknown; model state still */
     if (zinc_gpt2_create(cfg, &g) != ZINC_OK) {
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
         return 2;
@@ -72,6 +75,10 @@ static int estimate_memory(const zinc_config *cfg, int n)
         printf("%5d %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f %9.1f\n", stage, m.params / 1048576.0,
                m.grads / 1048576.0, m.master / 1048576.0, m.optimizer / 1048576.0,
                m.total / 1048576.0, (m.total + m.buffers) / 1048576.0, m.nvme / 1048576.0);
+        if (stage == 3 && m.activations)
+            printf("activations per rank (micro-batch %lld x %lld tokens, fp32, any stage): %.1f MiB\n",
+                   (long long)cfg->train_micro_batch_size_per_gpu,
+                   (long long)zinc_config_seq_len(cfg), m.activations / 1048576.0);
     }
     zinc_gpt2_destroy(g);
     return rc;

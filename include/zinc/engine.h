@@ -113,6 +113,8 @@ typedef struct zinc_mem_stats {
     uint64_t total;      /* the sum of the four */
     uint64_t buffers;    /* declared communication buckets (reduce + allgather) */
     uint64_t nvme;       /* the part of total that sits in swap files on NVMe */
+    uint64_t activations;/* estimate only: saved activations, gradient buffers and
+                            scratch of one micro-batch (0 when unknown) */
 } zinc_mem_stats;
 
 typedef struct zinc_step_stats {
@@ -136,8 +138,10 @@ typedef struct zinc_step_stats {
 } zinc_step_stats;
 
 /* Model-state bytes per rank that zinc_engine_create would allocate for this
- * model at DP size dp and the given ZeRO stage and precision in c (pure; no
- * communication, no allocation of model memory). */
+ * model at DP size dp and the given ZeRO stage and precision in c, and the
+ * activation bytes of one micro-batch (train_micro_batch_size_per_gpu x the
+ * sequence length, when c gives the micro-batch) (pure; no communication,
+ * no allocation of model memory). */
 zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_def *m, int dp,
                                         int stage, zinc_mem_stats *out);
 

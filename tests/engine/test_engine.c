@@ -11,6 +11,7 @@
 
 #include "zinc/comm.h"
 #include "zinc/config.h"
+#include "zinc/device.h"
 #include "zinc/engine.h"
 #include "zinc/gpt2.h"
 
@@ -166,6 +167,35 @@ static void test_schedulers(void)
     CU_ASSERT_DOUBLE_EQUAL(zinc_sched_lr(&c, 299), 1e-3 * 0.01, 1e-15);
 }
 
+/* The memory estimate matches what the engine allocates on its device:
+ * model state + one micro-batch's activations, within the few small
+ * buffers the estimate leaves out (token ids, allocator rounding). */
+static void test_memory_estimate(void)
+{
+    static const char *CFG =
+        "{\"train_micro_batch_size_per_gpu\": 4, \"bf16\": {\"enabled\": true},"
+        " \"zero_optimization\": {\"stage\": 1},"
+        " \"model\": {\"type\": \"gpt2\", \"n_layer\": 3, \"n_embd\": 64, \"n_head\": 4,"
+        "             \"vocab_size\": 512, \"block_size\": 32, \"seed\": 7},"
+        " \"data\": {\"train\": [\"unused.bin\"]}, \"device\": \"cpu\"}";
+    const zinc_device *dev = zinc_device_cpu();
+    uint64_t before = 0, after = 0;
+    dev->mem(&before, NULL, NULL);
+    fixture f;
+    CU_ASSERT_FATAL(fixture_make(&f, CFG));
+    dev->mem(&after, NULL, NULL);
+    zinc_mem_stats m;
+    CU_ASSERT_FATAL(zinc_engine_estimate_memory(&f.cfg, zinc_gpt2_model(f.gpt), 1, 1, &m) ==
+                    ZINC_OK);
+    double got = (double)(after - before), want = (double)(m.total + m.activations);
+    CU_ASSERT(m.activations > 0);
+    CU_ASSERT(got >= want);
+    CU_ASSERT(got <= want * 1.02 + 65536.0);
+    if (!(got >= want && got <= want * 1.02 + 65536.0))
+        fprintf(stderr, "memory: allocated %.0f bytes, estimated %.0f\n", got, want);
+    fixture_free(&f);
+}
+
 static void test_offload_unsupported(void)
 {
     zinc_config c;
@@ -197,6 +227,7 @@ int main(int argc, char **argv)
     CU_add_test(s, "deterministic init", test_init_deterministic);
     CU_add_test(s, "lr schedulers (DeepSpeed formulas)", test_schedulers);
     CU_add_test(s, "missing nvme_path is a clear error", test_offload_unsupported);
+    CU_add_test(s, "memory estimate = what the engine allocates", test_memory_estimate);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
