@@ -74,6 +74,13 @@ typedef struct zinc_device {
 /* The CPU device. Static storage, never NULL. */
 const zinc_device *zinc_device_cpu(void);
 
+/* The strict test device: host memory that the host can touch only through
+ * the device's copy, memset0 and ops (all else faults), with the CPU's ops;
+ * is_host 0, so the engine takes its device paths (staging, io callbacks,
+ * host-offloaded optimizer). For tests (ZINC_STRICT_DEVICE=1 makes the
+ * engine use it instead of the cpu device); slow, one thread. */
+const zinc_device *zinc_device_strict(void);
+
 /* Number of CUDA devices visible to this process: 0 in a build without
  * CUDA or on a machine without a GPU (never an error). */
 int zinc_device_cuda_count(void);

@@ -116,4 +116,23 @@ typedef struct zinc_ops {
 /* The CPU op table (C + OpenMP + OpenBLAS). Static storage, never NULL. */
 const zinc_ops *zinc_ops_cpu(void);
 
+/* Hooks around the ops of a wrapped table: before(op, user), the op,
+ * after(op, user); op indexes zinc_ops_op_name(). */
+typedef struct zinc_ops_hooks {
+    void (*before)(int op, void *user);
+    void (*after)(int op, void *user);
+    void *user;
+} zinc_ops_hooks;
+
+#define ZINC_OPS_WRAP_SLOTS 2 /* 0: the op profiler; 1: the strict test device */
+
+/* A table that runs every op of in between the hooks (name and
+ * attention_scratch_floats pass through). One table per slot per process,
+ * static storage; a later call for the same slot replaces it. in and the
+ * hooks' user are borrowed. */
+const zinc_ops *zinc_ops_wrap(int slot, const zinc_ops *in, const zinc_ops_hooks *hooks);
+/* Number of wrapped ops, and the name of op i ("matmul", ...). */
+int zinc_ops_n_ops(void);
+const char *zinc_ops_op_name(int op);
+
 #endif

@@ -1,0 +1,126 @@
+/* ops_wrap.c - an op table that calls hooks around every op of another
+ * one: the op profiler (engine/ops_profile.c) and the strict test device
+ * (core/device_strict.c) are both built on it. Op tables hold plain
+ * function pointers, so each wrapper slot is its own set of functions,
+ * generated from one list of the ops. */
+#include <assert.h>
+#include <stddef.h>
+
+#include "zinc/ops.h"
+
+/* Every wrapped op of zinc_ops: X(name, (params), (args)). */
+#define WRAP_VOID_OPS(X)                                                                      \
+    X(matmul, (float *c, const float *a, const float *b, int m, int n, int k, int ta, int tb,   \
+               float alpha, float beta), (c, a, b, m, n, k, ta, tb, alpha, beta))               \
+    X(linear_forward, (float *out, const float *inp, const float *w, const float *b, int N,     \
+                       int C, int OC), (out, inp, w, b, N, C, OC))                              \
+    X(linear_backward, (float *dinp, float *dw, float *db, const float *dout, const float *inp, \
+                        const float *w, int N, int C, int OC),                                  \
+      (dinp, dw, db, dout, inp, w, N, C, OC))                                                   \
+    X(embedding_forward, (float *out, const int32_t *tok, const float *wte, const float *wpe,   \
+                          int B, int T, int C), (out, tok, wte, wpe, B, T, C))                  \
+    X(embedding_backward, (float *dwte, float *dwpe, const float *dout, const int32_t *tok,     \
+                           int B, int T, int C), (dwte, dwpe, dout, tok, B, T, C))              \
+    X(layernorm_forward, (float *out, float *mean, float *rstd, const float *inp,               \
+                          const float *w, const float *b, int N, int C),                        \
+      (out, mean, rstd, inp, w, b, N, C))                                                       \
+    X(layernorm_backward, (float *dinp, float *dw, float *db, const float *dout,                \
+                           const float *inp, const float *w, const float *mean,                 \
+                           const float *rstd, int N, int C),                                    \
+      (dinp, dw, db, dout, inp, w, mean, rstd, N, C))                                           \
+    X(gelu_forward, (float *out, const float *inp, size_t n), (out, inp, n))                    \
+    X(gelu_backward, (float *dinp, const float *inp, const float *dout, size_t n),              \
+      (dinp, inp, dout, n))                                                                     \
+    X(attention_forward, (float *out, float *lse, const float *qkv, int B, int T, int C,        \
+                          int NH), (out, lse, qkv, B, T, C, NH))                                \
+    X(attention_backward, (float *dqkv, float *scratch, const float *dout, const float *qkv,    \
+                           const float *out, const float *lse, int B, int T, int C, int NH),    \
+      (dqkv, scratch, dout, qkv, out, lse, B, T, C, NH))                                        \
+    X(residual_forward, (float *out, const float *a, const float *b, size_t n), (out, a, b, n)) \
+    X(softmax_xent, (float *losses, float *logits, const int32_t *t, float dloss, int N,        \
+                     int V), (losses, logits, t, dloss, N, V))                                  \
+    X(adamw, (float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,       \
+              float b2, float eps, float wd, int t), (p, g, m, v, n, lr, b1, b2, eps, wd, t))   \
+    X(scale, (float *x, float s, size_t n), (x, s, n))                                          \
+    X(zero, (void *p, size_t bytes), (p, bytes))                                                \
+    X(copy, (void *dst, const void *src, size_t bytes), (dst, src, bytes))                      \
+    X(convert, (void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, size_t n),          \
+      (dst, ddt, src, sdt, n))                                                                  \
+    X(add_into, (void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, size_t n),         \
+      (dst, ddt, src, sdt, n))                                                                  \
+    X(round_to, (float *x, zinc_dtype dt, size_t n), (x, dt, n))
+#define WRAP_DOUBLE_OPS(X)                                                                    \
+    X(sumsq, (const float *x, size_t n), (x, n))                                                \
+    X(sum, (const float *x, size_t n), (x, n))
+
+enum {
+#define ENUM_X(name, params, args) OP_##name,
+    WRAP_VOID_OPS(ENUM_X) WRAP_DOUBLE_OPS(ENUM_X)
+#undef ENUM_X
+    OP_N
+};
+
+static const char *const op_names[OP_N] = {
+#define NAME_X(name, params, args) #name,
+    WRAP_VOID_OPS(NAME_X) WRAP_DOUBLE_OPS(NAME_X)
+#undef NAME_X
+};
+
+int zinc_ops_n_ops(void) { return OP_N; }
+const char *zinc_ops_op_name(int op) { return op >= 0 && op < OP_N ? op_names[op] : "?"; }
+
+static struct {
+    const zinc_ops *in;
+    zinc_ops_hooks hooks;
+    zinc_ops table;
+} W[ZINC_OPS_WRAP_SLOTS];
+
+/* The functions of one slot. */
+#define VOID_X(S, name, params, args)                                                         \
+    static void w##S##_##name params                                                           \
+    {                                                                                          \
+        W[S].hooks.before(OP_##name, W[S].hooks.user);                                         \
+        W[S].in->name args;                                                                    \
+        W[S].hooks.after(OP_##name, W[S].hooks.user);                                          \
+    }
+#define DOUBLE_X(S, name, params, args)                                                       \
+    static double w##S##_##name params                                                         \
+    {                                                                                          \
+        W[S].hooks.before(OP_##name, W[S].hooks.user);                                         \
+        double r_ = W[S].in->name args;                                                        \
+        W[S].hooks.after(OP_##name, W[S].hooks.user);                                          \
+        return r_;                                                                             \
+    }
+#define SET_X(S, name, params, args) W[S].table.name = w##S##_##name;
+
+#define SLOT(S)                                                                               \
+    WRAP_VOID_OPS_S(VOID_X, S)                                                                 \
+    WRAP_DOUBLE_OPS_S(DOUBLE_X, S)                                                             \
+    static void fill_##S(void) { WRAP_VOID_OPS_S(SET_X, S) WRAP_DOUBLE_OPS_S(SET_X, S) }
+
+/* The lists again, with the slot number passed through. */
+#define WRAP_VOID_OPS_S(X, S) WRAP_VOID_OPS(X##_##S)
+#define WRAP_DOUBLE_OPS_S(X, S) WRAP_DOUBLE_OPS(X##_##S)
+#define VOID_X_0(n, p, a) VOID_X(0, n, p, a)
+#define VOID_X_1(n, p, a) VOID_X(1, n, p, a)
+#define DOUBLE_X_0(n, p, a) DOUBLE_X(0, n, p, a)
+#define DOUBLE_X_1(n, p, a) DOUBLE_X(1, n, p, a)
+#define SET_X_0(n, p, a) SET_X(0, n, p, a)
+#define SET_X_1(n, p, a) SET_X(1, n, p, a)
+
+SLOT(0)
+SLOT(1)
+
+const zinc_ops *zinc_ops_wrap(int slot, const zinc_ops *in, const zinc_ops_hooks *hooks)
+{
+    assert(slot >= 0 && slot < ZINC_OPS_WRAP_SLOTS && in && hooks && hooks->before &&
+           hooks->after);
+    W[slot].in = in;
+    W[slot].hooks = *hooks;
+    W[slot].table = *in; /* name and attention_scratch_floats pass through */
+    if (slot == 0)
+        fill_0();
+    else
+        fill_1();
+    return &W[slot].table;
+}
