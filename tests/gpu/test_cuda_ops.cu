@@ -221,19 +221,27 @@ static void check_same_values(const char *what, const void *d, const void *h, si
     free(got);
 }
 
-/* Two device buffers must hold the same bits. */
-static void check_same_bits(const char *what, const float *d1, const float *d2, size_t n)
+/* Two device buffers must hold the same bits; pair names them ("two runs",
+ * "vector and scalar paths"). */
+static void check_bits_pair(const char *what, const float *d1, const float *d2, size_t n,
+                            const char *pair)
 {
     float *a = fetch(d1, n), *b = fetch(d2, n);
     n_checks++;
     if (memcmp(a, b, n * sizeof *a) != 0) {
         n_fail++;
-        printf("FAIL  %-40s two runs differ (not deterministic)\n", what);
+        printf("FAIL  %-40s %s differ\n", what, pair);
     } else {
-        printf("ok    %-40s bitwise equal over two runs\n", what);
+        printf("ok    %-40s %s bitwise equal\n", what, pair);
     }
     free(a);
     free(b);
+}
+
+/* Two runs of an op must give the same bits (determinism). */
+static void check_same_bits(const char *what, const float *d1, const float *d2, size_t n)
+{
+    check_bits_pair(what, d1, d2, n, "two runs");
 }
 
 #define TOL_EW 1e-5, 1e-6
@@ -877,19 +885,10 @@ static void test_memory_ops(void)
 /* vectorized elementwise paths                                        */
 /* ------------------------------------------------------------------ */
 
-/* Two device buffers must hold the same bits (two access paths). */
+/* The vectorized and the scalar access path must give the same bits. */
 static void check_same_dev(const char *what, const float *d1, const float *d2, size_t n)
 {
-    float *a = fetch(d1, n), *b = fetch(d2, n);
-    n_checks++;
-    if (memcmp(a, b, n * sizeof *a) != 0) {
-        n_fail++;
-        printf("FAIL  %-40s vector and scalar paths differ\n", what);
-    } else {
-        printf("ok    %-40s vector path = scalar path bitwise\n", what);
-    }
-    free(a);
-    free(b);
+    check_bits_pair(what, d1, d2, n, "vector and scalar paths");
 }
 
 static void h2d(void *d, const void *h, size_t bytes)
