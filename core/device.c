@@ -84,7 +84,7 @@ static void cpu_copy_any(void *dst, const void *src, size_t bytes)
     if (bytes && dst != src) memmove(dst, src, bytes);
 }
 
-static zinc_status cpu_sync(void) { return ZINC_OK; }
+static zinc_status cpu_sync(void) { return zinc_ops_cpu_last_status(); }
 static int cpu_is_device_ptr(const void *p) { (void)p; return 0; }
 
 static void cpu_mem(uint64_t *live, uint64_t *peak, uint64_t *host_live)
@@ -103,7 +103,7 @@ const zinc_device *zinc_device_cpu(void)
     if (!init) { /* ops tables are reached through functions: fill once */
         dev = (zinc_device){
             .name = "cpu", .is_host = 1, .index = 0,
-            .ops = zinc_ops_cpu(), .ops_bf16 = zinc_ops_cpu(),
+            .ops = zinc_ops_cpu(), .ops_bf16 = zinc_ops_cpu_bf16(),
             .alloc = cpu_alloc, .free = cpu_free,
             .host_alloc = cpu_host_alloc, .host_free = cpu_host_free,
             .memset0 = cpu_memset0, .copy = cpu_copy_any, .sync = cpu_sync,

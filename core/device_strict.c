@@ -140,7 +140,7 @@ static void st_copy(void *dst, const void *src, size_t bytes)
     close_all();
 }
 
-static zinc_status st_sync(void) { return ZINC_OK; }
+static zinc_status st_sync(void) { return zinc_ops_cpu_last_status(); }
 static int st_is_device_ptr(const void *p) { return p && find(p) >= 0; }
 
 static void st_mem(uint64_t *live, uint64_t *peak, uint64_t *host_live)
@@ -158,8 +158,9 @@ const zinc_device *zinc_device_strict(void)
     if (!dev.name) {
         zinc_ops_hooks h = {hook_before, hook_after, NULL};
         const zinc_ops *ops = zinc_ops_wrap(1, zinc_ops_cpu(), &h);
+        const zinc_ops *ops_bf16 = zinc_ops_wrap(2, zinc_ops_cpu_bf16(), &h);
         dev = (zinc_device){
-            .name = "strict", .is_host = 0, .index = 0, .ops = ops, .ops_bf16 = ops,
+            .name = "strict", .is_host = 0, .index = 0, .ops = ops, .ops_bf16 = ops_bf16,
             .alloc = st_alloc, .free = st_free, .host_alloc = st_host_alloc,
             .host_free = st_host_free, .memset0 = st_memset0, .copy = st_copy,
             .sync = st_sync, .is_device_ptr = st_is_device_ptr, .mem = st_mem,

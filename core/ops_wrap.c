@@ -12,32 +12,37 @@
 #define WRAP_VOID_OPS(X)                                                                      \
     X(matmul, (float *c, const float *a, const float *b, int m, int n, int k, int ta, int tb,   \
                float alpha, float beta), (c, a, b, m, n, k, ta, tb, alpha, beta))               \
-    X(linear_forward, (float *out, const float *inp, const float *w, const float *b, int N,     \
+    X(linear_forward, (void *out, const void *inp, const float *w, const float *b, int N,       \
                        int C, int OC), (out, inp, w, b, N, C, OC))                              \
-    X(linear_backward, (float *dinp, float *dw, float *db, const float *dout, const float *inp, \
+    X(linear_backward, (void *dinp, float *dw, float *db, const void *dout, const void *inp,    \
                         const float *w, int N, int C, int OC),                                  \
       (dinp, dw, db, dout, inp, w, N, C, OC))                                                   \
-    X(embedding_forward, (float *out, const int32_t *tok, const float *wte, const float *wpe,   \
+    X(head_forward, (void *logits, const void *inp, const float *wte, int N, int C, int V),     \
+      (logits, inp, wte, N, C, V))                                                              \
+    X(head_backward, (void *dinp, float *dwte, const void *dlogits, const void *inp,            \
+                      const float *wte, int N, int C, int V),                                   \
+      (dinp, dwte, dlogits, inp, wte, N, C, V))                                                 \
+    X(embedding_forward, (void *out, const int32_t *tok, const float *wte, const float *wpe,    \
                           int B, int T, int C), (out, tok, wte, wpe, B, T, C))                  \
-    X(embedding_backward, (float *dwte, float *dwpe, const float *dout, const int32_t *tok,     \
+    X(embedding_backward, (float *dwte, float *dwpe, const void *dout, const int32_t *tok,      \
                            int B, int T, int C), (dwte, dwpe, dout, tok, B, T, C))              \
-    X(layernorm_forward, (float *out, float *mean, float *rstd, const float *inp,               \
+    X(layernorm_forward, (void *out, float *mean, float *rstd, const void *inp,                 \
                           const float *w, const float *b, int N, int C),                        \
       (out, mean, rstd, inp, w, b, N, C))                                                       \
-    X(layernorm_backward, (float *dinp, float *dw, float *db, const float *dout,                \
-                           const float *inp, const float *w, const float *mean,                 \
+    X(layernorm_backward, (void *dinp, float *dw, float *db, const void *dout,                  \
+                           const void *inp, const float *w, const float *mean,                  \
                            const float *rstd, int N, int C),                                    \
       (dinp, dw, db, dout, inp, w, mean, rstd, N, C))                                           \
-    X(gelu_forward, (float *out, const float *inp, size_t n), (out, inp, n))                    \
-    X(gelu_backward, (float *dinp, const float *inp, const float *dout, size_t n),              \
+    X(gelu_forward, (void *out, const void *inp, size_t n), (out, inp, n))                      \
+    X(gelu_backward, (void *dinp, const void *inp, const void *dout, size_t n),                 \
       (dinp, inp, dout, n))                                                                     \
-    X(attention_forward, (float *out, float *lse, const float *qkv, int B, int T, int C,        \
+    X(attention_forward, (void *out, float *lse, const void *qkv, int B, int T, int C,          \
                           int NH), (out, lse, qkv, B, T, C, NH))                                \
-    X(attention_backward, (float *dqkv, float *scratch, const float *dout, const float *qkv,    \
-                           const float *out, const float *lse, int B, int T, int C, int NH),    \
+    X(attention_backward, (void *dqkv, float *scratch, const void *dout, const void *qkv,       \
+                           const void *out, const float *lse, int B, int T, int C, int NH),     \
       (dqkv, scratch, dout, qkv, out, lse, B, T, C, NH))                                        \
-    X(residual_forward, (float *out, const float *a, const float *b, size_t n), (out, a, b, n)) \
-    X(softmax_xent, (float *losses, float *logits, const int32_t *t, float dloss, int N,        \
+    X(residual_forward, (void *out, const void *a, const void *b, size_t n), (out, a, b, n))    \
+    X(softmax_xent, (float *losses, void *logits, const int32_t *t, float dloss, int N,         \
                      int V), (losses, logits, t, dloss, N, V))                                  \
     X(adamw, (float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,       \
               float b2, float eps, float wd, int t), (p, g, m, v, n, lr, b1, b2, eps, wd, t))   \
@@ -103,13 +108,17 @@ static struct {
 #define WRAP_DOUBLE_OPS_S(X, S) WRAP_DOUBLE_OPS(X##_##S)
 #define VOID_X_0(n, p, a) VOID_X(0, n, p, a)
 #define VOID_X_1(n, p, a) VOID_X(1, n, p, a)
+#define VOID_X_2(n, p, a) VOID_X(2, n, p, a)
 #define DOUBLE_X_0(n, p, a) DOUBLE_X(0, n, p, a)
 #define DOUBLE_X_1(n, p, a) DOUBLE_X(1, n, p, a)
+#define DOUBLE_X_2(n, p, a) DOUBLE_X(2, n, p, a)
 #define SET_X_0(n, p, a) SET_X(0, n, p, a)
 #define SET_X_1(n, p, a) SET_X(1, n, p, a)
+#define SET_X_2(n, p, a) SET_X(2, n, p, a)
 
 SLOT(0)
 SLOT(1)
+SLOT(2)
 
 const zinc_ops *zinc_ops_wrap(int slot, const zinc_ops *in, const zinc_ops_hooks *hooks)
 {
@@ -117,10 +126,8 @@ const zinc_ops *zinc_ops_wrap(int slot, const zinc_ops *in, const zinc_ops_hooks
            hooks->after);
     W[slot].in = in;
     W[slot].hooks = *hooks;
-    W[slot].table = *in; /* name and attention_scratch_floats pass through */
-    if (slot == 0)
-        fill_0();
-    else
-        fill_1();
+    W[slot].table = *in; /* name, act and attention_scratch_floats pass through */
+    static void (*const fill[ZINC_OPS_WRAP_SLOTS])(void) = {fill_0, fill_1, fill_2};
+    fill[slot]();
     return &W[slot].table;
 }

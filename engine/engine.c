@@ -35,10 +35,20 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static void *alloc_floats(const zinc_engine *e, size_t n)
+static void *alloc_bytes(const zinc_engine *e, size_t n)
 {
-    return e->dev->alloc((n ? n : 1) * sizeof(float));
+    return e->dev->alloc(n ? n : 1);
 }
+
+/* The dtype activations are stored in: bf16 in bf16 training (every
+ * device's ops_bf16 table has act bf16), else fp32 (fp16 training rounds
+ * fp32 activations at layer boundaries instead). */
+static zinc_dtype act_dtype(const zinc_engine *e)
+{
+    return e->pdt == ZINC_DTYPE_BF16 ? ZINC_DTYPE_BF16 : ZINC_DTYPE_F32;
+}
+
+#define ACT_ALIGN(n) (((n) + 63) / 64 * 64) /* bytes: 64-byte aligned carving */
 
 /* ---------------------------------------------------------------- layer API */
 
@@ -110,7 +120,7 @@ int zinc_layer_param_tie(zinc_layer *l, const char *full_name)
 void zinc_layer_set_out(zinc_layer *l, int n_out) { l->n_out = n_out; }
 int zinc_layer_n_in(const zinc_layer *l) { return l->n_in; }
 void *zinc_layer_state(const zinc_layer *l) { return l->def->state; }
-float *zinc_layer_acts(zinc_layer *l) { return l->acts; }
+void *zinc_layer_acts(zinc_layer *l) { return l->acts; }
 
 float *zinc_layer_param(zinc_layer *l, int idx)
 {
@@ -222,24 +232,27 @@ static void engine_free_tables(zinc_engine *e)
     e->params = NULL;
 }
 
-/* Floats of activation memory for one (B, T) micro-batch: every layer's
- * saved activations and outputs (act_total), the widest layer input (for
- * the two gradient buffers), and the largest scratch. Sets each layer's
- * act_floats. */
-static void act_sizes(zinc_engine *e, size_t *act_total, size_t *max_width, size_t *scratch)
+/* Bytes of activation memory for one (B, T) micro-batch: every layer's
+ * saved activations and outputs (act_total), one gradient buffer for the
+ * widest layer input (dbuf, two of them are used), and the largest
+ * scratch. Sets each layer's act_bytes. */
+static void act_sizes(zinc_engine *e, size_t *act_total, size_t *dbuf, size_t *scratch)
 {
-    size_t BT = (size_t)e->B * e->T;
-    *act_total = *max_width = *scratch = 0;
+    const zinc_dtype act = act_dtype(e);
+    const size_t BT = (size_t)e->B * e->T, asz = zinc_dtype_size(act);
+    size_t max_width = 0;
+    *act_total = *scratch = 0;
     for (int i = 0; i < e->n_layers; i++) {
         zinc_layer *l = &e->layers[i];
         const zinc_layer_ops *lo = l->def->ops;
-        l->act_floats = lo->act_floats ? lo->act_floats(l, e->B, e->T) : 0;
-        *act_total += (l->act_floats + 15) / 16 * 16;
-        if (i + 1 < e->n_layers) *act_total += BT * (size_t)l->n_out;
-        if ((size_t)l->n_in > *max_width) *max_width = (size_t)l->n_in;
-        size_t sc = lo->scratch_floats ? lo->scratch_floats(l, e->B, e->T) : 0;
+        l->act_bytes = lo->act_bytes ? lo->act_bytes(l, e->B, e->T, act) : 0;
+        *act_total += ACT_ALIGN(l->act_bytes);
+        if (i + 1 < e->n_layers) *act_total += ACT_ALIGN(BT * (size_t)l->n_out * asz);
+        if ((size_t)l->n_in > max_width) max_width = (size_t)l->n_in;
+        size_t sc = lo->scratch_bytes ? lo->scratch_bytes(l, e->B, e->T, act) : 0;
         if (sc > *scratch) *scratch = sc;
     }
+    *dbuf = BT * max_width * asz;
 }
 
 zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_def *m, int dp,
@@ -264,9 +277,9 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     if (st == ZINC_OK) {
         zero_mem_stats(&e, out);
         if (e.B > 0 && e.T > 0) {
-            size_t act, width, scratch;
-            act_sizes(&e, &act, &width, &scratch);
-            out->activations = (act + 2 * (size_t)e.B * e.T * width + scratch) * sizeof(float);
+            size_t act, dbuf, scratch;
+            act_sizes(&e, &act, &dbuf, &scratch);
+            out->activations = act + 2 * dbuf + scratch;
         }
     }
     engine_free_tables(&e);
@@ -296,12 +309,13 @@ static zinc_status engine_alloc_local(zinc_engine *e)
     zero_mem_stats(e, &e->mem);
 
     /* activations: saved acts + outputs per layer, grads ping-pong, scratch */
-    size_t BT = (size_t)e->B * e->T, act_total, max_width, scratch;
-    act_sizes(e, &act_total, &max_width, &scratch);
-    e->act_slab = alloc_floats(e, act_total);
-    e->dbuf[0] = alloc_floats(e, BT * max_width);
-    e->dbuf[1] = alloc_floats(e, BT * max_width);
-    e->scratch = alloc_floats(e, scratch);
+    size_t BT = (size_t)e->B * e->T, act_total, dbuf, scratch;
+    const size_t asz = zinc_dtype_size(act_dtype(e));
+    act_sizes(e, &act_total, &dbuf, &scratch);
+    e->act_slab = alloc_bytes(e, act_total);
+    e->dbuf[0] = alloc_bytes(e, dbuf);
+    e->dbuf[1] = alloc_bytes(e, dbuf);
+    e->scratch = alloc_bytes(e, scratch);
     e->tokens = e->dev->alloc(BT * sizeof(int32_t));
     e->targets = e->dev->alloc(BT * sizeof(int32_t));
     if (!e->dev->is_host) {
@@ -310,18 +324,18 @@ static zinc_status engine_alloc_local(zinc_engine *e)
     }
     if (!e->act_slab || !e->dbuf[0] || !e->dbuf[1] || !e->scratch || !e->tokens || !e->targets ||
         (!e->dev->is_host && (!e->htokens || !e->htargets))) {
-        st = zinc_error(ZINC_ERR_NOMEM, "activations on %s: %zu floats (%s)", e->dev->name,
+        st = zinc_error(ZINC_ERR_NOMEM, "activations on %s: %zu bytes (%s)", e->dev->name,
                         act_total, zinc_last_error());
         goto cleanup;
     }
-    float *a = e->act_slab;
+    char *a = e->act_slab;
     for (int i = 0; i < e->n_layers; i++) {
         zinc_layer *l = &e->layers[i];
         l->acts = a;
-        a += (l->act_floats + 15) / 16 * 16;
+        a += ACT_ALIGN(l->act_bytes);
         if (i + 1 < e->n_layers) {
             e->out[i] = a;
-            a += BT * (size_t)l->n_out;
+            a += ACT_ALIGN(BT * (size_t)l->n_out * asz);
         }
     }
 
@@ -378,6 +392,12 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
         }
     }
     e->ops = e->pdt == ZINC_DTYPE_BF16 ? e->dev->ops_bf16 : e->dev->ops;
+    if (e->ops->act != act_dtype(e)) {
+        st = zinc_error(ZINC_ERR_INTERNAL, "device %s: op table %s stores activations in %s, "
+                        "the engine expects %s", e->dev->name, e->ops->name,
+                        zinc_dtype_name(e->ops->act), zinc_dtype_name(act_dtype(e)));
+        goto cleanup;
+    }
     if (getenv("ZINC_PROFILE_OPS") && atoi(getenv("ZINC_PROFILE_OPS")) > 0) {
         e->ops = engine_ops_profiled(e->ops, e->dev->sync);
         e->profiling = 1;
@@ -512,10 +532,12 @@ float *zinc_engine_grad_by_name(zinc_engine *e, const char *name, int64_t *numel
 
 /* ---------------------------------------------------------------- the step */
 
-/* Rounds x to the storage precision (16-bit activations' numerics). */
-static void round_storage(const zinc_engine *e, float *x, size_t n)
+/* Rounds fp32 activations to the storage precision (fp16 training's
+ * numerics; bf16 activations are stored in bf16 already). */
+static void round_storage(const zinc_engine *e, void *x, size_t n)
 {
-    if (e->pdt != ZINC_DTYPE_F32) e->ops->round_to(x, e->pdt, n);
+    if (e->pdt != ZINC_DTYPE_F32 && e->ops->act == ZINC_DTYPE_F32)
+        e->ops->round_to(x, e->pdt, n);
 }
 
 /* Copies a micro-batch the data loader wrote to host memory onto the device. */
@@ -607,7 +629,7 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
     double t1;
     ZINC_TRY(phase_ms(e, &t1));
     e->t_fwd += t1 - t0;
-    const float *dy = NULL;
+    const void *dy = NULL;
     for (int i = backward ? L - 1 : -1; i >= 0; i--) {
         zinc_layer *l = &e->layers[i];
         int pos = 2 * L - 1 - i;
@@ -616,8 +638,8 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
             ZINC_TRY(zero_grad_open(e, l->units[j]));
         }
         ZINC_TRY(prefetch(e, pos + 1));
-        float *dx = i > 0 ? e->dbuf[i & 1] : NULL;
-        if (dx) e->ops->zero(dx, BT * (size_t)l->n_in * sizeof(float));
+        void *dx = i > 0 ? e->dbuf[i & 1] : NULL;
+        if (dx) e->ops->zero(dx, BT * (size_t)l->n_in * zinc_dtype_size(e->ops->act));
         const void *xi = i > 0 ? (const void *)e->out[i - 1] : (const void *)e->tokens;
         ZINC_TRY(l->def->ops->backward(l, c, xi, dy, dx));
         if (dx) round_storage(e, dx, BT * (size_t)l->n_in);

@@ -76,8 +76,8 @@ struct zinc_layer {
     int n_params;
     int units[ENGINE_MAX_LAYER_UNITS];   /* units this layer touches (own + tied) */
     int n_units;
-    float *acts;
-    size_t act_floats;
+    void *acts;
+    size_t act_bytes;
     int declaring;
 };
 
@@ -119,10 +119,10 @@ struct zinc_engine {
     uint64_t pending_bytes;
     uint64_t live_elems; /* elements of owned working params */
 
-    float *act_slab;     /* every layer's saved activations and outputs */
-    float **out;         /* out[l]: (B, T, n_out) of layer l; NULL for the loss layer */
-    float *dbuf[2];      /* ping-pong activation gradients */
-    float *scratch;
+    void *act_slab;      /* every layer's saved activations and outputs */
+    void **out;          /* out[l]: (B, T, n_out) act of layer l; NULL for the loss layer */
+    void *dbuf[2];       /* ping-pong activation gradients (act) */
+    void *scratch;
     int32_t *tokens, *targets;   /* device copies of the micro-batch */
     int32_t *htokens, *htargets; /* host staging (pinned), NULL on a host device */
 

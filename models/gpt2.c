@@ -42,7 +42,7 @@ static zinc_status embed_declare(zinc_layer *l)
     return ZINC_OK;
 }
 
-static zinc_status embed_forward(zinc_layer *l, zinc_ctx *c, const void *x, float *y)
+static zinc_status embed_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
 {
     const gpt2_dims *d = zinc_layer_state(l);
     c->ops->embedding_forward(y, x, zinc_layer_param(l, E_WTE), zinc_layer_param(l, E_WPE),
@@ -50,8 +50,8 @@ static zinc_status embed_forward(zinc_layer *l, zinc_ctx *c, const void *x, floa
     return ZINC_OK;
 }
 
-static zinc_status embed_backward(zinc_layer *l, zinc_ctx *c, const void *x, const float *dy,
-                                  float *dx)
+static zinc_status embed_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy,
+                                  void *dx)
 {
     (void)dx;
     const gpt2_dims *d = zinc_layer_state(l);
@@ -71,38 +71,56 @@ static const zinc_layer_ops embed_ops = {
 
 enum { B_LN1W, B_LN1B, B_QKVW, B_QKVB, B_PRJW, B_PRJB, B_LN2W, B_LN2B, B_FCW, B_FCB, B_FPW, B_FPB };
 
+/* Bump allocation of a layer's saved activations and scratch: act tensors
+ * in the table's act dtype, statistics in fp32, each piece 64-byte aligned.
+ * With base NULL it only counts. */
+typedef struct carver {
+    char *base;
+    size_t off, asz; /* bytes so far; bytes per act element */
+} carver;
+
+static void *carve(carver *k, size_t n, size_t esz)
+{
+    void *p = k->base ? k->base + k->off : NULL;
+    k->off += (n * esz + 63) / 64 * 64;
+    return p;
+}
+#define CARVE_ACT(k, n) carve((k), (n), (k)->asz)
+#define CARVE_F32(k, n) ((float *)carve((k), (n), sizeof(float)))
+
+/* Element i of an act tensor. */
+static void *act_at(void *p, size_t i, size_t asz) { return (char *)p + i * asz; }
+
 /* Saved activations of a block, per token unless noted. The MLP's inner
  * activations and the LayerNorm outputs are not kept: backward recomputes
  * them into the scratch from what is (two LayerNorms, the c_fc product and a
- * GELU per layer, about 5% of a step), which keeps 10C of 15C floats per
- * token out of activation memory (GPT-2 124M, B=16, T=1024: 6 GB). */
+ * GELU per layer, about 5% of a step), which keeps 10C of 15C values per
+ * token out of activation memory (GPT-2 124M, B=16, T=1024, bf16: 3 GB). */
 typedef struct block_acts {
     float *ln1_mean, *ln1_rstd;       /* (BT) (BT) */
-    float *qkv;                       /* (BT,3C) */
-    float *atty;                      /* (BT,C) */
+    void *qkv;                        /* (BT,3C) act */
+    void *atty;                       /* (BT,C) act */
     float *lse;                       /* (B,NH,T) attention log-sum-exp */
-    float *res2;                      /* (BT,C) x + attention branch */
+    void *res2;                       /* (BT,C) act: x + attention branch */
     float *ln2_mean, *ln2_rstd;       /* (BT) (BT) */
 } block_acts;
 
-static size_t block_carve(block_acts *a, float *base, const gpt2_dims *d, int B, int T)
+static size_t block_carve(block_acts *a, void *base, const gpt2_dims *d, int B, int T,
+                          zinc_dtype act)
 {
-    size_t BT = (size_t)B * T, C = (size_t)d->C, off = 0;
-#define CARVE(field, n)                                                                      \
-    do {                                                                                     \
-        if (a) a->field = base + off;                                                        \
-        off += (n);                                                                          \
-    } while (0)
-    CARVE(ln1_mean, BT);
-    CARVE(ln1_rstd, BT);
-    CARVE(qkv, BT * 3 * C);
-    CARVE(atty, BT * C);
-    CARVE(lse, (size_t)B * d->NH * T);
-    CARVE(res2, BT * C);
-    CARVE(ln2_mean, BT);
-    CARVE(ln2_rstd, BT);
-#undef CARVE
-    return off;
+    size_t BT = (size_t)B * T, C = (size_t)d->C;
+    carver k = {base, 0, zinc_dtype_size(act)};
+    block_acts t;
+    t.ln1_mean = CARVE_F32(&k, BT);
+    t.ln1_rstd = CARVE_F32(&k, BT);
+    t.qkv = CARVE_ACT(&k, BT * 3 * C);
+    t.atty = CARVE_ACT(&k, BT * C);
+    t.lse = CARVE_F32(&k, (size_t)B * d->NH * T);
+    t.res2 = CARVE_ACT(&k, BT * C);
+    t.ln2_mean = CARVE_F32(&k, BT);
+    t.ln2_rstd = CARVE_F32(&k, BT);
+    if (a) *a = t;
+    return k.off;
 }
 
 static zinc_status block_declare(zinc_layer *l)
@@ -125,35 +143,56 @@ static zinc_status block_declare(zinc_layer *l)
     return ok ? ZINC_OK : ZINC_ERR_INVALID_ARG;
 }
 
-static size_t block_act_floats(const zinc_layer *l, int B, int T)
+static size_t block_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 {
-    return block_carve(NULL, NULL, zinc_layer_state(l), B, T);
+    return block_carve(NULL, NULL, zinc_layer_state(l), B, T, act);
 }
 
-static size_t block_scratch_floats(const zinc_layer *l, int B, int T)
+/* The block's scratch. Forward: ln (C), fch (4C), fch_gelu (4C). Backward:
+ * dfchg, dfch, fch (4C each; they also hold the recomputed ln and
+ * GELU(fch)), dsmall (3C: ln2 + dln2 / datty / dqkv / dln1), dres2 (C), all
+ * act per token; then the attention scratch, B NH T fp32 on every device
+ * (zinc/ops.h). */
+typedef struct block_scratch {
+    void *dfchg, *dfch, *dsmall, *dres2, *fch;
+    float *att;
+} block_scratch;
+
+static size_t block_scratch_carve(block_scratch *s, void *base, const gpt2_dims *d, int B,
+                                  int T, zinc_dtype act)
 {
-    const gpt2_dims *d = zinc_layer_state(l);
     size_t BT = (size_t)B * T, C = (size_t)d->C;
-    /* backward: dfch_gelu, dfch, fch (4C each; they also hold the recomputed ln
-     * and GELU(fch)), dsmall (3C: ln2 + dln2 / datty / dqkv / dln1), dres2 (C),
-     * attention scratch: B NH T floats on every device (zinc/ops.h) */
-    return BT * (4 * C + 4 * C + 4 * C + 3 * C + C) + (size_t)B * d->NH * T;
+    carver k = {base, 0, zinc_dtype_size(act)};
+    block_scratch t;
+    t.dfchg = CARVE_ACT(&k, BT * 4 * C);
+    t.dfch = CARVE_ACT(&k, BT * 4 * C);
+    t.dsmall = CARVE_ACT(&k, BT * 3 * C);
+    t.dres2 = CARVE_ACT(&k, BT * C);
+    t.fch = CARVE_ACT(&k, BT * 4 * C);
+    t.att = CARVE_F32(&k, (size_t)B * d->NH * T);
+    if (s) *s = t;
+    return k.off;
 }
 
-static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *xv, float *y)
+static size_t block_scratch_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
+{
+    return block_scratch_carve(NULL, NULL, zinc_layer_state(l), B, T, act);
+}
+
+static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
 {
     const gpt2_dims *d = zinc_layer_state(l);
     const zinc_ops *o = c->ops;
-    const float *x = xv;
+    const size_t asz = zinc_dtype_size(o->act);
     int BT = c->B * c->T, C = d->C;
     block_acts a;
-    block_carve(&a, zinc_layer_acts(l), d, c->B, c->T);
+    block_carve(&a, zinc_layer_acts(l), d, c->B, c->T, o->act);
     float *p[12];
     for (int i = 0; i < 12; i++) p[i] = zinc_layer_param(l, i);
 
-    float *ln = c->scratch;                   /* (BT,C): ln1, then ln2 */
-    float *fch = ln + (size_t)BT * C;         /* (BT,4C) */
-    float *fch_gelu = fch + (size_t)BT * 4 * C; /* (BT,4C) */
+    void *ln = c->scratch;                                  /* (BT,C): ln1, then ln2 */
+    void *fch = act_at(ln, (size_t)BT * C, asz);            /* (BT,4C) */
+    void *fch_gelu = act_at(fch, (size_t)BT * 4 * C, asz);  /* (BT,4C) */
     o->layernorm_forward(ln, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
     o->linear_forward(a.qkv, ln, p[B_QKVW], p[B_QKVB], BT, C, 3 * C);
     o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, C, d->NH);
@@ -167,58 +206,53 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *xv, flo
     return ZINC_OK;
 }
 
-static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *xv, const float *dy,
-                                  float *dx)
+static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy,
+                                  void *dx)
 {
     const gpt2_dims *d = zinc_layer_state(l);
     const zinc_ops *o = c->ops;
-    const float *x = xv;
+    const size_t asz = zinc_dtype_size(o->act);
     int BT = c->B * c->T, C = d->C;
     size_t n = (size_t)BT * C;
     block_acts a;
-    block_carve(&a, zinc_layer_acts(l), d, c->B, c->T);
+    block_carve(&a, zinc_layer_acts(l), d, c->B, c->T, o->act);
+    block_scratch s;
+    block_scratch_carve(&s, c->scratch, d, c->B, c->T, o->act);
     float *p[12], *g[12];
     for (int i = 0; i < 12; i++) {
         p[i] = zinc_layer_param(l, i);
         g[i] = zinc_layer_grad(l, i);
     }
-    float *dfchg = c->scratch;             /* (BT,4C) */
-    float *dfch = dfchg + (size_t)BT * 4 * C; /* (BT,4C) */
-    float *dsmall = dfch + (size_t)BT * 4 * C; /* (BT,3C) */
-    float *dres2 = dsmall + (size_t)BT * 3 * C; /* (BT,C) */
-    float *fch = dres2 + n;                    /* (BT,4C) */
-    float *att_scratch = fch + (size_t)BT * 4 * C;
 
     /* MLP branch: y = res2 + fc_proj(gelu(fc(ln2(res2)))) */
-    o->copy(dres2, dy, n * sizeof(float));
+    o->copy(s.dres2, dy, n * asz);
     /* recompute ln2 (kept in dsmall until c_fc's backward), fch and GELU(fch)
      * (in dfch, free until gelu_backward) */
-    float *ln = dsmall, *fch_gelu = dfch;
+    void *ln = s.dsmall, *fch_gelu = s.dfch;
     o->layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
-    o->linear_forward(fch, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
-    o->gelu_forward(fch_gelu, fch, (size_t)BT * 4 * C);
-    o->zero(dfchg, (size_t)BT * 4 * C * sizeof(float));
-    o->linear_backward(dfchg, g[B_FPW], g[B_FPB], dy, fch_gelu, p[B_FPW], BT, 4 * C, C);
-    o->zero(dfch, (size_t)BT * 4 * C * sizeof(float));
-    o->gelu_backward(dfch, fch, dfchg, (size_t)BT * 4 * C);
-    float *dln2 = dsmall + n;
-    o->zero(dln2, n * sizeof(float));
-    o->linear_backward(dln2, g[B_FCW], g[B_FCB], dfch, ln, p[B_FCW], BT, C, 4 * C);
-    o->layernorm_backward(dres2, g[B_LN2W], g[B_LN2B], dln2, a.res2, p[B_LN2W], a.ln2_mean,
+    o->linear_forward(s.fch, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
+    o->gelu_forward(fch_gelu, s.fch, (size_t)BT * 4 * C);
+    o->zero(s.dfchg, (size_t)BT * 4 * C * asz);
+    o->linear_backward(s.dfchg, g[B_FPW], g[B_FPB], dy, fch_gelu, p[B_FPW], BT, 4 * C, C);
+    o->zero(s.dfch, (size_t)BT * 4 * C * asz);
+    o->gelu_backward(s.dfch, s.fch, s.dfchg, (size_t)BT * 4 * C);
+    void *dln2 = act_at(s.dsmall, n, asz);
+    o->zero(dln2, n * asz);
+    o->linear_backward(dln2, g[B_FCW], g[B_FCB], s.dfch, ln, p[B_FCW], BT, C, 4 * C);
+    o->layernorm_backward(s.dres2, g[B_LN2W], g[B_LN2B], dln2, a.res2, p[B_LN2W], a.ln2_mean,
                           a.ln2_rstd, BT, C);
-    ln = dfchg; /* ln1 is recomputed there below: dfchg is dead */
+    ln = s.dfchg; /* ln1 is recomputed there below: dfchg is dead */
     /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))) */
-    o->residual_forward(dx, dx, dres2, n);
-    float *datty = dsmall;
-    o->zero(datty, n * sizeof(float));
-    o->linear_backward(datty, g[B_PRJW], g[B_PRJB], dres2, a.atty, p[B_PRJW], BT, C, C);
-    float *dqkv = dfch; /* reuse: dfch is dead */
-    o->zero(dqkv, (size_t)BT * 3 * C * sizeof(float));
-    o->attention_backward(dqkv, att_scratch, datty, a.qkv, a.atty, a.lse, c->B, c->T, C,
-                          d->NH);
-    float *dln1 = dsmall;
+    o->residual_forward(dx, dx, s.dres2, n);
+    void *datty = s.dsmall;
+    o->zero(datty, n * asz);
+    o->linear_backward(datty, g[B_PRJW], g[B_PRJB], s.dres2, a.atty, p[B_PRJW], BT, C, C);
+    void *dqkv = s.dfch; /* reuse: dfch is dead */
+    o->zero(dqkv, (size_t)BT * 3 * C * asz);
+    o->attention_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->B, c->T, C, d->NH);
+    void *dln1 = s.dsmall;
     o->layernorm_forward(ln, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
-    o->zero(dln1, n * sizeof(float));
+    o->zero(dln1, n * asz);
     o->linear_backward(dln1, g[B_QKVW], g[B_QKVB], dqkv, ln, p[B_QKVW], BT, C, 3 * C);
     o->layernorm_backward(dx, g[B_LN1W], g[B_LN1B], dln1, x, p[B_LN1W], a.ln1_mean, a.ln1_rstd,
                           BT, C);
@@ -228,8 +262,8 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *xv, co
 static const zinc_layer_ops block_ops = {
     .type = "gpt2.block",
     .declare = block_declare,
-    .act_floats = block_act_floats,
-    .scratch_floats = block_scratch_floats,
+    .act_bytes = block_act_bytes,
+    .scratch_bytes = block_scratch_bytes,
     .forward = block_forward,
     .backward = block_backward,
 };
@@ -248,59 +282,79 @@ static zinc_status head_declare(zinc_layer *l)
     return ok ? ZINC_OK : ZINC_ERR_INVALID_ARG;
 }
 
-/* acts: lnf (BT,C), mean (BT), rstd (BT), logits/dlogits (BT,V), losses (BT) */
-static size_t head_act_floats(const zinc_layer *l, int B, int T)
+/* Saved: lnf (BT,C) act, mean (BT), rstd (BT), logits/dlogits (BT,V) act,
+ * losses (BT). */
+typedef struct head_acts {
+    void *lnf, *logits;
+    float *mean, *rstd, *losses;
+} head_acts;
+
+static size_t head_carve(head_acts *a, void *base, const gpt2_dims *d, int B, int T,
+                         zinc_dtype act)
 {
-    const gpt2_dims *d = zinc_layer_state(l);
     size_t BT = (size_t)B * T;
-    return BT * d->C + 2 * BT + BT * d->V + BT;
+    carver k = {base, 0, zinc_dtype_size(act)};
+    head_acts t;
+    t.lnf = CARVE_ACT(&k, BT * d->C);
+    t.mean = CARVE_F32(&k, BT);
+    t.rstd = CARVE_F32(&k, BT);
+    t.logits = CARVE_ACT(&k, BT * d->V);
+    t.losses = CARVE_F32(&k, BT);
+    if (a) *a = t;
+    return k.off;
 }
 
-static size_t head_scratch_floats(const zinc_layer *l, int B, int T)
+static size_t head_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
+{
+    return head_carve(NULL, NULL, zinc_layer_state(l), B, T, act);
+}
+
+static size_t head_scratch_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 {
     const gpt2_dims *d = zinc_layer_state(l);
-    return (size_t)B * T * d->C; /* dlnf */
+    return (size_t)B * T * d->C * zinc_dtype_size(act); /* dlnf */
 }
 
-static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *xv, float *y)
+static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
 {
     (void)y;
     const gpt2_dims *d = zinc_layer_state(l);
     const zinc_ops *o = c->ops;
     int BT = c->B * c->T, C = d->C, V = d->V;
-    float *lnf = zinc_layer_acts(l), *mean = lnf + (size_t)BT * C, *rstd = mean + BT;
-    float *logits = rstd + BT, *losses = logits + (size_t)BT * V;
-    o->layernorm_forward(lnf, mean, rstd, xv, zinc_layer_param(l, H_LNFW),
+    head_acts a;
+    head_carve(&a, zinc_layer_acts(l), d, c->B, c->T, o->act);
+    o->layernorm_forward(a.lnf, a.mean, a.rstd, x, zinc_layer_param(l, H_LNFW),
                          zinc_layer_param(l, H_LNFB), BT, C);
-    o->matmul(logits, lnf, zinc_layer_param(l, H_WTE), BT, V, C, 0, 1, 1.0f, 0.0f);
-    o->softmax_xent(losses, logits, c->targets, c->dloss, BT, V);
-    c->loss_sum += o->sum(losses, (size_t)BT); /* device memory: summed there */
+    o->head_forward(a.logits, a.lnf, zinc_layer_param(l, H_WTE), BT, C, V);
+    o->softmax_xent(a.losses, a.logits, c->targets, c->dloss, BT, V);
+    c->loss_sum += o->sum(a.losses, (size_t)BT); /* device memory: summed there */
     return ZINC_OK;
 }
 
-static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *xv, const float *dy,
-                                 float *dx)
+static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy,
+                                 void *dx)
 {
     (void)dy;
     const gpt2_dims *d = zinc_layer_state(l);
     const zinc_ops *o = c->ops;
     int BT = c->B * c->T, C = d->C, V = d->V;
-    float *lnf = zinc_layer_acts(l), *mean = lnf + (size_t)BT * C, *rstd = mean + BT;
-    float *dlogits = rstd + BT;
-    float *dlnf = c->scratch;
+    head_acts a;
+    head_carve(&a, zinc_layer_acts(l), d, c->B, c->T, o->act);
+    void *dlnf = c->scratch;
     /* dlnf(BT,C) = dlogits(BT,V) @ wte(V,C); dwte(V,C) += dlogits^T @ lnf */
-    o->matmul(dlnf, dlogits, zinc_layer_param(l, H_WTE), BT, C, V, 0, 0, 1.0f, 0.0f);
-    o->matmul(zinc_layer_grad(l, H_WTE), dlogits, lnf, V, C, BT, 1, 0, 1.0f, 1.0f);
-    o->layernorm_backward(dx, zinc_layer_grad(l, H_LNFW), zinc_layer_grad(l, H_LNFB), dlnf, xv,
-                          zinc_layer_param(l, H_LNFW), mean, rstd, BT, C);
+    o->zero(dlnf, (size_t)BT * C * zinc_dtype_size(o->act));
+    o->head_backward(dlnf, zinc_layer_grad(l, H_WTE), a.logits, a.lnf,
+                     zinc_layer_param(l, H_WTE), BT, C, V);
+    o->layernorm_backward(dx, zinc_layer_grad(l, H_LNFW), zinc_layer_grad(l, H_LNFB), dlnf, x,
+                          zinc_layer_param(l, H_LNFW), a.mean, a.rstd, BT, C);
     return ZINC_OK;
 }
 
 static const zinc_layer_ops head_ops = {
     .type = "gpt2.head",
     .declare = head_declare,
-    .act_floats = head_act_floats,
-    .scratch_floats = head_scratch_floats,
+    .act_bytes = head_act_bytes,
+    .scratch_bytes = head_scratch_bytes,
     .forward = head_forward,
     .backward = head_backward,
 };

@@ -28,10 +28,10 @@ typedef struct zinc_device {
     const char *name;      /* "cpu", "cuda" */
     int is_host;           /* 1: device memory is ordinary host memory */
     int index;             /* CUDA device ordinal (0 on cpu) */
-    const zinc_ops *ops;   /* fp32 op table on device pointers */
-    /* The op table to compute with when parameters are stored in bf16: its
-     * matmuls may take bf16 operands (tensor cores). Same contract as ops
-     * within bf16 tolerance. Equals ops on cpu. */
+    const zinc_ops *ops;   /* fp32 op table on device pointers (act f32) */
+    /* The op table to compute with when parameters are stored in bf16: act
+     * bf16 (activations stored in bf16; products on bf16 operands, tensor
+     * cores on cuda). cpu: "cpu-bf16"; cuda: "cuda-bf16". */
     const zinc_ops *ops_bf16;
 
     /* Device memory, zeroed, at least 64-byte aligned (cuda: 256; cpu: 4 KiB

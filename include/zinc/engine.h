@@ -46,21 +46,23 @@ typedef struct zinc_ctx {
     const int32_t *targets;   /* (B, T) next-token ids */
     float dloss;              /* d(total objective)/d(each token's loss) */
     double loss_sum;          /* the loss layer adds sum of token losses here */
-    float *scratch;           /* shared scratch, >= every layer's scratch_floats */
+    void *scratch;            /* shared scratch, >= every layer's scratch_bytes */
 } zinc_ctx;
 
 typedef struct zinc_layer_ops {
     const char *type;
     /* Declares parameters with zinc_layer_param_add/_tie and the output width. */
     zinc_status (*declare)(zinc_layer *l);
-    /* Floats of saved activations this layer needs for a (B, T) micro-batch. */
-    size_t (*act_floats)(const zinc_layer *l, int B, int T);
-    /* Floats of shared scratch it needs during forward or backward. */
-    size_t (*scratch_floats)(const zinc_layer *l, int B, int T);
-    /* x: (B,T) int32 tokens for layer 0, else (B,T,n_in) floats; y: (B,T,n_out), NULL for the loss layer. */
-    zinc_status (*forward)(zinc_layer *l, zinc_ctx *c, const void *x, float *y);
+    /* Bytes of saved activations this layer needs for a (B, T) micro-batch
+     * when act tensors are stored in act (ctx->ops->act at run time). */
+    size_t (*act_bytes)(const zinc_layer *l, int B, int T, zinc_dtype act);
+    /* Bytes of shared scratch it needs during forward or backward. */
+    size_t (*scratch_bytes)(const zinc_layer *l, int B, int T, zinc_dtype act);
+    /* x: (B,T) int32 tokens for layer 0, else (B,T,n_in) act; y: (B,T,n_out)
+     * act, NULL for the loss layer. act is ctx->ops->act (zinc/ops.h). */
+    zinc_status (*forward)(zinc_layer *l, zinc_ctx *c, const void *x, void *y);
     /* dy: NULL for the loss layer; dx: zeroed by the engine, accumulate into it; NULL for layer 0. */
-    zinc_status (*backward)(zinc_layer *l, zinc_ctx *c, const void *x, const float *dy, float *dx);
+    zinc_status (*backward)(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy, void *dx);
 } zinc_layer_ops;
 
 /* One layer of a model definition. state is model-owned (hyperparameters). */
@@ -87,14 +89,14 @@ int zinc_layer_param_add(zinc_layer *l, const char *name, int ndim, const int64_
  * weights, e.g. the GPT-2 head and "wte.weight"). Gradients from both uses
  * accumulate into the one gradient. Returns its index in this layer or -1. */
 int zinc_layer_param_tie(zinc_layer *l, const char *full_name);
-/* Sets the output width per token (floats); default: same as the input. */
+/* Sets the output width per token (elements); default: same as the input. */
 void zinc_layer_set_out(zinc_layer *l, int n_out);
 int zinc_layer_n_in(const zinc_layer *l);
 
 void *zinc_layer_state(const zinc_layer *l);
 float *zinc_layer_param(zinc_layer *l, int idx); /* (shape) fp32 */
 float *zinc_layer_grad(zinc_layer *l, int idx);  /* same shape, accumulate into it */
-float *zinc_layer_acts(zinc_layer *l);           /* act_floats floats saved from forward */
+void *zinc_layer_acts(zinc_layer *l);            /* act_bytes bytes saved from forward (64-byte aligned) */
 
 /* --- engine --- */
 

@@ -3,13 +3,22 @@
  * reference every other device's table is tested against.
  *
  * Conventions (llm.c style):
- *  - All tensors are dense, row-major fp32; pointers are borrowed and live in
- *    the memory of the device the table belongs to.
+ *  - Tensors are dense and row-major; pointers are borrowed and live in the
+ *    memory of the device the table belongs to.
+ *  - Two kinds of tensors. Activations ("act": typed void *) are stored in
+ *    the table's act dtype, f32 or bf16: layer inputs and outputs, logits,
+ *    qkv, and their gradients. Everything else is fp32 (float *): parameters,
+ *    their gradients, and the small per-row statistics (LayerNorm mean/rstd,
+ *    attention lse, token losses). A table with act bf16 computes every op in
+ *    fp32 from its inputs and rounds each act output to bf16 once (round to
+ *    nearest even); parameters hold bf16-representable values in bf16
+ *    training, so tables may stage them to bf16 for tensor-core products.
  *  - Shapes are given in the comment of each op: B batch, T time, C channels,
  *    NH heads, V vocab, N rows.
  *  - Backward ops ACCUMULATE (+=) into every gradient they write (dinp, dweight,
  *    dbias, ...), so gradient accumulation and residual branches need no copies.
- *    Callers zero gradients when a fresh value is wanted.
+ *    Callers zero gradients when a fresh value is wanted. (An act gradient
+ *    accumulates in fp32 and is rounded once: dinp = act(dinp + delta).)
  *  - Ops never fail: argument errors are programmer errors (assert).
  */
 #ifndef ZINC_OPS_H
@@ -18,70 +27,82 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "zinc/status.h"
 #include "zinc/tensor.h"
 
 typedef struct zinc_ops {
-    const char *name; /* "cpu", "cuda" */
+    const char *name; /* "cpu", "cpu-bf16", "cuda", "cuda-bf16" */
+    zinc_dtype act;   /* dtype of act tensors: ZINC_DTYPE_F32 or ZINC_DTYPE_BF16 */
 
-    /* c(m,n) = alpha * op(a) @ op(b) + beta * c, op(x) = x or x^T.
+    /* All fp32, whatever act is (a general product; models use the ops below).
+     * c(m,n) = alpha * op(a) @ op(b) + beta * c, op(x) = x or x^T.
      * a is (m,k) or, if trans_a, stored (k,m); b is (k,n) or, if trans_b, stored (n,k). */
     void (*matmul)(float *c, const float *a, const float *b, int m, int n, int k,
                    int trans_a, int trans_b, float alpha, float beta);
 
-    /* out(N,OC) = inp(N,C) @ weight(C,OC) + bias(OC); bias may be NULL.
+    /* out(N,OC) act = inp(N,C) act @ weight(C,OC) + bias(OC); bias may be NULL.
      * weight is stored (in, out), as Hugging Face's Conv1D. */
-    void (*linear_forward)(float *out, const float *inp, const float *weight,
+    void (*linear_forward)(void *out, const void *inp, const float *weight,
                            const float *bias, int N, int C, int OC);
-    /* dinp(N,C) += dout @ weight^T; dweight(C,OC) += inp^T @ dout;
+    /* dinp(N,C) act += dout @ weight^T; dweight(C,OC) += inp^T @ dout;
      * dbias(OC) += sum_rows dout. dinp and dbias may be NULL (skipped). */
-    void (*linear_backward)(float *dinp, float *dweight, float *dbias,
-                            const float *dout, const float *inp, const float *weight,
+    void (*linear_backward)(void *dinp, float *dweight, float *dbias,
+                            const void *dout, const void *inp, const float *weight,
                             int N, int C, int OC);
 
-    /* out(B,T,C) = wte[tokens[b,t]] + wpe[t]; wte (V,C), wpe (maxT,C). */
-    void (*embedding_forward)(float *out, const int32_t *tokens, const float *wte,
+    /* The tied LM head: a linear with its weight stored (out, in), no bias.
+     * logits(N,V) act = inp(N,C) act @ wte(V,C)^T. */
+    void (*head_forward)(void *logits, const void *inp, const float *wte, int N, int C, int V);
+    /* dinp(N,C) act += dlogits(N,V) @ wte; dwte(V,C) += dlogits^T @ inp.
+     * dinp may be NULL (skipped). */
+    void (*head_backward)(void *dinp, float *dwte, const void *dlogits, const void *inp,
+                          const float *wte, int N, int C, int V);
+
+    /* out(B,T,C) act = wte[tokens[b,t]] + wpe[t]; wte (V,C), wpe (maxT,C). */
+    void (*embedding_forward)(void *out, const int32_t *tokens, const float *wte,
                               const float *wpe, int B, int T, int C);
-    /* dwte += scatter of dout by token; dwpe[t] += sum_b dout[b,t]. */
-    void (*embedding_backward)(float *dwte, float *dwpe, const float *dout,
+    /* dwte += scatter of dout (act) by token; dwpe[t] += sum_b dout[b,t]. */
+    void (*embedding_backward)(float *dwte, float *dwpe, const void *dout,
                                const int32_t *tokens, int B, int T, int C);
 
-    /* out(N,C) = (inp - mean) * rstd * weight + bias, eps 1e-5; saves
-     * mean(N), rstd(N) for backward. */
-    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
+    /* out(N,C) act = (inp - mean) * rstd * weight + bias, eps 1e-5; saves
+     * mean(N), rstd(N) for backward. inp act. */
+    void (*layernorm_forward)(void *out, float *mean, float *rstd, const void *inp,
                               const float *weight, const float *bias, int N, int C);
-    /* dinp(N,C), dweight(C), dbias(C) accumulate. */
-    void (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout,
-                               const float *inp, const float *weight, const float *mean,
+    /* dinp(N,C) act, dweight(C), dbias(C) accumulate; dout, inp act. */
+    void (*layernorm_backward)(void *dinp, float *dweight, float *dbias, const void *dout,
+                               const void *inp, const float *weight, const float *mean,
                                const float *rstd, int N, int C);
 
-    /* tanh-approximation GELU, elementwise over n. */
-    void (*gelu_forward)(float *out, const float *inp, size_t n);
-    /* dinp += gelu'(inp) * dout. */
-    void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
+    /* tanh-approximation GELU, elementwise over n (all act). */
+    void (*gelu_forward)(void *out, const void *inp, size_t n);
+    /* dinp += gelu'(inp) * dout (all act). */
+    void (*gelu_backward)(void *dinp, const void *inp, const void *dout, size_t n);
 
     /* Causal multi-head self-attention, flash style (no T x T matrix in memory).
-     * qkv (B,T,3C) holds q | k | v, each (NH, HS) with HS = C/NH, HS <= 128.
-     * out (B,T,C); lse (B,NH,T) receives, per query row, the log-sum-exp of its
-     * scaled scores (q.k/sqrt(HS)) over keys t2 <= t; saved for backward. */
-    void (*attention_forward)(float *out, float *lse, const float *qkv,
+     * qkv (B,T,3C) act holds q | k | v, each (NH, HS) with HS = C/NH, HS <= 128.
+     * out (B,T,C) act; lse (B,NH,T) fp32 receives, per query row, the
+     * log-sum-exp of its scaled scores (q.k/sqrt(HS)) over keys t2 <= t;
+     * saved for backward. */
+    void (*attention_forward)(void *out, float *lse, const void *qkv,
                               int B, int T, int C, int NH);
-    /* dqkv (B,T,3C) accumulates; out and lse as saved by forward; scratch holds
-     * attention_scratch_floats(B,T,C,NH) floats. */
-    void (*attention_backward)(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                               const float *out, const float *lse, int B, int T, int C, int NH);
+    /* dqkv (B,T,3C) act accumulates; dout act; out and lse as saved by
+     * forward; scratch (fp32) holds attention_scratch_floats(B,T,C,NH) floats. */
+    void (*attention_backward)(void *dqkv, float *scratch, const void *dout, const void *qkv,
+                               const void *out, const float *lse, int B, int T, int C, int NH);
     /* Floats of scratch attention_backward needs: B*NH*T on every device (one
      * float per query row, D = rowsum(dout * out)), so callers without a
      * table at hand may size it by that formula. */
     size_t (*attention_scratch_floats)(int B, int T, int C, int NH);
 
-    /* out = a + b, elementwise over n (out may alias a or b). */
-    void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
+    /* out = a + b, elementwise over n, all act (out may alias a or b). */
+    void (*residual_forward)(void *out, const void *a, const void *b, size_t n);
 
-    /* Fused softmax + cross-entropy over N rows of V logits.
-     * losses(N) = -log softmax(logits)[target]; then logits is overwritten
+    /* Fused softmax + cross-entropy over N rows of V logits (act).
+     * losses(N) fp32 = -log softmax(logits)[target]; then logits is overwritten
      * with d(dloss * sum losses)/d logits = dloss * (softmax - onehot).
      * A target < 0 ignores the row (loss 0, gradient 0). */
-    void (*softmax_xent)(float *losses, float *logits, const int32_t *targets,
+    void (*softmax_xent)(float *losses, void *logits, const int32_t *targets,
                          float dloss, int N, int V);
 
     /* AdamW (decoupled weight decay, bias-corrected) over n elements:
@@ -113,8 +134,18 @@ typedef struct zinc_ops {
     double (*sum)(const float *x, size_t n);
 } zinc_ops;
 
-/* The CPU op table (C + OpenMP + OpenBLAS). Static storage, never NULL. */
+/* The CPU op table (C + OpenMP + OpenBLAS), act f32. Static storage, never NULL. */
 const zinc_ops *zinc_ops_cpu(void);
+/* The same ops with act bf16 ("cpu-bf16"): each op widens its act inputs to
+ * fp32, runs the fp32 op and rounds its act outputs to bf16, so it is the
+ * reference for every act-bf16 table. Static storage, never NULL. */
+const zinc_ops *zinc_ops_cpu_bf16(void);
+/* The ops return void; an act-bf16 CPU op that cannot allocate its fp32
+ * temporaries does nothing and records ZINC_ERR_NOMEM instead. Returns the
+ * first such failure since the last call (ZINC_OK if none), with
+ * zinc_last_error() set to its detail, and clears it. The cpu device's
+ * sync() reports it, so it surfaces at the engine's next step boundary. */
+zinc_status zinc_ops_cpu_last_status(void);
 
 /* Hooks around the ops of a wrapped table: before(op, user), the op,
  * after(op, user); op indexes zinc_ops_op_name(). */
@@ -124,10 +155,10 @@ typedef struct zinc_ops_hooks {
     void *user;
 } zinc_ops_hooks;
 
-#define ZINC_OPS_WRAP_SLOTS 2 /* 0: the op profiler; 1: the strict test device */
+#define ZINC_OPS_WRAP_SLOTS 3 /* 0: the op profiler; 1, 2: the strict test device (act f32, bf16) */
 
 /* A table that runs every op of in between the hooks (name and
- * attention_scratch_floats pass through). One table per slot per process,
+ * act and attention_scratch_floats pass through). One table per slot per process,
  * static storage; a later call for the same slot replaces it. in and the
  * hooks' user are borrowed. */
 const zinc_ops *zinc_ops_wrap(int slot, const zinc_ops *in, const zinc_ops_hooks *hooks);

@@ -270,36 +270,3 @@ void cpu_scale(float *x, float s, size_t n)
     for (size_t i = 0; i < n; i++)
         x[i] *= s;
 }
-
-static const zinc_ops cpu_ops = {
-    .name = "cpu",
-    .matmul = cpu_matmul,
-    .linear_forward = cpu_linear_forward,
-    .linear_backward = cpu_linear_backward,
-    .embedding_forward = cpu_embedding_forward,
-    .embedding_backward = cpu_embedding_backward,
-    .layernorm_forward = cpu_layernorm_forward,
-    .layernorm_backward = cpu_layernorm_backward,
-    .gelu_forward = cpu_gelu_forward,
-    .gelu_backward = cpu_gelu_backward,
-    .attention_forward = cpu_attention_forward,
-    .attention_backward = cpu_attention_backward,
-    .attention_scratch_floats = cpu_attention_scratch_floats,
-    .residual_forward = cpu_residual_forward,
-    .softmax_xent = cpu_softmax_xent,
-    .adamw = cpu_adamw,
-    .sumsq = cpu_sumsq,
-    .scale = cpu_scale,
-    .zero = cpu_zero,
-    .copy = cpu_copy,
-    .convert = cpu_convert,
-    .add_into = cpu_add_into,
-    .round_to = cpu_round_to,
-    .sum = cpu_sum,
-};
-
-/* The CPU op table; static storage. */
-const zinc_ops *zinc_ops_cpu(void)
-{
-    return &cpu_ops;
-}

@@ -1,18 +1,27 @@
-/* attention_cuda.cu - causal multi-head self-attention for the CUDA op table,
- * flash style: no (T, T) matrix ever reaches memory (zinc/ops.h contract).
+/* attention_cuda.cu - causal multi-head self-attention on CUDA cores, flash
+ * style: no (T, T) matrix ever reaches memory (zinc/ops.h contract). It is
+ * the "cuda" table's attention (act f32) and, on bf16 act storage, the
+ * "cuda-bf16" table's for the shapes attention_tc_cuda.cu does not take.
  *
- * fp32 on CUDA cores (FMA), deterministic (every output is one thread's
- * fixed-order sum, no atomics). q, k, v are read in place from qkv (B,T,3C)
- * through strided views: head h of row t is qkv[t 3C + {0, C, 2C} + h HS].
+ * Every kernel is a template on the act storage type A (float, or bf16
+ * bits): act tensors (qkv, out, dout, dqkv) are widened to fp32 when loaded
+ * and rounded once when stored (bf16: round to nearest even, NaN stays NaN);
+ * dqkv accumulates in fp32 (old value widened, sum rounded once). All math
+ * is fp32 on CUDA cores (FMA), deterministic (every output is one thread's
+ * fixed-order sum, no atomics); lse and the scratch D stay fp32. q, k, v are
+ * read in place from qkv (B,T,3C) through strided views: head h of row t is
+ * qkv[t 3C + {0, C, 2C} + h HS].
  *
  * Tiles: 64 queries x 64 keys, one block of 256 threads (16 x 16) per tile;
  * thread (ty, tx) owns rows ty*4 + r (r < 4) and, in a score tile, keys
  * tx + 16 c (c < 4); in an (rows, HS) output it owns columns 64 j + tx*4 + e
  * (register blocking: 16 scores, 4 x D/16 outputs per thread). Head sizes up
  * to 64 run the D = 64 instance, up to 128 the D = 128 one; the unused
- * columns are zero-filled in shared memory. Shared rows are padded by 4
- * floats: float4 reads stay aligned and the 16 key rows a warp reads at
- * once fall in distinct banks.
+ * columns are zero-filled in shared memory. Shared tiles are fp32 whatever
+ * A is; rows are padded by 4 floats: float4 reads stay aligned and the 16
+ * key rows a warp reads at once fall in distinct banks. Global tile loads
+ * move 16 bytes (4 floats or 8 bf16) at a time when every row of the view
+ * is 16-byte aligned, else one element at a time.
  *
  * forward (one block per query tile, the key tiles <= it, the diagonal tile
  * masked): S = scale Q K^T; online softmax per row (running max m, running
@@ -21,21 +30,27 @@
  *
  * backward, with P = exp(S - lse) recomputed bitwise as the forward's S and
  * dS = P (dP - Dr) scale, dP = dO V^T, Dr = rowsum(dO * O):
- *  1. attn_rowdot_kernel: Dr (B,NH,T) into scratch, one warp per row;
+ *  1. attn_rowdot_kernel: Dr (B,NH,T) into scratch, one warp per row (also
+ *     the tensor-core backward's first step);
  *  2. attn_bwd_dkv_kernel: per key tile, walking query tiles >= it:
  *     dV += P^T dO, dK += dS^T Q;
  *  3. attn_bwd_dq_kernel: per query tile, walking key tiles <= it:
  *     dQ += dS K.
- * Grids are (tiles, NH, B); tiles are dealt heaviest first (the last query
- * tile has the most keys) to shorten the tail. */
+ * The two write disjoint columns of dqkv (k, v; q), each element read,
+ * added to and written by one thread. Grids are (tiles, NH, B); tiles are
+ * dealt heaviest first (the last query tile has the most keys) to shorten
+ * the tail. */
 #include <assert.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "cuda_int.h"
+
+typedef __nv_bfloat16 bf16;
 
 enum {
     ATT_BQ = 64,       /* queries per tile */
@@ -60,28 +75,83 @@ static constexpr size_t att_dq_smem(int D)
     return ((size_t)(2 * ATT_BQ + 2 * ATT_BK) * (D + 4) + (size_t)ATT_BQ * ATT_LP) * sizeof(float);
 }
 
-/* dst (64, D+4) = rows row0.. of a (T, HS) view with row stride `stride`;
- * rows >= T and columns >= HS become 0 (so they add nothing to any product
- * and never inject NaN through 0 * garbage). Lanes walk columns: coalesced.
- * vec: src, stride and HS are multiples of 4 floats (16 bytes), so rows
- * move as float4. */
-template <int D>
-__device__ __forceinline__ void att_load_tile(float *dst, const float *src, int row0, int T,
+/* ---- act storage: A = float (exact) or bf16 (bits in memory) ---- */
+
+/* fp32 -> bf16 bits, round to nearest even; NaN stays NaN (quieted), as
+ * the other ops of the bf16 table round. */
+__device__ __forceinline__ uint16_t att_bf16_rne(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* One act element as fp32, and an fp32 value stored as act (rounded once). */
+__device__ __forceinline__ float att_ld(const float *p) { return *p; }
+__device__ __forceinline__ float att_ld(const bf16 *p)
+{
+    return __uint_as_float((uint32_t)__bfloat16_as_ushort(*p) << 16);
+}
+__device__ __forceinline__ void att_st(float *p, float x) { *p = x; }
+__device__ __forceinline__ void att_st(bf16 *p, float x)
+{
+    *p = __ushort_as_bfloat16(att_bf16_rne(x));
+}
+
+/* Act elements per 16-byte vector. */
+template <typename A>
+struct att_vec {
+    static constexpr int n = (int)(16 / sizeof(A));
+};
+
+/* The 16 bytes at p (16-byte aligned) widened to fp32 into dst (16-byte
+ * aligned): 4 floats, or 8 bf16. */
+__device__ __forceinline__ void att_ld16(float *dst, const float *p)
+{
+    *reinterpret_cast<float4 *>(dst) = *reinterpret_cast<const float4 *>(p);
+}
+__device__ __forceinline__ void att_ld16(float *dst, const bf16 *p)
+{
+    const uint4 v = *reinterpret_cast<const uint4 *>(p);
+    /* bf16 bits << 16 are the fp32 bits; the low half of each word is the
+     * element at the lower address */
+    *reinterpret_cast<float4 *>(dst) =
+        make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
+                    __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
+    *reinterpret_cast<float4 *>(dst + 4) =
+        make_float4(__uint_as_float(v.z << 16), __uint_as_float(v.z & 0xffff0000u),
+                    __uint_as_float(v.w << 16), __uint_as_float(v.w & 0xffff0000u));
+}
+
+/* dst (64, D+4) fp32 = rows row0.. of a (T, HS) act view with row stride
+ * `stride`; rows >= T and columns >= HS become 0 (so they add nothing to
+ * any product and never inject NaN through 0 * garbage). Lanes walk
+ * columns: coalesced. vec: src, stride and HS are multiples of 16 bytes of
+ * act (4 floats, 8 bf16), so rows move 16 bytes at a time. */
+template <int D, typename A>
+__device__ __forceinline__ void att_load_tile(float *dst, const A *src, int row0, int T,
                                               size_t stride, int HS, int vec)
 {
     if (vec) {
-        for (int e = threadIdx.x; e < 64 * D / 4; e += ATT_THREADS) {
-            const int r = e / (D / 4), d = e % (D / 4) * 4, t = row0 + r;
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (t < T && d < HS)
-                v = *reinterpret_cast<const float4 *>(src + (size_t)t * stride + d);
-            *reinterpret_cast<float4 *>(dst + r * (D + 4) + d) = v;
+        constexpr int W = att_vec<A>::n;
+        for (int e = threadIdx.x; e < 64 * D / W; e += ATT_THREADS) {
+            const int r = e / (D / W), d = e % (D / W) * W, t = row0 + r;
+            float *q = dst + r * (D + 4) + d;
+            if (t < T && d < HS) {
+                att_ld16(q, src + (size_t)t * stride + d);
+            } else {
+#pragma unroll
+                for (int i = 0; i < W; i += 4)
+                    *reinterpret_cast<float4 *>(q + i) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
         }
         return;
     }
     for (int e = threadIdx.x; e < 64 * D; e += ATT_THREADS) {
         const int r = e / D, d = e % D, t = row0 + r;
-        dst[r * (D + 4) + d] = (t < T && d < HS) ? src[(size_t)t * stride + d] : 0.0f;
+        dst[r * (D + 4) + d] = (t < T && d < HS) ? att_ld(src + (size_t)t * stride + d) : 0.0f;
     }
 }
 
@@ -156,11 +226,11 @@ __device__ __forceinline__ float att_sum16(float v)
     return v;
 }
 
-/* out (B,T,C), lse (B,NH,T) from qkv (B,T,3C); grid (query tiles, NH, B). */
-template <int D>
+/* out (B,T,C) act, lse (B,NH,T) from qkv (B,T,3C) act; grid (query tiles,
+ * NH, B). */
+template <int D, typename A>
 static __global__ void __launch_bounds__(ATT_THREADS)
-    attn_fwd_kernel(float *out, float *lse, const float *qkv, int T, int C, int NH, float scale,
-                    int vec)
+    attn_fwd_kernel(A *out, float *lse, const A *qkv, int T, int C, int NH, float scale, int vec)
 {
     extern __shared__ __align__(16) float sm[];
     float *Qs = sm;                   /* (BQ, D+4) */
@@ -170,7 +240,7 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     const int qt = (int)(gridDim.x - 1 - blockIdx.x), h = (int)blockIdx.y, b = (int)blockIdx.z;
     const int HS = C / NH, tid = (int)threadIdx.x, tx = tid % 16, ty = tid / 16;
     const size_t C3 = (size_t)C * 3;
-    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * HS;
+    const A *base = qkv + (size_t)b * T * C3 + (size_t)h * HS;
     const int q0 = qt * ATT_BQ;
     const int q_last = min(q0 + ATT_BQ, T) - 1; /* the last key any row here sees */
     float m[4], l[4], o[4][D / 16];
@@ -220,21 +290,23 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         if (qg >= T)
             continue;
         const float inv = 1.0f / l[r];
-        float *orow = out + ((size_t)b * T + qg) * C + (size_t)h * HS;
+        A *orow = out + ((size_t)b * T + qg) * C + (size_t)h * HS;
         for (int j = 0; j < D / 64; j++)
             for (int e = 0; e < 4; e++) {
                 const int d = 64 * j + tx * 4 + e;
                 if (d < HS)
-                    orow[d] = o[r][4 * j + e] * inv;
+                    att_st(orow + d, o[r][4 * j + e] * inv);
             }
         if (tx == 0)
             lse[((size_t)b * NH + h) * T + qg] = m[r] + logf(l[r]);
     }
 }
 
-/* Dr (B,NH,T) = rowsum(dout * out) per head row; one warp per row. */
-static __global__ void attn_rowdot_kernel(float *Dr, const float *dout, const float *out, int T,
-                                          int C, int NH, size_t n_rows)
+/* Dr (B,NH,T) fp32 = rowsum(dout * out) per head row, dout and out act;
+ * one warp per row. */
+template <typename A>
+static __global__ void attn_rowdot_kernel(float *Dr, const A *dout, const A *out, int T, int C,
+                                          int NH, size_t n_rows)
 {
     const size_t row = ((size_t)blockIdx.x * ATT_THREADS + threadIdx.x) / 32;
     const int lane = (int)threadIdx.x % 32;
@@ -247,33 +319,43 @@ static __global__ void attn_rowdot_kernel(float *Dr, const float *dout, const fl
     const size_t off = (b * T + t) * (size_t)C + (size_t)h * HS;
     float s = 0.0f;
     for (int i = lane; i < HS; i += 32)
-        s = fmaf(dout[off + i], out[off + i], s);
+        s = fmaf(att_ld(dout + off + i), att_ld(out + off + i), s);
     for (int o = 16; o > 0; o >>= 1)
         s += __shfl_xor_sync(0xffffffffu, s, o);
     if (lane == 0)
         Dr[row] = s;
 }
 
-int cuda_attention_rowdot(float *Dr, const float *dout, const float *out, int B, int T, int C,
-                          int NH)
+template <typename A>
+static int att_rowdot(float *Dr, const A *dout, const A *out, int B, int T, int C, int NH)
 {
     const size_t n_rows = (size_t)B * NH * T;
     const unsigned rows_per_block = ATT_THREADS / 32;
     if (n_rows == 0)
         return 1;
-    attn_rowdot_kernel<<<(unsigned)((n_rows + rows_per_block - 1) / rows_per_block),
-                         ATT_THREADS>>>(Dr, dout, out, T, C, NH, n_rows);
+    attn_rowdot_kernel<A><<<(unsigned)((n_rows + rows_per_block - 1) / rows_per_block),
+                            ATT_THREADS>>>(Dr, dout, out, T, C, NH, n_rows);
     LAUNCH_TRY(attn_rowdot_kernel);
     return 1;
 cleanup:
     return 0;
 }
 
-/* dK, dV for one key tile; grid (key tiles, NH, B). dqkv accumulates. */
-template <int D>
+int cuda_attention_rowdot(float *Dr, const void *dout, const void *out, zinc_dtype act, int B,
+                          int T, int C, int NH)
+{
+    assert(act == ZINC_DTYPE_F32 || act == ZINC_DTYPE_BF16);
+    if (act == ZINC_DTYPE_BF16)
+        return att_rowdot(Dr, (const bf16 *)dout, (const bf16 *)out, B, T, C, NH);
+    return att_rowdot(Dr, (const float *)dout, (const float *)out, B, T, C, NH);
+}
+
+/* dK, dV for one key tile; grid (key tiles, NH, B). dqkv, qkv, dout act;
+ * dqkv accumulates. */
+template <int D, typename A>
 static __global__ void __launch_bounds__(ATT_THREADS)
-    attn_bwd_dkv_kernel(float *dqkv, const float *qkv, const float *dout, const float *lse,
-                        const float *Dr, int T, int C, int NH, float scale, int vec)
+    attn_bwd_dkv_kernel(A *dqkv, const A *qkv, const A *dout, const float *lse, const float *Dr,
+                        int T, int C, int NH, float scale, int vec)
 {
     extern __shared__ __align__(16) float sm[];
     float *Ks = sm;                      /* (BK, D+4) */
@@ -287,8 +369,8 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     const int kt = (int)(gridDim.x - 1 - blockIdx.x), h = (int)blockIdx.y, b = (int)blockIdx.z;
     const int HS = C / NH, tid = (int)threadIdx.x, tx = tid % 16, ty = tid / 16;
     const size_t C3 = (size_t)C * 3;
-    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * HS;
-    const float *dobase = dout + (size_t)b * T * C + (size_t)h * HS;
+    const A *base = qkv + (size_t)b * T * C3 + (size_t)h * HS;
+    const A *dobase = dout + (size_t)b * T * C + (size_t)h * HS;
     const float *lse_h = lse + ((size_t)b * NH + h) * T, *Dr_h = Dr + ((size_t)b * NH + h) * T;
     const int k0 = kt * ATT_BK;
     float dk[4][D / 16], dv[4][D / 16];
@@ -330,24 +412,25 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         const int kg = k0 + ty * 4 + r;
         if (kg >= T)
             continue;
-        float *dkrow = dqkv + ((size_t)b * T + kg) * C3 + C + (size_t)h * HS;
-        float *dvrow = dkrow + C;
+        A *dkrow = dqkv + ((size_t)b * T + kg) * C3 + C + (size_t)h * HS;
+        A *dvrow = dkrow + C;
         for (int j = 0; j < D / 64; j++)
             for (int e = 0; e < 4; e++) {
                 const int d = 64 * j + tx * 4 + e;
                 if (d < HS) {
-                    dkrow[d] += dk[r][4 * j + e];
-                    dvrow[d] += dv[r][4 * j + e];
+                    att_st(dkrow + d, att_ld(dkrow + d) + dk[r][4 * j + e]);
+                    att_st(dvrow + d, att_ld(dvrow + d) + dv[r][4 * j + e]);
                 }
             }
     }
 }
 
-/* dQ for one query tile; grid (query tiles, NH, B). dqkv accumulates. */
-template <int D>
+/* dQ for one query tile; grid (query tiles, NH, B). dqkv, qkv, dout act;
+ * dqkv accumulates. */
+template <int D, typename A>
 static __global__ void __launch_bounds__(ATT_THREADS)
-    attn_bwd_dq_kernel(float *dqkv, const float *qkv, const float *dout, const float *lse,
-                       const float *Dr, int T, int C, int NH, float scale, int vec)
+    attn_bwd_dq_kernel(A *dqkv, const A *qkv, const A *dout, const float *lse, const float *Dr,
+                       int T, int C, int NH, float scale, int vec)
 {
     extern __shared__ __align__(16) float sm[];
     float *Qs = sm;                     /* (BQ, D+4) */
@@ -358,8 +441,8 @@ static __global__ void __launch_bounds__(ATT_THREADS)
     const int qt = (int)(gridDim.x - 1 - blockIdx.x), h = (int)blockIdx.y, b = (int)blockIdx.z;
     const int HS = C / NH, tid = (int)threadIdx.x, tx = tid % 16, ty = tid / 16;
     const size_t C3 = (size_t)C * 3;
-    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * HS;
-    const float *dobase = dout + (size_t)b * T * C + (size_t)h * HS;
+    const A *base = qkv + (size_t)b * T * C3 + (size_t)h * HS;
+    const A *dobase = dout + (size_t)b * T * C + (size_t)h * HS;
     const float *lse_h = lse + ((size_t)b * NH + h) * T, *Dr_h = Dr + ((size_t)b * NH + h) * T;
     const int q0 = qt * ATT_BQ;
     const int q_last = min(q0 + ATT_BQ, T) - 1;
@@ -397,12 +480,12 @@ static __global__ void __launch_bounds__(ATT_THREADS)
         const int qg = q0 + ty * 4 + r;
         if (qg >= T)
             continue;
-        float *dqrow = dqkv + ((size_t)b * T + qg) * C3 + (size_t)h * HS;
+        A *dqrow = dqkv + ((size_t)b * T + qg) * C3 + (size_t)h * HS;
         for (int j = 0; j < D / 64; j++)
             for (int e = 0; e < 4; e++) {
                 const int d = 64 * j + tx * 4 + e;
                 if (d < HS)
-                    dqrow[d] += dq[r][4 * j + e];
+                    att_st(dqrow + d, att_ld(dqrow + d) + dq[r][4 * j + e]);
             }
     }
 }
@@ -419,31 +502,34 @@ static int att_shape_ok(int B, int T, int C, int NH)
     return 1;
 }
 
-/* 1 if every tile row of qkv and dout starts 16-byte aligned (float4 loads). */
-static int att_vec_ok(const float *qkv, const float *dout, int C, int NH)
+/* 1 if every tile row of qkv and dout starts 16-byte aligned (16-byte
+ * loads of W = 16 / sizeof(A) elements): C, HS multiples of W. */
+template <typename A>
+static int att_vec_ok(const A *qkv, const A *dout, int C, int NH)
 {
-    return C % 4 == 0 && (C / NH) % 4 == 0 && (uintptr_t)qkv % 16 == 0 &&
+    const int W = att_vec<A>::n;
+    return C % W == 0 && (C / NH) % W == 0 && (uintptr_t)qkv % 16 == 0 &&
            (uintptr_t)dout % 16 == 0;
 }
 
-template <int D>
-static int att_forward_launch(float *out, float *lse, const float *qkv, int B, int T, int C,
-                              int NH, float scale, int vec)
+template <int D, typename A>
+static int att_forward_launch(A *out, float *lse, const A *qkv, int B, int T, int C, int NH,
+                              float scale, int vec)
 {
     const size_t smem = att_fwd_smem(D);
     const dim3 grid((unsigned)((T + ATT_BQ - 1) / ATT_BQ), (unsigned)NH, (unsigned)B);
     int ok = 0;
-    CUDA_TRY(cudaFuncSetAttribute(attn_fwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)smem));
-    attn_fwd_kernel<D><<<grid, ATT_THREADS, smem>>>(out, lse, qkv, T, C, NH, scale, vec);
+    CUDA_TRY(cudaFuncSetAttribute(attn_fwd_kernel<D, A>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attn_fwd_kernel<D, A><<<grid, ATT_THREADS, smem>>>(out, lse, qkv, T, C, NH, scale, vec);
     LAUNCH_TRY(attn_fwd_kernel);
     ok = 1;
 cleanup:
     return ok;
 }
 
-void cuda_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C,
-                            int NH)
+template <typename A>
+static void att_forward(A *out, float *lse, const A *qkv, int B, int T, int C, int NH)
 {
     assert(out && lse && qkv);
     if (!att_shape_ok(B, T, C, NH) || B == 0 || T == 0)
@@ -456,8 +542,8 @@ void cuda_attention_forward(float *out, float *lse, const float *qkv, int B, int
         att_forward_launch<128>(out, lse, qkv, B, T, C, NH, scale, vec);
 }
 
-template <int D>
-static int att_backward_launch(float *dqkv, const float *Dr, const float *dout, const float *qkv,
+template <int D, typename A>
+static int att_backward_launch(A *dqkv, const float *Dr, const A *dout, const A *qkv,
                                const float *lse, int B, int T, int C, int NH, float scale,
                                int vec)
 {
@@ -465,23 +551,24 @@ static int att_backward_launch(float *dqkv, const float *Dr, const float *dout, 
     const dim3 grid_kv((unsigned)((T + ATT_BK - 1) / ATT_BK), (unsigned)NH, (unsigned)B);
     const dim3 grid_q((unsigned)((T + ATT_BQ - 1) / ATT_BQ), (unsigned)NH, (unsigned)B);
     int ok = 0;
-    CUDA_TRY(cudaFuncSetAttribute(attn_bwd_dkv_kernel<D>,
+    CUDA_TRY(cudaFuncSetAttribute(attn_bwd_dkv_kernel<D, A>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_kv));
-    CUDA_TRY(cudaFuncSetAttribute(attn_bwd_dq_kernel<D>,
+    CUDA_TRY(cudaFuncSetAttribute(attn_bwd_dq_kernel<D, A>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q));
-    attn_bwd_dkv_kernel<D><<<grid_kv, ATT_THREADS, smem_kv>>>(dqkv, qkv, dout, lse, Dr, T, C, NH,
-                                                              scale, vec);
+    attn_bwd_dkv_kernel<D, A><<<grid_kv, ATT_THREADS, smem_kv>>>(dqkv, qkv, dout, lse, Dr, T, C,
+                                                                 NH, scale, vec);
     LAUNCH_TRY(attn_bwd_dkv_kernel);
-    attn_bwd_dq_kernel<D><<<grid_q, ATT_THREADS, smem_q>>>(dqkv, qkv, dout, lse, Dr, T, C, NH,
-                                                           scale, vec);
+    attn_bwd_dq_kernel<D, A><<<grid_q, ATT_THREADS, smem_q>>>(dqkv, qkv, dout, lse, Dr, T, C, NH,
+                                                              scale, vec);
     LAUNCH_TRY(attn_bwd_dq_kernel);
     ok = 1;
 cleanup:
     return ok;
 }
 
-void cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                             const float *out, const float *lse, int B, int T, int C, int NH)
+template <typename A>
+static void att_backward(A *dqkv, float *scratch, const A *dout, const A *qkv, const A *out,
+                         const float *lse, int B, int T, int C, int NH)
 {
     assert(dqkv && scratch && dout && qkv && out && lse);
     const size_t n_rows = (size_t)B * NH * T;
@@ -489,12 +576,38 @@ void cuda_attention_backward(float *dqkv, float *scratch, const float *dout, con
         return;
     const float scale = 1.0f / sqrtf((float)(C / NH));
     const int vec = att_vec_ok(qkv, dout, C, NH);
-    if (!cuda_attention_rowdot(scratch, dout, out, B, T, C, NH))
+    if (!att_rowdot(scratch, dout, out, B, T, C, NH))
         return;
     if (C / NH <= 64)
         att_backward_launch<64>(dqkv, scratch, dout, qkv, lse, B, T, C, NH, scale, vec);
     else
         att_backward_launch<128>(dqkv, scratch, dout, qkv, lse, B, T, C, NH, scale, vec);
+}
+
+void cuda_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C,
+                            int NH)
+{
+    att_forward(out, lse, qkv, B, T, C, NH);
+}
+
+void cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                             const float *out, const float *lse, int B, int T, int C, int NH)
+{
+    att_backward(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
+}
+
+void cuda_attention_forward_fallback_bf16(void *out, float *lse, const void *qkv, int B, int T,
+                                          int C, int NH)
+{
+    att_forward((bf16 *)out, lse, (const bf16 *)qkv, B, T, C, NH);
+}
+
+void cuda_attention_backward_fallback_bf16(void *dqkv, float *scratch, const void *dout,
+                                           const void *qkv, const void *out, const float *lse,
+                                           int B, int T, int C, int NH)
+{
+    att_backward((bf16 *)dqkv, scratch, (const bf16 *)dout, (const bf16 *)qkv, (const bf16 *)out,
+                 lse, B, T, C, NH);
 }
 
 size_t cuda_attention_scratch_floats(int B, int T, int C, int NH)

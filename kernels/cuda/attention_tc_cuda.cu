@@ -1,34 +1,41 @@
 /* attention_tc_cuda.cu - causal multi-head self-attention for the bf16 op
  * table ("cuda-bf16"), FlashAttention-2 style on tensor cores (zinc/ops.h
- * contract: fp32 in memory, lse = natural-log LSE of the scaled scores, dqkv
- * accumulates, deterministic: no atomics, fixed-order sums).
+ * contract with act bf16: qkv, out, dout, dqkv are bf16 bits in memory, lse
+ * and scratch fp32; lse = natural-log LSE of the scaled scores; out rounded
+ * once to bf16 (nearest even); dqkv accumulates: its old bf16 value plus
+ * the fp32 gradient, rounded once; deterministic: no atomics, fixed-order
+ * sums).
  *
  * Head size 64 only (GPT-2); any other head size, and empty shapes, go to
- * the exact fp32 kernels of attention_cuda.cu. Operand tiles (q, k, v read
- * through the strided views of qkv (B,T,3C); dout) are loaded from fp32
- * global memory with float4 (scalar loads when a view is not 16-byte
- * aligned), rounded to bf16 and stored to shared tiles whose rows are
- * padded to 72 elements (144 bytes: the eight 16-byte rows of an ldmatrix
- * 8x8 fall in distinct banks). Products are mma.sync m16n8k16 bf16 with
- * fp32 accumulation (inline PTX); operands come from shared memory with
- * ldmatrix (x4; .trans when the matrix is a B operand read as stored,
- * plain when read transposed), and the score-like tiles S, P, dP, dS never
- * leave registers: an m16n8 accumulator pair is packed to bf16x2 and is the
- * A fragment of the next product (FA2 register reuse). Row statistics are
- * reduced over the four lanes of a quad (xor shuffles 1, 2). P and dS are
- * rounded to bf16 before their products; softmax statistics, the scale,
- * D = rowsum(dO * O) and dS = P (dP - D) are fp32. Exponentials are exp2f
- * of scores pre-multiplied by scale * log2(e); lse is stored in natural log.
+ * the CUDA-core kernels of attention_cuda.cu on bf16 storage
+ * (cuda_attention_*_fallback_bf16). Operand tiles (q, k, v read through the
+ * strided views of qkv (B,T,3C); dout) are bf16 in global memory as in the
+ * shared tiles, so they are copied as is, 16 bytes (8 elements) at a time
+ * with cp.async (no registers; rows past T zero-filled) when every row of
+ * the views is 16-byte aligned, else with 2-byte loads and stores. Shared
+ * tile rows are padded to 72 elements (144 bytes: the eight 16-byte rows of
+ * an ldmatrix 8x8 fall in distinct banks). Products are mma.sync m16n8k16
+ * bf16 with fp32 accumulation (inline PTX); operands come from shared
+ * memory with ldmatrix (x4; .trans when the matrix is a B operand read as
+ * stored, plain when read transposed), and the score-like tiles S, P, dP,
+ * dS never leave registers: an m16n8 accumulator pair is packed to bf16x2
+ * and is the A fragment of the next product (FA2 register reuse). Row
+ * statistics are reduced over the four lanes of a quad (xor shuffles 1, 2).
+ * P and dS are rounded to bf16 before their products; softmax statistics,
+ * the scale, D = rowsum(dO * O) and dS = P (dP - D) are fp32. Exponentials
+ * are exp2f of scores pre-multiplied by scale * log2(e); lse is stored in
+ * natural log. Outputs leave as bf16 pairs (4-byte accesses; 2-byte ones
+ * when unaligned).
  *
  * Every block has 8 warps (256 threads); a warp owns 16 rows of the block's
  * tile (queries, or keys in the dK/dV kernel) and walks 64-row tiles of the
- * other side, double buffered in shared memory: the next tile is read from
- * global memory into registers before the current one is multiplied and
- * stored (converted) into the other buffer after it, one barrier per step.
- * Warps skip (without leaving the barriers) steps that are fully masked for
- * their 16 rows; masks are applied only on diagonal or ragged steps.
- * Blocks run in groups of 16 (b, h) pairs, heaviest tiles first within a
- * group (at_block): a group's walked tiles stay in L2.
+ * other side, double buffered in shared memory: the copy of the next tile
+ * into the other buffer is issued before the current one is multiplied and
+ * waited for after it, one barrier per step. Warps skip (without leaving
+ * the barriers) steps that are fully masked for their 16 rows; masks are
+ * applied only on diagonal or ragged steps. Blocks run in groups of 16
+ * (b, h) pairs, heaviest tiles first within a group (at_block): a group's
+ * walked tiles stay in L2.
  *
  * forward (query tiles of 128, heaviest first): per key tile <= the query
  * tile: S = Q K^T, masked, online softmax in the log2 domain (the row's
@@ -58,8 +65,9 @@
 typedef __nv_bfloat16 bf16;
 typedef __nv_bfloat162 bf16x2;
 
-/* Warp-level primitives (the CPU emulator in .scratch/attn_tc_emu defines
- * its own versions of these four with the PTX ISA's fragment layouts). */
+/* Warp-level and asynchronous-copy primitives (the CPU emulator in
+ * .scratch/attn_tc_emu defines its own versions of these six with the PTX
+ * ISA's fragment layouts and a synchronous copy). */
 
 /* bf16x2 of (lo, hi): lo in the low 16 bits (the lower column index). */
 __device__ __forceinline__ uint32_t at_pack(float lo, float hi)
@@ -97,6 +105,24 @@ __device__ __forceinline__ void at_mma(float d[4], const uint32_t a[4], uint32_t
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* 16 bytes global -> shared without registers (sm_80+); src_bytes 0 reads
+ * nothing and fills dst with zeros. Both addresses 16-byte aligned. */
+__device__ __forceinline__ void at_cp16(bf16 *dst, const uint16_t *src, int src_bytes)
+{
+    const unsigned a = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :
+                 : "r"(a), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+
+/* Waits for this thread's outstanding at_cp16 copies (a barrier after it
+ * makes them visible to the block). */
+__device__ __forceinline__ void at_cp_wait(void)
+{
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
 /* ---- kernels (begin) ---- */
 enum {
     AT_D = 64,        /* the one head size these kernels take */
@@ -122,33 +148,44 @@ enum {
  * d[3]: row g+8. A warp's 16 x 64 score-like tile is s[8][4]: s[n] is the
  * m16n8 tile of columns 8n..8n+7. */
 
-/* This thread's share (4 float4) of rows row0..row0+63 of a (T, 64) fp32
- * view with row stride `stride`; rows >= T read as 0. vec: 16-byte loads. */
-__device__ __forceinline__ void at_fetch(float4 f[4], const float *src, int row0, int T,
-                                         size_t stride, int vec)
+/* fp32 -> bf16 bits, round to nearest even; NaN stays NaN (quieted), as
+ * the other ops of the bf16 table round their act outputs. */
+__device__ __forceinline__ uint32_t at_rne(float f)
 {
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int e = (int)threadIdx.x + i * AT_THREADS, t = row0 + e / 16;
-        const float *p = src + (size_t)t * stride + e % 16 * 4;
-        f[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (t < T) {
-            if (vec)
-                f[i] = *reinterpret_cast<const float4 *>(p);
-            else
-                f[i] = make_float4(p[0], p[1], p[2], p[3]);
-        }
-    }
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (u >> 16) | 0x40u;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return u >> 16;
 }
 
-/* at_fetch's registers, rounded to bf16, into the (64, AT_LD) tile dst. */
-__device__ __forceinline__ void at_put(bf16 *dst, const float4 f[4])
+/* bf16 bits as fp32. */
+__device__ __forceinline__ float at_f(uint32_t bits) { return __uint_as_float(bits << 16); }
+
+/* Rows row0..row0+63 of a (T, 64) bf16 view with row stride `stride`
+ * (elements) into the (64, AT_LD) shared tile dst, this thread's share
+ * (2 x 16 bytes); rows >= T become 0. vec: cp.async (complete after
+ * at_cp_wait), else 2-byte loads and 16-byte shared stores. */
+__device__ __forceinline__ void at_copy(bf16 *dst, const uint16_t *src, int row0, int T,
+                                        size_t stride, int vec)
 {
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int e = (int)threadIdx.x + i * AT_THREADS;
-        *reinterpret_cast<uint2 *>(dst + e / 16 * AT_LD + e % 16 * 4) =
-            make_uint2(at_pack(f[i].x, f[i].y), at_pack(f[i].z, f[i].w));
+    for (int i = 0; i < 2; i++) {
+        const int e = (int)threadIdx.x + i * AT_THREADS, r = e / 8, t = row0 + r;
+        bf16 *d = dst + r * AT_LD + e % 8 * 8;
+        /* a row that exists even when t >= T (T > 0): never read then */
+        const uint16_t *p = src + (size_t)min(t, T - 1) * stride + e % 8 * 8;
+        if (vec) {
+            at_cp16(d, p, t < T ? 16 : 0);
+        } else {
+            uint32_t w[4] = {0u, 0u, 0u, 0u};
+            if (t < T) {
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                    w[k] = (uint32_t)p[2 * k] | (uint32_t)p[2 * k + 1] << 16;
+            }
+            *reinterpret_cast<uint4 *>(d) = make_uint4(w[0], w[1], w[2], w[3]);
+        }
     }
 }
 
@@ -211,9 +248,10 @@ __device__ __forceinline__ void at_to_a(uint32_t a[4][4], const float s[8][4])
     }
 }
 
-/* Rows r0 = row0 + g and r0 + 8 (those < T) of a view with row stride
- * `stride`: dst[., 8n + 2c + {0,1}] (+)= f * acc; vec: 8-byte accesses. */
-__device__ __forceinline__ void at_store_rows(float *dst, size_t stride, int row0, int T,
+/* Rows r0 = row0 + g and r0 + 8 (those < T) of a bf16 view with row
+ * stride `stride`: dst[., 8n + 2c + {0,1}] = bf16(f * acc (+ old value when
+ * add)), rounded once; vec: 4-byte accesses (bf16 pairs). */
+__device__ __forceinline__ void at_store_rows(uint16_t *dst, size_t stride, int row0, int T,
                                               const float acc[8][4], float f, int add, int vec,
                                               int lane)
 {
@@ -222,25 +260,25 @@ __device__ __forceinline__ void at_store_rows(float *dst, size_t stride, int row
         const int t = row0 + lane / 4 + 8 * hf;
         if (t >= T)
             continue;
-        float *p = dst + (size_t)t * stride + lane % 4 * 2;
+        uint16_t *p = dst + (size_t)t * stride + lane % 4 * 2;
 #pragma unroll
         for (int n = 0; n < 8; n++) {
             float x = acc[n][2 * hf] * f, y = acc[n][2 * hf + 1] * f;
             if (vec) {
-                float2 *q = reinterpret_cast<float2 *>(p + 8 * n);
+                uint32_t *q = reinterpret_cast<uint32_t *>(p + 8 * n);
                 if (add) {
-                    const float2 old = *q;
-                    x += old.x;
-                    y += old.y;
+                    const uint32_t old = *q;
+                    x += at_f(old & 0xffffu);
+                    y += at_f(old >> 16);
                 }
-                *q = make_float2(x, y);
+                *q = at_rne(x) | at_rne(y) << 16;
             } else {
                 if (add) {
-                    x += p[8 * n];
-                    y += p[8 * n + 1];
+                    x += at_f(p[8 * n]);
+                    y += at_f(p[8 * n + 1]);
                 }
-                p[8 * n] = x;
-                p[8 * n + 1] = y;
+                p[8 * n] = (uint16_t)at_rne(x);
+                p[8 * n + 1] = (uint16_t)at_rne(y);
             }
         }
     }
@@ -259,11 +297,11 @@ __device__ __forceinline__ void at_block(int n_tiles, int n_bh, int *rank, int *
     *bh = grp * AT_GROUP + idx % gsize;
 }
 
-/* out (B,T,C), lse (B,NH,T) from qkv (B,T,3C); 1-D grid in at_block order.
- * sl2 = scale * log2(e). */
+/* out (B,T,C) bf16, lse (B,NH,T) fp32 from qkv (B,T,3C) bf16; 1-D grid in
+ * at_block order. sl2 = scale * log2(e). */
 static __global__ void __launch_bounds__(AT_THREADS)
-    attn_tc_fwd_kernel(float *out, float *lse, const float *qkv, int B, int T, int C, int NH,
-                       float sl2, int vec)
+    attn_tc_fwd_kernel(uint16_t *out, float *lse, const uint16_t *qkv, int B, int T, int C,
+                       int NH, float sl2, int vec)
 {
     extern __shared__ __align__(128) unsigned char tc_smem[];
     bf16 *Qs = reinterpret_cast<bf16 *>(tc_smem); /* (128, LD) */
@@ -275,33 +313,30 @@ static __global__ void __launch_bounds__(AT_THREADS)
     const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     const int g = lane / 4, c2 = lane % 4 * 2;
     const size_t C3 = (size_t)C * 3;
-    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * AT_D;
+    const uint16_t *base = qkv + (size_t)b * T * C3 + (size_t)h * AT_D;
     const int wq0 = q0 + 16 * warp;            /* the warp's first query */
     const int w_last = min(wq0 + 15, T - 1);   /* its last (< wq0 if none) */
     const int n_kt = (min(q0 + AT_BM, T) - 1) / AT_BN + 1;
-    float4 kf[4], vf[4];
     uint32_t qa[4][4];
     float o[8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
 #pragma unroll
     for (int n = 0; n < 8; n++)
         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    at_fetch(kf, base, q0, T, C3, vec);
-    at_fetch(vf, base, q0 + AT_BN, T, C3, vec);
-    at_put(Qs, kf);
-    at_put(Qs + AT_TILE, vf);
-    at_fetch(kf, base + C, 0, T, C3, vec);
-    at_fetch(vf, base + 2 * (size_t)C, 0, T, C3, vec);
-    at_put(KV, kf);
-    at_put(KV + AT_TILE, vf);
+    at_copy(Qs, base, q0, T, C3, vec);
+    at_copy(Qs + AT_TILE, base, q0 + AT_BN, T, C3, vec);
+    at_copy(KV, base + C, 0, T, C3, vec);
+    at_copy(KV + AT_TILE, base + 2 * (size_t)C, 0, T, C3, vec);
+    at_cp_wait();
     __syncthreads();
     at_load_a(qa, Qs + 16 * warp * AT_LD, lane);
     for (int kt = 0; kt < n_kt; kt++) {
         const int k0 = kt * AT_BN;
         const bf16 *Ks = KV + (kt % 2) * 2 * AT_TILE, *Vs = Ks + AT_TILE;
-        if (kt + 1 < n_kt) {
-            at_fetch(kf, base + C, k0 + AT_BN, T, C3, vec);
-            at_fetch(vf, base + 2 * (size_t)C, k0 + AT_BN, T, C3, vec);
+        if (kt + 1 < n_kt) { /* into the other buffer, freed by the last barrier */
+            bf16 *nb = KV + ((kt + 1) % 2) * 2 * AT_TILE;
+            at_copy(nb, base + C, k0 + AT_BN, T, C3, vec);
+            at_copy(nb + AT_TILE, base + 2 * (size_t)C, k0 + AT_BN, T, C3, vec);
         }
         if (k0 <= w_last) { /* warp-uniform; then k0 <= wq0 (both tile-aligned) */
             float s[8][4];
@@ -344,11 +379,7 @@ static __global__ void __launch_bounds__(AT_THREADS)
             at_to_a(pa, s);
             at_mul_x(o, pa, Vs, lane); /* O += P V */
         }
-        if (kt + 1 < n_kt) {
-            bf16 *nb = KV + ((kt + 1) % 2) * 2 * AT_TILE;
-            at_put(nb, kf);
-            at_put(nb + AT_TILE, vf);
-        }
+        at_cp_wait();
         __syncthreads(); /* the next buffer written; this one free */
     }
     float inv[2];
@@ -366,15 +397,16 @@ static __global__ void __launch_bounds__(AT_THREADS)
 #pragma unroll
         for (int e = 0; e < 4; e++)
             o[n][e] *= inv[e / 2];
-    at_store_rows(out + (size_t)b * T * C + (size_t)h * AT_D, (size_t)C, wq0, T, o, 1.0f,
-                  0, vec, lane);
+    at_store_rows(out + (size_t)b * T * C + (size_t)h * AT_D, (size_t)C, wq0, T, o, 1.0f, 0, vec,
+                  lane);
 }
 
-/* dQ for one query tile of 128; 1-D grid in at_block order. dqkv accumulates.
- * sl2 = scale * log2(e). */
+/* dQ for one query tile of 128; 1-D grid in at_block order. dqkv, qkv, dout
+ * bf16; dqkv accumulates. sl2 = scale * log2(e). */
 static __global__ void __launch_bounds__(AT_THREADS)
-    attn_tc_dq_kernel(float *dqkv, const float *qkv, const float *dout, const float *lse,
-                      const float *Dr, int B, int T, int C, int NH, float scale, float sl2, int vec)
+    attn_tc_dq_kernel(uint16_t *dqkv, const uint16_t *qkv, const uint16_t *dout,
+                      const float *lse, const float *Dr, int B, int T, int C, int NH, float scale,
+                      float sl2, int vec)
 {
     extern __shared__ __align__(128) unsigned char tc_smem[];
     bf16 *Qs = reinterpret_cast<bf16 *>(tc_smem); /* (128, LD) */
@@ -387,15 +419,20 @@ static __global__ void __launch_bounds__(AT_THREADS)
     const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     const int g = lane / 4, c2 = lane % 4 * 2;
     const size_t C3 = (size_t)C * 3;
-    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * AT_D;
-    const float *dobase = dout + (size_t)b * T * C + (size_t)h * AT_D;
+    const uint16_t *base = qkv + (size_t)b * T * C3 + (size_t)h * AT_D;
+    const uint16_t *dobase = dout + (size_t)b * T * C + (size_t)h * AT_D;
     const float *lse_h = lse + ((size_t)b * NH + h) * T, *Dr_h = Dr + ((size_t)b * NH + h) * T;
     const int wq0 = q0 + 16 * warp, w_last = min(wq0 + 15, T - 1);
     const int n_kt = (min(q0 + AT_BM, T) - 1) / AT_BN + 1;
-    float4 kf[4], vf[4];
     uint32_t qa[4][4], da[4][4];
     float dq[8][4], lse2[2], Dv[2];
 
+    at_copy(Qs, base, q0, T, C3, vec);
+    at_copy(Qs + AT_TILE, base, q0 + AT_BN, T, C3, vec);
+    at_copy(dOs, dobase, q0, T, (size_t)C, vec);
+    at_copy(dOs + AT_TILE, dobase, q0 + AT_BN, T, (size_t)C, vec);
+    at_copy(KV, base + C, 0, T, C3, vec);
+    at_copy(KV + AT_TILE, base + 2 * (size_t)C, 0, T, C3, vec);
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
         const int t = wq0 + g + 8 * hf;
@@ -405,27 +442,17 @@ static __global__ void __launch_bounds__(AT_THREADS)
 #pragma unroll
     for (int n = 0; n < 8; n++)
         dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-    at_fetch(kf, base, q0, T, C3, vec);
-    at_fetch(vf, base, q0 + AT_BN, T, C3, vec);
-    at_put(Qs, kf);
-    at_put(Qs + AT_TILE, vf);
-    at_fetch(kf, dobase, q0, T, (size_t)C, vec);
-    at_fetch(vf, dobase, q0 + AT_BN, T, (size_t)C, vec);
-    at_put(dOs, kf);
-    at_put(dOs + AT_TILE, vf);
-    at_fetch(kf, base + C, 0, T, C3, vec);
-    at_fetch(vf, base + 2 * (size_t)C, 0, T, C3, vec);
-    at_put(KV, kf);
-    at_put(KV + AT_TILE, vf);
+    at_cp_wait();
     __syncthreads();
     at_load_a(qa, Qs + 16 * warp * AT_LD, lane);
     at_load_a(da, dOs + 16 * warp * AT_LD, lane);
     for (int kt = 0; kt < n_kt; kt++) {
         const int k0 = kt * AT_BN;
         const bf16 *Ks = KV + (kt % 2) * 2 * AT_TILE, *Vs = Ks + AT_TILE;
-        if (kt + 1 < n_kt) {
-            at_fetch(kf, base + C, k0 + AT_BN, T, C3, vec);
-            at_fetch(vf, base + 2 * (size_t)C, k0 + AT_BN, T, C3, vec);
+        if (kt + 1 < n_kt) { /* into the other buffer, freed by the last barrier */
+            bf16 *nb = KV + ((kt + 1) % 2) * 2 * AT_TILE;
+            at_copy(nb, base + C, k0 + AT_BN, T, C3, vec);
+            at_copy(nb + AT_TILE, base + 2 * (size_t)C, k0 + AT_BN, T, C3, vec);
         }
         if (k0 <= w_last) {
             float s[8][4], dp[8][4];
@@ -446,21 +473,19 @@ static __global__ void __launch_bounds__(AT_THREADS)
             at_to_a(dsa, s);
             at_mul_x(dq, dsa, Ks, lane); /* dQ += dS K */
         }
-        if (kt + 1 < n_kt) {
-            bf16 *nb = KV + ((kt + 1) % 2) * 2 * AT_TILE;
-            at_put(nb, kf);
-            at_put(nb + AT_TILE, vf);
-        }
+        at_cp_wait();
         __syncthreads();
     }
     at_store_rows(dqkv + (size_t)b * T * C3 + (size_t)h * AT_D, C3, wq0, T, dq, scale, 1, vec,
                   lane);
 }
 
-/* dK, dV for one key tile of 128; 1-D grid in at_block order. dqkv accumulates. */
+/* dK, dV for one key tile of 128; 1-D grid in at_block order. dqkv, qkv,
+ * dout bf16; dqkv accumulates. */
 static __global__ void __launch_bounds__(AT_THREADS)
-    attn_tc_dkv_kernel(float *dqkv, const float *qkv, const float *dout, const float *lse,
-                       const float *Dr, int B, int T, int C, int NH, float scale, float sl2, int vec)
+    attn_tc_dkv_kernel(uint16_t *dqkv, const uint16_t *qkv, const uint16_t *dout,
+                       const float *lse, const float *Dr, int B, int T, int C, int NH,
+                       float scale, float sl2, int vec)
 {
     extern __shared__ __align__(128) unsigned char tc_smem[];
     bf16 *Ks = reinterpret_cast<bf16 *>(tc_smem); /* (128, LD) */
@@ -473,22 +498,16 @@ static __global__ void __launch_bounds__(AT_THREADS)
     const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, c2 = lane % 4 * 2;
     const size_t C3 = (size_t)C * 3;
-    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * AT_D;
-    const float *dobase = dout + (size_t)b * T * C + (size_t)h * AT_D;
+    const uint16_t *base = qkv + (size_t)b * T * C3 + (size_t)h * AT_D;
+    const uint16_t *dobase = dout + (size_t)b * T * C + (size_t)h * AT_D;
     const float *lse_h = lse + ((size_t)b * NH + h) * T, *Dr_h = Dr + ((size_t)b * NH + h) * T;
     const int wk0 = k0 + 16 * warp; /* the warp's first key */
     /* query tiles k0, k0 + 64, ... (the first that reach these keys) */
     const int n_qt = (T - k0 + AT_BN - 1) / AT_BN;
-    float4 qf[4], of[4];
     float lf = 0.0f;
     uint32_t ka[4][4], va[4][4];
     float dk[8][4], dv[8][4];
 
-#pragma unroll
-    for (int n = 0; n < 8; n++) {
-        dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
-        dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
-    }
     /* this thread's lse2 (tid < 64) or D (64 <= tid < 128) of query tile q */
     auto fetch_ld = [&](int q) {
         const int t = q + tid % AT_BN;
@@ -496,21 +515,21 @@ static __global__ void __launch_bounds__(AT_THREADS)
         if (tid < 2 * AT_BN && t < T)
             lf = tid < AT_BN ? lse_h[t] * 1.44269504f : Dr_h[t];
     };
-    at_fetch(qf, base + C, k0, T, C3, vec);
-    at_fetch(of, base + C, k0 + AT_BN, T, C3, vec);
-    at_put(Ks, qf);
-    at_put(Ks + AT_TILE, of);
-    at_fetch(qf, base + 2 * (size_t)C, k0, T, C3, vec);
-    at_fetch(of, base + 2 * (size_t)C, k0 + AT_BN, T, C3, vec);
-    at_put(Vs, qf);
-    at_put(Vs + AT_TILE, of);
-    at_fetch(qf, base, k0, T, C3, vec);
-    at_fetch(of, dobase, k0, T, (size_t)C, vec);
+    at_copy(Ks, base + C, k0, T, C3, vec);
+    at_copy(Ks + AT_TILE, base + C, k0 + AT_BN, T, C3, vec);
+    at_copy(Vs, base + 2 * (size_t)C, k0, T, C3, vec);
+    at_copy(Vs + AT_TILE, base + 2 * (size_t)C, k0 + AT_BN, T, C3, vec);
+    at_copy(QD, base, k0, T, C3, vec);
+    at_copy(QD + AT_TILE, dobase, k0, T, (size_t)C, vec);
     fetch_ld(k0);
-    at_put(QD, qf);
-    at_put(QD + AT_TILE, of);
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+        dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
+        dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
+    }
     if (tid < 2 * AT_BN)
         LD_s[tid] = lf;
+    at_cp_wait();
     __syncthreads();
     at_load_a(ka, Ks + 16 * warp * AT_LD, lane);
     at_load_a(va, Vs + 16 * warp * AT_LD, lane);
@@ -519,19 +538,17 @@ static __global__ void __launch_bounds__(AT_THREADS)
         const bf16 *Qs = QD + (qt % 2) * 2 * AT_TILE, *dOs = Qs + AT_TILE;
         const float *lse2 = LD_s + (qt % 2) * 2 * AT_BN, *Dq = lse2 + AT_BN;
         const int active = wk0 < T && q0 + AT_BN - 1 >= wk0; /* warp-uniform */
-        float s[8][4], dp[8][4];
-        if (active) {
-            at_mul_xt(s, ka, Qs, lane);   /* S^T = K Q^T */
-            at_mul_xt(dp, va, dOs, lane); /* dP^T = V dO^T */
-        }
-        /* the next tiles are read during the rest (fewer live registers) */
-        if (qt + 1 < n_qt) {
-            at_fetch(qf, base, q0 + AT_BN, T, C3, vec);
-            at_fetch(of, dobase, q0 + AT_BN, T, (size_t)C, vec);
+        if (qt + 1 < n_qt) { /* into the other buffer, freed by the last barrier */
+            bf16 *nb = QD + ((qt + 1) % 2) * 2 * AT_TILE;
+            at_copy(nb, base, q0 + AT_BN, T, C3, vec);
+            at_copy(nb + AT_TILE, dobase, q0 + AT_BN, T, (size_t)C, vec);
             fetch_ld(q0 + AT_BN);
         }
         if (active) {
+            float s[8][4], dp[8][4];
             uint32_t pa[4][4];
+            at_mul_xt(s, ka, Qs, lane);   /* S^T = K Q^T */
+            at_mul_xt(dp, va, dOs, lane); /* dP^T = V dO^T */
             const int masked = q0 < wk0 + 16 || q0 + AT_BN > T;
 #pragma unroll
             for (int n = 0; n < 8; n++) {
@@ -552,16 +569,12 @@ static __global__ void __launch_bounds__(AT_THREADS)
             at_to_a(pa, dp);
             at_mul_x(dk, pa, Qs, lane); /* dK += dS^T Q */
         }
-        if (qt + 1 < n_qt) {
-            bf16 *nb = QD + ((qt + 1) % 2) * 2 * AT_TILE;
-            at_put(nb, qf);
-            at_put(nb + AT_TILE, of);
-            if (tid < 2 * AT_BN)
-                LD_s[((qt + 1) % 2) * 2 * AT_BN + tid] = lf;
-        }
+        if (qt + 1 < n_qt && tid < 2 * AT_BN)
+            LD_s[((qt + 1) % 2) * 2 * AT_BN + tid] = lf;
+        at_cp_wait();
         __syncthreads();
     }
-    float *dkbase = dqkv + (size_t)b * T * C3 + C + (size_t)h * AT_D;
+    uint16_t *dkbase = dqkv + (size_t)b * T * C3 + C + (size_t)h * AT_D;
     at_store_rows(dkbase, C3, wk0, T, dk, scale, 1, vec, lane);
     at_store_rows(dkbase + C, C3, wk0, T, dv, 1.0f, 1, vec, lane);
 }
@@ -574,58 +587,59 @@ static int tc_shape_ok(int B, int T, int C, int NH)
            (size_t)B * NH * (size_t)((T + AT_BM - 1) / AT_BM + AT_GROUP) <= INT_MAX;
 }
 
-/* 1 if every tile row of the inputs starts 16-byte aligned (float4 loads)
- * and of the outputs 8-byte aligned (float2 stores); a null pointer passes. */
-static int tc_vec_ok(const float *in1, const float *in2, const float *out1, int C)
+/* 1 if every tile row of the inputs starts 16-byte aligned (cp.async of
+ * 8 bf16) and of the outputs 4-byte aligned (bf16 pairs). */
+static int tc_vec_ok(const void *in1, const void *in2, const void *out1, int C)
 {
-    return C % 4 == 0 && (uintptr_t)in1 % 16 == 0 && (uintptr_t)in2 % 16 == 0 &&
-           (uintptr_t)out1 % 8 == 0;
+    return C % 8 == 0 && (uintptr_t)in1 % 16 == 0 && (uintptr_t)in2 % 16 == 0 &&
+           (uintptr_t)out1 % 4 == 0;
 }
 
 static const float tc_log2e = 1.44269504f;
 
-void cuda_attention_forward_bf16(float *out, float *lse, const float *qkv, int B, int T, int C,
+void cuda_attention_forward_bf16(void *out, float *lse, const void *qkv, int B, int T, int C,
                                  int NH)
 {
     assert(out && lse && qkv);
     if (!tc_shape_ok(B, T, C, NH)) {
-        cuda_attention_forward(out, lse, qkv, B, T, C, NH);
+        cuda_attention_forward_fallback_bf16(out, lse, qkv, B, T, C, NH);
         return;
     }
     const unsigned grid = (unsigned)((size_t)B * NH * (size_t)((T + AT_BM - 1) / AT_BM));
     const float scale = 1.0f / sqrtf((float)AT_D);
     CUDA_TRY(cudaFuncSetAttribute(attn_tc_fwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   AT_FWD_SMEM));
-    attn_tc_fwd_kernel<<<grid, AT_THREADS, AT_FWD_SMEM>>>(out, lse, qkv, B, T, C, NH,
-                                                          scale * tc_log2e,
-                                                          tc_vec_ok(qkv, qkv, out, C));
+    attn_tc_fwd_kernel<<<grid, AT_THREADS, AT_FWD_SMEM>>>(
+        (uint16_t *)out, lse, (const uint16_t *)qkv, B, T, C, NH, scale * tc_log2e,
+        tc_vec_ok(qkv, qkv, out, C));
     LAUNCH_TRY(attn_tc_fwd_kernel);
 cleanup:
     return;
 }
 
-void cuda_attention_backward_bf16(float *dqkv, float *scratch, const float *dout,
-                                  const float *qkv, const float *out, const float *lse, int B,
-                                  int T, int C, int NH)
+void cuda_attention_backward_bf16(void *dqkv, float *scratch, const void *dout, const void *qkv,
+                                  const void *out, const float *lse, int B, int T, int C, int NH)
 {
     assert(dqkv && scratch && dout && qkv && out && lse);
     if (!tc_shape_ok(B, T, C, NH)) {
-        cuda_attention_backward(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
+        cuda_attention_backward_fallback_bf16(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
         return;
     }
     const unsigned grid = (unsigned)((size_t)B * NH * (size_t)((T + AT_BM - 1) / AT_BM));
     const float scale = 1.0f / sqrtf((float)AT_D);
     const int vec = tc_vec_ok(qkv, dout, dqkv, C);
+    uint16_t *dx = (uint16_t *)dqkv;
+    const uint16_t *x = (const uint16_t *)qkv, *dy = (const uint16_t *)dout;
     CUDA_TRY(cudaFuncSetAttribute(attn_tc_dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   AT_DKV_SMEM));
     CUDA_TRY(cudaFuncSetAttribute(attn_tc_dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   AT_DQ_SMEM));
-    if (!cuda_attention_rowdot(scratch, dout, out, B, T, C, NH))
+    if (!cuda_attention_rowdot(scratch, dout, out, ZINC_DTYPE_BF16, B, T, C, NH))
         goto cleanup;
-    attn_tc_dkv_kernel<<<grid, AT_THREADS, AT_DKV_SMEM>>>(dqkv, qkv, dout, lse, scratch, B, T, C, NH,
+    attn_tc_dkv_kernel<<<grid, AT_THREADS, AT_DKV_SMEM>>>(dx, x, dy, lse, scratch, B, T, C, NH,
                                                           scale, scale * tc_log2e, vec);
     LAUNCH_TRY(attn_tc_dkv_kernel);
-    attn_tc_dq_kernel<<<grid, AT_THREADS, AT_DQ_SMEM>>>(dqkv, qkv, dout, lse, scratch, B, T, C, NH,
+    attn_tc_dq_kernel<<<grid, AT_THREADS, AT_DQ_SMEM>>>(dx, x, dy, lse, scratch, B, T, C, NH,
                                                         scale, scale * tc_log2e, vec);
     LAUNCH_TRY(attn_tc_dq_kernel);
 cleanup:

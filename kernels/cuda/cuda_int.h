@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include "zinc/status.h"
+#include "zinc/tensor.h"
 
 /* Records a failed foreign call: sets this thread's zinc_last_error() to
  * "call: file:line: message" (call cut at its first '(') and keeps it as the
@@ -76,25 +77,36 @@ void *cuda_scratch(size_t n_bytes);
 void cuda_cache_release(void);
 void cuda_mem_note(long long delta_bytes);
 
-/* attention_cuda.cu: the attention entries of the table (zinc/ops.h
- * contract, flash style; stream 0; errors through cuda_fail). */
+/* attention_cuda.cu: the "cuda" table's attention entries (zinc/ops.h
+ * contract, act f32, flash style on CUDA cores; stream 0; errors through
+ * cuda_fail). */
 void cuda_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C,
                             int NH);
 void cuda_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                              const float *out, const float *lse, int B, int T, int C, int NH);
 size_t cuda_attention_scratch_floats(int B, int T, int C, int NH);
-/* Dr (B,NH,T) = rowsum(dout * out) per head row (the backward's D, shared by
- * both attention implementations). Returns 1, or 0 after recording an error. */
-int cuda_attention_rowdot(float *Dr, const float *dout, const float *out, int B, int T, int C,
-                          int NH);
+/* The same kernels on act bf16 (qkv, out, dout, dqkv bf16 bits; lse and
+ * scratch fp32): the bf16 entries' path for shapes the tensor-core kernels
+ * do not take. */
+void cuda_attention_forward_fallback_bf16(void *out, float *lse, const void *qkv, int B, int T,
+                                          int C, int NH);
+void cuda_attention_backward_fallback_bf16(void *dqkv, float *scratch, const void *dout,
+                                           const void *qkv, const void *out, const float *lse,
+                                           int B, int T, int C, int NH);
+/* Dr (B,NH,T) fp32 = rowsum(dout * out) per head row, dout and out (B,T,C)
+ * of dtype act (ZINC_DTYPE_F32 or ZINC_DTYPE_BF16): the backward's D, shared
+ * by both attention implementations. Returns 1, or 0 after recording an
+ * error. */
+int cuda_attention_rowdot(float *Dr, const void *dout, const void *out, zinc_dtype act, int B,
+                          int T, int C, int NH);
 
-/* attention_tc_cuda.cu: the same contract (and scratch size) for the bf16
- * table, on tensor cores (bf16 operands, fp32 softmax and accumulation)
- * when the head size is 64; other shapes run the fp32 entries above. */
-void cuda_attention_forward_bf16(float *out, float *lse, const float *qkv, int B, int T, int C,
+/* attention_tc_cuda.cu: the "cuda-bf16" table's attention entries (the
+ * same contract and scratch size, act bf16), on tensor cores (bf16
+ * operands, fp32 softmax and accumulation) when the head size is 64; other
+ * shapes run cuda_attention_*_fallback_bf16. */
+void cuda_attention_forward_bf16(void *out, float *lse, const void *qkv, int B, int T, int C,
                                  int NH);
-void cuda_attention_backward_bf16(float *dqkv, float *scratch, const float *dout,
-                                  const float *qkv, const float *out, const float *lse, int B,
-                                  int T, int C, int NH);
+void cuda_attention_backward_bf16(void *dqkv, float *scratch, const void *dout, const void *qkv,
+                                  const void *out, const float *lse, int B, int T, int C, int NH);
 
 #endif

@@ -48,11 +48,13 @@
 #include <mutex>
 
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "zinc/ops_cuda.h"
 #include "cuda_int.h"
+
 
 #define LN_EPS 1e-5f
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
@@ -66,6 +68,8 @@ enum {
     EMB_BUCKETS = 64,          /* row buckets of the embedding table gradient */
     EMB_TOK_TILE = 1024,       /* tokens staged in shared memory at a time */
     XENT_BLOCK = 512,          /* threads per row of softmax_xent */
+    XENT_STASH_MAX = 112 << 10, /* bytes of a row softmax_xent keeps in shared memory
+                                  (two blocks fit an SM: 228 KiB on Hopper) */
     SUMSQ_BLOCK = 256,
     SUMSQ_MAX_BLOCKS = 1024,
     SUMSQ_MIN_PER_BLOCK = 4096,
@@ -109,7 +113,7 @@ extern "C" zinc_status zinc_cuda_last_status(void)
 
 /* What a cuBLASLt algorithm was chosen for. */
 struct algo_key {
-    int m, n, k, ta, tb, bias, fast;
+    int m, n, k, ta, tb, bias, ab, cd; /* ab, cd: LT_F32 or LT_BF16 */
     unsigned al_a, al_b, al_c, al_bias;
 };
 
@@ -220,47 +224,49 @@ static unsigned row_grid(size_t n_rows)
 }
 
 /* Vectorized elementwise ops. An op over n elements runs elements
- * [head, head + 4 n4) four at a time, every operand moved with one 16-byte
- * (fp32) or 8-byte (16-bit) access, and the head [0, head) and the tail
- * [head + 4 n4, n) one at a time. Only the memory access differs: each
- * element gets the same arithmetic (op.one and op.four share it) whichever
- * way it goes, so results do not depend on alignment. */
+ * [head, head + W nv) W at a time (Op::W: 4, or 8 for bf16 activations),
+ * every operand moved with one access of W elements (16 bytes for fp32 or
+ * bf16 act operands, 8 for the 16-bit operands of the precision ops), and
+ * the head [0, head) and the tail [head + W nv, n) one at a time. Only the
+ * memory access differs: each element gets the same arithmetic (op.one and
+ * op.vec share it) whichever way it goes, so results do not depend on
+ * alignment. */
 struct ew_split {
-    size_t head, n4, n;
+    size_t head, nv, n;
 };
 
-/* head brings operand 0 (element size esz[0]) to a 4-element boundary;
+/* head brings operand 0 (element size esz[0]) to a W-element boundary;
  * unless every other operand is then on one of its own, all go one at a
- * time (n4 = 0). */
-static ew_split ew_plan(size_t n, const void *const *p, const unsigned *esz, int np)
+ * time (nv = 0). */
+static ew_split ew_plan(size_t n, const void *const *p, const unsigned *esz, int np, unsigned W)
 {
     ew_split s = {0, 0, n};
-    const uintptr_t a0 = (uintptr_t)p[0], w0 = 4u * esz[0];
+    const uintptr_t a0 = (uintptr_t)p[0], w0 = W * esz[0];
     if (a0 % esz[0])
         return s;
     const size_t head = (size_t)((w0 - a0 % w0) % w0) / esz[0];
     if (head >= n)
         return s;
     for (int k = 1; k < np; k++)
-        if (((uintptr_t)p[k] + head * esz[k]) % (4u * esz[k]))
+        if (((uintptr_t)p[k] + head * esz[k]) % (W * esz[k]))
             return s;
     s.head = head;
-    s.n4 = (n - head) / 4;
+    s.nv = (n - head) / W;
     return s;
 }
 
-/* One grid-stride loop over the 4-wide groups, then one over the 0..6
+/* One grid-stride loop over the W-wide groups, then one over the 0..2W-2
  * single elements (head and tail). */
 template <class Op>
 static __global__ void __launch_bounds__(EW_BLOCK) ew_kernel(Op op, ew_split s)
 {
     const size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     const size_t stride = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = t; i < s.n4; i += stride)
-        op.four(s.head + 4 * i);
-    const size_t n1 = s.n - 4 * s.n4;
+    for (size_t i = t; i < s.nv; i += stride)
+        op.vec(s.head + (size_t)Op::W * i);
+    const size_t n1 = s.n - (size_t)Op::W * s.nv;
     for (size_t k = t; k < n1; k += stride)
-        op.one(k < s.head ? k : k + 4 * s.n4);
+        op.one(k < s.head ? k : k + (size_t)Op::W * s.nv);
 }
 
 /* Streaming multiprocessors of the current device (the op table is bound
@@ -296,8 +302,8 @@ static void ew_launch(const Op &op, ew_split s)
         }
         return b;
     }();
-    const size_t n1 = s.n - 4 * s.n4;
-    const size_t items = s.n4 > n1 ? s.n4 : n1;
+    const size_t n1 = s.n - (size_t)Op::W * s.nv;
+    const size_t items = s.nv > n1 ? s.nv : n1;
     const size_t want = (items + EW_BLOCK - 1) / EW_BLOCK;
     const size_t cap = (size_t)ew_sms() * (size_t)per_sm;
     ew_kernel<Op><<<(unsigned)(want < cap ? want : cap), EW_BLOCK>>>(op, s);
@@ -322,6 +328,153 @@ __device__ __forceinline__ float warp_max(float v)
 /* elementwise                                                         */
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* activation storage: fp32 ("cuda") or bf16 ("cuda-bf16")             */
+/* ------------------------------------------------------------------ */
+
+/* Round to nearest even, NaN kept quiet: the CPU's zinc_f32_to_bf16. */
+static __device__ __forceinline__ uint16_t f32_to_bf16_rne(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* The act kernels are templates on the storage type T of activations,
+ * float or bf16; every one computes in fp32 and rounds each act output once.
+ * act_ld / act_st move one element (as fp32), act_ldv / act_stv one 16-byte
+ * vector of ACT_VW<T> elements (4 floats or 8 bf16; the pointer must be
+ * 16-byte aligned). */
+typedef __nv_bfloat16 bf16;
+
+template <class T>
+struct act_vw {
+    static constexpr int n = 16 / (int)sizeof(T);
+};
+#define ACT_VW(T) (act_vw<T>::n)
+
+__device__ __forceinline__ float bf16_bits_to_f32(uint32_t h)
+{
+    return __uint_as_float(h << 16);
+}
+
+__device__ __forceinline__ float act_ld(const float *p, size_t i)
+{
+    return p[i];
+}
+__device__ __forceinline__ float act_ld(const bf16 *p, size_t i)
+{
+    return bf16_bits_to_f32(reinterpret_cast<const uint16_t *>(p)[i]);
+}
+__device__ __forceinline__ void act_st(float *p, size_t i, float x)
+{
+    p[i] = x;
+}
+__device__ __forceinline__ void act_st(bf16 *p, size_t i, float x)
+{
+    reinterpret_cast<uint16_t *>(p)[i] = f32_to_bf16_rne(x);
+}
+
+/* The four 32-bit words of a 16-byte vector, unpacked (v: 4 or 8 floats). */
+__device__ __forceinline__ void act_unpack(const float *, uint4 r, float *v)
+{
+    v[0] = __uint_as_float(r.x);
+    v[1] = __uint_as_float(r.y);
+    v[2] = __uint_as_float(r.z);
+    v[3] = __uint_as_float(r.w);
+}
+__device__ __forceinline__ void act_unpack(const bf16 *, uint4 r, float *v)
+{
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) { /* element 2k in the low half (little endian) */
+        v[2 * k] = bf16_bits_to_f32(w[k] & 0xffffu);
+        v[2 * k + 1] = bf16_bits_to_f32(w[k] >> 16);
+    }
+}
+__device__ __forceinline__ uint4 act_pack(const float *, const float *v)
+{
+    return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]),
+                      __float_as_uint(v[3]));
+}
+__device__ __forceinline__ uint4 act_pack(const bf16 *, const float *v)
+{
+    uint32_t w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+        w[k] = (uint32_t)f32_to_bf16_rne(v[2 * k]) | ((uint32_t)f32_to_bf16_rne(v[2 * k + 1]) << 16);
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+template <class T>
+__device__ __forceinline__ void act_ldv(const T *p, float *v)
+{
+    act_unpack(p, *reinterpret_cast<const uint4 *>(p), v);
+}
+template <class T>
+__device__ __forceinline__ void act_stv(T *p, const float *v)
+{
+    *reinterpret_cast<uint4 *>(p) = act_pack(p, v);
+}
+
+/* Elements p[0..VW) as fp32: one 16-byte access when VEC, else one at a
+ * time (the same values either way). */
+template <bool VEC, class T>
+__device__ __forceinline__ void act_ldg(const T *p, float *v)
+{
+    if (VEC) {
+        act_ldv(p, v);
+    } else {
+#pragma unroll
+        for (int u = 0; u < ACT_VW(T); u++)
+            v[u] = act_ld(p, u);
+    }
+}
+template <bool VEC, class T>
+__device__ __forceinline__ void act_stg(T *p, const float *v)
+{
+    if (VEC) {
+        act_stv(p, v);
+    } else {
+#pragma unroll
+        for (int u = 0; u < ACT_VW(T); u++)
+            act_st(p, u, v[u]);
+    }
+}
+
+/* n fp32 parameters p[0..n) (n = 4 or 8): float4 accesses when VEC (p
+ * 16-byte aligned), else one at a time. */
+template <bool VEC, int n>
+__device__ __forceinline__ void par_ldg(const float *p, float *v)
+{
+#pragma unroll
+    for (int k = 0; k < n; k += 4) {
+        if (VEC) {
+            const float4 f = *reinterpret_cast<const float4 *>(p + k);
+            v[k] = f.x;
+            v[k + 1] = f.y;
+            v[k + 2] = f.z;
+            v[k + 3] = f.w;
+        } else {
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                v[k + u] = p[k + u];
+        }
+    }
+}
+
+/* Whether p is 16-byte aligned (vector accesses). */
+static int al16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* elementwise                                                         */
+/* ------------------------------------------------------------------ */
+
 /* c = beta * c, or 0 where beta is 0 (BLAS: c is not read then). */
 static __global__ void beta_scale_kernel(float *c, float beta, size_t n)
 {
@@ -330,20 +483,13 @@ static __global__ void beta_scale_kernel(float *c, float beta, size_t n)
         c[i] = beta == 0.0f ? 0.0f : __fmul_rn(beta, c[i]);
 }
 
-/* out(N,OC) rows = bias(OC). */
-static __global__ void fill_rows_kernel(float *out, const float *bias, int OC, size_t n)
+/* out(N,OC) rows = bias(OC) (bias already of out's type). */
+template <class T>
+static __global__ void fill_rows_kernel(T *out, const T *bias, int OC, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         out[i] = bias[i % (size_t)OC];
-}
-
-/* out(n/OC, OC) += bias on every row. */
-static __global__ void add_rows_kernel(float *out, const float *bias, int OC, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        out[i] += bias[i % OC];
 }
 
 /* tanh(u) = 1 - 2 / (exp(2u) + 1), the CPU reference's form. */
@@ -381,47 +527,70 @@ __device__ __forceinline__ void st_f4(float *p, float4 v)
     *reinterpret_cast<float4 *>(p) = v;
 }
 
+template <class T>
 struct gelu_fwd_op {
-    float *out;
-    const float *inp;
-    __device__ void one(size_t i) const { out[i] = gelu_fwd1(inp[i]); }
-    __device__ void four(size_t i) const
+    static constexpr int W = ACT_VW(T);
+    T *out;
+    const T *inp;
+    __device__ void one(size_t i) const { act_st(out, i, gelu_fwd1(act_ld(inp, i))); }
+    __device__ void vec(size_t i) const
     {
-        const float4 x = ld_f4(inp + i);
-        st_f4(out + i, make_float4(gelu_fwd1(x.x), gelu_fwd1(x.y), gelu_fwd1(x.z), gelu_fwd1(x.w)));
+        float x[W];
+        act_ldv(inp + i, x);
+#pragma unroll
+        for (int u = 0; u < W; u++)
+            x[u] = gelu_fwd1(x[u]);
+        act_stv(out + i, x);
     }
 };
 
+template <class T>
 struct gelu_bwd_op {
-    float *dinp;
-    const float *inp, *dout;
-    __device__ void one(size_t i) const { dinp[i] = gelu_bwd1(inp[i], dout[i], dinp[i]); }
-    __device__ void four(size_t i) const
+    static constexpr int W = ACT_VW(T);
+    T *dinp;
+    const T *inp, *dout;
+    __device__ void one(size_t i) const
     {
-        const float4 x = ld_f4(inp + i), d = ld_f4(dout + i), a = ld_f4(dinp + i);
-        st_f4(dinp + i, make_float4(gelu_bwd1(x.x, d.x, a.x), gelu_bwd1(x.y, d.y, a.y),
-                                    gelu_bwd1(x.z, d.z, a.z), gelu_bwd1(x.w, d.w, a.w)));
+        act_st(dinp, i, gelu_bwd1(act_ld(inp, i), act_ld(dout, i), act_ld(dinp, i)));
+    }
+    __device__ void vec(size_t i) const
+    {
+        float x[W], d[W], a[W];
+        act_ldv(inp + i, x);
+        act_ldv(dout + i, d);
+        act_ldv(dinp + i, a);
+#pragma unroll
+        for (int u = 0; u < W; u++)
+            a[u] = gelu_bwd1(x[u], d[u], a[u]);
+        act_stv(dinp + i, a);
     }
 };
 
 /* out may alias a or b: each element is read before it is written. */
+template <class T>
 struct residual_op {
-    float *out;
-    const float *a, *b;
-    __device__ void one(size_t i) const { out[i] = __fadd_rn(a[i], b[i]); }
-    __device__ void four(size_t i) const
+    static constexpr int W = ACT_VW(T);
+    T *out;
+    const T *a, *b;
+    __device__ void one(size_t i) const { act_st(out, i, __fadd_rn(act_ld(a, i), act_ld(b, i))); }
+    __device__ void vec(size_t i) const
     {
-        const float4 x = ld_f4(a + i), y = ld_f4(b + i);
-        st_f4(out + i, make_float4(__fadd_rn(x.x, y.x), __fadd_rn(x.y, y.y), __fadd_rn(x.z, y.z),
-                                   __fadd_rn(x.w, y.w)));
+        float x[W], y[W];
+        act_ldv(a + i, x);
+        act_ldv(b + i, y);
+#pragma unroll
+        for (int u = 0; u < W; u++)
+            x[u] = __fadd_rn(x[u], y[u]);
+        act_stv(out + i, x);
     }
 };
 
 struct scale_op {
+    static constexpr int W = 4;
     float *x;
     float s;
     __device__ void one(size_t i) const { x[i] = __fmul_rn(x[i], s); }
-    __device__ void four(size_t i) const
+    __device__ void vec(size_t i) const
     {
         const float4 v = ld_f4(x + i);
         st_f4(x + i, make_float4(__fmul_rn(v.x, s), __fmul_rn(v.y, s), __fmul_rn(v.z, s),
@@ -465,10 +634,10 @@ static int colsum_rows_per_chunk(int N)
 /* Pass 1. grid (ceil(C/32), nchunk), block (32, 8). part (Q, nchunk, C):
  * LN false: Q = 1, column sums of dout(N,C);
  * LN true:  Q = 2, sums of norm * dout (norm = (inp - mean) rstd) and of dout. */
-template <bool LN>
-static __global__ void colsum_partial_kernel(float *part, const float *dout, const float *inp,
-                                      const float *mean, const float *rstd, int N, int C,
-                                      int rows_per_chunk)
+template <bool LN, class T>
+static __global__ void colsum_partial_kernel(float *part, const T *dout, const T *inp,
+                                             const float *mean, const float *rstd, int N, int C,
+                                             int rows_per_chunk)
 {
     __shared__ float s0[8][33], s1[8][33];
     const int tx = threadIdx.x, ty = threadIdx.y;
@@ -478,9 +647,9 @@ static __global__ void colsum_partial_kernel(float *part, const float *dout, con
     float a0 = 0.0f, a1 = 0.0f;
     if (c < C) {
         for (int r = r0 + ty; r < r1; r += 8) {
-            const float dy = dout[(size_t)r * C + c];
+            const float dy = act_ld(dout, (size_t)r * C + c);
             if (LN) {
-                a0 += (inp[(size_t)r * C + c] - mean[r]) * rstd[r] * dy;
+                a0 += (act_ld(inp, (size_t)r * C + c) - mean[r]) * rstd[r] * dy;
                 a1 += dy;
             } else {
                 a0 += dy;
@@ -514,8 +683,10 @@ static __global__ void colsum_finish_kernel(float *dst, const float *part, int n
     dst[c] += s;
 }
 
-/* dst(C) += column sums of src(N,C). Returns 0 after recording an error. */
-static int colsum_acc(float *dst, const float *src, int N, int C)
+/* dst(C) += column sums of src(N,C) (act, read as T). Returns 0 after
+ * recording an error. */
+template <class T>
+static int colsum_acc(float *dst, const T *src, int N, int C)
 {
     const int rpc = colsum_rows_per_chunk(N);
     const int nchunk = (N + rpc - 1) / rpc;
@@ -524,7 +695,7 @@ static int colsum_acc(float *dst, const float *src, int N, int C)
     float *part = (float *)cuda_scratch((size_t)nchunk * C * sizeof(float));
     if (!part)
         goto cleanup;
-    colsum_partial_kernel<false><<<grid, block>>>(part, src, NULL, NULL, NULL, N, C, rpc);
+    colsum_partial_kernel<false, T><<<grid, block>>>(part, src, NULL, NULL, NULL, N, C, rpc);
     LAUNCH_TRY(colsum_partial_kernel);
     colsum_finish_kernel<<<(C + 255) / 256, 256>>>(dst, part, nchunk, C);
     LAUNCH_TRY(colsum_finish_kernel);
@@ -537,12 +708,12 @@ cleanup:
 /* matmul and linear (cuBLASLt)                                        */
 /* ------------------------------------------------------------------ */
 
-/* Largest power of two (4..256) that divides the address. */
+/* Largest power of two (2..256) that divides the address. */
 static unsigned ptr_align(const void *p)
 {
     const uintptr_t a = (uintptr_t)p;
     unsigned al = 256;
-    while (al > 4 && a % al)
+    while (al > 2 && a % al)
         al >>= 1;
     return al;
 }
@@ -550,8 +721,8 @@ static unsigned ptr_align(const void *p)
 static int algo_key_eq(const algo_key *x, const algo_key *y)
 {
     return x->m == y->m && x->n == y->n && x->k == y->k && x->ta == y->ta && x->tb == y->tb &&
-           x->bias == y->bias && x->fast == y->fast && x->al_a == y->al_a && x->al_b == y->al_b &&
-           x->al_c == y->al_c && x->al_bias == y->al_bias;
+           x->bias == y->bias && x->ab == y->ab && x->cd == y->cd && x->al_a == y->al_a &&
+           x->al_b == y->al_b && x->al_c == y->al_c && x->al_bias == y->al_bias;
 }
 
 static int algo_cache_find(const algo_key *key, cublasLtMatmulAlgo_t *algo)
@@ -591,25 +762,26 @@ static int lt_autotune(void)
 }
 
 /* Times up to 8 heuristic candidates (median of 3 after a warm-up) on a
- * scratch copy of c and sets *algo to the fastest. Best effort: any failure
- * keeps the heuristic's choice; nothing is recorded. */
+ * scratch copy of c (c_bytes) and sets *algo to the fastest. Best effort:
+ * any failure keeps the heuristic's choice; nothing is recorded. */
 static void lt_tune(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
                     cublasLtMatrixLayout_t lc, cublasLtMatmulPreference_t pref, const void *a,
-                    const void *b, const float *c, size_t nc, const float *alpha,
+                    const void *b, const void *c, size_t c_bytes, const float *alpha,
                     const float *beta, cublasLtMatmulAlgo_t *algo)
 {
     enum { N_CAND = 8, REPS = 3 };
     cublasLtMatmulHeuristicResult_t cand[N_CAND];
     int n = 0;
-    float *tmp = NULL, best_ms = 1e30f;
+    void *tmp = NULL;
+    float best_ms = 1e30f;
     cudaEvent_t e0 = NULL, e1 = NULL;
     if (cublasLtMatmulAlgoGetHeuristic(cuda_lt_handle(), op, la, lb, lc, lc, pref, N_CAND, cand,
                                        &n) != CUBLAS_STATUS_SUCCESS || n < 2)
         return;
-    if (cudaMalloc(&tmp, nc * sizeof(float)) != cudaSuccess ||
-        cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess)
+    if (cudaMalloc(&tmp, c_bytes) != cudaSuccess || cudaEventCreate(&e0) != cudaSuccess ||
+        cudaEventCreate(&e1) != cudaSuccess)
         goto done;
-    if (cudaMemcpyAsync(tmp, c, nc * sizeof(float), cudaMemcpyDeviceToDevice, 0) != cudaSuccess)
+    if (cudaMemcpyAsync(tmp, c, c_bytes, cudaMemcpyDeviceToDevice, 0) != cudaSuccess)
         goto done;
     for (int i = 0; i < n; i++) {
         float t[REPS];
@@ -645,13 +817,25 @@ done:
     cudaFree(tmp);
 }
 
+/* Operand types of a product: a and b share one, c (= d) and the bias
+ * have one. */
+enum { LT_F32 = 0, LT_BF16 = 1 };
+
+static cudaDataType_t lt_type(int dt)
+{
+    return dt == LT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
 /* Row-major c(m,n) = alpha op(a) op(b) + beta c [+ bias(n) on every row],
  * as column-major c^T(n,m) = op(b)^T op(a)^T: cuBLASLt's A is our b, its B
- * our a. m, n, k > 0; requires cuda_state_get() == 1.
+ * our a. a and b hold ab (LT_F32 / LT_BF16) elements, c and the bias cd;
+ * compute and scale types are fp32 (CUBLAS_COMPUTE_32F: no TF32, and a bf16
+ * c is read, combined in fp32 and rounded once). m, n, k > 0; requires
+ * cuda_state_get() == 1.
  * Returns 1 when done, 0 when cuBLASLt has no algorithm for these arguments
  * (nothing recorded: the caller may fall back), -1 after recording an error. */
-static int lt_matmul(float *c, const void *a, const void *b, int m, int n, int k, int ta,
-                     int tb, float alpha, float beta, const float *bias, int fast)
+static int lt_matmul(void *c, const void *a, const void *b, int m, int n, int k, int ta, int tb,
+                     float alpha, float beta, const void *bias, int ab, int cd)
 {
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
@@ -663,12 +847,10 @@ static int lt_matmul(float *c, const void *a, const void *b, int m, int n, int k
     const cublasOperation_t opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     const uint64_t ws_bytes = CUDA_LT_WS_BYTES;
-    const algo_key key = {m, n, k, ta, tb, bias != NULL, fast, ptr_align(a), ptr_align(b),
+    const algo_key key = {m, n, k, ta, tb, bias != NULL, ab, cd, ptr_align(a), ptr_align(b),
                           ptr_align(c), bias ? ptr_align(bias) : 0u};
-    /* fast 1: fp32 operands rounded to bf16 inside cuBLASLt; fast 2: the operands
-     * already are bf16 (converted by the caller); fp32 accumulation and output */
-    const cublasComputeType_t ctype = fast == 1 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
-    const cudaDataType_t abtype = fast == 2 ? CUDA_R_16BF : CUDA_R_32F;
+    const cudaDataType_t abtype = lt_type(ab), cdtype = lt_type(cd);
+    const size_t c_bytes = (size_t)m * n * (cd == LT_BF16 ? 2 : 4);
     /* cuBLASLt's A = our b: stored (k,n) row-major = (n,k) column-major, or
      * (n,k) row-major = (k,n) column-major when tb. Its B = our a likewise. */
     const uint64_t a_rows = tb ? k : n, a_cols = tb ? n : k;
@@ -676,10 +858,10 @@ static int lt_matmul(float *c, const void *a, const void *b, int m, int n, int k
     int nres = 0, rc = -1;
     memset(&res, 0, sizeof res);
 
-    CUBLAS_TRY(cublasLtMatmulDescCreate(&op, ctype, CUDA_R_32F));
+    CUBLAS_TRY(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-    if (bias) {
+    if (bias) { /* the bias has d's type (cuBLASLt's default for non-fp8 products) */
         CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
                                                   sizeof epi));
         CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
@@ -687,7 +869,7 @@ static int lt_matmul(float *c, const void *a, const void *b, int m, int n, int k
     }
     CUBLAS_TRY(cublasLtMatrixLayoutCreate(&la, abtype, a_rows, a_cols, (int64_t)a_rows));
     CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lb, abtype, b_rows, b_cols, (int64_t)b_rows));
-    CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, (uint64_t)n, (uint64_t)m, n));
+    CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lc, cdtype, (uint64_t)n, (uint64_t)m, n));
 
     if (!algo_cache_find(&key, &algo)) {
         CUBLAS_TRY(cublasLtMatmulPreferenceCreate(&pref));
@@ -715,7 +897,7 @@ static int lt_matmul(float *c, const void *a, const void *b, int m, int n, int k
         }
         algo = res.algo;
         if (lt_autotune())
-            lt_tune(op, la, lb, lc, pref, a, b, c, (size_t)m * n, &alpha, &beta, &algo);
+            lt_tune(op, la, lb, lc, pref, a, b, c, c_bytes, &alpha, &beta, &algo);
         algo_cache_put(&key, &algo);
     }
     CUBLAS_TRY(cublasLtMatmul(cuda_lt_handle(), op, &alpha, b, la, a, lb, &beta, c, lc, c, lc,
@@ -737,33 +919,25 @@ cleanup:
 
 /* lt_matmul without a bias; "no algorithm" becomes a recorded error.
  * Returns 1 when done, 0 after recording an error. */
-static int gemm(float *c, const void *a, const void *b, int m, int n, int k, int ta, int tb,
-                float alpha, float beta, int fast)
+static int gemm(void *c, const void *a, const void *b, int m, int n, int k, int ta, int tb,
+                float alpha, float beta, int ab, int cd)
 {
-    const int rc = lt_matmul(c, a, b, m, n, k, ta, tb, alpha, beta, NULL, fast);
+    const int rc = lt_matmul(c, a, b, m, n, k, ta, tb, alpha, beta, NULL, ab, cd);
     if (rc == 0) {
         char msg[160];
-        snprintf(msg, sizeof msg, "no cuBLASLt fp32 algorithm for m=%d n=%d k=%d ta=%d tb=%d",
-                 m, n, k, ta, tb);
+        snprintf(msg, sizeof msg,
+                 "no cuBLASLt algorithm for m=%d n=%d k=%d ta=%d tb=%d ab=%s cd=%s", m, n, k, ta,
+                 tb, ab == LT_BF16 ? "bf16" : "f32", cd == LT_BF16 ? "bf16" : "f32");
         cuda_fail(ZINC_ERR_CUDA, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__, msg);
     }
     return rc == 1;
 }
 
-/* Round to nearest even, NaN kept quiet: the CPU's zinc_f32_to_bf16. */
-static __device__ __forceinline__ uint16_t f32_to_bf16_rne(float f)
+/* fp32 -> bf16, round to nearest even; 4 elements per access when vec
+ * (src 16-byte aligned; dst is the scratch, 256-byte aligned). */
+static __global__ void to_bf16_kernel(uint16_t *dst, const float *src, size_t n, int vec)
 {
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-/* fp32 -> bf16, round to nearest even, 4 elements per thread where aligned. */
-static __global__ void to_bf16_kernel(uint16_t *dst, const float *src, size_t n)
-{
-    const size_t n4 = n / 4;
+    const size_t n4 = vec ? n / 4 : 0;
     const size_t stride = (size_t)gridDim.x * blockDim.x;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += stride) {
         const float4 v = reinterpret_cast<const float4 *>(src)[i];
@@ -776,102 +950,43 @@ static __global__ void to_bf16_kernel(uint16_t *dst, const float *src, size_t n)
         dst[i] = f32_to_bf16_rne(src[i]);
 }
 
-/* Operands up to this many bytes of bf16 (all of one product together) are
- * converted and multiplied as bf16 (full tensor-core rate); larger ones (the
- * logits of a big vocabulary) use cuBLASLt's FAST_16BF on the fp32 data and
- * take no extra memory. */
-static size_t bf16_stage_max(void)
-{
-    const char *v = getenv("ZINC_CUDA_STAGE_MAX"); /* bytes; tests lower it */
-    return v && atoll(v) > 0 ? (size_t)atoll(v) : (size_t)512 << 20;
-}
-#define BF16_STAGE_MAX bf16_stage_max()
-
-/* Converts up to three fp32 operands (NULL skipped) to bf16 in the shared
- * scratch; out[i] receives each copy. Returns 1, 0 when too large (nothing
- * done), -1 after recording an error. */
+/* Converts up to three fp32 operands (NULL or empty skipped: out[i] NULL)
+ * to bf16 copies in the shared scratch, each 256-byte aligned; out[i]
+ * receives each copy. The copies live until the next op takes the scratch
+ * (stream order keeps them valid for the products enqueued after this).
+ * Parameters only: they hold bf16-representable values in bf16 training,
+ * and are small next to the activations. Returns 1, or 0 after recording
+ * an error. */
 static int stage_bf16(const float *const *src, const size_t *n, int count, const void **out)
 {
     size_t total = 0, off[3];
+    char *base;
+    assert(count <= 3);
     for (int i = 0; i < count; i++) {
+        out[i] = NULL;
         off[i] = total;
         total += src[i] ? (n[i] * 2 + 255) / 256 * 256 : 0;
     }
-    if (total > BF16_STAGE_MAX || ((uintptr_t)src[0] & 15))
-        return 0;
-    for (int i = 1; i < count; i++)
-        if (src[i] && ((uintptr_t)src[i] & 15))
-            return 0;
-    char *base = (char *)cuda_scratch(total);
+    base = (char *)cuda_scratch(total);
     if (!base)
-        return -1;
+        return 0;
     for (int i = 0; i < count; i++) {
-        out[i] = NULL;
         if (!src[i] || !n[i])
             continue;
-        to_bf16_kernel<<<ew_grid(n[i] / 4 + 1), EW_BLOCK>>>((uint16_t *)(base + off[i]), src[i], n[i]);
+        to_bf16_kernel<<<ew_grid(n[i] / 4 + 1), EW_BLOCK>>>((uint16_t *)(base + off[i]), src[i],
+                                                             n[i], al16(src[i]));
         LAUNCH_TRY(to_bf16_kernel);
         out[i] = base + off[i];
     }
     return 1;
 cleanup:
-    return -1;
-}
-
-/* The bf16 table's mode: 2 (explicit bf16 operands) unless ZINC_CUDA_GEMM=fast16bf
- * asks for cuBLASLt's FAST_16BF on fp32 operands everywhere (for comparison). */
-static int bf16_mode(void)
-{
-    static int mode = 0;
-    if (!mode) {
-        const char *v = getenv("ZINC_CUDA_GEMM");
-        mode = v && !strcmp(v, "fast16bf") ? 1 : 2;
-    }
-    return mode;
-}
-
-/* The product on the staged bf16 copies (ha, hb) when there are any and
- * cuBLASLt has an algorithm for them, else FAST_16BF on the fp32 operands
- * (a, b). Returns 1 when done, 0 after recording an error. */
-static int gemm_bf16(float *c, const void *ha, const void *hb, const float *a, const float *b,
-                     int m, int n, int k, int ta, int tb, float alpha, float beta,
-                     const float *bias)
-{
-    int rc = 0;
-    if (ha && hb) {
-        rc = lt_matmul(c, ha, hb, m, n, k, ta, tb, alpha, beta, bias, 2);
-        if (rc != 0)
-            return rc == 1;
-    }
-    if (bias) {
-        rc = lt_matmul(c, a, b, m, n, k, ta, tb, alpha, beta, bias, 1);
-        if (rc != 0)
-            return rc == 1;
-        /* no epilogue algorithm: c = bias rows, then the product accumulates */
-        fill_rows_kernel<<<ew_grid((size_t)m * n), EW_BLOCK>>>(c, bias, n, (size_t)m * n);
-        LAUNCH_TRY(fill_rows_kernel);
-        beta = 1.0f;
-    }
-    return gemm(c, a, b, m, n, k, ta, tb, alpha, beta, 1);
-cleanup:
     return 0;
 }
 
-/* One product on bf16 operands (staged), or FAST_16BF when they cannot be
- * staged (too large, or not 16-byte aligned). */
-static void matmul_piece(float *c, const float *a, const float *b, int m, int n, int k, int ta,
-                         int tb, float alpha, float beta)
-{
-    const float *src[2] = {a, b};
-    const size_t cnt[2] = {(size_t)m * k, (size_t)k * n};
-    const void *h[2] = {NULL, NULL};
-    if (stage_bf16(src, cnt, 2, h) < 0)
-        return;
-    gemm_bf16(c, h[0], h[1], a, b, m, n, k, ta, tb, alpha, beta, NULL);
-}
-
+/* The matmul op (all fp32 on both tables): exact fp32 products, or (bf16
+ * table) operands rounded to bf16 copies, fp32 accumulation and c. */
 static void matmul_impl(float *c, const float *a, const float *b, int m, int n, int k,
-                        int trans_a, int trans_b, float alpha, float beta, int fast)
+                        int trans_a, int trans_b, float alpha, float beta, int bf16_ops)
 {
     assert(c && a && b && m >= 0 && n >= 0 && k >= 0);
     if (m == 0 || n == 0)
@@ -883,114 +998,19 @@ static void matmul_impl(float *c, const float *a, const float *b, int m, int n, 
     }
     if (!cuda_state_get())
         goto cleanup;
-    if (fast && bf16_mode() == 2) {
-        /* operands too large to stage at once (the logits' gradient of a big
-         * vocabulary): split the product into pieces that fit, along the rows
-         * of c (a not transposed) or along k (a transposed, b not: the pieces
-         * accumulate with beta = 1) */
-        const size_t bytes = ((size_t)m * k + (size_t)k * n) * 2;
-        if (bytes > BF16_STAGE_MAX) {
-            const size_t other = trans_a ? (size_t)m : (size_t)k; /* elements per split row of a */
-            const size_t fixed = trans_a ? (size_t)n : (size_t)k * n; /* b's share */
-            size_t rows = BF16_STAGE_MAX / 2 > fixed ? (BF16_STAGE_MAX / 2 - fixed) / (other + (trans_a ? fixed : 0)) : 0;
-            rows = rows / 16 * 16;
-            if (rows > 0 && (!trans_a || !trans_b)) {
-                const int total = trans_a ? k : m;
-                for (int r0 = 0; r0 < total; r0 += (int)rows) {
-                    const int nr = total - r0 < (int)rows ? total - r0 : (int)rows;
-                    if (!trans_a)
-                        matmul_piece(c + (size_t)r0 * n, a + (size_t)r0 * k, b, nr, n, k, 0,
-                                     trans_b, alpha, beta);
-                    else
-                        matmul_piece(c, a + (size_t)r0 * m, b + (size_t)r0 * n, m, n, nr, 1, 0,
-                                     alpha, r0 ? 1.0f : beta);
-                }
-                goto cleanup;
-            }
-        }
-        matmul_piece(c, a, b, m, n, k, trans_a, trans_b, alpha, beta);
-        goto cleanup;
-    }
-    gemm(c, a, b, m, n, k, trans_a, trans_b, alpha, beta, fast ? 1 : 0);
-cleanup:
-    return;
-}
-
-/* out(N,OC) = inp(N,C) @ weight(C,OC) + bias(OC). The bias goes through
- * the BIAS epilogue when its pointer is 16-byte aligned and cuBLASLt has an
- * algorithm for it; otherwise out is filled with bias rows and the product
- * accumulates (beta = 1), as the CPU does. */
-static void linear_forward_impl(float *out, const float *inp, const float *weight,
-                                const float *bias, int N, int C, int OC, int fast)
-{
-    assert(out && inp && weight && N >= 0 && C > 0 && OC > 0);
-    int rc = 0;
-    if (N == 0)
-        return;
-    if (!cuda_state_get())
-        goto cleanup;
-    if (fast) { /* bf16 operands (or FAST_16BF) */
-        const float *src[2] = {inp, weight};
-        const size_t cnt[2] = {(size_t)N * C, (size_t)C * OC};
+    if (bf16_ops) {
+        const float *src[2] = {a, b};
+        const size_t cnt[2] = {(size_t)m * k, (size_t)k * n};
         const void *h[2] = {NULL, NULL};
-        if (bf16_mode() == 2 && stage_bf16(src, cnt, 2, h) < 0)
-            goto cleanup;
-        gemm_bf16(out, h[0], h[1], inp, weight, N, OC, C, 0, 0, 1.0f, 0.0f,
-                  bias && ptr_align(bias) >= 16 ? bias : NULL);
-        if (bias && ptr_align(bias) < 16) { /* unaligned bias: added by a kernel */
-            add_rows_kernel<<<ew_grid((size_t)N * OC), EW_BLOCK>>>(out, bias, OC, (size_t)N * OC);
-            LAUNCH_TRY(add_rows_kernel);
-        }
+        if (stage_bf16(src, cnt, 2, h))
+            gemm(c, h[0], h[1], m, n, k, trans_a, trans_b, alpha, beta, LT_BF16, LT_F32);
         goto cleanup;
     }
-    if (bias && ptr_align(bias) >= 16) {
-        rc = lt_matmul(out, inp, weight, N, OC, C, 0, 0, 1.0f, 0.0f, bias, 0);
-        if (rc != 0)
-            goto cleanup; /* done, or an error was recorded */
-    }
-    if (bias) {
-        fill_rows_kernel<<<ew_grid((size_t)N * OC), EW_BLOCK>>>(out, bias, OC, (size_t)N * OC);
-        LAUNCH_TRY(fill_rows_kernel);
-    }
-    gemm(out, inp, weight, N, OC, C, 0, 0, 1.0f, bias ? 1.0f : 0.0f, 0);
+    gemm(c, a, b, m, n, k, trans_a, trans_b, alpha, beta, LT_F32, LT_F32);
 cleanup:
     return;
 }
 
-/* dinp(N,C) += dout(N,OC) @ weight(C,OC)^T; dweight(C,OC) += inp^T @ dout;
- * dbias(OC) += column sums of dout (two-pass, deterministic). */
-static void linear_backward_impl(float *dinp, float *dweight, float *dbias, const float *dout,
-                                 const float *inp, const float *weight, int N, int C, int OC,
-                                 int fast)
-{
-    assert(dweight && dout && inp && weight && N >= 0 && C > 0 && OC > 0);
-    if (N == 0)
-        return;
-    if (!cuda_state_get())
-        return;
-    if (fast) { /* dout converted once for both products */
-        const float *src[3] = {dout, dinp ? weight : NULL, inp};
-        const size_t cnt[3] = {(size_t)N * OC, (size_t)C * OC, (size_t)N * C};
-        const void *h[3] = {NULL, NULL, NULL};
-        if (bf16_mode() == 2 && stage_bf16(src, cnt, 3, h) < 0)
-            return;
-        if (dinp && !gemm_bf16(dinp, h[0], h[1], dout, weight, N, C, OC, 0, 1, 1.0f, 1.0f, NULL))
-            return;
-        if (!gemm_bf16(dweight, h[2], h[0], inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f, NULL))
-            return;
-    } else {
-        if (dinp && !gemm(dinp, dout, weight, N, C, OC, 0, 1, 1.0f, 1.0f, 0))
-            return;
-        if (!gemm(dweight, inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f, 0))
-            return;
-    }
-    /* the bias sums read fp32 dout; stream order keeps the scratch copies
-     * alive until the products above are done */
-    if (dbias)
-        colsum_acc(dbias, dout, N, OC);
-}
-
-/* The two tables' dense products: exact fp32, or bf16 tensor-core operands. */
 static void cuda_matmul(float *c, const float *a, const float *b, int m, int n, int k, int ta,
                         int tb, float alpha, float beta)
 {
@@ -1001,26 +1021,164 @@ static void cuda_matmul_bf16(float *c, const float *a, const float *b, int m, in
 {
     matmul_impl(c, a, b, m, n, k, ta, tb, alpha, beta, 1);
 }
-static void cuda_linear_forward(float *out, const float *inp, const float *weight,
+
+/* --- table "cuda": act fp32, exact fp32 products --- */
+
+/* out(N,OC) = inp(N,C) @ weight(C,OC) + bias(OC). The bias goes through
+ * the BIAS epilogue when its pointer is 16-byte aligned and cuBLASLt has an
+ * algorithm for it; otherwise out is filled with bias rows and the product
+ * accumulates (beta = 1), as the CPU does. */
+static void cuda_linear_forward(void *out_, const void *inp, const float *weight,
                                 const float *bias, int N, int C, int OC)
 {
-    linear_forward_impl(out, inp, weight, bias, N, C, OC, 0);
+    float *out = (float *)out_;
+    int rc = 0;
+    assert(out && inp && weight && N >= 0 && C > 0 && OC > 0);
+    if (N == 0)
+        return;
+    if (!cuda_state_get())
+        goto cleanup;
+    if (bias && ptr_align(bias) >= 16) {
+        rc = lt_matmul(out, inp, weight, N, OC, C, 0, 0, 1.0f, 0.0f, bias, LT_F32, LT_F32);
+        if (rc != 0)
+            goto cleanup; /* done, or an error was recorded */
+    }
+    if (bias) {
+        fill_rows_kernel<float><<<ew_grid((size_t)N * OC), EW_BLOCK>>>(out, bias, OC,
+                                                                       (size_t)N * OC);
+        LAUNCH_TRY(fill_rows_kernel);
+    }
+    gemm(out, inp, weight, N, OC, C, 0, 0, 1.0f, bias ? 1.0f : 0.0f, LT_F32, LT_F32);
+cleanup:
+    return;
 }
-static void cuda_linear_forward_bf16(float *out, const float *inp, const float *weight,
+
+/* dinp(N,C) += dout(N,OC) @ weight(C,OC)^T; dweight(C,OC) += inp^T @ dout;
+ * dbias(OC) += column sums of dout (two-pass, deterministic). */
+static void cuda_linear_backward(void *dinp, float *dweight, float *dbias, const void *dout,
+                                 const void *inp, const float *weight, int N, int C, int OC)
+{
+    assert(dweight && dout && inp && weight && N >= 0 && C > 0 && OC > 0);
+    if (N == 0 || !cuda_state_get())
+        return;
+    if (dinp && !gemm(dinp, dout, weight, N, C, OC, 0, 1, 1.0f, 1.0f, LT_F32, LT_F32))
+        return;
+    if (!gemm(dweight, inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f, LT_F32, LT_F32))
+        return;
+    if (dbias)
+        colsum_acc(dbias, (const float *)dout, N, OC);
+}
+
+/* logits(N,V) = inp(N,C) @ wte(V,C)^T. */
+static void cuda_head_forward(void *logits, const void *inp, const float *wte, int N, int C,
+                              int V)
+{
+    assert(logits && inp && wte && N >= 0 && C > 0 && V > 0);
+    if (N == 0 || !cuda_state_get())
+        return;
+    gemm(logits, inp, wte, N, V, C, 0, 1, 1.0f, 0.0f, LT_F32, LT_F32);
+}
+
+/* dinp(N,C) += dlogits(N,V) @ wte(V,C); dwte(V,C) += dlogits^T @ inp. */
+static void cuda_head_backward(void *dinp, float *dwte, const void *dlogits, const void *inp,
+                               const float *wte, int N, int C, int V)
+{
+    assert(dwte && dlogits && inp && wte && N >= 0 && C > 0 && V > 0);
+    if (N == 0 || !cuda_state_get())
+        return;
+    if (dinp && !gemm(dinp, dlogits, wte, N, C, V, 0, 0, 1.0f, 1.0f, LT_F32, LT_F32))
+        return;
+    gemm(dwte, dlogits, inp, V, C, N, 1, 0, 1.0f, 1.0f, LT_F32, LT_F32);
+}
+
+/* --- table "cuda-bf16": act bf16 read directly as tensor-core operands;
+ * fp32 parameters staged to bf16 copies (stage_bf16); fp32 accumulation;
+ * bf16 outputs rounded once by cuBLASLt (a bf16 c is read and combined in
+ * fp32 when beta = 1). --- */
+
+/* out(N,OC) bf16 = inp(N,C) bf16 @ weight + bias, bias staged to bf16 and
+ * added by the BIAS epilogue (bias type = d type); without an epilogue
+ * algorithm out is filled with the bf16 bias rows and the product
+ * accumulates (beta = 1), so the sum is still rounded once. */
+static void cuda_linear_forward_bf16(void *out, const void *inp, const float *weight,
                                      const float *bias, int N, int C, int OC)
 {
-    linear_forward_impl(out, inp, weight, bias, N, C, OC, 1);
+    const float *src[2] = {weight, bias};
+    const size_t cnt[2] = {(size_t)C * OC, (size_t)OC};
+    const void *h[2] = {NULL, NULL};
+    int rc = 0;
+    assert(out && inp && weight && N >= 0 && C > 0 && OC > 0);
+    if (N == 0 || !cuda_state_get() || !stage_bf16(src, cnt, 2, h))
+        return;
+    if (h[1]) {
+        rc = lt_matmul(out, inp, h[0], N, OC, C, 0, 0, 1.0f, 0.0f, h[1], LT_BF16, LT_BF16);
+        if (rc != 0)
+            return; /* done, or an error was recorded */
+        fill_rows_kernel<bf16><<<ew_grid((size_t)N * OC), EW_BLOCK>>>(
+            (bf16 *)out, (const bf16 *)h[1], OC, (size_t)N * OC);
+        LAUNCH_TRY(fill_rows_kernel);
+    }
+    gemm(out, inp, h[0], N, OC, C, 0, 0, 1.0f, h[1] ? 1.0f : 0.0f, LT_BF16, LT_BF16);
+cleanup:
+    return;
 }
-static void cuda_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                                 const float *inp, const float *weight, int N, int C, int OC)
+
+/* dinp(N,C) bf16 += dout @ weight^T (c = d bf16, beta 1: one rounding);
+ * dweight(C,OC) fp32 += inp^T @ dout (bf16 operands, fp32 c); dbias fp32
+ * += column sums of the bf16 dout. The weight is staged once, only for
+ * dinp. */
+static void cuda_linear_backward_bf16(void *dinp, float *dweight, float *dbias, const void *dout,
+                                      const void *inp, const float *weight, int N, int C, int OC)
 {
-    linear_backward_impl(dinp, dweight, dbias, dout, inp, weight, N, C, OC, 0);
+    const float *src[1] = {weight};
+    const size_t cnt[1] = {(size_t)C * OC};
+    const void *h[1] = {NULL};
+    assert(dweight && dout && inp && weight && N >= 0 && C > 0 && OC > 0);
+    if (N == 0 || !cuda_state_get())
+        return;
+    if (dinp) {
+        if (!stage_bf16(src, cnt, 1, h) ||
+            !gemm(dinp, dout, h[0], N, C, OC, 0, 1, 1.0f, 1.0f, LT_BF16, LT_BF16))
+            return;
+    }
+    if (!gemm(dweight, inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f, LT_BF16, LT_F32))
+        return;
+    /* the column sums take the scratch after the products are enqueued:
+     * stream order keeps the staged weight valid for them */
+    if (dbias)
+        colsum_acc(dbias, (const bf16 *)dout, N, OC);
 }
-static void cuda_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
-                                      const float *dout, const float *inp, const float *weight,
-                                      int N, int C, int OC)
+
+/* logits(N,V) bf16 = inp(N,C) bf16 @ wte(V,C)^T, wte staged to bf16. */
+static void cuda_head_forward_bf16(void *logits, const void *inp, const float *wte, int N, int C,
+                                   int V)
 {
-    linear_backward_impl(dinp, dweight, dbias, dout, inp, weight, N, C, OC, 1);
+    const float *src[1] = {wte};
+    const size_t cnt[1] = {(size_t)V * C};
+    const void *h[1] = {NULL};
+    assert(logits && inp && wte && N >= 0 && C > 0 && V > 0);
+    if (N == 0 || !cuda_state_get() || !stage_bf16(src, cnt, 1, h))
+        return;
+    gemm(logits, inp, h[0], N, V, C, 0, 1, 1.0f, 0.0f, LT_BF16, LT_BF16);
+}
+
+/* dinp(N,C) bf16 += dlogits(N,V) @ wte (c = d bf16, beta 1); dwte(V,C)
+ * fp32 += dlogits^T @ inp (bf16 operands, fp32 c). */
+static void cuda_head_backward_bf16(void *dinp, float *dwte, const void *dlogits,
+                                    const void *inp, const float *wte, int N, int C, int V)
+{
+    const float *src[1] = {wte};
+    const size_t cnt[1] = {(size_t)V * C};
+    const void *h[1] = {NULL};
+    assert(dwte && dlogits && inp && wte && N >= 0 && C > 0 && V > 0);
+    if (N == 0 || !cuda_state_get())
+        return;
+    if (dinp) {
+        if (!stage_bf16(src, cnt, 1, h) ||
+            !gemm(dinp, dlogits, h[0], N, C, V, 0, 0, 1.0f, 1.0f, LT_BF16, LT_BF16))
+            return;
+    }
+    gemm(dwte, dlogits, inp, V, C, N, 1, 0, 1.0f, 1.0f, LT_BF16, LT_F32);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1028,25 +1186,27 @@ static void cuda_linear_backward_bf16(float *dinp, float *dweight, float *dbias,
 /* ------------------------------------------------------------------ */
 
 /* out(B,T,C) = wte[tokens[b,t]] + wpe[t]; one thread per element. */
-static __global__ void embedding_forward_kernel(float *out, const int32_t *tokens, const float *wte,
-                                         const float *wpe, int T, int C, size_t n)
+template <class T>
+static __global__ void embedding_forward_kernel(T *out, const int32_t *tokens, const float *wte,
+                                                const float *wpe, int Tn, int C, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         const size_t bt = i / (size_t)C;
         const int c = (int)(i % (size_t)C);
-        const int t = (int)(bt % (size_t)T);
+        const int t = (int)(bt % (size_t)Tn);
         const int32_t tok = tokens[bt];
         assert(tok >= 0);
-        out[i] = wte[(size_t)tok * C + c] + wpe[(size_t)t * C + c];
+        act_st(out, i, wte[(size_t)tok * C + c] + wpe[(size_t)t * C + c]);
     }
 }
 
 /* dwte(V,C) += dout rows by token. grid (ceil(C/128), EMB_BUCKETS), block
  * 128: the thread for (bucket, c) owns column c of every row v with
  * v % EMB_BUCKETS == bucket, and adds in token order. */
-static __global__ void embedding_backward_wte_kernel(float *dwte, const float *dout,
-                                              const int32_t *tokens, int BT, int C)
+template <class T>
+static __global__ void embedding_backward_wte_kernel(float *dwte, const T *dout,
+                                                     const int32_t *tokens, int BT, int C)
 {
     __shared__ int32_t tok_s[EMB_TOK_TILE];
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -1061,49 +1221,53 @@ static __global__ void embedding_backward_wte_kernel(float *dwte, const float *d
             for (int i = 0; i < cnt; i++) {
                 const int32_t tok = tok_s[i];
                 if (tok % EMB_BUCKETS == bucket)
-                    dwte[(size_t)tok * C + c] += dout[(size_t)(base + i) * C + c];
+                    dwte[(size_t)tok * C + c] += act_ld(dout, (size_t)(base + i) * C + c);
             }
         }
     }
 }
 
 /* dwpe(T,C) += sum over b of dout(B,T,C)[b], b in order; thread per (t, c). */
-static __global__ void embedding_backward_wpe_kernel(float *dwpe, const float *dout, int B, int T,
-                                              int C)
+template <class T>
+static __global__ void embedding_backward_wpe_kernel(float *dwpe, const T *dout, int B, int Tn,
+                                                     int C)
 {
-    const size_t n = (size_t)T * C;
+    const size_t n = (size_t)Tn * C;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         float s = dwpe[i];
         for (int b = 0; b < B; b++)
-            s += dout[(size_t)b * n + i];
+            s += act_ld(dout, (size_t)b * n + i);
         dwpe[i] = s;
     }
 }
 
-static void cuda_embedding_forward(float *out, const int32_t *tokens, const float *wte,
+template <class A>
+static void cuda_embedding_forward(void *out, const int32_t *tokens, const float *wte,
                                    const float *wpe, int B, int T, int C)
 {
     assert(out && tokens && wte && wpe && B >= 0 && T >= 0 && C > 0);
     const size_t n = (size_t)B * T * C;
     if (n == 0)
         return;
-    embedding_forward_kernel<<<ew_grid(n), EW_BLOCK>>>(out, tokens, wte, wpe, T, C, n);
+    embedding_forward_kernel<A><<<ew_grid(n), EW_BLOCK>>>((A *)out, tokens, wte, wpe, T, C, n);
     LAUNCH_TRY(embedding_forward_kernel);
 cleanup:
     return;
 }
 
-static void cuda_embedding_backward(float *dwte, float *dwpe, const float *dout,
+template <class A>
+static void cuda_embedding_backward(float *dwte, float *dwpe, const void *dout,
                                     const int32_t *tokens, int B, int T, int C)
 {
     assert(dwte && dwpe && dout && tokens && B >= 0 && T >= 0 && C > 0);
     const dim3 grid((unsigned)((C + 127) / 128), EMB_BUCKETS);
     if ((size_t)B * T == 0)
         return;
-    embedding_backward_wte_kernel<<<grid, 128>>>(dwte, dout, tokens, B * T, C);
+    embedding_backward_wte_kernel<A><<<grid, 128>>>(dwte, (const A *)dout, tokens, B * T, C);
     LAUNCH_TRY(embedding_backward_wte_kernel);
-    embedding_backward_wpe_kernel<<<ew_grid((size_t)T * C), EW_BLOCK>>>(dwpe, dout, B, T, C);
+    embedding_backward_wpe_kernel<A><<<ew_grid((size_t)T * C), EW_BLOCK>>>(dwpe, (const A *)dout,
+                                                                         B, T, C);
     LAUNCH_TRY(embedding_backward_wpe_kernel);
 cleanup:
     return;
@@ -1113,29 +1277,65 @@ cleanup:
 /* layernorm                                                           */
 /* ------------------------------------------------------------------ */
 
+/* The row kernels split a row of C elements the same way whatever the
+ * alignment: lane l takes the groups g = l, l + 32, ... of VW = ACT_VW(T)
+ * consecutive elements (g < C / VW), in order, then the tail elements
+ * VW (C / VW) + l, + 32, ...; VEC only says whether a group moves in one
+ * 16-byte access (C % VW == 0 and every row pointer 16-byte aligned) or
+ * element by element, so both give the same bits. */
+
 /* One warp per row of inp(N,C); two-pass variance like the CPU. */
-static __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp,
-                                         const float *weight, const float *bias, int N, int C)
+template <class T, bool VEC>
+static __global__ void __launch_bounds__(ROW_WARPS * 32)
+    layernorm_forward_kernel(T *out, float *mean, float *rstd, const T *inp, const float *weight,
+                             const float *bias, int N, int C)
 {
+    constexpr int VW = ACT_VW(T);
     const int lane = threadIdx.x % 32;
     const int row = blockIdx.x * ROW_WARPS + threadIdx.x / 32;
     if (row >= N)
         return; /* the whole warp leaves together */
+    const int G = C / VW;
     const float inv_c = 1.0f / (float)C;
-    const float *x = inp + (size_t)row * C;
-    float *o = out + (size_t)row * C;
+    const T *x = inp + (size_t)row * C;
+    T *o = out + (size_t)row * C;
+    float v[VW];
     float s = 0.0f;
-    for (int c = lane; c < C; c += 32)
-        s += x[c];
-    const float m = warp_sum(s) * inv_c;
-    float v = 0.0f;
-    for (int c = lane; c < C; c += 32) {
-        const float d = x[c] - m;
-        v += d * d;
+    for (int g = lane; g < G; g += 32) {
+        act_ldg<VEC>(x + (size_t)g * VW, v);
+#pragma unroll
+        for (int u = 0; u < VW; u++)
+            s += v[u];
     }
-    const float rs = 1.0f / sqrtf(warp_sum(v) * inv_c + LN_EPS);
-    for (int c = lane; c < C; c += 32)
-        o[c] = (x[c] - m) * rs * weight[c] + bias[c];
+    for (int c = G * VW + lane; c < C; c += 32)
+        s += act_ld(x, c);
+    const float m = warp_sum(s) * inv_c;
+    float var = 0.0f;
+    for (int g = lane; g < G; g += 32) {
+        act_ldg<VEC>(x + (size_t)g * VW, v);
+#pragma unroll
+        for (int u = 0; u < VW; u++) {
+            const float d = v[u] - m;
+            var += d * d;
+        }
+    }
+    for (int c = G * VW + lane; c < C; c += 32) {
+        const float d = act_ld(x, c) - m;
+        var += d * d;
+    }
+    const float rs = 1.0f / sqrtf(warp_sum(var) * inv_c + LN_EPS);
+    for (int g = lane; g < G; g += 32) {
+        float w[VW], bb[VW];
+        act_ldg<VEC>(x + (size_t)g * VW, v);
+        par_ldg<VEC, VW>(weight + (size_t)g * VW, w);
+        par_ldg<VEC, VW>(bias + (size_t)g * VW, bb);
+#pragma unroll
+        for (int u = 0; u < VW; u++)
+            v[u] = (v[u] - m) * rs * w[u] + bb[u];
+        act_stg<VEC>(o + (size_t)g * VW, v);
+    }
+    for (int c = G * VW + lane; c < C; c += 32)
+        act_st(o, c, (act_ld(x, c) - m) * rs * weight[c] + bias[c]);
     if (lane == 0) {
         mean[row] = m;
         rstd[row] = rs;
@@ -1144,47 +1344,82 @@ static __global__ void layernorm_forward_kernel(float *out, float *mean, float *
 
 /* dinp(N,C) += rstd (dnorm - mean_c(dnorm) - norm mean_c(dnorm norm)),
  * dnorm = weight dout; one warp per row. */
-static __global__ void layernorm_backward_dinp_kernel(float *dinp, const float *dout, const float *inp,
-                                               const float *weight, const float *mean,
-                                               const float *rstd, int N, int C)
+template <class T, bool VEC>
+static __global__ void __launch_bounds__(ROW_WARPS * 32)
+    layernorm_backward_dinp_kernel(T *dinp, const T *dout, const T *inp, const float *weight,
+                                   const float *mean, const float *rstd, int N, int C)
 {
+    constexpr int VW = ACT_VW(T);
     const int lane = threadIdx.x % 32;
     const int row = blockIdx.x * ROW_WARPS + threadIdx.x / 32;
     if (row >= N)
         return;
+    const int G = C / VW;
     const float inv_c = 1.0f / (float)C;
-    const float *x = inp + (size_t)row * C;
-    const float *dy = dout + (size_t)row * C;
-    float *dx = dinp + (size_t)row * C;
+    const T *x = inp + (size_t)row * C;
+    const T *dy = dout + (size_t)row * C;
+    T *dx = dinp + (size_t)row * C;
     const float m = mean[row], rs = rstd[row];
+    float xv[VW], dv[VW], w[VW];
     float s1 = 0.0f, s2 = 0.0f;
-    for (int c = lane; c < C; c += 32) {
-        const float dn = weight[c] * dy[c];
+    for (int g = lane; g < G; g += 32) {
+        act_ldg<VEC>(x + (size_t)g * VW, xv);
+        act_ldg<VEC>(dy + (size_t)g * VW, dv);
+        par_ldg<VEC, VW>(weight + (size_t)g * VW, w);
+#pragma unroll
+        for (int u = 0; u < VW; u++) {
+            const float dn = w[u] * dv[u];
+            s1 += dn;
+            s2 += dn * (xv[u] - m) * rs;
+        }
+    }
+    for (int c = G * VW + lane; c < C; c += 32) {
+        const float dn = weight[c] * act_ld(dy, c);
         s1 += dn;
-        s2 += dn * (x[c] - m) * rs;
+        s2 += dn * (act_ld(x, c) - m) * rs;
     }
     const float dn_mean = warp_sum(s1) * inv_c, dnn_mean = warp_sum(s2) * inv_c;
-    for (int c = lane; c < C; c += 32) {
-        const float norm = (x[c] - m) * rs;
-        dx[c] += (weight[c] * dy[c] - dn_mean - norm * dnn_mean) * rs;
+    for (int g = lane; g < G; g += 32) {
+        float a[VW];
+        act_ldg<VEC>(x + (size_t)g * VW, xv);
+        act_ldg<VEC>(dy + (size_t)g * VW, dv);
+        act_ldg<VEC>(dx + (size_t)g * VW, a);
+        par_ldg<VEC, VW>(weight + (size_t)g * VW, w);
+#pragma unroll
+        for (int u = 0; u < VW; u++) {
+            const float norm = (xv[u] - m) * rs;
+            a[u] += (w[u] * dv[u] - dn_mean - norm * dnn_mean) * rs;
+        }
+        act_stg<VEC>(dx + (size_t)g * VW, a);
+    }
+    for (int c = G * VW + lane; c < C; c += 32) {
+        const float norm = (act_ld(x, c) - m) * rs;
+        act_st(dx, c, act_ld(dx, c) + (weight[c] * act_ld(dy, c) - dn_mean - norm * dnn_mean) * rs);
     }
 }
 
-static void cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+template <class A>
+static void cuda_layernorm_forward(void *out, float *mean, float *rstd, const void *inp,
                                    const float *weight, const float *bias, int N, int C)
 {
     assert(out && mean && rstd && inp && weight && bias && N >= 0 && C > 0);
+    const int vec = C % ACT_VW(A) == 0 && al16(out) && al16(inp) && al16(weight) && al16(bias);
     if (N == 0)
         return;
-    layernorm_forward_kernel<<<row_grid((size_t)N), ROW_WARPS * 32>>>(out, mean, rstd, inp,
-                                                                      weight, bias, N, C);
+    if (vec)
+        layernorm_forward_kernel<A, true><<<row_grid((size_t)N), ROW_WARPS * 32>>>(
+            (A *)out, mean, rstd, (const A *)inp, weight, bias, N, C);
+    else
+        layernorm_forward_kernel<A, false><<<row_grid((size_t)N), ROW_WARPS * 32>>>(
+            (A *)out, mean, rstd, (const A *)inp, weight, bias, N, C);
     LAUNCH_TRY(layernorm_forward_kernel);
 cleanup:
     return;
 }
 
-static void cuda_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                                    const float *inp, const float *weight, const float *mean,
+template <class A>
+static void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, const void *dout,
+                                    const void *inp, const float *weight, const float *mean,
                                     const float *rstd, int N, int C)
 {
     assert(dinp && dweight && dbias && dout && inp && weight && mean && rstd);
@@ -1192,18 +1427,24 @@ static void cuda_layernorm_backward(float *dinp, float *dweight, float *dbias, c
     const int rpc = colsum_rows_per_chunk(N);
     const int nchunk = N > 0 ? (N + rpc - 1) / rpc : 0;
     const dim3 grid((unsigned)((C + 31) / 32), (unsigned)nchunk), block(32, 8);
+    const int vec = C % ACT_VW(A) == 0 && al16(dinp) && al16(dout) && al16(inp) && al16(weight);
     float *part = NULL;
     if (N == 0)
         return;
-    layernorm_backward_dinp_kernel<<<row_grid((size_t)N), ROW_WARPS * 32>>>(
-        dinp, dout, inp, weight, mean, rstd, N, C);
+    if (vec)
+        layernorm_backward_dinp_kernel<A, true><<<row_grid((size_t)N), ROW_WARPS * 32>>>(
+            (A *)dinp, (const A *)dout, (const A *)inp, weight, mean, rstd, N, C);
+    else
+        layernorm_backward_dinp_kernel<A, false><<<row_grid((size_t)N), ROW_WARPS * 32>>>(
+            (A *)dinp, (const A *)dout, (const A *)inp, weight, mean, rstd, N, C);
     LAUNCH_TRY(layernorm_backward_dinp_kernel);
     if (!cuda_state_get())
         goto cleanup;
     part = (float *)cuda_scratch((size_t)2 * nchunk * C * sizeof(float));
     if (!part)
         goto cleanup;
-    colsum_partial_kernel<true><<<grid, block>>>(part, dout, inp, mean, rstd, N, C, rpc);
+    colsum_partial_kernel<true, A><<<grid, block>>>(part, (const A *)dout, (const A *)inp, mean,
+                                                    rstd, N, C, rpc);
     LAUNCH_TRY(colsum_partial_kernel);
     colsum_finish_kernel<<<(C + 255) / 256, 256>>>(dweight, part, nchunk, C);
     LAUNCH_TRY(colsum_finish_kernel);
@@ -1217,45 +1458,51 @@ cleanup:
 /* GELU, residual                                                      */
 /* ------------------------------------------------------------------ */
 
-static void cuda_gelu_forward(float *out, const float *inp, size_t n)
+template <class A>
+static void cuda_gelu_forward(void *out, const void *inp, size_t n)
 {
     assert(out && inp);
     if (n == 0)
         return;
     {
         const void *p[2] = {out, inp};
-        const unsigned esz[2] = {4, 4};
-        ew_launch(gelu_fwd_op{out, inp}, ew_plan(n, p, esz, 2));
+        const unsigned esz[2] = {sizeof(A), sizeof(A)};
+        ew_launch(gelu_fwd_op<A>{(A *)out, (const A *)inp},
+                  ew_plan(n, p, esz, 2, gelu_fwd_op<A>::W));
     }
     LAUNCH_TRY(gelu_forward);
 cleanup:
     return;
 }
 
-static void cuda_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n)
+template <class A>
+static void cuda_gelu_backward(void *dinp, const void *inp, const void *dout, size_t n)
 {
     assert(dinp && inp && dout);
     if (n == 0)
         return;
     {
         const void *p[3] = {dinp, inp, dout};
-        const unsigned esz[3] = {4, 4, 4};
-        ew_launch(gelu_bwd_op{dinp, inp, dout}, ew_plan(n, p, esz, 3));
+        const unsigned esz[3] = {sizeof(A), sizeof(A), sizeof(A)};
+        ew_launch(gelu_bwd_op<A>{(A *)dinp, (const A *)inp, (const A *)dout},
+                  ew_plan(n, p, esz, 3, gelu_bwd_op<A>::W));
     }
     LAUNCH_TRY(gelu_backward);
 cleanup:
     return;
 }
 
-static void cuda_residual_forward(float *out, const float *a, const float *b, size_t n)
+template <class A>
+static void cuda_residual_forward(void *out, const void *a, const void *b, size_t n)
 {
     assert(out && a && b);
     if (n == 0)
         return;
     {
         const void *p[3] = {out, a, b};
-        const unsigned esz[3] = {4, 4, 4};
-        ew_launch(residual_op{out, a, b}, ew_plan(n, p, esz, 3));
+        const unsigned esz[3] = {sizeof(A), sizeof(A), sizeof(A)};
+        ew_launch(residual_op<A>{(A *)out, (const A *)a, (const A *)b},
+                  ew_plan(n, p, esz, 3, residual_op<A>::W));
     }
     LAUNCH_TRY(residual_forward);
 cleanup:
@@ -1278,8 +1525,8 @@ __device__ __forceinline__ void ms_merge(float &m, double &s, float m2, double s
     m = mx;
 }
 
-/* Logits loaded together by each thread in pass 1 of softmax_xent. */
-static constexpr int XENT_BATCH = 8;
+/* Groups of logits loaded together by each thread in pass 1 of softmax_xent. */
+static constexpr int XENT_BATCH = 4;
 
 /* One element xj into a thread's online (max m, sum s of exp(x - m)). */
 __device__ __forceinline__ void ms_step(float &m, double &s, float xj)
@@ -1301,32 +1548,47 @@ __device__ __forceinline__ float xent_grad(float xj, int j, int tgt, float mx, f
     return gj;
 }
 
-/* One block of XENT_BLOCK threads per row of logits(N,V). Pass 1: each
- * thread an online (max, sum exp) over its strided elements j = t, t +
- * XENT_BLOCK, ... in that order (XENT_BATCH loads issued together, then
- * taken in order), merged by warp butterflies (a merge is symmetric, so
- * every lane agrees) and then across warps in order. Pass 2 overwrites the
- * row with the gradient, four elements per access when vec4 (V % 4 == 0
- * and logits 16-byte aligned, so every row is); it is elementwise, so the
- * access pattern does not change the result. */
+/* One block of XENT_BLOCK threads per row of logits(N,V) (act T). A row is
+ * split as the layernorm rows are: thread t takes the groups q = t, t +
+ * XENT_BLOCK, ... of VW = ACT_VW(T) logits (q < V / VW) in order, then the
+ * tail elements; vec (V % VW == 0 and logits 16-byte aligned, so every row
+ * is) only says whether a group moves in one 16-byte access, so both ways
+ * give the same bits. Pass 1: each thread an online (max, sum exp), its
+ * sum in double (as the CPU), merged by warp butterflies (a merge is
+ * symmetric, so every lane agrees) and then across warps in order. Pass 2
+ * overwrites the row with the gradient. With stash (vec, and the row fits
+ * the dynamic shared memory) pass 1 keeps the row's 16-byte groups in
+ * shared memory and pass 2 reads them there: the logits are read from
+ * memory once and written once. */
+template <class T>
 static __global__ void __launch_bounds__(XENT_BLOCK)
-    softmax_xent_kernel(float *losses, float *logits, const int32_t *targets, float dloss, int V,
-                        int vec4)
+    softmax_xent_kernel(float *losses, T *logits, const int32_t *targets, float dloss, int V,
+                        int vec, int stash)
 {
+    constexpr int VW = ACT_VW(T);
+    extern __shared__ uint4 row_s[]; /* (V / VW) groups when stash */
     __shared__ float wm[XENT_BLOCK / 32];
     __shared__ double ws[XENT_BLOCK / 32];
     __shared__ float row_max;
     __shared__ double row_sum;
-    float *x = logits + (size_t)blockIdx.x * V;
+    T *x = logits + (size_t)blockIdx.x * V;
     const int tgt = targets[blockIdx.x];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int V4 = vec4 ? V / 4 : 0;
-    float4 *x4 = reinterpret_cast<float4 *>(x);
+    const int NG = V / VW;
+    uint4 *x4 = reinterpret_cast<uint4 *>(x);
+    float v[VW];
     if (tgt < 0) { /* ignored row: uniform across the block */
-        for (int q = threadIdx.x; q < V4; q += XENT_BLOCK)
-            x4[q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int j = 4 * V4 + threadIdx.x; j < V; j += XENT_BLOCK)
-            x[j] = 0.0f;
+        for (int q = threadIdx.x; q < NG; q += XENT_BLOCK) {
+#pragma unroll
+            for (int u = 0; u < VW; u++)
+                v[u] = 0.0f;
+            if (vec)
+                act_stv(x + (size_t)q * VW, v);
+            else
+                act_stg<false>(x + (size_t)q * VW, v);
+        }
+        for (int j = NG * VW + threadIdx.x; j < V; j += XENT_BLOCK)
+            act_st(x, j, 0.0f);
         if (threadIdx.x == 0)
             losses[blockIdx.x] = 0.0f;
         return;
@@ -1334,18 +1596,42 @@ static __global__ void __launch_bounds__(XENT_BLOCK)
     assert(tgt < V);
     float m = -INFINITY;
     double s = 0.0;
-    int j = threadIdx.x;
-    for (; j + (XENT_BATCH - 1) * XENT_BLOCK < V; j += XENT_BATCH * XENT_BLOCK) {
-        float xb[XENT_BATCH];
+    if (vec) {
+        int q = threadIdx.x;
+        for (; q + (XENT_BATCH - 1) * XENT_BLOCK < NG; q += XENT_BATCH * XENT_BLOCK) {
+            uint4 r[XENT_BATCH];
 #pragma unroll
-        for (int u = 0; u < XENT_BATCH; u++)
-            xb[u] = x[j + u * XENT_BLOCK];
+            for (int b = 0; b < XENT_BATCH; b++)
+                r[b] = x4[q + b * XENT_BLOCK];
 #pragma unroll
-        for (int u = 0; u < XENT_BATCH; u++)
-            ms_step(m, s, xb[u]);
+            for (int b = 0; b < XENT_BATCH; b++) {
+                if (stash)
+                    row_s[q + b * XENT_BLOCK] = r[b];
+                act_unpack(x, r[b], v);
+#pragma unroll
+                for (int u = 0; u < VW; u++)
+                    ms_step(m, s, v[u]);
+            }
+        }
+        for (; q < NG; q += XENT_BLOCK) {
+            const uint4 r = x4[q];
+            if (stash)
+                row_s[q] = r;
+            act_unpack(x, r, v);
+#pragma unroll
+            for (int u = 0; u < VW; u++)
+                ms_step(m, s, v[u]);
+        }
+    } else {
+        for (int q = threadIdx.x; q < NG; q += XENT_BLOCK) {
+            act_ldg<false>(x + (size_t)q * VW, v);
+#pragma unroll
+            for (int u = 0; u < VW; u++)
+                ms_step(m, s, v[u]);
+        }
+        for (int j = NG * VW + threadIdx.x; j < V; j += XENT_BLOCK)
+            ms_step(m, s, act_ld(x, j));
     }
-    for (; j < V; j += XENT_BLOCK)
-        ms_step(m, s, x[j]);
     for (int o = 16; o > 0; o >>= 1) {
         const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
         const double s2 = __shfl_xor_sync(0xffffffffu, s, o);
@@ -1363,31 +1649,57 @@ static __global__ void __launch_bounds__(XENT_BLOCK)
             ms_merge(mm, ss, wm[w], ws[w]);
         row_max = mm;
         row_sum = ss;
-        losses[blockIdx.x] = (float)(log(ss) - ((double)x[tgt] - (double)mm));
+        losses[blockIdx.x] = (float)(log(ss) - ((double)act_ld(x, tgt) - (double)mm));
     }
     __syncthreads();
     const float mx = row_max;
     const float f = (float)((double)dloss / row_sum);
-    for (int q = threadIdx.x; q < V4; q += XENT_BLOCK) {
-        float4 v = x4[q];
-        v.x = xent_grad(v.x, 4 * q, tgt, mx, f, dloss);
-        v.y = xent_grad(v.y, 4 * q + 1, tgt, mx, f, dloss);
-        v.z = xent_grad(v.z, 4 * q + 2, tgt, mx, f, dloss);
-        v.w = xent_grad(v.w, 4 * q + 3, tgt, mx, f, dloss);
-        x4[q] = v;
+    for (int q = threadIdx.x; q < NG; q += XENT_BLOCK) {
+        if (stash)
+            act_unpack(x, row_s[q], v);
+        else if (vec)
+            act_ldv(x + (size_t)q * VW, v);
+        else
+            act_ldg<false>(x + (size_t)q * VW, v);
+#pragma unroll
+        for (int u = 0; u < VW; u++)
+            v[u] = xent_grad(v[u], q * VW + u, tgt, mx, f, dloss);
+        if (vec)
+            act_stv(x + (size_t)q * VW, v);
+        else
+            act_stg<false>(x + (size_t)q * VW, v);
     }
-    for (int k = 4 * V4 + threadIdx.x; k < V; k += XENT_BLOCK)
-        x[k] = xent_grad(x[k], k, tgt, mx, f, dloss);
+    for (int k = NG * VW + threadIdx.x; k < V; k += XENT_BLOCK)
+        act_st(x, k, xent_grad(act_ld(x, k), k, tgt, mx, f, dloss));
 }
 
-static void cuda_softmax_xent(float *losses, float *logits, const int32_t *targets, float dloss,
+/* Whether softmax_xent_kernel<T> may take bytes of dynamic shared memory
+ * (raised above the default 48 KiB once per instantiation). */
+template <class T>
+static int xent_stash_ok(size_t bytes)
+{
+    static const int ok = [] {
+        const cudaError_t e = cudaFuncSetAttribute(
+            softmax_xent_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, XENT_STASH_MAX);
+        if (e != cudaSuccess)
+            (void)cudaGetLastError();
+        return e == cudaSuccess;
+    }();
+    return ok && bytes <= XENT_STASH_MAX;
+}
+
+template <class A>
+static void cuda_softmax_xent(float *losses, void *logits, const int32_t *targets, float dloss,
                               int N, int V)
 {
     assert(losses && logits && targets && N >= 0 && V > 0);
+    const int vec = V % ACT_VW(A) == 0 && al16(logits);
+    const size_t row_bytes = (size_t)V * sizeof(A);
+    const int stash = vec && xent_stash_ok<A>(row_bytes);
     if (N == 0)
         return;
-    softmax_xent_kernel<<<(unsigned)N, XENT_BLOCK>>>(losses, logits, targets, dloss, V,
-                                                     V % 4 == 0 && (uintptr_t)logits % 16 == 0);
+    softmax_xent_kernel<A><<<(unsigned)N, XENT_BLOCK, stash ? row_bytes : 0>>>(
+        losses, (A *)logits, targets, dloss, V, vec, stash);
     LAUNCH_TRY(softmax_xent_kernel);
 cleanup:
     return;
@@ -1497,7 +1809,7 @@ static void cuda_scale(float *x, float s, size_t n)
     {
         const void *p[1] = {x};
         const unsigned esz[1] = {4};
-        ew_launch(scale_op{x, s}, ew_plan(n, p, esz, 1));
+        ew_launch(scale_op{x, s}, ew_plan(n, p, esz, 1, scale_op::W));
     }
     LAUNCH_TRY(scale);
 cleanup:
@@ -1576,21 +1888,23 @@ static __device__ __forceinline__ void st4(void *p, size_t i, float4 v)
 
 template <int DDT, int SDT>
 struct convert_op {
+    static constexpr int W = 4;
     void *dst;
     const void *src;
     __device__ void one(size_t i) const { st1<DDT>(dst, i, ld1<SDT>(src, i)); }
-    __device__ void four(size_t i) const { st4<DDT>(dst, i, ld4<SDT>(src, i)); }
+    __device__ void vec(size_t i) const { st4<DDT>(dst, i, ld4<SDT>(src, i)); }
 };
 
 template <int DDT, int SDT>
 struct add_into_op {
+    static constexpr int W = 4;
     void *dst;
     const void *src;
     __device__ void one(size_t i) const
     {
         st1<DDT>(dst, i, __fadd_rn(ld1<DDT>(dst, i), ld1<SDT>(src, i)));
     }
-    __device__ void four(size_t i) const
+    __device__ void vec(size_t i) const
     {
         const float4 d = ld4<DDT>(dst, i), x = ld4<SDT>(src, i);
         st4<DDT>(dst, i, make_float4(__fadd_rn(d.x, x.x), __fadd_rn(d.y, x.y),
@@ -1601,6 +1915,7 @@ struct add_into_op {
 /* x = fp32(DT(x)) in place. */
 template <int DT>
 struct round_to_op {
+    static constexpr int W = 4;
     float *x;
     __device__ static float r(float v)
     {
@@ -1609,7 +1924,7 @@ struct round_to_op {
         return __half2float(__float2half_rn(v));
     }
     __device__ void one(size_t i) const { x[i] = r(x[i]); }
-    __device__ void four(size_t i) const
+    __device__ void vec(size_t i) const
     {
         const float4 v = ld_f4(x + i);
         st_f4(x + i, make_float4(r(v.x), r(v.y), r(v.z), r(v.w)));
@@ -1622,7 +1937,7 @@ static void precision_launch(void *dst, const void *src, size_t n)
 {
     const void *p[2] = {dst, src};
     const unsigned esz[2] = {D == ZINC_DTYPE_F32 ? 4u : 2u, S == ZINC_DTYPE_F32 ? 4u : 2u};
-    ew_launch(Op<D, S>{dst, src}, ew_plan(n, p, esz, 2));
+    ew_launch(Op<D, S>{dst, src}, ew_plan(n, p, esz, 2, 4));
 }
 
 template <template <int, int> class Op, int D>
@@ -1699,7 +2014,7 @@ static void cuda_round_to(float *x, zinc_dtype dt, size_t n)
     {
         const void *p[1] = {x};
         const unsigned esz[1] = {4};
-        const ew_split sp = ew_plan(n, p, esz, 1);
+        const ew_split sp = ew_plan(n, p, esz, 1, 4);
         if (dt == ZINC_DTYPE_BF16)
             ew_launch(round_to_op<ZINC_DTYPE_BF16>{x}, sp);
         else
@@ -1710,27 +2025,67 @@ cleanup:
     return;
 }
 
+/* ------------------------------------------------------------------ */
+/* attention and the tables                                            */
+/* ------------------------------------------------------------------ */
+
+/* The fp32 table's attention: act is fp32. */
+static void cuda_attention_forward_f32(void *out, float *lse, const void *qkv, int B, int T,
+                                       int C, int NH)
+{
+    cuda_attention_forward((float *)out, lse, (const float *)qkv, B, T, C, NH);
+}
+
+static void cuda_attention_backward_f32(void *dqkv, float *scratch, const void *dout,
+                                        const void *qkv, const void *out, const float *lse,
+                                        int B, int T, int C, int NH)
+{
+    cuda_attention_backward((float *)dqkv, scratch, (const float *)dout, (const float *)qkv,
+                            (const float *)out, lse, B, T, C, NH);
+}
+
+/* The act ops of one storage type A (float or bf16). */
+template <class A>
+static void fill_act_ops(zinc_ops *t)
+{
+    t->embedding_forward = cuda_embedding_forward<A>;
+    t->embedding_backward = cuda_embedding_backward<A>;
+    t->layernorm_forward = cuda_layernorm_forward<A>;
+    t->layernorm_backward = cuda_layernorm_backward<A>;
+    t->gelu_forward = cuda_gelu_forward<A>;
+    t->gelu_backward = cuda_gelu_backward<A>;
+    t->residual_forward = cuda_residual_forward<A>;
+    t->softmax_xent = cuda_softmax_xent<A>;
+}
+
 /* The tables, filled by member name (the struct grows; C++17 has no
- * designated initializers). fast: the bf16 table's tensor-core products. */
-static zinc_ops make_table(int fast)
+ * designated initializers). bf16: act bf16 and tensor-core products. */
+static zinc_ops make_table(int bf16_act)
 {
     zinc_ops t;
     memset(&t, 0, sizeof t);
-    t.name = fast ? "cuda-bf16" : "cuda";
-    t.matmul = fast ? cuda_matmul_bf16 : cuda_matmul;
-    t.linear_forward = fast ? cuda_linear_forward_bf16 : cuda_linear_forward;
-    t.linear_backward = fast ? cuda_linear_backward_bf16 : cuda_linear_backward;
-    t.embedding_forward = cuda_embedding_forward;
-    t.embedding_backward = cuda_embedding_backward;
-    t.layernorm_forward = cuda_layernorm_forward;
-    t.layernorm_backward = cuda_layernorm_backward;
-    t.gelu_forward = cuda_gelu_forward;
-    t.gelu_backward = cuda_gelu_backward;
-    t.attention_forward = fast ? cuda_attention_forward_bf16 : cuda_attention_forward;
-    t.attention_backward = fast ? cuda_attention_backward_bf16 : cuda_attention_backward;
+    t.name = bf16_act ? "cuda-bf16" : "cuda";
+    t.act = bf16_act ? ZINC_DTYPE_BF16 : ZINC_DTYPE_F32;
+    if (bf16_act) {
+        t.matmul = cuda_matmul_bf16;
+        t.linear_forward = cuda_linear_forward_bf16;
+        t.linear_backward = cuda_linear_backward_bf16;
+        t.head_forward = cuda_head_forward_bf16;
+        t.head_backward = cuda_head_backward_bf16;
+        t.attention_forward = cuda_attention_forward_bf16;
+        t.attention_backward = cuda_attention_backward_bf16;
+        fill_act_ops<bf16>(&t);
+    } else {
+        t.matmul = cuda_matmul;
+        t.linear_forward = cuda_linear_forward;
+        t.linear_backward = cuda_linear_backward;
+        t.head_forward = cuda_head_forward;
+        t.head_backward = cuda_head_backward;
+        t.attention_forward = cuda_attention_forward_f32;
+        t.attention_backward = cuda_attention_backward_f32;
+        fill_act_ops<float>(&t);
+    }
     t.attention_scratch_floats = cuda_attention_scratch_floats;
-    t.residual_forward = cuda_residual_forward;
-    t.softmax_xent = cuda_softmax_xent;
     t.adamw = cuda_adamw;
     t.sumsq = cuda_sumsq;
     t.scale = cuda_scale;

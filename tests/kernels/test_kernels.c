@@ -836,6 +836,193 @@ static void test_determinism(void)
     omp_set_num_threads(saved);
 }
 
+/* ---------- the tied LM head ---------- */
+
+static void test_head(void)
+{
+    const int N = 7, C = 6, V = 11;
+    float *inp = frand((size_t)N * C, 1.0f), *wte = frand((size_t)V * C, 1.0f);
+    float *logits = frand((size_t)N * V, 9.0f), *dl = frand((size_t)N * V, 1.0f);
+    float *dinp = frand((size_t)N * C, 1.0f), *dwte = frand((size_t)V * C, 1.0f);
+    double ref[7 * 11], rdi[7 * 6], rdw[11 * 6];
+    for (int i = 0; i < N; i++)
+        for (int v = 0; v < V; v++) {
+            double s = 0.0;
+            for (int c = 0; c < C; c++)
+                s += (double)inp[i * C + c] * wte[v * C + c];
+            ref[i * V + v] = s;
+        }
+    for (int i = 0; i < N; i++) /* dinp += dlogits @ wte, old value kept */
+        for (int c = 0; c < C; c++) {
+            double s = dinp[i * C + c];
+            for (int v = 0; v < V; v++)
+                s += (double)dl[i * V + v] * wte[v * C + c];
+            rdi[i * C + c] = s;
+        }
+    for (int v = 0; v < V; v++) /* dwte += dlogits^T @ inp */
+        for (int c = 0; c < C; c++) {
+            double s = dwte[v * C + c];
+            for (int i = 0; i < N; i++)
+                s += (double)dl[i * V + v] * inp[i * C + c];
+            rdw[v * C + c] = s;
+        }
+    float *dw0 = fcopy(dwte, (size_t)V * C);
+    ops->head_forward(logits, inp, wte, N, C, V);
+    CU_ASSERT(close_to("head_forward", logits, ref, (size_t)N * V, 1e-5, 1e-6));
+    ops->head_backward(dinp, dwte, dl, inp, wte, N, C, V);
+    CU_ASSERT(close_to("head_backward dinp", dinp, rdi, (size_t)N * C, 1e-5, 1e-6));
+    CU_ASSERT(close_to("head_backward dwte", dwte, rdw, (size_t)V * C, 1e-5, 1e-6));
+    /* dinp NULL: skipped; dwte accumulates the same delta again */
+    float *dw2 = fcopy(dwte, (size_t)V * C);
+    for (size_t i = 0; i < (size_t)V * C; i++)
+        rdw[i] = (double)dwte[i] + (rdw[i] - dw0[i]);
+    ops->head_backward(NULL, dw2, dl, inp, wte, N, C, V);
+    CU_ASSERT(close_to("head_backward no dinp", dw2, rdw, (size_t)V * C, 1e-5, 1e-6));
+    free(dw0);
+    free(dw2);
+    free(inp), free(wte), free(logits), free(dl), free(dinp), free(dwte);
+}
+
+/* ---------- the act-bf16 table (cpu-bf16) ---------- */
+
+/* bf16 copies of x (rounded) and their fp32 values. */
+static uint16_t *b16(const float *x, size_t n)
+{
+    uint16_t *h = malloc((n ? n : 1) * sizeof *h);
+    for (size_t i = 0; i < n; i++)
+        h[i] = zinc_f32_to_bf16(x[i]);
+    return h;
+}
+
+static float *wide(const uint16_t *h, size_t n)
+{
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = zinc_bf16_to_f32(h[i]);
+    return x;
+}
+
+/* The bf16 result got against the fp32 op's result ref on the same
+ * (widened) inputs: one rounding to bf16 apart (2^-8 relative, plus a
+ * floor for values near zero). A wrapper that lost an accumulator's old
+ * value, widened the wrong tensor or mis-sized one fails by far more. */
+static int b16_close(const char *what, const uint16_t *got, const float *ref, size_t n)
+{
+    double amax = 0.0;
+    for (size_t i = 0; i < n; i++)
+        amax = fmax(amax, fabs(ref[i]));
+    for (size_t i = 0; i < n; i++) {
+        const double g = zinc_bf16_to_f32(got[i]), r = ref[i];
+        if (!(fabs(g - r) <= 0x1p-8 * fabs(r) + 1e-6 * amax)) {
+            printf("\n  %s: element %zu: bf16 %.8g, fp32 %.8g\n", what, i, g, r);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void test_bf16_table(void)
+{
+    const zinc_ops *f = zinc_ops_cpu(), *h = zinc_ops_cpu_bf16();
+    CU_ASSERT_EQUAL(f->act, ZINC_DTYPE_F32);
+    CU_ASSERT_EQUAL(h->act, ZINC_DTYPE_BF16);
+    CU_ASSERT_STRING_EQUAL(h->name, "cpu-bf16");
+    const int B = 2, T = 5, C = 8, NH = 2, V = 13, N = B * T, OC = 6;
+    const size_t nc = (size_t)N * C;
+    /* act inputs: bf16 (h*) and the same values in fp32 (x*) */
+    float *r0 = frand(3 * nc, 1.0f), *r1 = frand(3 * nc, 1.0f), *r2 = frand(3 * nc, 1.0f);
+    uint16_t *h0 = b16(r0, 3 * nc), *h1 = b16(r1, 3 * nc), *h2 = b16(r2, 3 * nc);
+    float *x0 = wide(h0, 3 * nc), *x1 = wide(h1, 3 * nc), *x2 = wide(h2, 3 * nc);
+    float *w = frand((size_t)V * C, 0.5f), *bias = frand(C, 0.5f), *wo = frand((size_t)C * OC, 0.5f);
+    float *fo = malloc(3 * nc * sizeof(float) + (size_t)N * V * sizeof(float));
+    uint16_t *ho = malloc(3 * nc * sizeof(uint16_t) + (size_t)N * V * sizeof(uint16_t));
+    float *g1 = calloc((size_t)V * C, sizeof(float)), *g2 = calloc((size_t)V * C, sizeof(float));
+    float *b1 = calloc(C, sizeof(float)), *b2 = calloc(C, sizeof(float));
+    float m1[10], s1[10], m2[10], s2[10], lse1[2 * 2 * 5], lse2[2 * 2 * 5];
+    float sc1[64], sc2[64];
+    int32_t tok[10] = {1, 12, 3, 3, 0, 7, 12, 5, 2, 9}, tg[10] = {2, -1, 4, 0, 12, 1, 1, 3, 11, 6};
+
+    /* forward ops: out = op(inputs) */
+    f->linear_forward(fo, x0, wo, bias, N, C, OC);
+    h->linear_forward(ho, h0, wo, bias, N, C, OC);
+    CU_ASSERT(b16_close("bf16 linear_forward", ho, fo, (size_t)N * OC));
+    f->head_forward(fo, x0, w, N, C, V);
+    h->head_forward(ho, h0, w, N, C, V);
+    CU_ASSERT(b16_close("bf16 head_forward", ho, fo, (size_t)N * V));
+    f->embedding_forward(fo, tok, w, bias, B, T, 1); /* C = 1: wte (V,1), wpe (T,1) */
+    h->embedding_forward(ho, tok, w, bias, B, T, 1);
+    CU_ASSERT(b16_close("bf16 embedding_forward", ho, fo, (size_t)N));
+    f->layernorm_forward(fo, m1, s1, x0, w, bias, N, C);
+    h->layernorm_forward(ho, m2, s2, h0, w, bias, N, C);
+    CU_ASSERT(b16_close("bf16 layernorm_forward", ho, fo, nc));
+    CU_ASSERT(memcmp(m1, m2, sizeof m1) == 0 && memcmp(s1, s2, sizeof s1) == 0);
+    f->gelu_forward(fo, x0, nc);
+    h->gelu_forward(ho, h0, nc);
+    CU_ASSERT(b16_close("bf16 gelu_forward", ho, fo, nc));
+    f->residual_forward(fo, x0, x1, nc);
+    memcpy(ho, h0, nc * sizeof(uint16_t));
+    h->residual_forward(ho, ho, h1, nc); /* out aliases a */
+    CU_ASSERT(b16_close("bf16 residual_forward", ho, fo, nc));
+    f->attention_forward(fo, lse1, x0, B, T, C, NH);
+    h->attention_forward(ho, lse2, h0, B, T, C, NH);
+    CU_ASSERT(b16_close("bf16 attention_forward", ho, fo, nc));
+    CU_ASSERT(memcmp(lse1, lse2, sizeof lse1) == 0);
+    {
+        float l1[10], l2[10];
+        float *xl = frand((size_t)N * V, 3.0f);
+        uint16_t *hl = b16(xl, (size_t)N * V);
+        float *wl = wide(hl, (size_t)N * V);
+        f->softmax_xent(l1, wl, tg, 0.1f, N, V);
+        h->softmax_xent(l2, hl, tg, 0.1f, N, V);
+        CU_ASSERT(memcmp(l1, l2, sizeof l1) == 0);
+        CU_ASSERT(b16_close("bf16 softmax_xent dlogits", hl, wl, (size_t)N * V));
+        free(xl), free(hl), free(wl);
+    }
+
+    /* backward ops: act gradients accumulate onto old values (x2 / h2) */
+#define BWD_START(n) (memcpy(fo, x2, (n) * sizeof(float)), memcpy(ho, h2, (n) * sizeof(uint16_t)))
+    BWD_START((size_t)N * C);
+    f->linear_backward(fo, g1, b1, x1, x0, wo, N, C, OC);
+    h->linear_backward(ho, g2, b2, h1, h0, wo, N, C, OC);
+    CU_ASSERT(b16_close("bf16 linear_backward dinp", ho, fo, nc));
+    CU_ASSERT(memcmp(g1, g2, (size_t)C * OC * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(b1, b2, (size_t)OC * sizeof(float)) == 0);
+    BWD_START((size_t)N * C);
+    f->head_backward(fo, g1, x1, x0, w, N, C, V > C ? C : V); /* V' = C: x1 holds N x C */
+    h->head_backward(ho, g2, h1, h0, w, N, C, V > C ? C : V);
+    CU_ASSERT(b16_close("bf16 head_backward dinp", ho, fo, nc));
+    CU_ASSERT(memcmp(g1, g2, (size_t)C * C * sizeof(float)) == 0);
+    f->embedding_backward(g1, b1, x1, tok, B, T, 1);
+    h->embedding_backward(g2, b2, h1, tok, B, T, 1);
+    CU_ASSERT(memcmp(g1, g2, (size_t)V * sizeof(float)) == 0 && memcmp(b1, b2, T * sizeof(float)) == 0);
+    BWD_START(nc);
+    f->layernorm_backward(fo, g1, b1, x1, x0, w, m1, s1, N, C);
+    h->layernorm_backward(ho, g2, b2, h1, h0, w, m1, s1, N, C);
+    CU_ASSERT(b16_close("bf16 layernorm_backward dinp", ho, fo, nc));
+    CU_ASSERT(memcmp(g1, g2, (size_t)C * sizeof(float)) == 0 && memcmp(b1, b2, C * sizeof(float)) == 0);
+    BWD_START(nc);
+    f->gelu_backward(fo, x0, x1, nc);
+    h->gelu_backward(ho, h0, h1, nc);
+    CU_ASSERT(b16_close("bf16 gelu_backward", ho, fo, nc));
+    {   /* attention: out as saved by forward; dqkv (3 nc) accumulates */
+        uint16_t *hout = b16(x1, nc); /* any act values serve as "out" for D */
+        float *xout = wide(hout, nc);
+        f->attention_forward(xout, lse1, x0, B, T, C, NH);
+        h->attention_forward(hout, lse2, h0, B, T, C, NH);
+        free(xout);
+        xout = wide(hout, nc); /* both sides see the same bf16 out */
+        BWD_START(3 * nc);
+        f->attention_backward(fo, sc1, x1, x0, xout, lse1, B, T, C, NH);
+        h->attention_backward(ho, sc2, h1, h0, hout, lse1, B, T, C, NH);
+        CU_ASSERT(b16_close("bf16 attention_backward", ho, fo, 3 * nc));
+        free(hout), free(xout);
+    }
+#undef BWD_START
+    CU_ASSERT_EQUAL(zinc_ops_cpu_last_status(), ZINC_OK);
+    free(r0), free(r1), free(r2), free(h0), free(h1), free(h2), free(x0), free(x1), free(x2);
+    free(w), free(bias), free(wo), free(fo), free(ho), free(g1), free(g2), free(b1), free(b2);
+}
+
 static void test_table(void)
 {
     CU_ASSERT_PTR_NOT_NULL_FATAL(ops);
@@ -845,7 +1032,8 @@ static void test_table(void)
               ops->layernorm_backward && ops->gelu_forward && ops->gelu_backward &&
               ops->attention_forward && ops->attention_backward &&
               ops->attention_scratch_floats && ops->residual_forward &&
-              ops->softmax_xent && ops->adamw && ops->sumsq && ops->scale);
+              ops->softmax_xent && ops->adamw && ops->sumsq && ops->scale &&
+              ops->head_forward && ops->head_backward && ops->act == ZINC_DTYPE_F32);
 }
 
 int main(void)
@@ -865,6 +1053,8 @@ int main(void)
         {"attention", test_attention},
         {"attention_large_scores", test_attention_large_scores},
         {"softmax_xent", test_softmax_xent},
+        {"head", test_head},
+        {"bf16_table", test_bf16_table},
         {"softmax_exp_accuracy", test_softmax_exp_accuracy},
         {"adamw", test_adamw},
         {"adamw_lanes", test_adamw_lanes},

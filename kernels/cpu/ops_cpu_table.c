@@ -1,0 +1,393 @@
+/* ops_cpu_table.c - the two CPU op tables: "cpu" (act f32: the fp32 ops of
+ * ops_cpu.c / nn_cpu.c / mem_cpu.c as they are) and "cpu-bf16" (act bf16).
+ *
+ * The bf16 table is one mechanism over the fp32 ops, not a second set of
+ * kernels: each op widens its act inputs (and the old value of an act
+ * gradient it accumulates into) to fp32 temporaries, runs the fp32 op, and
+ * rounds its act outputs to bf16 once. That is the act-bf16 contract of
+ * zinc/ops.h word for word, so this table is the reference every act-bf16
+ * table is tested against, and CPU training in bf16 keeps its activations
+ * in half the memory. The conversions cost time (every act byte is widened
+ * and narrowed once per op); the fp32 table remains the fast CPU path. */
+#include <assert.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "zinc/ops.h"
+#include "cpu_int.h"
+
+/* ------------------------------------------------------------ act f32 */
+
+static void f32_linear_forward(void *out, const void *inp, const float *weight,
+                               const float *bias, int N, int C, int OC)
+{
+    cpu_linear_forward(out, inp, weight, bias, N, C, OC);
+}
+
+static void f32_linear_backward(void *dinp, float *dweight, float *dbias, const void *dout,
+                                const void *inp, const float *weight, int N, int C, int OC)
+{
+    cpu_linear_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+}
+
+/* logits(N,V) = inp(N,C) @ wte(V,C)^T */
+static void f32_head_forward(void *logits, const void *inp, const float *wte, int N, int C,
+                             int V)
+{
+    cpu_matmul(logits, inp, wte, N, V, C, 0, 1, 1.0f, 0.0f);
+}
+
+/* dinp(N,C) += dlogits(N,V) @ wte(V,C); dwte(V,C) += dlogits^T @ inp */
+static void f32_head_backward(void *dinp, float *dwte, const void *dlogits, const void *inp,
+                              const float *wte, int N, int C, int V)
+{
+    if (dinp)
+        cpu_matmul(dinp, dlogits, wte, N, C, V, 0, 0, 1.0f, 1.0f);
+    cpu_matmul(dwte, dlogits, inp, V, C, N, 1, 0, 1.0f, 1.0f);
+}
+
+static void f32_embedding_forward(void *out, const int32_t *tokens, const float *wte,
+                                  const float *wpe, int B, int T, int C)
+{
+    cpu_embedding_forward(out, tokens, wte, wpe, B, T, C);
+}
+
+static void f32_embedding_backward(float *dwte, float *dwpe, const void *dout,
+                                   const int32_t *tokens, int B, int T, int C)
+{
+    cpu_embedding_backward(dwte, dwpe, dout, tokens, B, T, C);
+}
+
+static void f32_layernorm_forward(void *out, float *mean, float *rstd, const void *inp,
+                                  const float *weight, const float *bias, int N, int C)
+{
+    cpu_layernorm_forward(out, mean, rstd, inp, weight, bias, N, C);
+}
+
+static void f32_layernorm_backward(void *dinp, float *dweight, float *dbias, const void *dout,
+                                   const void *inp, const float *weight, const float *mean,
+                                   const float *rstd, int N, int C)
+{
+    cpu_layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+}
+
+static void f32_gelu_forward(void *out, const void *inp, size_t n)
+{
+    cpu_gelu_forward(out, inp, n);
+}
+
+static void f32_gelu_backward(void *dinp, const void *inp, const void *dout, size_t n)
+{
+    cpu_gelu_backward(dinp, inp, dout, n);
+}
+
+static void f32_attention_forward(void *out, float *lse, const void *qkv, int B, int T, int C,
+                                  int NH)
+{
+    cpu_attention_forward(out, lse, qkv, B, T, C, NH);
+}
+
+static void f32_attention_backward(void *dqkv, float *scratch, const void *dout,
+                                   const void *qkv, const void *out, const float *lse, int B,
+                                   int T, int C, int NH)
+{
+    cpu_attention_backward(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
+}
+
+static void f32_residual_forward(void *out, const void *a, const void *b, size_t n)
+{
+    cpu_residual_forward(out, a, b, n);
+}
+
+static void f32_softmax_xent(float *losses, void *logits, const int32_t *targets, float dloss,
+                             int N, int V)
+{
+    cpu_softmax_xent(losses, logits, targets, dloss, N, V);
+}
+
+/* ------------------------------------------------------------ act bf16 */
+
+static atomic_int bf16_failed; /* an op could not allocate its temporaries */
+
+zinc_status zinc_ops_cpu_last_status(void)
+{
+    if (!atomic_exchange(&bf16_failed, 0))
+        return ZINC_OK;
+    return zinc_error(ZINC_ERR_NOMEM, "cpu-bf16 op: no memory for the fp32 temporaries of "
+                      "its activations");
+}
+
+/* The fp32 temporaries of one op: up to 5 act tensors. */
+typedef struct widen {
+    float *t[5];
+    int n;
+} widen;
+
+/* A temporary of n floats holding src widened (src NULL: uninitialized).
+ * Returns NULL, with the failure recorded, when out of memory. */
+static float *widen_get(widen *w, const void *src, size_t n)
+{
+    assert(w->n < 5);
+    float *t = malloc((n ? n : 1) * sizeof(float));
+    if (!t) {
+        atomic_store(&bf16_failed, 1);
+        return NULL;
+    }
+    w->t[w->n++] = t;
+    if (src)
+        cpu_convert(t, ZINC_DTYPE_F32, src, ZINC_DTYPE_BF16, n);
+    return t;
+}
+
+static void widen_free(widen *w)
+{
+    for (int i = 0; i < w->n; i++)
+        free(w->t[i]);
+    w->n = 0;
+}
+
+/* dst (bf16) = src rounded, n elements. */
+static void narrow(void *dst, const float *src, size_t n)
+{
+    cpu_convert(dst, ZINC_DTYPE_BF16, src, ZINC_DTYPE_F32, n);
+}
+
+/* The temporaries are all taken before any op runs: a failure leaves the
+ * outputs untouched. TAKE jumps to done on failure. */
+#define TAKE(var, src, n)                                                                   \
+    do {                                                                                    \
+        if (!((var) = widen_get(&w, (src), (n))))                                           \
+            goto done;                                                                      \
+    } while (0)
+
+static void b16_linear_forward(void *out, const void *inp, const float *weight,
+                               const float *bias, int N, int C, int OC)
+{
+    widen w = {0};
+    float *o, *x;
+    TAKE(o, NULL, (size_t)N * OC);
+    TAKE(x, inp, (size_t)N * C);
+    cpu_linear_forward(o, x, weight, bias, N, C, OC);
+    narrow(out, o, (size_t)N * OC);
+done:
+    widen_free(&w);
+}
+
+static void b16_linear_backward(void *dinp, float *dweight, float *dbias, const void *dout,
+                                const void *inp, const float *weight, int N, int C, int OC)
+{
+    widen w = {0};
+    float *di = NULL, *dy, *x;
+    if (dinp)
+        TAKE(di, dinp, (size_t)N * C);
+    TAKE(dy, dout, (size_t)N * OC);
+    TAKE(x, inp, (size_t)N * C);
+    cpu_linear_backward(di, dweight, dbias, dy, x, weight, N, C, OC);
+    if (dinp)
+        narrow(dinp, di, (size_t)N * C);
+done:
+    widen_free(&w);
+}
+
+static void b16_head_forward(void *logits, const void *inp, const float *wte, int N, int C,
+                             int V)
+{
+    widen w = {0};
+    float *o, *x;
+    TAKE(o, NULL, (size_t)N * V);
+    TAKE(x, inp, (size_t)N * C);
+    f32_head_forward(o, x, wte, N, C, V);
+    narrow(logits, o, (size_t)N * V);
+done:
+    widen_free(&w);
+}
+
+static void b16_head_backward(void *dinp, float *dwte, const void *dlogits, const void *inp,
+                              const float *wte, int N, int C, int V)
+{
+    widen w = {0};
+    float *di = NULL, *dl, *x;
+    if (dinp)
+        TAKE(di, dinp, (size_t)N * C);
+    TAKE(dl, dlogits, (size_t)N * V);
+    TAKE(x, inp, (size_t)N * C);
+    f32_head_backward(di, dwte, dl, x, wte, N, C, V);
+    if (dinp)
+        narrow(dinp, di, (size_t)N * C);
+done:
+    widen_free(&w);
+}
+
+static void b16_embedding_forward(void *out, const int32_t *tokens, const float *wte,
+                                  const float *wpe, int B, int T, int C)
+{
+    widen w = {0};
+    const size_t n = (size_t)B * T * C;
+    float *o;
+    TAKE(o, NULL, n);
+    cpu_embedding_forward(o, tokens, wte, wpe, B, T, C);
+    narrow(out, o, n);
+done:
+    widen_free(&w);
+}
+
+static void b16_embedding_backward(float *dwte, float *dwpe, const void *dout,
+                                   const int32_t *tokens, int B, int T, int C)
+{
+    widen w = {0};
+    float *dy;
+    TAKE(dy, dout, (size_t)B * T * C);
+    cpu_embedding_backward(dwte, dwpe, dy, tokens, B, T, C);
+done:
+    widen_free(&w);
+}
+
+static void b16_layernorm_forward(void *out, float *mean, float *rstd, const void *inp,
+                                  const float *weight, const float *bias, int N, int C)
+{
+    widen w = {0};
+    const size_t n = (size_t)N * C;
+    float *o, *x;
+    TAKE(o, NULL, n);
+    TAKE(x, inp, n);
+    cpu_layernorm_forward(o, mean, rstd, x, weight, bias, N, C);
+    narrow(out, o, n);
+done:
+    widen_free(&w);
+}
+
+static void b16_layernorm_backward(void *dinp, float *dweight, float *dbias, const void *dout,
+                                   const void *inp, const float *weight, const float *mean,
+                                   const float *rstd, int N, int C)
+{
+    widen w = {0};
+    const size_t n = (size_t)N * C;
+    float *di, *dy, *x;
+    TAKE(di, dinp, n);
+    TAKE(dy, dout, n);
+    TAKE(x, inp, n);
+    cpu_layernorm_backward(di, dweight, dbias, dy, x, weight, mean, rstd, N, C);
+    narrow(dinp, di, n);
+done:
+    widen_free(&w);
+}
+
+static void b16_gelu_forward(void *out, const void *inp, size_t n)
+{
+    widen w = {0};
+    float *o, *x;
+    TAKE(o, NULL, n);
+    TAKE(x, inp, n);
+    cpu_gelu_forward(o, x, n);
+    narrow(out, o, n);
+done:
+    widen_free(&w);
+}
+
+static void b16_gelu_backward(void *dinp, const void *inp, const void *dout, size_t n)
+{
+    widen w = {0};
+    float *di, *x, *dy;
+    TAKE(di, dinp, n);
+    TAKE(x, inp, n);
+    TAKE(dy, dout, n);
+    cpu_gelu_backward(di, x, dy, n);
+    narrow(dinp, di, n);
+done:
+    widen_free(&w);
+}
+
+static void b16_attention_forward(void *out, float *lse, const void *qkv, int B, int T, int C,
+                                  int NH)
+{
+    widen w = {0};
+    const size_t n = (size_t)B * T * C;
+    float *o, *x;
+    TAKE(o, NULL, n);
+    TAKE(x, qkv, 3 * n);
+    cpu_attention_forward(o, lse, x, B, T, C, NH);
+    narrow(out, o, n);
+done:
+    widen_free(&w);
+}
+
+static void b16_attention_backward(void *dqkv, float *scratch, const void *dout,
+                                   const void *qkv, const void *out, const float *lse, int B,
+                                   int T, int C, int NH)
+{
+    widen w = {0};
+    const size_t n = (size_t)B * T * C;
+    float *dx, *dy, *x, *o;
+    TAKE(dx, dqkv, 3 * n);
+    TAKE(dy, dout, n);
+    TAKE(x, qkv, 3 * n);
+    TAKE(o, out, n);
+    cpu_attention_backward(dx, scratch, dy, x, o, lse, B, T, C, NH);
+    narrow(dqkv, dx, 3 * n);
+done:
+    widen_free(&w);
+}
+
+static void b16_residual_forward(void *out, const void *a, const void *b, size_t n)
+{
+    widen w = {0};
+    float *x, *y;
+    TAKE(x, a, n);
+    TAKE(y, b, n);
+    cpu_residual_forward(x, x, y, n);
+    narrow(out, x, n);
+done:
+    widen_free(&w);
+}
+
+static void b16_softmax_xent(float *losses, void *logits, const int32_t *targets, float dloss,
+                             int N, int V)
+{
+    widen w = {0};
+    const size_t n = (size_t)N * V;
+    float *x;
+    TAKE(x, logits, n);
+    cpu_softmax_xent(losses, x, targets, dloss, N, V);
+    narrow(logits, x, n);
+done:
+    widen_free(&w);
+}
+
+#undef TAKE
+
+/* ------------------------------------------------------------ tables */
+
+#define CPU_COMMON_OPS                                                                      \
+    .matmul = cpu_matmul, .attention_scratch_floats = cpu_attention_scratch_floats,        \
+    .adamw = cpu_adamw, .sumsq = cpu_sumsq, .scale = cpu_scale, .zero = cpu_zero,           \
+    .copy = cpu_copy, .convert = cpu_convert, .add_into = cpu_add_into,                     \
+    .round_to = cpu_round_to, .sum = cpu_sum
+
+#define CPU_ACT_OPS(p)                                                                      \
+    .linear_forward = p##_linear_forward, .linear_backward = p##_linear_backward,           \
+    .head_forward = p##_head_forward, .head_backward = p##_head_backward,                   \
+    .embedding_forward = p##_embedding_forward,                                             \
+    .embedding_backward = p##_embedding_backward,                                           \
+    .layernorm_forward = p##_layernorm_forward,                                             \
+    .layernorm_backward = p##_layernorm_backward, .gelu_forward = p##_gelu_forward,         \
+    .gelu_backward = p##_gelu_backward, .attention_forward = p##_attention_forward,         \
+    .attention_backward = p##_attention_backward,                                           \
+    .residual_forward = p##_residual_forward, .softmax_xent = p##_softmax_xent
+
+static const zinc_ops cpu_ops = {
+    .name = "cpu", .act = ZINC_DTYPE_F32, CPU_ACT_OPS(f32), CPU_COMMON_OPS,
+};
+
+static const zinc_ops cpu_ops_bf16 = {
+    .name = "cpu-bf16", .act = ZINC_DTYPE_BF16, CPU_ACT_OPS(b16), CPU_COMMON_OPS,
+};
+
+const zinc_ops *zinc_ops_cpu(void)
+{
+    return &cpu_ops;
+}
+
+const zinc_ops *zinc_ops_cpu_bf16(void)
+{
+    return &cpu_ops_bf16;
+}
