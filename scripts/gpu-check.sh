@@ -28,15 +28,13 @@ fi
 if [[ $what == *tune* ]]; then # cuBLASLt algorithms chosen by timing (opt-in)
     OUT=$LOGDIR ZINC_CUDA_AUTOTUNE=1 BENCH_TAG=autotune timeout 200 ./bench/bench-gpu.sh "${BENCH_STEPS:-30}" > "$LOGDIR/bench-autotune.log" 2>&1 || rc=1
 fi
-if [[ $what == *profile* ]]; then # per-op device times, and the products on FAST_16BF for comparison
+if [[ $what == *profile* ]]; then # per-op device times
     OUT=$LOGDIR ZINC_PROFILE_OPS=1 BENCH_TAG=profile timeout 120 ./bench/bench-gpu.sh 10 > "$LOGDIR/bench-profile.log" 2>&1 || rc=1
-    OUT=$LOGDIR ZINC_CUDA_GEMM=fast16bf BENCH_TAG=fast16bf timeout 120 ./bench/bench-gpu.sh 15 > "$LOGDIR/bench-fast16bf.log" 2>&1 || rc=1
 fi
 echo "== summary (rc $rc)"
 [ -f "$LOGDIR/test-gpu.log" ] && grep -E "^(FAIL|ok |SKIP|==)|PASS|FAIL|max rel" "$LOGDIR"/*.log | grep -v "^.*:ok " | tail -40
 [ -f "$LOGDIR/bench-gpu.log" ] && tail -8 "$LOGDIR/bench-gpu.log"
 [ -f "$LOGDIR/bench-gpu-train-profile.log" ] && grep -A24 "op profile" "$LOGDIR/bench-gpu-train-profile.log" | cut -c1-110
-[ -f "$LOGDIR/bench-fast16bf.log" ] && tail -1 "$LOGDIR/bench-fast16bf.log"
 [ -f "$LOGDIR/bench-autotune.log" ] && echo "autotune: $(tail -1 "$LOGDIR/bench-autotune.log")"
 grep -h "^time" "$LOGDIR/ops.log" 2>/dev/null | head -6
 exit $rc

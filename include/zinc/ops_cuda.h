@@ -44,10 +44,13 @@ extern "C" {
 /* The CUDA op table (name "cuda"). Static storage, never NULL; calling it
  * touches no CUDA API, so it is safe on a machine without a GPU. */
 const zinc_ops *zinc_ops_cuda(void);
-/* The same ops with bf16 tensor-core matmuls (name "cuda-bf16"): fp32
- * operands are rounded to bf16 inside cuBLASLt (CUBLAS_COMPUTE_32F_FAST_16BF),
- * accumulation stays fp32. The table for bf16 training; agrees with the CPU
- * within bf16 tolerance. */
+/* The same ops with act bf16 (name "cuda-bf16"): activations are bf16 in
+ * memory and are the tensor-core operands of the products as they lie;
+ * fp32 parameters are rounded to bf16 copies for them; accumulation and all
+ * other arithmetic are fp32, and each act output is rounded to bf16 once.
+ * matmul stays fp32 in and out (bf16 operand copies, fp32 accumulation).
+ * The table for bf16 training; its reference is zinc_ops_cpu_bf16(), which
+ * it agrees with within bf16 tolerance. */
 const zinc_ops *zinc_ops_cuda_bf16(void);
 
 /* The ops return void, so a failing CUDA, cuBLAS or cuBLASLt call inside

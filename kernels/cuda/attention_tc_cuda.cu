@@ -66,8 +66,8 @@ typedef __nv_bfloat16 bf16;
 typedef __nv_bfloat162 bf16x2;
 
 /* Warp-level and asynchronous-copy primitives (the CPU emulator in
- * .scratch/attn_tc_emu defines its own versions of these six with the PTX
- * ISA's fragment layouts and a synchronous copy). */
+ * .scratch/attn_tc_emu_bf16 defines its own versions of these six with the
+ * PTX ISA's fragment layouts and a synchronous copy). */
 
 /* bf16x2 of (lo, hi): lo in the low 16 bits (the lower column index). */
 __device__ __forceinline__ uint32_t at_pack(float lo, float hi)
@@ -580,7 +580,7 @@ static __global__ void __launch_bounds__(AT_THREADS)
 }
 /* ---- kernels (end) ---- */
 
-/* 1 when the tensor-core kernels take the shape (else the fp32 ones do). */
+/* 1 when the tensor-core kernels take the shape (else the CUDA-core ones do). */
 static int tc_shape_ok(int B, int T, int C, int NH)
 {
     return B > 0 && T > 0 && NH > 0 && C % NH == 0 && C / NH == AT_D &&

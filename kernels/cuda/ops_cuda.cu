@@ -1,21 +1,32 @@
-/* ops_cuda.cu - the CUDA op table: every op of zinc/ops.h on device memory,
- * fp32, row-major, same contract as the CPU reference (kernels/cpu).
+/* ops_cuda.cu - the CUDA op tables: every op of zinc/ops.h on device
+ * memory, row-major, same contract as the CPU reference (kernels/cpu).
+ * Two tables: "cuda" keeps activations in fp32 and is exact fp32 (the
+ * reference "cpu"); "cuda-bf16" keeps them in bf16 (the reference
+ * "cpu-bf16"): every op computes in fp32 and rounds each act output once.
+ * The act kernels are templates on the storage type (float or bf16), so one
+ * source serves both tables.
  *
- * Dense products (matmul, linear) go to cuBLASLt in fp32 (CUBLAS_COMPUTE_32F,
- * no TF32). cuBLASLt is column-major, and a row-major c(m,n) is a
- * column-major c^T(n,m), so c^T = op(b)^T op(a)^T is computed with the
- * operands swapped and each keeping its own transpose flag: no copies. The
- * linear bias rides the BIAS epilogue (one pass over out). Algorithms come
- * from the heuristic once per (shape, transposes, epilogue, pointer
- * alignment) and are cached; the alignments go into the preference because
- * cuBLASLt otherwise assumes 256-byte aligned operands, which sub-tensors
- * carved from a slab are not.
+ * Dense products (matmul, linear, head) go to cuBLASLt with fp32 compute
+ * (CUBLAS_COMPUTE_32F, no TF32) and fp32 scale. "cuda": fp32 operands and
+ * outputs. "cuda-bf16": the bf16 activations are the tensor-core operands
+ * as they lie; the fp32 weights are staged to bf16 copies (stage_bf16),
+ * act outputs are bf16 written by cuBLASLt (an accumulating dinp is read as
+ * c and rounded once), weight gradients fp32. cuBLASLt is column-major, and
+ * a row-major c(m,n) is a column-major c^T(n,m), so c^T = op(b)^T op(a)^T
+ * is computed with the operands swapped and each keeping its own transpose
+ * flag: no copies. The linear bias rides the BIAS epilogue (one pass over
+ * out). Algorithms come from the heuristic once per (shape, transposes,
+ * epilogue, types, pointer alignment) and are cached; the alignments go
+ * into the preference because cuBLASLt otherwise assumes 256-byte aligned
+ * operands, which sub-tensors carved from a slab are not.
  *
  * Every other op is a hand-written kernel on stream 0, written for clarity
  * first (llm.c style) and with a fixed reduction order everywhere: no float
  * atomics, so every result is bitwise reproducible run to run.
- *  - Row ops (layernorm) use one warp per row and xor
- *    butterflies, whose result is the same in every lane.
+ *  - Row ops (layernorm, softmax_xent) split a row into 16-byte groups the
+ *    same way whatever the alignment; only whether a group moves in one
+ *    access depends on it, so the bits do not. Layernorm: one warp per row
+ *    and xor butterflies, whose result is the same in every lane.
  *  - Column sums (bias, layernorm weight/bias gradients) are two-pass: row
  *    chunks whose bounds depend only on N write partials to the scratch
  *    buffer, then one thread per column adds them in chunk order.
@@ -23,17 +34,21 @@
  *    thread for column c and bucket j walks the tokens in order and adds
  *    only rows v with v % buckets == j, so repeated tokens never race and
  *    each row receives its contributions in token order, as on the CPU.
- *  - Attention is flash style (attention_cuda.cu): tiled fp32 kernels that
- *    never write a T x T matrix; forward saves one log-sum-exp per row.
+ *  - Attention is flash style (attention_cuda.cu, attention_tc_cuda.cu):
+ *    tiled kernels that never write a T x T matrix; forward saves one
+ *    log-sum-exp per row.
  *  - softmax_xent: one block per row, an online (max, sum) pass with the sum
- *    in double (as the CPU), then one pass writing the gradient.
+ *    in double (as the CPU), then one pass writing the gradient; a bf16 row
+ *    (100 KB at V = 50304) waits in shared memory between the passes, so
+ *    the logits are read once and written once.
  *  - sumsq: a fixed grid (size from n only) of double partials, then one
  *    block adds them in a fixed tree.
  * Elementwise ops that the CPU writes without FMA (adamw, residual, scale)
  * use explicitly rounded intrinsics, so they match the CPU bitwise.
- * Elementwise ops move four elements per 16-byte (or 8-byte, 16-bit types)
- * access wherever their operands line up, on a grid as large as the device
- * holds at once (ew_kernel); the arithmetic per element is unchanged.
+ * Elementwise ops move 16 bytes of act (4 floats or 8 bf16) per access, or
+ * four elements of the precision ops' operands, wherever their operands
+ * line up, on a grid as large as the device holds at once (ew_kernel); the
+ * arithmetic per element is unchanged.
  *
  * Errors: every foreign call goes through CUDA_TRY / CUBLAS_TRY / LAUNCH_TRY
  * (cuda_int.h); ops return void, so the first failure is kept for
@@ -54,7 +69,6 @@
 
 #include "zinc/ops_cuda.h"
 #include "cuda_int.h"
-
 
 #define LN_EPS 1e-5f
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
@@ -984,7 +998,8 @@ cleanup:
 }
 
 /* The matmul op (all fp32 on both tables): exact fp32 products, or (bf16
- * table) operands rounded to bf16 copies, fp32 accumulation and c. */
+ * table) operands rounded to bf16 copies, fp32 accumulation and c (exact
+ * fp32 where cuBLASLt has no bf16 algorithm for the shape). */
 static void matmul_impl(float *c, const float *a, const float *b, int m, int n, int k,
                         int trans_a, int trans_b, float alpha, float beta, int bf16_ops)
 {
@@ -1002,9 +1017,11 @@ static void matmul_impl(float *c, const float *a, const float *b, int m, int n, 
         const float *src[2] = {a, b};
         const size_t cnt[2] = {(size_t)m * k, (size_t)k * n};
         const void *h[2] = {NULL, NULL};
-        if (stage_bf16(src, cnt, 2, h))
-            gemm(c, h[0], h[1], m, n, k, trans_a, trans_b, alpha, beta, LT_BF16, LT_F32);
-        goto cleanup;
+        if (!stage_bf16(src, cnt, 2, h) ||
+            lt_matmul(c, h[0], h[1], m, n, k, trans_a, trans_b, alpha, beta, NULL, LT_BF16,
+                      LT_F32) != 0)
+            goto cleanup; /* done, or an error was recorded */
+        /* no bf16 algorithm for this shape: the exact product below */
     }
     gemm(c, a, b, m, n, k, trans_a, trans_b, alpha, beta, LT_F32, LT_F32);
 cleanup:

@@ -1,26 +1,38 @@
-/* test_cuda_ops.cu - every op of the CUDA table against the CPU table.
+/* test_cuda_ops.cu - every op of the CUDA tables against the CPU tables.
  *
- * For each op: random inputs (fixed seed), the CPU op on host copies, the
- * CUDA op on device copies, outputs compared. Gradients start non-zero so
- * that accumulation (+=) is checked; sizes are odd and cross the CUDA
- * kernels' tile, warp and chunk boundaries (64-row attention tiles, 32-lane
- * rows, embedding buckets). Every backward op, softmax_xent and sumsq also
- * run twice on the GPU and must agree bitwise (no float atomics).
+ * Two tables are tested, each against the CPU table of the same act dtype
+ * (zinc/ops.h): "cuda" (act f32) against "cpu", and "cuda-bf16" (act bf16)
+ * against "cpu-bf16". For each op: random inputs (fixed seed), the reference
+ * op on host copies, the CUDA op on device copies, outputs compared (act
+ * outputs widened to fp32 first). For the bf16 table the activations are
+ * bf16 bits on both sides and the fp32 parameters are bf16-representable, so
+ * both sides multiply the same values. Outputs are NaN-poisoned before each
+ * op (fp32 all-ones NaN, bf16 0x7FC0), so an element left unwritten fails.
+ * Gradients accumulate (+=): they start from random values of about the
+ * size of the gradient itself, and a check per accumulated output asserts
+ * that an op that overwrote instead of adding would have failed (at least a
+ * tenth of the start values lie beyond twice the tolerance). Sizes are odd
+ * and cross the CUDA kernels' tile, warp and chunk boundaries (64-row
+ * attention tiles, 32-lane rows, embedding buckets). Every backward op,
+ * softmax_xent and sumsq also run twice on the GPU and must agree bitwise
+ * (no float atomics).
  *
- * Tolerances: |gpu - cpu| <= rtol |cpu| + atol.
+ * Tolerances: |gpu - ref| <= rtol |ref| + atol.
  *  - Elementwise ops (gelu, residual, scale, adamw, embedding): rtol 1e-5.
  *    Each output is a short formula of its inputs, a few ulps (6e-8 each)
- *    apart at most; atol 1e-6 x max|cpu| covers GELU's 1 + tanh(u), which
+ *    apart at most; atol 1e-6 x max|ref| covers GELU's 1 + tanh(u), which
  *    cancels for negative inputs (both sides are exact to ~1e-7 absolute).
  *  - Attention (flash style, exact fp32 on both sides): rtol 1e-5 and atol
- *    1e-5 x max|cpu|.
- *  - The bf16 table's attention (tensor cores, bf16 operands): atol
- *    2e-2 x max|cpu| for out and dqkv, 2e-2 absolute for lse.
- *  - Reductions and products (matmul, linear, layernorm,
- *    softmax_xent): rtol 1e-4 and atol 1e-4 x max|cpu|. Sums of k terms
+ *    1e-5 x max|ref|; dqkv is compared per part (dq, dk, dv: their scales
+ *    differ by 5x).
+ *  - Reductions and products (matmul, linear, head, layernorm,
+ *    softmax_xent): rtol 1e-4 and atol 1e-4 x max|ref|. Sums of k terms
  *    summed in another order differ by up to ~k eps sum|terms|; an output
  *    that cancels to near zero has no relative accuracy on either side, so
  *    the bound is taken relative to the output's scale (normwise).
+ *  - The bf16 table, every op: atol 2e-2 x max|ref| (bf16 outputs are
+ *    rounded to 2^-9 relative; the tensor-core products and attention round
+ *    P and dS to bf16); attention lse 2e-2 absolute.
  *  - sumsq: both sides add float squares (exact in double) in double:
  *    rtol 1e-9.
  *
@@ -36,7 +48,10 @@
 
 #include "zinc/ops_cuda.h"
 
-static const zinc_ops *cpu, *gpu, *gpu_bf16;
+/* cpu: the reference table of the table under test (gpu); both switch
+ * together, and act is their act dtype. */
+static const zinc_ops *cpu, *gpu, *cpu_f32, *cpu_bf16, *gpu_f32, *gpu_bf16;
+static zinc_dtype act = ZINC_DTYPE_F32;
 static int n_checks, n_fail;
 
 /* ---------- helpers ---------- */
@@ -79,17 +94,23 @@ static float *hcopy(const float *x, size_t n)
     return y;
 }
 
-/* Device copy of n floats (n may be 0), with `pad` spare floats before
- * it so callers can test unaligned pointers: returns base + pad. */
-static float *dcopy_pad(const float *h, size_t n, size_t pad)
+/* Device copy of `bytes` bytes (may be 0), with pad_bytes spare bytes
+ * before it so callers can test unaligned pointers: returns base + pad. */
+static void *dbytes_pad(const void *h, size_t bytes, size_t pad_bytes)
 {
-    float *d = NULL;
-    cudaError_t e = cudaMalloc(&d, (n + pad + 1) * sizeof *d);
+    char *d = NULL;
+    cudaError_t e = cudaMalloc(&d, bytes + pad_bytes + 16);
     if (e != cudaSuccess)
         die_cuda(e, "cudaMalloc");
-    if (n && (e = cudaMemcpy(d + pad, h, n * sizeof *d, cudaMemcpyHostToDevice)) != cudaSuccess)
+    if (bytes && (e = cudaMemcpy(d + pad_bytes, h, bytes, cudaMemcpyHostToDevice)) != cudaSuccess)
         die_cuda(e, "cudaMemcpy to device");
-    return d + pad;
+    return d + pad_bytes;
+}
+
+/* Device copy of n floats (n may be 0), with `pad` spare floats before it. */
+static float *dcopy_pad(const float *h, size_t n, size_t pad)
+{
+    return (float *)dbytes_pad(h, n * sizeof(float), pad * sizeof(float));
 }
 
 static float *dcopy(const float *h, size_t n)
@@ -113,14 +134,148 @@ static void dfree_pad(void *d, size_t pad_floats)
     cudaFree((float *)d - pad_floats);
 }
 
-/* Host copy of a device buffer (caller frees). */
-static float *fetch(const float *d, size_t n)
+static void h2d(void *d, const void *h, size_t bytes)
 {
-    float *h = (float *)malloc((n ? n : 1) * sizeof *h);
-    cudaError_t e = n ? cudaMemcpy(h, d, n * sizeof *h, cudaMemcpyDeviceToHost) : cudaSuccess;
+    const cudaError_t e = cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess)
+        die_cuda(e, "cudaMemcpy to device");
+}
+
+/* Host copy of `bytes` bytes of device memory (caller frees). */
+static void *fetch_bytes(const void *d, size_t bytes)
+{
+    void *h = malloc(bytes ? bytes : 1);
+    cudaError_t e = bytes ? cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost) : cudaSuccess;
     if (e != cudaSuccess)
         die_cuda(e, "cudaMemcpy to host");
     return h;
+}
+
+/* Host copy of a device buffer of n floats (caller frees). */
+static float *fetch(const float *d, size_t n)
+{
+    return (float *)fetch_bytes(d, n * sizeof(float));
+}
+
+/* ---------- act tensors (dtype act: f32 or bf16 bits) ---------- */
+
+static size_t act_size(void)
+{
+    return zinc_dtype_size(act);
+}
+
+/* Random fp32 parameters in [lo, hi), bf16-representable when act is bf16
+ * (as in bf16 training), so both sides of a bf16 comparison use the same. */
+static float *hparam(size_t n, float lo, float hi)
+{
+    float *x = hrand(n, lo, hi);
+    if (act == ZINC_DTYPE_BF16)
+        for (size_t i = 0; i < n; i++)
+            x[i] = zinc_bf16_to_f32(zinc_f32_to_bf16(x[i]));
+    return x;
+}
+
+/* Host act tensor of the fp32 values x (rounded to bf16 when act is bf16). */
+static void *hact_of(const float *x, size_t n)
+{
+    void *a = malloc((n ? n : 1) * act_size());
+    if (act == ZINC_DTYPE_BF16) {
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)a)[i] = zinc_f32_to_bf16(x[i]);
+    } else {
+        memcpy(a, x, n * sizeof(float));
+    }
+    return a;
+}
+
+/* Host act tensor of n random values in [lo, hi). */
+static void *hact(size_t n, float lo, float hi)
+{
+    float *x = hrand(n, lo, hi);
+    void *a = hact_of(x, n);
+    free(x);
+    return a;
+}
+
+static void *hact_copy(const void *a, size_t n)
+{
+    void *b = malloc((n ? n : 1) * act_size());
+    memcpy(b, a, n * act_size());
+    return b;
+}
+
+/* The values of host act tensor a as fp32 (caller frees). */
+static float *widen(const void *a, size_t n)
+{
+    if (act != ZINC_DTYPE_BF16)
+        return hcopy((const float *)a, n);
+    float *x = (float *)malloc((n ? n : 1) * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = zinc_bf16_to_f32(((const uint16_t *)a)[i]);
+    return x;
+}
+
+/* Fills n act elements at host h with NaN: fp32 all ones, bf16 0x7FC0. */
+static void fill_nan_act(void *h, size_t n)
+{
+    if (act == ZINC_DTYPE_BF16) {
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)h)[i] = 0x7FC0u;
+    } else {
+        memset(h, 0xff, n * sizeof(float));
+    }
+}
+
+/* Host act tensor of n NaN (a reference output: the reference op must write
+ * every element too). */
+static void *hact_poison(size_t n)
+{
+    void *h = malloc((n ? n : 1) * act_size());
+    fill_nan_act(h, n);
+    return h;
+}
+
+/* Device copy of host act tensor h, pad elements off its allocation. */
+static void *dact_pad(const void *h, size_t n, size_t pad)
+{
+    return dbytes_pad(h, n * act_size(), pad * act_size());
+}
+
+static void *dact(const void *h, size_t n)
+{
+    return dact_pad(h, n, 0);
+}
+
+static void dfree_act(void *d, size_t pad)
+{
+    cudaFree((char *)d - pad * act_size());
+}
+
+/* Overwrites n act elements of device memory d with NaN. */
+static void dact_poison_again(void *d, size_t n)
+{
+    void *h = hact_poison(n);
+    h2d(d, h, n * act_size());
+    free(h);
+}
+
+/* A device act tensor of n NaN: an op that leaves any element of its output
+ * unwritten fails the comparisons. */
+static void *dact_poison(size_t n)
+{
+    void *h = hact_poison(n);
+    void *d = dact(h, n);
+    free(h);
+    return d;
+}
+
+/* The values of device act tensor d as fp32, on the host (caller frees). */
+static float *fetch_act(const void *d, size_t n)
+{
+    void *h = fetch_bytes(d, n * act_size());
+    float *x = widen(h, n);
+    free(h);
+    return x;
 }
 
 static double maxabs(const float *x, size_t n)
@@ -130,6 +285,8 @@ static double maxabs(const float *x, size_t n)
         m = fabs((double)x[i]) > m ? fabs((double)x[i]) : m;
     return m;
 }
+
+/* ---------- checks ---------- */
 
 /* Every op must leave no recorded CUDA error. */
 static void check_status(const char *what)
@@ -142,12 +299,11 @@ static void check_status(const char *what)
     }
 }
 
-/* Compares the device result d against the host reference ref:
- * |gpu - cpu| <= rtol |cpu| + atol for every element. */
-static void check_close_atol(const char *what, const float *d, const float *ref, size_t n,
-                             double rtol, double atol)
+/* got (the GPU's, on the host) against the reference ref:
+ * |gpu - ref| <= rtol |ref| + atol for every element. */
+static void compare(const char *what, const float *got, const float *ref, size_t n, double rtol,
+                    double atol)
 {
-    float *got = fetch(d, n);
     double worst = 0.0, worst_ratio = 0.0;
     size_t bad = 0, first_bad = 0;
     for (size_t i = 0; i < n; i++) {
@@ -171,14 +327,75 @@ static void check_close_atol(const char *what, const float *d, const float *ref,
         printf("ok    %-40s n=%-8zu max err %.3g (%.2f of tolerance)\n", what, n, worst,
                worst_ratio);
     }
+}
+
+/* The device result d (n floats) against the host reference ref. */
+static void check_close_atol(const char *what, const float *d, const float *ref, size_t n,
+                             double rtol, double atol)
+{
+    float *got = fetch(d, n);
+    compare(what, got, ref, n, rtol, atol);
     free(got);
 }
 
-/* The same with atol = atol_rel max|cpu| (normwise). */
+/* The same with atol = atol_rel max|ref| (normwise). */
 static void check_close(const char *what, const float *d, const float *ref, size_t n, double rtol,
                         double atol_rel)
 {
     check_close_atol(what, d, ref, n, rtol, atol_rel * maxabs(ref, n));
+}
+
+/* A device act tensor d against the host act reference href, both widened
+ * to fp32; atol = atol_rel max|ref|. */
+static void check_close_act(const char *what, const void *d, const void *href, size_t n,
+                            double rtol, double atol_rel)
+{
+    float *got = fetch_act(d, n), *ref = widen(href, n);
+    compare(what, got, ref, n, rtol, atol_rel * maxabs(ref, n));
+    free(got);
+    free(ref);
+}
+
+/* An accumulated output ref = old + delta is compared within
+ * lim = rtol |ref| + atol_rel max|ref|. An op that overwrote (gave delta)
+ * would be off by |old| there: the comparison proves accumulation only if
+ * many start values exceed the limit (twice it, as the GPU's delta may be
+ * off by one limit). Asserts that at least a tenth of them do. */
+static void check_old_matters(const char *what, const float *old, const float *ref, size_t n,
+                              double rtol, double atol_rel)
+{
+    const double atol = atol_rel * maxabs(ref, n);
+    size_t big = 0;
+    for (size_t i = 0; i < n; i++)
+        big += fabs((double)old[i]) > 2.0 * (rtol * fabs((double)ref[i]) + atol);
+    n_checks++;
+    if (n && big * 10 < n) {
+        n_fail++;
+        printf("FAIL  %-40s start values hide no overwrite: %zu/%zu beyond 2x tolerance\n", what,
+               big, n);
+    } else {
+        printf("ok    %-40s accumulates: %zu/%zu start values beyond 2x tolerance\n", what, big, n);
+    }
+}
+
+/* An accumulated fp32 output: device d against ref, started from old. */
+static void check_acc(const char *what, const float *d, const float *ref, const float *old,
+                      size_t n, double rtol, double atol_rel)
+{
+    check_close(what, d, ref, n, rtol, atol_rel);
+    check_old_matters(what, old, ref, n, rtol, atol_rel);
+}
+
+/* An accumulated act output: device d against host act href, started from
+ * host act hold. */
+static void check_acc_act(const char *what, const void *d, const void *href, const void *hold,
+                          size_t n, double rtol, double atol_rel)
+{
+    float *ref = widen(href, n), *old = widen(hold, n);
+    check_close_act(what, d, href, n, rtol, atol_rel);
+    check_old_matters(what, old, ref, n, rtol, atol_rel);
+    free(ref);
+    free(old);
 }
 
 /* 1 if element i of a dt array is a NaN. */
@@ -201,8 +418,8 @@ static void check_same_values(const char *what, const void *d, const void *h, si
                               zinc_dtype dt)
 {
     const size_t es = zinc_dtype_size(dt), bytes = n * es;
-    unsigned char *got = (unsigned char *)malloc(bytes);
-    if (cudaMemcpy(got, d, bytes, cudaMemcpyDeviceToHost) != cudaSuccess)
+    unsigned char *got = (unsigned char *)malloc(bytes ? bytes : 1);
+    if (bytes && cudaMemcpy(got, d, bytes, cudaMemcpyDeviceToHost) != cudaSuccess)
         die_cuda(cudaGetLastError(), "cudaMemcpy");
     n_checks++;
     size_t i = 0;
@@ -221,14 +438,15 @@ static void check_same_values(const char *what, const void *d, const void *h, si
     free(got);
 }
 
-/* Two device buffers must hold the same bits; pair names them ("two runs",
- * "vector and scalar paths"). */
-static void check_bits_pair(const char *what, const float *d1, const float *d2, size_t n,
-                            const char *pair)
+/* Two device arrays of n dt elements must hold the same bits; pair names
+ * them ("two runs", "vector and scalar paths"). */
+static void check_bits_pair(const char *what, const void *d1, const void *d2, size_t n,
+                            zinc_dtype dt, const char *pair)
 {
-    float *a = fetch(d1, n), *b = fetch(d2, n);
+    const size_t bytes = n * zinc_dtype_size(dt);
+    void *a = fetch_bytes(d1, bytes), *b = fetch_bytes(d2, bytes);
     n_checks++;
-    if (memcmp(a, b, n * sizeof *a) != 0) {
+    if (memcmp(a, b, bytes) != 0) {
         n_fail++;
         printf("FAIL  %-40s %s differ\n", what, pair);
     } else {
@@ -239,16 +457,70 @@ static void check_bits_pair(const char *what, const float *d1, const float *d2, 
 }
 
 /* Two runs of an op must give the same bits (determinism). */
-static void check_same_bits(const char *what, const float *d1, const float *d2, size_t n)
+static void check_same_bits(const char *what, const void *d1, const void *d2, size_t n,
+                            zinc_dtype dt)
 {
-    check_bits_pair(what, d1, d2, n, "two runs");
+    check_bits_pair(what, d1, d2, n, dt, "two runs");
 }
 
-#define TOL_EW 1e-5, 1e-6
-/* products: fp32 table 1e-4; the bf16 table (bf16 operands) 2e-2 of max|cpu| */
-static double tol_red_r = 1e-4, tol_red_a = 1e-4;
+/* The vectorized and the scalar access path must give the same bits. */
+static void check_same_dev(const char *what, const void *d1, const void *d2, size_t n,
+                           zinc_dtype dt)
+{
+    check_bits_pair(what, d1, d2, n, dt, "vector and scalar paths");
+}
+
+/* Tolerances (rtol, atol relative to max|ref|) of the table under test; see
+ * the top of the file. use_table sets them. */
+static double tol_ew_r, tol_ew_a, tol_red_r, tol_red_a, tol_att_r, tol_att_a;
+#define TOL_EW tol_ew_r, tol_ew_a
 #define TOL_RED tol_red_r, tol_red_a
-#define TOL_ATT 1e-5, 1e-5
+#define TOL_ATT tol_att_r, tol_att_a
+
+/* Makes t the table under test and ref its reference. */
+static void use_table(const zinc_ops *t, const zinc_ops *ref)
+{
+    gpu = t;
+    cpu = ref;
+    act = t->act;
+    if (act == ZINC_DTYPE_BF16) {
+        tol_ew_r = tol_red_r = tol_att_r = 0.0;
+        tol_ew_a = tol_red_a = tol_att_a = 2e-2;
+    } else {
+        tol_ew_r = 1e-5;
+        tol_ew_a = 1e-6;
+        tol_red_r = tol_red_a = 1e-4;
+        tol_att_r = tol_att_a = 1e-5;
+    }
+}
+
+/* A device buffer of n floats filled with NaN (all bits set): an op that
+ * leaves any element of its output unwritten fails the comparisons. */
+static float *dpoison(size_t n)
+{
+    float *d = NULL;
+    cudaError_t e = cudaMalloc(&d, (n ? n : 1) * sizeof *d);
+    if (e != cudaSuccess)
+        die_cuda(e, "cudaMalloc");
+    if ((e = cudaMemset(d, 0xff, (n ? n : 1) * sizeof *d)) != cudaSuccess)
+        die_cuda(e, "cudaMemset");
+    return d;
+}
+
+static void dpoison_again(float *d, size_t n)
+{
+    const cudaError_t e = cudaMemset(d, 0xff, (n ? n : 1) * sizeof *d);
+    if (e != cudaSuccess)
+        die_cuda(e, "cudaMemset");
+}
+
+/* Host buffer of n fp32 NaN. */
+static float *hpoison(size_t n)
+{
+    float *x = (float *)malloc((n ? n : 1) * sizeof *x);
+    memset(x, 0xff, n * sizeof *x);
+    return x;
+}
 
 /* ---------- ops ---------- */
 
@@ -286,24 +558,32 @@ static void test_matmul(void)
     test_matmul_case(8, 9, 0, 0, 0, 1.0f, 0.5f, 0);    /* empty product: c = beta c */
 }
 
+/* Linear forward and backward. Gradients start at about their own scale
+ * (a sum of K products of two U(-1,1) has deviation sqrt(K)/3; of K U(-1,1),
+ * sqrt(K/3)). bias_pad: the bias one float off its allocation. */
 static void test_linear_case(int N, int C, int OC, int with_bias, size_t bias_pad)
 {
     char name[96];
     const size_t nin = (size_t)N * C, nw = (size_t)C * OC, nout = (size_t)N * OC;
-    float *inp = hrand(nin, -1, 1), *w = hrand(nw, -1, 1), *bias = hrand(OC, -1, 1);
-    float *out = hrand(nout, -1, 1), *dout = hrand(nout, -1, 1);
-    float *dinp = hrand(nin, -1, 1), *dw = hrand(nw, -1, 1), *db = hrand(OC, -1, 1);
-    float *d_inp = dcopy(inp, nin), *d_w = dcopy(w, nw), *d_bias = dcopy_pad(bias, OC, bias_pad);
-    float *d_out = dcopy(out, nout), *d_dout = dcopy(dout, nout);
-    float *d_dinp = dcopy(dinp, nin), *d_dw = dcopy(dw, nw), *d_db = dcopy(db, OC);
-    float *d_dinp2 = dcopy(dinp, nin), *d_dw2 = dcopy(dw, nw), *d_db2 = dcopy(db, OC);
+    const float s_dinp = sqrtf((float)OC) / 3, s_dw = sqrtf((float)N) / 3;
+    const float s_db = sqrtf(N / 3.0f);
+    void *inp = hact(nin, -1, 1), *dout = hact(nout, -1, 1), *out = hact_poison(nout);
+    void *dinp = hact(nin, -s_dinp, s_dinp), *dinp0 = hact_copy(dinp, nin);
+    float *w = hparam(nw, -1, 1), *bias = hparam(OC, -1, 1);
+    float *dw = hrand(nw, -s_dw, s_dw), *db = hrand(OC, -s_db, s_db);
+    float *dw0 = hcopy(dw, nw), *db0 = hcopy(db, OC);
+    void *d_inp = dact(inp, nin), *d_out = dact_poison(nout), *d_dout = dact(dout, nout);
+    void *d_dinp = dact(dinp, nin), *d_dinp2 = dact(dinp, nin);
+    float *d_w = dcopy(w, nw), *d_bias = dcopy_pad(bias, OC, bias_pad);
+    float *d_dw = dcopy(dw, nw), *d_db = dcopy(db, OC);
+    float *d_dw2 = dcopy(dw, nw), *d_db2 = dcopy(db, OC);
     const char *tag = !with_bias ? "no bias" : bias_pad ? "unaligned bias" : "bias";
 
     cpu->linear_forward(out, inp, w, with_bias ? bias : NULL, N, C, OC);
     gpu->linear_forward(d_out, d_inp, d_w, with_bias ? d_bias : NULL, N, C, OC);
     snprintf(name, sizeof name, "linear_forward %s", tag);
     check_status(name);
-    check_close(name, d_out, out, nout, TOL_RED);
+    check_close_act(name, d_out, out, nout, TOL_RED);
 
     cpu->linear_backward(dinp, dw, with_bias ? db : NULL, dout, inp, w, N, C, OC);
     gpu->linear_backward(d_dinp, d_dw, with_bias ? d_db : NULL, d_dout, d_inp, d_w, N, C, OC);
@@ -311,38 +591,46 @@ static void test_linear_case(int N, int C, int OC, int with_bias, size_t bias_pa
     snprintf(name, sizeof name, "linear_backward %s", tag);
     check_status(name);
     snprintf(name, sizeof name, "linear_backward dinp (%s)", tag);
-    check_close(name, d_dinp, dinp, nin, TOL_RED);
+    check_acc_act(name, d_dinp, dinp, dinp0, nin, TOL_RED);
     snprintf(name, sizeof name, "linear_backward dweight (%s)", tag);
-    check_close(name, d_dw, dw, nw, TOL_RED);
+    check_acc(name, d_dw, dw, dw0, nw, TOL_RED);
     if (with_bias) {
-        check_close("linear_backward dbias", d_db, db, OC, TOL_RED);
-        check_same_bits("linear_backward dbias", d_db, d_db2, OC);
+        snprintf(name, sizeof name, "linear_backward dbias (%s)", tag);
+        check_acc(name, d_db, db, db0, OC, TOL_RED);
+        check_same_bits(name, d_db, d_db2, OC, ZINC_DTYPE_F32);
     }
-    /* dinp and dbias may be NULL: dweight alone accumulates again */
-    cpu->linear_backward(NULL, dw, NULL, dout, inp, w, N, C, OC);
-    gpu->linear_backward(NULL, d_dw, NULL, d_dout, d_inp, d_w, N, C, OC);
-    check_status("linear_backward NULL dinp, dbias");
-    check_close("linear_backward dweight, NULL dinp/dbias", d_dw, dw, nw, TOL_RED);
+    /* dinp may be NULL (and dbias, without a bias): the rest accumulates again */
+    cpu->linear_backward(NULL, dw, with_bias ? db : NULL, dout, inp, w, N, C, OC);
+    gpu->linear_backward(NULL, d_dw, with_bias ? d_db : NULL, d_dout, d_inp, d_w, N, C, OC);
+    snprintf(name, sizeof name, "linear_backward NULL dinp%s", with_bias ? "" : ", dbias");
+    check_status(name);
+    snprintf(name, sizeof name, "linear_backward dweight, NULL dinp%s", with_bias ? "" : "/dbias");
+    check_close(name, d_dw, dw, nw, TOL_RED);
+    if (with_bias)
+        check_close("linear_backward dbias, NULL dinp", d_db, db, OC, TOL_RED);
 
     cudaFree(d_inp);
-    cudaFree(d_w);
-    dfree_pad(d_bias, bias_pad);
     cudaFree(d_out);
     cudaFree(d_dout);
     cudaFree(d_dinp);
+    cudaFree(d_dinp2);
+    cudaFree(d_w);
+    dfree_pad(d_bias, bias_pad);
     cudaFree(d_dw);
     cudaFree(d_db);
-    cudaFree(d_dinp2);
     cudaFree(d_dw2);
     cudaFree(d_db2);
     free(inp);
+    free(dout);
+    free(out);
+    free(dinp);
+    free(dinp0);
     free(w);
     free(bias);
-    free(out);
-    free(dout);
-    free(dinp);
     free(dw);
     free(db);
+    free(dw0);
+    free(db0);
 }
 
 static void test_linear(void)
@@ -353,6 +641,71 @@ static void test_linear(void)
     test_linear_case(300, 96, 160, 1, 0); /* dbias over several row chunks */
 }
 
+/* The tied LM head: logits = inp @ wte^T, and its backward (dinp may be
+ * NULL). Gradient start scales as in test_linear_case. */
+static void test_head_case(int N, int C, int V)
+{
+    char name[96];
+    const size_t nin = (size_t)N * C, nw = (size_t)V * C, nl = (size_t)N * V;
+    const float s_dinp = sqrtf((float)V) / 3, s_dw = sqrtf((float)N) / 3;
+    void *inp = hact(nin, -1, 1), *dlogits = hact(nl, -1, 1), *logits = hact_poison(nl);
+    void *dinp = hact(nin, -s_dinp, s_dinp), *dinp0 = hact_copy(dinp, nin);
+    float *wte = hparam(nw, -1, 1), *dwte = hrand(nw, -s_dw, s_dw), *dwte0 = hcopy(dwte, nw);
+    void *d_inp = dact(inp, nin), *d_dlogits = dact(dlogits, nl), *d_logits = dact_poison(nl);
+    void *d_dinp = dact(dinp, nin), *d_dinp2 = dact(dinp, nin);
+    float *d_wte = dcopy(wte, nw), *d_dwte = dcopy(dwte, nw), *d_dwte2 = dcopy(dwte, nw);
+
+    cpu->head_forward(logits, inp, wte, N, C, V);
+    gpu->head_forward(d_logits, d_inp, d_wte, N, C, V);
+    snprintf(name, sizeof name, "head_forward N%d C%d V%d", N, C, V);
+    check_status(name);
+    snprintf(name, sizeof name, "head_forward logits V%d", V);
+    check_close_act(name, d_logits, logits, nl, TOL_RED);
+
+    cpu->head_backward(dinp, dwte, dlogits, inp, wte, N, C, V);
+    gpu->head_backward(d_dinp, d_dwte, d_dlogits, d_inp, d_wte, N, C, V);
+    gpu->head_backward(d_dinp2, d_dwte2, d_dlogits, d_inp, d_wte, N, C, V);
+    snprintf(name, sizeof name, "head_backward N%d C%d V%d", N, C, V);
+    check_status(name);
+    snprintf(name, sizeof name, "head_backward dinp V%d", V);
+    check_acc_act(name, d_dinp, dinp, dinp0, nin, TOL_RED);
+    check_same_bits(name, d_dinp, d_dinp2, nin, act);
+    snprintf(name, sizeof name, "head_backward dwte V%d", V);
+    check_acc(name, d_dwte, dwte, dwte0, nw, TOL_RED);
+    check_same_bits(name, d_dwte, d_dwte2, nw, ZINC_DTYPE_F32);
+
+    /* dinp may be NULL: dwte alone accumulates again */
+    cpu->head_backward(NULL, dwte, dlogits, inp, wte, N, C, V);
+    gpu->head_backward(NULL, d_dwte, d_dlogits, d_inp, d_wte, N, C, V);
+    check_status("head_backward NULL dinp");
+    snprintf(name, sizeof name, "head_backward dwte, NULL dinp V%d", V);
+    check_close(name, d_dwte, dwte, nw, TOL_RED);
+
+    cudaFree(d_inp);
+    cudaFree(d_dlogits);
+    cudaFree(d_logits);
+    cudaFree(d_dinp);
+    cudaFree(d_dinp2);
+    cudaFree(d_wte);
+    cudaFree(d_dwte);
+    cudaFree(d_dwte2);
+    free(inp);
+    free(dlogits);
+    free(logits);
+    free(dinp);
+    free(dinp0);
+    free(wte);
+    free(dwte);
+    free(dwte0);
+}
+
+static void test_head(void)
+{
+    test_head_case(37, 29, 53);
+    test_head_case(200, 64, 1000);
+    test_head_case(8, 768, 50304); /* GPT-2's padded vocabulary */
+}
+
 static void test_embedding(void)
 {
     enum { B = 3, T = 17, C = 40, V = 7, MAXT = 20 };
@@ -360,27 +713,30 @@ static void test_embedding(void)
     int32_t tokens[B * T];
     for (int i = 0; i < B * T; i++)
         tokens[i] = (int32_t)(rng_next() % V); /* many repeats */
-    float *wte = hrand((size_t)V * C, -1, 1), *wpe = hrand((size_t)MAXT * C, -1, 1);
-    float *out = hrand(nout, -1, 1), *dout = hrand(nout, -1, 1);
+    float *wte = hparam((size_t)V * C, -1, 1), *wpe = hparam((size_t)MAXT * C, -1, 1);
+    void *out = hact_poison(nout), *dout = hact(nout, -1, 1);
     float *dwte = hrand((size_t)V * C, -1, 1), *dwpe = hrand((size_t)MAXT * C, -1, 1);
+    float *dwte0 = hcopy(dwte, (size_t)V * C), *dwpe0 = hcopy(dwpe, (size_t)MAXT * C);
     int32_t *d_tok = dcopy_i32(tokens, B * T);
     float *d_wte = dcopy(wte, (size_t)V * C), *d_wpe = dcopy(wpe, (size_t)MAXT * C);
-    float *d_out = dcopy(out, nout), *d_dout = dcopy(dout, nout);
+    void *d_out = dact_poison(nout), *d_dout = dact(dout, nout);
     float *d_dwte = dcopy(dwte, (size_t)V * C), *d_dwpe = dcopy(dwpe, (size_t)MAXT * C);
     float *d_dwte2 = dcopy(dwte, (size_t)V * C), *d_dwpe2 = dcopy(dwpe, (size_t)MAXT * C);
 
     cpu->embedding_forward(out, tokens, wte, wpe, B, T, C);
     gpu->embedding_forward(d_out, d_tok, d_wte, d_wpe, B, T, C);
     check_status("embedding_forward");
-    check_close("embedding_forward", d_out, out, nout, TOL_EW);
+    check_close_act("embedding_forward", d_out, out, nout, TOL_EW);
 
     cpu->embedding_backward(dwte, dwpe, dout, tokens, B, T, C);
     gpu->embedding_backward(d_dwte, d_dwpe, d_dout, d_tok, B, T, C);
     gpu->embedding_backward(d_dwte2, d_dwpe2, d_dout, d_tok, B, T, C);
     check_status("embedding_backward");
-    check_close("embedding_backward dwte", d_dwte, dwte, (size_t)V * C, TOL_EW);
-    check_close("embedding_backward dwpe (rows >= T kept)", d_dwpe, dwpe, (size_t)MAXT * C, TOL_EW);
-    check_same_bits("embedding_backward dwte", d_dwte, d_dwte2, (size_t)V * C);
+    check_acc("embedding_backward dwte", d_dwte, dwte, dwte0, (size_t)V * C, TOL_EW);
+    check_acc("embedding_backward dwpe (rows >= T kept)", d_dwpe, dwpe, dwpe0, (size_t)MAXT * C,
+              TOL_EW);
+    check_same_bits("embedding_backward dwte", d_dwte, d_dwte2, (size_t)V * C, ZINC_DTYPE_F32);
+    check_same_bits("embedding_backward dwpe", d_dwpe, d_dwpe2, (size_t)MAXT * C, ZINC_DTYPE_F32);
 
     cudaFree(d_tok);
     cudaFree(d_wte);
@@ -397,147 +753,155 @@ static void test_embedding(void)
     free(dout);
     free(dwte);
     free(dwpe);
+    free(dwte0);
+    free(dwpe0);
 }
 
 static void test_layernorm(void)
 {
     enum { N = 37, C = 300 };
     const size_t n = (size_t)N * C;
-    float *inp = hrand(n, 2, 4); /* mean far from 0: the two-pass variance matters */
-    float *w = hrand(C, -1, 1), *b = hrand(C, -1, 1), *out = hrand(n, -1, 1);
-    float *mean = hrand(N, -1, 1), *rstd = hrand(N, -1, 1), *dout = hrand(n, -1, 1);
-    float *dinp = hrand(n, -1, 1), *dw = hrand(C, -1, 1), *db = hrand(C, -1, 1);
-    float *d_inp = dcopy(inp, n), *d_w = dcopy(w, C), *d_b = dcopy(b, C), *d_out = dcopy(out, n);
-    float *d_mean = dcopy(mean, N), *d_rstd = dcopy(rstd, N), *d_dout = dcopy(dout, n);
-    float *d_dinp = dcopy(dinp, n), *d_dw = dcopy(dw, C), *d_db = dcopy(db, C);
-    float *d_dinp2 = dcopy(dinp, n), *d_dw2 = dcopy(dw, C), *d_db2 = dcopy(db, C);
+    const float s_dwb = sqrtf(N / 3.0f); /* dweight, dbias: sums of N terms */
+    void *inp = hact(n, 2, 4); /* mean far from 0: the two-pass variance matters */
+    void *out = hact_poison(n), *dout = hact(n, -1, 1);
+    void *dinp = hact(n, -1, 1), *dinp0 = hact_copy(dinp, n);
+    float *w = hparam(C, -1, 1), *b = hparam(C, -1, 1);
+    float *mean = hpoison(N), *rstd = hpoison(N);
+    float *dw = hrand(C, -s_dwb, s_dwb), *db = hrand(C, -s_dwb, s_dwb);
+    float *dw0 = hcopy(dw, C), *db0 = hcopy(db, C);
+    void *d_inp = dact(inp, n), *d_out = dact_poison(n), *d_dout = dact(dout, n);
+    void *d_dinp = dact(dinp, n), *d_dinp2 = dact(dinp, n);
+    float *d_w = dcopy(w, C), *d_b = dcopy(b, C), *d_mean = dpoison(N), *d_rstd = dpoison(N);
+    float *d_dw = dcopy(dw, C), *d_db = dcopy(db, C), *d_dw2 = dcopy(dw, C), *d_db2 = dcopy(db, C);
 
     cpu->layernorm_forward(out, mean, rstd, inp, w, b, N, C);
     gpu->layernorm_forward(d_out, d_mean, d_rstd, d_inp, d_w, d_b, N, C);
     check_status("layernorm_forward");
-    check_close("layernorm_forward out", d_out, out, n, TOL_RED);
+    check_close_act("layernorm_forward out", d_out, out, n, TOL_RED);
     check_close("layernorm_forward mean", d_mean, mean, N, TOL_RED);
     check_close("layernorm_forward rstd", d_rstd, rstd, N, TOL_RED);
 
     /* backward from the CPU's saved statistics, so both sides see the same */
-    cudaMemcpy(d_mean, mean, N * sizeof(float), cudaMemcpyHostToDevice);
-    cudaMemcpy(d_rstd, rstd, N * sizeof(float), cudaMemcpyHostToDevice);
+    h2d(d_mean, mean, N * sizeof(float));
+    h2d(d_rstd, rstd, N * sizeof(float));
     cpu->layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
     gpu->layernorm_backward(d_dinp, d_dw, d_db, d_dout, d_inp, d_w, d_mean, d_rstd, N, C);
     gpu->layernorm_backward(d_dinp2, d_dw2, d_db2, d_dout, d_inp, d_w, d_mean, d_rstd, N, C);
     check_status("layernorm_backward");
-    check_close("layernorm_backward dinp", d_dinp, dinp, n, TOL_RED);
-    check_close("layernorm_backward dweight", d_dw, dw, C, TOL_RED);
-    check_close("layernorm_backward dbias", d_db, db, C, TOL_RED);
-    check_same_bits("layernorm_backward dinp", d_dinp, d_dinp2, n);
-    check_same_bits("layernorm_backward dweight", d_dw, d_dw2, C);
+    check_acc_act("layernorm_backward dinp", d_dinp, dinp, dinp0, n, TOL_RED);
+    check_acc("layernorm_backward dweight", d_dw, dw, dw0, C, TOL_RED);
+    check_acc("layernorm_backward dbias", d_db, db, db0, C, TOL_RED);
+    check_same_bits("layernorm_backward dinp", d_dinp, d_dinp2, n, act);
+    check_same_bits("layernorm_backward dweight", d_dw, d_dw2, C, ZINC_DTYPE_F32);
+    check_same_bits("layernorm_backward dbias", d_db, d_db2, C, ZINC_DTYPE_F32);
 
     cudaFree(d_inp);
-    cudaFree(d_w);
-    cudaFree(d_b);
     cudaFree(d_out);
-    cudaFree(d_mean);
-    cudaFree(d_rstd);
     cudaFree(d_dout);
     cudaFree(d_dinp);
+    cudaFree(d_dinp2);
+    cudaFree(d_w);
+    cudaFree(d_b);
+    cudaFree(d_mean);
+    cudaFree(d_rstd);
     cudaFree(d_dw);
     cudaFree(d_db);
-    cudaFree(d_dinp2);
     cudaFree(d_dw2);
     cudaFree(d_db2);
     free(inp);
-    free(w);
-    free(b);
     free(out);
-    free(mean);
-    free(rstd);
     free(dout);
     free(dinp);
+    free(dinp0);
+    free(w);
+    free(b);
+    free(mean);
+    free(rstd);
     free(dw);
     free(db);
+    free(dw0);
+    free(db0);
 }
 
 static void test_elementwise(void)
 {
     enum { N = 10007 };
-    float *x = hrand(N, -4, 4), *y = hrand(N, -1, 1), *out = hrand(N, -1, 1);
-    float *dinp = hrand(N, -1, 1);
-    float *d_x = dcopy(x, N), *d_y = dcopy(y, N), *d_out = dcopy(out, N), *d_dinp = dcopy(dinp, N);
+    void *x = hact(N, -4, 4), *y = hact(N, -1, 1), *out = hact_poison(N);
+    void *dinp = hact(N, -1, 1), *dinp0 = hact_copy(dinp, N);
+    float *s = hrand(N, -1, 1);
+    void *d_x = dact(x, N), *d_y = dact(y, N), *d_out = dact_poison(N), *d_dinp = dact(dinp, N);
+    float *d_s = dcopy(s, N);
 
     cpu->gelu_forward(out, x, N);
     gpu->gelu_forward(d_out, d_x, N);
     check_status("gelu_forward");
-    check_close("gelu_forward", d_out, out, N, TOL_EW);
+    check_close_act("gelu_forward", d_out, out, N, TOL_EW);
 
     cpu->gelu_backward(dinp, x, y, N);
     gpu->gelu_backward(d_dinp, d_x, d_y, N);
     check_status("gelu_backward");
-    check_close("gelu_backward", d_dinp, dinp, N, TOL_EW);
+    check_acc_act("gelu_backward", d_dinp, dinp, dinp0, N, TOL_EW);
 
+    fill_nan_act(out, N);
+    dact_poison_again(d_out, N);
     cpu->residual_forward(out, x, y, N);
     gpu->residual_forward(d_out, d_x, d_y, N);
     check_status("residual_forward");
-    check_close("residual_forward", d_out, out, N, TOL_EW);
+    check_close_act("residual_forward", d_out, out, N, TOL_EW);
     cpu->residual_forward(x, x, y, N); /* out aliases a */
     gpu->residual_forward(d_x, d_x, d_y, N);
     check_status("residual_forward aliased");
-    check_close("residual_forward out == a", d_x, x, N, TOL_EW);
+    check_close_act("residual_forward out == a", d_x, x, N, TOL_EW);
 
-    cpu->scale(y, 0.37f, N);
-    gpu->scale(d_y, 0.37f, N);
+    cpu->scale(s, 0.37f, N);
+    gpu->scale(d_s, 0.37f, N);
     check_status("scale");
-    check_close("scale", d_y, y, N, TOL_EW);
+    check_close("scale", d_s, s, N, TOL_EW);
 
     cudaFree(d_x);
     cudaFree(d_y);
     cudaFree(d_out);
     cudaFree(d_dinp);
+    cudaFree(d_s);
     free(x);
     free(y);
     free(out);
     free(dinp);
+    free(dinp0);
+    free(s);
 }
 
-/* A device buffer of n floats filled with NaN (all bits set): an op that
- * leaves any element of its output unwritten fails the comparisons. */
-static float *dpoison(size_t n)
+/* Part p (0 q, 1 k, 2 v) of a (rows, 3C) qkv-shaped array: (rows, C). */
+static float *qkv_part(const float *x, size_t rows, int C, int p)
 {
-    float *d = NULL;
-    cudaError_t e = cudaMalloc(&d, (n ? n : 1) * sizeof *d);
-    if (e != cudaSuccess)
-        die_cuda(e, "cudaMalloc");
-    if ((e = cudaMemset(d, 0xff, (n ? n : 1) * sizeof *d)) != cudaSuccess)
-        die_cuda(e, "cudaMemset");
-    return d;
+    const size_t n = rows * (size_t)C;
+    float *y = (float *)malloc((n ? n : 1) * sizeof *y);
+    for (size_t r = 0; r < rows; r++)
+        memcpy(y + r * C, x + (r * 3 + p) * C, (size_t)C * sizeof *y);
+    return y;
 }
 
-static void dpoison_again(float *d, size_t n)
-{
-    const cudaError_t e = cudaMemset(d, 0xff, (n ? n : 1) * sizeof *d);
-    if (e != cudaSuccess)
-        die_cuda(e, "cudaMemset");
-}
-
-/* Flash attention, CUDA vs CPU, both fp32 with exact arithmetic: out, lse
- * and dqkv within 1e-5 (relative, plus 1e-5 x max|cpu| for elements that
- * cancel). Outputs and scratch are NaN-poisoned before every run; forward
- * and backward each run twice and must agree bitwise. The GPU backward
- * starts from the GPU forward's own out and lse (as in training); dqkv
- * starts non-zero (accumulation). */
-static void test_attention_case(int B, int T, int C, int NH)
+/* Flash attention, CUDA vs the reference: out, lse and dqkv (per part: dq,
+ * dk, dv) within the attention tolerance. Outputs and scratch are
+ * NaN-poisoned before every run; forward and backward each run twice and
+ * must agree bitwise. The GPU backward starts from the GPU forward's own
+ * out and lse (as in training); dqkv starts at U(-0.5, 0.5), about the size
+ * of dv (|dv| <= ~2, |dq|, |dk| <= ~0.5 for these inputs). pad: qkv and
+ * dout one element off their allocation (the scalar tile loads). */
+static void test_attention_case(int B, int T, int C, int NH, size_t pad)
 {
     char name[96];
-    const size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
+    const size_t rows = (size_t)B * T, nqkv = rows * 3 * C, nout = rows * C;
     const size_t nlse = (size_t)B * NH * T;
     const size_t nscr = gpu->attention_scratch_floats(B, T, C, NH);
-    float *qkv = hrand(nqkv, -1, 1), *dout = hrand(nout, -1, 1), *dqkv = hrand(nqkv, -1, 1);
-    float *out = (float *)malloc((nout ? nout : 1) * sizeof(float));
-    float *lse = (float *)malloc((nlse ? nlse : 1) * sizeof(float));
-    float *scratch = (float *)malloc((nlse ? nlse : 1) * sizeof(float));
-    float *d_qkv = dcopy(qkv, nqkv), *d_dout = dcopy(dout, nout);
-    float *d_dqkv = dcopy(dqkv, nqkv), *d_dqkv2 = dcopy(dqkv, nqkv);
-    float *d_out = dpoison(nout), *d_lse = dpoison(nlse), *d_out2 = dpoison(nout);
-    float *d_lse2 = dpoison(nlse), *d_scratch = dpoison(nscr);
+    const char *tag = pad ? " unaligned" : "";
+    void *qkv = hact(nqkv, -1, 1), *dout = hact(nout, -1, 1), *out = hact_poison(nout);
+    void *dqkv = hact(nqkv, -0.5f, 0.5f), *dqkv0 = hact_copy(dqkv, nqkv);
+    float *lse = hpoison(nlse), *scratch = hpoison(nlse);
+    void *d_qkv = dact_pad(qkv, nqkv, pad), *d_dout = dact_pad(dout, nout, pad);
+    void *d_dqkv = dact(dqkv, nqkv), *d_dqkv2 = dact(dqkv, nqkv);
+    void *d_out = dact_poison(nout), *d_out2 = dact_poison(nout);
+    float *d_lse = dpoison(nlse), *d_lse2 = dpoison(nlse), *d_scratch = dpoison(nscr);
 
     n_checks++;
     if (nscr != nlse || cpu->attention_scratch_floats(B, T, C, NH) != nlse) {
@@ -547,139 +911,95 @@ static void test_attention_case(int B, int T, int C, int NH)
     cpu->attention_forward(out, lse, qkv, B, T, C, NH);
     gpu->attention_forward(d_out, d_lse, d_qkv, B, T, C, NH);
     gpu->attention_forward(d_out2, d_lse2, d_qkv, B, T, C, NH);
-    snprintf(name, sizeof name, "attention_forward B%d T%d C%d NH%d", B, T, C, NH);
+    snprintf(name, sizeof name, "attention_forward B%d T%d C%d NH%d%s", B, T, C, NH, tag);
     check_status(name);
-    snprintf(name, sizeof name, "attention_forward out T%d HS%d", T, C / NH);
-    check_close(name, d_out, out, nout, TOL_ATT);
-    check_same_bits(name, d_out, d_out2, nout);
-    snprintf(name, sizeof name, "attention_forward lse T%d HS%d", T, C / NH);
-    check_close(name, d_lse, lse, nlse, TOL_ATT);
-    check_same_bits(name, d_lse, d_lse2, nlse);
+    snprintf(name, sizeof name, "attention_forward out T%d HS%d%s", T, C / NH, tag);
+    check_close_act(name, d_out, out, nout, TOL_ATT);
+    check_same_bits(name, d_out, d_out2, nout, act);
+    snprintf(name, sizeof name, "attention_forward lse T%d HS%d%s", T, C / NH, tag);
+    if (act == ZINC_DTYPE_BF16)
+        check_close_atol(name, d_lse, lse, nlse, 0.0, 2e-2);
+    else
+        check_close(name, d_lse, lse, nlse, TOL_ATT);
+    check_same_bits(name, d_lse, d_lse2, nlse, ZINC_DTYPE_F32);
 
     cpu->attention_backward(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
     gpu->attention_backward(d_dqkv, d_scratch, d_dout, d_qkv, d_out, d_lse, B, T, C, NH);
     dpoison_again(d_scratch, nscr);
     gpu->attention_backward(d_dqkv2, d_scratch, d_dout, d_qkv, d_out, d_lse, B, T, C, NH);
-    snprintf(name, sizeof name, "attention_backward B%d T%d C%d NH%d", B, T, C, NH);
+    snprintf(name, sizeof name, "attention_backward B%d T%d C%d NH%d%s", B, T, C, NH, tag);
     check_status(name);
-    snprintf(name, sizeof name, "attention_backward dqkv T%d HS%d", T, C / NH);
-    check_close(name, d_dqkv, dqkv, nqkv, TOL_ATT);
-    check_same_bits(name, d_dqkv, d_dqkv2, nqkv);
+    {
+        float *got = fetch_act(d_dqkv, nqkv), *ref = widen(dqkv, nqkv), *old = widen(dqkv0, nqkv);
+        for (int p = 0; p < 3; p++) {
+            float *g = qkv_part(got, rows, C, p), *r = qkv_part(ref, rows, C, p);
+            float *o = qkv_part(old, rows, C, p);
+            snprintf(name, sizeof name, "attention_backward d%c T%d HS%d%s", "qkv"[p], T, C / NH,
+                     tag);
+            compare(name, g, r, nout, tol_att_r, tol_att_a * maxabs(r, nout));
+            check_old_matters(name, o, r, nout, TOL_ATT);
+            free(g);
+            free(r);
+            free(o);
+        }
+        free(got);
+        free(ref);
+        free(old);
+    }
+    snprintf(name, sizeof name, "attention_backward dqkv T%d HS%d%s", T, C / NH, tag);
+    check_same_bits(name, d_dqkv, d_dqkv2, nqkv, act);
 
-    cudaFree(d_qkv);
-    cudaFree(d_dout);
+    dfree_act(d_qkv, pad);
+    dfree_act(d_dout, pad);
     cudaFree(d_dqkv);
     cudaFree(d_dqkv2);
     cudaFree(d_out);
-    cudaFree(d_lse);
     cudaFree(d_out2);
+    cudaFree(d_lse);
     cudaFree(d_lse2);
     cudaFree(d_scratch);
     free(qkv);
     free(dout);
-    free(dqkv);
     free(out);
+    free(dqkv);
+    free(dqkv0);
     free(lse);
     free(scratch);
 }
 
+/* The fp32 table: exact fp32 kernels at every head size. */
 static void test_attention(void)
 {
-    test_attention_case(2, 1024, 768, 12); /* GPT-2 124M: HS 64, 16 x 16 tiles */
-    test_attention_case(1, 130, 128, 2);   /* HS 64, 3 x 3 tiles, ragged last (2 rows) */
-    test_attention_case(2, 67, 96, 3);     /* HS 32 (zero-padded to 64) */
-    test_attention_case(2, 5, 12, 4);      /* HS 3, T below one tile */
-    test_attention_case(1, 1, 16, 2);      /* T 1, HS 8 */
-    test_attention_case(3, 70, 40, 5);     /* HS 8, B 3 */
-    test_attention_case(2, 200, 256, 2);   /* HS 128, the largest */
-    test_attention_case(1, 77, 200, 2);    /* HS 100: the 128 kernels, ragged columns */
+    test_attention_case(2, 1024, 768, 12, 0); /* GPT-2 124M: HS 64, 16 x 16 tiles */
+    test_attention_case(1, 130, 128, 2, 0);   /* HS 64, 3 x 3 tiles, ragged last (2 rows) */
+    test_attention_case(2, 67, 96, 3, 0);     /* HS 32 (zero-padded to 64) */
+    test_attention_case(2, 5, 12, 4, 0);      /* HS 3, T below one tile */
+    test_attention_case(1, 1, 16, 2, 0);      /* T 1, HS 8 */
+    test_attention_case(3, 70, 40, 5, 0);     /* HS 8, B 3 */
+    test_attention_case(2, 200, 256, 2, 0);   /* HS 128, the largest */
+    test_attention_case(1, 77, 200, 2, 0);    /* HS 100: the 128 kernels, ragged columns */
 }
 
-/* The bf16 table's attention (tensor cores, bf16 operands; the exact fp32
- * kernels when HS != 64) vs the CPU op: out and dqkv within 2e-2 x max|cpu|,
- * lse within 2e-2 absolute (bf16 rounds operands, P and dS to 2^-9
- * relative). Outputs and scratch NaN-poisoned; both passes run twice and
- * must agree bitwise. dqkv starts small and non-zero (accumulation is
- * checked without the start values hiding the gradient). pad: qkv and dout
- * one float off 16-byte alignment (the scalar tile loads). */
-static void test_attention_bf16_case(int B, int T, int C, int NH, size_t pad)
-{
-    char name[96];
-    const size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
-    const size_t nlse = (size_t)B * NH * T;
-    const size_t nscr = gpu_bf16->attention_scratch_floats(B, T, C, NH);
-    const char *tag = pad ? " unaligned" : "";
-    float *qkv = hrand(nqkv, -1, 1), *dout = hrand(nout, -1, 1);
-    float *dqkv = hrand(nqkv, -0.1f, 0.1f);
-    float *out = (float *)malloc((nout ? nout : 1) * sizeof(float));
-    float *lse = (float *)malloc((nlse ? nlse : 1) * sizeof(float));
-    float *scratch = (float *)malloc((nlse ? nlse : 1) * sizeof(float));
-    float *d_qkv = dcopy_pad(qkv, nqkv, pad), *d_dout = dcopy_pad(dout, nout, pad);
-    float *d_dqkv = dcopy(dqkv, nqkv), *d_dqkv2 = dcopy(dqkv, nqkv);
-    float *d_out = dpoison(nout), *d_lse = dpoison(nlse), *d_out2 = dpoison(nout);
-    float *d_lse2 = dpoison(nlse), *d_scratch = dpoison(nscr);
-
-    n_checks++;
-    if (nscr != nlse) {
-        n_fail++;
-        printf("FAIL  bf16 attention_scratch_floats: %zu, want B*NH*T = %zu\n", nscr, nlse);
-    }
-    cpu->attention_forward(out, lse, qkv, B, T, C, NH);
-    gpu_bf16->attention_forward(d_out, d_lse, d_qkv, B, T, C, NH);
-    gpu_bf16->attention_forward(d_out2, d_lse2, d_qkv, B, T, C, NH);
-    snprintf(name, sizeof name, "bf16 attention_forward B%d T%d C%d NH%d%s", B, T, C, NH, tag);
-    check_status(name);
-    snprintf(name, sizeof name, "bf16 attention out T%d HS%d%s", T, C / NH, tag);
-    check_close(name, d_out, out, nout, 0.0, 2e-2);
-    check_same_bits(name, d_out, d_out2, nout);
-    snprintf(name, sizeof name, "bf16 attention lse T%d HS%d%s", T, C / NH, tag);
-    check_close_atol(name, d_lse, lse, nlse, 0.0, 2e-2);
-    check_same_bits(name, d_lse, d_lse2, nlse);
-
-    cpu->attention_backward(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
-    gpu_bf16->attention_backward(d_dqkv, d_scratch, d_dout, d_qkv, d_out, d_lse, B, T, C, NH);
-    dpoison_again(d_scratch, nscr);
-    gpu_bf16->attention_backward(d_dqkv2, d_scratch, d_dout, d_qkv, d_out, d_lse, B, T, C, NH);
-    snprintf(name, sizeof name, "bf16 attention_backward B%d T%d C%d NH%d%s", B, T, C, NH, tag);
-    check_status(name);
-    snprintf(name, sizeof name, "bf16 attention dqkv T%d HS%d%s", T, C / NH, tag);
-    check_close(name, d_dqkv, dqkv, nqkv, 0.0, 2e-2);
-    check_same_bits(name, d_dqkv, d_dqkv2, nqkv);
-
-    dfree_pad(d_qkv, pad);
-    dfree_pad(d_dout, pad);
-    cudaFree(d_dqkv);
-    cudaFree(d_dqkv2);
-    cudaFree(d_out);
-    cudaFree(d_lse);
-    cudaFree(d_out2);
-    cudaFree(d_lse2);
-    cudaFree(d_scratch);
-    free(qkv);
-    free(dout);
-    free(dqkv);
-    free(out);
-    free(lse);
-    free(scratch);
-}
-
+/* The bf16 table: tensor cores at HS 64, the fallback kernels otherwise. */
 static void test_attention_bf16(void)
 {
-    test_attention_bf16_case(2, 1024, 768, 12, 0); /* GPT-2 124M: HS 64, 16 x 16 tiles */
-    test_attention_bf16_case(1, 130, 128, 2, 0);   /* 3 x 3 tiles, ragged last (2 rows) */
-    test_attention_bf16_case(2, 67, 192, 3, 0);    /* ragged, 3 heads */
-    test_attention_bf16_case(2, 67, 192, 3, 1);    /* scalar (unaligned) tile loads */
-    test_attention_bf16_case(2, 5, 128, 2, 0);     /* T below one tile */
-    test_attention_bf16_case(1, 1, 64, 1, 0);      /* T 1 */
-    test_attention_bf16_case(1, 77, 200, 2, 0);    /* HS 100: the fp32 fallback */
+    test_attention_case(2, 1024, 768, 12, 0); /* GPT-2 124M: HS 64, 16 x 16 tiles */
+    test_attention_case(1, 130, 128, 2, 0);   /* 3 x 3 tiles, ragged last (2 rows) */
+    test_attention_case(2, 67, 192, 3, 0);    /* ragged, 3 heads */
+    test_attention_case(2, 67, 192, 3, 1);    /* scalar (unaligned) tile loads */
+    test_attention_case(2, 5, 128, 2, 0);     /* T below one tile */
+    test_attention_case(1, 1, 64, 1, 0);      /* T 1 */
+    test_attention_case(2, 67, 96, 3, 0);     /* HS 32: the fallback */
+    test_attention_case(1, 70, 96, 2, 1);     /* HS 48: the fallback, unaligned */
+    test_attention_case(1, 77, 200, 2, 0);    /* HS 100: the fallback */
     /* the tensor-core tiling: 128-row own tiles, 64-row walked tiles */
-    test_attention_bf16_case(1, 1024, 128, 2, 0); /* 8 query / key tiles of 128 */
-    test_attention_bf16_case(1, 2048, 128, 2, 0); /* 16 tiles, 32 walked steps */
-    test_attention_bf16_case(1, 129, 128, 2, 0);  /* one row into the second tile */
-    test_attention_bf16_case(1, 193, 128, 2, 0);  /* 65 rows into the second tile */
-    test_attention_bf16_case(1, 193, 128, 2, 1);  /* the same, scalar loads */
-    test_attention_bf16_case(1, 64, 128, 2, 0);   /* one walked tile, half a block */
-    test_attention_bf16_case(1, 16, 128, 2, 0);   /* one warp's rows */
+    test_attention_case(1, 1024, 128, 2, 0); /* 8 query / key tiles of 128 */
+    test_attention_case(1, 2048, 128, 2, 0); /* 16 tiles, 32 walked steps */
+    test_attention_case(1, 129, 128, 2, 0);  /* one row into the second tile */
+    test_attention_case(1, 193, 128, 2, 0);  /* 65 rows into the second tile */
+    test_attention_case(1, 193, 128, 2, 1);  /* the same, scalar loads */
+    test_attention_case(1, 64, 128, 2, 0);   /* one walked tile, half a block */
+    test_attention_case(1, 16, 128, 2, 0);   /* one warp's rows */
 }
 
 /* Milliseconds per call of one table's attention forward and backward at
@@ -690,12 +1010,15 @@ static void time_attention(const zinc_ops *t)
     enum { B = 16, T = 1024, C = 768, NH = 12, REPS = 20 };
     const size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C;
     const size_t nlse = (size_t)B * NH * T;
-    float *qkv = hrand(nqkv, -1, 1), *dout = hrand(nout, -1, 1);
-    float *d_qkv = dcopy(qkv, nqkv), *d_dout = dcopy(dout, nout), *d_dqkv = dpoison(nqkv);
-    float *d_out = dpoison(nout), *d_lse = dpoison(nlse), *d_scr = dpoison(nlse);
+    const zinc_dtype act_was = act;
+    act = t->act;
+    void *qkv = hact(nqkv, -1, 1), *dout = hact(nout, -1, 1);
+    void *d_qkv = dact(qkv, nqkv), *d_dout = dact(dout, nout), *d_dqkv = dact_poison(nqkv);
+    void *d_out = dact_poison(nout);
+    float *d_lse = dpoison(nlse), *d_scr = dpoison(nlse);
     cudaEvent_t e0, e1, e2;
     float ms_f = 0, ms_b = 0;
-    cudaMemset(d_dqkv, 0, nqkv * sizeof(float));
+    cudaMemset(d_dqkv, 0, nqkv * act_size());
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
     cudaEventCreate(&e2);
@@ -727,6 +1050,7 @@ static void time_attention(const zinc_ops *t)
     cudaFree(d_scr);
     free(qkv);
     free(dout);
+    act = act_was;
 }
 
 static void test_softmax_xent_case(int N, int V)
@@ -737,29 +1061,33 @@ static void test_softmax_xent_case(int N, int V)
     for (int i = 0; i < N; i++)
         tgt[i] = (int32_t)(rng_next() % V);
     tgt[N / 2] = -1; /* ignored row */
-    float *logits = hrand(n, -4, 4), *losses = hrand(N, -1, 1);
-    logits[0] = 30.0f; /* a dominant logit */
-    float *d_logits = dcopy(logits, n), *d_logits2 = dcopy(logits, n);
-    float *d_losses = dcopy(losses, N);
+    float *l32 = hrand(n, -4, 4), *losses = hpoison(N);
+    l32[0] = 30.0f; /* a dominant logit */
+    void *logits = hact_of(l32, n);
+    void *d_logits = dact(logits, n), *d_logits2 = dact(logits, n);
+    float *d_losses = dpoison(N), *d_losses2 = dpoison(N);
     int32_t *d_tgt = dcopy_i32(tgt, N);
     const float dloss = 1.0f / (float)N;
 
     cpu->softmax_xent(losses, logits, tgt, dloss, N, V);
     gpu->softmax_xent(d_losses, d_logits, d_tgt, dloss, N, V);
-    gpu->softmax_xent(d_losses, d_logits2, d_tgt, dloss, N, V);
+    gpu->softmax_xent(d_losses2, d_logits2, d_tgt, dloss, N, V);
     snprintf(name, sizeof name, "softmax_xent N%d V%d", N, V);
     check_status(name);
     snprintf(name, sizeof name, "softmax_xent losses V%d", V);
     check_close(name, d_losses, losses, N, TOL_RED);
+    check_same_bits(name, d_losses, d_losses2, N, ZINC_DTYPE_F32);
     snprintf(name, sizeof name, "softmax_xent dlogits V%d", V);
-    check_close(name, d_logits, logits, n, TOL_RED);
-    check_same_bits(name, d_logits, d_logits2, n);
+    check_close_act(name, d_logits, logits, n, TOL_RED);
+    check_same_bits(name, d_logits, d_logits2, n, act);
 
     cudaFree(d_logits);
     cudaFree(d_logits2);
     cudaFree(d_losses);
+    cudaFree(d_losses2);
     cudaFree(d_tgt);
     free(tgt);
+    free(l32);
     free(logits);
     free(losses);
 }
@@ -769,7 +1097,7 @@ static void test_softmax_xent(void)
     test_softmax_xent_case(9, 1000);
     test_softmax_xent_case(3, 50257); /* GPT-2's vocabulary */
     test_softmax_xent_case(4, 7);     /* fewer columns than threads */
-    test_softmax_xent_case(3, 50304); /* padded vocabulary: 4-wide gradient */
+    test_softmax_xent_case(3, 50304); /* padded vocabulary: vector-wide gradient */
 }
 
 static void test_adamw(void)
@@ -885,27 +1213,67 @@ static void test_memory_ops(void)
 /* vectorized elementwise paths                                        */
 /* ------------------------------------------------------------------ */
 
-/* The vectorized and the scalar access path must give the same bits. */
-static void check_same_dev(const char *what, const float *d1, const float *d2, size_t n)
+/* The elementwise ops take 16-byte accesses on groups of elements (four
+ * fp32, eight bf16) and single elements before and after. n elements;
+ * operand k sits off[k] elements past a 256-byte boundary: equal offsets
+ * give a scalar head before the groups, unequal ones make the whole op
+ * scalar. The act ops: residual must equal the reference bitwise (one fp32
+ * add, rounded once); GELU (not bitwise against the CPU) within tolerance,
+ * and bitwise equal to the GPU's all-scalar result (an operand one element
+ * off). */
+static void test_act_paths_case(size_t n, const size_t off[3])
 {
-    check_bits_pair(what, d1, d2, n, "vector and scalar paths");
-}
-
-static void h2d(void *d, const void *h, size_t bytes)
-{
-    const cudaError_t e = cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice);
+    const size_t es = act_size(), slot = ((n + 8) * 4 + 255) / 256 * 256;
+    char name[96], tag[48], *arena = NULL;
+    cudaError_t e = cudaMalloc(&arena, 4 * slot);
     if (e != cudaSuccess)
-        die_cuda(e, "cudaMemcpy to device");
+        die_cuda(e, "cudaMalloc");
+    snprintf(tag, sizeof tag, "n=%zu off %zu,%zu,%zu", n, off[0], off[1], off[2]);
+    void *x = hact(n, -4, 4), *y = hact(n, -1, 1), *z = hact(n, -1, 1), *ref = hact_poison(n);
+    char *d0 = arena + off[0] * es, *d1 = arena + slot + off[1] * es;
+    char *d2 = arena + 2 * slot + off[2] * es;
+    char *ds = arena + 3 * slot + (off[1] + 1) * es; /* never aligned with d1 */
+
+    h2d(d0, ref, n * es); /* NaN */
+    h2d(d1, x, n * es);
+    h2d(d2, y, n * es);
+    cpu->residual_forward(ref, x, y, n);
+    gpu->residual_forward(d0, d1, d2, n);
+    snprintf(name, sizeof name, "residual %s", tag);
+    check_status(name);
+    check_same_values(name, d0, ref, n, act);
+
+    fill_nan_act(ref, n);
+    dact_poison_again(d0, n);
+    dact_poison_again(ds, n);
+    cpu->gelu_forward(ref, x, n);
+    gpu->gelu_forward(d0, d1, n);
+    gpu->gelu_forward(ds, d1, n);
+    snprintf(name, sizeof name, "gelu_forward %s", tag);
+    check_status(name);
+    check_close_act(name, d0, ref, n, TOL_EW);
+    check_same_dev(name, d0, ds, n, act);
+    memcpy(ref, z, n * es);
+    h2d(d0, z, n * es);
+    h2d(ds, z, n * es);
+    cpu->gelu_backward(ref, x, y, n);
+    gpu->gelu_backward(d0, d1, d2, n);
+    gpu->gelu_backward(ds, d1, d2, n);
+    snprintf(name, sizeof name, "gelu_backward %s", tag);
+    check_status(name);
+    check_close_act(name, d0, ref, n, TOL_EW);
+    check_same_dev(name, d0, ds, n, act);
+
+    cudaFree(arena);
+    free(x);
+    free(y);
+    free(z);
+    free(ref);
 }
 
-/* The elementwise ops take 16-byte accesses on groups of four elements and
- * single elements before and after. n elements; operand k sits off[k]
- * elements past a 256-byte boundary: equal offsets give a scalar head
- * before the groups, unequal ones make the whole op scalar. Residual, scale
- * and the precision ops must equal the CPU bitwise; GELU (not bitwise
- * against the CPU) within tolerance, and bitwise equal to the GPU's
- * all-scalar result (an operand one element off). */
-static void test_vector_paths_case(size_t n, const size_t off[3])
+/* The same placements for scale and the precision ops (fp32 table), all
+ * bitwise against the CPU. */
+static void test_precision_paths_case(size_t n, const size_t off[3])
 {
     const zinc_dtype dts[3] = {ZINC_DTYPE_F32, ZINC_DTYPE_BF16, ZINC_DTYPE_F16};
     const size_t slot = ((n + 8) * 4 + 255) / 256 * 256;
@@ -914,46 +1282,20 @@ static void test_vector_paths_case(size_t n, const size_t off[3])
     if (e != cudaSuccess)
         die_cuda(e, "cudaMalloc");
     snprintf(tag, sizeof tag, "n=%zu off %zu,%zu,%zu", n, off[0], off[1], off[2]);
-    float *x = hrand(n, -4, 4), *y = hrand(n, -1, 1), *z = hrand(n, -1, 1);
-    float *ref = (float *)malloc(n * 4), *xp = hcopy(x, n);
+    float *x = hrand(n, -4, 4), *ref = hcopy(x, n), *xp = hcopy(x, n);
     void *h1 = malloc(n * 4), *h2 = malloc(n * 4);
     xp[0] = NAN;
     if (n > 2)
         xp[n - 2] = 1e30f; /* overflows f16 */
-    float *d0 = (float *)(arena + 0 * slot) + off[0], *d1 = (float *)(arena + slot) + off[1];
+    float *d0 = (float *)(arena + 0 * slot) + off[0];
     float *d2 = (float *)(arena + 2 * slot) + off[2];
-    float *ds = (float *)(arena + 3 * slot) + off[1] + 1; /* never aligned with d1 */
 
-    h2d(d1, x, n * 4);
-    h2d(d2, y, n * 4);
-    cpu->residual_forward(ref, x, y, n);
-    gpu->residual_forward(d0, d1, d2, n);
-    snprintf(name, sizeof name, "residual %s", tag);
-    check_status(name);
-    check_same_values(name, d0, ref, n, ZINC_DTYPE_F32);
+    h2d(d0, x, n * 4);
     cpu->scale(ref, 0.37f, n);
     gpu->scale(d0, 0.37f, n);
     snprintf(name, sizeof name, "scale %s", tag);
     check_status(name);
     check_same_values(name, d0, ref, n, ZINC_DTYPE_F32);
-
-    cpu->gelu_forward(ref, x, n);
-    gpu->gelu_forward(d0, d1, n);
-    gpu->gelu_forward(ds, d1, n);
-    snprintf(name, sizeof name, "gelu_forward %s", tag);
-    check_status(name);
-    check_close(name, d0, ref, n, TOL_EW);
-    check_same_dev(name, d0, ds, n);
-    memcpy(ref, z, n * 4);
-    h2d(d0, z, n * 4);
-    h2d(ds, z, n * 4);
-    cpu->gelu_backward(ref, x, y, n);
-    gpu->gelu_backward(d0, d1, d2, n);
-    gpu->gelu_backward(ds, d1, d2, n);
-    snprintf(name, sizeof name, "gelu_backward %s", tag);
-    check_status(name);
-    check_close(name, d0, ref, n, TOL_EW);
-    check_same_dev(name, d0, ds, n);
 
     /* precision ops: f32 -> a at d0, a -> b at d1, then b += a */
     h2d(d2, xp, n * 4);
@@ -984,28 +1326,42 @@ static void test_vector_paths_case(size_t n, const size_t off[3])
 
     cudaFree(arena);
     free(x);
-    free(y);
-    free(z);
     free(ref);
     free(xp);
     free(h1);
     free(h2);
 }
 
+/* The act ops' paths on the table under test; the precision ops' on the
+ * fp32 table only. */
 static void test_vector_paths(void)
 {
-    static const size_t offs[][3] = {{0, 0, 0}, {1, 1, 1}, {3, 3, 3}, {1, 0, 2}, {0, 1, 1}, {2, 2, 0}};
-    for (size_t k = 0; k < sizeof offs / sizeof offs[0]; k++)
-        test_vector_paths_case(4099, offs[k]);
-    test_vector_paths_case(1, offs[0]);
-    test_vector_paths_case(3, offs[1]);
-    test_vector_paths_case(6, offs[1]); /* a head of 3, no group, a tail of 3 */
-    test_vector_paths_case(8, offs[2]);
+    static const size_t offs[][3] = {{0, 0, 0}, {1, 1, 1}, {3, 3, 3}, {7, 7, 7},
+                                     {1, 0, 2}, {0, 1, 1}, {2, 2, 0}, {5, 5, 5}};
+    static const struct {
+        size_t n, k;
+    } cases[] = {
+        {1, 0}, {3, 1},
+        {6, 1},  /* fp32: a head of 3, no group, a tail of 3; bf16: all head */
+        {8, 2},  /* fp32: a head of 1, one group, a tail of 3; bf16: 5, none, 3 */
+        {17, 3}, /* off 7: a head of 1, then whole groups (fp32 4, bf16 2), no tail */
+        {21, 7}, /* off 5: a head of 3, groups (fp32 4, bf16 2), a tail of 2 */
+    };
+    for (size_t k = 0; k < sizeof offs / sizeof offs[0]; k++) {
+        test_act_paths_case(4099, offs[k]);
+        if (act == ZINC_DTYPE_F32)
+            test_precision_paths_case(4099, offs[k]);
+    }
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        test_act_paths_case(cases[k].n, offs[cases[k].k]);
+        if (act == ZINC_DTYPE_F32)
+            test_precision_paths_case(cases[k].n, offs[cases[k].k]);
+    }
 }
 
-/* softmax_xent writes the gradient four at a time when V % 4 == 0 and the
- * logits are 16-byte aligned: the same logits one float off (one at a time)
- * must give the same bits. */
+/* softmax_xent writes the gradient a vector at a time when V is a multiple
+ * of the vector width and the logits are 16-byte aligned: the same logits
+ * one element off (one at a time) must give the same bits. */
 static void test_softmax_xent_unaligned(int N, int V)
 {
     char name[96];
@@ -1014,18 +1370,18 @@ static void test_softmax_xent_unaligned(int N, int V)
     for (int i = 0; i < N; i++)
         tgt[i] = (int32_t)(rng_next() % V);
     tgt[N - 1] = -1; /* ignored row */
-    float *logits = hrand(n, -4, 4);
-    float *d_a = dcopy(logits, n), *d_b = dcopy_pad(logits, n, 1);
-    float *l_a = dcopy(logits, N), *l_b = dcopy(logits, N);
+    void *logits = hact(n, -4, 4);
+    void *d_a = dact(logits, n), *d_b = dact_pad(logits, n, 1);
+    float *l_a = dpoison(N), *l_b = dpoison(N);
     int32_t *d_tgt = dcopy_i32(tgt, N);
     gpu->softmax_xent(l_a, d_a, d_tgt, 0.5f, N, V);
     gpu->softmax_xent(l_b, d_b, d_tgt, 0.5f, N, V);
     snprintf(name, sizeof name, "softmax_xent aligned/not N%d V%d", N, V);
     check_status(name);
-    check_same_dev(name, d_a, d_b, n);
-    check_same_dev(name, l_a, l_b, N);
+    check_same_dev(name, d_a, d_b, n, act);
+    check_same_dev(name, l_a, l_b, N, ZINC_DTYPE_F32);
     cudaFree(d_a);
-    dfree_pad(d_b, 1);
+    dfree_act(d_b, 1);
     cudaFree(l_a);
     cudaFree(l_b);
     cudaFree(d_tgt);
@@ -1040,30 +1396,42 @@ static void test_sumsq(void)
     test_sumsq_case(((size_t)1 << 22) + 7);
 }
 
+/* 1 if every op of t is set. */
+static int table_complete(const zinc_ops *t)
+{
+    return t->name && t->matmul && t->linear_forward && t->linear_backward && t->head_forward &&
+           t->head_backward && t->embedding_forward && t->embedding_backward &&
+           t->layernorm_forward && t->layernorm_backward && t->gelu_forward &&
+           t->gelu_backward && t->attention_forward && t->attention_backward &&
+           t->attention_scratch_floats && t->residual_forward && t->softmax_xent && t->adamw &&
+           t->sumsq && t->scale && t->zero && t->copy && t->convert && t->add_into &&
+           t->round_to && t->sum;
+}
+
 int main(void)
 {
     int n_dev = 0;
     cudaError_t e;
-    cpu = zinc_ops_cpu();
-    gpu = zinc_ops_cuda();
+    cpu_f32 = zinc_ops_cpu();
+    cpu_bf16 = zinc_ops_cpu_bf16();
+    gpu_f32 = zinc_ops_cuda();
     gpu_bf16 = zinc_ops_cuda_bf16();
-    printf("test_cuda_ops: CUDA op table vs CPU op table\n");
+    printf("test_cuda_ops: CUDA op tables vs CPU op tables\n");
 
-    /* the table itself needs no device */
-    if (!gpu->name || strcmp(gpu->name, "cuda") != 0 || !gpu->matmul || !gpu->linear_forward ||
-        !gpu->linear_backward || !gpu->embedding_forward || !gpu->embedding_backward ||
-        !gpu->layernorm_forward || !gpu->layernorm_backward || !gpu->gelu_forward ||
-        !gpu->gelu_backward || !gpu->attention_forward || !gpu->attention_backward ||
-        !gpu->attention_scratch_floats ||
-        !gpu->residual_forward || !gpu->softmax_xent || !gpu->adamw || !gpu->sumsq ||
-        !gpu->scale) {
-        printf("FAIL  the CUDA op table is incomplete or misnamed\n");
+    /* the tables themselves need no device */
+    if (!table_complete(gpu_f32) || strcmp(gpu_f32->name, "cuda") != 0 ||
+        gpu_f32->act != ZINC_DTYPE_F32) {
+        printf("FAIL  the CUDA op table is incomplete, misnamed or not act f32\n");
         return 1;
     }
-    if (!gpu_bf16->name || strcmp(gpu_bf16->name, "cuda-bf16") != 0 ||
-        !gpu_bf16->attention_forward || !gpu_bf16->attention_backward ||
-        !gpu_bf16->attention_scratch_floats) {
-        printf("FAIL  the CUDA bf16 op table is misnamed or lacks attention\n");
+    if (!table_complete(gpu_bf16) || strcmp(gpu_bf16->name, "cuda-bf16") != 0 ||
+        gpu_bf16->act != ZINC_DTYPE_BF16) {
+        printf("FAIL  the CUDA bf16 op table is incomplete, misnamed or not act bf16\n");
+        return 1;
+    }
+    if (!table_complete(cpu_bf16) || cpu_f32->act != ZINC_DTYPE_F32 ||
+        cpu_bf16->act != ZINC_DTYPE_BF16) {
+        printf("FAIL  the CPU reference tables are incomplete or of the wrong act dtype\n");
         return 1;
     }
 
@@ -1079,8 +1447,11 @@ int main(void)
             printf("device 0: %s, compute capability %d.%d\n", prop.name, prop.major, prop.minor);
     }
 
+    use_table(gpu_f32, cpu_f32);
+    printf("-- table %s vs %s\n", gpu->name, cpu->name);
     test_matmul();
     test_linear();
+    test_head();
     test_embedding();
     test_layernorm();
     test_elementwise();
@@ -1093,24 +1464,33 @@ int main(void)
     test_softmax_xent_unaligned(5, 1000);
     test_softmax_xent_unaligned(3, 50304);
 
-    /* the bf16 table: products with bf16 operands, within bf16 tolerance */
-    gpu = zinc_ops_cuda_bf16();
-    tol_red_r = 0.0;
-    tol_red_a = 2e-2;
-    printf("-- table %s\n", gpu->name);
+    /* the bf16 table: bf16 activations, within bf16 tolerance */
+    use_table(gpu_bf16, cpu_bf16);
+    printf("-- table %s vs %s\n", gpu->name, cpu->name);
     test_matmul();
-    test_linear();
-    /* products too large to stage at once are split (rows of c, or k) */
+    /* products too large to stage bf16 operand copies at once are split
+     * (rows of c, or k) where the table honours ZINC_CUDA_STAGE_MAX; plain
+     * matmul cases where it does not */
     setenv("ZINC_CUDA_STAGE_MAX", "65536", 1);
     test_matmul_case(300, 64, 260, 0, 0, 1.0f, 0.5f, 0);
     test_matmul_case(300, 64, 260, 0, 1, 1.0f, 0.5f, 0);
     test_matmul_case(300, 64, 260, 1, 0, 1.0f, 0.5f, 0);
-    test_matmul_case(300, 64, 260, 1, 1, 1.0f, 0.5f, 0); /* not splittable: FAST_16BF */
+    test_matmul_case(300, 64, 260, 1, 1, 1.0f, 0.5f, 0);
     unsetenv("ZINC_CUDA_STAGE_MAX");
+    test_linear();
+    test_head();
+    test_embedding();
+    test_layernorm();
+    test_elementwise();
     test_attention_bf16();
-    gpu = zinc_ops_cuda();
+    test_softmax_xent();
+    test_vector_paths();
+    test_softmax_xent_unaligned(5, 1000);
+    test_softmax_xent_unaligned(3, 50304);
+
+    use_table(gpu_f32, cpu_f32);
     if (getenv("ZINC_ATT_TIME")) {
-        time_attention(gpu);
+        time_attention(gpu_f32);
         time_attention(gpu_bf16);
     }
 
