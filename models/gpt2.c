@@ -148,13 +148,13 @@ static size_t block_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
     return block_carve(NULL, NULL, zinc_layer_state(l), B, T, act);
 }
 
-/* The block's scratch. Forward: ln (C), fch (4C), fch_gelu (4C). Backward:
- * dfchg, dfch, fch (4C each; they also hold the recomputed ln and
- * GELU(fch)), dsmall (3C: ln2 + dln2 / datty / dqkv / dln1), dres2 (C), all
- * act per token; then the attention scratch, B NH T fp32 on every device
- * (zinc/ops.h). */
+/* The block's scratch. Forward: ln (C), then GELU(fch) (4C). Backward, act
+ * per token: a (4C: GELU(fch), then the recomputed ln1), b (4C: fch, then
+ * dqkv), dfch (4C), dsmall (2C: the recomputed ln2 | dln2, then datty,
+ * then dln1), dres2 (C); then the attention scratch, B NH T fp32 on every
+ * device (zinc/ops.h). */
 typedef struct block_scratch {
-    void *dfchg, *dfch, *dsmall, *dres2, *fch;
+    void *a, *b, *dfch, *dsmall, *dres2;
     float *att;
 } block_scratch;
 
@@ -164,11 +164,11 @@ static size_t block_scratch_carve(block_scratch *s, void *base, const gpt2_dims 
     size_t BT = (size_t)B * T, C = (size_t)d->C;
     carver k = {base, 0, zinc_dtype_size(act)};
     block_scratch t;
-    t.dfchg = CARVE_ACT(&k, BT * 4 * C);
+    t.a = CARVE_ACT(&k, BT * 4 * C);
+    t.b = CARVE_ACT(&k, BT * 4 * C);
     t.dfch = CARVE_ACT(&k, BT * 4 * C);
-    t.dsmall = CARVE_ACT(&k, BT * 3 * C);
+    t.dsmall = CARVE_ACT(&k, BT * 2 * C);
     t.dres2 = CARVE_ACT(&k, BT * C);
-    t.fch = CARVE_ACT(&k, BT * 4 * C);
     t.att = CARVE_F32(&k, (size_t)B * d->NH * T);
     if (s) *s = t;
     return k.off;
@@ -190,17 +190,15 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
     float *p[12];
     for (int i = 0; i < 12; i++) p[i] = zinc_layer_param(l, i);
 
-    void *ln = c->scratch;                                  /* (BT,C): ln1, then ln2 */
-    void *fch = act_at(ln, (size_t)BT * C, asz);            /* (BT,4C) */
-    void *fch_gelu = act_at(fch, (size_t)BT * 4 * C, asz);  /* (BT,4C) */
+    void *ln = c->scratch;                             /* (BT,C): ln1, then ln2 */
+    void *fch_gelu = act_at(ln, (size_t)BT * C, asz);  /* (BT,4C) */
     o->layernorm_forward(ln, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
     o->linear_forward(a.qkv, ln, p[B_QKVW], p[B_QKVB], BT, C, 3 * C);
     o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, C, d->NH);
     o->linear_forward(a.res2, a.atty, p[B_PRJW], p[B_PRJB], BT, C, C);
     o->residual_forward(a.res2, a.res2, x, (size_t)BT * C);
     o->layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
-    o->linear_forward(fch, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
-    o->gelu_forward(fch_gelu, fch, (size_t)BT * 4 * C);
+    o->linear_gelu_forward(fch_gelu, NULL, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
     o->linear_forward(y, fch_gelu, p[B_FPW], p[B_FPB], BT, 4 * C, C);
     o->residual_forward(y, y, a.res2, (size_t)BT * C);
     return ZINC_OK;
@@ -224,33 +222,29 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
         g[i] = zinc_layer_grad(l, i);
     }
 
-    /* MLP branch: y = res2 + fc_proj(gelu(fc(ln2(res2)))) */
+    /* MLP branch: y = res2 + fc_proj(gelu(fc(ln2(res2)))). Recompute ln2,
+     * fch and GELU(fch); the GELU's backward is fused into c_proj's. */
     o->copy(s.dres2, dy, n * asz);
-    /* recompute ln2 (kept in dsmall until c_fc's backward), fch and GELU(fch)
-     * (in dfch, free until gelu_backward) */
-    void *ln = s.dsmall, *fch_gelu = s.dfch;
+    void *ln = s.dsmall, *fch_gelu = s.a, *fch = s.b;
     o->layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
-    o->linear_forward(s.fch, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
-    o->gelu_forward(fch_gelu, s.fch, (size_t)BT * 4 * C);
-    o->zero(s.dfchg, (size_t)BT * 4 * C * asz);
-    o->linear_backward(s.dfchg, g[B_FPW], g[B_FPB], dy, fch_gelu, p[B_FPW], BT, 4 * C, C);
-    o->zero(s.dfch, (size_t)BT * 4 * C * asz);
-    o->gelu_backward(s.dfch, s.fch, s.dfchg, (size_t)BT * 4 * C);
+    o->linear_gelu_forward(fch_gelu, fch, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
+    o->linear_gelu_backward(s.dfch, g[B_FPW], g[B_FPB], dy, fch_gelu, fch, p[B_FPW], BT, 4 * C,
+                            C);
     void *dln2 = act_at(s.dsmall, n, asz);
     o->zero(dln2, n * asz);
     o->linear_backward(dln2, g[B_FCW], g[B_FCB], s.dfch, ln, p[B_FCW], BT, C, 4 * C);
     o->layernorm_backward(s.dres2, g[B_LN2W], g[B_LN2B], dln2, a.res2, p[B_LN2W], a.ln2_mean,
                           a.ln2_rstd, BT, C);
-    ln = s.dfchg; /* ln1 is recomputed there below: dfchg is dead */
     /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))) */
     o->residual_forward(dx, dx, s.dres2, n);
     void *datty = s.dsmall;
     o->zero(datty, n * asz);
     o->linear_backward(datty, g[B_PRJW], g[B_PRJB], s.dres2, a.atty, p[B_PRJW], BT, C, C);
-    void *dqkv = s.dfch; /* reuse: dfch is dead */
+    void *dqkv = s.b; /* fch is dead */
     o->zero(dqkv, (size_t)BT * 3 * C * asz);
     o->attention_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->B, c->T, C, d->NH);
     void *dln1 = s.dsmall;
+    ln = s.a; /* ln1 is recomputed there: GELU(fch) is dead */
     o->layernorm_forward(ln, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
     o->zero(dln1, n * asz);
     o->linear_backward(dln1, g[B_QKVW], g[B_QKVB], dqkv, ln, p[B_QKVW], BT, C, 3 * C);

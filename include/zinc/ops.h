@@ -50,6 +50,22 @@ typedef struct zinc_ops {
                             const void *dout, const void *inp, const float *weight,
                             int N, int C, int OC);
 
+    /* The MLP's first product with its GELU fused (one pass over the output):
+     * pre(N,OC) act = inp(N,C) act @ weight(C,OC) + bias(OC) (bias may be NULL),
+     * out(N,OC) act = gelu(pre) (a table may take the GELU of pre before or
+     * after rounding pre to act: equal within the act tolerance).
+     * pre may be NULL (not kept: the forward pass needs only out). */
+    void (*linear_gelu_forward)(void *out, void *pre, const void *inp, const float *weight,
+                                const float *bias, int N, int C, int OC);
+    /* Backward of a linear whose input is inp = gelu(pre) (the MLP's second
+     * product), fused with that GELU's backward:
+     * dpre(N,C) act = (dout(N,OC) @ weight^T) * gelu'(pre) -- WRITTEN, not
+     * accumulated (the exception to the rule above: pre has no other use);
+     * dweight(C,OC) += inp^T @ dout; dbias(OC) += sum_rows dout (may be NULL). */
+    void (*linear_gelu_backward)(void *dpre, float *dweight, float *dbias, const void *dout,
+                                 const void *inp, const void *pre, const float *weight, int N,
+                                 int C, int OC);
+
     /* The tied LM head: a linear with its weight stored (out, in), no bias.
      * logits(N,V) act = inp(N,C) act @ wte(V,C)^T. */
     void (*head_forward)(void *logits, const void *inp, const float *wte, int N, int C, int V);

@@ -56,6 +56,11 @@ void cpu_linear_backward(float *dinp, float *dweight, float *dbias, const float 
                          const float *inp, const float *weight, int N, int C, int OC);
 void cpu_gelu_forward(float *out, const float *inp, size_t n);
 void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+void cpu_linear_gelu_forward(float *out, float *pre, const float *inp, const float *weight,
+                             const float *bias, int N, int C, int OC);
+void cpu_linear_gelu_backward(float *dpre, float *dweight, float *dbias, const float *dout,
+                              const float *inp, const float *pre, const float *weight, int N,
+                              int C, int OC);
 void cpu_residual_forward(float *out, const float *a, const float *b, size_t n);
 void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr,
                float beta1, float beta2, float eps, float wd, int t);

@@ -113,21 +113,45 @@ void cpu_gelu_forward(float *out, const float *inp, size_t n)
     }
 }
 
-/* dinp += gelu'(inp) * dout, gelu' from the same tanh form. */
+/* gelu'(x), from the same tanh form. */
+static inline float gelu_grad(float x)
+{
+    const float x2 = x * x;
+    const float u = GELU_SCALE * (x + GELU_CUBE * x2 * x);
+    const float th = cpu_tanhf(u);
+    const float sech2 = 1.0f - th * th;
+    return 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * GELU_CUBE * x2);
+}
+
+/* dinp += gelu'(inp) * dout. */
 void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n)
 {
     assert(dinp && inp && dout);
     #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        const float x = inp[i];
-        const float x2 = x * x;
-        const float u = GELU_SCALE * (x + GELU_CUBE * x2 * x);
-        const float th = cpu_tanhf(u);
-        const float sech2 = 1.0f - th * th;
-        const float g = 0.5f * (1.0f + th) +
-                        0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * GELU_CUBE * x2);
-        dinp[i] += g * dout[i];
-    }
+    for (size_t i = 0; i < n; i++)
+        dinp[i] += gelu_grad(inp[i]) * dout[i];
+}
+
+/* out = gelu(pre) with pre = inp @ weight + bias (kept when pre is not NULL). */
+void cpu_linear_gelu_forward(float *out, float *pre, const float *inp, const float *weight,
+                             const float *bias, int N, int C, int OC)
+{
+    float *p = pre ? pre : out; /* gelu_forward is elementwise: in place is fine */
+    cpu_linear_forward(p, inp, weight, bias, N, C, OC);
+    cpu_gelu_forward(out, p, (size_t)N * OC);
+}
+
+/* dpre = (dout @ weight^T) * gelu'(pre), written; dweight, dbias accumulate. */
+void cpu_linear_gelu_backward(float *dpre, float *dweight, float *dbias, const float *dout,
+                              const float *inp, const float *pre, const float *weight, int N,
+                              int C, int OC)
+{
+    const size_t n = (size_t)N * C;
+    cpu_zero(dpre, n * sizeof(float));
+    cpu_linear_backward(dpre, dweight, dbias, dout, inp, weight, N, C, OC);
+    #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        dpre[i] *= gelu_grad(pre[i]);
 }
 
 /* out = a + b; out may alias a or b (same index only, so no restrict). */

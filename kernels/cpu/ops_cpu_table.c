@@ -30,6 +30,19 @@ static void f32_linear_backward(void *dinp, float *dweight, float *dbias, const 
     cpu_linear_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 
+static void f32_linear_gelu_forward(void *out, void *pre, const void *inp, const float *weight,
+                                    const float *bias, int N, int C, int OC)
+{
+    cpu_linear_gelu_forward(out, pre, inp, weight, bias, N, C, OC);
+}
+
+static void f32_linear_gelu_backward(void *dpre, float *dweight, float *dbias, const void *dout,
+                                     const void *inp, const void *pre, const float *weight,
+                                     int N, int C, int OC)
+{
+    cpu_linear_gelu_backward(dpre, dweight, dbias, dout, inp, pre, weight, N, C, OC);
+}
+
 /* logits(N,V) = inp(N,C) @ wte(V,C)^T */
 static void f32_head_forward(void *logits, const void *inp, const float *wte, int N, int C,
                              int V)
@@ -185,6 +198,40 @@ static void b16_linear_backward(void *dinp, float *dweight, float *dbias, const 
     cpu_linear_backward(di, dweight, dbias, dy, x, weight, N, C, OC);
     if (dinp)
         narrow(dinp, di, (size_t)N * C);
+done:
+    widen_free(&w);
+}
+
+static void b16_linear_gelu_forward(void *out, void *pre, const void *inp, const float *weight,
+                                    const float *bias, int N, int C, int OC)
+{
+    widen w = {0};
+    const size_t n = (size_t)N * OC;
+    float *o, *p, *x;
+    TAKE(o, NULL, n);
+    TAKE(p, NULL, n);
+    TAKE(x, inp, (size_t)N * C);
+    cpu_linear_gelu_forward(o, p, x, weight, bias, N, C, OC);
+    narrow(out, o, n);
+    if (pre)
+        narrow(pre, p, n);
+done:
+    widen_free(&w);
+}
+
+static void b16_linear_gelu_backward(void *dpre, float *dweight, float *dbias, const void *dout,
+                                     const void *inp, const void *pre, const float *weight,
+                                     int N, int C, int OC)
+{
+    widen w = {0};
+    const size_t n = (size_t)N * C;
+    float *dp, *dy, *x, *p;
+    TAKE(dp, NULL, n);
+    TAKE(dy, dout, (size_t)N * OC);
+    TAKE(x, inp, n);
+    TAKE(p, pre, n);
+    cpu_linear_gelu_backward(dp, dweight, dbias, dy, x, p, weight, N, C, OC);
+    narrow(dpre, dp, n);
 done:
     widen_free(&w);
 }
@@ -365,7 +412,8 @@ done:
 
 #define CPU_ACT_OPS(p)                                                                      \
     .linear_forward = p##_linear_forward, .linear_backward = p##_linear_backward,           \
-    .head_forward = p##_head_forward, .head_backward = p##_head_backward,                   \
+    .linear_gelu_forward = p##_linear_gelu_forward,                                         \
+    .linear_gelu_backward = p##_linear_gelu_backward, .head_forward = p##_head_forward, .head_backward = p##_head_backward,                   \
     .embedding_forward = p##_embedding_forward,                                             \
     .embedding_backward = p##_embedding_backward,                                           \
     .layernorm_forward = p##_layernorm_forward,                                             \

@@ -29,7 +29,8 @@
  *    and xor butterflies, whose result is the same in every lane.
  *  - Column sums (bias, layernorm weight/bias gradients) are two-pass: row
  *    chunks whose bounds depend only on N write partials to the scratch
- *    buffer, then one thread per column adds them in chunk order.
+ *    buffer, then they are added in chunk order. layernorm_backward makes
+ *    its partials in the same pass as dinp (dout and inp read once).
  *  - The embedding table gradient is owned per (row bucket, column): the
  *    thread for column c and bucket j walks the tokens in order and adds
  *    only rows v with v % buckets == j, so repeated tokens never race and
@@ -37,10 +38,10 @@
  *  - Attention is flash style (attention_cuda.cu, attention_tc_cuda.cu):
  *    tiled kernels that never write a T x T matrix; forward saves one
  *    log-sum-exp per row.
- *  - softmax_xent: one block per row, an online (max, sum) pass with the sum
- *    in double (as the CPU), then one pass writing the gradient; a bf16 row
- *    (100 KB at V = 50304) waits in shared memory between the passes, so
- *    the logits are read once and written once.
+ *  - softmax_xent: one block per row, three fp32 passes (max, sum of exps,
+ *    gradient) with fixed-order block reductions; a bf16 row (98 KiB at V =
+ *    50304) waits in shared memory between the passes, so the logits are
+ *    read once and written once.
  *  - sumsq: a fixed grid (size from n only) of double partials, then one
  *    block adds them in a fixed tree.
  * Elementwise ops that the CPU writes without FMA (adamw, residual, scale)
@@ -62,6 +63,7 @@
 
 #include <mutex>
 
+#include <cub/device/device_radix_sort.cuh>
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -79,11 +81,14 @@ enum {
     ROW_WARPS = 8,             /* warps (rows) per block of warp-per-row kernels */
     COLSUM_MAX_CHUNKS = 64,    /* row chunks of the two-pass column sums */
     COLSUM_MIN_ROWS = 64,      /* fewest rows per chunk */
-    EMB_BUCKETS = 64,          /* row buckets of the embedding table gradient */
-    EMB_TOK_TILE = 1024,       /* tokens staged in shared memory at a time */
+    EMB_THREADS = 256,         /* threads per token run of the embedding table gradient */
     XENT_BLOCK = 512,          /* threads per row of softmax_xent */
     XENT_STASH_MAX = 112 << 10, /* bytes of a row softmax_xent keeps in shared memory
                                   (two blocks fit an SM: 228 KiB on Hopper) */
+    LN_BWD_KG = 4,             /* most 16-byte groups per lane of the fused layernorm_backward */
+    LN_BWD_MIN_ROWS = 64,      /* fewest rows per block of it */
+    LN_BWD_MAX_BLOCKS = 1024,  /* most blocks (partial column sums) of it */
+    LN_FIN_Y = 16,             /* chunk slices per column of its finishing sums */
     SUMSQ_BLOCK = 256,
     SUMSQ_MAX_BLOCKS = 1024,
     SUMSQ_MIN_PER_BLOCK = 4096,
@@ -127,8 +132,8 @@ extern "C" zinc_status zinc_cuda_last_status(void)
 
 /* What a cuBLASLt algorithm was chosen for. */
 struct algo_key {
-    int m, n, k, ta, tb, bias, ab, cd; /* ab, cd: LT_F32 or LT_BF16 */
-    unsigned al_a, al_b, al_c, al_bias;
+    int m, n, k, ta, tb, epi, bias, ab, cd; /* epi: LT_EPI_*; ab, cd: LT_F32 or LT_BF16 */
+    unsigned al_a, al_b, al_c, al_bias, al_aux;
 };
 
 struct algo_entry {
@@ -580,6 +585,28 @@ struct gelu_bwd_op {
     }
 };
 
+/* d = gelu'(pre) d, in place (the fused linear + GELU backward's fallback). */
+template <class T>
+struct gelu_grad_mul_op {
+    static constexpr int W = ACT_VW(T);
+    T *d;
+    const T *pre;
+    __device__ void one(size_t i) const
+    {
+        act_st(d, i, gelu_bwd1(act_ld(pre, i), act_ld(d, i), 0.0f));
+    }
+    __device__ void vec(size_t i) const
+    {
+        float x[W], g[W];
+        act_ldv(pre + i, x);
+        act_ldv(d + i, g);
+#pragma unroll
+        for (int u = 0; u < W; u++)
+            g[u] = gelu_bwd1(x[u], g[u], 0.0f);
+        act_stv(d + i, g);
+    }
+};
+
 /* out may alias a or b: each element is read before it is written. */
 template <class T>
 struct residual_op {
@@ -735,8 +762,9 @@ static unsigned ptr_align(const void *p)
 static int algo_key_eq(const algo_key *x, const algo_key *y)
 {
     return x->m == y->m && x->n == y->n && x->k == y->k && x->ta == y->ta && x->tb == y->tb &&
-           x->bias == y->bias && x->ab == y->ab && x->cd == y->cd && x->al_a == y->al_a &&
-           x->al_b == y->al_b && x->al_c == y->al_c && x->al_bias == y->al_bias;
+           x->epi == y->epi && x->bias == y->bias && x->ab == y->ab && x->cd == y->cd &&
+           x->al_a == y->al_a && x->al_b == y->al_b && x->al_c == y->al_c &&
+           x->al_bias == y->al_bias && x->al_aux == y->al_aux;
 }
 
 static int algo_cache_find(const algo_key *key, cublasLtMatmulAlgo_t *algo)
@@ -840,7 +868,33 @@ static cudaDataType_t lt_type(int dt)
     return dt == LT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
 }
 
-/* Row-major c(m,n) = alpha op(a) op(b) + beta c [+ bias(n) on every row],
+/* The epilogue of a product (cuBLASLt applies it to the fp32 result before
+ * rounding to c's type). LT_EPI_GELU: c = gelu(p [+ bias]); LT_EPI_GELU_AUX:
+ * the same, and aux (shaped as c) = p [+ bias]; LT_EPI_DGELU: c = p *
+ * gelu'(aux), aux read (beta must be 0). bias: NULL or (n) of c's type. */
+enum { LT_EPI_NONE, LT_EPI_GELU, LT_EPI_GELU_AUX, LT_EPI_DGELU };
+struct lt_epi {
+    int kind;
+    const void *bias;
+    void *aux;
+};
+
+static cublasLtEpilogue_t lt_epilogue(const lt_epi *ep)
+{
+    const int bias = ep && ep->bias;
+    switch (ep ? ep->kind : LT_EPI_NONE) {
+    case LT_EPI_GELU:
+        return bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+    case LT_EPI_GELU_AUX:
+        return bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    case LT_EPI_DGELU:
+        return CUBLASLT_EPILOGUE_DGELU;
+    default:
+        return bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    }
+}
+
+/* Row-major c(m,n) = epilogue(alpha op(a) op(b) + beta c) (ep NULL: none),
  * as column-major c^T(n,m) = op(b)^T op(a)^T: cuBLASLt's A is our b, its B
  * our a. a and b hold ab (LT_F32 / LT_BF16) elements, c and the bias cd;
  * compute and scale types are fp32 (CUBLAS_COMPUTE_32F: no TF32, and a bf16
@@ -849,7 +903,7 @@ static cudaDataType_t lt_type(int dt)
  * Returns 1 when done, 0 when cuBLASLt has no algorithm for these arguments
  * (nothing recorded: the caller may fall back), -1 after recording an error. */
 static int lt_matmul(void *c, const void *a, const void *b, int m, int n, int k, int ta, int tb,
-                     float alpha, float beta, const void *bias, int ab, int cd)
+                     float alpha, float beta, const lt_epi *ep, int ab, int cd)
 {
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
@@ -859,10 +913,14 @@ static int lt_matmul(void *c, const void *a, const void *b, int m, int n, int k,
     cublasStatus_t hs;
     const cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const void *bias = ep ? ep->bias : NULL;
+    void *aux = ep && ep->kind != LT_EPI_GELU ? ep->aux : NULL;
+    const int64_t aux_ld = n;
+    const cublasLtEpilogue_t epi = lt_epilogue(ep);
     const uint64_t ws_bytes = CUDA_LT_WS_BYTES;
-    const algo_key key = {m, n, k, ta, tb, bias != NULL, ab, cd, ptr_align(a), ptr_align(b),
-                          ptr_align(c), bias ? ptr_align(bias) : 0u};
+    const algo_key key = {m, n, k, ta, tb, ep ? ep->kind : LT_EPI_NONE, bias != NULL, ab, cd,
+                          ptr_align(a), ptr_align(b), ptr_align(c),
+                          bias ? ptr_align(bias) : 0u, aux ? ptr_align(aux) : 0u};
     const cudaDataType_t abtype = lt_type(ab), cdtype = lt_type(cd);
     const size_t c_bytes = (size_t)m * n * (cd == LT_BF16 ? 2 : 4);
     /* cuBLASLt's A = our b: stored (k,n) row-major = (n,k) column-major, or
@@ -875,11 +933,17 @@ static int lt_matmul(void *c, const void *a, const void *b, int m, int n, int k,
     CUBLAS_TRY(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-    if (bias) { /* the bias has d's type (cuBLASLt's default for non-fp8 products) */
+    if (epi != CUBLASLT_EPILOGUE_DEFAULT)
         CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
                                                   sizeof epi));
+    if (bias) /* the bias has d's type (cuBLASLt's default for non-fp8 products) */
         CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                   sizeof bias));
+    if (aux) { /* shaped as c (column-major n x m); its type defaults to d's */
+        CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                                  &aux, sizeof aux));
+        CUBLAS_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                  &aux_ld, sizeof aux_ld));
     }
     CUBLAS_TRY(cublasLtMatrixLayoutCreate(&la, abtype, a_rows, a_cols, (int64_t)a_rows));
     CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lb, abtype, b_rows, b_cols, (int64_t)b_rows));
@@ -1056,7 +1120,8 @@ static void cuda_linear_forward(void *out_, const void *inp, const float *weight
     if (!cuda_state_get())
         goto cleanup;
     if (bias && ptr_align(bias) >= 16) {
-        rc = lt_matmul(out, inp, weight, N, OC, C, 0, 0, 1.0f, 0.0f, bias, LT_F32, LT_F32);
+        const lt_epi ep = {LT_EPI_NONE, bias, NULL};
+        rc = lt_matmul(out, inp, weight, N, OC, C, 0, 0, 1.0f, 0.0f, &ep, LT_F32, LT_F32);
         if (rc != 0)
             goto cleanup; /* done, or an error was recorded */
     }
@@ -1128,7 +1193,8 @@ static void cuda_linear_forward_bf16(void *out, const void *inp, const float *we
     if (N == 0 || !cuda_state_get() || !stage_bf16(src, cnt, 2, h))
         return;
     if (h[1]) {
-        rc = lt_matmul(out, inp, h[0], N, OC, C, 0, 0, 1.0f, 0.0f, h[1], LT_BF16, LT_BF16);
+        const lt_epi ep = {LT_EPI_NONE, h[1], NULL};
+        rc = lt_matmul(out, inp, h[0], N, OC, C, 0, 0, 1.0f, 0.0f, &ep, LT_BF16, LT_BF16);
         if (rc != 0)
             return; /* done, or an error was recorded */
         fill_rows_kernel<bf16><<<ew_grid((size_t)N * OC), EW_BLOCK>>>(
@@ -1218,29 +1284,54 @@ static __global__ void embedding_forward_kernel(T *out, const int32_t *tokens, c
     }
 }
 
-/* dwte(V,C) += dout rows by token. grid (ceil(C/128), EMB_BUCKETS), block
- * 128: the thread for (bucket, c) owns column c of every row v with
- * v % EMB_BUCKETS == bucket, and adds in token order. */
-template <class T>
-static __global__ void embedding_backward_wte_kernel(float *dwte, const T *dout,
-                                                     const int32_t *tokens, int BT, int C)
+/* pos[i] = i: the positions that the radix sort orders by token. */
+static __global__ void iota_kernel(int32_t *pos, int n)
 {
-    __shared__ int32_t tok_s[EMB_TOK_TILE];
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    const int bucket = (int)blockIdx.y;
-    for (int base = 0; base < BT; base += EMB_TOK_TILE) {
-        const int cnt = min(EMB_TOK_TILE, BT - base);
-        __syncthreads(); /* the previous tile is consumed */
-        for (int i = threadIdx.x; i < cnt; i += blockDim.x)
-            tok_s[i] = tokens[base + i];
-        __syncthreads();
-        if (c < C) {
-            for (int i = 0; i < cnt; i++) {
-                const int32_t tok = tok_s[i];
-                if (tok % EMB_BUCKETS == bucket)
-                    dwte[(size_t)tok * C + c] += act_ld(dout, (size_t)(base + i) * C + c);
-            }
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        pos[i] = i;
+}
+
+/* dwte(V,C) += dout rows by token, from the positions sorted by token
+ * (stable: ascending position within a token). Block i handles sorted
+ * entry i when it starts a run of equal tokens: its threads sum the run's
+ * rows, column by column, in position order, in registers, and add the sum
+ * to the token's row once. Deterministic, no atomics, one pass over dout;
+ * the blocks that do not start a run return at once. */
+template <class T>
+static __global__ void __launch_bounds__(EMB_THREADS)
+    embedding_backward_wte_kernel(float *dwte, const T *dout, const int32_t *tok_sorted,
+                                  const int32_t *pos_sorted, int BT, int C)
+{
+    const int i = blockIdx.x;
+    const int32_t tok = tok_sorted[i];
+    if (i > 0 && tok_sorted[i - 1] == tok)
+        return;
+    int lo = i + 1, hi = BT; /* the run's end: first entry past it (sorted: binary search) */
+    while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if (tok_sorted[mid] == tok)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    const int end = lo;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = 0.0f;
+        int j = i;
+        for (; j + 4 <= end; j += 4) { /* four independent loads in flight */
+            const float v0 = act_ld(dout, (size_t)pos_sorted[j] * C + c);
+            const float v1 = act_ld(dout, (size_t)pos_sorted[j + 1] * C + c);
+            const float v2 = act_ld(dout, (size_t)pos_sorted[j + 2] * C + c);
+            const float v3 = act_ld(dout, (size_t)pos_sorted[j + 3] * C + c);
+            acc += v0;
+            acc += v1;
+            acc += v2;
+            acc += v3;
         }
+        for (; j < end; j++)
+            acc += act_ld(dout, (size_t)pos_sorted[j] * C + c);
+        dwte[(size_t)tok * C + c] += acc;
     }
 }
 
@@ -1278,11 +1369,31 @@ static void cuda_embedding_backward(float *dwte, float *dwpe, const void *dout,
                                     const int32_t *tokens, int B, int T, int C)
 {
     assert(dwte && dwpe && dout && tokens && B >= 0 && T >= 0 && C > 0);
-    const dim3 grid((unsigned)((C + 127) / 128), EMB_BUCKETS);
     if ((size_t)B * T == 0)
         return;
-    embedding_backward_wte_kernel<A><<<grid, 128>>>(dwte, (const A *)dout, tokens, B * T, C);
-    LAUNCH_TRY(embedding_backward_wte_kernel);
+    {
+        /* scratch: sorted tokens, positions, sorted positions, the sort's temporaries */
+        const int BT = B * T;
+        const size_t ib = ((size_t)BT * sizeof(int32_t) + 255) / 256 * 256;
+        size_t temp = 0;
+        char *base;
+        int32_t *tok_sorted, *pos, *pos_sorted;
+        CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, temp, tokens, (int32_t *)NULL,
+                                                 (const int32_t *)NULL, (int32_t *)NULL, BT));
+        base = (char *)cuda_scratch(3 * ib + temp);
+        if (!base)
+            goto cleanup;
+        tok_sorted = (int32_t *)base;
+        pos = (int32_t *)(base + ib);
+        pos_sorted = (int32_t *)(base + 2 * ib);
+        iota_kernel<<<(BT + 255) / 256, 256>>>(pos, BT);
+        LAUNCH_TRY(iota_kernel);
+        CUDA_TRY(cub::DeviceRadixSort::SortPairs(base + 3 * ib, temp, tokens, tok_sorted, pos,
+                                                 pos_sorted, BT, 0, 32, (cudaStream_t)0));
+        embedding_backward_wte_kernel<A><<<BT, EMB_THREADS>>>(dwte, (const A *)dout, tok_sorted,
+                                                              pos_sorted, BT, C);
+        LAUNCH_TRY(embedding_backward_wte_kernel);
+    }
     embedding_backward_wpe_kernel<A><<<ew_grid((size_t)T * C), EW_BLOCK>>>(dwpe, (const A *)dout,
                                                                          B, T, C);
     LAUNCH_TRY(embedding_backward_wpe_kernel);
@@ -1434,6 +1545,264 @@ cleanup:
     return;
 }
 
+/* The 16 bytes of act elements p[0..VW) as they lie in memory (bf16:
+ * element 2k in the low half of word k; fp32: element k in word k): one
+ * access when VEC (p 16-byte aligned), else element by element; the same
+ * bits either way. act_stq writes them back the same two ways. */
+template <bool VEC, class T>
+__device__ __forceinline__ uint4 act_ldq(const T *p)
+{
+    if (VEC)
+        return *reinterpret_cast<const uint4 *>(p);
+    uint32_t w[4];
+    if constexpr (sizeof(T) == 2) {
+        const uint16_t *h = reinterpret_cast<const uint16_t *>(p);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            w[k] = (uint32_t)h[2 * k] | ((uint32_t)h[2 * k + 1] << 16);
+    } else {
+        const uint32_t *h = reinterpret_cast<const uint32_t *>(p);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            w[k] = h[k];
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+template <bool VEC, class T>
+__device__ __forceinline__ void act_stq(T *p, uint4 r)
+{
+    if (VEC) {
+        *reinterpret_cast<uint4 *>(p) = r;
+        return;
+    }
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+    if constexpr (sizeof(T) == 2) {
+        uint16_t *h = reinterpret_cast<uint16_t *>(p);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            h[2 * k] = (uint16_t)(w[k] & 0xffffu);
+            h[2 * k + 1] = (uint16_t)(w[k] >> 16);
+        }
+    } else {
+        uint32_t *h = reinterpret_cast<uint32_t *>(p);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            h[k] = w[k];
+    }
+}
+
+/* Rows per block of layernorm_backward_kernel; depends on N only, so the
+ * summation order of dweight and dbias (hence their bits) is fixed for a
+ * shape. */
+static int ln_bwd_rows_per_block(int N)
+{
+    const int r = (N + LN_BWD_MAX_BLOCKS - 1) / LN_BWD_MAX_BLOCKS;
+    return r < LN_BWD_MIN_ROWS ? LN_BWD_MIN_ROWS : r;
+}
+
+/* layernorm_backward in one pass over dout and inp: dinp as
+ * layernorm_backward_dinp_kernel (the same arithmetic, so the same bits)
+ * and, in the same pass, this block's partial column sums of dweight and
+ * dbias. Block b owns rows [b R, min(N, (b + 1) R)) (R = rows_per_block);
+ * its warp w the rows b R + w, + ROW_WARPS, ... Lane l holds the groups g
+ * = l + 32 k (k < KG, g < C / VW) and the tail column VW (C / VW) + l:
+ * the same columns in every row, so it keeps running sums of norm * dout
+ * and dout for them in registers, and a row's inp, dout and dinp stay in
+ * registers between the row sums and the dinp update (read once). At the
+ * end the block adds its warps' sums in warp order and writes them as
+ * chunk b of part (2, P, C) (P = gridDim.x; dweight's chunks, then
+ * dbias's); ln_bwd_finish_kernel adds the chunks in order. Needs
+ * C / VW <= 32 KG. */
+template <class T, bool VEC, int KG>
+static __global__ void __launch_bounds__(ROW_WARPS * 32, 2)
+    layernorm_backward_kernel(T *dinp, float *part, const T *dout, const T *inp,
+                              const float *weight, const float *mean, const float *rstd, int N,
+                              int C, int rows_per_block)
+{
+    constexpr int VW = ACT_VW(T);
+    constexpr int CM = 32 * KG * VW + VW; /* > the largest C this instantiation takes */
+    /* bf16 with 4 groups a lane: dinp's groups are loaded after the row sums,
+     * else the registers spill (ptxas, sm_90) */
+    constexpr bool LATE = KG * VW > 24;
+    __shared__ float s_dw[CM], s_db[CM];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int G = C / VW;
+    const int ct = G * VW + lane; /* this lane's tail column, if < C */
+    const float inv_c = 1.0f / (float)C;
+    const int r0 = blockIdx.x * rows_per_block;
+    const int r1 = min(N, r0 + rows_per_block);
+    float aw[KG][VW], ab[KG][VW]; /* column sums of norm * dout, dout */
+    float awt = 0.0f, abt = 0.0f;
+#pragma unroll
+    for (int k = 0; k < KG; k++) {
+#pragma unroll
+        for (int u = 0; u < VW; u++) {
+            aw[k][u] = 0.0f;
+            ab[k][u] = 0.0f;
+        }
+    }
+    for (int row = r0 + warp; row < r1; row += ROW_WARPS) { /* uniform in the warp */
+        const T *x = inp + (size_t)row * C;
+        const T *dy = dout + (size_t)row * C;
+        T *dx = dinp + (size_t)row * C;
+        const float m = mean[row], rs = rstd[row];
+        uint4 xq[KG], dq[KG], aq[KG];
+        float xt = 0.0f, dyt = 0.0f, at = 0.0f;
+#pragma unroll
+        for (int k = 0; k < KG; k++) {
+            const int g = lane + 32 * k;
+            xq[k] = make_uint4(0u, 0u, 0u, 0u);
+            dq[k] = xq[k];
+            aq[k] = xq[k];
+            if (g < G) {
+                xq[k] = act_ldq<VEC>(x + (size_t)g * VW);
+                dq[k] = act_ldq<VEC>(dy + (size_t)g * VW);
+                if (!LATE)
+                    aq[k] = act_ldq<VEC>(dx + (size_t)g * VW);
+            }
+        }
+        if (ct < C) {
+            xt = act_ld(x, ct);
+            dyt = act_ld(dy, ct);
+            at = act_ld(dx, ct);
+        }
+        float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+        for (int k = 0; k < KG; k++) {
+            const int g = lane + 32 * k;
+            if (g < G) {
+                float xv[VW], dv[VW], w[VW];
+                act_unpack(x, xq[k], xv);
+                act_unpack(x, dq[k], dv);
+                par_ldg<VEC, VW>(weight + (size_t)g * VW, w);
+#pragma unroll
+                for (int u = 0; u < VW; u++) {
+                    const float dn = w[u] * dv[u];
+                    s1 += dn;
+                    s2 += dn * (xv[u] - m) * rs;
+                }
+            }
+        }
+        if (ct < C) {
+            const float dn = weight[ct] * dyt;
+            s1 += dn;
+            s2 += dn * (xt - m) * rs;
+        }
+        const float dn_mean = warp_sum(s1) * inv_c, dnn_mean = warp_sum(s2) * inv_c;
+#pragma unroll
+        for (int k = 0; k < KG; k++) {
+            const int g = lane + 32 * k;
+            if (g < G) {
+                float xv[VW], dv[VW], a[VW], w[VW];
+                act_unpack(x, xq[k], xv);
+                act_unpack(x, dq[k], dv);
+                act_unpack(x, LATE ? act_ldq<VEC>(dx + (size_t)g * VW) : aq[k], a);
+                par_ldg<VEC, VW>(weight + (size_t)g * VW, w);
+#pragma unroll
+                for (int u = 0; u < VW; u++) {
+                    const float norm = (xv[u] - m) * rs;
+                    a[u] += (w[u] * dv[u] - dn_mean - norm * dnn_mean) * rs;
+                    aw[k][u] += norm * dv[u];
+                    ab[k][u] += dv[u];
+                }
+                act_stq<VEC>(dx + (size_t)g * VW, act_pack(dx, a));
+            }
+        }
+        if (ct < C) {
+            const float norm = (xt - m) * rs;
+            act_st(dx, ct, at + (weight[ct] * dyt - dn_mean - norm * dnn_mean) * rs);
+            awt += norm * dyt;
+            abt += dyt;
+        }
+    }
+    /* the warps' sums, added in warp order (a warp without rows adds zeros) */
+    for (int wi = 0; wi < ROW_WARPS; wi++) {
+        if (warp == wi) {
+#pragma unroll
+            for (int k = 0; k < KG; k++) {
+                const int g = lane + 32 * k;
+                if (g < G) {
+#pragma unroll
+                    for (int u = 0; u < VW; u++) {
+                        const int c = g * VW + u;
+                        s_dw[c] = wi ? s_dw[c] + aw[k][u] : aw[k][u];
+                        s_db[c] = wi ? s_db[c] + ab[k][u] : ab[k][u];
+                    }
+                }
+            }
+            if (ct < C) {
+                s_dw[ct] = wi ? s_dw[ct] + awt : awt;
+                s_db[ct] = wi ? s_db[ct] + abt : abt;
+            }
+        }
+        __syncthreads();
+    }
+    float *pw = part + (size_t)blockIdx.x * C;
+    float *pb = part + ((size_t)gridDim.x + blockIdx.x) * C;
+    for (int c = threadIdx.x; c < C; c += ROW_WARPS * 32) {
+        pw[c] = s_dw[c];
+        pb[c] = s_db[c];
+    }
+}
+
+/* dweight(C) += sum over the P chunks of part(0, ., C), dbias(C) the same
+ * of part(1, ., C) (blockIdx.y selects). grid (ceil(C/32), 2), block (32,
+ * LN_FIN_Y): row ty of the block adds chunks ty, ty + LN_FIN_Y, ... in
+ * order, then row 0 adds the LN_FIN_Y results in order: a fixed tree. */
+static __global__ void __launch_bounds__(32 * LN_FIN_Y)
+    ln_bwd_finish_kernel(float *dweight, float *dbias, const float *part, int P, int C)
+{
+    __shared__ float s[LN_FIN_Y][33];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int c = blockIdx.x * 32 + tx;
+    const float *src = part + (size_t)blockIdx.y * P * C;
+    float a = 0.0f;
+    if (c < C)
+        for (int k = ty; k < P; k += LN_FIN_Y)
+            a += src[(size_t)k * C + c];
+    s[ty][tx] = a;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+        float t = s[0][tx];
+        for (int y = 1; y < LN_FIN_Y; y++)
+            t += s[y][tx];
+        float *dst = blockIdx.y ? dbias : dweight;
+        dst[c] += t;
+    }
+}
+
+/* Launches layernorm_backward_kernel<A, VEC, KG> with the smallest KG >= kg
+ * (1 <= kg <= LN_BWD_KG). */
+template <class A, bool VEC>
+static void ln_bwd_launch(int kg, unsigned grid, A *dinp, float *part, const A *dout,
+                          const A *inp, const float *weight, const float *mean, const float *rstd,
+                          int N, int C, int rpb)
+{
+    static_assert(LN_BWD_KG == 4, "one case per KG");
+    const unsigned block = ROW_WARPS * 32;
+    switch (kg) {
+    case 1:
+        layernorm_backward_kernel<A, VEC, 1><<<grid, block>>>(dinp, part, dout, inp, weight, mean,
+                                                              rstd, N, C, rpb);
+        break;
+    case 2:
+        layernorm_backward_kernel<A, VEC, 2><<<grid, block>>>(dinp, part, dout, inp, weight, mean,
+                                                              rstd, N, C, rpb);
+        break;
+    case 3:
+        layernorm_backward_kernel<A, VEC, 3><<<grid, block>>>(dinp, part, dout, inp, weight, mean,
+                                                              rstd, N, C, rpb);
+        break;
+    default:
+        layernorm_backward_kernel<A, VEC, 4><<<grid, block>>>(dinp, part, dout, inp, weight, mean,
+                                                              rstd, N, C, rpb);
+        break;
+    }
+}
+
+/* Rows of up to 32 LN_BWD_KG groups (C <= 1024 bf16, 512 fp32): one fused
+ * pass (layernorm_backward_kernel) and ln_bwd_finish_kernel. Wider rows: the
+ * dinp kernel, then the two-pass column sums (reading dout and inp again). */
 template <class A>
 static void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, const void *dout,
                                     const void *inp, const float *weight, const float *mean,
@@ -1441,13 +1810,34 @@ static void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, co
 {
     assert(dinp && dweight && dbias && dout && inp && weight && mean && rstd);
     assert(N >= 0 && C > 0);
-    const int rpc = colsum_rows_per_chunk(N);
+    const int G = C / ACT_VW(A);
+    const int kg = G > 32 ? (G + 31) / 32 : 1;
+    const int fused = kg <= LN_BWD_KG;
+    const int rpc = fused ? ln_bwd_rows_per_block(N) : colsum_rows_per_chunk(N);
     const int nchunk = N > 0 ? (N + rpc - 1) / rpc : 0;
     const dim3 grid((unsigned)((C + 31) / 32), (unsigned)nchunk), block(32, 8);
     const int vec = C % ACT_VW(A) == 0 && al16(dinp) && al16(dout) && al16(inp) && al16(weight);
     float *part = NULL;
     if (N == 0)
         return;
+    if (!cuda_state_get())
+        goto cleanup;
+    part = (float *)cuda_scratch((size_t)2 * nchunk * C * sizeof(float));
+    if (!part)
+        goto cleanup;
+    if (fused) {
+        if (vec)
+            ln_bwd_launch<A, true>(kg, (unsigned)nchunk, (A *)dinp, part, (const A *)dout,
+                                   (const A *)inp, weight, mean, rstd, N, C, rpc);
+        else
+            ln_bwd_launch<A, false>(kg, (unsigned)nchunk, (A *)dinp, part, (const A *)dout,
+                                    (const A *)inp, weight, mean, rstd, N, C, rpc);
+        LAUNCH_TRY(layernorm_backward_kernel);
+        ln_bwd_finish_kernel<<<dim3((unsigned)((C + 31) / 32), 2), dim3(32, LN_FIN_Y)>>>(
+            dweight, dbias, part, nchunk, C);
+        LAUNCH_TRY(ln_bwd_finish_kernel);
+        goto cleanup;
+    }
     if (vec)
         layernorm_backward_dinp_kernel<A, true><<<row_grid((size_t)N), ROW_WARPS * 32>>>(
             (A *)dinp, (const A *)dout, (const A *)inp, weight, mean, rstd, N, C);
@@ -1455,11 +1845,6 @@ static void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, co
         layernorm_backward_dinp_kernel<A, false><<<row_grid((size_t)N), ROW_WARPS * 32>>>(
             (A *)dinp, (const A *)dout, (const A *)inp, weight, mean, rstd, N, C);
     LAUNCH_TRY(layernorm_backward_dinp_kernel);
-    if (!cuda_state_get())
-        goto cleanup;
-    part = (float *)cuda_scratch((size_t)2 * nchunk * C * sizeof(float));
-    if (!part)
-        goto cleanup;
     colsum_partial_kernel<true, A><<<grid, block>>>(part, (const A *)dout, (const A *)inp, mean,
                                                     rstd, N, C, rpc);
     LAUNCH_TRY(colsum_partial_kernel);
@@ -1510,6 +1895,89 @@ cleanup:
 }
 
 template <class A>
+static void gelu_grad_mul(void *d, const void *pre, size_t n)
+{
+    if (n == 0)
+        return;
+    {
+        const void *p[2] = {d, pre};
+        const unsigned esz[2] = {sizeof(A), sizeof(A)};
+        ew_launch(gelu_grad_mul_op<A>{(A *)d, (const A *)pre},
+                  ew_plan(n, p, esz, 2, gelu_grad_mul_op<A>::W));
+    }
+    LAUNCH_TRY(gelu_grad_mul);
+cleanup:
+    return;
+}
+
+/* Linear + GELU (zinc/ops.h). The bf16 table runs one product with
+ * cuBLASLt's GELU epilogue (GELU_BIAS, or GELU_AUX_BIAS when pre is kept:
+ * the GELU of the fp32 result, one rounding of each output); the fp32
+ * table, and the bf16 table when cuBLASLt has no epilogue algorithm for
+ * the shape, run the linear op and then the GELU op (the bf16 fallback
+ * takes the GELU of the rounded pre, within bf16 tolerance). */
+template <class A>
+static void cuda_linear_gelu_forward(void *out, void *pre, const void *inp, const float *weight,
+                                     const float *bias, int N, int C, int OC)
+{
+    assert(out && inp && weight && N >= 0 && C > 0 && OC > 0);
+    void *p = pre ? pre : out; /* the GELU op is elementwise: in place is fine */
+    if (N == 0 || !cuda_state_get())
+        return;
+    if (sizeof(A) == 2) {
+        const float *src[2] = {weight, bias};
+        const size_t cnt[2] = {(size_t)C * OC, (size_t)OC};
+        const void *h[2] = {NULL, NULL};
+        if (!stage_bf16(src, cnt, 2, h))
+            return;
+        const lt_epi ep = {pre ? LT_EPI_GELU_AUX : LT_EPI_GELU, h[1], pre};
+        const int rc = lt_matmul(out, inp, h[0], N, OC, C, 0, 0, 1.0f, 0.0f, &ep, LT_BF16, LT_BF16);
+        if (rc != 0)
+            return; /* done, or an error was recorded */
+        cuda_linear_forward_bf16(p, inp, weight, bias, N, C, OC);
+    } else {
+        cuda_linear_forward(p, inp, weight, bias, N, C, OC);
+    }
+    cuda_gelu_forward<A>(out, p, (size_t)N * OC);
+}
+
+/* dpre = (dout @ weight^T) * gelu'(pre), written: the bf16 table's product
+ * takes cuBLASLt's DGELU epilogue (aux = pre), else the product (beta 0)
+ * and then gelu' in place; dweight and dbias as linear_backward. */
+template <class A>
+static void cuda_linear_gelu_backward(void *dpre, float *dweight, float *dbias, const void *dout,
+                                      const void *inp, const void *pre, const float *weight,
+                                      int N, int C, int OC)
+{
+    assert(dpre && dweight && dout && inp && pre && weight && N >= 0 && C > 0 && OC > 0);
+    if (N == 0 || !cuda_state_get())
+        return;
+    if (sizeof(A) == 2) {
+        const float *src[1] = {weight};
+        const size_t cnt[1] = {(size_t)C * OC};
+        const void *h[1] = {NULL};
+        if (!stage_bf16(src, cnt, 1, h))
+            return;
+        const lt_epi ep = {LT_EPI_DGELU, NULL, (void *)pre};
+        const int rc = lt_matmul(dpre, dout, h[0], N, C, OC, 0, 1, 1.0f, 0.0f, &ep, LT_BF16,
+                                 LT_BF16);
+        if (rc < 0)
+            return;
+        if (rc == 0) {
+            if (!gemm(dpre, dout, h[0], N, C, OC, 0, 1, 1.0f, 0.0f, LT_BF16, LT_BF16))
+                return;
+            gelu_grad_mul<A>(dpre, pre, (size_t)N * C);
+        }
+        cuda_linear_backward_bf16(NULL, dweight, dbias, dout, inp, weight, N, C, OC);
+    } else {
+        if (!gemm(dpre, dout, weight, N, C, OC, 0, 1, 1.0f, 0.0f, LT_F32, LT_F32))
+            return;
+        gelu_grad_mul<A>(dpre, pre, (size_t)N * C);
+        cuda_linear_backward(NULL, dweight, dbias, dout, inp, weight, N, C, OC);
+    }
+}
+
+template <class A>
 static void cuda_residual_forward(void *out, const void *a, const void *b, size_t n)
 {
     assert(out && a && b);
@@ -1530,80 +1998,100 @@ cleanup:
 /* softmax + cross-entropy                                             */
 /* ------------------------------------------------------------------ */
 
-/* (m, s) += (m2, s2) for sums s of exp(x - m); -inf marks an empty part. */
-__device__ __forceinline__ void ms_merge(float &m, double &s, float m2, double s2)
+/* 2^x on the special function unit (relative error about 2^-22; results
+ * below 2^-126 flush to 0). */
+__device__ __forceinline__ float xent_ex2(float x)
 {
-    const float mx = fmaxf(m, m2);
-    if (mx == -INFINITY)
-        return; /* both empty */
-    const double a = m == -INFINITY ? 0.0 : s * (double)expf(m - mx);
-    const double b = m2 == -INFINITY ? 0.0 : s2 * (double)expf(m2 - mx);
-    s = a + b;
-    m = mx;
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 
-/* Groups of logits loaded together by each thread in pass 1 of softmax_xent. */
-static constexpr int XENT_BATCH = 4;
-
-/* One element xj into a thread's online (max m, sum s of exp(x - m)). */
-__device__ __forceinline__ void ms_step(float &m, double &s, float xj)
+/* exp(x - mx): the difference first (exact when x is within a factor 2 of
+ * mx), so the error does not grow with |mx|. */
+__device__ __forceinline__ float xent_exp(float x, float mx)
 {
-    if (xj > m) {
-        s = (m == -INFINITY ? 0.0 : s * (double)expf(m - xj)) + 1.0;
-        m = xj;
-    } else if (m != -INFINITY) { /* xj = m = -inf adds exp(-inf) = 0 */
-        s += (double)expf(xj - m);
+    return xent_ex2((x - mx) * 1.4426950408889634f);
+}
+
+/* A 16-byte group of gradients packed for storing: fp32 as is; bf16 by the
+ * hardware conversion (round to nearest even, as f32_to_bf16_rne for every
+ * non-NaN value; a NaN stays NaN) at one instruction per pair. */
+__device__ __forceinline__ uint4 xent_pack(const float *p, const float *v)
+{
+    return act_pack(p, v);
+}
+__device__ __forceinline__ uint4 xent_pack(const bf16 *, const float *v)
+{
+    uint32_t w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]); /* .x low */
+        w[k] = *reinterpret_cast<const uint32_t *>(&h);
     }
+    return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-/* The gradient of logit j whose value is xj. */
-__device__ __forceinline__ float xent_grad(float xj, int j, int tgt, float mx, float f, float dloss)
+/* 16 bytes global -> shared without registers (sm_80+); both addresses
+ * 16-byte aligned. */
+__device__ __forceinline__ void xent_cp16(uint4 *dst, const void *src)
 {
-    float gj = expf(xj - mx) * f;
-    if (j == tgt)
-        gj -= dloss;
-    return gj;
+    const unsigned a = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" : : "r"(a), "l"(src) : "memory");
+}
+
+/* Max and sum over the block: butterflies in each warp, the warps' results
+ * through red (XENT_BLOCK / 32 floats, one barrier), then every warp takes
+ * them (lane l warp l's) and butterflies again: every thread gets the same
+ * bits, in a fixed order. */
+__device__ __forceinline__ float xent_block_max(float v, float *red)
+{
+    const int lane = threadIdx.x % 32;
+    v = warp_max(v);
+    if (lane == 0)
+        red[threadIdx.x / 32] = v;
+    __syncthreads();
+    return warp_max(lane < XENT_BLOCK / 32 ? red[lane] : -INFINITY);
+}
+__device__ __forceinline__ float xent_block_sum(float v, float *red)
+{
+    const int lane = threadIdx.x % 32;
+    v = warp_sum(v);
+    if (lane == 0)
+        red[threadIdx.x / 32] = v;
+    __syncthreads();
+    return warp_sum(lane < XENT_BLOCK / 32 ? red[lane] : 0.0f);
 }
 
 /* One block of XENT_BLOCK threads per row of logits(N,V) (act T). A row is
  * split as the layernorm rows are: thread t takes the groups q = t, t +
- * XENT_BLOCK, ... of VW = ACT_VW(T) logits (q < V / VW) in order, then the
- * tail elements; vec (V % VW == 0 and logits 16-byte aligned, so every row
- * is) only says whether a group moves in one 16-byte access, so both ways
- * give the same bits. Pass 1: each thread an online (max, sum exp), its
- * sum in double (as the CPU), merged by warp butterflies (a merge is
- * symmetric, so every lane agrees) and then across warps in order. Pass 2
- * overwrites the row with the gradient. With stash (vec, and the row fits
- * the dynamic shared memory) pass 1 keeps the row's 16-byte groups in
- * shared memory and pass 2 reads them there: the logits are read from
- * memory once and written once. */
-template <class T>
-static __global__ void __launch_bounds__(XENT_BLOCK)
+ * XENT_BLOCK, ... of VW = ACT_VW(T) logits (q < V / VW), then the tail
+ * elements VW (V / VW) + t; VEC (V % VW == 0 and logits 16-byte aligned,
+ * so every row is) only says whether a group moves in one 16-byte access
+ * or element by element, and stash only where the groups are read from, so
+ * neither changes a bit. Three passes over the row, all in fp32: its max
+ * mx; the sum of exp(x - mx) (each thread's in order, then the block's in
+ * a fixed tree); the gradient exp(x - mx) dloss / sum - dloss [target],
+ * overwriting the row. With stash (the groups fit the dynamic shared
+ * memory: a bf16 row of 50304 logits is 98 KiB, and two blocks share an
+ * SM) the first pass moves the groups there (cp.async when VEC) and the
+ * others read them there: the logits are read from memory once and written
+ * once. Without, each pass reads the row again. */
+template <class T, bool VEC>
+static __global__ void __launch_bounds__(XENT_BLOCK, 2)
     softmax_xent_kernel(float *losses, T *logits, const int32_t *targets, float dloss, int V,
-                        int vec, int stash)
+                        int stash)
 {
     constexpr int VW = ACT_VW(T);
     extern __shared__ uint4 row_s[]; /* (V / VW) groups when stash */
-    __shared__ float wm[XENT_BLOCK / 32];
-    __shared__ double ws[XENT_BLOCK / 32];
-    __shared__ float row_max;
-    __shared__ double row_sum;
+    __shared__ float red_max[XENT_BLOCK / 32], red_sum[XENT_BLOCK / 32];
     T *x = logits + (size_t)blockIdx.x * V;
     const int tgt = targets[blockIdx.x];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int NG = V / VW;
-    uint4 *x4 = reinterpret_cast<uint4 *>(x);
     float v[VW];
     if (tgt < 0) { /* ignored row: uniform across the block */
-        for (int q = threadIdx.x; q < NG; q += XENT_BLOCK) {
-#pragma unroll
-            for (int u = 0; u < VW; u++)
-                v[u] = 0.0f;
-            if (vec)
-                act_stv(x + (size_t)q * VW, v);
-            else
-                act_stg<false>(x + (size_t)q * VW, v);
-        }
+        for (int q = threadIdx.x; q < NG; q += XENT_BLOCK)
+            act_stq<VEC>(x + (size_t)q * VW, make_uint4(0u, 0u, 0u, 0u));
         for (int j = NG * VW + threadIdx.x; j < V; j += XENT_BLOCK)
             act_st(x, j, 0.0f);
         if (threadIdx.x == 0)
@@ -1611,98 +2099,100 @@ static __global__ void __launch_bounds__(XENT_BLOCK)
         return;
     }
     assert(tgt < V);
-    float m = -INFINITY;
-    double s = 0.0;
-    if (vec) {
-        int q = threadIdx.x;
-        for (; q + (XENT_BATCH - 1) * XENT_BLOCK < NG; q += XENT_BATCH * XENT_BLOCK) {
-            uint4 r[XENT_BATCH];
-#pragma unroll
-            for (int b = 0; b < XENT_BATCH; b++)
-                r[b] = x4[q + b * XENT_BLOCK];
-#pragma unroll
-            for (int b = 0; b < XENT_BATCH; b++) {
-                if (stash)
-                    row_s[q + b * XENT_BLOCK] = r[b];
-                act_unpack(x, r[b], v);
-#pragma unroll
-                for (int u = 0; u < VW; u++)
-                    ms_step(m, s, v[u]);
-            }
-        }
-        for (; q < NG; q += XENT_BLOCK) {
-            const uint4 r = x4[q];
-            if (stash)
-                row_s[q] = r;
-            act_unpack(x, r, v);
-#pragma unroll
-            for (int u = 0; u < VW; u++)
-                ms_step(m, s, v[u]);
-        }
-    } else {
+    /* read before the barriers below, so before any thread writes the row */
+    const float xt = threadIdx.x == 0 ? act_ld(x, tgt) : 0.0f;
+
+    /* pass 1: the row's max */
+    if (stash) {
         for (int q = threadIdx.x; q < NG; q += XENT_BLOCK) {
-            act_ldg<false>(x + (size_t)q * VW, v);
-#pragma unroll
-            for (int u = 0; u < VW; u++)
-                ms_step(m, s, v[u]);
+            if (VEC)
+                xent_cp16(row_s + q, x + (size_t)q * VW);
+            else
+                row_s[q] = act_ldq<false>(x + (size_t)q * VW);
         }
-        for (int j = NG * VW + threadIdx.x; j < V; j += XENT_BLOCK)
-            ms_step(m, s, act_ld(x, j));
+        if (VEC) /* this thread's copies; it alone reads its groups */
+            asm volatile("cp.async.wait_all;\n" ::: "memory");
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-        const double s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        ms_merge(m, s, m2, s2);
-    }
-    if (lane == 0) {
-        wm[warp] = m;
-        ws[warp] = s;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float mm = wm[0];
-        double ss = ws[0];
-        for (int w = 1; w < XENT_BLOCK / 32; w++)
-            ms_merge(mm, ss, wm[w], ws[w]);
-        row_max = mm;
-        row_sum = ss;
-        losses[blockIdx.x] = (float)(log(ss) - ((double)act_ld(x, tgt) - (double)mm));
-    }
-    __syncthreads();
-    const float mx = row_max;
-    const float f = (float)((double)dloss / row_sum);
+    float m = -INFINITY;
     for (int q = threadIdx.x; q < NG; q += XENT_BLOCK) {
-        if (stash)
-            act_unpack(x, row_s[q], v);
-        else if (vec)
-            act_ldv(x + (size_t)q * VW, v);
-        else
-            act_ldg<false>(x + (size_t)q * VW, v);
+        act_unpack(x, stash ? row_s[q] : act_ldq<VEC>(x + (size_t)q * VW), v);
 #pragma unroll
         for (int u = 0; u < VW; u++)
-            v[u] = xent_grad(v[u], q * VW + u, tgt, mx, f, dloss);
-        if (vec)
-            act_stv(x + (size_t)q * VW, v);
-        else
-            act_stg<false>(x + (size_t)q * VW, v);
+            m = fmaxf(m, v[u]);
     }
-    for (int k = NG * VW + threadIdx.x; k < V; k += XENT_BLOCK)
-        act_st(x, k, xent_grad(act_ld(x, k), k, tgt, mx, f, dloss));
+    for (int j = NG * VW + threadIdx.x; j < V; j += XENT_BLOCK)
+        m = fmaxf(m, act_ld(x, j));
+    const float mx = xent_block_max(m, red_max);
+
+    /* pass 2: sum of exp(x - mx) */
+    float s = 0.0f;
+    for (int q = threadIdx.x; q < NG; q += XENT_BLOCK) {
+        act_unpack(x, stash ? row_s[q] : act_ldq<VEC>(x + (size_t)q * VW), v);
+#pragma unroll
+        for (int u = 0; u < VW; u++)
+            s += xent_exp(v[u], mx);
+    }
+    for (int j = NG * VW + threadIdx.x; j < V; j += XENT_BLOCK)
+        s += xent_exp(act_ld(x, j), mx);
+    const float sum = xent_block_sum(s, red_sum);
+    if (threadIdx.x == 0)
+        losses[blockIdx.x] = (float)(log((double)sum) - ((double)xt - (double)mx));
+
+    /* pass 3: the gradient, in place (each thread rewrites what it read) */
+    const float f = dloss / sum;
+    for (int q = threadIdx.x; q < NG; q += XENT_BLOCK) {
+        act_unpack(x, stash ? row_s[q] : act_ldq<VEC>(x + (size_t)q * VW), v);
+#pragma unroll
+        for (int u = 0; u < VW; u++)
+            v[u] = __fmul_rn(xent_exp(v[u], mx), f);
+        const int jt = tgt - q * VW;
+        if ((unsigned)jt < (unsigned)VW) {
+#pragma unroll
+            for (int u = 0; u < VW; u++)
+                if (u == jt)
+                    v[u] -= dloss;
+        }
+        act_stq<VEC>(x + (size_t)q * VW, xent_pack(x, v));
+    }
+    for (int j = NG * VW + threadIdx.x; j < V; j += XENT_BLOCK) {
+        float g = __fmul_rn(xent_exp(act_ld(x, j), mx), f);
+        if (j == tgt)
+            g -= dloss;
+        act_st(x, j, g);
+    }
 }
 
-/* Whether softmax_xent_kernel<T> may take bytes of dynamic shared memory
- * (raised above the default 48 KiB once per instantiation). */
-template <class T>
+/* Whether softmax_xent_kernel<T, VEC> may take bytes of dynamic shared
+ * memory (raised above the default 48 KiB once per instantiation, with the
+ * largest shared memory carveout so that two blocks fit an SM). */
+template <class T, bool VEC>
 static int xent_stash_ok(size_t bytes)
 {
     static const int ok = [] {
         const cudaError_t e = cudaFuncSetAttribute(
-            softmax_xent_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, XENT_STASH_MAX);
-        if (e != cudaSuccess)
+            softmax_xent_kernel<T, VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+            XENT_STASH_MAX);
+        if (e != cudaSuccess) {
             (void)cudaGetLastError();
-        return e == cudaSuccess;
+            return 0;
+        }
+        if (cudaFuncSetAttribute(softmax_xent_kernel<T, VEC>,
+                                 cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 (int)cudaSharedmemCarveoutMaxShared) != cudaSuccess)
+            (void)cudaGetLastError(); /* a hint only */
+        return 1;
     }();
     return ok && bytes <= XENT_STASH_MAX;
+}
+
+template <class T, bool VEC>
+static void xent_launch(float *losses, T *logits, const int32_t *targets, float dloss, int N,
+                        int V)
+{
+    const size_t bytes = (size_t)(V / ACT_VW(T)) * 16; /* the groups */
+    const int stash = bytes > 0 && xent_stash_ok<T, VEC>(bytes);
+    softmax_xent_kernel<T, VEC><<<(unsigned)N, XENT_BLOCK, stash ? bytes : 0>>>(
+        losses, logits, targets, dloss, V, stash);
 }
 
 template <class A>
@@ -1710,13 +2200,12 @@ static void cuda_softmax_xent(float *losses, void *logits, const int32_t *target
                               int N, int V)
 {
     assert(losses && logits && targets && N >= 0 && V > 0);
-    const int vec = V % ACT_VW(A) == 0 && al16(logits);
-    const size_t row_bytes = (size_t)V * sizeof(A);
-    const int stash = vec && xent_stash_ok<A>(row_bytes);
     if (N == 0)
         return;
-    softmax_xent_kernel<A><<<(unsigned)N, XENT_BLOCK, stash ? row_bytes : 0>>>(
-        losses, (A *)logits, targets, dloss, V, vec, stash);
+    if (V % ACT_VW(A) == 0 && al16(logits))
+        xent_launch<A, true>(losses, (A *)logits, targets, dloss, N, V);
+    else
+        xent_launch<A, false>(losses, (A *)logits, targets, dloss, N, V);
     LAUNCH_TRY(softmax_xent_kernel);
 cleanup:
     return;
@@ -2070,6 +2559,8 @@ static void fill_act_ops(zinc_ops *t)
     t->layernorm_forward = cuda_layernorm_forward<A>;
     t->layernorm_backward = cuda_layernorm_backward<A>;
     t->gelu_forward = cuda_gelu_forward<A>;
+    t->linear_gelu_forward = cuda_linear_gelu_forward<A>;
+    t->linear_gelu_backward = cuda_linear_gelu_backward<A>;
     t->gelu_backward = cuda_gelu_backward<A>;
     t->residual_forward = cuda_residual_forward<A>;
     t->softmax_xent = cuda_softmax_xent<A>;

@@ -836,6 +836,64 @@ static void test_determinism(void)
     omp_set_num_threads(saved);
 }
 
+/* ---------- linear + GELU, fused ---------- */
+
+static double ref_gelu_grad1(double x)
+{
+    const double k = sqrt(2.0 / M_PI), u = k * (x + 0.044715 * x * x * x), th = tanh(u);
+    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * k * (1.0 + 3.0 * 0.044715 * x * x);
+}
+
+static void test_linear_gelu(void)
+{
+    const int N = 9, C = 7, OC = 10;
+    const size_t nin = (size_t)N * C, nout = (size_t)N * OC;
+    float *inp = frand(nin, 1.0f), *w = frand((size_t)C * OC, 0.7f), *bias = frand(OC, 0.5f);
+    float *out = frand(nout, 9.0f), *pre = frand(nout, 9.0f), *out2 = frand(nout, 9.0f);
+    double *di = to_double(inp, nin), *dw = to_double(w, (size_t)C * OC), *db = to_double(bias, OC);
+    double rpre[9 * 10], rout[9 * 10];
+    ref_linear(rpre, di, dw, db, N, C, OC);
+    for (size_t i = 0; i < nout; i++)
+        rout[i] = ref_gelu1(rpre[i]);
+    ops->linear_gelu_forward(out, pre, inp, w, bias, N, C, OC);
+    CU_ASSERT(close_to("linear_gelu pre", pre, rpre, nout, 1e-5, 1e-6));
+    CU_ASSERT(close_to("linear_gelu out", out, rout, nout, 1e-5, 1e-6));
+    ops->linear_gelu_forward(out2, NULL, inp, w, bias, N, C, OC); /* pre not kept */
+    CU_ASSERT(close_to("linear_gelu out, no pre", out2, rout, nout, 1e-5, 1e-6));
+
+    /* backward of y = gelu(pre) @ w2 + b2 (the second product): dpre written */
+    const int OC2 = 5;
+    float *w2 = frand((size_t)OC * OC2, 0.7f), *dout = frand((size_t)N * OC2, 1.0f);
+    float *dpre = frand(nout, 9.0f), *dw2 = frand((size_t)OC * OC2, 1.0f), *db2 = frand(OC2, 1.0f);
+    double rdpre[9 * 10], rdw2[10 * 5], rdb2[5];
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < OC; c++) {
+            double s = 0.0;
+            for (int o = 0; o < OC2; o++)
+                s += (double)dout[i * OC2 + o] * w2[c * OC2 + o];
+            rdpre[i * OC + c] = s * ref_gelu_grad1(pre[i * OC + c]);
+        }
+    for (int c = 0; c < OC; c++)
+        for (int o = 0; o < OC2; o++) {
+            double s = dw2[c * OC2 + o];
+            for (int i = 0; i < N; i++)
+                s += (double)out[i * OC + c] * dout[i * OC2 + o];
+            rdw2[c * OC2 + o] = s;
+        }
+    for (int o = 0; o < OC2; o++) {
+        double s = db2[o];
+        for (int i = 0; i < N; i++)
+            s += dout[i * OC2 + o];
+        rdb2[o] = s;
+    }
+    ops->linear_gelu_backward(dpre, dw2, db2, dout, out, pre, w2, N, OC, OC2);
+    CU_ASSERT(close_to("linear_gelu_backward dpre (written)", dpre, rdpre, nout, 1e-5, 1e-6));
+    CU_ASSERT(close_to("linear_gelu_backward dweight", dw2, rdw2, (size_t)OC * OC2, 1e-5, 1e-6));
+    CU_ASSERT(close_to("linear_gelu_backward dbias", db2, rdb2, OC2, 1e-5, 1e-6));
+    free(inp), free(w), free(bias), free(out), free(pre), free(out2), free(di), free(dw), free(db);
+    free(w2), free(dout), free(dpre), free(dw2), free(db2);
+}
+
 /* ---------- the tied LM head ---------- */
 
 static void test_head(void)
@@ -946,6 +1004,27 @@ static void test_bf16_table(void)
     f->linear_forward(fo, x0, wo, bias, N, C, OC);
     h->linear_forward(ho, h0, wo, bias, N, C, OC);
     CU_ASSERT(b16_close("bf16 linear_forward", ho, fo, (size_t)N * OC));
+    {   /* linear + GELU: out and pre (N x OC) */
+        float *fp = malloc((size_t)N * OC * sizeof(float));
+        uint16_t *hp = malloc((size_t)N * OC * sizeof(uint16_t));
+        f->linear_gelu_forward(fo, fp, x0, wo, bias, N, C, OC);
+        h->linear_gelu_forward(ho, hp, h0, wo, bias, N, C, OC);
+        CU_ASSERT(b16_close("bf16 linear_gelu_forward out", ho, fo, (size_t)N * OC));
+        CU_ASSERT(b16_close("bf16 linear_gelu_forward pre", hp, fp, (size_t)N * OC));
+        /* backward of the second product: inp = gelu(pre) as act, dpre written */
+        float *wi = wide(ho, (size_t)N * OC), *wp = wide(hp, (size_t)N * OC);
+        float *w2 = frand((size_t)OC * C, 0.5f), *dw1 = calloc((size_t)OC * C, sizeof(float));
+        float *dw2 = calloc((size_t)OC * C, sizeof(float)), *db1 = calloc(C, sizeof(float));
+        float *db2 = calloc(C, sizeof(float)), *fd = malloc((size_t)N * OC * sizeof(float));
+        uint16_t *hd = malloc((size_t)N * OC * sizeof(uint16_t));
+        f->linear_gelu_backward(fd, dw1, db1, x1, wi, wp, w2, N, OC, C);
+        h->linear_gelu_backward(hd, dw2, db2, h1, ho, hp, w2, N, OC, C);
+        CU_ASSERT(b16_close("bf16 linear_gelu_backward dpre", hd, fd, (size_t)N * OC));
+        CU_ASSERT(memcmp(dw1, dw2, (size_t)OC * C * sizeof(float)) == 0);
+        CU_ASSERT(memcmp(db1, db2, (size_t)C * sizeof(float)) == 0);
+        free(fp), free(hp), free(wi), free(wp), free(w2), free(dw1), free(dw2), free(db1);
+        free(db2), free(fd), free(hd);
+    }
     f->head_forward(fo, x0, w, N, C, V);
     h->head_forward(ho, h0, w, N, C, V);
     CU_ASSERT(b16_close("bf16 head_forward", ho, fo, (size_t)N * V));
@@ -1033,7 +1112,8 @@ static void test_table(void)
               ops->attention_forward && ops->attention_backward &&
               ops->attention_scratch_floats && ops->residual_forward &&
               ops->softmax_xent && ops->adamw && ops->sumsq && ops->scale &&
-              ops->head_forward && ops->head_backward && ops->act == ZINC_DTYPE_F32);
+              ops->head_forward && ops->head_backward && ops->linear_gelu_forward &&
+              ops->linear_gelu_backward && ops->act == ZINC_DTYPE_F32);
 }
 
 int main(void)
@@ -1054,6 +1134,7 @@ int main(void)
         {"attention_large_scores", test_attention_large_scores},
         {"softmax_xent", test_softmax_xent},
         {"head", test_head},
+        {"linear_gelu", test_linear_gelu},
         {"bf16_table", test_bf16_table},
         {"softmax_exp_accuracy", test_softmax_exp_accuracy},
         {"adamw", test_adamw},

@@ -3,7 +3,7 @@
 #  - fp32: stages 0-3 x DP 1-4 x grad accumulation 1, 2 match one rank at
 #    stage 0 (rel. diff <= 1e-5 over 20 steps); DP 3 pads units unevenly.
 #  - ZeRO-3 with whole (persistent) small units matches too.
-#  - bf16 and fp16 end within 2% of the fp32 loss after 50 steps.
+#  - bf16 and fp16 end within 2% of the fp32 loss (mean of steps 41-50).
 #  - a forced fp16 overflow skips the step and lowers the loss scale.
 #  - model-state bytes per rank at DP 4 (bf16) within 5% of the ZeRO formula;
 #    bytes communicated per step within 5% of the theoretical volume.
@@ -41,10 +41,13 @@ check_close s3_persist ref 1e-5
 run fp32_50 2 --set train.max_steps=50 --set zero_optimization.stage=2
 for p in bf16 fp16; do
     run "${p}_50" 2 --set train.max_steps=50 --set zero_optimization.stage=2 --set $p.enabled=true
-    a=$(losses "$TMP/fp32_50.jsonl" | tail -1); b=$(losses "$TMP/${p}_50.jsonl" | tail -1)
+    # the mean of the last 10 losses: single steps of this tiny model scatter
+    # by about 2% between runs that differ only in rounding
+    a=$(losses "$TMP/fp32_50.jsonl" | tail -10 | awk '{ s += $1 } END { print s / NR }')
+    b=$(losses "$TMP/${p}_50.jsonl" | tail -10 | awk '{ s += $1 } END { print s / NR }')
     awk -v a="$a" -v b="$b" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d; exit !(d <= 0.02) }' \
-        || fail "$p loss $b is not within 2% of fp32 $a after 50 steps"
-    echo "$p: loss after 50 steps $b vs fp32 $a"
+        || fail "$p mean loss of steps 41-50 $b is not within 2% of fp32 $a"
+    echo "$p: mean loss of steps 41-50 $b vs fp32 $a"
 done
 
 # --- forced fp16 overflow: a huge initial scale overflows, the step is skipped, the scale halves ---
