@@ -56,6 +56,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -299,7 +300,8 @@ __device__ __forceinline__ void at_block(int n_tiles, int n_bh, int *rank, int *
 
 /* out (B,T,C) bf16, lse (B,NH,T) fp32 from qkv (B,T,3C) bf16; 1-D grid in
  * at_block order. sl2 = scale * log2(e). */
-static __global__ void __launch_bounds__(AT_THREADS)
+template <int MINB>
+static __global__ void __launch_bounds__(AT_THREADS, MINB)
     attn_tc_fwd_kernel(uint16_t *out, float *lse, const uint16_t *qkv, int B, int T, int C,
                        int NH, float sl2, int vec)
 {
@@ -403,7 +405,8 @@ static __global__ void __launch_bounds__(AT_THREADS)
 
 /* dQ for one query tile of 128; 1-D grid in at_block order. dqkv, qkv, dout
  * bf16; dqkv accumulates. sl2 = scale * log2(e). */
-static __global__ void __launch_bounds__(AT_THREADS)
+template <int MINB>
+static __global__ void __launch_bounds__(AT_THREADS, MINB)
     attn_tc_dq_kernel(uint16_t *dqkv, const uint16_t *qkv, const uint16_t *dout,
                       const float *lse, const float *Dr, int B, int T, int C, int NH, float scale,
                       float sl2, int vec)
@@ -597,6 +600,20 @@ static int tc_vec_ok(const void *in1, const void *in2, const void *out1, int C)
 
 static const float tc_log2e = 1.44269504f;
 
+/* Blocks per SM the forward and dQ kernels are compiled for: 1 (registers
+ * as needed, 8 warps per SM) or 2 (at most 128 registers a thread, a few
+ * bytes spilled, 16 warps per SM). ZINC_CUDA_ATT_MINB=1|2 picks (default 2,
+ * the faster on an H200); the results are the same bits either way. */
+static int tc_minb(void)
+{
+    static int v = 0;
+    if (!v) {
+        const char *e = getenv("ZINC_CUDA_ATT_MINB");
+        v = e && atoi(e) == 1 ? 1 : 2;
+    }
+    return v;
+}
+
 void cuda_attention_forward_bf16(void *out, float *lse, const void *qkv, int B, int T, int C,
                                  int NH)
 {
@@ -607,11 +624,19 @@ void cuda_attention_forward_bf16(void *out, float *lse, const void *qkv, int B, 
     }
     const unsigned grid = (unsigned)((size_t)B * NH * (size_t)((T + AT_BM - 1) / AT_BM));
     const float scale = 1.0f / sqrtf((float)AT_D);
-    CUDA_TRY(cudaFuncSetAttribute(attn_tc_fwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  AT_FWD_SMEM));
-    attn_tc_fwd_kernel<<<grid, AT_THREADS, AT_FWD_SMEM>>>(
-        (uint16_t *)out, lse, (const uint16_t *)qkv, B, T, C, NH, scale * tc_log2e,
-        tc_vec_ok(qkv, qkv, out, C));
+    if (tc_minb() == 2) {
+        CUDA_TRY(cudaFuncSetAttribute(attn_tc_fwd_kernel<2>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, AT_FWD_SMEM));
+        attn_tc_fwd_kernel<2><<<grid, AT_THREADS, AT_FWD_SMEM>>>(
+            (uint16_t *)out, lse, (const uint16_t *)qkv, B, T, C, NH, scale * tc_log2e,
+            tc_vec_ok(qkv, qkv, out, C));
+    } else {
+        CUDA_TRY(cudaFuncSetAttribute(attn_tc_fwd_kernel<1>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, AT_FWD_SMEM));
+        attn_tc_fwd_kernel<1><<<grid, AT_THREADS, AT_FWD_SMEM>>>(
+            (uint16_t *)out, lse, (const uint16_t *)qkv, B, T, C, NH, scale * tc_log2e,
+            tc_vec_ok(qkv, qkv, out, C));
+    }
     LAUNCH_TRY(attn_tc_fwd_kernel);
 cleanup:
     return;
@@ -632,15 +657,21 @@ void cuda_attention_backward_bf16(void *dqkv, float *scratch, const void *dout, 
     const uint16_t *x = (const uint16_t *)qkv, *dy = (const uint16_t *)dout;
     CUDA_TRY(cudaFuncSetAttribute(attn_tc_dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   AT_DKV_SMEM));
-    CUDA_TRY(cudaFuncSetAttribute(attn_tc_dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  AT_DQ_SMEM));
+    CUDA_TRY(cudaFuncSetAttribute(attn_tc_dq_kernel<1>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, AT_DQ_SMEM));
+    CUDA_TRY(cudaFuncSetAttribute(attn_tc_dq_kernel<2>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, AT_DQ_SMEM));
     if (!cuda_attention_rowdot(scratch, dout, out, ZINC_DTYPE_BF16, B, T, C, NH))
         goto cleanup;
     attn_tc_dkv_kernel<<<grid, AT_THREADS, AT_DKV_SMEM>>>(dx, x, dy, lse, scratch, B, T, C, NH,
                                                           scale, scale * tc_log2e, vec);
     LAUNCH_TRY(attn_tc_dkv_kernel);
-    attn_tc_dq_kernel<<<grid, AT_THREADS, AT_DQ_SMEM>>>(dx, x, dy, lse, scratch, B, T, C, NH,
-                                                        scale, scale * tc_log2e, vec);
+    if (tc_minb() == 2)
+        attn_tc_dq_kernel<2><<<grid, AT_THREADS, AT_DQ_SMEM>>>(dx, x, dy, lse, scratch, B, T, C,
+                                                               NH, scale, scale * tc_log2e, vec);
+    else
+        attn_tc_dq_kernel<1><<<grid, AT_THREADS, AT_DQ_SMEM>>>(dx, x, dy, lse, scratch, B, T, C,
+                                                               NH, scale, scale * tc_log2e, vec);
     LAUNCH_TRY(attn_tc_dq_kernel);
 cleanup:
     return;

@@ -81,7 +81,8 @@ enum {
     ROW_WARPS = 8,             /* warps (rows) per block of warp-per-row kernels */
     COLSUM_MAX_CHUNKS = 64,    /* row chunks of the two-pass column sums */
     COLSUM_MIN_ROWS = 64,      /* fewest rows per chunk */
-    EMB_THREADS = 256,         /* threads per token run of the embedding table gradient */
+    EMB_THREADS = 256,         /* threads per block of the embedding table gradient */
+    EMB_CHUNK = 64,            /* sorted tokens per block of the embedding table gradient */
     XENT_BLOCK = 512,          /* threads per row of softmax_xent */
     XENT_STASH_MAX = 112 << 10, /* bytes of a row softmax_xent keeps in shared memory
                                   (two blocks fit an SM: 228 KiB on Hopper) */
@@ -92,7 +93,7 @@ enum {
     SUMSQ_BLOCK = 256,
     SUMSQ_MAX_BLOCKS = 1024,
     SUMSQ_MIN_PER_BLOCK = 4096,
-    ALGO_CACHE_N = 64,         /* cached cuBLASLt algorithms */
+    ALGO_CACHE_N = 128,        /* cached cuBLASLt algorithms */
 };
 
 /* ------------------------------------------------------------------ */
@@ -749,11 +750,14 @@ cleanup:
 /* matmul and linear (cuBLASLt)                                        */
 /* ------------------------------------------------------------------ */
 
-/* Largest power of two (2..256) that divides the address. */
+/* Largest power of two (2..16) that divides the address. Capped at 16, the
+ * most any cuBLASLt kernel asks for: activations carved at 64-byte steps
+ * would otherwise make several cache keys of one shape, and a miss costs
+ * a heuristic query on the host (tens of microseconds) every product. */
 static unsigned ptr_align(const void *p)
 {
     const uintptr_t a = (uintptr_t)p;
-    unsigned al = 256;
+    unsigned al = 16;
     while (al > 2 && a % al)
         al >>= 1;
     return al;
@@ -1293,45 +1297,84 @@ static __global__ void iota_kernel(int32_t *pos, int n)
 }
 
 /* dwte(V,C) += dout rows by token, from the positions sorted by token
- * (stable: ascending position within a token). Block i handles sorted
- * entry i when it starts a run of equal tokens: its threads sum the run's
- * rows, column by column, in position order, in registers, and add the sum
- * to the token's row once. Deterministic, no atomics, one pass over dout;
- * the blocks that do not start a run return at once. */
+ * (stable: ascending position within a token), in two kernels so that a
+ * token that fills much of the batch (the space of source code) is summed
+ * by many blocks, and every sum has a fixed order (no atomics).
+ * The sorted entries are cut into chunks of EMB_CHUNK; a chunk's entries
+ * fall into segments of equal tokens. Kernel 1, block per chunk: a
+ * segment that is a whole run (its token appears nowhere else) is summed,
+ * in position order, and added to dwte at once; the chunk's first and last
+ * segments, when their run crosses into the previous or next chunk, are
+ * stored as the chunk's partials first[c] and last[c] instead. Kernel 2,
+ * block per chunk where a crossing run starts: last[c] + first[c+1] + ...
+ * in chunk order, added to dwte once. */
 template <class T>
 static __global__ void __launch_bounds__(EMB_THREADS)
-    embedding_backward_wte_kernel(float *dwte, const T *dout, const int32_t *tok_sorted,
-                                  const int32_t *pos_sorted, int BT, int C)
+    emb_wte_chunk_kernel(float *dwte, float *first, float *last, const T *dout,
+                         const int32_t *tok_sorted, const int32_t *pos_sorted, int BT, int C)
 {
-    const int i = blockIdx.x;
-    const int32_t tok = tok_sorted[i];
-    if (i > 0 && tok_sorted[i - 1] == tok)
-        return;
-    int lo = i + 1, hi = BT; /* the run's end: first entry past it (sorted: binary search) */
-    while (lo < hi) {
-        const int mid = lo + (hi - lo) / 2;
-        if (tok_sorted[mid] == tok)
-            lo = mid + 1;
-        else
-            hi = mid;
+    __shared__ int32_t tok_s[EMB_CHUNK], pos_s[EMB_CHUNK];
+    const int c = blockIdx.x, lo = c * EMB_CHUNK, hi = min(lo + EMB_CHUNK, BT), n = hi - lo;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        tok_s[i] = tok_sorted[lo + i];
+        pos_s[i] = pos_sorted[lo + i];
     }
-    const int end = lo;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float acc = 0.0f;
-        int j = i;
-        for (; j + 4 <= end; j += 4) { /* four independent loads in flight */
-            const float v0 = act_ld(dout, (size_t)pos_sorted[j] * C + c);
-            const float v1 = act_ld(dout, (size_t)pos_sorted[j + 1] * C + c);
-            const float v2 = act_ld(dout, (size_t)pos_sorted[j + 2] * C + c);
-            const float v3 = act_ld(dout, (size_t)pos_sorted[j + 3] * C + c);
-            acc += v0;
-            acc += v1;
-            acc += v2;
-            acc += v3;
+    __syncthreads();
+    const int cont_prev = lo > 0 && tok_sorted[lo - 1] == tok_s[0];
+    const int cont_next = hi < BT && tok_sorted[hi] == tok_s[n - 1];
+    for (int col = threadIdx.x; col < C; col += blockDim.x) {
+        for (int s0 = 0; s0 < n;) {
+            const int32_t tok = tok_s[s0];
+            int e = s0 + 1;
+            while (e < n && tok_s[e] == tok)
+                e++;
+            float acc = 0.0f;
+            int j = s0;
+            for (; j + 4 <= e; j += 4) { /* four independent loads in flight */
+                const float v0 = act_ld(dout, (size_t)pos_s[j] * C + col);
+                const float v1 = act_ld(dout, (size_t)pos_s[j + 1] * C + col);
+                const float v2 = act_ld(dout, (size_t)pos_s[j + 2] * C + col);
+                const float v3 = act_ld(dout, (size_t)pos_s[j + 3] * C + col);
+                acc += v0;
+                acc += v1;
+                acc += v2;
+                acc += v3;
+            }
+            for (; j < e; j++)
+                acc += act_ld(dout, (size_t)pos_s[j] * C + col);
+            const int is_first = s0 == 0, is_last = e == n;
+            if ((is_first && cont_prev) || (is_last && cont_next)) {
+                if (is_first)
+                    first[(size_t)c * C + col] = acc;
+                if (is_last)
+                    last[(size_t)c * C + col] = acc;
+            } else {
+                dwte[(size_t)tok * C + col] += acc;
+            }
+            s0 = e;
         }
-        for (; j < end; j++)
-            acc += act_ld(dout, (size_t)pos_sorted[j] * C + c);
-        dwte[(size_t)tok * C + c] += acc;
+    }
+}
+
+static __global__ void __launch_bounds__(EMB_THREADS)
+    emb_wte_cross_kernel(float *dwte, const float *first, const float *last,
+                         const int32_t *tok_sorted, int BT, int C)
+{
+    const int c = blockIdx.x, lo = c * EMB_CHUNK, hi = min(lo + EMB_CHUNK, BT);
+    const int32_t t = tok_sorted[hi - 1];
+    if (hi >= BT || tok_sorted[hi] != t) /* the chunk's last run ends here */
+        return;
+    if (lo > 0 && tok_sorted[lo - 1] == t) /* sorted: the run began in an earlier chunk */
+        return;
+    for (int col = threadIdx.x; col < C; col += blockDim.x) {
+        float acc = last[(size_t)c * C + col];
+        for (int c2 = c + 1;; c2++) { /* chunk c2 begins with t */
+            acc += first[(size_t)c2 * C + col];
+            const int hi2 = min((c2 + 1) * EMB_CHUNK, BT);
+            if (!(hi2 < BT && tok_sorted[hi2 - 1] == t && tok_sorted[hi2] == t))
+                break; /* the run ends in chunk c2 */
+        }
+        dwte[(size_t)t * C + col] += acc;
     }
 }
 
@@ -1372,27 +1415,35 @@ static void cuda_embedding_backward(float *dwte, float *dwpe, const void *dout,
     if ((size_t)B * T == 0)
         return;
     {
-        /* scratch: sorted tokens, positions, sorted positions, the sort's temporaries */
-        const int BT = B * T;
+        /* scratch: sorted tokens, positions, sorted positions, the chunks'
+         * partials (first, last), the sort's temporaries */
+        const int BT = B * T, nch = (BT + EMB_CHUNK - 1) / EMB_CHUNK;
         const size_t ib = ((size_t)BT * sizeof(int32_t) + 255) / 256 * 256;
+        const size_t pb = ((size_t)nch * C * sizeof(float) + 255) / 256 * 256;
         size_t temp = 0;
         char *base;
         int32_t *tok_sorted, *pos, *pos_sorted;
+        float *first, *last;
         CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, temp, tokens, (int32_t *)NULL,
                                                  (const int32_t *)NULL, (int32_t *)NULL, BT));
-        base = (char *)cuda_scratch(3 * ib + temp);
+        base = (char *)cuda_scratch(3 * ib + 2 * pb + temp);
         if (!base)
             goto cleanup;
         tok_sorted = (int32_t *)base;
         pos = (int32_t *)(base + ib);
         pos_sorted = (int32_t *)(base + 2 * ib);
+        first = (float *)(base + 3 * ib);
+        last = (float *)(base + 3 * ib + pb);
         iota_kernel<<<(BT + 255) / 256, 256>>>(pos, BT);
         LAUNCH_TRY(iota_kernel);
-        CUDA_TRY(cub::DeviceRadixSort::SortPairs(base + 3 * ib, temp, tokens, tok_sorted, pos,
-                                                 pos_sorted, BT, 0, 32, (cudaStream_t)0));
-        embedding_backward_wte_kernel<A><<<BT, EMB_THREADS>>>(dwte, (const A *)dout, tok_sorted,
-                                                              pos_sorted, BT, C);
-        LAUNCH_TRY(embedding_backward_wte_kernel);
+        CUDA_TRY(cub::DeviceRadixSort::SortPairs(base + 3 * ib + 2 * pb, temp, tokens,
+                                                 tok_sorted, pos, pos_sorted, BT, 0, 32,
+                                                 (cudaStream_t)0));
+        emb_wte_chunk_kernel<A><<<nch, EMB_THREADS>>>(dwte, first, last, (const A *)dout,
+                                                      tok_sorted, pos_sorted, BT, C);
+        LAUNCH_TRY(emb_wte_chunk_kernel);
+        emb_wte_cross_kernel<<<nch, EMB_THREADS>>>(dwte, first, last, tok_sorted, BT, C);
+        LAUNCH_TRY(emb_wte_cross_kernel);
     }
     embedding_backward_wpe_kernel<A><<<ew_grid((size_t)T * C), EW_BLOCK>>>(dwpe, (const A *)dout,
                                                                          B, T, C);
