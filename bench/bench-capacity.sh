@@ -31,7 +31,7 @@ cat > "$dir/cap.json" <<JSON
     "offload_param": {"device": "nvme", "nvme_path": "$dir"}
   },
   "aio": {"block_size": 1048576, "queue_depth": 32, "intra_op_parallelism": 1},
-  "model": {"type": "gpt2", "n_layer": 24, "n_embd": 2560, "n_head": 20, "vocab_size": 50304, "block_size": 64},
+  "model": {"type": "gpt2", "n_layer": 24, "n_embd": 2560, "n_head": 20, "vocab_size": 50304, "block_size": 64, "recompute": true},
   "data": {"text": ["include", "core"], "tokenizer": "bytes"},
   "train": {"max_steps": $steps, "metrics_file": "$dir/m.jsonl"},
   "device": "cpu"

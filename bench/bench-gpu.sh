@@ -10,6 +10,7 @@ BUILD=${BUILD:-build-cuda}
 cd "$(dirname "$0")/.."
 steps=${1:-30}
 prec=${BENCH_PREC:-bf16}
+recompute=${BENCH_RECOMPUTE:-false} # model.recompute: less activation memory, more compute
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 "$BUILD/bench/bench_gpu_peak" > "$tmp/peak.log" 2>&1 || { cat "$tmp/peak.log"; exit 1; }
@@ -25,7 +26,7 @@ cat > "$tmp/gpt2.json" <<JSON
   "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10, "warmup_max_lr": 6e-4, "warmup_type": "linear"}},
   "steps_per_print": 5,
   "bf16": {"enabled": $bf},
-  "model": {"type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50304, "block_size": 1024},
+  "model": {"type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50304, "block_size": 1024, "recompute": $recompute},
   "data": {"train": ["$tmp/corpus.bin"]},
   "train": {"max_steps": $steps, "metrics_file": "$tmp/m.jsonl"},
   "device": "cuda",

@@ -345,6 +345,7 @@ static const keydesc model_keys[] = {
     KI("block_size", model.block_size, 1, INF, 64),
     KI("seed", model.seed, 0, INF, 1337),
     KS("init_from", model.init_from, "", NULL),
+    KB("recompute", model.recompute, 0),
     END};
 
 static const keydesc data_keys[] = {

@@ -17,6 +17,7 @@
 
 typedef struct gpt2_dims {
     int C, NH, V, maxT, L;
+    int recompute; /* model.recompute: backward recomputes ln1, ln2, c_fc and its GELU */
 } gpt2_dims;
 
 struct zinc_gpt2 {
@@ -91,18 +92,22 @@ static void *carve(carver *k, size_t n, size_t esz)
 /* Element i of an act tensor. */
 static void *act_at(void *p, size_t i, size_t asz) { return (char *)p + i * asz; }
 
-/* Saved activations of a block, per token unless noted. The MLP's inner
- * activations and the LayerNorm outputs are not kept: backward recomputes
- * them into the scratch from what is (two LayerNorms, the c_fc product and a
- * GELU per layer, about 5% of a step), which keeps 10C of 15C values per
- * token out of activation memory (GPT-2 124M, B=16, T=1024, bf16: 3 GB). */
+/* Saved activations of a block, per token unless noted. With
+ * model.recompute the LayerNorm outputs and the MLP's inner activations
+ * are not kept: backward recomputes them from what is (two LayerNorms, the
+ * c_fc product and its GELU per layer, about 5% of a step), which keeps
+ * 10C of 15C values per token out of activation memory (GPT-2 124M, B=16,
+ * T=1024, bf16: 3 GB); those pointers are NULL then. */
 typedef struct block_acts {
     float *ln1_mean, *ln1_rstd;       /* (BT) (BT) */
+    void *ln1;                        /* (BT,C) act, NULL with recompute */
     void *qkv;                        /* (BT,3C) act */
     void *atty;                       /* (BT,C) act */
     float *lse;                       /* (B,NH,T) attention log-sum-exp */
     void *res2;                       /* (BT,C) act: x + attention branch */
     float *ln2_mean, *ln2_rstd;       /* (BT) (BT) */
+    void *ln2;                        /* (BT,C) act, NULL with recompute */
+    void *fch, *fch_gelu;             /* (BT,4C) act each: c_fc's output and its GELU, NULL with recompute */
 } block_acts;
 
 static size_t block_carve(block_acts *a, void *base, const gpt2_dims *d, int B, int T,
@@ -111,6 +116,7 @@ static size_t block_carve(block_acts *a, void *base, const gpt2_dims *d, int B, 
     size_t BT = (size_t)B * T, C = (size_t)d->C;
     carver k = {base, 0, zinc_dtype_size(act)};
     block_acts t;
+    memset(&t, 0, sizeof t);
     t.ln1_mean = CARVE_F32(&k, BT);
     t.ln1_rstd = CARVE_F32(&k, BT);
     t.qkv = CARVE_ACT(&k, BT * 3 * C);
@@ -119,6 +125,12 @@ static size_t block_carve(block_acts *a, void *base, const gpt2_dims *d, int B, 
     t.res2 = CARVE_ACT(&k, BT * C);
     t.ln2_mean = CARVE_F32(&k, BT);
     t.ln2_rstd = CARVE_F32(&k, BT);
+    if (!d->recompute) {
+        t.ln1 = CARVE_ACT(&k, BT * C);
+        t.ln2 = CARVE_ACT(&k, BT * C);
+        t.fch = CARVE_ACT(&k, BT * 4 * C);
+        t.fch_gelu = CARVE_ACT(&k, BT * 4 * C);
+    }
     if (a) *a = t;
     return k.off;
 }
@@ -148,13 +160,14 @@ static size_t block_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
     return block_carve(NULL, NULL, zinc_layer_state(l), B, T, act);
 }
 
-/* The block's scratch. Forward: ln (C), then GELU(fch) (4C). Backward, act
- * per token: a (4C: GELU(fch), then the recomputed ln1), b (4C: fch, then
- * dqkv), dfch (4C), dsmall (2C: the recomputed ln2 | dln2, then datty,
- * then dln1), dres2 (C); then the attention scratch, B NH T fp32 on every
- * device (zinc/ops.h). */
+/* The block's scratch, act per token. Forward with recompute: ln (C),
+ * then GELU(fch) (4C). Backward: a, b (4C each: with recompute GELU(fch)
+ * and fch, then the recomputed ln1 in a), dfch (4C, then dqkv), dsmall
+ * (2C: the recomputed ln2 | dln2, then datty, then dln1); then the
+ * attention scratch, B NH T fp32 on every device (zinc/ops.h). The
+ * residual gradient is accumulated in dx itself (zeroed by the engine). */
 typedef struct block_scratch {
-    void *a, *b, *dfch, *dsmall, *dres2;
+    void *a, *b, *dfch, *dsmall;
     float *att;
 } block_scratch;
 
@@ -164,11 +177,13 @@ static size_t block_scratch_carve(block_scratch *s, void *base, const gpt2_dims 
     size_t BT = (size_t)B * T, C = (size_t)d->C;
     carver k = {base, 0, zinc_dtype_size(act)};
     block_scratch t;
-    t.a = CARVE_ACT(&k, BT * 4 * C);
-    t.b = CARVE_ACT(&k, BT * 4 * C);
+    memset(&t, 0, sizeof t);
+    if (d->recompute) {
+        t.a = CARVE_ACT(&k, BT * 4 * C);
+        t.b = CARVE_ACT(&k, BT * 4 * C);
+    }
     t.dfch = CARVE_ACT(&k, BT * 4 * C);
     t.dsmall = CARVE_ACT(&k, BT * 2 * C);
-    t.dres2 = CARVE_ACT(&k, BT * C);
     t.att = CARVE_F32(&k, (size_t)B * d->NH * T);
     if (s) *s = t;
     return k.off;
@@ -190,15 +205,19 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
     float *p[12];
     for (int i = 0; i < 12; i++) p[i] = zinc_layer_param(l, i);
 
-    void *ln = c->scratch;                             /* (BT,C): ln1, then ln2 */
-    void *fch_gelu = act_at(ln, (size_t)BT * C, asz);  /* (BT,4C) */
-    o->layernorm_forward(ln, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
-    o->linear_forward(a.qkv, ln, p[B_QKVW], p[B_QKVB], BT, C, 3 * C);
+    /* with recompute, ln1 / ln2 and GELU(fch) live in the scratch */
+    void *ln1 = a.ln1, *ln2 = a.ln2, *fch_gelu = a.fch_gelu;
+    if (d->recompute) {
+        ln1 = ln2 = c->scratch;
+        fch_gelu = act_at(c->scratch, (size_t)BT * C, asz);
+    }
+    o->layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
+    o->linear_forward(a.qkv, ln1, p[B_QKVW], p[B_QKVB], BT, C, 3 * C);
     o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, C, d->NH);
     o->linear_forward(a.res2, a.atty, p[B_PRJW], p[B_PRJB], BT, C, C);
     o->residual_forward(a.res2, a.res2, x, (size_t)BT * C);
-    o->layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
-    o->linear_gelu_forward(fch_gelu, NULL, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
+    o->layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
+    o->linear_gelu_forward(fch_gelu, a.fch, ln2, p[B_FCW], p[B_FCB], BT, C, 4 * C);
     o->linear_forward(y, fch_gelu, p[B_FPW], p[B_FPB], BT, 4 * C, C);
     o->residual_forward(y, y, a.res2, (size_t)BT * C);
     return ZINC_OK;
@@ -222,32 +241,40 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
         g[i] = zinc_layer_grad(l, i);
     }
 
-    /* MLP branch: y = res2 + fc_proj(gelu(fc(ln2(res2)))). Recompute ln2,
-     * fch and GELU(fch); the GELU's backward is fused into c_proj's. */
-    o->copy(s.dres2, dy, n * asz);
-    void *ln = s.dsmall, *fch_gelu = s.a, *fch = s.b;
-    o->layernorm_forward(ln, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
-    o->linear_gelu_forward(fch_gelu, fch, ln, p[B_FCW], p[B_FCB], BT, C, 4 * C);
+    /* MLP branch: y = res2 + fc_proj(gelu(fc(ln2(res2)))); dx accumulates
+     * the residual stream's gradient: dy now, + the MLP's through ln2 below
+     * (that sum is dres2), + the attention branch's through ln1 last */
+    o->residual_forward(dx, dx, dy, n);
+    void *ln2 = a.ln2, *fch = a.fch, *fch_gelu = a.fch_gelu;
+    if (d->recompute) { /* ln2 in dsmall until c_fc's backward, fch and GELU(fch) */
+        ln2 = s.dsmall;
+        fch_gelu = s.a;
+        fch = s.b;
+        o->layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
+        o->linear_gelu_forward(fch_gelu, fch, ln2, p[B_FCW], p[B_FCB], BT, C, 4 * C);
+    }
+    /* GELU's backward fused into c_proj's */
     o->linear_gelu_backward(s.dfch, g[B_FPW], g[B_FPB], dy, fch_gelu, fch, p[B_FPW], BT, 4 * C,
                             C);
     void *dln2 = act_at(s.dsmall, n, asz);
     o->zero(dln2, n * asz);
-    o->linear_backward(dln2, g[B_FCW], g[B_FCB], s.dfch, ln, p[B_FCW], BT, C, 4 * C);
-    o->layernorm_backward(s.dres2, g[B_LN2W], g[B_LN2B], dln2, a.res2, p[B_LN2W], a.ln2_mean,
+    o->linear_backward(dln2, g[B_FCW], g[B_FCB], s.dfch, ln2, p[B_FCW], BT, C, 4 * C);
+    o->layernorm_backward(dx, g[B_LN2W], g[B_LN2B], dln2, a.res2, p[B_LN2W], a.ln2_mean,
                           a.ln2_rstd, BT, C);
-    /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))) */
-    o->residual_forward(dx, dx, s.dres2, n);
+    /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))); dx holds dres2 */
     void *datty = s.dsmall;
     o->zero(datty, n * asz);
-    o->linear_backward(datty, g[B_PRJW], g[B_PRJB], s.dres2, a.atty, p[B_PRJW], BT, C, C);
-    void *dqkv = s.b; /* fch is dead */
+    o->linear_backward(datty, g[B_PRJW], g[B_PRJB], dx, a.atty, p[B_PRJW], BT, C, C);
+    void *dqkv = s.dfch; /* dfch is dead */
     o->zero(dqkv, (size_t)BT * 3 * C * asz);
     o->attention_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->B, c->T, C, d->NH);
-    void *dln1 = s.dsmall;
-    ln = s.a; /* ln1 is recomputed there: GELU(fch) is dead */
-    o->layernorm_forward(ln, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
+    void *dln1 = s.dsmall, *ln1 = a.ln1;
+    if (d->recompute) { /* ln1 is recomputed in a: GELU(fch) is dead */
+        ln1 = s.a;
+        o->layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
+    }
     o->zero(dln1, n * asz);
-    o->linear_backward(dln1, g[B_QKVW], g[B_QKVB], dqkv, ln, p[B_QKVW], BT, C, 3 * C);
+    o->linear_backward(dln1, g[B_QKVW], g[B_QKVB], dqkv, ln1, p[B_QKVW], BT, C, 3 * C);
     o->layernorm_backward(dx, g[B_LN1W], g[B_LN1B], dln1, x, p[B_LN1W], a.ln1_mean, a.ln1_rstd,
                           BT, C);
     return ZINC_OK;
@@ -375,6 +402,7 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
     g->d.V = (int)c->model.vocab_size;
     g->d.maxT = (int)c->model.block_size;
     g->d.L = (int)c->model.n_layer;
+    g->d.recompute = c->model.recompute != 0;
     int n = g->d.L + 2;
     g->layers = calloc((size_t)n, sizeof *g->layers);
     if (!g->layers) {

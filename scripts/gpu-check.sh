@@ -28,6 +28,9 @@ fi
 if [[ $what == *tune* ]]; then # cuBLASLt algorithms chosen by timing (opt-in)
     OUT=$LOGDIR ZINC_CUDA_AUTOTUNE=1 BENCH_TAG=autotune timeout 200 ./bench/bench-gpu.sh "${BENCH_STEPS:-30}" > "$LOGDIR/bench-autotune.log" 2>&1 || rc=1
 fi
+if [[ $what == *recompute* ]]; then # model.recompute: the memory-saving variant
+    OUT=$LOGDIR BENCH_RECOMPUTE=true BENCH_TAG=recompute timeout 200 ./bench/bench-gpu.sh "${BENCH_STEPS:-30}" > "$LOGDIR/bench-recompute.log" 2>&1 || rc=1
+fi
 if [[ $what == *profile* ]]; then # per-op device times
     OUT=$LOGDIR ZINC_PROFILE_OPS=1 BENCH_TAG=profile timeout 120 ./bench/bench-gpu.sh 10 > "$LOGDIR/bench-profile.log" 2>&1 || rc=1
 fi
@@ -36,5 +39,6 @@ echo "== summary (rc $rc)"
 [ -f "$LOGDIR/bench-gpu.log" ] && tail -8 "$LOGDIR/bench-gpu.log"
 [ -f "$LOGDIR/bench-gpu-train-profile.log" ] && grep -A24 "op profile" "$LOGDIR/bench-gpu-train-profile.log" | cut -c1-110
 [ -f "$LOGDIR/bench-autotune.log" ] && echo "autotune: $(tail -1 "$LOGDIR/bench-autotune.log")"
+[ -f "$LOGDIR/bench-recompute.log" ] && echo "recompute: $(tail -1 "$LOGDIR/bench-recompute.log")"
 grep -h "^time" "$LOGDIR/ops.log" 2>/dev/null | head -6
 exit $rc

@@ -121,6 +121,8 @@ typedef struct zinc_config {
         int64_t block_size;            /* 64 (max sequence length T) */
         int64_t seed;                  /* 1337: parameter init seed */
         char init_from[512];           /* "" */
+        int recompute;                 /* false: keep every activation backward needs;
+                                        * true: recompute the cheap ones (less memory) */
     } model;
 
     struct {

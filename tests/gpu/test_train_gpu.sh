@@ -42,6 +42,8 @@ run gpubf 1 --set device=cuda --set bf16.enabled=true
 check "bf16 gpu vs cpu" cpubf gpubf 2e-2
 first=$(losses "$TMP/gpubf.jsonl" | head -1); last=$(losses "$TMP/gpubf.jsonl" | tail -1)
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 0.5) }' || fail "gpu bf16 loss did not fall: $first -> $last"
+run gpubfrc 1 --set device=cuda --set bf16.enabled=true --set model.recompute=true
+check "bf16 gpu model.recompute vs keeping activations" gpubf gpubfrc 2e-3
 run cpu16 1 --set fp16.enabled=true --set fp16.initial_scale_power=12
 run gpu16 1 --set device=cuda --set fp16.enabled=true --set fp16.initial_scale_power=12
 check "fp16 (dynamic loss scale) gpu vs cpu" cpu16 gpu16 2e-2
