@@ -1911,54 +1911,44 @@ cleanup:
 /* GELU, residual                                                      */
 /* ------------------------------------------------------------------ */
 
+/* Runs the elementwise act op over n elements of the act tensors ptrs
+ * (all of type A), with the vector plan their alignment allows; a failed
+ * launch is recorded under name. */
+template <class A, class Op, class... P>
+static void act_ew(const char *name, const Op &op, size_t n, P... ptrs)
+{
+    const void *p[] = {ptrs...};
+    unsigned esz[sizeof...(P)];
+    cudaError_t e;
+    for (unsigned &x : esz)
+        x = sizeof(A);
+    if (n == 0)
+        return;
+    ew_launch(op, ew_plan(n, p, esz, (int)sizeof...(P), Op::W));
+    e = cudaGetLastError();
+    if (e != cudaSuccess)
+        cuda_fail(ZINC_ERR_CUDA, name, __FILE__, __LINE__, cudaGetErrorString(e));
+}
+
 template <class A>
 static void cuda_gelu_forward(void *out, const void *inp, size_t n)
 {
     assert(out && inp);
-    if (n == 0)
-        return;
-    {
-        const void *p[2] = {out, inp};
-        const unsigned esz[2] = {sizeof(A), sizeof(A)};
-        ew_launch(gelu_fwd_op<A>{(A *)out, (const A *)inp},
-                  ew_plan(n, p, esz, 2, gelu_fwd_op<A>::W));
-    }
-    LAUNCH_TRY(gelu_forward);
-cleanup:
-    return;
+    act_ew<A>("launch gelu_forward", gelu_fwd_op<A>{(A *)out, (const A *)inp}, n, out, inp);
 }
 
 template <class A>
 static void cuda_gelu_backward(void *dinp, const void *inp, const void *dout, size_t n)
 {
     assert(dinp && inp && dout);
-    if (n == 0)
-        return;
-    {
-        const void *p[3] = {dinp, inp, dout};
-        const unsigned esz[3] = {sizeof(A), sizeof(A), sizeof(A)};
-        ew_launch(gelu_bwd_op<A>{(A *)dinp, (const A *)inp, (const A *)dout},
-                  ew_plan(n, p, esz, 3, gelu_bwd_op<A>::W));
-    }
-    LAUNCH_TRY(gelu_backward);
-cleanup:
-    return;
+    act_ew<A>("launch gelu_backward", gelu_bwd_op<A>{(A *)dinp, (const A *)inp, (const A *)dout},
+              n, dinp, inp, dout);
 }
 
 template <class A>
 static void gelu_grad_mul(void *d, const void *pre, size_t n)
 {
-    if (n == 0)
-        return;
-    {
-        const void *p[2] = {d, pre};
-        const unsigned esz[2] = {sizeof(A), sizeof(A)};
-        ew_launch(gelu_grad_mul_op<A>{(A *)d, (const A *)pre},
-                  ew_plan(n, p, esz, 2, gelu_grad_mul_op<A>::W));
-    }
-    LAUNCH_TRY(gelu_grad_mul);
-cleanup:
-    return;
+    act_ew<A>("launch gelu_grad_mul", gelu_grad_mul_op<A>{(A *)d, (const A *)pre}, n, d, pre);
 }
 
 /* Linear + GELU (zinc/ops.h). The bf16 table runs one product with
@@ -2032,17 +2022,8 @@ template <class A>
 static void cuda_residual_forward(void *out, const void *a, const void *b, size_t n)
 {
     assert(out && a && b);
-    if (n == 0)
-        return;
-    {
-        const void *p[3] = {out, a, b};
-        const unsigned esz[3] = {sizeof(A), sizeof(A), sizeof(A)};
-        ew_launch(residual_op<A>{(A *)out, (const A *)a, (const A *)b},
-                  ew_plan(n, p, esz, 3, residual_op<A>::W));
-    }
-    LAUNCH_TRY(residual_forward);
-cleanup:
-    return;
+    act_ew<A>("launch residual_forward", residual_op<A>{(A *)out, (const A *)a, (const A *)b}, n,
+              out, a, b);
 }
 
 /* ------------------------------------------------------------------ */
