@@ -407,17 +407,18 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     /* on a GPU: offload_optimizer cpu keeps the optimizer state in pinned host
      * memory and runs AdamW on the CPU; NVMe and parameter offload are not
      * there yet */
-    if (!e->dev->is_host && (e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME ||
-                             e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE)) {
-        int opt = e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "zero_optimization.offload_%s.device %s: not "
-                        "supported with device cuda yet (offload_optimizer \"cpu\" is); use "
-                        "\"none\" or \"device\": \"cpu\"", opt ? "optimizer" : "param",
-                        opt ? "nvme" : e->cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME
-                                           ? "nvme" : "cpu");
+    if (!e->dev->is_host && e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "zero_optimization.offload_param.device %s: not "
+                        "supported with device %s yet (offload_optimizer \"cpu\" and \"nvme\" "
+                        "are); use \"none\" or \"device\": \"cpu\"",
+                        e->cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME ? "nvme" : "cpu",
+                        e->dev->name);
         goto cleanup;
     }
-    e->opt_host = !e->dev->is_host && e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_CPU;
+    /* an offloaded optimizer on a GPU runs on the host: master, m, v in
+     * pinned host memory ("cpu") or streamed from swap files through host
+     * buffers ("nvme"); grads come down and params go up per sub-group */
+    e->opt_host = !e->dev->is_host && e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE;
     /* offload: "cpu" keeps the state in host memory, where the cpu device
      * already holds it; "nvme" streams it through swap files */
     e->opt_nvme = e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;

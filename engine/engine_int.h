@@ -138,8 +138,9 @@ struct zinc_engine {
 
     /* offload: optimizer state (master, m, v) and/or ZeRO-3 param shards on NVMe */
     int opt_nvme, param_nvme;
-    int opt_host;        /* offload_optimizer cpu on a GPU: master, m, v in pinned host memory,
-                            AdamW on the CPU (grads copied down, params copied up per sub-group) */
+    int opt_host;        /* offload_optimizer cpu or nvme on a GPU: master, m, v in pinned host
+                            memory or host swap buffers, AdamW on the CPU (grads copied down,
+                            params copied up per sub-group) */
     int master_sep;      /* master weights are their own array (16-bit params, or NVMe) */
     zinc_aio *aio;
     zinc_aio_file *opt_swap, *param_swap;

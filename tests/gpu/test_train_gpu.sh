@@ -67,6 +67,11 @@ check "bf16 dp=4 stage=3 on one GPU vs 1 GPU rank" gpubf bfdp4 2e-3
 OFF="--set zero_optimization.offload_optimizer.device=cpu"
 run bfoff 1 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=1 $OFF
 check "bf16 offload_optimizer cpu on the GPU vs on the device" gpubf bfoff 1e-6
+mkdir -p "$TMP/nvme"
+run bfnvme 2 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=2 \
+    --set zero_optimization.offload_optimizer.device=nvme \
+    --set zero_optimization.offload_optimizer.nvme_path="$TMP/nvme"
+check "bf16 dp=2 stage=2 offload_optimizer nvme vs 1 GPU rank" gpubf bfnvme 2e-3
 run bfoff2 2 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=2 $OFF
 check "bf16 dp=2 stage=2 offload_optimizer cpu vs 1 GPU rank" gpubf bfoff2 2e-3
 run ckC 1 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=1 $OFF \

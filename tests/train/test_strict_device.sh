@@ -5,7 +5,8 @@
 # collectives, checkpoint pieces through the io callback and the optimizer
 # offloaded to host memory all run, and a host read of device memory faults.
 # Its ops are the CPU's: every run must give the cpu device's losses bit for
-# bit (ZeRO 0-3, DP 1-2, fp32/bf16/fp16, offload_optimizer cpu, resume).
+# bit (ZeRO 0-3, DP 1-2, fp32/bf16/fp16, offload_optimizer cpu and nvme,
+# resume); parameter offload is refused there in one line, as on a GPU.
 set -u
 cd "$(dirname "$0")/../.."
 . tests/train/lib.sh
@@ -29,6 +30,21 @@ same bf16_s3 2 --set bf16.enabled=true --set zero_optimization.stage=3
 same fp16_s2 2 --set fp16.enabled=true --set zero_optimization.stage=2 --set zero_optimization.overlap_comm=true
 same off_s2 2 --set bf16.enabled=true --set zero_optimization.stage=2 \
     --set zero_optimization.offload_optimizer.device=cpu
+mkdir -p "$TMP/nvme"
+same nvme_s1 2 --set bf16.enabled=true --set zero_optimization.stage=1 \
+    --set zero_optimization.offload_optimizer.device=nvme \
+    --set zero_optimization.offload_optimizer.nvme_path="$TMP/nvme" \
+    --set zero_optimization.sub_group_size=20000 --set zero_optimization.offload_optimizer.pipeline_read=true
+same nvme_s3 2 --set zero_optimization.stage=3 --set zero_optimization.offload_optimizer.device=nvme \
+    --set zero_optimization.offload_optimizer.nvme_path="$TMP/nvme"
+# parameter offload stays host-only: one line naming the key
+ZINC_STRICT_DEVICE=1 $MPIRUN 1 "$BUILD/zinc-train" "$cfg" --set zero_optimization.stage=3 \
+    --set zero_optimization.offload_param.device=nvme \
+    --set zero_optimization.offload_param.nvme_path="$TMP/nvme" > "$TMP/pnvme.log" 2>&1 \
+    && fail "offload_param nvme on the strict device was accepted"
+grep -q "offload_param.device nvme: not supported with device strict" "$TMP/pnvme.log" \
+    || fail "unclear refusal: $(tail -2 "$TMP/pnvme.log")"
+echo "offload_param on a non-host device: refused in one line"
 
 # checkpoint on the strict device, resumed there on another rank count
 export ZINC_STRICT_DEVICE=1
@@ -45,4 +61,14 @@ d=$(max_rel_diff "$TMP/ckref.jsonl" "$TMP/ckAB.jsonl")
 echo "strict device: save at step 5 on 2 ranks, resume on 1 vs uninterrupted: max rel diff $d"
 awk -v d="$d" 'BEGIN { exit !(d != "nan" && d <= 1e-3) }' || fail "resume on the strict device differs: $d"
 "$BUILD/zinc-ckpt" verify "$TMP/ck/global_step10" > /dev/null || fail "checkpoint does not verify"
+# the same with the optimizer state on NVMe (read back from the swap files at save)
+NVO="--set zero_optimization.offload_optimizer.device=nvme --set zero_optimization.offload_optimizer.nvme_path=$TMP/nvme"
+ZINC_STRICT_DEVICE=1 run ckC 2 --set bf16.enabled=true --set zero_optimization.stage=1 $NVO \
+    --set train.save_dir="$TMP/ck2" --set train.save_every=5 --set train.max_steps=5
+ZINC_STRICT_DEVICE=1 run ckD 1 --set bf16.enabled=true --set zero_optimization.stage=1 $NVO \
+    --set train.save_dir="$TMP/ck2" --set train.resume=auto
+cat "$TMP/ckC.jsonl" "$TMP/ckD.jsonl" > "$TMP/ckCD.jsonl"
+d=$(max_rel_diff "$TMP/ckref.jsonl" "$TMP/ckCD.jsonl")
+echo "strict device, optimizer on NVMe: save on 2 ranks, resume on 1 vs uninterrupted: max rel diff $d"
+awk -v d="$d" 'BEGIN { exit !(d != "nan" && d <= 1e-3) }' || fail "NVMe resume on the strict device differs: $d"
 echo "strict device: all paths agree"
