@@ -2,12 +2,14 @@
 # Training throughput of the reference CPU benchmark model, as a fraction of
 # this machine's sgemm peak measured in the same run.
 #   model: GPT-2 L=6, C=384, 6 heads, vocab 50304, T=64, B=4, fp32, 1 rank, 2 threads
-# Usage: bench/bench-train.sh [steps=40]   (BUILD=build by default)
+# Usage: bench/bench-train.sh [steps=40]   (BUILD=build by default;
+#        BENCH_PREC=bf16 for bf16 storage, activations in bf16)
 set -eu
 BUILD=${BUILD:-build}
 cd "$(dirname "$0")/.."
 steps=${1:-40}
 threads=${BENCH_THREADS:-2}
+bf=false; [ "${BENCH_PREC:-fp32}" = bf16 ] && bf=true
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 "$BUILD/zinc-data" --ext .c,.h,.md -o "$tmp/corpus.bin" core kernels engine models include tools >/dev/null
 cat > "$tmp/bench.json" <<JSON
@@ -15,6 +17,7 @@ cat > "$tmp/bench.json" <<JSON
   "train_micro_batch_size_per_gpu": 4,
   "optimizer": {"type": "AdamW", "params": {"lr": 3e-4, "weight_decay": 0.0}},
   "steps_per_print": 10,
+  "bf16": {"enabled": $bf},
   "model": {"type": "gpt2", "n_layer": 6, "n_embd": 384, "n_head": 6, "vocab_size": 50304, "block_size": 64},
   "data": {"train": ["$tmp/corpus.bin"]},
   "train": {"max_steps": $steps, "metrics_file": "$tmp/m.jsonl", "threads": $threads},

@@ -130,23 +130,38 @@ zinc_status zinc_ops_cpu_last_status(void)
                       "its activations");
 }
 
-/* The fp32 temporaries of one op: up to 5 act tensors. */
+/* The fp32 temporaries of one op: up to 5 act tensors, in slots that each
+ * thread keeps and grows (never shrinks) for the life of the process, as
+ * the GPU's scratch: a fresh allocation per op would pay page faults on
+ * every call (the logits of a big vocabulary are tens of MB). */
+enum { WIDEN_SLOTS = 5 };
+static _Thread_local struct {
+    float *p;
+    size_t cap;
+} widen_pool[WIDEN_SLOTS];
+
 typedef struct widen {
-    float *t[5];
-    int n;
+    int n; /* slots taken */
 } widen;
 
-/* A temporary of n floats holding src widened (src NULL: uninitialized).
- * Returns NULL, with the failure recorded, when out of memory. */
+/* Slot w->n as a temporary of n floats holding src widened (src NULL:
+ * contents undefined). Returns NULL, with the failure recorded, when out of
+ * memory. */
 static float *widen_get(widen *w, const void *src, size_t n)
 {
-    assert(w->n < 5);
-    float *t = malloc((n ? n : 1) * sizeof(float));
-    if (!t) {
-        atomic_store(&bf16_failed, 1);
-        return NULL;
+    assert(w->n < WIDEN_SLOTS);
+    const int k = w->n;
+    if (widen_pool[k].cap < n || !widen_pool[k].p) {
+        free(widen_pool[k].p);
+        widen_pool[k].p = aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64);
+        widen_pool[k].cap = widen_pool[k].p ? n : 0;
+        if (!widen_pool[k].p) {
+            atomic_store(&bf16_failed, 1);
+            return NULL;
+        }
     }
-    w->t[w->n++] = t;
+    w->n++;
+    float *t = widen_pool[k].p;
     if (src)
         cpu_convert(t, ZINC_DTYPE_F32, src, ZINC_DTYPE_BF16, n);
     return t;
@@ -154,9 +169,7 @@ static float *widen_get(widen *w, const void *src, size_t n)
 
 static void widen_free(widen *w)
 {
-    for (int i = 0; i < w->n; i++)
-        free(w->t[i]);
-    w->n = 0;
+    w->n = 0; /* the slots stay with the thread */
 }
 
 /* dst (bf16) = src rounded, n elements. */
