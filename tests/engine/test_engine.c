@@ -196,6 +196,33 @@ static void test_memory_estimate(void)
     fixture_free(&f);
 }
 
+/* The cpu device reuses freed large blocks: a block handed back by alloc
+ * (zeroing) after a free is all zeros again whatever the last user wrote,
+ * alloc_raw may return it as is, and live bytes count only blocks in use. */
+static void test_cpu_block_cache(void)
+{
+    const zinc_device *d = zinc_device_cpu();
+    const size_t n = (size_t)3 << 20;
+    uint64_t live0 = 0, live1 = 0;
+    d->mem(&live0, NULL, NULL);
+    unsigned char *a = d->alloc_raw(n);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    memset(a, 0xAB, n);
+    d->free(a);
+    d->mem(&live1, NULL, NULL);
+    CU_ASSERT_EQUAL(live1, live0);
+    unsigned char *b = d->alloc(n - 4096); /* within the reuse range of a */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    size_t nonzero = 0;
+    for (size_t i = 0; i < n - 4096; i++) nonzero += b[i] != 0;
+    CU_ASSERT_EQUAL(nonzero, 0);
+#if !defined(__SANITIZE_ADDRESS__)
+    CU_ASSERT_PTR_EQUAL(b, a); /* the cached block came back */
+#endif
+    CU_ASSERT_EQUAL((uintptr_t)b % 4096, 0);
+    d->free(b);
+}
+
 static void test_offload_unsupported(void)
 {
     zinc_config c;
@@ -223,6 +250,8 @@ int main(int argc, char **argv)
     }
     if (CU_initialize_registry() != CUE_SUCCESS) return 1;
     CU_pSuite s = CU_add_suite("engine", NULL, NULL);
+    /* first: no other test's freed blocks in the cache yet */
+    CU_add_test(s, "cpu device reuses freed large blocks, zeroed on alloc", test_cpu_block_cache);
     CU_add_test(s, "whole-model gradient vs finite differences", test_model_gradient);
     CU_add_test(s, "deterministic init", test_init_deterministic);
     CU_add_test(s, "lr schedulers (DeepSpeed formulas)", test_schedulers);
