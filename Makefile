@@ -12,6 +12,10 @@ CFLAGS  := -std=c11 $(OPT) -g -Wall -Wextra -Wshadow -Wstrict-prototypes \
 BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 LDLIBS  := -ljansson -luring $(BLAS_DIR)/libopenblas.so.0 -Wl,-rpath,$(BLAS_DIR) -lm -fopenmp
 BUILD   := build
+# Every program that computes links kernels/cpu/blas_select.o, whose
+# constructor makes OpenBLAS run the kernels this processor can run
+# (zinc/blas.h); zinc-run computes nothing and leaves that to its ranks.
+BLAS_SELECT := -Wl,--undefined=zinc_blas_summary
 
 ifeq ($(ASAN),1)
 BUILD   := build-asan
@@ -67,14 +71,14 @@ $(LIB): $(LIB_OBJ) $(CUDA_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/zinc-%: $(BUILD)/tools/zinc_%.o $(LIB)
-	$(CC) $^ -o $@ $(LDLIBS)
+	$(CC) $^ -o $@ $(BLAS_SELECT) $(LDLIBS)
 $(BUILD)/zinc-run: $(BUILD)/launcher/zinc_run.o $(LIB)
 	$(CC) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
-	$(CC) $^ -o $@ $(LDLIBS) -lcunit
+	$(CC) $^ -o $@ $(BLAS_SELECT) $(LDLIBS) -lcunit
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
-	$(CC) $^ -o $@ $(LDLIBS)
+	$(CC) $^ -o $@ $(BLAS_SELECT) $(LDLIBS)
 
 test: all
 	BUILD=$(BUILD) ./scripts/run-tests.sh

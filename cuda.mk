@@ -75,7 +75,7 @@ $(BUILD)/gpu-tests/%.o: tests/gpu/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 $(GPU_TESTS): $(BUILD)/gpu-tests/%: $(BUILD)/gpu-tests/%.o $(BUILD)/libzinc.a
-	$(CC) $^ -o $@ $(LDLIBS)
+	$(CC) $^ -o $@ $(BLAS_SELECT) $(LDLIBS)
 
 $(BUILD)/bench/%.o: bench/%.cu
 	@mkdir -p $(dir $@)

@@ -8,6 +8,8 @@
 
 #include <cblas.h>
 
+#include "zinc/blas.h"
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -49,6 +51,7 @@ int main(int argc, char **argv)
         g[r] = 2.0 * n * (double)n * n / (now_s() - t) / 1e9;
     }
     qsort(g, (size_t)reps, sizeof g[0], cmp_d);
+    printf("blas: %s\n", zinc_blas_summary());
     printf("sgemm N=%d threads=%d median_gflops=%.1f\n", n, threads, g[reps / 2]);
     free(a);
     free(b);

@@ -25,7 +25,7 @@
  *                         unless OMP_NUM_THREADS is already set (then it is
  *                         forwarded as is). Remote nodes are assumed to have
  *                         as many cores as this one.
- *   -x NAME               every variable named ZINC_*, NCCL_*, OMP_*
+ *   -x NAME               every variable named ZINC_*, NCCL_*, OMP_*, OPENBLAS_*
  *   -x KEY=VALUE          every line of $HOME/.zinc_env, then ./.zinc_env (a
  *                         later file overrides an earlier one; a variable
  *                         already set in the environment wins over both and
@@ -66,7 +66,7 @@ static const char *usage_text =
     "  --exclude SPEC    use all but these hosts/slots\n"
     "  --launcher L      openmpi (mpirun, the default) or slurm (srun)\n"
     "  --dry-run         print the command instead of running it\n"
-    "  Exports ZINC_*, NCCL_*, OMP_* variables and the KEY=VALUE lines of\n"
+    "  Exports ZINC_*, NCCL_*, OMP_*, OPENBLAS_* variables and the KEY=VALUE lines of\n"
     "  ./.zinc_env and ~/.zinc_env to every rank.\n";
 
 /* ------------------------------------------------------------ helpers --- */
@@ -506,7 +506,7 @@ static int cmp_str(const void *a, const void *b)
 /* Names of the environment variables forwarded by prefix, sorted. */
 static void env_forwarded_names(run_vec *names)
 {
-    static const char *prefixes[] = {"ZINC_", "NCCL_", "OMP_"};
+    static const char *prefixes[] = {"ZINC_", "NCCL_", "OMP_", "OPENBLAS_"};
     for (char **ep = environ; *ep; ep++) {
         const char *eq = strchr(*ep, '=');
         if (!eq) continue;

@@ -24,6 +24,7 @@
 #include <cblas.h>
 
 #include "zinc/aio.h"
+#include "zinc/blas.h"
 #include "zinc/ckpt.h"
 #include "zinc/comm.h"
 #include "zinc/config.h"
@@ -381,6 +382,7 @@ int main(int argc, char **argv)
                   (long long)cfg.train_batch_size,
                   (long long)cfg.train_micro_batch_size_per_gpu, (long long)cfg.gradient_accumulation_steps,
                   size, (unsigned long long)zinc_data_n_samples(data));
+    if (rank == 0) ZINC_INFO("blas: %s", zinc_blas_summary());
 
     double t_start = now_s(), tok_s_sum = 0.0, first_loss = 0.0, last_loss = 0.0;
     int64_t n_tok_s = 0;

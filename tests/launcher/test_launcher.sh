@@ -74,8 +74,9 @@ has "$OUT" "-n $((NPROC + 1)) --bind-to none --oversubscribe"
 has "$OUT" "-x OMP_NUM_THREADS=1 "
 
 # Forwarded variables; a user's OMP_NUM_THREADS is kept, not overridden.
-run 0 env ZINC_FOO=1 NCCL_DEBUG=INFO OMP_NUM_THREADS=3 "$RUN" --dry-run -n 1 prog
+run 0 env ZINC_FOO=1 NCCL_DEBUG=INFO OMP_NUM_THREADS=3 OPENBLAS_CORETYPE=Haswell "$RUN" --dry-run -n 1 prog
 has "$OUT" "-x ZINC_FOO"
+has "$OUT" "-x OPENBLAS_CORETYPE"   # a user's BLAS core reaches remote ranks
 has "$OUT" "-x NCCL_DEBUG"
 has "$OUT" "-x OMP_NUM_THREADS "
 lacks "$OUT" "OMP_NUM_THREADS="
