@@ -47,6 +47,27 @@ static inline float cpu_tanhf(float u)
     return 1.0f - 2.0f / (cpu_expf(2.0f * u) + 1.0f);
 }
 
+#define CPU_GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
+#define CPU_GELU_CUBE 0.044715f
+
+/* GELU, tanh form as GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+static inline float cpu_gelu(float x)
+{
+    const float u = CPU_GELU_SCALE * (x + CPU_GELU_CUBE * x * x * x);
+    return 0.5f * x * (1.0f + cpu_tanhf(u));
+}
+
+/* gelu'(x), from the same tanh form. */
+static inline float cpu_gelu_grad(float x)
+{
+    const float x2 = x * x;
+    const float u = CPU_GELU_SCALE * (x + CPU_GELU_CUBE * x2 * x);
+    const float th = cpu_tanhf(u);
+    const float sech2 = 1.0f - th * th;
+    return 0.5f * (1.0f + th) +
+           0.5f * x * sech2 * CPU_GELU_SCALE * (1.0f + 3.0f * CPU_GELU_CUBE * x2);
+}
+
 /* ops_cpu.c: dense algebra, elementwise ops, optimizer. */
 void cpu_matmul(float *c, const float *a, const float *b, int m, int n, int k,
                 int trans_a, int trans_b, float alpha, float beta);
@@ -76,8 +97,10 @@ void cpu_convert(void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, siz
 void cpu_add_into(void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, size_t n);
 void cpu_round_to(float *x, zinc_dtype dt, size_t n);
 double cpu_sum(const float *x, size_t n);
-/* dst(C) += sum over rows of src(N,C); deterministic for any thread count. */
+/* dst(C) += sum over rows of src(N,C); deterministic for any thread count.
+ * The bf16 form sums bitwise as the f32 form sums src widened. */
 void cpu_colsum_acc(float *dst, const float *src, int N, int C);
+void cpu_colsum_acc_bf16(float *dst, const uint16_t *src, int N, int C);
 
 /* nn_cpu.c: the transformer layers and the loss. */
 void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte,
@@ -98,5 +121,31 @@ void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, cons
 size_t cpu_attention_scratch_floats(int B, int T, int C, int NH);
 void cpu_softmax_xent(float *losses, float *logits, const int32_t *targets, float dloss,
                       int N, int V);
+
+/* gemm_bf16.c: products with bf16 operands and fp32 accumulation.
+ * c(m,n) = alpha * op(a) @ op(b) + beta * c, row-major, the shapes and
+ * transposes of cpu_matmul (a is (m,k) or, if trans_a, stored (k,m); b is
+ * (k,n) or, if trans_b, stored (n,k); ldc = n). a and b are each bf16 or
+ * f32 (adt, bdt); an f32 operand is rounded to bf16 (nearest even, as
+ * cpu_convert) while packing. Every element is one fp32 chain over its k
+ * products in a fixed order: bitwise reproducible for any thread count.
+ * c is fp32; beta 0 does not read c. Pointers borrowed. */
+void cpu_gemm_bf16(float *c, const void *a, zinc_dtype adt, const void *b, zinc_dtype bdt,
+                   int m, int n, int k, int trans_a, int trans_b, float alpha, float beta);
+/* The sums s(i, j) = (op(a) @ op(b))(i, j) of a product, handed out in
+ * blocks: s[r * ld + q] is element (i0 + r, j0 + q), r < mr <= 8, q < nr <=
+ * 48. Each element is in exactly one call; calls run on several threads at
+ * once (on disjoint blocks), so an epilogue writes only its block. */
+typedef void (*cpu_gemm_epi)(void *ctx, const float *s, int ld, int i0, int j0, int mr, int nr);
+/* cpu_gemm_bf16 with the store left to epi (ctx passed through): for
+ * outputs that are not fp32 (bias, GELU, rounding to bf16 on the way out). */
+void cpu_gemm_bf16_ex(const void *a, zinc_dtype adt, const void *b, zinc_dtype bdt, int m,
+                      int n, int k, int trans_a, int trans_b, cpu_gemm_epi epi, void *ctx);
+/* 1 when cpu_gemm_bf16 runs its AVX512_BF16 path (vdpbf16ps) on this CPU. */
+int cpu_gemm_bf16_native(void);
+/* Test hook: on 1, cpu_gemm_bf16 runs its portable C path (and
+ * cpu_gemm_bf16_native() returns 0) until called with 0. Not thread-safe:
+ * call it between products. */
+void cpu_gemm_bf16_force_fallback(int on);
 
 #endif

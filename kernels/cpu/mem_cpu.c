@@ -74,6 +74,30 @@ void cpu_add_into(void *dst, zinc_dtype ddt, const void *src, zinc_dtype sdt, si
         for (size_t i = 0; i < n; i++) d[i] += s[i];
         return;
     }
+    /* the pairs 16-bit training uses get their own loops so they vectorize
+     * (the same operations as the general loop below) */
+    if (ddt == ZINC_DTYPE_BF16 && sdt == ZINC_DTYPE_F32) {
+        uint16_t *d = dst;
+        const float *s = src;
+        #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
+        for (size_t i = 0; i < n; i++) d[i] = zinc_f32_to_bf16(zinc_bf16_to_f32(d[i]) + s[i]);
+        return;
+    }
+    if (ddt == ZINC_DTYPE_BF16 && sdt == ZINC_DTYPE_BF16) {
+        uint16_t *d = dst;
+        const uint16_t *s = src;
+        #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
+        for (size_t i = 0; i < n; i++)
+            d[i] = zinc_f32_to_bf16(zinc_bf16_to_f32(d[i]) + zinc_bf16_to_f32(s[i]));
+        return;
+    }
+    if (ddt == ZINC_DTYPE_F32 && sdt == ZINC_DTYPE_BF16) {
+        float *d = dst;
+        const uint16_t *s = src;
+        #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
+        for (size_t i = 0; i < n; i++) d[i] += zinc_bf16_to_f32(s[i]);
+        return;
+    }
     #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++)
         store_f32(dst, ddt, i, load_f32(dst, ddt, i) + load_f32(src, sdt, i));

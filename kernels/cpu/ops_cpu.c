@@ -58,10 +58,11 @@ void cpu_linear_forward(float *out, const float *inp, const float *weight,
                 OC, bias ? 1.0f : 0.0f, out, OC);
 }
 
-/* dst(C) += column sums of src(N,C). Columns are split in blocks of 64;
- * each block sums its rows in order into a local accumulator, so the
- * result is the same for any thread count. */
-void cpu_colsum_acc(float *dst, const float *src, int N, int C)
+/* dst(C) += column sums of src(N,C), src f32 or bf16. Columns are split
+ * in blocks of 64; each block sums its rows in order into a local fp32
+ * accumulator, so the result is the same for any thread count (and a bf16
+ * src gives bitwise the sums of its widened copy). */
+static void colsum_acc(float *dst, const void *src, zinc_dtype dt, int N, int C)
 {
     enum { BLK = 64 };
     const int nblk = (C + BLK - 1) / BLK;
@@ -71,14 +72,31 @@ void cpu_colsum_acc(float *dst, const float *src, int N, int C)
         const int cw = C - c0 < BLK ? C - c0 : BLK;
         float acc[BLK] = {0};
         for (int i = 0; i < N; i++) {
-            const float *restrict row = src + (size_t)i * C + c0;
-            #pragma omp simd
-            for (int j = 0; j < cw; j++)
-                acc[j] += row[j];
+            if (dt == ZINC_DTYPE_BF16) {
+                const uint16_t *restrict row = (const uint16_t *)src + (size_t)i * C + c0;
+                #pragma omp simd
+                for (int j = 0; j < cw; j++)
+                    acc[j] += zinc_bf16_to_f32(row[j]);
+            } else {
+                const float *restrict row = (const float *)src + (size_t)i * C + c0;
+                #pragma omp simd
+                for (int j = 0; j < cw; j++)
+                    acc[j] += row[j];
+            }
         }
         for (int j = 0; j < cw; j++)
             dst[c0 + j] += acc[j];
     }
+}
+
+void cpu_colsum_acc(float *dst, const float *src, int N, int C)
+{
+    colsum_acc(dst, src, ZINC_DTYPE_F32, N, C);
+}
+
+void cpu_colsum_acc_bf16(float *dst, const uint16_t *src, int N, int C)
+{
+    colsum_acc(dst, src, ZINC_DTYPE_BF16, N, C);
 }
 
 /* dinp(N,C) += dout(N,OC) @ weight(C,OC)^T; dweight(C,OC) += inp^T @ dout;
@@ -98,29 +116,13 @@ void cpu_linear_backward(float *dinp, float *dweight, float *dbias, const float 
         cpu_colsum_acc(dbias, dout, N, OC);
 }
 
-#define GELU_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
-#define GELU_CUBE 0.044715f
-
-/* out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as GPT-2. */
+/* out = gelu(inp) (cpu_gelu: the tanh form, as GPT-2). */
 void cpu_gelu_forward(float *out, const float *inp, size_t n)
 {
     assert(out && inp);
     #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        const float x = inp[i];
-        const float u = GELU_SCALE * (x + GELU_CUBE * x * x * x);
-        out[i] = 0.5f * x * (1.0f + cpu_tanhf(u));
-    }
-}
-
-/* gelu'(x), from the same tanh form. */
-static inline float gelu_grad(float x)
-{
-    const float x2 = x * x;
-    const float u = GELU_SCALE * (x + GELU_CUBE * x2 * x);
-    const float th = cpu_tanhf(u);
-    const float sech2 = 1.0f - th * th;
-    return 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * GELU_CUBE * x2);
+    for (size_t i = 0; i < n; i++)
+        out[i] = cpu_gelu(inp[i]);
 }
 
 /* dinp += gelu'(inp) * dout. */
@@ -129,7 +131,7 @@ void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t 
     assert(dinp && inp && dout);
     #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++)
-        dinp[i] += gelu_grad(inp[i]) * dout[i];
+        dinp[i] += cpu_gelu_grad(inp[i]) * dout[i];
 }
 
 /* out = gelu(pre) with pre = inp @ weight + bias (kept when pre is not NULL). */
@@ -151,7 +153,7 @@ void cpu_linear_gelu_backward(float *dpre, float *dweight, float *dbias, const f
     cpu_linear_backward(dpre, dweight, dbias, dout, inp, weight, N, C, OC);
     #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++)
-        dpre[i] *= gelu_grad(pre[i]);
+        dpre[i] *= cpu_gelu_grad(pre[i]);
 }
 
 /* out = a + b; out may alias a or b (same index only, so no restrict). */

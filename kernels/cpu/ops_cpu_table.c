@@ -8,10 +8,22 @@
  * zinc/ops.h word for word, so this table is the reference every act-bf16
  * table is tested against, and CPU training in bf16 keeps its activations
  * in half the memory. The conversions cost time (every act byte is widened
- * and narrowed once per op); the fp32 table remains the fast CPU path. */
+ * and narrowed once per op).
+ *
+ * The products (linear, linear + GELU, head) are the exception where the
+ * CPU has AVX512_BF16 (cpu_gemm_bf16_native()): they multiply the bf16
+ * activations and the fp32 weights (bf16-representable in bf16 training,
+ * so rounding them while packing changes nothing) with vdpbf16ps, as the
+ * GPU table's tensor cores do: products exact, sums in fp32, in another
+ * order than sgemm's. No fp32 temporaries: bias, GELU and the rounding to
+ * bf16 of act outputs, and the accumulation of act gradients (dinp =
+ * bf16(dinp + delta)), happen in the product's epilogue, on its fp32
+ * sums; weight gradients accumulate in fp32. */
 #include <assert.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+
+#include <omp.h>
 
 #include "zinc/ops.h"
 #include "cpu_int.h"
@@ -186,9 +198,171 @@ static void narrow(void *dst, const float *src, size_t n)
             goto done;                                                                      \
     } while (0)
 
+/* ---------------------------- act bf16: products on AVX512_BF16 */
+
+/* What an epilogue writes: rows of ld elements of out (bf16), and the
+ * fp32 bias or the bf16 pre (by column / by element) it reads. */
+typedef struct b16_epi {
+    uint16_t *out;
+    uint16_t *pre;
+    const float *bias;
+    const uint16_t *aux;
+    int ld;
+} b16_epi;
+
+/* out = bf16(s + bias) */
+static void epi_store(void *ctx, const float *s, int ld, int i0, int j0, int mr, int nr)
+{
+    const b16_epi *e = ctx;
+    for (int i = 0; i < mr; i++) {
+        const float *restrict si = s + (size_t)i * ld;
+        uint16_t *restrict o = e->out + (size_t)(i0 + i) * e->ld + j0;
+        if (e->bias) {
+            const float *restrict b = e->bias + j0;
+            #pragma omp simd
+            for (int j = 0; j < nr; j++)
+                o[j] = zinc_f32_to_bf16(si[j] + b[j]);
+        } else {
+            #pragma omp simd
+            for (int j = 0; j < nr; j++)
+                o[j] = zinc_f32_to_bf16(si[j]);
+        }
+    }
+}
+
+/* p = s + bias; pre = bf16(p) (if kept); out = bf16(gelu(p)) */
+static void epi_gelu(void *ctx, const float *s, int ld, int i0, int j0, int mr, int nr)
+{
+    const b16_epi *e = ctx;
+    for (int i = 0; i < mr; i++) {
+        const float *restrict si = s + (size_t)i * ld;
+        const size_t off = (size_t)(i0 + i) * e->ld + j0;
+        uint16_t *restrict o = e->out + off;
+        float p[48]; /* nr <= 48 (cpu_gemm_epi) */
+        if (e->bias) {
+            const float *restrict b = e->bias + j0;
+            #pragma omp simd
+            for (int j = 0; j < nr; j++)
+                p[j] = si[j] + b[j];
+        } else {
+            memcpy(p, si, (size_t)nr * sizeof *p);
+        }
+        if (e->pre) {
+            uint16_t *restrict q = e->pre + off;
+            #pragma omp simd
+            for (int j = 0; j < nr; j++)
+                q[j] = zinc_f32_to_bf16(p[j]);
+        }
+        #pragma omp simd
+        for (int j = 0; j < nr; j++)
+            o[j] = zinc_f32_to_bf16(cpu_gelu(p[j]));
+    }
+}
+
+/* out = bf16(out + s): an act gradient accumulating */
+static void epi_acc(void *ctx, const float *s, int ld, int i0, int j0, int mr, int nr)
+{
+    const b16_epi *e = ctx;
+    for (int i = 0; i < mr; i++) {
+        const float *restrict si = s + (size_t)i * ld;
+        uint16_t *restrict o = e->out + (size_t)(i0 + i) * e->ld + j0;
+        #pragma omp simd
+        for (int j = 0; j < nr; j++)
+            o[j] = zinc_f32_to_bf16(zinc_bf16_to_f32(o[j]) + si[j]);
+    }
+}
+
+/* out = bf16(s * gelu'(aux)): dpre, written */
+static void epi_dgelu(void *ctx, const float *s, int ld, int i0, int j0, int mr, int nr)
+{
+    const b16_epi *e = ctx;
+    for (int i = 0; i < mr; i++) {
+        const float *restrict si = s + (size_t)i * ld;
+        const size_t off = (size_t)(i0 + i) * e->ld + j0;
+        uint16_t *restrict o = e->out + off;
+        const uint16_t *restrict pre = e->aux + off;
+        #pragma omp simd
+        for (int j = 0; j < nr; j++)
+            o[j] = zinc_f32_to_bf16(si[j] * cpu_gelu_grad(zinc_bf16_to_f32(pre[j])));
+    }
+}
+
+#define BF ZINC_DTYPE_BF16
+#define F32 ZINC_DTYPE_F32
+
+/* out(N,OC) = bf16(inp(N,C) @ weight(C,OC) + bias) */
+static void nat_linear_forward(void *out, const void *inp, const float *weight,
+                               const float *bias, int N, int C, int OC)
+{
+    b16_epi e = {.out = out, .bias = bias, .ld = OC};
+    cpu_gemm_bf16_ex(inp, BF, weight, F32, N, OC, C, 0, 0, epi_store, &e);
+}
+
+/* dinp(N,C) = bf16(dinp + dout(N,OC) @ weight(C,OC)^T); dweight += inp^T @ dout; dbias */
+static void nat_linear_backward(void *dinp, float *dweight, float *dbias, const void *dout,
+                                const void *inp, const float *weight, int N, int C, int OC)
+{
+    if (dinp) {
+        b16_epi e = {.out = dinp, .ld = C};
+        cpu_gemm_bf16_ex(dout, BF, weight, F32, N, C, OC, 0, 1, epi_acc, &e);
+    }
+    cpu_gemm_bf16(dweight, inp, BF, dout, BF, C, OC, N, 1, 0, 1.0f, 1.0f);
+    if (dbias)
+        cpu_colsum_acc_bf16(dbias, dout, N, OC);
+}
+
+/* pre = inp @ weight + bias; out = gelu(pre); both rounded to bf16 once */
+static void nat_linear_gelu_forward(void *out, void *pre, const void *inp, const float *weight,
+                                    const float *bias, int N, int C, int OC)
+{
+    b16_epi e = {.out = out, .pre = pre, .bias = bias, .ld = OC};
+    cpu_gemm_bf16_ex(inp, BF, weight, F32, N, OC, C, 0, 0, epi_gelu, &e);
+}
+
+/* dpre(N,C) = bf16((dout(N,OC) @ weight(C,OC)^T) * gelu'(pre)); dweight, dbias accumulate */
+static void nat_linear_gelu_backward(void *dpre, float *dweight, float *dbias, const void *dout,
+                                     const void *inp, const void *pre, const float *weight,
+                                     int N, int C, int OC)
+{
+    b16_epi e = {.out = dpre, .aux = pre, .ld = C};
+    cpu_gemm_bf16_ex(dout, BF, weight, F32, N, C, OC, 0, 1, epi_dgelu, &e);
+    cpu_gemm_bf16(dweight, inp, BF, dout, BF, C, OC, N, 1, 0, 1.0f, 1.0f);
+    if (dbias)
+        cpu_colsum_acc_bf16(dbias, dout, N, OC);
+}
+
+/* logits(N,V) = bf16(inp(N,C) @ wte(V,C)^T) */
+static void nat_head_forward(void *logits, const void *inp, const float *wte, int N, int C,
+                             int V)
+{
+    b16_epi e = {.out = logits, .ld = V};
+    cpu_gemm_bf16_ex(inp, BF, wte, F32, N, V, C, 0, 1, epi_store, &e);
+}
+
+/* dinp(N,C) = bf16(dinp + dlogits(N,V) @ wte(V,C)); dwte += dlogits^T @ inp */
+static void nat_head_backward(void *dinp, float *dwte, const void *dlogits, const void *inp,
+                              const float *wte, int N, int C, int V)
+{
+    if (dinp) {
+        b16_epi e = {.out = dinp, .ld = C};
+        cpu_gemm_bf16_ex(dlogits, BF, wte, F32, N, C, V, 0, 0, epi_acc, &e);
+    }
+    cpu_gemm_bf16(dwte, dlogits, BF, inp, BF, V, C, N, 1, 0, 1.0f, 1.0f);
+}
+
+#undef BF
+#undef F32
+
+/* ---------------------------- act bf16: everything else, and the products
+ * without AVX512_BF16 */
+
 static void b16_linear_forward(void *out, const void *inp, const float *weight,
                                const float *bias, int N, int C, int OC)
 {
+    if (cpu_gemm_bf16_native()) {
+        nat_linear_forward(out, inp, weight, bias, N, C, OC);
+        return;
+    }
     widen w = {0};
     float *o, *x;
     TAKE(o, NULL, (size_t)N * OC);
@@ -202,6 +376,10 @@ done:
 static void b16_linear_backward(void *dinp, float *dweight, float *dbias, const void *dout,
                                 const void *inp, const float *weight, int N, int C, int OC)
 {
+    if (cpu_gemm_bf16_native()) {
+        nat_linear_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+        return;
+    }
     widen w = {0};
     float *di = NULL, *dy, *x;
     if (dinp)
@@ -218,6 +396,10 @@ done:
 static void b16_linear_gelu_forward(void *out, void *pre, const void *inp, const float *weight,
                                     const float *bias, int N, int C, int OC)
 {
+    if (cpu_gemm_bf16_native()) {
+        nat_linear_gelu_forward(out, pre, inp, weight, bias, N, C, OC);
+        return;
+    }
     widen w = {0};
     const size_t n = (size_t)N * OC;
     float *o, *p, *x;
@@ -236,6 +418,10 @@ static void b16_linear_gelu_backward(void *dpre, float *dweight, float *dbias, c
                                      const void *inp, const void *pre, const float *weight,
                                      int N, int C, int OC)
 {
+    if (cpu_gemm_bf16_native()) {
+        nat_linear_gelu_backward(dpre, dweight, dbias, dout, inp, pre, weight, N, C, OC);
+        return;
+    }
     widen w = {0};
     const size_t n = (size_t)N * C;
     float *dp, *dy, *x, *p;
@@ -252,6 +438,10 @@ done:
 static void b16_head_forward(void *logits, const void *inp, const float *wte, int N, int C,
                              int V)
 {
+    if (cpu_gemm_bf16_native()) {
+        nat_head_forward(logits, inp, wte, N, C, V);
+        return;
+    }
     widen w = {0};
     float *o, *x;
     TAKE(o, NULL, (size_t)N * V);
@@ -265,6 +455,10 @@ done:
 static void b16_head_backward(void *dinp, float *dwte, const void *dlogits, const void *inp,
                               const float *wte, int N, int C, int V)
 {
+    if (cpu_gemm_bf16_native()) {
+        nat_head_backward(dinp, dwte, dlogits, inp, wte, N, C, V);
+        return;
+    }
     widen w = {0};
     float *di = NULL, *dl, *x;
     if (dinp)
@@ -400,15 +594,26 @@ done:
     widen_free(&w);
 }
 
+/* Row by row: each thread widens a row of logits into its part of one
+ * temporary (nth rows, not N: the logits of a big vocabulary are tens of
+ * MB, and a row stays in L2 from widening to narrowing). Rows are
+ * independent in cpu_softmax_xent, so this is bitwise its result on the
+ * whole widened tensor. */
 static void b16_softmax_xent(float *losses, void *logits, const int32_t *targets, float dloss,
                              int N, int V)
 {
     widen w = {0};
-    const size_t n = (size_t)N * V;
+    const int nth = (size_t)N * V >= CPU_PAR_MIN && !omp_in_parallel() ? omp_get_max_threads() : 1;
     float *x;
-    TAKE(x, logits, n);
-    cpu_softmax_xent(losses, x, targets, dloss, N, V);
-    narrow(logits, x, n);
+    TAKE(x, NULL, (size_t)nth * V);
+    #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
+    for (int i = 0; i < N; i++) {
+        uint16_t *row = (uint16_t *)logits + (size_t)i * V;
+        float *xr = x + (size_t)omp_get_thread_num() * V;
+        cpu_convert(xr, ZINC_DTYPE_F32, row, ZINC_DTYPE_BF16, (size_t)V);
+        cpu_softmax_xent(losses + i, xr, targets + i, dloss, 1, V);
+        narrow(row, xr, (size_t)V);
+    }
 done:
     widen_free(&w);
 }
