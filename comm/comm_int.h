@@ -117,6 +117,18 @@ typedef struct mpi_req {
     MPI_Request arrival; /* Ibarrier after the op when tracking arrival */
     MPI_Datatype type;   /* recv: to check the received count */
     int n, peer, tag, is_recv;
+    /* A reduce-scatter run by the backend itself as a ring of point-to-point
+     * steps (comm_mpi.c), advanced by test(); is_ring marks it. */
+    int is_ring;
+    struct mpi_ring {
+        MPI_Request sr[2];     /* this step's send and recv */
+        MPI_Op op;
+        const char *send;      /* the caller's input, size blocks */
+        char *out;             /* the caller's recv: the result */
+        char *tmp;             /* the other partial buffer (size > 2); owned */
+        size_t block_bytes;
+        int step, steps;       /* steps done, of size - 1 */
+    } ring;
 } mpi_req;
 
 extern const comm_backend comm_backend_mpi;

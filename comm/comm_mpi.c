@@ -1,6 +1,8 @@
 /* comm_mpi.c - the MPI backend: host buffers, every op a nonblocking MPI call
- * (MPI_Iallreduce, MPI_Ireduce_scatter_block, MPI_Iallgather, MPI_Ibcast,
- * MPI_Isend/Irecv, MPI_Ibarrier) completed by comm.c's bounded wait.
+ * (MPI_Iallreduce, MPI_Iallgather, MPI_Ibcast, MPI_Isend/Irecv, MPI_Ibarrier)
+ * completed by comm.c's bounded wait. Reduce-scatter over 2 or more ranks is
+ * the backend's own ring of MPI_Isend/Irecv steps, advanced by test() (see
+ * "reduce-scatter as a ring" below for why).
  *
  * Every communicator (and MPI_COMM_WORLD/SELF) gets MPI_ERRORS_RETURN, so an
  * MPI failure becomes ZINC_ERR_MPI naming the op, the group and MPI's error
@@ -29,6 +31,8 @@
 
 typedef struct mpi_group {
     MPI_Comm comm;
+    MPI_Comm coll;      /* a dup of comm for the backend's own collectives' messages */
+    unsigned coll_seq;  /* those collectives started on this group: their tags */
 } mpi_group;
 
 /* Process-wide MPI state: MPI itself is process-global. */
@@ -185,7 +189,9 @@ static zinc_status mpi_group_fill(zinc_comm *c, MPI_Comm comm)
         st = zinc_error(ZINC_ERR_NOMEM, "comm group %s: out of memory", c->name);
         goto cleanup;
     }
+    g->coll = MPI_COMM_NULL;
     MPI_TRY("split", c->name, MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN));
+    MPI_TRY("split", c->name, MPI_Comm_dup(comm, &g->coll)); /* inherits the handler */
     MPI_TRY("split", c->name, MPI_Comm_rank(comm, &c->rank));
     MPI_TRY("split", c->name, MPI_Comm_size(comm, &c->size));
     st = mpi_local(c, comm);
@@ -194,6 +200,7 @@ static zinc_status mpi_group_fill(zinc_comm *c, MPI_Comm comm)
     c->impl = g;
     return ZINC_OK;
 cleanup:
+    if (g && g->coll != MPI_COMM_NULL) MPI_Comm_free(&g->coll);
     free(g);
     MPI_Comm_free(&comm);
     return st;
@@ -277,6 +284,7 @@ static void mpi_destroy(zinc_comm *c)
 {
     mpi_group *g = c->impl;
     if (g) {
+        if (g->coll != MPI_COMM_NULL) MPI_Comm_free(&g->coll);
         if (g->comm != MPI_COMM_NULL) MPI_Comm_free(&g->comm);
         free(g);
         c->impl = NULL;
@@ -311,11 +319,122 @@ cleanup:
     return st;
 }
 
+/* ---- reduce-scatter as a ring ------------------------------------------
+ *
+ * Open MPI's MPI_Ireduce_scatter_block (libnbc) reduces the whole buffer to
+ * rank 0 and scatters the blocks back from there: with 2 ranks on one node
+ * that is 1.5x the bytes, all through one rank, and a fresh temporary of the
+ * whole buffer per call. Measured on the 2-core CI machine, 2 ranks, a
+ * 77 MB fp32 buffer (GPT-2's embedding unit): 175 ms, where exchanging the
+ * same halves point to point took 12 ms.
+ *
+ * The ring moves (p-1)/p of the buffer per rank and reduces as it goes. At
+ * step k (k = 0 .. p-2) rank r sends its partial of block (r-k-1) mod p to
+ * rank r+1, receives rank r-1's partial of block (r-k-2) mod p and reduces
+ * it with its own input of that block (MPI_Reduce_local: partial = own op
+ * received), which it sends on at step k+1. After p-1 steps rank r holds
+ * block r reduced over every rank. Partials alternate between recv and one
+ * temporary so that the last one lands in recv; with 2 ranks the ring is a
+ * single exchange, needs no temporary, and gives MPI's result bit for bit
+ * (a op b == b op a for the sums, max and min here). With more ranks the
+ * association differs from MPI's tree but is fixed for a given group size.
+ *
+ * Each step waits on its predecessor, so test() posts the next step when it
+ * finds the current one complete. The messages go on a duplicate of the
+ * group's communicator, so they never match the caller's send/recv, tagged
+ * with the op's sequence number in the group, which every rank counts alike
+ * because collectives are started in the same order on every rank. */
+
+/* Where the partial received at step k goes: the last step's into out. */
+static char *ring_partial(mpi_req *r, int k)
+{
+    return (r->ring.steps - 1 - k) % 2 == 0 ? r->ring.out : r->ring.tmp;
+}
+
+/* Posts step r->ring.step of h's ring. */
+static zinc_status ring_post(zinc_comm_handle *h)
+{
+    zinc_status st = ZINC_OK;
+    zinc_comm *c = h->comm;
+    mpi_req *r = mpi_req_of(h);
+    int p = c->size, me = c->rank, k = r->ring.step;
+    int send_block = ((me - k - 1) % p + p) % p;
+    const char *src = k == 0 ? r->ring.send + (size_t)send_block * r->ring.block_bytes
+                             : ring_partial(r, k - 1);
+    MPI_Comm comm = ((const mpi_group *)c->impl)->coll;
+    MPI_TRY(h->op, c->name, MPI_Irecv(ring_partial(r, k), r->n, r->type, (me + p - 1) % p,
+                                      r->tag, comm, &r->ring.sr[1]));
+    MPI_TRY(h->op, c->name,
+            MPI_Isend(src, r->n, r->type, (me + 1) % p, r->tag, comm, &r->ring.sr[0]));
+cleanup:
+    return st;
+}
+
+/* Advances h's ring as far as the messages that have arrived allow; sets
+ * *finished when block rank is complete in recv. On failure the ring's
+ * requests are dropped (the job is broken) and *finished is set. */
+static zinc_status ring_progress(zinc_comm_handle *h, int *finished)
+{
+    zinc_status st = ZINC_OK;
+    zinc_comm *c = h->comm;
+    mpi_req *r = mpi_req_of(h);
+    int p = c->size, me = c->rank;
+    *finished = 0;
+    while (r->ring.step < r->ring.steps) {
+        int flag = 0, k = r->ring.step;
+        MPI_TRY(h->op, c->name, MPI_Testall(2, r->ring.sr, &flag, MPI_STATUSES_IGNORE));
+        if (!flag) return ZINC_OK;
+        int got_block = ((me - k - 2) % p + p) % p;
+        MPI_TRY(h->op, c->name,
+                MPI_Reduce_local(r->ring.send + (size_t)got_block * r->ring.block_bytes,
+                                 ring_partial(r, k), r->n, r->type, r->ring.op));
+        if (++r->ring.step < r->ring.steps && (st = ring_post(h)) != ZINC_OK) goto cleanup;
+    }
+cleanup:
+    if (st != ZINC_OK) r->ring.sr[0] = r->ring.sr[1] = MPI_REQUEST_NULL;
+    free(r->ring.tmp);
+    r->ring.tmp = NULL;
+    r->ring.step = r->ring.steps;
+    *finished = 1;
+    return st;
+}
+
 static zinc_status mpi_reduce_scatter(zinc_comm *c, const void *send, void *recv, size_t n,
                                       zinc_dtype dt, zinc_redop op, zinc_comm_handle *h)
 {
     zinc_status st = mpi_check_int(c, h->op, n);
     if (st != ZINC_OK) return st;
+    if (c->size > 1) {
+        mpi_group *g = c->impl;
+        mpi_req *r = mpi_req_of(h);
+        mpi_req_start(h);
+        r->is_ring = 1;
+        r->type = mpi_type(dt);
+        r->n = (int)n;
+        r->tag = (int)(g->coll_seq++ % ((unsigned)g_mpi.tag_ub + 1u));
+        r->ring.sr[0] = r->ring.sr[1] = MPI_REQUEST_NULL;
+        r->ring.op = mpi_op(dt, op);
+        r->ring.send = send;
+        r->ring.out = recv;
+        r->ring.block_bytes = n * zinc_dtype_size(dt);
+        r->ring.steps = c->size - 1;
+        if (c->size > 2) {
+            r->ring.tmp = malloc(r->ring.block_bytes ? r->ring.block_bytes : 1);
+            if (!r->ring.tmp) {
+                r->ring.step = r->ring.steps;
+                return zinc_error(ZINC_ERR_NOMEM, "%s on group %s: %zu-byte ring buffer",
+                                  h->op, c->name, r->ring.block_bytes);
+            }
+        }
+        st = ring_post(h);
+        if (st == ZINC_OK) st = mpi_track_arrival(c, h);
+        if (st != ZINC_OK) { /* started requests are dropped: the job is broken */
+            r->ring.step = r->ring.steps;
+            free(r->ring.tmp);
+            r->ring.tmp = NULL;
+        }
+        return st;
+    }
     MPI_TRY(h->op, c->name,
             MPI_Ireduce_scatter_block(send, recv, (int)n, mpi_type(dt), mpi_op(dt, op),
                                       mpi_comm_of(c), mpi_req_start(h)));
@@ -411,6 +530,24 @@ static zinc_status mpi_test(zinc_comm_handle *h, int *done, int *arrived)
     *done = 0;
     *arrived = 0;
     if (r->arrival != MPI_REQUEST_NULL) rc = MPI_Test(&r->arrival, &all_in, MPI_STATUS_IGNORE);
+    if (r->is_ring) {
+        zinc_status st = rc == MPI_SUCCESS ? ring_progress(h, &op_done)
+                                           : mpi_error(h->op, h->comm->name, "MPI_Test", rc);
+        if (st != ZINC_OK) { /* the job is broken; drop the requests rather than wait on them */
+            if (r->ring.step < r->ring.steps) {
+                r->ring.sr[0] = r->ring.sr[1] = MPI_REQUEST_NULL;
+                free(r->ring.tmp);
+                r->ring.tmp = NULL;
+                r->ring.step = r->ring.steps;
+            }
+            r->arrival = MPI_REQUEST_NULL;
+            *done = 1;
+            return st;
+        }
+        *arrived = all_in;
+        *done = op_done && all_in;
+        return ZINC_OK;
+    }
     if (rc == MPI_SUCCESS) rc = MPI_Test(&r->req, &op_done, &status);
     if (rc != MPI_SUCCESS) {
         /* the job is broken; drop the requests rather than wait on them */
@@ -442,7 +579,8 @@ static int mpi_release_stale(zinc_comm_handle *h)
     if (h->p2p && r->req != MPI_REQUEST_NULL) MPI_Cancel(&r->req);
     for (int i = 0; i < 1000; i++) { /* 0.1 s in all */
         int done = 1, arrived = 0;
-        if (r->req != MPI_REQUEST_NULL || r->arrival != MPI_REQUEST_NULL)
+        if (r->req != MPI_REQUEST_NULL || r->arrival != MPI_REQUEST_NULL ||
+            (r->is_ring && r->ring.step < r->ring.steps))
             mpi_test(h, &done, &arrived);
         if (done) return 1;
         struct timespec ts = {0, 100000};

@@ -10,7 +10,8 @@
  *
  * Step: for each micro-batch, forward all layers, backward all layers; before
  * a layer runs its units are made whole (ZeRO-3 gathers them, prefetching the
- * next layer's), after it they are released unless reused soon; after a
+ * units of the layers ahead up to stage3_prefetch_bucket_size elements),
+ * after it they are released unless reused soon; after a
  * unit's last backward use its grads are folded in or reduce-scattered. At
  * the accumulation boundary: reduction (stage 0/1), global norm from the
  * shards (one all-reduce), fp16 overflow check and loss-scale update,
@@ -592,18 +593,38 @@ static void maybe_release(zinc_engine *e, int u, int pos)
     zero_unit_release(e, u);
 }
 
-/* Starts gathering the units of the layer at position pos (ZeRO-3 prefetch). */
-static zinc_status prefetch(zinc_engine *e, int pos)
+/* ZeRO-3 prefetch, as DeepSpeed's parameter coordinator does it: walking
+ * the layers from position pos up to (not including) end in the order they
+ * will run, starts gathering every sharded unit whose params are not live,
+ * while fewer than stage3_prefetch_bucket_size elements are being fetched
+ * ahead (gathers in flight count; the unit that reaches the bucket still
+ * goes, since the check comes before it) and live plus fetched elements stay
+ * within stage3_max_live_parameters (the walk stops at the first unit that
+ * does not fit, so units arrive in the order of use). 0 turns prefetch off.
+ *
+ * Fetching far ahead matters on ranks that share a node: collectives move
+ * their bytes only while every rank is inside MPI, so each gather waited for
+ * on its own is a point where the ranks meet; with the default bucket (5e7)
+ * a small model's forward gathers everything at its first layer, in one go. */
+static zinc_status prefetch(zinc_engine *e, int pos, int end)
 {
-    if (e->stage != 3 || pos >= 2 * e->n_layers || e->cfg.zero.stage3_prefetch_bucket_size <= 0)
-        return ZINC_OK;
-    const zinc_layer *l = &e->layers[layer_at(e, pos)];
-    for (int j = 0; j < l->n_units; j++) {
-        const engine_unit *u = &e->units[l->units[j]];
-        if (!u->sharded || u->wp || u->h_gather) continue;
-        if (e->live_elems + u->numel > (uint64_t)e->cfg.zero.stage3_max_live_parameters) continue;
-        zinc_status st = zero_unit_prefetch(e, l->units[j]);
-        if (st != ZINC_OK) return st;
+    const int64_t bucket = e->cfg.zero.stage3_prefetch_bucket_size;
+    if (e->stage != 3 || bucket <= 0) return ZINC_OK;
+    uint64_t ahead = 0, max_live = (uint64_t)e->cfg.zero.stage3_max_live_parameters;
+    for (int q = pos; q < end && ahead < (uint64_t)bucket; q++) {
+        const zinc_layer *l = &e->layers[layer_at(e, q)];
+        for (int j = 0; j < l->n_units && ahead < (uint64_t)bucket; j++) {
+            const engine_unit *u = &e->units[l->units[j]];
+            if (!zero_unit_gathers(e, l->units[j]) || u->wp) continue;
+            if (u->h_gather || u->pread) {
+                ahead += u->numel;
+                continue;
+            }
+            if (e->live_elems + e->fetch_elems + u->numel > max_live) return ZINC_OK;
+            zinc_status st = zero_unit_prefetch(e, l->units[j]);
+            if (st != ZINC_OK) return st;
+            ahead += u->numel;
+        }
     }
     return ZINC_OK;
 }
@@ -615,13 +636,14 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
     zinc_status st = ZINC_OK;
     size_t BT = (size_t)e->B * e->T;
     int L = e->n_layers;
+    int end = backward ? 2 * L : L; /* prefetch never reaches past this micro-batch's last use */
     c->loss_sum = 0.0;
     const void *x = e->tokens;
     double t0 = now_ms();
     for (int i = 0; i < L; i++) {
         zinc_layer *l = &e->layers[i];
         for (int j = 0; j < l->n_units; j++) ZINC_TRY(zero_unit_materialize(e, l->units[j]));
-        ZINC_TRY(prefetch(e, i + 1));
+        ZINC_TRY(prefetch(e, i + 1, end));
         ZINC_TRY(l->def->ops->forward(l, c, x, e->out[i]));
         if (e->out[i]) round_storage(e, e->out[i], BT * (size_t)l->n_out);
         for (int j = 0; j < l->n_units; j++) maybe_release(e, l->units[j], i);
@@ -638,7 +660,7 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
             ZINC_TRY(zero_unit_materialize(e, l->units[j]));
             ZINC_TRY(zero_grad_open(e, l->units[j]));
         }
-        ZINC_TRY(prefetch(e, pos + 1));
+        ZINC_TRY(prefetch(e, pos + 1, end));
         void *dx = i > 0 ? e->dbuf[i & 1] : NULL;
         if (dx) e->ops->zero(dx, BT * (size_t)l->n_in * zinc_dtype_size(e->ops->act));
         const void *xi = i > 0 ? (const void *)e->out[i - 1] : (const void *)e->tokens;

@@ -118,6 +118,7 @@ struct zinc_engine {
     int n_pending;
     uint64_t pending_bytes;
     uint64_t live_elems; /* elements of owned working params */
+    uint64_t fetch_elems; /* elements of ZeRO-3 gathers (or NVMe reads) started ahead of use */
 
     void *act_slab;      /* every layer's saved activations and outputs */
     void **out;          /* out[l]: (B, T, n_out) act of layer l; NULL for the loss layer */
@@ -163,7 +164,10 @@ void zero_units_free(zinc_engine *e);
 
 /* fp32 working params of unit u (gathers / converts as needed). */
 zinc_status zero_unit_materialize(zinc_engine *e, int u);
-/* Starts gathering unit u's params ahead of use (sharded units only). */
+/* 1 if making unit u whole takes a gather: sharded over several ranks, or
+ * its shard on NVMe (a shard over one rank in memory is the whole unit). */
+int zero_unit_gathers(const zinc_engine *e, int u);
+/* Starts gathering unit u's params ahead of use (units that gather only). */
 zinc_status zero_unit_prefetch(zinc_engine *e, int u);
 /* Drops unit u's working params if they are a copy. */
 void zero_unit_release(zinc_engine *e, int u);

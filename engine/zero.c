@@ -12,6 +12,11 @@
  * Reduce-scatters run asynchronously when overlap_comm is set, with at most
  * reduce_bucket_size elements in flight; post-step all-gathers keep at most
  * allgather_bucket_size elements in flight.
+ *
+ * On one rank nothing moves: a shard is the whole unit, so fp32 working
+ * params and grads alias the store as they do below stage 2, and the
+ * reduce-scatter of 16-bit grads becomes a plain add of the rounded grads
+ * (the same numbers as the reduce-scatter over one rank gave).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -281,23 +286,32 @@ void zero_units_free(zinc_engine *e)
 
 static zinc_status gather_start(zinc_engine *e, int ui, const void *src);
 
+int zero_unit_gathers(const zinc_engine *e, int ui)
+{
+    const engine_unit *u = &e->units[ui];
+    return u->sharded && (e->dp > 1 || offload_param_on_nvme(e, u));
+}
+
 zinc_status zero_unit_prefetch(zinc_engine *e, int ui)
 {
+    zinc_status st;
     engine_unit *u = &e->units[ui];
-    if (!u->sharded || u->wp || u->h_gather || u->pread) return ZINC_OK;
+    if (!zero_unit_gathers(e, ui) || u->wp || u->h_gather || u->pread) return ZINC_OK;
     if (offload_param_on_nvme(e, u)) {
         /* the shard comes off NVMe first; the all-gather follows in materialize */
         u->pstage = zinc_aio_buf_alloc(u->shard * e->psz);
         if (!u->pstage) return zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", ui);
-        zinc_status st = zinc_aio_pread_async(e->param_swap, u->pstage, u->shard * e->psz,
-                                              u->pswap_off, &u->pread);
+        st = zinc_aio_pread_async(e->param_swap, u->pstage, u->shard * e->psz, u->pswap_off,
+                                  &u->pread);
         if (st != ZINC_OK) {
             zinc_aio_buf_free(u->pstage);
             u->pstage = NULL;
         }
-        return st;
+    } else {
+        st = gather_start(e, ui, u->p);
     }
-    return gather_start(e, ui, u->p);
+    if (st == ZINC_OK) e->fetch_elems += u->numel; /* until materialize takes it */
+    return st;
 }
 
 /* Starts the all-gather of unit ui's shard (at src) into its gathered buffer. */
@@ -317,9 +331,11 @@ zinc_status zero_unit_materialize(zinc_engine *e, int ui)
     zinc_status st;
     engine_unit *u = &e->units[ui];
     if (u->wp || u->numel == 0) return ZINC_OK;
-    const void *whole = u->p;
-    if (u->sharded) {
+    const void *whole = u->p; /* whole already, or the shard of one rank: all of it */
+    const int gathered = zero_unit_gathers(e, ui);
+    if (gathered) {
         if (!u->h_gather && (st = zero_unit_prefetch(e, ui)) != ZINC_OK) return st;
+        e->fetch_elems -= u->numel;
         if (u->pread) { /* NVMe shard: finish the read, then gather */
             if ((st = zinc_aio_wait(&u->pread)) == ZINC_OK) st = gather_start(e, ui, u->pstage);
             if (st == ZINC_OK) st = zinc_comm_wait(&u->h_gather);
@@ -330,16 +346,16 @@ zinc_status zero_unit_materialize(zinc_engine *e, int ui)
         if ((st = zinc_comm_wait(&u->h_gather)) != ZINC_OK) return st;
         whole = u->gathered;
     }
-    if (e->pdt == ZINC_DTYPE_F32) {
+    if (e->pdt == ZINC_DTYPE_F32) { /* the working copy is the gathered buffer or the store */
         u->wp = (float *)whole;
-        u->wp_owned = u->sharded; /* the gathered buffer */
-        if (u->sharded) u->gathered = NULL;
+        u->wp_owned = gathered;
+        if (gathered) u->gathered = NULL;
     } else {
         u->wp = xalloc_raw(e, u->numel * sizeof(float));
         if (!u->wp) return zinc_error(ZINC_ERR_NOMEM, "working params of layer %d", ui);
         u->wp_owned = 1;
         zero_to_f32(e, u->wp, whole, e->pdt, u->numel);
-        if (u->sharded) {
+        if (gathered) {
             xfree(e, u->gathered);
             u->gathered = NULL;
         }
@@ -379,7 +395,9 @@ zinc_status zero_grad_open(zinc_engine *e, int ui)
 {
     engine_unit *u = &e->units[ui];
     if (u->wg || u->numel == 0) return ZINC_OK;
-    if (e->stage < 2 && e->pdt == ZINC_DTYPE_F32) {
+    /* grads are stored whole below stage 2, and at any stage on one rank
+     * (its shard is the whole unit) */
+    if ((e->stage < 2 || e->dp == 1) && e->pdt == ZINC_DTYPE_F32) {
         u->wg = u->g; /* accumulate straight into the whole fp32 grads */
         u->wg_owned = 0;
         return ZINC_OK;
@@ -434,6 +452,10 @@ zinc_status zero_grad_close(zinc_engine *e, int ui)
         u->wg_owned = 0;
         return ZINC_OK;
     }
+    if (!u->wg_owned) { /* one rank, fp32: accumulated in place (zero_grad_open) */
+        u->wg = NULL;
+        return ZINC_OK;
+    }
     /* stage >= 2: reduce-scatter the unit's grads (storage dtype) into the owner's shard */
     void *send = u->wg;
     if (e->pdt != ZINC_DTYPE_F32) {
@@ -443,6 +465,13 @@ zinc_status zero_grad_close(zinc_engine *e, int ui)
         xfree(e, u->wg);
         u->wg = NULL;
         u->wg_owned = 0;
+    }
+    if (e->dp == 1) { /* the reduce-scatter over one rank is the identity: add directly */
+        e->ops->add_into(u->g, e->pdt, send, e->pdt, u->numel);
+        xfree(e, send);
+        u->wg = NULL;
+        u->wg_owned = 0;
+        return ZINC_OK;
     }
     void *recv = xalloc_raw(e, u->shard * e->psz);
     engine_pending *np = realloc(e->pending, (size_t)(e->n_pending + 1) * sizeof *np);

@@ -37,6 +37,30 @@ done
 run s3_persist 4 --set train.max_steps=20 --set zero_optimization.stage=3
 check_close s3_persist ref 1e-5
 
+# --- ZeRO-3 prefetch and release policy moves gathers in time, never the math ---
+# bitwise the losses of s3_dp2_ga2 (released after every use, default prefetch
+# bucket): prefetch off, one unit ahead, limited by max_live_parameters (a
+# block does not fit), and units kept between forward and backward; the same
+# bytes moved wherever the reuse distance stays 0
+same_losses() { cmp -s <(losses "$TMP/$1.jsonl") <(losses "$TMP/$2.jsonl") || fail "$2 differs from $1"; }
+P3="--set zero_optimization.stage3_param_persistence_threshold=0"
+for k in "stage3_prefetch_bucket_size=0" "stage3_prefetch_bucket_size=1" \
+         "stage3_max_live_parameters=12000" "stage3_max_reuse_distance=1000000000"; do
+    name="s3_${k%%=*}_${k##*=}"
+    reuse="--set zero_optimization.stage3_max_reuse_distance=0"
+    [ "${k%%=*}" = stage3_max_reuse_distance ] && reuse=""
+    run "$name" 2 --set train.max_steps=20 --set zero_optimization.stage=3 --set gradient_accumulation_steps=2 \
+        $P3 $reuse --set "zero_optimization.$k"
+    same_losses s3_dp2_ga2 "$name"
+    if [ -n "$reuse" ]; then
+        [ "$(field "$name" comm_bytes)" = "$(field s3_dp2_ga2 comm_bytes)" ] || fail "$name moved other bytes"
+    else
+        awk -v a="$(field "$name" comm_bytes)" -v b="$(field s3_dp2_ga2 comm_bytes)" 'BEGIN { exit !(a < b) }' \
+            || fail "$name: keeping units did not save gathers"
+    fi
+    echo "$name: bitwise the losses of s3_dp2_ga2"
+done
+
 # --- mixed precision ---
 run fp32_50 2 --set train.max_steps=50 --set zero_optimization.stage=2
 for p in bf16 fp16; do
