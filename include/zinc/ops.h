@@ -152,9 +152,12 @@ typedef struct zinc_ops {
 
 /* The CPU op table (C + OpenMP + OpenBLAS), act f32. Static storage, never NULL. */
 const zinc_ops *zinc_ops_cpu(void);
-/* The same ops with act bf16 ("cpu-bf16"): each op widens its act inputs to
- * fp32, runs the fp32 op and rounds its act outputs to bf16, so it is the
- * reference for every act-bf16 table. Static storage, never NULL. */
+/* The same ops with act bf16 ("cpu-bf16"): each op computes in fp32 from its
+ * act inputs and rounds its act outputs to bf16, so it is the reference for
+ * every act-bf16 table. Its products run bf16 x bf16 with fp32 accumulation
+ * (AVX512_BF16, kernels/cpu/gemm_bf16.c) where the processor has it, else the
+ * fp32 product of the widened inputs; the other ops widen their inputs and
+ * run the fp32 op. Static storage, never NULL. */
 const zinc_ops *zinc_ops_cpu_bf16(void);
 /* The ops return void; an act-bf16 CPU op that cannot allocate its fp32
  * temporaries does nothing and records ZINC_ERR_NOMEM instead. Returns the
