@@ -60,11 +60,17 @@ out=$(OPENBLAS_CORETYPE=Sandybridge ZINC_BLAS_AUTO_CORE=Sandybridge ZINC_BLAS_AU
 echo "inherited:  $(head -1 <<<"$out")"
 [ -z "$want" ] || [[ "$(core_of "$out")" =~ ^($want)$ ]] || fail "inherited core not re-made: $out"
 
-# 6. The corrected kernels are the fast ones (sgemm 512^3, 1 thread, medians
-#    of 9; the SSE3 kernels run at about a quarter of the AVX-512 ones).
+# 6. The corrected kernels are the fast ones (sgemm 512^3, 1 thread; the SSE3
+#    kernels run at a quarter of the AVX-512 ones). Best of 3 interleaved
+#    medians each, so that other load on a shared machine cannot fake a result.
 if [ -n "$want" ]; then
-    slow=$(gflops_of "$(OPENBLAS_CORETYPE=Prescott "$SG" 512 1 9)")
-    fast=$(gflops_of "$(ZINC_BLAS_SIMULATE_DETECT=Prescott "$SG" 512 1 9)")
+    slow=0; fast=0
+    for _ in 1 2 3; do
+        s=$(gflops_of "$(OPENBLAS_CORETYPE=Prescott "$SG" 512 1 9)")
+        f=$(gflops_of "$(ZINC_BLAS_SIMULATE_DETECT=Prescott "$SG" 512 1 9)")
+        slow=$(awk -v a="$slow" -v b="$s" 'BEGIN { print (b > a ? b : a) }')
+        fast=$(awk -v a="$fast" -v b="$f" 'BEGIN { print (b > a ? b : a) }')
+    done
     echo "sgemm 512^3: Prescott $slow GFLOP/s, corrected $fast GFLOP/s"
     awk -v s="$slow" -v f="$fast" 'BEGIN { exit !(f > 1.5 * s) }' \
         || fail "corrected sgemm ($fast GFLOP/s) not faster than Prescott's ($slow)"
