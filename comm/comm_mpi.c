@@ -345,6 +345,16 @@ cleanup:
  * with the op's sequence number in the group, which every rank counts alike
  * because collectives are started in the same order on every rank. */
 
+/* Ends h's ring: frees its temporary and marks every step done. dropped: a
+ * failure broke the job, so its requests are dropped rather than waited on. */
+static void ring_end(mpi_req *r, int dropped)
+{
+    if (dropped) r->ring.sr[0] = r->ring.sr[1] = MPI_REQUEST_NULL;
+    free(r->ring.tmp);
+    r->ring.tmp = NULL;
+    r->ring.step = r->ring.steps;
+}
+
 /* Where the partial received at step k goes: the last step's into out. */
 static char *ring_partial(mpi_req *r, int k)
 {
@@ -391,10 +401,7 @@ static zinc_status ring_progress(zinc_comm_handle *h, int *finished)
         if (++r->ring.step < r->ring.steps && (st = ring_post(h)) != ZINC_OK) goto cleanup;
     }
 cleanup:
-    if (st != ZINC_OK) r->ring.sr[0] = r->ring.sr[1] = MPI_REQUEST_NULL;
-    free(r->ring.tmp);
-    r->ring.tmp = NULL;
-    r->ring.step = r->ring.steps;
+    ring_end(r, st != ZINC_OK);
     *finished = 1;
     return st;
 }
@@ -421,18 +428,14 @@ static zinc_status mpi_reduce_scatter(zinc_comm *c, const void *send, void *recv
         if (c->size > 2) {
             r->ring.tmp = malloc(r->ring.block_bytes ? r->ring.block_bytes : 1);
             if (!r->ring.tmp) {
-                r->ring.step = r->ring.steps;
+                ring_end(r, 0);
                 return zinc_error(ZINC_ERR_NOMEM, "%s on group %s: %zu-byte ring buffer",
                                   h->op, c->name, r->ring.block_bytes);
             }
         }
         st = ring_post(h);
         if (st == ZINC_OK) st = mpi_track_arrival(c, h);
-        if (st != ZINC_OK) { /* started requests are dropped: the job is broken */
-            r->ring.step = r->ring.steps;
-            free(r->ring.tmp);
-            r->ring.tmp = NULL;
-        }
+        if (st != ZINC_OK) ring_end(r, 1); /* the job is broken */
         return st;
     }
     MPI_TRY(h->op, c->name,
@@ -534,12 +537,7 @@ static zinc_status mpi_test(zinc_comm_handle *h, int *done, int *arrived)
         zinc_status st = rc == MPI_SUCCESS ? ring_progress(h, &op_done)
                                            : mpi_error(h->op, h->comm->name, "MPI_Test", rc);
         if (st != ZINC_OK) { /* the job is broken; drop the requests rather than wait on them */
-            if (r->ring.step < r->ring.steps) {
-                r->ring.sr[0] = r->ring.sr[1] = MPI_REQUEST_NULL;
-                free(r->ring.tmp);
-                r->ring.tmp = NULL;
-                r->ring.step = r->ring.steps;
-            }
+            ring_end(r, 1);
             r->arrival = MPI_REQUEST_NULL;
             *done = 1;
             return st;
