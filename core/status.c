@@ -1,6 +1,7 @@
 /* status.c - status names and the thread-local error detail. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "zinc/status.h"
 
@@ -33,10 +34,15 @@ const char *zinc_last_error(void)
 
 zinc_status zinc_error(zinc_status s, const char *fmt, ...)
 {
+    /* formatted aside first: an argument may be zinc_last_error() itself
+     * ("%s: %s", what, zinc_last_error()), which vsnprintf into tl_detail
+     * would read while overwriting it */
+    char buf[sizeof tl_detail];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tl_detail, sizeof tl_detail, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(tl_detail, buf, sizeof buf);
     return s;
 }
 
