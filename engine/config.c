@@ -132,6 +132,26 @@ struct cfg_ctx {
 #define INF HUGE_VAL
 #define PATH_CAP 256
 
+/* Upper bounds of integer keys: what the consumer holds, and sizes that stay
+ * sane where a value drives an allocation or a product (zinc_config_check).
+ * Every stored integer key has a finite bound (tests/config checks this). */
+#define STEPS_MAX 1e12          /* step counts, intervals */
+#define ELEMS_MAX 1e15          /* element counts (x 16 bytes still fits int64) */
+#define SEED_MAX 9223372036854775807.0 /* uint64 seeds: any non-negative int64 */
+#define TBS_MAX 2147483647.0    /* samples per step */
+#define MICRO_MAX 1048576.0     /* samples per micro-batch (int in the engine) */
+#define GAS_MAX 16777216.0      /* micro-batches per step (int in the engine) */
+#define LAYERS_MAX 16384.0
+#define EMBD_MAX 1048576.0
+#define HEADS_MAX 65536.0
+#define SEQ_MAX 16777216.0      /* tokens per sequence (int in the kernels) */
+#define THREADS_MAX 4096.0
+#define KEEP_MAX 1000000.0
+#define AIO_BLOCK_MAX 1073741824.0 /* one request moves at most 1 GiB (io/aio.c) */
+#define AIO_QD_MAX 4096.0          /* ring entries per worker (io/aio.c) */
+#define AIO_WORKERS_MAX 256.0      /* workers (io/aio.c) */
+#define BUFFERS_MAX 1024.0
+
 /* stored keys */
 #define KB(n, f, d) {.name = n, .type = T_BOOL, .off = OFF(f), .def = d}
 #define KBA(n, f, d, fl, a) {.name = n, .type = T_BOOL, .off = OFF(f), .def = d, .flags = fl, .auto_id = a}
@@ -211,11 +231,11 @@ static const keydesc scheduler_params_keys[] = {
     {.name = "warmup_max_lr", .type = T_NUM, .off = OFF(scheduler.warmup_max_lr), .lo = 0, .hi = INF,
      .def = 1e-3, .flags = F_AUTO, .auto_id = A_WMAX, .sched_mask = SM_LR | SM_DECAY},
     {.name = "warmup_num_steps", .type = T_INT, .off = OFF(scheduler.warmup_num_steps), .lo = 0,
-     .hi = INF, .def = 1000, .flags = F_AUTO, .auto_id = A_WNUM, .sched_mask = SM_ALL},
+     .hi = STEPS_MAX, .def = 1000, .flags = F_AUTO, .auto_id = A_WNUM, .sched_mask = SM_ALL},
     {.name = "warmup_type", .type = T_ENUM, .off = OFF(scheduler.warmup_type), .def = ZINC_WARMUP_LOG,
      .enums = warmup_types, .sched_mask = SM_ALL},
     {.name = "total_num_steps", .type = T_INT, .off = OFF(scheduler.total_num_steps), .lo = 1,
-     .hi = INF, .def = 0, .flags = F_AUTO, .auto_id = A_TOTAL, .sched_mask = SM_DECAY | SM_COS},
+     .hi = STEPS_MAX, .def = 0, .flags = F_AUTO, .auto_id = A_TOTAL, .sched_mask = SM_DECAY | SM_COS},
     {.name = "warmup_min_ratio", .type = T_NUM, .off = OFF(scheduler.warmup_min_ratio), .lo = 0,
      .hi = 1, .def = 0, .sched_mask = SM_COS},
     {.name = "cos_min_ratio", .type = T_NUM, .off = OFF(scheduler.cos_min_ratio), .lo = 0, .hi = 1,
@@ -233,8 +253,8 @@ static const keydesc fp16_keys[] = {
     KBA("enabled", fp16.enabled, 0, F_AUTO, A_FP16),
     KN("loss_scale", fp16.loss_scale, 0, INF, 0, 0),
     KI("initial_scale_power", fp16.initial_scale_power, 0, 100, 16),
-    KI("loss_scale_window", fp16.loss_scale_window, 1, INF, 1000),
-    KI("hysteresis", fp16.hysteresis, 1, INF, 2),
+    KI("loss_scale_window", fp16.loss_scale_window, 1, STEPS_MAX, 1000),
+    KI("hysteresis", fp16.hysteresis, 1, 1e6, 2),
     KN("min_loss_scale", fp16.min_loss_scale, 0, INF, 1, F_LO_OPEN),
     XB("auto_cast"),
     XB("consecutive_hysteresis"),
@@ -250,7 +270,7 @@ static const keydesc offload_optimizer_keys[] = {
     KE("device", zero.offload_optimizer.device, ZINC_OFFLOAD_NONE, offload_devices, F_NULL_OK),
     KS("nvme_path", zero.offload_optimizer.nvme_path, "", NULL),
     KB("pin_memory", zero.offload_optimizer.pin_memory, 1),
-    KI("buffer_count", zero.offload_optimizer.buffer_count, 1, INF, 4),
+    KI("buffer_count", zero.offload_optimizer.buffer_count, 1, BUFFERS_MAX, 4),
     KB("pipeline_read", zero.offload_optimizer.pipeline_read, 0),
     KB("pipeline_write", zero.offload_optimizer.pipeline_write, 0),
     XB("fast_init"),
@@ -262,9 +282,9 @@ static const keydesc offload_param_keys[] = {
     KE("device", zero.offload_param.device, ZINC_OFFLOAD_NONE, offload_devices, F_NULL_OK),
     KS("nvme_path", zero.offload_param.nvme_path, "", NULL),
     KB("pin_memory", zero.offload_param.pin_memory, 1),
-    KI("buffer_count", zero.offload_param.buffer_count, 1, INF, 5),
-    KI("buffer_size", zero.offload_param.buffer_size, 1, INF, 1e8),
-    KI("max_in_cpu", zero.offload_param.max_in_cpu, 0, INF, 1e9),
+    KI("buffer_count", zero.offload_param.buffer_count, 1, BUFFERS_MAX, 5),
+    KI("buffer_size", zero.offload_param.buffer_size, 1, ELEMS_MAX, 1e8),
+    KI("max_in_cpu", zero.offload_param.max_in_cpu, 0, ELEMS_MAX, 1e9),
     END};
 
 static const keydesc zero_keys[] = {
@@ -272,15 +292,15 @@ static const keydesc zero_keys[] = {
     KB("contiguous_gradients", zero.contiguous_gradients, 1),
     KB("overlap_comm", zero.overlap_comm, 0), /* true at stage 3 unless given: finish() */
     KB("reduce_scatter", zero.reduce_scatter, 1),
-    KIA("reduce_bucket_size", zero.reduce_bucket_size, 1, INF, 5e8, F_AUTO, A_RBS),
-    KI("allgather_bucket_size", zero.allgather_bucket_size, 1, INF, 5e8),
-    KIA("stage3_prefetch_bucket_size", zero.stage3_prefetch_bucket_size, 0, INF, 5e7,
+    KIA("reduce_bucket_size", zero.reduce_bucket_size, 1, ELEMS_MAX, 5e8, F_AUTO, A_RBS),
+    KI("allgather_bucket_size", zero.allgather_bucket_size, 1, ELEMS_MAX, 5e8),
+    KIA("stage3_prefetch_bucket_size", zero.stage3_prefetch_bucket_size, 0, ELEMS_MAX, 5e7,
         F_AUTO | F_STAGE3, A_PREFETCH),
-    KIA("stage3_param_persistence_threshold", zero.stage3_param_persistence_threshold, 0, INF, 1e5,
+    KIA("stage3_param_persistence_threshold", zero.stage3_param_persistence_threshold, 0, ELEMS_MAX, 1e5,
         F_AUTO | F_STAGE3, A_PERSIST),
-    KIA("stage3_max_live_parameters", zero.stage3_max_live_parameters, 0, INF, 1e9, F_STAGE3, A_NONE),
-    KIA("stage3_max_reuse_distance", zero.stage3_max_reuse_distance, 0, INF, 1e9, F_STAGE3, A_NONE),
-    KI("sub_group_size", zero.sub_group_size, 1, INF, 1e9),
+    KIA("stage3_max_live_parameters", zero.stage3_max_live_parameters, 0, ELEMS_MAX, 1e9, F_STAGE3, A_NONE),
+    KIA("stage3_max_reuse_distance", zero.stage3_max_reuse_distance, 0, ELEMS_MAX, 1e9, F_STAGE3, A_NONE),
+    KI("sub_group_size", zero.sub_group_size, 1, ELEMS_MAX, 1e9),
     {.name = "stage3_gather_16bit_weights_on_model_save", .type = T_BOOL,
      .off = OFF(zero.stage3_gather_16bit_weights_on_model_save), .def = 0, .flags = F_STAGE3},
     KSEC("offload_optimizer", offload_optimizer_keys),
@@ -327,9 +347,9 @@ static const keydesc zero_keys[] = {
     END};
 
 static const keydesc aio_keys[] = {
-    KI("block_size", aio.block_size, 1, INF, 1048576),
-    KI("queue_depth", aio.queue_depth, 1, INF, 8),
-    KI("intra_op_parallelism", aio.intra_op_parallelism, 1, INF, 1),
+    KI("block_size", aio.block_size, 1, AIO_BLOCK_MAX, 1048576),
+    KI("queue_depth", aio.queue_depth, 1, AIO_QD_MAX, 8),
+    KI("intra_op_parallelism", aio.intra_op_parallelism, 1, AIO_WORKERS_MAX, 1),
     KB("single_submit", aio.single_submit, 0),
     KB("overlap_events", aio.overlap_events, 1),
     ALIAS("thread_count", "intra_op_parallelism", F_DEPRECATED),
@@ -338,12 +358,12 @@ static const keydesc aio_keys[] = {
 
 static const keydesc model_keys[] = {
     KS("type", model.type, "gpt2", model_types),
-    KI("n_layer", model.n_layer, 1, INF, 4),
-    KI("n_embd", model.n_embd, 1, INF, 128),
-    KI("n_head", model.n_head, 1, INF, 4),
+    KI("n_layer", model.n_layer, 1, LAYERS_MAX, 4),
+    KI("n_embd", model.n_embd, 1, EMBD_MAX, 128),
+    KI("n_head", model.n_head, 1, HEADS_MAX, 4),
     KI("vocab_size", model.vocab_size, 256, 65536, 50304),
-    KI("block_size", model.block_size, 1, INF, 64),
-    KI("seed", model.seed, 0, INF, 1337),
+    KI("block_size", model.block_size, 1, SEQ_MAX, 64),
+    KI("seed", model.seed, 0, SEED_MAX, 1337),
     KS("init_from", model.init_from, "", NULL),
     KB("recompute", model.recompute, 0),
     END};
@@ -353,19 +373,19 @@ static const keydesc data_keys[] = {
     KP("text", data.text, data.n_text),
     KS("text_exts", data.text_exts, ".c,.h,.md,.sh,.json,.txt", NULL),
     KS("tokenizer", data.tokenizer, "bytes", tokenizers),
-    KI("seq_len", data.seq_len, 0, INF, 0),
-    KI("seed", data.seed, 0, INF, 1234),
+    KI("seq_len", data.seq_len, 0, SEQ_MAX, 0),
+    KI("seed", data.seed, 0, SEED_MAX, 1234),
     END};
 
 static const keydesc train_keys[] = {
-    KI("max_steps", train.max_steps, 1, INF, 100),
-    KI("log_every", train.log_every, 0, INF, 0),
+    KI("max_steps", train.max_steps, 1, STEPS_MAX, 100),
+    KI("log_every", train.log_every, 0, STEPS_MAX, 0),
     KS("save_dir", train.save_dir, "", NULL),
     KS("metrics_file", train.metrics_file, "", NULL),
-    KI("save_every", train.save_every, 0, INF, 0),
-    KI("keep_last", train.keep_last, 0, INF, 0),
+    KI("save_every", train.save_every, 0, STEPS_MAX, 0),
+    KI("keep_last", train.keep_last, 0, KEEP_MAX, 0),
     KS("resume", train.resume, "", NULL),
-    KI("threads", train.threads, 0, INF, 0),
+    KI("threads", train.threads, 0, THREADS_MAX, 0),
     END};
 
 static const keydesc activation_checkpointing_keys[] = {
@@ -395,12 +415,12 @@ static const keydesc checkpoint_keys[] = {
     END};
 
 static const keydesc root_keys[] = {
-    KIA("train_batch_size", train_batch_size, 1, INF, 0, F_AUTO | F_BATCH, A_TBS),
-    KIA("train_micro_batch_size_per_gpu", train_micro_batch_size_per_gpu, 1, INF, 0, F_AUTO | F_BATCH,
+    KIA("train_batch_size", train_batch_size, 1, TBS_MAX, 0, F_AUTO | F_BATCH, A_TBS),
+    KIA("train_micro_batch_size_per_gpu", train_micro_batch_size_per_gpu, 1, MICRO_MAX, 0, F_AUTO | F_BATCH,
         A_MICRO),
-    KIA("gradient_accumulation_steps", gradient_accumulation_steps, 1, INF, 0, F_AUTO | F_BATCH, A_GAS),
+    KIA("gradient_accumulation_steps", gradient_accumulation_steps, 1, GAS_MAX, 0, F_AUTO | F_BATCH, A_GAS),
     KNA("gradient_clipping", gradient_clipping, 0, INF, 1.0, 0, A_CLIP),
-    KI("steps_per_print", steps_per_print, 1, INF, 10),
+    KI("steps_per_print", steps_per_print, 1, STEPS_MAX, 10),
     KB("wall_clock_breakdown", wall_clock_breakdown, 0),
     KSEC("optimizer", optimizer_keys),
     {.name = "scheduler", .type = T_SECTION, .off = NOF, .sub = scheduler_keys, .flags = F_NULL_OK,
@@ -610,6 +630,8 @@ static void fmt_bound(double b, int is_int, char *buf, size_t cap)
 {
     if (!isfinite(b))
         snprintf(buf, cap, "%s", b < 0 ? "-inf" : "inf"); /* never printed: ranges omit it */
+    else if (is_int && b >= SEED_MAX)
+        snprintf(buf, cap, "%lld", (long long)INT64_MAX); /* (long long)2^63 would overflow */
     else if (is_int)
         snprintf(buf, cap, "%lld", (long long)b);
     else
@@ -683,38 +705,74 @@ static const char *override_of(const cfg_ctx *x, const char *path)
     return NULL;
 }
 
-/* "ORIGIN: PATH" or "--set PATH" */
-static void where(const cfg_ctx *x, const char *path, char *buf, size_t cap)
+/* "ORIGIN: PATH", or "--set PATH" when an override set path. also: other
+ * keys (comma-separated) the error is about, for a rule that ties keys
+ * together; when one of those came from --set, the override is named:
+ * "--set model.n_head=5: model.n_embd: ...". */
+static void where(const cfg_ctx *x, const char *path, const char *also, char *buf, size_t cap)
 {
-    if (override_of(x, path))
+    if (override_of(x, path)) {
         snprintf(buf, cap, "--set %s", path);
-    else
-        snprintf(buf, cap, "%s: %s", x->origin, path);
+        return;
+    }
+    for (const char *a = also; a && *a;) {
+        const char *comma = strchr(a, ',');
+        size_t n = comma ? (size_t)(comma - a) : strlen(a);
+        char key[PATH_CAP];
+        snprintf(key, sizeof key, "%.*s", (int)(n < PATH_CAP ? n : PATH_CAP - 1), a);
+        const char *o = override_of(x, key);
+        if (o) {
+            snprintf(buf, cap, "--set %s: %s", o, path);
+            return;
+        }
+        a = comma ? comma + 1 : a + n;
+    }
+    snprintf(buf, cap, "%s: %s", x->origin, path);
 }
 
-static zinc_status cfg_err(const cfg_ctx *x, const char *path, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static zinc_status cfg_err(const cfg_ctx *x, const char *path, const char *fmt, ...)
+static zinc_status cfg_verr(const cfg_ctx *x, const char *path, const char *also, const char *fmt,
+                            va_list ap)
 {
-    char w[PATH_CAP + 300], msg[700];
-    va_list ap;
-    va_start(ap, fmt);
+    char w[2 * PATH_CAP + 300], msg[700];
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    where(x, path, w, sizeof w);
+    where(x, path, also, w, sizeof w);
     return zinc_error(ZINC_ERR_CONFIG, "%s: %s", w, msg);
 }
 
+static zinc_status cfg_err(const cfg_ctx *x, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static zinc_status cfg_err(const cfg_ctx *x, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    zinc_status st = cfg_verr(x, path, NULL, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+/* An error about path that also involves the keys in also (see where()). */
+static zinc_status cfg_err_also(const cfg_ctx *x, const char *path, const char *also,
+                                const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static zinc_status cfg_err_also(const cfg_ctx *x, const char *path, const char *also,
+                                const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    zinc_status st = cfg_verr(x, path, also, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
 static void cfg_warn(const cfg_ctx *x, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void cfg_warn(const cfg_ctx *x, const char *path, const char *fmt, ...)
 {
-    char w[PATH_CAP + 300], msg[700];
+    char w[2 * PATH_CAP + 300], msg[700];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    where(x, path, w, sizeof w);
+    where(x, path, NULL, w, sizeof w);
     ZINC_WARN("%s: %s", w, msg);
 }
 
@@ -1108,21 +1166,30 @@ static zinc_status finish_batch(cfg_ctx *x, json_t *root)
         c->given.resolved[i] = *fields[i];
     }
     c->given.valid = 1;
+    /* zinc_config_resolve's errors name the override that set a batch key */
+    c->given.batch_origin[0] = '\0';
+    for (int i = 0; i < 3 && !c->given.batch_origin[0]; i++) {
+        const char *o = override_of(x, batch_names[i]);
+        if (o) snprintf(c->given.batch_origin, sizeof c->given.batch_origin, "--set %s", o);
+    }
     if (!c->given.batch[0] && !c->given.batch[1])
-        return zinc_error(ZINC_ERR_CONFIG, "%s: neither train_batch_size nor "
-                          "train_micro_batch_size_per_gpu is set", x->origin);
+        return cfg_err_also(x, "train_batch_size", "train_micro_batch_size_per_gpu",
+                            "neither train_batch_size nor train_micro_batch_size_per_gpu is set");
     int64_t t = c->given.batch[0] > 0 ? c->given.batch[0] : 0;
     int64_t m = c->given.batch[1] > 0 ? c->given.batch[1] : 0;
     int64_t a = c->given.batch[2] > 0 ? c->given.batch[2] : 0;
     int64_t ma;
     if (t && m && a) {
         if (__builtin_mul_overflow(m, a, &ma) || t % ma)
-            return cfg_err(x, "train_batch_size",
+            return cfg_err_also(x, "train_batch_size",
+                           "train_micro_batch_size_per_gpu,gradient_accumulation_steps",
                            "%lld is not divisible by train_micro_batch_size_per_gpu %lld * "
                            "gradient_accumulation_steps %lld",
                            (long long)t, (long long)m, (long long)a);
     } else if (t && (m || a) && t % (m ? m : a)) {
-        return cfg_err(x, "train_batch_size", "%lld is not divisible by %s %lld", (long long)t,
+        return cfg_err_also(x, "train_batch_size",
+                            "train_micro_batch_size_per_gpu,gradient_accumulation_steps",
+                            "%lld is not divisible by %s %lld", (long long)t,
                        m ? batch_names[1] : batch_names[2], (long long)(m ? m : a));
     }
     return ZINC_OK;
@@ -1156,59 +1223,106 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
         int64_t cap = c->scheduler.total_num_steps > 0 ? c->scheduler.total_num_steps : c->train.max_steps;
         c->scheduler.warmup_num_steps = cap < 1000 ? cap : 1000;
     }
-    int64_t emb = c->model.n_embd;
-    if (AUTO(A_RBS)) c->zero.reduce_bucket_size = emb * emb;
-    if (AUTO(A_PREFETCH)) c->zero.stage3_prefetch_bucket_size = (int64_t)(0.9 * (double)emb * (double)emb);
+    /* n_embd <= EMBD_MAX: these products fit int64; clamped to the keys' own bound */
+    int64_t emb = c->model.n_embd, emb2;
+    if (__builtin_mul_overflow(emb, emb, &emb2) || emb2 > (int64_t)ELEMS_MAX) emb2 = (int64_t)ELEMS_MAX;
+    if (AUTO(A_RBS)) c->zero.reduce_bucket_size = emb2;
+    if (AUTO(A_PREFETCH)) c->zero.stage3_prefetch_bucket_size = (int64_t)(0.9 * (double)emb2);
     if (AUTO(A_PERSIST)) c->zero.stage3_param_persistence_threshold = 10 * emb;
 
     /* scheduler */
     if (sty == ZINC_SCHED_WARMUP_DECAY_LR || sty == ZINC_SCHED_WARMUP_COSINE_LR) {
         if (!has_key(sparams, "total_num_steps"))
-            return cfg_err(x, "scheduler.params.total_num_steps", "required by %s",
+            return cfg_err_also(x, "scheduler.params.total_num_steps", "scheduler.type", "required by %s",
                            enum_to_name(sched_types, (int)sty));
         if (c->scheduler.total_num_steps < c->scheduler.warmup_num_steps)
-            return cfg_err(x, "scheduler.params.total_num_steps",
-                           "%lld is less than scheduler.params.warmup_num_steps %lld",
+            return cfg_err_also(x, "scheduler.params.total_num_steps",
+                           "scheduler.params.warmup_num_steps", "%lld is less than scheduler.params.warmup_num_steps %lld",
                            (long long)c->scheduler.total_num_steps,
                            (long long)c->scheduler.warmup_num_steps);
     }
 
     /* precision */
     if (c->fp16.enabled && c->bf16.enabled)
-        return zinc_error(ZINC_ERR_CONFIG, "%s: fp16.enabled and bf16.enabled are both true; enable at most one",
-                          x->origin);
+        return cfg_err_also(x, "fp16", "fp16.enabled,bf16.enabled",
+                            "fp16.enabled and bf16.enabled are both true; enable at most one");
 
     /* model and data */
     if (c->model.n_embd % c->model.n_head)
-        return cfg_err(x, "model.n_embd", "%lld is not divisible by model.n_head %lld",
+        return cfg_err_also(x, "model.n_embd", "model.n_head", "%lld is not divisible by model.n_head %lld",
                        (long long)c->model.n_embd, (long long)c->model.n_head);
     if (c->data.n_train && c->data.n_text)
-        return cfg_err(x, "data", "both data.train (token shards) and data.text (files to tokenize) "
+        return cfg_err_also(x, "data", "data.train,data.text", "both data.train (token shards) and data.text (files to tokenize) "
                        "are given; use one");
     if (has_key(root, "data") && !c->data.n_train && !c->data.n_text)
         return cfg_err(x, "data", "needs data.train (token shards) or data.text (files to tokenize)");
     if (c->data.seq_len > c->model.block_size)
-        return cfg_err(x, "data.seq_len", "%lld exceeds model.block_size %lld",
+        return cfg_err_also(x, "data.seq_len", "model.block_size", "%lld exceeds model.block_size %lld",
                        (long long)c->data.seq_len, (long long)c->model.block_size);
 
     /* ZeRO and offload */
     if (c->zero.offload_optimizer.device == ZINC_OFFLOAD_NVME && !c->zero.offload_optimizer.nvme_path[0])
-        return cfg_err(x, "zero_optimization.offload_optimizer.nvme_path",
+        return cfg_err_also(x, "zero_optimization.offload_optimizer.nvme_path",
+                            "zero_optimization.offload_optimizer.device",
                        "required when offload_optimizer.device is \"nvme\"");
     if (c->zero.offload_param.device == ZINC_OFFLOAD_NVME && !c->zero.offload_param.nvme_path[0])
-        return cfg_err(x, "zero_optimization.offload_param.nvme_path",
+        return cfg_err_also(x, "zero_optimization.offload_param.nvme_path",
+                            "zero_optimization.offload_param.device",
                        "required when offload_param.device is \"nvme\"");
     if (c->zero.offload_param.device != ZINC_OFFLOAD_NONE && c->zero.stage < 3)
-        return cfg_err(x, "zero_optimization.offload_param.device",
+        return cfg_err_also(x, "zero_optimization.offload_param.device", "zero_optimization.stage",
                        "\"%s\" requires zero_optimization.stage 3, found stage %d",
                        enum_to_name(offload_devices, (int)c->zero.offload_param.device), c->zero.stage);
     if (c->zero.offload_optimizer.device != ZINC_OFFLOAD_NONE && c->zero.stage < 1)
-        return cfg_err(x, "zero_optimization.offload_optimizer.device",
+        return cfg_err_also(x, "zero_optimization.offload_optimizer.device", "zero_optimization.stage",
                        "\"%s\" requires zero_optimization.stage >= 1, found stage 0",
                        enum_to_name(offload_devices, (int)c->zero.offload_optimizer.device));
     warn_stage3_knobs(x, zero);
 
     return finish_batch(x, root);
+}
+
+/* ---------------------------------------------------------------- the struct */
+
+/* Checks every stored number of c against its key's range: the same table
+ * that validates JSON validates a struct filled through the C API. */
+static zinc_status check_walk(const zinc_config *c, const keydesc *tab, char *path, size_t plen)
+{
+    for (const keydesc *k = tab; k->name; k++) {
+        size_t n = path_push(path, plen, k->name);
+        zinc_status st = ZINC_OK;
+        if (k->type == T_SECTION) {
+            st = check_walk(c, k->sub, path, n);
+        } else if (k->off != NOF && (k->type == T_INT || k->type == T_INT32 || k->type == T_NUM) &&
+                   !(k->sched_mask && !(k->sched_mask & (1u << c->scheduler.type)))) {
+            const char *f = (const char *)c + k->off;
+            double d = k->type == T_INT ? (double)*(const int64_t *)f
+                       : k->type == T_INT32 ? (double)*(const int *)f : *(const double *)f;
+            /* the batch triple is 0 before zinc_config_resolve; total_num_steps 0 when unused */
+            int unset = d == 0 && ((k->flags & F_BATCH) || k->auto_id == A_TOTAL);
+            if (!unset && (!in_range(k, d) || (k->type == T_NUM && isnan(d)))) {
+                char exp[400], found[64];
+                expected_text(k, exp, sizeof exp);
+                if (k->type == T_NUM)
+                    fmt_double(d, found, sizeof found);
+                else
+                    snprintf(found, sizeof found, "%lld",
+                             k->type == T_INT ? (long long)*(const int64_t *)f : (long long)*(const int *)f);
+                st = zinc_error(ZINC_ERR_CONFIG, "%s: %s: expected %s, found %s",
+                                c->given.origin[0] ? c->given.origin : "config", path, exp, found);
+            }
+        }
+        path[plen] = '\0';
+        if (st != ZINC_OK) return st;
+    }
+    return ZINC_OK;
+}
+
+zinc_status zinc_config_check(const zinc_config *c)
+{
+    if (!c) return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_config_check: no config");
+    char path[PATH_CAP] = "";
+    return check_walk(c, root_keys, path, 0);
 }
 
 /* ---------------------------------------------------------------- load */
@@ -1308,9 +1422,13 @@ zinc_status zinc_config_load(const char *path, const char *const *overrides, int
 zinc_status zinc_config_resolve(zinc_config *c, int dp)
 {
     if (!c) return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_config_resolve: no config");
-    const char *origin = c->given.origin[0] ? c->given.origin : "config";
+    const char *origin = c->given.batch_origin[0] ? c->given.batch_origin
+                         : c->given.origin[0]     ? c->given.origin
+                                                  : "config";
     if (dp < 1)
         return zinc_error(ZINC_ERR_INVALID_ARG, "%s: data-parallel size %d must be >= 1", origin, dp);
+    zinc_status cst = zinc_config_check(c);
+    if (cst != ZINC_OK) return cst;
     int64_t cur[3] = {c->train_batch_size, c->train_micro_batch_size_per_gpu,
                       c->gradient_accumulation_steps};
     int64_t g[3];
@@ -1366,6 +1484,20 @@ zinc_status zinc_config_resolve(zinc_config *c, int dp)
                               "%lld * data-parallel size %d overflows",
                               origin, (long long)m, (long long)a, dp);
     }
+    /* what the engine holds: int micro-batch, accumulation and tokens per micro-batch */
+    const int64_t lim[3] = {(int64_t)TBS_MAX, (int64_t)MICRO_MAX, (int64_t)GAS_MAX};
+    const int64_t res[3] = {t, m, a};
+    for (int i = 0; i < 3; i++)
+        if (res[i] > lim[i])
+            return zinc_error(ZINC_ERR_CONFIG,
+                              "%s: %s resolves to %lld for data-parallel size %d; at most %lld",
+                              origin, batch_names[i], (long long)res[i], dp, (long long)lim[i]);
+    int64_t seq = zinc_config_seq_len(c), tok;
+    if (__builtin_mul_overflow(m, seq, &tok) || tok > INT32_MAX)
+        return zinc_error(ZINC_ERR_CONFIG,
+                          "%s: train_micro_batch_size_per_gpu %lld * sequence length %lld = %lld "
+                          "tokens per micro-batch; at most %d",
+                          origin, (long long)m, (long long)seq, (long long)tok, INT32_MAX);
     c->train_batch_size = t;
     c->train_micro_batch_size_per_gpu = m;
     c->gradient_accumulation_steps = a;

@@ -261,6 +261,8 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
 {
     if (dp < 1 || stage < 0 || stage > 3)
         return zinc_error(ZINC_ERR_INVALID_ARG, "estimate: dp %d, stage %d", dp, stage);
+    zinc_status cst = zinc_config_check(c);
+    if (cst != ZINC_OK) return cst;
     zinc_engine e;
     memset(&e, 0, sizeof e);
     e.cfg = *c;
@@ -370,6 +372,8 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
 {
     zinc_status st = ZINC_OK;
     *out = NULL;
+    st = zinc_config_check(o->config); /* a struct filled through the C API */
+    if (st != ZINC_OK) return st;
     zinc_engine *e = calloc(1, sizeof *e);
     if (!e) return zinc_error(ZINC_ERR_NOMEM, "engine");
     e->cfg = *o->config;

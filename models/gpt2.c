@@ -15,6 +15,9 @@
 
 #include "zinc/gpt2.h"
 
+/* 2^40 parameters: byte counts of every state (<= 16 bytes per parameter) fit int64 */
+#define GPT2_PARAMS_MAX 1099511627776.0
+
 typedef struct gpt2_dims {
     int C, NH, V, maxT, L;
     int recompute; /* model.recompute: backward recomputes ln1, ln2, c_fc and its GELU */
@@ -391,6 +394,20 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
     if (c->model.n_embd % c->model.n_head != 0)
         return zinc_error(ZINC_ERR_CONFIG, "model.n_embd %lld is not divisible by model.n_head %lld",
                           (long long)c->model.n_embd, (long long)c->model.n_head);
+    zinc_status cst = zinc_config_check(c); /* every dimension below fits an int */
+    if (cst != ZINC_OK) return cst;
+    /* parameters: (V + maxT) C + L (12 C^2 + 13 C) + 2 C, in doubles (no overflow) */
+    double pc = ((double)c->model.vocab_size + (double)c->model.block_size) * (double)c->model.n_embd +
+                (double)c->model.n_layer * (12.0 * (double)c->model.n_embd * (double)c->model.n_embd +
+                                            13.0 * (double)c->model.n_embd) +
+                2.0 * (double)c->model.n_embd;
+    if (pc > GPT2_PARAMS_MAX)
+        return zinc_error(ZINC_ERR_CONFIG,
+                          "model: n_layer %lld, n_embd %lld, vocab_size %lld, block_size %lld make "
+                          "%.4g parameters; zinc handles at most %.4g (2^40)",
+                          (long long)c->model.n_layer, (long long)c->model.n_embd,
+                          (long long)c->model.vocab_size, (long long)c->model.block_size, pc,
+                          GPT2_PARAMS_MAX);
     if (c->model.n_embd / c->model.n_head > 128) /* zinc/ops.h attention: HS <= 128 */
         return zinc_error(ZINC_ERR_CONFIG,
                           "model.n_embd / model.n_head = %lld: attention head size above 128",

@@ -55,8 +55,11 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
 {
     zinc_gpt2 *g = NULL;
     zinc_config resolved = *cfg_in, *cfg = &resolved;
-    if (zinc_config_resolve(cfg, n) != ZINC_OK) /* the batch triple for n ranks */
-        cfg->train_micro_batch_size_per_gpu = 0;  /* activations unknown; model state still */
+    if (zinc_config_resolve(cfg, n) != ZINC_OK) { /* the batch triple for n ranks */
+        /* model state does not depend on the batch; activations do */
+        fprintf(stderr, "zinc-train: activations not estimated: %s\n", zinc_last_error());
+        cfg->train_micro_batch_size_per_gpu = 0;
+    }
     if (zinc_gpt2_create(cfg, &g) != ZINC_OK) {
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
         return 2;

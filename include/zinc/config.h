@@ -160,6 +160,7 @@ typedef struct zinc_config {
         int64_t batch[3];
         int64_t resolved[3];
         char origin[256];
+        char batch_origin[320]; /* "--set KEY=VALUE" that set a batch key, else "" */
     } given;
 } zinc_config;
 
@@ -195,6 +196,12 @@ zinc_status zinc_config_load_string(const char *json, const char *origin,
  * with another DP size; it works from the values as given. c is unchanged
  * on failure (ZINC_ERR_CONFIG; ZINC_ERR_INVALID_ARG for dp_size < 1). */
 zinc_status zinc_config_resolve(zinc_config *c, int dp_size);
+
+/* Checks every number stored in c against its key's range (the ranges the
+ * parser enforces, which are what zinc's consumers hold: an int micro-batch,
+ * at most 16384 layers, ...); for configs filled or edited through the C API.
+ * zinc_config_resolve runs it first. ZINC_ERR_CONFIG naming the key. */
+zinc_status zinc_config_check(const zinc_config *c);
 
 /* Writes the resolved config as pretty JSON (DeepSpeed names) to a malloc'd
  * string; caller frees. NULL on allocation failure. */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <CUnit/Basic.h>
+#include <jansson.h>
 
 #include "zinc/config.h"
 #include "zinc/log.h"
@@ -414,7 +415,7 @@ static void test_integral_reals(void)
     CU_ASSERT_EQUAL(c.zero.sub_group_size, 1000000000000LL);
     CU_ASSERT_EQUAL(c.train.max_steps, 10000);
     CU_ASSERT(fails_with("{\"train_batch_size\": 2.5}", NULL, 0,
-                         "train_batch_size: expected an integer >= 1, found 2.5"));
+                         "train_batch_size: expected an integer in 1..2147483647, found 2.5"));
     CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 1.5}}", NULL, 0,
                          "zero_optimization.stage: expected an integer in 0..3, found 1.5"));
     CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"zero_optimization\": {\"reduce_bucket_size\": 5e8.5}}",
@@ -709,6 +710,167 @@ static void test_errors_and_warnings(void)
     free(err);
 }
 
+/* ---------------------------------------------------------------- bounds */
+
+/* Every integer leaf of a dump, as "a.b.c" paths. */
+static int int_leaves(json_t *o, const char *prefix, char (*out)[128], int n, int max)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        char p[128];
+        snprintf(p, sizeof p, "%s%s%s", prefix, prefix[0] ? "." : "", k);
+        if (json_is_object(v))
+            n = int_leaves(v, p, out, n, max);
+        else if (json_is_integer(v) && n < max)
+            snprintf(out[n++], 128, "%s", p);
+    }
+    return n;
+}
+
+/* An integer in the dump, by path. */
+static int dumped_int(const zinc_config *c, const char *path, long long *out)
+{
+    char *s = zinc_config_dump(c);
+    json_t *v = s ? json_loads(s, 0, NULL) : NULL, *root = v;
+    free(s);
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *seg = strtok(buf, "."); v && seg; seg = strtok(NULL, ".")) v = json_object_get(v, seg);
+    int ok = json_is_integer(v);
+    if (ok) *out = (long long)json_integer_value(v);
+    json_decref(root);
+    return ok;
+}
+
+/* Each integer key has an upper bound that its consumer holds: 2^62 is
+ * refused naming the key, except the seeds (uint64 in the consumer), which
+ * keep it exactly; 2^32 + 2 (an int narrowing to 2) is refused or held
+ * exactly by every key. */
+static void test_int_bounds(void)
+{
+    static const char *cfg =
+        "{\"train_batch_size\": 8, \"train_micro_batch_size_per_gpu\": 4,"
+        " \"scheduler\": {\"type\": \"WarmupDecayLR\", \"params\": {\"total_num_steps\": 5000}},"
+        " \"fp16\": {\"enabled\": true},"
+        " \"zero_optimization\": {\"stage\": 3, \"offload_optimizer\": {\"device\": \"cpu\"},"
+        " \"offload_param\": {\"device\": \"cpu\"}}, \"data\": {\"train\": \"a.bin\"}}";
+    zinc_config c;
+    zinc_status st0 = load_str(cfg, &c);
+    if (st0 != ZINC_OK) printf("\n  %s\n", zinc_last_error());
+    CU_ASSERT_FATAL(st0 == ZINC_OK);
+    char *s = zinc_config_dump(&c);
+    json_t *root = s ? json_loads(s, 0, NULL) : NULL;
+    free(s);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(root);
+    static char keys[128][128];
+    int n = int_leaves(root, "", keys, 0, 128);
+    json_decref(root);
+    CU_ASSERT(n >= 30); /* the dump holds every stored integer key of this config */
+    int refused = 0;
+    for (int i = 0; i < n; i++) {
+        int seed = strstr(keys[i], "seed") != NULL;
+        char ov[300];
+        snprintf(ov, sizeof ov, "%.127s=4611686018427387904", keys[i]);
+        const char *o[] = {ov};
+        zinc_config d;
+        zinc_status st = zinc_config_load_string(cfg, "t.json", o, 1, &d);
+        if (seed) {
+            long long got = 0;
+            CU_ASSERT(st == ZINC_OK && dumped_int(&d, keys[i], &got) && got == 4611686018427387904LL);
+        } else {
+            char want[300];
+            snprintf(want, sizeof want, "--set %.127s: expected an integer", keys[i]);
+            int ok = st == ZINC_ERR_CONFIG && strstr(zinc_last_error(), want);
+            if (!ok) printf("\n  %s=2^62: status %d '%s'\n", keys[i], (int)st, zinc_last_error());
+            CU_ASSERT(ok);
+            refused += ok;
+        }
+        snprintf(ov, sizeof ov, "%.127s=4294967298", keys[i]);
+        st = zinc_config_load_string(cfg, "t.json", o, 1, &d);
+        if (st == ZINC_OK) st = zinc_config_resolve(&d, 1);
+        long long got = 0;
+        int ok = st == ZINC_ERR_CONFIG ? strstr(zinc_last_error(), keys[i]) != NULL
+                                       : st == ZINC_OK && dumped_int(&d, keys[i], &got) && got == 4294967298LL;
+        if (!ok) printf("\n  %s=2^32+2: status %d '%s' got %lld\n", keys[i], (int)st, zinc_last_error(), got);
+        CU_ASSERT(ok);
+    }
+    CU_ASSERT(refused >= n - 2);
+
+    /* the reproductions: each would have narrowed to a small int */
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8}", (const char *[]){"model.n_layer=4294967298"}, 1,
+                         "--set model.n_layer: expected an integer in 1..16384, found 4294967298"));
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8}", (const char *[]){"train.keep_last=4294967297"}, 1,
+                         "--set train.keep_last: expected an integer in 0..1000000"));
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8}", (const char *[]){"aio.queue_depth=2147483648"}, 1,
+                         "--set aio.queue_depth: expected an integer in 1..4096"));
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8}", (const char *[]){"aio.intra_op_parallelism=100000"}, 1,
+                         "--set aio.intra_op_parallelism: expected an integer in 1..256"));
+    CU_ASSERT(fails_with("{\"train_micro_batch_size_per_gpu\": 1099511627776}", NULL, 0,
+                         "train_micro_batch_size_per_gpu: expected an integer in 1..1048576"));
+
+    /* derived: tokens per micro-batch fit the kernels' int; resolved values their bounds */
+    CU_ASSERT(fails_with("{\"train_micro_batch_size_per_gpu\": 1048576, \"model\": {\"block_size\": 4096}}",
+                         NULL, 0, "1048576 * sequence length 4096 = 4294967296 tokens per micro-batch; at most"));
+    zinc_config r;
+    CU_ASSERT_FATAL(load_str("{\"train_batch_size\": 2147483647}", &r) == ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_config_resolve(&r, 1), ZINC_ERR_CONFIG); /* micro 2^31-1 */
+    CU_ASSERT(strstr(zinc_last_error(), "train_micro_batch_size_per_gpu resolves to 2147483647") != NULL);
+
+    /* "auto" from a large n_embd stays within the keys' bounds, never 0 or negative */
+    CU_ASSERT_FATAL(load_str("{\"train_batch_size\": 8, \"model\": {\"n_embd\": 1048576, \"n_head\": 8192},"
+                             " \"zero_optimization\": {\"stage\": 3, \"reduce_bucket_size\": \"auto\","
+                             " \"stage3_prefetch_bucket_size\": \"auto\"}}", &r) == ZINC_OK);
+    CU_ASSERT_EQUAL(r.zero.reduce_bucket_size, 1048576LL * 1048576LL);
+    CU_ASSERT(r.zero.stage3_prefetch_bucket_size > 0);
+
+    /* a struct filled through the C API is checked against the same ranges */
+    zinc_config_defaults(&r);
+    r.train_micro_batch_size_per_gpu = 1;
+    CU_ASSERT_EQUAL(zinc_config_check(&r), ZINC_OK);
+    r.model.n_layer = 4294967298LL;
+    CU_ASSERT_EQUAL(zinc_config_check(&r), ZINC_ERR_CONFIG);
+    CU_ASSERT(strstr(zinc_last_error(), "model.n_layer: expected an integer in 1..16384, found 4294967298") != NULL);
+    CU_ASSERT_EQUAL(zinc_config_resolve(&r, 1), ZINC_ERR_CONFIG);
+    r.model.n_layer = 4;
+    r.optimizer.lr = -1;
+    CU_ASSERT_EQUAL(zinc_config_check(&r), ZINC_ERR_CONFIG);
+    CU_ASSERT(strstr(zinc_last_error(), "optimizer.params.lr: expected a number >= 0, found -1") != NULL);
+}
+
+/* An error that a --set caused names the override, also when the rule that
+ * failed ties it to a key from the file. */
+static void test_override_blame(void)
+{
+    const char *file = "{\"train_batch_size\": 8, \"model\": {\"n_embd\": 192, \"n_head\": 6}}";
+    CU_ASSERT(fails_with(file, (const char *[]){"model.n_head=5"}, 1,
+                         "--set model.n_head=5: model.n_embd: 192 is not divisible by model.n_head 5"));
+    zinc_config c;
+    CU_ASSERT(load_str(file, &c) == ZINC_OK);
+    CU_ASSERT(fails_with(file, (const char *[]){"fp16.enabled=true", "bf16.enabled=true"}, 2,
+                         "--set fp16.enabled=true: fp16: fp16.enabled and bf16.enabled are both true"));
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"data\": {\"train\": \"a.bin\", \"seq_len\": 64}}",
+                         (const char *[]){"model.block_size=32"}, 1,
+                         "--set model.block_size=32: data.seq_len: 64 exceeds model.block_size 32"));
+    CU_ASSERT(fails_with(file, (const char *[]){"train_micro_batch_size_per_gpu=3"}, 1,
+                         "--set train_micro_batch_size_per_gpu=3: train_batch_size: 8 is not divisible"));
+    CU_ASSERT(fails_with(file, (const char *[]){"zero_optimization.offload_param.device=cpu"}, 1,
+                         "--set zero_optimization.offload_param.device: \"cpu\" requires zero_optimization.stage 3"));
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 3,"
+                         " \"offload_param\": {\"device\": \"cpu\"}}}",
+                         (const char *[]){"zero_optimization.stage=1"}, 1,
+                         "--set zero_optimization.stage=1: zero_optimization.offload_param.device"));
+    /* the batch rule at resolve time names the override too */
+    CU_ASSERT_FATAL(zinc_config_load_string(file, "t.json", (const char *[]){"train_micro_batch_size_per_gpu=2"},
+                                            1, &c) == ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_config_resolve(&c, 3), ZINC_ERR_CONFIG);
+    CU_ASSERT(strstr(zinc_last_error(), "--set train_micro_batch_size_per_gpu=2: train_batch_size 8 is not "
+                                        "divisible") != NULL);
+    /* and a file's own error still names the file */
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"model\": {\"n_embd\": 192, \"n_head\": 5}}", NULL, 0,
+                         "t.json: model.n_embd: 192 is not divisible by model.n_head 5"));
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS) return 1;
@@ -719,7 +881,9 @@ int main(void)
         !CU_add_test(s, "overrides", test_overrides) || !CU_add_test(s, "integral reals", test_integral_reals) ||
         !CU_add_test(s, "auto", test_auto) || !CU_add_test(s, "batch rule dp 1..4", test_batch_rule) ||
         !CU_add_test(s, "resolve re-run", test_resolve_rerun) || !CU_add_test(s, "dump", test_dump) ||
-        !CU_add_test(s, "errors and warnings", test_errors_and_warnings)) {
+        !CU_add_test(s, "errors and warnings", test_errors_and_warnings) ||
+        !CU_add_test(s, "integer bounds", test_int_bounds) ||
+        !CU_add_test(s, "override blame", test_override_blame)) {
         CU_cleanup_registry();
         return 1;
     }
