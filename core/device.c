@@ -33,7 +33,9 @@ static void *cpu_alloc_aligned(size_t bytes, int zero, size_t align)
     size_t sz = (bytes + align - 1) / align * align;
     void *p = aligned_alloc(align, sz ? sz : align);
     if (!p) {
-        zinc_error(ZINC_ERR_NOMEM, "host memory: %zu bytes", bytes);
+        zinc_error(ZINC_ERR_NOMEM, "out of memory: asked for %zu bytes of host memory with %.2f GiB "
+                   "allocated by zinc", bytes,
+                   (double)(atomic_load(&cpu_live) + atomic_load(&cpu_host_live)) / (1u << 30));
         return NULL;
     }
     if (zero) memset(p, 0, sz ? sz : align);

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "zinc/data.h"
+#include "zinc/file.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "zinc data shards are read in place and need a little-endian host"
@@ -134,18 +135,11 @@ static zinc_status data_shard_open(const char *path, int vocab_size, data_shard 
 {
     zinc_status st = ZINC_OK;
     memset(sh, 0, sizeof *sh);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return zinc_error(ZINC_ERR_IO, "data: cannot open %s: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        st = zinc_error(ZINC_ERR_IO, "data: cannot stat %s: %s", path, strerror(errno));
-        goto cleanup;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        st = zinc_error(ZINC_ERR_IO, "data: %s is not a regular file", path);
-        goto cleanup;
-    }
-    uint64_t size = (uint64_t)sb.st_size;
+    int fd;
+    long long fsize;
+    st = zinc_open_regular(path, 0, "token shard", &fd, &fsize); /* a FIFO would block */
+    if (st != ZINC_OK) return zinc_error(st, "data: %s", zinc_last_error());
+    uint64_t size = (uint64_t)fsize;
     if (size < HEADER_BYTES) {
         st = zinc_error(ZINC_ERR_CORRUPT,
                         "data: %s is %llu bytes, shorter than the %llu-byte shard header "
@@ -426,22 +420,53 @@ static int data_write_all(int fd, const void *buf, size_t n)
     return 0;
 }
 
-/* An open "OUT.tmp" that becomes OUT on commit. */
+/* The output being written. Where the filesystem has O_TMPFILE it is an
+ * unnamed file in OUT's directory, linked as OUT only on commit, so a
+ * process killed mid-write (SIGKILL included) leaves nothing behind; else
+ * "OUT.tmp", renamed on commit and removed on failure. */
 typedef struct data_out {
     const char *path;
-    char *tmp;
+    char *tmp;   /* the name shown in messages (and the file, without O_TMPFILE) */
     int fd;
+    int unnamed; /* O_TMPFILE: nothing to unlink on failure */
 } data_out;
+
+/* OUT's directory ("." for a bare name), malloc'd. */
+static char *data_dirname(const char *path)
+{
+    char *dir = strdup(path);
+    if (!dir) return NULL;
+    char *slash = strrchr(dir, '/');
+    if (!slash) {
+        free(dir);
+        return strdup(".");
+    }
+    if (slash == dir) slash[1] = '\0';
+    else *slash = '\0';
+    return dir;
+}
 
 static zinc_status data_out_begin(data_out *o, const char *path)
 {
     o->path = path;
     o->fd = -1;
+    o->unnamed = 0;
     size_t len = strlen(path);
     o->tmp = malloc(len + 5);
     if (!o->tmp) return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
     memcpy(o->tmp, path, len);
     memcpy(o->tmp + len, ".tmp", 5);
+#ifdef O_TMPFILE
+    char *dir = data_dirname(path);
+    if (dir) {
+        o->fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+        free(dir);
+        if (o->fd >= 0) {
+            o->unnamed = 1;
+            return ZINC_OK;
+        }
+    }
+#endif
     o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (o->fd < 0) {
         zinc_status st = zinc_error(ZINC_ERR_IO, "data: cannot create %s: %s", o->tmp,
@@ -457,10 +482,26 @@ static zinc_status data_out_begin(data_out *o, const char *path)
 static void data_out_abort(data_out *o)
 {
     if (o->fd >= 0) close(o->fd);
-    if (o->tmp) unlink(o->tmp);
+    if (o->tmp && !o->unnamed) unlink(o->tmp);
     free(o->tmp);
     o->tmp = NULL;
     o->fd = -1;
+}
+
+/* Gives the unnamed file the name o->tmp (replacing a stale one), so that
+ * the rename below puts it in place atomically. */
+static zinc_status data_out_link(data_out *o)
+{
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", o->fd);
+    for (int tries = 0; tries < 2; tries++) {
+        if (linkat(AT_FDCWD, proc, AT_FDCWD, o->tmp, AT_SYMLINK_FOLLOW) == 0) {
+            o->unnamed = 0;
+            return ZINC_OK;
+        }
+        if (errno != EEXIST || unlink(o->tmp) != 0) break;
+    }
+    return zinc_error(ZINC_ERR_IO, "data: cannot create %s: %s", o->tmp, strerror(errno));
 }
 
 /* Writes the header for n tokens at offset 0, fsyncs, renames into place and
@@ -480,6 +521,7 @@ static zinc_status data_out_commit(data_out *o, uint64_t n)
         st = zinc_error(ZINC_ERR_IO, "data: cannot fsync %s: %s", o->tmp, strerror(errno));
         goto cleanup;
     }
+    if (o->unnamed && (st = data_out_link(o)) != ZINC_OK) goto cleanup;
     if (close(o->fd) != 0) {
         o->fd = -1;
         st = zinc_error(ZINC_ERR_IO, "data: cannot close %s: %s", o->tmp, strerror(errno));
@@ -492,17 +534,9 @@ static zinc_status data_out_commit(data_out *o, uint64_t n)
         goto cleanup;
     }
     /* Best effort: some filesystems refuse fsync on directories. */
-    char *dir = strdup(o->path);
+    char *dir = data_dirname(o->path);
     if (dir) {
-        char *slash = strrchr(dir, '/');
-        const char *dname = ".";
-        if (slash == dir)
-            dname = "/";
-        else if (slash) {
-            *slash = '\0';
-            dname = dir;
-        }
-        int dfd = open(dname, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd >= 0) {
             (void)fsync(dfd);
             close(dfd);
@@ -697,6 +731,10 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
         }
         if (S_ISDIR(sb.st_mode)) {
             ZINC_TRY(data_walk(inputs[i], exts, &skip, &files));
+        } else if (!S_ISREG(sb.st_mode)) { /* /dev/zero would stream forever, a FIFO block */
+            st = zinc_error(ZINC_ERR_IO, "data: %s: text input is %s, not a regular file or a directory",
+                            inputs[i], zinc_file_kind((unsigned)sb.st_mode));
+            goto cleanup;
         } else {
             ZINC_TRY(data_list_push_take(&files, strdup(inputs[i])));
         }
@@ -722,10 +760,9 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
         goto cleanup;
     }
     for (size_t f = 0; f < files.n; f++) {
-        fd = open(files.items[f], O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            st = zinc_error(ZINC_ERR_IO, "data: cannot open %s: %s", files.items[f],
-                            strerror(errno));
+        st = zinc_open_regular(files.items[f], 0, "text input", &fd, NULL);
+        if (st != ZINC_OK) {
+            st = zinc_error(st, "data: %s", zinc_last_error());
             goto cleanup;
         }
         for (;;) {

@@ -327,8 +327,10 @@ static zinc_status engine_alloc_local(zinc_engine *e)
     }
     if (!e->act_slab || !e->dbuf[0] || !e->dbuf[1] || !e->scratch || !e->tokens || !e->targets ||
         (!e->dev->is_host && (!e->htokens || !e->htargets))) {
-        st = zinc_error(ZINC_ERR_NOMEM, "activations on %s: %zu bytes (%s)", e->dev->name,
-                        act_total, zinc_last_error());
+        st = zinc_error(ZINC_ERR_NOMEM,
+                        "activations of micro-batch %d x %d tokens on %s: %zu + 2 x %zu + %zu bytes "
+                        "(saved, gradients, scratch): %s",
+                        e->B, e->T, e->dev->name, act_total, dbuf, scratch, zinc_last_error());
         goto cleanup;
     }
     char *a = e->act_slab;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "zinc/data.h"
+#include "zinc/file.h"
 #include "zinc/status.h"
 
 static const char *usage_text =
@@ -42,19 +43,14 @@ static int usage(const char *why)
  * printing "zinc-data: <detail>" to stderr. */
 static int info_one(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        fprintf(stderr, "zinc-data: cannot open %s: %s\n", path, strerror(errno));
-        return 1;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fprintf(stderr, "zinc-data: %s is not a regular file\n", path);
-        close(fd);
+    int fd;
+    long long fsize;
+    if (zinc_open_regular(path, 0, "token shard", &fd, &fsize) != ZINC_OK) { /* a FIFO would block */
+        fprintf(stderr, "zinc-data: %s\n", zinc_last_error());
         return 1;
     }
     const uint64_t hdr_bytes = ZINC_SHARD_HEADER_INTS * sizeof(int32_t);
-    uint64_t size = (uint64_t)sb.st_size;
+    uint64_t size = (uint64_t)fsize;
     if (size < hdr_bytes) {
         fprintf(stderr, "zinc-data: %s is %llu bytes, shorter than the %llu-byte shard header\n",
                 path, (unsigned long long)size, (unsigned long long)hdr_bytes);

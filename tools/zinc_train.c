@@ -9,6 +9,7 @@
  * all-reduce so the job ends cleanly with one message; errors during a step
  * abort the whole job (MPI_Abort) so no rank is left waiting.
  */
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <omp.h>
@@ -31,6 +32,7 @@
 #include "zinc/data.h"
 #include "zinc/device.h"
 #include "zinc/engine.h"
+#include "zinc/file.h"
 #include "zinc/gpt2.h"
 #include "zinc/log.h"
 #include "zinc/progress.h"
@@ -157,6 +159,40 @@ static int threads_per_rank(const zinc_config *c, zinc_comm *w)
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int n = (int)(cores / zinc_comm_local_size(w));
     return n > 0 ? n : 1;
+}
+
+/* train.save_dir is usable before the first step, not at the first save
+ * after hours of training: a directory zinc can write into (created, with
+ * its parents, when missing). */
+static zinc_status check_save_dir(const char *dir)
+{
+    if (!dir[0]) return ZINC_OK;
+    char p[600];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
+        return zinc_error(ZINC_ERR_CONFIG, "train.save_dir: path too long");
+    for (char *q = p + 1;; q++) { /* mkdir -p */
+        char ch = *q;
+        if (ch != '/' && ch != '\0') continue;
+        *q = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            int err = errno;
+            struct stat sb;
+            /* an existing part that is a file: named below */
+            if (stat(p, &sb) != 0)
+                return zinc_error(ZINC_ERR_IO, "train.save_dir: cannot create %s: %s", p, strerror(err));
+        }
+        *q = ch;
+        if (ch == '\0') break;
+    }
+    struct stat sb;
+    if (stat(dir, &sb) != 0)
+        return zinc_error(ZINC_ERR_IO, "train.save_dir: %s: %s", dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return zinc_error(ZINC_ERR_CONFIG, "train.save_dir: %s is %s, not a directory", dir,
+                          zinc_file_kind((unsigned)sb.st_mode));
+    if (access(dir, W_OK | X_OK) != 0)
+        return zinc_error(ZINC_ERR_IO, "train.save_dir: cannot write into %s: %s", dir, strerror(errno));
+    return ZINC_OK;
 }
 
 /* Rank 0 tokenizes data.text into a temporary shard; returns its path in buf. */
@@ -311,6 +347,8 @@ int main(int argc, char **argv)
     int rc = 0;
 
     st = agree(world, zinc_config_resolve(&cfg, size));
+    if (st != ZINC_OK) { rc = 2; goto done; }
+    st = agree(world, check_save_dir(cfg.train.save_dir));
     if (st != ZINC_OK) { rc = 2; goto done; }
     int nt = threads_per_rank(&cfg, world);
     omp_set_num_threads(nt);
