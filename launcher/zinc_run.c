@@ -37,6 +37,17 @@
  * (GPU = local rank), so a selection such as host1:1,3 yields 2 ranks there
  * using local ranks 0 and 1; zinc-run warns when that differs.
  *
+ * Input checks: the hostfile and both .zinc_env files are opened with the
+ * file-type check first (zinc_fopen_regular: a named pipe or device is
+ * refused, not read) and read line by line with each line's true length; a
+ * line holding a NUL byte or another control character (tab, and one CR
+ * before the newline, excepted), a hostfile line past 4096 bytes or a
+ * .zinc_env line past 64 KiB (a file past 1 MiB) is refused, naming the file
+ * and line. Host names are letters, digits, '-', '.', '_' (an IPv4 literal
+ * fits), at most 253 bytes, not starting with '-' or '.'; an IPv6 literal is
+ * refused, since ':' separates slots in --host and in SPEC. SPEC is printable
+ * ASCII without spaces.
+ *
  * Exit status: the job's; 2 for bad flags, a bad hostfile, .zinc_env or
  * selection; 127 when mpirun/srun is not on PATH; 1 if fork fails.
  */
@@ -55,7 +66,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "zinc/file.h"
+
 extern char **environ;
+
+/* Longest hostfile line: a 253-byte host name, its slots and a comment. */
+#define HOSTFILE_MAX_LINE 4096
+/* Longest .zinc_env line: Linux refuses an argv string (-x KEY=VALUE) past
+ * 128 KiB (MAX_ARG_STRLEN), and the whole argv past a few MiB. */
+#define ENV_FILE_MAX_LINE 65536
+#define ENV_FILE_MAX_BYTES (1L << 20)
 
 static const char *usage_text =
     "usage: zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]\n"
@@ -170,6 +190,75 @@ static bool valid_env_name(const char *s, size_t n)
     for (size_t i = 1; i < n; i++)
         if (!(isalnum((unsigned char)s[i]) || s[i] == '_')) return false;
     return true;
+}
+
+/* Line-by-line reading of the files zinc-run is given (hostfile, .zinc_env).
+ * Each is opened with the type check first (a named pipe would block, a
+ * device stream forever), each line is read with its true length (a NUL byte
+ * must not cut it short unseen) up to max bytes, and a line holding a control
+ * character other than tab (or one CR before its newline) is refused: none
+ * belongs in a host name or a variable, and each would reach mpirun's argv. */
+typedef struct run_lines {
+    FILE *f;
+    const char *path;
+    const char *kind;  /* "hostfile " or "": what error messages put before path */
+    char *buf;         /* (max + 1,) the current line, NUL-terminated */
+    size_t max;        /* longest line accepted, in bytes, without its newline */
+    int lineno;
+} run_lines;
+
+/* Opens path as r (what names it in errors). Returns 0, or 2 after printing
+ * the error. */
+static int lines_open(run_lines *r, const char *path, const char *kind, const char *what,
+                      size_t max)
+{
+    memset(r, 0, sizeof *r);
+    if (zinc_fopen_regular(path, what, &r->f, NULL) != ZINC_OK)
+        return fail("%s", zinc_last_error());
+    r->path = path;
+    r->kind = kind;
+    r->max = max;
+    r->buf = xrealloc(NULL, max + 1);
+    return 0;
+}
+
+static void lines_close(run_lines *r)
+{
+    if (r->f) fclose(r->f);
+    free(r->buf);
+    memset(r, 0, sizeof *r);
+}
+
+/* Reads the next line into r->buf (without "\n" or "\r\n"). Returns 1 for a
+ * line, 0 at the end of the file, or 2 after printing the error. */
+static int lines_next(run_lines *r, size_t *len)
+{
+    size_t n = 0;
+    int c;
+    while ((c = getc(r->f)) != EOF && c != '\n') {
+        if (n == r->max) {
+            return fail("%s%s:%d: line is longer than %zu bytes", r->kind, r->path, r->lineno + 1,
+                        r->max);
+        }
+        r->buf[n++] = (char)c;
+    }
+    if (ferror(r->f))
+        return fail("%s%s:%d: read failed: %s", r->kind, r->path, r->lineno + 1, strerror(errno));
+    if (c == EOF && n == 0) return 0;
+    r->lineno++;
+    if (n > 0 && r->buf[n - 1] == '\r') n--;
+    r->buf[n] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)r->buf[i];
+        if (ch == '\t' || (ch >= 0x20 && ch != 0x7f)) continue;
+        if (ch == 0)
+            return fail("%s%s:%d: holds a NUL byte (column %zu); is it a text file?", r->kind,
+                        r->path, r->lineno, i + 1);
+        return fail("%s%s:%d: holds control character 0x%02x (column %zu)", r->kind, r->path,
+                    r->lineno, ch, i + 1);
+    }
+    *len = n;
+    return 1;
 }
 
 /* Writes s to f, single-quoted if it holds anything a shell would interpret. */
@@ -289,31 +378,41 @@ static int host_find(const run_hosts *hs, const char *name, size_t len)
     return -1;
 }
 
-static bool valid_host_name(const char *s, size_t n)
+/* Why s (n bytes) cannot be a host in mpirun's --host list, or NULL if it
+ * can: a host name or IPv4 literal of letters, digits, '-', '.' and '_'
+ * (DeepSpeed hostfiles use '_'), at most 253 bytes (DNS's limit), starting
+ * with neither '-' (it would read as an option) nor '.'. An IPv6 literal is
+ * refused: mpirun's --host and zinc-run's --include/--exclude both take
+ * "host:N", so its ':' cannot be told from a slot separator. */
+static const char *host_name_problem(const char *s, size_t n)
 {
-    if (n == 0 || s[0] == '-') return false;
+    if (n == 0) return "is empty";
+    if (n > 253) return "is longer than 253 bytes";
+    if (s[0] == '-' || s[0] == '.') return "starts with '-' or '.'";
+    if (memchr(s, ':', n))
+        return "holds ':' (an IPv6 literal?); mpirun --host and --include/--exclude read ':' as "
+               "the slot separator, so give the host's name";
     for (size_t i = 0; i < n; i++)
         if (!(isalnum((unsigned char)s[i]) || s[i] == '.' || s[i] == '-' || s[i] == '_'))
-            return false;
-    return true;
+            return "holds a character other than letters, digits, '-', '.' and '_'";
+    return NULL;
 }
 
 /* Reads a DeepSpeed hostfile. Returns 0, or 2 after printing the error. */
 static int hostfile_read(const char *path, run_hosts *hs)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return fail("hostfile %s: cannot open: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    int lineno = 0, rc = 0;
-    while (getline(&line, &cap, f) >= 0) {
-        lineno++;
-        char *hash = strchr(line, '#');
+    run_lines r;
+    int rc = lines_open(&r, path, "hostfile ", "hostfile", HOSTFILE_MAX_LINE);
+    if (rc) return rc;
+    size_t len;
+    while ((rc = lines_next(&r, &len)) == 1) {
+        int lineno = r.lineno;
+        char *hash = strchr(r.buf, '#');
         if (hash) *hash = '\0';
         char *tok[3];
         int nt = 0;
-        for (char *save = NULL, *t = strtok_r(line, " \t\r\n", &save); t;
-             t = strtok_r(NULL, " \t\r\n", &save)) {
+        for (char *save = NULL, *t = strtok_r(r.buf, " \t", &save); t;
+             t = strtok_r(NULL, " \t", &save)) {
             if (nt < 3) tok[nt] = t;
             nt++;
         }
@@ -322,8 +421,10 @@ static int hostfile_read(const char *path, run_hosts *hs)
             rc = fail("hostfile %s:%d: expected `hostname slots=N`", path, lineno);
             break;
         }
-        if (!valid_host_name(tok[0], strlen(tok[0]))) {
-            rc = fail("hostfile %s:%d: bad host name '%s'", path, lineno, tok[0]);
+        const char *why = host_name_problem(tok[0], strlen(tok[0]));
+        if (why) {
+            rc = fail("hostfile %s:%d: bad host name '%.64s%s': it %s", path, lineno, tok[0],
+                      strlen(tok[0]) > 64 ? "..." : "", why);
             break;
         }
         int slots;
@@ -344,8 +445,7 @@ static int hostfile_read(const char *path, run_hosts *hs)
         for (int s = 0; s < slots; s++) h->use[s] = true;
         h->n_use = slots;
     }
-    free(line);
-    fclose(f);
+    lines_close(&r);
     if (rc == 0 && hs->n == 0) rc = fail("hostfile %s: no hosts in it", path);
     return rc;
 }
@@ -361,6 +461,11 @@ static int hosts_select(run_hosts *hs, const char *spec, bool include, const cha
         }
     const char *p = spec;
     if (!*p) return fail("%s: empty SPEC", flag);
+    for (const char *c = spec; *c; c++)
+        if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f)
+            return fail("%s: SPEC holds byte 0x%02x (column %d); it is host names, ':', slot "
+                        "numbers, ',' and '@' only",
+                        flag, (unsigned char)*c, (int)(c - spec) + 1);
     for (;;) {
         const char *end = strchr(p, '@');
         size_t len = end ? (size_t)(end - p) : strlen(p);
@@ -443,16 +548,21 @@ static int env_find(const run_env *e, const char *key)
  * Returns 0, or 2 after printing the error. */
 static int env_file_read(const char *path, run_env *e)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return errno == ENOENT ? 0 : fail("%s: cannot open: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    int lineno = 0, rc = 0;
-    ssize_t len;
-    while ((len = getline(&line, &cap, f)) >= 0) {
-        lineno++;
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
-        char *p = line;
+    struct stat sb;
+    if (stat(path, &sb) != 0 && errno == ENOENT) return 0;
+    run_lines r;
+    int rc = lines_open(&r, path, "", "env file", ENV_FILE_MAX_LINE);
+    if (rc) return rc;
+    size_t len;
+    long n_bytes = 0;
+    while ((rc = lines_next(&r, &len)) == 1) {
+        n_bytes += (long)len + 1;
+        if (n_bytes > ENV_FILE_MAX_BYTES) {
+            rc = fail("%s:%d: env file is larger than %ld bytes", path, r.lineno,
+                      ENV_FILE_MAX_BYTES);
+            break;
+        }
+        char *p = r.buf;
         while (*p == ' ' || *p == '\t') p++;
         if (*p == '\0' || *p == '#') continue;
         if (!strncmp(p, "export", 6) && (p[6] == ' ' || p[6] == '\t')) {
@@ -461,7 +571,7 @@ static int env_file_read(const char *path, run_env *e)
         }
         char *eq = strchr(p, '=');
         if (!eq || !valid_env_name(p, (size_t)(eq - p))) {
-            rc = fail("%s:%d: expected KEY=VALUE", path, lineno);
+            rc = fail("%s:%d: expected KEY=VALUE", path, r.lineno);
             break;
         }
         *eq = '\0';
@@ -474,8 +584,7 @@ static int env_file_read(const char *path, run_env *e)
             vec_push(&e->vals, eq + 1);
         }
     }
-    free(line);
-    fclose(f);
+    lines_close(&r);
     return rc;
 }
 

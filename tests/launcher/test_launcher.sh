@@ -137,7 +137,77 @@ printf 'node1 slots=0\n' >bad3
 run 2 "$RUN" --dry-run --hostfile bad3 prog
 has "$ERR" "hostfile bad3:1: slots must be an integer >= 1"
 run 2 "$RUN" --dry-run --hostfile missing prog
-has "$ERR" "hostfile missing: cannot open"
+has "$ERR" "missing: cannot open hostfile: No such file"
+
+# --- what a hostfile, .zinc_env or SPEC may hold -------------------------------
+# A NUL byte ended the line early and the rest vanished unseen.
+printf 'node1 slots=2\0 node2 slots=2\n' >nul
+run 2 "$RUN" --dry-run --hostfile nul prog
+has "$ERR" "hostfile nul:1: holds a NUL byte (column 14)"
+printf '# x\nnode\033]0;pwned\007 slots=1\n' >ctl
+run 2 "$RUN" --dry-run --hostfile ctl prog
+has "$ERR" "hostfile ctl:2: holds control character 0x1b (column 5)"
+lacks "$ERR" "pwned"
+printf 'node1 slots=1\r\nnode2\tslots=1\r\n' >crlf   # CRLF and tabs are fine
+run 0 "$RUN" --dry-run --hostfile crlf prog
+has "$OUT" "--host node1:1,node2:1"
+printf 'node1 slots=1\rnode2 slots=1\n' >cr    # a CR inside a line is not
+run 2 "$RUN" --dry-run --hostfile cr prog
+has "$ERR" "hostfile cr:1: holds control character 0x0d"
+{ head -c 5000 /dev/zero | tr '\0' a; printf ' slots=1\n'; } >longline
+run 2 "$RUN" --dry-run --hostfile longline prog
+has "$ERR" "hostfile longline:1: line is longer than 4096 bytes"
+{ head -c 254 /dev/zero | tr '\0' a; printf ' slots=1\n'; } >longname
+run 2 "$RUN" --dry-run --hostfile longname prog
+has "$ERR" "is longer than 253 bytes"
+printf '.node1 slots=1\n' >dot
+run 2 "$RUN" --dry-run --hostfile dot prog
+has "$ERR" "hostfile dot:1: bad host name '.node1': it starts with '-' or '.'"
+printf 'fe80::1 slots=2\n' >ipv6
+run 2 "$RUN" --dry-run --hostfile ipv6 prog
+has "$ERR" "(an IPv6 literal?)"
+printf '10.0.0.1 slots=2\nnode_a.example.com slots=1\n' >ipv4
+run 0 "$RUN" --dry-run --hostfile ipv4 prog
+has "$OUT" "--host 10.0.0.1:2,node_a.example.com:1"
+run 2 "$RUN" --dry-run --hostfile hosts --include "$(printf 'node1\033[2J')" prog
+has "$ERR" "--include: SPEC holds byte 0x1b (column 6)"
+run 2 "$RUN" --dry-run --hostfile hosts --exclude 'node1, node2' prog
+has "$ERR" "--exclude: SPEC holds byte 0x20 (column 7)"
+# A named pipe or a device as the hostfile: refused, not read (it hung, or
+# read /dev/zero until memory ran out).
+mkfifo fifo
+run 2 timeout 10 "$RUN" --dry-run --hostfile fifo prog
+has "$ERR" "fifo: hostfile is a named pipe, not a regular file"
+run 2 timeout 10 "$RUN" --dry-run --hostfile /dev/zero prog
+has "$ERR" "/dev/zero: hostfile is a character device"
+run 2 "$RUN" --dry-run --hostfile . prog
+has "$ERR" ".: hostfile is a directory"
+
+# .zinc_env: the same line checks, in either file; a pipe or directory there
+# is refused (a pipe hung zinc-run, a directory was skipped unseen).
+printf 'A=1\0LD_PRELOAD=/tmp/x.so\n' >.zinc_env
+run 2 "$RUN" --dry-run prog
+has "$ERR" ".zinc_env:1: holds a NUL byte (column 4)"
+printf 'A=1\nB=x\033[31my\n' >"$HOME/.zinc_env"
+rm -f .zinc_env
+run 2 "$RUN" --dry-run prog
+has "$ERR" "$HOME/.zinc_env:2: holds control character 0x1b (column 4)"
+rm -f "$HOME/.zinc_env"
+{ printf 'BIG='; head -c 70000 /dev/zero | tr '\0' v; printf '\n'; } >.zinc_env
+run 2 "$RUN" --dry-run prog
+has "$ERR" ".zinc_env:1: line is longer than 65536 bytes"
+for i in $(seq 20); do printf 'K%d=' "$i"; head -c 60000 /dev/zero | tr '\0' v; printf '\n'; done >.zinc_env
+run 2 "$RUN" --dry-run prog
+has "$ERR" ".zinc_env:18: env file is larger than 1048576 bytes"
+rm -f .zinc_env
+mkfifo .zinc_env
+run 2 timeout 10 "$RUN" --dry-run prog
+has "$ERR" ".zinc_env: env file is a named pipe, not a regular file"
+rm -f .zinc_env
+mkdir .zinc_env
+run 2 "$RUN" --dry-run prog
+has "$ERR" ".zinc_env: env file is a directory"
+rmdir .zinc_env
 
 # --- slurm -------------------------------------------------------------------
 run 0 "$RUN" --dry-run --launcher slurm -n 2 prog a
