@@ -48,6 +48,9 @@
  * refused, since ':' separates slots in --host and in SPEC. SPEC is printable
  * ASCII without spaces.
  *
+ * Limits: at most 65536 ranks (-n, and the hostfile's slots added up) and
+ * 4096 slots per host.
+ *
  * Exit status: the job's; 2 for bad flags, a bad hostfile, .zinc_env or
  * selection; 127 when mpirun/srun is not on PATH; 1 if fork fails.
  */
@@ -70,6 +73,11 @@
 
 extern char **environ;
 
+/* Most ranks one job may have (-n, and the hostfile's slots added up), and
+ * most slots one host may have: far past any cluster zinc runs on, small
+ * enough that counts and the --host list stay well inside an int. */
+#define RUN_MAX_RANKS 65536
+#define RUN_MAX_SLOTS 4096
 /* Longest hostfile line: a 253-byte host name, its slots and a comment. */
 #define HOSTFILE_MAX_LINE 4096
 /* Longest .zinc_env line: Linux refuses an argv string (-x KEY=VALUE) past
@@ -80,8 +88,8 @@ extern char **environ;
 static const char *usage_text =
     "usage: zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]\n"
     "                [--launcher openmpi|slurm] [--dry-run] [--] PROGRAM ARGS...\n"
-    "  -n N              ranks (default: all hostfile slots, else 1)\n"
-    "  --hostfile F      lines `host slots=N`; # starts a comment\n"
+    "  -n N              ranks, 1 to 65536 (default: all hostfile slots, else 1)\n"
+    "  --hostfile F      lines `host slots=N` (N <= 4096); # starts a comment\n"
     "  --include SPEC    use only these hosts/slots, e.g. \"host1:0,2@host2\"\n"
     "  --exclude SPEC    use all but these hosts/slots\n"
     "  --launcher L      openmpi (mpirun, the default) or slurm (srun)\n"
@@ -405,6 +413,7 @@ static int hostfile_read(const char *path, run_hosts *hs)
     int rc = lines_open(&r, path, "hostfile ", "hostfile", HOSTFILE_MAX_LINE);
     if (rc) return rc;
     size_t len;
+    int n_slots = 0;
     while ((rc = lines_next(&r, &len)) == 1) {
         int lineno = r.lineno;
         char *hash = strchr(r.buf, '#');
@@ -428,11 +437,18 @@ static int hostfile_read(const char *path, run_hosts *hs)
             break;
         }
         int slots;
-        if (!parse_int(tok[1] + 6, 1, 1 << 20, &slots)) {
-            rc = fail("hostfile %s:%d: slots must be an integer >= 1, got '%s'", path, lineno,
-                      tok[1] + 6);
+        if (!parse_int(tok[1] + 6, 1, RUN_MAX_SLOTS, &slots)) {
+            rc = fail("hostfile %s:%d: slots must be an integer >= 1 and <= %d, got '%s'", path,
+                      lineno, RUN_MAX_SLOTS, tok[1] + 6);
             break;
         }
+        if (n_slots + slots > RUN_MAX_RANKS) {
+            rc = fail("hostfile %s:%d: slots add up to more than %d, the most ranks zinc-run "
+                      "starts",
+                      path, lineno, RUN_MAX_RANKS);
+            break;
+        }
+        n_slots += slots;
         if (host_find(hs, tok[0], strlen(tok[0])) >= 0) {
             rc = fail("hostfile %s:%d: duplicate host %s", path, lineno, tok[0]);
             break;
@@ -728,8 +744,8 @@ static int parse_args(int argc, char **argv, run_opts *o)
             if (a[1] == 'n' && isdigit((unsigned char)a[2])) v = a + 2;
             else v = opt_value(argc, argv, &i, a[1] == '-' ? "--np" : a);
             if (!v) return usage_error("%s needs a value", a);
-            if (!parse_int(v, 1, 1 << 20, &o->n))
-                return usage_error("-n: expected a rank count >= 1, got '%s'", v);
+            if (!parse_int(v, 1, RUN_MAX_RANKS, &o->n))
+                return fail("-n: expected a rank count from 1 to %d, got '%s'", RUN_MAX_RANKS, v);
         } else if (opt_is(a, "--hostfile") || !strcmp(a, "-H")) {
             if (!(o->hostfile = opt_value(argc, argv, &i, a[1] == 'H' ? "-H" : "--hostfile")))
                 return usage_error("--hostfile needs a file");

@@ -139,6 +139,34 @@ has "$ERR" "hostfile bad3:1: slots must be an integer >= 1"
 run 2 "$RUN" --dry-run --hostfile missing prog
 has "$ERR" "missing: cannot open hostfile: No such file"
 
+# --- rank and slot counts are bounded: 65536 ranks, 4096 slots per host ---------
+run 0 "$RUN" --dry-run -n 65536 prog
+has "$OUT" "mpirun -n 65536 "
+for bad in 65537 1048576 99999999999999999999 -1 0 1x ' 1' '1 ' 0x10 ''; do
+    run 2 "$RUN" --dry-run -n "$bad" prog
+    has "$ERR" "-n: expected a rank count from 1 to 65536, got '$bad'"
+    [ "$(wc -l <"$ERR")" -eq 1 ] || { fails=$((fails + 1)); echo "FAIL: -n '$bad': not one line"; }
+done
+run 2 "$RUN" --dry-run -n1x prog
+has "$ERR" "got '1x'"
+run 2 "$RUN" --dry-run --np=2147483648 prog
+has "$ERR" "got '2147483648'"
+printf 'node1 slots=4096\n' >max1
+run 0 "$RUN" --dry-run --hostfile max1 prog
+has "$OUT" "--host node1:4096"
+printf 'node1 slots=4097\n' >big1
+run 2 "$RUN" --dry-run --hostfile big1 prog
+has "$ERR" "hostfile big1:1: slots must be an integer >= 1 and <= 4096, got '4097'"
+printf 'node1 slots=1048576\nnode2 slots=1048576\n' >big2
+run 2 "$RUN" --dry-run --hostfile big2 prog
+has "$ERR" "hostfile big2:1: slots must be an integer"
+for i in $(seq 17); do printf 'node%d slots=4096\n' "$i"; done >big3
+run 2 "$RUN" --dry-run --hostfile big3 prog
+has "$ERR" "hostfile big3:17: slots add up to more than 65536, the most ranks zinc-run starts"
+head -16 big3 >max16
+run 0 "$RUN" --dry-run --hostfile max16 prog
+has "$OUT" "mpirun -n 65536 "
+
 # --- what a hostfile, .zinc_env or SPEC may hold -------------------------------
 # A NUL byte ended the line early and the rest vanished unseen.
 printf 'node1 slots=2\0 node2 slots=2\n' >nul
