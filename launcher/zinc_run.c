@@ -2,7 +2,8 @@
  * mpirun (or Slurm's srun) and returns the job's exit status.
  *
  *   zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]
- *            [--launcher openmpi|slurm] [--dry-run] [--] PROGRAM ARGS...
+ *            [--launcher openmpi|slurm] [--allow-env-loader-vars] [--dry-run]
+ *            [--] PROGRAM ARGS...
  *
  * It only builds an argv: no host name, path, variable or argument is ever
  * seen by a shell. The argv is run in a child (fork + execvp + waitpid); the
@@ -36,6 +37,29 @@
  * host; a bare host means all its slots). Ranks fill a host's slots in order
  * (GPU = local rank), so a selection such as host1:1,3 yields 2 ranks there
  * using local ranks 0 and 1; zinc-run warns when that differs.
+ *
+ * Variables that choose what code runs are refused from .zinc_env files:
+ * ./.zinc_env comes with whatever directory zinc-run is started in (a cloned
+ * repository), and a line there would reach every rank of the job. Refused,
+ * unless --allow-env-loader-vars is given or the variable is already in
+ * zinc-run's environment (then it is the user's own and is forwarded by
+ * name as before), are the variables that make a program load or run code
+ * from a path or string that the program itself did not name:
+ *   the dynamic loader   LD_* (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, ...),
+ *                        GLIBC_TUNABLES, GCONV_PATH (glibc dlopens converters)
+ *   program lookup       PATH (which file a command name runs)
+ *   shells               BASH_ENV, ENV (run by non-interactive bash and sh),
+ *                        SHELLOPTS, BASHOPTS, PS4 (expanded under xtrace), ZDOTDIR
+ *   interpreters         PYTHONSTARTUP, PYTHONPATH, PYTHONHOME, PYTHONUSERBASE,
+ *                        PYTHONBREAKPOINT, PERL5OPT, PERL5LIB, PERLLIB, PERL5DB,
+ *                        RUBYOPT, RUBYLIB, NODE_OPTIONS, NODE_PATH,
+ *                        JAVA_TOOL_OPTIONS, _JAVA_OPTIONS, JDK_JAVA_OPTIONS,
+ *                        LUA_INIT*, LUA_PATH*, LUA_CPATH*
+ *   libraries ranks load CUDA_INJECTION64_PATH, CUDA_INJECTION32_PATH,
+ *                        NCCL_NET_PLUGIN, NCCL_TUNER_PLUGIN, NCCL_PROFILER_PLUGIN,
+ *                        OPAL_PREFIX, OMPI_MCA_mca_base_component_path
+ * The list names mechanisms, not every program's; a variable a rank's own
+ * program reads to load code is the program's to check.
  *
  * Input checks: the hostfile and both .zinc_env files are opened with the
  * file-type check first (zinc_fopen_regular: a named pipe or device is
@@ -87,15 +111,19 @@ extern char **environ;
 
 static const char *usage_text =
     "usage: zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]\n"
-    "                [--launcher openmpi|slurm] [--dry-run] [--] PROGRAM ARGS...\n"
+    "                [--launcher openmpi|slurm] [--allow-env-loader-vars] [--dry-run]\n"
+    "                [--] PROGRAM ARGS...\n"
     "  -n N              ranks, 1 to 65536 (default: all hostfile slots, else 1)\n"
     "  --hostfile F      lines `host slots=N` (N <= 4096); # starts a comment\n"
     "  --include SPEC    use only these hosts/slots, e.g. \"host1:0,2@host2\"\n"
     "  --exclude SPEC    use all but these hosts/slots\n"
     "  --launcher L      openmpi (mpirun, the default) or slurm (srun)\n"
+    "  --allow-env-loader-vars\n"
+    "                    take LD_*, PATH, BASH_ENV, PYTHONPATH, ... from .zinc_env files\n"
+    "                    (refused by default: they choose what code every rank runs)\n"
     "  --dry-run         print the command instead of running it\n"
     "  Exports ZINC_*, NCCL_*, OMP_*, OPENBLAS_* variables and the KEY=VALUE lines of\n"
-    "  ./.zinc_env and ~/.zinc_env to every rank.\n";
+    "  ./.zinc_env and ~/.zinc_env to every rank. Limits: 65536 ranks, 4096 slots a host.\n";
 
 /* ------------------------------------------------------------ helpers --- */
 
@@ -560,9 +588,31 @@ static int env_find(const run_env *e, const char *key)
     return -1;
 }
 
+/* Whether key makes a program load or run code it did not name (the list
+ * and its reasons are in this file's header comment). */
+static bool env_loads_code(const char *key)
+{
+    static const char *names[] = {
+        "LD_*", "GLIBC_TUNABLES", "GCONV_PATH", "PATH", "BASH_ENV", "ENV", "SHELLOPTS",
+        "BASHOPTS", "PS4", "ZDOTDIR", "PYTHONSTARTUP", "PYTHONPATH", "PYTHONHOME",
+        "PYTHONUSERBASE", "PYTHONBREAKPOINT", "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB",
+        "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS", "LUA_INIT*", "LUA_PATH*", "LUA_CPATH*", "CUDA_INJECTION64_PATH",
+        "CUDA_INJECTION32_PATH", "NCCL_NET_PLUGIN", "NCCL_TUNER_PLUGIN", "NCCL_PROFILER_PLUGIN",
+        "OPAL_PREFIX", "OMPI_MCA_mca_base_component_path",
+    };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        size_t n = strlen(names[i]);
+        if (names[i][n - 1] == '*' ? !strncmp(key, names[i], n - 1) : !strcmp(key, names[i]))
+            return true;
+    }
+    return false;
+}
+
 /* Adds the KEY=VALUE lines of path (if it exists) to e; later keys override.
- * Returns 0, or 2 after printing the error. */
-static int env_file_read(const char *path, run_env *e)
+ * A key that loads code (env_loads_code) is refused unless allow_loader or
+ * it is set in the environment. Returns 0, or 2 after printing the error. */
+static int env_file_read(const char *path, run_env *e, bool allow_loader)
 {
     struct stat sb;
     if (stat(path, &sb) != 0 && errno == ENOENT) return 0;
@@ -591,6 +641,12 @@ static int env_file_read(const char *path, run_env *e)
             break;
         }
         *eq = '\0';
+        if (!allow_loader && env_loads_code(p) && !getenv(p)) {
+            rc = fail("%s:%d: %s chooses what code every rank loads or runs; zinc-run takes it "
+                      "from an env file only with --allow-env-loader-vars",
+                      path, r.lineno, p);
+            break;
+        }
         int i = env_find(e, p);
         if (i >= 0) {
             free(e->vals.v[i]);
@@ -605,7 +661,7 @@ static int env_file_read(const char *path, run_env *e)
 }
 
 /* Reads ~/.zinc_env then ./.zinc_env (once if they are the same file). */
-static int env_files_read(run_env *e)
+static int env_files_read(run_env *e, bool allow_loader)
 {
     const char *home = getenv("HOME");
     struct stat hs, cs;
@@ -613,14 +669,14 @@ static int env_files_read(run_env *e)
     if (home && *home) {
         char *hp = xprintf("%s/.zinc_env", home);
         have_home = stat(hp, &hs) == 0;
-        int rc = env_file_read(hp, e);
+        int rc = env_file_read(hp, e, allow_loader);
         free(hp);
         if (rc) return rc;
     }
     if (have_home && stat(".zinc_env", &cs) == 0 && cs.st_dev == hs.st_dev &&
         cs.st_ino == hs.st_ino)
         return 0;
-    return env_file_read(".zinc_env", e);
+    return env_file_read(".zinc_env", e, allow_loader);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -701,6 +757,7 @@ typedef struct run_opts {
     int n;        /* 0: not given */
     const char *hostfile, *include, *exclude, *launcher;
     bool dry_run;
+    bool allow_loader; /* --allow-env-loader-vars */
     int prog;     /* argv index of PROGRAM */
 } run_opts;
 
@@ -739,6 +796,8 @@ static int parse_args(int argc, char **argv, run_opts *o)
         }
         if (!strcmp(a, "--dry-run")) {
             o->dry_run = true;
+        } else if (!strcmp(a, "--allow-env-loader-vars")) {
+            o->allow_loader = true;
         } else if (!strcmp(a, "-n") || opt_is(a, "--np") || !strcmp(a, "-np") ||
                    (a[1] == 'n' && isdigit((unsigned char)a[2]))) {
             if (a[1] == 'n' && isdigit((unsigned char)a[2])) v = a + 2;
@@ -789,7 +848,7 @@ int main(int argc, char **argv)
         if (o.include && (rc = hosts_select(&hs, o.include, true, o.hostfile))) goto done;
         if (o.exclude && (rc = hosts_select(&hs, o.exclude, false, o.hostfile))) goto done;
     }
-    if ((rc = env_files_read(&ef))) goto done;
+    if ((rc = env_files_read(&ef, o.allow_loader))) goto done;
 
     /* Ranks, oversubscription and the most ranks any node runs. */
     int total = 0;

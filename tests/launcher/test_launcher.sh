@@ -96,6 +96,45 @@ run 2 "$RUN" --dry-run prog
 has "$ERR" ".zinc_env:2: expected KEY=VALUE"
 rm -f .zinc_env "$HOME/.zinc_env"
 
+# Variables that choose what code ranks run: refused from either env file
+# (./.zinc_env came with the directory) unless --allow-env-loader-vars.
+for v in LD_PRELOAD LD_LIBRARY_PATH LD_AUDIT LD_BIND_NOW GLIBC_TUNABLES GCONV_PATH \
+    BASH_ENV ENV PS4 PYTHONSTARTUP PYTHONPATH PERL5OPT RUBYOPT NODE_OPTIONS \
+    JAVA_TOOL_OPTIONS LUA_INIT_5_4 CUDA_INJECTION64_PATH NCCL_NET_PLUGIN; do
+    printf 'OK=1\nexport %s=/tmp/evil\n' "$v" >.zinc_env
+    run 2 "$RUN" --dry-run prog
+    has "$ERR" ".zinc_env:2: $v chooses what code every rank loads or runs"
+    has "$ERR" "--allow-env-loader-vars"
+done
+# PATH: refused when zinc-run has none; its own PATH wins over the file's.
+printf 'PATH=/tmp/evil\n' >.zinc_env
+run 2 env -u PATH "$RUN" --dry-run prog
+has "$ERR" ".zinc_env:1: PATH chooses what code"
+run 0 "$RUN" --dry-run prog
+has "$OUT" "-x PATH prog"
+lacks "$OUT" "/tmp/evil"
+printf 'LD_PRELOAD=/tmp/evil.so\n' >"$HOME/.zinc_env"
+rm -f .zinc_env
+run 2 "$RUN" --dry-run prog
+has "$ERR" "$HOME/.zinc_env:1: LD_PRELOAD chooses"
+run 0 "$RUN" --dry-run --allow-env-loader-vars prog
+has "$OUT" "-x LD_PRELOAD=/tmp/evil.so"
+rm -f "$HOME/.zinc_env"
+printf 'LD_LIBRARY_PATH=/opt/x/lib\nLDFLAGS=-g\nMY_PATH=/p\nPYTHONUNBUFFERED=1\n' >.zinc_env
+run 0 "$RUN" --dry-run --allow-env-loader-vars prog
+has "$OUT" "-x LD_LIBRARY_PATH=/opt/x/lib"
+run 2 "$RUN" --dry-run prog
+# Names that only look alike are not loader variables.
+printf 'LDFLAGS=-g\nMY_PATH=/p\nPYTHONUNBUFFERED=1\nNCCL_DEBUG=INFO\n' >.zinc_env
+run 0 env -u LDFLAGS -u MY_PATH -u PYTHONUNBUFFERED -u NCCL_DEBUG "$RUN" --dry-run prog
+has "$OUT" "-x LDFLAGS=-g -x MY_PATH=/p -x PYTHONUNBUFFERED=1 -x NCCL_DEBUG=INFO"
+# Already in zinc-run's environment: the user's own, forwarded by name.
+printf 'LD_BIND_NOW=from-file\n' >.zinc_env
+run 0 env LD_BIND_NOW=1 "$RUN" --dry-run prog
+has "$OUT" "-x LD_BIND_NOW prog"
+lacks "$OUT" "from-file"
+rm -f .zinc_env
+
 # --- hostfile, --include, --exclude ------------------------------------------
 printf '# cluster\nnode1 slots=4\n\nnode2 slots=2   # two GPUs\n' >hosts
 run 0 "$RUN" --dry-run --hostfile hosts prog
