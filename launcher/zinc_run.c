@@ -70,7 +70,9 @@
  * and line. Host names are letters, digits, '-', '.', '_' (an IPv4 literal
  * fits), at most 253 bytes, not starting with '-' or '.'; an IPv6 literal is
  * refused, since ':' separates slots in --host and in SPEC. SPEC is printable
- * ASCII without spaces.
+ * ASCII without spaces. The finished command is checked against Linux's exec
+ * limits (128 KiB an argument, ARG_MAX in all) before it is run or printed;
+ * --dry-run writes control characters in ARGS as $'\xHH'.
  *
  * Limits: at most 65536 ranks (-n, and the hostfile's slots added up) and
  * 4096 slots per host.
@@ -297,7 +299,10 @@ static int lines_next(run_lines *r, size_t *len)
     return 1;
 }
 
-/* Writes s to f, single-quoted if it holds anything a shell would interpret. */
+/* Writes s to f, single-quoted if it holds anything a shell would interpret.
+ * A control character other than tab and newline is written as $'\xHH' (bash,
+ * zsh, ksh and POSIX.1-2024 sh read it back) so that a --dry-run line never
+ * sends raw escape sequences to the terminal. */
 static void shell_quote(FILE *f, const char *s)
 {
     bool plain = *s != '\0';
@@ -309,10 +314,37 @@ static void shell_quote(FILE *f, const char *s)
     }
     fputc('\'', f);
     for (const char *p = s; *p; p++) {
-        if (*p == '\'') fputs("'\\''", f);
-        else fputc(*p, f);
+        unsigned char c = (unsigned char)*p;
+        if (c == '\'') fputs("'\\''", f);
+        else if ((c < 0x20 && c != '\t' && c != '\n') || c == 0x7f) fprintf(f, "'$'\\x%02x''", c);
+        else fputc(c, f);
     }
     fputc('\'', f);
+}
+
+/* Linux refuses an exec whose single argument passes MAX_ARG_STRLEN (32
+ * pages) or whose argv and environment together pass ARG_MAX (a quarter of
+ * the stack limit); execvp would fail with "Argument list too long" after
+ * the work of building the command. Returns 0, or 2 after naming the part. */
+static int argv_check(char **argv)
+{
+    const size_t max_arg = 32 * 4096;
+    long arg_max = sysconf(_SC_ARG_MAX);
+    size_t total = 0;
+    for (char **a = argv; *a; a++) {
+        size_t n = strlen(*a) + 1;
+        if (n > max_arg)
+            return fail("the command's argument '%.24s...' is %zu bytes; Linux passes at most %zu "
+                        "in one argument (fewer hosts, or shorter .zinc_env values)",
+                        *a, n - 1, max_arg - 1);
+        total += n + sizeof *a;
+    }
+    for (char **e = environ; *e; e++) total += strlen(*e) + 1 + sizeof *e;
+    if (arg_max > 0 && total > (size_t)arg_max)
+        return fail("the command and environment are %zu bytes; this system runs at most %ld "
+                    "(ARG_MAX, a quarter of `ulimit -s`): shorten .zinc_env or the host list",
+                    total, arg_max);
+    return 0;
 }
 
 /* Full path of an executable name as execvp would find it, or NULL. */
@@ -978,6 +1010,7 @@ int main(int argc, char **argv)
         vec_push_take(&cmd, exp);
     }
     for (int i = o.prog; i < argc; i++) vec_push(&cmd, argv[i]);
+    if ((rc = argv_check(cmd.v))) goto done;
 
     if (o.dry_run) {
         for (int i = 0; i < cmd.n; i++) {

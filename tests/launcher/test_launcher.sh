@@ -276,6 +276,34 @@ run 2 "$RUN" --dry-run prog
 has "$ERR" ".zinc_env: env file is a directory"
 rmdir .zinc_env
 
+# --- the command Linux can exec ---------------------------------------------------
+# An argument past 128 KiB (600 long host names in --host) failed in execvp as
+# "cannot run mpirun: Argument list too long" (exit 127); --dry-run printed it.
+long=$(head -c 247 /dev/zero | tr '\0' a)
+for i in $(seq 600); do printf '%s%03d slots=1\n' "$long" "$i"; done >manyhosts
+run 2 "$RUN" --dry-run --hostfile manyhosts prog
+has "$ERR" "zinc-run: the command's argument '${long:0:24}...' is 151799 bytes; Linux passes at most 131071"
+run 2 "$RUN" --dry-run --launcher slurm --hostfile manyhosts prog
+has "$ERR" "the command's argument '--nodelist="
+head -400 manyhosts >somehosts
+run 0 "$RUN" --dry-run --hostfile somehosts prog
+# argv and environment past ARG_MAX (a quarter of the stack limit).
+for i in $(seq 5); do printf 'K%d=' "$i"; head -c 60000 /dev/zero | tr '\0' v; printf '\n'; done >.zinc_env
+run 2 bash -c 'ulimit -s 1024 && exec "$0" "$@"' "$RUN" --dry-run prog
+has "$ERR" "this system runs at most 262144 (ARG_MAX"
+run 0 "$RUN" --dry-run prog
+rm -f .zinc_env
+# --dry-run writes control characters in PROGRAM ARGS as $'\xHH', not raw,
+# and the line reads back as the same argv.
+run 0 "$RUN" --dry-run prog "$(printf 'a\033[2Jb\177')" "it's"
+has "$OUT" "prog 'a'\$'\\x1b''[2Jb'\$'\\x7f''' 'it'\\''s'"
+checks=$((checks + 1))
+if grep -q "$(printf '\033')" "$OUT"; then fails=$((fails + 1)); echo "FAIL: raw ESC in dry run"; fi
+checks=$((checks + 1))
+eval "set -- $(sed 's/^.* prog //' "$OUT")"
+[ "$1" = "$(printf 'a\033[2Jb\177')" ] && [ "$2" = "it's" ] ||
+    { fails=$((fails + 1)); echo "FAIL: dry run does not read back as the same argv"; }
+
 # --- slurm -------------------------------------------------------------------
 run 0 "$RUN" --dry-run --launcher slurm -n 2 prog a
 has "$OUT" "srun -n 2 --cpus-per-task="
