@@ -51,6 +51,7 @@
 #include <unistd.h>
 
 #include "ckpt_int.h"
+#include "zinc/file.h"
 #include "zinc/log.h"
 
 #define CK_PATH 4096
@@ -195,8 +196,50 @@ static int path_exists(const char *p)
     return stat(p, &sb) == 0;
 }
 
+/* Every directory zinc creates in a save_dir (<tag>.partial, which becomes <tag>) holds this
+ * file with this line; zinc writes it into an older checkpoint before renaming it to
+ * <tag>.replaced or <tag>.deleting. Stale *.partial / *.deleting / *.replaced directories are
+ * removed only when they carry it: a user's thesis.partial/ is not ours to delete. */
+#define CK_MARKER ".zinc-checkpoint"
+#define CK_MARKER_LINE "zinc checkpoint directory (zinc may remove it when its name ends in .partial, .deleting or .replaced)\n"
+
+/* 1 when dir carries zinc's marker with the expected line. */
+static int dir_is_ours(const char *dir)
+{
+    char p[CK_PATH], buf[sizeof CK_MARKER_LINE];
+    if (path_join(p, dir, CK_MARKER) != ZINC_OK) return 0;
+    int fd = open(p, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return 0;
+    struct stat sb;
+    ssize_t n = -1;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == (off_t)strlen(CK_MARKER_LINE))
+        n = read(fd, buf, sizeof buf);
+    close(fd);
+    return n == (ssize_t)strlen(CK_MARKER_LINE) && !memcmp(buf, CK_MARKER_LINE, (size_t)n);
+}
+
+/* Writes zinc's marker into dir (which zinc created or committed). */
+static zinc_status dir_mark(const char *dir)
+{
+    char p[CK_PATH];
+    zinc_status st = path_join(p, dir, CK_MARKER);
+    if (st != ZINC_OK) return st;
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return zinc_error(ZINC_ERR_IO, "%s: cannot create: %s", p, strerror(errno));
+    size_t n = strlen(CK_MARKER_LINE);
+    ssize_t w = write(fd, CK_MARKER_LINE, n);
+    int e = errno;
+    if (close(fd) != 0 && w == (ssize_t)n) {
+        w = -1;
+        e = errno;
+    }
+    if (w != (ssize_t)n) return zinc_error(ZINC_ERR_IO, "%s: cannot write: %s", p, w < 0 ? strerror(e) : "short write");
+    return ZINC_OK;
+}
+
 /* Removes a checkpoint directory: manifest.json first (so a half-removed directory is
- * never taken for complete), then the other plain files, then the directory. Does not
+ * never taken for complete), then the other plain files, the marker last (so a directory
+ * half removed by a killed process is still known as zinc's), then the directory. Does not
  * recurse: a subdirectory (not ours) stops it with ZINC_ERR_IO. A missing dir is fine. */
 static zinc_status remove_flat_dir(const char *dir)
 {
@@ -211,12 +254,15 @@ static zinc_status remove_flat_dir(const char *dir)
         st = zinc_error(ZINC_ERR_IO, "%s: cannot remove: %s", p, strerror(errno));
     struct dirent *e;
     while (st == ZINC_OK && (e = readdir(d)) != NULL) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, CK_MARKER)) continue;
         st = path_join(p, dir, e->d_name);
         if (st == ZINC_OK && unlink(p) != 0)
             st = zinc_error(ZINC_ERR_IO, "%s: cannot remove: %s", p, strerror(errno));
     }
     closedir(d);
+    if (st == ZINC_OK) st = path_join(p, dir, CK_MARKER);
+    if (st == ZINC_OK && unlink(p) != 0 && errno != ENOENT)
+        st = zinc_error(ZINC_ERR_IO, "%s: cannot remove: %s", p, strerror(errno));
     if (st == ZINC_OK && rmdir(dir) != 0)
         st = zinc_error(ZINC_ERR_IO, "%s: cannot remove directory: %s", dir, strerror(errno));
     return st;
@@ -261,23 +307,20 @@ cleanup:
 }
 
 /* Reads a whole small file (plain read; at most max bytes) into a malloc'd NUL-terminated
- * buffer. ZINC_ERR_IO names the file. */
-static zinc_status read_small_file(const char *path, size_t max, char **out, size_t *len)
+ * buffer; what names its role in errors. The file is opened with zinc_open_regular, so a
+ * named pipe or a device file is refused before anything blocks. ZINC_ERR_IO names the file. */
+static zinc_status read_small_file(const char *path, const char *what, size_t max, char **out, size_t *len)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return zinc_error(ZINC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    int fd;
+    long long size = 0;
+    zinc_status st = zinc_open_regular(path, 0, what, &fd, &size);
+    if (st != ZINC_OK) return st;
+    if (size < 0 || (uint64_t)size > max) {
         close(fd);
-        return zinc_error(ZINC_ERR_IO, "%s: not a regular file", path);
+        return zinc_error(ZINC_ERR_CORRUPT, "%s: %lld bytes, larger than the %zu allowed", path, size, max);
     }
-    if ((uint64_t)sb.st_size > max) {
-        close(fd);
-        return zinc_error(ZINC_ERR_CORRUPT, "%s: %lld bytes, larger than the %zu allowed", path,
-                          (long long)sb.st_size, max);
-    }
-    size_t n = (size_t)sb.st_size, got = 0;
+    size_t n = (size_t)size, got = 0;
     char *buf = malloc(n + 1);
     if (!buf) {
         close(fd);
@@ -332,7 +375,7 @@ zinc_status zinc_ckpt_resolve_latest(const char *save_dir, char *tag, size_t cap
     zinc_status st;
     if (!save_dir || !tag || cap == 0) return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_ckpt_resolve_latest: NULL argument");
     ZINC_TRY(path_join(p, save_dir, "latest"));
-    ZINC_TRY(read_small_file(p, 4096, &buf, &n));
+    ZINC_TRY(read_small_file(p, "checkpoint latest", 4096, &buf, &n));
     while (n && (buf[n - 1] == '\n' || buf[n - 1] == ' ' || buf[n - 1] == '\r')) buf[--n] = '\0';
     if (strlen(buf) != n || !tag_valid(buf)) {
         st = zinc_error(ZINC_ERR_CORRUPT, "%s does not hold a valid checkpoint tag", p);
@@ -404,7 +447,7 @@ static zinc_status index_read(const char *save_dir, char ***tags, int *n)
     *n = 0;
     ZINC_TRY(path_join(p, save_dir, "index"));
     if (!path_exists(p)) return ZINC_OK;
-    ZINC_TRY(read_small_file(p, 16u << 20, &buf, &len));
+    ZINC_TRY(read_small_file(p, "checkpoint index", 16u << 20, &buf, &len));
     int cap = 0;
     for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
         if (!tag_valid(line)) continue; /* a torn or foreign line: skip, never delete by it */
@@ -453,11 +496,20 @@ static zinc_status agree(zinc_comm *w, zinc_status st)
 
 /* ---- layout checks ---------------------------------------------------------------------- */
 
+int64_t zinc_ckpt_tensor_numel(const zinc_ckpt_tensor *t)
+{
+    int64_t n = 1, bytes;
+    if (!t || t->ndim < 0 || t->ndim > ZINC_MAX_DIMS) return -1;
+    for (int d = 0; d < t->ndim; d++)
+        if (t->shape[d] < 0 || __builtin_mul_overflow(n, t->shape[d], &n)) return -1;
+    size_t esz = zinc_dtype_size(t->dtype);
+    if (esz == 0 || __builtin_mul_overflow(n, (int64_t)esz, &bytes)) return -1;
+    return n;
+}
+
 static int64_t tensor_numel(const zinc_ckpt_tensor *t)
 {
-    int64_t n = 1;
-    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
-    return n;
+    return zinc_ckpt_tensor_numel(t);
 }
 
 static int dtype_valid(zinc_dtype dt)
@@ -484,6 +536,9 @@ static zinc_status check_tensor(const zinc_ckpt_tensor *t, int i, const char *wh
         if (t->shape[d] < 0 || t->shape[d] > ((int64_t)1 << 48))
             return zinc_error(ZINC_ERR_INVALID_ARG, "%s tensor %s: bad dimension %lld", what, t->name,
                               (long long)t->shape[d]);
+    if (tensor_numel(t) < 0)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "%s tensor %s: its shape's size in bytes overflows 64 bits", what,
+                          t->name);
     return ZINC_OK;
 }
 
@@ -1053,8 +1108,35 @@ static char *manifest_text(const char *tag, const m_table *mt, const uint64_t *f
     return s.p;
 }
 
-/* Rank 0 before any rank writes: save_dir exists, stale directories of killed saves are
- * gone, <tag>.partial is fresh and empty, meta parses. */
+/* Paths of foreign directories already reported by this process (each is said once). */
+static char g_foreign_told[4096];
+
+/* A *.partial / *.deleting / *.replaced directory without zinc's marker: left alone, said
+ * once per process. */
+static void foreign_dir(const char *p)
+{
+    size_t have = strlen(g_foreign_told), n = strlen(p);
+    for (const char *c = g_foreign_told; (c = strstr(c, p)) != NULL; c += n)
+        if ((c == g_foreign_told || c[-1] == '\n') && c[n] == '\n') return;
+    ZINC_WARN("checkpoint: leaving %s alone: its name looks like a stale save's, but zinc did not create it "
+              "(it lacks zinc's marker file %s)", p, CK_MARKER);
+    if (have + n + 2 <= sizeof g_foreign_told) {
+        memcpy(g_foreign_told + have, p, n);
+        g_foreign_told[have + n] = '\n';
+        g_foreign_told[have + n + 1] = '\0';
+    }
+}
+
+/* Removes zinc's stale directory p (why: what it is), logging it; warnings only. */
+static void remove_stale(const char *p, const char *why)
+{
+    if (remove_flat_dir(p) != ZINC_OK) ZINC_WARN("checkpoint: %s", zinc_last_error());
+    else ZINC_INFO("checkpoint: removed %s (%s)", p, why);
+}
+
+/* Rank 0 before any rank writes: save_dir exists, stale directories of killed saves (those
+ * carrying zinc's marker) are gone, <tag>.partial is fresh, marked and otherwise empty, meta
+ * parses. */
 static zinc_status save_prepare(const char *save_dir, const char *tag, const char *meta)
 {
     char p[CK_PATH], name[300];
@@ -1071,22 +1153,40 @@ static zinc_status save_prepare(const char *save_dir, const char *tag, const cha
     while ((e = readdir(d)) != NULL) {
         const char *n = e->d_name;
         if (n[0] == '.') continue;
+        int partial = has_suffix(n, ".partial"), deleting = has_suffix(n, ".deleting");
+        int replaced = has_suffix(n, ".replaced");
+        if (!partial && !deleting && !replaced) continue;
         if (snprintf(p, sizeof p, "%s/%s", save_dir, n) >= (int)sizeof p) continue;
-        if (has_suffix(n, ".partial") || has_suffix(n, ".deleting")) {
-            if (remove_flat_dir(p) != ZINC_OK) ZINC_WARN("checkpoint: %s", zinc_last_error());
-        } else if (has_suffix(n, ".replaced")) {
+        struct stat sb;
+        if (lstat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
+        if (!dir_is_ours(p)) {
+            foreign_dir(p);
+            continue;
+        }
+        if (replaced) {
             /* a replacing save was killed: restore the original if the new one never arrived */
             char orig[CK_PATH];
             snprintf(orig, sizeof orig, "%.*s", (int)(strlen(p) - strlen(".replaced")), p);
-            if (!path_exists(orig) && rename(p, orig) == 0) continue;
-            if (remove_flat_dir(p) != ZINC_OK) ZINC_WARN("checkpoint: %s", zinc_last_error());
+            if (!path_exists(orig) && rename(p, orig) == 0) {
+                ZINC_INFO("checkpoint: restored %s from %s (a replacing save was killed)", orig, p);
+                continue;
+            }
         }
+        remove_stale(p, partial ? "a killed save's partial checkpoint"
+                        : deleting ? "a checkpoint a killed save was deleting"
+                                   : "a checkpoint a killed save had replaced");
     }
     closedir(d);
     snprintf(name, sizeof name, "%s.partial", tag);
     ZINC_TRY(path_join(p, save_dir, name));
-    if (mkdir(p, 0755) != 0)
+    if (mkdir(p, 0755) != 0) {
+        if (errno == EEXIST)
+            return zinc_error(ZINC_ERR_IO, "%s exists and zinc did not create it: move it away or save under "
+                              "another tag", p);
         return zinc_error(ZINC_ERR_IO, "%s: cannot create directory: %s", p, strerror(errno));
+    }
+    st = dir_mark(p);
+    if (st != ZINC_OK) remove_partial(p, st);
 cleanup:
     return st;
 }
@@ -1104,6 +1204,8 @@ static zinc_status save_commit(zinc_aio *aio, const char *save_dir, const char *
     ZINC_TRY(path_join(repl, save_dir, name));
     ZINC_TRY(path_join(fin, save_dir, tag));
     int replacing = path_exists(fin);
+    /* a checkpoint written before markers existed is ours too (it is named by the tag) */
+    if (replacing && !dir_is_ours(fin)) ZINC_TRY(dir_mark(fin));
     if (replacing && rename(fin, repl) != 0)
         return zinc_error(ZINC_ERR_IO, "cannot rename %s to %s: %s", fin, repl, strerror(errno));
     if (rename(part, fin) != 0) {
@@ -1144,6 +1246,10 @@ static zinc_status save_commit(zinc_aio *aio, const char *save_dir, const char *
             char dir[CK_PATH], del[CK_PATH], dn[300];
             snprintf(dn, sizeof dn, "%s.deleting", tags[i]);
             if (path_join(dir, save_dir, tags[i]) != ZINC_OK || path_join(del, save_dir, dn) != ZINC_OK) continue;
+            if (path_exists(dir) && !dir_is_ours(dir) && dir_mark(dir) != ZINC_OK) {
+                ZINC_WARN("checkpoint: %s; not deleting it", zinc_last_error());
+                continue;
+            }
             if (path_exists(dir) && rename(dir, del) != 0) {
                 ZINC_WARN("checkpoint: cannot rename %s for deletion: %s", dir, strerror(errno));
                 continue;
@@ -1346,6 +1452,11 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
                         (long long)ver, ZINC_CKPT_FORMAT_VERSION);
         goto cleanup;
     }
+    if (ver != ZINC_CKPT_FORMAT_VERSION) { /* no other version was ever written */
+        st = zinc_error(ZINC_ERR_CORRUPT, "%s: format version %lld is not one zinc knows (%d)", mp, (long long)ver,
+                        ZINC_CKPT_FORMAT_VERSION);
+        goto cleanup;
+    }
     if (!json_is_string(tag) || !json_is_array(files) || !json_is_array(tensors) || !meta ||
         get_i64(root, "block_bytes", &block) != 0 || block != CKPT_BLOCK ||
         get_i64(root, "align_bytes", &align) != 0) {
@@ -1394,12 +1505,20 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
         for (int d = 0; d < mt->t.ndim; d++) {
             json_t *x = json_array_get(shape, (size_t)d);
             if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > ((json_int_t)1 << 48)) {
-                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: invalid shape", mp, mt->t.name);
+                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): invalid shape: dimension %d is not an integer in 0..2^48",
+                                mp, mt->t.name, mt->t.kind, d);
                 goto cleanup;
             }
             mt->t.shape[d] = json_integer_value(x);
         }
         mt->numel = tensor_numel(&mt->t);
+        if (mt->numel < 0) {
+            char sh[128];
+            shape_str(&mt->t, sh, sizeof sh);
+            st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): shape %s of %s overflows 64 bits in elements or bytes",
+                            mp, mt->t.name, mt->t.kind, sh, zinc_dtype_name(mt->t.dtype));
+            goto cleanup;
+        }
         mt->n_chunks = (int)json_array_size(chunks);
         mt->chunks = calloc((size_t)mt->n_chunks + 1, sizeof *mt->chunks);
         if (!mt->chunks) {
@@ -1426,11 +1545,12 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
             ck->off = (uint64_t)off;
             ck->bytes = (uint64_t)bytes;
             ck->eo = json_integer_value(json_array_get(el, 0));
-            ck->n = json_integer_value(json_array_get(el, 1)) - ck->eo;
+            if (__builtin_sub_overflow((int64_t)json_integer_value(json_array_get(el, 1)), ck->eo, &ck->n)) ck->n = -1;
             ck->n_crcs = json_array_size(crcs);
+            /* n <= numel, whose byte size fits in int64: n * esz cannot overflow below */
             if (ck->eo < 0 || ck->n <= 0 || ck->eo > mt->numel || ck->n > mt->numel - ck->eo ||
                 ck->bytes != (uint64_t)ck->n * esz || ck->n_crcs != (ck->bytes + CKPT_BLOCK - 1) / CKPT_BLOCK ||
-                ck->off + ck->bytes > m->files[ck->file].bytes) {
+                ck->off > m->files[ck->file].bytes || ck->bytes > m->files[ck->file].bytes - ck->off) {
                 st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): chunk %d (elements [%lld, %lld) in %s) is inconsistent",
                                 mp, mt->t.name, mt->t.kind, j, (long long)ck->eo, (long long)(ck->eo + ck->n),
                                 m->files[ck->file].name);
@@ -1514,7 +1634,7 @@ static zinc_status read_manifest_text(const char *ckdir, char **text, size_t *le
     char p[CK_PATH];
     zinc_status st = path_join(p, ckdir, "manifest.json");
     if (st != ZINC_OK) return st;
-    st = read_small_file(p, (size_t)1 << 30, text, len);
+    st = read_small_file(p, "checkpoint manifest", (size_t)1 << 30, text, len);
     if (st == ZINC_ERR_IO && !path_exists(ckdir))
         return zinc_error(ZINC_ERR_IO, "checkpoint %s does not exist", ckdir);
     return st;
@@ -1586,6 +1706,14 @@ static zinc_status reader_file(zinc_ckpt_reader *r, int fi, const ckpt_mtensor *
                  (unsigned long long)c->off, (unsigned long long)(c->off + c->bytes));
     if (!path_exists(p))
         return zinc_error(ZINC_ERR_IO, "%s is missing%s", p, who);
+    /* the type check first: zinc_aio_open would block on a named pipe */
+    int fd;
+    st = zinc_open_regular(p, 0, "checkpoint rank file", &fd, NULL);
+    if (st != ZINC_OK) {
+        last_error_copy(err, sizeof err);
+        return zinc_error(st, "%s%s", err, who);
+    }
+    close(fd);
     st = zinc_aio_open(r->aio, p, ZINC_AIO_READ, &r->fh[fi]);
     if (st == ZINC_OK) st = zinc_aio_size(r->fh[fi], &r->fsize[fi]);
     if (st != ZINC_OK) {

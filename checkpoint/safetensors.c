@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "zinc/file.h"
 #include "zinc/safetensors.h"
 
 #define ST_MAX_HEADER (100u << 20) /* the reference implementation's limit */
@@ -48,11 +49,20 @@ static int st_dtype_parse(const char *s, zinc_dtype *dt)
     return -1;
 }
 
-static uint64_t entry_numel(const zinc_st_entry *e)
+/* Elements and bytes of e's shape at its dtype; -1 when ndim is out of range, a dimension
+ * is negative or either product does not fit in int64 (checked: a [2^32, 2^32] tensor must
+ * not wrap to 0 bytes). */
+static int entry_size(const zinc_st_entry *e, uint64_t *numel, uint64_t *bytes)
 {
-    uint64_t n = 1;
-    for (int d = 0; d < e->ndim; d++) n *= (uint64_t)e->shape[d];
-    return n;
+    int64_t n = 1, b;
+    if (e->ndim < 0 || e->ndim > ZINC_MAX_DIMS) return -1;
+    for (int d = 0; d < e->ndim; d++)
+        if (e->shape[d] < 0 || __builtin_mul_overflow(n, e->shape[d], &n)) return -1;
+    size_t esz = zinc_dtype_size(e->dtype);
+    if (esz == 0 || __builtin_mul_overflow(n, (int64_t)esz, &b)) return -1;
+    if (numel) *numel = (uint64_t)n;
+    if (bytes) *bytes = (uint64_t)b;
+    return 0;
 }
 
 /* ---- writer ------------------------------------------------------------------------------ */
@@ -101,9 +111,15 @@ zinc_status zinc_st_write(const char *path, const zinc_st_entry *t, size_t n, zi
             st = zinc_error(ZINC_ERR_INVALID_ARG, "%s: tensor %s given twice", path, t[i].name);
             goto cleanup;
         }
+        uint64_t bytes, end;
+        if (entry_size(&t[i], NULL, &bytes) != 0 || __builtin_add_overflow(off, bytes, &end) ||
+            end > (uint64_t)INT64_MAX) {
+            st = zinc_error(ZINC_ERR_INVALID_ARG, "%s: tensor %s: negative dimension, or its size in bytes "
+                            "overflows 64 bits", path, t[i].name);
+            goto cleanup;
+        }
         json_t *shape = json_array();
         for (int d = 0; d < t[i].ndim; d++) json_array_append_new(shape, json_integer(t[i].shape[d]));
-        uint64_t bytes = entry_numel(&t[i]) * zinc_dtype_size(t[i].dtype);
         json_object_set_new(root, t[i].name,
                             json_pack("{s:s, s:o, s:[I, I]}", "dtype", dn, "shape", shape, "data_offsets",
                                       (json_int_t)off, (json_int_t)(off + bytes)));
@@ -140,7 +156,8 @@ zinc_status zinc_st_write(const char *path, const zinc_st_entry *t, size_t n, zi
     ZINC_TRY(write_all(fd, tmp, len8, 8));
     ZINC_TRY(write_all(fd, tmp, hdr, padded));
     for (size_t i = 0; i < n; i++) {
-        uint64_t bytes = entry_numel(&t[i]) * zinc_dtype_size(t[i].dtype);
+        uint64_t bytes = 0;
+        entry_size(&t[i], NULL, &bytes); /* checked above */
         for (uint64_t o = 0; o < bytes; o += ST_PIECE) {
             size_t k = (size_t)(bytes - o < ST_PIECE ? bytes - o : ST_PIECE);
             ZINC_TRY(src(u, i, o, buf, k));
@@ -229,7 +246,8 @@ static zinc_status parse_entry(zinc_st_file *f, const char *name, json_t *v, zin
     for (int d = 0; d < e->ndim; d++) {
         json_t *x = json_array_get(shape, (size_t)d);
         if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > ((json_int_t)1 << 48))
-            return zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: invalid shape", p, name);
+            return zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: invalid shape: dimension %d is not an integer in 0..2^48",
+                              p, name, d);
         e->shape[d] = json_integer_value(x);
     }
     json_t *b = json_array_get(off, 0), *en = json_array_get(off, 1);
@@ -238,10 +256,13 @@ static zinc_status parse_entry(zinc_st_file *f, const char *name, json_t *v, zin
         return zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: data_offsets must be [begin, end] with 0 <= begin <= end", p, name);
     e->begin = (uint64_t)json_integer_value(b);
     e->end = (uint64_t)json_integer_value(en);
+    uint64_t need;
+    if (entry_size(e, NULL, &need) != 0)
+        return zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: shape's element count or size in bytes overflows 64 bits", p,
+                          name);
     if (e->end > f->data_bytes)
         return zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: data_offsets [%llu, %llu] outside the %llu data bytes", p, name,
                           (unsigned long long)e->begin, (unsigned long long)e->end, (unsigned long long)f->data_bytes);
-    uint64_t need = entry_numel(e) * zinc_dtype_size(e->dtype);
     if (e->end - e->begin != need)
         return zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: data_offsets span %llu bytes, its shape and dtype need %llu", p,
                           name, (unsigned long long)(e->end - e->begin), (unsigned long long)need);
@@ -259,17 +280,10 @@ zinc_status zinc_st_open(const char *path, zinc_st_file **out)
     zinc_st_file *f = calloc(1, sizeof *f);
     if (!f) return zinc_error(ZINC_ERR_NOMEM, "%s: out of memory", path);
     snprintf(f->path, sizeof f->path, "%s", path);
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0) {
-        st = zinc_error(ZINC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-        goto cleanup;
-    }
-    struct stat sb;
-    if (fstat(f->fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        st = zinc_error(ZINC_ERR_IO, "%s: not a regular file", path);
-        goto cleanup;
-    }
-    uint64_t size = (uint64_t)sb.st_size;
+    long long fsize = 0;
+    f->fd = -1;
+    ZINC_TRY(zinc_open_regular(path, 0, "safetensors file", &f->fd, &fsize));
+    uint64_t size = (uint64_t)fsize;
     if (size < 8) {
         st = zinc_error(ZINC_ERR_CORRUPT, "%s: %llu bytes, too short for a safetensors header", path, (unsigned long long)size);
         goto cleanup;
@@ -345,18 +359,36 @@ zinc_status zinc_st_open(const char *path, zinc_st_file **out)
         st = zinc_error(ZINC_ERR_NOMEM, "%s: out of memory", path);
         goto cleanup;
     }
+    /* the format: the data section is fully indexed, no overlaps, no holes (empty tensors
+     * may sit anywhere within it) */
     size_t k = 0;
     for (size_t i = 0; i < f->n; i++)
         if (f->e[i].end > f->e[i].begin) order[k++] = &f->e[i];
     qsort(order, k, sizeof *order, begin_cmp);
-    for (size_t i = 1; i < k; i++)
-        if (order[i]->begin < order[i - 1]->end) {
+    uint64_t at = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (i > 0 && order[i]->begin < order[i - 1]->end) {
             st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: data_offsets [%llu, %llu] overlap tensor %s's [%llu, %llu]", path,
                             order[i]->name, (unsigned long long)order[i]->begin, (unsigned long long)order[i]->end,
                             order[i - 1]->name, (unsigned long long)order[i - 1]->begin,
                             (unsigned long long)order[i - 1]->end);
             goto cleanup;
         }
+        if (order[i]->begin != at) {
+            st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: data_offsets [%llu, %llu] leave bytes [%llu, %llu) of the data "
+                            "indexed by no tensor", path, order[i]->name, (unsigned long long)order[i]->begin,
+                            (unsigned long long)order[i]->end, (unsigned long long)at,
+                            (unsigned long long)order[i]->begin);
+            goto cleanup;
+        }
+        at = order[i]->end;
+    }
+    if (at != f->data_bytes) {
+        st = zinc_error(ZINC_ERR_CORRUPT, "%s: data bytes [%llu, %llu)%s%s are indexed by no tensor", path,
+                        (unsigned long long)at, (unsigned long long)f->data_bytes, k ? " after tensor " : "",
+                        k ? order[k - 1]->name : "");
+        goto cleanup;
+    }
     *out = f;
     f = NULL;
 cleanup:
@@ -405,7 +437,9 @@ zinc_status zinc_st_read_f32(zinc_st_file *f, size_t i, float *dst)
 {
     if (i >= f->n) return zinc_error(ZINC_ERR_INVALID_ARG, "%s: no tensor %zu", f->path, i);
     const zinc_st_entry *e = &f->e[i];
-    size_t n = (size_t)entry_numel(e), esz = zinc_dtype_size(e->dtype);
+    uint64_t n64 = 0;
+    entry_size(e, &n64, NULL); /* checked by zinc_st_open */
+    size_t n = (size_t)n64, esz = zinc_dtype_size(e->dtype);
     if (e->dtype == ZINC_DTYPE_F32) return zinc_st_read_raw(f, i, dst);
     void *raw = malloc(n * esz + 1);
     if (!raw) return zinc_error(ZINC_ERR_NOMEM, "%s: tensor %s: no memory", f->path, e->name);

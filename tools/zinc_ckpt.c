@@ -60,11 +60,12 @@ static void shape_str(const zinc_ckpt_tensor *t, char *buf, size_t cap)
     if ((size_t)k < cap) snprintf(buf + k, cap - (size_t)k, "%s)", t->ndim == 1 ? "," : "");
 }
 
+/* Elements of t; the reader has refused shapes whose count or bytes overflow, but the size
+ * is checked again here rather than wrapped: 0 for such a tensor. */
 static int64_t numel(const zinc_ckpt_tensor *t)
 {
-    int64_t n = 1;
-    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
-    return n;
+    int64_t n = zinc_ckpt_tensor_numel(t);
+    return n < 0 ? 0 : n;
 }
 
 static void print_meta(const char *meta)

@@ -100,7 +100,9 @@ void zinc_ckpt_set_progress(zinc_ckpt_progress_fn fn, void *u);
  * checks that the pieces of all ranks cover every tensor exactly once, writes and fsyncs
  * manifest.json, renames <tag>.partial -> <tag>, fsyncs save_dir, appends tag to save_dir/index
  * and points save_dir/latest at it (latest.tmp + rename + fsync). A complete checkpoint with
- * the same tag is replaced. Stale *.partial directories of killed saves are removed.
+ * the same tag is replaced. Every directory zinc creates there carries a marker file
+ * (.zinc-checkpoint); stale <x>.partial, <x>.deleting and <x>.replaced directories of killed
+ * saves are removed (logged) only when they carry it: others are left alone with one warning.
  *
  * meta_json (may be NULL: "{}") must be valid JSON (integers within int64); it is stored
  * verbatim under "meta" and handed back by zinc_ckpt_load. keep_last > 0 then deletes the
@@ -124,15 +126,21 @@ zinc_status zinc_ckpt_save(zinc_comm *world, zinc_aio *aio, const char *save_dir
  * If meta_json_out is not NULL, *meta_json_out receives the meta JSON text exactly as saved
  * (malloc'd, the caller frees it; NULL on failure).
  *
- * Every rank returns the same status: ZINC_ERR_IO (missing latest/checkpoint/rank file, read
- * failure) or ZINC_ERR_CORRUPT (unparsable manifest, wanted tensor missing from the
+ * Every rank returns the same status: ZINC_ERR_IO (missing latest/checkpoint/rank file, one
+ * that is not a regular file (a named pipe is refused, never waited on), read failure) or ZINC_ERR_CORRUPT (unparsable manifest, wanted tensor missing from the
  * checkpoint, shape mismatch, crc mismatch, truncated rank file), each naming the file and,
  * where one is involved, the tensor; ZINC_ERR_INVALID_ARG for a piece outside its tensor;
- * ZINC_ERR_UNSUPPORTED for an impossible dtype conversion or a newer format version. */
+ * ZINC_ERR_UNSUPPORTED for an impossible dtype conversion or a newer format version (an older
+ * or negative one is ZINC_ERR_CORRUPT: only ZINC_CKPT_FORMAT_VERSION was ever written). */
 zinc_status zinc_ckpt_load(zinc_comm *world, zinc_aio *aio, const char *save_dir, const char *tag,
                            const zinc_ckpt_layout *want, char **meta_json_out);
 
 /* ---- non-collective helpers (tools, tests) -------------------------------------------- */
+
+/* Elements of t (1 for ndim 0), or -1 when ndim is outside 0..ZINC_MAX_DIMS, a dimension
+ * is negative, or the element count or its size in bytes (at t->dtype) does not fit in
+ * int64: every size derived from a checked shape is then safe to compute. */
+int64_t zinc_ckpt_tensor_numel(const zinc_ckpt_tensor *t);
 
 /* Copies the tag named by save_dir/latest into tag (capacity cap). ZINC_ERR_IO if latest is
  * missing or unreadable, ZINC_ERR_CORRUPT if it does not hold a valid tag. */

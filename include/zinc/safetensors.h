@@ -33,17 +33,22 @@ typedef zinc_status (*zinc_st_source)(void *u, size_t i, uint64_t offset, void *
 /* Writes path (through path.tmp + fsync + rename: an existing file is replaced only by a
  * complete one): tensors t[0..n) in that order, data from src(u, ...). meta holds n_meta
  * key/value string pairs (meta[2k], meta[2k+1]) for "__metadata__" (may be NULL). Names
- * must be unique and not "__metadata__". ZINC_ERR_INVALID_ARG for bad entries, ZINC_ERR_IO
+ * must be unique and not "__metadata__". ZINC_ERR_INVALID_ARG for bad entries (negative
+ * dimensions, byte sizes that overflow 64 bits included), ZINC_ERR_IO
  * naming the file, or the source's status. */
 zinc_status zinc_st_write(const char *path, const zinc_st_entry *t, size_t n, zinc_st_source src, void *u,
                           const char *const *meta, size_t n_meta);
 
 typedef struct zinc_st_file zinc_st_file;
 
-/* Opens and validates path: header length within the file, JSON that parses (no duplicate
- * keys), known dtypes, at most ZINC_MAX_DIMS dims, data_offsets within the data and equal
- * to the shape's byte size, no two tensors overlapping. Any violation is ZINC_ERR_CORRUPT
- * naming the file (and the tensor); a file that cannot be read is ZINC_ERR_IO. */
+/* Opens and validates path as the format's spec demands: header length within the file,
+ * JSON that parses (no duplicate keys), known dtypes, at most ZINC_MAX_DIMS dims, each
+ * non-negative, element count and byte size within int64 (checked products), data_offsets
+ * [begin, end] within the data with end - begin equal to the shape's byte size, and the
+ * data section fully indexed: no two tensors overlapping, no bytes outside every tensor.
+ * Any violation is ZINC_ERR_CORRUPT naming the file (and the tensor); a file that cannot be
+ * read, or is not a regular file (a named pipe is refused before anything is read, never
+ * waited on), is ZINC_ERR_IO. */
 zinc_status zinc_st_open(const char *path, zinc_st_file **out);
 void zinc_st_close(zinc_st_file *f); /* NULL-safe */
 

@@ -659,7 +659,35 @@ static void test_safetensors_malformed(void)
            16, 0, ZINC_ERR_CORRUPT, "overlap", "tensor z");
     st_bad("fields.st", "{\"w\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, 0, ZINC_ERR_CORRUPT, "tensor w", NULL);
     st_bad("meta.st", "{\"__metadata__\":{\"k\":1}}", 0, 0, ZINC_ERR_CORRUPT, "__metadata__", NULL);
+    /* shape products are checked: [2^32, 2^32] does not wrap to 0 bytes; negative dims */
+    st_bad("ovf.st", "{\"w.weight\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,0]}}", 0, 0,
+           ZINC_ERR_CORRUPT, "tensor w.weight", "overflows");
+    st_bad("ovf2.st", "{\"w.weight\":{\"dtype\":\"F32\",\"shape\":[281474976710656,281474976710656,0],\"data_offsets\":[0,0]}}",
+           0, 0, ZINC_ERR_CORRUPT, "tensor w.weight", "overflows");
+    st_bad("negdim.st", "{\"w.weight\":{\"dtype\":\"F32\",\"shape\":[-2,-2],\"data_offsets\":[0,16]}}", 16, 0,
+           ZINC_ERR_CORRUPT, "tensor w.weight", "invalid shape");
+    /* the data section must be fully indexed: no hole before, between or after tensors */
+    st_bad("hole.st", "{\"w.weight\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, 0, ZINC_ERR_CORRUPT,
+           "tensor w.weight", "indexed by no tensor");
+    st_bad("gap.st",
+           "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
+           12, 0, ZINC_ERR_CORRUPT, "tensor b", "bytes [4, 8)");
+    st_bad("tail.st", ok, 12, 0, ZINC_ERR_CORRUPT, "bytes [8, 12) after tensor a", "indexed by no tensor");
+    st_bad("empty_ok.st", "{\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[0,0]}}", 0, 0, ZINC_OK, NULL, NULL);
     char p[600];
+    /* a named pipe is refused before anything blocks */
+    subdir(p, sizeof p, "fifo.st");
+    CU_ASSERT_FATAL(mkfifo(p, 0600) == 0);
+    zinc_st_file *ff = NULL;
+    CU_ASSERT_EQUAL(zinc_st_open(p, &ff), ZINC_ERR_IO);
+    CU_ASSERT(err_has("fifo.st") && err_has("named pipe"));
+    CU_ASSERT_PTR_NULL(ff);
+    /* the writer refuses a shape whose bytes overflow instead of writing a wrapped size */
+    subdir(p, sizeof p, "wovf.st");
+    zinc_st_entry big = {"w.weight", ZINC_DTYPE_F32, 2, {(int64_t)1 << 32, (int64_t)1 << 32}, 0, 0};
+    CU_ASSERT_EQUAL(zinc_st_write(p, &big, 1, st_src, &big, NULL, 0), ZINC_ERR_INVALID_ARG);
+    CU_ASSERT(err_has("w.weight") && err_has("overflows"));
+    CU_ASSERT(!file_exists(p));
     subdir(p, sizeof p, "tiny.st"); /* not even the 8-byte length */
     FILE *fp = fopen(p, "wb");
     CU_ASSERT_FATAL(fp != NULL);
@@ -672,6 +700,136 @@ static void test_safetensors_malformed(void)
     zinc_st_file *f = NULL;
     CU_ASSERT_EQUAL(zinc_st_open(p, &f), ZINC_ERR_IO);
     CU_ASSERT(err_has("nonexistent.st"));
+}
+
+/* ---- hostile shapes, versions and files (rank 0: pure parsing) -------------------------------- */
+
+/* A one-tensor manifest with shape (text) and version; no chunks. */
+static zinc_status parse_one(const char *shape, int version, ckpt_manifest *m)
+{
+    char text[1024];
+    snprintf(text, sizeof text,
+             "{\n  \"format\": \"zinc-ckpt\",\n  \"version\": %d,\n  \"tag\": \"t\",\n  \"block_bytes\": %u,\n"
+             "  \"align_bytes\": 4096,\n  \"files\": [],\n  \"tensors\": [\n    {\"name\": \"huge.weight\", "
+             "\"kind\": \"param\", \"dtype\": \"f32\", \"shape\": %s, \"tp_dim\": -1, \"chunks\": []}\n  ],\n"
+             "  \"meta\": {}\n}\n",
+             version, ZINC_CKPT_BLOCK_BYTES, shape);
+    return ckpt_manifest_parse("/ck", text, strlen(text), m);
+}
+
+static void test_hostile_manifest(void)
+{
+    if (g_rank != 0) return;
+    ckpt_manifest m;
+    /* 2^32 x 2^32 elements wrapped to 0, which "no chunks" then covered exactly */
+    CU_ASSERT_EQUAL(parse_one("[4294967296, 4294967296]", 1, &m), ZINC_ERR_CORRUPT);
+    CU_ASSERT(err_has("/ck/manifest.json: tensor huge.weight (param)") && err_has("overflows"));
+    CU_ASSERT_EQUAL(parse_one("[2305843009213693952]", 1, &m), ZINC_ERR_CORRUPT); /* 2^61 f32: bytes overflow */
+    CU_ASSERT_EQUAL(parse_one("[-4, -4]", 1, &m), ZINC_ERR_CORRUPT);
+    CU_ASSERT(err_has("huge.weight") && err_has("invalid shape"));
+    CU_ASSERT_EQUAL(parse_one("[0, 4294967296]", 1, &m), ZINC_OK); /* empty: no chunks needed */
+    ckpt_manifest_free(&m);
+    /* only the version zinc writes */
+    CU_ASSERT_EQUAL(parse_one("[0]", -1, &m), ZINC_ERR_CORRUPT);
+    CU_ASSERT(err_has("format version -1"));
+    CU_ASSERT_EQUAL(parse_one("[0]", 0, &m), ZINC_ERR_CORRUPT);
+    CU_ASSERT_EQUAL(parse_one("[0]", 2, &m), ZINC_ERR_UNSUPPORTED);
+    /* the public size helper */
+    zinc_ckpt_tensor t = {"x", "param", ZINC_DTYPE_F32, 2, {(int64_t)1 << 32, (int64_t)1 << 32}, -1};
+    CU_ASSERT_EQUAL(zinc_ckpt_tensor_numel(&t), -1);
+    t.shape[0] = -1;
+    t.shape[1] = -1;
+    CU_ASSERT_EQUAL(zinc_ckpt_tensor_numel(&t), -1);
+    t.ndim = 1;
+    t.shape[0] = (int64_t)1 << 61; /* elements fit, bytes do not */
+    CU_ASSERT_EQUAL(zinc_ckpt_tensor_numel(&t), -1);
+    t.dtype = ZINC_DTYPE_U8;
+    CU_ASSERT_EQUAL(zinc_ckpt_tensor_numel(&t), (int64_t)1 << 61);
+    t.ndim = 0;
+    CU_ASSERT_EQUAL(zinc_ckpt_tensor_numel(&t), 1);
+}
+
+/* A save layout with an overflowing shape is refused on every rank. */
+static void test_hostile_layout(void)
+{
+    char sd[512];
+    subdir(sd, sizeof sd, "ovf-save");
+    zinc_ckpt_tensor t = {"huge.weight", "param", ZINC_DTYPE_F32, 2, {(int64_t)1 << 32, (int64_t)1 << 32}, -1};
+    zinc_ckpt_layout L = {&t, 1, NULL, 0, NULL, NULL};
+    CU_ASSERT_EQUAL(zinc_ckpt_save(g_world, g_aio, sd, "x", &L, NULL, 0), ZINC_ERR_INVALID_ARG);
+    CU_ASSERT(all_true(err_has("huge.weight") && err_has("overflows")));
+}
+
+/* Named pipes in place of latest, manifest.json and a rank file: clear errors, no hang. */
+static void test_hostile_fifos(void)
+{
+    char sd[512], p[700], tag[64];
+    subdir(sd, sizeof sd, "fifo");
+    CU_ASSERT_FATAL(all_true(save_step(sd, "s", 1, NULL, 0)));
+    if (g_rank != 0) return;
+    zinc_ckpt_reader *r = NULL;
+    snprintf(p, sizeof p, "%s/s/rank-00000.bin", sd);
+    CU_ASSERT_FATAL(unlink(p) == 0 && mkfifo(p, 0600) == 0);
+    CU_ASSERT_EQUAL(zinc_ckpt_verify(g_aio, sd, NULL, NULL), ZINC_ERR_IO);
+    CU_ASSERT(err_has("rank-00000.bin: checkpoint rank file is a named pipe"));
+    snprintf(p, sizeof p, "%s/s/manifest.json", sd);
+    CU_ASSERT_FATAL(unlink(p) == 0 && mkfifo(p, 0600) == 0);
+    CU_ASSERT_EQUAL(zinc_ckpt_reader_open(g_aio, sd, &r), ZINC_ERR_IO);
+    CU_ASSERT(err_has("manifest.json: checkpoint manifest is a named pipe"));
+    CU_ASSERT_PTR_NULL(r);
+    snprintf(p, sizeof p, "%s/latest", sd);
+    CU_ASSERT_FATAL(unlink(p) == 0 && mkfifo(p, 0600) == 0);
+    CU_ASSERT_EQUAL(zinc_ckpt_resolve_latest(sd, tag, sizeof tag), ZINC_ERR_IO);
+    CU_ASSERT(err_has("latest: checkpoint latest is a named pipe"));
+}
+
+static void write_file_in(const char *dir, const char *name, const char *text)
+{
+    char p[800];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    write_text(p, text);
+}
+
+/* A save removes the stale directories of killed saves (zinc's marker in them) and leaves
+ * every other *.partial / *.deleting / *.replaced directory alone. */
+static void test_foreign_dirs(void)
+{
+    char sd[512], p[700], q[700];
+    subdir(sd, sizeof sd, "foreign");
+    const char *names[] = {"thesis.partial", "photos.deleting", "notes.replaced", "x.partial"};
+    if (g_rank == 0) {
+        CU_ASSERT_FATAL(mkdir(sd, 0755) == 0);
+        for (int i = 0; i < 4; i++) {
+            snprintf(p, sizeof p, "%s/%s", sd, names[i]);
+            CU_ASSERT_FATAL(mkdir(p, 0755) == 0);
+            write_file_in(p, "mine.txt", "user data\n");
+        }
+        snprintf(p, sizeof p, "%s/x.partial/.zinc-checkpoint", sd); /* a marker with the wrong text */
+        write_text(p, "not zinc's\n");
+    }
+    CU_ASSERT_FATAL(all_true(save_step(sd, "a", 1, NULL, 0)));
+    /* a killed save's partial directory, made by zinc: committed "a" renamed to b.partial */
+    if (g_rank == 0) {
+        snprintf(p, sizeof p, "%s/a", sd);
+        snprintf(q, sizeof q, "%s/b.partial", sd);
+        CU_ASSERT(rename(p, q) == 0);
+    }
+    CU_ASSERT_FATAL(all_true(save_step(sd, "c", 2, NULL, 0)));
+    /* a tag whose .partial is a user's directory: refused, the directory kept */
+    CU_ASSERT(all_true(!save_step(sd, "thesis", 3, NULL, 0) && err_has("thesis.partial exists")));
+    if (g_rank == 0) {
+        for (int i = 0; i < 4; i++) {
+            snprintf(p, sizeof p, "%s/%s/mine.txt", sd, names[i]);
+            CU_ASSERT(file_exists(p));
+        }
+        snprintf(p, sizeof p, "%s/notes", sd); /* a foreign .replaced is not "restored" */
+        CU_ASSERT(!file_exists(p));
+        snprintf(p, sizeof p, "%s/b.partial", sd);
+        CU_ASSERT(!file_exists(p));
+        snprintf(p, sizeof p, "%s/c/.zinc-checkpoint", sd);
+        CU_ASSERT(file_exists(p));
+        CU_ASSERT_EQUAL(zinc_ckpt_verify(g_aio, sd, NULL, NULL), ZINC_OK);
+    }
 }
 
 /* ---- direct transfers and the progress hook ---------------------------------------------- */
@@ -1059,6 +1217,10 @@ int main(int argc, char **argv)
     CU_add_test(s, "io_pieces", test_io_pieces);
     CU_add_test(s, "safetensors_roundtrip", test_safetensors_roundtrip);
     CU_add_test(s, "safetensors_malformed", test_safetensors_malformed);
+    CU_add_test(s, "hostile_manifest", test_hostile_manifest);
+    CU_add_test(s, "hostile_layout", test_hostile_layout);
+    CU_add_test(s, "hostile_fifos", test_hostile_fifos);
+    CU_add_test(s, "foreign_dirs", test_foreign_dirs);
     CU_basic_set_mode(g_rank == 0 ? CU_BRM_VERBOSE : CU_BRM_SILENT);
     CU_basic_run_tests();
     int failures = (int)CU_get_number_of_failures();
