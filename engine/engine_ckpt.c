@@ -274,20 +274,145 @@ cleanup:
     return st;
 }
 
-static int64_t meta_int(json_t *o, const char *key, int64_t dflt)
+/* ---- the meta, validated before anything of it is used ---- */
+
+#define META_STEPS_MAX 1000000000000LL /* config.c's bound on step counts */
+#define META_TBS_MAX 2147483647LL      /* and on samples per step */
+#define META_HYST_MAX 1000000LL        /* and on fp16.hysteresis */
+
+/* What make_meta wrote, checked by meta_parse. */
+typedef struct ckpt_meta {
+    int64_t step, opt_step, samples, seed;
+    zinc_dtype precision;
+    int64_t dp, zero_stage;
+    double scale;
+    int64_t cur_hysteresis, last_overflow_iter, cur_iter;
+} ckpt_meta;
+
+/* Refuses field (path "meta.x.y") of file mp: one line naming both, what was expected and
+ * what was found. */
+static zinc_status meta_bad(const char *mp, const char *field, json_t *v, const char *want)
 {
-    json_t *v = json_object_get(o, key);
-    return json_is_integer(v) ? json_integer_value(v) : dflt;
+    char found[64] = "nothing (missing)";
+    if (v) {
+        char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        snprintf(found, sizeof found, "%.40s%s", t ? t : "?", t && strlen(t) > 40 ? "..." : "");
+        free(t);
+    }
+    return zinc_error(ZINC_ERR_CORRUPT, "%s: meta.%s: expected %s, found %s", mp, field, want, found);
+}
+
+/* obj.key as an integer in [lo, hi] (field names it in messages). */
+static zinc_status meta_i64(const char *mp, json_t *obj, const char *key, const char *field, int64_t lo, int64_t hi,
+                            int64_t *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        char want[96];
+        snprintf(want, sizeof want, "an integer in %lld..%lld", (long long)lo, (long long)hi);
+        return meta_bad(mp, field, v, want);
+    }
+    *out = json_integer_value(v);
+    return ZINC_OK;
+}
+
+/* obj.key as an object (field names it). */
+static zinc_status meta_obj(const char *mp, json_t *obj, const char *key, json_t **out)
+{
+    *out = json_object_get(obj, key);
+    return json_is_object(*out) ? ZINC_OK : meta_bad(mp, key, *out, "an object");
+}
+
+/* Parses and checks the meta text of checkpoint file mp (its manifest) against itself, the
+ * checkpoint (n_files rank files, params stored as param_dtype) and what zinc can run:
+ * every field make_meta writes must be there with its type and range, and the counters
+ * must agree (optimizer steps <= steps <= samples, scheduler and data positions equal to
+ * them, scaler iterations within the steps). ZINC_ERR_CORRUPT naming mp and the field. */
+static zinc_status meta_parse(const char *mp, const char *text, int n_files, zinc_dtype param_dtype,
+                              ckpt_meta *c)
+{
+    zinc_status st = ZINC_OK;
+    json_error_t jerr;
+    json_t *m = text ? json_loads(text, JSON_DECODE_ANY, &jerr) : NULL, *o, *v;
+    memset(c, 0, sizeof *c);
+    if (!json_is_object(m)) {
+        st = m ? zinc_error(ZINC_ERR_CORRUPT, "%s: meta is not an object", mp)
+               : zinc_error(ZINC_ERR_CORRUPT, "%s: meta does not parse", mp);
+        goto cleanup;
+    }
+    ZINC_TRY(meta_i64(mp, m, "step", "step", 0, META_STEPS_MAX, &c->step));
+    ZINC_TRY(meta_i64(mp, m, "optimizer_step", "optimizer_step (<= step)", 0,
+                      c->step < INT32_MAX ? c->step : INT32_MAX, &c->opt_step));
+    int64_t most;
+    if (__builtin_mul_overflow(c->step, META_TBS_MAX, &most)) most = INT64_MAX;
+    ZINC_TRY(meta_i64(mp, m, "samples", "samples (between step and step x 2^31-1)", c->step, most, &c->samples));
+
+    v = json_object_get(m, "precision");
+    const char *pn = json_is_string(v) ? json_string_value(v) : "";
+    if (!strcmp(pn, "f32")) c->precision = ZINC_DTYPE_F32;
+    else if (!strcmp(pn, "bf16")) c->precision = ZINC_DTYPE_BF16;
+    else if (!strcmp(pn, "f16")) c->precision = ZINC_DTYPE_F16;
+    else {
+        st = meta_bad(mp, "precision", v, "\"f32\", \"bf16\" or \"f16\"");
+        goto cleanup;
+    }
+    if ((int)param_dtype >= 0 && c->precision != param_dtype) {
+        st = zinc_error(ZINC_ERR_CORRUPT, "%s: meta.precision: \"%s\", but the params are stored as %s", mp, pn,
+                        zinc_dtype_name(param_dtype));
+        goto cleanup;
+    }
+
+    int64_t pp, tp;
+    ZINC_TRY(meta_obj(mp, m, "topology", &o));
+    ZINC_TRY(meta_i64(mp, o, "pp", "topology.pp", 1, 1, &pp));
+    ZINC_TRY(meta_i64(mp, o, "tp", "topology.tp", 1, 1, &tp));
+    ZINC_TRY(meta_i64(mp, o, "dp", "topology.dp (the checkpoint's rank files)", n_files, n_files, &c->dp));
+    ZINC_TRY(meta_i64(mp, o, "zero_stage", "topology.zero_stage", 0, 3, &c->zero_stage));
+
+    ZINC_TRY(meta_obj(mp, m, "loss_scaler", &o));
+    v = json_object_get(o, "scale");
+    if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) <= 0) {
+        st = meta_bad(mp, "loss_scaler.scale", v, "a finite number > 0");
+        goto cleanup;
+    }
+    c->scale = json_number_value(v);
+    /* a scaler that ran (fp16) never lets hysteresis fall below 1; others keep 0 */
+    ZINC_TRY(meta_i64(mp, o, "cur_hysteresis", "loss_scaler.cur_hysteresis", c->precision == ZINC_DTYPE_F16,
+                      META_HYST_MAX, &c->cur_hysteresis));
+    ZINC_TRY(meta_i64(mp, o, "cur_iter", "loss_scaler.cur_iter (<= step)", 0, c->step, &c->cur_iter));
+    /* an overflow at iteration i sets it to i, then cur_iter becomes i + 1; without fp16 the
+     * scaler never ran and both stay 0 */
+    ZINC_TRY(meta_i64(mp, o, "last_overflow_iter", "loss_scaler.last_overflow_iter (-1 or < cur_iter)", -1,
+                      c->precision == ZINC_DTYPE_F16 ? c->cur_iter - 1 : c->cur_iter, &c->last_overflow_iter));
+
+    int64_t x;
+    ZINC_TRY(meta_obj(mp, m, "lr_scheduler", &o));
+    ZINC_TRY(meta_i64(mp, o, "last_batch_iteration", "lr_scheduler.last_batch_iteration (= optimizer_step)",
+                      c->opt_step, c->opt_step, &x));
+    ZINC_TRY(meta_obj(mp, m, "data", &o));
+    ZINC_TRY(meta_i64(mp, o, "seed", "data.seed", 0, INT64_MAX, &c->seed));
+    ZINC_TRY(meta_i64(mp, o, "sample_index", "data.sample_index (= samples)", c->samples, c->samples, &x));
+    v = json_object_get(m, "config");
+    if (v && !json_is_object(v)) {
+        st = meta_bad(mp, "config", v, "an object");
+        goto cleanup;
+    }
+cleanup:
+    json_decref(m);
+    return st;
 }
 
 /* The rank-local part of a load: which tag, whether the checkpoint has fp32
- * master weights, offloaded state into memory, the wanted pieces. */
+ * master weights, a meta that zinc can resume from, offloaded state into
+ * memory, the wanted pieces. */
 static zinc_status load_prepare(zinc_engine *e, zinc_aio *aio, const char *save_dir,
-                                const char **tag, char *tagbuf, layout_buf *b)
+                                const char **tag, char *tagbuf, layout_buf *b, char *mp,
+                                size_t mp_cap, int *n_files, zinc_dtype *param_dtype)
 {
     zinc_status st = ZINC_OK;
     char dir[1024];
     zinc_ckpt_reader *r = NULL;
+    ckpt_meta cm;
     if (!*tag) {
         ZINC_TRY(zinc_ckpt_resolve_latest(save_dir, tagbuf, ZINC_CKPT_TAG_MAX + 1));
         *tag = tagbuf;
@@ -295,7 +420,17 @@ static zinc_status load_prepare(zinc_engine *e, zinc_aio *aio, const char *save_
     /* fp32 master weights come from "master" when saved in 16 bits, else "param" */
     snprintf(dir, sizeof dir, "%s/%s", save_dir, *tag);
     ZINC_TRY(zinc_ckpt_reader_open(aio, dir, &r));
+    snprintf(mp, mp_cap, "%s/manifest.json", zinc_ckpt_reader_dir(r));
     int has_master = e->n_params > 0 && zinc_ckpt_reader_find(r, e->params[0].name, "master") >= 0;
+    int pi = e->n_params > 0 ? zinc_ckpt_reader_find(r, e->params[0].name, "param") : -1;
+    *param_dtype = pi >= 0 ? zinc_ckpt_reader_tensor(r, pi)->dtype : (zinc_dtype)-1;
+    zinc_ckpt_reader_stats(r, n_files, NULL, NULL);
+    ZINC_TRY(meta_parse(mp, zinc_ckpt_reader_meta(r), *n_files, *param_dtype, &cm));
+    if (pi >= 0 && has_master != (cm.precision != ZINC_DTYPE_F32)) {
+        st = zinc_error(ZINC_ERR_CORRUPT, "%s: meta.precision: %s, but the checkpoint %s fp32 master weights", mp,
+                        zinc_dtype_name(cm.precision), has_master ? "has" : "lacks");
+        goto cleanup;
+    }
     int kinds[] = {K_MASTER, K_EXP_AVG, K_EXP_AVG_SQ};
     ZINC_TRY(make_tensors(e, b, !has_master));
     ZINC_TRY(make_pieces(e, b, 0, kinds, 3, load_ptr));
@@ -309,43 +444,41 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
 {
     zinc_status st = ZINC_OK;
     layout_buf b = {.e = e};
-    char *meta = NULL, tagbuf[ZINC_CKPT_TAG_MAX + 1];
-    json_t *m = NULL;
+    char *meta = NULL, tagbuf[ZINC_CKPT_TAG_MAX + 1], mp[1100] = "";
+    int n_files = 0;
+    zinc_dtype pdt = (zinc_dtype)-1;
+    ckpt_meta cm;
     /* local preparation; every rank agrees on it before the collective load */
-    ZINC_TRY(zinc_comm_agree(e->world, load_prepare(e, aio, save_dir, &tag, tagbuf, &b)));
+    ZINC_TRY(zinc_comm_agree(e->world, load_prepare(e, aio, save_dir, &tag, tagbuf, &b, mp, sizeof mp,
+                                                    &n_files, &pdt)));
     zinc_ckpt_layout lay = {b.t, b.n_t, b.p, b.n_p, swap_io, &b};
     ZINC_TRY(zinc_ckpt_load(e->world, aio, save_dir, tag, &lay, &meta));
+    /* the meta as loaded (rank 0 read the manifest again): checked again before use */
+    ZINC_TRY(zinc_comm_agree(e->world, meta_parse(mp, meta, n_files, pdt, &cm)));
     ZINC_TRY(zero_params_from_master(e));
 
-    json_error_t jerr;
-    m = meta ? json_loads(meta, 0, &jerr) : NULL;
-    if (!m) {
-        st = zinc_error(ZINC_ERR_CORRUPT, "%s/%s/manifest.json: meta does not parse", save_dir, tag);
-        goto cleanup;
+    e->step = cm.step;
+    e->opt_step = cm.opt_step;
+    e->samples = cm.samples;
+    /* the scaler continues only where one ran (an fp16 checkpoint) and this run's is dynamic:
+     * a static fp16.loss_scale is the config's to set */
+    if (e->cfg.fp16.enabled && e->scaler.dynamic && cm.precision == ZINC_DTYPE_F16) {
+        e->scaler.scale = cm.scale;
+        e->scaler.cur_hysteresis = (int)cm.cur_hysteresis;
+        e->scaler.last_overflow_iter = cm.last_overflow_iter;
+        e->scaler.cur_iter = cm.cur_iter;
     }
-    e->step = meta_int(m, "step", 0);
-    e->opt_step = meta_int(m, "optimizer_step", e->step);
-    e->samples = meta_int(m, "samples", 0);
-    json_t *sc = json_object_get(m, "loss_scaler");
-    if (sc && e->cfg.fp16.enabled) {
-        json_t *s = json_object_get(sc, "scale");
-        if (json_is_number(s)) e->scaler.scale = json_number_value(s);
-        e->scaler.cur_hysteresis = (int)meta_int(sc, "cur_hysteresis", e->scaler.cur_hysteresis);
-        e->scaler.last_overflow_iter = meta_int(sc, "last_overflow_iter", -1);
-        e->scaler.cur_iter = meta_int(sc, "cur_iter", 0);
-    }
-    json_t *topo = json_object_get(m, "topology");
-    json_t *data = json_object_get(m, "data");
-    if (data && meta_int(data, "seed", e->cfg.data.seed) != e->cfg.data.seed && e->dp_rank == 0)
+    if (cm.seed != e->cfg.data.seed && e->dp_rank == 0)
         ZINC_WARN("checkpoint %s was trained with data.seed %lld, this run uses %lld: the sample "
-                  "order changes", tag, (long long)meta_int(data, "seed", 0),
-                  (long long)e->cfg.data.seed);
+                  "order changes", tag, (long long)cm.seed, (long long)e->cfg.data.seed);
+    if (e->dp_rank == 0 && e->cfg.train.max_steps > 0 && cm.step > e->cfg.train.max_steps)
+        ZINC_WARN("checkpoint %s/%s is at step %lld, past train.max_steps %lld: no step is left to train",
+                  save_dir, tag, (long long)cm.step, (long long)e->cfg.train.max_steps);
     if (e->dp_rank == 0)
         ZINC_INFO("loaded checkpoint %s/%s (step %lld, saved at dp %lld stage %lld) into dp %d stage %d",
-                  save_dir, tag, (long long)e->step, (long long)meta_int(topo, "dp", 0),
-                  (long long)meta_int(topo, "zero_stage", 0), e->dp, e->stage);
+                  save_dir, tag, (long long)e->step, (long long)cm.dp, (long long)cm.zero_stage, e->dp,
+                  e->stage);
 cleanup:
-    json_decref(m);
     free(meta);
     layout_free(&b);
     return st;
@@ -360,7 +493,13 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
     zinc_status st = ZINC_OK;
     zinc_st_file *f = NULL;
     float *buf = NULL, *full = NULL;
-    ZINC_TRY(zinc_st_open(path, &f));
+    st = zinc_st_open(path, &f);
+    if (st != ZINC_OK) {
+        char err[1024];
+        snprintf(err, sizeof err, "%s", zinc_last_error());
+        st = zinc_error(st, "model.init_from: %s", err);
+        goto cleanup;
+    }
     for (int l = 0; l < e->n_layers; l++) {
         engine_unit *u = &e->units[l];
         if (u->numel == 0) continue;
@@ -381,12 +520,31 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
                 goto cleanup;
             }
             const zinc_st_entry *t = zinc_st_entry_at(f, (size_t)ti);
-            /* same rank; dim 0 may differ for the embeddings (vocab padding, positions) */
+            if (t->dtype != ZINC_DTYPE_F32 && t->dtype != ZINC_DTYPE_BF16 && t->dtype != ZINC_DTYPE_F16 &&
+                t->dtype != ZINC_DTYPE_F64) {
+                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s has dtype %s; weights must be floating point "
+                                "(F32, BF16, F16 or F64)", path, t->name, zinc_st_dtype_name(t->dtype));
+                goto cleanup;
+            }
+            /* same rank; dim 0 may differ for the embeddings: fewer token rows only by the
+             * padding of vocab_size to a multiple of 128 (50257 -> 50304), never below the
+             * 256 byte tokens; more position rows than block_size */
+            int is_wte = !strcmp(p->name, "wte.weight"), is_wpe = !strcmp(p->name, "wpe.weight");
+            int64_t min_rows = p->ndim > 0 ? p->shape[0] - 127 : 0;
+            if (p->ndim > 0 && min_rows < (p->shape[0] < 256 ? p->shape[0] : 256))
+                min_rows = p->shape[0] < 256 ? p->shape[0] : 256;
             int ok = t->ndim == p->ndim;
             for (int d = 0; ok && d < p->ndim; d++)
                 ok = t->shape[d] == p->shape[d] ||
-                     (d == 0 && !strcmp(p->name, "wte.weight") && t->shape[0] <= p->shape[0]) ||
-                     (d == 0 && !strcmp(p->name, "wpe.weight") && t->shape[0] >= p->shape[0]);
+                     (d == 0 && is_wte && t->shape[0] <= p->shape[0] && t->shape[0] >= min_rows) ||
+                     (d == 0 && is_wpe && t->shape[0] >= p->shape[0]);
+            if (!ok && is_wte && t->ndim == p->ndim && t->ndim == 2 && t->shape[1] == p->shape[1]) {
+                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s has %lld rows; model.vocab_size %lld takes "
+                                "%lld..%lld (fewer only by padding to a multiple of 128)", path, t->name,
+                                (long long)t->shape[0], (long long)p->shape[0], (long long)min_rows,
+                                (long long)p->shape[0]);
+                goto cleanup;
+            }
             if (!ok) {
                 st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s has shape [%lld, %lld], the model "
                                 "needs [%lld, %lld]", path, t->name, (long long)t->shape[0],
@@ -394,15 +552,23 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
                                 (long long)(p->ndim > 1 ? p->shape[1] : 1));
                 goto cleanup;
             }
-            int64_t tn = 1;
+            /* zinc_st_open checked that the shape's bytes fit; the f32 copy is checked here */
+            int64_t tn = 1, tb;
             for (int d = 0; d < t->ndim; d++) tn *= t->shape[d];
             free(buf);
-            buf = malloc((size_t)tn * sizeof(float));
+            buf = __builtin_mul_overflow(tn, (int64_t)sizeof(float), &tb) ? NULL : malloc((size_t)tb + 1);
             if (!buf) {
                 st = zinc_error(ZINC_ERR_NOMEM, "init_from: %s", t->name);
                 goto cleanup;
             }
             ZINC_TRY(zinc_st_read_f32(f, (size_t)ti, buf));
+            for (int64_t k = 0; k < tn; k++)
+                if (!isfinite(buf[k])) {
+                    st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: element %lld is %s (as f32); weights must "
+                                    "be finite", path, t->name, (long long)k,
+                                    isnan(buf[k]) ? "NaN" : buf[k] > 0 ? "+Inf" : "-Inf");
+                    goto cleanup;
+                }
             int64_t n = tn < p->numel ? tn : p->numel;
             memcpy(full + p->uoff, buf, (size_t)n * sizeof(float));
         }
