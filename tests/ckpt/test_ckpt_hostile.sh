@@ -69,7 +69,7 @@ shard=$(make_shard)
 cfg=$(tiny_config "$shard")
 st_write "$TMP/huge.safetensors" '{"wte.weight":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}' 0
 expect 2 "huge.safetensors: tensor wte.weight" "$T" "$cfg" --set model.init_from="$TMP/huge.safetensors" --eval-loss
-echo "ok: overflowing shapes refused"
+echo "ok: overflowing shapes refused (an unused one in a safetensors file: part 5)"
 
 # ---- 2. named pipes in place of the files a checkpoint names ----------------------------
 P=$TMP/pipes
@@ -177,6 +177,9 @@ hdr += b" " * (-len(hdr) % 8)
 open(sys.argv[2], "wb").write(struct.pack("<Q", len(hdr)) + hdr + bytes(data))
 PY
 }
+# a tensor the model does not use, whose shape wraps to 0 bytes: the file is invalid
+st_edit "$TMP/extra.safetensors" 'h["extra.weight"] = {"dtype": "F32", "shape": [2**32, 2**32], "data_offsets": [len(data), len(data)]}'
+expect 2 "extra.safetensors: tensor extra.weight" "$T" "$cfg" --set model.init_from="$TMP/extra.safetensors" --eval-loss
 st_edit "$TMP/rows0.safetensors" 'retensor("wte.weight", "F32", [0, 32], b"")'
 expect 2 "rows0.safetensors: tensor wte.weight" "$T" "$cfg" --set model.init_from="$TMP/rows0.safetensors" --eval-loss
 st_edit "$TMP/rows1.safetensors" 'retensor("wte.weight", "F32", [1, 32], b"\0" * 128)'
