@@ -35,7 +35,10 @@
  * and every rank returns that.
  *
  * The manifest is written by hand (one chunk per line, meta last, verbatim) and parsed
- * with jansson; the meta text is recovered verbatim from its known position.
+ * with jansson; the meta text is recovered verbatim from its known position. Every size
+ * derived from a stored shape is a checked product, and every file a checkpoint names
+ * (latest, index, manifest.json, rank files) is opened through zinc_open_regular first.
+ * Directories a save creates carry a marker file; only marked ones are ever removed.
  */
 #include <assert.h>
 #include <dirent.h>

@@ -5,8 +5,10 @@
  * source in pieces of at most 16 MiB and appended with write(); path.tmp is fsynced and
  * renamed over path at the end, so a crash never leaves a half file under the real name.
  *
- * Reader: reads the header only, validates every entry (dtype, shape, offsets within the
- * data, byte size matching the shape, no overlap after sorting by begin) and keeps the
+ * Reader: opens the file with zinc_open_regular (a named pipe is refused, never waited on),
+ * reads the header only, validates every entry (dtype, shape with checked products, offsets
+ * within the data, byte size matching the shape) and the data section as a whole (sorted by
+ * begin, the tensors tile it: no overlap, no hole, nothing after the last), and keeps the
  * entries; tensor data is read with pread on demand.
  */
 #include <errno.h>

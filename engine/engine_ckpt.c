@@ -11,6 +11,9 @@
  * storage-dtype params from them and gathers them where they are whole.
  * State offloaded to NVMe streams between checkpoint and swap files through
  * the layout's io callback, a few MiB at a time, never whole in memory.
+ * The meta (step counters, topology, loss scaler) is checked field by field
+ * against itself and the checkpoint before a load uses any of it, and
+ * init_from takes only finite floating-point weights of the model's shapes.
  */
 #include <math.h>
 #include <stdio.h>
