@@ -290,6 +290,9 @@ static zinc_status write_file_atomic(zinc_aio *aio, const char *dir, const char 
     snprintf(tname, sizeof tname, "%s.tmp", name);
     ZINC_TRY(path_join(tmp, dir, tname));
     ZINC_TRY(path_join(dst, dir, name));
+    /* a leftover name.tmp is ours to replace; a named pipe there would block the open */
+    if (unlink(tmp) != 0 && errno != ENOENT)
+        return zinc_error(ZINC_ERR_IO, "%s: cannot remove: %s", tmp, strerror(errno));
     ZINC_TRY(zinc_aio_open(aio, tmp, ZINC_AIO_WRITE | ZINC_AIO_CREATE | ZINC_AIO_TRUNC | ZINC_AIO_BUFFERED, &f));
     if (n) ZINC_TRY(zinc_aio_pwrite(f, data, n, 0));
     ZINC_TRY(zinc_aio_fsync(f));

@@ -148,7 +148,12 @@ zinc_status zinc_st_write(const char *path, const zinc_st_entry *t, size_t n, zi
         st = zinc_error(ZINC_ERR_NOMEM, "%s: no memory for a %zu-byte buffer", path, bl);
         goto cleanup;
     }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* a leftover path.tmp is ours to replace; a named pipe there would block the open */
+    if (unlink(tmp) != 0 && errno != ENOENT) {
+        st = zinc_error(ZINC_ERR_IO, "%s: cannot remove: %s", tmp, strerror(errno));
+        goto cleanup;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
         st = zinc_error(ZINC_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
         goto cleanup;

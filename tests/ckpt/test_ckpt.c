@@ -781,6 +781,30 @@ static void test_hostile_fifos(void)
     CU_ASSERT_FATAL(unlink(p) == 0 && mkfifo(p, 0600) == 0);
     CU_ASSERT_EQUAL(zinc_ckpt_resolve_latest(sd, tag, sizeof tag), ZINC_ERR_IO);
     CU_ASSERT(err_has("latest: checkpoint latest is a named pipe"));
+    /* writers: a named pipe where a temporary file goes is replaced, not opened */
+    char p2[720];
+    snprintf(p, sizeof p, "%s/out.safetensors", sd);
+    snprintf(p2, sizeof p2, "%s.tmp", p);
+    CU_ASSERT_FATAL(mkfifo(p2, 0600) == 0);
+    zinc_st_entry e = {"w", ZINC_DTYPE_F32, 1, {3}, 0, 0};
+    CU_ASSERT_EQUAL(zinc_st_write(p, &e, 1, st_src, &e, NULL, 0), ZINC_OK);
+    CU_ASSERT(file_exists(p) && !file_exists(p2));
+}
+
+/* A save with named pipes as save_dir/latest.tmp and index.tmp: replaced, not waited on. */
+static void test_fifo_tmp_files(void)
+{
+    char sd[512], p[700];
+    subdir(sd, sizeof sd, "fifo-tmp");
+    CU_ASSERT_FATAL(all_true(save_step(sd, "s1", 1, NULL, 0)));
+    if (g_rank == 0) {
+        snprintf(p, sizeof p, "%s/latest.tmp", sd);
+        CU_ASSERT(mkfifo(p, 0600) == 0);
+        snprintf(p, sizeof p, "%s/index.tmp", sd);
+        CU_ASSERT(mkfifo(p, 0600) == 0);
+    }
+    CU_ASSERT(all_true(save_step(sd, "s2", 2, NULL, 0)));
+    if (g_rank == 0) CU_ASSERT_EQUAL(zinc_ckpt_verify(g_aio, sd, NULL, NULL), ZINC_OK);
 }
 
 static void write_file_in(const char *dir, const char *name, const char *text)
@@ -1220,6 +1244,7 @@ int main(int argc, char **argv)
     CU_add_test(s, "hostile_manifest", test_hostile_manifest);
     CU_add_test(s, "hostile_layout", test_hostile_layout);
     CU_add_test(s, "hostile_fifos", test_hostile_fifos);
+    CU_add_test(s, "fifo_tmp_files", test_fifo_tmp_files);
     CU_add_test(s, "foreign_dirs", test_foreign_dirs);
     CU_basic_set_mode(g_rank == 0 ? CU_BRM_VERBOSE : CU_BRM_SILENT);
     CU_basic_run_tests();
