@@ -63,7 +63,9 @@ typedef enum key_type {
     T_ENUM,    /* int-sized enum field, values named by ->enums */
     T_PATHS,   /* string or array of strings: char[ZINC_MAX_PATHS][512] + int count */
     T_SECTION, /* object, keys in ->sub */
-    T_ANY,     /* any JSON value, accepted and ignored */
+    T_ANY,     /* any JSON value, accepted without effect (->text: why) */
+    T_FEATURE, /* a DeepSpeed feature section zinc lacks: "enabled": true (or, for a
+                * section without "enabled", any content) is an error, else no effect */
     T_ALIAS,   /* another name of ->text in the same table */
     T_REJECT,  /* always an error, ->text says what to use */
     T_HOOK,    /* custom handler */
@@ -81,6 +83,11 @@ enum {
     F_BATCH = 1u << 8,      /* one of the batch triple */
     F_ONLY_FALSE = 1u << 9, /* bool that zinc supports only as false (->text says why) */
     F_ONLY_TRUE = 1u << 10, /* bool that zinc supports only as true */
+    F_NOTYET = 1u << 11,    /* changes what is computed or how memory is used: any value
+                             * but ->def is "not supported yet" (->text says why) */
+    F_FINISH = 1u << 13,    /* not stored; finish() checks it against the run (effect: applied) */
+    F_UNUSED = 1u << 12,    /* stored, but nothing reads it yet: a value other than the
+                             * default has no effect (->text says what zinc does) */
 };
 
 /* slots of ctx->autos: which keys were given as "auto" */
@@ -124,6 +131,12 @@ struct cfg_ctx {
     const char *const *ovr; /* "a.b=v" strings, for naming --set as the origin */
     int n_ovr;
     unsigned autos;         /* 1 << A_* */
+    char noeff[1024];       /* keys given without effect, for one warning line */
+    size_t noeff_n;
+    int noeff_more;         /* more than fit */
+    char *eff;              /* "path = value: effect" lines (zinc_config_load_effects) */
+    size_t eff_n, eff_cap;
+    int want_eff;
 };
 
 #define NOF ((size_t)-1)
@@ -172,6 +185,18 @@ struct cfg_ctx {
 #define XN(n, l, h, fl) {.name = n, .type = T_NUM, .off = NOF, .lo = l, .hi = h, .flags = (fl) | F_NULL_OK}
 #define XS(n, al, fl) {.name = n, .type = T_STR, .off = NOF, .allowed = al, .flags = (fl) | F_NULL_OK}
 #define XANY(n) {.name = n, .type = T_ANY, .off = NOF}
+/* the same with the reason shown by --check */
+#define XBW(n, why) {.name = n, .type = T_BOOL, .off = NOF, .flags = F_NULL_OK, .text = why}
+#define XIW(n, l, h, why) {.name = n, .type = T_INT, .off = NOF, .lo = l, .hi = h, .flags = F_NULL_OK, .text = why}
+#define XSW(n, why) {.name = n, .type = T_STR, .off = NOF, .flags = F_NULL_OK, .text = why}
+#define XANYW(n, why) {.name = n, .type = T_ANY, .off = NOF, .text = why}
+/* keys whose other values zinc cannot compute yet: an error, never a silent fallback */
+#define NYB(n, why) {.name = n, .type = T_BOOL, .off = NOF, .def = 0, .flags = F_NOTYET | F_NULL_OK, .text = why}
+#define NYI(n, l, h, only, why) \
+    {.name = n, .type = T_INT, .off = NOF, .lo = l, .hi = h, .def = only, .flags = F_NOTYET | F_NULL_OK, .text = why}
+#define NYN(n, l, h, only, why) \
+    {.name = n, .type = T_NUM, .off = NOF, .lo = l, .hi = h, .def = only, .flags = F_NOTYET | F_NULL_OK, .text = why}
+#define FEATURE(n, why) {.name = n, .type = T_FEATURE, .off = NOF, .text = why}
 #define ALIAS(n, to, fl) {.name = n, .type = T_ALIAS, .off = NOF, .text = to, .flags = fl}
 #define REJECT(n, why) {.name = n, .type = T_REJECT, .off = NOF, .text = why}
 #define END {.name = NULL}
@@ -216,7 +241,7 @@ static const keydesc optimizer_params_keys[] = {
      .text = "zinc's Adam always applies bias correction"},
     {.name = "amsgrad", .type = T_BOOL, .off = NOF, .flags = F_ONLY_FALSE,
      .text = "zinc's Adam has no AMSGrad variant"},
-    XB("torch_adam"),
+    XBW("torch_adam", "zinc runs its own Adam kernels"),
     REJECT("max_grad_norm", "not supported in optimizer params, use gradient_clipping (top level)"),
     END};
 
@@ -256,40 +281,47 @@ static const keydesc fp16_keys[] = {
     KI("loss_scale_window", fp16.loss_scale_window, 1, STEPS_MAX, 1000),
     KI("hysteresis", fp16.hysteresis, 1, 1e6, 2),
     KN("min_loss_scale", fp16.min_loss_scale, 0, INF, 1, F_LO_OPEN),
-    XB("auto_cast"),
-    XB("consecutive_hysteresis"),
-    XB("fp16_master_weights_and_grads"),
+    NYB("auto_cast", "zinc casts no model inputs to fp16"),
+    NYB("consecutive_hysteresis", "zinc's loss scaler counts hysteresis over all overflows"),
+    NYB("fp16_master_weights_and_grads", "zinc keeps fp32 master weights and gradients"),
     END};
 
 static const keydesc bf16_keys[] = {
     KBA("enabled", bf16.enabled, 0, F_AUTO, A_BF16),
-    XB("immediate_grad_update"),
+    NYB("immediate_grad_update", "zinc accumulates gradients over the step before the update"),
     END};
 
 static const keydesc offload_optimizer_keys[] = {
     KE("device", zero.offload_optimizer.device, ZINC_OFFLOAD_NONE, offload_devices, F_NULL_OK),
     KS("nvme_path", zero.offload_optimizer.nvme_path, "", NULL),
-    KB("pin_memory", zero.offload_optimizer.pin_memory, 1),
-    KI("buffer_count", zero.offload_optimizer.buffer_count, 1, BUFFERS_MAX, 4),
+    {.name = "pin_memory", .type = T_BOOL, .off = OFF(zero.offload_optimizer.pin_memory), .def = 1,
+     .flags = F_UNUSED, .text = "zinc pins host buffers where the device benefits"},
+    {.name = "buffer_count", .type = T_INT, .off = OFF(zero.offload_optimizer.buffer_count), .lo = 1,
+     .hi = BUFFERS_MAX, .def = 4, .flags = F_UNUSED, .text = "zinc sizes its NVMe swap buffers itself"},
     KB("pipeline_read", zero.offload_optimizer.pipeline_read, 0),
     KB("pipeline_write", zero.offload_optimizer.pipeline_write, 0),
-    XB("fast_init"),
-    XN("ratio", 0, 1, 0),
-    XB("pipeline"),
+    XBW("fast_init", "zinc creates swap files without a separate fast path"),
+    NYN("ratio", 0, 1, 1, "all optimizer state is offloaded; partial offload is not implemented"),
+    XBW("pipeline", "use pipeline_read / pipeline_write"),
     END};
 
 static const keydesc offload_param_keys[] = {
     KE("device", zero.offload_param.device, ZINC_OFFLOAD_NONE, offload_devices, F_NULL_OK),
     KS("nvme_path", zero.offload_param.nvme_path, "", NULL),
-    KB("pin_memory", zero.offload_param.pin_memory, 1),
-    KI("buffer_count", zero.offload_param.buffer_count, 1, BUFFERS_MAX, 5),
-    KI("buffer_size", zero.offload_param.buffer_size, 1, ELEMS_MAX, 1e8),
-    KI("max_in_cpu", zero.offload_param.max_in_cpu, 0, ELEMS_MAX, 1e9),
+    {.name = "pin_memory", .type = T_BOOL, .off = OFF(zero.offload_param.pin_memory), .def = 1,
+     .flags = F_UNUSED, .text = "zinc pins host buffers where the device benefits"},
+    {.name = "buffer_count", .type = T_INT, .off = OFF(zero.offload_param.buffer_count), .lo = 1,
+     .hi = BUFFERS_MAX, .def = 5, .flags = F_UNUSED, .text = "zinc stages one unit at a time"},
+    {.name = "buffer_size", .type = T_INT, .off = OFF(zero.offload_param.buffer_size), .lo = 1,
+     .hi = ELEMS_MAX, .def = 1e8, .flags = F_UNUSED, .text = "zinc stages one unit at a time"},
+    {.name = "max_in_cpu", .type = T_INT, .off = OFF(zero.offload_param.max_in_cpu), .lo = 0,
+     .hi = ELEMS_MAX, .def = 1e9, .flags = F_UNUSED, .text = "zinc keeps no parameter cache in host memory"},
     END};
 
 static const keydesc zero_keys[] = {
     {.name = "stage", .type = T_INT32, .off = OFF(zero.stage), .lo = 0, .hi = 3, .def = 0},
-    KB("contiguous_gradients", zero.contiguous_gradients, 1),
+    {.name = "contiguous_gradients", .type = T_BOOL, .off = OFF(zero.contiguous_gradients), .def = 1,
+     .flags = F_UNUSED, .text = "zinc's gradients are always contiguous flat units"},
     KB("overlap_comm", zero.overlap_comm, 0), /* true at stage 3 unless given: finish() */
     KB("reduce_scatter", zero.reduce_scatter, 1),
     KIA("reduce_bucket_size", zero.reduce_bucket_size, 1, ELEMS_MAX, 5e8, F_AUTO, A_RBS),
@@ -302,7 +334,8 @@ static const keydesc zero_keys[] = {
     KIA("stage3_max_reuse_distance", zero.stage3_max_reuse_distance, 0, ELEMS_MAX, 1e9, F_STAGE3, A_NONE),
     KI("sub_group_size", zero.sub_group_size, 1, ELEMS_MAX, 1e9),
     {.name = "stage3_gather_16bit_weights_on_model_save", .type = T_BOOL,
-     .off = OFF(zero.stage3_gather_16bit_weights_on_model_save), .def = 0, .flags = F_STAGE3},
+     .off = OFF(zero.stage3_gather_16bit_weights_on_model_save), .def = 0, .flags = F_STAGE3 | F_UNUSED,
+     .text = "zinc-ckpt export writes whole weights from any checkpoint"},
     KSEC("offload_optimizer", offload_optimizer_keys),
     KSEC("offload_param", offload_param_keys),
     /* DeepSpeed's pydantic field names of the stage3_* keys */
@@ -321,29 +354,29 @@ static const keydesc zero_keys[] = {
     {.name = "cpu_offload_use_pin_memory", .type = T_BOOL, .off = NOF, .flags = F_DEPRECATED,
      .text = "no effect; use offload_optimizer.pin_memory / offload_param.pin_memory"},
     /* DeepSpeed keys zinc accepts but does not use */
-    XB("allgather_partitions"),
-    XB("round_robin_gradients"),
-    XB("load_from_fp32_weights"),
-    XB("ignore_unused_parameters"),
-    XB("elastic_checkpoint"),
-    XB("legacy_stage1"),
-    XI("zero_hpz_partition_size", 1, INF),
-    XB("zero_quantized_weights"),
-    XB("zero_quantized_nontrainable_weights"),
-    XB("zero_quantized_gradients"),
-    XI("mics_shard_size", -1, INF),
-    XB("mics_hierarchical_params_gather"),
-    XB("memory_efficient_linear"),
-    XB("pipeline_loading_checkpoint"),
-    XB("override_module_apply"),
-    XB("use_multi_rank_bucket_allreduce"),
-    XI("model_persistence_threshold", 0, INF),
-    XI("stage3_model_persistence_threshold", 0, INF),
-    XI("module_granularity_threshold", 0, INF),
-    XB("use_all_reduce_for_fetch_params"),
-    XB("stage3_use_all_reduce_for_fetch_params"),
-    XB("log_trace_cache_warnings"),
-    XANY("zeropp_loco_param"),
+    XBW("allgather_partitions", "zinc always all-gathers updated partitions"),
+    XBW("round_robin_gradients", "zinc reduces gradients per layer unit"),
+    XBW("load_from_fp32_weights", "zinc always restores fp32 master weights"),
+    XBW("ignore_unused_parameters", "every zinc parameter takes part in each step"),
+    XBW("elastic_checkpoint", "zinc checkpoints always reshard"),
+    XBW("legacy_stage1", "zinc has one stage 1"),
+    NYI("zero_hpz_partition_size", 1, INF, 1, "ZeRO++ hierarchical partitioning is not implemented"),
+    NYB("zero_quantized_weights", "ZeRO++ quantized weights are not implemented"),
+    NYB("zero_quantized_nontrainable_weights", "ZeRO++ quantized weights are not implemented"),
+    NYB("zero_quantized_gradients", "ZeRO++ quantized gradients are not implemented"),
+    NYI("mics_shard_size", -1, INF, -1, "MiCS sharding is not implemented"),
+    XBW("mics_hierarchical_params_gather", "MiCS is not implemented"),
+    XBW("memory_efficient_linear", "zinc's linear layers keep no extra copies"),
+    XBW("pipeline_loading_checkpoint", "zinc loads checkpoints shard by shard"),
+    XBW("override_module_apply", "zinc has no module hooks"),
+    XBW("use_multi_rank_bucket_allreduce", "zinc reduces per layer unit"),
+    XIW("model_persistence_threshold", 0, INF, "zinc has no model-parallel persistence"),
+    XIW("stage3_model_persistence_threshold", 0, INF, "zinc has no model-parallel persistence"),
+    XIW("module_granularity_threshold", 0, INF, "zinc's units are its layers"),
+    XBW("use_all_reduce_for_fetch_params", "zinc all-gathers parameters"),
+    XBW("stage3_use_all_reduce_for_fetch_params", "zinc all-gathers parameters"),
+    XBW("log_trace_cache_warnings", "zinc has no trace cache"),
+    FEATURE("zeropp_loco_param", "ZeRO++ LoCo is not implemented"),
     END};
 
 static const keydesc aio_keys[] = {
@@ -353,7 +386,7 @@ static const keydesc aio_keys[] = {
     KB("single_submit", aio.single_submit, 0),
     KB("overlap_events", aio.overlap_events, 1),
     ALIAS("thread_count", "intra_op_parallelism", F_DEPRECATED),
-    XB("use_gds"),
+    NYB("use_gds", "GPUDirect Storage is not implemented; zinc stages NVMe I/O through host memory"),
     END};
 
 static const keydesc model_keys[] = {
@@ -388,30 +421,61 @@ static const keydesc train_keys[] = {
     KI("threads", train.threads, 0, THREADS_MAX, 0),
     END};
 
+/* zinc's activation memory is set by model.recompute */
+#define AC_WHY "zinc's activation checkpointing is model.recompute"
 static const keydesc activation_checkpointing_keys[] = {
-    XB("partition_activations"),
-    XB("cpu_checkpointing"),
-    XB("contiguous_memory_optimization"),
-    XI("number_checkpoints", 1, INF),
-    XB("synchronize_checkpoint_boundary"),
-    XB("profile"),
+    NYB("partition_activations", "activations are not partitioned over model-parallel ranks; " AC_WHY),
+    NYB("cpu_checkpointing", "activations are not offloaded to host memory; " AC_WHY),
+    NYB("contiguous_memory_optimization", AC_WHY),
+    XIW("number_checkpoints", 1, INF, AC_WHY),
+    XBW("synchronize_checkpoint_boundary", AC_WHY),
+    XBW("profile", "zinc does not time checkpointed layers"),
     END};
 
 static const keydesc pipeline_keys[] = {
-    {.name = "stages", .type = T_INT, .off = NOF, .lo = 1, .hi = INF, .flags = F_AUTO | F_NULL_OK},
-    XS("partition", NULL, 0),
-    XB("seed_layers"),
-    XI("activation_checkpoint_interval", 0, INF),
-    XB("pipe_partitioned"),
-    XB("grad_partitioned"),
-    XB("use_reentrant"),
+    {.name = "stages", .type = T_INT, .off = NOF, .lo = 1, .hi = INF, .def = 1,
+     .flags = F_AUTO | F_NULL_OK | F_NOTYET, .text = "pipeline parallelism is not implemented"},
+    XSW("partition", "pipeline parallelism is not implemented"),
+    XBW("seed_layers", "pipeline parallelism is not implemented"),
+    NYI("activation_checkpoint_interval", 0, INF, 0, AC_WHY),
+    XBW("pipe_partitioned", "pipeline parallelism is not implemented"),
+    XBW("grad_partitioned", "pipeline parallelism is not implemented"),
+    XBW("use_reentrant", "zinc has no autograd"),
     END};
 
 static const keydesc checkpoint_keys[] = {
-    XS("tag_validation", tag_validations, F_NOCASE),
-    XB("load_universal"),
-    XB("use_node_local_storage"),
-    XANY("parallel_write"),
+    {.name = "tag_validation", .type = T_STR, .off = NOF, .allowed = tag_validations,
+     .flags = F_NOCASE | F_NULL_OK, .text = "zinc's manifest records and checks the tag on every rank"},
+    XBW("load_universal", "zinc checkpoints load at any layout"),
+    NYB("use_node_local_storage", "zinc writes every rank's shard under train.save_dir"),
+    XANYW("parallel_write", "every zinc rank writes its own shard in parallel"),
+    END};
+
+static const char *const fp32_names[] = {"fp32", "float32", "float", NULL};
+static const keydesc data_types_keys[] = {
+    {.name = "grad_accum_dtype", .type = T_STR, .off = NOF, .allowed = fp32_names,
+     .flags = F_NULL_OK | F_NOTYET | F_NOCASE, .text = "zinc accumulates gradients in fp32"},
+    END};
+
+/* DeepSpeed's tensor_parallel section: a TP size other than 1 is an error */
+#define TP_WHY "tensor parallelism is not implemented"
+static const keydesc tp_inner_keys[] = {
+    NYI("tp_size", 1, INF, 1, TP_WHY),
+    XANYW("tp_grain_size", TP_WHY),
+    XANYW("mpu", TP_WHY),
+    XANYW("tp_group", TP_WHY),
+    END};
+static const keydesc tensor_parallel_keys[] = {
+    NYI("autotp_size", 1, INF, 1, TP_WHY),
+    KSEC("tp", tp_inner_keys),
+    XANYW("tensor_parallel", TP_WHY),
+    XANYW("dtype", TP_WHY),
+    XANYW("keep_module_on_host", TP_WHY),
+    XANYW("replace_with_kernel_inject", TP_WHY),
+    XANYW("injection_policy", TP_WHY),
+    XANYW("injection_policy_tuple", TP_WHY),
+    XANYW("preset_model", TP_WHY),
+    XANYW("partition_config", TP_WHY),
     END};
 
 static const keydesc root_keys[] = {
@@ -440,46 +504,46 @@ static const keydesc root_keys[] = {
     KSEC("activation_checkpointing", activation_checkpointing_keys),
     KSEC("pipeline", pipeline_keys),
     KSEC("checkpoint", checkpoint_keys),
-    XB("prescale_gradients"),
-    XN("gradient_predivide_factor", 0, INF, F_LO_OPEN),
-    XB("zero_allow_untested_optimizer"),
-    XB("zero_force_ds_cpu_optimizer"),
-    XS("communication_data_type", NULL, 0),
-    XS("seq_parallel_communication_data_type", NULL, 0),
-    XB("memory_breakdown"),
-    XB("sparse_gradients"),
-    XB("dump_state"),
-    XI("seed", 0, INF),
-    XB("disable_allgather"),
-    XB("fp32_allreduce"),
-    XI("sequence_parallel_size", 1, INF),
-    XB("dataloader_drop_last"),
-    XB("use_data_before_expert_parallelism"),
-    XB("graph_harvesting"),
-    XANY("amp"),
-    XANY("elasticity"),
-    XANY("autotuning"),
-    XANY("data_types"),
-    XANY("tensorboard"),
-    XANY("wandb"),
-    XANY("csv_monitor"),
-    XANY("comet"),
-    XANY("flops_profiler"),
-    XANY("comms_logger"),
-    XANY("compression_training"),
-    XANY("data_efficiency"),
-    XANY("curriculum_learning"),
-    XANY("nebula"),
-    XANY("quantize_training"),
-    XANY("sparse_attention"),
-    XANY("hybrid_engine"),
-    XANY("weight_quantization"),
-    XANY("compile"),
-    XANY("timers"),
-    XANY("eigenvalue"),
-    XANY("progressive_layer_drop"),
-    XANY("tensor_parallel"),
-    XANY("torch_autocast"),
+    KSEC("tensor_parallel", tensor_parallel_keys),
+    NYB("prescale_gradients", "zinc averages gradients after reducing them"),
+    NYN("gradient_predivide_factor", 0, INF, 1, "zinc averages gradients after reducing them"),
+    XBW("zero_allow_untested_optimizer", "zinc runs its own Adam/AdamW"),
+    XBW("zero_force_ds_cpu_optimizer", "zinc runs its own host Adam"),
+    {.name = "communication_data_type", .type = T_STR, .off = NOF, .flags = F_NULL_OK | F_FINISH},
+    XSW("seq_parallel_communication_data_type", "sequence parallelism is not implemented"),
+    XBW("memory_breakdown", "zinc's step line always shows the memory in use"),
+    XBW("sparse_gradients", "zinc's embedding gradients are dense"),
+    XBW("dump_state", "zinc prints its resolved config with zinc-train --check"),
+    XIW("seed", 0, INF, "zinc seeds from model.seed (weights) and data.seed (sample order)"),
+    XBW("disable_allgather", "zinc always all-gathers updated partitions"),
+    {.name = "fp32_allreduce", .type = T_BOOL, .off = NOF, .flags = F_NULL_OK | F_FINISH},
+    NYI("sequence_parallel_size", 1, INF, 1, "sequence parallelism is not implemented"),
+    XBW("dataloader_drop_last", "zinc's loader draws whole batches"),
+    XBW("use_data_before_expert_parallelism", "zinc has no expert parallelism"),
+    XBW("graph_harvesting", "zinc captures no CUDA graphs"),
+    FEATURE("amp", "Apex AMP is not available; use fp16 or bf16"),
+    FEATURE("elasticity", "elastic training is not implemented"),
+    XANYW("autotuning", "zinc has no autotuner"),
+    KSEC("data_types", data_types_keys),
+    XANYW("tensorboard", "zinc writes no TensorBoard events yet; see train.metrics_file"),
+    XANYW("wandb", "zinc does not log to Weights & Biases; see train.metrics_file"),
+    XANYW("csv_monitor", "zinc writes no CSV monitor; see train.metrics_file"),
+    XANYW("comet", "zinc does not log to Comet; see train.metrics_file"),
+    XANYW("flops_profiler", "zinc's step line shows TFLOP/s"),
+    XANYW("comms_logger", "zinc's step line shows communication volume"),
+    FEATURE("compression_training", "compression training is not implemented"),
+    FEATURE("data_efficiency", "data efficiency sampling is not implemented"),
+    FEATURE("curriculum_learning", "curriculum learning is not implemented"),
+    XANYW("nebula", "zinc writes its own checkpoints"),
+    FEATURE("quantize_training", "quantized training is not implemented"),
+    FEATURE("sparse_attention", "sparse attention is not implemented"),
+    FEATURE("hybrid_engine", "the hybrid engine is not implemented"),
+    FEATURE("weight_quantization", "weight quantization is not implemented"),
+    XANYW("compile", "zinc is compiled C"),
+    XANYW("timers", "zinc's step line shows its timings"),
+    XANYW("eigenvalue", "zinc computes no Hessian eigenvalues"),
+    FEATURE("progressive_layer_drop", "progressive layer drop is not implemented"),
+    FEATURE("torch_autocast", "zinc casts by fp16/bf16, not autocast"),
     END};
 
 static int skip_scheduler(const zinc_config *c) { return c->scheduler.type == ZINC_SCHED_NONE; }
@@ -687,7 +751,8 @@ static void expected_text(const keydesc *k, char *buf, size_t cap)
         break;
     }
     case T_PATHS: snprintf(buf, cap, "a string or an array of at most %d strings", ZINC_MAX_PATHS); break;
-    case T_SECTION: snprintf(buf, cap, "an object"); break;
+    case T_SECTION:
+    case T_FEATURE: snprintf(buf, cap, "an object"); break;
     default: snprintf(buf, cap, "a valid value"); break;
     }
 }
@@ -837,14 +902,136 @@ static zinc_status store_string(const cfg_ctx *x, const char *path, const json_t
     return ZINC_OK;
 }
 
+/* ---------------------------------------------------------------- effects */
+
+/* Appends one "path = value: effect" line for zinc_config_load_effects. */
+static void note_effect(cfg_ctx *x, const char *path, const json_t *v, const char *effect)
+{
+    if (!x->want_eff) return;
+    char val[80];
+    char *js = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+    snprintf(val, sizeof val, "%s", js ? js : "?");
+    if (js && strlen(js) >= sizeof val) memcpy(val + sizeof val - 4, "...", 4);
+    free(js);
+    for (char *q = val; *q; q++)
+        if ((unsigned char)*q < 0x20) *q = '?'; /* one line per key */
+    size_t need = strlen(path) + strlen(val) + strlen(effect) + 8;
+    if (x->eff_n + need >= x->eff_cap) {
+        size_t cap = (x->eff_cap ? x->eff_cap * 2 : 4096) + need;
+        char *nb = realloc(x->eff, cap);
+        if (!nb) return;
+        x->eff = nb;
+        x->eff_cap = cap;
+    }
+    x->eff_n += (size_t)snprintf(x->eff + x->eff_n, x->eff_cap - x->eff_n, "%s = %s: %s\n", path, val,
+                                 effect);
+}
+
+/* A key given without effect: listed in the start-up warning and --check. */
+static void note_no_effect(cfg_ctx *x, const char *path, const json_t *v, const char *why)
+{
+    char e[400];
+    snprintf(e, sizeof e, "no effect (%s)", why ? why : "accepted for DeepSpeed compatibility");
+    note_effect(x, path, v, e);
+    size_t n = strlen(path) + 2;
+    if (x->noeff_n + n + 1 >= sizeof x->noeff) {
+        x->noeff_more++;
+        return;
+    }
+    x->noeff_n += (size_t)snprintf(x->noeff + x->noeff_n, sizeof x->noeff - x->noeff_n, "%s%s",
+                                   x->noeff_n ? ", " : "", path);
+}
+
+/* What a validated leaf key does, for the effect record. */
+static void effect_of(cfg_ctx *x, const keydesc *k, const char *path, const json_t *v)
+{
+    const zinc_config *c = x->c;
+    if (k->type == T_SECTION || k->type == T_REJECT) return;
+    if (json_is_null(v)) {
+        note_effect(x, path, v, "default");
+        return;
+    }
+    if (k->type == T_ANY || k->type == T_FEATURE) {
+        note_no_effect(x, path, v, k->text);
+        return;
+    }
+    if ((k->flags & F_STAGE3) && c->zero.stage < 3) {
+        char e[64];
+        snprintf(e, sizeof e, "no effect at stage %d (stage 3 only)", c->zero.stage);
+        note_effect(x, path, v, e);
+        return;
+    }
+    if ((k->flags & F_AUTO) && is_auto(v)) {
+        note_effect(x, path, v, "applied (\"auto\", resolved as shown)");
+        return;
+    }
+    if (k->flags & (F_NOTYET | F_ONLY_FALSE | F_ONLY_TRUE | F_FINISH)) {
+        note_effect(x, path, v, "applied (the only value zinc supports)");
+        return;
+    }
+    if (k->flags & F_UNUSED) {
+        const char *f = (const char *)c + k->off;
+        int differs = k->type == T_BOOL ? *(const int *)f != (int)k->def
+                                        : *(const int64_t *)f != (int64_t)k->def;
+        if (differs)
+            note_no_effect(x, path, v, k->text);
+        else
+            note_effect(x, path, v, "applied (zinc's behaviour)");
+        return;
+    }
+    if (k->off == NOF && k->type != T_HOOK) {
+        note_no_effect(x, path, v, k->text);
+        return;
+    }
+    note_effect(x, path, v, "applied");
+}
+
+/* A value zinc cannot compute yet: "2 is not supported yet; only 1 (why)". */
+static zinc_status not_yet(const cfg_ctx *x, const keydesc *k, const char *path, const json_t *v)
+{
+    char found[128], only[64];
+    describe(v, found, sizeof found);
+    if (k->type == T_BOOL)
+        snprintf(only, sizeof only, "%s", k->def ? "true" : "false");
+    else
+        fmt_double(k->def, only, sizeof only);
+    return cfg_err(x, path, "%s is not supported yet; only %s (%s)", found, only, k->text);
+}
+
+/* DeepSpeed feature sections zinc lacks (T_FEATURE). */
+static zinc_status walk_feature(cfg_ctx *x, const keydesc *k, json_t *v, const char *path)
+{
+    if (!json_is_object(v)) return type_err(x, k, path, v);
+    json_t *en = json_object_get(v, "enabled");
+    if (json_is_true(en)) {
+        char p[PATH_CAP + 16];
+        snprintf(p, sizeof p, "%s.enabled", path);
+        return cfg_err(x, p, "true is not supported yet (%s)", k->text);
+    }
+    if (!en && json_object_size(v) > 0)
+        return cfg_err(x, path, "not supported yet (%s); remove the section or set \"enabled\": false",
+                       k->text);
+    return ZINC_OK;
+}
+
 /* ---------------------------------------------------------------- the walk */
 
 static zinc_status walk_object(cfg_ctx *x, const keydesc *tab, json_t *obj, char *path, size_t plen,
                                int top);
+static zinc_status walk_value_store(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v, char *path,
+                                    size_t plen);
 
-/* Validates v against k and stores it into the config. */
+/* Validates v against k, stores it into the config and records its effect. */
 static zinc_status walk_value(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v, char *path,
                               size_t plen)
+{
+    zinc_status st = walk_value_store(x, k, obj, v, path, plen);
+    if (st == ZINC_OK) effect_of(x, k, path, v);
+    return st;
+}
+
+static zinc_status walk_value_store(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v, char *path,
+                                    size_t plen)
 {
     zinc_config *c = x->c;
     char *f = k->off == NOF ? NULL : (char *)c + k->off;
@@ -872,6 +1059,7 @@ static zinc_status walk_value(cfg_ctx *x, const keydesc *k, json_t *obj, json_t 
         int b = json_is_true(v);
         if (((k->flags & F_ONLY_FALSE) && b) || ((k->flags & F_ONLY_TRUE) && !b))
             return type_err(x, k, path, v);
+        if ((k->flags & F_NOTYET) && b != (int)k->def) return not_yet(x, k, path, v);
         if (f) *(int *)f = b;
         return ZINC_OK;
     }
@@ -879,12 +1067,14 @@ static zinc_status walk_value(cfg_ctx *x, const keydesc *k, json_t *obj, json_t 
     case T_INT32: {
         int64_t n;
         if (!json_to_int(v, &n) || !in_range(k, (double)n)) return type_err(x, k, path, v);
+        if ((k->flags & F_NOTYET) && n != (int64_t)k->def) return not_yet(x, k, path, v);
         if (f && k->type == T_INT) *(int64_t *)f = n;
         if (f && k->type == T_INT32) *(int *)f = (int)n;
         return ZINC_OK;
     }
     case T_NUM:
         if (!json_is_number(v) || !in_range(k, json_number_value(v))) return type_err(x, k, path, v);
+        if ((k->flags & F_NOTYET) && json_number_value(v) != k->def) return not_yet(x, k, path, v);
         if (f) *(double *)f = json_number_value(v);
         return ZINC_OK;
     case T_PAIR: {
@@ -945,6 +1135,7 @@ static zinc_status walk_value(cfg_ctx *x, const keydesc *k, json_t *obj, json_t 
         if (!json_is_object(v)) return type_err(x, k, path, v);
         return walk_object(x, k->sub, v, path, plen, 0);
     case T_ANY: return ZINC_OK;
+    case T_FEATURE: return walk_feature(x, k, v, path);
     case T_REJECT: return cfg_err(x, path, "%s", k->text);
     case T_HOOK: return k->hook(x, k, obj, v, path);
     case T_ALIAS: break;
@@ -969,6 +1160,7 @@ static zinc_status walk_object(cfg_ctx *x, const keydesc *tab, json_t *obj, char
         path_push(path, plen, key);
         if (top) {
             cfg_warn(x, path, "unknown top-level key, ignored%s", hint);
+            note_effect(x, path, v, "ignored (unknown top-level key)");
         } else {
             st = cfg_err(x, path, "unknown key%s", hint);
         }
@@ -1242,6 +1434,31 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
                            (long long)c->scheduler.warmup_num_steps);
     }
 
+    /* gradients are accumulated in fp32 and reduced in the working dtype */
+    const char *wdt = c->bf16.enabled ? "bf16" : c->fp16.enabled ? "fp16" : "fp32";
+    json_t *cdt = json_object_get(root, "communication_data_type");
+    if (json_is_string(cdt)) {
+        static const char *const names[3][4] = {{"fp32", "float32", "float", NULL},
+                                                {"fp16", "float16", "half", NULL},
+                                                {"bf16", "bfloat16", NULL, NULL}};
+        int w = c->bf16.enabled ? 2 : c->fp16.enabled ? 1 : 0, ok = 0;
+        for (int i = 0; names[w][i]; i++) ok |= !strcasecmp(json_string_value(cdt), names[w][i]);
+        if (!ok)
+            return cfg_err_also(x, "communication_data_type", "fp16.enabled,bf16.enabled",
+                                "\"%s\" is not supported yet; only \"%s\" (zinc reduces gradients in the "
+                                "working dtype)", json_string_value(cdt), wdt);
+    }
+    if (json_is_true(json_object_get(root, "fp32_allreduce")) && strcmp(wdt, "fp32"))
+        return cfg_err_also(x, "fp32_allreduce", "fp16.enabled,bf16.enabled",
+                            "true is not supported yet with %s (zinc reduces gradients in the working "
+                            "dtype)", wdt);
+    /* DeepSpeed's Adam with adam_w_mode false is Adam with L2 weight decay */
+    if (c->optimizer.type == ZINC_OPT_ADAM && !c->optimizer.adam_w_mode && c->optimizer.weight_decay > 0)
+        return cfg_err_also(x, "optimizer.params.adam_w_mode", "optimizer.params.weight_decay,optimizer.type",
+                            "false with weight_decay %g is not supported yet; only true (zinc decays "
+                            "weights decoupled, as AdamW; Adam's L2 weight decay is not implemented)",
+                            c->optimizer.weight_decay);
+
     /* precision */
     if (c->fp16.enabled && c->bf16.enabled)
         return cfg_err_also(x, "fp16", "fp16.enabled,bf16.enabled",
@@ -1328,14 +1545,14 @@ zinc_status zinc_config_check(const zinc_config *c)
 /* ---------------------------------------------------------------- load */
 
 static zinc_status load_tree(json_t *root, const char *origin, const char *const *ovr, int n_ovr,
-                             zinc_config *out)
+                             zinc_config *out, char **effects)
 {
     zinc_status st = ZINC_OK;
     char path[PATH_CAP] = "";
     zinc_config *c = malloc(sizeof *c);
     if (!c) return zinc_error(ZINC_ERR_NOMEM, "%s: out of memory", origin);
     zinc_config_defaults(c);
-    cfg_ctx x = {.origin = origin, .c = c, .ovr = ovr, .n_ovr = n_ovr};
+    cfg_ctx x = {.origin = origin, .c = c, .ovr = ovr, .n_ovr = n_ovr, .want_eff = effects != NULL};
 
     if (!json_is_object(root)) {
         char found[128];
@@ -1355,22 +1572,31 @@ static zinc_status load_tree(json_t *root, const char *origin, const char *const
     ZINC_TRY(normalize(root));
     ZINC_TRY(walk_object(&x, root_keys, root, path, 0, 1));
     ZINC_TRY(finish(&x, root));
+    /* one line for every key given that zinc accepts but does not act on */
+    if (x.noeff_n)
+        ZINC_WARN("%s: no effect in zinc (accepted for DeepSpeed compatibility; zinc-train --check "
+                  "says why): %s%s", origin, x.noeff, x.noeff_more ? ", ..." : "");
     snprintf(c->given.origin, sizeof c->given.origin, "%s", origin);
     *out = *c;
+    if (effects) {
+        *effects = x.eff ? x.eff : strdup("");
+        x.eff = NULL;
+    }
 cleanup:
+    free(x.eff);
     free(c);
     return st;
 }
 
 static zinc_status load_buffer(const char *text, size_t len, const char *origin,
-                               const char *const *ovr, int n_ovr, zinc_config *c)
+                               const char *const *ovr, int n_ovr, zinc_config *c, char **effects)
 {
     json_error_t e;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &e);
     if (!root)
         return zinc_error(ZINC_ERR_CONFIG, "%s:%d:%d: malformed JSON: %s", origin, e.line, e.column,
                           e.text);
-    zinc_status st = load_tree(root, origin, ovr, n_ovr, c);
+    zinc_status st = load_tree(root, origin, ovr, n_ovr, c, effects);
     json_decref(root);
     return st;
 }
@@ -1381,12 +1607,19 @@ zinc_status zinc_config_load_string(const char *json, const char *origin,
     if (!origin) origin = "<string>";
     if (!json || !c || n_overrides < 0 || (n_overrides && !overrides))
         return zinc_error(ZINC_ERR_INVALID_ARG, "%s: zinc_config_load_string: bad arguments", origin);
-    return load_buffer(json, strlen(json), origin, overrides, n_overrides, c);
+    return load_buffer(json, strlen(json), origin, overrides, n_overrides, c, NULL);
 }
 
 zinc_status zinc_config_load(const char *path, const char *const *overrides, int n_overrides,
                              zinc_config *c)
 {
+    return zinc_config_load_effects(path, overrides, n_overrides, c, NULL);
+}
+
+zinc_status zinc_config_load_effects(const char *path, const char *const *overrides, int n_overrides,
+                                     zinc_config *c, char **effects)
+{
+    if (effects) *effects = NULL;
     if (!path || !c || n_overrides < 0 || (n_overrides && !overrides))
         return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_config_load: bad arguments");
     FILE *f = fopen(path, "rb");
@@ -1412,7 +1645,7 @@ zinc_status zinc_config_load(const char *path, const char *const *overrides, int
         free(buf);
         return zinc_error(ZINC_ERR_IO, "%s: cannot open config: %s", path, strerror(err));
     }
-    zinc_status st = load_buffer(buf, len, path, overrides, n_overrides, c);
+    zinc_status st = load_buffer(buf, len, path, overrides, n_overrides, c, effects);
     free(buf);
     return st;
 }

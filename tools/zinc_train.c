@@ -306,7 +306,8 @@ int main(int argc, char **argv)
     zinc_log_level lvl = zinc_log_get_level();
     if (wr && atoi(wr) > 0) zinc_log_set_level(ZINC_LOG_ERROR);
     zinc_config cfg;
-    zinc_status st = zinc_config_load(cfg_path, overrides, n_over, &cfg);
+    char *effects = NULL; /* --check: what each key given does */
+    zinc_status st = zinc_config_load_effects(cfg_path, overrides, n_over, &cfg, check ? &effects : NULL);
     zinc_log_set_level(lvl);
     if (st != ZINC_OK) {
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
@@ -322,8 +323,15 @@ int main(int argc, char **argv)
         }
         char *s = zinc_config_dump(&cfg);
         if (!s) return 1;
-        printf("%s\n", s);
+        printf("%s\n", s); /* stdout stays the resolved config, loadable as is */
         free(s);
+        fprintf(stderr, "keys given and their effect:\n");
+        for (char *line = effects, *nl; line && *line; line = nl + 1) {
+            nl = strchr(line, '\n');
+            if (!nl) break;
+            fprintf(stderr, "  %.*s\n", (int)(nl - line), line);
+        }
+        free(effects);
         return 0;
     }
 

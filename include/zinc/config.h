@@ -184,6 +184,14 @@ void zinc_config_defaults(zinc_config *c);
 zinc_status zinc_config_load(const char *path, const char *const *overrides, int n_overrides,
                              zinc_config *c);
 
+/* zinc_config_load that also returns, in *effects (malloc'd; caller frees;
+ * NULL on failure), one line per key given in the file or an override:
+ * "path = value: effect", the effect being "applied", "default", "applied
+ * (\"auto\", ...)", "no effect (why)" or "no effect at stage N". Keys given
+ * without effect are also listed in one warning line at load. */
+zinc_status zinc_config_load_effects(const char *path, const char *const *overrides, int n_overrides,
+                                     zinc_config *c, char **effects);
+
 /* Same as zinc_config_load but from a JSON string; origin names it in errors. */
 zinc_status zinc_config_load_string(const char *json, const char *origin,
                                     const char *const *overrides, int n_overrides,

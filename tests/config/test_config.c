@@ -871,6 +871,91 @@ static void test_override_blame(void)
                          "t.json: model.n_embd: 192 is not divisible by model.n_head 5"));
 }
 
+/* ---------------------------------------------------------------- honest keys */
+
+/* Every key given either takes effect or is listed, once, as having none;
+ * zinc_config_load_effects says which for each. */
+static void test_honest_keys(void)
+{
+    zinc_config c;
+    char *eff = NULL;
+    const char *ovr[] = {"zero_optimization.stage3_max_live_parameters=1000", "wandb.enabled=false"};
+    capture_begin();
+    zinc_status st = zinc_config_load_effects(CASES "/valid/ds_extra_sections.json", ovr, 2, &c, &eff);
+    char *err = capture_end();
+    CU_ASSERT_EQUAL_FATAL(st, ZINC_OK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(eff);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(err);
+    /* one warning line lists the keys without effect */
+    const char *w = strstr(err, "no effect in zinc (accepted for DeepSpeed compatibility");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+    CU_ASSERT(strstr(w + 1, "no effect in zinc") == NULL);
+    const char *eol = strchr(w, '\n');
+    size_t wl = eol ? (size_t)(eol - w) : strlen(w);
+    static const char *const listed[] = {"seed", "zero_allow_untested_optimizer", "memory_breakdown",
+                                         "zero_optimization.load_from_fp32_weights", "tensorboard",
+                                         "activation_checkpointing.profile", "pipeline.partition",
+                                         "checkpoint.tag_validation", "wandb", "autotuning", NULL};
+    for (int i = 0; listed[i]; i++) {
+        char needle[128];
+        snprintf(needle, sizeof needle, " %s", listed[i]);
+        const char *hit = strstr(w, needle);
+        int ok = hit && (size_t)(hit - w) < wl;
+        if (!ok) printf("\n  not in the warning: %s\n  %.*s\n", listed[i], (int)wl, w);
+        CU_ASSERT(ok);
+    }
+    /* and each key given has its effect, with the reason */
+    static const char *const lines[] = {
+        "train_batch_size = 256: applied\n",
+        "tensorboard = {\"enabled\":true,\"output_path\":\"logs/\",\"job_name\":\"gpt\"}: no effect (zinc "
+        "writes no TensorBoard events yet; see train.metrics_file)\n",
+        "pipeline.stages = \"auto\": applied (\"auto\", resolved as shown)\n",
+        "activation_checkpointing.partition_activations = false: applied (the only value zinc supports)\n",
+        "data_types.grad_accum_dtype = \"fp32\": applied (the only value zinc supports)\n",
+        "zero_optimization.load_from_fp32_weights = true: no effect (zinc always restores fp32 master weights)\n",
+        "seed = 42: no effect (zinc seeds from model.seed (weights) and data.seed (sample order))\n",
+        "communication_data_type = null: default\n",
+        "zero_optimization.stage3_max_live_parameters = 1000: no effect at stage 1 (stage 3 only)\n",
+        "fp16.initial_scale_power = 12: applied\n",
+        NULL};
+    for (int i = 0; lines[i]; i++) {
+        int ok = strstr(eff, lines[i]) != NULL;
+        if (!ok) printf("\n  missing effect line: %s", lines[i]);
+        CU_ASSERT(ok);
+    }
+    free(eff);
+    free(err);
+
+    /* a dump loads back without a no-effect warning: it holds only what zinc uses */
+    char *d = zinc_config_dump(&c);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    zinc_config r;
+    capture_begin();
+    st = zinc_config_load_string(d, "dump", NULL, 0, &r);
+    err = capture_end();
+    CU_ASSERT_EQUAL(st, ZINC_OK);
+    CU_ASSERT(err && !strstr(err, "no effect in zinc")); /* (the stage 3 knob set above still warns) */
+    free(err);
+    free(d);
+
+    /* stored keys nothing reads yet: a value other than zinc's behaviour is listed */
+    capture_begin();
+    st = load_str("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 2, \"contiguous_gradients\": false,"
+                  " \"offload_optimizer\": {\"device\": \"cpu\", \"pin_memory\": true}}}", &r);
+    err = capture_end();
+    CU_ASSERT_EQUAL(st, ZINC_OK);
+    CU_ASSERT(err && strstr(err, "no effect in zinc") && strstr(err, "zero_optimization.contiguous_gradients") &&
+              !strstr(err, "pin_memory"));
+    free(err);
+    /* a config with only what zinc uses warns about nothing */
+    capture_begin();
+    st = load_str("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 1}}", &r);
+    err = capture_end();
+    CU_ASSERT_EQUAL(st, ZINC_OK);
+    CU_ASSERT(err && err[0] == '\0');
+    free(err);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS) return 1;
@@ -883,7 +968,8 @@ int main(void)
         !CU_add_test(s, "resolve re-run", test_resolve_rerun) || !CU_add_test(s, "dump", test_dump) ||
         !CU_add_test(s, "errors and warnings", test_errors_and_warnings) ||
         !CU_add_test(s, "integer bounds", test_int_bounds) ||
-        !CU_add_test(s, "override blame", test_override_blame)) {
+        !CU_add_test(s, "override blame", test_override_blame) ||
+        !CU_add_test(s, "honest keys", test_honest_keys)) {
         CU_cleanup_registry();
         return 1;
     }
