@@ -188,8 +188,19 @@ static zinc_status mkdir_p(const char *dir)
         }
     }
     struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return zinc_error(ZINC_ERR_IO, "%s: not a directory", dir);
+    if (stat(dir, &sb) != 0) return zinc_error(ZINC_ERR_IO, "%s: %s", dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return zinc_error(ZINC_ERR_IO, "%s is %s, not a directory", dir, zinc_file_kind((unsigned)sb.st_mode));
+    return ZINC_OK;
+}
+
+zinc_status zinc_ckpt_prepare_dir(const char *save_dir)
+{
+    if (!save_dir || !save_dir[0]) return zinc_error(ZINC_ERR_INVALID_ARG, "checkpoint: no save_dir");
+    zinc_status st = mkdir_p(save_dir);
+    if (st != ZINC_OK) return st;
+    if (access(save_dir, W_OK | X_OK) != 0)
+        return zinc_error(ZINC_ERR_IO, "%s: cannot write into it: %s", save_dir, strerror(errno));
     return ZINC_OK;
 }
 

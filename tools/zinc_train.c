@@ -9,7 +9,6 @@
  * all-reduce so the job ends cleanly with one message; errors during a step
  * abort the whole job (MPI_Abort) so no rank is left waiting.
  */
-#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <omp.h>
@@ -162,37 +161,12 @@ static int threads_per_rank(const zinc_config *c, zinc_comm *w)
 }
 
 /* train.save_dir is usable before the first step, not at the first save
- * after hours of training: a directory zinc can write into (created, with
- * its parents, when missing). */
+ * after hours of training. */
 static zinc_status check_save_dir(const char *dir)
 {
     if (!dir[0]) return ZINC_OK;
-    char p[600];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
-        return zinc_error(ZINC_ERR_CONFIG, "train.save_dir: path too long");
-    for (char *q = p + 1;; q++) { /* mkdir -p */
-        char ch = *q;
-        if (ch != '/' && ch != '\0') continue;
-        *q = '\0';
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
-            int err = errno;
-            struct stat sb;
-            /* an existing part that is a file: named below */
-            if (stat(p, &sb) != 0)
-                return zinc_error(ZINC_ERR_IO, "train.save_dir: cannot create %s: %s", p, strerror(err));
-        }
-        *q = ch;
-        if (ch == '\0') break;
-    }
-    struct stat sb;
-    if (stat(dir, &sb) != 0)
-        return zinc_error(ZINC_ERR_IO, "train.save_dir: %s: %s", dir, strerror(errno));
-    if (!S_ISDIR(sb.st_mode))
-        return zinc_error(ZINC_ERR_CONFIG, "train.save_dir: %s is %s, not a directory", dir,
-                          zinc_file_kind((unsigned)sb.st_mode));
-    if (access(dir, W_OK | X_OK) != 0)
-        return zinc_error(ZINC_ERR_IO, "train.save_dir: cannot write into %s: %s", dir, strerror(errno));
-    return ZINC_OK;
+    zinc_status st = zinc_ckpt_prepare_dir(dir);
+    return st == ZINC_OK ? st : zinc_error(st, "train.save_dir: %s", zinc_last_error());
 }
 
 /* Rank 0 tokenizes data.text into a temporary shard; returns its path in buf. */

@@ -114,6 +114,11 @@ void zinc_ckpt_set_progress(zinc_ckpt_progress_fn fn, void *u);
  * overlap between pieces names the tensor and the element range), ZINC_ERR_IO for a failed
  * write (naming the file), comm errors as returned. On failure the previous checkpoint and
  * latest are intact. */
+/* Makes save_dir (with its parents) a directory saves can write into, so a
+ * job learns before its first step, not at its first save, that it cannot
+ * checkpoint. ZINC_ERR_IO naming the path (a file there, no permission). */
+zinc_status zinc_ckpt_prepare_dir(const char *save_dir);
+
 zinc_status zinc_ckpt_save(zinc_comm *world, zinc_aio *aio, const char *save_dir, const char *tag,
                            const zinc_ckpt_layout *mine, const char *meta_json, int keep_last);
 

@@ -81,7 +81,7 @@ echo "ok: a killed tokenization leaves nothing behind"
 # 8. train.save_dir must be a writable directory before the first step
 touch "$TMP/afile"
 expect 2 "train.save_dir: .*afile is a regular file, not a directory" "$T" "$cfg" --set train.save_dir="$TMP/afile"
-expect 2 "train.save_dir: cannot create .*afile" "$T" "$cfg" --set train.save_dir="$TMP/afile/ckpt"
+expect 2 "train.save_dir: .*afile/ckpt: cannot create directory: Not a directory" "$T" "$cfg" --set train.save_dir="$TMP/afile/ckpt"
 timeout 60 "$T" "$cfg" --set train.save_dir="$TMP/new/deep/ckpt" --set train.max_steps=1 >/dev/null 2>&1 \
     || fail "a missing save_dir was not created"
 [ -d "$TMP/new/deep/ckpt" ] || fail "save_dir not created"
