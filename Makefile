@@ -72,7 +72,7 @@ $(LIB): $(LIB_OBJ) $(CUDA_OBJ)
 
 $(BUILD)/zinc-%: $(BUILD)/tools/zinc_%.o $(LIB)
 	$(CC) $^ -o $@ $(BLAS_SELECT) $(LDLIBS)
-$(BUILD)/zinc-run: $(BUILD)/launcher/zinc_run.o $(LIB)
+$(BUILD)/zinc-run: $(patsubst %.c,$(BUILD)/%.o,$(wildcard launcher/*.c)) $(LIB)
 	$(CC) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
