@@ -274,14 +274,33 @@ static void env_forwarded_names(run_vec *names)
 
 static volatile sig_atomic_t g_child = 0;
 
+static volatile sig_atomic_t g_stops = 0; /* stop signals passed on so far */
+
 /* Passes signals sent by other processes on to the job. Signals from the
  * terminal (si_code SI_KERNEL) reach the job through the process group
- * already; forwarding those too would make mpirun abort hard on the second. */
+ * already; forwarding those too would make mpirun abort hard on the second.
+ * A stop request (SIGTERM, SIGINT, SIGUSR1: a scheduler's preemption) goes on
+ * as SIGUSR1, which mpirun and srun pass to every rank, where it means "save
+ * and stop at the next step" (mpirun itself would kill the ranks on SIGTERM,
+ * losing the step); a second stop request goes on as SIGTERM, which ends the
+ * job at once. zinc-run returns only after the launcher has exited, and the
+ * launcher only after its ranks have. */
 static void forward_signal(int sig, siginfo_t *info, void *uctx)
 {
     (void)uctx;
     pid_t c = (pid_t)g_child;
-    if (c > 0 && (!info || info->si_code <= 0)) kill(c, sig);
+    if (c <= 0 || (info && info->si_code > 0)) return;
+    if (sig == SIGTERM || sig == SIGINT || sig == SIGUSR1) {
+        static const char m1[] = "zinc-run: stop requested: the ranks save at the next step "
+                                 "and exit (a second signal ends them now)\n";
+        static const char m2[] = "zinc-run: second stop request: ending the job now\n";
+        bool first = g_stops++ == 0;
+        ssize_t w = first ? write(2, m1, sizeof m1 - 1) : write(2, m2, sizeof m2 - 1);
+        (void)w;
+        kill(c, first ? SIGUSR1 : SIGTERM);
+        return;
+    }
+    kill(c, sig);
 }
 
 /* Runs argv in a child and returns its exit status (128+sig if killed). */

@@ -139,6 +139,57 @@ static void maybe_fault(int rank, int64_t step)
         for (;;) pause();
 }
 
+/* Preemption. SIGTERM, SIGINT and SIGUSR1 (what a scheduler sends before it
+ * kills a job; zinc-run turns its own SIGTERM into SIGUSR1, which mpirun
+ * passes to every rank) ask the job to stop: the handler only records the
+ * signal, the ranks agree on it at the next step boundary (one small
+ * all-reduce a step), save a checkpoint when train.save_dir is set and exit
+ * with 128 + the signal. A second signal exits at once (128 + it); a save it
+ * interrupts never reached `latest`, which is renamed into place last. */
+static volatile sig_atomic_t g_stop_sig = 0;
+
+static void stop_handler(int sig)
+{
+    if (g_stop_sig) {
+        static const char msg[] = "zinc-train: second signal: exiting now, latest checkpoint untouched\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+        _exit(128 + sig);
+    }
+    g_stop_sig = sig;
+}
+
+static void stop_handlers_install(void)
+{
+    static const int sigs[] = {SIGTERM, SIGINT, SIGUSR1};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = stop_handler;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &sa, NULL);
+}
+
+static const char *signal_name(int sig)
+{
+    switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGUSR1: return "SIGUSR1";
+    default: return "a signal";
+    }
+}
+
+/* Collective: the signal any rank has been sent (the largest number), or 0. */
+static int stop_agreed(zinc_comm *w)
+{
+    int32_t sig = (int32_t)g_stop_sig;
+    if (zinc_comm_size(w) > 1 &&
+        zinc_comm_all_reduce(w, &sig, &sig, 1, ZINC_DTYPE_I32, ZINC_REDOP_MAX, NULL) != ZINC_OK)
+        die(w, "agreeing on a stop signal failed");
+    return sig;
+}
+
 /* comm_backend: "auto" lets the comm layer choose NCCL when every local rank
  * of every node has a GPU of its own (NCCL refuses two ranks on one GPU) and
  * MPI, which stages device buffers through pinned host memory, otherwise;
@@ -319,6 +370,7 @@ int main(int argc, char **argv)
     if (size > 1) zinc_log_set_rank(rank);
     /* ZINC_COMM_TIMEOUT_S (read by the comm layer) wins over comm_timeout_s */
     if (!getenv("ZINC_COMM_TIMEOUT_S")) zinc_comm_set_timeout(world, cfg.comm_timeout_s);
+    stop_handlers_install();
 
     zinc_gpt2 *gpt = NULL;
     zinc_engine *eng = NULL;
@@ -410,7 +462,33 @@ int main(int argc, char **argv)
     double t_start = now_s(), tok_s_sum = 0.0, first_loss = 0.0, last_loss = 0.0;
     int64_t n_tok_s = 0;
     int64_t first_step = zinc_engine_step(eng) + 1;
+    int64_t last_saved = appending ? first_step - 1 : -1; /* a resumed step is saved */
     for (int64_t step = first_step; step <= cfg.train.max_steps; step++) {
+        int sig = stop_agreed(world);
+        if (sig) { /* stop before this step; step - 1 is the last one done */
+            int64_t done_step = step - 1;
+            char tag[64];
+            snprintf(tag, sizeof tag, "global_step%lld", (long long)done_step);
+            if (cfg.train.save_dir[0] && last_saved != done_step && done_step > 0) {
+                if (zinc_engine_save_checkpoint(eng, aio, cfg.train.save_dir, tag,
+                                                (int)cfg.train.keep_last) != ZINC_OK)
+                    die(world, "checkpoint save on a stop signal failed");
+                last_saved = done_step;
+            }
+            if (rank == 0) {
+                if (last_saved == done_step)
+                    fprintf(stderr, "zinc-train: stopped by %s after step %lld; checkpoint %s/%s "
+                                    "(resume with train.resume \"auto\")\n",
+                            signal_name(sig), (long long)done_step, cfg.train.save_dir, tag);
+                else
+                    fprintf(stderr, "zinc-train: stopped by %s after step %lld; no checkpoint "
+                                    "saved (%s)\n",
+                            signal_name(sig), (long long)done_step,
+                            cfg.train.save_dir[0] ? "no step done" : "train.save_dir is not set");
+            }
+            rc = 128 + sig;
+            goto done;
+        }
         maybe_fault(rank, step);
         zinc_step_stats s;
         if (zinc_engine_train_batch(eng, data, &s) != ZINC_OK) die(world, "training step failed");
@@ -427,6 +505,7 @@ int main(int argc, char **argv)
             if (zinc_engine_save_checkpoint(eng, aio, cfg.train.save_dir, tag,
                                             (int)cfg.train.keep_last) != ZINC_OK)
                 die(world, "checkpoint save failed");
+            last_saved = step;
             if (rank == 0)
                 ZINC_INFO("saved checkpoint %s/%s in %.2f s", cfg.train.save_dir, tag, now_s() - t);
         }
