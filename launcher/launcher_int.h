@@ -12,6 +12,8 @@
  * enough that counts and the --host list stay well inside an int. */
 #define RUN_MAX_RANKS 65536
 #define RUN_MAX_SLOTS 4096
+/* Most restarts --max-restarts allows. */
+#define RUN_MAX_RESTARTS 1000
 /* Longest hostfile line: a 253-byte host name, its slots and a comment. */
 #define HOSTFILE_MAX_LINE 4096
 /* Longest .zinc_env line: Linux refuses an argv string (-x KEY=VALUE) past

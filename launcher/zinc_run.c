@@ -2,8 +2,8 @@
  * mpirun (or Slurm's srun) and returns the job's exit status.
  *
  *   zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]
- *            [--launcher openmpi|slurm] [--allow-env-loader-vars] [--dry-run]
- *            [--] PROGRAM ARGS...
+ *            [--launcher openmpi|slurm] [--max-restarts N] [--allow-env-loader-vars]
+ *            [--dry-run] [--] PROGRAM ARGS...
  *
  * It only builds an argv: no host name, path, variable or argument is ever
  * seen by a shell. The argv is run in a child (fork + execvp + waitpid); the
@@ -77,7 +77,13 @@
  * Limits: at most 65536 ranks (-n, and the hostfile's slots added up) and
  * 4096 slots per host.
  *
- * Exit status: the job's; 2 for bad flags, a bad hostfile, .zinc_env or
+ * Restarts: with --max-restarts N a job that fails (any exit status but 0,
+ * 2 - bad input, which would fail again - and a stop that was asked for) is
+ * started again, up to N times, with ZINC_RESTART=k in every rank's
+ * environment; zinc-train then resumes from the latest checkpoint of its
+ * train.save_dir even when train.resume is not set.
+ *
+ * Exit status: the job's (its last run's); 2 for bad flags, a bad hostfile, .zinc_env or
  * selection; 127 when mpirun/srun is not on PATH; 1 if fork fails.
  */
 #include <ctype.h>
@@ -109,6 +115,8 @@ static const char *usage_text =
     "  --include SPEC    use only these hosts/slots, e.g. \"host1:0,2@host2\"\n"
     "  --exclude SPEC    use all but these hosts/slots\n"
     "  --launcher L      openmpi (mpirun, the default) or slurm (srun)\n"
+    "  --max-restarts N  relaunch a failed job up to N times (<= 1000); zinc-train then\n"
+    "                    resumes from the latest checkpoint of train.save_dir\n"
     "  --allow-env-loader-vars\n"
     "                    take LD_*, PATH, BASH_ENV, PYTHONPATH, ... from .zinc_env files\n"
     "                    (refused by default: they choose what code every rank runs)\n"
@@ -345,6 +353,7 @@ typedef struct run_opts {
     const char *hostfile, *include, *exclude, *launcher;
     bool dry_run;
     bool allow_loader; /* --allow-env-loader-vars */
+    int max_restarts;  /* --max-restarts */
     int prog;     /* argv index of PROGRAM */
 } run_opts;
 
@@ -383,6 +392,12 @@ static int parse_args(int argc, char **argv, run_opts *o)
         }
         if (!strcmp(a, "--dry-run")) {
             o->dry_run = true;
+        } else if (opt_is(a, "--max-restarts")) {
+            if (!(v = opt_value(argc, argv, &i, "--max-restarts")))
+                return usage_error("--max-restarts needs a count");
+            if (!parse_int(v, 0, RUN_MAX_RESTARTS, &o->max_restarts))
+                return fail("--max-restarts: expected a count from 0 to %d, got '%s'",
+                            RUN_MAX_RESTARTS, v);
         } else if (!strcmp(a, "--allow-env-loader-vars")) {
             o->allow_loader = true;
         } else if (!strcmp(a, "-n") || opt_is(a, "--np") || !strcmp(a, "-np") ||
@@ -476,6 +491,7 @@ int main(int argc, char **argv)
     /* Thread counts unless the user chose them (environment or env file). */
     bool user_omp = getenv("OMP_NUM_THREADS") || env_find(&ef, "OMP_NUM_THREADS") >= 0;
     bool user_zt = getenv("ZINC_THREADS") || env_find(&ef, "ZINC_THREADS") >= 0;
+    if (o.max_restarts > 0) setenv("ZINC_RESTART", "0", 1); /* forwarded by name; a restart sets it */
     env_forwarded_names(&names);
 
     if (!slurm) {
@@ -588,7 +604,23 @@ int main(int argc, char **argv)
         goto done;
     }
     free(found);
-    rc = run_child(cmd.v);
+    for (int restart = 0;; restart++) {
+        rc = run_child(cmd.v);
+        /* Not restarted: success, bad input (it would fail again), a stop the
+         * user or scheduler asked for, or no restarts left. */
+        if (rc == 0 || rc == 2 || g_stops || restart >= o.max_restarts) {
+            if (rc != 0 && restart > 0 && !g_stops && rc != 2)
+                fprintf(stderr, "zinc-run: job failed (exit %d) after %d restart%s; giving up\n",
+                        rc, restart, restart == 1 ? "" : "s");
+            break;
+        }
+        fprintf(stderr, "zinc-run: job failed (exit %d); restart %d of %d (ZINC_RESTART=%d: "
+                        "zinc-train resumes from the latest checkpoint of train.save_dir)\n",
+                rc, restart + 1, o.max_restarts, restart + 1);
+        char num[16];
+        snprintf(num, sizeof num, "%d", restart + 1);
+        setenv("ZINC_RESTART", num, 1);
+    }
 done:
     hosts_free(&hs);
     env_free(&ef);

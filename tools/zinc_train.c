@@ -190,6 +190,63 @@ static int stop_agreed(zinc_comm *w)
     return sig;
 }
 
+/* zinc-run --max-restarts starts a failed job again with ZINC_RESTART=k (k >=
+ * 1): the job then resumes from the latest checkpoint of train.save_dir, as
+ * train.resume "auto" does, unless train.resume names one. */
+static void restart_resume(zinc_config *c, int rank)
+{
+    const char *e = getenv("ZINC_RESTART");
+    char *end;
+    long k = e ? strtol(e, &end, 10) : 0;
+    if (!e || *end || k < 1) return;
+    if (c->train.resume[0]) {
+        if (rank == 0) ZINC_INFO("restart %ld: train.resume %s as configured", k, c->train.resume);
+    } else if (c->train.save_dir[0]) {
+        snprintf(c->train.resume, sizeof c->train.resume, "auto");
+        if (rank == 0) ZINC_INFO("restart %ld: resuming from the latest checkpoint of %s", k,
+                                 c->train.save_dir);
+    } else if (rank == 0) {
+        ZINC_WARN("restart %ld: train.save_dir is not set, so training starts again at step 1", k);
+    }
+}
+
+/* A resumed run appends to train.metrics_file: the lines of steps after the
+ * checkpoint's (written by the run that failed after it) are dropped first,
+ * so the file holds each step once. Rewritten through a temporary file. */
+static zinc_status metrics_truncate(const char *path, int64_t step)
+{
+    FILE *in = NULL;
+    if (zinc_fopen_regular(path, "train.metrics_file", &in, NULL) != ZINC_OK) {
+        struct stat sb;
+        return stat(path, &sb) != 0 ? ZINC_OK : ZINC_ERR_IO; /* absent: nothing to drop */
+    }
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        return zinc_error(ZINC_ERR_IO, "train.metrics_file: cannot write %s", tmp);
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    int64_t dropped = 0;
+    while (getline(&line, &cap, in) > 0) {
+        long long s;
+        if (sscanf(line, "{\"step\": %lld", &s) == 1 && s > step) { dropped++; continue; }
+        fputs(line, out);
+    }
+    free(line);
+    fclose(in);
+    if (fclose(out) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return zinc_error(ZINC_ERR_IO, "train.metrics_file: cannot rewrite %s", path);
+    }
+    if (dropped)
+        ZINC_INFO("train.metrics_file: dropped %lld lines of steps after %lld (not in the checkpoint)",
+                  (long long)dropped, (long long)step);
+    return ZINC_OK;
+}
+
 /* comm_backend: "auto" lets the comm layer choose NCCL when every local rank
  * of every node has a GPU of its own (NCCL refuses two ranks on one GPU) and
  * MPI, which stages device buffers through pinned host memory, otherwise;
@@ -371,6 +428,7 @@ int main(int argc, char **argv)
     /* ZINC_COMM_TIMEOUT_S (read by the comm layer) wins over comm_timeout_s */
     if (!getenv("ZINC_COMM_TIMEOUT_S")) zinc_comm_set_timeout(world, cfg.comm_timeout_s);
     stop_handlers_install();
+    restart_resume(&cfg, rank);
 
     zinc_gpt2 *gpt = NULL;
     zinc_engine *eng = NULL;
@@ -439,6 +497,8 @@ int main(int argc, char **argv)
     }
     int appending = zinc_engine_step(eng) > 0;
     if (rank == 0 && cfg.train.metrics_file[0]) {
+        if (appending && metrics_truncate(cfg.train.metrics_file, zinc_engine_step(eng)) != ZINC_OK)
+            ZINC_WARN("%s", zinc_last_error());
         metrics = fopen(cfg.train.metrics_file, appending ? "a" : "w");
         if (!metrics) zinc_error(ZINC_ERR_IO, "train.metrics_file: cannot open %s for writing",
                                  cfg.train.metrics_file);

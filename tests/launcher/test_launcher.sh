@@ -358,5 +358,27 @@ run 2 "$DATA" src
 run 2 "$DATA" --frobnicate -o x.bin src
 run 2 "$DATA" info
 
+# --- --max-restarts: bounds, a job failing once, one that keeps failing, bad input ---
+for bad in -1 1001 x ''; do
+    run 2 "$RUN" --max-restarts "$bad" --dry-run prog
+    has "$ERR" "--max-restarts"
+done
+run 2 "$RUN" --max-restarts
+printf '#!/bin/sh\necho "restart=${ZINC_RESTART:-unset}"\n[ "${ZINC_RESTART:-0}" -ge 1 ]\n' > once.sh
+printf '#!/bin/sh\nexit 2\n' > bad.sh
+chmod +x once.sh bad.sh
+run 0 "$RUN" -n 1 --max-restarts 3 ./once.sh
+has "$OUT" "restart=0"
+has "$OUT" "restart=1"
+lacks "$OUT" "restart=2"
+has "$ERR" "zinc-run: job failed (exit 1); restart 1 of 3"
+run 1 "$RUN" -n 1 --max-restarts 2 false
+has "$ERR" "restart 2 of 2"
+has "$ERR" "job failed (exit 1) after 2 restarts; giving up"
+run 2 "$RUN" -n 1 --max-restarts 2 ./bad.sh
+lacks "$ERR" "restart 1"
+run 1 "$RUN" -n 1 false
+lacks "$ERR" "restart"
+
 echo "$checks checks, $fails failed"
 [ "$fails" -eq 0 ]

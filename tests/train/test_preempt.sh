@@ -11,6 +11,7 @@ cd "$(dirname "$0")/../.."
 . tests/train/lib.sh
 shard=$(make_shard)
 cfg=$(tiny_config "$shard")
+case $BUILD in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
 RUN=$BUILD/zinc-run
 STEPS=3000
 Z="--set zero_optimization.stage=2 --set train.max_steps=$STEPS"
@@ -31,7 +32,7 @@ start() {
         > "$TMP/$name.log" 2>&1 &
     job=$!
 }
-ranks_of() { pgrep -f "zinc-train $cfg" || true; }
+ranks_of() { pgrep -f "^$BUILD/zinc-train $cfg" || true; }
 
 run full 2 $Z
 [ "$(losses "$TMP/full.jsonl" | wc -l)" -eq $STEPS ] || fail "full run: not $STEPS steps"
