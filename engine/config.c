@@ -410,6 +410,9 @@ static const keydesc data_keys[] = {
     KI("seed", data.seed, 0, SEED_MAX, 1234),
     END};
 
+static const enum_name on_nan_kinds[] = {
+    {"error", ZINC_ON_NAN_ERROR}, {"skip", ZINC_ON_NAN_SKIP}, {NULL, 0}};
+
 static const keydesc train_keys[] = {
     KI("max_steps", train.max_steps, 1, STEPS_MAX, 100),
     KI("log_every", train.log_every, 0, STEPS_MAX, 0),
@@ -419,6 +422,8 @@ static const keydesc train_keys[] = {
     KI("keep_last", train.keep_last, 0, KEEP_MAX, 0),
     KS("resume", train.resume, "", NULL),
     KI("threads", train.threads, 0, THREADS_MAX, 0),
+    KE("on_nan", train.on_nan, ZINC_ON_NAN_ERROR, on_nan_kinds, 0),
+    KI("max_skipped", train.max_skipped, 1, STEPS_MAX, 10),
     END};
 
 /* zinc's activation memory is set by model.recompute */

@@ -776,6 +776,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     }
     double tr = now_ms();
     ZINC_TRY(zero_reduce_boundary(e));
+    zero_fault_nan(e);
 
     /* loss and global grad norm: one all-reduce of (loss, sum of squares) */
     double red[2] = {loss_sum, 0.0};
@@ -791,16 +792,38 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     e->t_reduce = tr_end - tr;
     double loss = red[0] / ((double)cfg->train_batch_size * e->T);
     double norm = sqrt(red[1]) / scale;
-    int overflow = !isfinite(norm);
-    if (overflow && !cfg->fp16.enabled) {
-        st = zinc_error(ZINC_ERR_INTERNAL, "step %lld: gradient norm is %g (loss %g); lower the "
-                        "learning rate or check the data", (long long)e->step + 1, norm, loss);
-        goto cleanup;
+    int overflow = !isfinite(norm) || !isfinite(loss);
+    if (overflow && !cfg->fp16.enabled) { /* train.on_nan */
+        int p;
+        ZINC_TRY(zero_first_nonfinite(e, &p));
+        char what[160];
+        if (p >= 0) snprintf(what, sizeof what, "the gradient of %s is not finite", e->params[p].name);
+        else snprintf(what, sizeof what, "the loss is not finite");
+        e->nonfinite_run++;
+        if (cfg->train.on_nan == ZINC_ON_NAN_ERROR) {
+            st = zinc_error(ZINC_ERR_INTERNAL, "step %lld: %s (grad norm %g, loss %g); lower the "
+                            "learning rate or check the data, or set train.on_nan \"skip\"",
+                            (long long)e->step + 1, what, norm, loss);
+            goto cleanup;
+        }
+        if (e->nonfinite_run > cfg->train.max_skipped) {
+            st = zinc_error(ZINC_ERR_INTERNAL, "step %lld: %s, and the %lld steps before it were "
+                            "skipped too (train.max_skipped %lld); stopping",
+                            (long long)e->step + 1, what, (long long)e->nonfinite_run - 1,
+                            (long long)cfg->train.max_skipped);
+            goto cleanup;
+        }
+        if (e->dp_rank == 0)
+            ZINC_WARN("step %lld: %s (grad norm %g, loss %g); update skipped (train.on_nan "
+                      "\"skip\", %lld in a row, at most %lld)", (long long)e->step + 1, what, norm,
+                      loss, (long long)e->nonfinite_run, (long long)cfg->train.max_skipped);
+    } else {
+        e->nonfinite_run = 0;
     }
-    scaler_update(&e->scaler, cfg, overflow);
+    if (cfg->fp16.enabled) scaler_update(&e->scaler, cfg, overflow);
     double lr = zinc_sched_lr(cfg, e->opt_step);
     if (overflow) {
-        if (e->dp_rank == 0)
+        if (e->dp_rank == 0 && cfg->fp16.enabled)
             ZINC_INFO("step %lld: fp16 gradient overflow, skipping the update; loss scale %g -> %g",
                       (long long)e->step + 1, scale, e->scaler.scale);
     } else {

@@ -132,6 +132,7 @@ struct zinc_engine {
     int64_t opt_step;    /* optimizer steps applied (Adam t, scheduler position) */
     int64_t samples;     /* global sample index of the next batch */
     engine_scaler scaler;
+    int64_t nonfinite_run;    /* steps skipped in a row for train.on_nan "skip" */
     zinc_mem_stats mem, mem_max;
 
     /* wall_clock_breakdown: ms spent this step */
@@ -188,6 +189,10 @@ void zero_grads_zero(zinc_engine *e);
 zinc_status zero_reduce_boundary(zinc_engine *e);
 /* Sum of squares of this rank's gradient range (opt ranges), double. */
 zinc_status zero_grad_sumsq(zinc_engine *e, double *out);
+/* Collective over dp: the lowest engine param id whose gradient (this
+ * rank's optimizer range of it) holds a NaN or Inf on any rank, or -1. */
+zinc_status zero_first_nonfinite(zinc_engine *e, int *param);
+void zero_fault_nan(zinc_engine *e); /* ZINC_FAULT_NAN="RANK:STEP" (tests) */
 /* AdamW over this rank's opt ranges with grads multiplied by coef, then
  * writes the working-precision params back (and all-gathers them at
  * stages 1/2 and for whole units at stage 3). */

@@ -19,6 +19,7 @@
  * (the same numbers as the reduce-scatter over one rank gave).
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -542,6 +543,72 @@ zinc_status zero_grad_sumsq(zinc_engine *e, double *out)
     }
     xfree(e, tmp);
     *out = sum;
+    return ZINC_OK;
+}
+
+/* Fault injection for tests: ZINC_FAULT_NAN="RANK:STEP" makes that rank's
+ * gradients at that (1-based) step hold a NaN: the first element of the last
+ * unit it steps, so that finding it means scanning past finite ones. */
+void zero_fault_nan(zinc_engine *e)
+{
+    const char *f = getenv("ZINC_FAULT_NAN");
+    int r;
+    long long s;
+    if (!f || sscanf(f, "%d:%lld", &r, &s) != 2 || r != e->dp_rank || s != e->step + 1) return;
+    for (int l = e->n_layers - 1; l >= 0; l--) {
+        engine_unit *u = &e->units[l];
+        if (u->opt_n == 0) continue;
+        float nan = NAN;
+        uint16_t h = e->pdt == ZINC_DTYPE_BF16 ? zinc_f32_to_bf16(nan) : zinc_f32_to_f16(nan);
+        e->dev->copy(grad_opt(e, u), e->pdt == ZINC_DTYPE_F32 ? (void *)&nan : (void *)&h, e->psz);
+        for (int p = u->n_params_first; p < u->n_params_end; p++)
+            if (u->opt_lo >= e->params[p].uoff &&
+                u->opt_lo < e->params[p].uoff + (size_t)e->params[p].numel)
+                ZINC_INFO("fault: a NaN in the gradient of %s on rank %d at step %lld",
+                          e->params[p].name, r, s);
+        return;
+    }
+}
+
+zinc_status zero_first_nonfinite(zinc_engine *e, int *param)
+{
+    int32_t first = INT32_MAX;
+    void *host = NULL;
+    size_t cap = 0;
+    for (int l = 0; l < e->n_layers && first == INT32_MAX; l++) {
+        engine_unit *u = &e->units[l];
+        if (u->opt_n == 0) continue;
+        if (cap < u->opt_n) { /* the error path only: a host copy, any device */
+            free(host);
+            host = malloc(u->opt_n * e->psz);
+            cap = host ? u->opt_n : 0;
+            if (!host) return zinc_error(ZINC_ERR_NOMEM, "out of memory: asked for %zu bytes of "
+                                         "host memory to scan gradients", u->opt_n * e->psz);
+        }
+        e->dev->copy(host, grad_opt(e, u), u->opt_n * e->psz);
+        for (size_t i = 0; i < u->opt_n; i++) {
+            float g = e->pdt == ZINC_DTYPE_F32    ? ((const float *)host)[i]
+                      : e->pdt == ZINC_DTYPE_BF16 ? zinc_bf16_to_f32(((const uint16_t *)host)[i])
+                                                  : zinc_f16_to_f32(((const uint16_t *)host)[i]);
+            if (isfinite(g)) continue;
+            size_t at_unit = u->opt_lo + i; /* element inside the unit */
+            for (int p = u->n_params_first; p < u->n_params_end; p++) {
+                const engine_param *pp = &e->params[p];
+                if (at_unit >= pp->uoff && at_unit < pp->uoff + (size_t)pp->numel) {
+                    first = p;
+                    break;
+                }
+            }
+            if (first != INT32_MAX) break;
+        }
+    }
+    free(host);
+    if (e->dp > 1) {
+        zinc_status st = zinc_comm_all_reduce(e->mesh->dp_group, &first, &first, 1,
+                                              ZINC_DTYPE_I32, ZINC_REDOP_MIN, NULL);
+        if (st != ZINC_OK) return st;
+    }
+    *param = first == INT32_MAX ? -1 : first;
     return ZINC_OK;
 }
 

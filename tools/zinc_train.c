@@ -579,7 +579,7 @@ int main(int argc, char **argv)
                    (long long)step, (long long)cfg.train.max_steps, s.loss, s.lr, s.grad_norm,
                    s.tokens_per_s, s.step_ms, s.model_tflops, s.model_state_bytes_max / 1048576.0,
                    nvme_note, zinc_engine_device(eng)->name, s.dev_mem_peak / 1073741824.0,
-                   s.comm_bytes / 1048576.0, s.skipped ? " | skipped (fp16 overflow)" : "");
+                   s.comm_bytes / 1048576.0, s.skipped ? (cfg.fp16.enabled ? " | skipped (fp16 overflow)" : " | skipped (not finite)") : "");
         fflush(stdout);
         if (metrics) {
             const zinc_mem_stats *m = &s.mem_max;

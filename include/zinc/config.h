@@ -19,6 +19,11 @@
 
 #define ZINC_MAX_PATHS 16
 
+/* train.on_nan: what a step whose gradients (or loss) are not finite does
+ * when fp16 loss scaling is off: stop the job naming the first such
+ * parameter, or skip the update (at most train.max_skipped in a row). */
+typedef enum { ZINC_ON_NAN_ERROR = 0, ZINC_ON_NAN_SKIP } zinc_on_nan;
+
 typedef enum { ZINC_OPT_ADAM = 0, ZINC_OPT_ADAMW } zinc_opt_type;
 typedef enum {
     ZINC_SCHED_NONE = 0,   /* constant lr */
@@ -146,6 +151,8 @@ typedef struct zinc_config {
         int64_t keep_last;             /* 0 = all */
         char resume[512];              /* "" | "auto" | path */
         int64_t threads;               /* 0 = cores / local ranks */
+        zinc_on_nan on_nan;            /* error */
+        int64_t max_skipped;           /* 10: non-finite steps in a row before on_nan "skip" stops */
     } train;
 
     zinc_device_kind device;           /* auto */
