@@ -34,7 +34,7 @@ static inline float cpu_expf(float x)
     p = fmaf(p, r, 1.6666665459e-1f);
     p = fmaf(p, r, 5.0000001201e-1f);
     const float y = fmaf(p, r * r, r) + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
+    const int32_t bits = (int32_t)((uint32_t)((int32_t)n + 127) << 23); /* unsigned: n < -127 for NaN input */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return x < -87.0f ? 0.0f : y * scale;
