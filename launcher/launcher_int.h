@@ -4,6 +4,7 @@
 #ifndef ZINC_LAUNCHER_INT_H
 #define ZINC_LAUNCHER_INT_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -25,6 +26,7 @@
 
 /* Prints "zinc-run: <detail>" to stderr; returns 2 for the caller to exit with. */
 int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int vfail(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 /* Allocation that exits 1 with "zinc-run: out of memory" on failure. */
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);

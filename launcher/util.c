@@ -8,15 +8,19 @@
 
 #include "launcher_int.h"
 
-/* Prints "zinc-run: <detail>" to stderr; returns 2 for the caller to exit with. */
-int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int vfail(const char *fmt, va_list ap)
+{
+    fputs("zinc-run: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    return 2;
+}
+
 int fail(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("zinc-run: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vfail(fmt, ap);
     va_end(ap);
     return 2;
 }

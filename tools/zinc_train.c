@@ -247,6 +247,20 @@ static zinc_status metrics_truncate(const char *path, int64_t step)
     return ZINC_OK;
 }
 
+/* Collective: saves checkpoint tag (global_stepN) of step into
+ * train.save_dir, or takes the job down. Returns step. */
+static int64_t save_step(const zinc_config *c, zinc_engine *eng, zinc_aio *aio, zinc_comm *w,
+                         int64_t step, const char *tag)
+{
+    double t = now_s();
+    if (zinc_engine_save_checkpoint(eng, aio, c->train.save_dir, tag, (int)c->train.keep_last) !=
+        ZINC_OK)
+        die(w, "checkpoint save failed");
+    if (zinc_comm_rank(w) == 0)
+        ZINC_INFO("saved checkpoint %s/%s in %.2f s", c->train.save_dir, tag, now_s() - t);
+    return step;
+}
+
 /* comm_backend: "auto" lets the comm layer choose NCCL when every local rank
  * of every node has a GPU of its own (NCCL refuses two ranks on one GPU) and
  * MPI, which stages device buffers through pinned host memory, otherwise;
@@ -529,12 +543,8 @@ int main(int argc, char **argv)
             int64_t done_step = step - 1;
             char tag[64];
             snprintf(tag, sizeof tag, "global_step%lld", (long long)done_step);
-            if (cfg.train.save_dir[0] && last_saved != done_step && done_step > 0) {
-                if (zinc_engine_save_checkpoint(eng, aio, cfg.train.save_dir, tag,
-                                                (int)cfg.train.keep_last) != ZINC_OK)
-                    die(world, "checkpoint save on a stop signal failed");
-                last_saved = done_step;
-            }
+            if (cfg.train.save_dir[0] && last_saved != done_step && done_step > 0)
+                last_saved = save_step(&cfg, eng, aio, world, done_step, tag);
             if (rank == 0) {
                 if (last_saved == done_step)
                     fprintf(stderr, "zinc-train: stopped by %s after step %lld; checkpoint %s/%s "
@@ -561,13 +571,7 @@ int main(int argc, char **argv)
              step == cfg.train.max_steps)) {
             char tag[64];
             snprintf(tag, sizeof tag, "global_step%lld", (long long)step);
-            double t = now_s();
-            if (zinc_engine_save_checkpoint(eng, aio, cfg.train.save_dir, tag,
-                                            (int)cfg.train.keep_last) != ZINC_OK)
-                die(world, "checkpoint save failed");
-            last_saved = step;
-            if (rank == 0)
-                ZINC_INFO("saved checkpoint %s/%s in %.2f s", cfg.train.save_dir, tag, now_s() - t);
+            last_saved = save_step(&cfg, eng, aio, world, step, tag);
         }
         if (rank != 0) continue;
         char nvme_note[48] = "";
