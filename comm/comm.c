@@ -17,6 +17,12 @@
  * after the op (same order on every rank, so it matches); smaller ops and
  * send/recv simply count the window from the start of the wait.
  *
+ * Hang diagnostics (comm_diag.c): every collective gets a number on its
+ * group and a place in the group's ring of recent ones; a waiting rank
+ * answers other ranks' questions about its ring, and a wait nearing its
+ * timeout asks them, so that the timeout's error names the ranks that never
+ * entered the op, what they wait in instead, and where the rings disagree.
+ *
  * Past the group's timeout the wait gives up with ZINC_ERR_TIMEOUT; the
  * request is then stale: it goes on the group's stale list, is tested again
  * by every later wait on the group (the backend keeps progressing it; a late
@@ -156,6 +162,11 @@ zinc_status zinc_comm_init_world(const char *backend, int *argc, char ***argv, z
         free(c);
         return st;
     }
+    st = comm_diag_world_init(c);
+    if (st != ZINC_OK) {
+        zinc_comm_destroy(c);
+        return st;
+    }
     *world = c;
     return ZINC_OK;
 }
@@ -282,6 +293,7 @@ void zinc_comm_destroy(zinc_comm *c)
                   c->name, n_leaked);
     if (c->is_world) comm_pool_destroy(c->pool);
     c->pool = NULL;
+    comm_diag_unregister(c);
     c->be->destroy(c);
     free(c);
 }
@@ -401,17 +413,22 @@ static zinc_status comm_check_rank(const zinc_comm *c, const char *op, const cha
 
 /* ---- handles and the bounded wait ------------------------------------- */
 
-/* A handle for an op moving n_bytes (algorithmic, per rank). Collectives
- * big enough for sleeping to matter also track the arrival of all ranks. */
-static zinc_status comm_handle_new(zinc_comm *c, const char *op, int p2p, uint64_t n_bytes,
-                                   zinc_comm_handle **out)
+/* A handle for an op of payload bytes moving n_bytes (algorithmic, per
+ * rank). Collectives big enough for sleeping to matter also track the
+ * arrival of all ranks. */
+static zinc_status comm_handle_new(zinc_comm *c, const char *op, int p2p, uint64_t payload,
+                                   uint64_t n_bytes, zinc_comm_handle **out)
 {
     zinc_comm_handle *h = calloc(1, sizeof *h + c->be->handle_bytes);
     if (!h) return zinc_error(ZINC_ERR_NOMEM, "%s on group %s: out of memory", op, c->name);
     h->comm = c;
     h->op = op;
     h->p2p = p2p;
+    h->payload = payload;
     h->n_bytes = n_bytes;
+    h->root = -1;
+    for (int i = 0; i < ZINC_COMM_N_OPS; i++)
+        if (!strcmp(op, op_names[i])) h->kind = i;
     h->track_arrival = !p2p && c->size > 1 && n_bytes >= COMM_ARRIVAL_MIN_BYTES;
     *out = h;
     return ZINC_OK;
@@ -449,6 +466,14 @@ static void comm_copy_back(zinc_comm_handle *h, void *dst, const void *src, size
     h->copy_bytes = bytes;
 }
 
+/* How long before the timeout the other ranks are asked (comm_diag.c):
+ * 20% of it, at least 50 ms and at most 5 s. */
+static double comm_diag_window(double timeout)
+{
+    double w = timeout * 0.2;
+    return w < 0.05 ? 0.05 : w > 5.0 ? 5.0 : w;
+}
+
 static void comm_sleep_ns(long ns)
 {
     struct timespec ts = {0, ns};
@@ -473,12 +498,19 @@ zinc_status zinc_comm_wait(zinc_comm_handle **hp)
     int all_in = !h->track_arrival;
     double t_active = t0, active_s = all_in ? busy_s : COMM_YIELD_S;
     long n_tests = 0, sleep_ns = COMM_SLEEP_MIN_NS;
+    /* Near the deadline the other ranks are asked what they are doing
+     * (comm_diag.c), so that the timeout can name the stuck ones. */
+    double diag_at = timeout - comm_diag_window(timeout);
+    comm_diag_query *q = NULL;
+    comm_diag_wait_begin(h, t0);
     for (;;) {
         int done = 0, arrived = 0;
         zinc_status st = c->be->test(h, &done, &arrived);
         if (st != ZINC_OK || done) {
             if (st == ZINC_OK && h->copy_bytes)
                 h->stage_dev->copy(h->copy_dst, h->copy_src, h->copy_bytes);
+            comm_diag_wait_end(h, st == ZINC_OK, comm_now());
+            comm_diag_query_free(q);
             comm_handle_free(h);
             return st;
         }
@@ -491,15 +523,25 @@ zinc_status zinc_comm_wait(zinc_comm_handle **hp)
         }
         if (++n_tests <= COMM_SPIN_TESTS) continue;
         double t = comm_now(), el = t - t0;
+        comm_diag_poll(t);
+        if (bounded && !q && el >= diag_at) q = comm_diag_start(c, h);
+        comm_diag_progress(q);
         if (bounded && el >= timeout) {
             const char *note = c->be->timed_out ? c->be->timed_out(h) : NULL;
+            char who[768];
+            comm_diag_finish(q, t, who, sizeof who);
+            comm_diag_query_free(q);
+            comm_diag_wait_end(h, 0, t);
+            if (h->seq) comm_diag_log_ring(c, t);
             h->next = c->stale;
             c->stale = h;
             c->n_stale++;
+            char num[32] = "";
+            if (h->seq) snprintf(num, sizeof num, " #%llu", (unsigned long long)h->seq);
             return zinc_error(ZINC_ERR_TIMEOUT,
-                              "%s on group %s (%d ranks) did not complete within %g s; a rank "
-                              "may be stuck or dead%s",
-                              h->op, c->name, c->size, timeout, note ? note : "");
+                              "%s%s on group %s (%d ranks) did not complete within %g s%s%s",
+                              h->op, num, c->name, c->size, timeout, note ? note : "",
+                              who[0] ? who : "; a rank may be stuck or dead");
         }
         if (t - t_active < active_s) {
             sched_yield();
@@ -513,8 +555,9 @@ zinc_status zinc_comm_wait(zinc_comm_handle **hp)
     }
 }
 
-/* Common tail of every op: on a started op, counts its bytes and either
- * hands the handle to the caller or waits for it. On failure frees it. */
+/* Common tail of every op: on a started op, numbers it, counts its bytes
+ * and either hands the handle to the caller or waits for it. On failure
+ * frees it. */
 static zinc_status comm_finish(zinc_comm *c, zinc_status st, zinc_comm_handle *hh,
                                zinc_comm_handle **h)
 {
@@ -522,14 +565,22 @@ static zinc_status comm_finish(zinc_comm *c, zinc_status st, zinc_comm_handle *h
         comm_handle_free(hh);
         return st;
     }
+    comm_diag_started(c, hh, comm_now());
     c->bytes += hh->n_bytes;
-    for (int i = 0; i < ZINC_COMM_N_OPS; i++)
-        if (!strcmp(hh->op, op_names[i])) c->op_bytes[i] += hh->n_bytes;
+    c->op_bytes[hh->kind] += hh->n_bytes;
     if (h) {
         *h = hh;
         return ZINC_OK;
     }
     return zinc_comm_wait(&hh);
+}
+
+/* A collective the ZINC_FAULT_SKIP_COLL hook skips: it never starts. The
+ * caller's handle (already NULL) waits for nothing. */
+static zinc_status comm_skip(zinc_comm_handle *hh)
+{
+    comm_handle_free(hh);
+    return ZINC_OK;
 }
 
 /* ---- ops ---------------------------------------------------------------- */
@@ -555,7 +606,7 @@ zinc_status zinc_comm_all_reduce(zinc_comm *c, const void *send, void *recv, siz
         goto cleanup;
     }
     uint64_t p = (uint64_t)c->size;
-    ZINC_TRY(comm_handle_new(c, OP, 0, 2 * (p - 1) * (uint64_t)n * sz / p, &hh));
+    ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)n * sz, 2 * (p - 1) * (uint64_t)n * sz / p, &hh));
     int ds = comm_is_dev(c, send, n * sz), dr = comm_is_dev(c, recv, n * sz);
     if (ds && dr && c->dev_native) {
         comm_go_native(hh);
@@ -566,6 +617,7 @@ zinc_status zinc_comm_all_reduce(zinc_comm *c, const void *send, void *recv, siz
         if (dr) comm_copy_back(hh, recv, t, n * sz);
         send = recv = t;
     }
+    if (comm_diag_skip(c, OP)) return comm_skip(hh);
     st = c->be->all_reduce(c, send, recv, n, dt, op, hh);
     return comm_finish(c, st, hh, h);
 cleanup:
@@ -592,7 +644,7 @@ zinc_status zinc_comm_reduce_scatter(zinc_comm *c, const void *send, void *recv,
                         c->name);
         goto cleanup;
     }
-    ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)(c->size - 1) * (uint64_t)n * sz, &hh));
+    ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)n * sz, (uint64_t)(c->size - 1) * (uint64_t)n * sz, &hh));
     size_t all = n * (size_t)c->size * sz;
     int ds = comm_is_dev(c, send, all), dr = comm_is_dev(c, recv, n * sz);
     if (ds && dr && c->dev_native) {
@@ -611,6 +663,7 @@ zinc_status zinc_comm_reduce_scatter(zinc_comm *c, const void *send, void *recv,
             recv = t;
         }
     }
+    if (comm_diag_skip(c, OP)) return comm_skip(hh);
     st = c->be->reduce_scatter(c, send, recv, n, dt, op, hh);
     return comm_finish(c, st, hh, h);
 cleanup:
@@ -638,7 +691,7 @@ zinc_status zinc_comm_all_gather(zinc_comm *c, const void *send, void *recv, siz
                         "in-place position)", OP, c->name);
         goto cleanup;
     }
-    ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)(c->size - 1) * (uint64_t)n * sz, &hh));
+    ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)n * sz, (uint64_t)(c->size - 1) * (uint64_t)n * sz, &hh));
     size_t all = n * (size_t)c->size * sz, off = (size_t)c->rank * n * sz;
     int ds = comm_is_dev(c, send, n * sz), dr = comm_is_dev(c, recv, all);
     if (ds && dr && c->dev_native) {
@@ -655,6 +708,7 @@ zinc_status zinc_comm_all_gather(zinc_comm *c, const void *send, void *recv, siz
         c->dev->copy((char *)recv + off, send, n * sz);
         send = (char *)recv + off;
     }
+    if (comm_diag_skip(c, OP)) return comm_skip(hh);
     st = c->be->all_gather(c, send, recv, n, dt, hh);
     return comm_finish(c, st, hh, h);
 cleanup:
@@ -675,7 +729,8 @@ zinc_status zinc_comm_broadcast(zinc_comm *c, void *buf, size_t n, zinc_dtype dt
     ZINC_TRY(comm_check_count(c, OP, n, 1, sz));
     ZINC_TRY(comm_check_buf(c, OP, "buf", buf, n));
     ZINC_TRY(comm_check_rank(c, OP, "root", root));
-    ZINC_TRY(comm_handle_new(c, OP, 0, c->size > 1 ? (uint64_t)n * sz : 0, &hh));
+    ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)n * sz, c->size > 1 ? (uint64_t)n * sz : 0, &hh));
+    hh->root = root;
     if (comm_is_dev(c, buf, n * sz)) {
         if (c->dev_native) {
             comm_go_native(hh);
@@ -689,6 +744,7 @@ zinc_status zinc_comm_broadcast(zinc_comm *c, void *buf, size_t n, zinc_dtype dt
             buf = t;
         }
     }
+    if (comm_diag_skip(c, OP)) return comm_skip(hh);
     st = c->be->broadcast(c, buf, n, dt, root, hh);
     return comm_finish(c, st, hh, h);
 cleanup:
@@ -714,7 +770,7 @@ static zinc_status comm_p2p(zinc_comm *c, const char *op, int is_send, void *buf
                         c->name, tag);
         goto cleanup;
     }
-    ZINC_TRY(comm_handle_new(c, op, 1, (uint64_t)n * sz, &hh));
+    ZINC_TRY(comm_handle_new(c, op, 1, (uint64_t)n * sz, (uint64_t)n * sz, &hh));
     if (comm_is_dev(c, buf, n * sz)) {
         if (c->dev_native) {
             comm_go_native(hh);
@@ -756,7 +812,8 @@ zinc_status zinc_comm_barrier(zinc_comm *c)
     zinc_status st;
     zinc_comm_handle *hh = NULL;
     ZINC_TRY(comm_check(c, OP));
-    ZINC_TRY(comm_handle_new(c, OP, 0, 0, &hh));
+    ZINC_TRY(comm_handle_new(c, OP, 0, 0, 0, &hh));
+    if (comm_diag_skip(c, OP)) return comm_skip(hh);
     st = c->be->barrier(c, hh);
     return comm_finish(c, st, hh, NULL);
 cleanup:
@@ -797,6 +854,21 @@ zinc_status zinc_comm_split(zinc_comm *parent, int color, int key, const char *n
      * turns a missing rank into a timeout instead of a hang. */
     ZINC_TRY(zinc_comm_barrier(parent));
     ZINC_TRY(parent->be->split(parent, color, key, c));
+    /* the world ranks of the members, for the hang diagnostics' questions */
+    c->world_rank = parent->world_rank;
+    c->members = malloc(sizeof *c->members * (size_t)c->size);
+    if (!c->members) {
+        st = zinc_error(ZINC_ERR_NOMEM, "split of group %s: out of memory", parent->name);
+        zinc_comm_destroy(c);
+        return st;
+    }
+    st = zinc_comm_all_gather(c, &c->world_rank, c->members, 1, ZINC_DTYPE_I32, NULL);
+    zinc_comm_reset_bytes(c); /* the counters count the caller's ops */
+    comm_diag_register(c);
+    if (st != ZINC_OK) {
+        zinc_comm_destroy(c);
+        return st;
+    }
     *out = c;
     return ZINC_OK;
 cleanup:

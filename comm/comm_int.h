@@ -17,7 +17,18 @@
 
 #define COMM_NAME_MAX 32
 
+#define COMM_RING 64 /* collectives each group remembers (comm_diag.c) */
+
 typedef struct comm_backend comm_backend;
+typedef struct comm_diag_query comm_diag_query;
+
+/* One collective in a group's ring (comm_diag.c). */
+typedef struct comm_rec {
+    uint64_t seq;               /* its number on the group, from 1 */
+    uint64_t bytes;             /* payload: count x dtype size as the caller gave it */
+    double t_start, t_end;      /* t_end 0 until its wait completes it */
+    int32_t op, root;           /* zinc_comm_op; broadcast's root, else -1 */
+} comm_rec;
 /* Reusable pinned host buffers for staging device buffers (comm.c). One per
  * world, shared by the groups split from it. */
 typedef struct comm_stage_pool comm_stage_pool;
@@ -38,6 +49,12 @@ struct zinc_comm {
     int dev_native;             /* the backend takes this group's device buffers itself */
     void *dev_impl;             /* the backend's device state (nccl), owned by it */
     comm_stage_pool *pool;      /* the world's; owned by the world */
+    /* Hang diagnostics (comm_diag.c). */
+    int world_rank;             /* this process's rank in the world */
+    int *members;               /* world rank of each rank of the group; owned */
+    uint64_t seq;               /* collectives started on the group */
+    comm_rec ring[COMM_RING];   /* the last of them: ring[(seq - 1) % COMM_RING] */
+    zinc_comm *diag_next;       /* the process's list of live groups */
 };
 
 /* One in-flight operation. The backend's request state lives in impl[]
@@ -49,6 +66,10 @@ struct zinc_comm_handle {
     uint64_t n_bytes;           /* algorithmic bytes: sizes the wait's poll phase */
     int track_arrival;          /* backend reports when every rank has entered */
     int device;                 /* the buffers are device memory (dev_native groups only) */
+    int kind;                   /* zinc_comm_op */
+    int root;                   /* broadcast's root, else -1 */
+    uint64_t payload;           /* count x dtype size */
+    uint64_t seq;               /* the collective's number on its group; 0 for p2p */
     zinc_comm_handle *next;     /* link in comm->stale */
     /* Staging (comm.c): a pool buffer the op runs on instead of device
      * memory, and the copy to the device that completes the op. */
@@ -130,6 +151,23 @@ typedef struct mpi_req {
         int step, steps;       /* steps done, of size - 1 */
     } ring;
 } mpi_req;
+
+/* comm_diag.c: the rings, the side channel that compares them on a
+ * timeout, and the ZINC_FAULT_SKIP_COLL hook. Times are comm.c's clock. */
+zinc_status comm_diag_world_init(zinc_comm *world); /* after the backend's init */
+void comm_diag_register(zinc_comm *c);              /* a split group, members set */
+void comm_diag_unregister(zinc_comm *c);            /* at destroy; frees members */
+int comm_diag_skip(const zinc_comm *c, const char *op); /* 1: skip this collective */
+void comm_diag_started(zinc_comm *c, zinc_comm_handle *h, double now);
+void comm_diag_wait_begin(zinc_comm_handle *h, double now);
+void comm_diag_wait_end(zinc_comm_handle *h, int done, double now);
+void comm_diag_poll(double now); /* answers other ranks' questions; never blocks */
+comm_diag_query *comm_diag_start(zinc_comm *c, zinc_comm_handle *h); /* NULL: none */
+void comm_diag_progress(comm_diag_query *q);
+/* Writes " : rank 1 (...) never entered it; ..." for the timeout's error. */
+void comm_diag_finish(comm_diag_query *q, double now, char *note, size_t cap);
+void comm_diag_query_free(comm_diag_query *q); /* NULL-safe */
+void comm_diag_log_ring(const zinc_comm *c, double now);
 
 extern const comm_backend comm_backend_mpi;
 #ifdef ZINC_HAVE_NCCL

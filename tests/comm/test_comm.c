@@ -594,8 +594,12 @@ static void test_timeout(void)
         double el = now_s() - t0;
         CU_ASSERT_EQUAL(st, ZINC_ERR_TIMEOUT);
         CU_ASSERT(el >= 0.29 && el < 1.2);
-        CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "barrier on group world"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "barrier #"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), " on group world"));
         CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "0.3 s"));
+        /* the others sleep outside communication: they cannot answer */
+        CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "no answer from rank 1"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), " (dead, or busy outside communication)"));
     } else {
         sleep_s(1.5);
         /* matches rank 0's timed-out barrier, which is still in flight there */
@@ -641,6 +645,76 @@ static void test_env_timeout(void)
     CU_ASSERT_EQUAL(zinc_comm_barrier(g_world), ZINC_OK);
 }
 
+/* Hang diagnostics: rank 1 skips collective #3 of group "diagA" (the
+ * ZINC_FAULT_SKIP_COLL hook, read when a world is made) and goes on to an
+ * all_reduce on "diagB", where nobody else comes: each side's timeout names
+ * the ranks that never entered its op, what they are waiting in, and the
+ * first number at which the ranks' rings disagree. Rank 1 then joins the
+ * others' op and they join its, so that nothing is left in flight. */
+static void test_hang_diagnostics(void)
+{
+    if (g_size < 2) return;
+    setenv("ZINC_FAULT_SKIP_COLL", "1:diagA:3", 1);
+    zinc_comm *w2 = NULL, *a = NULL, *b = NULL;
+    zinc_status st = zinc_comm_init_world("mpi", NULL, NULL, &w2);
+    unsetenv("ZINC_FAULT_SKIP_COLL");
+    CU_ASSERT_EQUAL_FATAL(st, ZINC_OK);
+    zinc_comm_set_timeout(w2, 30);
+    CU_ASSERT_EQUAL_FATAL(zinc_comm_split(w2, 0, g_rank, "diagA", &a), ZINC_OK); /* #1 */
+    CU_ASSERT_EQUAL_FATAL(zinc_comm_split(w2, 0, g_rank, "diagB", &b), ZINC_OK); /* #1 */
+    int32_t v = 1;
+    CU_ASSERT_EQUAL(zinc_comm_all_reduce(a, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_SUM, NULL),
+                    ZINC_OK); /* #2 */
+    CU_ASSERT_EQUAL(v, g_size);
+    zinc_comm_set_timeout(a, 1.0);
+    zinc_comm_set_timeout(b, 1.0);
+    char want[256];
+    /* #3 on diagA: rank 1 skips it and waits in #2 on diagB */
+    st = zinc_comm_all_reduce(a, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_SUM, NULL);
+    if (g_rank == 1) {
+        CU_ASSERT_EQUAL(st, ZINC_OK); /* skipped */
+        st = zinc_comm_all_reduce(b, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_SUM, NULL);
+        CU_ASSERT_EQUAL(st, ZINC_ERR_TIMEOUT);
+        const char *e = zinc_last_error();
+        CU_ASSERT_PTR_NOT_NULL(strstr(e, "all_reduce #2 on group diagB"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(e, ": rank 0 (waiting in all_reduce #3 on group diagA for "));
+        CU_ASSERT_PTR_NOT_NULL(strstr(e, "never entered it"));
+        CU_ASSERT_PTR_NOT_NULL(
+            strstr(e, "ranks first disagree at #2 on group diagB (rank 0: none; rank 1: all_reduce 4 B)"));
+        if (CU_get_number_of_failures()) fprintf(stderr, "rank 1: %s\n", e);
+        /* join the others' #3, then they join this #2 */
+        zinc_comm_set_timeout(a, 30);
+        CU_ASSERT_EQUAL(zinc_comm_all_reduce(a, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_SUM, NULL),
+                        ZINC_OK);
+    } else {
+        CU_ASSERT_EQUAL(st, ZINC_ERR_TIMEOUT);
+        const char *e = zinc_last_error();
+        CU_ASSERT_PTR_NOT_NULL(strstr(e, "all_reduce #3 on group diagA"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(e, ": rank 1 (waiting in all_reduce #2 on group diagB for "));
+        CU_ASSERT_PTR_NOT_NULL(strstr(e, ") never entered it"));
+        snprintf(want, sizeof want,
+                 "ranks first disagree at #3 on group diagA (rank 0: all_reduce 4 B; rank 1: none)");
+        CU_ASSERT_PTR_NOT_NULL(strstr(e, want));
+        CU_ASSERT_PTR_NULL(strstr(e, "no answer"));
+        if (CU_get_number_of_failures()) fprintf(stderr, "rank %d: %s\n", g_rank, e);
+        zinc_comm_set_timeout(b, 30);
+        CU_ASSERT_EQUAL(zinc_comm_all_reduce(b, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_SUM, NULL),
+                        ZINC_OK);
+    }
+    zinc_comm_set_timeout(a, 30);
+    zinc_comm_set_timeout(b, 30);
+    /* both groups agree again (the stale ops complete) and work */
+    CU_ASSERT_EQUAL(zinc_comm_barrier(a), ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_comm_barrier(b), ZINC_OK);
+    v = 1;
+    CU_ASSERT_EQUAL(zinc_comm_all_reduce(a, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_SUM, NULL),
+                    ZINC_OK);
+    CU_ASSERT_EQUAL(v, g_size);
+    zinc_comm_destroy(a);
+    zinc_comm_destroy(b);
+    zinc_comm_destroy(w2);
+}
+
 int main(int argc, char **argv)
 {
     zinc_status st = zinc_comm_init_world("auto", &argc, &argv, &g_world);
@@ -669,6 +743,7 @@ int main(int argc, char **argv)
     CU_add_test(s, "mesh", test_mesh);
     CU_add_test(s, "timeout", test_timeout);
     CU_add_test(s, "env_timeout", test_env_timeout);
+    CU_add_test(s, "hang_diagnostics", test_hang_diagnostics);
     /* rank 0 narrates; the others speak only about their failures */
     CU_basic_set_mode(g_rank == 0 ? CU_BRM_VERBOSE : CU_BRM_SILENT);
     CU_basic_run_tests();
