@@ -227,6 +227,8 @@ _Static_assert(sizeof(zinc_offload_device) == sizeof(int), "enum fields are stor
 
 static zinc_status hook_cpu_offload(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
                                     const char *path);
+static zinc_status hook_micro_list(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
+                                   const char *path);
 static int skip_scheduler(const zinc_config *c);
 static int skip_data(const zinc_config *c);
 
@@ -483,6 +485,22 @@ static const keydesc tensor_parallel_keys[] = {
     XANYW("partition_config", TP_WHY),
     END};
 
+/* DeepSpeed's elasticity section, version 0.1 (engine/elastic.c) */
+static const keydesc elasticity_keys[] = {
+    KB("enabled", elasticity.enabled, 0),
+    KI("max_train_batch_size", elasticity.max_train_batch_size, 1, TBS_MAX, 2000),
+    {.name = "micro_batch_sizes", .type = T_HOOK, .off = OFF(elasticity.micro_batch_sizes),
+     .hook = hook_micro_list},
+    KI("min_gpus", elasticity.min_gpus, 1, 65536, 1),
+    KI("max_gpus", elasticity.max_gpus, 1, 65536, 10000),
+    XIW("min_time", 0, INF, "zinc-run --elastic relaunches as soon as a job fails"),
+    KB("prefer_larger_batch", elasticity.prefer_larger_batch, 1),
+    KB("ignore_non_elastic_batch_info", elasticity.ignore_non_elastic_batch_info, 0),
+    NYN("version", 0, INF, 0.1, "zinc implements elasticity version 0.1"),
+    NYI("model_parallel_size", 1, INF, 1, "tensor parallelism is not implemented"),
+    XIW("num_gpus_per_node", 1, INF, "used by elasticity version 0.2 only"),
+    END};
+
 static const keydesc root_keys[] = {
     KIA("train_batch_size", train_batch_size, 1, TBS_MAX, 0, F_AUTO | F_BATCH, A_TBS),
     KIA("train_micro_batch_size_per_gpu", train_micro_batch_size_per_gpu, 1, MICRO_MAX, 0, F_AUTO | F_BATCH,
@@ -527,7 +545,7 @@ static const keydesc root_keys[] = {
     XBW("use_data_before_expert_parallelism", "zinc has no expert parallelism"),
     XBW("graph_harvesting", "zinc captures no CUDA graphs"),
     FEATURE("amp", "Apex AMP is not available; use fp16 or bf16"),
-    FEATURE("elasticity", "elastic training is not implemented"),
+    KSEC("elasticity", elasticity_keys),
     XANYW("autotuning", "zinc has no autotuner"),
     KSEC("data_types", data_types_keys),
     XANYW("tensorboard", "zinc writes no TensorBoard events yet; see train.metrics_file"),
@@ -1205,6 +1223,38 @@ static zinc_status walk_object(cfg_ctx *x, const keydesc *tab, json_t *obj, char
 
 /* "cpu_offload": true / "cpu_offload_params": true (old DeepSpeed) mean
  * offload_optimizer / offload_param {"device": "cpu"}. */
+/* elasticity.micro_batch_sizes: a non-empty array of distinct micro-batch sizes. */
+static zinc_status hook_micro_list(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
+                                   const char *path)
+{
+    (void)k;
+    (void)obj;
+    if (json_is_null(v)) return ZINC_OK;
+    char found[128];
+    describe(v, found, sizeof found);
+    size_t n = json_is_array(v) ? json_array_size(v) : 0;
+    if (n < 1 || n > ZINC_ELASTIC_MAX_MICRO)
+        return cfg_err(x, path, "expected an array of 1 to %d micro-batch sizes, found %s",
+                       ZINC_ELASTIC_MAX_MICRO, found);
+    int64_t m[ZINC_ELASTIC_MAX_MICRO];
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(v, i);
+        double d = json_is_number(e) ? json_number_value(e) : -1;
+        if (!(d >= 1 && d <= MICRO_MAX && d == (double)(int64_t)d)) {
+            describe(e, found, sizeof found);
+            return cfg_err(x, path, "entry %zu: expected an integer from 1 to %.0f, found %s", i,
+                           MICRO_MAX, found);
+        }
+        m[i] = (int64_t)d;
+        for (size_t j = 0; j < i; j++)
+            if (m[j] == m[i])
+                return cfg_err(x, path, "entry %zu: %lld is listed twice", i, (long long)m[i]);
+    }
+    memcpy(x->c->elasticity.micro_batch_sizes, m, n * sizeof *m);
+    x->c->elasticity.n_micro = (int)n;
+    return ZINC_OK;
+}
+
 static zinc_status hook_cpu_offload(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
                                     const char *path)
 {
@@ -1253,6 +1303,9 @@ void zinc_config_defaults(zinc_config *c)
 {
     memset(c, 0, sizeof *c);
     defaults_walk(c, root_keys);
+    static const int64_t micro[] = {2, 4, 6}; /* DeepSpeed's default */
+    memcpy(c->elasticity.micro_batch_sizes, micro, sizeof micro);
+    c->elasticity.n_micro = 3;
 }
 
 /* ---------------------------------------------------------------- overrides */
@@ -1368,6 +1421,15 @@ static zinc_status finish_batch(cfg_ctx *x, json_t *root)
     for (int i = 0; i < 3 && !c->given.batch_origin[0]; i++) {
         const char *o = override_of(x, batch_names[i]);
         if (o) snprintf(c->given.batch_origin, sizeof c->given.batch_origin, "--set %s", o);
+    }
+    if (c->elasticity.enabled) { /* elasticity sets the triple (zinc_config_resolve) */
+        for (int i = 0; i < 3; i++)
+            if (c->given.batch[i] && !c->elasticity.ignore_non_elastic_batch_info)
+                return cfg_err(x, batch_names[i],
+                               "not allowed with elasticity.enabled, which sets the batch; "
+                               "remove it or set elasticity.ignore_non_elastic_batch_info: true");
+        memset(c->given.batch, 0, sizeof c->given.batch); /* ignored */
+        return ZINC_OK;
     }
     if (!c->given.batch[0] && !c->given.batch[1])
         return cfg_err_also(x, "train_batch_size", "train_micro_batch_size_per_gpu",
@@ -1657,6 +1719,41 @@ zinc_status zinc_config_load_effects(const char *path, const char *const *overri
 
 /* ---------------------------------------------------------------- batch rule */
 
+/* With elasticity on, the batch keys come from it (engine/elastic.c): the
+ * global batch for every rank count, the largest micro-batch that dp ranks
+ * can run it with. Batch keys given besides are an error, as in DeepSpeed,
+ * unless ignore_non_elastic_batch_info (then they are ignored). */
+static zinc_status elastic_batch(const zinc_config *c, int dp, const char *origin, int64_t g[3])
+{
+    if ((g[0] || g[1] || g[2]) && !c->elasticity.ignore_non_elastic_batch_info)
+        return zinc_error(ZINC_ERR_CONFIG,
+                          "%s: elasticity.enabled sets train_batch_size, "
+                          "train_micro_batch_size_per_gpu and gradient_accumulation_steps; remove "
+                          "them or set elasticity.ignore_non_elastic_batch_info: true",
+                          origin);
+    if (c->elasticity.min_gpus > c->elasticity.max_gpus)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: elasticity.min_gpus %lld > max_gpus %lld", origin,
+                          (long long)c->elasticity.min_gpus, (long long)c->elasticity.max_gpus);
+    int64_t b = zinc_elastic_batch(c), m = 0;
+    if (b < 1)
+        return zinc_error(ZINC_ERR_CONFIG,
+                          "%s: elasticity: no micro_batch_sizes entry fits max_train_batch_size %lld",
+                          origin, (long long)c->elasticity.max_train_batch_size);
+    if (dp < c->elasticity.min_gpus || dp > c->elasticity.max_gpus ||
+        !zinc_elastic_fits(c, b, dp, &m)) {
+        char valid[256];
+        zinc_elastic_valid_list(c, b, valid, sizeof valid);
+        return zinc_error(ZINC_ERR_CONFIG,
+                          "%s: elasticity: %d ranks cannot run its train batch of %lld (valid rank "
+                          "counts: %s)",
+                          origin, dp, (long long)b, valid);
+    }
+    g[0] = b;
+    g[1] = m;
+    g[2] = 0;
+    return ZINC_OK;
+}
+
 zinc_status zinc_config_resolve(zinc_config *c, int dp)
 {
     if (!c) return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_config_resolve: no config");
@@ -1680,6 +1777,12 @@ zinc_status zinc_config_resolve(zinc_config *c, int dp)
                                   origin, batch_names[i], (long long)cur[i]);
             g[i] = cur[i];
         }
+    }
+    int64_t given[3];
+    memcpy(given, g, sizeof given); /* what a later resolve starts from again */
+    if (c->elasticity.enabled) {
+        zinc_status est = elastic_batch(c, dp, origin, g);
+        if (est != ZINC_OK) return est;
     }
     if (!g[0] && !g[1])
         return zinc_error(ZINC_ERR_CONFIG, "%s: neither train_batch_size nor "
@@ -1739,7 +1842,7 @@ zinc_status zinc_config_resolve(zinc_config *c, int dp)
     c->train_batch_size = t;
     c->train_micro_batch_size_per_gpu = m;
     c->gradient_accumulation_steps = a;
-    memcpy(c->given.batch, g, sizeof g);
+    memcpy(c->given.batch, given, sizeof given);
     c->given.resolved[0] = t;
     c->given.resolved[1] = m;
     c->given.resolved[2] = a;

@@ -18,6 +18,7 @@
 #include "zinc/status.h"
 
 #define ZINC_MAX_PATHS 16
+#define ZINC_ELASTIC_MAX_MICRO 16 /* elasticity.micro_batch_sizes entries */
 
 /* train.on_nan: what a step whose gradients (or loss) are not finite does
  * when fp16 loss scaling is off: stop the job naming the first such
@@ -159,6 +160,19 @@ typedef struct zinc_config {
     zinc_comm_kind comm_backend;       /* auto */
     double comm_timeout_s;             /* 300 */
 
+    /* DeepSpeed's elasticity section (version 0.1): when enabled,
+     * zinc_config_resolve derives the batch triple from it for any valid
+     * rank count, keeping the global batch (engine/elastic.c). */
+    struct {
+        int enabled;                   /* false */
+        int64_t max_train_batch_size;  /* 2000 */
+        int64_t micro_batch_sizes[ZINC_ELASTIC_MAX_MICRO]; /* [2, 4, 6] */
+        int n_micro;
+        int64_t min_gpus, max_gpus;    /* 1, 10000 */
+        int prefer_larger_batch;       /* true */
+        int ignore_non_elastic_batch_info; /* false */
+    } elasticity;
+
     /* Private to engine/config.c: the batch keys as given (0 absent, -1
      * "auto"), the triple last resolved and the origin, so that
      * zinc_config_resolve can be re-run for another DP size. */
@@ -211,6 +225,24 @@ zinc_status zinc_config_load_string(const char *json, const char *origin,
  * with another DP size; it works from the values as given. c is unchanged
  * on failure (ZINC_ERR_CONFIG; ZINC_ERR_INVALID_ARG for dp_size < 1). */
 zinc_status zinc_config_resolve(zinc_config *c, int dp_size);
+
+/* Elasticity (DeepSpeed's version 0.1 rule, engine/elastic.c). The global
+ * batch: of the candidates (each micro-batch size and their least common
+ * multiple, scaled by the largest highly composite number that keeps them
+ * <= max_train_batch_size), the one that the most rank counts in
+ * [min_gpus, max_gpus] can run, a tie going to the larger batch when
+ * prefer_larger_batch (else the smaller). A rank count n can run batch B
+ * when some micro-batch size m has B % (m * n) == 0; it then runs the
+ * largest such m with B / (m * n) accumulation steps. */
+int64_t zinc_elastic_batch(const zinc_config *c);
+/* 1 when ranks can run batch, with *micro its micro-batch size; else 0. */
+int zinc_elastic_fits(const zinc_config *c, int64_t batch, int64_t ranks, int64_t *micro);
+/* The largest rank count <= available that the elastic batch can run (0:
+ * none); available itself when elasticity is not enabled. */
+int zinc_elastic_ranks(const zinc_config *c, int available);
+/* Writes the valid rank counts ("1, 2, 3, 4, 6, 8, 12, 24", shortened past
+ * cap) of batch into buf. */
+void zinc_elastic_valid_list(const zinc_config *c, int64_t batch, char *buf, size_t cap);
 
 /* Checks every number stored in c against its key's range (the ranges the
  * parser enforces, which are what zinc's consumers hold: an int micro-batch,

@@ -956,6 +956,86 @@ static void test_honest_keys(void)
     free(err);
 }
 
+/* elasticity: DeepSpeed's version 0.1 rule. The first case is DeepSpeed's
+ * own unit test (tests/unit/elasticity/test_elastic.py, test_basic_10k):
+ * batch 9792 with 23 valid GPU counts. The rest are worked by hand:
+ * micro [2, 3], max 30 gives candidates 24 (2*12, 6*4; valid 1,2,3,4,6,8)
+ * and 18 (3*6; valid 1,2,3,6), so 24. */
+static void test_elasticity(void)
+{
+    zinc_config c;
+    CU_ASSERT_FATAL(load_ok("{\"elasticity\": {\"enabled\": true, \"max_train_batch_size\": 10000,"
+                            " \"micro_batch_sizes\": [8, 12, 16, 17], \"min_gpus\": 32,"
+                            " \"max_gpus\": 1500, \"min_time\": 20, \"version\": 0.1}}",
+                            NULL, 0, 32, &c));
+    int64_t b = zinc_elastic_batch(&c);
+    CU_ASSERT_EQUAL(b, 9792);
+    int n_valid = 0, bad = 0;
+    for (int g = 1; g <= 2000; g++) {
+        int64_t m = 0;
+        int fits = g >= 32 && g <= 1500 && zinc_elastic_fits(&c, b, g, &m);
+        n_valid += fits;
+        if (fits) bad += b % (m * g) != 0;
+    }
+    CU_ASSERT_EQUAL(n_valid, 23);
+    CU_ASSERT_EQUAL(bad, 0);
+    /* resolved at DP 32: the largest micro-batch that divides 9792/32 = 306 is 17 */
+    CU_ASSERT_EQUAL(c.train_batch_size, 9792);
+    CU_ASSERT_EQUAL(c.train_micro_batch_size_per_gpu, 17);
+    CU_ASSERT_EQUAL(c.gradient_accumulation_steps, 18);
+
+    const char *small = "{\"elasticity\": {\"enabled\": true, \"max_train_batch_size\": 30,"
+                        " \"micro_batch_sizes\": [2, 3], \"max_gpus\": 8}}";
+    static const struct { int dp; int64_t micro, gas; } want[] = {
+        {1, 3, 8}, {2, 3, 4}, {3, 2, 4}, {4, 3, 2}, {6, 2, 2}, {8, 3, 1},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        CU_ASSERT_FATAL(load_ok(small, NULL, 0, want[i].dp, &c));
+        CU_ASSERT_EQUAL(c.train_batch_size, 24);
+        CU_ASSERT_EQUAL(c.train_micro_batch_size_per_gpu, want[i].micro);
+        CU_ASSERT_EQUAL(c.gradient_accumulation_steps, want[i].gas);
+    }
+    /* re-resolving the same config for another size works from the section */
+    CU_ASSERT_EQUAL(zinc_config_resolve(&c, 3), ZINC_OK);
+    CU_ASSERT_EQUAL(c.train_micro_batch_size_per_gpu, 2);
+    CU_ASSERT_EQUAL(zinc_config_resolve(&c, 5), ZINC_ERR_CONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "elasticity: 5 ranks cannot run its train "
+                                  "batch of 24 (valid rank counts: 1, 2, 3, 4, 6, 8)"));
+    CU_ASSERT_EQUAL(zinc_elastic_ranks(&c, 7), 6);
+    CU_ASSERT_EQUAL(zinc_elastic_ranks(&c, 5), 4);
+    CU_ASSERT_EQUAL(zinc_elastic_ranks(&c, 100), 8);
+    /* prefer_larger_batch false takes the smaller of two equally elastic
+     * batches: micro [4], max 100: 4*24 = 96 is the only candidate */
+    CU_ASSERT_FATAL(load_ok("{\"elasticity\": {\"enabled\": true, \"max_train_batch_size\": 100,"
+                            " \"micro_batch_sizes\": [4], \"prefer_larger_batch\": false}}",
+                            NULL, 0, 1, &c));
+    CU_ASSERT_EQUAL(c.train_batch_size, 96);
+    /* disabled: any count; not enabled by default */
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 8}", NULL, 0, 1, &c));
+    CU_ASSERT_EQUAL(c.elasticity.enabled, 0);
+    CU_ASSERT_EQUAL(zinc_elastic_ranks(&c, 5), 5);
+    /* errors */
+    CU_ASSERT(fails_with("{\"train_batch_size\": 8, \"elasticity\": {\"enabled\": true}}", NULL, 0,
+                         "train_batch_size: not allowed with elasticity.enabled"));
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 8, \"elasticity\": {\"enabled\": true,"
+                            " \"ignore_non_elastic_batch_info\": true}}", NULL, 0, 1, &c));
+    /* the default sizes [2, 4, 6], max 2000: 2*840 = 1680 has more valid counts than 1440 */
+    CU_ASSERT_EQUAL(c.train_batch_size, 1680);
+    CU_ASSERT(fails_with("{\"elasticity\": {\"enabled\": true, \"micro_batch_sizes\": []}}", NULL, 0,
+                         "elasticity.micro_batch_sizes: expected an array of 1 to 16"));
+    CU_ASSERT(fails_with("{\"elasticity\": {\"enabled\": true, \"micro_batch_sizes\": [2, 2]}}", NULL,
+                         0, "entry 1: 2 is listed twice"));
+    CU_ASSERT(fails_with("{\"elasticity\": {\"enabled\": true, \"micro_batch_sizes\": [2.5]}}", NULL,
+                         0, "entry 0: expected an integer from 1"));
+    CU_ASSERT(fails_with("{\"elasticity\": {\"enabled\": true, \"version\": 0.2}}", NULL, 0,
+                         "elasticity.version: 0.2 is not supported yet; only 0.1"));
+    CU_ASSERT(fails_with("{\"elasticity\": {\"enabled\": true, \"max_train_batch_size\": 1,"
+                         " \"micro_batch_sizes\": [2]}}", NULL, 0,
+                         "no micro_batch_sizes entry fits max_train_batch_size 1"));
+    CU_ASSERT(fails_with("{\"elasticity\": {\"enabled\": true, \"min_gpus\": 4, \"max_gpus\": 2}}",
+                         NULL, 0, "elasticity.min_gpus 4 > max_gpus 2"));
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS) return 1;
@@ -969,7 +1049,8 @@ int main(void)
         !CU_add_test(s, "errors and warnings", test_errors_and_warnings) ||
         !CU_add_test(s, "integer bounds", test_int_bounds) ||
         !CU_add_test(s, "override blame", test_override_blame) ||
-        !CU_add_test(s, "honest keys", test_honest_keys)) {
+        !CU_add_test(s, "honest keys", test_honest_keys) ||
+        !CU_add_test(s, "elasticity", test_elasticity)) {
         CU_cleanup_registry();
         return 1;
     }
