@@ -79,4 +79,15 @@ int env_find(const run_env *e, const char *key);
 int env_files_read(run_env *e, bool allow_loader);
 void env_free(run_env *e);
 
+/* ------------------------------------------------------- elastic.c --- */
+
+/* Notes in failed the hosts a launcher's stderr line says lost their ranks. */
+void elastic_scan_line(const char *line, run_vec *failed);
+/* Removes the hosts named in failed from hs (printing each); returns how many. */
+int elastic_drop(run_hosts *hs, const run_vec *failed);
+/* Ranks for the next run with available slots: the largest count
+ * <= available that PROGRAM's elasticity section allows (zinc-train's
+ * config), else available; 0 when none. */
+int elastic_ranks(int argc, char **argv, int prog, int available);
+
 #endif

@@ -2,7 +2,7 @@
  * mpirun (or Slurm's srun) and returns the job's exit status.
  *
  *   zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]
- *            [--launcher openmpi|slurm] [--max-restarts N] [--allow-env-loader-vars]
+ *            [--launcher openmpi|slurm] [--max-restarts N [--elastic]] [--allow-env-loader-vars]
  *            [--dry-run] [--] PROGRAM ARGS...
  *
  * It only builds an argv: no host name, path, variable or argument is ever
@@ -81,13 +81,20 @@
  * 2 - bad input, which would fail again - and a stop that was asked for) is
  * started again, up to N times, with ZINC_RESTART=k in every rank's
  * environment; zinc-train then resumes from the latest checkpoint of its
- * train.save_dir even when train.resume is not set.
+ * train.save_dir even when train.resume is not set. With --elastic the
+ * launcher's stderr is read on its way through for the hosts whose ranks
+ * died (elastic.c); those are dropped from the next run, which gets the
+ * ranks the other hosts' slots hold (at most the first run's), and for
+ * zinc-train with an elasticity section the most of those its global batch
+ * can run, so the batch stays the same.
  *
  * Exit status: the job's (its last run's); 2 for bad flags, a bad hostfile, .zinc_env or
  * selection; 127 when mpirun/srun is not on PATH; 1 if fork fails.
  */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <limits.h>
 #include <sched.h>
 #include <signal.h>
@@ -108,7 +115,8 @@ extern char **environ;
 
 static const char *usage_text =
     "usage: zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]\n"
-    "                [--launcher openmpi|slurm] [--allow-env-loader-vars] [--dry-run]\n"
+    "                [--launcher openmpi|slurm] [--max-restarts N [--elastic]]\n"
+    "                [--allow-env-loader-vars] [--dry-run]\n"
     "                [--] PROGRAM ARGS...\n"
     "  -n N              ranks, 1 to 65536 (default: all hostfile slots, else 1)\n"
     "  --hostfile F      lines `host slots=N` (N <= 4096); # starts a comment\n"
@@ -117,6 +125,8 @@ static const char *usage_text =
     "  --launcher L      openmpi (mpirun, the default) or slurm (srun)\n"
     "  --max-restarts N  relaunch a failed job up to N times (<= 1000); zinc-train then\n"
     "                    resumes from the latest checkpoint of train.save_dir\n"
+    "  --elastic         with --max-restarts: relaunch without the hosts whose ranks died,\n"
+    "                    on the ranks left (zinc-train: as many as its elasticity allows)\n"
     "  --allow-env-loader-vars\n"
     "                    take LD_*, PATH, BASH_ENV, PYTHONPATH, ... from .zinc_env files\n"
     "                    (refused by default: they choose what code every rank runs)\n"
@@ -309,9 +319,38 @@ static void forward_signal(int sig, siginfo_t *info, void *uctx)
     kill(c, sig);
 }
 
-/* Runs argv in a child and returns its exit status (128+sig if killed). */
-static int run_child(char **argv)
+/* Passes the child's stderr (read end fd) through to ours, line by line,
+ * noting in failed the hosts that the lines say were lost. Returns false at
+ * end of file or when nothing is there to read now. */
+static bool pass_stderr(int fd, char *line, size_t cap, size_t *len, run_vec *failed)
 {
+    char buf[4096];
+    ssize_t got = read(fd, buf, sizeof buf);
+    if (got <= 0) return false;
+    ssize_t w = write(2, buf, (size_t)got);
+    (void)w;
+    for (ssize_t i = 0; i < got; i++) {
+        if (buf[i] == '\n' || *len == cap - 1) {
+            line[*len] = '\0';
+            elastic_scan_line(line, failed);
+            *len = 0;
+        }
+        if (buf[i] != '\n') line[(*len)++] = buf[i];
+    }
+    return true;
+}
+
+/* Runs argv in a child and returns its exit status (128+sig if killed).
+ * With failed, the child's stderr goes through a pipe and is scanned for
+ * lost hosts (elastic.c) on its way to ours. */
+static int run_child(char **argv, run_vec *failed)
+{
+    int pfd[2] = {-1, -1};
+    if (failed && pipe(pfd) != 0) {
+        fprintf(stderr, "zinc-run: pipe: %s; --elastic cannot tell which host failed\n",
+                strerror(errno));
+        failed = NULL;
+    }
     static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -325,6 +364,11 @@ static int run_child(char **argv)
         return 1;
     }
     if (pid == 0) {
+        if (failed) {
+            dup2(pfd[1], 2);
+            close(pfd[0]);
+            close(pfd[1]);
+        }
         execvp(argv[0], argv);
         fprintf(stderr, "zinc-run: cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
@@ -332,10 +376,35 @@ static int run_child(char **argv)
     g_child = pid;
     for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &sa, NULL);
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0) {
-        if (errno != EINTR) {
-            fprintf(stderr, "zinc-run: waitpid: %s\n", strerror(errno));
-            return 1;
+    if (failed) {
+        close(pfd[1]);
+        fcntl(pfd[0], F_SETFL, fcntl(pfd[0], F_GETFL) | O_NONBLOCK);
+        char line[1024];
+        size_t len = 0;
+        for (;;) {
+            struct pollfd pf = {.fd = pfd[0], .events = POLLIN};
+            if (poll(&pf, 1, 100) > 0) pass_stderr(pfd[0], line, sizeof line, &len, failed);
+            pid_t r = waitpid(pid, &status, WNOHANG);
+            if (r == pid) break;
+            if (r < 0 && errno != EINTR) {
+                fprintf(stderr, "zinc-run: waitpid: %s\n", strerror(errno));
+                close(pfd[0]);
+                return 1;
+            }
+        }
+        /* what is left, without waiting for holders of the pipe that outlive it */
+        while (pass_stderr(pfd[0], line, sizeof line, &len, failed)) {}
+        if (len) {
+            line[len] = '\0';
+            elastic_scan_line(line, failed);
+        }
+        close(pfd[0]);
+    } else {
+        while (waitpid(pid, &status, 0) < 0) {
+            if (errno != EINTR) {
+                fprintf(stderr, "zinc-run: waitpid: %s\n", strerror(errno));
+                return 1;
+            }
         }
     }
     g_child = 0;
@@ -352,6 +421,7 @@ typedef struct run_opts {
     bool dry_run;
     bool allow_loader; /* --allow-env-loader-vars */
     int max_restarts;  /* --max-restarts */
+    bool elastic;      /* --elastic */
     int prog;     /* argv index of PROGRAM */
 } run_opts;
 
@@ -396,6 +466,8 @@ static int parse_args(int argc, char **argv, run_opts *o)
             if (!parse_int(v, 0, RUN_MAX_RESTARTS, &o->max_restarts))
                 return fail("--max-restarts: expected a count from 0 to %d, got '%s'",
                             RUN_MAX_RESTARTS, v);
+        } else if (!strcmp(a, "--elastic")) {
+            o->elastic = true;
         } else if (!strcmp(a, "--allow-env-loader-vars")) {
             o->allow_loader = true;
         } else if (!strcmp(a, "-n") || opt_is(a, "--np") || !strcmp(a, "-np") ||
@@ -426,50 +498,40 @@ static int parse_args(int argc, char **argv, run_opts *o)
     if (i >= argc) return usage_error("no PROGRAM given");
     if (argv[i][0] == '-') return usage_error("PROGRAM may not start with '-' (%s)", argv[i]);
     if (o->include && o->exclude) return usage_error("--include and --exclude are exclusive");
+    if (o->elastic && o->max_restarts < 1)
+        return usage_error("--elastic relaunches a failed job: give --max-restarts N too");
     if ((o->include || o->exclude) && !o->hostfile)
         return usage_error("--include/--exclude select from a --hostfile; give one");
     o->prog = i;
     return -1;
 }
 
-int main(int argc, char **argv)
+/* The launcher command for n ranks on hosts hs (none: this node) into cmd:
+ * oversubscription, threads per rank, forwarded variables, PROGRAM ARGS.
+ * Returns 0, or 2 after printing the error. */
+static int build_command(const run_opts *o, int argc, char **argv, const run_hosts *hs,
+                         const run_env *ef, int n, run_vec *cmd)
 {
-    run_opts o;
-    int rc = parse_args(argc, argv, &o);
-    if (rc >= 0) return rc;
-    bool slurm = !strcmp(o.launcher, "slurm");
-
-    run_hosts hs = {0};
-    run_env ef = {0};
-    run_vec names = {0}, cmd = {0};
-    rc = 0;
-    if (o.hostfile) {
-        if ((rc = hostfile_read(o.hostfile, &hs))) goto done;
-        if (o.include && (rc = hosts_select(&hs, o.include, true, o.hostfile))) goto done;
-        if (o.exclude && (rc = hosts_select(&hs, o.exclude, false, o.hostfile))) goto done;
-    }
-    if ((rc = env_files_read(&ef, o.allow_loader))) goto done;
-
+    bool slurm = !strcmp(o->launcher, "slurm");
     /* Ranks, oversubscription and the most ranks any node runs. */
-    int total = 0;
-    for (int i = 0; i < hs.n; i++) total += hs.h[i].n_use;
-    int n = o.n ? o.n : (hs.n ? total : 1);
+    int total = 0, rc = 0;
+    for (int i = 0; i < hs->n; i++) total += hs->h[i].n_use;
     bool oversub = false;
     int per_node = n;
     int cores = logical_cpus();
-    if (hs.n) {
+    if (hs->n) {
         if (n > total) {
-            if (hs.n > 1) {
+            if (hs->n > 1) {
                 rc = fail("-n %d exceeds the %d slots of hostfile %s (%d hosts); lower -n or add "
                           "slots",
-                          n, total, o.hostfile, hs.n);
-                goto done;
+                          n, total, o->hostfile, hs->n);
+                goto out;
             }
             oversub = true; /* one node: run more ranks than slots */
         } else {
             per_node = 0;
-            for (int i = 0, left = n; i < hs.n && left > 0; i++) {
-                int here = hs.h[i].n_use < left ? hs.h[i].n_use : left;
+            for (int i = 0, left = n; i < hs->n && left > 0; i++) {
+                int here = hs->h[i].n_use < left ? hs->h[i].n_use : left;
                 per_node = here > per_node ? here : per_node;
                 left -= here;
             }
@@ -480,77 +542,77 @@ int main(int argc, char **argv)
     if (slurm) {
         int sc, nodes;
         if (parse_int(getenv("SLURM_CPUS_ON_NODE"), 1, 1 << 20, &sc)) cores = sc;
-        if (!hs.n && parse_int(getenv("SLURM_JOB_NUM_NODES"), 1, 1 << 20, &nodes))
+        if (!hs->n && parse_int(getenv("SLURM_JOB_NUM_NODES"), 1, 1 << 20, &nodes))
             per_node = (n + nodes - 1) / nodes;
     }
     int threads = cores / (per_node > 0 ? per_node : 1);
     if (threads < 1) threads = 1;
 
     /* Thread counts unless the user chose them (environment or env file). */
-    bool user_omp = getenv("OMP_NUM_THREADS") || env_find(&ef, "OMP_NUM_THREADS") >= 0;
-    bool user_zt = getenv("ZINC_THREADS") || env_find(&ef, "ZINC_THREADS") >= 0;
-    if (o.max_restarts > 0) setenv("ZINC_RESTART", "0", 1); /* forwarded by name; a restart sets it */
+    bool user_omp = getenv("OMP_NUM_THREADS") || env_find(ef, "OMP_NUM_THREADS") >= 0;
+    bool user_zt = getenv("ZINC_THREADS") || env_find(ef, "ZINC_THREADS") >= 0;
+    run_vec names = {0};
     env_forwarded_names(&names);
 
     if (!slurm) {
-        vec_push(&cmd, "mpirun");
-        vec_push(&cmd, "-n");
-        vec_push_take(&cmd, xprintf("%d", n));
-        vec_push(&cmd, "--bind-to");
-        vec_push(&cmd, "none");
-        if (oversub) vec_push(&cmd, "--oversubscribe");
-        if (geteuid() == 0) vec_push(&cmd, "--allow-run-as-root");
-        vec_push(&cmd, "--mca");
-        vec_push(&cmd, "btl_vader_single_copy_mechanism");
-        vec_push(&cmd, "none");
-        if (hs.n) {
+        vec_push(cmd, "mpirun");
+        vec_push(cmd, "-n");
+        vec_push_take(cmd, xprintf("%d", n));
+        vec_push(cmd, "--bind-to");
+        vec_push(cmd, "none");
+        if (oversub) vec_push(cmd, "--oversubscribe");
+        if (geteuid() == 0) vec_push(cmd, "--allow-run-as-root");
+        vec_push(cmd, "--mca");
+        vec_push(cmd, "btl_vader_single_copy_mechanism");
+        vec_push(cmd, "none");
+        if (hs->n) {
             size_t len = 1;
-            for (int i = 0; i < hs.n; i++) len += strlen(hs.h[i].name) + 16;
+            for (int i = 0; i < hs->n; i++) len += strlen(hs->h[i].name) + 16;
             char *hl = xrealloc(NULL, len), *p = hl;
-            for (int i = 0; i < hs.n; i++)
-                p += sprintf(p, "%s%s:%d", i ? "," : "", hs.h[i].name, hs.h[i].n_use);
-            vec_push(&cmd, "--host");
-            vec_push_take(&cmd, hl);
+            for (int i = 0; i < hs->n; i++)
+                p += sprintf(p, "%s%s:%d", i ? "," : "", hs->h[i].name, hs->h[i].n_use);
+            vec_push(cmd, "--host");
+            vec_push_take(cmd, hl);
         }
         if (!user_omp) {
-            vec_push(&cmd, "-x");
-            vec_push_take(&cmd, xprintf("OMP_NUM_THREADS=%d", threads));
+            vec_push(cmd, "-x");
+            vec_push_take(cmd, xprintf("OMP_NUM_THREADS=%d", threads));
             if (!user_zt) {
-                vec_push(&cmd, "-x");
-                vec_push_take(&cmd, xprintf("ZINC_THREADS=%d", threads));
+                vec_push(cmd, "-x");
+                vec_push_take(cmd, xprintf("ZINC_THREADS=%d", threads));
             }
         }
         for (int i = 0; i < names.n; i++) {
-            vec_push(&cmd, "-x");
-            vec_push(&cmd, names.v[i]);
+            vec_push(cmd, "-x");
+            vec_push(cmd, names.v[i]);
         }
-        for (int i = 0; i < ef.keys.n; i++) {
-            const char *k = ef.keys.v[i];
+        for (int i = 0; i < ef->keys.n; i++) {
+            const char *k = ef->keys.v[i];
             if (getenv(k)) { /* the environment wins: forward it by name, once */
                 bool listed = false;
                 for (int j = 0; j < names.n; j++) listed |= !strcmp(names.v[j], k);
                 if (listed) continue;
-                vec_push(&cmd, "-x");
-                vec_push(&cmd, k);
+                vec_push(cmd, "-x");
+                vec_push(cmd, k);
             } else {
-                vec_push(&cmd, "-x");
-                vec_push_take(&cmd, xprintf("%s=%s", k, ef.vals.v[i]));
+                vec_push(cmd, "-x");
+                vec_push_take(cmd, xprintf("%s=%s", k, ef->vals.v[i]));
             }
         }
     } else {
         /* srun passes the whole environment (--export=ALL); what zinc-run adds
          * rides in the same flag, which splits on commas. */
-        vec_push(&cmd, "srun");
-        vec_push(&cmd, "-n");
-        vec_push_take(&cmd, xprintf("%d", n));
-        vec_push_take(&cmd, xprintf("--cpus-per-task=%d", threads));
-        if (hs.n) {
+        vec_push(cmd, "srun");
+        vec_push(cmd, "-n");
+        vec_push_take(cmd, xprintf("%d", n));
+        vec_push_take(cmd, xprintf("--cpus-per-task=%d", threads));
+        if (hs->n) {
             size_t len = 16;
-            for (int i = 0; i < hs.n; i++) len += strlen(hs.h[i].name) + 1;
+            for (int i = 0; i < hs->n; i++) len += strlen(hs->h[i].name) + 1;
             char *nl = xrealloc(NULL, len), *p = nl;
             p += sprintf(p, "--nodelist=");
-            for (int i = 0; i < hs.n; i++) p += sprintf(p, "%s%s", i ? "," : "", hs.h[i].name);
-            vec_push_take(&cmd, nl);
+            for (int i = 0; i < hs->n; i++) p += sprintf(p, "%s%s", i ? "," : "", hs->h[i].name);
+            vec_push_take(cmd, nl);
         }
         char *exp = xstrdup("--export=ALL");
         if (!user_omp) {
@@ -563,23 +625,80 @@ int main(int argc, char **argv)
                 exp = t;
             }
         }
-        for (int i = 0; i < ef.keys.n; i++) {
-            if (getenv(ef.keys.v[i])) continue; /* already in ALL */
-            if (strchr(ef.vals.v[i], ',')) {
+        for (int i = 0; i < ef->keys.n; i++) {
+            if (getenv(ef->keys.v[i])) continue; /* already in ALL */
+            if (strchr(ef->vals.v[i], ',')) {
                 free(exp);
                 rc = fail(".zinc_env: %s's value holds a comma, which srun --export cannot pass; "
                           "set it in the environment instead",
-                          ef.keys.v[i]);
-                goto done;
+                          ef->keys.v[i]);
+                goto out;
             }
-            char *t = xprintf("%s,%s=%s", exp, ef.keys.v[i], ef.vals.v[i]);
+            char *t = xprintf("%s,%s=%s", exp, ef->keys.v[i], ef->vals.v[i]);
             free(exp);
             exp = t;
         }
-        vec_push_take(&cmd, exp);
+        vec_push_take(cmd, exp);
     }
-    for (int i = o.prog; i < argc; i++) vec_push(&cmd, argv[i]);
-    if ((rc = argv_check(cmd.v))) goto done;
+    for (int i = o->prog; i < argc; i++) vec_push(cmd, argv[i]);
+    rc = argv_check(cmd->v);
+out:
+    vec_free(&names);
+    return rc;
+}
+
+/* --elastic, after a failed run: drops the hosts it lost and rebuilds the
+ * command for the ranks the rest can hold (elastic.c). Returns 0 to relaunch,
+ * else the status to give up with. */
+static int elastic_next(const run_opts *o, int argc, char **argv, run_hosts *hs,
+                        const run_env *ef, run_vec *failed, int *n, run_vec *cmd)
+{
+    if (!hs->n) return 0; /* one node: the same ranks again */
+    int dropped = elastic_drop(hs, failed);
+    vec_free(failed);
+    if (!dropped) return 0;
+    int left = 0;
+    for (int i = 0; i < hs->n; i++) left += hs->h[i].n_use;
+    if (!left) {
+        fprintf(stderr, "zinc-run: --elastic: no hosts are left; giving up\n");
+        return 1;
+    }
+    int want = elastic_ranks(argc, argv, o->prog, left < *n ? left : *n);
+    if (want < 1) {
+        fprintf(stderr, "zinc-run: --elastic: no rank count of at most %d fits the elasticity "
+                        "section of %s; giving up\n", left < *n ? left : *n, argv[o->prog + 1]);
+        return 2;
+    }
+    *n = want;
+    fprintf(stderr, "zinc-run: --elastic: relaunching on %d rank%s over %d host%s\n", *n,
+            *n == 1 ? "" : "s", hs->n, hs->n == 1 ? "" : "s");
+    vec_free(cmd);
+    return build_command(o, argc, argv, hs, ef, *n, cmd);
+}
+
+int main(int argc, char **argv)
+{
+    run_opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc >= 0) return rc;
+    bool slurm = !strcmp(o.launcher, "slurm");
+
+    run_hosts hs = {0};
+    run_env ef = {0};
+    run_vec cmd = {0};
+    rc = 0;
+    if (o.hostfile) {
+        if ((rc = hostfile_read(o.hostfile, &hs))) goto done;
+        if (o.include && (rc = hosts_select(&hs, o.include, true, o.hostfile))) goto done;
+        if (o.exclude && (rc = hosts_select(&hs, o.exclude, false, o.hostfile))) goto done;
+    }
+    if ((rc = env_files_read(&ef, o.allow_loader))) goto done;
+
+    int total = 0;
+    for (int i = 0; i < hs.n; i++) total += hs.h[i].n_use;
+    int n = o.n ? o.n : (hs.n ? total : 1);
+    if (o.max_restarts > 0) setenv("ZINC_RESTART", "0", 1); /* forwarded by name; a restart sets it */
+    if ((rc = build_command(&o, argc, argv, &hs, &ef, n, &cmd))) goto done;
 
     if (o.dry_run) {
         for (int i = 0; i < cmd.n; i++) {
@@ -602,8 +721,9 @@ int main(int argc, char **argv)
         goto done;
     }
     free(found);
+    run_vec failed = {0};
     for (int restart = 0;; restart++) {
-        rc = run_child(cmd.v);
+        rc = run_child(cmd.v, o.elastic ? &failed : NULL);
         /* Not restarted: success, bad input (it would fail again), a stop the
          * user or scheduler asked for, or no restarts left. */
         if (rc == 0 || rc == 2 || g_stops || restart >= o.max_restarts) {
@@ -618,11 +738,12 @@ int main(int argc, char **argv)
         char num[16];
         snprintf(num, sizeof num, "%d", restart + 1);
         setenv("ZINC_RESTART", num, 1);
+        if (o.elastic && (rc = elastic_next(&o, argc, argv, &hs, &ef, &failed, &n, &cmd))) break;
     }
+    vec_free(&failed);
 done:
     hosts_free(&hs);
     env_free(&ef);
-    vec_free(&names);
     vec_free(&cmd);
     return rc;
 }

@@ -47,6 +47,14 @@ has() {
         sed 's/^/    /' "$1" | head -5
     fi
 }
+hasre() { # FILE REGEX (grep's basic regular expression)
+    checks=$((checks + 1))
+    if ! grep -q -- "$2" "$1"; then
+        fails=$((fails + 1))
+        echo "FAIL: /$2/ not in $(basename "$1"):"
+        sed 's/^/    /' "$1" | head -5
+    fi
+}
 lacks() {
     checks=$((checks + 1))
     if grep -qF -- "$2" "$1"; then
@@ -379,6 +387,55 @@ run 2 "$RUN" -n 1 --max-restarts 2 ./bad.sh
 lacks "$ERR" "restart 1"
 run 1 "$RUN" -n 1 false
 lacks "$ERR" "restart"
+
+# --- --elastic: a fake mpirun reports lost hosts the way Open MPI and srun do ---
+run 2 "$RUN" --elastic -n 2 --dry-run prog
+has "$ERR" "--elastic relaunches a failed job: give --max-restarts N too"
+mkdir -p fakebin
+cat > fakebin/mpirun <<'SH'
+#!/bin/sh
+echo "$*" >> "$FAKE_LOG"
+case "$ZINC_RESTART" in
+0) echo "some output of the ranks" >&2
+   echo "mpirun noticed that process rank 2 with PID 4242 on node nodeb exited on signal 9 (Killed)." >&2
+   exit 137 ;;
+1) echo "srun: error: nodec.cluster: task 1: Killed" >&2; exit 1 ;;
+*) exit 0 ;;
+esac
+SH
+chmod +x fakebin/mpirun
+printf 'nodea slots=2\nnodeb slots=2\nnodec slots=1\n' > el_hosts
+export FAKE_LOG=$TMP/fake.log
+: > "$FAKE_LOG"
+run 0 env PATH="$TMP/fakebin:$PATH" "$RUN" --hostfile el_hosts -n 4 --max-restarts 3 --elastic prog
+has "$ERR" "rank 2 with PID 4242 on node nodeb exited on signal 9"  # passed through
+has "$ERR" "zinc-run: --elastic: dropping host nodeb (its ranks died)"
+has "$ERR" "zinc-run: --elastic: relaunching on 3 ranks over 2 hosts"
+has "$ERR" "zinc-run: --elastic: dropping host nodec (its ranks died)"
+has "$ERR" "zinc-run: --elastic: relaunching on 2 ranks over 1 host"
+hasre "$FAKE_LOG" "-n 4 .*--host nodea:2,nodeb:2,nodec:1"
+hasre "$FAKE_LOG" "-n 3 .*--host nodea:2,nodec:1"
+hasre "$FAKE_LOG" "-n 2 .*--host nodea:2 "
+# zinc-train's elasticity section chooses the count: batch 24 runs on 1, 2,
+# 3, 4, 6 or 8 ranks, so 5 slots left give 4 ranks
+cat > el.json <<'JSON'
+{"elasticity": {"enabled": true, "max_train_batch_size": 30, "micro_batch_sizes": [2, 3], "max_gpus": 8}}
+JSON
+printf 'nodea slots=5\nnodeb slots=1\n' > el_hosts2
+: > "$FAKE_LOG"
+run 0 env PATH="$TMP/fakebin:$PATH" "$RUN" --hostfile el_hosts2 --max-restarts 2 --elastic /x/zinc-train el.json --set train.max_steps=3
+has "$ERR" "zinc-run: --elastic: 4 ranks, the most of the 5 left that the elasticity section's train batch of 24 can run"
+hasre "$FAKE_LOG" "-n 6 .*--host nodea:5,nodeb:1"
+hasre "$FAKE_LOG" "-n 4 .*--host nodea:5 .*/x/zinc-train el.json --set train.max_steps=3"
+# without a hostfile nothing is dropped: the same ranks again
+: > "$FAKE_LOG"
+run 0 env PATH="$TMP/fakebin:$PATH" "$RUN" -n 2 --max-restarts 2 --elastic prog
+lacks "$ERR" "dropping host"
+[ "$(grep -c -- '-n 2 ' "$FAKE_LOG")" = 3 ] || { fails=$((fails + 1)); echo "FAIL: expected 3 runs of 2 ranks"; cat "$FAKE_LOG"; }
+# every host lost
+printf 'nodeb slots=2\n' > el_hosts3
+run 1 env PATH="$TMP/fakebin:$PATH" "$RUN" --hostfile el_hosts3 --max-restarts 2 --elastic prog
+has "$ERR" "zinc-run: --elastic: no hosts are left; giving up"
 
 echo "$checks checks, $fails failed"
 [ "$fails" -eq 0 ]
