@@ -105,12 +105,13 @@ if mount -t tmpfs -o size=160k zinc-small "$TMP/small" 2>/dev/null; then
 else
     echo "SKIP real full tmpfs: this machine does not allow mounting (fault injection above covers ENOSPC)"
 fi
-# a swap file removed under a running job
+# a swap file removed under a running job (once it trains: a file the
+# aborted runs above left behind must not be the one removed)
+rm -rf "$NV"/rank*
 $MPIRUN 2 "$T" "$cfg" --set train.max_steps=100000 $OFF --set train.save_dir="$TMP/ck" \
     --set train.resume=auto > "$TMP/rm.log" 2>&1 &
 job=$!
-for _ in $(seq 100); do [ -f "$NV/rank1/optimizer.swp" ] && break; sleep 0.1; done
-sleep 0.5
+for _ in $(seq 600); do grep -q '^step' "$TMP/rm.log" && [ -f "$NV/rank1/optimizer.swp" ] && break; sleep 0.1; done
 rm -f "$NV/rank1/optimizer.swp"
 for _ in $(seq 600); do kill -0 $job 2>/dev/null || break; sleep 0.1; done
 kill -0 $job 2>/dev/null && { kill $job; fail "job kept running after its swap file was removed"; }
