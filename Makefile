@@ -1,5 +1,7 @@
 # zinc - ZeRO in C.  `make` builds, `make test` tests, `make run` trains the demo.
 # `make ASAN=1 ...` / `make UBSAN=1 ...` build sanitized into build-asan/ build-ubsan/.
+# `make fuzz` builds the libFuzzer targets (clang, ASan + UBSan) into build-fuzz/ and runs each
+# FUZZ_TIME seconds (tests/fuzz/run-fuzz.sh); `make test` replays their corpora.
 
 CC      := mpicc
 OPT     ?= -O2 -march=native
@@ -27,6 +29,19 @@ BUILD   := build-ubsan
 CFLAGS  += -fsanitize=undefined -fno-sanitize-recover=undefined
 LDLIBS  += -fsanitize=undefined
 endif
+# The fuzz build (`make fuzz` runs it): clang, since libFuzzer is clang's; the library
+# is instrumented for coverage without libFuzzer's main (fuzzer-no-link), and every UBSan
+# report stops the run (a finding, not a warning). mpi.h and libmpi come from Open MPI's
+# wrapper, asked for its flags rather than run, as the compiler is not its own. UBSan's
+# checks keep clang from vectorizing the kernels' `omp simd` loops, which it reports per
+# loop (-Wpass-failed); no fuzz target runs a kernel.
+ifeq ($(FUZZ),1)
+BUILD   := build-fuzz
+CC      := clang
+CFLAGS  += $(shell mpicc -showme:compile) -fsanitize=fuzzer-no-link,address,undefined \
+           -fno-sanitize-recover=undefined -fno-omit-frame-pointer -Wno-pass-failed
+LDLIBS  += $(shell mpicc -showme:link) -fsanitize=address,undefined
+endif
 ifeq ($(WERROR),1)
 CFLAGS  += -Werror
 endif
@@ -50,11 +65,19 @@ TEST_SRC := $(filter-out tests/gpu/%,$(wildcard tests/*/test_*.c tests/*/prog_*.
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_SRC := $(wildcard bench/*.c)
 BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+# Fuzz targets tests/fuzz/fuzz_<target>.c: linked with tests/fuzz/replay.c by the normal
+# build (the replay `make test` runs over tests/fuzz/corpus/<target>/), with libFuzzer
+# by `make fuzz`. The hostfile target drives zinc-run's parsers, which libzinc lacks.
+FUZZ_TARGETS := config manifest safetensors data hostfile
+FUZZ_REPLAYS := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/replay_%)
+FUZZ_BINS    := $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
+FUZZ_LAUNCHER_OBJ := $(BUILD)/launcher/inputs.o $(BUILD)/launcher/util.o
+FUZZ_TIME    ?= 10
 
 DEPS_STAMP := .deps-installed
 
-.PHONY: all deps test run bench clean
-all: $(DEPS_STAMP) $(PROGS) $(TESTS) $(BENCHES)
+.PHONY: all deps test run bench clean fuzz fuzz-build
+all: $(DEPS_STAMP) $(PROGS) $(TESTS) $(BENCHES) $(FUZZ_REPLAYS)
 
 # Installs missing system packages once per checkout (scripts/install-deps.sh).
 $(DEPS_STAMP): scripts/install-deps.sh
@@ -80,6 +103,23 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 	$(CC) $^ -o $@ $(BLAS_SELECT) $(LDLIBS)
 
+# objects first, then the library (the launcher objects need it)
+$(BUILD)/tests/fuzz/replay_%: $(BUILD)/tests/fuzz/replay.o $(BUILD)/tests/fuzz/fuzz_%.o $(LIB)
+	$(CC) $(filter %.o,$^) $(filter %.a,$^) -o $@ $(LDLIBS)
+$(BUILD)/tests/fuzz/replay_hostfile $(BUILD)/fuzz_hostfile: $(FUZZ_LAUNCHER_OBJ)
+ifeq ($(FUZZ),1)
+$(BUILD)/fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(LIB)
+	$(CC) -fsanitize=fuzzer $(filter %.o,$^) $(filter %.a,$^) -o $@ $(LDLIBS)
+fuzz-build: $(FUZZ_BINS)
+endif
+
+# Installs clang, libFuzzer and libomp if missing, builds the targets into build-fuzz/
+# and runs each FUZZ_TIME seconds (FUZZ_TARGETS="config data" for some only).
+fuzz: $(DEPS_STAMP)
+	@./scripts/install-fuzz-deps.sh
+	$(MAKE) FUZZ=1 BUILD=build-fuzz fuzz-build
+	FUZZ_TIME=$(FUZZ_TIME) ./tests/fuzz/run-fuzz.sh $(FUZZ_TARGETS)
+
 test: all
 	BUILD=$(BUILD) ./scripts/run-tests.sh
 
@@ -90,6 +130,6 @@ bench: all
 	BUILD=$(BUILD) ./bench/bench-train.sh
 
 clean:
-	rm -rf build build-asan build-ubsan build-cuda
+	rm -rf build build-asan build-ubsan build-cuda build-fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
