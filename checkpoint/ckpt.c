@@ -1453,6 +1453,12 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
     memset(m, 0, sizeof *m);
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     snprintf(mp, sizeof mp, "%s/manifest.json", dir);
+    /* jansson reads past a NUL byte between tokens, but meta_verbatim's copy would stop
+     * at it (a truncated meta); no manifest zinc writes holds one (found by fuzz_manifest) */
+    const char *nul = memchr(text, '\0', len);
+    if (nul)
+        return zinc_error(ZINC_ERR_CORRUPT, "%s: holds a NUL byte at offset %zu; not a manifest zinc wrote", mp,
+                          (size_t)(nul - text));
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) return zinc_error(ZINC_ERR_CORRUPT, "%s: line %d column %d: %s", mp, jerr.line, jerr.column, jerr.text);
     json_t *fmt = json_object_get(root, "format"), *tag = json_object_get(root, "tag");
