@@ -1596,12 +1596,12 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
             m->n_chunks++;
         }
         qsort(mt->chunks, (size_t)mt->n_chunks, sizeof *mt->chunks, chunk_cmp);
+        /* every chunk continues where the one before ends: a chunk past the end, or one
+         * repeating a range already covered, is as wrong as a hole (found by fuzz_manifest) */
         int64_t next = 0;
-        for (int j = 0; j < mt->n_chunks && st == ZINC_OK; j++) {
-            if (mt->chunks[j].eo != next) break;
-            next += mt->chunks[j].n;
-        }
-        if (next != mt->numel) {
+        int used = 0;
+        for (; used < mt->n_chunks && mt->chunks[used].eo == next; used++) next += mt->chunks[used].n;
+        if (next != mt->numel || used != mt->n_chunks) {
             st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): chunks do not cover its %lld elements exactly", mp,
                             mt->t.name, mt->t.kind, (long long)mt->numel);
             goto cleanup;
