@@ -116,7 +116,7 @@ endif
 # Installs clang, libFuzzer and libomp if missing, builds the targets into build-fuzz/
 # and runs each FUZZ_TIME seconds (FUZZ_TARGETS="config data" for some only).
 fuzz: $(DEPS_STAMP)
-	@./scripts/install-fuzz-deps.sh
+	@./scripts/install-deps.sh fuzz
 	$(MAKE) FUZZ=1 BUILD=build-fuzz fuzz-build
 	FUZZ_TIME=$(FUZZ_TIME) ./tests/fuzz/run-fuzz.sh $(FUZZ_TARGETS)
 

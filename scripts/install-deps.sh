@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
 # Installs the system packages zinc builds against, only those missing.
+#
+#   scripts/install-deps.sh          what `make`, `make test` and `make run` need
+#   scripts/install-deps.sh fuzz     what `make fuzz` needs besides: clang, its runtime
+#                                    libraries (libFuzzer, ASan, UBSan) and libomp
+#
 # Debian 12 (apt-get). Uses sudo when not root. Idempotent and quiet when
 # everything is present.
 set -euo pipefail
-pkgs=(gcc make libopenmpi-dev openmpi-bin libjansson-dev liburing-dev libcunit1-dev libopenblas-dev libopenblas0-openmp)
+case "${1:-build}" in
+    build) what="zinc"
+           pkgs=(gcc make libopenmpi-dev openmpi-bin libjansson-dev liburing-dev libcunit1-dev
+                 libopenblas-dev libopenblas0-openmp) ;;
+    fuzz)  what="make fuzz"
+           pkgs=(clang libclang-rt-dev libomp-dev) ;;
+    *) echo "install-deps.sh: unknown package set '$1' (build or fuzz)" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
-    echo "zinc: missing packages ${missing[*]} and no apt-get to install them" >&2
+    echo "zinc: $what needs ${missing[*]} and there is no apt-get to install them" >&2
     exit 1
 fi
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-echo "zinc: installing ${missing[*]}" >&2
+echo "zinc: installing ${missing[*]} for $what" >&2
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
