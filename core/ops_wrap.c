@@ -1,6 +1,6 @@
 /* ops_wrap.c - an op table that calls hooks around every op of another
  * one: the op profiler (engine/ops_profile.c) and the strict test device
- * (core/device_strict.c) are both built on it. Op tables hold plain
+ * (kernels/cpu/device_strict.c) are both built on it. Op tables hold plain
  * function pointers, so each wrapper slot is its own set of functions,
  * generated from one list of the ops. */
 #include <assert.h>

@@ -1,4 +1,4 @@
-/* device.c - the cpu device (device memory is host memory; every call is
+/* device_cpu.c - the cpu device (device memory is host memory; every call is
  * synchronous) and, in builds without CUDA, the cuda entry points that say
  * so. The cuda device lives in kernels/cuda/device_cuda.cu. */
 #include <malloc.h>
