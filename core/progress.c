@@ -3,18 +3,12 @@
  * sequences are needed. */
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
-
+#include "zinc/clock.h"
 #include "zinc/progress.h"
 
 #define PROGRESS_BAR_MAX 60
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double now_s(void) { return zinc_now_ms() / 1e3; }
 
 void zinc_progress_init(zinc_progress *p, const char *label, int on, int width, uint64_t min_total)
 {

@@ -160,9 +160,9 @@ struct cfg_ctx {
 #define SEQ_MAX 16777216.0      /* tokens per sequence (int in the kernels) */
 #define THREADS_MAX 4096.0
 #define KEEP_MAX 1000000.0
-#define AIO_BLOCK_MAX 1073741824.0 /* one request moves at most 1 GiB (io/aio.c) */
-#define AIO_QD_MAX 4096.0          /* ring entries per worker (io/aio.c) */
-#define AIO_WORKERS_MAX 256.0      /* workers (io/aio.c) */
+#define AIO_BLOCK_MAX 1073741824.0 /* one request moves at most 1 GiB (offload/aio.c) */
+#define AIO_QD_MAX 4096.0          /* ring entries per worker (offload/aio.c) */
+#define AIO_WORKERS_MAX 256.0      /* workers (offload/aio.c) */
 #define BUFFERS_MAX 1024.0
 
 /* stored keys */

@@ -23,18 +23,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engine_int.h"
+#include "zinc/clock.h"
 #include "zinc/log.h"
 #include "zinc/rng.h"
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 static void *alloc_bytes(const zinc_engine *e, size_t n)
 {
@@ -46,7 +39,7 @@ static void *alloc_bytes(const zinc_engine *e, size_t n)
  * fp32 activations at layer boundaries instead). */
 static zinc_dtype act_dtype(const zinc_engine *e)
 {
-    return e->pdt == ZINC_DTYPE_BF16 ? ZINC_DTYPE_BF16 : ZINC_DTYPE_F32;
+    return e->z.plan.pdt == ZINC_DTYPE_BF16 ? ZINC_DTYPE_BF16 : ZINC_DTYPE_F32;
 }
 
 #define ACT_ALIGN(n) (((n) + 63) / 64 * 64) /* bytes: 64-byte aligned carving */
@@ -65,39 +58,14 @@ int zinc_layer_param_add(zinc_layer *l, const char *name, int ndim, const int64_
         zinc_error(ZINC_ERR_INVALID_ARG, "%s: bad rank %d or too many parameters", name, ndim);
         return -1;
     }
-    if (e->n_params == e->cap_params) {
-        int cap = e->cap_params ? 2 * e->cap_params : 64;
-        engine_param *np = realloc(e->params, (size_t)cap * sizeof *np);
-        if (!np) {
-            zinc_error(ZINC_ERR_NOMEM, "parameter table");
-            return -1;
-        }
-        e->params = np;
-        e->cap_params = cap;
-    }
-    engine_param *p = &e->params[e->n_params];
-    memset(p, 0, sizeof *p);
+    char full[96];
     if (l->def->name[0])
-        snprintf(p->name, sizeof p->name, "%s.%s", l->def->name, name);
+        snprintf(full, sizeof full, "%s.%s", l->def->name, name);
     else
-        snprintf(p->name, sizeof p->name, "%s", name);
-    p->ndim = ndim;
-    p->numel = 1;
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] <= 0) {
-            zinc_error(ZINC_ERR_INVALID_ARG, "%s: dimension %d is %lld", p->name, i,
-                       (long long)shape[i]);
-            return -1;
-        }
-        p->shape[i] = shape[i];
-        p->numel *= shape[i];
-    }
-    p->tp_dim = tp_dim;
-    p->init = init;
-    p->std = std;
-    p->unit = l->index;
-    p->decay = ndim >= 2;
-    l->params[l->n_params] = e->n_params++;
+        snprintf(full, sizeof full, "%s", name);
+    int id = zero_param_add(&e->z, l->index, full, ndim, shape, tp_dim, init, std);
+    if (id < 0) return -1;
+    l->params[l->n_params] = id;
     return l->n_params++;
 }
 
@@ -108,8 +76,8 @@ int zinc_layer_param_tie(zinc_layer *l, const char *full_name)
         zinc_error(ZINC_ERR_INVALID_ARG, "%s: too many parameters", full_name);
         return -1;
     }
-    for (int i = 0; i < e->n_params; i++) {
-        if (!strcmp(e->params[i].name, full_name) && e->params[i].unit < l->index) {
+    for (int i = 0; i < e->z.n_params; i++) {
+        if (!strcmp(e->z.params[i].name, full_name) && e->z.params[i].unit < l->index) {
             l->params[l->n_params] = i;
             return l->n_params++;
         }
@@ -123,17 +91,8 @@ int zinc_layer_n_in(const zinc_layer *l) { return l->n_in; }
 void *zinc_layer_state(const zinc_layer *l) { return l->def->state; }
 void *zinc_layer_acts(zinc_layer *l) { return l->acts; }
 
-float *zinc_layer_param(zinc_layer *l, int idx)
-{
-    const engine_param *p = &l->e->params[l->params[idx]];
-    return l->e->units[p->unit].wp + p->uoff;
-}
-
-float *zinc_layer_grad(zinc_layer *l, int idx)
-{
-    const engine_param *p = &l->e->params[l->params[idx]];
-    return l->e->units[p->unit].wg + p->uoff;
-}
+float *zinc_layer_param(zinc_layer *l, int idx) { return zero_param_data(&l->e->z, l->params[idx]); }
+float *zinc_layer_grad(zinc_layer *l, int idx) { return zero_grad_data(&l->e->z, l->params[idx]); }
 
 /* ---------------------------------------------------------------- scheduler */
 
@@ -174,21 +133,16 @@ double zinc_sched_lr(const zinc_config *c, int64_t step)
 
 /* ---------------------------------------------------------------- lifecycle */
 
-static zinc_dtype param_dtype(const zinc_config *c)
-{
-    return c->bf16.enabled ? ZINC_DTYPE_BF16 : c->fp16.enabled ? ZINC_DTYPE_F16 : ZINC_DTYPE_F32;
-}
-
 /* Runs every layer's declare, records which units each layer touches, and
- * lays the units out for (dp, dp_rank, stage). Needs e->model, cfg, dp,
- * dp_rank, stage, pdt. */
+ * lays the units out for zero's plan, dp and dp_rank. Needs e->model, cfg,
+ * e->z's plan, dp, dp_rank. */
 static zinc_status engine_declare(zinc_engine *e)
 {
     zinc_status st = ZINC_OK;
     e->n_layers = e->model->n_layers;
-    e->layers = calloc((size_t)e->n_layers, sizeof *e->layers);
-    e->units = calloc((size_t)e->n_layers, sizeof *e->units);
-    if (!e->layers || !e->units) return zinc_error(ZINC_ERR_NOMEM, "layer table");
+    e->layers = calloc((size_t)(e->n_layers ? e->n_layers : 1), sizeof *e->layers);
+    if (!e->layers) return zinc_error(ZINC_ERR_NOMEM, "layer table");
+    ZINC_TRY(zero_tables_alloc(&e->z, e->n_layers));
     int width = 0;
     for (int i = 0; i < e->n_layers; i++) {
         zinc_layer *l = &e->layers[i];
@@ -198,27 +152,13 @@ static zinc_status engine_declare(zinc_engine *e)
         l->n_in = width;
         l->n_out = width;
         l->declaring = 1;
-        e->units[i].n_params_first = e->n_params;
         ZINC_TRY(l->def->ops->declare(l));
         l->declaring = 0;
-        e->units[i].n_params_end = e->n_params;
-        e->units[i].first_user = -1;
         width = l->n_out;
-        for (int k = 0; k < l->n_params; k++) {
-            int u = e->params[l->params[k]].unit, seen = 0;
-            for (int j = 0; j < l->n_units; j++) seen |= l->units[j] == u;
-            if (seen) continue;
-            if (l->n_units == ENGINE_MAX_LAYER_UNITS)
-                return zinc_error(ZINC_ERR_INVALID_ARG, "layer %d ties too many layers", i);
-            l->units[l->n_units++] = u;
-        }
+        for (int k = 0; k < l->n_params; k++)
+            ZINC_TRY(zero_layer_use(&e->z, i, e->z.params[l->params[k]].unit));
     }
-    for (int i = 0; i < e->n_layers; i++)
-        for (int j = 0; j < e->layers[i].n_units; j++) {
-            engine_unit *u = &e->units[e->layers[i].units[j]];
-            if (u->first_user < 0) u->first_user = i;
-        }
-    zero_units_layout(e);
+    zero_units_layout(&e->z);
 cleanup:
     return st;
 }
@@ -226,11 +166,8 @@ cleanup:
 static void engine_free_tables(zinc_engine *e)
 {
     free(e->layers);
-    free(e->units);
-    free(e->params);
     e->layers = NULL;
-    e->units = NULL;
-    e->params = NULL;
+    zero_tables_free(&e->z);
 }
 
 /* Bytes of activation memory for one (B, T) micro-batch: every layer's
@@ -256,6 +193,41 @@ static void act_sizes(zinc_engine *e, size_t *act_total, size_t *dbuf, size_t *s
     *dbuf = BT * max_width * asz;
 }
 
+/* What zero/ takes from the config, for an estimate and an engine alike. */
+static void engine_zero_opts(const zinc_config *c, zero_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->pdt = c->bf16.enabled ? ZINC_DTYPE_BF16 : c->fp16.enabled ? ZINC_DTYPE_F16 : ZINC_DTYPE_F32;
+    o->offload_optimizer = c->zero.offload_optimizer.device;
+    o->offload_param = c->zero.offload_param.device;
+    o->optimizer_nvme_path = c->zero.offload_optimizer.nvme_path;
+    o->param_nvme_path = c->zero.offload_param.nvme_path;
+    o->pipeline_read = c->zero.offload_optimizer.pipeline_read;
+    o->pipeline_write = c->zero.offload_optimizer.pipeline_write;
+    o->overlap_comm = c->zero.overlap_comm;
+    o->reduce_bucket_size = c->zero.reduce_bucket_size;
+    o->allgather_bucket_size = c->zero.allgather_bucket_size;
+    o->prefetch_bucket_size = c->zero.stage3_prefetch_bucket_size;
+    o->max_live_parameters = c->zero.stage3_max_live_parameters;
+    o->max_reuse_distance = c->zero.stage3_max_reuse_distance;
+    o->persistence_threshold = c->zero.stage3_param_persistence_threshold;
+    o->sub_group_size = c->zero.sub_group_size;
+    o->weight_decay = c->optimizer.weight_decay;
+    o->beta1 = c->optimizer.betas[0];
+    o->beta2 = c->optimizer.betas[1];
+    o->eps = c->optimizer.eps;
+    o->seed = (uint64_t)c->model.seed;
+}
+
+/* The device an estimate plans for: a GPU when the config asks for one, or
+ * for "auto" when this machine has one (NULL: host memory). */
+static const char *estimate_device(const zinc_config *c)
+{
+    if (c->device == ZINC_DEVICE_CUDA) return "cuda";
+    if (c->device == ZINC_DEVICE_AUTO && zinc_device_cuda_count() > 0) return "cuda";
+    return NULL;
+}
+
 zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_def *m, int dp,
                                         int stage, zinc_mem_stats *out)
 {
@@ -266,19 +238,18 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     zinc_engine e;
     memset(&e, 0, sizeof e);
     e.cfg = *c;
+    /* a row for a stage the config does not pick: parameter offload needs stage 3 */
+    if (stage != 3) e.cfg.zero.offload_param.device = ZINC_OFFLOAD_NONE;
     e.model = m;
-    e.dp = dp;
-    e.stage = stage;
-    e.pdt = param_dtype(c);
-    e.psz = zinc_dtype_size(e.pdt);
-    e.opt_nvme = c->zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;
-    e.param_nvme = stage == 3 && c->zero.offload_param.device == ZINC_OFFLOAD_NVME;
-    e.master_sep = e.pdt != ZINC_DTYPE_F32 || e.opt_nvme || e.param_nvme;
+    engine_zero_opts(&e.cfg, &e.z.opt);
+    e.z.dp = dp;
+    zinc_status st = zero_plan_make(&e.z.opt, stage, estimate_device(&e.cfg), &e.z.plan);
+    if (st != ZINC_OK) return st;
     e.B = (int)c->train_micro_batch_size_per_gpu;
     e.T = (int)zinc_config_seq_len(c);
-    zinc_status st = engine_declare(&e);
+    st = engine_declare(&e);
     if (st == ZINC_OK) {
-        zero_mem_stats(&e, out);
+        zero_mem_stats(&e.z, out);
         if (e.B > 0 && e.T > 0) {
             size_t act, dbuf, scratch;
             act_sizes(&e, &act, &dbuf, &scratch);
@@ -289,6 +260,18 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     return st;
 }
 
+zinc_status zinc_engine_aio_create(const zinc_config *c, zinc_aio **out)
+{
+    zinc_aio_opts ao;
+    zinc_aio_opts_default(&ao);
+    ao.block_size = (size_t)c->aio.block_size;
+    ao.queue_depth = (int)c->aio.queue_depth;
+    ao.intra_op_parallelism = (int)c->aio.intra_op_parallelism;
+    ao.single_submit = c->aio.single_submit;
+    ao.overlap_events = c->aio.overlap_events;
+    return zinc_aio_create(&ao, out);
+}
+
 /* The rank-local part of engine creation: declare, swap files, model
  * state, activations. */
 static zinc_status engine_alloc_local(zinc_engine *e)
@@ -296,20 +279,26 @@ static zinc_status engine_alloc_local(zinc_engine *e)
     zinc_status st = ZINC_OK;
     ZINC_TRY(engine_declare(e));
     for (int l = 0; l < e->n_layers; l++) /* MPI counts are int */
-        if (e->units[l].numel > (size_t)INT32_MAX) {
+        if (e->z.units[l].numel > (size_t)INT32_MAX) {
             st = zinc_error(ZINC_ERR_UNSUPPORTED, "layer %d has %zu parameters; zinc handles at "
-                            "most %d per layer (one collective each)", l, e->units[l].numel,
+                            "most %d per layer (one collective each)", l, e->z.units[l].numel,
                             INT32_MAX);
             goto cleanup;
         }
-    if (e->opt_nvme || e->param_nvme) ZINC_TRY(offload_open(e));
+    if (e->z.plan.opt_nvme || e->z.plan.param_nvme) {
+        if (!e->aio) {
+            ZINC_TRY(zinc_engine_aio_create(&e->cfg, &e->aio));
+            e->aio_owned = 1;
+        }
+        ZINC_TRY(zero_offload_open(&e->z, e->aio, zinc_comm_rank(e->world)));
+    }
     e->out = calloc((size_t)e->n_layers, sizeof *e->out);
     if (!e->out) {
         st = zinc_error(ZINC_ERR_NOMEM, "layer table");
         goto cleanup;
     }
-    ZINC_TRY(zero_units_alloc(e));
-    zero_mem_stats(e, &e->mem);
+    ZINC_TRY(zero_units_alloc(&e->z));
+    zero_mem_stats(&e->z, &e->mem);
 
     /* activations: saved acts + outputs per layer, grads ping-pong, scratch */
     size_t BT = (size_t)e->B * e->T, act_total, dbuf, scratch;
@@ -381,9 +370,11 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     e->cfg = *o->config;
     e->world = o->world;
     e->model = o->model;
-    e->stage = e->cfg.zero.stage;
-    e->pdt = param_dtype(&e->cfg);
-    e->psz = zinc_dtype_size(e->pdt);
+    e->aio = o->aio;
+    engine_zero_opts(&e->cfg, &e->z.opt);
+    /* the storage dtype, for the op table check below; the plan is made for
+     * the device once it is known */
+    e->z.plan.pdt = e->z.opt.pdt;
 
     /* the device: every rank opens its own, then all agree (one GPU may be
      * missing on one node) */
@@ -398,7 +389,7 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
             goto cleanup;
         }
     }
-    e->ops = e->pdt == ZINC_DTYPE_BF16 ? e->dev->ops_bf16 : e->dev->ops;
+    e->ops = e->z.plan.pdt == ZINC_DTYPE_BF16 ? e->dev->ops_bf16 : e->dev->ops;
     if (e->ops->act != act_dtype(e)) {
         st = zinc_error(ZINC_ERR_INTERNAL, "device %s: op table %s stores activations in %s, "
                         "the engine expects %s", e->dev->name, e->ops->name,
@@ -411,45 +402,22 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     }
     /* collectives take device buffers from here on (groups split later inherit) */
     if (!e->dev->is_host) ZINC_TRY(zinc_comm_set_device(e->world, e->dev));
-    /* on a GPU: offload_optimizer cpu keeps the optimizer state in pinned host
-     * memory and runs AdamW on the CPU; NVMe and parameter offload are not
-     * there yet */
-    if (!e->dev->is_host && e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "zero_optimization.offload_param.device %s: not "
-                        "supported with device %s yet (offload_optimizer \"cpu\" and \"nvme\" "
-                        "are); use \"none\" or \"device\": \"cpu\"",
-                        e->cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME ? "nvme" : "cpu",
-                        e->dev->name);
-        goto cleanup;
-    }
-    /* an offloaded optimizer on a GPU runs on the host: master, m, v in
-     * pinned host memory ("cpu") or streamed from swap files through host
-     * buffers ("nvme"); grads come down and params go up per sub-group */
-    e->opt_host = !e->dev->is_host && e->cfg.zero.offload_optimizer.device != ZINC_OFFLOAD_NONE;
-    /* offload: "cpu" keeps the state in host memory, where the cpu device
-     * already holds it; "nvme" streams it through swap files */
-    e->opt_nvme = e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME;
-    e->param_nvme = e->cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME;
-    if (e->cfg.zero.offload_param.device != ZINC_OFFLOAD_NONE && e->stage != 3) {
-        st = zinc_error(ZINC_ERR_CONFIG, "zero_optimization.offload_param needs "
-                        "zero_optimization.stage 3, found %d", e->stage);
-        goto cleanup;
-    }
-    e->master_sep = e->pdt != ZINC_DTYPE_F32 || e->opt_nvme || e->param_nvme || e->opt_host;
-    if (e->stage < 0 || e->stage > 3) {
-        st = zinc_error(ZINC_ERR_CONFIG, "zero_optimization.stage: expected 0..3, found %d", e->stage);
-        goto cleanup;
-    }
+    /* what is sharded and where it lives: one plan, as --estimate-memory makes it */
+    ZINC_TRY(zero_plan_make(&e->z.opt, (int)e->cfg.zero.stage, e->dev->is_host ? NULL : e->dev->name,
+                            &e->z.plan));
+    e->z.dev = e->dev;
+    e->z.ops = e->ops;
     int world = zinc_comm_size(e->world);
     ZINC_TRY(zinc_mesh_create(e->world, 1, world, 1, &e->mesh));
-    e->dp = e->mesh->dp;
-    e->dp_rank = e->mesh->dp_rank;
+    e->z.dp = e->mesh->dp;
+    e->z.dp_rank = e->mesh->dp_rank;
+    e->z.dp_group = e->mesh->dp_group;
     e->B = (int)e->cfg.train_micro_batch_size_per_gpu;
     e->ga = (int)e->cfg.gradient_accumulation_steps;
     e->T = (int)zinc_config_seq_len(&e->cfg);
-    if (e->cfg.train_batch_size != (int64_t)e->B * e->ga * e->dp) {
+    if (e->cfg.train_batch_size != (int64_t)e->B * e->ga * e->z.dp) {
         st = zinc_error(ZINC_ERR_CONFIG, "train_batch_size %lld != micro %d * grad_accum %d * dp %d",
-                        (long long)e->cfg.train_batch_size, e->B, e->ga, e->dp);
+                        (long long)e->cfg.train_batch_size, e->B, e->ga, e->z.dp);
         goto cleanup;
     }
 
@@ -477,9 +445,10 @@ cleanup:
 void zinc_engine_destroy(zinc_engine *e)
 {
     if (!e) return;
-    if (e->profiling && e->dp_rank == 0) engine_ops_profile_report();
-    zero_units_free(e);
-    offload_close(e);
+    if (e->profiling && e->z.dp_rank == 0) engine_ops_profile_report();
+    zero_units_free(&e->z);
+    zero_offload_close(&e->z);
+    if (e->aio_owned) zinc_aio_destroy(e->aio);
     zinc_mesh_destroy(e->mesh);
     engine_free_tables(e);
     free(e->out);
@@ -499,7 +468,7 @@ void zinc_engine_destroy(zinc_engine *e)
 int64_t zinc_engine_n_params(const zinc_engine *e)
 {
     int64_t n = 0;
-    for (int i = 0; i < e->n_params; i++) n += e->params[i].numel;
+    for (int i = 0; i < e->z.n_params; i++) n += e->z.params[i].numel;
     return n;
 }
 
@@ -510,32 +479,33 @@ zinc_status engine_sync(zinc_engine *e)
     return st;
 }
 
-int zinc_engine_dp_rank(const zinc_engine *e) { return e->dp_rank; }
+int zinc_engine_dp_rank(const zinc_engine *e) { return e->z.dp_rank; }
 const zinc_device *zinc_engine_device(const zinc_engine *e) { return e->dev; }
-int zinc_engine_dp_size(const zinc_engine *e) { return e->dp; }
+int zinc_engine_dp_size(const zinc_engine *e) { return e->z.dp; }
 
-static const engine_param *param_named(const zinc_engine *e, const char *name)
+static const zero_param *param_named(const zinc_engine *e, const char *name)
 {
-    for (int i = 0; i < e->n_params; i++)
-        if (!strcmp(e->params[i].name, name)) return &e->params[i];
+    for (int i = 0; i < e->z.n_params; i++)
+        if (!strcmp(e->z.params[i].name, name)) return &e->z.params[i];
     return NULL;
 }
 
 float *zinc_engine_param_by_name(zinc_engine *e, const char *name, int64_t *numel)
 {
-    const engine_param *p = param_named(e, name);
-    if (!p || e->pdt != ZINC_DTYPE_F32 || e->units[p->unit].sharded || !e->units[p->unit].p)
+    const zero_param *p = param_named(e, name);
+    if (!p || e->z.plan.pdt != ZINC_DTYPE_F32 || e->z.units[p->unit].sharded ||
+        !e->z.units[p->unit].p)
         return NULL;
     if (numel) *numel = p->numel;
-    return (float *)e->units[p->unit].p + p->uoff;
+    return (float *)e->z.units[p->unit].p + p->uoff;
 }
 
 float *zinc_engine_grad_by_name(zinc_engine *e, const char *name, int64_t *numel)
 {
-    const engine_param *p = param_named(e, name);
-    if (!p || e->pdt != ZINC_DTYPE_F32 || e->stage >= 2) return NULL;
+    const zero_param *p = param_named(e, name);
+    if (!p || e->z.plan.pdt != ZINC_DTYPE_F32 || e->z.plan.stage >= 2) return NULL;
     if (numel) *numel = p->numel;
-    return (float *)e->units[p->unit].g + p->uoff;
+    return (float *)e->z.units[p->unit].g + p->uoff;
 }
 
 /* ---------------------------------------------------------------- the step */
@@ -544,8 +514,8 @@ float *zinc_engine_grad_by_name(zinc_engine *e, const char *name, int64_t *numel
  * numerics; bf16 activations are stored in bf16 already). */
 static void round_storage(const zinc_engine *e, void *x, size_t n)
 {
-    if (e->pdt != ZINC_DTYPE_F32 && e->ops->act == ZINC_DTYPE_F32)
-        e->ops->round_to(x, e->pdt, n);
+    if (e->z.plan.pdt != ZINC_DTYPE_F32 && e->ops->act == ZINC_DTYPE_F32)
+        e->ops->round_to(x, e->z.plan.pdt, n);
 }
 
 /* Copies a micro-batch the data loader wrote to host memory onto the device. */
@@ -572,67 +542,8 @@ static zinc_status batch_load(zinc_engine *e, const zinc_data *data, uint64_t fi
 static zinc_status phase_ms(zinc_engine *e, double *t)
 {
     zinc_status st = e->cfg.wall_clock_breakdown ? engine_sync(e) : ZINC_OK;
-    *t = now_ms();
+    *t = zinc_now_ms();
     return st;
-}
-
-/* Layer run at position pos of the step's touch sequence: forward 0..L-1,
- * then backward L..2L-1 (layer 2L-1-pos). */
-static int layer_at(const zinc_engine *e, int pos)
-{
-    return pos < e->n_layers ? pos : 2 * e->n_layers - 1 - pos;
-}
-
-/* After position pos, keeps unit u's working params if its next use comes
- * before stage3_max_reuse_distance elements of other layers' params have
- * been used in between (DeepSpeed's rule: 0 releases after every use). */
-static void maybe_release(zinc_engine *e, int u, int pos)
-{
-    if (!zero_unit_releasable(e, u)) return;
-    uint64_t dist = 0, max = (uint64_t)e->cfg.zero.stage3_max_reuse_distance;
-    for (int q = pos + 1; q < 2 * e->n_layers && dist < max; q++) {
-        const zinc_layer *l = &e->layers[layer_at(e, q)];
-        for (int j = 0; j < l->n_units; j++)
-            if (l->units[j] == u) return;
-        for (int j = 0; j < l->n_units; j++) dist += e->units[l->units[j]].numel;
-    }
-    zero_unit_release(e, u);
-}
-
-/* ZeRO-3 prefetch, as DeepSpeed's parameter coordinator does it: walking
- * the layers from position pos up to (not including) end in the order they
- * will run, starts gathering every sharded unit whose params are not live,
- * while fewer than stage3_prefetch_bucket_size elements are being fetched
- * ahead (gathers in flight count; the unit that reaches the bucket still
- * goes, since the check comes before it) and live plus fetched elements stay
- * within stage3_max_live_parameters (the walk stops at the first unit that
- * does not fit, so units arrive in the order of use). 0 turns prefetch off.
- *
- * Fetching far ahead matters on ranks that share a node: collectives move
- * their bytes only while every rank is inside MPI, so each gather waited for
- * on its own is a point where the ranks meet; with the default bucket (5e7)
- * a small model's forward gathers everything at its first layer, in one go. */
-static zinc_status prefetch(zinc_engine *e, int pos, int end)
-{
-    const int64_t bucket = e->cfg.zero.stage3_prefetch_bucket_size;
-    if (e->stage != 3 || bucket <= 0) return ZINC_OK;
-    uint64_t ahead = 0, max_live = (uint64_t)e->cfg.zero.stage3_max_live_parameters;
-    for (int q = pos; q < end && ahead < (uint64_t)bucket; q++) {
-        const zinc_layer *l = &e->layers[layer_at(e, q)];
-        for (int j = 0; j < l->n_units && ahead < (uint64_t)bucket; j++) {
-            const engine_unit *u = &e->units[l->units[j]];
-            if (!zero_unit_gathers(e, l->units[j]) || u->wp) continue;
-            if (u->h_gather || u->pread) {
-                ahead += u->numel;
-                continue;
-            }
-            if (e->live_elems + e->fetch_elems + u->numel > max_live) return ZINC_OK;
-            zinc_status st = zero_unit_prefetch(e, l->units[j]);
-            if (st != ZINC_OK) return st;
-            ahead += u->numel;
-        }
-    }
-    return ZINC_OK;
 }
 
 /* Forward and (if backward) backward of one micro-batch; adds its loss sum
@@ -642,17 +553,15 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
     zinc_status st = ZINC_OK;
     size_t BT = (size_t)e->B * e->T;
     int L = e->n_layers;
-    int end = backward ? 2 * L : L; /* prefetch never reaches past this micro-batch's last use */
     c->loss_sum = 0.0;
     const void *x = e->tokens;
-    double t0 = now_ms();
+    double t0 = zinc_now_ms();
     for (int i = 0; i < L; i++) {
         zinc_layer *l = &e->layers[i];
-        for (int j = 0; j < l->n_units; j++) ZINC_TRY(zero_unit_materialize(e, l->units[j]));
-        ZINC_TRY(prefetch(e, i + 1, end));
+        ZINC_TRY(zero_forward_begin(&e->z, i, backward));
         ZINC_TRY(l->def->ops->forward(l, c, x, e->out[i]));
         if (e->out[i]) round_storage(e, e->out[i], BT * (size_t)l->n_out);
-        for (int j = 0; j < l->n_units; j++) maybe_release(e, l->units[j], i);
+        zero_forward_end(&e->z, i);
         x = e->out[i];
     }
     double t1;
@@ -661,40 +570,33 @@ static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int
     const void *dy = NULL;
     for (int i = backward ? L - 1 : -1; i >= 0; i--) {
         zinc_layer *l = &e->layers[i];
-        int pos = 2 * L - 1 - i;
-        for (int j = 0; j < l->n_units; j++) {
-            ZINC_TRY(zero_unit_materialize(e, l->units[j]));
-            ZINC_TRY(zero_grad_open(e, l->units[j]));
-        }
-        ZINC_TRY(prefetch(e, pos + 1, end));
+        ZINC_TRY(zero_backward_begin(&e->z, i));
         void *dx = i > 0 ? e->dbuf[i & 1] : NULL;
         if (dx) e->ops->zero(dx, BT * (size_t)l->n_in * zinc_dtype_size(e->ops->act));
         const void *xi = i > 0 ? (const void *)e->out[i - 1] : (const void *)e->tokens;
         ZINC_TRY(l->def->ops->backward(l, c, xi, dy, dx));
         if (dx) round_storage(e, dx, BT * (size_t)l->n_in);
-        for (int j = 0; j < l->n_units; j++)
-            if (e->units[l->units[j]].first_user == i) ZINC_TRY(zero_grad_close(e, l->units[j]));
-        for (int j = 0; j < l->n_units; j++) maybe_release(e, l->units[j], pos);
+        ZINC_TRY(zero_backward_end(&e->z, i));
         dy = dx;
     }
-    ZINC_TRY(zero_wait_pending(e, 1));
+    ZINC_TRY(zero_backward_done(&e->z));
     double t2;
     ZINC_TRY(phase_ms(e, &t2));
     e->t_bwd += t2 - t1;
     *loss_sum += c->loss_sum;
 cleanup:
-    for (int u = 0; u < L; u++) zero_unit_release(e, u);
+    zero_micro_end(&e->z);
     return st;
 }
 
 zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
                                       const int32_t *targets, double *loss)
 {
-    if (e->stage != 0 || e->pdt != ZINC_DTYPE_F32)
+    if (e->z.plan.stage != 0 || e->z.plan.pdt != ZINC_DTYPE_F32)
         return zinc_error(ZINC_ERR_UNSUPPORTED, "loss_and_grad: fp32 at ZeRO stage 0 only");
     size_t BT = (size_t)e->B * e->T;
     batch_to_device(e, tokens, targets);
-    zero_grads_zero(e);
+    zero_grads_zero(&e->z);
     zinc_ctx c = {
         .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
         .dloss = 1.0f / (float)BT, .scratch = e->scratch,
@@ -721,12 +623,12 @@ zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t firs
     for (int b = 0; b < n_batches; b++)
         for (int m = 0; m < e->ga; m++) {
             uint64_t first = (uint64_t)first_sample + (uint64_t)b * e->cfg.train_batch_size +
-                             (uint64_t)m * e->B * e->dp + (uint64_t)e->dp_rank * e->B;
+                             (uint64_t)m * e->B * e->z.dp + (uint64_t)e->z.dp_rank * e->B;
             ZINC_TRY(batch_load(e, data, first));
             ZINC_TRY(micro_step(e, &c, &sum, 0));
         }
     ZINC_TRY(engine_sync(e));
-    if (e->dp > 1)
+    if (e->z.dp > 1)
         ZINC_TRY(zinc_comm_all_reduce(e->mesh->dp_group, &sum, &sum, 1, ZINC_DTYPE_F64,
                                       ZINC_REDOP_SUM, NULL));
     *loss = sum / ((double)n_batches * e->cfg.train_batch_size * e->T);
@@ -756,33 +658,33 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     zinc_status st = ZINC_OK;
     const zinc_config *cfg = &e->cfg;
     zinc_comm *dpg = e->mesh->dp_group;
-    double t0 = now_ms();
+    double t0 = zinc_now_ms();
     zinc_comm_reset_bytes(dpg);
     e->dev->mem_reset_peak();
 
-    zero_grads_zero(e);
-    e->t_fwd = e->t_bwd = e->t_reduce = e->t_opt = e->t_opt_io = 0.0;
+    zero_grads_zero(&e->z);
+    e->t_fwd = e->t_bwd = e->t_reduce = e->t_opt = e->z.t_opt_io = 0.0;
     double scale = e->scaler.scale;
     zinc_ctx c = {
         .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
-        .dloss = (float)(scale / ((double)e->B * e->T * e->ga * e->dp)), .scratch = e->scratch,
+        .dloss = (float)(scale / ((double)e->B * e->T * e->ga * e->z.dp)), .scratch = e->scratch,
     };
     double loss_sum = 0.0;
     for (int m = 0; m < e->ga; m++) {
-        uint64_t first = (uint64_t)e->samples + (uint64_t)m * e->B * e->dp +
-                         (uint64_t)e->dp_rank * e->B;
+        uint64_t first = (uint64_t)e->samples + (uint64_t)m * e->B * e->z.dp +
+                         (uint64_t)e->z.dp_rank * e->B;
         ZINC_TRY(batch_load(e, data, first));
         ZINC_TRY(micro_step(e, &c, &loss_sum, 1));
     }
-    double tr = now_ms();
-    ZINC_TRY(zero_reduce_boundary(e));
-    zero_fault_nan(e);
+    double tr = zinc_now_ms();
+    ZINC_TRY(zero_reduce_boundary(&e->z));
+    zero_fault_nan(&e->z, e->step);
 
     /* loss and global grad norm: one all-reduce of (loss, sum of squares) */
     double red[2] = {loss_sum, 0.0};
-    ZINC_TRY(zero_grad_sumsq(e, &red[1]));
-    if (e->dp > 1) {
-        if (e->stage == 0) /* whole grads everywhere: only the loss needs summing */
+    ZINC_TRY(zero_grad_sumsq(&e->z, &red[1]));
+    if (e->z.dp > 1) {
+        if (e->z.plan.stage == 0) /* whole grads everywhere: only the loss needs summing */
             ZINC_TRY(zinc_comm_all_reduce(dpg, red, red, 1, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
         else
             ZINC_TRY(zinc_comm_all_reduce(dpg, red, red, 2, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
@@ -795,9 +697,9 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     int overflow = !isfinite(norm) || !isfinite(loss);
     if (overflow && !cfg->fp16.enabled) { /* train.on_nan */
         int p;
-        ZINC_TRY(zero_first_nonfinite(e, &p));
+        ZINC_TRY(zero_first_nonfinite(&e->z, &p));
         char what[160];
-        if (p >= 0) snprintf(what, sizeof what, "the gradient of %s is not finite", e->params[p].name);
+        if (p >= 0) snprintf(what, sizeof what, "the gradient of %s is not finite", e->z.params[p].name);
         else snprintf(what, sizeof what, "the loss is not finite");
         e->nonfinite_run++;
         if (cfg->train.on_nan == ZINC_ON_NAN_ERROR) {
@@ -813,7 +715,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
                             (long long)cfg->train.max_skipped);
             goto cleanup;
         }
-        if (e->dp_rank == 0)
+        if (e->z.dp_rank == 0)
             ZINC_WARN("step %lld: %s (grad norm %g, loss %g); update skipped (train.on_nan "
                       "\"skip\", %lld in a row, at most %lld)", (long long)e->step + 1, what, norm,
                       loss, (long long)e->nonfinite_run, (long long)cfg->train.max_skipped);
@@ -823,7 +725,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     if (cfg->fp16.enabled) scaler_update(&e->scaler, cfg, overflow);
     double lr = zinc_sched_lr(cfg, e->opt_step);
     if (overflow) {
-        if (e->dp_rank == 0 && cfg->fp16.enabled)
+        if (e->z.dp_rank == 0 && cfg->fp16.enabled)
             ZINC_INFO("step %lld: fp16 gradient overflow, skipping the update; loss scale %g -> %g",
                       (long long)e->step + 1, scale, e->scaler.scale);
     } else {
@@ -831,21 +733,21 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         if (cfg->gradient_clipping > 0 && norm > cfg->gradient_clipping)
             coef *= cfg->gradient_clipping / (norm + 1e-6);
         e->opt_step++;
-        double to = now_ms();
-        ZINC_TRY(zero_optimizer_step(e, lr, coef, (int)e->opt_step));
+        double to = zinc_now_ms();
+        ZINC_TRY(zero_optimizer_step(&e->z, lr, coef, (int)e->opt_step));
         double to_end;
         ZINC_TRY(phase_ms(e, &to_end));
         e->t_opt = to_end - to;
     }
     ZINC_TRY(engine_sync(e)); /* device time belongs to the step; faults surface here */
-    if (cfg->wall_clock_breakdown && e->dp_rank == 0)
+    if (cfg->wall_clock_breakdown && e->z.dp_rank == 0)
         ZINC_INFO("step %lld time (ms): forward %.1f | backward %.1f | reduce+norm %.1f | "
                   "optimizer %.1f (waiting on NVMe %.1f)", (long long)e->step + 1, e->t_fwd,
-                  e->t_bwd, e->t_reduce, e->t_opt, e->t_opt_io);
+                  e->t_bwd, e->t_reduce, e->t_opt, e->z.t_opt_io);
     e->step++;
     e->samples += cfg->train_batch_size;
 
-    double ms = now_ms() - t0;
+    double ms = zinc_now_ms() - t0;
     memset(s, 0, sizeof *s);
     s->step = e->step;
     s->loss = loss;

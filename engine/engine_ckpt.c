@@ -90,22 +90,22 @@ static zinc_status swap_io(void *u, int piece, int write, void *buf, int64_t fir
 }
 
 /* Swap-file location of element elem of unit u for kind, when it is offloaded. */
-static piece_src swap_src(const zinc_engine *e, int kind, const engine_unit *u, size_t elem);
+static piece_src swap_src(const zinc_engine *e, int kind, const zero_unit *u, size_t elem);
 
 /* Tensor table: tensor index = param * N_KINDS + kind. */
 static zinc_status make_tensors(const zinc_engine *e, layout_buf *b, int master_as_param)
 {
-    b->n_t = e->n_params * N_KINDS;
+    b->n_t = e->z.n_params * N_KINDS;
     b->t = calloc((size_t)b->n_t, sizeof *b->t);
     if (!b->t) return zinc_error(ZINC_ERR_NOMEM, "checkpoint tensor table");
-    for (int i = 0; i < e->n_params; i++)
+    for (int i = 0; i < e->z.n_params; i++)
         for (int k = 0; k < N_KINDS; k++) {
             zinc_ckpt_tensor *t = &b->t[i * N_KINDS + k];
-            const engine_param *p = &e->params[i];
+            const zero_param *p = &e->z.params[i];
             snprintf(t->name, sizeof t->name, "%s", p->name);
             snprintf(t->kind, sizeof t->kind, "%s",
                      k == K_MASTER && master_as_param ? "param" : kind_names[k]);
-            t->dtype = k == K_PARAM ? e->pdt : ZINC_DTYPE_F32;
+            t->dtype = k == K_PARAM ? e->z.plan.pdt : ZINC_DTYPE_F32;
             t->ndim = p->ndim;
             memcpy(t->shape, p->shape, sizeof t->shape);
             t->tp_dim = p->tp_dim;
@@ -115,17 +115,17 @@ static zinc_status make_tensors(const zinc_engine *e, layout_buf *b, int master_
 
 /* Pieces for elements [lo, hi) of every unit; ptr(kind, unit, elem) gives
  * where element elem of the unit lives for that kind (NULL: skip kind). */
-typedef void *(*elem_ptr_fn)(const zinc_engine *e, int kind, const engine_unit *u, size_t elem);
+typedef void *(*elem_ptr_fn)(const zinc_engine *e, int kind, const zero_unit *u, size_t elem);
 
 static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_shard,
                                const int *kinds, int n_kinds, elem_ptr_fn ptr)
 {
     for (int l = 0; l < e->n_layers; l++) {
-        const engine_unit *u = &e->units[l];
-        size_t lo = use_lo_shard ? (size_t)e->dp_rank * u->shard : u->opt_lo;
+        const zero_unit *u = &e->z.units[l];
+        size_t lo = use_lo_shard ? (size_t)e->z.dp_rank * u->shard : u->opt_lo;
         size_t hi = use_lo_shard ? lo + u->shard : u->opt_lo + u->opt_n;
         for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
-            const engine_param *p = &e->params[pi];
+            const zero_param *p = &e->z.params[pi];
             size_t a = p->uoff > lo ? p->uoff : lo;
             size_t z = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
             if (a >= z) continue;
@@ -134,7 +134,7 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
                 piece_src src = data ? (piece_src){0} : swap_src(e, kinds[k], u, a);
                 if (data && e->dev->is_device_ptr(data)) { /* device memory: io callback */
                     src = (piece_src){.dev = data,
-                                      .elem_bytes = kinds[k] == K_PARAM ? e->psz : sizeof(float)};
+                                      .elem_bytes = kinds[k] == K_PARAM ? e->z.plan.psz : sizeof(float)};
                     data = NULL;
                 }
                 if (add_piece(b, pi * N_KINDS + kinds[k], (int64_t)(a - p->uoff),
@@ -146,38 +146,39 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
     return ZINC_OK;
 }
 
-static piece_src swap_src(const zinc_engine *e, int kind, const engine_unit *u, size_t elem)
+static piece_src swap_src(const zinc_engine *e, int kind, const zero_unit *u, size_t elem)
 {
     size_t rel = elem - u->opt_lo; /* offload needs stage >= 1: the opt range is the slice */
+    int l = (int)(u - e->z.units);
     if (kind == K_PARAM)
-        return (piece_src){.file = e->param_swap, .off = u->pswap_off + rel * e->psz,
-                           .elem_bytes = e->psz};
+        return (piece_src){.file = zinc_swap_file(e->z.param_swap),
+                           .off = zinc_swap_locate(e->z.param_swap, l, 0, rel * e->z.plan.psz),
+                           .elem_bytes = e->z.plan.psz};
     int part = kind == K_MASTER ? 0 : kind == K_EXP_AVG ? 1 : 2;
-    return (piece_src){.file = e->opt_swap,
-                       .off = u->swap_off + (uint64_t)part * offload_part_bytes(u) +
-                              rel * sizeof(float),
+    return (piece_src){.file = zinc_swap_file(e->z.opt_swap),
+                       .off = zinc_swap_locate(e->z.opt_swap, l, part, rel * sizeof(float)),
                        .elem_bytes = sizeof(float)};
 }
 
 /* Save: element elem of slice [r*shard, (r+1)*shard); NULL when offloaded. */
-static void *save_ptr(const zinc_engine *e, int kind, const engine_unit *u, size_t elem)
+static void *save_ptr(const zinc_engine *e, int kind, const zero_unit *u, size_t elem)
 {
     size_t rel = elem - u->opt_lo; /* stage >= 1: opt range is the slice */
     if (kind == K_PARAM) {
-        if (offload_param_on_nvme(e, u)) return NULL;
-        size_t at = u->sharded ? elem - (size_t)e->dp_rank * u->shard : elem;
-        return (char *)u->p + at * e->psz;
+        if (zero_param_on_nvme(&e->z, u)) return NULL;
+        size_t at = u->sharded ? elem - (size_t)e->z.dp_rank * u->shard : elem;
+        return (char *)u->p + at * e->z.plan.psz;
     }
-    if (e->opt_nvme) return NULL;
+    if (e->z.plan.opt_nvme) return NULL;
     const float *base = kind == K_MASTER ? u->master : kind == K_EXP_AVG ? u->m : u->v;
-    return (void *)(base + (e->stage == 0 ? elem : rel));
+    return (void *)(base + (e->z.plan.stage == 0 ? elem : rel));
 }
 
 /* Load: element elem of the opt range; the fp32 master (or params) go to
  * master; NULL when offloaded. */
-static void *load_ptr(const zinc_engine *e, int kind, const engine_unit *u, size_t elem)
+static void *load_ptr(const zinc_engine *e, int kind, const zero_unit *u, size_t elem)
 {
-    if (e->opt_nvme) return NULL;
+    if (e->z.plan.opt_nvme) return NULL;
     size_t rel = elem - u->opt_lo;
     const float *base = kind == K_EXP_AVG ? u->m : kind == K_EXP_AVG_SQ ? u->v : u->master;
     return (void *)(base + rel);
@@ -189,12 +190,12 @@ static char *make_meta(const zinc_engine *e)
     json_object_set_new(m, "step", json_integer(e->step));
     json_object_set_new(m, "optimizer_step", json_integer(e->opt_step));
     json_object_set_new(m, "samples", json_integer(e->samples));
-    json_object_set_new(m, "precision", json_string(zinc_dtype_name(e->pdt)));
+    json_object_set_new(m, "precision", json_string(zinc_dtype_name(e->z.plan.pdt)));
     json_t *topo = json_object();
     json_object_set_new(topo, "pp", json_integer(1));
-    json_object_set_new(topo, "dp", json_integer(e->dp));
+    json_object_set_new(topo, "dp", json_integer(e->z.dp));
     json_object_set_new(topo, "tp", json_integer(1));
-    json_object_set_new(topo, "zero_stage", json_integer(e->stage));
+    json_object_set_new(topo, "zero_stage", json_integer(e->z.plan.stage));
     json_object_set_new(m, "topology", topo);
     json_t *sc = json_object();
     json_object_set_new(sc, "scale", json_real(e->scaler.scale));
@@ -261,7 +262,7 @@ zinc_status zinc_engine_save_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
     zinc_status st = ZINC_OK;
     layout_buf b = {.e = e};
     char *meta = NULL;
-    int mixed = e->pdt != ZINC_DTYPE_F32;
+    int mixed = e->z.plan.pdt != ZINC_DTYPE_F32;
     int kinds[N_KINDS], nk = 0;
     kinds[nk++] = K_PARAM;
     if (mixed) kinds[nk++] = K_MASTER;
@@ -424,8 +425,8 @@ static zinc_status load_prepare(zinc_engine *e, zinc_aio *aio, const char *save_
     snprintf(dir, sizeof dir, "%s/%s", save_dir, *tag);
     ZINC_TRY(zinc_ckpt_reader_open(aio, dir, &r));
     snprintf(mp, mp_cap, "%s/manifest.json", zinc_ckpt_reader_dir(r));
-    int has_master = e->n_params > 0 && zinc_ckpt_reader_find(r, e->params[0].name, "master") >= 0;
-    int pi = e->n_params > 0 ? zinc_ckpt_reader_find(r, e->params[0].name, "param") : -1;
+    int has_master = e->z.n_params > 0 && zinc_ckpt_reader_find(r, e->z.params[0].name, "master") >= 0;
+    int pi = e->z.n_params > 0 ? zinc_ckpt_reader_find(r, e->z.params[0].name, "param") : -1;
     *param_dtype = pi >= 0 ? zinc_ckpt_reader_tensor(r, pi)->dtype : (zinc_dtype)-1;
     zinc_ckpt_reader_stats(r, n_files, NULL, NULL);
     ZINC_TRY(meta_parse(mp, zinc_ckpt_reader_meta(r), *n_files, *param_dtype, &cm));
@@ -458,7 +459,7 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
     ZINC_TRY(zinc_ckpt_load(e->world, aio, save_dir, tag, &lay, &meta));
     /* the meta as loaded (rank 0 read the manifest again): checked again before use */
     ZINC_TRY(zinc_comm_agree(e->world, meta_parse(mp, meta, n_files, pdt, &cm)));
-    ZINC_TRY(zero_params_from_master(e));
+    ZINC_TRY(zero_params_from_master(&e->z));
 
     e->step = cm.step;
     e->opt_step = cm.opt_step;
@@ -471,16 +472,16 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
         e->scaler.last_overflow_iter = cm.last_overflow_iter;
         e->scaler.cur_iter = cm.cur_iter;
     }
-    if (cm.seed != e->cfg.data.seed && e->dp_rank == 0)
+    if (cm.seed != e->cfg.data.seed && e->z.dp_rank == 0)
         ZINC_WARN("checkpoint %s was trained with data.seed %lld, this run uses %lld: the sample "
                   "order changes", tag, (long long)cm.seed, (long long)e->cfg.data.seed);
-    if (e->dp_rank == 0 && e->cfg.train.max_steps > 0 && cm.step > e->cfg.train.max_steps)
+    if (e->z.dp_rank == 0 && e->cfg.train.max_steps > 0 && cm.step > e->cfg.train.max_steps)
         ZINC_WARN("checkpoint %s/%s is at step %lld, past train.max_steps %lld: no step is left to train",
                   save_dir, tag, (long long)cm.step, (long long)e->cfg.train.max_steps);
-    if (e->dp_rank == 0)
+    if (e->z.dp_rank == 0)
         ZINC_INFO("loaded checkpoint %s/%s (step %lld, saved at dp %lld stage %lld) into dp %d stage %d",
-                  save_dir, tag, (long long)e->step, (long long)cm.dp, (long long)cm.zero_stage, e->dp,
-                  e->stage);
+                  save_dir, tag, (long long)e->step, (long long)cm.dp, (long long)cm.zero_stage, e->z.dp,
+                  e->z.plan.stage);
 cleanup:
     free(meta);
     layout_free(&b);
@@ -504,7 +505,7 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
         goto cleanup;
     }
     for (int l = 0; l < e->n_layers; l++) {
-        engine_unit *u = &e->units[l];
+        zero_unit *u = &e->z.units[l];
         if (u->numel == 0) continue;
         free(full);
         full = calloc(u->numel, sizeof(float));
@@ -513,7 +514,7 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
             goto cleanup;
         }
         for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
-            const engine_param *p = &e->params[pi];
+            const zero_param *p = &e->z.params[pi];
             char alt[128];
             snprintf(alt, sizeof alt, "transformer.%s", p->name);
             long ti = zinc_st_find(f, p->name);
@@ -576,9 +577,9 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
             memcpy(full + p->uoff, buf, (size_t)n * sizeof(float));
         }
         /* this rank's storage: params (whole or shard), master over the opt range */
-        ZINC_TRY(zero_unit_store(e, l, full + (u->sharded ? u->opt_lo : 0)));
+        ZINC_TRY(zero_unit_store(&e->z, l, full + (u->sharded ? u->opt_lo : 0)));
     }
-    if (e->dp_rank == 0) ZINC_INFO("initialized %d parameters from %s", e->n_params, path);
+    if (e->z.dp_rank == 0) ZINC_INFO("initialized %d parameters from %s", e->z.n_params, path);
 cleanup:
     free(buf);
     free(full);

@@ -6,9 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engine_int.h"
+#include "zinc/clock.h"
 #include "zinc/log.h"
 
 static struct {
@@ -21,12 +21,7 @@ static struct {
     char err_msg[512];
 } P;
 
-static double p_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
+static double p_now(void) { return zinc_now_ms(); }
 
 /* A device sync that keeps the first error for engine_ops_profile_error:
  * the device reports (and clears) errors at its sync, and the engine must

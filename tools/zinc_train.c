@@ -18,13 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cblas.h>
 
 #include "zinc/aio.h"
 #include "zinc/blas.h"
+#include "zinc/clock.h"
 #include "zinc/ckpt.h"
 #include "zinc/comm.h"
 #include "zinc/config.h"
@@ -89,12 +89,7 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
     return rc;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
+static double now_s(void) { return zinc_now_ms() / 1e3; }
 
 static int exit_code(zinc_status st)
 {
@@ -477,7 +472,14 @@ int main(int argc, char **argv)
     }
     st = agree(world, zinc_gpt2_create(&cfg, &gpt));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
-    zinc_engine_opts eo = {.config = &cfg, .world = world, .model = zinc_gpt2_model(gpt)};
+    /* one aio engine for the process: checkpoints and the engine's swap files */
+    if (cfg.train.save_dir[0] || cfg.train.resume[0] ||
+        cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NVME ||
+        cfg.zero.offload_param.device == ZINC_OFFLOAD_NVME) {
+        st = agree(world, zinc_engine_aio_create(&cfg, &aio));
+        if (st != ZINC_OK) { rc = 1; goto done; }
+    }
+    zinc_engine_opts eo = {.config = &cfg, .world = world, .model = zinc_gpt2_model(gpt), .aio = aio};
     st = agree(world, zinc_engine_create(&eo, &eng));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     if (cfg.model.init_from[0]) {
@@ -489,17 +491,6 @@ int main(int argc, char **argv)
     if (rank == 0 && isatty(STDERR_FILENO)) {
         zinc_progress_init(&ckpt_bar, "[checkpoint]", 1, 0, CKPT_BAR_MIN_BYTES);
         zinc_ckpt_set_progress(zinc_progress_cb, &ckpt_bar);
-    }
-    if (cfg.train.save_dir[0] || cfg.train.resume[0]) {
-        zinc_aio_opts ao;
-        zinc_aio_opts_default(&ao);
-        ao.block_size = (size_t)cfg.aio.block_size;
-        ao.queue_depth = (int)cfg.aio.queue_depth;
-        ao.intra_op_parallelism = (int)cfg.aio.intra_op_parallelism;
-        ao.single_submit = cfg.aio.single_submit;
-        ao.overlap_events = cfg.aio.overlap_events;
-        st = agree(world, zinc_aio_create(&ao, &aio));
-        if (st != ZINC_OK) { rc = 1; goto done; }
     }
     st = agree(world, resume(&cfg, eng, aio, world));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
@@ -641,8 +632,8 @@ int main(int argc, char **argv)
 done:
     zinc_ckpt_set_progress(NULL, NULL);
     if (metrics) fclose(metrics);
+    zinc_engine_destroy(eng); /* before the aio engine its swap files use */
     zinc_aio_destroy(aio);
-    zinc_engine_destroy(eng);
     zinc_gpt2_destroy(gpt);
     zinc_data_close(data);
     zinc_comm_destroy(world);

@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 
+#include "zinc/offload.h" /* zinc_offload_device */
 #include "zinc/status.h"
 
 #define ZINC_MAX_PATHS 16
@@ -35,7 +36,6 @@ typedef enum {
 typedef enum { ZINC_WARMUP_LOG = 0, ZINC_WARMUP_LINEAR } zinc_warmup_type;
 typedef enum { ZINC_DEVICE_AUTO = 0, ZINC_DEVICE_CPU, ZINC_DEVICE_CUDA } zinc_device_kind;
 typedef enum { ZINC_COMM_AUTO = 0, ZINC_COMM_MPI, ZINC_COMM_NCCL } zinc_comm_kind;
-typedef enum { ZINC_OFFLOAD_NONE = 0, ZINC_OFFLOAD_CPU, ZINC_OFFLOAD_NVME } zinc_offload_device;
 
 typedef struct zinc_config {
     /* batch triple; resolved by zinc_config_resolve (0 = not given before it) */

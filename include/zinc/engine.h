@@ -28,15 +28,10 @@
 #include "zinc/device.h"
 #include "zinc/ops.h"
 #include "zinc/status.h"
+#include "zinc/zero.h" /* zinc_init_kind, zinc_mem_stats */
 
 typedef struct zinc_engine zinc_engine;
 typedef struct zinc_layer zinc_layer;
-
-typedef enum zinc_init_kind {
-    ZINC_INIT_ZEROS = 0,
-    ZINC_INIT_ONES,
-    ZINC_INIT_NORMAL, /* N(0, std^2), from a stream seeded by (model seed, param name) */
-} zinc_init_kind;
 
 /* What a layer sees while it runs. Engine-owned; valid during forward/backward. */
 typedef struct zinc_ctx {
@@ -104,20 +99,13 @@ typedef struct zinc_engine_opts {
     const zinc_config *config;  /* borrowed, resolved for the DP size */
     zinc_comm *world;           /* borrowed */
     const zinc_model_def *model;/* borrowed */
+    zinc_aio *aio;              /* borrowed, optional: the process's aio engine (from the
+                                   config's aio section: zinc_engine_aio_create), used for
+                                   swap files; NULL: the engine makes one when it needs it */
 } zinc_engine_opts;
 
-/* Bytes of model state a rank holds, by kind. */
-typedef struct zinc_mem_stats {
-    uint64_t params;     /* working-precision parameters */
-    uint64_t grads;      /* working-precision gradients */
-    uint64_t master;     /* fp32 master weights (0 when params are fp32) */
-    uint64_t optimizer;  /* Adam moments */
-    uint64_t total;      /* the sum of the four */
-    uint64_t buffers;    /* declared communication buckets (reduce + allgather) */
-    uint64_t nvme;       /* the part of total that sits in swap files on NVMe */
-    uint64_t activations;/* estimate only: saved activations, gradient buffers and
-                            scratch of one micro-batch (0 when unknown) */
-} zinc_mem_stats;
+/* The aio engine the config's aio section describes (one per process). */
+zinc_status zinc_engine_aio_create(const zinc_config *c, zinc_aio **out);
 
 typedef struct zinc_step_stats {
     int64_t step;              /* 1-based step just completed */

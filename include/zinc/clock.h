@@ -1,0 +1,8 @@
+/* zinc/clock.h - the one clock: monotonic milliseconds (timers, rates,
+ * timeouts; never wall-clock dates). */
+#ifndef ZINC_CLOCK_H
+#define ZINC_CLOCK_H
+
+double zinc_now_ms(void);
+
+#endif

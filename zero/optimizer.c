@@ -1,0 +1,142 @@
+/* optimizer.c - AdamW over this rank's opt ranges in sub-groups of
+ * sub_group_size elements: from device memory, from pinned host memory
+ * (opt_host: the optimizer offloaded to the CPU on a GPU), or streamed from
+ * the optimizer swap file on NVMe (zinc_swap_stream); then the new
+ * working-precision params, all-gathered where they are whole.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "zero_int.h"
+
+/* AdamW over elements [a, a+n) of unit u's opt range with fp32 master, m, v
+ * at the given pointers, then the working-precision params of the range. */
+static zinc_status group_update(zero_state *z, zero_unit *u, size_t a, size_t n, float *master,
+                                float *m, float *v, double lr, double coef, int t, float *gtmp,
+                                void *pbuf)
+{
+    const zero_opts *c = &z->opt;
+    const zero_plan *pl = &z->plan;
+    /* opt_host: the sub-group's grads come down to pbuf (pinned), AdamW runs
+     * on the CPU's ops, the new params go up from pbuf */
+    const zinc_ops *oo = pl->opt_host ? zinc_ops_cpu() : z->ops;
+    void *g = at(grad_opt(z, u), a, pl->psz);
+    if (pl->opt_host) {
+        z->dev->copy(pbuf, g, n * pl->psz);
+        g = pbuf;
+    }
+    float *g32 = g;
+    if (pl->pdt != ZINC_DTYPE_F32) {
+        oo->convert(gtmp, ZINC_DTYPE_F32, g, pl->pdt, n);
+        g32 = gtmp;
+    }
+    if (coef != 1.0) oo->scale(g32, (float)coef, n);
+    /* one AdamW call per parameter piece: weight decay is per parameter */
+    size_t lo = u->opt_lo + a, hi = lo + n;
+    for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
+        const zero_param *p = &z->params[pi];
+        size_t x = p->uoff > lo ? p->uoff : lo;
+        size_t y = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
+        if (x >= y) continue;
+        float wd = p->decay ? (float)c->weight_decay : 0.0f;
+        oo->adamw(master + (x - lo), g32 + (x - lo), m + (x - lo), v + (x - lo), y - x,
+                  (float)lr, (float)c->beta1, (float)c->beta2,
+                  (float)c->eps, wd, t);
+    }
+    if (!pl->master_sep) return ZINC_OK; /* the master weights are the params */
+    if (zero_param_on_nvme(z, u)) {
+        zero_from_f32(z, pbuf, master, pl->pdt, n);
+        return zinc_swap_io(z->param_swap, unit_id(z, u), 0, a * pl->psz, pbuf, n * pl->psz, 1);
+    }
+    void *pdst = at(u->p, (u->sharded ? 0 : u->opt_lo) + a, pl->psz);
+    if (pl->opt_host) {
+        oo->convert(pbuf, pl->pdt, master, ZINC_DTYPE_F32, n);
+        z->dev->copy(pdst, pbuf, n * pl->psz);
+        return ZINC_OK;
+    }
+    zero_from_f32(z, pdst, master, pl->pdt, n);
+    return ZINC_OK;
+}
+
+/* The step's arguments, for the swap stream's update callback. */
+typedef struct step_args {
+    zero_state *z;
+    double lr, coef;
+    int t;
+    float *gtmp;
+    void *pbuf;
+} step_args;
+
+static zinc_status stream_update(void *user, const zinc_swap_group *g, float *master, float *m,
+                                 float *v)
+{
+    step_args *s = user;
+    return group_update(s->z, &s->z->units[g->region], g->first, g->n, master, m, v, s->lr,
+                        s->coef, s->t, s->gtmp, s->pbuf);
+}
+
+/* Optimizer state streamed from NVMe: the sub-groups of every unit through
+ * zinc_swap_stream (read ahead, update, write behind). */
+static zinc_status step_nvme(zero_state *z, step_args *s, size_t G)
+{
+    const zero_opts *c = &z->opt;
+    size_t cap = 0, K = 0;
+    for (int l = 0; l < z->n_units; l++) cap += (z->units[l].opt_n + G - 1) / G;
+    zinc_swap_group *grp = calloc(cap ? cap : 1, sizeof *grp);
+    if (!grp) return zinc_error(ZINC_ERR_NOMEM, "optimizer swap buffers");
+    for (int l = 0; l < z->n_units; l++)
+        for (size_t a = 0; a < z->units[l].opt_n; a += G) {
+            size_t n = z->units[l].opt_n - a < G ? z->units[l].opt_n - a : G;
+            grp[K++] = (zinc_swap_group){.region = l, .first = a, .n = n};
+        }
+    zinc_status st = zinc_swap_stream(z->opt_swap, grp, K, G, c->pipeline_read,
+                                      c->pipeline_write, stream_update, s,
+                                      &z->t_opt_io);
+    free(grp);
+    return st;
+}
+
+zinc_status zero_optimizer_step(zero_state *z, double lr, double coef, int t)
+{
+    zinc_status st = ZINC_OK;
+    const zero_plan *pl = &z->plan;
+    size_t G = zero_group_elems(z);
+    if (G == 0) return ZINC_OK;
+    /* gtmp: fp32 grads of a sub-group (host memory for opt_host); pbuf: the
+     * param swap staging (param_nvme) or the host staging (opt_host) */
+    float *gtmp = pl->pdt == ZINC_DTYPE_F32 ? NULL
+                  : pl->opt_host           ? z->dev->host_alloc(G * sizeof(float))
+                                           : xalloc_raw(z, G * sizeof(float));
+    void *pbuf = pl->param_nvme ? zinc_aio_buf_alloc(G * pl->psz)
+                 : pl->opt_host ? z->dev->host_alloc(G * pl->psz) : NULL;
+    if ((pl->pdt != ZINC_DTYPE_F32 && !gtmp) || ((pl->param_nvme || pl->opt_host) && !pbuf)) {
+        st = zinc_error(ZINC_ERR_NOMEM, "optimizer buffers");
+        goto cleanup;
+    }
+    if (pl->opt_nvme) {
+        step_args s = {.z = z, .lr = lr, .coef = coef, .t = t, .gtmp = gtmp, .pbuf = pbuf};
+        ZINC_TRY(zinc_swap_check(z->opt_swap));
+        ZINC_TRY(zinc_swap_check(z->param_swap));
+        ZINC_TRY(step_nvme(z, &s, G));
+    } else {
+        for (int l = 0; l < z->n_units; l++) {
+            zero_unit *u = &z->units[l];
+            for (size_t a = 0; a < u->opt_n; a += G) {
+                size_t n = u->opt_n - a < G ? u->opt_n - a : G;
+                ZINC_TRY(group_update(z, u, a, n, u->master + a, u->m + a, u->v + a, lr, coef, t,
+                                      gtmp, pbuf));
+            }
+        }
+    }
+    /* whole params everywhere again: all-gather the updated slices */
+    st = zero_gather_whole_params(z);
+cleanup:
+    if (pl->opt_host) {
+        z->dev->host_free(gtmp);
+        z->dev->host_free(pbuf);
+    } else {
+        xfree(z, gtmp);
+        zinc_aio_buf_free(pbuf);
+    }
+    return st;
+}

@@ -1,0 +1,368 @@
+/* params.c - ZeRO parameter storage: allocation and initial values, the
+ * swap files of NVMe offload, ZeRO-3 gathers (prefetch, materialize,
+ * release), and whole params rebuilt after a step or a checkpoint load.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "zero_int.h"
+#include "zinc/rng.h"
+
+/* dst (P, device) = host fp32 values: converted in place on a host device,
+ * else staged through a device fp32 buffer. */
+static zinc_status store_host_f32(zero_state *z, void *dst, const float *src, size_t n)
+{
+    if (z->dev->is_host) {
+        zero_from_f32(z, dst, src, z->plan.pdt, n);
+        return ZINC_OK;
+    }
+    if (z->plan.pdt == ZINC_DTYPE_F32) {
+        z->dev->copy(dst, src, n * sizeof(float));
+        return ZINC_OK;
+    }
+    float *tmp = xalloc_raw(z, n * sizeof(float));
+    if (!tmp) return zinc_error(ZINC_ERR_NOMEM, "parameter staging: %zu elements", n);
+    z->dev->copy(tmp, src, n * sizeof(float));
+    zero_from_f32(z, dst, tmp, z->plan.pdt, n);
+    xfree(z, tmp);
+    return ZINC_OK;
+}
+
+/* Elements [first, first+n) of parameter p's initial value: a function of
+ * (seed, name) alone, so every layout starts from the same model. */
+static void init_param_range(const zero_state *z, const zero_param *p, float *d, int64_t first,
+                             int64_t n)
+{
+    switch (p->init) {
+    case ZINC_INIT_ZEROS:
+        memset(d, 0, (size_t)n * sizeof(float));
+        break;
+    case ZINC_INIT_ONES:
+        for (int64_t k = 0; k < n; k++) d[k] = 1.0f;
+        break;
+    case ZINC_INIT_NORMAL:
+        zinc_rng_normal_range(z->opt.seed, zinc_hash_str(p->name), d, first, n,
+                              p->std);
+        break;
+    }
+}
+
+zinc_status zero_units_alloc(zero_state *z)
+{
+    zinc_status st = ZINC_OK;
+    size_t psz = z->plan.psz;
+    float *vals = NULL;
+    for (int l = 0; l < z->n_units; l++) {
+        zero_unit *u = &z->units[l];
+        if (u->numel == 0) continue;
+        int p_nvme = zero_param_on_nvme(z, u);
+        /* the params this rank stores: whole unit, or its shard (which holds the opt range) */
+        size_t plo = u->sharded ? u->opt_lo : 0, pn = u->sharded ? u->shard : u->numel;
+        size_t gn = z->plan.stage >= 2 ? u->shard : u->numel;
+        u->g = xalloc(z, gn * psz);
+        if (!p_nvme) u->p = xalloc(z, pn * psz);
+        if (!z->plan.opt_nvme) {
+            u->m = opt_alloc(z, u->opt_n * sizeof(float));
+            u->v = opt_alloc(z, u->opt_n * sizeof(float));
+        }
+        free(vals); /* initial values are computed on the host */
+        vals = calloc(pn ? pn : 1, sizeof(float));
+        if (!u->g || (!p_nvme && !u->p) || (!z->plan.opt_nvme && (!u->m || !u->v)) || !vals) {
+            st = zinc_error(ZINC_ERR_NOMEM, "model state of layer %d: %zu elements", l, u->numel);
+            goto cleanup;
+        }
+        for (int p = u->n_params_first; p < u->n_params_end; p++) {
+            const zero_param *ep = &z->params[p];
+            size_t a = ep->uoff > plo ? ep->uoff : plo;
+            size_t hi = ep->uoff + (size_t)ep->numel < plo + pn ? ep->uoff + (size_t)ep->numel : plo + pn;
+            if (a < hi) init_param_range(z, ep, vals + (a - plo), (int64_t)(a - ep->uoff),
+                                         (int64_t)(hi - a));
+        }
+        if (z->plan.master_sep && !z->plan.opt_nvme) {
+            u->master = opt_alloc(z, u->opt_n * sizeof(float));
+            if (!u->master) {
+                st = zinc_error(ZINC_ERR_NOMEM, "master weights of layer %d", l);
+                goto cleanup;
+            }
+        } else if (!z->plan.master_sep) {
+            u->master = (float *)at(u->p, u->sharded ? 0 : u->opt_lo, psz);
+        }
+        /* the moments start as zeros (memory, or the sparse swap file) */
+        ZINC_TRY(zero_unit_store(z, l, vals));
+    }
+cleanup:
+    free(vals);
+    return st;
+}
+
+zinc_status zero_unit_store(zero_state *z, int l, const float *vals)
+{
+    zinc_status st = ZINC_OK;
+    zero_unit *u = &z->units[l];
+    size_t plo = u->sharded ? u->opt_lo : 0, pn = u->sharded ? u->shard : u->numel;
+    if (zero_param_on_nvme(z, u)) {
+        void *pio = zinc_aio_buf_alloc(pn * z->plan.psz);
+        if (!pio) return zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", l);
+        zero_from_f32(z, pio, vals, z->plan.pdt, pn); /* nvme: host device only */
+        st = zinc_swap_io(z->param_swap, l, 0, 0, pio, pn * z->plan.psz, 1);
+        zinc_aio_buf_free(pio);
+        if (st != ZINC_OK) return st;
+    } else if ((st = store_host_f32(z, u->p, vals, pn)) != ZINC_OK) {
+        return st;
+    }
+    const float *mv = vals + (u->opt_lo - plo); /* master values of the opt range */
+    if (z->plan.opt_nvme) {
+        if (u->opt_n) st = zinc_swap_io(z->opt_swap, l, 0, 0, (void *)mv, u->opt_n * sizeof(float), 1);
+    } else if (z->plan.master_sep) {
+        z->dev->copy(u->master, mv, u->opt_n * sizeof(float));
+    }
+    return st;
+}
+
+void zero_units_free(zero_state *z)
+{
+    if (!z->units) return;
+    /* reductions in flight still use their buffers: finish them first */
+    for (int i = 0; i < z->n_pending; i++) {
+        zinc_comm_wait(&z->pending[i].h);
+        if (z->pending[i].send != z->units[z->pending[i].unit].wg) xfree(z, z->pending[i].send);
+        xfree(z, z->pending[i].recv);
+    }
+    free(z->pending);
+    z->pending = NULL;
+    z->n_pending = 0;
+    for (int l = 0; l < z->n_units; l++) {
+        zero_unit *u = &z->units[l];
+        zero_unit_release(z, l);
+        if (u->h_gather) zinc_comm_wait(&u->h_gather);
+        xfree(z, u->gathered);
+        if (u->wg_owned) xfree(z, u->wg);
+        if (u->pread) zinc_aio_wait(&u->pread);
+        zinc_aio_buf_free(u->pstage);
+        if (z->plan.master_sep && !z->plan.opt_nvme) opt_free(z, u->master);
+        xfree(z, u->p);
+        xfree(z, u->g);
+        opt_free(z, u->m);
+        opt_free(z, u->v);
+    }
+}
+
+static zinc_status gather_start(zero_state *z, int ui, const void *src);
+
+int zero_unit_gathers(const zero_state *z, int ui)
+{
+    const zero_unit *u = &z->units[ui];
+    return u->sharded && (z->dp > 1 || zero_param_on_nvme(z, u));
+}
+
+zinc_status zero_unit_prefetch(zero_state *z, int ui)
+{
+    zinc_status st;
+    zero_unit *u = &z->units[ui];
+    if (!zero_unit_gathers(z, ui) || u->wp || u->h_gather || u->pread) return ZINC_OK;
+    if (zero_param_on_nvme(z, u)) {
+        /* the shard comes off NVMe first; the all-gather follows in materialize */
+        u->pstage = zinc_aio_buf_alloc(u->shard * z->plan.psz);
+        if (!u->pstage) return zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", ui);
+        st = zinc_swap_io_async(z->param_swap, ui, 0, 0, u->pstage, u->shard * z->plan.psz, 0,
+                                &u->pread);
+        if (st != ZINC_OK) {
+            zinc_aio_buf_free(u->pstage);
+            u->pstage = NULL;
+        }
+    } else {
+        st = gather_start(z, ui, u->p);
+    }
+    if (st == ZINC_OK) z->fetch_elems += u->numel; /* until materialize takes it */
+    return st;
+}
+
+/* Starts the all-gather of unit ui's shard (at src) into its gathered buffer. */
+static zinc_status gather_start(zero_state *z, int ui, const void *src)
+{
+    zero_unit *u = &z->units[ui];
+    if (!u->gathered) {
+        u->gathered = xalloc_raw(z, u->numel * z->plan.psz);
+        if (!u->gathered) return zinc_error(ZINC_ERR_NOMEM, "gather buffer of layer %d", ui);
+    }
+    return zinc_comm_all_gather(z->dp_group, src, u->gathered, u->shard, z->plan.pdt,
+                                &u->h_gather);
+}
+
+zinc_status zero_unit_materialize(zero_state *z, int ui)
+{
+    zinc_status st;
+    zero_unit *u = &z->units[ui];
+    if (u->wp || u->numel == 0) return ZINC_OK;
+    const void *whole = u->p; /* whole already, or the shard of one rank: all of it */
+    const int gathered = zero_unit_gathers(z, ui);
+    if (gathered) {
+        if (!u->h_gather && (st = zero_unit_prefetch(z, ui)) != ZINC_OK) return st;
+        z->fetch_elems -= u->numel;
+        if (u->pread) { /* NVMe shard: finish the read, then gather */
+            if ((st = zinc_aio_wait(&u->pread)) == ZINC_OK) st = gather_start(z, ui, u->pstage);
+            if (st == ZINC_OK) st = zinc_comm_wait(&u->h_gather);
+            zinc_aio_buf_free(u->pstage);
+            u->pstage = NULL;
+            if (st != ZINC_OK) return st;
+        }
+        if ((st = zinc_comm_wait(&u->h_gather)) != ZINC_OK) return st;
+        whole = u->gathered;
+    }
+    if (z->plan.pdt == ZINC_DTYPE_F32) { /* the working copy is the gathered buffer or the store */
+        u->wp = (float *)whole;
+        u->wp_owned = gathered;
+        if (gathered) u->gathered = NULL;
+    } else {
+        u->wp = xalloc_raw(z, u->numel * sizeof(float));
+        if (!u->wp) return zinc_error(ZINC_ERR_NOMEM, "working params of layer %d", ui);
+        u->wp_owned = 1;
+        zero_to_f32(z, u->wp, whole, z->plan.pdt, u->numel);
+        if (gathered) {
+            xfree(z, u->gathered);
+            u->gathered = NULL;
+        }
+    }
+    if (u->wp_owned) z->live_elems += u->numel;
+    return ZINC_OK;
+}
+
+int zero_unit_releasable(const zero_state *z, int ui)
+{
+    return z->units[ui].wp_owned;
+}
+
+void zero_unit_release(zero_state *z, int ui)
+{
+    zero_unit *u = &z->units[ui];
+    if (u->wp_owned) {
+        xfree(z, u->wp);
+        z->live_elems -= u->numel;
+    }
+    u->wp = NULL;
+    u->wp_owned = 0;
+}
+
+zinc_status zero_gather_whole_params(zero_state *z)
+{
+    zinc_status st = ZINC_OK;
+    const zero_opts *c = &z->opt;
+    if (z->plan.stage == 0 || z->dp == 1) return ZINC_OK;
+    zinc_comm_handle **hs = calloc((size_t)z->n_units, sizeof *hs);
+    if (!hs) return zinc_error(ZINC_ERR_NOMEM, "all-gather handles");
+    uint64_t in_flight = 0, limit = (uint64_t)c->allgather_bucket_size;
+    int first = 0;
+    for (int l = 0; l < z->n_units && st == ZINC_OK; l++) {
+        zero_unit *u = &z->units[l];
+        if (u->numel == 0 || u->sharded) continue;
+        st = zinc_comm_all_gather(z->dp_group, at(u->p, u->opt_lo, z->plan.psz), u->p, u->shard,
+                                  z->plan.pdt, &hs[l]);
+        in_flight += u->numel;
+        while (st == ZINC_OK && in_flight > limit && first <= l) {
+            if (hs[first]) {
+                st = zinc_comm_wait(&hs[first]);
+                in_flight -= z->units[first].numel;
+            }
+            first++;
+        }
+    }
+    for (int l = 0; l < z->n_units; l++) {
+        zinc_status s2 = zinc_comm_wait(&hs[l]);
+        if (st == ZINC_OK) st = s2;
+    }
+    free(hs);
+    return st;
+}
+
+zinc_status zero_params_from_master(zero_state *z)
+{
+    zinc_status st = ZINC_OK;
+    if (!z->plan.master_sep) return zero_gather_whole_params(z); /* the master weights are the params */
+    const size_t G = (size_t)1 << 20; /* elements per chunk when streaming swap files */
+    int m_swap = z->plan.opt_nvme;
+    float *mbuf = m_swap ? zinc_aio_buf_alloc(G * sizeof(float)) : NULL;
+    void *pbuf = z->plan.param_nvme ? zinc_aio_buf_alloc(G * z->plan.psz)
+                 : z->plan.opt_host ? z->dev->host_alloc(G * z->plan.psz) : NULL;
+    if ((m_swap && !mbuf) || ((z->plan.param_nvme || z->plan.opt_host) && !pbuf)) {
+        st = zinc_error(ZINC_ERR_NOMEM, "parameter rebuild buffers");
+        goto cleanup;
+    }
+    for (int l = 0; l < z->n_units; l++) {
+        zero_unit *u = &z->units[l];
+        for (size_t a = 0; a < u->opt_n; a += G) {
+            size_t n = u->opt_n - a < G ? u->opt_n - a : G;
+            const float *m = u->master ? u->master + a : mbuf;
+            if (m_swap)
+                ZINC_TRY(zinc_swap_io(z->opt_swap, l, 0, a * sizeof(float), mbuf,
+                                      n * sizeof(float), 0));
+            if (zero_param_on_nvme(z, u)) {
+                zero_from_f32(z, pbuf, m, z->plan.pdt, n);
+                ZINC_TRY(zinc_swap_io(z->param_swap, l, 0, a * z->plan.psz, pbuf, n * z->plan.psz, 1));
+            } else if (z->plan.opt_host) { /* master in host memory: convert there, copy up */
+                zinc_ops_cpu()->convert(pbuf, z->plan.pdt, m, ZINC_DTYPE_F32, n);
+                z->dev->copy(at(u->p, (u->sharded ? 0 : u->opt_lo) + a, z->plan.psz), pbuf, n * z->plan.psz);
+            } else {
+                zero_from_f32(z, at(u->p, (u->sharded ? 0 : u->opt_lo) + a, z->plan.psz), m, z->plan.pdt, n);
+            }
+        }
+    }
+    st = zero_gather_whole_params(z);
+cleanup:
+    zinc_aio_buf_free(mbuf);
+    if (z->plan.opt_host)
+        z->dev->host_free(pbuf);
+    else
+        zinc_aio_buf_free(pbuf);
+    return st;
+}
+
+
+/* Swap files: <nvme_path>/rank<r>/optimizer.swp holds, per unit, the fp32
+ * master weights, exp_avg and exp_avg_sq of this rank's opt range (three
+ * parts); <nvme_path>/rank<r>/params.swp holds the storage-dtype shard of
+ * every sharded unit (zinc/offload.h). */
+zinc_status zero_offload_open(zero_state *z, zinc_aio *aio, int rank)
+{
+    zinc_status st = ZINC_OK;
+    const zero_opts *c = &z->opt;
+    z->aio = aio;
+    uint64_t *bytes = calloc((size_t)z->n_units + 1, sizeof *bytes);
+    if (!bytes) return zinc_error(ZINC_ERR_NOMEM, "swap file table");
+    if (z->plan.opt_nvme) {
+        for (int l = 0; l < z->n_units; l++) bytes[l] = z->units[l].opt_n * sizeof(float);
+        ZINC_TRY(zinc_swap_create(aio, "zero_optimization.offload_optimizer.nvme_path",
+                                  c->optimizer_nvme_path, rank, "optimizer.swp",
+                                  z->n_units, 3, bytes, &z->opt_swap));
+    }
+    if (z->plan.param_nvme) {
+        for (int l = 0; l < z->n_units; l++)
+            bytes[l] = zero_param_on_nvme(z, &z->units[l]) ? z->units[l].shard * z->plan.psz : 0;
+        ZINC_TRY(zinc_swap_create(aio, "zero_optimization.offload_param.nvme_path",
+                                  c->param_nvme_path, rank, "params.swp", z->n_units,
+                                  1, bytes, &z->param_swap));
+    }
+cleanup:
+    free(bytes);
+    return st;
+}
+
+void zero_offload_close(zero_state *z)
+{
+    zinc_swap_destroy(z->opt_swap);
+    zinc_swap_destroy(z->param_swap);
+    z->opt_swap = z->param_swap = NULL;
+}
+
+float *zero_param_data(const zero_state *z, int id)
+{
+    const zero_param *p = &z->params[id];
+    return z->units[p->unit].wp + p->uoff;
+}
+
+float *zero_grad_data(const zero_state *z, int id)
+{
+    const zero_param *p = &z->params[id];
+    return z->units[p->unit].wg + p->uoff;
+}
+

@@ -1,0 +1,197 @@
+/* partition.c - the ZeRO plan from the config and the layout of flat units
+ * over the data-parallel group, with their memory (zinc/zero.h). Pure: no
+ * device memory, no communication; tests/zero/ checks it alone.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "zero_int.h"
+
+zinc_status zero_plan_make(const zero_opts *o, int stage, const char *dev_name, zero_plan *p)
+{
+    memset(p, 0, sizeof *p);
+    const zinc_offload_device od = o->offload_optimizer, pd = o->offload_param;
+    /* on a GPU: offload_optimizer keeps the optimizer state in pinned host
+     * memory and runs AdamW on the CPU; parameter offload is not there yet */
+    if (dev_name && pd != ZINC_OFFLOAD_NONE)
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "zero_optimization.offload_param.device %s: not "
+                          "supported with device %s yet (offload_optimizer \"cpu\" and \"nvme\" "
+                          "are); use \"none\" or \"device\": \"cpu\"",
+                          pd == ZINC_OFFLOAD_NVME ? "nvme" : "cpu", dev_name);
+    if (pd != ZINC_OFFLOAD_NONE && stage != 3)
+        return zinc_error(ZINC_ERR_CONFIG, "zero_optimization.offload_param.device: \"%s\" requires "
+                          "zero_optimization.stage 3, found stage %d",
+                          pd == ZINC_OFFLOAD_NVME ? "nvme" : "cpu", stage);
+    p->stage = stage;
+    p->pdt = o->pdt;
+    p->psz = zinc_dtype_size(p->pdt);
+    /* an offloaded optimizer on a GPU runs on the host: master, m, v in
+     * pinned host memory ("cpu") or streamed from swap files through host
+     * buffers ("nvme"); grads come down and params go up per sub-group.
+     * On the cpu device "cpu" is where the state already lives. */
+    p->opt_host = dev_name && od != ZINC_OFFLOAD_NONE;
+    p->opt_nvme = od == ZINC_OFFLOAD_NVME;
+    p->param_nvme = pd == ZINC_OFFLOAD_NVME;
+    p->master_sep = p->pdt != ZINC_DTYPE_F32 || p->opt_nvme || p->param_nvme || p->opt_host;
+    return ZINC_OK;
+}
+
+zinc_status zero_tables_alloc(zero_state *z, int n_layers)
+{
+    z->n_units = n_layers;
+    z->units = calloc((size_t)(n_layers ? n_layers : 1), sizeof *z->units);
+    z->layers = calloc((size_t)(n_layers ? n_layers : 1), sizeof *z->layers);
+    if (!z->units || !z->layers) return zinc_error(ZINC_ERR_NOMEM, "layer table");
+    return ZINC_OK;
+}
+
+void zero_tables_free(zero_state *z)
+{
+    free(z->units);
+    free(z->layers);
+    free(z->params);
+    z->units = NULL;
+    z->layers = NULL;
+    z->params = NULL;
+    z->n_params = z->cap_params = 0;
+}
+
+int zero_param_add(zero_state *z, int layer, const char *name, int ndim, const int64_t *shape,
+                   int tp_dim, zinc_init_kind init, float std)
+{
+    if (ndim < 1 || ndim > ZINC_MAX_DIMS) {
+        zinc_error(ZINC_ERR_INVALID_ARG, "%s: bad rank %d or too many parameters", name, ndim);
+        return -1;
+    }
+    if (z->n_params == z->cap_params) {
+        int cap = z->cap_params ? 2 * z->cap_params : 64;
+        zero_param *np = realloc(z->params, (size_t)cap * sizeof *np);
+        if (!np) {
+            zinc_error(ZINC_ERR_NOMEM, "parameter table");
+            return -1;
+        }
+        z->params = np;
+        z->cap_params = cap;
+    }
+    zero_param *p = &z->params[z->n_params];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] <= 0) {
+            zinc_error(ZINC_ERR_INVALID_ARG, "%s: dimension %d is %lld", p->name, i,
+                       (long long)shape[i]);
+            return -1;
+        }
+        p->shape[i] = shape[i];
+        p->numel *= shape[i];
+    }
+    p->tp_dim = tp_dim;
+    p->init = init;
+    p->std = std;
+    p->unit = layer;
+    p->decay = ndim >= 2;
+    if (z->units[layer].n_params_end == 0) z->units[layer].n_params_first = z->n_params;
+    z->units[layer].n_params_end = z->n_params + 1;
+    return z->n_params++;
+}
+
+zinc_status zero_layer_use(zero_state *z, int layer, int u)
+{
+    zero_layer *l = &z->layers[layer];
+    for (int j = 0; j < l->n_units; j++)
+        if (l->units[j] == u) return ZINC_OK;
+    if (l->n_units == ZERO_MAX_LAYER_UNITS)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "layer %d ties too many layers", layer);
+    l->units[l->n_units++] = u;
+    return ZINC_OK;
+}
+
+int zero_param_on_nvme(const zero_state *z, const zero_unit *u)
+{
+    return z->plan.param_nvme && u->sharded;
+}
+
+/* Lays out each unit: its params at ZERO_UNIT_ALIGN offsets, padded to a
+ * multiple of dp x ZERO_UNIT_ALIGN, and this rank's ranges. */
+void zero_units_layout(zero_state *z)
+{
+    size_t pad = (size_t)z->dp * ZERO_UNIT_ALIGN;
+    int64_t persist = z->opt.persistence_threshold;
+    for (int l = 0; l < z->n_units; l++) z->units[l].first_user = -1;
+    for (int i = 0; i < z->n_units; i++)
+        for (int j = 0; j < z->layers[i].n_units; j++) {
+            zero_unit *u = &z->units[z->layers[i].units[j]];
+            if (u->first_user < 0) u->first_user = i;
+        }
+    for (int l = 0; l < z->n_units; l++) {
+        zero_unit *u = &z->units[l];
+        size_t off = 0;
+        for (int p = u->n_params_first; p < u->n_params_end; p++) {
+            z->params[p].uoff = off;
+            off += ((size_t)z->params[p].numel + ZERO_UNIT_ALIGN - 1) / ZERO_UNIT_ALIGN *
+                   ZERO_UNIT_ALIGN;
+        }
+        u->numel = (off + pad - 1) / pad * pad;
+        u->shard = u->numel / (size_t)z->dp;
+        /* a unit with fewer elements than the persistence threshold stays whole */
+        u->sharded = z->plan.stage == 3 && u->numel > 0 && (int64_t)off >= persist;
+        if (z->plan.stage == 0) {
+            u->opt_lo = 0;
+            u->opt_n = u->numel;
+        } else {
+            u->opt_lo = (size_t)z->dp_rank * u->shard;
+            u->opt_n = u->shard;
+        }
+    }
+}
+
+void zero_mem_stats(const zero_state *z, zinc_mem_stats *m)
+{
+    memset(m, 0, sizeof *m);
+    for (int l = 0; l < z->n_units; l++) {
+        const zero_unit *u = &z->units[l];
+        uint64_t pb = (u->sharded ? u->shard : u->numel) * z->plan.psz;
+        uint64_t mb = z->plan.master_sep ? u->opt_n * sizeof(float) : 0;
+        uint64_t ob = 2 * u->opt_n * sizeof(float);
+        m->params += pb;
+        m->grads += (z->plan.stage >= 2 ? u->shard : u->numel) * z->plan.psz;
+        m->master += mb;
+        m->optimizer += ob;
+        if (z->plan.opt_nvme) m->nvme += mb + ob;
+        if (zero_param_on_nvme(z, u)) m->nvme += pb;
+    }
+    m->total = m->params + m->grads + m->master + m->optimizer;
+    /* buckets: gradient reductions in flight (at most reduce_bucket_size
+     * elements past the unit being reduced) and the reduce-scatter output */
+    if (z->plan.stage >= 1) {
+        uint64_t all = 0, big = 0;
+        for (int l = 0; l < z->n_units; l++) {
+            all += z->units[l].numel;
+            if (z->units[l].numel > big) big = z->units[l].numel;
+        }
+        uint64_t rb = (uint64_t)z->opt.reduce_bucket_size + big;
+        m->buffers = (rb < all ? rb : all) * z->plan.psz + big / (uint64_t)z->dp * z->plan.psz;
+    }
+    if (z->plan.opt_nvme) { /* sub-group buffers of the NVMe optimizer pipeline */
+        uint64_t g = zero_group_elems(z);
+        int nb = 1 + z->opt.pipeline_read + z->opt.pipeline_write;
+        m->buffers += (uint64_t)nb * 3 * g * sizeof(float);
+    }
+}
+
+/* Elements per optimizer sub-group: sub_group_size, in whole 4 KiB pages of
+ * fp32 so NVMe transfers stay aligned, and no larger than the largest opt
+ * range (rounded to a page). */
+size_t zero_group_elems(const zero_state *z)
+{
+    int64_t g = z->opt.sub_group_size;
+    if (g < 1024) g = 1024;
+    size_t G = (size_t)g / 1024 * 1024, most = 0;
+    for (int l = 0; l < z->n_units; l++)
+        if (z->units[l].opt_n > most) most = z->units[l].opt_n;
+    if (G > most) G = (most + 1023) / 1024 * 1024;
+    return G;
+}
