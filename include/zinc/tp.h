@@ -1,0 +1,86 @@
+/* zinc/tp.h - Megatron-style tensor parallelism: the TP group a layer sees
+ * and the building blocks that split one layer's work over it.
+ *
+ * A TP group of size P holds one layer split P ways: a column-parallel
+ * linear holds OC/P output columns of its weight, a row-parallel linear C/P
+ * input rows, attention NH/P heads. With sequence parallelism (Megatron's
+ * SP) the activations between the parallel regions (LayerNorm, residual)
+ * hold N/P of the N = B*T token rows on each rank (rank r the rows [r*N/P,
+ * (r+1)*N/P) of the (N, C) matrix: every op there is per token), and each
+ * region's all-reduce becomes an all-gather on entry and a reduce-scatter on
+ * exit, moving the same bytes.
+ *
+ * Every function here that communicates is *collective* over the TP group
+ * (all its ranks call it in the same order with the same sizes); with no
+ * group (size 1) nothing moves and each is the single-rank op. Act tensors
+ * are in the op table's act dtype (zinc/ops.h); weights fp32.
+ */
+#ifndef ZINC_TP_H
+#define ZINC_TP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "zinc/comm.h"
+#include "zinc/ops.h"
+#include "zinc/status.h"
+
+typedef struct zinc_tp {
+    zinc_comm *group;      /* borrowed; NULL when the TP size is 1 */
+    int size, rank;
+    int sequence_parallel; /* activations outside the parallel regions split by rows */
+    const zinc_ops *ops;   /* the device's op table (borrowed) */
+} zinc_tp;
+
+/* The slice of a dimension of n elements that TP rank `rank` of `size`
+ * holds: [*lo, *lo + return). n must be a multiple of size. */
+static inline int64_t zinc_tp_slice(int64_t n, int size, int rank, int64_t *lo)
+{
+    int64_t k = n / size;
+    if (lo) *lo = k * rank;
+    return k;
+}
+
+/* ---- mappings (Megatron's copy / reduce / gather / scatter pairs) ---- */
+
+/* x(n) act = sum over the group of x, in place. */
+zinc_status zinc_tp_all_reduce(const zinc_tp *t, void *x, size_t n);
+/* out(size * rows, width) act = the ranks' in(rows, width) blocks in rank
+ * order (SP: entering a parallel region). out and in do not overlap. */
+zinc_status zinc_tp_gather_rows(const zinc_tp *t, void *out, const void *in, size_t rows,
+                                size_t width);
+/* out(rows, width) act = block `rank` of the sum over the group of
+ * in(size * rows, width) (SP: leaving a parallel region). */
+zinc_status zinc_tp_reduce_scatter_rows(const zinc_tp *t, void *out, const void *in, size_t rows,
+                                        size_t width);
+
+/* ---- parallel linears (weights stored (in, out) as zinc_ops' linear) ----
+ * Column-parallel: this rank holds W[:, cols] (C, OCl) and b[cols]; the input
+ * is whole on every rank, the output split by columns. Row-parallel: this
+ * rank holds W[rows, :] (Cl, OC); the input split by columns (the output of
+ * a column-parallel linear), the output whole after the all-reduce; b (OC)
+ * is replicated and added once. */
+
+/* y(N, OCl) act = x(N, C) @ w(C, OCl) + b(OCl). No communication. */
+void zinc_tp_column_forward(const zinc_tp *t, void *y, const void *x, const float *w,
+                            const float *b, int N, int C, int OCl);
+/* dx(N, C) act = sum over the group of dy(N, OCl) @ w^T -- WRITTEN, not
+ * accumulated; dw(C, OCl) += x^T @ dy; db(OCl) += sum_rows dy (may be NULL).
+ * Collective (the all-reduce of dx). */
+zinc_status zinc_tp_column_backward(const zinc_tp *t, void *dx, float *dw, float *db,
+                                    const void *dy, const void *x, const float *w, int N, int C,
+                                    int OCl);
+/* y(N, OC) act = sum over the group of x(N, Cl) @ w(Cl, OC), + b(OC) (added
+ * by rank 0 before the sum, so once). Collective. */
+zinc_status zinc_tp_row_forward(const zinc_tp *t, void *y, const void *x, const float *w,
+                                const float *b, int N, int Cl, int OC);
+/* dx(N, Cl) act += dy(N, OC) @ w^T; dw(Cl, OC) += x^T @ dy; db(OC) += sum_rows
+ * dy on every rank (b is replicated: its gradient is the same everywhere).
+ * No communication. */
+void zinc_tp_row_backward(const zinc_tp *t, void *dx, float *dw, float *db, const void *dy,
+                          const void *x, const float *w, int N, int Cl, int OC);
+
+/* Bytes one rank's TP collectives moved (ring formula, as comm counts them). */
+uint64_t zinc_tp_bytes(const zinc_tp *t);
+
+#endif

@@ -1,0 +1,64 @@
+/* tp.c - tensor-parallel mappings and the column- and row-parallel linears
+ * (zinc/tp.h), on the op table and the TP group.
+ */
+#include "zinc/tp.h"
+
+static int tp_on(const zinc_tp *t) { return t->group && t->size > 1; }
+
+zinc_status zinc_tp_all_reduce(const zinc_tp *t, void *x, size_t n)
+{
+    if (!tp_on(t) || n == 0) return ZINC_OK;
+    return zinc_comm_all_reduce(t->group, x, x, n, t->ops->act, ZINC_REDOP_SUM, NULL);
+}
+
+zinc_status zinc_tp_gather_rows(const zinc_tp *t, void *out, const void *in, size_t rows,
+                                size_t width)
+{
+    size_t n = rows * width;
+    if (!tp_on(t)) {
+        if (n) t->ops->copy(out, in, n * zinc_dtype_size(t->ops->act));
+        return ZINC_OK;
+    }
+    return zinc_comm_all_gather(t->group, in, out, n, t->ops->act, NULL);
+}
+
+zinc_status zinc_tp_reduce_scatter_rows(const zinc_tp *t, void *out, const void *in, size_t rows,
+                                        size_t width)
+{
+    size_t n = rows * width;
+    if (!tp_on(t)) {
+        if (n) t->ops->copy(out, in, n * zinc_dtype_size(t->ops->act));
+        return ZINC_OK;
+    }
+    return zinc_comm_reduce_scatter(t->group, in, out, n, t->ops->act, ZINC_REDOP_SUM, NULL);
+}
+
+void zinc_tp_column_forward(const zinc_tp *t, void *y, const void *x, const float *w,
+                            const float *b, int N, int C, int OCl)
+{
+    t->ops->linear_forward(y, x, w, b, N, C, OCl);
+}
+
+zinc_status zinc_tp_column_backward(const zinc_tp *t, void *dx, float *dw, float *db,
+                                    const void *dy, const void *x, const float *w, int N, int C,
+                                    int OCl)
+{
+    t->ops->zero(dx, (size_t)N * C * zinc_dtype_size(t->ops->act));
+    t->ops->linear_backward(dx, dw, db, dy, x, w, N, C, OCl);
+    return zinc_tp_all_reduce(t, dx, (size_t)N * C);
+}
+
+zinc_status zinc_tp_row_forward(const zinc_tp *t, void *y, const void *x, const float *w,
+                                const float *b, int N, int Cl, int OC)
+{
+    t->ops->linear_forward(y, x, w, t->rank == 0 ? b : NULL, N, Cl, OC);
+    return zinc_tp_all_reduce(t, y, (size_t)N * OC);
+}
+
+void zinc_tp_row_backward(const zinc_tp *t, void *dx, float *dw, float *db, const void *dy,
+                          const void *x, const float *w, int N, int Cl, int OC)
+{
+    t->ops->linear_backward(dx, dw, db, dy, x, w, N, Cl, OC);
+}
+
+uint64_t zinc_tp_bytes(const zinc_tp *t) { return tp_on(t) ? zinc_comm_bytes(t->group) : 0; }
