@@ -682,6 +682,9 @@ static void test_hang_diagnostics(void)
         CU_ASSERT_PTR_NOT_NULL(
             strstr(e, "ranks first disagree at #2 on group diagB (rank 0: none; rank 1: all_reduce 4 B)"));
         if (CU_get_number_of_failures()) fprintf(stderr, "rank 1: %s\n", e);
+        /* every rank has timed out before any joins another's op (else, on a
+         * loaded machine, a rank could see its op completed by the join) */
+        CU_ASSERT_EQUAL(zinc_comm_barrier(w2), ZINC_OK);
         /* join the others' #3, then they join this #2 */
         zinc_comm_set_timeout(a, 30);
         CU_ASSERT_EQUAL(zinc_comm_all_reduce(a, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_SUM, NULL),
@@ -697,6 +700,7 @@ static void test_hang_diagnostics(void)
         CU_ASSERT_PTR_NOT_NULL(strstr(e, want));
         CU_ASSERT_PTR_NULL(strstr(e, "no answer"));
         if (CU_get_number_of_failures()) fprintf(stderr, "rank %d: %s\n", g_rank, e);
+        CU_ASSERT_EQUAL(zinc_comm_barrier(w2), ZINC_OK); /* as rank 1 above */
         zinc_comm_set_timeout(b, 30);
         CU_ASSERT_EQUAL(zinc_comm_all_reduce(b, &v, &v, 1, ZINC_DTYPE_I32, ZINC_REDOP_SUM, NULL),
                         ZINC_OK);
