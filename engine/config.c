@@ -160,6 +160,7 @@ struct cfg_ctx {
 #define SEQ_MAX 16777216.0      /* tokens per sequence (int in the kernels) */
 #define THREADS_MAX 4096.0
 #define KEEP_MAX 1000000.0
+#define TP_MAX 4096.0              /* TP ranks in one group */
 #define AIO_BLOCK_MAX 1073741824.0 /* one request moves at most 1 GiB (offload/aio.c) */
 #define AIO_QD_MAX 4096.0          /* ring entries per worker (offload/aio.c) */
 #define AIO_WORKERS_MAX 256.0      /* workers (offload/aio.c) */
@@ -464,8 +465,10 @@ static const keydesc data_types_keys[] = {
      .flags = F_NULL_OK | F_NOTYET | F_NOCASE, .text = "zinc accumulates gradients in fp32"},
     END};
 
-/* DeepSpeed's tensor_parallel section: a TP size other than 1 is an error */
-#define TP_WHY "tensor parallelism is not implemented"
+/* DeepSpeed's tensor_parallel section: autotp_size and sequence_parallel
+ * are zinc's TP layout (zinc_config_resolve checks it); the inference keys
+ * are not */
+#define TP_WHY "zinc's tensor parallelism takes autotp_size and sequence_parallel only"
 static const keydesc tp_inner_keys[] = {
     NYI("tp_size", 1, INF, 1, TP_WHY),
     XANYW("tp_grain_size", TP_WHY),
@@ -473,7 +476,8 @@ static const keydesc tp_inner_keys[] = {
     XANYW("tp_group", TP_WHY),
     END};
 static const keydesc tensor_parallel_keys[] = {
-    NYI("autotp_size", 1, INF, 1, TP_WHY),
+    KI("autotp_size", tp.size, 1, TP_MAX, 1),
+    KB("sequence_parallel", tp.sequence_parallel, 0),
     KSEC("tp", tp_inner_keys),
     XANYW("tensor_parallel", TP_WHY),
     XANYW("dtype", TP_WHY),
@@ -1754,16 +1758,62 @@ static zinc_status elastic_batch(const zinc_config *c, int dp, const char *origi
     return ZINC_OK;
 }
 
-zinc_status zinc_config_resolve(zinc_config *c, int dp)
+int zinc_config_dp_size(const zinc_config *c, int world)
+{
+    return c->tp.size > 0 ? (int)(world / c->tp.size) : world;
+}
+
+/* The TP layout for a job of world ranks: TP divides the world, the heads,
+ * the MLP width and the vocabulary (padded by the user to a multiple of
+ * TP x 64, as Megatron pads it, so every rank's slice stays aligned). */
+static zinc_status tp_check(const zinc_config *c, int world, const char *origin)
+{
+    const long long tp = (long long)c->tp.size, nh = (long long)c->model.n_head;
+    const long long mlp = 4 * (long long)c->model.n_embd, v = (long long)c->model.vocab_size;
+    if (world % tp)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: tensor_parallel.autotp_size %lld does not divide "
+                          "the world size %d", origin, tp, world);
+    if (nh % tp)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: tensor_parallel.autotp_size %lld does not divide "
+                          "model.n_head %lld", origin, tp, nh);
+    if (mlp % tp)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: tensor_parallel.autotp_size %lld does not divide "
+                          "the MLP width 4 x model.n_embd = %lld", origin, tp, mlp);
+    if (tp > 1 && v % (64 * tp))
+        return zinc_error(ZINC_ERR_CONFIG, "%s: model.vocab_size %lld is not a multiple of "
+                          "64 x tensor_parallel.autotp_size = %lld; pad it to %lld", origin, v,
+                          64 * tp, (v + 64 * tp - 1) / (64 * tp) * (64 * tp));
+    if (tp > 1 && c->elasticity.enabled)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: elasticity with tensor_parallel.autotp_size %lld: "
+                          "not supported yet (elastic jobs are data parallel only)", origin, tp);
+    if (tp > 1) /* the layout holds; the model cannot run it yet */
+        return zinc_error(ZINC_ERR_CONFIG, "%s: tensor_parallel.autotp_size %lld: GPT-2's layers "
+                          "do not split over TP ranks yet (tensor_parallel/ holds the building "
+                          "blocks); use 1", origin, tp);
+    return ZINC_OK;
+}
+
+zinc_status zinc_config_check_tp(const zinc_config *c, int world)
+{
+    const char *origin = c->given.origin[0] ? c->given.origin : "config";
+    if (world < 1) return zinc_error(ZINC_ERR_INVALID_ARG, "%s: world size %d must be >= 1", origin, world);
+    return tp_check(c, world, origin);
+}
+
+zinc_status zinc_config_resolve(zinc_config *c, int world)
 {
     if (!c) return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_config_resolve: no config");
     const char *origin = c->given.batch_origin[0] ? c->given.batch_origin
                          : c->given.origin[0]     ? c->given.origin
                                                   : "config";
-    if (dp < 1)
-        return zinc_error(ZINC_ERR_INVALID_ARG, "%s: data-parallel size %d must be >= 1", origin, dp);
+    if (world < 1)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "%s: data-parallel size %d must be >= 1", origin,
+                          world);
     zinc_status cst = zinc_config_check(c);
     if (cst != ZINC_OK) return cst;
+    cst = tp_check(c, world, origin);
+    if (cst != ZINC_OK) return cst;
+    const int dp = zinc_config_dp_size(c, world);
     int64_t cur[3] = {c->train_batch_size, c->train_micro_batch_size_per_gpu,
                       c->gradient_accumulation_steps};
     int64_t g[3];

@@ -131,6 +131,12 @@ typedef struct zinc_config {
                                         * true: recompute the cheap ones (less memory) */
     } model;
 
+    /* DeepSpeed's tensor_parallel section (training: AutoTP's size) */
+    struct {
+        int64_t size;                  /* autotp_size: 1 */
+        int sequence_parallel;         /* false: Megatron sequence parallelism */
+    } tp;
+
     struct {
         char train[ZINC_MAX_PATHS][512]; /* token shard paths (glob patterns allowed) */
         int n_train;
@@ -218,13 +224,21 @@ zinc_status zinc_config_load_string(const char *json, const char *origin,
                                     const char *const *overrides, int n_overrides,
                                     zinc_config *c);
 
-/* Resolves the batch triple for a given DP size:
- * train_batch_size == micro * grad_accum * dp_size (DeepSpeed's rule: two
- * given derive the third; train_batch_size alone means grad_accum 1; micro
- * alone means grad_accum 1; "auto" counts as absent). May be called again
- * with another DP size; it works from the values as given. c is unchanged
- * on failure (ZINC_ERR_CONFIG; ZINC_ERR_INVALID_ARG for dp_size < 1). */
-zinc_status zinc_config_resolve(zinc_config *c, int dp_size);
+/* Resolves the layout and the batch triple for a job of `world` ranks: the
+ * mesh is TP x DP with DP = world / tensor_parallel.autotp_size (each TP
+ * size checked against the world, the heads, the MLP width and the
+ * vocabulary first), then train_batch_size == micro * grad_accum * DP
+ * (DeepSpeed's rule: two given derive the third; train_batch_size alone
+ * means grad_accum 1; micro alone means grad_accum 1; "auto" counts as
+ * absent). May be called again with another world size; it works from the
+ * values as given. c is unchanged on failure (ZINC_ERR_CONFIG;
+ * ZINC_ERR_INVALID_ARG for world < 1). */
+zinc_status zinc_config_resolve(zinc_config *c, int world);
+/* The TP layout check zinc_config_resolve starts with, alone (ZINC_ERR_CONFIG
+ * naming the key and the numbers). */
+zinc_status zinc_config_check_tp(const zinc_config *c, int world);
+/* DP = world / TP: the data-parallel size of a job of `world` ranks. */
+int zinc_config_dp_size(const zinc_config *c, int world);
 
 /* Elasticity (DeepSpeed's version 0.1 rule, engine/elastic.c). The global
  * batch: of the candidates (each micro-batch size and their least common

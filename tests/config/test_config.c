@@ -961,6 +961,47 @@ static void test_honest_keys(void)
  * batch 9792 with 23 valid GPU counts. The rest are worked by hand:
  * micro [2, 3], max 30 gives candidates 24 (2*12, 6*4; valid 1,2,3,4,6,8)
  * and 18 (3*6; valid 1,2,3,6), so 24. */
+/* tensor_parallel: the TP layout is checked against the world, the heads,
+ * the MLP width and the padded vocabulary, each a line naming the key and
+ * the numbers; DP = world / TP drives the batch rule; a valid TP size > 1
+ * is refused until GPT-2 runs split (never a silent TP 1). */
+static void test_tensor_parallel(void)
+{
+    const char *base = "{\"train_micro_batch_size_per_gpu\": 2, \"gradient_accumulation_steps\": 1,"
+                       " \"model\": {\"n_embd\": 96, \"n_head\": 6, \"vocab_size\": 512},"
+                       " \"tensor_parallel\": {\"autotp_size\": %d, \"sequence_parallel\": true}}";
+    char j[512];
+    zinc_config c;
+    snprintf(j, sizeof j, base, 1);
+    CU_ASSERT_FATAL(load_str(j, &c) == ZINC_OK);
+    CU_ASSERT_EQUAL(c.tp.size, 1);
+    CU_ASSERT_EQUAL(c.tp.sequence_parallel, 1);
+    CU_ASSERT_EQUAL(zinc_config_resolve(&c, 4), ZINC_OK);
+    CU_ASSERT_EQUAL(c.train_batch_size, 8); /* 2 x 1 x DP 4 */
+    CU_ASSERT_EQUAL(zinc_config_dp_size(&c, 4), 4);
+    static const struct { int tp, world; const char *frag; } bad[] = {
+        {3, 4, "tensor_parallel.autotp_size 3 does not divide the world size 4"},
+        {4, 4, "tensor_parallel.autotp_size 4 does not divide model.n_head 6"},
+        {6, 6, "model.vocab_size 512 is not a multiple of 64 x tensor_parallel.autotp_size = 384; "
+               "pad it to 768"},
+        {2, 4, "tensor_parallel.autotp_size 2: GPT-2's layers do not split over TP ranks yet"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(j, sizeof j, base, bad[i].tp);
+        CU_ASSERT_FATAL(load_str(j, &c) == ZINC_OK);
+        zinc_config before = c;
+        CU_ASSERT_EQUAL(zinc_config_resolve(&c, bad[i].world), ZINC_ERR_CONFIG);
+        int ok = strstr(zinc_last_error(), bad[i].frag) != NULL;
+        if (!ok) printf("\n  want '%s', got '%s'\n", bad[i].frag, zinc_last_error());
+        CU_ASSERT(ok);
+        CU_ASSERT_EQUAL(memcmp(&before, &c, sizeof c), 0); /* unchanged on failure */
+    }
+    CU_ASSERT(fails_with("{\"train_micro_batch_size_per_gpu\": 1, \"tensor_parallel\": {\"autotp_size\": 0}}",
+                         NULL, 0, "tensor_parallel.autotp_size"));
+    CU_ASSERT(fails_with("{\"train_micro_batch_size_per_gpu\": 1, \"tensor_parallel\": {\"tp\": {\"tp_size\": 2}}}",
+                         NULL, 0, "tensor_parallel.tp.tp_size"));
+}
+
 static void test_elasticity(void)
 {
     zinc_config c;
@@ -1050,7 +1091,8 @@ int main(void)
         !CU_add_test(s, "integer bounds", test_int_bounds) ||
         !CU_add_test(s, "override blame", test_override_blame) ||
         !CU_add_test(s, "honest keys", test_honest_keys) ||
-        !CU_add_test(s, "elasticity", test_elasticity)) {
+        !CU_add_test(s, "elasticity", test_elasticity) ||
+        !CU_add_test(s, "tensor parallel layout", test_tensor_parallel)) {
         CU_cleanup_registry();
         return 1;
     }
