@@ -408,7 +408,12 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     e->z.dev = e->dev;
     e->z.ops = e->ops;
     int world = zinc_comm_size(e->world);
-    ZINC_TRY(zinc_mesh_create(e->world, 1, world, 1, &e->mesh));
+    ZINC_TRY(zinc_config_check_tp(&e->cfg, world)); /* a config filled through the C API */
+    const int tp = (int)e->cfg.tp.size; /* TP innermost: adjacent ranks */
+    ZINC_TRY(zinc_mesh_create(e->world, 1, world / tp, tp, &e->mesh));
+    e->tp = (zinc_tp){.group = tp > 1 ? e->mesh->tp_group : NULL, .size = tp,
+                      .rank = e->mesh->tp_rank, .sequence_parallel = e->cfg.tp.sequence_parallel,
+                      .ops = e->ops};
     e->z.dp = e->mesh->dp;
     e->z.dp_rank = e->mesh->dp_rank;
     e->z.dp_group = e->mesh->dp_group;
@@ -518,6 +523,13 @@ static void round_storage(const zinc_engine *e, void *x, size_t n)
         e->ops->round_to(x, e->z.plan.pdt, n);
 }
 
+/* What a layer sees while it runs (zinc_ctx), for a loss gradient dloss. */
+static zinc_ctx engine_ctx(const zinc_engine *e, float dloss)
+{
+    return (zinc_ctx){.ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens,
+                      .targets = e->targets, .dloss = dloss, .scratch = e->scratch, .tp = &e->tp};
+}
+
 /* Copies a micro-batch the data loader wrote to host memory onto the device. */
 static void batch_to_device(zinc_engine *e, const int32_t *tok, const int32_t *tgt)
 {
@@ -597,10 +609,7 @@ zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
     size_t BT = (size_t)e->B * e->T;
     batch_to_device(e, tokens, targets);
     zero_grads_zero(&e->z);
-    zinc_ctx c = {
-        .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
-        .dloss = 1.0f / (float)BT, .scratch = e->scratch,
-    };
+    zinc_ctx c = engine_ctx(e, 1.0f / (float)BT);
     double sum = 0.0;
     zinc_status st = micro_step(e, &c, &sum, 1);
     if (st == ZINC_OK) st = engine_sync(e);
@@ -615,10 +624,7 @@ zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t firs
     if (n_batches < 1 || first_sample < 0)
         return zinc_error(ZINC_ERR_INVALID_ARG, "eval: %d batches from sample %lld", n_batches,
                           (long long)first_sample);
-    zinc_ctx c = {
-        .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
-        .dloss = 0.0f, .scratch = e->scratch,
-    };
+    zinc_ctx c = engine_ctx(e, 0.0f);
     double sum = 0.0;
     for (int b = 0; b < n_batches; b++)
         for (int m = 0; m < e->ga; m++) {
@@ -665,10 +671,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     zero_grads_zero(&e->z);
     e->t_fwd = e->t_bwd = e->t_reduce = e->t_opt = e->z.t_opt_io = 0.0;
     double scale = e->scaler.scale;
-    zinc_ctx c = {
-        .ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens, .targets = e->targets,
-        .dloss = (float)(scale / ((double)e->B * e->T * e->ga * e->z.dp)), .scratch = e->scratch,
-    };
+    zinc_ctx c = engine_ctx(e, (float)(scale / ((double)e->B * e->T * e->ga * e->z.dp)));
     double loss_sum = 0.0;
     for (int m = 0; m < e->ga; m++) {
         uint64_t first = (uint64_t)e->samples + (uint64_t)m * e->B * e->z.dp +

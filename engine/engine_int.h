@@ -11,6 +11,7 @@
 #include "zinc/aio.h"
 #include "zinc/device.h"
 #include "zinc/engine.h"
+#include "zinc/tp.h"
 #include "zinc/zero.h"
 
 #define ENGINE_MAX_LAYER_PARAMS 32
@@ -38,6 +39,7 @@ struct zinc_engine {
     zinc_config cfg;
     zinc_comm *world;
     zinc_mesh *mesh;
+    zinc_tp tp;             /* this rank's TP group (size 1 without tensor parallelism) */
     const zinc_device *dev; /* where every buffer below lives (cpu or cuda) */
     const zinc_ops *ops;    /* dev's op table for the storage precision */
     int profiling;          /* ops is the timing wrapper (ZINC_PROFILE_OPS) */

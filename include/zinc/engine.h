@@ -28,6 +28,7 @@
 #include "zinc/device.h"
 #include "zinc/ops.h"
 #include "zinc/status.h"
+#include "zinc/tp.h"
 #include "zinc/zero.h" /* zinc_init_kind, zinc_mem_stats */
 
 typedef struct zinc_engine zinc_engine;
@@ -42,6 +43,8 @@ typedef struct zinc_ctx {
     float dloss;              /* d(total objective)/d(each token's loss) */
     double loss_sum;          /* the loss layer adds sum of token losses here */
     void *scratch;            /* shared scratch, >= every layer's scratch_bytes */
+    const zinc_tp *tp;        /* the layer's TP group, rank and sequence-parallel flag
+                                 (size 1 without tensor parallelism) */
 } zinc_ctx;
 
 typedef struct zinc_layer_ops {
