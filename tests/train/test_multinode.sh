@@ -8,8 +8,9 @@
 #   2. killing every rank of nodeb ends the run within comm_timeout_s, with
 #      the launcher naming nodeb; zinc-run --elastic drops nodeb and resumes
 #      on nodea's 2 ranks from the latest checkpoint, the elasticity section
-#      keeping the global batch, and the run ends with the losses of the
-#      uninterrupted one-rank run.
+#      keeping the global batch, and the run ends with the losses, bit for
+#      bit, of the same layouts run on one node without a failure (4 ranks to
+#      the checkpoint it resumed from, then 2 ranks from it).
 # Where namespaces cannot be made (not root, no ip/unshare, a container
 # without CAP_NET_ADMIN) the test says why and exits 77: skipped, not passed.
 set -u
@@ -106,7 +107,18 @@ for want in "on node nodeb exited on signal 9" "zinc-run: --elastic: dropping ho
     grep -qF -- "$want" "$TMP/mnk.log" || { cat "$TMP/mnk.log" >&2; fail "log lacks '$want'"; }
 done
 [ "$(losses "$TMP/mnk.jsonl" | wc -l)" = $steps ] || fail "expected $steps metrics lines"
-d=$(max_rel_diff "$TMP/ref.jsonl" "$TMP/mnk.jsonl")
-echo "4 ranks on two nodes, nodeb lost, 2 ranks on nodea: max rel diff vs 1 rank over $steps steps: $d"
-awk -v d="$d" 'BEGIN { exit !(d != "nan" && d <= 1e-5) }' || fail "the elastic run's losses differ: $d"
+# the same computation without a failure, on one node: 4 ranks up to the step
+# the relaunch resumed from, then 2 ranks from that checkpoint (the layouts'
+# reduction orders differ from one rank's, and over hundreds of steps that
+# drift depends on the data; the elastic run must match this one instead)
+k=$(sed -n 's/.*loaded checkpoint .*(step \([0-9]*\), saved at dp 4 stage 3) into dp 2 stage 3.*/\1/p' "$TMP/mnk.log" | head -1)
+[ -n "$k" ] || { cat "$TMP/mnk.log" >&2; fail "the relaunch did not load a dp 4 checkpoint"; }
+run seg1 4 --set train.max_steps="$k" --set train.save_every="$k" --set train.save_dir="$TMP/ck2"
+run seg2 2 --set train.max_steps=$steps --set train.save_dir="$TMP/ck2" --set train.resume=auto
+cat "$TMP/seg1.jsonl" "$TMP/seg2.jsonl" > "$TMP/seg.jsonl"
+d=$(max_rel_diff "$TMP/seg.jsonl" "$TMP/mnk.jsonl")
+echo "4 ranks on two nodes, nodeb lost, 2 ranks on nodea from step $k: max rel diff vs the same layouts on one node over $steps steps: $d"
+awk -v d="$d" 'BEGIN { exit !(d != "nan" && d <= 1e-6) }' || fail "the elastic run's losses differ: $d"
+d1=$(max_rel_diff "$TMP/ref.jsonl" "$TMP/mnk.jsonl")
+echo "(vs 1 rank, for scale: $d1)"
 echo "multi-node: ok"
