@@ -49,6 +49,12 @@ static zinc_dtype act_dtype(const zinc_engine *e)
 int zinc_layer_param_add(zinc_layer *l, const char *name, int ndim, const int64_t *shape,
                          int tp_dim, zinc_init_kind init, float std)
 {
+    return zinc_layer_param_add_split(l, name, ndim, shape, tp_dim, 1, init, std);
+}
+
+int zinc_layer_param_add_split(zinc_layer *l, const char *name, int ndim, const int64_t *shape,
+                               int tp_dim, int tp_blocks, zinc_init_kind init, float std)
+{
     zinc_engine *e = l->e;
     if (!l->declaring) {
         zinc_error(ZINC_ERR_INTERNAL, "%s: parameters can only be added in declare", name);
@@ -63,7 +69,7 @@ int zinc_layer_param_add(zinc_layer *l, const char *name, int ndim, const int64_
         snprintf(full, sizeof full, "%s.%s", l->def->name, name);
     else
         snprintf(full, sizeof full, "%s", name);
-    int id = zero_param_add(&e->z, l->index, full, ndim, shape, tp_dim, init, std);
+    int id = zero_param_add(&e->z, l->index, full, ndim, shape, tp_dim, tp_blocks, init, std);
     if (id < 0) return -1;
     l->params[l->n_params] = id;
     return l->n_params++;
@@ -243,6 +249,7 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     e.model = m;
     engine_zero_opts(&e.cfg, &e.z.opt);
     e.z.dp = dp;
+    e.z.tp = (int)c->tp.size; /* every TP rank holds the same sizes */
     zinc_status st = zero_plan_make(&e.z.opt, stage, estimate_device(&e.cfg), &e.z.plan);
     if (st != ZINC_OK) return st;
     e.B = (int)c->train_micro_batch_size_per_gpu;
@@ -416,6 +423,8 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
                       .ops = e->ops};
     e->z.dp = e->mesh->dp;
     e->z.dp_rank = e->mesh->dp_rank;
+    e->z.tp = e->mesh->tp;
+    e->z.tp_rank = e->mesh->tp_rank;
     e->z.dp_group = e->mesh->dp_group;
     e->B = (int)e->cfg.train_micro_batch_size_per_gpu;
     e->ga = (int)e->cfg.gradient_accumulation_steps;
@@ -684,8 +693,14 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     zero_fault_nan(&e->z, e->step);
 
     /* loss and global grad norm: one all-reduce of (loss, sum of squares) */
-    double red[2] = {loss_sum, 0.0};
-    ZINC_TRY(zero_grad_sumsq(&e->z, &red[1]));
+    double red[2] = {loss_sum, 0.0}, sq[2];
+    ZINC_TRY(zero_grad_sumsq(&e->z, sq));
+    /* each parameter's squares once: TP-split ones summed over the TP group,
+     * replicated ones (the same on every TP rank) taken once */
+    if (e->tp.size > 1)
+        ZINC_TRY(zinc_comm_all_reduce(e->tp.group, &sq[0], &sq[0], 1, ZINC_DTYPE_F64,
+                                      ZINC_REDOP_SUM, NULL));
+    red[1] = sq[0] + sq[1];
     if (e->z.dp > 1) {
         if (e->z.plan.stage == 0) /* whole grads everywhere: only the loss needs summing */
             ZINC_TRY(zinc_comm_all_reduce(dpg, red, red, 1, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));

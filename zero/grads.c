@@ -139,30 +139,47 @@ zinc_status zero_reduce_boundary(zero_state *z)
     return ZINC_OK;
 }
 
-zinc_status zero_grad_sumsq(zero_state *z, double *out)
+/* The sum of squares of grads g (this rank's opt range [lo, lo+n) of unit u,
+ * fp32) split by whether each element's parameter is TP-split. */
+static void sumsq_split(const zero_state *z, const zero_unit *u, const float *g, size_t lo,
+                        size_t n, double out[2])
 {
-    double sum = 0.0;
+    size_t hi = lo + n; /* padding between params holds zeros: it adds nothing */
+    for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
+        const zero_param *p = &z->params[pi];
+        size_t x = p->uoff > lo ? p->uoff : lo;
+        size_t y = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
+        if (x >= y) continue;
+        out[p->tp_dim >= 0 ? 0 : 1] += z->ops->sumsq(g + (x - lo), y - x);
+    }
+}
+
+zinc_status zero_grad_sumsq(zero_state *z, double split[2])
+{
+    split[0] = split[1] = 0.0;
     float *tmp = NULL;
     size_t cap = 0;
     for (int l = 0; l < z->n_units; l++) {
         zero_unit *u = &z->units[l];
         if (u->opt_n == 0) continue;
         const void *g = grad_opt(z, u);
-        if (z->plan.pdt == ZINC_DTYPE_F32) {
-            sum += z->ops->sumsq(g, u->opt_n);
-            continue;
+        const float *g32 = g;
+        if (z->plan.pdt != ZINC_DTYPE_F32) {
+            if (cap < u->opt_n) {
+                xfree(z, tmp);
+                tmp = xalloc_raw(z, u->opt_n * sizeof(float));
+                cap = tmp ? u->opt_n : 0;
+                if (!tmp) return zinc_error(ZINC_ERR_NOMEM, "gradient norm buffer");
+            }
+            zero_to_f32(z, tmp, g, z->plan.pdt, u->opt_n);
+            g32 = tmp;
         }
-        if (cap < u->opt_n) {
-            xfree(z, tmp);
-            tmp = xalloc_raw(z, u->opt_n * sizeof(float));
-            cap = tmp ? u->opt_n : 0;
-            if (!tmp) return zinc_error(ZINC_ERR_NOMEM, "gradient norm buffer");
-        }
-        zero_to_f32(z, tmp, g, z->plan.pdt, u->opt_n);
-        sum += z->ops->sumsq(tmp, u->opt_n);
+        if (z->tp > 1)
+            sumsq_split(z, u, g32, u->opt_lo, u->opt_n, split);
+        else
+            split[1] += z->ops->sumsq(g32, u->opt_n);
     }
     xfree(z, tmp);
-    *out = sum;
     return ZINC_OK;
 }
 

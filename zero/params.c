@@ -29,23 +29,42 @@ static zinc_status store_host_f32(zero_state *z, void *dst, const float *src, si
     return ZINC_OK;
 }
 
-/* Elements [first, first+n) of parameter p's initial value: a function of
- * (seed, name) alone, so every layout starts from the same model. */
+/* Elements [first, first+n) of this rank's slice of parameter p: the
+ * logical tensor's initial value is a function of (seed, name) alone, so
+ * every layout (DP, ZeRO stage, TP size) starts from the same model. */
+typedef struct init_run {
+    const zero_state *z;
+    const zero_param *p;
+    float *d;
+    int64_t first, n;
+} init_run;
+
+static void init_one_run(void *u, int64_t local, int64_t logical, int64_t n)
+{
+    const init_run *r = u;
+    int64_t a = local > r->first ? local : r->first;
+    int64_t e = local + n < r->first + r->n ? local + n : r->first + r->n;
+    if (a >= e) return;
+    float *d = r->d + (a - r->first);
+    switch (r->p->init) {
+    case ZINC_INIT_ZEROS:
+        memset(d, 0, (size_t)(e - a) * sizeof(float));
+        break;
+    case ZINC_INIT_ONES:
+        for (int64_t k = 0; k < e - a; k++) d[k] = 1.0f;
+        break;
+    case ZINC_INIT_NORMAL:
+        zinc_rng_normal_range(r->z->opt.seed, zinc_hash_str(r->p->name), d, logical + (a - local),
+                              e - a, r->p->std);
+        break;
+    }
+}
+
 static void init_param_range(const zero_state *z, const zero_param *p, float *d, int64_t first,
                              int64_t n)
 {
-    switch (p->init) {
-    case ZINC_INIT_ZEROS:
-        memset(d, 0, (size_t)n * sizeof(float));
-        break;
-    case ZINC_INIT_ONES:
-        for (int64_t k = 0; k < n; k++) d[k] = 1.0f;
-        break;
-    case ZINC_INIT_NORMAL:
-        zinc_rng_normal_range(z->opt.seed, zinc_hash_str(p->name), d, first, n,
-                              p->std);
-        break;
-    }
+    init_run r = {z, p, d, first, n};
+    zero_param_runs(p, z->tp, z->tp_rank, init_one_run, &r);
 }
 
 zinc_status zero_units_alloc(zero_state *z)

@@ -58,8 +58,9 @@ void zero_tables_free(zero_state *z)
 }
 
 int zero_param_add(zero_state *z, int layer, const char *name, int ndim, const int64_t *shape,
-                   int tp_dim, zinc_init_kind init, float std)
+                   int tp_dim, int tp_blocks, zinc_init_kind init, float std)
 {
+    const int tp = z->tp > 1 ? z->tp : 1;
     if (ndim < 1 || ndim > ZINC_MAX_DIMS) {
         zinc_error(ZINC_ERR_INVALID_ARG, "%s: bad rank %d or too many parameters", name, ndim);
         return -1;
@@ -78,17 +79,30 @@ int zero_param_add(zero_state *z, int layer, const char *name, int ndim, const i
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", name);
     p->ndim = ndim;
-    p->numel = 1;
+    if (tp_dim < -1 || tp_dim >= ndim || tp_blocks < 1) {
+        zinc_error(ZINC_ERR_INVALID_ARG, "%s: tp_dim %d, tp_blocks %d for a rank-%d tensor",
+                   p->name, tp_dim, tp_blocks, ndim);
+        return -1;
+    }
+    p->numel = p->gnumel = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] <= 0) {
             zinc_error(ZINC_ERR_INVALID_ARG, "%s: dimension %d is %lld", p->name, i,
                        (long long)shape[i]);
             return -1;
         }
-        p->shape[i] = shape[i];
-        p->numel *= shape[i];
+        p->shape[i] = p->lshape[i] = shape[i];
+        if (i == tp_dim && shape[i] % ((int64_t)tp * tp_blocks)) {
+            zinc_error(ZINC_ERR_INVALID_ARG, "%s: dimension %d (%lld) does not split into %d "
+                       "block(s) over %d TP ranks", p->name, i, (long long)shape[i], tp_blocks, tp);
+            return -1;
+        }
+        if (i == tp_dim) p->lshape[i] = shape[i] / tp;
+        p->numel *= p->lshape[i];
+        p->gnumel *= shape[i];
     }
     p->tp_dim = tp_dim;
+    p->tp_blocks = tp_blocks;
     p->init = init;
     p->std = std;
     p->unit = layer;
@@ -107,6 +121,27 @@ zinc_status zero_layer_use(zero_state *z, int layer, int u)
         return zinc_error(ZINC_ERR_INVALID_ARG, "layer %d ties too many layers", layer);
     l->units[l->n_units++] = u;
     return ZINC_OK;
+}
+
+void zero_param_runs(const zero_param *p, int tp, int tp_rank,
+                     void (*fn)(void *u, int64_t local, int64_t logical, int64_t n), void *u)
+{
+    if (tp <= 1 || p->tp_dim < 0) {
+        fn(u, 0, 0, p->numel);
+        return;
+    }
+    /* the tensor as (outer, D, inner) around tp_dim: each block of D holds
+     * sub = D / blocks rows, of which this rank keeps lsub = sub / tp */
+    int64_t outer = 1, inner = 1;
+    for (int i = 0; i < p->tp_dim; i++) outer *= p->shape[i];
+    for (int i = p->tp_dim + 1; i < p->ndim; i++) inner *= p->shape[i];
+    const int64_t D = p->shape[p->tp_dim], sub = D / p->tp_blocks, lsub = sub / tp;
+    int64_t local = 0;
+    for (int64_t o = 0; o < outer; o++)
+        for (int b = 0; b < p->tp_blocks; b++) {
+            fn(u, local, (o * D + b * sub + (int64_t)tp_rank * lsub) * inner, lsub * inner);
+            local += lsub * inner;
+        }
 }
 
 int zero_param_on_nvme(const zero_state *z, const zero_unit *u)

@@ -78,11 +78,18 @@ typedef struct zinc_model_def {
 
 /* --- layer-side API (valid in declare / forward / backward) --- */
 
-/* Declares a parameter named "<layer name>.<name>" of the given shape;
- * tp_dim is its partition spec (-1 replicated). Returns its index in the
- * layer (>= 0) or -1 with the error recorded. Only inside declare. */
+/* Declares a parameter named "<layer name>.<name>" of the given (logical)
+ * shape; tp_dim is its partition spec: -1 replicated over the TP group, or
+ * the dimension split over it, the rank storing (and zinc_layer_param
+ * giving) its slice of shape[tp_dim] / TP. Returns its index in the layer
+ * (>= 0) or -1 with the error recorded. Only inside declare. */
 int zinc_layer_param_add(zinc_layer *l, const char *name, int ndim, const int64_t *shape,
                          int tp_dim, zinc_init_kind init, float std);
+/* The same for a split dimension made of tp_blocks equal sub-blocks, each
+ * split over the TP group (Megatron's partition stride: GPT-2's c_attn
+ * columns q | k | v are 3 blocks, so a rank holds its heads' q, k and v). */
+int zinc_layer_param_add_split(zinc_layer *l, const char *name, int ndim, const int64_t *shape,
+                               int tp_dim, int tp_blocks, zinc_init_kind init, float std);
 /* Uses the parameter of an earlier layer with the full name given (tied
  * weights, e.g. the GPT-2 head and "wte.weight"). Gradients from both uses
  * accumulate into the one gradient. Returns its index in this layer or -1. */

@@ -95,12 +95,20 @@ typedef struct zero_plan {
     int master_sep;      /* master weights are their own array (16-bit params, NVMe, host) */
 } zero_plan;
 
+/* A parameter: its logical (global) tensor, and the slice this TP rank
+ * stores. With tp_dim 0..ndim-1 and a TP size > 1 the rank holds, along
+ * tp_dim, 1/TP of each of tp_blocks equal sub-blocks (Megatron's partition
+ * stride: GPT-2's c_attn columns are q | k | v, 3 blocks, so each rank gets
+ * the columns of its heads in all three); tp_dim -1 is replicated. */
 typedef struct zero_param {
     char name[96];
     int ndim;
-    int64_t shape[ZINC_MAX_DIMS];
-    int64_t numel;
-    int tp_dim;
+    int64_t shape[ZINC_MAX_DIMS];  /* logical */
+    int64_t lshape[ZINC_MAX_DIMS]; /* this rank's slice */
+    int64_t numel;                 /* elements this rank stores (of lshape) */
+    int64_t gnumel;                /* elements of the logical tensor */
+    int tp_dim;                    /* -1: replicated over the TP group */
+    int tp_blocks;                 /* sub-blocks of tp_dim, each split (1: a plain split) */
     zinc_init_kind init;
     float std;
     int unit;       /* the unit (= declaring layer) that stores it */
@@ -149,6 +157,7 @@ typedef struct zero_state {
     const zinc_ops *ops;      /* dev's op table for the storage precision */
     zinc_comm *dp_group;      /* borrowed; NULL for an estimate */
     int dp, dp_rank;
+    int tp, tp_rank;          /* the TP group parameters are sliced for (1, 0 without TP) */
 
     zero_param *params;
     int n_params, cap_params;
@@ -177,10 +186,17 @@ zinc_status zero_plan_make(const zero_opts *o, int stage, const char *dev_name, 
 /* Allocates the unit and layer tables for n layers (zeroed). */
 zinc_status zero_tables_alloc(zero_state *z, int n_layers);
 void zero_tables_free(zero_state *z);
-/* Declares a parameter of layer `layer` (stored in its unit); returns its
- * id, or -1 with the error set. */
+/* Declares a parameter of layer `layer` (stored in its unit) of logical
+ * shape `shape`, split over z->tp ranks along tp_dim in tp_blocks sub-blocks
+ * (see zero_param); returns its id, or -1 with the error set (a dimension
+ * that does not split evenly names the parameter and the numbers). */
 int zero_param_add(zero_state *z, int layer, const char *name, int ndim, const int64_t *shape,
-                   int tp_dim, zinc_init_kind init, float std);
+                   int tp_dim, int tp_blocks, zinc_init_kind init, float std);
+/* The runs of this rank's slice of p inside the logical tensor, in the
+ * slice's element order: fn(u, local_first, logical_first, n) for each
+ * contiguous run (one run without TP or for tp_dim 0 with one block). */
+void zero_param_runs(const zero_param *p, int tp, int tp_rank,
+                     void (*fn)(void *u, int64_t local, int64_t logical, int64_t n), void *u);
 /* Records that layer `layer` touches unit u (own or tied). */
 zinc_status zero_layer_use(zero_state *z, int layer, int u);
 /* Lays units out for (plan, dp, dp_rank): offsets, sizes, ranges, first
@@ -234,8 +250,10 @@ void zero_micro_end(zero_state *z);
 void zero_grads_zero(zero_state *z);
 /* Collective: accumulation boundary: all-reduce (stage 0) or reduce-scatter (stage 1). */
 zinc_status zero_reduce_boundary(zero_state *z);
-/* Sum of squares of this rank's gradient range (opt ranges), double. */
-zinc_status zero_grad_sumsq(zero_state *z, double *out);
+/* Sums of squares of this rank's gradient range (opt ranges), double:
+ * split[0] over TP-split parameters (to be summed over the TP group),
+ * split[1] over replicated ones (the same on every TP rank: counted once). */
+zinc_status zero_grad_sumsq(zero_state *z, double split[2]);
 /* Collective: the lowest param id whose gradient (this rank's optimizer
  * range of it) holds a NaN or Inf on any rank, or -1. */
 zinc_status zero_first_nonfinite(zero_state *z, int *param);

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "zinc/config.h"
+#include "zinc/device.h"
+#include "zinc/ops.h"
 #include "zinc/zero.h"
 
 /* A model of n layers whose layer l holds params of the given sizes (0
@@ -56,7 +58,7 @@ static void build(zero_state *z, const model *m, int stage, int dp, int rank, zi
             char name[32];
             snprintf(name, sizeof name, "l%d.p%d", l, k);
             int64_t shape[1] = {m->sizes[l][k]};
-            int id = zero_param_add(z, l, name, 1, shape, -1, ZINC_INIT_ZEROS, 0.0f);
+            int id = zero_param_add(z, l, name, 1, shape, -1, 1, ZINC_INIT_ZEROS, 0.0f);
             CU_ASSERT_FATAL(id >= 0);
             CU_ASSERT_FATAL(zero_layer_use(z, l, l) == ZINC_OK);
         }
@@ -245,9 +247,131 @@ static void test_first_user_and_groups(void)
     /* bad shapes are refused with the parameter's name */
     build(&z, &(model){.n = 1, .sizes = {{0}}, .tie_layer = -1}, 0, 1, 0, ZINC_DTYPE_F32);
     int64_t bad[2] = {4, 0};
-    CU_ASSERT_EQUAL(zero_param_add(&z, 0, "w", 2, bad, -1, ZINC_INIT_ZEROS, 0.0f), -1);
+    CU_ASSERT_EQUAL(zero_param_add(&z, 0, "w", 2, bad, -1, 1, ZINC_INIT_ZEROS, 0.0f), -1);
     CU_ASSERT(strstr(zinc_last_error(), "w: dimension 1 is 0") != NULL);
     zero_tables_free(&z);
+}
+
+/* ---- tensor-parallel slices ---- */
+
+typedef struct runs_seen {
+    int64_t local_next;   /* runs come in the slice's element order */
+    unsigned char *hit;   /* logical elements covered (over all ranks) */
+    int64_t n_runs;
+} runs_seen;
+
+static void see_run(void *u, int64_t local, int64_t logical, int64_t n)
+{
+    runs_seen *r = u;
+    CU_ASSERT_EQUAL(local, r->local_next);
+    r->local_next = local + n;
+    for (int64_t k = 0; k < n; k++) r->hit[logical + k]++;
+    r->n_runs++;
+}
+
+/* A state of one layer holding one parameter of the given spec at TP (tp, rank). */
+static int one_param(zero_state *z, int tp, int rank, int ndim, const int64_t *shape, int tp_dim,
+                     int blocks, zinc_init_kind init)
+{
+    memset(z, 0, sizeof *z);
+    opts_of(&g_cfg, &z->opt);
+    z->opt.seed = 7;
+    CU_ASSERT_FATAL(zero_plan_make(&z->opt, 0, NULL, &z->plan) == ZINC_OK);
+    z->dp = 1;
+    z->tp = tp;
+    z->tp_rank = rank;
+    z->dev = zinc_device_cpu();
+    z->ops = zinc_ops_cpu();
+    CU_ASSERT_FATAL(zero_tables_alloc(z, 1) == ZINC_OK);
+    int id = zero_param_add(z, 0, "w", ndim, shape, tp_dim, blocks, init, 0.02f);
+    if (id >= 0) CU_ASSERT_FATAL(zero_layer_use(z, 0, 0) == ZINC_OK);
+    return id;
+}
+
+static void test_tp_slices(void)
+{
+    static const struct { int ndim; int64_t shape[3]; int tp_dim, blocks; } specs[] = {
+        {2, {8, 24}, 1, 3},  /* c_attn: (C, 3C), columns q | k | v */
+        {2, {16, 8}, 0, 1},  /* a row-parallel weight */
+        {2, {8, 32}, 1, 1},  /* a column-parallel weight */
+        {1, {24}, 0, 3},     /* c_attn's bias */
+        {3, {4, 8, 6}, 1, 2},
+    };
+    for (size_t s = 0; s < sizeof specs / sizeof *specs; s++)
+        for (int tp = 1; tp <= 4; tp *= 2) {
+            int64_t total = 1;
+            for (int i = 0; i < specs[s].ndim; i++) total *= specs[s].shape[i];
+            unsigned char *hit = calloc((size_t)total, 1);
+            for (int r = 0; r < tp; r++) {
+                zero_state z;
+                CU_ASSERT_FATAL(one_param(&z, tp, r, specs[s].ndim, specs[s].shape,
+                                          specs[s].tp_dim, specs[s].blocks, ZINC_INIT_ZEROS) == 0);
+                const zero_param *p = &z.params[0];
+                CU_ASSERT_EQUAL(p->gnumel, total);
+                CU_ASSERT_EQUAL(p->numel * tp, total);
+                CU_ASSERT_EQUAL(p->lshape[p->tp_dim] * tp, p->shape[p->tp_dim]);
+                runs_seen rs = {0, hit, 0};
+                zero_param_runs(p, tp, r, see_run, &rs);
+                CU_ASSERT_EQUAL(rs.local_next, p->numel);
+                if (tp == 1) CU_ASSERT_EQUAL(rs.n_runs, 1);
+                zero_tables_free(&z);
+            }
+            for (int64_t k = 0; k < total; k++) CU_ASSERT_EQUAL(hit[k], 1); /* each once */
+            free(hit);
+        }
+    /* c_attn at TP 2, rank 1: row 0 holds q, k, v columns 4..7 of each block */
+    zero_state z;
+    CU_ASSERT_FATAL(one_param(&z, 2, 1, 2, (const int64_t[]){8, 24}, 1, 3, ZINC_INIT_ZEROS) == 0);
+    runs_seen rs = {0, calloc(192, 1), 0};
+    zero_param_runs(&z.params[0], 2, 1, see_run, &rs);
+    CU_ASSERT_EQUAL(rs.n_runs, 8 * 3);
+    CU_ASSERT(rs.hit[4] && rs.hit[7] && !rs.hit[8] && rs.hit[12] && rs.hit[20] && !rs.hit[3]);
+    free(rs.hit);
+    zero_tables_free(&z);
+    /* a dimension that does not split evenly is refused with the numbers */
+    CU_ASSERT_EQUAL(one_param(&z, 4, 0, 2, (const int64_t[]){8, 18}, 1, 3, ZINC_INIT_ZEROS), -1);
+    CU_ASSERT(strstr(zinc_last_error(), "w: dimension 1 (18) does not split into 3 block(s) over 4 TP ranks") != NULL);
+    zero_tables_free(&z);
+}
+
+/* Every TP size starts from the same model: a rank's initial slice equals
+ * those elements of the TP-1 initial tensor. */
+static void test_tp_init(void)
+{
+    const int64_t shape[2] = {8, 24};
+    zero_state whole;
+    CU_ASSERT_FATAL(one_param(&whole, 1, 0, 2, shape, 1, 3, ZINC_INIT_NORMAL) == 0);
+    zero_units_layout(&whole);
+    CU_ASSERT_FATAL(zero_units_alloc(&whole) == ZINC_OK);
+    const float *w = whole.units[0].p;
+    for (int tp = 2; tp <= 4; tp *= 2)
+        for (int r = 0; r < tp; r++) {
+            zero_state z;
+            CU_ASSERT_FATAL(one_param(&z, tp, r, 2, shape, 1, 3, ZINC_INIT_NORMAL) == 0);
+            zero_units_layout(&z);
+            CU_ASSERT_FATAL(zero_units_alloc(&z) == ZINC_OK);
+            const float *s = z.units[0].p;
+            int64_t lcols = 24 / tp, lsub = 8 / tp, bad = 0;
+            for (int64_t i = 0; i < 8; i++)
+                for (int64_t j = 0; j < lcols; j++) {
+                    int64_t b = j / lsub, col = b * 8 + r * lsub + j % lsub;
+                    bad += s[i * lcols + j] != w[i * 24 + col];
+                }
+            CU_ASSERT_EQUAL(bad, 0);
+            /* the grad norm splits: this parameter is TP-split */
+            for (int64_t k = 0; k < z.params[0].numel; k++) ((float *)z.units[0].g)[k] = 1.0f;
+            double sq[2];
+            CU_ASSERT_EQUAL(zero_grad_sumsq(&z, sq), ZINC_OK);
+            CU_ASSERT_EQUAL(sq[0], (double)z.params[0].numel);
+            CU_ASSERT_EQUAL(sq[1], 0.0);
+            zero_units_free(&z);
+            zero_tables_free(&z);
+        }
+    double sq[2];
+    CU_ASSERT_EQUAL(zero_grad_sumsq(&whole, sq), ZINC_OK); /* TP 1: everything counted once */
+    CU_ASSERT_EQUAL(sq[0], 0.0);
+    zero_units_free(&whole);
+    zero_tables_free(&whole);
 }
 
 int main(void)
@@ -262,6 +386,8 @@ int main(void)
     CU_add_test(s, "nvme memory", test_nvme_memory);
     CU_add_test(s, "plan from the config", test_plan);
     CU_add_test(s, "first users, tie limit, sub-groups", test_first_user_and_groups);
+    CU_add_test(s, "tensor-parallel slices", test_tp_slices);
+    CU_add_test(s, "tensor-parallel init and norm split", test_tp_init);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failures = CU_get_number_of_failures();
