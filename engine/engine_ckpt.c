@@ -117,6 +117,44 @@ static zinc_status make_tensors(const zinc_engine *e, layout_buf *b, int master_
  * where element elem of the unit lives for that kind (NULL: skip kind). */
 typedef void *(*elem_ptr_fn)(const zinc_engine *e, int kind, const zero_unit *u, size_t elem);
 
+/* One contiguous run of a parameter's slice inside its logical tensor
+ * (zero_param_runs), intersected with the slice elements [a, z) a rank
+ * contributes: a piece per kind, at logical offsets. */
+typedef struct piece_run {
+    const zinc_engine *e;
+    layout_buf *b;
+    const zero_unit *u;
+    const zero_param *p;
+    int pi;
+    size_t a, z;          /* param-local elements this rank contributes */
+    const int *kinds;
+    int n_kinds;
+    elem_ptr_fn ptr;
+    int failed;
+} piece_run;
+
+static void add_run(void *user, int64_t local, int64_t logical, int64_t n)
+{
+    piece_run *r = user;
+    const zinc_engine *e = r->e;
+    int64_t x = local > (int64_t)r->a ? local : (int64_t)r->a;
+    int64_t y = local + n < (int64_t)r->z ? local + n : (int64_t)r->z;
+    if (x >= y || r->failed) return;
+    size_t ue = r->p->uoff + (size_t)x; /* the run's first element in the unit */
+    for (int k = 0; k < r->n_kinds; k++) {
+        void *data = r->ptr(e, r->kinds[k], r->u, ue);
+        piece_src src = data ? (piece_src){0} : swap_src(e, r->kinds[k], r->u, ue);
+        if (data && e->dev->is_device_ptr(data)) { /* device memory: io callback */
+            src = (piece_src){.dev = data,
+                              .elem_bytes = r->kinds[k] == K_PARAM ? e->z.plan.psz : sizeof(float)};
+            data = NULL;
+        }
+        if (add_piece(r->b, r->pi * N_KINDS + r->kinds[k], logical + (x - local), y - x, data,
+                      src) != 0)
+            r->failed = 1;
+    }
+}
+
 static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_shard,
                                const int *kinds, int n_kinds, elem_ptr_fn ptr)
 {
@@ -129,18 +167,10 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
             size_t a = p->uoff > lo ? p->uoff : lo;
             size_t z = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
             if (a >= z) continue;
-            for (int k = 0; k < n_kinds; k++) {
-                void *data = ptr(e, kinds[k], u, a);
-                piece_src src = data ? (piece_src){0} : swap_src(e, kinds[k], u, a);
-                if (data && e->dev->is_device_ptr(data)) { /* device memory: io callback */
-                    src = (piece_src){.dev = data,
-                                      .elem_bytes = kinds[k] == K_PARAM ? e->z.plan.psz : sizeof(float)};
-                    data = NULL;
-                }
-                if (add_piece(b, pi * N_KINDS + kinds[k], (int64_t)(a - p->uoff),
-                              (int64_t)(z - a), data, src) != 0)
-                    return zinc_error(ZINC_ERR_NOMEM, "checkpoint pieces");
-            }
+            /* a TP slice is several runs of the logical tensor (one without TP) */
+            piece_run r = {e, b, u, p, pi, a - p->uoff, z - p->uoff, kinds, n_kinds, ptr, 0};
+            zero_param_runs(p, e->z.tp, e->z.tp_rank, add_run, &r);
+            if (r.failed) return zinc_error(ZINC_ERR_NOMEM, "checkpoint pieces");
         }
     }
     return ZINC_OK;
@@ -492,6 +522,21 @@ int64_t zinc_engine_step(const zinc_engine *e) { return e->step; }
 
 /* ------------------------------------------------------------ safetensors */
 
+/* Copies logical elements [logical, logical + n) of a file's tensor (tn
+ * elements, zero past them) to slice elements [local, local + n). */
+typedef struct copy_run_ctx {
+    float *dst;
+    const float *src;
+    int64_t tn;
+} copy_run_ctx;
+
+static void copy_run(void *user, int64_t local, int64_t logical, int64_t n)
+{
+    const copy_run_ctx *c = user;
+    int64_t have = c->tn - logical < n ? c->tn - logical : n;
+    if (have > 0) memcpy(c->dst + local, c->src + logical, (size_t)have * sizeof(float));
+}
+
 zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
 {
     zinc_status st = ZINC_OK;
@@ -573,8 +618,10 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
                                     isnan(buf[k]) ? "NaN" : buf[k] > 0 ? "+Inf" : "-Inf");
                     goto cleanup;
                 }
-            int64_t n = tn < p->numel ? tn : p->numel;
-            memcpy(full + p->uoff, buf, (size_t)n * sizeof(float));
+            /* this TP rank's slice: the runs of it inside the logical tensor
+             * (rows past the file's, the vocabulary's padding, stay zero) */
+            copy_run_ctx cr = {full + p->uoff, buf, tn};
+            zero_param_runs(p, e->z.tp, e->z.tp_rank, copy_run, &cr);
         }
         /* this rank's storage: params (whole or shard), master over the opt range */
         ZINC_TRY(zero_unit_store(&e->z, l, full + (u->sharded ? u->opt_lo : 0)));
