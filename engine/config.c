@@ -1786,10 +1786,6 @@ static zinc_status tp_check(const zinc_config *c, int world, const char *origin)
     if (tp > 1 && c->elasticity.enabled)
         return zinc_error(ZINC_ERR_CONFIG, "%s: elasticity with tensor_parallel.autotp_size %lld: "
                           "not supported yet (elastic jobs are data parallel only)", origin, tp);
-    if (tp > 1) /* the layout holds; the model cannot run it yet */
-        return zinc_error(ZINC_ERR_CONFIG, "%s: tensor_parallel.autotp_size %lld: GPT-2's layers "
-                          "do not split over TP ranks yet (tensor_parallel/ holds the building "
-                          "blocks); use 1", origin, tp);
     return ZINC_OK;
 }
 

@@ -227,6 +227,16 @@ static void engine_zero_opts(const zinc_config *c, zero_opts *o)
 
 /* The device an estimate plans for: a GPU when the config asks for one, or
  * for "auto" when this machine has one (NULL: host memory). */
+/* A TP size the model cannot run (its layers do not split) is refused. */
+static zinc_status check_model_tp(const zinc_config *c, const zinc_model_def *m)
+{
+    if (c->tp.size > 1 && !m->tp_ready)
+        return zinc_error(ZINC_ERR_CONFIG, "tensor_parallel.autotp_size %lld: this model's layers "
+                          "(GPT-2's, for now) do not split over TP ranks yet; use 1",
+                          (long long)c->tp.size);
+    return ZINC_OK;
+}
+
 static const char *estimate_device(const zinc_config *c)
 {
     if (c->device == ZINC_DEVICE_CUDA) return "cuda";
@@ -240,6 +250,7 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     if (dp < 1 || stage < 0 || stage > 3)
         return zinc_error(ZINC_ERR_INVALID_ARG, "estimate: dp %d, stage %d", dp, stage);
     zinc_status cst = zinc_config_check(c);
+    if (cst == ZINC_OK) cst = check_model_tp(c, m);
     if (cst != ZINC_OK) return cst;
     zinc_engine e;
     memset(&e, 0, sizeof e);
@@ -416,6 +427,7 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     e->z.ops = e->ops;
     int world = zinc_comm_size(e->world);
     ZINC_TRY(zinc_config_check_tp(&e->cfg, world)); /* a config filled through the C API */
+    ZINC_TRY(check_model_tp(&e->cfg, e->model));
     const int tp = (int)e->cfg.tp.size; /* TP innermost: adjacent ranks */
     ZINC_TRY(zinc_mesh_create(e->world, 1, world / tp, tp, &e->mesh));
     e->tp = (zinc_tp){.group = tp > 1 ? e->mesh->tp_group : NULL, .size = tp,

@@ -167,6 +167,8 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
             size_t a = p->uoff > lo ? p->uoff : lo;
             size_t z = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
             if (a >= z) continue;
+            /* a replicated parameter is the same on every TP rank: TP rank 0 saves it */
+            if (use_lo_shard && p->tp_dim < 0 && e->z.tp_rank > 0) continue;
             /* a TP slice is several runs of the logical tensor (one without TP) */
             piece_run r = {e, b, u, p, pi, a - p->uoff, z - p->uoff, kinds, n_kinds, ptr, 0};
             zero_param_runs(p, e->z.tp, e->z.tp_rank, add_run, &r);
@@ -224,7 +226,7 @@ static char *make_meta(const zinc_engine *e)
     json_t *topo = json_object();
     json_object_set_new(topo, "pp", json_integer(1));
     json_object_set_new(topo, "dp", json_integer(e->z.dp));
-    json_object_set_new(topo, "tp", json_integer(1));
+    json_object_set_new(topo, "tp", json_integer(e->z.tp));
     json_object_set_new(topo, "zero_stage", json_integer(e->z.plan.stage));
     json_object_set_new(m, "topology", topo);
     json_t *sc = json_object();
@@ -318,7 +320,7 @@ cleanup:
 typedef struct ckpt_meta {
     int64_t step, opt_step, samples, seed;
     zinc_dtype precision;
-    int64_t dp, zero_stage;
+    int64_t dp, tp, zero_stage;
     double scale;
     int64_t cur_hysteresis, last_overflow_iter, cur_iter;
 } ckpt_meta;
@@ -396,11 +398,19 @@ static zinc_status meta_parse(const char *mp, const char *text, int n_files, zin
         goto cleanup;
     }
 
-    int64_t pp, tp;
+    int64_t pp;
     ZINC_TRY(meta_obj(mp, m, "topology", &o));
     ZINC_TRY(meta_i64(mp, o, "pp", "topology.pp", 1, 1, &pp));
-    ZINC_TRY(meta_i64(mp, o, "tp", "topology.tp", 1, 1, &tp));
-    ZINC_TRY(meta_i64(mp, o, "dp", "topology.dp (the checkpoint's rank files)", n_files, n_files, &c->dp));
+    /* rank files = dp x tp */
+    ZINC_TRY(meta_i64(mp, o, "tp", "topology.tp (dividing the checkpoint's rank files)", 1,
+                      n_files, &c->tp));
+    if (n_files % c->tp) {
+        st = zinc_error(ZINC_ERR_CORRUPT, "%s: meta.topology.tp %lld does not divide the checkpoint's "
+                        "%d rank files", mp, (long long)c->tp, n_files);
+        goto cleanup;
+    }
+    ZINC_TRY(meta_i64(mp, o, "dp", "topology.dp (the checkpoint's rank files / tp)",
+                      n_files / c->tp, n_files / c->tp, &c->dp));
     ZINC_TRY(meta_i64(mp, o, "zero_stage", "topology.zero_stage", 0, 3, &c->zero_stage));
 
     ZINC_TRY(meta_obj(mp, m, "loss_scaler", &o));
@@ -508,10 +518,14 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
     if (e->z.dp_rank == 0 && e->cfg.train.max_steps > 0 && cm.step > e->cfg.train.max_steps)
         ZINC_WARN("checkpoint %s/%s is at step %lld, past train.max_steps %lld: no step is left to train",
                   save_dir, tag, (long long)cm.step, (long long)e->cfg.train.max_steps);
-    if (e->z.dp_rank == 0)
+    if (zinc_comm_rank(e->world) == 0 && cm.tp == 1 && e->z.tp == 1)
         ZINC_INFO("loaded checkpoint %s/%s (step %lld, saved at dp %lld stage %lld) into dp %d stage %d",
                   save_dir, tag, (long long)e->step, (long long)cm.dp, (long long)cm.zero_stage, e->z.dp,
                   e->z.plan.stage);
+    else if (zinc_comm_rank(e->world) == 0)
+        ZINC_INFO("loaded checkpoint %s/%s (step %lld, saved at tp %lld dp %lld stage %lld) into "
+                  "tp %d dp %d stage %d", save_dir, tag, (long long)e->step, (long long)cm.tp,
+                  (long long)cm.dp, (long long)cm.zero_stage, e->z.tp, e->z.dp, e->z.plan.stage);
 cleanup:
     free(meta);
     layout_free(&b);

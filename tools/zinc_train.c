@@ -73,9 +73,10 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
     int rc = 0;
     for (int stage = 0; stage <= 3 && rc == 0; stage++) {
         zinc_mem_stats m;
-        if (zinc_engine_estimate_memory(cfg, zinc_gpt2_model(g), n, stage, &m) != ZINC_OK) {
+        zinc_status est = zinc_engine_estimate_memory(cfg, zinc_gpt2_model(g), n, stage, &m);
+        if (est != ZINC_OK) {
             fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
-            rc = 1;
+            rc = est == ZINC_ERR_CONFIG ? 2 : 1;
             break;
         }
         if (stage == 0)

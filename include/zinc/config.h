@@ -235,7 +235,8 @@ zinc_status zinc_config_load_string(const char *json, const char *origin,
  * ZINC_ERR_INVALID_ARG for world < 1). */
 zinc_status zinc_config_resolve(zinc_config *c, int world);
 /* The TP layout check zinc_config_resolve starts with, alone (ZINC_ERR_CONFIG
- * naming the key and the numbers). */
+ * naming the key and the numbers). Whether the model splits its layers is
+ * the engine's check (zinc_model_def.tp_ready). */
 zinc_status zinc_config_check_tp(const zinc_config *c, int world);
 /* DP = world / TP: the data-parallel size of a job of `world` ranks. */
 int zinc_config_dp_size(const zinc_config *c, int world);

@@ -74,6 +74,8 @@ typedef struct zinc_model_def {
     zinc_layer_def *layers; /* borrowed; must outlive the engine */
     int n_layers;
     double flops_per_token; /* training FLOPs per token (6N + attention), for MFU; 0 = unknown */
+    int tp_ready;           /* its layers split over TP ranks (they use ctx->tp and declare
+                               partition specs); a TP size > 1 is refused for a model without */
 } zinc_model_def;
 
 /* --- layer-side API (valid in declare / forward / backward) --- */

@@ -963,8 +963,8 @@ static void test_honest_keys(void)
  * and 18 (3*6; valid 1,2,3,6), so 24. */
 /* tensor_parallel: the TP layout is checked against the world, the heads,
  * the MLP width and the padded vocabulary, each a line naming the key and
- * the numbers; DP = world / TP drives the batch rule; a valid TP size > 1
- * is refused until GPT-2 runs split (never a silent TP 1). */
+ * the numbers; DP = world / TP drives the batch rule (whether the model
+ * splits its layers is the engine's check: tests/tp/test_tp_engine.c). */
 static void test_tensor_parallel(void)
 {
     const char *base = "{\"train_micro_batch_size_per_gpu\": 2, \"gradient_accumulation_steps\": 1,"
@@ -984,7 +984,6 @@ static void test_tensor_parallel(void)
         {4, 4, "tensor_parallel.autotp_size 4 does not divide model.n_head 6"},
         {6, 6, "model.vocab_size 512 is not a multiple of 64 x tensor_parallel.autotp_size = 384; "
                "pad it to 768"},
-        {2, 4, "tensor_parallel.autotp_size 2: GPT-2's layers do not split over TP ranks yet"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         snprintf(j, sizeof j, base, bad[i].tp);
@@ -996,6 +995,12 @@ static void test_tensor_parallel(void)
         CU_ASSERT(ok);
         CU_ASSERT_EQUAL(memcmp(&before, &c, sizeof c), 0); /* unchanged on failure */
     }
+    /* a valid layout: DP = world / TP drives the batch rule */
+    snprintf(j, sizeof j, base, 2);
+    CU_ASSERT_FATAL(load_str(j, &c) == ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_config_resolve(&c, 4), ZINC_OK);
+    CU_ASSERT_EQUAL(c.train_batch_size, 4); /* 2 x 1 x DP 2 */
+    CU_ASSERT_EQUAL(zinc_config_dp_size(&c, 4), 2);
     CU_ASSERT(fails_with("{\"train_micro_batch_size_per_gpu\": 1, \"tensor_parallel\": {\"autotp_size\": 0}}",
                          NULL, 0, "tensor_parallel.autotp_size"));
     CU_ASSERT(fails_with("{\"train_micro_batch_size_per_gpu\": 1, \"tensor_parallel\": {\"tp\": {\"tp_size\": 2}}}",
