@@ -1,9 +1,12 @@
-/* ckpt_int.h - checkpoint internals shared by the checkpoint sources and white-box tests. */
+/* ckpt_int.h - checkpoint internals shared by the checkpoint sources and white-box tests;
+ * nothing outside checkpoint/ and tests/ includes it. */
 #ifndef ZINC_CKPT_INT_H
 #define ZINC_CKPT_INT_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include <jansson.h>
 
 #include "zinc/ckpt.h"
 
@@ -13,6 +16,7 @@
 #define CKPT_INFLIGHT 4                   /* segments in flight per reader/writer */
 #define CKPT_READ_WINDOW 16               /* transfers in flight (direct ones need no buffer) */
 #define CKPT_PROGRESS_STEP (64ull << 20)  /* progress calls at least this far apart (or 1%) */
+#define CK_PATH 4096                      /* longest path a checkpoint builds */
 
 /* crc32c through the portable slice-by-8 path whatever the CPU (tests compare both). */
 uint32_t ckpt_crc32c_sw(uint32_t crc, const void *data, size_t n);
@@ -54,5 +58,84 @@ typedef struct ckpt_manifest {
  * (and tensor) on any syntax or consistency problem. */
 zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, ckpt_manifest *m);
 void ckpt_manifest_free(ckpt_manifest *m);
+
+/* ---- ckpt.c: what the other files share ---- */
+
+uint64_t ckpt_align_up(uint64_t x, uint64_t a);
+void ckpt_last_error_copy(char *buf, size_t cap);
+zinc_status ckpt_wait_opt(zinc_aio_req **r);
+
+/* A growing NUL-terminated string; oom set once an allocation failed. */
+typedef struct sbuf {
+    char *p;
+    size_t n, cap;
+    int oom;
+} sbuf;
+
+void ckpt_sb_put(sbuf *s, const char *t, size_t n);
+void ckpt_sb_printf(sbuf *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ckpt_sb_json_str(sbuf *s, const char *str);
+
+zinc_status ckpt_agree(zinc_comm *w, zinc_status st);
+
+int64_t ckpt_tensor_numel(const zinc_ckpt_tensor *t);
+zinc_status ckpt_check_layout(const zinc_ckpt_layout *L, const char *what);
+const char *ckpt_dtype_tag(zinc_dtype dt);
+
+/* A progress reporter: calls fn(done, total) when done has advanced by step bytes since the
+ * last call, and always at 0 and at total. */
+typedef struct ck_progress {
+    zinc_ckpt_progress_fn fn;
+    void *u;
+    uint64_t done, total, step, next;
+} ck_progress;
+
+extern zinc_ckpt_progress_fn ckpt_progress_fn; /* zinc_ckpt_set_progress's, for save and load */
+extern void *ckpt_progress_u;
+void ckpt_progress_start(ck_progress *p, zinc_ckpt_progress_fn fn, void *u, uint64_t total);
+void ckpt_progress_add(ck_progress *p, uint64_t n);
+
+zinc_status ckpt_io_failed(zinc_status st, const char *op, int pi, const zinc_ckpt_tensor *t, int64_t first,
+                           int64_t n);
+
+/* ---- fsutil.c: paths, small files, directories, tags, latest, index, prepare and commit ---- */
+
+zinc_status ckpt_path_join(char *out, const char *a, const char *b);
+int ckpt_path_exists(const char *p);
+void ckpt_remove_partial(const char *part, zinc_status st);
+zinc_status ckpt_write_file_atomic(zinc_aio *aio, const char *dir, const char *name, const char *data, size_t n);
+zinc_status ckpt_read_small_file(const char *path, const char *what, size_t max, char **out, size_t *len);
+int ckpt_tag_valid(const char *tag);
+zinc_status ckpt_dir_of(const char *save_dir, const char *tag, char *out);
+zinc_status ckpt_resolve_dir(const char *dir, char *out);
+zinc_status ckpt_save_prepare(const char *save_dir, const char *tag, const char *meta);
+zinc_status ckpt_save_commit(zinc_aio *aio, const char *save_dir, const char *tag, int keep_last);
+
+/* ---- manifest.c: rank 0's merge of the chunk tables, the manifest's text ---- */
+
+typedef struct m_chunk {
+    int rank;
+    uint64_t off, bytes;
+    int64_t eo, n;
+    json_t *crcs; /* borrowed from the rank's parsed descriptor */
+} m_chunk;
+
+typedef struct m_tensor {
+    zinc_ckpt_tensor t;
+    m_chunk *c;
+    int nc, capc;
+} m_tensor;
+
+typedef struct m_table {
+    m_tensor *t;
+    int n, cap;
+} m_table;
+
+int ckpt_shape_eq(const zinc_ckpt_tensor *a, const zinc_ckpt_tensor *b);
+void ckpt_shape_str(const zinc_ckpt_tensor *t, char *buf, size_t cap);
+zinc_status ckpt_merge_rank(m_table *mt, int r, json_t *desc, uint64_t *file_bytes);
+zinc_status ckpt_check_coverage(m_table *mt);
+char *ckpt_manifest_text(const char *tag, const m_table *mt, const uint64_t *file_bytes, int n_files,
+                         const char *meta, size_t *len);
 
 #endif
