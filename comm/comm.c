@@ -583,242 +583,223 @@ static zinc_status comm_skip(zinc_comm_handle *hh)
     return ZINC_OK;
 }
 
+/* ---- the ops' prologue -------------------------------------------------- */
+
+/* An op's arguments. The entry point fills them; comm_begin checks them and
+ * points send, recv and buf at what the backend runs on (a staging buffer
+ * in place of device memory that the backend does not take). */
+typedef struct comm_args {
+    zinc_comm_op kind;
+    const void *send;  /* all_reduce, reduce_scatter, all_gather */
+    void *recv;
+    void *buf;         /* broadcast, send, recv: their one buffer */
+    size_t n;          /* elements: reduce_scatter's and all_gather's per-rank block */
+    zinc_dtype dt;     /* none for barrier */
+    zinc_redop redop;  /* all_reduce, reduce_scatter */
+    int rank;          /* broadcast's root, send's and recv's peer */
+    int tag;           /* send, recv */
+} comm_args;
+
+/* The algorithmic bytes per rank of op k moving payload bytes (the table at
+ * the top). */
+static uint64_t comm_algo_bytes(const zinc_comm *c, zinc_comm_op k, uint64_t payload)
+{
+    uint64_t p = (uint64_t)c->size;
+    switch (k) {
+    case ZINC_COMM_OP_ALL_REDUCE: return 2 * (p - 1) * payload / p;
+    case ZINC_COMM_OP_REDUCE_SCATTER:
+    case ZINC_COMM_OP_ALL_GATHER: return (p - 1) * payload;
+    case ZINC_COMM_OP_BROADCAST: return p > 1 ? payload : 0;
+    case ZINC_COMM_OP_SEND:
+    case ZINC_COMM_OP_RECV: return payload;
+    default: return 0; /* barrier */
+    }
+}
+
+/* Hands the op's device buffers to the backend as they are, or stages them
+ * (the top comment says when); send is sb bytes and recv rb, 0 for a buffer
+ * the op lacks. in_place: the op runs on recv (the staging buffer when recv
+ * is device memory) with send copied to recv + at (all_reduce, all_gather);
+ * else staged send and recv lie side by side in one buffer (reduce_scatter,
+ * and the one buffer of broadcast, send and recv, as their send or recv). */
+static zinc_status comm_stage_args(zinc_comm *c, zinc_comm_handle *hh, comm_args *a, size_t sb,
+                                   size_t rb, int in_place, size_t at)
+{
+    int ds = comm_is_dev(c, a->send, sb), dr = comm_is_dev(c, a->recv, rb);
+    if (!ds && !dr) return ZINC_OK;
+    if (c->dev_native && (ds || !sb) && (dr || !rb)) { /* all of the op's buffers */
+        comm_go_native(hh);
+        return ZINC_OK;
+    }
+    void *tv = a->recv;
+    zinc_status st = ZINC_OK;
+    if (in_place) { /* in place on the staging buffer, or on host recv */
+        if (dr) st = comm_stage(c, hh, rb, &tv);
+        if (st != ZINC_OK) return st;
+        char *t = tv;
+        c->dev->copy(t + at, a->send, sb);
+        if (dr) comm_copy_back(hh, a->recv, t, rb);
+        a->send = t + at;
+        a->recv = t;
+        return ZINC_OK;
+    }
+    st = comm_stage(c, hh, (ds ? sb : 0) + (dr ? rb : 0), &tv); /* [staged send][staged recv] */
+    if (st != ZINC_OK) return st;
+    char *t = tv;
+    if (ds) {
+        c->dev->copy(t, a->send, sb);
+        a->send = t;
+        t += sb;
+    }
+    if (dr) {
+        comm_copy_back(hh, a->recv, t, rb);
+        a->recv = t;
+    }
+    return ZINC_OK;
+}
+
+/* The prologue of every op: checks a (group, dtype, reduction op, count,
+ * buffers, root or peer, overlap or tag, in that order, as the op has them),
+ * makes the op's handle and stages its device buffers. On ZINC_OK *out is
+ * the handle, to be started on a's buffers, or NULL when the
+ * ZINC_FAULT_SKIP_COLL hook skips the collective (nothing to start or wait
+ * for). *h (the caller's, may be NULL) is set to NULL first. */
+static zinc_status comm_begin(zinc_comm *c, comm_args *a, zinc_comm_handle **h,
+                              zinc_comm_handle **out)
+{
+    const zinc_comm_op k = a->kind;
+    const char *op = op_names[k];
+    int p2p = k == ZINC_COMM_OP_SEND || k == ZINC_COMM_OP_RECV;
+    int one = p2p || k == ZINC_COMM_OP_BROADCAST; /* ops of one buffer, buf */
+    int scatter = k == ZINC_COMM_OP_REDUCE_SCATTER, gather = k == ZINC_COMM_OP_ALL_GATHER;
+    int in = 0; /* buf is the op's input (broadcast's root, send) */
+    zinc_status st;
+    zinc_comm_handle *hh = NULL;
+    size_t sz = 0, sb = 0, rb = 0, at = 0;
+    *out = NULL;
+    if (h) *h = NULL;
+    ZINC_TRY(comm_check(c, op));
+    if (k != ZINC_COMM_OP_BARRIER) {
+        ZINC_TRY(comm_check_dtype(c, op, a->dt));
+        if (k == ZINC_COMM_OP_ALL_REDUCE || scatter) ZINC_TRY(comm_check_redop(c, op, a->redop));
+        sz = zinc_dtype_size(a->dt);
+        ZINC_TRY(comm_check_count(c, op, a->n, scatter || gather ? (size_t)c->size : 1, sz));
+    }
+    size_t nb = a->n * sz, all = nb * (size_t)c->size;
+    if (one) {
+        ZINC_TRY(comm_check_buf(c, op, "buf", a->buf, a->n));
+        ZINC_TRY(comm_check_rank(c, op, p2p ? "peer" : "root", a->rank));
+        if (p2p && a->tag < 0) {
+            st = zinc_error(ZINC_ERR_INVALID_ARG, "%s on group %s: tag %d is negative", op,
+                            c->name, a->tag);
+            goto cleanup;
+        }
+        in = k == ZINC_COMM_OP_SEND || (k == ZINC_COMM_OP_BROADCAST && c->rank == a->rank);
+        if (in) {
+            a->send = a->buf;
+            sb = nb;
+        } else {
+            a->recv = a->buf;
+            rb = nb;
+        }
+    } else if (k != ZINC_COMM_OP_BARRIER) {
+        ZINC_TRY(comm_check_buf(c, op, "send", a->send, a->n));
+        ZINC_TRY(comm_check_buf(c, op, "recv", a->recv, a->n));
+        sb = scatter ? all : nb;
+        rb = gather ? all : nb;
+        at = gather ? (size_t)c->rank * nb : 0; /* send's in-place position in recv */
+        const char *why =
+            scatter  ? "recv overlaps send"
+            : gather ? "send overlaps recv but is not recv + rank*n (the in-place position)"
+                     : "send and recv overlap but differ (pass send == recv for in place)";
+        if ((scatter || (uintptr_t)a->send != (uintptr_t)a->recv + at) &&
+            comm_overlap(a->send, sb, a->recv, rb)) {
+            st = zinc_error(ZINC_ERR_INVALID_ARG, "%s on group %s: %s", op, c->name, why);
+            goto cleanup;
+        }
+    }
+    ZINC_TRY(comm_handle_new(c, op, p2p, (uint64_t)nb, comm_algo_bytes(c, k, (uint64_t)nb), &hh));
+    if (k == ZINC_COMM_OP_BROADCAST) hh->root = a->rank;
+    ZINC_TRY(comm_stage_args(c, hh, a, sb, rb, !one && !scatter, at));
+    if (one) a->buf = in ? (void *)a->send : a->recv;
+    if (!p2p && comm_diag_skip(c, op)) return comm_skip(hh);
+    *out = hh;
+    return ZINC_OK;
+cleanup:
+    comm_handle_free(hh);
+    return st;
+}
+
 /* ---- ops ---------------------------------------------------------------- */
+
+/* Every op: the prologue, the backend's start of its kind, the common tail. */
+static zinc_status comm_run(zinc_comm *c, comm_args *a, zinc_comm_handle **h)
+{
+    zinc_comm_handle *hh;
+    zinc_status st = comm_begin(c, a, h, &hh);
+    if (st != ZINC_OK || !hh) return st; /* failed, or skipped by the fault hook */
+    const comm_backend *be = c->be;
+    switch (a->kind) {
+    case ZINC_COMM_OP_ALL_REDUCE:
+        st = be->all_reduce(c, a->send, a->recv, a->n, a->dt, a->redop, hh);
+        break;
+    case ZINC_COMM_OP_REDUCE_SCATTER:
+        st = be->reduce_scatter(c, a->send, a->recv, a->n, a->dt, a->redop, hh);
+        break;
+    case ZINC_COMM_OP_ALL_GATHER: st = be->all_gather(c, a->send, a->recv, a->n, a->dt, hh); break;
+    case ZINC_COMM_OP_BROADCAST: st = be->broadcast(c, a->buf, a->n, a->dt, a->rank, hh); break;
+    case ZINC_COMM_OP_SEND: st = be->send(c, a->buf, a->n, a->dt, a->rank, a->tag, hh); break;
+    case ZINC_COMM_OP_RECV: st = be->recv(c, a->buf, a->n, a->dt, a->rank, a->tag, hh); break;
+    default: st = be->barrier(c, hh); break;
+    }
+    return comm_finish(c, st, hh, h);
+}
 
 zinc_status zinc_comm_all_reduce(zinc_comm *c, const void *send, void *recv, size_t n,
                                  zinc_dtype dt, zinc_redop op, zinc_comm_handle **h)
 {
-    static const char OP[] = "all_reduce";
-    zinc_status st;
-    zinc_comm_handle *hh = NULL;
-    if (h) *h = NULL;
-    ZINC_TRY(comm_check(c, OP));
-    ZINC_TRY(comm_check_dtype(c, OP, dt));
-    ZINC_TRY(comm_check_redop(c, OP, op));
-    size_t sz = zinc_dtype_size(dt);
-    ZINC_TRY(comm_check_count(c, OP, n, 1, sz));
-    ZINC_TRY(comm_check_buf(c, OP, "send", send, n));
-    ZINC_TRY(comm_check_buf(c, OP, "recv", recv, n));
-    if (send != recv && comm_overlap(send, n * sz, recv, n * sz)) {
-        st = zinc_error(ZINC_ERR_INVALID_ARG,
-                        "%s on group %s: send and recv overlap but differ (pass send == recv "
-                        "for in place)", OP, c->name);
-        goto cleanup;
-    }
-    uint64_t p = (uint64_t)c->size;
-    ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)n * sz, 2 * (p - 1) * (uint64_t)n * sz / p, &hh));
-    int ds = comm_is_dev(c, send, n * sz), dr = comm_is_dev(c, recv, n * sz);
-    if (ds && dr && c->dev_native) {
-        comm_go_native(hh);
-    } else if (ds || dr) { /* in place on the staging buffer, or on host recv */
-        void *t = recv;
-        if (dr) ZINC_TRY(comm_stage(c, hh, n * sz, &t));
-        c->dev->copy(t, send, n * sz);
-        if (dr) comm_copy_back(hh, recv, t, n * sz);
-        send = recv = t;
-    }
-    if (comm_diag_skip(c, OP)) return comm_skip(hh);
-    st = c->be->all_reduce(c, send, recv, n, dt, op, hh);
-    return comm_finish(c, st, hh, h);
-cleanup:
-    comm_handle_free(hh);
-    return st;
+    return comm_run(c, &(comm_args){.kind = ZINC_COMM_OP_ALL_REDUCE, .send = send, .recv = recv,
+                                    .n = n, .dt = dt, .redop = op}, h);
 }
 
 zinc_status zinc_comm_reduce_scatter(zinc_comm *c, const void *send, void *recv, size_t n,
                                      zinc_dtype dt, zinc_redop op, zinc_comm_handle **h)
 {
-    static const char OP[] = "reduce_scatter";
-    zinc_status st;
-    zinc_comm_handle *hh = NULL;
-    if (h) *h = NULL;
-    ZINC_TRY(comm_check(c, OP));
-    ZINC_TRY(comm_check_dtype(c, OP, dt));
-    ZINC_TRY(comm_check_redop(c, OP, op));
-    size_t sz = zinc_dtype_size(dt);
-    ZINC_TRY(comm_check_count(c, OP, n, (size_t)c->size, sz));
-    ZINC_TRY(comm_check_buf(c, OP, "send", send, n));
-    ZINC_TRY(comm_check_buf(c, OP, "recv", recv, n));
-    if (comm_overlap(send, n * (size_t)c->size * sz, recv, n * sz)) {
-        st = zinc_error(ZINC_ERR_INVALID_ARG, "%s on group %s: recv overlaps send", OP,
-                        c->name);
-        goto cleanup;
-    }
-    ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)n * sz, (uint64_t)(c->size - 1) * (uint64_t)n * sz, &hh));
-    size_t all = n * (size_t)c->size * sz;
-    int ds = comm_is_dev(c, send, all), dr = comm_is_dev(c, recv, n * sz);
-    if (ds && dr && c->dev_native) {
-        comm_go_native(hh);
-    } else if (ds || dr) { /* [staged send][staged recv] */
-        void *tv = NULL;
-        ZINC_TRY(comm_stage(c, hh, (ds ? all : 0) + (dr ? n * sz : 0), &tv));
-        char *t = tv;
-        if (ds) {
-            c->dev->copy(t, send, all);
-            send = t;
-            t += all;
-        }
-        if (dr) {
-            comm_copy_back(hh, recv, t, n * sz);
-            recv = t;
-        }
-    }
-    if (comm_diag_skip(c, OP)) return comm_skip(hh);
-    st = c->be->reduce_scatter(c, send, recv, n, dt, op, hh);
-    return comm_finish(c, st, hh, h);
-cleanup:
-    comm_handle_free(hh);
-    return st;
+    return comm_run(c, &(comm_args){.kind = ZINC_COMM_OP_REDUCE_SCATTER, .send = send,
+                                    .recv = recv, .n = n, .dt = dt, .redop = op}, h);
 }
 
 zinc_status zinc_comm_all_gather(zinc_comm *c, const void *send, void *recv, size_t n,
                                  zinc_dtype dt, zinc_comm_handle **h)
 {
-    static const char OP[] = "all_gather";
-    zinc_status st;
-    zinc_comm_handle *hh = NULL;
-    if (h) *h = NULL;
-    ZINC_TRY(comm_check(c, OP));
-    ZINC_TRY(comm_check_dtype(c, OP, dt));
-    size_t sz = zinc_dtype_size(dt);
-    ZINC_TRY(comm_check_count(c, OP, n, (size_t)c->size, sz));
-    ZINC_TRY(comm_check_buf(c, OP, "send", send, n));
-    ZINC_TRY(comm_check_buf(c, OP, "recv", recv, n));
-    const char *mine = (const char *)recv + (size_t)c->rank * n * sz;
-    if (send != (const void *)mine && comm_overlap(send, n * sz, recv, n * (size_t)c->size * sz)) {
-        st = zinc_error(ZINC_ERR_INVALID_ARG,
-                        "%s on group %s: send overlaps recv but is not recv + rank*n (the "
-                        "in-place position)", OP, c->name);
-        goto cleanup;
-    }
-    ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)n * sz, (uint64_t)(c->size - 1) * (uint64_t)n * sz, &hh));
-    size_t all = n * (size_t)c->size * sz, off = (size_t)c->rank * n * sz;
-    int ds = comm_is_dev(c, send, n * sz), dr = comm_is_dev(c, recv, all);
-    if (ds && dr && c->dev_native) {
-        comm_go_native(hh);
-    } else if (dr) { /* in place on the staging buffer */
-        void *tv = NULL;
-        ZINC_TRY(comm_stage(c, hh, all, &tv));
-        char *t = tv;
-        c->dev->copy(t + off, send, n * sz);
-        comm_copy_back(hh, recv, t, all);
-        send = t + off;
-        recv = t;
-    } else if (ds) { /* in place on the host recv buffer */
-        c->dev->copy((char *)recv + off, send, n * sz);
-        send = (char *)recv + off;
-    }
-    if (comm_diag_skip(c, OP)) return comm_skip(hh);
-    st = c->be->all_gather(c, send, recv, n, dt, hh);
-    return comm_finish(c, st, hh, h);
-cleanup:
-    comm_handle_free(hh);
-    return st;
+    return comm_run(c, &(comm_args){.kind = ZINC_COMM_OP_ALL_GATHER, .send = send, .recv = recv,
+                                    .n = n, .dt = dt}, h);
 }
 
 zinc_status zinc_comm_broadcast(zinc_comm *c, void *buf, size_t n, zinc_dtype dt, int root,
                                 zinc_comm_handle **h)
 {
-    static const char OP[] = "broadcast";
-    zinc_status st;
-    zinc_comm_handle *hh = NULL;
-    if (h) *h = NULL;
-    ZINC_TRY(comm_check(c, OP));
-    ZINC_TRY(comm_check_dtype(c, OP, dt));
-    size_t sz = zinc_dtype_size(dt);
-    ZINC_TRY(comm_check_count(c, OP, n, 1, sz));
-    ZINC_TRY(comm_check_buf(c, OP, "buf", buf, n));
-    ZINC_TRY(comm_check_rank(c, OP, "root", root));
-    ZINC_TRY(comm_handle_new(c, OP, 0, (uint64_t)n * sz, c->size > 1 ? (uint64_t)n * sz : 0, &hh));
-    hh->root = root;
-    if (comm_is_dev(c, buf, n * sz)) {
-        if (c->dev_native) {
-            comm_go_native(hh);
-        } else {
-            void *t = NULL;
-            ZINC_TRY(comm_stage(c, hh, n * sz, &t));
-            if (c->rank == root)
-                c->dev->copy(t, buf, n * sz);
-            else
-                comm_copy_back(hh, buf, t, n * sz);
-            buf = t;
-        }
-    }
-    if (comm_diag_skip(c, OP)) return comm_skip(hh);
-    st = c->be->broadcast(c, buf, n, dt, root, hh);
-    return comm_finish(c, st, hh, h);
-cleanup:
-    comm_handle_free(hh);
-    return st;
-}
-
-/* send and recv: the same checks, then the backend's op. */
-static zinc_status comm_p2p(zinc_comm *c, const char *op, int is_send, void *buf, size_t n,
-                            zinc_dtype dt, int peer, int tag, zinc_comm_handle **h)
-{
-    zinc_status st;
-    zinc_comm_handle *hh = NULL;
-    if (h) *h = NULL;
-    ZINC_TRY(comm_check(c, op));
-    ZINC_TRY(comm_check_dtype(c, op, dt));
-    size_t sz = zinc_dtype_size(dt);
-    ZINC_TRY(comm_check_count(c, op, n, 1, sz));
-    ZINC_TRY(comm_check_buf(c, op, "buf", buf, n));
-    ZINC_TRY(comm_check_rank(c, op, "peer", peer));
-    if (tag < 0) {
-        st = zinc_error(ZINC_ERR_INVALID_ARG, "%s on group %s: tag %d is negative", op,
-                        c->name, tag);
-        goto cleanup;
-    }
-    ZINC_TRY(comm_handle_new(c, op, 1, (uint64_t)n * sz, (uint64_t)n * sz, &hh));
-    if (comm_is_dev(c, buf, n * sz)) {
-        if (c->dev_native) {
-            comm_go_native(hh);
-        } else {
-            void *t = NULL;
-            ZINC_TRY(comm_stage(c, hh, n * sz, &t));
-            if (is_send)
-                c->dev->copy(t, buf, n * sz);
-            else
-                comm_copy_back(hh, buf, t, n * sz);
-            buf = t;
-        }
-    }
-    st = is_send ? c->be->send(c, buf, n, dt, peer, tag, hh)
-                 : c->be->recv(c, buf, n, dt, peer, tag, hh);
-    return comm_finish(c, st, hh, h);
-cleanup:
-    comm_handle_free(hh);
-    return st;
+    return comm_run(c, &(comm_args){.kind = ZINC_COMM_OP_BROADCAST, .buf = buf, .n = n, .dt = dt,
+                                    .rank = root}, h);
 }
 
 zinc_status zinc_comm_send(zinc_comm *c, const void *buf, size_t n, zinc_dtype dt, int peer,
                            int tag, zinc_comm_handle **h)
 {
-    static const char OP[] = "send";
-    return comm_p2p(c, OP, 1, (void *)buf, n, dt, peer, tag, h);
+    return comm_run(c, &(comm_args){.kind = ZINC_COMM_OP_SEND, .buf = (void *)buf, .n = n,
+                                    .dt = dt, .rank = peer, .tag = tag}, h);
 }
 
 zinc_status zinc_comm_recv(zinc_comm *c, void *buf, size_t n, zinc_dtype dt, int peer, int tag,
                            zinc_comm_handle **h)
 {
-    static const char OP[] = "recv";
-    return comm_p2p(c, OP, 0, buf, n, dt, peer, tag, h);
+    return comm_run(c, &(comm_args){.kind = ZINC_COMM_OP_RECV, .buf = buf, .n = n, .dt = dt,
+                                    .rank = peer, .tag = tag}, h);
 }
 
 zinc_status zinc_comm_barrier(zinc_comm *c)
 {
-    static const char OP[] = "barrier";
-    zinc_status st;
-    zinc_comm_handle *hh = NULL;
-    ZINC_TRY(comm_check(c, OP));
-    ZINC_TRY(comm_handle_new(c, OP, 0, 0, 0, &hh));
-    if (comm_diag_skip(c, OP)) return comm_skip(hh);
-    st = c->be->barrier(c, hh);
-    return comm_finish(c, st, hh, NULL);
-cleanup:
-    comm_handle_free(hh);
-    return st;
+    return comm_run(c, &(comm_args){.kind = ZINC_COMM_OP_BARRIER}, NULL);
 }
 
 /* ---- groups ------------------------------------------------------------- */
