@@ -29,9 +29,11 @@
                       const float *wte, int N, int C, int V),                                   \
       (dinp, dwte, dlogits, inp, wte, N, C, V))                                                 \
     X(embedding_forward, (void *out, const int32_t *tok, const float *wte, const float *wpe,    \
-                          int B, int T, int C), (out, tok, wte, wpe, B, T, C))                  \
+                          int B, int T, int C, int v0, int V),                                  \
+      (out, tok, wte, wpe, B, T, C, v0, V))                                                     \
     X(embedding_backward, (float *dwte, float *dwpe, const void *dout, const int32_t *tok,      \
-                           int B, int T, int C), (dwte, dwpe, dout, tok, B, T, C))              \
+                           int B, int T, int C, int v0, int V),                                 \
+      (dwte, dwpe, dout, tok, B, T, C, v0, V))                                                  \
     X(layernorm_forward, (void *out, float *mean, float *rstd, const void *inp,                 \
                           const float *w, const float *b, int N, int C),                        \
       (out, mean, rstd, inp, w, b, N, C))                                                       \
@@ -50,6 +52,12 @@
     X(residual_forward, (void *out, const void *a, const void *b, size_t n), (out, a, b, n))    \
     X(softmax_xent, (float *losses, void *logits, const int32_t *t, float dloss, int N,         \
                      int V), (losses, logits, t, dloss, N, V))                                  \
+    X(xent_vp_max, (float *rowmax, const void *logits, int N, int V), (rowmax, logits, N, V))  \
+    X(xent_vp_sums, (float *sums, const void *logits, const int32_t *t, const float *rowmax,    \
+                     int N, int V, int v0), (sums, logits, t, rowmax, N, V, v0))                \
+    X(xent_vp_finish, (float *losses, void *logits, const int32_t *t, const float *rowmax,      \
+                       const float *sums, float dloss, int N, int V, int v0),                   \
+      (losses, logits, t, rowmax, sums, dloss, N, V, v0))                                       \
     X(adamw, (float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,       \
               float b2, float eps, float wd, int t), (p, g, m, v, n, lr, b1, b2, eps, wd, t))   \
     X(scale, (float *x, float s, size_t n), (x, s, n))                                          \

@@ -50,7 +50,7 @@ static zinc_status embed_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
 {
     const gpt2_dims *d = zinc_layer_state(l);
     c->ops->embedding_forward(y, x, zinc_layer_param(l, E_WTE), zinc_layer_param(l, E_WPE),
-                              c->B, c->T, d->C);
+                              c->B, c->T, d->C, 0, d->V);
     return ZINC_OK;
 }
 
@@ -60,7 +60,7 @@ static zinc_status embed_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     (void)dx;
     const gpt2_dims *d = zinc_layer_state(l);
     c->ops->embedding_backward(zinc_layer_grad(l, E_WTE), zinc_layer_grad(l, E_WPE), dy, x, c->B,
-                               c->T, d->C);
+                               c->T, d->C, 0, d->V);
     return ZINC_OK;
 }
 

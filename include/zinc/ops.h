@@ -74,12 +74,20 @@ typedef struct zinc_ops {
     void (*head_backward)(void *dinp, float *dwte, const void *dlogits, const void *inp,
                           const float *wte, int N, int C, int V);
 
-    /* out(B,T,C) act = wte[tokens[b,t]] + wpe[t]; wte (V,C), wpe (maxT,C). */
+    /* The token + position embedding, whole or split by vocabulary (tensor
+     * parallelism: this rank holds the token rows [v0, v0+V); v0 = 0 and V =
+     * the vocabulary for the whole table). tokens (B,T) are >= 0.
+     * out(B,T,C) act = (v0 <= tok < v0+V ? wte[tok - v0] : 0) + (wpe ? wpe[t] : 0),
+     * tok = tokens[b,t]; wte (V,C), wpe (maxT,C) or NULL (not added: the
+     * ranks of a split sum their outs, so one of them adds wpe, or the
+     * caller adds it after the sum). */
     void (*embedding_forward)(void *out, const int32_t *tokens, const float *wte,
-                              const float *wpe, int B, int T, int C);
-    /* dwte += scatter of dout (act) by token; dwpe[t] += sum_b dout[b,t]. */
+                              const float *wpe, int B, int T, int C, int v0, int V);
+    /* dwte(V,C) += scatter of dout(B,T,C) act by token, rows tok - v0 of the
+     * tokens in [v0, v0+V) only (the others touch nothing);
+     * dwpe(maxT,C)[t] += sum_b dout[b,t] unless dwpe is NULL (skipped). */
     void (*embedding_backward)(float *dwte, float *dwpe, const void *dout,
-                               const int32_t *tokens, int B, int T, int C);
+                               const int32_t *tokens, int B, int T, int C, int v0, int V);
 
     /* out(N,C) act = (inp - mean) * rstd * weight + bias, eps 1e-5; saves
      * mean(N), rstd(N) for backward. inp act. */
@@ -120,6 +128,35 @@ typedef struct zinc_ops {
      * A target < 0 ignores the row (loss 0, gradient 0). */
     void (*softmax_xent)(float *losses, void *logits, const int32_t *targets,
                          float dloss, int N, int V);
+
+    /* softmax_xent with the vocabulary split across ranks (Megatron's
+     * vocab-parallel cross-entropy): this rank holds the logit columns
+     * [v0, v0+V) of each of the N rows, logits (N,V) act; targets (N) are
+     * indices into the whole row (< 0: the row is ignored). Three ops around
+     * two all-reduces that the caller makes:
+     *   xent_vp_max -> all-reduce MAX of rowmax -> xent_vp_sums ->
+     *   all-reduce SUM of sums -> xent_vp_finish.
+     * On one rank (v0 = 0, V the whole row) the three equal softmax_xent
+     * within fp32 rounding (the sum of exps is held in fp32 between them).
+     *
+     * rowmax(N) fp32 = max over the row's local logits. WRITTEN. */
+    void (*xent_vp_max)(float *rowmax, const void *logits, int N, int V);
+    /* sums(N,2) fp32, with rowmax the all-reduced (global) row max. WRITTEN:
+     * sums[2i] = sum_j exp(logits[i,j] - rowmax[i]) (summed as the table's
+     * softmax_xent sums: the CPU's in double, rounded once), sums[2i+1] =
+     * logits[i, targets[i] - v0] if v0 <= targets[i] < v0+V, else 0 (so the
+     * SUM over ranks is the target's logit). Rows with targets[i] < 0 give
+     * 0, 0. logits is only read. */
+    void (*xent_vp_sums)(float *sums, const void *logits, const int32_t *targets,
+                         const float *rowmax, int N, int V, int v0);
+    /* With rowmax and sums all-reduced: losses(N) fp32 = log(sums[2i]) +
+     * rowmax[i] - sums[2i+1] (the whole row's loss, the same on every rank:
+     * count it once), WRITTEN; then logits is overwritten with this rank's
+     * columns of dloss * (softmax - onehot): dloss * (exp(logits - rowmax) /
+     * sums[2i] - [j == targets[i] - v0]). A target < 0: loss 0, gradient 0. */
+    void (*xent_vp_finish)(float *losses, void *logits, const int32_t *targets,
+                           const float *rowmax, const float *sums, float dloss, int N, int V,
+                           int v0);
 
     /* AdamW (decoupled weight decay, bias-corrected) over n elements:
      * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;

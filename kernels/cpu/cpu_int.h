@@ -104,9 +104,9 @@ void cpu_colsum_acc_bf16(float *dst, const uint16_t *src, int N, int C);
 
 /* nn_cpu.c: the transformer layers and the loss. */
 void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte,
-                           const float *wpe, int B, int T, int C);
+                           const float *wpe, int B, int T, int C, int v0, int V);
 void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
-                            const int32_t *tokens, int B, int T, int C);
+                            const int32_t *tokens, int B, int T, int C, int v0, int V);
 void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                            const float *weight, const float *bias, int N, int C);
 void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -121,6 +121,12 @@ void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, cons
 size_t cpu_attention_scratch_floats(int B, int T, int C, int NH);
 void cpu_softmax_xent(float *losses, float *logits, const int32_t *targets, float dloss,
                       int N, int V);
+void cpu_xent_vp_max(float *rowmax, const float *logits, int N, int V);
+void cpu_xent_vp_sums(float *sums, const float *logits, const int32_t *targets,
+                      const float *rowmax, int N, int V, int v0);
+void cpu_xent_vp_finish(float *losses, float *logits, const int32_t *targets,
+                        const float *rowmax, const float *sums, float dloss, int N, int V,
+                        int v0);
 
 /* gemm_bf16.c: products with bf16 operands and fp32 accumulation.
  * c(m,n) = alpha * op(a) @ op(b) + beta * c, row-major, the shapes and

@@ -1,5 +1,6 @@
 /* nn_cpu.c - transformer layer ops for the CPU table: embedding, layernorm,
- * causal self-attention and the fused softmax + cross-entropy loss.
+ * causal self-attention and the fused softmax + cross-entropy loss (whole
+ * rows, and split by vocabulary for tensor parallelism).
  *
  * The math follows llm.c's CPU reference; the loops are arranged so that
  * their inner dimension is contiguous and vectorizes. Parallel loops are
@@ -21,34 +22,53 @@
 
 #define LN_EPS 1e-5f
 
-/* out(B,T,C) = wte[tokens[b,t]] + wpe[t]. */
-void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte,
-                           const float *wpe, int B, int T, int C)
+/* Where vocabulary index g (a token, a target) stands in the slice
+ * [v0, v0+V) of a vocabulary split across ranks: g - v0, or -1 when the
+ * slice does not hold it. */
+static inline int64_t vp_index(int32_t g, int v0, int V)
 {
-    assert(out && tokens && wte && wpe && B >= 0 && T >= 0 && C > 0);
+    const int64_t r = (int64_t)g - v0;
+    return r >= 0 && r < V ? r : -1;
+}
+
+/* out(B,T,C) = wte[tokens[b,t] - v0] (0 outside [v0, v0+V)) + wpe[t]
+ * (wpe may be NULL). With both present the sum is the one the whole-table
+ * op always made. */
+void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte,
+                           const float *wpe, int B, int T, int C, int v0, int V)
+{
+    assert(out && tokens && wte && B >= 0 && T >= 0 && C > 0 && v0 >= 0 && V > 0);
     const int BT = B * T;
     #pragma omp parallel for schedule(static) if ((size_t)BT * C >= CPU_PAR_MIN)
     for (int bt = 0; bt < BT; bt++) {
-        const int t = bt % T;
         assert(tokens[bt] >= 0);
-        const float *restrict e = wte + (size_t)tokens[bt] * C;
-        const float *restrict p = wpe + (size_t)t * C;
+        const int64_t r = vp_index(tokens[bt], v0, V);
+        const float *restrict e = r >= 0 ? wte + (size_t)r * C : NULL;
+        const float *restrict p = wpe ? wpe + (size_t)(bt % T) * C : NULL;
         float *restrict o = out + (size_t)bt * C;
-        for (int c = 0; c < C; c++)
-            o[c] = e[c] + p[c];
+        if (e && p) {
+            for (int c = 0; c < C; c++)
+                o[c] = e[c] + p[c];
+        } else if (e || p) {
+            memcpy(o, e ? e : p, (size_t)C * sizeof *o);
+        } else {
+            memset(o, 0, (size_t)C * sizeof *o);
+        }
     }
 }
 
-/* dwte(V,C) += scatter of dout(B,T,C) by token; dwpe(T,C) += sum_b dout[b].
- * dwte is split by column blocks (each block walks all rows in order, so
- * repeated tokens never race), dwpe by time step. */
+/* dwte(V,C) += scatter of dout(B,T,C) by token (tokens in [v0, v0+V));
+ * dwpe(T,C) += sum_b dout[b] unless dwpe is NULL. dwte is split by column
+ * blocks (each block walks all rows in order, so repeated tokens never
+ * race), dwpe by time step. */
 void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
-                            const int32_t *tokens, int B, int T, int C)
+                            const int32_t *tokens, int B, int T, int C, int v0, int V)
 {
     enum { BLK = 64 };
-    assert(dwte && dwpe && dout && tokens && B >= 0 && T >= 0 && C > 0);
+    assert(dwte && dout && tokens && B >= 0 && T >= 0 && C > 0 && v0 >= 0 && V > 0);
     const int BT = B * T;
     const int nblk = (C + BLK - 1) / BLK;
+    const int nt = dwpe ? T : 0;
     #pragma omp parallel if ((size_t)BT * C >= CPU_PAR_MIN)
     {
         #pragma omp for schedule(static) nowait
@@ -56,7 +76,10 @@ void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
             const int c0 = bi * BLK;
             const int cw = C - c0 < BLK ? C - c0 : BLK;
             for (int bt = 0; bt < BT; bt++) {
-                float *restrict dst = dwte + (size_t)tokens[bt] * C + c0;
+                const int64_t r = vp_index(tokens[bt], v0, V);
+                if (r < 0)
+                    continue;
+                float *restrict dst = dwte + (size_t)r * C + c0;
                 const float *restrict src = dout + (size_t)bt * C + c0;
                 #pragma omp simd
                 for (int c = 0; c < cw; c++)
@@ -64,7 +87,7 @@ void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
             }
         }
         #pragma omp for schedule(static)
-        for (int t = 0; t < T; t++) {
+        for (int t = 0; t < nt; t++) {
             float *restrict dst = dwpe + (size_t)t * C;
             for (int b = 0; b < B; b++) {
                 const float *restrict src = dout + ((size_t)b * T + t) * C;
@@ -308,6 +331,43 @@ void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, cons
     }
 }
 
+/* The row steps of the softmax + cross-entropy ops. */
+
+static inline float xent_row_max(const float *restrict x, int V)
+{
+    float mx = -INFINITY;
+    #pragma omp simd reduction(max : mx)
+    for (int j = 0; j < V; j++)
+        mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+/* -log softmax[target] from the row's sum of exp(x - mx) and target logit xt. */
+static inline float xent_row_loss(double sum, float mx, float xt)
+{
+    return (float)(log(sum) - ((double)xt - (double)mx));
+}
+
+/* x = exp(x - mx), in place. */
+static inline void xent_row_exp(float *restrict x, float mx, int V)
+{
+    #pragma omp simd
+    for (int j = 0; j < V; j++)
+        x[j] = cpu_expf(x[j] - mx);
+}
+
+/* A row of e = exp(x - mx) becomes dloss * (e / sum - onehot(tl)), e
+ * scaled by dloss / sum rounded to fp32; tl < 0: the row holds no target. */
+static inline void xent_row_grad(float *restrict x, double sum, int64_t tl, float dloss, int V)
+{
+    const float f = (float)((double)dloss / sum);
+    #pragma omp simd
+    for (int j = 0; j < V; j++)
+        x[j] *= f;
+    if (tl >= 0)
+        x[tl] -= dloss;
+}
+
 /* Fused softmax + cross-entropy over rows of logits(N,V), rows in
  * parallel. Per row: max; exp(x - max) stored in place and summed in
  * double (the sum sets every probability's error); loss = log(sum) - (x_t -
@@ -327,22 +387,72 @@ void cpu_softmax_xent(float *losses, float *logits, const int32_t *targets, floa
         }
         assert(tgt < V);
         const float xt = x[tgt];
-        float mx = -INFINITY;
-        #pragma omp simd reduction(max : mx)
-        for (int j = 0; j < V; j++)
-            mx = x[j] > mx ? x[j] : mx;
-        #pragma omp simd
-        for (int j = 0; j < V; j++)
-            x[j] = cpu_expf(x[j] - mx);
+        const float mx = xent_row_max(x, V);
+        xent_row_exp(x, mx, V);
         double sum = 0.0;
         #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < V; j++)
             sum += (double)x[j];
-        losses[i] = (float)(log(sum) - ((double)xt - (double)mx));
-        const float f = (float)((double)dloss / sum);
-        #pragma omp simd
+        losses[i] = xent_row_loss(sum, mx, xt);
+        xent_row_grad(x, sum, tgt, dloss, V);
+    }
+}
+
+/* The vocab-parallel form (zinc/ops.h): the same row steps, split at the
+ * two all-reduces. On one rank the exps, the loss and the gradient are
+ * those of cpu_softmax_xent but for the sum's rounding to fp32 between
+ * xent_vp_sums and xent_vp_finish. */
+void cpu_xent_vp_max(float *rowmax, const float *logits, int N, int V)
+{
+    assert(rowmax && logits && N >= 0 && V > 0);
+    #pragma omp parallel for schedule(static) if ((size_t)N * V >= CPU_PAR_MIN)
+    for (int i = 0; i < N; i++)
+        rowmax[i] = xent_row_max(logits + (size_t)i * V, V);
+}
+
+/* sums(N,2): the row's sum of exp(x - rowmax) in double, rounded once;
+ * the target's logit if this slice holds it, else 0. */
+void cpu_xent_vp_sums(float *sums, const float *logits, const int32_t *targets,
+                      const float *rowmax, int N, int V, int v0)
+{
+    assert(sums && logits && targets && rowmax && N >= 0 && V > 0 && v0 >= 0);
+    #pragma omp parallel for schedule(static) if ((size_t)N * V >= CPU_PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        const float *restrict x = logits + (size_t)i * V;
+        if (targets[i] < 0) {
+            sums[2 * i] = sums[2 * i + 1] = 0.0f;
+            continue;
+        }
+        const float mx = rowmax[i];
+        double sum = 0.0;
+        #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < V; j++)
-            x[j] *= f;
-        x[tgt] -= dloss;
+            sum += (double)cpu_expf(x[j] - mx);
+        const int64_t tl = vp_index(targets[i], v0, V);
+        sums[2 * i] = (float)sum;
+        sums[2 * i + 1] = tl >= 0 ? x[tl] : 0.0f;
+    }
+}
+
+/* losses from the all-reduced rowmax and sums; the slice's columns of the
+ * gradient in place. */
+void cpu_xent_vp_finish(float *losses, float *logits, const int32_t *targets,
+                        const float *rowmax, const float *sums, float dloss, int N, int V,
+                        int v0)
+{
+    assert(losses && logits && targets && rowmax && sums && N >= 0 && V > 0 && v0 >= 0);
+    #pragma omp parallel for schedule(static) if ((size_t)N * V >= CPU_PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        float *restrict x = logits + (size_t)i * V;
+        if (targets[i] < 0) {
+            losses[i] = 0.0f;
+            memset(x, 0, (size_t)V * sizeof *x);
+            continue;
+        }
+        const float mx = rowmax[i];
+        const double sum = sums[2 * i];
+        losses[i] = xent_row_loss(sum, mx, sums[2 * i + 1]);
+        xent_row_exp(x, mx, V);
+        xent_row_grad(x, sum, vp_index(targets[i], v0, V), dloss, V);
     }
 }

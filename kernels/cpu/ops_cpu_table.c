@@ -72,15 +72,15 @@ static void f32_head_backward(void *dinp, float *dwte, const void *dlogits, cons
 }
 
 static void f32_embedding_forward(void *out, const int32_t *tokens, const float *wte,
-                                  const float *wpe, int B, int T, int C)
+                                  const float *wpe, int B, int T, int C, int v0, int V)
 {
-    cpu_embedding_forward(out, tokens, wte, wpe, B, T, C);
+    cpu_embedding_forward(out, tokens, wte, wpe, B, T, C, v0, V);
 }
 
 static void f32_embedding_backward(float *dwte, float *dwpe, const void *dout,
-                                   const int32_t *tokens, int B, int T, int C)
+                                   const int32_t *tokens, int B, int T, int C, int v0, int V)
 {
-    cpu_embedding_backward(dwte, dwpe, dout, tokens, B, T, C);
+    cpu_embedding_backward(dwte, dwpe, dout, tokens, B, T, C, v0, V);
 }
 
 static void f32_layernorm_forward(void *out, float *mean, float *rstd, const void *inp,
@@ -128,6 +128,24 @@ static void f32_softmax_xent(float *losses, void *logits, const int32_t *targets
                              int N, int V)
 {
     cpu_softmax_xent(losses, logits, targets, dloss, N, V);
+}
+
+static void f32_xent_vp_max(float *rowmax, const void *logits, int N, int V)
+{
+    cpu_xent_vp_max(rowmax, logits, N, V);
+}
+
+static void f32_xent_vp_sums(float *sums, const void *logits, const int32_t *targets,
+                             const float *rowmax, int N, int V, int v0)
+{
+    cpu_xent_vp_sums(sums, logits, targets, rowmax, N, V, v0);
+}
+
+static void f32_xent_vp_finish(float *losses, void *logits, const int32_t *targets,
+                               const float *rowmax, const float *sums, float dloss, int N,
+                               int V, int v0)
+{
+    cpu_xent_vp_finish(losses, logits, targets, rowmax, sums, dloss, N, V, v0);
 }
 
 /* ------------------------------------------------------------ act bf16 */
@@ -473,25 +491,25 @@ done:
 }
 
 static void b16_embedding_forward(void *out, const int32_t *tokens, const float *wte,
-                                  const float *wpe, int B, int T, int C)
+                                  const float *wpe, int B, int T, int C, int v0, int V)
 {
     widen w = {0};
     const size_t n = (size_t)B * T * C;
     float *o;
     TAKE(o, NULL, n);
-    cpu_embedding_forward(o, tokens, wte, wpe, B, T, C);
+    cpu_embedding_forward(o, tokens, wte, wpe, B, T, C, v0, V);
     narrow(out, o, n);
 done:
     widen_free(&w);
 }
 
 static void b16_embedding_backward(float *dwte, float *dwpe, const void *dout,
-                                   const int32_t *tokens, int B, int T, int C)
+                                   const int32_t *tokens, int B, int T, int C, int v0, int V)
 {
     widen w = {0};
     float *dy;
     TAKE(dy, dout, (size_t)B * T * C);
-    cpu_embedding_backward(dwte, dwpe, dy, tokens, B, T, C);
+    cpu_embedding_backward(dwte, dwpe, dy, tokens, B, T, C, v0, V);
 done:
     widen_free(&w);
 }
@@ -594,13 +612,48 @@ done:
     widen_free(&w);
 }
 
-/* Row by row: each thread widens a row of logits into its part of one
- * temporary (nth rows, not N: the logits of a big vocabulary are tens of
- * MB, and a row stays in L2 from widening to narrowing). Rows are
- * independent in cpu_softmax_xent, so this is bitwise its result on the
- * whole widened tensor. */
-static void b16_softmax_xent(float *losses, void *logits, const int32_t *targets, float dloss,
-                             int N, int V)
+/* The softmax + cross-entropy ops, row by row: each thread widens a row of
+ * logits into its part of one temporary (nth rows, not N: the logits of a
+ * big vocabulary are tens of MB, and a row stays in L2 from widening to
+ * narrowing), runs the fp32 op on that one row and, for the ops that write
+ * the logits, narrows it back. Rows are independent in the fp32 ops, so
+ * this is bitwise their result on the whole widened tensor. */
+typedef struct xent_args {
+    float *out; /* losses (softmax_xent, finish), rowmax (max) or sums (sums) */
+    const int32_t *targets;
+    const float *rowmax, *sums;
+    float dloss;
+    int v0;
+} xent_args;
+
+/* The fp32 op on row i, widened in x (V floats). */
+typedef void (*xent_row)(const xent_args *a, float *x, int i, int V);
+
+static void row_softmax_xent(const xent_args *a, float *x, int i, int V)
+{
+    cpu_softmax_xent(a->out + i, x, a->targets + i, a->dloss, 1, V);
+}
+
+static void row_xent_vp_max(const xent_args *a, float *x, int i, int V)
+{
+    cpu_xent_vp_max(a->out + i, x, 1, V);
+}
+
+static void row_xent_vp_sums(const xent_args *a, float *x, int i, int V)
+{
+    cpu_xent_vp_sums(a->out + 2 * (size_t)i, x, a->targets + i, a->rowmax + i, 1, V, a->v0);
+}
+
+static void row_xent_vp_finish(const xent_args *a, float *x, int i, int V)
+{
+    cpu_xent_vp_finish(a->out + i, x, a->targets + i, a->rowmax + i, a->sums + 2 * (size_t)i,
+                       a->dloss, 1, V, a->v0);
+}
+
+/* Runs row on the N rows of logits (N,V) bf16; dst: where the rows go back
+ * (logits itself), or NULL for the ops that only read them. */
+static void b16_xent_rows(const void *logits, void *dst, int N, int V, xent_row row,
+                          const xent_args *a)
 {
     widen w = {0};
     const int nth = (size_t)N * V >= CPU_PAR_MIN && !omp_in_parallel() ? omp_get_max_threads() : 1;
@@ -608,14 +661,45 @@ static void b16_softmax_xent(float *losses, void *logits, const int32_t *targets
     TAKE(x, NULL, (size_t)nth * V);
     #pragma omp parallel for schedule(static) num_threads(nth) if (nth > 1)
     for (int i = 0; i < N; i++) {
-        uint16_t *row = (uint16_t *)logits + (size_t)i * V;
+        const size_t off = (size_t)i * V;
         float *xr = x + (size_t)omp_get_thread_num() * V;
-        cpu_convert(xr, ZINC_DTYPE_F32, row, ZINC_DTYPE_BF16, (size_t)V);
-        cpu_softmax_xent(losses + i, xr, targets + i, dloss, 1, V);
-        narrow(row, xr, (size_t)V);
+        cpu_convert(xr, ZINC_DTYPE_F32, (const uint16_t *)logits + off, ZINC_DTYPE_BF16,
+                    (size_t)V);
+        row(a, xr, i, V);
+        if (dst)
+            narrow((uint16_t *)dst + off, xr, (size_t)V);
     }
 done:
     widen_free(&w);
+}
+
+static void b16_softmax_xent(float *losses, void *logits, const int32_t *targets, float dloss,
+                             int N, int V)
+{
+    const xent_args a = {.out = losses, .targets = targets, .dloss = dloss};
+    b16_xent_rows(logits, logits, N, V, row_softmax_xent, &a);
+}
+
+static void b16_xent_vp_max(float *rowmax, const void *logits, int N, int V)
+{
+    const xent_args a = {.out = rowmax};
+    b16_xent_rows(logits, NULL, N, V, row_xent_vp_max, &a);
+}
+
+static void b16_xent_vp_sums(float *sums, const void *logits, const int32_t *targets,
+                             const float *rowmax, int N, int V, int v0)
+{
+    const xent_args a = {.out = sums, .targets = targets, .rowmax = rowmax, .v0 = v0};
+    b16_xent_rows(logits, NULL, N, V, row_xent_vp_sums, &a);
+}
+
+static void b16_xent_vp_finish(float *losses, void *logits, const int32_t *targets,
+                               const float *rowmax, const float *sums, float dloss, int N,
+                               int V, int v0)
+{
+    const xent_args a = {.out = losses, .targets = targets, .rowmax = rowmax, .sums = sums,
+                         .dloss = dloss, .v0 = v0};
+    b16_xent_rows(logits, logits, N, V, row_xent_vp_finish, &a);
 }
 
 #undef TAKE
@@ -638,7 +722,9 @@ done:
     .layernorm_backward = p##_layernorm_backward, .gelu_forward = p##_gelu_forward,         \
     .gelu_backward = p##_gelu_backward, .attention_forward = p##_attention_forward,         \
     .attention_backward = p##_attention_backward,                                           \
-    .residual_forward = p##_residual_forward, .softmax_xent = p##_softmax_xent
+    .residual_forward = p##_residual_forward, .softmax_xent = p##_softmax_xent,            \
+    .xent_vp_max = p##_xent_vp_max, .xent_vp_sums = p##_xent_vp_sums,                      \
+    .xent_vp_finish = p##_xent_vp_finish
 
 static const zinc_ops cpu_ops = {
     .name = "cpu", .act = ZINC_DTYPE_F32, CPU_ACT_OPS(f32), CPU_COMMON_OPS,

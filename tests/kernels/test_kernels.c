@@ -352,9 +352,20 @@ static void test_linear_backward(void)
 enum { EB = 2, ET = 5, EC = 12, EV = 37, EMAXT = 7 };
 static const int32_t etok[EB * ET] = {3, 36, 3, 0, 17, 3, 5, 36, 0, 3}; /* repeats on purpose */
 
+/* The case under finite differences: the table holds token rows [ev0,
+ * ev0+eV) (wte the slice, eV x EC), and adds wpe or not. */
+static int ev0, eV, ewpe;
+
 struct emb_ctx {
     double *wte, *wpe, *R;
 };
+
+/* out[bt,i] of the split embedding in double. */
+static double emb_ref(const double *wte, const double *wpe, int bt, int i)
+{
+    const int r = etok[bt] - ev0;
+    return (r >= 0 && r < eV ? wte[r * EC + i] : 0.0) + (ewpe ? wpe[(bt % ET) * EC + i] : 0.0);
+}
 
 static double emb_loss(void *p)
 {
@@ -362,34 +373,48 @@ static double emb_loss(void *p)
     double s = 0.0;
     for (int bt = 0; bt < EB * ET; bt++)
         for (int i = 0; i < EC; i++)
-            s += (c->wte[etok[bt] * EC + i] + c->wpe[(bt % ET) * EC + i]) * c->R[bt * EC + i];
+            s += emb_ref(c->wte, c->wpe, bt, i) * c->R[bt * EC + i];
     return s;
 }
 
-static void test_embedding(void)
+/* One table slice [v0, v0+V) of an EV-token vocabulary, with or without
+ * wpe: forward (out pre-filled: rows of tokens outside the slice are
+ * written 0) against the double reference, backward into pre-filled
+ * gradients (accumulation) against finite differences of emb_loss. */
+static void embedding_case(int v0, int V, int with_wpe)
 {
-    const size_t nTE = EV * EC, nPE = EMAXT * EC, nO = EB * ET * EC;
+    const size_t nTE = (size_t)V * EC, nPE = EMAXT * EC, nO = EB * ET * EC;
     float *wte = frand(nTE, 1.0f), *wpe = frand(nPE, 1.0f), *out = frand(nO, 1.0f);
     float *R = frand(nO, 1.0f);
+    ev0 = v0, eV = V, ewpe = with_wpe;
+    struct emb_ctx c = {to_double(wte, nTE), to_double(wpe, nPE), to_double(R, nO)};
     double ref[EB * ET * EC];
+    char what[96];
     for (int bt = 0; bt < EB * ET; bt++)
         for (int i = 0; i < EC; i++)
-            ref[bt * EC + i] = (double)wte[etok[bt] * EC + i] + wpe[(bt % ET) * EC + i];
-    ops->embedding_forward(out, etok, wte, wpe, EB, ET, EC);
-    CU_ASSERT(close_to("embedding fwd", out, ref, nO, 1e-6, 1e-7));
+            ref[bt * EC + i] = emb_ref(c.wte, c.wpe, bt, i);
+    ops->embedding_forward(out, etok, wte, with_wpe ? wpe : NULL, EB, ET, EC, v0, V);
+    snprintf(what, sizeof what, "embedding fwd [%d,%d) wpe %d", v0, v0 + V, with_wpe);
+    CU_ASSERT(close_to(what, out, ref, nO, 1e-6, 1e-7));
 
-    struct emb_ctx c = {to_double(wte, nTE), to_double(wpe, nPE), to_double(R, nO)};
     double *gte = malloc(nTE * sizeof *gte), *gpe = malloc(nPE * sizeof *gpe);
     fd_grad(gte, c.wte, nTE, emb_loss, &c);
     fd_grad(gpe, c.wpe, nPE, emb_loss, &c);
     float *dte0 = frand(nTE, 1.0f), *dpe0 = frand(nPE, 1.0f);
     float *dte = fcopy(dte0, nTE), *dpe = fcopy(dpe0, nPE);
-    ops->embedding_backward(dte, dpe, R, etok, EB, ET, EC);
+    ops->embedding_backward(dte, with_wpe ? dpe : NULL, R, etok, EB, ET, EC, v0, V);
     double *rte = plus(dte0, gte, nTE), *rpe = plus(dpe0, gpe, nPE);
-    CU_ASSERT(close_to("embedding dwte", dte, rte, nTE, 1e-5, 1e-5));
-    CU_ASSERT(close_to("embedding dwpe", dpe, rpe, nPE, 1e-5, 1e-5));
+    snprintf(what, sizeof what, "embedding dwte [%d,%d) wpe %d", v0, v0 + V, with_wpe);
+    CU_ASSERT(close_to(what, dte, rte, nTE, 1e-5, 1e-5));
+    snprintf(what, sizeof what, "embedding dwpe [%d,%d) wpe %d", v0, v0 + V, with_wpe);
+    CU_ASSERT(close_to(what, dpe, rpe, nPE, 1e-5, 1e-5)); /* unchanged (gpe 0) without wpe */
     free(wte), free(wpe), free(out), free(R), free(c.wte), free(c.wpe), free(c.R);
     free(gte), free(gpe), free(dte0), free(dpe0), free(dte), free(dpe), free(rte), free(rpe);
+}
+
+static void test_embedding(void)
+{
+    embedding_case(0, EV, 1); /* the whole table, as GPT-2 runs it */
 }
 
 /* ---------- layernorm ---------- */
@@ -774,7 +799,7 @@ static void det_run(struct det_out *o, int threads)
 
     o->dwte = calloc(7 * DC, sizeof(float));
     o->dwpe = calloc(DT * DC, sizeof(float));
-    ops->embedding_backward(o->dwte, o->dwpe, dout, tok, DB, DT, DC);
+    ops->embedding_backward(o->dwte, o->dwpe, dout, tok, DB, DT, DC, 0, 7);
     ops->layernorm_forward(lnout, mean, rstd, inp, w, b, (int)BT, DC);
     o->ln_dx = calloc(nO, sizeof(float));
     o->ln_dw = calloc(DC, sizeof(float));
@@ -1068,8 +1093,8 @@ static void test_bf16_table(void)
     f->head_forward(fo, x0, w, N, C, V);
     h->head_forward(ho, h0, w, N, C, V);
     CU_ASSERT(b16_close("bf16 head_forward", ho, fo, (size_t)N * V));
-    f->embedding_forward(fo, tok, w, bias, B, T, 1); /* C = 1: wte (V,1), wpe (T,1) */
-    h->embedding_forward(ho, tok, w, bias, B, T, 1);
+    f->embedding_forward(fo, tok, w, bias, B, T, 1, 0, V); /* C = 1: wte (V,1), wpe (T,1) */
+    h->embedding_forward(ho, tok, w, bias, B, T, 1, 0, V);
     CU_ASSERT(b16_close("bf16 embedding_forward", ho, fo, (size_t)N));
     f->layernorm_forward(fo, m1, s1, x0, w, bias, N, C);
     h->layernorm_forward(ho, m2, s2, h0, w, bias, N, C);
@@ -1116,8 +1141,8 @@ static void test_bf16_table(void)
     CU_ASSERT(sums_close("bf16 head_backward dwte", g2, g1, gold, x1, x0, N, C, C));
     memcpy(g2, g1, (size_t)V * C * sizeof(float));
     free(gold);
-    f->embedding_backward(g1, b1, x1, tok, B, T, 1);
-    h->embedding_backward(g2, b2, h1, tok, B, T, 1);
+    f->embedding_backward(g1, b1, x1, tok, B, T, 1, 0, V);
+    h->embedding_backward(g2, b2, h1, tok, B, T, 1, 0, V);
     CU_ASSERT(memcmp(g1, g2, (size_t)V * sizeof(float)) == 0 && memcmp(b1, b2, T * sizeof(float)) == 0);
     BWD_START(nc);
     f->layernorm_backward(fo, g1, b1, x1, x0, w, m1, s1, N, C);
@@ -1156,6 +1181,286 @@ static void test_bf16_table_widen(void)
     cpu_gemm_bf16_force_fallback(0);
 }
 
+/* ---------- the vocabulary split across ranks ---------- */
+
+/* Slices of the table, and the whole one without wpe, as embedding_case.
+ * Then the vocabulary split into P = 1, 2, 4 slices [EV p / P, EV (p+1) /
+ * P), one "rank" each, wpe on slice 0 only: the sum over slices of the forward outputs is
+ * the whole table's, and the slices' dwte side by side (dwpe from slice 0)
+ * are the whole table's gradients, all bitwise (every element has the same
+ * terms in the same order). The bf16 table against the fp32 table: forward
+ * on each slice one rounding apart, backward bitwise (it widens dout and
+ * runs the fp32 op). */
+static void test_embedding_split(void)
+{
+    embedding_case(0, EV, 0);  /* no wpe */
+    embedding_case(0, 10, 1);  /* the first slice */
+    embedding_case(10, 17, 0); /* a middle slice: token 17 in, 36 / 0 / 3 / 5 out */
+    embedding_case(30, 7, 0);  /* the last slice: token 36 only */
+    embedding_case(20, 10, 1); /* a slice no token falls in: out = wpe */
+    const zinc_ops *f = zinc_ops_cpu(), *h = zinc_ops_cpu_bf16();
+    const size_t nTE = EV * EC, nPE = EMAXT * EC, nO = EB * ET * EC;
+    float *wte = frand(nTE, 1.0f), *wpe = frand(nPE, 1.0f), *dout = frand(nO, 1.0f);
+    uint16_t *hdout = b16(dout, nO);
+    float *xdout = wide(hdout, nO);
+    float *whole = malloc(nO * sizeof *whole), *part = malloc(nO * sizeof *part);
+    float *sum = malloc(nO * sizeof *sum);
+    uint16_t *hpart = malloc(nO * sizeof *hpart);
+    float *gte = calloc(nTE, sizeof *gte), *gpe = calloc(nPE, sizeof *gpe);
+    float *ste = calloc(nTE, sizeof *ste), *spe = calloc(nPE, sizeof *spe);
+    float *hte = calloc(nTE, sizeof *hte), *hpe = calloc(nPE, sizeof *hpe);
+    f->embedding_forward(whole, etok, wte, wpe, EB, ET, EC, 0, EV);
+    f->embedding_backward(gte, gpe, xdout, etok, EB, ET, EC, 0, EV);
+    for (int P = 1; P <= 4; P *= 2) {
+        memset(sum, 0, nO * sizeof *sum);
+        memset(ste, 0, nTE * sizeof *ste), memset(spe, 0, nPE * sizeof *spe);
+        memset(hte, 0, nTE * sizeof *hte), memset(hpe, 0, nPE * sizeof *hpe);
+        int ok = 1;
+        for (int p = 0; p < P; p++) {
+            const int v0 = EV * p / P, V = EV * (p + 1) / P - v0;
+            const float *pe = p == 0 ? wpe : NULL;
+            f->embedding_forward(part, etok, wte + (size_t)v0 * EC, pe, EB, ET, EC, v0, V);
+            h->embedding_forward(hpart, etok, wte + (size_t)v0 * EC, pe, EB, ET, EC, v0, V);
+            ok &= b16_close("bf16 embedding_forward slice", hpart, part, nO);
+            for (size_t i = 0; i < nO; i++)
+                sum[i] += part[i];
+            f->embedding_backward(ste + (size_t)v0 * EC, p == 0 ? spe : NULL, xdout, etok, EB,
+                                  ET, EC, v0, V);
+            h->embedding_backward(hte + (size_t)v0 * EC, p == 0 ? hpe : NULL, hdout, etok, EB,
+                                  ET, EC, v0, V);
+        }
+        for (size_t i = 0; i < nO; i++)
+            ok &= sum[i] == whole[i];
+        ok &= !memcmp(ste, gte, nTE * sizeof *ste) && !memcmp(spe, gpe, nPE * sizeof *spe);
+        ok &= !memcmp(hte, gte, nTE * sizeof *hte) && !memcmp(hpe, gpe, nPE * sizeof *hpe);
+        if (!ok)
+            printf("\n  embedding split into %d slices differs from the whole table\n", P);
+        CU_ASSERT(ok);
+    }
+    free(wte), free(wpe), free(dout), free(hdout), free(xdout), free(whole), free(part);
+    free(sum), free(hpart), free(gte), free(gpe), free(ste), free(spe), free(hte), free(hpe);
+}
+
+/* softmax_xent through the vocab-parallel ops of table t, the row split
+ * into P parts [V p / P, V (p+1) / P), one "rank" each, in turn: max on
+ * each part, their MAX; sums on each part, their SUM (in part order);
+ * finish on each part. logits (N,V) act is overwritten with the parts'
+ * gradients side by side, as softmax_xent overwrites it; losses(N) are part
+ * 0's (every part's must be the same bits). mx and sm, if not NULL, get the
+ * combined rowmax (N) and sums (N,2). */
+static void xent_vp_split(const zinc_ops *t, float *losses, void *logits, const int32_t *tg,
+                          float dloss, int N, int V, int P, float *mx, float *sm)
+{
+    const size_t asz = zinc_dtype_size(t->act);
+    float *rowmax = malloc((size_t)N * sizeof *rowmax), *m = malloc((size_t)N * sizeof *m);
+    float *sums = calloc(2 * (size_t)N, sizeof *sums), *s = malloc(2 * (size_t)N * sizeof *s);
+    float *l = malloc((size_t)N * sizeof *l);
+    char *part[4];
+    CU_ASSERT_FATAL(P >= 1 && P <= 4);
+    for (int i = 0; i < N; i++)
+        rowmax[i] = -INFINITY;
+    for (int p = 0; p < P; p++) {
+        const int v0 = V * p / P, Vp = V * (p + 1) / P - v0;
+        part[p] = malloc((size_t)N * Vp * asz);
+        for (int i = 0; i < N; i++)
+            memcpy(part[p] + (size_t)i * Vp * asz, (char *)logits + ((size_t)i * V + v0) * asz,
+                   (size_t)Vp * asz);
+        t->xent_vp_max(m, part[p], N, Vp);
+        for (int i = 0; i < N; i++)
+            rowmax[i] = fmaxf(rowmax[i], m[i]);
+    }
+    for (int p = 0; p < P; p++) {
+        const int v0 = V * p / P, Vp = V * (p + 1) / P - v0;
+        t->xent_vp_sums(s, part[p], tg, rowmax, N, Vp, v0);
+        for (int i = 0; i < 2 * N; i++)
+            sums[i] += s[i];
+    }
+    for (int p = 0; p < P; p++) {
+        const int v0 = V * p / P, Vp = V * (p + 1) / P - v0;
+        t->xent_vp_finish(p ? l : losses, part[p], tg, rowmax, sums, dloss, N, Vp, v0);
+        if (p)
+            CU_ASSERT(!memcmp(l, losses, (size_t)N * sizeof *l));
+        for (int i = 0; i < N; i++)
+            memcpy((char *)logits + ((size_t)i * V + v0) * asz, part[p] + (size_t)i * Vp * asz,
+                   (size_t)Vp * asz);
+        free(part[p]);
+    }
+    if (mx)
+        memcpy(mx, rowmax, (size_t)N * sizeof *mx);
+    if (sm)
+        memcpy(sm, sums, 2 * (size_t)N * sizeof *sm);
+    free(rowmax), free(m), free(sums), free(s), free(l);
+}
+
+/* One shape: logits of scale 8 with a row shifted by +1000 (stability) and
+ * confidently right and wrong rows; targets tg in every part of every
+ * split, at the parts' edges, and ignored rows. For P = 1, 2, 4:
+ *  - fp32 table: losses and gradients equal softmax_xent's on the whole
+ *    rows within 1e-6 relative (floor 1e-6 x the largest: the sum of exps
+ *    is held in fp32 between the ops); ignored rows exactly 0;
+ *  - bf16 table: the same against the fp32 softmax_xent on the widened
+ *    logits, gradients within one bf16 rounding; and bitwise the fp32 split
+ *    on the widened logits with its gradient rounded (the widen / narrow
+ *    mechanism row by row). */
+static void xent_vp_case(int N, int V, const int32_t *tg)
+{
+    const zinc_ops *f = zinc_ops_cpu(), *h = zinc_ops_cpu_bf16();
+    const size_t n = (size_t)N * V;
+    float *x = frand(n, 8.0f);
+    for (int j = 0; j < V; j++)
+        x[1 * V + j] += 1000.0f;
+    x[3 * V + tg[3]] = 60.0f;           /* confidently right */
+    x[4 * V + (tg[4] + V / 2) % V] = 70.0f; /* confidently wrong */
+    uint16_t *hx = b16(x, n);
+    float *wx = wide(hx, n);
+    const float dloss = 0.25f;
+    float *ref = fcopy(x, n), *wref = fcopy(wx, n), *got = malloc(n * sizeof *got);
+    float *rl = malloc((size_t)N * sizeof *rl), *wrl = malloc((size_t)N * sizeof *wrl);
+    float *gl = malloc((size_t)N * sizeof *gl), *hl = malloc((size_t)N * sizeof *hl);
+    double *dref = malloc(n * sizeof *dref), *drl = malloc((size_t)N * sizeof *drl);
+    uint16_t *hg = malloc(n * sizeof *hg), *hn = malloc(n * sizeof *hn);
+    char what[96];
+    f->softmax_xent(rl, ref, tg, dloss, N, V);
+    f->softmax_xent(wrl, wref, tg, dloss, N, V);
+    for (int P = 1; P <= 4; P *= 2) {
+        /* fp32 */
+        memcpy(got, x, n * sizeof *got);
+        xent_vp_split(f, gl, got, tg, dloss, N, V, P, NULL, NULL);
+        for (size_t i = 0; i < n; i++)
+            dref[i] = ref[i];
+        for (int i = 0; i < N; i++)
+            drl[i] = rl[i];
+        snprintf(what, sizeof what, "xent_vp N%d V%d P%d losses", N, V, P);
+        CU_ASSERT(close_to(what, gl, drl, (size_t)N, 1e-6, 1e-6));
+        snprintf(what, sizeof what, "xent_vp N%d V%d P%d dlogits", N, V, P);
+        CU_ASSERT(close_to(what, got, dref, n, 1e-6, 1e-6));
+        for (int i = 0; i < N; i++)
+            if (tg[i] < 0) {
+                CU_ASSERT(gl[i] == 0.0f);
+                for (int j = 0; j < V; j++)
+                    CU_ASSERT(got[(size_t)i * V + j] == 0.0f);
+            }
+        /* bf16 */
+        memcpy(hg, hx, n * sizeof *hg);
+        xent_vp_split(h, hl, hg, tg, dloss, N, V, P, NULL, NULL);
+        for (int i = 0; i < N; i++)
+            drl[i] = wrl[i];
+        snprintf(what, sizeof what, "bf16 xent_vp N%d V%d P%d losses", N, V, P);
+        CU_ASSERT(close_to(what, hl, drl, (size_t)N, 1e-6, 1e-6));
+        snprintf(what, sizeof what, "bf16 xent_vp N%d V%d P%d dlogits", N, V, P);
+        CU_ASSERT(b16_close(what, hg, wref, n));
+        memcpy(got, wx, n * sizeof *got);
+        xent_vp_split(f, gl, got, tg, dloss, N, V, P, NULL, NULL);
+        for (size_t i = 0; i < n; i++)
+            hn[i] = zinc_f32_to_bf16(got[i]);
+        CU_ASSERT(!memcmp(gl, hl, (size_t)N * sizeof *gl));
+        CU_ASSERT(!memcmp(hn, hg, n * sizeof *hn));
+    }
+    CU_ASSERT_EQUAL(zinc_ops_cpu_last_status(), ZINC_OK);
+    free(x), free(hx), free(wx), free(ref), free(wref), free(got), free(rl), free(wrl);
+    free(gl), free(hl), free(dref), free(drl), free(hg), free(hn);
+}
+
+static void test_xent_vp(void)
+{
+    /* V 103 in 4 parts: [0,25) [25,51) [51,77) [77,103); in 2: [0,51) [51,103) */
+    static const int32_t tg1[12] = {0, 24, 25, 50, 51, 76, -1, 102, 77, 40, -1, 90};
+    xent_vp_case(12, 103, tg1);
+    /* a padded GPT-2 vocabulary: each part takes the parallel path */
+    static const int32_t tg2[6] = {12345, 20000, -1, 50303, 30000, 0};
+    xent_vp_case(6, 50304, tg2);
+}
+
+/* The split form against float64 and finite differences, as
+ * test_softmax_xent (its logits and targets; part 2 of 4, [18,27), holds
+ * no target): losses against ref_xent, the concatenated gradients against
+ * finite differences of dloss * sum losses; the combined rowmax is the
+ * row's max exactly, sums[2i] the double sum of exps (fp32-rounded),
+ * sums[2i+1] the target's logit exactly; ignored rows 0, 0. */
+static void test_xent_vp_fd(void)
+{
+    const size_t n = XN * XV;
+    float *logits = frand(n, 8.0f);
+    for (int j = 0; j < XV; j++)
+        logits[1 * XV + j] += 1000.0f;
+    logits[3 * XV + 0] = 60.0f;
+    logits[4 * XV + 5] = 70.0f;
+    const float dloss = 1.0f / 5.0f;
+    struct xent_ctx c = {to_double(logits, n), dloss};
+    double rl[XN], rmx[XN], rs[2 * XN];
+    ref_xent(rl, c.logits, xtg, XN, XV);
+    for (int i = 0; i < XN; i++) {
+        double mx = -INFINITY, s = 0.0;
+        for (int j = 0; j < XV; j++)
+            mx = fmax(mx, c.logits[i * XV + j]);
+        for (int j = 0; j < XV; j++)
+            s += exp(c.logits[i * XV + j] - mx);
+        rmx[i] = mx;
+        rs[2 * i] = xtg[i] < 0 ? 0.0 : s;
+        rs[2 * i + 1] = xtg[i] < 0 ? 0.0 : c.logits[i * XV + xtg[i]];
+    }
+    double *g = malloc(n * sizeof *g);
+    fd_grad(g, c.logits, n, xent_loss, &c);
+    for (int P = 2; P <= 4; P += 2) {
+        float *x = fcopy(logits, n), losses[XN], mx[XN], sm[2 * XN];
+        char what[64];
+        xent_vp_split(ops, losses, x, xtg, dloss, XN, XV, P, mx, sm);
+        int ok = 1;
+        for (int i = 0; i < XN; i++)
+            ok &= mx[i] == rmx[i] && sm[2 * i + 1] == rs[2 * i + 1];
+        CU_ASSERT(ok);
+        snprintf(what, sizeof what, "xent_vp P%d sums", P);
+        CU_ASSERT(close_to(what, sm, rs, 2 * XN, 1e-6, 0.0));
+        snprintf(what, sizeof what, "xent_vp P%d losses", P);
+        CU_ASSERT(close_to(what, losses, rl, XN, 1e-5, 1e-6));
+        CU_ASSERT(losses[2] == 0.0f);
+        for (int j = 0; j < XV; j++)
+            CU_ASSERT(x[2 * XV + j] == 0.0f);
+        snprintf(what, sizeof what, "xent_vp P%d dlogits", P);
+        CU_ASSERT(close_to(what, x, g, n, 1e-4, 1e-6));
+        free(x);
+    }
+    free(logits), free(c.logits), free(g);
+}
+
+/* The wrapped tables (profiler, strict device) run the split ops between
+ * their hooks, under their own names. */
+static int wrap_last = -1, wrap_depth;
+static void wrap_before(int op, void *user)
+{
+    (void)user;
+    wrap_last = op;
+    wrap_depth++;
+}
+static void wrap_after(int op, void *user)
+{
+    (void)user;
+    CU_ASSERT(op == wrap_last);
+    wrap_depth--;
+}
+
+static void test_wrap_vp(void)
+{
+    const zinc_ops_hooks hk = {wrap_before, wrap_after, NULL};
+    const zinc_ops *w = zinc_ops_wrap(0, ops, &hk);
+    float x[2 * 5] = {1, 2, 3, 4, 5, 5, 4, 3, 2, 1}, mx[2], sm[4], l[2], out[2 * 3 * 5];
+    const int32_t tg[2] = {6, 1}, tok[2] = {1, 7};
+    float wte[2 * 5] = {0};
+    w->xent_vp_max(mx, x, 2, 5);
+    CU_ASSERT_STRING_EQUAL(zinc_ops_op_name(wrap_last), "xent_vp_max");
+    w->xent_vp_sums(sm, x, tg, mx, 2, 5, 0);
+    CU_ASSERT_STRING_EQUAL(zinc_ops_op_name(wrap_last), "xent_vp_sums");
+    w->xent_vp_finish(l, x, tg, mx, sm, 1.0f, 2, 5, 0);
+    CU_ASSERT_STRING_EQUAL(zinc_ops_op_name(wrap_last), "xent_vp_finish");
+    w->embedding_forward(out, tok, wte, NULL, 1, 2, 5, 0, 2);
+    CU_ASSERT_STRING_EQUAL(zinc_ops_op_name(wrap_last), "embedding_forward");
+    w->embedding_backward(wte, NULL, out, tok, 1, 2, 5, 0, 2);
+    CU_ASSERT_STRING_EQUAL(zinc_ops_op_name(wrap_last), "embedding_backward");
+    CU_ASSERT_EQUAL(wrap_depth, 0);
+    /* targets 6 (not in [0,5)) and 1: sums[1] 0, sums[3] = x[5+1] */
+    CU_ASSERT(sm[1] == 0.0f && sm[3] == 4.0f);
+}
+
 static void test_table(void)
 {
     CU_ASSERT_PTR_NOT_NULL_FATAL(ops);
@@ -1167,7 +1472,10 @@ static void test_table(void)
               ops->attention_scratch_floats && ops->residual_forward &&
               ops->softmax_xent && ops->adamw && ops->sumsq && ops->scale &&
               ops->head_forward && ops->head_backward && ops->linear_gelu_forward &&
-              ops->linear_gelu_backward && ops->act == ZINC_DTYPE_F32);
+              ops->linear_gelu_backward && ops->xent_vp_max && ops->xent_vp_sums &&
+              ops->xent_vp_finish && ops->act == ZINC_DTYPE_F32);
+    const zinc_ops *h = zinc_ops_cpu_bf16();
+    CU_ASSERT(h->xent_vp_max && h->xent_vp_sums && h->xent_vp_finish);
 }
 
 int main(void)
@@ -1196,6 +1504,11 @@ int main(void)
         {"adamw_lanes", test_adamw_lanes},
         {"sumsq", test_sumsq},
         {"determinism", test_determinism},
+        /* last: the tests above see the random numbers they always saw */
+        {"embedding_split", test_embedding_split},
+        {"xent_vp", test_xent_vp},
+        {"xent_vp_fd", test_xent_vp_fd},
+        {"wrap_vp", test_wrap_vp},
     };
     ops = zinc_ops_cpu();
     if (CU_initialize_registry() != CUE_SUCCESS)
