@@ -466,10 +466,10 @@ void cuda_residual_forward(void *out, const void *a, const void *b, size_t n);
 /* ops_embedding.cu */
 template <class A>
 void cuda_embedding_forward(void *out, const int32_t *tokens, const float *wte, const float *wpe,
-                            int B, int T, int C);
+                            int B, int T, int C, int v0, int V);
 template <class A>
 void cuda_embedding_backward(float *dwte, float *dwpe, const void *dout, const int32_t *tokens,
-                             int B, int T, int C);
+                             int B, int T, int C, int v0, int V);
 
 /* ops_layernorm.cu */
 template <class A>
@@ -480,10 +480,19 @@ void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, const voi
                              const void *inp, const float *weight, const float *mean,
                              const float *rstd, int N, int C);
 
-/* ops_xent.cu */
+/* ops_xent.cu: softmax_xent and its vocab-parallel form. */
 template <class A>
 void cuda_softmax_xent(float *losses, void *logits, const int32_t *targets, float dloss, int N,
                        int V);
+template <class A>
+void cuda_xent_vp_max(float *rowmax, const void *logits, int N, int V);
+template <class A>
+void cuda_xent_vp_sums(float *sums, const void *logits, const int32_t *targets,
+                       const float *rowmax, int N, int V, int v0);
+template <class A>
+void cuda_xent_vp_finish(float *losses, void *logits, const int32_t *targets,
+                         const float *rowmax, const float *sums, float dloss, int N, int V,
+                         int v0);
 
 /* ops_optim.cu: AdamW, the sums (of squares) for norms, scale. */
 void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr,

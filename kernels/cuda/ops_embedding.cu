@@ -1,6 +1,8 @@
 /* ops_embedding.cu - the embedding ops of both tables: the forward
  * (token plus position rows) and the backward into the token and position
- * tables, summed in a fixed order without atomics. */
+ * tables, summed in a fixed order without atomics. The token table may be
+ * a slice of the vocabulary (tensor parallelism: rows [v0, v0+V)); tokens
+ * outside it read zeros and add nothing. */
 
 /* The embedding table gradient is owned per (row bucket, column): the
  * thread for column c and bucket j walks the tokens in order and adds
@@ -25,10 +27,20 @@ enum {
 /* embedding                                                           */
 /* ------------------------------------------------------------------ */
 
-/* out(B,T,C) = wte[tokens[b,t]] + wpe[t]; one thread per element. */
+/* The row of token tok (>= 0) in a table of the rows [v0, v0+V), or -1
+ * when the table does not hold it. */
+static __device__ __forceinline__ int emb_row(int32_t tok, int v0, int V)
+{
+    const int r = tok - v0; /* tok, v0 >= 0: no overflow */
+    return r >= 0 && r < V ? r : -1;
+}
+
+/* out(B,T,C) = wte[tokens[b,t] - v0] (0 outside [v0, v0+V)) + wpe[t]
+ * (wpe may be NULL: not added); a grid-stride loop over the elements. */
 template <class T>
 static __global__ void embedding_forward_kernel(T *out, const int32_t *tokens, const float *wte,
-                                                const float *wpe, int Tn, int C, size_t n)
+                                                const float *wpe, int Tn, int C, int v0, int V,
+                                                size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -37,7 +49,9 @@ static __global__ void embedding_forward_kernel(T *out, const int32_t *tokens, c
         const int t = (int)(bt % (size_t)Tn);
         const int32_t tok = tokens[bt];
         assert(tok >= 0);
-        act_st(out, i, wte[(size_t)tok * C + c] + wpe[(size_t)t * C + c]);
+        const int r = emb_row(tok, v0, V);
+        const float e = r >= 0 ? wte[(size_t)r * C + c] : 0.0f;
+        act_st(out, i, wpe ? e + wpe[(size_t)t * C + c] : e);
     }
 }
 
@@ -49,7 +63,8 @@ static __global__ void iota_kernel(int32_t *pos, int n)
         pos[i] = i;
 }
 
-/* dwte(V,C) += dout rows by token, from the positions sorted by token
+/* dwte(V,C) += dout rows by token (those in [v0, v0+V), at row tok - v0;
+ * the runs of other tokens are passed over), from the positions sorted by token
  * (stable: ascending position within a token), in two kernels so that a
  * token that fills much of the batch (the space of source code) is summed
  * by many blocks, and every sum has a fixed order (no atomics).
@@ -64,7 +79,8 @@ static __global__ void iota_kernel(int32_t *pos, int n)
 template <class T>
 static __global__ void __launch_bounds__(EMB_THREADS)
     emb_wte_chunk_kernel(float *dwte, float *first, float *last, const T *dout,
-                         const int32_t *tok_sorted, const int32_t *pos_sorted, int BT, int C)
+                         const int32_t *tok_sorted, const int32_t *pos_sorted, int BT, int C,
+                         int v0, int V)
 {
     __shared__ int32_t tok_s[EMB_CHUNK], pos_s[EMB_CHUNK];
     const int c = blockIdx.x, lo = c * EMB_CHUNK, hi = min(lo + EMB_CHUNK, BT), n = hi - lo;
@@ -81,6 +97,11 @@ static __global__ void __launch_bounds__(EMB_THREADS)
             int e = s0 + 1;
             while (e < n && tok_s[e] == tok)
                 e++;
+            const int row = emb_row(tok, v0, V);
+            if (row < 0) { /* not this table's: neither summed nor a partial */
+                s0 = e;
+                continue;
+            }
             float acc = 0.0f;
             int j = s0;
             for (; j + 4 <= e; j += 4) { /* four independent loads in flight */
@@ -102,7 +123,7 @@ static __global__ void __launch_bounds__(EMB_THREADS)
                 if (is_last)
                     last[(size_t)c * C + col] = acc;
             } else {
-                dwte[(size_t)tok * C + col] += acc;
+                dwte[(size_t)row * C + col] += acc;
             }
             s0 = e;
         }
@@ -111,13 +132,16 @@ static __global__ void __launch_bounds__(EMB_THREADS)
 
 static __global__ void __launch_bounds__(EMB_THREADS)
     emb_wte_cross_kernel(float *dwte, const float *first, const float *last,
-                         const int32_t *tok_sorted, int BT, int C)
+                         const int32_t *tok_sorted, int BT, int C, int v0, int V)
 {
     const int c = blockIdx.x, lo = c * EMB_CHUNK, hi = min(lo + EMB_CHUNK, BT);
     const int32_t t = tok_sorted[hi - 1];
     if (hi >= BT || tok_sorted[hi] != t) /* the chunk's last run ends here */
         return;
     if (lo > 0 && tok_sorted[lo - 1] == t) /* sorted: the run began in an earlier chunk */
+        return;
+    const int row = emb_row(t, v0, V);
+    if (row < 0) /* not this table's: the chunk kernel left no partials */
         return;
     for (int col = threadIdx.x; col < C; col += blockDim.x) {
         float acc = last[(size_t)c * C + col];
@@ -127,7 +151,7 @@ static __global__ void __launch_bounds__(EMB_THREADS)
             if (!(hi2 < BT && tok_sorted[hi2 - 1] == t && tok_sorted[hi2] == t))
                 break; /* the run ends in chunk c2 */
         }
-        dwte[(size_t)t * C + col] += acc;
+        dwte[(size_t)row * C + col] += acc;
     }
 }
 
@@ -148,13 +172,14 @@ static __global__ void embedding_backward_wpe_kernel(float *dwpe, const T *dout,
 
 template <class A>
 void cuda_embedding_forward(void *out, const int32_t *tokens, const float *wte, const float *wpe,
-                            int B, int T, int C)
+                            int B, int T, int C, int v0, int V)
 {
-    assert(out && tokens && wte && wpe && B >= 0 && T >= 0 && C > 0);
+    assert(out && tokens && wte && B >= 0 && T >= 0 && C > 0 && v0 >= 0 && V > 0);
     const size_t n = (size_t)B * T * C;
     if (n == 0)
         return;
-    embedding_forward_kernel<A><<<cuda_ew_grid(n), EW_BLOCK>>>((A *)out, tokens, wte, wpe, T, C, n);
+    embedding_forward_kernel<A><<<cuda_ew_grid(n), EW_BLOCK>>>((A *)out, tokens, wte, wpe, T, C,
+                                                                v0, V, n);
     LAUNCH_TRY(embedding_forward_kernel);
 cleanup:
     return;
@@ -162,9 +187,9 @@ cleanup:
 
 template <class A>
 void cuda_embedding_backward(float *dwte, float *dwpe, const void *dout, const int32_t *tokens,
-                             int B, int T, int C)
+                             int B, int T, int C, int v0, int V)
 {
-    assert(dwte && dwpe && dout && tokens && B >= 0 && T >= 0 && C > 0);
+    assert(dwte && dout && tokens && B >= 0 && T >= 0 && C > 0 && v0 >= 0 && V > 0);
     if ((size_t)B * T == 0)
         return;
     {
@@ -193,24 +218,26 @@ void cuda_embedding_backward(float *dwte, float *dwpe, const void *dout, const i
                                                  tok_sorted, pos, pos_sorted, BT, 0, 32,
                                                  (cudaStream_t)0));
         emb_wte_chunk_kernel<A><<<nch, EMB_THREADS>>>(dwte, first, last, (const A *)dout,
-                                                      tok_sorted, pos_sorted, BT, C);
+                                                      tok_sorted, pos_sorted, BT, C, v0, V);
         LAUNCH_TRY(emb_wte_chunk_kernel);
-        emb_wte_cross_kernel<<<nch, EMB_THREADS>>>(dwte, first, last, tok_sorted, BT, C);
+        emb_wte_cross_kernel<<<nch, EMB_THREADS>>>(dwte, first, last, tok_sorted, BT, C, v0, V);
         LAUNCH_TRY(emb_wte_cross_kernel);
     }
-    embedding_backward_wpe_kernel<A><<<cuda_ew_grid((size_t)T * C), EW_BLOCK>>>(
-        dwpe, (const A *)dout, B, T, C);
-    LAUNCH_TRY(embedding_backward_wpe_kernel);
+    if (dwpe) {
+        embedding_backward_wpe_kernel<A><<<cuda_ew_grid((size_t)T * C), EW_BLOCK>>>(
+            dwpe, (const A *)dout, B, T, C);
+        LAUNCH_TRY(embedding_backward_wpe_kernel);
+    }
 cleanup:
     return;
 }
 
 /* The tables' two act types (ops_tables.cu). */
 template void cuda_embedding_forward<float>(void *, const int32_t *, const float *, const float *,
-                                            int, int, int);
+                                            int, int, int, int, int);
 template void cuda_embedding_forward<bf16>(void *, const int32_t *, const float *, const float *,
-                                           int, int, int);
+                                           int, int, int, int, int);
 template void cuda_embedding_backward<float>(float *, float *, const void *, const int32_t *, int,
-                                             int, int);
+                                             int, int, int, int);
 template void cuda_embedding_backward<bf16>(float *, float *, const void *, const int32_t *, int,
-                                            int, int);
+                                            int, int, int, int);

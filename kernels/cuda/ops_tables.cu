@@ -61,6 +61,9 @@ static void fill_act_ops(zinc_ops *t)
     t->gelu_backward = cuda_gelu_backward<A>;
     t->residual_forward = cuda_residual_forward<A>;
     t->softmax_xent = cuda_softmax_xent<A>;
+    t->xent_vp_max = cuda_xent_vp_max<A>;
+    t->xent_vp_sums = cuda_xent_vp_sums<A>;
+    t->xent_vp_finish = cuda_xent_vp_finish<A>;
 }
 
 /* The tables, filled by member name (the struct grows; C++17 has no

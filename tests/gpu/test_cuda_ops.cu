@@ -14,8 +14,8 @@
  * tenth of the start values lie beyond twice the tolerance). Sizes are odd
  * and cross the CUDA kernels' tile, warp and chunk boundaries (64-row
  * attention tiles, 32-lane rows, embedding buckets). Every backward op,
- * softmax_xent and sumsq also run twice on the GPU and must agree bitwise
- * (no float atomics).
+ * softmax_xent, xent_vp_finish and sumsq also run twice on the GPU and must
+ * agree bitwise (no float atomics).
  *
  * Tolerances: |gpu - ref| <= rtol |ref| + atol.
  *  - Elementwise ops (gelu, residual, scale, adamw, embedding): rtol 1e-5.
@@ -26,10 +26,11 @@
  *    1e-5 x max|ref|; dqkv is compared per part (dq, dk, dv: their scales
  *    differ by 5x).
  *  - Reductions and products (matmul, linear, head, layernorm,
- *    softmax_xent): rtol 1e-4 and atol 1e-4 x max|ref|. Sums of k terms
- *    summed in another order differ by up to ~k eps sum|terms|; an output
- *    that cancels to near zero has no relative accuracy on either side, so
- *    the bound is taken relative to the output's scale (normwise).
+ *    softmax_xent and its vocab-parallel ops): rtol 1e-4 and atol 1e-4 x
+ *    max|ref|. Sums of k terms summed in another order differ by up to ~k
+ *    eps sum|terms|; an output that cancels to near zero has no relative
+ *    accuracy on either side, so the bound is taken relative to the
+ *    output's scale (normwise).
  *  - The bf16 table, every op: atol 2e-2 x max|ref| (bf16 outputs are
  *    rounded to 2^-9 relative; the tensor-core products and attention round
  *    P and dS to bf16); attention lse 2e-2 absolute.
@@ -777,40 +778,56 @@ static void test_head(void)
 }
 
 /* skew: per mille of the tokens that are token 0 (a long run after sorting,
- * as the space of source code), the rest uniform over V. */
-static void test_embedding_case(int B, int T, int C, int V, int MAXT, int skew)
+ * as the space of source code), the rest uniform over V. The table holds
+ * the token rows [v0, v0+Vt) of the V (a slice under tensor parallelism;
+ * v0 = 0, Vt = V: the whole table); with_wpe 0 passes NULL for wpe and
+ * dwpe. */
+static void test_embedding_case(int B, int T, int C, int V, int MAXT, int skew, int v0, int Vt,
+                                int with_wpe)
 {
-    const size_t nout = (size_t)B * T * C;
+    char name[96], what[128];
+    const size_t nout = (size_t)B * T * C, nte = (size_t)Vt * C;
     int32_t *tokens = (int32_t *)malloc((size_t)B * T * sizeof(int32_t));
     for (int i = 0; i < B * T; i++)
         tokens[i] = (int)(rng_next() % 1000) < skew ? 0 : (int32_t)(rng_next() % V); /* repeats */
-    float *wte = hparam((size_t)V * C, -1, 1), *wpe = hparam((size_t)MAXT * C, -1, 1);
+    float *wte = hparam(nte, -1, 1), *wpe = hparam((size_t)MAXT * C, -1, 1);
     void *out = hact_poison(nout), *dout = hact(nout, -1, 1);
     /* start values on the scale of the largest row sum (a token's count of
      * rows), so that an op that overwrote instead of accumulating fails */
     const float s_wte = sqrtf((float)B * T * (skew + 1000.0f / V) / 1000.0f) + 1.0f;
-    float *dwte = hrand((size_t)V * C, -s_wte, s_wte), *dwpe = hrand((size_t)MAXT * C, -1, 1);
-    float *dwte0 = hcopy(dwte, (size_t)V * C), *dwpe0 = hcopy(dwpe, (size_t)MAXT * C);
+    float *dwte = hrand(nte, -s_wte, s_wte), *dwpe = hrand((size_t)MAXT * C, -1, 1);
+    float *dwte0 = hcopy(dwte, nte), *dwpe0 = hcopy(dwpe, (size_t)MAXT * C);
     int32_t *d_tok = dcopy_i32(tokens, B * T);
-    float *d_wte = dcopy(wte, (size_t)V * C), *d_wpe = dcopy(wpe, (size_t)MAXT * C);
+    float *d_wte = dcopy(wte, nte), *d_wpe = dcopy(wpe, (size_t)MAXT * C);
     void *d_out = dact_poison(nout), *d_dout = dact(dout, nout);
-    float *d_dwte = dcopy(dwte, (size_t)V * C), *d_dwpe = dcopy(dwpe, (size_t)MAXT * C);
-    float *d_dwte2 = dcopy(dwte, (size_t)V * C), *d_dwpe2 = dcopy(dwpe, (size_t)MAXT * C);
+    float *d_dwte = dcopy(dwte, nte), *d_dwpe = dcopy(dwpe, (size_t)MAXT * C);
+    float *d_dwte2 = dcopy(dwte, nte), *d_dwpe2 = dcopy(dwpe, (size_t)MAXT * C);
+    float *pe = with_wpe ? wpe : NULL, *d_pe = with_wpe ? d_wpe : NULL;
+    float *dpe = with_wpe ? dwpe : NULL, *d_dpe = with_wpe ? d_dwpe : NULL;
+    float *d_dpe2 = with_wpe ? d_dwpe2 : NULL;
+    snprintf(name, sizeof name, "[%d,%d) of %d%s", v0, v0 + Vt, V, with_wpe ? "" : " no wpe");
 
-    cpu->embedding_forward(out, tokens, wte, wpe, B, T, C);
-    gpu->embedding_forward(d_out, d_tok, d_wte, d_wpe, B, T, C);
-    check_status("embedding_forward");
-    check_close_act("embedding_forward", d_out, out, nout, TOL_EW);
+    cpu->embedding_forward(out, tokens, wte, pe, B, T, C, v0, Vt);
+    gpu->embedding_forward(d_out, d_tok, d_wte, d_pe, B, T, C, v0, Vt);
+    snprintf(what, sizeof what, "embedding_forward %s", name);
+    check_status(what);
+    check_close_act(what, d_out, out, nout, TOL_EW);
 
-    cpu->embedding_backward(dwte, dwpe, dout, tokens, B, T, C);
-    gpu->embedding_backward(d_dwte, d_dwpe, d_dout, d_tok, B, T, C);
-    gpu->embedding_backward(d_dwte2, d_dwpe2, d_dout, d_tok, B, T, C);
-    check_status("embedding_backward");
-    check_acc("embedding_backward dwte", d_dwte, dwte, dwte0, (size_t)V * C, TOL_EW);
-    check_acc("embedding_backward dwpe (rows >= T kept)", d_dwpe, dwpe, dwpe0, (size_t)MAXT * C,
-              TOL_EW);
-    check_same_bits("embedding_backward dwte", d_dwte, d_dwte2, (size_t)V * C, ZINC_DTYPE_F32);
-    check_same_bits("embedding_backward dwpe", d_dwpe, d_dwpe2, (size_t)MAXT * C, ZINC_DTYPE_F32);
+    cpu->embedding_backward(dwte, dpe, dout, tokens, B, T, C, v0, Vt);
+    gpu->embedding_backward(d_dwte, d_dpe, d_dout, d_tok, B, T, C, v0, Vt);
+    gpu->embedding_backward(d_dwte2, d_dpe2, d_dout, d_tok, B, T, C, v0, Vt);
+    snprintf(what, sizeof what, "embedding_backward %s", name);
+    check_status(what);
+    snprintf(what, sizeof what, "embedding_backward dwte %s", name);
+    check_acc(what, d_dwte, dwte, dwte0, nte, TOL_EW);
+    check_same_bits(what, d_dwte, d_dwte2, nte, ZINC_DTYPE_F32);
+    snprintf(what, sizeof what, "embedding_backward dwpe %s", name);
+    if (with_wpe) {
+        check_acc(what, d_dwpe, dwpe, dwpe0, (size_t)MAXT * C, TOL_EW); /* rows >= T kept */
+        check_same_bits(what, d_dwpe, d_dwpe2, (size_t)MAXT * C, ZINC_DTYPE_F32);
+    } else {
+        check_same_values(what, d_dwpe, dwpe0, (size_t)MAXT * C, ZINC_DTYPE_F32); /* untouched */
+    }
 
     cudaFree(d_tok);
     cudaFree(d_wte);
@@ -834,10 +851,17 @@ static void test_embedding_case(int B, int T, int C, int V, int MAXT, int skew)
 
 static void test_embedding(void)
 {
-    test_embedding_case(3, 17, 40, 7, 20, 0);
+    test_embedding_case(3, 17, 40, 7, 20, 0, 0, 7, 1);
     /* runs of one token across many chunks of the sorted tokens, C above a block */
-    test_embedding_case(4, 300, 300, 5, 300, 600);
-    test_embedding_case(2, 1024, 768, 256, 1024, 300);
+    test_embedding_case(4, 300, 300, 5, 300, 600, 0, 5, 1);
+    test_embedding_case(2, 1024, 768, 256, 1024, 300, 0, 256, 1);
+    /* slices of the vocabulary: the long run of token 0 in the slice and out
+     * of it (its chunks' partials passed over), no wpe, the last slice */
+    test_embedding_case(3, 17, 40, 7, 20, 0, 2, 3, 0);
+    test_embedding_case(4, 300, 300, 5, 300, 600, 0, 2, 1);
+    test_embedding_case(4, 300, 300, 5, 300, 600, 1, 4, 0);
+    test_embedding_case(2, 1024, 768, 256, 1024, 300, 128, 128, 0);
+    test_embedding_case(2, 1024, 768, 256, 1024, 300, 0, 64, 0);
 }
 
 static void test_layernorm(void)
@@ -1224,9 +1248,11 @@ static void time_gpt2_ops(const zinc_ops *t)
     printf("time  %s residual C: %.3f ms (%.0f GB/s)\n", t->name, ms, 3.0 * nc * a / ms / gb_);
     ms = time_ms(10, [&] { t->zero(z, big * a); });
     printf("time  %s zero 4C: %.3f ms (%.0f GB/s)\n", t->name, ms, 1.0 * big * a / ms / gb_);
-    ms = time_ms(3, [&] { t->embedding_forward(y, dtok, w, w, 16, 1024, C); });
+    ms = time_ms(3, [&] { t->embedding_forward(y, dtok, w, w, 16, 1024, C, 0, V); });
     printf("time  %s embedding_forward: %.3f ms\n", t->name, ms);
-    ms = time_ms(3, [&] { t->embedding_backward(g, g + (size_t)1024 * C, x, dtok, 16, 1024, C); });
+    ms = time_ms(3, [&] {
+        t->embedding_backward(g, g + (size_t)1024 * C, x, dtok, 16, 1024, C, 0, V);
+    });
     printf("time  %s embedding_backward (byte tokens, 1/4 one token): %.3f ms\n", t->name, ms);
     {
         const size_t np = 124u << 20; /* about GPT-2 124M's parameters */
@@ -1289,6 +1315,109 @@ static void test_softmax_xent(void)
     test_softmax_xent_case(3, 50257); /* GPT-2's vocabulary */
     test_softmax_xent_case(4, 7);     /* fewer columns than threads */
     test_softmax_xent_case(3, 50304); /* padded vocabulary: vector-wide gradient */
+}
+
+/* The vocab-parallel softmax + cross-entropy ops, each against the CPU's
+ * op on the same inputs, over the P parts [V p / P, V (p+1) / P) of N rows
+ * of V logits (one "rank" each). The combined statistics (the MAX of the
+ * parts' rowmax and the SUM of their sums, as the caller's all-reduces)
+ * are the CPU's and go to both sides, so each op is judged alone:
+ * xent_vp_max bitwise (a max is exact); xent_vp_sums: the sums of exps
+ * within the reduction tolerance, the target logits bitwise; xent_vp_finish:
+ * losses and dlogits within the reduction tolerance, and the ops twice on
+ * the GPU the same bits. Targets at the parts' edges and one ignored row. */
+static void test_xent_vp_case(int N, int V, int P)
+{
+    char name[96];
+    const size_t n = (size_t)N * V, asz = act_size();
+    int32_t *tgt = (int32_t *)malloc(N * sizeof *tgt);
+    for (int i = 0; i < N; i++)
+        tgt[i] = (int32_t)(rng_next() % V);
+    for (int p = 0; p < P && 2 * p + 1 < N; p++) { /* each part's first and last column */
+        tgt[2 * p] = V * p / P;
+        tgt[2 * p + 1] = V * (p + 1) / P - 1;
+    }
+    tgt[N - 1] = -1; /* ignored row */
+    float *l32 = hrand(n, -4, 4);
+    l32[0] = 30.0f; /* a dominant logit */
+    void *logits = hact_of(l32, n);
+    float *rowmax = hpoison(N), *sums = (float *)calloc(2 * (size_t)N, sizeof(float));
+    float *mx = hpoison(N), *sm = hpoison(2 * (size_t)N), *losses = hpoison(N);
+    float *se = hpoison(N), *st = hpoison(N);
+    float *d_mx = dpoison(N), *d_sm = dpoison(2 * (size_t)N), *d_l = dpoison(N);
+    float *d_l2 = dpoison(N), *d_rowmax = dpoison(N), *d_sums = dpoison(2 * (size_t)N);
+    int32_t *d_tgt = dcopy_i32(tgt, N);
+    void *part[4], *d_part[4], *d_part2[4];
+    const float dloss = 1.0f / (float)N;
+    for (int i = 0; i < N; i++)
+        rowmax[i] = -INFINITY;
+    for (int p = 0; p < P; p++) { /* the parts: max */
+        const int v0 = V * p / P, Vp = V * (p + 1) / P - v0;
+        part[p] = malloc((size_t)N * Vp * asz);
+        for (int i = 0; i < N; i++)
+            memcpy((char *)part[p] + (size_t)i * Vp * asz, (char *)logits + ((size_t)i * V + v0) * asz,
+                   (size_t)Vp * asz);
+        d_part[p] = dact(part[p], (size_t)N * Vp);
+        d_part2[p] = dact(part[p], (size_t)N * Vp);
+        cpu->xent_vp_max(mx, part[p], N, Vp);
+        gpu->xent_vp_max(d_mx, d_part[p], N, Vp);
+        snprintf(name, sizeof name, "xent_vp_max N%d V%d part %d/%d", N, V, p, P);
+        check_status(name);
+        check_same_values(name, d_mx, mx, N, ZINC_DTYPE_F32);
+        for (int i = 0; i < N; i++)
+            rowmax[i] = fmaxf(rowmax[i], mx[i]);
+    }
+    h2d(d_rowmax, rowmax, N * sizeof(float));
+    for (int p = 0; p < P; p++) { /* sums, from the combined rowmax */
+        const int v0 = V * p / P, Vp = V * (p + 1) / P - v0;
+        cpu->xent_vp_sums(sm, part[p], tgt, rowmax, N, Vp, v0);
+        gpu->xent_vp_sums(d_sm, d_part[p], d_tgt, d_rowmax, N, Vp, v0);
+        snprintf(name, sizeof name, "xent_vp_sums N%d V%d part %d/%d", N, V, p, P);
+        check_status(name);
+        float *g = fetch(d_sm, 2 * (size_t)N), *ge = hpoison(N), *gt = hpoison(N);
+        for (int i = 0; i < N; i++) {
+            ge[i] = g[2 * i], gt[i] = g[2 * i + 1];
+            se[i] = sm[2 * i], st[i] = sm[2 * i + 1];
+        }
+        compare(name, ge, se, N, tol_red_r, tol_red_a * maxabs(se, N));
+        snprintf(name, sizeof name, "xent_vp_sums target N%d V%d part %d/%d", N, V, p, P);
+        compare(name, gt, st, N, 0.0, 0.0);
+        free(g), free(ge), free(gt);
+        for (int i = 0; i < 2 * N; i++)
+            sums[i] += sm[i];
+    }
+    h2d(d_sums, sums, 2 * (size_t)N * sizeof(float));
+    for (int p = 0; p < P; p++) { /* finish, from the combined rowmax and sums */
+        const int v0 = V * p / P, Vp = V * (p + 1) / P - v0;
+        const size_t np = (size_t)N * Vp;
+        cpu->xent_vp_finish(losses, part[p], tgt, rowmax, sums, dloss, N, Vp, v0);
+        gpu->xent_vp_finish(d_l, d_part[p], d_tgt, d_rowmax, d_sums, dloss, N, Vp, v0);
+        gpu->xent_vp_finish(d_l2, d_part2[p], d_tgt, d_rowmax, d_sums, dloss, N, Vp, v0);
+        snprintf(name, sizeof name, "xent_vp_finish N%d V%d part %d/%d", N, V, p, P);
+        check_status(name);
+        snprintf(name, sizeof name, "xent_vp_finish losses N%d V%d part %d/%d", N, V, p, P);
+        check_close(name, d_l, losses, N, TOL_RED);
+        check_same_bits(name, d_l, d_l2, N, ZINC_DTYPE_F32);
+        snprintf(name, sizeof name, "xent_vp_finish dlogits N%d V%d part %d/%d", N, V, p, P);
+        check_close_act(name, d_part[p], part[p], np, TOL_RED);
+        check_same_bits(name, d_part[p], d_part2[p], np, act);
+        cudaFree(d_part[p]);
+        cudaFree(d_part2[p]);
+        free(part[p]);
+    }
+    cudaFree(d_mx), cudaFree(d_sm), cudaFree(d_l), cudaFree(d_l2), cudaFree(d_rowmax);
+    cudaFree(d_sums), cudaFree(d_tgt);
+    free(tgt), free(l32), free(logits), free(rowmax), free(sums), free(mx), free(sm);
+    free(losses), free(se), free(st);
+}
+
+static void test_xent_vp(void)
+{
+    test_xent_vp_case(9, 1000, 1);
+    test_xent_vp_case(9, 1000, 4);   /* parts of 250: 16-byte groups for fp32 only */
+    test_xent_vp_case(5, 50257, 2);  /* GPT-2's vocabulary: an odd part, element by element */
+    test_xent_vp_case(5, 50304, 4);  /* padded vocabulary: vector-wide parts */
+    test_xent_vp_case(4, 7, 2);      /* fewer columns than threads */
 }
 
 static void test_adamw(void)
@@ -1594,7 +1723,8 @@ static int table_complete(const zinc_ops *t)
            t->head_backward && t->embedding_forward && t->embedding_backward &&
            t->layernorm_forward && t->layernorm_backward && t->gelu_forward &&
            t->gelu_backward && t->attention_forward && t->attention_backward &&
-           t->attention_scratch_floats && t->residual_forward && t->softmax_xent && t->adamw &&
+           t->attention_scratch_floats && t->residual_forward && t->softmax_xent &&
+           t->xent_vp_max && t->xent_vp_sums && t->xent_vp_finish && t->adamw &&
            t->sumsq && t->scale && t->zero && t->copy && t->convert && t->add_into &&
            t->round_to && t->sum;
 }
@@ -1649,6 +1779,7 @@ int main(void)
     test_elementwise();
     test_attention();
     test_softmax_xent();
+    test_xent_vp();
     test_adamw();
     test_sumsq();
     test_memory_ops();
@@ -1669,6 +1800,7 @@ int main(void)
     test_elementwise();
     test_attention_bf16();
     test_softmax_xent();
+    test_xent_vp();
     test_vector_paths();
     test_softmax_xent_unaligned(5, 1000);
     test_softmax_xent_unaligned(3, 50304);
