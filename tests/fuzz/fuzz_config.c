@@ -124,12 +124,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                          zinc_last_error());
             continue;
         }
+        /* the batch rule's DP: the ranks over the TP size */
+        const int dp = zinc_config_dp_size(&c, dps[i]);
+        fuzz_require(dp >= 1 && dp * c.tp.size == dps[i], "DP %d x TP %lld is not %d ranks", dp,
+                     (long long)c.tp.size, dps[i]);
         fuzz_require(c.train_micro_batch_size_per_gpu >= 1 && c.gradient_accumulation_steps >= 1 &&
                          c.train_batch_size == c.train_micro_batch_size_per_gpu *
-                                                   c.gradient_accumulation_steps * dps[i],
-                     "resolved triple %lld = %lld * %lld * %d does not hold",
+                                                   c.gradient_accumulation_steps * dp,
+                     "resolved triple %lld = %lld * %lld * DP %d does not hold",
                      (long long)c.train_batch_size, (long long)c.train_micro_batch_size_per_gpu,
-                     (long long)c.gradient_accumulation_steps, dps[i]);
+                     (long long)c.gradient_accumulation_steps, dp);
         if (!tripped++) check_round_trip(&c, dps[i]);
     }
     free(buf);
