@@ -61,4 +61,55 @@ void zinc_tp_row_backward(const zinc_tp *t, void *dx, float *dw, float *db, cons
     t->ops->linear_backward(dx, dw, db, dy, x, w, N, Cl, OC);
 }
 
+zinc_status zinc_tp_embedding_forward(const zinc_tp *t, void *out, const int32_t *tokens,
+                                      const float *wte, const float *wpe, int B, int T, int C,
+                                      int Vl)
+{
+    t->ops->embedding_forward(out, tokens, wte, t->rank == 0 ? wpe : NULL, B, T, C, t->rank * Vl,
+                              Vl);
+    return zinc_tp_all_reduce(t, out, (size_t)B * T * C);
+}
+
+void zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwpe, const void *dout,
+                                const int32_t *tokens, int B, int T, int C, int Vl)
+{
+    t->ops->embedding_backward(dwte, dwpe, dout, tokens, B, T, C, t->rank * Vl, Vl);
+}
+
+void zinc_tp_head_forward(const zinc_tp *t, void *logits, const void *x, const float *wte, int N,
+                          int C, int Vl)
+{
+    t->ops->head_forward(logits, x, wte, N, C, Vl);
+}
+
+zinc_status zinc_tp_head_backward(const zinc_tp *t, void *dx, float *dwte, const void *dlogits,
+                                  const void *x, const float *wte, int N, int C, int Vl)
+{
+    t->ops->zero(dx, (size_t)N * C * zinc_dtype_size(t->ops->act));
+    t->ops->head_backward(dx, dwte, dlogits, x, wte, N, C, Vl);
+    return zinc_tp_all_reduce(t, dx, (size_t)N * C);
+}
+
+zinc_status zinc_tp_softmax_xent(const zinc_tp *t, float *losses, void *logits,
+                                 const int32_t *targets, float dloss, float *stats, int N, int Vl)
+{
+    if (!tp_on(t)) {
+        t->ops->softmax_xent(losses, logits, targets, dloss, N, Vl);
+        return ZINC_OK;
+    }
+    float *rowmax = stats, *sums = stats + N;
+    const int v0 = t->rank * Vl;
+    zinc_status st;
+    t->ops->xent_vp_max(rowmax, logits, N, Vl);
+    st = zinc_comm_all_reduce(t->group, rowmax, rowmax, (size_t)N, ZINC_DTYPE_F32, ZINC_REDOP_MAX,
+                              NULL);
+    if (st != ZINC_OK) return st;
+    t->ops->xent_vp_sums(sums, logits, targets, rowmax, N, Vl, v0);
+    st = zinc_comm_all_reduce(t->group, sums, sums, 2 * (size_t)N, ZINC_DTYPE_F32, ZINC_REDOP_SUM,
+                              NULL);
+    if (st != ZINC_OK) return st;
+    t->ops->xent_vp_finish(losses, logits, targets, rowmax, sums, dloss, N, Vl, v0);
+    return ZINC_OK;
+}
+
 uint64_t zinc_tp_bytes(const zinc_tp *t) { return tp_on(t) ? zinc_comm_bytes(t->group) : 0; }

@@ -80,6 +80,35 @@ zinc_status zinc_tp_row_forward(const zinc_tp *t, void *y, const void *x, const 
 void zinc_tp_row_backward(const zinc_tp *t, void *dx, float *dw, float *db, const void *dy,
                           const void *x, const float *w, int N, int Cl, int OC);
 
+/* ---- vocab-parallel embedding, tied head and cross-entropy ----
+ * This rank holds rows [v0, v0 + Vl) of the token embedding wte (Vl = V / TP,
+ * v0 = rank x Vl); the tied head's logits are its Vl columns, never the whole
+ * row on one rank. */
+
+/* out(B,T,C) act = sum over the group of the rows this rank holds (tokens
+ * elsewhere give 0) + wpe[t] (added once). Collective. */
+zinc_status zinc_tp_embedding_forward(const zinc_tp *t, void *out, const int32_t *tokens,
+                                      const float *wte, const float *wpe, int B, int T, int C,
+                                      int Vl);
+/* dwte(Vl, C) += dout of this rank's tokens; dwpe(T, C) += sum_b dout (wpe
+ * is replicated: the same gradient on every rank). No communication. */
+void zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwpe, const void *dout,
+                                const int32_t *tokens, int B, int T, int C, int Vl);
+/* logits(N, Vl) act = x(N, C) @ wte(Vl, C)^T. No communication. */
+void zinc_tp_head_forward(const zinc_tp *t, void *logits, const void *x, const float *wte, int N,
+                          int C, int Vl);
+/* dx(N, C) act = sum over the group of dlogits @ wte -- WRITTEN; dwte(Vl, C)
+ * += dlogits^T @ x. Collective. */
+zinc_status zinc_tp_head_backward(const zinc_tp *t, void *dx, float *dwte, const void *dlogits,
+                                  const void *x, const float *wte, int N, int C, int Vl);
+/* Softmax cross-entropy of rows split by columns: losses(N) fp32 (each row's
+ * whole loss, the same on every rank), logits(N, Vl) overwritten with this
+ * rank's columns of dloss * (softmax - onehot); stats holds 3N floats of
+ * device scratch. Two all-reduces (MAX of N, SUM of 2N). Without a group it
+ * is softmax_xent. Collective. */
+zinc_status zinc_tp_softmax_xent(const zinc_tp *t, float *losses, void *logits,
+                                 const int32_t *targets, float dloss, float *stats, int N, int Vl);
+
 /* Bytes one rank's TP collectives moved (ring formula, as comm counts them). */
 uint64_t zinc_tp_bytes(const zinc_tp *t);
 

@@ -3,7 +3,8 @@
  * against the single-rank computation each rank also runs on the whole
  * weights: a GPT-2 MLP (column-parallel c_fc + GELU, row-parallel c_proj),
  * GPT-2 attention (c_attn column-parallel over the q | k | v blocks, heads
- * split, c_proj row-parallel), forward and backward, fp32 within 1e-5 and
+ * split, c_proj row-parallel), forward and backward, the vocab-parallel
+ * embedding, tied head and cross-entropy, fp32 within 1e-5 and
  * the act-bf16 table within bf16's tolerance; the sequence-parallel
  * mappings; and the TP bytes against the analytic count. Collective. */
 #include <math.h>
@@ -202,6 +203,57 @@ static void test_mlp_bf16(void) { mlp_case(zinc_ops_cpu_bf16(), 3e-2); }
 static void test_attn_f32(void) { attn_case(zinc_ops_cpu(), 1e-5); }
 static void test_attn_bf16(void) { attn_case(zinc_ops_cpu_bf16(), 3e-2); }
 
+/* GPT-2's ends, vocabulary split: embedding (wte rows split, wpe added once),
+ * the tied head over this rank's rows and the vocab-parallel cross-entropy
+ * equal the whole-vocabulary ops: losses, dx and the wte / wpe gradients. */
+static void vocab_case(const zinc_ops *o, double tol)
+{
+    enum { B = 2, T = 6, N = B * T };
+    const int C = 16, V = 256, Vl = V / g_size, v0 = g_rank * Vl;
+    float *wte = randn("wte", (size_t)V * C, 0.5f), *wpe = randn("wpe", (size_t)T * C, 0.1f);
+    int32_t tok[N], tgt[N];
+    for (int i = 0; i < N; i++) {
+        tok[i] = (int32_t)((i * 53 + 7) % V);
+        tgt[i] = i == 3 ? -1 : (int32_t)((i * 97 + 11) % V); /* one ignored row */
+    }
+    const float dloss = 1.0f / N;
+    /* single rank */
+    void *x = act_zeros(o, (size_t)N * C), *lg = act_zeros(o, (size_t)N * V);
+    void *dx = act_zeros(o, (size_t)N * C);
+    float *loss = zeros(N), *dwte = zeros((size_t)V * C), *dwpe = zeros((size_t)T * C);
+    o->embedding_forward(x, tok, wte, wpe, B, T, C, 0, V);
+    o->head_forward(lg, x, wte, N, C, V);
+    o->softmax_xent(loss, lg, tgt, dloss, N, V);
+    o->head_backward(dx, dwte, lg, x, wte, N, C, V);
+    o->embedding_backward(dwte, dwpe, dx, tok, B, T, C, 0, V);
+    /* split */
+    zinc_tp t = tp_of(o);
+    const float *wtel = wte + (size_t)v0 * C;
+    void *xl = act_zeros(o, (size_t)N * C), *lgl = act_zeros(o, (size_t)N * Vl);
+    void *dxl = act_zeros(o, (size_t)N * C);
+    float *lossl = zeros(N), *dwtel = zeros((size_t)Vl * C), *dwpel = zeros((size_t)T * C);
+    float *stats = zeros(3 * (size_t)N);
+    CU_ASSERT_EQUAL(zinc_tp_embedding_forward(&t, xl, tok, wtel, wpe, B, T, C, Vl), ZINC_OK);
+    zinc_tp_head_forward(&t, lgl, xl, wtel, N, C, Vl);
+    CU_ASSERT_EQUAL(zinc_tp_softmax_xent(&t, lossl, lgl, tgt, dloss, stats, N, Vl), ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_tp_head_backward(&t, dxl, dwtel, lgl, xl, wtel, N, C, Vl), ZINC_OK);
+    zinc_tp_embedding_backward(&t, dwtel, dwpel, dxl, tok, B, T, C, Vl);
+    float *xg = from_act(o, xl, (size_t)N * C), *xw = from_act(o, x, (size_t)N * C);
+    float *dxg = from_act(o, dxl, (size_t)N * C), *dxw = from_act(o, dx, (size_t)N * C);
+    check("vocab x", xg, xw, (size_t)N * C, tol);
+    check("vocab losses", lossl, loss, (size_t)N, tol);
+    CU_ASSERT_EQUAL(lossl[3], 0.0f);
+    check("vocab dx", dxg, dxw, (size_t)N * C, tol);
+    check("vocab dwte rows", dwtel, dwte + (size_t)v0 * C, (size_t)Vl * C, tol);
+    check("vocab dwpe (replicated)", dwpel, dwpe, (size_t)T * C, tol);
+    void *ptrs[] = {wte, wpe, x, lg, dx, loss, dwte, dwpe, xl, lgl, dxl, lossl, dwtel, dwpel, stats,
+                    xg, xw, dxg, dxw};
+    for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++) free(ptrs[i]);
+}
+
+static void test_vocab_f32(void) { vocab_case(zinc_ops_cpu(), 1e-5); }
+static void test_vocab_bf16(void) { vocab_case(zinc_ops_cpu_bf16(), 3e-2); }
+
 /* Sequence parallelism's mappings: gathering the ranks' row blocks gives the
  * whole matrix; reduce-scattering the ranks' contributions gives this
  * rank's rows of their sum. */
@@ -251,6 +303,8 @@ int main(int argc, char **argv)
     CU_add_test(s, "mlp bf16 = single rank", test_mlp_bf16);
     CU_add_test(s, "attention fp32 = single rank", test_attn_f32);
     CU_add_test(s, "attention bf16 = single rank", test_attn_bf16);
+    CU_add_test(s, "vocab-parallel embedding, head, xent fp32 = single rank", test_vocab_f32);
+    CU_add_test(s, "vocab-parallel embedding, head, xent bf16 = single rank", test_vocab_bf16);
     CU_add_test(s, "sequence-parallel mappings", test_sp_mappings);
     CU_basic_set_mode(g_rank == 0 ? CU_BRM_VERBOSE : CU_BRM_SILENT);
     CU_basic_run_tests();
