@@ -88,6 +88,7 @@ enum {
     F_FINISH = 1u << 13,    /* not stored; finish() checks it against the run (effect: applied) */
     F_UNUSED = 1u << 12,    /* stored, but nothing reads it yet: a value other than the
                              * default has no effect (->text says what zinc does) */
+    F_TP = 1u << 14,        /* only meaningful with a TP group (tensor_parallel.autotp_size > 1) */
 };
 
 /* slots of ctx->autos: which keys were given as "auto" */
@@ -477,7 +478,8 @@ static const keydesc tp_inner_keys[] = {
     END};
 static const keydesc tensor_parallel_keys[] = {
     KI("autotp_size", tp.size, 1, TP_MAX, 1),
-    KB("sequence_parallel", tp.sequence_parallel, 0),
+    {.name = "sequence_parallel", .type = T_BOOL, .off = OFF(tp.sequence_parallel), .def = 0,
+     .flags = F_TP},
     KSEC("tp", tp_inner_keys),
     XANYW("tensor_parallel", TP_WHY),
     XANYW("dtype", TP_WHY),
@@ -986,6 +988,10 @@ static void effect_of(cfg_ctx *x, const keydesc *k, const char *path, const json
         char e[64];
         snprintf(e, sizeof e, "no effect at stage %d (stage 3 only)", c->zero.stage);
         note_effect(x, path, v, e);
+        return;
+    }
+    if ((k->flags & F_TP) && c->tp.size == 1) {
+        note_effect(x, path, v, "no effect with tensor_parallel.autotp_size 1");
         return;
     }
     if ((k->flags & F_AUTO) && is_auto(v)) {
@@ -1566,6 +1572,10 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
                        "\"%s\" requires zero_optimization.stage >= 1, found stage 0",
                        enum_to_name(offload_devices, (int)c->zero.offload_optimizer.device));
     warn_stage3_knobs(x, zero);
+    /* sequence parallelism splits the activations of a TP group: none at size 1 */
+    if (x->c->tp.sequence_parallel && x->c->tp.size == 1)
+        cfg_warn(x, "tensor_parallel.sequence_parallel",
+                 "true has no effect with tensor_parallel.autotp_size 1");
 
     return finish_batch(x, root);
 }

@@ -976,6 +976,13 @@ static void test_tensor_parallel(void)
     CU_ASSERT_FATAL(load_str(j, &c) == ZINC_OK);
     CU_ASSERT_EQUAL(c.tp.size, 1);
     CU_ASSERT_EQUAL(c.tp.sequence_parallel, 1);
+    /* sequence parallelism without a TP group: one warning line */
+    capture_begin();
+    CU_ASSERT_FATAL(load_str(j, &c) == ZINC_OK);
+    char *err = capture_end();
+    CU_ASSERT(err && strstr(err, "tensor_parallel.sequence_parallel: true has no effect with "
+                                 "tensor_parallel.autotp_size 1"));
+    free(err);
     CU_ASSERT_EQUAL(zinc_config_resolve(&c, 4), ZINC_OK);
     CU_ASSERT_EQUAL(c.train_batch_size, 8); /* 2 x 1 x DP 4 */
     CU_ASSERT_EQUAL(zinc_config_dp_size(&c, 4), 4);
