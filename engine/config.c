@@ -1793,6 +1793,11 @@ static zinc_status tp_check(const zinc_config *c, int world, const char *origin)
         return zinc_error(ZINC_ERR_CONFIG, "%s: model.vocab_size %lld is not a multiple of "
                           "64 x tensor_parallel.autotp_size = %lld; pad it to %lld", origin, v,
                           64 * tp, (v + 64 * tp - 1) / (64 * tp) * (64 * tp));
+    const long long T = (long long)zinc_config_seq_len(c);
+    if (tp > 1 && c->tp.sequence_parallel && T % tp)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: tensor_parallel.sequence_parallel: the sequence "
+                          "length %lld is not a multiple of tensor_parallel.autotp_size %lld (each "
+                          "rank holds 1/TP of the tokens between the parallel regions)", origin, T, tp);
     if (tp > 1 && c->elasticity.enabled)
         return zinc_error(ZINC_ERR_CONFIG, "%s: elasticity with tensor_parallel.autotp_size %lld: "
                           "not supported yet (elastic jobs are data parallel only)", origin, tp);

@@ -95,6 +95,7 @@ int zinc_layer_param_tie(zinc_layer *l, const char *full_name)
 void zinc_layer_set_out(zinc_layer *l, int n_out) { l->n_out = n_out; }
 int zinc_layer_n_in(const zinc_layer *l) { return l->n_in; }
 void *zinc_layer_state(const zinc_layer *l) { return l->def->state; }
+const zinc_tp *zinc_layer_tp(const zinc_layer *l) { return &l->e->tp; }
 void *zinc_layer_acts(zinc_layer *l) { return l->acts; }
 
 float *zinc_layer_param(zinc_layer *l, int idx) { return zero_param_data(&l->e->z, l->params[idx]); }
@@ -183,7 +184,7 @@ static void engine_free_tables(zinc_engine *e)
 static void act_sizes(zinc_engine *e, size_t *act_total, size_t *dbuf, size_t *scratch)
 {
     const zinc_dtype act = act_dtype(e);
-    const size_t BT = (size_t)e->B * e->T, asz = zinc_dtype_size(act);
+    const size_t BT = (size_t)zinc_tp_rows(&e->tp, e->B * e->T), asz = zinc_dtype_size(act);
     size_t max_width = 0;
     *act_total = *scratch = 0;
     for (int i = 0; i < e->n_layers; i++) {
@@ -232,7 +233,7 @@ static zinc_status check_model_tp(const zinc_config *c, const zinc_model_def *m)
 {
     if (c->tp.size > 1 && !m->tp_ready)
         return zinc_error(ZINC_ERR_CONFIG, "tensor_parallel.autotp_size %lld: this model's layers "
-                          "(GPT-2's, for now) do not split over TP ranks yet; use 1",
+                          "do not split over TP ranks (its zinc_model_def has no tp_ready); use 1",
                           (long long)c->tp.size);
     return ZINC_OK;
 }
@@ -261,6 +262,7 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     engine_zero_opts(&e.cfg, &e.z.opt);
     e.z.dp = dp;
     e.z.tp = (int)c->tp.size; /* every TP rank holds the same sizes */
+    e.tp = (zinc_tp){.size = e.z.tp, .sequence_parallel = c->tp.sequence_parallel};
     zinc_status st = zero_plan_make(&e.z.opt, stage, estimate_device(&e.cfg), &e.z.plan);
     if (st != ZINC_OK) return st;
     e.B = (int)c->train_micro_batch_size_per_gpu;
@@ -346,8 +348,8 @@ static zinc_status engine_alloc_local(zinc_engine *e)
         l->acts = a;
         a += ACT_ALIGN(l->act_bytes);
         if (i + 1 < e->n_layers) {
-            e->out[i] = a;
-            a += ACT_ALIGN(BT * (size_t)l->n_out * asz);
+            e->out[i] = a; /* this rank's rows of it (sequence parallelism) */
+            a += ACT_ALIGN((size_t)zinc_tp_rows(&e->tp, (int)BT) * l->n_out * asz);
         }
     }
 
@@ -584,7 +586,7 @@ static zinc_status phase_ms(zinc_engine *e, double *t)
 static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int backward)
 {
     zinc_status st = ZINC_OK;
-    size_t BT = (size_t)e->B * e->T;
+    size_t BT = (size_t)zinc_tp_rows(&e->tp, e->B * e->T); /* rows between layers */
     int L = e->n_layers;
     c->loss_sum = 0.0;
     const void *x = e->tokens;

@@ -5,7 +5,12 @@
  *   layer L+1      head:   ln_f, logits = x @ wte^T (tied), fused softmax
  *                          cross-entropy; logits become dlogits in place.
  * Parameter names and layouts are Hugging Face GPT-2's (Conv1D weights
- * stored (in, out)), so checkpoints map one to one. Init as GPT-2: N(0, 0.02),
+ * stored (in, out)), so checkpoints map one to one. Under tensor parallelism
+ * (zinc/tp.h) each block's attention and MLP split Megatron's way: c_attn
+ * and c_fc column-parallel, the c_projs row-parallel, heads split; wte split
+ * by vocabulary rows for the embedding, the tied head and the cross-entropy;
+ * with sequence parallelism the LayerNorm/residual regions hold this rank's
+ * token rows. Init as GPT-2: N(0, 0.02),
  * residual projections N(0, 0.02/sqrt(2L)), LayerNorm 1/0, biases 0.
  */
 #include <math.h>
@@ -29,51 +34,29 @@ struct zinc_gpt2 {
     zinc_model_def model;
 };
 
-#define ADD(l, name, nd, init, std, ...)                                                     \
-    (zinc_layer_param_add((l), (name), (nd), (const int64_t[]){__VA_ARGS__}, -1, (init), (std)))
+/* A parameter of the given logical shape; tp_dim/blocks: its partition spec
+ * (-1 replicated over the TP group; zinc/engine.h) */
+#define ADD(l, name, nd, tp_dim, blocks, init, std, ...)                                      \
+    (zinc_layer_param_add_split((l), (name), (nd), (const int64_t[]){__VA_ARGS__}, (tp_dim),     \
+                                (blocks), (init), (std)))
 
-/* ------------------------------------------------------------------ embed */
+/* What this TP rank holds of the model (Megatron's split): P ranks, heads
+ * NH/P (attention width Cl = C/P, so c_attn's q | k | v columns of those
+ * heads and c_proj's rows), MLP width Fl = 4C/P (c_fc's columns, mlp
+ * c_proj's rows), vocabulary rows Vl = V/P of wte (embedding and tied head),
+ * and the token rows between the parallel regions (sequence parallelism:
+ * N/P, else N). LayerNorms, wpe and the row-parallel biases are replicated. */
+typedef struct gpt2_local {
+    int P, sp;
+    int Cl, NHl, Fl, Vl;
+} gpt2_local;
 
-enum { E_WTE, E_WPE };
-
-static zinc_status embed_declare(zinc_layer *l)
+static gpt2_local local_of(const gpt2_dims *d, const zinc_tp *t)
 {
-    const gpt2_dims *d = zinc_layer_state(l);
-    if (ADD(l, "wte.weight", 2, ZINC_INIT_NORMAL, 0.02f, d->V, d->C) != E_WTE ||
-        ADD(l, "wpe.weight", 2, ZINC_INIT_NORMAL, 0.01f, d->maxT, d->C) != E_WPE)
-        return ZINC_ERR_INVALID_ARG;
-    zinc_layer_set_out(l, d->C);
-    return ZINC_OK;
+    const int P = t->size;
+    return (gpt2_local){.P = P, .sp = t->sequence_parallel && P > 1, .Cl = d->C / P,
+                        .NHl = d->NH / P, .Fl = 4 * d->C / P, .Vl = d->V / P};
 }
-
-static zinc_status embed_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
-{
-    const gpt2_dims *d = zinc_layer_state(l);
-    c->ops->embedding_forward(y, x, zinc_layer_param(l, E_WTE), zinc_layer_param(l, E_WPE),
-                              c->B, c->T, d->C, 0, d->V);
-    return ZINC_OK;
-}
-
-static zinc_status embed_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy,
-                                  void *dx)
-{
-    (void)dx;
-    const gpt2_dims *d = zinc_layer_state(l);
-    c->ops->embedding_backward(zinc_layer_grad(l, E_WTE), zinc_layer_grad(l, E_WPE), dy, x, c->B,
-                               c->T, d->C, 0, d->V);
-    return ZINC_OK;
-}
-
-static const zinc_layer_ops embed_ops = {
-    .type = "gpt2.embed",
-    .declare = embed_declare,
-    .forward = embed_forward,
-    .backward = embed_backward,
-};
-
-/* ------------------------------------------------------------------ block */
-
-enum { B_LN1W, B_LN1B, B_QKVW, B_QKVB, B_PRJW, B_PRJB, B_LN2W, B_LN2B, B_FCW, B_FCB, B_FPW, B_FPB };
 
 /* Bump allocation of a layer's saved activations and scratch: act tensors
  * in the table's act dtype, statistics in fp32, each piece 64-byte aligned.
@@ -92,47 +75,116 @@ static void *carve(carver *k, size_t n, size_t esz)
 #define CARVE_ACT(k, n) carve((k), (n), (k)->asz)
 #define CARVE_F32(k, n) ((float *)carve((k), (n), sizeof(float)))
 
-/* Element i of an act tensor. */
-static void *act_at(void *p, size_t i, size_t asz) { return (char *)p + i * asz; }
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
-/* Saved activations of a block, per token unless noted. With
- * model.recompute the LayerNorm outputs and the MLP's inner activations
- * are not kept: backward recomputes them from what is (two LayerNorms, the
- * c_fc product and its GELU per layer, about 5% of a step), which keeps
- * 10C of 15C values per token out of activation memory (GPT-2 124M, B=16,
- * T=1024, bf16: 3 GB); those pointers are NULL then. */
+/* Adds a sequence-parallel layer's LayerNorm gradients, partial on each rank
+ * (each saw its own token rows), summed over the TP group, to the
+ * parameters' gradients: n (weight, bias) pairs of C floats in part. */
+static zinc_status ln_grads_reduce(zinc_layer *l, zinc_ctx *c, float *part, const int *idx, int n,
+                                   int C)
+{
+    zinc_status st = zinc_tp_all_reduce_f32(c->tp, part, 2 * (size_t)n * C);
+    for (int i = 0; st == ZINC_OK && i < 2 * n; i++)
+        c->ops->add_into(zinc_layer_grad(l, idx[i]), ZINC_DTYPE_F32, part + (size_t)i * C,
+                         ZINC_DTYPE_F32, (size_t)C);
+    return st;
+}
+
+/* ------------------------------------------------------------------ embed */
+
+enum { E_WTE, E_WPE };
+
+static zinc_status embed_declare(zinc_layer *l)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    if (ADD(l, "wte.weight", 2, 0, 1, ZINC_INIT_NORMAL, 0.02f, d->V, d->C) != E_WTE ||
+        ADD(l, "wpe.weight", 2, -1, 1, ZINC_INIT_NORMAL, 0.01f, d->maxT, d->C) != E_WPE)
+        return ZINC_ERR_INVALID_ARG;
+    zinc_layer_set_out(l, d->C);
+    return ZINC_OK;
+}
+
+/* The partial sum (forward) or the gathered gradient (backward) of the
+ * B*T rows with sequence parallelism. */
+static size_t embed_scratch_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    gpt2_local g = local_of(d, zinc_layer_tp(l));
+    return g.sp ? (size_t)B * T * d->C * zinc_dtype_size(act) : 0;
+}
+
+static zinc_status embed_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    gpt2_local g = local_of(d, c->tp);
+    return zinc_tp_embedding_forward(c->tp, y, c->scratch, x, zinc_layer_param(l, E_WTE),
+                                     zinc_layer_param(l, E_WPE), c->B, c->T, d->C, g.Vl);
+}
+
+static zinc_status embed_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy,
+                                  void *dx)
+{
+    (void)dx;
+    const gpt2_dims *d = zinc_layer_state(l);
+    gpt2_local g = local_of(d, c->tp);
+    return zinc_tp_embedding_backward(c->tp, zinc_layer_grad(l, E_WTE), zinc_layer_grad(l, E_WPE),
+                                      dy, c->scratch, x, c->B, c->T, d->C, g.Vl);
+}
+
+static const zinc_layer_ops embed_ops = {
+    .type = "gpt2.embed",
+    .declare = embed_declare,
+    .scratch_bytes = embed_scratch_bytes,
+    .forward = embed_forward,
+    .backward = embed_backward,
+};
+
+/* ------------------------------------------------------------------ block */
+
+enum { B_LN1W, B_LN1B, B_QKVW, B_QKVB, B_PRJW, B_PRJB, B_LN2W, B_LN2B, B_FCW, B_FCB, B_FPW, B_FPB };
+
+/* Saved activations of a block, per token unless noted; "rows" are this
+ * rank's token rows between the parallel regions (N/P with sequence
+ * parallelism), the others all N = B*T rows of this rank's heads and MLP
+ * columns. With model.recompute the LayerNorm outputs and the MLP's inner
+ * activations are not kept: backward recomputes them from what is (two
+ * LayerNorms, the c_fc product and its GELU per layer, about 5% of a step),
+ * which keeps 10C of 15C values per token out of activation memory (GPT-2
+ * 124M, B=16, T=1024, bf16: 3 GB); those pointers are NULL then. With
+ * sequence parallelism backward gathers the LayerNorm outputs again (as
+ * Megatron does) instead of keeping them whole. */
 typedef struct block_acts {
-    float *ln1_mean, *ln1_rstd;       /* (BT) (BT) */
-    void *ln1;                        /* (BT,C) act, NULL with recompute */
-    void *qkv;                        /* (BT,3C) act */
-    void *atty;                       /* (BT,C) act */
-    float *lse;                       /* (B,NH,T) attention log-sum-exp */
-    void *res2;                       /* (BT,C) act: x + attention branch */
-    float *ln2_mean, *ln2_rstd;       /* (BT) (BT) */
-    void *ln2;                        /* (BT,C) act, NULL with recompute */
-    void *fch, *fch_gelu;             /* (BT,4C) act each: c_fc's output and its GELU, NULL with recompute */
+    float *ln1_mean, *ln1_rstd;       /* (rows) (rows) */
+    void *ln1;                        /* (rows,C) act, NULL with recompute */
+    void *qkv;                        /* (N,3Cl) act: this rank's heads' q | k | v */
+    void *atty;                       /* (N,Cl) act */
+    float *lse;                       /* (B,NHl,T) attention log-sum-exp */
+    void *res2;                       /* (rows,C) act: x + attention branch */
+    float *ln2_mean, *ln2_rstd;       /* (rows) (rows) */
+    void *ln2;                        /* (rows,C) act, NULL with recompute */
+    void *fch, *fch_gelu;             /* (N,Fl) act each: c_fc's output and its GELU, NULL with recompute */
 } block_acts;
 
-static size_t block_carve(block_acts *a, void *base, const gpt2_dims *d, int B, int T,
-                          zinc_dtype act)
+static size_t block_carve(block_acts *a, void *base, const gpt2_dims *d, const gpt2_local *g,
+                          int B, int T, zinc_dtype act)
 {
-    size_t BT = (size_t)B * T, C = (size_t)d->C;
+    size_t N = (size_t)B * T, R = g->sp ? N / g->P : N, C = (size_t)d->C;
     carver k = {base, 0, zinc_dtype_size(act)};
     block_acts t;
     memset(&t, 0, sizeof t);
-    t.ln1_mean = CARVE_F32(&k, BT);
-    t.ln1_rstd = CARVE_F32(&k, BT);
-    t.qkv = CARVE_ACT(&k, BT * 3 * C);
-    t.atty = CARVE_ACT(&k, BT * C);
-    t.lse = CARVE_F32(&k, (size_t)B * d->NH * T);
-    t.res2 = CARVE_ACT(&k, BT * C);
-    t.ln2_mean = CARVE_F32(&k, BT);
-    t.ln2_rstd = CARVE_F32(&k, BT);
+    t.ln1_mean = CARVE_F32(&k, R);
+    t.ln1_rstd = CARVE_F32(&k, R);
+    t.qkv = CARVE_ACT(&k, N * 3 * g->Cl);
+    t.atty = CARVE_ACT(&k, N * g->Cl);
+    t.lse = CARVE_F32(&k, (size_t)B * g->NHl * T);
+    t.res2 = CARVE_ACT(&k, R * C);
+    t.ln2_mean = CARVE_F32(&k, R);
+    t.ln2_rstd = CARVE_F32(&k, R);
     if (!d->recompute) {
-        t.ln1 = CARVE_ACT(&k, BT * C);
-        t.ln2 = CARVE_ACT(&k, BT * C);
-        t.fch = CARVE_ACT(&k, BT * 4 * C);
-        t.fch_gelu = CARVE_ACT(&k, BT * 4 * C);
+        t.ln1 = CARVE_ACT(&k, R * C);
+        t.ln2 = CARVE_ACT(&k, R * C);
+        t.fch = CARVE_ACT(&k, N * g->Fl);
+        t.fch_gelu = CARVE_ACT(&k, N * g->Fl);
     }
     if (a) *a = t;
     return k.off;
@@ -143,87 +195,117 @@ static zinc_status block_declare(zinc_layer *l)
     const gpt2_dims *d = zinc_layer_state(l);
     int64_t C = d->C;
     float std = 0.02f, pstd = 0.02f / sqrtf(2.0f * (float)d->L);
-    int ok = ADD(l, "ln_1.weight", 1, ZINC_INIT_ONES, 0, C) == B_LN1W &&
-             ADD(l, "ln_1.bias", 1, ZINC_INIT_ZEROS, 0, C) == B_LN1B &&
-             ADD(l, "attn.c_attn.weight", 2, ZINC_INIT_NORMAL, std, C, 3 * C) == B_QKVW &&
-             ADD(l, "attn.c_attn.bias", 1, ZINC_INIT_ZEROS, 0, 3 * C) == B_QKVB &&
-             ADD(l, "attn.c_proj.weight", 2, ZINC_INIT_NORMAL, pstd, C, C) == B_PRJW &&
-             ADD(l, "attn.c_proj.bias", 1, ZINC_INIT_ZEROS, 0, C) == B_PRJB &&
-             ADD(l, "ln_2.weight", 1, ZINC_INIT_ONES, 0, C) == B_LN2W &&
-             ADD(l, "ln_2.bias", 1, ZINC_INIT_ZEROS, 0, C) == B_LN2B &&
-             ADD(l, "mlp.c_fc.weight", 2, ZINC_INIT_NORMAL, std, C, 4 * C) == B_FCW &&
-             ADD(l, "mlp.c_fc.bias", 1, ZINC_INIT_ZEROS, 0, 4 * C) == B_FCB &&
-             ADD(l, "mlp.c_proj.weight", 2, ZINC_INIT_NORMAL, pstd, 4 * C, C) == B_FPW &&
-             ADD(l, "mlp.c_proj.bias", 1, ZINC_INIT_ZEROS, 0, C) == B_FPB;
+    /* c_attn, c_fc column-parallel (c_attn's q | k | v as 3 blocks, so a
+     * rank holds its heads' q, k and v); the c_projs row-parallel */
+    int ok = ADD(l, "ln_1.weight", 1, -1, 1, ZINC_INIT_ONES, 0, C) == B_LN1W &&
+             ADD(l, "ln_1.bias", 1, -1, 1, ZINC_INIT_ZEROS, 0, C) == B_LN1B &&
+             ADD(l, "attn.c_attn.weight", 2, 1, 3, ZINC_INIT_NORMAL, std, C, 3 * C) == B_QKVW &&
+             ADD(l, "attn.c_attn.bias", 1, 0, 3, ZINC_INIT_ZEROS, 0, 3 * C) == B_QKVB &&
+             ADD(l, "attn.c_proj.weight", 2, 0, 1, ZINC_INIT_NORMAL, pstd, C, C) == B_PRJW &&
+             ADD(l, "attn.c_proj.bias", 1, -1, 1, ZINC_INIT_ZEROS, 0, C) == B_PRJB &&
+             ADD(l, "ln_2.weight", 1, -1, 1, ZINC_INIT_ONES, 0, C) == B_LN2W &&
+             ADD(l, "ln_2.bias", 1, -1, 1, ZINC_INIT_ZEROS, 0, C) == B_LN2B &&
+             ADD(l, "mlp.c_fc.weight", 2, 1, 1, ZINC_INIT_NORMAL, std, C, 4 * C) == B_FCW &&
+             ADD(l, "mlp.c_fc.bias", 1, 0, 1, ZINC_INIT_ZEROS, 0, 4 * C) == B_FCB &&
+             ADD(l, "mlp.c_proj.weight", 2, 0, 1, ZINC_INIT_NORMAL, pstd, 4 * C, C) == B_FPW &&
+             ADD(l, "mlp.c_proj.bias", 1, -1, 1, ZINC_INIT_ZEROS, 0, C) == B_FPB;
     return ok ? ZINC_OK : ZINC_ERR_INVALID_ARG;
 }
 
 static size_t block_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 {
-    return block_carve(NULL, NULL, zinc_layer_state(l), B, T, act);
+    const gpt2_dims *d = zinc_layer_state(l);
+    gpt2_local g = local_of(d, zinc_layer_tp(l));
+    return block_carve(NULL, NULL, d, &g, B, T, act);
 }
 
-/* The block's scratch, act per token. Forward with recompute: ln (C),
- * then GELU(fch) (4C). Backward: a, b (4C each: with recompute GELU(fch)
- * and fch, then the recomputed ln1 in a), dfch (4C, then dqkv), dsmall
- * (2C: the recomputed ln2 | dln2, then datty, then dln1); then the
- * attention scratch, B NH T fp32 on every device (zinc/ops.h). The
- * residual gradient is accumulated in dx itself (zeroed by the engine). */
+/* The block's scratch (act unless noted; rows as in block_acts):
+ *   a, b    (N,Fl) each, with recompute: GELU(fch) and fch
+ *   small   with recompute the LayerNorm output (rows,C) (forward: ln1 then
+ *           ln2; backward: ln2, then datty, then ln1), else datty (N,Cl)
+ *   full    (N,C) with sequence parallelism: the gathered LayerNorm output
+ *   dln     (N,C): dln2 | dln1 (with SP their partial sums, and in forward
+ *           the row-parallel linears' partial sums), aliased with the
+ *           gathered incoming gradient (SP), never live at the same time
+ *   dlnl    (rows,C) with SP: dln2 | dln1 reduce-scattered to this rank's rows
+ *   dfch    (N,Fl), then dqkv (N,3Cl)
+ *   lng     4C fp32 with SP: the LayerNorm gradients' partial sums
+ *   att     the attention scratch, B NHl T fp32 on every device (zinc/ops.h).
+ * The residual gradient is accumulated in dx itself (zeroed by the engine). */
 typedef struct block_scratch {
-    void *a, *b, *dfch, *dsmall;
-    float *att;
+    void *a, *b, *small, *full, *dln, *dlnl, *dfch;
+    float *lng, *att;
 } block_scratch;
 
-static size_t block_scratch_carve(block_scratch *s, void *base, const gpt2_dims *d, int B,
-                                  int T, zinc_dtype act)
+static size_t block_scratch_carve(block_scratch *s, void *base, const gpt2_dims *d,
+                                  const gpt2_local *g, int B, int T, zinc_dtype act)
 {
-    size_t BT = (size_t)B * T, C = (size_t)d->C;
+    size_t N = (size_t)B * T, R = g->sp ? N / g->P : N, C = (size_t)d->C;
     carver k = {base, 0, zinc_dtype_size(act)};
     block_scratch t;
     memset(&t, 0, sizeof t);
     if (d->recompute) {
-        t.a = CARVE_ACT(&k, BT * 4 * C);
-        t.b = CARVE_ACT(&k, BT * 4 * C);
+        t.a = CARVE_ACT(&k, N * g->Fl);
+        t.b = CARVE_ACT(&k, N * g->Fl);
     }
-    t.dfch = CARVE_ACT(&k, BT * 4 * C);
-    t.dsmall = CARVE_ACT(&k, BT * 2 * C);
-    t.att = CARVE_F32(&k, (size_t)B * d->NH * T);
+    t.small = CARVE_ACT(&k, max_sz(N * g->Cl, d->recompute ? R * C : 0));
+    t.dln = CARVE_ACT(&k, N * C);
+    t.dfch = CARVE_ACT(&k, N * g->Fl);
+    if (g->sp) {
+        t.full = CARVE_ACT(&k, N * C);
+        t.dlnl = CARVE_ACT(&k, R * C);
+        t.lng = CARVE_F32(&k, 4 * C);
+    }
+    t.att = CARVE_F32(&k, (size_t)B * g->NHl * T);
     if (s) *s = t;
     return k.off;
 }
 
 static size_t block_scratch_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 {
-    return block_scratch_carve(NULL, NULL, zinc_layer_state(l), B, T, act);
+    const gpt2_dims *d = zinc_layer_state(l);
+    gpt2_local g = local_of(d, zinc_layer_tp(l));
+    return block_scratch_carve(NULL, NULL, d, &g, B, T, act);
 }
 
 static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
 {
     const gpt2_dims *d = zinc_layer_state(l);
     const zinc_ops *o = c->ops;
-    const size_t asz = zinc_dtype_size(o->act);
-    int BT = c->B * c->T, C = d->C;
+    const zinc_tp *tp = c->tp;
+    gpt2_local g = local_of(d, tp);
+    int N = c->B * c->T, R = zinc_tp_rows(tp, N), C = d->C;
+    zinc_status st = ZINC_OK;
     block_acts a;
-    block_carve(&a, zinc_layer_acts(l), d, c->B, c->T, o->act);
+    block_carve(&a, zinc_layer_acts(l), d, &g, c->B, c->T, o->act);
+    block_scratch s;
+    block_scratch_carve(&s, c->scratch, d, &g, c->B, c->T, o->act);
     float *p[12];
     for (int i = 0; i < 12; i++) p[i] = zinc_layer_param(l, i);
 
     /* with recompute, ln1 / ln2 and GELU(fch) live in the scratch */
     void *ln1 = a.ln1, *ln2 = a.ln2, *fch_gelu = a.fch_gelu;
     if (d->recompute) {
-        ln1 = ln2 = c->scratch;
-        fch_gelu = act_at(c->scratch, (size_t)BT * C, asz);
+        ln1 = ln2 = s.small;
+        fch_gelu = s.a;
     }
-    o->layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
-    o->linear_forward(a.qkv, ln1, p[B_QKVW], p[B_QKVB], BT, C, 3 * C);
-    o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, C, d->NH);
-    o->linear_forward(a.res2, a.atty, p[B_PRJW], p[B_PRJB], BT, C, C);
-    o->residual_forward(a.res2, a.res2, x, (size_t)BT * C);
-    o->layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
-    o->linear_gelu_forward(fch_gelu, a.fch, ln2, p[B_FCW], p[B_FCB], BT, C, 4 * C);
-    o->linear_forward(y, fch_gelu, p[B_FPW], p[B_FPB], BT, 4 * C, C);
-    o->residual_forward(y, y, a.res2, (size_t)BT * C);
-    return ZINC_OK;
+    /* attention: x + c_proj(attn(c_attn(ln1(x)))) over this rank's heads */
+    o->layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], R, C);
+    const void *ln1f = zinc_tp_region_enter(tp, s.full, ln1, N, C, &st);
+    if (st != ZINC_OK) return st;
+    zinc_tp_column_forward(tp, a.qkv, ln1f, p[B_QKVW], p[B_QKVB], N, C, 3 * g.Cl);
+    o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, g.Cl, g.NHl);
+    ZINC_TRY(zinc_tp_row_forward(tp, a.res2, s.dln, a.atty, p[B_PRJW], p[B_PRJB], N, g.Cl, C));
+    o->residual_forward(a.res2, a.res2, x, (size_t)R * C);
+    /* MLP: res2 + c_proj(gelu(c_fc(ln2(res2)))) over this rank's columns */
+    o->layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], R, C);
+    const void *ln2f = zinc_tp_region_enter(tp, s.full, ln2, N, C, &st);
+    if (st != ZINC_OK) return st;
+    o->linear_gelu_forward(fch_gelu, a.fch, ln2f, p[B_FCW], p[B_FCB], N, C, g.Fl);
+    ZINC_TRY(zinc_tp_row_forward(tp, y, s.dln, fch_gelu, p[B_FPW], p[B_FPB], N, g.Fl, C));
+    o->residual_forward(y, y, a.res2, (size_t)R * C);
+cleanup:
+    return st;
 }
 
 static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy,
@@ -231,56 +313,78 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
 {
     const gpt2_dims *d = zinc_layer_state(l);
     const zinc_ops *o = c->ops;
+    const zinc_tp *tp = c->tp;
+    gpt2_local g = local_of(d, tp);
     const size_t asz = zinc_dtype_size(o->act);
-    int BT = c->B * c->T, C = d->C;
-    size_t n = (size_t)BT * C;
+    int N = c->B * c->T, R = zinc_tp_rows(tp, N), C = d->C;
+    zinc_status st = ZINC_OK;
     block_acts a;
-    block_carve(&a, zinc_layer_acts(l), d, c->B, c->T, o->act);
+    block_carve(&a, zinc_layer_acts(l), d, &g, c->B, c->T, o->act);
     block_scratch s;
-    block_scratch_carve(&s, c->scratch, d, c->B, c->T, o->act);
-    float *p[12], *g[12];
+    block_scratch_carve(&s, c->scratch, d, &g, c->B, c->T, o->act);
+    float *p[12], *gr[12];
     for (int i = 0; i < 12; i++) {
         p[i] = zinc_layer_param(l, i);
-        g[i] = zinc_layer_grad(l, i);
+        gr[i] = zinc_layer_grad(l, i);
     }
+    /* LayerNorm gradients: partial per rank with SP, summed at the end */
+    float *dln2w = gr[B_LN2W], *dln2b = gr[B_LN2B], *dln1w = gr[B_LN1W], *dln1b = gr[B_LN1B];
+    if (g.sp) {
+        o->zero(s.lng, 4 * (size_t)C * sizeof(float));
+        dln2w = s.lng, dln2b = s.lng + C, dln1w = s.lng + 2 * C, dln1b = s.lng + 3 * C;
+    }
+    void *dlnr = g.sp ? s.dlnl : s.dln; /* dln2 / dln1 on this rank's rows */
 
     /* MLP branch: y = res2 + fc_proj(gelu(fc(ln2(res2)))); dx accumulates
      * the residual stream's gradient: dy now, + the MLP's through ln2 below
      * (that sum is dres2), + the attention branch's through ln1 last */
-    o->residual_forward(dx, dx, dy, n);
+    o->residual_forward(dx, dx, dy, (size_t)R * C);
+    const void *dyf = zinc_tp_region_enter(tp, s.dln, dy, N, C, &st);
+    if (st != ZINC_OK) return st;
     void *ln2 = a.ln2, *fch = a.fch, *fch_gelu = a.fch_gelu;
-    if (d->recompute) { /* ln2 in dsmall until c_fc's backward, fch and GELU(fch) */
-        ln2 = s.dsmall;
+    if (d->recompute) {
+        ln2 = s.small;
+        o->layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], R, C);
+    }
+    const void *ln2f = zinc_tp_region_enter(tp, s.full, ln2, N, C, &st);
+    if (st != ZINC_OK) return st;
+    if (d->recompute) { /* fch and GELU(fch) */
         fch_gelu = s.a;
         fch = s.b;
-        o->layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], BT, C);
-        o->linear_gelu_forward(fch_gelu, fch, ln2, p[B_FCW], p[B_FCB], BT, C, 4 * C);
+        o->linear_gelu_forward(fch_gelu, fch, ln2f, p[B_FCW], p[B_FCB], N, C, g.Fl);
     }
-    /* GELU's backward fused into c_proj's */
-    o->linear_gelu_backward(s.dfch, g[B_FPW], g[B_FPB], dy, fch_gelu, fch, p[B_FPW], BT, 4 * C,
+    /* GELU's backward fused into c_proj's (row-parallel: no communication) */
+    o->linear_gelu_backward(s.dfch, gr[B_FPW], gr[B_FPB], dyf, fch_gelu, fch, p[B_FPW], N, g.Fl,
                             C);
-    void *dln2 = act_at(s.dsmall, n, asz);
-    o->zero(dln2, n * asz);
-    o->linear_backward(dln2, g[B_FCW], g[B_FCB], s.dfch, ln2, p[B_FCW], BT, C, 4 * C);
-    o->layernorm_backward(dx, g[B_LN2W], g[B_LN2B], dln2, a.res2, p[B_LN2W], a.ln2_mean,
-                          a.ln2_rstd, BT, C);
+    ZINC_TRY(zinc_tp_column_backward(tp, dlnr, s.dln, gr[B_FCW], gr[B_FCB], s.dfch, ln2f,
+                                     p[B_FCW], N, C, g.Fl));
+    o->layernorm_backward(dx, dln2w, dln2b, dlnr, a.res2, p[B_LN2W], a.ln2_mean, a.ln2_rstd, R,
+                          C);
     /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))); dx holds dres2 */
-    void *datty = s.dsmall;
-    o->zero(datty, n * asz);
-    o->linear_backward(datty, g[B_PRJW], g[B_PRJB], dx, a.atty, p[B_PRJW], BT, C, C);
+    const void *dres2f = zinc_tp_region_enter(tp, s.dln, dx, N, C, &st);
+    if (st != ZINC_OK) return st;
+    void *datty = s.small;
+    o->zero(datty, (size_t)N * g.Cl * asz);
+    zinc_tp_row_backward(tp, datty, gr[B_PRJW], gr[B_PRJB], dres2f, a.atty, p[B_PRJW], N, g.Cl, C);
     void *dqkv = s.dfch; /* dfch is dead */
-    o->zero(dqkv, (size_t)BT * 3 * C * asz);
-    o->attention_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->B, c->T, C, d->NH);
-    void *dln1 = s.dsmall, *ln1 = a.ln1;
-    if (d->recompute) { /* ln1 is recomputed in a: GELU(fch) is dead */
-        ln1 = s.a;
-        o->layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], BT, C);
+    o->zero(dqkv, (size_t)N * 3 * g.Cl * asz);
+    o->attention_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->B, c->T, g.Cl, g.NHl);
+    void *ln1 = a.ln1;
+    if (d->recompute) { /* ln1 is recomputed in small: datty is dead */
+        ln1 = s.small;
+        o->layernorm_forward(ln1, a.ln1_mean, a.ln1_rstd, x, p[B_LN1W], p[B_LN1B], R, C);
     }
-    o->zero(dln1, n * asz);
-    o->linear_backward(dln1, g[B_QKVW], g[B_QKVB], dqkv, ln1, p[B_QKVW], BT, C, 3 * C);
-    o->layernorm_backward(dx, g[B_LN1W], g[B_LN1B], dln1, x, p[B_LN1W], a.ln1_mean, a.ln1_rstd,
-                          BT, C);
-    return ZINC_OK;
+    const void *ln1f = zinc_tp_region_enter(tp, s.full, ln1, N, C, &st);
+    if (st != ZINC_OK) return st;
+    ZINC_TRY(zinc_tp_column_backward(tp, dlnr, s.dln, gr[B_QKVW], gr[B_QKVB], dqkv, ln1f,
+                                     p[B_QKVW], N, C, 3 * g.Cl));
+    o->layernorm_backward(dx, dln1w, dln1b, dlnr, x, p[B_LN1W], a.ln1_mean, a.ln1_rstd, R, C);
+    if (g.sp) {
+        static const int idx[4] = {B_LN2W, B_LN2B, B_LN1W, B_LN1B};
+        ZINC_TRY(ln_grads_reduce(l, c, s.lng, idx, 2, C));
+    }
+cleanup:
+    return st;
 }
 
 static const zinc_layer_ops block_ops = {
@@ -299,44 +403,75 @@ enum { H_LNFW, H_LNFB, H_WTE };
 static zinc_status head_declare(zinc_layer *l)
 {
     const gpt2_dims *d = zinc_layer_state(l);
-    int ok = ADD(l, "ln_f.weight", 1, ZINC_INIT_ONES, 0, d->C) == H_LNFW &&
-             ADD(l, "ln_f.bias", 1, ZINC_INIT_ZEROS, 0, d->C) == H_LNFB &&
+    int ok = ADD(l, "ln_f.weight", 1, -1, 1, ZINC_INIT_ONES, 0, d->C) == H_LNFW &&
+             ADD(l, "ln_f.bias", 1, -1, 1, ZINC_INIT_ZEROS, 0, d->C) == H_LNFB &&
              zinc_layer_param_tie(l, "wte.weight") == H_WTE;
     zinc_layer_set_out(l, 0);
     return ok ? ZINC_OK : ZINC_ERR_INVALID_ARG;
 }
 
-/* Saved: lnf (BT,C) act, mean (BT), rstd (BT), logits/dlogits (BT,V) act,
- * losses (BT). */
+/* Saved: lnf (N,C) act (whole: gathered with sequence parallelism), mean
+ * and rstd (rows), this rank's vocabulary columns of the logits, then
+ * dlogits (N,Vl) act, losses (N) (each row's whole loss, the same on every
+ * TP rank). */
 typedef struct head_acts {
     void *lnf, *logits;
     float *mean, *rstd, *losses;
 } head_acts;
 
-static size_t head_carve(head_acts *a, void *base, const gpt2_dims *d, int B, int T,
-                         zinc_dtype act)
+static size_t head_carve(head_acts *a, void *base, const gpt2_dims *d, const gpt2_local *g, int B,
+                         int T, zinc_dtype act)
 {
-    size_t BT = (size_t)B * T;
+    size_t N = (size_t)B * T, R = g->sp ? N / g->P : N;
     carver k = {base, 0, zinc_dtype_size(act)};
     head_acts t;
-    t.lnf = CARVE_ACT(&k, BT * d->C);
-    t.mean = CARVE_F32(&k, BT);
-    t.rstd = CARVE_F32(&k, BT);
-    t.logits = CARVE_ACT(&k, BT * d->V);
-    t.losses = CARVE_F32(&k, BT);
+    t.lnf = CARVE_ACT(&k, N * d->C);
+    t.mean = CARVE_F32(&k, R);
+    t.rstd = CARVE_F32(&k, R);
+    t.logits = CARVE_ACT(&k, N * g->Vl);
+    t.losses = CARVE_F32(&k, N);
     if (a) *a = t;
     return k.off;
 }
 
 static size_t head_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 {
-    return head_carve(NULL, NULL, zinc_layer_state(l), B, T, act);
+    const gpt2_dims *d = zinc_layer_state(l);
+    gpt2_local g = local_of(d, zinc_layer_tp(l));
+    return head_carve(NULL, NULL, d, &g, B, T, act);
+}
+
+/* The head's scratch: dlnf (N,C) act (with SP its partial sum); with TP the
+ * cross-entropy's 3N fp32 statistics; with SP this rank's rows of lnf
+ * before the gather (forward) and of dlnf after the reduce-scatter
+ * (backward) (rows,C) act, and ln_f's partial gradients 2C fp32. */
+typedef struct head_scratch {
+    void *dlnf, *rows;
+    float *stats, *lng;
+} head_scratch;
+
+static size_t head_scratch_carve(head_scratch *s, void *base, const gpt2_dims *d,
+                                 const gpt2_local *g, int B, int T, zinc_dtype act)
+{
+    size_t N = (size_t)B * T, R = g->sp ? N / g->P : N, C = (size_t)d->C;
+    carver k = {base, 0, zinc_dtype_size(act)};
+    head_scratch t;
+    memset(&t, 0, sizeof t);
+    t.dlnf = CARVE_ACT(&k, N * C);
+    if (g->P > 1) t.stats = CARVE_F32(&k, 3 * N);
+    if (g->sp) {
+        t.rows = CARVE_ACT(&k, R * C);
+        t.lng = CARVE_F32(&k, 2 * C);
+    }
+    if (s) *s = t;
+    return k.off;
 }
 
 static size_t head_scratch_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 {
     const gpt2_dims *d = zinc_layer_state(l);
-    return (size_t)B * T * d->C * zinc_dtype_size(act); /* dlnf */
+    gpt2_local g = local_of(d, zinc_layer_tp(l));
+    return head_scratch_carve(NULL, NULL, d, &g, B, T, act);
 }
 
 static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
@@ -344,15 +479,23 @@ static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *x, void 
     (void)y;
     const gpt2_dims *d = zinc_layer_state(l);
     const zinc_ops *o = c->ops;
-    int BT = c->B * c->T, C = d->C, V = d->V;
+    const zinc_tp *tp = c->tp;
+    gpt2_local g = local_of(d, tp);
+    int N = c->B * c->T, R = zinc_tp_rows(tp, N), C = d->C;
+    zinc_status st = ZINC_OK;
     head_acts a;
-    head_carve(&a, zinc_layer_acts(l), d, c->B, c->T, o->act);
-    o->layernorm_forward(a.lnf, a.mean, a.rstd, x, zinc_layer_param(l, H_LNFW),
-                         zinc_layer_param(l, H_LNFB), BT, C);
-    o->head_forward(a.logits, a.lnf, zinc_layer_param(l, H_WTE), BT, C, V);
-    o->softmax_xent(a.losses, a.logits, c->targets, c->dloss, BT, V);
-    c->loss_sum += o->sum(a.losses, (size_t)BT); /* device memory: summed there */
-    return ZINC_OK;
+    head_carve(&a, zinc_layer_acts(l), d, &g, c->B, c->T, o->act);
+    head_scratch s;
+    head_scratch_carve(&s, c->scratch, d, &g, c->B, c->T, o->act);
+    void *lnr = g.sp ? s.rows : a.lnf;
+    o->layernorm_forward(lnr, a.mean, a.rstd, x, zinc_layer_param(l, H_LNFW),
+                         zinc_layer_param(l, H_LNFB), R, C);
+    if (g.sp) ZINC_TRY(zinc_tp_gather_rows(tp, a.lnf, lnr, (size_t)R, (size_t)C));
+    zinc_tp_head_forward(tp, a.logits, a.lnf, zinc_layer_param(l, H_WTE), N, C, g.Vl);
+    ZINC_TRY(zinc_tp_softmax_xent(tp, a.losses, a.logits, c->targets, c->dloss, s.stats, N, g.Vl));
+    c->loss_sum += o->sum(a.losses, (size_t)N); /* device memory: summed there */
+cleanup:
+    return st;
 }
 
 static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy,
@@ -361,17 +504,29 @@ static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *x, cons
     (void)dy;
     const gpt2_dims *d = zinc_layer_state(l);
     const zinc_ops *o = c->ops;
-    int BT = c->B * c->T, C = d->C, V = d->V;
+    const zinc_tp *tp = c->tp;
+    gpt2_local g = local_of(d, tp);
+    int N = c->B * c->T, R = zinc_tp_rows(tp, N), C = d->C;
+    zinc_status st = ZINC_OK;
     head_acts a;
-    head_carve(&a, zinc_layer_acts(l), d, c->B, c->T, o->act);
-    void *dlnf = c->scratch;
-    /* dlnf(BT,C) = dlogits(BT,V) @ wte(V,C); dwte(V,C) += dlogits^T @ lnf */
-    o->zero(dlnf, (size_t)BT * C * zinc_dtype_size(o->act));
-    o->head_backward(dlnf, zinc_layer_grad(l, H_WTE), a.logits, a.lnf,
-                     zinc_layer_param(l, H_WTE), BT, C, V);
-    o->layernorm_backward(dx, zinc_layer_grad(l, H_LNFW), zinc_layer_grad(l, H_LNFB), dlnf, x,
-                          zinc_layer_param(l, H_LNFW), a.mean, a.rstd, BT, C);
-    return ZINC_OK;
+    head_carve(&a, zinc_layer_acts(l), d, &g, c->B, c->T, o->act);
+    head_scratch s;
+    head_scratch_carve(&s, c->scratch, d, &g, c->B, c->T, o->act);
+    /* dlnf(N,C) = dlogits(N,Vl) @ wte(Vl,C) summed over the group (this
+     * rank's rows of it with SP); dwte(Vl,C) += dlogits^T @ lnf */
+    void *dlnr = g.sp ? s.rows : s.dlnf;
+    ZINC_TRY(zinc_tp_head_backward(tp, dlnr, s.dlnf, zinc_layer_grad(l, H_WTE), a.logits, a.lnf,
+                                   zinc_layer_param(l, H_WTE), N, C, g.Vl));
+    float *dw = g.sp ? s.lng : zinc_layer_grad(l, H_LNFW);
+    float *db = g.sp ? s.lng + C : zinc_layer_grad(l, H_LNFB);
+    if (g.sp) o->zero(s.lng, 2 * (size_t)C * sizeof(float));
+    o->layernorm_backward(dx, dw, db, dlnr, x, zinc_layer_param(l, H_LNFW), a.mean, a.rstd, R, C);
+    if (g.sp) {
+        static const int idx[2] = {H_LNFW, H_LNFB};
+        ZINC_TRY(ln_grads_reduce(l, c, s.lng, idx, 1, C));
+    }
+cleanup:
+    return st;
 }
 
 static const zinc_layer_ops head_ops = {
@@ -434,6 +589,7 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
     g->layers[n - 1] = (zinc_layer_def){.ops = &head_ops, .name = "", .state = &g->d};
     g->model.layers = g->layers;
     g->model.n_layers = n;
+    g->model.tp_ready = 1; /* partition specs declared; layers run through zinc/tp.h */
     /* 6 FLOPs per matmul weight per token (forward + backward) plus the
      * attention products, 12 L T C (PaLM's formula, the usual MFU basis) */
     double C = g->d.C, V = g->d.V, L = g->d.L;

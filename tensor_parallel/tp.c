@@ -33,26 +33,57 @@ zinc_status zinc_tp_reduce_scatter_rows(const zinc_tp *t, void *out, const void 
     return zinc_comm_reduce_scatter(t->group, in, out, n, t->ops->act, ZINC_REDOP_SUM, NULL);
 }
 
+static int sp_on(const zinc_tp *t) { return tp_on(t) && t->sequence_parallel; }
+
+const void *zinc_tp_region_enter(const zinc_tp *t, void *full, const void *x, int N, int width,
+                                 zinc_status *st)
+{
+    *st = ZINC_OK;
+    if (!sp_on(t)) return x;
+    *st = zinc_tp_gather_rows(t, full, x, (size_t)(N / t->size), (size_t)width);
+    return *st == ZINC_OK ? full : NULL;
+}
+
+zinc_status zinc_tp_region_leave(const zinc_tp *t, void *y, void *part, int N, int width)
+{
+    const size_t n = (size_t)N * width;
+    if (sp_on(t)) return zinc_tp_reduce_scatter_rows(t, y, part, (size_t)(N / t->size), (size_t)width);
+    zinc_status st = zinc_tp_all_reduce(t, part, n);
+    if (st == ZINC_OK && y != part && n) t->ops->copy(y, part, n * zinc_dtype_size(t->ops->act));
+    return st;
+}
+
+zinc_status zinc_tp_all_reduce_f32(const zinc_tp *t, float *x, size_t n)
+{
+    if (!tp_on(t) || n == 0) return ZINC_OK;
+    return zinc_comm_all_reduce(t->group, x, x, n, ZINC_DTYPE_F32, ZINC_REDOP_SUM, NULL);
+}
+
+/* The buffer a partial sum is formed in: part with SP, else the output. */
+static void *part_of(const zinc_tp *t, void *y, void *part) { return sp_on(t) ? part : y; }
+
 void zinc_tp_column_forward(const zinc_tp *t, void *y, const void *x, const float *w,
                             const float *b, int N, int C, int OCl)
 {
     t->ops->linear_forward(y, x, w, b, N, C, OCl);
 }
 
-zinc_status zinc_tp_column_backward(const zinc_tp *t, void *dx, float *dw, float *db,
+zinc_status zinc_tp_column_backward(const zinc_tp *t, void *dx, void *part, float *dw, float *db,
                                     const void *dy, const void *x, const float *w, int N, int C,
                                     int OCl)
 {
-    t->ops->zero(dx, (size_t)N * C * zinc_dtype_size(t->ops->act));
-    t->ops->linear_backward(dx, dw, db, dy, x, w, N, C, OCl);
-    return zinc_tp_all_reduce(t, dx, (size_t)N * C);
+    void *p = part_of(t, dx, part);
+    t->ops->zero(p, (size_t)N * C * zinc_dtype_size(t->ops->act));
+    t->ops->linear_backward(p, dw, db, dy, x, w, N, C, OCl);
+    return zinc_tp_region_leave(t, dx, p, N, C);
 }
 
-zinc_status zinc_tp_row_forward(const zinc_tp *t, void *y, const void *x, const float *w,
-                                const float *b, int N, int Cl, int OC)
+zinc_status zinc_tp_row_forward(const zinc_tp *t, void *y, void *part, const void *x,
+                                const float *w, const float *b, int N, int Cl, int OC)
 {
-    t->ops->linear_forward(y, x, w, t->rank == 0 ? b : NULL, N, Cl, OC);
-    return zinc_tp_all_reduce(t, y, (size_t)N * OC);
+    void *p = part_of(t, y, part);
+    t->ops->linear_forward(p, x, w, t->rank == 0 ? b : NULL, N, Cl, OC);
+    return zinc_tp_region_leave(t, y, p, N, OC);
 }
 
 void zinc_tp_row_backward(const zinc_tp *t, void *dx, float *dw, float *db, const void *dy,
@@ -61,19 +92,25 @@ void zinc_tp_row_backward(const zinc_tp *t, void *dx, float *dw, float *db, cons
     t->ops->linear_backward(dx, dw, db, dy, x, w, N, Cl, OC);
 }
 
-zinc_status zinc_tp_embedding_forward(const zinc_tp *t, void *out, const int32_t *tokens,
-                                      const float *wte, const float *wpe, int B, int T, int C,
-                                      int Vl)
+zinc_status zinc_tp_embedding_forward(const zinc_tp *t, void *out, void *part,
+                                      const int32_t *tokens, const float *wte, const float *wpe,
+                                      int B, int T, int C, int Vl)
 {
-    t->ops->embedding_forward(out, tokens, wte, t->rank == 0 ? wpe : NULL, B, T, C, t->rank * Vl,
+    void *p = part_of(t, out, part);
+    t->ops->embedding_forward(p, tokens, wte, t->rank == 0 ? wpe : NULL, B, T, C, t->rank * Vl,
                               Vl);
-    return zinc_tp_all_reduce(t, out, (size_t)B * T * C);
+    return zinc_tp_region_leave(t, out, p, B * T, C);
 }
 
-void zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwpe, const void *dout,
-                                const int32_t *tokens, int B, int T, int C, int Vl)
+zinc_status zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwpe,
+                                       const void *dout, void *full, const int32_t *tokens, int B,
+                                       int T, int C, int Vl)
 {
-    t->ops->embedding_backward(dwte, dwpe, dout, tokens, B, T, C, t->rank * Vl, Vl);
+    zinc_status st;
+    const void *d = zinc_tp_region_enter(t, full, dout, B * T, C, &st);
+    if (st != ZINC_OK) return st;
+    t->ops->embedding_backward(dwte, dwpe, d, tokens, B, T, C, t->rank * Vl, Vl);
+    return ZINC_OK;
 }
 
 void zinc_tp_head_forward(const zinc_tp *t, void *logits, const void *x, const float *wte, int N,
@@ -82,12 +119,14 @@ void zinc_tp_head_forward(const zinc_tp *t, void *logits, const void *x, const f
     t->ops->head_forward(logits, x, wte, N, C, Vl);
 }
 
-zinc_status zinc_tp_head_backward(const zinc_tp *t, void *dx, float *dwte, const void *dlogits,
-                                  const void *x, const float *wte, int N, int C, int Vl)
+zinc_status zinc_tp_head_backward(const zinc_tp *t, void *dx, void *part, float *dwte,
+                                  const void *dlogits, const void *x, const float *wte, int N,
+                                  int C, int Vl)
 {
-    t->ops->zero(dx, (size_t)N * C * zinc_dtype_size(t->ops->act));
-    t->ops->head_backward(dx, dwte, dlogits, x, wte, N, C, Vl);
-    return zinc_tp_all_reduce(t, dx, (size_t)N * C);
+    void *p = part_of(t, dx, part);
+    t->ops->zero(p, (size_t)N * C * zinc_dtype_size(t->ops->act));
+    t->ops->head_backward(p, dwte, dlogits, x, wte, N, C, Vl);
+    return zinc_tp_region_leave(t, dx, p, N, C);
 }
 
 zinc_status zinc_tp_softmax_xent(const zinc_tp *t, float *losses, void *logits,

@@ -4,7 +4,10 @@
  *
  * A model is an ordered list of layers (like DeepSpeed's PipelineModule).
  * Layer 0 receives the token ids; every other layer receives the previous
- * layer's output (B, T, n_out) floats; the last layer is the loss layer: it
+ * layer's output (B, T, n_out) floats -- with tensor_parallel.sequence_parallel,
+ * this rank's zinc_tp_rows(tp, B*T) token rows of it (zinc/tp.h), so a
+ * tp_ready model's layers leave and enter their parallel regions with the
+ * region mappings; the last layer is the loss layer: it
  * reads ctx->targets, adds the summed token loss to ctx->loss_sum and has no
  * output. Each layer declares its parameters once (zinc_layer_param_add) and
  * reads parameters / writes gradients only through zinc_layer_param and
@@ -101,6 +104,9 @@ void zinc_layer_set_out(zinc_layer *l, int n_out);
 int zinc_layer_n_in(const zinc_layer *l);
 
 void *zinc_layer_state(const zinc_layer *l);
+/* The layer's TP group, size, rank and sequence-parallel flag (valid from
+ * declare on, also in act_bytes and scratch_bytes, which size for it). */
+const zinc_tp *zinc_layer_tp(const zinc_layer *l);
 float *zinc_layer_param(zinc_layer *l, int idx); /* (shape) fp32 */
 float *zinc_layer_grad(zinc_layer *l, int idx);  /* same shape, accumulate into it */
 void *zinc_layer_acts(zinc_layer *l);            /* act_bytes bytes saved from forward (64-byte aligned) */

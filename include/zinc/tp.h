@@ -54,29 +54,58 @@ zinc_status zinc_tp_gather_rows(const zinc_tp *t, void *out, const void *in, siz
 zinc_status zinc_tp_reduce_scatter_rows(const zinc_tp *t, void *out, const void *in, size_t rows,
                                         size_t width);
 
+/* Rows of an (N, width) activation outside the parallel regions that this
+ * rank holds: N / size with sequence parallelism, else N. */
+static inline int zinc_tp_rows(const zinc_tp *t, int N)
+{
+    return t->sequence_parallel && t->size > 1 ? N / t->size : N;
+}
+
+/* Entering a parallel region (Megatron's copy / gather-from-SP pair): the
+ * whole (N, width) activation from this rank's zinc_tp_rows(N) rows x.
+ * With sequence parallelism it all-gathers x into full (N, width) act and
+ * returns full; without, it returns x (full unused, may be NULL). NULL with
+ * the error recorded in *st on failure. Collective with SP. Its backward is
+ * zinc_tp_region_leave of the gradient. */
+const void *zinc_tp_region_enter(const zinc_tp *t, void *full, const void *x, int N, int width,
+                                 zinc_status *st);
+/* Leaving a parallel region (Megatron's reduce / reduce-scatter-to-SP pair):
+ * part (N, width) act holds this rank's partial sum; y (zinc_tp_rows(N),
+ * width) = this rank's rows of the sum over the group. Without sequence
+ * parallelism part is all-reduced in place and copied to y when y != part;
+ * with it part is reduce-scattered into y (part != y). Collective. Its
+ * backward is zinc_tp_region_enter of the gradient. */
+zinc_status zinc_tp_region_leave(const zinc_tp *t, void *y, void *part, int N, int width);
+/* x(n) fp32 = sum over the group of x, in place: the gradients of parameters
+ * that sequence parallelism leaves partial on each rank (LayerNorm's, whose
+ * rows are split). Collective. */
+zinc_status zinc_tp_all_reduce_f32(const zinc_tp *t, float *x, size_t n);
+
 /* ---- parallel linears (weights stored (in, out) as zinc_ops' linear) ----
  * Column-parallel: this rank holds W[:, cols] (C, OCl) and b[cols]; the input
- * is whole on every rank, the output split by columns. Row-parallel: this
- * rank holds W[rows, :] (Cl, OC); the input split by columns (the output of
- * a column-parallel linear), the output whole after the all-reduce; b (OC)
- * is replicated and added once. */
+ * is whole on every rank (zinc_tp_region_enter's), the output split by
+ * columns. Row-parallel: this rank holds W[rows, :] (Cl, OC); the input split
+ * by columns (the output of a column-parallel linear), the output summed over
+ * the group (zinc_tp_region_leave's); b (OC) is replicated and added once.
+ * `part` is (N, OC or C) act scratch for the partial sum with sequence
+ * parallelism; without it part may be NULL (the output itself is used). */
 
 /* y(N, OCl) act = x(N, C) @ w(C, OCl) + b(OCl). No communication. */
 void zinc_tp_column_forward(const zinc_tp *t, void *y, const void *x, const float *w,
                             const float *b, int N, int C, int OCl);
-/* dx(N, C) act = sum over the group of dy(N, OCl) @ w^T -- WRITTEN, not
- * accumulated; dw(C, OCl) += x^T @ dy; db(OCl) += sum_rows dy (may be NULL).
- * Collective (the all-reduce of dx). */
-zinc_status zinc_tp_column_backward(const zinc_tp *t, void *dx, float *dw, float *db,
+/* dx(rows, C) act = this rank's rows of the sum over the group of dy(N, OCl)
+ * @ w^T -- WRITTEN, not accumulated; dw(C, OCl) += x^T @ dy with x the whole
+ * (N, C) input; db(OCl) += sum_rows dy (may be NULL). Collective. */
+zinc_status zinc_tp_column_backward(const zinc_tp *t, void *dx, void *part, float *dw, float *db,
                                     const void *dy, const void *x, const float *w, int N, int C,
                                     int OCl);
-/* y(N, OC) act = sum over the group of x(N, Cl) @ w(Cl, OC), + b(OC) (added
- * by rank 0 before the sum, so once). Collective. */
-zinc_status zinc_tp_row_forward(const zinc_tp *t, void *y, const void *x, const float *w,
-                                const float *b, int N, int Cl, int OC);
+/* y(rows, OC) act = this rank's rows of the sum over the group of x(N, Cl) @
+ * w(Cl, OC), + b(OC) (added by rank 0 before the sum, so once). Collective. */
+zinc_status zinc_tp_row_forward(const zinc_tp *t, void *y, void *part, const void *x,
+                                const float *w, const float *b, int N, int Cl, int OC);
 /* dx(N, Cl) act += dy(N, OC) @ w^T; dw(Cl, OC) += x^T @ dy; db(OC) += sum_rows
  * dy on every rank (b is replicated: its gradient is the same everywhere).
- * No communication. */
+ * dy is the whole gradient (zinc_tp_region_enter's). No communication. */
 void zinc_tp_row_backward(const zinc_tp *t, void *dx, float *dw, float *db, const void *dy,
                           const void *x, const float *w, int N, int Cl, int OC);
 
@@ -85,22 +114,28 @@ void zinc_tp_row_backward(const zinc_tp *t, void *dx, float *dw, float *db, cons
  * v0 = rank x Vl); the tied head's logits are its Vl columns, never the whole
  * row on one rank. */
 
-/* out(B,T,C) act = sum over the group of the rows this rank holds (tokens
- * elsewhere give 0) + wpe[t] (added once). Collective. */
-zinc_status zinc_tp_embedding_forward(const zinc_tp *t, void *out, const int32_t *tokens,
-                                      const float *wte, const float *wpe, int B, int T, int C,
-                                      int Vl);
+/* out(rows, C) act = this rank's rows of the sum over the group of the
+ * embeddings of the vocabulary rows this rank holds (tokens elsewhere give
+ * 0) + wpe[t] (added once); part (B*T, C) as the linears'. Collective. */
+zinc_status zinc_tp_embedding_forward(const zinc_tp *t, void *out, void *part,
+                                      const int32_t *tokens, const float *wte, const float *wpe,
+                                      int B, int T, int C, int Vl);
 /* dwte(Vl, C) += dout of this rank's tokens; dwpe(T, C) += sum_b dout (wpe
- * is replicated: the same gradient on every rank). No communication. */
-void zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwpe, const void *dout,
-                                const int32_t *tokens, int B, int T, int C, int Vl);
-/* logits(N, Vl) act = x(N, C) @ wte(Vl, C)^T. No communication. */
+ * is replicated: the same gradient on every rank). dout (rows, C); with
+ * sequence parallelism it is gathered into full (B*T, C) act scratch first
+ * (full may be NULL without). Collective with SP. */
+zinc_status zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwpe,
+                                       const void *dout, void *full, const int32_t *tokens, int B,
+                                       int T, int C, int Vl);
+/* logits(N, Vl) act = x(N, C) @ wte(Vl, C)^T, x whole. No communication. */
 void zinc_tp_head_forward(const zinc_tp *t, void *logits, const void *x, const float *wte, int N,
                           int C, int Vl);
-/* dx(N, C) act = sum over the group of dlogits @ wte -- WRITTEN; dwte(Vl, C)
- * += dlogits^T @ x. Collective. */
-zinc_status zinc_tp_head_backward(const zinc_tp *t, void *dx, float *dwte, const void *dlogits,
-                                  const void *x, const float *wte, int N, int C, int Vl);
+/* dx(rows, C) act = this rank's rows of the sum over the group of dlogits @
+ * wte -- WRITTEN; dwte(Vl, C) += dlogits^T @ x (x whole); part as the
+ * linears'. Collective. */
+zinc_status zinc_tp_head_backward(const zinc_tp *t, void *dx, void *part, float *dwte,
+                                  const void *dlogits, const void *x, const float *wte, int N,
+                                  int C, int Vl);
 /* Softmax cross-entropy of rows split by columns: losses(N) fp32 (each row's
  * whole loss, the same on every rank), logits(N, Vl) overwritten with this
  * rank's columns of dloss * (softmax - onehot); stats holds 3N floats of

@@ -6,7 +6,9 @@
  * split, c_proj row-parallel), forward and backward, the vocab-parallel
  * embedding, tied head and cross-entropy, fp32 within 1e-5 and
  * the act-bf16 table within bf16's tolerance; the sequence-parallel
- * mappings; and the TP bytes against the analytic count. Collective. */
+ * mappings, and the MLP and vocabulary ends with sequence parallelism (row
+ * blocks in and out); and the TP bytes against the analytic count.
+ * Collective. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +88,12 @@ static zinc_tp tp_of(const zinc_ops *o)
     return (zinc_tp){.group = g_size > 1 ? g_world : NULL, .size = g_size, .rank = g_rank, .ops = o};
 }
 
+/* Element i of an act tensor. */
+static void *act_at(const zinc_ops *o, const void *p, size_t i)
+{
+    return (char *)p + i * zinc_dtype_size(o->act);
+}
+
 static void check(const char *what, const float *got, const float *want, size_t n, double tol)
 {
     double d = rel_diff(got, want, n);
@@ -93,8 +101,10 @@ static void check(const char *what, const float *got, const float *want, size_t 
     CU_ASSERT(d <= tol);
 }
 
-/* y = gelu(x W1 + b1) W2 + b2, and its backward, whole vs split. */
-static void mlp_case(const zinc_ops *o, double tol)
+/* y = gelu(x W1 + b1) W2 + b2, and its backward, whole vs split; with
+ * sequence parallelism (sp) x, y, dy and dx hold this rank's N / size rows
+ * and the region mappings gather and reduce-scatter them. */
+static void mlp_case(const zinc_ops *o, double tol, int sp)
 {
     const int N = 24, C = 32, H = 4 * C, Hl = H / g_size;
     float *x = randn("x", (size_t)N * C, 1.0f), *w1 = randn("w1", (size_t)C * H, 0.1f);
@@ -114,6 +124,10 @@ static void mlp_case(const zinc_ops *o, double tol)
     o->linear_backward(dx, dw1, db1, dpre, xa, w1, N, C, H);
     /* split: c_fc by columns, c_proj by rows */
     zinc_tp t = tp_of(o);
+    t.sequence_parallel = sp;
+    const int Nr = zinc_tp_rows(&t, N), r0 = Nr < N ? g_rank * Nr : 0;
+    void *full = act_zeros(o, (size_t)N * C), *part = act_zeros(o, (size_t)N * C);
+    void *dfull = act_zeros(o, (size_t)N * C);
     float *w1l = cols(w1, C, H, g_rank * Hl, Hl), *b1l = cols(b1, 1, H, g_rank * Hl, Hl);
     const float *w2l = w2 + (size_t)g_rank * Hl * C;
     void *prel = act_zeros(o, (size_t)N * Hl), *hl = act_zeros(o, (size_t)N * Hl);
@@ -121,28 +135,35 @@ static void mlp_case(const zinc_ops *o, double tol)
     void *dprel = act_zeros(o, (size_t)N * Hl), *dxl = act_zeros(o, (size_t)N * C);
     float *dw1l = zeros((size_t)C * Hl), *db1l = zeros(Hl), *dw2l = zeros((size_t)Hl * C), *db2l = zeros(C);
     zinc_comm_reset_bytes(g_world);
-    zinc_tp_column_forward(&t, prel, xa, w1l, b1l, N, C, Hl);
+    zinc_status st;
+    const void *xf = zinc_tp_region_enter(&t, full, act_at(o, xa, (size_t)r0 * C), N, C, &st);
+    CU_ASSERT_EQUAL_FATAL(st, ZINC_OK);
+    zinc_tp_column_forward(&t, prel, xf, w1l, b1l, N, C, Hl);
     o->gelu_forward(hl, prel, (size_t)N * Hl);
-    CU_ASSERT_EQUAL(zinc_tp_row_forward(&t, yl, hl, w2l, b2, N, Hl, C), ZINC_OK);
-    zinc_tp_row_backward(&t, dhl, dw2l, db2l, dy, hl, w2l, N, Hl, C);
+    CU_ASSERT_EQUAL(zinc_tp_row_forward(&t, yl, part, hl, w2l, b2, N, Hl, C), ZINC_OK);
+    const void *dyw = zinc_tp_region_enter(&t, dfull, act_at(o, dy, (size_t)r0 * C), N, C, &st);
+    CU_ASSERT_EQUAL_FATAL(st, ZINC_OK);
+    zinc_tp_row_backward(&t, dhl, dw2l, db2l, dyw, hl, w2l, N, Hl, C);
     o->gelu_backward(dprel, prel, dhl, (size_t)N * Hl);
-    CU_ASSERT_EQUAL(zinc_tp_column_backward(&t, dxl, dw1l, db1l, dprel, xa, w1l, N, C, Hl), ZINC_OK);
-    /* two all-reduces of N x C act per MLP (forward and backward), ring bytes */
+    CU_ASSERT_EQUAL(zinc_tp_column_backward(&t, dxl, part, dw1l, db1l, dprel, xf, w1l, N, C, Hl),
+                    ZINC_OK);
+    /* two all-reduces of N x C act per MLP (forward and backward), ring
+     * bytes; with SP an all-gather and a reduce-scatter for each: the same */
     uint64_t want = g_size > 1 ? 2 * (uint64_t)(2.0 * (g_size - 1) / g_size * N * C *
                                                  zinc_dtype_size(o->act)) : 0;
     CU_ASSERT_EQUAL(zinc_tp_bytes(&t), want);
-    float *yg = from_act(o, yl, (size_t)N * C), *yw = from_act(o, y, (size_t)N * C);
-    float *dxg = from_act(o, dxl, (size_t)N * C), *dxw = from_act(o, dx, (size_t)N * C);
+    float *yg = from_act(o, yl, (size_t)Nr * C), *yw = from_act(o, y, (size_t)N * C);
+    float *dxg = from_act(o, dxl, (size_t)Nr * C), *dxw = from_act(o, dx, (size_t)N * C);
     float *dw1s = cols(dw1, C, H, g_rank * Hl, Hl), *db1s = cols(db1, 1, H, g_rank * Hl, Hl);
-    check("mlp y", yg, yw, (size_t)N * C, tol);
-    check("mlp dx", dxg, dxw, (size_t)N * C, tol);
+    check("mlp y", yg, yw + (size_t)r0 * C, (size_t)Nr * C, tol);
+    check("mlp dx", dxg, dxw + (size_t)r0 * C, (size_t)Nr * C, tol);
     check("mlp dW1 slice", dw1l, dw1s, (size_t)C * Hl, tol);
     check("mlp db1 slice", db1l, db1s, (size_t)Hl, tol);
     check("mlp dW2 rows", dw2l, dw2 + (size_t)g_rank * Hl * C, (size_t)Hl * C, tol);
     check("mlp db2 (replicated)", db2l, db2, (size_t)C, tol);
     void *ptrs[] = {x, w1, b1, w2, b2, dyf, xa, dy, pre, h, y, dh, dpre, dx, dw1, db1, dw2, db2,
                     w1l, b1l, prel, hl, yl, dhl, dprel, dxl, dw1l, db1l, dw2l, db2l, yg, yw, dxg,
-                    dxw, dw1s, db1s};
+                    dxw, dw1s, db1s, full, part, dfull};
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++) free(ptrs[i]);
 }
 
@@ -179,10 +200,11 @@ static void attn_case(const zinc_ops *o, double tol)
     float *dwal = zeros((size_t)C * 3 * Cl), *dbal = zeros(3 * Cl), *dwpl = zeros((size_t)Cl * C), *dbpl = zeros(C);
     zinc_tp_column_forward(&t, qkvl, xa, wal, bal, N, C, 3 * Cl);
     o->attention_forward(attl, lsel, qkvl, B, T, Cl, NHl);
-    CU_ASSERT_EQUAL(zinc_tp_row_forward(&t, yl, attl, wpl, bp, N, Cl, C), ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_tp_row_forward(&t, yl, NULL, attl, wpl, bp, N, Cl, C), ZINC_OK);
     zinc_tp_row_backward(&t, dattl, dwpl, dbpl, dy, attl, wpl, N, Cl, C);
     o->attention_backward(dqkvl, scrl, dattl, qkvl, attl, lsel, B, T, Cl, NHl);
-    CU_ASSERT_EQUAL(zinc_tp_column_backward(&t, dxl, dwal, dbal, dqkvl, xa, wal, N, C, 3 * Cl), ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_tp_column_backward(&t, dxl, NULL, dwal, dbal, dqkvl, xa, wal, N, C, 3 * Cl),
+                    ZINC_OK);
     float *yg = from_act(o, yl, (size_t)N * C), *yw = from_act(o, y, (size_t)N * C);
     float *dxg = from_act(o, dxl, (size_t)N * C), *dxw = from_act(o, dx, (size_t)N * C);
     float *dwas = qkv_cols(dwa, C, C, g_rank, g_size), *dbas = qkv_cols(dba, 1, C, g_rank, g_size);
@@ -198,15 +220,17 @@ static void attn_case(const zinc_ops *o, double tol)
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++) free(ptrs[i]);
 }
 
-static void test_mlp_f32(void) { mlp_case(zinc_ops_cpu(), 1e-5); }
-static void test_mlp_bf16(void) { mlp_case(zinc_ops_cpu_bf16(), 3e-2); }
+static void test_mlp_f32(void) { mlp_case(zinc_ops_cpu(), 1e-5, 0); }
+static void test_mlp_bf16(void) { mlp_case(zinc_ops_cpu_bf16(), 3e-2, 0); }
+static void test_mlp_sp_f32(void) { mlp_case(zinc_ops_cpu(), 1e-5, 1); }
+static void test_mlp_sp_bf16(void) { mlp_case(zinc_ops_cpu_bf16(), 3e-2, 1); }
 static void test_attn_f32(void) { attn_case(zinc_ops_cpu(), 1e-5); }
 static void test_attn_bf16(void) { attn_case(zinc_ops_cpu_bf16(), 3e-2); }
 
 /* GPT-2's ends, vocabulary split: embedding (wte rows split, wpe added once),
  * the tied head over this rank's rows and the vocab-parallel cross-entropy
  * equal the whole-vocabulary ops: losses, dx and the wte / wpe gradients. */
-static void vocab_case(const zinc_ops *o, double tol)
+static void vocab_case(const zinc_ops *o, double tol, int sp)
 {
     enum { B = 2, T = 6, N = B * T };
     const int C = 16, V = 256, Vl = V / g_size, v0 = g_rank * Vl;
@@ -228,31 +252,41 @@ static void vocab_case(const zinc_ops *o, double tol)
     o->embedding_backward(dwte, dwpe, dx, tok, B, T, C, 0, V);
     /* split */
     zinc_tp t = tp_of(o);
+    t.sequence_parallel = sp;
+    const int Nr = zinc_tp_rows(&t, N), r0 = Nr < N ? g_rank * Nr : 0;
     const float *wtel = wte + (size_t)v0 * C;
     void *xl = act_zeros(o, (size_t)N * C), *lgl = act_zeros(o, (size_t)N * Vl);
-    void *dxl = act_zeros(o, (size_t)N * C);
+    void *dxl = act_zeros(o, (size_t)N * C), *part = act_zeros(o, (size_t)N * C);
+    void *full = act_zeros(o, (size_t)N * C);
     float *lossl = zeros(N), *dwtel = zeros((size_t)Vl * C), *dwpel = zeros((size_t)T * C);
     float *stats = zeros(3 * (size_t)N);
-    CU_ASSERT_EQUAL(zinc_tp_embedding_forward(&t, xl, tok, wtel, wpe, B, T, C, Vl), ZINC_OK);
-    zinc_tp_head_forward(&t, lgl, xl, wtel, N, C, Vl);
+    /* with SP the embedding's output and the head's input gradient are row
+     * blocks; the head reads the gathered whole */
+    CU_ASSERT_EQUAL(zinc_tp_embedding_forward(&t, xl, part, tok, wtel, wpe, B, T, C, Vl), ZINC_OK);
+    zinc_status st;
+    const void *xf = zinc_tp_region_enter(&t, full, xl, N, C, &st);
+    CU_ASSERT_EQUAL_FATAL(st, ZINC_OK);
+    zinc_tp_head_forward(&t, lgl, xf, wtel, N, C, Vl);
     CU_ASSERT_EQUAL(zinc_tp_softmax_xent(&t, lossl, lgl, tgt, dloss, stats, N, Vl), ZINC_OK);
-    CU_ASSERT_EQUAL(zinc_tp_head_backward(&t, dxl, dwtel, lgl, xl, wtel, N, C, Vl), ZINC_OK);
-    zinc_tp_embedding_backward(&t, dwtel, dwpel, dxl, tok, B, T, C, Vl);
-    float *xg = from_act(o, xl, (size_t)N * C), *xw = from_act(o, x, (size_t)N * C);
-    float *dxg = from_act(o, dxl, (size_t)N * C), *dxw = from_act(o, dx, (size_t)N * C);
-    check("vocab x", xg, xw, (size_t)N * C, tol);
+    CU_ASSERT_EQUAL(zinc_tp_head_backward(&t, dxl, part, dwtel, lgl, xf, wtel, N, C, Vl), ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_tp_embedding_backward(&t, dwtel, dwpel, dxl, full, tok, B, T, C, Vl),
+                    ZINC_OK);
+    float *xg = from_act(o, xl, (size_t)Nr * C), *xw = from_act(o, x, (size_t)N * C);
+    float *dxg = from_act(o, dxl, (size_t)Nr * C), *dxw = from_act(o, dx, (size_t)N * C);
+    check("vocab x", xg, xw + (size_t)r0 * C, (size_t)Nr * C, tol);
     check("vocab losses", lossl, loss, (size_t)N, tol);
     CU_ASSERT_EQUAL(lossl[3], 0.0f);
-    check("vocab dx", dxg, dxw, (size_t)N * C, tol);
+    check("vocab dx", dxg, dxw + (size_t)r0 * C, (size_t)Nr * C, tol);
     check("vocab dwte rows", dwtel, dwte + (size_t)v0 * C, (size_t)Vl * C, tol);
     check("vocab dwpe (replicated)", dwpel, dwpe, (size_t)T * C, tol);
     void *ptrs[] = {wte, wpe, x, lg, dx, loss, dwte, dwpe, xl, lgl, dxl, lossl, dwtel, dwpel, stats,
-                    xg, xw, dxg, dxw};
+                    xg, xw, dxg, dxw, part, full};
     for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++) free(ptrs[i]);
 }
 
-static void test_vocab_f32(void) { vocab_case(zinc_ops_cpu(), 1e-5); }
-static void test_vocab_bf16(void) { vocab_case(zinc_ops_cpu_bf16(), 3e-2); }
+static void test_vocab_f32(void) { vocab_case(zinc_ops_cpu(), 1e-5, 0); }
+static void test_vocab_bf16(void) { vocab_case(zinc_ops_cpu_bf16(), 3e-2, 0); }
+static void test_vocab_sp_f32(void) { vocab_case(zinc_ops_cpu(), 1e-5, 1); }
 
 /* Sequence parallelism's mappings: gathering the ranks' row blocks gives the
  * whole matrix; reduce-scattering the ranks' contributions gives this
@@ -306,6 +340,9 @@ int main(int argc, char **argv)
     CU_add_test(s, "vocab-parallel embedding, head, xent fp32 = single rank", test_vocab_f32);
     CU_add_test(s, "vocab-parallel embedding, head, xent bf16 = single rank", test_vocab_bf16);
     CU_add_test(s, "sequence-parallel mappings", test_sp_mappings);
+    CU_add_test(s, "mlp fp32, sequence parallel = single rank", test_mlp_sp_f32);
+    CU_add_test(s, "mlp bf16, sequence parallel = single rank", test_mlp_sp_bf16);
+    CU_add_test(s, "vocab-parallel ends fp32, sequence parallel = single rank", test_vocab_sp_f32);
     CU_basic_set_mode(g_rank == 0 ? CU_BRM_VERBOSE : CU_BRM_SILENT);
     CU_basic_run_tests();
     unsigned n_fail = CU_get_number_of_failures();

@@ -83,7 +83,7 @@ static zinc_status mlp_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *
     char *pre = zinc_layer_acts(l), *h = pre + (size_t)N * Hl * as;
     zinc_tp_column_forward(c->tp, pre, x, zinc_layer_param(l, 0), zinc_layer_param(l, 1), N, C, Hl);
     c->ops->gelu_forward(h, pre, (size_t)N * Hl);
-    zinc_status st = zinc_tp_row_forward(c->tp, y, h, zinc_layer_param(l, 2), zinc_layer_param(l, 3),
+    zinc_status st = zinc_tp_row_forward(c->tp, y, NULL, h, zinc_layer_param(l, 2), zinc_layer_param(l, 3),
                                          N, Hl, C);
     c->ops->residual_forward(y, y, x, (size_t)N * C);
     return st;
@@ -99,7 +99,7 @@ static zinc_status mlp_backward(zinc_layer *l, zinc_ctx *c, const void *x, const
     zinc_tp_row_backward(c->tp, dh, zinc_layer_grad(l, 2), zinc_layer_grad(l, 3), dy, h,
                          zinc_layer_param(l, 2), N, Hl, C);
     c->ops->gelu_backward(dpre, pre, dh, (size_t)N * Hl);
-    zinc_status st = zinc_tp_column_backward(c->tp, dxm, zinc_layer_grad(l, 0), zinc_layer_grad(l, 1),
+    zinc_status st = zinc_tp_column_backward(c->tp, dxm, NULL, zinc_layer_grad(l, 0), zinc_layer_grad(l, 1),
                                              dpre, x, zinc_layer_param(l, 0), N, C, Hl);
     c->ops->add_into(dx, c->ops->act, dxm, c->ops->act, (size_t)N * C); /* the MLP branch */
     c->ops->add_into(dx, c->ops->act, dy, c->ops->act, (size_t)N * C);  /* the residual */
