@@ -510,6 +510,7 @@ zinc_status engine_sync(zinc_engine *e)
 int zinc_engine_dp_rank(const zinc_engine *e) { return e->z.dp_rank; }
 const zinc_device *zinc_engine_device(const zinc_engine *e) { return e->dev; }
 int zinc_engine_dp_size(const zinc_engine *e) { return e->z.dp; }
+int zinc_engine_tp_size(const zinc_engine *e) { return e->tp.size; }
 
 static const zero_param *param_named(const zinc_engine *e, const char *name)
 {
@@ -689,6 +690,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     zinc_comm *dpg = e->mesh->dp_group;
     double t0 = zinc_now_ms();
     zinc_comm_reset_bytes(dpg);
+    if (e->tp.group) zinc_comm_reset_bytes(e->tp.group);
     e->dev->mem_reset_peak();
 
     zero_grads_zero(&e->z);
@@ -795,6 +797,11 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     s->mem_max = e->mem_max;
     s->comm_bytes = zinc_comm_bytes(dpg);
     for (int k = 0; k < ZINC_COMM_N_OPS; k++) s->comm_bytes_op[k] = zinc_comm_bytes_op(dpg, k);
+    if (e->tp.group) {
+        s->tp_comm_bytes = zinc_comm_bytes(e->tp.group);
+        for (int k = 0; k < ZINC_COMM_N_OPS; k++)
+            s->tp_comm_bytes_op[k] = zinc_comm_bytes_op(e->tp.group, k);
+    }
     s->samples_seen = e->samples;
     s->loss_scale = scale;
     s->skipped = overflow;

@@ -70,25 +70,32 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
         return 2;
     }
     const char *prec = cfg->bf16.enabled ? "bf16" : cfg->fp16.enabled ? "fp16" : "fp32";
+    const int dp = zinc_config_dp_size(cfg, n);
+    char layout[64] = ""; /* what one rank of a TP group holds */
+    if (cfg->tp.size > 1)
+        snprintf(layout, sizeof layout, " (tp %lld%s x dp %d)", (long long)cfg->tp.size,
+                 cfg->tp.sequence_parallel ? ", sequence parallel" : "", dp);
     int rc = 0;
     for (int stage = 0; stage <= 3 && rc == 0; stage++) {
         zinc_mem_stats m;
-        zinc_status est = zinc_engine_estimate_memory(cfg, zinc_gpt2_model(g), n, stage, &m);
+        zinc_status est = zinc_engine_estimate_memory(cfg, zinc_gpt2_model(g), dp, stage, &m);
         if (est != ZINC_OK) {
             fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
             rc = est == ZINC_ERR_CONFIG ? 2 : 1;
             break;
         }
         if (stage == 0)
-            printf("model-state memory per rank, %d ranks, %s (MiB):\n"
-                   "stage    params     grads    master optimizer     total   +buckets   on nvme\n", n, prec);
+            printf("model-state memory per rank, %d ranks%s, %s (MiB):\n"
+                   "stage    params     grads    master optimizer     total   +buckets   on nvme\n", n,
+                   layout, prec);
         printf("%5d %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f %9.1f\n", stage, m.params / 1048576.0,
                m.grads / 1048576.0, m.master / 1048576.0, m.optimizer / 1048576.0,
                m.total / 1048576.0, (m.total + m.buffers) / 1048576.0, m.nvme / 1048576.0);
         if (stage == 3 && m.activations)
-            printf("activations per rank (micro-batch %lld x %lld tokens, fp32, any stage): %.1f MiB\n",
+            printf("activations per rank (micro-batch %lld x %lld tokens, %s, any stage): %.1f MiB\n",
                    (long long)cfg->train_micro_batch_size_per_gpu,
-                   (long long)zinc_config_seq_len(cfg), m.activations / 1048576.0);
+                   (long long)zinc_config_seq_len(cfg), cfg->bf16.enabled ? "bf16" : "fp32",
+                   m.activations / 1048576.0);
     }
     zinc_gpt2_destroy(g);
     return rc;
@@ -518,15 +525,19 @@ int main(int argc, char **argv)
 
     int64_t every = cfg.train.log_every > 0 ? cfg.train.log_every : cfg.steps_per_print;
     if (every < 1) every = 1;
+    char tp_note[64] = "";
+    if (zinc_engine_tp_size(eng) > 1)
+        snprintf(tp_note, sizeof tp_note, " | tp %d%s", zinc_engine_tp_size(eng),
+                 cfg.tp.sequence_parallel ? " (sequence parallel)" : "");
     if (rank == 0)
         ZINC_INFO("gpt2 L=%lld C=%lld heads=%lld vocab=%lld T=%lld: %.2fM params | %d ranks x %d threads on %s | "
-                  "batch %lld = micro %lld x accum %lld x dp %d | %llu samples of data",
+                  "batch %lld = micro %lld x accum %lld x dp %d%s | %llu samples of data",
                   (long long)cfg.model.n_layer, (long long)cfg.model.n_embd, (long long)cfg.model.n_head,
                   (long long)cfg.model.vocab_size, (long long)zinc_config_seq_len(&cfg),
                   zinc_engine_n_params(eng) / 1e6, size, nt, zinc_engine_device(eng)->name,
                   (long long)cfg.train_batch_size,
                   (long long)cfg.train_micro_batch_size_per_gpu, (long long)cfg.gradient_accumulation_steps,
-                  size, (unsigned long long)zinc_data_n_samples(data));
+                  zinc_engine_dp_size(eng), tp_note, (unsigned long long)zinc_data_n_samples(data));
     if (rank == 0) ZINC_INFO("blas: %s", zinc_blas_summary());
 
     double t_start = now_s(), tok_s_sum = 0.0, first_loss = 0.0, last_loss = 0.0;
@@ -573,13 +584,16 @@ int main(int argc, char **argv)
         char nvme_note[48] = "";
         if (s.mem_max.nvme)
             snprintf(nvme_note, sizeof nvme_note, " (%.1f MiB on nvme)", s.mem_max.nvme / 1048576.0);
+        char tp_comm[48] = ""; /* DP bytes first, then the TP group's */
+        if (zinc_engine_tp_size(eng) > 1)
+            snprintf(tp_comm, sizeof tp_comm, " + tp %.2f MiB", s.tp_comm_bytes / 1048576.0);
         if (step % every == 0 || step == 1 || step == cfg.train.max_steps)
             printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
-                   "%.1f TFLOP/s | state %.1f MiB/rank%s | %s mem %.2f GiB | comm %.2f MiB%s\n",
+                   "%.1f TFLOP/s | state %.1f MiB/rank%s | %s mem %.2f GiB | comm %.2f MiB%s%s\n",
                    (long long)step, (long long)cfg.train.max_steps, s.loss, s.lr, s.grad_norm,
                    s.tokens_per_s, s.step_ms, s.model_tflops, s.model_state_bytes_max / 1048576.0,
                    nvme_note, zinc_engine_device(eng)->name, s.dev_mem_peak / 1073741824.0,
-                   s.comm_bytes / 1048576.0, s.skipped ? (cfg.fp16.enabled ? " | skipped (fp16 overflow)" : " | skipped (not finite)") : "");
+                   s.comm_bytes / 1048576.0, tp_comm, s.skipped ? (cfg.fp16.enabled ? " | skipped (fp16 overflow)" : " | skipped (not finite)") : "");
         fflush(stdout);
         if (metrics) {
             const zinc_mem_stats *m = &s.mem_max;
@@ -602,6 +616,11 @@ int main(int argc, char **argv)
             for (int k = 0; k < ZINC_COMM_N_OPS; k++)
                 fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
                         (unsigned long long)s.comm_bytes_op[k]);
+            fprintf(metrics, "}, \"tp_comm_bytes\": %llu, \"tp_comm\": {",
+                    (unsigned long long)s.tp_comm_bytes);
+            for (int k = 0; k < ZINC_COMM_N_OPS; k++)
+                fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
+                        (unsigned long long)s.tp_comm_bytes_op[k]);
             fprintf(metrics, "}}\n");
             if (fflush(metrics) != 0) {
                 zinc_error(ZINC_ERR_IO, "train.metrics_file %s: write failed", cfg.train.metrics_file);

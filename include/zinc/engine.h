@@ -134,8 +134,10 @@ typedef struct zinc_step_stats {
     double tokens_per_s;       /* global tokens / step time */
     uint64_t model_state_bytes;/* params + grads + optimizer state held by this rank */
     uint64_t model_state_bytes_max; /* largest over ranks */
-    uint64_t comm_bytes;       /* bytes this rank communicated during the step */
+    uint64_t comm_bytes;       /* bytes this rank communicated over its DP group during the step */
     uint64_t comm_bytes_op[ZINC_COMM_N_OPS]; /* the same by kind of collective */
+    uint64_t tp_comm_bytes;    /* bytes it communicated over its TP group (0 without TP) */
+    uint64_t tp_comm_bytes_op[ZINC_COMM_N_OPS];
     int64_t samples_seen;      /* global sample index after this step */
     double loss_scale;         /* fp16 loss scale used (1 otherwise) */
     int skipped;               /* 1 if an fp16 overflow skipped the update */
@@ -222,6 +224,7 @@ double zinc_sched_lr(const zinc_config *c, int64_t step);
 int64_t zinc_engine_n_params(const zinc_engine *e);
 int zinc_engine_dp_rank(const zinc_engine *e);
 int zinc_engine_dp_size(const zinc_engine *e);
+int zinc_engine_tp_size(const zinc_engine *e);
 
 /* Looks up a parameter by full name; returns its fp32 data and numel, or
  * NULL (also when parameters are not held whole in fp32: ZeRO-3, 16-bit).

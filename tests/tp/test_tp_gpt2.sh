@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# GPT-2 under tensor parallelism, through the trainer (CPU ranks, oversubscribed):
+#  - equivalence: TP 2 x DP 1, TP 4 x DP 1, TP 2 x DP 2 x ZeRO stages 0-3 x sequence
+#    parallelism off/on x gradient accumulation 1, 2: the losses of 20 steps equal the
+#    single-rank run within 1e-5 (fp32); model.recompute under TP + SP too; bf16 within
+#    the bf16 tolerance of the single-rank bf16 run
+#  - TP bytes per step equal the analytic count (all-reduces of B*T*C per block, the
+#    SP all-gather / reduce-scatter volume, the vocab-parallel and LayerNorm reductions)
+#    within 2%; DP bytes stay in comm_bytes
+#  - resharding: saved at TP 2 x DP 2 / ZeRO-3, resumed at TP 1 x DP 4 / ZeRO-1 and at
+#    TP 4 x DP 1 / ZeRO-0, and from the TP 4 run's checkpoint back to TP 2 x DP 2 /
+#    ZeRO-3: the continuations equal the uninterrupted run within 1e-5
+#  - bad TP layouts are one line and exit 2 before anything is allocated
+set -u
+cd "$(dirname "$0")/../.."
+. tests/train/lib.sh
+shard=$(make_shard)
+cfg=$(tiny_config "$shard")
+S3="--set zero_optimization.stage3_param_persistence_threshold=0 --set zero_optimization.stage3_max_reuse_distance=0"
+tp() { echo "--set tensor_parallel.autotp_size=$1 --set tensor_parallel.sequence_parallel=$2"; }
+
+check_close() { # name ref tol
+    local d; d=$(max_rel_diff "$TMP/$2.jsonl" "$TMP/$1.jsonl")
+    [ "$(losses "$TMP/$1.jsonl" | wc -l)" -eq "$(losses "$TMP/$2.jsonl" | wc -l)" ] || fail "$1: step count differs from $2"
+    awk -v d="$d" -v t="$3" 'BEGIN { exit !(d != "nan" && d <= t) }' || fail "$1 differs from $2: $d"
+    echo "$1: max rel diff $d"
+}
+field() { sed -n "s/.*\"$2\": \([0-9.e+-]*\).*/\1/p" "$TMP/$1.jsonl" | tail -1; }
+
+# --- equivalence matrix (fp32) ---
+run ref 1 --set train.max_steps=20
+for layout in "2 2" "4 4" "4 2"; do
+    set -- $layout; n=$1; t=$2
+    for stage in 0 1 2 3; do
+        extra=""; [ "$stage" = 3 ] && extra=$S3
+        for sp in false true; do
+            for ga in 1 2; do
+                name="n${n}_tp${t}_s${stage}_sp${sp}_ga${ga}"
+                run "$name" "$n" --set train.max_steps=20 $(tp "$t" "$sp") \
+                    --set zero_optimization.stage=$stage --set gradient_accumulation_steps=$ga $extra
+                check_close "$name" ref 1e-5
+            done
+        done
+    done
+done
+run rc_ref 1 --set train.max_steps=20 --set model.recompute=true
+run rc_tp 4 --set train.max_steps=20 $(tp 2 true) --set model.recompute=true --set zero_optimization.stage=2
+check_close rc_tp rc_ref 1e-5
+
+# --- bf16 (the bf16 tolerance of the DP tests: a rounding of 2^-8 per op, 2% of the loss) ---
+run bf_ref 1 --set train.max_steps=20 --set bf16.enabled=true
+for sp in false true; do
+    run "bf_tp2_sp$sp" 4 --set train.max_steps=20 --set bf16.enabled=true $(tp 2 "$sp") --set zero_optimization.stage=1
+    check_close "bf_tp2_sp$sp" bf_ref 2e-2
+done
+
+# --- TP bytes against the analytic count ---
+# tiny model: L 2, C 32, V 256, T 16, batch 24; per micro-batch of N = B*T rows, ring bytes
+# per rank for P ranks: all-reduce 2 (P-1)/P x bytes, all-gather / reduce-scatter (P-1)/P x
+# the whole (N, C). Without SP: (2 + 4L) all-reduces of N*C (embedding and head 1 each, every
+# block 2 forward + 2 backward); with SP: (2 + 4L) reduce-scatters and (2 + 6L) all-gathers
+# (backward gathers the incoming gradient and the LayerNorm outputs again). Both: the
+# vocab-parallel cross-entropy's MAX (N) and SUM (2N) fp32 all-reduces, with SP the
+# LayerNorm gradients (4C per block + 2C, fp32), and the grad norm's one double per step.
+analytic() { # P SP GA micro
+    awk -v P="$1" -v sp="$2" -v ga="$3" -v B="$4" 'BEGIN {
+        L = 2; C = 32; T = 16; N = B * T; f = (P - 1) / P; nc = N * C * 4
+        if (sp == "true") x = ((2 + 4 * L) + (2 + 6 * L)) * f * nc + 2 * f * (4 * C * L + 2 * C) * 4
+        else x = (2 + 4 * L) * 2 * f * nc
+        x += 2 * f * 3 * N * 4
+        printf "%.0f\n", ga * x + 2 * f * 8 }'
+}
+for case in "2 false 1 4" "2 true 1 4" "4 true 2 4" "4 false 1 4"; do
+    set -- $case; P=$1; sp=$2; ga=$3; n=$4
+    dp=$((n / P)); micro=$((24 / dp / ga))
+    name="n${n}_tp${P}_s1_sp${sp}_ga${ga}"
+    [ -f "$TMP/$name.jsonl" ] || run "$name" "$n" --set train.max_steps=20 $(tp "$P" "$sp") \
+        --set zero_optimization.stage=1 --set gradient_accumulation_steps=$ga
+    got=$(field "$name" tp_comm_bytes); want=$(analytic "$P" "$sp" "$ga" "$micro")
+    awk -v a="$got" -v b="$want" 'BEGIN { d = (a - b) / b; if (d < 0) d = -d; exit !(b > 0 && d <= 0.02) }' \
+        || fail "$name: TP bytes per step $got, analytic $want"
+    [ "$(field "$name" comm_bytes)" -gt 0 ] || [ "$dp" -eq 1 ] || fail "$name: no DP bytes"
+    echo "$name: TP bytes per step $got = analytic $want"
+done
+
+# --- resharding across TP, DP and ZeRO stage ---
+run ref22 4 --set train.max_steps=20 $(tp 2 false) --set zero_optimization.stage=3 $S3
+run save22 4 --set train.max_steps=10 $(tp 2 false) --set zero_optimization.stage=3 $S3 \
+    --set train.save_dir="$TMP/rs" --set train.save_every=10
+losses "$TMP/ref22.jsonl" | tail -10 > "$TMP/ref22.tail10"
+losses "$TMP/ref22.jsonl" | tail -5 > "$TMP/ref22.tail5"
+close_tail() { # file-a file-b label
+    local d
+    d=$(paste "$1" "$2" | awk '{ n++; d = $1 - $2; if (d < 0) d = -d; a = $1 < 0 ? -$1 : $1; r = d / a; if (r > m) m = r }
+                               END { if (n == 0) print "nan"; else printf "%.3g\n", m }')
+    awk -v d="$d" 'BEGIN { exit !(d != "nan" && d <= 1e-5) }' || fail "$3: differs ($d)"
+    echo "$3: max rel diff $d"
+}
+for layout in "1 4 1" "4 4 0"; do
+    set -- $layout; t=$1; n=$2; stage=$3
+    run "rs_tp$t" "$n" --set train.max_steps=20 $(tp "$t" false) --set zero_optimization.stage=$stage \
+        --set train.resume="$TMP/rs/global_step10" --set train.save_dir="$TMP/rs_tp$t" --set train.save_every=5
+    losses "$TMP/rs_tp$t.jsonl" > "$TMP/rs_tp$t.l"
+    [ "$(wc -l < "$TMP/rs_tp$t.l")" -eq 10 ] || fail "resume at tp $t did not run steps 11-20"
+    close_tail "$TMP/ref22.tail10" "$TMP/rs_tp$t.l" "TP 2 x DP 2 stage 3 -> TP $t x DP $((n / t)) stage $stage"
+done
+run back22 4 --set train.max_steps=20 $(tp 2 false) --set zero_optimization.stage=3 $S3 \
+    --set train.resume="$TMP/rs_tp4/global_step15"
+losses "$TMP/back22.jsonl" > "$TMP/back22.l"
+close_tail "$TMP/ref22.tail5" "$TMP/back22.l" "TP 4 x DP 1 stage 0 (step 15) -> TP 2 x DP 2 stage 3"
+grep -q '"tp": *2' "$TMP/rs/global_step10/manifest.json" || fail "manifest does not record tp 2"
+
+# --- bad layouts: one line naming the key and the numbers, exit 2 ---
+bad() { # expected-text ranks sets...
+    local want=$1 n=$2; shift 2
+    local out rc
+    out=$($MPIRUN "$n" "$BUILD/zinc-train" "$cfg" --set train.max_steps=2 "$@" 2>&1); rc=$?
+    [ $rc -eq 2 ] || { echo "$out"; fail "$* on $n ranks: exit $rc, not 2"; }
+    echo "$out" | grep -q "$want" || { echo "$out"; fail "$*: no line saying '$want'"; }
+    echo "refused ($n ranks, $*): $(echo "$out" | grep -m1 "$want")"
+}
+bad "does not divide the world size 3" 3 $(tp 2 false) --set train_batch_size=24
+bad "does not divide model.n_head 2" 4 $(tp 4 false) --set model.n_head=2
+bad "model.vocab_size 320 is not a multiple of 64 x tensor_parallel.autotp_size = 128" 2 $(tp 2 false) --set model.vocab_size=320
+bad "sequence length 15 is not a multiple of tensor_parallel.autotp_size 2" 2 $(tp 2 true) --set model.block_size=15
+echo "OK"
