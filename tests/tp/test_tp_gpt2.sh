@@ -7,6 +7,8 @@
 #  - TP bytes per step equal the analytic count (all-reduces of B*T*C per block, the
 #    SP all-gather / reduce-scatter volume, the vocab-parallel and LayerNorm reductions)
 #    within 2%; DP bytes stay in comm_bytes
+#  - offload (optimizer cpu / nvme, parameters nvme at ZeRO-3) under TP: bitwise the
+#    losses without offload; fp16 under TP within the fp16 tolerance
 #  - resharding: saved at TP 2 x DP 2 / ZeRO-3, resumed at TP 1 x DP 4 / ZeRO-1 and at
 #    TP 4 x DP 1 / ZeRO-0, and from the TP 4 run's checkpoint back to TP 2 x DP 2 /
 #    ZeRO-3: the continuations equal the uninterrupted run within 1e-5
@@ -53,6 +55,25 @@ for sp in false true; do
     run "bf_tp2_sp$sp" 4 --set train.max_steps=20 --set bf16.enabled=true $(tp 2 "$sp") --set zero_optimization.stage=1
     check_close "bf_tp2_sp$sp" bf_ref 2e-2
 done
+
+# --- offload and fp16 act on the DP group, unchanged under TP ---
+# bitwise the losses of the same TP layout without offload; fp16 within its tolerance
+NV="$TMP/nvme"; mkdir -p "$NV"
+off() { echo "--set zero_optimization.offload_$1.device=$2 --set zero_optimization.offload_$1.nvme_path=$NV"; }
+same() { cmp -s <(losses "$TMP/$1.jsonl") <(losses "$TMP/$2.jsonl") || fail "$2 differs from $1"; echo "$2: bitwise equal to $1"; }
+run off_ref2 4 --set train.max_steps=20 $(tp 2 true) --set zero_optimization.stage=2
+run off_cpu2 4 --set train.max_steps=20 $(tp 2 true) --set zero_optimization.stage=2 $(off optimizer cpu)
+same off_ref2 off_cpu2
+run off_nvme2 4 --set train.max_steps=20 $(tp 2 true) --set zero_optimization.stage=2 $(off optimizer nvme) \
+    --set zero_optimization.sub_group_size=2048
+same off_ref2 off_nvme2
+run off_ref3 4 --set train.max_steps=20 $(tp 2 false) --set zero_optimization.stage=3 $S3
+run off_nvme3 4 --set train.max_steps=20 $(tp 2 false) --set zero_optimization.stage=3 $S3 \
+    $(off optimizer nvme) $(off param nvme) --set zero_optimization.sub_group_size=2048
+same off_ref3 off_nvme3
+run fp16_ref 1 --set train.max_steps=20 --set fp16.enabled=true
+run fp16_tp 4 --set train.max_steps=20 --set fp16.enabled=true $(tp 2 true) --set zero_optimization.stage=1
+check_close fp16_tp fp16_ref 2e-2
 
 # --- TP bytes against the analytic count ---
 # tiny model: L 2, C 32, V 256, T 16, batch 24; per micro-batch of N = B*T rows, ring bytes
@@ -109,6 +130,19 @@ run back22 4 --set train.max_steps=20 $(tp 2 false) --set zero_optimization.stag
 losses "$TMP/back22.jsonl" > "$TMP/back22.l"
 close_tail "$TMP/ref22.tail5" "$TMP/back22.l" "TP 4 x DP 1 stage 0 (step 15) -> TP 2 x DP 2 stage 3"
 grep -q '"tp": *2' "$TMP/rs/global_step10/manifest.json" || fail "manifest does not record tp 2"
+
+# --- --estimate-memory plans for DP = ranks / TP: at TP 4 a rank holds 1/4 of the state ---
+est_total() { # ranks sets... -> stage-0 total MiB
+    local n=$1; shift
+    "$BUILD/zinc-train" "$cfg" --set model.n_embd=256 --set model.n_layer=4 --set model.vocab_size=4096 \
+        "$@" --estimate-memory -n "$n" | awk '$1 == "0" { print $6 }'
+}
+e1=$(est_total 1); e4=$(est_total 4 $(tp 4 false))
+awk -v a="$e1" -v b="$e4" 'BEGIN { r = 4 * b / a; exit !(a > 0 && r >= 0.95 && r <= 1.05) }' \
+    || fail "--estimate-memory: TP 4 total $e4 MiB vs TP 1 $e1 MiB (not 1/4)"
+"$BUILD/zinc-train" "$cfg" $(tp 4 false) --estimate-memory -n 8 | grep -q "8 ranks (tp 4 x dp 2)" \
+    || fail "--estimate-memory does not name the TP x DP layout"
+echo "--estimate-memory: $e1 MiB per rank at TP 1, $e4 MiB at TP 4"
 
 # --- bad layouts: one line naming the key and the numbers, exit 2 ---
 bad() { # expected-text ranks sets...

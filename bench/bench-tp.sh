@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Tensor parallelism against data parallelism on the same ranks, measured in
+# the same run: the CPU bench model (GPT-2 L=6, C=384, 6 heads, vocab 50304,
+# T=64, fp32) on 2 ranks x 1 thread, global batch 8 sequences, three layouts:
+#   DP 2            (the reference: micro 4 per rank, ZeRO-1)
+#   TP 2            (one TP group: micro 8, the layers split over the ranks)
+#   TP 2 + SP       (sequence parallelism)
+# Prints the median tokens/s after warm-up, the ratio to DP 2, each rank's
+# model-state bytes and the bytes one rank moves per step (DP group, TP group).
+# Usage: bench/bench-tp.sh [steps=30]   (BUILD=build by default)
+set -eu
+BUILD=${BUILD:-build}
+cd "$(dirname "$0")/.."
+steps=${1:-30}
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+"$BUILD/zinc-data" --ext .c,.h,.md -o "$tmp/corpus.bin" core kernels engine models include tools >/dev/null
+cat > "$tmp/bench.json" <<JSON
+{
+  "train_batch_size": 8,
+  "optimizer": {"type": "AdamW", "params": {"lr": 3e-4, "weight_decay": 0.0}},
+  "steps_per_print": 10,
+  "zero_optimization": {"stage": 1},
+  "model": {"type": "gpt2", "n_layer": 6, "n_embd": 384, "n_head": 6, "vocab_size": 50304, "block_size": 64},
+  "data": {"train": ["$tmp/corpus.bin"]},
+  "train": {"max_steps": $steps, "threads": 1},
+  "device": "cpu"
+}
+JSON
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+col() { sed -n "s/.*\"$1\": \([0-9.e+-]*\).*/\1/p" "$2"; }
+one() { # name sets...
+    local name=$1; shift
+    OMP_NUM_THREADS=1 ./scripts/mpirun.sh 2 "$BUILD/zinc-train" "$tmp/bench.json" \
+        --set train.metrics_file="$tmp/$name.jsonl" "$@" > "$tmp/$name.log" 2>&1 \
+        || { cat "$tmp/$name.log"; exit 1; }
+    local tok state dpb tpb
+    tok=$(col tokens_per_s "$tmp/$name.jsonl" | tail -n +6 | median)
+    state=$(col model_state_bytes "$tmp/$name.jsonl" | tail -1)
+    dpb=$(col comm_bytes "$tmp/$name.jsonl" | tail -1)
+    tpb=$(col tp_comm_bytes "$tmp/$name.jsonl" | tail -1)
+    echo "$name $tok $state $dpb $tpb"
+}
+{
+    one dp2
+    one tp2 --set tensor_parallel.autotp_size=2
+    one tp2_sp --set tensor_parallel.autotp_size=2 --set tensor_parallel.sequence_parallel=true
+} > "$tmp/res"
+awk -v steps="$steps" 'NR == 1 { ref = $2 }
+    { r[NR] = $0; tok[NR] = $2 }
+    END {
+        printf "model GPT-2 L=6 C=384 H=6 V=50304 T=64 fp32, global batch 8, 2 ranks x 1 thread, %d steps (median after 5)\n", steps
+        printf "%-8s %12s %8s %14s %14s %14s\n", "layout", "tokens/s", "vs DP 2", "state MiB/rank", "DP MiB/step", "TP MiB/step"
+        for (i = 1; i <= NR; i++) {
+            split(r[i], f, " ")
+            printf "%-8s %12.0f %8.3f %14.1f %14.2f %14.2f\n", f[1], f[2], f[2] / ref, f[3] / 1048576, f[4] / 1048576, f[5] / 1048576
+        }
+    }' "$tmp/res"
