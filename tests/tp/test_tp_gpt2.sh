@@ -11,7 +11,9 @@
 #    losses without offload; fp16 under TP within the fp16 tolerance
 #  - resharding: saved at TP 2 x DP 2 / ZeRO-3, resumed at TP 1 x DP 4 / ZeRO-1 and at
 #    TP 4 x DP 1 / ZeRO-0, and from the TP 4 run's checkpoint back to TP 2 x DP 2 /
-#    ZeRO-3: the continuations equal the uninterrupted run within 1e-5
+#    ZeRO-3: the continuations equal the uninterrupted run within 1e-5; the same through
+#    the offload swap files (saved with optimizer + parameters on nvme, resumed with nvme,
+#    cpu and no offload at other layouts, saved again from nvme at TP 4)
 #  - bad TP layouts are one line and exit 2 before anything is allocated
 set -u
 cd "$(dirname "$0")/../.."
@@ -130,6 +132,31 @@ run back22 4 --set train.max_steps=20 $(tp 2 false) --set zero_optimization.stag
 losses "$TMP/back22.jsonl" > "$TMP/back22.l"
 close_tail "$TMP/ref22.tail5" "$TMP/back22.l" "TP 4 x DP 1 stage 0 (step 15) -> TP 2 x DP 2 stage 3"
 grep -q '"tp": *2' "$TMP/rs/global_step10/manifest.json" || fail "manifest does not record tp 2"
+
+# --- checkpoints through the offload swap files: saved at TP 2 x DP 2 / ZeRO-3 with the
+# optimizer and parameters on nvme (the writer reads the swap files), resumed with and
+# without offload at other layouts (the reader fills the swap files); the TP 4 resume
+# saves again from its swap files and TP 2 x DP 2 / ZeRO-1 without offload goes on ---
+offd() { mkdir -p "$NV/$1"; echo "$(off optimizer nvme) --set zero_optimization.offload_optimizer.nvme_path=$NV/$1 --set zero_optimization.sub_group_size=2048"; }
+offp() { echo "$(off param nvme) --set zero_optimization.offload_param.nvme_path=$NV/$1"; }
+run osave 4 --set train.max_steps=10 $(tp 2 false) --set zero_optimization.stage=3 $S3 $(offd s) $(offp s) \
+    --set train.save_dir="$TMP/ors" --set train.save_every=10
+for layout in "1 4 1 none" "2 4 2 cpu" "4 4 3 nvme"; do
+    set -- $layout; t=$1; n=$2; stage=$3; o=$4; extra=""
+    case $o in
+        nvme) extra="$(offd r$t) $(offp r$t) $S3 --set train.save_dir=$TMP/ors_tp$t --set train.save_every=5" ;;
+        cpu) extra="$(off optimizer cpu)" ;;
+    esac
+    run "or_tp$t" "$n" --set train.max_steps=20 $(tp "$t" false) --set zero_optimization.stage=$stage $extra \
+        --set train.resume="$TMP/ors/global_step10"
+    losses "$TMP/or_tp$t.jsonl" > "$TMP/or_tp$t.l"
+    [ "$(wc -l < "$TMP/or_tp$t.l")" -eq 10 ] || fail "resume at tp $t from the offloaded checkpoint did not run steps 11-20"
+    close_tail "$TMP/ref22.tail10" "$TMP/or_tp$t.l" "TP 2 x DP 2 stage 3 nvme -> TP $t x DP $((n / t)) stage $stage offload $o"
+done
+run oback 4 --set train.max_steps=20 $(tp 2 false) --set zero_optimization.stage=1 \
+    --set train.resume="$TMP/ors_tp4/global_step15"
+losses "$TMP/oback.jsonl" > "$TMP/oback.l"
+close_tail "$TMP/ref22.tail5" "$TMP/oback.l" "TP 4 x DP 1 stage 3 nvme (step 15) -> TP 2 x DP 2 stage 1"
 
 # --- --estimate-memory plans for DP = ranks / TP: at TP 4 a rank holds 1/4 of the state ---
 est_total() { # ranks sets... -> stage-0 total MiB
