@@ -159,8 +159,8 @@ int main(int argc, char **argv)
         t->ndim = 1;
         t->shape[0] = per * size;
         t->tp_dim = -1;
-        save_p[i] = (zinc_ckpt_piece){i, per * rank, per, csrc + at};
-        load_p[i] = (zinc_ckpt_piece){i, per * rank, per, cdst + at};
+        save_p[i] = (zinc_ckpt_piece){.tensor = i, .offset = per * rank, .n = per, .data = csrc + at};
+        load_p[i] = (zinc_ckpt_piece){.tensor = i, .offset = per * rank, .n = per, .data = cdst + at};
         /* a pattern that differs per rank, tensor and element */
         for (int64_t e = 0; e < per; e++)
             csrc[at + e] = (float)((uint32_t)((per * rank + e) * 2654435761u + (uint32_t)i * 40503u) >> 8);

@@ -40,9 +40,20 @@
  * (latest, index, manifest.json, rank files) is opened through zinc_open_regular first.
  * Directories a save creates carry a marker file; only marked ones are ever removed.
  *
+ * Boxes (zinc/ckpt.h): a piece is a box of its tensor's block view and a flat range of the
+ * box. It is written as one chunk, its bytes in the box's row-major order; the manifest
+ * records the box (version 2), never the runs. Rank 0's coverage check, the manifest's
+ * validation and the load all take boxes apart into the tensor's logical runs (box.c) and
+ * work on those: the runs of all chunks, sorted, must tile the tensor; a wanted piece's
+ * runs are intersected with them by binary search into fragments (chunk elements -> piece
+ * elements), and fragments of one chunk are read together, each 1 MiB block once per
+ * piece. Pieces behind io are gathered in 8 MiB windows of the piece, so io still gets
+ * each piece in ascending order when its elements come from several chunks.
+ *
  * The files: fsutil.c (small files and directories, tags, latest and index, and rank 0's
- * prepare and atomic commit of a save), manifest.c (rank 0's merge of the chunk tables, the
- * manifest's text, its parsing and validation), writer.c (the rank file's writer and
+ * prepare and atomic commit of a save), box.c (block views, boxes and their runs),
+ * manifest.c (rank 0's merge of the chunk tables, the manifest's text, its parsing and
+ * validation), writer.c (the rank file's writer and
  * zinc_ckpt_save), reader.c (the reader, verify and zinc_ckpt_load), crc32c.c (the checksum)
  * and this file: what they share (string builder, error agreement, layout checks, progress,
  * io failures). Their shared declarations are in ckpt_int.h.
@@ -185,6 +196,9 @@ static zinc_status check_tensor(const zinc_ckpt_tensor *t, int i, const char *wh
     if (ckpt_tensor_numel(t) < 0)
         return zinc_error(ZINC_ERR_INVALID_ARG, "%s tensor %s: its shape's size in bytes overflows 64 bits", what,
                           t->name);
+    char why[256];
+    if (ckpt_view_check(t, why, sizeof why) != 0)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "%s tensor %s (%s): %s", what, t->name, t->kind, why);
     return ZINC_OK;
 }
 
@@ -203,10 +217,14 @@ zinc_status ckpt_check_layout(const zinc_ckpt_layout *L, const char *what)
                               p->tensor, L->n_tensors - 1);
         const zinc_ckpt_tensor *t = &L->tensors[p->tensor];
         int64_t numel = ckpt_tensor_numel(t);
-        if (p->offset < 0 || p->n < 0 || p->offset > numel || p->n > numel - p->offset)
+        char why[512];
+        if (ckpt_box_is_whole(p->count) &&
+            (p->offset < 0 || p->n < 0 || p->offset > numel || p->n > numel - p->offset))
             return zinc_error(ZINC_ERR_INVALID_ARG, "%s piece %d: elements [%lld, %lld) outside tensor %s (%s) of %lld elements",
                               what, i, (long long)p->offset, (long long)(p->offset + p->n), t->name, t->kind,
                               (long long)numel);
+        if (ckpt_box_check(t, p->start, p->count, p->offset, p->n, why, sizeof why) != 0)
+            return zinc_error(ZINC_ERR_INVALID_ARG, "%s piece %d of tensor %s (%s): %s", what, i, t->name, t->kind, why);
         if (p->n > 0 && !p->data && !L->io)
             return zinc_error(ZINC_ERR_INVALID_ARG, "%s piece %d of tensor %s: data is NULL and the layout has no io",
                               what, i, t->name);

@@ -21,20 +21,35 @@
 /* crc32c through the portable slice-by-8 path whatever the CPU (tests compare both). */
 uint32_t ckpt_crc32c_sw(uint32_t crc, const void *data, size_t n);
 
-/* One chunk of a tensor in a rank file: elements [eo, eo+n) at byte offset off. */
+/* One chunk of a tensor in a rank file, at byte offset off: elements [bo, bo+n) of its box
+ * (start, count over the tensor's block view; counts all 0: the whole tensor, and then bo is
+ * the flat element offset, as in every version-1 chunk). eo is where the chunk starts when
+ * the tensor's chunks, in the order of their first logical element, are laid end to end:
+ * chunks sorted by eo tile [0, numel), and eo == bo for whole-tensor chunks. */
 typedef struct ckpt_chunk {
     int file;            /* index into ckpt_manifest.files */
     uint64_t off, bytes; /* bytes == n * dtype size */
     int64_t eo, n;
+    int64_t bo;
+    int64_t start[ZINC_CKPT_BOX_DIMS], count[ZINC_CKPT_BOX_DIMS];
     uint32_t *crcs;      /* ceil(bytes / CKPT_BLOCK) */
     size_t n_crcs;
 } ckpt_chunk;
 
+/* A logical run of a stored tensor: flat elements [lo, lo+n) are elements [cpos, cpos+n)
+ * of chunk `chunk` (counted from the chunk's first element). */
+typedef struct ckpt_srun {
+    int64_t lo, n, cpos;
+    int chunk;
+} ckpt_srun;
+
 typedef struct ckpt_mtensor {
     zinc_ckpt_tensor t;
     int64_t numel;
-    ckpt_chunk *chunks;  /* sorted by eo, covering [0, numel) exactly */
+    ckpt_chunk *chunks;  /* sorted by eo */
     int n_chunks;
+    ckpt_srun *runs;     /* every chunk's runs, sorted by lo, tiling [0, numel) exactly */
+    int64_t n_runs;
 } ckpt_mtensor;
 
 typedef struct ckpt_file {
@@ -58,6 +73,39 @@ typedef struct ckpt_manifest {
  * (and tensor) on any syntax or consistency problem. */
 zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, ckpt_manifest *m);
 void ckpt_manifest_free(ckpt_manifest *m);
+
+/* ---- box.c: boxes over a tensor's block view and their logical runs (pure) ---- */
+
+/* All counts 0: the whole-tensor box. */
+int ckpt_box_is_whole(const int64_t *count);
+/* 0 when t's tp_blocks makes a block view (<= 1, or dividing shape[tp_dim] with tp_dim a
+ * dimension), else -1 with the reason in why. */
+int ckpt_view_check(const zinc_ckpt_tensor *t, char *why, size_t cap);
+/* t's block view in view[ZINC_CKPT_BOX_DIMS] (the rest 0); returns its dimensions. */
+int ckpt_view(const zinc_ckpt_tensor *t, int64_t *view);
+/* 0 when the box lies in t's view (dimensions past it 0; all counts 0 with start 0: whole)
+ * and [off, off+n) in the box; else -1 with the reason in why. t's view must be valid. */
+int ckpt_box_check(const zinc_ckpt_tensor *t, const int64_t *start, const int64_t *count, int64_t off, int64_t n,
+                   char *why, size_t cap);
+/* Elements of a checked box. */
+int64_t ckpt_box_volume(const zinc_ckpt_tensor *t, const int64_t *count);
+/* "[0:768, 0:3, 384:768]" for nd dimensions. */
+void ckpt_box_str(const int64_t *start, const int64_t *count, int nd, char *buf, size_t cap);
+/* fn(u, pos, logical, n): box elements [pos, pos+n) are the tensor's flat elements
+ * [logical, logical+n); returns non-zero to stop (and ckpt_box_runs returns it). */
+typedef int (*ckpt_run_fn)(void *u, int64_t pos, int64_t logical, int64_t n);
+/* Calls fn for each maximal run of elements [off, off+n) of a checked box, in order (pos and
+ * logical both ascend). Returns 0, or fn's first non-zero value. */
+int ckpt_box_runs(const zinc_ckpt_tensor *t, const int64_t *start, const int64_t *count, int64_t off, int64_t n,
+                  ckpt_run_fn fn, void *u);
+/* Runs ckpt_box_runs would call fn for (0 when n <= 0). */
+int64_t ckpt_box_n_runs(const zinc_ckpt_tensor *t, const int64_t *start, const int64_t *count, int64_t off, int64_t n);
+/* Most logical runs the chunks of one checkpoint may stand for: rank 0 refuses to save more
+ * (ZINC_ERR_UNSUPPORTED), a manifest with more is refused as corrupt. The parsed manifest
+ * keeps them all (32 bytes each: 512 MiB at the limit; GPT-2 1.5B at TP 8 has 7.4 M). */
+#define CKPT_MAX_RUNS (1 << 24)
+/* The flat element of box element pos (pos inside the checked box). */
+int64_t ckpt_box_logical(const zinc_ckpt_tensor *t, const int64_t *start, const int64_t *count, int64_t pos);
 
 /* ---- ckpt.c: what the other files share ---- */
 
@@ -116,7 +164,9 @@ zinc_status ckpt_save_commit(zinc_aio *aio, const char *save_dir, const char *ta
 typedef struct m_chunk {
     int rank;
     uint64_t off, bytes;
-    int64_t eo, n;
+    int64_t eo, n;      /* elements [eo, eo+n) of the box */
+    int64_t start[ZINC_CKPT_BOX_DIMS], count[ZINC_CKPT_BOX_DIMS]; /* all 0: the whole tensor */
+    int64_t first;      /* flat element of the chunk's first element (the manifest's order) */
     json_t *crcs; /* borrowed from the rank's parsed descriptor */
 } m_chunk;
 

@@ -1,6 +1,11 @@
 /* manifest.c - the checkpoint manifest: rank 0's merge of every rank's chunk table and the
  * check that the chunks tile every tensor, the manifest's text (written by hand, meta last,
  * verbatim), and its parsing and validation with jansson (ckpt.c has the overview).
+ *
+ * Both checks take each chunk's box apart into its logical runs (box.c), sort the runs of a
+ * tensor by first element and require them to tile [0, numel): O(R log R) in the tensor's
+ * runs R, never pieces x runs. A parsed manifest keeps the sorted runs (the reader
+ * intersects wanted pieces with them); the manifest text holds only the boxes.
  */
 #include <jansson.h>
 #include <stdio.h>
@@ -24,7 +29,50 @@ static int dtype_parse(const char *s, zinc_dtype *dt)
 static int mchunk_cmp(const void *a, const void *b)
 {
     const m_chunk *x = a, *y = b;
-    return x->eo < y->eo ? -1 : x->eo > y->eo ? 1 : x->rank - y->rank;
+    return x->first < y->first ? -1 : x->first > y->first ? 1 : x->rank - y->rank;
+}
+
+/* A growing list of runs; chunk indexes the caller's chunk array. */
+typedef struct run_list {
+    ckpt_srun *r;
+    int64_t n, cap;
+    int chunk;
+    int oom;
+} run_list;
+
+static int run_add(void *u, int64_t pos, int64_t logical, int64_t n)
+{
+    run_list *l = u;
+    if (l->n == l->cap) {
+        int64_t cap = l->cap ? 2 * l->cap : 64;
+        ckpt_srun *r = realloc(l->r, (size_t)cap * sizeof *r);
+        if (!r) {
+            l->oom = 1;
+            return 1;
+        }
+        l->r = r;
+        l->cap = cap;
+    }
+    l->r[l->n++] = (ckpt_srun){logical, n, pos, l->chunk};
+    return 0;
+}
+
+static int srun_cmp(const void *a, const void *b)
+{
+    const ckpt_srun *x = a, *y = b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo ? 1 : x->chunk - y->chunk;
+}
+
+/* Box elements [eo, eo+n) of chunk `chunk` as runs appended to l, their cpos counted from
+ * the chunk's first element. -1 when out of memory. */
+static int runs_of_chunk(run_list *l, const zinc_ckpt_tensor *t, const int64_t *start, const int64_t *count,
+                         int64_t eo, int64_t n, int chunk)
+{
+    int64_t n0 = l->n;
+    l->chunk = chunk;
+    ckpt_box_runs(t, start, count, eo, n, run_add, l);
+    for (int64_t k = n0; k < l->n; k++) l->r[k].cpos -= eo;
+    return l->oom ? -1 : 0;
 }
 
 int ckpt_shape_eq(const zinc_ckpt_tensor *a, const zinc_ckpt_tensor *b)
@@ -60,8 +108,8 @@ zinc_status ckpt_merge_rank(m_table *mt, int r, json_t *desc, uint64_t *file_byt
         memset(&t, 0, sizeof t);
         const char *name, *kind, *dt;
         json_t *shape;
-        int tp;
-        if (json_unpack(json_array_get(ts, i), "[s s s o i]", &name, &kind, &dt, &shape, &tp) != 0 ||
+        int tp, tpb;
+        if (json_unpack(json_array_get(ts, i), "[s s s o i i]", &name, &kind, &dt, &shape, &tp, &tpb) != 0 ||
             dtype_parse(dt, &t.dtype) != 0) {
             st = zinc_error(ZINC_ERR_INTERNAL, "chunk table of rank %d: bad tensor entry %zu", r, i);
             goto cleanup;
@@ -71,6 +119,7 @@ zinc_status ckpt_merge_rank(m_table *mt, int r, json_t *desc, uint64_t *file_byt
         t.ndim = (int)json_array_size(shape);
         for (int d = 0; d < t.ndim && d < ZINC_MAX_DIMS; d++) t.shape[d] = json_integer_value(json_array_get(shape, (size_t)d));
         t.tp_dim = tp;
+        t.tp_blocks = tpb;
         int g = -1;
         if ((int)i < mt->n && !strcmp(mt->t[i].t.name, t.name) && !strcmp(mt->t[i].t.kind, t.kind)) g = (int)i;
         for (int j = 0; g < 0 && j < mt->n; j++)
@@ -91,14 +140,15 @@ zinc_status ckpt_merge_rank(m_table *mt, int r, json_t *desc, uint64_t *file_byt
             mt->t[g].t = t;
         } else {
             const zinc_ckpt_tensor *o = &mt->t[g].t;
-            if (o->dtype != t.dtype || !ckpt_shape_eq(o, &t) || o->tp_dim != t.tp_dim) {
+            if (o->dtype != t.dtype || !ckpt_shape_eq(o, &t) || o->tp_dim != t.tp_dim || o->tp_blocks != t.tp_blocks) {
                 char s1[128], s2[128];
                 ckpt_shape_str(o, s1, sizeof s1);
                 ckpt_shape_str(&t, s2, sizeof s2);
                 st = zinc_error(ZINC_ERR_INVALID_ARG,
-                                "tensor %s (%s) differs between ranks: %s %s tp_dim %d vs rank %d's %s %s tp_dim %d",
-                                t.name, t.kind, zinc_dtype_name(o->dtype), s1, o->tp_dim, r,
-                                zinc_dtype_name(t.dtype), s2, t.tp_dim);
+                                "tensor %s (%s) differs between ranks: %s %s tp_dim %d tp_blocks %d vs rank %d's %s %s "
+                                "tp_dim %d tp_blocks %d",
+                                t.name, t.kind, zinc_dtype_name(o->dtype), s1, o->tp_dim, o->tp_blocks, r,
+                                zinc_dtype_name(t.dtype), s2, t.tp_dim, t.tp_blocks);
                 goto cleanup;
             }
         }
@@ -107,13 +157,27 @@ zinc_status ckpt_merge_rank(m_table *mt, int r, json_t *desc, uint64_t *file_byt
     for (size_t i = 0; i < json_array_size(cs); i++) {
         int lt;
         json_int_t off, bytes, eo, n;
-        json_t *crcs;
-        if (json_unpack(json_array_get(cs, i), "[i I I I I o]", &lt, &off, &bytes, &eo, &n, &crcs) != 0 ||
+        json_t *crcs, *box;
+        m_chunk c = {.rank = r};
+        if (json_unpack(json_array_get(cs, i), "[i I I I I o o]", &lt, &off, &bytes, &eo, &n, &crcs, &box) != 0 ||
             lt < 0 || (size_t)lt >= nt) {
             st = zinc_error(ZINC_ERR_INTERNAL, "chunk table of rank %d: bad chunk entry %zu", r, i);
             goto cleanup;
         }
         m_tensor *m = &mt->t[map[lt]];
+        if (json_is_array(box)) { /* the sender checked it against the same view */
+            json_t *bs = json_array_get(box, 0), *bc = json_array_get(box, 1);
+            for (size_t d = 0; d < json_array_size(bs) && d < ZINC_CKPT_BOX_DIMS; d++) {
+                c.start[d] = json_integer_value(json_array_get(bs, d));
+                c.count[d] = json_integer_value(json_array_get(bc, d));
+            }
+        }
+        c.off = (uint64_t)off;
+        c.bytes = (uint64_t)bytes;
+        c.eo = eo;
+        c.n = n;
+        c.first = ckpt_box_logical(&m->t, c.start, c.count, eo);
+        c.crcs = crcs;
         if (m->nc == m->capc) {
             int cap = m->capc ? 2 * m->capc : 4;
             m_chunk *nc = realloc(m->c, (size_t)cap * sizeof *nc);
@@ -124,41 +188,68 @@ zinc_status ckpt_merge_rank(m_table *mt, int r, json_t *desc, uint64_t *file_byt
             m->c = nc;
             m->capc = cap;
         }
-        m->c[m->nc++] = (m_chunk){r, (uint64_t)off, (uint64_t)bytes, eo, n, crcs};
+        m->c[m->nc++] = c;
     }
 cleanup:
     free(map);
     return st;
 }
 
-/* Every tensor covered exactly once by the chunks of all ranks. */
+/* Every tensor covered exactly once by the chunks of all ranks: the runs of all its chunks,
+ * sorted, follow each other without a gap or an overlap. Sorts each tensor's chunks by
+ * their first element (the manifest's order). */
 zinc_status ckpt_check_coverage(m_table *mt)
 {
+    zinc_status st = ZINC_OK;
+    run_list l = {0};
+    int64_t n_runs = 0;
     for (int i = 0; i < mt->n; i++) {
         m_tensor *m = &mt->t[i];
         if (m->nc > 1) qsort(m->c, (size_t)m->nc, sizeof *m->c, mchunk_cmp);
         int64_t numel = ckpt_tensor_numel(&m->t), next = 0;
-        int prev_rank = -1;
+        l.n = 0;
         for (int j = 0; j < m->nc; j++) {
-            const m_chunk *c = &m->c[j];
-            if (c->eo > next)
-                return zinc_error(ZINC_ERR_INVALID_ARG,
-                                  "tensor %s (%s): elements [%lld, %lld) are saved by no rank",
-                                  m->t.name, m->t.kind, (long long)next, (long long)c->eo);
-            if (c->eo < next) {
-                int64_t end = c->eo + c->n < next ? c->eo + c->n : next;
-                return zinc_error(ZINC_ERR_INVALID_ARG,
-                                  "tensor %s (%s): elements [%lld, %lld) are saved twice (rank %d and rank %d)",
-                                  m->t.name, m->t.kind, (long long)c->eo, (long long)end, prev_rank, c->rank);
+            n_runs += ckpt_box_n_runs(&m->t, m->c[j].start, m->c[j].count, m->c[j].eo, m->c[j].n);
+            if (n_runs > CKPT_MAX_RUNS) {
+                st = zinc_error(ZINC_ERR_UNSUPPORTED,
+                                "tensor %s (%s): the pieces' boxes stand for more than %d logical runs in all "
+                                "(a checkpoint zinc could not load)", m->t.name, m->t.kind, CKPT_MAX_RUNS);
+                goto cleanup;
             }
-            next = c->eo + c->n;
-            prev_rank = c->rank;
+            if (runs_of_chunk(&l, &m->t, m->c[j].start, m->c[j].count, m->c[j].eo, m->c[j].n, j) != 0) {
+                st = zinc_error(ZINC_ERR_NOMEM, "checking tensor %s (%s): out of memory", m->t.name, m->t.kind);
+                goto cleanup;
+            }
         }
-        if (next < numel)
-            return zinc_error(ZINC_ERR_INVALID_ARG, "tensor %s (%s): elements [%lld, %lld) are saved by no rank",
-                              m->t.name, m->t.kind, (long long)next, (long long)numel);
+        if (l.n > 1) qsort(l.r, (size_t)l.n, sizeof *l.r, srun_cmp);
+        int prev_rank = -1;
+        for (int64_t k = 0; k < l.n; k++) {
+            const ckpt_srun *u = &l.r[k];
+            int rank = m->c[u->chunk].rank;
+            if (u->lo > next) {
+                st = zinc_error(ZINC_ERR_INVALID_ARG, "tensor %s (%s): elements [%lld, %lld) are saved by no rank",
+                                m->t.name, m->t.kind, (long long)next, (long long)u->lo);
+                goto cleanup;
+            }
+            if (u->lo < next) {
+                int64_t end = u->lo + u->n < next ? u->lo + u->n : next;
+                st = zinc_error(ZINC_ERR_INVALID_ARG,
+                                "tensor %s (%s): elements [%lld, %lld) are saved twice (rank %d and rank %d)",
+                                m->t.name, m->t.kind, (long long)u->lo, (long long)end, prev_rank, rank);
+                goto cleanup;
+            }
+            next = u->lo + u->n;
+            prev_rank = rank;
+        }
+        if (next < numel) {
+            st = zinc_error(ZINC_ERR_INVALID_ARG, "tensor %s (%s): elements [%lld, %lld) are saved by no rank",
+                            m->t.name, m->t.kind, (long long)next, (long long)numel);
+            goto cleanup;
+        }
     }
-    return ZINC_OK;
+cleanup:
+    free(l.r);
+    return st;
 }
 
 char *ckpt_manifest_text(const char *tag, const m_table *mt, const uint64_t *file_bytes, int n_files,
@@ -180,12 +271,23 @@ char *ckpt_manifest_text(const char *tag, const m_table *mt, const uint64_t *fil
         ckpt_sb_json_str(&s, m->t.kind);
         ckpt_sb_printf(&s, ", \"dtype\": \"%s\", \"shape\": [", ckpt_dtype_tag(m->t.dtype));
         for (int d = 0; d < m->t.ndim; d++) ckpt_sb_printf(&s, "%s%lld", d ? ", " : "", (long long)m->t.shape[d]);
-        ckpt_sb_printf(&s, "], \"tp_dim\": %d, \"chunks\": [\n", m->t.tp_dim);
+        ckpt_sb_printf(&s, "], \"tp_dim\": %d, \"tp_blocks\": %d, \"chunks\": [\n", m->t.tp_dim,
+                       m->t.tp_blocks > 1 ? m->t.tp_blocks : 1);
+        int64_t view[ZINC_CKPT_BOX_DIMS];
+        int nd = ckpt_view(&m->t, view);
         for (int j = 0; j < m->nc; j++) {
             const m_chunk *c = &m->c[j];
-            ckpt_sb_printf(&s, "      {\"file\": \"rank-%05d.bin\", \"offset\": %llu, \"bytes\": %llu, \"elements\": [%lld, %lld], \"crc32c\": [",
-                           c->rank, (unsigned long long)c->off, (unsigned long long)c->bytes, (long long)c->eo,
-                      (long long)(c->eo + c->n));
+            ckpt_sb_printf(&s, "      {\"file\": \"rank-%05d.bin\", \"offset\": %llu, \"bytes\": %llu, ", c->rank,
+                           (unsigned long long)c->off, (unsigned long long)c->bytes);
+            if (!ckpt_box_is_whole(c->count)) { /* whole-tensor boxes are left out */
+                ckpt_sb_printf(&s, "\"box\": {\"start\": [");
+                for (int d = 0; d < nd; d++) ckpt_sb_printf(&s, "%s%lld", d ? ", " : "", (long long)c->start[d]);
+                ckpt_sb_printf(&s, "], \"count\": [");
+                for (int d = 0; d < nd; d++) ckpt_sb_printf(&s, "%s%lld", d ? ", " : "", (long long)c->count[d]);
+                ckpt_sb_printf(&s, "]}, ");
+            }
+            ckpt_sb_printf(&s, "\"elements\": [%lld, %lld], \"crc32c\": [", (long long)c->eo,
+                           (long long)(c->eo + c->n));
             for (size_t b = 0; b < json_array_size(c->crcs); b++)
                 ckpt_sb_printf(&s, "%s%lld", b ? ", " : "", (long long)json_integer_value(json_array_get(c->crcs, b)));
             ckpt_sb_printf(&s, "]}%s\n", j + 1 < m->nc ? "," : "");
@@ -212,6 +314,7 @@ void ckpt_manifest_free(ckpt_manifest *m)
         for (int j = 0; j < m->tensors[i].n_chunks; j++) free(m->tensors[i].chunks[j].crcs);
         free(m->tensors[i].chunks);
     }
+    for (int i = 0; m->tensors && i < m->n_tensors; i++) free(m->tensors[i].runs);
     free(m->tensors);
     free(m->files);
     free(m->meta);
@@ -226,10 +329,22 @@ static int get_i64(json_t *o, const char *key, int64_t *v)
     return 0;
 }
 
-static int chunk_cmp(const void *a, const void *b)
+static int chunk_cmp(const void *a, const void *b) /* by first element, held in eo then */
 {
     const ckpt_chunk *x = a, *y = b;
     return x->eo < y->eo ? -1 : x->eo > y->eo;
+}
+
+/* An integer array of exactly nd elements into v; -1 if it is not one. */
+static int get_dims(json_t *a, int nd, int64_t *v)
+{
+    if (!json_is_array(a) || json_array_size(a) != (size_t)nd) return -1;
+    for (int d = 0; d < nd; d++) {
+        json_t *x = json_array_get(a, (size_t)d);
+        if (!json_is_integer(x)) return -1;
+        v[d] = json_integer_value(x);
+    }
+    return 0;
 }
 
 /* The meta text exactly as written: meta is the manifest's last member, after a fixed
@@ -280,8 +395,8 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
                         (long long)ver, ZINC_CKPT_FORMAT_VERSION);
         goto cleanup;
     }
-    if (ver != ZINC_CKPT_FORMAT_VERSION) { /* no other version was ever written */
-        st = zinc_error(ZINC_ERR_CORRUPT, "%s: format version %lld is not one zinc knows (%d)", mp, (long long)ver,
+    if (ver < 1) { /* versions 1 (flat ranges) and 2 (boxes) were written, no other */
+        st = zinc_error(ZINC_ERR_CORRUPT, "%s: format version %lld is not one zinc knows (1..%d)", mp, (long long)ver,
                         ZINC_CKPT_FORMAT_VERSION);
         goto cleanup;
     }
@@ -312,6 +427,7 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
         snprintf(m->files[i].name, sizeof m->files[i].name, "%s", json_string_value(nm));
         m->files[i].bytes = (uint64_t)b;
     }
+    int64_t n_runs = 0; /* over the whole manifest */
     for (int i = 0; i < m->n_tensors; i++) {
         json_t *t = json_array_get(tensors, (size_t)i);
         ckpt_mtensor *mt = &m->tensors[i];
@@ -328,7 +444,15 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
         }
         snprintf(mt->t.name, sizeof mt->t.name, "%s", json_string_value(nm));
         snprintf(mt->t.kind, sizeof mt->t.kind, "%s", json_string_value(kd));
+        json_t *tpb = json_object_get(t, "tp_blocks");
+        if (tp < -1 || tp >= ZINC_MAX_DIMS || (ver >= 2 && tpb && (!json_is_integer(tpb) || json_integer_value(tpb) < 0 ||
+                                                                   json_integer_value(tpb) > (1 << 30)))) {
+            st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): invalid tp_dim or tp_blocks", mp, mt->t.name,
+                            mt->t.kind);
+            goto cleanup;
+        }
         mt->t.tp_dim = (int)tp;
+        mt->t.tp_blocks = ver >= 2 && tpb ? (int)json_integer_value(tpb) : 0; /* version 1 did not record it */
         mt->t.ndim = (int)json_array_size(shape);
         for (int d = 0; d < mt->t.ndim; d++) {
             json_t *x = json_array_get(shape, (size_t)d);
@@ -347,6 +471,13 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
                             mp, mt->t.name, mt->t.kind, sh, zinc_dtype_name(mt->t.dtype));
             goto cleanup;
         }
+        char why[512];
+        if (ckpt_view_check(&mt->t, why, sizeof why) != 0) {
+            st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): %s", mp, mt->t.name, mt->t.kind, why);
+            goto cleanup;
+        }
+        int64_t view[ZINC_CKPT_BOX_DIMS];
+        int nd = ckpt_view(&mt->t, view);
         mt->n_chunks = (int)json_array_size(chunks);
         mt->chunks = calloc((size_t)mt->n_chunks + 1, sizeof *mt->chunks);
         if (!mt->chunks) {
@@ -357,6 +488,7 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
         for (int j = 0; j < mt->n_chunks; j++) {
             json_t *c = json_array_get(chunks, (size_t)j), *fn = json_object_get(c, "file");
             json_t *el = json_object_get(c, "elements"), *crcs = json_object_get(c, "crc32c");
+            json_t *box = json_object_get(c, "box");
             ckpt_chunk *ck = &mt->chunks[j];
             int64_t off, bytes;
             ck->file = -1;
@@ -372,18 +504,43 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
             }
             ck->off = (uint64_t)off;
             ck->bytes = (uint64_t)bytes;
-            ck->eo = json_integer_value(json_array_get(el, 0));
-            if (__builtin_sub_overflow((int64_t)json_integer_value(json_array_get(el, 1)), ck->eo, &ck->n)) ck->n = -1;
+            ck->bo = json_integer_value(json_array_get(el, 0));
+            if (__builtin_sub_overflow((int64_t)json_integer_value(json_array_get(el, 1)), ck->bo, &ck->n)) ck->n = -1;
             ck->n_crcs = json_array_size(crcs);
+            if (box) { /* version 2: a box over the view; absent: the whole tensor */
+                if (ver < 2 || !json_is_object(box) || get_dims(json_object_get(box, "start"), nd, ck->start) != 0 ||
+                    get_dims(json_object_get(box, "count"), nd, ck->count) != 0 || json_object_size(box) != 2) {
+                    st = zinc_error(ZINC_ERR_CORRUPT,
+                                    "%s: tensor %s (%s): chunk %d in %s: invalid box (version 2 only: {\"start\": [...], "
+                                    "\"count\": [...]}, %d dimensions each)",
+                                    mp, mt->t.name, mt->t.kind, j, m->files[ck->file].name, nd);
+                    goto cleanup;
+                }
+                /* an empty box would read as the whole tensor: it never holds a chunk (n > 0) */
+                if (ckpt_box_is_whole(ck->count) || ckpt_box_check(&mt->t, ck->start, ck->count, 0, 0, why, sizeof why)) {
+                    if (ckpt_box_is_whole(ck->count)) snprintf(why, sizeof why, "its box is empty");
+                    st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): chunk %d in %s: %s", mp, mt->t.name,
+                                    mt->t.kind, j, m->files[ck->file].name, why);
+                    goto cleanup;
+                }
+            }
+            int64_t vol = ckpt_box_volume(&mt->t, ck->count);
             /* n <= numel, whose byte size fits in int64: n * esz cannot overflow below */
-            if (ck->eo < 0 || ck->n <= 0 || ck->eo > mt->numel || ck->n > mt->numel - ck->eo ||
+            if (ck->bo < 0 || ck->n <= 0 || ck->bo > vol || ck->n > vol - ck->bo ||
                 ck->bytes != (uint64_t)ck->n * esz || ck->n_crcs != (ck->bytes + CKPT_BLOCK - 1) / CKPT_BLOCK ||
                 ck->off > m->files[ck->file].bytes || ck->bytes > m->files[ck->file].bytes - ck->off) {
-                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): chunk %d (elements [%lld, %lld) in %s) is inconsistent",
-                                mp, mt->t.name, mt->t.kind, j, (long long)ck->eo, (long long)(ck->eo + ck->n),
-                                m->files[ck->file].name);
+                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): chunk %d (elements [%lld, %lld) of %s of %lld in %s) is inconsistent",
+                                mp, mt->t.name, mt->t.kind, j, (long long)ck->bo, (long long)(ck->bo + ck->n),
+                                box ? "its box" : "the tensor", (long long)vol, m->files[ck->file].name);
                 goto cleanup;
             }
+            n_runs += ckpt_box_n_runs(&mt->t, ck->start, ck->count, ck->bo, ck->n);
+            if (n_runs > CKPT_MAX_RUNS) {
+                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): the chunks' boxes stand for more than %d logical runs",
+                                mp, mt->t.name, mt->t.kind, CKPT_MAX_RUNS);
+                goto cleanup;
+            }
+            ck->eo = ckpt_box_logical(&mt->t, ck->start, ck->count, ck->bo); /* for the sort below */
             ck->crcs = malloc(ck->n_crcs * sizeof *ck->crcs + 1);
             if (!ck->crcs) {
                 st = zinc_error(ZINC_ERR_NOMEM, "%s: out of memory", mp);
@@ -401,16 +558,30 @@ zinc_status ckpt_manifest_parse(const char *dir, const char *text, size_t len, c
             m->n_chunks++;
         }
         qsort(mt->chunks, (size_t)mt->n_chunks, sizeof *mt->chunks, chunk_cmp);
-        /* every chunk continues where the one before ends: a chunk past the end, or one
-         * repeating a range already covered, is as wrong as a hole (found by fuzz_manifest) */
-        int64_t next = 0;
-        int used = 0;
-        for (; used < mt->n_chunks && mt->chunks[used].eo == next; used++) next += mt->chunks[used].n;
-        if (next != mt->numel || used != mt->n_chunks) {
+        /* the runs of all chunks, sorted, each continue where the one before ends: a chunk
+         * past the end, or one repeating a range already covered, is as wrong as a hole
+         * (found by fuzz_manifest) */
+        run_list l = {0};
+        int64_t next = 0, used = 0;
+        for (int j = 0; j < mt->n_chunks; j++) {
+            ckpt_chunk *ck = &mt->chunks[j];
+            if (runs_of_chunk(&l, &mt->t, ck->start, ck->count, ck->bo, ck->n, j) != 0) {
+                free(l.r);
+                st = zinc_error(ZINC_ERR_NOMEM, "%s: out of memory", mp);
+                goto cleanup;
+            }
+        }
+        mt->runs = l.r;
+        mt->n_runs = l.n;
+        if (l.n > 1) qsort(l.r, (size_t)l.n, sizeof *l.r, srun_cmp);
+        for (; used < l.n && l.r[used].lo == next; used++) next += l.r[used].n;
+        if (next != mt->numel || used != l.n) {
             st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s): chunks do not cover its %lld elements exactly", mp,
                             mt->t.name, mt->t.kind, (long long)mt->numel);
             goto cleanup;
         }
+        for (int j = 0; j < mt->n_chunks; j++) /* the chunks laid end to end: they tile [0, numel) */
+            mt->chunks[j].eo = j ? mt->chunks[j - 1].eo + mt->chunks[j - 1].n : 0;
         for (int k = 0; k < i; k++)
             if (!strcmp(m->tensors[k].t.name, mt->t.name) && !strcmp(m->tensors[k].t.kind, mt->t.kind)) {
                 st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s (%s) listed twice", mp, mt->t.name, mt->t.kind);

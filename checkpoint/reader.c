@@ -2,6 +2,14 @@
  * any element range of a tensor through one pipeline of crc-checked segments, converting
  * among f32/bf16/f16), verify, and zinc_ckpt_load, which maps every rank's wanted pieces
  * onto the stored chunks (ckpt.c has the overview).
+ *
+ * A wanted piece (a box and a range of it) becomes fragments: its logical runs, each found
+ * among the manifest's sorted stored runs by binary search and cut where stored runs end,
+ * adjacent ones merged (a piece saved and loaded alike is one fragment per chunk). For
+ * memory, a piece's fragments are sorted by chunk and position and a segment takes every
+ * fragment that continues in its blocks. For io, the piece goes in CKPT_SEG windows: a
+ * window's fragments are read the same way into r->conv and the window's last segment
+ * hands it to io, so io sees the piece in order with one buffer whatever the saved boxes.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,28 +169,39 @@ typedef struct ck_io {
     const zinc_ckpt_tensor *want; /* the piece's wanted tensor (messages) */
 } ck_io;
 
-/* One transfer: blocks [blk0, blk0+nblk) of chunk c of tensor t; elements [e_lo, e_hi)
- * of it go to dst as dtype ddt (element e at dst + (e - de0) * size of ddt), or, with
- * io.fn set, to io.fn as elements [e - de0, ...) of piece io.piece; neither: verify only.
- * A direct segment is read straight into dst and checked there: its elements are all of
- * the segment, the dtype is the stored one, and dst is aligned like the file offset, so
- * the aio engine can go O_DIRECT. */
+/* Part of a segment's chunk that is wanted: chunk elements [lo, hi) (counted from the
+ * chunk's first element) go to destination elements [d, d + hi - lo). */
+typedef struct ck_frag {
+    int64_t lo, hi, d;
+} ck_frag;
+
+/* One transfer: blocks [blk0, blk0+nblk) of chunk c of tensor t, and the fragments
+ * [f0, f0+nf) of the list (sorted by lo, inside those blocks) that go to dst as dtype ddt
+ * or, with io.fn set, to the reader's window buffer r->conv; a segment with io_n > 0 then
+ * hands the window (io_n elements) to io.fn as elements [io_first, ...) of piece io.piece.
+ * No fragments: verify only.
+ * direct: read straight into dst and checked there (its one fragment is all of the
+ * segment, the dtype is the stored one, and dst is aligned like the file offset, so the aio
+ * engine can go O_DIRECT). io_buf: the window is this segment's one fragment in the stored
+ * dtype: io gets it straight from the staging buffer. */
 typedef struct ck_seg {
     const ckpt_mtensor *t;
     const ckpt_chunk *c;
     uint64_t blk0, nblk;
-    int64_t e_lo, e_hi;
+    size_t f0, nf;
     uint8_t *dst;
     zinc_dtype ddt;
-    int64_t de0;
-    int direct;
+    int direct, io_buf;
     ck_io io;
+    int64_t io_first, io_n;
 } ck_seg;
 
-/* A growing list of segments. */
+/* A growing list of segments and their fragments. */
 typedef struct ck_segs {
     ck_seg *s;
     size_t n, cap;
+    ck_frag *f;
+    size_t nf, capf;
 } ck_segs;
 
 static void convert(const void *src, zinc_dtype sdt, void *dst, zinc_dtype ddt, size_t n)
@@ -214,20 +233,21 @@ static void seg_range(const ck_seg *s, uint64_t *foff, size_t *len)
     *len = (size_t)(b1 - b0);
 }
 
-/* Where element e of segment s's chunk goes. */
-static uint8_t *seg_dst(const ck_seg *s, int64_t e)
+/* Where a direct segment's bytes go. */
+static uint8_t *seg_direct_dst(const ck_segs *l, const ck_seg *s)
 {
-    return s->dst + (size_t)(e - s->de0) * zinc_dtype_size(s->ddt);
+    return s->dst + (size_t)l->f[s->f0].d * zinc_dtype_size(s->ddt);
 }
 
-static zinc_status seg_submit(zinc_ckpt_reader *r, const ck_seg *s, uint8_t *buf, zinc_aio_req **req)
+static zinc_status seg_submit(zinc_ckpt_reader *r, const ck_segs *l, const ck_seg *s, uint8_t *buf,
+                              zinc_aio_req **req)
 {
     uint64_t foff;
     size_t len;
     zinc_status st = reader_file(r, s->c->file, s->t, s->c);
     if (st != ZINC_OK) return st;
     seg_range(s, &foff, &len);
-    if (s->direct) return zinc_aio_pread_async(r->fh[s->c->file], seg_dst(s, s->e_lo), len, foff, req);
+    if (s->direct) return zinc_aio_pread_async(r->fh[s->c->file], seg_direct_dst(l, s), len, foff, req);
     size_t rl = len;
     /* read whole 4 KiB pages when the file has them: O_DIRECT friendly */
     if (foff % CKPT_ALIGN == 0 && foff + ckpt_align_up(len, CKPT_ALIGN) <= r->fsize[s->c->file])
@@ -235,67 +255,77 @@ static zinc_status seg_submit(zinc_ckpt_reader *r, const ck_seg *s, uint8_t *buf
     return zinc_aio_pread_async(r->fh[s->c->file], buf, rl, foff, req);
 }
 
-/* Hands elements [lo, lo+n) of s's tensor, n of them in buf as s->ddt, to s's io. */
-static zinc_status seg_io(const ck_seg *s, void *buf, int64_t lo, int64_t n)
+/* Hands n elements in buf (as s->ddt), elements [first, first+n) of s's piece, to s's io. */
+static zinc_status seg_io(const ck_seg *s, void *buf, int64_t first, int64_t n)
 {
-    zinc_status st = s->io.fn(s->io.u, s->io.piece, 1, buf, lo - s->de0, n);
-    return st == ZINC_OK ? st : ckpt_io_failed(st, "load", s->io.piece, s->io.want, lo - s->de0, n);
+    zinc_status st = s->io.fn(s->io.u, s->io.piece, 1, buf, first, n);
+    return st == ZINC_OK ? st : ckpt_io_failed(st, "load", s->io.piece, s->io.want, first, n);
+}
+
+/* "elements [a, b)" of a chunk, with its box when it has one. */
+static void chunk_str(const ckpt_mtensor *t, const ckpt_chunk *c, char *buf, size_t cap)
+{
+    char box[200] = "";
+    if (!ckpt_box_is_whole(c->count)) {
+        int64_t view[ZINC_CKPT_BOX_DIMS];
+        ckpt_box_str(c->start, c->count, ckpt_view(&t->t, view), box, sizeof box);
+    }
+    snprintf(buf, cap, "elements [%lld, %lld)%s%s", (long long)c->bo, (long long)(c->bo + c->n), box[0] ? " of box " : "",
+             box);
 }
 
 /* Checks the crc of every block of s (read into buf, or into dst if direct) and converts
- * the wanted elements of each block into dst right after its check, while it is in cache.
- * A segment for io goes out in one call after all its blocks are checked when no
- * conversion is needed; otherwise each block is converted into r->conv right after its
- * check, and r->conv goes out whenever the next block would not fit, and at the end. */
-static zinc_status seg_finish(zinc_ckpt_reader *r, const ck_seg *s, const uint8_t *buf)
+ * the parts of its fragments in each block into their destination right after the block's
+ * check, while it is in cache; then hands an io window on. */
+static zinc_status seg_finish(zinc_ckpt_reader *r, const ck_segs *l, const ck_seg *s, const uint8_t *buf)
 {
     const ckpt_chunk *c = s->c;
-    size_t esz = zinc_dtype_size(s->t->t.dtype), dsz = zinc_dtype_size(s->ddt);
-    int64_t conv_lo = s->e_lo, conv_n = 0; /* converted elements waiting in r->conv */
-    if (s->direct) buf = seg_dst(s, s->e_lo);
+    zinc_dtype sdt = s->t->t.dtype;
+    size_t esz = zinc_dtype_size(sdt), dsz = zinc_dtype_size(s->ddt);
+    const ck_frag *f = l->f + s->f0, *fend = f + s->nf;
+    const int64_t e0 = (int64_t)(s->blk0 * CKPT_BLOCK / esz); /* the chunk element at buf[0] */
+    uint8_t *out = s->io.fn ? r->conv : s->dst;
+    const int scatter = s->nf > 0 && !s->direct && !s->io_buf;
+    if (s->direct) buf = seg_direct_dst(l, s);
     for (uint64_t k = 0; k < s->nblk; k++) {
         uint64_t blk = s->blk0 + k, b0 = blk * CKPT_BLOCK;
         size_t bl = (size_t)(c->bytes - b0 < CKPT_BLOCK ? c->bytes - b0 : CKPT_BLOCK);
         uint32_t crc = zinc_crc32c(0, buf + k * CKPT_BLOCK, bl);
-        if (crc != c->crcs[blk])
+        if (crc != c->crcs[blk]) {
+            char cs[300];
+            chunk_str(s->t, c, cs, sizeof cs);
             return zinc_error(ZINC_ERR_CORRUPT,
-                              "%s/%s: crc32c mismatch in tensor %s (%s) at byte offset %llu (block %llu of the chunk of elements [%lld, %lld)): the checkpoint is corrupt",
+                              "%s/%s: crc32c mismatch in tensor %s (%s) at byte offset %llu (block %llu of the chunk of %s): the checkpoint is corrupt",
                               r->m.dir, r->m.files[c->file].name, s->t->t.name, s->t->t.kind,
-                              (unsigned long long)(c->off + b0), (unsigned long long)blk, (long long)c->eo,
-                              (long long)(c->eo + c->n));
-        if (s->io.fn ? s->ddt == s->t->t.dtype : !s->dst || s->direct) continue;
+                              (unsigned long long)(c->off + b0), (unsigned long long)blk, cs);
+        }
+        if (!scatter) continue;
         /* elements of this block (an element may straddle blocks only if esz does not
          * divide the block size, which no dtype allows) */
-        int64_t be0 = c->eo + (int64_t)(b0 / esz), be1 = c->eo + (int64_t)((b0 + bl) / esz);
-        int64_t lo = s->e_lo > be0 ? s->e_lo : be0, hi = s->e_hi < be1 ? s->e_hi : be1;
-        if (lo >= hi) continue;
-        const uint8_t *src = buf + k * CKPT_BLOCK + (size_t)(lo - be0) * esz;
-        if (!s->io.fn) {
-            convert(src, s->t->t.dtype, seg_dst(s, lo), s->ddt, (size_t)(hi - lo));
-            continue;
+        int64_t be0 = (int64_t)(b0 / esz), be1 = (int64_t)((b0 + bl) / esz);
+        for (; f < fend; f++) {
+            int64_t lo = f->lo > be0 ? f->lo : be0, hi = f->hi < be1 ? f->hi : be1;
+            if (lo < hi)
+                convert(buf + (size_t)(lo - e0) * esz, sdt, out + (size_t)(f->d + lo - f->lo) * dsz, s->ddt,
+                        (size_t)(hi - lo));
+            if (f->hi > be1) break; /* continues in the next block */
         }
-        if ((size_t)(conv_n + hi - lo) * dsz > CKPT_SEG) { /* a block converts to <= 2 MiB */
-            zinc_status st = seg_io(s, r->conv, conv_lo, conv_n);
-            if (st != ZINC_OK) return st;
-            conv_lo += conv_n;
-            conv_n = 0;
-        }
-        convert(src, s->t->t.dtype, r->conv + (size_t)conv_n * dsz, s->ddt, (size_t)(hi - lo));
-        conv_n += hi - lo;
     }
-    if (!s->io.fn || s->e_lo >= s->e_hi) return ZINC_OK;
-    if (s->ddt != s->t->t.dtype) return conv_n ? seg_io(s, r->conv, conv_lo, conv_n) : ZINC_OK;
-    int64_t s_e0 = c->eo + (int64_t)(s->blk0 * CKPT_BLOCK / esz);
-    return seg_io(s, (void *)(buf + (size_t)(s->e_lo - s_e0) * esz), s->e_lo, s->e_hi - s->e_lo);
+    if (!s->io.fn || s->io_n == 0) return ZINC_OK;
+    const uint8_t *src = s->io_buf ? buf + (size_t)(l->f[s->f0].lo - e0) * esz : r->conv;
+    return seg_io(s, (void *)src, s->io_first, s->io_n);
 }
 
 /* Runs segments in order, checking each as it completes: up to CKPT_READ_WINDOW transfers
  * in flight, of which at most CKPT_INFLIGHT staged (each owning one of the reader's
  * CKPT_SEG buffers; direct segments need none). prog (may be NULL) advances by each
- * segment's bytes. */
-static zinc_status run_segs(zinc_ckpt_reader *r, const ck_seg *segs, size_t n, ck_progress *prog)
+ * segment's bytes. Segments finish in order, so the io window in r->conv is filled by one
+ * window's segments at a time. */
+static zinc_status run_segs(zinc_ckpt_reader *r, const ck_segs *l, ck_progress *prog)
 {
     zinc_status st = ZINC_OK;
+    const ck_seg *segs = l->s;
+    const size_t n = l->n;
     zinc_aio_req *req[CKPT_READ_WINDOW] = {NULL};
     uint8_t *bufs[CKPT_READ_WINDOW] = {NULL}; /* staging buffer of each in-flight slot */
     uint8_t *pool[CKPT_INFLIGHT];
@@ -303,8 +333,8 @@ static zinc_status run_segs(zinc_ckpt_reader *r, const ck_seg *segs, size_t n, c
     size_t head = 0, count = 0, next = 0;
     if (n == 0) return ZINC_OK;
     for (size_t i = 0; i < n && !r->conv; i++)
-        if (segs[i].io.fn && segs[i].ddt != segs[i].t->t.dtype && !(r->conv = zinc_aio_buf_alloc(CKPT_SEG)))
-            return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: no memory for the conversion buffer");
+        if (segs[i].io.fn && !segs[i].io_buf && !(r->conv = zinc_aio_buf_alloc(CKPT_SEG)))
+            return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: no memory for the io window");
     for (size_t i = 0; i < n && n_pool == 0; i++)
         if (!segs[i].direct) { /* some segment is staged: make sure the buffers exist */
             for (int b = 0; b < CKPT_INFLIGHT; b++) {
@@ -318,7 +348,7 @@ static zinc_status run_segs(zinc_ckpt_reader *r, const ck_seg *segs, size_t n, c
         while (next < n && count < CKPT_READ_WINDOW && (segs[next].direct || n_pool > 0)) {
             size_t k = (head + count) % CKPT_READ_WINDOW;
             bufs[k] = segs[next].direct ? NULL : pool[--n_pool];
-            st = seg_submit(r, &segs[next], bufs[k], &req[k]);
+            st = seg_submit(r, l, &segs[next], bufs[k], &req[k]);
             if (st != ZINC_OK) {
                 if (bufs[k]) pool[n_pool++] = bufs[k];
                 goto cleanup;
@@ -334,7 +364,7 @@ static zinc_status run_segs(zinc_ckpt_reader *r, const ck_seg *segs, size_t n, c
             st = zinc_error(st, "%s (tensor %s (%s))", err, s->t->t.name, s->t->t.kind);
             goto cleanup;
         }
-        ZINC_TRY(seg_finish(r, s, bufs[head]));
+        ZINC_TRY(seg_finish(r, l, s, bufs[head]));
         if (bufs[head]) pool[n_pool++] = bufs[head];
         head = (head + 1) % CKPT_READ_WINDOW;
         count--;
@@ -367,82 +397,236 @@ static uint64_t segs_bytes(const ck_segs *l)
     return total;
 }
 
-/* Appends the segments reading elements [lo, hi) of chunk c into dst (element e at
- * dst + (e - de0) * size of ddt) or, when io is not NULL, to io; all of it, unconverted,
- * when dst and io are NULL (verify). */
-static zinc_status add_segs(ck_segs *l, const ckpt_mtensor *t, const ckpt_chunk *c, int64_t lo, int64_t hi,
-                            void *dst, zinc_dtype ddt, int64_t de0, const ck_io *io)
+/* Appends a segment of chunk c of t starting at block k0, with no blocks or fragments yet;
+ * its index, or -1 when out of memory. */
+static int64_t seg_new(ck_segs *l, const ckpt_mtensor *t, const ckpt_chunk *c, uint64_t k0, uint8_t *dst,
+                       zinc_dtype ddt, const ck_io *io)
 {
-    int verify = !dst && !io;
-    size_t esz = zinc_dtype_size(t->t.dtype);
-    uint64_t blo = 0, bhi = c->bytes;
-    if (!verify) {
-        blo = (uint64_t)(lo - c->eo) * esz;
-        bhi = (uint64_t)(hi - c->eo) * esz;
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? 2 * l->cap : 16;
+        ck_seg *s = realloc(l->s, nc * sizeof *s);
+        if (!s) return -1;
+        l->s = s;
+        l->cap = nc;
     }
-    uint64_t k0 = blo / CKPT_BLOCK, k1 = (bhi + CKPT_BLOCK - 1) / CKPT_BLOCK;
-    const uint64_t per = CKPT_SEG / CKPT_BLOCK;
-    for (uint64_t k = k0; k < k1; k += per) {
-        if (l->n == l->cap) {
-            size_t nc = l->cap ? 2 * l->cap : 16;
-            ck_seg *s = realloc(l->s, nc * sizeof *s);
-            if (!s) return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: out of memory");
-            l->s = s;
-            l->cap = nc;
-        }
-        ck_seg *s = &l->s[l->n++];
-        memset(s, 0, sizeof *s);
-        s->t = t;
-        s->c = c;
-        s->blk0 = k;
-        s->nblk = k1 - k < per ? k1 - k : per;
-        if (verify) continue;
-        int64_t s_e0 = c->eo + (int64_t)(k * CKPT_BLOCK / esz);
-        uint64_t b1 = (k + s->nblk) * CKPT_BLOCK < c->bytes ? (k + s->nblk) * CKPT_BLOCK : c->bytes;
-        int64_t s_e1 = c->eo + (int64_t)(b1 / esz);
-        s->e_lo = lo > s_e0 ? lo : s_e0;
-        s->e_hi = hi < s_e1 ? hi : s_e1;
-        s->dst = dst;
-        s->ddt = ddt;
-        s->de0 = de0;
-        if (io) {
-            s->io = *io;
-            continue;
-        }
-        s->direct = ddt == t->t.dtype && s->e_lo == s_e0 && s->e_hi == s_e1 &&
-                    ((uintptr_t)seg_dst(s, s_e0) - (c->off + k * CKPT_BLOCK)) % CKPT_ALIGN == 0;
+    ck_seg *s = &l->s[l->n];
+    memset(s, 0, sizeof *s);
+    s->t = t;
+    s->c = c;
+    s->blk0 = k0;
+    s->f0 = l->nf;
+    s->dst = dst;
+    s->ddt = ddt;
+    if (io) s->io = *io;
+    return (int64_t)l->n++;
+}
+
+static int frag_add(ck_segs *l, ck_frag f)
+{
+    if (l->nf == l->capf) {
+        size_t nc = l->capf ? 2 * l->capf : 64;
+        ck_frag *p = realloc(l->f, nc * sizeof *p);
+        if (!p) return -1;
+        l->f = p;
+        l->capf = nc;
+    }
+    l->f[l->nf++] = f;
+    return 0;
+}
+
+/* Appends the segments verify reads: every block of chunk c, no fragments. */
+static zinc_status add_verify_segs(ck_segs *l, const ckpt_mtensor *t, const ckpt_chunk *c)
+{
+    const uint64_t per = CKPT_SEG / CKPT_BLOCK, k1 = (c->bytes + CKPT_BLOCK - 1) / CKPT_BLOCK;
+    for (uint64_t k = 0; k < k1; k += per) {
+        int64_t i = seg_new(l, t, c, k, NULL, t->t.dtype, NULL);
+        if (i < 0) return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: out of memory");
+        l->s[i].nblk = k1 - k < per ? k1 - k : per;
     }
     return ZINC_OK;
 }
 
-/* Appends the segments reading elements [off, off+n) of manifest tensor ti into dst as
- * dtype, or to io when dst is NULL. */
-static zinc_status add_read_segs(zinc_ckpt_reader *r, ck_segs *l, int ti, int64_t off, int64_t n, zinc_dtype dtype,
+/* A wanted piece's part in one chunk: chunk elements [cpos, cpos+n) are piece elements
+ * [ppos, ppos+n) (both counted from their first element). */
+typedef struct ck_pfrag {
+    int chunk;
+    int64_t cpos, ppos, n;
+} ck_pfrag;
+
+static int pfrag_chunk_cmp(const void *a, const void *b)
+{
+    const ck_pfrag *x = a, *y = b;
+    if (x->chunk != y->chunk) return x->chunk - y->chunk;
+    return x->cpos < y->cpos ? -1 : x->cpos > y->cpos;
+}
+
+/* Appends segments reading fragments pf[0..n) (sorted by chunk, then cpos) of t: fragment
+ * elements go to destination elements ppos - dbase (of dst, or of the io window). A segment
+ * takes the fragments that continue in its blocks (up to CKPT_SEG bytes of them), so every
+ * block is read once per call; fragments are split where segments end. */
+static zinc_status emit_segs(ck_segs *l, const ckpt_mtensor *t, const ck_pfrag *pf, size_t n, int64_t dbase,
+                             uint8_t *dst, zinc_dtype ddt, const ck_io *io)
+{
+    const size_t esz = zinc_dtype_size(t->t.dtype), dsz = zinc_dtype_size(ddt);
+    const uint64_t per = CKPT_SEG / CKPT_BLOCK;
+    const size_t s0 = l->n;
+    int64_t cur = -1; /* the open segment */
+    for (size_t i = 0; i < n; i++) {
+        const ckpt_chunk *c = &t->chunks[pf[i].chunk];
+        int64_t a = pf[i].cpos, b = a + pf[i].n, d = pf[i].ppos - dbase;
+        while (a < b) {
+            uint64_t ka = (uint64_t)a * esz / CKPT_BLOCK;
+            ck_seg *s = cur >= 0 ? &l->s[cur] : NULL;
+            if (!s || s->c != c || ka < s->blk0 || ka > s->blk0 + s->nblk ||
+                (ka == s->blk0 + s->nblk && s->nblk == per)) {
+                cur = seg_new(l, t, c, ka, dst, ddt, io);
+                if (cur < 0) return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: out of memory");
+                s = &l->s[cur];
+            }
+            uint64_t lim = (s->blk0 + per) * CKPT_BLOCK < c->bytes ? (s->blk0 + per) * CKPT_BLOCK : c->bytes;
+            int64_t e = b < (int64_t)(lim / esz) ? b : (int64_t)(lim / esz);
+            uint64_t kb = ((uint64_t)e * esz + CKPT_BLOCK - 1) / CKPT_BLOCK;
+            if (kb - s->blk0 > s->nblk) s->nblk = kb - s->blk0;
+            if (frag_add(l, (ck_frag){a, e, d}) != 0) return zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: out of memory");
+            s->nf++;
+            d += e - a;
+            a = e;
+        }
+    }
+    for (size_t k = s0; dst && k < l->n; k++) {
+        ck_seg *s = &l->s[k];
+        const ck_frag *f = &l->f[s->f0];
+        uint64_t b1 = (s->blk0 + s->nblk) * CKPT_BLOCK < s->c->bytes ? (s->blk0 + s->nblk) * CKPT_BLOCK : s->c->bytes;
+        s->direct = s->nf == 1 && ddt == t->t.dtype && f->lo == (int64_t)(s->blk0 * CKPT_BLOCK / esz) &&
+                    f->hi == (int64_t)(b1 / esz) &&
+                    ((uintptr_t)(dst + (size_t)f->d * dsz) - (s->c->off + s->blk0 * CKPT_BLOCK)) % CKPT_ALIGN == 0;
+    }
+    return ZINC_OK;
+}
+
+/* The fragments of a wanted piece: its runs intersected with the stored runs of t. */
+typedef struct ck_isect {
+    const ckpt_mtensor *t;
+    int64_t off;   /* the piece's first box element */
+    ck_pfrag *f;
+    size_t n, cap;
+    int oom;
+} ck_isect;
+
+static int isect_run(void *u, int64_t pos, int64_t logical, int64_t n)
+{
+    ck_isect *x = u;
+    const ckpt_srun *R = x->t->runs;
+    const int64_t end = logical + n;
+    int64_t lo = 0, hi = x->t->n_runs - 1; /* the last stored run starting at or before logical */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo + 1) / 2;
+        if (R[mid].lo <= logical) lo = mid;
+        else hi = mid - 1;
+    }
+    for (int64_t k = lo; k < x->t->n_runs && R[k].lo < end; k++) {
+        int64_t a = logical > R[k].lo ? logical : R[k].lo, b = end < R[k].lo + R[k].n ? end : R[k].lo + R[k].n;
+        if (a >= b) continue;
+        ck_pfrag f = {R[k].chunk, R[k].cpos + (a - R[k].lo), pos - x->off + (a - logical), b - a};
+        ck_pfrag *p = x->n ? &x->f[x->n - 1] : NULL;
+        if (p && p->chunk == f.chunk && p->cpos + p->n == f.cpos && p->ppos + p->n == f.ppos) { /* continues */
+            p->n += f.n;
+            continue;
+        }
+        if (x->n == x->cap) {
+            size_t nc = x->cap ? 2 * x->cap : 64;
+            ck_pfrag *q = realloc(x->f, nc * sizeof *q);
+            if (!q) {
+                x->oom = 1;
+                return 1;
+            }
+            x->f = q;
+            x->cap = nc;
+        }
+        x->f[x->n++] = f;
+    }
+    return 0;
+}
+
+/* Appends the segments reading elements [off, off+n) of box (start, count) of manifest
+ * tensor ti, in the block view of wt (the wanted tensor: same shape), into dst as dtype, or,
+ * dst NULL, to io in windows of at most CKPT_SEG bytes, in ascending order. */
+static zinc_status add_read_segs(zinc_ckpt_reader *r, ck_segs *l, int ti, const zinc_ckpt_tensor *wt,
+                                 const int64_t *start, const int64_t *count, int64_t off, int64_t n, zinc_dtype dtype,
                                  void *dst, const ck_io *io)
 {
     const ckpt_mtensor *t = &r->m.tensors[ti];
     zinc_status st = ZINC_OK;
-    if (off < 0 || n < 0 || off > t->numel || n > t->numel - off)
+    ck_isect x = {t, off, NULL, 0, 0, 0};
+    ck_pfrag *wf = NULL;
+    if (ckpt_box_is_whole(count) && (off < 0 || n < 0 || off > t->numel || n > t->numel - off))
         return zinc_error(ZINC_ERR_INVALID_ARG, "tensor %s (%s): elements [%lld, %lld) outside its %lld", t->t.name,
                           t->t.kind, (long long)off, (long long)(off + n), (long long)t->numel);
     if (t->t.dtype != dtype && !(is_float16_or_32(t->t.dtype) && is_float16_or_32(dtype)))
         return zinc_error(ZINC_ERR_UNSUPPORTED, "tensor %s (%s): cannot convert stored %s to %s", t->t.name, t->t.kind,
                           zinc_dtype_name(t->t.dtype), zinc_dtype_name(dtype));
-    for (int j = 0; j < t->n_chunks && st == ZINC_OK; j++) {
-        const ckpt_chunk *c = &t->chunks[j];
-        int64_t lo = off > c->eo ? off : c->eo, hi = off + n < c->eo + c->n ? off + n : c->eo + c->n;
-        if (lo < hi) st = add_segs(l, t, c, lo, hi, dst, dtype, off, dst ? NULL : io);
+    if (n <= 0) return ZINC_OK;
+    ckpt_box_runs(wt, start, count, off, n, isect_run, &x);
+    if (x.oom) {
+        st = zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: out of memory");
+        goto cleanup;
     }
+    if (dst || !io) { /* memory: in any order, each chunk's blocks read once */
+        if (x.n > 1) qsort(x.f, x.n, sizeof *x.f, pfrag_chunk_cmp);
+        st = emit_segs(l, t, x.f, x.n, 0, dst, dtype, NULL);
+        goto cleanup;
+    }
+    /* io: windows of the piece in order, each gathered from its chunks into r->conv */
+    const int64_t W = (int64_t)(CKPT_SEG / zinc_dtype_size(dtype));
+    wf = malloc((x.n + 1) * sizeof *wf);
+    if (!wf) {
+        st = zinc_error(ZINC_ERR_NOMEM, "checkpoint reader: out of memory");
+        goto cleanup;
+    }
+    size_t i = 0;
+    int64_t used = 0; /* elements of x.f[i] in earlier windows */
+    for (int64_t w = 0; w < n && st == ZINC_OK; w += W) {
+        int64_t we = w + W < n ? w + W : n;
+        size_t nw = 0;
+        while (i < x.n && x.f[i].ppos + used < we) {
+            ck_pfrag f = x.f[i];
+            f.cpos += used;
+            f.ppos += used;
+            f.n -= used;
+            if (f.ppos + f.n > we) { /* continues in the next window */
+                f.n = we - f.ppos;
+                used += f.n;
+            } else {
+                used = 0;
+                i++;
+            }
+            wf[nw++] = f;
+        }
+        if (nw > 1) qsort(wf, nw, sizeof *wf, pfrag_chunk_cmp);
+        size_t s0 = l->n;
+        st = emit_segs(l, t, wf, nw, w, NULL, dtype, io);
+        if (st == ZINC_OK && l->n > s0) {
+            ck_seg *s = &l->s[l->n - 1];
+            s->io_first = w;
+            s->io_n = we - w;
+            s->io_buf = l->n == s0 + 1 && s->nf == 1 && dtype == t->t.dtype;
+        }
+    }
+cleanup:
+    free(wf);
+    free(x.f);
     return st;
 }
 
-/* Reads elements [off, off+n) of manifest tensor ti into dst as dtype. */
+/* Reads flat elements [off, off+n) of manifest tensor ti into dst as dtype. */
 static zinc_status reader_read(zinc_ckpt_reader *r, int ti, int64_t off, int64_t n, zinc_dtype dtype, void *dst)
 {
     ck_segs l = {0};
-    zinc_status st = add_read_segs(r, &l, ti, off, n, dtype, dst, NULL);
-    if (st == ZINC_OK) st = run_segs(r, l.s, l.n, NULL);
+    int64_t whole[ZINC_CKPT_BOX_DIMS] = {0};
+    zinc_status st = add_read_segs(r, &l, ti, &r->m.tensors[ti].t, whole, whole, off, n, dtype, dst, NULL);
+    if (st == ZINC_OK) st = run_segs(r, &l, NULL);
     free(l.s);
+    free(l.f);
     return st;
 }
 
@@ -492,13 +676,14 @@ zinc_status zinc_ckpt_reader_verify(zinc_ckpt_reader *r, zinc_ckpt_progress_fn p
                             fc[i - 1].t->t.name, fc[i].t->t.name, r->m.files[fc[i].c->file].name);
             goto cleanup;
         }
-        ZINC_TRY(add_segs(&l, fc[i].t, fc[i].c, 0, 0, NULL, fc[i].t->t.dtype, 0, NULL));
+        ZINC_TRY(add_verify_segs(&l, fc[i].t, fc[i].c));
     }
     ckpt_progress_start(&prog, progress, u, segs_bytes(&l));
-    st = run_segs(r, l.s, l.n, &prog);
+    st = run_segs(r, &l, &prog);
 cleanup:
     free(fc);
     free(l.s);
+    free(l.f);
     return st;
 }
 
@@ -579,12 +764,13 @@ zinc_status zinc_ckpt_load(zinc_comm *world, zinc_aio *aio, const char *save_dir
         const zinc_ckpt_piece *p = &want->pieces[i];
         if (p->n == 0) continue;
         ck_io io = {want->io, want->io_u, i, &want->tensors[p->tensor]};
-        st = add_read_segs(r, &segs, map[p->tensor], p->offset, p->n, want->tensors[p->tensor].dtype, p->data, &io);
+        st = add_read_segs(r, &segs, map[p->tensor], &want->tensors[p->tensor], p->start, p->count, p->offset, p->n,
+                           want->tensors[p->tensor].dtype, p->data, &io);
     }
     if (st == ZINC_OK) {
         ck_progress prog;
         ckpt_progress_start(&prog, ckpt_progress_fn, ckpt_progress_u, segs_bytes(&segs));
-        st = run_segs(r, segs.s, segs.n, &prog);
+        st = run_segs(r, &segs, &prog);
     }
     if (st == ZINC_OK && meta_json_out) {
         *meta_json_out = strdup(r->m.meta);
@@ -597,6 +783,7 @@ zinc_status zinc_ckpt_load(zinc_comm *world, zinc_aio *aio, const char *save_dir
     }
 cleanup:
     free(segs.s);
+    free(segs.f);
     zinc_ckpt_reader_close(r);
     free(map);
     free(text);

@@ -1,6 +1,6 @@
 /* writer.c - checkpoint save: the rank file's writer (one aligned stream through staging
- * buffers or direct from the caller's memory, crc32c per block), each rank's chunk table,
- * and zinc_ckpt_save, which gathers the tables on rank 0 for the manifest and the commit
+ * buffers or direct from the caller's memory, crc32c per block), each rank's chunk table
+ * (one chunk per piece, with its box), and zinc_ckpt_save, which gathers the tables on rank 0 for the manifest and the commit
  * (ckpt.c has the overview).
  */
 #include <assert.h>
@@ -19,7 +19,8 @@
 typedef struct rank_chunk {
     int tensor; /* local tensor index */
     uint64_t off, bytes;
-    int64_t eo, n;
+    int64_t eo, n;        /* elements [eo, eo+n) of the piece's box */
+    const int64_t *start, *count; /* the piece's box (borrowed from the layout) */
     uint32_t *crcs;
     size_t n_crcs;
 } rank_chunk;
@@ -219,6 +220,8 @@ static zinc_status write_rank_file(zinc_aio *aio, const char *path, const zinc_c
         c->tensor = p->tensor;
         c->eo = p->offset;
         c->n = p->n;
+        c->start = p->start;
+        c->count = p->count;
         c->off = off;
         c->bytes = (uint64_t)p->n * esz;
         c->n_crcs = (size_t)((c->bytes + CKPT_BLOCK - 1) / CKPT_BLOCK);
@@ -272,14 +275,25 @@ static char *rank_desc_json(const zinc_ckpt_layout *L, const rank_chunk *ch, int
         const zinc_ckpt_tensor *t = &L->tensors[i];
         json_t *shape = json_array();
         for (int d = 0; d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
-        json_array_append_new(ts, json_pack("[s s s o i]", t->name, t->kind, ckpt_dtype_tag(t->dtype), shape, t->tp_dim));
+        json_array_append_new(ts, json_pack("[s s s o i i]", t->name, t->kind, ckpt_dtype_tag(t->dtype), shape, t->tp_dim,
+                                            t->tp_blocks > 1 ? t->tp_blocks : 1));
     }
     for (int i = 0; i < n_ch; i++) {
         const rank_chunk *c = &ch[i];
-        json_t *crcs = json_array();
+        json_t *crcs = json_array(), *box = json_null();
         for (size_t b = 0; b < c->n_crcs; b++) json_array_append_new(crcs, json_integer(c->crcs[b]));
-        json_array_append_new(cs, json_pack("[i I I I I o]", c->tensor, (json_int_t)c->off, (json_int_t)c->bytes,
-                                            (json_int_t)c->eo, (json_int_t)c->n, crcs));
+        if (!ckpt_box_is_whole(c->count)) { /* [[start...], [count...]] over the view */
+            int64_t view[ZINC_CKPT_BOX_DIMS];
+            int nd = ckpt_view(&L->tensors[c->tensor], view);
+            json_t *st = json_array(), *ct = json_array();
+            for (int d = 0; d < nd; d++) {
+                json_array_append_new(st, json_integer(c->start[d]));
+                json_array_append_new(ct, json_integer(c->count[d]));
+            }
+            box = json_pack("[o o]", st, ct);
+        }
+        json_array_append_new(cs, json_pack("[i I I I I o o]", c->tensor, (json_int_t)c->off, (json_int_t)c->bytes,
+                                            (json_int_t)c->eo, (json_int_t)c->n, crcs, box));
     }
     json_object_set_new(root, "tensors", ts);
     json_object_set_new(root, "chunks", cs);

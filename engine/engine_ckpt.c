@@ -5,7 +5,9 @@
  * "param" (storage dtype), "master" (fp32, only when the storage dtype is 16
  * bits), "exp_avg" and "exp_avg_sq" (fp32). On save each rank contributes its
  * slice [r*shard, (r+1)*shard) of every unit, so the ranks write disjoint
- * pieces in parallel at every stage. On load each rank asks for its opt range
+ * pieces in parallel at every stage. Under tensor parallelism a parameter's
+ * slice is a box of the logical tensor (zinc/ckpt.h), one piece per parameter,
+ * kind and rank; replicated parameters come from TP rank 0 only. On load each rank asks for its opt range
  * (the whole unit at stage 0) of the fp32 master weights ("master" when the
  * checkpoint has it, else "param") and the moments, then rebuilds the
  * storage-dtype params from them and gathers them where they are whole.
@@ -54,7 +56,9 @@ static void layout_free(layout_buf *b)
     free(b->src);
 }
 
-static int add_piece(layout_buf *b, int tensor, int64_t off, int64_t n, void *data, piece_src src)
+/* Appends a piece: elements [off, off+n) of box (start, count) of tensor. */
+static int add_piece(layout_buf *b, int tensor, int64_t off, int64_t n, void *data, piece_src src,
+                     const int64_t *start, const int64_t *count)
 {
     if (b->n_p == b->cap_p) {
         int cap = b->cap_p ? 2 * b->cap_p : 256;
@@ -66,7 +70,10 @@ static int add_piece(layout_buf *b, int tensor, int64_t off, int64_t n, void *da
         b->cap_p = cap;
     }
     b->src[b->n_p] = src;
-    b->p[b->n_p++] = (zinc_ckpt_piece){.tensor = tensor, .offset = off, .n = n, .data = data};
+    zinc_ckpt_piece *p = &b->p[b->n_p++];
+    *p = (zinc_ckpt_piece){.tensor = tensor, .offset = off, .n = n, .data = data};
+    memcpy(p->start, start, sizeof p->start);
+    memcpy(p->count, count, sizeof p->count);
     return 0;
 }
 
@@ -109,6 +116,7 @@ static zinc_status make_tensors(const zinc_engine *e, layout_buf *b, int master_
             t->ndim = p->ndim;
             memcpy(t->shape, p->shape, sizeof t->shape);
             t->tp_dim = p->tp_dim;
+            t->tp_blocks = p->tp_dim >= 0 ? p->tp_blocks : 0;
         }
     return ZINC_OK;
 }
@@ -117,47 +125,15 @@ static zinc_status make_tensors(const zinc_engine *e, layout_buf *b, int master_
  * where element elem of the unit lives for that kind (NULL: skip kind). */
 typedef void *(*elem_ptr_fn)(const zinc_engine *e, int kind, const zero_unit *u, size_t elem);
 
-/* One contiguous run of a parameter's slice inside its logical tensor
- * (zero_param_runs), intersected with the slice elements [a, z) a rank
- * contributes: a piece per kind, at logical offsets. */
-typedef struct piece_run {
-    const zinc_engine *e;
-    layout_buf *b;
-    const zero_unit *u;
-    const zero_param *p;
-    int pi;
-    size_t a, z;          /* param-local elements this rank contributes */
-    const int *kinds;
-    int n_kinds;
-    elem_ptr_fn ptr;
-    int failed;
-} piece_run;
-
-static void add_run(void *user, int64_t local, int64_t logical, int64_t n)
-{
-    piece_run *r = user;
-    const zinc_engine *e = r->e;
-    int64_t x = local > (int64_t)r->a ? local : (int64_t)r->a;
-    int64_t y = local + n < (int64_t)r->z ? local + n : (int64_t)r->z;
-    if (x >= y || r->failed) return;
-    size_t ue = r->p->uoff + (size_t)x; /* the run's first element in the unit */
-    for (int k = 0; k < r->n_kinds; k++) {
-        void *data = r->ptr(e, r->kinds[k], r->u, ue);
-        piece_src src = data ? (piece_src){0} : swap_src(e, r->kinds[k], r->u, ue);
-        if (data && e->dev->is_device_ptr(data)) { /* device memory: io callback */
-            src = (piece_src){.dev = data,
-                              .elem_bytes = r->kinds[k] == K_PARAM ? e->z.plan.psz : sizeof(float)};
-            data = NULL;
-        }
-        if (add_piece(r->b, r->pi * N_KINDS + r->kinds[k], logical + (x - local), y - x, data,
-                      src) != 0)
-            r->failed = 1;
-    }
-}
-
+/* Pieces for this rank's elements of every parameter: [shard lo, hi) of each unit
+ * (use_lo_shard, save) or its opt range (load), one piece per parameter and kind. Under
+ * TP a parameter's local slice is the TP box of its logical tensor (zinc_ckpt_box_tp) and
+ * the slice's row-major order is the box's, so the local range [a, z) is the piece
+ * (box, a, z - a), however many rows the slice spans. */
 static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_shard,
                                const int *kinds, int n_kinds, elem_ptr_fn ptr)
 {
+    zinc_status st = ZINC_OK;
     for (int l = 0; l < e->n_layers; l++) {
         const zero_unit *u = &e->z.units[l];
         size_t lo = use_lo_shard ? (size_t)e->z.dp_rank * u->shard : u->opt_lo;
@@ -169,13 +145,25 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
             if (a >= z) continue;
             /* a replicated parameter is the same on every TP rank: TP rank 0 saves it */
             if (use_lo_shard && p->tp_dim < 0 && e->z.tp_rank > 0) continue;
-            /* a TP slice is several runs of the logical tensor (one without TP) */
-            piece_run r = {e, b, u, p, pi, a - p->uoff, z - p->uoff, kinds, n_kinds, ptr, 0};
-            zero_param_runs(p, e->z.tp, e->z.tp_rank, add_run, &r);
-            if (r.failed) return zinc_error(ZINC_ERR_NOMEM, "checkpoint pieces");
+            int64_t start[ZINC_CKPT_BOX_DIMS], count[ZINC_CKPT_BOX_DIMS];
+            /* every kind's tensor has the parameter's shape and partition spec */
+            ZINC_TRY(zinc_ckpt_box_tp(&b->t[pi * N_KINDS], e->z.tp, e->z.tp_rank, start, count));
+            for (int k = 0; k < n_kinds; k++) {
+                void *data = ptr(e, kinds[k], u, a);
+                piece_src src = data ? (piece_src){0} : swap_src(e, kinds[k], u, a);
+                if (data && e->dev->is_device_ptr(data)) { /* device memory: io callback */
+                    src = (piece_src){.dev = data,
+                                      .elem_bytes = kinds[k] == K_PARAM ? e->z.plan.psz : sizeof(float)};
+                    data = NULL;
+                }
+                if (add_piece(b, pi * N_KINDS + kinds[k], (int64_t)(a - p->uoff), (int64_t)(z - a), data,
+                              src, start, count) != 0)
+                    return zinc_error(ZINC_ERR_NOMEM, "checkpoint pieces");
+            }
         }
     }
-    return ZINC_OK;
+cleanup:
+    return st;
 }
 
 static piece_src swap_src(const zinc_engine *e, int kind, const zero_unit *u, size_t elem)

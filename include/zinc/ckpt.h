@@ -3,16 +3,35 @@
  * On disk:
  *   save_dir/latest               tag of the newest complete checkpoint (written by rename)
  *   save_dir/index                tags of complete checkpoints, oldest first (for keep_last)
- *   save_dir/<tag>/manifest.json  format version, the tensor table, every chunk (file, byte
- *                                 offset, length, element range, crc32c per 1 MiB block) and
+ *   save_dir/<tag>/manifest.json  format version, the tensor table (name, kind, dtype, shape,
+ *                                 tp_dim, tp_blocks), every chunk (file, byte offset, length,
+ *                                 box and element range in it, crc32c per 1 MiB block) and
  *                                 the caller's meta JSON verbatim under "meta"
  *   save_dir/<tag>/rank-00003.bin raw chunk bytes; every chunk starts 4 KiB aligned
  *
  * A logical tensor is identified by (name, kind): "h.3.attn.c_attn.weight" of kind "param"
- * and of kind "exp_avg" are two tensors. A rank describes what it holds with pieces:
- * flattened element ranges of logical tensors in its memory. Save and load only need the
- * pieces to be consistent within one call, so a checkpoint saved by 4 ranks with one
- * sharding loads into 3 ranks with another, or into one rank holding everything.
+ * and of kind "exp_avg" are two tensors. A rank describes what it holds with pieces, in
+ * the style of Megatron's ShardedTensor: a box of the tensor's block view and a flattened
+ * element range of that box.
+ *
+ * Block view: the tensor's shape, with dimension tp_dim replaced by (tp_blocks,
+ * shape[tp_dim] / tp_blocks) when tp_blocks > 1 (ndim + 1 dimensions), else the shape
+ * itself. GPT-2's c_attn.weight (C, 3C), tp_dim 1, tp_blocks 3 (q|k|v) has the view
+ * (C, 3, C). A box is start[d] .. start[d] + count[d] in every dimension d of the view; a
+ * piece's elements are [offset, offset + n) of its box in the box's own row-major order.
+ * Counts all 0 (a {t, offset, n, data} initializer) mean the whole tensor as box, so
+ * (offset, n) is then a flat range of the tensor. TP rank r of P holds the box that is
+ * whole except start r * s / P, count s / P in the split dimension (s = shape[tp_dim] /
+ * tp_blocks: in view (C, 3, C), start (0, 0, r*C/P), count (C, 3, C/P)), and its local
+ * row-major slice is that box's row-major order, so a ZeRO flat range [a, z) of the local
+ * slice is the piece (box, a, z - a): one piece per rank, however many rows it spans
+ * (zinc_ckpt_box_tp makes the box).
+ *
+ * Save and load only need the pieces to be consistent within one call: both work on the
+ * logical elements the pieces stand for, so a checkpoint saved by 4 ranks with one sharding
+ * (TP 2 x DP 2, say) loads into 3 ranks with another (TP 1 x DP 3), into TP 4 boxes, or
+ * into one rank holding everything. Format version 1 (before boxes: every chunk a flat
+ * range of the tensor) still loads.
  *
  * Commit is atomic: ranks write <tag>.partial/, fsync, rank 0 writes the manifest, renames
  * the directory to <tag> and only then points latest at it. A save killed at any point
@@ -29,9 +48,10 @@
 #include "zinc/status.h"
 #include "zinc/tensor.h"
 
-#define ZINC_CKPT_FORMAT_VERSION 1
+#define ZINC_CKPT_FORMAT_VERSION 2    /* 2: boxes; 1 (flat ranges) is still read */
 #define ZINC_CKPT_BLOCK_BYTES (1u << 20) /* crc32c granularity within a chunk */
 #define ZINC_CKPT_TAG_MAX 200            /* longest tag, [A-Za-z0-9._-], not starting with '.' */
+#define ZINC_CKPT_BOX_DIMS (ZINC_MAX_DIMS + 1) /* dimensions of a block view, at most */
 
 /* A logical tensor. */
 typedef struct zinc_ckpt_tensor {
@@ -40,19 +60,31 @@ typedef struct zinc_ckpt_tensor {
     zinc_dtype dtype;        /* stored dtype (save); wanted dtype (load: converted among f32/bf16/f16) */
     int ndim;
     int64_t shape[ZINC_MAX_DIMS];
-    int tp_dim;              /* partition spec, recorded for later TP work (-1: replicated) */
+    int tp_dim;              /* partition spec: the dimension TP splits (-1: replicated) */
+    int tp_blocks;           /* sub-blocks of tp_dim, each split alike (0 or 1: none); > 1 needs
+                              * 0 <= tp_dim < ndim and shape[tp_dim] % tp_blocks == 0 */
 } zinc_ckpt_tensor;
 
 /* Part of a tensor held by this rank: in memory, or (data NULL) behind the layout's io. */
 typedef struct zinc_ckpt_piece {
     int tensor;              /* index into the layout's tensor table */
-    int64_t offset, n;       /* flattened elements [offset, offset+n) */
+    int64_t offset, n;       /* elements [offset, offset+n) of the box, in its row-major order */
     void *data;              /* n elements of the tensor's dtype (save: read; load: written);
                               * NULL: the piece moves through the layout's io */
+    /* the box over the tensor's block view (see the top of this file): dimensions
+     * [0, view ndim) used, the rest 0. All counts 0: the whole tensor (start must be 0). */
+    int64_t start[ZINC_CKPT_BOX_DIMS], count[ZINC_CKPT_BOX_DIMS];
 } zinc_ckpt_piece;
 
+/* Sets start and count (ZINC_CKPT_BOX_DIMS each) to TP rank tp_rank's box of t when t is
+ * split over tp ranks (tp > 1, t->tp_dim >= 0): the block view whole but for the split
+ * dimension, start tp_rank * s / tp, count s / tp (s = shape[tp_dim] / tp_blocks).
+ * Otherwise (tp <= 1 or replicated) the whole-tensor box (all 0). ZINC_ERR_INVALID_ARG
+ * when tp_rank is outside 0..tp-1, the spec is invalid or tp does not divide s. */
+zinc_status zinc_ckpt_box_tp(const zinc_ckpt_tensor *t, int tp, int tp_rank, int64_t *start, int64_t *count);
+
 /* Moves elements [first, first+n) of piece (its index in the layout; first relative to the
- * piece's own start) between buf and wherever the piece lives (an NVMe swap file): write 0
+ * piece's own start: element offset + first of its box) between buf and wherever the piece lives (an NVMe swap file): write 0
  * (save) fills buf, write 1 (load) takes buf. buf holds elements of the tensor's dtype (the
  * stored one on save, the wanted one on load) and is valid only during the call. */
 typedef zinc_status (*zinc_ckpt_io_fn)(void *u, int piece, int write, void *buf, int64_t first, int64_t n);
@@ -97,7 +129,8 @@ void zinc_ckpt_set_progress(zinc_ckpt_progress_fn fn, void *u);
 /* Collective over world. Saves checkpoint <save_dir>/<tag> (save_dir is created if needed):
  * every rank writes its pieces (one chunk each, 4 KiB aligned, crc32c per 1 MiB block) to
  * <tag>.partial/rank-%05d.bin in parallel and fsyncs it; rank 0 gathers the chunk tables,
- * checks that the pieces of all ranks cover every tensor exactly once, writes and fsyncs
+ * checks that the pieces of all ranks cover every element of every tensor exactly once
+ * (comparing the logical elements that boxes and ranges stand for), writes and fsyncs
  * manifest.json, renames <tag>.partial -> <tag>, fsyncs save_dir, appends tag to save_dir/index
  * and points save_dir/latest at it (latest.tmp + rename + fsync). A complete checkpoint with
  * the same tag is replaced. Every directory zinc creates there carries a marker file
@@ -110,8 +143,9 @@ void zinc_ckpt_set_progress(zinc_ckpt_progress_fn fn, void *u);
  * just written); 0 keeps everything.
  *
  * Every rank returns the same status (errors are agreed with one all-reduce; the detail is
- * the lowest failing rank's): ZINC_ERR_INVALID_ARG for a bad tag, layout or meta (a gap or
- * overlap between pieces names the tensor and the element range), ZINC_ERR_IO for a failed
+ * the lowest failing rank's): ZINC_ERR_INVALID_ARG for a bad tag, layout or meta (a box
+ * outside its tensor's block view, a range beyond its box, an invalid tp_blocks; a gap or
+ * overlap between pieces names the tensor and the flat element range of the tensor), ZINC_ERR_IO for a failed
  * write (naming the file), comm errors as returned. On failure the previous checkpoint and
  * latest are intact. */
 /* Makes save_dir (with its parents) a directory saves can write into, so a
@@ -134,9 +168,15 @@ zinc_status zinc_ckpt_save(zinc_comm *world, zinc_aio *aio, const char *save_dir
  * Every rank returns the same status: ZINC_ERR_IO (missing latest/checkpoint/rank file, one
  * that is not a regular file (a named pipe is refused, never waited on), read failure) or ZINC_ERR_CORRUPT (unparsable manifest, wanted tensor missing from the
  * checkpoint, shape mismatch, crc mismatch, truncated rank file), each naming the file and,
- * where one is involved, the tensor; ZINC_ERR_INVALID_ARG for a piece outside its tensor;
- * ZINC_ERR_UNSUPPORTED for an impossible dtype conversion or a newer format version (an older
- * or negative one is ZINC_ERR_CORRUPT: only ZINC_CKPT_FORMAT_VERSION was ever written). */
+ * where one is involved, the tensor (also a chunk's box outside the view, counts of another
+ * rank, or elements beyond its box); ZINC_ERR_INVALID_ARG for a piece outside its tensor or
+ * box; ZINC_ERR_UNSUPPORTED for an impossible dtype conversion or a newer format version
+ * (0, negative ones and those never written are ZINC_ERR_CORRUPT; versions 1 and 2 load).
+ * The wanted pieces' boxes need not match the saved ones (other TP size, tp_blocks unknown
+ * to a version-1 checkpoint): each is taken apart into the tensor's logical runs.
+ * Pieces with data NULL are passed to io in ascending first within each piece, pieces in
+ * layout order, whatever the saved layout (gathered through one 8 MiB buffer when their
+ * elements come from several saved chunks). */
 zinc_status zinc_ckpt_load(zinc_comm *world, zinc_aio *aio, const char *save_dir, const char *tag,
                            const zinc_ckpt_layout *want, char **meta_json_out);
 
@@ -174,7 +214,8 @@ const char *zinc_ckpt_reader_tag(const zinc_ckpt_reader *r);
 /* The meta JSON text as saved. Owned by r. */
 const char *zinc_ckpt_reader_meta(const zinc_ckpt_reader *r);
 
-/* Tensor table in manifest order; entries are owned by r (dtype = stored dtype). */
+/* Tensor table in manifest order; entries are owned by r (dtype = stored dtype; tp_blocks 0
+ * when the checkpoint did not record it: version 1). */
 int zinc_ckpt_reader_n_tensors(const zinc_ckpt_reader *r);
 const zinc_ckpt_tensor *zinc_ckpt_reader_tensor(const zinc_ckpt_reader *r, int i);
 /* Index of tensor (name, kind), or -1. kind NULL matches the first tensor of that name. */
@@ -183,8 +224,9 @@ int zinc_ckpt_reader_find(const zinc_ckpt_reader *r, const char *name, const cha
 void zinc_ckpt_reader_stats(const zinc_ckpt_reader *r, int *n_files, int *n_chunks,
                             uint64_t *file_bytes);
 
-/* Reads elements [offset, offset+n) of tensor i into dst as dtype (conversion as for load),
- * checking the crc of every block read. */
+/* Reads flat elements [offset, offset+n) of tensor i (row-major over the whole tensor,
+ * whatever boxes it was saved in) into dst as dtype (conversion as for load), checking the
+ * crc of every block read. */
 zinc_status zinc_ckpt_reader_read(zinc_ckpt_reader *r, int i, int64_t offset, int64_t n,
                                   zinc_dtype dtype, void *dst);
 /* zinc_ckpt_verify on an open reader. */

@@ -81,9 +81,9 @@ int main(int argc, char **argv)
     /* ~mib MiB in all: 60% f32 master, the same tensor as bf16 param, an odd f16 bias */
     int64_t n0 = (int64_t)(mib * 1048576.0 * 0.6 / 4.0) | 1;
     zinc_ckpt_tensor T[NT] = {
-        {"wte.weight", "master", ZINC_DTYPE_F32, 1, {n0}, -1},
-        {"wte.weight", "param", ZINC_DTYPE_BF16, 1, {n0}, -1},
-        {"h.0.mlp.c_fc.bias", "param", ZINC_DTYPE_F16, 1, {(int64_t)(mib * 1048576.0 * 0.1) | 1}, -1},
+        {"wte.weight", "master", ZINC_DTYPE_F32, 1, {n0}, -1, 0},
+        {"wte.weight", "param", ZINC_DTYPE_BF16, 1, {n0}, -1, 0},
+        {"h.0.mlp.c_fc.bias", "param", ZINC_DTYPE_F16, 1, {(int64_t)(mib * 1048576.0 * 0.1) | 1}, -1, 0},
     };
     zinc_ckpt_piece P[64];
     int np = 0;
@@ -92,13 +92,13 @@ int main(int argc, char **argv)
         int64_t N = numel(&T[t]);
         if (!check) {
             int64_t a = N * rank / size, b = N * (rank + 1) / size;
-            P[np++] = (zinc_ckpt_piece){t, a, b - a, malloc((size_t)(b - a + 1) * 4)};
+            P[np++] = (zinc_ckpt_piece){.tensor = t, .offset = a, .n = b - a, .data = malloc((size_t)(b - a + 1) * 4)};
         } else {
             int64_t B = N / 5 + 7;
             for (int64_t k = 0; k * B < N; k++)
                 if (k % size == rank) {
                     int64_t n = (k + 1) * B < N ? B : N - k * B;
-                    P[np++] = (zinc_ckpt_piece){t, k * B, n, malloc((size_t)(n + 1) * 4)};
+                    P[np++] = (zinc_ckpt_piece){.tensor = t, .offset = k * B, .n = n, .data = malloc((size_t)(n + 1) * 4)};
                 }
         }
     }

@@ -141,7 +141,7 @@ edit 'meta["data"]["seed"] = "x"'; resume "$M: meta.data.seed"
 edit 'm["meta"] = [1, 2]'; resume "$M: meta is not an object"
 edit 'm["version"] = -1'; expect 1 "format version -1" "$Z" info "$R"
 edit 'm["version"] = 0'; resume "format version 0"
-edit 'm["version"] = 2'; resume "format version 2"
+edit 'm["version"] = 3'; resume "format version 3 is newer"
 edit 'pass'
 $T "$cfg" --set train.max_steps=3 --set train.save_dir="$R" --set train.resume=auto > "$TMP/res3.log" 2>&1 \
     || { cat "$TMP/res3.log"; fail "the untouched checkpoint does not resume"; }

@@ -132,6 +132,14 @@ run back22 4 --set train.max_steps=20 $(tp 2 false) --set zero_optimization.stag
 losses "$TMP/back22.jsonl" > "$TMP/back22.l"
 close_tail "$TMP/ref22.tail5" "$TMP/back22.l" "TP 4 x DP 1 stage 0 (step 15) -> TP 2 x DP 2 stage 3"
 grep -q '"tp": *2' "$TMP/rs/global_step10/manifest.json" || fail "manifest does not record tp 2"
+# a TP slice is one box: no tensor has more chunks than the 4 ranks that saved it (a
+# c_attn slice as flat ranges of the logical tensor was one chunk per row per q|k|v block)
+most=$(awk '/"chunks": \[/ { n = 0; t = 1; next } t && /^ *\{"file"/ { n++; if (n > m) m = n } END { print m + 0 }' \
+    "$TMP/rs/global_step10/manifest.json")
+[ "$most" -ge 1 ] && [ "$most" -le 4 ] || fail "a tensor of the TP 2 x DP 2 checkpoint has $most chunks (4 at most)"
+grep -q '"box": {"start": \[0, 0, 16\], "count": \[32, 3, 16\]}' "$TMP/rs/global_step10/manifest.json" \
+    || fail "TP rank 1's c_attn box (q|k|v blocks, columns 16:32 of each) is not in the manifest"
+echo "manifest: at most $most chunks per tensor, c_attn as (C, 3, C) boxes"
 
 # --- checkpoints through the offload swap files: saved at TP 2 x DP 2 / ZeRO-3 with the
 # optimizer and parameters on nvme (the writer reads the swap files), resumed with and
