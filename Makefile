@@ -52,7 +52,7 @@ endif
 # built into build-cuda/; `make test-gpu` runs the GPU checks.
 include cuda.mk
 
-LIB_SRC := $(wildcard core/*.c kernels/cpu/*.c comm/*.c data/*.c checkpoint/*.c zero/*.c tensor_parallel/*.c \
+LIB_SRC := $(wildcard core/*.c kernels/cpu/*.c comm/*.c data/*.c checkpoint/*.c zero/*.c tensor_parallel/*.c pipeline/*.c \
                       offload/*.c engine/*.c models/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libzinc.a
