@@ -135,4 +135,25 @@ zinc_status zinc_pp_simulate_lists(const zinc_pp_plan *plan, zinc_pp_instr *cons
  * step line shows beside the measured one. */
 double zinc_pp_bubble_theory(const zinc_pp_plan *plan);
 
+/* ---- partition.c: which layers each stage holds (DeepSpeed's partition_method) ---- */
+
+/* One layer of the stack, as the partitioner sees it. */
+typedef struct zinc_pp_layer_info {
+    const char *type;  /* the layer's type name ("embedding", "block", "head", ...) */
+    long long params;  /* its trainable parameter count (>= 0) */
+} zinc_pp_layer_info;
+
+/* Splits layers [0, n) into `parts` contiguous non-empty runs: part k holds layers
+ * [bounds[k], bounds[k+1]) (bounds has parts + 1 entries, bounds[0] = 0, bounds[parts] = n).
+ * method, as DeepSpeed's pipeline.partition:
+ *   "parameters"  balance the parameter counts: the largest part's count is the least any
+ *                 split into non-empty runs allows (the default)
+ *   "uniform"     balance the layer counts (the first n % parts parts get one more)
+ *   "type:REGEX"  balance the number of layers whose type matches REGEX (POSIX extended,
+ *                 case-insensitive, anywhere in the name, as DeepSpeed's re.search)
+ * Among splits with the same largest part, earlier parts take as much as they can.
+ * ZINC_ERR_INVALID_ARG, one line naming the key pipeline.partition and the numbers, for an
+ * unknown method, a bad regex, a regex matching no layer, parts < 1 or parts > n. */
+zinc_status zinc_pp_partition(const char *method, const zinc_pp_layer_info *layers, int n, int parts, int *bounds);
+
 #endif
