@@ -39,7 +39,9 @@
 
 #include <stddef.h>
 
+#include "zinc/comm.h"
 #include "zinc/status.h"
+#include "zinc/tensor.h"
 
 typedef enum {
     ZINC_PP_GPIPE,
@@ -155,5 +157,44 @@ typedef struct zinc_pp_layer_info {
  * ZINC_ERR_INVALID_ARG, one line naming the key pipeline.partition and the numbers, for an
  * unknown method, a bad regex, a regex matching no layer, parts < 1 or parts > n. */
 zinc_status zinc_pp_partition(const char *method, const zinc_pp_layer_info *layers, int n, int parts, int *bounds);
+
+/* ---- executor.c: runs one stage's list (collective over the pipeline group) ---- */
+
+/* What a stage computes, called by zinc_pp_execute in its list's order. Activations that
+ * cross stages are act_elems elements of act_dtype per (micro-batch, chunk); the executor
+ * owns those buffers (one per (mb, chunk) in flight) and moves them. Every callback
+ * returns ZINC_OK or an error that ends the step. */
+typedef struct zinc_pp_stage_ops {
+    void *u;
+    size_t act_elems;
+    zinc_dtype act_dtype;
+    /* the micro-batch's tokens (model chunk 0) and/or targets (the last model chunk) */
+    zinc_status (*load)(void *u, int mb, int chunk);
+    /* in: the chunk's input (NULL for model chunk 0, which reads its tokens); out: where
+     * its output goes (NULL for the last model chunk, which computes the loss) */
+    zinc_status (*forward)(void *u, int mb, int chunk, const void *in, void *out);
+    /* part 0: input and weight gradients; 1: the input gradient only; 2: the weight
+     * gradient only (after part 1, with the same grad_out). grad_out: the gradient of the
+     * output (NULL for the last model chunk); grad_in: where the input's gradient goes
+     * (NULL for model chunk 0, and for part 2) */
+    zinc_status (*backward)(void *u, int mb, int chunk, const void *grad_out, void *grad_in, int part);
+    zinc_status (*reduce_grads)(void *u);
+    zinc_status (*optimizer_step)(void *u);
+} zinc_pp_stage_ops;
+
+/* What one step of a stage measured. */
+typedef struct zinc_pp_exec_stats {
+    double step_ms;  /* the whole list */
+    double wait_ms;  /* in receives and in completing sends: the stage's bubble */
+    size_t peak_buffers; /* activation / gradient buffers held at once */
+} zinc_pp_exec_stats;
+
+/* Runs stage `stage` (its rank in pp) of plan for one step: the instructions of
+ * zinc_pp_schedule, sends started as they come and completed before their buffer is
+ * freed or the step ends, receives waited for in place (tag: kind, micro-batch and model
+ * chunk). pp is the pipeline group (size plan->stages; with one stage it is not used and
+ * may be NULL). Collective over pp. stats may be NULL. */
+zinc_status zinc_pp_execute(const zinc_pp_plan *plan, zinc_comm *pp, int stage, const zinc_pp_stage_ops *ops,
+                            zinc_pp_exec_stats *stats);
 
 #endif
