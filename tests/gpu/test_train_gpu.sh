@@ -3,7 +3,8 @@
 # with BUILD=build-cuda): the same 20-step GPT run on the GPU and on the CPU
 # agree (fp32 within 1e-4 relative; bf16 and fp16 within 2e-2, where the GPU's
 # bf16 matmuls take bf16 operands); ranks sharing one GPU through the mpi backend
-# (DP 2 and 4, ZeRO 0 and 3) match one GPU rank; the nccl backend with one
+# (DP 2 and 4, ZeRO 0 and 3; TP 2 with and without SP, TP 2 x DP 2 at ZeRO-3, bf16 TP,
+# a TP 2 checkpoint resumed at TP 4) match one GPU rank; the nccl backend with one
 # rank matches mpi; a checkpoint saved on the GPU resumes exactly; a CUDA
 # device request without a GPU is refused. Prints SKIP and exits 77 with no GPU.
 set -u
@@ -62,6 +63,23 @@ run bfdp2s2 2 --set device=cuda --set bf16.enabled=true --set zero_optimization.
 check "bf16 dp=2 stage=2 overlap_comm on one GPU vs 1 GPU rank" gpubf bfdp2s2 2e-3
 run bfdp4 4 --set device=cuda --set bf16.enabled=true --set zero_optimization.stage=3
 check "bf16 dp=4 stage=3 on one GPU vs 1 GPU rank" gpubf bfdp4 2e-3
+
+# tensor parallelism on one GPU through the mpi backend (ranks share the GPU): the
+# vocab-parallel head and cross-entropy, column/row linears, SP mappings on cuda
+TPS() { echo "--set tensor_parallel.autotp_size=$1 --set tensor_parallel.sequence_parallel=$2"; }
+run tp2 2 --set device=cuda $(TPS 2 false)
+check "tp=2 on one GPU (mpi) vs 1 GPU rank" gpu32 tp2 1e-5
+run tp2sp 2 --set device=cuda $(TPS 2 true)
+check "tp=2 + sequence parallel on one GPU vs 1 GPU rank" gpu32 tp2sp 1e-5
+run tp2dp2 4 --set device=cuda $(TPS 2 true) --set zero_optimization.stage=3
+check "tp=2 x dp=2 stage=3 on one GPU vs 1 GPU rank" gpu32 tp2dp2 1e-5
+run bftp2 2 --set device=cuda --set bf16.enabled=true $(TPS 2 true)
+check "bf16 tp=2 + SP on one GPU vs 1 GPU rank" gpubf bftp2 2e-2
+run tpck 4 --set device=cuda $(TPS 2 false) --set zero_optimization.stage=3 \
+    --set train.save_dir="$TMP/cktp" --set train.save_every=10 --set train.max_steps=10
+run tpres 4 --set device=cuda $(TPS 4 false) --set train.save_dir="$TMP/cktp" --set train.resume=auto
+cat "$TMP/tpck.jsonl" "$TMP/tpres.jsonl" > "$TMP/tpCK.jsonl"
+check "GPU checkpoint at tp=2 x dp=2 resumed at tp=4 vs 1 GPU rank" gpu32 tpCK 1e-5
 
 # ZeRO-Offload: optimizer state in pinned host memory, AdamW on the CPU
 OFF="--set zero_optimization.offload_optimizer.device=cpu"
