@@ -58,14 +58,11 @@ static int tag_of(const exec *x, int kind, int mb, int j)
 
 static zinc_status do_send(exec *x, void **slot, int kind, int mb, int j, int peer)
 {
-    zinc_status st = ZINC_OK;
     if (!*slot) return zinc_error(ZINC_ERR_INTERNAL, "pipeline stage %d: nothing to send for micro-batch %d", x->s, mb);
-    pending *p = &x->sends[x->n_sends];
+    pending *p = &x->sends[x->n_sends++];
     p->buf = *slot;
     *slot = NULL;
-    x->n_sends++;
-    st = zinc_comm_send(x->pp, p->buf, x->ops->act_elems, x->ops->act_dtype, peer, tag_of(x, kind, mb, j), &p->h);
-    return st;
+    return zinc_comm_send(x->pp, p->buf, x->ops->act_elems, x->ops->act_dtype, peer, tag_of(x, kind, mb, j), &p->h);
 }
 
 static zinc_status do_recv(exec *x, void **slot, int kind, int mb, int j, int peer)
