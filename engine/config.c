@@ -42,6 +42,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <regex.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -89,6 +90,7 @@ enum {
     F_UNUSED = 1u << 12,    /* stored, but nothing reads it yet: a value other than the
                              * default has no effect (->text says what zinc does) */
     F_TP = 1u << 14,        /* only meaningful with a TP group (tensor_parallel.autotp_size > 1) */
+    F_PP = 1u << 15,        /* only meaningful with pipeline stages (pipeline.stages > 1) */
 };
 
 /* slots of ctx->autos: which keys were given as "auto" */
@@ -162,6 +164,7 @@ struct cfg_ctx {
 #define THREADS_MAX 4096.0
 #define KEEP_MAX 1000000.0
 #define TP_MAX 4096.0              /* TP ranks in one group */
+#define PP_MAX 4096.0              /* pipeline stages */
 #define AIO_BLOCK_MAX 1073741824.0 /* one request moves at most 1 GiB (offload/aio.c) */
 #define AIO_QD_MAX 4096.0          /* ring entries per worker (offload/aio.c) */
 #define AIO_WORKERS_MAX 256.0      /* workers (offload/aio.c) */
@@ -441,14 +444,21 @@ static const keydesc activation_checkpointing_keys[] = {
     XBW("profile", "zinc does not time checkpointed layers"),
     END};
 
+/* the values of zinc_pp_kind (zinc/pipeline.h) */
+static const enum_name pp_schedules[] = {{"gpipe", 0}, {"1f1b", 1}, {"interleaved", 2}, {"zero-bubble", 3},
+                                         {NULL, 0}};
 static const keydesc pipeline_keys[] = {
-    {.name = "stages", .type = T_INT, .off = NOF, .lo = 1, .hi = INF, .def = 1,
-     .flags = F_AUTO | F_NULL_OK | F_NOTYET, .text = "pipeline parallelism is not implemented"},
-    XSW("partition", "pipeline parallelism is not implemented"),
-    XBW("seed_layers", "pipeline parallelism is not implemented"),
+    {.name = "stages", .type = T_INT, .off = OFF(pp.stages), .lo = 1, .hi = PP_MAX, .def = 1,
+     .flags = F_AUTO | F_NULL_OK},
+    {.name = "partition", .type = T_STR, .off = OFF(pp.partition), .sdef = "parameters", .aux = FSZ(pp.partition),
+     .flags = F_NULL_OK | F_PP}, /* finish() checks the method */
+    KE("schedule", pp.schedule, 1, pp_schedules, F_NOCASE | F_PP),
+    {.name = "virtual_stages", .type = T_INT, .off = OFF(pp.virtual_stages), .lo = 1, .hi = LAYERS_MAX, .def = 1,
+     .flags = F_PP},
+    XBW("seed_layers", "zinc seeds every parameter by its name, whatever the stage"),
     NYI("activation_checkpoint_interval", 0, INF, 0, AC_WHY),
-    XBW("pipe_partitioned", "pipeline parallelism is not implemented"),
-    XBW("grad_partitioned", "pipeline parallelism is not implemented"),
+    XBW("pipe_partitioned", "zinc sends whole activations between stages"),
+    XBW("grad_partitioned", "zinc sends whole activation gradients between stages"),
     XBW("use_reentrant", "zinc has no autograd"),
     END};
 
@@ -994,6 +1004,10 @@ static void effect_of(cfg_ctx *x, const keydesc *k, const char *path, const json
         note_effect(x, path, v, "no effect with tensor_parallel.autotp_size 1");
         return;
     }
+    if ((k->flags & F_PP) && c->pp.stages == 1) {
+        note_effect(x, path, v, "no effect with pipeline.stages 1");
+        return;
+    }
     if ((k->flags & F_AUTO) && is_auto(v)) {
         note_effect(x, path, v, "applied (\"auto\", resolved as shown)");
         return;
@@ -1511,6 +1525,22 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
                            (long long)c->scheduler.warmup_num_steps);
     }
 
+    /* pipeline.partition: DeepSpeed's methods (the regex is matched against the layer types) */
+    const char *pm = c->pp.partition;
+    if (strcasecmp(pm, "parameters") && strcasecmp(pm, "uniform") && strncasecmp(pm, "type:", 5))
+        return cfg_err(x, "pipeline.partition", "expected \"parameters\", \"uniform\" or \"type:REGEX\", found \"%s\"",
+                       pm);
+    if (!strncasecmp(pm, "type:", 5)) {
+        regex_t re;
+        int rc = regcomp(&re, pm + 5, REG_EXTENDED | REG_ICASE | REG_NOSUB);
+        if (rc) {
+            char why[128];
+            regerror(rc, &re, why, sizeof why);
+            return cfg_err(x, "pipeline.partition", "\"%s\": bad regular expression: %s", pm, why);
+        }
+        regfree(&re);
+    }
+
     /* gradients are accumulated in fp32 and reduced in the working dtype */
     const char *wdt = c->bf16.enabled ? "bf16" : c->fp16.enabled ? "fp16" : "fp32";
     json_t *cdt = json_object_get(root, "communication_data_type");
@@ -1770,7 +1800,38 @@ static zinc_status elastic_batch(const zinc_config *c, int dp, const char *origi
 
 int zinc_config_dp_size(const zinc_config *c, int world)
 {
-    return c->tp.size > 0 ? (int)(world / c->tp.size) : world;
+    const int64_t mp = (c->tp.size > 0 ? c->tp.size : 1) * (c->pp.stages > 0 ? c->pp.stages : 1);
+    return (int)(world / mp);
+}
+
+/* The pipeline layout for a job of world ranks (the stage count against the
+ * layers is the engine's check: it knows the model). */
+static zinc_status pp_check(const zinc_config *c, int world, const char *origin)
+{
+    const long long pp = (long long)c->pp.stages, tp = (long long)c->tp.size, v = (long long)c->pp.virtual_stages;
+    if (pp < 1 || v < 1)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: pipeline.stages %lld and pipeline.virtual_stages %lld must be >= 1",
+                          origin, pp, v);
+    if (world % (pp * tp))
+        return zinc_error(ZINC_ERR_CONFIG, "%s: pipeline.stages %lld x tensor_parallel.autotp_size %lld = %lld does "
+                          "not divide the world size %d", origin, pp, tp, pp * tp, world);
+    if (v > 1 && c->pp.schedule != 2)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: pipeline.virtual_stages %lld needs pipeline.schedule "
+                          "\"interleaved\" (found \"%s\")", origin, v, enum_to_name(pp_schedules, c->pp.schedule));
+    if (pp > 1 && c->elasticity.enabled)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: elasticity with pipeline.stages %lld: not supported yet (elastic "
+                          "jobs are data parallel only)", origin, pp);
+    return ZINC_OK;
+}
+
+/* The micro-batches of a step against the schedule (after the batch is resolved). */
+static zinc_status pp_check_micro(const zinc_config *c, const char *origin)
+{
+    const long long pp = (long long)c->pp.stages, ga = (long long)c->gradient_accumulation_steps;
+    if (c->pp.schedule == 2 && ga > 0 && ga % pp)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: pipeline.schedule \"interleaved\": gradient_accumulation_steps %lld "
+                          "(the micro-batches of a step) is not a multiple of pipeline.stages %lld", origin, ga, pp);
+    return ZINC_OK;
 }
 
 /* The TP layout for a job of world ranks: TP divides the world, the heads,
@@ -1804,11 +1865,14 @@ static zinc_status tp_check(const zinc_config *c, int world, const char *origin)
     return ZINC_OK;
 }
 
-zinc_status zinc_config_check_tp(const zinc_config *c, int world)
+zinc_status zinc_config_check_mesh(const zinc_config *c, int world)
 {
     const char *origin = c->given.origin[0] ? c->given.origin : "config";
     if (world < 1) return zinc_error(ZINC_ERR_INVALID_ARG, "%s: world size %d must be >= 1", origin, world);
-    return tp_check(c, world, origin);
+    zinc_status st = tp_check(c, world, origin);
+    if (st == ZINC_OK) st = pp_check(c, world, origin);
+    if (st == ZINC_OK) st = pp_check_micro(c, origin);
+    return st;
 }
 
 zinc_status zinc_config_resolve(zinc_config *c, int world)
@@ -1823,6 +1887,7 @@ zinc_status zinc_config_resolve(zinc_config *c, int world)
     zinc_status cst = zinc_config_check(c);
     if (cst != ZINC_OK) return cst;
     cst = tp_check(c, world, origin);
+    if (cst == ZINC_OK) cst = pp_check(c, world, origin);
     if (cst != ZINC_OK) return cst;
     const int dp = zinc_config_dp_size(c, world);
     int64_t cur[3] = {c->train_batch_size, c->train_micro_batch_size_per_gpu,
@@ -1900,6 +1965,10 @@ zinc_status zinc_config_resolve(zinc_config *c, int world)
                           "%s: train_micro_batch_size_per_gpu %lld * sequence length %lld = %lld "
                           "tokens per micro-batch; at most %d",
                           origin, (long long)m, (long long)seq, (long long)tok, INT32_MAX);
+    zinc_config tmp = *c;
+    tmp.gradient_accumulation_steps = a;
+    cst = pp_check_micro(&tmp, origin);
+    if (cst != ZINC_OK) return cst;
     c->train_batch_size = t;
     c->train_micro_batch_size_per_gpu = m;
     c->gradient_accumulation_steps = a;

@@ -428,8 +428,13 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     e->z.dev = e->dev;
     e->z.ops = e->ops;
     int world = zinc_comm_size(e->world);
-    ZINC_TRY(zinc_config_check_tp(&e->cfg, world)); /* a config filled through the C API */
+    ZINC_TRY(zinc_config_check_mesh(&e->cfg, world)); /* a config filled through the C API */
     ZINC_TRY(check_model_tp(&e->cfg, e->model));
+    if (e->cfg.pp.stages > 1) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "pipeline.stages %lld: the engine does not run pipeline stages yet",
+                        (long long)e->cfg.pp.stages);
+        goto cleanup;
+    }
     const int tp = (int)e->cfg.tp.size; /* TP innermost: adjacent ranks */
     ZINC_TRY(zinc_mesh_create(e->world, 1, world / tp, tp, &e->mesh));
     e->tp = (zinc_tp){.group = tp > 1 ? e->mesh->tp_group : NULL, .size = tp,

@@ -56,7 +56,7 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
 {
     zinc_gpt2 *g = NULL;
     zinc_config resolved = *cfg_in, *cfg = &resolved;
-    if (zinc_config_check_tp(cfg, n) != ZINC_OK) { /* the layout decides what a rank holds */
+    if (zinc_config_check_mesh(cfg, n) != ZINC_OK) { /* the layout decides what a rank holds */
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
         return 2;
     }

@@ -137,6 +137,14 @@ typedef struct zinc_config {
         int sequence_parallel;         /* false: Megatron sequence parallelism */
     } tp;
 
+    /* DeepSpeed's pipeline section (stages, partition) and zinc's schedule keys */
+    struct {
+        int64_t stages;                /* 1: pipeline stages (PP size); "auto" = 1 */
+        char partition[128];           /* "parameters" | "uniform" | "type:REGEX" */
+        int schedule;                  /* zinc_pp_kind (zinc/pipeline.h): 1f1b (1) */
+        int64_t virtual_stages;        /* 1: model chunks per stage (interleaved) */
+    } pp;
+
     struct {
         char train[ZINC_MAX_PATHS][512]; /* token shard paths (glob patterns allowed) */
         int n_train;
@@ -234,11 +242,14 @@ zinc_status zinc_config_load_string(const char *json, const char *origin,
  * values as given. c is unchanged on failure (ZINC_ERR_CONFIG;
  * ZINC_ERR_INVALID_ARG for world < 1). */
 zinc_status zinc_config_resolve(zinc_config *c, int world);
-/* The TP layout check zinc_config_resolve starts with, alone (ZINC_ERR_CONFIG
- * naming the key and the numbers). Whether the model splits its layers is
- * the engine's check (zinc_model_def.tp_ready). */
-zinc_status zinc_config_check_tp(const zinc_config *c, int world);
-/* DP = world / TP: the data-parallel size of a job of `world` ranks. */
+/* The mesh checks zinc_config_resolve makes, alone (ZINC_ERR_CONFIG naming
+ * the key and the numbers): TP and PP divide the world, TP divides the
+ * heads, the MLP width and the padded vocabulary, virtual stages only with
+ * the interleaved schedule, whose micro-batches (gradient_accumulation_steps)
+ * are a multiple of the stages. Whether the model splits its layers over TP
+ * and has a layer for every pipeline chunk is the engine's check. */
+zinc_status zinc_config_check_mesh(const zinc_config *c, int world);
+/* DP = world / (TP x PP): the data-parallel size of a job of `world` ranks. */
 int zinc_config_dp_size(const zinc_config *c, int world);
 
 /* Elasticity (DeepSpeed's version 0.1 rule, engine/elastic.c). The global

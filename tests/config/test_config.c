@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "zinc/config.h"
+#include "zinc/pipeline.h"
 #include "zinc/log.h"
 
 #define CASES "tests/config/cases"
@@ -894,7 +895,7 @@ static void test_honest_keys(void)
     size_t wl = eol ? (size_t)(eol - w) : strlen(w);
     static const char *const listed[] = {"seed", "zero_allow_untested_optimizer", "memory_breakdown",
                                          "zero_optimization.load_from_fp32_weights", "tensorboard",
-                                         "activation_checkpointing.profile", "pipeline.partition",
+                                         "activation_checkpointing.profile", "pipeline.seed_layers",
                                          "checkpoint.tag_validation", "wandb", "autotuning", NULL};
     for (int i = 0; listed[i]; i++) {
         char needle[128];
@@ -910,6 +911,7 @@ static void test_honest_keys(void)
         "tensorboard = {\"enabled\":true,\"output_path\":\"logs/\",\"job_name\":\"gpt\"}: no effect (zinc "
         "writes no TensorBoard events yet; see train.metrics_file)\n",
         "pipeline.stages = \"auto\": applied (\"auto\", resolved as shown)\n",
+        "pipeline.partition = \"parameters\": no effect with pipeline.stages 1\n",
         "activation_checkpointing.partition_activations = false: applied (the only value zinc supports)\n",
         "data_types.grad_accum_dtype = \"fp32\": applied (the only value zinc supports)\n",
         "zero_optimization.load_from_fp32_weights = true: no effect (zinc always restores fp32 master weights)\n",
@@ -1014,6 +1016,68 @@ static void test_tensor_parallel(void)
                          NULL, 0, "tensor_parallel.tp.tp_size"));
 }
 
+/* pipeline: DP = world / (PP x TP); the schedule keys and their layout checks */
+static void test_pipeline_layout(void)
+{
+    zinc_config c;
+    CU_ASSERT_FATAL(load_ok("{\"train_micro_batch_size_per_gpu\": 2, \"gradient_accumulation_steps\": 4,"
+                            " \"model\": {\"n_head\": 4, \"vocab_size\": 512},"
+                            " \"tensor_parallel\": {\"autotp_size\": 2},"
+                            " \"pipeline\": {\"stages\": 2, \"partition\": \"type:block\", \"schedule\": \"Interleaved\","
+                            " \"virtual_stages\": 2}}", NULL, 0, 8, &c));
+    CU_ASSERT_EQUAL(c.pp.stages, 2);
+    CU_ASSERT_EQUAL(c.pp.schedule, ZINC_PP_INTERLEAVED);
+    CU_ASSERT_EQUAL(c.pp.virtual_stages, 2);
+    CU_ASSERT_STRING_EQUAL(c.pp.partition, "type:block");
+    CU_ASSERT_EQUAL(zinc_config_dp_size(&c, 8), 2);
+    CU_ASSERT_EQUAL(c.train_batch_size, 16); /* 2 x 4 x DP 2 */
+    CU_ASSERT_FATAL(load_ok("{\"train_batch_size\": 4}", NULL, 0, 1, &c)); /* the defaults */
+    CU_ASSERT_EQUAL(c.pp.stages, 1);
+    CU_ASSERT_EQUAL(c.pp.schedule, ZINC_PP_1F1B);
+    CU_ASSERT_EQUAL(c.pp.virtual_stages, 1);
+    CU_ASSERT_STRING_EQUAL(c.pp.partition, "parameters");
+    static const struct { const char *json; int world; const char *frag; } bad[] = {
+        {"{\"train_batch_size\": 8, \"pipeline\": {\"stages\": 3}}", 4,
+         "pipeline.stages 3 x tensor_parallel.autotp_size 1 = 3 does not divide the world size 4"},
+        {"{\"train_batch_size\": 8, \"model\": {\"vocab_size\": 512}, \"pipeline\": {\"stages\": 2},"
+         " \"tensor_parallel\": {\"autotp_size\": 2}}", 6,
+         "pipeline.stages 2 x tensor_parallel.autotp_size 2 = 4 does not divide the world size 6"},
+        {"{\"train_micro_batch_size_per_gpu\": 1, \"gradient_accumulation_steps\": 3, \"pipeline\": {\"stages\": 2,"
+         " \"schedule\": \"interleaved\"}}", 2,
+         "pipeline.schedule \"interleaved\": gradient_accumulation_steps 3 (the micro-batches of a step) is not a "
+         "multiple of pipeline.stages 2"},
+        {"{\"train_batch_size\": 6, \"pipeline\": {\"stages\": 2, \"schedule\": \"interleaved\"}}", 2,
+         "gradient_accumulation_steps 1 (the micro-batches"}, /* resolved: 6 = 6 x 1 x DP 1 */
+        {"{\"train_batch_size\": 8, \"pipeline\": {\"stages\": 2, \"virtual_stages\": 2, \"schedule\": \"gpipe\"}}",
+         2, "pipeline.virtual_stages 2 needs pipeline.schedule \"interleaved\" (found \"gpipe\")"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        CU_ASSERT_FATAL(load_str(bad[i].json, &c) == ZINC_OK);
+        zinc_config before = c;
+        CU_ASSERT_EQUAL(zinc_config_resolve(&c, bad[i].world), ZINC_ERR_CONFIG);
+        int ok = strstr(zinc_last_error(), bad[i].frag) != NULL;
+        if (!ok) printf("\n  want '%s', got '%s'\n", bad[i].frag, zinc_last_error());
+        CU_ASSERT(ok);
+        CU_ASSERT_EQUAL(memcmp(&before, &c, sizeof c), 0); /* unchanged on failure */
+        if (i != 3) /* the batch is not resolved yet: nothing to say about its micro-batches */
+            CU_ASSERT_EQUAL(zinc_config_check_mesh(&c, bad[i].world), ZINC_ERR_CONFIG);
+    }
+    /* with one stage the schedule keys say they have no effect */
+    char *eff = NULL, path[] = "/tmp/zinc-pp-XXXXXX";
+    int fd = mkstemp(path);
+    CU_ASSERT_FATAL(fd >= 0);
+    const char *j = "{\"train_batch_size\": 4, \"pipeline\": {\"schedule\": \"gpipe\"}}";
+    CU_ASSERT_FATAL(write(fd, j, strlen(j)) == (ssize_t)strlen(j));
+    close(fd);
+    capture_begin();
+    zinc_status st = zinc_config_load_effects(path, NULL, 0, &c, &eff);
+    free(capture_end());
+    unlink(path);
+    CU_ASSERT_EQUAL(st, ZINC_OK);
+    CU_ASSERT(eff && strstr(eff, "pipeline.schedule = \"gpipe\": no effect with pipeline.stages 1"));
+    free(eff);
+}
+
 static void test_elasticity(void)
 {
     zinc_config c;
@@ -1104,7 +1168,8 @@ int main(void)
         !CU_add_test(s, "override blame", test_override_blame) ||
         !CU_add_test(s, "honest keys", test_honest_keys) ||
         !CU_add_test(s, "elasticity", test_elasticity) ||
-        !CU_add_test(s, "tensor parallel layout", test_tensor_parallel)) {
+        !CU_add_test(s, "tensor parallel layout", test_tensor_parallel) ||
+        !CU_add_test(s, "pipeline layout", test_pipeline_layout)) {
         CU_cleanup_registry();
         return 1;
     }
