@@ -36,9 +36,9 @@ static zinc_status b_fwd(void *u, int mb, int c, const void *in, void *out)
     nap(g_f_ms / g_v);
     return ZINC_OK;
 }
-static zinc_status b_bwd(void *u, int mb, int c, const void *g, void *gi, int part)
+static zinc_status b_bwd(void *u, int mb, int c, const void *in, const void *g, void *gi, int part)
 {
-    (void)u, (void)mb, (void)c, (void)g, (void)gi;
+    (void)u, (void)mb, (void)c, (void)in, (void)g, (void)gi;
     nap((part == 0 ? 2 : 1) * g_f_ms / g_v);
     return ZINC_OK;
 }
@@ -76,7 +76,7 @@ int main(int argc, char **argv)
         zinc_pp_plan pl = {runs[r].k, p, m, runs[r].v};
         if (zinc_pp_plan_check(&pl) != ZINC_OK) continue;
         g_v = runs[r].v;
-        zinc_pp_stage_ops ops = {NULL, act, ZINC_DTYPE_F32, b_load, b_fwd, b_bwd, b_none, b_none};
+        zinc_pp_stage_ops ops = {NULL, act, ZINC_DTYPE_F32, b_load, b_fwd, b_bwd, b_none, b_none, NULL, NULL};
         double *bub = calloc((size_t)steps, sizeof *bub), *ms = calloc((size_t)steps, sizeof *ms);
         for (int s = -1; s < steps; s++) { /* step -1 warms up */
             zinc_pp_exec_stats st;

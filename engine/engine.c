@@ -37,7 +37,7 @@ static void *alloc_bytes(const zinc_engine *e, size_t n)
 /* The dtype activations are stored in: bf16 in bf16 training (every
  * device's ops_bf16 table has act bf16), else fp32 (fp16 training rounds
  * fp32 activations at layer boundaries instead). */
-static zinc_dtype act_dtype(const zinc_engine *e)
+zinc_dtype engine_act_dtype(const zinc_engine *e)
 {
     return e->z.plan.pdt == ZINC_DTYPE_BF16 ? ZINC_DTYPE_BF16 : ZINC_DTYPE_F32;
 }
@@ -140,6 +140,44 @@ double zinc_sched_lr(const zinc_config *c, int64_t step)
 
 /* ---------------------------------------------------------------- lifecycle */
 
+/* Which layers each model chunk runs (pipeline.partition over the p x v chunks, from
+ * the declared parameters) and which of them this stage runs (chunks c*p + stage).
+ * Needs e->pp and e->stage (one stage of one chunk: every layer). */
+static zinc_status engine_stage_layers(zinc_engine *e)
+{
+    zinc_status st = ZINC_OK;
+    const int J = e->pp.stages * e->pp.virt, L = e->n_layers;
+    zinc_pp_layer_info *info = NULL;
+    free(e->bounds);
+    free(e->held);
+    e->bounds = calloc((size_t)J + 1, sizeof *e->bounds);
+    e->held = calloc((size_t)(L ? L : 1), 1);
+    if (!e->bounds || !e->held) return zinc_error(ZINC_ERR_NOMEM, "layer table");
+    if (J > L)
+        return zinc_error(ZINC_ERR_CONFIG, "pipeline.stages %d x pipeline.virtual_stages %d = %d model chunks: "
+                          "more than the model's %d layers", e->pp.stages, e->pp.virt, J, L);
+    e->bounds[J] = L;
+    if (J > 1) {
+        info = calloc((size_t)L, sizeof *info);
+        if (!info) return zinc_error(ZINC_ERR_NOMEM, "layer table");
+        for (int i = 0; i < L; i++) {
+            info[i].type = e->layers[i].def->ops->type ? e->layers[i].def->ops->type : "";
+            const zero_unit *u = &e->z.units[i];
+            for (int p = u->n_params_first; p < u->n_params_end; p++) info[i].params += e->z.params[p].gnumel;
+        }
+        st = zinc_pp_partition(e->cfg.pp.partition, info, L, J, e->bounds);
+        if (st != ZINC_OK) st = zinc_error(ZINC_ERR_CONFIG, "%s", zinc_last_error());
+        free(info);
+        if (st != ZINC_OK) return st;
+    }
+    for (int c = 0; c < e->pp.virt; c++) {
+        const int j = c * e->pp.stages + e->stage;
+        for (int i = e->bounds[j]; i < e->bounds[j + 1]; i++) e->held[i] = 1;
+    }
+    e->z.layer_held = J > 1 ? e->held : NULL;
+    return ZINC_OK;
+}
+
 /* Runs every layer's declare, records which units each layer touches, and
  * lays the units out for zero's plan, dp and dp_rank. Needs e->model, cfg,
  * e->z's plan, dp, dp_rank. */
@@ -165,6 +203,7 @@ static zinc_status engine_declare(zinc_engine *e)
         for (int k = 0; k < l->n_params; k++)
             ZINC_TRY(zero_layer_use(&e->z, i, e->z.params[l->params[k]].unit));
     }
+    ZINC_TRY(engine_stage_layers(e));
     zero_units_layout(&e->z);
 cleanup:
     return st;
@@ -174,30 +213,59 @@ static void engine_free_tables(zinc_engine *e)
 {
     free(e->layers);
     e->layers = NULL;
+    free(e->bounds);
+    free(e->held);
+    free(e->act_off);
+    free(e->out_off);
+    e->bounds = NULL;
+    e->held = NULL;
+    e->act_off = e->out_off = NULL;
     zero_tables_free(&e->z);
 }
 
-/* Bytes of activation memory for one (B, T) micro-batch: every layer's
- * saved activations and outputs (act_total), one gradient buffer for the
- * widest layer input (dbuf, two of them are used), and the largest
- * scratch. Sets each layer's act_bytes. */
-static void act_sizes(zinc_engine *e, size_t *act_total, size_t *dbuf, size_t *scratch)
+/* Activation memory: every layer's saved activations and its output inside
+ * its chunk, laid out per chunk (act_off, out_off: the slab of one micro-batch
+ * of a chunk; *slab the largest of this stage's chunks), one gradient buffer
+ * for the widest layer input (dbuf, two of them are used), the largest
+ * scratch, and the elements of an activation crossing chunks (io). Sets
+ * each layer's act_bytes. Needs e->bounds, e->held. */
+static zinc_status act_sizes(zinc_engine *e, size_t *slab, size_t *dbuf, size_t *scratch, size_t *io)
 {
-    const zinc_dtype act = act_dtype(e);
-    const size_t BT = (size_t)zinc_tp_rows(&e->tp, e->B * e->T), asz = zinc_dtype_size(act);
+    const zinc_dtype act = engine_act_dtype(e);
+    const size_t rows = (size_t)zinc_tp_rows(&e->tp, e->B * e->T), asz = zinc_dtype_size(act);
+    const int L = e->n_layers, J = e->pp.stages * e->pp.virt;
     size_t max_width = 0;
-    *act_total = *scratch = 0;
-    for (int i = 0; i < e->n_layers; i++) {
-        zinc_layer *l = &e->layers[i];
-        const zinc_layer_ops *lo = l->def->ops;
-        l->act_bytes = lo->act_bytes ? lo->act_bytes(l, e->B, e->T, act) : 0;
-        *act_total += ACT_ALIGN(l->act_bytes);
-        if (i + 1 < e->n_layers) *act_total += ACT_ALIGN(BT * (size_t)l->n_out * asz);
-        if ((size_t)l->n_in > max_width) max_width = (size_t)l->n_in;
-        size_t sc = lo->scratch_bytes ? lo->scratch_bytes(l, e->B, e->T, act) : 0;
-        if (sc > *scratch) *scratch = sc;
+    *slab = *scratch = *io = 0;
+    free(e->act_off);
+    free(e->out_off);
+    e->act_off = calloc((size_t)(L ? L : 1), sizeof *e->act_off);
+    e->out_off = calloc((size_t)(L ? L : 1), sizeof *e->out_off);
+    if (!e->act_off || !e->out_off) return zinc_error(ZINC_ERR_NOMEM, "layer table");
+    for (int j = 0; j < J; j++) {
+        size_t off = 0;
+        for (int i = e->bounds[j]; i < e->bounds[j + 1]; i++) {
+            zinc_layer *l = &e->layers[i];
+            const zinc_layer_ops *lo = l->def->ops;
+            l->act_bytes = lo->act_bytes ? lo->act_bytes(l, e->B, e->T, act) : 0;
+            e->act_off[i] = off;
+            off += ACT_ALIGN(l->act_bytes);
+            e->out_off[i] = SIZE_MAX;
+            if (i + 1 < e->bounds[j + 1]) {
+                e->out_off[i] = off;
+                off += ACT_ALIGN(rows * (size_t)l->n_out * asz);
+            } else if (i + 1 < L && rows * (size_t)l->n_out > *io) {
+                *io = rows * (size_t)l->n_out;
+            }
+            if (e->held[i]) {
+                if ((size_t)l->n_in > max_width) max_width = (size_t)l->n_in;
+                size_t sc = lo->scratch_bytes ? lo->scratch_bytes(l, e->B, e->T, act) : 0;
+                if (sc > *scratch) *scratch = sc;
+            }
+        }
+        if (e->held[e->bounds[j]] && off > *slab) *slab = off;
     }
-    *dbuf = BT * max_width * asz;
+    *dbuf = rows * max_width * asz;
+    return ZINC_OK;
 }
 
 /* What zero/ takes from the config, for an estimate and an engine alike. */
@@ -267,13 +335,14 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     if (st != ZINC_OK) return st;
     e.B = (int)c->train_micro_batch_size_per_gpu;
     e.T = (int)zinc_config_seq_len(c);
+    e.pp = (zinc_pp_plan){.kind = ZINC_PP_1F1B, .stages = 1, .micro = 1, .virt = 1};
     st = engine_declare(&e);
     if (st == ZINC_OK) {
         zero_mem_stats(&e.z, out);
         if (e.B > 0 && e.T > 0) {
-            size_t act, dbuf, scratch;
-            act_sizes(&e, &act, &dbuf, &scratch);
-            out->activations = act + 2 * dbuf + scratch;
+            size_t slab, dbuf, scratch, io;
+            st = act_sizes(&e, &slab, &dbuf, &scratch, &io);
+            out->activations = slab + 2 * dbuf + scratch;
         }
     }
     engine_free_tables(&e);
@@ -312,45 +381,43 @@ static zinc_status engine_alloc_local(zinc_engine *e)
         }
         ZINC_TRY(zero_offload_open(&e->z, e->aio, zinc_comm_rank(e->world)));
     }
-    e->out = calloc((size_t)e->n_layers, sizeof *e->out);
-    if (!e->out) {
-        st = zinc_error(ZINC_ERR_NOMEM, "layer table");
-        goto cleanup;
-    }
     ZINC_TRY(zero_units_alloc(&e->z));
     zero_mem_stats(&e->z, &e->mem);
 
-    /* activations: saved acts + outputs per layer, grads ping-pong, scratch */
-    size_t BT = (size_t)e->B * e->T, act_total, dbuf, scratch;
-    const size_t asz = zinc_dtype_size(act_dtype(e));
-    act_sizes(e, &act_total, &dbuf, &scratch);
-    e->act_slab = alloc_bytes(e, act_total);
+    /* activations: a slab per (micro-batch, chunk) in flight (made as the step needs
+     * them), gradients ping-pong, scratch, the step's tokens */
+    size_t BT = (size_t)e->B * e->T, dbuf, scratch;
+    ZINC_TRY(act_sizes(e, &e->slab_bytes, &dbuf, &scratch, &e->io_elems));
+    const size_t nk = (size_t)e->pp.micro * e->pp.virt;
+    e->slab_of = malloc(nk * sizeof *e->slab_of);
+    e->slab_free = malloc(nk * sizeof *e->slab_free);
+    e->slabs = calloc(nk, sizeof *e->slabs);
+    if (!e->slab_of || !e->slab_free || !e->slabs) {
+        st = zinc_error(ZINC_ERR_NOMEM, "activation table");
+        goto cleanup;
+    }
+    for (size_t k = 0; k < nk; k++) e->slab_of[k] = -1;
     e->dbuf[0] = alloc_bytes(e, dbuf);
     e->dbuf[1] = alloc_bytes(e, dbuf);
     e->scratch = alloc_bytes(e, scratch);
-    e->tokens = e->dev->alloc(BT * sizeof(int32_t));
-    e->targets = e->dev->alloc(BT * sizeof(int32_t));
+    e->tokens = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
+    e->targets = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
     if (!e->dev->is_host) {
         e->htokens = e->dev->host_alloc(BT * sizeof(int32_t));
         e->htargets = e->dev->host_alloc(BT * sizeof(int32_t));
     }
-    if (!e->act_slab || !e->dbuf[0] || !e->dbuf[1] || !e->scratch || !e->tokens || !e->targets ||
+    /* one slab now: a micro-batch that cannot fit fails here, not in the first step */
+    e->slabs[0] = alloc_bytes(e, e->slab_bytes);
+    e->n_slabs = e->slabs[0] ? 1 : 0;
+    e->slab_free[0] = 0;
+    e->n_free = e->n_slabs;
+    if (!e->slabs[0] || !e->dbuf[0] || !e->dbuf[1] || !e->scratch || !e->tokens || !e->targets ||
         (!e->dev->is_host && (!e->htokens || !e->htargets))) {
         st = zinc_error(ZINC_ERR_NOMEM,
                         "activations of micro-batch %d x %d tokens on %s: %zu + 2 x %zu + %zu bytes "
                         "(saved, gradients, scratch): %s",
-                        e->B, e->T, e->dev->name, act_total, dbuf, scratch, zinc_last_error());
+                        e->B, e->T, e->dev->name, e->slab_bytes, dbuf, scratch, zinc_last_error());
         goto cleanup;
-    }
-    char *a = e->act_slab;
-    for (int i = 0; i < e->n_layers; i++) {
-        zinc_layer *l = &e->layers[i];
-        l->acts = a;
-        a += ACT_ALIGN(l->act_bytes);
-        if (i + 1 < e->n_layers) {
-            e->out[i] = a; /* this rank's rows of it (sequence parallelism) */
-            a += ACT_ALIGN((size_t)zinc_tp_rows(&e->tp, (int)BT) * l->n_out * asz);
-        }
     }
 
     /* fp16 loss scaler, DeepSpeed's DynamicLossScaler semantics */
@@ -365,6 +432,42 @@ static zinc_status engine_alloc_local(zinc_engine *e)
 
 cleanup:
     return st;
+}
+
+/* The group over which the stages holding the same shared units (the tied embedding of
+ * the first and last stages) sum their gradients: ranks at the same DP and TP position
+ * of those stages. Collective over the pipeline group. */
+static zinc_status engine_tied_group(zinc_engine *e)
+{
+    const int p = e->pp.stages, J = p * e->pp.virt;
+    if (p == 1) return ZINC_OK;
+    if (p > 63) {
+        for (int u = 0; u < e->n_layers; u++)
+            if (e->z.units[u].shared)
+                return zinc_error(ZINC_ERR_UNSUPPORTED, "pipeline.stages %d: tied parameters across more than 63 "
+                                  "stages are not supported", p);
+        return ZINC_OK;
+    }
+    uint64_t mask = 0;
+    for (int u = 0; u < e->n_layers; u++) {
+        if (!e->z.units[u].shared) continue;
+        uint64_t m = 0;
+        for (int j = 0; j < J; j++)
+            for (int i = e->bounds[j]; i < e->bounds[j + 1]; i++)
+                for (int k = 0; k < e->z.layers[i].n_units; k++)
+                    if (e->z.layers[i].units[k] == u) m |= 1ull << (j % p);
+        if (mask && m != mask)
+            return zinc_error(ZINC_ERR_UNSUPPORTED, "stage %d holds parameters tied with different sets of stages; "
+                              "zinc sums tied gradients over one set per stage", e->stage);
+        mask = m;
+    }
+    int color = mask ? __builtin_ctzll(mask) : p + e->stage, mine = mask != 0;
+    zinc_comm *g = NULL;
+    zinc_status st = zinc_comm_split(e->mesh->pp_group, color, e->stage, "tied", &g);
+    if (st != ZINC_OK) return st;
+    if (mine) e->tied_group = g;
+    else zinc_comm_destroy(g);
+    return ZINC_OK;
 }
 
 zinc_status zinc_engine_open_device(const zinc_config *c, zinc_comm *world,
@@ -410,10 +513,10 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
         }
     }
     e->ops = e->z.plan.pdt == ZINC_DTYPE_BF16 ? e->dev->ops_bf16 : e->dev->ops;
-    if (e->ops->act != act_dtype(e)) {
+    if (e->ops->act != engine_act_dtype(e)) {
         st = zinc_error(ZINC_ERR_INTERNAL, "device %s: op table %s stores activations in %s, "
                         "the engine expects %s", e->dev->name, e->ops->name,
-                        zinc_dtype_name(e->ops->act), zinc_dtype_name(act_dtype(e)));
+                        zinc_dtype_name(e->ops->act), zinc_dtype_name(engine_act_dtype(e)));
         goto cleanup;
     }
     if (getenv("ZINC_PROFILE_OPS") && atoi(getenv("ZINC_PROFILE_OPS")) > 0) {
@@ -430,13 +533,13 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     int world = zinc_comm_size(e->world);
     ZINC_TRY(zinc_config_check_mesh(&e->cfg, world)); /* a config filled through the C API */
     ZINC_TRY(check_model_tp(&e->cfg, e->model));
-    if (e->cfg.pp.stages > 1) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "pipeline.stages %lld: the engine does not run pipeline stages yet",
-                        (long long)e->cfg.pp.stages);
-        goto cleanup;
-    }
-    const int tp = (int)e->cfg.tp.size; /* TP innermost: adjacent ranks */
-    ZINC_TRY(zinc_mesh_create(e->world, 1, world / tp, tp, &e->mesh));
+    const int tp = (int)e->cfg.tp.size, pp = (int)e->cfg.pp.stages; /* TP innermost, PP outermost */
+    ZINC_TRY(zinc_mesh_create(e->world, pp, world / (tp * pp), tp, &e->mesh));
+    e->stage = e->mesh->pp_rank;
+    e->pp = (zinc_pp_plan){.kind = (zinc_pp_kind)e->cfg.pp.schedule, .stages = pp,
+                           .micro = (int)e->cfg.gradient_accumulation_steps,
+                           .virt = (int)e->cfg.pp.virtual_stages};
+    ZINC_TRY(zinc_pp_plan_check(&e->pp));
     e->tp = (zinc_tp){.group = tp > 1 ? e->mesh->tp_group : NULL, .size = tp,
                       .rank = e->mesh->tp_rank, .sequence_parallel = e->cfg.tp.sequence_parallel,
                       .ops = e->ops};
@@ -457,14 +560,14 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     /* local work that can fail on one rank alone (a swap file, memory):
      * every rank reaches the agreement, so none is left waiting */
     ZINC_TRY(zinc_comm_agree(e->world, engine_alloc_local(e)));
+    ZINC_TRY(engine_tied_group(e));
 
     /* the largest model state over ranks, kind by kind */
     int64_t mine[7] = {(int64_t)e->mem.params, (int64_t)e->mem.grads, (int64_t)e->mem.master,
                        (int64_t)e->mem.optimizer, (int64_t)e->mem.total, (int64_t)e->mem.buffers,
                        (int64_t)e->mem.nvme};
     int64_t mx[7];
-    ZINC_TRY(zinc_comm_all_reduce(e->mesh->dp_group, mine, mx, 7, ZINC_DTYPE_I64, ZINC_REDOP_MAX,
-                                  NULL));
+    ZINC_TRY(zinc_comm_all_reduce(e->world, mine, mx, 7, ZINC_DTYPE_I64, ZINC_REDOP_MAX, NULL));
     e->mem_max = (zinc_mem_stats){(uint64_t)mx[0], (uint64_t)mx[1], (uint64_t)mx[2],
                                   (uint64_t)mx[3], (uint64_t)mx[4], (uint64_t)mx[5],
                                   (uint64_t)mx[6], 0};
@@ -482,11 +585,11 @@ void zinc_engine_destroy(zinc_engine *e)
     zero_units_free(&e->z);
     zero_offload_close(&e->z);
     if (e->aio_owned) zinc_aio_destroy(e->aio);
+    zinc_comm_destroy(e->tied_group);
     zinc_mesh_destroy(e->mesh);
     engine_free_tables(e);
-    free(e->out);
     if (e->dev) {
-        e->dev->free(e->act_slab);
+        engine_slabs_free(e);
         e->dev->free(e->dbuf[0]);
         e->dev->free(e->dbuf[1]);
         e->dev->free(e->scratch);
@@ -542,274 +645,3 @@ float *zinc_engine_grad_by_name(zinc_engine *e, const char *name, int64_t *numel
     return (float *)e->z.units[p->unit].g + p->uoff;
 }
 
-/* ---------------------------------------------------------------- the step */
-
-/* Rounds fp32 activations to the storage precision (fp16 training's
- * numerics; bf16 activations are stored in bf16 already). */
-static void round_storage(const zinc_engine *e, void *x, size_t n)
-{
-    if (e->z.plan.pdt != ZINC_DTYPE_F32 && e->ops->act == ZINC_DTYPE_F32)
-        e->ops->round_to(x, e->z.plan.pdt, n);
-}
-
-/* What a layer sees while it runs (zinc_ctx), for a loss gradient dloss. */
-static zinc_ctx engine_ctx(const zinc_engine *e, float dloss)
-{
-    return (zinc_ctx){.ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens,
-                      .targets = e->targets, .dloss = dloss, .scratch = e->scratch, .tp = &e->tp};
-}
-
-/* Copies a micro-batch the data loader wrote to host memory onto the device. */
-static void batch_to_device(zinc_engine *e, const int32_t *tok, const int32_t *tgt)
-{
-    size_t bytes = (size_t)e->B * e->T * sizeof(int32_t);
-    e->dev->copy(e->tokens, tok, bytes);
-    e->dev->copy(e->targets, tgt, bytes);
-}
-
-/* The next micro-batch of this rank, from global sample first. */
-static zinc_status batch_load(zinc_engine *e, const zinc_data *data, uint64_t first)
-{
-    int32_t *tok = e->htokens ? e->htokens : e->tokens;
-    int32_t *tgt = e->htargets ? e->htargets : e->targets;
-    zinc_status st = zinc_data_get(data, first, e->B, tok, tgt);
-    if (st == ZINC_OK && e->htokens) batch_to_device(e, tok, tgt);
-    return st;
-}
-
-/* A phase boundary for wall_clock_breakdown: the device's queued work is
- * waited for first (as DeepSpeed's timers synchronize), so each phase gets
- * its own device time; without the breakdown nothing waits. */
-static zinc_status phase_ms(zinc_engine *e, double *t)
-{
-    zinc_status st = e->cfg.wall_clock_breakdown ? engine_sync(e) : ZINC_OK;
-    *t = zinc_now_ms();
-    return st;
-}
-
-/* Forward and (if backward) backward of one micro-batch; adds its loss sum
- * to *loss_sum. */
-static zinc_status micro_step(zinc_engine *e, zinc_ctx *c, double *loss_sum, int backward)
-{
-    zinc_status st = ZINC_OK;
-    size_t BT = (size_t)zinc_tp_rows(&e->tp, e->B * e->T); /* rows between layers */
-    int L = e->n_layers;
-    c->loss_sum = 0.0;
-    const void *x = e->tokens;
-    double t0 = zinc_now_ms();
-    for (int i = 0; i < L; i++) {
-        zinc_layer *l = &e->layers[i];
-        ZINC_TRY(zero_forward_begin(&e->z, i, backward));
-        ZINC_TRY(l->def->ops->forward(l, c, x, e->out[i]));
-        if (e->out[i]) round_storage(e, e->out[i], BT * (size_t)l->n_out);
-        zero_forward_end(&e->z, i);
-        x = e->out[i];
-    }
-    double t1;
-    ZINC_TRY(phase_ms(e, &t1));
-    e->t_fwd += t1 - t0;
-    const void *dy = NULL;
-    for (int i = backward ? L - 1 : -1; i >= 0; i--) {
-        zinc_layer *l = &e->layers[i];
-        ZINC_TRY(zero_backward_begin(&e->z, i));
-        void *dx = i > 0 ? e->dbuf[i & 1] : NULL;
-        if (dx) e->ops->zero(dx, BT * (size_t)l->n_in * zinc_dtype_size(e->ops->act));
-        const void *xi = i > 0 ? (const void *)e->out[i - 1] : (const void *)e->tokens;
-        ZINC_TRY(l->def->ops->backward(l, c, xi, dy, dx));
-        if (dx) round_storage(e, dx, BT * (size_t)l->n_in);
-        ZINC_TRY(zero_backward_end(&e->z, i));
-        dy = dx;
-    }
-    ZINC_TRY(zero_backward_done(&e->z));
-    double t2;
-    ZINC_TRY(phase_ms(e, &t2));
-    e->t_bwd += t2 - t1;
-    *loss_sum += c->loss_sum;
-cleanup:
-    zero_micro_end(&e->z);
-    return st;
-}
-
-zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
-                                      const int32_t *targets, double *loss)
-{
-    if (e->z.plan.stage != 0 || e->z.plan.pdt != ZINC_DTYPE_F32)
-        return zinc_error(ZINC_ERR_UNSUPPORTED, "loss_and_grad: fp32 at ZeRO stage 0 only");
-    size_t BT = (size_t)e->B * e->T;
-    batch_to_device(e, tokens, targets);
-    zero_grads_zero(&e->z);
-    zinc_ctx c = engine_ctx(e, 1.0f / (float)BT);
-    double sum = 0.0;
-    zinc_status st = micro_step(e, &c, &sum, 1);
-    if (st == ZINC_OK) st = engine_sync(e);
-    *loss = sum / (double)BT;
-    return st;
-}
-
-zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t first_sample,
-                             int n_batches, double *loss)
-{
-    zinc_status st = ZINC_OK;
-    if (n_batches < 1 || first_sample < 0)
-        return zinc_error(ZINC_ERR_INVALID_ARG, "eval: %d batches from sample %lld", n_batches,
-                          (long long)first_sample);
-    zinc_ctx c = engine_ctx(e, 0.0f);
-    double sum = 0.0;
-    for (int b = 0; b < n_batches; b++)
-        for (int m = 0; m < e->ga; m++) {
-            uint64_t first = (uint64_t)first_sample + (uint64_t)b * e->cfg.train_batch_size +
-                             (uint64_t)m * e->B * e->z.dp + (uint64_t)e->z.dp_rank * e->B;
-            ZINC_TRY(batch_load(e, data, first));
-            ZINC_TRY(micro_step(e, &c, &sum, 0));
-        }
-    ZINC_TRY(engine_sync(e));
-    if (e->z.dp > 1)
-        ZINC_TRY(zinc_comm_all_reduce(e->mesh->dp_group, &sum, &sum, 1, ZINC_DTYPE_F64,
-                                      ZINC_REDOP_SUM, NULL));
-    *loss = sum / ((double)n_batches * e->cfg.train_batch_size * e->T);
-cleanup:
-    return st;
-}
-
-/* DeepSpeed's DynamicLossScaler.update_scale. */
-static void scaler_update(engine_scaler *s, const zinc_config *c, int overflow)
-{
-    if (!s->dynamic) return;
-    if (overflow) {
-        if (c->fp16.hysteresis == 1 || s->cur_hysteresis == 1)
-            s->scale = fmax(s->scale / 2.0, c->fp16.min_loss_scale);
-        else
-            s->cur_hysteresis--;
-        s->last_overflow_iter = s->cur_iter;
-    } else if ((s->cur_iter - s->last_overflow_iter) % c->fp16.loss_scale_window == 0) {
-        s->cur_hysteresis = (int)c->fp16.hysteresis;
-        s->scale *= 2.0;
-    }
-    s->cur_iter++;
-}
-
-zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_step_stats *s)
-{
-    zinc_status st = ZINC_OK;
-    const zinc_config *cfg = &e->cfg;
-    zinc_comm *dpg = e->mesh->dp_group;
-    double t0 = zinc_now_ms();
-    zinc_comm_reset_bytes(dpg);
-    if (e->tp.group) zinc_comm_reset_bytes(e->tp.group);
-    e->dev->mem_reset_peak();
-
-    zero_grads_zero(&e->z);
-    e->t_fwd = e->t_bwd = e->t_reduce = e->t_opt = e->z.t_opt_io = 0.0;
-    double scale = e->scaler.scale;
-    zinc_ctx c = engine_ctx(e, (float)(scale / ((double)e->B * e->T * e->ga * e->z.dp)));
-    double loss_sum = 0.0;
-    for (int m = 0; m < e->ga; m++) {
-        uint64_t first = (uint64_t)e->samples + (uint64_t)m * e->B * e->z.dp +
-                         (uint64_t)e->z.dp_rank * e->B;
-        ZINC_TRY(batch_load(e, data, first));
-        ZINC_TRY(micro_step(e, &c, &loss_sum, 1));
-    }
-    double tr = zinc_now_ms();
-    ZINC_TRY(zero_reduce_boundary(&e->z));
-    zero_fault_nan(&e->z, e->step);
-
-    /* loss and global grad norm: one all-reduce of (loss, sum of squares) */
-    double red[2] = {loss_sum, 0.0}, sq[2];
-    ZINC_TRY(zero_grad_sumsq(&e->z, sq));
-    /* each parameter's squares once: TP-split ones summed over the TP group,
-     * replicated ones (the same on every TP rank) taken once */
-    if (e->tp.size > 1)
-        ZINC_TRY(zinc_comm_all_reduce(e->tp.group, &sq[0], &sq[0], 1, ZINC_DTYPE_F64,
-                                      ZINC_REDOP_SUM, NULL));
-    red[1] = sq[0] + sq[1];
-    if (e->z.dp > 1) {
-        if (e->z.plan.stage == 0) /* whole grads everywhere: only the loss needs summing */
-            ZINC_TRY(zinc_comm_all_reduce(dpg, red, red, 1, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
-        else
-            ZINC_TRY(zinc_comm_all_reduce(dpg, red, red, 2, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
-    }
-    double tr_end;
-    ZINC_TRY(phase_ms(e, &tr_end));
-    e->t_reduce = tr_end - tr;
-    double loss = red[0] / ((double)cfg->train_batch_size * e->T);
-    double norm = sqrt(red[1]) / scale;
-    int overflow = !isfinite(norm) || !isfinite(loss);
-    if (overflow && !cfg->fp16.enabled) { /* train.on_nan */
-        int p;
-        ZINC_TRY(zero_first_nonfinite(&e->z, &p));
-        char what[160];
-        if (p >= 0) snprintf(what, sizeof what, "the gradient of %s is not finite", e->z.params[p].name);
-        else snprintf(what, sizeof what, "the loss is not finite");
-        e->nonfinite_run++;
-        if (cfg->train.on_nan == ZINC_ON_NAN_ERROR) {
-            st = zinc_error(ZINC_ERR_INTERNAL, "step %lld: %s (grad norm %g, loss %g); lower the "
-                            "learning rate or check the data, or set train.on_nan \"skip\"",
-                            (long long)e->step + 1, what, norm, loss);
-            goto cleanup;
-        }
-        if (e->nonfinite_run > cfg->train.max_skipped) {
-            st = zinc_error(ZINC_ERR_INTERNAL, "step %lld: %s, and the %lld steps before it were "
-                            "skipped too (train.max_skipped %lld); stopping",
-                            (long long)e->step + 1, what, (long long)e->nonfinite_run - 1,
-                            (long long)cfg->train.max_skipped);
-            goto cleanup;
-        }
-        if (e->z.dp_rank == 0)
-            ZINC_WARN("step %lld: %s (grad norm %g, loss %g); update skipped (train.on_nan "
-                      "\"skip\", %lld in a row, at most %lld)", (long long)e->step + 1, what, norm,
-                      loss, (long long)e->nonfinite_run, (long long)cfg->train.max_skipped);
-    } else {
-        e->nonfinite_run = 0;
-    }
-    if (cfg->fp16.enabled) scaler_update(&e->scaler, cfg, overflow);
-    double lr = zinc_sched_lr(cfg, e->opt_step);
-    if (overflow) {
-        if (e->z.dp_rank == 0 && cfg->fp16.enabled)
-            ZINC_INFO("step %lld: fp16 gradient overflow, skipping the update; loss scale %g -> %g",
-                      (long long)e->step + 1, scale, e->scaler.scale);
-    } else {
-        double coef = 1.0 / scale;
-        if (cfg->gradient_clipping > 0 && norm > cfg->gradient_clipping)
-            coef *= cfg->gradient_clipping / (norm + 1e-6);
-        e->opt_step++;
-        double to = zinc_now_ms();
-        ZINC_TRY(zero_optimizer_step(&e->z, lr, coef, (int)e->opt_step));
-        double to_end;
-        ZINC_TRY(phase_ms(e, &to_end));
-        e->t_opt = to_end - to;
-    }
-    ZINC_TRY(engine_sync(e)); /* device time belongs to the step; faults surface here */
-    if (cfg->wall_clock_breakdown && e->z.dp_rank == 0)
-        ZINC_INFO("step %lld time (ms): forward %.1f | backward %.1f | reduce+norm %.1f | "
-                  "optimizer %.1f (waiting on NVMe %.1f)", (long long)e->step + 1, e->t_fwd,
-                  e->t_bwd, e->t_reduce, e->t_opt, e->z.t_opt_io);
-    e->step++;
-    e->samples += cfg->train_batch_size;
-
-    double ms = zinc_now_ms() - t0;
-    memset(s, 0, sizeof *s);
-    s->step = e->step;
-    s->loss = loss;
-    s->lr = lr;
-    s->grad_norm = norm;
-    s->step_ms = ms;
-    s->tokens_per_s = (double)cfg->train_batch_size * e->T / (ms / 1e3);
-    s->model_tflops = e->model->flops_per_token * s->tokens_per_s / 1e12;
-    e->dev->mem(NULL, &s->dev_mem_peak, NULL);
-    s->model_state_bytes = e->mem.total;
-    s->model_state_bytes_max = e->mem_max.total;
-    s->mem = e->mem;
-    s->mem_max = e->mem_max;
-    s->comm_bytes = zinc_comm_bytes(dpg);
-    for (int k = 0; k < ZINC_COMM_N_OPS; k++) s->comm_bytes_op[k] = zinc_comm_bytes_op(dpg, k);
-    if (e->tp.group) {
-        s->tp_comm_bytes = zinc_comm_bytes(e->tp.group);
-        for (int k = 0; k < ZINC_COMM_N_OPS; k++)
-            s->tp_comm_bytes_op[k] = zinc_comm_bytes_op(e->tp.group, k);
-    }
-    s->samples_seen = e->samples;
-    s->loss_scale = scale;
-    s->skipped = overflow;
-cleanup:
-    return st;
-}

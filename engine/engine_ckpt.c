@@ -136,6 +136,7 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
     zinc_status st = ZINC_OK;
     for (int l = 0; l < e->n_layers; l++) {
         const zero_unit *u = &e->z.units[l];
+        if (use_lo_shard && u->dup) continue; /* a copy of another stage's unit: the owner saves it */
         size_t lo = use_lo_shard ? (size_t)e->z.dp_rank * u->shard : u->opt_lo;
         size_t hi = use_lo_shard ? lo + u->shard : u->opt_lo + u->opt_n;
         for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {

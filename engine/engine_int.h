@@ -11,6 +11,7 @@
 #include "zinc/aio.h"
 #include "zinc/device.h"
 #include "zinc/engine.h"
+#include "zinc/pipeline.h"
 #include "zinc/tp.h"
 #include "zinc/zero.h"
 
@@ -51,12 +52,32 @@ struct zinc_engine {
     zinc_layer *layers;
     int n_layers;
 
-    void *act_slab;      /* every layer's saved activations and outputs */
-    void **out;          /* out[l]: (B, T, n_out) act of layer l; NULL for the loss layer */
+    /* pipeline: the schedule, this rank's stage and the layers it runs (one stage and
+     * one chunk of every layer without pipeline parallelism) */
+    zinc_pp_plan pp;     /* stages, micro-batches (= gradient_accumulation_steps), chunks, kind */
+    int stage;           /* this rank's stage (the mesh's pp rank) */
+    int *bounds;         /* model chunk j runs layers [bounds[j], bounds[j+1]) (p*v + 1 entries) */
+    unsigned char *held; /* per layer: this stage runs it */
+    zinc_comm *tied_group; /* the stages sharing units (the tied embedding: first and last), or NULL */
+    zinc_pp_exec_stats pst; /* the last step's executor measurements */
+
+    /* activations: one slab per (micro-batch, chunk) in flight, each holding the saved
+     * activations of the chunk's layers and the outputs inside the chunk (act_off[l],
+     * out_off[l]: offsets in the slab; out_off SIZE_MAX for a chunk's last layer, whose
+     * output is the executor's buffer or, for the loss layer, none) */
+    size_t *act_off, *out_off;
+    size_t slab_bytes;   /* the largest chunk this stage runs */
+    size_t io_elems;     /* elements of one activation crossing chunks (the widest boundary) */
+    void **slabs;        /* allocated so far (n_slabs: the peak in flight) */
+    int n_slabs, *slab_free, n_free;
+    int *slab_of;        /* per (mb * v + chunk): its slab, or -1 */
     void *dbuf[2];       /* ping-pong activation gradients (act) */
     void *scratch;
-    int32_t *tokens, *targets;   /* device copies of the micro-batch */
-    int32_t *htokens, *htargets; /* host staging (pinned), NULL on a host device */
+    int32_t *tokens, *targets;   /* device copies of the step's micro-batches (ga x B x T) */
+    int32_t *htokens, *htargets; /* host staging of one micro-batch (pinned), NULL on a host device */
+    const zinc_data *step_data;  /* the step's data source (executor callbacks) */
+    float step_dloss;            /* its loss gradient per token */
+    double loss_acc;             /* its summed token loss (the last stage's) */
 
     int B, T, ga;
     int64_t step;        /* steps taken, skipped ones included */
@@ -70,6 +91,12 @@ struct zinc_engine {
     double t_fwd, t_bwd, t_reduce, t_opt;
 };
 
+
+/* ---- step.c: the training step, eval, the executor's stage callbacks ---- */
+/* The dtype activations are stored in. */
+zinc_dtype engine_act_dtype(const zinc_engine *e);
+/* Frees the activation slabs (destroy). */
+void engine_slabs_free(zinc_engine *e);
 
 /* ---- ops_profile.c: per-op device times (ZINC_PROFILE_OPS=1) ---- */
 const zinc_ops *engine_ops_profiled(const zinc_ops *in, zinc_status (*sync)(void));

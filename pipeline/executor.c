@@ -2,7 +2,8 @@
  *
  * Buffers, per (micro-batch, chunk) k of this stage: act[k], the chunk's input (received,
  * or with one stage the previous chunk's output handed on); gout[k], the gradient of its
- * output (received, or handed back by the next chunk). A forward's output and a backward's
+ * output (received, or handed back by the next chunk). Both live until the chunk's
+ * backward is done (its weight part, for zero-bubble). A forward's output and a backward's
  * input gradient go out with a send started at SEND_ACT / SEND_GRAD and completed when the
  * step's sends are completed, before REDUCE_GRADS (the comm layer has no test call, so a
  * send is never completed earlier: waiting for one mid-list could wait on a peer that waits
@@ -36,7 +37,8 @@ typedef struct exec {
 
 static void *buf_new(exec *x)
 {
-    void *b = malloc(x->bytes ? x->bytes : 1);
+    const size_t n = x->bytes ? x->bytes : 1;
+    void *b = x->ops->buf_alloc ? x->ops->buf_alloc(x->ops->u, n) : malloc(n);
     if (b && ++x->held > x->peak) x->peak = x->held;
     return b;
 }
@@ -44,7 +46,10 @@ static void *buf_new(exec *x)
 static void buf_free(exec *x, void **b)
 {
     if (*b) {
-        free(*b);
+        if (x->ops->buf_free)
+            x->ops->buf_free(x->ops->u, *b);
+        else
+            free(*b);
         x->held--;
         *b = NULL;
     }
@@ -122,9 +127,12 @@ static zinc_status run_one(exec *x, const zinc_pp_instr *in)
         void *gin = NULL;
         if (j > 0 && !(gin = buf_new(x)))
             return zinc_error(ZINC_ERR_NOMEM, "pipeline stage %d: no memory for a %zu-byte gradient", x->s, x->bytes);
-        zinc_status st = o->backward(o->u, in->mb, in->chunk, x->gout[k], gin, in->op == ZINC_PP_BACKWARD ? 0 : 1);
-        buf_free(x, &x->act[k]);
-        if (in->op == ZINC_PP_BACKWARD) buf_free(x, &x->gout[k]);
+        zinc_status st = o->backward(o->u, in->mb, in->chunk, x->act[k], x->gout[k], gin,
+                                     in->op == ZINC_PP_BACKWARD ? 0 : 1);
+        if (in->op == ZINC_PP_BACKWARD) { /* the weight part keeps both for later */
+            buf_free(x, &x->act[k]);
+            buf_free(x, &x->gout[k]);
+        }
         if (j > 0) {
             if (p > 1) x->sgrad[k] = gin;
             else x->gout[k - 1] = gin; /* one stage: the previous chunk's output gradient */
@@ -132,7 +140,8 @@ static zinc_status run_one(exec *x, const zinc_pp_instr *in)
         return st;
     }
     case ZINC_PP_BACKWARD_WEIGHT: {
-        zinc_status st = o->backward(o->u, in->mb, in->chunk, x->gout[k], NULL, 2);
+        zinc_status st = o->backward(o->u, in->mb, in->chunk, x->act[k], x->gout[k], NULL, 2);
+        buf_free(x, &x->act[k]);
         buf_free(x, &x->gout[k]);
         return st;
     }

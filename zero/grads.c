@@ -154,6 +154,18 @@ static void sumsq_split(const zero_state *z, const zero_unit *u, const float *g,
     }
 }
 
+zinc_status zero_shared_reduce(zero_state *z, zinc_comm *g)
+{
+    for (int l = 0; l < z->n_units; l++) {
+        zero_unit *u = &z->units[l];
+        if (!u->shared || u->opt_n == 0) continue;
+        void *gr = grad_opt(z, u);
+        zinc_status st = zinc_comm_all_reduce(g, gr, gr, u->opt_n, z->plan.pdt, ZINC_REDOP_SUM, NULL);
+        if (st != ZINC_OK) return st;
+    }
+    return ZINC_OK;
+}
+
 zinc_status zero_grad_sumsq(zero_state *z, double split[2])
 {
     split[0] = split[1] = 0.0;
@@ -161,7 +173,7 @@ zinc_status zero_grad_sumsq(zero_state *z, double split[2])
     size_t cap = 0;
     for (int l = 0; l < z->n_units; l++) {
         zero_unit *u = &z->units[l];
-        if (u->opt_n == 0) continue;
+        if (u->opt_n == 0 || u->dup) continue;
         const void *g = grad_opt(z, u);
         const float *g32 = g;
         if (z->plan.pdt != ZINC_DTYPE_F32) {

@@ -155,12 +155,32 @@ void zero_units_layout(zero_state *z)
 {
     size_t pad = (size_t)z->dp * ZERO_UNIT_ALIGN;
     int64_t persist = z->opt.persistence_threshold;
-    for (int l = 0; l < z->n_units; l++) z->units[l].first_user = -1;
-    for (int i = 0; i < z->n_units; i++)
+    for (int l = 0; l < z->n_units; l++) {
+        z->units[l].first_user = -1;
+        z->units[l].held = z->units[l].shared = z->units[l].dup = 0;
+    }
+    for (int i = 0; i < z->n_units; i++) {
+        const int mine = !z->layer_held || z->layer_held[i];
         for (int j = 0; j < z->layers[i].n_units; j++) {
             zero_unit *u = &z->units[z->layers[i].units[j]];
-            if (u->first_user < 0) u->first_user = i;
+            if (mine) {
+                u->held = 1;
+                if (u->first_user < 0) u->first_user = i;
+            } else {
+                u->shared = 1; /* used elsewhere: shared if held here too (below) */
+            }
         }
+    }
+    for (int l = 0; l < z->n_units; l++) {
+        zero_unit *u = &z->units[l];
+        if (!z->layer_held) { /* no pipeline: every unit lives here, even one no layer uses */
+            u->held = 1;
+            u->shared = u->dup = 0;
+            continue;
+        }
+        u->shared = u->shared && u->held;
+        u->dup = u->shared && !z->layer_held[l];
+    }
     for (int l = 0; l < z->n_units; l++) {
         zero_unit *u = &z->units[l];
         size_t off = 0;
@@ -169,7 +189,7 @@ void zero_units_layout(zero_state *z)
             off += ((size_t)z->params[p].numel + ZERO_UNIT_ALIGN - 1) / ZERO_UNIT_ALIGN *
                    ZERO_UNIT_ALIGN;
         }
-        u->numel = (off + pad - 1) / pad * pad;
+        u->numel = u->held ? (off + pad - 1) / pad * pad : 0;
         u->shard = u->numel / (size_t)z->dp;
         /* a unit with fewer elements than the persistence threshold stays whole */
         u->sharded = z->plan.stage == 3 && u->numel > 0 && (int64_t)off >= persist;

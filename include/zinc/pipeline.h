@@ -174,12 +174,18 @@ typedef struct zinc_pp_stage_ops {
      * its output goes (NULL for the last model chunk, which computes the loss) */
     zinc_status (*forward)(void *u, int mb, int chunk, const void *in, void *out);
     /* part 0: input and weight gradients; 1: the input gradient only; 2: the weight
-     * gradient only (after part 1, with the same grad_out). grad_out: the gradient of the
-     * output (NULL for the last model chunk); grad_in: where the input's gradient goes
-     * (NULL for model chunk 0, and for part 2) */
-    zinc_status (*backward)(void *u, int mb, int chunk, const void *grad_out, void *grad_in, int part);
+     * gradient only (after part 1, with the same in and grad_out). in: the chunk's input as
+     * forward had it (NULL for model chunk 0); grad_out: the gradient of the output (NULL
+     * for the last model chunk); grad_in: where the input's gradient goes (NULL for model
+     * chunk 0, and for part 2) */
+    zinc_status (*backward)(void *u, int mb, int chunk, const void *in, const void *grad_out, void *grad_in,
+                            int part);
     zinc_status (*reduce_grads)(void *u);
     zinc_status (*optimizer_step)(void *u);
+    /* optional: the memory of the activation and gradient buffers (device memory the
+     * comm group takes); NULL: malloc and free */
+    void *(*buf_alloc)(void *u, size_t bytes);
+    void (*buf_free)(void *u, void *p);
 } zinc_pp_stage_ops;
 
 /* What one step of a stage measured. */

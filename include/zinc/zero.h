@@ -120,7 +120,13 @@ typedef struct zero_unit {
     size_t numel, shard;      /* padded elements; numel / dp */
     size_t opt_lo, opt_n;     /* this rank's optimizer range inside the unit */
     int sharded;              /* params stored as a shard only (stage 3) */
-    int first_user;           /* lowest layer index using the unit: its grads are final after it */
+    int first_user;           /* lowest held layer using the unit: its grads are final after it */
+    int held;                 /* a layer this rank runs uses it (pipeline: its stage's layers) */
+    int shared;               /* held, and also used by a layer another stage runs (the tied
+                                 embedding on the first and last stages): its gradient is
+                                 summed over those stages (zero_shared_reduce) */
+    int dup;                  /* shared, and declared by a layer of another stage: a copy, left
+                                 out of the grad norm and of checkpoints (the owner has them) */
     int n_params_first, n_params_end; /* param ids [first, end) stored here */
     void *p;                  /* P: whole, or the shard when sharded; NULL on NVMe */
     void *g;                  /* P: whole (stage 0/1) or the shard (stage >= 2) */
@@ -163,6 +169,8 @@ typedef struct zero_state {
     int n_params, cap_params;
     zero_unit *units;         /* one per layer (possibly empty) */
     zero_layer *layers;
+    const unsigned char *layer_held; /* borrowed, per layer: this rank runs it (NULL: every
+                                        layer, no pipeline) */
     int n_units;              /* = layers */
 
     zero_pending *pending;
@@ -200,7 +208,9 @@ void zero_param_runs(const zero_param *p, int tp, int tp_rank,
 /* Records that layer `layer` touches unit u (own or tied). */
 zinc_status zero_layer_use(zero_state *z, int layer, int u);
 /* Lays units out for (plan, dp, dp_rank): offsets, sizes, ranges, first
- * users; allocates nothing. */
+ * users; allocates nothing. With z->layer_held set (pipeline stages), a unit
+ * no held layer uses is empty here (numel 0: no memory, no collectives), and
+ * held, shared and dup say which of the rest another stage holds too. */
 void zero_units_layout(zero_state *z);
 /* Model-state bytes of the laid-out units. */
 void zero_mem_stats(const zero_state *z, zinc_mem_stats *m);
@@ -250,7 +260,13 @@ void zero_micro_end(zero_state *z);
 void zero_grads_zero(zero_state *z);
 /* Collective: accumulation boundary: all-reduce (stage 0) or reduce-scatter (stage 1). */
 zinc_status zero_reduce_boundary(zero_state *z);
-/* Sums of squares of this rank's gradient range (opt ranges), double:
+/* Collective over g (the ranks of the stages that hold the shared units, at
+ * the same DP and TP position): sums the reduced gradients of this rank's opt
+ * range of every shared unit, after zero_reduce_boundary (Megatron's
+ * embedding all-reduce between the first and last stages). */
+zinc_status zero_shared_reduce(zero_state *z, zinc_comm *g);
+/* Sums of squares of this rank's gradient range (opt ranges; dup units left
+ * out, their owner counts them), double:
  * split[0] over TP-split parameters (to be summed over the TP group),
  * split[1] over replicated ones (the same on every TP rank: counted once). */
 zinc_status zero_grad_sumsq(zero_state *z, double split[2]);

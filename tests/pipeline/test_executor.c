@@ -78,10 +78,14 @@ static zinc_status t_forward(void *u, int mb, int chunk, const void *in, void *o
     return ZINC_OK;
 }
 
-static zinc_status t_backward(void *u, int mb, int chunk, const void *grad_out, void *grad_in, int part)
+static zinc_status t_backward(void *u, int mb, int chunk, const void *in, const void *grad_out, void *grad_in,
+                              int part)
 {
     toy *t = u;
     int j = chunk * t->p + t->s;
+    /* the input forward had, still held (for the weight part too) */
+    if ((j == 0) != (in == NULL) || (in && memcmp(in, t->xin[mb][j], sizeof t->xin[mb][j])))
+        return zinc_error(ZINC_ERR_INTERNAL, "backward input at chunk %d, mb %d", j, mb);
     const float *g = j == t->J - 1 ? t->gy[mb] : grad_out;
     if (!g || (j == t->J - 1) != (grad_out == NULL)) return zinc_error(ZINC_ERR_INTERNAL, "backward grad at %d", j);
     if (part != 2 && j > 0 && !grad_in) return zinc_error(ZINC_ERR_INTERNAL, "no grad_in at chunk %d", j);
@@ -144,7 +148,7 @@ static int run_plan(zinc_pp_kind kind, int m, int v, zinc_pp_exec_stats *stats)
     zinc_pp_plan pl = {kind, g_size, m, v};
     memset(&g_t, 0, sizeof g_t);
     g_t = (toy){.p = g_size, .v = v, .m = m, .s = g_rank, .J = g_size * v, .fail_at_mb = -1};
-    zinc_pp_stage_ops ops = {&g_t, D, ZINC_DTYPE_F32, t_load, t_forward, t_backward, t_reduce, t_step};
+    zinc_pp_stage_ops ops = {&g_t, D, ZINC_DTYPE_F32, t_load, t_forward, t_backward, t_reduce, t_step, NULL, NULL};
     zinc_status st = zinc_pp_execute(&pl, g_world, g_rank, &ops, stats);
     if (st != ZINC_OK) fprintf(stderr, "rank %d: %s: %s\n", g_rank, zinc_status_str(st), zinc_last_error());
     return st == ZINC_OK;
@@ -195,7 +199,7 @@ static void test_failure_ends_step(void)
         memset(&g_t, 0, sizeof g_t);
         g_t = (toy){.p = 1, .v = 1, .m = 4, .s = 0, .J = 1, .fail_at_mb = 2};
         zinc_pp_plan pl = {ZINC_PP_1F1B, 1, 4, 1};
-        zinc_pp_stage_ops ops = {&g_t, D, ZINC_DTYPE_F32, t_load, t_forward, t_backward, t_reduce, t_step};
+        zinc_pp_stage_ops ops = {&g_t, D, ZINC_DTYPE_F32, t_load, t_forward, t_backward, t_reduce, t_step, NULL, NULL};
         CU_ASSERT(zinc_pp_execute(&pl, NULL, 0, &ops, NULL) == ZINC_ERR_INTERNAL);
         CU_ASSERT(strstr(zinc_last_error(), "toy forward fails at mb 2") != NULL);
         CU_ASSERT(g_t.steps == 0);
@@ -205,7 +209,7 @@ static void test_failure_ends_step(void)
     memset(&g_t, 0, sizeof g_t);
     g_t = (toy){.p = g_size, .v = 1, .m = 4, .s = g_rank, .J = g_size, .fail_at_mb = 1};
     zinc_pp_plan pl = {ZINC_PP_1F1B, g_size, 4, 1};
-    zinc_pp_stage_ops ops = {&g_t, D, ZINC_DTYPE_F32, t_load, t_forward, t_backward, t_reduce, t_step};
+    zinc_pp_stage_ops ops = {&g_t, D, ZINC_DTYPE_F32, t_load, t_forward, t_backward, t_reduce, t_step, NULL, NULL};
     zinc_pp_exec_stats stats = {0};
     zinc_status st = zinc_pp_execute(&pl, g_world, g_rank, &ops, &stats);
     fprintf(stderr, "rank %d: %s: %s\n", g_rank, zinc_status_str(st), zinc_last_error());
