@@ -536,12 +536,16 @@ zinc_status zinc_comm_wait(zinc_comm_handle **hp)
             h->next = c->stale;
             c->stale = h;
             c->n_stale++;
-            char num[32] = "";
+            char num[48] = "";
             if (h->seq) snprintf(num, sizeof num, " #%llu", (unsigned long long)h->seq);
+            if (h->p2p && h->root >= 0 && h->root < c->size) /* the peer that did not answer */
+                snprintf(num, sizeof num, " %s rank %d (world rank %d)", h->kind == ZINC_COMM_OP_SEND ? "to" : "from",
+                         h->root, c->members ? c->members[h->root] : h->root);
             return zinc_error(ZINC_ERR_TIMEOUT,
                               "%s%s on group %s (%d ranks) did not complete within %g s%s%s",
                               h->op, num, c->name, c->size, timeout, note ? note : "",
-                              who[0] ? who : "; a rank may be stuck or dead");
+                              who[0] ? who : h->p2p ? "; that rank may be stuck or dead"
+                                                    : "; a rank may be stuck or dead");
         }
         if (t - t_active < active_s) {
             sched_yield();
@@ -719,7 +723,7 @@ static zinc_status comm_begin(zinc_comm *c, comm_args *a, zinc_comm_handle **h,
         }
     }
     ZINC_TRY(comm_handle_new(c, op, p2p, (uint64_t)nb, comm_algo_bytes(c, k, (uint64_t)nb), &hh));
-    if (k == ZINC_COMM_OP_BROADCAST) hh->root = a->rank;
+    if (k == ZINC_COMM_OP_BROADCAST || p2p) hh->root = a->rank; /* the root, or the peer */
     ZINC_TRY(comm_stage_args(c, hh, a, sb, rb, !one && !scatter, at));
     if (one) a->buf = in ? (void *)a->send : a->recv;
     if (!p2p && comm_diag_skip(c, op)) return comm_skip(hh);

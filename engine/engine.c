@@ -400,6 +400,7 @@ static zinc_status engine_alloc_local(zinc_engine *e)
     e->dbuf[0] = alloc_bytes(e, dbuf);
     e->dbuf[1] = alloc_bytes(e, dbuf);
     e->scratch = alloc_bytes(e, scratch);
+    e->act_fixed = 2 * dbuf + scratch;
     e->tokens = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
     e->targets = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
     if (!e->dev->is_host) {
@@ -619,6 +620,8 @@ int zinc_engine_dp_rank(const zinc_engine *e) { return e->z.dp_rank; }
 const zinc_device *zinc_engine_device(const zinc_engine *e) { return e->dev; }
 int zinc_engine_dp_size(const zinc_engine *e) { return e->z.dp; }
 int zinc_engine_tp_size(const zinc_engine *e) { return e->tp.size; }
+int zinc_engine_pp_size(const zinc_engine *e) { return e->pp.stages; }
+int zinc_engine_pp_stage(const zinc_engine *e) { return e->stage; }
 
 static const zero_param *param_named(const zinc_engine *e, const char *name)
 {

@@ -213,7 +213,12 @@ static char *make_meta(const zinc_engine *e)
     json_object_set_new(m, "samples", json_integer(e->samples));
     json_object_set_new(m, "precision", json_string(zinc_dtype_name(e->z.plan.pdt)));
     json_t *topo = json_object();
-    json_object_set_new(topo, "pp", json_integer(1));
+    json_object_set_new(topo, "pp", json_integer(e->pp.stages));
+    json_object_set_new(topo, "virtual_stages", json_integer(e->pp.virt));
+    /* the layer-to-stage map: model chunk j (stage j % pp) ran layers [b[j], b[j+1]) */
+    json_t *lb = json_array();
+    for (int j = 0; j <= e->pp.stages * e->pp.virt; j++) json_array_append_new(lb, json_integer(e->bounds[j]));
+    json_object_set_new(topo, "chunk_layers", lb);
     json_object_set_new(topo, "dp", json_integer(e->z.dp));
     json_object_set_new(topo, "tp", json_integer(e->z.tp));
     json_object_set_new(topo, "zero_stage", json_integer(e->z.plan.stage));
@@ -309,7 +314,7 @@ cleanup:
 typedef struct ckpt_meta {
     int64_t step, opt_step, samples, seed;
     zinc_dtype precision;
-    int64_t dp, tp, zero_stage;
+    int64_t pp, dp, tp, zero_stage;
     double scale;
     int64_t cur_hysteresis, last_overflow_iter, cur_iter;
 } ckpt_meta;
@@ -387,19 +392,18 @@ static zinc_status meta_parse(const char *mp, const char *text, int n_files, zin
         goto cleanup;
     }
 
-    int64_t pp;
     ZINC_TRY(meta_obj(mp, m, "topology", &o));
-    ZINC_TRY(meta_i64(mp, o, "pp", "topology.pp", 1, 1, &pp));
-    /* rank files = dp x tp */
+    /* rank files = pp x dp x tp */
+    ZINC_TRY(meta_i64(mp, o, "pp", "topology.pp (dividing the checkpoint's rank files)", 1, n_files, &c->pp));
     ZINC_TRY(meta_i64(mp, o, "tp", "topology.tp (dividing the checkpoint's rank files)", 1,
                       n_files, &c->tp));
-    if (n_files % c->tp) {
-        st = zinc_error(ZINC_ERR_CORRUPT, "%s: meta.topology.tp %lld does not divide the checkpoint's "
-                        "%d rank files", mp, (long long)c->tp, n_files);
+    if (n_files % (c->tp * c->pp)) {
+        st = zinc_error(ZINC_ERR_CORRUPT, "%s: meta.topology.pp %lld x tp %lld does not divide the checkpoint's "
+                        "%d rank files", mp, (long long)c->pp, (long long)c->tp, n_files);
         goto cleanup;
     }
-    ZINC_TRY(meta_i64(mp, o, "dp", "topology.dp (the checkpoint's rank files / tp)",
-                      n_files / c->tp, n_files / c->tp, &c->dp));
+    ZINC_TRY(meta_i64(mp, o, "dp", "topology.dp (the checkpoint's rank files / (pp x tp))",
+                      n_files / (c->tp * c->pp), n_files / (c->tp * c->pp), &c->dp));
     ZINC_TRY(meta_i64(mp, o, "zero_stage", "topology.zero_stage", 0, 3, &c->zero_stage));
 
     ZINC_TRY(meta_obj(mp, m, "loss_scaler", &o));
@@ -507,7 +511,11 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
     if (e->z.dp_rank == 0 && e->cfg.train.max_steps > 0 && cm.step > e->cfg.train.max_steps)
         ZINC_WARN("checkpoint %s/%s is at step %lld, past train.max_steps %lld: no step is left to train",
                   save_dir, tag, (long long)cm.step, (long long)e->cfg.train.max_steps);
-    if (zinc_comm_rank(e->world) == 0 && cm.tp == 1 && e->z.tp == 1)
+    if (zinc_comm_rank(e->world) == 0 && (cm.pp > 1 || e->pp.stages > 1))
+        ZINC_INFO("loaded checkpoint %s/%s (step %lld, saved at pp %lld tp %lld dp %lld stage %lld) into "
+                  "pp %d tp %d dp %d stage %d", save_dir, tag, (long long)e->step, (long long)cm.pp, (long long)cm.tp,
+                  (long long)cm.dp, (long long)cm.zero_stage, e->pp.stages, e->z.tp, e->z.dp, e->z.plan.stage);
+    else if (zinc_comm_rank(e->world) == 0 && cm.tp == 1 && e->z.tp == 1)
         ZINC_INFO("loaded checkpoint %s/%s (step %lld, saved at dp %lld stage %lld) into dp %d stage %d",
                   save_dir, tag, (long long)e->step, (long long)cm.dp, (long long)cm.zero_stage, e->z.dp,
                   e->z.plan.stage);

@@ -457,6 +457,18 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
         for (int k = 0; k < ZINC_COMM_N_OPS; k++)
             s->tp_comm_bytes_op[k] = zinc_comm_bytes_op(e->tp.group, k);
     }
+    /* activations held at once: slabs, crossing buffers, gradient ping-pong, scratch */
+    const size_t asz = zinc_dtype_size(engine_act_dtype(e));
+    double pmax[2] = {0.0, (double)e->n_slabs * e->slab_bytes + (double)e->pst.peak_buffers * e->io_elems * asz +
+                               (double)e->act_fixed};
+    if (ppg) {
+        pmax[0] = e->pst.step_ms > 0 ? e->pst.wait_ms / e->pst.step_ms : 0.0;
+        ZINC_TRY(zinc_comm_all_reduce(ppg, pmax, pmax, 2, ZINC_DTYPE_F64, ZINC_REDOP_MAX, NULL));
+        s->pp_bubble = pmax[0];
+        s->pp_bubble_theory = zinc_pp_bubble_theory(&e->pp);
+        s->pp_comm_bytes = zinc_comm_bytes(ppg);
+    }
+    s->act_peak_bytes = (uint64_t)pmax[1];
     s->samples_seen = e->samples;
     s->loss_scale = scale;
     s->skipped = overflow;

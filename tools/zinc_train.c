@@ -31,6 +31,7 @@
 #include "zinc/data.h"
 #include "zinc/device.h"
 #include "zinc/engine.h"
+#include "zinc/pipeline.h"
 #include "zinc/file.h"
 #include "zinc/gpt2.h"
 #include "zinc/log.h"
@@ -525,10 +526,18 @@ int main(int argc, char **argv)
 
     int64_t every = cfg.train.log_every > 0 ? cfg.train.log_every : cfg.steps_per_print;
     if (every < 1) every = 1;
-    char tp_note[64] = "";
+    char tp_note[128] = "";
     if (zinc_engine_tp_size(eng) > 1)
         snprintf(tp_note, sizeof tp_note, " | tp %d%s", zinc_engine_tp_size(eng),
                  cfg.tp.sequence_parallel ? " (sequence parallel)" : "");
+    if (zinc_engine_pp_size(eng) > 1) {
+        size_t n = strlen(tp_note);
+        snprintf(tp_note + n, sizeof tp_note - n, " | pp %d %s", zinc_engine_pp_size(eng),
+                 zinc_pp_kind_name((zinc_pp_kind)cfg.pp.schedule));
+        n = strlen(tp_note);
+        if (cfg.pp.virtual_stages > 1)
+            snprintf(tp_note + n, sizeof tp_note - n, " x %lld chunks", (long long)cfg.pp.virtual_stages);
+    }
     if (rank == 0)
         ZINC_INFO("gpt2 L=%lld C=%lld heads=%lld vocab=%lld T=%lld: %.2fM params | %d ranks x %d threads on %s | "
                   "batch %lld = micro %lld x accum %lld x dp %d%s | %llu samples of data",
@@ -584,9 +593,14 @@ int main(int argc, char **argv)
         char nvme_note[48] = "";
         if (s.mem_max.nvme)
             snprintf(nvme_note, sizeof nvme_note, " (%.1f MiB on nvme)", s.mem_max.nvme / 1048576.0);
-        char tp_comm[48] = ""; /* DP bytes first, then the TP group's */
+        char tp_comm[128] = ""; /* DP bytes first, then the TP group's, then the pipeline's */
         if (zinc_engine_tp_size(eng) > 1)
             snprintf(tp_comm, sizeof tp_comm, " + tp %.2f MiB", s.tp_comm_bytes / 1048576.0);
+        if (zinc_engine_pp_size(eng) > 1) {
+            size_t n = strlen(tp_comm);
+            snprintf(tp_comm + n, sizeof tp_comm - n, " + pp %.2f MiB | bubble %.2f (theory %.2f)",
+                     s.pp_comm_bytes / 1048576.0, s.pp_bubble, s.pp_bubble_theory);
+        }
         if (step % every == 0 || step == 1 || step == cfg.train.max_steps)
             printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
                    "%.1f TFLOP/s | state %.1f MiB/rank%s | %s mem %.2f GiB | comm %.2f MiB%s%s\n",
@@ -621,7 +635,9 @@ int main(int argc, char **argv)
             for (int k = 0; k < ZINC_COMM_N_OPS; k++)
                 fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
                         (unsigned long long)s.tp_comm_bytes_op[k]);
-            fprintf(metrics, "}}\n");
+            fprintf(metrics, "}, \"pp_comm_bytes\": %llu, \"pp_bubble\": %.6f, \"pp_bubble_theory\": %.6f, "
+                    "\"act_peak_bytes\": %llu}\n", (unsigned long long)s.pp_comm_bytes, s.pp_bubble,
+                    s.pp_bubble_theory, (unsigned long long)s.act_peak_bytes);
             if (fflush(metrics) != 0) {
                 zinc_error(ZINC_ERR_IO, "train.metrics_file %s: write failed", cfg.train.metrics_file);
                 die(world, "metrics");

@@ -16,6 +16,10 @@
  * stage3_max_live_parameters (the walk stops at the first unit that does not
  * fit, so units arrive in the order of use). 0 turns prefetch off.
  *
+ * With pipeline stages the positions are the stage's own layers' (a prefetch for
+ * another stage's layer would never be consumed, and a gather left in flight
+ * past the optimizer step would bring back stale parameters).
+ *
  * Fetching far ahead matters on ranks that share a node: collectives move
  * their bytes only while every rank is inside MPI, so each gather waited for
  * on its own is a point where the ranks meet; with the default bucket (5e7)
@@ -30,11 +34,16 @@ static int layer_at(const zero_state *z, int pos)
     return pos < z->n_units ? pos : 2 * z->n_units - 1 - pos;
 }
 
+/* Whether this rank runs the layer (pipeline stages run some): the positions of the
+ * others are empty here, even where they touch a unit this rank holds (a tied one). */
+static int runs(const zero_state *z, int layer) { return !z->layer_held || z->layer_held[layer]; }
+
 static void maybe_release(zero_state *z, int u, int pos)
 {
     if (!zero_unit_releasable(z, u)) return;
     uint64_t dist = 0, max = (uint64_t)z->opt.max_reuse_distance;
     for (int q = pos + 1; q < 2 * z->n_units && dist < max; q++) {
+        if (!runs(z, layer_at(z, q))) continue;
         const zero_layer *l = &z->layers[layer_at(z, q)];
         for (int j = 0; j < l->n_units; j++)
             if (l->units[j] == u) return;
@@ -55,6 +64,7 @@ static zinc_status prefetch(zero_state *z, int pos, int end)
     if (z->plan.stage != 3 || bucket <= 0) return ZINC_OK;
     uint64_t ahead = 0, max_live = (uint64_t)z->opt.max_live_parameters;
     for (int q = pos; q < end && ahead < (uint64_t)bucket; q++) {
+        if (!runs(z, layer_at(z, q))) continue;
         const zero_layer *l = &z->layers[layer_at(z, q)];
         for (int j = 0; j < l->n_units && ahead < (uint64_t)bucket; j++) {
             const zero_unit *u = &z->units[l->units[j]];

@@ -143,6 +143,15 @@ typedef struct zinc_step_stats {
     int skipped;               /* 1 if an fp16 overflow skipped the update */
     uint64_t dev_mem_peak;     /* most device memory this rank's engine held during the step */
     double model_tflops;       /* model FLOPs per second over all ranks (flops_per_token * tokens/s); 0 = unknown */
+    /* pipeline stages (0 without): */
+    double pp_bubble;          /* measured: the time a stage waited on its neighbours / its step
+                                  time, the largest over stages */
+    double pp_bubble_theory;   /* the schedule's with uniform costs (zinc_pp_bubble_theory) */
+    uint64_t pp_comm_bytes;    /* bytes this rank sent and received over its pipeline group */
+    uint64_t act_peak_bytes;   /* activation memory held at once during the step: the slabs of
+                                  the (micro-batch, chunk) pairs in flight, the activations and
+                                  gradients crossing stages, the gradient buffers and scratch;
+                                  the largest over ranks */
     zinc_mem_stats mem;        /* this rank's model state */
     zinc_mem_stats mem_max;    /* largest over ranks, kind by kind */
 } zinc_step_stats;
@@ -225,6 +234,9 @@ int64_t zinc_engine_n_params(const zinc_engine *e);
 int zinc_engine_dp_rank(const zinc_engine *e);
 int zinc_engine_dp_size(const zinc_engine *e);
 int zinc_engine_tp_size(const zinc_engine *e);
+int zinc_engine_pp_size(const zinc_engine *e);
+/* This rank's pipeline stage (0 without pipeline parallelism). */
+int zinc_engine_pp_stage(const zinc_engine *e);
 
 /* Looks up a parameter by full name; returns its fp32 data and numel, or
  * NULL (also when parameters are not held whole in fp32: ZeRO-3, 16-bit).

@@ -124,10 +124,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                          zinc_last_error());
             continue;
         }
-        /* the batch rule's DP: the ranks over the TP size */
+        /* the batch rule's DP: the ranks over the TP size and the pipeline stages */
         const int dp = zinc_config_dp_size(&c, dps[i]);
-        fuzz_require(dp >= 1 && dp * c.tp.size == dps[i], "DP %d x TP %lld is not %d ranks", dp,
-                     (long long)c.tp.size, dps[i]);
+        fuzz_require(dp >= 1 && dp * c.tp.size * c.pp.stages == dps[i], "DP %d x TP %lld x PP %lld is not %d ranks",
+                     dp, (long long)c.tp.size, (long long)c.pp.stages, dps[i]);
+        fuzz_require(c.pp.virtual_stages == 1 || c.pp.schedule == 2, "virtual stages %lld with schedule %d",
+                     (long long)c.pp.virtual_stages, c.pp.schedule);
+        fuzz_require(c.pp.schedule != 2 || c.gradient_accumulation_steps % c.pp.stages == 0,
+                     "interleaved: %lld micro-batches over %lld stages", (long long)c.gradient_accumulation_steps,
+                     (long long)c.pp.stages);
         fuzz_require(c.train_micro_batch_size_per_gpu >= 1 && c.gradient_accumulation_steps >= 1 &&
                          c.train_batch_size == c.train_micro_batch_size_per_gpu *
                                                    c.gradient_accumulation_steps * dp,
