@@ -480,6 +480,23 @@ static void comm_sleep_ns(long ns)
     nanosleep(&ts, NULL);
 }
 
+zinc_status zinc_comm_test(zinc_comm_handle **hp, int *done)
+{
+    *done = 1;
+    if (!hp || !*hp) return ZINC_OK;
+    zinc_comm_handle *h = *hp;
+    int d = 0, arrived = 0;
+    zinc_status st = h->comm->be->test(h, &d, &arrived);
+    if (st == ZINC_OK && !d) {
+        *done = 0;
+        return ZINC_OK;
+    }
+    if (st == ZINC_OK && h->copy_bytes) h->stage_dev->copy(h->copy_dst, h->copy_src, h->copy_bytes);
+    *hp = NULL;
+    comm_handle_free(h); /* the backend released the request (done or failed) */
+    return st;
+}
+
 zinc_status zinc_comm_wait(zinc_comm_handle **hp)
 {
     if (!hp || !*hp) return ZINC_OK;

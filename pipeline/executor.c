@@ -4,10 +4,10 @@
  * or with one stage the previous chunk's output handed on); gout[k], the gradient of its
  * output (received, or handed back by the next chunk). Both live until the chunk's
  * backward is done (its weight part, for zero-bubble). A forward's output and a backward's
- * input gradient go out with a send started at SEND_ACT / SEND_GRAD and completed when the
- * step's sends are completed, before REDUCE_GRADS (the comm layer has no test call, so a
- * send is never completed earlier: waiting for one mid-list could wait on a peer that waits
- * on us). Receives block in place; the comm timeout turns a dead neighbour into an error
+ * input gradient go out with a send started at SEND_ACT / SEND_GRAD; before each
+ * instruction the sends in flight are tested and the buffers of finished ones freed, so a
+ * stage holds only what its schedule has in flight; the rest are completed before
+ * REDUCE_GRADS (never waited for mid-list: that could wait on a peer that waits on us). Receives block in place; the comm timeout turns a dead neighbour into an error
  * naming the group and the op instead of a hang.
  */
 #include <stdlib.h>
@@ -78,6 +78,24 @@ static zinc_status do_recv(exec *x, void **slot, int kind, int mb, int j, int pe
     zinc_status st = zinc_comm_recv(x->pp, *slot, x->ops->act_elems, x->ops->act_dtype, peer, tag_of(x, kind, mb, j),
                                     NULL);
     x->wait_ms += zinc_now_ms() - t0;
+    return st;
+}
+
+/* Frees the buffers of the sends that have finished (without waiting). */
+static zinc_status reap_sends(exec *x)
+{
+    zinc_status st = ZINC_OK;
+    int keep = 0;
+    for (int i = 0; i < x->n_sends; i++) {
+        int done = 0;
+        zinc_status s2 = zinc_comm_test(&x->sends[i].h, &done);
+        if (st == ZINC_OK) st = s2;
+        if (done)
+            buf_free(x, &x->sends[i].buf);
+        else
+            x->sends[keep++] = x->sends[i];
+    }
+    x->n_sends = keep;
     return st;
 }
 
@@ -177,7 +195,10 @@ zinc_status zinc_pp_execute(const zinc_pp_plan *plan, zinc_comm *pp, int stage, 
         goto cleanup;
     }
     double t0 = zinc_now_ms();
-    for (int i = 0; i < n && st == ZINC_OK; i++) st = run_one(&x, &ins[i]);
+    for (int i = 0; i < n && st == ZINC_OK; i++) {
+        if (x.n_sends) st = reap_sends(&x);
+        if (st == ZINC_OK) st = run_one(&x, &ins[i]);
+    }
     if (stats) *stats = (zinc_pp_exec_stats){zinc_now_ms() - t0, x.wait_ms, x.peak};
 cleanup:
     if (x.sends) {

@@ -93,6 +93,10 @@ zinc_status zinc_comm_barrier(zinc_comm *c);
 /* Pass h == NULL to the ops above for blocking behaviour. Otherwise wait
  * completes the op and frees *h (sets it NULL); NULL-safe. */
 zinc_status zinc_comm_wait(zinc_comm_handle **h);
+/* Completes the op if it is done, without waiting: *done 1 (and *h freed, set NULL;
+ * also when *h is NULL or the op failed, whose error is returned), or 0 (still in
+ * flight: *h untouched). Each call lets the backend move the op along. */
+zinc_status zinc_comm_test(zinc_comm_handle **h, int *done);
 
 /* Collective kinds, for per-kind byte counters. */
 typedef enum zinc_comm_op {
