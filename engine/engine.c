@@ -313,11 +313,13 @@ static const char *estimate_device(const zinc_config *c)
     return NULL;
 }
 
-zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_def *m, int dp,
-                                        int stage, zinc_mem_stats *out)
+zinc_status zinc_engine_estimate_stage(const zinc_config *c, const zinc_model_def *m, int dp, int stage,
+                                       int pp_stage, zinc_mem_stats *out, zinc_stage_estimate *where)
 {
-    if (dp < 1 || stage < 0 || stage > 3)
-        return zinc_error(ZINC_ERR_INVALID_ARG, "estimate: dp %d, stage %d", dp, stage);
+    const int p = c->pp.stages > 0 ? (int)c->pp.stages : 1;
+    if (dp < 1 || stage < 0 || stage > 3 || pp_stage < 0 || pp_stage >= p)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "estimate: dp %d, stage %d, pipeline stage %d of %d", dp, stage,
+                          pp_stage, p);
     zinc_status cst = zinc_config_check(c);
     if (cst == ZINC_OK) cst = check_model_tp(c, m);
     if (cst != ZINC_OK) return cst;
@@ -335,18 +337,47 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
     if (st != ZINC_OK) return st;
     e.B = (int)c->train_micro_batch_size_per_gpu;
     e.T = (int)zinc_config_seq_len(c);
-    e.pp = (zinc_pp_plan){.kind = ZINC_PP_1F1B, .stages = 1, .micro = 1, .virt = 1};
+    const int ga = c->gradient_accumulation_steps > 0 ? (int)c->gradient_accumulation_steps : 1;
+    e.pp = (zinc_pp_plan){.kind = (zinc_pp_kind)c->pp.schedule, .stages = p, .micro = ga,
+                          .virt = c->pp.virtual_stages > 0 ? (int)c->pp.virtual_stages : 1};
+    e.stage = pp_stage;
+    if (p == 1 && e.pp.virt == 1) e.pp.kind = ZINC_PP_1F1B; /* plain accumulation: one micro-batch in flight */
     st = engine_declare(&e);
-    if (st == ZINC_OK) {
-        zero_mem_stats(&e.z, out);
-        if (e.B > 0 && e.T > 0) {
-            size_t slab, dbuf, scratch, io;
-            st = act_sizes(&e, &slab, &dbuf, &scratch, &io);
-            out->activations = slab + 2 * dbuf + scratch;
+    if (st == ZINC_OK) zero_mem_stats(&e.z, out);
+    /* activations: the schedule's (micro-batch, chunk) pairs in flight, each a slab of its
+     * chunk, their inputs and output gradients crossing stages and the sends in flight */
+    int inflight = 1;
+    if (st == ZINC_OK && (p > 1 || e.pp.virt > 1)) {
+        zinc_pp_sim sim;
+        const zinc_pp_cost cost = {1.0, 2.0, 1.0, 1.0};
+        st = p <= 64 ? zinc_pp_simulate(&e.pp, &cost, &sim)
+                     : zinc_error(ZINC_ERR_UNSUPPORTED, "estimate: more than 64 pipeline stages");
+        if (st == ZINC_OK) inflight = sim.inflight[pp_stage];
+    }
+    if (st == ZINC_OK && e.B > 0 && e.T > 0) {
+        size_t slab, dbuf, scratch, io;
+        st = act_sizes(&e, &slab, &dbuf, &scratch, &io);
+        const size_t J = (size_t)p * e.pp.virt;
+        size_t bufs = 0; /* crossing buffers held at once */
+        if (J > 1) bufs = (pp_stage == 0 && e.pp.virt == 1 ? 0 : (size_t)inflight) + 2;
+        out->activations = (uint64_t)inflight * slab + bufs * io * zinc_dtype_size(engine_act_dtype(&e)) +
+                           2 * dbuf + scratch;
+    }
+    if (st == ZINC_OK && where) {
+        *where = (zinc_stage_estimate){.inflight = inflight, .n_chunks = e.pp.virt};
+        for (int k = 0; k < e.pp.virt && k < 8; k++) {
+            where->first_layer[k] = e.bounds[k * p + pp_stage];
+            where->end_layer[k] = e.bounds[k * p + pp_stage + 1];
         }
     }
     engine_free_tables(&e);
     return st;
+}
+
+zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_def *m, int dp,
+                                        int stage, zinc_mem_stats *out)
+{
+    return zinc_engine_estimate_stage(c, m, dp, stage, 0, out, NULL);
 }
 
 zinc_status zinc_engine_aio_create(const zinc_config *c, zinc_aio **out)

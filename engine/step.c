@@ -459,16 +459,27 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     }
     /* activations held at once: slabs, crossing buffers, gradient ping-pong, scratch */
     const size_t asz = zinc_dtype_size(engine_act_dtype(e));
-    double pmax[2] = {0.0, (double)e->n_slabs * e->slab_bytes + (double)e->pst.peak_buffers * e->io_elems * asz +
-                               (double)e->act_fixed};
-    if (ppg) {
-        pmax[0] = e->pst.step_ms > 0 ? e->pst.wait_ms / e->pst.step_ms : 0.0;
-        ZINC_TRY(zinc_comm_all_reduce(ppg, pmax, pmax, 2, ZINC_DTYPE_F64, ZINC_REDOP_MAX, NULL));
-        s->pp_bubble = pmax[0];
-        s->pp_bubble_theory = zinc_pp_bubble_theory(&e->pp);
+    double mine[2] = {e->pst.step_ms > 0 ? e->pst.wait_ms / e->pst.step_ms : 0.0,
+                      (double)e->n_slabs * e->slab_bytes + (double)e->pst.peak_buffers * e->io_elems * asz +
+                          (double)e->act_fixed};
+    s->act_peak_bytes = (uint64_t)mine[1];
+    if (ppg) { /* every stage's (bubble, activations) */
         s->pp_comm_bytes = zinc_comm_bytes(ppg);
+        double *all = calloc((size_t)e->pp.stages * 2, sizeof *all);
+        if (!all) {
+            st = zinc_error(ZINC_ERR_NOMEM, "step stats");
+            goto cleanup;
+        }
+        st = zinc_comm_all_gather(ppg, mine, all, 2, ZINC_DTYPE_F64, NULL);
+        for (int k = 0; st == ZINC_OK && k < e->pp.stages; k++) {
+            if (all[2 * k] > s->pp_bubble) s->pp_bubble = all[2 * k];
+            if ((uint64_t)all[2 * k + 1] > s->act_peak_bytes) s->act_peak_bytes = (uint64_t)all[2 * k + 1];
+            if (k < 64) s->act_peak_stage[k] = (uint64_t)all[2 * k + 1];
+        }
+        free(all);
+        if (st != ZINC_OK) goto cleanup;
+        s->pp_bubble_theory = zinc_pp_bubble_theory(&e->pp);
     }
-    s->act_peak_bytes = (uint64_t)pmax[1];
     s->samples_seen = e->samples;
     s->loss_scale = scale;
     s->skipped = overflow;

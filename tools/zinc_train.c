@@ -72,10 +72,13 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
     }
     const char *prec = cfg->bf16.enabled ? "bf16" : cfg->fp16.enabled ? "fp16" : "fp32";
     const int dp = zinc_config_dp_size(cfg, n);
-    char layout[64] = ""; /* what one rank of a TP group holds */
-    if (cfg->tp.size > 1)
-        snprintf(layout, sizeof layout, " (tp %lld%s x dp %d)", (long long)cfg->tp.size,
+    char layout[96] = ""; /* what one rank of a TP group (of a pipeline stage) holds */
+    if (cfg->tp.size > 1 || cfg->pp.stages > 1) {
+        char ppn[32] = "";
+        if (cfg->pp.stages > 1) snprintf(ppn, sizeof ppn, "pp %lld x ", (long long)cfg->pp.stages);
+        snprintf(layout, sizeof layout, " (%stp %lld%s x dp %d)", ppn, (long long)cfg->tp.size,
                  cfg->tp.sequence_parallel ? ", sequence parallel" : "", dp);
+    }
     int rc = 0;
     for (int stage = 0; stage <= 3 && rc == 0; stage++) {
         zinc_mem_stats m;
@@ -92,11 +95,33 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
         printf("%5d %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f %9.1f\n", stage, m.params / 1048576.0,
                m.grads / 1048576.0, m.master / 1048576.0, m.optimizer / 1048576.0,
                m.total / 1048576.0, (m.total + m.buffers) / 1048576.0, m.nvme / 1048576.0);
-        if (stage == 3 && m.activations)
+        if (stage == 3 && m.activations && cfg->pp.stages == 1)
             printf("activations per rank (micro-batch %lld x %lld tokens, %s, any stage): %.1f MiB\n",
                    (long long)cfg->train_micro_batch_size_per_gpu,
                    (long long)zinc_config_seq_len(cfg), cfg->bf16.enabled ? "bf16" : "fp32",
                    m.activations / 1048576.0);
+    }
+    /* pipeline stages: each stage's share at the configured ZeRO stage */
+    for (int s = 0; rc == 0 && cfg->pp.stages > 1 && s < cfg->pp.stages; s++) {
+        zinc_mem_stats m;
+        zinc_stage_estimate w;
+        zinc_status est = zinc_engine_estimate_stage(cfg, zinc_gpt2_model(g), dp, (int)cfg->zero.stage, s, &m, &w);
+        if (est != ZINC_OK) {
+            fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+            rc = est == ZINC_ERR_CONFIG ? 2 : 1;
+            break;
+        }
+        if (s == 0)
+            printf("per pipeline stage (%lld stages, %s, %lld micro-batches, ZeRO stage %lld), MiB:\n"
+                   "pp stage  layers          model state  activations  in flight\n",
+                   (long long)cfg->pp.stages, zinc_pp_kind_name((zinc_pp_kind)cfg->pp.schedule),
+                   (long long)cfg->gradient_accumulation_steps, (long long)cfg->zero.stage);
+        char layers[64] = "";
+        for (int k = 0, at = 0; k < w.n_chunks && k < 8 && at < (int)sizeof layers; k++)
+            at += snprintf(layers + at, sizeof layers - (size_t)at, "%s%d-%d", k ? "," : "", w.first_layer[k],
+                           w.end_layer[k] - 1);
+        printf("%8d  %-15s %11.1f %12.1f %10d\n", s, layers, (m.total + m.buffers) / 1048576.0,
+               m.activations / 1048576.0, w.inflight);
     }
     zinc_gpt2_destroy(g);
     return rc;
@@ -636,8 +661,12 @@ int main(int argc, char **argv)
                 fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
                         (unsigned long long)s.tp_comm_bytes_op[k]);
             fprintf(metrics, "}, \"pp_comm_bytes\": %llu, \"pp_bubble\": %.6f, \"pp_bubble_theory\": %.6f, "
-                    "\"act_peak_bytes\": %llu}\n", (unsigned long long)s.pp_comm_bytes, s.pp_bubble,
-                    s.pp_bubble_theory, (unsigned long long)s.act_peak_bytes);
+                    "\"act_peak_bytes\": %llu, \"act_peak_stage\": [", (unsigned long long)s.pp_comm_bytes,
+                    s.pp_bubble, s.pp_bubble_theory, (unsigned long long)s.act_peak_bytes);
+            for (int k = 0; k < zinc_engine_pp_size(eng) && k < 64; k++)
+                fprintf(metrics, "%s%llu", k ? ", " : "",
+                        (unsigned long long)(zinc_engine_pp_size(eng) > 1 ? s.act_peak_stage[k] : s.act_peak_bytes));
+            fprintf(metrics, "]}\n");
             if (fflush(metrics) != 0) {
                 zinc_error(ZINC_ERR_IO, "train.metrics_file %s: write failed", cfg.train.metrics_file);
                 die(world, "metrics");

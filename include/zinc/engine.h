@@ -152,17 +152,36 @@ typedef struct zinc_step_stats {
                                   the (micro-batch, chunk) pairs in flight, the activations and
                                   gradients crossing stages, the gradient buffers and scratch;
                                   the largest over ranks */
+    uint64_t act_peak_stage[64]; /* the same per pipeline stage (the first 64; pipeline only) */
     zinc_mem_stats mem;        /* this rank's model state */
     zinc_mem_stats mem_max;    /* largest over ranks, kind by kind */
 } zinc_step_stats;
 
 /* Model-state bytes per rank that zinc_engine_create would allocate for this
  * model at DP size dp and the given ZeRO stage and precision in c, and the
- * activation bytes of one micro-batch (train_micro_batch_size_per_gpu x the
- * sequence length, when c gives the micro-batch) (pure; no communication,
- * no allocation of model memory). */
+ * activation bytes it holds at once (train_micro_batch_size_per_gpu x the
+ * sequence length, when c gives the micro-batch: one micro-batch without
+ * pipeline stages) (pure; no communication, no allocation of model memory).
+ * With pipeline stages (c->pp), the rank's of pipeline stage 0; see
+ * zinc_engine_estimate_stage. */
 zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_def *m, int dp,
                                         int stage, zinc_mem_stats *out);
+
+/* Where a pipeline stage's estimate comes from. */
+typedef struct zinc_stage_estimate {
+    int n_chunks;                       /* model chunks the stage runs (virtual stages) */
+    int first_layer[8], end_layer[8];   /* chunk k's layers [first, end) (k < 8) */
+    int inflight;                       /* (micro-batch, chunk) pairs its schedule holds at once */
+} zinc_stage_estimate;
+
+/* The same for a rank of pipeline stage pp_stage (0 .. pipeline.stages - 1): the model
+ * state of the layers pipeline.partition gives it (and of the tied parameters it shares
+ * with another stage), and the activations of the (micro-batch, chunk) pairs its
+ * schedule (pipeline.schedule, gradient_accumulation_steps micro-batches) holds at once:
+ * one slab of saved activations each, the inputs and gradients crossing stages, the
+ * gradient buffers and scratch. where (may be NULL) says which layers and how many. */
+zinc_status zinc_engine_estimate_stage(const zinc_config *c, const zinc_model_def *m, int dp, int stage,
+                                       int pp_stage, zinc_mem_stats *out, zinc_stage_estimate *where);
 
 /* The device this rank computes on for config c: "cpu", "cuda" (the GPU
  * of this rank's local rank), or "auto" (cuda when a GPU is visible and the

@@ -110,6 +110,27 @@ awk -v b="$b" 'BEGIN { exit !(b >= 0 && b < 1) }' || fail "pp_bubble $b"
 grep -q "bubble" "$TMP/pp2dp2_s1.log" || fail "the step line shows no bubble"
 echo "bubble: measured $b, theory $theory"
 
+# --- activation memory per stage: 1f1b holds p - s micro-batches on stage s (at most the
+# stages' count), as --estimate-memory predicts within 10% of what each stage measured ---
+M="--set model.n_layer=6 --set model.n_embd=64 --set model.block_size=64 --set train_batch_size=32
+   --set train_micro_batch_size_per_gpu=4 --set gradient_accumulation_steps=8"
+for p in 2 4; do
+    "$BUILD/zinc-train" "$cfg" $M $(pp "$p" 1f1b 1) --estimate-memory -n "$p" > "$TMP/est$p.txt" \
+        || fail "--estimate-memory at pp $p"
+    run "mem$p" "$p" --set train.max_steps=2 $M $(pp "$p" 1f1b 1)
+    meas=$(sed -n 's/.*"act_peak_stage": \[\([0-9, ]*\)\].*/\1/p' "$TMP/mem$p.jsonl" | tail -1 | tr -d ' ')
+    for s in $(seq 0 $((p - 1))); do
+        est=$(awk -v s="$s" 'f && $1 == s { print $4 * 1048576, $5; exit } /^pp stage/ { f = 1 }' "$TMP/est$p.txt")
+        [ -n "$est" ] || { cat "$TMP/est$p.txt"; fail "--estimate-memory at pp $p has no row for stage $s"; }
+        set -- $est
+        got=$(echo "$meas" | cut -d, -f$((s + 1)))
+        [ "$2" -eq $((p - s)) ] || fail "pp $p stage $s: 1f1b holds $2 micro-batches, not $((p - s))"
+        awk -v a="$got" -v b="$1" 'BEGIN { d = (a - b) / b; if (d < 0) d = -d; exit !(b > 0 && d <= 0.10) }' \
+            || fail "pp $p stage $s: activations measured $got bytes, estimated $1"
+        echo "pp $p stage $s: activations $got bytes measured, $1 estimated ($2 micro-batches in flight)"
+    done
+done
+
 # --- resharding across PP, DP, TP and ZeRO stage ---
 run rs_ref 4 --set train.max_steps=20 --set gradient_accumulation_steps=4 $(pp 2 1f1b 1) --set zero_optimization.stage=2
 run rs_save 4 --set train.max_steps=10 --set gradient_accumulation_steps=4 $(pp 2 1f1b 1) --set zero_optimization.stage=2 \
