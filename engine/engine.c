@@ -572,6 +572,10 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
                            .micro = (int)e->cfg.gradient_accumulation_steps,
                            .virt = (int)e->cfg.pp.virtual_stages};
     ZINC_TRY(zinc_pp_plan_check(&e->pp));
+    if (e->pp.kind == ZINC_PP_ZERO_BUBBLE && zinc_comm_rank(e->world) == 0)
+        ZINC_WARN("pipeline.schedule \"zero-bubble\": zinc's layers compute their weight gradients with the input "
+                  "gradients (one backward per layer), so the weight half is not deferred and the bubble stays "
+                  "near 1f1b's");
     e->tp = (zinc_tp){.group = tp > 1 ? e->mesh->tp_group : NULL, .size = tp,
                       .rank = e->mesh->tp_rank, .sequence_parallel = e->cfg.tp.sequence_parallel,
                       .ops = e->ops};

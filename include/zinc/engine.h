@@ -191,15 +191,22 @@ zinc_status zinc_engine_open_device(const zinc_config *c, zinc_comm *world,
 /* The engine's device (valid for the engine's lifetime). */
 const zinc_device *zinc_engine_device(const zinc_engine *e);
 
-/* Collective over world. Builds the mesh (pp=1, tp=1, dp=world), declares
- * the model, allocates and initializes all memory for the configured ZeRO
- * stage (zero_optimization.stage 0-3) and precision (fp32, bf16, fp16). */
+/* Collective over world. Builds the mesh (pipeline.stages x DP x
+ * tensor_parallel.autotp_size, TP innermost, PP outermost), declares the
+ * model, splits its layers into pipeline.stages x pipeline.virtual_stages
+ * chunks (pipeline.partition; ZINC_ERR_CONFIG for more chunks than layers)
+ * and allocates and initializes the memory of this rank's stage for the
+ * configured ZeRO stage (zero_optimization.stage 0-3, over the stage's DP
+ * group) and precision (fp32, bf16, fp16). Layers tied across stages (GPT-2's
+ * head and wte) are held by both stages, which sum their gradients. */
 zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out);
 void zinc_engine_destroy(zinc_engine *e); /* NULL-safe */
 
 /* Collective. One optimizer step: gradient_accumulation_steps micro-batches
- * of this DP rank's slice of the next global batch from data, DP gradient
- * reduction, global norm, clipping, AdamW, lr schedule. An fp16 overflow is
+ * of this DP rank's slice of the next global batch from data, run through
+ * the stage's pipeline schedule (pipeline.schedule; without stages, forward
+ * and backward of each micro-batch in turn), DP gradient reduction, global
+ * norm, clipping, AdamW, lr schedule. An fp16 overflow is
  * not an error (st->skipped). After a failed step the engine's gradient and
  * communication state is undefined: destroy it (and resume from a checkpoint). */
 zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_step_stats *st);

@@ -967,6 +967,16 @@ static void test_honest_keys(void)
  * the MLP width and the padded vocabulary, each a line naming the key and
  * the numbers; DP = world / TP drives the batch rule (whether the model
  * splits its layers is the engine's check: tests/tp/test_tp_engine.c). */
+/* Resolving c for world ranks fails with a detail containing frag and leaves c as it was. */
+static int resolve_fails(zinc_config *c, int world, const char *frag)
+{
+    zinc_config before = *c;
+    zinc_status st = zinc_config_resolve(c, world);
+    int ok = st == ZINC_ERR_CONFIG && strstr(zinc_last_error(), frag) != NULL;
+    if (!ok) printf("\n  want '%s', got %d '%s'\n", frag, (int)st, zinc_last_error());
+    return ok && !memcmp(&before, c, sizeof *c);
+}
+
 static void test_tensor_parallel(void)
 {
     const char *base = "{\"train_micro_batch_size_per_gpu\": 2, \"gradient_accumulation_steps\": 1,"
@@ -997,12 +1007,7 @@ static void test_tensor_parallel(void)
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         snprintf(j, sizeof j, base, bad[i].tp);
         CU_ASSERT_FATAL(load_str(j, &c) == ZINC_OK);
-        zinc_config before = c;
-        CU_ASSERT_EQUAL(zinc_config_resolve(&c, bad[i].world), ZINC_ERR_CONFIG);
-        int ok = strstr(zinc_last_error(), bad[i].frag) != NULL;
-        if (!ok) printf("\n  want '%s', got '%s'\n", bad[i].frag, zinc_last_error());
-        CU_ASSERT(ok);
-        CU_ASSERT_EQUAL(memcmp(&before, &c, sizeof c), 0); /* unchanged on failure */
+        CU_ASSERT(resolve_fails(&c, bad[i].world, bad[i].frag));
     }
     /* a valid layout: DP = world / TP drives the batch rule */
     snprintf(j, sizeof j, base, 2);
@@ -1053,12 +1058,7 @@ static void test_pipeline_layout(void)
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         CU_ASSERT_FATAL(load_str(bad[i].json, &c) == ZINC_OK);
-        zinc_config before = c;
-        CU_ASSERT_EQUAL(zinc_config_resolve(&c, bad[i].world), ZINC_ERR_CONFIG);
-        int ok = strstr(zinc_last_error(), bad[i].frag) != NULL;
-        if (!ok) printf("\n  want '%s', got '%s'\n", bad[i].frag, zinc_last_error());
-        CU_ASSERT(ok);
-        CU_ASSERT_EQUAL(memcmp(&before, &c, sizeof c), 0); /* unchanged on failure */
+        CU_ASSERT(resolve_fails(&c, bad[i].world, bad[i].frag));
         if (i != 3) /* the batch is not resolved yet: nothing to say about its micro-batches */
             CU_ASSERT_EQUAL(zinc_config_check_mesh(&c, bad[i].world), ZINC_ERR_CONFIG);
     }

@@ -4,7 +4,8 @@
 # agree (fp32 within 1e-4 relative; bf16 and fp16 within 2e-2, where the GPU's
 # bf16 matmuls take bf16 operands); ranks sharing one GPU through the mpi backend
 # (DP 2 and 4, ZeRO 0 and 3; TP 2 with and without SP, TP 2 x DP 2 at ZeRO-3, bf16 TP,
-# a TP 2 checkpoint resumed at TP 4) match one GPU rank; the nccl backend with one
+# a TP 2 checkpoint resumed at TP 4; PP 2 under 1f1b and interleaved, PP 2 x DP 2 at
+# ZeRO-3, PP 2 x TP 2, bf16 PP) match one GPU rank; the nccl backend with one
 # rank matches mpi; a checkpoint saved on the GPU resumes exactly; a CUDA
 # device request without a GPU is refused. Prints SKIP and exits 77 with no GPU.
 set -u
@@ -80,6 +81,20 @@ run tpck 4 --set device=cuda $(TPS 2 false) --set zero_optimization.stage=3 \
 run tpres 4 --set device=cuda $(TPS 4 false) --set train.save_dir="$TMP/cktp" --set train.resume=auto
 cat "$TMP/tpck.jsonl" "$TMP/tpres.jsonl" > "$TMP/tpCK.jsonl"
 check "GPU checkpoint at tp=2 x dp=2 resumed at tp=4 vs 1 GPU rank" gpu32 tpCK 1e-5
+
+# pipeline parallelism on one GPU through the mpi backend: the activations and gradients
+# crossing stages live in device memory and go through pinned host staging
+PPS() { echo "--set pipeline.stages=$1 --set pipeline.schedule=$2 --set pipeline.virtual_stages=$3 --set gradient_accumulation_steps=4"; }
+run pp2 2 --set device=cuda $(PPS 2 1f1b 1)
+check "pp=2 1f1b on one GPU (mpi) vs 1 GPU rank" gpu32 pp2 1e-5
+run pp2il 2 --set device=cuda $(PPS 2 interleaved 2)
+check "pp=2 interleaved x 2 chunks on one GPU vs 1 GPU rank" gpu32 pp2il 1e-5
+run pp2dp2 4 --set device=cuda $(PPS 2 1f1b 1) --set zero_optimization.stage=3
+check "pp=2 x dp=2 stage=3 on one GPU vs 1 GPU rank" gpu32 pp2dp2 1e-5
+run pp2tp2 4 --set device=cuda $(PPS 2 1f1b 1) $(TPS 2 true)
+check "pp=2 x tp=2 + SP on one GPU vs 1 GPU rank" gpu32 pp2tp2 1e-5
+run bfpp2 2 --set device=cuda --set bf16.enabled=true $(PPS 2 1f1b 1) --set zero_optimization.stage=2
+check "bf16 pp=2 stage=2 on one GPU vs 1 GPU rank" gpubf bfpp2 2e-3
 
 # ZeRO-Offload: optimizer state in pinned host memory, AdamW on the CPU
 OFF="--set zero_optimization.offload_optimizer.device=cpu"

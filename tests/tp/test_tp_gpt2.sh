@@ -23,14 +23,6 @@ cfg=$(tiny_config "$shard")
 S3="--set zero_optimization.stage3_param_persistence_threshold=0 --set zero_optimization.stage3_max_reuse_distance=0"
 tp() { echo "--set tensor_parallel.autotp_size=$1 --set tensor_parallel.sequence_parallel=$2"; }
 
-check_close() { # name ref tol
-    local d; d=$(max_rel_diff "$TMP/$2.jsonl" "$TMP/$1.jsonl")
-    [ "$(losses "$TMP/$1.jsonl" | wc -l)" -eq "$(losses "$TMP/$2.jsonl" | wc -l)" ] || fail "$1: step count differs from $2"
-    awk -v d="$d" -v t="$3" 'BEGIN { exit !(d != "nan" && d <= t) }' || fail "$1 differs from $2: $d"
-    echo "$1: max rel diff $d"
-}
-field() { sed -n "s/.*\"$2\": \([0-9.e+-]*\).*/\1/p" "$TMP/$1.jsonl" | tail -1; }
-
 # --- equivalence matrix (fp32) ---
 run ref 1 --set train.max_steps=20
 for layout in "2 2" "4 4" "4 2"; do
@@ -62,7 +54,6 @@ done
 # bitwise the losses of the same TP layout without offload; fp16 within its tolerance
 NV="$TMP/nvme"; mkdir -p "$NV"
 off() { echo "--set zero_optimization.offload_$1.device=$2 --set zero_optimization.offload_$1.nvme_path=$NV"; }
-same() { cmp -s <(losses "$TMP/$1.jsonl") <(losses "$TMP/$2.jsonl") || fail "$2 differs from $1"; echo "$2: bitwise equal to $1"; }
 run off_ref2 4 --set train.max_steps=20 $(tp 2 true) --set zero_optimization.stage=2
 run off_cpu2 4 --set train.max_steps=20 $(tp 2 true) --set zero_optimization.stage=2 $(off optimizer cpu)
 same off_ref2 off_cpu2
@@ -112,13 +103,6 @@ run save22 4 --set train.max_steps=10 $(tp 2 false) --set zero_optimization.stag
     --set train.save_dir="$TMP/rs" --set train.save_every=10
 losses "$TMP/ref22.jsonl" | tail -10 > "$TMP/ref22.tail10"
 losses "$TMP/ref22.jsonl" | tail -5 > "$TMP/ref22.tail5"
-close_tail() { # file-a file-b label
-    local d
-    d=$(paste "$1" "$2" | awk '{ n++; d = $1 - $2; if (d < 0) d = -d; a = $1 < 0 ? -$1 : $1; r = d / a; if (r > m) m = r }
-                               END { if (n == 0) print "nan"; else printf "%.3g\n", m }')
-    awk -v d="$d" 'BEGIN { exit !(d != "nan" && d <= 1e-5) }' || fail "$3: differs ($d)"
-    echo "$3: max rel diff $d"
-}
 for layout in "1 4 1" "4 4 0"; do
     set -- $layout; t=$1; n=$2; stage=$3
     run "rs_tp$t" "$n" --set train.max_steps=20 $(tp "$t" false) --set zero_optimization.stage=$stage \
@@ -180,14 +164,6 @@ awk -v a="$e1" -v b="$e4" 'BEGIN { r = 4 * b / a; exit !(a > 0 && r >= 0.95 && r
 echo "--estimate-memory: $e1 MiB per rank at TP 1, $e4 MiB at TP 4"
 
 # --- bad layouts: one line naming the key and the numbers, exit 2 ---
-bad() { # expected-text ranks sets...
-    local want=$1 n=$2; shift 2
-    local out rc
-    out=$($MPIRUN "$n" "$BUILD/zinc-train" "$cfg" --set train.max_steps=2 "$@" 2>&1); rc=$?
-    [ $rc -eq 2 ] || { echo "$out"; fail "$* on $n ranks: exit $rc, not 2"; }
-    echo "$out" | grep -q "$want" || { echo "$out"; fail "$*: no line saying '$want'"; }
-    echo "refused ($n ranks, $*): $(echo "$out" | grep -m1 "$want")"
-}
 bad "does not divide the world size 3" 3 $(tp 2 false) --set train_batch_size=24
 bad "does not divide model.n_head 2" 4 $(tp 4 false) --set model.n_head=2
 bad "model.vocab_size 320 is not a multiple of 64 x tensor_parallel.autotp_size = 128" 2 $(tp 2 false) --set model.vocab_size=320

@@ -48,3 +48,34 @@ run() {
     $MPIRUN "$n" "$BUILD/zinc-train" "$cfg" --set train.metrics_file="$TMP/$name.jsonl" "$@" \
         > "$TMP/$name.log" 2>&1 || { cat "$TMP/$name.log" >&2; fail "run $name failed"; }
 }
+
+# --- comparisons of runs made with run (the parallel layout tests) ---
+
+# check_close NAME REF TOL: NAME's losses within TOL (relative) of REF's, step for step.
+check_close() {
+    local d; d=$(max_rel_diff "$TMP/$2.jsonl" "$TMP/$1.jsonl")
+    [ "$(losses "$TMP/$1.jsonl" | wc -l)" -eq "$(losses "$TMP/$2.jsonl" | wc -l)" ] || fail "$1: step count differs from $2"
+    awk -v d="$d" -v t="$3" 'BEGIN { exit !(d != "nan" && d <= t) }' || fail "$1 differs from $2: $d"
+    echo "$1: max rel diff $d"
+}
+# same REF NAME: NAME's losses bitwise equal to REF's.
+same() { cmp -s <(losses "$TMP/$1.jsonl") <(losses "$TMP/$2.jsonl") || fail "$2 differs from $1"; echo "$2: bitwise equal to $1"; }
+# field NAME KEY: the last value of a number KEY in NAME's metrics.
+field() { sed -n "s/.*\"$2\": \([0-9.e+-]*\).*/\1/p" "$TMP/$1.jsonl" | tail -1; }
+# close_tail FILE-A FILE-B LABEL: two loss columns within 1e-5 (relative), line for line.
+close_tail() {
+    local d
+    d=$(paste "$1" "$2" | awk '{ n++; d = $1 - $2; if (d < 0) d = -d; a = $1 < 0 ? -$1 : $1; r = d / a; if (r > m) m = r }
+                               END { if (n == 0) print "nan"; else printf "%.3g\n", m }')
+    awk -v d="$d" 'BEGIN { exit !(d != "nan" && d <= 1e-5) }' || fail "$3: differs ($d)"
+    echo "$3: max rel diff $d"
+}
+# bad TEXT RANKS SETS...: zinc-train on $cfg exits 2 with a line containing TEXT.
+bad() {
+    local want=$1 n=$2; shift 2
+    local out rc
+    out=$($MPIRUN "$n" "$BUILD/zinc-train" "$cfg" --set train.max_steps=2 "$@" 2>&1); rc=$?
+    [ $rc -eq 2 ] || { echo "$out"; fail "$* on $n ranks: exit $rc, not 2"; }
+    echo "$out" | grep -q "$want" || { echo "$out"; fail "$*: no line saying '$want'"; }
+    echo "refused ($n ranks, $*): $(echo "$out" | grep -m1 "$want")"
+}
