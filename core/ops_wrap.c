@@ -41,6 +41,16 @@
                            const void *inp, const float *w, const float *mean,                  \
                            const float *rstd, int N, int C),                                    \
       (dinp, dw, db, dout, inp, w, mean, rstd, N, C))                                           \
+    X(rmsnorm_forward, (void *out, float *rstd, const void *inp, const float *w, float eps,       \
+                        int N, int C), (out, rstd, inp, w, eps, N, C))                          \
+    X(rmsnorm_backward, (void *dinp, float *dw, const void *dout, const void *inp,              \
+                         const float *w, const float *rstd, int N, int C),                      \
+      (dinp, dw, dout, inp, w, rstd, N, C))                                                     \
+    X(rope, (void *x, int N, int stride, int nh, int HS, int T, const int32_t *pos,             \
+             const float *cs, const float *sn, int dir), (x, N, stride, nh, HS, T, pos, cs, sn, dir)) \
+    X(swiglu_forward, (void *out, const void *gu, int N, int F), (out, gu, N, F))               \
+    X(swiglu_backward, (void *dgu, const void *dout, const void *gu, int N, int F),             \
+      (dgu, dout, gu, N, F))                                                                    \
     X(gelu_forward, (void *out, const void *inp, size_t n), (out, inp, n))                      \
     X(gelu_backward, (void *dinp, const void *inp, const void *dout, size_t n),                 \
       (dinp, inp, dout, n))                                                                     \

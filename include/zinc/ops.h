@@ -119,6 +119,29 @@ typedef struct zinc_ops {
      * table at hand may size it by that formula. */
     size_t (*attention_scratch_floats)(int B, int T, int C, int NH);
 
+    /* --- Llama-family layers --- */
+    /* RMSNorm: out(N,C) act = inp * rstd * weight, rstd(N) = 1/sqrt(mean_c(inp^2) + eps),
+     * saved for backward. inp act. */
+    void (*rmsnorm_forward)(void *out, float *rstd, const void *inp, const float *weight, float eps,
+                            int N, int C);
+    /* dinp(N,C) act and dweight(C) accumulate; dout, inp act. */
+    void (*rmsnorm_backward)(void *dinp, float *dweight, const void *dout, const void *inp,
+                             const float *weight, const float *rstd, int N, int C);
+    /* Rotary position embedding, IN PLACE (the exception to accumulation): the first
+     * n_heads heads of HS (even) elements of each of the N rows of x (act; rows stride
+     * elements apart, e.g. the q or k part of a qkv row) are rotated pairwise as Hugging
+     * Face's rotate_half pairs them, (x_i, x_{i+HS/2}) by the angle of row pos(r) of the
+     * tables, pos(r) = pos ? pos[r] : r % T; cos, sin (P, HS/2) fp32 from
+     * zinc_rope_table, P above every position. dir 1: forward; dir -1: the inverse
+     * rotation, which is the backward (the gradient of the input from that of the output,
+     * in place). */
+    void (*rope)(void *x, int N, int stride, int n_heads, int HS, int T, const int32_t *pos,
+                 const float *cos, const float *sin, int dir);
+    /* SwiGLU: gu(N,2F) act holds gate | up per row; out(N,F) act = silu(gate) * up. */
+    void (*swiglu_forward)(void *out, const void *gu, int N, int F);
+    /* dgu(N,2F) act accumulates; dout(N,F) act; gu as forward had it. */
+    void (*swiglu_backward)(void *dgu, const void *dout, const void *gu, int N, int F);
+
     /* out = a + b, elementwise over n, all act (out may alias a or b). */
     void (*residual_forward)(void *out, const void *a, const void *b, size_t n);
 
@@ -202,6 +225,17 @@ const zinc_ops *zinc_ops_cpu_bf16(void);
  * zinc_last_error() set to its detail, and clears it. The cpu device's
  * sync() reports it, so it surfaces at the engine's next step boundary. */
 zinc_status zinc_ops_cpu_last_status(void);
+
+/* Llama-3's rope_scaling (rope_type "llama3"); factor 0: none. */
+typedef struct zinc_rope_scaling {
+    double factor, low_freq_factor, high_freq_factor;
+    int original_max_position; /* original_max_position_embeddings */
+} zinc_rope_scaling;
+
+/* The rotary tables zinc_ops.rope reads (pure, host memory: copy them to the device):
+ * cos, sin (P, HS/2) for positions 0..P-1, inverse frequencies theta^(-2i/HS) (rope_theta)
+ * scaled as sc says (NULL: none), computed as transformers computes them. */
+void zinc_rope_table(float *cos, float *sin, int P, int HS, double theta, const zinc_rope_scaling *sc);
 
 /* Hooks around the ops of a wrapped table: before(op, user), the op,
  * after(op, user); op indexes zinc_ops_op_name(). */

@@ -112,6 +112,15 @@ void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *in
 void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, const float *mean,
                             const float *rstd, int N, int C);
+/* llama_cpu.c: RMSNorm, rotary embeddings, SwiGLU. */
+void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, float eps, int N,
+                         int C);
+void cpu_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                          const float *rstd, int N, int C);
+void cpu_rope(float *x, int N, int stride, int n_heads, int HS, int T, const int32_t *pos, const float *cos_t,
+              const float *sin_t, int dir);
+void cpu_swiglu_forward(float *out, const float *gu, int N, int F);
+void cpu_swiglu_backward(float *dgu, const float *dout, const float *gu, int N, int F);
 /* Largest head size the attention ops take (zinc/ops.h: HS <= 128). */
 #define ATT_MAX_HS 128
 void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C,

@@ -96,6 +96,31 @@ static void f32_layernorm_backward(void *dinp, float *dweight, float *dbias, con
     cpu_layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
 }
 
+static void f32_rmsnorm_forward(void *out, float *rstd, const void *inp, const float *weight, float eps, int N,
+                                int C)
+{
+    cpu_rmsnorm_forward(out, rstd, inp, weight, eps, N, C);
+}
+
+static void f32_rmsnorm_backward(void *dinp, float *dweight, const void *dout, const void *inp,
+                                 const float *weight, const float *rstd, int N, int C)
+{
+    cpu_rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, N, C);
+}
+
+static void f32_rope(void *x, int N, int stride, int n_heads, int HS, int T, const int32_t *pos, const float *cos_t,
+                     const float *sin_t, int dir)
+{
+    cpu_rope(x, N, stride, n_heads, HS, T, pos, cos_t, sin_t, dir);
+}
+
+static void f32_swiglu_forward(void *out, const void *gu, int N, int F) { cpu_swiglu_forward(out, gu, N, F); }
+
+static void f32_swiglu_backward(void *dgu, const void *dout, const void *gu, int N, int F)
+{
+    cpu_swiglu_backward(dgu, dout, gu, N, F);
+}
+
 static void f32_gelu_forward(void *out, const void *inp, size_t n)
 {
     cpu_gelu_forward(out, inp, n);
@@ -544,6 +569,76 @@ done:
     widen_free(&w);
 }
 
+static void b16_rmsnorm_forward(void *out, float *rstd, const void *inp, const float *weight, float eps, int N,
+                                int C)
+{
+    widen w = {0};
+    const size_t n = (size_t)N * C;
+    float *o, *x;
+    TAKE(o, NULL, n);
+    TAKE(x, inp, n);
+    cpu_rmsnorm_forward(o, rstd, x, weight, eps, N, C);
+    narrow(out, o, n);
+done:
+    widen_free(&w);
+}
+
+static void b16_rmsnorm_backward(void *dinp, float *dweight, const void *dout, const void *inp,
+                                 const float *weight, const float *rstd, int N, int C)
+{
+    widen w = {0};
+    const size_t n = (size_t)N * C;
+    float *di, *dy, *x;
+    TAKE(di, dinp, n);
+    TAKE(dy, dout, n);
+    TAKE(x, inp, n);
+    cpu_rmsnorm_backward(di, dweight, dy, x, weight, rstd, N, C);
+    narrow(dinp, di, n);
+done:
+    widen_free(&w);
+}
+
+/* the rows' span only (x may be the k part of a qkv row: a whole last stride would run
+ * past the tensor); the elements between the heads come back unchanged */
+static void b16_rope(void *x, int N, int stride, int n_heads, int HS, int T, const int32_t *pos, const float *cos_t,
+                     const float *sin_t, int dir)
+{
+    if (N <= 0) return;
+    widen w = {0};
+    const size_t n = (size_t)(N - 1) * stride + (size_t)n_heads * HS;
+    float *t;
+    TAKE(t, x, n);
+    cpu_rope(t, N, stride, n_heads, HS, T, pos, cos_t, sin_t, dir);
+    narrow(x, t, n);
+done:
+    widen_free(&w);
+}
+
+static void b16_swiglu_forward(void *out, const void *gu, int N, int F)
+{
+    widen w = {0};
+    float *o, *g;
+    TAKE(o, NULL, (size_t)N * F);
+    TAKE(g, gu, (size_t)N * 2 * F);
+    cpu_swiglu_forward(o, g, N, F);
+    narrow(out, o, (size_t)N * F);
+done:
+    widen_free(&w);
+}
+
+static void b16_swiglu_backward(void *dgu, const void *dout, const void *gu, int N, int F)
+{
+    widen w = {0};
+    float *dg, *dy, *g;
+    TAKE(dg, dgu, (size_t)N * 2 * F);
+    TAKE(dy, dout, (size_t)N * F);
+    TAKE(g, gu, (size_t)N * 2 * F);
+    cpu_swiglu_backward(dg, dy, g, N, F);
+    narrow(dgu, dg, (size_t)N * 2 * F);
+done:
+    widen_free(&w);
+}
+
 static void b16_gelu_forward(void *out, const void *inp, size_t n)
 {
     widen w = {0};
@@ -720,6 +815,9 @@ static void b16_xent_vp_finish(float *losses, void *logits, const int32_t *targe
     .embedding_backward = p##_embedding_backward,                                           \
     .layernorm_forward = p##_layernorm_forward,                                             \
     .layernorm_backward = p##_layernorm_backward, .gelu_forward = p##_gelu_forward,         \
+    .rmsnorm_forward = p##_rmsnorm_forward, .rmsnorm_backward = p##_rmsnorm_backward,       \
+    .rope = p##_rope, .swiglu_forward = p##_swiglu_forward,                                 \
+    .swiglu_backward = p##_swiglu_backward,                                                 \
     .gelu_backward = p##_gelu_backward, .attention_forward = p##_attention_forward,         \
     .attention_backward = p##_attention_backward,                                           \
     .residual_forward = p##_residual_forward, .softmax_xent = p##_softmax_xent,            \

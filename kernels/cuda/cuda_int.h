@@ -480,6 +480,20 @@ void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, const voi
                              const void *inp, const float *weight, const float *mean,
                              const float *rstd, int N, int C);
 
+/* ops_llama.cu: RMSNorm, rotary embeddings, SwiGLU. */
+template <class A>
+void cuda_rmsnorm_forward(void *out, float *rstd, const void *inp, const float *weight, float eps, int N, int C);
+template <class A>
+void cuda_rmsnorm_backward(void *dinp, float *dweight, const void *dout, const void *inp, const float *weight,
+                           const float *rstd, int N, int C);
+template <class A>
+void cuda_rope(void *x, int N, int stride, int n_heads, int HS, int T, const int32_t *pos, const float *cos_t,
+               const float *sin_t, int dir);
+template <class A>
+void cuda_swiglu_forward(void *out, const void *gu, int N, int F);
+template <class A>
+void cuda_swiglu_backward(void *dgu, const void *dout, const void *gu, int N, int F);
+
 /* ops_xent.cu: softmax_xent and its vocab-parallel form. */
 template <class A>
 void cuda_softmax_xent(float *losses, void *logits, const int32_t *targets, float dloss, int N,

@@ -6,7 +6,7 @@
  * The act kernels are templates on the storage type (float or bf16), so one
  * source serves both tables. The ops live by family in ops_matmul.cu
  * (matmul, linear, head, linear + GELU), ops_embedding.cu,
- * ops_layernorm.cu, ops_elementwise.cu (GELU, residual), ops_xent.cu,
+ * ops_layernorm.cu, ops_llama.cu (RMSNorm, RoPE, SwiGLU), ops_elementwise.cu (GELU, residual), ops_xent.cu,
  * ops_optim.cu (AdamW, sums, scale), ops_precision.cu (memory and
  * precision), attention_cuda.cu and attention_tc_cuda.cu; ops_common.cu
  * and ops_colsum.cu serve them (cuda_int.h). */
@@ -55,6 +55,11 @@ static void fill_act_ops(zinc_ops *t)
     t->embedding_backward = cuda_embedding_backward<A>;
     t->layernorm_forward = cuda_layernorm_forward<A>;
     t->layernorm_backward = cuda_layernorm_backward<A>;
+    t->rmsnorm_forward = cuda_rmsnorm_forward<A>;
+    t->rmsnorm_backward = cuda_rmsnorm_backward<A>;
+    t->rope = cuda_rope<A>;
+    t->swiglu_forward = cuda_swiglu_forward<A>;
+    t->swiglu_backward = cuda_swiglu_backward<A>;
     t->gelu_forward = cuda_gelu_forward<A>;
     t->linear_gelu_forward = cuda_linear_gelu_forward<A>;
     t->linear_gelu_backward = cuda_linear_gelu_backward<A>;

@@ -930,6 +930,66 @@ static void test_layernorm(void)
     free(db0);
 }
 
+/* RMSNorm, RoPE (q and k parts of qkv rows, positions given and from t) and SwiGLU. */
+static void test_llama_ops(void)
+{
+    enum { N = 37, C = 300, F = 130, HS = 64, NQ = 4, NK = 2, RS = (NQ + 2 * NK) * HS, T = 8, P = 64 };
+    const size_t n = (size_t)N * C, nr = (size_t)N * RS, nf = (size_t)N * F;
+    const float s_dw = sqrtf(N / 3.0f);
+    void *inp = hact(n, -2, 2), *out = hact_poison(n), *dout = hact(n, -1, 1);
+    void *dinp = hact(n, -1, 1), *dinp0 = hact_copy(dinp, n);
+    float *w = hparam(C, -1, 1), *rstd = hpoison(N), *dw = hrand(C, -s_dw, s_dw), *dw0 = hcopy(dw, C);
+    void *d_inp = dact(inp, n), *d_out = dact_poison(n), *d_dout = dact(dout, n), *d_dinp = dact(dinp, n);
+    float *d_w = dcopy(w, C), *d_rstd = dpoison(N), *d_dw = dcopy(dw, C);
+    cpu->rmsnorm_forward(out, rstd, inp, w, 1e-5f, N, C);
+    gpu->rmsnorm_forward(d_out, d_rstd, d_inp, d_w, 1e-5f, N, C);
+    check_status("rmsnorm_forward");
+    check_close_act("rmsnorm_forward out", d_out, out, n, TOL_RED);
+    check_close("rmsnorm_forward rstd", d_rstd, rstd, N, TOL_RED);
+    h2d(d_rstd, rstd, N * sizeof(float));
+    cpu->rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
+    gpu->rmsnorm_backward(d_dinp, d_dw, d_dout, d_inp, d_w, d_rstd, N, C);
+    check_status("rmsnorm_backward");
+    check_acc_act("rmsnorm_backward dinp", d_dinp, dinp, dinp0, n, TOL_RED);
+    check_acc("rmsnorm_backward dweight", d_dw, dw, dw0, C, TOL_RED);
+
+    float *cs = (float *)malloc((size_t)P * HS / 2 * sizeof(float)), *sn = (float *)malloc((size_t)P * HS / 2 * sizeof(float));
+    const zinc_rope_scaling l3 = {8, 1, 4, 32};
+    zinc_rope_table(cs, sn, P, HS, 500000.0, &l3);
+    float *d_cs = dcopy(cs, (size_t)P * HS / 2), *d_sn = dcopy(sn, (size_t)P * HS / 2);
+    int32_t pos[N];
+    for (int r = 0; r < N; r++) pos[r] = (r * 7) % P;
+    int32_t *d_pos = dcopy_i32(pos, N);
+    for (int k = 0; k < 4; k++) {
+        const int off = k & 1 ? NQ * HS : 0, nh = k & 1 ? NK : NQ, dir = k & 2 ? -1 : 1;
+        void *x = hact(nr, -1, 1);
+        void *d_x = dact(x, nr);
+        cpu->rope((char *)x + (size_t)off * act_size(), N, RS, nh, HS, T, k & 2 ? pos : NULL, cs, sn, dir);
+        gpu->rope((char *)d_x + (size_t)off * act_size(), N, RS, nh, HS, T, k & 2 ? d_pos : NULL, d_cs, d_sn, dir);
+        check_status("rope");
+        check_close_act(k & 1 ? "rope k part" : "rope q part", d_x, x, nr, TOL_EW);
+        cudaFree(d_x);
+        free(x);
+    }
+
+    void *gu = hact(2 * nf, -4, 4), *sw = hact_poison(nf), *dsw = hact(nf, -1, 1);
+    void *dgu = hact(2 * nf, -1, 1), *dgu0 = hact_copy(dgu, 2 * nf);
+    void *d_gu = dact(gu, 2 * nf), *d_sw = dact_poison(nf), *d_dsw = dact(dsw, nf), *d_dgu = dact(dgu, 2 * nf);
+    cpu->swiglu_forward(sw, gu, N, F);
+    gpu->swiglu_forward(d_sw, d_gu, N, F);
+    check_status("swiglu_forward");
+    check_close_act("swiglu_forward", d_sw, sw, nf, TOL_EW);
+    cpu->swiglu_backward(dgu, dsw, gu, N, F);
+    gpu->swiglu_backward(d_dgu, d_dsw, d_gu, N, F);
+    check_status("swiglu_backward");
+    check_acc_act("swiglu_backward", d_dgu, dgu, dgu0, 2 * nf, TOL_EW);
+
+    void *dev[] = {d_inp, d_out, d_dout, d_dinp, d_w, d_rstd, d_dw, d_cs, d_sn, d_pos, d_gu, d_sw, d_dsw, d_dgu};
+    for (void *q : dev) cudaFree(q);
+    void *host[] = {inp, out, dout, dinp, dinp0, w, rstd, dw, dw0, cs, sn, gu, sw, dsw, dgu, dgu0};
+    for (void *q : host) free(q);
+}
+
 static void test_elementwise(void)
 {
     enum { N = 10007 };
@@ -1776,6 +1836,7 @@ int main(void)
     test_head();
     test_embedding();
     test_layernorm();
+    test_llama_ops();
     test_elementwise();
     test_attention();
     test_softmax_xent();
@@ -1797,6 +1858,7 @@ int main(void)
     test_head();
     test_embedding();
     test_layernorm();
+    test_llama_ops();
     test_elementwise();
     test_attention_bf16();
     test_softmax_xent();

@@ -1,0 +1,348 @@
+/* test_llama_ops.c - the Llama-family ops of the CPU tables (RMSNorm, rotary
+ * embeddings, SwiGLU) and the rotary tables, against float64 references
+ * written here and central finite differences of L = sum(out * R); backward
+ * ops are pre-filled to check that they accumulate. The act-bf16 table is
+ * held to one bf16 rounding of the fp32 table on the same inputs, and the
+ * ops are bitwise the same on 1 and 2 threads. */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <CUnit/Basic.h>
+
+#include "zinc/ops.h"
+#include "kref.h"
+
+static const zinc_ops *ops;
+
+/* ---------- RMSNorm ---------- */
+
+static void ref_rmsnorm(double *out, const double *x, const double *w, double eps, int N, int C, double *rstd)
+{
+    for (int i = 0; i < N; i++) {
+        double s = 0.0;
+        for (int c = 0; c < C; c++) s += x[i * C + c] * x[i * C + c];
+        const double r = 1.0 / sqrt(s / C + eps);
+        for (int c = 0; c < C; c++) out[i * C + c] = x[i * C + c] * r * w[c];
+        if (rstd) rstd[i] = r;
+    }
+}
+
+struct rms_ctx {
+    double *x, *w, *R, *out, eps;
+    int N, C;
+};
+
+static double rms_loss(void *p)
+{
+    struct rms_ctx *c = p;
+    ref_rmsnorm(c->out, c->x, c->w, c->eps, c->N, c->C, NULL);
+    return dot_d(c->out, c->R, (size_t)c->N * c->C);
+}
+
+static void test_rmsnorm(void)
+{
+    const int N = 9, C = 70; /* C past one 64-column block of the weight gradient */
+    const size_t n = (size_t)N * C;
+    const float eps = 1e-5f;
+    float *x = frand(n, 2.0f), *w = frand(C, 1.0f), *R = frand(n, 1.0f);
+    struct rms_ctx c = {to_double(x, n), to_double(w, C), to_double(R, n), malloc(n * sizeof(double)), eps, N, C};
+    double *ref = malloc(n * sizeof *ref), rr[9];
+    ref_rmsnorm(ref, c.x, c.w, eps, N, C, rr);
+    float *out = frand(n, 1.0f), rstd[9];
+    ops->rmsnorm_forward(out, rstd, x, w, eps, N, C);
+    CU_ASSERT(close_to("rmsnorm out", out, ref, n, 1e-5, 1e-6));
+    CU_ASSERT(close_to("rmsnorm rstd", rstd, rr, N, 1e-6, 1e-7));
+
+    double *gx = malloc(n * sizeof *gx), *gw = malloc(C * sizeof *gw);
+    fd_grad(gx, c.x, n, rms_loss, &c);
+    fd_grad(gw, c.w, C, rms_loss, &c);
+    float *dx0 = frand(n, 1.0f), *dw0 = frand(C, 1.0f), *dx = fcopy(dx0, n), *dw = fcopy(dw0, C);
+    ops->rmsnorm_backward(dx, dw, R, x, w, rstd, N, C);
+    double *rx = plus(dx0, gx, n), *rw = plus(dw0, gw, C);
+    CU_ASSERT(close_to("rmsnorm dinp", dx, rx, n, 1e-4, 1e-5));
+    CU_ASSERT(close_to("rmsnorm dweight", dw, rw, C, 1e-4, 1e-5));
+    free(x), free(w), free(R), free(c.x), free(c.w), free(c.R), free(c.out), free(ref), free(out), free(gx);
+    free(gw), free(dx0), free(dw0), free(dx), free(dw), free(rx), free(rw);
+}
+
+/* ---------- rotary tables ---------- */
+
+/* transformers' computation, in its fp32 arithmetic (torch float32 tensors): inv_freq =
+ * 1 / theta^(2i/HS); Llama-3: wavelen = 2 pi / inv, low/high wavelengths from the
+ * original context, the medium band blended; angle = inv * pos in fp32. */
+static void hf_inv_freq(float *inv, int HS, double theta, const zinc_rope_scaling *sc)
+{
+    for (int i = 0; i < HS / 2; i++) {
+        const float e = (float)(2 * i) / (float)HS;
+        inv[i] = 1.0f / powf((float)theta, e);
+        if (!sc || sc->factor <= 0) continue;
+        const float f = (float)sc->factor, lo = (float)sc->low_freq_factor, hi = (float)sc->high_freq_factor;
+        const float old = (float)sc->original_max_position, lo_wl = old / lo, hi_wl = old / hi;
+        const float wl = 2.0f * (float)M_PI / inv[i];
+        float v = wl > lo_wl ? inv[i] / f : inv[i];
+        const float smooth = (old / wl - lo) / (hi - lo);
+        const float blended = (1.0f - smooth) * v / f + smooth * v;
+        if (!(wl < hi_wl) && !(wl > lo_wl)) v = blended;
+        inv[i] = v;
+    }
+}
+
+static void test_rope_table(void)
+{
+    enum { HS = 128, H = HS / 2, P = 9000 };
+    const zinc_rope_scaling l3 = {.factor = 8, .low_freq_factor = 1, .high_freq_factor = 4,
+                                  .original_max_position = 8192};
+    float *cs = malloc((size_t)P * H * sizeof(float)), *sn = malloc((size_t)P * H * sizeof(float));
+    float inv[H], inv0[H];
+    for (int k = 0; k < 2; k++) {
+        const zinc_rope_scaling *sc = k ? &l3 : NULL;
+        zinc_rope_table(cs, sn, P, HS, 500000.0, sc);
+        hf_inv_freq(inv, HS, 500000.0, sc);
+        int bad = 0;
+        for (int p = 0; p < P && !bad; p += 7)
+            for (int i = 0; i < H; i++) {
+                const float a = inv[i] * (float)p; /* the fp32 angle */
+                /* frequencies may differ by an ulp of fp32 arithmetic order; at position
+                 * 9000 that moves the angle by up to ~1e-3 rad for the fastest one */
+                const double tol = 1e-6 + (double)p * fabsf(inv[i]) * 2.4e-7;
+                if (fabs(cs[(size_t)p * H + i] - cos(a)) > tol || fabs(sn[(size_t)p * H + i] - sin(a)) > tol) {
+                    printf("\n  rope table (%s) p %d i %d: cos %.9g vs %.9g, sin %.9g vs %.9g\n", k ? "llama3" : "plain",
+                           p, i, cs[(size_t)p * H + i], cos(a), sn[(size_t)p * H + i], sin(a));
+                    bad = 1;
+                    break;
+                }
+            }
+        CU_ASSERT(!bad);
+        if (!k) memcpy(inv0, inv, sizeof inv);
+    }
+    /* Llama-3's bands: the fastest frequency is kept, the slowest divided by the factor,
+     * and one between is blended (neither) */
+    CU_ASSERT(inv[0] == inv0[0]);
+    CU_ASSERT(fabsf(inv[H - 1] - inv0[H - 1] / 8.0f) <= 1e-6f * inv0[H - 1]);
+    int blended = 0;
+    for (int i = 0; i < H; i++)
+        blended |= inv[i] != inv0[i] && fabsf(inv[i] - inv0[i] / 8.0f) > 1e-6f * inv0[i];
+    CU_ASSERT(blended);
+    /* position 0: the identity */
+    zinc_rope_table(cs, sn, 1, HS, 10000.0, NULL);
+    for (int i = 0; i < H; i++) CU_ASSERT(cs[i] == 1.0f && sn[i] == 0.0f);
+    free(cs), free(sn);
+}
+
+/* ---------- rotary embedding ---------- */
+
+/* rows of S elements: q (NQ heads) | k (NK heads) | v; the op rotates the first nh heads
+ * of each row from offset off, at stride S */
+enum { RB = 2, RT = 5, RN = RB * RT, HSZ = 8, NQ = 3, NK = 2, S = (NQ + 2 * NK) * HSZ };
+
+struct rope_ctx {
+    double *x, *R, *out, *cs, *sn;
+    const int32_t *pos;
+    int off, nh;
+};
+
+static void ref_rope(double *out, const double *x, const double *cs, const double *sn, const int32_t *pos, int off,
+                     int nh, double sg)
+{
+    memcpy(out, x, (size_t)RN * S * sizeof *out);
+    const int H = HSZ / 2;
+    for (int r = 0; r < RN; r++) {
+        const int p = pos ? pos[r] : r % RT;
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < H; i++) {
+                const size_t a = (size_t)r * S + off + h * HSZ + i, b = a + H;
+                const double c = cs[p * H + i], s = sg * sn[p * H + i];
+                out[a] = x[a] * c - x[b] * s;
+                out[b] = x[b] * c + x[a] * s;
+            }
+    }
+}
+
+static double rope_loss(void *u)
+{
+    struct rope_ctx *c = u;
+    ref_rope(c->out, c->x, c->cs, c->sn, c->pos, c->off, c->nh, 1.0);
+    return dot_d(c->out, c->R, (size_t)RN * S);
+}
+
+static void test_rope(void)
+{
+    const int H = HSZ / 2, P = 16;
+    const size_t n = (size_t)RN * S;
+    float cs[16 * 4], sn[16 * 4];
+    zinc_rope_table(cs, sn, P, HSZ, 10000.0, NULL);
+    const int32_t pos[RN] = {3, 0, 7, 7, 15, 1, 2, 9, 4, 11}; /* restarted / packed positions */
+    for (int k = 0; k < 4; k++) {
+        const int off = k & 1 ? NQ * HSZ : 0, nh = k & 1 ? NK : NQ; /* the k part, or the q part */
+        const int32_t *pp = k & 2 ? pos : NULL;
+        float *x = frand(n, 1.0f), *R = frand(n, 1.0f);
+        struct rope_ctx c = {to_double(x, n), to_double(R, n), malloc(n * sizeof(double)), to_double(cs, (size_t)P * H),
+                             to_double(sn, (size_t)P * H), pp, off, nh};
+        double *ref = malloc(n * sizeof *ref);
+        ref_rope(ref, c.x, c.cs, c.sn, pp, off, nh, 1.0);
+        float *y = fcopy(x, n);
+        ops->rope(y + off, RN, S, nh, HSZ, RT, pp, cs, sn, 1);
+        char what[64];
+        snprintf(what, sizeof what, "rope %s pos %s", off ? "k" : "q", pp ? "given" : "t");
+        CU_ASSERT(close_to(what, y, ref, n, 1e-6, 1e-7)); /* the rest of each row untouched */
+        /* the inverse rotation undoes it */
+        ops->rope(y + off, RN, S, nh, HSZ, RT, pp, cs, sn, -1);
+        CU_ASSERT(close_to("rope then its inverse", y, c.x, n, 1e-6, 1e-6));
+        /* backward: the inverse rotation of the output's gradient is the input's */
+        double *g = malloc(n * sizeof *g);
+        fd_grad(g, c.x, n, rope_loss, &c);
+        float *d = fcopy(R, n);
+        ops->rope(d + off, RN, S, nh, HSZ, RT, pp, cs, sn, -1);
+        CU_ASSERT(close_to("rope backward", d, g, n, 1e-5, 1e-6));
+        free(x), free(R), free(c.x), free(c.R), free(c.out), free(c.cs), free(c.sn), free(ref), free(y), free(g);
+        free(d);
+    }
+}
+
+/* ---------- SwiGLU ---------- */
+
+static double silu_d(double g) { return g / (1.0 + exp(-g)); }
+
+struct sw_ctx {
+    double *gu, *R;
+    int N, F;
+};
+
+static double sw_loss(void *u)
+{
+    struct sw_ctx *c = u;
+    double s = 0.0;
+    for (int r = 0; r < c->N; r++)
+        for (int i = 0; i < c->F; i++)
+            s += silu_d(c->gu[r * 2 * c->F + i]) * c->gu[r * 2 * c->F + c->F + i] * c->R[r * c->F + i];
+    return s;
+}
+
+static void test_swiglu(void)
+{
+    const int N = 7, F = 11;
+    const size_t n = (size_t)N * F;
+    float *gu = frand(2 * n, 4.0f), *R = frand(n, 1.0f);
+    struct sw_ctx c = {to_double(gu, 2 * n), to_double(R, n), N, F};
+    double *ref = malloc(n * sizeof *ref);
+    for (int r = 0; r < N; r++)
+        for (int i = 0; i < F; i++) ref[r * F + i] = silu_d(c.gu[r * 2 * F + i]) * c.gu[r * 2 * F + F + i];
+    float *out = frand(n, 1.0f);
+    ops->swiglu_forward(out, gu, N, F);
+    CU_ASSERT(close_to("swiglu out", out, ref, n, 1e-6, 1e-7));
+    double *g = malloc(2 * n * sizeof *g);
+    fd_grad(g, c.gu, 2 * n, sw_loss, &c);
+    float *d0 = frand(2 * n, 1.0f), *d = fcopy(d0, 2 * n);
+    ops->swiglu_backward(d, R, gu, N, F);
+    double *rd = plus(d0, g, 2 * n);
+    CU_ASSERT(close_to("swiglu dgate | dup", d, rd, 2 * n, 1e-5, 1e-6));
+    free(gu), free(R), free(c.gu), free(c.R), free(ref), free(out), free(g), free(d0), free(d), free(rd);
+}
+
+/* ---------- the act-bf16 table, threads ---------- */
+
+static void test_bf16_and_threads(void)
+{
+    const zinc_ops *f = zinc_ops_cpu(), *h = zinc_ops_cpu_bf16();
+    const int N = 6, C = 40, F = 13, H = HSZ / 2;
+    const size_t n = (size_t)N * C;
+    float *r0 = frand(n, 1.0f), *r1 = frand(n, 1.0f), *w = frand(C, 1.0f);
+    uint16_t *h0 = b16(r0, n), *h1 = b16(r1, n);
+    float *x0 = wide(h0, n), *x1 = wide(h1, n);
+    float *fo = malloc(n * sizeof(float)), *s1 = malloc(N * sizeof(float)), *s2 = malloc(N * sizeof(float));
+    uint16_t *ho = malloc(n * sizeof(uint16_t));
+    f->rmsnorm_forward(fo, s1, x0, w, 1e-6f, N, C);
+    h->rmsnorm_forward(ho, s2, h0, w, 1e-6f, N, C);
+    CU_ASSERT(b16_close("bf16 rmsnorm_forward", ho, fo, n));
+    CU_ASSERT(memcmp(s1, s2, N * sizeof(float)) == 0);
+    float *g1 = calloc(C, sizeof(float)), *g2 = calloc(C, sizeof(float));
+    memset(fo, 0, n * sizeof(float));
+    memset(ho, 0, n * sizeof(uint16_t));
+    f->rmsnorm_backward(fo, g1, x1, x0, w, s1, N, C);
+    h->rmsnorm_backward(ho, g2, h1, h0, w, s1, N, C);
+    CU_ASSERT(b16_close("bf16 rmsnorm_backward dinp", ho, fo, n));
+    CU_ASSERT(memcmp(g1, g2, C * sizeof(float)) == 0); /* same fp32 products, same order */
+    /* rope over (N, C) rows: 4 heads of 8 from column 4; the rest stays as it was */
+    float cs[8 * 4], sn[8 * 4];
+    zinc_rope_table(cs, sn, 8, HSZ, 10000.0, NULL);
+    memcpy(fo, x0, n * sizeof(float));
+    memcpy(ho, h0, n * sizeof(uint16_t));
+    f->rope(fo + 4, N, C, 4, HSZ, 3, NULL, cs, sn, 1);
+    h->rope(ho + 4, N, C, 4, HSZ, 3, NULL, cs, sn, 1);
+    CU_ASSERT(b16_close("bf16 rope", ho, fo, n));
+    int same_rest = 1;
+    for (int r = 0; r < N; r++)
+        for (int c = 0; c < C; c++)
+            if (c < 4 || c >= 4 + 4 * HSZ) same_rest &= ho[r * C + c] == h0[r * C + c];
+    CU_ASSERT(same_rest);
+    (void)H;
+    /* swiglu on (N, 2F) */
+    float *gu = frand((size_t)N * 2 * F, 3.0f);
+    uint16_t *hgu = b16(gu, (size_t)N * 2 * F);
+    float *xgu = wide(hgu, (size_t)N * 2 * F);
+    f->swiglu_forward(fo, xgu, N, F);
+    h->swiglu_forward(ho, hgu, N, F);
+    CU_ASSERT(b16_close("bf16 swiglu_forward", ho, fo, (size_t)N * F));
+    float *fd = calloc((size_t)N * 2 * F, sizeof(float));
+    uint16_t *hd = calloc((size_t)N * 2 * F, sizeof(uint16_t));
+    f->swiglu_backward(fd, x1, xgu, N, F);
+    h->swiglu_backward(hd, h1, hgu, N, F);
+    CU_ASSERT(b16_close("bf16 swiglu_backward", hd, fd, (size_t)N * 2 * F));
+    CU_ASSERT_EQUAL(zinc_ops_cpu_last_status(), ZINC_OK);
+
+    /* 1 and 2 threads: bitwise the same on a size past the parallel threshold */
+    const int BN = 256, BC = 192;
+    const size_t bn = (size_t)BN * BC;
+    float *bx = frand(bn, 1.0f), *bdy = frand(bn, 1.0f), *bw = frand(BC, 1.0f), *brs = malloc(BN * sizeof(float));
+    float *dx[2], *dw[2], *y[2];
+    for (int t = 0; t < 2; t++) {
+        omp_set_num_threads(t + 1);
+        y[t] = malloc(bn * sizeof(float));
+        dx[t] = calloc(bn, sizeof(float));
+        dw[t] = calloc(BC, sizeof(float));
+        ops->rmsnorm_forward(y[t], brs, bx, bw, 1e-5f, BN, BC);
+        ops->rmsnorm_backward(dx[t], dw[t], bdy, bx, bw, brs, BN, BC);
+    }
+    omp_set_num_threads(2);
+    CU_ASSERT(memcmp(y[0], y[1], bn * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(dx[0], dx[1], bn * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(dw[0], dw[1], BC * sizeof(float)) == 0);
+    for (int t = 0; t < 2; t++) free(y[t]), free(dx[t]), free(dw[t]);
+    free(bx), free(bdy), free(bw), free(brs);
+    free(r0), free(r1), free(w), free(h0), free(h1), free(x0), free(x1), free(fo), free(s1), free(s2), free(ho);
+    free(g1), free(g2), free(gu), free(hgu), free(xgu), free(fd), free(hd);
+}
+
+static void test_tables(void)
+{
+    const zinc_ops *t[2] = {zinc_ops_cpu(), zinc_ops_cpu_bf16()};
+    for (int k = 0; k < 2; k++)
+        CU_ASSERT(t[k]->rmsnorm_forward && t[k]->rmsnorm_backward && t[k]->rope && t[k]->swiglu_forward &&
+                  t[k]->swiglu_backward);
+}
+
+int main(void)
+{
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {
+        {"tables", test_tables},   {"rmsnorm", test_rmsnorm}, {"rope_table", test_rope_table},
+        {"rope", test_rope},       {"swiglu", test_swiglu},   {"bf16_and_threads", test_bf16_and_threads},
+    };
+    ops = zinc_ops_cpu();
+    if (CU_initialize_registry() != CUE_SUCCESS) return 1;
+    CU_pSuite s = CU_add_suite("llama_ops_cpu", NULL, NULL);
+    if (!s) return 1;
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
+        if (!CU_add_test(s, tests[i].name, tests[i].fn)) return 1;
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    const unsigned failed = CU_get_number_of_failures();
+    CU_cleanup_registry();
+    return failed ? 1 : 0;
+}
