@@ -12,7 +12,7 @@ CFLAGS  := -std=c11 $(OPT) -g -Wall -Wextra -Wshadow -Wstrict-prototypes \
 # the pthreads build's threads and OpenMP's spinning workers fight over the
 # cores (measured: a step at 40% of sgemm peak instead of 82%).
 BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
-LDLIBS  := -ljansson -luring $(BLAS_DIR)/libopenblas.so.0 -Wl,-rpath,$(BLAS_DIR) -lm -fopenmp
+LDLIBS  := -ljansson -lpcre2-8 -luring $(BLAS_DIR)/libopenblas.so.0 -Wl,-rpath,$(BLAS_DIR) -lm -fopenmp
 BUILD   := build
 # Every program that computes links kernels/cpu/blas_select.o, whose
 # constructor makes OpenBLAS run the kernels this processor can run

@@ -4,6 +4,8 @@
 #   scripts/install-deps.sh          what `make`, `make test` and `make run` need
 #   scripts/install-deps.sh fuzz     what `make fuzz` needs besides: clang, its runtime
 #                                    libraries (libFuzzer, ASan, UBSan) and libomp
+#   scripts/install-deps.sh pyref    python3 with venv, for the test-only Python references
+#                                    (scripts/pyref.sh)
 #
 # Debian 12 (apt-get). Uses sudo when not root. Idempotent and quiet when
 # everything is present.
@@ -11,10 +13,12 @@ set -euo pipefail
 case "${1:-build}" in
     build) what="zinc"
            pkgs=(gcc make libopenmpi-dev openmpi-bin libjansson-dev liburing-dev libcunit1-dev
-                 libopenblas-dev libopenblas0-openmp) ;;
+                 libopenblas-dev libopenblas0-openmp libpcre2-dev) ;;
     fuzz)  what="make fuzz"
            pkgs=(clang libclang-rt-dev libomp-dev) ;;
-    *) echo "install-deps.sh: unknown package set '$1' (build or fuzz)" >&2; exit 2 ;;
+    pyref) what="the tests' Python references"
+           pkgs=(python3 python3-venv python3-pip) ;;
+    *) echo "install-deps.sh: unknown package set '$1' (build, fuzz or pyref)" >&2; exit 2 ;;
 esac
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,734 @@
+/* tokenizer.c - Hugging Face tokenizer.json, byte-level BPE (zinc/tokenizer.h).
+ *
+ * Encoding, as `tokenizers` does it: the added tokens are found in the raw text first
+ * (leftmost, longest); every stretch between them goes through the pre-tokenizers
+ * (Split by a regex into pieces, ByteLevel: an optional leading space, GPT-2's split
+ * pattern, and the byte-to-character mapping), and each piece through BPE: its bytes as
+ * the tokens of their mapped characters, then the merge of lowest rank among adjacent
+ * pairs (the leftmost of equal ranks), one at a time, until no pair has a merge (with
+ * ignore_merges a piece that is a token as a whole is that token). Merges are looked
+ * up by the pair of token ids; a per-thread cache keeps the ids of pieces seen before.
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <errno.h>
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "zinc/tokenizer.h"
+
+/* ------------------------------------------------------------ hash maps */
+
+static uint64_t fnv(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
+/* strings -> ids: keys point into the tokenizer's token texts */
+typedef struct strmap {
+    const char **key;
+    int32_t *klen, *val;
+    size_t cap; /* power of two, at least twice the entries */
+} strmap;
+
+static int strmap_init(strmap *m, size_t n)
+{
+    m->cap = 16;
+    while (m->cap < 2 * n + 1) m->cap <<= 1;
+    m->key = calloc(m->cap, sizeof *m->key);
+    m->klen = calloc(m->cap, sizeof *m->klen);
+    m->val = calloc(m->cap, sizeof *m->val);
+    return m->key && m->klen && m->val ? 0 : -1;
+}
+
+static void strmap_free(strmap *m)
+{
+    free(m->key);
+    free(m->klen);
+    free(m->val);
+}
+
+/* the slot of (s, n): its entry, or the empty slot it would take */
+static size_t strmap_slot(const strmap *m, const char *s, size_t n)
+{
+    size_t i = fnv(s, n) & (m->cap - 1);
+    while (m->key[i] && !((size_t)m->klen[i] == n && !memcmp(m->key[i], s, n))) i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+static int32_t strmap_get(const strmap *m, const char *s, size_t n)
+{
+    size_t i = strmap_slot(m, s, n);
+    return m->key[i] ? m->val[i] : -1;
+}
+
+/* pairs of ids -> (rank, merged id) */
+typedef struct pairmap {
+    uint64_t *key; /* (a << 32 | b) + 1; 0: empty */
+    int32_t *rank, *id;
+    size_t cap;
+} pairmap;
+
+static int pairmap_init(pairmap *m, size_t n)
+{
+    m->cap = 16;
+    while (m->cap < 2 * n + 1) m->cap <<= 1;
+    m->key = calloc(m->cap, sizeof *m->key);
+    m->rank = calloc(m->cap, sizeof *m->rank);
+    m->id = calloc(m->cap, sizeof *m->id);
+    return m->key && m->rank && m->id ? 0 : -1;
+}
+
+static void pairmap_free(pairmap *m)
+{
+    free(m->key);
+    free(m->rank);
+    free(m->id);
+}
+
+static size_t pairmap_slot(const pairmap *m, uint64_t k)
+{
+    size_t i = mix64(k) & (m->cap - 1);
+    while (m->key[i] && m->key[i] != k) i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+static inline uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1; }
+
+/* ------------------------------------------------------------ the tokenizer */
+
+enum { PRE_SPLIT, PRE_BYTELEVEL };
+enum { SPLIT_ISOLATED, SPLIT_REMOVED };
+
+typedef struct pre_step {
+    int kind;
+    pcre2_code *re;   /* the split pattern (ByteLevel: GPT-2's when use_regex), or NULL */
+    int behavior;     /* SPLIT_* */
+    int prefix_space; /* ByteLevel add_prefix_space */
+} pre_step;
+
+typedef struct added_tok {
+    const char *s;
+    int32_t len, id;
+} added_tok;
+
+struct zinc_tokenizer {
+    char file[512];
+    char **text;      /* id -> token text (NULL for an id no token has) */
+    int32_t *text_len;
+    int64_t n_ids;
+    strmap vocab;
+    pairmap merges;
+    int ignore_merges;
+    pre_step pre[8];
+    int n_pre;
+    added_tok *added;  /* by first byte, then longest first */
+    int n_added;
+    int first_added[257]; /* added[first_added[b] .. first_added[b + 1]) start with byte b */
+    int32_t byte_id[256];  /* the token of each byte's mapped character */
+    char byte_chr[256][3]; /* that character in UTF-8, and its length */
+    int byte_chr_len[256];
+    int16_t cp_byte[324];  /* mapped code point -> byte (-1: none) */
+};
+
+/* GPT-2's bytes_to_unicode: printable bytes map to themselves, the others to 256 + k. */
+static void byte_map(zinc_tokenizer *t)
+{
+    int n = 0;
+    for (int i = 0; i < 324; i++) t->cp_byte[i] = -1;
+    for (int b = 0; b < 256; b++) {
+        const int keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        const int cp = keep ? b : 256 + n++;
+        t->cp_byte[cp] = (int16_t)b;
+        if (cp < 0x80) {
+            t->byte_chr[b][0] = (char)cp;
+            t->byte_chr_len[b] = 1;
+        } else {
+            t->byte_chr[b][0] = (char)(0xC0 | (cp >> 6));
+            t->byte_chr[b][1] = (char)(0x80 | (cp & 0x3F));
+            t->byte_chr_len[b] = 2;
+        }
+    }
+}
+
+static const char GPT2_PATTERN[] =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+
+static zinc_status compile_re(const zinc_tokenizer *t, const char *pat, int literal, const char *key, pcre2_code **out)
+{
+    int err;
+    PCRE2_SIZE off;
+    uint32_t flags = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    *out = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, flags, &err, &off, NULL);
+    if (!*out) {
+        PCRE2_UCHAR msg[160];
+        pcre2_get_error_message(err, msg, sizeof msg);
+        return zinc_error(ZINC_ERR_CORRUPT, "%s: %s: the regex does not compile at offset %zu: %s", t->file, key,
+                          (size_t)off, (const char *)msg);
+    }
+    pcre2_jit_compile(*out, PCRE2_JIT_COMPLETE); /* without JIT it still matches, slower */
+    return ZINC_OK;
+}
+
+static int is_false_or_null(json_t *v) { return !v || json_is_null(v) || json_is_false(v); }
+
+static zinc_status load_pre(zinc_tokenizer *t, json_t *p, const char *key)
+{
+    if (!p || json_is_null(p)) return ZINC_OK;
+    const char *type = json_string_value(json_object_get(p, "type"));
+    if (!type) return zinc_error(ZINC_ERR_CORRUPT, "%s: %s.type: expected a string", t->file, key);
+    if (!strcmp(type, "Sequence")) {
+        json_t *a = json_object_get(p, "pretokenizers");
+        if (!json_is_array(a)) return zinc_error(ZINC_ERR_CORRUPT, "%s: %s.pretokenizers: expected an array", t->file, key);
+        for (size_t i = 0; i < json_array_size(a); i++) {
+            char k[96];
+            snprintf(k, sizeof k, "%s.pretokenizers[%zu]", key, i);
+            zinc_status st = load_pre(t, json_array_get(a, i), k);
+            if (st != ZINC_OK) return st;
+        }
+        return ZINC_OK;
+    }
+    if (t->n_pre == (int)(sizeof t->pre / sizeof *t->pre))
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: %s: more than 8 pre-tokenizers", t->file, key);
+    if (t->n_pre > 0 && t->pre[t->n_pre - 1].kind == PRE_BYTELEVEL)
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: %s: a pre-tokenizer after ByteLevel is not supported", t->file, key);
+    pre_step *s = &t->pre[t->n_pre];
+    memset(s, 0, sizeof *s);
+    if (!strcmp(type, "ByteLevel")) {
+        s->kind = PRE_BYTELEVEL;
+        s->prefix_space = json_is_true(json_object_get(p, "add_prefix_space"));
+        json_t *ur = json_object_get(p, "use_regex");
+        if (!ur || json_is_true(ur)) {
+            zinc_status st = compile_re(t, GPT2_PATTERN, 0, key, &s->re);
+            if (st != ZINC_OK) return st;
+        }
+        t->n_pre++;
+        return ZINC_OK;
+    }
+    if (!strcmp(type, "Split")) {
+        s->kind = PRE_SPLIT;
+        json_t *pat = json_object_get(p, "pattern");
+        const char *rx = json_string_value(json_object_get(pat, "Regex"));
+        const char *lit = json_string_value(json_object_get(pat, "String"));
+        const char *beh = json_string_value(json_object_get(p, "behavior"));
+        if (!rx && !lit) return zinc_error(ZINC_ERR_CORRUPT, "%s: %s.pattern: expected {\"Regex\": ...} or {\"String\": ...}", t->file, key);
+        if (!beh || (strcmp(beh, "Isolated") && strcmp(beh, "Removed")))
+            return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: %s.behavior \"%s\": zinc splits \"Isolated\" or \"Removed\" only", t->file,
+                              key, beh ? beh : "(none)");
+        if (!is_false_or_null(json_object_get(p, "invert")))
+            return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: %s.invert true is not supported", t->file, key);
+        s->behavior = strcmp(beh, "Isolated") ? SPLIT_REMOVED : SPLIT_ISOLATED;
+        zinc_status st = compile_re(t, rx ? rx : lit, !rx, key, &s->re);
+        if (st != ZINC_OK) return st;
+        t->n_pre++;
+        return ZINC_OK;
+    }
+    return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: %s.type \"%s\": zinc's tokenizer takes ByteLevel, Split and Sequence "
+                      "pre-tokenizers (byte-level BPE)", t->file, key, type);
+}
+
+static int cmp_added(const void *a, const void *b)
+{
+    const added_tok *x = a, *y = b;
+    const unsigned char fx = (unsigned char)x->s[0], fy = (unsigned char)y->s[0];
+    if (fx != fy) return fx < fy ? -1 : 1;
+    return y->len - x->len; /* longest first */
+}
+
+/* Sets token id's text (a copy), growing the id table. */
+static int set_text(zinc_tokenizer *t, int32_t id, const char *s, size_t n)
+{
+    if (id >= t->n_ids) {
+        int64_t cap = t->n_ids ? t->n_ids : 1024;
+        while (cap <= id) cap *= 2;
+        char **nt = realloc(t->text, (size_t)cap * sizeof *nt);
+        if (!nt) return -1;
+        t->text = nt;
+        int32_t *nl = realloc(t->text_len, (size_t)cap * sizeof *nl);
+        if (!nl) return -1;
+        t->text_len = nl;
+        for (int64_t i = t->n_ids; i < cap; i++) t->text[i] = NULL, t->text_len[i] = 0;
+        t->n_ids = cap;
+    }
+    if (t->text[id]) return (size_t)t->text_len[id] == n && !memcmp(t->text[id], s, n) ? 0 : -2;
+    t->text[id] = malloc(n + 1);
+    if (!t->text[id]) return -1;
+    memcpy(t->text[id], s, n);
+    t->text[id][n] = 0;
+    t->text_len[id] = (int32_t)n;
+    return 0;
+}
+
+static zinc_status load_json(zinc_tokenizer *t, json_t *root)
+{
+    json_t *model = json_object_get(root, "model");
+    const char *type = json_string_value(json_object_get(model, "type"));
+    if (!type) return zinc_error(ZINC_ERR_CORRUPT, "%s: model.type: expected a string", t->file);
+    if (strcmp(type, "BPE"))
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: model.type \"%s\": zinc encodes BPE models only", t->file, type);
+    static const char *const must_be_off[] = {"byte_fallback", "continuing_subword_prefix", "end_of_word_suffix",
+                                              "dropout", NULL};
+    for (int i = 0; must_be_off[i]; i++)
+        if (!is_false_or_null(json_object_get(model, must_be_off[i])))
+            return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: model.%s is set: not supported yet (byte-level BPE only)", t->file,
+                              must_be_off[i]);
+    json_t *norm = json_object_get(root, "normalizer");
+    if (norm && !json_is_null(norm))
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: normalizer %s: not supported yet (byte-level BPE has none)", t->file,
+                          json_string_value(json_object_get(norm, "type")) ? json_string_value(json_object_get(norm, "type"))
+                                                                             : "(untyped)");
+    t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
+    json_t *vocab = json_object_get(model, "vocab");
+    if (!json_is_object(vocab)) return zinc_error(ZINC_ERR_CORRUPT, "%s: model.vocab: expected an object", t->file);
+    json_t *added = json_object_get(root, "added_tokens");
+    const size_t n_vocab = json_object_size(vocab), n_added = json_is_array(added) ? json_array_size(added) : 0;
+    if (strmap_init(&t->vocab, n_vocab + n_added) != 0) return zinc_error(ZINC_ERR_NOMEM, "%s: vocabulary", t->file);
+    const char *k;
+    json_t *v;
+    json_object_foreach(vocab, k, v) {
+        json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
+        if (id < 0 || id > INT32_MAX - 1)
+            return zinc_error(ZINC_ERR_CORRUPT, "%s: model.vocab[\"%.40s\"]: expected an id >= 0", t->file, k);
+        const int rc = set_text(t, (int32_t)id, k, strlen(k));
+        if (rc == -2) return zinc_error(ZINC_ERR_CORRUPT, "%s: model.vocab: id %lld is given to two tokens", t->file, (long long)id);
+        if (rc != 0) return zinc_error(ZINC_ERR_NOMEM, "%s: vocabulary", t->file);
+        size_t sl = strmap_slot(&t->vocab, k, strlen(k));
+        t->vocab.key[sl] = t->text[id];
+        t->vocab.klen[sl] = (int32_t)strlen(k);
+        t->vocab.val[sl] = (int32_t)id;
+    }
+    /* added tokens: ids of their own or of vocabulary entries */
+    t->added = calloc(n_added ? n_added : 1, sizeof *t->added);
+    if (!t->added) return zinc_error(ZINC_ERR_NOMEM, "%s: added tokens", t->file);
+    for (size_t i = 0; i < n_added; i++) {
+        json_t *a = json_array_get(added, i);
+        const char *c = json_string_value(json_object_get(a, "content"));
+        json_t *idv = json_object_get(a, "id");
+        if (!c || !*c || !json_is_integer(idv) || json_integer_value(idv) < 0 || json_integer_value(idv) > INT32_MAX - 1)
+            return zinc_error(ZINC_ERR_CORRUPT, "%s: added_tokens[%zu]: expected a non-empty content and an id >= 0", t->file, i);
+        static const char *const flags[] = {"single_word", "lstrip", "rstrip", NULL};
+        for (int f = 0; flags[f]; f++)
+            if (json_is_true(json_object_get(a, flags[f])))
+                return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: added_tokens[%zu] \"%.40s\": %s true is not supported yet",
+                                  t->file, i, c, flags[f]);
+        const int32_t id = (int32_t)json_integer_value(idv);
+        const int rc = set_text(t, id, c, strlen(c));
+        if (rc == -2)
+            return zinc_error(ZINC_ERR_CORRUPT, "%s: added_tokens[%zu] \"%.40s\": id %d is another token's", t->file, i, c, id);
+        if (rc != 0) return zinc_error(ZINC_ERR_NOMEM, "%s: added tokens", t->file);
+        size_t sl = strmap_slot(&t->vocab, c, strlen(c));
+        t->vocab.key[sl] = t->text[id];
+        t->vocab.klen[sl] = (int32_t)strlen(c);
+        t->vocab.val[sl] = id;
+        t->added[t->n_added++] = (added_tok){t->text[id], (int32_t)strlen(c), id};
+    }
+    qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
+    for (int b = 0, i = 0; b <= 256; b++) {
+        while (i < t->n_added && (unsigned char)t->added[i].s[0] < b) i++;
+        t->first_added[b] = i;
+    }
+    /* merges: "a b" or [a, b] */
+    json_t *merges = json_object_get(model, "merges");
+    if (!json_is_array(merges)) return zinc_error(ZINC_ERR_CORRUPT, "%s: model.merges: expected an array", t->file);
+    if (pairmap_init(&t->merges, json_array_size(merges)) != 0) return zinc_error(ZINC_ERR_NOMEM, "%s: merges", t->file);
+    char *buf = NULL;
+    size_t bcap = 0;
+    for (size_t r = 0; r < json_array_size(merges); r++) {
+        json_t *m = json_array_get(merges, r);
+        const char *a = NULL, *b = NULL;
+        size_t la = 0, lb = 0;
+        if (json_is_string(m)) {
+            const char *s = json_string_value(m), *sp = strchr(s, ' ');
+            if (sp) a = s, la = (size_t)(sp - s), b = sp + 1, lb = strlen(sp + 1);
+        } else if (json_is_array(m) && json_array_size(m) == 2) {
+            a = json_string_value(json_array_get(m, 0));
+            b = json_string_value(json_array_get(m, 1));
+            la = a ? strlen(a) : 0;
+            lb = b ? strlen(b) : 0;
+        }
+        if (!a || !b) {
+            free(buf);
+            return zinc_error(ZINC_ERR_CORRUPT, "%s: model.merges[%zu]: expected \"a b\" or [\"a\", \"b\"]", t->file, r);
+        }
+        if (la + lb > bcap) {
+            bcap = 2 * (la + lb) + 64;
+            char *nb = realloc(buf, bcap);
+            if (!nb) {
+                free(buf);
+                return zinc_error(ZINC_ERR_NOMEM, "%s: merges", t->file);
+            }
+            buf = nb;
+        }
+        memcpy(buf, a, la);
+        memcpy(buf + la, b, lb);
+        const int32_t ia = strmap_get(&t->vocab, a, la), ib = strmap_get(&t->vocab, b, lb),
+                      im = strmap_get(&t->vocab, buf, la + lb);
+        if (ia < 0 || ib < 0 || im < 0) {
+            free(buf);
+            return zinc_error(ZINC_ERR_CORRUPT, "%s: model.merges[%zu]: \"%.*s\" + \"%.*s\" names a token the vocabulary "
+                              "does not have", t->file, r, (int)(la > 40 ? 40 : la), a, (int)(lb > 40 ? 40 : lb), b);
+        }
+        size_t sl = pairmap_slot(&t->merges, pair_key(ia, ib));
+        if (!t->merges.key[sl]) { /* a repeated merge keeps its first (lowest) rank */
+            t->merges.key[sl] = pair_key(ia, ib);
+            t->merges.rank[sl] = (int32_t)r;
+            t->merges.id[sl] = im;
+        }
+    }
+    free(buf);
+    zinc_status st = load_pre(t, json_object_get(root, "pre_tokenizer"), "pre_tokenizer");
+    if (st != ZINC_OK) return st;
+    if (t->n_pre == 0 || t->pre[t->n_pre - 1].kind != PRE_BYTELEVEL)
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: pre_tokenizer: no ByteLevel step; zinc encodes byte-level BPE only "
+                          "(SentencePiece-style BPE is not done yet)", t->file);
+    byte_map(t);
+    for (int b = 0; b < 256; b++) {
+        t->byte_id[b] = strmap_get(&t->vocab, t->byte_chr[b], (size_t)t->byte_chr_len[b]);
+        if (t->byte_id[b] < 0)
+            return zinc_error(ZINC_ERR_CORRUPT, "%s: model.vocab has no token for byte 0x%02x (\"%.*s\"): a byte-level "
+                              "vocabulary holds all 256", t->file, b, t->byte_chr_len[b], t->byte_chr[b]);
+    }
+    return ZINC_OK;
+}
+
+zinc_status zinc_tokenizer_load(const char *path, zinc_tokenizer **out)
+{
+    *out = NULL;
+    zinc_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return zinc_error(ZINC_ERR_NOMEM, "tokenizer");
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        snprintf(t->file, sizeof t->file, "%s/tokenizer.json", path);
+    else
+        snprintf(t->file, sizeof t->file, "%s", path);
+    json_error_t je;
+    json_t *root = json_load_file(t->file, JSON_REJECT_DUPLICATES, &je);
+    zinc_status st;
+    if (!root) {
+        st = access(t->file, R_OK) != 0
+                 ? zinc_error(ZINC_ERR_IO, "%s: cannot read the tokenizer: %s", t->file, strerror(errno))
+                 : zinc_error(ZINC_ERR_CORRUPT, "%s:%d:%d: not a tokenizer.json: %s", t->file, je.line, je.column, je.text);
+    } else {
+        st = load_json(t, root);
+        json_decref(root);
+    }
+    if (st != ZINC_OK) {
+        zinc_tokenizer_free(t);
+        return st;
+    }
+    *out = t;
+    return ZINC_OK;
+}
+
+void zinc_tokenizer_free(zinc_tokenizer *t)
+{
+    if (!t) return;
+    for (int64_t i = 0; i < t->n_ids; i++) free(t->text[i]);
+    free(t->text);
+    free(t->text_len);
+    strmap_free(&t->vocab);
+    pairmap_free(&t->merges);
+    for (int i = 0; i < t->n_pre; i++) pcre2_code_free(t->pre[i].re);
+    free(t->added);
+    free(t);
+}
+
+int64_t zinc_tokenizer_vocab_size(const zinc_tokenizer *t)
+{
+    int64_t n = t->n_ids;
+    while (n > 0 && !t->text[n - 1]) n--;
+    return n;
+}
+
+int32_t zinc_tokenizer_token_id(const zinc_tokenizer *t, const char *token)
+{
+    return strmap_get(&t->vocab, token, strlen(token));
+}
+
+/* ------------------------------------------------------------ encoding */
+
+/* Length of the valid UTF-8 prefix of s. */
+static size_t utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        const unsigned c = s[i];
+        size_t k;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) k = 1, cp = c & 0x1F;
+        else if (c >= 0xE0 && c <= 0xEF) k = 2, cp = c & 0x0F;
+        else if (c >= 0xF0 && c <= 0xF4) k = 3, cp = c & 0x07;
+        else return i;
+        if (i + k >= n) return i; /* a sequence cut short */
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80) return i;
+            cp = cp << 6 | (s[i + j] & 0x3F);
+        }
+        if ((k == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
+            return i;
+        i += k + 1;
+    }
+    return n;
+}
+
+typedef struct piece {
+    const char *p; /* in the text, or in the arena (a copy with a leading space) */
+    size_t len;
+} piece;
+
+typedef struct enc {
+    const zinc_tokenizer *t;
+    piece *a, *b; /* pieces in, out of a step */
+    size_t na, nb, cap;
+    int32_t *sym;
+    size_t sym_cap;
+    char *chr;
+    size_t chr_cap;
+    char **arena; /* the copies */
+    size_t n_arena, arena_cap;
+    pcre2_match_data *md;
+} enc;
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return 0;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) c *= 2;
+    void *q = realloc(*p, c * elem);
+    if (!q) return -1;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+static int out_piece(enc *e, const char *p, size_t len)
+{
+    if (len == 0) return 0;
+    if (e->nb == e->cap) {
+        size_t c = e->cap ? 2 * e->cap : 256;
+        piece *na = realloc(e->a, c * sizeof *na), *nb;
+        if (!na) return -1;
+        e->a = na;
+        nb = realloc(e->b, c * sizeof *nb);
+        if (!nb) return -1;
+        e->b = nb;
+        e->cap = c;
+    }
+    e->b[e->nb++] = (piece){p, len};
+    return 0;
+}
+
+static void swap_pieces(enc *e)
+{
+    piece *t = e->a;
+    e->a = e->b;
+    e->b = t;
+    e->na = e->nb;
+    e->nb = 0;
+}
+
+/* Splits each piece of a by re into b: the matches, and (isolated) the stretches between. */
+static int split_step(enc *e, const pcre2_code *re, int behavior)
+{
+    e->nb = 0;
+    for (size_t i = 0; i < e->na; i++) {
+        const piece p = e->a[i];
+        size_t at = 0, gap = 0;
+        while (at < p.len) {
+            int rc = pcre2_match(re, (PCRE2_SPTR)p.p, p.len, at, PCRE2_NO_UTF_CHECK, e->md, NULL);
+            if (rc < 0) break;
+            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
+            const size_t s = ov[0], z = ov[1];
+            if (z == s) { /* an empty match: step one character on */
+                at = s + 1;
+                while (at < p.len && ((unsigned char)p.p[at] & 0xC0) == 0x80) at++;
+                continue;
+            }
+            if (s > gap && behavior == SPLIT_ISOLATED && out_piece(e, p.p + gap, s - gap) != 0) return -1;
+            if (behavior == SPLIT_ISOLATED && out_piece(e, p.p + s, z - s) != 0) return -1;
+            gap = at = z;
+        }
+        if (gap < p.len && out_piece(e, p.p + gap, p.len - gap) != 0) return -1;
+    }
+    swap_pieces(e);
+    return 0;
+}
+
+/* ByteLevel's add_prefix_space: a piece not starting with a space gets one (a copy). */
+static int prefix_spaces(enc *e)
+{
+    for (size_t i = 0; i < e->na; i++) {
+        piece *p = &e->a[i];
+        if (p->len > 0 && p->p[0] == ' ') continue;
+        char *c = malloc(p->len + 1);
+        if (!c || grow((void **)&e->arena, &e->arena_cap, e->n_arena + 1, sizeof *e->arena) != 0) {
+            free(c);
+            return -1;
+        }
+        e->arena[e->n_arena++] = c;
+        c[0] = ' ';
+        memcpy(c + 1, p->p, p->len);
+        p->p = c;
+        p->len++;
+    }
+    return 0;
+}
+
+/* BPE of one piece: its bytes' tokens, merged lowest rank first; ids appended. */
+static int bpe_piece(enc *e, const piece *p, int32_t **ids, size_t *n, size_t *cap)
+{
+    const zinc_tokenizer *t = e->t;
+    const unsigned char *s = (const unsigned char *)p->p;
+    const size_t len = p->len;
+    if (grow((void **)&e->sym, &e->sym_cap, len, sizeof *e->sym) != 0) return -1;
+    int32_t *sym = e->sym;
+    size_t k = 0;
+    for (size_t i = 0; i < p->len; i++) sym[k++] = t->byte_id[s[i]];
+    if (t->ignore_merges && k > 1) { /* the whole piece as one token, if it is one */
+        if (grow((void **)&e->chr, &e->chr_cap, 2 * len, 1) != 0) return -1;
+        size_t m = 0;
+        for (size_t i = 0; i < p->len; i++) {
+            memcpy(e->chr + m, t->byte_chr[s[i]], (size_t)t->byte_chr_len[s[i]]);
+            m += (size_t)t->byte_chr_len[s[i]];
+        }
+        const int32_t id = strmap_get(&t->vocab, e->chr, m);
+        if (id >= 0) sym[0] = id, k = 1;
+    }
+    while (k > 1) {
+        int32_t best = INT32_MAX, bid = -1;
+        size_t at = 0;
+        for (size_t i = 0; i + 1 < k; i++) {
+            const pairmap *m = &t->merges;
+            const size_t sl = pairmap_slot(m, pair_key(sym[i], sym[i + 1]));
+            if (m->key[sl] && m->rank[sl] < best) best = m->rank[sl], bid = m->id[sl], at = i;
+        }
+        if (bid < 0) break;
+        sym[at] = bid;
+        memmove(sym + at + 1, sym + at + 2, (k - at - 2) * sizeof *sym);
+        k--;
+    }
+    if (grow((void **)ids, cap, *n + k, sizeof **ids) != 0) return -1;
+    memcpy(*ids + *n, sym, k * sizeof *sym);
+    *n += k;
+    return 0;
+}
+
+/* A stretch of text without added tokens through the pre-tokenizers and BPE. */
+static int encode_plain(enc *e, const char *text, size_t len, int32_t **ids, size_t *n, size_t *cap)
+{
+    const zinc_tokenizer *t = e->t;
+    e->na = e->nb = 0;
+    if (out_piece(e, text, len) != 0) return -1;
+    swap_pieces(e);
+    for (int s = 0; s < t->n_pre; s++) {
+        const pre_step *ps = &t->pre[s];
+        if (ps->kind == PRE_BYTELEVEL && ps->prefix_space && prefix_spaces(e) != 0) return -1;
+        if (ps->re && split_step(e, ps->re, ps->kind == PRE_BYTELEVEL ? SPLIT_ISOLATED : ps->behavior) != 0) return -1;
+    }
+    for (size_t i = 0; i < e->na; i++)
+        if (bpe_piece(e, &e->a[i], ids, n, cap) != 0) return -1;
+    return 0;
+}
+
+zinc_status zinc_tokenizer_encode(const zinc_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n,
+                                  size_t *cap)
+{
+    const size_t ok = utf8_valid((const unsigned char *)text, len);
+    if (ok != len) return zinc_error(ZINC_ERR_INVALID_ARG, "tokenizer: the text is not valid UTF-8 at byte %zu", ok);
+    enc e = {.t = t};
+    e.md = pcre2_match_data_create(4, NULL);
+    zinc_status st = ZINC_OK;
+    if (!e.md) return zinc_error(ZINC_ERR_NOMEM, "tokenizer: match data");
+    size_t start = 0, i = 0;
+    while (i < len) {
+        const unsigned char c = (unsigned char)text[i];
+        int hit = -1;
+        for (int a = t->first_added[c]; a < t->first_added[c + 1]; a++)
+            if ((size_t)t->added[a].len <= len - i && !memcmp(text + i, t->added[a].s, (size_t)t->added[a].len)) {
+                hit = a;
+                break; /* longest first */
+            }
+        if (hit < 0) {
+            i++;
+            continue;
+        }
+        if (i > start && encode_plain(&e, text + start, i - start, ids, n, cap) != 0) goto nomem;
+        if (grow((void **)ids, cap, *n + 1, sizeof **ids) != 0) goto nomem;
+        (*ids)[(*n)++] = t->added[hit].id;
+        i += (size_t)t->added[hit].len;
+        start = i;
+    }
+    if (len > start && encode_plain(&e, text + start, len - start, ids, n, cap) != 0) goto nomem;
+    goto done;
+nomem:
+    st = zinc_error(ZINC_ERR_NOMEM, "tokenizer: out of memory encoding %zu bytes", len);
+done:
+    pcre2_match_data_free(e.md);
+    free(e.a);
+    free(e.b);
+    free(e.sym);
+    free(e.chr);
+    for (size_t k = 0; k < e.n_arena; k++) free(e.arena[k]);
+    free(e.arena);
+    return st;
+}
+
+zinc_status zinc_tokenizer_decode(const zinc_tokenizer *t, const int32_t *ids, size_t n, char **text, size_t *len)
+{
+    size_t cap = 64, m = 0;
+    char *out = malloc(cap);
+    if (!out) return zinc_error(ZINC_ERR_NOMEM, "tokenizer: decode");
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= t->n_ids || !t->text[ids[i]]) {
+            free(out);
+            return zinc_error(ZINC_ERR_INVALID_ARG, "tokenizer: decode: id %d at %zu is not in the vocabulary", ids[i], i);
+        }
+        const unsigned char *s = (const unsigned char *)t->text[ids[i]];
+        const size_t sl = (size_t)t->text_len[ids[i]];
+        if (m + sl + 1 > cap) {
+            while (m + sl + 1 > cap) cap *= 2;
+            char *no = realloc(out, cap);
+            if (!no) {
+                free(out);
+                return zinc_error(ZINC_ERR_NOMEM, "tokenizer: decode");
+            }
+            out = no;
+        }
+        for (size_t j = 0; j < sl;) { /* each character back to its byte */
+            uint32_t cp = s[j];
+            size_t w = 1;
+            if (cp >= 0xC0 && cp < 0xE0 && j + 1 < sl) cp = (cp & 0x1F) << 6 | (s[j + 1] & 0x3F), w = 2;
+            if (cp < 324 && t->cp_byte[cp] >= 0 && (w == 2 || cp < 0x80)) {
+                out[m++] = (char)t->cp_byte[cp];
+            } else { /* not a mapped character (an added token's text): as it is */
+                if (s[j] >= 0xE0) w = s[j] >= 0xF0 ? 4 : 3;
+                memcpy(out + m, s + j, w);
+                m += w;
+            }
+            j += w;
+        }
+    }
+    out[m] = 0;
+    *text = out;
+    *len = m;
+    return ZINC_OK;
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# zinc's tokenizer against the `tokenizers` library (the independent reference, in a
+# test-only virtual environment from scripts/pyref.sh): on a corpus of more than 1 MB
+# (this repository's sources and docs, and generated prose in a dozen scripts, emoji,
+# digits, whitespace runs and special tokens), three byte-level BPE tokenizers trained
+# by the reference (GPT-2 style; Llama-3 style: a Split regex with Unicode classes and
+# ignore_merges; ByteLevel with add_prefix_space) encode to exactly the reference's ids
+# (add_special_tokens=False), and decode(encode(x)) = x. Bad tokenizer files are one
+# line and exit 2. Prints both sides' single-thread throughput.
+set -u
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/zinc-tok.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+PY=$(./scripts/pyref.sh "$BUILD/pyref") || fail "no Python reference (scripts/pyref.sh)"
+P="$BUILD/tests/tokenizer/prog_tok"
+"$PY" tests/tokenizer/ref.py "$TMP" $(ls core/*.c engine/*.c data/*.c README.md) > "$TMP/ref.txt" || fail "ref.py"
+cat "$TMP/ref.txt"
+for name in gpt2 llama3 prefix; do
+    extra=""; [ "$name" = prefix ] && extra=--no-roundtrip
+    "$P" "$TMP/$name.json" "$TMP/docs.bin" "$TMP/$name.zinc" $extra > "$TMP/$name.out" \
+        || { cat "$TMP/$name.out"; fail "$name: zinc's encoding failed or did not round-trip"; }
+    cmp -s "$TMP/$name.ids" "$TMP/$name.zinc" || fail "$name: zinc's ids differ from tokenizers' ($(cmp "$TMP/$name.ids" "$TMP/$name.zinc" | head -1))"
+    echo "$name: zinc $(cat "$TMP/$name.out") (ids identical to tokenizers')"
+done
+bytes=$(stat -c %s "$TMP/docs.bin")
+[ "$bytes" -ge 1000000 ] || fail "the corpus is $bytes bytes, less than 1 MB"
+
+# bad input: one line naming the file and the thing at fault, exit 2
+bad() { # text file
+    local out rc
+    out=$("$P" "$2" 2>&1); rc=$?
+    [ $rc -eq 2 ] || fail "$2: exit $rc, not 2 ($out)"
+    [ "$(echo "$out" | wc -l)" -eq 1 ] || fail "$2: more than one line: $out"
+    echo "$out" | grep -q "$1" || fail "$2: '$out' does not say '$1'"
+    echo "refused: $out"
+}
+bad "cannot read the tokenizer" "$TMP/missing.json"
+mkdir -p "$TMP/folder" && cp "$TMP/gpt2.json" "$TMP/folder/tokenizer.json"
+"$P" "$TMP/folder" > /dev/null || fail "a folder holding tokenizer.json does not load"
+printf '{"model": ' > "$TMP/trunc.json"; bad "not a tokenizer.json" "$TMP/trunc.json"
+edit() { "$PY" - "$TMP/gpt2.json" "$TMP/$1.json" "$2" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1])); exec(sys.argv[3]); json.dump(j, open(sys.argv[2], "w"))
+PY
+}
+edit norm 'j["normalizer"] = {"type": "NFKC"}'; bad "normalizer NFKC: not supported yet" "$TMP/norm.json"
+edit wp 'j["model"]["type"] = "WordPiece"'; bad 'model.type "WordPiece": zinc encodes BPE models only' "$TMP/wp.json"
+edit bf 'j["model"]["byte_fallback"] = True'; bad "model.byte_fallback is set" "$TMP/bf.json"
+edit meta 'j["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581"}'; bad 'type "Metaspace"' "$TMP/meta.json"
+edit merge 'j["model"]["merges"][5] = ["zzqq", "x"]'; bad 'model.merges\[5\]: "zzqq" + "x" names a token' "$TMP/merge.json"
+edit byte 'del j["model"]["vocab"]["\u0100"]'; bad "has no token for byte 0x00" "$TMP/byte.json"
+edit rx 'j["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(["}, "behavior": "Isolated", "invert": False}'
+bad "the regex does not compile" "$TMP/rx.json"
+edit strip 'j["added_tokens"][0]["lstrip"] = True'; bad "lstrip true is not supported yet" "$TMP/strip.json"
+echo "OK"
