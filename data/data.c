@@ -36,6 +36,7 @@
 
 #include "zinc/data.h"
 #include "zinc/file.h"
+#include "zinc/tokenizer.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "zinc data shards are read in place and need a little-endian host"
@@ -700,9 +701,67 @@ cleanup:
     return st;
 }
 
+/* One whole file through the tokenizer into o's shard: ids appended as uint16. */
+static zinc_status data_tokenize_file(const zinc_tokenizer *tok, const char *path, int fd, data_out *o,
+                                      const char *out_path, uint64_t *total)
+{
+    zinc_status st = ZINC_OK;
+    struct stat sb;
+    char *text = NULL;
+    int32_t *ids = NULL;
+    uint16_t *t16 = NULL;
+    size_t n = 0, cap = 0, got = 0;
+    if (fstat(fd, &sb) != 0 || sb.st_size > (off_t)1 << 30)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "data: %s: more than 1 GiB of text in one file; split it", path);
+    text = malloc((size_t)sb.st_size + 1);
+    if (!text) return zinc_error(ZINC_ERR_NOMEM, "data: %s: out of memory", path);
+    while (got < (size_t)sb.st_size) {
+        ssize_t r = read(fd, text + got, (size_t)sb.st_size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            st = zinc_error(ZINC_ERR_IO, "data: cannot read %s: %s", path, r < 0 ? strerror(errno) : "file shrank");
+            goto cleanup;
+        }
+        got += (size_t)r;
+    }
+    st = zinc_tokenizer_encode(tok, text, got, &ids, &n, &cap);
+    if (st != ZINC_OK) {
+        st = zinc_error(st, "data: %s: %s", path, zinc_last_error());
+        goto cleanup;
+    }
+    if (*total + n > (uint64_t)INT32_MAX) {
+        st = zinc_error(ZINC_ERR_INVALID_ARG, "data: %s: inputs exceed the shard limit of %d tokens; split them over "
+                        "several shards", out_path, INT32_MAX);
+        goto cleanup;
+    }
+    t16 = malloc((n ? n : 1) * sizeof *t16);
+    if (!t16) {
+        st = zinc_error(ZINC_ERR_NOMEM, "data: %s: out of memory", path);
+        goto cleanup;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] > 65535) {
+            st = zinc_error(ZINC_ERR_UNSUPPORTED, "data: %s: token id %d does not fit the shard's 16-bit tokens "
+                            "(a 32-bit shard format is not done yet)", path, ids[i]);
+            goto cleanup;
+        }
+        t16[i] = (uint16_t)ids[i];
+    }
+    if (data_write_all(o->fd, t16, n * sizeof *t16) != 0) {
+        st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o->tmp, strerror(errno));
+        goto cleanup;
+    }
+    *total += n;
+cleanup:
+    free(text);
+    free(ids);
+    free(t16);
+    return st;
+}
+
 zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inputs,
-                                            const char *exts, const char *out_path,
-                                            uint64_t *n_tokens)
+                                            const char *exts, const zinc_tokenizer *tok,
+                                            const char *out_path, uint64_t *n_tokens)
 {
     zinc_status st = ZINC_OK;
     data_list files = {0};
@@ -764,6 +823,12 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
         if (st != ZINC_OK) {
             st = zinc_error(st, "data: %s", zinc_last_error());
             goto cleanup;
+        }
+        if (tok) {
+            ZINC_TRY(data_tokenize_file(tok, files.items[f], fd, &o, out_path, &total));
+            close(fd);
+            fd = -1;
+            continue;
         }
         for (;;) {
             ssize_t r = read(fd, in, chunk);

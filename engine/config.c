@@ -46,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -224,7 +225,6 @@ static const enum_name device_kinds[] = {
 static const enum_name comm_kinds[] = {
     {"auto", ZINC_COMM_AUTO}, {"mpi", ZINC_COMM_MPI}, {"nccl", ZINC_COMM_NCCL}, {NULL, 0}};
 static const char *const model_types[] = {"gpt2", NULL};
-static const char *const tokenizers[] = {"bytes", NULL};
 static const char *const tag_validations[] = {"Ignore", "Warn", "Fail", NULL};
 
 _Static_assert(sizeof(zinc_opt_type) == sizeof(int), "enum fields are stored as int");
@@ -412,7 +412,7 @@ static const keydesc data_keys[] = {
     KP("train", data.train, data.n_train),
     KP("text", data.text, data.n_text),
     KS("text_exts", data.text_exts, ".c,.h,.md,.sh,.json,.txt", NULL),
-    KS("tokenizer", data.tokenizer, "bytes", tokenizers),
+    KS("tokenizer", data.tokenizer, "bytes", NULL), /* "bytes" or a path: finish() checks it */
     KI("seq_len", data.seq_len, 0, SEQ_MAX, 0),
     KI("seed", data.seed, 0, SEED_MAX, 1234),
     END};
@@ -1523,6 +1523,17 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
                            "scheduler.params.warmup_num_steps", "%lld is less than scheduler.params.warmup_num_steps %lld",
                            (long long)c->scheduler.total_num_steps,
                            (long long)c->scheduler.warmup_num_steps);
+    }
+
+    /* data.tokenizer: "bytes", or a tokenizer.json (or a folder holding one) that exists */
+    if (strcmp(c->data.tokenizer, "bytes")) {
+        struct stat tsb;
+        char tj[600];
+        snprintf(tj, sizeof tj, "%s/tokenizer.json", c->data.tokenizer);
+        int isdir = stat(c->data.tokenizer, &tsb) == 0 && S_ISDIR(tsb.st_mode);
+        if (stat(isdir ? tj : c->data.tokenizer, &tsb) != 0)
+            return cfg_err(x, "data.tokenizer", "\"%s\": neither \"bytes\" nor a tokenizer.json or a folder holding one "
+                           "(%s)", c->data.tokenizer, strerror(errno));
     }
 
     /* pipeline.partition: DeepSpeed's methods (the regex is matched against the layer types) */

@@ -1,7 +1,7 @@
-/* zinc_data.c - `zinc-data`: makes byte-level token shards from text and
- * inspects shards.
+/* zinc_data.c - `zinc-data`: makes token shards from text (byte-level, or
+ * through a Hugging Face tokenizer.json) and inspects shards.
  *
- *   zinc-data [--ext .c,.h,.md] -o OUT.bin INPUT...
+ *   zinc-data [--ext .c,.h,.md] [--tokenizer PATH] -o OUT.bin INPUT...
  *   zinc-data info SHARD...
  *
  * Exit status: 0 ok, 1 an error (one line "zinc-data: <detail>"), 2 bad
@@ -22,14 +22,17 @@
 #include "zinc/data.h"
 #include "zinc/file.h"
 #include "zinc/status.h"
+#include "zinc/tokenizer.h"
 
 static const char *usage_text =
-    "usage: zinc-data [--ext .c,.h,.md] -o OUT.bin INPUT...\n"
+    "usage: zinc-data [--ext .c,.h,.md] [--tokenizer PATH] -o OUT.bin INPUT...\n"
     "       zinc-data info SHARD...\n"
     "  Tokenizes text files and directories (walked recursively in sorted order,\n"
     "  hidden entries and build* folders skipped; --ext filters the files found in\n"
     "  directories, files named on the command line are always taken) into one\n"
-    "  shard of byte tokens (0..255). `info` prints each shard's token count, the\n"
+    "  shard: byte tokens (0..255), or with --tokenizer the ids of a Hugging Face\n"
+    "  tokenizer.json (PATH: the file or a folder holding it; byte-level BPE),\n"
+    "  each file encoded whole. `info` prints each shard's token count, the\n"
     "  range of token ids it uses and whether its header and size are right.\n";
 
 static int usage(const char *why)
@@ -120,7 +123,7 @@ static int cmd_info(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc >= 2 && !strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
-    const char *exts = NULL, *out = NULL;
+    const char *exts = NULL, *out = NULL, *tokp = NULL;
     int i = 1;
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -132,16 +135,19 @@ int main(int argc, char **argv)
             fputs(usage_text, stdout);
             return 0;
         }
-        if (!strcmp(a, "--ext") || !strcmp(a, "-o")) {
+        if (!strcmp(a, "--ext") || !strcmp(a, "-o") || !strcmp(a, "--tokenizer")) {
             if (i + 1 >= argc) {
                 char why[64];
                 snprintf(why, sizeof why, "%s needs a value", a);
                 return usage(why);
             }
             if (a[1] == 'o') out = argv[++i];
+            else if (a[2] == 't') tokp = argv[++i];
             else exts = argv[++i];
         } else if (!strncmp(a, "--ext=", 6)) {
             exts = a + 6;
+        } else if (!strncmp(a, "--tokenizer=", 12)) {
+            tokp = a + 12;
         } else if (a[0] == '-' && a[1] != '\0') {
             char why[300];
             snprintf(why, sizeof why, "unknown option %.200s", a);
@@ -154,8 +160,14 @@ int main(int argc, char **argv)
     if (i >= argc) return usage("no INPUT given");
     /* Options come first: everything from the first input on is an input. */
     uint64_t n = 0;
+    zinc_tokenizer *tok = NULL;
+    if (tokp && zinc_tokenizer_load(tokp, &tok) != ZINC_OK) {
+        fprintf(stderr, "zinc-data: --tokenizer: %s\n", zinc_last_error());
+        return 1;
+    }
     zinc_status st = zinc_data_write_shard_from_text((const char *const *)(argv + i), argc - i,
-                                                     exts, out, &n);
+                                                     exts, tok, out, &n);
+    zinc_tokenizer_free(tok);
     if (st != ZINC_OK) {
         const char *msg = zinc_last_error();
         if (!strncmp(msg, "data: ", 6)) msg += 6;

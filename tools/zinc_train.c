@@ -32,6 +32,7 @@
 #include "zinc/device.h"
 #include "zinc/engine.h"
 #include "zinc/pipeline.h"
+#include "zinc/tokenizer.h"
 #include "zinc/file.h"
 #include "zinc/gpt2.h"
 #include "zinc/log.h"
@@ -337,8 +338,20 @@ static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, char *buf, s
         const char *in[ZINC_MAX_PATHS];
         for (int i = 0; i < c->data.n_text; i++) in[i] = c->data.text[i];
         uint64_t n = 0;
-        st = zinc_data_write_shard_from_text(in, c->data.n_text, c->data.text_exts, buf, &n);
-        if (st == ZINC_OK) ZINC_INFO("data: tokenized %llu bytes of text into %s", (unsigned long long)n, buf);
+        zinc_tokenizer *tok = NULL;
+        if (strcmp(c->data.tokenizer, "bytes")) { /* a tokenizer.json (config.c checked it exists) */
+            st = zinc_tokenizer_load(c->data.tokenizer, &tok);
+            if (st != ZINC_OK) st = zinc_error(st, "data.tokenizer: %s", zinc_last_error());
+            else if (zinc_tokenizer_vocab_size(tok) > c->model.vocab_size)
+                st = zinc_error(ZINC_ERR_CONFIG, "data.tokenizer %s has %lld tokens, more than model.vocab_size %lld",
+                                c->data.tokenizer, (long long)zinc_tokenizer_vocab_size(tok),
+                                (long long)c->model.vocab_size);
+        }
+        if (st == ZINC_OK) st = zinc_data_write_shard_from_text(in, c->data.n_text, c->data.text_exts, tok, buf, &n);
+        zinc_tokenizer_free(tok);
+        if (st == ZINC_OK)
+            ZINC_INFO("data: tokenized the text into %llu tokens (%s) in %s", (unsigned long long)n,
+                      c->data.tokenizer, buf);
     }
     return st;
 }

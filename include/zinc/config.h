@@ -150,7 +150,7 @@ typedef struct zinc_config {
         int n_train;
         char text[ZINC_MAX_PATHS][512];  /* text files/dirs tokenized at start (alternative to train) */
         int n_text;
-        char tokenizer[32];              /* "bytes" */
+        char tokenizer[512];             /* "bytes", or a tokenizer.json / a folder holding one */
         int64_t seq_len;                 /* 0 = model.block_size */
         int64_t seed;                    /* 1234: sample order seed */
         char text_exts[128];             /* ".c,.h,.md,.sh,.json,.txt": endings of files taken

@@ -42,14 +42,17 @@ uint64_t zinc_data_n_tokens(const zinc_data *d);
 zinc_status zinc_data_get(const zinc_data *d, uint64_t first, int n, int32_t *inputs,
                           int32_t *targets);
 
-/* Byte-level tokenizer: token = byte value (0..255). Tokenizes the given text
- * files (directories are walked recursively in sorted order, files whose
- * name ends in one of exts — a comma separated list like ".c,.h,.md" or NULL
- * for all — are included) and writes one shard to out_path. Reports tokens
- * written in *n_tokens (may be NULL). */
+/* Tokenizes the given text files (directories are walked recursively in
+ * sorted order, files whose name ends in one of exts — a comma separated list
+ * like ".c,.h,.md" or NULL for all — are included) and writes one shard to
+ * out_path: with tok NULL the byte-level tokenizer (token = byte value
+ * 0..255, streamed), else each file whole through tok (zinc/tokenizer.h;
+ * a file must be valid UTF-8, at most 1 GiB, and its ids below 65536, what
+ * the shard format holds). Reports tokens written in *n_tokens (may be NULL). */
+typedef struct zinc_tokenizer zinc_tokenizer;
 zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inputs,
-                                            const char *exts, const char *out_path,
-                                            uint64_t *n_tokens);
+                                            const char *exts, const zinc_tokenizer *tok,
+                                            const char *out_path, uint64_t *n_tokens);
 
 /* Writes a shard from an array of tokens (each < 65536). */
 zinc_status zinc_data_write_shard(const char *out_path, const uint16_t *tokens, uint64_t n);

@@ -353,7 +353,7 @@ static void test_text_tokenizer(void)
     /* Filtered walk + an explicitly named file (always taken). */
     const char *in[] = {root, tpath("extra.md")};
     uint64_t n = 0;
-    zinc_status st = zinc_data_write_shard_from_text(in, 2, ".c, .h", tpath("text.bin"), &n);
+    zinc_status st = zinc_data_write_shard_from_text(in, 2, ".c, .h", NULL, tpath("text.bin"), &n);
     CU_ASSERT_FATAL(st == ZINC_OK);
     const unsigned char want[] = "int a;\nint b;\n\x00\x80\xff# md";
     size_t want_n = sizeof want - 1;
@@ -381,18 +381,18 @@ static void test_text_tokenizer(void)
     /* No filter: z.txt joins, hidden and build* entries still do not. Writing
      * the output inside the walked tree never tokenizes the output itself. */
     const char *in2[] = {root};
-    CU_ASSERT_FATAL(zinc_data_write_shard_from_text(in2, 1, NULL, tpath("txt/all.bin"), &n) ==
+    CU_ASSERT_FATAL(zinc_data_write_shard_from_text(in2, 1, NULL, NULL, tpath("txt/all.bin"), &n) ==
                     ZINC_OK);
     CU_ASSERT_EQUAL(n, 7 + 7 + 3 + 3);
-    CU_ASSERT_FATAL(zinc_data_write_shard_from_text(in2, 1, NULL, tpath("txt/all.bin"), &n) ==
+    CU_ASSERT_FATAL(zinc_data_write_shard_from_text(in2, 1, NULL, NULL, tpath("txt/all.bin"), &n) ==
                     ZINC_OK);
     CU_ASSERT_EQUAL(n, 7 + 7 + 3 + 3);
 
     /* Errors: a missing input, and nothing matching the filter. */
     const char *bad[] = {tpath("txt/missing.c")};
-    CU_ASSERT(zinc_data_write_shard_from_text(bad, 1, NULL, tpath("x.bin"), NULL) == ZINC_ERR_IO);
+    CU_ASSERT(zinc_data_write_shard_from_text(bad, 1, NULL, NULL, tpath("x.bin"), NULL) == ZINC_ERR_IO);
     CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "missing.c"));
-    CU_ASSERT(zinc_data_write_shard_from_text(in2, 1, ".rs", tpath("x.bin"), NULL) == ZINC_ERR_IO);
+    CU_ASSERT(zinc_data_write_shard_from_text(in2, 1, ".rs", NULL, tpath("x.bin"), NULL) == ZINC_ERR_IO);
     CU_ASSERT(access(tpath("x.bin"), F_OK) != 0);
     free(root);
 }

@@ -27,6 +27,35 @@ done
 bytes=$(stat -c %s "$TMP/docs.bin")
 [ "$bytes" -ge 1000000 ] || fail "the corpus is $bytes bytes, less than 1 MB"
 
+# zinc-data --tokenizer: each file encoded whole into the shard, as tokenizers encodes it
+mkdir -p "$TMP/txt"
+cp README.md "$TMP/txt/a.md"; cp data/tokenizer.c "$TMP/txt/b.c"
+"$BUILD/zinc-data" --tokenizer "$TMP/llama3.json" -o "$TMP/s.bin" "$TMP/txt" > "$TMP/zd.out" || fail "zinc-data --tokenizer"
+"$PY" - "$TMP/llama3.json" "$TMP/s.bin" "$TMP/txt/a.md" "$TMP/txt/b.c" <<'PY' || fail "the shard's tokens differ from tokenizers'"
+import struct, sys
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[1])
+want = []
+for f in sys.argv[3:]:
+    want += tok.encode(open(f, encoding="utf-8").read(), add_special_tokens=False).ids
+data = open(sys.argv[2], "rb").read()
+hdr = struct.unpack("<256i", data[:1024])
+got = list(struct.unpack("<%dH" % hdr[2], data[1024:1024 + 2 * hdr[2]]))
+assert hdr[0] == 20240520 and got == want, (hdr[:3], len(got), len(want))
+PY
+echo "zinc-data --tokenizer: $(cat "$TMP/zd.out"), the ids tokenizers gives"
+# a training run on text through the tokenizer (data.text + data.tokenizer)
+cat > "$TMP/train.json" <<JSON
+{"train_batch_size": 4, "model": {"type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 3008,
+ "block_size": 32}, "data": {"text": ["$TMP/txt"], "tokenizer": "$TMP/llama3.json"}, "train": {"max_steps": 3},
+ "device": "cpu"}
+JSON
+./scripts/mpirun.sh 1 "$BUILD/zinc-train" "$TMP/train.json" > "$TMP/train.log" 2>&1 || { cat "$TMP/train.log"; fail "training on tokenized text"; }
+grep -q "tokenized the text into" "$TMP/train.log" || fail "the trainer did not say it tokenized the text"
+out=$(./scripts/mpirun.sh 1 "$BUILD/zinc-train" "$TMP/train.json" --set model.vocab_size=2048 2>&1); rc=$?
+[ $rc -eq 2 ] && echo "$out" | grep -q "more than model.vocab_size 2048" || fail "a tokenizer larger than the model: exit $rc: $out"
+echo "zinc-train: data.text through data.tokenizer trains; a tokenizer larger than model.vocab_size is refused"
+
 # bad input: one line naming the file and the thing at fault, exit 2
 bad() { # text file
     local out rc
