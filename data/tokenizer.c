@@ -1,13 +1,15 @@
-/* tokenizer.c - Hugging Face tokenizer.json, byte-level BPE (zinc/tokenizer.h).
+/* tokenizer.c - Hugging Face tokenizer.json BPE (zinc/tokenizer.h).
  *
  * Encoding, as `tokenizers` does it: the added tokens are found in the raw text first
- * (leftmost, longest); every stretch between them goes through the pre-tokenizers
- * (Split by a regex into pieces, ByteLevel: an optional leading space, GPT-2's split
- * pattern, and the byte-to-character mapping), and each piece through BPE: its bytes as
- * the tokens of their mapped characters, then the merge of lowest rank among adjacent
- * pairs (the leftmost of equal ranks), one at a time, until no pair has a merge (with
- * ignore_merges a piece that is a token as a whole is that token). Merges are looked
- * up by the pair of token ids; a per-thread cache keeps the ids of pieces seen before.
+ * (leftmost, longest); every stretch between them goes through the normalizers
+ * (Prepend, Replace), the pre-tokenizers (Split by a regex into pieces; Metaspace;
+ * ByteLevel: an optional leading space, GPT-2's split pattern, the byte-to-character
+ * mapping), and each piece through BPE: its symbols (byte-level: each byte's mapped
+ * character; else each character, or its "<0xXX>" bytes, or unk), then merges, lowest
+ * rank first and the leftmost of equal ranks, one at a time from a heap of candidates
+ * (tokenizers' Word::merge_all), until no adjacent pair has one (with ignore_merges a
+ * piece that is a token as a whole is that token). Merges are looked up by the pair of
+ * token ids. No piece cache yet.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
@@ -113,7 +115,14 @@ static inline uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint3
 
 /* ------------------------------------------------------------ the tokenizer */
 
-enum { PRE_SPLIT, PRE_BYTELEVEL };
+enum { PRE_SPLIT, PRE_BYTELEVEL, PRE_METASPACE };
+enum { NORM_PREPEND, NORM_REPLACE };
+
+typedef struct norm_step {
+    int kind;
+    char *a, *b; /* Prepend: a; Replace: a -> b (literal strings) */
+    size_t la, lb;
+} norm_step;
 enum { SPLIT_ISOLATED, SPLIT_REMOVED };
 
 typedef struct pre_step {
@@ -121,6 +130,8 @@ typedef struct pre_step {
     pcre2_code *re;   /* the split pattern (ByteLevel: GPT-2's when use_regex), or NULL */
     int behavior;     /* SPLIT_* */
     int prefix_space; /* ByteLevel add_prefix_space */
+    char repl[8];     /* Metaspace: the replacement of ' ' (UTF-8) */
+    int repl_len, prepend, split; /* prepend: 0 never, 1 first, 2 always */
 } pre_step;
 
 typedef struct added_tok {
@@ -138,6 +149,15 @@ struct zinc_tokenizer {
     int ignore_merges;
     pre_step pre[8];
     int n_pre;
+    norm_step norm[8];
+    int n_norm;
+    int byte_level;       /* pieces are bytes (a ByteLevel step); else characters (SentencePiece style) */
+    int byte_fallback, fuse_unk;
+    int32_t unk_id;       /* -1: none */
+    int32_t fb_id[256];   /* byte_fallback: the "<0xXX>" tokens (-1: missing) */
+    int strip_space;      /* decoding drops the one leading space the normalizer or Metaspace prepended */
+    char meta[8];         /* the character that stands for a space (Metaspace, Replace " "), "" none */
+    int meta_len;
     added_tok *added;  /* by first byte, then longest first */
     int n_added;
     int first_added[257]; /* added[first_added[b] .. first_added[b + 1]) start with byte b */
@@ -221,6 +241,26 @@ static zinc_status load_pre(zinc_tokenizer *t, json_t *p, const char *key)
         t->n_pre++;
         return ZINC_OK;
     }
+    if (!strcmp(type, "Metaspace")) {
+        s->kind = PRE_METASPACE;
+        const char *r = json_string_value(json_object_get(p, "replacement"));
+        if (!r || !*r || strlen(r) >= sizeof s->repl)
+            return zinc_error(ZINC_ERR_CORRUPT, "%s: %s.replacement: expected one character", t->file, key);
+        snprintf(s->repl, sizeof s->repl, "%s", r);
+        s->repl_len = (int)strlen(r);
+        const char *ps = json_string_value(json_object_get(p, "prepend_scheme"));
+        if (ps) s->prepend = !strcmp(ps, "always") ? 2 : !strcmp(ps, "first") ? 1 : 0;
+        else s->prepend = json_is_false(json_object_get(p, "add_prefix_space")) ? 0 : 2; /* older files */
+        if (ps && strcmp(ps, "always") && strcmp(ps, "first") && strcmp(ps, "never"))
+            return zinc_error(ZINC_ERR_CORRUPT, "%s: %s.prepend_scheme \"%s\": expected always, first or never", t->file, key, ps);
+        json_t *sp = json_object_get(p, "split");
+        s->split = !sp || json_is_true(sp);
+        if (s->prepend) t->strip_space = 1;
+        snprintf(t->meta, sizeof t->meta, "%s", s->repl);
+        t->meta_len = s->repl_len;
+        t->n_pre++;
+        return ZINC_OK;
+    }
     if (!strcmp(type, "Split")) {
         s->kind = PRE_SPLIT;
         json_t *pat = json_object_get(p, "pattern");
@@ -239,8 +279,58 @@ static zinc_status load_pre(zinc_tokenizer *t, json_t *p, const char *key)
         t->n_pre++;
         return ZINC_OK;
     }
-    return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: %s.type \"%s\": zinc's tokenizer takes ByteLevel, Split and Sequence "
-                      "pre-tokenizers (byte-level BPE)", t->file, key, type);
+    return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: %s.type \"%s\": zinc's tokenizer takes ByteLevel, Metaspace, Split and "
+                      "Sequence pre-tokenizers", t->file, key, type);
+}
+
+static zinc_status load_norm(zinc_tokenizer *t, json_t *p, const char *key)
+{
+    if (!p || json_is_null(p)) return ZINC_OK;
+    const char *type = json_string_value(json_object_get(p, "type"));
+    if (!type) return zinc_error(ZINC_ERR_CORRUPT, "%s: %s.type: expected a string", t->file, key);
+    if (!strcmp(type, "Sequence")) {
+        json_t *a = json_object_get(p, "normalizers");
+        if (!json_is_array(a)) return zinc_error(ZINC_ERR_CORRUPT, "%s: %s.normalizers: expected an array", t->file, key);
+        for (size_t i = 0; i < json_array_size(a); i++) {
+            char k[96];
+            snprintf(k, sizeof k, "%s.normalizers[%zu]", key, i);
+            zinc_status st = load_norm(t, json_array_get(a, i), k);
+            if (st != ZINC_OK) return st;
+        }
+        return ZINC_OK;
+    }
+    if (t->n_norm == (int)(sizeof t->norm / sizeof *t->norm))
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: %s: more than 8 normalizers", t->file, key);
+    norm_step *n = &t->norm[t->n_norm];
+    const char *a = NULL, *b = NULL;
+    if (!strcmp(type, "Prepend")) {
+        n->kind = NORM_PREPEND;
+        a = json_string_value(json_object_get(p, "prepend"));
+        b = "";
+    } else if (!strcmp(type, "Replace")) {
+        n->kind = NORM_REPLACE;
+        a = json_string_value(json_object_get(json_object_get(p, "pattern"), "String"));
+        b = json_string_value(json_object_get(p, "content"));
+        if (!a && json_object_get(json_object_get(p, "pattern"), "Regex"))
+            return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: %s: a Replace by regex is not supported yet", t->file, key);
+    } else {
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: normalizer %s: not supported yet (zinc takes Prepend and Replace)",
+                          t->file, type);
+    }
+    if (!a || !b || (n->kind == NORM_REPLACE && !*a))
+        return zinc_error(ZINC_ERR_CORRUPT, "%s: %s: the %s normalizer's strings are missing", t->file, key, type);
+    n->a = strdup(a);
+    n->b = strdup(b);
+    if (!n->a || !n->b) return zinc_error(ZINC_ERR_NOMEM, "%s: normalizer", t->file);
+    n->la = strlen(a);
+    n->lb = strlen(b);
+    if (n->kind == NORM_PREPEND) t->strip_space = 1;
+    if (n->kind == NORM_REPLACE && !strcmp(a, " ") && n->lb < sizeof t->meta) {
+        snprintf(t->meta, sizeof t->meta, "%s", b);
+        t->meta_len = (int)n->lb;
+    }
+    t->n_norm++;
+    return ZINC_OK;
 }
 
 static int cmp_added(const void *a, const void *b)
@@ -282,18 +372,15 @@ static zinc_status load_json(zinc_tokenizer *t, json_t *root)
     if (!type) return zinc_error(ZINC_ERR_CORRUPT, "%s: model.type: expected a string", t->file);
     if (strcmp(type, "BPE"))
         return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: model.type \"%s\": zinc encodes BPE models only", t->file, type);
-    static const char *const must_be_off[] = {"byte_fallback", "continuing_subword_prefix", "end_of_word_suffix",
-                                              "dropout", NULL};
+    static const char *const must_be_off[] = {"continuing_subword_prefix", "end_of_word_suffix", "dropout", NULL};
     for (int i = 0; must_be_off[i]; i++)
         if (!is_false_or_null(json_object_get(model, must_be_off[i])))
-            return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: model.%s is set: not supported yet (byte-level BPE only)", t->file,
-                              must_be_off[i]);
-    json_t *norm = json_object_get(root, "normalizer");
-    if (norm && !json_is_null(norm))
-        return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: normalizer %s: not supported yet (byte-level BPE has none)", t->file,
-                          json_string_value(json_object_get(norm, "type")) ? json_string_value(json_object_get(norm, "type"))
-                                                                             : "(untyped)");
+            return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: model.%s is set: not supported yet", t->file, must_be_off[i]);
+    zinc_status nst = load_norm(t, json_object_get(root, "normalizer"), "normalizer");
+    if (nst != ZINC_OK) return nst;
     t->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
+    t->byte_fallback = json_is_true(json_object_get(model, "byte_fallback"));
+    t->fuse_unk = json_is_true(json_object_get(model, "fuse_unk"));
     json_t *vocab = json_object_get(model, "vocab");
     if (!json_is_object(vocab)) return zinc_error(ZINC_ERR_CORRUPT, "%s: model.vocab: expected an object", t->file);
     json_t *added = json_object_get(root, "added_tokens");
@@ -394,11 +481,18 @@ static zinc_status load_json(zinc_tokenizer *t, json_t *root)
     free(buf);
     zinc_status st = load_pre(t, json_object_get(root, "pre_tokenizer"), "pre_tokenizer");
     if (st != ZINC_OK) return st;
-    if (t->n_pre == 0 || t->pre[t->n_pre - 1].kind != PRE_BYTELEVEL)
-        return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: pre_tokenizer: no ByteLevel step; zinc encodes byte-level BPE only "
-                          "(SentencePiece-style BPE is not done yet)", t->file);
-    byte_map(t);
+    const char *unk = json_string_value(json_object_get(model, "unk_token"));
+    t->unk_id = unk ? strmap_get(&t->vocab, unk, strlen(unk)) : -1;
+    if (unk && t->unk_id < 0)
+        return zinc_error(ZINC_ERR_CORRUPT, "%s: model.unk_token \"%.40s\" is not in the vocabulary", t->file, unk);
     for (int b = 0; b < 256; b++) {
+        char fb[8];
+        snprintf(fb, sizeof fb, "<0x%02X>", b);
+        t->fb_id[b] = strmap_get(&t->vocab, fb, 6);
+    }
+    t->byte_level = t->n_pre > 0 && t->pre[t->n_pre - 1].kind == PRE_BYTELEVEL;
+    byte_map(t);
+    for (int b = 0; b < 256 && t->byte_level; b++) {
         t->byte_id[b] = strmap_get(&t->vocab, t->byte_chr[b], (size_t)t->byte_chr_len[b]);
         if (t->byte_id[b] < 0)
             return zinc_error(ZINC_ERR_CORRUPT, "%s: model.vocab has no token for byte 0x%02x (\"%.*s\"): a byte-level "
@@ -445,6 +539,7 @@ void zinc_tokenizer_free(zinc_tokenizer *t)
     strmap_free(&t->vocab);
     pairmap_free(&t->merges);
     for (int i = 0; i < t->n_pre; i++) pcre2_code_free(t->pre[i].re);
+    for (int i = 0; i < t->n_norm; i++) free(t->norm[i].a), free(t->norm[i].b);
     free(t->added);
     free(t);
 }
@@ -505,6 +600,10 @@ typedef struct enc {
     size_t chr_cap;
     char **arena; /* the copies */
     size_t n_arena, arena_cap;
+    int32_t *links; /* merge_all's prev and next links */
+    size_t link_cap;
+    struct cand { int32_t rank, pos, id; } *heap;
+    size_t heap_cap;
     pcre2_match_data *md;
 } enc;
 
@@ -593,59 +692,265 @@ static int prefix_spaces(enc *e)
     return 0;
 }
 
-/* BPE of one piece: its bytes' tokens, merged lowest rank first; ids appended. */
-static int bpe_piece(enc *e, const piece *p, int32_t **ids, size_t *n, size_t *cap)
+/* A copy of len bytes in the arena (freed with the encoding). */
+static char *arena_copy(enc *e, const char *p, size_t len, size_t extra)
 {
-    const zinc_tokenizer *t = e->t;
-    const unsigned char *s = (const unsigned char *)p->p;
-    const size_t len = p->len;
-    if (grow((void **)&e->sym, &e->sym_cap, len, sizeof *e->sym) != 0) return -1;
-    int32_t *sym = e->sym;
-    size_t k = 0;
-    for (size_t i = 0; i < p->len; i++) sym[k++] = t->byte_id[s[i]];
-    if (t->ignore_merges && k > 1) { /* the whole piece as one token, if it is one */
-        if (grow((void **)&e->chr, &e->chr_cap, 2 * len, 1) != 0) return -1;
-        size_t m = 0;
-        for (size_t i = 0; i < p->len; i++) {
-            memcpy(e->chr + m, t->byte_chr[s[i]], (size_t)t->byte_chr_len[s[i]]);
-            m += (size_t)t->byte_chr_len[s[i]];
-        }
-        const int32_t id = strmap_get(&t->vocab, e->chr, m);
-        if (id >= 0) sym[0] = id, k = 1;
+    char *c = malloc(len + extra + 1);
+    if (!c || grow((void **)&e->arena, &e->arena_cap, e->n_arena + 1, sizeof *e->arena) != 0) {
+        free(c);
+        return NULL;
     }
-    while (k > 1) {
-        int32_t best = INT32_MAX, bid = -1;
-        size_t at = 0;
-        for (size_t i = 0; i + 1 < k; i++) {
-            const pairmap *m = &t->merges;
-            const size_t sl = pairmap_slot(m, pair_key(sym[i], sym[i + 1]));
-            if (m->key[sl] && m->rank[sl] < best) best = m->rank[sl], bid = m->id[sl], at = i;
-        }
-        if (bid < 0) break;
-        sym[at] = bid;
-        memmove(sym + at + 1, sym + at + 2, (k - at - 2) * sizeof *sym);
-        k--;
+    e->arena[e->n_arena++] = c;
+    if (len) memcpy(c, p, len);
+    return c;
+}
+
+/* The min-heap of candidate merges: lowest rank first, then leftmost. */
+static int cand_less(const struct cand *a, const struct cand *b)
+{
+    return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+}
+
+static int heap_push(enc *e, size_t *n, struct cand c)
+{
+    if (grow((void **)&e->heap, &e->heap_cap, *n + 1, sizeof *e->heap) != 0) return -1;
+    size_t i = (*n)++;
+    while (i > 0 && cand_less(&c, &e->heap[(i - 1) / 2])) {
+        e->heap[i] = e->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
     }
-    if (grow((void **)ids, cap, *n + k, sizeof **ids) != 0) return -1;
-    memcpy(*ids + *n, sym, k * sizeof *sym);
-    *n += k;
+    e->heap[i] = c;
     return 0;
 }
 
-/* A stretch of text without added tokens through the pre-tokenizers and BPE. */
-static int encode_plain(enc *e, const char *text, size_t len, int32_t **ids, size_t *n, size_t *cap)
+static struct cand heap_pop(enc *e, size_t *n)
+{
+    struct cand top = e->heap[0], last = e->heap[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && cand_less(&e->heap[c + 1], &e->heap[c])) c++;
+        if (!cand_less(&e->heap[c], &last)) break;
+        e->heap[i] = e->heap[c];
+        i = c;
+    }
+    if (*n) e->heap[i] = last;
+    return top;
+}
+
+static int merge_of(const zinc_tokenizer *t, int32_t a, int32_t b, struct cand *c, int32_t pos)
+{
+    const size_t sl = pairmap_slot(&t->merges, pair_key(a, b));
+    if (!t->merges.key[sl]) return 0;
+    *c = (struct cand){t->merges.rank[sl], pos, t->merges.id[sl]};
+    return 1;
+}
+
+/* tokenizers' Word::merge_all: the symbols sym[0..k) as a linked list; candidate merges
+ * of adjacent pairs in a heap; the best one applied if still current, and the new pairs
+ * it makes with its neighbours pushed. Returns the symbols left (compacted in sym). */
+static long merge_all(enc *e, int32_t *sym, size_t k)
 {
     const zinc_tokenizer *t = e->t;
+    if (k < 2) return (long)k;
+    if (grow((void **)&e->links, &e->link_cap, 2 * k, sizeof *e->links) != 0) return -1;
+    int32_t *prev = e->links, *next = e->links + k;
+    size_t nh = 0;
+    for (size_t i = 0; i < k; i++) {
+        prev[i] = (int32_t)i - 1;
+        next[i] = i + 1 < k ? (int32_t)i + 1 : -1;
+        struct cand c;
+        if (i + 1 < k && merge_of(t, sym[i], sym[i + 1], &c, (int32_t)i) && heap_push(e, &nh, c) != 0) return -1;
+    }
+    while (nh) {
+        const struct cand c = heap_pop(e, &nh);
+        const int32_t i = c.pos, j = next[i];
+        if (sym[i] < 0 || j < 0) continue; /* merged away, or the last symbol now */
+        struct cand now;
+        if (!merge_of(t, sym[i], sym[j], &now, i) || now.id != c.id) continue; /* stale */
+        sym[i] = c.id;
+        sym[j] = -1;
+        next[i] = next[j];
+        if (next[j] >= 0) prev[next[j]] = i;
+        struct cand nc;
+        if (prev[i] >= 0 && merge_of(t, sym[prev[i]], sym[i], &nc, prev[i]) && heap_push(e, &nh, nc) != 0) return -1;
+        if (next[i] >= 0 && merge_of(t, sym[i], sym[next[i]], &nc, i) && heap_push(e, &nh, nc) != 0) return -1;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < k; i++)
+        if (sym[i] >= 0) sym[m++] = sym[i];
+    return (long)m;
+}
+
+/* The piece's initial symbols: byte-level, each byte's mapped character; otherwise each
+ * character, or its "<0xXX>" bytes (byte_fallback), or unk (consecutive ones fused). */
+static long piece_symbols(enc *e, const piece *p)
+{
+    const zinc_tokenizer *t = e->t;
+    const unsigned char *s = (const unsigned char *)p->p;
+    if (grow((void **)&e->sym, &e->sym_cap, p->len + 1, sizeof *e->sym) != 0) return -1;
+    int32_t *sym = e->sym;
+    size_t k = 0;
+    if (t->byte_level) {
+        for (size_t i = 0; i < p->len; i++) sym[k++] = t->byte_id[s[i]];
+        return (long)k;
+    }
+    int last_unk = 0;
+    for (size_t i = 0; i < p->len;) {
+        size_t w = s[i] < 0x80 ? 1 : s[i] < 0xE0 ? 2 : s[i] < 0xF0 ? 3 : 4;
+        if (i + w > p->len) w = p->len - i;
+        const int32_t id = strmap_get(&t->vocab, (const char *)s + i, w);
+        if (id >= 0) {
+            sym[k++] = id;
+            last_unk = 0;
+        } else {
+            int fb = t->byte_fallback;
+            for (size_t j = 0; fb && j < w; j++) fb = t->fb_id[s[i + j]] >= 0;
+            if (fb) {
+                for (size_t j = 0; j < w; j++) sym[k++] = t->fb_id[s[i + j]];
+                last_unk = 0;
+            } else if (t->unk_id >= 0) {
+                if (!(t->fuse_unk && last_unk)) sym[k++] = t->unk_id;
+                last_unk = 1;
+            } else {
+                zinc_error(ZINC_ERR_INVALID_ARG, "tokenizer: the character \"%.*s\" is not in the vocabulary, which has "
+                           "no unk_token", (int)w, (const char *)s + i);
+                return -2;
+            }
+        }
+        i += w;
+    }
+    return (long)k;
+}
+
+/* BPE of one piece; ids appended. -1 out of memory, -2 an error recorded. */
+static int bpe_piece(enc *e, const piece *p, int32_t **ids, size_t *n, size_t *cap)
+{
+    const zinc_tokenizer *t = e->t;
+    long k = piece_symbols(e, p);
+    if (k < 0) return (int)k;
+    if (t->ignore_merges && k > 1) { /* the whole piece as one token, if it is one */
+        const char *w = p->p;
+        size_t m = p->len;
+        if (t->byte_level) {
+            if (grow((void **)&e->chr, &e->chr_cap, 2 * p->len, 1) != 0) return -1;
+            m = 0;
+            for (size_t i = 0; i < p->len; i++) {
+                const unsigned char b = (unsigned char)p->p[i];
+                memcpy(e->chr + m, t->byte_chr[b], (size_t)t->byte_chr_len[b]);
+                m += (size_t)t->byte_chr_len[b];
+            }
+            w = e->chr;
+        }
+        const int32_t id = strmap_get(&t->vocab, w, m);
+        if (id >= 0) e->sym[0] = id, k = 1;
+    }
+    k = merge_all(e, e->sym, (size_t)k);
+    if (k < 0) return -1;
+    if (grow((void **)ids, cap, *n + (size_t)k, sizeof **ids) != 0) return -1;
+    memcpy(*ids + *n, e->sym, (size_t)k * sizeof *e->sym);
+    *n += (size_t)k;
+    return 0;
+}
+
+/* The normalizers on a stretch (Prepend: when it is not empty; Replace: every
+ * occurrence, left to right); the result in the arena, or the stretch itself. */
+static int normalize(enc *e, const char **text, size_t *len)
+{
+    const zinc_tokenizer *t = e->t;
+    for (int s = 0; s < t->n_norm; s++) {
+        const norm_step *ns = &t->norm[s];
+        if (*len == 0) return 0;
+        if (ns->kind == NORM_PREPEND) {
+            char *c = arena_copy(e, NULL, 0, ns->la + *len);
+            if (!c) return -1;
+            memcpy(c, ns->a, ns->la);
+            memcpy(c + ns->la, *text, *len);
+            *text = c;
+            *len += ns->la;
+            continue;
+        }
+        size_t hits = 0;
+        for (size_t i = 0; i + ns->la <= *len; i++)
+            if (!memcmp(*text + i, ns->a, ns->la)) hits++, i += ns->la - 1;
+        if (!hits) continue;
+        char *c = arena_copy(e, NULL, 0, *len + hits * ns->lb);
+        if (!c) return -1;
+        size_t m = 0;
+        for (size_t i = 0; i < *len;) {
+            if (i + ns->la <= *len && !memcmp(*text + i, ns->a, ns->la)) {
+                memcpy(c + m, ns->b, ns->lb);
+                m += ns->lb;
+                i += ns->la;
+            } else {
+                c[m++] = (*text)[i++];
+            }
+        }
+        *text = c;
+        *len = m;
+    }
+    return 0;
+}
+
+/* Metaspace: spaces become the replacement, one is prepended (always, or for the input's
+ * first stretch), and with split each replacement starts a new piece. */
+static int metaspace_step(enc *e, const pre_step *ps, int at_start)
+{
+    e->nb = 0;
+    for (size_t i = 0; i < e->na; i++) {
+        const piece p = e->a[i];
+        size_t spaces = 0;
+        for (size_t j = 0; j < p.len; j++) spaces += p.p[j] == ' ';
+        const int pre = (ps->prepend == 2 || (ps->prepend == 1 && at_start && i == 0)) &&
+                        !(p.len >= (size_t)ps->repl_len && !memcmp(p.p, ps->repl, (size_t)ps->repl_len)) &&
+                        !(p.len > 0 && p.p[0] == ' ');
+        char *c = arena_copy(e, NULL, 0, p.len + (spaces + 1) * (size_t)ps->repl_len);
+        if (!c) return -1;
+        size_t m = 0;
+        if (pre) memcpy(c, ps->repl, (size_t)ps->repl_len), m += (size_t)ps->repl_len;
+        for (size_t j = 0; j < p.len; j++) {
+            if (p.p[j] == ' ') memcpy(c + m, ps->repl, (size_t)ps->repl_len), m += (size_t)ps->repl_len;
+            else c[m++] = p.p[j];
+        }
+        if (!ps->split) {
+            if (out_piece(e, c, m) != 0) return -1;
+            continue;
+        }
+        size_t from = 0; /* MergedWithNext: each replacement begins a piece */
+        for (size_t j = 1; j + (size_t)ps->repl_len <= m; j++)
+            if (!memcmp(c + j, ps->repl, (size_t)ps->repl_len)) {
+                if (out_piece(e, c + from, j - from) != 0) return -1;
+                from = j;
+            }
+        if (out_piece(e, c + from, m - from) != 0) return -1;
+    }
+    swap_pieces(e);
+    return 0;
+}
+
+/* A stretch of text without added tokens through the normalizers, the pre-tokenizers and
+ * BPE; at_start: it begins the input. */
+static int encode_plain(enc *e, const char *text, size_t len, int at_start, int32_t **ids, size_t *n, size_t *cap)
+{
+    const zinc_tokenizer *t = e->t;
+    if (normalize(e, &text, &len) != 0) return -1;
     e->na = e->nb = 0;
     if (out_piece(e, text, len) != 0) return -1;
     swap_pieces(e);
     for (int s = 0; s < t->n_pre; s++) {
         const pre_step *ps = &t->pre[s];
+        if (ps->kind == PRE_METASPACE) {
+            if (metaspace_step(e, ps, at_start) != 0) return -1;
+            continue;
+        }
         if (ps->kind == PRE_BYTELEVEL && ps->prefix_space && prefix_spaces(e) != 0) return -1;
         if (ps->re && split_step(e, ps->re, ps->kind == PRE_BYTELEVEL ? SPLIT_ISOLATED : ps->behavior) != 0) return -1;
     }
-    for (size_t i = 0; i < e->na; i++)
-        if (bpe_piece(e, &e->a[i], ids, n, cap) != 0) return -1;
+    for (size_t i = 0; i < e->na; i++) {
+        const int rc = bpe_piece(e, &e->a[i], ids, n, cap);
+        if (rc != 0) return rc;
+    }
     return 0;
 }
 
@@ -657,6 +962,7 @@ zinc_status zinc_tokenizer_encode(const zinc_tokenizer *t, const char *text, siz
     enc e = {.t = t};
     e.md = pcre2_match_data_create(4, NULL);
     zinc_status st = ZINC_OK;
+    int rc = 0;
     if (!e.md) return zinc_error(ZINC_ERR_NOMEM, "tokenizer: match data");
     size_t start = 0, i = 0;
     while (i < len) {
@@ -671,16 +977,18 @@ zinc_status zinc_tokenizer_encode(const zinc_tokenizer *t, const char *text, siz
             i++;
             continue;
         }
-        if (i > start && encode_plain(&e, text + start, i - start, ids, n, cap) != 0) goto nomem;
+        if (i > start && (rc = encode_plain(&e, text + start, i - start, start == 0, ids, n, cap)) != 0) goto fail;
         if (grow((void **)ids, cap, *n + 1, sizeof **ids) != 0) goto nomem;
         (*ids)[(*n)++] = t->added[hit].id;
         i += (size_t)t->added[hit].len;
         start = i;
     }
-    if (len > start && encode_plain(&e, text + start, len - start, ids, n, cap) != 0) goto nomem;
+    if (len > start && (rc = encode_plain(&e, text + start, len - start, start == 0, ids, n, cap)) != 0) goto fail;
     goto done;
 nomem:
-    st = zinc_error(ZINC_ERR_NOMEM, "tokenizer: out of memory encoding %zu bytes", len);
+    rc = -1;
+fail:
+    st = rc == -2 ? ZINC_ERR_INVALID_ARG : zinc_error(ZINC_ERR_NOMEM, "tokenizer: out of memory encoding %zu bytes", len);
 done:
     pcre2_match_data_free(e.md);
     free(e.a);
@@ -689,9 +997,38 @@ done:
     free(e.chr);
     for (size_t k = 0; k < e.n_arena; k++) free(e.arena[k]);
     free(e.arena);
+    free(e.links);
+    free(e.heap);
     return st;
 }
 
+/* Appends n bytes to the growing output. */
+static int put(char **out, size_t *m, size_t *cap, const void *p, size_t n)
+{
+    if (*m + n + 1 > *cap) {
+        size_t c = *cap;
+        while (*m + n + 1 > c) c *= 2;
+        char *no = realloc(*out, c);
+        if (!no) return -1;
+        *out = no;
+        *cap = c;
+    }
+    memcpy(*out + *m, p, n);
+    *m += n;
+    return 0;
+}
+
+static int is_added(const zinc_tokenizer *t, int32_t id)
+{
+    for (int i = 0; i < t->n_added; i++)
+        if (t->added[i].id == id) return 1;
+    return 0;
+}
+
+/* Byte-level: every character back to its byte (one not in the map as it is). Otherwise
+ * (SentencePiece style): "<0xXX>" tokens are their byte, the space character is a space
+ * again, added tokens stay as they are, and one leading space the encoding prepended is
+ * dropped (Llama-2's decoder: Replace, ByteFallback, Fuse, Strip). */
 zinc_status zinc_tokenizer_decode(const zinc_tokenizer *t, const int32_t *ids, size_t n, char **text, size_t *len)
 {
     size_t cap = 64, m = 0;
@@ -704,29 +1041,48 @@ zinc_status zinc_tokenizer_decode(const zinc_tokenizer *t, const int32_t *ids, s
         }
         const unsigned char *s = (const unsigned char *)t->text[ids[i]];
         const size_t sl = (size_t)t->text_len[ids[i]];
-        if (m + sl + 1 > cap) {
-            while (m + sl + 1 > cap) cap *= 2;
-            char *no = realloc(out, cap);
-            if (!no) {
-                free(out);
-                return zinc_error(ZINC_ERR_NOMEM, "tokenizer: decode");
+        int bad = 0;
+        if (!t->byte_level) {
+            unsigned b;
+            if (t->byte_fallback && sl == 6 && sscanf((const char *)s, "<0x%2X>", &b) == 1 && s[5] == '>') {
+                const unsigned char c = (unsigned char)b;
+                bad = put(&out, &m, &cap, &c, 1);
+            } else if (is_added(t, ids[i]) || !t->meta_len) {
+                bad = put(&out, &m, &cap, s, sl);
+            } else {
+                for (size_t j = 0; j < sl && !bad;) {
+                    if (j + (size_t)t->meta_len <= sl && !memcmp(s + j, t->meta, (size_t)t->meta_len)) {
+                        bad = put(&out, &m, &cap, " ", 1);
+                        j += (size_t)t->meta_len;
+                    } else {
+                        bad = put(&out, &m, &cap, s + j, 1);
+                        j++;
+                    }
+                }
             }
-            out = no;
+        } else {
+            for (size_t j = 0; j < sl && !bad;) { /* each character back to its byte */
+                uint32_t cp = s[j];
+                size_t w = 1;
+                if (cp >= 0xC0 && cp < 0xE0 && j + 1 < sl) cp = (cp & 0x1F) << 6 | (s[j + 1] & 0x3F), w = 2;
+                if (cp < 324 && t->cp_byte[cp] >= 0 && (w == 2 || cp < 0x80)) {
+                    const unsigned char c = (unsigned char)t->cp_byte[cp];
+                    bad = put(&out, &m, &cap, &c, 1);
+                } else { /* not a mapped character (an added token's text): as it is */
+                    if (s[j] >= 0xE0) w = s[j] >= 0xF0 ? 4 : 3;
+                    if (j + w > sl) w = sl - j;
+                    bad = put(&out, &m, &cap, s + j, w);
+                }
+                j += w;
+            }
         }
-        for (size_t j = 0; j < sl;) { /* each character back to its byte */
-            uint32_t cp = s[j];
-            size_t w = 1;
-            if (cp >= 0xC0 && cp < 0xE0 && j + 1 < sl) cp = (cp & 0x1F) << 6 | (s[j + 1] & 0x3F), w = 2;
-            if (cp < 324 && t->cp_byte[cp] >= 0 && (w == 2 || cp < 0x80)) {
-                out[m++] = (char)t->cp_byte[cp];
-            } else { /* not a mapped character (an added token's text): as it is */
-                if (s[j] >= 0xE0) w = s[j] >= 0xF0 ? 4 : 3;
-                memcpy(out + m, s + j, w);
-                m += w;
-            }
-            j += w;
+        if (bad) {
+            free(out);
+            return zinc_error(ZINC_ERR_NOMEM, "tokenizer: decode");
         }
     }
+    size_t from = t->strip_space && m > 0 && out[0] == ' ' ? 1 : 0;
+    if (from) memmove(out, out + 1, --m);
     out[m] = 0;
     *text = out;
     *len = m;

@@ -1,15 +1,20 @@
-/* zinc/tokenizer.h - Hugging Face tokenizer.json, encoded as the `tokenizers`
- * library encodes (data/tokenizer.c).
+/* zinc/tokenizer.h - Hugging Face tokenizer.json, encoded and decoded as the
+ * `tokenizers` library does (data/tokenizer.c).
  *
- * Supported today: model "BPE" over byte-level pieces (GPT-2, Llama-3, Qwen2 style):
- * pre_tokenizer ByteLevel (use_regex: GPT-2's split pattern; add_prefix_space), Split
- * (a Regex or String pattern, behavior "Isolated" or "Removed", invert false), or a
- * Sequence of them; no normalizer; merges as "a b" strings or [a, b] pairs;
- * ignore_merges; added tokens (special or not) matched in the raw text first, leftmost
- * and longest. The Unicode-class regexes run on PCRE2 (UTF + UCP), as transformers'
- * run on Oniguruma. Anything else a tokenizer.json asks for (a normalizer, byte_fallback,
- * a Metaspace pre-tokenizer, lstrip/rstrip/single_word added tokens, ...) is refused at
- * load with one line naming the key; SentencePiece-style BPE is not done yet.
+ * Supported today: model "BPE" (merges as "a b" strings or [a, b] pairs, ignore_merges,
+ * unk_token with fuse_unk, byte_fallback to "<0xXX>" tokens), with
+ *   - byte-level pieces (GPT-2, Llama-3, Qwen2 style): pre_tokenizer ByteLevel
+ *     (use_regex: GPT-2's split pattern; add_prefix_space), after Split steps (a Regex or
+ *     String pattern, behavior "Isolated" or "Removed") in a Sequence;
+ *   - character pieces (SentencePiece style: Llama-2, Mistral): normalizers Prepend and
+ *     Replace (string patterns, in a Sequence), pre_tokenizer Metaspace (prepend_scheme
+ *     always / first / never, split) or none;
+ * and added tokens (special or not) matched in the raw text first, leftmost and longest.
+ * The Unicode-class regexes run on PCRE2 (UTF + UCP), as transformers' run on Oniguruma.
+ * Decoding mirrors the matching decoders (ByteLevel; Replace + ByteFallback + Fuse +
+ * Strip). Anything else a tokenizer.json asks for (NFC/NFKC normalizers, lstrip/rstrip/
+ * single_word added tokens, WordPiece or Unigram models, ...) is refused at load with one
+ * line naming the file and the key.
  *
  * A loaded tokenizer is read-only: encode and decode may run on many threads at once.
  */
@@ -41,8 +46,9 @@ int32_t zinc_tokenizer_token_id(const zinc_tokenizer *t, const char *token);
  * ZINC_ERR_NOMEM. */
 zinc_status zinc_tokenizer_encode(const zinc_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n,
                                   size_t *cap);
-/* Decodes n ids to *text (malloc'd, NUL-terminated, *len bytes): the tokens' text with
- * the byte-level mapping undone. ZINC_ERR_INVALID_ARG for an id outside the vocabulary. */
+/* Decodes n ids to *text (malloc'd, NUL-terminated, *len bytes) as tokenizers' decode
+ * with skip_special_tokens=False does. ZINC_ERR_INVALID_ARG for an id outside the
+ * vocabulary. */
 zinc_status zinc_tokenizer_decode(const zinc_tokenizer *t, const int32_t *ids, size_t n, char **text, size_t *len);
 
 #endif

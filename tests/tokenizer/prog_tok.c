@@ -7,7 +7,8 @@
  *                                 every document (not with --no-roundtrip: a tokenizer that
  *                                 adds a prefix space decodes it too) and prints one line:
  *                                 documents, bytes, tokens, round-trip mismatches,
- *                                 single-thread MB/s.
+ *                                 single-thread MB/s. OUT.dec gets each document's
+ *                                 decoding, in the DOCS format.
  *   prog_tok TOKENIZER            loads it only (exit 2 and the error line on failure)
  */
 #include <stdint.h>
@@ -35,8 +36,10 @@ int main(int argc, char **argv)
         zinc_tokenizer_free(t);
         return 0;
     }
-    FILE *in = fopen(argv[2], "rb"), *out = fopen(argv[3], "wb");
-    if (!in || !out) {
+    char decp[4096];
+    snprintf(decp, sizeof decp, "%s.dec", argv[3]);
+    FILE *in = fopen(argv[2], "rb"), *out = fopen(argv[3], "wb"), *dec = fopen(decp, "wb");
+    if (!in || !out || !dec) {
         fprintf(stderr, "prog_tok: cannot open %s or %s\n", argv[2], argv[3]);
         return 2;
     }
@@ -63,8 +66,14 @@ int main(int argc, char **argv)
         fwrite(ids, sizeof *ids, n, out);
         char *back = NULL;
         size_t blen = 0;
-        if (zinc_tokenizer_decode(t, ids, n, &back, &blen) != ZINC_OK) bad++;
-        else if (roundtrip && (blen != len || memcmp(back, d, len))) bad++;
+        if (zinc_tokenizer_decode(t, ids, n, &back, &blen) != ZINC_OK) {
+            fprintf(stderr, "prog_tok: document %zu: %s\n", n_docs, zinc_last_error());
+            return 1;
+        }
+        if (roundtrip && (blen != len || memcmp(back, d, len))) bad++;
+        const uint32_t bl = (uint32_t)blen;
+        fwrite(&bl, 4, 1, dec);
+        fwrite(back, 1, blen, dec);
         free(back);
         free(d);
         n_docs++;
@@ -72,7 +81,7 @@ int main(int argc, char **argv)
         tokens += n;
     }
     fclose(in);
-    if (fclose(out) != 0) return 2;
+    if (fclose(out) != 0 || fclose(dec) != 0) return 2;
     printf("documents %zu bytes %zu tokens %zu roundtrip_mismatches %zu MB_per_s %.2f\n", n_docs, bytes, tokens, bad,
            bytes / 1e6 / (ms / 1e3));
     free(ids);

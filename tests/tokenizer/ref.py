@@ -1,15 +1,18 @@
 """ref.py OUTDIR SRC... - the independent reference of tests/tokenizer/test_tokenizer.sh.
 
 Builds a corpus of at least 1 MB (this repository's sources and docs, plus prose in
-several scripts, emoji, digits and whitespace runs made from a fixed seed), trains two
-byte-level BPE tokenizers on it with the `tokenizers` library (GPT-2 style: ByteLevel's
-own split pattern; Llama-3 style: a Split regex with Unicode classes, ByteLevel without
-its regex, ignore_merges; both with added special tokens), and writes OUTDIR/docs.bin
+several scripts, emoji, digits and whitespace runs made from a fixed seed), trains BPE
+tokenizers on it with the `tokenizers` library -- byte-level: GPT-2 style (ByteLevel's own
+split pattern), Llama-3 style (a Split regex with Unicode classes, ByteLevel without its
+regex, ignore_merges), ByteLevel with add_prefix_space; SentencePiece style: Llama-2's
+(Prepend and Replace normalizers, byte_fallback with <0xXX> tokens for the characters
+past a 300-character alphabet, unk fused) and Mistral's (Metaspace, prepend first, split)
+-- all with added special tokens, and writes OUTDIR/docs.bin
 ((u32 length, bytes) per document), OUTDIR/<name>.json and OUTDIR/<name>.ids ((u32
 count, i32 ids) per document, encode(add_special_tokens=False)), and one line per
 tokenizer with its single-thread MB/s."""
 import os, random, struct, sys, time
-from tokenizers import Tokenizer, Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
 out, srcs = sys.argv[1], sys.argv[2:]
 rng = random.Random(1234)
@@ -43,10 +46,16 @@ with open(os.path.join(out, "docs.bin"), "wb") as f:
         b = d.encode("utf-8")
         f.write(struct.pack("<I", len(b)) + b)
 
-def train(name, tok):
-    tok.decoder = decoders.ByteLevel()
-    tr = trainers.BpeTrainer(vocab_size=3000, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                             show_progress=False)
+def train(name, tok, sp=False):
+    if sp:
+        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+        tr = trainers.BpeTrainer(vocab_size=3000, special_tokens=["<unk>"] + specials + ["<0x%02X>" % b for b in range(256)],
+                                 limit_alphabet=300, show_progress=False)
+    else:
+        tok.decoder = decoders.ByteLevel()
+        tr = trainers.BpeTrainer(vocab_size=3000, special_tokens=specials,
+                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(docs, tr)
     tok.save(os.path.join(out, name + ".json"))
     t0 = time.perf_counter()
@@ -70,3 +79,9 @@ train("llama3", l3)
 rb = Tokenizer(models.BPE())
 rb.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
 train("prefix", rb)
+l2 = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+l2.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+train("llama2", l2, sp=True)
+ms = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+ms.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+train("mistral", ms, sp=True)

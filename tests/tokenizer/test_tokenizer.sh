@@ -2,11 +2,14 @@
 # zinc's tokenizer against the `tokenizers` library (the independent reference, in a
 # test-only virtual environment from scripts/pyref.sh): on a corpus of more than 1 MB
 # (this repository's sources and docs, and generated prose in a dozen scripts, emoji,
-# digits, whitespace runs and special tokens), three byte-level BPE tokenizers trained
-# by the reference (GPT-2 style; Llama-3 style: a Split regex with Unicode classes and
-# ignore_merges; ByteLevel with add_prefix_space) encode to exactly the reference's ids
-# (add_special_tokens=False), and decode(encode(x)) = x. Bad tokenizer files are one
-# line and exit 2. Prints both sides' single-thread throughput.
+# digits, whitespace runs and special tokens), five BPE tokenizers trained by the
+# reference -- byte-level: GPT-2 style, Llama-3 style (a Split regex with Unicode classes,
+# ignore_merges), ByteLevel with add_prefix_space; SentencePiece style: Llama-2's
+# (Prepend / Replace normalizers, byte_fallback, fused unk) and Mistral's (Metaspace) --
+# encode to exactly the reference's ids (add_special_tokens=False); decoding gives what
+# the reference's decode gives (byte-level: the text itself). zinc-data --tokenizer and
+# data.tokenizer write those ids into shards and train on them. Bad tokenizer files are
+# one line and exit 2. Prints both sides' single-thread throughput.
 set -u
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
@@ -17,12 +20,25 @@ PY=$(./scripts/pyref.sh "$BUILD/pyref") || fail "no Python reference (scripts/py
 P="$BUILD/tests/tokenizer/prog_tok"
 "$PY" tests/tokenizer/ref.py "$TMP" $(ls core/*.c engine/*.c data/*.c README.md) > "$TMP/ref.txt" || fail "ref.py"
 cat "$TMP/ref.txt"
-for name in gpt2 llama3 prefix; do
-    extra=""; [ "$name" = prefix ] && extra=--no-roundtrip
+for name in gpt2 llama3 prefix llama2 mistral; do
+    extra=""; case $name in prefix|llama2|mistral) extra=--no-roundtrip ;; esac
     "$P" "$TMP/$name.json" "$TMP/docs.bin" "$TMP/$name.zinc" $extra > "$TMP/$name.out" \
         || { cat "$TMP/$name.out"; fail "$name: zinc's encoding failed or did not round-trip"; }
     cmp -s "$TMP/$name.ids" "$TMP/$name.zinc" || fail "$name: zinc's ids differ from tokenizers' ($(cmp "$TMP/$name.ids" "$TMP/$name.zinc" | head -1))"
-    echo "$name: zinc $(cat "$TMP/$name.out") (ids identical to tokenizers')"
+    "$PY" - "$TMP/$name.json" "$TMP/$name.ids" "$TMP/$name.zinc.dec" <<'PY' || fail "$name: zinc's decoding differs from tokenizers'"
+import struct, sys
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[1])
+ids, dec = open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
+p = q = k = 0
+while p < len(ids):
+    c = struct.unpack_from("<I", ids, p)[0]; v = list(struct.unpack_from("<%di" % c, ids, p + 4)); p += 4 + 4 * c
+    l = struct.unpack_from("<I", dec, q)[0]; got = dec[q + 4:q + 4 + l]; q += 4 + l
+    want = tok.decode(v, skip_special_tokens=False).encode("utf-8")
+    assert got == want, "document %d: %r vs %r" % (k, got[:80], want[:80])
+    k += 1
+PY
+    echo "$name: zinc $(cat "$TMP/$name.out") (ids identical to tokenizers', decoding too)"
 done
 bytes=$(stat -c %s "$TMP/docs.bin")
 [ "$bytes" -ge 1000000 ] || fail "the corpus is $bytes bytes, less than 1 MB"
@@ -75,9 +91,10 @@ j = json.load(open(sys.argv[1])); exec(sys.argv[3]); json.dump(j, open(sys.argv[
 PY
 }
 edit norm 'j["normalizer"] = {"type": "NFKC"}'; bad "normalizer NFKC: not supported yet" "$TMP/norm.json"
+edit unk 'j["model"]["unk_token"] = "<nope>"'; bad 'model.unk_token "<nope>" is not in the vocabulary' "$TMP/unk.json"
 edit wp 'j["model"]["type"] = "WordPiece"'; bad 'model.type "WordPiece": zinc encodes BPE models only' "$TMP/wp.json"
-edit bf 'j["model"]["byte_fallback"] = True'; bad "model.byte_fallback is set" "$TMP/bf.json"
-edit meta 'j["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581"}'; bad 'type "Metaspace"' "$TMP/meta.json"
+edit bpe 'j["model"]["end_of_word_suffix"] = "</w>"'; bad "model.end_of_word_suffix is set" "$TMP/bpe.json"
+edit meta 'j["pre_tokenizer"] = {"type": "Digits"}'; bad 'type "Digits"' "$TMP/meta.json"
 edit merge 'j["model"]["merges"][5] = ["zzqq", "x"]'; bad 'model.merges\[5\]: "zzqq" + "x" names a token' "$TMP/merge.json"
 edit byte 'del j["model"]["vocab"]["\u0100"]'; bad "has no token for byte 0x00" "$TMP/byte.json"
 edit rx 'j["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(["}, "behavior": "Isolated", "invert": False}'
