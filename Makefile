@@ -68,7 +68,7 @@ BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 # Fuzz targets tests/fuzz/fuzz_<target>.c: linked with tests/fuzz/replay.c by the normal
 # build (the replay `make test` runs over tests/fuzz/corpus/<target>/), with libFuzzer
 # by `make fuzz`. The hostfile target drives zinc-run's parsers, which libzinc lacks.
-FUZZ_TARGETS := config manifest safetensors data hostfile
+FUZZ_TARGETS := config manifest safetensors data hostfile tokenizer
 FUZZ_REPLAYS := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/replay_%)
 FUZZ_BINS    := $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 FUZZ_LAUNCHER_OBJ := $(BUILD)/launcher/inputs.o $(BUILD)/launcher/util.o

@@ -48,6 +48,11 @@
       (dinp, dw, dout, inp, w, rstd, N, C))                                                     \
     X(rope, (void *x, int N, int stride, int nh, int HS, int T, const int32_t *pos,             \
              const float *cs, const float *sn, int dir), (x, N, stride, nh, HS, T, pos, cs, sn, dir)) \
+    X(attention_gqa_forward, (void *out, float *lse, const void *qkv, int B, int T, int NH,     \
+                              int NKV, int HS), (out, lse, qkv, B, T, NH, NKV, HS))             \
+    X(attention_gqa_backward, (void *dqkv, float *sc, const void *dout, const void *qkv,        \
+                               const void *out, const float *lse, int B, int T, int NH,         \
+                               int NKV, int HS), (dqkv, sc, dout, qkv, out, lse, B, T, NH, NKV, HS)) \
     X(swiglu_forward, (void *out, const void *gu, int N, int F), (out, gu, N, F))               \
     X(swiglu_backward, (void *dgu, const void *dout, const void *gu, int N, int F),             \
       (dgu, dout, gu, N, F))                                                                    \

@@ -137,6 +137,15 @@ typedef struct zinc_ops {
      * in place). */
     void (*rope)(void *x, int N, int stride, int n_heads, int HS, int T, const int32_t *pos,
                  const float *cos, const float *sin, int dir);
+    /* Grouped-query attention: attention_forward / _backward's contract with NKV key/value
+     * heads shared by groups of NH / NKV query heads (NKV divides NH; NKV = NH is the
+     * multi-head op): qkv (B,T,(NH + 2 NKV) HS) act holds q (NH heads) | k (NKV) | v (NKV),
+     * query head h reading key/value head h / (NH / NKV); out (B,T,NH HS) act; lse
+     * (B,NH,T); scratch as attention_scratch_floats(B, T, NH HS, NH). K and V are never
+     * expanded in memory. */
+    void (*attention_gqa_forward)(void *out, float *lse, const void *qkv, int B, int T, int NH, int NKV, int HS);
+    void (*attention_gqa_backward)(void *dqkv, float *scratch, const void *dout, const void *qkv, const void *out,
+                                   const float *lse, int B, int T, int NH, int NKV, int HS);
     /* SwiGLU: gu(N,2F) act holds gate | up per row; out(N,F) act = silu(gate) * up. */
     void (*swiglu_forward)(void *out, const void *gu, int N, int F);
     /* dgu(N,2F) act accumulates; dout(N,F) act; gu as forward had it. */

@@ -128,6 +128,10 @@ void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int 
 void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
                             const float *out, const float *lse, int B, int T, int C, int NH);
 size_t cpu_attention_scratch_floats(int B, int T, int C, int NH);
+/* The same with NKV key/value heads (grouped-query attention; NKV = NH: the above). */
+void cpu_attention_gqa_forward(float *out, float *lse, const float *qkv, int B, int T, int NH, int NKV, int HS);
+void cpu_attention_gqa_backward(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *out,
+                                const float *lse, int B, int T, int NH, int NKV, int HS);
 void cpu_softmax_xent(float *losses, float *logits, const int32_t *targets, float dloss,
                       int N, int V);
 void cpu_xent_vp_max(float *rowmax, const float *logits, int N, int V);

@@ -193,27 +193,28 @@ void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const flo
 /* Keys scored at a time by the attention ops (a stack buffer per row). */
 #define ATT_KB 64
 
-/* Causal attention, flash style: no (T, T) matrix. For each query row
- * (b, h, t) the keys t2 <= t are taken ATT_KB at a time: scores
- * q_t . k_t2 / sqrt(HS), then an online softmax (running max mx, running
- * sum l; the output accumulator is rescaled by exp(old mx - new mx) when the
- * max grows), out_t = acc / l and lse_t = mx + log l. Rows are independent,
- * and work per row grows with t, so rows are dealt round-robin to threads. */
-void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C,
-                           int NH)
+/* Causal attention, flash style: no (T, T) matrix, with NKV key/value heads shared by
+ * groups of NH / NKV query heads (grouped-query attention; NKV = NH is multi-head). Rows
+ * of qkv are q (NH heads) | k (NKV) | v (NKV), each head HS wide; query head h reads
+ * key/value head h / (NH / NKV). For each query row (b, h, t) the keys t2 <= t are taken
+ * ATT_KB at a time: scores q_t . k_t2 / sqrt(HS), then an online softmax (running max mx,
+ * running sum l; the output accumulator is rescaled by exp(old mx - new mx) when the max
+ * grows), out_t = acc / l and lse_t = mx + log l. Rows are independent, and work per row
+ * grows with t, so rows are dealt round-robin to threads. */
+void cpu_attention_gqa_forward(float *out, float *lse, const float *qkv, int B, int T, int NH, int NKV, int HS)
 {
-    assert(out && lse && qkv && B >= 0 && T >= 0 && NH > 0 && C % NH == 0);
-    const int HS = C / NH;
-    assert(HS <= ATT_MAX_HS);
-    const size_t C3 = (size_t)C * 3;
+    assert(out && lse && qkv && B >= 0 && T >= 0 && NH > 0 && NKV > 0 && NH % NKV == 0);
+    assert(HS > 0 && HS <= ATT_MAX_HS);
+    const size_t R = (size_t)(NH + 2 * NKV) * HS, C = (size_t)NH * HS;
+    const int G = NH / NKV;
     const float scale = 1.0f / sqrtf((float)HS);
     const int n_rows = B * NH * T;
     #pragma omp parallel for schedule(static, 1) if ((size_t)n_rows * T * HS >= CPU_PAR_MIN)
     for (int r = 0; r < n_rows; r++) {
         const int t = r % T, h = (r / T) % NH, b = r / (T * NH);
-        const float *restrict q = qkv + ((size_t)b * T + t) * C3 + (size_t)h * HS;
-        const float *restrict kbase = qkv + (size_t)b * T * C3 + C + (size_t)h * HS;
-        const float *restrict vbase = kbase + C;
+        const float *restrict q = qkv + ((size_t)b * T + t) * R + (size_t)h * HS;
+        const float *restrict kbase = qkv + (size_t)b * T * R + C + (size_t)(h / G) * HS;
+        const float *restrict vbase = kbase + (size_t)NKV * HS;
         float acc[ATT_MAX_HS], s[ATT_KB];
         float mx = -INFINITY, l = 0.0f;
         for (int i = 0; i < HS; i++)
@@ -222,7 +223,7 @@ void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int 
             const int kn = t + 1 - k0 < ATT_KB ? t + 1 - k0 : ATT_KB;
             float bm = -INFINITY;
             for (int j = 0; j < kn; j++) {
-                const float *restrict k = kbase + (size_t)(k0 + j) * C3;
+                const float *restrict k = kbase + (size_t)(k0 + j) * R;
                 float d = 0.0f;
                 #pragma omp simd reduction(+ : d)
                 for (int i = 0; i < HS; i++)
@@ -246,7 +247,7 @@ void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int 
             }
             l += bs;
             for (int j = 0; j < kn; j++) {
-                const float *restrict v = vbase + (size_t)(k0 + j) * C3;
+                const float *restrict v = vbase + (size_t)(k0 + j) * R;
                 const float p = s[j];
                 #pragma omp simd
                 for (int i = 0; i < HS; i++)
@@ -261,6 +262,12 @@ void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int 
     }
 }
 
+void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C, int NH)
+{
+    assert(NH > 0 && C % NH == 0);
+    cpu_attention_gqa_forward(out, lse, qkv, B, T, NH, NH, C / NH);
+}
+
 /* Floats of scratch cpu_attention_backward needs: D, one per query row. */
 size_t cpu_attention_scratch_floats(int B, int T, int C, int NH)
 {
@@ -268,67 +275,79 @@ size_t cpu_attention_scratch_floats(int B, int T, int C, int NH)
     return (size_t)B * NH * T;
 }
 
-/* Backward of cpu_attention_forward; dqkv accumulates. Probabilities are
+/* Backward of cpu_attention_gqa_forward; dqkv accumulates. Probabilities are
  * recomputed from lse, p = exp(s - lse_t), and with D_t = dout_t . out_t
  * (= sum_t2 p dp, kept in scratch (B,NH,T)) the score gradient is
  *   ds = p (dp - D_t) scale,  dp = dout_t . v_t2.
- * k_t2 and v_t2 get gradient from every t >= t2 of the same (b, h), so
- * threads own whole (b, h) pairs and walk t in order (race-free, and
- * bitwise the same for any thread count). */
-void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
-                            const float *out, const float *lse, int B, int T, int C, int NH)
+ * k_t2 and v_t2 of a key/value head get gradient from every t >= t2 of every query head
+ * of its group, so threads own whole (b, key/value head) pairs and walk the group's
+ * query heads and t in order (race-free, and bitwise the same for any thread count;
+ * with NKV = NH the order of the multi-head op). */
+void cpu_attention_gqa_backward(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *out,
+                                const float *lse, int B, int T, int NH, int NKV, int HS)
 {
     assert(dqkv && scratch && dout && qkv && out && lse && B >= 0 && T >= 0);
-    assert(NH > 0 && C % NH == 0);
-    const int HS = C / NH;
-    const size_t C3 = (size_t)C * 3;
+    assert(NH > 0 && NKV > 0 && NH % NKV == 0 && HS > 0);
+    const size_t R = (size_t)(NH + 2 * NKV) * HS, C = (size_t)NH * HS, KV = (size_t)NKV * HS;
+    const int G = NH / NKV;
     const float scale = 1.0f / sqrtf((float)HS);
-    const int n_heads = B * NH;
-    #pragma omp parallel for schedule(static, 1) if ((size_t)n_heads * T * T * HS >= CPU_PAR_MIN)
-    for (int bh = 0; bh < n_heads; bh++) {
-        const int b = bh / NH, h = bh % NH;
-        const size_t qoff = (size_t)b * T * C3 + (size_t)h * HS;
-        const size_t ooff = (size_t)b * T * C + (size_t)h * HS;
-        float *restrict D = scratch + (size_t)bh * T;
-        for (int t = 0; t < T; t++) {
-            const float *restrict dy = dout + ooff + (size_t)t * C;
-            const float *restrict o = out + ooff + (size_t)t * C;
-            float d = 0.0f;
-            #pragma omp simd reduction(+ : d)
-            for (int i = 0; i < HS; i++)
-                d += dy[i] * o[i];
-            D[t] = d;
-        }
-        for (int t = 0; t < T; t++) {
-            const float *restrict dy = dout + ooff + (size_t)t * C;
-            const float *restrict q = qkv + qoff + (size_t)t * C3;
-            float *restrict dq = dqkv + qoff + (size_t)t * C3;
-            const float lse_t = lse[(size_t)bh * T + t], D_t = D[t];
-            for (int t2 = 0; t2 <= t; t2++) {
-                const float *restrict k = qkv + qoff + (size_t)t2 * C3 + C;
-                const float *restrict v = k + C;
-                float *restrict dk = dqkv + qoff + (size_t)t2 * C3 + C;
-                float *restrict dv = dk + C;
-                float sc = 0.0f;
-                #pragma omp simd reduction(+ : sc)
+    const int n_groups = B * NKV;
+    #pragma omp parallel for schedule(static, 1) if ((size_t)B * NH * T * T * HS >= CPU_PAR_MIN)
+    for (int bg = 0; bg < n_groups; bg++) {
+        const int b = bg / NKV, g = bg % NKV;
+        const size_t koff = (size_t)b * T * R + C + (size_t)g * HS;
+        for (int h = g * G; h < (g + 1) * G; h++) {
+            const int bh = b * NH + h;
+            const size_t qoff = (size_t)b * T * R + (size_t)h * HS;
+            const size_t ooff = (size_t)b * T * C + (size_t)h * HS;
+            float *restrict D = scratch + (size_t)bh * T;
+            for (int t = 0; t < T; t++) {
+                const float *restrict dy = dout + ooff + (size_t)t * C;
+                const float *restrict o = out + ooff + (size_t)t * C;
+                float d = 0.0f;
+                #pragma omp simd reduction(+ : d)
                 for (int i = 0; i < HS; i++)
-                    sc += q[i] * k[i];
-                const float p = cpu_expf(sc * scale - lse_t);
-                float dp = 0.0f;
-                #pragma omp simd reduction(+ : dp)
-                for (int i = 0; i < HS; i++) {
-                    dp += dy[i] * v[i];
-                    dv[i] += p * dy[i];
-                }
-                const float ds = p * (dp - D_t) * scale;
-                #pragma omp simd
-                for (int i = 0; i < HS; i++) {
-                    dq[i] += ds * k[i];
-                    dk[i] += ds * q[i];
+                    d += dy[i] * o[i];
+                D[t] = d;
+            }
+            for (int t = 0; t < T; t++) {
+                const float *restrict dy = dout + ooff + (size_t)t * C;
+                const float *restrict q = qkv + qoff + (size_t)t * R;
+                float *restrict dq = dqkv + qoff + (size_t)t * R;
+                const float lse_t = lse[(size_t)bh * T + t], D_t = D[t];
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *restrict k = qkv + koff + (size_t)t2 * R;
+                    const float *restrict v = k + KV;
+                    float *restrict dk = dqkv + koff + (size_t)t2 * R;
+                    float *restrict dv = dk + KV;
+                    float sc = 0.0f;
+                    #pragma omp simd reduction(+ : sc)
+                    for (int i = 0; i < HS; i++)
+                        sc += q[i] * k[i];
+                    const float p = cpu_expf(sc * scale - lse_t);
+                    float dp = 0.0f;
+                    #pragma omp simd reduction(+ : dp)
+                    for (int i = 0; i < HS; i++) {
+                        dp += dy[i] * v[i];
+                        dv[i] += p * dy[i];
+                    }
+                    const float ds = p * (dp - D_t) * scale;
+                    #pragma omp simd
+                    for (int i = 0; i < HS; i++) {
+                        dq[i] += ds * k[i];
+                        dk[i] += ds * q[i];
+                    }
                 }
             }
         }
     }
+}
+
+void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv,
+                            const float *out, const float *lse, int B, int T, int C, int NH)
+{
+    assert(NH > 0 && C % NH == 0);
+    cpu_attention_gqa_backward(dqkv, scratch, dout, qkv, out, lse, B, T, NH, NH, C / NH);
 }
 
 /* The row steps of the softmax + cross-entropy ops. */

@@ -144,6 +144,17 @@ static void f32_attention_backward(void *dqkv, float *scratch, const void *dout,
     cpu_attention_backward(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
 }
 
+static void f32_attention_gqa_forward(void *out, float *lse, const void *qkv, int B, int T, int NH, int NKV, int HS)
+{
+    cpu_attention_gqa_forward(out, lse, qkv, B, T, NH, NKV, HS);
+}
+
+static void f32_attention_gqa_backward(void *dqkv, float *scratch, const void *dout, const void *qkv, const void *out,
+                                       const float *lse, int B, int T, int NH, int NKV, int HS)
+{
+    cpu_attention_gqa_backward(dqkv, scratch, dout, qkv, out, lse, B, T, NH, NKV, HS);
+}
+
 static void f32_residual_forward(void *out, const void *a, const void *b, size_t n)
 {
     cpu_residual_forward(out, a, b, n);
@@ -664,35 +675,44 @@ done:
     widen_free(&w);
 }
 
-static void b16_attention_forward(void *out, float *lse, const void *qkv, int B, int T, int C,
-                                  int NH)
+static void b16_attention_gqa_forward(void *out, float *lse, const void *qkv, int B, int T, int NH, int NKV, int HS)
 {
     widen w = {0};
-    const size_t n = (size_t)B * T * C;
+    const size_t rows = (size_t)B * T, n = rows * NH * HS, nq = rows * (size_t)(NH + 2 * NKV) * HS;
     float *o, *x;
     TAKE(o, NULL, n);
-    TAKE(x, qkv, 3 * n);
-    cpu_attention_forward(o, lse, x, B, T, C, NH);
+    TAKE(x, qkv, nq);
+    cpu_attention_gqa_forward(o, lse, x, B, T, NH, NKV, HS);
     narrow(out, o, n);
 done:
     widen_free(&w);
 }
 
-static void b16_attention_backward(void *dqkv, float *scratch, const void *dout,
-                                   const void *qkv, const void *out, const float *lse, int B,
-                                   int T, int C, int NH)
+static void b16_attention_gqa_backward(void *dqkv, float *scratch, const void *dout, const void *qkv, const void *out,
+                                       const float *lse, int B, int T, int NH, int NKV, int HS)
 {
     widen w = {0};
-    const size_t n = (size_t)B * T * C;
+    const size_t rows = (size_t)B * T, n = rows * NH * HS, nq = rows * (size_t)(NH + 2 * NKV) * HS;
     float *dx, *dy, *x, *o;
-    TAKE(dx, dqkv, 3 * n);
+    TAKE(dx, dqkv, nq);
     TAKE(dy, dout, n);
-    TAKE(x, qkv, 3 * n);
+    TAKE(x, qkv, nq);
     TAKE(o, out, n);
-    cpu_attention_backward(dx, scratch, dy, x, o, lse, B, T, C, NH);
-    narrow(dqkv, dx, 3 * n);
+    cpu_attention_gqa_backward(dx, scratch, dy, x, o, lse, B, T, NH, NKV, HS);
+    narrow(dqkv, dx, nq);
 done:
     widen_free(&w);
+}
+
+static void b16_attention_forward(void *out, float *lse, const void *qkv, int B, int T, int C, int NH)
+{
+    b16_attention_gqa_forward(out, lse, qkv, B, T, NH, NH, C / NH);
+}
+
+static void b16_attention_backward(void *dqkv, float *scratch, const void *dout, const void *qkv, const void *out,
+                                   const float *lse, int B, int T, int C, int NH)
+{
+    b16_attention_gqa_backward(dqkv, scratch, dout, qkv, out, lse, B, T, NH, NH, C / NH);
 }
 
 static void b16_residual_forward(void *out, const void *a, const void *b, size_t n)
@@ -818,6 +838,8 @@ static void b16_xent_vp_finish(float *losses, void *logits, const int32_t *targe
     .rmsnorm_forward = p##_rmsnorm_forward, .rmsnorm_backward = p##_rmsnorm_backward,       \
     .rope = p##_rope, .swiglu_forward = p##_swiglu_forward,                                 \
     .swiglu_backward = p##_swiglu_backward,                                                 \
+    .attention_gqa_forward = p##_attention_gqa_forward,                                     \
+    .attention_gqa_backward = p##_attention_gqa_backward,                                   \
     .gelu_backward = p##_gelu_backward, .attention_forward = p##_attention_forward,         \
     .attention_backward = p##_attention_backward,                                           \
     .residual_forward = p##_residual_forward, .softmax_xent = p##_softmax_xent,            \

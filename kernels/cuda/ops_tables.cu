@@ -43,6 +43,39 @@ static void cuda_attention_backward_f32(void *dqkv, float *scratch, const void *
                             (const float *)out, lse, B, T, C, NH);
 }
 
+/* Grouped-query attention: the multi-head kernels when every query head has its own key
+ * and value head; shared ones are not done on cuda yet (recorded as an error, which the
+ * engine's next sync reports). */
+template <class A>
+static void cuda_attention_gqa_forward(void *out, float *lse, const void *qkv, int B, int T, int NH, int NKV, int HS)
+{
+    if (NKV != NH) {
+        cuda_fail(ZINC_ERR_UNSUPPORTED, "attention_gqa_forward", __FILE__, __LINE__,
+                  "key/value heads shared by several query heads are not done on cuda yet");
+        return;
+    }
+    if (sizeof(A) == sizeof(float))
+        cuda_attention_forward((float *)out, lse, (const float *)qkv, B, T, NH * HS, NH);
+    else
+        cuda_attention_forward_bf16(out, lse, qkv, B, T, NH * HS, NH);
+}
+
+template <class A>
+static void cuda_attention_gqa_backward(void *dqkv, float *scratch, const void *dout, const void *qkv, const void *out,
+                                        const float *lse, int B, int T, int NH, int NKV, int HS)
+{
+    if (NKV != NH) {
+        cuda_fail(ZINC_ERR_UNSUPPORTED, "attention_gqa_backward", __FILE__, __LINE__,
+                  "key/value heads shared by several query heads are not done on cuda yet");
+        return;
+    }
+    if (sizeof(A) == sizeof(float))
+        cuda_attention_backward((float *)dqkv, scratch, (const float *)dout, (const float *)qkv, (const float *)out, lse,
+                                B, T, NH * HS, NH);
+    else
+        cuda_attention_backward_bf16(dqkv, scratch, dout, qkv, out, lse, B, T, NH * HS, NH);
+}
+
 /* The act ops of one storage type A (float or bf16). */
 template <class A>
 static void fill_act_ops(zinc_ops *t)
@@ -60,6 +93,8 @@ static void fill_act_ops(zinc_ops *t)
     t->rope = cuda_rope<A>;
     t->swiglu_forward = cuda_swiglu_forward<A>;
     t->swiglu_backward = cuda_swiglu_backward<A>;
+    t->attention_gqa_forward = cuda_attention_gqa_forward<A>;
+    t->attention_gqa_backward = cuda_attention_gqa_backward<A>;
     t->gelu_forward = cuda_gelu_forward<A>;
     t->linear_gelu_forward = cuda_linear_gelu_forward<A>;
     t->linear_gelu_backward = cuda_linear_gelu_backward<A>;

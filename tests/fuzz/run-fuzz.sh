@@ -2,7 +2,7 @@
 # Runs the libFuzzer targets that `make fuzz` built into build-fuzz/, one after the
 # other, each for FUZZ_TIME seconds (default 10: a smoke run) or FUZZ_RUNS executions.
 #
-#   tests/fuzz/run-fuzz.sh [TARGET...]       (default: all five)
+#   tests/fuzz/run-fuzz.sh [TARGET...]       (default: all six)
 #   FUZZ_TIME=3600 tests/fuzz/run-fuzz.sh data
 #   FUZZ_RUNS=10000000 tests/fuzz/run-fuzz.sh config
 #
@@ -19,7 +19,7 @@ set -u
 cd "$(dirname "$0")/../.."
 B=build-fuzz
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config manifest safetensors data hostfile)
+[ ${#targets[@]} -gt 0 ] || targets=(config manifest safetensors data hostfile tokenizer)
 max_len() {
     case $1 in
         config|hostfile) echo 16384 ;;  # configs and hostfiles are a few KiB

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=1"
 logdir=$BUILD/test-logs; mkdir -p "$logdir"
 status=0
-for t in config manifest safetensors data hostfile; do
+for t in config manifest safetensors data hostfile tokenizer; do
     bin=$BUILD/tests/fuzz/replay_$t dir=tests/fuzz/corpus/$t log=$logdir/fuzz-$t.log
     if [ ! -x "$bin" ]; then echo "FAIL $t: $bin is not built"; status=1; continue; fi
     n=$(find "$dir" -maxdepth 1 -type f ! -name '.*' 2>/dev/null | wc -l)

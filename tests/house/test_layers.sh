@@ -3,7 +3,7 @@
 # includes a header of a layer above its own, and a folder's private header
 # (*_int.h) is included only inside that folder. Levels, lowest first:
 #   0 core/          status tensor log rng progress file clock ops device (interfaces)
-#   1 offload/ data/ aio offload; data
+#   1 offload/ data/ aio offload; data tokenizer
 #   2 kernels/       blas ops_cuda (and the cpu/cuda devices and op tables)
 #   3 comm/          comm
 #   4 zero/ checkpoint/ tensor_parallel/ pipeline/   zero; ckpt safetensors; tp; pipeline
@@ -17,7 +17,7 @@ fail=0
 level_of_header() {
     case $1 in
         status|tensor|log|rng|progress|file|clock|ops|device) echo 0 ;;
-        aio|offload|data) echo 1 ;;
+        aio|offload|data|tokenizer) echo 1 ;;
         blas|ops_cuda) echo 2 ;;
         comm) echo 3 ;;
         zero|ckpt|safetensors|tp|pipeline) echo 4 ;;

@@ -1,5 +1,5 @@
 /* test_llama_ops.c - the Llama-family ops of the CPU tables (RMSNorm, rotary
- * embeddings, SwiGLU) and the rotary tables, against float64 references
+ * embeddings, SwiGLU, grouped-query attention) and the rotary tables, against float64 references
  * written here and central finite differences of L = sum(out * R); backward
  * ops are pre-filled to check that they accumulate. The act-bf16 table is
  * held to one bf16 rounding of the fp32 table on the same inputs, and the
@@ -243,6 +243,113 @@ static void test_swiglu(void)
     free(gu), free(R), free(c.gu), free(c.R), free(ref), free(out), free(g), free(d0), free(d), free(rd);
 }
 
+/* ---------- grouped-query attention ---------- */
+
+/* Causal softmax attention in double, K/V head h / (NH / NKV). */
+static void ref_gqa(double *out, const double *qkv, int B, int T, int NH, int NKV, int HS)
+{
+    const int R = (NH + 2 * NKV) * HS, C = NH * HS, G = NH / NKV;
+    double *s = malloc((size_t)T * sizeof *s);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const double *q = qkv + ((size_t)b * T + t) * R + h * HS;
+                double mx = -INFINITY, l = 0.0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const double *k = qkv + ((size_t)b * T + t2) * R + C + (h / G) * HS;
+                    double d = 0.0;
+                    for (int i = 0; i < HS; i++) d += q[i] * k[i];
+                    s[t2] = d / sqrt((double)HS);
+                    mx = fmax(mx, s[t2]);
+                }
+                for (int t2 = 0; t2 <= t; t2++) l += s[t2] = exp(s[t2] - mx);
+                double *o = out + ((size_t)b * T + t) * C + h * HS;
+                for (int i = 0; i < HS; i++) {
+                    double a = 0.0;
+                    for (int t2 = 0; t2 <= t; t2++)
+                        a += s[t2] / l * qkv[((size_t)b * T + t2) * R + C + NKV * HS + (h / G) * HS + i];
+                    o[i] = a;
+                }
+            }
+    free(s);
+}
+
+struct gqa_ctx {
+    double *qkv, *R, *out;
+    int B, T, NH, NKV, HS;
+};
+
+static double gqa_loss(void *u)
+{
+    struct gqa_ctx *c = u;
+    ref_gqa(c->out, c->qkv, c->B, c->T, c->NH, c->NKV, c->HS);
+    return dot_d(c->out, c->R, (size_t)c->B * c->T * c->NH * c->HS);
+}
+
+static void test_gqa(void)
+{
+    static const int cases[][5] = {{2, 7, 4, 2, 8}, {1, 70, 6, 1, 16}, {2, 5, 4, 4, 8}}; /* B T NH NKV HS */
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        const int B = cases[k][0], T = cases[k][1], NH = cases[k][2], NKV = cases[k][3], HS = cases[k][4];
+        const size_t nq = (size_t)B * T * (NH + 2 * NKV) * HS, no = (size_t)B * T * NH * HS, nl = (size_t)B * NH * T;
+        float *qkv = frand(nq, 1.5f), *R = frand(no, 1.0f), *out = frand(no, 1.0f), *lse = malloc(nl * sizeof(float));
+        struct gqa_ctx c = {to_double(qkv, nq), to_double(R, no), malloc(no * sizeof(double)), B, T, NH, NKV, HS};
+        double *ref = malloc(no * sizeof *ref);
+        ref_gqa(ref, c.qkv, B, T, NH, NKV, HS);
+        ops->attention_gqa_forward(out, lse, qkv, B, T, NH, NKV, HS);
+        char what[80];
+        snprintf(what, sizeof what, "gqa forward NH %d NKV %d T %d", NH, NKV, T);
+        CU_ASSERT(close_to(what, out, ref, no, 1e-5, 1e-6));
+        if (T <= 7) { /* finite differences of the whole qkv (small cases) */
+            double *g = malloc(nq * sizeof *g);
+            fd_grad(g, c.qkv, nq, gqa_loss, &c);
+            float *d0 = frand(nq, 1.0f), *d = fcopy(d0, nq), *sc = malloc(nl * sizeof(float));
+            ops->attention_gqa_backward(d, sc, R, qkv, out, lse, B, T, NH, NKV, HS);
+            double *rd = plus(d0, g, nq);
+            snprintf(what, sizeof what, "gqa backward NH %d NKV %d", NH, NKV);
+            CU_ASSERT(close_to(what, d, rd, nq, 1e-4, 1e-5));
+            free(g), free(d0), free(d), free(sc), free(rd);
+        }
+        if (NKV == NH) { /* the multi-head op is the same computation, bit for bit */
+            float *o2 = malloc(no * sizeof(float)), *l2 = malloc(nl * sizeof(float));
+            ops->attention_forward(o2, l2, qkv, B, T, NH * HS, NH);
+            CU_ASSERT(memcmp(o2, out, no * sizeof(float)) == 0 && memcmp(l2, lse, nl * sizeof(float)) == 0);
+            free(o2), free(l2);
+        }
+        free(qkv), free(R), free(out), free(lse), free(c.qkv), free(c.R), free(c.out), free(ref);
+    }
+    /* the bf16 table: one rounding of the fp32 table's result on the same inputs */
+    const zinc_ops *f = zinc_ops_cpu(), *h = zinc_ops_cpu_bf16();
+    const int B = 2, T = 9, NH = 4, NKV = 2, HS = 8;
+    const size_t nq = (size_t)B * T * (NH + 2 * NKV) * HS, no = (size_t)B * T * NH * HS, nl = (size_t)B * NH * T;
+    float *r = frand(nq, 1.0f), *r2 = frand(no, 1.0f);
+    uint16_t *hq = b16(r, nq), *hd = b16(r2, no), *ho = malloc(no * 2), *hg = calloc(nq, 2);
+    float *xq = wide(hq, nq), *xd = wide(hd, no), *fo = malloc(no * 4), *l1 = malloc(nl * 4), *l2 = malloc(nl * 4);
+    float *fg = calloc(nq, 4), *sc = malloc(nl * 4);
+    f->attention_gqa_forward(fo, l1, xq, B, T, NH, NKV, HS);
+    h->attention_gqa_forward(ho, l2, hq, B, T, NH, NKV, HS);
+    CU_ASSERT(b16_close("bf16 gqa forward", ho, fo, no));
+    float *xo = wide(ho, no);
+    f->attention_gqa_backward(fg, sc, xd, xq, xo, l2, B, T, NH, NKV, HS);
+    h->attention_gqa_backward(hg, sc, hd, hq, ho, l2, B, T, NH, NKV, HS);
+    CU_ASSERT(b16_close("bf16 gqa backward", hg, fg, nq));
+    /* 1 and 2 threads: bitwise the same (past the parallel threshold) */
+    const int BB = 2, BT = 64, BNH = 8, BKV = 2, BHS = 32;
+    const size_t bq = (size_t)BB * BT * (BNH + 2 * BKV) * BHS, bo = (size_t)BB * BT * BNH * BHS, bl = (size_t)BB * BNH * BT;
+    float *x = frand(bq, 1.0f), *dy = frand(bo, 1.0f), *o[2], *ls[2], *dx[2], *scr = malloc(bl * 4);
+    for (int t = 0; t < 2; t++) {
+        omp_set_num_threads(t + 1);
+        o[t] = malloc(bo * 4), ls[t] = malloc(bl * 4), dx[t] = calloc(bq, 4);
+        ops->attention_gqa_forward(o[t], ls[t], x, BB, BT, BNH, BKV, BHS);
+        ops->attention_gqa_backward(dx[t], scr, dy, x, o[t], ls[t], BB, BT, BNH, BKV, BHS);
+    }
+    omp_set_num_threads(2);
+    CU_ASSERT(memcmp(o[0], o[1], bo * 4) == 0 && memcmp(dx[0], dx[1], bq * 4) == 0);
+    for (int t = 0; t < 2; t++) free(o[t]), free(ls[t]), free(dx[t]);
+    free(x), free(dy), free(scr), free(r), free(r2), free(hq), free(hd), free(ho), free(hg), free(xq), free(xd);
+    free(fo), free(l1), free(l2), free(fg), free(sc), free(xo);
+}
+
 /* ---------- the act-bf16 table, threads ---------- */
 
 static void test_bf16_and_threads(void)
@@ -322,7 +429,7 @@ static void test_tables(void)
     const zinc_ops *t[2] = {zinc_ops_cpu(), zinc_ops_cpu_bf16()};
     for (int k = 0; k < 2; k++)
         CU_ASSERT(t[k]->rmsnorm_forward && t[k]->rmsnorm_backward && t[k]->rope && t[k]->swiglu_forward &&
-                  t[k]->swiglu_backward);
+                  t[k]->swiglu_backward && t[k]->attention_gqa_forward && t[k]->attention_gqa_backward);
 }
 
 int main(void)
@@ -332,7 +439,7 @@ int main(void)
         void (*fn)(void);
     } tests[] = {
         {"tables", test_tables},   {"rmsnorm", test_rmsnorm}, {"rope_table", test_rope_table},
-        {"rope", test_rope},       {"swiglu", test_swiglu},   {"bf16_and_threads", test_bf16_and_threads},
+        {"rope", test_rope},       {"swiglu", test_swiglu},   {"gqa", test_gqa},   {"bf16_and_threads", test_bf16_and_threads},
     };
     ops = zinc_ops_cpu();
     if (CU_initialize_registry() != CUE_SUCCESS) return 1;
