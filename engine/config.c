@@ -411,6 +411,7 @@ static const keydesc model_keys[] = {
 static const keydesc data_keys[] = {
     KP("train", data.train, data.n_train),
     KP("text", data.text, data.n_text),
+    KP("valid", data.valid, data.n_valid),
     KS("text_exts", data.text_exts, ".c,.h,.md,.sh,.json,.txt", NULL),
     KS("tokenizer", data.tokenizer, "bytes", NULL), /* "bytes" or a path: finish() checks it */
     KI("seq_len", data.seq_len, 0, SEQ_MAX, 0),
@@ -423,6 +424,8 @@ static const enum_name on_nan_kinds[] = {
 static const keydesc train_keys[] = {
     KI("max_steps", train.max_steps, 1, STEPS_MAX, 100),
     KI("log_every", train.log_every, 0, STEPS_MAX, 0),
+    KI("eval_every", train.eval_every, 0, STEPS_MAX, 0),
+    KI("eval_batches", train.eval_batches, 1, 1e6, 10),
     KS("save_dir", train.save_dir, "", NULL),
     KS("metrics_file", train.metrics_file, "", NULL),
     KI("save_every", train.save_every, 0, STEPS_MAX, 0),
@@ -1524,6 +1527,11 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
                            (long long)c->scheduler.total_num_steps,
                            (long long)c->scheduler.warmup_num_steps);
     }
+
+    /* the validation loss needs held-out data */
+    if (c->train.eval_every > 0 && c->data.n_valid == 0)
+        return cfg_err(x, "train.eval_every", "%lld needs data.valid (the held-out token shards)",
+                       (long long)c->train.eval_every);
 
     /* data.tokenizer: "bytes", or a tokenizer.json (or a folder holding one) that exists */
     if (strcmp(c->data.tokenizer, "bytes")) {

@@ -492,7 +492,8 @@ int main(int argc, char **argv)
 
     zinc_gpt2 *gpt = NULL;
     zinc_engine *eng = NULL;
-    zinc_data *data = NULL;
+    zinc_data *data = NULL, *vdata = NULL;
+    int eval_nb = 0; /* global batches of data.valid per evaluation */
     FILE *metrics = NULL;
     zinc_aio *aio = NULL;
     char text_shard[600] = "";
@@ -519,6 +520,24 @@ int main(int argc, char **argv)
         st = agree(world, zinc_data_open(paths, n, T, (int)cfg.model.vocab_size,
                                          (uint64_t)cfg.data.seed, &data));
         if (text_shard[0] && rank == 0) unlink(text_shard); /* open files stay readable */
+        if (st != ZINC_OK) { rc = exit_code(st); goto done; }
+    }
+    if (cfg.data.n_valid > 0) { /* held-out shards for the validation loss */
+        const char *paths[ZINC_MAX_PATHS];
+        for (int k = 0; k < cfg.data.n_valid; k++) paths[k] = cfg.data.valid[k];
+        st = zinc_data_open(paths, cfg.data.n_valid, (int)zinc_config_seq_len(&cfg), (int)cfg.model.vocab_size,
+                            (uint64_t)cfg.data.seed, &vdata);
+        if (st != ZINC_OK) st = zinc_error(st, "data.valid: %s", zinc_last_error());
+        if (st == ZINC_OK) {
+            const uint64_t nb = zinc_data_n_samples(vdata) / (uint64_t)cfg.train_batch_size;
+            eval_nb = nb < (uint64_t)cfg.train.eval_batches ? (int)nb : (int)cfg.train.eval_batches;
+            if (eval_nb == 0)
+                st = zinc_error(ZINC_ERR_CONFIG, "data.valid: %llu samples of %lld tokens, fewer than one global batch of "
+                                "%lld; give more held-out data or a smaller train_batch_size",
+                                (unsigned long long)zinc_data_n_samples(vdata), (long long)zinc_config_seq_len(&cfg),
+                                (long long)cfg.train_batch_size);
+        }
+        st = agree(world, st);
         if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     }
     st = agree(world, zinc_gpt2_create(&cfg, &gpt));
@@ -619,6 +638,10 @@ int main(int argc, char **argv)
         if (step == first_step) first_loss = s.loss;
         last_loss = s.loss;
         if (step > first_step || cfg.train.max_steps == first_step) { tok_s_sum += s.tokens_per_s; n_tok_s++; }
+        /* the validation loss: every eval_every steps and at the end (collective) */
+        double vloss = NAN;
+        if (vdata && (step == cfg.train.max_steps || (cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0)))
+            if (zinc_engine_eval(eng, vdata, 0, eval_nb, &vloss) != ZINC_OK) die(world, "validation loss failed");
         /* save every save_every steps and at the end (only at the end when save_every is 0) */
         if (cfg.train.save_dir[0] &&
             ((cfg.train.save_every > 0 && step % cfg.train.save_every == 0) ||
@@ -631,7 +654,7 @@ int main(int argc, char **argv)
         char nvme_note[48] = "";
         if (s.mem_max.nvme)
             snprintf(nvme_note, sizeof nvme_note, " (%.1f MiB on nvme)", s.mem_max.nvme / 1048576.0);
-        char tp_comm[128] = ""; /* DP bytes first, then the TP group's, then the pipeline's */
+        char tp_comm[192] = ""; /* DP bytes first, then the TP group's, then the pipeline's */
         if (zinc_engine_tp_size(eng) > 1)
             snprintf(tp_comm, sizeof tp_comm, " + tp %.2f MiB", s.tp_comm_bytes / 1048576.0);
         if (zinc_engine_pp_size(eng) > 1) {
@@ -639,7 +662,14 @@ int main(int argc, char **argv)
             snprintf(tp_comm + n, sizeof tp_comm - n, " + pp %.2f MiB | bubble %.2f (theory %.2f)",
                      s.pp_comm_bytes / 1048576.0, s.pp_bubble, s.pp_bubble_theory);
         }
-        if (step % every == 0 || step == 1 || step == cfg.train.max_steps)
+        char eval_note[64] = "";
+        if (!isnan(vloss))
+            snprintf(eval_note, sizeof eval_note, " | eval %.4f (ppl %.2f)", vloss, exp(vloss));
+        {
+            size_t n = strlen(tp_comm);
+            snprintf(tp_comm + n, sizeof tp_comm - n, "%s", eval_note);
+        }
+        if (step % every == 0 || step == 1 || step == cfg.train.max_steps || !isnan(vloss))
             printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
                    "%.1f TFLOP/s | state %.1f MiB/rank%s | %s mem %.2f GiB | comm %.2f MiB%s%s\n",
                    (long long)step, (long long)cfg.train.max_steps, s.loss, s.lr, s.grad_norm,
@@ -679,7 +709,9 @@ int main(int argc, char **argv)
             for (int k = 0; k < zinc_engine_pp_size(eng) && k < 64; k++)
                 fprintf(metrics, "%s%llu", k ? ", " : "",
                         (unsigned long long)(zinc_engine_pp_size(eng) > 1 ? s.act_peak_stage[k] : s.act_peak_bytes));
-            fprintf(metrics, "]}\n");
+            fprintf(metrics, "]");
+            if (!isnan(vloss)) fprintf(metrics, ", \"eval_loss\": %.9g, \"eval_ppl\": %.9g", vloss, exp(vloss));
+            fprintf(metrics, "}\n");
             if (fflush(metrics) != 0) {
                 zinc_error(ZINC_ERR_IO, "train.metrics_file %s: write failed", cfg.train.metrics_file);
                 die(world, "metrics");
@@ -718,6 +750,7 @@ done:
     zinc_aio_destroy(aio);
     zinc_gpt2_destroy(gpt);
     zinc_data_close(data);
+    zinc_data_close(vdata);
     zinc_comm_destroy(world);
     return rc;
 }

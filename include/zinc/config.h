@@ -150,6 +150,8 @@ typedef struct zinc_config {
         int n_train;
         char text[ZINC_MAX_PATHS][512];  /* text files/dirs tokenized at start (alternative to train) */
         int n_text;
+        char valid[ZINC_MAX_PATHS][512]; /* held-out token shards for the validation loss (glob ok) */
+        int n_valid;
         char tokenizer[512];             /* "bytes", or a tokenizer.json / a folder holding one */
         int64_t seq_len;                 /* 0 = model.block_size */
         int64_t seed;                    /* 1234: sample order seed */
@@ -168,6 +170,8 @@ typedef struct zinc_config {
         int64_t threads;               /* 0 = cores / local ranks */
         zinc_on_nan on_nan;            /* error */
         int64_t max_skipped;           /* 10: non-finite steps in a row before on_nan "skip" stops */
+        int64_t eval_every;            /* 0: the validation loss (data.valid) at the end only; N: every N steps too */
+        int64_t eval_batches;          /* 10: global batches of data.valid per evaluation (fewer when it has fewer) */
     } train;
 
     zinc_device_kind device;           /* auto */
