@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <limits.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -701,61 +702,100 @@ cleanup:
     return st;
 }
 
-/* One whole file through the tokenizer into o's shard: ids appended as uint16. */
-static zinc_status data_tokenize_file(const zinc_tokenizer *tok, const char *path, int fd, data_out *o,
-                                      const char *out_path, uint64_t *total)
+/* One whole file through the tokenizer: its ids as uint16 in *out (malloc'd, *n).
+ * Runs on any thread: a failure's detail goes to err, not to this thread's last error. */
+typedef struct enc_file {
+    uint16_t *t16;
+    size_t n;
+    zinc_status st;
+    char err[600];
+} enc_file;
+
+static void data_encode_file(const zinc_tokenizer *tok, const char *path, enc_file *r)
 {
-    zinc_status st = ZINC_OK;
     struct stat sb;
     char *text = NULL;
     int32_t *ids = NULL;
-    uint16_t *t16 = NULL;
     size_t n = 0, cap = 0, got = 0;
-    if (fstat(fd, &sb) != 0 || sb.st_size > (off_t)1 << 30)
-        return zinc_error(ZINC_ERR_INVALID_ARG, "data: %s: more than 1 GiB of text in one file; split it", path);
+    int fd = -1;
+    zinc_status st = zinc_open_regular(path, 0, "text input", &fd, NULL);
+    if (st != ZINC_OK) goto fail;
+    if (fstat(fd, &sb) != 0 || sb.st_size > (off_t)1 << 30) {
+        st = zinc_error(ZINC_ERR_INVALID_ARG, "%s: more than 1 GiB of text in one file; split it", path);
+        goto fail;
+    }
     text = malloc((size_t)sb.st_size + 1);
-    if (!text) return zinc_error(ZINC_ERR_NOMEM, "data: %s: out of memory", path);
+    if (!text) {
+        st = zinc_error(ZINC_ERR_NOMEM, "%s: out of memory", path);
+        goto fail;
+    }
     while (got < (size_t)sb.st_size) {
-        ssize_t r = read(fd, text + got, (size_t)sb.st_size - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            st = zinc_error(ZINC_ERR_IO, "data: cannot read %s: %s", path, r < 0 ? strerror(errno) : "file shrank");
-            goto cleanup;
+        ssize_t rd = read(fd, text + got, (size_t)sb.st_size - got);
+        if (rd < 0 && errno == EINTR) continue;
+        if (rd <= 0) {
+            st = zinc_error(ZINC_ERR_IO, "cannot read %s: %s", path, rd < 0 ? strerror(errno) : "file shrank");
+            goto fail;
         }
-        got += (size_t)r;
+        got += (size_t)rd;
     }
     st = zinc_tokenizer_encode(tok, text, got, &ids, &n, &cap);
     if (st != ZINC_OK) {
-        st = zinc_error(st, "data: %s: %s", path, zinc_last_error());
-        goto cleanup;
+        st = zinc_error(st, "%s: %s", path, zinc_last_error());
+        goto fail;
     }
-    if (*total + n > (uint64_t)INT32_MAX) {
-        st = zinc_error(ZINC_ERR_INVALID_ARG, "data: %s: inputs exceed the shard limit of %d tokens; split them over "
-                        "several shards", out_path, INT32_MAX);
-        goto cleanup;
-    }
-    t16 = malloc((n ? n : 1) * sizeof *t16);
-    if (!t16) {
-        st = zinc_error(ZINC_ERR_NOMEM, "data: %s: out of memory", path);
-        goto cleanup;
+    r->t16 = malloc((n ? n : 1) * sizeof *r->t16);
+    if (!r->t16) {
+        st = zinc_error(ZINC_ERR_NOMEM, "%s: out of memory", path);
+        goto fail;
     }
     for (size_t i = 0; i < n; i++) {
         if (ids[i] > 65535) {
-            st = zinc_error(ZINC_ERR_UNSUPPORTED, "data: %s: token id %d does not fit the shard's 16-bit tokens "
-                            "(a 32-bit shard format is not done yet)", path, ids[i]);
-            goto cleanup;
+            st = zinc_error(ZINC_ERR_UNSUPPORTED, "%s: token id %d does not fit the shard's 16-bit tokens (a 32-bit "
+                            "shard format is not done yet)", path, ids[i]);
+            goto fail;
         }
-        t16[i] = (uint16_t)ids[i];
+        r->t16[i] = (uint16_t)ids[i];
     }
-    if (data_write_all(o->fd, t16, n * sizeof *t16) != 0) {
-        st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o->tmp, strerror(errno));
-        goto cleanup;
-    }
-    *total += n;
-cleanup:
+    r->n = n;
+    r->st = ZINC_OK;
+    goto done;
+fail:
+    r->st = st;
+    snprintf(r->err, sizeof r->err, "%s", zinc_last_error());
+    free(r->t16);
+    r->t16 = NULL;
+done:
+    if (fd >= 0) close(fd);
     free(text);
     free(ids);
-    free(t16);
+}
+
+/* The files through the tokenizer into o's shard, in order: windows of files encoded on
+ * every thread at once, then written one after another. */
+static zinc_status data_tokenize_files(const zinc_tokenizer *tok, const data_list *files, data_out *o,
+                                       const char *out_path, uint64_t *total)
+{
+    zinc_status st = ZINC_OK;
+    const size_t win = (size_t)omp_get_max_threads() * 2;
+    enc_file *r = calloc(win, sizeof *r);
+    if (!r) return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+    for (size_t f0 = 0; f0 < files->n && st == ZINC_OK; f0 += win) {
+        const size_t nw = files->n - f0 < win ? files->n - f0 : win;
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (size_t i = 0; i < nw; i++) data_encode_file(tok, files->items[f0 + i], &r[i]);
+        for (size_t i = 0; i < nw; i++) {
+            if (st == ZINC_OK && r[i].st != ZINC_OK) st = zinc_error(r[i].st, "data: %s", r[i].err);
+            if (st == ZINC_OK && *total + r[i].n > (uint64_t)INT32_MAX)
+                st = zinc_error(ZINC_ERR_INVALID_ARG, "data: %s: inputs exceed the shard limit of %d tokens; split "
+                                "them over several shards", out_path, INT32_MAX);
+            if (st == ZINC_OK && data_write_all(o->fd, r[i].t16, r[i].n * sizeof *r[i].t16) != 0)
+                st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o->tmp, strerror(errno));
+            if (st == ZINC_OK) *total += r[i].n;
+            free(r[i].t16);
+            r[i] = (enc_file){0};
+        }
+    }
+    free(r);
     return st;
 }
 
@@ -818,17 +858,12 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
         st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o.tmp, strerror(errno));
         goto cleanup;
     }
-    for (size_t f = 0; f < files.n; f++) {
+    if (tok) ZINC_TRY(data_tokenize_files(tok, &files, &o, out_path, &total));
+    for (size_t f = 0; f < files.n && !tok; f++) {
         st = zinc_open_regular(files.items[f], 0, "text input", &fd, NULL);
         if (st != ZINC_OK) {
             st = zinc_error(st, "data: %s", zinc_last_error());
             goto cleanup;
-        }
-        if (tok) {
-            ZINC_TRY(data_tokenize_file(tok, files.items[f], fd, &o, out_path, &total));
-            close(fd);
-            fd = -1;
-            continue;
         }
         for (;;) {
             ssize_t r = read(fd, in, chunk);

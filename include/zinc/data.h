@@ -48,7 +48,8 @@ zinc_status zinc_data_get(const zinc_data *d, uint64_t first, int n, int32_t *in
  * out_path: with tok NULL the byte-level tokenizer (token = byte value
  * 0..255, streamed), else each file whole through tok (zinc/tokenizer.h;
  * a file must be valid UTF-8, at most 1 GiB, and its ids below 65536, what
- * the shard format holds). Reports tokens written in *n_tokens (may be NULL). */
+ * the shard format holds), files encoded on every OpenMP thread at once and
+ * written in order. Reports tokens written in *n_tokens (may be NULL). */
 typedef struct zinc_tokenizer zinc_tokenizer;
 zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inputs,
                                             const char *exts, const zinc_tokenizer *tok,

@@ -44,9 +44,12 @@ bytes=$(stat -c %s "$TMP/docs.bin")
 [ "$bytes" -ge 1000000 ] || fail "the corpus is $bytes bytes, less than 1 MB"
 
 # zinc-data --tokenizer: each file encoded whole into the shard, as tokenizers encodes it
+# (files on 2 threads at once give the 1-thread shard)
 mkdir -p "$TMP/txt"
 cp README.md "$TMP/txt/a.md"; cp data/tokenizer.c "$TMP/txt/b.c"
-"$BUILD/zinc-data" --tokenizer "$TMP/llama3.json" -o "$TMP/s.bin" "$TMP/txt" > "$TMP/zd.out" || fail "zinc-data --tokenizer"
+OMP_NUM_THREADS=2 "$BUILD/zinc-data" --tokenizer "$TMP/llama3.json" -o "$TMP/s.bin" "$TMP/txt" > "$TMP/zd.out" || fail "zinc-data --tokenizer"
+OMP_NUM_THREADS=1 "$BUILD/zinc-data" --tokenizer "$TMP/llama3.json" -o "$TMP/s1.bin" "$TMP/txt" > /dev/null || fail "zinc-data --tokenizer"
+cmp -s "$TMP/s.bin" "$TMP/s1.bin" || fail "zinc-data --tokenizer on 2 threads wrote another shard than on 1"
 "$PY" - "$TMP/llama3.json" "$TMP/s.bin" "$TMP/txt/a.md" "$TMP/txt/b.c" <<'PY' || fail "the shard's tokens differ from tokenizers'"
 import struct, sys
 from tokenizers import Tokenizer
@@ -60,6 +63,12 @@ got = list(struct.unpack("<%dH" % hdr[2], data[1024:1024 + 2 * hdr[2]]))
 assert hdr[0] == 20240520 and got == want, (hdr[:3], len(got), len(want))
 PY
 echo "zinc-data --tokenizer: $(cat "$TMP/zd.out"), the ids tokenizers gives"
+mkdir -p "$TMP/badtxt"; cp README.md "$TMP/badtxt/a.md"; printf 'ok \xff\xfe no' > "$TMP/badtxt/b.txt"
+out=$("$BUILD/zinc-data" --tokenizer "$TMP/llama3.json" -o "$TMP/bad.bin" "$TMP/badtxt" 2>&1); rc=$?
+[ $rc -eq 1 ] && echo "$out" | grep -q "b.txt: tokenizer: the text is not valid UTF-8 at byte 3" \
+    || fail "a file that is not UTF-8: exit $rc: $out"
+[ ! -e "$TMP/bad.bin" ] || fail "a failed zinc-data left $TMP/bad.bin"
+echo "refused: $out"
 # a training run on text through the tokenizer (data.text + data.tokenizer)
 cat > "$TMP/train.json" <<JSON
 {"train_batch_size": 4, "model": {"type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 3008,
