@@ -516,7 +516,7 @@ static const keydesc elasticity_keys[] = {
     KB("prefer_larger_batch", elasticity.prefer_larger_batch, 1),
     KB("ignore_non_elastic_batch_info", elasticity.ignore_non_elastic_batch_info, 0),
     NYN("version", 0, INF, 0.1, "zinc implements elasticity version 0.1"),
-    NYI("model_parallel_size", 1, INF, 1, "tensor parallelism is not implemented"),
+    NYI("model_parallel_size", 1, INF, 1, "elastic jobs are data parallel only in zinc"),
     XIW("num_gpus_per_node", 1, INF, "used by elasticity version 0.2 only"),
     END};
 
