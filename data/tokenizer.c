@@ -672,26 +672,6 @@ static int split_step(enc *e, const pcre2_code *re, int behavior)
     return 0;
 }
 
-/* ByteLevel's add_prefix_space: a piece not starting with a space gets one (a copy). */
-static int prefix_spaces(enc *e)
-{
-    for (size_t i = 0; i < e->na; i++) {
-        piece *p = &e->a[i];
-        if (p->len > 0 && p->p[0] == ' ') continue;
-        char *c = malloc(p->len + 1);
-        if (!c || grow((void **)&e->arena, &e->arena_cap, e->n_arena + 1, sizeof *e->arena) != 0) {
-            free(c);
-            return -1;
-        }
-        e->arena[e->n_arena++] = c;
-        c[0] = ' ';
-        memcpy(c + 1, p->p, p->len);
-        p->p = c;
-        p->len++;
-    }
-    return 0;
-}
-
 /* A copy of len bytes in the arena (freed with the encoding). */
 static char *arena_copy(enc *e, const char *p, size_t len, size_t extra)
 {
@@ -703,6 +683,22 @@ static char *arena_copy(enc *e, const char *p, size_t len, size_t extra)
     e->arena[e->n_arena++] = c;
     if (len) memcpy(c, p, len);
     return c;
+}
+
+/* ByteLevel's add_prefix_space: a piece not starting with a space gets one (a copy). */
+static int prefix_spaces(enc *e)
+{
+    for (size_t i = 0; i < e->na; i++) {
+        piece *p = &e->a[i];
+        if (p->len > 0 && p->p[0] == ' ') continue;
+        char *c = arena_copy(e, NULL, 0, p->len + 1);
+        if (!c) return -1;
+        c[0] = ' ';
+        memcpy(c + 1, p->p, p->len);
+        p->p = c;
+        p->len++;
+    }
+    return 0;
 }
 
 /* The min-heap of candidate merges: lowest rank first, then leftmost. */
