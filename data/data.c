@@ -738,7 +738,7 @@ static void data_encode_file(const zinc_tokenizer *tok, const char *path, enc_fi
         }
         got += (size_t)rd;
     }
-    st = zinc_tokenizer_encode(tok, text, got, &ids, &n, &cap);
+    st = zinc_tokenizer_encode_special(tok, text, got, &ids, &n, &cap);
     if (st != ZINC_OK) {
         st = zinc_error(st, "%s: %s", path, zinc_last_error());
         goto fail;

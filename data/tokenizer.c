@@ -158,6 +158,9 @@ struct zinc_tokenizer {
     int strip_space;      /* decoding drops the one leading space the normalizer or Metaspace prepended */
     char meta[8];         /* the character that stands for a space (Metaspace, Replace " "), "" none */
     int meta_len;
+    int32_t post_pre[8], post_post[8]; /* the post-processor's special tokens before / after a text */
+    int n_post_pre, n_post_post;
+    char post_why[200];   /* why encoding with special tokens is refused ("" when it is not) */
     added_tok *added;  /* by first byte, then longest first */
     int n_added;
     int first_added[257]; /* added[first_added[b] .. first_added[b + 1]) start with byte b */
@@ -333,6 +336,54 @@ static zinc_status load_norm(zinc_tokenizer *t, json_t *p, const char *key)
     return ZINC_OK;
 }
 
+/* The post-processor's single-text template: its special tokens before and after the text.
+ * A kind zinc does not apply is noted (post_why) and refused only when special tokens are
+ * asked for. */
+static zinc_status load_post(zinc_tokenizer *t, json_t *p)
+{
+    if (!p || json_is_null(p)) return ZINC_OK;
+    const char *type = json_string_value(json_object_get(p, "type"));
+    if (!type) return zinc_error(ZINC_ERR_CORRUPT, "%s: post_processor.type: expected a string", t->file);
+    if (!strcmp(type, "Sequence")) {
+        json_t *a = json_object_get(p, "processors");
+        for (size_t i = 0; json_is_array(a) && i < json_array_size(a); i++) {
+            zinc_status st = load_post(t, json_array_get(a, i));
+            if (st != ZINC_OK) return st;
+        }
+        return ZINC_OK;
+    }
+    if (!strcmp(type, "ByteLevel")) return ZINC_OK; /* offsets only */
+    if (strcmp(type, "TemplateProcessing")) {
+        snprintf(t->post_why, sizeof t->post_why, "post_processor %s is not applied by zinc yet", type);
+        return ZINC_OK;
+    }
+    json_t *single = json_object_get(p, "single"), *sp = json_object_get(p, "special_tokens");
+    int after = 0;
+    for (size_t i = 0; json_is_array(single) && i < json_array_size(single); i++) {
+        json_t *it = json_array_get(single, i);
+        if (json_object_get(it, "Sequence")) {
+            after = 1;
+            continue;
+        }
+        const char *name = json_string_value(json_object_get(json_object_get(it, "SpecialToken"), "id"));
+        json_t *ids = json_object_get(json_object_get(sp, name ? name : ""), "ids");
+        if (!name || !json_is_array(ids))
+            return zinc_error(ZINC_ERR_CORRUPT, "%s: post_processor.single[%zu]: a special token without ids", t->file, i);
+        for (size_t k = 0; k < json_array_size(ids); k++) {
+            json_t *v = json_array_get(ids, k);
+            int32_t *dst = after ? t->post_post : t->post_pre;
+            int *n = after ? &t->n_post_post : &t->n_post_pre;
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= t->n_ids ||
+                !t->text[json_integer_value(v)])
+                return zinc_error(ZINC_ERR_CORRUPT, "%s: post_processor: special token %s has id %s, not in the vocabulary",
+                                  t->file, name, json_is_integer(v) ? "out of range" : "not an integer");
+            if (*n == 8) return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: post_processor: more than 8 special tokens", t->file);
+            dst[(*n)++] = (int32_t)json_integer_value(v);
+        }
+    }
+    return ZINC_OK;
+}
+
 static int cmp_added(const void *a, const void *b)
 {
     const added_tok *x = a, *y = b;
@@ -491,6 +542,8 @@ static zinc_status load_json(zinc_tokenizer *t, json_t *root)
         t->fb_id[b] = strmap_get(&t->vocab, fb, 6);
     }
     t->byte_level = t->n_pre > 0 && t->pre[t->n_pre - 1].kind == PRE_BYTELEVEL;
+    st = load_post(t, json_object_get(root, "post_processor"));
+    if (st != ZINC_OK) return st;
     byte_map(t);
     for (int b = 0; b < 256 && t->byte_level; b++) {
         t->byte_id[b] = strmap_get(&t->vocab, t->byte_chr[b], (size_t)t->byte_chr_len[b]);
@@ -1025,6 +1078,21 @@ static int is_added(const zinc_tokenizer *t, int32_t id)
  * (SentencePiece style): "<0xXX>" tokens are their byte, the space character is a space
  * again, added tokens stay as they are, and one leading space the encoding prepended is
  * dropped (Llama-2's decoder: Replace, ByteFallback, Fuse, Strip). */
+zinc_status zinc_tokenizer_encode_special(const zinc_tokenizer *t, const char *text, size_t len, int32_t **ids,
+                                          size_t *n, size_t *cap)
+{
+    if (t->post_why[0]) return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: %s", t->file, t->post_why);
+    if (grow((void **)ids, cap, *n + (size_t)t->n_post_pre, sizeof **ids) != 0)
+        return zinc_error(ZINC_ERR_NOMEM, "tokenizer: out of memory");
+    for (int i = 0; i < t->n_post_pre; i++) (*ids)[(*n)++] = t->post_pre[i];
+    zinc_status st = zinc_tokenizer_encode(t, text, len, ids, n, cap);
+    if (st != ZINC_OK) return st;
+    if (grow((void **)ids, cap, *n + (size_t)t->n_post_post, sizeof **ids) != 0)
+        return zinc_error(ZINC_ERR_NOMEM, "tokenizer: out of memory");
+    for (int i = 0; i < t->n_post_post; i++) (*ids)[(*n)++] = t->post_post[i];
+    return ZINC_OK;
+}
+
 zinc_status zinc_tokenizer_decode(const zinc_tokenizer *t, const int32_t *ids, size_t n, char **text, size_t *len)
 {
     size_t cap = 64, m = 0;

@@ -46,7 +46,8 @@ zinc_status zinc_data_get(const zinc_data *d, uint64_t first, int n, int32_t *in
  * sorted order, files whose name ends in one of exts — a comma separated list
  * like ".c,.h,.md" or NULL for all — are included) and writes one shard to
  * out_path: with tok NULL the byte-level tokenizer (token = byte value
- * 0..255, streamed), else each file whole through tok (zinc/tokenizer.h;
+ * 0..255, streamed), else each file whole through tok as tokenizer(text)
+ * encodes it, special tokens of the post-processor included (zinc/tokenizer.h;
  * a file must be valid UTF-8, at most 1 GiB, and its ids below 65536, what
  * the shard format holds), files encoded on every OpenMP thread at once and
  * written in order. Reports tokens written in *n_tokens (may be NULL). */

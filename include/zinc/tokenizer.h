@@ -46,6 +46,12 @@ int32_t zinc_tokenizer_token_id(const zinc_tokenizer *t, const char *token);
  * ZINC_ERR_NOMEM. */
 zinc_status zinc_tokenizer_encode(const zinc_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n,
                                   size_t *cap);
+/* The same with the post-processor's special tokens, as tokenizers encodes with
+ * add_special_tokens=True (what `tokenizer(text)` gives): TemplateProcessing's single
+ * template (Llama-3's <|begin_of_text|> first, ...; ByteLevel adds none).
+ * ZINC_ERR_UNSUPPORTED for another post-processor kind, naming it. */
+zinc_status zinc_tokenizer_encode_special(const zinc_tokenizer *t, const char *text, size_t len, int32_t **ids,
+                                          size_t *n, size_t *cap);
 /* Decodes n ids to *text (malloc'd, NUL-terminated, *len bytes) as tokenizers' decode
  * with skip_special_tokens=False does. ZINC_ERR_INVALID_ARG for an id outside the
  * vocabulary. */

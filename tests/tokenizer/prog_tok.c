@@ -1,7 +1,8 @@
 /* prog_tok.c - tests/tokenizer/test_tokenizer.sh's driver: encodes documents with
  * zinc's tokenizer the way ref.py encodes them with `tokenizers`.
  *
- *   prog_tok TOKENIZER DOCS OUT [--no-roundtrip]
+ *   prog_tok TOKENIZER DOCS OUT [--no-roundtrip | --special]  (--special: with the
+ *                                 post-processor's special tokens, no round trip)
  *                                 DOCS: (u32 length, bytes) per document; OUT: (u32 count,
  *                                 i32 ids) per document. Checks decode(encode(d)) == d for
  *                                 every document (not with --no-roundtrip: a tokenizer that
@@ -22,9 +23,10 @@
 int main(int argc, char **argv)
 {
     zinc_tokenizer *t = NULL;
-    const int roundtrip = !(argc == 5 && !strcmp(argv[4], "--no-roundtrip"));
+    const int special = argc == 5 && !strcmp(argv[4], "--special");
+    const int roundtrip = !(argc == 5 && (!strcmp(argv[4], "--no-roundtrip") || special));
     if (argc != 2 && argc != 4 && !(argc == 5 && !roundtrip)) {
-        fprintf(stderr, "usage: prog_tok TOKENIZER [DOCS OUT [--no-roundtrip]]\n");
+        fprintf(stderr, "usage: prog_tok TOKENIZER [DOCS OUT [--no-roundtrip | --special]]\n");
         return 2;
     }
     if (zinc_tokenizer_load(argv[1], &t) != ZINC_OK) {
@@ -55,7 +57,8 @@ int main(int argc, char **argv)
         }
         n = 0;
         double t0 = zinc_now_ms();
-        zinc_status st = zinc_tokenizer_encode(t, d, len, &ids, &n, &cap);
+        zinc_status st = special ? zinc_tokenizer_encode_special(t, d, len, &ids, &n, &cap)
+                                 : zinc_tokenizer_encode(t, d, len, &ids, &n, &cap);
         ms += zinc_now_ms() - t0;
         if (st != ZINC_OK) {
             fprintf(stderr, "prog_tok: document %zu: %s\n", n_docs, zinc_last_error());

@@ -12,7 +12,7 @@ past a 300-character alphabet, unk fused) and Mistral's (Metaspace, prepend firs
 count, i32 ids) per document, encode(add_special_tokens=False)), and one line per
 tokenizer with its single-thread MB/s."""
 import os, random, struct, sys, time
-from tokenizers import Tokenizer, Regex, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 out, srcs = sys.argv[1], sys.argv[2:]
 rng = random.Random(1234)
@@ -46,7 +46,7 @@ with open(os.path.join(out, "docs.bin"), "wb") as f:
         b = d.encode("utf-8")
         f.write(struct.pack("<I", len(b)) + b)
 
-def train(name, tok, sp=False):
+def train(name, tok, sp=False, template=None):
     if sp:
         tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                          decoders.Strip(" ", 1, 0)])
@@ -57,6 +57,13 @@ def train(name, tok, sp=False):
         tr = trainers.BpeTrainer(vocab_size=3000, special_tokens=specials,
                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(docs, tr)
+    if template:  # the post-processor: special tokens around a text (add_special_tokens=True)
+        tok.post_processor = processors.TemplateProcessing(
+            single=template, special_tokens=[(s, tok.token_to_id(s)) for s in specials if s in template])
+        with open(os.path.join(out, name + ".sids"), "wb") as f:
+            for d in docs:
+                ids = tok.encode(d).ids
+                f.write(struct.pack("<I", len(ids)) + struct.pack("<%di" % len(ids), *ids))
     tok.save(os.path.join(out, name + ".json"))
     t0 = time.perf_counter()
     encs = [tok.encode(d, add_special_tokens=False).ids for d in docs]
@@ -75,7 +82,7 @@ l3 = Tokenizer(models.BPE(ignore_merges=True))
 pat = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 l3.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pat), behavior="isolated", invert=False),
                                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-train("llama3", l3)
+train("llama3", l3, template="<|begin_of_text|> $A <|eot_id|>")
 rb = Tokenizer(models.BPE())
 rb.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
 train("prefix", rb)

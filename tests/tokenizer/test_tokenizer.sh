@@ -40,10 +40,13 @@ while p < len(ids):
 PY
     echo "$name: zinc $(cat "$TMP/$name.out") (ids identical to tokenizers', decoding too)"
 done
+"$P" "$TMP/llama3.json" "$TMP/docs.bin" "$TMP/llama3.szinc" --special > /dev/null || fail "llama3: encoding with special tokens"
+cmp -s "$TMP/llama3.sids" "$TMP/llama3.szinc" || fail "llama3: ids with the post-processor's special tokens differ from tokenizers'"
+echo "llama3 with special tokens (TemplateProcessing): ids identical to tokenizers' add_special_tokens=True"
 bytes=$(stat -c %s "$TMP/docs.bin")
 [ "$bytes" -ge 1000000 ] || fail "the corpus is $bytes bytes, less than 1 MB"
 
-# zinc-data --tokenizer: each file encoded whole into the shard, as tokenizers encodes it
+# zinc-data --tokenizer: each file encoded whole into the shard, as tokenizer(text) encodes it
 # (files on 2 threads at once give the 1-thread shard)
 mkdir -p "$TMP/txt"
 cp README.md "$TMP/txt/a.md"; cp data/tokenizer.c "$TMP/txt/b.c"
@@ -56,7 +59,7 @@ from tokenizers import Tokenizer
 tok = Tokenizer.from_file(sys.argv[1])
 want = []
 for f in sys.argv[3:]:
-    want += tok.encode(open(f, encoding="utf-8").read(), add_special_tokens=False).ids
+    want += tok.encode(open(f, encoding="utf-8").read()).ids  # tokenizer(text): with special tokens
 data = open(sys.argv[2], "rb").read()
 hdr = struct.unpack("<256i", data[:1024])
 got = list(struct.unpack("<%dH" % hdr[2], data[1024:1024 + 2 * hdr[2]]))
