@@ -54,6 +54,7 @@
                                const void *out, const float *lse, int B, int T, int NH,         \
                                int NKV, int HS), (dqkv, sc, dout, qkv, out, lse, B, T, NH, NKV, HS)) \
     X(swiglu_forward, (void *out, const void *gu, int N, int F), (out, gu, N, F))               \
+    X(fill_cols, (void *x, int N, int ld, int c0, int c1, float v), (x, N, ld, c0, c1, v))      \
     X(swiglu_backward, (void *dgu, const void *dout, const void *gu, int N, int F),             \
       (dgu, dout, gu, N, F))                                                                    \
     X(gelu_forward, (void *out, const void *inp, size_t n), (out, inp, n))                      \

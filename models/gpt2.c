@@ -25,6 +25,7 @@
 
 typedef struct gpt2_dims {
     int C, NH, V, maxT, L;
+    int Vreal;     /* the real vocabulary: rows [Vreal, V) are padding, kept out of the softmax */
     int recompute; /* model.recompute: backward recomputes ln1, ln2, c_fc and its GELU */
 } gpt2_dims;
 
@@ -492,6 +493,11 @@ static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *x, void 
                          zinc_layer_param(l, H_LNFB), R, C);
     if (g.sp) ZINC_TRY(zinc_tp_gather_rows(tp, a.lnf, lnr, (size_t)R, (size_t)C));
     zinc_tp_head_forward(tp, a.logits, a.lnf, zinc_layer_param(l, H_WTE), N, C, g.Vl);
+    { /* the padded rows of this rank's vocabulary slice [v0, v0 + Vl): -inf logits, so they
+       * take no part in the softmax and get no gradient */
+        const int v0 = tp->rank * g.Vl, lo = d->Vreal - v0 < 0 ? 0 : d->Vreal - v0;
+        if (lo < g.Vl) o->fill_cols(a.logits, N, g.Vl, lo, g.Vl, -INFINITY);
+    }
     ZINC_TRY(zinc_tp_softmax_xent(tp, a.losses, a.logits, c->targets, c->dloss, s.stats, N, g.Vl));
     c->loss_sum += o->sum(a.losses, (size_t)N); /* device memory: summed there */
 cleanup:
@@ -572,6 +578,7 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
     g->d.C = (int)c->model.n_embd;
     g->d.NH = (int)c->model.n_head;
     g->d.V = (int)c->model.vocab_size;
+    g->d.Vreal = g->d.V;
     g->d.maxT = (int)c->model.block_size;
     g->d.L = (int)c->model.n_layer;
     g->d.recompute = c->model.recompute != 0;
@@ -600,6 +607,15 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
 }
 
 const zinc_model_def *zinc_gpt2_model(const zinc_gpt2 *g) { return &g->model; }
+
+zinc_status zinc_gpt2_set_vocab_real(zinc_gpt2 *g, int64_t n)
+{
+    if (n < 1 || n > g->d.V)
+        return zinc_error(ZINC_ERR_CONFIG, "the real vocabulary %lld does not fit model.vocab_size %d", (long long)n,
+                          g->d.V);
+    g->d.Vreal = (int)n;
+    return ZINC_OK;
+}
 
 void zinc_gpt2_destroy(zinc_gpt2 *g)
 {

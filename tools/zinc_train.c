@@ -32,6 +32,7 @@
 #include "zinc/device.h"
 #include "zinc/engine.h"
 #include "zinc/pipeline.h"
+#include "zinc/safetensors.h"
 #include "zinc/tokenizer.h"
 #include "zinc/file.h"
 #include "zinc/gpt2.h"
@@ -356,6 +357,35 @@ static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, char *buf, s
     return st;
 }
 
+/* The real vocabulary under a padded model.vocab_size: the rows of the imported wte
+ * (model.init_from) and the tokenizer's size (data.tokenizer), the smaller; the padded
+ * rows then take no part in the softmax. Every rank reads the same files. */
+static zinc_status vocab_real(const zinc_config *c, zinc_gpt2 *g, int rank)
+{
+    int64_t real = c->model.vocab_size;
+    if (c->model.init_from[0]) {
+        zinc_st_file *f = NULL;
+        if (zinc_st_open(c->model.init_from, &f) == ZINC_OK) { /* errors: zinc_engine_init_from names them */
+            long ti = zinc_st_find(f, "wte.weight");
+            if (ti < 0) ti = zinc_st_find(f, "transformer.wte.weight");
+            if (ti >= 0 && zinc_st_entry_at(f, (size_t)ti)->ndim == 2 && zinc_st_entry_at(f, (size_t)ti)->shape[0] < real)
+                real = zinc_st_entry_at(f, (size_t)ti)->shape[0];
+            zinc_st_close(f);
+        }
+    }
+    if (strcmp(c->data.tokenizer, "bytes")) {
+        zinc_tokenizer *t = NULL;
+        if (zinc_tokenizer_load(c->data.tokenizer, &t) == ZINC_OK) {
+            if (zinc_tokenizer_vocab_size(t) < real) real = zinc_tokenizer_vocab_size(t);
+            zinc_tokenizer_free(t);
+        }
+    }
+    if (real < c->model.vocab_size && rank == 0)
+        ZINC_INFO("model: %lld of model.vocab_size %lld rows are the real vocabulary; the padded rows take no part "
+                  "in the softmax", (long long)real, (long long)c->model.vocab_size);
+    return zinc_gpt2_set_vocab_real(g, real);
+}
+
 /* train.resume: "" none; "auto" the latest checkpoint of train.save_dir if
  * there is one; a tag in save_dir; or a checkpoint directory path. */
 static zinc_status resume(const zinc_config *c, zinc_engine *eng, zinc_aio *aio, zinc_comm *w)
@@ -541,6 +571,8 @@ int main(int argc, char **argv)
         if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     }
     st = agree(world, zinc_gpt2_create(&cfg, &gpt));
+    if (st != ZINC_OK) { rc = exit_code(st); goto done; }
+    st = agree(world, vocab_real(&cfg, gpt, rank));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     /* one aio engine for the process: checkpoints and the engine's swap files */
     if (cfg.train.save_dir[0] || cfg.train.resume[0] ||

@@ -151,6 +151,10 @@ typedef struct zinc_ops {
     /* dgu(N,2F) act accumulates; dout(N,F) act; gu as forward had it. */
     void (*swiglu_backward)(void *dgu, const void *dout, const void *gu, int N, int F);
 
+    /* x(N, ld) act: columns [c0, c1) of every row set to value (rounded to act); the
+     * padded vocabulary's logits get -inf so that they take no part in the softmax. */
+    void (*fill_cols)(void *x, int N, int ld, int c0, int c1, float value);
+
     /* out = a + b, elementwise over n, all act (out may alias a or b). */
     void (*residual_forward)(void *out, const void *a, const void *b, size_t n);
 

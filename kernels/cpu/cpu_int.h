@@ -121,6 +121,7 @@ void cpu_rope(float *x, int N, int stride, int n_heads, int HS, int T, const int
               const float *sin_t, int dir);
 void cpu_swiglu_forward(float *out, const float *gu, int N, int F);
 void cpu_swiglu_backward(float *dgu, const float *dout, const float *gu, int N, int F);
+void cpu_fill_cols(float *x, int N, int ld, int c0, int c1, float v);
 /* Largest head size the attention ops take (zinc/ops.h: HS <= 128). */
 #define ATT_MAX_HS 128
 void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C,

@@ -171,3 +171,12 @@ void zinc_rope_table(float *cos_t, float *sin_t, int P, int HS, double theta, co
         }
     }
 }
+
+/* x(N, ld): columns [c0, c1) of each row = v. */
+void cpu_fill_cols(float *x, int N, int ld, int c0, int c1, float v)
+{
+    assert(x && N >= 0 && ld > 0 && c0 >= 0 && c0 <= c1 && c1 <= ld);
+    #pragma omp parallel for schedule(static) if ((size_t)N * (c1 - c0) >= CPU_PAR_MIN)
+    for (int r = 0; r < N; r++)
+        for (int c = c0; c < c1; c++) x[(size_t)r * ld + c] = v;
+}

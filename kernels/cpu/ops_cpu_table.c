@@ -116,6 +116,8 @@ static void f32_rope(void *x, int N, int stride, int n_heads, int HS, int T, con
 
 static void f32_swiglu_forward(void *out, const void *gu, int N, int F) { cpu_swiglu_forward(out, gu, N, F); }
 
+static void f32_fill_cols(void *x, int N, int ld, int c0, int c1, float v) { cpu_fill_cols(x, N, ld, c0, c1, v); }
+
 static void f32_swiglu_backward(void *dgu, const void *dout, const void *gu, int N, int F)
 {
     cpu_swiglu_backward(dgu, dout, gu, N, F);
@@ -625,6 +627,15 @@ done:
     widen_free(&w);
 }
 
+static void b16_fill_cols(void *x, int N, int ld, int c0, int c1, float v)
+{
+    assert(x && N >= 0 && ld > 0 && c0 >= 0 && c0 <= c1 && c1 <= ld);
+    const uint16_t h = zinc_f32_to_bf16(v);
+    uint16_t *p = x;
+    for (int r = 0; r < N; r++)
+        for (int c = c0; c < c1; c++) p[(size_t)r * ld + c] = h;
+}
+
 static void b16_swiglu_forward(void *out, const void *gu, int N, int F)
 {
     widen w = {0};
@@ -838,7 +849,7 @@ static void b16_xent_vp_finish(float *losses, void *logits, const int32_t *targe
     .rmsnorm_forward = p##_rmsnorm_forward, .rmsnorm_backward = p##_rmsnorm_backward,       \
     .rope = p##_rope, .swiglu_forward = p##_swiglu_forward,                                 \
     .swiglu_backward = p##_swiglu_backward,                                                 \
-    .attention_gqa_forward = p##_attention_gqa_forward,                                     \
+    .attention_gqa_forward = p##_attention_gqa_forward, .fill_cols = p##_fill_cols,          \
     .attention_gqa_backward = p##_attention_gqa_backward,                                   \
     .gelu_backward = p##_gelu_backward, .attention_forward = p##_attention_forward,         \
     .attention_backward = p##_attention_backward,                                           \

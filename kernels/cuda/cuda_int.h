@@ -493,6 +493,8 @@ template <class A>
 void cuda_swiglu_forward(void *out, const void *gu, int N, int F);
 template <class A>
 void cuda_swiglu_backward(void *dgu, const void *dout, const void *gu, int N, int F);
+template <class A>
+void cuda_fill_cols(void *x, int N, int ld, int c0, int c1, float v);
 
 /* ops_xent.cu: softmax_xent and its vocab-parallel form. */
 template <class A>

@@ -2,7 +2,7 @@
  * RMSNorm (one warp per row; the weight gradient as column sums, one thread
  * per column walking the rows in order, so the bits do not depend on the
  * launch), rotary embeddings in place (one thread per rotated pair) and
- * SwiGLU (elementwise). First versions: correct and deterministic; the
+ * SwiGLU (elementwise), and fill_cols (the padded vocabulary's logits). First versions: correct and deterministic; the
  * RMSNorm weight gradient has only C threads and is the one to widen (the
  * two-pass column sums of ops_colsum.cu) when it shows in a profile. */
 #include <assert.h>
@@ -103,6 +103,14 @@ static __global__ void swiglu_backward_kernel(T *dgu, const T *dout, const T *gu
     act_st(dgu, ui, act_ld(dgu, ui) + dy * g * sg);
 }
 
+template <class T>
+static __global__ void fill_cols_kernel(T *x, int N, int ld, int c0, int w, float v)
+{
+    const size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (size_t)N * w) return;
+    act_st(x, (k / w) * ld + c0 + k % w, v);
+}
+
 static unsigned blocks_of(size_t n, unsigned per) { return (unsigned)((n + per - 1) / per); }
 
 template <class A>
@@ -173,6 +181,18 @@ cleanup:
     return;
 }
 
+template <class A>
+void cuda_fill_cols(void *x, int N, int ld, int c0, int c1, float v)
+{
+    assert(x && N >= 0 && ld > 0 && c0 >= 0 && c0 <= c1 && c1 <= ld);
+    const size_t n = (size_t)N * (c1 - c0);
+    if (n == 0) return;
+    fill_cols_kernel<A><<<blocks_of(n, LL_THREADS), LL_THREADS>>>((A *)x, N, ld, c0, c1 - c0, v);
+    LAUNCH_TRY(fill_cols_kernel);
+cleanup:
+    return;
+}
+
 /* The tables' two act types (ops_tables.cu). */
 #define LLAMA_INST(A)                                                                                      \
     template void cuda_rmsnorm_forward<A>(void *, float *, const void *, const float *, float, int, int);   \
@@ -181,6 +201,7 @@ cleanup:
     template void cuda_rope<A>(void *, int, int, int, int, int, const int32_t *, const float *, const float *, \
                                int);                                                                      \
     template void cuda_swiglu_forward<A>(void *, const void *, int, int);                                  \
-    template void cuda_swiglu_backward<A>(void *, const void *, const void *, int, int);
+    template void cuda_swiglu_backward<A>(void *, const void *, const void *, int, int);                   \
+    template void cuda_fill_cols<A>(void *, int, int, int, int, float);
 LLAMA_INST(float)
 LLAMA_INST(bf16)

@@ -93,6 +93,7 @@ static void fill_act_ops(zinc_ops *t)
     t->rope = cuda_rope<A>;
     t->swiglu_forward = cuda_swiglu_forward<A>;
     t->swiglu_backward = cuda_swiglu_backward<A>;
+    t->fill_cols = cuda_fill_cols<A>;
     t->attention_gqa_forward = cuda_attention_gqa_forward<A>;
     t->attention_gqa_backward = cuda_attention_gqa_backward<A>;
     t->gelu_forward = cuda_gelu_forward<A>;

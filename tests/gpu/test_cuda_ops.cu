@@ -984,6 +984,24 @@ static void test_llama_ops(void)
     check_status("swiglu_backward");
     check_acc_act("swiglu_backward", d_dgu, dgu, dgu0, 2 * nf, TOL_EW);
 
+    { /* fill_cols (the padded vocabulary's -inf logits) */
+        const size_t nf2 = (size_t)N * C;
+        void *fx = hact(nf2, -1, 1);
+        void *d_fx = dact(fx, nf2);
+        cpu->fill_cols(fx, N, C, 200, C, -INFINITY);
+        gpu->fill_cols(d_fx, N, C, 200, C, -INFINITY);
+        check_status("fill_cols");
+        void *back = malloc(nf2 * act_size());
+        cudaMemcpy(back, d_fx, nf2 * act_size(), cudaMemcpyDeviceToHost);
+        n_checks++;
+        if (memcmp(back, fx, nf2 * act_size())) {
+            n_fail++;
+            printf("FAIL  fill_cols: the device's tensor differs from the CPU's\n");
+        }
+        free(back);
+        cudaFree(d_fx);
+        free(fx);
+    }
     /* grouped-query attention: with a K/V head per query head the multi-head kernels (vs
      * the CPU's GQA op); shared K/V heads are refused as not done on cuda yet */
     {

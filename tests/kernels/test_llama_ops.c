@@ -424,12 +424,33 @@ static void test_bf16_and_threads(void)
     free(g1), free(g2), free(gu), free(hgu), free(xgu), free(fd), free(hd);
 }
 
+/* fill_cols: exactly the columns asked for, in both tables */
+static void test_fill_cols(void)
+{
+    const int N = 5, ld = 13, c0 = 9, c1 = 13;
+    float *x = frand((size_t)N * ld, 1.0f), *y = fcopy(x, (size_t)N * ld);
+    uint16_t *h = b16(x, (size_t)N * ld), *h0 = malloc((size_t)N * ld * 2);
+    memcpy(h0, h, (size_t)N * ld * 2);
+    zinc_ops_cpu()->fill_cols(y, N, ld, c0, c1, -INFINITY);
+    zinc_ops_cpu_bf16()->fill_cols(h, N, ld, c0, c1, -INFINITY);
+    int ok = 1;
+    for (int r = 0; r < N; r++)
+        for (int c = 0; c < ld; c++) {
+            const size_t i = (size_t)r * ld + c;
+            if (c >= c0 && c < c1) ok &= isinf(y[i]) && y[i] < 0 && isinf(zinc_bf16_to_f32(h[i]));
+            else ok &= y[i] == x[i] && h[i] == h0[i];
+        }
+    CU_ASSERT(ok);
+    free(x), free(y), free(h), free(h0);
+}
+
 static void test_tables(void)
 {
     const zinc_ops *t[2] = {zinc_ops_cpu(), zinc_ops_cpu_bf16()};
     for (int k = 0; k < 2; k++)
         CU_ASSERT(t[k]->rmsnorm_forward && t[k]->rmsnorm_backward && t[k]->rope && t[k]->swiglu_forward &&
-                  t[k]->swiglu_backward && t[k]->attention_gqa_forward && t[k]->attention_gqa_backward);
+                  t[k]->swiglu_backward && t[k]->attention_gqa_forward && t[k]->attention_gqa_backward &&
+                  t[k]->fill_cols);
 }
 
 int main(void)
@@ -439,7 +460,7 @@ int main(void)
         void (*fn)(void);
     } tests[] = {
         {"tables", test_tables},   {"rmsnorm", test_rmsnorm}, {"rope_table", test_rope_table},
-        {"rope", test_rope},       {"swiglu", test_swiglu},   {"gqa", test_gqa},   {"bf16_and_threads", test_bf16_and_threads},
+        {"rope", test_rope},       {"swiglu", test_swiglu},   {"gqa", test_gqa}, {"fill_cols", test_fill_cols},   {"bf16_and_threads", test_bf16_and_threads},
     };
     ops = zinc_ops_cpu();
     if (CU_initialize_registry() != CUE_SUCCESS) return 1;
