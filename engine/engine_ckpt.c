@@ -223,6 +223,14 @@ static char *make_meta(const zinc_engine *e)
     json_object_set_new(topo, "tp", json_integer(e->z.tp));
     json_object_set_new(topo, "zero_stage", json_integer(e->z.plan.stage));
     json_object_set_new(m, "topology", topo);
+    if (e->model->vocab_real > 0 && e->model->vocab_tensors) { /* what an export keeps of a padded vocabulary */
+        json_t *v = json_object(), *names = json_array();
+        for (int i = 0; e->model->vocab_tensors[i]; i++)
+            json_array_append_new(names, json_string(e->model->vocab_tensors[i]));
+        json_object_set_new(v, "real", json_integer(e->model->vocab_real));
+        json_object_set_new(v, "tensors", names);
+        json_object_set_new(m, "vocab", v);
+    }
     json_t *sc = json_object();
     json_object_set_new(sc, "scale", json_real(e->scaler.scale));
     json_object_set_new(sc, "cur_hysteresis", json_integer(e->scaler.cur_hysteresis));

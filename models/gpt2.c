@@ -614,6 +614,9 @@ zinc_status zinc_gpt2_set_vocab_real(zinc_gpt2 *g, int64_t n)
         return zinc_error(ZINC_ERR_CONFIG, "the real vocabulary %lld does not fit model.vocab_size %d", (long long)n,
                           g->d.V);
     g->d.Vreal = (int)n;
+    static const char *const vocab_tensors[] = {"wte.weight", NULL};
+    g->model.vocab_real = n < g->d.V ? n : 0;
+    g->model.vocab_tensors = vocab_tensors;
     return ZINC_OK;
 }
 

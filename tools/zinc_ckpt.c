@@ -8,11 +8,12 @@
  * 1 an error (one line "zinc-ckpt: <detail>"), 2 bad arguments. verify and export draw a
  * progress bar on stderr when it is a terminal and the checkpoint is large.
  */
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "zinc/aio.h"
 #include "zinc/ckpt.h"
@@ -210,6 +211,11 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
         fprintf(stderr, "zinc-ckpt: out of memory\n");
         goto done;
     }
+    /* a padded vocabulary (meta.vocab): only its real rows are written */
+    json_error_t je;
+    json_t *meta_j = json_loads(zinc_ckpt_reader_meta(r) ? zinc_ckpt_reader_meta(r) : "{}", 0, &je);
+    json_t *vocab = json_object_get(meta_j, "vocab");
+    const json_int_t vreal = json_integer_value(json_object_get(vocab, "real"));
     for (int i = 0; i < n; i++) {
         const zinc_ckpt_tensor *t = zinc_ckpt_reader_tensor(r, i);
         if (strcmp(t->kind, kind) != 0) continue;
@@ -217,9 +223,17 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
         e[ne].dtype = dtype && is_float(t->dtype) ? want : t->dtype;
         e[ne].ndim = t->ndim;
         memcpy(e[ne].shape, t->shape, sizeof t->shape);
-        total += (uint64_t)numel(t) * zinc_dtype_size(e[ne].dtype);
+        json_t *names = json_object_get(vocab, "tensors");
+        for (size_t k = 0; vreal > 0 && k < json_array_size(names); k++)
+            if (!strcmp(json_string_value(json_array_get(names, k)) ? json_string_value(json_array_get(names, k)) : "",
+                        t->name) && t->ndim >= 1 && vreal < t->shape[0])
+                e[ne].shape[0] = vreal;
+        int64_t ne_el = 1;
+        for (int d = 0; d < e[ne].ndim; d++) ne_el *= e[ne].shape[d];
+        total += (uint64_t)ne_el * zinc_dtype_size(e[ne].dtype);
         idx[ne++] = i;
     }
+    json_decref(meta_j);
     if (ne == 0) {
         fprintf(stderr, "zinc-ckpt: %s has no tensors of kind %s\n", zinc_ckpt_reader_dir(r), kind);
         goto done;

@@ -79,6 +79,9 @@ typedef struct zinc_model_def {
     double flops_per_token; /* training FLOPs per token (6N + attention), for MFU; 0 = unknown */
     int tp_ready;           /* its layers split over TP ranks (they use ctx->tp and declare
                                partition specs); a TP size > 1 is refused for a model without */
+    int64_t vocab_real;     /* the real vocabulary when the tensors below are padded past it (0: not
+                               padded); checkpoints record it, and exports keep only its rows */
+    const char *const *vocab_tensors; /* NULL-terminated names whose dimension 0 is the vocabulary */
 } zinc_model_def;
 
 /* --- layer-side API (valid in declare / forward / backward) --- */

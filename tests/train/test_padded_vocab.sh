@@ -31,5 +31,17 @@ run t300 1 --set model.vocab_size=300 --set model.init_from="$TMP/w300.safetenso
 run t320 1 --set model.vocab_size=320 --set model.init_from="$TMP/w300.safetensors" --set train.max_steps=8 \
     --set train.save_dir="$TMP/ck320" --set train.save_every=8
 check_close t320 t300 1e-5
+# the checkpoint records the real vocabulary; its export writes only the real rows, which
+# load back at vocab_size 300 to the padded run's loss
+grep -q '"vocab":{"real":300,"tensors":\["wte.weight"\]}' "$TMP/ck320/global_step8/manifest.json" \
+    || fail "the manifest does not record the real vocabulary"
 "$BUILD/zinc-ckpt" export "$TMP/ck320/global_step8" "$TMP/w320.safetensors" > /dev/null || fail "export 320"
+head -c 4096 "$TMP/w320.safetensors" | grep -a -q '"wte.weight":{"dtype":"F32","shape":\[300,32\]' \
+    || fail "the export of the padded checkpoint does not hold wte as 300 rows"
+a=$(ev 1 --set model.vocab_size=300 --set model.init_from="$TMP/w320.safetensors")
+b=$($MPIRUN 1 "$BUILD/zinc-train" "$cfg" --set model.vocab_size=320 --set model.init_from="$TMP/w300.safetensors" \
+    --set train.resume="$TMP/ck320/global_step8" --eval-loss 2>/dev/null | sed -n 's/^eval loss //p')
+awk -v a="$a" -v b="$b" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d; exit !(a != "" && b != "" && d <= 1e-6) }' \
+    || fail "the exported 300 rows give $a, the padded checkpoint $b"
+echo "export: wte as its 300 real rows; loaded at vocab_size 300 it gives the padded run's eval loss ($a)"
 echo "OK"
