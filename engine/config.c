@@ -405,6 +405,7 @@ static const keydesc model_keys[] = {
     KI("block_size", model.block_size, 1, SEQ_MAX, 64),
     KI("seed", model.seed, 0, SEED_MAX, 1337),
     KS("init_from", model.init_from, "", NULL),
+    KS("from_pretrained", model.from_pretrained, "", NULL),
     KB("recompute", model.recompute, 0),
     END};
 

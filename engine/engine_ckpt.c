@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -556,12 +557,96 @@ static void copy_run(void *user, int64_t local, int64_t logical, int64_t n)
     if (have > 0) memcpy(c->dst + local, c->src + logical, (size_t)have * sizeof(float));
 }
 
+/* The weights of model.init_from: one safetensors file, or a Hugging Face model folder's
+ * model.safetensors or its shards named by model.safetensors.index.json (weight_map). */
+typedef struct st_set {
+    char dir[600];
+    json_t *map;          /* weight_map, or NULL for one file */
+    int n;
+    char *names[256];     /* the shard files opened so far */
+    zinc_st_file *f[256];
+} st_set;
+
+static zinc_status st_set_open(st_set *s, const char *path)
+{
+    struct stat sb;
+    memset(s, 0, sizeof *s);
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        s->names[0] = strdup(path);
+        s->n = 1;
+        return s->names[0] ? zinc_st_open(path, &s->f[0]) : zinc_error(ZINC_ERR_NOMEM, "init_from");
+    }
+    snprintf(s->dir, sizeof s->dir, "%s", path);
+    char idx[700], one[700];
+    snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", path);
+    snprintf(one, sizeof one, "%s/model.safetensors", path);
+    if (stat(idx, &sb) != 0) {
+        s->names[0] = strdup(one);
+        s->n = 1;
+        return s->names[0] ? zinc_st_open(one, &s->f[0]) : zinc_error(ZINC_ERR_NOMEM, "init_from");
+    }
+    json_error_t je;
+    json_t *root = json_load_file(idx, 0, &je);
+    if (!root) return zinc_error(ZINC_ERR_CORRUPT, "%s:%d: not a safetensors index: %s", idx, je.line, je.text);
+    s->map = json_incref(json_object_get(root, "weight_map"));
+    json_decref(root);
+    if (!json_is_object(s->map)) return zinc_error(ZINC_ERR_CORRUPT, "%s: weight_map: expected an object", idx);
+    return ZINC_OK;
+}
+
+static void st_set_close(st_set *s)
+{
+    for (int i = 0; i < s->n; i++) {
+        zinc_st_close(s->f[i]);
+        free(s->names[i]);
+    }
+    json_decref(s->map);
+}
+
+/* Finds tensor name: its file and index there (ti -1: not in the weights). */
+static zinc_status st_set_find(st_set *s, const char *name, zinc_st_file **f, long *ti, const char **file)
+{
+    *ti = -1;
+    if (!s->map) {
+        *f = s->f[0];
+        *file = s->names[0];
+        *ti = zinc_st_find(s->f[0], name);
+        return ZINC_OK;
+    }
+    const char *shard = json_string_value(json_object_get(s->map, name));
+    if (!shard) return ZINC_OK;
+    if (strchr(shard, '/') || !strcmp(shard, ".."))
+        return zinc_error(ZINC_ERR_CORRUPT, "%s/model.safetensors.index.json: %s: shard \"%s\" is not a file name of the "
+                          "folder", s->dir, name, shard);
+    char p[900];
+    snprintf(p, sizeof p, "%s/%s", s->dir, shard);
+    int k = 0;
+    while (k < s->n && strcmp(s->names[k], p)) k++;
+    if (k == s->n) {
+        if (s->n == 256) return zinc_error(ZINC_ERR_UNSUPPORTED, "%s: more than 256 weight shards", s->dir);
+        s->names[k] = strdup(p);
+        if (!s->names[k]) return zinc_error(ZINC_ERR_NOMEM, "init_from");
+        s->n++;
+        zinc_status st = zinc_st_open(p, &s->f[k]);
+        if (st != ZINC_OK)
+            return zinc_error(st, "%s/model.safetensors.index.json names %s for %s: %s", s->dir, shard, name,
+                              zinc_last_error());
+    }
+    *f = s->f[k];
+    *file = s->names[k];
+    *ti = zinc_st_find(s->f[k], name);
+    if (*ti < 0)
+        return zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s is missing (model.safetensors.index.json puts it there)", p, name);
+    return ZINC_OK;
+}
+
 zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
 {
     zinc_status st = ZINC_OK;
     zinc_st_file *f = NULL;
+    st_set set;
     float *buf = NULL, *full = NULL;
-    st = zinc_st_open(path, &f);
+    st = st_set_open(&set, path);
     if (st != ZINC_OK) {
         char err[1024];
         snprintf(err, sizeof err, "%s", zinc_last_error());
@@ -581,24 +666,27 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
             const zero_param *p = &e->z.params[pi];
             char alt[128];
             snprintf(alt, sizeof alt, "transformer.%s", p->name);
-            long ti = zinc_st_find(f, p->name);
-            if (ti < 0) ti = zinc_st_find(f, alt);
+            long ti;
+            const char *file;
+            ZINC_TRY(st_set_find(&set, p->name, &f, &ti, &file));
+            if (ti < 0) ZINC_TRY(st_set_find(&set, alt, &f, &ti, &file));
             if (ti < 0) {
-                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s is missing", path, p->name);
+                st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s is missing", set.map ? set.dir : file, p->name);
                 goto cleanup;
             }
             const zinc_st_entry *t = zinc_st_entry_at(f, (size_t)ti);
             if (t->dtype != ZINC_DTYPE_F32 && t->dtype != ZINC_DTYPE_BF16 && t->dtype != ZINC_DTYPE_F16 &&
                 t->dtype != ZINC_DTYPE_F64) {
                 st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s has dtype %s; weights must be floating point "
-                                "(F32, BF16, F16 or F64)", path, t->name, zinc_st_dtype_name(t->dtype));
+                                "(F32, BF16, F16 or F64)", file, t->name, zinc_st_dtype_name(t->dtype));
                 goto cleanup;
             }
             /* same rank; dim 0 may differ for the embeddings: fewer token rows only by the
-             * padding of vocab_size to a multiple of 128 (50257 -> 50304), never below the
-             * 256 byte tokens; more position rows than block_size */
+             * padding of vocab_size to a multiple of 128 (50257 -> 50304; of 64 x TP when that
+             * is more), never below the 256 byte tokens; more position rows than block_size */
             int is_wte = !strcmp(p->name, "wte.weight"), is_wpe = !strcmp(p->name, "wpe.weight");
-            int64_t min_rows = p->ndim > 0 ? p->shape[0] - 127 : 0;
+            const int64_t pad = 64 * e->z.tp > 128 ? 64 * e->z.tp : 128;
+            int64_t min_rows = p->ndim > 0 ? p->shape[0] - (pad - 1) : 0;
             if (p->ndim > 0 && min_rows < (p->shape[0] < 256 ? p->shape[0] : 256))
                 min_rows = p->shape[0] < 256 ? p->shape[0] : 256;
             int ok = t->ndim == p->ndim;
@@ -608,14 +696,14 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
                      (d == 0 && is_wpe && t->shape[0] >= p->shape[0]);
             if (!ok && is_wte && t->ndim == p->ndim && t->ndim == 2 && t->shape[1] == p->shape[1]) {
                 st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s has %lld rows; model.vocab_size %lld takes "
-                                "%lld..%lld (fewer only by padding to a multiple of 128)", path, t->name,
+                                "%lld..%lld (fewer only by padding to a multiple of 128)", file, t->name,
                                 (long long)t->shape[0], (long long)p->shape[0], (long long)min_rows,
                                 (long long)p->shape[0]);
                 goto cleanup;
             }
             if (!ok) {
                 st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s has shape [%lld, %lld], the model "
-                                "needs [%lld, %lld]", path, t->name, (long long)t->shape[0],
+                                "needs [%lld, %lld]", file, t->name, (long long)t->shape[0],
                                 (long long)(t->ndim > 1 ? t->shape[1] : 1), (long long)p->shape[0],
                                 (long long)(p->ndim > 1 ? p->shape[1] : 1));
                 goto cleanup;
@@ -633,7 +721,7 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
             for (int64_t k = 0; k < tn; k++)
                 if (!isfinite(buf[k])) {
                     st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s: element %lld is %s (as f32); weights must "
-                                    "be finite", path, t->name, (long long)k,
+                                    "be finite", file, t->name, (long long)k,
                                     isnan(buf[k]) ? "NaN" : buf[k] > 0 ? "+Inf" : "-Inf");
                     goto cleanup;
                 }
@@ -649,6 +737,6 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
 cleanup:
     free(buf);
     free(full);
-    zinc_st_close(f);
+    st_set_close(&set);
     return st;
 }

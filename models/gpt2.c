@@ -13,10 +13,14 @@
  * token rows. Init as GPT-2: N(0, 0.02),
  * residual projections N(0, 0.02/sqrt(2L)), LayerNorm 1/0, biases 0.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 #include "zinc/gpt2.h"
 
@@ -607,6 +611,76 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
 }
 
 const zinc_model_def *zinc_gpt2_model(const zinc_gpt2 *g) { return &g->model; }
+
+zinc_status zinc_gpt2_pretrained_config(zinc_config *c)
+{
+    const char *dir = c->model.from_pretrained;
+    char path[700];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    if (!j)
+        return zinc_error(access(path, R_OK) ? ZINC_ERR_IO : ZINC_ERR_CORRUPT, "model.from_pretrained: %s: %s", path,
+                          access(path, R_OK) ? strerror(errno) : je.text);
+    zinc_status st = ZINC_OK;
+    const char *mt = json_string_value(json_object_get(j, "model_type"));
+    static const char *const later[] = {"llama", "qwen2", "mistral", NULL};
+    for (int i = 0; mt && later[i]; i++)
+        if (!strcmp(mt, later[i])) {
+            st = zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: model_type \"%s\": zinc's Llama-family "
+                            "model is not built yet (gpt2 is)", path, mt);
+            goto done;
+        }
+    if (!mt || strcmp(mt, "gpt2")) {
+        st = zinc_error(ZINC_ERR_CONFIG, "model.from_pretrained: %s: model_type %s%s%s: zinc knows gpt2", path,
+                        mt ? "\"" : "", mt ? mt : "missing", mt ? "\"" : "");
+        goto done;
+    }
+    static const char *const keys[] = {"n_layer", "n_embd", "n_head", "n_positions", "vocab_size", NULL};
+    int64_t v[5];
+    for (int i = 0; keys[i]; i++) {
+        json_t *x = json_object_get(j, keys[i]);
+        if (!json_is_integer(x) || json_integer_value(x) < 1) {
+            st = zinc_error(ZINC_ERR_CORRUPT, "model.from_pretrained: %s: %s: expected an integer >= 1", path, keys[i]);
+            goto done;
+        }
+        v[i] = json_integer_value(x);
+    }
+    const char *act = json_string_value(json_object_get(j, "activation_function"));
+    json_t *eps = json_object_get(j, "layer_norm_epsilon");
+    json_t *tie = json_object_get(j, "tie_word_embeddings");
+    if (act && strcmp(act, "gelu_new") && strcmp(act, "gelu_pytorch_tanh")) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: activation_function \"%s\": zinc's GPT-2 "
+                        "uses the tanh GELU (gelu_new)", path, act);
+        goto done;
+    }
+    if (eps && (!json_is_number(eps) || fabs(json_number_value(eps) - 1e-5) > 1e-12)) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: layer_norm_epsilon %g: zinc's LayerNorm uses "
+                        "1e-5", path, json_number_value(eps));
+        goto done;
+    }
+    if (json_is_false(tie)) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: tie_word_embeddings false: zinc's GPT-2 ties "
+                        "the head to wte", path);
+        goto done;
+    }
+    /* a multiple of 128, and of 64 x TP as vocab-parallel TP needs */
+    const int64_t tp = c->tp.size > 0 ? c->tp.size : 1, pad = 64 * tp > 128 ? 64 * tp : 128;
+    c->model.n_layer = v[0];
+    c->model.n_embd = v[1];
+    c->model.n_head = v[2];
+    c->model.block_size = v[3];
+    c->model.vocab_size = (v[4] + pad - 1) / pad * pad; /* the padded rows stay out of the softmax */
+    snprintf(c->model.init_from, sizeof c->model.init_from, "%s", dir);
+    char tj[700];
+    snprintf(tj, sizeof tj, "%s/tokenizer.json", dir);
+    if (!strcmp(c->data.tokenizer, "bytes") && access(tj, R_OK) == 0)
+        snprintf(c->data.tokenizer, sizeof c->data.tokenizer, "%s", dir);
+    st = zinc_config_check(c);
+done:
+    json_decref(j);
+    return st;
+}
 
 zinc_status zinc_gpt2_set_vocab_real(zinc_gpt2 *g, int64_t n)
 {

@@ -22,6 +22,8 @@
 
 #include <cblas.h>
 
+#include <jansson.h>
+
 #include "zinc/aio.h"
 #include "zinc/blas.h"
 #include "zinc/clock.h"
@@ -363,13 +365,23 @@ static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, char *buf, s
 static zinc_status vocab_real(const zinc_config *c, zinc_gpt2 *g, int rank)
 {
     int64_t real = c->model.vocab_size;
-    if (c->model.init_from[0]) {
+    char cj[700];
+    snprintf(cj, sizeof cj, "%s/config.json", c->model.init_from);
+    json_error_t je;
+    json_t *hf = c->model.init_from[0] ? json_load_file(cj, 0, &je) : NULL; /* a model folder */
+    if (hf && json_is_integer(json_object_get(hf, "vocab_size")) &&
+        json_integer_value(json_object_get(hf, "vocab_size")) < real)
+        real = json_integer_value(json_object_get(hf, "vocab_size"));
+    json_decref(hf);
+    if (c->model.init_from[0] && !hf) {
         zinc_st_file *f = NULL;
         if (zinc_st_open(c->model.init_from, &f) == ZINC_OK) { /* errors: zinc_engine_init_from names them */
             long ti = zinc_st_find(f, "wte.weight");
             if (ti < 0) ti = zinc_st_find(f, "transformer.wte.weight");
-            if (ti >= 0 && zinc_st_entry_at(f, (size_t)ti)->ndim == 2 && zinc_st_entry_at(f, (size_t)ti)->shape[0] < real)
-                real = zinc_st_entry_at(f, (size_t)ti)->shape[0];
+            /* rows init_from takes (it refuses the others, naming them) */
+            const zinc_st_entry *w = ti >= 0 ? zinc_st_entry_at(f, (size_t)ti) : NULL;
+            if (w && w->ndim == 2 && w->shape[0] < real && w->shape[0] >= (real < 256 ? real : 256))
+                real = w->shape[0];
             zinc_st_close(f);
         }
     }
@@ -481,6 +493,7 @@ int main(int argc, char **argv)
     char *effects = NULL; /* --check: what each key given does */
     zinc_status st = zinc_config_load_effects(cfg_path, overrides, n_over, &cfg, check ? &effects : NULL);
     zinc_log_set_level(lvl);
+    if (st == ZINC_OK && cfg.model.from_pretrained[0]) st = zinc_gpt2_pretrained_config(&cfg);
     if (st != ZINC_OK) {
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
         return 2;

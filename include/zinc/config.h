@@ -126,7 +126,10 @@ typedef struct zinc_config {
         int64_t vocab_size;            /* 50304; must be >= 256 for tokenizer bytes */
         int64_t block_size;            /* 64 (max sequence length T) */
         int64_t seed;                  /* 1337: parameter init seed */
-        char init_from[512];           /* "" */
+        char init_from[512];           /* "": a safetensors file or a Hugging Face model folder */
+        char from_pretrained[512];     /* "": a Hugging Face model folder (config.json, weights,
+                                        * tokenizer): sets the model's shape, init_from and the
+                                        * tokenizer (zinc_gpt2_pretrained_config) */
         int recompute;                 /* false: keep every activation backward needs;
                                         * true: recompute the cheap ones (less memory) */
     } model;

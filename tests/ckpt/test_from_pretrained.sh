@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# model.from_pretrained: a Hugging Face GPT-2 folder (config.json, model.safetensors or
+# shards named by model.safetensors.index.json, tokenizer.json) sets the model's shape,
+# loads the weights (vocabulary padded past config.json's vocab_size, the padding kept
+# out of the softmax) and the tokenizer; the forward-only loss equals the same weights
+# loaded into the unpadded model from one file. Bad folders are one line and exit 2.
+set -u
+cd "$(dirname "$0")/../.."
+. tests/train/lib.sh
+shard=$(make_shard)
+cfg=$(tiny_config "$shard")
+PY=$(./scripts/pyref.sh "$BUILD/pyref") || { echo "SKIP: no Python to split the weight shards (scripts/pyref.sh)"; exit 77; }
+run w 1 --set model.vocab_size=300 --set train.max_steps=3 --set train.save_dir="$TMP/ck" --set train.save_every=3
+"$BUILD/zinc-ckpt" export "$TMP/ck/global_step3" "$TMP/w.safetensors" > /dev/null || fail "export"
+mkdir -p "$TMP/hf" "$TMP/hf2"
+cat > "$TMP/hf/config.json" <<JSON
+{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_embd": 32, "n_head": 4,
+ "n_positions": 16, "vocab_size": 300, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05,
+ "tie_word_embeddings": true}
+JSON
+cp "$TMP/w.safetensors" "$TMP/hf/model.safetensors"
+cp "$TMP/hf/config.json" "$TMP/hf2/"
+# the same weights as two shards with an index, names with transformer. as transformers writes them
+"$PY" - "$TMP/w.safetensors" "$TMP/hf2" <<'PY' || fail "splitting the weights"
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]; hdr = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+names = sorted(k for k in hdr if k != "__metadata__")
+wm = {}
+for s, part in enumerate([names[::2], names[1::2]]):
+    h, blobs, off = {}, [], 0
+    for k in part:
+        a, b = hdr[k]["data_offsets"]
+        h["transformer." + k] = {"dtype": hdr[k]["dtype"], "shape": hdr[k]["shape"], "data_offsets": [off, off + b - a]}
+        blobs.append(data[a:b]); off += b - a
+        wm["transformer." + k] = "model-%05d-of-00002.safetensors" % (s + 1)
+    j = json.dumps(h).encode(); j += b" " * (-len(j) % 8)
+    open("%s/model-%05d-of-00002.safetensors" % (sys.argv[2], s + 1), "wb").write(struct.pack("<Q", len(j)) + j + b"".join(blobs))
+json.dump({"metadata": {"total_size": len(data)}, "weight_map": wm}, open(sys.argv[2] + "/model.safetensors.index.json", "w"))
+PY
+ev() { $MPIRUN "${N:-1}" "$BUILD/zinc-train" "$cfg" "$@" --eval-loss 2>"$TMP/ev.err" | sed -n 's/^eval loss //p'; }
+ref=$(ev --set model.vocab_size=300 --set model.init_from="$TMP/w.safetensors")
+one=$(ev --set model.from_pretrained="$TMP/hf")
+two=$(ev --set model.from_pretrained="$TMP/hf2")
+tp2=$(N=2 ev --set model.from_pretrained="$TMP/hf2" --set tensor_parallel.autotp_size=2)
+for x in "$one folder" "$two shards" "$tp2 shards-TP-2"; do
+    set -- $x
+    awk -v a="$ref" -v b="$1" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d; exit !(a != "" && b != "" && d <= 1e-6) }' \
+        || fail "from_pretrained ($2) gives eval loss '$1', the weights in the unpadded model '$ref'"
+done
+echo "eval loss: one file at vocab_size 300 $ref; from_pretrained folder $one, sharded $two, sharded at TP 2 $tp2"
+# the folder's tokenizer becomes data.tokenizer, the model's shape comes from config.json
+cp "$TMP/hf/config.json" "$TMP/hf3.json"
+echo '{"model": {"type": "BPE", "vocab": {}, "merges": []}}' > "$TMP/hf/tokenizer.json"
+"$BUILD/zinc-train" "$cfg" --set model.from_pretrained="$TMP/hf" --check 2>/dev/null > "$TMP/check.json"
+grep -q "\"tokenizer\": \"$TMP/hf\"" "$TMP/check.json" || fail "data.tokenizer is not the folder's"
+grep -q '"vocab_size": 384' "$TMP/check.json" || fail "vocab_size is not 300 padded to 384"
+grep -q '"n_positions"\|"block_size": 16' "$TMP/check.json" || fail "block_size is not config.json's n_positions"
+echo "from_pretrained sets vocab_size 384 (300 padded), block_size 16, data.tokenizer the folder"
+# bad folders
+bad() { # text sets...
+    local want=$1; shift
+    local out rc
+    out=$($MPIRUN 1 "$BUILD/zinc-train" "$cfg" "$@" --eval-loss 2>&1); rc=$?
+    [ $rc -eq 2 ] || { echo "$out"; fail "$*: exit $rc, not 2"; }
+    echo "$out" | grep -q "$want" || { echo "$out"; fail "$*: no line saying '$want'"; }
+    echo "refused: $(echo "$out" | grep -m1 "$want")"
+}
+bad "config.json: No such file or directory" --set model.from_pretrained="$TMP/nope"
+mkdir -p "$TMP/l" "$TMP/b" "$TMP/m"
+sed 's/"gpt2"/"llama"/' "$TMP/hf/config.json" > "$TMP/l/config.json"
+bad "model_type \"llama\": zinc's Llama-family model is not built yet" --set model.from_pretrained="$TMP/l"
+sed 's/"gpt2"/"bert"/' "$TMP/hf/config.json" > "$TMP/b/config.json"
+bad 'model_type "bert": zinc knows gpt2' --set model.from_pretrained="$TMP/b"
+cp "$TMP/hf2/"* "$TMP/m/"; rm "$TMP/m/model-00002-of-00002.safetensors"
+bad "model.safetensors.index.json names model-00002-of-00002.safetensors" --set model.from_pretrained="$TMP/m"
+echo "OK"
