@@ -433,7 +433,8 @@ static zinc_status load_json(zinc_tokenizer *t, json_t *root)
     t->byte_fallback = json_is_true(json_object_get(model, "byte_fallback"));
     t->fuse_unk = json_is_true(json_object_get(model, "fuse_unk"));
     json_t *vocab = json_object_get(model, "vocab");
-    if (!json_is_object(vocab)) return zinc_error(ZINC_ERR_CORRUPT, "%s: model.vocab: expected an object", t->file);
+    if (!json_is_object(vocab) || json_object_size(vocab) == 0)
+        return zinc_error(ZINC_ERR_CORRUPT, "%s: model.vocab: expected an object of the tokens", t->file);
     json_t *added = json_object_get(root, "added_tokens");
     const size_t n_vocab = json_object_size(vocab), n_added = json_is_array(added) ? json_array_size(added) : 0;
     if (strmap_init(&t->vocab, n_vocab + n_added) != 0) return zinc_error(ZINC_ERR_NOMEM, "%s: vocabulary", t->file);

@@ -3,14 +3,18 @@
  *   zinc-ckpt info DIR
  *   zinc-ckpt verify DIR
  *   zinc-ckpt export DIR [--format safetensors] OUT [--dtype f32|bf16|f16] [--kind KIND]
+ *   zinc-ckpt export DIR --format hf OUT_DIR [--max-shard-size 5GB] [--dtype ...]
  *
  * DIR is a checkpoint directory or a save_dir (its latest is used). Exit status: 0 ok,
  * 1 an error (one line "zinc-ckpt: <detail>"), 2 bad arguments. verify and export draw a
  * progress bar on stderr when it is a terminal and the checkpoint is large.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -26,6 +30,7 @@ static const char *usage_text =
     "usage: zinc-ckpt info DIR\n"
     "       zinc-ckpt verify DIR\n"
     "       zinc-ckpt export DIR [--format safetensors] OUT [--dtype f32|bf16|f16] [--kind KIND]\n"
+    "       zinc-ckpt export DIR --format hf OUT_DIR [--max-shard-size 5GB] [--dtype f32|bf16|f16]\n"
     "  DIR is one checkpoint (holding manifest.json) or a save directory (its latest is used).\n"
     "  info    tag, step, topology and every tensor with kind, dtype, shape and bytes.\n"
     "  verify  checks every file size and every crc32c block; exit 1 on corruption.\n"
@@ -185,7 +190,11 @@ static int is_float(zinc_dtype d)
     return d == ZINC_DTYPE_F32 || d == ZINC_DTYPE_BF16 || d == ZINC_DTYPE_F16;
 }
 
-static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const char *dtype, const char *kind)
+static int export_hf(zinc_ckpt_reader *r, zinc_st_entry *e, int *idx, size_t ne, uint64_t total, const char *out,
+                     uint64_t max_shard, const char *kind);
+
+static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const char *dtype, const char *kind,
+                      const char *format, uint64_t max_shard)
 {
     zinc_ckpt_reader *r = NULL;
     int rc = 1;
@@ -238,6 +247,10 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
         fprintf(stderr, "zinc-ckpt: %s has no tensors of kind %s\n", zinc_ckpt_reader_dir(r), kind);
         goto done;
     }
+    if (format && !strcmp(format, "hf")) {
+        rc = export_hf(r, e, idx, ne, total, out, max_shard, kind);
+        goto done;
+    }
     zinc_progress p;
     zinc_progress_init(&p, "export", isatty(STDERR_FILENO), 30, PROGRESS_MIN_BYTES);
     export_ctx x = {r, idx, e, &p, 0, total};
@@ -257,6 +270,158 @@ done:
     return rc;
 }
 
+/* "5GB", "500MB", "64KB" (powers of 1000, as transformers reads them) or bytes; 0 if bad. */
+static uint64_t parse_size(const char *s)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v <= 0) return 0;
+    if (!strcasecmp(end, "GB")) v *= 1e9;
+    else if (!strcasecmp(end, "MB")) v *= 1e6;
+    else if (!strcasecmp(end, "KB")) v *= 1e3;
+    else if (*end && strcasecmp(end, "B")) return 0;
+    return (uint64_t)v;
+}
+
+static int copy_file(const char *from, const char *to)
+{
+    FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
+    char buf[65536];
+    size_t n;
+    int ok = a && b;
+    while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0) ok = fwrite(buf, 1, n, b) == n;
+    if (a) fclose(a);
+    if (b && fclose(b) != 0) ok = 0;
+    return ok ? 0 : -1;
+}
+
+/* A Hugging Face model folder from a GPT-2 checkpoint: config.json from the resolved
+ * config the manifest keeps, the weights as model.safetensors or as shards of at most
+ * max_shard bytes (a bigger tensor alone) with model.safetensors.index.json, the padded
+ * vocabulary cut to its real rows, and the tokenizer's files when the run had one. */
+static int export_hf(zinc_ckpt_reader *r, zinc_st_entry *e, int *idx, size_t ne, uint64_t total, const char *out,
+                     uint64_t max_shard, const char *kind)
+{
+    json_error_t je;
+    json_t *meta = json_loads(zinc_ckpt_reader_meta(r) ? zinc_ckpt_reader_meta(r) : "{}", 0, &je);
+    json_t *model = json_object_get(json_object_get(meta, "config"), "model");
+    const char *type = json_string_value(json_object_get(model, "type"));
+    int rc = 1;
+    char path[1200];
+    if (!type || strcmp(type, "gpt2")) {
+        fprintf(stderr, "zinc-ckpt: %s: --format hf: model.type %s: zinc writes gpt2 folders\n", zinc_ckpt_reader_dir(r),
+                type ? type : "(missing)");
+        goto done;
+    }
+    if (mkdir(out, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "zinc-ckpt: cannot make %s: %s\n", out, strerror(errno));
+        goto done;
+    }
+    json_int_t vocab = json_integer_value(json_object_get(json_object_get(meta, "vocab"), "real"));
+    if (vocab <= 0) vocab = json_integer_value(json_object_get(model, "vocab_size"));
+    json_t *cfg = json_pack("{s:s, s:[s], s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:f, s:b, s:s}", "model_type", "gpt2",
+                            "architectures", "GPT2LMHeadModel", "n_layer", json_integer_value(json_object_get(model, "n_layer")),
+                            "n_embd", json_integer_value(json_object_get(model, "n_embd")),
+                            "n_head", json_integer_value(json_object_get(model, "n_head")),
+                            "n_positions", json_integer_value(json_object_get(model, "block_size")),
+                            "n_ctx", json_integer_value(json_object_get(model, "block_size")), "vocab_size", vocab,
+                            "activation_function", "gelu_new", "layer_norm_epsilon", 1e-5, "tie_word_embeddings", 1,
+                            "torch_dtype", e[0].dtype == ZINC_DTYPE_BF16 ? "bfloat16" : e[0].dtype == ZINC_DTYPE_F16 ? "float16"
+                                                                                                                  : "float32");
+    snprintf(path, sizeof path, "%s/config.json", out);
+    if (!cfg || json_dump_file(cfg, path, JSON_INDENT(2)) != 0) {
+        json_decref(cfg);
+        fprintf(stderr, "zinc-ckpt: cannot write %s\n", path);
+        goto done;
+    }
+    json_decref(cfg);
+    /* shards: tensors in order, a new shard when the next would pass max_shard */
+    size_t n_sh = 0, first[4096];
+    uint64_t cur = 0;
+    for (size_t i = 0; i < ne; i++) {
+        int64_t el = 1;
+        for (int d = 0; d < e[i].ndim; d++) el *= e[i].shape[d];
+        const uint64_t b = (uint64_t)el * zinc_dtype_size(e[i].dtype);
+        if (i == 0 || (cur > 0 && cur + b > max_shard)) {
+            if (n_sh == sizeof first / sizeof *first) {
+                fprintf(stderr, "zinc-ckpt: --max-shard-size gives more than 4096 shards\n");
+                goto done;
+            }
+            first[n_sh++] = i;
+            cur = 0;
+        }
+        cur += b;
+    }
+    json_t *wm = json_object();
+    zinc_progress p;
+    zinc_progress_init(&p, "export", isatty(STDERR_FILENO), 30, PROGRESS_MIN_BYTES);
+    export_ctx x = {r, idx, e, &p, 0, total};
+    const char *stmeta[] = {"format", "pt", "zinc_tag", zinc_ckpt_reader_tag(r), "zinc_kind", kind};
+    for (size_t k = 0; k < n_sh; k++) {
+        const size_t a = first[k], z = k + 1 < n_sh ? first[k + 1] : ne;
+        char name[64];
+        if (n_sh == 1) snprintf(name, sizeof name, "model.safetensors");
+        else snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", k + 1, n_sh);
+        snprintf(path, sizeof path, "%s/%s", out, name);
+        export_ctx xs = x;
+        xs.idx = idx + a;
+        xs.e = e + a;
+        zinc_status st = zinc_st_write(path, e + a, z - a, export_src, &xs, stmeta, 3);
+        x.done = xs.done;
+        if (st != ZINC_OK) {
+            zinc_progress_end(&p);
+            json_decref(wm);
+            fail();
+            goto done;
+        }
+        for (size_t i = a; i < z; i++) json_object_set_new(wm, e[i].name, json_string(name));
+    }
+    zinc_progress_end(&p);
+    if (n_sh > 1) {
+        json_t *ix = json_pack("{s:{s:I}, s:o}", "metadata", "total_size", (json_int_t)total, "weight_map", wm);
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", out);
+        if (!ix || json_dump_file(ix, path, JSON_INDENT(2) | JSON_SORT_KEYS) != 0) {
+            json_decref(ix);
+            fprintf(stderr, "zinc-ckpt: cannot write %s\n", path);
+            goto done;
+        }
+        json_decref(ix);
+    } else {
+        json_decref(wm);
+    }
+    /* the tokenizer's files, when the run had one */
+    const char *tk = json_string_value(json_object_get(json_object_get(json_object_get(meta, "config"), "data"), "tokenizer"));
+    int copied = 0;
+    if (tk && strcmp(tk, "bytes")) {
+        struct stat sb;
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s", tk);
+        if (stat(tk, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+            char *sl = strrchr(dir, '/');
+            if (sl) *sl = 0;
+            else snprintf(dir, sizeof dir, ".");
+        }
+        static const char *const files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", NULL};
+        for (int i = 0; files[i]; i++) {
+            char from[1100], to[1300];
+            snprintf(from, sizeof from, "%s/%s", dir, files[i]);
+            snprintf(to, sizeof to, "%s/%s", out, files[i]);
+            if (access(from, R_OK) != 0) continue;
+            if (copy_file(from, to) != 0) {
+                fprintf(stderr, "zinc-ckpt: cannot copy %s to %s\n", from, to);
+                goto done;
+            }
+            copied++;
+        }
+    }
+    printf("wrote %s: config.json, %zu tensors of kind %s in %zu file%s (%.1f MiB)%s\n", out, ne, kind, n_sh,
+           n_sh > 1 ? "s + index" : "", mib(total), copied ? ", the tokenizer's files" : "");
+    rc = 0;
+done:
+    json_decref(meta);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) return usage(NULL);
@@ -265,12 +430,13 @@ int main(int argc, char **argv)
         fputs(usage_text, stdout);
         return 0;
     }
-    const char *pos[3] = {NULL, NULL, NULL}, *format = NULL, *dtype = NULL, *kind = NULL;
+    const char *pos[3] = {NULL, NULL, NULL}, *format = NULL, *dtype = NULL, *kind = NULL, *maxs = NULL;
     int np = 0;
     for (int i = 2; i < argc; i++) {
         const char **opt = !strcmp(argv[i], "--format") ? &format
                            : !strcmp(argv[i], "--dtype") ? &dtype
                            : !strcmp(argv[i], "--kind")  ? &kind
+                           : !strcmp(argv[i], "--max-shard-size") ? &maxs
                                                          : NULL;
         if (opt) {
             if (i + 1 >= argc) return usage("option needs a value");
@@ -291,10 +457,14 @@ int main(int argc, char **argv)
         snprintf(msg, sizeof msg, "unknown command %.200s", cmd);
         return usage(msg);
     }
-    if (!is_export && (np != 1 || format || dtype || kind)) return usage("info and verify take one DIR");
+    if (!is_export && (np != 1 || format || dtype || kind || maxs)) return usage("info and verify take one DIR");
+    uint64_t max_shard = (uint64_t)5e9; /* transformers' default */
     if (is_export) {
         if (np != 2) return usage("export needs DIR and OUT");
-        if (format && strcmp(format, "safetensors") != 0) return usage("--format must be safetensors");
+        if (format && strcmp(format, "safetensors") != 0 && strcmp(format, "hf") != 0)
+            return usage("--format must be safetensors or hf");
+        if (maxs && !(format && !strcmp(format, "hf"))) return usage("--max-shard-size goes with --format hf");
+        if (maxs && !(max_shard = parse_size(maxs))) return usage("--max-shard-size: expected a size like 5GB, 500MB or bytes");
     }
     zinc_aio_opts o;
     zinc_aio_opts_default(&o);
@@ -302,7 +472,7 @@ int main(int argc, char **argv)
     if (zinc_aio_create(&o, &aio) != ZINC_OK) return fail();
     int rc = !strcmp(cmd, "info") ? cmd_info(aio, pos[0])
              : !strcmp(cmd, "verify") ? cmd_verify(aio, pos[0])
-                                      : cmd_export(aio, pos[0], pos[1], dtype, kind);
+                                      : cmd_export(aio, pos[0], pos[1], dtype, kind, format, max_shard);
     fflush(stdout);
     zinc_aio_destroy(aio);
     return rc;

@@ -388,7 +388,7 @@ static zinc_status vocab_real(const zinc_config *c, zinc_gpt2 *g, int rank)
     if (strcmp(c->data.tokenizer, "bytes")) {
         zinc_tokenizer *t = NULL;
         if (zinc_tokenizer_load(c->data.tokenizer, &t) == ZINC_OK) {
-            if (zinc_tokenizer_vocab_size(t) < real) real = zinc_tokenizer_vocab_size(t);
+            if (zinc_tokenizer_vocab_size(t) >= 1 && zinc_tokenizer_vocab_size(t) < real) real = zinc_tokenizer_vocab_size(t);
             zinc_tokenizer_free(t);
         }
     }

@@ -3,7 +3,9 @@
 # shards named by model.safetensors.index.json, tokenizer.json) sets the model's shape,
 # loads the weights (vocabulary padded past config.json's vocab_size, the padding kept
 # out of the softmax) and the tokenizer; the forward-only loss equals the same weights
-# loaded into the unpadded model from one file. Bad folders are one line and exit 2.
+# loaded into the unpadded model from one file; zinc-ckpt export --format hf writes a folder
+# (config.json, shards + index, tokenizer files) that loads back to the checkpoint's loss.
+# Bad folders are one line and exit 2.
 set -u
 cd "$(dirname "$0")/../.."
 . tests/train/lib.sh
@@ -57,6 +59,23 @@ grep -q "\"tokenizer\": \"$TMP/hf\"" "$TMP/check.json" || fail "data.tokenizer i
 grep -q '"vocab_size": 384' "$TMP/check.json" || fail "vocab_size is not 300 padded to 384"
 grep -q '"n_positions"\|"block_size": 16' "$TMP/check.json" || fail "block_size is not config.json's n_positions"
 echo "from_pretrained sets vocab_size 384 (300 padded), block_size 16, data.tokenizer the folder"
+# zinc-ckpt export --format hf: the folder from_pretrained loads back to the checkpoint's loss
+run ft 1 --set model.from_pretrained="$TMP/hf" --set train.max_steps=4 --set train.save_dir="$TMP/ft" --set train.save_every=4
+"$BUILD/zinc-ckpt" export "$TMP/ft/global_step4" --format hf "$TMP/out" --max-shard-size 20KB > "$TMP/ex.out" \
+    || { cat "$TMP/ex.out"; fail "export --format hf"; }
+ls "$TMP/out"/model-0000*-of-0000*.safetensors > /dev/null 2>&1 && [ -f "$TMP/out/model.safetensors.index.json" ] \
+    || fail "export --format hf --max-shard-size 20KB wrote no shards with an index: $(ls "$TMP/out")"
+[ -f "$TMP/out/tokenizer.json" ] || fail "the tokenizer's files were not copied"
+grep -q '"vocab_size": 300' "$TMP/out/config.json" || fail "config.json's vocab_size is not the real 300"
+a=$(ev --set model.from_pretrained="$TMP/out")
+b=$($MPIRUN 1 "$BUILD/zinc-train" "$cfg" --set model.from_pretrained="$TMP/hf" --set train.resume="$TMP/ft/global_step4" \
+    --eval-loss 2>/dev/null | sed -n 's/^eval loss //p')
+awk -v a="$a" -v b="$b" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d; exit !(a != "" && b != "" && d <= 1e-6) }' \
+    || fail "the exported folder gives $a, its checkpoint $b"
+"$BUILD/zinc-ckpt" export "$TMP/ft/global_step4" --format hf "$TMP/out1" > /dev/null || fail "export --format hf"
+[ -f "$TMP/out1/model.safetensors" ] && [ ! -f "$TMP/out1/model.safetensors.index.json" ] || fail "one shard is not model.safetensors"
+echo "export --format hf: $(cat "$TMP/ex.out"); from_pretrained of it $a = the checkpoint's $b"
+
 # bad folders
 bad() { # text sets...
     local want=$1; shift
