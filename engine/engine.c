@@ -160,10 +160,12 @@ static zinc_status engine_stage_layers(zinc_engine *e)
     if (J > 1) {
         info = calloc((size_t)L, sizeof *info);
         if (!info) return zinc_error(ZINC_ERR_NOMEM, "layer table");
+        /* a layer counts every parameter it uses, tied ones too (as DeepSpeed counts a tied
+         * layer in each place): GPT-2's head weighs its wte, whose product it computes */
         for (int i = 0; i < L; i++) {
-            info[i].type = e->layers[i].def->ops->type ? e->layers[i].def->ops->type : "";
-            const zero_unit *u = &e->z.units[i];
-            for (int p = u->n_params_first; p < u->n_params_end; p++) info[i].params += e->z.params[p].gnumel;
+            const zinc_layer *l = &e->layers[i];
+            info[i].type = l->def->ops->type ? l->def->ops->type : "";
+            for (int k = 0; k < l->n_params; k++) info[i].params += e->z.params[l->params[k]].gnumel;
         }
         st = zinc_pp_partition(e->cfg.pp.partition, info, L, J, e->bounds);
         if (st != ZINC_OK) st = zinc_error(ZINC_ERR_CONFIG, "%s", zinc_last_error());

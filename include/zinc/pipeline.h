@@ -142,7 +142,8 @@ double zinc_pp_bubble_theory(const zinc_pp_plan *plan);
 /* One layer of the stack, as the partitioner sees it. */
 typedef struct zinc_pp_layer_info {
     const char *type;  /* the layer's type name ("embedding", "block", "head", ...) */
-    long long params;  /* its trainable parameter count (>= 0) */
+    long long params;  /* its trainable parameter count (>= 0): the engine counts every parameter
+                        * a layer uses, tied ones in each layer that uses them (as DeepSpeed) */
 } zinc_pp_layer_info;
 
 /* Splits layers [0, n) into `parts` contiguous non-empty runs: part k holds layers
