@@ -91,7 +91,7 @@ enum {
     F_UNUSED = 1u << 12,    /* stored, but nothing reads it yet: a value other than the
                              * default has no effect (->text says what zinc does) */
     F_TP = 1u << 14,        /* only meaningful with a TP group (tensor_parallel.autotp_size > 1) */
-    F_PP = 1u << 15,        /* only meaningful with pipeline stages (pipeline.stages > 1) */
+    F_PP = 1u << 15,        /* only meaningful with several model chunks (stages x virtual_stages > 1) */
 };
 
 /* slots of ctx->autos: which keys were given as "auto" */
@@ -454,11 +454,12 @@ static const enum_name pp_schedules[] = {{"gpipe", 0}, {"1f1b", 1}, {"interleave
 static const keydesc pipeline_keys[] = {
     {.name = "stages", .type = T_INT, .off = OFF(pp.stages), .lo = 1, .hi = PP_MAX, .def = 1,
      .flags = F_AUTO | F_NULL_OK},
+    /* the schedule orders the micro-batches even on one stage (gpipe holds all of them);
+     * virtual stages before partition: the partition splits stages x virtual_stages chunks */
+    KE("schedule", pp.schedule, 1, pp_schedules, F_NOCASE),
+    KI("virtual_stages", pp.virtual_stages, 1, LAYERS_MAX, 1),
     {.name = "partition", .type = T_STR, .off = OFF(pp.partition), .sdef = "parameters", .aux = FSZ(pp.partition),
      .flags = F_NULL_OK | F_PP}, /* finish() checks the method */
-    KE("schedule", pp.schedule, 1, pp_schedules, F_NOCASE | F_PP),
-    {.name = "virtual_stages", .type = T_INT, .off = OFF(pp.virtual_stages), .lo = 1, .hi = LAYERS_MAX, .def = 1,
-     .flags = F_PP},
     XBW("seed_layers", "zinc seeds every parameter by its name, whatever the stage"),
     NYI("activation_checkpoint_interval", 0, INF, 0, AC_WHY),
     XBW("pipe_partitioned", "zinc sends whole activations between stages"),
@@ -1008,8 +1009,12 @@ static void effect_of(cfg_ctx *x, const keydesc *k, const char *path, const json
         note_effect(x, path, v, "no effect with tensor_parallel.autotp_size 1");
         return;
     }
-    if ((k->flags & F_PP) && c->pp.stages == 1) {
-        note_effect(x, path, v, "no effect with pipeline.stages 1");
+    if ((k->flags & F_PP) && c->pp.stages * c->pp.virtual_stages == 1) {
+        /* the default is what one chunk does anyway (a dump holds it); another value is listed */
+        if (json_is_string(v) && k->sdef && !strcasecmp(json_string_value(v), k->sdef))
+            note_effect(x, path, v, "applied (the default; one model chunk)");
+        else
+            note_no_effect(x, path, v, "one model chunk: pipeline.stages and pipeline.virtual_stages 1");
         return;
     }
     if ((k->flags & F_AUTO) && is_auto(v)) {

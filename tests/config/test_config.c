@@ -911,7 +911,7 @@ static void test_honest_keys(void)
         "tensorboard = {\"enabled\":true,\"output_path\":\"logs/\",\"job_name\":\"gpt\"}: no effect (zinc "
         "writes no TensorBoard events yet; see train.metrics_file)\n",
         "pipeline.stages = \"auto\": applied (\"auto\", resolved as shown)\n",
-        "pipeline.partition = \"parameters\": no effect with pipeline.stages 1\n",
+        "pipeline.partition = \"parameters\": applied (the default; one model chunk)\n",
         "activation_checkpointing.partition_activations = false: applied (the only value zinc supports)\n",
         "data_types.grad_accum_dtype = \"fp32\": applied (the only value zinc supports)\n",
         "zero_optimization.load_from_fp32_weights = true: no effect (zinc always restores fp32 master weights)\n",
@@ -1062,19 +1062,22 @@ static void test_pipeline_layout(void)
         if (i != 3) /* the batch is not resolved yet: nothing to say about its micro-batches */
             CU_ASSERT_EQUAL(zinc_config_check_mesh(&c, bad[i].world), ZINC_ERR_CONFIG);
     }
-    /* with one stage the schedule keys say they have no effect */
+    /* with one model chunk the partition says it has no effect; the schedule always has one */
     char *eff = NULL, path[] = "/tmp/zinc-pp-XXXXXX";
     int fd = mkstemp(path);
     CU_ASSERT_FATAL(fd >= 0);
-    const char *j = "{\"train_batch_size\": 4, \"pipeline\": {\"schedule\": \"gpipe\"}}";
+    const char *j = "{\"train_batch_size\": 4, \"pipeline\": {\"schedule\": \"gpipe\", \"partition\": \"uniform\"}}";
     CU_ASSERT_FATAL(write(fd, j, strlen(j)) == (ssize_t)strlen(j));
     close(fd);
     capture_begin();
     zinc_status st = zinc_config_load_effects(path, NULL, 0, &c, &eff);
-    free(capture_end());
+    char *warn = capture_end();
     unlink(path);
+    CU_ASSERT(warn && strstr(warn, "no effect in zinc") && strstr(warn, "pipeline.partition")); /* the one line */
+    free(warn);
     CU_ASSERT_EQUAL(st, ZINC_OK);
-    CU_ASSERT(eff && strstr(eff, "pipeline.schedule = \"gpipe\": no effect with pipeline.stages 1"));
+    CU_ASSERT(eff && strstr(eff, "pipeline.partition = \"uniform\": no effect (one model chunk"));
+    CU_ASSERT(eff && strstr(eff, "pipeline.schedule = \"gpipe\": applied"));
     free(eff);
 }
 
