@@ -1538,6 +1538,9 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
     if (c->train.eval_every > 0 && c->data.n_valid == 0)
         return cfg_err(x, "train.eval_every", "%lld needs data.valid (the held-out token shards)",
                        (long long)c->train.eval_every);
+    json_t *trn = json_object_get(root, "train");
+    if (c->data.n_valid == 0 && has_key(trn, "eval_batches") && c->train.eval_batches != 10) /* 10: the default a dump holds */
+        note_no_effect(x, "train.eval_batches", json_object_get(trn, "eval_batches"), "no data.valid to evaluate");
 
     /* data.tokenizer: "bytes", or a tokenizer.json (or a folder holding one) that exists */
     if (strcmp(c->data.tokenizer, "bytes")) {

@@ -329,7 +329,7 @@ static zinc_status check_save_dir(const char *dir)
 }
 
 /* Rank 0 tokenizes data.text into a temporary shard; returns its path in buf. */
-static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, char *buf, size_t cap)
+static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, const zinc_tokenizer *tok, char *buf, size_t cap)
 {
     zinc_status st = ZINC_OK;
     int64_t id = (int64_t)getpid();
@@ -341,17 +341,7 @@ static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, char *buf, s
         const char *in[ZINC_MAX_PATHS];
         for (int i = 0; i < c->data.n_text; i++) in[i] = c->data.text[i];
         uint64_t n = 0;
-        zinc_tokenizer *tok = NULL;
-        if (strcmp(c->data.tokenizer, "bytes")) { /* a tokenizer.json (config.c checked it exists) */
-            st = zinc_tokenizer_load(c->data.tokenizer, &tok);
-            if (st != ZINC_OK) st = zinc_error(st, "data.tokenizer: %s", zinc_last_error());
-            else if (zinc_tokenizer_vocab_size(tok) > c->model.vocab_size)
-                st = zinc_error(ZINC_ERR_CONFIG, "data.tokenizer %s has %lld tokens, more than model.vocab_size %lld",
-                                c->data.tokenizer, (long long)zinc_tokenizer_vocab_size(tok),
-                                (long long)c->model.vocab_size);
-        }
-        if (st == ZINC_OK) st = zinc_data_write_shard_from_text(in, c->data.n_text, c->data.text_exts, tok, buf, &n);
-        zinc_tokenizer_free(tok);
+        st = zinc_data_write_shard_from_text(in, c->data.n_text, c->data.text_exts, tok, buf, &n);
         if (st == ZINC_OK)
             ZINC_INFO("data: tokenized the text into %llu tokens (%s) in %s", (unsigned long long)n,
                       c->data.tokenizer, buf);
@@ -359,10 +349,24 @@ static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, char *buf, s
     return st;
 }
 
+/* data.tokenizer, loaded on every rank (the text's encoding and the real vocabulary):
+ * NULL for "bytes"; one bigger than the model is refused. */
+static zinc_status load_tokenizer(const zinc_config *c, zinc_tokenizer **out)
+{
+    *out = NULL;
+    if (!strcmp(c->data.tokenizer, "bytes")) return ZINC_OK;
+    zinc_status st = zinc_tokenizer_load(c->data.tokenizer, out); /* config.c checked it exists */
+    if (st != ZINC_OK) return zinc_error(st, "data.tokenizer: %s", zinc_last_error());
+    if (zinc_tokenizer_vocab_size(*out) > c->model.vocab_size)
+        return zinc_error(ZINC_ERR_CONFIG, "data.tokenizer %s has %lld tokens, more than model.vocab_size %lld",
+                          c->data.tokenizer, (long long)zinc_tokenizer_vocab_size(*out), (long long)c->model.vocab_size);
+    return ZINC_OK;
+}
+
 /* The real vocabulary under a padded model.vocab_size: the rows of the imported wte
- * (model.init_from) and the tokenizer's size (data.tokenizer), the smaller; the padded
- * rows then take no part in the softmax. Every rank reads the same files. */
-static zinc_status vocab_real(const zinc_config *c, zinc_gpt2 *g, int rank)
+ * (model.init_from) and the tokenizer's size (tok), the smaller; the padded rows then
+ * take no part in the softmax. Every rank reads the same files. */
+static zinc_status vocab_real(const zinc_config *c, const zinc_tokenizer *tok, zinc_gpt2 *g, int rank)
 {
     int64_t real = c->model.vocab_size;
     char cj[700];
@@ -385,13 +389,7 @@ static zinc_status vocab_real(const zinc_config *c, zinc_gpt2 *g, int rank)
             zinc_st_close(f);
         }
     }
-    if (strcmp(c->data.tokenizer, "bytes")) {
-        zinc_tokenizer *t = NULL;
-        if (zinc_tokenizer_load(c->data.tokenizer, &t) == ZINC_OK) {
-            if (zinc_tokenizer_vocab_size(t) >= 1 && zinc_tokenizer_vocab_size(t) < real) real = zinc_tokenizer_vocab_size(t);
-            zinc_tokenizer_free(t);
-        }
-    }
+    if (tok && zinc_tokenizer_vocab_size(tok) < real) real = zinc_tokenizer_vocab_size(tok);
     if (real < c->model.vocab_size && rank == 0)
         ZINC_INFO("model: %lld of model.vocab_size %lld rows are the real vocabulary; the padded rows take no part "
                   "in the softmax", (long long)real, (long long)c->model.vocab_size);
@@ -536,6 +534,7 @@ int main(int argc, char **argv)
     zinc_gpt2 *gpt = NULL;
     zinc_engine *eng = NULL;
     zinc_data *data = NULL, *vdata = NULL;
+    zinc_tokenizer *tok = NULL;
     int eval_nb = 0; /* global batches of data.valid per evaluation */
     FILE *metrics = NULL;
     zinc_aio *aio = NULL;
@@ -550,8 +549,10 @@ int main(int argc, char **argv)
     omp_set_num_threads(nt);
     openblas_set_num_threads(nt);
 
+    st = agree(world, load_tokenizer(&cfg, &tok));
+    if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     if (cfg.data.n_text > 0) {
-        st = agree(world, prepare_text(&cfg, world, text_shard, sizeof text_shard));
+        st = agree(world, prepare_text(&cfg, world, tok, text_shard, sizeof text_shard));
         if (st != ZINC_OK) { rc = 2; goto done; }
     }
     {
@@ -585,7 +586,7 @@ int main(int argc, char **argv)
     }
     st = agree(world, zinc_gpt2_create(&cfg, &gpt));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
-    st = agree(world, vocab_real(&cfg, gpt, rank));
+    st = agree(world, vocab_real(&cfg, tok, gpt, rank));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     /* one aio engine for the process: checkpoints and the engine's swap files */
     if (cfg.train.save_dir[0] || cfg.train.resume[0] ||
@@ -796,6 +797,7 @@ done:
     zinc_gpt2_destroy(gpt);
     zinc_data_close(data);
     zinc_data_close(vdata);
+    zinc_tokenizer_free(tok);
     zinc_comm_destroy(world);
     return rc;
 }

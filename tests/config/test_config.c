@@ -1075,6 +1075,12 @@ static void test_pipeline_layout(void)
     unlink(path);
     CU_ASSERT(warn && strstr(warn, "no effect in zinc") && strstr(warn, "pipeline.partition")); /* the one line */
     free(warn);
+    /* train.eval_batches without data.valid does nothing, and says so */
+    capture_begin();
+    CU_ASSERT(load_str("{\"train_batch_size\": 4, \"train\": {\"eval_batches\": 3}}", &c) == ZINC_OK);
+    warn = capture_end();
+    CU_ASSERT(warn && strstr(warn, "no effect in zinc") && strstr(warn, "train.eval_batches"));
+    free(warn);
     CU_ASSERT_EQUAL(st, ZINC_OK);
     CU_ASSERT(eff && strstr(eff, "pipeline.partition = \"uniform\": no effect (one model chunk"));
     CU_ASSERT(eff && strstr(eff, "pipeline.schedule = \"gpipe\": applied"));
