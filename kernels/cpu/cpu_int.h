@@ -112,6 +112,13 @@ void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *in
 void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                             const float *inp, const float *weight, const float *mean,
                             const float *rstd, int N, int C);
+/* The weight (and bias) gradients of LayerNorm and RMSNorm for the CPU_NORM_BLK columns
+ * from c0: dweight += sum_rows (x - mean) rstd dout, dbias += sum_rows dout, rows in order
+ * (bitwise the same for any thread count); mean NULL: 0 (RMSNorm), dbias NULL: none. */
+#define CPU_NORM_BLK 64
+void cpu_norm_param_grads(float *dweight, float *dbias, const float *dout, const float *inp, const float *mean,
+                          const float *rstd, int N, int C, int c0);
+
 /* llama_cpu.c: RMSNorm, rotary embeddings, SwiGLU. */
 void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, float eps, int N,
                          int C);

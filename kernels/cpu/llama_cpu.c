@@ -40,7 +40,7 @@ void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float 
 void cpu_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                           const float *rstd, int N, int C)
 {
-    enum { BLK = 64 };
+    enum { BLK = CPU_NORM_BLK };
     assert(dinp && dweight && dout && inp && weight && rstd && N >= 0 && C > 0);
     const float inv_c = 1.0f / (float)C;
     const int nblk = (C + BLK - 1) / BLK;
@@ -62,21 +62,8 @@ void cpu_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const 
                 dx[c] += (weight[c] * dy[c] - x[c] * rs * m) * rs;
         }
         #pragma omp for schedule(static)
-        for (int bi = 0; bi < nblk; bi++) {
-            const int c0 = bi * BLK;
-            const int cw = C - c0 < BLK ? C - c0 : BLK;
-            float acc[BLK] = {0};
-            for (int i = 0; i < N; i++) {
-                const float *restrict x = inp + (size_t)i * C + c0;
-                const float *restrict dy = dout + (size_t)i * C + c0;
-                const float rs = rstd[i];
-                #pragma omp simd
-                for (int c = 0; c < cw; c++)
-                    acc[c] += x[c] * rs * dy[c];
-            }
-            for (int c = 0; c < cw; c++)
-                dweight[c0 + c] += acc[c];
-        }
+        for (int bi = 0; bi < nblk; bi++) /* LayerNorm's with mean 0 and no bias */
+            cpu_norm_param_grads(dweight, NULL, dout, inp, NULL, rstd, N, C, bi * BLK);
     }
 }
 

@@ -140,7 +140,7 @@ void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const flo
                             const float *inp, const float *weight, const float *mean,
                             const float *rstd, int N, int C)
 {
-    enum { BLK = 64 };
+    enum { BLK = CPU_NORM_BLK };
     assert(dinp && dweight && dbias && dout && inp && weight && mean && rstd);
     assert(N >= 0 && C > 0);
     const float inv_c = 1.0f / (float)C;
@@ -168,26 +168,29 @@ void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const flo
             }
         }
         #pragma omp for schedule(static)
-        for (int bi = 0; bi < nblk; bi++) {
-            const int c0 = bi * BLK;
-            const int cw = C - c0 < BLK ? C - c0 : BLK;
-            float accw[BLK] = {0}, accb[BLK] = {0};
-            for (int i = 0; i < N; i++) {
-                const float *restrict x = inp + (size_t)i * C + c0;
-                const float *restrict dy = dout + (size_t)i * C + c0;
-                const float m = mean[i], rs = rstd[i];
-                #pragma omp simd
-                for (int c = 0; c < cw; c++) {
-                    accw[c] += (x[c] - m) * rs * dy[c];
-                    accb[c] += dy[c];
-                }
-            }
-            for (int c = 0; c < cw; c++) {
-                dweight[c0 + c] += accw[c];
-                dbias[c0 + c] += accb[c];
-            }
+        for (int bi = 0; bi < nblk; bi++)
+            cpu_norm_param_grads(dweight, dbias, dout, inp, mean, rstd, N, C, bi * CPU_NORM_BLK);
+    }
+}
+
+void cpu_norm_param_grads(float *dweight, float *dbias, const float *dout, const float *inp, const float *mean,
+                          const float *rstd, int N, int C, int c0)
+{
+    const int cw = C - c0 < CPU_NORM_BLK ? C - c0 : CPU_NORM_BLK;
+    float accw[CPU_NORM_BLK] = {0}, accb[CPU_NORM_BLK] = {0};
+    for (int i = 0; i < N; i++) {
+        const float *restrict x = inp + (size_t)i * C + c0;
+        const float *restrict dy = dout + (size_t)i * C + c0;
+        const float m = mean ? mean[i] : 0.0f, rs = rstd[i]; /* x - 0 is x: RMSNorm's bits */
+        #pragma omp simd
+        for (int c = 0; c < cw; c++) {
+            accw[c] += (x[c] - m) * rs * dy[c];
+            accb[c] += dy[c];
         }
     }
+    for (int c = 0; c < cw; c++) dweight[c0 + c] += accw[c];
+    if (dbias)
+        for (int c = 0; c < cw; c++) dbias[c0 + c] += accb[c];
 }
 
 /* Keys scored at a time by the attention ops (a stack buffer per row). */
