@@ -15,6 +15,7 @@
 
 #include "zinc/ops.h"
 #include "kref.h"
+#include "../unit.h"
 
 static const zinc_ops *ops;
 
@@ -455,22 +456,11 @@ static void test_tables(void)
 
 int main(void)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } tests[] = {
-        {"tables", test_tables},   {"rmsnorm", test_rmsnorm}, {"rope_table", test_rope_table},
-        {"rope", test_rope},       {"swiglu", test_swiglu},   {"gqa", test_gqa}, {"fill_cols", test_fill_cols},   {"bf16_and_threads", test_bf16_and_threads},
+    static const unit_case cases[] = {
+        {"tables", test_tables},     {"rmsnorm", test_rmsnorm},         {"rope_table", test_rope_table},
+        {"rope", test_rope},         {"swiglu", test_swiglu},           {"gqa", test_gqa},
+        {"fill_cols", test_fill_cols}, {"bf16_and_threads", test_bf16_and_threads},
     };
     ops = zinc_ops_cpu();
-    if (CU_initialize_registry() != CUE_SUCCESS) return 1;
-    CU_pSuite s = CU_add_suite("llama_ops_cpu", NULL, NULL);
-    if (!s) return 1;
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-        if (!CU_add_test(s, tests[i].name, tests[i].fn)) return 1;
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    const unsigned failed = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failed ? 1 : 0;
+    return unit_run("llama_ops_cpu", cases, sizeof cases / sizeof *cases, 1) ? 1 : 0;
 }

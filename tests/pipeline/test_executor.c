@@ -10,6 +10,7 @@
  * reduce and step once. Last: a stage whose forward fails ends the step on every rank with
  * an error within the comm timeout (no hang). */
 #include <CUnit/Basic.h>
+
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 #include "zinc/comm.h"
 #include "zinc/log.h"
 #include "zinc/pipeline.h"
+#include "../unit.h"
 
 #define D 7
 #define MAXJ 16
@@ -242,14 +244,11 @@ int main(int argc, char **argv)
     g_rank = zinc_comm_rank(g_world);
     g_size = zinc_comm_size(g_world);
     zinc_comm_set_timeout(g_world, 60);
-    if (CU_initialize_registry() != CUE_SUCCESS) return 1;
-    CU_pSuite s = CU_add_suite("pipeline executor", NULL, NULL);
-    CU_add_test(s, "every schedule = the serial run, bit for bit", test_equal_serial);
-    CU_add_test(s, "a failing stage ends the step on every rank", test_failure_ends_step);
-    CU_basic_set_mode(g_rank == 0 ? CU_BRM_VERBOSE : CU_BRM_SILENT);
-    CU_basic_run_tests();
-    unsigned n_fail = CU_get_number_of_failures();
-    CU_cleanup_registry();
+    static const unit_case cases[] = {
+        {"every schedule = the serial run, bit for bit", test_equal_serial},
+        {"a failing stage ends the step on every rank", test_failure_ends_step},
+    };
+    const unsigned n_fail = unit_run("pipeline executor", cases, sizeof cases / sizeof *cases, g_rank == 0);
     zinc_comm_destroy(g_world);
     if (n_fail) fprintf(stderr, "rank %d: %u failure(s)\n", g_rank, n_fail);
     return n_fail ? 1 : 0;

@@ -4,6 +4,7 @@
  * "uniform" is DeepSpeed's partition_uniform; GPT-2-like stacks split as expected; bad
  * methods, regexes and stage counts are one line naming the key. */
 #include <CUnit/Basic.h>
+
 #include <CUnit/CUnit.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 
 #include "zinc/log.h"
 #include "zinc/pipeline.h"
+#include "../unit.h"
 
 static int valid(const int *b, int n, int parts)
 {
@@ -146,15 +148,11 @@ static void test_bad(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS) return 1;
-    CU_pSuite s = CU_add_suite("pipeline partition", NULL, NULL);
-    CU_add_test(s, "parameters and type:REGEX are optimal (exhaustive search)", test_balanced_is_optimal);
-    CU_add_test(s, "uniform is DeepSpeed's", test_uniform);
-    CU_add_test(s, "GPT-2 124M stacks", test_gpt2);
-    CU_add_test(s, "bad methods, regexes, stage counts", test_bad);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const unit_case cases[] = {
+        {"parameters and type:REGEX are optimal (exhaustive search)", test_balanced_is_optimal},
+        {"uniform is DeepSpeed's", test_uniform},
+        {"GPT-2 124M stacks", test_gpt2},
+        {"bad methods, regexes, stage counts", test_bad},
+    };
+    return unit_run("pipeline partition", cases, sizeof cases / sizeof *cases, 1) ? 1 : 0;
 }

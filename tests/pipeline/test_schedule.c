@@ -8,6 +8,7 @@
  * bound; the simulated bubble equals the theory. The simulator itself is shown to catch
  * broken lists (a missing send, crossed receives, a backward before its forward). */
 #include <CUnit/Basic.h>
+
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 
 #include "zinc/log.h"
 #include "zinc/pipeline.h"
+#include "../unit.h"
 
 static const zinc_pp_cost UNIFORM = {1.0, 2.0, 1.0, 1.0};
 static const zinc_pp_cost SKEWED = {1.0, 2.7, 1.9, 0.8};
@@ -355,17 +357,13 @@ static void test_bad_plans(void)
 
 int main(void)
 {
-    if (CU_initialize_registry() != CUE_SUCCESS) return 1;
-    CU_pSuite s = CU_add_suite("pipeline schedule", NULL, NULL);
-    CU_add_test(s, "every schedule: structure, matching, no deadlock, bounds, bubble", test_all_schedules);
-    CU_add_test(s, "bubble at p 4, m 8", test_bubble_values);
-    CU_add_test(s, "1f1b list of a middle stage", test_1f1b_list);
-    CU_add_test(s, "one stage is gradient accumulation", test_one_stage);
-    CU_add_test(s, "the simulator catches broken lists", test_simulator_catches);
-    CU_add_test(s, "bad plans", test_bad_plans);
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    CU_cleanup_registry();
-    return failures ? 1 : 0;
+    static const unit_case cases[] = {
+        {"every schedule: structure, matching, no deadlock, bounds, bubble", test_all_schedules},
+        {"bubble at p 4, m 8", test_bubble_values},
+        {"1f1b list of a middle stage", test_1f1b_list},
+        {"one stage is gradient accumulation", test_one_stage},
+        {"the simulator catches broken lists", test_simulator_catches},
+        {"bad plans", test_bad_plans},
+    };
+    return unit_run("pipeline schedule", cases, sizeof cases / sizeof *cases, 1) ? 1 : 0;
 }
