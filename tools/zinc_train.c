@@ -363,9 +363,10 @@ static zinc_status load_tokenizer(const zinc_config *c, zinc_tokenizer **out)
     return ZINC_OK;
 }
 
-/* The real vocabulary under a padded model.vocab_size: the rows of the imported wte
- * (model.init_from) and the tokenizer's size (tok), the smaller; the padded rows then
- * take no part in the softmax. Every rank reads the same files. */
+/* The real vocabulary under a padded model.vocab_size: the model folder's config.json
+ * vocab_size or the rows of the imported wte (model.init_from); without imported weights
+ * the tokenizer's size (tok). The padded rows then take no part in the softmax. Every
+ * rank reads the same files. */
 static zinc_status vocab_real(const zinc_config *c, const zinc_tokenizer *tok, zinc_gpt2 *g, int rank)
 {
     int64_t real = c->model.vocab_size;
@@ -373,6 +374,7 @@ static zinc_status vocab_real(const zinc_config *c, const zinc_tokenizer *tok, z
     snprintf(cj, sizeof cj, "%s/config.json", c->model.init_from);
     json_error_t je;
     json_t *hf = c->model.init_from[0] ? json_load_file(cj, 0, &je) : NULL; /* a model folder */
+    int weighed = hf != NULL; /* imported weights say how many rows they have: the tokenizer does not cut them */
     if (hf && json_is_integer(json_object_get(hf, "vocab_size")) &&
         json_integer_value(json_object_get(hf, "vocab_size")) < real)
         real = json_integer_value(json_object_get(hf, "vocab_size"));
@@ -386,10 +388,11 @@ static zinc_status vocab_real(const zinc_config *c, const zinc_tokenizer *tok, z
             const zinc_st_entry *w = ti >= 0 ? zinc_st_entry_at(f, (size_t)ti) : NULL;
             if (w && w->ndim == 2 && w->shape[0] < real && w->shape[0] >= (real < 256 ? real : 256))
                 real = w->shape[0];
+            weighed = w != NULL;
             zinc_st_close(f);
         }
     }
-    if (tok && zinc_tokenizer_vocab_size(tok) < real) real = zinc_tokenizer_vocab_size(tok);
+    if (tok && !weighed && zinc_tokenizer_vocab_size(tok) < real) real = zinc_tokenizer_vocab_size(tok);
     if (real < c->model.vocab_size && rank == 0)
         ZINC_INFO("model: %lld of model.vocab_size %lld rows are the real vocabulary; the padded rows take no part "
                   "in the softmax", (long long)real, (long long)c->model.vocab_size);

@@ -53,7 +53,14 @@ done
 echo "eval loss: one file at vocab_size 300 $ref; from_pretrained folder $one, sharded $two, sharded at TP 2 $tp2"
 # the folder's tokenizer becomes data.tokenizer, the model's shape comes from config.json
 cp "$TMP/hf/config.json" "$TMP/hf3.json"
-echo '{"model": {"type": "BPE", "vocab": {}, "merges": []}}' > "$TMP/hf/tokenizer.json"
+"$PY" - "$TMP/hf/tokenizer.json" <<'PY' || fail "making the folder's tokenizer"
+import sys
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+t = Tokenizer(models.BPE()); t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+t.train_from_iterator(["hello world, a tiny tokenizer for a tiny model"] * 4, trainers.BpeTrainer(
+    vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+t.save(sys.argv[1])
+PY
 "$BUILD/zinc-train" "$cfg" --set model.from_pretrained="$TMP/hf" --check 2>/dev/null > "$TMP/check.json"
 grep -q "\"tokenizer\": \"$TMP/hf\"" "$TMP/check.json" || fail "data.tokenizer is not the folder's"
 grep -q '"vocab_size": 384' "$TMP/check.json" || fail "vocab_size is not 300 padded to 384"
