@@ -23,11 +23,11 @@
     X(linear_gelu_backward, (void *dpre, float *dw, float *db, const void *dout,               \
                              const void *inp, const void *pre, const float *w, int N, int C,    \
                              int OC), (dpre, dw, db, dout, inp, pre, w, N, C, OC))              \
-    X(head_forward, (void *logits, const void *inp, const float *wte, int N, int C, int V),     \
-      (logits, inp, wte, N, C, V))                                                              \
-    X(head_backward, (void *dinp, float *dwte, const void *dlogits, const void *inp,            \
-                      const float *wte, int N, int C, int V),                                   \
-      (dinp, dwte, dlogits, inp, wte, N, C, V))                                                 \
+    X(linear_t_forward, (void *out, const void *inp, const float *w, const float *b, int N,    \
+                         int C, int OC), (out, inp, w, b, N, C, OC))                            \
+    X(linear_t_backward, (void *dinp, float *dw, float *db, const void *dout, const void *inp,  \
+                          const float *w, int N, int C, int OC),                                \
+      (dinp, dw, db, dout, inp, w, N, C, OC))                                                   \
     X(embedding_forward, (void *out, const int32_t *tok, const float *wte, const float *wpe,    \
                           int B, int T, int C, int v0, int V),                                  \
       (out, tok, wte, wpe, B, T, C, v0, V))                                                     \

@@ -92,6 +92,7 @@ enum {
                              * default has no effect (->text says what zinc does) */
     F_TP = 1u << 14,        /* only meaningful with a TP group (tensor_parallel.autotp_size > 1) */
     F_PP = 1u << 15,        /* only meaningful with several model chunks (stages x virtual_stages > 1) */
+    F_LLAMA = 1u << 16,     /* only meaningful for model.type "llama" */
 };
 
 /* slots of ctx->autos: which keys were given as "auto" */
@@ -224,7 +225,8 @@ static const enum_name device_kinds[] = {
     {"auto", ZINC_DEVICE_AUTO}, {"cpu", ZINC_DEVICE_CPU}, {"cuda", ZINC_DEVICE_CUDA}, {NULL, 0}};
 static const enum_name comm_kinds[] = {
     {"auto", ZINC_COMM_AUTO}, {"mpi", ZINC_COMM_MPI}, {"nccl", ZINC_COMM_NCCL}, {NULL, 0}};
-static const char *const model_types[] = {"gpt2", NULL};
+static const char *const model_types[] = {"gpt2", "llama", NULL};
+static const char *const rope_types[] = {"", "llama3", NULL};
 static const char *const tag_validations[] = {"Ignore", "Warn", "Fail", NULL};
 
 _Static_assert(sizeof(zinc_opt_type) == sizeof(int), "enum fields are stored as int");
@@ -396,11 +398,29 @@ static const keydesc aio_keys[] = {
     NYB("use_gds", "GPUDirect Storage is not implemented; zinc stages NVMe I/O through host memory"),
     END};
 
+static const keydesc rope_scaling_keys[] = {
+    {.name = "type", .type = T_STR, .off = OFF(model.rope_scaling.type), .sdef = "", .aux = FSZ(model.rope_scaling.type),
+     .allowed = rope_types, .flags = F_NULL_OK | F_LLAMA},
+    ALIAS("rope_type", "type", 0),
+    KN("factor", model.rope_scaling.factor, 1, 1e6, 8, F_LLAMA),
+    KN("low_freq_factor", model.rope_scaling.low_freq_factor, 0, 1e6, 1, F_LO_OPEN | F_LLAMA),
+    KN("high_freq_factor", model.rope_scaling.high_freq_factor, 0, 1e6, 4, F_LO_OPEN | F_LLAMA),
+    {.name = "original_max_position_embeddings", .type = T_INT, .off = OFF(model.rope_scaling.original_max_position_embeddings),
+     .lo = 1, .hi = SEQ_MAX, .def = 8192, .flags = F_LLAMA},
+    END};
+
 static const keydesc model_keys[] = {
     KS("type", model.type, "gpt2", model_types),
     KI("n_layer", model.n_layer, 1, LAYERS_MAX, 4),
     KI("n_embd", model.n_embd, 1, EMBD_MAX, 128),
     KI("n_head", model.n_head, 1, HEADS_MAX, 4),
+    KI("n_kv_head", model.n_kv_head, 0, HEADS_MAX, 0),
+    KI("intermediate_size", model.intermediate_size, 0, EMBD_MAX * 16, 0),
+    KB("tie_word_embeddings", model.tie_word_embeddings, 1),
+    {.name = "attention_bias", .type = T_BOOL, .off = OFF(model.attention_bias), .def = 0, .flags = F_LLAMA},
+    KN("rope_theta", model.rope_theta, 0, 1e12, 10000, F_LO_OPEN | F_LLAMA),
+    KN("rms_norm_eps", model.rms_norm_eps, 0, 1, 1e-6, F_LO_OPEN | F_LLAMA),
+    KSEC("rope_scaling", rope_scaling_keys),
     KI("vocab_size", model.vocab_size, 256, 65536, 50304),
     KI("block_size", model.block_size, 1, SEQ_MAX, 64),
     KI("seed", model.seed, 0, SEED_MAX, 1337),
@@ -1009,6 +1029,22 @@ static void effect_of(cfg_ctx *x, const keydesc *k, const char *path, const json
         note_effect(x, path, v, "no effect with tensor_parallel.autotp_size 1");
         return;
     }
+    if ((k->flags & F_LLAMA) && strcmp(c->model.type, "llama")) {
+        /* the default is what GPT-2 does anyway (a dump holds it); another value is listed */
+        const char *f = (const char *)c + k->off;
+        int dflt = k->type == T_BOOL  ? *(const int *)f == (int)k->def
+                   : k->type == T_INT ? *(const int64_t *)f == (int64_t)k->def
+                   : k->type == T_NUM ? *(const double *)f == k->def
+                   : k->type == T_STR ? !strcmp(f, k->sdef ? k->sdef : "")
+                                      : 0;
+        char e[80];
+        snprintf(e, sizeof e, "model.type \"%s\" (llama only)", c->model.type);
+        if (dflt)
+            note_effect(x, path, v, "applied (the default; llama only)");
+        else
+            note_no_effect(x, path, v, e);
+        return;
+    }
     if ((k->flags & F_PP) && c->pp.stages * c->pp.virtual_stages == 1) {
         /* the default is what one chunk does anyway (a dump holds it); another value is listed */
         if (json_is_string(v) && k->sdef && !strcasecmp(json_string_value(v), k->sdef))
@@ -1603,6 +1639,27 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
     if (c->model.n_embd % c->model.n_head)
         return cfg_err_also(x, "model.n_embd", "model.n_head", "%lld is not divisible by model.n_head %lld",
                        (long long)c->model.n_embd, (long long)c->model.n_head);
+    if (c->model.n_head % zinc_config_kv_heads(c))
+        return cfg_err_also(x, "model.n_kv_head", "model.n_head", "%lld does not divide model.n_head %lld (each key/value "
+                            "head serves a group of query heads)", (long long)c->model.n_kv_head, (long long)c->model.n_head);
+    if (!strcmp(c->model.type, "gpt2")) { /* GPT-2's shape is fixed: another value would change what is computed */
+        if (zinc_config_kv_heads(c) != c->model.n_head)
+            return cfg_err_also(x, "model.n_kv_head", "model.type", "%lld with model.type \"gpt2\": GPT-2 has one key/value "
+                                "head per query head (grouped-query attention is model.type \"llama\")",
+                                (long long)c->model.n_kv_head);
+        if (zinc_config_ffn(c) != 4 * c->model.n_embd)
+            return cfg_err_also(x, "model.intermediate_size", "model.type", "%lld with model.type \"gpt2\": GPT-2's MLP "
+                                "is 4 x model.n_embd = %lld wide", (long long)c->model.intermediate_size,
+                                (long long)(4 * c->model.n_embd));
+        if (!c->model.tie_word_embeddings)
+            return cfg_err_also(x, "model.tie_word_embeddings", "model.type", "false with model.type \"gpt2\": zinc's "
+                                "GPT-2 ties its head to wte (untied heads are model.type \"llama\")");
+    } else {
+        const int64_t hs = c->model.n_embd / c->model.n_head;
+        if (hs % 2)
+            return cfg_err_also(x, "model.n_embd", "model.n_head", "model.n_embd / model.n_head = %lld: the rotary "
+                                "embedding needs an even head size", (long long)hs);
+    }
     if (c->data.n_train && c->data.n_text)
         return cfg_err_also(x, "data", "data.train,data.text", "both data.train (token shards) and data.text (files to tokenize) "
                        "are given; use one");
@@ -1868,16 +1925,20 @@ static zinc_status pp_check_micro(const zinc_config *c, const char *origin)
 static zinc_status tp_check(const zinc_config *c, int world, const char *origin)
 {
     const long long tp = (long long)c->tp.size, nh = (long long)c->model.n_head;
-    const long long mlp = 4 * (long long)c->model.n_embd, v = (long long)c->model.vocab_size;
+    const long long nkv = (long long)zinc_config_kv_heads(c);
+    const long long mlp = (long long)zinc_config_ffn(c), v = (long long)c->model.vocab_size;
     if (world % tp)
         return zinc_error(ZINC_ERR_CONFIG, "%s: tensor_parallel.autotp_size %lld does not divide "
                           "the world size %d", origin, tp, world);
     if (nh % tp)
         return zinc_error(ZINC_ERR_CONFIG, "%s: tensor_parallel.autotp_size %lld does not divide "
                           "model.n_head %lld", origin, tp, nh);
+    if (nkv % tp)
+        return zinc_error(ZINC_ERR_CONFIG, "%s: tensor_parallel.autotp_size %lld does not divide "
+                          "the key/value heads (model.n_kv_head) %lld", origin, tp, nkv);
     if (mlp % tp)
         return zinc_error(ZINC_ERR_CONFIG, "%s: tensor_parallel.autotp_size %lld does not divide "
-                          "the MLP width 4 x model.n_embd = %lld", origin, tp, mlp);
+                          "the MLP width %lld", origin, tp, mlp);
     if (tp > 1 && v % (64 * tp))
         return zinc_error(ZINC_ERR_CONFIG, "%s: model.vocab_size %lld is not a multiple of "
                           "64 x tensor_parallel.autotp_size = %lld; pad it to %lld", origin, v,

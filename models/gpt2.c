@@ -496,7 +496,7 @@ static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *x, void 
     o->layernorm_forward(lnr, a.mean, a.rstd, x, zinc_layer_param(l, H_LNFW),
                          zinc_layer_param(l, H_LNFB), R, C);
     if (g.sp) ZINC_TRY(zinc_tp_gather_rows(tp, a.lnf, lnr, (size_t)R, (size_t)C));
-    zinc_tp_head_forward(tp, a.logits, a.lnf, zinc_layer_param(l, H_WTE), N, C, g.Vl);
+    zinc_tp_column_t_forward(tp, a.logits, a.lnf, zinc_layer_param(l, H_WTE), NULL, N, C, g.Vl);
     { /* the padded rows of this rank's vocabulary slice [v0, v0 + Vl): -inf logits, so they
        * take no part in the softmax and get no gradient */
         const int v0 = tp->rank * g.Vl, lo = d->Vreal - v0 < 0 ? 0 : d->Vreal - v0;
@@ -525,7 +525,7 @@ static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *x, cons
     /* dlnf(N,C) = dlogits(N,Vl) @ wte(Vl,C) summed over the group (this
      * rank's rows of it with SP); dwte(Vl,C) += dlogits^T @ lnf */
     void *dlnr = g.sp ? s.rows : s.dlnf;
-    ZINC_TRY(zinc_tp_head_backward(tp, dlnr, s.dlnf, zinc_layer_grad(l, H_WTE), a.logits, a.lnf,
+    ZINC_TRY(zinc_tp_column_t_backward(tp, dlnr, s.dlnf, zinc_layer_grad(l, H_WTE), NULL, a.logits, a.lnf,
                                    zinc_layer_param(l, H_WTE), N, C, g.Vl));
     float *dw = g.sp ? s.lng : zinc_layer_grad(l, H_LNFW);
     float *db = g.sp ? s.lng + C : zinc_layer_grad(l, H_LNFB);

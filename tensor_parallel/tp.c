@@ -62,34 +62,83 @@ zinc_status zinc_tp_all_reduce_f32(const zinc_tp *t, float *x, size_t n)
 /* The buffer a partial sum is formed in: part with SP, else the output. */
 static void *part_of(const zinc_tp *t, void *y, void *part) { return sp_on(t) ? part : y; }
 
+/* The device's linear on weights stored (in, out) (tw 0) or (out, in) (tw 1). */
+static void lin_fwd(const zinc_tp *t, int tw, void *y, const void *x, const float *w, const float *b, int N, int C,
+                    int OC)
+{
+    (tw ? t->ops->linear_t_forward : t->ops->linear_forward)(y, x, w, b, N, C, OC);
+}
+
+static void lin_bwd(const zinc_tp *t, int tw, void *dx, float *dw, float *db, const void *dy, const void *x,
+                    const float *w, int N, int C, int OC)
+{
+    (tw ? t->ops->linear_t_backward : t->ops->linear_backward)(dx, dw, db, dy, x, w, N, C, OC);
+}
+
+static zinc_status column_bwd(const zinc_tp *t, int tw, void *dx, void *part, float *dw, float *db, const void *dy,
+                              const void *x, const float *w, int N, int C, int OCl)
+{
+    void *p = part_of(t, dx, part);
+    t->ops->zero(p, (size_t)N * C * zinc_dtype_size(t->ops->act));
+    lin_bwd(t, tw, p, dw, db, dy, x, w, N, C, OCl);
+    return zinc_tp_region_leave(t, dx, p, N, C);
+}
+
+static zinc_status row_fwd(const zinc_tp *t, int tw, void *y, void *part, const void *x, const float *w,
+                           const float *b, int N, int Cl, int OC)
+{
+    void *p = part_of(t, y, part);
+    lin_fwd(t, tw, p, x, w, t->rank == 0 ? b : NULL, N, Cl, OC);
+    return zinc_tp_region_leave(t, y, p, N, OC);
+}
+
 void zinc_tp_column_forward(const zinc_tp *t, void *y, const void *x, const float *w,
                             const float *b, int N, int C, int OCl)
 {
-    t->ops->linear_forward(y, x, w, b, N, C, OCl);
+    lin_fwd(t, 0, y, x, w, b, N, C, OCl);
+}
+
+void zinc_tp_column_t_forward(const zinc_tp *t, void *y, const void *x, const float *w, const float *b, int N,
+                              int C, int OCl)
+{
+    lin_fwd(t, 1, y, x, w, b, N, C, OCl);
 }
 
 zinc_status zinc_tp_column_backward(const zinc_tp *t, void *dx, void *part, float *dw, float *db,
                                     const void *dy, const void *x, const float *w, int N, int C,
                                     int OCl)
 {
-    void *p = part_of(t, dx, part);
-    t->ops->zero(p, (size_t)N * C * zinc_dtype_size(t->ops->act));
-    t->ops->linear_backward(p, dw, db, dy, x, w, N, C, OCl);
-    return zinc_tp_region_leave(t, dx, p, N, C);
+    return column_bwd(t, 0, dx, part, dw, db, dy, x, w, N, C, OCl);
+}
+
+zinc_status zinc_tp_column_t_backward(const zinc_tp *t, void *dx, void *part, float *dw, float *db, const void *dy,
+                                      const void *x, const float *w, int N, int C, int OCl)
+{
+    return column_bwd(t, 1, dx, part, dw, db, dy, x, w, N, C, OCl);
 }
 
 zinc_status zinc_tp_row_forward(const zinc_tp *t, void *y, void *part, const void *x,
                                 const float *w, const float *b, int N, int Cl, int OC)
 {
-    void *p = part_of(t, y, part);
-    t->ops->linear_forward(p, x, w, t->rank == 0 ? b : NULL, N, Cl, OC);
-    return zinc_tp_region_leave(t, y, p, N, OC);
+    return row_fwd(t, 0, y, part, x, w, b, N, Cl, OC);
+}
+
+zinc_status zinc_tp_row_t_forward(const zinc_tp *t, void *y, void *part, const void *x, const float *w,
+                                  const float *b, int N, int Cl, int OC)
+{
+    return row_fwd(t, 1, y, part, x, w, b, N, Cl, OC);
 }
 
 void zinc_tp_row_backward(const zinc_tp *t, void *dx, float *dw, float *db, const void *dy,
                           const void *x, const float *w, int N, int Cl, int OC)
 {
-    t->ops->linear_backward(dx, dw, db, dy, x, w, N, Cl, OC);
+    lin_bwd(t, 0, dx, dw, db, dy, x, w, N, Cl, OC);
+}
+
+void zinc_tp_row_t_backward(const zinc_tp *t, void *dx, float *dw, float *db, const void *dy, const void *x,
+                            const float *w, int N, int Cl, int OC)
+{
+    lin_bwd(t, 1, dx, dw, db, dy, x, w, N, Cl, OC);
 }
 
 zinc_status zinc_tp_embedding_forward(const zinc_tp *t, void *out, void *part,
@@ -111,22 +160,6 @@ zinc_status zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwp
     if (st != ZINC_OK) return st;
     t->ops->embedding_backward(dwte, dwpe, d, tokens, B, T, C, t->rank * Vl, Vl);
     return ZINC_OK;
-}
-
-void zinc_tp_head_forward(const zinc_tp *t, void *logits, const void *x, const float *wte, int N,
-                          int C, int Vl)
-{
-    t->ops->head_forward(logits, x, wte, N, C, Vl);
-}
-
-zinc_status zinc_tp_head_backward(const zinc_tp *t, void *dx, void *part, float *dwte,
-                                  const void *dlogits, const void *x, const float *wte, int N,
-                                  int C, int Vl)
-{
-    void *p = part_of(t, dx, part);
-    t->ops->zero(p, (size_t)N * C * zinc_dtype_size(t->ops->act));
-    t->ops->head_backward(p, dwte, dlogits, x, wte, N, C, Vl);
-    return zinc_tp_region_leave(t, dx, p, N, C);
 }
 
 zinc_status zinc_tp_softmax_xent(const zinc_tp *t, float *losses, void *logits,

@@ -119,10 +119,24 @@ typedef struct zinc_config {
 
     /* zinc sections */
     struct {
-        char type[32];                 /* "gpt2" */
+        char type[32];                 /* "gpt2" | "llama" (Llama, Qwen2, Mistral: zinc/llama.h) */
         int64_t n_layer;               /* 4 */
         int64_t n_embd;                /* 128 */
         int64_t n_head;                /* 4 */
+        int64_t n_kv_head;             /* 0 = n_head: key/value heads (grouped-query attention; llama) */
+        int64_t intermediate_size;     /* 0 = the model's: 4 n_embd (gpt2), 8/3 n_embd rounded up to a
+                                        * multiple of 256 (llama): the MLP width */
+        int tie_word_embeddings;       /* true: the output head is the token embedding (gpt2: always) */
+        int attention_bias;            /* false: q/k/v biases (Qwen2; llama only) */
+        double rope_theta;             /* 10000: rotary base (llama only) */
+        double rms_norm_eps;           /* 1e-6: RMSNorm epsilon (llama only) */
+        struct {                       /* Llama-3's rope_scaling (llama only) */
+            char type[16];             /* "" none | "llama3" */
+            double factor;             /* 8 */
+            double low_freq_factor;    /* 1 */
+            double high_freq_factor;   /* 4 */
+            int64_t original_max_position_embeddings; /* 8192 */
+        } rope_scaling;
         int64_t vocab_size;            /* 50304; must be >= 256 for tokenizer bytes */
         int64_t block_size;            /* 64 (max sequence length T) */
         int64_t seed;                  /* 1337: parameter init seed */
@@ -210,6 +224,21 @@ typedef struct zinc_config {
 static inline int64_t zinc_config_seq_len(const zinc_config *c)
 {
     return c->data.seq_len > 0 ? c->data.seq_len : c->model.block_size;
+}
+
+/* Key/value heads: model.n_kv_head, or model.n_head when 0. */
+static inline int64_t zinc_config_kv_heads(const zinc_config *c)
+{
+    return c->model.n_kv_head > 0 ? c->model.n_kv_head : c->model.n_head;
+}
+
+/* The MLP width: model.intermediate_size, or the model type's default when 0 (4 n_embd
+ * for gpt2; Llama's 2/3 of 4 n_embd rounded up to a multiple of 256). */
+static inline int64_t zinc_config_ffn(const zinc_config *c)
+{
+    if (c->model.intermediate_size > 0) return c->model.intermediate_size;
+    if (c->model.type[0] == 'l') return (8 * c->model.n_embd / 3 + 255) / 256 * 256;
+    return 4 * c->model.n_embd;
 }
 
 /* Fills c with every default. Cannot fail. */

@@ -66,13 +66,15 @@ typedef struct zinc_ops {
                                  const void *inp, const void *pre, const float *weight, int N,
                                  int C, int OC);
 
-    /* The tied LM head: a linear with its weight stored (out, in), no bias.
-     * logits(N,V) act = inp(N,C) act @ wte(V,C)^T. */
-    void (*head_forward)(void *logits, const void *inp, const float *wte, int N, int C, int V);
-    /* dinp(N,C) act += dlogits(N,V) @ wte; dwte(V,C) += dlogits^T @ inp.
-     * dinp may be NULL (skipped). */
-    void (*head_backward)(void *dinp, float *dwte, const void *dlogits, const void *inp,
-                          const float *wte, int N, int C, int V);
+    /* The linear with its weight stored (out, in), as PyTorch's nn.Linear (Llama's
+     * projections) and the tied LM head (wte (V, C), no bias):
+     * out(N,OC) act = inp(N,C) act @ weight(OC,C)^T + bias(OC); bias may be NULL. */
+    void (*linear_t_forward)(void *out, const void *inp, const float *weight, const float *bias,
+                             int N, int C, int OC);
+    /* dinp(N,C) act += dout(N,OC) @ weight; dweight(OC,C) += dout^T @ inp;
+     * dbias(OC) += sum_rows dout. dinp and dbias may be NULL (skipped). */
+    void (*linear_t_backward)(void *dinp, float *dweight, float *dbias, const void *dout,
+                              const void *inp, const float *weight, int N, int C, int OC);
 
     /* The token + position embedding, whole or split by vocabulary (tensor
      * parallelism: this rank holds the token rows [v0, v0+V); v0 = 0 and V =

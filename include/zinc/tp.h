@@ -109,10 +109,23 @@ zinc_status zinc_tp_row_forward(const zinc_tp *t, void *y, void *part, const voi
 void zinc_tp_row_backward(const zinc_tp *t, void *dx, float *dw, float *db, const void *dy,
                           const void *x, const float *w, int N, int Cl, int OC);
 
+/* The same four with weights stored (out, in), as nn.Linear (zinc_ops' linear_t): a
+ * column-parallel w is (OCl, C) (this rank's rows of the whole (OC, C)), dw likewise; a
+ * row-parallel w is (OC, Cl) (this rank's columns). The vocab-parallel tied head is a
+ * column-parallel one without bias: logits(N, Vl) = x @ wte(Vl, C)^T. */
+void zinc_tp_column_t_forward(const zinc_tp *t, void *y, const void *x, const float *w, const float *b, int N,
+                              int C, int OCl);
+zinc_status zinc_tp_column_t_backward(const zinc_tp *t, void *dx, void *part, float *dw, float *db, const void *dy,
+                                      const void *x, const float *w, int N, int C, int OCl);
+zinc_status zinc_tp_row_t_forward(const zinc_tp *t, void *y, void *part, const void *x, const float *w,
+                                  const float *b, int N, int Cl, int OC);
+void zinc_tp_row_t_backward(const zinc_tp *t, void *dx, float *dw, float *db, const void *dy, const void *x,
+                            const float *w, int N, int Cl, int OC);
+
 /* ---- vocab-parallel embedding, tied head and cross-entropy ----
  * This rank holds rows [v0, v0 + Vl) of the token embedding wte (Vl = V / TP,
- * v0 = rank x Vl); the tied head's logits are its Vl columns, never the whole
- * row on one rank. */
+ * v0 = rank x Vl); the tied head's logits (zinc_tp_column_t_forward) are its Vl columns,
+ * never the whole row on one rank. */
 
 /* out(rows, C) act = this rank's rows of the sum over the group of the
  * embeddings of the vocabulary rows this rank holds (tokens elsewhere give
@@ -127,15 +140,6 @@ zinc_status zinc_tp_embedding_forward(const zinc_tp *t, void *out, void *part,
 zinc_status zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwpe,
                                        const void *dout, void *full, const int32_t *tokens, int B,
                                        int T, int C, int Vl);
-/* logits(N, Vl) act = x(N, C) @ wte(Vl, C)^T, x whole. No communication. */
-void zinc_tp_head_forward(const zinc_tp *t, void *logits, const void *x, const float *wte, int N,
-                          int C, int Vl);
-/* dx(rows, C) act = this rank's rows of the sum over the group of dlogits @
- * wte -- WRITTEN; dwte(Vl, C) += dlogits^T @ x (x whole); part as the
- * linears'. Collective. */
-zinc_status zinc_tp_head_backward(const zinc_tp *t, void *dx, void *part, float *dwte,
-                                  const void *dlogits, const void *x, const float *wte, int N,
-                                  int C, int Vl);
 /* Softmax cross-entropy of rows split by columns: losses(N) fp32 (each row's
  * whole loss, the same on every rank), logits(N, Vl) overwritten with this
  * rank's columns of dloss * (softmax - onehot); stats holds 3N floats of

@@ -75,6 +75,11 @@ void cpu_linear_forward(float *out, const float *inp, const float *weight,
                         const float *bias, int N, int C, int OC);
 void cpu_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                          const float *inp, const float *weight, int N, int C, int OC);
+/* The same with weight stored (OC, C) (nn.Linear's layout): out = inp @ weight^T + bias;
+ * dweight(OC,C) += dout^T @ inp. */
+void cpu_linear_t_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
+void cpu_linear_t_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                           const float *weight, int N, int C, int OC);
 void cpu_gelu_forward(float *out, const float *inp, size_t n);
 void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 void cpu_linear_gelu_forward(float *out, float *pre, const float *inp, const float *weight,

@@ -37,11 +37,11 @@ void cpu_matmul(float *c, const float *a, const float *b, int m, int n, int k,
                 b, ldb > 0 ? ldb : 1, beta, c, n);
 }
 
-/* out(N,OC) = inp(N,C) @ weight(C,OC) + bias(OC). With a bias the rows of
- * out are first filled with it and sgemm accumulates (beta = 1): one pass
- * over out instead of sgemm's store plus a read-modify-write. */
-void cpu_linear_forward(float *out, const float *inp, const float *weight,
-                        const float *bias, int N, int C, int OC)
+/* out(N,OC) = inp(N,C) @ W + bias(OC), W = weight(C,OC) (tw 0) or weight(OC,C)^T (tw 1).
+ * With a bias the rows of out are first filled with it and sgemm accumulates (beta = 1):
+ * one pass over out instead of sgemm's store plus a read-modify-write. */
+static void linear_fwd(float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC,
+                       int tw)
 {
     assert(out && inp && weight && N >= 0 && C > 0 && OC > 0);
     if (N == 0)
@@ -54,8 +54,19 @@ void cpu_linear_forward(float *out, const float *inp, const float *weight,
                 o[j] = bias[j];
         }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, C, 1.0f, inp, C, weight,
-                OC, bias ? 1.0f : 0.0f, out, OC);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, tw ? CblasTrans : CblasNoTrans, N, OC, C, 1.0f, inp, C, weight,
+                tw ? C : OC, bias ? 1.0f : 0.0f, out, OC);
+}
+
+void cpu_linear_forward(float *out, const float *inp, const float *weight,
+                        const float *bias, int N, int C, int OC)
+{
+    linear_fwd(out, inp, weight, bias, N, C, OC, 0);
+}
+
+void cpu_linear_t_forward(float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC)
+{
+    linear_fwd(out, inp, weight, bias, N, C, OC, 1);
 }
 
 /* dst(C) += column sums of src(N,C), src f32 or bf16. Columns are split
@@ -99,21 +110,35 @@ void cpu_colsum_acc_bf16(float *dst, const uint16_t *src, int N, int C)
     colsum_acc(dst, src, ZINC_DTYPE_BF16, N, C);
 }
 
-/* dinp(N,C) += dout(N,OC) @ weight(C,OC)^T; dweight(C,OC) += inp^T @ dout;
- * dbias(OC) += column sums of dout. */
-void cpu_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                         const float *inp, const float *weight, int N, int C, int OC)
+/* dinp(N,C) += dout(N,OC) @ W^T; dW += inp^T @ dout, W as linear_fwd's (tw 1: dweight(OC,C)
+ * += dout^T @ inp); dbias(OC) += column sums of dout. */
+static void linear_bwd(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                       const float *weight, int N, int C, int OC, int tw)
 {
     assert(dweight && dout && inp && weight && N >= 0 && C > 0 && OC > 0);
     if (N == 0)
         return;
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, C, OC, 1.0f, dout, OC,
-                    weight, OC, 1.0f, dinp, C);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, C, dout, OC,
-                1.0f, dweight, OC);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, tw ? CblasNoTrans : CblasTrans, N, C, OC, 1.0f, dout, OC,
+                    weight, tw ? C : OC, 1.0f, dinp, C);
+    if (tw)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+    else
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, C, dout, OC, 1.0f, dweight, OC);
     if (dbias)
         cpu_colsum_acc(dbias, dout, N, OC);
+}
+
+void cpu_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                         const float *inp, const float *weight, int N, int C, int OC)
+{
+    linear_bwd(dinp, dweight, dbias, dout, inp, weight, N, C, OC, 0);
+}
+
+void cpu_linear_t_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                           const float *weight, int N, int C, int OC)
+{
+    linear_bwd(dinp, dweight, dbias, dout, inp, weight, N, C, OC, 1);
 }
 
 /* out = gelu(inp) (cpu_gelu: the tanh form, as GPT-2). */

@@ -10,7 +10,7 @@
  * in half the memory. The conversions cost time (every act byte is widened
  * and narrowed once per op).
  *
- * The products (linear, linear + GELU, head) are the exception where the
+ * The products (linear, linear + GELU, the (out, in) linear) are the exception where the
  * CPU has AVX512_BF16 (cpu_gemm_bf16_native()): they multiply the bf16
  * activations and the fp32 weights (bf16-representable in bf16 training,
  * so rounding them while packing changes nothing) with vdpbf16ps, as the
@@ -55,20 +55,18 @@ static void f32_linear_gelu_backward(void *dpre, float *dweight, float *dbias, c
     cpu_linear_gelu_backward(dpre, dweight, dbias, dout, inp, pre, weight, N, C, OC);
 }
 
-/* logits(N,V) = inp(N,C) @ wte(V,C)^T */
-static void f32_head_forward(void *logits, const void *inp, const float *wte, int N, int C,
-                             int V)
+/* out(N,OC) = inp(N,C) @ weight(OC,C)^T + bias */
+static void f32_linear_t_forward(void *out, const void *inp, const float *weight, const float *bias, int N, int C,
+                                 int OC)
 {
-    cpu_matmul(logits, inp, wte, N, V, C, 0, 1, 1.0f, 0.0f);
+    cpu_linear_t_forward(out, inp, weight, bias, N, C, OC);
 }
 
-/* dinp(N,C) += dlogits(N,V) @ wte(V,C); dwte(V,C) += dlogits^T @ inp */
-static void f32_head_backward(void *dinp, float *dwte, const void *dlogits, const void *inp,
-                              const float *wte, int N, int C, int V)
+/* dinp(N,C) += dout(N,OC) @ weight(OC,C); dweight(OC,C) += dout^T @ inp; dbias */
+static void f32_linear_t_backward(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+                                  const float *weight, int N, int C, int OC)
 {
-    if (dinp)
-        cpu_matmul(dinp, dlogits, wte, N, C, V, 0, 0, 1.0f, 1.0f);
-    cpu_matmul(dwte, dlogits, inp, V, C, N, 1, 0, 1.0f, 1.0f);
+    cpu_linear_t_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 
 static void f32_embedding_forward(void *out, const int32_t *tokens, const float *wte,
@@ -387,23 +385,25 @@ static void nat_linear_gelu_backward(void *dpre, float *dweight, float *dbias, c
         cpu_colsum_acc_bf16(dbias, dout, N, OC);
 }
 
-/* logits(N,V) = bf16(inp(N,C) @ wte(V,C)^T) */
-static void nat_head_forward(void *logits, const void *inp, const float *wte, int N, int C,
-                             int V)
+/* out(N,OC) = bf16(inp(N,C) @ weight(OC,C)^T + bias) */
+static void nat_linear_t_forward(void *out, const void *inp, const float *weight, const float *bias, int N, int C,
+                                 int OC)
 {
-    b16_epi e = {.out = logits, .ld = V};
-    cpu_gemm_bf16_ex(inp, BF, wte, F32, N, V, C, 0, 1, epi_store, &e);
+    b16_epi e = {.out = out, .bias = bias, .ld = OC};
+    cpu_gemm_bf16_ex(inp, BF, weight, F32, N, OC, C, 0, 1, epi_store, &e);
 }
 
-/* dinp(N,C) = bf16(dinp + dlogits(N,V) @ wte(V,C)); dwte += dlogits^T @ inp */
-static void nat_head_backward(void *dinp, float *dwte, const void *dlogits, const void *inp,
-                              const float *wte, int N, int C, int V)
+/* dinp(N,C) = bf16(dinp + dout(N,OC) @ weight(OC,C)); dweight += dout^T @ inp; dbias */
+static void nat_linear_t_backward(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+                                  const float *weight, int N, int C, int OC)
 {
     if (dinp) {
         b16_epi e = {.out = dinp, .ld = C};
-        cpu_gemm_bf16_ex(dlogits, BF, wte, F32, N, C, V, 0, 0, epi_acc, &e);
+        cpu_gemm_bf16_ex(dout, BF, weight, F32, N, C, OC, 0, 0, epi_acc, &e);
     }
-    cpu_gemm_bf16(dwte, dlogits, BF, inp, BF, V, C, N, 1, 0, 1.0f, 1.0f);
+    cpu_gemm_bf16(dweight, dout, BF, inp, BF, OC, C, N, 1, 0, 1.0f, 1.0f);
+    if (dbias)
+        cpu_colsum_acc_bf16(dbias, dout, N, OC);
 }
 
 #undef BF
@@ -491,37 +491,37 @@ done:
     widen_free(&w);
 }
 
-static void b16_head_forward(void *logits, const void *inp, const float *wte, int N, int C,
-                             int V)
+static void b16_linear_t_forward(void *out, const void *inp, const float *weight, const float *bias, int N, int C,
+                                 int OC)
 {
     if (cpu_gemm_bf16_native()) {
-        nat_head_forward(logits, inp, wte, N, C, V);
+        nat_linear_t_forward(out, inp, weight, bias, N, C, OC);
         return;
     }
     widen w = {0};
     float *o, *x;
-    TAKE(o, NULL, (size_t)N * V);
+    TAKE(o, NULL, (size_t)N * OC);
     TAKE(x, inp, (size_t)N * C);
-    f32_head_forward(o, x, wte, N, C, V);
-    narrow(logits, o, (size_t)N * V);
+    cpu_linear_t_forward(o, x, weight, bias, N, C, OC);
+    narrow(out, o, (size_t)N * OC);
 done:
     widen_free(&w);
 }
 
-static void b16_head_backward(void *dinp, float *dwte, const void *dlogits, const void *inp,
-                              const float *wte, int N, int C, int V)
+static void b16_linear_t_backward(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+                                  const float *weight, int N, int C, int OC)
 {
     if (cpu_gemm_bf16_native()) {
-        nat_head_backward(dinp, dwte, dlogits, inp, wte, N, C, V);
+        nat_linear_t_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
         return;
     }
     widen w = {0};
-    float *di = NULL, *dl, *x;
+    float *di = NULL, *dy, *x;
     if (dinp)
         TAKE(di, dinp, (size_t)N * C);
-    TAKE(dl, dlogits, (size_t)N * V);
+    TAKE(dy, dout, (size_t)N * OC);
     TAKE(x, inp, (size_t)N * C);
-    f32_head_backward(di, dwte, dl, x, wte, N, C, V);
+    cpu_linear_t_backward(di, dweight, dbias, dy, x, weight, N, C, OC);
     if (dinp)
         narrow(dinp, di, (size_t)N * C);
 done:
@@ -841,7 +841,7 @@ static void b16_xent_vp_finish(float *losses, void *logits, const int32_t *targe
 #define CPU_ACT_OPS(p)                                                                      \
     .linear_forward = p##_linear_forward, .linear_backward = p##_linear_backward,           \
     .linear_gelu_forward = p##_linear_gelu_forward,                                         \
-    .linear_gelu_backward = p##_linear_gelu_backward, .head_forward = p##_head_forward, .head_backward = p##_head_backward,                   \
+    .linear_gelu_backward = p##_linear_gelu_backward, .linear_t_forward = p##_linear_t_forward, .linear_t_backward = p##_linear_t_backward,                   \
     .embedding_forward = p##_embedding_forward,                                             \
     .embedding_backward = p##_embedding_backward,                                           \
     .layernorm_forward = p##_layernorm_forward,                                             \

@@ -414,7 +414,7 @@ static __device__ __forceinline__ void act_stq(T *p, uint4 r)
  * A = float ("cuda") and bf16 ("cuda-bf16") in the file that defines them;
  * the rest serve both tables as they are. Contracts: zinc/ops.h. */
 
-/* ops_matmul.cu: matmul, linear, head and the fused linear + GELU ops
+/* ops_matmul.cu: matmul, linear, linear_t (the (out, in) linear and the head) and the fused linear + GELU ops
  * (cuBLASLt). */
 void cuda_matmul(float *c, const float *a, const float *b, int m, int n, int k, int ta, int tb,
                  float alpha, float beta);
@@ -427,10 +427,10 @@ template <class A>
 void cuda_linear_backward(void *dinp, float *dweight, float *dbias, const void *dout,
                           const void *inp, const float *weight, int N, int C, int OC);
 template <class A>
-void cuda_head_forward(void *logits, const void *inp, const float *wte, int N, int C, int V);
+void cuda_linear_t_forward(void *out, const void *inp, const float *weight, const float *bias, int N, int C, int OC);
 template <class A>
-void cuda_head_backward(void *dinp, float *dwte, const void *dlogits, const void *inp,
-                        const float *wte, int N, int C, int V);
+void cuda_linear_t_backward(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+                            const float *weight, int N, int C, int OC);
 template <class A>
 void cuda_linear_gelu_forward(void *out, void *pre, const void *inp, const float *weight,
                               const float *bias, int N, int C, int OC);

@@ -401,15 +401,16 @@ static int param_operands(int bf16_ops, const float *w, size_t nw, const float *
     return 1;
 }
 
-/* out(N,OC) = inp(N,C) @ weight(C,OC) + bias(OC). The bias goes through
+/* out(N,OC) = inp(N,C) @ W + bias(OC), W = weight(C,OC) (tw 0: the linear op) or
+ * weight(OC,C)^T (tw 1: linear_t, nn.Linear's layout). The bias goes through
  * the BIAS epilogue (bias type = d type) when cuBLASLt has an algorithm
  * for it and, fp32, its pointer is 16-byte aligned (bf16: the bias staged
  * to bf16); otherwise out is filled with bias rows and the product
  * accumulates (beta = 1), as the CPU does (bf16: the bf16 bias rows, so
  * the sum is still rounded once). */
 template <class A>
-void cuda_linear_forward(void *out, const void *inp, const float *weight, const float *bias,
-                         int N, int C, int OC)
+static void linear_fwd(void *out, const void *inp, const float *weight, const float *bias, int N, int C, int OC,
+                       int tw)
 {
     const int bf16_ops = sizeof(A) == 2;
     const int ab = bf16_ops ? LT_BF16 : LT_F32;
@@ -421,7 +422,7 @@ void cuda_linear_forward(void *out, const void *inp, const float *weight, const 
         return;
     if (h[1] && (bf16_ops || ptr_align(h[1]) >= 16)) {
         const lt_epi ep = {LT_EPI_NONE, h[1], NULL};
-        rc = lt_matmul(out, inp, h[0], N, OC, C, 0, 0, 1.0f, 0.0f, &ep, ab, ab);
+        rc = lt_matmul(out, inp, h[0], N, OC, C, 0, tw, 1.0f, 0.0f, &ep, ab, ab);
         if (rc != 0)
             return; /* done, or an error was recorded */
     }
@@ -430,13 +431,26 @@ void cuda_linear_forward(void *out, const void *inp, const float *weight, const 
             (A *)out, (const A *)h[1], OC, (size_t)N * OC);
         LAUNCH_TRY(fill_rows_kernel);
     }
-    gemm(out, inp, h[0], N, OC, C, 0, 0, 1.0f, h[1] ? 1.0f : 0.0f, ab, ab);
+    gemm(out, inp, h[0], N, OC, C, 0, tw, 1.0f, h[1] ? 1.0f : 0.0f, ab, ab);
 cleanup:
     return;
 }
 
+template <class A>
+void cuda_linear_forward(void *out, const void *inp, const float *weight, const float *bias,
+                         int N, int C, int OC)
+{
+    linear_fwd<A>(out, inp, weight, bias, N, C, OC, 0);
+}
+
+template <class A>
+void cuda_linear_t_forward(void *out, const void *inp, const float *weight, const float *bias, int N, int C, int OC)
+{
+    linear_fwd<A>(out, inp, weight, bias, N, C, OC, 1);
+}
+
 /* dinp(N,C) += dy(N,K) @ w^T (tw 1: the linear op, w (C,K)) or dy @ w
- * (tw 0: the head, w (K,C)), on the weight operand of this table
+ * (tw 0: linear_t, w (K,C)), on the weight operand of this table
  * (param_operands: the weight is staged once, only for dinp); nothing when
  * dinp is NULL. bf16: c = d bf16, beta 1, so one rounding. Returns 1, or 0
  * after recording an error. */
@@ -468,30 +482,19 @@ void cuda_linear_backward(void *dinp, float *dweight, float *dbias, const void *
         cuda_colsum_acc(dbias, (const A *)dout, N, OC);
 }
 
-/* logits(N,V) = inp(N,C) @ wte(V,C)^T (bf16: wte staged to bf16). */
+/* dinp(N,C) += dout(N,OC) @ weight(OC,C); dweight(OC,C) += dout^T @ inp; dbias(OC) +=
+ * column sums of dout. bf16: dinp bf16, dweight fp32 (bf16 operands, fp32 c). */
 template <class A>
-void cuda_head_forward(void *logits, const void *inp, const float *wte, int N, int C, int V)
+void cuda_linear_t_backward(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+                            const float *weight, int N, int C, int OC)
 {
     const int bf16_ops = sizeof(A) == 2;
-    const int ab = bf16_ops ? LT_BF16 : LT_F32;
-    const void *h[2] = {NULL, NULL};
-    assert(logits && inp && wte && N >= 0 && C > 0 && V > 0);
-    if (N == 0 || !cuda_state_get() || !param_operands(bf16_ops, wte, (size_t)V * C, NULL, 0, h))
+    assert(dweight && dout && inp && weight && N >= 0 && C > 0 && OC > 0);
+    if (N == 0 || !cuda_state_get() || !dinp_acc(bf16_ops, dinp, dout, weight, N, C, OC, 0) ||
+        !gemm(dweight, dout, inp, OC, C, N, 1, 0, 1.0f, 1.0f, bf16_ops ? LT_BF16 : LT_F32, LT_F32))
         return;
-    gemm(logits, inp, h[0], N, V, C, 0, 1, 1.0f, 0.0f, ab, ab);
-}
-
-/* dinp(N,C) += dlogits(N,V) @ wte(V,C); dwte(V,C) += dlogits^T @ inp.
- * bf16: dinp bf16, dwte fp32 (bf16 operands, fp32 c). */
-template <class A>
-void cuda_head_backward(void *dinp, float *dwte, const void *dlogits, const void *inp,
-                        const float *wte, int N, int C, int V)
-{
-    const int bf16_ops = sizeof(A) == 2;
-    assert(dwte && dlogits && inp && wte && N >= 0 && C > 0 && V > 0);
-    if (N == 0 || !cuda_state_get() || !dinp_acc(bf16_ops, dinp, dlogits, wte, N, C, V, 0))
-        return;
-    gemm(dwte, dlogits, inp, V, C, N, 1, 0, 1.0f, 1.0f, bf16_ops ? LT_BF16 : LT_F32, LT_F32);
+    if (dbias)
+        cuda_colsum_acc(dbias, (const A *)dout, N, OC);
 }
 
 /* --- linear + GELU --- */
@@ -568,12 +571,12 @@ template void cuda_linear_backward<float>(void *, float *, float *, const void *
                                           const float *, int, int, int);
 template void cuda_linear_backward<bf16>(void *, float *, float *, const void *, const void *,
                                          const float *, int, int, int);
-template void cuda_head_forward<float>(void *, const void *, const float *, int, int, int);
-template void cuda_head_forward<bf16>(void *, const void *, const float *, int, int, int);
-template void cuda_head_backward<float>(void *, float *, const void *, const void *,
-                                        const float *, int, int, int);
-template void cuda_head_backward<bf16>(void *, float *, const void *, const void *, const float *,
-                                       int, int, int);
+template void cuda_linear_t_forward<float>(void *, const void *, const float *, const float *, int, int, int);
+template void cuda_linear_t_forward<bf16>(void *, const void *, const float *, const float *, int, int, int);
+template void cuda_linear_t_backward<float>(void *, float *, float *, const void *, const void *, const float *, int,
+                                            int, int);
+template void cuda_linear_t_backward<bf16>(void *, float *, float *, const void *, const void *, const float *, int,
+                                           int, int);
 template void cuda_linear_gelu_forward<float>(void *, void *, const void *, const float *,
                                               const float *, int, int, int);
 template void cuda_linear_gelu_forward<bf16>(void *, void *, const void *, const float *,

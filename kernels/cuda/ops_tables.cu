@@ -5,7 +5,7 @@
  * "cpu-bf16"): every op computes in fp32 and rounds each act output once.
  * The act kernels are templates on the storage type (float or bf16), so one
  * source serves both tables. The ops live by family in ops_matmul.cu
- * (matmul, linear, head, linear + GELU), ops_embedding.cu,
+ * (matmul, linear, linear_t, linear + GELU), ops_embedding.cu,
  * ops_layernorm.cu, ops_llama.cu (RMSNorm, RoPE, SwiGLU), ops_elementwise.cu (GELU, residual), ops_xent.cu,
  * ops_optim.cu (AdamW, sums, scale), ops_precision.cu (memory and
  * precision), attention_cuda.cu and attention_tc_cuda.cu; ops_common.cu
@@ -82,8 +82,8 @@ static void fill_act_ops(zinc_ops *t)
 {
     t->linear_forward = cuda_linear_forward<A>;
     t->linear_backward = cuda_linear_backward<A>;
-    t->head_forward = cuda_head_forward<A>;
-    t->head_backward = cuda_head_backward<A>;
+    t->linear_t_forward = cuda_linear_t_forward<A>;
+    t->linear_t_backward = cuda_linear_t_backward<A>;
     t->embedding_forward = cuda_embedding_forward<A>;
     t->embedding_backward = cuda_embedding_backward<A>;
     t->layernorm_forward = cuda_layernorm_forward<A>;

@@ -712,9 +712,9 @@ static void test_linear_gelu(void)
     test_linear_gelu_case(300, 96, 384, 0);
 }
 
-/* The tied LM head: logits = inp @ wte^T, and its backward (dinp may be
- * NULL). Gradient start scales as in test_linear_case. */
-static void test_head_case(int N, int C, int V)
+/* The (out, in) linear and the tied LM head: logits = inp @ wte^T (+ bias), and its
+ * backward (dinp may be NULL). Gradient start scales as in test_linear_case. */
+static void test_head_case(int N, int C, int V, int with_bias)
 {
     char name[96];
     const size_t nin = (size_t)N * C, nw = (size_t)V * C, nl = (size_t)N * V;
@@ -725,31 +725,40 @@ static void test_head_case(int N, int C, int V)
     void *d_inp = dact(inp, nin), *d_dlogits = dact(dlogits, nl), *d_logits = dact_poison(nl);
     void *d_dinp = dact(dinp, nin), *d_dinp2 = dact(dinp, nin);
     float *d_wte = dcopy(wte, nw), *d_dwte = dcopy(dwte, nw), *d_dwte2 = dcopy(dwte, nw);
+    float *bias = hparam(V, -1, 1), *db = hrand(V, -1, 1), *db0 = hcopy(db, V);
+    float *d_bias = dcopy(bias, V), *d_db = dcopy(db, V), *d_db2 = dcopy(db, V);
+    const float *hb = with_bias ? bias : NULL, *gb = with_bias ? d_bias : NULL;
+    float *hdb = with_bias ? db : NULL, *gdb = with_bias ? d_db : NULL, *gdb2 = with_bias ? d_db2 : NULL;
 
-    cpu->head_forward(logits, inp, wte, N, C, V);
-    gpu->head_forward(d_logits, d_inp, d_wte, N, C, V);
-    snprintf(name, sizeof name, "head_forward N%d C%d V%d", N, C, V);
+    cpu->linear_t_forward(logits, inp, wte, hb, N, C, V);
+    gpu->linear_t_forward(d_logits, d_inp, d_wte, gb, N, C, V);
+    snprintf(name, sizeof name, "linear_t_forward N%d C%d V%d", N, C, V);
     check_status(name);
-    snprintf(name, sizeof name, "head_forward logits V%d", V);
+    snprintf(name, sizeof name, "linear_t_forward logits V%d", V);
     check_close_act(name, d_logits, logits, nl, TOL_RED);
 
-    cpu->head_backward(dinp, dwte, dlogits, inp, wte, N, C, V);
-    gpu->head_backward(d_dinp, d_dwte, d_dlogits, d_inp, d_wte, N, C, V);
-    gpu->head_backward(d_dinp2, d_dwte2, d_dlogits, d_inp, d_wte, N, C, V);
-    snprintf(name, sizeof name, "head_backward N%d C%d V%d", N, C, V);
+    cpu->linear_t_backward(dinp, dwte, hdb, dlogits, inp, wte, N, C, V);
+    gpu->linear_t_backward(d_dinp, d_dwte, gdb, d_dlogits, d_inp, d_wte, N, C, V);
+    gpu->linear_t_backward(d_dinp2, d_dwte2, gdb2, d_dlogits, d_inp, d_wte, N, C, V);
+    snprintf(name, sizeof name, "linear_t_backward N%d C%d V%d", N, C, V);
     check_status(name);
-    snprintf(name, sizeof name, "head_backward dinp V%d", V);
+    snprintf(name, sizeof name, "linear_t_backward dinp V%d", V);
     check_acc_act(name, d_dinp, dinp, dinp0, nin, TOL_RED);
     check_same_bits(name, d_dinp, d_dinp2, nin, act);
-    snprintf(name, sizeof name, "head_backward dwte V%d", V);
+    snprintf(name, sizeof name, "linear_t_backward dwte V%d", V);
     check_acc(name, d_dwte, dwte, dwte0, nw, TOL_RED);
     check_same_bits(name, d_dwte, d_dwte2, nw, ZINC_DTYPE_F32);
+    if (with_bias) {
+        snprintf(name, sizeof name, "linear_t_backward dbias V%d", V);
+        check_acc(name, d_db, db, db0, V, TOL_RED);
+        check_same_bits(name, d_db, d_db2, V, ZINC_DTYPE_F32);
+    }
 
     /* dinp may be NULL: dwte alone accumulates again */
-    cpu->head_backward(NULL, dwte, dlogits, inp, wte, N, C, V);
-    gpu->head_backward(NULL, d_dwte, d_dlogits, d_inp, d_wte, N, C, V);
-    check_status("head_backward NULL dinp");
-    snprintf(name, sizeof name, "head_backward dwte, NULL dinp V%d", V);
+    cpu->linear_t_backward(NULL, dwte, NULL, dlogits, inp, wte, N, C, V);
+    gpu->linear_t_backward(NULL, d_dwte, NULL, d_dlogits, d_inp, d_wte, N, C, V);
+    check_status("linear_t_backward NULL dinp");
+    snprintf(name, sizeof name, "linear_t_backward dwte, NULL dinp V%d", V);
     check_close(name, d_dwte, dwte, nw, TOL_RED);
 
     cudaFree(d_inp);
@@ -760,6 +769,12 @@ static void test_head_case(int N, int C, int V)
     cudaFree(d_wte);
     cudaFree(d_dwte);
     cudaFree(d_dwte2);
+    cudaFree(d_bias);
+    cudaFree(d_db);
+    cudaFree(d_db2);
+    free(bias);
+    free(db);
+    free(db0);
     free(inp);
     free(dlogits);
     free(logits);
@@ -772,9 +787,11 @@ static void test_head_case(int N, int C, int V)
 
 static void test_head(void)
 {
-    test_head_case(37, 29, 53);
-    test_head_case(200, 64, 1000);
-    test_head_case(8, 768, 50304); /* GPT-2's padded vocabulary */
+    test_head_case(37, 29, 53, 0);
+    test_head_case(37, 29, 53, 1);
+    test_head_case(200, 64, 1000, 1);
+    test_head_case(8, 768, 50304, 0); /* GPT-2's padded vocabulary */
+    test_head_case(300, 256, 768, 1); /* a q_proj with Qwen2's bias */
 }
 
 /* skew: per mille of the tokens that are token 0 (a long run after sorting,
@@ -1327,9 +1344,9 @@ static void time_gpt2_ops(const zinc_ops *t)
     }
     {
         const double fl = 2.0 * BT * C * V;
-        double f = time_ms(3, [&] { t->head_forward(lg, x, w, BT, C, V); });
-        double bw = time_ms(3, [&] { t->head_backward(y, g, lg, x, w, BT, C, V); });
-        double bx = time_ms(3, [&] { t->head_backward(NULL, g, lg, x, w, BT, C, V); });
+        double f = time_ms(3, [&] { t->linear_t_forward(lg, x, w, NULL, BT, C, V); });
+        double bw = time_ms(3, [&] { t->linear_t_backward(y, g, NULL, lg, x, w, BT, C, V); });
+        double bx = time_ms(3, [&] { t->linear_t_backward(NULL, g, NULL, lg, x, w, BT, C, V); });
         printf("time  %s head: fwd %.3f ms (%.0f TFLOP/s), bwd %.3f ms (%.0f TFLOP/s), bwd "
                "without dinp %.3f ms\n", t->name, f, fl / f / 1e9, bw, 2 * fl / bw / 1e9, bx);
     }
@@ -1821,8 +1838,8 @@ static void test_sumsq(void)
 /* 1 if every op of t is set. */
 static int table_complete(const zinc_ops *t)
 {
-    return t->name && t->matmul && t->linear_forward && t->linear_backward && t->head_forward &&
-           t->head_backward && t->embedding_forward && t->embedding_backward &&
+    return t->name && t->matmul && t->linear_forward && t->linear_backward && t->linear_t_forward &&
+           t->linear_t_backward && t->embedding_forward && t->embedding_backward &&
            t->layernorm_forward && t->layernorm_backward && t->gelu_forward &&
            t->gelu_backward && t->attention_forward && t->attention_backward &&
            t->attention_scratch_floats && t->residual_forward && t->softmax_xent &&

@@ -821,51 +821,62 @@ static void test_linear_gelu(void)
     free(w2), free(dout), free(dpre), free(dw2), free(db2);
 }
 
-/* ---------- the tied LM head ---------- */
+/* ---------- the (out, in) linear: nn.Linear's layout and the tied LM head ---------- */
 
-static void test_head(void)
+static void test_linear_t(void)
 {
     const int N = 7, C = 6, V = 11;
-    float *inp = frand((size_t)N * C, 1.0f), *wte = frand((size_t)V * C, 1.0f);
+    float *inp = frand((size_t)N * C, 1.0f), *wte = frand((size_t)V * C, 1.0f), *bias = frand(V, 1.0f);
     float *logits = frand((size_t)N * V, 9.0f), *dl = frand((size_t)N * V, 1.0f);
-    float *dinp = frand((size_t)N * C, 1.0f), *dwte = frand((size_t)V * C, 1.0f);
-    double ref[7 * 11], rdi[7 * 6], rdw[11 * 6];
-    for (int i = 0; i < N; i++)
-        for (int v = 0; v < V; v++) {
-            double s = 0.0;
-            for (int c = 0; c < C; c++)
-                s += (double)inp[i * C + c] * wte[v * C + c];
-            ref[i * V + v] = s;
-        }
-    for (int i = 0; i < N; i++) /* dinp += dlogits @ wte, old value kept */
-        for (int c = 0; c < C; c++) {
-            double s = dinp[i * C + c];
-            for (int v = 0; v < V; v++)
-                s += (double)dl[i * V + v] * wte[v * C + c];
-            rdi[i * C + c] = s;
-        }
-    for (int v = 0; v < V; v++) /* dwte += dlogits^T @ inp */
-        for (int c = 0; c < C; c++) {
-            double s = dwte[v * C + c];
+    float *dinp = frand((size_t)N * C, 1.0f), *dwte = frand((size_t)V * C, 1.0f), *db = frand(V, 1.0f);
+    double ref[7 * 11], rdi[7 * 6], rdw[11 * 6], rdb[11];
+    for (int pass = 0; pass < 2; pass++) { /* pass 0: no bias (the head); 1: with one */
+        for (int i = 0; i < N; i++)
+            for (int v = 0; v < V; v++) {
+                double s = pass ? bias[v] : 0.0;
+                for (int c = 0; c < C; c++)
+                    s += (double)inp[i * C + c] * wte[v * C + c];
+                ref[i * V + v] = s;
+            }
+        for (int i = 0; i < N; i++) /* dinp += dlogits @ wte, old value kept */
+            for (int c = 0; c < C; c++) {
+                double s = dinp[i * C + c];
+                for (int v = 0; v < V; v++)
+                    s += (double)dl[i * V + v] * wte[v * C + c];
+                rdi[i * C + c] = s;
+            }
+        for (int v = 0; v < V; v++) { /* dwte += dlogits^T @ inp; dbias += column sums */
+            for (int c = 0; c < C; c++) {
+                double s = dwte[v * C + c];
+                for (int i = 0; i < N; i++)
+                    s += (double)dl[i * V + v] * inp[i * C + c];
+                rdw[v * C + c] = s;
+            }
+            double s = db[v];
             for (int i = 0; i < N; i++)
-                s += (double)dl[i * V + v] * inp[i * C + c];
-            rdw[v * C + c] = s;
+                s += dl[i * V + v];
+            rdb[v] = s;
         }
-    float *dw0 = fcopy(dwte, (size_t)V * C);
-    ops->head_forward(logits, inp, wte, N, C, V);
-    CU_ASSERT(close_to("head_forward", logits, ref, (size_t)N * V, 1e-5, 1e-6));
-    ops->head_backward(dinp, dwte, dl, inp, wte, N, C, V);
-    CU_ASSERT(close_to("head_backward dinp", dinp, rdi, (size_t)N * C, 1e-5, 1e-6));
-    CU_ASSERT(close_to("head_backward dwte", dwte, rdw, (size_t)V * C, 1e-5, 1e-6));
-    /* dinp NULL: skipped; dwte accumulates the same delta again */
-    float *dw2 = fcopy(dwte, (size_t)V * C);
-    for (size_t i = 0; i < (size_t)V * C; i++)
-        rdw[i] = (double)dwte[i] + (rdw[i] - dw0[i]);
-    ops->head_backward(NULL, dw2, dl, inp, wte, N, C, V);
-    CU_ASSERT(close_to("head_backward no dinp", dw2, rdw, (size_t)V * C, 1e-5, 1e-6));
-    free(dw0);
-    free(dw2);
-    free(inp), free(wte), free(logits), free(dl), free(dinp), free(dwte);
+        float *dw0 = fcopy(dwte, (size_t)V * C), *db0 = fcopy(db, V);
+        ops->linear_t_forward(logits, inp, wte, pass ? bias : NULL, N, C, V);
+        CU_ASSERT(close_to("linear_t_forward", logits, ref, (size_t)N * V, 1e-5, 1e-6));
+        ops->linear_t_backward(dinp, dwte, pass ? db : NULL, dl, inp, wte, N, C, V);
+        CU_ASSERT(close_to("linear_t_backward dinp", dinp, rdi, (size_t)N * C, 1e-5, 1e-6));
+        CU_ASSERT(close_to("linear_t_backward dweight", dwte, rdw, (size_t)V * C, 1e-5, 1e-6));
+        if (pass) {
+            CU_ASSERT(close_to("linear_t_backward dbias", db, rdb, V, 1e-5, 1e-6));
+        } else {
+            CU_ASSERT(memcmp(db, db0, V * sizeof(float)) == 0); /* NULL dbias: untouched */
+        }
+        /* dinp NULL: skipped; dweight accumulates the same delta again */
+        float *dw2 = fcopy(dwte, (size_t)V * C);
+        for (size_t i = 0; i < (size_t)V * C; i++)
+            rdw[i] = (double)dwte[i] + (rdw[i] - dw0[i]);
+        ops->linear_t_backward(NULL, dw2, NULL, dl, inp, wte, N, C, V);
+        CU_ASSERT(close_to("linear_t_backward no dinp", dw2, rdw, (size_t)V * C, 1e-5, 1e-6));
+        free(dw0), free(db0), free(dw2);
+    }
+    free(inp), free(wte), free(bias), free(logits), free(dl), free(dinp), free(dwte), free(db);
 }
 
 /* ---------- the act-bf16 table (cpu-bf16) ---------- */
@@ -955,9 +966,12 @@ static void test_bf16_table(void)
         free(fp), free(hp), free(wi), free(wp), free(w2), free(dw1), free(dw2), free(db1);
         free(db2), free(fd), free(hd);
     }
-    f->head_forward(fo, x0, w, N, C, V);
-    h->head_forward(ho, h0, w, N, C, V);
-    CU_ASSERT(b16_close("bf16 head_forward", ho, fo, (size_t)N * V));
+    f->linear_t_forward(fo, x0, w, NULL, N, C, V);
+    h->linear_t_forward(ho, h0, w, NULL, N, C, V);
+    CU_ASSERT(b16_close("bf16 linear_t_forward", ho, fo, (size_t)N * V));
+    f->linear_t_forward(fo, x0, w, bias, N, C, V > C ? C : V);
+    h->linear_t_forward(ho, h0, w, bias, N, C, V > C ? C : V);
+    CU_ASSERT(b16_close("bf16 linear_t_forward bias", ho, fo, (size_t)N * (V > C ? C : V)));
     f->embedding_forward(fo, tok, w, bias, B, T, 1, 0, V); /* C = 1: wte (V,1), wpe (T,1) */
     h->embedding_forward(ho, tok, w, bias, B, T, 1, 0, V);
     CU_ASSERT(b16_close("bf16 embedding_forward", ho, fo, (size_t)N));
@@ -1000,10 +1014,12 @@ static void test_bf16_table(void)
     memcpy(g2, g1, (size_t)V * C * sizeof(float));
     float *gold = fcopy(g1, (size_t)C * C);
     BWD_START((size_t)N * C);
-    f->head_backward(fo, g1, x1, x0, w, N, C, V > C ? C : V); /* V' = C: x1 holds N x C */
-    h->head_backward(ho, g2, h1, h0, w, N, C, V > C ? C : V);
-    CU_ASSERT(b16_close("bf16 head_backward dinp", ho, fo, nc));
-    CU_ASSERT(sums_close("bf16 head_backward dwte", g2, g1, gold, x1, x0, N, C, C));
+    memcpy(b2, b1, (size_t)C * sizeof(float));
+    f->linear_t_backward(fo, g1, b1, x1, x0, w, N, C, V > C ? C : V); /* V' = C: x1 holds N x C */
+    h->linear_t_backward(ho, g2, b2, h1, h0, w, N, C, V > C ? C : V);
+    CU_ASSERT(b16_close("bf16 linear_t_backward dinp", ho, fo, nc));
+    CU_ASSERT(sums_close("bf16 linear_t_backward dweight", g2, g1, gold, x1, x0, N, C, C));
+    CU_ASSERT(memcmp(b1, b2, (size_t)(V > C ? C : V) * sizeof(float)) == 0);
     memcpy(g2, g1, (size_t)V * C * sizeof(float));
     free(gold);
     f->embedding_backward(g1, b1, x1, tok, B, T, 1, 0, V);
@@ -1336,7 +1352,7 @@ static void test_table(void)
               ops->attention_forward && ops->attention_backward &&
               ops->attention_scratch_floats && ops->residual_forward &&
               ops->softmax_xent && ops->adamw && ops->sumsq && ops->scale &&
-              ops->head_forward && ops->head_backward && ops->linear_gelu_forward &&
+              ops->linear_t_forward && ops->linear_t_backward && ops->linear_gelu_forward &&
               ops->linear_gelu_backward && ops->xent_vp_max && ops->xent_vp_sums &&
               ops->xent_vp_finish && ops->act == ZINC_DTYPE_F32);
     const zinc_ops *h = zinc_ops_cpu_bf16();
@@ -1360,7 +1376,7 @@ int main(void)
         {"attention", test_attention},
         {"attention_large_scores", test_attention_large_scores},
         {"softmax_xent", test_softmax_xent},
-        {"head", test_head},
+        {"linear_t (out, in) and head", test_linear_t},
         {"linear_gelu", test_linear_gelu},
         {"bf16_table", test_bf16_table},
         {"bf16_table_widen", test_bf16_table_widen},

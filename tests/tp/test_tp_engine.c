@@ -124,7 +124,7 @@ static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *x, void 
     const int N = c->B * c->T;
     char *logits = zinc_layer_acts(l);
     float *losses = (float *)(logits + ((size_t)N * V * zinc_dtype_size(c->ops->act) + 63) / 64 * 64);
-    c->ops->head_forward(logits, x, zinc_layer_param(l, 0), N, C, V);
+    c->ops->linear_t_forward(logits, x, zinc_layer_param(l, 0), NULL, N, C, V);
     c->ops->softmax_xent(losses, logits, c->targets, c->dloss, N, V);
     c->loss_sum += c->ops->sum(losses, (size_t)N);
     return ZINC_OK;
@@ -133,7 +133,7 @@ static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *x, cons
 {
     (void)dy;
     const int N = c->B * c->T;
-    c->ops->head_backward(dx, zinc_layer_grad(l, 0), zinc_layer_acts(l), x, zinc_layer_param(l, 0),
+    c->ops->linear_t_backward(dx, zinc_layer_grad(l, 0), NULL, zinc_layer_acts(l), x, zinc_layer_param(l, 0),
                           N, C, V);
     return ZINC_OK;
 }
