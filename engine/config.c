@@ -421,7 +421,7 @@ static const keydesc model_keys[] = {
     KN("rope_theta", model.rope_theta, 0, 1e12, 10000, F_LO_OPEN | F_LLAMA),
     KN("rms_norm_eps", model.rms_norm_eps, 0, 1, 1e-6, F_LO_OPEN | F_LLAMA),
     KSEC("rope_scaling", rope_scaling_keys),
-    KI("vocab_size", model.vocab_size, 256, 65536, 50304),
+    KI("vocab_size", model.vocab_size, 256, 16777216, 50304), /* Llama 3: 128256, Qwen2: 151936 */
     KI("block_size", model.block_size, 1, SEQ_MAX, 64),
     KI("seed", model.seed, 0, SEED_MAX, 1337),
     KS("init_from", model.init_from, "", NULL),

@@ -433,6 +433,14 @@ static zinc_status engine_alloc_local(zinc_engine *e)
     e->dbuf[0] = alloc_bytes(e, dbuf);
     e->dbuf[1] = alloc_bytes(e, dbuf);
     e->scratch = alloc_bytes(e, scratch);
+    if (e->model->consts_bytes) { /* the model's constant tables, on the device once */
+        e->consts = e->dev->alloc(e->model->consts_bytes);
+        if (!e->consts) {
+            st = zinc_error(ZINC_ERR_NOMEM, "the model's constant tables (%zu bytes)", e->model->consts_bytes);
+            goto cleanup;
+        }
+        e->dev->copy(e->consts, e->model->consts, e->model->consts_bytes);
+    }
     e->act_fixed = 2 * dbuf + scratch;
     e->tokens = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
     e->targets = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
@@ -631,6 +639,7 @@ void zinc_engine_destroy(zinc_engine *e)
         e->dev->free(e->dbuf[0]);
         e->dev->free(e->dbuf[1]);
         e->dev->free(e->scratch);
+        e->dev->free(e->consts);
         e->dev->free(e->tokens);
         e->dev->free(e->targets);
         e->dev->host_free(e->htokens);

@@ -73,6 +73,7 @@ struct zinc_engine {
     int *slab_of;        /* per (mb * v + chunk): its slab, or -1 */
     void *dbuf[2];       /* ping-pong activation gradients (act) */
     void *scratch;
+    void *consts;        /* the model's constant tables in device memory (zinc_model_def.consts) */
     size_t act_fixed;    /* bytes of dbuf and scratch */
     int32_t *tokens, *targets;   /* device copies of the step's micro-batches (ga x B x T) */
     int32_t *htokens, *htargets; /* host staging of one micro-batch (pinned), NULL on a host device */

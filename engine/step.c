@@ -48,7 +48,7 @@ static zinc_ctx engine_ctx(const zinc_engine *e, int mb, float dloss)
     const size_t BT = (size_t)e->B * e->T;
     return (zinc_ctx){.ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens + (size_t)mb * BT,
                       .targets = e->targets + (size_t)mb * BT, .dloss = dloss, .scratch = e->scratch,
-                      .tp = &e->tp};
+                      .tp = &e->tp, .consts = e->consts};
 }
 
 /* Copies a micro-batch the data loader wrote to host memory onto the device, as micro-batch mb. */

@@ -13,19 +13,15 @@
  * token rows. Init as GPT-2: N(0, 0.02),
  * residual projections N(0, 0.02/sqrt(2L)), LayerNorm 1/0, biases 0.
  */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <jansson.h>
 
 #include "zinc/gpt2.h"
-
-/* 2^40 parameters: byte counts of every state (<= 16 bytes per parameter) fit int64 */
-#define GPT2_PARAMS_MAX 1099511627776.0
+#include "model_int.h"
 
 typedef struct gpt2_dims {
     int C, NH, V, maxT, L;
@@ -38,12 +34,6 @@ struct zinc_gpt2 {
     zinc_layer_def *layers;
     zinc_model_def model;
 };
-
-/* A parameter of the given logical shape; tp_dim/blocks: its partition spec
- * (-1 replicated over the TP group; zinc/engine.h) */
-#define ADD(l, name, nd, tp_dim, blocks, init, std, ...)                                      \
-    (zinc_layer_param_add_split((l), (name), (nd), (const int64_t[]){__VA_ARGS__}, (tp_dim),     \
-                                (blocks), (init), (std)))
 
 /* What this TP rank holds of the model (Megatron's split): P ranks, heads
  * NH/P (attention width Cl = C/P, so c_attn's q | k | v columns of those
@@ -61,38 +51,6 @@ static gpt2_local local_of(const gpt2_dims *d, const zinc_tp *t)
     const int P = t->size;
     return (gpt2_local){.P = P, .sp = t->sequence_parallel && P > 1, .Cl = d->C / P,
                         .NHl = d->NH / P, .Fl = 4 * d->C / P, .Vl = d->V / P};
-}
-
-/* Bump allocation of a layer's saved activations and scratch: act tensors
- * in the table's act dtype, statistics in fp32, each piece 64-byte aligned.
- * With base NULL it only counts. */
-typedef struct carver {
-    char *base;
-    size_t off, asz; /* bytes so far; bytes per act element */
-} carver;
-
-static void *carve(carver *k, size_t n, size_t esz)
-{
-    void *p = k->base ? k->base + k->off : NULL;
-    k->off += (n * esz + 63) / 64 * 64;
-    return p;
-}
-#define CARVE_ACT(k, n) carve((k), (n), (k)->asz)
-#define CARVE_F32(k, n) ((float *)carve((k), (n), sizeof(float)))
-
-static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
-
-/* Adds a sequence-parallel layer's LayerNorm gradients, partial on each rank
- * (each saw its own token rows), summed over the TP group, to the
- * parameters' gradients: n (weight, bias) pairs of C floats in part. */
-static zinc_status ln_grads_reduce(zinc_layer *l, zinc_ctx *c, float *part, const int *idx, int n,
-                                   int C)
-{
-    zinc_status st = zinc_tp_all_reduce_f32(c->tp, part, 2 * (size_t)n * C);
-    for (int i = 0; st == ZINC_OK && i < 2 * n; i++)
-        c->ops->add_into(zinc_layer_grad(l, idx[i]), ZINC_DTYPE_F32, part + (size_t)i * C,
-                         ZINC_DTYPE_F32, (size_t)C);
-    return st;
 }
 
 /* ------------------------------------------------------------------ embed */
@@ -386,7 +344,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     o->layernorm_backward(dx, dln1w, dln1b, dlnr, x, p[B_LN1W], a.ln1_mean, a.ln1_rstd, R, C);
     if (g.sp) {
         static const int idx[4] = {B_LN2W, B_LN2B, B_LN1W, B_LN1B};
-        ZINC_TRY(ln_grads_reduce(l, c, s.lng, idx, 2, C));
+        ZINC_TRY(model_norm_grads_reduce(l, c, s.lng, idx, 4, C));
     }
 cleanup:
     return st;
@@ -533,7 +491,7 @@ static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *x, cons
     o->layernorm_backward(dx, dw, db, dlnr, x, zinc_layer_param(l, H_LNFW), a.mean, a.rstd, R, C);
     if (g.sp) {
         static const int idx[2] = {H_LNFW, H_LNFB};
-        ZINC_TRY(ln_grads_reduce(l, c, s.lng, idx, 1, C));
+        ZINC_TRY(model_norm_grads_reduce(l, c, s.lng, idx, 2, C));
     }
 cleanup:
     return st;
@@ -566,13 +524,13 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
                 (double)c->model.n_layer * (12.0 * (double)c->model.n_embd * (double)c->model.n_embd +
                                             13.0 * (double)c->model.n_embd) +
                 2.0 * (double)c->model.n_embd;
-    if (pc > GPT2_PARAMS_MAX)
+    if (pc > MODEL_PARAMS_MAX)
         return zinc_error(ZINC_ERR_CONFIG,
                           "model: n_layer %lld, n_embd %lld, vocab_size %lld, block_size %lld make "
                           "%.4g parameters; zinc handles at most %.4g (2^40)",
                           (long long)c->model.n_layer, (long long)c->model.n_embd,
                           (long long)c->model.vocab_size, (long long)c->model.block_size, pc,
-                          GPT2_PARAMS_MAX);
+                          MODEL_PARAMS_MAX);
     if (c->model.n_embd / c->model.n_head > 128) /* zinc/ops.h attention: HS <= 128 */
         return zinc_error(ZINC_ERR_CONFIG,
                           "model.n_embd / model.n_head = %lld: attention head size above 128",
@@ -612,74 +570,36 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
 
 const zinc_model_def *zinc_gpt2_model(const zinc_gpt2 *g) { return &g->model; }
 
-zinc_status zinc_gpt2_pretrained_config(zinc_config *c)
+zinc_status gpt2_hf_config(zinc_config *c, json_t *j, const char *path)
 {
-    const char *dir = c->model.from_pretrained;
-    char path[700];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
-    if (!j)
-        return zinc_error(access(path, R_OK) ? ZINC_ERR_IO : ZINC_ERR_CORRUPT, "model.from_pretrained: %s: %s", path,
-                          access(path, R_OK) ? strerror(errno) : je.text);
-    zinc_status st = ZINC_OK;
-    const char *mt = json_string_value(json_object_get(j, "model_type"));
-    static const char *const later[] = {"llama", "qwen2", "mistral", NULL};
-    for (int i = 0; mt && later[i]; i++)
-        if (!strcmp(mt, later[i])) {
-            st = zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: model_type \"%s\": zinc's Llama-family "
-                            "model is not built yet (gpt2 is)", path, mt);
-            goto done;
-        }
-    if (!mt || strcmp(mt, "gpt2")) {
-        st = zinc_error(ZINC_ERR_CONFIG, "model.from_pretrained: %s: model_type %s%s%s: zinc knows gpt2", path,
-                        mt ? "\"" : "", mt ? mt : "missing", mt ? "\"" : "");
-        goto done;
-    }
     static const char *const keys[] = {"n_layer", "n_embd", "n_head", "n_positions", "vocab_size", NULL};
     int64_t v[5];
     for (int i = 0; keys[i]; i++) {
         json_t *x = json_object_get(j, keys[i]);
-        if (!json_is_integer(x) || json_integer_value(x) < 1) {
-            st = zinc_error(ZINC_ERR_CORRUPT, "model.from_pretrained: %s: %s: expected an integer >= 1", path, keys[i]);
-            goto done;
-        }
+        if (!json_is_integer(x) || json_integer_value(x) < 1)
+            return zinc_error(ZINC_ERR_CORRUPT, "model.from_pretrained: %s: %s: expected an integer >= 1", path,
+                              keys[i]);
         v[i] = json_integer_value(x);
     }
     const char *act = json_string_value(json_object_get(j, "activation_function"));
     json_t *eps = json_object_get(j, "layer_norm_epsilon");
     json_t *tie = json_object_get(j, "tie_word_embeddings");
-    if (act && strcmp(act, "gelu_new") && strcmp(act, "gelu_pytorch_tanh")) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: activation_function \"%s\": zinc's GPT-2 "
-                        "uses the tanh GELU (gelu_new)", path, act);
-        goto done;
-    }
-    if (eps && (!json_is_number(eps) || fabs(json_number_value(eps) - 1e-5) > 1e-12)) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: layer_norm_epsilon %g: zinc's LayerNorm uses "
-                        "1e-5", path, json_number_value(eps));
-        goto done;
-    }
-    if (json_is_false(tie)) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: tie_word_embeddings false: zinc's GPT-2 ties "
-                        "the head to wte", path);
-        goto done;
-    }
-    /* a multiple of 128, and of 64 x TP as vocab-parallel TP needs */
-    const int64_t tp = c->tp.size > 0 ? c->tp.size : 1, pad = 64 * tp > 128 ? 64 * tp : 128;
+    if (act && strcmp(act, "gelu_new") && strcmp(act, "gelu_pytorch_tanh"))
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: activation_function \"%s\": zinc's GPT-2 "
+                          "uses the tanh GELU (gelu_new)", path, act);
+    if (eps && (!json_is_number(eps) || fabs(json_number_value(eps) - 1e-5) > 1e-12))
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: layer_norm_epsilon %g: zinc's LayerNorm "
+                          "uses 1e-5", path, json_number_value(eps));
+    if (json_is_false(tie))
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: tie_word_embeddings false: zinc's GPT-2 "
+                          "ties the head to wte", path);
+    snprintf(c->model.type, sizeof c->model.type, "gpt2");
     c->model.n_layer = v[0];
     c->model.n_embd = v[1];
     c->model.n_head = v[2];
     c->model.block_size = v[3];
-    c->model.vocab_size = (v[4] + pad - 1) / pad * pad; /* the padded rows stay out of the softmax */
-    snprintf(c->model.init_from, sizeof c->model.init_from, "%s", dir);
-    char tj[700];
-    snprintf(tj, sizeof tj, "%s/tokenizer.json", dir);
-    if (!strcmp(c->data.tokenizer, "bytes") && access(tj, R_OK) == 0)
-        snprintf(c->data.tokenizer, sizeof c->data.tokenizer, "%s", dir);
-    st = zinc_config_check(c);
-done:
-    json_decref(j);
-    return st;
+    c->model.vocab_size = v[4];
+    return ZINC_OK;
 }
 
 zinc_status zinc_gpt2_set_vocab_real(zinc_gpt2 *g, int64_t n)

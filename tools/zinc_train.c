@@ -37,7 +37,7 @@
 #include "zinc/safetensors.h"
 #include "zinc/tokenizer.h"
 #include "zinc/file.h"
-#include "zinc/gpt2.h"
+#include "zinc/model.h"
 #include "zinc/log.h"
 #include "zinc/progress.h"
 
@@ -59,7 +59,7 @@ static void usage(FILE *f)
 /* Prints the per-rank model-state estimate of stages 0-3 for n ranks. */
 static int estimate_memory(const zinc_config *cfg_in, int n)
 {
-    zinc_gpt2 *g = NULL;
+    zinc_model *g = NULL;
     zinc_config resolved = *cfg_in, *cfg = &resolved;
     if (zinc_config_check_mesh(cfg, n) != ZINC_OK) { /* the layout decides what a rank holds */
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
@@ -70,7 +70,7 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
         fprintf(stderr, "zinc-train: activations not estimated: %s\n", zinc_last_error());
         cfg->train_micro_batch_size_per_gpu = 0;
     }
-    if (zinc_gpt2_create(cfg, &g) != ZINC_OK) {
+    if (zinc_model_create(cfg, &g) != ZINC_OK) {
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
         return 2;
     }
@@ -86,7 +86,7 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
     int rc = 0;
     for (int stage = 0; stage <= 3 && rc == 0; stage++) {
         zinc_mem_stats m;
-        zinc_status est = zinc_engine_estimate_memory(cfg, zinc_gpt2_model(g), dp, stage, &m);
+        zinc_status est = zinc_engine_estimate_memory(cfg, zinc_model_def_of(g), dp, stage, &m);
         if (est != ZINC_OK) {
             fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
             rc = est == ZINC_ERR_CONFIG ? 2 : 1;
@@ -109,7 +109,7 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
     for (int s = 0; rc == 0 && cfg->pp.stages > 1 && s < cfg->pp.stages; s++) {
         zinc_mem_stats m;
         zinc_stage_estimate w;
-        zinc_status est = zinc_engine_estimate_stage(cfg, zinc_gpt2_model(g), dp, (int)cfg->zero.stage, s, &m, &w);
+        zinc_status est = zinc_engine_estimate_stage(cfg, zinc_model_def_of(g), dp, (int)cfg->zero.stage, s, &m, &w);
         if (est != ZINC_OK) {
             fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
             rc = est == ZINC_ERR_CONFIG ? 2 : 1;
@@ -127,7 +127,7 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
         printf("%8d  %-15s %11.1f %12.1f %10d\n", s, layers, (m.total + m.buffers) / 1048576.0,
                m.activations / 1048576.0, w.inflight);
     }
-    zinc_gpt2_destroy(g);
+    zinc_model_destroy(g);
     return rc;
 }
 
@@ -367,7 +367,7 @@ static zinc_status load_tokenizer(const zinc_config *c, zinc_tokenizer **out)
  * vocab_size or the rows of the imported wte (model.init_from); without imported weights
  * the tokenizer's size (tok). The padded rows then take no part in the softmax. Every
  * rank reads the same files. */
-static zinc_status vocab_real(const zinc_config *c, const zinc_tokenizer *tok, zinc_gpt2 *g, int rank)
+static zinc_status vocab_real(const zinc_config *c, const zinc_tokenizer *tok, zinc_model *g, int rank)
 {
     int64_t real = c->model.vocab_size;
     char cj[700];
@@ -382,7 +382,7 @@ static zinc_status vocab_real(const zinc_config *c, const zinc_tokenizer *tok, z
     if (c->model.init_from[0] && !hf) {
         zinc_st_file *f = NULL;
         if (zinc_st_open(c->model.init_from, &f) == ZINC_OK) { /* errors: zinc_engine_init_from names them */
-            long ti = zinc_st_find(f, "wte.weight");
+            long ti = zinc_st_find(f, zinc_model_embedding_name(g));
             if (ti < 0) ti = zinc_st_find(f, "transformer.wte.weight");
             /* rows init_from takes (it refuses the others, naming them) */
             const zinc_st_entry *w = ti >= 0 ? zinc_st_entry_at(f, (size_t)ti) : NULL;
@@ -396,7 +396,7 @@ static zinc_status vocab_real(const zinc_config *c, const zinc_tokenizer *tok, z
     if (real < c->model.vocab_size && rank == 0)
         ZINC_INFO("model: %lld of model.vocab_size %lld rows are the real vocabulary; the padded rows take no part "
                   "in the softmax", (long long)real, (long long)c->model.vocab_size);
-    return zinc_gpt2_set_vocab_real(g, real);
+    return zinc_model_set_vocab_real(g, real);
 }
 
 /* train.resume: "" none; "auto" the latest checkpoint of train.save_dir if
@@ -494,7 +494,7 @@ int main(int argc, char **argv)
     char *effects = NULL; /* --check: what each key given does */
     zinc_status st = zinc_config_load_effects(cfg_path, overrides, n_over, &cfg, check ? &effects : NULL);
     zinc_log_set_level(lvl);
-    if (st == ZINC_OK && cfg.model.from_pretrained[0]) st = zinc_gpt2_pretrained_config(&cfg);
+    if (st == ZINC_OK && cfg.model.from_pretrained[0]) st = zinc_model_pretrained_config(&cfg);
     if (st != ZINC_OK) {
         fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
         return 2;
@@ -534,7 +534,7 @@ int main(int argc, char **argv)
     stop_handlers_install();
     restart_resume(&cfg, rank);
 
-    zinc_gpt2 *gpt = NULL;
+    zinc_model *gpt = NULL;
     zinc_engine *eng = NULL;
     zinc_data *data = NULL, *vdata = NULL;
     zinc_tokenizer *tok = NULL;
@@ -587,7 +587,7 @@ int main(int argc, char **argv)
         st = agree(world, st);
         if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     }
-    st = agree(world, zinc_gpt2_create(&cfg, &gpt));
+    st = agree(world, zinc_model_create(&cfg, &gpt));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     st = agree(world, vocab_real(&cfg, tok, gpt, rank));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
@@ -598,7 +598,7 @@ int main(int argc, char **argv)
         st = agree(world, zinc_engine_aio_create(&cfg, &aio));
         if (st != ZINC_OK) { rc = 1; goto done; }
     }
-    zinc_engine_opts eo = {.config = &cfg, .world = world, .model = zinc_gpt2_model(gpt), .aio = aio};
+    zinc_engine_opts eo = {.config = &cfg, .world = world, .model = zinc_model_def_of(gpt), .aio = aio};
     st = agree(world, zinc_engine_create(&eo, &eng));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     if (cfg.model.init_from[0]) {
@@ -645,9 +645,9 @@ int main(int argc, char **argv)
             snprintf(tp_note + n, sizeof tp_note - n, " x %lld chunks", (long long)cfg.pp.virtual_stages);
     }
     if (rank == 0)
-        ZINC_INFO("gpt2 L=%lld C=%lld heads=%lld vocab=%lld T=%lld: %.2fM params | %d ranks x %d threads on %s | "
+        ZINC_INFO("%s L=%lld C=%lld heads=%lld vocab=%lld T=%lld: %.2fM params | %d ranks x %d threads on %s | "
                   "batch %lld = micro %lld x accum %lld x dp %d%s | %llu samples of data",
-                  (long long)cfg.model.n_layer, (long long)cfg.model.n_embd, (long long)cfg.model.n_head,
+                  cfg.model.type, (long long)cfg.model.n_layer, (long long)cfg.model.n_embd, (long long)cfg.model.n_head,
                   (long long)cfg.model.vocab_size, (long long)zinc_config_seq_len(&cfg),
                   zinc_engine_n_params(eng) / 1e6, size, nt, zinc_engine_device(eng)->name,
                   (long long)cfg.train_batch_size,
@@ -797,7 +797,7 @@ done:
     if (metrics) fclose(metrics);
     zinc_engine_destroy(eng); /* before the aio engine its swap files use */
     zinc_aio_destroy(aio);
-    zinc_gpt2_destroy(gpt);
+    zinc_model_destroy(gpt);
     zinc_data_close(data);
     zinc_data_close(vdata);
     zinc_tokenizer_free(tok);

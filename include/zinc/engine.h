@@ -48,6 +48,8 @@ typedef struct zinc_ctx {
     void *scratch;            /* shared scratch, >= every layer's scratch_bytes */
     const zinc_tp *tp;        /* the layer's TP group, rank and sequence-parallel flag
                                  (size 1 without tensor parallelism) */
+    const void *consts;       /* the model's constant tables (zinc_model_def.consts) in device
+                                 memory, NULL without */
 } zinc_ctx;
 
 typedef struct zinc_layer_ops {
@@ -82,6 +84,9 @@ typedef struct zinc_model_def {
     int64_t vocab_real;     /* the real vocabulary when the tensors below are padded past it (0: not
                                padded); checkpoints record it, and exports keep only its rows */
     const char *const *vocab_tensors; /* NULL-terminated names whose dimension 0 is the vocabulary */
+    const void *consts;     /* host memory, consts_bytes (0: none): tables the layers read and never
+                               train (Llama's rotary cos/sin), copied to the device once at create */
+    size_t consts_bytes;
 } zinc_model_def;
 
 /* --- layer-side API (valid in declare / forward / backward) --- */

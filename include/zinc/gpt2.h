@@ -14,14 +14,6 @@ typedef struct zinc_gpt2 zinc_gpt2;
  * stays valid until zinc_gpt2_destroy. */
 zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out);
 const zinc_model_def *zinc_gpt2_model(const zinc_gpt2 *g);
-/* model.from_pretrained: reads the Hugging Face folder's config.json into c: model_type
- * "gpt2" (llama, qwen2 and mistral: ZINC_ERR_UNSUPPORTED until zinc has them; another:
- * ZINC_ERR_CONFIG naming it), n_layer, n_embd, n_head, n_positions (block_size),
- * vocab_size (padded to a multiple of 128 and of 64 x TP, the real size kept out of the softmax);
- * init_from becomes the folder (model.safetensors or its index's shards) and, with
- * data.tokenizer "bytes", the folder's tokenizer.json. A setting zinc cannot honour
- * (another activation or layer_norm_epsilon, untied embeddings) is one line naming it. */
-zinc_status zinc_gpt2_pretrained_config(zinc_config *c);
 /* The real vocabulary n <= model.vocab_size (the tokenizer's, or the rows of the imported
  * wte): the padded rows' logits are -inf, so they take no part in the softmax, the loss or
  * any gradient, on every device and under vocab-parallel TP. Before the engine runs. */

@@ -94,10 +94,10 @@ bad() { # text sets...
 }
 bad "config.json: No such file or directory" --set model.from_pretrained="$TMP/nope"
 mkdir -p "$TMP/l" "$TMP/b" "$TMP/m"
-sed 's/"gpt2"/"llama"/' "$TMP/hf/config.json" > "$TMP/l/config.json"
-bad "model_type \"llama\": zinc's Llama-family model is not built yet" --set model.from_pretrained="$TMP/l"
+sed 's/"gpt2"/"llama"/' "$TMP/hf/config.json" > "$TMP/l/config.json" # a GPT-2 config.json called llama
+bad "config.json: num_hidden_layers: expected an integer >= 1" --set model.from_pretrained="$TMP/l"
 sed 's/"gpt2"/"bert"/' "$TMP/hf/config.json" > "$TMP/b/config.json"
-bad 'model_type "bert": zinc knows gpt2' --set model.from_pretrained="$TMP/b"
+bad 'model_type "bert": zinc knows gpt2, llama, mistral and qwen2' --set model.from_pretrained="$TMP/b"
 cp "$TMP/hf2/"* "$TMP/m/"; rm "$TMP/m/model-00002-of-00002.safetensors"
 bad "model.safetensors.index.json names model-00002-of-00002.safetensors" --set model.from_pretrained="$TMP/m"
 echo "OK"

@@ -1,0 +1,62 @@
+/* model_int.h - what the models in models/ share: the bump carving of a layer's
+ * activations and scratch, the declaration macro, and the sum over the TP group of the
+ * norm gradients that sequence parallelism leaves partial. Private to models/. */
+#ifndef ZINC_MODEL_INT_H
+#define ZINC_MODEL_INT_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "zinc/engine.h"
+#include "zinc/tp.h"
+
+/* 2^40 parameters: byte counts of every state (<= 16 bytes per parameter) fit int64 */
+#define MODEL_PARAMS_MAX 1099511627776.0
+
+/* A parameter of the given logical shape; tp_dim/blocks: its partition spec
+ * (-1 replicated over the TP group; zinc/engine.h) */
+#define ADD(l, name, nd, tp_dim, blocks, init, std, ...)                                      \
+    (zinc_layer_param_add_split((l), (name), (nd), (const int64_t[]){__VA_ARGS__}, (tp_dim),     \
+                                (blocks), (init), (std)))
+
+/* Bump allocation of a layer's saved activations and scratch: act tensors
+ * in the table's act dtype, statistics in fp32, each piece 64-byte aligned.
+ * With base NULL it only counts. */
+typedef struct carver {
+    char *base;
+    size_t off, asz; /* bytes so far; bytes per act element */
+} carver;
+
+static inline void *carve(carver *k, size_t n, size_t esz)
+{
+    void *p = k->base ? k->base + k->off : NULL;
+    k->off += (n * esz + 63) / 64 * 64;
+    return p;
+}
+#define CARVE_ACT(k, n) carve((k), (n), (k)->asz)
+#define CARVE_F32(k, n) ((float *)carve((k), (n), sizeof(float)))
+
+static inline size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+/* Adds a sequence-parallel layer's norm gradients, partial on each rank (each saw its own
+ * token rows), summed over the TP group, to the parameters' gradients: n arrays of C
+ * floats in part, array i to parameter idx[i]. */
+static inline zinc_status model_norm_grads_reduce(zinc_layer *l, zinc_ctx *c, float *part, const int *idx, int n,
+                                                  int C)
+{
+    zinc_status st = zinc_tp_all_reduce_f32(c->tp, part, (size_t)n * C);
+    for (int i = 0; st == ZINC_OK && i < n; i++)
+        c->ops->add_into(zinc_layer_grad(l, idx[i]), ZINC_DTYPE_F32, part + (size_t)i * C, ZINC_DTYPE_F32,
+                         (size_t)C);
+    return st;
+}
+
+/* A Hugging Face config.json (j, read from path) into c->model: type and shape
+ * (vocab_size the folder's, padded by the caller), or one line naming a setting zinc
+ * cannot honour. */
+zinc_status gpt2_hf_config(zinc_config *c, json_t *j, const char *path);
+/* model_type llama, mistral, qwen2 (mt). */
+zinc_status llama_hf_config(zinc_config *c, json_t *j, const char *path, const char *mt);
+
+#endif
