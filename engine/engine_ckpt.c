@@ -685,6 +685,8 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
              * padding of vocab_size to a multiple of 128 (50257 -> 50304; of 64 x TP when that
              * is more), never below the 256 byte tokens; more position rows than block_size */
             int is_wte = !strcmp(p->name, "wte.weight"), is_wpe = !strcmp(p->name, "wpe.weight");
+            for (int i = 0; e->model->vocab_tensors && e->model->vocab_tensors[i]; i++)
+                is_wte |= !strcmp(p->name, e->model->vocab_tensors[i]); /* the vocabulary's rows */
             const int64_t pad = 64 * e->z.tp > 128 ? 64 * e->z.tp : 128;
             int64_t min_rows = p->ndim > 0 ? p->shape[0] - (pad - 1) : 0;
             if (p->ndim > 0 && min_rows < (p->shape[0] < 256 ? p->shape[0] : 256))

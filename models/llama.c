@@ -658,8 +658,13 @@ zinc_status llama_hf_config(zinc_config *c, json_t *j, const char *path, const c
                         "attention dropout", path, json_number_value(drop));
         goto cleanup;
     }
-    /* Qwen2 has q/k/v biases always; Llama says so in attention_bias; Mistral has none */
-    int bias = !strcmp(mt, "qwen2") || json_is_true(json_object_get(j, "attention_bias"));
+    /* Qwen2 has q/k/v biases always, Mistral none; Llama's attention_bias puts one on o_proj too */
+    int bias = !strcmp(mt, "qwen2");
+    if (json_is_true(json_object_get(j, "attention_bias"))) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "model.from_pretrained: %s: attention_bias true: zinc's attention "
+                        "biases are Qwen2's (q/k/v only), %s's has an o_proj bias too", path, mt);
+        goto cleanup;
+    }
     /* a sliding window shorter than the sequence changes the attention (Mistral, Qwen2) */
     json_t *sw = json_object_get(j, "sliding_window"), *usw = json_object_get(j, "use_sliding_window");
     const int64_t T = c->data.seq_len > 0 ? c->data.seq_len : P;

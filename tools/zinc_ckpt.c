@@ -283,6 +283,57 @@ static uint64_t parse_size(const char *s)
     return (uint64_t)v;
 }
 
+/* config.json of a Hugging Face GPT-2 from the manifest's model section. */
+static json_t *hf_gpt2_config(json_t *model, json_int_t vocab, const char *tdt)
+{
+    return json_pack("{s:s, s:[s], s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:f, s:b, s:s}", "model_type", "gpt2",
+                     "architectures", "GPT2LMHeadModel", "n_layer", json_integer_value(json_object_get(model, "n_layer")),
+                     "n_embd", json_integer_value(json_object_get(model, "n_embd")),
+                     "n_head", json_integer_value(json_object_get(model, "n_head")),
+                     "n_positions", json_integer_value(json_object_get(model, "block_size")),
+                     "n_ctx", json_integer_value(json_object_get(model, "block_size")), "vocab_size", vocab,
+                     "activation_function", "gelu_new", "layer_norm_epsilon", 1e-5, "tie_word_embeddings", 1,
+                     "torch_dtype", tdt);
+}
+
+/* config.json of the Llama family: "llama", or "qwen2" when the model has q/k/v biases (a
+ * Llama's attention_bias would put one on o_proj too). The manifest's model section holds
+ * the resolved keys (0 for n_kv_head and intermediate_size: the defaults). */
+static json_t *hf_llama_config(json_t *model, json_int_t vocab, const char *tdt)
+{
+#define MI(k) json_integer_value(json_object_get(model, k))
+#define MN(k) json_number_value(json_object_get(model, k))
+    const int bias = json_is_true(json_object_get(model, "attention_bias"));
+    const json_int_t C = MI("n_embd"), nh = MI("n_head"), nkv = MI("n_kv_head") > 0 ? MI("n_kv_head") : nh;
+    const json_int_t ffn = MI("intermediate_size") > 0 ? MI("intermediate_size") : (8 * C / 3 + 255) / 256 * 256;
+    json_t *rs = json_object_get(model, "rope_scaling");
+    const char *rt = json_string_value(json_object_get(rs, "type"));
+    json_t *scaling = rt && !strcmp(rt, "llama3")
+                          ? json_pack("{s:s, s:f, s:f, s:f, s:I}", "rope_type", "llama3", "factor",
+                                      json_number_value(json_object_get(rs, "factor")), "low_freq_factor",
+                                      json_number_value(json_object_get(rs, "low_freq_factor")), "high_freq_factor",
+                                      json_number_value(json_object_get(rs, "high_freq_factor")),
+                                      "original_max_position_embeddings",
+                                      json_integer_value(json_object_get(rs, "original_max_position_embeddings")))
+                          : json_null();
+    json_t *c = json_pack("{s:s, s:[s], s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:b, s:s, s:o, s:s, s:f}",
+                          "model_type", bias ? "qwen2" : "llama", "architectures",
+                          bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM", "hidden_size", C, "intermediate_size", ffn,
+                          "num_hidden_layers", MI("n_layer"), "num_attention_heads", nh, "num_key_value_heads", nkv,
+                          "max_position_embeddings", MI("block_size"), "vocab_size", vocab, "rms_norm_eps",
+                          MN("rms_norm_eps"), "rope_theta", MN("rope_theta"), "tie_word_embeddings",
+                          json_is_true(json_object_get(model, "tie_word_embeddings")), "hidden_act", "silu",
+                          "rope_scaling", scaling, "torch_dtype", tdt, "attention_dropout", 0.0);
+    if (c && bias) json_object_set_new(c, "use_sliding_window", json_false());
+    if (c && !bias) {
+        json_object_set_new(c, "attention_bias", json_false());
+        json_object_set_new(c, "mlp_bias", json_false());
+    }
+    return c;
+#undef MI
+#undef MN
+}
+
 static int copy_file(const char *from, const char *to)
 {
     FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
@@ -295,7 +346,7 @@ static int copy_file(const char *from, const char *to)
     return ok ? 0 : -1;
 }
 
-/* A Hugging Face model folder from a GPT-2 checkpoint: config.json from the resolved
+/* A Hugging Face model folder from a GPT-2 or Llama-family checkpoint: config.json from the resolved
  * config the manifest keeps, the weights as model.safetensors or as shards of at most
  * max_shard bytes (a bigger tensor alone) with model.safetensors.index.json, the padded
  * vocabulary cut to its real rows, and the tokenizer's files when the run had one. */
@@ -308,9 +359,9 @@ static int export_hf(zinc_ckpt_reader *r, zinc_st_entry *e, int *idx, size_t ne,
     const char *type = json_string_value(json_object_get(model, "type"));
     int rc = 1;
     char path[1200];
-    if (!type || strcmp(type, "gpt2")) {
-        fprintf(stderr, "zinc-ckpt: %s: --format hf: model.type %s: zinc writes gpt2 folders\n", zinc_ckpt_reader_dir(r),
-                type ? type : "(missing)");
+    if (!type || (strcmp(type, "gpt2") && strcmp(type, "llama"))) {
+        fprintf(stderr, "zinc-ckpt: %s: --format hf: model.type %s: zinc writes gpt2 and llama folders\n",
+                zinc_ckpt_reader_dir(r), type ? type : "(missing)");
         goto done;
     }
     if (mkdir(out, 0755) != 0 && errno != EEXIST) {
@@ -319,15 +370,8 @@ static int export_hf(zinc_ckpt_reader *r, zinc_st_entry *e, int *idx, size_t ne,
     }
     json_int_t vocab = json_integer_value(json_object_get(json_object_get(meta, "vocab"), "real"));
     if (vocab <= 0) vocab = json_integer_value(json_object_get(model, "vocab_size"));
-    json_t *cfg = json_pack("{s:s, s:[s], s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:f, s:b, s:s}", "model_type", "gpt2",
-                            "architectures", "GPT2LMHeadModel", "n_layer", json_integer_value(json_object_get(model, "n_layer")),
-                            "n_embd", json_integer_value(json_object_get(model, "n_embd")),
-                            "n_head", json_integer_value(json_object_get(model, "n_head")),
-                            "n_positions", json_integer_value(json_object_get(model, "block_size")),
-                            "n_ctx", json_integer_value(json_object_get(model, "block_size")), "vocab_size", vocab,
-                            "activation_function", "gelu_new", "layer_norm_epsilon", 1e-5, "tie_word_embeddings", 1,
-                            "torch_dtype", e[0].dtype == ZINC_DTYPE_BF16 ? "bfloat16" : e[0].dtype == ZINC_DTYPE_F16 ? "float16"
-                                                                                                                  : "float32");
+    const char *tdt = e[0].dtype == ZINC_DTYPE_BF16 ? "bfloat16" : e[0].dtype == ZINC_DTYPE_F16 ? "float16" : "float32";
+    json_t *cfg = !strcmp(type, "gpt2") ? hf_gpt2_config(model, vocab, tdt) : hf_llama_config(model, vocab, tdt);
     snprintf(path, sizeof path, "%s/config.json", out);
     if (!cfg || json_dump_file(cfg, path, JSON_INDENT(2)) != 0) {
         json_decref(cfg);

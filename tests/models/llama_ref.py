@@ -6,7 +6,12 @@ gradients, batch and loss), recomputes the mean token loss and checks zinc's gra
 against central finite differences of the reference loss.
 
     python llama_ref.py CONFIG.json DUMP.safetensors
-Exit 0 when everything agrees, 1 with the first disagreements printed.
+    python llama_ref.py --hf FOLDER DUMP.safetensors
+The second form reads a Hugging Face model folder instead (config.json with
+transformers' keys, model.safetensors or the shards of model.safetensors.index.json, in
+F32, BF16 or F16), checks that zinc's parameters in the dump are the folder's tensors
+and that zinc's loss is the reference's on the folder's weights. Exit 0 when everything
+agrees, 1 with the first disagreements printed.
 """
 import json
 import math
@@ -22,12 +27,39 @@ def read_safetensors(path):
     (n,) = struct.unpack("<Q", raw[:8])
     head = json.loads(raw[8:8 + n])
     meta = head.pop("__metadata__", {})
-    dt = {"F32": np.float32, "I32": np.int32}
+    dt = {"F32": np.float32, "I32": np.int32, "F16": np.float16, "BF16": np.uint16}
     out = {}
     for name, e in head.items():
         b, end = e["data_offsets"]
-        out[name] = np.frombuffer(raw[8 + n + b:8 + n + end], dtype=dt[e["dtype"]]).reshape(e["shape"])
+        a = np.frombuffer(raw[8 + n + b:8 + n + end], dtype=dt[e["dtype"]]).reshape(e["shape"])
+        if e["dtype"] == "BF16":  # the high half of an fp32
+            a = (a.astype(np.uint32) << 16).view(np.float32)
+        out[name] = a
     return out, meta
+
+
+def hf_to_zinc(h):
+    """transformers' config.json keys as zinc's model section (what the reference reads)."""
+    rs = h.get("rope_scaling")
+    return {"model": {
+        "n_layer": h["num_hidden_layers"], "n_embd": h["hidden_size"], "n_head": h["num_attention_heads"],
+        "n_kv_head": h.get("num_key_value_heads", h["num_attention_heads"]), "vocab_size": h["vocab_size"],
+        "block_size": h["max_position_embeddings"], "intermediate_size": h["intermediate_size"],
+        "tie_word_embeddings": h.get("tie_word_embeddings", False),
+        "attention_bias": h["model_type"] == "qwen2", "rms_norm_eps": h.get("rms_norm_eps", 1e-6),
+        "rope_theta": h.get("rope_theta", 10000.0),
+        "rope_scaling": dict(rs, type=rs.get("rope_type", rs.get("type"))) if rs else None}}
+
+
+def read_folder(d):
+    import os
+    ix = os.path.join(d, "model.safetensors.index.json")
+    files = sorted(set(json.load(open(ix))["weight_map"].values())) if os.path.exists(ix) else ["model.safetensors"]
+    out = {}
+    for f in files:
+        t, _ = read_safetensors(os.path.join(d, f))
+        out.update(t)
+    return out
 
 
 def rope_inv_freq(hs, theta, sc):
@@ -121,7 +153,40 @@ class Llama:
         return -np.take_along_axis(lp, tgt[..., None], -1).mean()
 
 
+def check_folder(folder, dump):
+    h = json.load(open(folder + "/config.json"))
+    m = Llama(hf_to_zinc(h))
+    W = read_folder(folder)
+    d, meta = read_safetensors(dump)
+    P, bad = {}, 0
+    for name, shape in m.shapes().items():
+        if name not in W:
+            print("FAIL: the folder has no %s" % name)
+            return 1
+        if tuple(W[name].shape) != shape:
+            print("FAIL: %s has shape %s, config.json says %s" % (name, W[name].shape, shape))
+            return 1
+        P[name] = W[name].astype(np.float64)
+        z = d["p." + name].reshape(-1)
+        # zinc's rows past the real vocabulary are padding (zero); the rest is the folder's
+        if not np.array_equal(z[:P[name].size], W[name].astype(np.float32).reshape(-1)):
+            print("FAIL: zinc's %s is not the folder's" % name)
+            bad += 1
+    extra = sorted(set(W) - set(P))
+    if extra:
+        print("FAIL: the folder holds tensors the model does not use:", extra)
+        bad += 1
+    tok, tgt = d["tokens"].astype(np.int64), d["targets"].astype(np.int64)
+    ref, zl = m.loss(P, tok, tgt), float(meta["loss"])
+    rel = abs(zl - ref) / abs(ref)
+    print("%s (%s): %d tensors are zinc's parameters; loss: zinc %.9g, reference on the folder %.9g, relative "
+          "difference %.2e" % (h["model_type"], h["architectures"][0], len(P), zl, ref, rel))
+    return 1 if bad or rel > 1e-5 else 0
+
+
 def main():
+    if sys.argv[1] == "--hf":
+        return check_folder(sys.argv[2], sys.argv[3])
     cfg = json.load(open(sys.argv[1]))
     d, meta = read_safetensors(sys.argv[2])
     m = Llama(cfg)

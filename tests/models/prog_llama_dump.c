@@ -5,7 +5,8 @@
  *   p.NAME (the parameter), g.NAME (its gradient of the mean token loss), tokens,
  *   targets (I32), and the loss in the metadata ("loss", %.17g)
  * to OUT.safetensors, where an independent reference (tests/models/llama_ref.py)
- * recomputes the loss and checks the gradients by finite differences.
+ * recomputes the loss and checks the gradients by finite differences. With
+ * model.init_from (or model.from_pretrained) the parameters are the folder's instead.
  *   prog_llama_dump CONFIG.json OUT.safetensors
  */
 #include <math.h>
@@ -61,8 +62,9 @@ int main(int argc, char **argv)
     zinc_model *m = NULL;
     zinc_engine *e = NULL;
     int rc = 1;
-    if (zinc_config_load(argv[1], NULL, 0, &c) != ZINC_OK || zinc_config_resolve(&c, 1) != ZINC_OK ||
-        zinc_model_create(&c, &m) != ZINC_OK) {
+    if (zinc_config_load(argv[1], NULL, 0, &c) != ZINC_OK ||
+        (c.model.from_pretrained[0] && zinc_model_pretrained_config(&c) != ZINC_OK) ||
+        zinc_config_resolve(&c, 1) != ZINC_OK || zinc_model_create(&c, &m) != ZINC_OK) {
         fprintf(stderr, "prog_llama_dump: %s\n", zinc_last_error());
         goto done;
     }
@@ -85,7 +87,11 @@ int main(int argc, char **argv)
     snprintf(d.names[d.n_names++], 128, "model.norm.weight");
     if (!c.model.tie_word_embeddings) snprintf(d.names[d.n_names++], 128, "lm_head.weight");
     /* seeded values: weights U(-0.2, 0.2) (so the attention is not uniform), norms 1 +- 0.3,
-     * biases +- 0.3 */
+     * biases +- 0.3; or model.init_from's (a model folder: model.from_pretrained) */
+    if (c.model.init_from[0] && zinc_engine_init_from(e, c.model.init_from) != ZINC_OK) {
+        fprintf(stderr, "prog_llama_dump: %s\n", zinc_last_error());
+        goto done;
+    }
     for (int i = 0; i < d.n_names; i++) {
         int64_t n = 0;
         float *p = zinc_engine_param_by_name(e, d.names[i], &n);
@@ -94,7 +100,7 @@ int main(int argc, char **argv)
             goto done;
         }
         const int norm = strstr(d.names[i], "norm") != NULL, bias = strstr(d.names[i], ".bias") != NULL;
-        for (int64_t j = 0; j < n; j++)
+        for (int64_t j = 0; !c.model.init_from[0] && j < n; j++)
             p[j] = (float)(norm ? 1.0 + 0.3 * unif() : bias ? 0.3 * unif() : 0.2 * unif());
     }
     const int B = (int)c.train_micro_batch_size_per_gpu, T = (int)zinc_config_seq_len(&c);

@@ -95,7 +95,40 @@ losses "$TMP/full.jsonl" | tail -6 > "$TMP/full.tail"
 losses "$TMP/second.jsonl" | tail -6 > "$TMP/second.tail"
 close_tail "$TMP/full.tail" "$TMP/second.tail" "resumed at TP 2 / ZeRO-1 from DP 2 / ZeRO-3"
 
-# --- bad shapes ---
+# --- Hugging Face folders: zinc-ckpt export --format hf, model.from_pretrained ---
+# the exported folder (config.json with transformers' keys, the weights, sharded with an
+# index) read by the reference: its tensors are zinc's parameters once loaded back through
+# model.from_pretrained, and the reference's loss on them is zinc's
+hf_case() { # NAME RUN-SETS...
+    local name=$1; shift
+    run "hf_$name" 1 --set train.max_steps=3 --set train.save_dir="$TMP/ck_$name" --set train.save_every=3 "$@"
+    "$BUILD/zinc-ckpt" export "$TMP/ck_$name/global_step3" --format hf "$TMP/hf_$name" --max-shard-size 40KB \
+        > "$TMP/hf_$name.out" 2>&1 || { cat "$TMP/hf_$name.out"; fail "$name: export --format hf"; }
+    cat > "$TMP/fp_$name.json" <<JSON
+{"train_micro_batch_size_per_gpu": 2, "model": {"from_pretrained": "$TMP/hf_$name"},
+ "data": {"text": ["README.md"], "seq_len": 16}, "device": "cpu"}
+JSON
+    OMP_NUM_THREADS=1 $MPIRUN 1 "$DUMP" "$TMP/fp_$name.json" "$TMP/fp_$name.st" > "$TMP/fp_$name.out" 2>&1 \
+        || { cat "$TMP/fp_$name.out"; fail "$name: from_pretrained of the exported folder"; }
+    "$PY" tests/models/llama_ref.py --hf "$TMP/hf_$name" "$TMP/fp_$name.st" > "$TMP/fp_$name.ref" 2>&1 \
+        || { cat "$TMP/hf_$name.out" "$TMP/fp_$name.ref"; fail "$name: the exported folder"; }
+    echo "$name: $(head -1 "$TMP/hf_$name.out" | cut -c1-90)... | $(cat "$TMP/fp_$name.ref")"
+}
+hf_case llama
+hf_case qwen2 --set model.attention_bias=true --set model.tie_word_embeddings=true --set model.n_head=2 --set model.n_kv_head=1
+hf_case llama3 --set 'model.rope_scaling={"type": "llama3", "factor": 8, "original_max_position_embeddings": 8}' \
+    --set model.rope_theta=500000 --set bf16.enabled=true
+
+# --- bad shapes and folders ---
+mkdir -p "$TMP/bad"
+sed 's/"qwen2"/"llama"/; s/"use_sliding_window": false/"attention_bias": true/' "$TMP/hf_qwen2/config.json" > "$TMP/bad/config.json"
+bad "attention_bias true: zinc's attention biases are Qwen2's (q/k/v only)" 1 --set model.from_pretrained="$TMP/bad"
+sed 's/"silu"/"gelu"/' "$TMP/hf_llama/config.json" > "$TMP/bad/config.json"
+bad 'hidden_act "gelu": zinc'"'"'s Llama MLP is SwiGLU' 1 --set model.from_pretrained="$TMP/bad"
+sed 's/"rope_type": "llama3"/"rope_type": "yarn"/' "$TMP/hf_llama3/config.json" > "$TMP/bad/config.json"
+bad 'rope_scaling type "yarn": zinc knows "llama3"' 1 --set model.from_pretrained="$TMP/bad"
+sed 's/"model_type": "llama",/"model_type": "mistral", "sliding_window": 8,/' "$TMP/hf_llama/config.json" > "$TMP/bad/config.json"
+bad "sliding_window 8 is shorter than the sequence length 16" 1 --set model.from_pretrained="$TMP/bad"
 bad "model.n_kv_head: 3 does not divide model.n_head 4" 1 --set model.n_kv_head=3
 bad "tensor_parallel.autotp_size 4 does not divide the key/value heads (model.n_kv_head) 2" 4 \
     --set tensor_parallel.autotp_size=4
