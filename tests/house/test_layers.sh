@@ -8,7 +8,7 @@
 #   3 comm/          comm
 #   4 zero/ checkpoint/ tensor_parallel/ pipeline/   zero; ckpt safetensors; tp; pipeline
 #   5 engine/        config engine
-#   6 models/        gpt2 llama
+#   6 models/        gpt2 llama model (the factory)
 #   7 tools/ launcher/
 # Tests and benchmarks may look inside any module (white-box tests).
 set -u
@@ -22,7 +22,7 @@ level_of_header() {
         comm) echo 3 ;;
         zero|ckpt|safetensors|tp|pipeline) echo 4 ;;
         config|engine) echo 5 ;;
-        gpt2|llama) echo 6 ;;
+        gpt2|llama|model) echo 6 ;;
         *) echo 99 ;;
     esac
 }
