@@ -2,8 +2,8 @@
  * byte-level shard writer.
  *
  * Open: every path is expanded with glob(3) (matches sorted), each shard's
- * 1024-byte header is checked (magic, version, and file size exactly
- * 1024 + 2 * count), the file is memory-mapped read-only and its tokens are
+ * 1024-byte header is checked (magic, version 1: uint16 tokens, or 2: uint32, as llm.c
+ * writes Llama-3's, and file size exactly 1024 + 2 or 4 * count), the file is memory-mapped read-only and its tokens are
  * scanned once against vocab_size. The loader then sees the shards as one
  * token stream; sample s covers tokens [s*T, s*T + T] (T = seq_len, T+1
  * tokens: inputs are the first T, targets the last T), so samples overlap by
@@ -49,7 +49,8 @@ typedef struct data_shard {
     char *path;
     void *map;            /* whole file, read-only (NULL when map_bytes is 0) */
     size_t map_bytes;
-    const uint16_t *tokens; /* (n_tokens,) inside map */
+    const void *tokens;   /* (n_tokens,) uint16 or uint32 inside map */
+    int tsz;              /* bytes per token: 2 (version 1) or 4 (version 2) */
     uint64_t n_tokens;
     uint64_t first;       /* index of tokens[0] in the concatenated stream */
 } data_shard;
@@ -116,18 +117,29 @@ static void data_shard_release(data_shard *sh)
     memset(sh, 0, sizeof *sh);
 }
 
-/* Index of the first token >= vocab in toks (n,), or n if none. Scans in
- * blocks with a branch-free max so the common (clean) case vectorises. */
-static uint64_t data_find_bad_token(const uint16_t *toks, uint64_t n, int vocab)
+/* Token i of a shard. */
+static inline uint32_t shard_tok(const data_shard *sh, uint64_t i)
 {
-    const uint64_t block = 4096;
+    return sh->tsz == 2 ? ((const uint16_t *)sh->tokens)[i] : ((const uint32_t *)sh->tokens)[i];
+}
+
+/* Index of the first token >= vocab in the shard, or n_tokens if none. Scans in
+ * blocks with a branch-free max so the common (clean) case vectorises. */
+static uint64_t data_find_bad_token(const data_shard *sh, int vocab)
+{
+    const uint64_t block = 4096, n = sh->n_tokens;
+    const uint16_t *t16 = sh->tokens;
+    const uint32_t *t32 = sh->tokens;
     for (uint64_t b = 0; b < n; b += block) {
         uint64_t e = b + block < n ? b + block : n;
-        uint16_t mx = 0;
-        for (uint64_t i = b; i < e; i++) mx = toks[i] > mx ? toks[i] : mx;
-        if ((int)mx < vocab) continue;
+        uint32_t mx = 0;
+        if (sh->tsz == 2)
+            for (uint64_t i = b; i < e; i++) mx = t16[i] > mx ? t16[i] : mx;
+        else
+            for (uint64_t i = b; i < e; i++) mx = t32[i] > mx ? t32[i] : mx;
+        if (mx < (uint32_t)vocab) continue;
         for (uint64_t i = b; i < e; i++)
-            if ((int)toks[i] >= vocab) return i;
+            if (shard_tok(sh, i) >= (uint32_t)vocab) return i;
     }
     return n;
 }
@@ -167,18 +179,19 @@ static zinc_status data_shard_open(const char *path, int vocab_size, data_shard 
                         hdr[0], ZINC_SHARD_MAGIC);
         goto cleanup;
     }
-    if (hdr[1] != ZINC_SHARD_VERSION) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "data: %s: shard version %d (only %d is supported)",
-                        path, hdr[1], ZINC_SHARD_VERSION);
+    if (hdr[1] != ZINC_SHARD_VERSION && hdr[1] != ZINC_SHARD_VERSION_U32) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "data: %s: shard version %d (zinc reads %d, uint16 tokens, and %d, "
+                        "uint32)", path, hdr[1], ZINC_SHARD_VERSION, ZINC_SHARD_VERSION_U32);
         goto cleanup;
     }
+    sh->tsz = hdr[1] == ZINC_SHARD_VERSION ? 2 : 4;
     if (hdr[2] < 0) {
         st = zinc_error(ZINC_ERR_CORRUPT, "data: %s: negative token count %d in header", path,
                         hdr[2]);
         goto cleanup;
     }
     sh->n_tokens = (uint64_t)hdr[2];
-    uint64_t want = HEADER_BYTES + 2 * sh->n_tokens;
+    uint64_t want = HEADER_BYTES + (uint64_t)sh->tsz * sh->n_tokens;
     if (size != want) {
         st = zinc_error(ZINC_ERR_CORRUPT,
                         "data: %s is %llu bytes but its header says %llu tokens (%llu bytes); "
@@ -187,13 +200,13 @@ static zinc_status data_shard_open(const char *path, int vocab_size, data_shard 
                         (unsigned long long)want, size < want ? "truncated" : "padded");
         goto cleanup;
     }
-    sh->tokens = (const uint16_t *)((const char *)sh->map + HEADER_BYTES);
-    uint64_t bad = data_find_bad_token(sh->tokens, sh->n_tokens, vocab_size);
+    sh->tokens = (const char *)sh->map + HEADER_BYTES;
+    uint64_t bad = data_find_bad_token(sh, vocab_size);
     if (bad < sh->n_tokens) {
         st = zinc_error(ZINC_ERR_CORRUPT,
                         "data: %s: token %u at index %llu is >= vocab_size %d "
                         "(shard made with another tokenizer?)",
-                        path, (unsigned)sh->tokens[bad], (unsigned long long)bad, vocab_size);
+                        path, (unsigned)shard_tok(sh, bad), (unsigned long long)bad, vocab_size);
         goto cleanup;
     }
     sh->path = strdup(path);
@@ -360,7 +373,10 @@ static void data_copy_tokens(const zinc_data *d, uint64_t pos, uint64_t n, int32
             continue;
         }
         uint64_t take = sh->n_tokens - off < n ? sh->n_tokens - off : n;
-        for (uint64_t i = 0; i < take; i++) dst[i] = (int32_t)sh->tokens[off + i];
+        if (sh->tsz == 2)
+            for (uint64_t i = 0; i < take; i++) dst[i] = ((const uint16_t *)sh->tokens)[off + i];
+        else
+            for (uint64_t i = 0; i < take; i++) dst[i] = (int32_t)((const uint32_t *)sh->tokens)[off + i];
         dst += take;
         pos += take;
         n -= take;
@@ -508,12 +524,12 @@ static zinc_status data_out_link(data_out *o)
 
 /* Writes the header for n tokens at offset 0, fsyncs, renames into place and
  * fsyncs the directory so the rename itself is durable. */
-static zinc_status data_out_commit(data_out *o, uint64_t n)
+static zinc_status data_out_commit(data_out *o, uint64_t n, int tsz)
 {
     zinc_status st = ZINC_OK;
     int32_t hdr[ZINC_SHARD_HEADER_INTS] = {0};
     hdr[0] = ZINC_SHARD_MAGIC;
-    hdr[1] = ZINC_SHARD_VERSION;
+    hdr[1] = tsz == 2 ? ZINC_SHARD_VERSION : ZINC_SHARD_VERSION_U32;
     hdr[2] = (int32_t)n;
     if (pwrite(o->fd, hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
         st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o->tmp, strerror(errno));
@@ -553,7 +569,8 @@ cleanup:
     return st;
 }
 
-zinc_status zinc_data_write_shard(const char *out_path, const uint16_t *tokens, uint64_t n)
+/* A shard of n tokens of tsz bytes each. */
+static zinc_status write_shard(const char *out_path, const void *tokens, uint64_t n, int tsz)
 {
     if (!out_path || !*out_path) return zinc_error(ZINC_ERR_INVALID_ARG, "data: no output path");
     if (n > 0 && !tokens) return zinc_error(ZINC_ERR_INVALID_ARG, "data: tokens is NULL");
@@ -566,12 +583,43 @@ zinc_status zinc_data_write_shard(const char *out_path, const uint16_t *tokens, 
     if (st != ZINC_OK) return st;
     int32_t zero_hdr[ZINC_SHARD_HEADER_INTS] = {0};
     if (data_write_all(o.fd, zero_hdr, sizeof zero_hdr) != 0 ||
-        data_write_all(o.fd, tokens, (size_t)n * sizeof *tokens) != 0) {
+        data_write_all(o.fd, tokens, (size_t)n * (size_t)tsz) != 0) {
         st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o.tmp, strerror(errno));
         data_out_abort(&o);
         return st;
     }
-    return data_out_commit(&o, n);
+    return data_out_commit(&o, n, tsz);
+}
+
+zinc_status zinc_data_write_shard(const char *out_path, const uint16_t *tokens, uint64_t n)
+{
+    return write_shard(out_path, tokens, n, 2);
+}
+
+zinc_status zinc_data_write_shard32(const char *out_path, const uint32_t *tokens, uint64_t n)
+{
+    return write_shard(out_path, tokens, n, 4);
+}
+
+zinc_status zinc_data_shard_info(const char *path, zinc_shard_info *out)
+{
+    data_shard sh;
+    memset(out, 0, sizeof *out);
+    zinc_status st = data_shard_open(path, INT32_MAX, &sh);
+    if (st != ZINC_OK) return st;
+    out->n_tokens = sh.n_tokens;
+    out->version = sh.tsz == 2 ? ZINC_SHARD_VERSION : ZINC_SHARD_VERSION_U32;
+    out->token_bytes = sh.tsz;
+    out->file_bytes = sh.map_bytes;
+    out->lo = UINT32_MAX;
+    for (uint64_t i = 0; i < sh.n_tokens; i++) {
+        const uint32_t t = shard_tok(&sh, i);
+        out->lo = t < out->lo ? t : out->lo;
+        out->hi = t > out->hi ? t : out->hi;
+    }
+    if (!sh.n_tokens) out->lo = 0;
+    data_shard_release(&sh);
+    return ZINC_OK;
 }
 
 /* ------------------------------------------------------ text tokenizer --- */
@@ -702,16 +750,17 @@ cleanup:
     return st;
 }
 
-/* One whole file through the tokenizer: its ids as uint16 in *out (malloc'd, *n).
- * Runs on any thread: a failure's detail goes to err, not to this thread's last error. */
+/* One whole file through the tokenizer: its ids as tsz-byte tokens (uint16 or uint32) in
+ * toks (malloc'd, n). Runs on any thread: a failure's detail goes to err, not to this
+ * thread's last error. */
 typedef struct enc_file {
-    uint16_t *t16;
+    void *toks;
     size_t n;
     zinc_status st;
     char err[600];
 } enc_file;
 
-static void data_encode_file(const zinc_tokenizer *tok, const char *path, enc_file *r)
+static void data_encode_file(const zinc_tokenizer *tok, const char *path, int tsz, enc_file *r)
 {
     struct stat sb;
     char *text = NULL;
@@ -743,18 +792,20 @@ static void data_encode_file(const zinc_tokenizer *tok, const char *path, enc_fi
         st = zinc_error(st, "%s: %s", path, zinc_last_error());
         goto fail;
     }
-    r->t16 = malloc((n ? n : 1) * sizeof *r->t16);
-    if (!r->t16) {
+    r->toks = malloc((n ? n : 1) * (size_t)tsz);
+    if (!r->toks) {
         st = zinc_error(ZINC_ERR_NOMEM, "%s: out of memory", path);
         goto fail;
     }
     for (size_t i = 0; i < n; i++) {
-        if (ids[i] > 65535) {
-            st = zinc_error(ZINC_ERR_UNSUPPORTED, "%s: token id %d does not fit the shard's 16-bit tokens (a 32-bit "
-                            "shard format is not done yet)", path, ids[i]);
+        if (tsz == 2 && ids[i] > 65535) { /* the vocabulary said 16 bits */
+            st = zinc_error(ZINC_ERR_CORRUPT, "%s: token id %d is past the tokenizer's vocabulary", path, ids[i]);
             goto fail;
         }
-        r->t16[i] = (uint16_t)ids[i];
+        if (tsz == 2)
+            ((uint16_t *)r->toks)[i] = (uint16_t)ids[i];
+        else
+            ((uint32_t *)r->toks)[i] = (uint32_t)ids[i];
     }
     r->n = n;
     r->st = ZINC_OK;
@@ -762,8 +813,8 @@ static void data_encode_file(const zinc_tokenizer *tok, const char *path, enc_fi
 fail:
     r->st = st;
     snprintf(r->err, sizeof r->err, "%s", zinc_last_error());
-    free(r->t16);
-    r->t16 = NULL;
+    free(r->toks);
+    r->toks = NULL;
 done:
     if (fd >= 0) close(fd);
     free(text);
@@ -773,7 +824,7 @@ done:
 /* The files through the tokenizer into o's shard, in order: windows of files encoded on
  * every thread at once, then written one after another. */
 static zinc_status data_tokenize_files(const zinc_tokenizer *tok, const data_list *files, data_out *o,
-                                       const char *out_path, uint64_t *total)
+                                       const char *out_path, int tsz, uint64_t *total)
 {
     zinc_status st = ZINC_OK;
     const size_t win = (size_t)omp_get_max_threads() * 2;
@@ -782,16 +833,16 @@ static zinc_status data_tokenize_files(const zinc_tokenizer *tok, const data_lis
     for (size_t f0 = 0; f0 < files->n && st == ZINC_OK; f0 += win) {
         const size_t nw = files->n - f0 < win ? files->n - f0 : win;
         #pragma omp parallel for schedule(dynamic, 1)
-        for (size_t i = 0; i < nw; i++) data_encode_file(tok, files->items[f0 + i], &r[i]);
+        for (size_t i = 0; i < nw; i++) data_encode_file(tok, files->items[f0 + i], tsz, &r[i]);
         for (size_t i = 0; i < nw; i++) {
             if (st == ZINC_OK && r[i].st != ZINC_OK) st = zinc_error(r[i].st, "data: %s", r[i].err);
             if (st == ZINC_OK && *total + r[i].n > (uint64_t)INT32_MAX)
                 st = zinc_error(ZINC_ERR_INVALID_ARG, "data: %s: inputs exceed the shard limit of %d tokens; split "
                                 "them over several shards", out_path, INT32_MAX);
-            if (st == ZINC_OK && data_write_all(o->fd, r[i].t16, r[i].n * sizeof *r[i].t16) != 0)
+            if (st == ZINC_OK && data_write_all(o->fd, r[i].toks, r[i].n * (size_t)tsz) != 0)
                 st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o->tmp, strerror(errno));
             if (st == ZINC_OK) *total += r[i].n;
-            free(r[i].t16);
+            free(r[i].toks);
             r[i] = (enc_file){0};
         }
     }
@@ -858,7 +909,9 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
         st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o.tmp, strerror(errno));
         goto cleanup;
     }
-    if (tok) ZINC_TRY(data_tokenize_files(tok, &files, &o, out_path, &total));
+    /* 16-bit tokens while the vocabulary fits them (llm.c's version 1), else 32-bit (2) */
+    const int tsz = tok && zinc_tokenizer_vocab_size(tok) > 65536 ? 4 : 2;
+    if (tok) ZINC_TRY(data_tokenize_files(tok, &files, &o, out_path, tsz, &total));
     for (size_t f = 0; f < files.n && !tok; f++) {
         st = zinc_open_regular(files.items[f], 0, "text input", &fd, NULL);
         if (st != ZINC_OK) {
@@ -892,7 +945,7 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
         close(fd);
         fd = -1;
     }
-    st = data_out_commit(&o, total);
+    st = data_out_commit(&o, total, tsz);
     if (st == ZINC_OK && n_tokens) *n_tokens = total;
 cleanup:
     if (fd >= 0) close(fd);

@@ -46,69 +46,21 @@ static int usage(const char *why)
  * printing "zinc-data: <detail>" to stderr. */
 static int info_one(const char *path)
 {
-    int fd;
-    long long fsize;
-    if (zinc_open_regular(path, 0, "token shard", &fd, &fsize) != ZINC_OK) { /* a FIFO would block */
-        fprintf(stderr, "zinc-data: %s\n", zinc_last_error());
+    zinc_shard_info i;
+    if (zinc_data_shard_info(path, &i) != ZINC_OK) {
+        const char *e = zinc_last_error();
+        fprintf(stderr, "zinc-data: %s\n", strncmp(e, "data: ", 6) ? e : e + 6);
         return 1;
     }
-    const uint64_t hdr_bytes = ZINC_SHARD_HEADER_INTS * sizeof(int32_t);
-    uint64_t size = (uint64_t)fsize;
-    if (size < hdr_bytes) {
-        fprintf(stderr, "zinc-data: %s is %llu bytes, shorter than the %llu-byte shard header\n",
-                path, (unsigned long long)size, (unsigned long long)hdr_bytes);
-        close(fd);
-        return 1;
-    }
-    void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) {
-        fprintf(stderr, "zinc-data: cannot mmap %s: %s\n", path, strerror(errno));
-        return 1;
-    }
-    int rc = 1;
-    const int32_t *hdr = map;
-    if (hdr[0] != ZINC_SHARD_MAGIC) {
-        fprintf(stderr, "zinc-data: %s: bad magic %d (expected %d); not a token shard\n", path,
-                hdr[0], ZINC_SHARD_MAGIC);
-        goto done;
-    }
-    if (hdr[1] != ZINC_SHARD_VERSION) {
-        fprintf(stderr, "zinc-data: %s: shard version %d (only %d is supported)\n", path, hdr[1],
-                ZINC_SHARD_VERSION);
-        goto done;
-    }
-    if (hdr[2] < 0) {
-        fprintf(stderr, "zinc-data: %s: negative token count %d in header\n", path, hdr[2]);
-        goto done;
-    }
-    uint64_t n = (uint64_t)hdr[2], want = hdr_bytes + 2 * n;
-    if (size != want) {
-        fprintf(stderr,
-                "zinc-data: %s is %llu bytes but its header says %llu tokens (%llu bytes); "
-                "the shard is %s\n",
-                path, (unsigned long long)size, (unsigned long long)n, (unsigned long long)want,
-                size < want ? "truncated" : "padded");
-        goto done;
-    }
-    const uint16_t *t = (const uint16_t *)((const char *)map + hdr_bytes);
-    unsigned lo = 65535, hi = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        lo = t[i] < lo ? t[i] : lo;
-        hi = t[i] > hi ? t[i] : hi;
-    }
-    if (n)
+    if (i.n_tokens)
         printf("%s: %llu tokens, ids %u..%u (needs vocab_size >= %u), header ok "
-               "(magic %d, version %d, %llu bytes)\n",
-               path, (unsigned long long)n, lo, hi, hi + 1, ZINC_SHARD_MAGIC, ZINC_SHARD_VERSION,
-               (unsigned long long)size);
+               "(magic %d, version %d: %d-bit tokens, %llu bytes)\n",
+               path, (unsigned long long)i.n_tokens, i.lo, i.hi, i.hi + 1, ZINC_SHARD_MAGIC, i.version,
+               8 * i.token_bytes, (unsigned long long)i.file_bytes);
     else
-        printf("%s: 0 tokens, header ok (magic %d, version %d, %llu bytes)\n", path,
-               ZINC_SHARD_MAGIC, ZINC_SHARD_VERSION, (unsigned long long)size);
-    rc = 0;
-done:
-    munmap(map, (size_t)size);
-    return rc;
+        printf("%s: 0 tokens, header ok (magic %d, version %d: %d-bit tokens, %llu bytes)\n", path,
+               ZINC_SHARD_MAGIC, i.version, 8 * i.token_bytes, (unsigned long long)i.file_bytes);
+    return 0;
 }
 
 static int cmd_info(int argc, char **argv)

@@ -1,7 +1,8 @@
 /* zinc/data.h - token shards and the deterministic sample order.
  *
- * Shard format (llm.c style): 256 x int32 header (magic 20240520, version 1,
- * token count), then token count uint16 tokens.
+ * Shard format (llm.c's): 256 x int32 header (magic 20240520, version, token count),
+ * then token count tokens: uint16 for version 1, uint32 for version 2 (vocabularies past
+ * 65536 ids: Llama 3, Qwen2).
  *
  * A loader sees the concatenation of its shards as one token stream, cut into
  * samples of seq_len+1 tokens (inputs and shifted targets) at stride seq_len.
@@ -20,7 +21,8 @@
 #include "zinc/status.h"
 
 #define ZINC_SHARD_MAGIC 20240520
-#define ZINC_SHARD_VERSION 1
+#define ZINC_SHARD_VERSION 1     /* uint16 tokens */
+#define ZINC_SHARD_VERSION_U32 2 /* uint32 tokens */
 #define ZINC_SHARD_HEADER_INTS 256
 
 typedef struct zinc_data zinc_data;
@@ -48,15 +50,25 @@ zinc_status zinc_data_get(const zinc_data *d, uint64_t first, int n, int32_t *in
  * out_path: with tok NULL the byte-level tokenizer (token = byte value
  * 0..255, streamed), else each file whole through tok as tokenizer(text)
  * encodes it, special tokens of the post-processor included (zinc/tokenizer.h;
- * a file must be valid UTF-8, at most 1 GiB, and its ids below 65536, what
- * the shard format holds), files encoded on every OpenMP thread at once and
+ * a file must be valid UTF-8 and at most 1 GiB; a shard of uint16 tokens when the
+ * tokenizer's vocabulary fits 16 bits, else of uint32), files encoded on every OpenMP thread at once and
  * written in order. Reports tokens written in *n_tokens (may be NULL). */
 typedef struct zinc_tokenizer zinc_tokenizer;
 zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inputs,
                                             const char *exts, const zinc_tokenizer *tok,
                                             const char *out_path, uint64_t *n_tokens);
 
-/* Writes a shard from an array of tokens (each < 65536). */
+/* Writes a shard from an array of tokens: uint16 (version 1) or uint32 (version 2). */
 zinc_status zinc_data_write_shard(const char *out_path, const uint16_t *tokens, uint64_t n);
+zinc_status zinc_data_write_shard32(const char *out_path, const uint32_t *tokens, uint64_t n);
+
+/* What a valid shard holds (its header and file size checked as zinc_data_open checks
+ * them): version, bytes per token, tokens, the smallest and largest id. */
+typedef struct zinc_shard_info {
+    int version, token_bytes;
+    uint64_t n_tokens, file_bytes;
+    uint32_t lo, hi;
+} zinc_shard_info;
+zinc_status zinc_data_shard_info(const char *path, zinc_shard_info *out);
 
 #endif
