@@ -25,7 +25,7 @@
 
 typedef struct gpt2_dims {
     int C, NH, V, maxT, L;
-    int Vreal;     /* the real vocabulary: rows [Vreal, V) are padding, kept out of the softmax */
+    model_head head; /* ln_f, the tied wte, the loss (head.Vreal: the real vocabulary) */
     int recompute; /* model.recompute: backward recomputes ln1, ln2, c_fc and its GELU */
 } gpt2_dims;
 
@@ -373,128 +373,30 @@ static zinc_status head_declare(zinc_layer *l)
     return ok ? ZINC_OK : ZINC_ERR_INVALID_ARG;
 }
 
-/* Saved: lnf (N,C) act (whole: gathered with sequence parallelism), mean
- * and rstd (rows), this rank's vocabulary columns of the logits, then
- * dlogits (N,Vl) act, losses (N) (each row's whole loss, the same on every
- * TP rank). */
-typedef struct head_acts {
-    void *lnf, *logits;
-    float *mean, *rstd, *losses;
-} head_acts;
-
-static size_t head_carve(head_acts *a, void *base, const gpt2_dims *d, const gpt2_local *g, int B,
-                         int T, zinc_dtype act)
-{
-    size_t N = (size_t)B * T, R = g->sp ? N / g->P : N;
-    carver k = {base, 0, zinc_dtype_size(act)};
-    head_acts t;
-    t.lnf = CARVE_ACT(&k, N * d->C);
-    t.mean = CARVE_F32(&k, R);
-    t.rstd = CARVE_F32(&k, R);
-    t.logits = CARVE_ACT(&k, N * g->Vl);
-    t.losses = CARVE_F32(&k, N);
-    if (a) *a = t;
-    return k.off;
-}
-
 static size_t head_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 {
     const gpt2_dims *d = zinc_layer_state(l);
-    gpt2_local g = local_of(d, zinc_layer_tp(l));
-    return head_carve(NULL, NULL, d, &g, B, T, act);
-}
-
-/* The head's scratch: dlnf (N,C) act (with SP its partial sum); with TP the
- * cross-entropy's 3N fp32 statistics; with SP this rank's rows of lnf
- * before the gather (forward) and of dlnf after the reduce-scatter
- * (backward) (rows,C) act, and ln_f's partial gradients 2C fp32. */
-typedef struct head_scratch {
-    void *dlnf, *rows;
-    float *stats, *lng;
-} head_scratch;
-
-static size_t head_scratch_carve(head_scratch *s, void *base, const gpt2_dims *d,
-                                 const gpt2_local *g, int B, int T, zinc_dtype act)
-{
-    size_t N = (size_t)B * T, R = g->sp ? N / g->P : N, C = (size_t)d->C;
-    carver k = {base, 0, zinc_dtype_size(act)};
-    head_scratch t;
-    memset(&t, 0, sizeof t);
-    t.dlnf = CARVE_ACT(&k, N * C);
-    if (g->P > 1) t.stats = CARVE_F32(&k, 3 * N);
-    if (g->sp) {
-        t.rows = CARVE_ACT(&k, R * C);
-        t.lng = CARVE_F32(&k, 2 * C);
-    }
-    if (s) *s = t;
-    return k.off;
+    return model_head_act_bytes(&d->head, zinc_layer_tp(l), B, T, act);
 }
 
 static size_t head_scratch_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 {
     const gpt2_dims *d = zinc_layer_state(l);
-    gpt2_local g = local_of(d, zinc_layer_tp(l));
-    return head_scratch_carve(NULL, NULL, d, &g, B, T, act);
+    return model_head_scratch_bytes(&d->head, zinc_layer_tp(l), B, T, act);
 }
 
 static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
 {
     (void)y;
     const gpt2_dims *d = zinc_layer_state(l);
-    const zinc_ops *o = c->ops;
-    const zinc_tp *tp = c->tp;
-    gpt2_local g = local_of(d, tp);
-    int N = c->B * c->T, R = zinc_tp_rows(tp, N), C = d->C;
-    zinc_status st = ZINC_OK;
-    head_acts a;
-    head_carve(&a, zinc_layer_acts(l), d, &g, c->B, c->T, o->act);
-    head_scratch s;
-    head_scratch_carve(&s, c->scratch, d, &g, c->B, c->T, o->act);
-    void *lnr = g.sp ? s.rows : a.lnf;
-    o->layernorm_forward(lnr, a.mean, a.rstd, x, zinc_layer_param(l, H_LNFW),
-                         zinc_layer_param(l, H_LNFB), R, C);
-    if (g.sp) ZINC_TRY(zinc_tp_gather_rows(tp, a.lnf, lnr, (size_t)R, (size_t)C));
-    zinc_tp_column_t_forward(tp, a.logits, a.lnf, zinc_layer_param(l, H_WTE), NULL, N, C, g.Vl);
-    { /* the padded rows of this rank's vocabulary slice [v0, v0 + Vl): -inf logits, so they
-       * take no part in the softmax and get no gradient */
-        const int v0 = tp->rank * g.Vl, lo = d->Vreal - v0 < 0 ? 0 : d->Vreal - v0;
-        if (lo < g.Vl) o->fill_cols(a.logits, N, g.Vl, lo, g.Vl, -INFINITY);
-    }
-    ZINC_TRY(zinc_tp_softmax_xent(tp, a.losses, a.logits, c->targets, c->dloss, s.stats, N, g.Vl));
-    c->loss_sum += o->sum(a.losses, (size_t)N); /* device memory: summed there */
-cleanup:
-    return st;
+    return model_head_forward(&d->head, l, c, x);
 }
 
-static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy,
-                                 void *dx)
+static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy, void *dx)
 {
     (void)dy;
     const gpt2_dims *d = zinc_layer_state(l);
-    const zinc_ops *o = c->ops;
-    const zinc_tp *tp = c->tp;
-    gpt2_local g = local_of(d, tp);
-    int N = c->B * c->T, R = zinc_tp_rows(tp, N), C = d->C;
-    zinc_status st = ZINC_OK;
-    head_acts a;
-    head_carve(&a, zinc_layer_acts(l), d, &g, c->B, c->T, o->act);
-    head_scratch s;
-    head_scratch_carve(&s, c->scratch, d, &g, c->B, c->T, o->act);
-    /* dlnf(N,C) = dlogits(N,Vl) @ wte(Vl,C) summed over the group (this
-     * rank's rows of it with SP); dwte(Vl,C) += dlogits^T @ lnf */
-    void *dlnr = g.sp ? s.rows : s.dlnf;
-    ZINC_TRY(zinc_tp_column_t_backward(tp, dlnr, s.dlnf, zinc_layer_grad(l, H_WTE), NULL, a.logits, a.lnf,
-                                   zinc_layer_param(l, H_WTE), N, C, g.Vl));
-    float *dw = g.sp ? s.lng : zinc_layer_grad(l, H_LNFW);
-    float *db = g.sp ? s.lng + C : zinc_layer_grad(l, H_LNFB);
-    if (g.sp) o->zero(s.lng, 2 * (size_t)C * sizeof(float));
-    o->layernorm_backward(dx, dw, db, dlnr, x, zinc_layer_param(l, H_LNFW), a.mean, a.rstd, R, C);
-    if (g.sp) {
-        static const int idx[2] = {H_LNFW, H_LNFB};
-        ZINC_TRY(model_norm_grads_reduce(l, c, s.lng, idx, 2, C));
-    }
-cleanup:
-    return st;
+    return model_head_backward(&d->head, l, c, x, dx);
 }
 
 static const zinc_layer_ops head_ops = {
@@ -540,7 +442,7 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
     g->d.C = (int)c->model.n_embd;
     g->d.NH = (int)c->model.n_head;
     g->d.V = (int)c->model.vocab_size;
-    g->d.Vreal = g->d.V;
+    g->d.head = (model_head){.C = g->d.C, .V = g->d.V, .Vreal = g->d.V, .rms = 0, .eps = 1e-5f};
     g->d.maxT = (int)c->model.block_size;
     g->d.L = (int)c->model.n_layer;
     g->d.recompute = c->model.recompute != 0;
@@ -607,7 +509,7 @@ zinc_status zinc_gpt2_set_vocab_real(zinc_gpt2 *g, int64_t n)
     if (n < 1 || n > g->d.V)
         return zinc_error(ZINC_ERR_CONFIG, "the real vocabulary %lld does not fit model.vocab_size %d", (long long)n,
                           g->d.V);
-    g->d.Vreal = (int)n;
+    g->d.head.Vreal = (int)n;
     static const char *const vocab_tensors[] = {"wte.weight", NULL};
     g->model.vocab_real = n < g->d.V ? n : 0;
     g->model.vocab_tensors = vocab_tensors;

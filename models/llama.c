@@ -27,7 +27,7 @@
 
 typedef struct llama_dims {
     int C, NH, NKV, HS, F, V, L, T;
-    int Vreal;      /* the real vocabulary: rows [Vreal, V) are padding, kept out of the softmax */
+    model_head head; /* model.norm, lm_head (or the tied embedding), the loss; head.Vreal: the real vocabulary */
     int tie;        /* lm_head is embed_tokens */
     int qkv_bias;   /* q/k/v biases (Qwen2) */
     float eps;      /* RMSNorm epsilon */
@@ -377,119 +377,30 @@ static zinc_status head_declare(zinc_layer *l)
     return ok ? ZINC_OK : ZINC_ERR_INVALID_ARG;
 }
 
-/* Saved: lnf (N,C) act (whole: gathered with sequence parallelism), rstd (rows), this
- * rank's vocabulary columns of the logits, then dlogits (N,Vl) act, losses (N). */
-typedef struct head_acts {
-    void *lnf, *logits;
-    float *rstd, *losses;
-} head_acts;
-
-static size_t head_carve(head_acts *a, void *base, const llama_dims *d, const llama_local *g, int B, int T,
-                         zinc_dtype act)
-{
-    size_t N = (size_t)B * T, R = g->sp ? N / g->P : N;
-    carver k = {base, 0, zinc_dtype_size(act)};
-    head_acts t;
-    t.lnf = CARVE_ACT(&k, N * d->C);
-    t.rstd = CARVE_F32(&k, R);
-    t.logits = CARVE_ACT(&k, N * g->Vl);
-    t.losses = CARVE_F32(&k, N);
-    if (a) *a = t;
-    return k.off;
-}
-
 static size_t head_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 {
     const llama_dims *d = zinc_layer_state(l);
-    llama_local g = local_of(d, zinc_layer_tp(l));
-    return head_carve(NULL, NULL, d, &g, B, T, act);
-}
-
-/* The head's scratch: dlnf (N,C) act (with SP its partial sum); with TP the
- * cross-entropy's 3N fp32 statistics; with SP this rank's rows of lnf before the gather
- * (forward) and of dlnf after the reduce-scatter (backward) (rows,C) act, and the norm's
- * partial gradient C fp32. */
-typedef struct head_scratch {
-    void *dlnf, *rows;
-    float *stats, *lng;
-} head_scratch;
-
-static size_t head_scratch_carve(head_scratch *s, void *base, const llama_dims *d, const llama_local *g, int B,
-                                 int T, zinc_dtype act)
-{
-    size_t N = (size_t)B * T, R = g->sp ? N / g->P : N, C = (size_t)d->C;
-    carver k = {base, 0, zinc_dtype_size(act)};
-    head_scratch t;
-    memset(&t, 0, sizeof t);
-    t.dlnf = CARVE_ACT(&k, N * C);
-    if (g->P > 1) t.stats = CARVE_F32(&k, 3 * N);
-    if (g->sp) {
-        t.rows = CARVE_ACT(&k, R * C);
-        t.lng = CARVE_F32(&k, C);
-    }
-    if (s) *s = t;
-    return k.off;
+    return model_head_act_bytes(&d->head, zinc_layer_tp(l), B, T, act);
 }
 
 static size_t head_scratch_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 {
     const llama_dims *d = zinc_layer_state(l);
-    llama_local g = local_of(d, zinc_layer_tp(l));
-    return head_scratch_carve(NULL, NULL, d, &g, B, T, act);
+    return model_head_scratch_bytes(&d->head, zinc_layer_tp(l), B, T, act);
 }
 
 static zinc_status head_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
 {
     (void)y;
     const llama_dims *d = zinc_layer_state(l);
-    const zinc_ops *o = c->ops;
-    const zinc_tp *tp = c->tp;
-    llama_local g = local_of(d, tp);
-    int N = c->B * c->T, R = zinc_tp_rows(tp, N), C = d->C;
-    zinc_status st = ZINC_OK;
-    head_acts a;
-    head_carve(&a, zinc_layer_acts(l), d, &g, c->B, c->T, o->act);
-    head_scratch s;
-    head_scratch_carve(&s, c->scratch, d, &g, c->B, c->T, o->act);
-    void *lnr = g.sp ? s.rows : a.lnf;
-    o->rmsnorm_forward(lnr, a.rstd, x, zinc_layer_param(l, H_NORM), d->eps, R, C);
-    if (g.sp) ZINC_TRY(zinc_tp_gather_rows(tp, a.lnf, lnr, (size_t)R, (size_t)C));
-    zinc_tp_column_t_forward(tp, a.logits, a.lnf, zinc_layer_param(l, H_W), NULL, N, C, g.Vl);
-    { /* the padded rows of this rank's vocabulary slice: -inf logits, out of the softmax */
-        const int v0 = tp->rank * g.Vl, lo = d->Vreal - v0 < 0 ? 0 : d->Vreal - v0;
-        if (lo < g.Vl) o->fill_cols(a.logits, N, g.Vl, lo, g.Vl, -INFINITY);
-    }
-    ZINC_TRY(zinc_tp_softmax_xent(tp, a.losses, a.logits, c->targets, c->dloss, s.stats, N, g.Vl));
-    c->loss_sum += o->sum(a.losses, (size_t)N);
-cleanup:
-    return st;
+    return model_head_forward(&d->head, l, c, x);
 }
 
 static zinc_status head_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy, void *dx)
 {
     (void)dy;
     const llama_dims *d = zinc_layer_state(l);
-    const zinc_ops *o = c->ops;
-    const zinc_tp *tp = c->tp;
-    llama_local g = local_of(d, tp);
-    int N = c->B * c->T, R = zinc_tp_rows(tp, N), C = d->C;
-    zinc_status st = ZINC_OK;
-    head_acts a;
-    head_carve(&a, zinc_layer_acts(l), d, &g, c->B, c->T, o->act);
-    head_scratch s;
-    head_scratch_carve(&s, c->scratch, d, &g, c->B, c->T, o->act);
-    void *dlnr = g.sp ? s.rows : s.dlnf;
-    ZINC_TRY(zinc_tp_column_t_backward(tp, dlnr, s.dlnf, zinc_layer_grad(l, H_W), NULL, a.logits, a.lnf,
-                                       zinc_layer_param(l, H_W), N, C, g.Vl));
-    float *dw = g.sp ? s.lng : zinc_layer_grad(l, H_NORM);
-    if (g.sp) o->zero(s.lng, (size_t)C * sizeof(float));
-    o->rmsnorm_backward(dx, dw, dlnr, x, zinc_layer_param(l, H_NORM), a.rstd, R, C);
-    if (g.sp) {
-        static const int idx[1] = {H_NORM};
-        ZINC_TRY(model_norm_grads_reduce(l, c, s.lng, idx, 1, C));
-    }
-cleanup:
-    return st;
+    return model_head_backward(&d->head, l, c, x, dx);
 }
 
 static const zinc_layer_ops head_ops = {
@@ -536,10 +447,11 @@ zinc_status zinc_llama_create(const zinc_config *c, zinc_llama **out)
     if (!m) return zinc_error(ZINC_ERR_NOMEM, "llama");
     llama_dims *d = &m->d;
     d->C = (int)C, d->NH = (int)NH, d->NKV = (int)NKV, d->HS = (int)HS, d->F = (int)F, d->V = (int)V;
-    d->L = (int)L, d->T = (int)zinc_config_seq_len(c), d->Vreal = d->V;
+    d->L = (int)L, d->T = (int)zinc_config_seq_len(c);
     d->tie = c->model.tie_word_embeddings != 0;
     d->qkv_bias = c->model.attention_bias != 0;
     d->eps = (float)c->model.rms_norm_eps;
+    d->head = (model_head){.C = d->C, .V = d->V, .Vreal = d->V, .rms = 1, .eps = d->eps};
     const int n = d->L + 2;
     const size_t half = (size_t)d->T * (d->HS / 2);
     m->layers = calloc((size_t)n, sizeof *m->layers);
@@ -581,7 +493,7 @@ zinc_status zinc_llama_set_vocab_real(zinc_llama *m, int64_t n)
     if (n < 1 || n > m->d.V)
         return zinc_error(ZINC_ERR_CONFIG, "the real vocabulary %lld does not fit model.vocab_size %d", (long long)n,
                           m->d.V);
-    m->d.Vreal = (int)n;
+    m->d.head.Vreal = (int)n;
     static const char *const tied[] = {"model.embed_tokens.weight", NULL};
     static const char *const untied[] = {"model.embed_tokens.weight", "lm_head.weight", NULL};
     m->model.vocab_real = n < m->d.V ? n : 0;

@@ -52,6 +52,20 @@ static inline zinc_status model_norm_grads_reduce(zinc_layer *l, zinc_ctx *c, fl
     return st;
 }
 
+/* The language-model head (lm_head.c): a final norm, logits over this TP rank's
+ * vocabulary rows (W (V/TP, C), the layer's parameter after the norm's), the padded rows
+ * [Vreal, V) kept out of the softmax, the vocab-parallel cross-entropy. The layer's
+ * parameters: the norm weight (0), its bias (1, LayerNorm only), W. */
+typedef struct model_head {
+    int C, V, Vreal;
+    int rms;   /* 1: RMSNorm (eps), 0: LayerNorm with bias (eps 1e-5) */
+    float eps;
+} model_head;
+size_t model_head_act_bytes(const model_head *h, const zinc_tp *tp, int B, int T, zinc_dtype act);
+size_t model_head_scratch_bytes(const model_head *h, const zinc_tp *tp, int B, int T, zinc_dtype act);
+zinc_status model_head_forward(const model_head *h, zinc_layer *l, zinc_ctx *c, const void *x);
+zinc_status model_head_backward(const model_head *h, zinc_layer *l, zinc_ctx *c, const void *x, void *dx);
+
 /* A Hugging Face config.json (j, read from path) into c->model: type and shape
  * (vocab_size the folder's, padded by the caller), or one line naming a setting zinc
  * cannot honour. */
