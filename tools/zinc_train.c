@@ -159,7 +159,8 @@ static void die(zinc_comm *w, const char *what)
 }
 
 /* Fault injection for tests: ZINC_FAULT_KILL="RANK:STEP" kills that rank with
- * SIGKILL when it starts that (1-based) step; ZINC_FAULT_HANG="RANK:STEP"
+ * SIGKILL when it starts that (1-based) step; ZINC_FAULT_KILL_SAVED="RANK:STEP"
+ * right after the checkpoint of that step is saved; ZINC_FAULT_HANG="RANK:STEP"
  * makes it stop responding there (sleeps forever). */
 static int fault_at(const char *var, int rank, int64_t step)
 {
@@ -295,6 +296,7 @@ static int64_t save_step(const zinc_config *c, zinc_engine *eng, zinc_aio *aio, 
         die(w, "checkpoint save failed");
     if (zinc_comm_rank(w) == 0)
         ZINC_INFO("saved checkpoint %s/%s in %.2f s", c->train.save_dir, tag, now_s() - t);
+    if (fault_at("ZINC_FAULT_KILL_SAVED", zinc_comm_rank(w), step)) raise(SIGKILL);
     return step;
 }
 
@@ -443,6 +445,80 @@ static zinc_status resume(const zinc_config *c, zinc_engine *eng, zinc_aio *aio,
                           "checkpoint directory nor a tag in train.save_dir %s)", r,
                           c->train.save_dir);
     return zinc_engine_load_checkpoint(eng, aio, c->train.save_dir, r);
+}
+
+/* Rank 0: the step line on stdout (every `every` steps, the first and the last
+ * and each with a validation loss) and the step's line of train.metrics_file. */
+static void log_step(const zinc_config *cfg, zinc_engine *eng, zinc_comm *world,
+                     int64_t step, const zinc_step_stats *s, double vloss, int64_t every,
+                     FILE *metrics)
+{
+    char nvme_note[48] = "";
+    if (s->mem_max.nvme)
+        snprintf(nvme_note, sizeof nvme_note, " (%.1f MiB on nvme)", s->mem_max.nvme / 1048576.0);
+    char tp_comm[192] = ""; /* DP bytes first, then the TP group's, then the pipeline's */
+    if (zinc_engine_tp_size(eng) > 1)
+        snprintf(tp_comm, sizeof tp_comm, " + tp %.2f MiB", s->tp_comm_bytes / 1048576.0);
+    if (zinc_engine_pp_size(eng) > 1) {
+        size_t n = strlen(tp_comm);
+        snprintf(tp_comm + n, sizeof tp_comm - n, " + pp %.2f MiB | bubble %.2f (theory %.2f)",
+                 s->pp_comm_bytes / 1048576.0, s->pp_bubble, s->pp_bubble_theory);
+    }
+    char eval_note[64] = "";
+    if (!isnan(vloss))
+        snprintf(eval_note, sizeof eval_note, " | eval %.4f (ppl %.2f)", vloss, exp(vloss));
+    {
+        size_t n = strlen(tp_comm);
+        snprintf(tp_comm + n, sizeof tp_comm - n, "%s", eval_note);
+    }
+    if (step % every == 0 || step == 1 || step == cfg->train.max_steps || !isnan(vloss))
+        printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
+               "%.1f TFLOP/s | state %.1f MiB/rank%s | %s mem %.2f GiB | comm %.2f MiB%s%s\n",
+               (long long)step, (long long)cfg->train.max_steps, s->loss, s->lr, s->grad_norm,
+               s->tokens_per_s, s->step_ms, s->model_tflops, s->model_state_bytes_max / 1048576.0,
+               nvme_note, zinc_engine_device(eng)->name, s->dev_mem_peak / 1073741824.0,
+               s->comm_bytes / 1048576.0, tp_comm, s->skipped ? (cfg->fp16.enabled ? " | skipped (fp16 overflow)" : " | skipped (not finite)") : "");
+    fflush(stdout);
+    if (metrics) {
+        const zinc_mem_stats *m = &s->mem_max;
+        char norm_json[32] = "null"; /* JSON has no NaN/inf: an fp16 overflow logs null */
+        if (isfinite(s->grad_norm)) snprintf(norm_json, sizeof norm_json, "%.9g", s->grad_norm);
+        fprintf(metrics,
+                "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %s, "
+                "\"tokens_per_s\": %.3f, \"step_ms\": %.3f, \"model_state_bytes\": %llu, "
+                "\"comm_bytes\": %llu, \"samples\": %lld, \"loss_scale\": %.9g, \"skipped\": %d, "
+                "\"device\": \"%s\", \"device_mem_peak\": %llu, \"model_tflops\": %.3f, "
+                "\"mem\": {\"params\": %llu, \"grads\": %llu, \"master\": %llu, "
+                "\"optimizer\": %llu, \"buffers\": %llu, \"nvme\": %llu}, \"comm\": {",
+                (long long)s->step, s->loss, s->lr, norm_json, s->tokens_per_s, s->step_ms,
+                (unsigned long long)s->model_state_bytes_max, (unsigned long long)s->comm_bytes,
+                (long long)s->samples_seen, s->loss_scale, s->skipped, zinc_engine_device(eng)->name,
+                (unsigned long long)s->dev_mem_peak, s->model_tflops,
+                (unsigned long long)m->params, (unsigned long long)m->grads,
+                (unsigned long long)m->master, (unsigned long long)m->optimizer,
+                (unsigned long long)m->buffers, (unsigned long long)m->nvme);
+        for (int k = 0; k < ZINC_COMM_N_OPS; k++)
+            fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
+                    (unsigned long long)s->comm_bytes_op[k]);
+        fprintf(metrics, "}, \"tp_comm_bytes\": %llu, \"tp_comm\": {",
+                (unsigned long long)s->tp_comm_bytes);
+        for (int k = 0; k < ZINC_COMM_N_OPS; k++)
+            fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
+                    (unsigned long long)s->tp_comm_bytes_op[k]);
+        fprintf(metrics, "}, \"pp_comm_bytes\": %llu, \"pp_bubble\": %.6f, \"pp_bubble_theory\": %.6f, "
+                "\"act_peak_bytes\": %llu, \"act_peak_stage\": [", (unsigned long long)s->pp_comm_bytes,
+                s->pp_bubble, s->pp_bubble_theory, (unsigned long long)s->act_peak_bytes);
+        for (int k = 0; k < zinc_engine_pp_size(eng) && k < 64; k++)
+            fprintf(metrics, "%s%llu", k ? ", " : "",
+                    (unsigned long long)(zinc_engine_pp_size(eng) > 1 ? s->act_peak_stage[k] : s->act_peak_bytes));
+        fprintf(metrics, "]");
+        if (!isnan(vloss)) fprintf(metrics, ", \"eval_loss\": %.9g, \"eval_ppl\": %.9g", vloss, exp(vloss));
+        fprintf(metrics, "}\n");
+        if (fflush(metrics) != 0) {
+            zinc_error(ZINC_ERR_IO, "train.metrics_file %s: write failed", cfg->train.metrics_file);
+            die(world, "metrics");
+        }
+    }
 }
 
 int main(int argc, char **argv)
@@ -691,6 +767,9 @@ int main(int argc, char **argv)
         double vloss = NAN;
         if (vdata && (step == cfg.train.max_steps || (cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0)))
             if (zinc_engine_eval(eng, vdata, 0, eval_nb, &vloss) != ZINC_OK) die(world, "validation loss failed");
+        /* the step's lines go out before its checkpoint: a rank lost after the save
+         * must not leave a checkpointed step missing from the metrics file */
+        if (rank == 0) log_step(&cfg, eng, world, step, &s, vloss, every, metrics);
         /* save every save_every steps and at the end (only at the end when save_every is 0) */
         if (cfg.train.save_dir[0] &&
             ((cfg.train.save_every > 0 && step % cfg.train.save_every == 0) ||
@@ -698,73 +777,6 @@ int main(int argc, char **argv)
             char tag[64];
             snprintf(tag, sizeof tag, "global_step%lld", (long long)step);
             last_saved = save_step(&cfg, eng, aio, world, step, tag);
-        }
-        if (rank != 0) continue;
-        char nvme_note[48] = "";
-        if (s.mem_max.nvme)
-            snprintf(nvme_note, sizeof nvme_note, " (%.1f MiB on nvme)", s.mem_max.nvme / 1048576.0);
-        char tp_comm[192] = ""; /* DP bytes first, then the TP group's, then the pipeline's */
-        if (zinc_engine_tp_size(eng) > 1)
-            snprintf(tp_comm, sizeof tp_comm, " + tp %.2f MiB", s.tp_comm_bytes / 1048576.0);
-        if (zinc_engine_pp_size(eng) > 1) {
-            size_t n = strlen(tp_comm);
-            snprintf(tp_comm + n, sizeof tp_comm - n, " + pp %.2f MiB | bubble %.2f (theory %.2f)",
-                     s.pp_comm_bytes / 1048576.0, s.pp_bubble, s.pp_bubble_theory);
-        }
-        char eval_note[64] = "";
-        if (!isnan(vloss))
-            snprintf(eval_note, sizeof eval_note, " | eval %.4f (ppl %.2f)", vloss, exp(vloss));
-        {
-            size_t n = strlen(tp_comm);
-            snprintf(tp_comm + n, sizeof tp_comm - n, "%s", eval_note);
-        }
-        if (step % every == 0 || step == 1 || step == cfg.train.max_steps || !isnan(vloss))
-            printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
-                   "%.1f TFLOP/s | state %.1f MiB/rank%s | %s mem %.2f GiB | comm %.2f MiB%s%s\n",
-                   (long long)step, (long long)cfg.train.max_steps, s.loss, s.lr, s.grad_norm,
-                   s.tokens_per_s, s.step_ms, s.model_tflops, s.model_state_bytes_max / 1048576.0,
-                   nvme_note, zinc_engine_device(eng)->name, s.dev_mem_peak / 1073741824.0,
-                   s.comm_bytes / 1048576.0, tp_comm, s.skipped ? (cfg.fp16.enabled ? " | skipped (fp16 overflow)" : " | skipped (not finite)") : "");
-        fflush(stdout);
-        if (metrics) {
-            const zinc_mem_stats *m = &s.mem_max;
-            char norm_json[32] = "null"; /* JSON has no NaN/inf: an fp16 overflow logs null */
-            if (isfinite(s.grad_norm)) snprintf(norm_json, sizeof norm_json, "%.9g", s.grad_norm);
-            fprintf(metrics,
-                    "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %s, "
-                    "\"tokens_per_s\": %.3f, \"step_ms\": %.3f, \"model_state_bytes\": %llu, "
-                    "\"comm_bytes\": %llu, \"samples\": %lld, \"loss_scale\": %.9g, \"skipped\": %d, "
-                    "\"device\": \"%s\", \"device_mem_peak\": %llu, \"model_tflops\": %.3f, "
-                    "\"mem\": {\"params\": %llu, \"grads\": %llu, \"master\": %llu, "
-                    "\"optimizer\": %llu, \"buffers\": %llu, \"nvme\": %llu}, \"comm\": {",
-                    (long long)s.step, s.loss, s.lr, norm_json, s.tokens_per_s, s.step_ms,
-                    (unsigned long long)s.model_state_bytes_max, (unsigned long long)s.comm_bytes,
-                    (long long)s.samples_seen, s.loss_scale, s.skipped, zinc_engine_device(eng)->name,
-                    (unsigned long long)s.dev_mem_peak, s.model_tflops,
-                    (unsigned long long)m->params, (unsigned long long)m->grads,
-                    (unsigned long long)m->master, (unsigned long long)m->optimizer,
-                    (unsigned long long)m->buffers, (unsigned long long)m->nvme);
-            for (int k = 0; k < ZINC_COMM_N_OPS; k++)
-                fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
-                        (unsigned long long)s.comm_bytes_op[k]);
-            fprintf(metrics, "}, \"tp_comm_bytes\": %llu, \"tp_comm\": {",
-                    (unsigned long long)s.tp_comm_bytes);
-            for (int k = 0; k < ZINC_COMM_N_OPS; k++)
-                fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
-                        (unsigned long long)s.tp_comm_bytes_op[k]);
-            fprintf(metrics, "}, \"pp_comm_bytes\": %llu, \"pp_bubble\": %.6f, \"pp_bubble_theory\": %.6f, "
-                    "\"act_peak_bytes\": %llu, \"act_peak_stage\": [", (unsigned long long)s.pp_comm_bytes,
-                    s.pp_bubble, s.pp_bubble_theory, (unsigned long long)s.act_peak_bytes);
-            for (int k = 0; k < zinc_engine_pp_size(eng) && k < 64; k++)
-                fprintf(metrics, "%s%llu", k ? ", " : "",
-                        (unsigned long long)(zinc_engine_pp_size(eng) > 1 ? s.act_peak_stage[k] : s.act_peak_bytes));
-            fprintf(metrics, "]");
-            if (!isnan(vloss)) fprintf(metrics, ", \"eval_loss\": %.9g, \"eval_ppl\": %.9g", vloss, exp(vloss));
-            fprintf(metrics, "}\n");
-            if (fflush(metrics) != 0) {
-                zinc_error(ZINC_ERR_IO, "train.metrics_file %s: write failed", cfg.train.metrics_file);
-                die(world, "metrics");
-            }
         }
     }
     /* peak resident memory (largest rank) and storage I/O (all ranks) */

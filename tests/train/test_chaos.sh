@@ -4,7 +4,8 @@
 # steps, under zinc-run --max-restarts 3. Every trial must complete within the
 # bound, restart at least once, leave a `latest` that verifies, and end with a
 # loss curve (the metrics file, one line per step) equal bit for bit to the
-# uninterrupted run's at the same layout.
+# uninterrupted run's at the same layout. First, the kill just after a save,
+# on purpose.
 set -u
 cd "$(dirname "$0")/../.."
 . tests/train/lib.sh
@@ -25,6 +26,21 @@ for n in 2 3; do
         run "ref_${n}_$z" $n $C --set zero_optimization.stage=$z $S3
         [ "$(losses "$TMP/ref_${n}_$z.jsonl" | wc -l)" -eq $STEPS ] || fail "reference $n ranks stage $z: not $STEPS steps"
     done
+done
+
+# the moment a random kill rarely hits: a rank lost just after a checkpoint is
+# committed (the resumed run starts after that step, whose metrics line must
+# already be in the file)
+for victim in 0 1; do
+    t=$TMP/saved$victim; mkdir -p "$t"
+    ZINC_FAULT_KILL_SAVED=$victim:80 "$RUN" -n 2 --max-restarts 1 "$BUILD/zinc-train" "$cfg" $C \
+        --set zero_optimization.stage=3 $S3 --set train.save_dir="$t/ck" --set train.save_every=40 \
+        --set train.metrics_file="$t/m.jsonl" > "$t/log" 2>&1 || { tail -20 "$t/log"; fail "kill after save (rank $victim): exit $?"; }
+    grep -q "restart 1 of 1" "$t/log" || fail "kill after save (rank $victim): no restart"
+    grep -q "loaded checkpoint .*(step 80," "$t/log" || fail "kill after save (rank $victim): did not resume at step 80"
+    cmp -s <(losses "$TMP/ref_2_3.jsonl") <(losses "$t/m.jsonl") \
+        || fail "kill after save (rank $victim): losses differ from the uninterrupted run"
+    echo "rank $victim killed just after checkpoint 80: resumed there, $STEPS losses bit-identical"
 done
 
 RANDOM=12345 # the trials' choices are the same on every run
@@ -52,8 +68,11 @@ while [ $done_trials -lt "$TRIALS" ]; do
     [ $secs -le $((TIMEOUT + 60)) ] || fail "trial $attempts took $secs s"
     l=$(cat "$t/ck/latest") && "$BUILD/zinc-ckpt" verify "$t/ck/$l" > /dev/null \
         || fail "trial $attempts: latest ($l) does not verify"
-    cmp -s <(losses "$TMP/ref_${n}_$z.jsonl") <(losses "$t/m.jsonl") \
-        || fail "trial $attempts ($n ranks, stage $z, kill at ${delay}s): losses differ from the uninterrupted run"
+    if ! cmp -s <(losses "$TMP/ref_${n}_$z.jsonl") <(losses "$t/m.jsonl"); then
+        diff <(losses "$TMP/ref_${n}_$z.jsonl" | nl) <(losses "$t/m.jsonl" | nl) | head -8
+        grep -v '"step"' "$t/log" | tail -40
+        fail "trial $attempts ($n ranks, stage $z, kill at ${delay}s): losses differ from the uninterrupted run"
+    fi
     resumed=$(sed -n "s/.*loaded checkpoint .*(step \([0-9]*\),.*/\1/p" "$t/log" | head -1)
     echo "trial $((done_trials + 1)): $n ranks, ZeRO-$z, rank pid $victim killed at ${delay}s, restarted (from step ${resumed:-0}), $secs s, $STEPS losses bit-identical"
     done_trials=$((done_trials + 1))
