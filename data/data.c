@@ -50,7 +50,10 @@ typedef struct data_shard {
     void *map;            /* whole file, read-only (NULL when map_bytes is 0) */
     size_t map_bytes;
     const void *tokens;   /* (n_tokens,) uint16 or uint32 inside map */
+    const uint8_t *flags; /* (n_tokens,) ZINC_TOK_* inside map (version 3), else NULL */
     int tsz;              /* bytes per token: 2 (version 1) or 4 (version 2) */
+    int block;            /* version 3: the block size its documents were packed for, or 0 */
+    uint64_t n_docs;      /* version 3: documents (tokens flagged ZINC_TOK_DOC) */
     uint64_t n_tokens;
     uint64_t first;       /* index of tokens[0] in the concatenated stream */
 } data_shard;
@@ -62,6 +65,7 @@ struct zinc_data {
     uint64_t seed;
     uint64_t n_tokens;
     uint64_t n_samples;
+    bool docs; /* some shard has documents (version 3): targets and positions follow them */
     /* Permutation cache: perm holds perm_e for e = perm_epoch. */
     pthread_mutex_t lock;
     uint64_t *perm; /* (n_samples,) */
@@ -179,19 +183,27 @@ static zinc_status data_shard_open(const char *path, int vocab_size, data_shard 
                         hdr[0], ZINC_SHARD_MAGIC);
         goto cleanup;
     }
-    if (hdr[1] != ZINC_SHARD_VERSION && hdr[1] != ZINC_SHARD_VERSION_U32) {
-        st = zinc_error(ZINC_ERR_UNSUPPORTED, "data: %s: shard version %d (zinc reads %d, uint16 tokens, and %d, "
-                        "uint32)", path, hdr[1], ZINC_SHARD_VERSION, ZINC_SHARD_VERSION_U32);
+    if (hdr[1] != ZINC_SHARD_VERSION && hdr[1] != ZINC_SHARD_VERSION_U32 && hdr[1] != ZINC_SHARD_VERSION_DOCS) {
+        st = zinc_error(ZINC_ERR_UNSUPPORTED, "data: %s: shard version %d (zinc reads %d, uint16 tokens, %d, "
+                        "uint32, and %d, documents with loss masks)", path, hdr[1], ZINC_SHARD_VERSION,
+                        ZINC_SHARD_VERSION_U32, ZINC_SHARD_VERSION_DOCS);
         goto cleanup;
     }
-    sh->tsz = hdr[1] == ZINC_SHARD_VERSION ? 2 : 4;
+    const int docs = hdr[1] == ZINC_SHARD_VERSION_DOCS;
+    sh->tsz = hdr[1] == ZINC_SHARD_VERSION ? 2 : hdr[1] == ZINC_SHARD_VERSION_U32 ? 4 : hdr[3];
+    if (docs && ((sh->tsz != 2 && sh->tsz != 4) || hdr[4] < 0)) {
+        st = zinc_error(ZINC_ERR_CORRUPT, "data: %s: version %d header with %d-byte tokens and block %d "
+                        "(corrupt header)", path, hdr[1], hdr[3], hdr[4]);
+        goto cleanup;
+    }
+    sh->block = docs ? hdr[4] : 0;
     if (hdr[2] < 0) {
         st = zinc_error(ZINC_ERR_CORRUPT, "data: %s: negative token count %d in header", path,
                         hdr[2]);
         goto cleanup;
     }
     sh->n_tokens = (uint64_t)hdr[2];
-    uint64_t want = HEADER_BYTES + (uint64_t)sh->tsz * sh->n_tokens;
+    uint64_t want = HEADER_BYTES + (uint64_t)(sh->tsz + docs) * sh->n_tokens;
     if (size != want) {
         st = zinc_error(ZINC_ERR_CORRUPT,
                         "data: %s is %llu bytes but its header says %llu tokens (%llu bytes); "
@@ -201,6 +213,20 @@ static zinc_status data_shard_open(const char *path, int vocab_size, data_shard 
         goto cleanup;
     }
     sh->tokens = (const char *)sh->map + HEADER_BYTES;
+    if (docs) {
+        sh->flags = (const uint8_t *)sh->tokens + (size_t)sh->tsz * sh->n_tokens;
+        uint8_t any = 0;
+        for (uint64_t i = 0; i < sh->n_tokens; i++) {
+            any |= sh->flags[i];
+            sh->n_docs += (sh->flags[i] & ZINC_TOK_DOC) != 0;
+        }
+        if ((any & ~(ZINC_TOK_LOSS | ZINC_TOK_DOC)) || (sh->n_tokens && !(sh->flags[0] & ZINC_TOK_DOC))) {
+            st = zinc_error(ZINC_ERR_CORRUPT, "data: %s: bad token flags (%s)", path,
+                            sh->n_tokens && !(sh->flags[0] & ZINC_TOK_DOC) ? "the first token starts no document"
+                                                                            : "unknown bits");
+            goto cleanup;
+        }
+    }
     uint64_t bad = data_find_bad_token(sh, vocab_size);
     if (bad < sh->n_tokens) {
         st = zinc_error(ZINC_ERR_CORRUPT,
@@ -301,6 +327,7 @@ zinc_status zinc_data_open(const char *const *paths, int n_paths, int seq_len, i
             }
             d->shards[d->n_shards].first = d->n_tokens;
             d->n_tokens += d->shards[d->n_shards].n_tokens;
+            d->docs |= d->shards[d->n_shards].flags != NULL;
             d->n_shards++;
         }
         globfree(&g);
@@ -348,12 +375,16 @@ void zinc_data_close(zinc_data *d)
 
 uint64_t zinc_data_n_samples(const zinc_data *d) { return d ? d->n_samples : 0; }
 uint64_t zinc_data_n_tokens(const zinc_data *d) { return d ? d->n_tokens : 0; }
+int zinc_data_has_docs(const zinc_data *d) { return d && d->docs; }
 
 /* ----------------------------------------------------------------- get --- */
 
 /* Copies n tokens of the stream starting at global token index pos into dst
- * (n,), crossing shard boundaries. Caller guarantees pos + n <= n_tokens. */
-static void data_copy_tokens(const zinc_data *d, uint64_t pos, uint64_t n, int32_t *dst)
+ * (n,), crossing shard boundaries, and with fl their ZINC_TOK_* flags into fl (n,):
+ * a shard without flags has ZINC_TOK_LOSS on every token and, in a loader with
+ * documents, ZINC_TOK_DOC on its first (a plain shard is one document there).
+ * Caller guarantees pos + n <= n_tokens. */
+static void data_copy_tokens(const zinc_data *d, uint64_t pos, uint64_t n, int32_t *dst, uint8_t *fl)
 {
     /* Binary search for the last shard whose first token is <= pos. */
     int lo = 0, hi = d->n_shards - 1;
@@ -377,6 +408,13 @@ static void data_copy_tokens(const zinc_data *d, uint64_t pos, uint64_t n, int32
             for (uint64_t i = 0; i < take; i++) dst[i] = ((const uint16_t *)sh->tokens)[off + i];
         else
             for (uint64_t i = 0; i < take; i++) dst[i] = (int32_t)((const uint32_t *)sh->tokens)[off + i];
+        if (fl && sh->flags) {
+            memcpy(fl, sh->flags + off, take);
+        } else if (fl) {
+            memset(fl, ZINC_TOK_LOSS, take);
+            if (off == 0 && d->docs) fl[0] |= ZINC_TOK_DOC;
+        }
+        if (fl) fl += take;
         dst += take;
         pos += take;
         n -= take;
@@ -384,39 +422,108 @@ static void data_copy_tokens(const zinc_data *d, uint64_t pos, uint64_t n, int32
     }
 }
 
-zinc_status zinc_data_get(const zinc_data *d, uint64_t first, int n, int32_t *inputs,
-                          int32_t *targets)
+/* Sample k of the global order: its window's first token in the stream. The caller holds
+ * the lock (the permutation cache). */
+static uint64_t data_sample_start(zinc_data *m, uint64_t k)
+{
+    uint64_t e = k / m->n_samples, i = k % m->n_samples;
+    if (!m->perm_valid || m->perm_epoch != e) {
+        data_perm_fill(m->perm, m->n_samples, m->seed, e);
+        m->perm_epoch = e;
+        m->perm_valid = true;
+    }
+    return m->perm[i] * (uint64_t)m->seq_len;
+}
+
+static zinc_status data_get_check(const zinc_data *d, uint64_t first, int n)
 {
     if (!d) return zinc_error(ZINC_ERR_INVALID_ARG, "data: loader is NULL");
     if (n < 0) return zinc_error(ZINC_ERR_INVALID_ARG, "data: negative sample count %d", n);
-    if (n == 0) return ZINC_OK;
-    if (!inputs || !targets)
-        return zinc_error(ZINC_ERR_INVALID_ARG, "data: inputs/targets buffer is NULL");
     if (first > UINT64_MAX - (uint64_t)n)
         return zinc_error(ZINC_ERR_INVALID_ARG, "data: sample index %llu overflows",
                           (unsigned long long)first);
+    return ZINC_OK;
+}
+
+/* A target counts when its token has ZINC_TOK_LOSS and starts no document. */
+static inline int data_is_target(uint8_t f) { return (f & (ZINC_TOK_LOSS | ZINC_TOK_DOC)) == ZINC_TOK_LOSS; }
+
+zinc_status zinc_data_get_docs(const zinc_data *d, uint64_t first, int n, int32_t *inputs,
+                               int32_t *targets, int32_t *pos)
+{
+    zinc_status cst = data_get_check(d, first, n);
+    if (cst != ZINC_OK) return cst;
+    if (n == 0) return ZINC_OK;
+    if (!inputs || !targets)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "data: inputs/targets buffer is NULL");
     const size_t T = (size_t)d->seq_len;
     int32_t *buf = malloc((T + 1) * sizeof *buf); /* (T+1,) one sample */
-    if (!buf) return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+    uint8_t *fl = d->docs ? malloc(T + 1) : NULL;
+    if (!buf || (d->docs && !fl)) {
+        free(buf);
+        free(fl);
+        return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+    }
 
     /* The cache is the loader's only mutable part; it never changes results. */
     zinc_data *m = (zinc_data *)d;
     pthread_mutex_lock(&m->lock);
     for (int b = 0; b < n; b++) {
-        uint64_t k = first + (uint64_t)b;
-        uint64_t e = k / d->n_samples, i = k % d->n_samples;
-        if (!m->perm_valid || m->perm_epoch != e) {
-            data_perm_fill(m->perm, d->n_samples, d->seed, e);
-            m->perm_epoch = e;
-            m->perm_valid = true;
+        data_copy_tokens(d, data_sample_start(m, first + (uint64_t)b), T + 1, buf, fl);
+        int32_t *in = inputs + (size_t)b * T, *tg = targets + (size_t)b * T; // (n, T) each
+        memcpy(in, buf, T * sizeof *buf);
+        memcpy(tg, buf + 1, T * sizeof *buf);
+        if (!fl) {
+            if (pos)
+                for (size_t t = 0; t < T; t++) pos[(size_t)b * T + t] = (int32_t)t;
+            continue;
         }
-        uint64_t s = m->perm[i];
-        data_copy_tokens(d, s * T, T + 1, buf);
-        memcpy(inputs + (size_t)b * T, buf, T * sizeof *buf);      // (n, T)
-        memcpy(targets + (size_t)b * T, buf + 1, T * sizeof *buf); // (n, T)
+        size_t start = 0; /* the row's current document begins here (or at the row's start) */
+        for (size_t t = 0; t < T; t++) {
+            if (t > 0 && (fl[t] & ZINC_TOK_DOC)) start = t;
+            if (pos) pos[(size_t)b * T + t] = (int32_t)(t - start);
+            if (!data_is_target(fl[t + 1])) tg[t] = -1;
+        }
     }
     pthread_mutex_unlock(&m->lock);
     free(buf);
+    free(fl);
+    return ZINC_OK;
+}
+
+zinc_status zinc_data_get(const zinc_data *d, uint64_t first, int n, int32_t *inputs,
+                          int32_t *targets)
+{
+    return zinc_data_get_docs(d, first, n, inputs, targets, NULL);
+}
+
+zinc_status zinc_data_count_targets(const zinc_data *d, uint64_t first, uint64_t n, uint64_t *count)
+{
+    *count = 0;
+    if (n > INT32_MAX) return zinc_error(ZINC_ERR_INVALID_ARG, "data: %llu samples to count", (unsigned long long)n);
+    zinc_status cst = data_get_check(d, first, (int)n);
+    if (cst != ZINC_OK) return cst;
+    const uint64_t T = (uint64_t)d->seq_len;
+    if (!d->docs) {
+        *count = n * T;
+        return ZINC_OK;
+    }
+    int32_t *buf = malloc((T + 1) * sizeof *buf);
+    uint8_t *fl = malloc(T + 1);
+    if (!buf || !fl) {
+        free(buf);
+        free(fl);
+        return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+    }
+    zinc_data *m = (zinc_data *)d;
+    pthread_mutex_lock(&m->lock);
+    for (uint64_t b = 0; b < n; b++) {
+        data_copy_tokens(d, data_sample_start(m, first + b), T + 1, buf, fl);
+        for (uint64_t t = 1; t <= T; t++) *count += data_is_target(fl[t]);
+    }
+    pthread_mutex_unlock(&m->lock);
+    free(buf);
+    free(fl);
     return ZINC_OK;
 }
 
@@ -522,15 +629,20 @@ static zinc_status data_out_link(data_out *o)
     return zinc_error(ZINC_ERR_IO, "data: cannot create %s: %s", o->tmp, strerror(errno));
 }
 
-/* Writes the header for n tokens at offset 0, fsyncs, renames into place and
- * fsyncs the directory so the rename itself is durable. */
-static zinc_status data_out_commit(data_out *o, uint64_t n, int tsz)
+/* Writes the header for n tokens at offset 0 (version 1 or 2 by tsz; with block >= 0
+ * version 3, documents packed for block), fsyncs, renames into place and fsyncs the
+ * directory so the rename itself is durable. */
+static zinc_status data_out_commit(data_out *o, uint64_t n, int tsz, int block)
 {
     zinc_status st = ZINC_OK;
     int32_t hdr[ZINC_SHARD_HEADER_INTS] = {0};
     hdr[0] = ZINC_SHARD_MAGIC;
-    hdr[1] = tsz == 2 ? ZINC_SHARD_VERSION : ZINC_SHARD_VERSION_U32;
+    hdr[1] = block >= 0 ? ZINC_SHARD_VERSION_DOCS : tsz == 2 ? ZINC_SHARD_VERSION : ZINC_SHARD_VERSION_U32;
     hdr[2] = (int32_t)n;
+    if (block >= 0) {
+        hdr[3] = tsz;
+        hdr[4] = block;
+    }
     if (pwrite(o->fd, hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
         st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o->tmp, strerror(errno));
         goto cleanup;
@@ -588,7 +700,7 @@ static zinc_status write_shard(const char *out_path, const void *tokens, uint64_
         data_out_abort(&o);
         return st;
     }
-    return data_out_commit(&o, n, tsz);
+    return data_out_commit(&o, n, tsz, -1);
 }
 
 zinc_status zinc_data_write_shard(const char *out_path, const uint16_t *tokens, uint64_t n)
@@ -601,6 +713,46 @@ zinc_status zinc_data_write_shard32(const char *out_path, const uint32_t *tokens
     return write_shard(out_path, tokens, n, 4);
 }
 
+zinc_status zinc_data_write_docs(const char *out_path, const uint32_t *tokens, const uint8_t *flags, uint64_t n,
+                                 int token_bytes, int block)
+{
+    if (!out_path || !*out_path) return zinc_error(ZINC_ERR_INVALID_ARG, "data: no output path");
+    if ((n > 0 && (!tokens || !flags)) || (token_bytes != 2 && token_bytes != 4) || block < 0)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "data: %s: bad document shard arguments", out_path);
+    if (n > (uint64_t)INT32_MAX)
+        return zinc_error(ZINC_ERR_INVALID_ARG,
+                          "data: %s: %llu tokens exceed the shard limit of %d; split the data",
+                          out_path, (unsigned long long)n, INT32_MAX);
+    if (n && !(flags[0] & ZINC_TOK_DOC))
+        return zinc_error(ZINC_ERR_INVALID_ARG, "data: %s: the first token must start a document", out_path);
+    for (uint64_t i = 0; i < n; i++)
+        if ((token_bytes == 2 && tokens[i] > UINT16_MAX) || (flags[i] & ~(ZINC_TOK_LOSS | ZINC_TOK_DOC)))
+            return zinc_error(ZINC_ERR_INVALID_ARG, "data: %s: token %llu: id %u or flags %u do not fit",
+                              out_path, (unsigned long long)i, tokens[i], flags[i]);
+    data_out o;
+    zinc_status st = data_out_begin(&o, out_path);
+    if (st != ZINC_OK) return st;
+    int32_t zero_hdr[ZINC_SHARD_HEADER_INTS] = {0};
+    int bad = data_write_all(o.fd, zero_hdr, sizeof zero_hdr) != 0;
+    if (token_bytes == 4) {
+        bad = bad || data_write_all(o.fd, tokens, (size_t)n * 4) != 0;
+    } else {
+        uint16_t chunk[4096];
+        for (uint64_t i = 0; i < n && !bad; i += 4096) {
+            const uint64_t k = n - i < 4096 ? n - i : 4096;
+            for (uint64_t j = 0; j < k; j++) chunk[j] = (uint16_t)tokens[i + j];
+            bad = data_write_all(o.fd, chunk, (size_t)k * 2) != 0;
+        }
+    }
+    bad = bad || data_write_all(o.fd, flags, (size_t)n) != 0;
+    if (bad) {
+        st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o.tmp, strerror(errno));
+        data_out_abort(&o);
+        return st;
+    }
+    return data_out_commit(&o, n, token_bytes, block);
+}
+
 zinc_status zinc_data_shard_info(const char *path, zinc_shard_info *out)
 {
     data_shard sh;
@@ -608,7 +760,14 @@ zinc_status zinc_data_shard_info(const char *path, zinc_shard_info *out)
     zinc_status st = data_shard_open(path, INT32_MAX, &sh);
     if (st != ZINC_OK) return st;
     out->n_tokens = sh.n_tokens;
-    out->version = sh.tsz == 2 ? ZINC_SHARD_VERSION : ZINC_SHARD_VERSION_U32;
+    out->version = sh.flags ? ZINC_SHARD_VERSION_DOCS : sh.tsz == 2 ? ZINC_SHARD_VERSION : ZINC_SHARD_VERSION_U32;
+    out->block = sh.block;
+    out->n_docs = sh.n_docs;
+    out->n_targets = sh.n_tokens;
+    if (sh.flags) {
+        out->n_targets = 0;
+        for (uint64_t i = 0; i < sh.n_tokens; i++) out->n_targets += data_is_target(sh.flags[i]);
+    }
     out->token_bytes = sh.tsz;
     out->file_bytes = sh.map_bytes;
     out->lo = UINT32_MAX;
@@ -945,7 +1104,7 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
         close(fd);
         fd = -1;
     }
-    st = data_out_commit(&o, total, tsz);
+    st = data_out_commit(&o, total, tsz, -1);
     if (st == ZINC_OK && n_tokens) *n_tokens = total;
 cleanup:
     if (fd >= 0) close(fd);

@@ -2,7 +2,18 @@
  *
  * Shard format (llm.c's): 256 x int32 header (magic 20240520, version, token count),
  * then token count tokens: uint16 for version 1, uint32 for version 2 (vocabularies past
- * 65536 ids: Llama 3, Qwen2).
+ * 65536 ids: Llama 3, Qwen2). zinc's version 3 holds documents with loss masks
+ * (instruction data): header ints 3 and 4 are the bytes per token (2 or 4) and the block
+ * size its documents were packed for (0: not packed), and after the tokens come as many
+ * bytes of ZINC_TOK_* flags: LOSS (the token is a target the loss counts), DOC (the
+ * token starts a document; the first token always does).
+ *
+ * With documents (any version-3 shard among the loader's, where a plain shard is one
+ * document with every token a target), a sample's targets never cross a document: the
+ * target of input t is -1 (no loss) when token t+1 starts a document or has no LOSS
+ * flag, and positions restart per document: pos[t] = t - (the row's last document start
+ * at or before t, else 0). Attention of query t then covers keys t - pos[t] .. t (block
+ * diagonal within the row).
  *
  * A loader sees the concatenation of its shards as one token stream, cut into
  * samples of seq_len+1 tokens (inputs and shifted targets) at stride seq_len.
@@ -23,6 +34,9 @@
 #define ZINC_SHARD_MAGIC 20240520
 #define ZINC_SHARD_VERSION 1     /* uint16 tokens */
 #define ZINC_SHARD_VERSION_U32 2 /* uint32 tokens */
+#define ZINC_SHARD_VERSION_DOCS 3 /* zinc's: documents and loss masks */
+#define ZINC_TOK_LOSS 1u /* version-3 token flags */
+#define ZINC_TOK_DOC 2u
 #define ZINC_SHARD_HEADER_INTS 256
 
 typedef struct zinc_data zinc_data;
@@ -43,6 +57,15 @@ uint64_t zinc_data_n_tokens(const zinc_data *d);
  * first .. first+n-1. Thread-compatible; no state changes. */
 zinc_status zinc_data_get(const zinc_data *d, uint64_t first, int n, int32_t *inputs,
                           int32_t *targets);
+/* The same with the positions (n, seq_len) in pos (may be NULL; 0..seq_len-1 on each row
+ * without documents) and the targets masked by documents (above). */
+zinc_status zinc_data_get_docs(const zinc_data *d, uint64_t first, int n, int32_t *inputs,
+                               int32_t *targets, int32_t *pos);
+/* Whether the loader has documents (a version-3 shard). */
+int zinc_data_has_docs(const zinc_data *d);
+/* The targets that count (>= 0) in global samples first .. first+n-1: n * seq_len
+ * without documents. What a step's mean loss divides by. */
+zinc_status zinc_data_count_targets(const zinc_data *d, uint64_t first, uint64_t n, uint64_t *count);
 
 /* Tokenizes the given text files (directories are walked recursively in
  * sorted order, files whose name ends in one of exts — a comma separated list
@@ -61,12 +84,17 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
 /* Writes a shard from an array of tokens: uint16 (version 1) or uint32 (version 2). */
 zinc_status zinc_data_write_shard(const char *out_path, const uint16_t *tokens, uint64_t n);
 zinc_status zinc_data_write_shard32(const char *out_path, const uint32_t *tokens, uint64_t n);
+/* Writes a version-3 shard: n tokens (stored in token_bytes 2 or 4) with their ZINC_TOK_*
+ * flags, the first a document start, packed for block (0: not packed). */
+zinc_status zinc_data_write_docs(const char *out_path, const uint32_t *tokens, const uint8_t *flags, uint64_t n,
+                                 int token_bytes, int block);
 
 /* What a valid shard holds (its header and file size checked as zinc_data_open checks
  * them): version, bytes per token, tokens, the smallest and largest id. */
 typedef struct zinc_shard_info {
-    int version, token_bytes;
+    int version, token_bytes, block; /* block: version 3's packing block size, else 0 */
     uint64_t n_tokens, file_bytes;
+    uint64_t n_docs, n_targets; /* version 3: documents, tokens the loss counts (else 0, n_tokens) */
     uint32_t lo, hi;
 } zinc_shard_info;
 zinc_status zinc_data_shard_info(const char *path, zinc_shard_info *out);

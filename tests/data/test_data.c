@@ -455,6 +455,120 @@ static void test_shard32(void)
     expect_open_error(tpath("v2short.bin"), 4, 100, ZINC_ERR_CORRUPT, "v2short.bin", "truncated");
 }
 
+/* Version-3 shards (documents with loss masks) beside a plain one: targets never cross a
+ * document and honour the loss flags, positions restart per document, and the target
+ * count is what a reference built from document ids (not flags) says. */
+static void test_docs(void)
+{
+    enum { ND = 400, NP = 100, NT = ND + NP, T = 16 };
+    static uint32_t tok[NT];
+    static uint8_t fl[ND];
+    static int doc[NT], loss[NT], dstart[NT];
+    uint32_t r = 12345;
+    int cur = -1, left = 0;
+    for (int i = 0; i < NT; i++) {
+        tok[i] = 1000u + (uint32_t)i;
+        if (i == ND) left = 0; /* the plain shard: one document */
+        if (left == 0) {
+            cur++;
+            r = r * 1103515245u + 12345u;
+            left = i < ND ? 1 + (int)((r >> 16) % 25) : NP;
+            dstart[i] = i;
+        } else {
+            dstart[i] = dstart[i - 1];
+        }
+        left--;
+        doc[i] = cur;
+        r = r * 1103515245u + 12345u;
+        loss[i] = i >= ND || ((r >> 16) & 3) != 0;
+        if (i < ND) fl[i] = (uint8_t)((dstart[i] == i ? ZINC_TOK_DOC : 0) | (loss[i] ? ZINC_TOK_LOSS : 0));
+    }
+    CU_ASSERT_FATAL(zinc_data_write_docs(tpath("d_0.bin"), tok, fl, ND, 2, 32) == ZINC_OK);
+    static uint16_t t16[NP];
+    for (int i = 0; i < NP; i++) t16[i] = (uint16_t)tok[ND + i];
+    CU_ASSERT_FATAL(zinc_data_write_shard(tpath("d_1.bin"), t16, NP) == ZINC_OK);
+    zinc_shard_info in;
+    CU_ASSERT_FATAL(zinc_data_shard_info(tpath("d_0.bin"), &in) == ZINC_OK);
+    int n_docs0 = 0, n_tg0 = 0;
+    for (int i = 0; i < ND; i++) n_docs0 += dstart[i] == i, n_tg0 += loss[i] && dstart[i] != i;
+    CU_ASSERT(in.version == 3 && in.token_bytes == 2 && in.block == 32 && in.n_tokens == ND &&
+              in.n_docs == (uint64_t)n_docs0 && in.n_targets == (uint64_t)n_tg0 && in.file_bytes == 1024 + 3 * ND);
+
+    const char *p[] = {tpath("d_*.bin")};
+    zinc_data *d = NULL;
+    CU_ASSERT_FATAL(zinc_data_open(p, 1, T, 2000, 7, &d) == ZINC_OK);
+    CU_ASSERT(zinc_data_has_docs(d));
+    const int n = (int)zinc_data_n_samples(d);
+    int32_t *inp = malloc(sizeof(int32_t) * n * T), *tgt = malloc(sizeof(int32_t) * n * T),
+            *pos = malloc(sizeof(int32_t) * n * T);
+    CU_ASSERT_FATAL(inp && tgt && pos);
+    CU_ASSERT_FATAL(zinc_data_get_docs(d, 0, n, inp, tgt, pos) == ZINC_OK);
+    uint64_t want = 0;
+    int bad = 0, masked = 0, restarted = 0;
+    for (int b = 0; b < n; b++) {
+        const int g0 = inp[b * T] - 1000;
+        for (int t = 0; t < T; t++) {
+            const int g = g0 + t, k = b * T + t;
+            const int same = doc[g + 1] == doc[g];
+            const int32_t wt = same && loss[g + 1] ? (int32_t)tok[g + 1] : -1;
+            const int ws = dstart[g] > g0 ? dstart[g] : g0;
+            bad += inp[k] != (int32_t)tok[g] || tgt[k] != wt || pos[k] != g - ws;
+            want += wt >= 0;
+            masked += wt < 0;
+            restarted += t > 0 && pos[k] == 0;
+        }
+    }
+    CU_ASSERT(bad == 0);
+    CU_ASSERT(masked > 0 && restarted > 0); /* the test exercises both */
+    uint64_t cnt = 0;
+    CU_ASSERT(zinc_data_count_targets(d, 0, (uint64_t)n, &cnt) == ZINC_OK && cnt == want);
+    /* the plain entry point returns the same masked targets */
+    int32_t *tgt2 = malloc(sizeof(int32_t) * n * T);
+    CU_ASSERT_FATAL(tgt2 && zinc_data_get(d, 0, n, inp, tgt2) == ZINC_OK);
+    CU_ASSERT(memcmp(tgt, tgt2, sizeof(int32_t) * n * T) == 0);
+    zinc_data_close(d);
+    free(tgt2);
+    /* without documents: positions 0..T-1, every target counted */
+    const char *pp[] = {tpath("d_1.bin")};
+    CU_ASSERT_FATAL(zinc_data_open(pp, 1, T, 2000, 7, &d) == ZINC_OK);
+    CU_ASSERT(!zinc_data_has_docs(d));
+    CU_ASSERT_FATAL(zinc_data_get_docs(d, 0, 2, inp, tgt, pos) == ZINC_OK);
+    bad = 0;
+    for (int k = 0; k < 2 * T; k++) bad += pos[k] != k % T || tgt[k] < 0;
+    CU_ASSERT(bad == 0);
+    CU_ASSERT(zinc_data_count_targets(d, 3, 5, &cnt) == ZINC_OK && cnt == 5 * T);
+    zinc_data_close(d);
+    free(inp);
+    free(tgt);
+    free(pos);
+
+    /* corrupt version-3 files are named */
+    size_t nb = 0;
+    unsigned char *raw = slurp(tpath("d_0.bin"), &nb);
+    CU_ASSERT_FATAL(raw != NULL);
+    write_raw(tpath("dshort.bin"), raw, nb - 1);
+    expect_open_error(tpath("dshort.bin"), 4, 2000, ZINC_ERR_CORRUPT, "dshort.bin", "truncated");
+    raw[1024 + 2 * ND + 5] |= 0x80;
+    write_raw(tpath("dbits.bin"), raw, nb);
+    expect_open_error(tpath("dbits.bin"), 4, 2000, ZINC_ERR_CORRUPT, "dbits.bin", "unknown bits");
+    raw[1024 + 2 * ND + 5] &= 0x7f;
+    raw[1024 + 2 * ND] &= (unsigned char)~ZINC_TOK_DOC;
+    write_raw(tpath("dfirst.bin"), raw, nb);
+    expect_open_error(tpath("dfirst.bin"), 4, 2000, ZINC_ERR_CORRUPT, "dfirst.bin", "starts no document");
+    int32_t h3 = 3;
+    memcpy(raw + 12, &h3, 4); /* 3-byte tokens */
+    write_raw(tpath("dwidth.bin"), raw, nb);
+    expect_open_error(tpath("dwidth.bin"), 4, 2000, ZINC_ERR_CORRUPT, "dwidth.bin", "corrupt header");
+    free(raw);
+    /* the writer refuses flags that cannot be read back */
+    uint8_t f1[2] = {ZINC_TOK_LOSS, ZINC_TOK_LOSS};
+    CU_ASSERT(zinc_data_write_docs(tpath("dw.bin"), tok, f1, 2, 2, 0) == ZINC_ERR_INVALID_ARG);
+    uint32_t big[1] = {70000};
+    uint8_t f2[1] = {ZINC_TOK_DOC};
+    CU_ASSERT(zinc_data_write_docs(tpath("dw.bin"), big, f2, 1, 2, 0) == ZINC_ERR_INVALID_ARG);
+    CU_ASSERT(access(tpath("dw.bin"), F_OK) != 0);
+}
+
 int main(void)
 {
     const char *tmp = getenv("TMPDIR");
@@ -475,6 +589,7 @@ int main(void)
     CU_add_test(s, "open errors", test_errors);
     CU_add_test(s, "text tokenizer", test_text_tokenizer);
     CU_add_test(s, "32-bit shards", test_shard32);
+    CU_add_test(s, "document shards with loss masks", test_docs);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failures = CU_get_number_of_failures();
