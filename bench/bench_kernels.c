@@ -75,8 +75,8 @@ static double time_op(op_fn f, int reps)
     return t[reps / 2];
 }
 
-static void op_emb_f(void) { ops->embedding_forward(x_in, tokens, wte, wpe, B, T, C, 0, V); }
-static void op_emb_b(void) { ops->embedding_backward(dwte, dwpe, d_a, tokens, B, T, C, 0, V); }
+static void op_emb_f(void) { ops->embedding_forward(x_in, tokens, NULL, wte, wpe, B, T, C, 0, V); }
+static void op_emb_b(void) { ops->embedding_backward(dwte, dwpe, d_a, tokens, NULL, B, T, C, 0, V); }
 static void op_ln_f(void) { ops->layernorm_forward(x_ln, mean, rstd, x_in, ln_w, ln_b, N, C); }
 static void op_ln_b(void)
 {

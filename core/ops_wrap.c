@@ -28,12 +28,12 @@
     X(linear_t_backward, (void *dinp, float *dw, float *db, const void *dout, const void *inp,  \
                           const float *w, int N, int C, int OC),                                \
       (dinp, dw, db, dout, inp, w, N, C, OC))                                                   \
-    X(embedding_forward, (void *out, const int32_t *tok, const float *wte, const float *wpe,    \
-                          int B, int T, int C, int v0, int V),                                  \
-      (out, tok, wte, wpe, B, T, C, v0, V))                                                     \
+    X(embedding_forward, (void *out, const int32_t *tok, const int32_t *pos, const float *wte,  \
+                          const float *wpe, int B, int T, int C, int v0, int V),                \
+      (out, tok, pos, wte, wpe, B, T, C, v0, V))                                                \
     X(embedding_backward, (float *dwte, float *dwpe, const void *dout, const int32_t *tok,      \
-                           int B, int T, int C, int v0, int V),                                 \
-      (dwte, dwpe, dout, tok, B, T, C, v0, V))                                                  \
+                           const int32_t *pos, int B, int T, int C, int v0, int V),             \
+      (dwte, dwpe, dout, tok, pos, B, T, C, v0, V))                                             \
     X(layernorm_forward, (void *out, float *mean, float *rstd, const void *inp,                 \
                           const float *w, const float *b, int N, int C),                        \
       (out, mean, rstd, inp, w, b, N, C))                                                       \
@@ -48,11 +48,13 @@
       (dinp, dw, dout, inp, w, rstd, N, C))                                                     \
     X(rope, (void *x, int N, int stride, int nh, int HS, int T, const int32_t *pos,             \
              const float *cs, const float *sn, int dir), (x, N, stride, nh, HS, T, pos, cs, sn, dir)) \
-    X(attention_gqa_forward, (void *out, float *lse, const void *qkv, int B, int T, int NH,     \
-                              int NKV, int HS), (out, lse, qkv, B, T, NH, NKV, HS))             \
+    X(attention_gqa_forward, (void *out, float *lse, const void *qkv, const int32_t *pos, int B, \
+                              int T, int NH, int NKV, int HS),                                  \
+      (out, lse, qkv, pos, B, T, NH, NKV, HS))                                                  \
     X(attention_gqa_backward, (void *dqkv, float *sc, const void *dout, const void *qkv,        \
-                               const void *out, const float *lse, int B, int T, int NH,         \
-                               int NKV, int HS), (dqkv, sc, dout, qkv, out, lse, B, T, NH, NKV, HS)) \
+                               const void *out, const float *lse, const int32_t *pos, int B,    \
+                               int T, int NH, int NKV, int HS),                                 \
+      (dqkv, sc, dout, qkv, out, lse, pos, B, T, NH, NKV, HS))                                  \
     X(swiglu_forward, (void *out, const void *gu, int N, int F), (out, gu, N, F))               \
     X(fill_cols, (void *x, int N, int ld, int c0, int c1, float v), (x, N, ld, c0, c1, v))      \
     X(swiglu_backward, (void *dgu, const void *dout, const void *gu, int N, int F),             \

@@ -444,6 +444,7 @@ static zinc_status engine_alloc_local(zinc_engine *e)
     e->act_fixed = 2 * dbuf + scratch;
     e->tokens = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
     e->targets = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
+    e->pos = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
     if (!e->dev->is_host) {
         e->htokens = e->dev->host_alloc(BT * sizeof(int32_t));
         e->htargets = e->dev->host_alloc(BT * sizeof(int32_t));
@@ -453,7 +454,7 @@ static zinc_status engine_alloc_local(zinc_engine *e)
     e->n_slabs = e->slabs[0] ? 1 : 0;
     e->slab_free[0] = 0;
     e->n_free = e->n_slabs;
-    if (!e->slabs[0] || !e->dbuf[0] || !e->dbuf[1] || !e->scratch || !e->tokens || !e->targets ||
+    if (!e->slabs[0] || !e->dbuf[0] || !e->dbuf[1] || !e->scratch || !e->tokens || !e->targets || !e->pos ||
         (!e->dev->is_host && (!e->htokens || !e->htargets))) {
         st = zinc_error(ZINC_ERR_NOMEM,
                         "activations of micro-batch %d x %d tokens on %s: %zu + 2 x %zu + %zu bytes "
@@ -642,6 +643,7 @@ void zinc_engine_destroy(zinc_engine *e)
         e->dev->free(e->consts);
         e->dev->free(e->tokens);
         e->dev->free(e->targets);
+        e->dev->free(e->pos);
         e->dev->host_free(e->htokens);
         e->dev->host_free(e->htargets);
     }

@@ -77,6 +77,8 @@ struct zinc_engine {
     size_t act_fixed;    /* bytes of dbuf and scratch */
     int32_t *tokens, *targets;   /* device copies of the step's micro-batches (ga x B x T) */
     int32_t *htokens, *htargets; /* host staging of one micro-batch (pinned), NULL on a host device */
+    int32_t *pos;                /* positions within documents (ga x B x T), read when docs */
+    int docs;                    /* the step's data has documents (zinc_ctx.pos; host devices only) */
     const zinc_data *step_data;  /* the step's data source (executor callbacks) */
     float step_dloss;            /* its loss gradient per token */
     double loss_acc;             /* its summed token loss (the last stage's) */

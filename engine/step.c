@@ -47,7 +47,8 @@ static zinc_ctx engine_ctx(const zinc_engine *e, int mb, float dloss)
 {
     const size_t BT = (size_t)e->B * e->T;
     return (zinc_ctx){.ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens + (size_t)mb * BT,
-                      .targets = e->targets + (size_t)mb * BT, .dloss = dloss, .scratch = e->scratch,
+                      .targets = e->targets + (size_t)mb * BT, .pos = e->docs ? e->pos + (size_t)mb * BT : NULL,
+                      .dloss = dloss, .scratch = e->scratch,
                       .tp = &e->tp, .consts = e->consts};
 }
 
@@ -65,7 +66,7 @@ static zinc_status batch_load(zinc_engine *e, const zinc_data *data, uint64_t fi
     const size_t BT = (size_t)e->B * e->T;
     int32_t *tok = e->htokens ? e->htokens : e->tokens + (size_t)mb * BT;
     int32_t *tgt = e->htargets ? e->htargets : e->targets + (size_t)mb * BT;
-    zinc_status st = zinc_data_get(data, first, e->B, tok, tgt);
+    zinc_status st = zinc_data_get_docs(data, first, e->B, tok, tgt, e->docs ? e->pos + (size_t)mb * BT : NULL);
     if (st == ZINC_OK && e->htokens) batch_to_device(e, mb, tok, tgt);
     return st;
 }
@@ -240,21 +241,57 @@ static void cb_free(void *u, void *p) { ((zinc_engine *)u)->dev->free(p); }
 
 /* ---------------------------------------------------------------- entry points */
 
-zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
-                                      const int32_t *targets, double *loss)
+/* Takes the data's kind for the coming batches (e->docs) and counts the targets of n_batches
+ * global batches from sample first into *count: what the mean loss divides by (every token
+ * of every sample without documents, else only the targets the loss masks keep). */
+static zinc_status batches_begin(zinc_engine *e, const zinc_data *data, uint64_t first, int n_batches,
+                                 double *count)
+{
+    const uint64_t tbs = (uint64_t)e->cfg.train_batch_size;
+    e->docs = zinc_data_has_docs(data);
+    if (e->docs && !e->dev->is_host)
+        return zinc_error(ZINC_ERR_UNSUPPORTED,
+                          "data: the shards hold documents with loss masks (version 3), whose attention "
+                          "stays inside each document: not done on %s yet (cpu ranks train them)",
+                          e->dev->name);
+    *count = 0.0;
+    for (int b = 0; b < n_batches; b++) {
+        uint64_t c;
+        TRY_RET(zinc_data_count_targets(data, first + (uint64_t)b * tbs, tbs, &c));
+        *count += (double)c;
+    }
+    return ZINC_OK;
+}
+
+zinc_status zinc_engine_loss_and_grad_docs(zinc_engine *e, const int32_t *tokens, const int32_t *targets,
+                                           const int32_t *pos, double *loss)
 {
     if (e->z.plan.stage != 0 || e->z.plan.pdt != ZINC_DTYPE_F32 || e->pp.stages * e->pp.virt != 1)
         return zinc_error(ZINC_ERR_UNSUPPORTED, "loss_and_grad: fp32 at ZeRO stage 0 without pipeline stages only");
-    size_t BT = (size_t)e->B * e->T;
+    if (pos && !e->dev->is_host)
+        return zinc_error(ZINC_ERR_UNSUPPORTED, "loss_and_grad: positions within documents on %s", e->dev->name);
+    size_t BT = (size_t)e->B * e->T, n = BT;
+    e->docs = pos != NULL;
+    if (pos) {
+        memcpy(e->pos, pos, BT * sizeof *pos);
+        n = 0;
+        for (size_t i = 0; i < BT; i++) n += targets[i] >= 0;
+    }
     batch_to_device(e, 0, tokens, targets);
     zero_grads_zero(&e->z);
-    e->step_dloss = 1.0f / (float)BT;
+    e->step_dloss = !pos ? 1.0f / (float)BT : n ? (float)(1.0 / (double)n) : 0.0f;
     e->loss_acc = 0.0;
     zinc_status st = chunk_forward(e, 0, 0, e->slabs[0], NULL, NULL, 1);
     if (st == ZINC_OK) st = chunk_backward(e, 0, 0, e->slabs[0], NULL, NULL, NULL);
     if (st == ZINC_OK) st = engine_sync(e);
-    *loss = e->loss_acc / (double)BT;
+    *loss = n ? e->loss_acc / (double)n : 0.0;
     return st;
+}
+
+zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
+                                      const int32_t *targets, double *loss)
+{
+    return zinc_engine_loss_and_grad_docs(e, tokens, targets, NULL, loss);
 }
 
 /* Forward of one micro-batch through every stage's chunks in model order: each chunk's
@@ -295,6 +332,8 @@ zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t firs
             goto cleanup;
         }
     }
+    double n_targets = 0.0;
+    ZINC_TRY(batches_begin(e, data, (uint64_t)first_sample, n_batches, &n_targets));
     e->step_dloss = 0.0f;
     e->loss_acc = 0.0;
     for (int b = 0; b < n_batches; b++)
@@ -311,7 +350,8 @@ zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t firs
                                       ZINC_REDOP_SUM, NULL));
     if (e->pp.stages > 1)
         ZINC_TRY(zinc_comm_all_reduce(e->mesh->pp_group, &sum, &sum, 1, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
-    *loss = sum / ((double)n_batches * e->cfg.train_batch_size * e->T);
+    *loss = !e->docs ? sum / ((double)n_batches * e->cfg.train_batch_size * e->T)
+            : n_targets > 0 ? sum / n_targets : 0.0;
 cleanup:
     if (buf[0]) e->dev->free(buf[0]);
     if (buf[1]) e->dev->free(buf[1]);
@@ -350,7 +390,10 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     e->t_fwd = e->t_bwd = e->t_reduce = e->t_opt = e->z.t_opt_io = 0.0;
     double scale = e->scaler.scale;
     e->step_data = data;
-    e->step_dloss = (float)(scale / ((double)e->B * e->T * e->ga * e->z.dp));
+    double n_targets = 0.0;
+    ZINC_TRY(batches_begin(e, data, (uint64_t)e->samples, 1, &n_targets));
+    e->step_dloss = !e->docs ? (float)(scale / ((double)e->B * e->T * e->ga * e->z.dp))
+                    : n_targets > 0 ? (float)(scale / n_targets) : 0.0f;
     e->loss_acc = 0.0;
     const zinc_pp_stage_ops ops = {.u = e, .act_elems = e->io_elems, .act_dtype = engine_act_dtype(e),
                                    .load = cb_load, .forward = cb_forward, .backward = cb_backward,
@@ -381,7 +424,8 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     double tr_end;
     ZINC_TRY(phase_ms(e, &tr_end));
     e->t_reduce += tr_end;
-    double loss = red[0] / ((double)cfg->train_batch_size * e->T);
+    double loss = !e->docs ? red[0] / ((double)cfg->train_batch_size * e->T)
+                  : n_targets > 0 ? red[0] / n_targets : 0.0; /* a batch with no target: 0 */
     double norm = sqrt(red[1]) / scale;
     int overflow = !isfinite(norm) || !isfinite(loss);
     if (overflow && !cfg->fp16.enabled) { /* train.on_nan */

@@ -80,7 +80,7 @@ static zinc_status embed_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
 {
     const gpt2_dims *d = zinc_layer_state(l);
     gpt2_local g = local_of(d, c->tp);
-    return zinc_tp_embedding_forward(c->tp, y, c->scratch, x, zinc_layer_param(l, E_WTE),
+    return zinc_tp_embedding_forward(c->tp, y, c->scratch, x, c->pos, zinc_layer_param(l, E_WTE),
                                      zinc_layer_param(l, E_WPE), c->B, c->T, d->C, g.Vl);
 }
 
@@ -91,7 +91,7 @@ static zinc_status embed_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     const gpt2_dims *d = zinc_layer_state(l);
     gpt2_local g = local_of(d, c->tp);
     return zinc_tp_embedding_backward(c->tp, zinc_layer_grad(l, E_WTE), zinc_layer_grad(l, E_WPE),
-                                      dy, c->scratch, x, c->B, c->T, d->C, g.Vl);
+                                      dy, c->scratch, x, c->pos, c->B, c->T, d->C, g.Vl);
 }
 
 static const zinc_layer_ops embed_ops = {
@@ -257,7 +257,10 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
     const void *ln1f = zinc_tp_region_enter(tp, s.full, ln1, N, C, &st);
     if (st != ZINC_OK) return st;
     zinc_tp_column_forward(tp, a.qkv, ln1f, p[B_QKVW], p[B_QKVB], N, C, 3 * g.Cl);
-    o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, g.Cl, g.NHl);
+    if (c->pos) /* documents packed in the rows: the multi-head case of the masked op */
+        o->attention_gqa_forward(a.atty, a.lse, a.qkv, c->pos, c->B, c->T, g.NHl, g.NHl, g.Cl / g.NHl);
+    else
+        o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, g.Cl, g.NHl);
     ZINC_TRY(zinc_tp_row_forward(tp, a.res2, s.dln, a.atty, p[B_PRJW], p[B_PRJB], N, g.Cl, C));
     o->residual_forward(a.res2, a.res2, x, (size_t)R * C);
     /* MLP: res2 + c_proj(gelu(c_fc(ln2(res2)))) over this rank's columns */
@@ -331,7 +334,11 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     zinc_tp_row_backward(tp, datty, gr[B_PRJW], gr[B_PRJB], dres2f, a.atty, p[B_PRJW], N, g.Cl, C);
     void *dqkv = s.dfch; /* dfch is dead */
     o->zero(dqkv, (size_t)N * 3 * g.Cl * asz);
-    o->attention_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->B, c->T, g.Cl, g.NHl);
+    if (c->pos)
+        o->attention_gqa_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->pos, c->B, c->T, g.NHl, g.NHl,
+                                  g.Cl / g.NHl);
+    else
+        o->attention_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->B, c->T, g.Cl, g.NHl);
     void *ln1 = a.ln1;
     if (d->recompute) { /* ln1 is recomputed in small: datty is dead */
         ln1 = s.small;

@@ -100,7 +100,7 @@ static zinc_status embed_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
 {
     const llama_dims *d = zinc_layer_state(l);
     llama_local g = local_of(d, c->tp);
-    return zinc_tp_embedding_forward(c->tp, y, c->scratch, x, zinc_layer_param(l, 0), NULL, c->B, c->T, d->C, g.Vl);
+    return zinc_tp_embedding_forward(c->tp, y, c->scratch, x, NULL, zinc_layer_param(l, 0), NULL, c->B, c->T, d->C, g.Vl);
 }
 
 static zinc_status embed_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy, void *dx)
@@ -108,7 +108,7 @@ static zinc_status embed_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     (void)dx;
     const llama_dims *d = zinc_layer_state(l);
     llama_local g = local_of(d, c->tp);
-    return zinc_tp_embedding_backward(c->tp, zinc_layer_grad(l, 0), NULL, dy, c->scratch, x, c->B, c->T, d->C,
+    return zinc_tp_embedding_backward(c->tp, zinc_layer_grad(l, 0), NULL, dy, c->scratch, x, NULL, c->B, c->T, d->C,
                                       g.Vl);
 }
 
@@ -241,8 +241,8 @@ static void rope_qk(const zinc_ctx *c, const llama_dims *d, const llama_local *g
 {
     const zinc_ops *o = c->ops;
     const int N = c->B * c->T;
-    o->rope(qkv, N, g->QKV, g->NHl, d->HS, c->T, NULL, rope_cos(c), rope_sin(c, d), dir);
-    o->rope(k_part(qkv, d, g, zinc_dtype_size(o->act)), N, g->QKV, g->NKVl, d->HS, c->T, NULL, rope_cos(c),
+    o->rope(qkv, N, g->QKV, g->NHl, d->HS, c->T, c->pos, rope_cos(c), rope_sin(c, d), dir);
+    o->rope(k_part(qkv, d, g, zinc_dtype_size(o->act)), N, g->QKV, g->NKVl, d->HS, c->T, c->pos, rope_cos(c),
             rope_sin(c, d), dir);
 }
 
@@ -278,7 +278,7 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
     if (st != ZINC_OK) return st;
     zinc_tp_column_t_forward(tp, a.qkv, ln1f, zinc_layer_param(l, B_Q), qb, N, C, g.QKV);
     rope_qk(c, d, &g, a.qkv, 1);
-    o->attention_gqa_forward(a.atty, a.lse, a.qkv, c->B, c->T, g.NHl, g.NKVl, d->HS);
+    o->attention_gqa_forward(a.atty, a.lse, a.qkv, c->pos, c->B, c->T, g.NHl, g.NKVl, d->HS);
     ZINC_TRY(zinc_tp_row_t_forward(tp, a.res2, s.dln, a.atty, zinc_layer_param(l, B_O), NULL, N, g.NHl * d->HS, C));
     o->residual_forward(a.res2, a.res2, x, (size_t)R * C);
     /* MLP: res2 + down_proj(silu(gate(ln2)) * up(ln2)) over this rank's columns */
@@ -338,7 +338,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     zinc_tp_row_t_backward(tp, datty, zinc_layer_grad(l, B_O), NULL, dres2f, a.atty, zinc_layer_param(l, B_O), N,
                            g.NHl * d->HS, C);
     o->zero(dqkv, (size_t)N * g.QKV * asz);
-    o->attention_gqa_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->B, c->T, g.NHl, g.NKVl, d->HS);
+    o->attention_gqa_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->pos, c->B, c->T, g.NHl, g.NKVl, d->HS);
     rope_qk(c, d, &g, dqkv, -1); /* the gradients of q and k before the rotation */
     const void *ln1f = zinc_tp_region_enter(tp, s.full, a.ln1, N, C, &st);
     if (st != ZINC_OK) return st;

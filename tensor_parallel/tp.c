@@ -142,23 +142,23 @@ void zinc_tp_row_t_backward(const zinc_tp *t, void *dx, float *dw, float *db, co
 }
 
 zinc_status zinc_tp_embedding_forward(const zinc_tp *t, void *out, void *part,
-                                      const int32_t *tokens, const float *wte, const float *wpe,
-                                      int B, int T, int C, int Vl)
+                                      const int32_t *tokens, const int32_t *pos, const float *wte,
+                                      const float *wpe, int B, int T, int C, int Vl)
 {
     void *p = part_of(t, out, part);
-    t->ops->embedding_forward(p, tokens, wte, t->rank == 0 ? wpe : NULL, B, T, C, t->rank * Vl,
+    t->ops->embedding_forward(p, tokens, pos, wte, t->rank == 0 ? wpe : NULL, B, T, C, t->rank * Vl,
                               Vl);
     return zinc_tp_region_leave(t, out, p, B * T, C);
 }
 
 zinc_status zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwpe,
-                                       const void *dout, void *full, const int32_t *tokens, int B,
-                                       int T, int C, int Vl)
+                                       const void *dout, void *full, const int32_t *tokens,
+                                       const int32_t *pos, int B, int T, int C, int Vl)
 {
     zinc_status st;
     const void *d = zinc_tp_region_enter(t, full, dout, B * T, C, &st);
     if (st != ZINC_OK) return st;
-    t->ops->embedding_backward(dwte, dwpe, d, tokens, B, T, C, t->rank * Vl, Vl);
+    t->ops->embedding_backward(dwte, dwpe, d, tokens, pos, B, T, C, t->rank * Vl, Vl);
     return ZINC_OK;
 }
 

@@ -42,7 +42,11 @@ typedef struct zinc_ctx {
     const zinc_ops *ops;      /* the device's op table */
     int B, T;                 /* micro-batch size and sequence length */
     const int32_t *tokens;    /* (B, T) input ids */
-    const int32_t *targets;   /* (B, T) next-token ids */
+    const int32_t *targets;   /* (B, T) next-token ids, -1 where no loss is taken */
+    const int32_t *pos;       /* (B, T) positions within each document when the data has
+                                 documents (zinc/data.h): position embeddings and rotary
+                                 angles take them and attention stays inside a document;
+                                 NULL: 0..T-1 on every row, plain causal attention */
     float dloss;              /* d(total objective)/d(each token's loss) */
     double loss_sum;          /* the loss layer adds sum of token losses here */
     void *scratch;            /* shared scratch, >= every layer's scratch_bytes */
@@ -226,6 +230,10 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
  * for fp32 at ZeRO stage 0 (tests, tools): otherwise ZINC_ERR_UNSUPPORTED. */
 zinc_status zinc_engine_loss_and_grad(zinc_engine *e, const int32_t *tokens,
                                       const int32_t *targets, double *loss);
+/* The same for documents packed in the rows: pos (B, T) their positions (zinc/data.h),
+ * targets -1 where no loss is taken; the mean is over the targets >= 0. Host devices. */
+zinc_status zinc_engine_loss_and_grad_docs(zinc_engine *e, const int32_t *tokens, const int32_t *targets,
+                                           const int32_t *pos, double *loss);
 
 /* Looks up a parameter's gradient by full name, or NULL (device memory, as
  * zinc_engine_param_by_name). */

@@ -79,17 +79,18 @@ typedef struct zinc_ops {
     /* The token + position embedding, whole or split by vocabulary (tensor
      * parallelism: this rank holds the token rows [v0, v0+V); v0 = 0 and V =
      * the vocabulary for the whole table). tokens (B,T) are >= 0.
-     * out(B,T,C) act = (v0 <= tok < v0+V ? wte[tok - v0] : 0) + (wpe ? wpe[t] : 0),
-     * tok = tokens[b,t]; wte (V,C), wpe (maxT,C) or NULL (not added: the
-     * ranks of a split sum their outs, so one of them adds wpe, or the
-     * caller adds it after the sum). */
-    void (*embedding_forward)(void *out, const int32_t *tokens, const float *wte,
+     * out(B,T,C) act = (v0 <= tok < v0+V ? wte[tok - v0] : 0) + (wpe ? wpe[p] : 0),
+     * tok = tokens[b,t], p = pos ? pos[b,t] : t (pos (B,T): positions that restart
+     * per document, zinc/data.h; the CUDA table takes NULL only); wte (V,C), wpe
+     * (maxT,C) or NULL (not added: the ranks of a split sum their outs, so one of
+     * them adds wpe, or the caller adds it after the sum). */
+    void (*embedding_forward)(void *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                               const float *wpe, int B, int T, int C, int v0, int V);
     /* dwte(V,C) += scatter of dout(B,T,C) act by token, rows tok - v0 of the
      * tokens in [v0, v0+V) only (the others touch nothing);
-     * dwpe(maxT,C)[t] += sum_b dout[b,t] unless dwpe is NULL (skipped). */
+     * dwpe(maxT,C)[p] += dout[b,t] unless dwpe is NULL (skipped). */
     void (*embedding_backward)(float *dwte, float *dwpe, const void *dout,
-                               const int32_t *tokens, int B, int T, int C, int v0, int V);
+                               const int32_t *tokens, const int32_t *pos, int B, int T, int C, int v0, int V);
 
     /* out(N,C) act = (inp - mean) * rstd * weight + bias, eps 1e-5; saves
      * mean(N), rstd(N) for backward. inp act. */
@@ -144,10 +145,13 @@ typedef struct zinc_ops {
      * multi-head op): qkv (B,T,(NH + 2 NKV) HS) act holds q (NH heads) | k (NKV) | v (NKV),
      * query head h reading key/value head h / (NH / NKV); out (B,T,NH HS) act; lse
      * (B,NH,T); scratch as attention_scratch_floats(B, T, NH HS, NH). K and V are never
-     * expanded in memory. */
-    void (*attention_gqa_forward)(void *out, float *lse, const void *qkv, int B, int T, int NH, int NKV, int HS);
+     * expanded in memory. pos (B,T) or NULL: documents packed in a row, query t
+     * attending to keys t - pos[b,t] .. t only (block diagonal; the CUDA table takes
+     * NULL only, and records an error for another). */
+    void (*attention_gqa_forward)(void *out, float *lse, const void *qkv, const int32_t *pos, int B, int T, int NH,
+                                  int NKV, int HS);
     void (*attention_gqa_backward)(void *dqkv, float *scratch, const void *dout, const void *qkv, const void *out,
-                                   const float *lse, int B, int T, int NH, int NKV, int HS);
+                                   const float *lse, const int32_t *pos, int B, int T, int NH, int NKV, int HS);
     /* SwiGLU: gu(N,2F) act holds gate | up per row; out(N,F) act = silu(gate) * up. */
     void (*swiglu_forward)(void *out, const void *gu, int N, int F);
     /* dgu(N,2F) act accumulates; dout(N,F) act; gu as forward had it. */

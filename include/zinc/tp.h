@@ -129,17 +129,17 @@ void zinc_tp_row_t_backward(const zinc_tp *t, void *dx, float *dw, float *db, co
 
 /* out(rows, C) act = this rank's rows of the sum over the group of the
  * embeddings of the vocabulary rows this rank holds (tokens elsewhere give
- * 0) + wpe[t] (added once); part (B*T, C) as the linears'. Collective. */
+ * 0) + wpe[pos ? pos[b,t] : t] (added once); part (B*T, C) as the linears'. Collective. */
 zinc_status zinc_tp_embedding_forward(const zinc_tp *t, void *out, void *part,
-                                      const int32_t *tokens, const float *wte, const float *wpe,
-                                      int B, int T, int C, int Vl);
-/* dwte(Vl, C) += dout of this rank's tokens; dwpe(T, C) += sum_b dout (wpe
+                                      const int32_t *tokens, const int32_t *pos, const float *wte,
+                                      const float *wpe, int B, int T, int C, int Vl);
+/* dwte(Vl, C) += dout of this rank's tokens; dwpe(T, C) += dout by position (wpe
  * is replicated: the same gradient on every rank). dout (rows, C); with
  * sequence parallelism it is gathered into full (B*T, C) act scratch first
  * (full may be NULL without). Collective with SP. */
 zinc_status zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwpe,
-                                       const void *dout, void *full, const int32_t *tokens, int B,
-                                       int T, int C, int Vl);
+                                       const void *dout, void *full, const int32_t *tokens,
+                                       const int32_t *pos, int B, int T, int C, int Vl);
 /* Softmax cross-entropy of rows split by columns: losses(N) fp32 (each row's
  * whole loss, the same on every rank), logits(N, Vl) overwritten with this
  * rank's columns of dloss * (softmax - onehot); stats holds 3N floats of

@@ -108,10 +108,10 @@ void cpu_colsum_acc(float *dst, const float *src, int N, int C);
 void cpu_colsum_acc_bf16(float *dst, const uint16_t *src, int N, int C);
 
 /* nn_cpu.c: the transformer layers and the loss. */
-void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte,
+void cpu_embedding_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                            const float *wpe, int B, int T, int C, int v0, int V);
 void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
-                            const int32_t *tokens, int B, int T, int C, int v0, int V);
+                            const int32_t *tokens, const int32_t *pos, int B, int T, int C, int v0, int V);
 void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                            const float *weight, const float *bias, int N, int C);
 void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
@@ -142,9 +142,10 @@ void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, cons
                             const float *out, const float *lse, int B, int T, int C, int NH);
 size_t cpu_attention_scratch_floats(int B, int T, int C, int NH);
 /* The same with NKV key/value heads (grouped-query attention; NKV = NH: the above). */
-void cpu_attention_gqa_forward(float *out, float *lse, const float *qkv, int B, int T, int NH, int NKV, int HS);
+void cpu_attention_gqa_forward(float *out, float *lse, const float *qkv, const int32_t *pos, int B, int T, int NH,
+                               int NKV, int HS);
 void cpu_attention_gqa_backward(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *out,
-                                const float *lse, int B, int T, int NH, int NKV, int HS);
+                                const float *lse, const int32_t *pos, int B, int T, int NH, int NKV, int HS);
 void cpu_softmax_xent(float *losses, float *logits, const int32_t *targets, float dloss,
                       int N, int V);
 void cpu_xent_vp_max(float *rowmax, const float *logits, int N, int V);

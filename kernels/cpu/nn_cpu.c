@@ -31,10 +31,10 @@ static inline int64_t vp_index(int32_t g, int v0, int V)
     return r >= 0 && r < V ? r : -1;
 }
 
-/* out(B,T,C) = wte[tokens[b,t] - v0] (0 outside [v0, v0+V)) + wpe[t]
+/* out(B,T,C) = wte[tokens[b,t] - v0] (0 outside [v0, v0+V)) + wpe[pos ? pos[b,t] : t]
  * (wpe may be NULL). With both present the sum is the one the whole-table
  * op always made. */
-void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte,
+void cpu_embedding_forward(float *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                            const float *wpe, int B, int T, int C, int v0, int V)
 {
     assert(out && tokens && wte && B >= 0 && T >= 0 && C > 0 && v0 >= 0 && V > 0);
@@ -44,7 +44,7 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte,
         assert(tokens[bt] >= 0);
         const int64_t r = vp_index(tokens[bt], v0, V);
         const float *restrict e = r >= 0 ? wte + (size_t)r * C : NULL;
-        const float *restrict p = wpe ? wpe + (size_t)(bt % T) * C : NULL;
+        const float *restrict p = wpe ? wpe + (size_t)(pos ? pos[bt] : bt % T) * C : NULL;
         float *restrict o = out + (size_t)bt * C;
         if (e && p) {
             for (int c = 0; c < C; c++)
@@ -58,17 +58,18 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, const float *wte,
 }
 
 /* dwte(V,C) += scatter of dout(B,T,C) by token (tokens in [v0, v0+V));
- * dwpe(T,C) += sum_b dout[b] unless dwpe is NULL. dwte is split by column
- * blocks (each block walks all rows in order, so repeated tokens never
- * race), dwpe by time step. */
+ * dwpe(T,C) += sum_b dout[b] unless dwpe is NULL (with pos: the scatter of dout by
+ * position). dwte, and dwpe with pos, are split by column blocks (each block walks all
+ * rows in order, so repeated tokens or positions never race), dwpe without pos by
+ * time step. */
 void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
-                            const int32_t *tokens, int B, int T, int C, int v0, int V)
+                            const int32_t *tokens, const int32_t *pos, int B, int T, int C, int v0, int V)
 {
     enum { BLK = 64 };
     assert(dwte && dout && tokens && B >= 0 && T >= 0 && C > 0 && v0 >= 0 && V > 0);
     const int BT = B * T;
     const int nblk = (C + BLK - 1) / BLK;
-    const int nt = dwpe ? T : 0;
+    const int nt = dwpe && !pos ? T : 0;
     #pragma omp parallel if ((size_t)BT * C >= CPU_PAR_MIN)
     {
         #pragma omp for schedule(static) nowait
@@ -85,6 +86,14 @@ void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
                 for (int c = 0; c < cw; c++)
                     dst[c] += src[c];
             }
+            if (dwpe && pos)
+                for (int bt = 0; bt < BT; bt++) {
+                    float *restrict dst = dwpe + (size_t)pos[bt] * C + c0;
+                    const float *restrict src = dout + (size_t)bt * C + c0;
+                    #pragma omp simd
+                    for (int c = 0; c < cw; c++)
+                        dst[c] += src[c];
+                }
         }
         #pragma omp for schedule(static)
         for (int t = 0; t < nt; t++) {
@@ -203,8 +212,10 @@ void cpu_norm_param_grads(float *dweight, float *dbias, const float *dout, const
  * ATT_KB at a time: scores q_t . k_t2 / sqrt(HS), then an online softmax (running max mx,
  * running sum l; the output accumulator is rescaled by exp(old mx - new mx) when the max
  * grows), out_t = acc / l and lse_t = mx + log l. Rows are independent, and work per row
- * grows with t, so rows are dealt round-robin to threads. */
-void cpu_attention_gqa_forward(float *out, float *lse, const float *qkv, int B, int T, int NH, int NKV, int HS)
+ * grows with t, so rows are dealt round-robin to threads. With pos (B,T) (documents
+ * packed in a row) query t takes keys t - pos[b,t] .. t only. */
+void cpu_attention_gqa_forward(float *out, float *lse, const float *qkv, const int32_t *pos, int B, int T, int NH,
+                               int NKV, int HS)
 {
     assert(out && lse && qkv && B >= 0 && T >= 0 && NH > 0 && NKV > 0 && NH % NKV == 0);
     assert(HS > 0 && HS <= ATT_MAX_HS);
@@ -222,7 +233,7 @@ void cpu_attention_gqa_forward(float *out, float *lse, const float *qkv, int B, 
         float mx = -INFINITY, l = 0.0f;
         for (int i = 0; i < HS; i++)
             acc[i] = 0.0f;
-        for (int k0 = 0; k0 <= t; k0 += ATT_KB) {
+        for (int k0 = pos ? t - pos[b * T + t] : 0; k0 <= t; k0 += ATT_KB) {
             const int kn = t + 1 - k0 < ATT_KB ? t + 1 - k0 : ATT_KB;
             float bm = -INFINITY;
             for (int j = 0; j < kn; j++) {
@@ -268,7 +279,7 @@ void cpu_attention_gqa_forward(float *out, float *lse, const float *qkv, int B, 
 void cpu_attention_forward(float *out, float *lse, const float *qkv, int B, int T, int C, int NH)
 {
     assert(NH > 0 && C % NH == 0);
-    cpu_attention_gqa_forward(out, lse, qkv, B, T, NH, NH, C / NH);
+    cpu_attention_gqa_forward(out, lse, qkv, NULL, B, T, NH, NH, C / NH);
 }
 
 /* Floats of scratch cpu_attention_backward needs: D, one per query row. */
@@ -287,7 +298,7 @@ size_t cpu_attention_scratch_floats(int B, int T, int C, int NH)
  * query heads and t in order (race-free, and bitwise the same for any thread count;
  * with NKV = NH the order of the multi-head op). */
 void cpu_attention_gqa_backward(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *out,
-                                const float *lse, int B, int T, int NH, int NKV, int HS)
+                                const float *lse, const int32_t *pos, int B, int T, int NH, int NKV, int HS)
 {
     assert(dqkv && scratch && dout && qkv && out && lse && B >= 0 && T >= 0);
     assert(NH > 0 && NKV > 0 && NH % NKV == 0 && HS > 0);
@@ -318,7 +329,7 @@ void cpu_attention_gqa_backward(float *dqkv, float *scratch, const float *dout, 
                 const float *restrict q = qkv + qoff + (size_t)t * R;
                 float *restrict dq = dqkv + qoff + (size_t)t * R;
                 const float lse_t = lse[(size_t)bh * T + t], D_t = D[t];
-                for (int t2 = 0; t2 <= t; t2++) {
+                for (int t2 = pos ? t - pos[b * T + t] : 0; t2 <= t; t2++) {
                     const float *restrict k = qkv + koff + (size_t)t2 * R;
                     const float *restrict v = k + KV;
                     float *restrict dk = dqkv + koff + (size_t)t2 * R;
@@ -350,7 +361,7 @@ void cpu_attention_backward(float *dqkv, float *scratch, const float *dout, cons
                             const float *out, const float *lse, int B, int T, int C, int NH)
 {
     assert(NH > 0 && C % NH == 0);
-    cpu_attention_gqa_backward(dqkv, scratch, dout, qkv, out, lse, B, T, NH, NH, C / NH);
+    cpu_attention_gqa_backward(dqkv, scratch, dout, qkv, out, lse, NULL, B, T, NH, NH, C / NH);
 }
 
 /* The row steps of the softmax + cross-entropy ops. */

@@ -69,16 +69,16 @@ static void f32_linear_t_backward(void *dinp, float *dweight, float *dbias, cons
     cpu_linear_t_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 
-static void f32_embedding_forward(void *out, const int32_t *tokens, const float *wte,
+static void f32_embedding_forward(void *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                                   const float *wpe, int B, int T, int C, int v0, int V)
 {
-    cpu_embedding_forward(out, tokens, wte, wpe, B, T, C, v0, V);
+    cpu_embedding_forward(out, tokens, pos, wte, wpe, B, T, C, v0, V);
 }
 
 static void f32_embedding_backward(float *dwte, float *dwpe, const void *dout,
-                                   const int32_t *tokens, int B, int T, int C, int v0, int V)
+                                   const int32_t *tokens, const int32_t *pos, int B, int T, int C, int v0, int V)
 {
-    cpu_embedding_backward(dwte, dwpe, dout, tokens, B, T, C, v0, V);
+    cpu_embedding_backward(dwte, dwpe, dout, tokens, pos, B, T, C, v0, V);
 }
 
 static void f32_layernorm_forward(void *out, float *mean, float *rstd, const void *inp,
@@ -144,15 +144,16 @@ static void f32_attention_backward(void *dqkv, float *scratch, const void *dout,
     cpu_attention_backward(dqkv, scratch, dout, qkv, out, lse, B, T, C, NH);
 }
 
-static void f32_attention_gqa_forward(void *out, float *lse, const void *qkv, int B, int T, int NH, int NKV, int HS)
+static void f32_attention_gqa_forward(void *out, float *lse, const void *qkv, const int32_t *pos, int B, int T, int NH,
+                                      int NKV, int HS)
 {
-    cpu_attention_gqa_forward(out, lse, qkv, B, T, NH, NKV, HS);
+    cpu_attention_gqa_forward(out, lse, qkv, pos, B, T, NH, NKV, HS);
 }
 
 static void f32_attention_gqa_backward(void *dqkv, float *scratch, const void *dout, const void *qkv, const void *out,
-                                       const float *lse, int B, int T, int NH, int NKV, int HS)
+                                       const float *lse, const int32_t *pos, int B, int T, int NH, int NKV, int HS)
 {
-    cpu_attention_gqa_backward(dqkv, scratch, dout, qkv, out, lse, B, T, NH, NKV, HS);
+    cpu_attention_gqa_backward(dqkv, scratch, dout, qkv, out, lse, pos, B, T, NH, NKV, HS);
 }
 
 static void f32_residual_forward(void *out, const void *a, const void *b, size_t n)
@@ -528,26 +529,26 @@ done:
     widen_free(&w);
 }
 
-static void b16_embedding_forward(void *out, const int32_t *tokens, const float *wte,
+static void b16_embedding_forward(void *out, const int32_t *tokens, const int32_t *pos, const float *wte,
                                   const float *wpe, int B, int T, int C, int v0, int V)
 {
     widen w = {0};
     const size_t n = (size_t)B * T * C;
     float *o;
     TAKE(o, NULL, n);
-    cpu_embedding_forward(o, tokens, wte, wpe, B, T, C, v0, V);
+    cpu_embedding_forward(o, tokens, pos, wte, wpe, B, T, C, v0, V);
     narrow(out, o, n);
 done:
     widen_free(&w);
 }
 
 static void b16_embedding_backward(float *dwte, float *dwpe, const void *dout,
-                                   const int32_t *tokens, int B, int T, int C, int v0, int V)
+                                   const int32_t *tokens, const int32_t *pos, int B, int T, int C, int v0, int V)
 {
     widen w = {0};
     float *dy;
     TAKE(dy, dout, (size_t)B * T * C);
-    cpu_embedding_backward(dwte, dwpe, dy, tokens, B, T, C, v0, V);
+    cpu_embedding_backward(dwte, dwpe, dy, tokens, pos, B, T, C, v0, V);
 done:
     widen_free(&w);
 }
@@ -686,21 +687,22 @@ done:
     widen_free(&w);
 }
 
-static void b16_attention_gqa_forward(void *out, float *lse, const void *qkv, int B, int T, int NH, int NKV, int HS)
+static void b16_attention_gqa_forward(void *out, float *lse, const void *qkv, const int32_t *pos, int B, int T, int NH,
+                                      int NKV, int HS)
 {
     widen w = {0};
     const size_t rows = (size_t)B * T, n = rows * NH * HS, nq = rows * (size_t)(NH + 2 * NKV) * HS;
     float *o, *x;
     TAKE(o, NULL, n);
     TAKE(x, qkv, nq);
-    cpu_attention_gqa_forward(o, lse, x, B, T, NH, NKV, HS);
+    cpu_attention_gqa_forward(o, lse, x, pos, B, T, NH, NKV, HS);
     narrow(out, o, n);
 done:
     widen_free(&w);
 }
 
 static void b16_attention_gqa_backward(void *dqkv, float *scratch, const void *dout, const void *qkv, const void *out,
-                                       const float *lse, int B, int T, int NH, int NKV, int HS)
+                                       const float *lse, const int32_t *pos, int B, int T, int NH, int NKV, int HS)
 {
     widen w = {0};
     const size_t rows = (size_t)B * T, n = rows * NH * HS, nq = rows * (size_t)(NH + 2 * NKV) * HS;
@@ -709,7 +711,7 @@ static void b16_attention_gqa_backward(void *dqkv, float *scratch, const void *d
     TAKE(dy, dout, n);
     TAKE(x, qkv, nq);
     TAKE(o, out, n);
-    cpu_attention_gqa_backward(dx, scratch, dy, x, o, lse, B, T, NH, NKV, HS);
+    cpu_attention_gqa_backward(dx, scratch, dy, x, o, lse, pos, B, T, NH, NKV, HS);
     narrow(dqkv, dx, nq);
 done:
     widen_free(&w);
@@ -717,13 +719,13 @@ done:
 
 static void b16_attention_forward(void *out, float *lse, const void *qkv, int B, int T, int C, int NH)
 {
-    b16_attention_gqa_forward(out, lse, qkv, B, T, NH, NH, C / NH);
+    b16_attention_gqa_forward(out, lse, qkv, NULL, B, T, NH, NH, C / NH);
 }
 
 static void b16_attention_backward(void *dqkv, float *scratch, const void *dout, const void *qkv, const void *out,
                                    const float *lse, int B, int T, int C, int NH)
 {
-    b16_attention_gqa_backward(dqkv, scratch, dout, qkv, out, lse, B, T, NH, NH, C / NH);
+    b16_attention_gqa_backward(dqkv, scratch, dout, qkv, out, lse, NULL, B, T, NH, NH, C / NH);
 }
 
 static void b16_residual_forward(void *out, const void *a, const void *b, size_t n)

@@ -465,11 +465,11 @@ void cuda_residual_forward(void *out, const void *a, const void *b, size_t n);
 
 /* ops_embedding.cu */
 template <class A>
-void cuda_embedding_forward(void *out, const int32_t *tokens, const float *wte, const float *wpe,
-                            int B, int T, int C, int v0, int V);
+void cuda_embedding_forward(void *out, const int32_t *tokens, const int32_t *pos, const float *wte,
+                            const float *wpe, int B, int T, int C, int v0, int V);
 template <class A>
 void cuda_embedding_backward(float *dwte, float *dwpe, const void *dout, const int32_t *tokens,
-                             int B, int T, int C, int v0, int V);
+                             const int32_t *pos, int B, int T, int C, int v0, int V);
 
 /* ops_layernorm.cu */
 template <class A>

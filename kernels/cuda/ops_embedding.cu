@@ -171,10 +171,15 @@ static __global__ void embedding_backward_wpe_kernel(float *dwpe, const T *dout,
 }
 
 template <class A>
-void cuda_embedding_forward(void *out, const int32_t *tokens, const float *wte, const float *wpe,
-                            int B, int T, int C, int v0, int V)
+void cuda_embedding_forward(void *out, const int32_t *tokens, const int32_t *pos, const float *wte,
+                            const float *wpe, int B, int T, int C, int v0, int V)
 {
     assert(out && tokens && wte && B >= 0 && T >= 0 && C > 0 && v0 >= 0 && V > 0);
+    if (pos) { /* the engine refuses documents on cuda before a step gets here */
+        cuda_fail(ZINC_ERR_UNSUPPORTED, "embedding_forward", __FILE__, __LINE__,
+                  "positions that restart per document are not done on cuda yet");
+        return;
+    }
     const size_t n = (size_t)B * T * C;
     if (n == 0)
         return;
@@ -187,9 +192,14 @@ cleanup:
 
 template <class A>
 void cuda_embedding_backward(float *dwte, float *dwpe, const void *dout, const int32_t *tokens,
-                             int B, int T, int C, int v0, int V)
+                             const int32_t *tpos, int B, int T, int C, int v0, int V)
 {
     assert(dwte && dout && tokens && B >= 0 && T >= 0 && C > 0 && v0 >= 0 && V > 0);
+    if (tpos) {
+        cuda_fail(ZINC_ERR_UNSUPPORTED, "embedding_backward", __FILE__, __LINE__,
+                  "positions that restart per document are not done on cuda yet");
+        return;
+    }
     if ((size_t)B * T == 0)
         return;
     {
@@ -233,11 +243,11 @@ cleanup:
 }
 
 /* The tables' two act types (ops_tables.cu). */
-template void cuda_embedding_forward<float>(void *, const int32_t *, const float *, const float *,
-                                            int, int, int, int, int);
-template void cuda_embedding_forward<bf16>(void *, const int32_t *, const float *, const float *,
-                                           int, int, int, int, int);
-template void cuda_embedding_backward<float>(float *, float *, const void *, const int32_t *, int,
-                                             int, int, int, int);
-template void cuda_embedding_backward<bf16>(float *, float *, const void *, const int32_t *, int,
-                                            int, int, int, int);
+template void cuda_embedding_forward<float>(void *, const int32_t *, const int32_t *, const float *,
+                                            const float *, int, int, int, int, int);
+template void cuda_embedding_forward<bf16>(void *, const int32_t *, const int32_t *, const float *,
+                                           const float *, int, int, int, int, int);
+template void cuda_embedding_backward<float>(float *, float *, const void *, const int32_t *,
+                                             const int32_t *, int, int, int, int, int);
+template void cuda_embedding_backward<bf16>(float *, float *, const void *, const int32_t *,
+                                            const int32_t *, int, int, int, int, int);

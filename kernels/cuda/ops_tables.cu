@@ -47,11 +47,13 @@ static void cuda_attention_backward_f32(void *dqkv, float *scratch, const void *
  * and value head; shared ones are not done on cuda yet (recorded as an error, which the
  * engine's next sync reports). */
 template <class A>
-static void cuda_attention_gqa_forward(void *out, float *lse, const void *qkv, int B, int T, int NH, int NKV, int HS)
+static void cuda_attention_gqa_forward(void *out, float *lse, const void *qkv, const int32_t *pos, int B, int T,
+                                       int NH, int NKV, int HS)
 {
-    if (NKV != NH) {
+    if (NKV != NH || pos) {
         cuda_fail(ZINC_ERR_UNSUPPORTED, "attention_gqa_forward", __FILE__, __LINE__,
-                  "key/value heads shared by several query heads are not done on cuda yet");
+                  pos ? "attention masked by documents is not done on cuda yet"
+                      : "key/value heads shared by several query heads are not done on cuda yet");
         return;
     }
     if (sizeof(A) == sizeof(float))
@@ -62,11 +64,13 @@ static void cuda_attention_gqa_forward(void *out, float *lse, const void *qkv, i
 
 template <class A>
 static void cuda_attention_gqa_backward(void *dqkv, float *scratch, const void *dout, const void *qkv, const void *out,
-                                        const float *lse, int B, int T, int NH, int NKV, int HS)
+                                        const float *lse, const int32_t *pos, int B, int T, int NH, int NKV,
+                                        int HS)
 {
-    if (NKV != NH) {
+    if (NKV != NH || pos) {
         cuda_fail(ZINC_ERR_UNSUPPORTED, "attention_gqa_backward", __FILE__, __LINE__,
-                  "key/value heads shared by several query heads are not done on cuda yet");
+                  pos ? "attention masked by documents is not done on cuda yet"
+                      : "key/value heads shared by several query heads are not done on cuda yet");
         return;
     }
     if (sizeof(A) == sizeof(float))

@@ -824,15 +824,15 @@ static void test_embedding_case(int B, int T, int C, int V, int MAXT, int skew, 
     float *d_dpe2 = with_wpe ? d_dwpe2 : NULL;
     snprintf(name, sizeof name, "[%d,%d) of %d%s", v0, v0 + Vt, V, with_wpe ? "" : " no wpe");
 
-    cpu->embedding_forward(out, tokens, wte, pe, B, T, C, v0, Vt);
-    gpu->embedding_forward(d_out, d_tok, d_wte, d_pe, B, T, C, v0, Vt);
+    cpu->embedding_forward(out, tokens, NULL, wte, pe, B, T, C, v0, Vt);
+    gpu->embedding_forward(d_out, d_tok, NULL, d_wte, d_pe, B, T, C, v0, Vt);
     snprintf(what, sizeof what, "embedding_forward %s", name);
     check_status(what);
     check_close_act(what, d_out, out, nout, TOL_EW);
 
-    cpu->embedding_backward(dwte, dpe, dout, tokens, B, T, C, v0, Vt);
-    gpu->embedding_backward(d_dwte, d_dpe, d_dout, d_tok, B, T, C, v0, Vt);
-    gpu->embedding_backward(d_dwte2, d_dpe2, d_dout, d_tok, B, T, C, v0, Vt);
+    cpu->embedding_backward(dwte, dpe, dout, tokens, NULL, B, T, C, v0, Vt);
+    gpu->embedding_backward(d_dwte, d_dpe, d_dout, d_tok, NULL, B, T, C, v0, Vt);
+    gpu->embedding_backward(d_dwte2, d_dpe2, d_dout, d_tok, NULL, B, T, C, v0, Vt);
     snprintf(what, sizeof what, "embedding_backward %s", name);
     check_status(what);
     snprintf(what, sizeof what, "embedding_backward dwte %s", name);
@@ -1028,11 +1028,11 @@ static void test_llama_ops(void)
         float *lse = hpoison((size_t)GB * GNH * GT);
         void *d_qkv = dact(qkv, nq), *d_ao = dact_poison(no);
         float *d_lse = dpoison((size_t)GB * GNH * GT);
-        cpu->attention_gqa_forward(ao, lse, qkv, GB, GT, GNH, GNH, GHS);
-        gpu->attention_gqa_forward(d_ao, d_lse, d_qkv, GB, GT, GNH, GNH, GHS);
+        cpu->attention_gqa_forward(ao, lse, qkv, NULL, GB, GT, GNH, GNH, GHS);
+        gpu->attention_gqa_forward(d_ao, d_lse, d_qkv, NULL, GB, GT, GNH, GNH, GHS);
         check_status("attention_gqa_forward (NKV = NH)");
         check_close_act("attention_gqa_forward (NKV = NH)", d_ao, ao, no, TOL_ATT);
-        gpu->attention_gqa_forward(d_ao, d_lse, d_qkv, GB, GT, GNH, 2, GHS);
+        gpu->attention_gqa_forward(d_ao, d_lse, d_qkv, NULL, GB, GT, GNH, 2, GHS);
         const zinc_status gst = zinc_cuda_last_status();
         n_checks++;
         if (gst != ZINC_ERR_UNSUPPORTED) {
@@ -1367,10 +1367,10 @@ static void time_gpt2_ops(const zinc_ops *t)
     printf("time  %s residual C: %.3f ms (%.0f GB/s)\n", t->name, ms, 3.0 * nc * a / ms / gb_);
     ms = time_ms(10, [&] { t->zero(z, big * a); });
     printf("time  %s zero 4C: %.3f ms (%.0f GB/s)\n", t->name, ms, 1.0 * big * a / ms / gb_);
-    ms = time_ms(3, [&] { t->embedding_forward(y, dtok, w, w, 16, 1024, C, 0, V); });
+    ms = time_ms(3, [&] { t->embedding_forward(y, dtok, NULL, w, w, 16, 1024, C, 0, V); });
     printf("time  %s embedding_forward: %.3f ms\n", t->name, ms);
     ms = time_ms(3, [&] {
-        t->embedding_backward(g, g + (size_t)1024 * C, x, dtok, 16, 1024, C, 0, V);
+        t->embedding_backward(g, g + (size_t)1024 * C, x, dtok, NULL, 16, 1024, C, 0, V);
     });
     printf("time  %s embedding_backward (byte tokens, 1/4 one token): %.3f ms\n", t->name, ms);
     {

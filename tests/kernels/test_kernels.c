@@ -256,6 +256,8 @@ static const int32_t etok[EB * ET] = {3, 36, 3, 0, 17, 3, 5, 36, 0, 3}; /* repea
 /* The case under finite differences: the table holds token rows [ev0,
  * ev0+eV) (wte the slice, eV x EC), and adds wpe or not. */
 static int ev0, eV, ewpe;
+static const int32_t *epos; /* positions within documents, or NULL (0..ET-1) */
+static const int32_t epos_docs[EB * ET] = {0, 1, 0, 1, 2, 0, 0, 1, 2, 3};
 
 struct emb_ctx {
     double *wte, *wpe, *R;
@@ -265,7 +267,7 @@ struct emb_ctx {
 static double emb_ref(const double *wte, const double *wpe, int bt, int i)
 {
     const int r = etok[bt] - ev0;
-    return (r >= 0 && r < eV ? wte[r * EC + i] : 0.0) + (ewpe ? wpe[(bt % ET) * EC + i] : 0.0);
+    return (r >= 0 && r < eV ? wte[r * EC + i] : 0.0) + (ewpe ? wpe[(epos ? epos[bt] : bt % ET) * EC + i] : 0.0);
 }
 
 static double emb_loss(void *p)
@@ -294,8 +296,8 @@ static void embedding_case(int v0, int V, int with_wpe)
     for (int bt = 0; bt < EB * ET; bt++)
         for (int i = 0; i < EC; i++)
             ref[bt * EC + i] = emb_ref(c.wte, c.wpe, bt, i);
-    ops->embedding_forward(out, etok, wte, with_wpe ? wpe : NULL, EB, ET, EC, v0, V);
-    snprintf(what, sizeof what, "embedding fwd [%d,%d) wpe %d", v0, v0 + V, with_wpe);
+    ops->embedding_forward(out, etok, epos, wte, with_wpe ? wpe : NULL, EB, ET, EC, v0, V);
+    snprintf(what, sizeof what, "embedding fwd [%d,%d) wpe %d pos %d", v0, v0 + V, with_wpe, epos != NULL);
     CU_ASSERT(close_to(what, out, ref, nO, 1e-6, 1e-7));
 
     double *gte = malloc(nTE * sizeof *gte), *gpe = malloc(nPE * sizeof *gpe);
@@ -303,7 +305,7 @@ static void embedding_case(int v0, int V, int with_wpe)
     fd_grad(gpe, c.wpe, nPE, emb_loss, &c);
     float *dte0 = frand(nTE, 1.0f), *dpe0 = frand(nPE, 1.0f);
     float *dte = fcopy(dte0, nTE), *dpe = fcopy(dpe0, nPE);
-    ops->embedding_backward(dte, with_wpe ? dpe : NULL, R, etok, EB, ET, EC, v0, V);
+    ops->embedding_backward(dte, with_wpe ? dpe : NULL, R, etok, epos, EB, ET, EC, v0, V);
     double *rte = plus(dte0, gte, nTE), *rpe = plus(dpe0, gpe, nPE);
     snprintf(what, sizeof what, "embedding dwte [%d,%d) wpe %d", v0, v0 + V, with_wpe);
     CU_ASSERT(close_to(what, dte, rte, nTE, 1e-5, 1e-5));
@@ -316,6 +318,10 @@ static void embedding_case(int v0, int V, int with_wpe)
 static void test_embedding(void)
 {
     embedding_case(0, EV, 1); /* the whole table, as GPT-2 runs it */
+    epos = epos_docs;           /* documents packed in the rows: positions restart */
+    embedding_case(0, EV, 1);
+    embedding_case(10, 20, 1);
+    epos = NULL;
 }
 
 /* ---------- layernorm ---------- */
@@ -700,7 +706,7 @@ static void det_run(struct det_out *o, int threads)
 
     o->dwte = calloc(7 * DC, sizeof(float));
     o->dwpe = calloc(DT * DC, sizeof(float));
-    ops->embedding_backward(o->dwte, o->dwpe, dout, tok, DB, DT, DC, 0, 7);
+    ops->embedding_backward(o->dwte, o->dwpe, dout, tok, NULL, DB, DT, DC, 0, 7);
     ops->layernorm_forward(lnout, mean, rstd, inp, w, b, (int)BT, DC);
     o->ln_dx = calloc(nO, sizeof(float));
     o->ln_dw = calloc(DC, sizeof(float));
@@ -972,8 +978,8 @@ static void test_bf16_table(void)
     f->linear_t_forward(fo, x0, w, bias, N, C, V > C ? C : V);
     h->linear_t_forward(ho, h0, w, bias, N, C, V > C ? C : V);
     CU_ASSERT(b16_close("bf16 linear_t_forward bias", ho, fo, (size_t)N * (V > C ? C : V)));
-    f->embedding_forward(fo, tok, w, bias, B, T, 1, 0, V); /* C = 1: wte (V,1), wpe (T,1) */
-    h->embedding_forward(ho, tok, w, bias, B, T, 1, 0, V);
+    f->embedding_forward(fo, tok, NULL, w, bias, B, T, 1, 0, V); /* C = 1: wte (V,1), wpe (T,1) */
+    h->embedding_forward(ho, tok, NULL, w, bias, B, T, 1, 0, V);
     CU_ASSERT(b16_close("bf16 embedding_forward", ho, fo, (size_t)N));
     f->layernorm_forward(fo, m1, s1, x0, w, bias, N, C);
     h->layernorm_forward(ho, m2, s2, h0, w, bias, N, C);
@@ -1022,8 +1028,8 @@ static void test_bf16_table(void)
     CU_ASSERT(memcmp(b1, b2, (size_t)(V > C ? C : V) * sizeof(float)) == 0);
     memcpy(g2, g1, (size_t)V * C * sizeof(float));
     free(gold);
-    f->embedding_backward(g1, b1, x1, tok, B, T, 1, 0, V);
-    h->embedding_backward(g2, b2, h1, tok, B, T, 1, 0, V);
+    f->embedding_backward(g1, b1, x1, tok, NULL, B, T, 1, 0, V);
+    h->embedding_backward(g2, b2, h1, tok, NULL, B, T, 1, 0, V);
     CU_ASSERT(memcmp(g1, g2, (size_t)V * sizeof(float)) == 0 && memcmp(b1, b2, T * sizeof(float)) == 0);
     BWD_START(nc);
     f->layernorm_backward(fo, g1, b1, x1, x0, w, m1, s1, N, C);
@@ -1090,8 +1096,8 @@ static void test_embedding_split(void)
     float *gte = calloc(nTE, sizeof *gte), *gpe = calloc(nPE, sizeof *gpe);
     float *ste = calloc(nTE, sizeof *ste), *spe = calloc(nPE, sizeof *spe);
     float *hte = calloc(nTE, sizeof *hte), *hpe = calloc(nPE, sizeof *hpe);
-    f->embedding_forward(whole, etok, wte, wpe, EB, ET, EC, 0, EV);
-    f->embedding_backward(gte, gpe, xdout, etok, EB, ET, EC, 0, EV);
+    f->embedding_forward(whole, etok, NULL, wte, wpe, EB, ET, EC, 0, EV);
+    f->embedding_backward(gte, gpe, xdout, etok, NULL, EB, ET, EC, 0, EV);
     for (int P = 1; P <= 4; P *= 2) {
         memset(sum, 0, nO * sizeof *sum);
         memset(ste, 0, nTE * sizeof *ste), memset(spe, 0, nPE * sizeof *spe);
@@ -1100,14 +1106,14 @@ static void test_embedding_split(void)
         for (int p = 0; p < P; p++) {
             const int v0 = EV * p / P, V = EV * (p + 1) / P - v0;
             const float *pe = p == 0 ? wpe : NULL;
-            f->embedding_forward(part, etok, wte + (size_t)v0 * EC, pe, EB, ET, EC, v0, V);
-            h->embedding_forward(hpart, etok, wte + (size_t)v0 * EC, pe, EB, ET, EC, v0, V);
+            f->embedding_forward(part, etok, NULL, wte + (size_t)v0 * EC, pe, EB, ET, EC, v0, V);
+            h->embedding_forward(hpart, etok, NULL, wte + (size_t)v0 * EC, pe, EB, ET, EC, v0, V);
             ok &= b16_close("bf16 embedding_forward slice", hpart, part, nO);
             for (size_t i = 0; i < nO; i++)
                 sum[i] += part[i];
-            f->embedding_backward(ste + (size_t)v0 * EC, p == 0 ? spe : NULL, xdout, etok, EB,
+            f->embedding_backward(ste + (size_t)v0 * EC, p == 0 ? spe : NULL, xdout, etok, NULL, EB,
                                   ET, EC, v0, V);
-            h->embedding_backward(hte + (size_t)v0 * EC, p == 0 ? hpe : NULL, hdout, etok, EB,
+            h->embedding_backward(hte + (size_t)v0 * EC, p == 0 ? hpe : NULL, hdout, etok, NULL, EB,
                                   ET, EC, v0, V);
         }
         for (size_t i = 0; i < nO; i++)
@@ -1333,9 +1339,9 @@ static void test_wrap_vp(void)
     CU_ASSERT_STRING_EQUAL(zinc_ops_op_name(wrap_last), "xent_vp_sums");
     w->xent_vp_finish(l, x, tg, mx, sm, 1.0f, 2, 5, 0);
     CU_ASSERT_STRING_EQUAL(zinc_ops_op_name(wrap_last), "xent_vp_finish");
-    w->embedding_forward(out, tok, wte, NULL, 1, 2, 5, 0, 2);
+    w->embedding_forward(out, tok, NULL, wte, NULL, 1, 2, 5, 0, 2);
     CU_ASSERT_STRING_EQUAL(zinc_ops_op_name(wrap_last), "embedding_forward");
-    w->embedding_backward(wte, NULL, out, tok, 1, 2, 5, 0, 2);
+    w->embedding_backward(wte, NULL, out, tok, NULL, 1, 2, 5, 0, 2);
     CU_ASSERT_STRING_EQUAL(zinc_ops_op_name(wrap_last), "embedding_backward");
     CU_ASSERT_EQUAL(wrap_depth, 0);
     /* targets 6 (not in [0,5)) and 1: sums[1] 0, sums[3] = x[5+1] */

@@ -297,7 +297,7 @@ static void test_gqa(void)
         struct gqa_ctx c = {to_double(qkv, nq), to_double(R, no), malloc(no * sizeof(double)), B, T, NH, NKV, HS};
         double *ref = malloc(no * sizeof *ref);
         ref_gqa(ref, c.qkv, B, T, NH, NKV, HS);
-        ops->attention_gqa_forward(out, lse, qkv, B, T, NH, NKV, HS);
+        ops->attention_gqa_forward(out, lse, qkv, NULL, B, T, NH, NKV, HS);
         char what[80];
         snprintf(what, sizeof what, "gqa forward NH %d NKV %d T %d", NH, NKV, T);
         CU_ASSERT(close_to(what, out, ref, no, 1e-5, 1e-6));
@@ -305,7 +305,7 @@ static void test_gqa(void)
             double *g = malloc(nq * sizeof *g);
             fd_grad(g, c.qkv, nq, gqa_loss, &c);
             float *d0 = frand(nq, 1.0f), *d = fcopy(d0, nq), *sc = malloc(nl * sizeof(float));
-            ops->attention_gqa_backward(d, sc, R, qkv, out, lse, B, T, NH, NKV, HS);
+            ops->attention_gqa_backward(d, sc, R, qkv, out, lse, NULL, B, T, NH, NKV, HS);
             double *rd = plus(d0, g, nq);
             snprintf(what, sizeof what, "gqa backward NH %d NKV %d", NH, NKV);
             CU_ASSERT(close_to(what, d, rd, nq, 1e-4, 1e-5));
@@ -327,12 +327,12 @@ static void test_gqa(void)
     uint16_t *hq = b16(r, nq), *hd = b16(r2, no), *ho = malloc(no * 2), *hg = calloc(nq, 2);
     float *xq = wide(hq, nq), *xd = wide(hd, no), *fo = malloc(no * 4), *l1 = malloc(nl * 4), *l2 = malloc(nl * 4);
     float *fg = calloc(nq, 4), *sc = malloc(nl * 4);
-    f->attention_gqa_forward(fo, l1, xq, B, T, NH, NKV, HS);
-    h->attention_gqa_forward(ho, l2, hq, B, T, NH, NKV, HS);
+    f->attention_gqa_forward(fo, l1, xq, NULL, B, T, NH, NKV, HS);
+    h->attention_gqa_forward(ho, l2, hq, NULL, B, T, NH, NKV, HS);
     CU_ASSERT(b16_close("bf16 gqa forward", ho, fo, no));
     float *xo = wide(ho, no);
-    f->attention_gqa_backward(fg, sc, xd, xq, xo, l2, B, T, NH, NKV, HS);
-    h->attention_gqa_backward(hg, sc, hd, hq, ho, l2, B, T, NH, NKV, HS);
+    f->attention_gqa_backward(fg, sc, xd, xq, xo, l2, NULL, B, T, NH, NKV, HS);
+    h->attention_gqa_backward(hg, sc, hd, hq, ho, l2, NULL, B, T, NH, NKV, HS);
     CU_ASSERT(b16_close("bf16 gqa backward", hg, fg, nq));
     /* 1 and 2 threads: bitwise the same (past the parallel threshold) */
     const int BB = 2, BT = 64, BNH = 8, BKV = 2, BHS = 32;
@@ -341,14 +341,66 @@ static void test_gqa(void)
     for (int t = 0; t < 2; t++) {
         omp_set_num_threads(t + 1);
         o[t] = malloc(bo * 4), ls[t] = malloc(bl * 4), dx[t] = calloc(bq, 4);
-        ops->attention_gqa_forward(o[t], ls[t], x, BB, BT, BNH, BKV, BHS);
-        ops->attention_gqa_backward(dx[t], scr, dy, x, o[t], ls[t], BB, BT, BNH, BKV, BHS);
+        ops->attention_gqa_forward(o[t], ls[t], x, NULL, BB, BT, BNH, BKV, BHS);
+        ops->attention_gqa_backward(dx[t], scr, dy, x, o[t], ls[t], NULL, BB, BT, BNH, BKV, BHS);
     }
     omp_set_num_threads(2);
     CU_ASSERT(memcmp(o[0], o[1], bo * 4) == 0 && memcmp(dx[0], dx[1], bq * 4) == 0);
     for (int t = 0; t < 2; t++) free(o[t]), free(ls[t]), free(dx[t]);
     free(x), free(dy), free(scr), free(r), free(r2), free(hq), free(hd), free(ho), free(hg), free(xq), free(xd);
     free(fo), free(l1), free(l2), free(fg), free(sc), free(xo);
+}
+
+/* Documents packed in a row (pos restarting per document): each document's outputs, lse
+ * and gradients are bitwise those of the document run alone as its own sequence, for
+ * grouped-query and multi-head attention (the masked op starts its key blocks at the
+ * document's first key, so the arithmetic is the same). */
+static void test_gqa_docs(void)
+{
+    static const int cases[][5] = {{2, 40, 4, 2, 16}, {1, 70, 2, 2, 8}}; /* B T NH NKV HS */
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        const int B = cases[k][0], T = cases[k][1], NH = cases[k][2], NKV = cases[k][3], HS = cases[k][4];
+        const int R = (NH + 2 * NKV) * HS, C = NH * HS;
+        const size_t nq = (size_t)B * T * R, no = (size_t)B * T * C, nl = (size_t)B * NH * T;
+        float *qkv = frand(nq, 1.5f), *dy = frand(no, 1.0f), *out = malloc(no * 4), *lse = malloc(nl * 4);
+        float *dq = calloc(nq, 4), *sc = malloc(nl * 4);
+        int32_t *pos = malloc((size_t)B * T * sizeof *pos);
+        int n_docs = 0;
+        for (int b = 0; b < B; b++) /* documents of 1 .. 2 ATT_KB + 5 tokens: blocks inside a document too */
+            for (int t = 0, left = 0, p = 0; t < T; t++) {
+                if (left == 0) left = 1 + (int)(rng_next() % 37), p = 0, n_docs++;
+                pos[b * T + t] = p++;
+                left--;
+            }
+        ops->attention_gqa_forward(out, lse, qkv, pos, B, T, NH, NKV, HS);
+        ops->attention_gqa_backward(dq, sc, dy, qkv, out, lse, pos, B, T, NH, NKV, HS);
+        int bad = 0, seen = 0;
+        for (int b = 0; b < B; b++)
+            for (int s0 = 0; s0 < T;) {
+                int n = 1;
+                while (s0 + n < T && pos[b * T + s0 + n] != 0) n++;
+                float *x1 = malloc((size_t)n * R * 4), *y1 = malloc((size_t)n * C * 4), *o1 = malloc((size_t)n * C * 4);
+                float *l1 = malloc((size_t)NH * n * 4), *d1 = calloc((size_t)n * R, 4), *s1 = malloc((size_t)NH * n * 4);
+                memcpy(x1, qkv + ((size_t)b * T + s0) * R, (size_t)n * R * 4);
+                memcpy(y1, dy + ((size_t)b * T + s0) * C, (size_t)n * C * 4);
+                ops->attention_gqa_forward(o1, l1, x1, NULL, 1, n, NH, NKV, HS);
+                ops->attention_gqa_backward(d1, s1, y1, x1, o1, l1, NULL, 1, n, NH, NKV, HS);
+                bad += memcmp(o1, out + ((size_t)b * T + s0) * C, (size_t)n * C * 4) != 0;
+                bad += memcmp(d1, dq + ((size_t)b * T + s0) * R, (size_t)n * R * 4) != 0;
+                for (int h = 0; h < NH; h++)
+                    bad += memcmp(l1 + (size_t)h * n, lse + ((size_t)b * NH + h) * T + s0, (size_t)n * 4) != 0;
+                free(x1), free(y1), free(o1), free(l1), free(d1), free(s1);
+                s0 += n;
+                seen++;
+            }
+        CU_ASSERT(bad == 0 && seen == n_docs && n_docs > B);
+        if (bad) printf("\n  packed documents (case %zu): %d of %d differ from the documents alone\n", k, bad, seen);
+        /* and the mask matters: the causal op over the whole rows gives other outputs */
+        float *o2 = malloc(no * 4), *l2 = malloc(nl * 4);
+        ops->attention_gqa_forward(o2, l2, qkv, NULL, B, T, NH, NKV, HS);
+        CU_ASSERT(memcmp(o2, out, no * 4) != 0);
+        free(o2), free(l2), free(qkv), free(dy), free(out), free(lse), free(dq), free(sc), free(pos);
+    }
 }
 
 /* ---------- the act-bf16 table, threads ---------- */
@@ -458,7 +510,7 @@ int main(void)
 {
     static const unit_case cases[] = {
         {"tables", test_tables},     {"rmsnorm", test_rmsnorm},         {"rope_table", test_rope_table},
-        {"rope", test_rope},         {"swiglu", test_swiglu},           {"gqa", test_gqa},
+        {"rope", test_rope},         {"swiglu", test_swiglu},           {"gqa", test_gqa}, {"gqa_docs", test_gqa_docs},
         {"fill_cols", test_fill_cols}, {"bf16_and_threads", test_bf16_and_threads},
     };
     ops = zinc_ops_cpu();

@@ -114,16 +114,23 @@ class Llama:
     def rms(self, x, w):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
 
-    def rot(self, x):  # x (B, H, T, HS): x * cos + rotate_half(x) * sin
+    def rot(self, x, pos):  # x (B, H, T, HS): x * cos + rotate_half(x) * sin at positions pos (B, T)
         h = self.HS // 2
         rh = np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
-        T = x.shape[2]
-        return x * self.cos[:T] + rh * self.sin[:T]
+        c, s = self.cos[pos][:, None], self.sin[pos][:, None]  # (B, 1, T, HS)
+        return x * c + rh * s
 
-    def loss(self, P, tok, tgt):
+    def loss(self, P, tok, tgt, pos=None):
+        """Mean loss over the targets >= 0. pos (B, T): documents packed in each row, as
+        position_ids with a block-diagonal causal mask (each document attends to itself)."""
         B, T = tok.shape
         x = P["model.embed_tokens.weight"][tok]
-        mask = np.triu(np.full((T, T), -np.inf), 1)
+        t = np.arange(T)
+        if pos is None:
+            pos = np.broadcast_to(t, (B, T))
+        start = t[None, :] - pos  # (B, T): the first key of each query's document
+        keep = (t[None, None, :] <= t[None, :, None]) & (t[None, None, :] >= start[:, :, None])  # (B, Tq, Tk)
+        mask = np.where(keep, 0.0, -np.inf)[:, None]  # (B, 1, T, T)
         g = self.NH // self.NKV
         for i in range(self.L):
             p = "model.layers.%d." % i
@@ -136,7 +143,7 @@ class Llama:
             q = proj("q").reshape(B, T, self.NH, self.HS).transpose(0, 2, 1, 3)
             k = proj("k").reshape(B, T, self.NKV, self.HS).transpose(0, 2, 1, 3)
             v = proj("v").reshape(B, T, self.NKV, self.HS).transpose(0, 2, 1, 3)
-            q, k = self.rot(q), self.rot(k)
+            q, k = self.rot(q, pos), self.rot(k, pos)
             k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)  # repeat_kv
             s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(self.HS) + mask
             s = np.exp(s - s.max(-1, keepdims=True))
@@ -150,7 +157,8 @@ class Llama:
         z = x @ W.T
         z = z - z.max(-1, keepdims=True)
         lp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-        return -np.take_along_axis(lp, tgt[..., None], -1).mean()
+        on = tgt >= 0
+        return -np.take_along_axis(lp, np.where(on, tgt, 0)[..., None], -1)[..., 0][on].mean()
 
 
 def check_folder(folder, dump):
@@ -199,7 +207,11 @@ def main():
         print("zinc has parameters the reference does not know:", extra)
         return 1
     tok, tgt = d["tokens"].astype(np.int64), d["targets"].astype(np.int64)
-    ref = m.loss(P, tok, tgt)
+    pos = d["pos"].astype(np.int64) if "pos" in d else None
+    if pos is not None:
+        print("documents: %d in %d rows, %d of %d targets masked" %
+              (int((pos == 0).sum()), pos.shape[0], int((tgt < 0).sum()), tgt.size))
+    ref = m.loss(P, tok, tgt, pos)
     zl = float(meta["loss"])
     bad = 0
     rel = abs(zl - ref) / abs(ref)
@@ -217,9 +229,9 @@ def main():
         for i in idx:
             o = p[i]
             p[i] = o + h
-            lp = m.loss(P, tok, tgt)
+            lp = m.loss(P, tok, tgt, pos)
             p[i] = o - h
-            lm = m.loss(P, tok, tgt)
+            lm = m.loss(P, tok, tgt, pos)
             p[i] = o
             fd = (lp - lm) / (2 * h)
             err = abs(g[i] - fd) / (abs(fd) + 1e-3 * gmax + 1e-9)

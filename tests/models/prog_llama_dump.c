@@ -7,7 +7,10 @@
  * to OUT.safetensors, where an independent reference (tests/models/llama_ref.py)
  * recomputes the loss and checks the gradients by finite differences. With
  * model.init_from (or model.from_pretrained) the parameters are the folder's instead.
- *   prog_llama_dump CONFIG.json OUT.safetensors
+ * With "docs" the micro-batch's rows hold documents packed back to back (seeded
+ * lengths): their positions go in as zinc_data_get_docs gives them and are written as
+ * `pos`; targets that would cross a document, and a quarter of the others, are -1.
+ *   prog_llama_dump CONFIG.json OUT.safetensors [docs]
  */
 #include <math.h>
 #include <stdio.h>
@@ -26,7 +29,7 @@ typedef struct dump {
     zinc_engine *eng;
     char (*names)[128];
     int n_names;
-    const int32_t *tok, *tgt;
+    const int32_t *tok, *tgt, *pos;
 } dump;
 
 static zinc_status source(void *u, size_t i, uint64_t offset, void *dst, size_t n)
@@ -38,7 +41,7 @@ static zinc_status source(void *u, size_t i, uint64_t offset, void *dst, size_t 
         src = i % 2 ? (const void *)zinc_engine_grad_by_name(d->eng, name, NULL)
                     : (const void *)zinc_engine_param_by_name(d->eng, name, NULL);
     } else {
-        src = i == 2 * (size_t)d->n_names ? d->tok : d->tgt;
+        src = i == 2 * (size_t)d->n_names ? d->tok : i == 2 * (size_t)d->n_names + 1 ? d->tgt : d->pos;
     }
     memcpy(dst, (const char *)src + offset, n);
     return ZINC_OK;
@@ -54,10 +57,12 @@ static double unif(void) /* [-1, 1) */
 int main(int argc, char **argv)
 {
     zinc_comm *w = NULL;
-    if (zinc_comm_init_world("mpi", &argc, &argv, &w) != ZINC_OK || argc != 3) {
-        fprintf(stderr, "usage: prog_llama_dump CONFIG.json OUT.safetensors\n");
+    if (zinc_comm_init_world("mpi", &argc, &argv, &w) != ZINC_OK || argc < 3 || argc > 4 ||
+        (argc == 4 && strcmp(argv[3], "docs"))) {
+        fprintf(stderr, "usage: prog_llama_dump CONFIG.json OUT.safetensors [docs]\n");
         return 2;
     }
+    const int docs = argc == 4;
     zinc_config c;
     zinc_model *m = NULL;
     zinc_engine *e = NULL;
@@ -110,13 +115,28 @@ int main(int argc, char **argv)
         tok[i] = (int32_t)((unif() + 1) * 0.5 * V) % V;
         tgt[i] = (int32_t)((unif() + 1) * 0.5 * V) % V;
     }
+    int32_t *pos = NULL;
+    if (docs) { /* documents of 1 .. T/2 tokens back to back; row starts restart too */
+        pos = malloc((size_t)B * T * sizeof *pos);
+        int left = 0, p = 0;
+        for (int i = 0; i < B * T; i++) {
+            if (i % T == 0 || left == 0) p = 0;
+            if (left == 0) left = 1 + (int)((unif() + 1) * 0.5 * (T / 2)) % (T / 2);
+            pos[i] = p++;
+            left--;
+        }
+        for (int i = 0; i < B * T; i++) {
+            const int next_starts = i % T == T - 1 || pos[i + 1] == 0;
+            if ((next_starts && i % T != T - 1) || unif() < -0.5) tgt[i] = -1;
+        }
+    }
     double loss;
-    if (zinc_engine_loss_and_grad(e, tok, tgt, &loss) != ZINC_OK) {
+    if (zinc_engine_loss_and_grad_docs(e, tok, tgt, pos, &loss) != ZINC_OK) {
         fprintf(stderr, "prog_llama_dump: %s\n", zinc_last_error());
         goto done;
     }
-    d.tok = tok, d.tgt = tgt;
-    const size_t nt = 2 * (size_t)d.n_names + 2;
+    d.tok = tok, d.tgt = tgt, d.pos = pos;
+    const size_t nt = 2 * (size_t)d.n_names + 2 + (docs ? 1 : 0);
     zinc_st_entry *t = calloc(nt, sizeof *t);
     for (int i = 0; i < d.n_names; i++) {
         int64_t n = 0;
@@ -127,9 +147,11 @@ int main(int argc, char **argv)
             x->dtype = ZINC_DTYPE_F32, x->ndim = 1, x->shape[0] = n; /* the reader knows the shapes */
         }
     }
-    snprintf(t[nt - 2].name, sizeof t[nt - 2].name, "tokens");
-    snprintf(t[nt - 1].name, sizeof t[nt - 1].name, "targets");
-    for (size_t k = nt - 2; k < nt; k++) t[k].dtype = ZINC_DTYPE_I32, t[k].ndim = 2, t[k].shape[0] = B, t[k].shape[1] = T;
+    const size_t t0 = 2 * (size_t)d.n_names;
+    snprintf(t[t0].name, sizeof t[t0].name, "tokens");
+    snprintf(t[t0 + 1].name, sizeof t[t0 + 1].name, "targets");
+    if (docs) snprintf(t[t0 + 2].name, sizeof t[t0 + 2].name, "pos");
+    for (size_t k = t0; k < nt; k++) t[k].dtype = ZINC_DTYPE_I32, t[k].ndim = 2, t[k].shape[0] = B, t[k].shape[1] = T;
     char ls[64];
     snprintf(ls, sizeof ls, "%.17g", loss);
     const char *meta[] = {"loss", ls};
@@ -139,7 +161,7 @@ int main(int argc, char **argv)
     }
     printf("loss %.9g, %d tensors\n", loss, d.n_names);
     rc = 0;
-    free(t), free(tok), free(tgt), free(d.names);
+    free(t), free(tok), free(tgt), free(pos), free(d.names);
 done:
     zinc_engine_destroy(e);
     zinc_model_destroy(m);

@@ -46,6 +46,16 @@ for c in gqa qwen llama3 hs64 hs128; do
         || { cat "$TMP/$c.ref"; fail "$c: zinc's Llama differs from the float64 reference"; }
     echo "$c: $(tr '\n' ' ' < "$TMP/$c.ref")"
 done
+# documents packed in the rows (instruction data): positions restart per document,
+# attention stays inside it, masked targets take no loss; the reference applies
+# position_ids and a block-diagonal causal mask
+for c in gqa llama3; do
+    OMP_NUM_THREADS=1 $MPIRUN 1 "$DUMP" "$TMP/$c.json" "$TMP/$c.docs.st" docs > "$TMP/$c.out" 2>&1 \
+        || { cat "$TMP/$c.out"; fail "$c docs: prog_llama_dump failed"; }
+    "$PY" tests/models/llama_ref.py "$TMP/$c.json" "$TMP/$c.docs.st" > "$TMP/$c.ref" 2>&1 \
+        || { cat "$TMP/$c.ref"; fail "$c docs: zinc's Llama on packed documents differs from the float64 reference"; }
+    echo "$c, packed documents: $(tr '\n' ' ' < "$TMP/$c.ref")"
+done
 
 # --- layouts against the single-rank run ---
 shard=$(make_shard)

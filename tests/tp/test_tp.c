@@ -245,11 +245,11 @@ static void vocab_case(const zinc_ops *o, double tol, int sp)
     void *x = act_zeros(o, (size_t)N * C), *lg = act_zeros(o, (size_t)N * V);
     void *dx = act_zeros(o, (size_t)N * C);
     float *loss = zeros(N), *dwte = zeros((size_t)V * C), *dwpe = zeros((size_t)T * C);
-    o->embedding_forward(x, tok, wte, wpe, B, T, C, 0, V);
+    o->embedding_forward(x, tok, NULL, wte, wpe, B, T, C, 0, V);
     o->linear_t_forward(lg, x, wte, NULL, N, C, V);
     o->softmax_xent(loss, lg, tgt, dloss, N, V);
     o->linear_t_backward(dx, dwte, NULL, lg, x, wte, N, C, V);
-    o->embedding_backward(dwte, dwpe, dx, tok, B, T, C, 0, V);
+    o->embedding_backward(dwte, dwpe, dx, tok, NULL, B, T, C, 0, V);
     /* split */
     zinc_tp t = tp_of(o);
     t.sequence_parallel = sp;
@@ -262,14 +262,14 @@ static void vocab_case(const zinc_ops *o, double tol, int sp)
     float *stats = zeros(3 * (size_t)N);
     /* with SP the embedding's output and the head's input gradient are row
      * blocks; the head reads the gathered whole */
-    CU_ASSERT_EQUAL(zinc_tp_embedding_forward(&t, xl, part, tok, wtel, wpe, B, T, C, Vl), ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_tp_embedding_forward(&t, xl, part, tok, NULL, wtel, wpe, B, T, C, Vl), ZINC_OK);
     zinc_status st;
     const void *xf = zinc_tp_region_enter(&t, full, xl, N, C, &st);
     CU_ASSERT_EQUAL_FATAL(st, ZINC_OK);
     zinc_tp_column_t_forward(&t, lgl, xf, wtel, NULL, N, C, Vl);
     CU_ASSERT_EQUAL(zinc_tp_softmax_xent(&t, lossl, lgl, tgt, dloss, stats, N, Vl), ZINC_OK);
     CU_ASSERT_EQUAL(zinc_tp_column_t_backward(&t, dxl, part, dwtel, NULL, lgl, xf, wtel, N, C, Vl), ZINC_OK);
-    CU_ASSERT_EQUAL(zinc_tp_embedding_backward(&t, dwtel, dwpel, dxl, full, tok, B, T, C, Vl),
+    CU_ASSERT_EQUAL(zinc_tp_embedding_backward(&t, dwtel, dwpel, dxl, full, tok, NULL, B, T, C, Vl),
                     ZINC_OK);
     float *xg = from_act(o, xl, (size_t)Nr * C), *xw = from_act(o, x, (size_t)N * C);
     float *dxg = from_act(o, dxl, (size_t)Nr * C), *dxw = from_act(o, dx, (size_t)N * C);

@@ -42,13 +42,13 @@ static zinc_status emb_declare(zinc_layer *l)
 }
 static zinc_status emb_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
 {
-    c->ops->embedding_forward(y, x, zinc_layer_param(l, 0), zinc_layer_param(l, 1), c->B, c->T, C, 0, V);
+    c->ops->embedding_forward(y, x, NULL, zinc_layer_param(l, 0), zinc_layer_param(l, 1), c->B, c->T, C, 0, V);
     return ZINC_OK;
 }
 static zinc_status emb_backward(zinc_layer *l, zinc_ctx *c, const void *x, const void *dy, void *dx)
 {
     (void)dx;
-    c->ops->embedding_backward(zinc_layer_grad(l, 0), zinc_layer_grad(l, 1), dy, x, c->B, c->T, C, 0, V);
+    c->ops->embedding_backward(zinc_layer_grad(l, 0), zinc_layer_grad(l, 1), dy, x, NULL, c->B, c->T, C, 0, V);
     return ZINC_OK;
 }
 static const zinc_layer_ops emb_ops = {.type = "t.emb", .declare = emb_declare,
