@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Prints the path of a Python with the test-only reference packages (the `tokenizers`
-# library and numpy, pinned), making the virtual environment on first use:
+# library, numpy and jinja2 for chat templates, pinned), making the virtual environment on first use:
 #   scripts/pyref.sh [DIR]     DIR: where the environment lives (default build/pyref)
 # zinc itself never runs Python; tests use this one as an independent reference. Needs
 # python3 with venv (scripts/install-deps.sh pyref installs it) and the package index.
 set -euo pipefail
 dir=${1:-build/pyref}
-want="tokenizers==0.23.3 numpy==2.4.6"
-if [ -x "$dir/bin/python" ] && "$dir/bin/python" -c "import tokenizers, numpy" 2>/dev/null; then
+want="tokenizers==0.23.3 numpy==2.4.6 jinja2==3.1.6 markupsafe==3.0.3"
+if [ -x "$dir/bin/python" ] && "$dir/bin/python" -c "import tokenizers, numpy, jinja2" 2>/dev/null; then
     echo "$dir/bin/python"
     exit 0
 fi

@@ -89,6 +89,34 @@ zinc_status zinc_data_write_shard32(const char *out_path, const uint32_t *tokens
 zinc_status zinc_data_write_docs(const char *out_path, const uint32_t *tokens, const uint8_t *flags, uint64_t n,
                                  int token_bytes, int block);
 
+/* Instruction and document data (data/jsonl.c): JSONL records, one per line — {"text"},
+ * {"prompt", "completion"}, {"messages": [{"role", "content"}...]} through a named chat
+ * template, or pre-tokenized {"input_ids", "labels"} with -100 masking — tokenized into a
+ * version-3 shard with the loss on completions and assistant replies only, samples packed
+ * whole into rows of block tokens (padded rows, longer samples truncated; text records
+ * flow across rows). A bad record is one line naming file:line and the thing at fault. */
+typedef struct zinc_jsonl_opts {
+    const char *chat_template; /* "chatml", "qwen2", "llama3", "llama2", or NULL: none */
+    int block;                 /* tokens per row (the run's seq_len); 0: no packing */
+    const char *eos;           /* the end-of-sequence token appended to text records and
+                                  completions without a template, or NULL: none */
+    void (*progress)(uint64_t done, uint64_t total, void *u); /* bytes read, or NULL */
+    void *progress_u;
+} zinc_jsonl_opts;
+typedef struct zinc_jsonl_stats {
+    uint64_t docs, tokens, targets;      /* samples written, their tokens, the targets the loss counts */
+    uint64_t truncated, truncated_tokens; /* samples cut to the block size, tokens cut */
+    uint64_t pad_tokens, empty, written; /* row padding, samples with no tokens (skipped), shard tokens */
+    int32_t eos;                         /* the end-of-sequence id used, or -1 */
+} zinc_jsonl_stats;
+zinc_status zinc_data_write_shard_from_jsonl(const char *const *inputs, int n_inputs, const zinc_tokenizer *tok,
+                                             const zinc_jsonl_opts *opt, const char *out_path, zinc_jsonl_stats *st);
+/* The eos_token of the tokenizer_config.json beside a tokenizer (tok_path: tokenizer.json
+ * or its folder) into out: 1, or 0 when there is none. */
+int zinc_tokenizer_config_eos(const char *tok_path, char *out, size_t cap);
+/* Whether name is a chat template zinc renders. */
+int zinc_chat_template_known(const char *name);
+
 /* What a valid shard holds (its header and file size checked as zinc_data_open checks
  * them): version, bytes per token, tokens, the smallest and largest id. */
 typedef struct zinc_shard_info {
