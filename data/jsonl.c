@@ -582,3 +582,72 @@ int zinc_tokenizer_config_eos(const char *tok_path, char *out, size_t cap)
     json_decref(j);
     return ok;
 }
+
+/* ------------------------------------------------------------------ cache --- */
+
+static uint64_t jl_fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* FNV-1a of a file's bytes into h; 0 on a read error. */
+static int jl_fnv_file(uint64_t *h, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    unsigned char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) *h = jl_fnv(*h, buf, n);
+    int ok = !ferror(f);
+    fclose(f);
+    return ok;
+}
+
+zinc_status zinc_data_jsonl_cached(const char *jsonl, const char *cache_dir, const char *tok_path,
+                                   const zinc_tokenizer *tok, const zinc_jsonl_opts *o, char *out, size_t cap,
+                                   int *built, zinc_jsonl_stats *st)
+{
+    *built = 0;
+    struct stat sb;
+    if (stat(jsonl, &sb) != 0) return zinc_error(ZINC_ERR_IO, "data: %s: %s", jsonl, strerror(errno));
+    if (!S_ISREG(sb.st_mode)) return zinc_error(ZINC_ERR_IO, "data: %s: not a regular file", jsonl);
+    /* the key: what the shard is a function of */
+    uint64_t h = 0xcbf29ce484222325ull;
+    static const char recipe[] = "zinc jsonl shard 1";
+    h = jl_fnv(h, recipe, sizeof recipe);
+    char real[4096];
+    const char *rp = realpath(jsonl, real) ? real : jsonl;
+    h = jl_fnv(h, rp, strlen(rp) + 1);
+    h = jl_fnv(h, &sb.st_size, sizeof sb.st_size);
+    h = jl_fnv(h, &sb.st_mtim, sizeof sb.st_mtim);
+    const char *tmpl = o && o->chat_template ? o->chat_template : "", *eos = o && o->eos ? o->eos : "";
+    const int block = o ? o->block : 0;
+    h = jl_fnv(h, tmpl, strlen(tmpl) + 1);
+    h = jl_fnv(h, eos, strlen(eos) + 1);
+    h = jl_fnv(h, &block, sizeof block);
+    if (tok_path && *tok_path) {
+        char tj[1200];
+        struct stat tsb;
+        snprintf(tj, sizeof tj, stat(tok_path, &tsb) == 0 && S_ISDIR(tsb.st_mode) ? "%s/tokenizer.json" : "%s", tok_path);
+        if (!jl_fnv_file(&h, tj)) return zinc_error(ZINC_ERR_IO, "data: cannot read %s", tj);
+    }
+    /* the name: CACHE_DIR/BASE.HASH.bin (beside the .jsonl without a cache_dir) */
+    const char *base = strrchr(jsonl, '/');
+    base = base ? base + 1 : jsonl;
+    int w;
+    if (cache_dir && *cache_dir) {
+        if (mkdir(cache_dir, 0755) != 0 && errno != EEXIST)
+            return zinc_error(ZINC_ERR_IO, "data.cache_dir %s: cannot create it: %s", cache_dir, strerror(errno));
+        w = snprintf(out, cap, "%s/%.*s.%016llx.bin", cache_dir, (int)(strlen(base) - 6), base, (unsigned long long)h);
+    } else {
+        w = snprintf(out, cap, "%.*s.%016llx.bin", (int)(strlen(jsonl) - 6), jsonl, (unsigned long long)h);
+    }
+    if (w < 0 || (size_t)w >= cap) return zinc_error(ZINC_ERR_INVALID_ARG, "data: %s: cache path too long", jsonl);
+    if (stat(out, &sb) == 0) return ZINC_OK; /* made before: shards are written whole or not at all */
+    const char *in[1] = {jsonl};
+    zinc_status s = zinc_data_write_shard_from_jsonl(in, 1, tok, o, out, st);
+    *built = s == ZINC_OK;
+    return s;
+}

@@ -51,6 +51,7 @@
 #include <jansson.h>
 
 #include "zinc/config.h"
+#include "zinc/data.h"
 #include "zinc/log.h"
 
 /* ---------------------------------------------------------------- descriptors */
@@ -435,6 +436,8 @@ static const keydesc data_keys[] = {
     KP("valid", data.valid, data.n_valid),
     KS("text_exts", data.text_exts, ".c,.h,.md,.sh,.json,.txt", NULL),
     KS("tokenizer", data.tokenizer, "bytes", NULL), /* "bytes" or a path: finish() checks it */
+    KS("chat_template", data.chat_template, "", NULL), /* finish() checks the name */
+    KS("cache_dir", data.cache_dir, "", NULL),
     KI("seq_len", data.seq_len, 0, SEQ_MAX, 0),
     KI("seed", data.seed, 0, SEED_MAX, 1234),
     END};
@@ -1443,6 +1446,12 @@ static zinc_status normalize(json_t *root)
 static const char *const batch_names[3] = {"train_batch_size", "train_micro_batch_size_per_gpu",
                                            "gradient_accumulation_steps"};
 
+static int ends_with_jsonl(const char *p)
+{
+    size_t n = strlen(p);
+    return n >= 6 && !strcmp(p + n - 6, ".jsonl");
+}
+
 static int has_key(const json_t *obj, const char *key)
 {
     return json_is_object(obj) && json_object_get(obj, key) != NULL;
@@ -1588,6 +1597,22 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
             return cfg_err(x, "data.tokenizer", "\"%s\": neither \"bytes\" nor a tokenizer.json or a folder holding one "
                            "(%s)", c->data.tokenizer, strerror(errno));
     }
+
+    /* .jsonl data: the chat template by name (never guessed); without .jsonl data the
+     * template and the cache have nothing to do */
+    int n_jsonl = 0;
+    for (int i = 0; i < c->data.n_train; i++) n_jsonl += ends_with_jsonl(c->data.train[i]);
+    for (int i = 0; i < c->data.n_valid; i++) n_jsonl += ends_with_jsonl(c->data.valid[i]);
+    json_t *dat = json_object_get(root, "data");
+    if (c->data.chat_template[0] && !zinc_chat_template_known(c->data.chat_template))
+        return cfg_err(x, "data.chat_template", "\"%s\": zinc renders chatml, qwen2, llama3 and llama2",
+                       c->data.chat_template);
+    if (c->data.chat_template[0] && n_jsonl && !strcmp(c->data.tokenizer, "bytes"))
+        return cfg_err(x, "data.chat_template", "%s needs data.tokenizer (its special tokens)", c->data.chat_template);
+    if (!n_jsonl && has_key(dat, "chat_template") && c->data.chat_template[0])
+        note_no_effect(x, "data.chat_template", json_object_get(dat, "chat_template"), "no .jsonl data to render");
+    if (!n_jsonl && has_key(dat, "cache_dir") && c->data.cache_dir[0])
+        note_no_effect(x, "data.cache_dir", json_object_get(dat, "cache_dir"), "no .jsonl data to cache");
 
     /* pipeline.partition: DeepSpeed's methods (the regex is matched against the layer types) */
     const char *pm = c->pp.partition;

@@ -330,6 +330,49 @@ static zinc_status check_save_dir(const char *dir)
     return st == ZINC_OK ? st : zinc_error(st, "train.save_dir: %s", zinc_last_error());
 }
 
+/* data.train and data.valid entries ending in .jsonl (instruction data, zinc/data.h) become
+ * the shards made from them once and cached (data.cache_dir, else beside each file), for
+ * rows of the run's seq_len, rendered by data.chat_template, with the eos_token of the
+ * tokenizer's tokenizer_config.json. Rank 0 makes a missing one first; a rank that does
+ * not see it then (no shared filesystem) makes its own. Collective. */
+static zinc_status prepare_jsonl(zinc_config *c, zinc_comm *w, const zinc_tokenizer *tok, char (*paths)[512], int n)
+{
+    const int rank = zinc_comm_rank(w);
+    char eos[256] = "";
+    const char *tokp = strcmp(c->data.tokenizer, "bytes") ? c->data.tokenizer : NULL;
+    if (tokp) zinc_tokenizer_config_eos(tokp, eos, sizeof eos);
+    zinc_jsonl_opts o = {.chat_template = c->data.chat_template, .block = (int)zinc_config_seq_len(c),
+                         .eos = eos[0] ? eos : NULL};
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(paths[i]);
+        if (len < 6 || strcmp(paths[i] + len - 6, ".jsonl")) continue;
+        char out[512];
+        int built = 0;
+        zinc_jsonl_stats s;
+        for (int phase = 0; phase < 2; phase++) {
+            zinc_status st = ZINC_OK;
+            if ((rank == 0) == (phase == 0)) {
+                double t0 = now_s();
+                st = zinc_data_jsonl_cached(paths[i], c->data.cache_dir, tokp, tok, &o, out, sizeof out, &built, &s);
+                if (st == ZINC_OK && built)
+                    ZINC_INFO("data: %s -> %s in %.1f s: %llu samples, %llu tokens, %llu targets (%.1f%% of the tokens "
+                              "take no loss), %llu padding tokens, %llu samples truncated to %d tokens%s%s",
+                              paths[i], out, now_s() - t0, (unsigned long long)s.docs, (unsigned long long)s.written,
+                              (unsigned long long)s.targets,
+                              s.written ? 100.0 * (double)(s.written - s.targets) / (double)s.written : 0.0,
+                              (unsigned long long)s.pad_tokens, (unsigned long long)s.truncated, o.block,
+                              o.eos ? ", eos " : ", no eos token", o.eos ? o.eos : "");
+                else if (st == ZINC_OK && rank == 0)
+                    ZINC_INFO("data: %s: the cached shard %s", paths[i], out);
+            }
+            st = agree(w, st);
+            if (st != ZINC_OK) return st;
+        }
+        snprintf(paths[i], sizeof paths[i], "%s", out);
+    }
+    return ZINC_OK;
+}
+
 /* Rank 0 tokenizes data.text into a temporary shard; returns its path in buf. */
 static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, const zinc_tokenizer *tok, char *buf, size_t cap)
 {
@@ -630,6 +673,11 @@ int main(int argc, char **argv)
 
     st = agree(world, load_tokenizer(&cfg, &tok));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
+    if (prepare_jsonl(&cfg, world, tok, cfg.data.train, cfg.data.n_train) != ZINC_OK ||
+        prepare_jsonl(&cfg, world, tok, cfg.data.valid, cfg.data.n_valid) != ZINC_OK) {
+        rc = 2;
+        goto done;
+    }
     if (cfg.data.n_text > 0) {
         st = agree(world, prepare_text(&cfg, world, tok, text_shard, sizeof text_shard));
         if (st != ZINC_OK) { rc = 2; goto done; }

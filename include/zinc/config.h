@@ -174,6 +174,10 @@ typedef struct zinc_config {
         int64_t seed;                    /* 1234: sample order seed */
         char text_exts[128];             /* ".c,.h,.md,.sh,.json,.txt": endings of files taken
                                             from text directories */
+        char chat_template[32];          /* "": none; chatml, qwen2, llama3, llama2: renders the
+                                            chat messages of .jsonl data (zinc/data.h) */
+        char cache_dir[512];             /* where .jsonl data's shards are cached ("": beside
+                                            each .jsonl file) */
     } data;
 
     struct {

@@ -111,6 +111,13 @@ typedef struct zinc_jsonl_stats {
 } zinc_jsonl_stats;
 zinc_status zinc_data_write_shard_from_jsonl(const char *const *inputs, int n_inputs, const zinc_tokenizer *tok,
                                              const zinc_jsonl_opts *opt, const char *out_path, zinc_jsonl_stats *st);
+/* The shard of one .jsonl file, made once and cached: out (cap bytes) receives
+ * CACHE_DIR/NAME.HASH.bin (cache_dir NULL or "": beside the .jsonl), HASH over the file's
+ * path, size and modification time, the tokenizer.json's bytes (tok_path) and the options;
+ * *built says whether this call wrote it (then *st holds the summary). */
+zinc_status zinc_data_jsonl_cached(const char *jsonl, const char *cache_dir, const char *tok_path,
+                                   const zinc_tokenizer *tok, const zinc_jsonl_opts *o, char *out, size_t cap,
+                                   int *built, zinc_jsonl_stats *st);
 /* The eos_token of the tokenizer_config.json beside a tokenizer (tok_path: tokenizer.json
  * or its folder) into out: 1, or 0 when there is none. */
 int zinc_tokenizer_config_eos(const char *tok_path, char *out, size_t cap);
