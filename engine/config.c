@@ -1690,7 +1690,7 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
                        "are given; use one");
     if (has_key(root, "data") && !c->data.n_train && !c->data.n_text)
         return cfg_err(x, "data", "needs data.train (token shards) or data.text (files to tokenize)");
-    if (c->data.seq_len > c->model.block_size)
+    if (c->data.seq_len > c->model.block_size && !c->model.from_pretrained[0]) /* else: the folder's, checked there */
         return cfg_err_also(x, "data.seq_len", "model.block_size", "%lld exceeds model.block_size %lld",
                        (long long)c->data.seq_len, (long long)c->model.block_size);
 

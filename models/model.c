@@ -86,6 +86,9 @@ zinc_status zinc_model_pretrained_config(zinc_config *c)
     if (!strcmp(c->data.tokenizer, "bytes") && access(tj, R_OK) == 0)
         snprintf(c->data.tokenizer, sizeof c->data.tokenizer, "%s", dir);
     st = zinc_config_check(c);
+    if (st == ZINC_OK && c->data.seq_len > c->model.block_size)
+        st = zinc_error(ZINC_ERR_CONFIG, "data.seq_len %lld exceeds the %lld positions of model.from_pretrained %s",
+                        (long long)c->data.seq_len, (long long)c->model.block_size, path);
 done:
     json_decref(j);
     return st;
