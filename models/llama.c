@@ -31,6 +31,7 @@ typedef struct llama_dims {
     int tie;        /* lm_head is embed_tokens */
     int qkv_bias;   /* q/k/v biases (Qwen2) */
     float eps;      /* RMSNorm epsilon */
+    int recompute;  /* model.recompute: backward recomputes both RMSNorm outputs, gate | up and SwiGLU */
 } llama_dims;
 
 struct zinc_llama {
@@ -128,7 +129,10 @@ enum { B_LN1, B_Q, B_K, B_V, B_O, B_LN2, B_G, B_U, B_D, B_QB, B_KB, B_VB };
 
 /* Saved activations of a block; "rows" are this rank's token rows between the parallel
  * regions (N/P with sequence parallelism), the others all N = B*T rows of this rank's
- * heads and MLP columns. */
+ * heads and MLP columns. With model.recompute ln1, ln2, gu and h are not kept (NULL): the
+ * forward makes them in the scratch and the backward again (two RMSNorms, the gate | up
+ * product and SwiGLU, the same arithmetic: the gradients are bitwise those without),
+ * which keeps 2C + 3F of the C(4 + ...) values per token out of activation memory. */
 typedef struct block_acts {
     float *rstd1, *rstd2; /* (rows) each */
     void *ln1, *ln2;      /* (rows,C) act: the RMSNorm outputs */
@@ -148,14 +152,14 @@ static size_t block_carve(block_acts *a, void *base, const llama_dims *d, const 
     block_acts t;
     t.rstd1 = CARVE_F32(&k, R);
     t.rstd2 = CARVE_F32(&k, R);
-    t.ln1 = CARVE_ACT(&k, R * C);
-    t.ln2 = CARVE_ACT(&k, R * C);
+    t.ln1 = d->recompute ? NULL : CARVE_ACT(&k, R * C);
+    t.ln2 = d->recompute ? NULL : CARVE_ACT(&k, R * C);
     t.qkv = CARVE_ACT(&k, N * g->QKV);
     t.atty = CARVE_ACT(&k, N * g->NHl * d->HS);
     t.lse = CARVE_F32(&k, (size_t)B * g->NHl * T);
     t.res2 = CARVE_ACT(&k, R * C);
-    t.gu = CARVE_ACT(&k, N * 2 * g->Fl);
-    t.h = CARVE_ACT(&k, N * g->Fl);
+    t.gu = d->recompute ? NULL : CARVE_ACT(&k, N * 2 * g->Fl);
+    t.h = d->recompute ? NULL : CARVE_ACT(&k, N * g->Fl);
     if (a) *a = t;
     return k.off;
 }
@@ -196,10 +200,11 @@ static size_t block_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
  *   big    dgu (N,2Fl), then dqkv (N,QKV)
  *   small  dh (N,Fl), then datty (N,NHl HS)
  *   lng    2C fp32 with SP: the RMSNorm gradients' partial sums
- *   att    the attention scratch, B NHl T fp32.
+ *   att    the attention scratch, B NHl T fp32
+ *   rln, rgu, rh  with model.recompute: ln1 or ln2 (rows,C), gu (N,2Fl), h (N,Fl).
  * The residual gradient is accumulated in dx itself (zeroed by the engine). */
 typedef struct block_scratch {
-    void *full, *dln, *dlnl, *big, *small;
+    void *full, *dln, *dlnl, *big, *small, *rln, *rgu, *rh;
     float *lng, *att;
 } block_scratch;
 
@@ -219,6 +224,11 @@ static size_t block_scratch_carve(block_scratch *s, void *base, const llama_dims
         t.lng = CARVE_F32(&k, 2 * C);
     }
     t.att = CARVE_F32(&k, (size_t)B * g->NHl * T);
+    if (d->recompute) {
+        t.rln = CARVE_ACT(&k, R * C);
+        t.rgu = CARVE_ACT(&k, N * 2 * g->Fl);
+        t.rh = CARVE_ACT(&k, N * g->Fl);
+    }
     if (s) *s = t;
     return k.off;
 }
@@ -271,6 +281,7 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
     block_scratch s;
     block_scratch_carve(&s, c->scratch, d, &g, c->B, c->T, o->act);
     const float *qb = d->qkv_bias ? zinc_layer_param(l, B_QB) : NULL;
+    if (d->recompute) a.ln1 = s.rln, a.ln2 = s.rln, a.gu = s.rgu, a.h = s.rh; /* not kept */
 
     /* attention: x + o_proj(attn(rope(q), rope(k), v)) over this rank's heads */
     o->rmsnorm_forward(a.ln1, a.rstd1, x, zinc_layer_param(l, B_LN1), d->eps, R, C);
@@ -321,6 +332,14 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     const void *dyf = zinc_tp_region_enter(tp, s.dln, dy, N, C, &st);
     if (st != ZINC_OK) return st;
     void *dh = s.small, *dgu = s.big;
+    if (d->recompute) { /* ln2, gate | up and SwiGLU again, as the forward made them */
+        a.ln2 = s.rln, a.gu = s.rgu, a.h = s.rh;
+        o->rmsnorm_forward(a.ln2, a.rstd2, a.res2, zinc_layer_param(l, B_LN2), d->eps, R, C);
+        const void *l2f = zinc_tp_region_enter(tp, s.full, a.ln2, N, C, &st);
+        if (st != ZINC_OK) return st;
+        zinc_tp_column_t_forward(tp, a.gu, l2f, zinc_layer_param(l, B_G), NULL, N, C, 2 * g.Fl);
+        o->swiglu_forward(a.h, a.gu, N, g.Fl);
+    }
     o->zero(dh, (size_t)N * g.Fl * asz);
     zinc_tp_row_t_backward(tp, dh, zinc_layer_grad(l, B_D), NULL, dyf, a.h, zinc_layer_param(l, B_D), N, g.Fl, C);
     o->zero(dgu, (size_t)N * 2 * g.Fl * asz);
@@ -340,6 +359,10 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     o->zero(dqkv, (size_t)N * g.QKV * asz);
     o->attention_gqa_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->pos, c->B, c->T, g.NHl, g.NKVl, d->HS);
     rope_qk(c, d, &g, dqkv, -1); /* the gradients of q and k before the rotation */
+    if (d->recompute) { /* ln1 again (ln2 is dead) */
+        a.ln1 = s.rln;
+        o->rmsnorm_forward(a.ln1, a.rstd1, x, zinc_layer_param(l, B_LN1), d->eps, R, C);
+    }
     const void *ln1f = zinc_tp_region_enter(tp, s.full, a.ln1, N, C, &st);
     if (st != ZINC_OK) return st;
     ZINC_TRY(zinc_tp_column_t_backward(tp, dlnr, s.dln, zinc_layer_grad(l, B_Q),
@@ -434,9 +457,6 @@ zinc_status zinc_llama_create(const zinc_config *c, zinc_llama **out)
     if (C % ZERO_UNIT_ALIGN || (c->model.attention_bias && HS % ZERO_UNIT_ALIGN))
         return zinc_error(ZINC_ERR_CONFIG, "model.n_embd %lld%s: zinc's Llama needs a multiple of %d", (long long)C,
                           c->model.attention_bias ? " and its head size (attention_bias)" : "", ZERO_UNIT_ALIGN);
-    if (c->model.recompute)
-        return zinc_error(ZINC_ERR_UNSUPPORTED, "model.recompute: not supported yet for model.type \"llama\" "
-                          "(it keeps every activation)");
     double pc = (double)V * C * (c->model.tie_word_embeddings ? 1 : 2) + C +
                 (double)L * ((double)C * HS * (NH + 2 * NKV) + (double)C * NH * HS + 3.0 * C * F + 2.0 * C +
                              (c->model.attention_bias ? (double)HS * (NH + 2 * NKV) : 0));
@@ -451,6 +471,7 @@ zinc_status zinc_llama_create(const zinc_config *c, zinc_llama **out)
     d->tie = c->model.tie_word_embeddings != 0;
     d->qkv_bias = c->model.attention_bias != 0;
     d->eps = (float)c->model.rms_norm_eps;
+    d->recompute = c->model.recompute != 0;
     d->head = (model_head){.C = d->C, .V = d->V, .Vreal = d->V, .rms = 1, .eps = d->eps};
     const int n = d->L + 2;
     const size_t half = (size_t)d->T * (d->HS / 2);

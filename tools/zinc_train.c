@@ -353,6 +353,9 @@ static zinc_status prepare_jsonl(zinc_config *c, zinc_comm *w, const zinc_tokeni
             zinc_status st = ZINC_OK;
             if ((rank == 0) == (phase == 0)) {
                 double t0 = now_s();
+                zinc_progress bar; /* large inputs: a progress line on a terminal, rank 0's */
+                zinc_progress_init(&bar, "[tokenizing]", rank == 0 && isatty(STDERR_FILENO), 30, 64u << 20);
+                o.progress = zinc_progress_cb, o.progress_u = &bar;
                 st = zinc_data_jsonl_cached(paths[i], c->data.cache_dir, tokp, tok, &o, out, sizeof out, &built, &s);
                 if (st == ZINC_OK && built)
                     ZINC_INFO("data: %s -> %s in %.1f s: %llu samples, %llu tokens, %llu targets (%.1f%% of the tokens "
@@ -364,6 +367,7 @@ static zinc_status prepare_jsonl(zinc_config *c, zinc_comm *w, const zinc_tokeni
                               o.eos ? ", eos " : ", no eos token", o.eos ? o.eos : "");
                 else if (st == ZINC_OK && rank == 0)
                     ZINC_INFO("data: %s: the cached shard %s", paths[i], out);
+                if (st != ZINC_OK) zinc_progress_end(&bar);
             }
             st = agree(w, st);
             if (st != ZINC_OK) return st;

@@ -11,6 +11,7 @@
 #    without sequence parallelism, TP 2 x DP 2 at ZeRO-3, 2 pipeline stages (1F1B and
 #    interleaved), CPU optimizer offload: the losses of 12 steps equal the single-rank
 #    run's within 1e-5 (fp32); bf16 within 2e-2 of the fp32 run
+#  - model.recompute: bitwise the same losses (alone, TP 2 + SP, bf16), fewer activation bytes
 #  - resume: saved at DP 2 / ZeRO-3, resumed at TP 2 / ZeRO-1: equal to the uninterrupted run
 #  - bad shapes are one line, exit 2
 set -u
@@ -92,6 +93,17 @@ check_close off ref 1e-5
 run bf16 1 --set bf16.enabled=true
 check_close bf16 ref 2e-2
 # tied embeddings with the head on another pipeline stage (their gradients summed)
+# model.recompute: the same arithmetic again in backward, so the losses are bitwise those
+# without, alone, with TP + SP and in bf16; and the saved activations shrink
+run rc 1 --set model.recompute=true
+same ref rc
+run tp2_sp_rc 2 --set tensor_parallel.autotp_size=2 --set tensor_parallel.sequence_parallel=true --set model.recompute=true
+same tp2_sp tp2_sp_rc
+run bf16_rc 1 --set bf16.enabled=true --set model.recompute=true
+same bf16 bf16_rc
+a0=$(field ref act_peak_bytes); a1=$(field rc act_peak_bytes)
+awk -v a="$a0" -v b="$a1" 'BEGIN { exit !(b > 0 && b < 0.75 * a) }' || fail "model.recompute kept $a1 of $a0 activation bytes"
+echo "model.recompute: activations $a0 -> $a1 bytes"
 run tied 1 --set model.tie_word_embeddings=true
 run tied_pp2 2 --set model.tie_word_embeddings=true --set pipeline.stages=2
 check_close tied_pp2 tied 1e-5
@@ -142,6 +154,5 @@ bad "sliding_window 8 is shorter than the sequence length 16" 1 --set model.from
 bad "model.n_kv_head: 3 does not divide model.n_head 4" 1 --set model.n_kv_head=3
 bad "tensor_parallel.autotp_size 4 does not divide the key/value heads (model.n_kv_head) 2" 4 \
     --set tensor_parallel.autotp_size=4
-bad "model.recompute: not supported yet for model.type \"llama\"" 1 --set model.recompute=true
 bad "model.n_embd 40: zinc's Llama needs a multiple of 16" 1 --set model.n_embd=40 --set model.n_head=4
 echo "OK"
