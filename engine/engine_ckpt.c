@@ -640,6 +640,73 @@ static zinc_status st_set_find(st_set *s, const char *name, zinc_st_file **f, lo
     return ZINC_OK;
 }
 
+/* Tensors of the weights no parameter takes (on any rank: a pipeline stage holds its own
+ * layers), other than buffers Hugging Face files carry (GPT-2's attention masks, rotary
+ * inverse frequencies, a tied model's copy of lm_head): weights of another shape of model
+ * (biases the config does not have, an untied head, more layers) are an error, never
+ * dropped. Collective. */
+static int init_benign(const zinc_engine *e, const char *n)
+{
+    static const char *const suffix[] = {".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq", NULL};
+    const size_t len = strlen(n);
+    for (int i = 0; suffix[i]; i++) {
+        const size_t k = strlen(suffix[i]);
+        if (len >= k && !strcmp(n + len - k, suffix[i])) return 1;
+    }
+    return e->cfg.model.tie_word_embeddings && !strcmp(n, "lm_head.weight");
+}
+
+static zinc_status init_unused_check(zinc_engine *e, st_set *s, const char *path)
+{
+    size_t n = s->map ? json_object_size(s->map) : zinc_st_count(s->f[0]);
+    const char **names = calloc(n ? n : 1, sizeof *names);
+    int32_t *unused = calloc(n ? n : 1, sizeof *unused);
+    zinc_status st = ZINC_OK;
+    if (!names || !unused) {
+        st = zinc_error(ZINC_ERR_NOMEM, "init_from");
+        n = 0; /* still take part in the collective below */
+    }
+    size_t i = 0;
+    if (s->map && names) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(s->map, k, v) names[i++] = k;
+    } else if (names) {
+        for (; i < n; i++) names[i] = zinc_st_entry_at(s->f[0], i)->name;
+    }
+    for (i = 0; i < n; i++) {
+        const char *nm = names[i], *bare = !strncmp(nm, "transformer.", 12) ? nm + 12 : nm;
+        int used = init_benign(e, bare);
+        for (int p = 0; !used && p < e->z.n_params; p++) used = !strcmp(e->z.params[p].name, nm) ||
+                                                                 !strcmp(e->z.params[p].name, bare);
+        unused[i] = !used;
+    }
+    int64_t nn = (int64_t)n, lo = nn, hi = nn; /* every rank lists the same names */
+    zinc_status cs = zinc_comm_all_reduce(e->world, &nn, &lo, 1, ZINC_DTYPE_I64, ZINC_REDOP_MIN, NULL);
+    if (cs == ZINC_OK) cs = zinc_comm_all_reduce(e->world, &nn, &hi, 1, ZINC_DTYPE_I64, ZINC_REDOP_MAX, NULL);
+    if (cs == ZINC_OK && lo == hi && n)
+        cs = zinc_comm_all_reduce(e->world, unused, unused, n, ZINC_DTYPE_I32, ZINC_REDOP_MIN, NULL);
+    if (st == ZINC_OK) st = cs;
+    int bad = 0;
+    char list[400] = "";
+    size_t off = 0;
+    for (i = 0; st == ZINC_OK && i < n; i++) {
+        if (!unused[i]) continue;
+        if (bad++ < 3 && off < sizeof list) {
+            int w = snprintf(list + off, sizeof list - off, "%s%s", off ? ", " : "", names[i]);
+            if (w > 0) off += (size_t)w;
+        }
+    }
+    if (st == ZINC_OK && bad)
+        st = zinc_error(ZINC_ERR_CORRUPT, "%s %s: %d tensor%s the model does not take (%s%s): weights of "
+                        "another shape of model (model.attention_bias, tie_word_embeddings, n_layer?)",
+                        e->cfg.model.from_pretrained[0] ? "model.from_pretrained" : "model.init_from", path, bad,
+                        bad == 1 ? "" : "s", list, bad > 3 ? ", ..." : "");
+    free(names);
+    free(unused);
+    return st;
+}
+
 zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
 {
     zinc_status st = ZINC_OK;
@@ -735,8 +802,13 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
         /* this rank's storage: params (whole or shard), master over the opt range */
         ZINC_TRY(zero_unit_store(&e->z, l, full + (u->sharded ? u->opt_lo : 0)));
     }
-    if (e->z.dp_rank == 0) ZINC_INFO("initialized %d parameters from %s", e->z.n_params, path);
 cleanup:
+    {   /* collective from here: a rank that failed above must not leave the others waiting */
+        zinc_status all = zinc_comm_agree(e->world, st);
+        if (st == ZINC_OK) st = all;
+        if (st == ZINC_OK) st = init_unused_check(e, &set, path);
+    }
+    if (st == ZINC_OK && e->z.dp_rank == 0) ZINC_INFO("initialized %d parameters from %s", e->z.n_params, path);
     free(buf);
     free(full);
     st_set_close(&set);

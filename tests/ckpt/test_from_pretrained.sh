@@ -87,7 +87,7 @@ echo "export --format hf: $(cat "$TMP/ex.out"); from_pretrained of it $a = the c
 bad() { # text sets...
     local want=$1; shift
     local out rc
-    out=$($MPIRUN 1 "$BUILD/zinc-train" "$cfg" "$@" --eval-loss 2>&1); rc=$?
+    out=$($MPIRUN "${N:-1}" "$BUILD/zinc-train" "$cfg" "$@" --eval-loss 2>&1); rc=$?
     [ $rc -eq 2 ] || { echo "$out"; fail "$*: exit $rc, not 2"; }
     echo "$out" | grep -q "$want" || { echo "$out"; fail "$*: no line saying '$want'"; }
     echo "refused: $(echo "$out" | grep -m1 "$want")"
@@ -100,4 +100,8 @@ sed 's/"gpt2"/"bert"/' "$TMP/hf/config.json" > "$TMP/b/config.json"
 bad 'model_type "bert": zinc knows gpt2, llama, mistral and qwen2' --set model.from_pretrained="$TMP/b"
 cp "$TMP/hf2/"* "$TMP/m/"; rm "$TMP/m/model-00002-of-00002.safetensors"
 bad "model.safetensors.index.json names model-00002-of-00002.safetensors" --set model.from_pretrained="$TMP/m"
+mkdir -p "$TMP/x" # weights of two layers, a config.json of one: the second layer is not dropped
+sed 's/"n_layer": 2/"n_layer": 1/' "$TMP/hf/config.json" > "$TMP/x/config.json"; cp "$TMP/hf/model.safetensors" "$TMP/x/"
+bad "tensors the model does not take (h.1." --set model.from_pretrained="$TMP/x"
+N=2 bad "tensors the model does not take (h.1." --set model.from_pretrained="$TMP/x" --set tensor_parallel.autotp_size=2
 echo "OK"
