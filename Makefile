@@ -7,7 +7,7 @@ CC      := mpicc
 OPT     ?= -O2 -march=native
 CFLAGS  := -std=c11 $(OPT) -g -Wall -Wextra -Wshadow -Wstrict-prototypes \
            -Wmissing-prototypes -Wpointer-arith -Wvla -fopenmp -D_GNU_SOURCE \
-           -Iinclude -I/usr/include/x86_64-linux-gnu/openblas-pthread -MMD -MP
+           -Iinclude -I/usr/include/x86_64-linux-gnu/openblas-pthread -MMD -MP -fPIC
 # OpenBLAS's OpenMP build shares one thread pool with zinc's OpenMP kernels;
 # the pthreads build's threads and OpenMP's spinning workers fight over the
 # cores (measured: a step at 40% of sgemm peak instead of 82%).
@@ -53,9 +53,14 @@ endif
 include cuda.mk
 
 LIB_SRC := $(wildcard core/*.c kernels/cpu/*.c comm/*.c data/*.c checkpoint/*.c zero/*.c tensor_parallel/*.c pipeline/*.c \
-                      offload/*.c engine/*.c models/*.c)
+                      offload/*.c engine/*.c models/*.c monitor/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libzinc.a
+# the shared library: libzinc.so.VERSION, soname libzinc.so.SOVERSION (bumped when the
+# ABI breaks); objects are built -fPIC once for both libraries
+VERSION   := 0.1.0
+SOVERSION := 0
+SHLIB   := $(BUILD)/libzinc.so.$(VERSION)
 
 TOOL_SRC := $(wildcard tools/zinc_*.c)
 PROGS   := $(patsubst tools/zinc_%.c,$(BUILD)/zinc-%,$(TOOL_SRC)) $(BUILD)/zinc-run
@@ -77,7 +82,7 @@ FUZZ_TIME    ?= 10
 DEPS_STAMP := .deps-installed
 
 .PHONY: all deps test run bench clean fuzz fuzz-build
-all: $(DEPS_STAMP) $(PROGS) $(TESTS) $(BENCHES) $(FUZZ_REPLAYS)
+all: $(DEPS_STAMP) $(PROGS) $(SHLIB) $(TESTS) $(BENCHES) $(FUZZ_REPLAYS)
 
 # Installs missing system packages once per checkout (scripts/install-deps.sh).
 $(DEPS_STAMP): scripts/install-deps.sh
@@ -85,13 +90,25 @@ $(DEPS_STAMP): scripts/install-deps.sh
 	@touch $@
 deps: $(DEPS_STAMP)
 
-$(BUILD)/%.o: %.c | $(DEPS_STAMP)
+# Objects depend on the compiler and flags they were built with: a change of either
+# (a new flag, OPT=...) rebuilds them instead of linking stale objects.
+FLAGS_STAMP := $(BUILD)/.cflags
+$(FLAGS_STAMP): FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CC) $(CFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS)' > $@
+.PHONY: FORCE
+FORCE:
+
+$(BUILD)/%.o: %.c $(FLAGS_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ) $(CUDA_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
+
+$(SHLIB): $(LIB_OBJ) $(CUDA_OBJ)
+	$(CC) -shared -Wl,-soname,libzinc.so.$(SOVERSION) -Wl,--no-undefined $^ -o $@ $(LDLIBS)
 
 $(BUILD)/zinc-%: $(BUILD)/tools/zinc_%.o $(LIB)
 	$(CC) $^ -o $@ $(BLAS_SELECT) $(LDLIBS)
@@ -128,6 +145,43 @@ run: all
 
 bench: all
 	BUILD=$(BUILD) ./bench/bench-train.sh
+
+# `make install PREFIX=/usr/local DESTDIR=`: the programs, libzinc.so (soname
+# libzinc.so.$(SOVERSION)) and libzinc.a, the public headers under include/zinc/ and zinc.pc
+# for pkg-config. zinc.pc's Libs carry an rpath to LIBDIR (and -lm, which layers written
+# against zinc/engine.h use), so a program built with
+# `cc prog.c $(pkg-config --cflags --libs zinc)` finds libzinc at any PREFIX; the private
+# deps are listed for `pkg-config --static`. `make CUDA=1 install` installs the same names
+# with the cuda device inside. `make uninstall` removes exactly what install wrote.
+PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
+INCDIR  ?= $(PREFIX)/include
+BINDIR  ?= $(PREFIX)/bin
+PCDIR   ?= $(LIBDIR)/pkgconfig
+HEADERS := $(wildcard include/zinc/*.h)
+MPI_LIBS := $(shell mpicc -showme:link 2>/dev/null)
+comma := ,
+PC_PRIVATE := $(patsubst $(BLAS_DIR)/libopenblas.so.0,-L$(BLAS_DIR) -lopenblas,$(filter-out -Wl$(comma)-rpath%,$(LDLIBS))) $(MPI_LIBS)
+.PHONY: install uninstall
+install: $(PROGS) $(LIB) $(SHLIB)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)/zinc $(DESTDIR)$(PCDIR)
+	install -m 755 $(PROGS) $(DESTDIR)$(BINDIR)/
+	install -m 644 $(LIB) $(DESTDIR)$(LIBDIR)/libzinc.a
+	install -m 755 $(SHLIB) $(DESTDIR)$(LIBDIR)/libzinc.so.$(VERSION)
+	ln -sf libzinc.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libzinc.so.$(SOVERSION)
+	ln -sf libzinc.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libzinc.so
+	install -m 644 $(HEADERS) $(DESTDIR)$(INCDIR)/zinc/
+	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCDIR)' '' \
+	    'Name: zinc' 'Description: ZeRO in C: a DeepSpeed-style training engine' 'Version: $(VERSION)' \
+	    'Cflags: -I$${includedir}' 'Libs: -L$${libdir} -Wl,-rpath,$${libdir} -lzinc -lm' \
+	    'Libs.private: $(strip $(PC_PRIVATE))' > $(DESTDIR)$(PCDIR)/zinc.pc
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig > /dev/null; then ldconfig; fi
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(PROGS)))
+	rm -f $(DESTDIR)$(LIBDIR)/libzinc.a $(DESTDIR)$(LIBDIR)/libzinc.so $(DESTDIR)$(LIBDIR)/libzinc.so.$(SOVERSION) \
+	      $(DESTDIR)$(LIBDIR)/libzinc.so.$(VERSION) $(DESTDIR)$(PCDIR)/zinc.pc
+	rm -f $(addprefix $(DESTDIR)$(INCDIR)/zinc/,$(notdir $(HEADERS)))
+	-rmdir $(DESTDIR)$(INCDIR)/zinc 2>/dev/null
 
 clean:
 	rm -rf build build-asan build-ubsan build-cuda build-fuzz

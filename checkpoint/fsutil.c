@@ -40,32 +40,10 @@ static zinc_status fsync_dir(const char *dir)
     return ZINC_OK;
 }
 
-static zinc_status mkdir_p(const char *dir)
-{
-    char p[CK_PATH];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
-        return zinc_error(ZINC_ERR_INVALID_ARG, "path too long: %s", dir);
-    for (char *c = p + 1;; c++) {
-        if (*c == '/' || *c == '\0') {
-            char save = *c;
-            *c = '\0';
-            if (mkdir(p, 0755) != 0 && errno != EEXIST)
-                return zinc_error(ZINC_ERR_IO, "%s: cannot create directory: %s", p, strerror(errno));
-            *c = save;
-            if (save == '\0') break;
-        }
-    }
-    struct stat sb;
-    if (stat(dir, &sb) != 0) return zinc_error(ZINC_ERR_IO, "%s: %s", dir, strerror(errno));
-    if (!S_ISDIR(sb.st_mode))
-        return zinc_error(ZINC_ERR_IO, "%s is %s, not a directory", dir, zinc_file_kind((unsigned)sb.st_mode));
-    return ZINC_OK;
-}
-
 zinc_status zinc_ckpt_prepare_dir(const char *save_dir)
 {
     if (!save_dir || !save_dir[0]) return zinc_error(ZINC_ERR_INVALID_ARG, "checkpoint: no save_dir");
-    zinc_status st = mkdir_p(save_dir);
+    zinc_status st = zinc_mkdir_p(save_dir);
     if (st != ZINC_OK) return st;
     if (access(save_dir, W_OK | X_OK) != 0)
         return zinc_error(ZINC_ERR_IO, "%s: cannot write into it: %s", save_dir, strerror(errno));
@@ -409,7 +387,7 @@ zinc_status ckpt_save_prepare(const char *save_dir, const char *tag, const char 
     if (!j)
         return zinc_error(ZINC_ERR_INVALID_ARG, "meta_json: line %d column %d: %s", jerr.line, jerr.column, jerr.text);
     json_decref(j);
-    ZINC_TRY(mkdir_p(save_dir));
+    ZINC_TRY(zinc_mkdir_p(save_dir));
     DIR *d = opendir(save_dir);
     if (!d) return zinc_error(ZINC_ERR_IO, "%s: cannot open directory: %s", save_dir, strerror(errno));
     struct dirent *e;

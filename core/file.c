@@ -70,3 +70,26 @@ zinc_status zinc_fopen_regular(const char *path, const char *what, FILE **f, lon
     }
     return ZINC_OK;
 }
+
+zinc_status zinc_mkdir_p(const char *dir)
+{
+    char p[4096];
+    if (!dir[0]) return zinc_error(ZINC_ERR_INVALID_ARG, "empty directory name");
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "path too long: %s", dir);
+    for (char *c = p + 1;; c++) {
+        if (*c == '/' || *c == '\0') {
+            char save = *c;
+            *c = '\0';
+            if (mkdir(p, 0755) != 0 && errno != EEXIST)
+                return zinc_error(ZINC_ERR_IO, "%s: cannot create directory: %s", p, strerror(errno));
+            *c = save;
+            if (save == '\0') break;
+        }
+    }
+    struct stat sb;
+    if (stat(dir, &sb) != 0) return zinc_error(ZINC_ERR_IO, "%s: %s", dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return zinc_error(ZINC_ERR_IO, "%s is %s, not a directory", dir, zinc_file_kind((unsigned)sb.st_mode));
+    return ZINC_OK;
+}

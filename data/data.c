@@ -66,6 +66,9 @@ struct zinc_data {
     uint64_t n_tokens;
     uint64_t n_samples;
     bool docs; /* some shard has documents (version 3): targets and positions follow them */
+    bool has_src; /* a user's batch source instead of shards (zinc_data_from_source) */
+    zinc_batch_source src;
+    int vocab;
     /* Permutation cache: perm holds perm_e for e = perm_epoch. */
     pthread_mutex_t lock;
     uint64_t *perm; /* (n_samples,) */
@@ -373,6 +376,48 @@ void zinc_data_close(zinc_data *d)
     free(d);
 }
 
+zinc_status zinc_data_from_source(const zinc_batch_source *src, int seq_len, int vocab_size, zinc_data **out)
+{
+    *out = NULL;
+    if (!src || !src->get) return zinc_error(ZINC_ERR_INVALID_ARG, "batch source: no get function");
+    if (src->n_samples < 1) return zinc_error(ZINC_ERR_INVALID_ARG, "batch source: n_samples must be >= 1");
+    if (seq_len < 1 || vocab_size < 1)
+        return zinc_error(ZINC_ERR_INVALID_ARG, "batch source: seq_len %d, vocab_size %d", seq_len, vocab_size);
+    zinc_data *d = calloc(1, sizeof *d);
+    if (!d) return zinc_error(ZINC_ERR_NOMEM, "batch source");
+    pthread_mutex_init(&d->lock, NULL);
+    d->has_src = true;
+    d->src = *src;
+    d->seq_len = seq_len;
+    d->vocab = vocab_size;
+    d->n_samples = src->n_samples;
+    d->n_tokens = src->n_samples * (uint64_t)seq_len;
+    d->docs = src->masked != 0;
+    *out = d;
+    return ZINC_OK;
+}
+
+/* n samples from the user's source, checked: ids in [0, vocab), targets in [-1, vocab) */
+static zinc_status data_src_get(const zinc_data *d, uint64_t first, int n, int32_t *inputs, int32_t *targets,
+                                int32_t *pos)
+{
+    const size_t T = (size_t)d->seq_len;
+    zinc_status st = d->src.get(d->src.user, first, n, d->seq_len, inputs, targets);
+    if (st != ZINC_OK) return zinc_error(st, "batch source, samples %llu..%llu: %s", (unsigned long long)first,
+                                         (unsigned long long)(first + (uint64_t)n - 1), zinc_last_error());
+    for (size_t i = 0; i < (size_t)n * T; i++) {
+        if (inputs[i] < 0 || inputs[i] >= d->vocab || targets[i] < -1 || targets[i] >= d->vocab ||
+            (!d->docs && targets[i] < 0))
+            return zinc_error(ZINC_ERR_INVALID_ARG, "batch source: sample %llu, position %zu: %s %d %s",
+                              (unsigned long long)(first + i / T), i % T,
+                              inputs[i] < 0 || inputs[i] >= d->vocab ? "input" : "target",
+                              inputs[i] < 0 || inputs[i] >= d->vocab ? inputs[i] : targets[i],
+                              !d->docs && targets[i] == -1 ? "(-1 needs masked = 1)" : "is outside the vocabulary");
+        if (pos) pos[i] = (int32_t)(i % T);
+    }
+    return ZINC_OK;
+}
+
 uint64_t zinc_data_n_samples(const zinc_data *d) { return d ? d->n_samples : 0; }
 uint64_t zinc_data_n_tokens(const zinc_data *d) { return d ? d->n_tokens : 0; }
 int zinc_data_has_docs(const zinc_data *d) { return d && d->docs; }
@@ -456,6 +501,7 @@ zinc_status zinc_data_get_docs(const zinc_data *d, uint64_t first, int n, int32_
     if (n == 0) return ZINC_OK;
     if (!inputs || !targets)
         return zinc_error(ZINC_ERR_INVALID_ARG, "data: inputs/targets buffer is NULL");
+    if (d->has_src) return data_src_get(d, first, n, inputs, targets, pos);
     const size_t T = (size_t)d->seq_len;
     int32_t *buf = malloc((T + 1) * sizeof *buf); /* (T+1,) one sample */
     uint8_t *fl = d->docs ? malloc(T + 1) : NULL;
@@ -507,6 +553,17 @@ zinc_status zinc_data_count_targets(const zinc_data *d, uint64_t first, uint64_t
     if (!d->docs) {
         *count = n * T;
         return ZINC_OK;
+    }
+    if (d->has_src) { /* one sample at a time through the source */
+        int32_t *in = malloc(2 * T * sizeof *in);
+        if (!in) return zinc_error(ZINC_ERR_NOMEM, "data: out of memory");
+        zinc_status st = ZINC_OK;
+        for (uint64_t b = 0; b < n && st == ZINC_OK; b++) {
+            st = data_src_get(d, first + b, 1, in, in + T, NULL);
+            for (uint64_t t = 0; st == ZINC_OK && t < T; t++) *count += in[T + t] >= 0;
+        }
+        free(in);
+        return st;
     }
     int32_t *buf = malloc((T + 1) * sizeof *buf);
     uint8_t *fl = malloc(T + 1);

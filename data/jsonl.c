@@ -638,8 +638,8 @@ zinc_status zinc_data_jsonl_cached(const char *jsonl, const char *cache_dir, con
     base = base ? base + 1 : jsonl;
     int w;
     if (cache_dir && *cache_dir) {
-        if (mkdir(cache_dir, 0755) != 0 && errno != EEXIST)
-            return zinc_error(ZINC_ERR_IO, "data.cache_dir %s: cannot create it: %s", cache_dir, strerror(errno));
+        zinc_status ms = zinc_mkdir_p(cache_dir);
+        if (ms != ZINC_OK) return zinc_error(ms, "data.cache_dir %s: %s", cache_dir, zinc_last_error());
         w = snprintf(out, cap, "%s/%.*s.%016llx.bin", cache_dir, (int)(strlen(base) - 6), base, (unsigned long long)h);
     } else {
         w = snprintf(out, cap, "%.*s.%016llx.bin", (int)(strlen(jsonl) - 6), jsonl, (unsigned long long)h);

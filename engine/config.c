@@ -5,8 +5,10 @@
  * One mechanism does the work: a tree of key descriptors (name, type, field
  * offset, range, default, flags). zinc_config_defaults walks it to fill the
  * defaults, the validator walks it against the JSON tree (unknown keys get a
- * did-you-mean from the same table), and zinc_config_dump walks it again to
- * write the resolved config back with DeepSpeed's names. Rules that tie keys
+ * did-you-mean from the same table), zinc_config_dump walks it again to
+ * write the resolved config back with DeepSpeed's names, and
+ * zinc_config_list_keys to print the key reference (README.md's is its
+ * output, scripts/config-reference.sh). Rules that tie keys
  * together (the batch triple, "auto" values, fp16 vs bf16, offload vs stage)
  * run after the walk, in finish().
  *
@@ -88,12 +90,15 @@ enum {
     F_ONLY_TRUE = 1u << 10, /* bool that zinc supports only as true */
     F_NOTYET = 1u << 11,    /* changes what is computed or how memory is used: any value
                              * but ->def is "not supported yet" (->text says why) */
-    F_FINISH = 1u << 13,    /* not stored; finish() checks it against the run (effect: applied) */
+    F_FINISH = 1u << 13,    /* not stored; finish() checks it against the run (effect: applied;
+                             * ->text says what is accepted) */
     F_UNUSED = 1u << 12,    /* stored, but nothing reads it yet: a value other than the
                              * default has no effect (->text says what zinc does) */
     F_TP = 1u << 14,        /* only meaningful with a TP group (tensor_parallel.autotp_size > 1) */
     F_PP = 1u << 15,        /* only meaningful with several model chunks (stages x virtual_stages > 1) */
     F_LLAMA = 1u << 16,     /* only meaningful for model.type "llama" */
+    F_ZINC = 1u << 17,      /* zinc's own key, not DeepSpeed's (a section's: all its keys);
+                             * for zinc_config_list_keys only */
 };
 
 /* slots of ctx->autos: which keys were given as "auto" */
@@ -126,7 +131,8 @@ struct keydesc {
     const keydesc *sub;          /* T_SECTION: its keys, ended by a NULL name */
     const enum_name *enums;      /* T_ENUM: names */
     const char *const *allowed;  /* T_STR: allowed values (NULL: any) */
-    const char *text;            /* T_ALIAS: target; T_REJECT/F_ONLY_*: why; T_HOOK: section */
+    const char *text;            /* T_ALIAS: target; T_REJECT/F_ONLY_*: why; T_HOOK: section;
+                                  * else why a key has no effect (or only one value) */
     key_hook hook;               /* T_HOOK */
     int (*skip)(const zinc_config *c); /* T_SECTION: left out of the dump when true */
 };
@@ -187,6 +193,7 @@ struct cfg_ctx {
 #define KE(n, f, d, names, fl) {.name = n, .type = T_ENUM, .off = OFF(f), .def = d, .enums = names, .flags = fl}
 #define KP(n, f, cnt) {.name = n, .type = T_PATHS, .off = OFF(f), .aux = OFF(cnt)}
 #define KSEC(n, t) {.name = n, .type = T_SECTION, .off = NOF, .sub = t, .flags = F_NULL_OK}
+#define KSECZ(n, t) {.name = n, .type = T_SECTION, .off = NOF, .sub = t, .flags = F_NULL_OK | F_ZINC}
 /* DeepSpeed keys zinc accepts but does not use (yet): validated, not stored */
 #define XB(n) {.name = n, .type = T_BOOL, .off = NOF, .flags = F_NULL_OK}
 #define XI(n, l, h) {.name = n, .type = T_INT, .off = NOF, .lo = l, .hi = h, .flags = F_NULL_OK}
@@ -458,6 +465,19 @@ static const keydesc train_keys[] = {
     KI("threads", train.threads, 0, THREADS_MAX, 0),
     KE("on_nan", train.on_nan, ZINC_ON_NAN_ERROR, on_nan_kinds, 0),
     KI("max_skipped", train.max_skipped, 1, STEPS_MAX, 10),
+    KN("peak_tflops", train.peak_tflops, 0, 1e9, 0, 0),
+    END};
+
+/* DeepSpeed's monitors: the same three keys each (monitor/monitor.c) */
+static const keydesc tensorboard_keys[] = {
+    KB("enabled", tensorboard.enabled, 0),
+    KS("output_path", tensorboard.output_path, "", NULL),
+    KS("job_name", tensorboard.job_name, "DeepSpeedJobName", NULL),
+    END};
+static const keydesc csv_monitor_keys[] = {
+    KB("enabled", csv_monitor.enabled, 0),
+    KS("output_path", csv_monitor.output_path, "", NULL),
+    KS("job_name", csv_monitor.job_name, "DeepSpeedJobName", NULL),
     END};
 
 /* zinc's activation memory is set by model.recompute */
@@ -479,8 +499,9 @@ static const keydesc pipeline_keys[] = {
      .flags = F_AUTO | F_NULL_OK},
     /* the schedule orders the micro-batches even on one stage (gpipe holds all of them);
      * virtual stages before partition: the partition splits stages x virtual_stages chunks */
-    KE("schedule", pp.schedule, 1, pp_schedules, F_NOCASE),
-    KI("virtual_stages", pp.virtual_stages, 1, LAYERS_MAX, 1),
+    KE("schedule", pp.schedule, 1, pp_schedules, F_NOCASE | F_ZINC),
+    {.name = "virtual_stages", .type = T_INT, .off = OFF(pp.virtual_stages), .lo = 1, .hi = LAYERS_MAX,
+     .def = 1, .flags = F_ZINC},
     {.name = "partition", .type = T_STR, .off = OFF(pp.partition), .sdef = "parameters", .aux = FSZ(pp.partition),
      .flags = F_NULL_OK | F_PP}, /* finish() checks the method */
     XBW("seed_layers", "zinc seeds every parameter by its name, whatever the stage"),
@@ -516,8 +537,9 @@ static const keydesc tp_inner_keys[] = {
     END};
 static const keydesc tensor_parallel_keys[] = {
     KI("autotp_size", tp.size, 1, TP_MAX, 1),
+    /* not in DeepSpeed's TPTrainingConfig: Megatron's sequence parallelism */
     {.name = "sequence_parallel", .type = T_BOOL, .off = OFF(tp.sequence_parallel), .def = 0,
-     .flags = F_TP},
+     .flags = F_TP | F_ZINC},
     KSEC("tp", tp_inner_keys),
     XANYW("tensor_parallel", TP_WHY),
     XANYW("dtype", TP_WHY),
@@ -561,12 +583,12 @@ static const keydesc root_keys[] = {
     ALIAS("bfloat16", "bf16", F_DEPRECATED),
     KSEC("zero_optimization", zero_keys),
     KSEC("aio", aio_keys),
-    KSEC("model", model_keys),
-    {.name = "data", .type = T_SECTION, .off = NOF, .sub = data_keys, .skip = skip_data},
-    KSEC("train", train_keys),
-    KE("device", device, ZINC_DEVICE_AUTO, device_kinds, 0),
-    KE("comm_backend", comm_backend, ZINC_COMM_AUTO, comm_kinds, 0),
-    KN("comm_timeout_s", comm_timeout_s, 0, INF, 300, F_LO_OPEN),
+    KSECZ("model", model_keys),
+    {.name = "data", .type = T_SECTION, .off = NOF, .sub = data_keys, .flags = F_ZINC, .skip = skip_data},
+    KSECZ("train", train_keys),
+    KE("device", device, ZINC_DEVICE_AUTO, device_kinds, F_ZINC),
+    KE("comm_backend", comm_backend, ZINC_COMM_AUTO, comm_kinds, F_ZINC),
+    KN("comm_timeout_s", comm_timeout_s, 0, INF, 300, F_LO_OPEN | F_ZINC),
     /* DeepSpeed sections and keys zinc accepts but does not use yet */
     KSEC("activation_checkpointing", activation_checkpointing_keys),
     KSEC("pipeline", pipeline_keys),
@@ -576,14 +598,16 @@ static const keydesc root_keys[] = {
     NYN("gradient_predivide_factor", 0, INF, 1, "zinc averages gradients after reducing them"),
     XBW("zero_allow_untested_optimizer", "zinc runs its own Adam/AdamW"),
     XBW("zero_force_ds_cpu_optimizer", "zinc runs its own host Adam"),
-    {.name = "communication_data_type", .type = T_STR, .off = NOF, .flags = F_NULL_OK | F_FINISH},
+    {.name = "communication_data_type", .type = T_STR, .off = NOF, .flags = F_NULL_OK | F_FINISH,
+     .text = "only the working dtype's name (fp32, fp16 or bf16): zinc reduces gradients in it"},
     XSW("seq_parallel_communication_data_type", "sequence parallelism is not implemented"),
     XBW("memory_breakdown", "zinc's step line always shows the memory in use"),
     XBW("sparse_gradients", "zinc's embedding gradients are dense"),
     XBW("dump_state", "zinc prints its resolved config with zinc-train --check"),
     XIW("seed", 0, INF, "zinc seeds from model.seed (weights) and data.seed (sample order)"),
     XBW("disable_allgather", "zinc always all-gathers updated partitions"),
-    {.name = "fp32_allreduce", .type = T_BOOL, .off = NOF, .flags = F_NULL_OK | F_FINISH},
+    {.name = "fp32_allreduce", .type = T_BOOL, .off = NOF, .flags = F_NULL_OK | F_FINISH,
+     .text = "true only in fp32: zinc reduces gradients in the working dtype"},
     NYI("sequence_parallel_size", 1, INF, 1, "sequence parallelism is not implemented"),
     XBW("dataloader_drop_last", "zinc's loader draws whole batches"),
     XBW("use_data_before_expert_parallelism", "zinc has no expert parallelism"),
@@ -592,9 +616,9 @@ static const keydesc root_keys[] = {
     KSEC("elasticity", elasticity_keys),
     XANYW("autotuning", "zinc has no autotuner"),
     KSEC("data_types", data_types_keys),
-    XANYW("tensorboard", "zinc writes no TensorBoard events yet; see train.metrics_file"),
-    XANYW("wandb", "zinc does not log to Weights & Biases; see train.metrics_file"),
-    XANYW("csv_monitor", "zinc writes no CSV monitor; see train.metrics_file"),
+    KSEC("tensorboard", tensorboard_keys),
+    XANYW("wandb", "zinc does not log to Weights & Biases; see tensorboard, csv_monitor, train.metrics_file"),
+    KSEC("csv_monitor", csv_monitor_keys),
     XANYW("comet", "zinc does not log to Comet; see train.metrics_file"),
     XANYW("flops_profiler", "zinc's step line shows TFLOP/s"),
     XANYW("comms_logger", "zinc's step line shows communication volume"),
@@ -994,11 +1018,14 @@ static void note_effect(cfg_ctx *x, const char *path, const json_t *v, const cha
                                  effect);
 }
 
+/* The reason of a key without effect whose row gives none. */
+#define NO_EFFECT_WHY "accepted for DeepSpeed compatibility"
+
 /* A key given without effect: listed in the start-up warning and --check. */
 static void note_no_effect(cfg_ctx *x, const char *path, const json_t *v, const char *why)
 {
     char e[400];
-    snprintf(e, sizeof e, "no effect (%s)", why ? why : "accepted for DeepSpeed compatibility");
+    snprintf(e, sizeof e, "no effect (%s)", why ? why : NO_EFFECT_WHY);
     note_effect(x, path, v, e);
     size_t n = strlen(path) + 2;
     if (x->noeff_n + n + 1 >= sizeof x->noeff) {
@@ -1109,6 +1136,16 @@ static zinc_status walk_feature(cfg_ctx *x, const keydesc *k, json_t *v, const c
     return ZINC_OK;
 }
 
+/* The scheduler types taking a key of scheduler.params: "WarmupLR, WarmupDecayLR". */
+static void sched_users(unsigned mask, char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (const enum_name *e = sched_types; e->name && n < cap; e++)
+        if (mask & (1u << e->value))
+            n += (size_t)snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", e->name);
+}
+
 /* ---------------------------------------------------------------- the walk */
 
 static zinc_status walk_object(cfg_ctx *x, const keydesc *tab, json_t *obj, char *path, size_t plen,
@@ -1132,11 +1169,8 @@ static zinc_status walk_value_store(cfg_ctx *x, const keydesc *k, json_t *obj, j
     char *f = k->off == NOF ? NULL : (char *)c + k->off;
 
     if (k->sched_mask && !(k->sched_mask & (1u << c->scheduler.type))) {
-        char users[128] = "";
-        size_t n = 0;
-        for (const enum_name *e = sched_types; e->name; e++)
-            if (k->sched_mask & (1u << e->value))
-                n += (size_t)snprintf(users + n, sizeof users - n, "%s%s", n ? ", " : "", e->name);
+        char users[128];
+        sched_users(k->sched_mask, users, sizeof users);
         return cfg_err(x, path, "not a parameter of %s (it is one of %s)",
                        enum_to_name(sched_types, (int)c->scheduler.type), users);
     }
@@ -2165,4 +2199,234 @@ char *zinc_config_dump(const zinc_config *c)
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
     json_decref(root);
     return s;
+}
+
+/* ---------------------------------------------------------------- key reference */
+
+/* One markdown table cell: "| text " with '|' escaped, in backticks when code. */
+static void ref_cell(FILE *f, const char *s, int code)
+{
+    int tick = code && *s;
+    fputs(tick ? "| `" : "| ", f);
+    for (; *s; s++) {
+        if (*s == '|') fputc('\\', f);
+        fputc(*s, f);
+    }
+    fputs(tick ? "` " : " ", f);
+}
+
+/* The JSON type of a key: "integer", "[number, number]", ... */
+static const char *ref_type(const keydesc *k)
+{
+    switch (k->type) {
+    case T_BOOL: return "bool";
+    case T_INT:
+    case T_INT32: return "integer";
+    case T_NUM: return "number";
+    case T_PAIR: return "[number, number]";
+    case T_STR:
+    case T_ENUM: return "string";
+    case T_PATHS: return "string or [string]";
+    case T_SECTION:
+    case T_FEATURE: return "object";
+    case T_HOOK: return k->hook == hook_micro_list ? "[integer]" : "bool";
+    case T_ANY:
+    case T_REJECT:
+    case T_ALIAS: break;
+    }
+    return "any";
+}
+
+/* A default number as a reader writes it: 300, 10000, 1e-08, 0.9. */
+static void ref_number(double d, char *buf, size_t cap)
+{
+    if (d == floor(d) && fabs(d) < 1e15)
+        snprintf(buf, cap, "%.0f", d);
+    else
+        fmt_double(d, buf, cap);
+}
+
+/* The one value a NY* or F_ONLY_* key takes ("" for other keys). */
+static void ref_only(const keydesc *k, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    if (k->flags & (F_ONLY_FALSE | F_ONLY_TRUE))
+        snprintf(buf, cap, "%s", k->flags & F_ONLY_TRUE ? "true" : "false");
+    else if ((k->flags & F_NOTYET) && k->type == T_BOOL)
+        snprintf(buf, cap, "%s", k->def ? "true" : "false");
+    else if ((k->flags & F_NOTYET) && k->type != T_STR)
+        ref_number(k->def, buf, cap);
+}
+
+/* The default as JSON, from the filled defaults d: "" for keys zinc does not
+ * store, "none" where a stored key has none in its range (the batch triple,
+ * total_num_steps: derived or required); for NY* / F_ONLY_* keys the one
+ * value zinc supports. */
+static void ref_default(const keydesc *k, const zinc_config *d, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    if (k->type == T_HOOK) {
+        if (k->hook == hook_micro_list) {
+            size_t n = (size_t)snprintf(buf, cap, "[");
+            for (int i = 0; i < d->elasticity.n_micro && n < cap; i++)
+                n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? ", " : "",
+                                      (long long)d->elasticity.micro_batch_sizes[i]);
+            if (n < cap) snprintf(buf + n, cap - n, "]");
+        } else {
+            snprintf(buf, cap, "false");
+        }
+        return;
+    }
+    if (k->off == NOF) {
+        ref_only(k, buf, cap);
+        return;
+    }
+    const char *f = (const char *)d + k->off;
+    char a[32], b[32];
+    switch (k->type) {
+    case T_BOOL: snprintf(buf, cap, "%s", *(const int *)f ? "true" : "false"); break;
+    case T_INT:
+    case T_INT32: {
+        long long v = k->type == T_INT ? (long long)*(const int64_t *)f : (long long)*(const int *)f;
+        if (in_range(k, (double)v))
+            snprintf(buf, cap, "%lld", v);
+        else
+            snprintf(buf, cap, "none");
+        break;
+    }
+    case T_NUM: ref_number(*(const double *)f, buf, cap); break;
+    case T_PAIR:
+        ref_number(((const double *)f)[0], a, sizeof a);
+        ref_number(((const double *)f)[1], b, sizeof b);
+        snprintf(buf, cap, "[%s, %s]", a, b);
+        break;
+    case T_STR: snprintf(buf, cap, "\"%s\"", f); break;
+    case T_ENUM: {
+        const char *name = enum_to_name(k->enums, *(const int *)f);
+        if (name) snprintf(buf, cap, "\"%s\"", name);
+        break;
+    }
+    default: break;
+    }
+}
+
+/* What a key accepts, in the words of the validation errors (expected_text). */
+static void ref_accepts(const keydesc *k, char *buf, size_t cap)
+{
+    if (k->type == T_ANY) {
+        snprintf(buf, cap, "any value");
+    } else if (k->type == T_REJECT) {
+        snprintf(buf, cap, "nothing");
+    } else if (k->type == T_HOOK && k->hook == hook_micro_list) {
+        snprintf(buf, cap, "1 to %d distinct integers in 1..%.0f", ZINC_ELASTIC_MAX_MICRO, MICRO_MAX);
+    } else if (k->type == T_HOOK) {
+        snprintf(buf, cap, "true or false");
+    } else if (k->flags & (F_ONLY_FALSE | F_ONLY_TRUE)) {
+        snprintf(buf, cap, "%s", k->flags & F_ONLY_TRUE ? "true" : "false");
+    } else if (k->type == T_PAIR) { /* expected_text words one element: "a number in [0, 1)" */
+        char one[300];
+        expected_text(k, one, sizeof one);
+        snprintf(buf, cap, "an array of 2 numbers%s", one + strlen("a number"));
+    } else {
+        expected_text(k, buf, cap);
+    }
+    size_t n = strlen(buf);
+    if ((k->flags & F_NOCASE) && n < cap) n += (size_t)snprintf(buf + n, cap - n, " (any case)");
+    if ((k->flags & F_AUTO) && n < cap) snprintf(buf + n, cap - n, ", or \"auto\"");
+}
+
+/* What zinc does with a key: "honoured" (and when), "no effect: why", "only
+ * 1: why", "error: why", ... prefix: the path of the key's section. */
+static void ref_effect(const keydesc *k, const char *prefix, char *buf, size_t cap)
+{
+    const char *why = k->text ? k->text : NO_EFFECT_WHY, *dot = prefix[0] ? "." : "";
+    char only[64];
+    switch (k->type) {
+    case T_SECTION: snprintf(buf, cap, "section"); return;
+    case T_ALIAS:
+        snprintf(buf, cap, "%salias of `%s%s%s`", k->flags & F_DEPRECATED ? "deprecated " : "", prefix, dot,
+                 k->text);
+        return;
+    case T_REJECT: snprintf(buf, cap, "error: %s", k->text); return;
+    case T_FEATURE:
+        snprintf(buf, cap, "error unless empty or \"enabled\": false: %s", k->text);
+        return;
+    case T_ANY: snprintf(buf, cap, "no effect: %s", why); return;
+    case T_HOOK:
+        if (k->hook == hook_cpu_offload) {
+            snprintf(buf, cap, "deprecated: true means `%s%s%s.device` \"cpu\"", prefix, dot, k->text);
+            return;
+        }
+        break;
+    default: break;
+    }
+    if (k->flags & F_DEPRECATED) {
+        snprintf(buf, cap, "deprecated: %s", why);
+    } else if ((k->flags & F_NOTYET) && k->type == T_STR) {
+        snprintf(buf, cap, "only the values listed: %s", why);
+    } else if (k->flags & (F_NOTYET | F_ONLY_FALSE | F_ONLY_TRUE)) {
+        ref_only(k, only, sizeof only);
+        snprintf(buf, cap, "only `%s`: %s", only, why);
+    } else if (k->flags & F_FINISH) {
+        snprintf(buf, cap, "checked against the run: %s", why);
+    } else if (k->off == NOF && k->type != T_HOOK) {
+        snprintf(buf, cap, "no effect: %s", why);
+    } else if (k->flags & F_UNUSED) {
+        snprintf(buf, cap, "the default is what zinc does, another value has no effect: %s", why);
+    } else {
+        size_t n = (size_t)snprintf(buf, cap, "honoured");
+        char users[128];
+        sched_users(k->sched_mask, users, sizeof users);
+        if (k->sched_mask && n < cap) n += (size_t)snprintf(buf + n, cap - n, " by %s", users);
+        if ((k->flags & F_STAGE3) && n < cap) n += (size_t)snprintf(buf + n, cap - n, " at ZeRO stage 3");
+        if ((k->flags & F_TP) && n < cap)
+            n += (size_t)snprintf(buf + n, cap - n, " with tensor_parallel.autotp_size > 1");
+        if ((k->flags & F_PP) && n < cap)
+            n += (size_t)snprintf(buf + n, cap - n, " with pipeline.stages x pipeline.virtual_stages > 1");
+        if ((k->flags & F_LLAMA) && n < cap) n += (size_t)snprintf(buf + n, cap - n, " for model.type \"llama\"");
+        if ((k->flags & F_REQUIRED) && n < cap) snprintf(buf + n, cap - n, "; required in its section");
+    }
+}
+
+/* One row per key of tab, a section's keys after it. zinc: the section is zinc's. */
+static void ref_walk(FILE *f, const keydesc *tab, const zinc_config *d, char *path, size_t plen, int zinc)
+{
+    for (const keydesc *k = tab; k->name; k++) {
+        char prefix[PATH_CAP], dflt[128], accepts[600], effect[700];
+        snprintf(prefix, sizeof prefix, "%s", path);
+        size_t n = path_push(path, plen, k->name);
+        /* an alias takes its target's values */
+        const keydesc *t = k->type == T_ALIAS ? find_key(tab, k->text) : k;
+        if (!t) t = k;
+        if (k->type == T_ALIAS)
+            dflt[0] = '\0';
+        else
+            ref_default(k, d, dflt, sizeof dflt);
+        ref_accepts(t, accepts, sizeof accepts);
+        ref_effect(k, prefix, effect, sizeof effect);
+        int z = zinc || (k->flags & F_ZINC);
+        ref_cell(f, path, 1);
+        ref_cell(f, ref_type(t), 0);
+        ref_cell(f, dflt, strcmp(dflt, "none") != 0);
+        ref_cell(f, accepts, 0);
+        ref_cell(f, effect, 0);
+        ref_cell(f, z ? "zinc" : "DeepSpeed", 0);
+        fputs("|\n", f);
+        if (k->type == T_SECTION) ref_walk(f, k->sub, d, path, n, z);
+        path[plen] = '\0';
+    }
+}
+
+zinc_status zinc_config_list_keys(FILE *f)
+{
+    if (!f) return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_config_list_keys: no stream");
+    zinc_config *d = malloc(sizeof *d);
+    if (!d) return zinc_error(ZINC_ERR_NOMEM, "zinc_config_list_keys: out of memory");
+    zinc_config_defaults(d);
+    char path[PATH_CAP] = "";
+    fputs("| key | type | default | accepts | effect in zinc | from |\n|---|---|---|---|---|---|\n", f);
+    ref_walk(f, root_keys, d, path, 0, 0);
+    free(d);
+    if (fflush(f) != 0 || ferror(f)) return zinc_error(ZINC_ERR_IO, "key reference: write failed");
+    return ZINC_OK;
 }

@@ -539,6 +539,7 @@ cleanup:
 }
 
 int64_t zinc_engine_step(const zinc_engine *e) { return e->step; }
+int64_t zinc_engine_samples(const zinc_engine *e) { return e->samples; }
 
 /* ------------------------------------------------------------ safetensors */
 

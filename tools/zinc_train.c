@@ -3,6 +3,7 @@
  * steps_per_print steps and JSON lines to train.metrics_file.
  *
  *   zinc-train CONFIG [--set key.path=value]... [--check]
+ *   zinc-train --list-keys
  *
  * Exit status: 0 done, 1 runtime failure, 2 bad input (usage, config, data).
  * Errors that every rank sees alike (config, data) are agreed on with one
@@ -38,6 +39,7 @@
 #include "zinc/tokenizer.h"
 #include "zinc/file.h"
 #include "zinc/model.h"
+#include "zinc/monitor.h"
 #include "zinc/log.h"
 #include "zinc/progress.h"
 
@@ -49,11 +51,14 @@ static zinc_progress ckpt_bar; /* rank 0's checkpoint progress line (off unless 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: zinc-train CONFIG.json [--set key.path=value]... [--check | --estimate-memory -n N]\n"
+               "       zinc-train --list-keys\n"
                "  --set k=v             override any config key (value parsed as JSON, else a string)\n"
                "  --check               validate and print the resolved config, do not train\n"
                "  --estimate-memory -n N  per-rank model-state bytes for ZeRO stages 0-3 at N ranks\n"
                "  --eval-loss           print the loss on the first global batch (after init_from /\n"
-               "                        resume) and exit without training\n");
+               "                        resume) and exit without training\n"
+               "  --list-keys           print every config key (type, default, values, effect in zinc)\n"
+               "                        as a markdown table, and exit\n");
 }
 
 /* Prints the per-rank model-state estimate of stages 0-3 for n ranks. */
@@ -494,12 +499,53 @@ static zinc_status resume(const zinc_config *c, zinc_engine *eng, zinc_aio *aio,
     return zinc_engine_load_checkpoint(eng, aio, c->train.save_dir, r);
 }
 
-/* Rank 0: the step line on stdout (every `every` steps, the first and the last
- * and each with a validation loss) and the step's line of train.metrics_file. */
-static void log_step(const zinc_config *cfg, zinc_engine *eng, zinc_comm *world,
-                     int64_t step, const zinc_step_stats *s, double vloss, int64_t every,
-                     FILE *metrics)
+/* What rank 0 writes each step to. */
+typedef struct step_log {
+    const zinc_config *cfg;
+    zinc_engine *eng;
+    zinc_comm *world;
+    int64_t every;       /* the step line every this many steps */
+    FILE *metrics;       /* train.metrics_file or NULL */
+    zinc_monitor *mon;   /* tensorboard / csv_monitor or NULL */
+    double t_start;      /* when first_step began */
+    int64_t first_step;
+    double peak_tflops;  /* the device's, 0 unknown: MFU = model TFLOP/s / this */
+} step_log;
+
+/* "1h02m", "3m12s", "12s" */
+static void fmt_eta(double s, char *buf, size_t cap)
 {
+    long long t = (long long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, cap, "%lldh%02lldm", t / 3600, t / 60 % 60);
+    else if (t >= 60) snprintf(buf, cap, "%lldm%02llds", t / 60, t % 60);
+    else snprintf(buf, cap, "%llds", t);
+}
+
+/* Rank 0: the step line on stdout (every `every` steps, the first and the last
+ * and each with a validation loss), the step's line of train.metrics_file and its
+ * scalars to the monitors (written out every step, as DeepSpeed's monitors do). */
+static void log_step(const step_log *L, int64_t step, const zinc_step_stats *s, double vloss)
+{
+    const zinc_config *cfg = L->cfg;
+    zinc_engine *eng = L->eng;
+    zinc_comm *world = L->world;
+    FILE *metrics = L->metrics;
+    const int64_t every = L->every;
+    /* FLOP/s for people: GFLOP/s below one TFLOP/s (CPUs), MFU when the peak is known,
+     * the time left to max_steps at the mean step time so far */
+    char rate[64], eta[48] = "";
+    if (s->model_tflops >= 1.0) snprintf(rate, sizeof rate, "%.1f TFLOP/s", s->model_tflops);
+    else snprintf(rate, sizeof rate, "%.1f GFLOP/s", s->model_tflops * 1e3);
+    if (L->peak_tflops > 0) {
+        size_t n = strlen(rate);
+        snprintf(rate + n, sizeof rate - n, " (MFU %.1f%%)", 100.0 * s->model_tflops / L->peak_tflops);
+    }
+    if (step < cfg->train.max_steps) {
+        char t[32];
+        double per = (now_s() - L->t_start) / (double)(step - L->first_step + 1);
+        fmt_eta(per * (double)(cfg->train.max_steps - step), t, sizeof t);
+        snprintf(eta, sizeof eta, " | ETA %s", t);
+    }
     char nvme_note[48] = "";
     if (s->mem_max.nvme)
         snprintf(nvme_note, sizeof nvme_note, " (%.1f MiB on nvme)", s->mem_max.nvme / 1048576.0);
@@ -518,14 +564,19 @@ static void log_step(const zinc_config *cfg, zinc_engine *eng, zinc_comm *world,
         size_t n = strlen(tp_comm);
         snprintf(tp_comm + n, sizeof tp_comm - n, "%s", eval_note);
     }
-    if (step % every == 0 || step == 1 || step == cfg->train.max_steps || !isnan(vloss))
+    const int shown = step % every == 0 || step == 1 || step == cfg->train.max_steps || !isnan(vloss);
+    if (shown)
         printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %7.4f | %8.0f tok/s | %8.1f ms | "
-               "%.1f TFLOP/s | state %.1f MiB/rank%s | %s mem %.2f GiB | comm %.2f MiB%s%s\n",
+               "%s | state %.1f MiB/rank%s | %s mem %.2f GiB | comm %.2f MiB%s%s%s\n",
                (long long)step, (long long)cfg->train.max_steps, s->loss, s->lr, s->grad_norm,
-               s->tokens_per_s, s->step_ms, s->model_tflops, s->model_state_bytes_max / 1048576.0,
+               s->tokens_per_s, s->step_ms, rate, s->model_state_bytes_max / 1048576.0,
                nvme_note, zinc_engine_device(eng)->name, s->dev_mem_peak / 1073741824.0,
-               s->comm_bytes / 1048576.0, tp_comm, s->skipped ? (cfg->fp16.enabled ? " | skipped (fp16 overflow)" : " | skipped (not finite)") : "");
+               s->comm_bytes / 1048576.0, tp_comm, s->skipped ? (cfg->fp16.enabled ? " | skipped (fp16 overflow)" : " | skipped (not finite)") : "", eta);
     fflush(stdout);
+    if (zinc_monitor_step(L->mon, cfg, s, vloss, L->peak_tflops, zinc_engine_tp_size(eng), zinc_engine_pp_size(eng)) !=
+            ZINC_OK ||
+        zinc_monitor_flush(L->mon) != ZINC_OK)
+        die(world, "monitor");
     if (metrics) {
         const zinc_mem_stats *m = &s->mem_max;
         char norm_json[32] = "null"; /* JSON has no NaN/inf: an fp16 overflow logs null */
@@ -571,7 +622,7 @@ static void log_step(const zinc_config *cfg, zinc_engine *eng, zinc_comm *world,
 int main(int argc, char **argv)
 {
     const char *cfg_path = NULL, *overrides[MAX_OVERRIDES];
-    int n_over = 0, check = 0, estimate = 0, est_n = 1, eval_loss = 0;
+    int n_over = 0, check = 0, estimate = 0, est_n = 1, eval_loss = 0, list_keys = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--set") && i + 1 < argc) {
             if (n_over == MAX_OVERRIDES) { fprintf(stderr, "zinc-train: too many --set\n"); return 2; }
@@ -581,6 +632,8 @@ int main(int argc, char **argv)
             overrides[n_over++] = argv[i] + 6;
         } else if (!strcmp(argv[i], "--check")) {
             check = 1;
+        } else if (!strcmp(argv[i], "--list-keys")) {
+            list_keys = 1;
         } else if (!strcmp(argv[i], "--eval-loss")) {
             eval_loss = 1;
         } else if (!strcmp(argv[i], "--estimate-memory")) {
@@ -603,6 +656,11 @@ int main(int argc, char **argv)
         } else {
             cfg_path = argv[i];
         }
+    }
+    if (list_keys) { /* the table alone: no config needed */
+        if (zinc_config_list_keys(stdout) == ZINC_OK) return 0;
+        fprintf(stderr, "zinc-train: %s\n", zinc_last_error());
+        return 1;
     }
     if (!cfg_path) {
         usage(stderr);
@@ -663,6 +721,7 @@ int main(int argc, char **argv)
     zinc_tokenizer *tok = NULL;
     int eval_nb = 0; /* global batches of data.valid per evaluation */
     FILE *metrics = NULL;
+    zinc_monitor *mon = NULL;
     zinc_aio *aio = NULL;
     char text_shard[600] = "";
     int rc = 0;
@@ -757,6 +816,10 @@ int main(int argc, char **argv)
     }
     st = agree(world, rank == 0 && cfg.train.metrics_file[0] && !metrics ? ZINC_ERR_IO : ZINC_OK);
     if (st != ZINC_OK) { rc = 2; goto done; }
+    /* tensorboard / csv_monitor: a resumed run continues after its checkpoint's samples */
+    st = agree(world, rank == 0 ? zinc_monitor_open(&cfg, appending ? zinc_engine_samples(eng) : -1, &mon) : ZINC_OK);
+    if (st != ZINC_OK) { rc = 2; goto done; }
+    if (rank == 0 && mon && cfg.tensorboard.enabled) ZINC_INFO("tensorboard: %s", zinc_monitor_tb_path(mon));
 
     int64_t every = cfg.train.log_every > 0 ? cfg.train.log_every : cfg.steps_per_print;
     if (every < 1) every = 1;
@@ -787,6 +850,8 @@ int main(int argc, char **argv)
     int64_t n_tok_s = 0;
     int64_t first_step = zinc_engine_step(eng) + 1;
     int64_t last_saved = appending ? first_step - 1 : -1; /* a resumed step is saved */
+    const step_log slog = {.cfg = &cfg, .eng = eng, .world = world, .every = every, .metrics = metrics, .mon = mon,
+                           .t_start = t_start, .first_step = first_step, .peak_tflops = cfg.train.peak_tflops};
     for (int64_t step = first_step; step <= cfg.train.max_steps; step++) {
         int sig = stop_agreed(world);
         if (sig) { /* stop before this step; step - 1 is the last one done */
@@ -821,7 +886,7 @@ int main(int argc, char **argv)
             if (zinc_engine_eval(eng, vdata, 0, eval_nb, &vloss) != ZINC_OK) die(world, "validation loss failed");
         /* the step's lines go out before its checkpoint: a rank lost after the save
          * must not leave a checkpointed step missing from the metrics file */
-        if (rank == 0) log_step(&cfg, eng, world, step, &s, vloss, every, metrics);
+        if (rank == 0) log_step(&slog, step, &s, vloss);
         /* save every save_every steps and at the end (only at the end when save_every is 0) */
         if (cfg.train.save_dir[0] &&
             ((cfg.train.save_every > 0 && step % cfg.train.save_every == 0) ||
@@ -859,6 +924,7 @@ int main(int argc, char **argv)
 done:
     zinc_ckpt_set_progress(NULL, NULL);
     if (metrics) fclose(metrics);
+    zinc_monitor_close(mon);
     zinc_engine_destroy(eng); /* before the aio engine its swap files use */
     zinc_aio_destroy(aio);
     zinc_model_destroy(gpt);

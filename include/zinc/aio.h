@@ -23,6 +23,10 @@
 
 #include "zinc/status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define ZINC_AIO_ALIGN 4096
 
 typedef struct zinc_aio zinc_aio;
@@ -78,5 +82,9 @@ zinc_status zinc_aio_wait(zinc_aio_req **r);
 /* Buffers aligned to ZINC_AIO_ALIGN (size rounded up), zeroed; NULL on failure. */
 void *zinc_aio_buf_alloc(size_t bytes);
 void zinc_aio_buf_free(void *p); /* NULL-safe */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

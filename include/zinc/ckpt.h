@@ -48,6 +48,10 @@
 #include "zinc/status.h"
 #include "zinc/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define ZINC_CKPT_FORMAT_VERSION 2    /* 2: boxes; 1 (flat ranges) is still read */
 #define ZINC_CKPT_BLOCK_BYTES (1u << 20) /* crc32c granularity within a chunk */
 #define ZINC_CKPT_TAG_MAX 200            /* longest tag, [A-Za-z0-9._-], not starting with '.' */
@@ -235,5 +239,9 @@ zinc_status zinc_ckpt_reader_verify(zinc_ckpt_reader *r, zinc_ckpt_progress_fn p
 /* crc32c (Castagnoli) of n bytes, continuing from crc (0 to start): crc32c("123456789") is
  * 0xE3069283. Uses SSE4.2 when the CPU has it. */
 uint32_t zinc_crc32c(uint32_t crc, const void *data, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

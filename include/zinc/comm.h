@@ -26,6 +26,10 @@
 #include "zinc/status.h"
 #include "zinc/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct zinc_comm zinc_comm;
 typedef struct zinc_comm_handle zinc_comm_handle;
 
@@ -140,5 +144,9 @@ typedef struct zinc_mesh {
 /* Collective over world. pp*dp*tp must equal the world size. */
 zinc_status zinc_mesh_create(zinc_comm *world, int pp, int dp, int tp, zinc_mesh **out);
 void zinc_mesh_destroy(zinc_mesh *m); /* NULL-safe; does not destroy world */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

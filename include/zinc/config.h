@@ -14,9 +14,14 @@
 #define ZINC_CONFIG_H
 
 #include <stdint.h>
+#include <stdio.h> /* FILE: zinc_config_list_keys */
 
 #include "zinc/offload.h" /* zinc_offload_device */
 #include "zinc/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define ZINC_MAX_PATHS 16
 #define ZINC_ELASTIC_MAX_MICRO 16 /* elasticity.micro_batch_sizes entries */
@@ -193,7 +198,16 @@ typedef struct zinc_config {
         int64_t max_skipped;           /* 10: non-finite steps in a row before on_nan "skip" stops */
         int64_t eval_every;            /* 0: the validation loss (data.valid) at the end only; N: every N steps too */
         int64_t eval_batches;          /* 10: global batches of data.valid per evaluation (fewer when it has fewer) */
+        double peak_tflops;            /* 0: the device's peak for the step line's MFU (0: unknown,
+                                          or measured at start-up on GPUs) */
     } train;
+
+    /* DeepSpeed's monitors (zinc/monitor.h): rank 0 writes OUTPUT_PATH/JOB_NAME/ */
+    struct {
+        int enabled;                   /* false */
+        char output_path[512];         /* "": the working directory */
+        char job_name[256];            /* "DeepSpeedJobName" */
+    } tensorboard, csv_monitor;
 
     zinc_device_kind device;           /* auto */
     zinc_comm_kind comm_backend;       /* auto */
@@ -319,5 +333,20 @@ zinc_status zinc_config_check(const zinc_config *c);
 /* Writes the resolved config as pretty JSON (DeepSpeed names) to a malloc'd
  * string; caller frees. NULL on allocation failure. */
 char *zinc_config_dump(const zinc_config *c);
+
+/* Writes the key reference to f (borrowed), generated from the table the
+ * parser validates with: a markdown table, one row per key the parser
+ * accepts (sections and their keys, aliases, keys without effect) in table
+ * order: dotted path, JSON type, default, what it accepts (as the validation
+ * errors word it), what zinc does with it ("honoured", "no effect: why",
+ * "only `1`: why", "error when enabled: why", "alias of `path`", ...) and
+ * whether the key is DeepSpeed's or zinc's own. README.md's config reference
+ * is this output (scripts/config-reference.sh). ZINC_ERR_IO when writing
+ * fails, ZINC_ERR_NOMEM, ZINC_ERR_INVALID_ARG for a NULL f. */
+zinc_status zinc_config_list_keys(FILE *f);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -31,6 +31,10 @@
 
 #include "zinc/status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define ZINC_SHARD_MAGIC 20240520
 #define ZINC_SHARD_VERSION 1     /* uint16 tokens */
 #define ZINC_SHARD_VERSION_U32 2 /* uint32 tokens */
@@ -48,6 +52,24 @@ typedef struct zinc_data zinc_data;
 zinc_status zinc_data_open(const char *const *paths, int n_paths, int seq_len, int vocab_size,
                            uint64_t seed, zinc_data **out);
 void zinc_data_close(zinc_data *d); /* NULL-safe */
+
+/* A user's data instead of token shards (the driver API of examples/): zinc asks for
+ * samples by their global index, and sample k must be a pure function of k — that makes a
+ * step's global batch the same at every DP size (each rank asks for its slice) and a
+ * resumed run exact (it continues from the checkpoint's sample index). get may be called
+ * from any rank for any index, in any order, and once per sample at most per step. */
+typedef struct zinc_batch_source {
+    /* Fills samples first .. first+n-1: inputs (n, seq_len) ids in [0, vocab_size) for
+     * layer 0, targets (n, seq_len) the ids the loss layer predicts, -1 where no loss is
+     * taken (only when masked). Another status stops the step, its detail kept. */
+    zinc_status (*get)(void *user, uint64_t first, int n, int seq_len, int32_t *inputs, int32_t *targets);
+    uint64_t n_samples; /* samples per epoch (>= 1): what zinc_data_n_samples reports */
+    int masked;         /* targets may be -1: the mean loss divides by the targets that count */
+    void *user;
+} zinc_batch_source;
+/* A loader over src (copied; src->user borrowed) for samples of seq_len. Ids outside the
+ * vocabulary are an error naming the sample and position. */
+zinc_status zinc_data_from_source(const zinc_batch_source *src, int seq_len, int vocab_size, zinc_data **out);
 
 /* Samples per epoch and total tokens. */
 uint64_t zinc_data_n_samples(const zinc_data *d);
@@ -133,5 +155,9 @@ typedef struct zinc_shard_info {
     uint32_t lo, hi;
 } zinc_shard_info;
 zinc_status zinc_data_shard_info(const char *path, zinc_shard_info *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -34,6 +34,10 @@
 #include "zinc/tp.h"
 #include "zinc/zero.h" /* zinc_init_kind, zinc_mem_stats */
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct zinc_engine zinc_engine;
 typedef struct zinc_layer zinc_layer;
 
@@ -256,12 +260,15 @@ zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const cha
 /* Sets every parameter (weights and fp32 master) from a Hugging Face GPT-2
  * safetensors file: names with or without the "transformer." prefix; wte may
  * have fewer rows than vocab_size (the rest stay zero), wpe at least
- * block_size rows; "attn.bias" buffers and a tied lm_head.weight are ignored.
- * Every rank calls it and reads the file itself (no communication); agree on
- * the status afterwards (zinc_comm_agree). */
+ * block_size rows; "attn.bias" buffers, rotary inv_freq and a tied lm_head.weight are
+ * ignored, any other tensor no rank's parameters take is an error naming it.
+ * Collective: every rank calls it and reads the file itself; the ranks agree on
+ * the status before the unused-tensor check, so all return the same status. */
 zinc_status zinc_engine_init_from(zinc_engine *e, const char *path);
 /* Steps taken so far (restored by a load). */
 int64_t zinc_engine_step(const zinc_engine *e);
+/* Global samples drawn so far (DeepSpeed's global_samples; restored by resume). */
+int64_t zinc_engine_samples(const zinc_engine *e);
 
 /* Collective. Mean token loss over n_batches global batches starting at
  * global sample first_sample, forward only (no gradients, no update). */
@@ -285,5 +292,9 @@ int zinc_engine_pp_stage(const zinc_engine *e);
  * The data is in the engine's device memory (not readable by the host on
  * cuda: copy it with zinc_engine_device(e)->copy). */
 float *zinc_engine_param_by_name(zinc_engine *e, const char *name, int64_t *numel);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

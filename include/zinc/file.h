@@ -16,6 +16,10 @@
 
 #include "zinc/status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Opens path read-only (flags: extra open flags such as O_CLOEXEC or
  * O_DIRECT; O_NONBLOCK is used for the open and cleared afterwards) and
  * checks that it is a regular file. what names the file's role in errors
@@ -33,5 +37,13 @@ zinc_status zinc_fopen_regular(const char *path, const char *what, FILE **f, lon
  * "a named pipe", "a character device", "a block device", "a socket",
  * "a symbolic link", "an unknown kind of file". */
 const char *zinc_file_kind(unsigned mode);
+
+/* mkdir -p: creates dir and its missing parents (0755); ZINC_ERR_IO naming the part that
+ * cannot be made, or dir when it exists but is not a directory. */
+zinc_status zinc_mkdir_p(const char *dir);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -8,6 +8,10 @@
 #include "zinc/config.h"
 #include "zinc/engine.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct zinc_gpt2 zinc_gpt2;
 
 /* Builds the model definition from config->model. The definition inside
@@ -19,5 +23,9 @@ const zinc_model_def *zinc_gpt2_model(const zinc_gpt2 *g);
  * any gradient, on every device and under vocab-parallel TP. Before the engine runs. */
 zinc_status zinc_gpt2_set_vocab_real(zinc_gpt2 *g, int64_t n);
 void zinc_gpt2_destroy(zinc_gpt2 *g); /* NULL-safe */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -9,6 +9,10 @@
 #include "zinc/config.h"
 #include "zinc/engine.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct zinc_llama zinc_llama;
 
 /* Builds the model definition from config->model (type "llama"): n_layer, n_embd,
@@ -20,5 +24,9 @@ const zinc_model_def *zinc_llama_model(const zinc_llama *m);
 /* The real vocabulary n <= model.vocab_size: the padded rows' logits are -inf. */
 zinc_status zinc_llama_set_vocab_real(zinc_llama *m, int64_t n);
 void zinc_llama_destroy(zinc_llama *m); /* NULL-safe */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

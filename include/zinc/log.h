@@ -4,6 +4,10 @@
 #ifndef ZINC_LOG_H
 #define ZINC_LOG_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum zinc_log_level {
     ZINC_LOG_ERROR = 0,
     ZINC_LOG_WARN,
@@ -25,5 +29,9 @@ void zinc_log(zinc_log_level lvl, const char *fmt, ...) __attribute__((format(pr
 #define ZINC_WARN(...)  zinc_log(ZINC_LOG_WARN, __VA_ARGS__)
 #define ZINC_INFO(...)  zinc_log(ZINC_LOG_INFO, __VA_ARGS__)
 #define ZINC_DEBUG(...) zinc_log(ZINC_LOG_DEBUG, __VA_ARGS__)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,6 +7,10 @@
 #include "zinc/config.h"
 #include "zinc/engine.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct zinc_model zinc_model;
 
 /* The model config->model.type names ("gpt2", "llama"). Valid until zinc_model_destroy. */
@@ -27,5 +31,9 @@ void zinc_model_destroy(zinc_model *m); /* NULL-safe */
  * folder (model.safetensors or its index's shards) and, with data.tokenizer "bytes",
  * the folder's tokenizer.json. */
 zinc_status zinc_model_pretrained_config(zinc_config *c);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -24,6 +24,10 @@
 #include "zinc/aio.h"
 #include "zinc/status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Where a kind of model state lives (zero_optimization.offload_*.device). */
 typedef enum { ZINC_OFFLOAD_NONE = 0, ZINC_OFFLOAD_CPU, ZINC_OFFLOAD_NVME } zinc_offload_device;
 
@@ -74,5 +78,9 @@ typedef zinc_status (*zinc_swap_update_fn)(void *user, const zinc_swap_group *g,
 zinc_status zinc_swap_stream(zinc_swap *s, const zinc_swap_group *groups, size_t n_groups,
                              size_t group_elems, int pipeline_read, int pipeline_write,
                              zinc_swap_update_fn update, void *user, double *io_wait_ms);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -30,6 +30,10 @@
 #include "zinc/status.h"
 #include "zinc/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct zinc_ops {
     const char *name; /* "cpu", "cpu-bf16", "cuda", "cuda-bf16" */
     zinc_dtype act;   /* dtype of act tensors: ZINC_DTYPE_F32 or ZINC_DTYPE_BF16 */
@@ -274,5 +278,9 @@ const zinc_ops *zinc_ops_wrap(int slot, const zinc_ops *in, const zinc_ops_hooks
 /* Number of wrapped ops, and the name of op i ("matmul", ...). */
 int zinc_ops_n_ops(void);
 const char *zinc_ops_op_name(int op);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -43,6 +43,10 @@
 #include "zinc/status.h"
 #include "zinc/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
     ZINC_PP_GPIPE,
     ZINC_PP_1F1B,
@@ -203,5 +207,9 @@ typedef struct zinc_pp_exec_stats {
  * may be NULL). Collective over pp. stats may be NULL. */
 zinc_status zinc_pp_execute(const zinc_pp_plan *plan, zinc_comm *pp, int stage, const zinc_pp_stage_ops *ops,
                             zinc_pp_exec_stats *stats);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -10,6 +10,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct zinc_progress {
     const char *label;  /* borrowed; "verify", "[checkpoint]" */
     int on;             /* 0: never draws (not a terminal) */
@@ -32,5 +36,9 @@ void zinc_progress_end(zinc_progress *p);
 
 /* zinc_progress_update with the signature of zinc_ckpt_progress_fn (u is the zinc_progress). */
 void zinc_progress_cb(uint64_t done, uint64_t total, void *u);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -6,6 +6,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct zinc_rng {
     uint64_t s;
 } zinc_rng;
@@ -25,5 +29,9 @@ void zinc_rng_normal(zinc_rng *r, float *out, int64_t n, float std);
  * a rank initializes just its shard of a parameter. */
 void zinc_rng_normal_range(uint64_t seed, uint64_t stream, float *out, int64_t first, int64_t n,
                            float std);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -16,6 +16,10 @@
 #include "zinc/status.h"
 #include "zinc/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* One tensor of a file. */
 typedef struct zinc_st_entry {
     char name[256];
@@ -67,5 +71,9 @@ zinc_status zinc_st_read_raw(zinc_st_file *f, size_t i, void *dst);
 
 /* "F32", "BF16", ... for a zinc dtype; NULL for none. */
 const char *zinc_st_dtype_name(zinc_dtype dt);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -10,6 +10,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum zinc_dtype {
     ZINC_DTYPE_F32 = 0,
     ZINC_DTYPE_BF16,
@@ -95,5 +99,9 @@ static inline float zinc_f16_to_f32(uint16_t h)
     if (e == 31) return zinc_bits_f32_(sign | 0x7f800000u | (m << 13));
     return zinc_bits_f32_(sign | ((e + 112) << 23) | (m << 13));
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -26,6 +26,10 @@
 
 #include "zinc/status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct zinc_tokenizer zinc_tokenizer;
 
 /* Loads path: a tokenizer.json, or a folder holding one. ZINC_ERR_IO (missing or
@@ -56,5 +60,9 @@ zinc_status zinc_tokenizer_encode_special(const zinc_tokenizer *t, const char *t
  * with skip_special_tokens=False does. ZINC_ERR_INVALID_ARG for an id outside the
  * vocabulary. */
 zinc_status zinc_tokenizer_decode(const zinc_tokenizer *t, const int32_t *ids, size_t n, char **text, size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

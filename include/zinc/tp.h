@@ -25,6 +25,10 @@
 #include "zinc/ops.h"
 #include "zinc/status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct zinc_tp {
     zinc_comm *group;      /* borrowed; NULL when the TP size is 1 */
     int size, rank;
@@ -150,5 +154,9 @@ zinc_status zinc_tp_softmax_xent(const zinc_tp *t, float *losses, void *logits,
 
 /* Bytes one rank's TP collectives moved (ring formula, as comm counts them). */
 uint64_t zinc_tp_bytes(const zinc_tp *t);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

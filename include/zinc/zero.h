@@ -40,6 +40,10 @@
 #include "zinc/ops.h"
 #include "zinc/status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define ZERO_UNIT_ALIGN 16     /* elements: 64-byte alignment of every param */
 #define ZERO_MAX_LAYER_UNITS 4 /* units one layer may touch (its own + tied) */
 
@@ -282,5 +286,9 @@ void zero_fault_nan(zero_state *z, int64_t step);
  * coef, then writes the working-precision params back (and all-gathers them
  * at stages 1/2 and for whole units at stage 3). */
 zinc_status zero_optimizer_step(zero_state *z, double lr, double coef, int t);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -1,7 +1,7 @@
 /* test_config.c - the config module: data-driven valid/invalid cases under
  * tests/config/cases (run from the repository root), then unit tests of
- * defaults, overrides, integral reals, "auto", the batch rule for DP 1..4 and
- * the dump round trip.
+ * defaults, overrides, integral reals, "auto", the batch rule for DP 1..4,
+ * the dump round trip and the key reference (zinc_config_list_keys).
  *
  * cases/invalid/NAME.json must fail (load, then resolve for DP 1) with
  * ZINC_ERR_CONFIG or ZINC_ERR_IO and a one-line detail containing the first
@@ -894,7 +894,7 @@ static void test_honest_keys(void)
     const char *eol = strchr(w, '\n');
     size_t wl = eol ? (size_t)(eol - w) : strlen(w);
     static const char *const listed[] = {"seed", "zero_allow_untested_optimizer", "memory_breakdown",
-                                         "zero_optimization.load_from_fp32_weights", "tensorboard",
+                                         "zero_optimization.load_from_fp32_weights", "comms_logger",
                                          "activation_checkpointing.profile", "pipeline.seed_layers",
                                          "checkpoint.tag_validation", "wandb", "autotuning", NULL};
     for (int i = 0; listed[i]; i++) {
@@ -908,8 +908,8 @@ static void test_honest_keys(void)
     /* and each key given has its effect, with the reason */
     static const char *const lines[] = {
         "train_batch_size = 256: applied\n",
-        "tensorboard = {\"enabled\":true,\"output_path\":\"logs/\",\"job_name\":\"gpt\"}: no effect (zinc "
-        "writes no TensorBoard events yet; see train.metrics_file)\n",
+        "tensorboard.enabled = true: applied\n",
+        "tensorboard.job_name = \"gpt\": applied\n",
         "pipeline.stages = \"auto\": applied (\"auto\", resolved as shown)\n",
         "pipeline.partition = \"parameters\": applied (the default; one model chunk)\n",
         "activation_checkpointing.partition_activations = false: applied (the only value zinc supports)\n",
@@ -1162,6 +1162,123 @@ static void test_elasticity(void)
                          NULL, 0, "elasticity.min_gpus 4 > max_gpus 2"));
 }
 
+/* ---------------------------------------------------------------- key reference */
+
+/* Whether the parser knows path: "path=null" on a base config either loads
+ * without an unknown-key warning or fails with an error about path itself
+ * (expected a ..., only ..., not a parameter of ...), never "unknown key",
+ * nor at a shorter path (a leaf given an object). */
+static int path_known(const char *path)
+{
+    static const char *base = "{\"train_batch_size\": 8, \"optimizer\": {\"type\": \"Adam\"},"
+                              " \"scheduler\": {\"type\": \"WarmupLR\"}, \"data\": {\"train\": \"a.bin\"}}";
+    char ov[300], want[300];
+    snprintf(ov, sizeof ov, "%s=null", path);
+    snprintf(want, sizeof want, "--set %s:", path);
+    const char *o[] = {ov};
+    zinc_config c;
+    capture_begin();
+    zinc_status st = zinc_config_load_string(base, "t.json", o, 1, &c);
+    char *err = capture_end();
+    const char *e = zinc_last_error();
+    int ok = st == ZINC_OK ? err && !strstr(err, "unknown")
+                           : strstr(e, want) && !strstr(e, "unknown key") && !strstr(e, "is not an object");
+    free(err);
+    return ok;
+}
+
+/* zinc_config_list_keys: a markdown table of every key, each one the parser knows. */
+static void test_list_keys(void)
+{
+    FILE *f = tmpfile();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    CU_ASSERT_EQUAL_FATAL(zinc_config_list_keys(f), ZINC_OK);
+    long len = ftell(f);
+    rewind(f);
+    char *s = calloc(1, (size_t)len + 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(fread(s, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    static const char head[] = "| key | type | default | accepts | effect in zinc | from |\n|---|---|---|---|---|---|\n";
+    CU_ASSERT(!strncmp(s, head, sizeof head - 1));
+    /* rows of each kind, whole */
+    static const char *const rows[] = {
+        "\n| `zero_optimization.stage` | integer | `0` | an integer in 0..3 | honoured | DeepSpeed |\n",
+        "\n| `train_batch_size` | integer | none | an integer in 1..2147483647, or \"auto\" | honoured | DeepSpeed |\n",
+        "\n| `optimizer.params.betas` | [number, number] | `[0.9, 0.999]` | an array of 2 numbers in [0, 1), or "
+        "\"auto\" | honoured | DeepSpeed |\n",
+        "\n| `zero_optimization.offload_param.buffer_count` | integer | `5` | an integer in 1..1024 | the default is "
+        "what zinc does, another value has no effect: zinc stages one unit at a time | DeepSpeed |\n",
+        "\n| `zero_optimization.round_robin_gradients` | bool |  | true or false | no effect: zinc reduces gradients "
+        "per layer unit | DeepSpeed |\n",
+        "\n| `zero_optimization.mics_shard_size` | integer | `-1` | an integer >= -1 | only `-1`: MiCS sharding is not "
+        "implemented | DeepSpeed |\n",
+        "\n| `bfloat16` | object |  | an object | deprecated alias of `bf16` | DeepSpeed |\n",
+        "\n| `zero_optimization.cpu_offload_params` | bool | `false` | true or false | deprecated: true means "
+        "`zero_optimization.offload_param.device` \"cpu\" | DeepSpeed |\n",
+        "\n| `elasticity.micro_batch_sizes` | [integer] | `[2, 4, 6]` | 1 to 16 distinct integers in 1..1048576 | "
+        "honoured | DeepSpeed |\n",
+        "\n| `model.rope_scaling` | object |  | an object | section | zinc |\n",
+        "\n| `model.rope_scaling.rope_type` | string |  | one of \"\", \"llama3\" | alias of `model.rope_scaling.type` | "
+        "zinc |\n",
+        "\n| `pipeline.schedule` | string | `\"1f1b\"` | one of \"gpipe\", \"1f1b\", \"interleaved\", \"zero-bubble\" (any "
+        "case) | honoured | zinc |\n",
+        "\n| `tensor_parallel.sequence_parallel` | bool | `false` | true or false | honoured with "
+        "tensor_parallel.autotp_size > 1 | zinc |\n",
+        "\n| `optimizer.params.max_grad_norm` | any |  | nothing | error: not supported in optimizer params, use "
+        "gradient_clipping (top level) | DeepSpeed |\n",
+        "\n| `amp` | object |  | an object | error unless empty or \"enabled\": false: Apex AMP is not available; use "
+        "fp16 or bf16 | DeepSpeed |\n",
+        NULL};
+    for (int i = 0; rows[i]; i++) {
+        int ok = strstr(s, rows[i]) != NULL;
+        if (!ok) printf("\n  row missing:%s", rows[i]);
+        CU_ASSERT(ok);
+    }
+    /* every row: 6 cells, a path listed once, known to the parser */
+    static char paths[1024][128];
+    int n = 0, bad = 0, dups = 0, unknown = 0;
+    for (char *line = s, *nl; (nl = strchr(line, '\n')); line = nl + 1) {
+        *nl = '\0';
+        if (strncmp(line, "| `", 3)) continue;
+        int cells = 0;
+        for (const char *p = line; *p; p++) cells += *p == '|' && (p == line || p[-1] != '\\');
+        const char *end = strchr(line + 3, '`');
+        if (cells != 7 || !end || end - (line + 3) >= 128 || n == 1024) {
+            printf("\n  bad row: %s", line);
+            bad++;
+            continue;
+        }
+        snprintf(paths[n], sizeof paths[n], "%.*s", (int)(end - (line + 3)), line + 3);
+        for (int j = 0; j < n; j++) dups += !strcmp(paths[j], paths[n]);
+        if (!path_known(paths[n])) {
+            printf("\n  listed, but the parser does not know it: %s (%s)", paths[n], zinc_last_error());
+            unknown++;
+        }
+        n++;
+    }
+    free(s);
+    CU_ASSERT(n >= 250);
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(dups, 0);
+    CU_ASSERT_EQUAL(unknown, 0);
+    /* the check above can fail */
+    CU_ASSERT(!path_known("zero_optimization.no_such_key"));
+    CU_ASSERT(!path_known("zero_optimization.offload_optimizer.devise"));
+    CU_ASSERT(!path_known("no_such_top_level_key"));
+    CU_ASSERT(!path_known("train_batch_size.below_a_leaf"));
+    CU_ASSERT(!path_known("scheduler.params.no_such_param"));
+    CU_ASSERT(path_known("zero_optimization.offload_optimizer.device"));
+
+    /* a stream that cannot be written is an error */
+    FILE *full = fopen("/dev/full", "w");
+    if (full) {
+        CU_ASSERT_EQUAL(zinc_config_list_keys(full), ZINC_ERR_IO);
+        fclose(full);
+    }
+    CU_ASSERT_EQUAL(zinc_config_list_keys(NULL), ZINC_ERR_INVALID_ARG);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS) return 1;
@@ -1178,7 +1295,8 @@ int main(void)
         !CU_add_test(s, "honest keys", test_honest_keys) ||
         !CU_add_test(s, "elasticity", test_elasticity) ||
         !CU_add_test(s, "tensor parallel layout", test_tensor_parallel) ||
-        !CU_add_test(s, "pipeline layout", test_pipeline_layout)) {
+        !CU_add_test(s, "pipeline layout", test_pipeline_layout) ||
+        !CU_add_test(s, "key reference", test_list_keys)) {
         CU_cleanup_registry();
         return 1;
     }

@@ -569,6 +569,63 @@ static void test_docs(void)
     CU_ASSERT(access(tpath("dw.bin"), F_OK) != 0);
 }
 
+/* a user's batch source: sample k's token t is (k * 7 + t) % 11, target -1 every third
+ * position when masked; token 99 (outside a vocabulary of 16) at sample 5 when bad */
+typedef struct src_user {
+    int bad, calls;
+} src_user;
+
+static zinc_status src_get(void *u, uint64_t first, int n, int T, int32_t *in, int32_t *tg)
+{
+    src_user *su = u;
+    su->calls++;
+    for (int b = 0; b < n; b++)
+        for (int t = 0; t < T; t++) {
+            uint64_t k = first + (uint64_t)b;
+            in[b * T + t] = (int32_t)((k * 7 + (uint64_t)t) % 11);
+            tg[b * T + t] = t % 3 == 2 ? -1 : (int32_t)((k * 7 + (uint64_t)t + 1) % 11);
+            if (su->bad && k == 5 && t == 1) in[b * T + t] = 99;
+        }
+    return ZINC_OK;
+}
+
+static void test_source(void)
+{
+    enum { T = 6 };
+    src_user u = {0, 0};
+    zinc_batch_source src = {.get = src_get, .n_samples = 40, .masked = 1, .user = &u};
+    zinc_data *d = NULL;
+    CU_ASSERT_EQUAL_FATAL(zinc_data_from_source(&src, T, 16, &d), ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_data_n_samples(d), 40);
+    CU_ASSERT(zinc_data_has_docs(d));
+    int32_t in[3 * T], tg[3 * T], pos[3 * T];
+    CU_ASSERT_EQUAL(zinc_data_get_docs(d, 9, 3, in, tg, pos), ZINC_OK);
+    for (int b = 0; b < 3; b++)
+        for (int t = 0; t < T; t++) {
+            CU_ASSERT_EQUAL(in[b * T + t], ((9 + b) * 7 + t) % 11);
+            CU_ASSERT_EQUAL(tg[b * T + t], t % 3 == 2 ? -1 : ((9 + b) * 7 + t + 1) % 11);
+            CU_ASSERT_EQUAL(pos[b * T + t], t);
+        }
+    uint64_t c = 0;
+    CU_ASSERT_EQUAL(zinc_data_count_targets(d, 0, 4, &c), ZINC_OK);
+    CU_ASSERT_EQUAL(c, 4 * 4); /* 4 of every 6 positions */
+    zinc_data_close(d);
+    /* an id outside the vocabulary names the sample; -1 targets need masked */
+    u.bad = 1;
+    CU_ASSERT_EQUAL_FATAL(zinc_data_from_source(&src, T, 16, &d), ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_data_get(d, 4, 2, in, tg), ZINC_ERR_INVALID_ARG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "sample 5, position 1: input 99"));
+    zinc_data_close(d);
+    u.bad = 0;
+    src.masked = 0;
+    CU_ASSERT_EQUAL_FATAL(zinc_data_from_source(&src, T, 16, &d), ZINC_OK);
+    CU_ASSERT_EQUAL(zinc_data_get(d, 0, 1, in, tg), ZINC_ERR_INVALID_ARG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "-1 needs masked"));
+    zinc_data_close(d);
+    src.n_samples = 0;
+    CU_ASSERT_EQUAL(zinc_data_from_source(&src, T, 16, &d), ZINC_ERR_INVALID_ARG);
+}
+
 int main(void)
 {
     const char *tmp = getenv("TMPDIR");
@@ -590,6 +647,7 @@ int main(void)
     CU_add_test(s, "text tokenizer", test_text_tokenizer);
     CU_add_test(s, "32-bit shards", test_shard32);
     CU_add_test(s, "document shards with loss masks", test_docs);
+    CU_add_test(s, "a user's batch source", test_source);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failures = CU_get_number_of_failures();
