@@ -249,6 +249,12 @@ void zinc_ckpt_set_progress(zinc_ckpt_progress_fn fn, void *u)
     ckpt_progress_u = u;
 }
 
+void zinc_ckpt_get_progress(zinc_ckpt_progress_fn *fn, void **u)
+{
+    *fn = ckpt_progress_fn;
+    *u = ckpt_progress_u;
+}
+
 void ckpt_progress_start(ck_progress *p, zinc_ckpt_progress_fn fn, void *u, uint64_t total)
 {
     uint64_t step = total / 100;

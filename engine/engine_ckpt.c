@@ -721,6 +721,15 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
         st = zinc_error(st, "model.init_from: %s", err);
         goto cleanup;
     }
+    /* the progress hook of checkpoints (a bar on zinc-train's terminal): bytes read as f32 */
+    zinc_ckpt_progress_fn prog;
+    void *prog_u;
+    zinc_ckpt_get_progress(&prog, &prog_u);
+    uint64_t prog_total = 0, prog_done = 0;
+    for (int l = 0; l < e->n_layers; l++)
+        for (int pi = e->z.units[l].n_params_first; pi < e->z.units[l].n_params_end; pi++)
+            prog_total += (uint64_t)e->z.params[pi].numel * sizeof(float);
+    if (prog) prog(0, prog_total, prog_u);
     for (int l = 0; l < e->n_layers; l++) {
         zero_unit *u = &e->z.units[l];
         if (u->numel == 0) continue;
@@ -799,6 +808,8 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
              * (rows past the file's, the vocabulary's padding, stay zero) */
             copy_run_ctx cr = {full + p->uoff, buf, tn};
             zero_param_runs(p, e->z.tp, e->z.tp_rank, copy_run, &cr);
+            prog_done += (uint64_t)p->numel * sizeof(float);
+            if (prog) prog(prog_done < prog_total ? prog_done : prog_total, prog_total, prog_u);
         }
         /* this rank's storage: params (whole or shard), master over the opt range */
         ZINC_TRY(zero_unit_store(&e->z, l, full + (u->sharded ? u->opt_lo : 0)));

@@ -788,15 +788,15 @@ int main(int argc, char **argv)
     zinc_engine_opts eo = {.config = &cfg, .world = world, .model = zinc_model_def_of(gpt), .aio = aio};
     st = agree(world, zinc_engine_create(&eo, &eng));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }
-    if (cfg.model.init_from[0]) {
-        st = agree(world, zinc_engine_init_from(eng, cfg.model.init_from));
-        if (st != ZINC_OK) { rc = exit_code(st); goto done; }
-    }
     /* rank 0 on a terminal: "[checkpoint] 45% 1.2/2.7 GiB 1.3 GB/s" while big checkpoints
-     * load or save (its own bytes; the ranks move theirs in parallel) */
+     * or model.init_from weights load or save (its own bytes; the ranks move theirs in parallel) */
     if (rank == 0 && isatty(STDERR_FILENO)) {
         zinc_progress_init(&ckpt_bar, "[checkpoint]", 1, 0, CKPT_BAR_MIN_BYTES);
         zinc_ckpt_set_progress(zinc_progress_cb, &ckpt_bar);
+    }
+    if (cfg.model.init_from[0]) {
+        st = agree(world, zinc_engine_init_from(eng, cfg.model.init_from));
+        if (st != ZINC_OK) { rc = exit_code(st); goto done; }
     }
     st = agree(world, resume(&cfg, eng, aio, world));
     if (st != ZINC_OK) { rc = exit_code(st); goto done; }

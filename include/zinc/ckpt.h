@@ -129,6 +129,9 @@ typedef void (*zinc_ckpt_progress_fn)(uint64_t done, uint64_t total, void *u);
  * follow). fn runs on the calling thread and must not call zinc_ckpt_*. Not thread-safe:
  * set it while no save or load runs. */
 void zinc_ckpt_set_progress(zinc_ckpt_progress_fn fn, void *u);
+/* The hook installed (fn NULL: none), for other loaders that report the same way
+ * (zinc_engine_init_from: the bytes of the weights this rank reads, as float32). */
+void zinc_ckpt_get_progress(zinc_ckpt_progress_fn *fn, void **u);
 
 /* Collective over world. Saves checkpoint <save_dir>/<tag> (save_dir is created if needed):
  * every rank writes its pieces (one chunk each, 4 KiB aligned, crc32c per 1 MiB block) to
