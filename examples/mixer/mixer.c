@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <zinc/aio.h>
 #include <zinc/comm.h>
 #include <zinc/config.h>
 #include <zinc/data.h>
@@ -376,6 +377,7 @@ int main(int argc, char **argv)
     int rc = 0;
     zinc_engine *eng = NULL;
     zinc_data *data = NULL;
+    zinc_aio *aio = NULL; /* checkpoints write through the process's aio engine (the config's aio section) */
     zinc_status st = zinc_comm_agree(world, zinc_config_resolve(&cfg, zinc_comm_size(world)));
     mixer_dims dims = {(int)cfg.model.vocab_size, (int)cfg.model.n_embd, 2 * (int)cfg.model.n_embd,
                        (int)zinc_config_seq_len(&cfg)};
@@ -394,7 +396,8 @@ int main(int argc, char **argv)
     /* training FLOPs per token for the step line: 6 x the parameters of the products */
     const double n_mm = (double)cfg.model.n_layer * (2.0 * dims.C * dims.F + dims.T / 2.0) + (double)dims.V * dims.C;
     zinc_model_def model = {.layers = layers, .n_layers = L, .flops_per_token = 6 * n_mm};
-    zinc_engine_opts eo = {.config = &cfg, .world = world, .model = &model};
+    if (st == ZINC_OK) st = zinc_comm_agree(world, zinc_engine_aio_create(&cfg, &aio));
+    zinc_engine_opts eo = {.config = &cfg, .world = world, .model = &model, .aio = aio};
     if (st == ZINC_OK) st = zinc_comm_agree(world, zinc_engine_create(&eo, &eng));
     if (st == ZINC_OK && strcmp(zinc_engine_device(eng)->name, "cpu") != 0)
         st = zinc_error(ZINC_ERR_UNSUPPORTED, "mixer: its layers run on the host: set \"device\": \"cpu\"");
@@ -403,7 +406,7 @@ int main(int argc, char **argv)
     if (st == ZINC_OK) st = zinc_data_from_source(&src, dims.T, dims.V, &data);
     /* resume: train.resume names a checkpoint tag in train.save_dir ("auto": the latest) */
     if (st == ZINC_OK && cfg.train.resume[0])
-        st = zinc_comm_agree(world, zinc_engine_load_checkpoint(eng, NULL, cfg.train.save_dir,
+        st = zinc_comm_agree(world, zinc_engine_load_checkpoint(eng, aio, cfg.train.save_dir,
                                                                 strcmp(cfg.train.resume, "auto") ? cfg.train.resume : NULL));
     if (st != ZINC_OK) {
         if (rank == 0) fprintf(stderr, "mixer: %s\n", zinc_last_error());
@@ -429,7 +432,7 @@ int main(int argc, char **argv)
         if (cfg.train.save_dir[0] && cfg.train.save_every > 0 && step % cfg.train.save_every == 0) {
             char tag[64];
             snprintf(tag, sizeof tag, "global_step%lld", (long long)step);
-            st = zinc_comm_agree(world, zinc_engine_save_checkpoint(eng, NULL, cfg.train.save_dir, tag, 0));
+            st = zinc_comm_agree(world, zinc_engine_save_checkpoint(eng, aio, cfg.train.save_dir, tag, 0));
             if (st != ZINC_OK) {
                 if (rank == 0) fprintf(stderr, "mixer: saving %s: %s\n", tag, zinc_last_error());
                 rc = 1;
@@ -439,7 +442,8 @@ int main(int argc, char **argv)
     }
 done:
     zinc_data_close(data);
-    zinc_engine_destroy(eng);
+    zinc_engine_destroy(eng); /* before the aio engine */
+    zinc_aio_destroy(aio);
     free(layers);
     zinc_comm_destroy(world);
     return rc;
