@@ -107,7 +107,7 @@ static int host_find(const run_hosts *hs, const char *name, size_t len)
  * with neither '-' (it would read as an option) nor '.'. An IPv6 literal is
  * refused: mpirun's --host and zinc-run's --include/--exclude both take
  * "host:N", so its ':' cannot be told from a slot separator. */
-static const char *host_name_problem(const char *s, size_t n)
+const char *host_name_problem(const char *s, size_t n)
 {
     if (n == 0) return "is empty";
     if (n > 253) return "is longer than 253 bytes";
@@ -260,6 +260,40 @@ int hosts_select(run_hosts *hs, const char *spec, bool include, const char *host
     hs->n = kept;
     if (kept == 0) return fail("%s '%s' leaves no slots to run on", flag, spec);
     return 0;
+}
+
+/* --num_nodes: DeepSpeed takes the first N hosts of its list, after the
+ * selection; so does this. */
+int hosts_keep_first(run_hosts *hs, int n_nodes, const char *hostfile)
+{
+    if (n_nodes > hs->n)
+        return fail("--num_nodes %d: hostfile %s leaves %d host%s to run on; lower --num_nodes",
+                    n_nodes, hostfile, hs->n, hs->n == 1 ? "" : "s");
+    for (int i = n_nodes; i < hs->n; i++) {
+        free(hs->h[i].name);
+        free(hs->h[i].use);
+    }
+    hs->n = n_nodes;
+    return 0;
+}
+
+/* --num_gpus: local ranks fill a host's selected slots in order, so keeping
+ * the lowest per_host of them is what runs per_host ranks there. */
+void hosts_cap_slots(run_hosts *hs, int per_host)
+{
+    for (int i = 0; i < hs->n; i++) {
+        run_host *h = &hs->h[i];
+        if (h->n_use < per_host)
+            fprintf(stderr, "zinc-run: warning: --num_gpus %d: host %s has %d slot%s to run on; "
+                            "it runs %d rank%s\n", per_host, h->name, h->n_use,
+                    h->n_use == 1 ? "" : "s", h->n_use, h->n_use == 1 ? "" : "s");
+        for (int s = 0, kept = 0; s < h->slots; s++) {
+            if (!h->use[s]) continue;
+            if (kept == per_host) h->use[s] = false;
+            else kept++;
+        }
+        if (h->n_use > per_host) h->n_use = per_host;
+    }
 }
 
 /* ------------------------------------------------------------ env file --- */

@@ -1,6 +1,7 @@
 /* launcher_int.h - what zinc-run's files share: error and allocation
- * helpers (util.c) and the files it reads, the hostfile and .zinc_env
- * (inputs.c). Not installed; zinc-run is one program. */
+ * helpers (util.c), the files it reads, the hostfile and .zinc_env
+ * (inputs.c), its command line (args.c) and --elastic (elastic.c). Not
+ * installed; zinc-run is one program. */
 #ifndef ZINC_LAUNCHER_INT_H
 #define ZINC_LAUNCHER_INT_H
 
@@ -62,11 +63,20 @@ typedef struct run_hosts {
 } run_hosts;
 
 void hosts_free(run_hosts *hs);
+/* Why s (n bytes) cannot be a host name in mpirun's --host list, or NULL if
+ * it can (the rules are in zinc_run.c's header comment). */
+const char *host_name_problem(const char *s, size_t n);
 /* Reads a DeepSpeed hostfile. Returns 0, or 2 after printing the error. */
 int hostfile_read(const char *path, run_hosts *hs);
 /* Applies an --include (include=true) or --exclude SPEC "h1:0,2@h2" to hosts
  * read from hostfile. Returns 0, or 2 after printing the error. */
 int hosts_select(run_hosts *hs, const char *spec, bool include, const char *hostfile);
+/* --num_nodes: keeps the first n_nodes hosts of hs. Returns 0, or 2 after
+ * printing the error when hs has fewer. */
+int hosts_keep_first(run_hosts *hs, int n_nodes, const char *hostfile);
+/* --num_gpus: keeps at most per_host of each host's selected slots, the
+ * lowest, warning for a host that has fewer. */
+void hosts_cap_slots(run_hosts *hs, int per_host);
 
 typedef struct run_env {
     run_vec keys, vals;
@@ -78,6 +88,37 @@ int env_find(const run_env *e, const char *key);
  * what is refused). Returns 0, or 2 after printing the error. */
 int env_files_read(run_env *e, bool allow_loader);
 void env_free(run_env *e);
+
+/* ---------------------------------------------------------- args.c --- */
+
+typedef enum run_launcher {
+    RUN_OPENMPI, /* mpirun */
+    RUN_MPICH,   /* mpiexec.hydra */
+    RUN_SLURM,   /* srun */
+} run_launcher;
+
+/* zinc-run's flags; strings point into argv (or the environment). */
+typedef struct run_opts {
+    int n;                /* -n; 0: not given */
+    int num_gpus;         /* --num_gpus: ranks per node; 0: not given */
+    int num_nodes;        /* --num_nodes: the first N hosts; 0: not given */
+    const char *hostfile; /* --hostfile, else the default one when present; NULL: none */
+    const char *include, *exclude;
+    run_launcher launcher;
+    const char *master_addr; /* --master_addr; NULL: not given */
+    int master_port;         /* --master_port; 0: not given */
+    const char *comment, *account; /* srun's --comment, --account; NULL: not given */
+    bool bind_cores;   /* --bind_cores_to_rank */
+    bool dry_run;      /* --dry-run */
+    bool allow_loader; /* --allow-env-loader-vars */
+    int max_restarts;  /* --max-restarts */
+    bool elastic;      /* --elastic */
+    int prog;          /* argv index of PROGRAM */
+} run_opts;
+
+/* Reads argv into o (borrowing its strings). Returns -1 to go on, else the
+ * status to exit with: 0 after --help, 2 after printing the error. */
+int args_parse(int argc, char **argv, run_opts *o);
 
 /* ------------------------------------------------------- elastic.c --- */
 

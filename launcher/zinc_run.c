@@ -1,9 +1,10 @@
 /* zinc_run.c - `zinc-run`: starts N ranks of a program through OpenMPI's
- * mpirun (or Slurm's srun) and returns the job's exit status.
+ * mpirun (or MPICH's mpiexec.hydra, or Slurm's srun) and returns the job's
+ * exit status. It takes the `deepspeed` launcher's flags too (table below).
  *
  *   zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]
- *            [--launcher openmpi|slurm] [--max-restarts N [--elastic]] [--allow-env-loader-vars]
- *            [--dry-run] [--] PROGRAM ARGS...
+ *            [--launcher openmpi|mpich|slurm] [--max-restarts N [--elastic]]
+ *            [--allow-env-loader-vars] [--dry-run] [DeepSpeed's flags] [--] PROGRAM ARGS...
  *
  * It only builds an argv: no host name, path, variable or argument is ever
  * seen by a shell. The argv is run in a child (fork + execvp + waitpid); the
@@ -20,7 +21,8 @@
  *   --allow-run-as-root   when euid is 0 (containers, CI)
  *   --mca btl_vader_single_copy_mechanism none
  *                         CMA/XPMEM single copy is blocked in most containers
- *   --host h1:N1,h2:N2    from the hostfile after --include/--exclude
+ *   --host h1:N1,h2:N2    from the hostfile after --include/--exclude,
+ *                         --num_nodes and --num_gpus
  *   -x OMP_NUM_THREADS=K -x ZINC_THREADS=K
  *                         K = max(1, cores of a node / ranks on that node),
  *                         unless OMP_NUM_THREADS is already set (then it is
@@ -31,6 +33,77 @@
  *                         later file overrides an earlier one; a variable
  *                         already set in the environment wins over both and
  *                         is forwarded by name). Values are taken literally.
+ *   -x MASTER_ADDR=A -x MASTER_PORT=P
+ *                         from --master_addr / --master_port (they win over
+ *                         .zinc_env lines of the same names)
+ *   --map-by slot:PE=K --bind-to core
+ *                         instead of --bind-to none with --bind_cores_to_rank:
+ *                         K = physical cores of a node / ranks on that node
+ * mpiexec.hydra (--launcher mpich) gets -n N, -hosts h1:N1,h2:N2, -bind-to
+ * core:K (--bind_cores_to_rank), -genvall (Hydra's default: the whole
+ * environment, so variables forwarded by name need nothing more) and -genv
+ * KEY VALUE for what zinc-run sets; it binds nothing unless asked and needs
+ * no flag to oversubscribe or to run as root. It is named mpiexec.hydra, not
+ * mpiexec, because where Open MPI and MPICH are both installed `mpiexec` is
+ * usually Open MPI's. The ranks must be built against MPICH: a program built
+ * against Open MPI (as this zinc is, by default) that Hydra starts runs as N
+ * separate one-rank jobs, so zinc-run warns when it is itself an Open MPI
+ * build. srun gets -n N, --cpus-per-task=K, --cpu-bind=cores
+ * (--bind_cores_to_rank), --nodelist, --comment / --account, and
+ * --export=ALL,KEY=VALUE,...
+ *
+ * DeepSpeed's launcher flags (deepspeed/launcher/runner.py), parsed in
+ * args.c; only its underscore spellings, as its argparse, and zinc-run's
+ * own flags keep theirs. An unknown flag is one line naming it (and the
+ * nearest known flag), exit 2.
+ *   --num_gpus N, --num_accelerators N
+ *                  ranks per node. Without a hostfile: N ranks here, the same
+ *                  as -n N (both given: they must be equal). With one: at
+ *                  most N of each host's selected slots, the lowest (a host
+ *                  with fewer runs what it has, with a warning; DeepSpeed
+ *                  would start N there regardless), and -n, if given, may
+ *                  not pass the slots that leaves.
+ *   --num_nodes N  the first N hosts of the hostfile after --include/--exclude
+ *                  (fewer hosts left: an error; DeepSpeed would run on fewer).
+ *                  Without a hostfile only N = 1 (this node) is accepted.
+ *   --hostfile F, -H F
+ *                  as zinc-run's; when none is given, /job/hostfile is read if
+ *                  it is a regular file (DeepSpeed's default; a one-line note
+ *                  says so; ZINC_DEFAULT_HOSTFILE names another path, empty:
+ *                  none, and is forwarded like every ZINC_* variable). A
+ *                  given hostfile that cannot be read is an error.
+ *   --include SPEC, -i, --exclude SPEC, -e
+ *                  zinc-run's. Unlike DeepSpeed, they combine with
+ *                  --num_nodes / --num_gpus, which apply after them.
+ *   --master_addr A, --master_port P
+ *                  zinc's ranks find each other through MPI, not through a
+ *                  rendezvous address, so zinc reads neither; they are
+ *                  exported to every rank as MASTER_ADDR / MASTER_PORT (for
+ *                  code of the user's that does) and so show in --dry-run.
+ *                  A is a host name or IPv4 literal by the hostfile's rules,
+ *                  or an IPv6 literal; P is 1..65535. Not given: not set
+ *                  (DeepSpeed sets 29500 and the first host's address).
+ *   --launcher openmpi|mpich|slurm (any case); pdsh, mvapich, impi, jsrun are
+ *                  refused (pdsh starts ranks without MPI; the others' commands
+ *                  zinc-run does not build).
+ *   --bind_cores_to_rank
+ *                  each rank bound to its share of a node's physical cores
+ *                  (remote nodes taken to have this node's); more ranks on a
+ *                  node than cores is an error.
+ *   --comment S, --account S
+ *                  srun's --comment / --account; an error with another launcher.
+ *   --no_ssh_check, --no_python, --no_local_rank, --force_multi
+ *                  accepted with a one-line note, no effect: zinc-run runs no
+ *                  ssh check, always runs PROGRAM itself (never python), never
+ *                  adds --local_rank, and always goes through the launcher.
+ *   refused (exit 2, one line with the reason and what to do instead):
+ *                  --launcher_args (set OMPI_MCA_* / HYDRA_* / SLURM_* in the
+ *                  environment), --module, --autotuning, --elastic_training,
+ *                  --min_elastic_nodes, --max_elastic_nodes (--max-restarts N
+ *                  --elastic and the config's elasticity section), --no_ssh,
+ *                  --node_rank (zinc-run starts every node from one), --save_pid,
+ *                  --enable_each_rank_log, --ssh_port (~/.ssh/config),
+ *                  --venv_script, --bind_core_list.
  *
  * Hostfile: DeepSpeed's format, `host slots=N` lines with # comments. The
  * --include/--exclude SPEC is DeepSpeed's "host1:0,2@host2" (slot indices per
@@ -89,7 +162,7 @@
  * can run, so the batch stays the same.
  *
  * Exit status: the job's (its last run's); 2 for bad flags, a bad hostfile, .zinc_env or
- * selection; 127 when mpirun/srun is not on PATH; 1 if fork fails.
+ * selection; 127 when mpirun/mpiexec.hydra/srun is not on PATH; 1 if fork fails.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -108,44 +181,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <mpi.h> /* OPEN_MPI: which MPI this zinc is built against */
+
 #include "launcher_int.h"
 
 extern char **environ;
 
 
-static const char *usage_text =
-    "usage: zinc-run [-n N] [--hostfile F] [--include SPEC | --exclude SPEC]\n"
-    "                [--launcher openmpi|slurm] [--max-restarts N [--elastic]]\n"
-    "                [--allow-env-loader-vars] [--dry-run]\n"
-    "                [--] PROGRAM ARGS...\n"
-    "  -n N              ranks, 1 to 65536 (default: all hostfile slots, else 1)\n"
-    "  --hostfile F      lines `host slots=N` (N <= 4096); # starts a comment\n"
-    "  --include SPEC    use only these hosts/slots, e.g. \"host1:0,2@host2\"\n"
-    "  --exclude SPEC    use all but these hosts/slots\n"
-    "  --launcher L      openmpi (mpirun, the default) or slurm (srun)\n"
-    "  --max-restarts N  relaunch a failed job up to N times (<= 1000); zinc-train then\n"
-    "                    resumes from the latest checkpoint of train.save_dir\n"
-    "  --elastic         with --max-restarts: relaunch without the hosts whose ranks died,\n"
-    "                    on the ranks left (zinc-train: as many as its elasticity allows)\n"
-    "  --allow-env-loader-vars\n"
-    "                    take LD_*, PATH, BASH_ENV, PYTHONPATH, ... from .zinc_env files\n"
-    "                    (refused by default: they choose what code every rank runs)\n"
-    "  --dry-run         print the command instead of running it\n"
-    "  Exports ZINC_*, NCCL_*, OMP_*, OPENBLAS_* variables and the KEY=VALUE lines of\n"
-    "  ./.zinc_env and ~/.zinc_env to every rank. Limits: 65536 ranks, 4096 slots a host.\n";
-
 /* ------------------------------------------------------------ helpers --- */
-
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vfail(fmt, ap);
-    va_end(ap);
-    fputs(usage_text, stderr);
-    return 2;
-}
 
 /* Writes s to f, single-quoted if it holds anything a shell would interpret.
  * A control character other than tab and newline is written as $'\xHH' (bash,
@@ -413,106 +456,62 @@ static int run_child(char **argv, run_vec *failed)
     return 1;
 }
 
-/* ---------------------------------------------------------------- main --- */
+/* ------------------------------------------------------------ command --- */
 
-typedef struct run_opts {
-    int n;        /* 0: not given */
-    const char *hostfile, *include, *exclude, *launcher;
-    bool dry_run;
-    bool allow_loader; /* --allow-env-loader-vars */
-    int max_restarts;  /* --max-restarts */
-    bool elastic;      /* --elastic */
-    int prog;     /* argv index of PROGRAM */
-} run_opts;
-
-/* Value of option argv[*i] ("--opt V" or "--opt=V"); NULL if missing. */
-static const char *opt_value(int argc, char **argv, int *i, const char *name)
+/* The hosts as "h1:n1,h2:n2" (counts) or "h1,h2"; the caller frees it. */
+static char *host_list(const run_hosts *hs, bool counts)
 {
-    const char *a = argv[*i];
-    size_t n = strlen(name);
-    if (a[n] == '=') return a + n + 1;
-    if (*i + 1 >= argc) return NULL;
-    return argv[++*i];
+    size_t len = 1;
+    for (int i = 0; i < hs->n; i++) len += strlen(hs->h[i].name) + 16;
+    char *hl = xrealloc(NULL, len), *p = hl;
+    *p = '\0';
+    for (int i = 0; i < hs->n; i++) {
+        p += sprintf(p, "%s%s", i ? "," : "", hs->h[i].name);
+        if (counts) p += sprintf(p, ":%d", hs->h[i].n_use);
+    }
+    return hl;
 }
 
-static bool opt_is(const char *a, const char *name)
+/* The variables every rank gets, in command-line order, into items:
+ * "KEY=VALUE" to set, "KEY" to pass on zinc-run's own value (the launcher
+ * says how). Threads per rank unless the user chose them, MASTER_ADDR and
+ * MASTER_PORT from their flags (which win over a .zinc_env line), the
+ * variables forwarded by prefix, then the .zinc_env lines. */
+static void env_items(const run_opts *o, const run_env *ef, int threads, run_vec *items)
 {
-    size_t n = strlen(name);
-    return !strncmp(a, name, n) && (a[n] == '\0' || a[n] == '=');
-}
-
-/* Parses flags; returns -1 to go on, else an exit status. */
-static int parse_args(int argc, char **argv, run_opts *o)
-{
-    memset(o, 0, sizeof *o);
-    o->launcher = "openmpi";
-    int i = 1;
-    for (; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (!strcmp(a, "--")) {
-            i++;
-            break;
-        }
-        if (a[0] != '-' || a[1] == '\0') break;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage_text, stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--dry-run")) {
-            o->dry_run = true;
-        } else if (opt_is(a, "--max-restarts")) {
-            if (!(v = opt_value(argc, argv, &i, "--max-restarts")))
-                return usage_error("--max-restarts needs a count");
-            if (!parse_int(v, 0, RUN_MAX_RESTARTS, &o->max_restarts))
-                return fail("--max-restarts: expected a count from 0 to %d, got '%s'",
-                            RUN_MAX_RESTARTS, v);
-        } else if (!strcmp(a, "--elastic")) {
-            o->elastic = true;
-        } else if (!strcmp(a, "--allow-env-loader-vars")) {
-            o->allow_loader = true;
-        } else if (!strcmp(a, "-n") || opt_is(a, "--np") || !strcmp(a, "-np") ||
-                   (a[1] == 'n' && isdigit((unsigned char)a[2]))) {
-            if (a[1] == 'n' && isdigit((unsigned char)a[2])) v = a + 2;
-            else v = opt_value(argc, argv, &i, a[1] == '-' ? "--np" : a);
-            if (!v) return usage_error("%s needs a value", a);
-            if (!parse_int(v, 1, RUN_MAX_RANKS, &o->n))
-                return fail("-n: expected a rank count from 1 to %d, got '%s'", RUN_MAX_RANKS, v);
-        } else if (opt_is(a, "--hostfile") || !strcmp(a, "-H")) {
-            if (!(o->hostfile = opt_value(argc, argv, &i, a[1] == 'H' ? "-H" : "--hostfile")))
-                return usage_error("--hostfile needs a file");
-        } else if (opt_is(a, "--include") || opt_is(a, "-i")) {
-            if (!(o->include = opt_value(argc, argv, &i, a[1] == 'i' ? "-i" : "--include")))
-                return usage_error("--include needs a SPEC");
-        } else if (opt_is(a, "--exclude") || opt_is(a, "-e")) {
-            if (!(o->exclude = opt_value(argc, argv, &i, a[1] == 'e' ? "-e" : "--exclude")))
-                return usage_error("--exclude needs a SPEC");
-        } else if (opt_is(a, "--launcher")) {
-            if (!(o->launcher = opt_value(argc, argv, &i, "--launcher")))
-                return usage_error("--launcher needs openmpi or slurm");
-            if (strcmp(o->launcher, "openmpi") && strcmp(o->launcher, "slurm"))
-                return usage_error("--launcher: expected openmpi or slurm, got '%s'", o->launcher);
+    bool user_omp = getenv("OMP_NUM_THREADS") || env_find(ef, "OMP_NUM_THREADS") >= 0;
+    bool user_zt = getenv("ZINC_THREADS") || env_find(ef, "ZINC_THREADS") >= 0;
+    if (!user_omp) {
+        vec_push_take(items, xprintf("OMP_NUM_THREADS=%d", threads));
+        if (!user_zt) vec_push_take(items, xprintf("ZINC_THREADS=%d", threads));
+    }
+    if (o->master_addr) vec_push_take(items, xprintf("MASTER_ADDR=%s", o->master_addr));
+    if (o->master_port) vec_push_take(items, xprintf("MASTER_PORT=%d", o->master_port));
+    run_vec names = {0};
+    env_forwarded_names(&names);
+    for (int i = 0; i < names.n; i++) vec_push(items, names.v[i]);
+    for (int i = 0; i < ef->keys.n; i++) {
+        const char *k = ef->keys.v[i];
+        if ((o->master_addr && !strcmp(k, "MASTER_ADDR")) ||
+            (o->master_port && !strcmp(k, "MASTER_PORT")))
+            continue;
+        if (getenv(k)) { /* the environment wins: forward it by name, once */
+            bool listed = false;
+            for (int j = 0; j < names.n; j++) listed |= !strcmp(names.v[j], k);
+            if (!listed) vec_push(items, k);
         } else {
-            return usage_error("unknown option %s", a);
+            vec_push_take(items, xprintf("%s=%s", k, ef->vals.v[i]));
         }
     }
-    if (i >= argc) return usage_error("no PROGRAM given");
-    if (argv[i][0] == '-') return usage_error("PROGRAM may not start with '-' (%s)", argv[i]);
-    if (o->include && o->exclude) return usage_error("--include and --exclude are exclusive");
-    if (o->elastic && o->max_restarts < 1)
-        return usage_error("--elastic relaunches a failed job: give --max-restarts N too");
-    if ((o->include || o->exclude) && !o->hostfile)
-        return usage_error("--include/--exclude select from a --hostfile; give one");
-    o->prog = i;
-    return -1;
+    vec_free(&names);
 }
 
 /* The launcher command for n ranks on hosts hs (none: this node) into cmd:
- * oversubscription, threads per rank, forwarded variables, PROGRAM ARGS.
- * Returns 0, or 2 after printing the error. */
+ * oversubscription, threads per rank, binding, forwarded variables, PROGRAM
+ * ARGS. Returns 0, or 2 after printing the error. */
 static int build_command(const run_opts *o, int argc, char **argv, const run_hosts *hs,
                          const run_env *ef, int n, run_vec *cmd)
 {
-    bool slurm = !strcmp(o->launcher, "slurm");
     /* Ranks, oversubscription and the most ranks any node runs. */
     int total = 0, rc = 0;
     for (int i = 0; i < hs->n; i++) total += hs->h[i].n_use;
@@ -521,12 +520,10 @@ static int build_command(const run_opts *o, int argc, char **argv, const run_hos
     int cores = logical_cpus();
     if (hs->n) {
         if (n > total) {
-            if (hs->n > 1) {
-                rc = fail("-n %d exceeds the %d slots of hostfile %s (%d hosts); lower -n or add "
-                          "slots",
-                          n, total, o->hostfile, hs->n);
-                goto out;
-            }
+            if (hs->n > 1)
+                return fail("-n %d exceeds the %d slots of hostfile %s (%d hosts); lower -n or add "
+                            "slots",
+                            n, total, o->hostfile, hs->n);
             oversub = true; /* one node: run more ranks than slots */
         } else {
             per_node = 0;
@@ -539,7 +536,7 @@ static int build_command(const run_opts *o, int argc, char **argv, const run_hos
     } else {
         oversub = n > physical_cores();
     }
-    if (slurm) {
+    if (o->launcher == RUN_SLURM) {
         int sc, nodes;
         if (parse_int(getenv("SLURM_CPUS_ON_NODE"), 1, 1 << 20, &sc)) cores = sc;
         if (!hs->n && parse_int(getenv("SLURM_JOB_NUM_NODES"), 1, 1 << 20, &nodes))
@@ -547,94 +544,97 @@ static int build_command(const run_opts *o, int argc, char **argv, const run_hos
     }
     int threads = cores / (per_node > 0 ? per_node : 1);
     if (threads < 1) threads = 1;
+    /* --bind_cores_to_rank: each rank gets its share of the physical cores
+     * (mpirun and Hydra count those), as DeepSpeed's numactl binding does. */
+    int bind_k = 0;
+    if (o->bind_cores && o->launcher != RUN_SLURM) {
+        int phys = physical_cores();
+        if (per_node > phys)
+            return fail("--bind_cores_to_rank: %d ranks on a node cannot each have a core of its "
+                        "own on %d cores (zinc-run takes every node to have this node's); lower "
+                        "the ranks or drop the flag",
+                        per_node, phys);
+        bind_k = phys / (per_node > 0 ? per_node : 1);
+    }
 
-    /* Thread counts unless the user chose them (environment or env file). */
-    bool user_omp = getenv("OMP_NUM_THREADS") || env_find(ef, "OMP_NUM_THREADS") >= 0;
-    bool user_zt = getenv("ZINC_THREADS") || env_find(ef, "ZINC_THREADS") >= 0;
-    run_vec names = {0};
-    env_forwarded_names(&names);
-
-    if (!slurm) {
+    run_vec items = {0};
+    env_items(o, ef, threads, &items);
+    if (o->launcher == RUN_OPENMPI) {
         vec_push(cmd, "mpirun");
         vec_push(cmd, "-n");
         vec_push_take(cmd, xprintf("%d", n));
-        vec_push(cmd, "--bind-to");
-        vec_push(cmd, "none");
+        if (bind_k) {
+            vec_push(cmd, "--map-by");
+            vec_push_take(cmd, xprintf("slot:PE=%d", bind_k));
+            vec_push(cmd, "--bind-to");
+            vec_push(cmd, "core");
+        } else {
+            vec_push(cmd, "--bind-to");
+            vec_push(cmd, "none");
+        }
         if (oversub) vec_push(cmd, "--oversubscribe");
         if (geteuid() == 0) vec_push(cmd, "--allow-run-as-root");
         vec_push(cmd, "--mca");
         vec_push(cmd, "btl_vader_single_copy_mechanism");
         vec_push(cmd, "none");
         if (hs->n) {
-            size_t len = 1;
-            for (int i = 0; i < hs->n; i++) len += strlen(hs->h[i].name) + 16;
-            char *hl = xrealloc(NULL, len), *p = hl;
-            for (int i = 0; i < hs->n; i++)
-                p += sprintf(p, "%s%s:%d", i ? "," : "", hs->h[i].name, hs->h[i].n_use);
             vec_push(cmd, "--host");
-            vec_push_take(cmd, hl);
+            vec_push_take(cmd, host_list(hs, true));
         }
-        if (!user_omp) {
+        for (int i = 0; i < items.n; i++) {
             vec_push(cmd, "-x");
-            vec_push_take(cmd, xprintf("OMP_NUM_THREADS=%d", threads));
-            if (!user_zt) {
-                vec_push(cmd, "-x");
-                vec_push_take(cmd, xprintf("ZINC_THREADS=%d", threads));
-            }
+            vec_push(cmd, items.v[i]);
         }
-        for (int i = 0; i < names.n; i++) {
-            vec_push(cmd, "-x");
-            vec_push(cmd, names.v[i]);
+    } else if (o->launcher == RUN_MPICH) {
+        /* Hydra binds nothing unless asked, oversubscribes without a flag
+         * and passes the whole environment (-genvall, said here anyway);
+         * what zinc-run sets goes in -genv NAME VALUE. */
+        vec_push(cmd, "mpiexec.hydra");
+        vec_push(cmd, "-n");
+        vec_push_take(cmd, xprintf("%d", n));
+        if (hs->n) {
+            vec_push(cmd, "-hosts");
+            vec_push_take(cmd, host_list(hs, true));
         }
-        for (int i = 0; i < ef->keys.n; i++) {
-            const char *k = ef->keys.v[i];
-            if (getenv(k)) { /* the environment wins: forward it by name, once */
-                bool listed = false;
-                for (int j = 0; j < names.n; j++) listed |= !strcmp(names.v[j], k);
-                if (listed) continue;
-                vec_push(cmd, "-x");
-                vec_push(cmd, k);
-            } else {
-                vec_push(cmd, "-x");
-                vec_push_take(cmd, xprintf("%s=%s", k, ef->vals.v[i]));
-            }
+        if (bind_k) {
+            vec_push(cmd, "-bind-to");
+            vec_push_take(cmd, xprintf("core:%d", bind_k));
+        }
+        vec_push(cmd, "-genvall");
+        for (int i = 0; i < items.n; i++) {
+            const char *eq = strchr(items.v[i], '=');
+            if (!eq) continue; /* zinc-run's own value: in -genvall */
+            vec_push(cmd, "-genv");
+            vec_push_take(cmd, xprintf("%.*s", (int)(eq - items.v[i]), items.v[i]));
+            vec_push(cmd, eq + 1);
         }
     } else {
-        /* srun passes the whole environment (--export=ALL); what zinc-run adds
+        /* srun passes the whole environment (--export=ALL); what zinc-run sets
          * rides in the same flag, which splits on commas. */
         vec_push(cmd, "srun");
         vec_push(cmd, "-n");
         vec_push_take(cmd, xprintf("%d", n));
         vec_push_take(cmd, xprintf("--cpus-per-task=%d", threads));
+        if (o->bind_cores) vec_push(cmd, "--cpu-bind=cores");
         if (hs->n) {
-            size_t len = 16;
-            for (int i = 0; i < hs->n; i++) len += strlen(hs->h[i].name) + 1;
-            char *nl = xrealloc(NULL, len), *p = nl;
-            p += sprintf(p, "--nodelist=");
-            for (int i = 0; i < hs->n; i++) p += sprintf(p, "%s%s", i ? "," : "", hs->h[i].name);
-            vec_push_take(cmd, nl);
+            char *nl = host_list(hs, false);
+            vec_push_take(cmd, xprintf("--nodelist=%s", nl));
+            free(nl);
         }
+        if (o->comment) vec_push_take(cmd, xprintf("--comment=%s", o->comment));
+        if (o->account) vec_push_take(cmd, xprintf("--account=%s", o->account));
         char *exp = xstrdup("--export=ALL");
-        if (!user_omp) {
-            char *t = xprintf("%s,OMP_NUM_THREADS=%d", exp, threads);
-            free(exp);
-            exp = t;
-            if (!user_zt) {
-                t = xprintf("%s,ZINC_THREADS=%d", exp, threads);
+        for (int i = 0; i < items.n; i++) {
+            const char *eq = strchr(items.v[i], '=');
+            if (!eq) continue; /* already in ALL */
+            if (strchr(eq + 1, ',')) {
                 free(exp);
-                exp = t;
-            }
-        }
-        for (int i = 0; i < ef->keys.n; i++) {
-            if (getenv(ef->keys.v[i])) continue; /* already in ALL */
-            if (strchr(ef->vals.v[i], ',')) {
-                free(exp);
-                rc = fail(".zinc_env: %s's value holds a comma, which srun --export cannot pass; "
-                          "set it in the environment instead",
-                          ef->keys.v[i]);
+                rc = fail(".zinc_env: %.*s's value holds a comma, which srun --export cannot "
+                          "pass; set it in the environment instead",
+                          (int)(eq - items.v[i]), items.v[i]);
                 goto out;
             }
-            char *t = xprintf("%s,%s=%s", exp, ef->keys.v[i], ef->vals.v[i]);
+            char *t = xprintf("%s,%s", exp, items.v[i]);
             free(exp);
             exp = t;
         }
@@ -643,7 +643,7 @@ static int build_command(const run_opts *o, int argc, char **argv, const run_hos
     for (int i = o->prog; i < argc; i++) vec_push(cmd, argv[i]);
     rc = argv_check(cmd->v);
 out:
-    vec_free(&names);
+    vec_free(&items);
     return rc;
 }
 
@@ -676,12 +676,41 @@ static int elastic_next(const run_opts *o, int argc, char **argv, run_hosts *hs,
     return build_command(o, argc, argv, hs, ef, *n, cmd);
 }
 
+/* Ranks of the first run: -n, else --num_gpus without a hostfile, else the
+ * hosts' selected slots (1 without a hostfile). -n and --num_gpus together
+ * must agree: without a hostfile both are the ranks on this node; with one,
+ * -n is the job's ranks and may not pass what --num_gpus leaves. Returns 0,
+ * or 2 after printing the error. */
+static int rank_count(const run_opts *o, const run_hosts *hs, int *n)
+{
+    int total = 0;
+    for (int i = 0; i < hs->n; i++) total += hs->h[i].n_use;
+    if (!hs->n) {
+        if (o->n && o->num_gpus && o->n != o->num_gpus)
+            return fail("-n %d and --num_gpus %d disagree: without a hostfile both are the ranks "
+                        "on this node; give one",
+                        o->n, o->num_gpus);
+        *n = o->n ? o->n : o->num_gpus ? o->num_gpus : 1;
+        return 0;
+    }
+    if (o->n && o->num_gpus && o->n > total)
+        return fail("-n %d and --num_gpus %d disagree: hostfile %s holds %d rank%s at %d a host",
+                    o->n, o->num_gpus, o->hostfile, total, total == 1 ? "" : "s", o->num_gpus);
+    *n = o->n ? o->n : total;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     run_opts o;
-    int rc = parse_args(argc, argv, &o);
+    int rc = args_parse(argc, argv, &o);
     if (rc >= 0) return rc;
-    bool slurm = !strcmp(o.launcher, "slurm");
+#ifdef OPEN_MPI
+    if (o.launcher == RUN_MPICH)
+        fprintf(stderr, "zinc-run: warning: --launcher mpich: this zinc is built against Open MPI; "
+                        "its programs started by MPICH's mpiexec.hydra each run as a job of one "
+                        "rank (build zinc with MPICH's mpicc for this launcher)\n");
+#endif
 
     run_hosts hs = {0};
     run_env ef = {0};
@@ -691,12 +720,13 @@ int main(int argc, char **argv)
         if ((rc = hostfile_read(o.hostfile, &hs))) goto done;
         if (o.include && (rc = hosts_select(&hs, o.include, true, o.hostfile))) goto done;
         if (o.exclude && (rc = hosts_select(&hs, o.exclude, false, o.hostfile))) goto done;
+        if (o.num_nodes && (rc = hosts_keep_first(&hs, o.num_nodes, o.hostfile))) goto done;
+        if (o.num_gpus) hosts_cap_slots(&hs, o.num_gpus);
     }
     if ((rc = env_files_read(&ef, o.allow_loader))) goto done;
 
-    int total = 0;
-    for (int i = 0; i < hs.n; i++) total += hs.h[i].n_use;
-    int n = o.n ? o.n : (hs.n ? total : 1);
+    int n = 0;
+    if ((rc = rank_count(&o, &hs, &n))) goto done;
     if (o.max_restarts > 0) setenv("ZINC_RESTART", "0", 1); /* forwarded by name; a restart sets it */
     if ((rc = build_command(&o, argc, argv, &hs, &ef, n, &cmd))) goto done;
 
@@ -711,9 +741,12 @@ int main(int argc, char **argv)
     }
     char *found = find_in_path(cmd.v[0]);
     if (!found) {
-        if (slurm)
+        if (o.launcher == RUN_SLURM)
             fprintf(stderr, "zinc-run: srun not found on PATH; --launcher slurm needs Slurm "
                             "(or use --launcher openmpi)\n");
+        else if (o.launcher == RUN_MPICH)
+            fprintf(stderr, "zinc-run: mpiexec.hydra not found on PATH; --launcher mpich needs "
+                            "MPICH (or use --launcher openmpi)\n");
         else
             fprintf(stderr, "zinc-run: mpirun not found on PATH; install openmpi-bin "
                             "(or run `make deps`)\n");

@@ -1,68 +1,11 @@
 #!/usr/bin/env bash
 # test_launcher.sh - zinc-run's argv (through --dry-run), its errors and exit
-# statuses with real mpirun jobs, and the zinc-data command line.
+# statuses with real mpirun jobs, and the zinc-data command line. DeepSpeed's
+# launcher flags are test_ds_flags.sh's. Helpers: helpers.sh.
 # Usage: BUILD=build bash tests/launcher/test_launcher.sh
-set -u
-BUILD=${BUILD:-build}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
-RUN=$BUILD/zinc-run
+. "$(dirname "$0")/helpers.sh"
 DATA=$BUILD/zinc-data
-for b in "$RUN" "$DATA"; do
-    [ -x "$b" ] || { echo "FAIL: $b not built"; exit 1; }
-done
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/zinc-test-launcher.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-cd "$TMP"
-# A private HOME and cwd: no ~/.zinc_env of the user leaks in.
-export HOME=$TMP/home
-mkdir -p "$HOME"
-unset OMP_NUM_THREADS ZINC_THREADS
-
-fails=0
-checks=0
-OUT=$TMP/out
-ERR=$TMP/err
-
-# run WANT_RC CMD...: runs CMD, keeps stdout/stderr in $OUT/$ERR, checks rc.
-run() {
-    local want=$1; shift
-    checks=$((checks + 1))
-    "$@" >"$OUT" 2>"$ERR"
-    local rc=$?
-    if [ "$rc" != "$want" ]; then
-        fails=$((fails + 1))
-        echo "FAIL: exit $rc, expected $want: $*"
-        sed 's/^/    out: /' "$OUT" | head -5
-        sed 's/^/    err: /' "$ERR" | head -5
-    fi
-}
-# has FILE TEXT / lacks FILE TEXT: fixed-string checks on the last run.
-has() {
-    checks=$((checks + 1))
-    if ! grep -qF -- "$2" "$1"; then
-        fails=$((fails + 1))
-        echo "FAIL: '$2' not in $(basename "$1"):"
-        sed 's/^/    /' "$1" | head -5
-    fi
-}
-hasre() { # FILE REGEX (grep's basic regular expression)
-    checks=$((checks + 1))
-    if ! grep -q -- "$2" "$1"; then
-        fails=$((fails + 1))
-        echo "FAIL: /$2/ not in $(basename "$1"):"
-        sed 's/^/    /' "$1" | head -5
-    fi
-}
-lacks() {
-    checks=$((checks + 1))
-    if grep -qF -- "$2" "$1"; then
-        fails=$((fails + 1))
-        echo "FAIL: '$2' unexpectedly in $(basename "$1"):"
-        sed 's/^/    /' "$1" | head -5
-    fi
-}
+[ -x "$DATA" ] || { echo "FAIL: $DATA not built"; exit 1; }
 
 NPROC=$(nproc)
 
@@ -437,5 +380,4 @@ printf 'nodeb slots=2\n' > el_hosts3
 run 1 env PATH="$TMP/fakebin:$PATH" "$RUN" --hostfile el_hosts3 --max-restarts 2 --elastic prog
 has "$ERR" "zinc-run: --elastic: no hosts are left; giving up"
 
-echo "$checks checks, $fails failed"
-[ "$fails" -eq 0 ]
+finish
