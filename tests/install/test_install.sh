@@ -13,8 +13,11 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/zinc-install.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 # the build flavour that made $BUILD, so make does not rebuild it another way
+# (and a sanitized library needs its runtime in the programs built against it)
+san=()
 case $BUILD in
-    *asan) flav=(ASAN=1) ;; *ubsan) flav=(UBSAN=1) ;; *cuda) flav=(CUDA=1) ;; *) flav=() ;;
+    *asan) flav=(ASAN=1) san=(-fsanitize=address) ;; *ubsan) flav=(UBSAN=1) san=(-fsanitize=undefined) ;;
+    *cuda) flav=(CUDA=1) ;; *) flav=() ;;
 esac
 mk() { make --no-print-directory -s BUILD="$BUILD" "${flav[@]}" "$@" > "$TMP/make.log" 2>&1 || { cat "$TMP/make.log"; fail "make $*"; }; }
 
@@ -50,14 +53,14 @@ cat > "$TMP/hdr/link.cpp" <<'CPP'
 #include <cstdio>
 int main() { zinc_config c; zinc_config_defaults(&c); std::printf("%d\n", (int)c.zero.stage); return 0; }
 CPP
-c++ -std=c++17 "$TMP/hdr/link.cpp" $flags -o "$TMP/hdr/link" && [ "$("$TMP/hdr/link")" = 0 ] \
+c++ -std=c++17 "${san[@]}" "$TMP/hdr/link.cpp" $flags -o "$TMP/hdr/link" && [ "$("$TMP/hdr/link")" = 0 ] \
     || fail "a C++ program does not link against libzinc"
 echo "$n_h public headers compile as C11 and C++ (-pedantic -Werror); a C++ program links"
 
 # the example, out of the tree, built as its README says
 cp -r examples/mixer "$TMP/ex"
 cd "$TMP/ex"
-cc -O2 -Wall -Wextra -Werror mixer.c $(pkg-config --cflags --libs zinc) -o mixer || fail "building the example"
+cc -O2 -Wall -Wextra -Werror "${san[@]}" mixer.c $(pkg-config --cflags --libs zinc) -o mixer || fail "building the example"
 ldd ./mixer | grep -q "$P/lib/libzinc.so.0" || fail "the example does not load the installed libzinc: $(ldd ./mixer | grep zinc)"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 ./mixer mixer.json --set zero_optimization.stage=0 --gradcheck || fail "the example's gradients"
