@@ -8,7 +8,7 @@
 #   3 comm/          comm
 #   4 zero/ checkpoint/ tensor_parallel/ pipeline/   zero; ckpt safetensors; tp; pipeline
 #   5 engine/        config engine
-#   6 models/        gpt2 llama model (the factory)
+#   6 models/ monitor/   gpt2 llama model (the factory); monitor (TensorBoard, CSV)
 #   7 tools/ launcher/
 # Tests and benchmarks may look inside any module (white-box tests).
 set -u
@@ -22,14 +22,14 @@ level_of_header() {
         comm) echo 3 ;;
         zero|ckpt|safetensors|tp|pipeline) echo 4 ;;
         config|engine) echo 5 ;;
-        gpt2|llama|model) echo 6 ;;
+        gpt2|llama|model|monitor) echo 6 ;;
         *) echo 99 ;;
     esac
 }
 level_of_dir() {
     case $1 in
         core) echo 0 ;; offload|data) echo 1 ;; kernels/cpu|kernels/cuda) echo 2 ;; comm) echo 3 ;;
-        zero|checkpoint|tensor_parallel|pipeline) echo 4 ;; engine) echo 5 ;; models) echo 6 ;;
+        zero|checkpoint|tensor_parallel|pipeline) echo 4 ;; engine) echo 5 ;; models|monitor) echo 6 ;;
         tools|launcher) echo 7 ;; *) echo -1 ;;
     esac
 }
