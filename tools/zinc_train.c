@@ -846,12 +846,25 @@ int main(int argc, char **argv)
                   zinc_engine_dp_size(eng), tp_note, (unsigned long long)zinc_data_n_samples(data));
     if (rank == 0) ZINC_INFO("blas: %s", zinc_blas_summary());
 
+    /* the device peak for the MFU: train.peak_tflops, else measured once where the device
+     * can (GPUs; the slowest rank's, as the step waits for it) */
+    double peak = cfg.train.peak_tflops;
+    if (peak == 0 && zinc_engine_device(eng)->peak_tflops) {
+        double p = zinc_engine_device(eng)->peak_tflops();
+        int64_t mt = (int64_t)(p * 1000.0); /* milli-TFLOP/s, reduced as integers */
+        if (size > 1) zinc_comm_all_reduce(world, &mt, &mt, 1, ZINC_DTYPE_I64, ZINC_REDOP_MIN, NULL);
+        peak = mt / 1000.0;
+        if (rank == 0) {
+            if (peak > 0) ZINC_INFO("device peak %.1f TFLOP/s (bf16 products, measured; train.peak_tflops sets it)", peak);
+            else ZINC_WARN("device peak not measured (%s): no MFU; train.peak_tflops sets it", zinc_last_error());
+        }
+    }
     double t_start = now_s(), tok_s_sum = 0.0, first_loss = 0.0, last_loss = 0.0;
     int64_t n_tok_s = 0;
     int64_t first_step = zinc_engine_step(eng) + 1;
     int64_t last_saved = appending ? first_step - 1 : -1; /* a resumed step is saved */
     const step_log slog = {.cfg = &cfg, .eng = eng, .world = world, .every = every, .metrics = metrics, .mon = mon,
-                           .t_start = t_start, .first_step = first_step, .peak_tflops = cfg.train.peak_tflops};
+                           .t_start = t_start, .first_step = first_step, .peak_tflops = peak};
     for (int64_t step = first_step; step <= cfg.train.max_steps; step++) {
         int sig = stop_agreed(world);
         if (sig) { /* stop before this step; step - 1 is the last one done */

@@ -69,6 +69,11 @@ typedef struct zinc_device {
     /* alloc without the zeroing, for buffers that are fully written before
      * they are read (NULL: use alloc). Freed with free. */
     void *(*alloc_raw)(size_t bytes);
+    /* The device's dense bf16 product rate in TFLOP/s, measured (cuda: the median of 5
+     * bf16 x bf16 products of 8192^3 with fp32 accumulation on cuBLASLt, about a second),
+     * for the step line's MFU; 0 after recording an error. NULL where not measured (cpu:
+     * train.peak_tflops gives it). */
+    double (*peak_tflops)(void);
 } zinc_device;
 
 /* The CPU device. Static storage, never NULL. */

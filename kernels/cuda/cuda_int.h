@@ -59,6 +59,9 @@ void cuda_fail(zinc_status s, const char *call, const char *file, int line, cons
         }                                                                               \
     } while (0)
 
+/* ops_matmul.cu: the device's bf16 product rate (zinc_device.peak_tflops). */
+double cuda_peak_tflops(void);
+
 /* Bytes of the cuBLASLt workspace (32 MiB: what cuBLAS asks for on Hopper). */
 #define CUDA_LT_WS_BYTES ((size_t)32 << 20)
 

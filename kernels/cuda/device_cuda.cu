@@ -272,6 +272,7 @@ extern "C" zinc_status zinc_device_cuda_open(int local_rank, const zinc_device *
     dev.mem = dev_mem;
     dev.mem_reset_peak = dev_mem_reset_peak;
     dev.alloc_raw = dev_alloc_raw;
+    dev.peak_tflops = cuda_peak_tflops;
     *out = &dev;
     return ZINC_OK;
 }
