@@ -1037,10 +1037,36 @@ done:
     free(ids);
 }
 
+/* zinc_data_set_progress's hook and the bytes of the text being tokenized */
+static void (*text_progress)(uint64_t done, uint64_t total, void *u);
+static void *text_progress_u;
+
+void zinc_data_set_progress(void (*fn)(uint64_t done, uint64_t total, void *u), void *u)
+{
+    text_progress = fn;
+    text_progress_u = u;
+}
+
+typedef struct text_prog {
+    uint64_t done, total;
+} text_prog;
+
+static uint64_t file_bytes(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+}
+
+static void text_prog_add(text_prog *p, uint64_t n)
+{
+    p->done += n;
+    if (text_progress) text_progress(p->done < p->total ? p->done : p->total, p->total, text_progress_u);
+}
+
 /* The files through the tokenizer into o's shard, in order: windows of files encoded on
  * every thread at once, then written one after another. */
 static zinc_status data_tokenize_files(const zinc_tokenizer *tok, const data_list *files, data_out *o,
-                                       const char *out_path, int tsz, uint64_t *total)
+                                       const char *out_path, int tsz, uint64_t *total, text_prog *prog)
 {
     zinc_status st = ZINC_OK;
     const size_t win = (size_t)omp_get_max_threads() * 2;
@@ -1058,6 +1084,7 @@ static zinc_status data_tokenize_files(const zinc_tokenizer *tok, const data_lis
             if (st == ZINC_OK && data_write_all(o->fd, r[i].toks, r[i].n * (size_t)tsz) != 0)
                 st = zinc_error(ZINC_ERR_IO, "data: cannot write %s: %s", o->tmp, strerror(errno));
             if (st == ZINC_OK) *total += r[i].n;
+            if (st == ZINC_OK) text_prog_add(prog, file_bytes(files->items[f0 + i]));
             free(r[i].toks);
             r[i] = (enc_file){0};
         }
@@ -1127,7 +1154,10 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
     }
     /* 16-bit tokens while the vocabulary fits them (llm.c's version 1), else 32-bit (2) */
     const int tsz = tok && zinc_tokenizer_vocab_size(tok) > 65536 ? 4 : 2;
-    if (tok) ZINC_TRY(data_tokenize_files(tok, &files, &o, out_path, tsz, &total));
+    text_prog prog = {0, 0};
+    for (size_t f = 0; f < files.n; f++) prog.total += file_bytes(files.items[f]);
+    if (text_progress) text_progress(0, prog.total, text_progress_u);
+    if (tok) ZINC_TRY(data_tokenize_files(tok, &files, &o, out_path, tsz, &total, &prog));
     for (size_t f = 0; f < files.n && !tok; f++) {
         st = zinc_open_regular(files.items[f], 0, "text input", &fd, NULL);
         if (st != ZINC_OK) {
@@ -1157,6 +1187,7 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
                 goto cleanup;
             }
             total += (uint64_t)r;
+            text_prog_add(&prog, (uint64_t)r);
         }
         close(fd);
         fd = -1;

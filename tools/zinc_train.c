@@ -395,7 +395,12 @@ static zinc_status prepare_text(const zinc_config *c, zinc_comm *w, const zinc_t
         const char *in[ZINC_MAX_PATHS];
         for (int i = 0; i < c->data.n_text; i++) in[i] = c->data.text[i];
         uint64_t n = 0;
+        zinc_progress bar; /* large inputs: a progress line on a terminal */
+        zinc_progress_init(&bar, "[tokenizing]", isatty(STDERR_FILENO), 30, 64u << 20);
+        zinc_data_set_progress(zinc_progress_cb, &bar);
         st = zinc_data_write_shard_from_text(in, c->data.n_text, c->data.text_exts, tok, buf, &n);
+        zinc_data_set_progress(NULL, NULL);
+        zinc_progress_end(&bar);
         if (st == ZINC_OK)
             ZINC_INFO("data: tokenized the text into %llu tokens (%s) in %s", (unsigned long long)n,
                       c->data.tokenizer, buf);

@@ -103,6 +103,11 @@ zinc_status zinc_data_write_shard_from_text(const char *const *inputs, int n_inp
                                             const char *exts, const zinc_tokenizer *tok,
                                             const char *out_path, uint64_t *n_tokens);
 
+/* A process-wide hook (fn NULL: none, the default) zinc_data_write_shard_from_text calls
+ * with the input bytes tokenized so far and their total: once with 0, then as files (the
+ * byte tokenizer: reads) complete. Not thread-safe: set it while no shard is written. */
+void zinc_data_set_progress(void (*fn)(uint64_t done, uint64_t total, void *u), void *u);
+
 /* Writes a shard from an array of tokens: uint16 (version 1) or uint32 (version 2). */
 zinc_status zinc_data_write_shard(const char *out_path, const uint16_t *tokens, uint64_t n);
 zinc_status zinc_data_write_shard32(const char *out_path, const uint32_t *tokens, uint64_t n);

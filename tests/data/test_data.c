@@ -626,6 +626,46 @@ static void test_source(void)
     CU_ASSERT_EQUAL(zinc_data_from_source(&src, T, 16, &d), ZINC_ERR_INVALID_ARG);
 }
 
+/* zinc_data_set_progress: 0 first, then up to the bytes of the text, for both tokenizers */
+typedef struct prog_seen {
+    uint64_t first, last, total;
+    int calls;
+} prog_seen;
+
+static void prog_note(uint64_t done, uint64_t total, void *u)
+{
+    prog_seen *p = u;
+    if (p->calls++ == 0) p->first = done;
+    if (done < p->last) p->first = UINT64_MAX; /* never backwards */
+    p->last = done;
+    p->total = total;
+}
+
+static void test_text_progress(void)
+{
+    char a[700], b[700], out[700];
+    snprintf(a, sizeof a, "%s/prog_a.txt", g_dir);
+    snprintf(b, sizeof b, "%s/prog_b.txt", g_dir);
+    snprintf(out, sizeof out, "%s/prog.bin", g_dir);
+    FILE *f = fopen(a, "w");
+    for (int i = 0; i < 3000; i++) fputs("progress ", f);
+    fclose(f);
+    f = fopen(b, "w");
+    fputs("a second file", f);
+    fclose(f);
+    const char *in[] = {a, b};
+    prog_seen p = {0, 0, 0, 0};
+    zinc_data_set_progress(prog_note, &p);
+    uint64_t n = 0;
+    CU_ASSERT_EQUAL(zinc_data_write_shard_from_text(in, 2, NULL, NULL, out, &n), ZINC_OK);
+    zinc_data_set_progress(NULL, NULL);
+    CU_ASSERT_EQUAL(p.first, 0);
+    CU_ASSERT(p.calls >= 3);
+    CU_ASSERT_EQUAL(p.total, 3000 * 9 + 13);
+    CU_ASSERT_EQUAL(p.last, p.total);
+    CU_ASSERT_EQUAL(n, p.total); /* byte tokens */
+}
+
 int main(void)
 {
     const char *tmp = getenv("TMPDIR");
@@ -648,6 +688,7 @@ int main(void)
     CU_add_test(s, "32-bit shards", test_shard32);
     CU_add_test(s, "document shards with loss masks", test_docs);
     CU_add_test(s, "a user's batch source", test_source);
+    CU_add_test(s, "text tokenization progress", test_text_progress);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failures = CU_get_number_of_failures();
