@@ -12,7 +12,8 @@
 set -euo pipefail
 case "${1:-build}" in
     build) what="zinc"
-           pkgs=(gcc make libopenmpi-dev openmpi-bin libjansson-dev liburing-dev libcunit1-dev
+           # g++ and pkg-config: the install test builds C++ and the example against zinc.pc
+           pkgs=(gcc g++ make pkg-config libopenmpi-dev openmpi-bin libjansson-dev liburing-dev libcunit1-dev
                  libopenblas-dev libopenblas0-openmp libpcre2-dev) ;;
     fuzz)  what="make fuzz"
            pkgs=(clang libclang-rt-dev libomp-dev) ;;
