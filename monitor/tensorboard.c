@@ -8,8 +8,10 @@
  *   Summary    1 value Value (repeated)
  *   Value      1 tag string, 2 simple_value float
  *   SessionLog 1 status enum (START = 1)
- * Records accumulate in memory and go to the file whole at tb_flush.
+ * Records accumulate in memory and go to the file whole at tb_flush. File names sort in
+ * the order the files were made (tb_stamp), which is the order TensorBoard reads them.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +118,23 @@ static double wall_now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* TensorBoard reads a folder's event files in name order: a new file's time stamp is past
+ * every existing one's (a run resumed within the same second still sorts after it) */
+static long long tb_stamp(const char *dir, double now)
+{
+    long long t = (long long)now;
+    DIR *d = opendir(dir);
+    if (!d) return t;
+    const char *pre = "events.out.tfevents.";
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strncmp(e->d_name, pre, strlen(pre)) != 0) continue;
+        long long x = strtoll(e->d_name + strlen(pre), NULL, 10);
+        if (x >= t) t = x + 1;
+    }
+    closedir(d);
+    return t;
+}
+
 zinc_status tb_open(const char *dir, const char *what, int64_t purge_step, tb_writer **out)
 {
     *out = NULL;
@@ -126,7 +145,7 @@ zinc_status tb_open(const char *dir, const char *what, int64_t purge_step, tb_wr
     char host[256] = "localhost";
     if (gethostname(host, sizeof host - 1) != 0) snprintf(host, sizeof host, "localhost");
     double now = wall_now();
-    if (snprintf(w->path, sizeof w->path, "%s/events.out.tfevents.%lld.%s.%d.0", dir, (long long)now, host,
+    if (snprintf(w->path, sizeof w->path, "%s/events.out.tfevents.%lld.%s.%d.0", dir, tb_stamp(dir, now), host,
                  (int)getpid()) >= (int)sizeof w->path) {
         free(w);
         return zinc_error(ZINC_ERR_INVALID_ARG, "%s: the folder's name is too long: %s", what, dir);

@@ -2,7 +2,7 @@
 
     monitor_check.py TB_DIR CSV_DIR METRICS.jsonl [--fp16] [--eval]
 
-Reads every TensorBoard event file in TB_DIR oldest first, checking the TFRecord framing
+Reads every TensorBoard event file in TB_DIR in name order (as TensorBoard does), checking the TFRecord framing
 (both masked crc32c), decoding the Event protobufs by hand (wire types, not a schema
 library) and applying SessionLog START purges as TensorBoard does; reads the csv_monitor
 files of CSV_DIR; and checks both against train.metrics_file: the same tags, one value per
@@ -103,7 +103,9 @@ def records(path):
 
 
 def read_tb(d):
-    files = sorted(glob.glob(os.path.join(d, "events.out.tfevents.*")), key=os.path.getmtime)
+    # in name order, as TensorBoard reads them (the time stamp after the prefix)
+    files = sorted(glob.glob(os.path.join(d, "events.out.tfevents.*")),
+                   key=lambda p: int(os.path.basename(p).split(".")[3]))
     if not files:
         fail("no event file in " + d)
     scalars = {}  # tag -> {step: value}
