@@ -401,6 +401,12 @@ zinc_status ckpt_save_prepare(const char *save_dir, const char *tag, const char 
         struct stat sb;
         if (lstat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
         if (!dir_is_ours(p)) {
+            /* a save killed between its mkdir and its marker leaves an empty .partial: rmdir
+             * takes only an empty folder, so nothing of anyone's is lost */
+            if (partial && rmdir(p) == 0) {
+                ZINC_INFO("checkpoint: removed the empty %s (a save killed as it began)", p);
+                continue;
+            }
             foreign_dir(p);
             continue;
         }

@@ -514,7 +514,7 @@ typedef struct step_log {
     zinc_monitor *mon;   /* tensorboard / csv_monitor or NULL */
     double t_start;      /* when first_step began */
     int64_t first_step;
-    double peak_tflops;  /* the device's, 0 unknown: MFU = model TFLOP/s / this */
+    double peak_tflops;  /* every rank's device together (0 unknown): MFU = model TFLOP/s / this */
 } step_log;
 
 /* "1h02m", "3m12s", "12s" */
@@ -869,7 +869,8 @@ int main(int argc, char **argv)
     int64_t first_step = zinc_engine_step(eng) + 1;
     int64_t last_saved = appending ? first_step - 1 : -1; /* a resumed step is saved */
     const step_log slog = {.cfg = &cfg, .eng = eng, .world = world, .every = every, .metrics = metrics, .mon = mon,
-                           .t_start = t_start, .first_step = first_step, .peak_tflops = peak};
+                           .t_start = t_start, .first_step = first_step,
+                           .peak_tflops = peak * size}; /* model_tflops is over all ranks */
     for (int64_t step = first_step; step <= cfg.train.max_steps; step++) {
         int sig = stop_agreed(world);
         if (sig) { /* stop before this step; step - 1 is the last one done */

@@ -93,7 +93,7 @@ echo "ok: named pipes refused"
 
 # ---- 3. a save leaves directories it did not create alone -------------------------------
 F=$TMP/foreign
-mkdir -p "$F/thesis.partial" "$F/photos.deleting"
+mkdir -p "$F/thesis.partial" "$F/photos.deleting" "$F/begun.partial" # begun: a save killed before its marker
 echo "chapter 1" > "$F/thesis.partial/ch1.tex"
 echo "img" > "$F/photos.deleting/a.jpg"
 ./scripts/mpirun.sh 2 "$SAVER" "$F" --steps 2 --mib 1 > "$TMP/foreign.log" 2>&1 || { cat "$TMP/foreign.log"; fail "save next to foreign directories failed"; }
@@ -102,7 +102,8 @@ echo "img" > "$F/photos.deleting/a.jpg"
 grep -q "thesis.partial" "$TMP/foreign.log" || { cat "$TMP/foreign.log"; fail "the foreign directory is not mentioned"; }
 [ "$(grep -c "thesis.partial" "$TMP/foreign.log")" -eq 1 ] || { cat "$TMP/foreign.log"; fail "foreign directory reported more than once"; }
 "$Z" verify "$F" >/dev/null || fail "checkpoint next to foreign directories does not verify"
-echo "ok: foreign *.partial and *.deleting directories kept"
+[ ! -e "$F/begun.partial" ] || fail "the empty begun.partial/ (a save killed between mkdir and marker) was left"
+echo "ok: foreign *.partial and *.deleting directories kept, an empty unmarked *.partial removed"
 
 # ---- 4. resume validates the meta -------------------------------------------------------
 R=$TMP/res
