@@ -160,8 +160,9 @@ BINDIR  ?= $(PREFIX)/bin
 PCDIR   ?= $(LIBDIR)/pkgconfig
 HEADERS := $(wildcard include/zinc/*.h)
 MPI_LIBS := $(shell mpicc -showme:link 2>/dev/null)
-comma := ,
-PC_PRIVATE := $(patsubst $(BLAS_DIR)/libopenblas.so.0,-L$(BLAS_DIR) -lopenblas,$(filter-out -Wl$(comma)-rpath%,$(LDLIBS))) $(MPI_LIBS)
+# OpenBLAS by its full path with its rpath, as zinc links it (the openmp flavour ships
+# libopenblas.so.0 only, so -lopenblas would not find it)
+PC_PRIVATE := $(LDLIBS) $(MPI_LIBS)
 .PHONY: install uninstall
 install: $(PROGS) $(LIB) $(SHLIB)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)/zinc $(DESTDIR)$(PCDIR)

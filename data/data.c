@@ -68,6 +68,7 @@ struct zinc_data {
     bool docs; /* some shard has documents (version 3): targets and positions follow them */
     bool has_src; /* a user's batch source instead of shards (zinc_data_from_source) */
     zinc_batch_source src;
+    bool masked; /* the source's targets may be -1 (no documents: positions run 0..T-1) */
     int vocab;
     /* Permutation cache: perm holds perm_e for e = perm_epoch. */
     pthread_mutex_t lock;
@@ -392,35 +393,46 @@ zinc_status zinc_data_from_source(const zinc_batch_source *src, int seq_len, int
     d->vocab = vocab_size;
     d->n_samples = src->n_samples;
     d->n_tokens = src->n_samples * (uint64_t)seq_len;
-    d->docs = src->masked != 0;
+    d->masked = src->masked != 0;
     *out = d;
     return ZINC_OK;
 }
 
-/* n samples from the user's source, checked: ids in [0, vocab), targets in [-1, vocab) */
+/* n samples from the user's source, checked: ids in [0, vocab), targets in [-1, vocab).
+ * Global index k past an epoch reads sample k mod n_samples (a call never crosses an epoch). */
 static zinc_status data_src_get(const zinc_data *d, uint64_t first, int n, int32_t *inputs, int32_t *targets,
                                 int32_t *pos)
 {
     const size_t T = (size_t)d->seq_len;
-    zinc_status st = d->src.get(d->src.user, first, n, d->seq_len, inputs, targets);
-    if (st != ZINC_OK) return zinc_error(st, "batch source, samples %llu..%llu: %s", (unsigned long long)first,
-                                         (unsigned long long)(first + (uint64_t)n - 1), zinc_last_error());
-    for (size_t i = 0; i < (size_t)n * T; i++) {
-        if (inputs[i] < 0 || inputs[i] >= d->vocab || targets[i] < -1 || targets[i] >= d->vocab ||
-            (!d->docs && targets[i] < 0))
-            return zinc_error(ZINC_ERR_INVALID_ARG, "batch source: sample %llu, position %zu: %s %d %s",
-                              (unsigned long long)(first + i / T), i % T,
-                              inputs[i] < 0 || inputs[i] >= d->vocab ? "input" : "target",
-                              inputs[i] < 0 || inputs[i] >= d->vocab ? inputs[i] : targets[i],
-                              !d->docs && targets[i] == -1 ? "(-1 needs masked = 1)" : "is outside the vocabulary");
-        if (pos) pos[i] = (int32_t)(i % T);
+    const uint64_t N = d->src.n_samples;
+    for (int done = 0; done < n;) {
+        uint64_t k = (first + (uint64_t)done) % N;
+        int m = (int)(N - k < (uint64_t)(n - done) ? N - k : (uint64_t)(n - done));
+        int32_t *in = inputs + (size_t)done * T, *tg = targets + (size_t)done * T;
+        zinc_status st = d->src.get(d->src.user, k, m, d->seq_len, in, tg);
+        if (st != ZINC_OK)
+            return zinc_error(st, "batch source, samples %llu..%llu: %s", (unsigned long long)k,
+                              (unsigned long long)(k + (uint64_t)m - 1), zinc_last_error());
+        for (size_t i = 0; i < (size_t)m * T; i++) {
+            int bad_in = in[i] < 0 || in[i] >= d->vocab;
+            if (bad_in || tg[i] < -1 || tg[i] >= d->vocab || (!d->masked && tg[i] < 0))
+                return zinc_error(ZINC_ERR_INVALID_ARG, "batch source: sample %llu, position %zu: %s %d %s",
+                                  (unsigned long long)(k + i / T), i % T, bad_in ? "input" : "target",
+                                  bad_in ? in[i] : tg[i],
+                                  !bad_in && !d->masked && tg[i] == -1 ? "(-1 needs masked = 1)"
+                                                                        : "is outside the vocabulary");
+        }
+        done += m;
     }
+    if (pos)
+        for (size_t i = 0; i < (size_t)n * T; i++) pos[i] = (int32_t)(i % T);
     return ZINC_OK;
 }
 
 uint64_t zinc_data_n_samples(const zinc_data *d) { return d ? d->n_samples : 0; }
 uint64_t zinc_data_n_tokens(const zinc_data *d) { return d ? d->n_tokens : 0; }
 int zinc_data_has_docs(const zinc_data *d) { return d && d->docs; }
+int zinc_data_has_masks(const zinc_data *d) { return d && (d->docs || d->masked); }
 
 /* ----------------------------------------------------------------- get --- */
 
@@ -550,7 +562,7 @@ zinc_status zinc_data_count_targets(const zinc_data *d, uint64_t first, uint64_t
     zinc_status cst = data_get_check(d, first, (int)n);
     if (cst != ZINC_OK) return cst;
     const uint64_t T = (uint64_t)d->seq_len;
-    if (!d->docs) {
+    if (!zinc_data_has_masks(d)) {
         *count = n * T;
         return ZINC_OK;
     }

@@ -726,8 +726,8 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
     void *prog_u;
     zinc_ckpt_get_progress(&prog, &prog_u);
     uint64_t prog_total = 0, prog_done = 0;
-    for (int l = 0; l < e->n_layers; l++)
-        for (int pi = e->z.units[l].n_params_first; pi < e->z.units[l].n_params_end; pi++)
+    for (int l = 0; l < e->n_layers; l++) /* this stage's layers: those it reads below */
+        for (int pi = e->z.units[l].n_params_first; e->z.units[l].numel > 0 && pi < e->z.units[l].n_params_end; pi++)
             prog_total += (uint64_t)e->z.params[pi].numel * sizeof(float);
     if (prog) prog(0, prog_total, prog_u);
     for (int l = 0; l < e->n_layers; l++) {

@@ -60,6 +60,12 @@ static void batch_to_device(zinc_engine *e, int mb, const int32_t *tok, const in
     e->dev->copy(e->targets + (size_t)mb * BT, tgt, bytes);
 }
 
+/* The first of this rank's B samples in micro-batch mb of the global batch from sample first. */
+static uint64_t micro_first(const zinc_engine *e, uint64_t first, int mb)
+{
+    return first + (uint64_t)mb * e->B * e->z.dp + (uint64_t)e->z.dp_rank * e->B;
+}
+
 /* This rank's B samples from global sample first, as micro-batch mb. */
 static zinc_status batch_load(zinc_engine *e, const zinc_data *data, uint64_t first, int mb)
 {
@@ -193,7 +199,7 @@ static zinc_status cb_load(void *u, int mb, int chunk)
     zinc_engine *e = u;
     const int J = e->pp.stages * e->pp.virt, j = chunk * e->pp.stages + e->stage;
     if (J > 1 && j == J - 1 && e->pp.stages == 1) return ZINC_OK; /* chunk 0 of this stage loaded it */
-    uint64_t first = (uint64_t)e->samples + (uint64_t)mb * e->B * e->z.dp + (uint64_t)e->z.dp_rank * e->B;
+    uint64_t first = micro_first(e, (uint64_t)e->samples, mb);
     return batch_load(e, e->step_data, first, mb);
 }
 
@@ -241,25 +247,32 @@ static void cb_free(void *u, void *p) { ((zinc_engine *)u)->dev->free(p); }
 
 /* ---------------------------------------------------------------- entry points */
 
-/* Takes the data's kind for the coming batches (e->docs) and counts the targets of n_batches
- * global batches from sample first into *count: what the mean loss divides by (every token
- * of every sample without documents, else only the targets the loss masks keep). */
+/* Takes the data's kind for the coming batches (e->docs, e->masked) and counts the targets of
+ * n_batches global batches from sample first into *count: what the mean loss divides by (every
+ * token of every sample without masks, else only the targets the masks keep). Each rank counts
+ * its own samples and the DP group sums the counts (integers: exact in a double). */
 static zinc_status batches_begin(zinc_engine *e, const zinc_data *data, uint64_t first, int n_batches,
                                  double *count)
 {
     const uint64_t tbs = (uint64_t)e->cfg.train_batch_size;
     e->docs = zinc_data_has_docs(data);
+    e->masked = zinc_data_has_masks(data);
     if (e->docs && !e->dev->is_host)
         return zinc_error(ZINC_ERR_UNSUPPORTED,
                           "data: the shards hold documents with loss masks (version 3), whose attention "
                           "stays inside each document: not done on %s yet (cpu ranks train them)",
                           e->dev->name);
+    *count = (double)n_batches * (double)tbs * e->T;
+    if (!e->masked) return ZINC_OK;
     *count = 0.0;
-    for (int b = 0; b < n_batches; b++) {
-        uint64_t c;
-        TRY_RET(zinc_data_count_targets(data, first + (uint64_t)b * tbs, tbs, &c));
-        *count += (double)c;
-    }
+    for (int b = 0; b < n_batches; b++)
+        for (int m = 0; m < e->ga; m++) {
+            uint64_t c, f = micro_first(e, first + (uint64_t)b * tbs, m);
+            TRY_RET(zinc_data_count_targets(data, f, (uint64_t)e->B, &c));
+            *count += (double)c;
+        }
+    if (e->z.dp > 1)
+        TRY_RET(zinc_comm_all_reduce(e->mesh->dp_group, count, count, 1, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
     return ZINC_OK;
 }
 
@@ -271,7 +284,7 @@ zinc_status zinc_engine_loss_and_grad_docs(zinc_engine *e, const int32_t *tokens
     if (pos && !e->dev->is_host)
         return zinc_error(ZINC_ERR_UNSUPPORTED, "loss_and_grad: positions within documents on %s", e->dev->name);
     size_t BT = (size_t)e->B * e->T, n = BT;
-    e->docs = pos != NULL;
+    e->docs = e->masked = pos != NULL;
     if (pos) {
         memcpy(e->pos, pos, BT * sizeof *pos);
         n = 0;
@@ -338,8 +351,7 @@ zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t firs
     e->loss_acc = 0.0;
     for (int b = 0; b < n_batches; b++)
         for (int m = 0; m < e->ga; m++) {
-            uint64_t first = (uint64_t)first_sample + (uint64_t)b * e->cfg.train_batch_size +
-                             (uint64_t)m * e->B * e->z.dp + (uint64_t)e->z.dp_rank * e->B;
+            uint64_t first = micro_first(e, (uint64_t)first_sample + (uint64_t)b * e->cfg.train_batch_size, m);
             ZINC_TRY(batch_load(e, data, first, 0));
             ZINC_TRY(eval_micro(e, buf));
         }
@@ -350,8 +362,7 @@ zinc_status zinc_engine_eval(zinc_engine *e, const zinc_data *data, int64_t firs
                                       ZINC_REDOP_SUM, NULL));
     if (e->pp.stages > 1)
         ZINC_TRY(zinc_comm_all_reduce(e->mesh->pp_group, &sum, &sum, 1, ZINC_DTYPE_F64, ZINC_REDOP_SUM, NULL));
-    *loss = !e->docs ? sum / ((double)n_batches * e->cfg.train_batch_size * e->T)
-            : n_targets > 0 ? sum / n_targets : 0.0;
+    *loss = n_targets > 0 ? sum / n_targets : 0.0;
 cleanup:
     if (buf[0]) e->dev->free(buf[0]);
     if (buf[1]) e->dev->free(buf[1]);
@@ -392,7 +403,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     e->step_data = data;
     double n_targets = 0.0;
     ZINC_TRY(batches_begin(e, data, (uint64_t)e->samples, 1, &n_targets));
-    e->step_dloss = !e->docs ? (float)(scale / ((double)e->B * e->T * e->ga * e->z.dp))
+    e->step_dloss = !e->masked ? (float)(scale / ((double)e->B * e->T * e->ga * e->z.dp))
                     : n_targets > 0 ? (float)(scale / n_targets) : 0.0f;
     e->loss_acc = 0.0;
     const zinc_pp_stage_ops ops = {.u = e, .act_elems = e->io_elems, .act_dtype = engine_act_dtype(e),
@@ -424,7 +435,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     double tr_end;
     ZINC_TRY(phase_ms(e, &tr_end));
     e->t_reduce += tr_end;
-    double loss = !e->docs ? red[0] / ((double)cfg->train_batch_size * e->T)
+    double loss = !e->masked ? red[0] / ((double)cfg->train_batch_size * e->T)
                   : n_targets > 0 ? red[0] / n_targets : 0.0; /* a batch with no target: 0 */
     double norm = sqrt(red[1]) / scale;
     int overflow = !isfinite(norm) || !isfinite(loss);

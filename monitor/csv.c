@@ -1,8 +1,10 @@
 /* csv.c - DeepSpeed's csv_monitor files: DIR/<tag with '/' and ' ' as '_'>.csv, a header
- * "step,<last component of the tag>" and one "step,value" row per write. Each tag's file is
- * opened at its first write: truncated in a fresh run; in a resumed run its rows past the
- * resumed step are dropped (they belong to steps the checkpoint does not hold) and rows
- * are appended after the rest. */
+ * "step,<last component of the tag>" and one "step,value" row per write. At open, every
+ * such file in DIR (a .csv whose first line starts "step,") loses its rows past the resumed
+ * step — all of them in a fresh run — whether or not this run writes its tag again: they
+ * belong to steps the checkpoint does not hold. Each tag's file is opened at its first
+ * write, its rows appended after the rest. */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +29,59 @@ struct csv_writer {
     int n;
 };
 
+/* Keeps the header and the rows up to w->resume_step of the csv_monitor file at path;
+ * a file that is not one (its first line does not start "step,") is left alone. */
+static zinc_status csv_cut(const csv_writer *w, const char *path)
+{
+    FILE *in = fopen(path, "r");
+    if (!in) return errno == ENOENT ? ZINC_OK : zinc_error(ZINC_ERR_IO, "%s: cannot read %s: %s", w->what, path,
+                                                           strerror(errno));
+    char line[512];
+    if (!fgets(line, sizeof line, in) || strncmp(line, "step,", 5) != 0) {
+        fclose(in);
+        return ZINC_OK;
+    }
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *o = fopen(tmp, "w");
+    if (!o) {
+        fclose(in);
+        return zinc_error(ZINC_ERR_IO, "%s: cannot write %s: %s", w->what, tmp, strerror(errno));
+    }
+    fputs(line, o);
+    while (fgets(line, sizeof line, in)) {
+        char *end;
+        long long step = strtoll(line, &end, 10);
+        if (end != line && *end == ',' && step <= w->resume_step) fputs(line, o);
+    }
+    fclose(in);
+    int bad = fflush(o) != 0;
+    if (fclose(o) != 0 || bad || rename(tmp, path) != 0) {
+        zinc_status st = zinc_error(ZINC_ERR_IO, "%s: cannot rewrite %s: %s", w->what, path, strerror(errno));
+        remove(tmp);
+        return st;
+    }
+    return ZINC_OK;
+}
+
+/* csv_cut on every .csv in w->dir */
+static zinc_status csv_cut_all(const csv_writer *w)
+{
+    DIR *dir = opendir(w->dir);
+    if (!dir) return zinc_error(ZINC_ERR_IO, "%s: cannot read %s: %s", w->what, w->dir, strerror(errno));
+    zinc_status st = ZINC_OK;
+    struct dirent *de;
+    while (st == ZINC_OK && (de = readdir(dir))) {
+        size_t n = strlen(de->d_name);
+        if (n < 5 || strcmp(de->d_name + n - 4, ".csv") != 0) continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", w->dir, de->d_name);
+        st = csv_cut(w, path);
+    }
+    closedir(dir);
+    return st;
+}
+
 zinc_status csv_open(const char *dir, const char *what, int64_t resume_step, csv_writer **out)
 {
     *out = NULL;
@@ -43,38 +98,12 @@ zinc_status csv_open(const char *dir, const char *what, int64_t resume_step, csv
         free(w);
         return zinc_error(st, "%s: %s", what, zinc_last_error());
     }
-    *out = w;
-    return ZINC_OK;
-}
-
-/* keeps the header and the rows up to w->resume_step of an existing file */
-static zinc_status csv_cut(const csv_writer *w, const csv_file *c)
-{
-    FILE *in = fopen(c->path, "r");
-    if (!in) return errno == ENOENT ? ZINC_OK : zinc_error(ZINC_ERR_IO, "%s: cannot read %s: %s", w->what, c->path,
-                                                           strerror(errno));
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", c->path);
-    FILE *o = fopen(tmp, "w");
-    if (!o) {
-        fclose(in);
-        return zinc_error(ZINC_ERR_IO, "%s: cannot write %s: %s", w->what, tmp, strerror(errno));
-    }
-    char line[512];
-    int first = 1;
-    while (fgets(line, sizeof line, in)) {
-        char *end;
-        long long step = strtoll(line, &end, 10);
-        if (first || (end != line && *end == ',' && step <= w->resume_step)) fputs(line, o);
-        first = 0;
-    }
-    fclose(in);
-    int bad = fflush(o) != 0;
-    if (fclose(o) != 0 || bad || rename(tmp, c->path) != 0) {
-        zinc_status st = zinc_error(ZINC_ERR_IO, "%s: cannot rewrite %s: %s", w->what, c->path, strerror(errno));
-        remove(tmp);
+    st = csv_cut_all(w);
+    if (st != ZINC_OK) {
+        free(w);
         return st;
     }
+    *out = w;
     return ZINC_OK;
 }
 
@@ -104,8 +133,7 @@ static zinc_status csv_file_for(csv_writer *w, const char *tag, csv_file **out)
         size = ftell(probe);
         fclose(probe);
     }
-    int append = w->resume_step >= 0 && size > 0;
-    if (append) MON_TRY(csv_cut(w, c));
+    int append = w->resume_step >= 0 && size > 0; /* cut at open */
     c->f = fopen(c->path, append ? "a" : "w");
     if (!c->f) return zinc_error(ZINC_ERR_IO, "%s: cannot open %s: %s", w->what, c->path, strerror(errno));
     if (!append) {

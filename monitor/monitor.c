@@ -43,6 +43,8 @@ zinc_status zinc_monitor_open(const zinc_config *cfg, int64_t resume_step, zinc_
         if (st == ZINC_OK) st = csv_open(dir, "csv_monitor", resume_step, &m->csv);
     }
     if (st != ZINC_OK) {
+        tb_discard(m->tb); /* no event file of a run that did not start */
+        m->tb = NULL;
         zinc_monitor_close(m);
         return st;
     }

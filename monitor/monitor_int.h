@@ -22,6 +22,7 @@ zinc_status tb_scalar(tb_writer *w, const char *tag, float value, int64_t step, 
 zinc_status tb_flush(tb_writer *w);
 const char *tb_path(const tb_writer *w);
 void tb_close(tb_writer *w);
+void tb_discard(tb_writer *w); /* closes and removes the file: an open that failed later */
 
 /* csv_monitor files (csv.c) */
 typedef struct csv_writer csv_writer;

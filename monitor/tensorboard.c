@@ -172,7 +172,7 @@ zinc_status tb_open(const char *dir, const char *what, int64_t purge_step, tb_wr
     }
     if (st == ZINC_OK) st = tb_flush(w);
     if (st != ZINC_OK) {
-        tb_close(w);
+        tb_discard(w);
         return st;
     }
     *out = w;
@@ -206,6 +206,15 @@ zinc_status tb_flush(tb_writer *w)
 }
 
 const char *tb_path(const tb_writer *w) { return w ? w->path : ""; }
+
+void tb_discard(tb_writer *w)
+{
+    if (!w) return;
+    if (w->f) fclose(w->f);
+    w->f = NULL;
+    unlink(w->path);
+    tb_close(w);
+}
 
 void tb_close(tb_writer *w)
 {

@@ -856,12 +856,18 @@ int main(int argc, char **argv)
     double peak = cfg.train.peak_tflops;
     if (peak == 0 && zinc_engine_device(eng)->peak_tflops) {
         double p = zinc_engine_device(eng)->peak_tflops();
+        char why[256];
+        snprintf(why, sizeof why, "%s", p > 0 ? "" : zinc_last_error());
         int64_t mt = (int64_t)(p * 1000.0); /* milli-TFLOP/s, reduced as integers */
-        if (size > 1) zinc_comm_all_reduce(world, &mt, &mt, 1, ZINC_DTYPE_I64, ZINC_REDOP_MIN, NULL);
+        if (size > 1 && zinc_comm_all_reduce(world, &mt, &mt, 1, ZINC_DTYPE_I64, ZINC_REDOP_MIN, NULL) != ZINC_OK) {
+            snprintf(why, sizeof why, "%s", zinc_last_error());
+            mt = 0;
+        }
         peak = mt / 1000.0;
         if (rank == 0) {
             if (peak > 0) ZINC_INFO("device peak %.1f TFLOP/s (bf16 products, measured; train.peak_tflops sets it)", peak);
-            else ZINC_WARN("device peak not measured (%s): no MFU; train.peak_tflops sets it", zinc_last_error());
+            else ZINC_WARN("device peak not measured (%s): no MFU; train.peak_tflops sets it",
+                           why[0] ? why : "on another rank");
         }
     }
     double t_start = now_s(), tok_s_sum = 0.0, first_loss = 0.0, last_loss = 0.0;

@@ -32,6 +32,7 @@
 
 typedef struct mixer_dims {
     int V, C, F, T; /* vocabulary, channels, MLP width, sequence length */
+    int masked;     /* --masked: no loss at positions where (sample + t) % 5 == 0 */
 } mixer_dims;
 
 static zinc_status need_fp32(const zinc_ctx *c)
@@ -293,6 +294,7 @@ static zinc_status counting_rows(void *user, uint64_t first, int n, int T, int32
         for (int t = 0; t < T; t++) {
             inputs[(size_t)b * T + t] = (start + stride * t) % m;
             targets[(size_t)b * T + t] = (start + stride * (t + 1)) % m;
+            if (d->masked && (first + (uint64_t)b + (uint64_t)t) % 5 == 0) targets[(size_t)b * T + t] = -1;
         }
     }
     return ZINC_OK;
@@ -350,14 +352,15 @@ static int gradcheck(zinc_engine *eng, const mixer_dims *d, const zinc_layer_def
 int main(int argc, char **argv)
 {
     if (argc < 2 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: mixer CONFIG.json [--set key=value]... [--gradcheck]\n");
+        fprintf(stderr, "usage: mixer CONFIG.json [--set key=value]... [--gradcheck] [--masked]\n");
         return 2;
     }
     const char *sets[MAX_SET];
-    int n_set = 0, check = 0;
+    int n_set = 0, check = 0, masked = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--set") && i + 1 < argc && n_set < MAX_SET) sets[n_set++] = argv[++i];
         else if (!strcmp(argv[i], "--gradcheck")) check = 1;
+        else if (!strcmp(argv[i], "--masked")) masked = 1;
         else {
             fprintf(stderr, "mixer: unknown argument %s\n", argv[i]);
             return 2;
@@ -380,7 +383,7 @@ int main(int argc, char **argv)
     zinc_aio *aio = NULL; /* checkpoints write through the process's aio engine (the config's aio section) */
     zinc_status st = zinc_comm_agree(world, zinc_config_resolve(&cfg, zinc_comm_size(world)));
     mixer_dims dims = {(int)cfg.model.vocab_size, (int)cfg.model.n_embd, 2 * (int)cfg.model.n_embd,
-                       (int)zinc_config_seq_len(&cfg)};
+                       (int)zinc_config_seq_len(&cfg), masked};
 
     /* the model: embedding, n_layer mixer blocks, the loss layer */
     int L = (int)cfg.model.n_layer + 2;
@@ -402,7 +405,7 @@ int main(int argc, char **argv)
     if (st == ZINC_OK && strcmp(zinc_engine_device(eng)->name, "cpu") != 0)
         st = zinc_error(ZINC_ERR_UNSUPPORTED, "mixer: its layers run on the host: set \"device\": \"cpu\"");
     /* the data: a callback, not a token shard */
-    zinc_batch_source src = {.get = counting_rows, .n_samples = 1u << 20, .masked = 0, .user = &dims};
+    zinc_batch_source src = {.get = counting_rows, .n_samples = 1u << 20, .masked = dims.masked, .user = &dims};
     if (st == ZINC_OK) st = zinc_data_from_source(&src, dims.T, dims.V, &data);
     /* resume: train.resume names a checkpoint tag in train.save_dir ("auto": the latest) */
     if (st == ZINC_OK && cfg.train.resume[0])

@@ -56,8 +56,10 @@ void zinc_data_close(zinc_data *d); /* NULL-safe */
 /* A user's data instead of token shards (the driver API of examples/): zinc asks for
  * samples by their global index, and sample k must be a pure function of k — that makes a
  * step's global batch the same at every DP size (each rank asks for its slice) and a
- * resumed run exact (it continues from the checkpoint's sample index). get may be called
- * from any rank for any index, in any order, and once per sample at most per step. */
+ * resumed run exact (it continues from the checkpoint's sample index). Each rank asks only
+ * for its own samples, in any order; a masked source's samples are read twice per step
+ * (once to count the targets the mean loss divides by, once to train). Global index k past
+ * the first epoch reads sample k mod n_samples, and one call never crosses an epoch. */
 typedef struct zinc_batch_source {
     /* Fills samples first .. first+n-1: inputs (n, seq_len) ids in [0, vocab_size) for
      * layer 0, targets (n, seq_len) the ids the loss layer predicts, -1 where no loss is
@@ -83,10 +85,12 @@ zinc_status zinc_data_get(const zinc_data *d, uint64_t first, int n, int32_t *in
  * without documents) and the targets masked by documents (above). */
 zinc_status zinc_data_get_docs(const zinc_data *d, uint64_t first, int n, int32_t *inputs,
                                int32_t *targets, int32_t *pos);
-/* Whether the loader has documents (a version-3 shard). */
+/* Whether the loader has documents (a version-3 shard: positions restart at each). */
 int zinc_data_has_docs(const zinc_data *d);
+/* Whether some targets may be -1: documents, or a masked batch source. */
+int zinc_data_has_masks(const zinc_data *d);
 /* The targets that count (>= 0) in global samples first .. first+n-1: n * seq_len
- * without documents. What a step's mean loss divides by. */
+ * without masks. What a step's mean loss divides by. */
 zinc_status zinc_data_count_targets(const zinc_data *d, uint64_t first, uint64_t n, uint64_t *count);
 
 /* Tokenizes the given text files (directories are walked recursively in

@@ -386,11 +386,13 @@ double cuda_peak_tflops(void)
         zinc_error(ZINC_ERR_CUDA, "peak_tflops: %s", cudaGetErrorString(cudaGetLastError()));
         goto out;
     }
-    if (lt_matmul(c, a, b, n, n, n, 0, 0, 1.0f, 0.0f, NULL, LT_BF16, LT_BF16) != 1) goto out;
-    for (int i = 0; i < 5; i++) {
+    for (int i = -1; i < 5; i++) { /* -1: the warm-up */
         cudaEventRecord(e0, 0);
-        if (lt_matmul(c, a, b, n, n, n, 0, 0, 1.0f, 0.0f, NULL, LT_BF16, LT_BF16) != 1) goto out;
+        int r = lt_matmul(c, a, b, n, n, n, 0, 0, 1.0f, 0.0f, NULL, LT_BF16, LT_BF16);
+        if (r == 0) zinc_error(ZINC_ERR_UNSUPPORTED, "peak_tflops: cuBLASLt has no bf16 algorithm for %d^3", n);
+        if (r != 1) goto out; /* else lt_matmul recorded the error */
         cudaEventRecord(e1, 0);
+        if (i < 0) continue;
         if (cudaEventSynchronize(e1) != cudaSuccess || cudaEventElapsedTime(&ms[i], e0, e1) != cudaSuccess) {
             zinc_error(ZINC_ERR_CUDA, "peak_tflops: %s", cudaGetErrorString(cudaGetLastError()));
             goto out;

@@ -573,6 +573,7 @@ static void test_docs(void)
  * position when masked; token 99 (outside a vocabulary of 16) at sample 5 when bad */
 typedef struct src_user {
     int bad, calls;
+    uint64_t max_index; /* the largest index get was asked for */
 } src_user;
 
 static zinc_status src_get(void *u, uint64_t first, int n, int T, int32_t *in, int32_t *tg)
@@ -582,6 +583,7 @@ static zinc_status src_get(void *u, uint64_t first, int n, int T, int32_t *in, i
     for (int b = 0; b < n; b++)
         for (int t = 0; t < T; t++) {
             uint64_t k = first + (uint64_t)b;
+            if (k > su->max_index) su->max_index = k;
             in[b * T + t] = (int32_t)((k * 7 + (uint64_t)t) % 11);
             tg[b * T + t] = t % 3 == 2 ? -1 : (int32_t)((k * 7 + (uint64_t)t + 1) % 11);
             if (su->bad && k == 5 && t == 1) in[b * T + t] = 99;
@@ -592,12 +594,13 @@ static zinc_status src_get(void *u, uint64_t first, int n, int T, int32_t *in, i
 static void test_source(void)
 {
     enum { T = 6 };
-    src_user u = {0, 0};
+    src_user u = {0, 0, 0};
     zinc_batch_source src = {.get = src_get, .n_samples = 40, .masked = 1, .user = &u};
     zinc_data *d = NULL;
     CU_ASSERT_EQUAL_FATAL(zinc_data_from_source(&src, T, 16, &d), ZINC_OK);
     CU_ASSERT_EQUAL(zinc_data_n_samples(d), 40);
-    CU_ASSERT(zinc_data_has_docs(d));
+    CU_ASSERT(!zinc_data_has_docs(d)); /* masks, but positions run 0..T-1 */
+    CU_ASSERT(zinc_data_has_masks(d));
     int32_t in[3 * T], tg[3 * T], pos[3 * T];
     CU_ASSERT_EQUAL(zinc_data_get_docs(d, 9, 3, in, tg, pos), ZINC_OK);
     for (int b = 0; b < 3; b++)
@@ -609,6 +612,13 @@ static void test_source(void)
     uint64_t c = 0;
     CU_ASSERT_EQUAL(zinc_data_count_targets(d, 0, 4, &c), ZINC_OK);
     CU_ASSERT_EQUAL(c, 4 * 4); /* 4 of every 6 positions */
+    /* past the epoch: global 79..81 are samples 39, 0, 1, in two calls */
+    u.calls = 0;
+    u.max_index = 0;
+    CU_ASSERT_EQUAL(zinc_data_get(d, 79, 3, in, tg), ZINC_OK);
+    CU_ASSERT_EQUAL(u.calls, 2);
+    CU_ASSERT_EQUAL(u.max_index, 39);
+    for (int b = 0; b < 3; b++) CU_ASSERT_EQUAL(in[b * T], (int)(((uint64_t)(79 + b) % 40) * 7 % 11));
     zinc_data_close(d);
     /* an id outside the vocabulary names the sample; -1 targets need masked */
     u.bad = 1;
@@ -619,6 +629,7 @@ static void test_source(void)
     u.bad = 0;
     src.masked = 0;
     CU_ASSERT_EQUAL_FATAL(zinc_data_from_source(&src, T, 16, &d), ZINC_OK);
+    CU_ASSERT(!zinc_data_has_masks(d));
     CU_ASSERT_EQUAL(zinc_data_get(d, 0, 1, in, tg), ZINC_ERR_INVALID_ARG);
     CU_ASSERT_PTR_NOT_NULL(strstr(zinc_last_error(), "-1 needs masked"));
     zinc_data_close(d);

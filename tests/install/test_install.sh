@@ -19,10 +19,17 @@ case $BUILD in
     *asan) flav=(ASAN=1) san=(-fsanitize=address) ;; *ubsan) flav=(UBSAN=1) san=(-fsanitize=undefined) ;;
     *cuda) flav=(CUDA=1) ;; *) flav=() ;;
 esac
+[ -n "${ZINC_MAKE_FLAGS:-}" ] && read -r -a flav <<< "$ZINC_MAKE_FLAGS" # the flavour, when the name does not tell
 mk() { make --no-print-directory -s BUILD="$BUILD" "${flav[@]}" "$@" > "$TMP/make.log" 2>&1 || { cat "$TMP/make.log"; fail "make $*"; }; }
 
 P=$TMP/prefix
+# install must take $BUILD as the suite built it: a rebuild here (another flavour) would
+# change the programs the other tests run
+stamp() { stat -c %Y "$BUILD/libzinc.a" "$BUILD/zinc-train" 2>/dev/null; }
+before=$(stamp)
 mk install PREFIX="$P"
+[ -z "$before" ] || [ "$before" = "$(stamp)" ] \
+    || fail "make install rebuilt $BUILD: it was built with other flags than ${flav[*]:-none} (set ZINC_MAKE_FLAGS)"
 for f in bin/zinc-train bin/zinc-run bin/zinc-ckpt bin/zinc-data lib/libzinc.a lib/libzinc.so lib/pkgconfig/zinc.pc \
          include/zinc/engine.h include/zinc/data.h; do
     [ -e "$P/$f" ] || fail "make install wrote no $f"
@@ -64,6 +71,11 @@ cc -O2 -Wall -Wextra -Werror "${san[@]}" mixer.c $(pkg-config --cflags --libs zi
 ldd ./mixer | grep -q "$P/lib/libzinc.so.0" || fail "the example does not load the installed libzinc: $(ldd ./mixer | grep zinc)"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 ./mixer mixer.json --set zero_optimization.stage=0 --gradcheck || fail "the example's gradients"
+# libzinc.a with the private deps zinc.pc lists for --static
+cc -O2 "${san[@]}" mixer.c $(pkg-config --cflags zinc) "$P/lib/libzinc.a" \
+    $(pkg-config --static --libs zinc | sed 's/ -lzinc / /') -o mixer-static || fail "linking libzinc.a with pkg-config --static"
+ldd ./mixer-static | grep -q libzinc && fail "mixer-static loads libzinc.so"
+./mixer-static mixer.json --set zero_optimization.stage=0 --gradcheck > /dev/null || fail "the statically linked example"
 run() { # NAME RANKS ARGS...: the example's losses into NAME
     local name=$1 n=$2; shift 2
     "$P/bin/zinc-run" -n "$n" ./mixer mixer.json "$@" > "$name.log" 2>&1 || { cat "$name.log"; fail "$name"; }
@@ -76,6 +88,13 @@ awk 'NR == 1 { a = $1 } END { exit !(a - $1 > 1.0) }' one.loss || fail "the loss
 d=$(paste one.loss two.loss | awk '{ r = ($1 - $2) / $1; if (r < 0) r = -r; if (r > m) m = r } END { printf "%.3g", m }')
 awk -v d="$d" 'BEGIN { exit !(d <= 1e-5) }' || fail "DP 2 / ZeRO-3 differs from one rank by $d"
 echo "DP 2 / ZeRO-3 through the installed zinc-run: losses $(head -1 two.loss) -> $(tail -1 two.loss), max rel diff to one rank $d"
+# a masked source (some targets -1): the mean loss divides by the targets every rank counts
+run mone 1 --masked
+run mtwo 2 --masked
+cmp -s one.loss mone.loss && fail "--masked trained the same losses as the unmasked run"
+d=$(paste mone.loss mtwo.loss | awk '{ r = ($1 - $2) / $1; if (r < 0) r = -r; if (r > m) m = r } END { printf "%.3g", m }')
+awk -v d="$d" 'BEGIN { exit !(d <= 1e-5) }' || fail "masked: DP 2 / ZeRO-3 differs from one rank by $d"
+echo "masked source: DP 2 / ZeRO-3 vs one rank max rel diff $d"
 run res 2 --set train.save_dir="$TMP/ck" --set train.resume=global_step20
 cmp -s <(tail -n 20 two.loss) res.loss || fail "the resumed run's steps 21-40 differ from the uninterrupted run"
 run res1 1 --set train.save_dir="$TMP/ck" --set train.resume=global_step20

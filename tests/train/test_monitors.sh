@@ -29,14 +29,14 @@ check "$TMP/a" "$TMP/a.jsonl" --fp16 --eval
 grep -q "tensorboard: $TMP/a/tb/job/events.out.tfevents." "$TMP/a.log" || fail "no start-up line naming the event file"
 head -1 "$TMP/a/csv/job/Train_Samples_train_loss.csv" | grep -qx "step,train_loss" || fail "csv header"
 
-# killed after step 5's checkpoint... resumed from step 4's: steps 5-6 are written twice,
-# the reader must see each once with the resumed run's values
+# killed in step 7 (steps 1-6 logged, the checkpoint of step 4 saved), resumed from step 4:
+# steps 5-6 are written twice, the reader must see each once with the resumed run's values
 run b 1 $(mon "$TMP/b") --set train.max_steps=8 --set train.save_dir="$TMP/ck" --set train.save_every=4
 rm -rf "$TMP/ck"
 args="$(mon "$TMP/c") --set train.max_steps=8 --set train.save_dir=$TMP/ck --set train.save_every=4"
 ZINC_FAULT_KILL=0:7 $MPIRUN 1 "$BUILD/zinc-train" "$cfg" --set train.metrics_file="$TMP/c.jsonl" $args \
     > "$TMP/c1.log" 2>&1 && fail "the killed run exited 0"
-# readable while training runs: the records up to the kill are whole and agree
+# flushed at each log step: the killed run's file holds whole records of all 6 steps
 "$PY" - "$TMP/c/tb/job" <<'PY' || fail "the event file of the killed run"
 import glob, struct, sys
 raw = open(glob.glob(sys.argv[1] + "/events.out.tfevents.*")[0], "rb").read()
@@ -47,9 +47,17 @@ assert i == len(raw), "a torn record"
 assert n >= 1 + 6 * 10, "%d records after 6 steps" % n
 PY
 cp "$TMP/c.jsonl" "$TMP/c_killed.jsonl"
+# a tag the resumed run does not write again loses its rows past step 4 too; a .csv that
+# is not a monitor file is left alone
+sed '1s/.*/step,stale/' "$TMP/c/csv/job/Train_Samples_train_loss.csv" > "$TMP/c/csv/job/Train_Samples_stale.csv"
+[ "$(wc -l < "$TMP/c/csv/job/Train_Samples_stale.csv")" -eq 7 ] || fail "the killed run's csv rows"
+printf 'a,b\n9,9\n' > "$TMP/c/csv/job/notes.csv"
 $MPIRUN 1 "$BUILD/zinc-train" "$cfg" --set train.metrics_file="$TMP/c.jsonl" $args --set train.resume=auto \
     > "$TMP/c2.log" 2>&1 || { cat "$TMP/c2.log"; fail "resume"; }
 [ "$(ls "$TMP/c/tb/job"/events.out.tfevents.* | wc -l)" -eq 2 ] || fail "the resumed run did not start a second event file"
+[ "$(wc -l < "$TMP/c/csv/job/Train_Samples_stale.csv")" -eq 5 ] || fail "stale csv rows: $(cat "$TMP/c/csv/job/Train_Samples_stale.csv")"
+[ "$(cat "$TMP/c/csv/job/notes.csv")" = "$(printf 'a,b\n9,9')" ] || fail "a csv file the monitor does not own was changed"
+rm "$TMP/c/csv/job/notes.csv"
 check "$TMP/c" "$TMP/c.jsonl"
 cmp -s <(losses "$TMP/b.jsonl") <(losses "$TMP/c.jsonl") || fail "resumed losses differ from the uninterrupted run"
 [ "$(wc -l < "$TMP/c/csv/job/Train_Samples_train_loss.csv")" -eq 9 ] || fail "csv rows: $(cat "$TMP/c/csv/job/Train_Samples_train_loss.csv")"
@@ -58,10 +66,14 @@ echo "killed after step 6, resumed from step 4: one value per step in both monit
 # a fresh run over the same folder starts the CSV files again
 run d 1 $(mon "$TMP/c") --set train.max_steps=2
 [ "$(wc -l < "$TMP/c/csv/job/Train_Samples_train_loss.csv")" -eq 3 ] || fail "a fresh run appended to the old csv"
+[ "$(cat "$TMP/c/csv/job/Train_Samples_stale.csv")" = "step,stale" ] || fail "a fresh run kept an old tag's rows"
 
 # bad folders
 touch "$TMP/file"
 bad "tensorboard: $TMP/file" 1 --set tensorboard.enabled=true --set tensorboard.output_path="$TMP/file"
 bad "csv_monitor: $TMP/file" 2 --set csv_monitor.enabled=true --set csv_monitor.output_path="$TMP/file"
+bad "csv_monitor: $TMP/file" 1 --set csv_monitor.enabled=true --set csv_monitor.output_path="$TMP/file" \
+    --set tensorboard.enabled=true --set tensorboard.output_path="$TMP/e"
+[ "$(find "$TMP/e" -type f | wc -l)" -eq 0 ] || fail "a run that did not start left an event file: $(find "$TMP/e" -type f)"
 bad "tensorboard.enabled" 1 --set tensorboard.enabled=3
 echo "OK"
