@@ -55,87 +55,9 @@
 #include "zinc/config.h"
 #include "zinc/data.h"
 #include "zinc/log.h"
+#include "config_int.h"
 
 /* ---------------------------------------------------------------- descriptors */
-
-typedef enum key_type {
-    T_BOOL,    /* int field: true/false */
-    T_INT,     /* int64_t field; integral reals (1e9) accepted */
-    T_INT32,   /* int field */
-    T_NUM,     /* double field */
-    T_PAIR,    /* double[2] field (betas) */
-    T_STR,     /* char[cap] field; optional list of allowed values */
-    T_ENUM,    /* int-sized enum field, values named by ->enums */
-    T_PATHS,   /* string or array of strings: char[ZINC_MAX_PATHS][512] + int count */
-    T_SECTION, /* object, keys in ->sub */
-    T_ANY,     /* any JSON value, accepted without effect (->text: why) */
-    T_FEATURE, /* a DeepSpeed feature section zinc lacks: "enabled": true (or, for a
-                * section without "enabled", any content) is an error, else no effect */
-    T_ALIAS,   /* another name of ->text in the same table */
-    T_REJECT,  /* always an error, ->text says what to use */
-    T_HOOK,    /* custom handler */
-} key_type;
-
-enum {
-    F_AUTO = 1u << 0,       /* "auto" accepted (recorded in ctx->autos[auto_id]) */
-    F_LO_OPEN = 1u << 1,    /* value > lo rather than >= lo */
-    F_HI_OPEN = 1u << 2,    /* value < hi rather than <= hi */
-    F_NULL_OK = 1u << 3,    /* null means "keep the default" */
-    F_DEPRECATED = 1u << 4, /* warn when given */
-    F_NOCASE = 1u << 5,     /* enum/allowed strings match case-insensitively */
-    F_REQUIRED = 1u << 6,   /* must be present when its section is */
-    F_STAGE3 = 1u << 7,     /* only meaningful at ZeRO stage 3 */
-    F_BATCH = 1u << 8,      /* one of the batch triple */
-    F_ONLY_FALSE = 1u << 9, /* bool that zinc supports only as false (->text says why) */
-    F_ONLY_TRUE = 1u << 10, /* bool that zinc supports only as true */
-    F_NOTYET = 1u << 11,    /* changes what is computed or how memory is used: any value
-                             * but ->def is "not supported yet" (->text says why) */
-    F_FINISH = 1u << 13,    /* not stored; finish() checks it against the run (effect: applied;
-                             * ->text says what is accepted) */
-    F_UNUSED = 1u << 12,    /* stored, but nothing reads it yet: a value other than the
-                             * default has no effect (->text says what zinc does) */
-    F_TP = 1u << 14,        /* only meaningful with a TP group (tensor_parallel.autotp_size > 1) */
-    F_PP = 1u << 15,        /* only meaningful with several model chunks (stages x virtual_stages > 1) */
-    F_LLAMA = 1u << 16,     /* only meaningful for model.type "llama" */
-    F_ZINC = 1u << 17,      /* zinc's own key, not DeepSpeed's (a section's: all its keys);
-                             * for zinc_config_list_keys only */
-};
-
-/* slots of ctx->autos: which keys were given as "auto" */
-enum {
-    A_NONE = 0, A_TBS, A_MICRO, A_GAS, A_CLIP, A_LR, A_BETAS, A_EPS, A_WD, A_WMIN, A_WMAX,
-    A_WNUM, A_TOTAL, A_FP16, A_BF16, A_RBS, A_PREFETCH, A_PERSIST,
-};
-
-typedef struct enum_name {
-    const char *name;
-    int value;
-} enum_name;
-
-typedef struct cfg_ctx cfg_ctx;
-typedef struct keydesc keydesc;
-typedef zinc_status (*key_hook)(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
-                                const char *path);
-
-struct keydesc {
-    const char *name;
-    key_type type;
-    size_t off;                  /* offsetof(zinc_config, field); NOF: validated, not stored */
-    double lo, hi;               /* range of numbers */
-    double def, def2;            /* defaults of numbers, bools and enums (def2: pair) */
-    const char *sdef;            /* default of strings */
-    unsigned flags;
-    int auto_id;                 /* A_* slot when F_AUTO */
-    unsigned sched_mask;         /* scheduler.params: the types (1 << type) taking the key */
-    size_t aux;                  /* T_STR: capacity; T_PATHS: offset of the count */
-    const keydesc *sub;          /* T_SECTION: its keys, ended by a NULL name */
-    const enum_name *enums;      /* T_ENUM: names */
-    const char *const *allowed;  /* T_STR: allowed values (NULL: any) */
-    const char *text;            /* T_ALIAS: target; T_REJECT/F_ONLY_*: why; T_HOOK: section;
-                                  * else why a key has no effect (or only one value) */
-    key_hook hook;               /* T_HOOK */
-    int (*skip)(const zinc_config *c); /* T_SECTION: left out of the dump when true */
-};
 
 struct cfg_ctx {
     const char *origin;
@@ -151,33 +73,7 @@ struct cfg_ctx {
     int want_eff;
 };
 
-#define NOF ((size_t)-1)
-#define OFF(f) offsetof(zinc_config, f)
-#define FSZ(f) sizeof(((zinc_config *)0)->f)
-#define INF HUGE_VAL
-#define PATH_CAP 256
 
-/* Upper bounds of integer keys: what the consumer holds, and sizes that stay
- * sane where a value drives an allocation or a product (zinc_config_check).
- * Every stored integer key has a finite bound (tests/config checks this). */
-#define STEPS_MAX 1e12          /* step counts, intervals */
-#define ELEMS_MAX 1e15          /* element counts (x 16 bytes still fits int64) */
-#define SEED_MAX 9223372036854775807.0 /* uint64 seeds: any non-negative int64 */
-#define TBS_MAX 2147483647.0    /* samples per step */
-#define MICRO_MAX 1048576.0     /* samples per micro-batch (int in the engine) */
-#define GAS_MAX 16777216.0      /* micro-batches per step (int in the engine) */
-#define LAYERS_MAX 16384.0
-#define EMBD_MAX 1048576.0
-#define HEADS_MAX 65536.0
-#define SEQ_MAX 16777216.0      /* tokens per sequence (int in the kernels) */
-#define THREADS_MAX 4096.0
-#define KEEP_MAX 1000000.0
-#define TP_MAX 4096.0              /* TP ranks in one group */
-#define PP_MAX 4096.0              /* pipeline stages */
-#define AIO_BLOCK_MAX 1073741824.0 /* one request moves at most 1 GiB (offload/aio.c) */
-#define AIO_QD_MAX 4096.0          /* ring entries per worker (offload/aio.c) */
-#define AIO_WORKERS_MAX 256.0      /* workers (offload/aio.c) */
-#define BUFFERS_MAX 1024.0
 
 /* stored keys */
 #define KB(n, f, d) {.name = n, .type = T_BOOL, .off = OFF(f), .def = d}
@@ -240,10 +136,6 @@ static const char *const tag_validations[] = {"Ignore", "Warn", "Fail", NULL};
 _Static_assert(sizeof(zinc_opt_type) == sizeof(int), "enum fields are stored as int");
 _Static_assert(sizeof(zinc_offload_device) == sizeof(int), "enum fields are stored as int");
 
-static zinc_status hook_cpu_offload(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
-                                    const char *path);
-static zinc_status hook_micro_list(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
-                                   const char *path);
 static int skip_scheduler(const zinc_config *c);
 static int skip_data(const zinc_config *c);
 
@@ -365,9 +257,9 @@ static const keydesc zero_keys[] = {
     ALIAS("stage3_gather_fp16_weights_on_model_save", "stage3_gather_16bit_weights_on_model_save",
           F_DEPRECATED),
     {.name = "cpu_offload", .type = T_HOOK, .off = OFF(zero.offload_optimizer.device),
-     .hook = hook_cpu_offload, .text = "offload_optimizer"},
+     .hook = config_hook_cpu_offload, .text = "offload_optimizer"},
     {.name = "cpu_offload_params", .type = T_HOOK, .off = OFF(zero.offload_param.device),
-     .hook = hook_cpu_offload, .text = "offload_param"},
+     .hook = config_hook_cpu_offload, .text = "offload_param"},
     {.name = "cpu_offload_use_pin_memory", .type = T_BOOL, .off = NOF, .flags = F_DEPRECATED,
      .text = "no effect; use offload_optimizer.pin_memory / offload_param.pin_memory"},
     /* DeepSpeed keys zinc accepts but does not use */
@@ -556,7 +448,7 @@ static const keydesc elasticity_keys[] = {
     KB("enabled", elasticity.enabled, 0),
     KI("max_train_batch_size", elasticity.max_train_batch_size, 1, TBS_MAX, 2000),
     {.name = "micro_batch_sizes", .type = T_HOOK, .off = OFF(elasticity.micro_batch_sizes),
-     .hook = hook_micro_list},
+     .hook = config_hook_micro_list},
     KI("min_gpus", elasticity.min_gpus, 1, 65536, 1),
     KI("max_gpus", elasticity.max_gpus, 1, 65536, 10000),
     XIW("min_time", 0, INF, "zinc-run --elastic relaunches as soon as a job fails"),
@@ -567,7 +459,7 @@ static const keydesc elasticity_keys[] = {
     XIW("num_gpus_per_node", 1, INF, "used by elasticity version 0.2 only"),
     END};
 
-static const keydesc root_keys[] = {
+const keydesc config_root_keys[] = {
     KIA("train_batch_size", train_batch_size, 1, TBS_MAX, 0, F_AUTO | F_BATCH, A_TBS),
     KIA("train_micro_batch_size_per_gpu", train_micro_batch_size_per_gpu, 1, MICRO_MAX, 0, F_AUTO | F_BATCH,
         A_MICRO),
@@ -642,14 +534,14 @@ static int skip_data(const zinc_config *c) { return c->data.n_train == 0 && c->d
 
 /* ---------------------------------------------------------------- helpers */
 
-static const keydesc *find_key(const keydesc *tab, const char *name)
+const keydesc *config_find_key(const keydesc *tab, const char *name)
 {
     for (; tab->name; tab++)
         if (!strcmp(tab->name, name)) return tab;
     return NULL;
 }
 
-static const char *enum_to_name(const enum_name *e, int value)
+const char *config_enum_name(const enum_name *e, int value)
 {
     for (; e->name; e++)
         if (e->value == value) return e->name;
@@ -713,7 +605,7 @@ static int find_elsewhere(const keydesc *tab, const char *prefix, const char *na
         if (k->type != T_SECTION) continue;
         char p[PATH_CAP];
         snprintf(p, sizeof p, "%s%s%s", prefix, prefix[0] ? "." : "", k->name);
-        if (find_key(k->sub, name)) {
+        if (config_find_key(k->sub, name)) {
             snprintf(out, cap, "%s", p);
             found++;
         }
@@ -733,7 +625,7 @@ static void unknown_hint(const keydesc *tab, const char *name, char *buf, size_t
         snprintf(buf, cap, " (did you mean \"%s\"?)", s);
         return;
     }
-    if (find_elsewhere(root_keys, "", name, where_else, sizeof where_else) == 1) {
+    if (find_elsewhere(config_root_keys, "", name, where_else, sizeof where_else) == 1) {
         snprintf(buf, cap, " (it belongs in \"%s\")", where_else);
         return;
     }
@@ -750,7 +642,7 @@ static void unknown_hint(const keydesc *tab, const char *name, char *buf, size_t
 }
 
 /* Shortest decimal form of d that reads back exactly. */
-static void fmt_double(double d, char *buf, size_t cap)
+void config_fmt_double(double d, char *buf, size_t cap)
 {
     for (int p = 1; p <= 17; p++) {
         snprintf(buf, cap, "%.*g", p, d);
@@ -763,7 +655,7 @@ static void describe(const json_t *v, char *buf, size_t cap)
 {
     switch (json_typeof(v)) {
     case JSON_INTEGER: snprintf(buf, cap, "%lld", (long long)json_integer_value(v)); break;
-    case JSON_REAL: fmt_double(json_real_value(v), buf, cap); break;
+    case JSON_REAL: config_fmt_double(json_real_value(v), buf, cap); break;
     case JSON_TRUE: snprintf(buf, cap, "true"); break;
     case JSON_FALSE: snprintf(buf, cap, "false"); break;
     case JSON_NULL: snprintf(buf, cap, "null"); break;
@@ -790,11 +682,11 @@ static void fmt_bound(double b, int is_int, char *buf, size_t cap)
     else if (is_int)
         snprintf(buf, cap, "%lld", (long long)b);
     else
-        fmt_double(b, buf, cap);
+        config_fmt_double(b, buf, cap);
 }
 
 /* What a key accepts: "an integer in 0..3", "a number >= 0", "one of ...". */
-static void expected_text(const keydesc *k, char *buf, size_t cap)
+void config_expected(const keydesc *k, char *buf, size_t cap)
 {
     char lo[32], hi[32];
     switch (k->type) {
@@ -935,13 +827,13 @@ static void cfg_warn(const cfg_ctx *x, const char *path, const char *fmt, ...)
 static zinc_status type_err(const cfg_ctx *x, const keydesc *k, const char *path, const json_t *v)
 {
     char exp[400], found[128];
-    expected_text(k, exp, sizeof exp);
+    config_expected(k, exp, sizeof exp);
     describe(v, found, sizeof found);
     return cfg_err(x, path, "expected %s, found %s", exp, found);
 }
 
 /* Appends ".name" (or "name" at the root) to path; returns the new length. */
-static size_t path_push(char *path, size_t len, const char *name)
+size_t config_path_push(char *path, size_t len, const char *name)
 {
     int n = snprintf(path + len, PATH_CAP - len, "%s%s", len ? "." : "", name);
     if (n < 0) return len;
@@ -964,7 +856,7 @@ static int json_to_int(const json_t *v, int64_t *out)
     return 0;
 }
 
-static int in_range(const keydesc *k, double d)
+int config_in_range(const keydesc *k, double d)
 {
     int lo_ok = k->flags & F_LO_OPEN ? d > k->lo : d >= k->lo;
     int hi_ok = k->flags & F_HI_OPEN ? d < k->hi : d <= k->hi;
@@ -1019,7 +911,6 @@ static void note_effect(cfg_ctx *x, const char *path, const json_t *v, const cha
 }
 
 /* The reason of a key without effect whose row gives none. */
-#define NO_EFFECT_WHY "accepted for DeepSpeed compatibility"
 
 /* A key given without effect: listed in the start-up warning and --check. */
 static void note_no_effect(cfg_ctx *x, const char *path, const json_t *v, const char *why)
@@ -1116,7 +1007,7 @@ static zinc_status not_yet(const cfg_ctx *x, const keydesc *k, const char *path,
     if (k->type == T_BOOL)
         snprintf(only, sizeof only, "%s", k->def ? "true" : "false");
     else
-        fmt_double(k->def, only, sizeof only);
+        config_fmt_double(k->def, only, sizeof only);
     return cfg_err(x, path, "%s is not supported yet; only %s (%s)", found, only, k->text);
 }
 
@@ -1137,7 +1028,7 @@ static zinc_status walk_feature(cfg_ctx *x, const keydesc *k, json_t *v, const c
 }
 
 /* The scheduler types taking a key of scheduler.params: "WarmupLR, WarmupDecayLR". */
-static void sched_users(unsigned mask, char *buf, size_t cap)
+void config_sched_users(unsigned mask, char *buf, size_t cap)
 {
     size_t n = 0;
     buf[0] = '\0';
@@ -1170,9 +1061,9 @@ static zinc_status walk_value_store(cfg_ctx *x, const keydesc *k, json_t *obj, j
 
     if (k->sched_mask && !(k->sched_mask & (1u << c->scheduler.type))) {
         char users[128];
-        sched_users(k->sched_mask, users, sizeof users);
+        config_sched_users(k->sched_mask, users, sizeof users);
         return cfg_err(x, path, "not a parameter of %s (it is one of %s)",
-                       enum_to_name(sched_types, (int)c->scheduler.type), users);
+                       config_enum_name(sched_types, (int)c->scheduler.type), users);
     }
     if (json_is_null(v) && (k->flags & F_NULL_OK)) return ZINC_OK;
     if ((k->flags & F_AUTO) && is_auto(v)) {
@@ -1195,14 +1086,14 @@ static zinc_status walk_value_store(cfg_ctx *x, const keydesc *k, json_t *obj, j
     case T_INT:
     case T_INT32: {
         int64_t n;
-        if (!json_to_int(v, &n) || !in_range(k, (double)n)) return type_err(x, k, path, v);
+        if (!json_to_int(v, &n) || !config_in_range(k, (double)n)) return type_err(x, k, path, v);
         if ((k->flags & F_NOTYET) && n != (int64_t)k->def) return not_yet(x, k, path, v);
         if (f && k->type == T_INT) *(int64_t *)f = n;
         if (f && k->type == T_INT32) *(int *)f = (int)n;
         return ZINC_OK;
     }
     case T_NUM:
-        if (!json_is_number(v) || !in_range(k, json_number_value(v))) return type_err(x, k, path, v);
+        if (!json_is_number(v) || !config_in_range(k, json_number_value(v))) return type_err(x, k, path, v);
         if ((k->flags & F_NOTYET) && json_number_value(v) != k->def) return not_yet(x, k, path, v);
         if (f) *(double *)f = json_number_value(v);
         return ZINC_OK;
@@ -1215,7 +1106,7 @@ static zinc_status walk_value_store(cfg_ctx *x, const keydesc *k, json_t *obj, j
         }
         for (size_t i = 0; i < 2; i++) {
             json_t *e = json_array_get(v, i);
-            if (!json_is_number(e) || !in_range(k, json_number_value(e))) {
+            if (!json_is_number(e) || !config_in_range(k, json_number_value(e))) {
                 char p[PATH_CAP + 8];
                 snprintf(p, sizeof p, "%s[%zu]", path, i);
                 return type_err(x, k, p, e);
@@ -1283,10 +1174,10 @@ static zinc_status walk_object(cfg_ctx *x, const keydesc *tab, json_t *obj, char
     json_t *v;
     zinc_status st = ZINC_OK;
     json_object_foreach(obj, key, v) {
-        if (find_key(tab, key)) continue;
+        if (config_find_key(tab, key)) continue;
         char hint[512];
         unknown_hint(tab, key, hint, sizeof hint);
-        path_push(path, plen, key);
+        config_path_push(path, plen, key);
         if (top) {
             cfg_warn(x, path, "unknown top-level key, ignored%s", hint);
             note_effect(x, path, v, "ignored (unknown top-level key)");
@@ -1299,8 +1190,8 @@ static zinc_status walk_object(cfg_ctx *x, const keydesc *tab, json_t *obj, char
     for (const keydesc *k = tab; k->name; k++) {
         if ((k->flags & F_REQUIRED) && !json_object_get(obj, k->name)) {
             char exp[400];
-            expected_text(k, exp, sizeof exp);
-            path_push(path, plen, k->name);
+            config_expected(k, exp, sizeof exp);
+            config_path_push(path, plen, k->name);
             st = cfg_err(x, path, "required, %s", exp);
             path[plen] = '\0';
             return st;
@@ -1309,10 +1200,10 @@ static zinc_status walk_object(cfg_ctx *x, const keydesc *tab, json_t *obj, char
     for (const keydesc *k = tab; k->name; k++) {
         v = json_object_get(obj, k->name);
         if (!v) continue;
-        size_t n = path_push(path, plen, k->name);
+        size_t n = config_path_push(path, plen, k->name);
         const keydesc *t = k;
         if (k->type == T_ALIAS) {
-            t = find_key(tab, k->text);
+            t = config_find_key(tab, k->text);
             if (json_object_get(obj, k->text)) {
                 st = cfg_err(x, path, "\"%s\" is also given and names the same setting; keep one",
                              k->text);
@@ -1330,7 +1221,7 @@ static zinc_status walk_object(cfg_ctx *x, const keydesc *tab, json_t *obj, char
 /* "cpu_offload": true / "cpu_offload_params": true (old DeepSpeed) mean
  * offload_optimizer / offload_param {"device": "cpu"}. */
 /* elasticity.micro_batch_sizes: a non-empty array of distinct micro-batch sizes. */
-static zinc_status hook_micro_list(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
+zinc_status config_hook_micro_list(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
                                    const char *path)
 {
     (void)k;
@@ -1361,7 +1252,7 @@ static zinc_status hook_micro_list(cfg_ctx *x, const keydesc *k, json_t *obj, js
     return ZINC_OK;
 }
 
-static zinc_status hook_cpu_offload(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
+zinc_status config_hook_cpu_offload(cfg_ctx *x, const keydesc *k, json_t *obj, json_t *v,
                                     const char *path)
 {
     if (!json_is_boolean(v)) {
@@ -1408,7 +1299,7 @@ static void defaults_walk(zinc_config *c, const keydesc *tab)
 void zinc_config_defaults(zinc_config *c)
 {
     memset(c, 0, sizeof *c);
-    defaults_walk(c, root_keys);
+    defaults_walk(c, config_root_keys);
     static const int64_t micro[] = {2, 4, 6}; /* DeepSpeed's default */
     memcpy(c->elasticity.micro_batch_sizes, micro, sizeof micro);
     c->elasticity.n_micro = 3;
@@ -1501,8 +1392,8 @@ static void warn_stage3_knobs(cfg_ctx *x, json_t *zero)
     const char *key;
     json_t *v;
     json_object_foreach(zero, key, v) {
-        const keydesc *k = find_key(zero_keys, key);
-        if (k && k->type == T_ALIAS) k = find_key(zero_keys, k->text);
+        const keydesc *k = config_find_key(zero_keys, key);
+        if (k && k->type == T_ALIAS) k = config_find_key(zero_keys, k->text);
         if (!k || !(k->flags & F_STAGE3) || is_auto(v) || json_is_null(v)) continue;
         const char *f = (const char *)x->c + k->off;
         int differs = k->type == T_BOOL ? *(const int *)f != (int)k->def
@@ -1605,7 +1496,7 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
     if (sty == ZINC_SCHED_WARMUP_DECAY_LR || sty == ZINC_SCHED_WARMUP_COSINE_LR) {
         if (!has_key(sparams, "total_num_steps"))
             return cfg_err_also(x, "scheduler.params.total_num_steps", "scheduler.type", "required by %s",
-                           enum_to_name(sched_types, (int)sty));
+                           config_enum_name(sched_types, (int)sty));
         if (c->scheduler.total_num_steps < c->scheduler.warmup_num_steps)
             return cfg_err_also(x, "scheduler.params.total_num_steps",
                            "scheduler.params.warmup_num_steps", "%lld is less than scheduler.params.warmup_num_steps %lld",
@@ -1740,11 +1631,11 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
     if (c->zero.offload_param.device != ZINC_OFFLOAD_NONE && c->zero.stage < 3)
         return cfg_err_also(x, "zero_optimization.offload_param.device", "zero_optimization.stage",
                        "\"%s\" requires zero_optimization.stage 3, found stage %d",
-                       enum_to_name(offload_devices, (int)c->zero.offload_param.device), c->zero.stage);
+                       config_enum_name(offload_devices, (int)c->zero.offload_param.device), c->zero.stage);
     if (c->zero.offload_optimizer.device != ZINC_OFFLOAD_NONE && c->zero.stage < 1)
         return cfg_err_also(x, "zero_optimization.offload_optimizer.device", "zero_optimization.stage",
                        "\"%s\" requires zero_optimization.stage >= 1, found stage 0",
-                       enum_to_name(offload_devices, (int)c->zero.offload_optimizer.device));
+                       config_enum_name(offload_devices, (int)c->zero.offload_optimizer.device));
     warn_stage3_knobs(x, zero);
     /* sequence parallelism splits the activations of a TP group: none at size 1 */
     if (x->c->tp.sequence_parallel && x->c->tp.size == 1)
@@ -1761,7 +1652,7 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
 static zinc_status check_walk(const zinc_config *c, const keydesc *tab, char *path, size_t plen)
 {
     for (const keydesc *k = tab; k->name; k++) {
-        size_t n = path_push(path, plen, k->name);
+        size_t n = config_path_push(path, plen, k->name);
         zinc_status st = ZINC_OK;
         if (k->type == T_SECTION) {
             st = check_walk(c, k->sub, path, n);
@@ -1772,11 +1663,11 @@ static zinc_status check_walk(const zinc_config *c, const keydesc *tab, char *pa
                        : k->type == T_INT32 ? (double)*(const int *)f : *(const double *)f;
             /* the batch triple is 0 before zinc_config_resolve; total_num_steps 0 when unused */
             int unset = d == 0 && ((k->flags & F_BATCH) || k->auto_id == A_TOTAL);
-            if (!unset && (!in_range(k, d) || (k->type == T_NUM && isnan(d)))) {
+            if (!unset && (!config_in_range(k, d) || (k->type == T_NUM && isnan(d)))) {
                 char exp[400], found[64];
-                expected_text(k, exp, sizeof exp);
+                config_expected(k, exp, sizeof exp);
                 if (k->type == T_NUM)
-                    fmt_double(d, found, sizeof found);
+                    config_fmt_double(d, found, sizeof found);
                 else
                     snprintf(found, sizeof found, "%lld",
                              k->type == T_INT ? (long long)*(const int64_t *)f : (long long)*(const int *)f);
@@ -1794,7 +1685,7 @@ zinc_status zinc_config_check(const zinc_config *c)
 {
     if (!c) return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_config_check: no config");
     char path[PATH_CAP] = "";
-    return check_walk(c, root_keys, path, 0);
+    return check_walk(c, config_root_keys, path, 0);
 }
 
 /* ---------------------------------------------------------------- load */
@@ -1825,7 +1716,7 @@ static zinc_status load_tree(json_t *root, const char *origin, const char *const
         ZINC_TRY(apply_override(root, ovr[i]));
     }
     ZINC_TRY(normalize(root));
-    ZINC_TRY(walk_object(&x, root_keys, root, path, 0, 1));
+    ZINC_TRY(walk_object(&x, config_root_keys, root, path, 0, 1));
     ZINC_TRY(finish(&x, root));
     /* one line for every key given that zinc accepts but does not act on */
     if (x.noeff_n)
@@ -1961,7 +1852,7 @@ static zinc_status pp_check(const zinc_config *c, int world, const char *origin)
                           "not divide the world size %d", origin, pp, tp, pp * tp, world);
     if (v > 1 && c->pp.schedule != 2)
         return zinc_error(ZINC_ERR_CONFIG, "%s: pipeline.virtual_stages %lld needs pipeline.schedule "
-                          "\"interleaved\" (found \"%s\")", origin, v, enum_to_name(pp_schedules, c->pp.schedule));
+                          "\"interleaved\" (found \"%s\")", origin, v, config_enum_name(pp_schedules, c->pp.schedule));
     if (pp > 1 && c->elasticity.enabled)
         return zinc_error(ZINC_ERR_CONFIG, "%s: elasticity with pipeline.stages %lld: not supported yet (elastic "
                           "jobs are data parallel only)", origin, pp);
@@ -2125,308 +2016,5 @@ zinc_status zinc_config_resolve(zinc_config *c, int world)
     c->given.resolved[1] = m;
     c->given.resolved[2] = a;
     c->given.valid = 1;
-    return ZINC_OK;
-}
-
-/* ---------------------------------------------------------------- dump */
-
-static json_t *dump_object(const zinc_config *c, const keydesc *tab)
-{
-    json_t *o = json_object();
-    if (!o) return NULL;
-    for (const keydesc *k = tab; k->name; k++) {
-        json_t *v = NULL;
-        const char *f = (const char *)c + (k->off == NOF ? 0 : k->off);
-        if (k->type == T_SECTION) {
-            if (k->skip && k->skip(c)) continue;
-            v = dump_object(c, k->sub);
-            if (v && json_object_size(v) == 0) {
-                json_decref(v);
-                continue;
-            }
-        } else if (k->off == NOF || (k->sched_mask && !(k->sched_mask & (1u << c->scheduler.type)))) {
-            continue;
-        } else {
-            switch (k->type) {
-            case T_BOOL: v = json_boolean(*(const int *)f); break;
-            case T_INT32: v = json_integer(*(const int *)f); break;
-            case T_INT: {
-                int64_t n = *(const int64_t *)f;
-                if ((k->flags & F_BATCH) && n == 0) { /* before resolve: as given */
-                    if (!(c->given.valid && c->given.batch[k->auto_id - A_TBS] < 0)) continue;
-                    v = json_string("auto");
-                } else {
-                    v = json_integer(n);
-                }
-                break;
-            }
-            case T_NUM: v = json_real(*(const double *)f); break;
-            case T_PAIR: v = json_pack("[ff]", ((const double *)f)[0], ((const double *)f)[1]); break;
-            case T_STR: v = json_string(f); break;
-            case T_ENUM: {
-                const char *name = enum_to_name(k->enums, *(const int *)f);
-                if (!name) continue;
-                v = json_string(name);
-                break;
-            }
-            case T_PATHS: {
-                int n = *(const int *)((const char *)c + k->aux);
-                if (n == 0) continue;
-                v = json_array();
-                for (int i = 0; v && i < n && i < ZINC_MAX_PATHS; i++)
-                    if (json_array_append_new(v, json_string(f + (size_t)i * 512))) {
-                        json_decref(v);
-                        v = NULL;
-                    }
-                break;
-            }
-            default: continue;
-            }
-        }
-        if (!v || json_object_set_new(o, k->name, v)) {
-            json_decref(o);
-            return NULL;
-        }
-    }
-    return o;
-}
-
-char *zinc_config_dump(const zinc_config *c)
-{
-    if (!c) return NULL;
-    json_t *root = dump_object(c, root_keys);
-    if (!root) return NULL;
-    char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
-    json_decref(root);
-    return s;
-}
-
-/* ---------------------------------------------------------------- key reference */
-
-/* One markdown table cell: "| text " with '|' escaped, in backticks when code. */
-static void ref_cell(FILE *f, const char *s, int code)
-{
-    int tick = code && *s;
-    fputs(tick ? "| `" : "| ", f);
-    for (; *s; s++) {
-        if (*s == '|') fputc('\\', f);
-        fputc(*s, f);
-    }
-    fputs(tick ? "` " : " ", f);
-}
-
-/* The JSON type of a key: "integer", "[number, number]", ... */
-static const char *ref_type(const keydesc *k)
-{
-    switch (k->type) {
-    case T_BOOL: return "bool";
-    case T_INT:
-    case T_INT32: return "integer";
-    case T_NUM: return "number";
-    case T_PAIR: return "[number, number]";
-    case T_STR:
-    case T_ENUM: return "string";
-    case T_PATHS: return "string or [string]";
-    case T_SECTION:
-    case T_FEATURE: return "object";
-    case T_HOOK: return k->hook == hook_micro_list ? "[integer]" : "bool";
-    case T_ANY:
-    case T_REJECT:
-    case T_ALIAS: break;
-    }
-    return "any";
-}
-
-/* A default number as a reader writes it: 300, 10000, 1e-08, 0.9. */
-static void ref_number(double d, char *buf, size_t cap)
-{
-    if (d == floor(d) && fabs(d) < 1e15)
-        snprintf(buf, cap, "%.0f", d);
-    else
-        fmt_double(d, buf, cap);
-}
-
-/* The one value a NY* or F_ONLY_* key takes ("" for other keys). */
-static void ref_only(const keydesc *k, char *buf, size_t cap)
-{
-    buf[0] = '\0';
-    if (k->flags & (F_ONLY_FALSE | F_ONLY_TRUE))
-        snprintf(buf, cap, "%s", k->flags & F_ONLY_TRUE ? "true" : "false");
-    else if ((k->flags & F_NOTYET) && k->type == T_BOOL)
-        snprintf(buf, cap, "%s", k->def ? "true" : "false");
-    else if ((k->flags & F_NOTYET) && k->type != T_STR)
-        ref_number(k->def, buf, cap);
-}
-
-/* The default as JSON, from the filled defaults d: "" for keys zinc does not
- * store, "none" where a stored key has none in its range (the batch triple,
- * total_num_steps: derived or required); for NY* / F_ONLY_* keys the one
- * value zinc supports. */
-static void ref_default(const keydesc *k, const zinc_config *d, char *buf, size_t cap)
-{
-    buf[0] = '\0';
-    if (k->type == T_HOOK) {
-        if (k->hook == hook_micro_list) {
-            size_t n = (size_t)snprintf(buf, cap, "[");
-            for (int i = 0; i < d->elasticity.n_micro && n < cap; i++)
-                n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? ", " : "",
-                                      (long long)d->elasticity.micro_batch_sizes[i]);
-            if (n < cap) snprintf(buf + n, cap - n, "]");
-        } else {
-            snprintf(buf, cap, "false");
-        }
-        return;
-    }
-    if (k->off == NOF) {
-        ref_only(k, buf, cap);
-        return;
-    }
-    const char *f = (const char *)d + k->off;
-    char a[32], b[32];
-    switch (k->type) {
-    case T_BOOL: snprintf(buf, cap, "%s", *(const int *)f ? "true" : "false"); break;
-    case T_INT:
-    case T_INT32: {
-        long long v = k->type == T_INT ? (long long)*(const int64_t *)f : (long long)*(const int *)f;
-        if (in_range(k, (double)v))
-            snprintf(buf, cap, "%lld", v);
-        else
-            snprintf(buf, cap, "none");
-        break;
-    }
-    case T_NUM: ref_number(*(const double *)f, buf, cap); break;
-    case T_PAIR:
-        ref_number(((const double *)f)[0], a, sizeof a);
-        ref_number(((const double *)f)[1], b, sizeof b);
-        snprintf(buf, cap, "[%s, %s]", a, b);
-        break;
-    case T_STR: snprintf(buf, cap, "\"%s\"", f); break;
-    case T_ENUM: {
-        const char *name = enum_to_name(k->enums, *(const int *)f);
-        if (name) snprintf(buf, cap, "\"%s\"", name);
-        break;
-    }
-    default: break;
-    }
-}
-
-/* What a key accepts, in the words of the validation errors (expected_text). */
-static void ref_accepts(const keydesc *k, char *buf, size_t cap)
-{
-    if (k->type == T_ANY) {
-        snprintf(buf, cap, "any value");
-    } else if (k->type == T_REJECT) {
-        snprintf(buf, cap, "nothing");
-    } else if (k->type == T_HOOK && k->hook == hook_micro_list) {
-        snprintf(buf, cap, "1 to %d distinct integers in 1..%.0f", ZINC_ELASTIC_MAX_MICRO, MICRO_MAX);
-    } else if (k->type == T_HOOK) {
-        snprintf(buf, cap, "true or false");
-    } else if (k->flags & (F_ONLY_FALSE | F_ONLY_TRUE)) {
-        snprintf(buf, cap, "%s", k->flags & F_ONLY_TRUE ? "true" : "false");
-    } else if (k->type == T_PAIR) { /* expected_text words one element: "a number in [0, 1)" */
-        char one[300];
-        expected_text(k, one, sizeof one);
-        snprintf(buf, cap, "an array of 2 numbers%s", one + strlen("a number"));
-    } else {
-        expected_text(k, buf, cap);
-    }
-    size_t n = strlen(buf);
-    if ((k->flags & F_NOCASE) && n < cap) n += (size_t)snprintf(buf + n, cap - n, " (any case)");
-    if ((k->flags & F_AUTO) && n < cap) snprintf(buf + n, cap - n, ", or \"auto\"");
-}
-
-/* What zinc does with a key: "honoured" (and when), "no effect: why", "only
- * 1: why", "error: why", ... prefix: the path of the key's section. */
-static void ref_effect(const keydesc *k, const char *prefix, char *buf, size_t cap)
-{
-    const char *why = k->text ? k->text : NO_EFFECT_WHY, *dot = prefix[0] ? "." : "";
-    char only[64];
-    switch (k->type) {
-    case T_SECTION: snprintf(buf, cap, "section"); return;
-    case T_ALIAS:
-        snprintf(buf, cap, "%salias of `%s%s%s`", k->flags & F_DEPRECATED ? "deprecated " : "", prefix, dot,
-                 k->text);
-        return;
-    case T_REJECT: snprintf(buf, cap, "error: %s", k->text); return;
-    case T_FEATURE:
-        snprintf(buf, cap, "error unless empty or \"enabled\": false: %s", k->text);
-        return;
-    case T_ANY: snprintf(buf, cap, "no effect: %s", why); return;
-    case T_HOOK:
-        if (k->hook == hook_cpu_offload) {
-            snprintf(buf, cap, "deprecated: true means `%s%s%s.device` \"cpu\"", prefix, dot, k->text);
-            return;
-        }
-        break;
-    default: break;
-    }
-    if (k->flags & F_DEPRECATED) {
-        snprintf(buf, cap, "deprecated: %s", why);
-    } else if ((k->flags & F_NOTYET) && k->type == T_STR) {
-        snprintf(buf, cap, "only the values listed: %s", why);
-    } else if (k->flags & (F_NOTYET | F_ONLY_FALSE | F_ONLY_TRUE)) {
-        ref_only(k, only, sizeof only);
-        snprintf(buf, cap, "only `%s`: %s", only, why);
-    } else if (k->flags & F_FINISH) {
-        snprintf(buf, cap, "checked against the run: %s", why);
-    } else if (k->off == NOF && k->type != T_HOOK) {
-        snprintf(buf, cap, "no effect: %s", why);
-    } else if (k->flags & F_UNUSED) {
-        snprintf(buf, cap, "the default is what zinc does, another value has no effect: %s", why);
-    } else {
-        size_t n = (size_t)snprintf(buf, cap, "honoured");
-        char users[128];
-        sched_users(k->sched_mask, users, sizeof users);
-        if (k->sched_mask && n < cap) n += (size_t)snprintf(buf + n, cap - n, " by %s", users);
-        if ((k->flags & F_STAGE3) && n < cap) n += (size_t)snprintf(buf + n, cap - n, " at ZeRO stage 3");
-        if ((k->flags & F_TP) && n < cap)
-            n += (size_t)snprintf(buf + n, cap - n, " with tensor_parallel.autotp_size > 1");
-        if ((k->flags & F_PP) && n < cap)
-            n += (size_t)snprintf(buf + n, cap - n, " with pipeline.stages x pipeline.virtual_stages > 1");
-        if ((k->flags & F_LLAMA) && n < cap) n += (size_t)snprintf(buf + n, cap - n, " for model.type \"llama\"");
-        if ((k->flags & F_REQUIRED) && n < cap) snprintf(buf + n, cap - n, "; required in its section");
-    }
-}
-
-/* One row per key of tab, a section's keys after it. zinc: the section is zinc's. */
-static void ref_walk(FILE *f, const keydesc *tab, const zinc_config *d, char *path, size_t plen, int zinc)
-{
-    for (const keydesc *k = tab; k->name; k++) {
-        char prefix[PATH_CAP], dflt[128], accepts[600], effect[700];
-        snprintf(prefix, sizeof prefix, "%s", path);
-        size_t n = path_push(path, plen, k->name);
-        /* an alias takes its target's values */
-        const keydesc *t = k->type == T_ALIAS ? find_key(tab, k->text) : k;
-        if (!t) t = k;
-        if (k->type == T_ALIAS)
-            dflt[0] = '\0';
-        else
-            ref_default(k, d, dflt, sizeof dflt);
-        ref_accepts(t, accepts, sizeof accepts);
-        ref_effect(k, prefix, effect, sizeof effect);
-        int z = zinc || (k->flags & F_ZINC);
-        ref_cell(f, path, 1);
-        ref_cell(f, ref_type(t), 0);
-        ref_cell(f, dflt, strcmp(dflt, "none") != 0);
-        ref_cell(f, accepts, 0);
-        ref_cell(f, effect, 0);
-        ref_cell(f, z ? "zinc" : "DeepSpeed", 0);
-        fputs("|\n", f);
-        if (k->type == T_SECTION) ref_walk(f, k->sub, d, path, n, z);
-        path[plen] = '\0';
-    }
-}
-
-zinc_status zinc_config_list_keys(FILE *f)
-{
-    if (!f) return zinc_error(ZINC_ERR_INVALID_ARG, "zinc_config_list_keys: no stream");
-    zinc_config *d = malloc(sizeof *d);
-    if (!d) return zinc_error(ZINC_ERR_NOMEM, "zinc_config_list_keys: out of memory");
-    zinc_config_defaults(d);
-    char path[PATH_CAP] = "";
-    fputs("| key | type | default | accepts | effect in zinc | from |\n|---|---|---|---|---|---|\n", f);
-    ref_walk(f, root_keys, d, path, 0, 0);
-    free(d);
-    if (fflush(f) != 0 || ferror(f)) return zinc_error(ZINC_ERR_IO, "key reference: write failed");
     return ZINC_OK;
 }

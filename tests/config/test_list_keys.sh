@@ -40,9 +40,9 @@ dups=$(cut -f1 "$TMP/rows" | sort | uniq -d)
 [ -z "$dups" ] || fail "keys listed twice: $dups"
 
 # 2. every descriptor row of the source's keydesc tables (each table is
-# reached once from root_keys), against the rows listed
+# reached once from config_root_keys), against the rows listed
 n_src=$(awk '
-    /^static const keydesc [a-z_0-9]+\[\] = \{/ { intab = 1; next }
+    /^(static )?const keydesc [a-z_0-9]+\[\] = \{/ { intab = 1; next }
     intab && /^ *END\};/ { intab = 0; next }
     intab && /^ *([A-Z][A-Z0-9_]*\(|\{\.name = )/ { n++ }
     END { print n + 0 }' engine/config.c)
