@@ -327,6 +327,7 @@ static const keydesc model_keys[] = {
     KS("init_from", model.init_from, "", NULL),
     KS("from_pretrained", model.from_pretrained, "", NULL),
     KB("recompute", model.recompute, 0),
+    KP("freeze", model.freeze, model.n_freeze),
     END};
 
 static const keydesc data_keys[] = {

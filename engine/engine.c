@@ -19,6 +19,7 @@
  * gradient is scaled by loss_scale/(B*T*ga*dp) per token so the summed
  * gradient is the mean over the global batch, whatever the layout.
  */
+#include <fnmatch.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,7 +70,14 @@ int zinc_layer_param_add_split(zinc_layer *l, const char *name, int ndim, const 
         snprintf(full, sizeof full, "%s.%s", l->def->name, name);
     else
         snprintf(full, sizeof full, "%s", name);
-    int id = zero_param_add(&e->z, l->index, full, ndim, shape, tp_dim, tp_blocks, init, std);
+    /* model.freeze: a name a pattern matches is frozen (each pattern must match one) */
+    int frozen = 0;
+    for (int i = 0; i < e->cfg.model.n_freeze; i++)
+        if (fnmatch(e->cfg.model.freeze[i], full, 0) == 0) {
+            frozen = 1;
+            e->freeze_hits |= 1u << i;
+        }
+    int id = zero_param_add(&e->z, l->index, full, ndim, shape, tp_dim, tp_blocks, init, std, frozen);
     if (id < 0) return -1;
     l->params[l->n_params] = id;
     return l->n_params++;
@@ -205,6 +213,12 @@ static zinc_status engine_declare(zinc_engine *e)
         for (int k = 0; k < l->n_params; k++)
             ZINC_TRY(zero_layer_use(&e->z, i, e->z.params[l->params[k]].unit));
     }
+    for (int i = 0; i < e->cfg.model.n_freeze; i++)
+        if (!(e->freeze_hits & 1u << i)) {
+            st = zinc_error(ZINC_ERR_CONFIG, "model.freeze[%d] \"%s\" matches no parameter (names look like "
+                            "\"%s\")", i, e->cfg.model.freeze[i], e->z.n_params > 1 ? e->z.params[1].name : "");
+            goto cleanup;
+        }
     ZINC_TRY(engine_stage_layers(e));
     zero_units_layout(&e->z);
 cleanup:
@@ -400,7 +414,7 @@ static zinc_status engine_alloc_local(zinc_engine *e)
 {
     zinc_status st = ZINC_OK;
     ZINC_TRY(engine_declare(e));
-    for (int l = 0; l < e->n_layers; l++) /* MPI counts are int */
+    for (int l = 0; l < e->z.n_units; l++) /* MPI counts are int */
         if (e->z.units[l].numel > (size_t)INT32_MAX) {
             st = zinc_error(ZINC_ERR_UNSUPPORTED, "layer %d has %zu parameters; zinc handles at "
                             "most %d per layer (one collective each)", l, e->z.units[l].numel,
@@ -485,14 +499,14 @@ static zinc_status engine_tied_group(zinc_engine *e)
     const int p = e->pp.stages, J = p * e->pp.virt;
     if (p == 1) return ZINC_OK;
     if (p > 63) {
-        for (int u = 0; u < e->n_layers; u++)
+        for (int u = 0; u < e->z.n_units; u++)
             if (e->z.units[u].shared)
                 return zinc_error(ZINC_ERR_UNSUPPORTED, "pipeline.stages %d: tied parameters across more than 63 "
                                   "stages are not supported", p);
         return ZINC_OK;
     }
     uint64_t mask = 0;
-    for (int u = 0; u < e->n_layers; u++) {
+    for (int u = 0; u < e->z.n_units; u++) {
         if (!e->z.units[u].shared) continue;
         uint64_t m = 0;
         for (int j = 0; j < J; j++)
@@ -610,14 +624,14 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
     ZINC_TRY(engine_tied_group(e));
 
     /* the largest model state over ranks, kind by kind */
-    int64_t mine[7] = {(int64_t)e->mem.params, (int64_t)e->mem.grads, (int64_t)e->mem.master,
+    int64_t mine[8] = {(int64_t)e->mem.params, (int64_t)e->mem.grads, (int64_t)e->mem.master,
                        (int64_t)e->mem.optimizer, (int64_t)e->mem.total, (int64_t)e->mem.buffers,
-                       (int64_t)e->mem.nvme};
-    int64_t mx[7];
-    ZINC_TRY(zinc_comm_all_reduce(e->world, mine, mx, 7, ZINC_DTYPE_I64, ZINC_REDOP_MAX, NULL));
-    e->mem_max = (zinc_mem_stats){(uint64_t)mx[0], (uint64_t)mx[1], (uint64_t)mx[2],
-                                  (uint64_t)mx[3], (uint64_t)mx[4], (uint64_t)mx[5],
-                                  (uint64_t)mx[6], 0};
+                       (int64_t)e->mem.nvme, (int64_t)e->mem.frozen};
+    int64_t mx[8];
+    ZINC_TRY(zinc_comm_all_reduce(e->world, mine, mx, 8, ZINC_DTYPE_I64, ZINC_REDOP_MAX, NULL));
+    e->mem_max = (zinc_mem_stats){.params = (uint64_t)mx[0], .grads = (uint64_t)mx[1], .master = (uint64_t)mx[2],
+                                  .optimizer = (uint64_t)mx[3], .total = (uint64_t)mx[4], .buffers = (uint64_t)mx[5],
+                                  .nvme = (uint64_t)mx[6], .frozen = (uint64_t)mx[7]};
     *out = e;
     return ZINC_OK;
 cleanup:

@@ -135,13 +135,23 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
                                const int *kinds, int n_kinds, elem_ptr_fn ptr)
 {
     zinc_status st = ZINC_OK;
-    for (int l = 0; l < e->n_layers; l++) {
+    static const int param_only[] = {K_PARAM};
+    for (int l = 0; l < e->z.n_units; l++) {
         const zero_unit *u = &e->z.units[l];
         if (use_lo_shard && u->dup) continue; /* a copy of another stage's unit: the owner saves it */
         size_t lo = use_lo_shard ? (size_t)e->z.dp_rank * u->shard : u->opt_lo;
         size_t hi = use_lo_shard ? lo + u->shard : u->opt_lo + u->opt_n;
+        const int *ks = kinds, nks = u->frozen ? 1 : n_kinds;
+        if (u->frozen) { /* the params alone, in the storage dtype: a load takes what the rank stores */
+            ks = param_only;
+            if (!use_lo_shard) {
+                lo = u->sharded ? (size_t)e->z.dp_rank * u->shard : 0;
+                hi = u->sharded ? lo + u->shard : u->numel;
+            }
+        }
         for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
             const zero_param *p = &e->z.params[pi];
+            if (p->unit != l) continue;
             size_t a = p->uoff > lo ? p->uoff : lo;
             size_t z = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
             if (a >= z) continue;
@@ -150,15 +160,15 @@ static zinc_status make_pieces(const zinc_engine *e, layout_buf *b, int use_lo_s
             int64_t start[ZINC_CKPT_BOX_DIMS], count[ZINC_CKPT_BOX_DIMS];
             /* every kind's tensor has the parameter's shape and partition spec */
             ZINC_TRY(zinc_ckpt_box_tp(&b->t[pi * N_KINDS], e->z.tp, e->z.tp_rank, start, count));
-            for (int k = 0; k < n_kinds; k++) {
-                void *data = ptr(e, kinds[k], u, a);
-                piece_src src = data ? (piece_src){0} : swap_src(e, kinds[k], u, a);
+            for (int k = 0; k < nks; k++) {
+                void *data = ptr(e, ks[k], u, a);
+                piece_src src = data ? (piece_src){0} : swap_src(e, ks[k], u, a);
                 if (data && e->dev->is_device_ptr(data)) { /* device memory: io callback */
                     src = (piece_src){.dev = data,
-                                      .elem_bytes = kinds[k] == K_PARAM ? e->z.plan.psz : sizeof(float)};
+                                      .elem_bytes = ks[k] == K_PARAM ? e->z.plan.psz : sizeof(float)};
                     data = NULL;
                 }
-                if (add_piece(b, pi * N_KINDS + kinds[k], (int64_t)(a - p->uoff), (int64_t)(z - a), data,
+                if (add_piece(b, pi * N_KINDS + ks[k], (int64_t)(a - p->uoff), (int64_t)(z - a), data,
                               src, start, count) != 0)
                     return zinc_error(ZINC_ERR_NOMEM, "checkpoint pieces");
             }
@@ -170,7 +180,7 @@ cleanup:
 
 static piece_src swap_src(const zinc_engine *e, int kind, const zero_unit *u, size_t elem)
 {
-    size_t rel = elem - u->opt_lo; /* offload needs stage >= 1: the opt range is the slice */
+    size_t rel = elem - u->opt_lo; /* offload needs stage >= 1: opt_lo starts the slice */
     int l = (int)(u - e->z.units);
     if (kind == K_PARAM)
         return (piece_src){.file = zinc_swap_file(e->z.param_swap),
@@ -182,15 +192,19 @@ static piece_src swap_src(const zinc_engine *e, int kind, const zero_unit *u, si
                        .elem_bytes = sizeof(float)};
 }
 
+/* Where element elem of unit u's params is stored (whole, or the shard); NULL when offloaded. */
+static void *param_ptr(const zinc_engine *e, const zero_unit *u, size_t elem)
+{
+    if (zero_param_on_nvme(&e->z, u)) return NULL;
+    size_t at = u->sharded ? elem - (size_t)e->z.dp_rank * u->shard : elem;
+    return (char *)u->p + at * e->z.plan.psz;
+}
+
 /* Save: element elem of slice [r*shard, (r+1)*shard); NULL when offloaded. */
 static void *save_ptr(const zinc_engine *e, int kind, const zero_unit *u, size_t elem)
 {
     size_t rel = elem - u->opt_lo; /* stage >= 1: opt range is the slice */
-    if (kind == K_PARAM) {
-        if (zero_param_on_nvme(&e->z, u)) return NULL;
-        size_t at = u->sharded ? elem - (size_t)e->z.dp_rank * u->shard : elem;
-        return (char *)u->p + at * e->z.plan.psz;
-    }
+    if (kind == K_PARAM) return param_ptr(e, u, elem);
     if (e->z.plan.opt_nvme) return NULL;
     const float *base = kind == K_MASTER ? u->master : kind == K_EXP_AVG ? u->m : u->v;
     return (void *)(base + (e->z.plan.stage == 0 ? elem : rel));
@@ -200,6 +214,7 @@ static void *save_ptr(const zinc_engine *e, int kind, const zero_unit *u, size_t
  * master; NULL when offloaded. */
 static void *load_ptr(const zinc_engine *e, int kind, const zero_unit *u, size_t elem)
 {
+    if (kind == K_PARAM) return param_ptr(e, u, elem); /* frozen units: their params */
     if (e->z.plan.opt_nvme) return NULL;
     size_t rel = elem - u->opt_lo;
     const float *base = kind == K_EXP_AVG ? u->m : kind == K_EXP_AVG_SQ ? u->v : u->master;
@@ -257,6 +272,25 @@ static char *make_meta(const zinc_engine *e)
     return s;
 }
 
+/* Lists only the tensors a rank may have pieces of: a frozen parameter has its params only
+ * (no master or moments in any checkpoint), and tensors whose name was cleared go. */
+static zinc_status table_compact(const zinc_engine *e, layout_buf *b)
+{
+    for (int i = 0; i < b->n_t; i++)
+        if (i % N_KINDS != K_PARAM && e->z.params[i / N_KINDS].frozen) b->t[i].name[0] = '\0';
+    if (b->n_t <= 0) return ZINC_OK;
+    int *remap = malloc((size_t)b->n_t * sizeof *remap), n = 0;
+    if (!remap) return zinc_error(ZINC_ERR_NOMEM, "checkpoint tensor table");
+    for (int i = 0; i < b->n_t; i++) {
+        remap[i] = b->t[i].name[0] ? n : -1;
+        if (b->t[i].name[0]) b->t[n++] = b->t[i];
+    }
+    for (int i = 0; i < b->n_p; i++) b->p[i].tensor = remap[b->p[i].tensor];
+    free(remap);
+    b->n_t = n;
+    return ZINC_OK;
+}
+
 /* The rank-local part of a save: offloaded state into memory, the layout
  * of this rank's pieces, the meta (rank 0's is stored). */
 static zinc_status save_prepare(zinc_engine *e, layout_buf *b, const int *kinds, int nk, int mixed,
@@ -269,19 +303,7 @@ static zinc_status save_prepare(zinc_engine *e, layout_buf *b, const int *kinds,
     if (!mixed)
         for (int i = 0; i < b->n_t; i++)
             if (i % N_KINDS == K_MASTER) b->t[i].name[0] = '\0';
-    /* compact the table: only tensors that have pieces anywhere are listed */
-    int *remap = malloc((size_t)b->n_t * sizeof *remap), n = 0;
-    if (!remap) {
-        st = zinc_error(ZINC_ERR_NOMEM, "checkpoint tensor table");
-        goto cleanup;
-    }
-    for (int i = 0; i < b->n_t; i++) {
-        remap[i] = b->t[i].name[0] ? n : -1;
-        if (b->t[i].name[0]) b->t[n++] = b->t[i];
-    }
-    for (int i = 0; i < b->n_p; i++) b->p[i].tensor = remap[b->p[i].tensor];
-    free(remap);
-    b->n_t = n;
+    ZINC_TRY(table_compact(e, b));
     *meta = make_meta(e);
     if (!*meta) {
         st = zinc_error(ZINC_ERR_NOMEM, "checkpoint meta");
@@ -467,8 +489,10 @@ static zinc_status load_prepare(zinc_engine *e, zinc_aio *aio, const char *save_
     snprintf(dir, sizeof dir, "%s/%s", save_dir, *tag);
     ZINC_TRY(zinc_ckpt_reader_open(aio, dir, &r));
     snprintf(mp, mp_cap, "%s/manifest.json", zinc_ckpt_reader_dir(r));
-    int has_master = e->z.n_params > 0 && zinc_ckpt_reader_find(r, e->z.params[0].name, "master") >= 0;
-    int pi = e->z.n_params > 0 ? zinc_ckpt_reader_find(r, e->z.params[0].name, "param") : -1;
+    int q = 0; /* the first trained parameter (a frozen one has no master in any precision) */
+    while (q < e->z.n_params && e->z.params[q].frozen) q++;
+    int has_master = q < e->z.n_params && zinc_ckpt_reader_find(r, e->z.params[q].name, "master") >= 0;
+    int pi = q < e->z.n_params ? zinc_ckpt_reader_find(r, e->z.params[q].name, "param") : -1;
     *param_dtype = pi >= 0 ? zinc_ckpt_reader_tensor(r, pi)->dtype : (zinc_dtype)-1;
     zinc_ckpt_reader_stats(r, n_files, NULL, NULL);
     ZINC_TRY(meta_parse(mp, zinc_ckpt_reader_meta(r), *n_files, *param_dtype, &cm));
@@ -480,6 +504,7 @@ static zinc_status load_prepare(zinc_engine *e, zinc_aio *aio, const char *save_
     int kinds[] = {K_MASTER, K_EXP_AVG, K_EXP_AVG_SQ};
     ZINC_TRY(make_tensors(e, b, !has_master));
     ZINC_TRY(make_pieces(e, b, 0, kinds, 3, load_ptr));
+    ZINC_TRY(table_compact(e, b));
 cleanup:
     zinc_ckpt_reader_close(r);
     return st;
@@ -726,21 +751,22 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
     void *prog_u;
     zinc_ckpt_get_progress(&prog, &prog_u);
     uint64_t prog_total = 0, prog_done = 0;
-    for (int l = 0; l < e->n_layers; l++) /* this stage's layers: those it reads below */
+    for (int l = 0; l < e->z.n_units; l++) /* this stage's units: those it reads below */
         for (int pi = e->z.units[l].n_params_first; e->z.units[l].numel > 0 && pi < e->z.units[l].n_params_end; pi++)
-            prog_total += (uint64_t)e->z.params[pi].numel * sizeof(float);
+            if (e->z.params[pi].unit == l) prog_total += (uint64_t)e->z.params[pi].numel * sizeof(float);
     if (prog) prog(0, prog_total, prog_u);
-    for (int l = 0; l < e->n_layers; l++) {
+    for (int l = 0; l < e->z.n_units; l++) {
         zero_unit *u = &e->z.units[l];
         if (u->numel == 0) continue;
         free(full);
         full = calloc(u->numel, sizeof(float));
         if (!full) {
-            st = zinc_error(ZINC_ERR_NOMEM, "init_from: layer %d", l);
+            st = zinc_error(ZINC_ERR_NOMEM, "init_from: layer %d", u->layer);
             goto cleanup;
         }
         for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
             const zero_param *p = &e->z.params[pi];
+            if (p->unit != l) continue;
             char alt[128];
             snprintf(alt, sizeof alt, "transformer.%s", p->name);
             long ti;

@@ -34,7 +34,8 @@ static const char *usage_text =
     "  DIR is one checkpoint (holding manifest.json) or a save directory (its latest is used).\n"
     "  info    tag, step, topology and every tensor with kind, dtype, shape and bytes.\n"
     "  verify  checks every file size and every crc32c block; exit 1 on corruption.\n"
-    "  export  writes the tensors of one kind (default: master if present, else param) into\n"
+    "  export  writes the tensors of one kind (default: the weights, each parameter's master if\n"
+    "          present, else its param) into\n"
     "          one safetensors file under their stored (Hugging Face) names; --dtype\n"
     "          converts floating-point tensors (default: as stored).\n";
 
@@ -207,6 +208,9 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
     }
     if (zinc_ckpt_reader_open(aio, dir, &r) != ZINC_OK) return fail();
     int n = zinc_ckpt_reader_n_tensors(r);
+    /* no --kind: the model's weights, each parameter's fp32 master where it has one, else
+     * its param (a frozen parameter has no master: model.freeze) */
+    int weights = !kind;
     if (!kind) {
         kind = "param";
         for (int i = 0; i < n; i++)
@@ -227,7 +231,9 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
     const json_int_t vreal = json_integer_value(json_object_get(vocab, "real"));
     for (int i = 0; i < n; i++) {
         const zinc_ckpt_tensor *t = zinc_ckpt_reader_tensor(r, i);
-        if (strcmp(t->kind, kind) != 0) continue;
+        int take = !strcmp(t->kind, kind) ||
+                   (weights && !strcmp(t->kind, "param") && zinc_ckpt_reader_find(r, t->name, "master") < 0);
+        if (!take) continue;
         snprintf(e[ne].name, sizeof e[ne].name, "%s", t->name);
         e[ne].dtype = dtype && is_float(t->dtype) ? want : t->dtype;
         e[ne].ndim = t->ndim;

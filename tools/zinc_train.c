@@ -104,6 +104,9 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
         printf("%5d %9.1f %9.1f %9.1f %9.1f %9.1f %10.1f %9.1f\n", stage, m.params / 1048576.0,
                m.grads / 1048576.0, m.master / 1048576.0, m.optimizer / 1048576.0,
                m.total / 1048576.0, (m.total + m.buffers) / 1048576.0, m.nvme / 1048576.0);
+        if (stage == 3 && m.frozen)
+            printf("frozen (model.freeze; in params, without grads, master or optimizer state): %.1f MiB at "
+                   "stage 3, the rest trainable\n", m.frozen / 1048576.0);
         if (stage == 3 && m.activations && cfg->pp.stages == 1)
             printf("activations per rank (micro-batch %lld x %lld tokens, %s, any stage): %.1f MiB\n",
                    (long long)cfg->train_micro_batch_size_per_gpu,
@@ -551,9 +554,14 @@ static void log_step(const step_log *L, int64_t step, const zinc_step_stats *s, 
         fmt_eta(per * (double)(cfg->train.max_steps - step), t, sizeof t);
         snprintf(eta, sizeof eta, " | ETA %s", t);
     }
-    char nvme_note[48] = "";
-    if (s->mem_max.nvme)
-        snprintf(nvme_note, sizeof nvme_note, " (%.1f MiB on nvme)", s->mem_max.nvme / 1048576.0);
+    char nvme_note[96] = "";
+    if (s->mem_max.frozen) /* model.freeze: trainable and frozen apart */
+        snprintf(nvme_note, sizeof nvme_note, " (%.1f trainable + %.1f frozen)",
+                 (s->model_state_bytes_max - s->mem_max.frozen) / 1048576.0, s->mem_max.frozen / 1048576.0);
+    if (s->mem_max.nvme) {
+        size_t n = strlen(nvme_note);
+        snprintf(nvme_note + n, sizeof nvme_note - n, " (%.1f MiB on nvme)", s->mem_max.nvme / 1048576.0);
+    }
     char tp_comm[192] = ""; /* DP bytes first, then the TP group's, then the pipeline's */
     if (zinc_engine_tp_size(eng) > 1)
         snprintf(tp_comm, sizeof tp_comm, " + tp %.2f MiB", s->tp_comm_bytes / 1048576.0);

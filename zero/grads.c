@@ -22,6 +22,12 @@ zinc_status zero_grad_open(zero_state *z, int ui)
 {
     zero_unit *u = &z->units[ui];
     if (u->wg || u->numel == 0) return ZINC_OK;
+    if (u->frozen) { /* a scratch the layer's backward may write; dropped at close */
+        u->wg = xalloc(z, u->numel * sizeof(float));
+        if (!u->wg) return zinc_error(ZINC_ERR_NOMEM, "gradient scratch of layer %d's frozen parameters", u->layer);
+        u->wg_owned = 1;
+        return ZINC_OK;
+    }
     /* grads are stored whole below stage 2, and at any stage on one rank
      * (its shard is the whole unit) */
     if ((z->plan.stage < 2 || z->dp == 1) && z->plan.pdt == ZINC_DTYPE_F32) {
@@ -70,6 +76,12 @@ zinc_status zero_grad_close(zero_state *z, int ui)
 {
     zero_unit *u = &z->units[ui];
     if (!u->wg) return ZINC_OK;
+    if (u->frozen) {
+        xfree(z, u->wg);
+        u->wg = NULL;
+        u->wg_owned = 0;
+        return ZINC_OK;
+    }
     if (z->plan.stage < 2) {
         if (u->wg_owned) {
             z->ops->add_into(u->g, z->plan.pdt, u->wg, ZINC_DTYPE_F32, u->numel);
@@ -124,7 +136,7 @@ zinc_status zero_reduce_boundary(zero_state *z)
     zinc_comm *g = z->dp_group;
     for (int l = 0; l < z->n_units; l++) {
         zero_unit *u = &z->units[l];
-        if (u->numel == 0) continue;
+        if (u->numel == 0 || u->frozen) continue;
         if (z->plan.stage == 0) {
             st = zinc_comm_all_reduce(g, u->g, u->g, u->numel, z->plan.pdt, ZINC_REDOP_SUM, NULL);
         } else {
@@ -147,6 +159,7 @@ static void sumsq_split(const zero_state *z, const zero_unit *u, const float *g,
     size_t hi = lo + n; /* padding between params holds zeros: it adds nothing */
     for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
         const zero_param *p = &z->params[pi];
+        if (p->unit != unit_id(z, u)) continue;
         size_t x = p->uoff > lo ? p->uoff : lo;
         size_t y = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
         if (x >= y) continue;
@@ -211,7 +224,7 @@ void zero_fault_nan(zero_state *z, int64_t step)
         uint16_t h = z->plan.pdt == ZINC_DTYPE_BF16 ? zinc_f32_to_bf16(nan) : zinc_f32_to_f16(nan);
         z->dev->copy(grad_opt(z, u), z->plan.pdt == ZINC_DTYPE_F32 ? (void *)&nan : (void *)&h, z->plan.psz);
         for (int p = u->n_params_first; p < u->n_params_end; p++)
-            if (u->opt_lo >= z->params[p].uoff &&
+            if (z->params[p].unit == l && u->opt_lo >= z->params[p].uoff &&
                 u->opt_lo < z->params[p].uoff + (size_t)z->params[p].numel)
                 ZINC_INFO("fault: a NaN in the gradient of %s on rank %d at step %lld",
                           z->params[p].name, r, s);
@@ -243,7 +256,7 @@ zinc_status zero_first_nonfinite(zero_state *z, int *param)
             size_t at_unit = u->opt_lo + i; /* element inside the unit */
             for (int p = u->n_params_first; p < u->n_params_end; p++) {
                 const zero_param *pp = &z->params[p];
-                if (at_unit >= pp->uoff && at_unit < pp->uoff + (size_t)pp->numel) {
+                if (pp->unit == l && at_unit >= pp->uoff && at_unit < pp->uoff + (size_t)pp->numel) {
                     first = p;
                     break;
                 }

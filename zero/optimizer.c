@@ -35,6 +35,7 @@ static zinc_status group_update(zero_state *z, zero_unit *u, size_t a, size_t n,
     size_t lo = u->opt_lo + a, hi = lo + n;
     for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
         const zero_param *p = &z->params[pi];
+        if (p->unit != unit_id(z, u)) continue;
         size_t x = p->uoff > lo ? p->uoff : lo;
         size_t y = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
         if (x >= y) continue;

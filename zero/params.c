@@ -79,26 +79,30 @@ zinc_status zero_units_alloc(zero_state *z)
         /* the params this rank stores: whole unit, or its shard (which holds the opt range) */
         size_t plo = u->sharded ? u->opt_lo : 0, pn = u->sharded ? u->shard : u->numel;
         size_t gn = z->plan.stage >= 2 ? u->shard : u->numel;
-        u->g = xalloc(z, gn * psz);
+        if (!u->frozen) u->g = xalloc(z, gn * psz);
         if (!p_nvme) u->p = xalloc(z, pn * psz);
-        if (!z->plan.opt_nvme) {
+        if (!z->plan.opt_nvme && !u->frozen) {
             u->m = opt_alloc(z, u->opt_n * sizeof(float));
             u->v = opt_alloc(z, u->opt_n * sizeof(float));
         }
         free(vals); /* initial values are computed on the host */
         vals = calloc(pn ? pn : 1, sizeof(float));
-        if (!u->g || (!p_nvme && !u->p) || (!z->plan.opt_nvme && (!u->m || !u->v)) || !vals) {
+        if ((!u->frozen && !u->g) || (!p_nvme && !u->p) ||
+            (!z->plan.opt_nvme && !u->frozen && (!u->m || !u->v)) || !vals) {
             st = zinc_error(ZINC_ERR_NOMEM, "model state of layer %d: %zu elements", l, u->numel);
             goto cleanup;
         }
         for (int p = u->n_params_first; p < u->n_params_end; p++) {
             const zero_param *ep = &z->params[p];
+            if (ep->unit != l) continue;
             size_t a = ep->uoff > plo ? ep->uoff : plo;
             size_t hi = ep->uoff + (size_t)ep->numel < plo + pn ? ep->uoff + (size_t)ep->numel : plo + pn;
             if (a < hi) init_param_range(z, ep, vals + (a - plo), (int64_t)(a - ep->uoff),
                                          (int64_t)(hi - a));
         }
-        if (z->plan.master_sep && !z->plan.opt_nvme) {
+        if (u->frozen) {
+            u->master = NULL; /* frozen: the params are all there is */
+        } else if (z->plan.master_sep && !z->plan.opt_nvme) {
             u->master = opt_alloc(z, u->opt_n * sizeof(float));
             if (!u->master) {
                 st = zinc_error(ZINC_ERR_NOMEM, "master weights of layer %d", l);
@@ -131,8 +135,9 @@ zinc_status zero_unit_store(zero_state *z, int l, const float *vals)
         return st;
     }
     const float *mv = vals + (u->opt_lo - plo); /* master values of the opt range */
+    if (u->opt_n == 0) return st; /* frozen, or an empty range */
     if (z->plan.opt_nvme) {
-        if (u->opt_n) st = zinc_swap_io(z->opt_swap, l, 0, 0, (void *)mv, u->opt_n * sizeof(float), 1);
+        st = zinc_swap_io(z->opt_swap, l, 0, 0, (void *)mv, u->opt_n * sizeof(float), 1);
     } else if (z->plan.master_sep) {
         z->dev->copy(u->master, mv, u->opt_n * sizeof(float));
     }
@@ -159,7 +164,7 @@ void zero_units_free(zero_state *z)
         if (u->wg_owned) xfree(z, u->wg);
         if (u->pread) zinc_aio_wait(&u->pread);
         zinc_aio_buf_free(u->pstage);
-        if (z->plan.master_sep && !z->plan.opt_nvme) opt_free(z, u->master);
+        if (z->plan.master_sep && !z->plan.opt_nvme && !u->frozen) opt_free(z, u->master);
         xfree(z, u->p);
         xfree(z, u->g);
         opt_free(z, u->m);
@@ -274,7 +279,7 @@ zinc_status zero_gather_whole_params(zero_state *z)
     int first = 0;
     for (int l = 0; l < z->n_units && st == ZINC_OK; l++) {
         zero_unit *u = &z->units[l];
-        if (u->numel == 0 || u->sharded) continue;
+        if (u->numel == 0 || u->sharded || u->frozen) continue; /* frozen: whole and unchanged */
         st = zinc_comm_all_gather(z->dp_group, at(u->p, u->opt_lo, z->plan.psz), u->p, u->shard,
                                   z->plan.pdt, &hs[l]);
         in_flight += u->numel;

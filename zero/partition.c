@@ -39,10 +39,15 @@ zinc_status zero_plan_make(const zero_opts *o, int stage, const char *dev_name, 
 
 zinc_status zero_tables_alloc(zero_state *z, int n_layers)
 {
-    z->n_units = n_layers;
-    z->units = calloc((size_t)(n_layers ? n_layers : 1), sizeof *z->units);
+    z->n_layers = n_layers;
+    z->n_units = 2 * n_layers;
+    z->units = calloc((size_t)(n_layers ? 2 * n_layers : 1), sizeof *z->units);
     z->layers = calloc((size_t)(n_layers ? n_layers : 1), sizeof *z->layers);
     if (!z->units || !z->layers) return zinc_error(ZINC_ERR_NOMEM, "layer table");
+    for (int l = 0; l < z->n_units; l++) {
+        z->units[l].layer = l % n_layers;
+        z->units[l].frozen = l >= n_layers;
+    }
     return ZINC_OK;
 }
 
@@ -58,7 +63,7 @@ void zero_tables_free(zero_state *z)
 }
 
 int zero_param_add(zero_state *z, int layer, const char *name, int ndim, const int64_t *shape,
-                   int tp_dim, int tp_blocks, zinc_init_kind init, float std)
+                   int tp_dim, int tp_blocks, zinc_init_kind init, float std, int frozen)
 {
     const int tp = z->tp > 1 ? z->tp : 1;
     if (ndim < 1 || ndim > ZINC_MAX_DIMS) {
@@ -105,10 +110,14 @@ int zero_param_add(zero_state *z, int layer, const char *name, int ndim, const i
     p->tp_blocks = tp_blocks;
     p->init = init;
     p->std = std;
-    p->unit = layer;
+    p->frozen = frozen != 0;
+    p->unit = frozen ? z->n_layers + layer : layer;
     p->decay = ndim >= 2;
-    if (z->units[layer].n_params_end == 0) z->units[layer].n_params_first = z->n_params;
-    z->units[layer].n_params_end = z->n_params + 1;
+    zero_unit *u = &z->units[p->unit];
+    if (frozen && zero_layer_use(z, layer, p->unit) != ZINC_OK) return -1;
+    /* [first, end) spans the unit's params; the other unit's may sit between (unit says) */
+    if (u->n_params_end == 0) u->n_params_first = z->n_params;
+    u->n_params_end = z->n_params + 1;
     return z->n_params++;
 }
 
@@ -159,7 +168,7 @@ void zero_units_layout(zero_state *z)
         z->units[l].first_user = -1;
         z->units[l].held = z->units[l].shared = z->units[l].dup = 0;
     }
-    for (int i = 0; i < z->n_units; i++) {
+    for (int i = 0; i < z->n_layers; i++) {
         const int mine = !z->layer_held || z->layer_held[i];
         for (int j = 0; j < z->layers[i].n_units; j++) {
             zero_unit *u = &z->units[z->layers[i].units[j]];
@@ -179,12 +188,13 @@ void zero_units_layout(zero_state *z)
             continue;
         }
         u->shared = u->shared && u->held;
-        u->dup = u->shared && !z->layer_held[l];
+        u->dup = u->shared && !z->layer_held[u->layer];
     }
     for (int l = 0; l < z->n_units; l++) {
         zero_unit *u = &z->units[l];
         size_t off = 0;
         for (int p = u->n_params_first; p < u->n_params_end; p++) {
+            if (z->params[p].unit != l) continue;
             z->params[p].uoff = off;
             off += ((size_t)z->params[p].numel + ZERO_UNIT_ALIGN - 1) / ZERO_UNIT_ALIGN *
                    ZERO_UNIT_ALIGN;
@@ -200,6 +210,7 @@ void zero_units_layout(zero_state *z)
             u->opt_lo = (size_t)z->dp_rank * u->shard;
             u->opt_n = u->shard;
         }
+        if (u->frozen) u->opt_n = 0; /* nothing to update; opt_lo still starts the shard */
     }
 }
 
@@ -212,7 +223,8 @@ void zero_mem_stats(const zero_state *z, zinc_mem_stats *m)
         uint64_t mb = z->plan.master_sep ? u->opt_n * sizeof(float) : 0;
         uint64_t ob = 2 * u->opt_n * sizeof(float);
         m->params += pb;
-        m->grads += (z->plan.stage >= 2 ? u->shard : u->numel) * z->plan.psz;
+        if (u->frozen) m->frozen += pb;
+        else m->grads += (z->plan.stage >= 2 ? u->shard : u->numel) * z->plan.psz;
         m->master += mb;
         m->optimizer += ob;
         if (z->plan.opt_nvme) m->nvme += mb + ob;
@@ -224,6 +236,7 @@ void zero_mem_stats(const zero_state *z, zinc_mem_stats *m)
     if (z->plan.stage >= 1) {
         uint64_t all = 0, big = 0;
         for (int l = 0; l < z->n_units; l++) {
+            if (z->units[l].frozen) continue; /* no gradient to reduce */
             all += z->units[l].numel;
             if (z->units[l].numel > big) big = z->units[l].numel;
         }

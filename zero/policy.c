@@ -31,7 +31,7 @@
  * 0..L-1, then backward L..2L-1 (layer 2L-1-pos). */
 static int layer_at(const zero_state *z, int pos)
 {
-    return pos < z->n_units ? pos : 2 * z->n_units - 1 - pos;
+    return pos < z->n_layers ? pos : 2 * z->n_layers - 1 - pos;
 }
 
 /* Whether this rank runs the layer (pipeline stages run some): the positions of the
@@ -42,7 +42,7 @@ static void maybe_release(zero_state *z, int u, int pos)
 {
     if (!zero_unit_releasable(z, u)) return;
     uint64_t dist = 0, max = (uint64_t)z->opt.max_reuse_distance;
-    for (int q = pos + 1; q < 2 * z->n_units && dist < max; q++) {
+    for (int q = pos + 1; q < 2 * z->n_layers && dist < max; q++) {
         if (!runs(z, layer_at(z, q))) continue;
         const zero_layer *l = &z->layers[layer_at(z, q)];
         for (int j = 0; j < l->n_units; j++)
@@ -84,7 +84,7 @@ static zinc_status prefetch(zero_state *z, int pos, int end)
 
 /* The end of this micro-batch's touch sequence: prefetch never reaches past
  * its last use (forward only: the forward positions). */
-static int seq_end(const zero_state *z, int backward) { return backward ? 2 * z->n_units : z->n_units; }
+static int seq_end(const zero_state *z, int backward) { return backward ? 2 * z->n_layers : z->n_layers; }
 
 zinc_status zero_forward_begin(zero_state *z, int layer, int backward)
 {
@@ -106,7 +106,7 @@ zinc_status zero_backward_begin(zero_state *z, int layer)
         if ((st = zero_unit_materialize(z, l->units[j])) != ZINC_OK) return st;
         if ((st = zero_grad_open(z, l->units[j])) != ZINC_OK) return st;
     }
-    return prefetch(z, 2 * z->n_units - layer, seq_end(z, 1));
+    return prefetch(z, 2 * z->n_layers - layer, seq_end(z, 1));
 }
 
 zinc_status zero_backward_end(zero_state *z, int layer)
@@ -117,7 +117,7 @@ zinc_status zero_backward_end(zero_state *z, int layer)
             zinc_status st = zero_grad_close(z, l->units[j]);
             if (st != ZINC_OK) return st;
         }
-    release_after(z, layer, 2 * z->n_units - 1 - layer);
+    release_after(z, layer, 2 * z->n_layers - 1 - layer);
     return ZINC_OK;
 }
 

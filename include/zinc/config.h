@@ -151,6 +151,9 @@ typedef struct zinc_config {
                                         * tokenizer (zinc_gpt2_pretrained_config) */
         int recompute;                 /* false: keep every activation backward needs;
                                         * true: recompute the cheap ones (less memory) */
+        char freeze[ZINC_MAX_PATHS][512]; /* parameter names (fnmatch patterns, "h.*.attn.*")
+                                           * not trained: no grads, master or optimizer state */
+        int n_freeze;
     } model;
 
     /* DeepSpeed's tensor_parallel section (training: AutoTP's size) */

@@ -74,7 +74,9 @@ typedef enum zinc_init_kind {
 
 /* Bytes of model state a rank holds, by kind. */
 typedef struct zinc_mem_stats {
-    uint64_t params;     /* working-precision parameters */
+    uint64_t params;     /* working-precision parameters (frozen ones included) */
+    uint64_t frozen;     /* the part of params that is frozen (model.freeze): no grads,
+                            master weights or optimizer state */
     uint64_t grads;      /* working-precision gradients */
     uint64_t master;     /* fp32 master weights (0 when params are fp32) */
     uint64_t optimizer;  /* Adam moments */
@@ -118,9 +120,14 @@ typedef struct zero_param {
     int unit;       /* the unit (= declaring layer) that stores it */
     size_t uoff;    /* element offset inside the unit */
     int decay;      /* weight decay applies (ndim >= 2) */
+    int frozen;     /* not trained: stored in the frozen unit of its layer */
 } zero_param;
 
 typedef struct zero_unit {
+    int layer;                /* the layer that declares its parameters */
+    int frozen;               /* the frozen unit of that layer: params only (no g, master,
+                                 m, v; opt_n 0), sharded and offloaded like any unit; its
+                                 working grads are a scratch the backward writes and drops */
     size_t numel, shard;      /* padded elements; numel / dp */
     size_t opt_lo, opt_n;     /* this rank's optimizer range inside the unit */
     int sharded;              /* params stored as a shard only (stage 3) */
@@ -171,11 +178,13 @@ typedef struct zero_state {
 
     zero_param *params;
     int n_params, cap_params;
-    zero_unit *units;         /* one per layer (possibly empty) */
+    zero_unit *units;         /* 2 per layer (possibly empty): units[l] the trainable params
+                                 of layer l, units[n_layers + l] its frozen ones */
     zero_layer *layers;
+    int n_layers;
     const unsigned char *layer_held; /* borrowed, per layer: this rank runs it (NULL: every
                                         layer, no pipeline) */
-    int n_units;              /* = layers */
+    int n_units;              /* = 2 x n_layers */
 
     zero_pending *pending;
     int n_pending;
@@ -198,12 +207,13 @@ zinc_status zero_plan_make(const zero_opts *o, int stage, const char *dev_name, 
 /* Allocates the unit and layer tables for n layers (zeroed). */
 zinc_status zero_tables_alloc(zero_state *z, int n_layers);
 void zero_tables_free(zero_state *z);
-/* Declares a parameter of layer `layer` (stored in its unit) of logical
+/* Declares a parameter of layer `layer` (stored in its unit, or its frozen unit when
+ * frozen, which the layer then uses) of logical
  * shape `shape`, split over z->tp ranks along tp_dim in tp_blocks sub-blocks
  * (see zero_param); returns its id, or -1 with the error set (a dimension
  * that does not split evenly names the parameter and the numbers). */
 int zero_param_add(zero_state *z, int layer, const char *name, int ndim, const int64_t *shape,
-                   int tp_dim, int tp_blocks, zinc_init_kind init, float std);
+                   int tp_dim, int tp_blocks, zinc_init_kind init, float std, int frozen);
 /* The runs of this rank's slice of p inside the logical tensor, in the
  * slice's element order: fn(u, local_first, logical_first, n) for each
  * contiguous run (one run without TP or for tp_dim 0 with one block). */

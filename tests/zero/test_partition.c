@@ -58,7 +58,7 @@ static void build(zero_state *z, const model *m, int stage, int dp, int rank, zi
             char name[32];
             snprintf(name, sizeof name, "l%d.p%d", l, k);
             int64_t shape[1] = {m->sizes[l][k]};
-            int id = zero_param_add(z, l, name, 1, shape, -1, 1, ZINC_INIT_ZEROS, 0.0f);
+            int id = zero_param_add(z, l, name, 1, shape, -1, 1, ZINC_INIT_ZEROS, 0.0f, 0);
             CU_ASSERT_FATAL(id >= 0);
             CU_ASSERT_FATAL(zero_layer_use(z, l, l) == ZINC_OK);
         }
@@ -247,7 +247,7 @@ static void test_first_user_and_groups(void)
     /* bad shapes are refused with the parameter's name */
     build(&z, &(model){.n = 1, .sizes = {{0}}, .tie_layer = -1}, 0, 1, 0, ZINC_DTYPE_F32);
     int64_t bad[2] = {4, 0};
-    CU_ASSERT_EQUAL(zero_param_add(&z, 0, "w", 2, bad, -1, 1, ZINC_INIT_ZEROS, 0.0f), -1);
+    CU_ASSERT_EQUAL(zero_param_add(&z, 0, "w", 2, bad, -1, 1, ZINC_INIT_ZEROS, 0.0f, 0), -1);
     CU_ASSERT(strstr(zinc_last_error(), "w: dimension 1 is 0") != NULL);
     zero_tables_free(&z);
 }
@@ -283,7 +283,7 @@ static int one_param(zero_state *z, int tp, int rank, int ndim, const int64_t *s
     z->dev = zinc_device_cpu();
     z->ops = zinc_ops_cpu();
     CU_ASSERT_FATAL(zero_tables_alloc(z, 1) == ZINC_OK);
-    int id = zero_param_add(z, 0, "w", ndim, shape, tp_dim, blocks, init, 0.02f);
+    int id = zero_param_add(z, 0, "w", ndim, shape, tp_dim, blocks, init, 0.02f, 0);
     if (id >= 0) CU_ASSERT_FATAL(zero_layer_use(z, 0, 0) == ZINC_OK);
     return id;
 }
