@@ -91,7 +91,7 @@ int zinc_layer_param_tie(zinc_layer *l, const char *full_name)
         return -1;
     }
     for (int i = 0; i < e->z.n_params; i++) {
-        if (!strcmp(e->z.params[i].name, full_name) && e->z.params[i].unit < l->index) {
+        if (!strcmp(e->z.params[i].name, full_name) && e->z.units[e->z.params[i].unit].layer < l->index) {
             l->params[l->n_params] = i;
             return l->n_params++;
         }
@@ -705,7 +705,7 @@ float *zinc_engine_param_by_name(zinc_engine *e, const char *name, int64_t *nume
 float *zinc_engine_grad_by_name(zinc_engine *e, const char *name, int64_t *numel)
 {
     const zero_param *p = param_named(e, name);
-    if (!p || e->z.plan.pdt != ZINC_DTYPE_F32 || e->z.plan.stage >= 2) return NULL;
+    if (!p || p->frozen || e->z.plan.pdt != ZINC_DTYPE_F32 || e->z.plan.stage >= 2) return NULL; /* frozen: none */
     if (numel) *numel = p->numel;
     return (float *)e->z.units[p->unit].g + p->uoff;
 }

@@ -210,7 +210,7 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
     int n = zinc_ckpt_reader_n_tensors(r);
     /* no --kind: the model's weights, each parameter's fp32 master where it has one, else
      * its param (a frozen parameter has no master: model.freeze) */
-    int weights = !kind;
+    int weights = !kind, mixed_kinds = 0;
     if (!kind) {
         kind = "param";
         for (int i = 0; i < n; i++)
@@ -234,6 +234,7 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
         int take = !strcmp(t->kind, kind) ||
                    (weights && !strcmp(t->kind, "param") && zinc_ckpt_reader_find(r, t->name, "master") < 0);
         if (!take) continue;
+        if (strcmp(t->kind, kind) != 0) mixed_kinds = 1;
         snprintf(e[ne].name, sizeof e[ne].name, "%s", t->name);
         e[ne].dtype = dtype && is_float(t->dtype) ? want : t->dtype;
         e[ne].ndim = t->ndim;
@@ -249,6 +250,7 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
         idx[ne++] = i;
     }
     json_decref(meta_j);
+    if (mixed_kinds) kind = "weights"; /* masters, and params where there is none */
     if (ne == 0) {
         fprintf(stderr, "zinc-ckpt: %s has no tensors of kind %s\n", zinc_ckpt_reader_dir(r), kind);
         goto done;

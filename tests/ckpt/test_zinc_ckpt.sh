@@ -45,8 +45,14 @@ run 0 "$Z" verify "$D"
 has "ok: $D/step-2, 6 chunks in 2 files"
 echo "ok: verify"
 
-# export: default kind is master (f32), names as stored
-run 0 "$Z" export "$D" --format safetensors "$TMP/m.safetensors"
+# export: by default the weights, each tensor's master (f32) where it has one, else its
+# param as stored (the bias has no master here, as a frozen parameter has none)
+run 0 "$Z" export "$D" --format safetensors "$TMP/w.safetensors"
+has "2 tensors of kind weights"
+run 0 "$STR" "$TMP/w.safetensors"
+has "meta zinc_kind weights"; has "tensor wte.weight F32 [$N0] 0 $((N0 * 4))"
+has "tensor h.0.mlp.c_fc.bias F16 [$N2] $((N0 * 4)) $((N0 * 4 + N2 * 2))"
+run 0 "$Z" export "$D" --format safetensors "$TMP/m.safetensors" --kind master
 has "1 tensors of kind master"
 run 0 "$STR" "$TMP/m.safetensors"
 has "meta format pt"; has "meta zinc_tag step-2"; has "meta zinc_kind master"

@@ -3,7 +3,8 @@
 # master copy or optimizer state, at any ZeRO stage
 #  - frozen tensors are bit-identical after 20 steps (checkpoints of steps 1 and 20, read
 #    by an independent reader); the trained ones moved
-#  - DP 2 x ZeRO 1/2/3 and DP 4 x ZeRO-3 give the single-rank losses (fp32 and bf16)
+#  - DP 2 x ZeRO 1/2/3 and DP 4 x ZeRO-3 give the single-rank losses (fp32 and bf16), as
+#    do a frozen tied embedding over two pipeline stages and frozen shards on NVMe
 #  - resume: bitwise at the same layout, close at another DP size
 #  - memory: --estimate-memory drops the frozen elements' gradient and optimizer bytes
 #    exactly, the step line shows trainable and frozen state apart
@@ -45,6 +46,17 @@ run b1 1 "${F[@]}" "${S[@]}" --set bf16.enabled=true
 run b3 2 "${F[@]}" "${S[@]}" --set bf16.enabled=true --set zero_optimization.stage=3 \
     --set train.save_dir="$TMP/ckb" --set train.save_every=10
 check_close b3 b1 1e-2 # bf16 rounding of the gradient reductions differs by layout
+
+# a frozen tied embedding (GPT-2's head uses wte) across two pipeline stages; frozen
+# shards offloaded to NVMe with the optimizer
+W=(--set 'model.freeze=["wte.weight"]' --set gradient_accumulation_steps=2 --set train_micro_batch_size_per_gpu=12)
+run w1 1 "${W[@]}" "${S[@]}"
+run wpp 2 "${W[@]}" "${S[@]}" --set pipeline.stages=2; check_close wpp w1 1e-5
+mkdir -p "$TMP/nvme"
+run nv 2 "${F[@]}" "${S[@]}" --set zero_optimization.stage=3 --set zero_optimization.offload_param.device=nvme \
+    --set zero_optimization.offload_param.nvme_path="$TMP/nvme" --set zero_optimization.offload_optimizer.device=nvme \
+    --set zero_optimization.offload_optimizer.nvme_path="$TMP/nvme"
+check_close nv one 1e-5
 
 # 3. resume from step 10: bitwise at the same layout, close on one rank
 run b3r 2 "${F[@]}" "${S[@]}" --set bf16.enabled=true --set zero_optimization.stage=3 \

@@ -20,6 +20,7 @@ typedef struct model {
     int n;
     int64_t sizes[8][5];
     int tie_layer;
+    unsigned frozen[8]; /* bit k: layer l's parameter k is frozen */
 } model;
 
 static const model M = {
@@ -58,11 +59,12 @@ static void build(zero_state *z, const model *m, int stage, int dp, int rank, zi
             char name[32];
             snprintf(name, sizeof name, "l%d.p%d", l, k);
             int64_t shape[1] = {m->sizes[l][k]};
-            int id = zero_param_add(z, l, name, 1, shape, -1, 1, ZINC_INIT_ZEROS, 0.0f, 0);
+            int id = zero_param_add(z, l, name, 1, shape, -1, 1, ZINC_INIT_ZEROS, 0.0f, (m->frozen[l] >> k) & 1);
             CU_ASSERT_FATAL(id >= 0);
             CU_ASSERT_FATAL(zero_layer_use(z, l, l) == ZINC_OK);
         }
-        if (l == m->tie_layer) CU_ASSERT_FATAL(zero_layer_use(z, l, 0) == ZINC_OK);
+        /* tied to layer 0's first parameter, wherever it is stored (as zinc_layer_param_tie) */
+        if (l == m->tie_layer) CU_ASSERT_FATAL(zero_layer_use(z, l, z->params[0].unit) == ZINC_OK);
     }
     zero_units_layout(z);
 }
@@ -78,7 +80,7 @@ static void test_layout(void)
 {
     for (int dp = 1; dp <= 8; dp++)
         for (int stage = 0; stage <= 3; stage++) {
-            size_t cover[5] = {0};
+            size_t cover[2 * 5] = {0};
             for (int r = 0; r < dp; r++) {
                 zero_state z;
                 build(&z, &M, stage, dp, r, ZINC_DTYPE_F32);
@@ -96,6 +98,8 @@ static void test_layout(void)
                     CU_ASSERT(end <= un->numel);
                     CU_ASSERT(un->numel < end + (size_t)dp * ZERO_UNIT_ALIGN + ZERO_UNIT_ALIGN ||
                               end == 0);
+                    CU_ASSERT_EQUAL(un->frozen, u >= z.n_layers); /* M freezes nothing: empty */
+                    if (un->frozen) CU_ASSERT_EQUAL(un->numel, 0);
                     if (stage == 0) {
                         CU_ASSERT_EQUAL(un->opt_lo, 0);
                         CU_ASSERT_EQUAL(un->opt_n, un->numel);
@@ -114,6 +118,59 @@ static void test_layout(void)
                 zero_tables_free(&z);
             }
         }
+}
+
+/* model.freeze: frozen params go to their layer's second unit, which the layer uses and
+ * which holds params only: no optimizer range, no grads in the memory formulas */
+static void test_frozen(void)
+{
+    model fm = M;
+    fm.frozen[1] = 1u << 2; /* l1.p2 (192 elements) */
+    fm.frozen[0] = 3u;      /* all of layer 0 (the tied embedding) */
+    for (int stage = 0; stage <= 3; stage++) {
+        zero_state z, full;
+        build(&z, &fm, stage, 2, 1, ZINC_DTYPE_BF16);
+        build(&full, &M, stage, 2, 1, ZINC_DTYPE_BF16);
+        const int L = z.n_layers;
+        CU_ASSERT_EQUAL(z.n_units, 2 * L);
+        for (int p = 0; p < z.n_params; p++) {
+            const zero_param *pp = &z.params[p];
+            int want = (!strcmp(pp->name, "l1.p2") || !strncmp(pp->name, "l0.", 3));
+            CU_ASSERT_EQUAL(pp->frozen, want);
+            CU_ASSERT_EQUAL(pp->unit, want ? L + (pp->name[1] - '0') : pp->name[1] - '0');
+            CU_ASSERT_EQUAL(z.units[pp->unit].layer, pp->name[1] - '0');
+        }
+        CU_ASSERT_EQUAL(z.units[0].numel, 0); /* layer 0: all frozen */
+        CU_ASSERT(z.units[L].numel >= (size_t)(50257 * 8 + 1024 * 8));
+        CU_ASSERT_EQUAL(z.units[L].opt_n, 0);
+        CU_ASSERT_EQUAL(z.units[L + 1].opt_n, 0);
+        CU_ASSERT_EQUAL(z.units[L + 1].numel, 192);
+        /* layer 1 uses its frozen unit; layer 4 (tied to layer 0) its frozen unit too */
+        int uses = 0, tied = 0;
+        for (int j = 0; j < z.layers[1].n_units; j++) uses += z.layers[1].units[j] == L + 1;
+        for (int j = 0; j < z.layers[4].n_units; j++) tied += z.layers[4].units[j] == L;
+        CU_ASSERT_EQUAL(uses, 1);
+        CU_ASSERT_EQUAL(tied, 1);
+        zinc_mem_stats m, f;
+        zero_mem_stats(&z, &m);
+        zero_mem_stats(&full, &f);
+        uint64_t fro = 0, tr_g = 0, tr_opt = 0;
+        for (int u = 0; u < z.n_units; u++) {
+            const zero_unit *un = &z.units[u];
+            uint64_t pb = (un->sharded ? un->shard : un->numel) * 2;
+            if (un->frozen) fro += pb;
+            else tr_g += (stage >= 2 ? un->shard : un->numel) * 2;
+            tr_opt += un->opt_n;
+        }
+        CU_ASSERT_EQUAL(m.frozen, fro);
+        CU_ASSERT_EQUAL(m.grads, tr_g);
+        CU_ASSERT_EQUAL(m.optimizer, tr_opt * 8);
+        CU_ASSERT_EQUAL(m.master, tr_opt * 4);
+        CU_ASSERT(m.total < f.total); /* the frozen elements' grads, master and moments are gone */
+        CU_ASSERT(m.frozen > 0 && m.frozen <= m.params);
+        zero_tables_free(&z);
+        zero_tables_free(&full);
+    }
 }
 
 static void test_persistence(void)
@@ -382,6 +439,7 @@ int main(void)
     CU_pSuite s = CU_add_suite("zero partition", NULL, NULL);
     CU_add_test(s, "layout tiles units over ranks", test_layout);
     CU_add_test(s, "persistence threshold", test_persistence);
+    CU_add_test(s, "frozen parameters", test_frozen);
     CU_add_test(s, "memory = ZeRO's formulas", test_memory_formulas);
     CU_add_test(s, "nvme memory", test_nvme_memory);
     CU_add_test(s, "plan from the config", test_plan);
