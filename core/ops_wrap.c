@@ -55,6 +55,17 @@
                                const void *out, const float *lse, const int32_t *pos, int B,    \
                                int T, int NH, int NKV, int HS),                                 \
       (dqkv, sc, dout, qkv, out, lse, pos, B, T, NH, NKV, HS))                                  \
+    X(lora_forward, (void *out, int ldo, float *t, const void *inp, int ldi, const float *A,     \
+                     const float *B, float s, int N, int C, int OC, int r),                      \
+      (out, ldo, t, inp, ldi, A, B, s, N, C, OC, r))                                            \
+    X(lora_backward, (void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo,   \
+                      const void *inp, int ldi, const float *t, const float *A, const float *B,  \
+                      float s, int N, int C, int OC, int r),                                     \
+      (dinp, dA, dB, dt, dout, ldo, inp, ldi, t, A, B, s, N, C, OC, r))                         \
+    X(dropout_forward, (void *out, const void *inp, size_t n, float p, uint64_t seed),          \
+      (out, inp, n, p, seed))                                                                   \
+    X(dropout_backward, (void *dinp, const void *dout, size_t n, float p, uint64_t seed),       \
+      (dinp, dout, n, p, seed))                                                                 \
     X(swiglu_forward, (void *out, const void *gu, int N, int F), (out, gu, N, F))               \
     X(fill_cols, (void *x, int N, int ld, int c0, int c1, float v), (x, N, ld, c0, c1, v))      \
     X(swiglu_backward, (void *dgu, const void *dout, const void *gu, int N, int F),             \

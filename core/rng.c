@@ -63,3 +63,11 @@ void zinc_rng_normal_range(uint64_t seed, uint64_t stream, float *out, int64_t f
         out[n - 1] = two[0];
     }
 }
+
+void zinc_rng_uniform_range(uint64_t seed, uint64_t stream, float *out, int64_t first, int64_t n, float bound)
+{
+    zinc_rng r;
+    zinc_rng_seed(&r, seed, stream);
+    r.s += (uint64_t)first * 0x9e3779b97f4a7c15ull;
+    for (int64_t i = 0; i < n; i++) out[i] = (float)((2.0 * zinc_rng_uniform(&r) - 1.0) * bound);
+}

@@ -309,6 +309,19 @@ static const keydesc rope_scaling_keys[] = {
      .lo = 1, .hi = SEQ_MAX, .def = 8192, .flags = F_LLAMA},
     END};
 
+static const char *const lora_inits[] = {"default", "gaussian", NULL};
+
+static const keydesc lora_keys[] = {
+    KI("r", model.lora.r, 1, 65536, 8),
+    KN("alpha", model.lora.alpha, 0, 1e6, 8, F_LO_OPEN),
+    ALIAS("lora_alpha", "alpha", 0),
+    KN("dropout", model.lora.dropout, 0, 1, 0, F_HI_OPEN),
+    ALIAS("lora_dropout", "dropout", 0),
+    KP("target_modules", model.lora.target_modules, model.lora.n_target_modules),
+    KS("init", model.lora.init, "default", lora_inits),
+    KB("use_rslora", model.lora.use_rslora, 0),
+    END};
+
 static const keydesc model_keys[] = {
     KS("type", model.type, "gpt2", model_types),
     KI("n_layer", model.n_layer, 1, LAYERS_MAX, 4),
@@ -328,6 +341,7 @@ static const keydesc model_keys[] = {
     KS("from_pretrained", model.from_pretrained, "", NULL),
     KB("recompute", model.recompute, 0),
     KP("freeze", model.freeze, model.n_freeze),
+    KSEC("lora", lora_keys),
     END};
 
 static const keydesc data_keys[] = {
@@ -1475,6 +1489,14 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
             cfg_warn(x, "optimizer.params.adam_w_mode", "false has no effect with AdamW");
         c->optimizer.adam_w_mode = 1;
     }
+
+    /* model.lora: given (an object), LoRA is on */
+    json_t *jmodel = json_object_get(root, "model");
+    c->model.lora.enabled = json_is_object(json_object_get(jmodel, "lora"));
+    if (c->model.lora.enabled && c->tp.size > 1)
+        return cfg_err_also(x, "model.lora", "tensor_parallel.autotp_size",
+                            "LoRA under tensor parallelism is not implemented yet (size %lld)",
+                            (long long)c->tp.size);
 
     /* "auto" (rules at the top of this file) */
     zinc_sched_type sty = c->scheduler.type;

@@ -71,7 +71,8 @@ int zinc_layer_param_add_split(zinc_layer *l, const char *name, int ndim, const 
     else
         snprintf(full, sizeof full, "%s", name);
     /* model.freeze: a name a pattern matches is frozen (each pattern must match one) */
-    int frozen = 0;
+    int frozen = e->cfg.model.lora.enabled && !zinc_lora_param_name(full); /* LoRA: the adapters alone train */
+    e->n_lora += zinc_lora_param_name(full);
     for (int i = 0; i < e->cfg.model.n_freeze; i++)
         if (fnmatch(e->cfg.model.freeze[i], full, 0) == 0) {
             frozen = 1;
@@ -102,6 +103,13 @@ int zinc_layer_param_tie(zinc_layer *l, const char *full_name)
 
 void zinc_layer_set_out(zinc_layer *l, int n_out) { l->n_out = n_out; }
 int zinc_layer_n_in(const zinc_layer *l) { return l->n_in; }
+int zinc_layer_index(const zinc_layer *l) { return l->index; }
+
+int zinc_lora_param_name(const char *name)
+{
+    const char *s = strstr(name, ".lora_");
+    return s && (!strncmp(s, ".lora_A.", 8) || !strncmp(s, ".lora_B.", 8));
+}
 void *zinc_layer_state(const zinc_layer *l) { return l->def->state; }
 const zinc_tp *zinc_layer_tp(const zinc_layer *l) { return &l->e->tp; }
 void *zinc_layer_acts(zinc_layer *l) { return l->acts; }
@@ -219,6 +227,11 @@ static zinc_status engine_declare(zinc_engine *e)
                             "\"%s\")", i, e->cfg.model.freeze[i], e->z.n_params > 1 ? e->z.params[1].name : "");
             goto cleanup;
         }
+    if (e->cfg.model.lora.enabled && e->n_lora == 0) {
+        st = zinc_error(ZINC_ERR_CONFIG, "model.lora: the model (layers of type \"%s\"...) declares no LoRA adapters: "
+                        "it has no layer LoRA adapts", e->n_layers > 1 ? e->layers[1].def->ops->type : "?");
+        goto cleanup;
+    }
     ZINC_TRY(engine_stage_layers(e));
     zero_units_layout(&e->z);
 cleanup:

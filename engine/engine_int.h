@@ -80,6 +80,7 @@ struct zinc_engine {
     int32_t *pos;                /* positions within documents (ga x B x T), read when docs */
     int docs;                    /* the step's data has documents (zinc_ctx.pos; host devices only) */
     unsigned freeze_hits;        /* model.freeze patterns that matched a parameter (bit i) */
+    int n_lora;                  /* LoRA adapter parameters declared (model.lora) */
     int masked;                  /* some targets are -1: the mean loss divides by the counted ones */
     const zinc_data *step_data;  /* the step's data source (executor callbacks) */
     float step_dloss;            /* its loss gradient per token */

@@ -27,6 +27,7 @@
 #include "engine_int.h"
 #include "zinc/clock.h"
 #include "zinc/log.h"
+#include "zinc/rng.h"
 
 #define TRY_RET(expr)                          \
     do {                                       \
@@ -43,13 +44,16 @@ static void round_storage(const zinc_engine *e, void *x, size_t n)
 }
 
 /* What a layer sees while it runs micro-batch mb of the step (zinc_ctx). */
-static zinc_ctx engine_ctx(const zinc_engine *e, int mb, float dloss)
+static zinc_ctx engine_ctx(const zinc_engine *e, int mb, float dloss, int train)
 {
     const size_t BT = (size_t)e->B * e->T;
+    zinc_rng r; /* the micro-batch's stream: (data seed; step, micro-batch, DP rank) */
+    zinc_rng_seed(&r, (uint64_t)e->cfg.data.seed,
+                  ((uint64_t)e->step * 65536u + (uint64_t)mb) * 65536u + (uint64_t)e->z.dp_rank);
     return (zinc_ctx){.ops = e->ops, .B = e->B, .T = e->T, .tokens = e->tokens + (size_t)mb * BT,
                       .targets = e->targets + (size_t)mb * BT, .pos = e->docs ? e->pos + (size_t)mb * BT : NULL,
                       .dloss = dloss, .scratch = e->scratch,
-                      .tp = &e->tp, .consts = e->consts};
+                      .tp = &e->tp, .consts = e->consts, .train = train, .seed = zinc_rng_u64(&r)};
 }
 
 /* Copies a micro-batch the data loader wrote to host memory onto the device, as micro-batch mb. */
@@ -137,7 +141,7 @@ static zinc_status chunk_forward(zinc_engine *e, int mb, int j, char *slab, cons
 {
     zinc_status st = ZINC_OK;
     const size_t rows = (size_t)zinc_tp_rows(&e->tp, e->B * e->T);
-    zinc_ctx c = engine_ctx(e, mb, e->step_dloss);
+    zinc_ctx c = engine_ctx(e, mb, e->step_dloss, backward);
     const void *x = in ? in : (const void *)c.tokens;
     double t0 = zinc_now_ms(), t1;
     for (int i = e->bounds[j]; i < e->bounds[j + 1]; i++) {
@@ -169,7 +173,7 @@ static zinc_status chunk_backward(zinc_engine *e, int mb, int j, char *slab, con
     zinc_status st = ZINC_OK;
     const size_t rows = (size_t)zinc_tp_rows(&e->tp, e->B * e->T); /* rows between layers */
     const int lo = e->bounds[j];
-    zinc_ctx c = engine_ctx(e, mb, e->step_dloss);
+    zinc_ctx c = engine_ctx(e, mb, e->step_dloss, 1);
     const void *dy = gout;
     double t0 = zinc_now_ms(), t1;
     for (int i = e->bounds[j + 1] - 1; i >= lo; i--) {

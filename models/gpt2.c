@@ -27,7 +27,16 @@ typedef struct gpt2_dims {
     int C, NH, V, maxT, L;
     model_head head; /* ln_f, the tied wte, the loss (head.Vreal: the real vocabulary) */
     int recompute; /* model.recompute: backward recomputes ln1, ln2, c_fc and its GELU */
+    model_lora lora;        /* model.lora: adapters on the sites below */
+    lora_site site[4];      /* the block's adapters (the same indices in every block) */
 } gpt2_dims;
+
+/* The block's linears LoRA may adapt (PEFT's module names), in site order. */
+enum { S_ATTN, S_APROJ, S_FC, S_MPROJ };
+static const char *const lora_modules[] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", NULL};
+static const char *const lora_defaults[] = {"c_attn", NULL}; /* PEFT's for gpt2 */
+
+static int adapted(const gpt2_dims *d, int site) { return d->lora.on && (d->lora.mask >> site & 1u); }
 
 struct zinc_gpt2 {
     gpt2_dims d;
@@ -126,6 +135,7 @@ typedef struct block_acts {
     float *ln2_mean, *ln2_rstd;       /* (rows) (rows) */
     void *ln2;                        /* (rows,C) act, NULL with recompute */
     void *fch, *fch_gelu;             /* (N,Fl) act each: c_fc's output and its GELU, NULL with recompute */
+    float *lt[4];                     /* (N,r) each: an adapted site's x A^T (NULL: not adapted) */
 } block_acts;
 
 static size_t block_carve(block_acts *a, void *base, const gpt2_dims *d, const gpt2_local *g,
@@ -149,6 +159,8 @@ static size_t block_carve(block_acts *a, void *base, const gpt2_dims *d, const g
         t.fch = CARVE_ACT(&k, N * g->Fl);
         t.fch_gelu = CARVE_ACT(&k, N * g->Fl);
     }
+    for (int i = 0; i < 4; i++)
+        if (adapted(d, i)) t.lt[i] = CARVE_F32(&k, N * (size_t)d->lora.r);
     if (a) *a = t;
     return k.off;
 }
@@ -172,7 +184,14 @@ static zinc_status block_declare(zinc_layer *l)
              ADD(l, "mlp.c_fc.bias", 1, 0, 1, ZINC_INIT_ZEROS, 0, 4 * C) == B_FCB &&
              ADD(l, "mlp.c_proj.weight", 2, 0, 1, ZINC_INIT_NORMAL, pstd, 4 * C, C) == B_FPW &&
              ADD(l, "mlp.c_proj.bias", 1, -1, 1, ZINC_INIT_ZEROS, 0, C) == B_FPB;
-    return ok ? ZINC_OK : ZINC_ERR_INVALID_ARG;
+    if (!ok) return ZINC_ERR_INVALID_ARG;
+    /* the adapters after the base (declare runs for every block alike: the same indices) */
+    gpt2_dims *dm = zinc_layer_state(l);
+    const int io[4][2] = {{d->C, 3 * d->C}, {d->C, d->C}, {d->C, 4 * d->C}, {4 * d->C, d->C}};
+    zinc_status st = ZINC_OK;
+    for (int i = 0; i < 4 && st == ZINC_OK; i++)
+        st = model_lora_declare(&d->lora, l, i, lora_modules[i], io[i][0], io[i][1], &dm->site[i]);
+    return st;
 }
 
 static size_t block_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
@@ -198,6 +217,8 @@ static size_t block_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 typedef struct block_scratch {
     void *a, *b, *small, *full, *dln, *dlnl, *dfch;
     float *lng, *att;
+    lora_scratch lo;  /* the adapters' (lora.c) */
+    void *lg;         /* (N,Fl) with an adapted mlp.c_proj: its input gradient before the GELU */
 } block_scratch;
 
 static size_t block_scratch_carve(block_scratch *s, void *base, const gpt2_dims *d,
@@ -220,6 +241,8 @@ static size_t block_scratch_carve(block_scratch *s, void *base, const gpt2_dims 
         t.lng = CARVE_F32(&k, 4 * C);
     }
     t.att = CARVE_F32(&k, (size_t)B * g->NHl * T);
+    model_lora_carve(&d->lora, &k, &t.lo, N, adapted(d, S_MPROJ) ? (size_t)g->Fl : C);
+    if (adapted(d, S_MPROJ)) t.lg = CARVE_ACT(&k, N * g->Fl);
     if (s) *s = t;
     return k.off;
 }
@@ -229,6 +252,24 @@ static size_t block_scratch_bytes(const zinc_layer *l, int B, int T, zinc_dtype 
     const gpt2_dims *d = zinc_layer_state(l);
     gpt2_local g = local_of(d, zinc_layer_tp(l));
     return block_scratch_carve(NULL, NULL, d, &g, B, T, act);
+}
+
+/* c_fc and its GELU: out = gelu(pre), pre = ln2 @ W + b (+ the adapter's path: then
+ * unfused, the GELU after the sum); pre may be NULL when the product is fused. */
+static void fc_forward(zinc_layer *l, zinc_ctx *c, const block_acts *a, const block_scratch *s, void *out,
+                       void *pre, const void *ln2f)
+{
+    const gpt2_dims *d = zinc_layer_state(l);
+    gpt2_local g = local_of(d, c->tp);
+    const int N = c->B * c->T;
+    const float *w = zinc_layer_param(l, B_FCW), *b = zinc_layer_param(l, B_FCB);
+    if (!adapted(d, S_FC)) {
+        c->ops->linear_gelu_forward(out, pre, ln2f, w, b, N, d->C, g.Fl);
+        return;
+    }
+    zinc_tp_column_forward(c->tp, pre, ln2f, w, b, N, d->C, g.Fl);
+    model_lora_forward(&d->lora, &d->site[S_FC], l, c, S_FC, pre, g.Fl, ln2f, a->lt[S_FC], &s->lo);
+    c->ops->gelu_forward(out, pre, (size_t)N * g.Fl);
 }
 
 static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
@@ -257,18 +298,21 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
     const void *ln1f = zinc_tp_region_enter(tp, s.full, ln1, N, C, &st);
     if (st != ZINC_OK) return st;
     zinc_tp_column_forward(tp, a.qkv, ln1f, p[B_QKVW], p[B_QKVB], N, C, 3 * g.Cl);
+    model_lora_forward(&d->lora, &d->site[S_ATTN], l, c, S_ATTN, a.qkv, 3 * C, ln1f, a.lt[S_ATTN], &s.lo);
     if (c->pos) /* documents packed in the rows: the multi-head case of the masked op */
         o->attention_gqa_forward(a.atty, a.lse, a.qkv, c->pos, c->B, c->T, g.NHl, g.NHl, g.Cl / g.NHl);
     else
         o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, g.Cl, g.NHl);
     ZINC_TRY(zinc_tp_row_forward(tp, a.res2, s.dln, a.atty, p[B_PRJW], p[B_PRJB], N, g.Cl, C));
+    model_lora_forward(&d->lora, &d->site[S_APROJ], l, c, S_APROJ, a.res2, C, a.atty, a.lt[S_APROJ], &s.lo);
     o->residual_forward(a.res2, a.res2, x, (size_t)R * C);
     /* MLP: res2 + c_proj(gelu(c_fc(ln2(res2)))) over this rank's columns */
     o->layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], R, C);
     const void *ln2f = zinc_tp_region_enter(tp, s.full, ln2, N, C, &st);
     if (st != ZINC_OK) return st;
-    o->linear_gelu_forward(fch_gelu, a.fch, ln2f, p[B_FCW], p[B_FCB], N, C, g.Fl);
+    fc_forward(l, c, &a, &s, fch_gelu, d->recompute && adapted(d, S_FC) ? s.b : a.fch, ln2f);
     ZINC_TRY(zinc_tp_row_forward(tp, y, s.dln, fch_gelu, p[B_FPW], p[B_FPB], N, g.Fl, C));
+    model_lora_forward(&d->lora, &d->site[S_MPROJ], l, c, S_MPROJ, y, C, fch_gelu, a.lt[S_MPROJ], &s.lo);
     o->residual_forward(y, y, a.res2, (size_t)R * C);
 cleanup:
     return st;
@@ -317,13 +361,20 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     if (d->recompute) { /* fch and GELU(fch) */
         fch_gelu = s.a;
         fch = s.b;
-        o->linear_gelu_forward(fch_gelu, fch, ln2f, p[B_FCW], p[B_FCB], N, C, g.Fl);
+        fc_forward(l, c, &a, &s, fch_gelu, fch, ln2f);
     }
     /* GELU's backward fused into c_proj's (row-parallel: no communication) */
     o->linear_gelu_backward(s.dfch, gr[B_FPW], gr[B_FPB], dyf, fch_gelu, fch, p[B_FPW], N, g.Fl,
                             C);
+    if (adapted(d, S_MPROJ)) { /* the adapter's input gradient through the GELU too */
+        o->zero(s.lg, (size_t)N * g.Fl * asz);
+        model_lora_backward(&d->lora, &d->site[S_MPROJ], l, c, S_MPROJ, s.lg, dyf, C, fch_gelu, a.lt[S_MPROJ],
+                            &s.lo);
+        o->gelu_backward(s.dfch, fch, s.lg, (size_t)N * g.Fl);
+    }
     ZINC_TRY(zinc_tp_column_backward(tp, dlnr, s.dln, gr[B_FCW], gr[B_FCB], s.dfch, ln2f,
                                      p[B_FCW], N, C, g.Fl));
+    model_lora_backward(&d->lora, &d->site[S_FC], l, c, S_FC, dlnr, s.dfch, g.Fl, ln2f, a.lt[S_FC], &s.lo);
     o->layernorm_backward(dx, dln2w, dln2b, dlnr, a.res2, p[B_LN2W], a.ln2_mean, a.ln2_rstd, R,
                           C);
     /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))); dx holds dres2 */
@@ -332,6 +383,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     void *datty = s.small;
     o->zero(datty, (size_t)N * g.Cl * asz);
     zinc_tp_row_backward(tp, datty, gr[B_PRJW], gr[B_PRJB], dres2f, a.atty, p[B_PRJW], N, g.Cl, C);
+    model_lora_backward(&d->lora, &d->site[S_APROJ], l, c, S_APROJ, datty, dres2f, C, a.atty, a.lt[S_APROJ], &s.lo);
     void *dqkv = s.dfch; /* dfch is dead */
     o->zero(dqkv, (size_t)N * 3 * g.Cl * asz);
     if (c->pos)
@@ -348,6 +400,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     if (st != ZINC_OK) return st;
     ZINC_TRY(zinc_tp_column_backward(tp, dlnr, s.dln, gr[B_QKVW], gr[B_QKVB], dqkv, ln1f,
                                      p[B_QKVW], N, C, 3 * g.Cl));
+    model_lora_backward(&d->lora, &d->site[S_ATTN], l, c, S_ATTN, dlnr, dqkv, 3 * C, ln1f, a.lt[S_ATTN], &s.lo);
     o->layernorm_backward(dx, dln1w, dln1b, dlnr, x, p[B_LN1W], a.ln1_mean, a.ln1_rstd, R, C);
     if (g.sp) {
         static const int idx[4] = {B_LN2W, B_LN2B, B_LN1W, B_LN1B};
@@ -453,6 +506,11 @@ zinc_status zinc_gpt2_create(const zinc_config *c, zinc_gpt2 **out)
     g->d.maxT = (int)c->model.block_size;
     g->d.L = (int)c->model.n_layer;
     g->d.recompute = c->model.recompute != 0;
+    zinc_status lst = model_lora_plan(&g->d.lora, c, "gpt2", lora_modules, lora_defaults);
+    if (lst != ZINC_OK) {
+        free(g);
+        return lst;
+    }
     int n = g->d.L + 2;
     g->layers = calloc((size_t)n, sizeof *g->layers);
     if (!g->layers) {

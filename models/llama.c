@@ -32,7 +32,18 @@ typedef struct llama_dims {
     int qkv_bias;   /* q/k/v biases (Qwen2) */
     float eps;      /* RMSNorm epsilon */
     int recompute;  /* model.recompute: backward recomputes both RMSNorm outputs, gate | up and SwiGLU */
+    model_lora lora;        /* model.lora: adapters on the sites below */
+    lora_site site[7];      /* the block's adapters (the same indices in every block) */
 } llama_dims;
+
+/* The block's linears LoRA may adapt (Hugging Face's module names), in site order. */
+enum { S_Q, S_K, S_V, S_O, S_GATE, S_UP, S_DOWN, N_SITES };
+static const char *const lora_modules[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                           "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                           "mlp.down_proj",    NULL};
+static const char *const lora_defaults[] = {"q_proj", "v_proj", NULL}; /* PEFT's for llama */
+
+static int adapted(const llama_dims *d, int site) { return d->lora.on && (d->lora.mask >> site & 1u); }
 
 struct zinc_llama {
     llama_dims d;
@@ -142,6 +153,7 @@ typedef struct block_acts {
     void *res2;           /* (rows,C) act: x + attention branch */
     void *gu;             /* (N,2Fl) act: gate | up */
     void *h;              /* (N,Fl) act: silu(gate) * up */
+    float *lt[N_SITES];   /* (N,r) each: an adapted site's x A^T (NULL: not adapted) */
 } block_acts;
 
 static size_t block_carve(block_acts *a, void *base, const llama_dims *d, const llama_local *g, int B, int T,
@@ -160,6 +172,7 @@ static size_t block_carve(block_acts *a, void *base, const llama_dims *d, const 
     t.res2 = CARVE_ACT(&k, R * C);
     t.gu = d->recompute ? NULL : CARVE_ACT(&k, N * 2 * g->Fl);
     t.h = d->recompute ? NULL : CARVE_ACT(&k, N * g->Fl);
+    for (int i = 0; i < N_SITES; i++) t.lt[i] = adapted(d, i) ? CARVE_F32(&k, N * (size_t)d->lora.r) : NULL;
     if (a) *a = t;
     return k.off;
 }
@@ -182,7 +195,15 @@ static zinc_status block_declare(zinc_layer *l)
         ok = ADD(l, "self_attn.q_proj.bias", 1, 0, 1, ZINC_INIT_ZEROS, 0, Q) == B_QB &&
              ADD(l, "self_attn.k_proj.bias", 1, 0, 1, ZINC_INIT_ZEROS, 0, KV) == B_KB &&
              ADD(l, "self_attn.v_proj.bias", 1, 0, 1, ZINC_INIT_ZEROS, 0, KV) == B_VB;
-    return ok ? ZINC_OK : ZINC_ERR_INVALID_ARG;
+    if (!ok) return ZINC_ERR_INVALID_ARG;
+    /* the adapters after the base (declare runs for every block alike: the same indices) */
+    llama_dims *dm = zinc_layer_state(l);
+    const int io[N_SITES][2] = {{d->C, (int)Q}, {d->C, (int)KV}, {d->C, (int)KV}, {(int)Q, d->C},
+                                {d->C, d->F},   {d->C, d->F},    {d->F, d->C}};
+    zinc_status st = ZINC_OK;
+    for (int i = 0; i < N_SITES && st == ZINC_OK; i++)
+        st = model_lora_declare(&d->lora, l, i, lora_modules[i], io[i][0], io[i][1], &dm->site[i]);
+    return st;
 }
 
 static size_t block_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
@@ -206,6 +227,7 @@ static size_t block_act_bytes(const zinc_layer *l, int B, int T, zinc_dtype act)
 typedef struct block_scratch {
     void *full, *dln, *dlnl, *big, *small, *rln, *rgu, *rh;
     float *lng, *att;
+    lora_scratch lo; /* the adapters' (lora.c) */
 } block_scratch;
 
 static size_t block_scratch_carve(block_scratch *s, void *base, const llama_dims *d, const llama_local *g, int B,
@@ -229,6 +251,10 @@ static size_t block_scratch_carve(block_scratch *s, void *base, const llama_dims
         t.rgu = CARVE_ACT(&k, N * 2 * g->Fl);
         t.rh = CARVE_ACT(&k, N * g->Fl);
     }
+    size_t in_max = C;
+    if (adapted(d, S_O)) in_max = max_sz(in_max, (size_t)g->NHl * d->HS);
+    if (adapted(d, S_DOWN)) in_max = max_sz(in_max, (size_t)g->Fl);
+    model_lora_carve(&d->lora, &k, &t.lo, N, in_max);
     if (s) *s = t;
     return k.off;
 }
@@ -267,6 +293,41 @@ static zinc_status check_fused(zinc_layer *l, const llama_dims *d, const llama_l
     return ZINC_OK;
 }
 
+/* The column offsets of each site's output in its fused product's rows (q | k | v of
+ * qkv, gate | up of gu), and the row widths. */
+static int site_col(const llama_dims *d, const llama_local *g, int site)
+{
+    switch (site) {
+    case S_K: return g->NHl * d->HS;
+    case S_V: return (g->NHl + g->NKVl) * d->HS;
+    case S_UP: return g->Fl;
+    default: return 0;
+    }
+}
+
+/* The adapters of the fused products: sites lo..hi-1 into y (rows ld apart) from x. */
+static void fused_lora_forward(zinc_layer *l, zinc_ctx *c, const block_acts *a, const block_scratch *s, int lo,
+                               int hi, void *y, int ld, const void *x)
+{
+    const llama_dims *d = zinc_layer_state(l);
+    llama_local g = local_of(d, c->tp);
+    const size_t asz = zinc_dtype_size(c->ops->act);
+    for (int i = lo; i < hi; i++)
+        model_lora_forward(&d->lora, &d->site[i], l, c, i, (char *)y + (size_t)site_col(d, &g, i) * asz, ld, x,
+                           a->lt[i], &s->lo);
+}
+
+static void fused_lora_backward(zinc_layer *l, zinc_ctx *c, const block_acts *a, const block_scratch *s, int lo,
+                                int hi, void *dx, const void *dy, int ld, const void *x)
+{
+    const llama_dims *d = zinc_layer_state(l);
+    llama_local g = local_of(d, c->tp);
+    const size_t asz = zinc_dtype_size(c->ops->act);
+    for (int i = lo; i < hi; i++)
+        model_lora_backward(&d->lora, &d->site[i], l, c, i, dx, (const char *)dy + (size_t)site_col(d, &g, i) * asz,
+                            ld, x, a->lt[i], &s->lo);
+}
+
 static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
 {
     const llama_dims *d = zinc_layer_state(l);
@@ -288,17 +349,21 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
     const void *ln1f = zinc_tp_region_enter(tp, s.full, a.ln1, N, C, &st);
     if (st != ZINC_OK) return st;
     zinc_tp_column_t_forward(tp, a.qkv, ln1f, zinc_layer_param(l, B_Q), qb, N, C, g.QKV);
+    fused_lora_forward(l, c, &a, &s, S_Q, S_V + 1, a.qkv, g.QKV, ln1f);
     rope_qk(c, d, &g, a.qkv, 1);
     o->attention_gqa_forward(a.atty, a.lse, a.qkv, c->pos, c->B, c->T, g.NHl, g.NKVl, d->HS);
     ZINC_TRY(zinc_tp_row_t_forward(tp, a.res2, s.dln, a.atty, zinc_layer_param(l, B_O), NULL, N, g.NHl * d->HS, C));
+    model_lora_forward(&d->lora, &d->site[S_O], l, c, S_O, a.res2, C, a.atty, a.lt[S_O], &s.lo);
     o->residual_forward(a.res2, a.res2, x, (size_t)R * C);
     /* MLP: res2 + down_proj(silu(gate(ln2)) * up(ln2)) over this rank's columns */
     o->rmsnorm_forward(a.ln2, a.rstd2, a.res2, zinc_layer_param(l, B_LN2), d->eps, R, C);
     const void *ln2f = zinc_tp_region_enter(tp, s.full, a.ln2, N, C, &st);
     if (st != ZINC_OK) return st;
     zinc_tp_column_t_forward(tp, a.gu, ln2f, zinc_layer_param(l, B_G), NULL, N, C, 2 * g.Fl);
+    fused_lora_forward(l, c, &a, &s, S_GATE, S_UP + 1, a.gu, 2 * g.Fl, ln2f);
     o->swiglu_forward(a.h, a.gu, N, g.Fl);
     ZINC_TRY(zinc_tp_row_t_forward(tp, y, s.dln, a.h, zinc_layer_param(l, B_D), NULL, N, g.Fl, C));
+    model_lora_forward(&d->lora, &d->site[S_DOWN], l, c, S_DOWN, y, C, a.h, a.lt[S_DOWN], &s.lo);
     o->residual_forward(y, y, a.res2, (size_t)R * C);
 cleanup:
     return st;
@@ -338,16 +403,19 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
         const void *l2f = zinc_tp_region_enter(tp, s.full, a.ln2, N, C, &st);
         if (st != ZINC_OK) return st;
         zinc_tp_column_t_forward(tp, a.gu, l2f, zinc_layer_param(l, B_G), NULL, N, C, 2 * g.Fl);
+        fused_lora_forward(l, c, &a, &s, S_GATE, S_UP + 1, a.gu, 2 * g.Fl, l2f);
         o->swiglu_forward(a.h, a.gu, N, g.Fl);
     }
     o->zero(dh, (size_t)N * g.Fl * asz);
     zinc_tp_row_t_backward(tp, dh, zinc_layer_grad(l, B_D), NULL, dyf, a.h, zinc_layer_param(l, B_D), N, g.Fl, C);
+    model_lora_backward(&d->lora, &d->site[S_DOWN], l, c, S_DOWN, dh, dyf, C, a.h, a.lt[S_DOWN], &s.lo);
     o->zero(dgu, (size_t)N * 2 * g.Fl * asz);
     o->swiglu_backward(dgu, dh, a.gu, N, g.Fl);
     const void *ln2f = zinc_tp_region_enter(tp, s.full, a.ln2, N, C, &st);
     if (st != ZINC_OK) return st;
     ZINC_TRY(zinc_tp_column_t_backward(tp, dlnr, s.dln, zinc_layer_grad(l, B_G), NULL, dgu, ln2f,
                                        zinc_layer_param(l, B_G), N, C, 2 * g.Fl));
+    fused_lora_backward(l, c, &a, &s, S_GATE, S_UP + 1, dlnr, dgu, 2 * g.Fl, ln2f);
     o->rmsnorm_backward(dx, dln2w, dlnr, a.res2, zinc_layer_param(l, B_LN2), a.rstd2, R, C);
     /* attention branch; dx holds dres2 */
     const void *dres2f = zinc_tp_region_enter(tp, s.dln, dx, N, C, &st);
@@ -356,6 +424,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     o->zero(datty, (size_t)N * g.NHl * d->HS * asz);
     zinc_tp_row_t_backward(tp, datty, zinc_layer_grad(l, B_O), NULL, dres2f, a.atty, zinc_layer_param(l, B_O), N,
                            g.NHl * d->HS, C);
+    model_lora_backward(&d->lora, &d->site[S_O], l, c, S_O, datty, dres2f, C, a.atty, a.lt[S_O], &s.lo);
     o->zero(dqkv, (size_t)N * g.QKV * asz);
     o->attention_gqa_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->pos, c->B, c->T, g.NHl, g.NKVl, d->HS);
     rope_qk(c, d, &g, dqkv, -1); /* the gradients of q and k before the rotation */
@@ -368,6 +437,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     ZINC_TRY(zinc_tp_column_t_backward(tp, dlnr, s.dln, zinc_layer_grad(l, B_Q),
                                        d->qkv_bias ? zinc_layer_grad(l, B_QB) : NULL, dqkv, ln1f,
                                        zinc_layer_param(l, B_Q), N, C, g.QKV));
+    fused_lora_backward(l, c, &a, &s, S_Q, S_V + 1, dlnr, dqkv, g.QKV, ln1f);
     o->rmsnorm_backward(dx, dln1w, dlnr, x, zinc_layer_param(l, B_LN1), a.rstd1, R, C);
     if (g.sp) {
         static const int idx[2] = {B_LN2, B_LN1};
@@ -472,6 +542,11 @@ zinc_status zinc_llama_create(const zinc_config *c, zinc_llama **out)
     d->qkv_bias = c->model.attention_bias != 0;
     d->eps = (float)c->model.rms_norm_eps;
     d->recompute = c->model.recompute != 0;
+    zinc_status lst = model_lora_plan(&d->lora, c, "llama", lora_modules, lora_defaults);
+    if (lst != ZINC_OK) {
+        zinc_llama_destroy(m);
+        return lst;
+    }
     d->head = (model_head){.C = d->C, .V = d->V, .Vreal = d->V, .rms = 1, .eps = d->eps};
     const int n = d->L + 2;
     const size_t half = (size_t)d->T * (d->HS / 2);

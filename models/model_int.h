@@ -73,4 +73,54 @@ zinc_status gpt2_hf_config(zinc_config *c, json_t *j, const char *path);
 /* model_type llama, mistral, qwen2 (mt). */
 zinc_status llama_hf_config(zinc_config *c, json_t *j, const char *path, const char *mt);
 
+/* ------------------------------------------------------------------ LoRA (lora.c) */
+
+#define MODEL_LORA_SITES 8 /* adaptable linears per layer */
+
+/* model.lora as a plan, made once at model creation: which of the model's linears
+ * (its list of module names within a layer) carry adapters, their rank and scale. */
+typedef struct model_lora {
+    int on;        /* model.lora is given */
+    int r;
+    float scale;   /* alpha / r, or alpha / sqrt(r) with use_rslora */
+    float dropout; /* on the adapter's input, training only */
+    int gaussian;  /* init "gaussian": A N(0, 1/r^2); else Kaiming-uniform, bound 1/sqrt(in) */
+    unsigned mask; /* bit i: module i is adapted */
+} model_lora;
+
+/* One linear's adapter in a layer: lora_A (r, in) and lora_B (out, r), their indices among
+ * the layer's parameters (a < 0: the linear has none). */
+typedef struct lora_site {
+    int a, b;
+    int in, out;
+} lora_site;
+
+/* Reads model.lora for a model of type `model` whose layers have the linears `modules`
+ * (names within a layer, "attn.c_attn"; NULL-terminated, at most MODEL_LORA_SITES);
+ * `defaults` are PEFT's targets for the model type (target_modules not given). A target
+ * matches a module whose name is it or ends in "." + it (PEFT's rule); a target that
+ * matches none is one line naming it and the modules. */
+zinc_status model_lora_plan(model_lora *m, const zinc_config *c, const char *model, const char *const *modules,
+                            const char *const *defaults);
+/* Declares module i's adapter (in -> out) when the plan adapts it, else marks it off. */
+zinc_status model_lora_declare(const model_lora *m, zinc_layer *l, int i, const char *module, int in, int out,
+                               lora_site *s);
+
+/* A layer's LoRA scratch: dt (N, r) fp32; with dropout the dropped input and its
+ * gradient (N, in_max) act each. */
+typedef struct lora_scratch {
+    float *dt;
+    void *xd, *dxd;
+} lora_scratch;
+void model_lora_carve(const model_lora *m, carver *k, lora_scratch *s, size_t N, size_t in_max);
+
+/* y (N rows, ldy apart) += the adapter's path of x (N, s->in): t (N, r) fp32 saved for
+ * backward; site numbers the adapter in its layer (its dropout stream). */
+void model_lora_forward(const model_lora *m, const lora_site *s, zinc_layer *l, zinc_ctx *c, int site, void *y,
+                        int ldy, const void *x, float *t, const lora_scratch *sc);
+/* The adapter's gradients from dy (N rows, ldy apart), and dx (N, s->in) += its input
+ * gradient unless dx is NULL. */
+void model_lora_backward(const model_lora *m, const lora_site *s, zinc_layer *l, zinc_ctx *c, int site, void *dx,
+                         const void *dy, int ldy, const void *x, const float *t, const lora_scratch *sc);
+
 #endif

@@ -57,6 +57,10 @@ static void init_one_run(void *u, int64_t local, int64_t logical, int64_t n)
         zinc_rng_normal_range(r->z->opt.seed, zinc_hash_str(r->p->name), d, logical + (a - local),
                               e - a, r->p->std);
         break;
+    case ZINC_INIT_UNIFORM:
+        zinc_rng_uniform_range(r->z->opt.seed, zinc_hash_str(r->p->name), d, logical + (a - local), e - a,
+                               r->p->std);
+        break;
     }
 }
 

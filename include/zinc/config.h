@@ -154,6 +154,19 @@ typedef struct zinc_config {
         char freeze[ZINC_MAX_PATHS][512]; /* parameter names (fnmatch patterns, "h.*.attn.*")
                                            * not trained: no grads, master or optimizer state */
         int n_freeze;
+        struct {                       /* model.lora (PEFT's LoraConfig): given, LoRA adapters are
+                                        * trained and every other parameter is frozen */
+            int enabled;               /* the section is in the config */
+            int64_t r;                 /* 8: the adapters' rank */
+            double alpha;              /* 8 (PEFT's lora_alpha): the update is (alpha/r) B A */
+            double dropout;            /* 0 (lora_dropout): on the adapter's input, in [0, 1) */
+            char target_modules[ZINC_MAX_PATHS][512]; /* module names (suffixes, as PEFT matches
+                                        * them); none: c_attn (gpt2), q_proj, v_proj (llama) */
+            int n_target_modules;
+            char init[16];             /* "default": A Kaiming-uniform, B 0 (PEFT's); "gaussian":
+                                        * A N(0, 1/r^2), B 0 */
+            int use_rslora;            /* false: alpha/r; true: alpha/sqrt(r) */
+        } lora;
     } model;
 
     /* DeepSpeed's tensor_parallel section (training: AutoTP's size) */

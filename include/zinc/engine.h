@@ -58,6 +58,9 @@ typedef struct zinc_ctx {
                                  (size 1 without tensor parallelism) */
     const void *consts;       /* the model's constant tables (zinc_model_def.consts) in device
                                  memory, NULL without */
+    int train;                /* 1: a training forward/backward (dropout on); 0: evaluation */
+    uint64_t seed;            /* this micro-batch's random stream (the same in its forward and
+                                 backward; another for each step, micro-batch and DP rank) */
 } zinc_ctx;
 
 typedef struct zinc_layer_ops {
@@ -118,6 +121,11 @@ int zinc_layer_param_tie(zinc_layer *l, const char *full_name);
 /* Sets the output width per token (elements); default: same as the input. */
 void zinc_layer_set_out(zinc_layer *l, int n_out);
 int zinc_layer_n_in(const zinc_layer *l);
+/* 1 if a parameter's name is a LoRA adapter's (PEFT's names: "<module>.lora_A.weight",
+ * "<module>.lora_B.weight"): with model.lora, these alone train. */
+int zinc_lora_param_name(const char *name);
+/* The layer's index in the model (0: the first layer). */
+int zinc_layer_index(const zinc_layer *l);
 
 void *zinc_layer_state(const zinc_layer *l);
 /* The layer's TP group, size, rank and sequence-parallel flag (valid from

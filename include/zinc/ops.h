@@ -161,6 +161,27 @@ typedef struct zinc_ops {
     /* dgu(N,2F) act accumulates; dout(N,F) act; gu as forward had it. */
     void (*swiglu_backward)(void *dgu, const void *dout, const void *gu, int N, int F);
 
+    /* --- LoRA (models/lora.c) --- */
+    /* The low-rank path beside a linear, as PEFT's lora_A (r,C) and lora_B (OC,r) (weights
+     * stored (out, in), whatever the base's layout), s its scale (alpha/r, or alpha/sqrt(r)
+     * with rsLoRA). Rows are strided: inp (N rows, ldi apart) act, out (N rows, ldo apart)
+     * act, so a fused product's q or v columns can take their own adapter.
+     * t(N,r) fp32 = inp @ A^T, WRITTEN (saved for backward); out += s * t @ B^T. */
+    void (*lora_forward)(void *out, int ldo, float *t, const void *inp, int ldi, const float *A, const float *B,
+                         float s, int N, int C, int OC, int r);
+    /* dB(OC,r) += s * dout^T @ t; dt(N,r) fp32 = s * dout @ B, WRITTEN (scratch); dA(r,C) +=
+     * dt^T @ inp; dinp (N rows, ldi apart) act += dt @ A unless dinp is NULL. dout (N rows,
+     * ldo apart) act; t as lora_forward wrote it. */
+    void (*lora_backward)(void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo, const void *inp,
+                          int ldi, const float *t, const float *A, const float *B, float s, int N, int C, int OC,
+                          int r);
+    /* Inverted dropout over n act elements: out(i) = keep(i) ? inp(i) / (1 - p) : 0, keep(i)
+     * = zinc_dropout_keep(seed, i, p) (a counter-based mask: the backward makes the same one
+     * from the seed, nothing is saved). 0 <= p < 1. */
+    void (*dropout_forward)(void *out, const void *inp, size_t n, float p, uint64_t seed);
+    /* dinp(i) act += keep(i) ? dout(i) / (1 - p) : 0. */
+    void (*dropout_backward)(void *dinp, const void *dout, size_t n, float p, uint64_t seed);
+
     /* x(N, ld) act: columns [c0, c1) of every row set to value (rounded to act); the
      * padded vocabulary's logits get -inf so that they take no part in the softmax. */
     void (*fill_cols)(void *x, int N, int ld, int c0, int c1, float value);
@@ -248,6 +269,22 @@ const zinc_ops *zinc_ops_cpu_bf16(void);
  * zinc_last_error() set to its detail, and clears it. The cpu device's
  * sync() reports it, so it surfaces at the engine's next step boundary. */
 zinc_status zinc_ops_cpu_last_status(void);
+
+/* The dropout mask every table draws: element i of the stream seed is kept when the top
+ * 24 bits of splitmix64(seed + i) (as a fraction of 2^24) are >= p. */
+#ifdef __CUDACC__
+#define ZINC_HOST_DEVICE __host__ __device__
+#else
+#define ZINC_HOST_DEVICE
+#endif
+static inline ZINC_HOST_DEVICE int zinc_dropout_keep(uint64_t seed, uint64_t i, float p)
+{
+    uint64_t z = seed + i * 0x9E3779B97F4A7C15ull + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
 
 /* Llama-3's rope_scaling (rope_type "llama3"); factor 0: none. */
 typedef struct zinc_rope_scaling {

@@ -30,6 +30,10 @@ void zinc_rng_normal(zinc_rng *r, float *out, int64_t n, float std);
 void zinc_rng_normal_range(uint64_t seed, uint64_t stream, float *out, int64_t first, int64_t n,
                            float std);
 
+/* Elements [first, first+n) of a U(-bound, bound) stream of (seed, stream): element i
+ * from draw i alone, so a rank fills just its shard. */
+void zinc_rng_uniform_range(uint64_t seed, uint64_t stream, float *out, int64_t first, int64_t n, float bound);
+
 #ifdef __cplusplus
 }
 #endif

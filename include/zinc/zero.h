@@ -70,6 +70,7 @@ typedef enum zinc_init_kind {
     ZINC_INIT_ZEROS = 0,
     ZINC_INIT_ONES,
     ZINC_INIT_NORMAL, /* N(0, std^2), from a stream seeded by (model seed, param name) */
+    ZINC_INIT_UNIFORM, /* U(-std, std), likewise (LoRA's Kaiming-uniform A: std 1/sqrt(fan_in)) */
 } zinc_init_kind;
 
 /* Bytes of model state a rank holds, by kind. */

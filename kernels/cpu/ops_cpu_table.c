@@ -832,6 +832,32 @@ static void b16_xent_vp_finish(float *losses, void *logits, const int32_t *targe
 
 #undef TAKE
 
+/* ------------------------------------------------------------ LoRA (both tables) */
+
+#define LORA_OPS(p, bf)                                                                                    \
+    static void p##_lora_forward(void *out, int ldo, float *t, const void *inp, int ldi, const float *A,     \
+                                 const float *B, float s, int N, int C, int OC, int r)                      \
+    {                                                                                                        \
+        cpu_lora_forward(bf, out, ldo, t, inp, ldi, A, B, s, N, C, OC, r);                                   \
+    }                                                                                                        \
+    static void p##_lora_backward(void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo,    \
+                                  const void *inp, int ldi, const float *t, const float *A, const float *B, \
+                                  float s, int N, int C, int OC, int r)                                      \
+    {                                                                                                        \
+        cpu_lora_backward(bf, dinp, dA, dB, dt, dout, ldo, inp, ldi, t, A, B, s, N, C, OC, r);               \
+    }                                                                                                        \
+    static void p##_dropout_forward(void *out, const void *inp, size_t n, float q, uint64_t seed)          \
+    {                                                                                                        \
+        cpu_dropout_forward(bf, out, inp, n, q, seed);                                                       \
+    }                                                                                                        \
+    static void p##_dropout_backward(void *dinp, const void *dout, size_t n, float q, uint64_t seed)       \
+    {                                                                                                        \
+        cpu_dropout_backward(bf, dinp, dout, n, q, seed);                                                    \
+    }
+LORA_OPS(f32, 0)
+LORA_OPS(b16, 1)
+#undef LORA_OPS
+
 /* ------------------------------------------------------------ tables */
 
 #define CPU_COMMON_OPS                                                                      \
@@ -857,7 +883,9 @@ static void b16_xent_vp_finish(float *losses, void *logits, const int32_t *targe
     .attention_backward = p##_attention_backward,                                           \
     .residual_forward = p##_residual_forward, .softmax_xent = p##_softmax_xent,            \
     .xent_vp_max = p##_xent_vp_max, .xent_vp_sums = p##_xent_vp_sums,                      \
-    .xent_vp_finish = p##_xent_vp_finish
+    .xent_vp_finish = p##_xent_vp_finish, .lora_forward = p##_lora_forward,                   \
+    .lora_backward = p##_lora_backward, .dropout_forward = p##_dropout_forward,                \
+    .dropout_backward = p##_dropout_backward
 
 static const zinc_ops cpu_ops = {
     .name = "cpu", .act = ZINC_DTYPE_F32, CPU_ACT_OPS(f32), CPU_COMMON_OPS,

@@ -499,6 +499,19 @@ void cuda_swiglu_backward(void *dgu, const void *dout, const void *gu, int N, in
 template <class A>
 void cuda_fill_cols(void *x, int N, int ld, int c0, int c1, float v);
 
+/* ops_lora.cu: LoRA's low-rank path, the dropout on its input. */
+template <class A>
+void cuda_lora_forward(void *out, int ldo, float *t, const void *inp, int ldi, const float *Aw, const float *Bw,
+                       float s, int N, int C, int OC, int r);
+template <class A>
+void cuda_lora_backward(void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo, const void *inp,
+                        int ldi, const float *t, const float *Aw, const float *Bw, float s, int N, int C, int OC,
+                        int r);
+template <class A>
+void cuda_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t seed);
+template <class A>
+void cuda_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint64_t seed);
+
 /* ops_xent.cu: softmax_xent and its vocab-parallel form. */
 template <class A>
 void cuda_softmax_xent(float *losses, void *logits, const int32_t *targets, float dloss, int N,
