@@ -773,6 +773,10 @@ zinc_status zinc_engine_init_from(zinc_engine *e, const char *path)
             const char *file;
             ZINC_TRY(st_set_find(&set, p->name, &f, &ti, &file));
             if (ti < 0) ZINC_TRY(st_set_find(&set, alt, &f, &ti, &file));
+            if (ti < 0 && zinc_lora_param_name(p->name)) { /* a base model's file: the adapter starts fresh */
+                zero_param_init(&e->z, pi, full + p->uoff);
+                continue;
+            }
             if (ti < 0) {
                 st = zinc_error(ZINC_ERR_CORRUPT, "%s: tensor %s is missing", set.map ? set.dir : file, p->name);
                 goto cleanup;

@@ -4,12 +4,15 @@
  *   zinc-ckpt verify DIR
  *   zinc-ckpt export DIR [--format safetensors] OUT [--dtype f32|bf16|f16] [--kind KIND]
  *   zinc-ckpt export DIR --format hf OUT_DIR [--max-shard-size 5GB] [--dtype ...]
+ *   zinc-ckpt export DIR --format peft OUT_DIR [--dtype ...]
+ *   zinc-ckpt export DIR [--format hf|safetensors] OUT --merge [--dtype ...]
  *
  * DIR is a checkpoint directory or a save_dir (its latest is used). Exit status: 0 ok,
  * 1 an error (one line "zinc-ckpt: <detail>"), 2 bad arguments. verify and export draw a
  * progress bar on stderr when it is a terminal and the checkpoint is large.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +24,7 @@
 
 #include "zinc/aio.h"
 #include "zinc/ckpt.h"
+#include "zinc/engine.h"
 #include "zinc/progress.h"
 #include "zinc/safetensors.h"
 
@@ -31,13 +35,18 @@ static const char *usage_text =
     "       zinc-ckpt verify DIR\n"
     "       zinc-ckpt export DIR [--format safetensors] OUT [--dtype f32|bf16|f16] [--kind KIND]\n"
     "       zinc-ckpt export DIR --format hf OUT_DIR [--max-shard-size 5GB] [--dtype f32|bf16|f16]\n"
+    "       zinc-ckpt export DIR --format peft OUT_DIR [--dtype f32|bf16|f16]\n"
+    "       zinc-ckpt export DIR [--format safetensors|hf] OUT --merge [--dtype f32|bf16|f16]\n"
     "  DIR is one checkpoint (holding manifest.json) or a save directory (its latest is used).\n"
     "  info    tag, step, topology and every tensor with kind, dtype, shape and bytes.\n"
     "  verify  checks every file size and every crc32c block; exit 1 on corruption.\n"
     "  export  writes the tensors of one kind (default: the weights, each parameter's master if\n"
     "          present, else its param) into\n"
     "          one safetensors file under their stored (Hugging Face) names; --dtype\n"
-    "          converts floating-point tensors (default: as stored).\n";
+    "          converts floating-point tensors (default: as stored).\n"
+    "          --format peft (a model.lora run): adapter_model.safetensors and adapter_config.json\n"
+    "          as PEFT writes them; --merge: the base weights with each adapter merged in,\n"
+    "          W + (alpha/r) B A (in double, rounded once), and no adapter tensors.\n";
 
 static int usage(const char *why)
 {
@@ -168,18 +177,96 @@ static int cmd_verify(zinc_aio *aio, const char *dir)
 
 /* ---- export ------------------------------------------------------------------------------ */
 
+static int64_t entry_numel(const zinc_st_entry *e)
+{
+    int64_t el = 1;
+    for (int d = 0; d < e->ndim; d++) el *= e->shape[d];
+    return el;
+}
+
+/* --merge: each adapted weight's lora_A and lora_B (reader indices, by the weight's reader
+ * index; -1: none), the scale, whether weights are stored (in, out) (GPT-2's Conv1D: the
+ * update goes in transposed), and the merged tensor of the entry last asked for (fp32). */
+typedef struct merge_plan {
+    int *ia, *ib;
+    double scale;
+    int transposed;
+    float *cache;
+    size_t cached; /* entry index + 1 of cache */
+} merge_plan;
+
 typedef struct export_ctx {
     zinc_ckpt_reader *r;
     const int *idx;            /* reader tensor of each entry */
     const zinc_st_entry *e;
     zinc_progress *p;
     uint64_t done, total;
+    merge_plan *m;             /* NULL: no merging */
 } export_ctx;
+
+/* W + scale B A of entry i into m->cache (fp32): W (out, in), or (in, out) when transposed;
+ * A (r, in), B (out, r); each element's sum in double, rounded once. */
+static zinc_status merge_entry(export_ctx *x, size_t i, int ia, int ib)
+{
+    merge_plan *m = x->m;
+    const zinc_ckpt_tensor *ta = zinc_ckpt_reader_tensor(x->r, ia), *tb = zinc_ckpt_reader_tensor(x->r, ib);
+    const zinc_st_entry *e = &x->e[i];
+    const int64_t r = ta->shape[0], in = ta->shape[1], out = tb->shape[0];
+    const int64_t rows = m->transposed ? in : out, cols = m->transposed ? out : in;
+    if (e->ndim != 2 || ta->ndim != 2 || tb->ndim != 2 || tb->shape[1] != r || e->shape[0] != rows ||
+        e->shape[1] != cols)
+        return zinc_error(ZINC_ERR_CORRUPT, "%s: the adapter's shapes (A [%lld, %lld], B [%lld, %lld]) do not fit "
+                          "the weight's", e->name, (long long)r, (long long)in, (long long)tb->shape[0],
+                          (long long)tb->shape[1]);
+    const size_t n = (size_t)(rows * cols);
+    float *w = realloc(m->cache, n * sizeof(float)), *a = malloc((size_t)(r * in) * sizeof(float)),
+          *b = malloc((size_t)(out * r) * sizeof(float));
+    zinc_status st = ZINC_OK;
+    if (w) m->cache = w;
+    m->cached = 0;
+    if (!w || !a || !b) {
+        st = zinc_error(ZINC_ERR_NOMEM, "merge %s", e->name);
+        goto done;
+    }
+    if ((st = zinc_ckpt_reader_read(x->r, x->idx[i], 0, (int64_t)n, ZINC_DTYPE_F32, w)) != ZINC_OK ||
+        (st = zinc_ckpt_reader_read(x->r, ia, 0, r * in, ZINC_DTYPE_F32, a)) != ZINC_OK ||
+        (st = zinc_ckpt_reader_read(x->r, ib, 0, out * r, ZINC_DTYPE_F32, b)) != ZINC_OK)
+        goto done;
+    for (int64_t j = 0; j < out; j++)
+        for (int64_t c = 0; c < in; c++) {
+            double d = 0;
+            for (int64_t k = 0; k < r; k++) d += (double)b[j * r + k] * (double)a[k * in + c];
+            float *y = m->transposed ? &w[c * out + j] : &w[j * in + c];
+            *y = (float)((double)*y + m->scale * d);
+        }
+    m->cached = i + 1;
+done:
+    free(a);
+    free(b);
+    return st;
+}
+
+static void from_f32(void *dst, zinc_dtype dt, const float *src, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        if (dt == ZINC_DTYPE_BF16) ((uint16_t *)dst)[k] = zinc_f32_to_bf16(src[k]);
+        else if (dt == ZINC_DTYPE_F16) ((uint16_t *)dst)[k] = zinc_f32_to_f16(src[k]);
+        else ((float *)dst)[k] = src[k];
+    }
+}
 
 static zinc_status export_src(void *u, size_t i, uint64_t off, void *dst, size_t n)
 {
     export_ctx *x = u;
     size_t esz = zinc_dtype_size(x->e[i].dtype);
+    if (x->m && x->m->ia[x->idx[i]] >= 0) {
+        zinc_status st = x->m->cached == i + 1 ? ZINC_OK : merge_entry(x, i, x->m->ia[x->idx[i]], x->m->ib[x->idx[i]]);
+        if (st != ZINC_OK) return st;
+        from_f32(dst, x->e[i].dtype, x->m->cache + off / esz, n / esz);
+        x->done += n;
+        zinc_progress_update(x->p, x->done, x->total);
+        return ZINC_OK;
+    }
     zinc_status st = zinc_ckpt_reader_read(x->r, x->idx[i], (int64_t)(off / esz), (int64_t)(n / esz), x->e[i].dtype, dst);
     x->done += n;
     zinc_progress_update(x->p, x->done, x->total);
@@ -192,11 +279,77 @@ static int is_float(zinc_dtype d)
 }
 
 static int export_hf(zinc_ckpt_reader *r, zinc_st_entry *e, int *idx, size_t ne, uint64_t total, const char *out,
-                     uint64_t max_shard, const char *kind);
+                     uint64_t max_shard, const char *kind, merge_plan *m);
+static int export_peft(zinc_ckpt_reader *r, zinc_st_entry *e, int *idx, size_t ne, const char *out, json_t *meta);
+
+/* The reader tensor of an adapter's weights: its fp32 master, else its param; -1: none. */
+static int find_weights(const zinc_ckpt_reader *r, const char *name)
+{
+    int i = zinc_ckpt_reader_find(r, name, "master");
+    return i >= 0 ? i : zinc_ckpt_reader_find(r, name, "param");
+}
+
+/* --merge: the plan (each weight's adapter, the scale from the run's model.lora), and
+ * entries without the adapters' tensors. Returns the entries left; 0 after a message. */
+static size_t merge_prepare(zinc_ckpt_reader *r, json_t *meta, zinc_st_entry *e, int *idx, size_t ne,
+                            uint64_t *total, merge_plan *m)
+{
+    const int n = zinc_ckpt_reader_n_tensors(r);
+    json_t *model = json_object_get(json_object_get(meta, "config"), "model");
+    json_t *lora = json_object_get(model, "lora");
+    const char *type = json_string_value(json_object_get(model, "type"));
+    m->ia = malloc((size_t)n * sizeof(int));
+    m->ib = malloc((size_t)n * sizeof(int));
+    if (!m->ia || !m->ib) {
+        fprintf(stderr, "zinc-ckpt: out of memory\n");
+        return 0;
+    }
+    for (int i = 0; i < n; i++) m->ia[i] = m->ib[i] = -1;
+    m->transposed = type && !strcmp(type, "gpt2"); /* Conv1D weights (in, out) */
+    size_t k = 0, merged = 0;
+    int64_t rank = 0;
+    *total = 0;
+    for (size_t i = 0; i < ne; i++) {
+        if (zinc_lora_param_name(e[i].name)) continue;
+        char an[300], bn[300];
+        size_t L = strlen(e[i].name);
+        if (L > 7 && !strcmp(e[i].name + L - 7, ".weight")) {
+            snprintf(an, sizeof an, "%.*s.lora_A.weight", (int)(L - 7), e[i].name);
+            snprintf(bn, sizeof bn, "%.*s.lora_B.weight", (int)(L - 7), e[i].name);
+            int ia = find_weights(r, an), ib = find_weights(r, bn);
+            if ((ia >= 0) != (ib >= 0)) {
+                fprintf(stderr, "zinc-ckpt: %s: %s has one of lora_A and lora_B only\n", zinc_ckpt_reader_dir(r),
+                        e[i].name);
+                return 0;
+            }
+            if (ia >= 0) {
+                m->ia[idx[i]] = ia, m->ib[idx[i]] = ib, merged++;
+                rank = zinc_ckpt_reader_tensor(r, ia)->shape[0];
+            }
+        }
+        e[k] = e[i];
+        idx[k++] = idx[i];
+        *total += (uint64_t)entry_numel(&e[k - 1]) * zinc_dtype_size(e[k - 1].dtype);
+    }
+    if (merged == 0) {
+        fprintf(stderr, "zinc-ckpt: %s holds no LoRA adapters (a model.lora run's checkpoint): nothing to merge\n",
+                zinc_ckpt_reader_dir(r));
+        return 0;
+    }
+    const double alpha = json_number_value(json_object_get(lora, "alpha"));
+    if (!(alpha > 0) || rank < 1) {
+        fprintf(stderr, "zinc-ckpt: %s: the manifest's model.lora has no alpha > 0\n", zinc_ckpt_reader_dir(r));
+        return 0;
+    }
+    m->scale = alpha / (json_is_true(json_object_get(lora, "use_rslora")) ? sqrt((double)rank) : (double)rank);
+    return k;
+}
 
 static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const char *dtype, const char *kind,
-                      const char *format, uint64_t max_shard)
+                      const char *format, uint64_t max_shard, int merge)
 {
+    merge_plan mp = {0};
+    json_t *meta_j = NULL;
     zinc_ckpt_reader *r = NULL;
     int rc = 1;
     zinc_dtype want = ZINC_DTYPE_F32;
@@ -226,7 +379,7 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
     }
     /* a padded vocabulary (meta.vocab): only its real rows are written */
     json_error_t je;
-    json_t *meta_j = json_loads(zinc_ckpt_reader_meta(r) ? zinc_ckpt_reader_meta(r) : "{}", 0, &je);
+    meta_j = json_loads(zinc_ckpt_reader_meta(r) ? zinc_ckpt_reader_meta(r) : "{}", 0, &je);
     json_t *vocab = json_object_get(meta_j, "vocab");
     const json_int_t vreal = json_integer_value(json_object_get(vocab, "real"));
     for (int i = 0; i < n; i++) {
@@ -249,19 +402,23 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
         total += (uint64_t)ne_el * zinc_dtype_size(e[ne].dtype);
         idx[ne++] = i;
     }
-    json_decref(meta_j);
     if (mixed_kinds) kind = "weights"; /* masters, and params where there is none */
     if (ne == 0) {
         fprintf(stderr, "zinc-ckpt: %s has no tensors of kind %s\n", zinc_ckpt_reader_dir(r), kind);
         goto done;
     }
+    if (format && !strcmp(format, "peft")) {
+        rc = export_peft(r, e, idx, ne, out, meta_j);
+        goto done;
+    }
+    if (merge && (ne = merge_prepare(r, meta_j, e, idx, ne, &total, &mp)) == 0) goto done;
     if (format && !strcmp(format, "hf")) {
-        rc = export_hf(r, e, idx, ne, total, out, max_shard, kind);
+        rc = export_hf(r, e, idx, ne, total, out, max_shard, kind, merge ? &mp : NULL);
         goto done;
     }
     zinc_progress p;
     zinc_progress_init(&p, "export", isatty(STDERR_FILENO), 30, PROGRESS_MIN_BYTES);
-    export_ctx x = {r, idx, e, &p, 0, total};
+    export_ctx x = {r, idx, e, &p, 0, total, merge ? &mp : NULL};
     const char *meta[] = {"format", "pt", "zinc_tag", zinc_ckpt_reader_tag(r), "zinc_kind", kind};
     zinc_status st = zinc_st_write(out, e, ne, export_src, &x, meta, 3);
     zinc_progress_end(&p);
@@ -269,9 +426,14 @@ static int cmd_export(zinc_aio *aio, const char *dir, const char *out, const cha
         fail();
         goto done;
     }
-    printf("wrote %s: %zu tensors of kind %s, %.1f MiB\n", out, ne, kind, mib(total));
+    printf("wrote %s: %zu tensors of kind %s%s, %.1f MiB\n", out, ne, kind, merge ? ", adapters merged" : "",
+           mib(total));
     rc = 0;
 done:
+    json_decref(meta_j);
+    free(mp.ia);
+    free(mp.ib);
+    free(mp.cache);
     free(e);
     free(idx);
     zinc_ckpt_reader_close(r);
@@ -359,7 +521,7 @@ static int copy_file(const char *from, const char *to)
  * max_shard bytes (a bigger tensor alone) with model.safetensors.index.json, the padded
  * vocabulary cut to its real rows, and the tokenizer's files when the run had one. */
 static int export_hf(zinc_ckpt_reader *r, zinc_st_entry *e, int *idx, size_t ne, uint64_t total, const char *out,
-                     uint64_t max_shard, const char *kind)
+                     uint64_t max_shard, const char *kind, merge_plan *m)
 {
     json_error_t je;
     json_t *meta = json_loads(zinc_ckpt_reader_meta(r) ? zinc_ckpt_reader_meta(r) : "{}", 0, &je);
@@ -407,7 +569,7 @@ static int export_hf(zinc_ckpt_reader *r, zinc_st_entry *e, int *idx, size_t ne,
     json_t *wm = json_object();
     zinc_progress p;
     zinc_progress_init(&p, "export", isatty(STDERR_FILENO), 30, PROGRESS_MIN_BYTES);
-    export_ctx x = {r, idx, e, &p, 0, total};
+    export_ctx x = {r, idx, e, &p, 0, total, m};
     const char *stmeta[] = {"format", "pt", "zinc_tag", zinc_ckpt_reader_tag(r), "zinc_kind", kind};
     for (size_t k = 0; k < n_sh; k++) {
         const size_t a = first[k], z = k + 1 < n_sh ? first[k + 1] : ne;
@@ -466,11 +628,91 @@ static int export_hf(zinc_ckpt_reader *r, zinc_st_entry *e, int *idx, size_t ne,
             copied++;
         }
     }
-    printf("wrote %s: config.json, %zu tensors of kind %s in %zu file%s (%.1f MiB)%s\n", out, ne, kind, n_sh,
-           n_sh > 1 ? "s + index" : "", mib(total), copied ? ", the tokenizer's files" : "");
+    printf("wrote %s: config.json, %zu tensors of kind %s%s in %zu file%s (%.1f MiB)%s\n", out, ne, kind,
+           m ? " (adapters merged)" : "", n_sh, n_sh > 1 ? "s + index" : "", mib(total),
+           copied ? ", the tokenizer's files" : "");
     rc = 0;
 done:
     json_decref(meta);
+    return rc;
+}
+
+/* A PEFT adapter folder: adapter_model.safetensors with the adapters under PEFT's names
+ * (base_model.model.<the transformers module path>.lora_A.weight (r, in), .lora_B.weight
+ * (out, r)) and adapter_config.json from the run's model.lora. */
+static int export_peft(zinc_ckpt_reader *r, zinc_st_entry *e, int *idx, size_t ne, const char *out, json_t *meta)
+{
+    json_t *model = json_object_get(json_object_get(meta, "config"), "model");
+    json_t *lora = json_object_get(model, "lora");
+    const char *type = json_string_value(json_object_get(model, "type"));
+    const int gpt2 = type && !strcmp(type, "gpt2");
+    const char *prefix = gpt2 ? "base_model.model.transformer." : "base_model.model.";
+    json_t *targets = json_array(), *cfg = NULL;
+    size_t k = 0;
+    uint64_t total = 0;
+    int64_t rank = 0;
+    int rc = 1;
+    char path[1200];
+    for (size_t i = 0; i < ne; i++) {
+        if (!zinc_lora_param_name(e[i].name)) continue;
+        /* the module's last name ("c_attn", "q_proj"): the target_modules PEFT lists */
+        char mod[256];
+        snprintf(mod, sizeof mod, "%s", e[i].name);
+        *strstr(mod, ".lora_") = 0;
+        const char *last = strrchr(mod, '.') ? strrchr(mod, '.') + 1 : mod;
+        int have = 0;
+        for (size_t t = 0; t < json_array_size(targets); t++)
+            have |= !strcmp(json_string_value(json_array_get(targets, t)), last);
+        if (!have) json_array_append_new(targets, json_string(last));
+        if (strstr(e[i].name, ".lora_A.")) rank = e[i].shape[0];
+        e[k] = e[i];
+        idx[k] = idx[i];
+        snprintf(e[k].name, sizeof e[k].name, "%s%s", prefix, e[i].name);
+        total += (uint64_t)entry_numel(&e[k]) * zinc_dtype_size(e[k].dtype);
+        k++;
+    }
+    if (k == 0) {
+        fprintf(stderr, "zinc-ckpt: %s holds no LoRA adapters (a model.lora run's checkpoint): no PEFT folder to "
+                "write\n", zinc_ckpt_reader_dir(r));
+        goto done;
+    }
+    if (mkdir(out, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "zinc-ckpt: cannot make %s: %s\n", out, strerror(errno));
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", out);
+    zinc_progress p;
+    zinc_progress_init(&p, "export", isatty(STDERR_FILENO), 30, PROGRESS_MIN_BYTES);
+    export_ctx x = {r, idx, e, &p, 0, total, NULL};
+    const char *stmeta[] = {"format", "pt"};
+    zinc_status st = zinc_st_write(path, e, k, export_src, &x, stmeta, 1);
+    zinc_progress_end(&p);
+    if (st != ZINC_OK) {
+        fail();
+        goto done;
+    }
+    json_t *base = json_object_get(model, "from_pretrained");
+    if (!json_string_value(base) || !*json_string_value(base)) base = json_object_get(model, "init_from");
+    const char *bname = json_string_value(base) ? json_string_value(base) : "";
+    cfg = json_pack("{s:s, s:s, s:I, s:f, s:f, s:O, s:s, s:b, s:b, s:b, s:b, s:s, s:n, s:n, s:n, s:n, s:{}, s:{}}",
+                    "peft_type", "LORA", "task_type", "CAUSAL_LM", "r", (json_int_t)rank, "lora_alpha",
+                    json_number_value(json_object_get(lora, "alpha")), "lora_dropout",
+                    json_number_value(json_object_get(lora, "dropout")), "target_modules", targets, "bias", "none",
+                    "fan_in_fan_out", gpt2, "use_rslora", json_is_true(json_object_get(lora, "use_rslora")),
+                    "inference_mode", 1, "init_lora_weights", 1, "base_model_name_or_path", bname,
+                    "modules_to_save", "layers_to_transform", "layers_pattern", "revision", "rank_pattern",
+                    "alpha_pattern");
+    snprintf(path, sizeof path, "%s/adapter_config.json", out);
+    if (!cfg || json_dump_file(cfg, path, JSON_INDENT(2) | JSON_SORT_KEYS) != 0) {
+        fprintf(stderr, "zinc-ckpt: cannot write %s\n", path);
+        goto done;
+    }
+    printf("wrote %s: adapter_model.safetensors (%zu tensors, r %lld, %.1f MiB), adapter_config.json\n", out, k,
+           (long long)rank, mib(total));
+    rc = 0;
+done:
+    json_decref(targets);
+    json_decref(cfg);
     return rc;
 }
 
@@ -483,8 +725,12 @@ int main(int argc, char **argv)
         return 0;
     }
     const char *pos[3] = {NULL, NULL, NULL}, *format = NULL, *dtype = NULL, *kind = NULL, *maxs = NULL;
-    int np = 0;
+    int np = 0, merge = 0;
     for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--merge")) {
+            merge = 1;
+            continue;
+        }
         const char **opt = !strcmp(argv[i], "--format") ? &format
                            : !strcmp(argv[i], "--dtype") ? &dtype
                            : !strcmp(argv[i], "--kind")  ? &kind
@@ -509,12 +755,15 @@ int main(int argc, char **argv)
         snprintf(msg, sizeof msg, "unknown command %.200s", cmd);
         return usage(msg);
     }
-    if (!is_export && (np != 1 || format || dtype || kind || maxs)) return usage("info and verify take one DIR");
+    if (!is_export && (np != 1 || format || dtype || kind || maxs || merge)) return usage("info and verify take one DIR");
     uint64_t max_shard = (uint64_t)5e9; /* transformers' default */
     if (is_export) {
         if (np != 2) return usage("export needs DIR and OUT");
-        if (format && strcmp(format, "safetensors") != 0 && strcmp(format, "hf") != 0)
-            return usage("--format must be safetensors or hf");
+        if (format && strcmp(format, "safetensors") != 0 && strcmp(format, "hf") != 0 && strcmp(format, "peft") != 0)
+            return usage("--format must be safetensors, hf or peft");
+        if (format && !strcmp(format, "peft") && (merge || kind))
+            return usage("--format peft writes the adapters: no --merge or --kind");
+        if (merge && kind) return usage("--merge takes the weights: no --kind");
         if (maxs && !(format && !strcmp(format, "hf"))) return usage("--max-shard-size goes with --format hf");
         if (maxs && !(max_shard = parse_size(maxs))) return usage("--max-shard-size: expected a size like 5GB, 500MB or bytes");
     }
@@ -524,7 +773,7 @@ int main(int argc, char **argv)
     if (zinc_aio_create(&o, &aio) != ZINC_OK) return fail();
     int rc = !strcmp(cmd, "info") ? cmd_info(aio, pos[0])
              : !strcmp(cmd, "verify") ? cmd_verify(aio, pos[0])
-                                      : cmd_export(aio, pos[0], pos[1], dtype, kind, format, max_shard);
+                                      : cmd_export(aio, pos[0], pos[1], dtype, kind, format, max_shard, merge);
     fflush(stdout);
     zinc_aio_destroy(aio);
     return rc;

@@ -71,6 +71,12 @@ static void init_param_range(const zero_state *z, const zero_param *p, float *d,
     zero_param_runs(p, z->tp, z->tp_rank, init_one_run, &r);
 }
 
+void zero_param_init(const zero_state *z, int id, float *dst)
+{
+    const zero_param *p = &z->params[id];
+    init_param_range(z, p, dst, 0, (int64_t)p->numel);
+}
+
 zinc_status zero_units_alloc(zero_state *z)
 {
     zinc_status st = ZINC_OK;

@@ -253,6 +253,8 @@ zinc_status zero_params_from_master(zero_state *z);
 int zero_param_on_nvme(const zero_state *z, const zero_unit *u);
 /* fp32 working params / grads of parameter id (valid inside the hooks). */
 float *zero_param_data(const zero_state *z, int id);
+/* dst (this rank's numel elements of parameter id) = its initial value (init, seed, name). */
+void zero_param_init(const zero_state *z, int id, float *dst);
 float *zero_grad_data(const zero_state *z, int id);
 
 /* ---- policy.c: the hooks around each layer (collective at stage 3) ----

@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda_int.h"
+#include "zinc/ops.h"
 
 enum { LO_WARPS = 8, LO_THREADS = 256 };
 
