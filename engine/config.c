@@ -311,6 +311,8 @@ static const keydesc rope_scaling_keys[] = {
 
 static const char *const lora_inits[] = {"default", "gaussian", NULL};
 
+static int skip_lora(const zinc_config *c) { return !c->model.lora.enabled; }
+
 static const keydesc lora_keys[] = {
     KI("r", model.lora.r, 1, 65536, 8),
     KN("alpha", model.lora.alpha, 0, 1e6, 8, F_LO_OPEN),
@@ -341,7 +343,7 @@ static const keydesc model_keys[] = {
     KS("from_pretrained", model.from_pretrained, "", NULL),
     KB("recompute", model.recompute, 0),
     KP("freeze", model.freeze, model.n_freeze),
-    KSEC("lora", lora_keys),
+    {.name = "lora", .type = T_SECTION, .off = NOF, .sub = lora_keys, .flags = F_NULL_OK, .skip = skip_lora},
     END};
 
 static const keydesc data_keys[] = {

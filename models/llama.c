@@ -83,6 +83,7 @@ static const float *rope_sin(const zinc_ctx *c, const llama_dims *d)
 static int is_adjacent(zinc_layer *l, int first, int n, size_t each_first, size_t each, int grads)
 {
     const float *p0 = zinc_layer_param(l, first), *g0 = grads ? zinc_layer_grad(l, first) : NULL;
+    if (!g0) grads = 0; /* frozen: no gradients to line up (each is NULL, as check_fused checks) */
     size_t off = each_first;
     for (int i = first + 1; i < first + n; i++, off += each)
         if (zinc_layer_param(l, i) != p0 + off || (grads && zinc_layer_grad(l, i) != g0 + off))

@@ -47,8 +47,9 @@ static inline zinc_status model_norm_grads_reduce(zinc_layer *l, zinc_ctx *c, fl
 {
     zinc_status st = zinc_tp_all_reduce_f32(c->tp, part, (size_t)n * C);
     for (int i = 0; st == ZINC_OK && i < n; i++)
-        c->ops->add_into(zinc_layer_grad(l, idx[i]), ZINC_DTYPE_F32, part + (size_t)i * C, ZINC_DTYPE_F32,
-                         (size_t)C);
+        if (zinc_layer_grad(l, idx[i])) /* NULL: frozen */
+            c->ops->add_into(zinc_layer_grad(l, idx[i]), ZINC_DTYPE_F32, part + (size_t)i * C, ZINC_DTYPE_F32,
+                             (size_t)C);
     return st;
 }
 

@@ -156,6 +156,7 @@ zinc_status zinc_tp_embedding_backward(const zinc_tp *t, float *dwte, float *dwp
                                        const int32_t *pos, int B, int T, int C, int Vl)
 {
     zinc_status st;
+    if (!dwte && !dwpe) return ZINC_OK; /* frozen tables (on every TP rank alike: no gather) */
     const void *d = zinc_tp_region_enter(t, full, dout, B * T, C, &st);
     if (st != ZINC_OK) return st;
     t->ops->embedding_backward(dwte, dwpe, d, tokens, pos, B, T, C, t->rank * Vl, Vl);

@@ -22,12 +22,7 @@ zinc_status zero_grad_open(zero_state *z, int ui)
 {
     zero_unit *u = &z->units[ui];
     if (u->wg || u->numel == 0) return ZINC_OK;
-    if (u->frozen) { /* a scratch the layer's backward may write; dropped at close */
-        u->wg = xalloc(z, u->numel * sizeof(float));
-        if (!u->wg) return zinc_error(ZINC_ERR_NOMEM, "gradient scratch of layer %d's frozen parameters", u->layer);
-        u->wg_owned = 1;
-        return ZINC_OK;
-    }
+    if (u->frozen) return ZINC_OK; /* no gradients: the layer's backward gets NULL and skips them */
     /* grads are stored whole below stage 2, and at any stage on one rank
      * (its shard is the whole unit) */
     if ((z->plan.stage < 2 || z->dp == 1) && z->plan.pdt == ZINC_DTYPE_F32) {
@@ -76,12 +71,6 @@ zinc_status zero_grad_close(zero_state *z, int ui)
 {
     zero_unit *u = &z->units[ui];
     if (!u->wg) return ZINC_OK;
-    if (u->frozen) {
-        xfree(z, u->wg);
-        u->wg = NULL;
-        u->wg_owned = 0;
-        return ZINC_OK;
-    }
     if (z->plan.stage < 2) {
         if (u->wg_owned) {
             z->ops->add_into(u->g, z->plan.pdt, u->wg, ZINC_DTYPE_F32, u->numel);

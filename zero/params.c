@@ -397,6 +397,7 @@ float *zero_param_data(const zero_state *z, int id)
 float *zero_grad_data(const zero_state *z, int id)
 {
     const zero_param *p = &z->params[id];
-    return z->units[p->unit].wg + p->uoff;
+    const zero_unit *u = &z->units[p->unit];
+    return u->frozen || !u->wg ? NULL : u->wg + p->uoff;
 }
 

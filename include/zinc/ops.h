@@ -49,7 +49,8 @@ typedef struct zinc_ops {
     void (*linear_forward)(void *out, const void *inp, const float *weight,
                            const float *bias, int N, int C, int OC);
     /* dinp(N,C) act += dout @ weight^T; dweight(C,OC) += inp^T @ dout;
-     * dbias(OC) += sum_rows dout. dinp and dbias may be NULL (skipped). */
+     * dbias(OC) += sum_rows dout. Each of dinp, dweight and dbias may be NULL
+     * (skipped: a frozen weight has no gradient, and its product is not made). */
     void (*linear_backward)(void *dinp, float *dweight, float *dbias,
                             const void *dout, const void *inp, const float *weight,
                             int N, int C, int OC);
@@ -65,7 +66,7 @@ typedef struct zinc_ops {
      * product), fused with that GELU's backward:
      * dpre(N,C) act = (dout(N,OC) @ weight^T) * gelu'(pre) -- WRITTEN, not
      * accumulated (the exception to the rule above: pre has no other use);
-     * dweight(C,OC) += inp^T @ dout; dbias(OC) += sum_rows dout (may be NULL). */
+     * dweight(C,OC) += inp^T @ dout (may be NULL); dbias(OC) += sum_rows dout (may be NULL). */
     void (*linear_gelu_backward)(void *dpre, float *dweight, float *dbias, const void *dout,
                                  const void *inp, const void *pre, const float *weight, int N,
                                  int C, int OC);
@@ -76,7 +77,7 @@ typedef struct zinc_ops {
     void (*linear_t_forward)(void *out, const void *inp, const float *weight, const float *bias,
                              int N, int C, int OC);
     /* dinp(N,C) act += dout(N,OC) @ weight; dweight(OC,C) += dout^T @ inp;
-     * dbias(OC) += sum_rows dout. dinp and dbias may be NULL (skipped). */
+     * dbias(OC) += sum_rows dout. dinp, dweight and dbias may be NULL (skipped). */
     void (*linear_t_backward)(void *dinp, float *dweight, float *dbias, const void *dout,
                               const void *inp, const float *weight, int N, int C, int OC);
 
@@ -92,7 +93,7 @@ typedef struct zinc_ops {
                               const float *wpe, int B, int T, int C, int v0, int V);
     /* dwte(V,C) += scatter of dout(B,T,C) act by token, rows tok - v0 of the
      * tokens in [v0, v0+V) only (the others touch nothing);
-     * dwpe(maxT,C)[p] += dout[b,t] unless dwpe is NULL (skipped). */
+     * dwpe(maxT,C)[p] += dout[b,t]; dwte or dwpe NULL: skipped (frozen). */
     void (*embedding_backward)(float *dwte, float *dwpe, const void *dout,
                                const int32_t *tokens, const int32_t *pos, int B, int T, int C, int v0, int V);
 
@@ -100,7 +101,9 @@ typedef struct zinc_ops {
      * mean(N), rstd(N) for backward. inp act. */
     void (*layernorm_forward)(void *out, float *mean, float *rstd, const void *inp,
                               const float *weight, const float *bias, int N, int C);
-    /* dinp(N,C) act, dweight(C), dbias(C) accumulate; dout, inp act. */
+    /* dinp(N,C) act, dweight(C), dbias(C) accumulate; dout, inp act. dweight and
+     * dbias may be NULL (frozen; the CUDA table takes one NULL without the other on
+     * rows of at most 1024 bf16 / 512 fp32 only, and records an error for wider). */
     void (*layernorm_backward)(void *dinp, float *dweight, float *dbias, const void *dout,
                                const void *inp, const float *weight, const float *mean,
                                const float *rstd, int N, int C);
@@ -131,7 +134,7 @@ typedef struct zinc_ops {
      * saved for backward. inp act. */
     void (*rmsnorm_forward)(void *out, float *rstd, const void *inp, const float *weight, float eps,
                             int N, int C);
-    /* dinp(N,C) act and dweight(C) accumulate; dout, inp act. */
+    /* dinp(N,C) act and dweight(C) accumulate (dweight NULL: frozen, skipped); dout, inp act. */
     void (*rmsnorm_backward)(void *dinp, float *dweight, const void *dout, const void *inp,
                              const float *weight, const float *rstd, int N, int C);
     /* Rotary position embedding, IN PLACE (the exception to accumulation): the first

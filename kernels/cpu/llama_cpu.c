@@ -41,7 +41,7 @@ void cpu_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const 
                           const float *rstd, int N, int C)
 {
     enum { BLK = CPU_NORM_BLK };
-    assert(dinp && dweight && dout && inp && weight && rstd && N >= 0 && C > 0);
+    assert(dinp && dout && inp && weight && rstd && N >= 0 && C > 0);
     const float inv_c = 1.0f / (float)C;
     const int nblk = (C + BLK - 1) / BLK;
     #pragma omp parallel if ((size_t)N * C >= CPU_PAR_MIN)
@@ -62,7 +62,7 @@ void cpu_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const 
                 dx[c] += (weight[c] * dy[c] - x[c] * rs * m) * rs;
         }
         #pragma omp for schedule(static)
-        for (int bi = 0; bi < nblk; bi++) /* LayerNorm's with mean 0 and no bias */
+        for (int bi = 0; bi < (dweight ? nblk : 0); bi++) /* LayerNorm's with mean 0 and no bias */
             cpu_norm_param_grads(dweight, NULL, dout, inp, NULL, rstd, N, C, bi * BLK);
     }
 }

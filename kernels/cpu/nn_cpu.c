@@ -66,7 +66,7 @@ void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
                             const int32_t *tokens, const int32_t *pos, int B, int T, int C, int v0, int V)
 {
     enum { BLK = 64 };
-    assert(dwte && dout && tokens && B >= 0 && T >= 0 && C > 0 && v0 >= 0 && V > 0);
+    assert(dout && tokens && B >= 0 && T >= 0 && C > 0 && v0 >= 0 && V > 0);
     const int BT = B * T;
     const int nblk = (C + BLK - 1) / BLK;
     const int nt = dwpe && !pos ? T : 0;
@@ -76,7 +76,7 @@ void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout,
         for (int bi = 0; bi < nblk; bi++) {
             const int c0 = bi * BLK;
             const int cw = C - c0 < BLK ? C - c0 : BLK;
-            for (int bt = 0; bt < BT; bt++) {
+            for (int bt = 0; dwte && bt < BT; bt++) {
                 const int64_t r = vp_index(tokens[bt], v0, V);
                 if (r < 0)
                     continue;
@@ -150,7 +150,7 @@ void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const flo
                             const float *rstd, int N, int C)
 {
     enum { BLK = CPU_NORM_BLK };
-    assert(dinp && dweight && dbias && dout && inp && weight && mean && rstd);
+    assert(dinp && dout && inp && weight && mean && rstd);
     assert(N >= 0 && C > 0);
     const float inv_c = 1.0f / (float)C;
     const int nblk = (C + BLK - 1) / BLK;
@@ -177,7 +177,7 @@ void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const flo
             }
         }
         #pragma omp for schedule(static)
-        for (int bi = 0; bi < nblk; bi++)
+        for (int bi = 0; bi < (dweight || dbias ? nblk : 0); bi++)
             cpu_norm_param_grads(dweight, dbias, dout, inp, mean, rstd, N, C, bi * CPU_NORM_BLK);
     }
 }
@@ -197,7 +197,8 @@ void cpu_norm_param_grads(float *dweight, float *dbias, const float *dout, const
             accb[c] += dy[c];
         }
     }
-    for (int c = 0; c < cw; c++) dweight[c0 + c] += accw[c];
+    if (dweight)
+        for (int c = 0; c < cw; c++) dweight[c0 + c] += accw[c];
     if (dbias)
         for (int c = 0; c < cw; c++) dbias[c0 + c] += accb[c];
 }

@@ -115,13 +115,15 @@ void cpu_colsum_acc_bf16(float *dst, const uint16_t *src, int N, int C)
 static void linear_bwd(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                        const float *weight, int N, int C, int OC, int tw)
 {
-    assert(dweight && dout && inp && weight && N >= 0 && C > 0 && OC > 0);
+    assert(dout && inp && weight && N >= 0 && C > 0 && OC > 0);
     if (N == 0)
         return;
     if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, tw ? CblasNoTrans : CblasTrans, N, C, OC, 1.0f, dout, OC,
                     weight, tw ? C : OC, 1.0f, dinp, C);
-    if (tw)
+    if (!dweight) /* a frozen weight: no gradient */
+        ;
+    else if (tw)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
     else
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, C, dout, OC, 1.0f, dweight, OC);

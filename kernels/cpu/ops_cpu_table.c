@@ -361,7 +361,8 @@ static void nat_linear_backward(void *dinp, float *dweight, float *dbias, const 
         b16_epi e = {.out = dinp, .ld = C};
         cpu_gemm_bf16_ex(dout, BF, weight, F32, N, C, OC, 0, 1, epi_acc, &e);
     }
-    cpu_gemm_bf16(dweight, inp, BF, dout, BF, C, OC, N, 1, 0, 1.0f, 1.0f);
+    if (dweight) /* NULL: a frozen weight */
+        cpu_gemm_bf16(dweight, inp, BF, dout, BF, C, OC, N, 1, 0, 1.0f, 1.0f);
     if (dbias)
         cpu_colsum_acc_bf16(dbias, dout, N, OC);
 }
@@ -381,7 +382,8 @@ static void nat_linear_gelu_backward(void *dpre, float *dweight, float *dbias, c
 {
     b16_epi e = {.out = dpre, .aux = pre, .ld = C};
     cpu_gemm_bf16_ex(dout, BF, weight, F32, N, C, OC, 0, 1, epi_dgelu, &e);
-    cpu_gemm_bf16(dweight, inp, BF, dout, BF, C, OC, N, 1, 0, 1.0f, 1.0f);
+    if (dweight) /* NULL: a frozen weight */
+        cpu_gemm_bf16(dweight, inp, BF, dout, BF, C, OC, N, 1, 0, 1.0f, 1.0f);
     if (dbias)
         cpu_colsum_acc_bf16(dbias, dout, N, OC);
 }
@@ -402,7 +404,8 @@ static void nat_linear_t_backward(void *dinp, float *dweight, float *dbias, cons
         b16_epi e = {.out = dinp, .ld = C};
         cpu_gemm_bf16_ex(dout, BF, weight, F32, N, C, OC, 0, 0, epi_acc, &e);
     }
-    cpu_gemm_bf16(dweight, dout, BF, inp, BF, OC, C, N, 1, 0, 1.0f, 1.0f);
+    if (dweight) /* NULL: a frozen weight */
+        cpu_gemm_bf16(dweight, dout, BF, inp, BF, OC, C, N, 1, 0, 1.0f, 1.0f);
     if (dbias)
         cpu_colsum_acc_bf16(dbias, dout, N, OC);
 }

@@ -359,7 +359,7 @@ static __global__ void __launch_bounds__(32 * LN_FIN_Y)
         for (int y = 1; y < LN_FIN_Y; y++)
             t += s[y][tx];
         float *dst = blockIdx.y ? dbias : dweight;
-        dst[c] += t;
+        if (dst) dst[c] += t; /* NULL: a frozen parameter */
     }
 }
 
@@ -400,11 +400,11 @@ void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, const voi
                              const void *inp, const float *weight, const float *mean,
                              const float *rstd, int N, int C)
 {
-    assert(dinp && dweight && dbias && dout && inp && weight && mean && rstd);
+    assert(dinp && dout && inp && weight && mean && rstd);
     assert(N >= 0 && C > 0);
     const int G = C / ACT_VW(A);
     const int kg = G > 32 ? (G + 31) / 32 : 1;
-    const int fused = kg <= LN_BWD_KG;
+    const int fused = kg <= LN_BWD_KG && (dweight || dbias); /* both NULL (frozen): dinp alone */
     const int rpc = fused ? ln_bwd_rows_per_block(N) : cuda_colsum_rows_per_chunk(N);
     const int nchunk = N > 0 ? (N + rpc - 1) / rpc : 0;
     const int vec = C % ACT_VW(A) == 0 && cuda_al16(dinp) && cuda_al16(dout) && cuda_al16(inp) &&
@@ -437,6 +437,13 @@ void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, const voi
         layernorm_backward_dinp_kernel<A, false><<<row_grid((size_t)N), ROW_WARPS * 32>>>(
             (A *)dinp, (const A *)dout, (const A *)inp, weight, mean, rstd, N, C);
     LAUNCH_TRY(layernorm_backward_dinp_kernel);
+    if (!dweight && !dbias) goto cleanup;
+    if (!dweight || !dbias) {
+        cuda_fail(ZINC_ERR_UNSUPPORTED, "layernorm_backward", __FILE__, __LINE__,
+                  "a frozen LayerNorm weight with a trained bias (or the reverse) is not done on cuda for rows "
+                  "this wide");
+        goto cleanup;
+    }
     cuda_colsum_ln_acc(dweight, dbias, part, (const A *)dout, (const A *)inp, mean, rstd, N, C,
                        rpc);
 cleanup:

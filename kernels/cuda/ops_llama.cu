@@ -129,11 +129,12 @@ template <class A>
 void cuda_rmsnorm_backward(void *dinp, float *dweight, const void *dout, const void *inp, const float *weight,
                            const float *rstd, int N, int C)
 {
-    assert(dinp && dweight && dout && inp && weight && rstd && N >= 0 && C > 0);
+    assert(dinp && dout && inp && weight && rstd && N >= 0 && C > 0);
     if (N == 0) return;
     rmsnorm_dinp_kernel<A><<<blocks_of((size_t)N, LL_WARPS), LL_WARPS * 32>>>(
         (A *)dinp, (const A *)dout, (const A *)inp, weight, rstd, N, C);
     LAUNCH_TRY(rmsnorm_dinp_kernel);
+    if (!dweight) return; /* a frozen weight */
     rmsnorm_dweight_kernel<A><<<blocks_of((size_t)C, LL_THREADS), LL_THREADS>>>(dweight, (const A *)dout,
                                                                                (const A *)inp, rstd, N, C);
     LAUNCH_TRY(rmsnorm_dweight_kernel);

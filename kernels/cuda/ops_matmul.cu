@@ -520,9 +520,9 @@ void cuda_linear_backward(void *dinp, float *dweight, float *dbias, const void *
                           const void *inp, const float *weight, int N, int C, int OC)
 {
     const int bf16_ops = sizeof(A) == 2;
-    assert(dweight && dout && inp && weight && N >= 0 && C > 0 && OC > 0);
+    assert(dout && inp && weight && N >= 0 && C > 0 && OC > 0);
     if (N == 0 || !cuda_state_get() || !dinp_acc(bf16_ops, dinp, dout, weight, N, C, OC, 1) ||
-        !gemm(dweight, inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f, bf16_ops ? LT_BF16 : LT_F32, LT_F32))
+        (dweight && /* NULL: a frozen weight */ !gemm(dweight, inp, dout, C, OC, N, 1, 0, 1.0f, 1.0f, bf16_ops ? LT_BF16 : LT_F32, LT_F32)))
         return;
     /* the column sums take the scratch after the products are enqueued:
      * stream order keeps the staged weight valid for them */
@@ -537,9 +537,9 @@ void cuda_linear_t_backward(void *dinp, float *dweight, float *dbias, const void
                             const float *weight, int N, int C, int OC)
 {
     const int bf16_ops = sizeof(A) == 2;
-    assert(dweight && dout && inp && weight && N >= 0 && C > 0 && OC > 0);
+    assert(dout && inp && weight && N >= 0 && C > 0 && OC > 0);
     if (N == 0 || !cuda_state_get() || !dinp_acc(bf16_ops, dinp, dout, weight, N, C, OC, 0) ||
-        !gemm(dweight, dout, inp, OC, C, N, 1, 0, 1.0f, 1.0f, bf16_ops ? LT_BF16 : LT_F32, LT_F32))
+        (dweight && !gemm(dweight, dout, inp, OC, C, N, 1, 0, 1.0f, 1.0f, bf16_ops ? LT_BF16 : LT_F32, LT_F32)))
         return;
     if (dbias)
         cuda_colsum_acc(dbias, (const A *)dout, N, OC);
@@ -584,7 +584,7 @@ void cuda_linear_gelu_backward(void *dpre, float *dweight, float *dbias, const v
                                const void *inp, const void *pre, const float *weight, int N,
                                int C, int OC)
 {
-    assert(dpre && dweight && dout && inp && pre && weight && N >= 0 && C > 0 && OC > 0);
+    assert(dpre && dout && inp && pre && weight && N >= 0 && C > 0 && OC > 0);
     if (N == 0 || !cuda_state_get())
         return;
     if (sizeof(A) == 2) {

@@ -4,7 +4,8 @@
  * ops are pre-filled to check that they accumulate, and the rows outside the strided
  * columns must come back untouched. The act-bf16 table is held to one bf16 rounding of
  * the fp32 table on the same inputs; the ops are bitwise the same on 1 and 2 threads;
- * the dropout mask keeps a fraction 1 - p and is the same in both passes. */
+ * the dropout mask keeps a fraction 1 - p and is the same in both passes; every backward
+ * op takes NULL for a frozen parameter's gradient. */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -173,6 +174,54 @@ static void test_dropout(void)
     free(x), free(y), free(d0), free(d), free(hx), free(hy), free(wx);
 }
 
+/* A frozen weight: every backward op takes NULL for its parameter gradients and gives the
+ * same input gradient (both tables). */
+static void test_frozen_null(void)
+{
+    enum { n_ = 6, c_ = 24, oc_ = 40 };
+    for (int k = 0; k < 2; k++) {
+        const zinc_ops *o = k ? zinc_ops_cpu_bf16() : zinc_ops_cpu();
+        const size_t az = k ? 2 : 4;
+        float *x = frand(n_ * oc_, 1.0f), *w = frand(c_ * oc_, 0.5f), *dy = frand(n_ * oc_, 1.0f);
+        float *dw = calloc(c_ * oc_, 4), *db = calloc(oc_, 4), *mean = calloc(n_, 4), *rstd = calloc(n_, 4);
+        void *xa = malloc(n_ * oc_ * az), *dya = malloc(n_ * oc_ * az), *d1 = calloc(n_ * oc_, az),
+             *d2 = calloc(n_ * oc_, az), *pre = malloc(n_ * oc_ * az);
+        o->convert(xa, o->act, x, ZINC_DTYPE_F32, n_ * oc_);
+        o->convert(dya, o->act, dy, ZINC_DTYPE_F32, n_ * oc_);
+        o->convert(pre, o->act, dy, ZINC_DTYPE_F32, n_ * oc_);
+        o->linear_backward(d1, dw, db, dya, xa, w, n_, c_, oc_);
+        o->linear_backward(d2, NULL, NULL, dya, xa, w, n_, c_, oc_);
+        CU_ASSERT(memcmp(d1, d2, n_ * c_ * az) == 0);
+        memset(d1, 0, n_ * oc_ * az), memset(d2, 0, n_ * oc_ * az);
+        o->linear_t_backward(d1, dw, db, dya, xa, w, n_, c_, oc_);
+        o->linear_t_backward(d2, NULL, NULL, dya, xa, w, n_, c_, oc_);
+        CU_ASSERT(memcmp(d1, d2, n_ * c_ * az) == 0);
+        o->linear_gelu_backward(d1, dw, db, dya, xa, pre, w, n_, c_, oc_);
+        o->linear_gelu_backward(d2, NULL, NULL, dya, xa, pre, w, n_, c_, oc_);
+        CU_ASSERT(memcmp(d1, d2, n_ * c_ * az) == 0);
+        float *lw = frand(oc_, 1.0f);
+        o->layernorm_forward(pre, mean, rstd, xa, lw, db, n_, oc_);
+        memset(d1, 0, n_ * oc_ * az), memset(d2, 0, n_ * oc_ * az);
+        o->layernorm_backward(d1, dw, db, dya, xa, lw, mean, rstd, n_, oc_);
+        o->layernorm_backward(d2, NULL, NULL, dya, xa, lw, mean, rstd, n_, oc_);
+        CU_ASSERT(memcmp(d1, d2, n_ * oc_ * az) == 0);
+        o->rmsnorm_forward(pre, rstd, xa, lw, 1e-6f, n_, oc_);
+        memset(d1, 0, n_ * oc_ * az), memset(d2, 0, n_ * oc_ * az);
+        o->rmsnorm_backward(d1, dw, dya, xa, lw, rstd, n_, oc_);
+        o->rmsnorm_backward(d2, NULL, dya, xa, lw, rstd, n_, oc_);
+        CU_ASSERT(memcmp(d1, d2, n_ * oc_ * az) == 0);
+        int32_t tok[n_] = {1, 2, 3, 1, 0, 2};
+        float *pe = calloc(n_ * oc_, 4);
+        o->embedding_backward(NULL, pe, dya, tok, NULL, 1, n_, oc_, 0, 4); /* dwte frozen, dwpe trained */
+        int ok = 1;
+        for (int i = 0; i < n_ * oc_; i++) ok &= fabsf(pe[i] - (k ? zinc_bf16_to_f32(((uint16_t *)dya)[i]) : dy[i])) == 0;
+        CU_ASSERT(ok);
+        o->embedding_backward(NULL, NULL, dya, tok, NULL, 1, n_, oc_, 0, 4);
+        free(x), free(w), free(dy), free(dw), free(db), free(mean), free(rstd), free(xa), free(dya), free(d1);
+        free(d2), free(pre), free(lw), free(pe);
+    }
+}
+
 static void test_tables(void)
 {
     const zinc_ops *t[2] = {zinc_ops_cpu(), zinc_ops_cpu_bf16()};
@@ -182,6 +231,7 @@ static void test_tables(void)
 
 int main(void)
 {
-    static const unit_case cases[] = {{"tables", test_tables}, {"lora", test_lora}, {"dropout", test_dropout}};
+    static const unit_case cases[] = {{"tables", test_tables}, {"lora", test_lora}, {"dropout", test_dropout},
+                                      {"frozen_null", test_frozen_null}};
     return unit_run("lora_ops_cpu", cases, sizeof cases / sizeof *cases, 1) ? 1 : 0;
 }
