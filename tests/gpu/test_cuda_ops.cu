@@ -1049,6 +1049,81 @@ static void test_llama_ops(void)
     for (void *q : host) free(q);
 }
 
+/* LoRA's strided low-rank path and the dropout on its input, against the CPU ops; the
+ * dropout masks are the same function of (seed, index) on both devices, and the frozen
+ * weight's NULL gradient skips the weight product with the same input gradient. */
+static void test_lora(void)
+{
+    enum { N = 45, C = 96, OC = 70, R = 8, LDI = 100, LDO = 150, C0 = 40 };
+    const size_t ni = (size_t)N * LDI, no = (size_t)N * LDO;
+    const float s = 2.0f;
+    void *x = hact(ni, -1, 1), *y = hact(no, -1, 1), *y0 = hact_copy(y, no), *dy = hact(no, -1, 1);
+    void *dx = hact(ni, -1, 1), *dx0 = hact_copy(dx, ni);
+    float *A = hparam((size_t)R * C, -0.3f, 0.3f), *B = hparam((size_t)OC * R, -0.3f, 0.3f);
+    float *t = hpoison((size_t)N * R), *dt = hpoison((size_t)N * R);
+    float *dA = hrand((size_t)R * C, -1, 1), *dA0 = hcopy(dA, (size_t)R * C);
+    float *dB = hrand((size_t)OC * R, -1, 1), *dB0 = hcopy(dB, (size_t)OC * R);
+    void *d_x = dact(x, ni), *d_y = dact(y, no), *d_dy = dact(dy, no), *d_dx = dact(dx, ni);
+    float *d_A = dcopy(A, (size_t)R * C), *d_B = dcopy(B, (size_t)OC * R), *d_t = dpoison((size_t)N * R);
+    float *d_dt = dpoison((size_t)N * R), *d_dA = dcopy(dA, (size_t)R * C), *d_dB = dcopy(dB, (size_t)OC * R);
+    const size_t az = act_size();
+    cpu->lora_forward((char *)y + C0 * az, LDO, t, x, LDI, A, B, s, N, C, OC, R);
+    gpu->lora_forward((char *)d_y + C0 * az, LDO, d_t, d_x, LDI, d_A, d_B, s, N, C, OC, R);
+    check_status("lora_forward");
+    check_acc_act("lora_forward out", d_y, y, y0, no, TOL_RED);
+    check_close("lora_forward t", d_t, t, (size_t)N * R, TOL_RED);
+    h2d(d_t, t, (size_t)N * R * sizeof(float));
+    cpu->lora_backward(dx, dA, dB, dt, (char *)dy + C0 * az, LDO, x, LDI, t, A, B, s, N, C, OC, R);
+    gpu->lora_backward(d_dx, d_dA, d_dB, d_dt, (char *)d_dy + C0 * az, LDO, d_x, LDI, d_t, d_A, d_B, s, N, C, OC, R);
+    check_status("lora_backward");
+    check_acc_act("lora_backward dinp", d_dx, dx, dx0, ni, TOL_RED);
+    check_acc("lora_backward dA", d_dA, dA, dA0, (size_t)R * C, TOL_RED);
+    check_acc("lora_backward dB", d_dB, dB, dB0, (size_t)OC * R, TOL_RED);
+    check_close("lora_backward dt", d_dt, dt, (size_t)N * R, TOL_RED);
+
+    const float p = 0.25f;
+    void *dr = hact_poison(ni), *d_dr = dact_poison(ni), *g = hact(ni, -1, 1), *g0 = hact_copy(g, ni);
+    void *d_g = dact(g, ni);
+    cpu->dropout_forward(dr, x, ni, p, 77);
+    gpu->dropout_forward(d_dr, d_x, ni, p, 77);
+    check_status("dropout_forward");
+    check_close_act("dropout_forward", d_dr, dr, ni, TOL_EW);
+    cpu->dropout_backward(g, dy, ni < no ? ni : no, p, 78);
+    gpu->dropout_backward(d_g, d_dy, ni < no ? ni : no, p, 78);
+    check_status("dropout_backward");
+    check_acc_act("dropout_backward", d_g, g, g0, ni, TOL_EW);
+
+    /* a frozen weight: linear_t_backward without dweight gives the same dinp */
+    {
+        enum { LN = 33, LC = 64, LO = 48 };
+        void *li = hact((size_t)LN * LC, -1, 1), *lg = hact((size_t)LN * LO, -1, 1);
+        float *lw = hparam((size_t)LO * LC, -1, 1);
+        void *d_li = dact(li, (size_t)LN * LC), *d_lg = dact(lg, (size_t)LN * LO);
+        float *d_lw = dcopy(lw, (size_t)LO * LC), *d_dw = dpoison((size_t)LO * LC);
+        void *d1 = dact_poison((size_t)LN * LC), *d2 = dact_poison((size_t)LN * LC);
+        cudaMemset(d1, 0, (size_t)LN * LC * az), cudaMemset(d2, 0, (size_t)LN * LC * az), cudaMemset(d_dw, 0, (size_t)LO * LC * 4);
+        gpu->linear_t_backward(d1, d_dw, NULL, d_lg, d_li, d_lw, LN, LC, LO);
+        gpu->linear_t_backward(d2, NULL, NULL, d_lg, d_li, d_lw, LN, LC, LO);
+        check_status("linear_t_backward dweight NULL");
+        void *h1 = malloc((size_t)LN * LC * az), *h2 = malloc((size_t)LN * LC * az);
+        cudaMemcpy(h1, d1, (size_t)LN * LC * az, cudaMemcpyDeviceToHost);
+        cudaMemcpy(h2, d2, (size_t)LN * LC * az, cudaMemcpyDeviceToHost);
+        n_checks++;
+        if (memcmp(h1, h2, (size_t)LN * LC * az)) {
+            n_fail++;
+            printf("FAIL  linear_t_backward: dinp without dweight differs\n");
+        }
+        void *dv[] = {d_li, d_lg, d_lw, d_dw, d1, d2};
+        for (void *q : dv) cudaFree(q);
+        void *hv[] = {li, lg, lw, h1, h2};
+        for (void *q : hv) free(q);
+    }
+    void *dev[] = {d_x, d_y, d_dy, d_dx, d_A, d_B, d_t, d_dt, d_dA, d_dB, d_dr, d_g};
+    for (void *q : dev) cudaFree(q);
+    void *host[] = {x, y, y0, dy, dx, dx0, A, B, t, dt, dA, dA0, dB, dB0, dr, g, g0};
+    for (void *q : host) free(q);
+}
+
 static void test_elementwise(void)
 {
     enum { N = 10007 };
@@ -1845,7 +1920,8 @@ static int table_complete(const zinc_ops *t)
            t->attention_scratch_floats && t->residual_forward && t->softmax_xent &&
            t->xent_vp_max && t->xent_vp_sums && t->xent_vp_finish && t->adamw &&
            t->sumsq && t->scale && t->zero && t->copy && t->convert && t->add_into &&
-           t->round_to && t->sum;
+           t->round_to && t->sum && t->lora_forward && t->lora_backward && t->dropout_forward &&
+           t->dropout_backward;
 }
 
 int main(void)
@@ -1896,6 +1972,7 @@ int main(void)
     test_embedding();
     test_layernorm();
     test_llama_ops();
+    test_lora();
     test_elementwise();
     test_attention();
     test_softmax_xent();
@@ -1918,6 +1995,7 @@ int main(void)
     test_embedding();
     test_layernorm();
     test_llama_ops();
+    test_lora();
     test_elementwise();
     test_attention_bf16();
     test_softmax_xent();
