@@ -55,13 +55,15 @@
                                const void *out, const float *lse, const int32_t *pos, int B,    \
                                int T, int NH, int NKV, int HS),                                 \
       (dqkv, sc, dout, qkv, out, lse, pos, B, T, NH, NKV, HS))                                  \
-    X(lora_forward, (void *out, int ldo, float *t, const void *inp, int ldi, const float *A,     \
-                     const float *B, float s, int N, int C, int OC, int r),                      \
-      (out, ldo, t, inp, ldi, A, B, s, N, C, OC, r))                                            \
-    X(lora_backward, (void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo,   \
-                      const void *inp, int ldi, const float *t, const float *A, const float *B,  \
-                      float s, int N, int C, int OC, int r),                                     \
-      (dinp, dA, dB, dt, dout, ldo, inp, ldi, t, A, B, s, N, C, OC, r))                         \
+    X(lora_down, (float *t, const void *inp, int ldi, const float *A, int N, int C, int r),     \
+      (t, inp, ldi, A, N, C, r))                                                                \
+    X(lora_up, (void *out, int ldo, const float *t, const float *B, float s, int N, int OC,     \
+                int r), (out, ldo, t, B, s, N, OC, r))                                          \
+    X(lora_grad_up, (float *dB, float *dt, const void *dout, int ldo, const float *t,           \
+                     const float *B, float s, int N, int OC, int r),                            \
+      (dB, dt, dout, ldo, t, B, s, N, OC, r))                                                   \
+    X(lora_grad_down, (void *dinp, float *dA, const float *dt, const void *inp, int ldi,        \
+                       const float *A, int N, int C, int r), (dinp, dA, dt, inp, ldi, A, N, C, r)) \
     X(dropout_forward, (void *out, const void *inp, size_t n, float p, uint64_t seed),          \
       (out, inp, n, p, seed))                                                                   \
     X(dropout_backward, (void *dinp, const void *dout, size_t n, float p, uint64_t seed),       \

@@ -1495,10 +1495,10 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
     /* model.lora: given (an object), LoRA is on */
     json_t *jmodel = json_object_get(root, "model");
     c->model.lora.enabled = json_is_object(json_object_get(jmodel, "lora"));
-    if (c->model.lora.enabled && c->tp.size > 1)
-        return cfg_err_also(x, "model.lora", "tensor_parallel.autotp_size",
-                            "LoRA under tensor parallelism is not implemented yet (size %lld)",
-                            (long long)c->tp.size);
+    if (c->model.lora.enabled && c->model.lora.dropout > 0 && c->tp.size > 1 && c->tp.sequence_parallel)
+        return cfg_err_also(x, "model.lora.dropout", "tensor_parallel.sequence_parallel",
+                            "LoRA dropout with sequence parallelism is not implemented yet (dropout %g)",
+                            c->model.lora.dropout);
 
     /* "auto" (rules at the top of this file) */
     zinc_sched_type sty = c->scheduler.type;

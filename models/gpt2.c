@@ -187,10 +187,11 @@ static zinc_status block_declare(zinc_layer *l)
     if (!ok) return ZINC_ERR_INVALID_ARG;
     /* the adapters after the base (declare runs for every block alike: the same indices) */
     gpt2_dims *dm = zinc_layer_state(l);
-    const int io[4][2] = {{d->C, 3 * d->C}, {d->C, d->C}, {d->C, 4 * d->C}, {4 * d->C, d->C}};
+    const int io[4][4] = {{d->C, 3 * d->C, LORA_COLUMN, 3}, {d->C, d->C, LORA_ROW, 1},
+                          {d->C, 4 * d->C, LORA_COLUMN, 1}, {4 * d->C, d->C, LORA_ROW, 1}};
     zinc_status st = ZINC_OK;
     for (int i = 0; i < 4 && st == ZINC_OK; i++)
-        st = model_lora_declare(&d->lora, l, i, lora_modules[i], io[i][0], io[i][1], &dm->site[i]);
+        st = model_lora_declare(&d->lora, l, i, lora_modules[i], io[i][0], io[i][1], io[i][2], io[i][3], &dm->site[i]);
     return st;
 }
 
@@ -256,8 +257,8 @@ static size_t block_scratch_bytes(const zinc_layer *l, int B, int T, zinc_dtype 
 
 /* c_fc and its GELU: out = gelu(pre), pre = ln2 @ W + b (+ the adapter's path: then
  * unfused, the GELU after the sum); pre may be NULL when the product is fused. */
-static void fc_forward(zinc_layer *l, zinc_ctx *c, const block_acts *a, const block_scratch *s, void *out,
-                       void *pre, const void *ln2f)
+static zinc_status fc_forward(zinc_layer *l, zinc_ctx *c, const block_acts *a, const block_scratch *s, void *out,
+                              void *pre, const void *ln2f)
 {
     const gpt2_dims *d = zinc_layer_state(l);
     gpt2_local g = local_of(d, c->tp);
@@ -265,11 +266,12 @@ static void fc_forward(zinc_layer *l, zinc_ctx *c, const block_acts *a, const bl
     const float *w = zinc_layer_param(l, B_FCW), *b = zinc_layer_param(l, B_FCB);
     if (!adapted(d, S_FC)) {
         c->ops->linear_gelu_forward(out, pre, ln2f, w, b, N, d->C, g.Fl);
-        return;
+        return ZINC_OK;
     }
     zinc_tp_column_forward(c->tp, pre, ln2f, w, b, N, d->C, g.Fl);
-    model_lora_forward(&d->lora, &d->site[S_FC], l, c, S_FC, pre, g.Fl, ln2f, a->lt[S_FC], &s->lo);
+    zinc_status st = model_lora_forward(&d->lora, &d->site[S_FC], l, c, S_FC, pre, g.Fl, ln2f, a->lt[S_FC], &s->lo);
     c->ops->gelu_forward(out, pre, (size_t)N * g.Fl);
+    return st;
 }
 
 static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
@@ -298,21 +300,21 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
     const void *ln1f = zinc_tp_region_enter(tp, s.full, ln1, N, C, &st);
     if (st != ZINC_OK) return st;
     zinc_tp_column_forward(tp, a.qkv, ln1f, p[B_QKVW], p[B_QKVB], N, C, 3 * g.Cl);
-    model_lora_forward(&d->lora, &d->site[S_ATTN], l, c, S_ATTN, a.qkv, 3 * C, ln1f, a.lt[S_ATTN], &s.lo);
+    ZINC_TRY(model_lora_forward(&d->lora, &d->site[S_ATTN], l, c, S_ATTN, a.qkv, 3 * g.Cl, ln1f, a.lt[S_ATTN], &s.lo));
     if (c->pos) /* documents packed in the rows: the multi-head case of the masked op */
         o->attention_gqa_forward(a.atty, a.lse, a.qkv, c->pos, c->B, c->T, g.NHl, g.NHl, g.Cl / g.NHl);
     else
         o->attention_forward(a.atty, a.lse, a.qkv, c->B, c->T, g.Cl, g.NHl);
     ZINC_TRY(zinc_tp_row_forward(tp, a.res2, s.dln, a.atty, p[B_PRJW], p[B_PRJB], N, g.Cl, C));
-    model_lora_forward(&d->lora, &d->site[S_APROJ], l, c, S_APROJ, a.res2, C, a.atty, a.lt[S_APROJ], &s.lo);
+    ZINC_TRY(model_lora_forward(&d->lora, &d->site[S_APROJ], l, c, S_APROJ, a.res2, C, a.atty, a.lt[S_APROJ], &s.lo));
     o->residual_forward(a.res2, a.res2, x, (size_t)R * C);
     /* MLP: res2 + c_proj(gelu(c_fc(ln2(res2)))) over this rank's columns */
     o->layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], R, C);
     const void *ln2f = zinc_tp_region_enter(tp, s.full, ln2, N, C, &st);
     if (st != ZINC_OK) return st;
-    fc_forward(l, c, &a, &s, fch_gelu, d->recompute && adapted(d, S_FC) ? s.b : a.fch, ln2f);
+    ZINC_TRY(fc_forward(l, c, &a, &s, fch_gelu, d->recompute && adapted(d, S_FC) ? s.b : a.fch, ln2f));
     ZINC_TRY(zinc_tp_row_forward(tp, y, s.dln, fch_gelu, p[B_FPW], p[B_FPB], N, g.Fl, C));
-    model_lora_forward(&d->lora, &d->site[S_MPROJ], l, c, S_MPROJ, y, C, fch_gelu, a.lt[S_MPROJ], &s.lo);
+    ZINC_TRY(model_lora_forward(&d->lora, &d->site[S_MPROJ], l, c, S_MPROJ, y, C, fch_gelu, a.lt[S_MPROJ], &s.lo));
     o->residual_forward(y, y, a.res2, (size_t)R * C);
 cleanup:
     return st;
@@ -361,20 +363,20 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     if (d->recompute) { /* fch and GELU(fch) */
         fch_gelu = s.a;
         fch = s.b;
-        fc_forward(l, c, &a, &s, fch_gelu, fch, ln2f);
+        ZINC_TRY(fc_forward(l, c, &a, &s, fch_gelu, fch, ln2f));
     }
     /* GELU's backward fused into c_proj's (row-parallel: no communication) */
     o->linear_gelu_backward(s.dfch, gr[B_FPW], gr[B_FPB], dyf, fch_gelu, fch, p[B_FPW], N, g.Fl,
                             C);
     if (adapted(d, S_MPROJ)) { /* the adapter's input gradient through the GELU too */
         o->zero(s.lg, (size_t)N * g.Fl * asz);
-        model_lora_backward(&d->lora, &d->site[S_MPROJ], l, c, S_MPROJ, s.lg, dyf, C, fch_gelu, a.lt[S_MPROJ],
-                            &s.lo);
+        ZINC_TRY(model_lora_backward(&d->lora, &d->site[S_MPROJ], l, c, S_MPROJ, s.lg, dyf, C, fch_gelu, a.lt[S_MPROJ],
+                            &s.lo));
         o->gelu_backward(s.dfch, fch, s.lg, (size_t)N * g.Fl);
     }
     ZINC_TRY(zinc_tp_column_backward(tp, dlnr, s.dln, gr[B_FCW], gr[B_FCB], s.dfch, ln2f,
                                      p[B_FCW], N, C, g.Fl));
-    model_lora_backward(&d->lora, &d->site[S_FC], l, c, S_FC, dlnr, s.dfch, g.Fl, ln2f, a.lt[S_FC], &s.lo);
+    ZINC_TRY(model_lora_backward(&d->lora, &d->site[S_FC], l, c, S_FC, dlnr, s.dfch, g.Fl, ln2f, a.lt[S_FC], &s.lo));
     o->layernorm_backward(dx, dln2w, dln2b, dlnr, a.res2, p[B_LN2W], a.ln2_mean, a.ln2_rstd, R,
                           C);
     /* attention branch: res2 = x + proj(attn(qkv(ln1(x)))); dx holds dres2 */
@@ -383,7 +385,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     void *datty = s.small;
     o->zero(datty, (size_t)N * g.Cl * asz);
     zinc_tp_row_backward(tp, datty, gr[B_PRJW], gr[B_PRJB], dres2f, a.atty, p[B_PRJW], N, g.Cl, C);
-    model_lora_backward(&d->lora, &d->site[S_APROJ], l, c, S_APROJ, datty, dres2f, C, a.atty, a.lt[S_APROJ], &s.lo);
+    ZINC_TRY(model_lora_backward(&d->lora, &d->site[S_APROJ], l, c, S_APROJ, datty, dres2f, C, a.atty, a.lt[S_APROJ], &s.lo));
     void *dqkv = s.dfch; /* dfch is dead */
     o->zero(dqkv, (size_t)N * 3 * g.Cl * asz);
     if (c->pos)
@@ -400,7 +402,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     if (st != ZINC_OK) return st;
     ZINC_TRY(zinc_tp_column_backward(tp, dlnr, s.dln, gr[B_QKVW], gr[B_QKVB], dqkv, ln1f,
                                      p[B_QKVW], N, C, 3 * g.Cl));
-    model_lora_backward(&d->lora, &d->site[S_ATTN], l, c, S_ATTN, dlnr, dqkv, 3 * C, ln1f, a.lt[S_ATTN], &s.lo);
+    ZINC_TRY(model_lora_backward(&d->lora, &d->site[S_ATTN], l, c, S_ATTN, dlnr, dqkv, 3 * g.Cl, ln1f, a.lt[S_ATTN], &s.lo));
     o->layernorm_backward(dx, dln1w, dln1b, dlnr, x, p[B_LN1W], a.ln1_mean, a.ln1_rstd, R, C);
     if (g.sp) {
         static const int idx[4] = {B_LN2W, B_LN2B, B_LN1W, B_LN1B};

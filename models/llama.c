@@ -199,11 +199,12 @@ static zinc_status block_declare(zinc_layer *l)
     if (!ok) return ZINC_ERR_INVALID_ARG;
     /* the adapters after the base (declare runs for every block alike: the same indices) */
     llama_dims *dm = zinc_layer_state(l);
-    const int io[N_SITES][2] = {{d->C, (int)Q}, {d->C, (int)KV}, {d->C, (int)KV}, {(int)Q, d->C},
-                                {d->C, d->F},   {d->C, d->F},    {d->F, d->C}};
+    const int io[N_SITES][3] = {{d->C, (int)Q, LORA_COLUMN}, {d->C, (int)KV, LORA_COLUMN}, {d->C, (int)KV, LORA_COLUMN},
+                                {(int)Q, d->C, LORA_ROW},    {d->C, d->F, LORA_COLUMN},    {d->C, d->F, LORA_COLUMN},
+                                {d->F, d->C, LORA_ROW}};
     zinc_status st = ZINC_OK;
     for (int i = 0; i < N_SITES && st == ZINC_OK; i++)
-        st = model_lora_declare(&d->lora, l, i, lora_modules[i], io[i][0], io[i][1], &dm->site[i]);
+        st = model_lora_declare(&d->lora, l, i, lora_modules[i], io[i][0], io[i][1], io[i][2], 1, &dm->site[i]);
     return st;
 }
 
@@ -307,26 +308,30 @@ static int site_col(const llama_dims *d, const llama_local *g, int site)
 }
 
 /* The adapters of the fused products: sites lo..hi-1 into y (rows ld apart) from x. */
-static void fused_lora_forward(zinc_layer *l, zinc_ctx *c, const block_acts *a, const block_scratch *s, int lo,
-                               int hi, void *y, int ld, const void *x)
+static zinc_status fused_lora_forward(zinc_layer *l, zinc_ctx *c, const block_acts *a, const block_scratch *s,
+                                      int lo, int hi, void *y, int ld, const void *x)
 {
     const llama_dims *d = zinc_layer_state(l);
     llama_local g = local_of(d, c->tp);
     const size_t asz = zinc_dtype_size(c->ops->act);
-    for (int i = lo; i < hi; i++)
-        model_lora_forward(&d->lora, &d->site[i], l, c, i, (char *)y + (size_t)site_col(d, &g, i) * asz, ld, x,
-                           a->lt[i], &s->lo);
+    zinc_status st = ZINC_OK;
+    for (int i = lo; i < hi && st == ZINC_OK; i++)
+        st = model_lora_forward(&d->lora, &d->site[i], l, c, i, (char *)y + (size_t)site_col(d, &g, i) * asz, ld, x,
+                                a->lt[i], &s->lo);
+    return st;
 }
 
-static void fused_lora_backward(zinc_layer *l, zinc_ctx *c, const block_acts *a, const block_scratch *s, int lo,
-                                int hi, void *dx, const void *dy, int ld, const void *x)
+static zinc_status fused_lora_backward(zinc_layer *l, zinc_ctx *c, const block_acts *a, const block_scratch *s,
+                                       int lo, int hi, void *dx, const void *dy, int ld, const void *x)
 {
     const llama_dims *d = zinc_layer_state(l);
     llama_local g = local_of(d, c->tp);
     const size_t asz = zinc_dtype_size(c->ops->act);
-    for (int i = lo; i < hi; i++)
-        model_lora_backward(&d->lora, &d->site[i], l, c, i, dx, (const char *)dy + (size_t)site_col(d, &g, i) * asz,
-                            ld, x, a->lt[i], &s->lo);
+    zinc_status st = ZINC_OK;
+    for (int i = lo; i < hi && st == ZINC_OK; i++)
+        st = model_lora_backward(&d->lora, &d->site[i], l, c, i, dx,
+                                 (const char *)dy + (size_t)site_col(d, &g, i) * asz, ld, x, a->lt[i], &s->lo);
+    return st;
 }
 
 static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void *y)
@@ -350,21 +355,21 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
     const void *ln1f = zinc_tp_region_enter(tp, s.full, a.ln1, N, C, &st);
     if (st != ZINC_OK) return st;
     zinc_tp_column_t_forward(tp, a.qkv, ln1f, zinc_layer_param(l, B_Q), qb, N, C, g.QKV);
-    fused_lora_forward(l, c, &a, &s, S_Q, S_V + 1, a.qkv, g.QKV, ln1f);
+    ZINC_TRY(fused_lora_forward(l, c, &a, &s, S_Q, S_V + 1, a.qkv, g.QKV, ln1f));
     rope_qk(c, d, &g, a.qkv, 1);
     o->attention_gqa_forward(a.atty, a.lse, a.qkv, c->pos, c->B, c->T, g.NHl, g.NKVl, d->HS);
     ZINC_TRY(zinc_tp_row_t_forward(tp, a.res2, s.dln, a.atty, zinc_layer_param(l, B_O), NULL, N, g.NHl * d->HS, C));
-    model_lora_forward(&d->lora, &d->site[S_O], l, c, S_O, a.res2, C, a.atty, a.lt[S_O], &s.lo);
+    ZINC_TRY(model_lora_forward(&d->lora, &d->site[S_O], l, c, S_O, a.res2, C, a.atty, a.lt[S_O], &s.lo));
     o->residual_forward(a.res2, a.res2, x, (size_t)R * C);
     /* MLP: res2 + down_proj(silu(gate(ln2)) * up(ln2)) over this rank's columns */
     o->rmsnorm_forward(a.ln2, a.rstd2, a.res2, zinc_layer_param(l, B_LN2), d->eps, R, C);
     const void *ln2f = zinc_tp_region_enter(tp, s.full, a.ln2, N, C, &st);
     if (st != ZINC_OK) return st;
     zinc_tp_column_t_forward(tp, a.gu, ln2f, zinc_layer_param(l, B_G), NULL, N, C, 2 * g.Fl);
-    fused_lora_forward(l, c, &a, &s, S_GATE, S_UP + 1, a.gu, 2 * g.Fl, ln2f);
+    ZINC_TRY(fused_lora_forward(l, c, &a, &s, S_GATE, S_UP + 1, a.gu, 2 * g.Fl, ln2f));
     o->swiglu_forward(a.h, a.gu, N, g.Fl);
     ZINC_TRY(zinc_tp_row_t_forward(tp, y, s.dln, a.h, zinc_layer_param(l, B_D), NULL, N, g.Fl, C));
-    model_lora_forward(&d->lora, &d->site[S_DOWN], l, c, S_DOWN, y, C, a.h, a.lt[S_DOWN], &s.lo);
+    ZINC_TRY(model_lora_forward(&d->lora, &d->site[S_DOWN], l, c, S_DOWN, y, C, a.h, a.lt[S_DOWN], &s.lo));
     o->residual_forward(y, y, a.res2, (size_t)R * C);
 cleanup:
     return st;
@@ -404,19 +409,19 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
         const void *l2f = zinc_tp_region_enter(tp, s.full, a.ln2, N, C, &st);
         if (st != ZINC_OK) return st;
         zinc_tp_column_t_forward(tp, a.gu, l2f, zinc_layer_param(l, B_G), NULL, N, C, 2 * g.Fl);
-        fused_lora_forward(l, c, &a, &s, S_GATE, S_UP + 1, a.gu, 2 * g.Fl, l2f);
+        ZINC_TRY(fused_lora_forward(l, c, &a, &s, S_GATE, S_UP + 1, a.gu, 2 * g.Fl, l2f));
         o->swiglu_forward(a.h, a.gu, N, g.Fl);
     }
     o->zero(dh, (size_t)N * g.Fl * asz);
     zinc_tp_row_t_backward(tp, dh, zinc_layer_grad(l, B_D), NULL, dyf, a.h, zinc_layer_param(l, B_D), N, g.Fl, C);
-    model_lora_backward(&d->lora, &d->site[S_DOWN], l, c, S_DOWN, dh, dyf, C, a.h, a.lt[S_DOWN], &s.lo);
+    ZINC_TRY(model_lora_backward(&d->lora, &d->site[S_DOWN], l, c, S_DOWN, dh, dyf, C, a.h, a.lt[S_DOWN], &s.lo));
     o->zero(dgu, (size_t)N * 2 * g.Fl * asz);
     o->swiglu_backward(dgu, dh, a.gu, N, g.Fl);
     const void *ln2f = zinc_tp_region_enter(tp, s.full, a.ln2, N, C, &st);
     if (st != ZINC_OK) return st;
     ZINC_TRY(zinc_tp_column_t_backward(tp, dlnr, s.dln, zinc_layer_grad(l, B_G), NULL, dgu, ln2f,
                                        zinc_layer_param(l, B_G), N, C, 2 * g.Fl));
-    fused_lora_backward(l, c, &a, &s, S_GATE, S_UP + 1, dlnr, dgu, 2 * g.Fl, ln2f);
+    ZINC_TRY(fused_lora_backward(l, c, &a, &s, S_GATE, S_UP + 1, dlnr, dgu, 2 * g.Fl, ln2f));
     o->rmsnorm_backward(dx, dln2w, dlnr, a.res2, zinc_layer_param(l, B_LN2), a.rstd2, R, C);
     /* attention branch; dx holds dres2 */
     const void *dres2f = zinc_tp_region_enter(tp, s.dln, dx, N, C, &st);
@@ -425,7 +430,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     o->zero(datty, (size_t)N * g.NHl * d->HS * asz);
     zinc_tp_row_t_backward(tp, datty, zinc_layer_grad(l, B_O), NULL, dres2f, a.atty, zinc_layer_param(l, B_O), N,
                            g.NHl * d->HS, C);
-    model_lora_backward(&d->lora, &d->site[S_O], l, c, S_O, datty, dres2f, C, a.atty, a.lt[S_O], &s.lo);
+    ZINC_TRY(model_lora_backward(&d->lora, &d->site[S_O], l, c, S_O, datty, dres2f, C, a.atty, a.lt[S_O], &s.lo));
     o->zero(dqkv, (size_t)N * g.QKV * asz);
     o->attention_gqa_backward(dqkv, s.att, datty, a.qkv, a.atty, a.lse, c->pos, c->B, c->T, g.NHl, g.NKVl, d->HS);
     rope_qk(c, d, &g, dqkv, -1); /* the gradients of q and k before the rotation */
@@ -438,7 +443,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     ZINC_TRY(zinc_tp_column_t_backward(tp, dlnr, s.dln, zinc_layer_grad(l, B_Q),
                                        d->qkv_bias ? zinc_layer_grad(l, B_QB) : NULL, dqkv, ln1f,
                                        zinc_layer_param(l, B_Q), N, C, g.QKV));
-    fused_lora_backward(l, c, &a, &s, S_Q, S_V + 1, dlnr, dqkv, g.QKV, ln1f);
+    ZINC_TRY(fused_lora_backward(l, c, &a, &s, S_Q, S_V + 1, dlnr, dqkv, g.QKV, ln1f));
     o->rmsnorm_backward(dx, dln1w, dlnr, x, zinc_layer_param(l, B_LN1), a.rstd1, R, C);
     if (g.sp) {
         static const int idx[2] = {B_LN2, B_LN1};

@@ -91,9 +91,11 @@ typedef struct model_lora {
 
 /* One linear's adapter in a layer: lora_A (r, in) and lora_B (out, r), their indices among
  * the layer's parameters (a < 0: the linear has none). */
+enum { LORA_COLUMN, LORA_ROW }; /* the adapted linear's TP split (zinc/tp.h) */
 typedef struct lora_site {
     int a, b;
-    int in, out;
+    int in, out; /* the logical widths */
+    int kind;    /* LORA_COLUMN or LORA_ROW */
 } lora_site;
 
 /* Reads model.lora for a model of type `model` whose layers have the linears `modules`
@@ -103,9 +105,10 @@ typedef struct lora_site {
  * matches none is one line naming it and the modules. */
 zinc_status model_lora_plan(model_lora *m, const zinc_config *c, const char *model, const char *const *modules,
                             const char *const *defaults);
-/* Declares module i's adapter (in -> out) when the plan adapts it, else marks it off. */
+/* Declares module i's adapter (in -> out; a linear split `kind` under TP, a column-parallel
+ * one's output of `blocks` sub-blocks) when the plan adapts it, else marks it off. */
 zinc_status model_lora_declare(const model_lora *m, zinc_layer *l, int i, const char *module, int in, int out,
-                               lora_site *s);
+                               int kind, int blocks, lora_site *s);
 
 /* A layer's LoRA scratch: dt (N, r) fp32; with dropout the dropped input and its
  * gradient (N, in_max) act each. */
@@ -115,13 +118,18 @@ typedef struct lora_scratch {
 } lora_scratch;
 void model_lora_carve(const model_lora *m, carver *k, lora_scratch *s, size_t N, size_t in_max);
 
-/* y (N rows, ldy apart) += the adapter's path of x (N, s->in): t (N, r) fp32 saved for
- * backward; site numbers the adapter in its layer (its dropout stream). */
-void model_lora_forward(const model_lora *m, const lora_site *s, zinc_layer *l, zinc_ctx *c, int site, void *y,
-                        int ldy, const void *x, float *t, const lora_scratch *sc);
-/* The adapter's gradients from dy (N rows, ldy apart), and dx (N, s->in) += its input
- * gradient unless dx is NULL. */
-void model_lora_backward(const model_lora *m, const lora_site *s, zinc_layer *l, zinc_ctx *c, int site, void *dx,
-                         const void *dy, int ldy, const void *x, const float *t, const lora_scratch *sc);
+/* y (rows ldy apart) += the adapter's path of x (N rows of this TP rank's input width):
+ * t (N, r) fp32 saved for backward; site numbers the adapter in its layer (its dropout
+ * stream). A row-parallel linear's y holds this rank's rows (N/P with sequence
+ * parallelism), a column-parallel one's all N of this rank's columns. */
+zinc_status model_lora_forward(const model_lora *m, const lora_site *s, zinc_layer *l, zinc_ctx *c, int site,
+                               void *y, int ldy, const void *x, float *t, const lora_scratch *sc);
+/* The adapter's gradients from dy (N rows, ldy apart: a row-parallel linear's dy is the
+ * whole gathered one), and dx += its input gradient unless dx is NULL (a column-parallel
+ * linear's dx: this rank's rows of the reduced gradient; a row-parallel one's: N rows of
+ * this rank's columns). */
+zinc_status model_lora_backward(const model_lora *m, const lora_site *s, zinc_layer *l, zinc_ctx *c, int site,
+                                void *dx, const void *dy, int ldy, const void *x, const float *t,
+                                const lora_scratch *sc);
 
 #endif

@@ -165,19 +165,23 @@ typedef struct zinc_ops {
     void (*swiglu_backward)(void *dgu, const void *dout, const void *gu, int N, int F);
 
     /* --- LoRA (models/lora.c) --- */
-    /* The low-rank path beside a linear, as PEFT's lora_A (r,C) and lora_B (OC,r) (weights
-     * stored (out, in), whatever the base's layout), s its scale (alpha/r, or alpha/sqrt(r)
-     * with rsLoRA). Rows are strided: inp (N rows, ldi apart) act, out (N rows, ldo apart)
-     * act, so a fused product's q or v columns can take their own adapter.
-     * t(N,r) fp32 = inp @ A^T, WRITTEN (saved for backward); out += s * t @ B^T. */
-    void (*lora_forward)(void *out, int ldo, float *t, const void *inp, int ldi, const float *A, const float *B,
-                         float s, int N, int C, int OC, int r);
-    /* dB(OC,r) += s * dout^T @ t; dt(N,r) fp32 = s * dout @ B, WRITTEN (scratch); dA(r,C) +=
-     * dt^T @ inp; dinp (N rows, ldi apart) act += dt @ A unless dinp is NULL. dout (N rows,
-     * ldo apart) act; t as lora_forward wrote it. */
-    void (*lora_backward)(void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo, const void *inp,
-                          int ldi, const float *t, const float *A, const float *B, float s, int N, int C, int OC,
-                          int r);
+    /* The low-rank path beside a linear, out += s * (inp @ A^T) @ B^T, as PEFT's lora_A
+     * (r,C) and lora_B (OC,r) (weights stored (out, in), whatever the base's layout), s its
+     * scale (alpha/r, or alpha/sqrt(r) with rsLoRA), in four ops so that tensor parallelism
+     * can sum the rank-r products between them. Rows are strided: inp / dinp (N rows, ldi
+     * apart) act, out / dout (N rows, ldo apart) act, so a fused product's q or v columns
+     * take their own adapter; t and dt (N,r) are fp32.
+     * lora_down: t = inp @ A^T, WRITTEN (saved for backward). */
+    void (*lora_down)(float *t, const void *inp, int ldi, const float *A, int N, int C, int r);
+    /* lora_up: out += s * t @ B^T. */
+    void (*lora_up)(void *out, int ldo, const float *t, const float *B, float s, int N, int OC, int r);
+    /* lora_grad_up: dB(OC,r) += s * dout^T @ t; dt = s * dout @ B, WRITTEN. */
+    void (*lora_grad_up)(float *dB, float *dt, const void *dout, int ldo, const float *t, const float *B, float s,
+                         int N, int OC, int r);
+    /* lora_grad_down: dA(r,C) += dt^T @ inp unless dA is NULL; dinp += dt @ A unless dinp is
+     * NULL (inp is not read without dA: it may be NULL then). */
+    void (*lora_grad_down)(void *dinp, float *dA, const float *dt, const void *inp, int ldi, const float *A, int N,
+                           int C, int r);
     /* Inverted dropout over n act elements: out(i) = keep(i) ? inp(i) / (1 - p) : 0, keep(i)
      * = zinc_dropout_keep(seed, i, p) (a counter-based mask: the backward makes the same one
      * from the seed, nothing is saved). 0 <= p < 1. */

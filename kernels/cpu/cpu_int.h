@@ -182,11 +182,12 @@ int cpu_gemm_bf16_native(void);
 void cpu_gemm_bf16_force_fallback(int on);
 
 /* lora_cpu.c: both tables' LoRA and dropout ops (bf16: act bf16) */
-void cpu_lora_forward(int bf16, void *out, int ldo, float *t, const void *inp, int ldi, const float *A,
-                      const float *B, float s, int N, int C, int OC, int r);
-void cpu_lora_backward(int bf16, void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo,
-                       const void *inp, int ldi, const float *t, const float *A, const float *B, float s, int N,
-                       int C, int OC, int r);
+void cpu_lora_down(int bf16, float *t, const void *inp, int ldi, const float *A, int N, int C, int r);
+void cpu_lora_up(int bf16, void *out, int ldo, const float *t, const float *B, float s, int N, int OC, int r);
+void cpu_lora_grad_up(int bf16, float *dB, float *dt, const void *dout, int ldo, const float *t, const float *B,
+                      float s, int N, int OC, int r);
+void cpu_lora_grad_down(int bf16, void *dinp, float *dA, const float *dt, const void *inp, int ldi, const float *A,
+                        int N, int C, int r);
 void cpu_dropout_forward(int bf16, void *out, const void *inp, size_t n, float p, uint64_t seed);
 void cpu_dropout_backward(int bf16, void *dinp, const void *dout, size_t n, float p, uint64_t seed);
 

@@ -1,4 +1,5 @@
-/* lora_cpu.c - LoRA's low-rank path and the dropout on its input (zinc/ops.h), for both
+/* lora_cpu.c - LoRA's low-rank path (four ops: down, up and their gradients) and the
+ * dropout on its input (zinc/ops.h), for both
  * CPU tables: one set of loops over act elements read and written through the table's
  * act type (bf16: widened on load, rounded once on store), fp32 everywhere else. The rank
  * r is small (4..64), so the products are N x r and r x C dot products, not GEMMs: each
@@ -25,20 +26,28 @@ static inline void st_act(void *p, size_t i, float v, int bf16)
         ((float *)p)[i] = v;
 }
 
-void cpu_lora_forward(int bf16, void *out, int ldo, float *t, const void *inp, int ldi, const float *A,
-                      const float *B, float s, int N, int C, int OC, int r)
+void cpu_lora_down(int bf16, float *t, const void *inp, int ldi, const float *A, int N, int C, int r)
 {
-    assert(out && t && inp && A && B && N >= 0 && C > 0 && OC > 0 && r > 0 && ldi >= C && ldo >= OC);
-    #pragma omp parallel for schedule(static) if ((size_t)N * (C + OC) * r >= CPU_PAR_MIN)
+    assert(t && inp && A && N >= 0 && C > 0 && r > 0 && ldi >= C);
+    #pragma omp parallel for schedule(static) if ((size_t)N * C * r >= CPU_PAR_MIN)
     for (int n = 0; n < N; n++) {
-        const size_t xi = (size_t)n * ldi, oi = (size_t)n * ldo;
-        float *tn = t + (size_t)n * r;
+        const size_t xi = (size_t)n * ldi;
         for (int k = 0; k < r; k++) {
             const float *a = A + (size_t)k * C;
             float acc = 0.0f;
             for (int c = 0; c < C; c++) acc += ld_act(inp, xi + c, bf16) * a[c];
-            tn[k] = acc;
+            t[(size_t)n * r + k] = acc;
         }
+    }
+}
+
+void cpu_lora_up(int bf16, void *out, int ldo, const float *t, const float *B, float s, int N, int OC, int r)
+{
+    assert(out && t && B && N >= 0 && OC > 0 && r > 0 && ldo >= OC);
+    #pragma omp parallel for schedule(static) if ((size_t)N * OC * r >= CPU_PAR_MIN)
+    for (int n = 0; n < N; n++) {
+        const float *tn = t + (size_t)n * r;
+        const size_t oi = (size_t)n * ldo;
         for (int j = 0; j < OC; j++) {
             const float *b = B + (size_t)j * r;
             float acc = 0.0f;
@@ -48,17 +57,15 @@ void cpu_lora_forward(int bf16, void *out, int ldo, float *t, const void *inp, i
     }
 }
 
-void cpu_lora_backward(int bf16, void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo,
-                       const void *inp, int ldi, const float *t, const float *A, const float *B, float s, int N,
-                       int C, int OC, int r)
+void cpu_lora_grad_up(int bf16, float *dB, float *dt, const void *dout, int ldo, const float *t, const float *B,
+                      float s, int N, int OC, int r)
 {
-    assert(dA && dB && dt && dout && inp && t && A && B && N >= 0 && C > 0 && OC > 0 && r > 0 && ldi >= C &&
-           ldo >= OC);
-    const int par = (size_t)N * (C + OC) * r >= CPU_PAR_MIN;
-    /* dt = s dout B, and dinp += dt A: per row */
+    assert(dB && dt && dout && t && B && N >= 0 && OC > 0 && r > 0 && ldo >= OC);
+    const int par = (size_t)N * OC * r >= CPU_PAR_MIN;
+    /* dt = s dout B: per row */
     #pragma omp parallel for schedule(static) if (par)
     for (int n = 0; n < N; n++) {
-        const size_t oi = (size_t)n * ldo, xi = (size_t)n * ldi;
+        const size_t oi = (size_t)n * ldo;
         float *d = dt + (size_t)n * r;
         for (int k = 0; k < r; k++) d[k] = 0.0f;
         for (int j = 0; j < OC; j++) {
@@ -67,12 +74,6 @@ void cpu_lora_backward(int bf16, void *dinp, float *dA, float *dB, float *dt, co
             for (int k = 0; k < r; k++) d[k] += g * b[k];
         }
         for (int k = 0; k < r; k++) d[k] *= s;
-        if (dinp)
-            for (int c = 0; c < C; c++) {
-                float acc = 0.0f;
-                for (int k = 0; k < r; k++) acc += d[k] * A[(size_t)k * C + c];
-                st_act(dinp, xi + c, ld_act(dinp, xi + c, bf16) + acc, bf16);
-            }
     }
     /* dB(j,k) += s sum_n dout(n,j) t(n,k): per output column, rows in order */
     #pragma omp parallel for schedule(static) if (par)
@@ -89,9 +90,27 @@ void cpu_lora_backward(int bf16, void *dinp, float *dA, float *dB, float *dt, co
             for (int k = 0; k < kn; k++) dB[(size_t)j * r + k0 + k] += s * acc[k];
         }
     }
+}
+
+void cpu_lora_grad_down(int bf16, void *dinp, float *dA, const float *dt, const void *inp, int ldi, const float *A,
+                        int N, int C, int r)
+{
+    assert(dt && A && (!dA || inp) && N >= 0 && C > 0 && r > 0 && ldi >= C);
+    const int par = (size_t)N * C * r >= CPU_PAR_MIN;
+    /* dinp += dt A: per row */
+    #pragma omp parallel for schedule(static) if (par)
+    for (int n = 0; n < (dinp ? N : 0); n++) {
+        const float *d = dt + (size_t)n * r;
+        const size_t xi = (size_t)n * ldi;
+        for (int c = 0; c < C; c++) {
+            float acc = 0.0f;
+            for (int k = 0; k < r; k++) acc += d[k] * A[(size_t)k * C + c];
+            st_act(dinp, xi + c, ld_act(dinp, xi + c, bf16) + acc, bf16);
+        }
+    }
     /* dA(k,c) += sum_n dt(n,k) inp(n,c): per input column, rows in order */
     #pragma omp parallel for schedule(static) if (par)
-    for (int c = 0; c < C; c++) {
+    for (int c = 0; c < (dA ? C : 0); c++) {
         float acc[64];
         for (int k0 = 0; k0 < r; k0 += 64) {
             const int kn = r - k0 < 64 ? r - k0 : 64;

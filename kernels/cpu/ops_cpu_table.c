@@ -838,16 +838,23 @@ static void b16_xent_vp_finish(float *losses, void *logits, const int32_t *targe
 /* ------------------------------------------------------------ LoRA (both tables) */
 
 #define LORA_OPS(p, bf)                                                                                    \
-    static void p##_lora_forward(void *out, int ldo, float *t, const void *inp, int ldi, const float *A,     \
-                                 const float *B, float s, int N, int C, int OC, int r)                      \
+    static void p##_lora_down(float *t, const void *inp, int ldi, const float *A, int N, int C, int r)      \
     {                                                                                                        \
-        cpu_lora_forward(bf, out, ldo, t, inp, ldi, A, B, s, N, C, OC, r);                                   \
+        cpu_lora_down(bf, t, inp, ldi, A, N, C, r);                                                          \
     }                                                                                                        \
-    static void p##_lora_backward(void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo,    \
-                                  const void *inp, int ldi, const float *t, const float *A, const float *B, \
-                                  float s, int N, int C, int OC, int r)                                      \
+    static void p##_lora_up(void *out, int ldo, const float *t, const float *B, float s, int N, int OC, int r) \
     {                                                                                                        \
-        cpu_lora_backward(bf, dinp, dA, dB, dt, dout, ldo, inp, ldi, t, A, B, s, N, C, OC, r);               \
+        cpu_lora_up(bf, out, ldo, t, B, s, N, OC, r);                                                        \
+    }                                                                                                        \
+    static void p##_lora_grad_up(float *dB, float *dt, const void *dout, int ldo, const float *t,            \
+                                 const float *B, float s, int N, int OC, int r)                             \
+    {                                                                                                        \
+        cpu_lora_grad_up(bf, dB, dt, dout, ldo, t, B, s, N, OC, r);                                          \
+    }                                                                                                        \
+    static void p##_lora_grad_down(void *dinp, float *dA, const float *dt, const void *inp, int ldi,         \
+                                   const float *A, int N, int C, int r)                                     \
+    {                                                                                                        \
+        cpu_lora_grad_down(bf, dinp, dA, dt, inp, ldi, A, N, C, r);                                          \
     }                                                                                                        \
     static void p##_dropout_forward(void *out, const void *inp, size_t n, float q, uint64_t seed)          \
     {                                                                                                        \
@@ -886,8 +893,9 @@ LORA_OPS(b16, 1)
     .attention_backward = p##_attention_backward,                                           \
     .residual_forward = p##_residual_forward, .softmax_xent = p##_softmax_xent,            \
     .xent_vp_max = p##_xent_vp_max, .xent_vp_sums = p##_xent_vp_sums,                      \
-    .xent_vp_finish = p##_xent_vp_finish, .lora_forward = p##_lora_forward,                   \
-    .lora_backward = p##_lora_backward, .dropout_forward = p##_dropout_forward,                \
+    .xent_vp_finish = p##_xent_vp_finish, .lora_down = p##_lora_down, .lora_up = p##_lora_up,  \
+    .lora_grad_up = p##_lora_grad_up, .lora_grad_down = p##_lora_grad_down,                   \
+    .dropout_forward = p##_dropout_forward,                                                    \
     .dropout_backward = p##_dropout_backward
 
 static const zinc_ops cpu_ops = {

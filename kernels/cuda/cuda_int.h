@@ -501,12 +501,15 @@ void cuda_fill_cols(void *x, int N, int ld, int c0, int c1, float v);
 
 /* ops_lora.cu: LoRA's low-rank path, the dropout on its input. */
 template <class A>
-void cuda_lora_forward(void *out, int ldo, float *t, const void *inp, int ldi, const float *Aw, const float *Bw,
-                       float s, int N, int C, int OC, int r);
+void cuda_lora_down(float *t, const void *inp, int ldi, const float *Aw, int N, int C, int r);
 template <class A>
-void cuda_lora_backward(void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo, const void *inp,
-                        int ldi, const float *t, const float *Aw, const float *Bw, float s, int N, int C, int OC,
-                        int r);
+void cuda_lora_up(void *out, int ldo, const float *t, const float *Bw, float s, int N, int OC, int r);
+template <class A>
+void cuda_lora_grad_up(float *dB, float *dt, const void *dout, int ldo, const float *t, const float *Bw, float s,
+                       int N, int OC, int r);
+template <class A>
+void cuda_lora_grad_down(void *dinp, float *dA, const float *dt, const void *inp, int ldi, const float *Aw, int N,
+                         int C, int r);
 template <class A>
 void cuda_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t seed);
 template <class A>

@@ -78,14 +78,22 @@ static __global__ void dropout_kernel(T *out, const T *inp, size_t n, float p, u
 }
 
 template <class A>
-void cuda_lora_forward(void *out, int ldo, float *t, const void *inp, int ldi, const float *Aw, const float *Bw,
-                       float s, int N, int C, int OC, int r)
+void cuda_lora_down(float *t, const void *inp, int ldi, const float *Aw, int N, int C, int r)
 {
-    assert(out && t && inp && Aw && Bw && N >= 0 && C > 0 && OC > 0 && r > 0 && ldi >= C && ldo >= OC);
+    assert(t && inp && Aw && N >= 0 && C > 0 && r > 0 && ldi >= C);
     if (N == 0) return;
     lora_rows_kernel<A><<<lo_blocks((size_t)N, LO_WARPS), LO_WARPS * 32>>>(t, (const A *)inp, ldi, Aw, C, 1, 1.0f, N,
                                                                             C, r);
     LAUNCH_TRY(lora_rows_kernel);
+cleanup:
+    return;
+}
+
+template <class A>
+void cuda_lora_up(void *out, int ldo, const float *t, const float *Bw, float s, int N, int OC, int r)
+{
+    assert(out && t && Bw && N >= 0 && OC > 0 && r > 0 && ldo >= OC);
+    if (N == 0) return;
     lora_expand_kernel<A><<<lo_blocks((size_t)N * OC, LO_THREADS), LO_THREADS>>>((A *)out, ldo, t, Bw, r, 1, s, N,
                                                                                   OC, r);
     LAUNCH_TRY(lora_expand_kernel);
@@ -94,12 +102,10 @@ cleanup:
 }
 
 template <class A>
-void cuda_lora_backward(void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo, const void *inp,
-                        int ldi, const float *t, const float *Aw, const float *Bw, float s, int N, int C, int OC,
-                        int r)
+void cuda_lora_grad_up(float *dB, float *dt, const void *dout, int ldo, const float *t, const float *Bw, float s,
+                       int N, int OC, int r)
 {
-    assert(dA && dB && dt && dout && inp && t && Aw && Bw && N >= 0 && C > 0 && OC > 0 && r > 0 && ldi >= C &&
-           ldo >= OC);
+    assert(dB && dt && dout && t && Bw && N >= 0 && OC > 0 && r > 0 && ldo >= OC);
     if (N == 0) return;
     /* dt(n,k) = s sum_j dout(n,j) B(j,k) */
     lora_rows_kernel<A><<<lo_blocks((size_t)N, LO_WARPS), LO_WARPS * 32>>>(dt, (const A *)dout, ldo, Bw, 1, r, s, N,
@@ -108,9 +114,21 @@ void cuda_lora_backward(void *dinp, float *dA, float *dB, float *dt, const void 
     lora_wgrad_kernel<A><<<lo_blocks((size_t)OC * r, LO_THREADS), LO_THREADS>>>(dB, (const A *)dout, ldo, t, s, N,
                                                                                  OC, r, 0);
     LAUNCH_TRY(lora_wgrad_kernel);
-    lora_wgrad_kernel<A><<<lo_blocks((size_t)C * r, LO_THREADS), LO_THREADS>>>(dA, (const A *)inp, ldi, dt, 1.0f, N,
-                                                                                C, r, 1);
-    LAUNCH_TRY(lora_wgrad_kernel);
+cleanup:
+    return;
+}
+
+template <class A>
+void cuda_lora_grad_down(void *dinp, float *dA, const float *dt, const void *inp, int ldi, const float *Aw, int N,
+                         int C, int r)
+{
+    assert(dt && Aw && (!dA || inp) && N >= 0 && C > 0 && r > 0 && ldi >= C);
+    if (N == 0) return;
+    if (dA) {
+        lora_wgrad_kernel<A><<<lo_blocks((size_t)C * r, LO_THREADS), LO_THREADS>>>(dA, (const A *)inp, ldi, dt, 1.0f,
+                                                                                    N, C, r, 1);
+        LAUNCH_TRY(lora_wgrad_kernel);
+    }
     if (dinp) { /* dinp(n,c) += sum_k dt(n,k) A(k,c) */
         lora_expand_kernel<A><<<lo_blocks((size_t)N * C, LO_THREADS), LO_THREADS>>>((A *)dinp, ldi, dt, Aw, 1, C,
                                                                                      1.0f, N, C, r);
@@ -143,11 +161,12 @@ cleanup:
 }
 
 #define LORA_INST(A)                                                                                           \
-    template void cuda_lora_forward<A>(void *, int, float *, const void *, int, const float *, const float *,   \
-                                       float, int, int, int, int);                                             \
-    template void cuda_lora_backward<A>(void *, float *, float *, float *, const void *, int, const void *, int, \
-                                        const float *, const float *, const float *, float, int, int, int,     \
-                                        int);                                                                  \
+    template void cuda_lora_down<A>(float *, const void *, int, const float *, int, int, int);                \
+    template void cuda_lora_up<A>(void *, int, const float *, const float *, float, int, int, int);            \
+    template void cuda_lora_grad_up<A>(float *, float *, const void *, int, const float *, const float *,     \
+                                       float, int, int, int);                                                  \
+    template void cuda_lora_grad_down<A>(void *, float *, const float *, const void *, int, const float *, int, \
+                                         int, int);                                                            \
     template void cuda_dropout_forward<A>(void *, const void *, size_t, float, uint64_t);                      \
     template void cuda_dropout_backward<A>(void *, const void *, size_t, float, uint64_t);
 LORA_INST(float)

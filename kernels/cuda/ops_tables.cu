@@ -109,8 +109,10 @@ static void fill_act_ops(zinc_ops *t)
     t->xent_vp_max = cuda_xent_vp_max<A>;
     t->xent_vp_sums = cuda_xent_vp_sums<A>;
     t->xent_vp_finish = cuda_xent_vp_finish<A>;
-    t->lora_forward = cuda_lora_forward<A>;
-    t->lora_backward = cuda_lora_backward<A>;
+    t->lora_down = cuda_lora_down<A>;
+    t->lora_up = cuda_lora_up<A>;
+    t->lora_grad_up = cuda_lora_grad_up<A>;
+    t->lora_grad_down = cuda_lora_grad_down<A>;
     t->dropout_forward = cuda_dropout_forward<A>;
     t->dropout_backward = cuda_dropout_backward<A>;
 }

@@ -1049,6 +1049,22 @@ static void test_llama_ops(void)
     for (void *q : host) free(q);
 }
 
+/* The adapter's forward and backward as the models compose them from the four ops. */
+static void lora_fwd(const zinc_ops *o, void *out, int ldo, float *t, const void *inp, int ldi, const float *A,
+                     const float *B, float s, int N, int C, int OC, int r)
+{
+    o->lora_down(t, inp, ldi, A, N, C, r);
+    o->lora_up(out, ldo, t, B, s, N, OC, r);
+}
+
+static void lora_bwd(const zinc_ops *o, void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo,
+                     const void *inp, int ldi, const float *t, const float *A, const float *B, float s, int N, int C,
+                     int OC, int r)
+{
+    o->lora_grad_up(dB, dt, dout, ldo, t, B, s, N, OC, r);
+    o->lora_grad_down(dinp, dA, dt, inp, ldi, A, N, C, r);
+}
+
 /* LoRA's strided low-rank path and the dropout on its input, against the CPU ops; the
  * dropout masks are the same function of (seed, index) on both devices, and the frozen
  * weight's NULL gradient skips the weight product with the same input gradient. */
@@ -1067,14 +1083,14 @@ static void test_lora(void)
     float *d_A = dcopy(A, (size_t)R * C), *d_B = dcopy(B, (size_t)OC * R), *d_t = dpoison((size_t)N * R);
     float *d_dt = dpoison((size_t)N * R), *d_dA = dcopy(dA, (size_t)R * C), *d_dB = dcopy(dB, (size_t)OC * R);
     const size_t az = act_size();
-    cpu->lora_forward((char *)y + C0 * az, LDO, t, x, LDI, A, B, s, N, C, OC, R);
-    gpu->lora_forward((char *)d_y + C0 * az, LDO, d_t, d_x, LDI, d_A, d_B, s, N, C, OC, R);
+    lora_fwd(cpu, (char *)y + C0 * az, LDO, t, x, LDI, A, B, s, N, C, OC, R);
+    lora_fwd(gpu, (char *)d_y + C0 * az, LDO, d_t, d_x, LDI, d_A, d_B, s, N, C, OC, R);
     check_status("lora_forward");
     check_acc_act("lora_forward out", d_y, y, y0, no, TOL_RED);
     check_close("lora_forward t", d_t, t, (size_t)N * R, TOL_RED);
     h2d(d_t, t, (size_t)N * R * sizeof(float));
-    cpu->lora_backward(dx, dA, dB, dt, (char *)dy + C0 * az, LDO, x, LDI, t, A, B, s, N, C, OC, R);
-    gpu->lora_backward(d_dx, d_dA, d_dB, d_dt, (char *)d_dy + C0 * az, LDO, d_x, LDI, d_t, d_A, d_B, s, N, C, OC, R);
+    lora_bwd(cpu, dx, dA, dB, dt, (char *)dy + C0 * az, LDO, x, LDI, t, A, B, s, N, C, OC, R);
+    lora_bwd(gpu, d_dx, d_dA, d_dB, d_dt, (char *)d_dy + C0 * az, LDO, d_x, LDI, d_t, d_A, d_B, s, N, C, OC, R);
     check_status("lora_backward");
     check_acc_act("lora_backward dinp", d_dx, dx, dx0, ni, TOL_RED);
     check_acc("lora_backward dA", d_dA, dA, dA0, (size_t)R * C, TOL_RED);
@@ -1920,7 +1936,7 @@ static int table_complete(const zinc_ops *t)
            t->attention_scratch_floats && t->residual_forward && t->softmax_xent &&
            t->xent_vp_max && t->xent_vp_sums && t->xent_vp_finish && t->adamw &&
            t->sumsq && t->scale && t->zero && t->copy && t->convert && t->add_into &&
-           t->round_to && t->sum && t->lora_forward && t->lora_backward && t->dropout_forward &&
+           t->round_to && t->sum && t->lora_down && t->lora_up && t->lora_grad_up && t->lora_grad_down && t->dropout_forward &&
            t->dropout_backward;
 }
 

@@ -1,5 +1,5 @@
-/* test_lora_ops.c - LoRA's ops of the CPU tables (lora_forward / lora_backward with strided
- * rows, dropout_forward / dropout_backward) against a float64 reference written here and
+/* test_lora_ops.c - LoRA's ops of the CPU tables (lora_down / lora_up and their gradients
+ * with strided rows, dropout_forward / dropout_backward) against a float64 reference written here and
  * central finite differences of L = sum(out * R) over the strided output columns; backward
  * ops are pre-filled to check that they accumulate, and the rows outside the strided
  * columns must come back untouched. The act-bf16 table is held to one bf16 rounding of
@@ -18,6 +18,22 @@
 #include "zinc/ops.h"
 #include "kref.h"
 #include "../unit.h"
+
+/* The adapter's forward and backward as the models compose them from the four ops. */
+static void lora_fwd(const zinc_ops *o, void *out, int ldo, float *t, const void *inp, int ldi, const float *A,
+                     const float *B, float s, int N, int C, int OC, int r)
+{
+    o->lora_down(t, inp, ldi, A, N, C, r);
+    o->lora_up(out, ldo, t, B, s, N, OC, r);
+}
+
+static void lora_bwd(const zinc_ops *o, void *dinp, float *dA, float *dB, float *dt, const void *dout, int ldo,
+                     const void *inp, int ldi, const float *t, const float *A, const float *B, float s, int N, int C,
+                     int OC, int r)
+{
+    o->lora_grad_up(dB, dt, dout, ldo, t, B, s, N, OC, r);
+    o->lora_grad_down(dinp, dA, dt, inp, ldi, A, N, C, r);
+}
 
 /* the shapes: N rows; inp (N, C) in rows ldi apart; out (N, OC) at column c0 of rows ldo apart */
 enum { N = 7, C = 37, OC = 23, R = 5, LDI = 41, LDO = 30, C0 = 4 };
@@ -65,7 +81,7 @@ static void test_lora(void)
     ref_lora(ref, rt, &c);
     /* forward: accumulates into the strided columns, leaves the rest */
     float *out0 = frand((size_t)N * LDO, 1.0f), *out = fcopy(out0, (size_t)N * LDO), t[N * R];
-    o->lora_forward(out + C0, LDO, t, x, LDI, A, B, s, N, C, OC, R);
+    lora_fwd(o, out + C0, LDO, t, x, LDI, A, B, s, N, C, OC, R);
     float got[N * OC];
     double want[N * OC];
     int rest = 1;
@@ -90,7 +106,7 @@ static void test_lora(void)
     float *dx0 = frand((size_t)N * LDI, 1.0f), *dx = fcopy(dx0, (size_t)N * LDI);
     float *dA0 = frand(R * C, 1.0f), *dA = fcopy(dA0, R * C), *dB0 = frand(OC * R, 1.0f), *dB = fcopy(dB0, OC * R);
     float dt[N * R];
-    o->lora_backward(dx, dA, dB, dt, dout + C0, LDO, x, LDI, t, A, B, s, N, C, OC, R);
+    lora_bwd(o, dx, dA, dB, dt, dout + C0, LDO, x, LDI, t, A, B, s, N, C, OC, R);
     double *rx = plus(dx0, gx, (size_t)N * LDI), *rA = plus(dA0, gA, R * C), *rB = plus(dB0, gB, OC * R);
     /* the padding columns of dinp get nothing (fd is 0 there: x's padding is not read) */
     CU_ASSERT(close_to("lora dinp", dx, rx, (size_t)N * LDI, 1e-4, 1e-5));
@@ -98,7 +114,7 @@ static void test_lora(void)
     CU_ASSERT(close_to("lora dB", dB, rB, OC * R, 1e-4, 1e-5));
     /* dinp NULL: the weight gradients alone, the same */
     float *dA2 = fcopy(dA0, R * C), *dB2 = fcopy(dB0, OC * R);
-    o->lora_backward(NULL, dA2, dB2, dt, dout + C0, LDO, x, LDI, t, A, B, s, N, C, OC, R);
+    lora_bwd(o, NULL, dA2, dB2, dt, dout + C0, LDO, x, LDI, t, A, B, s, N, C, OC, R);
     CU_ASSERT(memcmp(dA2, dA, R * C * sizeof(float)) == 0);
     CU_ASSERT(memcmp(dB2, dB, OC * R * sizeof(float)) == 0);
 
@@ -107,8 +123,8 @@ static void test_lora(void)
     omp_set_num_threads(th > 1 ? 1 : 2);
     float *dx3 = fcopy(dx0, (size_t)N * LDI), *dA3 = fcopy(dA0, R * C), *dB3 = fcopy(dB0, OC * R), t3[N * R];
     float *out3 = fcopy(out0, (size_t)N * LDO);
-    o->lora_forward(out3 + C0, LDO, t3, x, LDI, A, B, s, N, C, OC, R);
-    o->lora_backward(dx3, dA3, dB3, dt, dout + C0, LDO, x, LDI, t3, A, B, s, N, C, OC, R);
+    lora_fwd(o, out3 + C0, LDO, t3, x, LDI, A, B, s, N, C, OC, R);
+    lora_bwd(o, dx3, dA3, dB3, dt, dout + C0, LDO, x, LDI, t3, A, B, s, N, C, OC, R);
     omp_set_num_threads(th);
     CU_ASSERT(memcmp(out3, out, (size_t)N * LDO * sizeof(float)) == 0);
     CU_ASSERT(memcmp(dx3, dx, (size_t)N * LDI * sizeof(float)) == 0);
@@ -120,13 +136,13 @@ static void test_lora(void)
     uint16_t *hdx = b16(dx0, (size_t)N * LDI);
     float *wx = wide(hx, (size_t)N * LDI), *wo = wide(ho, (size_t)N * LDO), *wd = wide(hd, (size_t)N * LDO);
     float *wdx = wide(hdx, (size_t)N * LDI), ft[N * R], ht[N * R];
-    o->lora_forward(wo + C0, LDO, ft, wx, LDI, A, B, s, N, C, OC, R);
-    h->lora_forward(ho + C0, LDO, ht, hx, LDI, A, B, s, N, C, OC, R);
+    lora_fwd(o, wo + C0, LDO, ft, wx, LDI, A, B, s, N, C, OC, R);
+    lora_fwd(h, ho + C0, LDO, ht, hx, LDI, A, B, s, N, C, OC, R);
     CU_ASSERT(b16_close("bf16 lora out", ho, wo, (size_t)N * LDO));
     CU_ASSERT(memcmp(ft, ht, sizeof ft) == 0);
     float *fA = fcopy(dA0, R * C), *hA = fcopy(dA0, R * C), *fB = fcopy(dB0, OC * R), *hB = fcopy(dB0, OC * R);
-    o->lora_backward(wdx, fA, fB, dt, wd + C0, LDO, wx, LDI, ft, A, B, s, N, C, OC, R);
-    h->lora_backward(hdx, hA, hB, dt, hd + C0, LDO, hx, LDI, ht, A, B, s, N, C, OC, R);
+    lora_bwd(o, wdx, fA, fB, dt, wd + C0, LDO, wx, LDI, ft, A, B, s, N, C, OC, R);
+    lora_bwd(h, hdx, hA, hB, dt, hd + C0, LDO, hx, LDI, ht, A, B, s, N, C, OC, R);
     CU_ASSERT(b16_close("bf16 lora dinp", hdx, wdx, (size_t)N * LDI));
     CU_ASSERT(memcmp(fA, hA, R * C * sizeof(float)) == 0 && memcmp(fB, hB, OC * R * sizeof(float)) == 0);
 
@@ -226,7 +242,7 @@ static void test_tables(void)
 {
     const zinc_ops *t[2] = {zinc_ops_cpu(), zinc_ops_cpu_bf16()};
     for (int k = 0; k < 2; k++)
-        CU_ASSERT(t[k]->lora_forward && t[k]->lora_backward && t[k]->dropout_forward && t[k]->dropout_backward);
+        CU_ASSERT(t[k]->lora_down && t[k]->lora_up && t[k]->lora_grad_up && t[k]->lora_grad_down && t[k]->dropout_forward && t[k]->dropout_backward);
 }
 
 int main(void)

@@ -5,15 +5,16 @@
 #    which is the base model's loss bitwise; the ops themselves: tests/kernels/test_lora_ops.c
 #  - the base is bit-identical after 20 steps, every adapter moved
 #  - DP 2 x ZeRO 0-3, DP 4 x ZeRO-3, a Llama with every linear adapted (and recompute), two
-#    pipeline stages: the single-rank losses within 1e-5
+#    pipeline stages, TP 2 (with sequence parallelism, and x DP 2 at ZeRO-3; GPT-2 and
+#    Llama): the single-rank losses within 1e-5
 #  - resume: bitwise at the same layout (dropout on: the masks are a function of the step),
-#    close on one rank from DP 2 / ZeRO-2
+#    close on one rank from DP 2 / ZeRO-2 and at DP 2 / ZeRO-3 from TP 2
 #  - export: --format peft is PEFT's folder (names, shapes, adapter_config.json, read by an
 #    independent reader); --merge equals W + (alpha/r) B A (transposed for Conv1D) exactly
 #  - memory: a Llama with r = 8 on q_proj, v_proj at ZeRO-3 holds the frozen bf16 bytes plus
 #    16 bytes per trainable parameter, 1/DP each (within 2%), >= 5x less than full training
-#  - bad input: r, alpha, dropout out of range, an unknown target module, LoRA under tensor
-#    parallelism: one line, exit 2
+#  - bad input: r, alpha, dropout out of range, an unknown target module, dropout with
+#    sequence parallelism: one line, exit 2
 set -u
 cd "$(dirname "$0")/../.."
 . tests/train/lib.sh
@@ -70,6 +71,12 @@ check_close pp2 one 1e-5
 LL=(--set model.type=llama --set 'model.lora={"r":4,"alpha":16,"target_modules":["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]}')
 run ll1 1 "${LL[@]}" "${S[@]}"
 run ll2 2 "${LL[@]}" "${S[@]}" --set zero_optimization.stage=3 --set model.recompute=true; check_close ll2 ll1 1e-5
+# tensor parallelism: adapters split with their linears (and with sequence parallelism, x DP)
+T2=(--set tensor_parallel.autotp_size=2)
+run tp2 2 "${L[@]}" "${S[@]}" "${T2[@]}"; check_close tp2 one 1e-5
+run tp2sp 4 "${L[@]}" "${S[@]}" "${T2[@]}" --set tensor_parallel.sequence_parallel=true --set zero_optimization.stage=3
+check_close tp2sp one 1e-5
+run lltp 2 "${LL[@]}" "${S[@]}" "${T2[@]}" --set tensor_parallel.sequence_parallel=true; check_close lltp ll1 1e-5
 run b1 1 "${L[@]}" "${S[@]}" --set bf16.enabled=true
 run b3 2 "${L[@]}" "${S[@]}" --set bf16.enabled=true --set zero_optimization.stage=3; check_close b3 b1 1e-2
 
@@ -83,6 +90,9 @@ echo "resumed at step 10 (dropout 0.1, DP 2, ZeRO-1): bitwise equal"
 run ck2 2 "${L[@]}" "${S[@]}" --set zero_optimization.stage=2 --set train.save_dir="$TMP/ck2" --set train.save_every=10
 run ck2r 1 "${L[@]}" "${S[@]}" --set train.save_dir="$TMP/ck2" --set train.resume=global_step10
 close_tail <(losses "$TMP/ck2.jsonl" | tail -n 10) <(losses "$TMP/ck2r.jsonl") "resumed on one rank from DP 2 / ZeRO-2"
+run ckt 2 "${L[@]}" "${S[@]}" --set tensor_parallel.autotp_size=2 --set train.save_dir="$TMP/ckt" --set train.save_every=10
+run cktr 2 "${L[@]}" "${S[@]}" --set zero_optimization.stage=3 --set train.save_dir="$TMP/ckt" --set train.resume=global_step10
+close_tail <(losses "$TMP/ckt.jsonl" | tail -n 10) <(losses "$TMP/cktr.jsonl") "resumed at DP 2 / ZeRO-3 from TP 2"
 
 # 4. full rank: A = I, B = delta^T / s on c_attn is the full model with W + delta; without
 # adapters in init_from, B = 0: the base model's loss, bitwise
@@ -181,5 +191,6 @@ bad "model.lora.alpha" 1 --set 'model.lora={"alpha":0}'
 bad "model.lora.dropout" 1 --set 'model.lora={"dropout":1}'
 bad "is no linear of a gpt2 layer" 1 --set 'model.lora={"target_modules":["q_proj"]}'
 bad "is no linear of a llama layer" 1 --set model.type=llama --set 'model.lora={"target_modules":["c_attn"]}'
-bad "tensor parallelism" 2 --set 'model.lora={}' --set tensor_parallel.autotp_size=2
+bad "sequence parallelism" 2 --set 'model.lora={"dropout":0.1}' --set tensor_parallel.autotp_size=2 \
+    --set tensor_parallel.sequence_parallel=true
 echo "ok"
