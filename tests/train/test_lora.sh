@@ -166,6 +166,15 @@ for k, (shape, W) in ck.items():
 print("PEFT folder: %d tensors named and shaped as PEFT's; merge: %d weights = W + (alpha/r) (B A)^T exactly" % (len(ad), n))
 PY
 [ -n "$(ev --set model.init_from="$TMP/merged20.safetensors")" ] || fail "the merged model does not load"
+"$BUILD/zinc-ckpt" export "$TMP/ck1/global_step20" --format hf "$TMP/hfm" --merge > /dev/null || fail "export --format hf --merge"
+"$PY" - "$TMP" <<'PY' || fail "merged model folder"
+import json, sys; sys.path.insert(0, sys.argv[1]); from st import read
+d = sys.argv[1]
+a, b = read(d + "/hfm/model.safetensors"), read(d + "/merged20.safetensors")
+assert a == b, "the folder's merged weights differ from --merge's file"
+assert json.load(open(d + "/hfm/config.json"))["model_type"] == "gpt2"
+print("merged model folder: config.json and the merged weights (%d tensors, no adapters)" % len(a))
+PY
 G=$("$BUILD/zinc-ckpt" export "$TMP/ck1/global_step20" "$TMP/nolora" --format peft --kind param 2>&1) && fail "--format peft --kind"
 echo "$G" | grep -q "no --merge or --kind" || fail "--format peft --kind: $G"
 
