@@ -242,6 +242,98 @@ static void test_offload_unsupported(void)
     zinc_gpt2_destroy(g);
 }
 
+/* LoRA: with B set away from zero, the adapters' gradients (A and B of c_attn, both c_projs
+ * and c_fc in both blocks) against central finite differences of the loss; the base
+ * weights are frozen and have no gradient. */
+static void test_lora_gradient(void)
+{
+    static const char *J =
+        "{\"train_micro_batch_size_per_gpu\": 2,"
+        " \"model\": {\"type\": \"gpt2\", \"n_layer\": 2, \"n_embd\": 16, \"n_head\": 2,"
+        "             \"vocab_size\": 256, \"block_size\": 8, \"seed\": 7,"
+        "             \"lora\": {\"r\": 3, \"alpha\": 6, \"target_modules\": [\"c_attn\", \"c_proj\", \"c_fc\"]}},"
+        " \"data\": {\"train\": [\"unused.bin\"]}, \"device\": \"cpu\"}";
+    fixture f;
+    CU_ASSERT_FATAL(fixture_make(&f, J));
+    static const char *mods[] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+    char name[128];
+    for (int l = 0; l < 2; l++)
+        for (int m = 0; m < 4; m++) { /* B = 0 at init: give it values, so dA is not zero */
+            snprintf(name, sizeof name, "h.%d.%s.lora_B.weight", l, mods[m]);
+            int64_t n = 0;
+            float *b = zinc_engine_param_by_name(f.eng, name, &n);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+            for (int64_t i = 0; i < n; i++) b[i] = 0.3f * (float)sin(0.7 * (double)i + l + 3 * m);
+        }
+    int32_t tok[16], tgt[16];
+    batch(tok, tgt, 16);
+    double loss;
+    CU_ASSERT_FATAL(zinc_engine_loss_and_grad(f.eng, tok, tgt, &loss) == ZINC_OK);
+    CU_ASSERT(zinc_engine_grad_by_name(f.eng, "h.0.attn.c_attn.weight", NULL) == NULL); /* frozen */
+    CU_ASSERT(zinc_engine_grad_by_name(f.eng, "wte.weight", NULL) == NULL);
+    int checked = 0;
+    for (int l = 0; l < 2; l++)
+        for (int m = 0; m < 4; m++)
+            for (int ab = 0; ab < 2; ab++) {
+                snprintf(name, sizeof name, "h.%d.%s.lora_%c.weight", l, mods[m], ab ? 'B' : 'A');
+                int64_t n = 0;
+                float *p = zinc_engine_param_by_name(f.eng, name, &n);
+                float *g = zinc_engine_grad_by_name(f.eng, name, NULL);
+                CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+                CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+                float *gc = malloc((size_t)n * sizeof(float));
+                memcpy(gc, g, (size_t)n * sizeof(float));
+                for (int k = 0; k < 2; k++) {
+                    int64_t best = 0;
+                    for (int64_t i = 1; i < n; i++)
+                        if (fabsf(gc[i]) > fabsf(gc[best])) best = i;
+                    const float analytic = gc[best], orig = p[best], h = 1e-3f;
+                    gc[best] = 0.0f;
+                    double lp, lm;
+                    p[best] = orig + h;
+                    zinc_engine_loss_and_grad(f.eng, tok, tgt, &lp);
+                    p[best] = orig - h;
+                    zinc_engine_loss_and_grad(f.eng, tok, tgt, &lm);
+                    p[best] = orig;
+                    const double fd = (lp - lm) / (2.0 * h);
+                    if (!(fabs(fd - analytic) <= 0.05 * fabs(analytic) + 2e-4) || analytic == 0.0f) {
+                        fprintf(stderr, "%s[%lld]: analytic %g finite-diff %g\n", name, (long long)best, analytic, fd);
+                        CU_FAIL("LoRA gradient mismatch");
+                    }
+                    checked++;
+                }
+                free(gc);
+            }
+    CU_ASSERT(checked == 32);
+    fixture_free(&f);
+}
+
+/* A model whose layers declare no adapters refuses model.lora in one line. */
+static zinc_status plain_declare(zinc_layer *l)
+{
+    const int64_t shape[2] = {4, 4};
+    if (zinc_layer_param_add(l, "weight", 2, shape, -1, ZINC_INIT_NORMAL, 0.1f) < 0) return ZINC_ERR_INVALID_ARG;
+    zinc_layer_set_out(l, 4);
+    return ZINC_OK;
+}
+
+static void test_lora_no_layers(void)
+{
+    static const zinc_layer_ops ops = {.type = "plain.linear", .declare = plain_declare};
+    zinc_layer_def defs[2] = {{.ops = &ops, .name = "a"}, {.ops = &ops, .name = "b"}};
+    const zinc_model_def md = {.layers = defs, .n_layers = 2};
+    zinc_config c;
+    CU_ASSERT_FATAL(zinc_config_load_string("{\"train_micro_batch_size_per_gpu\": 1, \"model\": {\"lora\": {}},"
+                                            " \"data\": {\"train\": [\"x.bin\"]}, \"device\": \"cpu\"}",
+                                            "t", NULL, 0, &c) == ZINC_OK);
+    CU_ASSERT_FATAL(zinc_config_resolve(&c, 1) == ZINC_OK);
+    zinc_engine *e = NULL;
+    zinc_engine_opts o = {.config = &c, .world = g_world, .model = &md};
+    CU_ASSERT(zinc_engine_create(&o, &e) == ZINC_ERR_CONFIG);
+    CU_ASSERT(e == NULL);
+    CU_ASSERT(strstr(zinc_last_error(), "model.lora") && strstr(zinc_last_error(), "plain.linear"));
+}
+
 int main(int argc, char **argv)
 {
     if (zinc_comm_init_world("mpi", &argc, &argv, &g_world) != ZINC_OK) {
@@ -256,6 +348,8 @@ int main(int argc, char **argv)
     CU_add_test(s, "deterministic init", test_init_deterministic);
     CU_add_test(s, "lr schedulers (DeepSpeed formulas)", test_schedulers);
     CU_add_test(s, "missing nvme_path is a clear error", test_offload_unsupported);
+    CU_add_test(s, "LoRA adapters' gradients vs finite differences", test_lora_gradient);
+    CU_add_test(s, "model.lora on a model without adapters is refused", test_lora_no_layers);
     CU_add_test(s, "memory estimate = what the engine allocates", test_memory_estimate);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
