@@ -69,7 +69,7 @@ run z3dp4 4 "${L[@]}" "${S[@]}" --set zero_optimization.stage=3; check_close z3d
 run pp2 2 "${L[@]}" "${S[@]}" --set pipeline.stages=2 --set gradient_accumulation_steps=2 --set train_micro_batch_size_per_gpu=12
 check_close pp2 one 1e-5
 LL=(--set model.type=llama --set 'model.lora={"r":4,"alpha":16,"target_modules":["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]}')
-run ll1 1 "${LL[@]}" "${S[@]}"
+run ll1 1 "${LL[@]}" "${S[@]}" --set train.save_dir="$TMP/ckl" --set train.save_every=20
 run ll2 2 "${LL[@]}" "${S[@]}" --set zero_optimization.stage=3 --set model.recompute=true; check_close ll2 ll1 1e-5
 # tensor parallelism: adapters split with their linears (and with sequence parallelism, x DP)
 T2=(--set tensor_parallel.autotp_size=2)
@@ -174,6 +174,24 @@ a, b = read(d + "/hfm/model.safetensors"), read(d + "/merged20.safetensors")
 assert a == b, "the folder's merged weights differ from --merge's file"
 assert json.load(open(d + "/hfm/config.json"))["model_type"] == "gpt2"
 print("merged model folder: config.json and the merged weights (%d tensors, no adapters)" % len(a))
+PY
+"$BUILD/zinc-ckpt" export "$TMP/ckl/global_step20" --format peft "$TMP/peftl" > /dev/null || fail "export a Llama's adapters"
+"$PY" - "$TMP" <<'PY' || fail "Llama PEFT folder"
+import json, sys; sys.path.insert(0, sys.argv[1]); from st import read
+d = sys.argv[1]
+ad = read(d + "/peftl/adapter_model.safetensors")
+cfg = json.load(open(d + "/peftl/adapter_config.json"))
+assert sorted(cfg["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+assert cfg["fan_in_fan_out"] is False and cfg["lora_alpha"] == 16, cfg
+C, r, F = 32, 4, 256  # n_embd 32: intermediate 8/3 C rounded up to 256
+want = {}
+for l in range(2):
+    for m, i, o in (("self_attn.q_proj", C, C), ("self_attn.k_proj", C, C), ("self_attn.v_proj", C, C),
+                    ("self_attn.o_proj", C, C), ("mlp.gate_proj", C, F), ("mlp.up_proj", C, F), ("mlp.down_proj", F, C)):
+        want["base_model.model.model.layers.%d.%s.lora_A.weight" % (l, m)] = [r, i]
+        want["base_model.model.model.layers.%d.%s.lora_B.weight" % (l, m)] = [o, r]
+assert {k: v[0] for k, v in ad.items()} == want, sorted(ad)
+print("Llama PEFT folder: %d tensors under base_model.model.model.layers.N, shaped as PEFT's" % len(ad))
 PY
 G=$("$BUILD/zinc-ckpt" export "$TMP/ck1/global_step20" "$TMP/nolora" --format peft --kind param 2>&1) && fail "--format peft --kind"
 echo "$G" | grep -q "no --merge or --kind" || fail "--format peft --kind: $G"
