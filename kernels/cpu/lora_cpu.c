@@ -2,12 +2,13 @@
  * dropout on its input (zinc/ops.h), for both
  * CPU tables: one set of loops over act elements read and written through the table's
  * act type (bf16: widened on load, rounded once on store), fp32 everywhere else. The rank
- * r is small (4..64), so the products are N x r and r x C dot products, not GEMMs: each
- * row (or column) is one thread's, the sums in a fixed order (the bits do not depend on
- * the thread count). */
+ * act-f32 table hands the products to sgemm (strides as lda / ldc); the act-bf16 table's
+ * are loops, each row (or column) one thread's, the sums in a fixed order (the bits do not
+ * depend on the thread count), r being small (4..64). */
 #include <assert.h>
 #include <stdint.h>
 
+#include <cblas.h>
 #include <omp.h>
 
 #include "zinc/ops.h"
@@ -29,6 +30,10 @@ static inline void st_act(void *p, size_t i, float v, int bf16)
 void cpu_lora_down(int bf16, float *t, const void *inp, int ldi, const float *A, int N, int C, int r)
 {
     assert(t && inp && A && N >= 0 && C > 0 && r > 0 && ldi >= C);
+    if (!bf16) { /* t = inp A^T */
+        if (N > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, C, 1.0f, inp, ldi, A, C, 0.0f, t, r);
+        return;
+    }
     #pragma omp parallel for schedule(static) if ((size_t)N * C * r >= CPU_PAR_MIN)
     for (int n = 0; n < N; n++) {
         const size_t xi = (size_t)n * ldi;
@@ -44,6 +49,10 @@ void cpu_lora_down(int bf16, float *t, const void *inp, int ldi, const float *A,
 void cpu_lora_up(int bf16, void *out, int ldo, const float *t, const float *B, float s, int N, int OC, int r)
 {
     assert(out && t && B && N >= 0 && OC > 0 && r > 0 && ldo >= OC);
+    if (!bf16) { /* out += s t B^T */
+        if (N > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, r, s, t, r, B, r, 1.0f, out, ldo);
+        return;
+    }
     #pragma omp parallel for schedule(static) if ((size_t)N * OC * r >= CPU_PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *tn = t + (size_t)n * r;
@@ -61,6 +70,12 @@ void cpu_lora_grad_up(int bf16, float *dB, float *dt, const void *dout, int ldo,
                       float s, int N, int OC, int r)
 {
     assert(dB && dt && dout && t && B && N >= 0 && OC > 0 && r > 0 && ldo >= OC);
+    if (!bf16) { /* dt = s dout B; dB += s dout^T t */
+        if (N == 0) return;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, OC, s, dout, ldo, B, r, 0.0f, dt, r);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, r, N, s, dout, ldo, t, r, 1.0f, dB, r);
+        return;
+    }
     const int par = (size_t)N * OC * r >= CPU_PAR_MIN;
     /* dt = s dout B: per row */
     #pragma omp parallel for schedule(static) if (par)
@@ -96,6 +111,12 @@ void cpu_lora_grad_down(int bf16, void *dinp, float *dA, const float *dt, const 
                         int N, int C, int r)
 {
     assert(dt && A && (!dA || inp) && N >= 0 && C > 0 && r > 0 && ldi >= C);
+    if (!bf16) { /* dinp += dt A; dA += dt^T inp */
+        if (N == 0) return;
+        if (dinp) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, r, 1.0f, dt, r, A, C, 1.0f, dinp, ldi);
+        if (dA) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, C, N, 1.0f, dt, r, inp, ldi, 1.0f, dA, C);
+        return;
+    }
     const int par = (size_t)N * C * r >= CPU_PAR_MIN;
     /* dinp += dt A: per row */
     #pragma omp parallel for schedule(static) if (par)

@@ -139,12 +139,16 @@ static void test_lora(void)
     lora_fwd(o, wo + C0, LDO, ft, wx, LDI, A, B, s, N, C, OC, R);
     lora_fwd(h, ho + C0, LDO, ht, hx, LDI, A, B, s, N, C, OC, R);
     CU_ASSERT(b16_close("bf16 lora out", ho, wo, (size_t)N * LDO));
-    CU_ASSERT(memcmp(ft, ht, sizeof ft) == 0);
+    double *dft = to_double(ft, N * R); /* fp32 sums, in sgemm's order (f32) or the loops' (bf16) */
+    CU_ASSERT(close_to("bf16 lora t", ht, dft, N * R, 1e-5, 1e-6));
     float *fA = fcopy(dA0, R * C), *hA = fcopy(dA0, R * C), *fB = fcopy(dB0, OC * R), *hB = fcopy(dB0, OC * R);
     lora_bwd(o, wdx, fA, fB, dt, wd + C0, LDO, wx, LDI, ft, A, B, s, N, C, OC, R);
     lora_bwd(h, hdx, hA, hB, dt, hd + C0, LDO, hx, LDI, ht, A, B, s, N, C, OC, R);
     CU_ASSERT(b16_close("bf16 lora dinp", hdx, wdx, (size_t)N * LDI));
-    CU_ASSERT(memcmp(fA, hA, R * C * sizeof(float)) == 0 && memcmp(fB, hB, OC * R * sizeof(float)) == 0);
+    double *dfA = to_double(fA, R * C), *dfB = to_double(fB, OC * R);
+    CU_ASSERT(close_to("bf16 lora dA", hA, dfA, R * C, 1e-5, 1e-6));
+    CU_ASSERT(close_to("bf16 lora dB", hB, dfB, OC * R, 1e-5, 1e-6));
+    free(dft), free(dfA), free(dfB);
 
     free(x), free(A), free(B), free(Rw), free(c.x), free(c.A), free(c.B), free(c.Rw), free(out0), free(out);
     free(dout), free(gx), free(dx0), free(dx), free(dA0), free(dA), free(dB0), free(dB), free(rx), free(rA), free(rB);
