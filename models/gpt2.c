@@ -36,7 +36,6 @@ enum { S_ATTN, S_APROJ, S_FC, S_MPROJ };
 static const char *const lora_modules[] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", NULL};
 static const char *const lora_defaults[] = {"c_attn", NULL}; /* PEFT's for gpt2 */
 
-static int adapted(const gpt2_dims *d, int site) { return d->lora.on && (d->lora.mask >> site & 1u); }
 
 struct zinc_gpt2 {
     gpt2_dims d;
@@ -160,7 +159,7 @@ static size_t block_carve(block_acts *a, void *base, const gpt2_dims *d, const g
         t.fch_gelu = CARVE_ACT(&k, N * g->Fl);
     }
     for (int i = 0; i < 4; i++)
-        if (adapted(d, i)) t.lt[i] = CARVE_F32(&k, N * (size_t)d->lora.r);
+        if (model_lora_adapts(&d->lora, i)) t.lt[i] = CARVE_F32(&k, N * (size_t)d->lora.r);
     if (a) *a = t;
     return k.off;
 }
@@ -242,8 +241,8 @@ static size_t block_scratch_carve(block_scratch *s, void *base, const gpt2_dims 
         t.lng = CARVE_F32(&k, 4 * C);
     }
     t.att = CARVE_F32(&k, (size_t)B * g->NHl * T);
-    model_lora_carve(&d->lora, &k, &t.lo, N, adapted(d, S_MPROJ) ? (size_t)g->Fl : C);
-    if (adapted(d, S_MPROJ)) t.lg = CARVE_ACT(&k, N * g->Fl);
+    model_lora_carve(&d->lora, &k, &t.lo, N, model_lora_adapts(&d->lora, S_MPROJ) ? (size_t)g->Fl : C);
+    if (model_lora_adapts(&d->lora, S_MPROJ)) t.lg = CARVE_ACT(&k, N * g->Fl);
     if (s) *s = t;
     return k.off;
 }
@@ -264,7 +263,7 @@ static zinc_status fc_forward(zinc_layer *l, zinc_ctx *c, const block_acts *a, c
     gpt2_local g = local_of(d, c->tp);
     const int N = c->B * c->T;
     const float *w = zinc_layer_param(l, B_FCW), *b = zinc_layer_param(l, B_FCB);
-    if (!adapted(d, S_FC)) {
+    if (!model_lora_adapts(&d->lora, S_FC)) {
         c->ops->linear_gelu_forward(out, pre, ln2f, w, b, N, d->C, g.Fl);
         return ZINC_OK;
     }
@@ -312,7 +311,7 @@ static zinc_status block_forward(zinc_layer *l, zinc_ctx *c, const void *x, void
     o->layernorm_forward(ln2, a.ln2_mean, a.ln2_rstd, a.res2, p[B_LN2W], p[B_LN2B], R, C);
     const void *ln2f = zinc_tp_region_enter(tp, s.full, ln2, N, C, &st);
     if (st != ZINC_OK) return st;
-    ZINC_TRY(fc_forward(l, c, &a, &s, fch_gelu, d->recompute && adapted(d, S_FC) ? s.b : a.fch, ln2f));
+    ZINC_TRY(fc_forward(l, c, &a, &s, fch_gelu, d->recompute && model_lora_adapts(&d->lora, S_FC) ? s.b : a.fch, ln2f));
     ZINC_TRY(zinc_tp_row_forward(tp, y, s.dln, fch_gelu, p[B_FPW], p[B_FPB], N, g.Fl, C));
     ZINC_TRY(model_lora_forward(&d->lora, &d->site[S_MPROJ], l, c, S_MPROJ, y, C, fch_gelu, a.lt[S_MPROJ], &s.lo));
     o->residual_forward(y, y, a.res2, (size_t)R * C);
@@ -368,7 +367,7 @@ static zinc_status block_backward(zinc_layer *l, zinc_ctx *c, const void *x, con
     /* GELU's backward fused into c_proj's (row-parallel: no communication) */
     o->linear_gelu_backward(s.dfch, gr[B_FPW], gr[B_FPB], dyf, fch_gelu, fch, p[B_FPW], N, g.Fl,
                             C);
-    if (adapted(d, S_MPROJ)) { /* the adapter's input gradient through the GELU too */
+    if (model_lora_adapts(&d->lora, S_MPROJ)) { /* the adapter's input gradient through the GELU too */
         o->zero(s.lg, (size_t)N * g.Fl * asz);
         ZINC_TRY(model_lora_backward(&d->lora, &d->site[S_MPROJ], l, c, S_MPROJ, s.lg, dyf, C, fch_gelu, a.lt[S_MPROJ],
                             &s.lo));

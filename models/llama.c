@@ -43,7 +43,6 @@ static const char *const lora_modules[] = {"self_attn.q_proj", "self_attn.k_proj
                                            "mlp.down_proj",    NULL};
 static const char *const lora_defaults[] = {"q_proj", "v_proj", NULL}; /* PEFT's for llama */
 
-static int adapted(const llama_dims *d, int site) { return d->lora.on && (d->lora.mask >> site & 1u); }
 
 struct zinc_llama {
     llama_dims d;
@@ -173,7 +172,7 @@ static size_t block_carve(block_acts *a, void *base, const llama_dims *d, const 
     t.res2 = CARVE_ACT(&k, R * C);
     t.gu = d->recompute ? NULL : CARVE_ACT(&k, N * 2 * g->Fl);
     t.h = d->recompute ? NULL : CARVE_ACT(&k, N * g->Fl);
-    for (int i = 0; i < N_SITES; i++) t.lt[i] = adapted(d, i) ? CARVE_F32(&k, N * (size_t)d->lora.r) : NULL;
+    for (int i = 0; i < N_SITES; i++) t.lt[i] = model_lora_adapts(&d->lora, i) ? CARVE_F32(&k, N * (size_t)d->lora.r) : NULL;
     if (a) *a = t;
     return k.off;
 }
@@ -254,8 +253,8 @@ static size_t block_scratch_carve(block_scratch *s, void *base, const llama_dims
         t.rh = CARVE_ACT(&k, N * g->Fl);
     }
     size_t in_max = C;
-    if (adapted(d, S_O)) in_max = max_sz(in_max, (size_t)g->NHl * d->HS);
-    if (adapted(d, S_DOWN)) in_max = max_sz(in_max, (size_t)g->Fl);
+    if (model_lora_adapts(&d->lora, S_O)) in_max = max_sz(in_max, (size_t)g->NHl * d->HS);
+    if (model_lora_adapts(&d->lora, S_DOWN)) in_max = max_sz(in_max, (size_t)g->Fl);
     model_lora_carve(&d->lora, &k, &t.lo, N, in_max);
     if (s) *s = t;
     return k.off;

@@ -89,6 +89,9 @@ typedef struct model_lora {
     unsigned mask; /* bit i: module i is adapted */
 } model_lora;
 
+/* 1 if the plan adapts the layer's linear number site. */
+static inline int model_lora_adapts(const model_lora *m, int site) { return m->on && (m->mask >> site & 1u); }
+
 /* One linear's adapter in a layer: lora_A (r, in) and lora_B (out, r), their indices among
  * the layer's parameters (a < 0: the linear has none). */
 enum { LORA_COLUMN, LORA_ROW }; /* the adapted linear's TP split (zinc/tp.h) */
