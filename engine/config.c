@@ -389,14 +389,15 @@ static const keydesc csv_monitor_keys[] = {
     KS("job_name", csv_monitor.job_name, "DeepSpeedJobName", NULL),
     END};
 
-/* zinc's activation memory is set by model.recompute */
-#define AC_WHY "zinc's activation checkpointing is model.recompute"
+/* activation_checkpointing: given, whole-layer recompute (engine/acts.c) */
+static int skip_ac(const zinc_config *c) { return !c->ac.enabled; }
 static const keydesc activation_checkpointing_keys[] = {
-    NYB("partition_activations", "activations are not partitioned over model-parallel ranks; " AC_WHY),
-    NYB("cpu_checkpointing", "activations are not offloaded to host memory; " AC_WHY),
-    NYB("contiguous_memory_optimization", AC_WHY),
-    XIW("number_checkpoints", 1, INF, AC_WHY),
-    XBW("synchronize_checkpoint_boundary", AC_WHY),
+    KB("partition_activations", ac.partition_activations, 0),
+    KB("cpu_checkpointing", ac.cpu_checkpointing, 0),
+    XBW("contiguous_memory_optimization", "zinc's checkpoints always lie in one contiguous buffer per micro-batch"),
+    {.name = "number_checkpoints", .type = T_INT, .off = OFF(ac.number_checkpoints), .lo = 0, .hi = LAYERS_MAX,
+     .def = 0, .flags = F_NULL_OK},
+    XBW("synchronize_checkpoint_boundary", "zinc's device work is ordered on one stream; nothing to synchronize"),
     XBW("profile", "zinc does not time checkpointed layers"),
     END};
 
@@ -414,7 +415,9 @@ static const keydesc pipeline_keys[] = {
     {.name = "partition", .type = T_STR, .off = OFF(pp.partition), .sdef = "parameters", .aux = FSZ(pp.partition),
      .flags = F_NULL_OK | F_PP}, /* finish() checks the method */
     XBW("seed_layers", "zinc seeds every parameter by its name, whatever the stage"),
-    NYI("activation_checkpoint_interval", 0, INF, 0, AC_WHY),
+    /* DeepSpeed's pipeline engine: checkpoint every N layers (0: off); engine/acts.c */
+    {.name = "activation_checkpoint_interval", .type = T_INT, .off = OFF(ac.interval), .lo = 0, .hi = LAYERS_MAX,
+     .def = 0, .flags = F_NULL_OK},
     XBW("pipe_partitioned", "zinc sends whole activations between stages"),
     XBW("grad_partitioned", "zinc sends whole activation gradients between stages"),
     XBW("use_reentrant", "zinc has no autograd"),
@@ -499,7 +502,8 @@ const keydesc config_root_keys[] = {
     KE("comm_backend", comm_backend, ZINC_COMM_AUTO, comm_kinds, F_ZINC),
     KN("comm_timeout_s", comm_timeout_s, 0, INF, 300, F_LO_OPEN | F_ZINC),
     /* DeepSpeed sections and keys zinc accepts but does not use yet */
-    KSEC("activation_checkpointing", activation_checkpointing_keys),
+    {.name = "activation_checkpointing", .type = T_SECTION, .off = NOF, .sub = activation_checkpointing_keys,
+     .flags = F_NULL_OK, .skip = skip_ac},
     KSEC("pipeline", pipeline_keys),
     KSEC("checkpoint", checkpoint_keys),
     KSEC("tensor_parallel", tensor_parallel_keys),
@@ -1499,6 +1503,27 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
         return cfg_err_also(x, "model.lora.dropout", "tensor_parallel.sequence_parallel",
                             "LoRA dropout with sequence parallelism is not implemented yet (dropout %g)",
                             c->model.lora.dropout);
+
+    /* activation_checkpointing: given (an object), whole-layer recompute is on */
+    /* ... unless the pipeline's interval is given as 0, which turns it off (as in DeepSpeed's pipeline) */
+    json_t *jpipe = json_object_get(root, "pipeline");
+    int ac_sec = json_is_object(json_object_get(root, "activation_checkpointing"));
+    int ac_off = has_key(jpipe, "activation_checkpoint_interval") && c->ac.interval == 0;
+    c->ac.enabled = (ac_sec && !ac_off) || c->ac.interval > 0;
+    if (ac_sec && ac_off)
+        cfg_warn(x, "activation_checkpointing", "no effect: pipeline.activation_checkpoint_interval 0 turns "
+                 "activation checkpointing off");
+    if (c->ac.interval > 0 && c->ac.number_checkpoints > 0)
+        return cfg_err_also(x, "pipeline.activation_checkpoint_interval", "activation_checkpointing.number_checkpoints",
+                            "both group the checkpointed layers (%lld layers a group, %lld groups): give one",
+                            (long long)c->ac.interval, (long long)c->ac.number_checkpoints);
+    if (c->ac.partition_activations && c->ac.enabled && c->tp.size == 1)
+        cfg_warn(x, "activation_checkpointing.partition_activations",
+                 "true has no effect with tensor_parallel.autotp_size 1 (nothing to split the checkpoints over)");
+    else if (c->ac.partition_activations && c->ac.enabled && c->tp.sequence_parallel)
+        cfg_warn(x, "activation_checkpointing.partition_activations",
+                 "true has no effect with tensor_parallel.sequence_parallel: the checkpoints are split over the "
+                 "TP ranks already");
 
     /* "auto" (rules at the top of this file) */
     zinc_sched_type sty = c->scheduler.type;

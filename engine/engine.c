@@ -43,8 +43,6 @@ zinc_dtype engine_act_dtype(const zinc_engine *e)
     return e->z.plan.pdt == ZINC_DTYPE_BF16 ? ZINC_DTYPE_BF16 : ZINC_DTYPE_F32;
 }
 
-#define ACT_ALIGN(n) (((n) + 63) / 64 * 64) /* bytes: 64-byte aligned carving */
-
 /* ---------------------------------------------------------------- layer API */
 
 int zinc_layer_param_add(zinc_layer *l, const char *name, int ndim, const int64_t *shape,
@@ -244,57 +242,10 @@ static void engine_free_tables(zinc_engine *e)
     e->layers = NULL;
     free(e->bounds);
     free(e->held);
-    free(e->act_off);
-    free(e->out_off);
     e->bounds = NULL;
     e->held = NULL;
-    e->act_off = e->out_off = NULL;
+    engine_layout_free(e);
     zero_tables_free(&e->z);
-}
-
-/* Activation memory: every layer's saved activations and its output inside
- * its chunk, laid out per chunk (act_off, out_off: the slab of one micro-batch
- * of a chunk; *slab the largest of this stage's chunks), one gradient buffer
- * for the widest layer input (dbuf, two of them are used), the largest
- * scratch, and the elements of an activation crossing chunks (io). Sets
- * each layer's act_bytes. Needs e->bounds, e->held. */
-static zinc_status act_sizes(zinc_engine *e, size_t *slab, size_t *dbuf, size_t *scratch, size_t *io)
-{
-    const zinc_dtype act = engine_act_dtype(e);
-    const size_t rows = (size_t)zinc_tp_rows(&e->tp, e->B * e->T), asz = zinc_dtype_size(act);
-    const int L = e->n_layers, J = e->pp.stages * e->pp.virt;
-    size_t max_width = 0;
-    *slab = *scratch = *io = 0;
-    free(e->act_off);
-    free(e->out_off);
-    e->act_off = calloc((size_t)(L ? L : 1), sizeof *e->act_off);
-    e->out_off = calloc((size_t)(L ? L : 1), sizeof *e->out_off);
-    if (!e->act_off || !e->out_off) return zinc_error(ZINC_ERR_NOMEM, "layer table");
-    for (int j = 0; j < J; j++) {
-        size_t off = 0;
-        for (int i = e->bounds[j]; i < e->bounds[j + 1]; i++) {
-            zinc_layer *l = &e->layers[i];
-            const zinc_layer_ops *lo = l->def->ops;
-            l->act_bytes = lo->act_bytes ? lo->act_bytes(l, e->B, e->T, act) : 0;
-            e->act_off[i] = off;
-            off += ACT_ALIGN(l->act_bytes);
-            e->out_off[i] = SIZE_MAX;
-            if (i + 1 < e->bounds[j + 1]) {
-                e->out_off[i] = off;
-                off += ACT_ALIGN(rows * (size_t)l->n_out * asz);
-            } else if (i + 1 < L && rows * (size_t)l->n_out > *io) {
-                *io = rows * (size_t)l->n_out;
-            }
-            if (e->held[i]) {
-                if ((size_t)l->n_in > max_width) max_width = (size_t)l->n_in;
-                size_t sc = lo->scratch_bytes ? lo->scratch_bytes(l, e->B, e->T, act) : 0;
-                if (sc > *scratch) *scratch = sc;
-            }
-        }
-        if (e->held[e->bounds[j]] && off > *slab) *slab = off;
-    }
-    *dbuf = rows * max_width * asz;
-    return ZINC_OK;
 }
 
 /* What zero/ takes from the config, for an estimate and an engine alike. */
@@ -384,13 +335,14 @@ zinc_status zinc_engine_estimate_stage(const zinc_config *c, const zinc_model_de
         if (st == ZINC_OK) inflight = sim.inflight[pp_stage];
     }
     if (st == ZINC_OK && e.B > 0 && e.T > 0) {
-        size_t slab, dbuf, scratch, io;
-        st = act_sizes(&e, &slab, &dbuf, &scratch, &io);
+        size_t slab, dbuf, scratch, io, ac_dev, ac_host;
+        st = engine_act_layout(&e, &slab, &dbuf, &scratch, &io);
+        engine_ac_bytes(&e, &ac_dev, &ac_host);
         const size_t J = (size_t)p * e.pp.virt;
         size_t bufs = 0; /* crossing buffers held at once */
         if (J > 1) bufs = (pp_stage == 0 && e.pp.virt == 1 ? 0 : (size_t)inflight) + 2;
         out->activations = (uint64_t)inflight * slab + bufs * io * zinc_dtype_size(engine_act_dtype(&e)) +
-                           2 * dbuf + scratch;
+                           2 * dbuf + scratch + ac_dev;
     }
     if (st == ZINC_OK && where) {
         *where = (zinc_stage_estimate){.inflight = inflight, .n_chunks = e.pp.virt};
@@ -447,16 +399,8 @@ static zinc_status engine_alloc_local(zinc_engine *e)
     /* activations: a slab per (micro-batch, chunk) in flight (made as the step needs
      * them), gradients ping-pong, scratch, the step's tokens */
     size_t BT = (size_t)e->B * e->T, dbuf, scratch;
-    ZINC_TRY(act_sizes(e, &e->slab_bytes, &dbuf, &scratch, &e->io_elems));
-    const size_t nk = (size_t)e->pp.micro * e->pp.virt;
-    e->slab_of = malloc(nk * sizeof *e->slab_of);
-    e->slab_free = malloc(nk * sizeof *e->slab_free);
-    e->slabs = calloc(nk, sizeof *e->slabs);
-    if (!e->slab_of || !e->slab_free || !e->slabs) {
-        st = zinc_error(ZINC_ERR_NOMEM, "activation table");
-        goto cleanup;
-    }
-    for (size_t k = 0; k < nk; k++) e->slab_of[k] = -1;
+    ZINC_TRY(engine_act_layout(e, &e->slab_bytes, &dbuf, &scratch, &e->io_elems));
+    ZINC_TRY(engine_acts_alloc(e));
     e->dbuf[0] = alloc_bytes(e, dbuf);
     e->dbuf[1] = alloc_bytes(e, dbuf);
     e->scratch = alloc_bytes(e, scratch);
@@ -468,7 +412,9 @@ static zinc_status engine_alloc_local(zinc_engine *e)
         }
         e->dev->copy(e->consts, e->model->consts, e->model->consts_bytes);
     }
-    e->act_fixed = 2 * dbuf + scratch;
+    size_t ac_dev, ac_host;
+    engine_ac_bytes(e, &ac_dev, &ac_host);
+    e->act_fixed = 2 * dbuf + scratch + ac_dev;
     e->tokens = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
     e->targets = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
     e->pos = e->dev->alloc(BT * (size_t)e->ga * sizeof(int32_t));
@@ -476,18 +422,19 @@ static zinc_status engine_alloc_local(zinc_engine *e)
         e->htokens = e->dev->host_alloc(BT * sizeof(int32_t));
         e->htargets = e->dev->host_alloc(BT * sizeof(int32_t));
     }
-    /* one slab now: a micro-batch that cannot fit fails here, not in the first step */
-    e->slabs[0] = alloc_bytes(e, e->slab_bytes);
-    e->n_slabs = e->slabs[0] ? 1 : 0;
-    e->slab_free[0] = 0;
-    e->n_free = e->n_slabs;
-    if (!e->slabs[0] || !e->dbuf[0] || !e->dbuf[1] || !e->scratch || !e->tokens || !e->targets || !e->pos ||
+    if (!e->dbuf[0] || !e->dbuf[1] || !e->scratch || !e->tokens || !e->targets || !e->pos ||
         (!e->dev->is_host && (!e->htokens || !e->htargets))) {
         st = zinc_error(ZINC_ERR_NOMEM,
                         "activations of micro-batch %d x %d tokens on %s: %zu + 2 x %zu + %zu bytes "
                         "(saved, gradients, scratch): %s",
                         e->B, e->T, e->dev->name, e->slab_bytes, dbuf, scratch, zinc_last_error());
         goto cleanup;
+    }
+    if (e->ac.on && zinc_comm_rank(e->world) == 0) {
+        ZINC_INFO("activation checkpointing: %d groups of layers recomputed in backward, their inputs kept%s%s; "
+                  "%zu bytes of activations a micro-batch, %zu in the recompute buffers",
+                  e->ac.n_groups, e->ac.cpu ? " in host memory" : "", e->ac.part ? ", split over the TP group" : "",
+                  e->slab_bytes + e->ac.host_bytes, ac_dev);
     }
 
     /* fp16 loss scaler, DeepSpeed's DynamicLossScaler semantics */
@@ -663,7 +610,7 @@ void zinc_engine_destroy(zinc_engine *e)
     zinc_mesh_destroy(e->mesh);
     engine_free_tables(e);
     if (e->dev) {
-        engine_slabs_free(e);
+        engine_acts_free(e);
         e->dev->free(e->dbuf[0]);
         e->dev->free(e->dbuf[1]);
         e->dev->free(e->scratch);

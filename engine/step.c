@@ -91,53 +91,14 @@ static zinc_status phase_ms(zinc_engine *e, double *t)
     return st;
 }
 
-/* ---------------------------------------------------------------- slabs */
-
-/* The slab of (micro-batch, chunk) k: the one it holds, or a free one, or a new one. */
-static zinc_status slab_take(zinc_engine *e, int k, char **out)
-{
-    if (e->slab_of[k] < 0) {
-        int s;
-        if (e->n_free > 0) {
-            s = e->slab_free[--e->n_free];
-        } else {
-            s = e->n_slabs;
-            e->slabs[s] = e->dev->alloc(e->slab_bytes ? e->slab_bytes : 1);
-            if (!e->slabs[s])
-                return zinc_error(ZINC_ERR_NOMEM, "activations of %d micro-batches in flight on %s (%zu bytes each): %s",
-                                  s + 1, e->dev->name, e->slab_bytes, zinc_last_error());
-            e->n_slabs++;
-        }
-        e->slab_of[k] = s;
-    }
-    *out = e->slabs[e->slab_of[k]];
-    return ZINC_OK;
-}
-
-static void slab_give(zinc_engine *e, int k)
-{
-    if (e->slab_of[k] < 0) return;
-    e->slab_free[e->n_free++] = e->slab_of[k];
-    e->slab_of[k] = -1;
-}
-
-void engine_slabs_free(zinc_engine *e)
-{
-    for (int i = 0; e->slabs && i < e->n_slabs; i++) e->dev->free(e->slabs[i]);
-    free(e->slabs);
-    free(e->slab_of);
-    free(e->slab_free);
-    e->slabs = NULL;
-    e->slab_of = e->slab_free = NULL;
-    e->n_slabs = e->n_free = 0;
-}
-
 /* ---------------------------------------------------------------- one chunk */
 
 /* Forward of model chunk j's layers on micro-batch mb: in is the chunk's input (NULL:
  * the tokens), out its output (NULL: the last chunk, whose loss layer adds to
- * e->loss_acc); the layers' saved activations go to slab. */
-static zinc_status chunk_forward(zinc_engine *e, int mb, int j, char *slab, const void *in, void *out, int backward)
+ * e->loss_acc); the layers' saved activations go to slab (acts.c: checkpointed layers'
+ * to the shared recompute buffer). */
+static zinc_status chunk_forward(zinc_engine *e, int mb, int j, engine_slab slab, const void *in, void *out,
+                                 int backward)
 {
     zinc_status st = ZINC_OK;
     const size_t rows = (size_t)zinc_tp_rows(&e->tp, e->B * e->T);
@@ -146,12 +107,13 @@ static zinc_status chunk_forward(zinc_engine *e, int mb, int j, char *slab, cons
     double t0 = zinc_now_ms(), t1;
     for (int i = e->bounds[j]; i < e->bounds[j + 1]; i++) {
         zinc_layer *l = &e->layers[i];
-        void *y = e->out_off[i] == SIZE_MAX ? out : slab + e->out_off[i];
-        l->acts = slab + e->act_off[i];
+        void *y = engine_act_out(e, slab, i, out);
+        l->acts = engine_act_saved(e, slab, i);
         ZINC_TRY(zero_forward_begin(&e->z, i, backward));
         ZINC_TRY(l->def->ops->forward(l, &c, x, y));
         if (y) round_storage(e, y, rows * (size_t)l->n_out);
         zero_forward_end(&e->z, i);
+        if (backward) ZINC_TRY(engine_act_keep(e, slab, i, y));
         x = y;
     }
     e->loss_acc += c.loss_sum;
@@ -163,26 +125,54 @@ cleanup:
     return st;
 }
 
+/* Activation checkpointing: the forward of layer last's group again, from the group's
+ * input, into the recompute buffer (the same input and random stream: the same
+ * activations, bit for bit), its units kept for the backward that follows. */
+static zinc_status group_recompute(zinc_engine *e, zinc_ctx *c, engine_slab slab, int last, int lo, const void *in)
+{
+    const size_t rows = (size_t)zinc_tp_rows(&e->tp, e->B * e->T);
+    const int first = e->ac.first[last];
+    zinc_status st;
+    const void *x = engine_act_input(e, slab, first, lo, in, &st);
+    for (int k = first; st == ZINC_OK && k <= last; k++) {
+        zinc_layer *l = &e->layers[k];
+        void *y = engine_act_recompute_out(e, k);
+        l->acts = engine_act_saved(e, slab, k);
+        TRY_RET(zero_recompute_begin(&e->z, k));
+        TRY_RET(l->def->ops->forward(l, c, x, y));
+        round_storage(e, y, rows * (size_t)l->n_out);
+        x = y;
+    }
+    return st;
+}
+
 /* Backward of model chunk j's layers on micro-batch mb: gout is the gradient of the
  * chunk's output (NULL for the last chunk), gin where its input's gradient goes (NULL
  * for chunk 0); in and slab as its forward had them. Drops the micro-batch's working
  * copies after. */
-static zinc_status chunk_backward(zinc_engine *e, int mb, int j, char *slab, const void *in, const void *gout,
+static zinc_status chunk_backward(zinc_engine *e, int mb, int j, engine_slab slab, const void *in, const void *gout,
                                   void *gin)
 {
     zinc_status st = ZINC_OK;
     const size_t rows = (size_t)zinc_tp_rows(&e->tp, e->B * e->T); /* rows between layers */
     const int lo = e->bounds[j];
     zinc_ctx c = engine_ctx(e, mb, e->step_dloss, 1);
-    const void *dy = gout;
+    const void *dy = gout, *x0 = in ? in : (const void *)c.tokens;
     double t0 = zinc_now_ms(), t1;
+    e->ac.ckin_of = -1; /* a loaded checkpoint is this micro-batch's only */
     for (int i = e->bounds[j + 1] - 1; i >= lo; i--) {
         zinc_layer *l = &e->layers[i];
-        l->acts = slab + e->act_off[i];
+        if (e->ac.on && e->ac.first[i] >= 0 && e->ac.last[i] == i) {
+            double r0 = zinc_now_ms();
+            ZINC_TRY(group_recompute(e, &c, slab, i, lo, x0));
+            e->t_recompute += zinc_now_ms() - r0;
+        }
+        l->acts = engine_act_saved(e, slab, i);
         ZINC_TRY(zero_backward_begin(&e->z, i));
         void *dx = i > lo ? e->dbuf[i & 1] : gin;
         if (dx) e->ops->zero(dx, rows * (size_t)l->n_in * zinc_dtype_size(e->ops->act));
-        const void *xi = i > lo ? (const void *)(slab + e->out_off[i - 1]) : in ? in : (const void *)c.tokens;
+        const void *xi = engine_act_input(e, slab, i, lo, x0, &st);
+        if (st != ZINC_OK) goto cleanup;
         ZINC_TRY(l->def->ops->backward(l, &c, xi, dy, dx));
         if (dx) round_storage(e, dx, rows * (size_t)l->n_in);
         ZINC_TRY(zero_backward_end(&e->z, i));
@@ -210,8 +200,8 @@ static zinc_status cb_load(void *u, int mb, int chunk)
 static zinc_status cb_forward(void *u, int mb, int chunk, const void *in, void *out)
 {
     zinc_engine *e = u;
-    char *slab;
-    TRY_RET(slab_take(e, mb * e->pp.virt + chunk, &slab));
+    engine_slab slab;
+    TRY_RET(engine_slab_take(e, mb * e->pp.virt + chunk, &slab));
     return chunk_forward(e, mb, chunk * e->pp.stages + e->stage, slab, in, out, 1);
 }
 
@@ -222,10 +212,10 @@ static zinc_status cb_backward(void *u, int mb, int chunk, const void *in, const
     zinc_engine *e = u;
     if (part == 2) return ZINC_OK;
     const int k = mb * e->pp.virt + chunk;
-    char *slab;
-    TRY_RET(slab_take(e, k, &slab));
+    engine_slab slab;
+    TRY_RET(engine_slab_take(e, k, &slab));
     zinc_status st = chunk_backward(e, mb, chunk * e->pp.stages + e->stage, slab, in, gout, gin);
-    slab_give(e, k);
+    engine_slab_give(e, k);
     return st;
 }
 
@@ -298,8 +288,8 @@ zinc_status zinc_engine_loss_and_grad_docs(zinc_engine *e, const int32_t *tokens
     zero_grads_zero(&e->z);
     e->step_dloss = !pos ? 1.0f / (float)BT : n ? (float)(1.0 / (double)n) : 0.0f;
     e->loss_acc = 0.0;
-    zinc_status st = chunk_forward(e, 0, 0, e->slabs[0], NULL, NULL, 1);
-    if (st == ZINC_OK) st = chunk_backward(e, 0, 0, e->slabs[0], NULL, NULL, NULL);
+    zinc_status st = chunk_forward(e, 0, 0, engine_slab0(e), NULL, NULL, 1);
+    if (st == ZINC_OK) st = chunk_backward(e, 0, 0, engine_slab0(e), NULL, NULL, NULL);
     if (st == ZINC_OK) st = engine_sync(e);
     *loss = n ? e->loss_acc / (double)n : 0.0;
     return st;
@@ -324,7 +314,7 @@ static zinc_status eval_micro(zinc_engine *e, void *buf[2])
         if (j > 0 && p > 1)
             TRY_RET(zinc_comm_recv(e->mesh->pp_group, buf[cur], e->io_elems, act, (j - 1) % p, j, NULL));
         void *out = j + 1 < J ? buf[1 - cur] : NULL;
-        TRY_RET(chunk_forward(e, 0, j, e->slabs[0], j > 0 ? buf[cur] : NULL, out, 0));
+        TRY_RET(chunk_forward(e, 0, j, engine_slab0(e), j > 0 ? buf[cur] : NULL, out, 0));
         zero_micro_end(&e->z);
         if (out && p > 1) TRY_RET(zinc_comm_send(e->mesh->pp_group, out, e->io_elems, act, (j + 1) % p, j + 1, NULL));
         else if (out) cur = 1 - cur; /* one stage: the next chunk's input */
@@ -402,7 +392,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     e->dev->mem_reset_peak();
 
     zero_grads_zero(&e->z);
-    e->t_fwd = e->t_bwd = e->t_reduce = e->t_opt = e->z.t_opt_io = 0.0;
+    e->t_fwd = e->t_bwd = e->t_recompute = e->t_reduce = e->t_opt = e->z.t_opt_io = 0.0;
     double scale = e->scaler.scale;
     e->step_data = data;
     double n_targets = 0.0;
@@ -415,7 +405,7 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
                                    .reduce_grads = cb_reduce, .optimizer_step = cb_step,
                                    .buf_alloc = cb_alloc, .buf_free = cb_free};
     st = zinc_pp_execute(&e->pp, ppg, e->stage, &ops, &e->pst);
-    for (int k = 0; k < e->pp.micro * e->pp.virt; k++) slab_give(e, k); /* after an error too */
+    for (int k = 0; k < e->pp.micro * e->pp.virt; k++) engine_slab_give(e, k); /* after an error too */
     if (st != ZINC_OK) goto cleanup;
     double loss_sum = e->loss_acc;
 
@@ -489,9 +479,9 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     }
     ZINC_TRY(engine_sync(e)); /* device time belongs to the step; faults surface here */
     if (cfg->wall_clock_breakdown && e->z.dp_rank == 0)
-        ZINC_INFO("step %lld time (ms): forward %.1f | backward %.1f | reduce+norm %.1f | "
+        ZINC_INFO("step %lld time (ms): forward %.1f | backward %.1f (recompute %.1f) | reduce+norm %.1f | "
                   "optimizer %.1f (waiting on NVMe %.1f)", (long long)e->step + 1, e->t_fwd,
-                  e->t_bwd, e->t_reduce, e->t_opt, e->z.t_opt_io);
+                  e->t_bwd, e->t_recompute, e->t_reduce, e->t_opt, e->z.t_opt_io);
     e->step++;
     e->samples += cfg->train_batch_size;
 

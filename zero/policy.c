@@ -121,6 +121,16 @@ zinc_status zero_backward_end(zero_state *z, int layer)
     return ZINC_OK;
 }
 
+zinc_status zero_recompute_begin(zero_state *z, int layer)
+{
+    const zero_layer *l = &z->layers[layer];
+    for (int j = 0; j < l->n_units; j++) {
+        zinc_status st = zero_unit_materialize(z, l->units[j]);
+        if (st != ZINC_OK) return st;
+    }
+    return ZINC_OK;
+}
+
 zinc_status zero_backward_done(zero_state *z) { return zero_wait_pending(z, 1); }
 
 void zero_micro_end(zero_state *z)

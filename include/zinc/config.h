@@ -175,6 +175,19 @@ typedef struct zinc_config {
         int sequence_parallel;         /* false: Megatron sequence parallelism */
     } tp;
 
+    /* DeepSpeed's activation_checkpointing section (or pipeline.activation_checkpoint_interval):
+     * given, whole-layer recompute (every layer
+     * between the first and the last keeps only its input; backward runs it forward again) */
+    struct {
+        int enabled;                   /* the section is in the config */
+        int64_t number_checkpoints;    /* 0 (absent): every such layer is a checkpoint; K: the
+                                        * layers in K contiguous groups, a group's input kept */
+        int cpu_checkpointing;         /* false: checkpoints in host memory (pinned on a GPU) */
+        int partition_activations;     /* false: checkpoints split over the TP group */
+        int64_t interval;              /* pipeline.activation_checkpoint_interval: 0 (off), or N
+                                        * layers a group (turns recompute on) */
+    } ac;
+
     /* DeepSpeed's pipeline section (stages, partition) and zinc's schedule keys */
     struct {
         int64_t stages;                /* 1: pipeline stages (PP size); "auto" = 1 */

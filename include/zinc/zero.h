@@ -266,6 +266,9 @@ zinc_status zero_forward_begin(zero_state *z, int layer, int backward);
 void zero_forward_end(zero_state *z, int layer);
 zinc_status zero_backward_begin(zero_state *z, int layer);
 zinc_status zero_backward_end(zero_state *z, int layer);
+/* Before a layer's forward runs again in backward (activation checkpointing): its units
+ * made whole and kept for the backward that follows (no prefetch, no release). */
+zinc_status zero_recompute_begin(zero_state *z, int layer);
 /* After the backward of a micro-batch: completes reduce-scatters in flight. */
 zinc_status zero_backward_done(zero_state *z);
 /* End of a micro-batch (also after an error): drops every working copy. */

@@ -912,7 +912,7 @@ static void test_honest_keys(void)
         "tensorboard.job_name = \"gpt\": applied\n",
         "pipeline.stages = \"auto\": applied (\"auto\", resolved as shown)\n",
         "pipeline.partition = \"parameters\": applied (the default; one model chunk)\n",
-        "activation_checkpointing.partition_activations = false: applied (the only value zinc supports)\n",
+        "activation_checkpointing.partition_activations = false: applied\n",
         "data_types.grad_accum_dtype = \"fp32\": applied (the only value zinc supports)\n",
         "zero_optimization.load_from_fp32_weights = true: no effect (zinc always restores fp32 master weights)\n",
         "seed = 42: no effect (zinc seeds from model.seed (weights) and data.seed (sample order))\n",
