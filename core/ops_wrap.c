@@ -91,6 +91,9 @@
       (losses, logits, t, rowmax, sums, dloss, N, V, v0))                                       \
     X(adamw, (float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,       \
               float b2, float eps, float wd, int t), (p, g, m, v, n, lr, b1, b2, eps, wd, t))   \
+    X(adamw_mixed, (float *p, const void *g, zinc_dtype gdt, float coef, float *m, float *v, void *o, \
+                    zinc_dtype odt, size_t n, float lr, float b1, float b2, float eps, float wd, int t), \
+      (p, g, gdt, coef, m, v, o, odt, n, lr, b1, b2, eps, wd, t))                               \
     X(scale, (float *x, float s, size_t n), (x, s, n))                                          \
     X(zero, (void *p, size_t bytes), (p, bytes))                                                \
     X(copy, (void *dst, const void *src, size_t bytes), (dst, src, bytes))                      \
@@ -141,7 +144,7 @@ static struct {
         W[S].hooks.after(OP_##name, W[S].hooks.user);                                          \
         return r_;                                                                             \
     }
-#define SET_X(S, name, params, args) W[S].table.name = w##S##_##name;
+#define SET_X(S, name, params, args) W[S].table.name = W[S].in->name ? w##S##_##name : NULL; /* optional ops stay NULL */
 
 #define SLOT(S)                                                                               \
     WRAP_VOID_OPS_S(VOID_X, S)                                                                 \

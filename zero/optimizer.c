@@ -9,13 +9,46 @@
 
 #include "zero_int.h"
 
+/* AdamW over the parameter pieces of elements [lo, hi) of unit u (opt-range offsets), the
+ * gradient g (as gdt, times coef) and master, m, v, out at element lo; out (NULL: none)
+ * gets the new params as pdt, where elements outside every piece (padding) are the
+ * master's too. With the fused op, one pass; else g is fp32 already scaled. */
+static void pieces_update(zero_state *z, const zinc_ops *oo, zero_unit *u, size_t lo, size_t hi, const void *g,
+                          zinc_dtype gdt, float coef, float *master, float *m, float *v, void *out, double lr, int t)
+{
+    const zero_opts *c = &z->opt;
+    const zero_plan *pl = &z->plan;
+    size_t done = lo; /* out is written up to here */
+    /* one AdamW call per parameter piece: weight decay is per parameter */
+    for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
+        const zero_param *p = &z->params[pi];
+        if (p->unit != unit_id(z, u)) continue;
+        size_t x = p->uoff > lo ? p->uoff : lo;
+        size_t y = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
+        if (x >= y) continue;
+        float wd = p->decay ? (float)c->weight_decay : 0.0f;
+        const size_t o = x - lo;
+        if (out && x > done) oo->convert(at(out, done - lo, pl->psz), pl->pdt, master + (done - lo), ZINC_DTYPE_F32, x - done);
+        if (oo->adamw_mixed)
+            oo->adamw_mixed(master + o, at((void *)g, o, zinc_dtype_size(gdt)), gdt, coef, m + o, v + o,
+                            out ? at(out, o, pl->psz) : NULL, pl->pdt, y - x, (float)lr, (float)c->beta1,
+                            (float)c->beta2, (float)c->eps, wd, t);
+        else
+            oo->adamw(master + o, (const float *)g + o, m + o, v + o, y - x, (float)lr, (float)c->beta1,
+                      (float)c->beta2, (float)c->eps, wd, t);
+        if (y > done) done = y;
+    }
+    if (out && done < hi) oo->convert(at(out, done - lo, pl->psz), pl->pdt, master + (done - lo), ZINC_DTYPE_F32, hi - done);
+}
+
 /* AdamW over elements [a, a+n) of unit u's opt range with fp32 master, m, v
- * at the given pointers, then the working-precision params of the range. */
+ * at the given pointers, then the working-precision params of the range. With the
+ * op table's fused AdamW (the CPU's) the 16-bit gradient is read and the 16-bit
+ * params written in the same pass; else convert, scale, update, convert. */
 static zinc_status group_update(zero_state *z, zero_unit *u, size_t a, size_t n, float *master,
                                 float *m, float *v, double lr, double coef, int t, float *gtmp,
                                 void *pbuf)
 {
-    const zero_opts *c = &z->opt;
     const zero_plan *pl = &z->plan;
     /* opt_host: the sub-group's grads come down to pbuf (pinned), AdamW runs
      * on the CPU's ops, the new params go up from pbuf */
@@ -25,37 +58,26 @@ static zinc_status group_update(zero_state *z, zero_unit *u, size_t a, size_t n,
         z->dev->copy(pbuf, g, n * pl->psz);
         g = pbuf;
     }
-    float *g32 = g;
-    if (pl->pdt != ZINC_DTYPE_F32) {
-        oo->convert(gtmp, ZINC_DTYPE_F32, g, pl->pdt, n);
-        g32 = gtmp;
+    const size_t lo = u->opt_lo + a, hi = lo + n;
+    /* where the new params go: the params themselves (fp32 without a separate master:
+     * nowhere), the swap staging, the host staging, the device shard */
+    const int nvme = pl->master_sep && zero_param_on_nvme(z, u);
+    void *pdst = pl->master_sep && !nvme ? at(u->p, (u->sharded ? 0 : u->opt_lo) + a, pl->psz) : NULL;
+    void *out = !pl->master_sep ? NULL : nvme || pl->opt_host ? pbuf : pdst;
+    if (oo->adamw_mixed && pl->pdt != ZINC_DTYPE_F32) {
+        pieces_update(z, oo, u, lo, hi, g, pl->pdt, (float)coef, master, m, v, out, lr, t);
+    } else {
+        float *g32 = g;
+        if (pl->pdt != ZINC_DTYPE_F32) {
+            oo->convert(gtmp, ZINC_DTYPE_F32, g, pl->pdt, n);
+            g32 = gtmp;
+        }
+        if (coef != 1.0) oo->scale(g32, (float)coef, n);
+        pieces_update(z, oo, u, lo, hi, g32, ZINC_DTYPE_F32, 1.0f, master, m, v, NULL, lr, t);
+        if (out) oo->convert(out, pl->pdt, master, ZINC_DTYPE_F32, n); /* oo: z->ops unless opt_host */
     }
-    if (coef != 1.0) oo->scale(g32, (float)coef, n);
-    /* one AdamW call per parameter piece: weight decay is per parameter */
-    size_t lo = u->opt_lo + a, hi = lo + n;
-    for (int pi = u->n_params_first; pi < u->n_params_end; pi++) {
-        const zero_param *p = &z->params[pi];
-        if (p->unit != unit_id(z, u)) continue;
-        size_t x = p->uoff > lo ? p->uoff : lo;
-        size_t y = p->uoff + (size_t)p->numel < hi ? p->uoff + (size_t)p->numel : hi;
-        if (x >= y) continue;
-        float wd = p->decay ? (float)c->weight_decay : 0.0f;
-        oo->adamw(master + (x - lo), g32 + (x - lo), m + (x - lo), v + (x - lo), y - x,
-                  (float)lr, (float)c->beta1, (float)c->beta2,
-                  (float)c->eps, wd, t);
-    }
-    if (!pl->master_sep) return ZINC_OK; /* the master weights are the params */
-    if (zero_param_on_nvme(z, u)) {
-        zero_from_f32(z, pbuf, master, pl->pdt, n);
-        return zinc_swap_io(z->param_swap, unit_id(z, u), 0, a * pl->psz, pbuf, n * pl->psz, 1);
-    }
-    void *pdst = at(u->p, (u->sharded ? 0 : u->opt_lo) + a, pl->psz);
-    if (pl->opt_host) {
-        oo->convert(pbuf, pl->pdt, master, ZINC_DTYPE_F32, n);
-        z->dev->copy(pdst, pbuf, n * pl->psz);
-        return ZINC_OK;
-    }
-    zero_from_f32(z, pdst, master, pl->pdt, n);
+    if (nvme) return zinc_swap_io(z->param_swap, unit_id(z, u), 0, a * pl->psz, pbuf, n * pl->psz, 1);
+    if (pl->opt_host && out) z->dev->copy(pdst, pbuf, n * pl->psz);
     return ZINC_OK;
 }
 
@@ -105,12 +127,13 @@ zinc_status zero_optimizer_step(zero_state *z, double lr, double coef, int t)
     if (G == 0) return ZINC_OK;
     /* gtmp: fp32 grads of a sub-group (host memory for opt_host); pbuf: the
      * param swap staging (param_nvme) or the host staging (opt_host) */
-    float *gtmp = pl->pdt == ZINC_DTYPE_F32 ? NULL
+    const zinc_ops *oo = pl->opt_host ? zinc_ops_cpu() : z->ops;
+    float *gtmp = pl->pdt == ZINC_DTYPE_F32 || oo->adamw_mixed ? NULL
                   : pl->opt_host           ? z->dev->host_alloc(G * sizeof(float))
                                            : xalloc_raw(z, G * sizeof(float));
     void *pbuf = pl->param_nvme ? zinc_aio_buf_alloc(G * pl->psz)
                  : pl->opt_host ? z->dev->host_alloc(G * pl->psz) : NULL;
-    if ((pl->pdt != ZINC_DTYPE_F32 && !gtmp) || ((pl->param_nvme || pl->opt_host) && !pbuf)) {
+    if ((pl->pdt != ZINC_DTYPE_F32 && !oo->adamw_mixed && !gtmp) || ((pl->param_nvme || pl->opt_host) && !pbuf)) {
         st = zinc_error(ZINC_ERR_NOMEM, "optimizer buffers");
         goto cleanup;
     }

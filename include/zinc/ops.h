@@ -237,6 +237,14 @@ typedef struct zinc_ops {
      * p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p); t is the 1-based step. */
     void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n,
                   float lr, float beta1, float beta2, float eps, float wd, int t);
+    /* The same in one pass from a gradient stored as gdt, times coef (g = grad * coef, the
+     * product skipped when coef is 1), on fp32 master weights, and, unless out is NULL, the
+     * new master weights rounded to odt into out (which may be the gradient's own memory:
+     * element i is read before it is written). NULL in a table without it: the caller
+     * converts, scales, runs adamw and converts back, with the same result. */
+    void (*adamw_mixed)(float *master, const void *grad, zinc_dtype gdt, float coef, float *m, float *v,
+                        void *out, zinc_dtype odt, size_t n, float lr, float beta1, float beta2, float eps,
+                        float wd, int t);
 
     /* Returns sum x^2 over n in double precision. */
     double (*sumsq)(const float *x, size_t n);

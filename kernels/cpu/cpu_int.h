@@ -88,8 +88,16 @@ void cpu_linear_gelu_backward(float *dpre, float *dweight, float *dbias, const f
                               const float *inp, const float *pre, const float *weight, int N,
                               int C, int OC);
 void cpu_residual_forward(float *out, const float *a, const float *b, size_t n);
+/* adamw_cpu.c */
 void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr,
                float beta1, float beta2, float eps, float wd, int t);
+void cpu_adamw_mixed(float *master, const void *grad, zinc_dtype gdt, float coef, float *m, float *v, void *out,
+                     zinc_dtype odt, size_t n, float lr, float beta1, float beta2, float eps, float wd, int t);
+/* The vector code AdamW runs: "avx512", "avx2" or "scalar". */
+const char *cpu_adamw_isa(void);
+/* Tests: caps the variant at level (0 scalar, 1 AVX2, 2 AVX-512; -1: none); returns the
+ * level that then runs. */
+int cpu_adamw_force_isa(int level);
 double cpu_sumsq(const float *x, size_t n);
 /* Sum (square 0) or sum of squares (square 1) in double, fixed order. */
 double cpu_sum_impl(const float *x, size_t n, int square);

@@ -1,5 +1,5 @@
 /* ops_cpu.c - the CPU op table: dense algebra through OpenBLAS, elementwise
- * ops and the optimizer in C + OpenMP.
+ * ops in C + OpenMP (the optimizer: adamw_cpu.c).
  *
  * Matrix products go straight to cblas_sgemm with the transposes expressed
  * as flags and leading dimensions (no copies); bias add and bias-gradient
@@ -15,9 +15,6 @@
 #include <stdint.h>
 
 #include <cblas.h>
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
 
 #include "zinc/ops.h"
 #include "cpu_int.h"
@@ -190,90 +187,6 @@ void cpu_residual_forward(float *out, const float *a, const float *b, size_t n)
     #pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++)
         out[i] = a[i] + b[i];
-}
-
-/* AdamW over elements [lo, hi). gcc will not vectorize sqrtf without
- * -fno-math-errno (not ours to set, and the optimize attribute does not
- * reach the errno lowering), and a scalar sqrt + divide makes this loop
- * compute-bound, so the body is written with x86 vector intrinsics where
- * the target has them. Vector and scalar code do the same IEEE operations
- * in the same order (no FMA), so results do not depend on which lanes an
- * element falls in. */
-static void adamw_range(float *restrict p_, const float *restrict g_, float *restrict m_,
-                        float *restrict v_, size_t lo, size_t hi, float lr, float beta1,
-                        float beta2, float eps, float wd, float ibc1, float ibc2)
-{
-    const float omb1 = 1.0f - beta1, omb2 = 1.0f - beta2;
-    size_t i = lo;
-#if defined(__AVX512F__)
-    const __m512 vb1 = _mm512_set1_ps(beta1), vb2 = _mm512_set1_ps(beta2);
-    const __m512 vo1 = _mm512_set1_ps(omb1), vo2 = _mm512_set1_ps(omb2);
-    const __m512 vlr = _mm512_set1_ps(lr), veps = _mm512_set1_ps(eps);
-    const __m512 vwd = _mm512_set1_ps(wd), vi1 = _mm512_set1_ps(ibc1);
-    const __m512 vi2 = _mm512_set1_ps(ibc2);
-    for (; i + 16 <= hi; i += 16) {
-        const __m512 g = _mm512_loadu_ps(g_ + i);
-        const __m512 mi = _mm512_add_ps(_mm512_mul_ps(vb1, _mm512_loadu_ps(m_ + i)),
-                                        _mm512_mul_ps(vo1, g));
-        const __m512 vi = _mm512_add_ps(_mm512_mul_ps(vb2, _mm512_loadu_ps(v_ + i)),
-                                        _mm512_mul_ps(_mm512_mul_ps(vo2, g), g));
-        _mm512_storeu_ps(m_ + i, mi);
-        _mm512_storeu_ps(v_ + i, vi);
-        const __m512 p = _mm512_loadu_ps(p_ + i);
-        const __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_mul_ps(vi, vi2)), veps);
-        const __m512 upd = _mm512_add_ps(_mm512_div_ps(_mm512_mul_ps(mi, vi1), den),
-                                         _mm512_mul_ps(vwd, p));
-        _mm512_storeu_ps(p_ + i, _mm512_sub_ps(p, _mm512_mul_ps(vlr, upd)));
-    }
-#elif defined(__AVX__)
-    const __m256 vb1 = _mm256_set1_ps(beta1), vb2 = _mm256_set1_ps(beta2);
-    const __m256 vo1 = _mm256_set1_ps(omb1), vo2 = _mm256_set1_ps(omb2);
-    const __m256 vlr = _mm256_set1_ps(lr), veps = _mm256_set1_ps(eps);
-    const __m256 vwd = _mm256_set1_ps(wd), vi1 = _mm256_set1_ps(ibc1);
-    const __m256 vi2 = _mm256_set1_ps(ibc2);
-    for (; i + 8 <= hi; i += 8) {
-        const __m256 g = _mm256_loadu_ps(g_ + i);
-        const __m256 mi = _mm256_add_ps(_mm256_mul_ps(vb1, _mm256_loadu_ps(m_ + i)),
-                                        _mm256_mul_ps(vo1, g));
-        const __m256 vi = _mm256_add_ps(_mm256_mul_ps(vb2, _mm256_loadu_ps(v_ + i)),
-                                        _mm256_mul_ps(_mm256_mul_ps(vo2, g), g));
-        _mm256_storeu_ps(m_ + i, mi);
-        _mm256_storeu_ps(v_ + i, vi);
-        const __m256 p = _mm256_loadu_ps(p_ + i);
-        const __m256 den = _mm256_add_ps(_mm256_sqrt_ps(_mm256_mul_ps(vi, vi2)), veps);
-        const __m256 upd = _mm256_add_ps(_mm256_div_ps(_mm256_mul_ps(mi, vi1), den),
-                                         _mm256_mul_ps(vwd, p));
-        _mm256_storeu_ps(p_ + i, _mm256_sub_ps(p, _mm256_mul_ps(vlr, upd)));
-    }
-#endif
-    for (; i < hi; i++) {
-        const float g = g_[i];
-        const float mi = beta1 * m_[i] + omb1 * g;
-        const float vi = beta2 * v_[i] + omb2 * g * g;
-        m_[i] = mi;
-        v_[i] = vi;
-        const float p = p_[i];
-        p_[i] = p - lr * (mi * ibc1 / (sqrtf(vi * ibc2) + eps) + wd * p);
-    }
-}
-
-/* One fused, memory-bound pass over param, grad, m, v (28 bytes/element),
- * in blocks dealt statically to threads. Bias corrections are folded into
- * two scalars, leaving one sqrt and one division per element. */
-void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr,
-               float beta1, float beta2, float eps, float wd, int t)
-{
-    enum { ADAM_BLK = 16384 };
-    assert(param && grad && m && v && t >= 1);
-    const float ibc1 = (float)(1.0 / (1.0 - pow((double)beta1, t)));
-    const float ibc2 = (float)(1.0 / (1.0 - pow((double)beta2, t)));
-    const size_t nblk = (n + ADAM_BLK - 1) / ADAM_BLK;
-    #pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
-    for (size_t bi = 0; bi < nblk; bi++) {
-        const size_t lo = bi * ADAM_BLK;
-        const size_t hi = lo + ADAM_BLK < n ? lo + ADAM_BLK : n;
-        adamw_range(param, grad, m, v, lo, hi, lr, beta1, beta2, eps, wd, ibc1, ibc2);
-    }
 }
 
 /* Sum (or sum of squares) in double. The range is cut into at most

@@ -872,7 +872,7 @@ LORA_OPS(b16, 1)
 
 #define CPU_COMMON_OPS                                                                      \
     .matmul = cpu_matmul, .attention_scratch_floats = cpu_attention_scratch_floats,        \
-    .adamw = cpu_adamw, .sumsq = cpu_sumsq, .scale = cpu_scale, .zero = cpu_zero,           \
+    .adamw = cpu_adamw, .adamw_mixed = cpu_adamw_mixed, .sumsq = cpu_sumsq, .scale = cpu_scale, .zero = cpu_zero,           \
     .copy = cpu_copy, .convert = cpu_convert, .add_into = cpu_add_into,                     \
     .round_to = cpu_round_to, .sum = cpu_sum
 
