@@ -210,7 +210,7 @@ static const keydesc offload_optimizer_keys[] = {
     KB("pipeline_read", zero.offload_optimizer.pipeline_read, 0),
     KB("pipeline_write", zero.offload_optimizer.pipeline_write, 0),
     XBW("fast_init", "zinc creates swap files without a separate fast path"),
-    NYN("ratio", 0, 1, 1, "all optimizer state is offloaded; partial offload is not implemented"),
+    KN("ratio", zero.offload_optimizer.ratio, 0, 1, 1, 0),
     XBW("pipeline", "use pipeline_read / pipeline_write"),
     END};
 
@@ -1686,6 +1686,13 @@ static zinc_status finish(cfg_ctx *x, json_t *root)
         return cfg_err_also(x, "zero_optimization.offload_optimizer.device", "zero_optimization.stage",
                        "\"%s\" requires zero_optimization.stage >= 1, found stage 0",
                        config_enum_name(offload_devices, (int)c->zero.offload_optimizer.device));
+    if (c->zero.offload_optimizer.ratio < 1 && c->zero.offload_optimizer.device == ZINC_OFFLOAD_NVME)
+        return cfg_err_also(x, "zero_optimization.offload_optimizer.ratio", "zero_optimization.offload_optimizer.device",
+                            "%g with \"nvme\" is not supported yet (the swap file holds every unit's state); use "
+                            "\"cpu\" or ratio 1", c->zero.offload_optimizer.ratio);
+    if (c->zero.offload_optimizer.ratio < 1 && c->zero.offload_optimizer.device == ZINC_OFFLOAD_NONE)
+        cfg_warn(x, "zero_optimization.offload_optimizer.ratio", "%g has no effect without offload_optimizer.device",
+                 c->zero.offload_optimizer.ratio);
     warn_stage3_knobs(x, zero);
     /* sequence parallelism splits the activations of a TP group: none at size 1 */
     if (x->c->tp.sequence_parallel && x->c->tp.size == 1)

@@ -267,6 +267,7 @@ static void engine_zero_opts(const zinc_config *c, zero_opts *o)
     o->max_reuse_distance = c->zero.stage3_max_reuse_distance;
     o->persistence_threshold = c->zero.stage3_param_persistence_threshold;
     o->sub_group_size = c->zero.sub_group_size;
+    o->opt_ratio = c->zero.offload_optimizer.ratio;
     o->weight_decay = c->optimizer.weight_decay;
     o->beta1 = c->optimizer.betas[0];
     o->beta2 = c->optimizer.betas[1];
@@ -487,6 +488,30 @@ static zinc_status engine_tied_group(zinc_engine *e)
     return ZINC_OK;
 }
 
+/* offload_optimizer.ratio: the split it made, once (rank 0), or why it does nothing. */
+static void engine_report_split(const zinc_engine *e)
+{
+    const double r = e->cfg.zero.offload_optimizer.ratio;
+    if (r >= 1 || e->cfg.zero.offload_optimizer.device == ZINC_OFFLOAD_NONE || zinc_comm_rank(e->world) != 0) return;
+    if (!e->z.plan.opt_host) {
+        ZINC_WARN("zero_optimization.offload_optimizer.ratio %g has no effect on %s ranks: their device memory is "
+                  "host memory", r, e->dev->name);
+        return;
+    }
+    size_t all = 0, host = 0;
+    int n = 0, nh = 0;
+    for (int l = 0; l < e->z.n_units; l++) {
+        const zero_unit *u = &e->z.units[l];
+        if (!u->opt_n) continue;
+        all += u->opt_n;
+        n++;
+        if (u->opt_host) host += u->opt_n, nh++;
+    }
+    ZINC_INFO("zero_optimization.offload_optimizer.ratio %g: the optimizer state of %d of %d units (%zu of %zu "
+              "elements a rank, %.3f) in host memory, stepped on the CPU; the rest on %s", r, nh, n, host, all,
+              all ? (double)host / (double)all : 0.0, e->dev->name);
+}
+
 zinc_status zinc_engine_open_device(const zinc_config *c, zinc_comm *world,
                                     const zinc_device **out)
 {
@@ -582,6 +607,7 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
      * every rank reaches the agreement, so none is left waiting */
     ZINC_TRY(zinc_comm_agree(e->world, engine_alloc_local(e)));
     ZINC_TRY(engine_tied_group(e));
+    engine_report_split(e);
 
     /* the largest model state over ranks, kind by kind */
     int64_t mine[8] = {(int64_t)e->mem.params, (int64_t)e->mem.grads, (int64_t)e->mem.master,

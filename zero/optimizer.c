@@ -50,11 +50,12 @@ static zinc_status group_update(zero_state *z, zero_unit *u, size_t a, size_t n,
                                 void *pbuf)
 {
     const zero_plan *pl = &z->plan;
-    /* opt_host: the sub-group's grads come down to pbuf (pinned), AdamW runs
-     * on the CPU's ops, the new params go up from pbuf */
-    const zinc_ops *oo = pl->opt_host ? zinc_ops_cpu() : z->ops;
+    /* the unit's state on the host: the sub-group's grads come down to pbuf (pinned),
+     * AdamW runs on the CPU's ops, the new params go up from pbuf */
+    const int host = u->opt_host;
+    const zinc_ops *oo = host ? zinc_ops_cpu() : z->ops;
     void *g = at(grad_opt(z, u), a, pl->psz);
-    if (pl->opt_host) {
+    if (host) {
         z->dev->copy(pbuf, g, n * pl->psz);
         g = pbuf;
     }
@@ -63,7 +64,7 @@ static zinc_status group_update(zero_state *z, zero_unit *u, size_t a, size_t n,
      * nowhere), the swap staging, the host staging, the device shard */
     const int nvme = pl->master_sep && zero_param_on_nvme(z, u);
     void *pdst = pl->master_sep && !nvme ? at(u->p, (u->sharded ? 0 : u->opt_lo) + a, pl->psz) : NULL;
-    void *out = !pl->master_sep ? NULL : nvme || pl->opt_host ? pbuf : pdst;
+    void *out = !pl->master_sep ? NULL : nvme || host ? pbuf : pdst;
     if (oo->adamw_mixed && pl->pdt != ZINC_DTYPE_F32) {
         pieces_update(z, oo, u, lo, hi, g, pl->pdt, (float)coef, master, m, v, out, lr, t);
     } else {
@@ -74,10 +75,10 @@ static zinc_status group_update(zero_state *z, zero_unit *u, size_t a, size_t n,
         }
         if (coef != 1.0) oo->scale(g32, (float)coef, n);
         pieces_update(z, oo, u, lo, hi, g32, ZINC_DTYPE_F32, 1.0f, master, m, v, NULL, lr, t);
-        if (out) oo->convert(out, pl->pdt, master, ZINC_DTYPE_F32, n); /* oo: z->ops unless opt_host */
+        if (out) oo->convert(out, pl->pdt, master, ZINC_DTYPE_F32, n); /* oo: z->ops unless host */
     }
     if (nvme) return zinc_swap_io(z->param_swap, unit_id(z, u), 0, a * pl->psz, pbuf, n * pl->psz, 1);
-    if (pl->opt_host && out) z->dev->copy(pdst, pbuf, n * pl->psz);
+    if (host && out) z->dev->copy(pdst, pbuf, n * pl->psz);
     return ZINC_OK;
 }
 
@@ -125,15 +126,19 @@ zinc_status zero_optimizer_step(zero_state *z, double lr, double coef, int t)
     const zero_plan *pl = &z->plan;
     size_t G = zero_group_elems(z);
     if (G == 0) return ZINC_OK;
-    /* gtmp: fp32 grads of a sub-group (host memory for opt_host); pbuf: the
-     * param swap staging (param_nvme) or the host staging (opt_host) */
-    const zinc_ops *oo = pl->opt_host ? zinc_ops_cpu() : z->ops;
-    float *gtmp = pl->pdt == ZINC_DTYPE_F32 || oo->adamw_mixed ? NULL
-                  : pl->opt_host           ? z->dev->host_alloc(G * sizeof(float))
-                                           : xalloc_raw(z, G * sizeof(float));
+    /* gtmp: fp32 grads of a sub-group of a unit stepped on a device without the fused
+     * AdamW (device memory; the CPU's is fused); pbuf: the param swap staging
+     * (param_nvme) or the host staging of units whose state is the host's */
+    int any_host = 0, any_dev = 0;
+    for (int l = 0; l < z->n_units; l++) {
+        any_host |= z->units[l].opt_host;
+        any_dev |= z->units[l].opt_n > 0 && !z->units[l].opt_host;
+    }
+    const int need_gtmp = pl->pdt != ZINC_DTYPE_F32 && !z->ops->adamw_mixed && any_dev;
+    float *gtmp = need_gtmp ? xalloc_raw(z, G * sizeof(float)) : NULL;
     void *pbuf = pl->param_nvme ? zinc_aio_buf_alloc(G * pl->psz)
-                 : pl->opt_host ? z->dev->host_alloc(G * pl->psz) : NULL;
-    if ((pl->pdt != ZINC_DTYPE_F32 && !oo->adamw_mixed && !gtmp) || ((pl->param_nvme || pl->opt_host) && !pbuf)) {
+                 : any_host     ? z->dev->host_alloc(G * pl->psz) : NULL;
+    if ((need_gtmp && !gtmp) || ((pl->param_nvme || any_host) && !pbuf)) {
         st = zinc_error(ZINC_ERR_NOMEM, "optimizer buffers");
         goto cleanup;
     }
@@ -155,12 +160,8 @@ zinc_status zero_optimizer_step(zero_state *z, double lr, double coef, int t)
     /* whole params everywhere again: all-gather the updated slices */
     st = zero_gather_whole_params(z);
 cleanup:
-    if (pl->opt_host) {
-        z->dev->host_free(gtmp);
-        z->dev->host_free(pbuf);
-    } else {
-        xfree(z, gtmp);
-        zinc_aio_buf_free(pbuf);
-    }
+    xfree(z, gtmp);
+    if (pl->param_nvme) zinc_aio_buf_free(pbuf);
+    else z->dev->host_free(pbuf);
     return st;
 }

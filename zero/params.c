@@ -92,8 +92,8 @@ zinc_status zero_units_alloc(zero_state *z)
         if (!u->frozen) u->g = xalloc(z, gn * psz);
         if (!p_nvme) u->p = xalloc(z, pn * psz);
         if (!z->plan.opt_nvme && !u->frozen) {
-            u->m = opt_alloc(z, u->opt_n * sizeof(float));
-            u->v = opt_alloc(z, u->opt_n * sizeof(float));
+            u->m = opt_alloc(z, u, u->opt_n * sizeof(float));
+            u->v = opt_alloc(z, u, u->opt_n * sizeof(float));
         }
         free(vals); /* initial values are computed on the host */
         vals = calloc(pn ? pn : 1, sizeof(float));
@@ -113,7 +113,7 @@ zinc_status zero_units_alloc(zero_state *z)
         if (u->frozen) {
             u->master = NULL; /* frozen: the params are all there is */
         } else if (z->plan.master_sep && !z->plan.opt_nvme) {
-            u->master = opt_alloc(z, u->opt_n * sizeof(float));
+            u->master = opt_alloc(z, u, u->opt_n * sizeof(float));
             if (!u->master) {
                 st = zinc_error(ZINC_ERR_NOMEM, "master weights of layer %d", l);
                 goto cleanup;
@@ -174,11 +174,11 @@ void zero_units_free(zero_state *z)
         if (u->wg_owned) xfree(z, u->wg);
         if (u->pread) zinc_aio_wait(&u->pread);
         zinc_aio_buf_free(u->pstage);
-        if (z->plan.master_sep && !z->plan.opt_nvme && !u->frozen) opt_free(z, u->master);
+        if (z->plan.master_sep && !z->plan.opt_nvme && !u->frozen) opt_free(z, u, u->master);
         xfree(z, u->p);
         xfree(z, u->g);
-        opt_free(z, u->m);
-        opt_free(z, u->v);
+        opt_free(z, u, u->m);
+        opt_free(z, u, u->v);
     }
 }
 
@@ -318,7 +318,7 @@ zinc_status zero_params_from_master(zero_state *z)
     float *mbuf = m_swap ? zinc_aio_buf_alloc(G * sizeof(float)) : NULL;
     void *pbuf = z->plan.param_nvme ? zinc_aio_buf_alloc(G * z->plan.psz)
                  : z->plan.opt_host ? z->dev->host_alloc(G * z->plan.psz) : NULL;
-    if ((m_swap && !mbuf) || ((z->plan.param_nvme || z->plan.opt_host) && !pbuf)) {
+    if ((m_swap && !mbuf) || ((z->plan.param_nvme || z->plan.opt_host) && !pbuf)) { /* opt_host: some unit's */
         st = zinc_error(ZINC_ERR_NOMEM, "parameter rebuild buffers");
         goto cleanup;
     }
@@ -333,7 +333,7 @@ zinc_status zero_params_from_master(zero_state *z)
             if (zero_param_on_nvme(z, u)) {
                 zero_from_f32(z, pbuf, m, z->plan.pdt, n);
                 ZINC_TRY(zinc_swap_io(z->param_swap, l, 0, a * z->plan.psz, pbuf, n * z->plan.psz, 1));
-            } else if (z->plan.opt_host) { /* master in host memory: convert there, copy up */
+            } else if (u->opt_host) { /* master in host memory: convert there, copy up */
                 zinc_ops_cpu()->convert(pbuf, z->plan.pdt, m, ZINC_DTYPE_F32, n);
                 z->dev->copy(at(u->p, (u->sharded ? 0 : u->opt_lo) + a, z->plan.psz), pbuf, n * z->plan.psz);
             } else {

@@ -212,6 +212,26 @@ void zero_units_layout(zero_state *z)
         }
         if (u->frozen) u->opt_n = 0; /* nothing to update; opt_lo still starts the shard */
     }
+    /* offload_optimizer.ratio: whole units go to the host, largest first (ties: the
+     * earlier), each while the state there stays within the ratio; a unit that does not
+     * fit stays on the device and smaller ones may still go */
+    size_t all = 0, host = 0;
+    for (int l = 0; l < z->n_units; l++) {
+        all += z->units[l].opt_n;
+        z->units[l].opt_host = 0;
+    }
+    const double cap = z->opt.opt_ratio >= 1.0 ? (double)all : z->opt.opt_ratio * (double)all;
+    for (int k = 0; z->plan.opt_host && k < z->n_units; k++) {
+        int best = -1;
+        for (int l = 0; l < z->n_units; l++) {
+            const zero_unit *u = &z->units[l];
+            if (u->opt_host || u->opt_n == 0 || (double)(host + u->opt_n) > cap + 0.5) continue;
+            if (best < 0 || u->opt_n > z->units[best].opt_n) best = l;
+        }
+        if (best < 0) break;
+        z->units[best].opt_host = 1;
+        host += z->units[best].opt_n;
+    }
 }
 
 void zero_mem_stats(const zero_state *z, zinc_mem_stats *m)
@@ -228,6 +248,7 @@ void zero_mem_stats(const zero_state *z, zinc_mem_stats *m)
         m->master += mb;
         m->optimizer += ob;
         if (z->plan.opt_nvme) m->nvme += mb + ob;
+        else if (u->opt_host) m->host += mb + ob;
         if (zero_param_on_nvme(z, u)) m->nvme += pb;
     }
     m->total = m->params + m->grads + m->master + m->optimizer;

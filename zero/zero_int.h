@@ -16,15 +16,15 @@ static inline void *xalloc_raw(const zero_state *z, size_t bytes)
 static inline void *xalloc(const zero_state *z, size_t bytes) { return z->dev->alloc(bytes); }
 static inline void xfree(const zero_state *z, void *p) { z->dev->free(p); }
 
-/* Optimizer state (master, m, v): device memory, or pinned host memory when
- * the optimizer is offloaded to the CPU on a GPU (opt_host). */
-static inline void *opt_alloc(const zero_state *z, size_t bytes)
+/* Unit u's optimizer state (master, m, v): device memory, or pinned host memory when
+ * the optimizer is offloaded to the CPU on a GPU (u->opt_host). */
+static inline void *opt_alloc(const zero_state *z, const zero_unit *u, size_t bytes)
 {
-    return z->plan.opt_host ? z->dev->host_alloc(bytes) : z->dev->alloc(bytes);
+    return u->opt_host ? z->dev->host_alloc(bytes) : z->dev->alloc(bytes);
 }
-static inline void opt_free(const zero_state *z, void *p)
+static inline void opt_free(const zero_state *z, const zero_unit *u, void *p)
 {
-    if (z->plan.opt_host)
+    if (u->opt_host)
         z->dev->host_free(p);
     else
         z->dev->free(p);

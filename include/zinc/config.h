@@ -103,6 +103,8 @@ typedef struct zinc_config {
             int64_t buffer_count;        /* 4 */
             int pipeline_read;           /* false */
             int pipeline_write;          /* false */
+            double ratio;                /* 1: the fraction of the optimizer state offloaded
+                                          * (device cpu on a GPU; the rest stays on the GPU) */
         } offload_optimizer;
         struct {
             zinc_offload_device device;  /* none */

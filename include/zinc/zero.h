@@ -62,6 +62,8 @@ typedef struct zero_opts {
     int64_t max_reuse_distance;       /* stage3_max_reuse_distance */
     int64_t persistence_threshold;    /* stage3_param_persistence_threshold */
     int64_t sub_group_size;
+    double opt_ratio;                 /* offload_optimizer.ratio: the fraction of the optimizer
+                                         state in host memory when it is offloaded on a GPU */
     double weight_decay, beta1, beta2, eps; /* AdamW */
     uint64_t seed;                    /* model.seed: initial values */
 } zero_opts;
@@ -84,6 +86,8 @@ typedef struct zinc_mem_stats {
     uint64_t total;      /* the sum of the four */
     uint64_t buffers;    /* declared communication buckets (reduce + allgather) */
     uint64_t nvme;       /* the part of total that sits in swap files on NVMe */
+    uint64_t host;       /* the part of total in host memory on a GPU rank (offloaded
+                            optimizer state; 0 on CPU ranks, whose device memory is the host's) */
     uint64_t activations;/* estimate only: saved activations, gradient buffers and
                             scratch of one micro-batch (0 when unknown) */
 } zinc_mem_stats;
@@ -98,7 +102,8 @@ typedef struct zero_plan {
     int param_nvme;      /* sharded params in a swap file (offload_param nvme, stage 3) */
     int opt_host;        /* offload_optimizer cpu or nvme on a GPU: master, m, v in pinned host
                             memory or host swap buffers, AdamW on the CPU (grads copied down,
-                            params copied up per sub-group) */
+                            params copied up per sub-group); with offload_optimizer.ratio < 1
+                            only the units zero_units_layout marks opt_host */
     int master_sep;      /* master weights are their own array (16-bit params, NVMe, host) */
 } zero_plan;
 
@@ -132,6 +137,8 @@ typedef struct zero_unit {
     size_t numel, shard;      /* padded elements; numel / dp */
     size_t opt_lo, opt_n;     /* this rank's optimizer range inside the unit */
     int sharded;              /* params stored as a shard only (stage 3) */
+    int opt_host;             /* its optimizer state is the host's (plan.opt_host, and among the
+                                 first units holding offload_optimizer.ratio of the state) */
     int first_user;           /* lowest held layer using the unit: its grads are final after it */
     int held;                 /* a layer this rank runs uses it (pipeline: its stage's layers) */
     int shared;               /* held, and also used by a layer another stage runs (the tied

@@ -4,6 +4,9 @@
 #    the same losses as no offload at the same stage and DP size (fp32 and bf16),
 #    with small sub-groups and every pipelining mode
 #  - a checkpoint saved under NVMe offload resumes exactly
+#  - offload_optimizer.ratio 0.3 and 0.7 on the strict device (stages 1 and 3, bf16): bitwise
+#    the same losses, a resume under it exact; no effect on CPU ranks (a warning); a ratio
+#    outside [0, 1] or below 1 with nvme: one line, exit 2
 #  - faults: missing / not-a-directory / read-only nvme_path, a full disk mid-run,
 #    a swap file removed under a running job: one clear error, and the last
 #    committed checkpoint still verifies and loads
@@ -40,6 +43,29 @@ for prec in fp32 bf16; do
 done
 grep -q '"nvme": [1-9]' "$TMP/fp32_s3_nvme_pr.jsonl" || fail "metrics do not report the bytes on NVMe"
 ls "$NV"/rank0/*.swp >/dev/null 2>&1 && fail "swap files left behind after a clean exit"
+
+# --- partial optimizer offload (offload_optimizer.ratio) on the strict device, whose memory the
+# host reaches only through copies (the GPU's path): part of the state stepped on the host,
+# the rest on the device, bitwise the run without offload; a resume under it is exact ---
+RA() { echo "--set zero_optimization.offload_optimizer.device=cpu --set zero_optimization.offload_optimizer.ratio=$1"; }
+for stage in 1 3; do
+    extra=""; [ $stage = 3 ] && extra=$S3
+    ZINC_STRICT_DEVICE=1 run "st_s$stage" 2 --set train.max_steps=12 --set zero_optimization.stage=$stage $extra --set bf16.enabled=true
+    for r in 0.3 0.7; do
+        ZINC_STRICT_DEVICE=1 run "st_s${stage}_r$r" 2 --set train.max_steps=12 --set zero_optimization.stage=$stage $extra \
+            --set bf16.enabled=true $(RA $r)
+        grep -q "ratio $r: the optimizer state of [1-9]" "$TMP/st_s${stage}_r$r.log" || fail "ratio $r: no split line"
+        same "st_s$stage" "st_s${stage}_r$r"
+    done
+done
+ZINC_STRICT_DEVICE=1 run ra_a 2 --set train.max_steps=6 --set zero_optimization.stage=1 $(RA 0.3) --set bf16.enabled=true --set train.save_dir="$TMP/ckr" --set train.save_every=6
+ZINC_STRICT_DEVICE=1 run ra_b 2 --set train.max_steps=12 --set zero_optimization.stage=1 $(RA 0.3) --set bf16.enabled=true --set train.save_dir="$TMP/ckr" --set train.resume=auto
+cmp -s <(losses "$TMP/st_s1.jsonl" | tail -n 6) <(losses "$TMP/ra_b.jsonl") || fail "resume under ratio 0.3 differs"
+echo "resume under offload_optimizer.ratio 0.3: bitwise identical"
+run ra_cpu 1 --set train.max_steps=2 --set zero_optimization.stage=1 $(RA 0.5)
+grep -q "ratio 0.5 has no effect on cpu ranks" "$TMP/ra_cpu.log" || fail "ratio on CPU ranks: no warning"
+bad "ratio: expected a number in \[0, 1\], found 1.5" 1 $(RA 1.5)
+bad "0.5 with \"nvme\" is not supported yet" 1 --set zero_optimization.stage=1 $(opt nvme) --set zero_optimization.offload_optimizer.ratio=0.5
 
 # --- checkpoint under NVMe offload resumes exactly ---
 OFF="--set zero_optimization.stage=3 $S3 $(opt nvme) $(par nvme)"

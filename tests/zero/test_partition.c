@@ -30,6 +30,7 @@ static const model M = {
 };
 
 static zinc_config g_cfg;
+static const char *g_dev; /* the device build() plans for (NULL: host memory) */
 
 /* zero's options from g_cfg, as the engine fills them */
 static void opts_of(const zinc_config *c, zero_opts *o)
@@ -41,6 +42,7 @@ static void opts_of(const zinc_config *c, zero_opts *o)
     o->reduce_bucket_size = c->zero.reduce_bucket_size;
     o->persistence_threshold = c->zero.stage3_param_persistence_threshold;
     o->sub_group_size = c->zero.sub_group_size;
+    o->opt_ratio = c->zero.offload_optimizer.ratio;
 }
 
 static void build(zero_state *z, const model *m, int stage, int dp, int rank, zinc_dtype pdt)
@@ -50,7 +52,7 @@ static void build(zero_state *z, const model *m, int stage, int dp, int rank, zi
     c->bf16.enabled = pdt == ZINC_DTYPE_BF16;
     c->fp16.enabled = pdt == ZINC_DTYPE_F16;
     opts_of(c, &z->opt);
-    CU_ASSERT_FATAL(zero_plan_make(&z->opt, stage, NULL, &z->plan) == ZINC_OK);
+    CU_ASSERT_FATAL(zero_plan_make(&z->opt, stage, g_dev, &z->plan) == ZINC_OK);
     z->dp = dp;
     z->dp_rank = rank;
     CU_ASSERT_FATAL(zero_tables_alloc(z, m->n) == ZINC_OK);
@@ -236,6 +238,7 @@ static void test_nvme_memory(void)
     zinc_mem_stats m;
     zero_mem_stats(&z, &m);
     CU_ASSERT_EQUAL(m.nvme, m.total - m.grads); /* everything but the grads is on NVMe */
+    CU_ASSERT_EQUAL(m.host, 0);
     zero_tables_free(&z);
     g_cfg.zero.offload_param.device = ZINC_OFFLOAD_NONE;
     build(&z, &M, 1, 2, 0, ZINC_DTYPE_F32);
@@ -243,6 +246,51 @@ static void test_nvme_memory(void)
     CU_ASSERT_EQUAL(m.nvme, m.master + m.optimizer);
     zero_tables_free(&z);
     g_cfg.zero.offload_optimizer.device = ZINC_OFFLOAD_NONE;
+}
+
+/* offload_optimizer.ratio on a GPU: whole units on the host, their state within the ratio
+ * and short of it by less than one unit; mem.host counts them; none on CPU ranks */
+static void test_ratio(void)
+{
+    static const model R = {.n = 7,
+                            .sizes = {{5000, 0}, {1000, 0}, {1000, 0}, {1200, 0}, {1000, 0}, {800, 0}, {3000, 0}},
+                            .tie_layer = -1};
+    g_cfg.zero.offload_optimizer.device = ZINC_OFFLOAD_CPU;
+    g_cfg.bf16.enabled = 1;
+    const double ratios[] = {0.0, 0.1, 0.3, 0.5, 0.7, 0.95, 1.0};
+    for (int k = 0; k < 7; k++)
+        for (int dp = 1; dp <= 2; dp++) {
+            g_cfg.zero.offload_optimizer.ratio = ratios[k];
+            g_dev = "cuda";
+            zero_state z;
+            build(&z, &R, 2, dp, 0, ZINC_DTYPE_BF16);
+            size_t all = 0, host = 0, big = 0;
+            uint64_t hb = 0;
+            for (int u = 0; u < z.n_units; u++) {
+                all += z.units[u].opt_n;
+                if (z.units[u].opt_n > big) big = z.units[u].opt_n;
+                if (z.units[u].opt_host) host += z.units[u].opt_n, hb += 3 * 4 * z.units[u].opt_n;
+                if (z.units[u].opt_n == 0) CU_ASSERT(!z.units[u].opt_host);
+            }
+            const double cap = ratios[k] * (double)all;
+            CU_ASSERT((double)host <= cap + 0.5);
+            CU_ASSERT((double)host > cap - (double)big);
+            if (ratios[k] == 1.0) CU_ASSERT_EQUAL(host, all);
+            if (ratios[k] == 0.0) CU_ASSERT_EQUAL(host, 0);
+            zinc_mem_stats m;
+            zero_mem_stats(&z, &m);
+            CU_ASSERT_EQUAL(m.host, hb);
+            zero_tables_free(&z);
+            g_dev = NULL; /* CPU ranks: the state is where it already lives */
+            build(&z, &R, 2, dp, 0, ZINC_DTYPE_BF16);
+            for (int u = 0; u < z.n_units; u++) CU_ASSERT(!z.units[u].opt_host);
+            zero_mem_stats(&z, &m);
+            CU_ASSERT_EQUAL(m.host, 0);
+            zero_tables_free(&z);
+        }
+    g_cfg.zero.offload_optimizer.device = ZINC_OFFLOAD_NONE;
+    g_cfg.zero.offload_optimizer.ratio = 1.0;
+    g_cfg.bf16.enabled = 0;
 }
 
 static zinc_status plan_of(const zinc_config *c, int stage, const char *dev, zero_plan *p)
@@ -442,6 +490,7 @@ int main(void)
     CU_add_test(s, "frozen parameters", test_frozen);
     CU_add_test(s, "memory = ZeRO's formulas", test_memory_formulas);
     CU_add_test(s, "nvme memory", test_nvme_memory);
+    CU_add_test(s, "offload_optimizer.ratio", test_ratio);
     CU_add_test(s, "plan from the config", test_plan);
     CU_add_test(s, "first users, tie limit, sub-groups", test_first_user_and_groups);
     CU_add_test(s, "tensor-parallel slices", test_tp_slices);
