@@ -374,6 +374,7 @@ static const keydesc train_keys[] = {
     KI("threads", train.threads, 0, THREADS_MAX, 0),
     KE("on_nan", train.on_nan, ZINC_ON_NAN_ERROR, on_nan_kinds, 0),
     KI("max_skipped", train.max_skipped, 1, STEPS_MAX, 10),
+    KB("check_memory", train.check_memory, 1),
     KN("peak_tflops", train.peak_tflops, 0, 1e9, 0, 0),
     END};
 

@@ -29,6 +29,7 @@
 #include "zinc/clock.h"
 #include "zinc/log.h"
 #include "zinc/rng.h"
+#include "zinc/sysmem.h"
 
 static void *alloc_bytes(const zinc_engine *e, size_t n)
 {
@@ -275,6 +276,96 @@ static void engine_zero_opts(const zinc_config *c, zero_opts *o)
     o->seed = (uint64_t)c->model.seed;
 }
 
+/* What a rank needs of each memory tier. */
+void zinc_mem_tiers_of(const zinc_mem_stats *m, int device_is_host, zinc_mem_tiers *t)
+{
+    const uint64_t state = m->total - m->nvme; /* in memory: device, or host when offloaded */
+    t->nvme = m->nvme;
+    if (device_is_host) {
+        t->device = 0;
+        t->host = state + m->buffers + m->activations;
+    } else {
+        t->device = state - m->host + m->buffers + m->activations - m->activations_host;
+        t->host = m->host + m->activations_host;
+    }
+}
+
+/* Activations a rank of e's stage holds at once (into m): the schedule's (micro-batch,
+ * chunk) pairs in flight, each a slab of its chunk, their inputs and output gradients
+ * crossing stages and the sends in flight, the gradient buffers, scratch and the
+ * checkpointing buffers; the part in host memory apart. Needs e's layers declared. */
+static zinc_status engine_act_need(zinc_engine *e, int host_device, zinc_mem_stats *m, int *inflight_out)
+{
+    const int p = e->pp.stages, pp_stage = e->stage;
+    int inflight = 1;
+    zinc_status st = ZINC_OK;
+    if (p > 1 || e->pp.virt > 1) {
+        zinc_pp_sim sim;
+        const zinc_pp_cost cost = {1.0, 2.0, 1.0, 1.0};
+        st = p <= 64 ? zinc_pp_simulate(&e->pp, &cost, &sim)
+                     : zinc_error(ZINC_ERR_UNSUPPORTED, "estimate: more than 64 pipeline stages");
+        if (st == ZINC_OK) inflight = sim.inflight[pp_stage];
+    }
+    size_t slab, dbuf, scratch, io, ac_dev, ac_host;
+    if (st == ZINC_OK) st = engine_act_layout(e, &slab, &dbuf, &scratch, &io);
+    if (st != ZINC_OK) return st;
+    engine_ac_bytes(e, &ac_dev, &ac_host);
+    const size_t J = (size_t)p * e->pp.virt;
+    size_t bufs = 0; /* crossing buffers held at once */
+    if (J > 1) bufs = (pp_stage == 0 && e->pp.virt == 1 ? 0 : (size_t)inflight) + 2;
+    m->activations_host = host_device ? 0 : (uint64_t)inflight * ac_host;
+    m->activations = (uint64_t)inflight * (slab + ac_host) + bufs * io * zinc_dtype_size(engine_act_dtype(e)) +
+                     2 * dbuf + scratch + ac_dev;
+    if (inflight_out) *inflight_out = inflight;
+    return ZINC_OK;
+}
+
+static double gib(uint64_t b) { return (double)b / 1073741824.0; }
+
+/* train.check_memory: before any model state is allocated, the plan against what the node
+ * has: the GPU's free memory, the host memory (the node's ranks each planning the same),
+ * the swap files' file systems. One line naming the tier and the shortfall. */
+static zinc_status engine_check_fit(zinc_engine *e)
+{
+    if (!e->cfg.train.check_memory) return ZINC_OK;
+    const int node = zinc_comm_local_size(e->world) > 0 ? zinc_comm_local_size(e->world) : 1;
+    zinc_mem_stats m;
+    zero_mem_stats(&e->z, &m);
+    zinc_status st = engine_act_need(e, e->dev->is_host, &m, NULL);
+    if (st != ZINC_OK) return st;
+    zinc_mem_tiers t;
+    zinc_mem_tiers_of(&m, e->dev->is_host, &t);
+    if (e->z.plan.opt_nvme || e->z.plan.param_nvme) {
+        st = zero_offload_room(&e->z, zinc_comm_rank(e->world), node);
+        if (st != ZINC_OK) return st;
+    }
+    static const char *const fix =
+        "offload to NVMe (zero_optimization.offload_optimizer / offload_param \"nvme\"), a higher ZeRO stage, "
+        "activation checkpointing or more ranks reduce it (zinc-train --estimate-memory shows each tier; "
+        "train.check_memory false skips this check)";
+    if (!e->dev->is_host && e->dev->mem_info) {
+        uint64_t free_b = 0, total = 0;
+        e->dev->mem_info(&free_b, &total);
+        if (free_b && t.device > free_b)
+            return zinc_error(ZINC_ERR_CONFIG, "device memory (%s %d): a rank needs %.2f GiB (model state %.2f, buffers "
+                              "%.2f, activations %.2f) and %.2f GiB is free: %.2f GiB short; %s", e->dev->name,
+                              e->dev->index, gib(t.device), gib(m.total - m.nvme - m.host), gib(m.buffers),
+                              gib(m.activations - m.activations_host), gib(free_b), gib(t.device - free_b), fix);
+    }
+    uint64_t avail, total;
+    zinc_host_mem(&avail, &total);
+    const uint64_t need = t.host * (uint64_t)node;
+    if (avail && need > avail)
+        return zinc_error(ZINC_ERR_CONFIG, "host memory: this node's %d rank%s need%s %.2f GiB (%.2f GiB each: %s %.2f, "
+                          "activations %.2f%s) and %.2f GiB is available: %.2f GiB short; %s", node,
+                          node == 1 ? "" : "s", node == 1 ? "s" : "", gib(need), gib(t.host),
+                          e->dev->is_host ? "model state and buffers" : "offloaded optimizer state",
+                          gib(e->dev->is_host ? m.total - m.nvme + m.buffers : m.host),
+                          gib(e->dev->is_host ? m.activations : m.activations_host), "", gib(avail), gib(need - avail),
+                          fix);
+    return ZINC_OK;
+}
+
 /* The device an estimate plans for: a GPU when the config asks for one, or
  * for "auto" when this machine has one (NULL: host memory). */
 /* A TP size the model cannot run (its layers do not split) is refused. */
@@ -325,26 +416,8 @@ zinc_status zinc_engine_estimate_stage(const zinc_config *c, const zinc_model_de
     if (p == 1 && e.pp.virt == 1) e.pp.kind = ZINC_PP_1F1B; /* plain accumulation: one micro-batch in flight */
     st = engine_declare(&e);
     if (st == ZINC_OK) zero_mem_stats(&e.z, out);
-    /* activations: the schedule's (micro-batch, chunk) pairs in flight, each a slab of its
-     * chunk, their inputs and output gradients crossing stages and the sends in flight */
     int inflight = 1;
-    if (st == ZINC_OK && (p > 1 || e.pp.virt > 1)) {
-        zinc_pp_sim sim;
-        const zinc_pp_cost cost = {1.0, 2.0, 1.0, 1.0};
-        st = p <= 64 ? zinc_pp_simulate(&e.pp, &cost, &sim)
-                     : zinc_error(ZINC_ERR_UNSUPPORTED, "estimate: more than 64 pipeline stages");
-        if (st == ZINC_OK) inflight = sim.inflight[pp_stage];
-    }
-    if (st == ZINC_OK && e.B > 0 && e.T > 0) {
-        size_t slab, dbuf, scratch, io, ac_dev, ac_host;
-        st = engine_act_layout(&e, &slab, &dbuf, &scratch, &io);
-        engine_ac_bytes(&e, &ac_dev, &ac_host);
-        const size_t J = (size_t)p * e.pp.virt;
-        size_t bufs = 0; /* crossing buffers held at once */
-        if (J > 1) bufs = (pp_stage == 0 && e.pp.virt == 1 ? 0 : (size_t)inflight) + 2;
-        out->activations = (uint64_t)inflight * slab + bufs * io * zinc_dtype_size(engine_act_dtype(&e)) +
-                           2 * dbuf + scratch + ac_dev;
-    }
+    if (st == ZINC_OK && e.B > 0 && e.T > 0) st = engine_act_need(&e, estimate_device(&e.cfg) == NULL, out, &inflight);
     if (st == ZINC_OK && where) {
         *where = (zinc_stage_estimate){.inflight = inflight, .n_chunks = e.pp.virt};
         for (int k = 0; k < e.pp.virt && k < 8; k++) {
@@ -376,17 +449,24 @@ zinc_status zinc_engine_aio_create(const zinc_config *c, zinc_aio **out)
 
 /* The rank-local part of engine creation: declare, swap files, model
  * state, activations. */
+/* The rank-local planning before engine_alloc_local: declare, and the plan checked
+ * against the node (engine_check_fit). Every rank plans before any allocates, so no
+ * rank's allocation counts against another's check. */
+static zinc_status engine_plan_local(zinc_engine *e)
+{
+    zinc_status st = engine_declare(e);
+    if (st != ZINC_OK) return st;
+    for (int l = 0; l < e->z.n_units; l++) /* MPI counts are int */
+        if (e->z.units[l].numel > (size_t)INT32_MAX)
+            return zinc_error(ZINC_ERR_UNSUPPORTED, "layer %d has %zu parameters; zinc handles at "
+                              "most %d per layer (one collective each)", l, e->z.units[l].numel,
+                              INT32_MAX);
+    return engine_check_fit(e);
+}
+
 static zinc_status engine_alloc_local(zinc_engine *e)
 {
     zinc_status st = ZINC_OK;
-    ZINC_TRY(engine_declare(e));
-    for (int l = 0; l < e->z.n_units; l++) /* MPI counts are int */
-        if (e->z.units[l].numel > (size_t)INT32_MAX) {
-            st = zinc_error(ZINC_ERR_UNSUPPORTED, "layer %d has %zu parameters; zinc handles at "
-                            "most %d per layer (one collective each)", l, e->z.units[l].numel,
-                            INT32_MAX);
-            goto cleanup;
-        }
     if (e->z.plan.opt_nvme || e->z.plan.param_nvme) {
         if (!e->aio) {
             ZINC_TRY(zinc_engine_aio_create(&e->cfg, &e->aio));
@@ -605,6 +685,7 @@ zinc_status zinc_engine_create(const zinc_engine_opts *o, zinc_engine **out)
 
     /* local work that can fail on one rank alone (a swap file, memory):
      * every rank reaches the agreement, so none is left waiting */
+    ZINC_TRY(zinc_comm_agree(e->world, engine_plan_local(e)));
     ZINC_TRY(zinc_comm_agree(e->world, engine_alloc_local(e)));
     ZINC_TRY(engine_tied_group(e));
     engine_report_split(e);

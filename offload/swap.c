@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "zinc/offload.h"
+#include "zinc/sysmem.h"
 
 struct zinc_swap {
     zinc_aio_file *file;
@@ -23,6 +24,40 @@ struct zinc_swap {
 };
 
 static uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+uint64_t zinc_swap_file_bytes(int n_regions, int n_parts, const uint64_t *part_bytes)
+{
+    uint64_t off = 0;
+    for (int r = 0; r < n_regions; r++) off += (uint64_t)n_parts * round_up(part_bytes[r], ZINC_AIO_ALIGN);
+    return off;
+}
+
+/* n bytes as "12.34 GB" / "5.6 MB" / "700 kB" (decimal units, as df -H). */
+static const char *human(char buf[32], uint64_t n)
+{
+    if (n >= 1000000000u) snprintf(buf, 32, "%.2f GB", n / 1e9);
+    else if (n >= 1000000u) snprintf(buf, 32, "%.2f MB", n / 1e6);
+    else snprintf(buf, 32, "%.1f kB", n / 1e3);
+    return buf;
+}
+
+zinc_status zinc_swap_room(const char *key, const char *dir, int rank, const char *const *names, uint64_t bytes,
+                           int ranks, uint64_t per_rank)
+{
+    uint64_t free_b;
+    if (!dir || !dir[0] || zinc_fs_free(dir, &free_b, NULL) != ZINC_OK) return ZINC_OK;
+    for (int i = 0; names && names[i]; i++) { /* a stale file of this rank is truncated first */
+        char p[700];
+        struct stat sb;
+        snprintf(p, sizeof p, "%s/rank%d/%s", dir, rank, names[i]);
+        if (stat(p, &sb) == 0) free_b += (uint64_t)sb.st_blocks * 512u * (uint64_t)ranks;
+    }
+    if (bytes <= free_b) return ZINC_OK;
+    char f[32], b[32], r[32], d[32];
+    return zinc_error(ZINC_ERR_CONFIG, "%s: %s has %s free; the planned swap files need %s (%d rank%s on this node x "
+                      "%s), %s short; free space there or point it at a larger disk", key, dir, human(f, free_b),
+                      human(b, bytes), ranks, ranks == 1 ? "" : "s", human(r, per_rank), human(d, bytes - free_b));
+}
 
 uint64_t zinc_swap_part_bytes_f32(size_t n) { return round_up((uint64_t)n * sizeof(float), ZINC_AIO_ALIGN); }
 

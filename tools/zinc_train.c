@@ -34,6 +34,7 @@
 #include "zinc/data.h"
 #include "zinc/device.h"
 #include "zinc/engine.h"
+#include "zinc/sysmem.h"
 #include "zinc/pipeline.h"
 #include "zinc/safetensors.h"
 #include "zinc/tokenizer.h"
@@ -112,6 +113,28 @@ static int estimate_memory(const zinc_config *cfg_in, int n)
                    (long long)cfg->train_micro_batch_size_per_gpu,
                    (long long)zinc_config_seq_len(cfg), cfg->bf16.enabled ? "bf16" : "fp32",
                    m.activations / 1048576.0);
+    }
+    /* the tiers at the configured stage, against what this machine has */
+    if (rc == 0 && cfg->pp.stages == 1) {
+        zinc_mem_stats m;
+        zinc_mem_tiers t;
+        if (zinc_engine_estimate_memory(cfg, zinc_model_def_of(g), dp, (int)cfg->zero.stage, &m) == ZINC_OK) {
+            const int gpu = cfg->device == ZINC_DEVICE_CUDA || (cfg->device == ZINC_DEVICE_AUTO && zinc_device_cuda_count() > 0);
+            zinc_mem_tiers_of(&m, !gpu, &t);
+            uint64_t avail, total;
+            zinc_host_mem(&avail, &total);
+            printf("per rank at ZeRO stage %lld, by tier (MiB): %s %.1f | host %.1f | nvme %.1f; this machine has "
+                   "%.1f MiB of host memory available", (long long)cfg->zero.stage, gpu ? "gpu" : "(no gpu)",
+                   t.device / 1048576.0, t.host / 1048576.0, t.nvme / 1048576.0, avail / 1048576.0);
+            const char *paths[2] = {cfg->zero.offload_optimizer.device == ZINC_OFFLOAD_NVME ? cfg->zero.offload_optimizer.nvme_path : "",
+                                    cfg->zero.offload_param.device == ZINC_OFFLOAD_NVME ? cfg->zero.offload_param.nvme_path : ""};
+            for (int k = 0; k < 2; k++) {
+                uint64_t fb;
+                if (!paths[k][0] || (k == 1 && !strcmp(paths[0], paths[1]))) continue;
+                if (zinc_fs_free(paths[k], &fb, NULL) == ZINC_OK) printf(", %s %.1f MiB free", paths[k], fb / 1048576.0);
+            }
+            printf(" (host and nvme: each rank of a node needs its own)\n");
+        }
     }
     /* pipeline stages: each stage's share at the configured ZeRO stage */
     for (int s = 0; rc == 0 && cfg->pp.stages > 1 && s < cfg->pp.stages; s++) {

@@ -8,6 +8,7 @@
 
 #include "zero_int.h"
 #include "zinc/rng.h"
+#include "zinc/sysmem.h"
 
 /* dst (P, device) = host fp32 values: converted in place on a host device,
  * else staged through a device fp32 buffer. */
@@ -356,6 +357,42 @@ cleanup:
  * master weights, exp_avg and exp_avg_sq of this rank's opt range (three
  * parts); <nvme_path>/rank<r>/params.swp holds the storage-dtype shard of
  * every sharded unit (zinc/offload.h). */
+/* The swap files' sizes (what zero_offload_open makes) per rank: optimizer, params. */
+static zinc_status swap_sizes(const zero_state *z, uint64_t *ob, uint64_t *pb)
+{
+    uint64_t *bytes = calloc((size_t)z->n_units + 1, sizeof *bytes);
+    if (!bytes) return zinc_error(ZINC_ERR_NOMEM, "swap file table");
+    for (int l = 0; l < z->n_units; l++) bytes[l] = z->units[l].opt_n * sizeof(float);
+    *ob = z->plan.opt_nvme ? zinc_swap_file_bytes(z->n_units, 3, bytes) : 0;
+    for (int l = 0; l < z->n_units; l++)
+        bytes[l] = zero_param_on_nvme(z, &z->units[l]) ? z->units[l].shard * z->plan.psz : 0;
+    *pb = z->plan.param_nvme ? zinc_swap_file_bytes(z->n_units, 1, bytes) : 0;
+    free(bytes);
+    return ZINC_OK;
+}
+
+zinc_status zero_offload_room(const zero_state *z, int rank, int node_ranks)
+{
+    const zero_opts *c = &z->opt;
+    static const char *const names[] = {"optimizer.swp", "params.swp", NULL};
+    uint64_t ob = 0, pb = 0, od = 0, pd = 1, fb;
+    zinc_status st = swap_sizes(z, &ob, &pb);
+    if (st != ZINC_OK) return st;
+    const int on = ob > 0 && zinc_fs_free(c->optimizer_nvme_path, &fb, &od) == ZINC_OK;
+    const int pn = pb > 0 && zinc_fs_free(c->param_nvme_path, &fb, &pd) == ZINC_OK;
+    const int one_fs = on && pn && od == pd; /* both on one file system: their sum must fit */
+    const uint64_t n = (uint64_t)node_ranks;
+    if (ob > 0) {
+        const uint64_t mine = ob + (one_fs ? pb : 0);
+        st = zinc_swap_room("zero_optimization.offload_optimizer.nvme_path", c->optimizer_nvme_path, rank, names,
+                            n * mine, node_ranks, mine);
+    }
+    if (st == ZINC_OK && pb > 0 && !one_fs)
+        st = zinc_swap_room("zero_optimization.offload_param.nvme_path", c->param_nvme_path, rank, names, n * pb,
+                            node_ranks, pb);
+    return st;
+}
+
 zinc_status zero_offload_open(zero_state *z, zinc_aio *aio, int rank)
 {
     zinc_status st = ZINC_OK;

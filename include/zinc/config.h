@@ -227,6 +227,8 @@ typedef struct zinc_config {
         int64_t threads;               /* 0 = cores / local ranks */
         zinc_on_nan on_nan;            /* error */
         int64_t max_skipped;           /* 10: non-finite steps in a row before on_nan "skip" stops */
+        int check_memory;              /* true: refuse at start-up a job whose planned memory (GPU,
+                                          host, NVMe) exceeds what the node has */
         int64_t eval_every;            /* 0: the validation loss (data.valid) at the end only; N: every N steps too */
         int64_t eval_batches;          /* 10: global batches of data.valid per evaluation (fewer when it has fewer) */
         double peak_tflops;            /* 0: the device's peak for the step line's MFU (0: unknown,

@@ -74,6 +74,9 @@ typedef struct zinc_device {
      * for the step line's MFU; 0 after recording an error. NULL where not measured (cpu:
      * train.peak_tflops gives it). */
     double (*peak_tflops)(void);
+    /* Free and total device memory now (cuda: cudaMemGetInfo), for the start-up check that
+     * the plan fits; NULL where device memory is host memory (cpu, the strict device). */
+    void (*mem_info)(uint64_t *free_bytes, uint64_t *total_bytes);
 } zinc_device;
 
 /* The CPU device. Static storage, never NULL. */

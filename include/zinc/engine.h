@@ -192,6 +192,14 @@ zinc_status zinc_engine_estimate_memory(const zinc_config *c, const zinc_model_d
                                         int stage, zinc_mem_stats *out);
 
 /* Where a pipeline stage's estimate comes from. */
+/* What a rank needs of each memory tier, from an estimate (zinc_mem_stats with its
+ * activations): GPU memory (0 on CPU ranks), host memory (on CPU ranks everything
+ * but the swap files), swap files on NVMe. */
+typedef struct zinc_mem_tiers {
+    uint64_t device, host, nvme;
+} zinc_mem_tiers;
+void zinc_mem_tiers_of(const zinc_mem_stats *m, int device_is_host, zinc_mem_tiers *t);
+
 typedef struct zinc_stage_estimate {
     int n_chunks;                       /* model chunks the stage runs (virtual stages) */
     int first_layer[8], end_layer[8];   /* chunk k's layers [first, end) (k < 8) */

@@ -40,6 +40,14 @@ typedef struct zinc_swap zinc_swap;
 zinc_status zinc_swap_create(zinc_aio *aio, const char *key, const char *dir, int rank,
                              const char *name, int n_regions, int n_parts,
                              const uint64_t *part_bytes, zinc_swap **out);
+/* The size zinc_swap_create gives such a file. */
+uint64_t zinc_swap_file_bytes(int n_regions, int n_parts, const uint64_t *part_bytes);
+/* Before creating swap files: ZINC_ERR_CONFIG naming key when the file system of dir has
+ * no room for `bytes` (what every rank of this node plans there: `ranks` x `per_rank`),
+ * the space this rank's stale files `names` (NULL-terminated, in dir/rank<rank>) hold
+ * counted as free; ZINC_OK when dir cannot be read (creation then names the error). */
+zinc_status zinc_swap_room(const char *key, const char *dir, int rank, const char *const *names, uint64_t bytes,
+                           int ranks, uint64_t per_rank);
 /* Closes and removes the file (only one this swap created). NULL-safe. */
 void zinc_swap_destroy(zinc_swap *s);
 /* ZINC_ERR_IO when the file was removed or replaced since creation. */

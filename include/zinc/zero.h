@@ -90,6 +90,8 @@ typedef struct zinc_mem_stats {
                             optimizer state; 0 on CPU ranks, whose device memory is the host's) */
     uint64_t activations;/* estimate only: saved activations, gradient buffers and
                             scratch of one micro-batch (0 when unknown) */
+    uint64_t activations_host; /* estimate only: the part of them in host memory on a GPU
+                            rank (activation_checkpointing.cpu_checkpointing) */
 } zinc_mem_stats;
 
 /* What is sharded and where each kind of state lives: derived once from the
@@ -243,6 +245,9 @@ size_t zero_group_elems(const zero_state *z);
 
 /* Creates the swap files the plan needs on aio (rank names the folder). */
 zinc_status zero_offload_open(zero_state *z, zinc_aio *aio, int rank);
+/* Before zero_offload_open: ZINC_ERR_CONFIG naming the nvme_path whose file system has no
+ * room for the swap files of the node_ranks ranks of this node (each planning the same). */
+zinc_status zero_offload_room(const zero_state *z, int rank, int node_ranks);
 void zero_offload_close(zero_state *z);
 /* Allocates and initializes every unit's model states. */
 zinc_status zero_units_alloc(zero_state *z);

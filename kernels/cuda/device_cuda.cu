@@ -167,6 +167,14 @@ static void *dev_host_alloc(size_t bytes)
     return p;
 }
 
+static void dev_mem_info(uint64_t *free_bytes, uint64_t *total_bytes)
+{
+    size_t f = 0, t = 0;
+    if (cudaMemGetInfo(&f, &t) != cudaSuccess) f = t = 0; /* unknown: no check */
+    *free_bytes = f;
+    *total_bytes = t;
+}
+
 static void dev_host_free(void *p)
 {
     if (!p)
@@ -273,6 +281,7 @@ extern "C" zinc_status zinc_device_cuda_open(int local_rank, const zinc_device *
     dev.mem_reset_peak = dev_mem_reset_peak;
     dev.alloc_raw = dev_alloc_raw;
     dev.peak_tflops = cuda_peak_tflops;
+    dev.mem_info = dev_mem_info;
     *out = &dev;
     return ZINC_OK;
 }

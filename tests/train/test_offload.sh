@@ -4,6 +4,9 @@
 #    the same losses as no offload at the same stage and DP size (fp32 and bf16),
 #    with small sub-groups and every pipelining mode
 #  - a checkpoint saved under NVMe offload resumes exactly
+#  - a plan beyond the machine (swap files beyond nvme_path's free space, host memory
+#    beyond what is available) is refused before allocation, naming the tier and the
+#    shortfall; --estimate-memory prints the need per tier beside what the machine has
 #  - offload_optimizer.ratio 0.3 and 0.7 on the strict device (stages 1 and 3, bf16): bitwise
 #    the same losses, a resume under it exact; no effect on CPU ranks (a warning); a ratio
 #    outside [0, 1] or below 1 with nvme: one line, exit 2
@@ -67,6 +70,17 @@ grep -q "ratio 0.5 has no effect on cpu ranks" "$TMP/ra_cpu.log" || fail "ratio 
 bad "ratio: expected a number in \[0, 1\], found 1.5" 1 $(RA 1.5)
 bad "0.5 with \"nvme\" is not supported yet" 1 --set zero_optimization.stage=1 $(opt nvme) --set zero_optimization.offload_optimizer.ratio=0.5
 
+# --- the plan checked against the machine before anything is allocated (train.check_memory) ---
+HUGE="--set model.n_embd=8192 --set model.n_head=64 --set model.n_layer=512 --set bf16.enabled=true"
+bad "zero_optimization.offload_optimizer.nvme_path: $NV has .* free; the planned swap files need" 2 $HUGE \
+    --set zero_optimization.stage=3 $(opt nvme) $(par nvme)
+bad "host memory: this node's 1 rank needs .* GiB short" 1 $HUGE
+"$BUILD/zinc-train" "$cfg" --estimate-memory -n 2 --set zero_optimization.stage=3 $(opt nvme) > "$TMP/est.txt" 2>&1 \
+    || fail "estimate with nvme"
+grep -q "per rank at ZeRO stage 3, by tier (MiB): (no gpu) 0.0 | host .* | nvme .*; this machine has .* $NV .* MiB free" \
+    "$TMP/est.txt" || { cat "$TMP/est.txt"; fail "estimate: no tier line"; }
+echo "estimate by tier: $(grep 'by tier' "$TMP/est.txt")"
+
 # --- checkpoint under NVMe offload resumes exactly ---
 OFF="--set zero_optimization.stage=3 $S3 $(opt nvme) $(par nvme)"
 run off_full 2 --set train.max_steps=12 $OFF
@@ -125,11 +139,12 @@ expect_fail "No space left on device" env ZINC_AIO_FAULT=enospc:600000 $MPIRUN 2
 ckpt_ok
 mkdir -p "$TMP/small"
 if mount -t tmpfs -o size=160k zinc-small "$TMP/small" 2>/dev/null; then
-    expect_fail "No space left on device" $MPIRUN 2 "$T" "$cfg" --set train.max_steps=40 \
+    # a disk too small for the swap files: refused before training, naming need and free space
+    expect_fail "the planned swap files need" $MPIRUN 2 "$T" "$cfg" --set train.max_steps=40 \
         --set zero_optimization.stage=2 $(opt nvme "$TMP/small")
     umount "$TMP/small"
 else
-    echo "SKIP real full tmpfs: this machine does not allow mounting (fault injection above covers ENOSPC)"
+    echo "SKIP small tmpfs: this machine does not allow mounting (the huge plan above covers the room check)"
 fi
 # a swap file removed under a running job (once it trains: a file the
 # aborted runs above left behind must not be the one removed)
