@@ -91,7 +91,8 @@ zinc_status zero_units_alloc(zero_state *z)
         size_t plo = u->sharded ? u->opt_lo : 0, pn = u->sharded ? u->shard : u->numel;
         size_t gn = z->plan.stage >= 2 ? u->shard : u->numel;
         if (!u->frozen) u->g = xalloc(z, gn * psz);
-        if (!p_nvme) u->p = xalloc(z, pn * psz);
+        if (zero_param_on_host(z, u)) u->p = z->dev->host_alloc(pn * psz); /* offload_param cpu on a GPU */
+        else if (!p_nvme) u->p = xalloc(z, pn * psz);
         if (!z->plan.opt_nvme && !u->frozen) {
             u->m = opt_alloc(z, u, u->opt_n * sizeof(float));
             u->v = opt_alloc(z, u, u->opt_n * sizeof(float));
@@ -138,10 +139,12 @@ zinc_status zero_unit_store(zero_state *z, int l, const float *vals)
     if (zero_param_on_nvme(z, u)) {
         void *pio = zinc_aio_buf_alloc(pn * z->plan.psz);
         if (!pio) return zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d", l);
-        zero_from_f32(z, pio, vals, z->plan.pdt, pn); /* nvme: host device only */
+        zinc_ops_cpu()->convert(pio, z->plan.pdt, vals, ZINC_DTYPE_F32, pn); /* pio: host memory */
         st = zinc_swap_io(z->param_swap, l, 0, 0, pio, pn * z->plan.psz, 1);
         zinc_aio_buf_free(pio);
         if (st != ZINC_OK) return st;
+    } else if (zero_param_on_host(z, u)) {
+        zinc_ops_cpu()->convert(u->p, z->plan.pdt, vals, ZINC_DTYPE_F32, pn);
     } else if ((st = store_host_f32(z, u->p, vals, pn)) != ZINC_OK) {
         return st;
     }
@@ -176,8 +179,10 @@ void zero_units_free(zero_state *z)
         if (u->pread) zinc_aio_wait(&u->pread);
         zinc_aio_buf_free(u->pstage);
         if (z->plan.master_sep && !z->plan.opt_nvme && !u->frozen) opt_free(z, u, u->master);
-        xfree(z, u->p);
+        if (zero_param_on_host(z, u)) z->dev->host_free(u->p);
+        else xfree(z, u->p);
         xfree(z, u->g);
+        xfree(z, u->dstage);
         opt_free(z, u, u->m);
         opt_free(z, u, u->v);
     }
@@ -188,14 +193,34 @@ static zinc_status gather_start(zero_state *z, int ui, const void *src);
 int zero_unit_gathers(const zero_state *z, int ui)
 {
     const zero_unit *u = &z->units[ui];
-    return u->sharded && (z->dp > 1 || zero_param_on_nvme(z, u));
+    return u->sharded && (z->dp > 1 || zero_param_on_nvme(z, u) || zero_param_on_host(z, u));
+}
+
+/* Starts making unit ui whole from a shard in host memory (offload_param cpu, or read
+ * off NVMe into host staging): a host device gathers from it directly; a GPU copies it up
+ * first, into the gather buffer itself over one rank (ready: nothing to gather), else
+ * into the unit's device staging to all-gather from. */
+static zinc_status gather_from_host(zero_state *z, int ui, const void *host_shard)
+{
+    zero_unit *u = &z->units[ui];
+    if (z->dev->is_host) return gather_start(z, ui, host_shard);
+    const size_t bytes = u->shard * z->plan.psz;
+    void **dst = z->dp == 1 ? &u->gathered : &u->dstage;
+    if (!*dst && !(*dst = xalloc_raw(z, bytes ? bytes : 1)))
+        return zinc_error(ZINC_ERR_NOMEM, "param staging of layer %d (%zu elements) on %s", ui, u->shard, z->dev->name);
+    z->dev->copy(*dst, host_shard, bytes);
+    if (z->dp == 1) {
+        u->ready = 1;
+        return ZINC_OK;
+    }
+    return gather_start(z, ui, u->dstage);
 }
 
 zinc_status zero_unit_prefetch(zero_state *z, int ui)
 {
     zinc_status st;
     zero_unit *u = &z->units[ui];
-    if (!zero_unit_gathers(z, ui) || u->wp || u->h_gather || u->pread) return ZINC_OK;
+    if (!zero_unit_gathers(z, ui) || u->wp || u->h_gather || u->pread || u->ready) return ZINC_OK;
     if (zero_param_on_nvme(z, u)) {
         /* the shard comes off NVMe first; the all-gather follows in materialize */
         u->pstage = zinc_aio_buf_alloc(u->shard * z->plan.psz);
@@ -206,6 +231,8 @@ zinc_status zero_unit_prefetch(zero_state *z, int ui)
             zinc_aio_buf_free(u->pstage);
             u->pstage = NULL;
         }
+    } else if (zero_param_on_host(z, u)) {
+        st = gather_from_host(z, ui, u->p);
     } else {
         st = gather_start(z, ui, u->p);
     }
@@ -233,16 +260,20 @@ zinc_status zero_unit_materialize(zero_state *z, int ui)
     const void *whole = u->p; /* whole already, or the shard of one rank: all of it */
     const int gathered = zero_unit_gathers(z, ui);
     if (gathered) {
-        if (!u->h_gather && (st = zero_unit_prefetch(z, ui)) != ZINC_OK) return st;
+        if (!u->h_gather && !u->ready && (st = zero_unit_prefetch(z, ui)) != ZINC_OK) return st;
         z->fetch_elems -= u->numel;
         if (u->pread) { /* NVMe shard: finish the read, then gather */
-            if ((st = zinc_aio_wait(&u->pread)) == ZINC_OK) st = gather_start(z, ui, u->pstage);
+            if ((st = zinc_aio_wait(&u->pread)) == ZINC_OK) st = gather_from_host(z, ui, u->pstage);
             if (st == ZINC_OK) st = zinc_comm_wait(&u->h_gather);
             zinc_aio_buf_free(u->pstage);
             u->pstage = NULL;
             if (st != ZINC_OK) return st;
         }
-        if ((st = zinc_comm_wait(&u->h_gather)) != ZINC_OK) return st;
+        st = zinc_comm_wait(&u->h_gather);
+        xfree(z, u->dstage); /* the shard's device copy only served the gather */
+        u->dstage = NULL;
+        u->ready = 0;
+        if (st != ZINC_OK) return st;
         whole = u->gathered;
     }
     if (z->plan.pdt == ZINC_DTYPE_F32) { /* the working copy is the gathered buffer or the store */
@@ -332,7 +363,7 @@ zinc_status zero_params_from_master(zero_state *z)
                 ZINC_TRY(zinc_swap_io(z->opt_swap, l, 0, a * sizeof(float), mbuf,
                                       n * sizeof(float), 0));
             if (zero_param_on_nvme(z, u)) {
-                zero_from_f32(z, pbuf, m, z->plan.pdt, n);
+                zinc_ops_cpu()->convert(pbuf, z->plan.pdt, m, ZINC_DTYPE_F32, n); /* host memory */
                 ZINC_TRY(zinc_swap_io(z->param_swap, l, 0, a * z->plan.psz, pbuf, n * z->plan.psz, 1));
             } else if (u->opt_host) { /* master in host memory: convert there, copy up */
                 zinc_ops_cpu()->convert(pbuf, z->plan.pdt, m, ZINC_DTYPE_F32, n);

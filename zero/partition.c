@@ -12,17 +12,17 @@ zinc_status zero_plan_make(const zero_opts *o, int stage, const char *dev_name, 
 {
     memset(p, 0, sizeof *p);
     const zinc_offload_device od = o->offload_optimizer, pd = o->offload_param;
-    /* on a GPU: offload_optimizer keeps the optimizer state in pinned host
-     * memory and runs AdamW on the CPU; parameter offload is not there yet */
-    if (dev_name && pd != ZINC_OFFLOAD_NONE)
-        return zinc_error(ZINC_ERR_UNSUPPORTED, "zero_optimization.offload_param.device %s: not "
-                          "supported with device %s yet (offload_optimizer \"cpu\" and \"nvme\" "
-                          "are); use \"none\" or \"device\": \"cpu\"",
-                          pd == ZINC_OFFLOAD_NVME ? "nvme" : "cpu", dev_name);
     if (pd != ZINC_OFFLOAD_NONE && stage != 3)
         return zinc_error(ZINC_ERR_CONFIG, "zero_optimization.offload_param.device: \"%s\" requires "
                           "zero_optimization.stage 3, found stage %d",
                           pd == ZINC_OFFLOAD_NVME ? "nvme" : "cpu", stage);
+    /* on a GPU the offloaded parameter shards are written by the host optimizer (the
+     * new params go from its host buffers straight to their host or NVMe home) */
+    if (dev_name && pd != ZINC_OFFLOAD_NONE && (od == ZINC_OFFLOAD_NONE || o->opt_ratio < 1.0))
+        return zinc_error(ZINC_ERR_CONFIG, "zero_optimization.offload_param.device \"%s\" on %s needs "
+                          "zero_optimization.offload_optimizer.device \"cpu\" or \"nvme\" with ratio 1 (the host "
+                          "optimizer writes the offloaded parameters)", pd == ZINC_OFFLOAD_NVME ? "nvme" : "cpu",
+                          dev_name);
     p->stage = stage;
     p->pdt = o->pdt;
     p->psz = zinc_dtype_size(p->pdt);
@@ -33,6 +33,7 @@ zinc_status zero_plan_make(const zero_opts *o, int stage, const char *dev_name, 
     p->opt_host = dev_name && od != ZINC_OFFLOAD_NONE;
     p->opt_nvme = od == ZINC_OFFLOAD_NVME;
     p->param_nvme = pd == ZINC_OFFLOAD_NVME;
+    p->param_host = dev_name && pd == ZINC_OFFLOAD_CPU;
     p->master_sep = p->pdt != ZINC_DTYPE_F32 || p->opt_nvme || p->param_nvme || p->opt_host;
     return ZINC_OK;
 }
@@ -158,6 +159,11 @@ int zero_param_on_nvme(const zero_state *z, const zero_unit *u)
     return z->plan.param_nvme && u->sharded;
 }
 
+int zero_param_on_host(const zero_state *z, const zero_unit *u)
+{
+    return z->plan.param_host && u->sharded;
+}
+
 /* Lays out each unit: its params at ZERO_UNIT_ALIGN offsets, padded to a
  * multiple of dp x ZERO_UNIT_ALIGN, and this rank's ranges. */
 void zero_units_layout(zero_state *z)
@@ -250,6 +256,7 @@ void zero_mem_stats(const zero_state *z, zinc_mem_stats *m)
         if (z->plan.opt_nvme) m->nvme += mb + ob;
         else if (u->opt_host) m->host += mb + ob;
         if (zero_param_on_nvme(z, u)) m->nvme += pb;
+        else if (zero_param_on_host(z, u)) m->host += pb;
     }
     m->total = m->params + m->grads + m->master + m->optimizer;
     /* buckets: gradient reductions in flight (at most reduce_bucket_size

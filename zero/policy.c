@@ -69,7 +69,7 @@ static zinc_status prefetch(zero_state *z, int pos, int end)
         for (int j = 0; j < l->n_units && ahead < (uint64_t)bucket; j++) {
             const zero_unit *u = &z->units[l->units[j]];
             if (!zero_unit_gathers(z, l->units[j]) || u->wp) continue;
-            if (u->h_gather || u->pread) {
+            if (u->h_gather || u->pread || u->ready) {
                 ahead += u->numel;
                 continue;
             }

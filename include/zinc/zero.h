@@ -107,6 +107,9 @@ typedef struct zero_plan {
                             params copied up per sub-group); with offload_optimizer.ratio < 1
                             only the units zero_units_layout marks opt_host */
     int master_sep;      /* master weights are their own array (16-bit params, NVMe, host) */
+    int param_host;      /* offload_param cpu on a GPU: sharded params in pinned host memory,
+                            copied up before each all-gather (on CPU ranks "cpu" is where they
+                            are already) */
 } zero_plan;
 
 /* A parameter: its logical (global) tensor, and the slice this TP rank
@@ -160,6 +163,9 @@ typedef struct zero_unit {
     float *wg;                /* fp32 whole grads while open */
     int wg_owned;
     void *pstage;             /* P shard being read from the param swap (prefetch) */
+    void *dstage;             /* P shard copied up to the device to be gathered (a shard in host
+                                 memory or read off NVMe, on a GPU) */
+    int ready;                /* gathered holds the whole unit already (copied up, one rank) */
     zinc_aio_req *pread;
 } zero_unit;
 
@@ -263,6 +269,8 @@ zinc_status zero_gather_whole_params(zero_state *z);
 zinc_status zero_params_from_master(zero_state *z);
 /* 1 if unit u's params live on NVMe. */
 int zero_param_on_nvme(const zero_state *z, const zero_unit *u);
+/* 1 if unit u's params shard lives in pinned host memory (offload_param cpu on a GPU). */
+int zero_param_on_host(const zero_state *z, const zero_unit *u);
 /* fp32 working params / grads of parameter id (valid inside the hooks). */
 float *zero_param_data(const zero_state *z, int id);
 /* dst (this rank's numel elements of parameter id) = its initial value (init, seed, name). */

@@ -7,6 +7,8 @@
 #  - a plan beyond the machine (swap files beyond nvme_path's free space, host memory
 #    beyond what is available) is refused before allocation, naming the tier and the
 #    shortfall; --estimate-memory prints the need per tier beside what the machine has
+#  - offload_param cpu and nvme at ZeRO-3 on the strict device (the GPU path: shards off the
+#    device, copied up before each gather): bitwise, fp32 and bf16, DP 1 and 2; resume exact
 #  - offload_optimizer.ratio 0.3 and 0.7 on the strict device (stages 1 and 3, bf16): bitwise
 #    the same losses, a resume under it exact; no effect on CPU ranks (a warning); a ratio
 #    outside [0, 1] or below 1 with nvme: one line, exit 2
@@ -69,6 +71,31 @@ run ra_cpu 1 --set train.max_steps=2 --set zero_optimization.stage=1 $(RA 0.5)
 grep -q "ratio 0.5 has no effect on cpu ranks" "$TMP/ra_cpu.log" || fail "ratio on CPU ranks: no warning"
 bad "ratio: expected a number in \[0, 1\], found 1.5" 1 $(RA 1.5)
 bad "0.5 with \"nvme\" is not supported yet" 1 --set zero_optimization.stage=1 $(opt nvme) --set zero_optimization.offload_optimizer.ratio=0.5
+
+# --- parameter offload on the strict device (the GPU's path): ZeRO-3 shards in host memory
+# ("cpu") or in a swap file ("nvme"), copied up before each all-gather, written by the host
+# optimizer; bitwise the run that keeps them on the device, at DP 2 and DP 1, fp32 and bf16;
+# a resume under it is exact; without the optimizer offloaded it is refused ---
+for prec in fp32 bf16; do
+    P=""; [ $prec = bf16 ] && P="--set bf16.enabled=true"
+    for n in 1 2; do
+        b="pg_${prec}_$n"
+        ZINC_STRICT_DEVICE=1 run "$b" $n --set train.max_steps=8 --set zero_optimization.stage=3 $S3 $P $(opt cpu)
+        ZINC_STRICT_DEVICE=1 run "${b}_pc" $n --set train.max_steps=8 --set zero_optimization.stage=3 $S3 $P $(opt cpu) $(par cpu)
+        same "$b" "${b}_pc"
+        ZINC_STRICT_DEVICE=1 run "${b}_pn" $n --set train.max_steps=8 --set zero_optimization.stage=3 $S3 $P $(opt nvme) $(par nvme)
+        same "$b" "${b}_pn"
+    done
+done
+PO="--set zero_optimization.stage=3 $S3 --set bf16.enabled=true $(opt cpu) $(par cpu)"
+ZINC_STRICT_DEVICE=1 run pr_a 2 --set train.max_steps=4 $PO --set train.save_dir="$TMP/ckp" --set train.save_every=4
+ZINC_STRICT_DEVICE=1 run pr_b 2 --set train.max_steps=8 $PO --set train.save_dir="$TMP/ckp" --set train.resume=auto
+cmp -s <(losses "$TMP/pg_bf16_2.jsonl" | tail -n 4) <(losses "$TMP/pr_b.jsonl") || fail "resume under offload_param cpu differs"
+echo "resume under offload_param cpu on the strict device: bitwise identical"
+out=$(ZINC_STRICT_DEVICE=1 $MPIRUN 1 "$BUILD/zinc-train" "$cfg" --set train.max_steps=1 --set zero_optimization.stage=3 $(par cpu) 2>&1)
+[ $? -eq 2 ] && echo "$out" | grep -q 'offload_param.device "cpu" on strict needs zero_optimization.offload_optimizer.device' \
+    || { echo "$out"; fail "offload_param without the optimizer offloaded on a GPU-like device: not refused"; }
+echo "refused: $(echo "$out" | grep -m1 'needs zero_optimization')"
 
 # --- the plan checked against the machine before anything is allocated (train.check_memory) ---
 HUGE="--set model.n_embd=8192 --set model.n_head=64 --set model.n_layer=512 --set bf16.enabled=true"

@@ -318,14 +318,26 @@ static void test_plan(void)
     CU_ASSERT(!p.opt_host && !p.master_sep);
     CU_ASSERT_EQUAL(plan_of(&c, 1, "cuda", &p), ZINC_OK);
     CU_ASSERT(p.opt_host && p.master_sep);
-    /* parameter offload: stage 3 only, and not on a GPU yet, each one line */
+    /* parameter offload: stage 3 only; on a GPU with the optimizer offloaded (ratio 1) */
     c.zero.offload_param.device = ZINC_OFFLOAD_CPU;
     CU_ASSERT_EQUAL(plan_of(&c, 2, NULL, &p), ZINC_ERR_CONFIG);
     CU_ASSERT(strstr(zinc_last_error(), "zero_optimization.offload_param.device: \"cpu\" requires "
                      "zero_optimization.stage 3, found stage 2") != NULL);
-    CU_ASSERT_EQUAL(plan_of(&c, 3, "cuda", &p), ZINC_ERR_UNSUPPORTED);
-    CU_ASSERT(strstr(zinc_last_error(), "not supported with device cuda") != NULL);
+    CU_ASSERT_EQUAL(plan_of(&c, 3, "cuda", &p), ZINC_OK);
+    CU_ASSERT(p.param_host && p.opt_host && !p.param_nvme);
     CU_ASSERT_EQUAL(plan_of(&c, 3, NULL, &p), ZINC_OK);
+    CU_ASSERT(!p.param_host); /* CPU ranks: the params are in host memory already */
+    c.zero.offload_optimizer.ratio = 0.5;
+    CU_ASSERT_EQUAL(plan_of(&c, 3, "cuda", &p), ZINC_ERR_CONFIG);
+    c.zero.offload_optimizer.ratio = 1.0;
+    c.zero.offload_optimizer.device = ZINC_OFFLOAD_NONE;
+    CU_ASSERT_EQUAL(plan_of(&c, 3, "cuda", &p), ZINC_ERR_CONFIG);
+    CU_ASSERT(strstr(zinc_last_error(), "offload_param.device \"cpu\" on cuda needs "
+                     "zero_optimization.offload_optimizer.device \"cpu\" or \"nvme\" with ratio 1") != NULL);
+    c.zero.offload_param.device = ZINC_OFFLOAD_NVME;
+    c.zero.offload_optimizer.device = ZINC_OFFLOAD_CPU;
+    CU_ASSERT_EQUAL(plan_of(&c, 3, "cuda", &p), ZINC_OK);
+    CU_ASSERT(p.param_nvme && !p.param_host);
 }
 
 static void test_first_user_and_groups(void)
