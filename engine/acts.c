@@ -186,6 +186,9 @@ void engine_ac_bytes(const zinc_engine *e, size_t *dev, size_t *host)
 static zinc_status slab_new(zinc_engine *e, int s)
 {
     e->slabs[s] = e->dev->alloc(e->slab_bytes ? e->slab_bytes : 1);
+    if (!e->slabs[s] && s == 0) /* at create: the one micro-batch */
+        return zinc_error(ZINC_ERR_NOMEM, "activations of micro-batch %d x %d tokens on %s: %zu bytes saved: %s", e->B,
+                          e->T, e->dev->name, e->slab_bytes, zinc_last_error());
     if (!e->slabs[s])
         return zinc_error(ZINC_ERR_NOMEM, "activations of %d micro-batches in flight on %s (%zu bytes each): %s",
                           s + 1, e->dev->name, e->slab_bytes, zinc_last_error());

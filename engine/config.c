@@ -392,6 +392,7 @@ static const keydesc csv_monitor_keys[] = {
 
 /* activation_checkpointing: given, whole-layer recompute (engine/acts.c) */
 static int skip_ac(const zinc_config *c) { return !c->ac.enabled; }
+static int skip_ac_interval(const zinc_config *c) { return c->ac.interval == 0; }
 static const keydesc activation_checkpointing_keys[] = {
     KB("partition_activations", ac.partition_activations, 0),
     KB("cpu_checkpointing", ac.cpu_checkpointing, 0),
@@ -418,7 +419,7 @@ static const keydesc pipeline_keys[] = {
     XBW("seed_layers", "zinc seeds every parameter by its name, whatever the stage"),
     /* DeepSpeed's pipeline engine: checkpoint every N layers (0: off); engine/acts.c */
     {.name = "activation_checkpoint_interval", .type = T_INT, .off = OFF(ac.interval), .lo = 0, .hi = LAYERS_MAX,
-     .def = 0, .flags = F_NULL_OK},
+     .def = 0, .flags = F_NULL_OK, .skip = skip_ac_interval}, /* dumped only when on: 0 given turns it off */
     XBW("pipe_partitioned", "zinc sends whole activations between stages"),
     XBW("grad_partitioned", "zinc sends whole activation gradients between stages"),
     XBW("use_reentrant", "zinc has no autograd"),

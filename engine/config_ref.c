@@ -28,7 +28,8 @@ static json_t *dump_object(const zinc_config *c, const keydesc *tab)
                 json_decref(v);
                 continue;
             }
-        } else if (k->off == NOF || (k->sched_mask && !(k->sched_mask & (1u << c->scheduler.type)))) {
+        } else if (k->off == NOF || (k->sched_mask && !(k->sched_mask & (1u << c->scheduler.type))) ||
+                   (k->skip && k->skip(c))) {
             continue;
         } else {
             switch (k->type) {

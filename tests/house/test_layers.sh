@@ -2,7 +2,7 @@
 # The house's layering (ARCHITECTURE.md, "Layers of the house"): a file never
 # includes a header of a layer above its own, and a folder's private header
 # (*_int.h) is included only inside that folder. Levels, lowest first:
-#   0 core/          status tensor log rng progress file clock ops device (interfaces)
+#   0 core/          status tensor log rng progress file clock sysmem ops device (interfaces)
 #   1 offload/ data/ aio offload; data tokenizer
 #   2 kernels/       blas ops_cuda (and the cpu/cuda devices and op tables)
 #   3 comm/          comm
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 fail=0
 level_of_header() {
     case $1 in
-        status|tensor|log|rng|progress|file|clock|ops|device) echo 0 ;;
+        status|tensor|log|rng|progress|file|clock|sysmem|ops|device) echo 0 ;;
         aio|offload|data|tokenizer) echo 1 ;;
         blas|ops_cuda) echo 2 ;;
         comm) echo 3 ;;

@@ -6,7 +6,7 @@
 # offloaded to host memory all run, and a host read of device memory faults.
 # Its ops are the CPU's: every run must give the cpu device's losses bit for
 # bit (ZeRO 0-3, DP 1-2, fp32/bf16/fp16, offload_optimizer cpu and nvme,
-# resume); parameter offload is refused there in one line, as on a GPU.
+# resume, offload_param nvme with the optimizer offloaded, refused in one line without it).
 set -u
 cd "$(dirname "$0")/../.."
 . tests/train/lib.sh
@@ -37,14 +37,17 @@ same nvme_s1 2 --set bf16.enabled=true --set zero_optimization.stage=1 \
     --set zero_optimization.sub_group_size=20000 --set zero_optimization.offload_optimizer.pipeline_read=true
 same nvme_s3 2 --set zero_optimization.stage=3 --set zero_optimization.offload_optimizer.device=nvme \
     --set zero_optimization.offload_optimizer.nvme_path="$TMP/nvme"
-# parameter offload stays host-only: one line naming the key
+# parameter offload on the device path (tests/train/test_offload.sh compares its losses)
+same pnvme_s3 2 --set zero_optimization.stage=3 --set zero_optimization.offload_optimizer.device=cpu \
+    --set zero_optimization.offload_param.device=nvme --set zero_optimization.offload_param.nvme_path="$TMP/nvme"
+# without the optimizer offloaded: one line naming the keys
 ZINC_STRICT_DEVICE=1 $MPIRUN 1 "$BUILD/zinc-train" "$cfg" --set zero_optimization.stage=3 \
     --set zero_optimization.offload_param.device=nvme \
     --set zero_optimization.offload_param.nvme_path="$TMP/nvme" > "$TMP/pnvme.log" 2>&1 \
-    && fail "offload_param nvme on the strict device was accepted"
-grep -q "offload_param.device nvme: not supported with device strict" "$TMP/pnvme.log" \
+    && fail "offload_param nvme without offload_optimizer on the strict device was accepted"
+grep -q 'offload_param.device "nvme" on strict needs zero_optimization.offload_optimizer.device' "$TMP/pnvme.log" \
     || fail "unclear refusal: $(tail -2 "$TMP/pnvme.log")"
-echo "offload_param on a non-host device: refused in one line"
+echo "offload_param without offload_optimizer on a non-host device: refused in one line"
 
 # checkpoint on the strict device, resumed there on another rank count
 export ZINC_STRICT_DEVICE=1
