@@ -40,6 +40,20 @@ void zinc_host_mem(uint64_t *avail, uint64_t *total)
     }
 }
 
+void zinc_proc_io(uint64_t *read_bytes, uint64_t *write_bytes)
+{
+    *read_bytes = *write_bytes = 0;
+    FILE *f = fopen("/proc/self/io", "r");
+    if (!f) return;
+    char k[64];
+    unsigned long long v;
+    while (fscanf(f, "%63[^:]: %llu\n", k, &v) == 2) {
+        if (!strcmp(k, "read_bytes")) *read_bytes = v;
+        if (!strcmp(k, "write_bytes")) *write_bytes = v;
+    }
+    fclose(f);
+}
+
 zinc_status zinc_fs_free(const char *path, uint64_t *free_bytes, uint64_t *dev_id)
 {
     struct statvfs v;

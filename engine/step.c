@@ -28,6 +28,7 @@
 #include "zinc/clock.h"
 #include "zinc/log.h"
 #include "zinc/rng.h"
+#include "zinc/sysmem.h"
 
 #define TRY_RET(expr)                          \
     do {                                       \
@@ -386,6 +387,8 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     const zinc_config *cfg = &e->cfg;
     zinc_comm *dpg = e->mesh->dp_group, *ppg = e->pp.stages > 1 ? e->mesh->pp_group : NULL;
     double t0 = zinc_now_ms();
+    uint64_t io0[2];
+    zinc_proc_io(&io0[0], &io0[1]);
     zinc_comm_reset_bytes(dpg);
     if (e->tp.group) zinc_comm_reset_bytes(e->tp.group);
     if (ppg) zinc_comm_reset_bytes(ppg);
@@ -486,7 +489,14 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     e->samples += cfg->train_batch_size;
 
     double ms = zinc_now_ms() - t0;
+    uint64_t io1[2];
+    zinc_proc_io(&io1[0], &io1[1]);
+    int64_t io[2] = {(int64_t)(io1[0] - io0[0]), (int64_t)(io1[1] - io0[1])};
+    if (zinc_comm_size(e->world) > 1)
+        ZINC_TRY(zinc_comm_all_reduce(e->world, io, io, 2, ZINC_DTYPE_I64, ZINC_REDOP_SUM, NULL));
     memset(s, 0, sizeof *s);
+    s->storage_read_bytes = (uint64_t)io[0];
+    s->storage_write_bytes = (uint64_t)io[1];
     s->step = e->step;
     s->loss = loss;
     s->lr = lr;

@@ -640,8 +640,10 @@ static void log_step(const step_log *L, int64_t step, const zinc_step_stats *s, 
             fprintf(metrics, "%s\"%s\": %llu", k ? ", " : "", zinc_comm_op_name(k),
                     (unsigned long long)s->tp_comm_bytes_op[k]);
         fprintf(metrics, "}, \"pp_comm_bytes\": %llu, \"pp_bubble\": %.6f, \"pp_bubble_theory\": %.6f, "
-                "\"act_peak_bytes\": %llu, \"act_peak_stage\": [", (unsigned long long)s->pp_comm_bytes,
-                s->pp_bubble, s->pp_bubble_theory, (unsigned long long)s->act_peak_bytes);
+                "\"act_peak_bytes\": %llu, \"storage_read_bytes\": %llu, \"storage_write_bytes\": %llu, "
+                "\"act_peak_stage\": [", (unsigned long long)s->pp_comm_bytes,
+                s->pp_bubble, s->pp_bubble_theory, (unsigned long long)s->act_peak_bytes,
+                (unsigned long long)s->storage_read_bytes, (unsigned long long)s->storage_write_bytes);
         for (int k = 0; k < zinc_engine_pp_size(eng) && k < 64; k++)
             fprintf(metrics, "%s%llu", k ? ", " : "",
                     (unsigned long long)(zinc_engine_pp_size(eng) > 1 ? s->act_peak_stage[k] : s->act_peak_bytes));
