@@ -32,7 +32,35 @@ void zinc_host_mem(uint64_t *avail, uint64_t *total)
         }
         fclose(f);
     }
-    const uint64_t max = read_u64("/sys/fs/cgroup/memory.max"), cur = read_u64("/sys/fs/cgroup/memory.current");
+    /* the memory cgroup of this process (/proc/self/cgroup: v2 "0::/path", v1
+     * "N:memory:/path"): its limit, and its use less the page cache it could drop */
+    char v2[512] = "", v1[512] = "", line[512];
+    int has_v1 = 0;
+    f = fopen("/proc/self/cgroup", "r");
+    if (f) {
+        while (fgets(line, sizeof line, f)) {
+            line[strcspn(line, "\n")] = 0;
+            const char *c = strchr(line, ':');
+            if (!strncmp(line, "0::", 3)) snprintf(v2, sizeof v2, "%s", line + 3);
+            else if (c && !strncmp(c + 1, "memory:", 7)) snprintf(v1, sizeof v1, "%s", c + 8), has_v1 = 1;
+        }
+        fclose(f);
+    }
+    char dir[1100], p[1200];
+    if (has_v1) snprintf(dir, sizeof dir, "/sys/fs/cgroup/memory%s", strcmp(v1, "/") ? v1 : "");
+    else snprintf(dir, sizeof dir, "/sys/fs/cgroup%s", strcmp(v2, "/") && v2[0] ? v2 : "");
+    snprintf(p, sizeof p, has_v1 ? "%s/memory.limit_in_bytes" : "%s/memory.max", dir);
+    uint64_t max = read_u64(p);
+    if (max >= (UINT64_C(1) << 60)) max = 0; /* v1's "no limit" */
+    snprintf(p, sizeof p, has_v1 ? "%s/memory.usage_in_bytes" : "%s/memory.current", dir);
+    uint64_t cur = read_u64(p), cache = 0;
+    snprintf(p, sizeof p, "%s/memory.stat", dir);
+    if ((f = fopen(p, "r"))) {
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, has_v1 ? "total_inactive_file %" SCNu64 : "inactive_file %" SCNu64, &cache) == 1) break;
+        fclose(f);
+    }
+    cur = cur > cache ? cur - cache : 0;
     if (max > 0) {
         const uint64_t left = max > cur ? max - cur : 0;
         if (*avail == 0 || left < *avail) *avail = left;

@@ -135,10 +135,10 @@ zinc_status engine_act_layout(zinc_engine *e, size_t *slab, size_t *dbuf, size_t
                 roff += ACT_ALIGN(l->act_bytes);
                 a->rc_out[i] = roff; /* inner: its output; the group's last: the spare */
                 roff += ACT_ALIGN(ob);
-                if (roff > a->rc_bytes) a->rc_bytes = roff;
+                if (e->held[i] && roff > a->rc_bytes) a->rc_bytes = roff; /* this stage's chunks */
                 if (i < a->last[i]) e->out_kind[i] = OUT_RC;
                 else if (!chunk_last && (a->cpu || a->part)) e->out_kind[i] = OUT_CK;
-                if (ob > a->io_bytes) a->io_bytes = ob;
+                if (e->held[i] && ob > a->io_bytes) a->io_bytes = ob;
             } else {
                 e->act_off[i] = off;
                 off += ACT_ALIGN(l->act_bytes);

@@ -285,8 +285,8 @@ void zinc_mem_tiers_of(const zinc_mem_stats *m, int device_is_host, zinc_mem_tie
         t->device = 0;
         t->host = state + m->buffers + m->activations;
     } else {
-        t->device = state - m->host + m->buffers + m->activations - m->activations_host;
-        t->host = m->host + m->activations_host;
+        t->device = state - m->host + m->buffers - m->buffers_host + m->activations - m->activations_host;
+        t->host = m->host + m->buffers_host + m->activations_host;
     }
 }
 
@@ -349,7 +349,7 @@ static zinc_status engine_check_fit(zinc_engine *e)
         if (free_b && t.device > free_b)
             return zinc_error(ZINC_ERR_CONFIG, "device memory (%s %d): a rank needs %.2f GiB (model state %.2f, buffers "
                               "%.2f, activations %.2f) and %.2f GiB is free: %.2f GiB short; %s", e->dev->name,
-                              e->dev->index, gib(t.device), gib(m.total - m.nvme - m.host), gib(m.buffers),
+                              e->dev->index, gib(t.device), gib(m.total - m.nvme - m.host), gib(m.buffers - m.buffers_host),
                               gib(m.activations - m.activations_host), gib(free_b), gib(t.device - free_b), fix);
     }
     uint64_t avail, total;
@@ -357,11 +357,11 @@ static zinc_status engine_check_fit(zinc_engine *e)
     const uint64_t need = t.host * (uint64_t)node;
     if (avail && need > avail)
         return zinc_error(ZINC_ERR_CONFIG, "host memory: this node's %d rank%s need%s %.2f GiB (%.2f GiB each: %s %.2f, "
-                          "activations %.2f%s) and %.2f GiB is available: %.2f GiB short; %s", node,
+                          "activations %.2f) and %.2f GiB is available: %.2f GiB short; %s", node,
                           node == 1 ? "" : "s", node == 1 ? "s" : "", gib(need), gib(t.host),
                           e->dev->is_host ? "model state and buffers" : "offloaded optimizer state",
-                          gib(e->dev->is_host ? m.total - m.nvme + m.buffers : m.host),
-                          gib(e->dev->is_host ? m.activations : m.activations_host), "", gib(avail), gib(need - avail),
+                          gib(e->dev->is_host ? m.total - m.nvme + m.buffers : m.host + m.buffers_host),
+                          gib(e->dev->is_host ? m.activations : m.activations_host), gib(avail), gib(need - avail),
                           fix);
     return ZINC_OK;
 }

@@ -294,6 +294,16 @@ zinc_status zero_unit_materialize(zero_state *z, int ui)
     return ZINC_OK;
 }
 
+void zero_unit_drop_ready(zero_state *z, int ui)
+{
+    zero_unit *u = &z->units[ui];
+    if (!u->ready) return;
+    xfree(z, u->gathered);
+    u->gathered = NULL;
+    u->ready = 0;
+    z->fetch_elems -= u->numel;
+}
+
 int zero_unit_releasable(const zero_state *z, int ui)
 {
     return z->units[ui].wp_owned;
@@ -376,10 +386,10 @@ zinc_status zero_params_from_master(zero_state *z)
     st = zero_gather_whole_params(z);
 cleanup:
     zinc_aio_buf_free(mbuf);
-    if (z->plan.opt_host)
-        z->dev->host_free(pbuf);
-    else
+    if (z->plan.param_nvme) /* as allocated above */
         zinc_aio_buf_free(pbuf);
+    else
+        z->dev->host_free(pbuf);
     return st;
 }
 

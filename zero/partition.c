@@ -275,6 +275,7 @@ void zero_mem_stats(const zero_state *z, zinc_mem_stats *m)
         uint64_t g = zero_group_elems(z);
         int nb = 1 + z->opt.pipeline_read + z->opt.pipeline_write;
         m->buffers += (uint64_t)nb * 3 * g * sizeof(float);
+        m->buffers_host = (uint64_t)nb * 3 * g * sizeof(float); /* aio buffers: host memory */
     }
 }
 

@@ -135,5 +135,8 @@ zinc_status zero_backward_done(zero_state *z) { return zero_wait_pending(z, 1); 
 
 void zero_micro_end(zero_state *z)
 {
-    for (int u = 0; u < z->n_units; u++) zero_unit_release(z, u);
+    for (int u = 0; u < z->n_units; u++) {
+        zero_unit_release(z, u);
+        zero_unit_drop_ready(z, u);
+    }
 }

@@ -52,6 +52,9 @@ static inline void *grad_opt(const zero_state *z, const zero_unit *u)
 }
 
 /* ---- params.c ---- */
+/* Drops a unit copied up ahead of use and not consumed (after an error: a later step must
+ * not take the parameters of before an update). */
+void zero_unit_drop_ready(zero_state *z, int u);
 /* fp32 working params of unit u (gathers / converts as needed). */
 zinc_status zero_unit_materialize(zero_state *z, int u);
 /* 1 if making unit u whole takes a gather: sharded over several ranks, or

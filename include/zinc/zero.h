@@ -84,7 +84,9 @@ typedef struct zinc_mem_stats {
     uint64_t master;     /* fp32 master weights (0 when params are fp32) */
     uint64_t optimizer;  /* Adam moments */
     uint64_t total;      /* the sum of the four */
-    uint64_t buffers;    /* declared communication buckets (reduce + allgather) */
+    uint64_t buffers;    /* declared communication buckets (reduce + allgather), and the
+                            NVMe optimizer pipeline's sub-group buffers */
+    uint64_t buffers_host; /* the part of buffers in host memory (the NVMe pipeline's) */
     uint64_t nvme;       /* the part of total that sits in swap files on NVMe */
     uint64_t host;       /* the part of total in host memory on a GPU rank (offloaded
                             optimizer state; 0 on CPU ranks, whose device memory is the host's) */

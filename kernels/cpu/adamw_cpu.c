@@ -12,8 +12,9 @@
  * benches). gcc will not vectorize sqrtf without -fno-math-errno, and a scalar sqrt and
  * divide make the loop compute-bound, hence the intrinsics. Every variant does the same
  * IEEE operations in the same order (no FMA) and rounds as zinc_f32_to_bf16 /
- * zinc_f32_to_f16 (a vector holding a NaN or infinity, in or out, takes the scalar
- * code), so results do not depend on the variant or on which lanes an element falls in.
+ * zinc_f32_to_f16 (a vector whose fp16 gradients or 16-bit outputs hold a NaN or an
+ * infinity takes the scalar code), so finite results do not depend on the variant or on
+ * which lanes an element falls in (a NaN's payload might).
  * Blocks of ADAM_BLK elements are dealt statically to OpenMP threads.
  */
 #include <assert.h>
@@ -26,6 +27,10 @@
 #include "zinc/ops.h"
 #include "zinc/tensor.h"
 #include "cpu_int.h"
+
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF /* gcc in ISO C mode does not contract; clang would (scalar = vector) */
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
