@@ -7,10 +7,12 @@
  * on it must give the same bits as a run on the cpu device.
  *
  * Every block is its own mmap, PROT_NONE while no op or copy runs; the
- * wrapper (zinc_ops_wrap, slot 1) opens all blocks around each op. Slow by
+ * wrapper (zinc_ops_wrap, slot 1) opens all blocks around each op. host_alloc
+ * memory is the mirror image: its own mmaps too, PROT_NONE while a device op runs
+ * (a GPU's kernels cannot read pinned host memory), so a device op handed a host
+ * buffer faults as well. Slow by
  * design (two mprotect per block per op): tests use tiny models. Meant for
  * one rank's thread, as the engine drives a device. */
-#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -25,6 +27,8 @@ typedef struct block {
 static struct {
     block *b;
     int n, cap;
+    block *h;      /* host_alloc blocks */
+    int nh, caph;
     uint64_t live, peak, host_live;
     int open;
 } S;
@@ -49,10 +53,18 @@ static void close_all(void)
     if (--S.open == 0) set_all(PROT_NONE);
 }
 
+static int in_op; /* a device op is running: host_alloc blocks are closed */
+
+static void set_host(int prot)
+{
+    for (int i = 0; i < S.nh; i++) mprotect(S.h[i].p, S.h[i].bytes, prot);
+}
+
 static void hook_before(int op, void *user)
 {
     (void)op;
     (void)user;
+    if (in_op++ == 0) set_host(PROT_NONE);
     open_all();
 }
 
@@ -61,6 +73,7 @@ static void hook_after(int op, void *user)
     (void)op;
     (void)user;
     close_all();
+    if (--in_op == 0) set_host(PROT_READ | PROT_WRITE);
 }
 
 static void *st_alloc(size_t bytes)
@@ -108,12 +121,22 @@ static void st_free(void *p)
 static void *st_host_alloc(size_t bytes)
 {
     size_t sz = page_round(bytes ? bytes : 1);
-    void *p = aligned_alloc(4096, sz);
-    if (!p) {
+    if (S.nh == S.caph) {
+        int cap = S.caph ? 2 * S.caph : 64;
+        block *nb = realloc(S.h, (size_t)cap * sizeof *nb);
+        if (!nb) {
+            zinc_error(ZINC_ERR_NOMEM, "strict device: host block table");
+            return NULL;
+        }
+        S.h = nb;
+        S.caph = cap;
+    }
+    void *p = mmap(NULL, sz, in_op ? PROT_NONE : PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
         zinc_error(ZINC_ERR_NOMEM, "strict device: %zu bytes of host memory", bytes);
         return NULL;
     }
-    memset(p, 0, sz);
+    S.h[S.nh++] = (block){p, sz};
     S.host_live += sz;
     return p;
 }
@@ -121,8 +144,13 @@ static void *st_host_alloc(size_t bytes)
 static void st_host_free(void *p)
 {
     if (!p) return;
-    S.host_live -= page_round(malloc_usable_size(p));
-    free(p);
+    for (int i = 0; i < S.nh; i++)
+        if (S.h[i].p == p) {
+            munmap(S.h[i].p, S.h[i].bytes);
+            S.host_live -= S.h[i].bytes;
+            S.h[i] = S.h[--S.nh];
+            return;
+        }
 }
 
 static void st_memset0(void *p, size_t bytes)
