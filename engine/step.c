@@ -164,9 +164,11 @@ static zinc_status chunk_backward(zinc_engine *e, int mb, int j, engine_slab sla
     for (int i = e->bounds[j + 1] - 1; i >= lo; i--) {
         zinc_layer *l = &e->layers[i];
         if (e->ac.on && e->ac.first[i] >= 0 && e->ac.last[i] == i) {
-            double r0 = zinc_now_ms();
+            double r0, r1;
+            ZINC_TRY(phase_ms(e, &r0)); /* wall_clock_breakdown: the recompute's own device time */
             ZINC_TRY(group_recompute(e, &c, slab, i, lo, x0));
-            e->t_recompute += zinc_now_ms() - r0;
+            ZINC_TRY(phase_ms(e, &r1));
+            e->t_recompute += r1 - r0;
         }
         l->acts = engine_act_saved(e, slab, i);
         ZINC_TRY(zero_backward_begin(&e->z, i));

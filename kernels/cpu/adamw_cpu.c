@@ -75,6 +75,40 @@ static void range_scalar(float *restrict p_, const void *g_, float *restrict m_,
 }
 
 #ifdef ADAM_X86
+/* The vector loop, once for both widths: W lanes of vector type V, intrinsics prefix P,
+ * the gradient loader LD and the output storer ST (each 0 where the scalar code must
+ * take the vector: a non-finite fp16 gradient or 16-bit output). */
+#define ADAM_RANGE(name, TGT, W, V, P, LD, ST)                                                                \
+    TGT static void name(float *restrict p_, const void *g_, float *restrict m_, float *restrict v_, void *out, \
+                         size_t lo, size_t hi, const adam_k *k)                                              \
+    {                                                                                                         \
+        const V b1 = P##_set1_ps(k->b1), b2 = P##_set1_ps(k->b2), o1 = P##_set1_ps(k->o1),                   \
+                o2 = P##_set1_ps(k->o2), lr = P##_set1_ps(k->lr), eps = P##_set1_ps(k->eps),                 \
+                wd = P##_set1_ps(k->wd), i1 = P##_set1_ps(k->i1), i2 = P##_set1_ps(k->i2),                   \
+                cf = P##_set1_ps(k->coef);                                                                    \
+        size_t i = lo;                                                                                        \
+        for (; i + W <= hi; i += W) {                                                                         \
+            V g;                                                                                              \
+            if (!LD(g_, k->gdt, i, &g)) {                                                                     \
+                range_scalar(p_, g_, m_, v_, out, i, i + W, k);                                               \
+                continue;                                                                                     \
+            }                                                                                                 \
+            if (k->scale) g = P##_mul_ps(g, cf);                                                              \
+            const V mi = P##_add_ps(P##_mul_ps(b1, P##_loadu_ps(m_ + i)), P##_mul_ps(o1, g));                 \
+            const V vi = P##_add_ps(P##_mul_ps(b2, P##_loadu_ps(v_ + i)), P##_mul_ps(P##_mul_ps(o2, g), g));  \
+            P##_storeu_ps(m_ + i, mi);                                                                        \
+            P##_storeu_ps(v_ + i, vi);                                                                        \
+            const V p = P##_loadu_ps(p_ + i);                                                                 \
+            const V den = P##_add_ps(P##_sqrt_ps(P##_mul_ps(vi, i2)), eps);                                   \
+            const V upd = P##_add_ps(P##_div_ps(P##_mul_ps(mi, i1), den), P##_mul_ps(wd, p));                 \
+            const V np = P##_sub_ps(p, P##_mul_ps(lr, upd));                                                  \
+            P##_storeu_ps(p_ + i, np);                                                                        \
+            if (out && !ST(out, k->odt, i, np))                                                               \
+                for (size_t j = i; j < i + W; j++) st(out, k->odt, j, p_[j]);                                \
+        }                                                                                                     \
+        range_scalar(p_, g_, m_, v_, out, i, hi, k);                                                          \
+    }
+
 /* ---------------------------------------------------------------- AVX2 (8 lanes) */
 #define T2 __attribute__((target("avx2,f16c")))
 
@@ -119,36 +153,7 @@ T2 static inline int st8(void *o, zinc_dtype dt, size_t i, __m256 x)
     return 1;
 }
 
-T2 static void range_avx2(float *restrict p_, const void *g_, float *restrict m_, float *restrict v_, void *out,
-                          size_t lo, size_t hi, const adam_k *k)
-{
-    const __m256 b1 = _mm256_set1_ps(k->b1), b2 = _mm256_set1_ps(k->b2), o1 = _mm256_set1_ps(k->o1),
-                 o2 = _mm256_set1_ps(k->o2), lr = _mm256_set1_ps(k->lr), eps = _mm256_set1_ps(k->eps),
-                 wd = _mm256_set1_ps(k->wd), i1 = _mm256_set1_ps(k->i1), i2 = _mm256_set1_ps(k->i2),
-                 cf = _mm256_set1_ps(k->coef);
-    size_t i = lo;
-    for (; i + 8 <= hi; i += 8) {
-        __m256 g;
-        if (!ld8(g_, k->gdt, i, &g)) {
-            range_scalar(p_, g_, m_, v_, out, i, i + 8, k);
-            continue;
-        }
-        if (k->scale) g = _mm256_mul_ps(g, cf);
-        const __m256 mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m_ + i)), _mm256_mul_ps(o1, g));
-        const __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v_ + i)),
-                                        _mm256_mul_ps(_mm256_mul_ps(o2, g), g));
-        _mm256_storeu_ps(m_ + i, mi);
-        _mm256_storeu_ps(v_ + i, vi);
-        const __m256 p = _mm256_loadu_ps(p_ + i);
-        const __m256 den = _mm256_add_ps(_mm256_sqrt_ps(_mm256_mul_ps(vi, i2)), eps);
-        const __m256 upd = _mm256_add_ps(_mm256_div_ps(_mm256_mul_ps(mi, i1), den), _mm256_mul_ps(wd, p));
-        const __m256 np = _mm256_sub_ps(p, _mm256_mul_ps(lr, upd));
-        _mm256_storeu_ps(p_ + i, np);
-        if (out && !st8(out, k->odt, i, np))
-            for (size_t j = i; j < i + 8; j++) st(out, k->odt, j, p_[j]);
-    }
-    range_scalar(p_, g_, m_, v_, out, i, hi, k);
-}
+ADAM_RANGE(range_avx2, T2, 8, __m256, _mm256, ld8, st8)
 #undef T2
 
 /* ---------------------------------------------------------------- AVX-512 (16 lanes) */
@@ -192,36 +197,7 @@ T5 static inline int st16(void *o, zinc_dtype dt, size_t i, __m512 x)
     return 1;
 }
 
-T5 static void range_avx512(float *restrict p_, const void *g_, float *restrict m_, float *restrict v_, void *out,
-                            size_t lo, size_t hi, const adam_k *k)
-{
-    const __m512 b1 = _mm512_set1_ps(k->b1), b2 = _mm512_set1_ps(k->b2), o1 = _mm512_set1_ps(k->o1),
-                 o2 = _mm512_set1_ps(k->o2), lr = _mm512_set1_ps(k->lr), eps = _mm512_set1_ps(k->eps),
-                 wd = _mm512_set1_ps(k->wd), i1 = _mm512_set1_ps(k->i1), i2 = _mm512_set1_ps(k->i2),
-                 cf = _mm512_set1_ps(k->coef);
-    size_t i = lo;
-    for (; i + 16 <= hi; i += 16) {
-        __m512 g;
-        if (!ld16(g_, k->gdt, i, &g)) {
-            range_scalar(p_, g_, m_, v_, out, i, i + 16, k);
-            continue;
-        }
-        if (k->scale) g = _mm512_mul_ps(g, cf);
-        const __m512 mi = _mm512_add_ps(_mm512_mul_ps(b1, _mm512_loadu_ps(m_ + i)), _mm512_mul_ps(o1, g));
-        const __m512 vi = _mm512_add_ps(_mm512_mul_ps(b2, _mm512_loadu_ps(v_ + i)),
-                                        _mm512_mul_ps(_mm512_mul_ps(o2, g), g));
-        _mm512_storeu_ps(m_ + i, mi);
-        _mm512_storeu_ps(v_ + i, vi);
-        const __m512 p = _mm512_loadu_ps(p_ + i);
-        const __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_mul_ps(vi, i2)), eps);
-        const __m512 upd = _mm512_add_ps(_mm512_div_ps(_mm512_mul_ps(mi, i1), den), _mm512_mul_ps(wd, p));
-        const __m512 np = _mm512_sub_ps(p, _mm512_mul_ps(lr, upd));
-        _mm512_storeu_ps(p_ + i, np);
-        if (out && !st16(out, k->odt, i, np))
-            for (size_t j = i; j < i + 16; j++) st(out, k->odt, j, p_[j]);
-    }
-    range_scalar(p_, g_, m_, v_, out, i, hi, k);
-}
+ADAM_RANGE(range_avx512, T5, 16, __m512, _mm512, ld16, st16)
 #undef T5
 #endif /* ADAM_X86 */
 

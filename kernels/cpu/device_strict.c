@@ -76,19 +76,25 @@ static void hook_after(int op, void *user)
     if (--in_op == 0) set_host(PROT_READ | PROT_WRITE);
 }
 
+/* Room for one more block in table *t (n used, *cap allocated); 0 with the error recorded. */
+static int table_room(block **t, int n, int *cap)
+{
+    if (n < *cap) return 1;
+    int c = *cap ? 2 * *cap : 64;
+    block *nb = realloc(*t, (size_t)c * sizeof *nb);
+    if (!nb) {
+        zinc_error(ZINC_ERR_NOMEM, "strict device: block table");
+        return 0;
+    }
+    *t = nb;
+    *cap = c;
+    return 1;
+}
+
 static void *st_alloc(size_t bytes)
 {
     size_t sz = page_round(bytes ? bytes : 1);
-    if (S.n == S.cap) {
-        int cap = S.cap ? 2 * S.cap : 256;
-        block *nb = realloc(S.b, (size_t)cap * sizeof *nb);
-        if (!nb) {
-            zinc_error(ZINC_ERR_NOMEM, "strict device: block table");
-            return NULL;
-        }
-        S.b = nb;
-        S.cap = cap;
-    }
+    if (!table_room(&S.b, S.n, &S.cap)) return NULL;
     /* zeroed by the kernel; readable only while open */
     void *p = mmap(NULL, sz, S.open ? PROT_READ | PROT_WRITE : PROT_NONE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -121,16 +127,7 @@ static void st_free(void *p)
 static void *st_host_alloc(size_t bytes)
 {
     size_t sz = page_round(bytes ? bytes : 1);
-    if (S.nh == S.caph) {
-        int cap = S.caph ? 2 * S.caph : 64;
-        block *nb = realloc(S.h, (size_t)cap * sizeof *nb);
-        if (!nb) {
-            zinc_error(ZINC_ERR_NOMEM, "strict device: host block table");
-            return NULL;
-        }
-        S.h = nb;
-        S.caph = cap;
-    }
+    if (!table_room(&S.h, S.nh, &S.caph)) return NULL;
     void *p = mmap(NULL, sz, in_op ? PROT_NONE : PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         zinc_error(ZINC_ERR_NOMEM, "strict device: %zu bytes of host memory", bytes);
