@@ -9,8 +9,8 @@
 # disk's sequential read and write bandwidth in NVME_DIR first (bench_aio, O_DIRECT,
 # the trainer's block size and queue depth), then prints the trainer's summary (step
 # times, peak RSS per rank, storage I/O) and, per step, the I/O bound (the bytes the
-# ranks read / the read bandwidth + the bytes they wrote / the write bandwidth) beside
-# the step time.
+# ranks read / the read bandwidth + the bytes they wrote / the write bandwidth; rank 0's
+# per-step storage bytes from the metrics, times 2) beside the step time.
 set -eu
 BUILD=${BUILD:-build}
 cd "$(dirname "$0")/.."
@@ -58,6 +58,7 @@ awk -v t0="$t0" -v t1="$t1" '
                  t1 - t0, r, w, (r + w) * 1.073741824 / (t1 - t0) }' "$dir/cap.log"
 sed -n 's/.*"step": \([0-9]*\),.*"step_ms": \([0-9.]*\),.*"storage_read_bytes": \([0-9]*\), "storage_write_bytes": \([0-9]*\).*/\1 \2 \3 \4/p' \
     "$dir/m.jsonl" | awk -v rb="$rbw" -v wb="$wbw" '{
+        $3 *= 2; $4 *= 2   # rank 0 writes the metrics: its bytes, times the 2 ranks (ZeRO-3 shards are equal)
         bound = $3 / (rb * 1e9) + $4 / (wb * 1e9)
         printf "step %d: %.1f s; storage %.1f GB read, %.1f GB written; I/O bound at %.2f / %.2f GB/s (read / write): %.1f s; step / bound %.2f\n",
                $1, $2 / 1e3, $3 / 1e9, $4 / 1e9, rb, wb, bound, ($2 / 1e3) / bound }'

@@ -493,12 +493,9 @@ zinc_status zinc_engine_train_batch(zinc_engine *e, const zinc_data *data, zinc_
     double ms = zinc_now_ms() - t0;
     uint64_t io1[2];
     zinc_proc_io(&io1[0], &io1[1]);
-    int64_t io[2] = {(int64_t)(io1[0] - io0[0]), (int64_t)(io1[1] - io0[1])};
-    if (zinc_comm_size(e->world) > 1)
-        ZINC_TRY(zinc_comm_all_reduce(e->world, io, io, 2, ZINC_DTYPE_I64, ZINC_REDOP_SUM, NULL));
     memset(s, 0, sizeof *s);
-    s->storage_read_bytes = (uint64_t)io[0];
-    s->storage_write_bytes = (uint64_t)io[1];
+    s->storage_read_bytes = io1[0] - io0[0]; /* this rank's: no collective of its own */
+    s->storage_write_bytes = io1[1] - io0[1];
     s->step = e->step;
     s->loss = loss;
     s->lr = lr;

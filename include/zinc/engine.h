@@ -172,9 +172,9 @@ typedef struct zinc_step_stats {
                                   time, the largest over stages */
     double pp_bubble_theory;   /* the schedule's with uniform costs (zinc_pp_bubble_theory) */
     uint64_t pp_comm_bytes;    /* bytes this rank sent and received over its pipeline group */
-    uint64_t storage_read_bytes, storage_write_bytes; /* bytes every rank read from and wrote to
+    uint64_t storage_read_bytes, storage_write_bytes; /* bytes this rank read from and wrote to
                                   storage during the step (/proc/self/io: swap files, checkpoints
-                                  and data), summed over the job */
+                                  and data) */
     uint64_t act_peak_bytes;   /* activation memory held at once during the step: the slabs of
                                   the (micro-batch, chunk) pairs in flight, the activations and
                                   gradients crossing stages, the gradient buffers and scratch;
