@@ -211,6 +211,8 @@ static const keydesc offload_optimizer_keys[] = {
     KB("pipeline_write", zero.offload_optimizer.pipeline_write, 0),
     XBW("fast_init", "zinc creates swap files without a separate fast path"),
     KN("ratio", zero.offload_optimizer.ratio, 0, 1, 1, 0),
+    {.name = "delayed_update", .type = T_BOOL, .off = OFF(zero.offload_optimizer.delayed_update), .def = 0,
+     .flags = F_ZINC}, /* ZeRO-Offload's DPU; checked in zero_plan_make */
     XBW("pipeline", "use pipeline_read / pipeline_write"),
     END};
 

@@ -269,6 +269,7 @@ static void engine_zero_opts(const zinc_config *c, zero_opts *o)
     o->persistence_threshold = c->zero.stage3_param_persistence_threshold;
     o->sub_group_size = c->zero.sub_group_size;
     o->opt_ratio = c->zero.offload_optimizer.ratio;
+    o->delayed_update = c->zero.offload_optimizer.delayed_update;
     o->weight_decay = c->optimizer.weight_decay;
     o->beta1 = c->optimizer.betas[0];
     o->beta2 = c->optimizer.betas[1];
@@ -710,6 +711,7 @@ void zinc_engine_destroy(zinc_engine *e)
 {
     if (!e) return;
     if (e->profiling && e->z.dp_rank == 0) engine_ops_profile_report();
+    zero_delay_free(&e->z);
     zero_units_free(&e->z);
     zero_offload_close(&e->z);
     if (e->aio_owned) zinc_aio_destroy(e->aio);

@@ -316,7 +316,10 @@ cleanup:
 zinc_status zinc_engine_save_checkpoint(zinc_engine *e, zinc_aio *aio, const char *save_dir,
                                         const char *tag, int keep_last)
 {
-    zinc_status st = ZINC_OK;
+    /* delayed_update: the update in flight lands first (a checkpoint holds one state; the
+     * run that saves continues from it, as a resumed one does) */
+    zinc_status st = zero_delay_flush(&e->z);
+    if (st != ZINC_OK) return st;
     layout_buf b = {.e = e};
     char *meta = NULL;
     int mixed = e->z.plan.pdt != ZINC_DTYPE_F32;
@@ -513,6 +516,7 @@ cleanup:
 zinc_status zinc_engine_load_checkpoint(zinc_engine *e, zinc_aio *aio, const char *save_dir,
                                         const char *tag)
 {
+    zero_delay_free(&e->z); /* an update in flight belongs to the state being replaced */
     zinc_status st = ZINC_OK;
     layout_buf b = {.e = e};
     char *meta = NULL, tagbuf[ZINC_CKPT_TAG_MAX + 1], mp[1100] = "";

@@ -4,6 +4,7 @@
  * the optimizer swap file on NVMe (zinc_swap_stream); then the new
  * working-precision params, all-gathered where they are whole.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -120,8 +121,122 @@ static zinc_status step_nvme(zero_state *z, step_args *s, size_t G)
     return st;
 }
 
+/* ---------------------------------------------------------------- delayed update */
+
+/* One update in flight: this step's reduced grads (stash) and the new params it writes
+ * (next), per unit over its opt range, in host memory; master, m, v belong to the host
+ * thread until the next step joins it. */
+typedef struct zero_delay {
+    void **stash, **next;
+    int n_units;
+    pthread_t th;
+    int running;    /* th to join */
+    int pending;    /* an update started, its params not yet in place */
+    double lr, coef;
+    int t;
+    zero_state *z;
+} zero_delay;
+
+static void delay_update(zero_delay *d)
+{
+    zero_state *z = d->z;
+    const zinc_ops *cpu = zinc_ops_cpu(); /* the host's AdamW (one pass, from 16-bit grads) */
+    for (int l = 0; l < z->n_units; l++) {
+        zero_unit *u = &z->units[l];
+        if (!u->opt_n) continue;
+        pieces_update(z, cpu, u, u->opt_lo, u->opt_lo + u->opt_n, d->stash[l], z->plan.pdt, (float)d->coef, u->master,
+                      u->m, u->v, d->next[l], d->lr, d->t);
+    }
+}
+
+static void *delay_main(void *arg)
+{
+    delay_update(arg);
+    return NULL;
+}
+
+zinc_status zero_delay_flush(zero_state *z)
+{
+    zero_delay *d = z->delay;
+    if (!d || !d->pending) return ZINC_OK;
+    if (d->running) pthread_join(d->th, NULL);
+    d->running = d->pending = 0;
+    const size_t psz = z->plan.psz;
+    for (int l = 0; l < z->n_units; l++) {
+        zero_unit *u = &z->units[l];
+        if (!u->opt_n) continue;
+        if (zero_param_on_nvme(z, u)) {
+            zinc_status st = zinc_swap_io(z->param_swap, l, 0, 0, d->next[l], u->opt_n * psz, 1);
+            if (st != ZINC_OK) return st;
+        } else {
+            z->dev->copy(at(u->p, u->sharded ? 0 : u->opt_lo, psz), d->next[l], u->opt_n * psz);
+        }
+    }
+    return zero_gather_whole_params(z);
+}
+
+void zero_delay_free(zero_state *z)
+{
+    zero_delay *d = z->delay;
+    if (!d) return;
+    if (d->running) pthread_join(d->th, NULL);
+    for (int l = 0; l < d->n_units; l++) {
+        zinc_aio_buf_free(d->stash[l]);
+        zinc_aio_buf_free(d->next[l]);
+    }
+    free(d->stash);
+    free(d->next);
+    free(d);
+    z->delay = NULL;
+}
+
+static zinc_status delay_step(zero_state *z, double lr, double coef, int t)
+{
+    zinc_status fst = zero_delay_flush(z);
+    if (fst != ZINC_OK) return fst;
+    zero_delay *d = z->delay;
+    const size_t psz = z->plan.psz;
+    if (!d) { /* host buffers (page aligned: param swap writes go straight from next) */
+        d = z->delay = calloc(1, sizeof *d);
+        if (d) {
+            d->z = z;
+            d->n_units = z->n_units;
+            d->stash = calloc((size_t)z->n_units, sizeof *d->stash);
+            d->next = calloc((size_t)z->n_units, sizeof *d->next);
+        }
+        for (int l = 0; d && d->stash && d->next && l < z->n_units; l++) {
+            const size_t b = z->units[l].opt_n * psz;
+            if (!b) continue;
+            d->stash[l] = zinc_aio_buf_alloc(b);
+            d->next[l] = zinc_aio_buf_alloc(b);
+            if (!d->stash[l] || !d->next[l]) break;
+        }
+        int ok = d && d->stash && d->next;
+        for (int l = 0; ok && l < z->n_units; l++) ok = !z->units[l].opt_n || (d->stash[l] && d->next[l]);
+        if (!ok) {
+            zero_delay_free(z);
+            return zinc_error(ZINC_ERR_NOMEM, "offload_optimizer.delayed_update: host copies of the gradients and "
+                              "parameters");
+        }
+    }
+    for (int l = 0; l < z->n_units; l++) {
+        zero_unit *u = &z->units[l];
+        if (u->opt_n) z->dev->copy(d->stash[l], grad_opt(z, u), u->opt_n * psz);
+    }
+    d->lr = lr;
+    d->coef = coef;
+    d->t = t;
+    d->pending = 1;
+    /* the host thread overlaps the next step (on CPU ranks it shares their cores); inline
+     * where host memory must stay still while device ops run (the strict device) */
+    if ((z->dev->is_host || z->dev->host_async) && pthread_create(&d->th, NULL, delay_main, d) == 0) d->running = 1;
+    else delay_update(d);
+    return ZINC_OK;
+}
+
 zinc_status zero_optimizer_step(zero_state *z, double lr, double coef, int t)
 {
+    if (z->opt.delayed_update) return delay_step(z, lr, coef, t);
     zinc_status st = ZINC_OK;
     const zero_plan *pl = &z->plan;
     size_t G = zero_group_elems(z);

@@ -23,6 +23,10 @@ zinc_status zero_plan_make(const zero_opts *o, int stage, const char *dev_name, 
                           "zero_optimization.offload_optimizer.device \"cpu\" or \"nvme\" with ratio 1 (the host "
                           "optimizer writes the offloaded parameters)", pd == ZINC_OFFLOAD_NVME ? "nvme" : "cpu",
                           dev_name);
+    if (o->delayed_update && (od != ZINC_OFFLOAD_CPU || o->opt_ratio < 1.0))
+        return zinc_error(ZINC_ERR_CONFIG, "zero_optimization.offload_optimizer.delayed_update needs "
+                          "offload_optimizer.device \"cpu\" with ratio 1 (found \"%s\", ratio %g)",
+                          od == ZINC_OFFLOAD_NVME ? "nvme" : od == ZINC_OFFLOAD_CPU ? "cpu" : "none", o->opt_ratio);
     p->stage = stage;
     p->pdt = o->pdt;
     p->psz = zinc_dtype_size(p->pdt);
@@ -34,7 +38,8 @@ zinc_status zero_plan_make(const zero_opts *o, int stage, const char *dev_name, 
     p->opt_nvme = od == ZINC_OFFLOAD_NVME;
     p->param_nvme = pd == ZINC_OFFLOAD_NVME;
     p->param_host = dev_name && pd == ZINC_OFFLOAD_CPU;
-    p->master_sep = p->pdt != ZINC_DTYPE_F32 || p->opt_nvme || p->param_nvme || p->opt_host;
+    /* delayed_update: the host updates its own master copy while the params are in use */
+    p->master_sep = p->pdt != ZINC_DTYPE_F32 || p->opt_nvme || p->param_nvme || p->opt_host || o->delayed_update;
     return ZINC_OK;
 }
 
@@ -271,11 +276,17 @@ void zero_mem_stats(const zero_state *z, zinc_mem_stats *m)
         uint64_t rb = (uint64_t)z->opt.reduce_bucket_size + big;
         m->buffers = (rb < all ? rb : all) * z->plan.psz + big / (uint64_t)z->dp * z->plan.psz;
     }
+    if (z->opt.delayed_update) { /* the host copies of one step's grads and new params */
+        uint64_t d = 0;
+        for (int l = 0; l < z->n_units; l++) d += 2 * z->units[l].opt_n * z->plan.psz;
+        m->buffers += d;
+        m->buffers_host += d;
+    }
     if (z->plan.opt_nvme) { /* sub-group buffers of the NVMe optimizer pipeline */
         uint64_t g = zero_group_elems(z);
         int nb = 1 + z->opt.pipeline_read + z->opt.pipeline_write;
         m->buffers += (uint64_t)nb * 3 * g * sizeof(float);
-        m->buffers_host = (uint64_t)nb * 3 * g * sizeof(float); /* aio buffers: host memory */
+        m->buffers_host += (uint64_t)nb * 3 * g * sizeof(float); /* aio buffers: host memory */
     }
 }
 

@@ -103,6 +103,9 @@ typedef struct zinc_config {
             int64_t buffer_count;        /* 4 */
             int pipeline_read;           /* false */
             int pipeline_write;          /* false */
+            int delayed_update;          /* false: ZeRO-Offload's one-step delayed parameter update
+                                          * (the host step overlaps the next step's forward and
+                                          * backward, which use the params of one update before) */
             double ratio;                /* 1: the fraction of the optimizer state offloaded
                                           * (device cpu on a GPU; the rest stays on the GPU) */
         } offload_optimizer;

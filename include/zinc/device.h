@@ -27,6 +27,8 @@ extern "C" { /* the CUDA sources are C++; ops.h has no guards of its own */
 typedef struct zinc_device {
     const char *name;      /* "cpu", "cuda" */
     int is_host;           /* 1: device memory is ordinary host memory */
+    int host_async;        /* 1: host threads may use host_alloc memory while device ops run
+                              (cuda; not the strict device, which closes it during ops) */
     int index;             /* CUDA device ordinal (0 on cpu) */
     const zinc_ops *ops;   /* fp32 op table on device pointers (act f32) */
     /* The op table to compute with when parameters are stored in bf16: act

@@ -62,6 +62,7 @@ typedef struct zero_opts {
     int64_t max_reuse_distance;       /* stage3_max_reuse_distance */
     int64_t persistence_threshold;    /* stage3_param_persistence_threshold */
     int64_t sub_group_size;
+    int delayed_update;               /* offload_optimizer.delayed_update (ZeRO-Offload's DPU) */
     double opt_ratio;                 /* offload_optimizer.ratio: the fraction of the optimizer
                                          state in host memory when it is offloaded on a GPU */
     double weight_decay, beta1, beta2, eps; /* AdamW */
@@ -214,6 +215,7 @@ typedef struct zero_state {
     zinc_swap *opt_swap;      /* regions = units, parts master, exp_avg, exp_avg_sq */
     zinc_swap *param_swap;    /* regions = units, one part: the P shard */
     double t_opt_io;          /* ms waited on the optimizer swap this step */
+    struct zero_delay *delay; /* delayed_update's state (optimizer.c), NULL until its first step */
 } zero_state;
 
 /* ---- partition.c: the plan and the layout (pure: no memory, no comm) ---- */
@@ -324,6 +326,15 @@ void zero_fault_nan(zero_state *z, int64_t step);
  * coef, then writes the working-precision params back (and all-gathers them
  * at stages 1/2 and for whole units at stage 3). */
 zinc_status zero_optimizer_step(zero_state *z, double lr, double coef, int t);
+/* offload_optimizer.delayed_update: zero_optimizer_step first applies the update the
+ * previous call started (its new params copied in and gathered: the params of step t+1
+ * are those of before step t's update), then copies this step's reduced grads to host
+ * memory and starts their update on a host thread (inline on CPU ranks), which runs while
+ * the next step's forward and backward do. Collective: completes the update in flight
+ * (checkpoints, the end of training); nothing to do when none is. */
+zinc_status zero_delay_flush(zero_state *z);
+/* Joins an update in flight and frees the delay's buffers (destroy; no collective). */
+void zero_delay_free(zero_state *z);
 
 #ifdef __cplusplus
 }

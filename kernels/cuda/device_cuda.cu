@@ -266,6 +266,7 @@ extern "C" zinc_status zinc_device_cuda_open(int local_rank, const zinc_device *
     memset(&dev, 0, sizeof dev);
     dev.name = "cuda";
     dev.is_host = 0;
+    dev.host_async = 1;
     dev.index = idx;
     dev.ops = zinc_ops_cuda();
     dev.ops_bf16 = zinc_ops_cuda_bf16();

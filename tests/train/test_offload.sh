@@ -9,6 +9,8 @@
 #    shortfall; --estimate-memory prints the need per tier beside what the machine has
 #  - offload_param cpu and nvme at ZeRO-3 on the strict device (the GPU path: shards off the
 #    device, copied up before each gather): bitwise, fp32 and bf16, DP 1 and 2; resume exact
+#  - offload_optimizer.delayed_update: threaded on CPU ranks = inline on the strict device,
+#    bitwise; delayed from the first update with lr > 0; resume exact; refused without "cpu"
 #  - offload_optimizer.ratio 0.3 and 0.7 on the strict device (stages 1 and 3, bf16): bitwise
 #    the same losses, a resume under it exact; no effect on CPU ranks (a warning); a ratio
 #    outside [0, 1] or below 1 with nvme: one line, exit 2
@@ -96,6 +98,36 @@ out=$(ZINC_STRICT_DEVICE=1 $MPIRUN 1 "$BUILD/zinc-train" "$cfg" --set train.max_
 [ $? -eq 2 ] && echo "$out" | grep -q 'offload_param.device "cpu" on strict needs zero_optimization.offload_optimizer.device' \
     || { echo "$out"; fail "offload_param without the optimizer offloaded on a GPU-like device: not refused"; }
 echo "refused: $(echo "$out" | grep -m1 'needs zero_optimization')"
+
+# --- offload_optimizer.delayed_update (ZeRO-Offload's one-step delayed parameter update): the
+# update of step t runs on a host thread during step t+1, whose forward and backward use the
+# params of before it. On CPU ranks it runs on a thread, on the strict device inline: the
+# same losses bit for bit (the reference). The first update of the tiny config's warmup has
+# lr 0, so steps 1 and 2 match the undelayed run and the delay shows from step 3 on. Saving
+# lands the update in flight; the uninterrupted run, saving at the same step, and a run
+# resumed from that checkpoint agree bitwise ---
+DU="$(opt cpu) --set zero_optimization.offload_optimizer.delayed_update=true"
+for stage in 1 3; do
+    extra=""; [ $stage = 3 ] && extra=$S3
+    run "du_base_s$stage" 2 --set train.max_steps=10 --set zero_optimization.stage=$stage $extra --set bf16.enabled=true $(opt cpu)
+    run "du_s$stage" 2 --set train.max_steps=10 --set zero_optimization.stage=$stage $extra --set bf16.enabled=true $DU
+    ZINC_STRICT_DEVICE=1 run "du_st_s$stage" 2 --set train.max_steps=10 --set zero_optimization.stage=$stage $extra \
+        --set bf16.enabled=true $DU
+    same "du_s$stage" "du_st_s$stage"
+    cmp -s <(losses "$TMP/du_base_s$stage.jsonl" | head -2) <(losses "$TMP/du_s$stage.jsonl" | head -2) \
+        || fail "delayed update, stage $stage: steps 1-2 differ from the undelayed run (first update at lr 0)"
+    cmp -s <(losses "$TMP/du_base_s$stage.jsonl" | sed -n 3p) <(losses "$TMP/du_s$stage.jsonl" | sed -n 3p) \
+        && fail "delayed update, stage $stage: step 3 equals the undelayed run's (no delay?)"
+    echo "delayed update, stage $stage: threaded (cpu) = inline (strict device); delayed from step 3"
+done
+run du_full 2 --set train.max_steps=10 --set zero_optimization.stage=1 --set bf16.enabled=true $DU \
+    --set train.save_dir="$TMP/ckdu" --set train.save_every=5
+run du_res 2 --set train.max_steps=10 --set zero_optimization.stage=1 --set bf16.enabled=true $DU \
+    --set train.save_dir="$TMP/ckdu" --set train.resume=global_step5
+cmp -s <(losses "$TMP/du_full.jsonl" | tail -n 5) <(losses "$TMP/du_res.jsonl") || fail "resume under delayed update differs"
+echo "resume under delayed update: bitwise identical"
+bad "delayed_update needs offload_optimizer.device \"cpu\" with ratio 1" 1 --set zero_optimization.stage=1 \
+    --set zero_optimization.offload_optimizer.delayed_update=true
 
 # --- the plan checked against the machine before anything is allocated (train.check_memory) ---
 HUGE="--set model.n_embd=8192 --set model.n_head=64 --set model.n_layer=512 --set bf16.enabled=true"
