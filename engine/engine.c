@@ -579,18 +579,10 @@ static void engine_report_split(const zinc_engine *e)
                   "host memory", r, e->dev->name);
         return;
     }
-    size_t all = 0, host = 0;
-    int n = 0, nh = 0;
-    for (int l = 0; l < e->z.n_units; l++) {
-        const zero_unit *u = &e->z.units[l];
-        if (!u->opt_n) continue;
-        all += u->opt_n;
-        n++;
-        if (u->opt_host) host += u->opt_n, nh++;
-    }
-    ZINC_INFO("zero_optimization.offload_optimizer.ratio %g: the optimizer state of %d of %d units (%zu of %zu "
-              "elements a rank, %.3f) in host memory, stepped on the CPU; the rest on %s", r, nh, n, host, all,
-              all ? (double)host / (double)all : 0.0, e->dev->name);
+    const uint64_t all = e->mem.master + e->mem.optimizer; /* zero's split, as its memory stats count it */
+    ZINC_INFO("zero_optimization.offload_optimizer.ratio %g: the optimizer state of %llu of %llu bytes a rank "
+              "(%.3f) in host memory, stepped on the CPU; the rest on %s", r, (unsigned long long)e->mem.host,
+              (unsigned long long)all, all ? (double)e->mem.host / (double)all : 0.0, e->dev->name);
 }
 
 zinc_status zinc_engine_open_device(const zinc_config *c, zinc_comm *world,

@@ -181,8 +181,8 @@ void zero_delay_free(zero_state *z)
     if (!d) return;
     if (d->running) pthread_join(d->th, NULL);
     for (int l = 0; l < d->n_units; l++) {
-        zinc_aio_buf_free(d->stash[l]);
-        zinc_aio_buf_free(d->next[l]);
+        if (d->stash) zinc_aio_buf_free(d->stash[l]);
+        if (d->next) zinc_aio_buf_free(d->next[l]);
     }
     free(d->stash);
     free(d->next);
@@ -204,15 +204,14 @@ static zinc_status delay_step(zero_state *z, double lr, double coef, int t)
             d->stash = calloc((size_t)z->n_units, sizeof *d->stash);
             d->next = calloc((size_t)z->n_units, sizeof *d->next);
         }
-        for (int l = 0; d && d->stash && d->next && l < z->n_units; l++) {
+        int ok = d && d->stash && d->next;
+        for (int l = 0; ok && l < z->n_units; l++) {
             const size_t b = z->units[l].opt_n * psz;
             if (!b) continue;
             d->stash[l] = zinc_aio_buf_alloc(b);
             d->next[l] = zinc_aio_buf_alloc(b);
-            if (!d->stash[l] || !d->next[l]) break;
+            ok = d->stash[l] && d->next[l];
         }
-        int ok = d && d->stash && d->next;
-        for (int l = 0; ok && l < z->n_units; l++) ok = !z->units[l].opt_n || (d->stash[l] && d->next[l]);
         if (!ok) {
             zero_delay_free(z);
             return zinc_error(ZINC_ERR_NOMEM, "offload_optimizer.delayed_update: host copies of the gradients and "
